@@ -1,0 +1,44 @@
+"""bstune: batch-size and learning-rate tuning shaped by the gradient noise scale.
+
+The flat public API::
+
+    import bstune
+    task = bstune.Task(model=..., train_data=..., val_data=..., loss=...)
+    est = bstune.measure_noise_scale(task, batch_size=64)
+    run = bstune.train(task, bstune.TrainConfig(batch_size=128, lr=0.4, max_samples=200_000))
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bstune.errors import BstuneError, ConfigError, DependencyError, EstimationError, TaskError
+from bstune.noise import NoiseScaleEstimate, exact_noise_scale, measure_noise_scale
+from bstune.optim import OptimizerSpec, temperature
+from bstune.task import Task
+from bstune.training import Decision, EvalRecord, RunStatus, TrainConfig, TrainResult, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BstuneError",
+    "ConfigError",
+    "Decision",
+    "DependencyError",
+    "EstimationError",
+    "EvalRecord",
+    "NoiseScaleEstimate",
+    "OptimizerSpec",
+    "RunStatus",
+    "Task",
+    "TaskError",
+    "TrainConfig",
+    "TrainResult",
+    "__version__",
+    "exact_noise_scale",
+    "measure_noise_scale",
+    "temperature",
+    "train",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

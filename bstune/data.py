@@ -1,0 +1,90 @@
+"""Turning the user's datasets into batches of ``(inputs, targets)``.
+
+bstune draws batches itself (rather than through a ``DataLoader`` iterator) because
+it must know exactly which examples each step used: the sample counter, the
+finite-population correction of the noise-scale estimators and reproducibility all
+depend on it. A dataset is any map-style :class:`torch.utils.data.Dataset` whose
+items are ``(input, target)`` pairs, or a pair of tensors. Tensor datasets take a
+fast path (one indexing operation per batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, TensorDataset, default_collate
+
+__all__ = ["Batch", "as_dataset", "batch_len", "fetch_batch", "move_to_device", "sample_indices", "slice_batch"]
+
+Batch = tuple[Any, Any]
+"""One batch: ``(inputs, targets)``; each a tensor or a nested structure of tensors."""
+
+
+def as_dataset(data: Any, *, field: str) -> Dataset[Any]:
+    """Accept a ``Dataset`` or an ``(inputs, targets)`` pair of tensors.
+
+    Raises ``TypeError``/``ValueError`` with a plain reason; the caller wraps it with
+    the field name.
+    """
+    if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        inputs, targets = data
+        if inputs.shape[0] != targets.shape[0]:
+            raise ValueError(f"inputs and targets differ in length ({inputs.shape[0]} vs {targets.shape[0]})")
+        return TensorDataset(inputs, targets)
+    if isinstance(data, Dataset):
+        if not hasattr(data, "__len__"):
+            raise TypeError("an iterable dataset without __len__ cannot be sampled; give a map-style Dataset")
+        return data
+    raise TypeError(
+        f"expected a torch.utils.data.Dataset or a pair of tensors (inputs, targets), got {type(data).__name__}"
+    )
+
+
+def sample_indices(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Draw ``size`` distinct indices uniformly from ``range(n)`` (without replacement)."""
+    return torch.randperm(n, generator=generator)[:size]
+
+
+def fetch_batch(dataset: Dataset[Any], indices: torch.Tensor | Sequence[int]) -> Batch:
+    """Collate the examples at ``indices`` into one ``(inputs, targets)`` batch."""
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return dataset.tensors[0][idx], dataset.tensors[1][idx]
+    items = [dataset[int(i)] for i in indices]
+    inputs, targets = default_collate(items)
+    return inputs, targets
+
+
+def move_to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Move a tensor or a nested list/tuple/dict of tensors to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, dict):
+        return {k: move_to_device(v, device, non_blocking) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(move_to_device(v, device, non_blocking) for v in obj)
+    return obj
+
+
+def batch_len(inputs: Any) -> int:
+    """Number of examples in a collated batch (the leading dimension of its first tensor)."""
+    if isinstance(inputs, torch.Tensor):
+        return int(inputs.shape[0])
+    if isinstance(inputs, dict):
+        return batch_len(next(iter(inputs.values())))
+    if isinstance(inputs, list | tuple):
+        return batch_len(inputs[0])
+    raise TypeError(f"cannot find the batch dimension of {type(inputs).__name__}")
+
+
+def slice_batch(obj: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of a collated batch (tensors or nested structures)."""
+    if isinstance(obj, torch.Tensor):
+        return obj[start:stop]
+    if isinstance(obj, dict):
+        return {k: slice_batch(v, start, stop) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(slice_batch(v, start, stop) for v in obj)
+    return obj

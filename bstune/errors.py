@@ -1,0 +1,53 @@
+"""The bstune error hierarchy.
+
+Every error bstune raises on purpose derives from :class:`BstuneError`, so a caller
+can catch the whole family in one clause. Errors about user input also derive from
+:class:`ValueError` and carry *where* the problem is (``source``: a file or argument
+name, ``field``: the key inside it) so that the message can point at it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BstuneError",
+    "ConfigError",
+    "DependencyError",
+    "EstimationError",
+    "TaskError",
+]
+
+
+class BstuneError(Exception):
+    """Base class of every error raised by bstune."""
+
+
+class ConfigError(BstuneError, ValueError):
+    """A setting is invalid. The message names the source, the field and the reason.
+
+    Example:
+        >>> err = ConfigError("must be positive, got -3", source="TrainConfig", field="batch_size")
+        >>> str(err)
+        'TrainConfig: batch_size: must be positive, got -3'
+    """
+
+    def __init__(self, reason: str, *, source: str | None = None, field: str | None = None) -> None:
+        self.reason = reason
+        self.source = source
+        self.field = field
+        where = ": ".join(part for part in (source, field) if part)
+        super().__init__(f"{where}: {reason}" if where else reason)
+
+
+class TaskError(ConfigError):
+    """A :class:`bstune.Task` is unusable (bad dataset, loss, model factory...)."""
+
+    def __init__(self, reason: str, *, field: str | None = None) -> None:
+        super().__init__(reason, source="Task", field=field)
+
+
+class EstimationError(BstuneError):
+    """A statistical estimate cannot be formed from the data given (too few batches...)."""
+
+
+class DependencyError(BstuneError, ImportError):
+    """An optional dependency is missing; the message says which extra to install."""

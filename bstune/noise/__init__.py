@@ -1,0 +1,23 @@
+"""Gradient noise scale: estimators, intervals, the exact reference and in-training tracking.
+
+See McCandlish et al. 2018, "An Empirical Model of Large-Batch Training", App. A.
+"""
+
+from bstune.noise._estimate import NoiseScaleEstimate, ratio_interval, summarize
+from bstune.noise._gradients import adam_preconditioner, per_example_gradients
+from bstune.noise._measure import exact_noise_scale, measure_noise_scale
+from bstune.noise._tracker import NoiseTracker, TrajectoryPoint
+from bstune.noise._two_batch import two_batch_estimate
+
+__all__ = [
+    "NoiseScaleEstimate",
+    "NoiseTracker",
+    "TrajectoryPoint",
+    "adam_preconditioner",
+    "exact_noise_scale",
+    "measure_noise_scale",
+    "per_example_gradients",
+    "ratio_interval",
+    "summarize",
+    "two_batch_estimate",
+]

@@ -1,0 +1,106 @@
+"""TrainConfig: one training run, with its budget counted in samples."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from bstune.errors import ConfigError
+
+__all__ = ["SCHEDULES", "TrainConfig"]
+
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines one training run.
+
+    Budgets and schedules are in *samples* (training examples processed), not steps,
+    so that runs with different batch sizes are compared at equal compute.
+
+    Example:
+        >>> cfg = TrainConfig(batch_size=128, lr=0.4, max_samples=200_000)
+        >>> cfg.eval_every, cfg.steps
+        (20000, 1563)
+    """
+
+    batch_size: int
+    lr: float
+    max_samples: int
+    momentum: float | None = None  # None: the task's optimizer setting
+    weight_decay: float | None = None  # None: the task's optimizer setting
+    warmup_samples: int = 0  # linear warmup from 0 to lr over this many samples (Goyal et al. 2017)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"  # decay after warmup
+    final_lr_ratio: float = 0.0  # lr at the end of a cosine/linear decay, relative to lr
+    eval_every_samples: int | None = None  # None: ten evaluations per run
+    eval_at_start: bool = False  # also evaluate the initial model (milestone 0)
+    eval_train_examples: int = 2048  # fixed training subset measured for train loss / gap
+    eval_batch_size: int = 1024  # batch size of evaluation passes (memory only)
+    grad_clip: float | None = None  # clip the global gradient norm to this value
+    seed: int = 0  # model init and data order
+    device: str = "auto"  # "auto": CUDA when available, else CPU
+    micro_batch_size: int | None = None  # gradient accumulation: examples per forward/backward
+    amp: bool = False  # mixed precision autocast
+    amp_dtype: Literal["float16", "bfloat16"] | None = (
+        None  # None: float16 on CUDA, bfloat16 on CPU; float16 uses loss scaling
+    )
+    track_noise: bool = False  # B_simple trajectory from micro-batch gradients
+    noise_every_steps: int = 1  # without accumulation, split a step in two every N steps to measure
+    noise_preconditioned: bool = False  # Adam-family: measure gradients divided by sqrt(v_hat)
+    deterministic: bool = False  # torch.use_deterministic_algorithms during the run (slower on CUDA)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, reason: str) -> ConfigError:
+            return ConfigError(reason, source="TrainConfig", field=name)
+
+        for name in ("batch_size", "max_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise bad(name, f"must be a positive integer, got {value!r}")
+        if not isinstance(self.lr, int | float) or not self.lr > 0:
+            raise bad("lr", f"must be a positive number, got {self.lr!r}")
+        if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
+            raise bad("momentum", f"must be in [0, 1), got {self.momentum}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.warmup_samples < 0 or self.warmup_samples > self.max_samples:
+            raise bad("warmup_samples", f"must be in [0, max_samples={self.max_samples}], got {self.warmup_samples}")
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0.0 <= self.final_lr_ratio <= 1.0:
+            raise bad("final_lr_ratio", f"must be in [0, 1], got {self.final_lr_ratio}")
+        if self.eval_every_samples is not None and self.eval_every_samples <= 0:
+            raise bad("eval_every_samples", f"must be positive, got {self.eval_every_samples}")
+        for name in ("eval_train_examples", "eval_batch_size", "noise_every_steps"):
+            if getattr(self, name) <= 0:
+                raise bad(name, f"must be positive, got {getattr(self, name)}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise bad("grad_clip", f"must be positive, got {self.grad_clip}")
+        if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
+            raise bad("micro_batch_size", f"must be in [1, batch_size={self.batch_size}], got {self.micro_batch_size}")
+        if self.amp_dtype not in (None, "float16", "bfloat16"):
+            raise bad("amp_dtype", f"must be 'float16' or 'bfloat16', got {self.amp_dtype!r}")
+        if self.track_noise and self.batch_size < 2:
+            raise bad("track_noise", "needs batch_size >= 2 (two micro-batches per measured step)")
+
+    @property
+    def eval_every(self) -> int:
+        """Samples between evaluations."""
+        return self.eval_every_samples or max(1, self.max_samples // 10)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps the run takes: ceil(max_samples / batch_size)."""
+        return -(-self.max_samples // self.batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "TrainConfig") -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown}; known: {sorted(known)}", source=source)
+        return cls(**data)

@@ -1,0 +1,351 @@
+"""The trainer: runs one TrainConfig on a Task, counting steps and samples.
+
+Each step draws ``batch_size`` examples (a fresh permutation per epoch, the tail
+that does not fill a batch dropped), optionally in micro-batches whose gradients
+are accumulated into exactly the full-batch mean gradient. Evaluations happen at
+shared sample milestones so runs of different batch sizes line up. A non-finite
+loss ends the run as ``diverged``; running out of device memory ends it as ``oom``.
+Neither raises: a study records them and goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from bstune.data import batch_len, fetch_batch, move_to_device, slice_batch
+from bstune.errors import ConfigError
+from bstune.noise._gradients import adam_preconditioner
+from bstune.noise._measure import resolve_device
+from bstune.noise._tracker import NoiseTracker
+from bstune.task import Task
+from bstune.training._config import TrainConfig
+from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult
+from bstune.training._schedule import lr_at
+
+__all__ = ["Callback", "train"]
+
+logger = logging.getLogger(__name__)
+
+Callback = Callable[[EvalRecord], "Decision | bool | None"]
+"""Called after every evaluation; returning ``Decision.STOP`` (or ``True``) ends the run."""
+
+_EVAL_SUBSET_SEED = 20180614  # same training subset for every run, so train losses compare
+
+
+class _Diverged(Exception):
+    pass
+
+
+class _EpochSampler:
+    """Indices for successive batches: a seeded permutation per epoch, remainder dropped."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self._perm = torch.randperm(n, generator=self.generator)
+        self._pos = 0
+
+    def next(self) -> torch.Tensor:
+        if self._pos + self.batch_size > self.n:
+            self._perm = torch.randperm(self.n, generator=self.generator)
+            self._pos = 0
+        idx = self._perm[self._pos : self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return idx
+
+
+def _micro_bounds(batch: int, micro: int | None, split_for_noise: bool) -> list[tuple[int, int]]:
+    if micro is not None and micro < batch:
+        return [(s, min(s + micro, batch)) for s in range(0, batch, micro)]
+    if split_for_noise:
+        half = batch // 2
+        return [(0, half), (half, batch)]
+    return [(0, batch)]
+
+
+def _milestones(config: TrainConfig) -> list[int]:
+    every = config.eval_every
+    marks = list(range(every, config.max_samples, every))
+    return ([0] if config.eval_at_start else []) + marks + [config.max_samples]
+
+
+def _as_decision(value: Decision | bool | None) -> Decision:
+    if value is True or value == Decision.STOP:
+        return Decision.STOP
+    return Decision.CONTINUE
+
+
+class _Run:
+    """State of one training run (model, optimizer, counters, tracker)."""
+
+    def __init__(self, task: Task, config: TrainConfig, model: nn.Module, device: torch.device) -> None:
+        self.task, self.config, self.device = task, config, device
+        spec = task.optimizer_spec
+        self.momentum = config.momentum if config.momentum is not None else spec.momentum
+        self.model = model.to(device)
+        self.model.train()
+        self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.optimizer = spec.build(
+            [p for _, p in self.params], lr=config.lr, momentum=self.momentum, weight_decay=config.weight_decay
+        )
+        dtype = config.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")
+        self.amp_dtype = getattr(torch, dtype)
+        use_scaler = config.amp and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(device.type) if use_scaler else None
+        self.sampler = _EpochSampler(task.n_train, config.batch_size, seed=config.seed + 1)
+        self.tracker = (
+            NoiseTracker(config.batch_size, population=task.n_train, momentum=self.momentum)
+            if config.track_noise
+            else None
+        )
+        if config.noise_preconditioned and spec.family == "sgd":
+            raise ConfigError(
+                "the preconditioned noise scale needs an Adam-family optimizer",
+                source="TrainConfig",
+                field="noise_preconditioned",
+            )
+        gen = torch.Generator().manual_seed(_EVAL_SUBSET_SEED)
+        n_sub = min(config.eval_train_examples, task.n_train)
+        self.train_subset = torch.randperm(task.n_train, generator=gen)[:n_sub].sort().values
+        self.step = 0
+        self.samples = 0
+        self.window_loss = 0.0
+        self.window_steps = 0
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.config.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    # -- one optimizer step ------------------------------------------------------------
+    def train_step(self) -> float:
+        cfg = self.config
+        lr = lr_at(cfg, self.samples)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        idx = self.sampler.next()
+        inputs, targets = move_to_device(fetch_batch(self.task.train_dataset, idx), self.device, non_blocking=True)
+        batch = batch_len(targets)
+        measure = self.tracker is not None and (
+            (cfg.micro_batch_size is not None and cfg.micro_batch_size < batch)
+            or self.step % cfg.noise_every_steps == 0
+        )
+        precond = None
+        if measure and cfg.noise_preconditioned:
+            measure = bool(self.optimizer.state)  # no second moments before the first step
+            precond = adam_preconditioner(self.optimizer, self.model) if measure else None
+        bounds = _micro_bounds(batch, cfg.micro_batch_size, split_for_noise=measure)
+        scale = self.scaler.get_scale() if (self.scaler is not None and measure) else 1.0
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_total = torch.zeros((), device=self.device)
+        small_terms: list[torch.Tensor] = []
+        for start, stop in bounds:
+            weight = (stop - start) / batch  # so the accumulated gradient is the full-batch mean
+            with self.autocast():
+                out = self.model(slice_batch(inputs, start, stop))
+                loss = self.task.loss(out, slice_batch(targets, start, stop)).float()
+            loss_total += loss.detach() * weight
+            scaled = loss * weight
+            if self.scaler is not None:
+                scaled = self.scaler.scale(scaled)
+            if measure and len(bounds) > 1:
+                grads = torch.autograd.grad(scaled, [p for _, p in self.params], allow_unused=True)
+                sq = torch.zeros((), dtype=torch.float64, device=self.device)
+                for (name, p), g in zip(self.params, grads, strict=True):
+                    if g is None:
+                        continue
+                    sq += (g / precond[name] if precond else g).double().pow(2).sum()
+                    if p.grad is None:
+                        p.grad = g
+                    else:
+                        p.grad.add_(g)
+                small_terms.append(sq / (weight * scale) ** 2)  # |G_j|² of this micro-batch's mean gradient
+            else:
+                scaled.backward()
+        loss_value = float(loss_total)
+        if not math.isfinite(loss_value):
+            raise _Diverged(f"training loss became {loss_value} at step {self.step} (samples {self.samples})")
+        if measure and small_terms:
+            big = torch.zeros((), dtype=torch.float64, device=self.device)
+            for name, p in self.params:
+                if p.grad is not None:
+                    big += (p.grad / precond[name] if precond else p.grad).double().pow(2).sum()
+            sizes = [stop - start for start, stop in bounds]
+            harmonic = len(sizes) / sum(1.0 / s for s in sizes)
+            assert self.tracker is not None
+            self.tracker.update(float(torch.stack(small_terms).mean()), harmonic, float(big) / scale**2, lr)
+        self._optimizer_step()
+        self.step += 1
+        self.samples += batch
+        self.window_loss += loss_value
+        self.window_steps += 1
+        return lr
+
+    def _optimizer_step(self) -> None:
+        clip = self.config.grad_clip
+        params = [p for _, p in self.params]
+        if self.scaler is not None:
+            if clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            self.scaler.step(self.optimizer)  # skipped when gradients overflowed
+            self.scaler.update()
+        else:
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            self.optimizer.step()
+
+    # -- evaluation --------------------------------------------------------------------
+    def evaluate_on(self, dataset: Any, indices: torch.Tensor | None) -> tuple[float, dict[str, float]]:
+        n = len(dataset) if indices is None else len(indices)
+        loss_sum, metric_sums = 0.0, {k: 0.0 for k in self.task.metrics}
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, n, self.config.eval_batch_size):
+                    stop = min(start + self.config.eval_batch_size, n)
+                    idx = indices[start:stop] if indices is not None else torch.arange(start, stop)
+                    inputs, targets = move_to_device(fetch_batch(dataset, idx), self.device, non_blocking=True)
+                    with self.autocast():
+                        out = self.model(inputs)
+                        loss = self.task.loss(out, targets).float()
+                    loss_sum += float(loss) * (stop - start)
+                    for key, fn in self.task.metrics.items():
+                        metric_sums[key] += float(fn(out, targets)) * (stop - start)
+        finally:
+            self.model.train()
+        return loss_sum / n, {k: v / n for k, v in metric_sums.items()}
+
+    def record(self, milestone: int, lr: float, started: float) -> EvalRecord:
+        train_loss, train_metrics = self.evaluate_on(self.task.train_dataset, self.train_subset)
+        val_loss, val_metrics = self.evaluate_on(self.task.val_dataset, None)
+        metrics = {f"train_{k}": v for k, v in train_metrics.items()}
+        metrics.update({f"val_{k}": v for k, v in val_metrics.items()})
+        noise = self.tracker.flush(self.step, self.samples) if self.tracker is not None else None
+        batch_loss = self.window_loss / self.window_steps if self.window_steps else math.nan
+        self.window_loss, self.window_steps = 0.0, 0
+        return EvalRecord(
+            milestone=milestone,
+            samples=self.samples,
+            step=self.step,
+            lr=lr,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            batch_loss=batch_loss,
+            metrics=metrics,
+            elapsed_s=time.perf_counter() - started,
+            noise=noise,
+        )
+
+
+@contextlib.contextmanager
+def _determinism(enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def train(
+    task: Task,
+    config: TrainConfig,
+    callback: Callback | None = None,
+    *,
+    model: nn.Module | None = None,
+) -> TrainResult:
+    """Train ``task``'s model with ``config``; never raises for divergence or OOM.
+
+    Args:
+        task: the problem.
+        config: batch size, learning rate, budget in samples, schedule, device...
+        callback: called with each :class:`EvalRecord`; return ``Decision.STOP`` to
+            end the run early (status ``stopped``), e.g. when a pruner says so.
+        model: start from this model instead of a fresh one (it is trained in place).
+
+    Returns:
+        A :class:`TrainResult` with the status, the evaluations at each sample
+        milestone, the B_simple trajectory when ``track_noise`` is on, and the model.
+
+    Example:
+        >>> import torch, bstune
+        >>> x = torch.randn(256, 4); y = (x[:, 0] > 0).long()
+        >>> task = bstune.Task(model=lambda: torch.nn.Linear(4, 2), train_data=(x, y),
+        ...                    val_data=(x[:64], y[:64]), loss=torch.nn.CrossEntropyLoss())
+        >>> run = bstune.train(task, bstune.TrainConfig(batch_size=32, lr=0.5, max_samples=2048))
+        >>> run.status.value, run.samples, run.final.val_loss < 0.5
+        ('completed', 2048, True)
+    """
+    if config.batch_size > task.n_train:
+        raise ConfigError(
+            f"{config.batch_size} is larger than the training set ({task.n_train} examples)",
+            source="TrainConfig",
+            field="batch_size",
+        )
+    device = resolve_device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was asked for but torch sees no CUDA device", source="TrainConfig", field="device")
+    started = time.perf_counter()
+    train_time = 0.0
+    status, message = RunStatus.COMPLETED, ""
+    history: list[EvalRecord] = []
+    run: _Run | None = None
+    with _determinism(config.deterministic), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        try:
+            run = _Run(task, config, model if model is not None else task.make_model(seed=config.seed), device)
+            milestones = _milestones(config)
+            lr = lr_at(config, 0)
+            pending = 0
+            if milestones[0] == 0:
+                history.append(run.record(0, lr, started))
+                pending = 1
+            while run.samples < config.max_samples:
+                t0 = time.perf_counter()
+                lr = run.train_step()
+                train_time += time.perf_counter() - t0
+                reached = [m for m in milestones[pending:] if m <= run.samples]
+                if not reached and run.samples < config.max_samples:
+                    continue
+                pending += len(reached)
+                milestone = reached[-1] if reached else config.max_samples
+                record = run.record(milestone, lr, started)
+                history.append(record)
+                if not math.isfinite(record.val_loss) or not math.isfinite(record.train_loss):
+                    raise _Diverged(f"evaluation loss became non-finite at samples {run.samples}")
+                if callback is not None and _as_decision(callback(record)) == Decision.STOP:
+                    status, message = RunStatus.STOPPED, f"stopped by callback at milestone {milestone}"
+                    break
+        except _Diverged as exc:
+            status, message = RunStatus.DIVERGED, str(exc)
+        except torch.OutOfMemoryError as exc:
+            status = RunStatus.OOM
+            message = f"out of memory at batch_size={config.batch_size}: {str(exc).splitlines()[0]}"
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    if status is not RunStatus.COMPLETED:
+        logger.info("run ended %s: %s", status.value, message)
+    return TrainResult(
+        config=config,
+        status=status,
+        steps=run.step if run else 0,
+        samples=run.samples if run else 0,
+        history=history,
+        wall_time_s=time.perf_counter() - started,
+        train_time_s=train_time,
+        message=message,
+        noise_trajectory=list(run.tracker.trajectory) if run and run.tracker else [],
+        model=run.model if run else None,
+    )

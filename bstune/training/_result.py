@@ -1,0 +1,116 @@
+"""What a training run produces: its status, evaluations at sample milestones, noise trajectory."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from bstune.noise._tracker import TrajectoryPoint
+from bstune.training._config import TrainConfig
+
+__all__ = ["Decision", "EvalRecord", "RunStatus", "TrainResult"]
+
+
+class RunStatus(str, enum.Enum):
+    """How a run ended."""
+
+    COMPLETED = "completed"  # reached max_samples
+    DIVERGED = "diverged"  # loss went non-finite; the config is unusable, not broken code
+    STOPPED = "stopped"  # a callback asked to stop (e.g. an early-stopping pruner)
+    OOM = "oom"  # the device ran out of memory at this batch size
+
+
+class Decision(str, enum.Enum):
+    """What a callback tells the trainer after an evaluation."""
+
+    CONTINUE = "continue"
+    STOP = "stop"
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """Evaluation at one sample milestone.
+
+    ``milestone`` is the nominal sample count (a multiple of ``eval_every``), shared
+    by every run of a study whatever its batch size; ``samples`` is the count
+    actually processed (at most one batch more). Compare runs at milestones.
+    """
+
+    milestone: int
+    samples: int
+    step: int
+    lr: float
+    train_loss: float  # eval-mode loss on a fixed training subset
+    val_loss: float
+    batch_loss: float  # mean training-batch loss since the previous record (train mode)
+    metrics: dict[str, float] = field(default_factory=dict)  # "train_<name>" and "val_<name>"
+    elapsed_s: float = 0.0  # wall time since the run started
+    noise: TrajectoryPoint | None = None
+
+    @property
+    def gap(self) -> float:
+        """Generalization gap: validation loss minus training loss."""
+        return self.val_loss - self.train_loss
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "milestone": self.milestone,
+            "samples": self.samples,
+            "step": self.step,
+            "lr": self.lr,
+            "train_loss": _num(self.train_loss),
+            "val_loss": _num(self.val_loss),
+            "batch_loss": _num(self.batch_loss),
+            "gap": _num(self.gap),
+            "elapsed_s": self.elapsed_s,
+            "metrics": {k: _num(v) for k, v in self.metrics.items()},
+        }
+        out["noise"] = self.noise.to_dict() if self.noise else None
+        return out
+
+
+def _num(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`bstune.train`."""
+
+    config: TrainConfig
+    status: RunStatus
+    steps: int
+    samples: int
+    history: list[EvalRecord]
+    wall_time_s: float
+    train_time_s: float  # time in training steps only (no evaluation)
+    message: str = ""  # why a run ended early
+    noise_trajectory: list[TrajectoryPoint] = field(default_factory=list)
+    model: nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def final(self) -> EvalRecord | None:
+        """The last evaluation, or ``None`` if the run ended before its first."""
+        return self.history[-1] if self.history else None
+
+    @property
+    def throughput(self) -> float:
+        """Training samples per second (evaluation excluded)."""
+        return self.samples / self.train_time_s if self.train_time_s > 0 else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "status": self.status.value,
+            "steps": self.steps,
+            "samples": self.samples,
+            "wall_time_s": self.wall_time_s,
+            "train_time_s": self.train_time_s,
+            "message": self.message,
+            "history": [r.to_dict() for r in self.history],
+            "noise_trajectory": [p.to_dict() for p in self.noise_trajectory],
+        }
