@@ -22,7 +22,7 @@ from bstune.data import as_dataset, batch_len, fetch_batch, slice_batch
 from bstune.errors import TaskError
 from bstune.optim import OptimizerSpec
 
-__all__ = ["LossFn", "MetricFn", "Task"]
+__all__ = ["LossFn", "MetricFn", "Task", "has_batchnorm"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,6 @@ class Task:
     optimizer: OptimizerSpec | str = "sgd"
     name: str = "task"
     validate: bool = True
-    has_batchnorm: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         if not callable(self.model) or isinstance(self.model, nn.Module):
@@ -162,7 +161,6 @@ class Task:
             )
         if not any(p.requires_grad for p in first.parameters()):
             raise TaskError("the model has no trainable parameters", field="model")
-        self.has_batchnorm = any(isinstance(m, _BATCHNORM) for m in first.modules())
         del second
         for name in ("train_data", "val_data"):
             self._check_forward(first, getattr(self, name), name)
@@ -225,6 +223,11 @@ class Task:
                 raise TaskError(
                     f"metric {key!r} failed on {name}: {type(exc).__name__}: {exc}", field="metrics"
                 ) from exc
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` holds a BatchNorm layer (which couples the examples of a batch in train mode)."""
+    return any(isinstance(m, _BATCHNORM) for m in model.modules())
 
 
 def _describe(obj: Any) -> str:

@@ -23,7 +23,7 @@ from bstune.noise._gradients import (
     trainable_parameters,
 )
 from bstune.noise._two_batch import two_batch_estimate
-from bstune.task import Task
+from bstune.task import Task, has_batchnorm
 
 __all__ = ["exact_noise_scale", "measure_noise_scale", "resolve_device"]
 
@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 Method = Literal["per_example", "micro_batch"]
 _VMAP_FLOATS = 1 << 26  # per-example gradients held at once: 64M floats, 256 MiB in fp32
+_VMAP_GROUP_EXAMPLES = 1024  # examples per vmap call when several measurement batches are drawn
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -61,20 +62,33 @@ def _chunk_size(model: nn.Module) -> int:
 
 
 def _per_example_norms(
-    model: nn.Module, task: Task, inputs: object, targets: object, preconditioner: Preconditioner | None, chunk: int
-) -> tuple[float, float]:
-    """(mean over examples of |g_i|², |mean of g_i|²) for one batch."""
+    model: nn.Module,
+    task: Task,
+    inputs: object,
+    targets: object,
+    n_batches: int,
+    preconditioner: Preconditioner | None,
+    chunk: int,
+) -> list[tuple[float, float]]:
+    """For each of ``n_batches`` equal batches laid end to end in ``inputs``:
+    (mean over its examples of |g_i|², |mean of its g_i|²).
+
+    One vmap call covers all the batches, which amortises torch.func's fixed cost.
+    """
     grads = per_example_gradients(model, task.loss, inputs, targets, chunk_size=chunk)
-    small = None
-    mean_grads = {}
+    per_ex_sq = None
+    batch_means = []
     for name, g in grads.items():
         if preconditioner is not None:
             g = g / preconditioner[name]
-        per_ex = g.double().pow(2).flatten(1).sum(1)  # (B,) |g_i|² summed over this tensor
-        small = per_ex if small is None else small + per_ex
-        mean_grads[name] = g.double().mean(0)
-    assert small is not None
-    return float(small.mean()), float(sq_norm(mean_grads))
+        g = g.double().reshape(n_batches, -1, *g.shape[1:])  # (n_batches, B, *param)
+        sq = g.pow(2).flatten(2).sum(2)  # (n_batches, B): |g_i|² over this tensor
+        per_ex_sq = sq if per_ex_sq is None else per_ex_sq + sq
+        batch_means.append(g.mean(1).flatten(1))  # (n_batches, numel): each batch's mean gradient
+    assert per_ex_sq is not None
+    small = per_ex_sq.mean(1)
+    big = torch.cat(batch_means, dim=1).pow(2).sum(1)
+    return list(zip(small.tolist(), big.tolist(), strict=True))
 
 
 def _micro_batch_norms(
@@ -108,7 +122,7 @@ def measure_noise_scale(
     n_batches: int | None = None,
     rel_precision: float = 0.1,
     max_samples: int | None = None,
-    min_batches: int = 8,
+    min_batches: int = 20,
     confidence: float = 0.9,
     ci_method: CIMethod = "fieller",
     seed: int = 0,
@@ -165,9 +179,11 @@ def measure_noise_scale(
             source=src,
             field="batch_size",
         )
+    if model is None:
+        model = task.make_model(seed=seed)
     if method == "per_example":
         micro = 1
-        if task.has_batchnorm and mode == "train":
+        if has_batchnorm(model) and mode == "train":
             raise ConfigError(
                 "per-example gradients are not defined for BatchNorm in train mode (it couples the examples "
                 "of a batch); use method='micro_batch' or mode='eval'",
@@ -193,35 +209,34 @@ def measure_noise_scale(
             source=src,
             field="max_samples",
         )
-    if model is None:
-        model = task.make_model(seed=seed)
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     grad_sq: list[float] = []
     trace: list[float] = []
+    # Per-example gradients of several batches go through one vmap call.
+    group = max(1, _VMAP_GROUP_EXAMPLES // batch_size) if method == "per_example" else 1
+    max_batches = n_batches if n_batches is not None else max(2, budget // batch_size)
+    # The stopping rule is checked on a geometric schedule, not after every batch,
+    # so that optional stopping does not erode the interval's coverage.
+    next_check = max(min_batches, 2)
     with _prepared(model, dev, mode) as work, torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)  # dropout masks
         chunk = _chunk_size(work)
-        while True:
-            idx = sample_indices(population, batch_size, generator)
+        while len(grad_sq) < max_batches:
+            k = min(group, max_batches - len(grad_sq))
+            if n_batches is None:
+                k = min(k, max(1, next_check - len(grad_sq)))
+            idx = torch.cat([sample_indices(population, batch_size, generator) for _ in range(k)])
             inputs, targets = move_to_device(fetch_batch(task.train_dataset, idx), dev)
             if method == "per_example":
-                small, big = _per_example_norms(work, task, inputs, targets, preconditioner, chunk)
+                pairs = _per_example_norms(work, task, inputs, targets, k, preconditioner, chunk)
             else:
-                small, big = _micro_batch_norms(work, task, inputs, targets, micro, preconditioner)
-            g, t = two_batch_estimate(small, micro, big, batch_size, population)
-            grad_sq.append(float(g))
-            trace.append(float(t))
-            n = len(grad_sq)
-            if n_batches is not None:
-                if n >= n_batches:
-                    break
-                continue
-            if (n + 1) * batch_size > budget:
-                if n < 2:
-                    continue
-                break
-            if n >= max(min_batches, 2):
+                pairs = [_micro_batch_norms(work, task, inputs, targets, micro, preconditioner)]
+            for small, big in pairs:
+                g, t = two_batch_estimate(small, micro, big, batch_size, population)
+                grad_sq.append(float(g))
+                trace.append(float(t))
+            if n_batches is None and len(grad_sq) >= next_check:
                 est = summarize(
                     grad_sq,
                     trace,
@@ -234,6 +249,7 @@ def measure_noise_scale(
                 )
                 if est.rel_half_width <= rel_precision:
                     break
+                next_check = max(len(grad_sq) + 1, int(len(grad_sq) * 1.25))
     est = summarize(
         grad_sq,
         trace,
@@ -285,7 +301,7 @@ def exact_noise_scale(
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
     population = task.n_train
     with _prepared(model, dev, mode) as work:
-        if task.has_batchnorm and mode == "train":
+        if has_batchnorm(work) and mode == "train":
             raise ConfigError(
                 "per-example gradients are not defined for BatchNorm in train mode; use mode='eval'",
                 source="exact_noise_scale",

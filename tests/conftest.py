@@ -1,0 +1,39 @@
+"""Shared small problems with known answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bstune
+
+
+def make_classification(n: int = 400, d: int = 8, classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian blobs: a linearly separable-ish problem with label noise."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, d, generator=gen) * 1.5
+    y = torch.randint(0, classes, (n,), generator=gen)
+    x = centers[y] + torch.randn(n, d, generator=gen)
+    return x, y
+
+
+def small_mlp(d: int = 8, hidden: int = 16, classes: int = 3) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, classes))
+
+
+def accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (out.argmax(-1) == y).float().mean()
+
+
+@pytest.fixture
+def blob_task() -> bstune.Task:
+    x, y = make_classification()
+    xv, yv = make_classification(n=120, seed=1)
+    return bstune.Task(
+        model=small_mlp,
+        train_data=(x, y),
+        val_data=(xv, yv),
+        loss=torch.nn.CrossEntropyLoss(),
+        metrics={"accuracy": accuracy},
+        name="blobs",
+    )
