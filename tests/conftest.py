@@ -27,8 +27,8 @@ def accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture
 def blob_task() -> bstune.Task:
-    x, y = make_classification()
-    xv, yv = make_classification(n=120, seed=1)
+    x, y = make_classification(n=520)  # one draw, split: validation comes from the same distribution
+    x, xv, y, yv = x[:400], x[400:], y[:400], y[400:]
     return bstune.Task(
         model=small_mlp,
         train_data=(x, y),

@@ -48,6 +48,7 @@ class TrainConfig:
     track_noise: bool = False  # B_simple trajectory from micro-batch gradients
     noise_every_steps: int = 1  # without accumulation, split a step in two every N steps to measure
     noise_preconditioned: bool = False  # Adam-family: measure gradients divided by sqrt(v_hat)
+    divergence_factor: float | None = 100.0  # diverged when a batch loss exceeds this times the first one
     deterministic: bool = False  # torch.use_deterministic_algorithms during the run (slower on CUDA)
 
     def __post_init__(self) -> None:
@@ -79,6 +80,11 @@ class TrainConfig:
             raise bad("grad_clip", f"must be positive, got {self.grad_clip}")
         if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
             raise bad("micro_batch_size", f"must be in [1, batch_size={self.batch_size}], got {self.micro_batch_size}")
+        if self.divergence_factor is not None and not self.divergence_factor > 1:
+            raise bad(
+                "divergence_factor",
+                f"must be > 1 (or None to stop only on non-finite loss), got {self.divergence_factor}",
+            )
         if self.amp_dtype not in (None, "float16", "bfloat16"):
             raise bad("amp_dtype", f"must be 'float16' or 'bfloat16', got {self.amp_dtype!r}")
         if self.track_noise and self.batch_size < 2:

@@ -4,7 +4,8 @@ Each step draws ``batch_size`` examples (a fresh permutation per epoch, the tail
 that does not fill a batch dropped), optionally in micro-batches whose gradients
 are accumulated into exactly the full-batch mean gradient. Evaluations happen at
 shared sample milestones so runs of different batch sizes line up. A non-finite
-loss ends the run as ``diverged``; running out of device memory ends it as ``oom``.
+loss, or one ``divergence_factor`` times the first step's, ends the run as
+``diverged``; running out of device memory ends it as ``oom``.
 Neither raises: a study records them and goes on.
 """
 
@@ -119,6 +120,7 @@ class _Run:
         self.samples = 0
         self.window_loss = 0.0
         self.window_steps = 0
+        self.first_loss: float | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if not self.config.amp:
@@ -173,6 +175,13 @@ class _Run:
         loss_value = float(loss_total)
         if not math.isfinite(loss_value):
             raise _Diverged(f"training loss became {loss_value} at step {self.step} (samples {self.samples})")
+        if self.first_loss is None:
+            self.first_loss = loss_value
+        elif cfg.divergence_factor is not None and loss_value > cfg.divergence_factor * max(self.first_loss, 1e-12):
+            raise _Diverged(
+                f"training loss {loss_value:.4g} exceeded {cfg.divergence_factor:g}x the first step's "
+                f"{self.first_loss:.4g} at step {self.step} (samples {self.samples})"
+            )
         if measure and small_terms:
             big = torch.zeros((), dtype=torch.float64, device=self.device)
             for name, p in self.params:

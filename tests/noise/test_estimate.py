@@ -33,7 +33,7 @@ def test_unresolved_signal_gives_an_unbounded_interval() -> None:
     rng = np.random.default_rng(0)
     g = 0.01 + rng.standard_normal(8)  # |G|² indistinguishable from zero
     t = 10 + rng.standard_normal(8)
-    ratio, (lo, hi) = ratio_interval(t, g)
+    _, (lo, hi) = ratio_interval(t, g)
     assert hi == math.inf
     assert lo >= 0
 

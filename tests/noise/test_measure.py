@@ -172,7 +172,7 @@ def test_batchnorm_rejects_per_example_but_allows_micro_batches() -> None:
         loss=torch.nn.CrossEntropyLoss(),
         validate=False,  # the check must not depend on the smoke test having run
     )
-    with pytest.raises(ConfigError, match="BatchNorm.*micro_batch"):
+    with pytest.raises(ConfigError, match=r"BatchNorm.*micro_batch"):
         bstune.measure_noise_scale(task, batch_size=32)
     est = bstune.measure_noise_scale(task, batch_size=32, method="micro_batch", micro_batch_size=8, n_batches=4)
     assert est.n_batches == 4 and est.micro_batch_size == 8
