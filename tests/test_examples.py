@@ -1,0 +1,146 @@
+"""The example scripts build valid tasks that train, and the digits script runs end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from torch.utils.data import Subset
+
+import bstune
+
+pytest.importorskip("sklearn")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    path = EXAMPLES / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bstune_example_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # These models are too small to gain from intra-op threads, which only contend with
+    # other processes on a small machine.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def digits_task() -> bstune.Task:
+    return load_example("digits_mlp").make_task()
+
+
+@pytest.fixture(scope="module")
+def char_task() -> bstune.Task:
+    task = load_example("char_lm").make_task()
+    # Evaluating all 727 validation sequences dominates a run of a few steps: keep 64.
+    return bstune.Task(
+        model=task.model,
+        train_data=task.train_data,
+        val_data=Subset(task.val_data, range(64)),
+        loss=task.loss,
+        metrics=task.metrics,
+        optimizer=task.optimizer,
+        name=task.name,
+        validate=False,
+    )
+
+
+def check_run(run: bstune.TrainResult, samples: int) -> None:
+    assert run.status is bstune.RunStatus.COMPLETED, run.message
+    assert run.samples >= samples
+    assert run.history
+    for rec in run.history:
+        assert math.isfinite(rec.train_loss) and math.isfinite(rec.val_loss) and math.isfinite(rec.batch_loss)
+
+
+def test_digits_task_shape(digits_task: bstune.Task) -> None:
+    assert (digits_task.n_train, digits_task.n_val) == (1437, 360)
+    x, _ = digits_task.train_dataset[0]
+    assert x.shape == (64,) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    assert digits_task.optimizer_spec.family == "sgd"
+
+
+def test_digits_trains(digits_task: bstune.Task) -> None:
+    config = bstune.TrainConfig(batch_size=32, lr=0.05, max_samples=320, track_noise=True, device="cpu")
+    run = bstune.train(digits_task, config)
+    check_run(run, 320)
+    assert "val_accuracy" in run.final.metrics
+    assert run.noise_trajectory
+
+
+def test_char_lm_trains(char_task: bstune.Task) -> None:
+    assert char_task.n_train > 5000
+    x, y = char_task.train_dataset[0]
+    assert x.shape == y.shape == (64,)
+    assert (x[1:] == y[:-1]).all()  # targets are the inputs shifted by one character
+    config = bstune.TrainConfig(
+        batch_size=16, lr=3e-3, max_samples=128, eval_train_examples=64, eval_every_samples=64, device="cpu"
+    )
+    run = bstune.train(char_task, config)
+    check_run(run, 128)
+    assert run.final.metrics["val_accuracy"] >= 0.0
+
+
+def test_char_lm_per_example_gradients(char_task: bstune.Task) -> None:
+    # The example claims vmap handles every op of its model; per-example gradients must work.
+    est = bstune.measure_noise_scale(char_task, batch_size=4, n_batches=2, device="cpu")
+    assert est.method == "per_example" and est.n_batches == 2
+    assert math.isfinite(est.trace_sigma) and est.trace_sigma > 0
+
+
+@pytest.mark.slow
+def test_digits_script_end_to_end(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "digits_mlp.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "noise_scale.json").read_text())
+    assert summary["run"]["status"] == "completed"
+    assert summary["exact"]["b_simple"] > 0
+    for method in ("per_example", "micro_batch"):
+        assert summary["estimates"][method]["method"] == method
+        assert summary["estimates"][method]["b_simple"] > 0
+
+
+@pytest.mark.slow
+def test_char_lm_script_end_to_end(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "char_lm.py"),
+            "--out",
+            str(tmp_path),
+            "--max-samples",
+            "320",
+            "--measure-batches",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "noise_scale.json").read_text())
+    assert summary["run"]["status"] == "completed"
+    assert summary["estimate"]["n_batches"] == 4
