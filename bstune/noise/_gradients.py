@@ -24,6 +24,7 @@ __all__ = [
     "batch_gradient",
     "per_example_gradients",
     "sq_norm",
+    "sq_norm_of",
     "trainable_parameters",
 ]
 
@@ -35,14 +36,27 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def sq_norm_of(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Σ |t|² over a list of tensors, as a float64 0-dim tensor.
+
+    Each tensor's norm is taken in its own dtype by one fused kernel (as
+    ``clip_grad_norm_`` does); only the per-tensor norms are squared and summed in
+    float64. Converting whole gradients to float64 first costs more than the backward
+    pass of a small model.
+    """
+    if not tensors:
+        return torch.zeros((), dtype=torch.float64)
+    norms = torch._foreach_norm(tensors)
+    return torch.stack(norms).double().pow(2).sum()
+
+
 def sq_norm(grads: Mapping[str, torch.Tensor], preconditioner: Preconditioner | None = None) -> torch.Tensor:
-    """Σ over parameters of |g / p|², accumulated in float64 (a 0-dim tensor)."""
-    total = torch.zeros((), dtype=torch.float64, device=next(iter(grads.values())).device)
-    for name, g in grads.items():
-        if preconditioner is not None:
-            g = g / preconditioner[name]
-        total = total + g.double().pow(2).sum()
-    return total
+    """Σ over parameters of |g / p|², summed in float64 (a 0-dim tensor)."""
+    names = list(grads)
+    tensors = [grads[n] for n in names]
+    if preconditioner is not None:
+        tensors = torch._foreach_div(tensors, [preconditioner[n] for n in names])
+    return sq_norm_of(tensors)
 
 
 def per_example_gradients(

@@ -77,17 +77,17 @@ def _per_example_norms(
     """
     grads = per_example_gradients(model, task.loss, inputs, targets, chunk_size=chunk)
     per_ex_sq = None
-    batch_means = []
+    batch_sq = None
     for name, g in grads.items():
         if preconditioner is not None:
             g = g / preconditioner[name]
-        g = g.double().reshape(n_batches, -1, *g.shape[1:])  # (n_batches, B, *param)
-        sq = g.pow(2).flatten(2).sum(2)  # (n_batches, B): |g_i|² over this tensor
+        g = g.reshape(n_batches, -1, g[0].numel())  # (n_batches, B, numel), in the gradients' dtype
+        sq = torch.linalg.vector_norm(g, dim=2).double().pow(2)  # (n_batches, B): |g_i|² over this tensor
+        mean_sq = torch.linalg.vector_norm(g.mean(1), dim=1).double().pow(2)  # (n_batches,)
         per_ex_sq = sq if per_ex_sq is None else per_ex_sq + sq
-        batch_means.append(g.mean(1).flatten(1))  # (n_batches, numel): each batch's mean gradient
-    assert per_ex_sq is not None
-    small = per_ex_sq.mean(1)
-    big = torch.cat(batch_means, dim=1).pow(2).sum(1)
+        batch_sq = mean_sq if batch_sq is None else batch_sq + mean_sq
+    assert per_ex_sq is not None and batch_sq is not None
+    small, big = per_ex_sq.mean(1), batch_sq
     return list(zip(small.tolist(), big.tolist(), strict=True))
 
 
@@ -214,7 +214,10 @@ def measure_noise_scale(
     grad_sq: list[float] = []
     trace: list[float] = []
     # Per-example gradients of several batches go through one vmap call.
-    group = max(1, _VMAP_GROUP_EXAMPLES // batch_size) if method == "per_example" else 1
+    group = 1
+    if method == "per_example":
+        n_params = sum(p.numel() for p in trainable_parameters(model).values())
+        group = max(1, min(_VMAP_GROUP_EXAMPLES, _VMAP_FLOATS // max(n_params, 1)) // batch_size)
     max_batches = n_batches if n_batches is not None else max(2, budget // batch_size)
     # The stopping rule is checked on a geometric schedule, not after every batch,
     # so that optional stopping does not erode the interval's coverage.

@@ -23,7 +23,7 @@ from torch import nn
 
 from bstune.data import batch_len, fetch_batch, move_to_device, slice_batch
 from bstune.errors import ConfigError
-from bstune.noise._gradients import adam_preconditioner
+from bstune.noise._gradients import adam_preconditioner, sq_norm_of
 from bstune.noise._measure import resolve_device
 from bstune.noise._tracker import NoiseTracker
 from bstune.task import Task
@@ -94,6 +94,8 @@ class _Run:
         self.model = model.to(device)
         self.model.train()
         self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.param_list = [p for _, p in self.params]
+        self.name_of = {p: n for n, p in self.params}
         self.optimizer = spec.build(
             [p for _, p in self.params], lr=config.lr, momentum=self.momentum, weight_decay=config.weight_decay
         )
@@ -159,17 +161,18 @@ class _Run:
             if self.scaler is not None:
                 scaled = self.scaler.scale(scaled)
             if measure and len(bounds) > 1:
-                grads = torch.autograd.grad(scaled, [p for _, p in self.params], allow_unused=True)
-                sq = torch.zeros((), dtype=torch.float64, device=self.device)
-                for (name, p), g in zip(self.params, grads, strict=True):
-                    if g is None:
-                        continue
-                    sq += (g / precond[name] if precond else g).double().pow(2).sum()
+                grads = torch.autograd.grad(scaled, self.param_list, allow_unused=True)
+                present = [(p, g) for p, g in zip(self.param_list, grads, strict=True) if g is not None]
+                micro_grads = [g for _, g in present]
+                if precond is not None:
+                    micro_grads = torch._foreach_div(micro_grads, [precond[self.name_of[p]] for p, _ in present])
+                # |G_j|² of this micro-batch's mean gradient (undo the weight and the loss scale)
+                small_terms.append(sq_norm_of(micro_grads) / (weight * scale) ** 2)
+                for p, g in present:
                     if p.grad is None:
                         p.grad = g
                     else:
                         p.grad.add_(g)
-                small_terms.append(sq / (weight * scale) ** 2)  # |G_j|² of this micro-batch's mean gradient
             else:
                 scaled.backward()
         loss_value = float(loss_total)
@@ -183,10 +186,11 @@ class _Run:
                 f"{self.first_loss:.4g} at step {self.step} (samples {self.samples})"
             )
         if measure and small_terms:
-            big = torch.zeros((), dtype=torch.float64, device=self.device)
-            for name, p in self.params:
-                if p.grad is not None:
-                    big += (p.grad / precond[name] if precond else p.grad).double().pow(2).sum()
+            with_grad = [p for p in self.param_list if p.grad is not None]
+            full = [p.grad for p in with_grad]
+            if precond is not None:
+                full = torch._foreach_div(full, [precond[self.name_of[p]] for p in with_grad])
+            big = sq_norm_of(full)
             sizes = [stop - start for start, stop in bounds]
             harmonic = len(sizes) / sum(1.0 / s for s in sizes)
             assert self.tracker is not None

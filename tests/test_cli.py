@@ -1,0 +1,98 @@
+"""The bstune command line, run as a user would: the installed console script in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bstune.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "examples" / "digits_mlp.py")
+
+
+def _bstune() -> list[str]:
+    script = Path(sys.executable).parent / "bstune"
+    return [str(script)] if script.exists() else [shutil.which("bstune") or "bstune"]
+
+
+def test_console_script_measures_and_writes_json(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*_bstune(), "noise", DIGITS, "--batch-size", "32", "--max-samples", "2000", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "B_simple =" in proc.stdout and "90% CI" in proc.stdout
+    data = json.loads((tmp_path / "noise_scale.json").read_text())
+    assert data["estimate"]["b_simple"] > 0 and data["estimate"]["method"] == "per_example"
+
+
+def test_train_prints_the_curve_and_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "train",
+            DIGITS,
+            "--batch-size",
+            "64",
+            "--lr",
+            "0.05",
+            "--max-samples",
+            "1280",
+            "--track-noise",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "status: completed" in out and "1280" in out
+    assert json.loads((tmp_path / "train.json").read_text())["status"] == "completed"
+    assert (
+        main(["train", DIGITS, "--batch-size", "64", "--lr", "1e7", "--momentum", "0.9", "--max-samples", "6400"]) == 1
+    )  # diverged: the work failed, the input was fine
+    assert "status: diverged" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["noise", "missing.py"], "missing.py: no such file"),
+        (
+            ["train", DIGITS, "--batch-size", "5000", "--lr", "0.1", "--max-samples", "100"],
+            "TrainConfig: batch_size: 5000 is larger than the training set",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_broken_script_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = tmp_path / "broken.py"
+    script.write_text(
+        "import torch\nimport bstune\n\ndef make_task():\n    return bstune.Task(model=lambda: torch.nn.Linear(2, 1),"
+        " train_data=(torch.zeros(0, 2), torch.zeros(0, 1)), val_data=(torch.zeros(4, 2), torch.zeros(4, 1)),"
+        " loss=torch.nn.MSELoss())\n"
+    )
+    assert main(["noise", str(script)]) == 2
+    err = capsys.readouterr().err
+    assert f"{script}: make_task(): Task: train_data: is empty" in err
+    (tmp_path / "nothing.py").write_text("x = 1\n")
+    assert main(["noise", str(tmp_path / "nothing.py")]) == 2
+    assert "defines neither make_task()" in capsys.readouterr().err
+
+
+def test_argument_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["noise", DIGITS, "--batch-size", "-3"])
+    assert info.value.code == 2
