@@ -46,7 +46,7 @@ class TrainConfig:
         None  # None: float16 on CUDA, bfloat16 on CPU; float16 uses loss scaling
     )
     track_noise: bool = False  # B_simple trajectory from micro-batch gradients
-    noise_every_steps: int = 1  # without accumulation, split a step in two every N steps to measure
+    noise_every_steps: int = 8  # measure B_simple on every Nth step (benchmarks/results/noise_overhead.md)
     noise_preconditioned: bool = False  # Adam-family: measure gradients divided by sqrt(v_hat)
     divergence_factor: float | None = 100.0  # diverged when a batch loss exceeds this times the first one
     deterministic: bool = False  # torch.use_deterministic_algorithms during the run (slower on CUDA)

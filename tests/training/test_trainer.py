@@ -112,6 +112,7 @@ def test_tracked_noise_scale_matches_the_exact_value_at_fixed_parameters(blob_ta
         max_samples=32 * 200,
         eval_every_samples=32 * 200,
         micro_batch_size=8,
+        noise_every_steps=1,
         track_noise=True,
         seed=2,
     )
@@ -149,6 +150,7 @@ def test_amp_runs_and_the_tracker_unscales_gradients(blob_task: bstune.Task, dty
         max_samples=32 * 100,
         eval_every_samples=32 * 100,
         micro_batch_size=8,
+        noise_every_steps=1,
         track_noise=True,
         seed=2,
     )
