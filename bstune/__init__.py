@@ -20,6 +20,24 @@ from bstune.training import Decision, EvalRecord, RunStatus, TrainConfig, TrainR
 
 __version__ = "0.1.0"
 
+# The study layer pulls in Optuna: imported on first use, not with the package.
+_LAZY = {
+    "Study": "bstune.study",
+    "StudyResult": "bstune.study",
+    "ProbeSettings": "bstune.study",
+    "Prior": "bstune.study",
+    "SearchSpace": "bstune.space",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bstune' has no attribute {name!r}")
+
+
 __all__ = [
     "BstuneError",
     "ConfigError",
@@ -29,7 +47,12 @@ __all__ = [
     "EvalRecord",
     "NoiseScaleEstimate",
     "OptimizerSpec",
+    "Prior",
+    "ProbeSettings",
     "RunStatus",
+    "SearchSpace",
+    "Study",
+    "StudyResult",
     "Task",
     "TaskError",
     "TrainConfig",

@@ -1,7 +1,10 @@
 """The ``bstune`` command line.
 
-    bstune noise SCRIPT        measure the gradient noise scale of SCRIPT's task
-    bstune train SCRIPT        run one training config and print its learning curve
+    bstune run SCRIPT --space FILE     probe, then tune batch size and learning rate (Optuna, in-process)
+    bstune probe SCRIPT --space FILE   only the probe: noise scale, LR ceiling, throughput, the prior
+    bstune report DIR                  summarise a finished study's result.json
+    bstune noise SCRIPT                measure the gradient noise scale of SCRIPT's task
+    bstune train SCRIPT                run one training config and print its learning curve
 
 SCRIPT is a Python file defining ``make_task()`` (see ``examples/``). Every command
 exits 0 on success, 1 when the work failed, 2 on bad input (with one line saying
@@ -125,6 +128,149 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0 if run.status is bstune.RunStatus.COMPLETED else 1
 
 
+def _summary(result: dict[str, Any]) -> str:
+    """A terminal summary of a study's result.json."""
+    lines = [
+        f"study {result['study_name']} ({result['mode']} mode): {len(result['trials'])} trials, "
+        f"{result['samples_total']:,} training samples in all (probe {result['samples_probe']:,})"
+    ]
+    probe, prior = result.get("probe"), result.get("prior")
+    if probe and prior:
+        lo, hi = probe["b_simple_ci"]
+        hi_text = "inf" if hi is None else f"{hi:.4g}"
+        lines.append(
+            f"probe: B_simple {probe['b_simple']:.4g} (90% CI {lo:.4g} .. {hi_text}) at lr "
+            f"{probe['lr_probe']:.3g}; LR ceiling {probe['lr_ceiling']:.3g} at B={probe['batch_size']}, "
+            f"{probe['lr_ceiling_large']:.3g} at B={probe['large_batch']}"
+        )
+        lines.append(
+            f"prior: batch sizes {prior['batch_low']}..{prior['batch_high']}, "
+            f"lr rule anchored at eta*({prior['b_ref']}) = {prior['lr_ref']:.3g}"
+        )
+    counts: dict[str, int] = {}
+    for t in result["trials"]:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    lines.append("trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    ranked = sorted(
+        (t for t in result["trials"] if t["value"] is not None),
+        key=lambda t: t["value"],
+        reverse=result["direction"] == "maximize",
+    )
+    lines.append(f"{'#':>4} {'status':>9} {'batch':>6} {'lr':>9} {'lr/B':>9} {result['objective']:>10} {'samples':>9}")
+    for t in ranked[:10]:
+        lines.append(
+            f"{t['number']:>4} {t['status']:>9} {t['batch_size']:>6} {t['lr']:>9.3g} "
+            f"{t['temperature']:>9.3g} {t['value']:>10.4f} {t['samples']:>9,}"
+        )
+    best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result["best_config"].items())
+    lines.append(f"best config ({result['objective']} {result['best_value']:.4f}): {best}")
+    return "\n".join(lines)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import optuna
+
+    import bstune
+
+    task = load_task(args.script)
+    storage = args.storage or (f"sqlite:///{Path(args.out) / 'study.db'}" if args.out else None)
+    name = args.study_name or f"bstune-{task.name}"
+    if storage is not None:
+        from bstune.study import open_storage
+
+        opened = open_storage(storage)
+        names = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(opened)}  # type: ignore[arg-type]
+        if name in names and names[name] and not args.resume:
+            raise ConfigError(
+                f"already holds study {name!r} with {names[name]} trials; pass --resume to continue "
+                "it, or choose another --out/--storage",
+                source=storage,
+            )
+        if args.resume and name not in names:
+            raise ConfigError(f"holds no study {name!r} to resume", source=storage)
+    study = bstune.Study(
+        task,
+        args.space,
+        n_trials=args.trials,
+        budget_samples=args.budget_samples,
+        seed=args.seed,
+        storage=storage,
+        study_name=name,
+        mode=args.mode,
+        pruner=args.pruner,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    result = study.run()
+    data = result.to_dict()
+    print(_summary(data))
+    if args.out:
+        path = result.save(args.out)
+        print(f"wrote {path}" + (f"; the trials are in {storage}" if storage else ""))
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    import bstune
+    from bstune.study import Prior, run_probe
+
+    task = load_task(args.script)
+    space = bstune.SearchSpace.coerce(args.space)
+    cap = min(space.batch_max or task.n_train, task.n_train)
+    probe = run_probe(
+        task,
+        bstune.ProbeSettings(),
+        batch_min=space.batch_min,
+        batch_max=cap,
+        lr_min=space.lr_min,
+        lr_max=space.lr_max,
+        batch_round=space.prior.batch_round,
+        seed=args.seed,
+        device=args.device,
+    )
+    prior = Prior.from_probe(
+        probe,
+        family=space.optimizer.family,
+        adam_alpha=space.prior.adam_alpha,
+        batch_width=space.prior.batch_width,
+        lr_width=space.prior.lr_width,
+        batch_min=space.batch_min,
+        batch_cap=min(cap, probe.batch_ceiling or cap),
+        lr_min=space.lr_min,
+        lr_max=space.lr_max,
+        momentum_ref=space.optimizer.momentum,
+        batch_round=space.prior.batch_round,
+    )
+    lo, hi = probe.b_simple_ci
+    print(
+        f"B_simple {probe.b_simple:.4g} (90% CI {lo:.4g} .. {hi:.4g}) after {probe.samples_used:,} samples "
+        f"({probe.seconds:.1f}s on {probe.device})"
+    )
+    print(
+        f"LR ceiling {probe.lr_ceiling:.3g} at B={probe.batch_size}, {probe.lr_ceiling_large:.3g} at "
+        f"B={probe.large_batch}; probe run at lr {probe.lr_probe:.3g} (temperature {probe.temperature:.3g})"
+    )
+    print("throughput (samples/s): " + ", ".join(f"B={b}: {r:,.0f}" for b, r in sorted(probe.throughput.items())))
+    print(
+        f"prior: batch sizes {prior.batch_low}..{prior.batch_high}; learning rate by batch size: "
+        + ", ".join(f"{b}: {prior.lr_rule(b):.3g}" for b in sorted({prior.batch_low, prior.b_ref, prior.batch_high}))
+    )
+    _write_json(args.out, "probe.json", {"probe": probe.to_dict(), "prior": prior.to_dict()})
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    path = Path(args.folder) / "result.json"
+    if not path.is_file():
+        raise ConfigError("no result.json here; run `bstune run ... --out FOLDER` first", source=str(args.folder))
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"unreadable: {exc}", source=str(path)) from None
+    print(_summary(data))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bstune",
@@ -133,6 +279,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bstune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO level) to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="tune batch size and learning rate (probe, then trials; Optuna in-process)",
+        description="Probe the task (noise scale, LR ceiling, throughput), then run trials whose batch size and "
+        "learning rate follow the noise-scale prior, with early stopping at equal sample counts. "
+        "Trials are stored as they finish; --resume continues an interrupted study.",
+    )
+    run.add_argument("script", help="Python file defining make_task() -> bstune.Task")
+    run.add_argument("--space", required=True, help="search-space YAML file (see search_spaces/)")
+    run.add_argument("--trials", type=_positive_int, default=40, help="trials to finish (default 40)")
+    run.add_argument(
+        "--budget-samples",
+        type=_positive_int,
+        default=300_000,
+        help="training samples of one full trial (default 300000); pruned trials use less",
+    )
+    run.add_argument("--out", default=None, help="folder for study.db (the trials) and result.json")
+    run.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage instead of OUT/study.db: sqlite:///file.db or a journal file (*.log)",
+    )
+    run.add_argument("--study-name", default=None, help="name inside the storage (default bstune-<task name>)")
+    run.add_argument("--resume", action="store_true", help="continue the study the storage holds")
+    run.add_argument(
+        "--mode",
+        choices=["prior", "baseline"],
+        default="prior",
+        help="prior: search around the measured noise scale (default); baseline: plain log-uniform",
+    )
+    run.add_argument(
+        "--pruner",
+        choices=["hyperband", "median", "successive_halving", "none"],
+        default="hyperband",
+        help="early stopping at shared sample milestones (default hyperband)",
+    )
+    run.add_argument("--seed", type=int, default=0, help="seed for the sampler, the probe and the trials (default 0)")
+    run.add_argument("--device", default="auto", help="trial device: cpu, cuda, ... (default: CUDA when available)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(handler=_cmd_run)
+
+    probe = sub.add_parser(
+        "probe",
+        help="measure noise scale, LR ceiling and throughput; print the prior",
+        description="Run only the probe of a study and show the prior it implies.",
+    )
+    probe.add_argument("script", help="Python file defining make_task() -> bstune.Task")
+    probe.add_argument("--space", required=True, help="search-space YAML file (see search_spaces/)")
+    probe.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    probe.add_argument("--device", default="auto", help="cpu, cuda, ... (default: CUDA when available)")
+    probe.add_argument("--out", default=None, help="folder to write probe.json into")
+    probe.set_defaults(handler=_cmd_probe)
+
+    report = sub.add_parser(
+        "report",
+        help="summarise a finished study",
+        description="Print the summary of FOLDER/result.json written by `bstune run --out`.",
+    )
+    report.add_argument("folder", help="the --out folder of `bstune run`")
+    report.set_defaults(handler=_cmd_report)
 
     noise = sub.add_parser(
         "noise",

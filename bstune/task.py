@@ -130,16 +130,17 @@ class Task:
         assert isinstance(self.optimizer, OptimizerSpec)  # normalised in __post_init__
         return self.optimizer
 
-    def make_model(self, seed: int | None = None) -> nn.Module:
+    def make_model(self, seed: int | None = None, **kwargs: Any) -> nn.Module:
         """Build a fresh model; with ``seed``, its initialisation is reproducible.
 
+        ``kwargs`` go to the factory (a search space's ``model.<name>`` parameters).
         The global RNG state is left as it was.
         """
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
             try:
-                model = self.model()
+                model = self.model(**kwargs)
             except Exception as exc:
                 raise TaskError(f"the model factory raised {type(exc).__name__}: {exc}", field="model") from exc
         if not isinstance(model, nn.Module):

@@ -50,7 +50,10 @@ def make_task(hidden: int = 64) -> bstune.Task:
     n_train = int(0.8 * len(x))
     train_idx, val_idx = perm[:n_train], perm[n_train:]
 
-    def model() -> nn.Module:  # a factory: bstune builds a fresh model for every run
+    default_hidden = hidden
+
+    def model(hidden: int = default_hidden) -> nn.Module:  # a factory: a fresh model per call;
+        # `hidden` can be searched (search_spaces/mlp_classifier.yaml: model.hidden)
         return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
 
     return bstune.Task(

@@ -1,0 +1,151 @@
+"""The prior: where to look for batch size and learning rate, from the probe.
+
+Batch size. A band of ``batch_width`` either side of B_noise (the probe's B_simple),
+clipped to what the space allows, what the dataset holds and what fit in memory; a
+band pushed against a limit keeps its width and slides inward.
+
+Learning rate. McCandlish et al. 2018 (eq. 2.6) give the optimal SGD step as
+ε_opt(B) = ε_max / (1 + B_noise/B): linear in B well below B_noise, flat above. With
+s(B) = 1/(1/B + 1/B_noise) this is ε_opt ∝ s(B), so one rule serves both families:
+
+    η*(B) = η_ref · (s(B) / s(B_ref))^α,   α = 1 for SGD, α ∈ [0.5, 1] for Adam/AdamW
+
+(Adam's optimal rate grows more slowly with B: the square-root rule of Malladi et al.
+2022 is α = 0.5). The reference point is the probe: at B_ref = the probe batch size,
+η_ref = half the LR range test's ceiling. (On a quadratic, divergence sets in at 2/λ
+and the best step is 1/λ.) A second range test at a large batch caps the rule: its
+half-ceiling measures the flat part ε_max directly, which guards against an
+overestimated B_noise. When the search varies SGD momentum m, the rate is
+scaled by (1 − m)/(1 − m_ref) so that the effective step η/(1 − m) follows the rule.
+
+Search coordinates are fixed ranges, so multivariate TPE can model them:
+``u ∈ [0, 1]`` places B log-uniformly across the band, ``v ∈ [−ln w, ln w]`` sets
+η = η*(B)·e^v.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bstune.study._probe import ProbeResult
+
+__all__ = ["Prior"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Batch-size band and learning-rate rule.
+
+    Example:
+        >>> p = Prior(b_noise=100.0, b_ref=50, lr_ref=0.2, alpha=1.0, batch_low=25, batch_high=400,
+        ...           lr_width=3.0, lr_min=1e-4, lr_max=10.0, momentum_ref=0.0)
+        >>> round(p.lr_rule(50), 3), round(p.lr_rule(100), 3), round(p.lr_rule(10_000), 3)  # linear, then flat
+        (0.2, 0.3, 0.594)
+    """
+
+    b_noise: float
+    b_ref: int
+    lr_ref: float
+    alpha: float
+    batch_low: int
+    batch_high: int
+    lr_width: float
+    lr_min: float
+    lr_max: float
+    momentum_ref: float
+    batch_round: int = 1
+    lr_cap: float | None = None  # the flat part: half the range-test ceiling at a large batch
+
+    def _s(self, b: float) -> float:
+        return 1.0 / (1.0 / b + 1.0 / self.b_noise)
+
+    def lr_rule(self, batch_size: float, momentum: float | None = None) -> float:
+        """η*(B), clipped to the space's [lr_min, lr_max]."""
+        lr = self.lr_ref * (self._s(batch_size) / self._s(self.b_ref)) ** self.alpha
+        if self.lr_cap is not None:
+            lr = min(lr, max(self.lr_cap, self.lr_ref))
+        if momentum is not None:
+            lr *= (1.0 - momentum) / (1.0 - self.momentum_ref)
+        return min(self.lr_max, max(self.lr_min, lr))
+
+    def batch_at(self, u: float) -> int:
+        """Batch size at coordinate u ∈ [0, 1] (log-uniform across the band)."""
+        lo, hi = math.log(self.batch_low), math.log(self.batch_high)
+        b = math.exp(lo + min(1.0, max(0.0, u)) * (hi - lo))
+        r = self.batch_round
+        lowest = -(-self.batch_low // r) * r  # multiples of batch_round inside the band
+        highest = max(lowest, (self.batch_high // r) * r)
+        return int(min(highest, max(lowest, round(b / r) * r)))
+
+    def lr_at(self, batch_size: int, v: float, momentum: float | None = None) -> float:
+        """Learning rate at coordinate v (log-ratio to the rule)."""
+        return min(self.lr_max, max(self.lr_min, self.lr_rule(batch_size, momentum) * math.exp(v)))
+
+    @property
+    def v_range(self) -> tuple[float, float]:
+        w = math.log(self.lr_width)
+        return (-w, w)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_probe(
+        cls,
+        probe: ProbeResult,
+        *,
+        family: str,
+        adam_alpha: float,
+        batch_width: float,
+        lr_width: float,
+        batch_min: int,
+        batch_cap: int,
+        lr_min: float,
+        lr_max: float,
+        momentum_ref: float,
+        batch_round: int = 1,
+    ) -> Prior:
+        """Centre the band on the probe's B_simple; anchor the rule at the probe's batch size."""
+        b_noise = probe.b_simple
+        if not math.isfinite(b_noise) or b_noise <= 0:
+            lower = probe.b_simple_ci[0]
+            b_noise = lower if math.isfinite(lower) and lower > 0 else float(batch_cap)
+            logger.warning("probe B_simple unresolved (interval %s); centring on %.4g", probe.b_simple_ci, b_noise)
+        low, high = _band(b_noise, batch_width, batch_min, batch_cap, batch_round)
+        return cls(
+            b_noise=b_noise,
+            b_ref=probe.batch_size,
+            lr_ref=probe.lr_ceiling / 2.0,
+            alpha=1.0 if family == "sgd" else adam_alpha,
+            batch_low=low,
+            batch_high=high,
+            lr_width=lr_width,
+            lr_min=lr_min,
+            lr_max=lr_max,
+            momentum_ref=momentum_ref,
+            batch_round=batch_round,
+            lr_cap=probe.lr_ceiling_large / 2.0 if probe.large_batch > probe.batch_size else None,
+        )
+
+
+def _band(center: float, width: float, floor: int, cap: int, multiple: int) -> tuple[int, int]:
+    """[center/width, center*width] inside [floor, cap], keeping its width where it can.
+
+    Example:
+        >>> _band(100, 4, 2, 10_000, 1), _band(5_000, 4, 2, 1_000, 1), _band(1, 4, 8, 1_000, 1)
+        ((25, 400), (62, 1000), (8, 128))
+    """
+    cap = max(floor, cap)
+    low, high = center / width, center * width
+    if high > cap:
+        low, high = max(floor, cap / width**2), cap
+    if low < floor:
+        low, high = floor, min(cap, floor * width**2)
+    low_i = max(floor, math.ceil(low / multiple) * multiple if multiple > 1 else round(low))
+    high_i = min(cap, int(high // multiple) * multiple if multiple > 1 else round(high))
+    return low_i, max(low_i, high_i)

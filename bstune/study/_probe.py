@@ -1,0 +1,316 @@
+"""The probe: a short look at the problem before the search.
+
+Three measurements, each counted in samples against the study's budget:
+
+1. **LR range test** (Smith 2017) at the probe batch size: the learning rate grows
+   geometrically step by step until the loss blows up. The largest rate that still
+   reduces the loss bounds what any trial at this batch size can use.
+2. **Noise scale**: a short run at a safe fraction of that ceiling with
+   ``track_noise=True``, then B_simple measured with its interval at the parameters it
+   reached. B_simple is measured at a sane learning rate because it scales as 1/T.
+3. **Throughput**: a few steps at each batch size of a ladder on the trial device;
+   a batch size that runs out of memory caps the search.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from bstune.data import fetch_batch, move_to_device
+from bstune.errors import ConfigError
+from bstune.noise import measure_noise_scale
+from bstune.noise._measure import resolve_device
+from bstune.task import Task, has_batchnorm
+from bstune.training import RunStatus, TrainConfig, train
+
+__all__ = ["ProbeResult", "ProbeSettings", "lr_range_test", "measure_throughput", "run_probe"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How much the probe spends. Every default scales with the problem.
+
+    Example:
+        >>> ProbeSettings(train_samples=20_000).lr_fraction
+        0.25
+    """
+
+    batch_size: int | None = None  # None: 64, or less for small datasets
+    lr_steps: int = 40  # steps of the LR range test (each one batch)
+    large_batch_factor: int = 8  # a second range test at this multiple of the probe batch bounds the flat part
+    lr_fraction: float = 0.25  # probe lr = this x the range test's ceiling (optimum ~ a few x below the edge)
+    train_samples: int | None = None  # probe training run; None: 10 passes of lr_steps' worth, at least 5 epochs' tenth
+    rel_precision: float = 0.15  # final B_simple measurement: stop at this interval half-width
+    measure_samples: int | None = None  # most examples for that measurement; None: 100 batches
+    throughput_steps: int = 5  # timed steps per ladder rung (after one warm-up step)
+    throughput_batches: tuple[int, ...] | None = None  # None: powers of two within the space's batch range
+
+    def __post_init__(self) -> None:
+        for name in ("lr_steps", "throughput_steps"):
+            if getattr(self, name) < 2:
+                raise ConfigError(f"must be >= 2, got {getattr(self, name)}", source="ProbeSettings", field=name)
+        if not 0 < self.lr_fraction <= 1:
+            raise ConfigError(f"must be in (0, 1], got {self.lr_fraction}", source="ProbeSettings", field="lr_fraction")
+
+
+@dataclass
+class ProbeResult:
+    """What the probe measured. JSON round-trips, so a resumed study need not probe again."""
+
+    batch_size: int
+    lr_ceiling: float  # largest range-test lr before the loss rose past twice its best
+    lr_ceiling_large: float  # the same at a large batch (large_batch): bounds the rule's flat part
+    large_batch: int
+    lr_probe: float  # lr of the probe run
+    b_simple: float
+    b_simple_ci: tuple[float, float]
+    trajectory: list[dict[str, Any]]  # B_simple over the probe run: samples, b_simple, ci, temperature
+    temperature: float  # eta/(B(1-m)) of the probe run
+    throughput: dict[int, float]  # batch size -> training samples/s on the trial device
+    batch_ceiling: int | None  # smallest batch size that ran out of memory, halved; None if all fit
+    samples_used: int  # training examples processed by the probe (range test + run + measurement + ladder)
+    lr_range: list[tuple[float, float]] = field(default_factory=list)  # (lr, smoothed loss) of the range test
+    device: str = "cpu"
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["throughput"] = {str(k): v for k, v in self.throughput.items()}
+        out["b_simple"] = self.b_simple if math.isfinite(self.b_simple) else None
+        out["b_simple_ci"] = [v if math.isfinite(v) else None for v in self.b_simple_ci]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
+        d = dict(data)
+        d["throughput"] = {int(k): float(v) for k, v in d["throughput"].items()}
+        d["b_simple"] = math.inf if d["b_simple"] is None else d["b_simple"]
+        d["b_simple_ci"] = tuple(math.inf if v is None else v for v in d["b_simple_ci"])
+        d["lr_range"] = [tuple(p) for p in d.get("lr_range", [])]
+        return cls(**d)
+
+
+def _probe_batch(task: Task, settings: ProbeSettings, batch_min: int, batch_cap: int) -> int:
+    b = settings.batch_size if settings.batch_size is not None else min(64, max(2, task.n_train // 16))
+    return int(min(max(b, batch_min, 2), batch_cap))
+
+
+def lr_range_test(
+    task: Task,
+    batch_size: int,
+    lr_min: float,
+    lr_max: float,
+    steps: int,
+    *,
+    momentum: float | None,
+    seed: int,
+    device: torch.device,
+) -> tuple[float, list[tuple[float, float]]]:
+    """Geometric LR sweep, one batch per step; returns (ceiling, [(lr, smoothed loss)]).
+
+    The ceiling is the last lr before the smoothed loss exceeds twice its minimum
+    (or goes non-finite): above it, steps at this batch size make things worse.
+    """
+    spec = task.optimizer_spec
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model = task.make_model(seed=seed).to(device).train()
+        opt = spec.build(model.parameters(), lr=lr_min, momentum=momentum)
+        gen = torch.Generator().manual_seed(seed + 7)
+        ratio = (lr_max / lr_min) ** (1.0 / (steps - 1))
+        smoothed, best = math.nan, math.inf
+        curve: list[tuple[float, float]] = []
+        ceiling = lr_min
+        for i in range(steps):
+            lr = lr_min * ratio**i
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = torch.randperm(task.n_train, generator=gen)[:batch_size]
+            inputs, targets = move_to_device(fetch_batch(task.train_dataset, idx), device)
+            opt.zero_grad(set_to_none=True)
+            loss = task.loss(model(inputs), targets)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                break
+            loss.backward()
+            opt.step()
+            smoothed = value if i == 0 else 0.7 * smoothed + 0.3 * value  # EMA: one batch is noisy
+            curve.append((lr, smoothed))
+            if smoothed > 2.0 * best:
+                break
+            best = min(best, smoothed)
+            ceiling = lr
+    return ceiling, curve
+
+
+def run_probe(
+    task: Task,
+    settings: ProbeSettings,
+    *,
+    batch_min: int,
+    batch_max: int,
+    lr_min: float,
+    lr_max: float,
+    batch_round: int = 1,
+    seed: int = 0,
+    device: str = "auto",
+) -> ProbeResult:
+    """Measure the LR ceiling, the noise scale and the throughput of ``task`` (see module doc)."""
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    spec = task.optimizer_spec
+    batch = _probe_batch(task, settings, batch_min, batch_max)
+    samples = 0
+    ceiling, curve = lr_range_test(task, batch, lr_min, lr_max, settings.lr_steps, momentum=None, seed=seed, device=dev)
+    samples += len(curve) * batch
+    big = min(batch_max, task.n_train, max(batch, settings.large_batch_factor * batch))
+    ceiling_big = ceiling
+    if big > batch:
+        ceiling_big, curve_big = lr_range_test(
+            task, big, lr_min, lr_max, settings.lr_steps, momentum=None, seed=seed, device=dev
+        )
+        samples += len(curve_big) * big
+    lr_probe = max(lr_min, settings.lr_fraction * ceiling)
+    logger.info("probe: LR range test at B=%d: ceiling %.3g, probe lr %.3g", batch, ceiling, lr_probe)
+
+    train_samples = settings.train_samples or max(10 * settings.lr_steps * batch, task.n_train // 2)
+    # Probe run: split every step in two for the B_simple trajectory (BatchNorm: fine, micro-batch estimator).
+    cfg = TrainConfig(
+        batch_size=batch,
+        lr=lr_probe,
+        max_samples=train_samples,
+        seed=seed,
+        device=str(dev),
+        track_noise=True,
+        eval_every_samples=max(batch * 4, train_samples // 5),
+    )
+    run = train(task, cfg)
+    samples += run.samples
+    if run.status is not RunStatus.COMPLETED or run.model is None:
+        raise ConfigError(
+            f"the probe run at batch_size={batch}, lr={lr_probe:.3g} ended {run.status.value}: {run.message}; "
+            "lower the space's lr.max or set ProbeSettings(lr_fraction=...) smaller",
+            source="probe",
+        )
+    method = "micro_batch" if has_batchnorm(run.model) else "per_example"
+    # |G|² is resolved only by batches of size ~B_simple or more: grow the measurement
+    # batch until the interval closes (at B = D the finite-population correction makes
+    # the |G|² estimate exact).
+    measure_batch = batch
+    while True:
+        est = measure_noise_scale(
+            task,
+            run.model,
+            batch_size=measure_batch,
+            method=method,  # type: ignore[arg-type]
+            rel_precision=settings.rel_precision,
+            max_samples=settings.measure_samples or 100 * measure_batch,
+            seed=seed,
+            device=dev,
+        )
+        samples += est.n_examples
+        if est.rel_half_width <= 2 * settings.rel_precision or measure_batch >= task.n_train:
+            break
+        measure_batch = min(task.n_train, 4 * measure_batch)
+        logger.info(
+            "probe: B_simple unresolved at batch %d (%s); measuring with batch %d",
+            est.batch_size,
+            est.ci,
+            measure_batch,
+        )
+    momentum = spec.momentum
+    temperature = lr_probe / (batch * (1.0 - momentum))
+
+    throughput: dict[int, float] = {}
+    cap: int | None = None
+    rungs = settings.throughput_batches or _ladder(batch_min, batch_max, batch_round)
+    for b in sorted(r for r in rungs if r <= task.n_train):
+        rate, used = measure_throughput(task, b, settings.throughput_steps, lr=lr_probe, seed=seed, device=dev)
+        samples += used
+        if rate is None:
+            cap = max(batch_min, b // 2)
+            logger.warning("probe: batch size %d ran out of memory; the search stays at or below %d", b, cap)
+            break
+        throughput[b] = rate
+    trajectory = [
+        {
+            "samples": p.samples,
+            "b_simple": p.b_simple if math.isfinite(p.b_simple) else None,
+            "ci": [v if math.isfinite(v) else None for v in p.ci],
+            "temperature": p.temperature,
+        }
+        for p in run.noise_trajectory
+    ]
+    return ProbeResult(
+        batch_size=batch,
+        lr_ceiling=ceiling,
+        lr_ceiling_large=ceiling_big,
+        large_batch=big,
+        lr_probe=lr_probe,
+        b_simple=est.b_simple,
+        b_simple_ci=est.ci,
+        trajectory=trajectory,
+        temperature=temperature,
+        throughput=throughput,
+        batch_ceiling=cap,
+        samples_used=samples,
+        lr_range=curve,
+        device=str(dev),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def measure_throughput(
+    task: Task, batch_size: int, steps: int, *, lr: float, seed: int, device: torch.device, warmup: int = 2
+) -> tuple[float | None, int]:
+    """Training samples/s at ``batch_size`` (forward, backward, optimizer step), after
+    ``warmup`` untimed steps; ``(None, used)`` if the device ran out of memory."""
+    model = task.make_model(seed=seed).to(device).train()
+    opt = task.optimizer_spec.build(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed + 11)
+    used = 0
+    elapsed = 0.0
+    try:
+        for i in range(warmup + steps):
+            idx = torch.randperm(task.n_train, generator=gen)[:batch_size]
+            inputs, targets = move_to_device(fetch_batch(task.train_dataset, idx), device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            task.loss(model(inputs), targets).backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                elapsed += time.perf_counter() - t0
+            used += batch_size
+    except torch.OutOfMemoryError:
+        del model, opt
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None, used
+    return steps * batch_size / elapsed, used
+
+
+def _ladder(low: int, high: int, multiple: int) -> list[int]:
+    """Powers of two from ``low`` to ``high`` (both ends kept), at most 7 rungs."""
+    rungs = {low, high}
+    b = 1
+    while b < high:
+        if b > low:
+            rungs.add(b)
+        b *= 2
+    out = sorted({max(multiple, (r // multiple) * multiple) for r in rungs})
+    if len(out) > 7:
+        idx = [round(i * (len(out) - 1) / 6) for i in range(7)]
+        out = [out[i] for i in sorted(set(idx))]
+    return out

@@ -1,0 +1,128 @@
+"""What a study keeps about each trial, and what it returns."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from bstune.study._prior import Prior
+from bstune.study._probe import ProbeResult
+
+__all__ = ["StudyResult", "TrialRecord", "clean_json"]
+
+
+def clean_json(value: Any) -> Any:
+    """Replace non-finite floats by ``None`` (JSON has no inf/nan)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean_json(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial: its derived batch size and learning rate, outcome and learning curve."""
+
+    number: int
+    status: str  # completed, pruned, diverged, oom, failed, running
+    batch_size: int | None
+    lr: float | None
+    temperature: float | None  # eta/(B(1-m))
+    value: float | None  # the objective (best validation loss over its milestones, by default)
+    samples: int  # training samples the trial used
+    params: dict[str, Any]  # the sampled coordinates and extra hyperparameters
+    config: dict[str, Any]  # the full TrainConfig
+    history: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+
+    @classmethod
+    def from_frozen(cls, trial: FrozenTrial) -> TrialRecord:
+        attrs = trial.user_attrs
+        status = attrs.get("status")
+        if status is None:
+            status = {
+                TrialState.COMPLETE: "completed",
+                TrialState.PRUNED: "pruned",
+                TrialState.FAIL: "failed",
+                TrialState.RUNNING: "running",
+                TrialState.WAITING: "waiting",
+            }[trial.state]
+        value = trial.value if trial.state == TrialState.COMPLETE else attrs.get("best_value")
+        return cls(
+            number=trial.number,
+            status=status,
+            batch_size=attrs.get("batch_size"),
+            lr=attrs.get("lr"),
+            temperature=attrs.get("temperature"),
+            value=value,
+            samples=int(attrs.get("samples", 0)),
+            params=dict(trial.params),
+            config=attrs.get("config", {}),
+            history=attrs.get("history", []),
+            message=attrs.get("message", ""),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return clean_json(asdict(self))  # type: ignore[no-any-return]
+
+
+@dataclass
+class StudyResult:
+    """The outcome of :meth:`bstune.Study.run`.
+
+    ``best_config`` holds what to train with: batch size, learning rate and every
+    other hyperparameter of the best completed trial, plus the temperature η/B.
+    """
+
+    study_name: str
+    mode: str
+    objective: str
+    direction: str
+    best_config: dict[str, Any]
+    best_value: float
+    trials: list[TrialRecord]
+    probe: ProbeResult | None
+    prior: Prior | None
+    budget_samples: int
+    samples_probe: int
+    optuna_study: optuna.Study | None = field(default=None, repr=False)
+
+    @property
+    def samples_total(self) -> int:
+        """Training samples spent: the probe plus every trial, pruned and failed ones included."""
+        return self.samples_probe + sum(t.samples for t in self.trials)
+
+    def to_dict(self) -> dict[str, Any]:
+        return clean_json(
+            {  # type: ignore[no-any-return]
+                "study_name": self.study_name,
+                "mode": self.mode,
+                "objective": self.objective,
+                "direction": self.direction,
+                "best_config": self.best_config,
+                "best_value": self.best_value,
+                "budget_samples": self.budget_samples,
+                "samples_probe": self.samples_probe,
+                "samples_total": self.samples_total,
+                "probe": self.probe.to_dict() if self.probe else None,
+                "prior": self.prior.to_dict() if self.prior else None,
+                "trials": [t.to_dict() for t in self.trials],
+            }
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``result.json`` into folder ``path`` (created); returns the file."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        out = folder / "result.json"
+        out.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        return out

@@ -1,0 +1,85 @@
+"""The prior's formulas against the relations they come from (McCandlish et al. 2018)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bstune.study import Prior
+from bstune.study._prior import _band
+
+
+def _prior(**kw: object) -> Prior:
+    args: dict[str, object] = dict(
+        b_noise=200.0,
+        b_ref=32,
+        lr_ref=0.1,
+        alpha=1.0,
+        batch_low=50,
+        batch_high=800,
+        lr_width=3.0,
+        lr_min=1e-6,
+        lr_max=1e3,
+        momentum_ref=0.0,
+    )
+    return Prior(**(args | kw))  # type: ignore[arg-type]
+
+
+def test_sgd_rule_is_eps_max_over_one_plus_bnoise_over_b() -> None:
+    """ε_opt(B) = ε_max / (1 + B_noise/B): the product ε_opt(B)·(1 + B_noise/B) is one constant."""
+    p = _prior()
+    eps_max = [p.lr_rule(b) * (1 + p.b_noise / b) for b in (4, 32, 200, 5_000, 10**6)]
+    assert max(eps_max) == pytest.approx(min(eps_max), rel=1e-12)
+    assert eps_max[0] == pytest.approx(0.1 * (1 + 200 / 32))  # anchored at the probe: η*(B_ref) = η_ref
+
+
+def test_linear_below_bnoise_and_flat_above() -> None:
+    p = _prior()
+    assert p.lr_rule(2) / p.lr_rule(1) == pytest.approx(2.0, rel=0.01)  # Goyal et al. linear scaling
+    assert p.lr_rule(2 * 10**6) / p.lr_rule(10**6) == pytest.approx(1.0, rel=1e-3)
+    assert p.lr_rule(200) / p.lr_rule(100) == pytest.approx((1 + 200 / 100) / (1 + 200 / 200))
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.75, 1.0])
+def test_adam_rule_grows_as_b_to_the_alpha_below_bnoise(alpha: float) -> None:
+    p = _prior(alpha=alpha, b_noise=1e9)
+    assert p.lr_rule(4 * 32) / p.lr_rule(32) == pytest.approx(4**alpha, rel=1e-6)
+
+
+def test_momentum_keeps_the_effective_step() -> None:
+    p = _prior(momentum_ref=0.9)
+    base = p.lr_rule(100)
+    assert p.lr_rule(100, momentum=0.9) == pytest.approx(base)
+    assert p.lr_rule(100, momentum=0.0) / (1 - 0.0) == pytest.approx(base / (1 - 0.9))  # η/(1−m) preserved
+
+
+def test_large_batch_ceiling_caps_the_flat_part() -> None:
+    p = _prior(lr_cap=0.3)
+    assert p.lr_rule(10**6) == pytest.approx(0.3)
+    assert p.lr_rule(32) == pytest.approx(0.1)  # below the cap the rule is untouched
+
+
+def test_coordinates_span_the_band_and_the_lr_width() -> None:
+    p = _prior(batch_round=8)
+    assert p.batch_at(0.0) == 56 and p.batch_at(1.0) == 800  # 50 rounds up to the multiple 56
+    assert all(b % 8 == 0 for b in (p.batch_at(u / 10) for u in range(11)))
+    lo, hi = p.v_range
+    assert (lo, hi) == pytest.approx((-math.log(3), math.log(3)))
+    assert p.lr_at(100, hi) == pytest.approx(3 * p.lr_rule(100))
+    assert p.lr_at(100, 50.0) == 1e3  # clipped to the space's lr.max
+
+
+@pytest.mark.parametrize(
+    ("center", "width", "floor", "cap", "expected"),
+    [
+        (100, 4, 2, 10_000, (25, 400)),  # centred
+        (5_000, 4, 2, 1_000, (62, 1_000)),  # pushed down by the dataset or memory, width kept
+        (1, 4, 8, 1_000, (8, 128)),  # pushed up by the space's minimum
+        (100, 4, 2, 60, (4, 60)),
+    ],  # cap below the centre: 60/4² = 3.75, rounded
+)
+def test_band_keeps_its_width_when_pushed(
+    center: float, width: float, floor: int, cap: int, expected: tuple[int, int]
+) -> None:
+    assert _band(center, width, floor, cap, 1) == expected
