@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make run    install, then run a small study on the embedded default (Optuna, in-process)
+#   make run    install, then run a small study on the embedded default (Optuna, in-process);
+#               each run writes a new folder runs/digits-<time>, so earlier results are kept
 #   make test   install, then run every test (slow and cluster ones included), as CI does
 # `make test-fast` runs the quick default selection while developing.
 
@@ -21,8 +22,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+RUN_OUT ?= runs/digits-$(shell date +%Y%m%d-%H%M%S)
+
 run: $(STAMP)
-	$(PY) examples/digits_mlp.py --out runs/digits
+	$(VENV)/bin/bstune run examples/digits_mlp.py --space search_spaces/mlp_classifier.yaml \
+		--trials 20 --budget-samples 30000 --out $(RUN_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "" -q

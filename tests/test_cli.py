@@ -96,3 +96,45 @@ def test_argument_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         main(["noise", DIGITS, "--batch-size", "-3"])
     assert info.value.code == 2
+
+
+SPACE_FILE = str(ROOT / "search_spaces" / "mlp_classifier.yaml")
+
+
+def test_run_resume_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "study")
+    base = [
+        "run",
+        DIGITS,
+        "--space",
+        SPACE_FILE,
+        "--budget-samples",
+        "3000",
+        "--out",
+        out,
+        "--no-progress",
+        "--mode",
+        "baseline",
+    ]
+    assert main([*base, "--trials", "2"]) == 0
+    first = json.loads((tmp_path / "study" / "result.json").read_text())
+    assert len(first["trials"]) == 2 and "best config" in capsys.readouterr().out
+    assert main([*base, "--trials", "3"]) == 2  # the folder holds a study: refuse to mix silently
+    assert "pass --resume" in capsys.readouterr().err
+    assert main([*base, "--trials", "3", "--resume"]) == 0
+    again = json.loads((tmp_path / "study" / "result.json").read_text())
+    assert [t["value"] for t in again["trials"][:2]] == [t["value"] for t in first["trials"]]
+    assert len(again["trials"]) == 3
+    capsys.readouterr()
+    assert main(["report", out]) == 0
+    assert "study bstune-digits_mlp (baseline mode): 3 trials" in capsys.readouterr().out
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no result.json here" in capsys.readouterr().err
+
+
+def test_run_with_a_bad_space_names_file_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("name: broken\nbatch_size: {min: 64, max: 8}\n")
+    assert main(["run", DIGITS, "--space", str(space), "--trials", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{space}: batch_size" in err and "Traceback" not in err

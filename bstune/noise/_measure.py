@@ -129,6 +129,7 @@ def measure_noise_scale(
     device: str | torch.device | None = None,
     mode: Literal["train", "eval"] = "train",
     preconditioner: Preconditioner | None = None,
+    warn_if_imprecise: bool = True,
 ) -> NoiseScaleEstimate:
     """Estimate the simple noise scale B_simple = tr(Σ)/|G|² at the model's parameters.
 
@@ -159,6 +160,7 @@ def measure_noise_scale(
         mode: ``"train"`` (dropout on, as training sees it) or ``"eval"``.
         preconditioner: divide gradients by these tensors (see
             :func:`bstune.noise.adam_preconditioner`) for Adam's preconditioned variant.
+        warn_if_imprecise: log a warning when the budget ran out before ``rel_precision``.
 
     Example:
         >>> import torch, bstune
@@ -264,7 +266,7 @@ def measure_noise_scale(
         preconditioned=preconditioner is not None,
         ci_method=ci_method,
     )
-    if n_batches is None and est.rel_half_width > rel_precision:
+    if warn_if_imprecise and n_batches is None and est.rel_half_width > rel_precision:
         logger.warning(
             "noise scale: interval half-width %.0f%% after %d batches (%d examples) is wider than the "
             "requested %.0f%%; raise max_samples for a tighter estimate",

@@ -116,8 +116,11 @@ def lr_range_test(
 ) -> tuple[float, list[tuple[float, float]]]:
     """Geometric LR sweep, one batch per step; returns (ceiling, [(lr, smoothed loss)]).
 
-    The ceiling is the last lr before the smoothed loss exceeds twice its minimum
-    (or goes non-finite): above it, steps at this batch size make things worse.
+    The sweep stops once the smoothed loss exceeds twice its minimum (or goes
+    non-finite); the ceiling is the learning rate at that minimum, the largest one
+    that still lowered the loss. On a quadratic it lands within ~2x of the
+    stability edge 2/λ_max (the loss takes a few steps to blow up while the rate
+    keeps growing); tests/study/test_probe.py checks it against a known edge.
     """
     spec = task.optimizer_spec
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -146,8 +149,8 @@ def lr_range_test(
             curve.append((lr, smoothed))
             if smoothed > 2.0 * best:
                 break
-            best = min(best, smoothed)
-            ceiling = lr
+            if smoothed < best:
+                best, ceiling = smoothed, lr
     return ceiling, curve
 
 
@@ -173,11 +176,18 @@ def run_probe(
     samples += len(curve) * batch
     big = min(batch_max, task.n_train, max(batch, settings.large_batch_factor * batch))
     ceiling_big = ceiling
+    cap: int | None = None
     if big > batch:
-        ceiling_big, curve_big = lr_range_test(
-            task, big, lr_min, lr_max, settings.lr_steps, momentum=None, seed=seed, device=dev
-        )
-        samples += len(curve_big) * big
+        try:
+            ceiling_big, curve_big = lr_range_test(
+                task, big, lr_min, lr_max, settings.lr_steps, momentum=None, seed=seed, device=dev
+            )
+            samples += len(curve_big) * big
+        except torch.OutOfMemoryError:
+            cap, big = max(batch_min, big // 2), batch
+            logger.warning("probe: batch size %d ran out of memory; the search stays at or below %d", 2 * cap, cap)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
     lr_probe = max(lr_min, settings.lr_fraction * ceiling)
     logger.info("probe: LR range test at B=%d: ceiling %.3g, probe lr %.3g", batch, ceiling, lr_probe)
 
@@ -215,6 +225,7 @@ def run_probe(
             max_samples=settings.measure_samples or 100 * measure_batch,
             seed=seed,
             device=dev,
+            warn_if_imprecise=False,
         )
         samples += est.n_examples
         if est.rel_half_width <= 2 * settings.rel_precision or measure_batch >= task.n_train:
@@ -226,13 +237,20 @@ def run_probe(
             est.ci,
             measure_batch,
         )
+    if est.rel_half_width > 2 * settings.rel_precision:
+        logger.warning(
+            "probe: B_simple %.4g is uncertain (90%% CI %.4g .. %.4g) even with batches of %d",
+            est.b_simple,
+            est.ci[0],
+            est.ci[1],
+            est.batch_size,
+        )
     momentum = spec.momentum
     temperature = lr_probe / (batch * (1.0 - momentum))
 
     throughput: dict[int, float] = {}
-    cap: int | None = None
     rungs = settings.throughput_batches or _ladder(batch_min, batch_max, batch_round)
-    for b in sorted(r for r in rungs if r <= task.n_train):
+    for b in sorted(r for r in rungs if r <= min(task.n_train, cap or task.n_train)):
         rate, used = measure_throughput(task, b, settings.throughput_steps, lr=lr_probe, seed=seed, device=dev)
         samples += used
         if rate is None:

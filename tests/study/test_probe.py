@@ -1,0 +1,95 @@
+"""The probe's measurements against problems whose answers are known."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bstune
+from bstune.study import ProbeResult, ProbeSettings, lr_range_test, run_probe
+from bstune.study._probe import _ladder, measure_throughput
+
+
+def _regression(n: int = 4000, d: int = 8, seed: int = 0) -> bstune.Task:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen)
+    y = x @ torch.randn(d, generator=gen) + 0.1 * torch.randn(n, generator=gen)
+    return bstune.Task(
+        model=lambda: torch.nn.Linear(d, 1, bias=False),
+        train_data=(x, y[:, None]),
+        val_data=(x[:200], y[:200, None]),
+        loss=torch.nn.MSELoss(),
+    )
+
+
+def test_lr_range_test_finds_the_stability_edge_of_a_quadratic() -> None:
+    """MSE on x ~ N(0, I): the Hessian is 2·E[xxᵀ] = 2I, so full-batch GD diverges above lr = 2/λ = 1."""
+    task = _regression()
+    ceiling, curve = lr_range_test(task, 2000, 1e-3, 10.0, 60, momentum=None, seed=0, device=torch.device("cpu"))
+    assert 0.5 <= ceiling <= 2.0  # within ~2x of the edge, by design of the sweep
+    assert curve[0][0] == pytest.approx(1e-3) and len(curve) < 60  # stopped once the loss blew up
+
+
+def test_throughput_and_out_of_memory() -> None:
+    task = _regression()
+    rate, used = measure_throughput(task, 64, 3, lr=0.01, seed=0, device=torch.device("cpu"))
+    assert rate is not None and rate > 0 and used == 5 * 64
+
+    class Hungry(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = torch.nn.Linear(8, 1, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.training and x.shape[0] > 100:  # training activations do not fit above 100 examples
+                raise torch.OutOfMemoryError("CUDA out of memory")
+            return self.inner(x)
+
+    hungry = bstune.Task(model=Hungry, train_data=task.train_data, val_data=task.val_data, loss=task.loss)
+    assert measure_throughput(hungry, 128, 3, lr=0.01, seed=0, device=torch.device("cpu"))[0] is None
+    probe = run_probe(
+        hungry,
+        ProbeSettings(lr_steps=10, train_samples=640, throughput_steps=2),
+        batch_min=8,
+        batch_max=512,
+        lr_min=1e-3,
+        lr_max=1.0,
+        seed=0,
+        device="cpu",
+    )
+    assert probe.batch_ceiling == 64  # 128 ran out of memory: the search stays at half of it
+    assert max(probe.throughput) == 64
+
+
+def test_probe_measures_the_noise_scale_of_linear_regression() -> None:
+    task = _regression()
+    probe = run_probe(
+        task,
+        ProbeSettings(lr_steps=20, train_samples=4000, throughput_steps=2),
+        batch_min=8,
+        batch_max=2048,
+        lr_min=1e-3,
+        lr_max=10.0,
+        seed=0,
+        device="cpu",
+    )
+    exact = bstune.exact_noise_scale(task, _trained_like_probe(task, probe))
+    assert probe.b_simple_ci[0] <= exact.b_simple * 1.5 and exact.b_simple / 1.5 <= probe.b_simple_ci[1]
+    assert probe.samples_used >= 4000 + 20 * probe.batch_size
+    assert ProbeResult.from_dict(probe.to_dict()) == probe
+    assert probe.lr_probe == pytest.approx(0.25 * probe.lr_ceiling)
+
+
+def _trained_like_probe(task: bstune.Task, probe: ProbeResult) -> torch.nn.Module:
+    run = bstune.train(
+        task,
+        bstune.TrainConfig(batch_size=probe.batch_size, lr=probe.lr_probe, max_samples=4000, seed=0, track_noise=True),
+    )
+    assert run.model is not None
+    return run.model
+
+
+def test_ladder_spans_the_range_in_powers_of_two() -> None:
+    assert _ladder(8, 1024, 1) == [8, 16, 64, 128, 256, 512, 1024] or len(_ladder(8, 1024, 1)) == 7
+    assert _ladder(8, 1024, 1)[0] == 8 and _ladder(8, 1024, 1)[-1] == 1024
+    assert all(b % 8 == 0 for b in _ladder(10, 300, 8))
