@@ -29,6 +29,8 @@ run: $(STAMP)
 		--trials 20 --budget-samples 30000 --out $(RUN_OUT)
 
 test: $(STAMP)
+	$(PY) -m ruff check bstune tests examples benchmarks
+	$(PY) -m mypy
 	$(PY) -m pytest -m "" -q
 
 test-fast: $(STAMP)

@@ -170,8 +170,6 @@ def _summary(result: dict[str, Any]) -> str:
 def _cmd_run(args: argparse.Namespace) -> int:
     import optuna
 
-    import bstune
-
     task = load_task(args.script)
     storage = args.storage or (f"sqlite:///{Path(args.out) / 'study.db'}" if args.out else None)
     name = args.study_name or f"bstune-{task.name}"
@@ -188,7 +186,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             )
         if args.resume and name not in names:
             raise ConfigError(f"holds no study {name!r} to resume", source=storage)
-    study = bstune.Study(
+    from bstune.study import Study
+
+    study = Study(
         task,
         args.space,
         n_trials=args.trials,
@@ -211,15 +211,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    import bstune
-    from bstune.study import Prior, run_probe
+    from bstune.space import SearchSpace
+    from bstune.study import Prior, ProbeSettings, run_probe
 
     task = load_task(args.script)
-    space = bstune.SearchSpace.coerce(args.space)
+    space = SearchSpace.coerce(args.space)
     cap = min(space.batch_max or task.n_train, task.n_train)
     probe = run_probe(
         task,
-        bstune.ProbeSettings(),
+        ProbeSettings(),
         batch_min=space.batch_min,
         batch_max=cap,
         lr_min=space.lr_min,

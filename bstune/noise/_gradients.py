@@ -55,7 +55,7 @@ def sq_norm(grads: Mapping[str, torch.Tensor], preconditioner: Preconditioner | 
     names = list(grads)
     tensors = [grads[n] for n in names]
     if preconditioner is not None:
-        tensors = torch._foreach_div(tensors, [preconditioner[n] for n in names])
+        tensors = list(torch._foreach_div(tensors, [preconditioner[n] for n in names]))
     return sq_norm_of(tensors)
 
 

@@ -71,7 +71,7 @@ class Prior:
             lr = min(lr, max(self.lr_cap, self.lr_ref))
         if momentum is not None:
             lr *= (1.0 - momentum) / (1.0 - self.momentum_ref)
-        return min(self.lr_max, max(self.lr_min, lr))
+        return float(min(self.lr_max, max(self.lr_min, lr)))
 
     def batch_at(self, u: float) -> int:
         """Batch size at coordinate u ∈ [0, 1] (log-uniform across the band)."""

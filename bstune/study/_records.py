@@ -14,7 +14,13 @@ from optuna.trial import FrozenTrial, TrialState
 from bstune.study._prior import Prior
 from bstune.study._probe import ProbeResult
 
-__all__ = ["StudyResult", "TrialRecord", "clean_json"]
+__all__ = ["StudyResult", "TrialRecord", "clean_dict", "clean_json"]
+
+
+def clean_dict(value: dict[str, Any]) -> dict[str, Any]:
+    """:func:`clean_json` of a dict, typed as one."""
+    out: dict[str, Any] = clean_json(value)
+    return out
 
 
 def clean_json(value: Any) -> Any:
@@ -72,7 +78,7 @@ class TrialRecord:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return clean_json(asdict(self))  # type: ignore[no-any-return]
+        return clean_dict(asdict(self))
 
 
 @dataclass
@@ -102,8 +108,8 @@ class StudyResult:
         return self.samples_probe + sum(t.samples for t in self.trials)
 
     def to_dict(self) -> dict[str, Any]:
-        return clean_json(
-            {  # type: ignore[no-any-return]
+        return clean_dict(
+            {
                 "study_name": self.study_name,
                 "mode": self.mode,
                 "objective": self.objective,

@@ -25,7 +25,7 @@ from bstune.optim import temperature
 from bstune.space import SearchSpace
 from bstune.study._prior import Prior
 from bstune.study._probe import ProbeResult, ProbeSettings, run_probe
-from bstune.study._records import StudyResult, TrialRecord, clean_json
+from bstune.study._records import StudyResult, TrialRecord, clean_dict, clean_json
 from bstune.study._storage import open_storage
 from bstune.task import Task
 from bstune.training import Decision, EvalRecord, RunStatus, TrainConfig, TrainResult, train
@@ -162,7 +162,7 @@ class Study:
 
     # -- the settings that must match when a stored study is resumed ------------------
     def _fingerprint(self) -> dict[str, Any]:
-        return clean_json(
+        return clean_dict(
             {
                 "mode": self.mode,
                 "budget_samples": self.budget_samples,
@@ -419,7 +419,7 @@ class Study:
             objective=self.objective,
             direction=self.direction,
             best_config=best_config,
-            best_value=float(best.value),
+            best_value=float(best.values[0]),
             trials=trials,
             probe=self.probe,
             prior=self.prior,

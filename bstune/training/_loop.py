@@ -164,7 +164,7 @@ class _Run:
                 present = [(p, g) for p, g in zip(self.param_list, grads, strict=True) if g is not None]
                 micro_grads = [g for _, g in present]
                 if precond is not None:
-                    micro_grads = torch._foreach_div(micro_grads, [precond[self.name_of[p]] for p, _ in present])
+                    micro_grads = list(torch._foreach_div(micro_grads, [precond[self.name_of[p]] for p, _ in present]))
                 # |G_j|² of this micro-batch's mean gradient (undo the weight and the loss scale)
                 small_terms.append(sq_norm_of(micro_grads) / (weight * scale) ** 2)
                 for p, g in present:
@@ -185,10 +185,10 @@ class _Run:
                 f"{self.first_loss:.4g} at step {self.step} (samples {self.samples})"
             )
         if measure and small_terms:
-            with_grad = [p for p in self.param_list if p.grad is not None]
-            full = [p.grad for p in with_grad]
+            pairs = [(p, p.grad) for p in self.param_list if p.grad is not None]
+            full = [g for _, g in pairs]
             if precond is not None:
-                full = torch._foreach_div(full, [precond[self.name_of[p]] for p in with_grad])
+                full = list(torch._foreach_div(full, [precond[self.name_of[p]] for p, _ in pairs]))
             big = sq_norm_of(full)
             sizes = [stop - start for start, stop in bounds]
             harmonic = len(sizes) / sum(1.0 / s for s in sizes)
