@@ -55,12 +55,12 @@ def test_estimate_agrees_with_the_exact_full_dataset_value(blob_task: bstune.Tas
         batch_size=32,
         method=method,
         rel_precision=0.1,  # type: ignore[arg-type]
-        max_samples=40_000,
+        max_samples=40_000 if method == "per_example" else 8_000,  # micro-batches: 4 backward passes per batch
         seed=1,
         confidence=0.99,
     )  # one draw: 99%; calibration below
     assert est.ci[0] <= exact.b_simple <= est.ci[1], (est, exact)
-    assert est.b_simple == pytest.approx(exact.b_simple, rel=0.2)
+    assert est.b_simple == pytest.approx(exact.b_simple, rel=0.2 if method == "per_example" else 0.35)
     assert est.trace_sigma_ci[0] <= exact.trace_sigma <= est.trace_sigma_ci[1]
     assert est.population == blob_task.n_train
 

@@ -21,7 +21,9 @@ from bstune.study import ProbeSettings, StudyFailedError
 from tests.study.study_runner import SPACE, make_study, make_task
 
 ROOT = Path(__file__).resolve().parents[2]
-QUICK_PROBE = ProbeSettings(lr_steps=12, train_samples=1600, measure_samples=2000, throughput_steps=2)
+QUICK_PROBE = ProbeSettings(
+    lr_steps=12, train_samples=1600, measure_samples=2000, throughput_steps=2, throughput_batches=(8, 64)
+)
 
 
 def _study(task: bstune.Task, **kw: Any) -> bstune.Study:
