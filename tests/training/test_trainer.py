@@ -252,3 +252,28 @@ def test_cuda_amp_with_noise_tracking(blob_task: bstune.Task) -> None:
     assert run.status is RunStatus.COMPLETED
     assert next(run.model.parameters()).is_cuda  # type: ignore[union-attr]
     assert all(p.b_simple > 0 for p in run.noise_trajectory)
+
+
+def test_preconditioned_tracking_for_adam(blob_task: bstune.Task) -> None:
+    adam = bstune.Task(
+        model=blob_task.model,
+        train_data=blob_task.train_data,
+        val_data=blob_task.val_data,
+        loss=blob_task.loss,
+        optimizer="adam",
+    )
+    cfg = bstune.TrainConfig(
+        batch_size=32,
+        lr=1e-2,
+        max_samples=3200,
+        eval_every_samples=1600,
+        track_noise=True,
+        noise_every_steps=1,
+        noise_preconditioned=True,
+    )
+    run = bstune.train(adam, cfg)
+    assert run.status is RunStatus.COMPLETED
+    assert [p.n_steps for p in run.noise_trajectory] == [49, 50]  # the first step has no second moments yet
+    assert all(p.b_simple > 0 for p in run.noise_trajectory)
+    with pytest.raises(ConfigError, match="Adam-family"):
+        bstune.train(blob_task, cfg)
