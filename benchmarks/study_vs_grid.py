@@ -778,7 +778,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--methods", default="prior,baseline,random", help="comma-separated, of prior, baseline, random"
     )
     parser.add_argument("--budget", type=int, default=30_000, help="samples per full trial / grid run (default 30000)")
-    parser.add_argument("--n-evals", type=int, default=10, help="evaluations per full trial / grid run (default 10)")
+    parser.add_argument(
+        "--n-evals", type=int, default=9, help="evaluations per full trial / grid run (default 9, as bstune.Study)"
+    )
     parser.add_argument("--tolerance", type=float, default=0.02, help="target = grid best x (1 + tolerance)")
     parser.add_argument("--lrs-per-decade", type=int, default=4, help="grid η points per decade over [1e-3, 10]")
     parser.add_argument("--regrid", action="store_true", help="recompute the grids even if the cache matches")

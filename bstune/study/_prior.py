@@ -1,8 +1,10 @@
 """The prior: where to look for batch size and learning rate, from the probe.
 
-Batch size. A band of ``batch_width`` either side of B_noise (the probe's B_simple),
+Batch size. A band from B_noise/batch_width² up to B_noise (the probe's B_simple),
 clipped to what the space allows, what the dataset holds and what fit in memory; a
-band pushed against a limit keeps its width and slides inward.
+band pushed against a limit keeps its width and slides inward. Why below B_noise: a
+trial's budget is a fixed number of samples, and above B_noise each sample buys
+less (E = E_min(1 + B/B_crit)); B_noise is where extra parallelism stops paying.
 
 Learning rate. McCandlish et al. 2018 (eq. 2.6) give the optimal SGD step as
 ε_opt(B) = ε_max / (1 + B_noise/B): linear in B well below B_noise, flat above. With
@@ -11,11 +13,13 @@ s(B) = 1/(1/B + 1/B_noise) this is ε_opt ∝ s(B), so one rule serves both fami
     η*(B) = η_ref · (s(B) / s(B_ref))^α,   α = 1 for SGD, α ∈ [0.5, 1] for Adam/AdamW
 
 (Adam's optimal rate grows more slowly with B: the square-root rule of Malladi et al.
-2022 is α = 0.5). The reference point is the probe: at B_ref = the probe batch size,
-η_ref = half the LR range test's ceiling. (On a quadratic, divergence sets in at 2/λ
-and the best step is 1/λ.) A second range test at a large batch caps the rule: its
-half-ceiling measures the flat part ε_max directly, which guards against an
-overestimated B_noise. When the search varies SGD momentum m, the rate is
+2022 is α = 0.5). The reference point is the probe's LR range test at a large batch B_ref: η_ref is
+half its ceiling. (On a quadratic, divergence sets in at 2/λ and the best step is
+1/λ.) The range test measures a stability edge, set by curvature, not the
+noise-limited optimum, so it is taken where noise matters least; the rule then
+scales the rate down for smaller batches. (A first version anchored at the small
+probe batch and came out 1.5-4.7x above the best rates of an exhaustive grid:
+benchmarks/results/study_vs_grid.md.) When the search varies SGD momentum m, the rate is
 scaled by (1 − m)/(1 − m_ref) so that the effective step η/(1 − m) follows the rule.
 
 Search coordinates are fixed ranges, so multivariate TPE can model them:
@@ -110,17 +114,24 @@ class Prior:
         momentum_ref: float,
         batch_round: int = 1,
     ) -> Prior:
-        """Centre the band on the probe's B_simple; anchor the rule at the probe's batch size."""
+        """Band just below the probe's B_simple; rule anchored at the large-batch LR ceiling."""
         b_noise = probe.b_simple
         if not math.isfinite(b_noise) or b_noise <= 0:
             lower = probe.b_simple_ci[0]
             b_noise = lower if math.isfinite(lower) and lower > 0 else float(batch_cap)
             logger.warning("probe B_simple unresolved (interval %s); centring on %.4g", probe.b_simple_ci, b_noise)
-        low, high = _band(b_noise, batch_width, batch_min, batch_cap, batch_round)
+        # The band's top is B_noise: above it E = E_min(1 + B/B_crit) wastes samples, and at a
+        # fixed sample budget smaller batches take more steps; its bottom is batch_width² lower.
+        low, high = _band(b_noise / batch_width, batch_width, batch_min, batch_cap, batch_round)
+        # The range test finds a stability edge, set by curvature and nearly independent of B
+        # while B is small; at a large batch, half of it estimates eps_max, the step the rule
+        # approaches above B_noise. A probe that could not test a larger batch falls back to
+        # its own batch size.
+        use_large = probe.large_batch > probe.batch_size
         return cls(
             b_noise=b_noise,
-            b_ref=probe.batch_size,
-            lr_ref=probe.lr_ceiling / 2.0,
+            b_ref=probe.large_batch if use_large else probe.batch_size,
+            lr_ref=(probe.lr_ceiling_large if use_large else probe.lr_ceiling) / 2.0,
             alpha=1.0 if family == "sgd" else adam_alpha,
             batch_low=low,
             batch_high=high,
@@ -129,7 +140,7 @@ class Prior:
             lr_max=lr_max,
             momentum_ref=momentum_ref,
             batch_round=batch_round,
-            lr_cap=probe.lr_ceiling_large / 2.0 if probe.large_batch > probe.batch_size else None,
+            lr_cap=probe.lr_ceiling_large if use_large else None,  # never beyond the measured edge
         )
 
 

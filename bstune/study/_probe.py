@@ -47,9 +47,9 @@ class ProbeSettings:
     lr_steps: int = 40  # steps of the LR range test (each one batch)
     large_batch_factor: int = 8  # a second range test at this multiple of the probe batch bounds the flat part
     lr_fraction: float = 0.25  # probe lr = this x the range test's ceiling (optimum ~ a few x below the edge)
-    train_samples: int | None = None  # probe training run; None: 10 passes of lr_steps' worth, at least 5 epochs' tenth
+    train_samples: int | None = None  # probe training run; None: 5x the range test's samples, at least half an epoch
     rel_precision: float = 0.15  # final B_simple measurement: stop at this interval half-width
-    measure_samples: int | None = None  # most examples for that measurement; None: 100 batches
+    measure_samples: int | None = None  # most examples per measurement stage; None: 50 batches
     throughput_steps: int = 5  # timed steps per ladder rung (after one warm-up step)
     throughput_batches: tuple[int, ...] | None = None  # None: powers of two within the space's batch range
 
@@ -191,7 +191,7 @@ def run_probe(
     lr_probe = max(lr_min, settings.lr_fraction * ceiling)
     logger.info("probe: LR range test at B=%d: ceiling %.3g, probe lr %.3g", batch, ceiling, lr_probe)
 
-    train_samples = settings.train_samples or max(10 * settings.lr_steps * batch, task.n_train // 2)
+    train_samples = settings.train_samples or max(5 * settings.lr_steps * batch, task.n_train // 2)
     # Probe run: split every step in two for the B_simple trajectory (BatchNorm: fine, micro-batch estimator).
     cfg = TrainConfig(
         batch_size=batch,
@@ -222,7 +222,7 @@ def run_probe(
             batch_size=measure_batch,
             method=method,  # type: ignore[arg-type]
             rel_precision=settings.rel_precision,
-            max_samples=settings.measure_samples or 100 * measure_batch,
+            max_samples=settings.measure_samples or 50 * measure_batch,
             seed=seed,
             device=dev,
             warn_if_imprecise=False,

@@ -9,6 +9,7 @@ A trial that diverges, runs out of memory or raises is recorded with what happen
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import traceback
@@ -69,6 +70,8 @@ class Study:
     Args:
         task: the problem.
         space: a :class:`~bstune.space.SearchSpace`, a path to its YAML file, or a dict.
+            Its ``optimizer`` section (family and fixed settings) is what trials train
+            with, in place of the task's.
         n_trials: trials to finish (completed, pruned or failed), counting those a
             resumed storage already holds.
         budget_samples: training samples of a full trial; pruned trials use less.
@@ -81,7 +84,9 @@ class Study:
             with everything else equal, to measure what the prior is worth.
         pruner: ``"hyperband"`` (default), ``"median"``, ``"successive_halving"``,
             ``"none"`` or an Optuna pruner; it sees milestone indices as steps.
-        n_evals: evaluations (and pruning decisions) per full trial.
+        n_evals: evaluations (and pruning decisions) per full trial; the default 9 puts
+            Hyperband's rungs (1, 3, 9 with reduction factor 3) at a ninth, a third and
+            the end of the budget, so no trial is pruned just before it finishes.
         objective: the record field to optimise: ``"val_loss"`` (default), ``"train_loss"``
             or a metric such as ``"val_accuracy"``.
         direction: ``"minimize"`` or ``"maximize"``.
@@ -113,7 +118,7 @@ class Study:
         study_name: str | None = None,
         mode: Mode = "prior",
         pruner: str | optuna.pruners.BasePruner = "hyperband",
-        n_evals: int = 10,
+        n_evals: int = 9,
         objective: str = "val_loss",
         direction: Literal["minimize", "maximize"] = "minimize",
         probe: ProbeSettings | None = None,
@@ -123,8 +128,15 @@ class Study:
         def bad(name: str, reason: str) -> ConfigError:
             return ConfigError(reason, source="Study", field=name)
 
-        self.task = task
         self.space = SearchSpace.coerce(space)
+        if task.optimizer_spec != self.space.optimizer:
+            logger.info(
+                "the search space's optimizer (%s) replaces the task's (%s) in this study",
+                self.space.optimizer,
+                task.optimizer_spec,
+            )
+        # The space's optimizer section holds the settings the search keeps fixed: trials use it.
+        self.task = dataclasses.replace(task, optimizer=self.space.optimizer, validate=False)
         if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials <= 0:
             raise bad("n_trials", f"must be a positive integer, got {n_trials!r}")
         if isinstance(budget_samples, bool) or not isinstance(budget_samples, int) or budget_samples <= 0:
@@ -150,7 +162,8 @@ class Study:
             )
         self.n_trials, self.budget_samples, self.seed, self.mode = n_trials, budget_samples, seed, mode
         self.n_evals, self.objective, self.direction = n_evals, objective, direction
-        self.eval_every = max(1, budget_samples // n_evals)
+        # ceil: exactly n_evals milestones, the last one the full budget (TrainConfig adds max_samples)
+        self.eval_every = max(1, -(-budget_samples // n_evals))
         self.storage = open_storage(storage)
         self.study_name = study_name or f"bstune-{task.name}"
         self.pruner = _make_pruner(pruner, n_evals)
@@ -297,7 +310,7 @@ class Study:
             value = _objective_value(record, self.objective)
             if math.isfinite(value):
                 best[0] = min(best[0], sign * value)
-            step = round(record.milestone / self.eval_every)
+            step = -(-record.milestone // self.eval_every)  # milestone index 1..n_evals
             trial.report(sign * best[0] if math.isfinite(best[0]) else value, step)
             return Decision.STOP if trial.should_prune() else Decision.CONTINUE
 

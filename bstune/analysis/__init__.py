@@ -1,0 +1,40 @@
+"""Analysis of a study's trials: steps to a target, the critical batch size, the
+compute-optimal batch size, the learning-rate table and the generalization gap.
+
+Pure functions over plain data (:class:`~bstune.study.TrialRecord` objects or their
+``to_dict()``); no plotting, no I/O. The chain a report follows::
+
+    target = choose_target(result.trials)                    # or your own
+    points = steps_by_batch(result.trials, target)           # S(B), best lr per B
+    fit = fit_critical_batch(points)                         # S_min, B_crit with intervals
+    best = compute_optimal(fit, result.probe.throughput, n_workers=8)
+    table = lr_table(fit, best_batch, best_lr, [64, 128, 256])
+    gap = generalization_gap(result.trials)
+
+McCandlish et al. 2018, "An Empirical Model of Large-Batch Training".
+"""
+
+from bstune.analysis._compute import BatchChoice, ComputeOptimal, compute_optimal, throughput_at
+from bstune.analysis._critical import CriticalBatchFit, fit_critical_batch
+from bstune.analysis._gap import GapSummary, GapTrend, TrialGap, generalization_gap
+from bstune.analysis._lr import lr_table
+from bstune.analysis._target import BatchPoint, TargetHit, choose_target, steps_by_batch, steps_to_target
+
+__all__ = [
+    "BatchChoice",
+    "BatchPoint",
+    "ComputeOptimal",
+    "CriticalBatchFit",
+    "GapSummary",
+    "GapTrend",
+    "TargetHit",
+    "TrialGap",
+    "choose_target",
+    "compute_optimal",
+    "fit_critical_batch",
+    "generalization_gap",
+    "lr_table",
+    "steps_by_batch",
+    "steps_to_target",
+    "throughput_at",
+]

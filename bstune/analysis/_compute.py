@@ -1,0 +1,220 @@
+"""The compute-optimal batch size: device time to the target, from S(B) and throughput(B).
+
+With S(B) = S_min (1 + B_crit/B) steps to the target (:mod:`bstune.analysis._critical`)
+and a measured throughput(B) in samples/s (the probe's ladder), the device time to
+the target on one worker is
+
+    T(B) = S(B) · B / throughput(B) = E(B) / throughput(B).
+
+E(B) grows with B (statistical efficiency falls past B_crit) while throughput rises and
+then saturates, so T has a minimum: this is Pollux's goodput (Qiao et al., OSDI'21)
+with McCandlish's efficiency E_min/E(B) = B_crit/(B_crit + B) in place of the
+B_noise-based one. With N data-parallel workers each step runs B/N examples per
+worker, so the wall time is S(B) · (B/N) / throughput(B/N) and the device time is N
+times that. Assumed: perfect data-parallel scaling (no communication or
+synchronisation cost, identical workers) and a throughput that does not depend on
+anything but the per-worker batch.
+
+Throughput is interpolated linearly in log B–log throughput between measured batch
+sizes and never extrapolated: per-worker batches are searched only inside the measured
+range (and inside ``batch_range`` if given). S(B) is the fit's, which *is* extrapolated
+past the batch sizes it was fitted on; each choice says so in ``extrapolated``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bstune.analysis._critical import CriticalBatchFit
+from bstune.errors import ConfigError
+
+__all__ = ["BatchChoice", "ComputeOptimal", "compute_optimal", "throughput_at"]
+
+FloatArray = NDArray[np.float64]
+
+_MAX_CANDIDATES = 1 << 20  # every integer batch size up to this many; a log grid beyond
+
+
+def _check_throughput(throughput: Mapping[int, float]) -> tuple[FloatArray, FloatArray]:
+    if not throughput:
+        raise ConfigError("needs at least one measured batch size", source="compute_optimal", field="throughput")
+    items = sorted((int(b), float(v)) for b, v in throughput.items())
+    for b, v in items:
+        if b <= 0 or not (math.isfinite(v) and v > 0):
+            raise ConfigError(
+                f"batch sizes and samples/s must be positive and finite, got {b}: {v}",
+                source="compute_optimal",
+                field="throughput",
+            )
+    return np.log([b for b, _ in items]), np.log([v for _, v in items])
+
+
+def throughput_at(throughput: Mapping[int, float], batch_size: float | FloatArray) -> FloatArray:
+    """Samples/s at ``batch_size``: log-log interpolation, held at the nearest measured end outside.
+
+    Example:
+        >>> round(float(throughput_at({16: 100.0, 64: 400.0}, 32.0)), 9)  # a power law between points
+        200.0
+    """
+    log_b, log_v = _check_throughput(throughput)
+    return np.asarray(np.exp(np.interp(np.log(batch_size), log_b, log_v)), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class BatchChoice:
+    """One batch size and what it costs to reach the target.
+
+    Attributes:
+        batch_size: global batch size B (all workers together).
+        per_worker_batch: B / n_workers.
+        n_workers: data-parallel workers.
+        steps: S(B), from the fit.
+        samples: B·S(B).
+        seconds: wall-clock time to the target.
+        device_seconds: n_workers × seconds.
+        at_range_edge: the optimum is at an end of the range searched; the true
+            optimum may lie beyond it.
+        extrapolated: B is outside the batch sizes the fit saw.
+    """
+
+    batch_size: int
+    per_worker_batch: int
+    n_workers: int
+    steps: float
+    samples: float
+    seconds: float
+    device_seconds: float
+    at_range_edge: bool
+    extrapolated: bool
+
+
+@dataclass(frozen=True)
+class ComputeOptimal:
+    """The batch size that minimises device time, and the one that minimises wall time on N workers.
+
+    Attributes:
+        device: one worker, minimum device time (= wall time) to the target.
+        wall: ``n_workers`` workers, minimum wall time (equal to ``device`` when n_workers is 1).
+        n_workers: workers of the ``wall`` choice.
+        fit: the S(B) fit used.
+        throughput: the measured samples/s per batch size.
+    """
+
+    device: BatchChoice
+    wall: BatchChoice
+    n_workers: int
+    fit: CriticalBatchFit
+    throughput: dict[int, float]
+
+    def device_seconds(self, batch_size: float, n_workers: int = 1) -> float:
+        """Device time to the target at global batch B on ``n_workers`` workers."""
+        return n_workers * self.wall_seconds(batch_size, n_workers)
+
+    def wall_seconds(self, batch_size: float, n_workers: int = 1) -> float:
+        """S(B) · (B/N) / throughput(B/N)."""
+        per = batch_size / n_workers
+        return float(self.fit.predict_steps(float(batch_size)) * per / throughput_at(self.throughput, per))
+
+    @property
+    def summary(self) -> str:
+        d, w = self.device, self.wall
+        text = (
+            f"least device time at B={d.batch_size}: {d.steps:.3g} steps, {d.samples:.3g} samples, "
+            f"{d.seconds:.3g} s on one worker"
+        )
+        if self.n_workers > 1:
+            text += (
+                f"; least wall time on {self.n_workers} workers at B={w.batch_size} ({w.per_worker_batch} each): "
+                f"{w.seconds:.3g} s ({w.device_seconds:.3g} device-seconds)"
+            )
+        return text
+
+
+def _candidates(lo: int, hi: int) -> FloatArray:
+    if hi - lo + 1 <= _MAX_CANDIDATES:
+        return np.arange(lo, hi + 1, dtype=np.float64)
+    return np.unique(np.round(np.geomspace(lo, hi, _MAX_CANDIDATES // 16)))
+
+
+def _choose(fit: CriticalBatchFit, throughput: Mapping[int, float], n: int, lo: int, hi: int) -> BatchChoice:
+    per = _candidates(lo, hi)  # per-worker batch sizes
+    batch = n * per
+    steps = fit.predict_steps(batch)
+    wall = steps * per / throughput_at(throughput, per)
+    i = int(np.argmin(wall))
+    b = int(batch[i])
+    return BatchChoice(
+        batch_size=b,
+        per_worker_batch=int(per[i]),
+        n_workers=n,
+        steps=float(steps[i]),
+        samples=float(steps[i] * batch[i]),
+        seconds=float(wall[i]),
+        device_seconds=float(n * wall[i]),
+        at_range_edge=len(per) > 1 and i in (0, len(per) - 1),
+        extrapolated=not fit.batch_min <= b <= fit.batch_max,
+    )
+
+
+def compute_optimal(
+    fit: CriticalBatchFit,
+    throughput: Mapping[int, float],
+    n_workers: int = 1,
+    batch_range: tuple[int, int] | None = None,
+) -> ComputeOptimal:
+    """Batch sizes that minimise device time (one worker) and wall time (``n_workers``).
+
+    Args:
+        fit: S(B), from :func:`fit_critical_batch`.
+        throughput: samples/s by batch size on one worker (:attr:`ProbeResult.throughput`).
+        n_workers: data-parallel workers for the wall-time choice.
+        batch_range: (low, high) global batch sizes to consider; per-worker batches
+            stay inside the measured throughput range regardless.
+
+    Raises:
+        ConfigError: bad throughput, worker count or range, or a range that leaves
+            no per-worker batch size inside the measured throughput range.
+
+    Example:
+        >>> from bstune.analysis import fit_critical_batch
+        >>> fit = fit_critical_batch([(b, 100 * (1 + 64 / b)) for b in (8, 32, 128, 512)])
+        >>> flat = {b: 1000.0 for b in (8, 64, 512)}  # saturated: every batch size as fast
+        >>> compute_optimal(fit, flat).device.batch_size  # then fewest samples: the smallest B
+        8
+    """
+    log_b, _ = _check_throughput(throughput)
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise ConfigError(f"must be a positive integer, got {n_workers!r}", source="compute_optimal", field="n_workers")
+    t_lo, t_hi = round(math.exp(log_b[0])), round(math.exp(log_b[-1]))
+    if batch_range is not None and not 0 < batch_range[0] <= batch_range[1]:
+        raise ConfigError(
+            f"must be (low, high) with 0 < low <= high, got {batch_range}", source="compute_optimal", field="batch_range"
+        )
+
+    def per_worker_range(n: int) -> tuple[int, int]:
+        low, high = t_lo, t_hi
+        if batch_range is not None:
+            low, high = max(low, -(-batch_range[0] // n)), min(high, batch_range[1] // n)
+        if low > high:
+            raise ConfigError(
+                f"no per-worker batch size in the measured throughput range [{t_lo}, {t_hi}] gives a global batch "
+                f"in {batch_range} with {n} worker(s)",
+                source="compute_optimal",
+                field="batch_range",
+            )
+        return low, high
+
+    device = _choose(fit, throughput, 1, *per_worker_range(1))
+    wall = device if n_workers == 1 else _choose(fit, throughput, n_workers, *per_worker_range(n_workers))
+    return ComputeOptimal(
+        device=device,
+        wall=wall,
+        n_workers=n_workers,
+        fit=fit,
+        throughput={int(b): float(v) for b, v in throughput.items()},
+    )

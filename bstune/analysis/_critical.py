@@ -1,0 +1,297 @@
+"""The critical batch size: fit S(B) = S_min (1 + B_crit/B) to steps-to-target data.
+
+McCandlish et al. 2018 (eq. 2.11): the steps S and samples E = B·S to reach a target
+trade off as (S/S_min − 1)(E/E_min − 1) = 1, i.e.
+
+    S(B) = S_min (1 + B_crit/B),   E(B) = E_min (1 + B/B_crit),   B_crit = E_min/S_min.
+
+Below B_crit doubling B halves the steps (perfect scaling); above it, steps stop
+falling. The fit is least squares on log S (errors in steps-to-target are
+multiplicative: the paper fits in log space too) with parameters a = ln S_min and
+c = ln B_crit. For a fixed c the best a is closed form (the mean log residual), so
+the fit is a one-dimensional search over c: a grid reaching 10⁴× beyond the batch
+sizes tried, then Brent's method around the best grid point.
+
+Intervals are profile-likelihood intervals with the F calibration of nonlinear
+regression (Bates & Watts 1988, §6.1): a value of one parameter is inside when the
+residual sum of squares, minimised over the other, stays below
+RSS_min · (1 + F(1, n−2; level)/(n−2)). Unlike a bootstrap over 4–10 points they
+need no resampling and they open honestly: when the data cannot rule out B_crit → ∞
+(steps still ∝ 1/B at the largest batch tried) the upper end is ``inf``.
+
+The edges: if the best fit is B_crit → ∞ (every batch size tried is still in the
+perfect-scaling regime) the fit reports ``b_crit = inf``, ``s_min = 0`` and the finite
+E_min = B·S; if it is B_crit → 0 (steps do not depend on B), ``b_crit = 0``,
+``e_min = 0``. ``edge`` says where the estimate lies relative to the batch sizes tried;
+outside them it is an extrapolation.
+
+Censored points (:attr:`BatchPoint.lower_bound`, ``upper_bound``) are left out of
+the least squares: a bound is not a measurement, and a Tobit-style likelihood would
+need the noise level that 4–10 points estimate poorly. They are checked afterwards:
+a bound the fitted curve violates by more than twice the residual RMS is listed in
+``contradicted`` (e.g. a large batch that ran more steps than S(B) predicts and never
+reached the target), a sign that the fit is optimistic there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Literal, overload
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import optimize, stats
+
+from bstune.analysis._target import BatchPoint
+from bstune.errors import ConfigError, EstimationError
+
+__all__ = ["CriticalBatchFit", "fit_critical_batch"]
+
+FloatArray = NDArray[np.float64]
+
+_SPAN = math.log(1e4)  # the search over ln B_crit reaches this far beyond ln B of the data
+_GRID = 801  # grid points over that range: ~0.03 in ln B_crit apart before refinement
+_EXACT_RSS = 1e-16  # relative to the spread of ln S: below this the data lie on the curve; intervals collapse
+
+
+@dataclass(frozen=True)
+class CriticalBatchFit:
+    """S(B) = S_min (1 + B_crit/B), fitted in log space; see the module docstring.
+
+    Attributes:
+        b_crit: critical batch size E_min/S_min (``inf`` or ``0`` at the edges).
+        b_crit_ci: profile-likelihood interval at ``confidence``; ends may be 0 or inf.
+        s_min: fewest steps to the target, at B → ∞ (``0`` when b_crit is inf).
+        s_min_ci: its interval.
+        e_min: fewest samples to the target, at B → 0: S_min·B_crit.
+        n_points: reached (uncensored) points in the fit.
+        residual_rms: root mean square of the log residuals (≈ relative error of S).
+        confidence: level of the intervals.
+        batch_min, batch_max: smallest and largest batch size among those points.
+        edge: ``"inside"`` when batch_min ≤ b_crit ≤ batch_max; ``"above"`` or
+            ``"below"`` when the estimate lies beyond the batch sizes tried.
+        n_censored: bounds that were left out of the least squares.
+        contradicted: batch sizes whose bound the fitted curve violates.
+    """
+
+    b_crit: float
+    b_crit_ci: tuple[float, float]
+    s_min: float
+    s_min_ci: tuple[float, float]
+    e_min: float
+    n_points: int
+    residual_rms: float
+    confidence: float
+    batch_min: int
+    batch_max: int
+    edge: Literal["inside", "above", "below"]
+    n_censored: int = 0
+    contradicted: tuple[int, ...] = ()
+
+    @overload
+    def predict_steps(self, batch_size: float) -> float: ...
+    @overload
+    def predict_steps(self, batch_size: FloatArray) -> FloatArray: ...
+    def predict_steps(self, batch_size: float | FloatArray) -> float | FloatArray:
+        """S(B) = S_min + E_min/B (the same curve, finite at both edges).
+
+        Example:
+            >>> fit = fit_critical_batch([(b, 100 * (1 + 64 / b)) for b in (8, 32, 128, 512)])
+            >>> round(fit.b_crit, 6), round(fit.predict_steps(64), 6)
+            (64.0, 200.0)
+        """
+        if isinstance(batch_size, np.ndarray):
+            return self.s_min + self.e_min / batch_size
+        return float(self.s_min + self.e_min / batch_size)
+
+    def predict_samples(self, batch_size: float) -> float:
+        """E(B) = B·S(B) = E_min + S_min·B."""
+        return float(batch_size * self.predict_steps(float(batch_size)))
+
+    @property
+    def summary(self) -> str:
+        """One sentence for a report."""
+        lo, hi = self.b_crit_ci
+        pct = f"{100 * self.confidence:g}%"
+        tried = f"{self.n_points} batch sizes {self.batch_min}–{self.batch_max}"
+        ci = f"{pct} CI {_num(lo)}–{_num(hi)}"
+        if self.edge == "above":
+            return (
+                f"B_crit is above the largest batch size tried ({self.batch_max}): estimate {_num(self.b_crit)} "
+                f"({ci}); steps to the target still fall about as 1/B over {tried}"
+            )
+        if self.edge == "below":
+            return (
+                f"B_crit is below the smallest batch size tried ({self.batch_min}): estimate {_num(self.b_crit)} "
+                f"({ci}); steps to the target barely depend on B over {tried}"
+            )
+        return (
+            f"B_crit ≈ {_num(self.b_crit)} ({ci}) from {tried}; "
+            f"S_min ≈ {_num(self.s_min)} steps, E_min ≈ {_num(self.e_min)} samples"
+        )
+
+
+def _num(x: float) -> str:
+    return "∞" if math.isinf(x) else f"{x:.3g}"
+
+
+def _log1p_ratio(log_b: FloatArray | float, x: FloatArray) -> FloatArray:
+    """ln(1 + B_crit/B) for ln B_crit (scalar or (G,)) against x = ln B (n,): shape (n,) or (G, n)."""
+    return np.logaddexp(0.0, np.subtract.outer(log_b, x))
+
+
+def _profile_rss(log_b: FloatArray | float, x: FloatArray, y: FloatArray) -> FloatArray:
+    """min over a of Σ (y − a − ln(1 + B_crit/B))²: the centred residuals' sum of squares."""
+    r = y - _log1p_ratio(log_b, x)
+    return np.asarray(((r - r.mean(axis=-1, keepdims=True)) ** 2).sum(axis=-1), dtype=np.float64)
+
+
+def _rss_at(log_s: float, x: FloatArray, y: FloatArray, log_b_hi: float) -> float:
+    """Profile over ln B_crit for fixed a = ln S_min: min over c of Σ (y − a − ln(1 + e^c/B))²."""
+    grid = np.linspace(float(x.min()) - _SPAN, log_b_hi, _GRID // 4)  # coarser: Brent refines below
+    rss = (((y - log_s) - _log1p_ratio(grid, x)) ** 2).sum(axis=-1)
+    i = int(np.argmin(rss))
+    best = min(float(rss[i]), float(((y - log_s) ** 2).sum()))  # c → −∞: the constant model
+    if 0 < i < len(grid) - 1:
+        res = optimize.minimize_scalar(
+            lambda c: float((((y - log_s) - _log1p_ratio(c, x)) ** 2).sum()),
+            bounds=(grid[i - 1], grid[i + 1]),
+            method="bounded",
+            options={"xatol": 1e-10},
+        )
+        best = min(best, float(res.fun))
+    return best
+
+
+def _crossing(fun: Callable[[float], float], start: float, sign: float, level: float, limit: float) -> float | None:
+    """First point past ``start`` (moving by ``sign``) where fun rises above level; None if not before limit."""
+    prev, step = start, 0.05
+    if fun(start) >= level:  # only from rounding: the optimum itself sits on the boundary
+        return start
+    while sign * (limit - prev) > 0:
+        nxt = prev + sign * step
+        if sign * (nxt - limit) > 0:
+            nxt = limit
+        if fun(nxt) > level:
+            lo, hi = sorted((prev, nxt))
+            return float(optimize.brentq(lambda z: fun(z) - level, lo, hi, xtol=1e-9))
+        prev, step = nxt, step * 1.5
+    return None
+
+
+def _coerce(points: Iterable[BatchPoint | tuple[float, float]]) -> tuple[list[tuple[float, float]], list[BatchPoint]]:
+    reached: list[tuple[float, float]] = []
+    censored: list[BatchPoint] = []
+    for p in points:
+        if isinstance(p, BatchPoint):
+            if p.censored:
+                censored.append(p)
+                continue
+            b, s = float(p.batch_size), float(p.steps)
+        else:
+            b, s = (float(v) for v in p)
+        if not (math.isfinite(b) and b > 0 and math.isfinite(s) and s > 0):
+            raise EstimationError(f"each point needs a positive batch size and positive finite steps, got B={b}, S={s}")
+        reached.append((b, s))
+    return reached, censored
+
+
+def fit_critical_batch(
+    points: Iterable[BatchPoint | tuple[float, float]], *, confidence: float = 0.90
+) -> CriticalBatchFit:
+    """Fit S(B) = S_min (1 + B_crit/B) to :func:`steps_by_batch` points or ``(B, steps)`` pairs.
+
+    Raises:
+        EstimationError: fewer than 3 distinct batch sizes reached the target (two
+            parameters need at least one degree of freedom left to judge the fit).
+    """
+    if not 0 < confidence < 1:
+        raise ConfigError(f"must be in (0, 1), got {confidence!r}", source="fit_critical_batch", field="confidence")
+    reached, censored = _coerce(points)
+    distinct = sorted({b for b, _ in reached})
+    if len(distinct) < 3:
+        shown = ", ".join(f"{b:g}" for b in distinct) or "none"
+        raise EstimationError(
+            f"fitting S(B) = S_min(1 + B_crit/B) needs points that reached the target at >= 3 distinct batch sizes, "
+            f"got {len(distinct)} ({shown}; {len(censored)} more are bounds that did not reach it or were censored): "
+            "choose an easier target or run more batch sizes"
+        )
+    x = np.log(np.array([b for b, _ in reached]))
+    y = np.log(np.array([s for _, s in reached]))
+    n = len(x)
+    lo_c, hi_c = float(x.min()) - _SPAN, float(x.max()) + _SPAN
+    grid = np.linspace(lo_c, hi_c, _GRID)
+    rss_grid = _profile_rss(grid, x, y)
+    i = int(np.argmin(rss_grid))
+
+    def rss_c(c: float) -> float:
+        return float(_profile_rss(c, x, y))
+
+    if i == 0:  # B_crit → 0: S does not depend on B
+        log_b, start, rss_min = -math.inf, lo_c, float(((y - y.mean()) ** 2).sum())
+    elif i == _GRID - 1:  # B_crit → ∞: S ∝ 1/B, E = B·S constant
+        z = y + x
+        log_b, start, rss_min = math.inf, hi_c, float(((z - z.mean()) ** 2).sum())
+    else:
+        res = optimize.minimize_scalar(rss_c, bounds=(grid[i - 1], grid[i + 1]), method="bounded", options={"xatol": 1e-10})
+        log_b, start, rss_min = float(res.x), float(res.x), float(res.fun)
+
+    if math.isinf(log_b) and log_b > 0:
+        s_min, e_min = 0.0, float(np.exp(np.mean(y + x)))
+    else:
+        log_s = float(np.mean(y - _log1p_ratio(log_b, x))) if math.isfinite(log_b) else float(y.mean())
+        s_min = math.exp(log_s)
+        e_min = s_min * math.exp(log_b)
+    b_crit = math.exp(log_b) if math.isfinite(log_b) else (math.inf if log_b > 0 else 0.0)
+
+    dof = n - 2
+    if rss_min <= _EXACT_RSS * max(1.0, float(((y - y.mean()) ** 2).sum())):
+        b_ci, s_ci = (b_crit, b_crit), (s_min, s_min)
+    else:
+        level = rss_min * (1.0 + float(stats.f.ppf(confidence, 1, dof)) / dof)
+        down = _crossing(rss_c, start, -1.0, level, lo_c)
+        up = _crossing(rss_c, start, +1.0, level, hi_c)
+        b_ci = (0.0 if down is None else math.exp(down), math.inf if up is None else math.exp(up))
+        s_ci = _s_min_interval(x, y, s_min, level)
+
+    rms = math.sqrt(rss_min / n)
+    fit = CriticalBatchFit(
+        b_crit=b_crit,
+        b_crit_ci=b_ci,
+        s_min=s_min,
+        s_min_ci=s_ci,
+        e_min=e_min,
+        n_points=n,
+        residual_rms=rms,
+        confidence=confidence,
+        batch_min=int(min(distinct)),
+        batch_max=int(max(distinct)),
+        edge="above" if b_crit > max(distinct) else "below" if b_crit < min(distinct) else "inside",
+        n_censored=len(censored),
+    )
+    tol = 2.0 * rms
+    contradicted = tuple(
+        p.batch_size
+        for p in censored
+        if (p.lower_bound and math.log(max(p.steps, 1e-300)) - math.log(fit.predict_steps(float(p.batch_size))) > tol)
+        or (p.upper_bound and math.log(fit.predict_steps(float(p.batch_size))) - math.log(max(p.steps, 1e-300)) > tol)
+    )
+    return replace(fit, contradicted=contradicted) if contradicted else fit
+
+
+def _s_min_interval(x: FloatArray, y: FloatArray, s_min: float, level: float) -> tuple[float, float]:
+    """Profile interval of S_min: the range of ln S_min whose profile RSS stays below level."""
+    z = y + x
+    rss_inf = float(((z - z.mean()) ** 2).sum())  # ln S_min → −∞ with B_crit → ∞: the 1/B model
+    hi_c = float(x.max()) + _SPAN
+    # at B_crit → ∞ (s_min = 0) start where the grid's largest B_crit puts S_min
+    start = math.log(s_min) if s_min > 0 else float(z.mean()) - hi_c
+
+    def rss_a(a: float) -> float:
+        return _rss_at(a, x, y, hi_c + _SPAN + max(0.0, start - a))  # lower S_min needs larger B_crit
+
+    up = _crossing(rss_a, start, +1.0, level, start + 50.0)
+    down = None if rss_inf <= level else _crossing(rss_a, start, -1.0, level, start - 50.0)
+    return (0.0 if down is None else math.exp(down), math.inf if up is None else math.exp(up))

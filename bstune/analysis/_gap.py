@@ -1,0 +1,206 @@
+"""The generalization gap across trials, and how it moves with batch size and temperature.
+
+Keskar et al. 2017 report a larger gap (validation minus training loss) for large
+batches at a fixed learning rate; Smith & Le 2018 argue that what matters is the SGD
+noise scale, ∝ the temperature η/B. In a study both vary, and they are correlated
+(the prior couples η to B), so the summary gives the Spearman rank correlation of
+the gap with log B and with η/B, and each partial rank correlation with the other
+held fixed (from the three pairwise ρ; t-test with n−3 degrees of freedom).
+Ranks make the answer independent of the scale of either axis: log B and B rank alike.
+
+Only completed trials count, at their final evaluation: pruned trials stopped early,
+when the gap is still small, and would confound the comparison with training length.
+Gaps are always validation − training: positive for a loss that generalises worse;
+for an accuracy, *negative* when validation accuracy is lower.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from scipy import stats
+
+from bstune.analysis._trials import TrialLike, field_of, finite
+
+__all__ = ["GapSummary", "GapTrend", "TrialGap", "generalization_gap"]
+
+
+@dataclass(frozen=True)
+class TrialGap:
+    """Validation − training at one completed trial's final evaluation.
+
+    Attributes:
+        number: the trial's number (``None`` if it has none).
+        batch_size, lr: its batch size and learning rate.
+        temperature: η/(B(1−m)) as the study recorded it, else η/B.
+        loss_gap: val_loss − train_loss.
+        metric_gaps: val_<name> − train_<name> for every metric recorded on both sets.
+    """
+
+    number: int | None
+    batch_size: int
+    lr: float
+    temperature: float
+    loss_gap: float
+    metric_gaps: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GapTrend:
+    """Rank correlations of one gap with log B and with the temperature.
+
+    ``partial_*`` are the same with the other variable held fixed. Every ρ and p is
+    ``nan`` where it is undefined (fewer than 3 trials, or a constant variable;
+    partials need 4).
+    """
+
+    name: str  # "loss" or the metric's name
+    n: int
+    rho_batch: float
+    p_batch: float
+    rho_temperature: float
+    p_temperature: float
+    partial_rho_batch: float
+    partial_p_batch: float
+    partial_rho_temperature: float
+    partial_p_temperature: float
+
+    def sentence(self, significance: float = 0.05) -> str:
+        """The trend in words, e.g. "the validation − training loss gap rises with batch size (...)"."""
+        what = f"the validation − training {self.name} gap"
+        parts = []
+        for label, rho, p, other, prho, pp in (
+            ("batch size", self.rho_batch, self.p_batch, "temperature", self.partial_rho_batch, self.partial_p_batch),
+            (
+                "temperature η/B",
+                self.rho_temperature,
+                self.p_temperature,
+                "batch size",
+                self.partial_rho_temperature,
+                self.partial_p_temperature,
+            ),
+        ):
+            if p < significance:
+                text = f"{'rises' if rho > 0 else 'falls'} with {label} (Spearman ρ={rho:.2f}, p={_p(p)}"
+                if math.isfinite(pp):
+                    text += f"; partial ρ={prho:.2f}, p={_p(pp)} at fixed {other}"
+                parts.append(text + ")")
+        if not parts:
+            return (
+                f"no clear trend of {what} with batch size (Spearman ρ={self.rho_batch:.2f}, p={_p(self.p_batch)}) "
+                f"or temperature (ρ={self.rho_temperature:.2f}, p={_p(self.p_temperature)}), {self.n} trials"
+            )
+        return f"{what} " + " and ".join(parts) + f", {self.n} trials"
+
+
+def _p(p: float) -> str:
+    return "nan" if not math.isfinite(p) else f"{p:.2g}" if p >= 0.001 else "<0.001"
+
+
+@dataclass(frozen=True)
+class GapSummary:
+    """Per-trial gaps and their trends.
+
+    Attributes:
+        trials: one :class:`TrialGap` per completed trial with a finite final loss pair.
+        loss: trend of the loss gap.
+        metrics: trend of each metric's gap, by metric name.
+        trend: ``loss.sentence()``: one sentence for a report.
+    """
+
+    trials: list[TrialGap]
+    loss: GapTrend
+    metrics: dict[str, GapTrend]
+    trend: str
+
+
+def _spearman(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ties and small n: the numbers are still the right ones to report
+        res = stats.spearmanr(a, b)
+    return float(res.statistic), float(res.pvalue)
+
+
+def _partial(r_xy: float, r_xz: float, r_yz: float, n: int) -> tuple[float, float]:
+    """Partial correlation of x and y given z, and its two-sided p (t with n−3 dof)."""
+    denom = (1 - r_xz**2) * (1 - r_yz**2)
+    if n < 4 or not all(math.isfinite(r) for r in (r_xy, r_xz, r_yz)) or denom <= 0:
+        return math.nan, math.nan
+    r = max(-1.0, min(1.0, (r_xy - r_xz * r_yz) / math.sqrt(denom)))
+    if abs(r) == 1.0:
+        return r, 0.0
+    t = r * math.sqrt((n - 3) / (1 - r**2))
+    return r, float(2 * stats.t.sf(abs(t), n - 3))
+
+
+def _trend(name: str, gaps: Sequence[float], batch: Sequence[float], temp: Sequence[float]) -> GapTrend:
+    rb, pb = _spearman(gaps, batch)
+    rt, pt = _spearman(gaps, temp)
+    r_bt, _ = _spearman(batch, temp)
+    n = len(gaps)
+    prb, ppb = _partial(rb, rt, r_bt, n)
+    prt, ppt = _partial(rt, rb, r_bt, n)
+    return GapTrend(name, n, rb, pb, rt, pt, prb, ppb, prt, ppt)
+
+
+def _trial_gap(trial: TrialLike) -> TrialGap | None:
+    if field_of(trial, "status") != "completed":
+        return None
+    b, lr = field_of(trial, "batch_size"), finite(field_of(trial, "lr"))
+    history = field_of(trial, "history") or []
+    if not isinstance(b, int) or b <= 0 or lr is None or not history:
+        return None
+    final = history[-1]
+    train, val = finite(final.get("train_loss")), finite(final.get("val_loss"))
+    if train is None or val is None:
+        return None
+    metric_gaps = {}
+    for key in final:
+        if key.startswith("val_") and key != "val_loss":
+            name = key[4:]
+            v, t = finite(final.get(key)), finite(final.get(f"train_{name}"))
+            if v is not None and t is not None:
+                metric_gaps[name] = v - t
+    temp = finite(field_of(trial, "temperature"))
+    number = field_of(trial, "number")
+    return TrialGap(
+        number=number if isinstance(number, int) else None,
+        batch_size=b,
+        lr=lr,
+        temperature=temp if temp is not None else lr / b,
+        loss_gap=val - train,
+        metric_gaps=metric_gaps,
+    )
+
+
+def generalization_gap(trials: Iterable[TrialLike], *, significance: float = 0.05) -> GapSummary:
+    """Gap per completed trial and its rank correlation with log B and η/B; see the module docstring.
+
+    Example:
+        >>> trials = [{"status": "completed", "batch_size": b, "lr": 0.1, "number": i,
+        ...            "history": [{"train_loss": 0.1, "val_loss": 0.1 + b / 1000}]}
+        ...           for i, b in enumerate([16, 32, 64, 128, 256, 512])]
+        >>> generalization_gap(trials).loss.rho_batch
+        1.0
+    """
+    rows = [g for g in (_trial_gap(t) for t in trials) if g is not None]
+    log_b = [math.log(g.batch_size) for g in rows]
+    temp = [g.temperature for g in rows]
+    loss = _trend("loss", [g.loss_gap for g in rows], log_b, temp)
+    names = sorted({name for g in rows for name in g.metric_gaps})
+    metrics = {}
+    for name in names:
+        have = [i for i, g in enumerate(rows) if name in g.metric_gaps]
+        metrics[name] = _trend(
+            name,
+            [rows[i].metric_gaps[name] for i in have],
+            [log_b[i] for i in have],
+            [temp[i] for i in have],
+        )
+    return GapSummary(trials=rows, loss=loss, metrics=metrics, trend=loss.sentence(significance))
+

@@ -1,0 +1,239 @@
+"""Steps to a target: when each trial reached a loss, and the fewest steps per batch size.
+
+McCandlish et al. 2018 (§2.2) measure, for each batch size B, the number of optimizer
+steps S(B) the best-tuned run needs to reach a fixed target loss; S(B) is the input of
+the critical-batch fit (:mod:`bstune.analysis._critical`). Here:
+
+- :func:`steps_to_target` reads one learning curve. Between the two evaluations around
+  the crossing, log(metric) is taken as linear in steps (loss curves are closer to
+  exponential than to linear over a short stretch), so the crossing is interpolated,
+  not rounded up to the next evaluation. Steps are samples / B, on the record's
+  ``samples`` (the trainer counts them exactly).
+- :func:`choose_target` picks a default target from the trials themselves.
+- :func:`steps_by_batch` keeps, for each batch size, its best learning rate's count.
+
+Censoring is kept, not hidden: a run that never reached the target says only that it
+needs *more* steps than it ran (``lower_bound``); a run already at the target at its
+first evaluation says only that it needed *at most* that many (``upper_bound``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bstune.analysis._trials import (
+    Direction,
+    History,
+    TrialLike,
+    check_direction,
+    field_of,
+    metric_values,
+)
+from bstune.errors import ConfigError, EstimationError
+
+__all__ = ["BatchPoint", "TargetHit", "choose_target", "steps_by_batch", "steps_to_target"]
+
+# A run that never reached the target still bounds S(B) from below while it was on
+# track; a diverged/oom/failed run was not, so it counts only if it got there first.
+_BOUNDING_STATUSES = frozenset({"completed", "pruned", "running"})
+
+
+@dataclass(frozen=True)
+class TargetHit:
+    """When one run reached the target.
+
+    Attributes:
+        reached: the metric reached the target at some evaluation.
+        steps: optimizer steps to the target (samples / batch size). When not
+            reached, the steps the run recorded: a lower bound.
+        samples: training samples to the target (or the last recorded, when not reached).
+        upper_bound: reached already at the first evaluation, so ``steps`` is only an
+            upper bound (nothing before it to interpolate from).
+    """
+
+    reached: bool
+    steps: float
+    samples: float
+    upper_bound: bool = False
+
+    @property
+    def lower_bound(self) -> bool:
+        """Not reached: ``steps`` is a lower bound on what the run would need."""
+        return not self.reached
+
+
+def _meets(value: float, target: float, direction: Direction) -> bool:
+    return value <= target if direction == "minimize" else value >= target
+
+
+def steps_to_target(
+    history: History,
+    batch_size: int,
+    target: float,
+    metric: str = "train_loss",
+    *,
+    direction: Direction = "minimize",
+) -> TargetHit:
+    """First point where ``metric`` reaches ``target``, interpolated between evaluations.
+
+    With ``direction="minimize"`` (losses) the crossing is linear in log(metric) vs
+    steps when the values and the target are positive, linear in the metric
+    otherwise; with ``"maximize"`` (accuracies) it is linear in the metric. Entries
+    whose metric is missing or non-finite are skipped.
+
+    Example:
+        >>> hist = [{"samples": 100, "train_loss": 1.0}, {"samples": 200, "train_loss": 0.25}]
+        >>> steps_to_target(hist, batch_size=10, target=0.5)  # halfway in log(loss)
+        TargetHit(reached=True, steps=15.0, samples=150.0, upper_bound=False)
+    """
+    check_direction(direction, "steps_to_target")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ConfigError(f"must be a positive integer, got {batch_size!r}", source="steps_to_target", field="batch_size")
+    if not math.isfinite(target):
+        raise ConfigError(f"must be finite, got {target!r}", source="steps_to_target", field="target")
+    points = metric_values(history, metric, batch_size)
+    for i, (samples, value) in enumerate(points):
+        if not _meets(value, target, direction):
+            continue
+        if i == 0:
+            return TargetHit(True, samples / batch_size, samples, upper_bound=True)
+        s0, v0 = points[i - 1]
+        if direction == "minimize" and min(v0, value, target) > 0:
+            frac = (math.log(v0) - math.log(target)) / (math.log(v0) - math.log(value))
+        else:  # v0 and value lie on either side of the target, v0 strictly: no division by 0
+            frac = (v0 - target) / (v0 - value)
+        hit = s0 + frac * (samples - s0)
+        return TargetHit(True, hit / batch_size, hit)
+    last = points[-1][0] if points else 0.0
+    return TargetHit(False, last / batch_size, last)
+
+
+def _best_values(trials: Iterable[TrialLike], metric: str, direction: Direction) -> dict[int, float]:
+    """Best ``metric`` each batch size reached over all its trials' histories."""
+    best: dict[int, float] = {}
+    pick = min if direction == "minimize" else max
+    for trial in trials:
+        b = field_of(trial, "batch_size")
+        if not isinstance(b, int) or b <= 0:
+            continue
+        values = [v for _, v in metric_values(field_of(trial, "history") or [], metric, b)]
+        if values:
+            best[b] = pick([*values, best[b]]) if b in best else pick(values)
+    return best
+
+
+def choose_target(
+    trials: Iterable[TrialLike],
+    metric: str = "train_loss",
+    *,
+    reach_fraction: float = 2 / 3,
+    direction: Direction = "minimize",
+) -> float:
+    """The hardest target that at least ``reach_fraction`` of the batch sizes reach.
+
+    Each distinct batch size is represented by the best value any of its trials
+    recorded (its best learning rate). With k batch sizes the target is the
+    m-th best of those k values, m = max(⌈reach_fraction·k⌉, min(3, k)): at least m
+    batch sizes, and never fewer than the 3 a fit needs, reach it, and no harder
+    target has that property. Why "hardest": B_crit grows as training proceeds
+    (McCandlish et al. 2018, §3.3), so a late target describes the regime a user
+    trains in, while an easy one is reached in the first evaluations, where steps
+    are censored. Why not every batch size: at an equal sample budget the largest
+    batches take the fewest steps and may not get there; they still enter the fit
+    as lower bounds. Pass your own target to override.
+
+    Example:
+        >>> trials = [{"batch_size": b, "history": [{"samples": 10, "train_loss": v}]}
+        ...           for b, v in [(8, 0.1), (16, 0.2), (32, 0.3), (64, 0.9)]]
+        >>> choose_target(trials)  # 3 of the 4 batch sizes reach 0.3
+        0.3
+    """
+    check_direction(direction, "choose_target")
+    if not 0 < reach_fraction <= 1:
+        raise ConfigError(f"must be in (0, 1], got {reach_fraction!r}", source="choose_target", field="reach_fraction")
+    best = _best_values(trials, metric, direction)
+    if not best:
+        raise EstimationError(f"no trial recorded a finite {metric!r} with a batch size: no target to choose")
+    ranked = sorted(best.values(), reverse=direction == "maximize")  # best first
+    k = len(ranked)
+    m = max(math.ceil(reach_fraction * k - 1e-9), min(3, k))
+    return ranked[m - 1]
+
+
+@dataclass(frozen=True)
+class BatchPoint:
+    """S(B) at one batch size: the fewest steps to the target over its trials.
+
+    Attributes:
+        batch_size: B.
+        steps: steps to the target of the best trial at B (a bound when censored).
+        samples: the same in training samples.
+        lr: learning rate of that trial.
+        lower_bound: no trial at B reached the target; ``steps`` is what the
+            longest-running one recorded (the best learning rate needs at least that,
+            if the shorter, pruned runs would not have overtaken it).
+        upper_bound: the best trial was at the target at its first evaluation.
+        trial: number of that trial, when the trials carry one.
+        n_trials: trials at B that entered the comparison.
+    """
+
+    batch_size: int
+    steps: float
+    samples: float
+    lr: float | None
+    lower_bound: bool = False
+    upper_bound: bool = False
+    trial: int | None = None
+    n_trials: int = 1
+
+    @property
+    def censored(self) -> bool:
+        return self.lower_bound or self.upper_bound
+
+
+def steps_by_batch(
+    trials: Iterable[TrialLike],
+    target: float,
+    metric: str = "train_loss",
+    *,
+    direction: Direction = "minimize",
+) -> list[BatchPoint]:
+    """One :class:`BatchPoint` per distinct batch size, ordered by batch size.
+
+    Every trial that reached the target competes on steps, whatever its status (a
+    run that diverged after reaching it did reach it). If none at a batch size did,
+    its completed, pruned or running trials give a lower bound; a batch size with
+    only diverged/oom/failed trials that never reached it is left out.
+    """
+    hits: dict[int, list[tuple[TargetHit, TrialLike]]] = defaultdict(list)
+    for trial in trials:
+        b = field_of(trial, "batch_size")
+        if not isinstance(b, int) or b <= 0:
+            continue
+        hit = steps_to_target(field_of(trial, "history") or [], b, target, metric, direction=direction)
+        if hit.reached or field_of(trial, "status") in _BOUNDING_STATUSES:
+            hits[b].append((hit, trial))
+    points = []
+    for b in sorted(hits):
+        reached = [(h, t) for h, t in hits[b] if h.reached]
+        if reached:
+            hit, trial = min(reached, key=lambda ht: ht[0].steps)
+        else:
+            hit, trial = max(hits[b], key=lambda ht: ht[0].steps)
+        number = field_of(trial, "number")
+        points.append(
+            BatchPoint(
+                batch_size=b,
+                steps=hit.steps,
+                samples=hit.samples,
+                lr=field_of(trial, "lr"),
+                lower_bound=not hit.reached,
+                upper_bound=hit.upper_bound,
+                trial=number if isinstance(number, int) else None,
+                n_trials=len(hits[b]),
+            )
+        )
+    return points

@@ -1,0 +1,65 @@
+"""Reading trials as plain data: a :class:`~bstune.study.TrialRecord` or its ``to_dict()``.
+
+The analysis never imports the study layer (and so Optuna) at run time: a trial is
+anything with the record's fields, as attributes or as mapping keys. A history entry
+is a flat dict (``milestone, samples, step, lr, train_loss, val_loss, gap`` and
+``train_<metric>``/``val_<metric>``); non-finite values were stored as ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from bstune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bstune.study import TrialRecord
+
+__all__ = ["Direction", "History", "TrialLike", "check_direction", "field_of", "finite", "metric_values"]
+
+TrialLike: TypeAlias = "TrialRecord | Mapping[str, Any]"
+History: TypeAlias = Sequence[Mapping[str, Any]]
+Direction: TypeAlias = Literal["minimize", "maximize"]
+
+
+def field_of(trial: TrialLike, name: str) -> Any:
+    """``trial.name`` or ``trial[name]``; ``None`` when absent."""
+    if isinstance(trial, Mapping):
+        return trial.get(name)
+    return getattr(trial, name, None)
+
+
+def finite(value: Any) -> float | None:
+    """``float(value)`` when it is a finite number, else ``None`` (bools are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    x = float(value)
+    return x if math.isfinite(x) else None
+
+
+def check_direction(direction: str, source: str) -> None:
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f"must be 'minimize' or 'maximize', got {direction!r}", source=source, field="direction")
+
+
+def metric_values(history: History, metric: str, batch_size: int) -> list[tuple[float, float]]:
+    """``(samples, value)`` of every entry with a finite ``metric``, ordered by samples.
+
+    ``samples`` falls back to ``step * batch_size`` for entries that lack it.
+    """
+    out: list[tuple[float, float]] = []
+    for rec in history:
+        value = finite(rec.get(metric))
+        if value is None:
+            continue
+        samples = finite(rec.get("samples"))
+        if samples is None:
+            step = finite(rec.get("step"))
+            if step is None:
+                continue
+            samples = step * batch_size
+        out.append((samples, value))
+    out.sort(key=lambda p: p[0])
+    return out
