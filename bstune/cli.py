@@ -260,14 +260,24 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from bstune.study import StudyResult
+
     path = Path(args.folder) / "result.json"
     if not path.is_file():
         raise ConfigError("no result.json here; run `bstune run ... --out FOLDER` first", source=str(args.folder))
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"unreadable: {exc}", source=str(path)) from None
-    print(_summary(data))
+        result = StudyResult.load(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"unreadable: {type(exc).__name__}: {exc}", source=str(path)) from None
+    print(_summary(result.to_dict()))
+    target: dict[str, Any] = {"metric": args.target_metric}
+    if args.target_value is not None:
+        target["value"] = args.target_value
+    report = result.report(target, n_workers=args.workers)
+    files = report.save(args.out or args.folder)
+    print()
+    print(report.to_markdown())
+    print("wrote " + ", ".join(files.values()))
     return 0
 
 
@@ -335,10 +345,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser(
         "report",
-        help="summarise a finished study",
-        description="Print the summary of FOLDER/result.json written by `bstune run --out`.",
+        help="analyse a finished study: B_crit, compute-optimal batch size, gap, recommendation",
+        description="Read FOLDER/result.json written by `bstune run --out`, fit the critical batch size, "
+        "and write report.json and report.md.",
     )
     report.add_argument("folder", help="the --out folder of `bstune run`")
+    report.add_argument(
+        "--target-metric",
+        default="train_loss",
+        help="metric whose steps-to-target give S(B) and B_crit (default train_loss)",
+    )
+    report.add_argument(
+        "--target-value",
+        type=float,
+        default=None,
+        help="the target; default: the hardest value two thirds of the batch sizes reach",
+    )
+    report.add_argument(
+        "--workers", type=_positive_int, default=1, help="data-parallel workers for the wall-time optimum (default 1)"
+    )
+    report.add_argument("--out", default=None, help="where to write report.json and report.md (default FOLDER)")
     report.set_defaults(handler=_cmd_report)
 
     noise = sub.add_parser(

@@ -127,7 +127,11 @@ def test_run_resume_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert len(again["trials"]) == 3
     capsys.readouterr()
     assert main(["report", out]) == 0
-    assert "study bstune-digits_mlp (baseline mode): 3 trials" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "study bstune-digits_mlp (baseline mode): 3 trials" in printed
+    assert "## Recommendation" in printed and "Train with batch size" in printed
+    assert (tmp_path / "study" / "report.md").is_file()
+    assert json.loads((tmp_path / "study" / "report.json").read_text())["recommended"]["batch_size"] > 0
     assert main(["report", str(tmp_path)]) == 2
     assert "no result.json here" in capsys.readouterr().err
 

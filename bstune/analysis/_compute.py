@@ -193,7 +193,9 @@ def compute_optimal(
     t_lo, t_hi = round(math.exp(log_b[0])), round(math.exp(log_b[-1]))
     if batch_range is not None and not 0 < batch_range[0] <= batch_range[1]:
         raise ConfigError(
-            f"must be (low, high) with 0 < low <= high, got {batch_range}", source="compute_optimal", field="batch_range"
+            f"must be (low, high) with 0 < low <= high, got {batch_range}",
+            source="compute_optimal",
+            field="batch_range",
         )
 
     def per_worker_range(n: int) -> tuple[int, int]:

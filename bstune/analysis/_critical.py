@@ -235,7 +235,9 @@ def fit_critical_batch(
         z = y + x
         log_b, start, rss_min = math.inf, hi_c, float(((z - z.mean()) ** 2).sum())
     else:
-        res = optimize.minimize_scalar(rss_c, bounds=(grid[i - 1], grid[i + 1]), method="bounded", options={"xatol": 1e-10})
+        res = optimize.minimize_scalar(
+            rss_c, bounds=(grid[i - 1], grid[i + 1]), method="bounded", options={"xatol": 1e-10}
+        )
         log_b, start, rss_min = float(res.x), float(res.x), float(res.fun)
 
     if math.isinf(log_b) and log_b > 0:

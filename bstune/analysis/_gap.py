@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from scipy import stats
 
-from bstune.analysis._trials import TrialLike, field_of, finite
+from bstune.analysis._trials import TrialLike, batch_size_of, field_of, finite
 
 __all__ = ["GapSummary", "GapTrend", "TrialGap", "generalization_gap"]
 
@@ -84,20 +84,30 @@ class GapTrend:
             ),
         ):
             if p < significance:
-                text = f"{'rises' if rho > 0 else 'falls'} with {label} (Spearman ρ={rho:.2f}, p={_p(p)}"
+                text = f"{_dir(rho)} with {label} (Spearman ρ={rho:.2f}, p{_p(p)}"
                 if math.isfinite(pp):
-                    text += f"; partial ρ={prho:.2f}, p={_p(pp)} at fixed {other}"
+                    text += f"; partial ρ={prho:.2f}, p{_p(pp)} at fixed {other}"
                 parts.append(text + ")")
+            elif pp < significance:  # hidden by the other variable until that is held fixed
+                parts.append(
+                    f"{_dir(prho)} with {label} at fixed {other} "
+                    f"(partial Spearman ρ={prho:.2f}, p{_p(pp)}; marginal ρ={rho:.2f}, p{_p(p)})"
+                )
         if not parts:
             return (
-                f"no clear trend of {what} with batch size (Spearman ρ={self.rho_batch:.2f}, p={_p(self.p_batch)}) "
-                f"or temperature (ρ={self.rho_temperature:.2f}, p={_p(self.p_temperature)}), {self.n} trials"
+                f"no clear trend of {what} with batch size (Spearman ρ={self.rho_batch:.2f}, p{_p(self.p_batch)}) "
+                f"or temperature (ρ={self.rho_temperature:.2f}, p{_p(self.p_temperature)}), {self.n} trials"
             )
         return f"{what} " + " and ".join(parts) + f", {self.n} trials"
 
 
 def _p(p: float) -> str:
-    return "nan" if not math.isfinite(p) else f"{p:.2g}" if p >= 0.001 else "<0.001"
+    """``=0.012``, ``<0.001`` or ``=nan``, to follow a "p"."""
+    return "=nan" if not math.isfinite(p) else f"={p:.2g}" if p >= 0.001 else "<0.001"
+
+
+def _dir(rho: float) -> str:
+    return "rises" if rho > 0 else "falls"
 
 
 @dataclass(frozen=True)
@@ -151,9 +161,9 @@ def _trend(name: str, gaps: Sequence[float], batch: Sequence[float], temp: Seque
 def _trial_gap(trial: TrialLike) -> TrialGap | None:
     if field_of(trial, "status") != "completed":
         return None
-    b, lr = field_of(trial, "batch_size"), finite(field_of(trial, "lr"))
+    b, lr = batch_size_of(trial), finite(field_of(trial, "lr"))
     history = field_of(trial, "history") or []
-    if not isinstance(b, int) or b <= 0 or lr is None or not history:
+    if b is None or lr is None or not history:
         return None
     final = history[-1]
     train, val = finite(final.get("train_loss")), finite(final.get("val_loss"))
@@ -203,4 +213,3 @@ def generalization_gap(trials: Iterable[TrialLike], *, significance: float = 0.0
             [temp[i] for i in have],
         )
     return GapSummary(trials=rows, loss=loss, metrics=metrics, trend=loss.sentence(significance))
-

@@ -28,6 +28,7 @@ from bstune.analysis._trials import (
     Direction,
     History,
     TrialLike,
+    batch_size_of,
     check_direction,
     field_of,
     metric_values,
@@ -91,7 +92,9 @@ def steps_to_target(
     """
     check_direction(direction, "steps_to_target")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ConfigError(f"must be a positive integer, got {batch_size!r}", source="steps_to_target", field="batch_size")
+        raise ConfigError(
+            f"must be a positive integer, got {batch_size!r}", source="steps_to_target", field="batch_size"
+        )
     if not math.isfinite(target):
         raise ConfigError(f"must be finite, got {target!r}", source="steps_to_target", field="target")
     points = metric_values(history, metric, batch_size)
@@ -116,8 +119,8 @@ def _best_values(trials: Iterable[TrialLike], metric: str, direction: Direction)
     best: dict[int, float] = {}
     pick = min if direction == "minimize" else max
     for trial in trials:
-        b = field_of(trial, "batch_size")
-        if not isinstance(b, int) or b <= 0:
+        b = batch_size_of(trial)
+        if b is None:
             continue
         values = [v for _, v in metric_values(field_of(trial, "history") or [], metric, b)]
         if values:
@@ -210,8 +213,8 @@ def steps_by_batch(
     """
     hits: dict[int, list[tuple[TargetHit, TrialLike]]] = defaultdict(list)
     for trial in trials:
-        b = field_of(trial, "batch_size")
-        if not isinstance(b, int) or b <= 0:
+        b = batch_size_of(trial)
+        if b is None:
             continue
         hit = steps_to_target(field_of(trial, "history") or [], b, target, metric, direction=direction)
         if hit.reached or field_of(trial, "status") in _BOUNDING_STATUSES:

@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from bstune.errors import ConfigError
 
 if TYPE_CHECKING:
     from bstune.study import TrialRecord
 
-__all__ = ["Direction", "History", "TrialLike", "check_direction", "field_of", "finite", "metric_values"]
+__all__ = [
+    "Direction",
+    "History",
+    "TrialLike",
+    "batch_size_of",
+    "check_direction",
+    "field_of",
+    "finite",
+    "metric_values",
+]
 
 TrialLike: TypeAlias = "TrialRecord | Mapping[str, Any]"
 History: TypeAlias = Sequence[Mapping[str, Any]]
-Direction: TypeAlias = Literal["minimize", "maximize"]
+Direction: TypeAlias = str  # "minimize" (losses) or "maximize" (accuracies), checked at run time
 
 
 def field_of(trial: TrialLike, name: str) -> Any:
@@ -29,6 +38,12 @@ def field_of(trial: TrialLike, name: str) -> Any:
     if isinstance(trial, Mapping):
         return trial.get(name)
     return getattr(trial, name, None)
+
+
+def batch_size_of(trial: TrialLike) -> int | None:
+    """The trial's batch size as a positive int (``64.0`` from JSON counts), else ``None``."""
+    b = finite(field_of(trial, "batch_size"))
+    return int(b) if b is not None and b > 0 and b.is_integer() else None
 
 
 def finite(value: Any) -> float | None:

@@ -80,6 +80,10 @@ class TrialRecord:
     def to_dict(self) -> dict[str, Any]:
         return clean_dict(asdict(self))
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialRecord:
+        return cls(**data)
+
 
 @dataclass
 class StudyResult:
@@ -124,6 +128,39 @@ class StudyResult:
                 "trials": [t.to_dict() for t in self.trials],
             }
         )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudyResult:
+        """Rebuild a result from :meth:`to_dict` (``result.json``); the Optuna study is not attached."""
+        return cls(
+            study_name=data["study_name"],
+            mode=data["mode"],
+            objective=data["objective"],
+            direction=data["direction"],
+            best_config=dict(data["best_config"]),
+            best_value=float(data["best_value"]),
+            trials=[TrialRecord.from_dict(t) for t in data["trials"]],
+            probe=ProbeResult.from_dict(data["probe"]) if data.get("probe") else None,
+            prior=Prior(**data["prior"]) if data.get("prior") else None,
+            budget_samples=int(data["budget_samples"]),
+            samples_probe=int(data["samples_probe"]),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> StudyResult:
+        """Read ``result.json`` from a folder (or the file itself)."""
+        file = Path(path)
+        file = file / "result.json" if file.is_dir() else file
+        return cls.from_dict(json.loads(file.read_text()))
+
+    def report(self, target: dict[str, Any] | None = None, *, n_workers: int = 1) -> Any:
+        """Analyse the trials: critical batch size, compute-optimal batch size, gap, recommendation.
+
+        Returns a :class:`bstune.report.Report`; ``target`` is ``{"metric": ..., "value": ...}``.
+        """
+        from bstune.report import build_report
+
+        return build_report(self, target, n_workers=n_workers)
 
     def save(self, path: str | Path) -> Path:
         """Write ``result.json`` into folder ``path`` (created); returns the file."""

@@ -1,0 +1,228 @@
+"""Building the report: from a study's trials to the numbers a person acts on.
+
+The sections follow report.json, the machine-readable contract: noise_scale,
+critical_batch, throughput, compute_optimal, generalization_gap, recommended, trials.
+A section that the data cannot support (too few batch sizes reached the target,
+no throughput measured) says why in its ``error`` field instead of guessing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bstune.analysis import (
+    BatchPoint,
+    CriticalBatchFit,
+    choose_target,
+    compute_optimal,
+    fit_critical_batch,
+    generalization_gap,
+    lr_table,
+    steps_by_batch,
+)
+from bstune.errors import BstuneError, ConfigError
+from bstune.study._records import StudyResult, clean_dict
+
+__all__ = ["Report", "build_report"]
+
+_BIN = 0.5  # batch-size bins half an octave wide: the best (fewest steps) trial per bin
+
+
+@dataclass
+class Report:
+    """A study's report. ``data`` is report.json; :meth:`save` writes every format.
+
+    Example:
+        >>> report = Report({"recommended": {"batch_size": 64, "lr": 0.1}, "trials": []})
+        >>> report.recommended["batch_size"]
+        64
+    """
+
+    data: dict[str, Any]
+
+    @property
+    def recommended(self) -> dict[str, Any]:
+        """Batch size, learning rate and the other settings to train with, and why."""
+        return dict(self.data["recommended"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return clean_dict(self.data)
+
+    def to_markdown(self) -> str:
+        from bstune.report._markdown import render_markdown
+
+        return render_markdown(self.data)
+
+    def save(self, path: str) -> dict[str, str]:
+        """Write report.json and report.md into folder ``path``; returns format -> file."""
+        import json
+        from pathlib import Path
+
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {"json": folder / "report.json", "md": folder / "report.md"}
+        files["json"].write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        files["md"].write_text(self.to_markdown())
+        return {k: str(v) for k, v in files.items()}
+
+
+def _bin_points(points: list[BatchPoint]) -> list[BatchPoint]:
+    """Per half-octave of batch size, the point that reached the target in fewest steps."""
+    bins: dict[int, BatchPoint] = {}
+    for p in points:
+        key = round(math.log2(p.batch_size) / _BIN)
+        held = bins.get(key)
+        better = (
+            held is None
+            or (held.lower_bound and not p.lower_bound)
+            or (held.lower_bound == p.lower_bound and p.steps < held.steps)
+        )
+        if better:
+            bins[key] = p
+    return [bins[k] for k in sorted(bins)]
+
+
+def _point_dict(p: BatchPoint) -> dict[str, Any]:
+    return {
+        "batch_size": p.batch_size,
+        "steps": p.steps,
+        "samples": p.samples,
+        "lr": p.lr,
+        "reached": not p.lower_bound,
+        "trial": p.trial,
+    }
+
+
+def _fit_dict(fit: CriticalBatchFit, b_simple: float | None) -> dict[str, Any]:
+    out = {
+        "b_crit": fit.b_crit,
+        "b_crit_ci": list(fit.b_crit_ci),
+        "s_min": fit.s_min,
+        "s_min_ci": list(fit.s_min_ci),
+        "e_min": fit.e_min,
+        "n_points": fit.n_points,
+        "residual_rms": fit.residual_rms,
+        "edge": fit.edge,
+        "summary": fit.summary,
+    }
+    if b_simple and math.isfinite(b_simple) and math.isfinite(fit.b_crit):
+        out["b_crit_over_b_simple"] = fit.b_crit / b_simple
+    return out
+
+
+def build_report(result: StudyResult, target: Mapping[str, Any] | None = None, *, n_workers: int = 1) -> Report:
+    """Analyse ``result``'s trials into a :class:`Report`.
+
+    Args:
+        result: a finished study (or one loaded with :meth:`StudyResult.load`).
+        target: ``{"metric": "train_loss", "value": 1.0}``; the metric defaults to
+            ``train_loss`` (steps to a training-loss target, as McCandlish et al. measure),
+            the value to the hardest one that two thirds of the batch sizes reach.
+        n_workers: data-parallel workers for the wall-time optimum.
+    """
+    target = dict(target or {})
+    unknown = set(target) - {"metric", "value"}
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {sorted(unknown)}; expected 'metric' and 'value'", source="report", field="target"
+        )
+    metric = str(target.get("metric", "train_loss"))
+    direction: Literal["minimize", "maximize"] = (
+        "maximize" if ("accuracy" in metric and result.direction == "maximize") else "minimize"
+    )
+    trials = [t for t in result.trials if t.history and t.batch_size]
+    probe = result.probe
+    b_simple = probe.b_simple if probe else None
+    data: dict[str, Any] = {
+        "study": {
+            "name": result.study_name,
+            "mode": result.mode,
+            "objective": result.objective,
+            "budget_samples": result.budget_samples,
+            "samples_total": result.samples_total,
+            "samples_probe": result.samples_probe,
+            "n_trials": len(result.trials),
+        }
+    }
+    data["noise_scale"] = (
+        {
+            "b_simple": b_simple,
+            "b_simple_ci": list(probe.b_simple_ci) if probe else None,
+            "trajectory": probe.trajectory if probe else [],
+            "temperature": probe.temperature if probe else None,
+            "lr_ceiling": probe.lr_ceiling if probe else None,
+            "measured_with_curvature": False,
+        }
+        if probe
+        else {"error": "no probe in this study (baseline mode)"}
+    )
+
+    fit: CriticalBatchFit | None = None
+    critical: dict[str, Any] = {"metric": metric}
+    try:
+        value = float(target["value"]) if "value" in target else choose_target(trials, metric, direction=direction)
+        critical["target"] = value
+        points = _bin_points(steps_by_batch(trials, value, metric, direction=direction))
+        critical["points"] = [_point_dict(p) for p in points]
+        fit = fit_critical_batch(points)
+        critical.update(_fit_dict(fit, b_simple))
+    except BstuneError as exc:
+        critical["error"] = str(exc)
+    data["critical_batch"] = critical
+
+    throughput = dict(probe.throughput) if probe else {}
+    data["throughput"] = {
+        "samples_per_s": {str(b): r for b, r in sorted(throughput.items())},
+        "device": probe.device if probe else None,
+    }
+    optimum = None
+    if fit is not None and len(throughput) >= 2:
+        try:
+            optimum = compute_optimal(fit, throughput, n_workers=n_workers)
+            data["compute_optimal"] = {
+                "device": vars(optimum.device),
+                "wall": vars(optimum.wall),
+                "n_workers": n_workers,
+                "summary": optimum.summary,
+            }
+        except BstuneError as exc:
+            data["compute_optimal"] = {"error": str(exc)}
+    else:
+        data["compute_optimal"] = {"error": "needs the critical-batch fit and throughput at two or more batch sizes"}
+
+    try:
+        gap = generalization_gap(result.trials)
+        data["generalization_gap"] = {
+            "trend": gap.trend,
+            "trials": [vars(t) for t in gap.trials],
+            "loss": vars(gap.loss),
+        }
+    except BstuneError as exc:
+        data["generalization_gap"] = {"error": str(exc)}
+
+    data["recommended"] = _recommend(result, fit)
+    data["trials"] = [t.to_dict() for t in result.trials]
+    return Report(clean_dict(data))
+
+
+def _recommend(result: StudyResult, fit: CriticalBatchFit | None) -> dict[str, Any]:
+    best = dict(result.best_config)
+    rec: dict[str, Any] = {k: v for k, v in best.items()}
+    rec["objective"] = {result.objective: result.best_value}
+    rec["why"] = (
+        f"best {result.objective} ({result.best_value:.4g}) of {len(result.trials)} trials "
+        f"at a budget of {result.budget_samples:,} samples"
+    )
+    if fit is not None:
+        b = int(best["batch_size"])
+        rec["expected_steps_to_target"] = fit.predict_steps(b)
+        rec["expected_samples_to_target"] = fit.predict_samples(b)
+        sizes = sorted({2**k for k in range(1, 16) if 2**k <= 64 * b} | {b})
+        rec["lr_table"] = [{"batch_size": bb, "lr": lr} for bb, lr in lr_table(fit, b, float(best["lr"]), sizes)]
+        rec["lr_rule"] = (
+            "linear in B up to B_crit, flat beyond: lr(B) = lr_best * s(B)/s(B_best), s(B) = 1/(1/B + 1/B_crit)"
+        )
+    return rec

@@ -1,0 +1,116 @@
+"""report.md: what to use, why, and what it costs, readable in a terminal and on a code host."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["render_markdown"]
+
+
+def _n(x: Any, fmt: str = ".4g") -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return format(x, fmt)
+    return str(x)
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    rec = data["recommended"]
+    study = data.get("study", {})
+    out = [f"# bstune report: {study.get('name', 'study')}", ""]
+    settings = ", ".join(
+        f"{k} = {_n(v)}"
+        for k, v in rec.items()
+        if k
+        not in (
+            "batch_size",
+            "lr",
+            "why",
+            "objective",
+            "lr_table",
+            "lr_rule",
+            "expected_steps_to_target",
+            "expected_samples_to_target",
+        )
+    )
+    out += [
+        "## Recommendation",
+        "",
+        f"**Train with batch size {rec['batch_size']} and learning rate {_n(rec['lr'])}** ({settings}).",
+        "",
+        f"Why: {rec['why']}.",
+    ]
+    if "expected_steps_to_target" in rec:
+        cb = data["critical_batch"]
+        out.append(
+            f"Expected cost to reach {cb['metric']} {_n(cb.get('target'))}: "
+            f"{_n(rec['expected_steps_to_target'], ',.0f')} steps, "
+            f"{_n(rec['expected_samples_to_target'], ',.0f')} samples (from the S(B) fit)."
+        )
+    co = data.get("compute_optimal", {})
+    if "device" in co:
+        d, w = co["device"], co["wall"]
+        line = (
+            f"Fastest to the target on one device: batch size {d['batch_size']} "
+            f"({_n(d['seconds'], '.3g')} s of training at the probe's measured throughput)"
+        )
+        if co["n_workers"] > 1:
+            line += f"; with {co['n_workers']} workers: batch size {w['batch_size']} ({_n(w['seconds'], '.3g')} s)"
+        out.append(line + ".")
+    if rec.get("lr_table"):
+        out += [
+            "",
+            "Learning rate for other batch sizes (" + rec["lr_rule"] + "):",
+            "",
+            "| batch size | learning rate |",
+            "|---:|---:|",
+        ]
+        out += [f"| {row['batch_size']} | {_n(row['lr'], '.3g')} |" for row in rec["lr_table"]]
+    ns = data["noise_scale"]
+    out += ["", "## Gradient noise scale", ""]
+    if "error" in ns:
+        out.append(ns["error"])
+    else:
+        lo, hi = ns["b_simple_ci"]
+        out.append(
+            f"B_simple = {_n(ns['b_simple'])} (90% CI {_n(lo)} .. {_n(hi) if hi is not None else 'inf'}), "
+            f"measured by the probe at temperature lr/B = {_n(ns['temperature'], '.3g')}."
+        )
+    cb = data["critical_batch"]
+    out += ["", "## Critical batch size", ""]
+    if "error" in cb:
+        out.append(f"Not fitted: {cb['error']}")
+    else:
+        out.append(
+            f"Steps to {cb['metric']} {_n(cb['target'])}: S(B) = S_min (1 + B_crit/B) with "
+            f"B_crit = {_n(cb['b_crit'])} (90% CI {_n(cb['b_crit_ci'][0])} .. {_n(cb['b_crit_ci'][1])}), "
+            f"S_min = {_n(cb['s_min'], ',.0f')} steps, E_min = {_n(cb['e_min'], ',.0f')} samples."
+        )
+        if "b_crit_over_b_simple" in cb:
+            out.append(
+                f"B_crit / B_simple = {_n(cb['b_crit_over_b_simple'], '.2f')} (McCandlish et al. find "
+                "agreement within an order of magnitude, B_simple above B_crit on image tasks)."
+            )
+        out += ["", "| batch size | steps to target | learning rate | reached |", "|---:|---:|---:|:---:|"]
+        out += [
+            f"| {p['batch_size']} | {_n(p['steps'], ',.0f')} | {_n(p['lr'], '.3g')} | "
+            f"{'yes' if p['reached'] else 'no (lower bound)'} |"
+            for p in cb["points"]
+        ]
+    gap = data["generalization_gap"]
+    out += ["", "## Generalization gap", "", gap.get("trend") or f"Not computed: {gap.get('error')}"]
+    out += [
+        "",
+        "## Trials",
+        "",
+        "| # | status | batch | lr | lr/B | value | samples |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for t in sorted(data["trials"], key=lambda t: (t["value"] is None, t["value"] or 0.0)):
+        out.append(
+            f"| {t['number']} | {t['status']} | {t['batch_size']} | {_n(t['lr'], '.3g')} | "
+            f"{_n(t['temperature'], '.3g')} | {_n(t['value'])} | {t['samples']:,} |"
+        )
+    out += ["", f"Samples spent: {study.get('samples_total', 0):,} (probe {study.get('samples_probe', 0):,}).", ""]
+    return "\n".join(out)

@@ -1,0 +1,79 @@
+"""Compute-optimal batch size against the analytic optimum of a saturating throughput."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bstune.analysis import CriticalBatchFit, compute_optimal, fit_critical_batch, throughput_at
+from bstune.errors import ConfigError
+
+S_MIN, B_CRIT = 200.0, 512.0
+A, B = 0.01, 1e-4  # one step of batch B takes a + b·B seconds: throughput B/(a + bB) saturates at 1/b
+
+
+def _fit() -> CriticalBatchFit:
+    return fit_critical_batch([(b, S_MIN * (1 + B_CRIT / b)) for b in (16, 64, 256, 1024, 4096)])
+
+
+def _throughput(batches: list[int]) -> dict[int, float]:
+    return {b: b / (A + B * b) for b in batches}
+
+
+def test_device_optimum_matches_the_analytic_one() -> None:
+    # T(B) = S_min(1 + Bc/B)(a + bB) is least at B* = sqrt(a·Bc/b)
+    best = math.sqrt(A * B_CRIT / B)  # ≈ 226
+    result = compute_optimal(_fit(), _throughput(list(range(1, 4097))))
+    grid = np.arange(1, 4097)
+    analytic = S_MIN * (1 + B_CRIT / grid) * (A + B * grid)
+    assert result.device.batch_size == grid[np.argmin(analytic)]
+    assert result.device.batch_size == pytest.approx(best, abs=1)
+    assert result.device.seconds == pytest.approx(analytic.min(), rel=1e-6)
+    assert result.device.steps == pytest.approx(S_MIN * (1 + B_CRIT / result.device.batch_size), rel=1e-6)
+    assert result.device.samples == pytest.approx(result.device.steps * result.device.batch_size)
+    assert not result.device.at_range_edge and not result.device.extrapolated
+    assert result.wall == result.device  # one worker: the same choice
+
+
+def test_a_coarse_power_of_two_ladder_lands_near_the_optimum() -> None:
+    result = compute_optimal(_fit(), _throughput([2**k for k in range(13)]))
+    assert result.device.batch_size == pytest.approx(math.sqrt(A * B_CRIT / B), rel=0.15)
+    exact = S_MIN * (1 + B_CRIT / result.device.batch_size) * (A + B * result.device.batch_size)
+    assert result.device.seconds == pytest.approx(exact, rel=0.05)  # interpolation error only
+
+
+@pytest.mark.parametrize("workers", [2, 8])
+def test_wall_time_optimum_with_data_parallel_workers(workers: int) -> None:
+    # wall(B) = S(B)·(a + b·B/N): least at B* = sqrt(N·a·Bc/b), each worker B*/N
+    result = compute_optimal(_fit(), _throughput(list(range(1, 4097))), n_workers=workers)
+    best = math.sqrt(workers * A * B_CRIT / B)
+    assert result.wall.batch_size == pytest.approx(best, rel=0.02)
+    assert result.wall.batch_size == workers * result.wall.per_worker_batch
+    assert result.wall.device_seconds == pytest.approx(workers * result.wall.seconds)
+    assert result.wall.seconds < result.device.seconds < result.wall.device_seconds  # faster, but more device time
+    assert result.wall_seconds(result.wall.batch_size, workers) == pytest.approx(result.wall.seconds)
+    assert str(workers) in result.summary
+
+
+def test_throughput_is_interpolated_log_log_and_never_extrapolated() -> None:
+    thr = {16: 100.0, 64: 400.0, 256: 800.0}
+    assert throughput_at(thr, 32.0) == pytest.approx(200.0)
+    assert throughput_at(thr, 1.0) == pytest.approx(100.0) and throughput_at(thr, 4096.0) == pytest.approx(800.0)
+    # linear scaling up to 256 with B_crit = 512: the best B is beyond what was measured; it is not searched
+    result = compute_optimal(_fit(), {b: 50.0 * b for b in (16, 64, 256)})
+    assert result.device.batch_size == 256 and result.device.at_range_edge
+    narrow = compute_optimal(_fit(), _throughput(list(range(1, 4097))), batch_range=(300, 1000))
+    assert narrow.device.batch_size == 300 and narrow.device.at_range_edge
+
+
+def test_bad_inputs_raise() -> None:
+    with pytest.raises(ConfigError, match="throughput"):
+        compute_optimal(_fit(), {})
+    with pytest.raises(ConfigError, match="positive and finite"):
+        compute_optimal(_fit(), {16: 0.0})
+    with pytest.raises(ConfigError, match="n_workers"):
+        compute_optimal(_fit(), {16: 1.0}, n_workers=0)
+    with pytest.raises(ConfigError, match=r"no per-worker batch size in the measured throughput range \[16, 64\]"):
+        compute_optimal(_fit(), {16: 1.0, 64: 2.0}, batch_range=(128, 256))

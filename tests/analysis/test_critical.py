@@ -1,0 +1,106 @@
+"""The S(B) = S_min(1 + B_crit/B) fit: exact and noisy recovery, interval coverage, edges, bad inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bstune.analysis import BatchPoint, fit_critical_batch
+from bstune.errors import EstimationError
+
+BATCHES = np.array([4, 8, 16, 32, 64, 128, 256, 512, 1024], dtype=float)
+S_MIN, B_CRIT = 300.0, 100.0
+
+
+def _steps(batches: np.ndarray, sigma: float = 0.0, seed: int = 0) -> np.ndarray:
+    """S(B) with multiplicative lognormal noise of log-sd sigma."""
+    noise = np.random.default_rng(seed).normal(0.0, sigma, len(batches)) if sigma else 0.0
+    return S_MIN * (1 + B_CRIT / batches) * np.exp(noise)
+
+
+def test_exact_data_are_recovered_exactly() -> None:
+    fit = fit_critical_batch(list(zip(BATCHES, _steps(BATCHES), strict=True)))
+    assert fit.b_crit == pytest.approx(B_CRIT, rel=1e-6)
+    assert fit.s_min == pytest.approx(S_MIN, rel=1e-6)
+    assert fit.e_min == pytest.approx(S_MIN * B_CRIT, rel=1e-6)
+    assert fit.residual_rms < 1e-6 and fit.edge == "inside" and fit.n_points == len(BATCHES)
+    assert fit.predict_steps(50.0) == pytest.approx(S_MIN * 3, rel=1e-6)
+    assert fit.predict_samples(50.0) == pytest.approx(50 * S_MIN * 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_low_noise_recovers_b_crit_within_20_percent(seed: int) -> None:
+    fit = fit_critical_batch(list(zip(BATCHES, _steps(BATCHES, sigma=0.05, seed=seed), strict=True)))
+    assert fit.b_crit == pytest.approx(B_CRIT, rel=0.2)
+    assert fit.s_min == pytest.approx(S_MIN, rel=0.2)
+    assert fit.b_crit_ci[0] < fit.b_crit < fit.b_crit_ci[1]
+    assert fit.residual_rms == pytest.approx(0.05, rel=0.7)
+
+
+@pytest.mark.parametrize(("batches", "sigma"), [(BATCHES, 0.1), (BATCHES[1:7], 0.3)])
+def test_the_90_percent_interval_covers_the_truth_about_90_percent_of_the_time(
+    batches: np.ndarray, sigma: float
+) -> None:
+    seeds = range(150)
+    fits = [fit_critical_batch(list(zip(batches, _steps(batches, sigma, seed), strict=True))) for seed in seeds]
+    b_cover = np.mean([f.b_crit_ci[0] <= B_CRIT <= f.b_crit_ci[1] for f in fits])
+    s_cover = np.mean([f.s_min_ci[0] <= S_MIN <= f.s_min_ci[1] for f in fits])
+    assert 0.85 <= b_cover <= 0.96, b_cover  # too narrow fails the first bound, a vacuous interval the second
+    assert 0.85 <= s_cover <= 0.96, s_cover
+
+
+def test_intervals_widen_with_noise() -> None:
+    def width(sigma: float) -> float:
+        lo, hi = fit_critical_batch(list(zip(BATCHES, _steps(BATCHES, sigma, seed=3), strict=True))).b_crit_ci
+        return math.log(hi / lo)
+
+    assert 0 < width(0.02) < width(0.1) < width(0.3)
+
+
+def test_pure_linear_scaling_reports_b_crit_above_the_range_honestly() -> None:
+    batches = np.array([2.0, 4, 8, 16, 32])
+    steps = 6400 / batches * np.exp(np.random.default_rng(0).normal(0, 0.05, 5))  # still S ∝ 1/B
+    fit = fit_critical_batch(list(zip(batches, steps, strict=True)))
+    assert fit.edge == "above" and fit.b_crit > 32
+    assert math.isinf(fit.b_crit_ci[1]) and fit.b_crit_ci[0] > 32 / 2  # a lower bound only
+    assert fit.e_min == pytest.approx(6400, rel=0.1)
+    assert fit.predict_steps(8.0) == pytest.approx(800, rel=0.1)
+    assert "above the largest batch size tried (32)" in fit.summary
+    exact = fit_critical_batch([(b, 6400 / b) for b in batches])
+    assert math.isinf(exact.b_crit) and exact.s_min == 0.0 and exact.e_min == pytest.approx(6400)
+    assert exact.predict_steps(64.0) == pytest.approx(100.0)
+
+
+def test_flat_steps_report_b_crit_below_the_range() -> None:
+    batches = np.array([64.0, 128, 256, 512])
+    fit = fit_critical_batch([(b, 40.0 * math.exp(0.03 * (-1) ** i)) for i, b in enumerate(batches)])
+    assert fit.edge == "below" and fit.b_crit < 64 and fit.b_crit_ci[0] == 0.0
+    assert fit.s_min == pytest.approx(40.0, rel=0.05)
+    exact = fit_critical_batch([(b, 40.0) for b in batches])
+    assert exact.b_crit == 0.0 and exact.e_min == 0.0 and exact.predict_steps(1.0) == pytest.approx(40.0)
+
+
+def test_censored_points_are_left_out_and_contradictions_flagged() -> None:
+    reached = [
+        BatchPoint(int(b), s, s * b, 0.1) for b, s in zip(BATCHES[:6], _steps(BATCHES[:6], 0.02, seed=1), strict=True)
+    ]
+    consistent = BatchPoint(1024, 200.0, 204800.0, 0.1, lower_bound=True)  # S(1024) ≈ 329 > 200: fine
+    violated = BatchPoint(512, 2000.0, 1024000.0, 0.1, lower_bound=True)  # needed > 2000, fit says ≈ 359
+    too_slow = BatchPoint(2, 20000.0, 40000.0, 0.1, upper_bound=True)  # reached within 20000 steps: fine
+    fit = fit_critical_batch([*reached, consistent, violated, too_slow])
+    alone = fit_critical_batch(reached)
+    assert fit.b_crit == alone.b_crit and fit.n_points == 6 and fit.n_censored == 3
+    assert fit.contradicted == (512,)
+
+
+def test_too_few_batch_sizes_raise_a_clear_error() -> None:
+    with pytest.raises(EstimationError, match=r">= 3 distinct batch sizes, got 2 \(8, 16; 1 more"):
+        fit_critical_batch([(8, 100.0), (16, 60.0), (16, 61.0), BatchPoint(32, 50.0, 1600.0, 0.1, lower_bound=True)])
+    with pytest.raises(EstimationError, match="got 1 "):
+        fit_critical_batch([(64, 10.0)] * 5)  # one batch size, however many points
+    with pytest.raises(EstimationError, match="got 0 "):
+        fit_critical_batch([])
+    with pytest.raises(EstimationError, match="positive finite steps"):
+        fit_critical_batch([(8, 100.0), (16, 0.0), (32, 10.0)])

@@ -1,0 +1,106 @@
+"""The generalization gap: per-trial values, rank correlations and the sentence that reports them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bstune.analysis import generalization_gap
+
+
+def _trial(
+    number: int, batch: int, lr: float, gap: float, status: str = "completed", acc_gap: float = -0.05
+) -> dict[str, object]:
+    final = {
+        "samples": 1000,
+        "train_loss": 0.3,
+        "val_loss": 0.3 + gap,
+        "train_accuracy": 0.9,
+        "val_accuracy": 0.9 + acc_gap,
+    }
+    return {
+        "number": number,
+        "batch_size": batch,
+        "lr": lr,
+        "temperature": lr / batch,
+        "status": status,
+        "history": [{"samples": 500, "train_loss": 1.0, "val_loss": 1.0}, final],
+    }
+
+
+def _grid(gap_of, seed: int = 0) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    """18 trials: 6 batch sizes × 3 temperatures, so B and η/B vary independently."""
+    rng = np.random.default_rng(seed)
+    trials = []
+    for i, (b, t) in enumerate((b, t) for b in (16, 32, 64, 128, 256, 512) for t in (1e-4, 1e-3, 1e-2)):
+        trials.append(_trial(i, b, t * b, gap_of(b, t) + 0.01 * rng.normal()))
+    return trials
+
+
+def test_gap_growing_with_batch_size_is_reported_as_such() -> None:
+    summary = generalization_gap(_grid(lambda b, t: 0.05 * math.log(b)))
+    assert len(summary.trials) == 18
+    assert summary.loss.rho_batch > 0.8 and summary.loss.p_batch < 0.001
+    assert summary.loss.p_temperature > 0.05  # independent of temperature by construction
+    assert summary.loss.partial_rho_batch > 0.8 and summary.loss.partial_p_batch < 0.001
+    assert summary.trend.startswith("the validation − training loss gap rises with batch size (Spearman ρ=0.")
+    assert "18 trials" in summary.trend and "temperature η/B (" not in summary.trend
+
+
+def test_gap_falling_with_temperature_is_told_apart_from_batch_size() -> None:
+    summary = generalization_gap(_grid(lambda b, t: -0.05 * math.log(t)))
+    assert summary.loss.rho_temperature < -0.8 and summary.loss.p_temperature < 0.001
+    assert summary.loss.p_batch > 0.05
+    assert "falls with temperature η/B" in summary.trend and "with batch size (" not in summary.trend
+
+
+def test_when_b_and_temperature_move_together_the_partial_correlation_tells_which() -> None:
+    # η varies little, so T = η/B falls as B rises; the gap follows B only. Marginally both
+    # correlate; with B held fixed, temperature adds nothing (at the 5% level, most seeds).
+    spurious = 0
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        batches = rng.choice([16, 32, 64, 128, 256, 512], 30)
+        lrs = 0.1 * np.exp(rng.normal(0, 0.6, 30))
+        trials = [
+            _trial(i, int(b), float(lr), 0.05 * math.log(b) + 0.01 * rng.normal())
+            for i, (b, lr) in enumerate(zip(batches, lrs, strict=True))
+        ]
+        loss = generalization_gap(trials).loss
+        assert loss.p_batch < 0.001 and loss.p_temperature < 0.001 and loss.rho_temperature < -0.8
+        assert loss.partial_rho_batch > 0.7 and loss.partial_p_batch < 1e-6
+        spurious += loss.partial_p_temperature < 0.05
+    assert spurious <= 1
+
+
+def test_a_batch_size_effect_hidden_by_temperature_is_reported_at_fixed_temperature() -> None:
+    summary = generalization_gap(_grid(lambda b, t: 0.02 * math.log(b) - 0.02 * math.log(t)))
+    assert summary.loss.p_batch > 0.05 and summary.loss.partial_p_batch < 0.001
+    assert "rises with batch size at fixed temperature (partial Spearman ρ=0.9" in summary.trend
+    assert "falls with temperature η/B (Spearman" in summary.trend
+
+
+def test_no_trend_and_too_few_trials() -> None:
+    summary = generalization_gap(_grid(lambda b, t: 0.0, seed=2))
+    assert summary.loss.p_batch > 0.05 and summary.trend.startswith("no clear trend")
+    few = generalization_gap([_trial(0, 16, 0.1, 0.2), _trial(1, 32, 0.1, 0.3)])
+    assert math.isnan(few.loss.rho_batch) and few.trend.startswith("no clear trend")
+    assert generalization_gap([]).trials == []
+
+
+def test_only_completed_trials_with_finite_losses_count_and_metric_gaps_are_val_minus_train() -> None:
+    trials = [
+        _trial(0, 16, 0.1, 0.2, acc_gap=-0.1),
+        _trial(1, 32, 0.1, 0.3, status="pruned"),
+        _trial(2, 64, 0.1, 0.4, status="diverged"),
+        {**_trial(3, 128, 0.1, 0.1), "history": [{"samples": 10, "train_loss": None, "val_loss": 1.0}]},
+        {**_trial(4, 256, 0.1, 0.5), "temperature": None},
+    ]
+    summary = generalization_gap(trials)
+    assert [g.number for g in summary.trials] == [0, 4]
+    first = summary.trials[0]
+    assert first.loss_gap == pytest.approx(0.2) and first.metric_gaps == {"accuracy": pytest.approx(-0.1)}
+    assert summary.trials[1].temperature == pytest.approx(0.1 / 256)  # η/B when none was recorded
+    assert set(summary.metrics) == {"accuracy"} and summary.metrics["accuracy"].n == 2

@@ -1,0 +1,132 @@
+"""The report on a synthetic study whose steps-to-target law is known exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bstune.report import build_report
+from bstune.study import StudyResult, TrialRecord
+
+S_MIN, B_CRIT, TARGET = 100.0, 128.0, 0.2
+
+
+def _trial(number: int, batch: int, lr: float, budget: int = 200_000, n_evals: int = 20) -> TrialRecord:
+    """train_loss(t) = exp(-t ln(1/TARGET) / S(B)): reaches TARGET at exactly S(B) = S_min (1 + B_crit/B) steps."""
+    s_b = S_MIN * (1 + B_CRIT / batch)
+    history = []
+    for k in range(1, n_evals + 1):
+        samples = budget * k // n_evals
+        steps = samples / batch
+        train = math.exp(-steps * math.log(1 / TARGET) / s_b)
+        history.append(
+            {
+                "milestone": samples,
+                "samples": samples,
+                "step": int(steps),
+                "lr": lr,
+                "train_loss": train,
+                "val_loss": train * (1 + batch / 2048),
+                "gap": train * batch / 2048,
+            }
+        )
+    value = min(h["val_loss"] for h in history)
+    return TrialRecord(
+        number=number,
+        status="completed",
+        batch_size=batch,
+        lr=lr,
+        temperature=lr / batch,
+        value=value,
+        samples=budget,
+        params={},
+        config={},
+        history=history,
+    )
+
+
+def _result() -> StudyResult:
+    trials = [_trial(i, b, 0.01 * b**0.8) for i, b in enumerate([16, 32, 64, 128, 256, 512, 1024])]
+    best = min(trials, key=lambda t: t.value or math.inf)
+    config = {
+        "batch_size": best.batch_size,
+        "lr": best.lr,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "warmup_samples": 0,
+        "schedule": "constant",
+        "temperature": best.temperature,
+    }
+    return StudyResult(
+        study_name="synthetic",
+        mode="baseline",
+        objective="val_loss",
+        direction="minimize",
+        best_config=config,
+        best_value=float(best.value or 0),
+        trials=trials,
+        probe=None,
+        prior=None,
+        budget_samples=200_000,
+        samples_probe=0,
+    )
+
+
+def test_recovers_the_critical_batch_size_of_the_law() -> None:
+    report = build_report(_result(), {"metric": "train_loss", "value": TARGET})
+    cb = report.data["critical_batch"]
+    assert cb["b_crit"] == pytest.approx(B_CRIT, rel=0.02)
+    assert cb["s_min"] == pytest.approx(S_MIN, rel=0.02)
+    assert cb["b_crit_ci"][0] <= B_CRIT * 1.001 and cb["b_crit_ci"][1] >= B_CRIT * 0.999  # exact data: ~zero width
+    assert [p["reached"] for p in cb["points"]] == [True] * 7
+
+
+def test_recommendation_is_actionable_and_the_lr_table_follows_the_fit() -> None:
+    report = build_report(_result(), {"metric": "train_loss", "value": TARGET})
+    rec = report.recommended
+    assert rec["batch_size"] == 16 and rec["lr"] > 0  # the smallest gap in this synthetic study
+    assert rec["expected_steps_to_target"] == pytest.approx(S_MIN * (1 + B_CRIT / 16), rel=0.03)
+    table = {row["batch_size"]: row["lr"] for row in rec["lr_table"]}
+
+    def s_of(b: float) -> float:  # 1/(1/B + 1/B_crit)
+        return 1 / (1 / b + 1 / B_CRIT)
+
+    for b in (32, 1024):
+        assert table[b] / table[16] == pytest.approx(s_of(b) / s_of(16), rel=0.05)
+    assert table[32] / table[16] > 1.8  # nearly linear well below B_crit ...
+    assert table[1024] / table[512] < 1.15  # ... nearly flat well above it
+
+
+def test_saves_json_and_markdown_a_person_can_act_on(tmp_path: Path) -> None:
+    files = build_report(_result(), {"metric": "train_loss", "value": TARGET}).save(str(tmp_path))
+    data = json.loads(Path(files["json"]).read_text())
+    assert set(data) >= {
+        "noise_scale",
+        "critical_batch",
+        "throughput",
+        "compute_optimal",
+        "generalization_gap",
+        "recommended",
+        "trials",
+    }
+    md = Path(files["md"]).read_text()
+    head = md.split("## Gradient noise scale")[0]
+    assert "Train with batch size 16 and learning rate" in head and "Expected cost" in head
+    assert "| batch size | learning rate |" in head
+    assert "B_crit = 12" in md  # 128 to 4 significant digits begins so
+    assert "grows with batch size" in md or "gap" in md
+
+
+def test_default_target_and_missing_sections_say_why() -> None:
+    report = build_report(_result())
+    assert report.data["critical_batch"]["target"] > 0
+    assert "error" in report.data["noise_scale"]  # baseline mode: no probe
+    assert "error" in report.data["compute_optimal"]  # no throughput without a probe
+
+
+def test_bad_target_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="report: target: unknown key"):
+        build_report(_result(), {"metrik": "train_loss"})
