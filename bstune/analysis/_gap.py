@@ -188,6 +188,9 @@ def _trial_gap(trial: TrialLike) -> TrialGap | None:
     )
 
 
+MIN_TREND_TRIALS = 6  # fewer: no trend is stated
+
+
 def generalization_gap(trials: Iterable[TrialLike], *, significance: float = 0.05) -> GapSummary:
     """Gap per completed trial and its rank correlation with log B and η/B; see the module docstring.
 
@@ -212,4 +215,13 @@ def generalization_gap(trials: Iterable[TrialLike], *, significance: float = 0.0
             [log_b[i] for i in have],
             [temp[i] for i in have],
         )
-    return GapSummary(trials=rows, loss=loss, metrics=metrics, trend=loss.sentence(significance))
+    if len(rows) < MIN_TREND_TRIALS:
+        # Spearman's t-approximation gives p < 0.001 for rho = 1 at n = 3, where the exact
+        # p-value can be no smaller than 1/3: too few trials to state any trend.
+        trend = (
+            f"too few completed trials ({len(rows)}; at least {MIN_TREND_TRIALS} needed) to say how the "
+            "gap depends on batch size or temperature"
+        )
+    else:
+        trend = loss.sentence(significance)
+    return GapSummary(trials=rows, loss=loss, metrics=metrics, trend=trend)

@@ -53,7 +53,10 @@ def render_markdown(data: dict[str, Any]) -> str:
         d, w = co["device"], co["wall"]
         line = (
             f"Fastest to the target on one device: batch size {d['batch_size']} "
-            f"({_n(d['seconds'], '.3g')} s of training at the probe's measured throughput)"
+            f"({_n(d['seconds'], '.3g')} s of training at the probe's measured throughput"
+            + ("; at the edge of the batch sizes measured, so possibly larger still" if d.get("at_range_edge") else "")
+            + ("; beyond the batch sizes the S(B) fit saw, so an extrapolation" if d.get("extrapolated") else "")
+            + ")"
         )
         if co["n_workers"] > 1:
             line += f"; with {co['n_workers']} workers: batch size {w['batch_size']} ({_n(w['seconds'], '.3g')} s)"
@@ -83,9 +86,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         out.append(f"Not fitted: {cb['error']}")
     else:
         out.append(
-            f"Steps to {cb['metric']} {_n(cb['target'])}: S(B) = S_min (1 + B_crit/B) with "
-            f"B_crit = {_n(cb['b_crit'])} (90% CI {_n(cb['b_crit_ci'][0])} .. {_n(cb['b_crit_ci'][1])}), "
-            f"S_min = {_n(cb['s_min'], ',.0f')} steps, E_min = {_n(cb['e_min'], ',.0f')} samples."
+            f"Steps to {cb['metric']} {_n(cb['target'])}, fitted as S(B) = S_min (1 + B_crit/B): {cb['summary']}."
         )
         if "b_crit_over_b_simple" in cb:
             out.append(

@@ -86,7 +86,10 @@ def test_no_trend_and_too_few_trials() -> None:
     summary = generalization_gap(_grid(lambda b, t: 0.0, seed=2))
     assert summary.loss.p_batch > 0.05 and summary.trend.startswith("no clear trend")
     few = generalization_gap([_trial(0, 16, 0.1, 0.2), _trial(1, 32, 0.1, 0.3)])
-    assert math.isnan(few.loss.rho_batch) and few.trend.startswith("no clear trend")
+    assert math.isnan(few.loss.rho_batch) and few.trend.startswith("too few completed trials (2")
+    three = generalization_gap([_trial(i, b, 0.1, g) for i, (b, g) in enumerate([(16, 0.1), (32, 0.2), (64, 0.3)])])
+    assert three.loss.rho_batch == 1.0  # perfectly ordered, yet three points prove nothing (exact p >= 1/3)
+    assert three.trend.startswith("too few completed trials (3")
     assert generalization_gap([]).trials == []
 
 

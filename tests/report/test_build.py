@@ -116,7 +116,7 @@ def test_saves_json_and_markdown_a_person_can_act_on(tmp_path: Path) -> None:
     head = md.split("## Gradient noise scale")[0]
     assert "Train with batch size 16 and learning rate" in head and "Expected cost" in head
     assert "| batch size | learning rate |" in head
-    assert "B_crit = 12" in md  # 128 to 4 significant digits begins so
+    assert "B_crit ≈ 128 (90% CI 128–128) from 7 batch sizes 16–1024" in md
     assert "grows with batch size" in md or "gap" in md
 
 
