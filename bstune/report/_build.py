@@ -56,16 +56,23 @@ class Report:
 
         return render_markdown(self.data)
 
+    def to_html(self) -> str:
+        """report.html: the markdown's content with the figures, self-contained (see :mod:`bstune.report._html`)."""
+        from bstune.report._html import render_html
+
+        return render_html(self.data)
+
     def save(self, path: str) -> dict[str, str]:
-        """Write report.json and report.md into folder ``path``; returns format -> file."""
+        """Write report.json, report.md and report.html into folder ``path``; returns format -> file."""
         import json
         from pathlib import Path
 
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        files = {"json": folder / "report.json", "md": folder / "report.md"}
+        files = {"json": folder / "report.json", "md": folder / "report.md", "html": folder / "report.html"}
         files["json"].write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         files["md"].write_text(self.to_markdown())
+        files["html"].write_text(self.to_html(), encoding="utf-8")  # last: the figures take a moment
         return {k: str(v) for k, v in files.items()}
 
 
@@ -220,9 +227,12 @@ def _recommend(result: StudyResult, fit: CriticalBatchFit | None) -> dict[str, A
         b = int(best["batch_size"])
         rec["expected_steps_to_target"] = fit.predict_steps(b)
         rec["expected_samples_to_target"] = fit.predict_samples(b)
-        sizes = sorted({2**k for k in range(1, 16) if 2**k <= 64 * b} | {b})
+        # only where the data speak: from half the smallest to twice the largest batch size tried
+        sizes = sorted({2**k for k in range(0, 20) if fit.batch_min / 2 <= 2**k <= 2 * fit.batch_max} | {b})
         rec["lr_table"] = [{"batch_size": bb, "lr": lr} for bb, lr in lr_table(fit, b, float(best["lr"]), sizes)]
         rec["lr_rule"] = (
             "linear in B up to B_crit, flat beyond: lr(B) = lr_best * s(B)/s(B_best), s(B) = 1/(1/B + 1/B_crit)"
+            if fit.edge == "inside"
+            else f"linear in B: {fit.summary}, so the data show no flattening within the batch sizes tried"
         )
     return rec
