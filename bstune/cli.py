@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="analyse a finished study: B_crit, compute-optimal batch size, gap, recommendation",
         description="Read FOLDER/result.json written by `bstune run --out`, fit the critical batch size, "
-        "and write report.json and report.md.",
+        "and write report.json, report.md and report.html (with plots).",
     )
     report.add_argument("folder", help="the --out folder of `bstune run`")
     report.add_argument(
@@ -364,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--workers", type=_positive_int, default=1, help="data-parallel workers for the wall-time optimum (default 1)"
     )
-    report.add_argument("--out", default=None, help="where to write report.json and report.md (default FOLDER)")
+    report.add_argument(
+        "--out", default=None, help="where to write report.json, report.md and report.html (default FOLDER)"
+    )
     report.set_defaults(handler=_cmd_report)
 
     noise = sub.add_parser(
