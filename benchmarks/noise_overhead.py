@@ -48,7 +48,6 @@ import platform
 import random
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -57,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _provenance import cpu_model, git, loadavg
 from torch import nn
 
 import bstune
@@ -242,29 +242,6 @@ def _time_per_example(
 
 
 # -- machine and provenance ----------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def _source_digest() -> str:
@@ -279,7 +256,7 @@ def _source_digest() -> str:
 def _machine(threads: int) -> dict[str, Any]:
     loop = ROOT / "bstune" / "training" / "_loop.py"
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
         "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch": torch.__version__,
@@ -288,8 +265,8 @@ def _machine(threads: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "bstune": bstune.__version__,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty_bstune": bool(_git("status", "--porcelain", "--", "bstune")),
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty_bstune": bool(git("status", "--porcelain", "--", "bstune")),
         "loop_py_sha256": hashlib.sha256(loop.read_bytes()).hexdigest()[:16] if loop.exists() else None,
         "bstune_sources_sha256": _source_digest(),
     }
@@ -339,7 +316,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 times.setdefault((p.name, b, cfg.key), {})[rep] = t
                 if w is not None:
                     walls.setdefault((p.name, b, cfg.key), {})[rep] = w
-        _log(f"repeat {rep + 1}/{args.repeats} done, {time.perf_counter() - started:.0f}s elapsed, load {_loadavg()}")
+        _log(f"repeat {rep + 1}/{args.repeats} done, {time.perf_counter() - started:.0f}s elapsed, load {loadavg()}")
 
     def ratios(num: dict[int, float], den: dict[int, float]) -> list[float]:
         """num/den in each repeat both were timed in."""
@@ -505,10 +482,10 @@ def main(argv: list[str] | None = None) -> int:
         "per_example_batches": args.per_example_batches,
         "per_example_repeats": args.per_example_repeats,
         "n_train": 4096,
-        "loadavg_before": _loadavg(),
+        "loadavg_before": loadavg(),
     }
     res = run(args)
-    meta["loadavg_after"] = _loadavg()
+    meta["loadavg_after"] = loadavg()
     meta["bstune_sources_sha256_after"] = _source_digest()
     if meta["bstune_sources_sha256_after"] != meta["machine"]["bstune_sources_sha256"]:
         _log("warning: bstune's sources changed during the run; the timings may mix two versions")
