@@ -424,6 +424,8 @@ class Study:
             "warmup_samples": config["warmup_samples"],
             "schedule": config["schedule"],
             "temperature": best.user_attrs["temperature"],
+            "optimizer": self.space.optimizer.family,
+            **({"betas": list(self.space.optimizer.betas)} if self.space.optimizer.family != "sgd" else {}),
             **{f"model.{k}": v for k, v in config["model_kwargs"].items()},
         }
         return StudyResult(
