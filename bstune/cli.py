@@ -25,6 +25,7 @@ from typing import Any
 from bstune import __version__
 from bstune._loading import load_task
 from bstune.errors import BstuneError, ConfigError
+from bstune.study._summary import format_summary
 
 __all__ = ["main"]
 
@@ -128,45 +129,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0 if run.status is bstune.RunStatus.COMPLETED else 1
 
 
-def _summary(result: dict[str, Any]) -> str:
-    """A terminal summary of a study's result.json."""
-    lines = [
-        f"study {result['study_name']} ({result['mode']} mode): {len(result['trials'])} trials, "
-        f"{result['samples_total']:,} training samples in all (probe {result['samples_probe']:,})"
-    ]
-    probe, prior = result.get("probe"), result.get("prior")
-    if probe and prior:
-        lo, hi = probe["b_simple_ci"]
-        hi_text = "inf" if hi is None else f"{hi:.4g}"
-        lines.append(
-            f"probe: B_simple {probe['b_simple']:.4g} (90% CI {lo:.4g} .. {hi_text}) at lr "
-            f"{probe['lr_probe']:.3g}; LR ceiling {probe['lr_ceiling']:.3g} at B={probe['batch_size']}, "
-            f"{probe['lr_ceiling_large']:.3g} at B={probe['large_batch']}"
-        )
-        lines.append(
-            f"prior: batch sizes {prior['batch_low']}..{prior['batch_high']}, "
-            f"lr rule anchored at eta*({prior['b_ref']}) = {prior['lr_ref']:.3g}"
-        )
-    counts: dict[str, int] = {}
-    for t in result["trials"]:
-        counts[t["status"]] = counts.get(t["status"], 0) + 1
-    lines.append("trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    ranked = sorted(
-        (t for t in result["trials"] if t["value"] is not None),
-        key=lambda t: t["value"],
-        reverse=result["direction"] == "maximize",
-    )
-    lines.append(f"{'#':>4} {'status':>9} {'batch':>6} {'lr':>9} {'lr/B':>9} {result['objective']:>10} {'samples':>9}")
-    for t in ranked[:10]:
-        lines.append(
-            f"{t['number']:>4} {t['status']:>9} {t['batch_size']:>6} {t['lr']:>9.3g} "
-            f"{t['temperature']:>9.3g} {t['value']:>10.4f} {t['samples']:>9,}"
-        )
-    best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result["best_config"].items())
-    lines.append(f"best config ({result['objective']} {result['best_value']:.4f}): {best}")
-    return "\n".join(lines)
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     import optuna
 
@@ -203,7 +165,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     result = study.run()
     data = result.to_dict()
-    print(_summary(data))
+    print(format_summary(data))
     if args.out:
         path = result.save(args.out)
         print(f"wrote {path}" + (f"; the trials are in {storage}" if storage else ""))
@@ -269,7 +231,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         result = StudyResult.load(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"unreadable: {type(exc).__name__}: {exc}", source=str(path)) from None
-    print(_summary(result.to_dict()))
+    print(format_summary(result.to_dict()))
     target: dict[str, Any] = {"metric": args.target_metric}
     if args.target_value is not None:
         target["value"] = args.target_value

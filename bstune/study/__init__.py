@@ -2,9 +2,11 @@
 
 from bstune.study._prior import Prior
 from bstune.study._probe import ProbeResult, ProbeSettings, lr_range_test, run_probe
+from bstune.study._pruners import PRUNERS, make_pruner
 from bstune.study._records import StudyResult, TrialRecord
 from bstune.study._storage import open_storage
-from bstune.study._study import PRUNERS, Study, StudyFailedError, TrialFailure
+from bstune.study._study import Study, StudyFailedError, TrialFailure
+from bstune.study._summary import format_summary
 
 __all__ = [
     "PRUNERS",
@@ -16,7 +18,9 @@ __all__ = [
     "StudyResult",
     "TrialFailure",
     "TrialRecord",
+    "format_summary",
     "lr_range_test",
+    "make_pruner",
     "open_storage",
     "run_probe",
 ]

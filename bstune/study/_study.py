@@ -26,6 +26,7 @@ from bstune.optim import temperature
 from bstune.space import SearchSpace
 from bstune.study._prior import Prior
 from bstune.study._probe import ProbeResult, ProbeSettings, run_probe
+from bstune.study._pruners import make_pruner
 from bstune.study._records import StudyResult, TrialRecord, clean_dict, clean_json
 from bstune.study._storage import open_storage
 from bstune.task import Task
@@ -36,7 +37,6 @@ __all__ = ["Study", "StudyFailedError", "TrialFailure"]
 logger = logging.getLogger(__name__)
 
 Mode = Literal["prior", "baseline"]
-PRUNERS = ("hyperband", "median", "successive_halving", "none")
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -46,22 +46,6 @@ class TrialFailure(BstuneError):
 
 class StudyFailedError(BstuneError):
     """Every trial of a study failed: there is no configuration to recommend."""
-
-
-def _make_pruner(pruner: str | optuna.pruners.BasePruner, n_evals: int) -> optuna.pruners.BasePruner:
-    if isinstance(pruner, optuna.pruners.BasePruner):
-        return pruner
-    if pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_evals, reduction_factor=3)
-    if pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    if pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if pruner == "none":
-        return optuna.pruners.NopPruner()
-    raise ConfigError(
-        f"unknown pruner {pruner!r}; expected one of {', '.join(PRUNERS)}", source="Study", field="pruner"
-    )
 
 
 class Study:
@@ -166,7 +150,7 @@ class Study:
         self.eval_every = max(1, -(-budget_samples // n_evals))
         self.storage = open_storage(storage)
         self.study_name = study_name or f"bstune-{task.name}"
-        self.pruner = _make_pruner(pruner, n_evals)
+        self.pruner = make_pruner(pruner, n_evals)
         self.probe_settings = probe or ProbeSettings()
         self.device = device
         self.progress = progress
