@@ -367,6 +367,10 @@ class Study:
         Resumes a study found under the same name in the storage: the probe is not
         repeated, finished trials are kept, and a trial left running by a killed
         process is run again.
+
+        One process per study at a time: on opening, every trial still marked running
+        is taken as left behind by a dead process, so a second process attached to a
+        study that another one is running would fail that one's live trials.
         """
         previous = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged once, below, without traceback
