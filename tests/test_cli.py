@@ -142,3 +142,16 @@ def test_run_with_a_bad_space_names_file_and_key(tmp_path: Path, capsys: pytest.
     assert main(["run", DIGITS, "--space", str(space), "--trials", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"{space}: batch_size" in err and "Traceback" not in err
+
+
+def test_probe_prints_noise_scale_ceiling_throughput_and_prior(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["probe", DIGITS, "--space", SPACE_FILE, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for words in ("B_simple", "90% CI", "LR ceiling", "throughput (samples/s)", "prior: batch sizes"):
+        assert words in out
+    data = json.loads((tmp_path / "probe.json").read_text())
+    prior, probe = data["prior"], data["probe"]
+    assert prior["batch_low"] <= prior["batch_high"] <= prior["b_noise"] + 1  # the band tops out at B_noise
+    assert probe["samples_used"] > 0 and probe["throughput"]
