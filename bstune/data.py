@@ -22,7 +22,7 @@ Batch = tuple[Any, Any]
 """One batch: ``(inputs, targets)``; each a tensor or a nested structure of tensors."""
 
 
-def as_dataset(data: Any, *, field: str) -> Dataset[Any]:
+def as_dataset(data: Any) -> Dataset[Any]:
     """Accept a ``Dataset`` or an ``(inputs, targets)`` pair of tensors.
 
     Raises ``TypeError``/``ValueError`` with a plain reason; the caller wraps it with

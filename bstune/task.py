@@ -79,7 +79,7 @@ class Task:
             )
         for name in ("train_data", "val_data"):
             try:
-                ds = as_dataset(getattr(self, name), field=name)
+                ds = as_dataset(getattr(self, name))
             except (TypeError, ValueError) as exc:
                 raise TaskError(str(exc), field=name) from None
             if len(ds) == 0:  # type: ignore[arg-type]

@@ -8,9 +8,11 @@ no throughput measured) says why in its ``error`` field instead of guessing.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from bstune.analysis import (
@@ -64,9 +66,6 @@ class Report:
 
     def save(self, path: str) -> dict[str, str]:
         """Write report.json, report.md and report.html into folder ``path``; returns format -> file."""
-        import json
-        from pathlib import Path
-
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         files = {"json": folder / "report.json", "md": folder / "report.md", "html": folder / "report.html"}

@@ -6,13 +6,16 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from bstune.study._prior import Prior
 from bstune.study._probe import ProbeResult
+
+if TYPE_CHECKING:
+    from bstune.report import Report
 
 __all__ = ["StudyResult", "TrialRecord", "clean_dict", "clean_json"]
 
@@ -153,7 +156,7 @@ class StudyResult:
         file = file / "result.json" if file.is_dir() else file
         return cls.from_dict(json.loads(file.read_text()))
 
-    def report(self, target: dict[str, Any] | None = None, *, n_workers: int = 1) -> Any:
+    def report(self, target: dict[str, Any] | None = None, *, n_workers: int = 1) -> Report:
         """Analyse the trials: critical batch size, compute-optimal batch size, gap, recommendation.
 
         Returns a :class:`bstune.report.Report`; ``target`` is ``{"metric": ..., "value": ...}``.

@@ -93,11 +93,10 @@ class _Run:
         self.momentum = config.momentum if config.momentum is not None else spec.momentum
         self.model = model.to(device)
         self.model.train()
-        self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.param_list = [p for _, p in self.params]
-        self.name_of = {p: n for n, p in self.params}
+        self.name_of = {p: n for n, p in self.model.named_parameters() if p.requires_grad}
+        self.param_list = list(self.name_of)
         self.optimizer = spec.build(
-            [p for _, p in self.params], lr=config.lr, momentum=self.momentum, weight_decay=config.weight_decay
+            self.param_list, lr=config.lr, momentum=self.momentum, weight_decay=config.weight_decay
         )
         dtype = config.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")
         self.amp_dtype = getattr(torch, dtype)
@@ -203,7 +202,7 @@ class _Run:
 
     def _optimizer_step(self) -> None:
         clip = self.config.grad_clip
-        params = [p for _, p in self.params]
+        params = self.param_list
         if self.scaler is not None:
             if clip is not None:
                 self.scaler.unscale_(self.optimizer)

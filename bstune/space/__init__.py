@@ -1,0 +1,43 @@
+"""Declarative search spaces: what a study may vary, and within which limits.
+
+Batch size and learning rate are not listed as ordinary parameters: the study
+searches them in coordinates centred on the measured noise scale (log₂ B/B_noise)
+and on the LR rule η ∝ B^α (ln η/η_rule(B)), whose widths are set in ``prior``.
+``batch_size`` and ``lr`` give hard limits for those, and the bounds of the
+log-uniform LR of the baseline (prior-free) mode. Everything else goes in
+``params``: a TrainConfig setting or a keyword of the model factory (``model.*``).
+
+A space is a YAML file (read with ``yaml.safe_load`` only: no tag runs code)::
+
+    name: mlp_classifier
+    optimizer: {family: sgd, momentum: 0.9, weight_decay: 0.0}   # OptimizerSpec fields
+    batch_size: {min: 8, max: 1024}        # max: null means the training-set size
+    lr: {min: 1.0e-4, max: 3.0}
+    prior: {batch_width: 4, lr_width: 3, adam_alpha: 0.5, batch_round: 1}
+    params:
+      weight_decay: {type: float, low: 1.0e-6, high: 1.0e-2, log: true}
+      warmup_fraction: {type: float, low: 0.0, high: 0.2}
+      schedule: {type: categorical, choices: [constant, cosine]}
+      model.hidden: {type: int, low: 32, high: 256, log: true}
+
+Only ``name`` is required. A parameter also fixed under ``optimizer`` is searched
+(the search overrides the fixed value). Note that YAML reads ``1e-4`` (no dot) as
+a string; numeric strings are accepted wherever a number is expected.
+
+Every problem raises :class:`~bstune.errors.ConfigError` naming the file, the
+dotted key (``params.weight_decay.low``) and what was expected.
+
+Example:
+    >>> space = SearchSpace.from_dict({"name": "demo", "batch_size": {"min": 8, "max": 512}})
+    >>> space.batch_min, space.batch_max, space.optimizer.family
+    (8, 512, 'sgd')
+    >>> SearchSpace.from_dict({"name": "demo", "batch_size": {"min": 0}})
+    Traceback (most recent call last):
+    ...
+    bstune.errors.ConfigError: <dict>: batch_size.min: must be a positive integer, got 0
+"""
+
+from bstune.space._param import ParamSpec
+from bstune.space._space import PriorSettings, SearchSpace
+
+__all__ = ["ParamSpec", "PriorSettings", "SearchSpace"]
