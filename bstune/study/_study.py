@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -22,15 +20,15 @@ from optuna.storages import BaseStorage
 from optuna.trial import Trial, TrialState
 
 from bstune.errors import BstuneError, ConfigError
-from bstune.optim import temperature
 from bstune.space import SearchSpace
 from bstune.study._prior import Prior
 from bstune.study._probe import ProbeResult, ProbeSettings, run_probe
 from bstune.study._pruners import make_pruner
 from bstune.study._records import StudyResult, TrialRecord, clean_dict, clean_json
 from bstune.study._storage import open_storage
+from bstune.study._trial import TrialPlanner, run_trial
 from bstune.task import Task
-from bstune.training import Decision, EvalRecord, RunStatus, TrainConfig, TrainResult, train
+from bstune.training import Decision, EvalRecord
 
 __all__ = ["Study", "StudyFailedError", "TrialFailure"]
 
@@ -156,6 +154,7 @@ class Study:
         self.progress = progress
         self.probe: ProbeResult | None = None
         self.prior: Prior | None = None
+        self.planner: TrialPlanner | None = None
 
     # -- the settings that must match when a stored study is resumed ------------------
     def _fingerprint(self) -> dict[str, Any]:
@@ -251,114 +250,57 @@ class Study:
         )
 
     # -- one trial -------------------------------------------------------------------
-    def _suggest(self, trial: Trial) -> tuple[TrainConfig, dict[str, Any]]:
-        extras: dict[str, Any] = {}
-        for spec in self.space.params:
-            extras[spec.name] = trial._suggest(spec.name, spec.to_optuna())
-        momentum = extras.get("momentum")
-        if self.mode == "prior":
-            assert self.prior is not None
-            u = trial.suggest_float("batch_coord", 0.0, 1.0)
-            v = trial.suggest_float("lr_coord", *self.prior.v_range)
-            batch = min(self.prior.batch_at(u), self.batch_cap)
-            lr = self.prior.lr_at(batch, v, momentum)
-        else:
-            batch = min(trial.suggest_int("batch_size", self.space.batch_min, self.batch_cap, log=True), self.batch_cap)
-            lr = trial.suggest_float("lr", self.space.lr_min, self.space.lr_max, log=True)
-        model_kwargs = {k.removeprefix("model."): v for k, v in extras.items() if k.startswith("model.")}
-        train_kwargs = {k: v for k, v in extras.items() if not k.startswith("model.")}
-        warmup = train_kwargs.pop("warmup_fraction", 0.0)
-        config = TrainConfig(
-            batch_size=batch,
-            lr=lr,
-            max_samples=self.budget_samples,
-            eval_every_samples=self.eval_every,
-            warmup_samples=int(warmup * self.budget_samples),
+    def _planner(self) -> TrialPlanner:
+        return TrialPlanner(
+            space=self.space,
+            mode=self.mode,
+            prior=self.prior,
+            batch_cap=self.batch_cap,
+            budget_samples=self.budget_samples,
+            eval_every=self.eval_every,
             seed=self.seed,
             device=self.device,
-            **train_kwargs,
+            default_momentum=self.task.optimizer_spec.momentum,
         )
-        return config, model_kwargs
 
     def _objective(self, trial: Trial) -> float:
-        config, model_kwargs = self._suggest(trial)
-        m = config.momentum if config.momentum is not None else self.task.optimizer_spec.momentum
-        trial.set_user_attr("batch_size", config.batch_size)
-        trial.set_user_attr("lr", config.lr)
-        trial.set_user_attr("temperature", temperature(config.lr, config.batch_size, m))
-        trial.set_user_attr("config", clean_json(config.to_dict() | {"model_kwargs": model_kwargs}))
-        sign = 1.0 if self.direction == "minimize" else -1.0
-        best = [math.inf]
+        planner = self.planner
+        assert planner is not None
+        plan = planner.plan(planner.sample(trial))
+        for key, value in plan.attrs().items():
+            trial.set_user_attr(key, value)
 
-        def report(record: EvalRecord) -> Decision:
-            value = _objective_value(record, self.objective)
-            if math.isfinite(value):
-                best[0] = min(best[0], sign * value)
-            step = -(-record.milestone // self.eval_every)  # milestone index 1..n_evals
-            trial.report(sign * best[0] if math.isfinite(best[0]) else value, step)
+        def on_milestone(index: int, value: float, record: EvalRecord) -> Decision:
+            trial.report(value, index)
             return Decision.STOP if trial.should_prune() else Decision.CONTINUE
 
-        try:
-            model = self.task.make_model(seed=config.seed, **model_kwargs)
-            result = train(self.task, config, report, model=model)
-        except Exception as exc:  # user code raised: keep the traceback with the trial
-            logger.warning(
-                "trial %d raised %s: %s (traceback kept with the trial)", trial.number, type(exc).__name__, exc
-            )
-            trial.set_user_attr("status", "failed")
-            trial.set_user_attr("message", f"{type(exc).__name__}: {exc}")
-            trial.set_user_attr("traceback", traceback.format_exc())
-            raise TrialFailure(f"trial {trial.number} raised {type(exc).__name__}: {exc}") from exc
-        self._record(trial, result)
-        best_value = sign * best[0]
-        trial.set_user_attr("best_value", best_value if math.isfinite(best_value) else None)
-        if result.status is RunStatus.STOPPED:
-            raise optuna.TrialPruned(result.message)
-        if result.status is RunStatus.DIVERGED:
-            logger.info(
-                "trial %d diverged at B=%d, lr=%.3g: %s", trial.number, config.batch_size, config.lr, result.message
-            )
-            raise TrialFailure(f"trial {trial.number} diverged: {result.message}")
-        if result.status is RunStatus.OOM:
-            self.batch_cap = max(self.space.batch_min, min(self.batch_cap, config.batch_size // 2))
+        outcome = run_trial(
+            self.task, plan, objective=self.objective, direction=self.direction, on_milestone=on_milestone
+        )
+        for key, value in outcome.attrs().items():
+            trial.set_user_attr(key, value)
+        config = plan.config
+        if outcome.status == "pruned":
+            raise optuna.TrialPruned(outcome.message)
+        if outcome.status == "completed":
+            assert outcome.value is not None
+            return outcome.value
+        if outcome.status == "oom":
+            cap = planner.learn_oom(config.batch_size)
+            trial.set_user_attr("batch_ceiling", cap)
             logger.warning(
                 "trial %d ran out of memory at batch_size=%d; batch sizes now capped at %d",
                 trial.number,
                 config.batch_size,
-                self.batch_cap,
+                cap,
             )
-            raise TrialFailure(f"trial {trial.number} ran out of memory at batch_size={config.batch_size}")
-        if not math.isfinite(best_value):
-            raise TrialFailure(f"trial {trial.number} recorded no finite {self.objective}")
-        return best_value
-
-    def _record(self, trial: Trial, result: TrainResult) -> None:
-        status = "pruned" if result.status is RunStatus.STOPPED else result.status.value
-        trial.set_user_attr("status", status)
-        trial.set_user_attr("message", result.message)
-        trial.set_user_attr("samples", result.samples)
-        trial.set_user_attr("steps", result.steps)
-        trial.set_user_attr("throughput", result.throughput if math.isfinite(result.throughput) else None)
-        trial.set_user_attr(
-            "history",
-            clean_json(
-                [
-                    {
-                        "milestone": r.milestone,
-                        "samples": r.samples,
-                        "step": r.step,
-                        "lr": r.lr,
-                        "train_loss": r.train_loss,
-                        "val_loss": r.val_loss,
-                        "gap": r.gap,
-                        **r.metrics,
-                    }
-                    for r in result.history
-                ]
-            ),
-        )
-        if result.status is RunStatus.OOM:
-            trial.set_user_attr("batch_ceiling", self.batch_cap)
+        elif outcome.status == "diverged":
+            logger.info(
+                "trial %d diverged at B=%d, lr=%.3g: %s", trial.number, config.batch_size, config.lr, outcome.message
+            )
+        else:
+            logger.warning("trial %d failed: %s (traceback kept with the trial)", trial.number, outcome.message)
+        raise TrialFailure(f"trial {trial.number} {outcome.status}: {outcome.message}")
 
     # -- the whole study ---------------------------------------------------------------
     def run(self) -> StudyResult:
@@ -377,6 +319,7 @@ class Study:
         try:
             study = self._open()
             self._setup_prior(study)
+            self.planner = self._planner()
             done = len(study.get_trials(deepcopy=False, states=_FINISHED))
             remaining = self.n_trials - done
             if remaining > 0:
@@ -430,11 +373,3 @@ class Study:
             samples_probe=self.probe.samples_used if self.probe else 0,
             optuna_study=study,
         )
-
-
-def _objective_value(record: EvalRecord, name: str) -> float:
-    if name == "val_loss":
-        return record.val_loss
-    if name == "train_loss":
-        return record.train_loss
-    return record.metrics.get(name, math.nan)

@@ -1,0 +1,254 @@
+"""One trial, independent of the backend that schedules it.
+
+:class:`TrialPlanner` turns a sampler's draws into a training configuration: it asks
+the sampler (an Optuna trial, or Ray Tune's wrapper of one) for the fixed-range
+coordinates of the prior, or plain (B, eta) in the baseline mode, and derives the
+batch size, learning rate and temperature. :func:`run_trial` trains one plan and says
+what happened as a :class:`TrialOutcome`, whose fields are what a store keeps per
+trial. The embedded backend and the Ray backend both go through these two, so a
+trial means the same thing whichever of them ran it.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from bstune.optim import temperature
+from bstune.space import SearchSpace
+from bstune.study._prior import Prior
+from bstune.study._records import clean_json
+from bstune.task import Task
+from bstune.training import Decision, EvalRecord, RunStatus, TrainConfig, TrainResult, train
+
+__all__ = ["TrialOutcome", "TrialPlan", "TrialPlanner", "run_trial"]
+
+
+class Suggester(Protocol):
+    """The part of an Optuna trial a planner uses (Ray Tune's wrapper has it too)."""
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> int: ...
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What one trial trains: the sampled coordinates and the configuration derived from them."""
+
+    params: dict[str, Any]
+    config: TrainConfig
+    model_kwargs: dict[str, Any]
+    temperature: float
+
+    def attrs(self) -> dict[str, Any]:
+        """The fields a store keeps about the plan (JSON-safe)."""
+        return {
+            "batch_size": self.config.batch_size,
+            "lr": self.config.lr,
+            "temperature": self.temperature,
+            "config": clean_json(self.config.to_dict() | {"model_kwargs": self.model_kwargs}),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"params": clean_json(self.params), **self.attrs()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialPlan:
+        config = dict(data["config"])
+        model_kwargs = dict(config.pop("model_kwargs", {}))
+        return cls(
+            params=dict(data["params"]),
+            config=TrainConfig.from_dict(config, source="trial plan"),
+            model_kwargs=model_kwargs,
+            temperature=float(data["temperature"]),
+        )
+
+
+@dataclass
+class TrialPlanner:
+    """Draws trials from a space: prior coordinates (mode ``"prior"``) or log-uniform (B, eta).
+
+    Holds only plain data, so it pickles, and a copy can travel with a Ray searcher.
+    ``batch_cap`` is lowered when a trial runs out of memory.
+    """
+
+    space: SearchSpace
+    mode: Literal["prior", "baseline"]
+    prior: Prior | None
+    batch_cap: int
+    budget_samples: int
+    eval_every: int
+    seed: int
+    device: str
+    default_momentum: float
+
+    def sample(self, trial: Suggester) -> dict[str, Any]:
+        """Ask ``trial`` for every coordinate of one trial; returns them by name."""
+        params: dict[str, Any] = {}
+        for spec in self.space.params:
+            if spec.kind == "categorical":
+                params[spec.name] = trial.suggest_categorical(spec.name, list(spec.choices or ()))
+            elif spec.kind == "int":
+                params[spec.name] = trial.suggest_int(spec.name, int(spec.low or 0), int(spec.high or 0), log=spec.log)
+            else:
+                params[spec.name] = trial.suggest_float(
+                    spec.name, float(spec.low or 0), float(spec.high or 0), log=spec.log
+                )
+        if self.mode == "prior":
+            assert self.prior is not None, "prior mode needs a prior (run the probe first)"
+            params["batch_coord"] = trial.suggest_float("batch_coord", 0.0, 1.0)
+            params["lr_coord"] = trial.suggest_float("lr_coord", *self.prior.v_range)
+        else:
+            params["batch_size"] = trial.suggest_int("batch_size", self.space.batch_min, self.batch_cap, log=True)
+            params["lr"] = trial.suggest_float("lr", self.space.lr_min, self.space.lr_max, log=True)
+        return params
+
+    def plan(self, params: dict[str, Any]) -> TrialPlan:
+        """Derive batch size, learning rate and the rest of the configuration from ``params``."""
+        extras = {spec.name: params[spec.name] for spec in self.space.params}
+        momentum = extras.get("momentum")
+        if self.mode == "prior":
+            assert self.prior is not None
+            batch = min(self.prior.batch_at(params["batch_coord"]), self.batch_cap)
+            lr = self.prior.lr_at(batch, params["lr_coord"], momentum)
+        else:
+            batch = min(int(params["batch_size"]), self.batch_cap)
+            lr = float(params["lr"])
+        model_kwargs = {k.removeprefix("model."): v for k, v in extras.items() if k.startswith("model.")}
+        train_kwargs = {k: v for k, v in extras.items() if not k.startswith("model.")}
+        warmup = train_kwargs.pop("warmup_fraction", 0.0)
+        config = TrainConfig(
+            batch_size=batch,
+            lr=lr,
+            max_samples=self.budget_samples,
+            eval_every_samples=self.eval_every,
+            warmup_samples=int(warmup * self.budget_samples),
+            seed=self.seed,
+            device=self.device,
+            **train_kwargs,
+        )
+        m = config.momentum if config.momentum is not None else self.default_momentum
+        return TrialPlan(dict(params), config, model_kwargs, temperature(config.lr, config.batch_size, m))
+
+    def learn_oom(self, batch_size: int) -> int:
+        """A trial ran out of memory at ``batch_size``: cap later trials below it; returns the new cap."""
+        self.batch_cap = max(self.space.batch_min, min(self.batch_cap, batch_size // 2))
+        return self.batch_cap
+
+
+@dataclass
+class TrialOutcome:
+    """How a trial ended, in the fields a store keeps.
+
+    ``status`` is ``completed``, ``pruned``, ``diverged``, ``oom`` or ``failed`` (user
+    code raised; ``traceback`` holds it). ``value`` is the best objective over the
+    trial's milestones (``None`` when it recorded no finite one).
+    """
+
+    status: str
+    value: float | None
+    samples: int = 0
+    steps: int = 0
+    throughput: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+    traceback: str | None = None
+
+    def attrs(self) -> dict[str, Any]:
+        out = {
+            "status": self.status,
+            "message": self.message,
+            "samples": self.samples,
+            "steps": self.steps,
+            "throughput": self.throughput,
+            "history": self.history,
+            "best_value": self.value,
+        }
+        if self.traceback is not None:
+            out["traceback"] = self.traceback
+        return clean_json(out)  # type: ignore[no-any-return]
+
+
+def history_row(record: EvalRecord) -> dict[str, Any]:
+    """One evaluation as a store keeps it."""
+    return clean_json(  # type: ignore[no-any-return]
+        {
+            "milestone": record.milestone,
+            "samples": record.samples,
+            "step": record.step,
+            "lr": record.lr,
+            "train_loss": record.train_loss,
+            "val_loss": record.val_loss,
+            "gap": record.gap,
+            **record.metrics,
+        }
+    )
+
+
+def objective_value(record: EvalRecord, name: str) -> float:
+    """The objective ``name`` (``val_loss``, ``train_loss`` or a metric) of one evaluation."""
+    if name == "val_loss":
+        return record.val_loss
+    if name == "train_loss":
+        return record.train_loss
+    return record.metrics.get(name, math.nan)
+
+
+MilestoneHook = Callable[[int, float, EvalRecord], Decision]
+
+
+def run_trial(
+    task: Task,
+    plan: TrialPlan,
+    *,
+    objective: str,
+    direction: Literal["minimize", "maximize"],
+    on_milestone: MilestoneHook,
+) -> TrialOutcome:
+    """Train ``plan`` and say how it ended; never raises for what the trial's code did.
+
+    ``on_milestone(index, best_so_far, record)`` is called after each evaluation with
+    the milestone's index (1, 2, ... of the study's equal-sample milestones) and the
+    best objective so far (the value a pruner compares); it returns whether to go on.
+    """
+    sign = 1.0 if direction == "minimize" else -1.0
+    best = math.inf
+    eval_every = plan.config.eval_every
+
+    def report(record: EvalRecord) -> Decision:
+        nonlocal best
+        value = objective_value(record, objective)
+        if math.isfinite(value):
+            best = min(best, sign * value)
+        index = -(-record.milestone // eval_every)
+        return on_milestone(index, sign * best if math.isfinite(best) else value, record)
+
+    try:
+        model = task.make_model(seed=plan.config.seed, **plan.model_kwargs)
+        result: TrainResult = train(task, plan.config, report, model=model)
+    except Exception as exc:  # user code raised: keep the traceback with the trial
+        return TrialOutcome(
+            status="failed",
+            value=None,
+            message=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+        )
+    status = "pruned" if result.status is RunStatus.STOPPED else result.status.value
+    value = sign * best if math.isfinite(best) else None
+    if status == "completed" and value is None:
+        status, message = "failed", f"recorded no finite {objective}"
+    else:
+        message = result.message
+    return TrialOutcome(
+        status=status,
+        value=value,
+        samples=result.samples,
+        steps=result.steps,
+        throughput=result.throughput if math.isfinite(result.throughput) else None,
+        history=[history_row(r) for r in result.history],
+        message=message,
+    )
