@@ -52,6 +52,7 @@ class TrialRecord:
     config: dict[str, Any]  # the full TrainConfig
     history: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
+    worker: str | None = None  # where it ran: a Ray node id (the Ray backend), else None
 
     @classmethod
     def from_frozen(cls, trial: FrozenTrial) -> TrialRecord:

@@ -24,6 +24,7 @@ from bstune.space import SearchSpace
 from bstune.study._prior import Prior
 from bstune.study._probe import ProbeResult, ProbeSettings, run_probe
 from bstune.study._pruners import make_pruner
+from bstune.study._ray import RaySettings
 from bstune.study._records import StudyResult, TrialRecord, clean_dict, clean_json
 from bstune.study._storage import open_storage
 from bstune.study._trial import TrialPlanner, run_trial
@@ -36,6 +37,11 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["prior", "baseline"]
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def make_sampler(seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
+    """Multivariate TPE (it models B and eta jointly), after a few random startup trials."""
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(3, n_trials // 4)))
 
 
 class TrialFailure(BstuneError):
@@ -75,6 +81,10 @@ class Study:
         probe: settings of the probe (the prior mode only).
         device: trial device; ``"auto"`` picks CUDA when available.
         progress: show a progress bar over trials.
+        backend: ``"optuna"`` (default: in this process) or ``"ray"`` (Ray Tune on a
+            cluster, with ASHA early stopping on training samples; needs the ``ray`` extra).
+        address, resources_per_trial, max_concurrent, storage_path, max_failures:
+            settings of the Ray backend (see :class:`bstune.study.RaySettings`).
 
     Example:
         >>> import torch, bstune
@@ -106,6 +116,12 @@ class Study:
         probe: ProbeSettings | None = None,
         device: str = "auto",
         progress: bool = True,
+        backend: Literal["optuna", "ray"] = "optuna",
+        address: str | None = None,
+        resources_per_trial: Mapping[str, float] | None = None,
+        max_concurrent: int | None = None,
+        storage_path: str | Path | None = None,
+        max_failures: int = 2,
     ) -> None:
         def bad(name: str, reason: str) -> ConfigError:
             return ConfigError(reason, source="Study", field=name)
@@ -146,6 +162,22 @@ class Study:
         self.n_evals, self.objective, self.direction = n_evals, objective, direction
         # ceil: exactly n_evals milestones, the last one the full budget (TrainConfig adds max_samples)
         self.eval_every = max(1, -(-budget_samples // n_evals))
+        if backend not in ("optuna", "ray"):
+            raise bad("backend", f"must be 'optuna' (embedded) or 'ray', got {backend!r}")
+        self.backend = backend
+        self.ray: RaySettings | None = None
+        if backend == "ray":
+            if storage is not None:
+                raise bad("storage", "the Ray backend keeps its results under storage_path; leave storage unset")
+            self.ray = RaySettings(
+                address=address,
+                resources_per_trial=resources_per_trial,
+                max_concurrent=max_concurrent,
+                storage_path=str(storage_path) if storage_path is not None else None,
+                max_failures=max_failures,
+            )
+        elif address is not None or resources_per_trial is not None or storage_path is not None:
+            raise bad("backend", "address, resources_per_trial and storage_path are settings of backend='ray'")
         self.storage = open_storage(storage)
         self.study_name = study_name or f"bstune-{task.name}"
         self.pruner = make_pruner(pruner, n_evals)
@@ -172,14 +204,9 @@ class Study:
         )  # type: ignore[no-any-return]
 
     def _open(self) -> optuna.Study:
-        sampler = optuna.samplers.TPESampler(
-            seed=self.seed,
-            multivariate=True,
-            n_startup_trials=min(10, max(3, self.n_trials // 4)),
-        )
         study = optuna.create_study(
             storage=self.storage,
-            sampler=sampler,
+            sampler=make_sampler(self.seed, self.n_trials),
             pruner=self.pruner,
             study_name=self.study_name,
             direction=self.direction,
@@ -224,6 +251,13 @@ class Study:
                 device=self.device,
             )
             study.set_user_attr("bstune_probe", clean_json(self.probe.to_dict()))
+        self._make_prior()
+
+    def _make_prior(self) -> None:
+        """The prior from ``self.probe`` (prior mode); lowers the batch cap to what the probe found fits."""
+        if self.mode != "prior":
+            return
+        assert self.probe is not None
         if self.probe.batch_ceiling is not None:
             self.batch_cap = min(self.batch_cap, self.probe.batch_ceiling)
         settings = self.space.prior
@@ -306,14 +340,19 @@ class Study:
     def run(self) -> StudyResult:
         """Probe (prior mode), then run trials until ``n_trials`` have finished.
 
-        Resumes a study found under the same name in the storage: the probe is not
-        repeated, finished trials are kept, and a trial left running by a killed
-        process is run again.
+        Resumes a study found under the same name in the storage (the Ray backend: under
+        ``storage_path``): the probe is not repeated, finished trials are kept, and a
+        trial left running by a killed process is run again.
 
         One process per study at a time: on opening, every trial still marked running
         is taken as left behind by a dead process, so a second process attached to a
         study that another one is running would fail that one's live trials.
         """
+        if self.backend == "ray":
+            from bstune.study._ray import run_on_ray
+
+            assert self.ray is not None
+            return self._result(run_on_ray(self, self.ray))
         previous = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged once, below, without traceback
         try:
@@ -332,29 +371,28 @@ class Study:
                 )
         finally:
             optuna.logging.set_verbosity(previous)
-        return self._result(study)
+        return self._result([TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)], study)
 
-    def _result(self, study: optuna.Study) -> StudyResult:
-        trials = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    def _result(self, trials: list[TrialRecord], optuna_study: optuna.Study | None = None) -> StudyResult:
+        complete = [t for t in trials if t.status == "completed" and t.value is not None]
         if not complete:
             reasons = sorted({t.status for t in trials})
             raise StudyFailedError(
                 f"none of the {len(trials)} trials of study {self.study_name!r} completed "
-                f"({', '.join(reasons) or 'all pruned'}); see each trial's message and traceback in the storage"
+                f"({', '.join(reasons) or 'no trial ran'}); see each trial's message and traceback in the storage"
             )
-        best = study.best_trial
-        config = dict(best.user_attrs["config"])
+        sign = 1.0 if self.direction == "minimize" else -1.0
+        best = min(complete, key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
+        config = dict(best.config)
+        spec = self.task.optimizer_spec
         best_config = {
             "batch_size": config["batch_size"],
             "lr": config["lr"],
-            "momentum": config["momentum"] if config["momentum"] is not None else self.task.optimizer_spec.momentum,
-            "weight_decay": (
-                config["weight_decay"] if config["weight_decay"] is not None else self.task.optimizer_spec.weight_decay
-            ),
+            "momentum": config["momentum"] if config["momentum"] is not None else spec.momentum,
+            "weight_decay": config["weight_decay"] if config["weight_decay"] is not None else spec.weight_decay,
             "warmup_samples": config["warmup_samples"],
             "schedule": config["schedule"],
-            "temperature": best.user_attrs["temperature"],
+            "temperature": best.temperature,
             "optimizer": self.space.optimizer.family,
             **({"betas": list(self.space.optimizer.betas)} if self.space.optimizer.family != "sgd" else {}),
             **{f"model.{k}": v for k, v in config["model_kwargs"].items()},
@@ -365,11 +403,11 @@ class Study:
             objective=self.objective,
             direction=self.direction,
             best_config=best_config,
-            best_value=float(best.values[0]),
+            best_value=float(best.value),  # type: ignore[arg-type]
             trials=trials,
             probe=self.probe,
             prior=self.prior,
             budget_samples=self.budget_samples,
             samples_probe=self.probe.samples_used if self.probe else 0,
-            optuna_study=study,
+            optuna_study=optuna_study,
         )

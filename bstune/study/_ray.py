@@ -1,0 +1,406 @@
+"""The Ray Tune backend: the same study, scheduled by Ray on a cluster.
+
+Ray does the scheduling; bstune only describes the trials:
+
+- **Search**: Ray's ``OptunaSearch`` with the study's define-by-run space, so trials
+  draw the same prior coordinates (or plain log-uniform B, eta) with the same
+  multivariate TPE as the embedded backend. The driver derives each trial's full
+  configuration (:class:`~bstune.study._trial.TrialPlanner`) and ships it in the
+  trial's config; a trial that runs out of memory lowers the batch cap of the trials
+  drawn after it.
+- **Early stopping**: ``ASHAScheduler`` with ``time_attr="samples"``: trials are
+  compared at equal training samples, whatever their batch sizes, at the same
+  milestones the embedded backend reports.
+- **Resources**: one trial per GPU where the cluster has GPUs, one CPU per trial
+  otherwise (``tune.with_resources``); the probe runs as a Ray task with the same
+  resources, so it measures the kind of device the trials use.
+- **Fault tolerance**: results and checkpoints under ``storage_path/<study_name>``;
+  a trial whose worker dies is retried (``FailureConfig(max_failures)``); a study
+  whose driver died is picked up with ``Tuner.restore``. A trial that finished
+  reports a small checkpoint holding its outcome, and every checkpoint forces an
+  experiment snapshot, so a restored study replays a finished trial's outcome
+  instead of training it again. A trial interrupted mid-run restarts from scratch.
+
+Ray is imported lazily: the embedded default does not need it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bstune.errors import ConfigError, DependencyError
+from bstune.study._probe import ProbeResult, run_probe
+from bstune.study._records import TrialRecord, clean_json
+from bstune.study._trial import TrialPlan, TrialPlanner, history_row, run_trial
+from bstune.task import Task
+from bstune.training import Decision, EvalRecord
+
+if TYPE_CHECKING:
+    from bstune.study._study import Study
+
+__all__ = ["PlannerSpace", "RaySettings", "import_ray", "record_from_result", "run_on_ray", "train_trial"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_FILE = "bstune_study.json"
+_OUTCOME_FILE = "outcome.json"
+
+
+def import_ray() -> Any:
+    """Import Ray (with Tune), or say which extra installs it."""
+    try:
+        import ray
+        import ray.tune
+    except ImportError as exc:
+        raise DependencyError(
+            f"the Ray backend needs Ray Tune ({exc}); install it with: pip install 'bstune[ray]'"
+        ) from exc
+    return ray
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where and how a study runs on Ray.
+
+    Args:
+        address: the cluster to join (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``);
+            ``None`` starts a local Ray instance when none is running.
+        resources_per_trial: e.g. ``{"gpu": 1}`` or ``{"cpu": 2}``; default one GPU per
+            trial when the cluster has GPUs, else one CPU.
+        max_concurrent: trials at once; default as many as the resources allow.
+        storage_path: folder (shared by all nodes on a multi-node cluster, e.g. NFS) or
+            cloud URI where results and checkpoints live; default ``~/ray_results``.
+        max_failures: retries of a trial whose worker died (not of one whose code raised).
+    """
+
+    address: str | None = None
+    resources_per_trial: Mapping[str, float] | None = None
+    max_concurrent: int | None = None
+    storage_path: str | None = None
+    max_failures: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, reason: str) -> ConfigError:
+            return ConfigError(reason, source="Study", field=name)
+
+        if self.resources_per_trial is not None:
+            unknown = sorted(set(self.resources_per_trial) - {"cpu", "gpu", "memory"})
+            if unknown:
+                raise bad("resources_per_trial", f"unknown resources {unknown}; use cpu, gpu and memory")
+            for name, amount in self.resources_per_trial.items():
+                if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
+                    raise bad(f"resources_per_trial.{name}", f"must be a non-negative number, got {amount!r}")
+        if self.max_concurrent is not None and (
+            isinstance(self.max_concurrent, bool) or not isinstance(self.max_concurrent, int) or self.max_concurrent < 1
+        ):
+            raise bad("max_concurrent", f"must be a positive integer, got {self.max_concurrent!r}")
+        if isinstance(self.max_failures, bool) or not isinstance(self.max_failures, int) or self.max_failures < 0:
+            raise bad("max_failures", f"must be a non-negative integer, got {self.max_failures!r}")
+
+    def experiment_dir(self, study_name: str) -> Path:
+        root = Path(self.storage_path).expanduser() if self.storage_path else Path("~/ray_results").expanduser()
+        return root.absolute() / study_name
+
+
+# -- the search space, evaluated on the driver ------------------------------------------
+class PlannerSpace:
+    """Ray's define-by-run space: draw the coordinates, ship the derived plan in the config.
+
+    Plain data only (the planner): Ray pickles it with the searcher's state.
+    """
+
+    def __init__(self, planner: TrialPlanner) -> None:
+        self.planner = planner
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        plan = self.planner.plan(self.planner.sample(trial))
+        return {"bstune_plan": plan.to_dict(), "bstune_trial_number": int(trial.number)}
+
+
+def _make_searcher(planner: TrialPlanner, seed: int, n_trials: int, direction: str) -> Any:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from bstune.study._study import make_sampler
+
+    class BstuneSearch(OptunaSearch):  # type: ignore[misc]
+        """OptunaSearch that tells TPE what a trial's outcome means.
+
+        Diverged, out-of-memory and raising trials are failures (TPE learns nothing from
+        them); trials stopped by ASHA are pruned; an out-of-memory trial lowers the batch
+        cap of the trials drawn after it.
+        """
+
+        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+            status = (result or {}).get("status")
+            if status == "oom" and isinstance(self._space, PlannerSpace):
+                cap = self._space.planner.learn_oom(int(result["batch_size"]))  # type: ignore[index]
+                logger.warning(
+                    "a trial ran out of memory at batch_size=%s; batch sizes now capped at %d",
+                    result["batch_size"],  # type: ignore[index]
+                    cap,
+                )
+            if status == "completed":
+                super().on_trial_complete(trial_id, result, error)
+            elif status is None and not error:  # stopped by the scheduler before finishing
+                super().on_trial_complete(trial_id, None, False)
+            else:
+                super().on_trial_complete(trial_id, None, True)
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return BstuneSearch(
+        space=PlannerSpace(planner),
+        metric="objective",
+        mode="min" if direction == "minimize" else "max",
+        sampler=make_sampler(seed, n_trials),
+    )
+
+
+# -- the trial, run on a worker ------------------------------------------------------------
+def _node() -> str:
+    import ray
+
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # pragma: no cover - outside a Ray worker
+        return "unknown"
+
+
+def train_trial(config: dict[str, Any], *, task: Task, objective: str, direction: str) -> None:
+    """Ray Tune function trainable: one trial of a bstune study.
+
+    Reports at every milestone before the last (``samples`` is the milestone in
+    training samples, ASHA's time axis; ``objective`` the best value so far), then once
+    with the outcome and a checkpoint holding it. The outcome carries no ``samples``,
+    so ASHA takes no decision on it: a trial that trained its whole budget is never
+    stopped at the finish line.
+    """
+    from ray import tune
+
+    plan = TrialPlan.from_dict(config["bstune_plan"])
+    node = _node()
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            done = Path(folder, _OUTCOME_FILE)
+            if done.is_file():  # finished before the driver went down: replay, do not train again
+                tune.report(json.loads(done.read_text()))
+                return
+    history: list[dict[str, Any]] = []
+
+    def on_milestone(index: int, value: float, record: EvalRecord) -> Decision:
+        history.append(history_row(record))
+        if record.milestone >= plan.config.max_samples:
+            return Decision.CONTINUE  # the last milestone goes out with the outcome, below
+        metrics = {
+            "samples": record.milestone,
+            "samples_seen": record.samples,
+            "milestone": index,
+            "history": list(history),
+            "node": node,
+            **plan.attrs(),
+        }
+        if math.isfinite(value):
+            metrics["objective"] = value
+        tune.report(clean_json(metrics))
+        return Decision.CONTINUE  # ASHA stops a trial by ending it, not by an answer here
+
+    outcome = run_trial(task, plan, objective=objective, direction=direction, on_milestone=on_milestone)  # type: ignore[arg-type]
+    final = {**plan.attrs(), **outcome.attrs(), "node": node, "final": True, "samples_seen": outcome.samples}
+    del final["samples"]  # not on ASHA's time axis (see above)
+    if outcome.value is not None:
+        final["objective"] = outcome.value
+    final = clean_json(final)
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, _OUTCOME_FILE).write_text(json.dumps(final))
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+# -- records from Ray's results -----------------------------------------------------------
+def record_from_result(
+    metrics: Mapping[str, Any], config: Mapping[str, Any], error: BaseException | None
+) -> TrialRecord:
+    """A :class:`TrialRecord` from one Ray trial: its last reported metrics and its config."""
+    plan = config["bstune_plan"]
+    status = metrics.get("status") if metrics.get("final") else None
+    message = str(metrics.get("message", ""))
+    if status is None:
+        if error is not None:
+            status, message = "failed", f"{type(error).__name__}: {error}"
+        else:
+            status = "pruned" if metrics.get("samples") else "failed"
+    value = metrics.get("objective")
+    return TrialRecord(
+        number=int(config["bstune_trial_number"]),
+        status=status,
+        batch_size=plan["batch_size"],
+        lr=plan["lr"],
+        temperature=plan["temperature"],
+        value=float(value) if value is not None and math.isfinite(float(value)) else None,
+        samples=int(metrics.get("samples_seen", metrics.get("samples", 0)) or 0),
+        params=dict(plan["params"]),
+        config=dict(plan["config"]),
+        history=list(metrics.get("history", [])),
+        message=message,
+        worker=metrics.get("node"),
+    )
+
+
+# -- the driver ---------------------------------------------------------------------------
+def _scalar_tensorboard() -> Any:
+    """Ray's TensorBoard logger, minus the per-trial history list it cannot log (and warns about)."""
+    from ray.tune.logger import TBXLoggerCallback
+
+    class ScalarTBXLogger(TBXLoggerCallback):  # type: ignore[misc]
+        def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+            scalars = {k: v for k, v in result.items() if k not in ("history", "config", "bstune_plan", "traceback")}
+            super().log_trial_result(iteration, trial, scalars)
+
+    return ScalarTBXLogger()
+
+
+def _resources(ray: Any, settings: RaySettings) -> dict[str, float]:
+    if settings.resources_per_trial is not None:
+        return dict(settings.resources_per_trial)
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    return {"cpu": 1, "gpu": 1} if gpus >= 1 else {"cpu": 1}
+
+
+def _register_script_modules(task: Task) -> None:
+    """Ship functions defined in a script loaded by :func:`bstune._loading.load_task` by value.
+
+    Such a module exists only in the driver; workers could not import it by name.
+    """
+    from ray import cloudpickle
+
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__name__", "")
+        if name.startswith("bstune_user_"):
+            cloudpickle.register_pickle_by_value(module)
+
+
+def _init(ray: Any, settings: RaySettings) -> None:
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"address": settings.address, "log_to_driver": False, **settings.extra}
+    if settings.address is None:
+        kwargs["include_dashboard"] = False
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"cannot connect to a Ray cluster: {exc}", source="Study", field="address") from exc
+
+
+def _load_state(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    return dict(json.loads(path.read_text()))
+
+
+def run_on_ray(study: Study, settings: RaySettings) -> list[TrialRecord]:
+    """Run ``study``'s probe and trials on Ray; returns every trial's record.
+
+    Resumes the study found under ``storage_path/<study_name>``: finished trials are
+    kept, the probe is not repeated, and unfinished trials run again.
+    """
+    ray = import_ray()
+    from ray import tune
+
+    _init(ray, settings)
+    _register_script_modules(study.task)
+    exp_dir = settings.experiment_dir(study.study_name)
+    state_file = exp_dir / _STATE_FILE
+    state = _load_state(state_file)
+    mine = study._fingerprint()
+    if state is not None and state["settings"] != mine:
+        diff = sorted(k for k in set(state["settings"]) | set(mine) if state["settings"].get(k) != mine.get(k))
+        raise ConfigError(
+            f"study {study.study_name!r} under {exp_dir.parent} was run with different settings "
+            f"({', '.join(diff)}); use the same settings to resume, or another study_name/storage_path",
+            source="Study",
+            field="storage_path",
+        )
+    # every finished trial checkpoints, and each checkpoint forces a snapshot of the experiment (deliberately:
+    # it is what keeps a restored study from training a finished trial again); Ray warns about that by default
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    resources = _resources(ray, settings)
+    if study.mode == "prior":
+        if state is not None and state.get("probe") is not None:
+            study.probe = ProbeResult.from_dict(state["probe"])
+            logger.info("resuming: probe taken from %s", state_file)
+        else:
+            probe = ray.remote(run_probe).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))
+            study.probe = ray.get(
+                probe.remote(
+                    study.task,
+                    study.probe_settings,
+                    batch_min=study.space.batch_min,
+                    batch_max=study.batch_cap,
+                    lr_min=study.space.lr_min,
+                    lr_max=study.space.lr_max,
+                    batch_round=study.space.prior.batch_round,
+                    seed=study.seed,
+                    device=study.device,
+                )
+            )
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(
+        json.dumps(
+            {"settings": mine, "probe": clean_json(study.probe.to_dict()) if study.probe else None},
+            indent=2,
+        )
+    )
+    study._make_prior()
+    planner = study._planner()
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, task=study.task, objective=study.objective, direction=study.direction),
+        resources,
+    )
+    if tune.Tuner.can_restore(str(exp_dir)):
+        logger.info("restoring the Ray Tune experiment at %s", exp_dir)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_make_searcher(planner, study.seed, study.n_trials, study.direction),
+                scheduler=tune.schedulers.ASHAScheduler(
+                    time_attr="samples",
+                    metric="objective",
+                    mode="min" if study.direction == "minimize" else "max",
+                    max_t=study.budget_samples,
+                    grace_period=study.eval_every,
+                    reduction_factor=3,
+                    stop_last_trials=False,
+                ),
+                num_samples=study.n_trials,
+                max_concurrent_trials=settings.max_concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name=study.study_name,
+                storage_path=str(exp_dir.parent),
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=1 if study.progress else 0,
+                callbacks=[_scalar_tensorboard()],
+            ),
+        )
+    grid = tuner.fit()
+    records = []
+    for index in range(len(grid)):
+        result = grid[index]
+        if result.config is None or "bstune_plan" not in result.config:
+            continue  # a trial the searcher never filled in (the study ended first)
+        records.append(record_from_result(result.metrics or {}, result.config, result.error))
+    records.sort(key=lambda r: r.number)
+    return records
