@@ -27,6 +27,9 @@ _LAZY = {
     "ProbeSettings": "bstune.study",
     "Prior": "bstune.study",
     "SearchSpace": "bstune.space",
+    "submit": "bstune.jobs",
+    "status": "bstune.jobs",
+    "fetch_report": "bstune.jobs",
 }
 
 
@@ -59,7 +62,10 @@ __all__ = [
     "TrainResult",
     "__version__",
     "exact_noise_scale",
+    "fetch_report",
     "measure_noise_scale",
+    "status",
+    "submit",
     "temperature",
     "train",
 ]

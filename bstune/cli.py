@@ -1,8 +1,10 @@
 """The ``bstune`` command line.
 
-    bstune run SCRIPT --space FILE     probe, then tune batch size and learning rate (Optuna, in-process)
+    bstune run SCRIPT --space FILE     probe, then tune batch size and learning rate (Optuna in-process,
+                                       or --backend ray on a Ray cluster)
     bstune probe SCRIPT --space FILE   only the probe: noise scale, LR ceiling, throughput, the prior
     bstune report DIR                  summarise a finished study's result.json
+    bstune submit SCRIPT --space FILE --address URL   run a study as a Ray job; status JOB; fetch JOB OUT
     bstune noise SCRIPT                measure the gradient noise scale of SCRIPT's task
     bstune train SCRIPT                run one training config and print its learning curve
 
@@ -129,12 +131,53 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0 if run.status is bstune.RunStatus.COMPLETED else 1
 
 
+def _resources(text: str) -> dict[str, float]:
+    """``gpu=1,cpu=2`` -> ``{"gpu": 1.0, "cpu": 2.0}``."""
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, amount = part.partition("=")
+        try:
+            out[name.strip()] = float(amount)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected NAME=AMOUNT[,NAME=AMOUNT], got {part!r}") from None
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected NAME=AMOUNT[,NAME=AMOUNT], got {part!r}")
+    return out
+
+
+def _ray_storage(args: argparse.Namespace, name: str) -> str | None:
+    """Where the Ray backend keeps the experiment; refuses to mix up a new and an old study."""
+    from bstune.study._ray import RaySettings
+
+    if args.storage is not None:
+        raise ConfigError(
+            "the Ray backend keeps its trials under --out (OUT/ray); leave --storage unset", source="--storage"
+        )
+    path = str(Path(args.out) / "ray") if args.out else None
+    exists = RaySettings(storage_path=path).experiment_dir(name).is_dir()
+    if exists and not args.resume:
+        raise ConfigError(
+            f"already holds study {name!r}; pass --resume to continue it, or choose another --out",
+            source=path or "~/ray_results",
+        )
+    if args.resume and not exists:
+        raise ConfigError(f"holds no study {name!r} to resume", source=path or "~/ray_results")
+    return path
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import optuna
 
+    if args.out:
+        args.out = str(Path(args.out).expanduser().absolute())
     task = load_task(args.script)
-    storage = args.storage or (f"sqlite:///{Path(args.out) / 'study.db'}" if args.out else None)
     name = args.study_name or f"bstune-{task.name}"
+    storage = None
+    storage_path = None
+    if args.backend == "ray":
+        storage_path = _ray_storage(args, name)
+    else:
+        storage = args.storage or (f"sqlite:///{Path(args.out) / 'study.db'}" if args.out else None)
     if storage is not None:
         from bstune.study import open_storage
 
@@ -162,13 +205,66 @@ def _cmd_run(args: argparse.Namespace) -> int:
         pruner=args.pruner,
         device=args.device,
         progress=not args.no_progress,
+        **(
+            {
+                "backend": "ray",
+                "address": args.address,
+                "resources_per_trial": args.resources,
+                "max_concurrent": args.max_concurrent,
+                "storage_path": storage_path,
+                "max_failures": args.max_failures,
+            }
+            if args.backend == "ray"
+            else {}
+        ),
     )
     result = study.run()
     data = result.to_dict()
     print(format_summary(data))
     if args.out:
         path = result.save(args.out)
-        print(f"wrote {path}" + (f"; the trials are in {storage}" if storage else ""))
+        where = storage or storage_path
+        print(f"wrote {path}" + (f"; the trials are in {where}" if where else ""))
+    if args.print_result:
+        from bstune.jobs import RESULT_BEGIN, RESULT_END
+
+        print(RESULT_BEGIN)
+        print(json.dumps(data, allow_nan=False))
+        print(RESULT_END, flush=True)
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from bstune.jobs import submit
+
+    job_id = submit(
+        args.script,
+        space=args.space,
+        address=args.address,
+        n_trials=args.trials,
+        budget_samples=args.budget_samples,
+        seed=args.seed,
+        mode=args.mode,
+        resources_per_trial=args.resources,
+        max_concurrent=args.max_concurrent,
+        python=args.python,
+    )
+    print(job_id)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from bstune.jobs import status
+
+    print(status(args.job_id, address=args.address))
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from bstune.jobs import fetch_report
+
+    folder = fetch_report(args.job_id, args.out, address=args.address)
+    print(f"wrote {folder / 'result.json'} and the report; see {folder / 'report.md'}")
     return 0
 
 
@@ -291,7 +387,61 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed for the sampler, the probe and the trials (default 0)")
     run.add_argument("--device", default="auto", help="trial device: cpu, cuda, ... (default: CUDA when available)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray_opts = run.add_argument_group("Ray backend (--backend ray; needs the ray extra)")
+    ray_opts.add_argument(
+        "--backend",
+        choices=["optuna", "ray"],
+        default="optuna",
+        help="optuna: trials in this process (default); ray: Ray Tune on a cluster, ASHA on training samples",
+    )
+    ray_opts.add_argument(
+        "--address", default=None, help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001 (default: local Ray)"
+    )
+    ray_opts.add_argument(
+        "--resources",
+        type=_resources,
+        default=None,
+        help="per trial, e.g. gpu=1 or cpu=2 (default: 1 GPU if any, else 1 CPU)",
+    )
+    ray_opts.add_argument(
+        "--max-concurrent", type=_positive_int, default=None, help="trials at once (default: all that fit)"
+    )
+    ray_opts.add_argument(
+        "--max-failures", type=int, default=2, help="retries of a trial whose worker died (default 2)"
+    )
+    run.add_argument("--print-result", action="store_true", help=argparse.SUPPRESS)  # used by `bstune submit`
     run.set_defaults(handler=_cmd_run)
+
+    submit = sub.add_parser(
+        "submit",
+        help="submit a study to a Ray cluster as a job (Ray Jobs API) and print the job id",
+        description="Package SCRIPT and the space file, submit `bstune run --backend ray` as a Ray job, and detach. "
+        "Follow it with `bstune status JOB` and fetch its result with `bstune fetch JOB OUT`.",
+    )
+    submit.add_argument("script", help="Python file defining make_task() -> bstune.Task")
+    submit.add_argument("--space", required=True, help="search-space YAML file (see search_spaces/)")
+    submit.add_argument("--address", required=True, help="the cluster's dashboard address, e.g. http://head:8265")
+    submit.add_argument("--trials", type=_positive_int, default=40, help="trials to finish (default 40)")
+    submit.add_argument("--budget-samples", type=_positive_int, default=300_000, help="samples of one full trial")
+    submit.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    submit.add_argument("--mode", choices=["prior", "baseline"], default="prior", help="search mode (default prior)")
+    submit.add_argument("--resources", type=_resources, default=None, help="per trial, e.g. gpu=1")
+    submit.add_argument("--max-concurrent", type=_positive_int, default=None, help="trials at once")
+    submit.add_argument("--python", default="python", help="the cluster's interpreter with bstune installed")
+    submit.set_defaults(handler=_cmd_submit)
+
+    job_status = sub.add_parser("status", help="status of a submitted study (PENDING, RUNNING, SUCCEEDED, FAILED)")
+    job_status.add_argument("job_id", help="the id `bstune submit` printed")
+    job_status.add_argument("--address", required=True, help="the cluster's dashboard address, e.g. http://head:8265")
+    job_status.set_defaults(handler=_cmd_status)
+
+    fetch = sub.add_parser(
+        "fetch", help="fetch a finished job's result.json and write its report into OUT (then: bstune report OUT)"
+    )
+    fetch.add_argument("job_id", help="the id `bstune submit` printed")
+    fetch.add_argument("out", help="folder to write result.json and the report into")
+    fetch.add_argument("--address", required=True, help="the cluster's dashboard address, e.g. http://head:8265")
+    fetch.set_defaults(handler=_cmd_fetch)
 
     probe = sub.add_parser(
         "probe",

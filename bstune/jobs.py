@@ -1,0 +1,174 @@
+"""Submitting a study to a Ray cluster as a job, and fetching its result.
+
+Goes through the Ray Jobs API (``JobSubmissionClient``, the dashboard's HTTP
+address, ``http://head:8265``): the script and the search-space file are packaged as
+the job's ``working_dir``, the job runs ``bstune run ... --backend ray --address auto``
+on the cluster, and the driver may detach. When the job ends, its ``result.json``
+travels back through the job's logs (between two marker lines, so no shared file
+system is needed) and :func:`fetch_report` writes it and the report locally.
+
+Example (needs a running cluster)::
+
+    job_id = bstune.submit("examples/digits_mlp.py", space="search_spaces/mlp_classifier.yaml",
+                           address="http://127.0.0.1:8265", n_trials=16, budget_samples=30_000)
+    bstune.status(job_id, address="http://127.0.0.1:8265")       # 'RUNNING', then 'SUCCEEDED'
+    bstune.fetch_report(job_id, "runs/digits", address="http://127.0.0.1:8265")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bstune.errors import BstuneError, ConfigError
+
+__all__ = ["RESULT_BEGIN", "RESULT_END", "JobFailedError", "fetch_report", "status", "submit"]
+
+logger = logging.getLogger(__name__)
+
+RESULT_BEGIN = "----- bstune result.json begin -----"
+RESULT_END = "----- bstune result.json end -----"
+
+
+class JobFailedError(BstuneError):
+    """A submitted study did not succeed, or its logs hold no result."""
+
+
+def _client(address: str) -> Any:
+    from bstune.study._ray import import_ray
+
+    import_ray()
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot reach the Ray Jobs API at {address!r} (the dashboard address, e.g. http://head:8265): {exc}",
+            source="address",
+        ) from exc
+
+
+def submit(
+    script: str | Path,
+    *,
+    space: str | Path,
+    address: str,
+    n_trials: int = 40,
+    budget_samples: int = 300_000,
+    seed: int = 0,
+    mode: str = "prior",
+    resources_per_trial: Mapping[str, float] | None = None,
+    max_concurrent: int | None = None,
+    python: str = "python",
+    runtime_env: Mapping[str, Any] | None = None,
+    submission_id: str | None = None,
+    agent_wait_s: float = 60.0,
+) -> str:
+    """Submit a study of ``script``'s task to the cluster; returns the job id at once.
+
+    ``python`` is the interpreter on the cluster that has bstune installed;
+    ``runtime_env`` is merged into the job's (add ``{"pip": [...]}`` where the
+    cluster's image lacks bstune). A cluster whose job agent is still starting is
+    retried for ``agent_wait_s`` seconds.
+    """
+    script, space = Path(script), Path(space)
+    for path, field in ((script, "script"), (space, "space")):
+        if not path.is_file():
+            raise ConfigError("no such file", source=str(path), field=field)
+    client = _client(address)
+    submission_id = submission_id or f"bstune-{uuid.uuid4().hex[:12]}"
+    package = Path(tempfile.mkdtemp(prefix="bstune-job-"))
+    try:
+        shutil.copy2(script, package / script.name)
+        shutil.copy2(space, package / space.name)
+        command = [
+            python,
+            "-m",
+            "bstune.cli",
+            "run",
+            script.name,
+            "--space",
+            space.name,
+            "--backend",
+            "ray",
+            "--address",
+            "auto",
+            "--trials",
+            str(n_trials),
+            "--budget-samples",
+            str(budget_samples),
+            "--seed",
+            str(seed),
+            "--mode",
+            mode,
+            "--out",
+            f"~/bstune_jobs/{submission_id}",  # on the cluster; not the job's working_dir, which Ray may clean up
+            "--print-result",
+            "--no-progress",
+        ]
+        if resources_per_trial:
+            command += ["--resources", ",".join(f"{k}={v:g}" for k, v in resources_per_trial.items())]
+        if max_concurrent is not None:
+            command += ["--max-concurrent", str(max_concurrent)]
+        env = {"working_dir": str(package), **dict(runtime_env or {})}
+        deadline = time.monotonic() + agent_wait_s
+        while True:
+            try:
+                job_id = client.submit_job(
+                    entrypoint=shlex.join(command),
+                    runtime_env=env,
+                    submission_id=submission_id,
+                    metadata={"bstune_script": script.name, "bstune_space": space.name},
+                )
+                break
+            except RuntimeError as exc:  # the Jobs API answers errors as RuntimeError(status, text)
+                if "No available agent" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(2)  # a node that just started has no job agent yet
+                    continue
+                raise JobFailedError(f"the cluster at {address} refused the job: {exc}") from exc
+    finally:
+        shutil.rmtree(package, ignore_errors=True)
+    logger.info("submitted %s as job %s to %s", script, job_id, address)
+    return str(job_id)
+
+
+def status(job_id: str, *, address: str) -> str:
+    """The job's status: ``PENDING``, ``RUNNING``, ``SUCCEEDED``, ``FAILED`` or ``STOPPED``."""
+    client = _client(address)
+    try:
+        return str(client.get_job_status(job_id).value)
+    except RuntimeError as exc:
+        raise ConfigError(f"no job {job_id!r} at {address}: {exc}", source="job") from exc
+
+
+def result_from_logs(logs: str) -> dict[str, Any]:
+    """The ``result.json`` a job printed between the marker lines of ``--print-result``."""
+    begin, end = logs.rfind(RESULT_BEGIN), logs.rfind(RESULT_END)
+    if begin < 0 or end < begin:
+        raise JobFailedError("the job's logs hold no result (it did not finish, or was not a bstune run)")
+    return dict(json.loads(logs[begin + len(RESULT_BEGIN) : end]))
+
+
+def fetch_report(job_id: str, out: str | Path, *, address: str, target: Mapping[str, Any] | None = None) -> Path:
+    """Fetch a finished job's result into ``out`` (``result.json`` and the report); returns ``out``."""
+    from bstune.study import StudyResult
+
+    client = _client(address)
+    state = status(job_id, address=address)
+    if state != "SUCCEEDED":
+        info = client.get_job_info(job_id)
+        raise JobFailedError(f"job {job_id} is {state}: {info.message or 'no message'}; see `ray job logs {job_id}`")
+    result = StudyResult.from_dict(result_from_logs(client.get_job_logs(job_id)))
+    folder = Path(out)
+    result.save(folder)
+    result.report(dict(target) if target else None).save(str(folder))
+    return folder

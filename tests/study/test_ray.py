@@ -1,0 +1,98 @@
+"""The Ray backend's pieces that need no cluster (the cluster tests are in tests/ray/)."""
+
+from __future__ import annotations
+
+import sys
+
+import optuna
+import pytest
+
+from bstune.errors import ConfigError, DependencyError
+from bstune.space import SearchSpace
+from bstune.study import Study
+from bstune.study._ray import PlannerSpace, RaySettings, import_ray, record_from_result
+from bstune.study._trial import TrialPlanner
+
+SPACE = {"name": "tiny", "batch_size": {"min": 8, "max": 256}, "lr": {"min": 1e-3, "max": 1.0}}
+
+
+def planner() -> TrialPlanner:
+    return TrialPlanner(
+        space=SearchSpace.coerce(SPACE),
+        mode="baseline",
+        prior=None,
+        batch_cap=256,
+        budget_samples=9000,
+        eval_every=1000,
+        seed=0,
+        device="cpu",
+        default_momentum=0.9,
+    )
+
+
+def test_planner_space_ships_the_plan_the_planner_derives() -> None:
+    study = optuna.create_study()
+    trial = study.ask()
+    config = PlannerSpace(planner())(trial)
+    plan = config["bstune_plan"]
+    assert config["bstune_trial_number"] == 0
+    assert plan["batch_size"] == trial.params["batch_size"] and plan["lr"] == pytest.approx(trial.params["lr"])
+    assert plan["temperature"] == pytest.approx(plan["lr"] / (plan["batch_size"] * (1 - 0.9)))
+    assert plan["config"]["max_samples"] == 9000 and plan["config"]["eval_every_samples"] == 1000
+
+
+def _config() -> dict[str, object]:
+    trial = optuna.create_study().ask()
+    return PlannerSpace(planner())(trial)
+
+
+def test_records_from_ray_results_keep_outcome_and_learning_curve() -> None:
+    config = _config()
+    history = [{"milestone": 1000, "val_loss": 0.5}, {"milestone": 2000, "val_loss": 0.4}]
+    final = {"final": True, "status": "completed", "objective": 0.4, "samples_seen": 9000, "history": history,
+             "message": "", "node": "n1"}  # fmt: skip
+    done = record_from_result(final, config, None)
+    assert (done.status, done.value, done.samples, done.worker, done.history) == ("completed", 0.4, 9000, "n1", history)
+    stopped = record_from_result({"samples": 3000, "samples_seen": 3010, "objective": 0.9}, config, None)
+    assert (stopped.status, stopped.value, stopped.samples) == ("pruned", 0.9, 3010)
+    crashed = record_from_result({"samples": 1000}, config, RuntimeError("node died"))
+    assert crashed.status == "failed" and "node died" in crashed.message
+    diverged = record_from_result({"final": True, "status": "diverged", "message": "loss nan"}, config, None)
+    assert diverged.status == "diverged" and diverged.value is None
+
+
+def test_searcher_learns_from_out_of_memory_and_fails_broken_trials() -> None:
+    pytest.importorskip("ray.tune")
+    from bstune.study._ray import _make_searcher
+
+    search = _make_searcher(planner(), seed=0, n_trials=8, direction="minimize")
+    config = search.suggest("t1")
+    batch = config["bstune_plan"]["batch_size"]
+    search.on_trial_complete("t1", {"status": "oom", "batch_size": batch})
+    assert search._space.planner.batch_cap == max(8, min(256, batch // 2))
+    states = [t.state for t in search._ot_study.get_trials()]
+    assert states == [optuna.trial.TrialState.FAIL]  # TPE learns nothing from an OOM trial
+
+
+def test_ray_settings_reject_bad_values() -> None:
+    with pytest.raises(ConfigError, match="resources_per_trial: unknown resources"):
+        RaySettings(resources_per_trial={"tpu": 1})
+    with pytest.raises(ConfigError, match=r"resources_per_trial\.gpu: must be a non-negative number"):
+        RaySettings(resources_per_trial={"gpu": -1})
+    with pytest.raises(ConfigError, match="max_concurrent"):
+        RaySettings(max_concurrent=0)
+
+
+def test_study_keeps_backend_settings_apart(blob_task: object) -> None:
+    with pytest.raises(ConfigError, match="storage: the Ray backend keeps its results under storage_path"):
+        Study(blob_task, SPACE, backend="ray", storage="sqlite:///x.db")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="settings of backend='ray'"):
+        Study(blob_task, SPACE, address="auto")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="backend: must be"):
+        Study(blob_task, SPACE, backend="dask")  # type: ignore[arg-type]
+
+
+def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(DependencyError, match=r"pip install 'bstune\[ray\]'"):
+        import_ray()
