@@ -1,9 +1,10 @@
 """Submitting a study to a Ray cluster as a job, and fetching its result.
 
 Goes through the Ray Jobs API (``JobSubmissionClient``, the dashboard's HTTP
-address, ``http://head:8265``): the script and the search-space file are packaged as
-the job's ``working_dir``, the job runs ``bstune run ... --backend ray --address auto``
-on the cluster, and the driver may detach. When the job ends, its ``result.json``
+address, ``http://head:8265``): the script and the search-space file travel in the
+job's environment, the job runs ``bstune run ... --backend ray --address auto`` on the
+cluster with its output under ``~/bstune_jobs/<job id>`` there, and the submitter may
+detach. When the job ends, its ``result.json``
 travels back through the job's logs (between two marker lines, so no shared file
 system is needed) and :func:`fetch_report` writes it and the report locally.
 
@@ -17,11 +18,12 @@ Example (needs a running cluster)::
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import os
 import shlex
-import shutil
-import tempfile
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -36,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 RESULT_BEGIN = "----- bstune result.json begin -----"
 RESULT_END = "----- bstune result.json end -----"
+
+
+_SCRIPT_VAR, _SPACE_VAR = "BSTUNE_JOB_SCRIPT", "BSTUNE_JOB_SPACE"
 
 
 class JobFailedError(BstuneError):
@@ -86,57 +91,55 @@ def submit(
             raise ConfigError("no such file", source=str(path), field=field)
     client = _client(address)
     submission_id = submission_id or f"bstune-{uuid.uuid4().hex[:12]}"
-    package = Path(tempfile.mkdtemp(prefix="bstune-job-"))
-    try:
-        shutil.copy2(script, package / script.name)
-        shutil.copy2(space, package / space.name)
-        command = [
-            python,
-            "-m",
-            "bstune.cli",
-            "run",
-            script.name,
-            "--space",
-            space.name,
-            "--backend",
-            "ray",
-            "--address",
-            "auto",
-            "--trials",
-            str(n_trials),
-            "--budget-samples",
-            str(budget_samples),
-            "--seed",
-            str(seed),
-            "--mode",
-            mode,
-            "--out",
-            f"~/bstune_jobs/{submission_id}",  # on the cluster; not the job's working_dir, which Ray may clean up
-            "--print-result",
-            "--no-progress",
-        ]
-        if resources_per_trial:
-            command += ["--resources", ",".join(f"{k}={v:g}" for k, v in resources_per_trial.items())]
-        if max_concurrent is not None:
-            command += ["--max-concurrent", str(max_concurrent)]
-        env = {"working_dir": str(package), **dict(runtime_env or {})}
-        deadline = time.monotonic() + agent_wait_s
-        while True:
-            try:
-                job_id = client.submit_job(
-                    entrypoint=shlex.join(command),
-                    runtime_env=env,
-                    submission_id=submission_id,
-                    metadata={"bstune_script": script.name, "bstune_space": space.name},
-                )
-                break
-            except RuntimeError as exc:  # the Jobs API answers errors as RuntimeError(status, text)
-                if "No available agent" in str(exc) and time.monotonic() < deadline:
-                    time.sleep(2)  # a node that just started has no job agent yet
-                    continue
-                raise JobFailedError(f"the cluster at {address} refused the job: {exc}") from exc
-    finally:
-        shutil.rmtree(package, ignore_errors=True)
+    inputs = {
+        _SCRIPT_VAR: base64.b64encode(script.read_bytes()).decode(),
+        _SPACE_VAR: base64.b64encode(space.read_bytes()).decode(),
+    }
+    command = [
+        python,
+        "-m",
+        "bstune.jobs",
+        script.name,
+        space.name,
+        "run",
+        "--backend",
+        "ray",
+        "--address",
+        "auto",
+        "--trials",
+        str(n_trials),
+        "--budget-samples",
+        str(budget_samples),
+        "--seed",
+        str(seed),
+        "--mode",
+        mode,
+        "--out",
+        f"~/bstune_jobs/{submission_id}",  # on the cluster, under its user's home
+        "--print-result",
+        "--no-progress",
+    ]
+    if resources_per_trial:
+        command += ["--resources", ",".join(f"{k}={v:g}" for k, v in resources_per_trial.items())]
+    if max_concurrent is not None:
+        command += ["--max-concurrent", str(max_concurrent)]
+    env = dict(runtime_env or {})
+    env["env_vars"] = {**dict(env.get("env_vars", {})), **inputs}
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            job_id = client.submit_job(
+                entrypoint=shlex.join(command),
+                runtime_env=env,
+                submission_id=submission_id,
+                metadata={"bstune_script": script.name, "bstune_space": space.name},
+            )
+            break
+        except RuntimeError as exc:  # the Jobs API answers errors as RuntimeError(status, text)
+            if "No available agent" in str(exc) and time.monotonic() < deadline:
+                time.sleep(2)  # a node that just started has no job agent yet
+                continue
+            raise JobFailedError(f"the cluster at {address} refused the job: {exc}") from exc
     logger.info("submitted %s as job %s to %s", script, job_id, address)
     return str(job_id)
 
@@ -172,3 +175,26 @@ def fetch_report(job_id: str, out: str | Path, *, address: str, target: Mapping[
     result.save(folder)
     result.report(dict(target) if target else None).save(str(folder))
     return folder
+
+
+def job_main(argv: list[str]) -> int:
+    """The job's entrypoint on the cluster: ``python -m bstune.jobs SCRIPT_NAME SPACE_NAME run ...``.
+
+    The script and the space travel in the job's environment variables (a
+    ``working_dir`` would do, but Ray may clean it up while the job still runs); they
+    are written into the study's output folder, which becomes the working directory,
+    and ``bstune run`` goes on from there.
+    """
+    from bstune.cli import main
+
+    script_name, space_name, *run_args = argv
+    out = Path(run_args[run_args.index("--out") + 1]).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / script_name).write_bytes(base64.b64decode(os.environ[_SCRIPT_VAR]))
+    (out / space_name).write_bytes(base64.b64decode(os.environ[_SPACE_VAR]))
+    os.chdir(out)
+    return main([run_args[0], script_name, "--space", space_name, *run_args[1:]])
+
+
+if __name__ == "__main__":
+    raise SystemExit(job_main(sys.argv[1:]))
