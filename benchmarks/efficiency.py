@@ -166,7 +166,10 @@ def run_ray_asha(problem: Problem, seed: int, n_trials: int) -> dict[str, Any]:
     if not ray.is_initialized():
         root = str(Path(__file__).resolve().parents[1])
         os.environ["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        # address="local": always a fresh private cluster, never one that `ray start` left running here
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+        )
     every = -(-problem.budget // problem.n_evals)
     space = problem.space
     param_space = {

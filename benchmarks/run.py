@@ -133,12 +133,30 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (HERE / "results" if args.suite == "full" else HERE / "results" / "quick")
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"suite_{args.suite}.json"
-    data: dict[str, Any] = json.loads(json_path.read_text()) if json_path.exists() else {}
-    data["suite"] = args.suite
+    data: dict[str, Any] = {}
     command = shlex.join(["python", "-m", "benchmarks.run", *(sys.argv[1:] if argv is None else argv)])
 
+    mine: dict[str, Any] = {}  # what this process measured: merged into the file at every save
+
+    def put(measure: str, key: str | None, value: dict[str, Any]) -> None:
+        if key is None:
+            mine[measure] = value
+        else:
+            mine.setdefault(measure, {})[key] = value
+        save()
+
     def save() -> None:
-        json_path.write_text(json.dumps(_finite(data), indent=1) + "\n")
+        # re-read first: measures run in separate processes share the file
+        disk = json.loads(json_path.read_text()) if json_path.exists() else {}
+        for measure, value in mine.items():
+            if measure == "overhead":
+                disk[measure] = value
+            else:
+                disk.setdefault(measure, {}).update(value)
+        disk["suite"] = args.suite
+        data.clear()
+        data.update(_finite(disk))
+        json_path.write_text(json.dumps(data, indent=1) + "\n")
 
     if not args.report_only:
         sweeps: dict[str, Any] = {}
@@ -151,17 +169,20 @@ def main(argv: list[str] | None = None) -> int:
                 analyses[p] = sweep.analyse(sweeps[p])
             if "sweep" in measures:
                 for p in problems:
-                    data.setdefault("sweep", {})[p] = {
-                        "spec": sweeps[p]["spec"],
-                        "analysis": analyses[p],
-                        "sweep_date": sweeps[p]["date"],
-                        "sweep_wall_s": sweeps[p]["wall_s"],
-                        "cache": str(
-                            Path("results") / "sweeps" / f"{p}{'_quick' if args.suite == 'quick' else ''}.json"
-                        ),
-                        "provenance": provenance(command, started),
-                    }
-                save()
+                    put(
+                        "sweep",
+                        p,
+                        {
+                            "spec": sweeps[p]["spec"],
+                            "analysis": analyses[p],
+                            "sweep_date": sweeps[p]["date"],
+                            "sweep_wall_s": sweeps[p]["wall_s"],
+                            "cache": str(
+                                Path("results") / "sweeps" / f"{p}{'_quick' if args.suite == 'quick' else ''}.json"
+                            ),
+                            "provenance": provenance(command, started),
+                        },
+                    )
         if "efficiency" in measures:
             for p in [p for p in problems if p in suite["efficiency_problems"] or args.problems]:
                 started = time.perf_counter()
@@ -174,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                     trials,
                     out / "cache" / f"evals_{p}{'_quick' if args.suite == 'quick' else ''}.json",
                 )
-                data.setdefault("efficiency", {})[p] = res | {"provenance": provenance(command, started)}
-                save()
+                put("efficiency", p, res | {"provenance": provenance(command, started)})
         if "noise" in measures:
             for p in problems:
                 started = time.perf_counter()
@@ -183,23 +203,20 @@ def main(argv: list[str] | None = None) -> int:
                 if p in ("char_lm", "digits_cnn") and args.suite == "full":
                     repeats = repeats // 2  # 3-6x dearer per measurement; pooled over checkpoints and methods
                 res = noise_accuracy.measure(PROBLEMS[p], suite["noise_fractions"], repeats)
-                data.setdefault("noise", {})[p] = res | {"provenance": provenance(command, started)}
-                save()
+                put("noise", p, res | {"provenance": provenance(command, started)})
         if "bcrit" in measures:
             for p in problems:
                 started = time.perf_counter()
                 probes = [noise_accuracy.probe_b_simple(PROBLEMS[p], s) for s in suite["probe_seeds"]]
-                data.setdefault("bcrit", {})[p] = {
-                    "sweep": analyses[p]["critical"],
-                    "probes": probes,
-                    "provenance": provenance(command, started),
-                }
-                save()
+                put(
+                    "bcrit",
+                    p,
+                    {"sweep": analyses[p]["critical"], "probes": probes, "provenance": provenance(command, started)},
+                )
         if "overhead" in measures:
             started = time.perf_counter()
             res = overhead.run("digits_mlp", repeats=suite["overhead_repeats"])
-            data["overhead"] = res | {"provenance": provenance(command, started)}
-            save()
+            put("overhead", None, res | {"provenance": provenance(command, started)})
     save()
     from benchmarks import report
 
