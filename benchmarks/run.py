@@ -64,7 +64,7 @@ SUITES: dict[str, dict[str, Any]] = {
         "seeds": [0, 1, 2, 3, 4],
         "trials": 24,
         "noise_fractions": [0.0, 0.1, 1.0],
-        "noise_repeats": 10,
+        "noise_repeats": 6,
         "probe_seeds": [0, 1, 2],
         "overhead_repeats": 7,
     },
