@@ -22,6 +22,11 @@ def _k(x: float | None) -> str:
     return f"{x / 1000:,.0f}k" if x >= 10_000 else f"{x:,.0f}"
 
 
+def _reused(s: dict[str, Any]) -> str:
+    n = s.get("sweep_cells_reused", 0)
+    return f" (+{n} cells kept from an earlier, smaller grid)" if n else ""
+
+
 def _prov(p: dict[str, Any] | None) -> str:
     if not p:
         return ""
@@ -173,7 +178,7 @@ def _sweep_section(data: dict[str, Any], lines: list[str], rel: str) -> None:
             f"{lrs[0]:g}–{lrs[-1]:g} ({len(lrs)}) | {len(sp['seeds'])} | {sp['budget_samples']:,} | "
             f"({a['best']['batch_size']}, {a['best']['lr']:.3g}) | {a['best']['value']:.4f} | "
             f"{a['cells_within_2pct']} of {a['cells_ok']} | {_n(a['seed_cv_near_best'], '.1%')} | "
-            f"{_n(c.get('target_train_loss'))} | {bc} | {s['sweep_date']}, {s['sweep_wall_s'] / 60:.1f} min |"
+            f"{_n(c.get('target_train_loss'))} | {bc} | {s['sweep_date']}, {s['sweep_wall_s'] / 60:.1f} min{_reused(s)} |"
         )
     lines += [
         "",

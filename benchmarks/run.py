@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                             "analysis": analyses[p],
                             "sweep_date": sweeps[p]["date"],
                             "sweep_wall_s": sweeps[p]["wall_s"],
+                            "sweep_cells_reused": sweeps[p].get("reused", 0),
                             "cache": str(
                                 Path("results") / "sweeps" / f"{p}{'_quick' if args.suite == 'quick' else ''}.json"
                             ),

@@ -85,20 +85,27 @@ def run_cell(problem: Problem, batch: int, lr: float, seed: int, n_evals: int) -
 def load_or_run(problem: Problem, suite: str, out_dir: Path) -> dict[str, Any]:
     spec = spec_of(problem, suite)
     path = out_dir / "sweeps" / f"{problem.name}{'_quick' if suite == 'quick' else ''}.json"
+    reuse: dict[tuple[int, float], dict[str, Any]] = {}
     if path.exists():
         cached = json.loads(path.read_text())
         if cached.get("spec") == spec:
             log.info("sweep %s: read from %s", problem.name, path)
             return cached | {"from_cache": True}
+        same = ("problem", "seeds", "budget_samples", "n_evals", "eval_factor", "train_kwargs")
+        if all(cached.get("spec", {}).get(k) == spec[k] for k in same):  # only the grid grew or shrank
+            reuse = {(c["batch_size"], c["lr"]): c["runs"] for c in cached["cells"]}
     started = time.perf_counter()
     cells = []
     n = len(spec["batch_sizes"]) * len(spec["lrs"])
     for batch in spec["batch_sizes"]:
         for lr in spec["lrs"]:
-            runs = {str(s): run_cell(problem, batch, lr, s, problem.n_evals * 2) for s in spec["seeds"]}
+            runs = reuse.get((batch, lr)) or {
+                str(s): run_cell(problem, batch, lr, s, problem.n_evals * 2) for s in spec["seeds"]
+            }
             cells.append({"batch_size": batch, "lr": lr, "runs": runs})
             log.debug("sweep %s %d/%d B=%d lr=%.3g", problem.name, len(cells), n, batch, lr)
-    out = {"spec": spec, "cells": cells, "wall_s": time.perf_counter() - started, "date": _now()}
+    # wall_s: this invocation only (cells reused from an earlier, smaller grid cost nothing here)
+    out = {"spec": spec, "cells": cells, "wall_s": time.perf_counter() - started, "date": _now(), "reused": len(reuse)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, allow_nan=True) + "\n")
     log.info("sweep %s: %d cells x %d seeds in %.0fs", problem.name, n, len(spec["seeds"]), out["wall_s"])
