@@ -177,7 +177,7 @@ PROBLEMS: dict[str, Problem] = {
         },
         budget=18_000,
         sweep_batches={"quick": [8, 64], "full": _pow2(8, 128)},  # narrower than the space: compute
-        sweep_lrs={"quick": [3e-3, 1e-2], "full": _log_grid(1e-3, 1e-2, 2)},
+        sweep_lrs={"quick": [3e-3, 1e-2], "full": _log_grid(1e-3, 0.1, 2)},
         sweep_seeds={"quick": EVAL_SEEDS[:1], "full": EVAL_SEEDS[:1]},
         noise_config=(32, 3e-3),
         train_kwargs={"eval_train_examples": 256},
