@@ -560,9 +560,10 @@ def write(data: dict[str, Any], md: Path, out: Path) -> None:
         "",
         *[
             f"- Tuning efficiency on {p}: not run within this run's compute budget (2 shared CPU cores); "
-            f"its sweep and the other measures are above. `python -m benchmarks.run --suite full --measures "
-            f"efficiency --problems {p}` runs it."
-            for p in data.get("sweep", {})
+            f"its sweep and the other measures are above. Its sweep has {len(sw['spec']['seeds'])} seed(s); a "
+            "seed-averaged ground truth needs ≥ 3 (`sweep_seeds` in `benchmarks/problems.py`), then "
+            f"`python -m benchmarks.run --suite full --measures efficiency --problems {p}` runs it."
+            for p, sw in data.get("sweep", {}).items()
             if p not in data.get("efficiency", {})
         ],
         "- Ray backend vs embedded default (overhead): pending until bstune's Ray backend exists; the Ray ASHA "
