@@ -84,6 +84,20 @@ def test_digits_trains(digits_task: bstune.Task) -> None:
     assert run.noise_trajectory
 
 
+def test_digits_cnn_trains() -> None:
+    task = load_example("digits_cnn").make_task()
+    assert (task.n_train, task.n_val) == (1437, 360)
+    x, _ = task.train_dataset[0]
+    assert x.shape == (1, 8, 8) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    config = bstune.TrainConfig(batch_size=32, lr=0.05, max_samples=320, track_noise=True, device="cpu")
+    run = bstune.train(task, config)
+    check_run(run, 320)
+    assert run.noise_trajectory
+    # no BatchNorm: per-example gradients, hence the per_example estimator, are defined in train mode
+    est = bstune.measure_noise_scale(task, model=run.model, batch_size=8, n_batches=2, device="cpu")
+    assert est.method == "per_example" and math.isfinite(est.trace_sigma)
+
+
 def test_char_lm_trains(char_task: bstune.Task) -> None:
     assert char_task.n_train > 5000
     x, y = char_task.train_dataset[0]

@@ -18,8 +18,8 @@ half its ceiling. (On a quadratic, divergence sets in at 2/λ and the best step 
 1/λ.) The range test measures a stability edge, set by curvature, not the
 noise-limited optimum, so it is taken where noise matters least; the rule then
 scales the rate down for smaller batches. (A first version anchored at the small
-probe batch and came out 1.5-4.7x above the best rates of an exhaustive grid:
-benchmarks/results/study_vs_grid.md.) When the search varies SGD momentum m, the rate is
+probe batch and came out 1.5-4.7x above the best rates of an exhaustive grid, in the
+single-seed study_vs_grid benchmark that benchmarks/RESULTS.md supersedes.) When the search varies SGD momentum m, the rate is
 scaled by (1 − m)/(1 − m_ref) so that the effective step η/(1 − m) follows the rule.
 
 Search coordinates are fixed ranges, so multivariate TPE can model them:
