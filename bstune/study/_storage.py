@@ -12,12 +12,15 @@ from bstune.errors import ConfigError
 
 __all__ = ["open_storage"]
 
+_SQLITE_LOCK_WAIT_S = 60.0  # sqlite3's default is 5 s: short when several processes write one file
+
 
 def open_storage(url: str | Path | BaseStorage | None) -> BaseStorage | None:
     """``None``: in memory. ``sqlite:///file.db`` (or any SQLAlchemy URL): Optuna's RDB
     storage. ``journal:path``, or a path ending in ``.log``/``.jsonl``: Optuna's journal
     file, which needs no database and suits network file systems. All of them open in
-    ``optuna-dashboard`` as they are.
+    ``optuna-dashboard`` as they are. Several processes may share a SQLite or journal
+    file: SQLite writers wait up to a minute for the file's lock.
 
     Example:
         >>> open_storage(None) is None
@@ -39,6 +42,8 @@ def open_storage(url: str | Path | BaseStorage | None) -> BaseStorage | None:
             )
         if text.startswith("sqlite:///"):
             Path(text.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            # several processes on one file take turns to write: wait for the lock rather than fail
+            return RDBStorage(text, engine_kwargs={"connect_args": {"timeout": _SQLITE_LOCK_WAIT_S}})
         return RDBStorage(text)
     except ConfigError:
         raise
