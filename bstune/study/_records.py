@@ -52,6 +52,7 @@ class TrialRecord:
     config: dict[str, Any]  # the full TrainConfig
     history: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
+    batch_ceiling: int | None = None  # out of memory: the batch-size cap for the rest of the study
 
     @classmethod
     def from_frozen(cls, trial: FrozenTrial) -> TrialRecord:
@@ -78,6 +79,7 @@ class TrialRecord:
             config=attrs.get("config", {}),
             history=attrs.get("history", []),
             message=attrs.get("message", ""),
+            batch_ceiling=attrs.get("batch_ceiling"),
         )
 
     def to_dict(self) -> dict[str, Any]:

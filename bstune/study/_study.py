@@ -335,7 +335,6 @@ class Study:
             )
             raise TrialFailure(f"trial {trial.number} diverged: {result.message}")
         if result.status is RunStatus.OOM:
-            self.batch_cap = max(self.space.batch_min, min(self.batch_cap, config.batch_size // 2))
             logger.warning(
                 "trial %d ran out of memory at batch_size=%d; batch sizes now capped at %d",
                 trial.number,
@@ -372,7 +371,8 @@ class Study:
                 ]
             ),
         )
-        if result.status is RunStatus.OOM:
+        if result.status is RunStatus.OOM:  # halve the ceiling for the rest of the study; stored for resume and report
+            self.batch_cap = max(self.space.batch_min, min(self.batch_cap, result.config.batch_size // 2))
             trial.set_user_attr("batch_ceiling", self.batch_cap)
 
     # -- the whole study ---------------------------------------------------------------
@@ -431,10 +431,15 @@ class Study:
         trials = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
         complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
         if not complete:
-            reasons = sorted({t.status for t in trials})
+            counts: dict[str, int] = {}
+            for t in trials:
+                counts[t.status] = counts.get(t.status, 0) + 1
+            first = next((t for t in trials if t.message and t.status != "pruned"), None)
             raise StudyFailedError(
                 f"none of the {len(trials)} trials of study {self.study_name!r} completed "
-                f"({', '.join(reasons) or 'all pruned'}); see each trial's message and traceback in the storage"
+                f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"
+                + (f"; the first: trial {first.number}: {first.message}" if first else "")
+                + "; each trial's message and traceback are kept in the storage"
             )
         best = study.best_trial
         config = dict(best.user_attrs["config"])
