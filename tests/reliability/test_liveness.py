@@ -11,10 +11,12 @@ import multiprocessing
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 import bstune
@@ -167,3 +169,27 @@ def test_a_study_leaves_a_live_peers_trial_alone_and_retries_a_dead_ones(
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params["batch_size"] == peer.params["batch_size"]
     assert count_finished(stored) == 4 and len(by_number) == 5
+
+
+def test_a_trial_declared_abandoned_while_it_runs_is_dropped_and_the_study_goes_on(tmp_path: Path) -> None:
+    """What a live process does when a peer wrongly takes its trial over (e.g. after a long network partition)."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    taken: list[int] = []
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if out.requires_grad and not taken:  # inside the first trial: a "peer" fails it and queues its retry
+            study = optuna.load_study(study_name=NAME, storage=open_storage(url))
+            (running,) = study.get_trials(states=(TrialState.RUNNING,))
+            study._storage.set_trial_user_attr(running._trial_id, "status", "interrupted")  # as retry_abandoned does
+            assert claim_abandoned(study._storage, running._trial_id)
+            study.enqueue_trial(dict(running.params), user_attrs={"retry_of": running.number})
+            taken.append(running.number)
+        return torch.nn.functional.cross_entropy(out, y)
+
+    s = make_study(url, 3)
+    s.task = dataclasses.replace(s.task, loss=loss)
+    result = s.run()  # no "Cannot tell a FAIL trial" escapes
+    stored = optuna.load_study(study_name=NAME, storage=open_storage(url)).get_trials()
+    assert taken == [0] and stored[0].state == TrialState.FAIL
+    assert [t.user_attrs.get("retry_of") for t in stored[1:]] == [0, None, None]
+    assert all(t.state == TrialState.COMPLETE for t in stored[1:]) and len(result.trials) == 4
