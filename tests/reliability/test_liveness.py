@@ -193,3 +193,29 @@ def test_a_trial_declared_abandoned_while_it_runs_is_dropped_and_the_study_goes_
     assert taken == [0] and stored[0].state == TrialState.FAIL
     assert [t.user_attrs.get("retry_of") for t in stored[1:]] == [0, None, None]
     assert all(t.state == TrialState.COMPLETE for t in stored[1:]) and len(result.trials) == 4
+
+
+def _ask(url: str, barrier: Any, results: Any) -> None:
+    study = optuna.load_study(study_name="s", storage=open_storage(url))
+    barrier.wait()
+    results.put(study.ask().number)
+
+
+def test_processes_asking_at_once_get_a_queued_retry_once(storage_url: str) -> None:
+    # Optuna's own WAITING -> RUNNING (read, then write) handed one queued trial to several SQLite processes
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(3):
+        study = optuna.create_study(storage=open_storage(storage_url), study_name="s", load_if_exists=True)
+        study.enqueue_trial({"x": 0.5}, user_attrs={"retry_of": 0})
+        (queued,) = study.get_trials(states=(TrialState.WAITING,))
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_ask, args=(storage_url, barrier, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+        assert got.count(queued.number) == 1 and len(set(got)) == 4  # one process runs the retry, the others new trials
+        for t in study.get_trials(states=(TrialState.RUNNING,)):
+            study.tell(t.number, state=TrialState.FAIL)
