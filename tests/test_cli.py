@@ -136,14 +136,6 @@ def test_run_resume_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "no result.json here" in capsys.readouterr().err
 
 
-def test_run_with_a_bad_space_names_file_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    space = tmp_path / "space.yaml"
-    space.write_text("name: broken\nbatch_size: {min: 64, max: 8}\n")
-    assert main(["run", DIGITS, "--space", str(space), "--trials", "1", "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert f"{space}: batch_size" in err and "Traceback" not in err
-
-
 def test_probe_prints_noise_scale_ceiling_throughput_and_prior(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,4 +1,7 @@
-"""Search spaces: YAML round trips, validation messages, Optuna distributions, fuzzing."""
+"""Search spaces: YAML round trips, validation messages, Optuna distributions.
+
+The loader's fuzzing and its refusal of code-running YAML tags are in ``tests/reliability/``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 import optuna
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bstune.errors import ConfigError
@@ -285,17 +288,6 @@ def test_missing_file_directory_and_binary(tmp_path: Path) -> None:
         SearchSpace.from_yaml(binary)
 
 
-def test_python_tags_are_refused(tmp_path: Path) -> None:
-    marker = tmp_path / "pwned"
-    text = f"name: !!python/object/apply:pathlib.Path.touch [!!python/object/apply:pathlib.Path ['{marker}']]\n"
-    with pytest.raises(ConfigError, match=r"invalid YAML at line 1.*python/object/apply"):
-        SearchSpace.from_yaml(write(tmp_path, text))
-    assert not marker.exists()
-    text = "name: s\nparams: !!python/object:bstune.space.ParamSpec {name: momentum}\n"
-    with pytest.raises(ConfigError, match="invalid YAML"):
-        SearchSpace.from_yaml(write(tmp_path, text))
-
-
 def test_anchor_bomb_gives_a_short_message() -> None:
     bomb: list[Any] = ["x"] * 10
     for _ in range(8):  # 10**9 leaves through shared references, as YAML anchors build it
@@ -401,94 +393,6 @@ def test_search_space_checks_direct_construction() -> None:
     p = ParamSpec("schedule", "categorical", choices=("cosine",))
     with pytest.raises(ConfigError, match=r"^spaces\.yaml: params\.schedule: listed twice"):
         SearchSpace("s", params=(p, p), source="spaces.yaml")
-
-
-# -- fuzzing: anything in, a SearchSpace or a ConfigError out --------------------------------
-
-WORDS = st.sampled_from(
-    [
-        *BASE,
-        *BASE["params"],
-        "min", "max", "type", "low", "high", "log", "choices", "family", "momentum", "betas", "nesterov", "eps",
-        "batch_width", "lr_width", "adam_alpha", "batch_round", "float", "int", "categorical", "sgd", "adamw",
-        "grad_clip", "final_lr_ratio", "model.x", "model.", "1e-4", "-3", "nan", "inf", "cosine", "",
-    ]
-)  # fmt: skip
-SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=8)
-    | WORDS
-)
-VALUES = st.recursive(
-    SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(WORDS | st.text(max_size=4), inner, max_size=4),
-    max_leaves=16,
-)
-
-
-def outcome(build: Any) -> None:
-    try:
-        space = build()
-    except ConfigError:
-        return
-    assert isinstance(space, SearchSpace)
-    assert SearchSpace.from_dict(space.to_dict()) == space
-
-
-def key_paths(node: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    paths = [prefix] if prefix else []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            paths += key_paths(value, (*prefix, key))
-    return paths
-
-
-BASE_PATHS = key_paths(BASE)
-FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@FAST
-@given(VALUES)
-def test_fuzz_from_dict_any_value(data: Any) -> None:
-    outcome(lambda: SearchSpace.from_dict(data))
-
-
-@FAST
-@given(st.lists(st.tuples(st.sampled_from(BASE_PATHS), VALUES | st.just(DELETE)), min_size=1, max_size=3))
-def test_fuzz_from_dict_mutated(edits: list[tuple[tuple[str, ...], Any]]) -> None:
-    data = copy.deepcopy(BASE)
-    for path, value in edits:
-        node = data
-        for key in path[:-1]:
-            if not isinstance(node, dict) or key not in node:
-                break
-            node = node[key]
-        else:
-            if isinstance(node, dict):
-                if value is DELETE:
-                    node.pop(path[-1], None)
-                else:
-                    node[path[-1]] = value
-    outcome(lambda: SearchSpace.from_dict(data))
-
-
-YAML_TEXT = st.text(
-    alphabet=st.sampled_from(list("abnm:-_ {}[],\n\t#&*!|>'\"%@`?019.e")) | st.characters(), max_size=80
-)
-BASE_YAML = yaml.safe_dump(BASE, sort_keys=False)
-
-
-@settings(FAST, max_examples=150)
-@given(YAML_TEXT, st.integers(0, len(BASE_YAML)), st.integers(0, 12))
-def test_fuzz_from_yaml_text(garbage: str, at: int, cut: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        for text in (garbage, BASE_YAML[:at] + garbage + BASE_YAML[at + cut :]):
-            path = Path(tmp) / "fuzz.yaml"
-            path.write_text(text, encoding="utf-8", errors="surrogatepass")
-            outcome(lambda path=path: SearchSpace.from_yaml(path))
 
 
 FINITE = st.floats(allow_nan=False, allow_infinity=False)

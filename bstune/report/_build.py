@@ -209,9 +209,26 @@ def build_report(result: StudyResult, target: Mapping[str, Any] | None = None, *
     except BstuneError as exc:
         data["generalization_gap"] = {"error": str(exc)}
 
+    memory = _memory(result)
+    if memory is not None:
+        data["memory"] = memory
     data["recommended"] = _recommend(result, fit)
     data["trials"] = [t.to_dict() for t in result.trials]
     return Report(clean_dict(data))
+
+
+def _memory(result: StudyResult) -> dict[str, Any] | None:
+    """Where running out of memory capped the batch size: the probe's cap, then each OOM trial's; None if nowhere."""
+    events: list[dict[str, Any]] = []
+    if result.probe is not None and result.probe.batch_ceiling is not None:
+        events.append({"trial": None, "batch_size": None, "ceiling": result.probe.batch_ceiling})
+    for t in sorted(result.trials, key=lambda t: t.number):
+        if t.status == "oom":
+            events.append({"trial": t.number, "batch_size": t.batch_size, "ceiling": t.batch_ceiling})
+    if not events:
+        return None
+    ceilings = [e["ceiling"] for e in events if e["ceiling"] is not None]
+    return {"batch_ceiling": min(ceilings) if ceilings else None, "events": events}
 
 
 def _recommend(result: StudyResult, fit: CriticalBatchFit | None) -> dict[str, Any]:

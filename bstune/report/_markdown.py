@@ -101,6 +101,20 @@ def render_markdown(data: dict[str, Any]) -> str:
         ]
     gap = data["generalization_gap"]
     out += ["", "## Generalization gap", "", gap.get("trend") or f"Not computed: {gap.get('error')}"]
+    if data.get("memory"):
+        out += ["", "## Out of memory", ""]
+        for e in data["memory"]["events"]:
+            if e["trial"] is None:
+                out.append(
+                    f"- The probe ran out of memory measuring throughput: batch sizes were capped at {e['ceiling']} "
+                    "from the start."
+                )
+            else:
+                out.append(
+                    f"- Trial {e['trial']} ran out of memory at batch size {e['batch_size']}: batch sizes were "
+                    f"capped at {_n(e['ceiling'])} for the rest of the study."
+                )
+        out += ["", f"Batch-size ceiling at the end of the study: {_n(data['memory']['batch_ceiling'])}."]
     out += [
         "",
         "## Trials",

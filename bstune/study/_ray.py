@@ -26,6 +26,7 @@ Ray is imported lazily: the embedded default does not need it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -218,6 +219,7 @@ def train_trial(config: dict[str, Any], *, task: Task, objective: str, direction
     outcome = run_trial(task, plan, objective=objective, direction=direction, on_milestone=on_milestone)  # type: ignore[arg-type]
     final = {**plan.attrs(), **outcome.attrs(), "node": node, "final": True, "samples_seen": outcome.samples}
     del final["samples"]  # not on ASHA's time axis (see above)
+    del final["config"]  # Ray's own key for the trial's config, which holds the plan already
     if outcome.value is not None:
         final["objective"] = outcome.value
     final = clean_json(final)
@@ -403,4 +405,9 @@ def run_on_ray(study: Study, settings: RaySettings) -> list[TrialRecord]:
             continue  # a trial the searcher never filled in (the study ended first)
         records.append(record_from_result(result.metrics or {}, result.config, result.error))
     records.sort(key=lambda r: r.number)
+    cap = planner.batch_cap  # this copy stayed at the start cap: the searcher lowers its own
+    for i, record in enumerate(records):  # the ceiling each out-of-memory trial left, as the searcher lowered it
+        if record.status == "oom" and record.batch_size is not None:
+            cap = max(study.space.batch_min, min(cap, int(record.batch_size) // 2))
+            records[i] = dataclasses.replace(record, batch_ceiling=cap)
     return records

@@ -53,6 +53,7 @@ class TrialRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
     worker: str | None = None  # where it ran: a Ray node id (the Ray backend), else None
+    batch_ceiling: int | None = None  # out of memory: the batch-size cap for the rest of the study
 
     @classmethod
     def from_frozen(cls, trial: FrozenTrial) -> TrialRecord:
@@ -79,6 +80,7 @@ class TrialRecord:
             config=attrs.get("config", {}),
             history=attrs.get("history", []),
             message=attrs.get("message", ""),
+            batch_ceiling=attrs.get("batch_ceiling"),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,22 +2,53 @@
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
 
 from bstune.errors import ConfigError
 
 __all__ = ["open_storage"]
+
+_SQLITE_LOCK_WAIT_S = 60.0  # sqlite3's default is 5 s: short when several processes write one file
+
+
+class _RDBStorage(RDBStorage):
+    """Optuna's RDB storage, with a queued trial handed to exactly one process.
+
+    Optuna takes a queued (WAITING) trial by reading its state, then writing RUNNING; on
+    SQLite the read holds no lock, so processes that ask at the same instant could all
+    get the same queued trial (a retry of an abandoned one) and run it side by side. Here
+    the take is one ``UPDATE ... WHERE state = WAITING``: one process wins, the others
+    move on to the next queued trial or a new one.
+    """
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        if state != TrialState.RUNNING or values is not None:
+            return super().set_trial_state_values(trial_id, state, values)
+        import sqlalchemy
+        from optuna.storages._rdb import models
+
+        statement = (
+            sqlalchemy.update(models.TrialModel)
+            .where(models.TrialModel.trial_id == trial_id, models.TrialModel.state == TrialState.WAITING)
+            .values(state=TrialState.RUNNING, datetime_start=datetime.datetime.now())
+        )
+        with self.engine.begin() as connection:
+            return bool(connection.execute(statement).rowcount == 1)
 
 
 def open_storage(url: str | Path | BaseStorage | None) -> BaseStorage | None:
     """``None``: in memory. ``sqlite:///file.db`` (or any SQLAlchemy URL): Optuna's RDB
     storage. ``journal:path``, or a path ending in ``.log``/``.jsonl``: Optuna's journal
     file, which needs no database and suits network file systems. All of them open in
-    ``optuna-dashboard`` as they are.
+    ``optuna-dashboard`` as they are. Several processes may share a SQLite or journal
+    file: SQLite writers wait up to a minute for the file's lock.
 
     Example:
         >>> open_storage(None) is None
@@ -39,7 +70,9 @@ def open_storage(url: str | Path | BaseStorage | None) -> BaseStorage | None:
             )
         if text.startswith("sqlite:///"):
             Path(text.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return RDBStorage(text)
+            # several processes on one file take turns to write: wait for the lock rather than fail
+            return _RDBStorage(text, engine_kwargs={"connect_args": {"timeout": _SQLITE_LOCK_WAIT_S}})
+        return _RDBStorage(text)
     except ConfigError:
         raise
     except (OSError, ImportError, ValueError, optuna.exceptions.OptunaError, Exception) as exc:

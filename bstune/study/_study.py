@@ -4,13 +4,16 @@ One trial = one :func:`bstune.train` run. Every trial reports its validation los
 same *sample* milestones (multiples of ``budget_samples / n_evals``), as Optuna step
 1, 2, ..., so pruners compare trials at equal compute whatever their batch sizes.
 A trial that diverges, runs out of memory or raises is recorded with what happened
-(and the traceback), and the study goes on.
+(and the traceback), and the study goes on. Several processes may run one study on
+one storage: each trial carries its owner and a heartbeat (:mod:`bstune.study._liveness`),
+and only trials whose owner is dead are failed and run again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +24,7 @@ from optuna.trial import Trial, TrialState
 
 from bstune.errors import BstuneError, ConfigError
 from bstune.space import SearchSpace
+from bstune.study._liveness import count_finished, retry_abandoned, with_heartbeat
 from bstune.study._prior import Prior
 from bstune.study._probe import ProbeResult, ProbeSettings, run_probe
 from bstune.study._pruners import make_pruner
@@ -36,7 +40,6 @@ __all__ = ["Study", "StudyFailedError", "TrialFailure"]
 logger = logging.getLogger(__name__)
 
 Mode = Literal["prior", "baseline"]
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def make_sampler(seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
@@ -85,6 +88,13 @@ class Study:
             cluster, with ASHA early stopping on training samples; needs the ``ray`` extra).
         address, resources_per_trial, max_concurrent, storage_path, max_failures:
             settings of the Ray backend (see :class:`bstune.study.RaySettings`).
+        heartbeat_interval: seconds between the heartbeats a running trial writes to the
+            storage, so that other processes on the study can tell it is alive.
+        grace_period: seconds without a heartbeat after which a running trial whose
+            owner is on another host counts as abandoned and is run again (an owner on
+            this host is checked directly: its trial is taken over as soon as its process
+            is gone). At least twice ``heartbeat_interval``; hosts' clocks must agree to
+            well within it.
 
     Example:
         >>> import torch, bstune
@@ -122,6 +132,8 @@ class Study:
         max_concurrent: int | None = None,
         storage_path: str | Path | None = None,
         max_failures: int = 2,
+        heartbeat_interval: float = 30.0,
+        grace_period: float = 600.0,
     ) -> None:
         def bad(name: str, reason: str) -> ConfigError:
             return ConfigError(reason, source="Study", field=name)
@@ -145,6 +157,13 @@ class Study:
             raise bad("n_evals", f"must be an integer in [1, budget_samples], got {n_evals!r}")
         if direction not in ("minimize", "maximize"):
             raise bad("direction", f"must be 'minimize' or 'maximize', got {direction!r}")
+        if not _is_positive(heartbeat_interval):
+            raise bad("heartbeat_interval", f"must be a positive number of seconds, got {heartbeat_interval!r}")
+        if not _is_positive(grace_period) or grace_period < 2 * heartbeat_interval:
+            raise bad(
+                "grace_period",
+                f"must be at least twice heartbeat_interval ({heartbeat_interval!r} s), got {grace_period!r}",
+            )
         metric_names = {f"{split}_{m}" for split in ("train", "val") for m in task.metrics}
         if objective not in {"val_loss", "train_loss", *metric_names}:
             raise bad(
@@ -184,6 +203,7 @@ class Study:
         self.probe_settings = probe or ProbeSettings()
         self.device = device
         self.progress = progress
+        self.heartbeat_interval, self.grace_period = float(heartbeat_interval), float(grace_period)
         self.probe: ProbeResult | None = None
         self.prior: Prior | None = None
         self.planner: TrialPlanner | None = None
@@ -224,11 +244,7 @@ class Study:
                 source="Study",
                 field="storage",
             )
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            # left running by a process that died: fail it and run its config again
-            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-            study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
-            logger.warning("trial %d was left running by an interrupted process; it will run again", trial.number)
+        retry_abandoned(study, self.grace_period)  # left running by a dead process: fail it, run its config again
         return study
 
     def _setup_prior(self, study: optuna.Study) -> None:
@@ -342,11 +358,11 @@ class Study:
 
         Resumes a study found under the same name in the storage (the Ray backend: under
         ``storage_path``): the probe is not repeated, finished trials are kept, and a
-        trial left running by a killed process is run again.
-
-        One process per study at a time: on opening, every trial still marked running
-        is taken as left behind by a dead process, so a second process attached to a
-        study that another one is running would fail that one's live trials.
+        trial left running by a killed process is run again (once). With the embedded
+        backend, other processes may run the same study on the same storage at the same
+        time: a trial counts as abandoned only when its owner process is gone (same
+        host) or silent for ``grace_period`` (another host). ``n_trials`` counts the
+        trials that ran to their end, across all processes.
         """
         if self.backend == "ray":
             from bstune.study._ray import run_on_ray
@@ -359,27 +375,56 @@ class Study:
             study = self._open()
             self._setup_prior(study)
             self.planner = self._planner()
-            done = len(study.get_trials(deepcopy=False, states=_FINISHED))
-            remaining = self.n_trials - done
-            if remaining > 0:
-                study.optimize(
-                    self._objective,
-                    n_trials=remaining,
-                    catch=(TrialFailure,),
-                    callbacks=[optuna.study.MaxTrialsCallback(self.n_trials, states=_FINISHED)],
-                    show_progress_bar=self.progress,
-                )
+            lost: list[int] = []  # trials of ours that another process declared abandoned
+            objective = with_heartbeat(self._objective, self.heartbeat_interval, lost)
+            while (remaining := self.n_trials - count_finished(study)) > 0:
+                self._lower_ceiling(study)
+                try:
+                    study.optimize(
+                        objective,
+                        n_trials=remaining,
+                        catch=(TrialFailure,),
+                        callbacks=[self._after_trial],
+                        show_progress_bar=self.progress,
+                    )
+                    break
+                except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                    if not lost:
+                        raise
+                    lost.clear()  # Optuna refused to tell a trial another process failed: its retry counts
         finally:
             optuna.logging.set_verbosity(previous)
         return self._result([TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)], study)
 
+    def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """After each trial: take over peers' abandoned trials, share OOM ceilings, stop at ``n_trials``."""
+        retry_abandoned(study, self.grace_period)
+        self._lower_ceiling(study)
+        if count_finished(study) >= self.n_trials:
+            study.stop()
+
+    def _lower_ceiling(self, study: optuna.Study) -> None:
+        """Apply batch-size ceilings that out-of-memory trials stored (this run's, a peer's or before a resume)."""
+        planner = self.planner
+        assert planner is not None
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            ceiling = t.user_attrs.get("batch_ceiling")
+            if isinstance(ceiling, int) and ceiling < planner.batch_cap:
+                planner.batch_cap = max(self.space.batch_min, ceiling)
+                logger.info("batch sizes capped at %d (trial %d ran out of memory)", planner.batch_cap, t.number)
+
     def _result(self, trials: list[TrialRecord], optuna_study: optuna.Study | None = None) -> StudyResult:
         complete = [t for t in trials if t.status == "completed" and t.value is not None]
         if not complete:
-            reasons = sorted({t.status for t in trials})
+            counts: dict[str, int] = {}
+            for t in trials:
+                counts[t.status] = counts.get(t.status, 0) + 1
+            first = next((t for t in trials if t.message and t.status != "pruned"), None)
             raise StudyFailedError(
                 f"none of the {len(trials)} trials of study {self.study_name!r} completed "
-                f"({', '.join(reasons) or 'no trial ran'}); see each trial's message and traceback in the storage"
+                f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"
+                + (f"; the first: trial {first.number}: {first.message}" if first else "")
+                + "; each trial's message and traceback are kept in the storage"
             )
         sign = 1.0 if self.direction == "minimize" else -1.0
         best = min(complete, key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
@@ -411,3 +456,7 @@ class Study:
             samples_probe=self.probe.samples_used if self.probe else 0,
             optuna_study=optuna_study,
         )
+
+
+def _is_positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0

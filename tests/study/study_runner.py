@@ -1,8 +1,6 @@
-"""A study in its own process, for the kill-and-resume tests: python study_runner.py STORAGE N_TRIALS."""
+"""The blobs task and search space shared by the study tests and the reliability workers (tests/reliability/worker.py)."""
 
 from __future__ import annotations
-
-import sys
 
 import torch
 
@@ -21,22 +19,3 @@ def make_task() -> bstune.Task:
         loss=torch.nn.CrossEntropyLoss(),
         name="blobs",
     )
-
-
-def make_study(storage: str, n_trials: int) -> bstune.Study:
-    return bstune.Study(
-        make_task(),
-        SPACE,
-        n_trials=n_trials,
-        budget_samples=12_000,
-        seed=0,
-        storage=storage,
-        mode="baseline",
-        pruner="none",
-        n_evals=4,
-        progress=False,
-    )
-
-
-if __name__ == "__main__":
-    make_study(sys.argv[1], int(sys.argv[2])).run()

@@ -1,0 +1,281 @@
+"""Which running trials are dead: trial owners, heartbeats, and one retry per abandoned trial.
+
+Several processes may run one study on one storage (a SQLite file, a journal file, a
+database server). A trial left ``RUNNING`` by a process that died must be failed and run
+again, but a trial that another live process is running must be left alone. Optuna's
+own heartbeat exists only for ``RDBStorage`` (``JournalStorage`` has none in Optuna 5),
+and it cannot tell a dead process from a live one before its grace period ends. So
+bstune records, on every trial it runs, in the trial's system attributes:
+
+- ``bstune:owner``: the host (name and kernel boot id), process id and process start
+  time of the process running it;
+- ``bstune:heartbeat``: a wall-clock timestamp, renewed every ``heartbeat_interval``
+  seconds by a daemon thread while the trial runs.
+
+A ``RUNNING`` trial is *abandoned* when its owner is on this host and that process is
+gone (or its pid now belongs to a younger process), or, for an owner elsewhere, when its
+last heartbeat (its start, if it never beat) is older than ``grace_period``. An
+abandoned trial is marked ``interrupted`` and failed with an atomic compare-and-set
+(``RUNNING -> FAIL``), so when several processes notice it at once exactly one wins,
+and only the winner enqueues its parameters again (``retry_of`` names the original).
+Finished trials are never touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+__all__ = [
+    "HEARTBEAT_KEY",
+    "OWNER_KEY",
+    "Heartbeat",
+    "Owner",
+    "abandoned_reason",
+    "claim_abandoned",
+    "count_finished",
+    "retry_abandoned",
+    "with_heartbeat",
+]
+
+logger = logging.getLogger(__name__)
+
+OWNER_KEY = "bstune:owner"
+HEARTBEAT_KEY = "bstune:heartbeat"
+INTERRUPTED = "interrupted"  # the `status` user attribute of an abandoned trial
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@cache
+def _boot_id() -> str | None:
+    """The kernel's boot id (Linux): tells this host from another with the same name."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _process_start(pid: int) -> int | None:
+    """Start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), None if unknown.
+
+    A zombie (killed, not yet reaped) counts as gone: it runs nothing.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is fields[0], starttime fields[19]
+    if fields[0] in ("Z", "X"):
+        return -1
+    return int(fields[19])
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """The process that runs a trial."""
+
+    host: str
+    boot_id: str | None
+    pid: int
+    started: int | None  # process start time (clock ticks since boot); tells a reused pid apart
+
+    @classmethod
+    def current(cls) -> Owner:
+        """This process."""
+        return cls.of(os.getpid())
+
+    @classmethod
+    def of(cls, pid: int) -> Owner:
+        """Process ``pid`` of this host."""
+        return cls(socket.gethostname(), _boot_id(), pid, _process_start(pid))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def alive(self) -> bool | None:
+        """Whether this owner's process still runs: True/False on this host, None elsewhere (or unknown)."""
+        here = Owner.current()
+        if self.host != here.host or self.boot_id != here.boot_id:
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # exists, owned by another user
+        started = _process_start(self.pid)
+        if started == -1:
+            return False  # a zombie
+        if started is None or self.started is None:
+            return None  # exists, but whether it is the same process cannot be told here: ask the heartbeat
+        return started == self.started
+
+
+def abandoned_reason(trial: FrozenTrial, grace_period: float, *, now: float | None = None) -> str | None:
+    """Why running ``trial`` is abandoned, or None while its owner may still be running it."""
+    if trial.state != TrialState.RUNNING:
+        return None
+    owner_attr = trial.system_attrs.get(OWNER_KEY)
+    if isinstance(owner_attr, dict):
+        try:
+            owner = Owner(**owner_attr)
+        except TypeError:
+            owner = None
+        if owner is not None:
+            alive = owner.alive()
+            if alive is False:
+                return f"its process (pid {owner.pid} on {owner.host}) is gone"
+            if alive is True:
+                return None
+    now = time.time() if now is None else now
+    last = trial.system_attrs.get(HEARTBEAT_KEY)
+    if not isinstance(last, int | float):
+        # no heartbeat yet: the owner died between taking the trial and its first beat, or is not bstune
+        last = trial.datetime_start.timestamp() if trial.datetime_start else None
+    if last is not None and now - last > grace_period:
+        return f"no heartbeat for {now - last:.0f} s (grace period {grace_period:g} s)"
+    return None
+
+
+def _rdb_backend(storage: BaseStorage) -> optuna.storages.RDBStorage | None:
+    backend = getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a _CachedStorage
+    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
+
+
+def claim_abandoned(storage: BaseStorage, trial_id: int) -> bool:
+    """Fail running trial ``trial_id``; True for exactly one caller, however many race.
+
+    On an SQL database this is one ``UPDATE ... WHERE state = RUNNING`` (Optuna's own
+    ``set_trial_state_values`` reads, then writes, which SQLite does not make atomic).
+    A journal replays its log in order, so the first FAIL written wins and a later one
+    raises :class:`optuna.exceptions.UpdateFinishedTrialError` for the loser.
+    """
+    rdb = _rdb_backend(storage)
+    if rdb is not None:
+        import sqlalchemy
+        from optuna.storages._rdb import models
+
+        statement = (
+            sqlalchemy.update(models.TrialModel)
+            .where(models.TrialModel.trial_id == trial_id, models.TrialModel.state == TrialState.RUNNING)
+            .values(state=TrialState.FAIL, datetime_complete=datetime.datetime.now())
+        )
+        with rdb.engine.begin() as connection:
+            return bool(connection.execute(statement).rowcount == 1)
+    try:
+        return storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+        return False
+
+
+def retry_abandoned(study: optuna.Study, grace_period: float) -> list[int]:
+    """Fail every abandoned running trial of ``study`` and enqueue its parameters once more.
+
+    Returns the numbers of the trials this call took over (another process may take
+    over others at the same time; each is taken over once).
+    """
+    taken: list[int] = []
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = abandoned_reason(trial, grace_period)
+        if reason is None:
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "status", INTERRUPTED)
+            storage.set_trial_user_attr(trial._trial_id, "message", f"abandoned: {reason}; its config runs again")
+            won = claim_abandoned(storage, trial._trial_id)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            won = False  # it finished meanwhile, or another process took it over first
+        if not won:
+            continue
+        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+        taken.append(trial.number)
+        logger.warning("trial %d was abandoned (%s); it will run again", trial.number, reason)
+    return taken
+
+
+def count_finished(study: optuna.Study) -> int:
+    """Trials that ran to their end (completed, pruned or failed), not counting abandoned ones."""
+    return sum(
+        1 for t in study.get_trials(deepcopy=False, states=_FINISHED) if t.user_attrs.get("status") != INTERRUPTED
+    )
+
+
+class Heartbeat:
+    """While a trial runs: its owner recorded, and its heartbeat renewed by a daemon thread.
+
+    Used as ``with Heartbeat(trial, interval): ...``. The thread stops when the block
+    ends, or on its own when the trial is no longer running (another process declared
+    it abandoned: then :attr:`lost` is set and an error logged).
+    """
+
+    def __init__(self, trial: Trial, interval: float) -> None:
+        self._storage = trial.storage
+        self._trial_id = trial._trial_id
+        self._number = trial.number
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"bstune-heartbeat-{trial.number}", daemon=True)
+        self.lost = False
+
+    def __enter__(self) -> Heartbeat:
+        self._storage.set_trial_system_attr(self._trial_id, OWNER_KEY, Owner.current().to_dict())
+        self._storage.set_trial_system_attr(self._trial_id, HEARTBEAT_KEY, time.time())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.check()
+        except Exception as err:  # the storage is unreachable: Optuna's tell will say so
+            logger.warning("trial %d: state not readable: %s: %s", self._number, type(err).__name__, err)
+
+    def check(self) -> bool:
+        """Whether the trial is still running here; sets :attr:`lost` when another process failed it."""
+        if not self.lost and self._storage.get_trial(self._trial_id).state != TrialState.RUNNING:
+            self.lost = True
+            logger.error(
+                "trial %d was declared abandoned by another process (no heartbeat within its grace period); "
+                "its result here is dropped and its retry counts instead",
+                self._number,
+            )
+        return not self.lost
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                if not self.check():
+                    return
+                self._storage.set_trial_system_attr(self._trial_id, HEARTBEAT_KEY, time.time())
+            except Exception as exc:  # a storage hiccup must not end the trial; the next beat tries again
+                logger.warning("trial %d: heartbeat not recorded: %s: %s", self._number, type(exc).__name__, exc)
+
+
+def with_heartbeat(objective: Callable[[Trial], float], interval: float, lost: list[int]) -> Callable[[Trial], float]:
+    """``objective`` run inside a :class:`Heartbeat`; numbers of trials taken over meanwhile go to ``lost``."""
+
+    def run(trial: Trial) -> float:
+        beat = Heartbeat(trial, interval)
+        try:
+            with beat:
+                return objective(trial)
+        finally:
+            if beat.lost:
+                lost.append(trial.number)
+
+    return run

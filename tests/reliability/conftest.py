@@ -1,0 +1,63 @@
+"""Helpers of the reliability suite: real storages, real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+@pytest.fixture(params=["sqlite", "journal"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A storage on a real file: a SQLite database or an Optuna journal."""
+    return f"sqlite:///{tmp_path}/study.db" if request.param == "sqlite" else f"journal:{tmp_path}/study.log"
+
+
+def python_env() -> dict[str, str]:
+    """The environment for a child Python that imports this checkout's bstune and tests."""
+    path = os.environ.get("PYTHONPATH")
+    return os.environ | {"PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
+
+
+def start_worker(storage: str, n_trials: int, out: Path) -> subprocess.Popen[bytes]:
+    """A study process (:mod:`tests.reliability.worker`) on ``storage``; its stderr is kept for messages."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.reliability.worker", storage, str(n_trials), str(out)],
+        cwd=ROOT,
+        env=python_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_for(what: str, poll: Callable[[], T | None], procs: list[subprocess.Popen[bytes]], timeout: float = 300) -> T:
+    """Poll until ``poll()`` returns a value; fail (with the processes' stderr) on timeout or if one exits early."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                err = p.stderr.read().decode() if p.stderr else ""
+                pytest.fail(f"a worker exited ({p.returncode}) before {what}: {err[-2000:]}")
+        value = poll()
+        if value is not None:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A real live process on this host that runs nothing of ours."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield proc
+    proc.kill()
+    proc.wait()

@@ -1,0 +1,115 @@
+"""Real study processes on one SQLite or journal file: SIGKILL and resume, concurrent writers.
+
+Each test starts :mod:`tests.reliability.worker` processes (a study of small MLPs on
+Gaussian blobs, 4,000 samples a trial) and checks the storage they leave behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+from bstune.study import open_storage
+from bstune.study._liveness import HEARTBEAT_KEY, OWNER_KEY, count_finished
+from tests.reliability.conftest import start_worker, wait_for
+from tests.reliability.worker import NAME, make_study
+
+pytestmark = pytest.mark.slow
+
+
+def stored(storage_url: str) -> list[FrozenTrial]:
+    """The trials in the storage now, as a fresh reader sees them; [] before the study exists."""
+    try:
+        return optuna.load_study(study_name=NAME, storage=open_storage(storage_url)).get_trials()
+    except KeyError:
+        return []
+
+
+def in_trial(trials: list[FrozenTrial], pid: int) -> FrozenTrial | None:
+    """The trial process ``pid`` is training (its heartbeat runs and its config is stored), if any."""
+    for t in trials:
+        mine = t.system_attrs.get(OWNER_KEY, {}).get("pid") == pid
+        if t.state == TrialState.RUNNING and mine and HEARTBEAT_KEY in t.system_attrs and "config" in t.user_attrs:
+            return t
+    return None
+
+
+def finished_by(out: Path) -> dict[int, list[Any]]:
+    return {int(k): v for k, v in json.loads(out.read_text()).items()}
+
+
+def test_resume_after_sigkill_keeps_every_finished_trial_and_reruns_none(storage_url: str, tmp_path: Path) -> None:
+    proc = start_worker(storage_url, 8, tmp_path / "w.json")
+
+    def killable() -> FrozenTrial | None:
+        trials = stored(storage_url)
+        if sum(t.state == TrialState.COMPLETE for t in trials) < 3:
+            return None
+        return in_trial(trials, proc.pid)
+
+    victim = wait_for("3 trials finished and a 4th running", killable, [proc])
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {t.number: (t.state, t.value, t.params) for t in stored(storage_url) if t.state.is_finished()}
+    assert len(before) >= 3 and victim.number not in before
+
+    result = make_study(storage_url, 8).run()  # the resume, in this process
+    trials = {t.number: t for t in stored(storage_url)}
+    for number, (state, value, params) in before.items():  # every finished trial kept as it was, none re-run
+        assert (trials[number].state, trials[number].value, trials[number].params) == (state, value, params)
+        assert not any(t.user_attrs.get("retry_of") == number for t in trials.values())
+    killed = trials[victim.number]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["status"] == "interrupted"
+    (retry,) = [t for t in trials.values() if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == victim.params  # the killed config, run again once
+    assert not [t for t in trials.values() if not t.state.is_finished()]
+    assert count_finished(result.optuna_study) == 8  # type: ignore[arg-type]
+    assert [t.number for t in result.trials] == sorted(trials)
+
+
+def test_two_processes_on_one_file_lose_nothing_and_fail_nothing_of_each_other(
+    storage_url: str, tmp_path: Path
+) -> None:
+    first = start_worker(storage_url, 10, tmp_path / "a.json")
+    # the second process opens the study while the first is inside a trial: the old resume failed that trial
+    wait_for("the first process inside a trial", lambda: in_trial(stored(storage_url), first.pid), [first])
+    second = start_worker(storage_url, 10, tmp_path / "b.json")
+    for proc in (first, second):
+        assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+    a, b = finished_by(tmp_path / "a.json"), finished_by(tmp_path / "b.json")
+    assert a and b and not set(a) & set(b)  # both worked, never on the same trial
+
+    trials = {t.number: t for t in stored(storage_url)}
+    for number, (state, value) in (a | b).items():  # everything either process finished is there, as it left it
+        assert trials[number].state.name == state and trials[number].value == value
+    assert set(trials) == set(a) | set(b)  # and nothing else: no trial lost, none orphaned
+    assert not [t for t in trials.values() if t.user_attrs.get("status") == "interrupted"]
+    assert not [t for t in trials.values() if "retry_of" in t.user_attrs]
+    assert 10 <= len(trials) <= 11  # n_trials counts both processes' trials (each may finish the one it was in)
+
+
+def test_a_killed_peers_trial_is_taken_over_once_by_the_live_one(storage_url: str, tmp_path: Path) -> None:
+    survivor = start_worker(storage_url, 12, tmp_path / "survivor.json")
+    wait_for("the study to exist", lambda: stored(storage_url) or None, [survivor])
+    victim = start_worker(storage_url, 12, tmp_path / "victim.json")
+    running = wait_for("the second process inside a trial", lambda: in_trial(stored(storage_url), victim.pid), [victim])
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert survivor.wait(timeout=600) == 0, survivor.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+
+    trials = {t.number: t for t in stored(storage_url)}
+    killed = trials[running.number]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["status"] == "interrupted"
+    retries = [t for t in trials.values() if t.user_attrs.get("retry_of") == running.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == running.params
+    assert retries[0].system_attrs[OWNER_KEY]["pid"] == survivor.pid
+    mine = finished_by(tmp_path / "survivor.json")
+    assert all(trials[n].user_attrs.get("status") != "interrupted" for n in mine)
+    assert not [t for t in trials.values() if not t.state.is_finished()]

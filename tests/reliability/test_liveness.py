@@ -1,0 +1,221 @@
+"""Telling abandoned trials from live ones on a shared storage, and retrying each abandoned one once.
+
+Every test uses a real SQLite or journal file and real processes (a live sleeper, a
+process that has exited, processes racing to take over one trial).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import bstune
+from bstune.study import open_storage
+from bstune.study._liveness import (
+    HEARTBEAT_KEY,
+    OWNER_KEY,
+    Owner,
+    abandoned_reason,
+    claim_abandoned,
+    count_finished,
+    retry_abandoned,
+)
+from tests.reliability.worker import NAME, make_study
+
+GRACE = 60.0
+
+
+def running_trial(storage_url: str, owner: Owner | None, heartbeat: float | None) -> tuple[optuna.Study, int]:
+    """A study holding one RUNNING trial (with a sampled parameter) owned by ``owner``."""
+    study = optuna.create_study(storage=open_storage(storage_url), study_name="s", load_if_exists=True)
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    if owner is not None:
+        study._storage.set_trial_system_attr(trial._trial_id, OWNER_KEY, owner.to_dict())
+    if heartbeat is not None:
+        study._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_KEY, heartbeat)
+    return study, trial.number
+
+
+def exited_process() -> Owner:
+    """The owner record of a real process that ran on this host and has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    owner = Owner.of(proc.pid)
+    proc.wait()
+    assert owner.started is not None and owner.started > 0
+    return owner
+
+
+def test_a_live_owner_on_this_host_keeps_its_trial_whatever_its_heartbeat(
+    storage_url: str, sleeper: subprocess.Popen[bytes]
+) -> None:
+    study, number = running_trial(storage_url, Owner.of(sleeper.pid), heartbeat=time.time() - 10 * GRACE)
+    assert abandoned_reason(study.trials[number], GRACE) is None
+    assert retry_abandoned(study, GRACE) == []
+    assert study.trials[number].state == TrialState.RUNNING
+    assert not study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_a_dead_owner_on_this_host_is_noticed_at_once_and_retried_once(storage_url: str) -> None:
+    owner = exited_process()
+    study, number = running_trial(storage_url, owner, heartbeat=time.time())  # a fresh heartbeat does not save it
+    assert f"pid {owner.pid}" in (abandoned_reason(study.trials[number], GRACE) or "")
+    assert retry_abandoned(study, GRACE) == [number]
+    old = study.trials[number]
+    assert old.state == TrialState.FAIL and old.user_attrs["status"] == "interrupted"
+    assert "is gone" in old.user_attrs["message"]
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.user_attrs["retry_of"] == number
+    assert study.trials[retry.number].system_attrs["fixed_params"] == old.params  # the same config runs again
+    assert retry_abandoned(study, GRACE) == []  # taken over once, never again
+    assert count_finished(study) == 0  # an abandoned trial does not count towards n_trials
+
+
+def test_a_reused_pid_does_not_keep_a_dead_owners_trial(storage_url: str, sleeper: subprocess.Popen[bytes]) -> None:
+    live = Owner.of(sleeper.pid)
+    assert live.started is not None
+    earlier = dataclasses.replace(live, started=live.started - 1)  # the same pid, an older (dead) process
+    study, number = running_trial(storage_url, earlier, heartbeat=time.time())
+    assert "is gone" in (abandoned_reason(study.trials[number], GRACE) or "")
+
+
+def test_an_owner_on_another_host_is_judged_by_its_heartbeat(storage_url: str) -> None:
+    elsewhere = Owner("another-host", "another-boot", 1, 1)
+    now = time.time()
+    study, number = running_trial(storage_url, elsewhere, heartbeat=now - GRACE / 2)
+    trial = study.trials[number]
+    assert abandoned_reason(trial, GRACE, now=now) is None
+    assert "no heartbeat for" in (abandoned_reason(trial, GRACE, now=now + GRACE) or "")
+    assert retry_abandoned(study, GRACE) == []  # still within its grace period: left alone
+    assert study.trials[number].state == TrialState.RUNNING
+
+
+def test_a_trial_that_never_beat_is_judged_by_its_start(storage_url: str) -> None:
+    study, number = running_trial(storage_url, owner=None, heartbeat=None)
+    trial = study.trials[number]
+    assert abandoned_reason(trial, GRACE) is None
+    assert abandoned_reason(trial, GRACE, now=time.time() + 2 * GRACE) is not None
+
+
+def test_finished_trials_are_never_taken_over(storage_url: str) -> None:
+    study, number = running_trial(storage_url, exited_process(), heartbeat=None)
+    study.tell(number, 1.0)
+    assert abandoned_reason(study.trials[number], GRACE) is None
+    assert retry_abandoned(study, GRACE) == []
+    assert study.trials[number].state == TrialState.COMPLETE and study.trials[number].value == 1.0
+    assert not claim_abandoned(study._storage, study.trials[number]._trial_id)
+
+
+def _take_over(url: str, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    study = optuna.load_study(study_name="s", storage=open_storage(url))
+    results.put(retry_abandoned(study, GRACE))
+
+
+def test_processes_racing_to_take_over_one_trial_retry_it_once(storage_url: str) -> None:
+    # Optuna's own RUNNING -> FAIL (read, then write) lets several SQLite writers win in most rounds
+    ctx = multiprocessing.get_context("fork")  # quick: the children only touch the storage
+    for _ in range(3):
+        study, number = running_trial(storage_url, exited_process(), heartbeat=None)
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_take_over, args=(storage_url, barrier, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        taken = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+        assert sorted(taken, key=len) == [[], [], [], [number]]  # exactly one process won
+        waiting = study.get_trials(states=(TrialState.WAITING,))
+        assert [t.user_attrs["retry_of"] for t in waiting] == [number]
+        study._storage.set_trial_state_values(waiting[0]._trial_id, TrialState.FAIL)  # out of the way of the next round
+
+
+@pytest.mark.slow
+def test_a_study_leaves_a_live_peers_trial_alone_and_retries_a_dead_ones(
+    storage_url: str, sleeper: subprocess.Popen[bytes]
+) -> None:
+    def study(n_trials: int) -> bstune.Study:
+        return make_study(storage_url, n_trials)
+
+    study(1).run()  # creates the study with its settings
+    stored = optuna.load_study(study_name=NAME, storage=open_storage(storage_url))
+    peer = stored.ask({"batch_size": optuna.distributions.IntDistribution(16, 128, log=True)})
+    stored._storage.set_trial_system_attr(peer._trial_id, OWNER_KEY, Owner.of(sleeper.pid).to_dict())
+    stored._storage.set_trial_system_attr(peer._trial_id, HEARTBEAT_KEY, time.time())
+
+    result = study(3).run()  # another process runs this study meanwhile: its trial must survive
+    assert [t.status for t in result.trials].count("running") == 1
+    assert stored.trials[peer.number].state == TrialState.RUNNING
+    assert count_finished(stored) == 3
+
+    sleeper.kill()
+    sleeper.wait()
+    result = study(4).run()  # the peer died: its trial is failed, and its config runs again, once
+    by_number = {t.number: t for t in stored.get_trials()}
+    assert by_number[peer.number].state == TrialState.FAIL
+    assert by_number[peer.number].user_attrs["status"] == "interrupted"
+    retries = [t for t in by_number.values() if t.user_attrs.get("retry_of") == peer.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params["batch_size"] == peer.params["batch_size"]
+    assert count_finished(stored) == 4 and len(by_number) == 5
+
+
+def test_a_trial_declared_abandoned_while_it_runs_is_dropped_and_the_study_goes_on(tmp_path: Path) -> None:
+    """What a live process does when a peer wrongly takes its trial over (e.g. after a long network partition)."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    taken: list[int] = []
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if out.requires_grad and not taken:  # inside the first trial: a "peer" fails it and queues its retry
+            study = optuna.load_study(study_name=NAME, storage=open_storage(url))
+            (running,) = study.get_trials(states=(TrialState.RUNNING,))
+            study._storage.set_trial_user_attr(running._trial_id, "status", "interrupted")  # as retry_abandoned does
+            assert claim_abandoned(study._storage, running._trial_id)
+            study.enqueue_trial(dict(running.params), user_attrs={"retry_of": running.number})
+            taken.append(running.number)
+        return torch.nn.functional.cross_entropy(out, y)
+
+    s = make_study(url, 3)
+    s.task = dataclasses.replace(s.task, loss=loss)
+    result = s.run()  # no "Cannot tell a FAIL trial" escapes
+    stored = optuna.load_study(study_name=NAME, storage=open_storage(url)).get_trials()
+    assert taken == [0] and stored[0].state == TrialState.FAIL
+    assert [t.user_attrs.get("retry_of") for t in stored[1:]] == [0, None, None]
+    assert all(t.state == TrialState.COMPLETE for t in stored[1:]) and len(result.trials) == 4
+
+
+def _ask(url: str, barrier: Any, results: Any) -> None:
+    study = optuna.load_study(study_name="s", storage=open_storage(url))
+    barrier.wait()
+    results.put(study.ask().number)
+
+
+def test_processes_asking_at_once_get_a_queued_retry_once(storage_url: str) -> None:
+    # Optuna's own WAITING -> RUNNING (read, then write) handed one queued trial to several SQLite processes
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(3):
+        study = optuna.create_study(storage=open_storage(storage_url), study_name="s", load_if_exists=True)
+        study.enqueue_trial({"x": 0.5}, user_attrs={"retry_of": 0})
+        (queued,) = study.get_trials(states=(TrialState.WAITING,))
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_ask, args=(storage_url, barrier, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+        assert got.count(queued.number) == 1 and len(set(got)) == 4  # one process runs the retry, the others new trials
+        for t in study.get_trials(states=(TrialState.RUNNING,)):
+            study.tell(t.number, state=TrialState.FAIL)

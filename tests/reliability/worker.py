@@ -1,0 +1,58 @@
+"""One study process for the crash and concurrency tests.
+
+    python -m tests.reliability.worker STORAGE N_TRIALS OUT_JSON
+
+Runs a study of small MLPs on Gaussian blobs (trials of a second or two) on STORAGE
+until N_TRIALS have finished (across every process on that storage), then writes to
+OUT_JSON the trials this process ran to their end: ``{number: [state, value]}``, told
+apart from other processes' by the owner that bstune records on each trial.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+import bstune
+from bstune.study._liveness import OWNER_KEY
+from tests.study.study_runner import make_task
+
+SPACE = {"name": "blobs", "batch_size": {"min": 16, "max": 128}, "lr": {"min": 1e-3, "max": 3.0}}
+NAME = "bstune-blobs"
+
+
+def make_study(storage: str, n_trials: int) -> bstune.Study:
+    """The study every worker runs: baseline mode (no probe), no pruning, 4000 samples a trial."""
+    return bstune.Study(
+        make_task(),
+        SPACE,
+        n_trials=n_trials,
+        budget_samples=4000,
+        seed=0,
+        storage=storage,
+        mode="baseline",
+        pruner="none",
+        n_evals=4,
+        progress=False,
+    )
+
+
+def main(storage: str, n_trials: int, out: Path) -> None:
+    logging.basicConfig(level=logging.WARNING, format=f"worker {os.getpid()}: %(levelname)s %(name)s: %(message)s")
+    result = make_study(storage, n_trials).run()
+    assert result.optuna_study is not None
+    mine = {
+        t.number: [t.state.name, t.value]
+        for t in result.optuna_study.get_trials()
+        if t.system_attrs.get(OWNER_KEY, {}).get("pid") == os.getpid() and t.state != TrialState.RUNNING
+    }
+    out.write_text(json.dumps(mine))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))
