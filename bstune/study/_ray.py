@@ -8,12 +8,16 @@ Ray does the scheduling; bstune only describes the trials:
   configuration (:class:`~bstune.study._trial.TrialPlanner`) and ships it in the
   trial's config; a trial that runs out of memory lowers the batch cap of the trials
   drawn after it.
-- **Early stopping**: ``ASHAScheduler`` with ``time_attr="samples"``: trials are
-  compared at equal training samples, whatever their batch sizes, at the same
-  milestones the embedded backend reports.
+- **Early stopping**: ``ASHAScheduler`` (the default ``pruner="hyperband"``; the
+  median stopping rule for ``"median"``, none for ``"none"``) with
+  ``time_attr="samples"``: trials are compared at equal training samples, whatever
+  their batch sizes, at the same milestones the embedded backend reports.
 - **Resources**: one trial per GPU where the cluster has GPUs, one CPU per trial
   otherwise (``tune.with_resources``); the probe runs as a Ray task with the same
-  resources, so it measures the kind of device the trials use.
+  resources, so it measures the kind of device the trials use. Trial workers are
+  reused from one trial to the next (no interpreter and torch start per trial), and
+  Tune may keep as many trials pending as fit at once (with a search algorithm it
+  keeps one by default, which runs short trials one after the other).
 - **Fault tolerance**: results and checkpoints under ``storage_path/<study_name>``;
   a trial whose worker dies is retried (``FailureConfig(max_failures)``); a study
   whose driver died is picked up with ``Tuner.restore``. A trial that finished
@@ -48,7 +52,15 @@ from bstune.training import Decision, EvalRecord
 if TYPE_CHECKING:
     from bstune.study._study import Study
 
-__all__ = ["PlannerSpace", "RaySettings", "import_ray", "record_from_result", "run_on_ray", "train_trial"]
+__all__ = [
+    "PlannerSpace",
+    "RaySettings",
+    "import_ray",
+    "make_scheduler",
+    "record_from_result",
+    "run_on_ray",
+    "train_trial",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -278,6 +290,15 @@ def _resources(ray: Any, settings: RaySettings) -> dict[str, float]:
     return {"cpu": 1, "gpu": 1} if gpus >= 1 else {"cpu": 1}
 
 
+def _trials_at_once(ray: Any, settings: RaySettings, resources: Mapping[str, float]) -> int:
+    """How many trials the cluster runs at once: ``max_concurrent``, else what its resources fit now."""
+    if settings.max_concurrent is not None:
+        return settings.max_concurrent
+    have = ray.cluster_resources()
+    fits = [have.get(key.upper(), 0.0) / amount for key, amount in resources.items() if key != "memory" and amount > 0]
+    return max(1, int(min(fits))) if fits else 1
+
+
 def _register_script_modules(task: Task) -> None:
     """Ship functions defined in a script loaded by :func:`bstune._loading.load_task` by value.
 
@@ -301,6 +322,47 @@ def _init(ray: Any, settings: RaySettings) -> None:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ConfigError(f"cannot connect to a Ray cluster: {exc}", source="Study", field="address") from exc
+
+
+def _trial_dirname(trial: Any) -> str:
+    """A short folder name: Ray's default spells out the whole config (the plan), past path limits."""
+    return f"trial_{trial.trial_id}"
+
+
+def make_scheduler(pruner: str, study: Study) -> Any:
+    """The Ray scheduler that stands in for the Optuna pruner named ``pruner``.
+
+    All of them read training samples as time (``time_attr="samples"``), so trials of
+    different batch sizes are compared at equal compute, and the first comparison is at
+    the first milestone.
+    """
+    from ray.tune import schedulers
+
+    mode = "min" if study.direction == "minimize" else "max"
+    if pruner in ("hyperband", "successive_halving"):
+        return schedulers.ASHAScheduler(
+            time_attr="samples",
+            metric="objective",
+            mode=mode,
+            max_t=study.budget_samples,
+            grace_period=study.eval_every,
+            reduction_factor=3,
+            stop_last_trials=False,
+        )
+    if pruner == "median":
+        # min_time_slice past the budget: the rule never pauses a trial to let a pending one
+        # run (a function trainable paused without a checkpoint would start over)
+        return schedulers.MedianStoppingRule(
+            time_attr="samples",
+            metric="objective",
+            mode=mode,
+            grace_period=study.eval_every,
+            min_samples_required=5,
+            min_time_slice=study.budget_samples + 1,
+        )
+    if pruner == "none":
+        return schedulers.FIFOScheduler()
+    raise ConfigError(f"the Ray backend has no scheduler for pruner {pruner!r}", source="Study", field="pruner")
 
 
 def _load_state(path: Path) -> dict[str, Any] | None:
@@ -364,6 +426,10 @@ def run_on_ray(study: Study, settings: RaySettings) -> list[TrialRecord]:
     )
     study._make_prior()
     planner = study._planner()
+    # With a search algorithm Tune keeps one trial pending at a time unless told otherwise, and a
+    # trial waits pending while its worker process starts (seconds: torch is imported), so short
+    # trials would run one after the other on a cluster with room for many.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(_trials_at_once(ray, settings, resources)))
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, task=study.task, objective=study.objective, direction=study.direction),
         resources,
@@ -376,17 +442,11 @@ def run_on_ray(study: Study, settings: RaySettings) -> list[TrialRecord]:
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=_make_searcher(planner, study.seed, study.n_trials, study.direction),
-                scheduler=tune.schedulers.ASHAScheduler(
-                    time_attr="samples",
-                    metric="objective",
-                    mode="min" if study.direction == "minimize" else "max",
-                    max_t=study.budget_samples,
-                    grace_period=study.eval_every,
-                    reduction_factor=3,
-                    stop_last_trials=False,
-                ),
+                scheduler=make_scheduler(study.pruner_name, study),
                 num_samples=study.n_trials,
                 max_concurrent_trials=settings.max_concurrent,
+                trial_dirname_creator=_trial_dirname,
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=study.study_name,

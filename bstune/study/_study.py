@@ -74,7 +74,10 @@ class Study:
             ``"baseline"`` searches plain log-uniform (B, eta) over the space's ranges
             with everything else equal, to measure what the prior is worth.
         pruner: ``"hyperband"`` (default), ``"median"``, ``"successive_halving"``,
-            ``"none"`` or an Optuna pruner; it sees milestone indices as steps.
+            ``"none"`` or an Optuna pruner; it sees milestone indices as steps. On the Ray
+            backend the name picks a Ray scheduler on training samples: ASHA for
+            ``"hyperband"`` and ``"successive_halving"``, the median stopping rule for
+            ``"median"``, FIFO (no early stopping) for ``"none"``.
         n_evals: evaluations (and pruning decisions) per full trial; the default 9 puts
             Hyperband's rungs (1, 3, 9 with reduction factor 3) at a ninth, a third and
             the end of the budget, so no trial is pruned just before it finishes.
@@ -199,6 +202,9 @@ class Study:
             raise bad("backend", "address, resources_per_trial and storage_path are settings of backend='ray'")
         self.storage = open_storage(storage)
         self.study_name = study_name or f"bstune-{task.name}"
+        if backend == "ray" and not isinstance(pruner, str):
+            raise bad("pruner", "the Ray backend takes a pruner by name (its schedulers stand in for Optuna's)")
+        self.pruner_name = pruner if isinstance(pruner, str) else type(pruner).__name__
         self.pruner = make_pruner(pruner, n_evals)
         self.probe_settings = probe or ProbeSettings()
         self.device = device

@@ -10,7 +10,7 @@ import pytest
 from bstune.errors import ConfigError, DependencyError
 from bstune.space import SearchSpace
 from bstune.study import Study
-from bstune.study._ray import PlannerSpace, RaySettings, import_ray, record_from_result
+from bstune.study._ray import PlannerSpace, RaySettings, import_ray, make_scheduler, record_from_result
 from bstune.study._trial import TrialPlanner
 
 SPACE = {"name": "tiny", "batch_size": {"min": 8, "max": 256}, "lr": {"min": 1e-3, "max": 1.0}}
@@ -90,6 +90,22 @@ def test_study_keeps_backend_settings_apart(blob_task: object) -> None:
         Study(blob_task, SPACE, address="auto")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="backend: must be"):
         Study(blob_task, SPACE, backend="dask")  # type: ignore[arg-type]
+
+
+def test_pruner_names_pick_ray_schedulers_on_training_samples(blob_task: object) -> None:
+    schedulers = pytest.importorskip("ray.tune.schedulers")
+    study = Study(blob_task, SPACE, backend="ray", budget_samples=9000, n_evals=9)  # type: ignore[arg-type]
+    asha = make_scheduler("hyperband", study)
+    assert isinstance(asha, schedulers.AsyncHyperBandScheduler)
+    assert asha._time_attr == "samples"
+    assert sorted(milestone for milestone, _ in asha._brackets[0]._rungs) == [1000, 3000, 9000]  # Hyperband's rungs
+    median = make_scheduler("median", study)
+    assert isinstance(median, schedulers.MedianStoppingRule)
+    assert (median._time_attr, median._grace_period) == ("samples", 1000)
+    assert median._min_time_slice > 9000  # never pauses a trial that has no checkpoint to resume from
+    assert type(make_scheduler("none", study)) is schedulers.FIFOScheduler
+    with pytest.raises(ConfigError, match="pruner: the Ray backend takes a pruner by name"):
+        Study(blob_task, SPACE, backend="ray", pruner=optuna.pruners.MedianPruner())  # type: ignore[arg-type]
 
 
 def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
