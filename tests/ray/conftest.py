@@ -102,7 +102,26 @@ class Cluster:
             time.sleep(2)
 
 
+def _session_members(sid: int) -> list[int]:
+    """Every process in session ``sid`` (Linux ``/proc``), the node's workers included.
+
+    Ray puts each worker process in a process group of its own, so killing the node's
+    group would leave its trial processes running; they stay in the node's session.
+    """
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp session
+            if int(fields[3]) == sid:
+                members.append(int(stat.parent.name))
+    return members
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a node: every process of the session its ``ray start`` leads, as if the machine died."""
+    for pid in _session_members(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)

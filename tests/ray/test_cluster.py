@@ -6,27 +6,42 @@ Every study here runs through the real CLI in a subprocess (``bstune run --backe
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from bstune.study import StudyResult
-from tests.ray.conftest import Cluster
+from tests.ray.conftest import Cluster, read_results
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-# A digits MLP whose model factory logs the trial's `tag` each time a trial starts training:
-# the log says which trials trained, and how often.
+# A digits MLP whose model factory logs the trial's `tag` and node each time a trial starts
+# training: the log says which trials trained, where, and how often. Tag 0 is a model made
+# outside a trial (the task's shape check when the script is loaded). SECONDS_PER_SAMPLE slows the model
+# down, as a bigger one would be, so that a trial is still running when a node is killed.
 TASK = """
+import time
+
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
 import bstune
 
 START_LOG = {log!r}
+SECONDS_PER_SAMPLE = {seconds_per_sample!r}
+
+
+class Slow(nn.Module):
+    def forward(self, x):
+        time.sleep(SECONDS_PER_SAMPLE * len(x))
+        return x
 
 
 def make_task():
@@ -35,9 +50,14 @@ def make_task():
     y = torch.tensor(digits.target, dtype=torch.long)
 
     def model(tag: int = 0) -> nn.Module:
+        try:
+            import ray
+            node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "-"
+        except ImportError:
+            node = "-"
         with open(START_LOG, "a") as f:
-            f.write(f"{{tag}}\\n")
-        return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+            f.write(f"{{tag}} {{node}}\\n")
+        return nn.Sequential(Slow(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
 
     return bstune.Task(model=model, train_data=(x[:1400], y[:1400]), val_data=(x[1400:], y[1400:]),
                        loss=nn.CrossEntropyLoss(), optimizer=bstune.OptimizerSpec("sgd", momentum=0.9),
@@ -50,14 +70,14 @@ optimizer: {family: sgd, momentum: 0.9}
 batch_size: {min: 16, max: 256}
 lr: {min: 0.01, max: 1.0}
 params:
-  model.tag: {type: int, low: 0, high: 1000000000}
+  model.tag: {type: int, low: 1, high: 1000000000}
 """
 
 
-def write_inputs(folder: Path) -> tuple[Path, Path, Path]:
+def write_inputs(folder: Path, seconds_per_sample: float = 0.0) -> tuple[Path, Path, Path]:
     log = folder / "starts.log"
     script = folder / "tagged_digits.py"
-    script.write_text(TASK.format(log=str(log)))
+    script.write_text(TASK.format(log=str(log), seconds_per_sample=seconds_per_sample))
     space = folder / "tagged.yaml"
     space.write_text(SPACE)
     return script, space, log
@@ -79,6 +99,19 @@ def run_cli(cluster: Cluster, script: Path, space: Path, out: Path, *extra: str)
 
 def finished(results: dict[str, list[dict[str, object]]]) -> dict[str, dict[str, object]]:
     return {name: lines[-1] for name, lines in results.items() if lines and lines[-1].get("final")}
+
+
+def read_starts(log: Path) -> list[tuple[int, str]]:
+    """(tag, node) of every trial start so far, in order; tag 0 (no trial) left out."""
+    if not log.exists():
+        return []
+    pairs = [line.split() for line in log.read_text().splitlines() if line.strip()]
+    return [(int(t), node) for t, node in pairs if t != "0"]
+
+
+def tag(line: dict[str, object]) -> int:
+    """The ``model.tag`` of the trial a result line belongs to (Ray keeps the trial's config in each line)."""
+    return int(line["config"]["bstune_plan"]["config"]["model_kwargs"]["tag"])  # type: ignore[index]
 
 
 def wait_until(predicate: object, timeout: float, what: str) -> None:
@@ -111,3 +144,66 @@ def test_submitted_job_runs_and_its_report_is_fetched(ray_cluster: Cluster, tmp_
     result = StudyResult.load(tmp_path / "fetched")
     assert len(result.trials) == 3 and result.best_config["batch_size"] >= 16
     assert (tmp_path / "fetched" / "report.md").is_file() and (tmp_path / "fetched" / "report.html").is_file()
+
+
+def test_driver_killed_then_restored_keeps_every_finished_trial_and_reruns_none(
+    ray_cluster: Cluster, tmp_path: Path
+) -> None:
+    script, space, log = write_inputs(tmp_path, seconds_per_sample=1e-4)  # a trial takes seconds
+    out = tmp_path / "run"
+    experiment = out / "ray" / "bstune-tagged_digits"
+    n_trials = 8
+    settings = ["--trials", str(n_trials), "--budget-samples", "9000", "--pruner", "none"]  # every trial finishes
+    driver = run_cli(ray_cluster, script, space, out, *settings)
+    wait_until(lambda: len(finished(read_results(experiment))) >= 2, 400, "two finished trials")
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    before = finished(read_results(experiment))
+    tags_before = {tag(line) for line in before.values()}
+
+    assert len(before) < n_trials, "the study ended before the driver was killed"
+    resumed = run_cli(ray_cluster, script, space, out, *settings, "--resume")
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    result = StudyResult.load(out)
+    assert len(result.trials) == n_trials
+    by_tag = {int(t.config["model_kwargs"]["tag"]): t for t in result.trials}
+    for name, line in before.items():  # kept, with the value it had before the driver died
+        record = by_tag[tag(line)]
+        assert record.status == line["status"] == "completed", name
+        assert record.value == pytest.approx(line["objective"]), name
+    starts = Counter(t for t, _ in read_starts(log))
+    assert all(starts[t] == 1 for t in tags_before), starts  # no finished trial trained twice
+    assert set(starts) == set(by_tag)
+
+
+def test_trials_run_on_both_nodes_and_a_dying_worker_node_is_survived(ray_cluster: Cluster, tmp_path: Path) -> None:
+    nodes = ray_cluster.wait_for_nodes(2)
+    script, space, log = write_inputs(tmp_path, seconds_per_sample=1e-4)  # a trial takes 5-10 s
+    out = tmp_path / "run"
+    experiment = out / "ray" / "bstune-tagged_digits"
+    n_trials = 6
+    budget = 30000  # no early stopping: a trial seen running goes on running until killed
+    driver = run_cli(ray_cluster, script, space, out, "--trials", str(n_trials), "--budget-samples", str(budget),
+                     "--max-failures", "3", "--pruner", "none")  # fmt: skip
+
+    def running_on_both() -> bool:  # a trial has started, and not finished, on each node
+        done = {tag(line) for line in finished(read_results(experiment)).values()}
+        return len({node for t, node in read_starts(log) if t not in done}) == 2
+
+    wait_until(running_on_both, 400, "trials running on both nodes at once")
+    ray_cluster.kill_worker()
+    output, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, output
+    result = StudyResult.load(out)
+    assert len(result.trials) == n_trials
+    assert not [t for t in result.trials if t.status == "failed"], [t.message for t in result.trials]
+    assert {t.worker for t in result.trials} <= set(nodes)
+    started_on: dict[int, set[str]] = {}
+    for t, node in read_starts(log):
+        started_on.setdefault(t, set()).add(node)
+    assert set().union(*started_on.values()) == set(nodes)  # trials ran on both nodes
+    assert set(started_on) == {int(t.config["model_kwargs"]["tag"]) for t in result.trials}
+    moved = [t for t, where in started_on.items() if len(where) == 2]
+    assert moved, f"the trial on the killed node was not retried on the other one: {started_on}"
+    assert json.loads((out / "result.json").read_text())["trials"]
