@@ -12,11 +12,11 @@ ratio to the reference of the same repeat):
 * ``bstune trial``      one trial of a ``bstune.Study`` (baseline mode, a space pinned to this
                         B and η, pruner off): Optuna bookkeeping and storage included;
 * ``+ noise tracking``  ``bstune.train`` with ``track_noise=True`` (every 8th step, the default);
-* ``Ray backend``       pending: it needs bstune's Ray backend, which is being built.
 
 Times are CPU time of this process (``time.process_time``; one torch thread) and wall
 time; on a shared machine the wall times are indicative only. The fuller tracking benchmark is
-``benchmarks/noise_overhead.py`` (``results/noise_overhead.md``).
+``benchmarks/noise_overhead.py`` (``results/noise_overhead.md``); the Ray backend's overhead
+is ``benchmarks/ray_backend.py``.
 """
 
 from __future__ import annotations
@@ -123,5 +123,4 @@ def run(problem_name: str = "digits_mlp", batch: int = 64, lr: float = 0.1, repe
                 else statistics.median(a / b for a, b in zip(wall[k], wall[ref], strict=True)),
             }
         )
-    rows.append({"config": "Ray backend vs embedded default", "pending": "needs bstune's Ray backend (being built)"})
     return {"problem": problem_name, "batch_size": batch, "lr": lr, "samples": budget, "repeats": repeats, "rows": rows}

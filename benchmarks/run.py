@@ -12,7 +12,9 @@ Measures (``--measures``, comma-separated, in this order):
 * ``efficiency``  samples to a config within 2 % of the grid best per method (``benchmarks/efficiency.py``);
 * ``noise``       estimators vs the exact B_simple at points of training (``benchmarks/noise_accuracy.py``);
 * ``bcrit``       the probe's B_simple and the report's B_crit against the sweep's B_crit;
-* ``overhead``    bstune vs a hand-written loop, noise tracking vs bare (``benchmarks/overhead.py``).
+* ``overhead``    bstune vs a hand-written loop, noise tracking vs bare (``benchmarks/overhead.py``);
+* ``ray``         the Ray backend's per-trial overhead against the embedded default, and its
+                  trial throughput on 1 vs 2 local nodes (``benchmarks/ray_backend.py``).
 
 Every measure's numbers, with the machine, date and command that produced them, are merged
 into ``<out>/suite_<suite>.json`` (so measures can be run at different times); then the
@@ -38,12 +40,12 @@ from typing import Any
 import torch
 
 import bstune
-from benchmarks import efficiency, noise_accuracy, overhead, sweep
+from benchmarks import efficiency, noise_accuracy, overhead, ray_backend, sweep
 from benchmarks._provenance import cpu_model, git, loadavg
 from benchmarks.problems import PROBLEMS
 
 HERE = Path(__file__).resolve().parent
-MEASURES = ("sweep", "efficiency", "noise", "bcrit", "overhead")
+MEASURES = ("sweep", "efficiency", "noise", "bcrit", "overhead", "ray")
 
 SUITES: dict[str, dict[str, Any]] = {
     "quick": {
@@ -56,6 +58,9 @@ SUITES: dict[str, dict[str, Any]] = {
         "noise_repeats": 2,
         "probe_seeds": [0],
         "overhead_repeats": 1,
+        "ray_trials": 2,
+        "ray_repeats": 1,
+        "ray_samples": [30_000],
     },
     "full": {
         "problems": ["digits_mlp", "digits_cnn", "char_lm", "linreg"],
@@ -67,6 +72,9 @@ SUITES: dict[str, dict[str, Any]] = {
         "noise_repeats": 6,
         "probe_seeds": [0, 1, 2],
         "overhead_repeats": 7,
+        "ray_trials": 8,
+        "ray_repeats": 3,
+        "ray_samples": [30_000, 300_000],  # the problem's budget (trials under a second), and 10x
     },
 }
 
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         # re-read first: measures run in separate processes share the file
         disk = json.loads(json_path.read_text()) if json_path.exists() else {}
         for measure, value in mine.items():
-            if measure == "overhead":
+            if measure in ("overhead", "ray"):
                 disk[measure] = value
             else:
                 disk.setdefault(measure, {}).update(value)
@@ -218,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             res = overhead.run("digits_mlp", repeats=suite["overhead_repeats"])
             put("overhead", None, res | {"provenance": provenance(command, started)})
+        if "ray" in measures:
+            started = time.perf_counter()
+            cases = [
+                ray_backend.run("digits_mlp", n_trials=suite["ray_trials"], repeats=suite["ray_repeats"], samples=n)
+                for n in suite["ray_samples"]
+            ]
+            put("ray", None, {"cases": cases, "provenance": provenance(command, started)})
     save()
     from benchmarks import report
 

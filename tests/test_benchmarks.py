@@ -28,7 +28,7 @@ def _run_suite(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_quick_suite_end_to_end(tmp_path: Path) -> None:
-    proc = _run_suite(tmp_path)
+    proc = _run_suite(tmp_path, "--measures", "sweep,efficiency,noise,bcrit,overhead")  # ray: its own test
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "suite_quick.json").read_text())
     assert set(data) >= {"sweep", "efficiency", "noise", "bcrit", "overhead"}
@@ -43,7 +43,7 @@ def test_quick_suite_end_to_end(tmp_path: Path) -> None:
     assert {r["method"] for r in eff["runs"]} == {"prior", "baseline", "random"}
     noise = data["noise"]["linreg"]["pooled"]
     assert 0 <= noise["per_example"]["coverage"] <= 1
-    assert any(r.get("pending") for r in data["overhead"]["rows"])  # the Ray row says it is pending
+    assert not any(r.get("pending") for r in data["overhead"]["rows"])
     md = (tmp_path / "RESULTS_quick.md").read_text()
     for heading in ("Ground truth", "Tuning efficiency", "Noise-scale accuracy", "B_crit prediction", "Overhead"):
         assert heading in md
@@ -60,3 +60,22 @@ def test_quick_suite_ray_asha(tmp_path: Path) -> None:
     runs = json.loads((tmp_path / "suite_quick.json").read_text())["efficiency"]["linreg"]["runs"]
     assert [r["method"] for r in runs] == ["ray_asha"]
     assert len(runs[0]["trials"]) == 3 and runs[0]["samples_total"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_quick_suite_ray_backend_on_one_and_two_nodes(tmp_path: Path) -> None:
+    pytest.importorskip("ray.tune")
+    proc = _run_suite(tmp_path, "--measures", "ray")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (ray,) = json.loads((tmp_path / "suite_quick.json").read_text())["ray"]["cases"]
+    rows = {r["config"]: r for r in ray["rows"]}
+    assert set(rows) == {"embedded", "ray, 1 node", "ray, 2 nodes"}
+    assert rows["ray, 1 node"]["nodes_used"] == [1] and rows["ray, 2 nodes"]["nodes_used"][0] in (1, 2)
+    assert ray["startup_s"]["second node"] > 0 and ray["speedup_2_vs_1_node"] > 0
+    for row in rows.values():
+        assert row["wall_s_median"] > 0 and row["trials_per_min"] == pytest.approx(60 * 2 / row["wall_s_median"])
+    embedded, one = rows["embedded"]["wall_s_median"], rows["ray, 1 node"]["wall_s_median"]
+    assert ray["overhead_s_per_trial"] == pytest.approx((one - embedded) / 2)
+    md = (tmp_path / "RESULTS_quick.md").read_text()
+    assert "## 6. Ray backend" in md and "pending" not in md
