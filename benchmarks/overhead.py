@@ -83,6 +83,7 @@ def run(problem_name: str = "digits_mlp", batch: int = 64, lr: float = 0.1, repe
             n_evals=n_evals,
             mode="baseline",
             pruner="none",
+            rescore_top=0,  # one trial, as the hand loop: no re-scoring runs
             device="cpu",
             progress=False,
         ).run()

@@ -48,6 +48,7 @@ def _study(problem_name: str, batch: int, lr: float, n_trials: int, samples: int
         n_evals=problem.n_evals,
         mode="baseline",
         pruner="none",
+        rescore_top=0,  # trials only: re-scoring is timed by nothing here
         device="cpu",
         progress=False,
         **backend,

@@ -203,6 +203,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         study_name=name,
         mode=args.mode,
         pruner=args.pruner,
+        rescore_top=args.rescore_top,
+        rescore_seeds=args.rescore_seeds,
         device=args.device,
         progress=not args.no_progress,
         **(
@@ -383,6 +385,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["hyperband", "median", "successive_halving", "none"],
         default="hyperband",
         help="early stopping at shared sample milestones (default hyperband)",
+    )
+    run.add_argument(
+        "--rescore-top",
+        type=int,
+        default=3,
+        metavar="N",
+        help="train the N best completed trials again at more seeds and recommend the best mean; 0: off (default 3)",
+    )
+    run.add_argument(
+        "--rescore-seeds",
+        type=int,
+        default=2,
+        metavar="M",
+        help="more seeds per re-scored trial, full budget each; their samples count in the total (default 2)",
     )
     run.add_argument("--seed", type=int, default=0, help="seed for the sampler, the probe and the trials (default 0)")
     run.add_argument("--device", default="auto", help="trial device: cpu, cuda, ... (default: CUDA when available)")

@@ -150,6 +150,7 @@ def build_report(result: StudyResult, target: Mapping[str, Any] | None = None, *
             "budget_samples": result.budget_samples,
             "samples_total": result.samples_total,
             "samples_probe": result.samples_probe,
+            "samples_rescore": result.samples_rescore,
             "n_trials": len(result.trials),
         }
     }
@@ -239,6 +240,19 @@ def _recommend(result: StudyResult, fit: CriticalBatchFit | None) -> dict[str, A
         f"best {result.objective} ({result.best_value:.4g}) of {len(result.trials)} trials "
         f"at a budget of {result.budget_samples:,} samples"
     )
+    chosen = next((r for r in result.rescored if r.trial == result.best_trial), None)
+    if chosen is not None and chosen.mean is not None:
+        rec["why"] = (
+            f"best mean {result.objective} ({chosen.mean:.4g} ± {chosen.sem or 0.0:.2g} standard error, over "
+            f"{len(chosen.values)} seeds) of the {len(result.rescored)} best of {len(result.trials)} trials, "
+            f"each trained again at {len(chosen.seeds)} more seeds; budget {result.budget_samples:,} samples a trial"
+        )
+    by_number = {t.number: t for t in result.trials}
+    rec["rescored"] = [
+        r.to_dict() | {"batch_size": by_number[r.trial].batch_size, "lr": by_number[r.trial].lr}
+        for r in result.rescored
+        if r.trial in by_number
+    ]
     if fit is not None:
         b = int(best["batch_size"])
         rec["expected_steps_to_target"] = fit.predict_steps(b)

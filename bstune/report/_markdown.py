@@ -127,5 +127,26 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"| {t['number']} | {t['status']} | {t['batch_size']} | {_n(t['lr'], '.3g')} | "
             f"{_n(t['temperature'], '.3g')} | {_n(t['value'])} | {t['samples']:,} |"
         )
-    out += ["", f"Samples spent: {study.get('samples_total', 0):,} (probe {study.get('samples_probe', 0):,}).", ""]
+    rescored = data.get("recommended", {}).get("rescored") or []
+    if rescored:
+        out += [
+            "",
+            "## Re-scored",
+            "",
+            f"The {len(rescored)} best trials trained again at {len(rescored[0]['seeds'])} more seeds "
+            "(one seed moves a config's value by several percent); the best mean is recommended.",
+            "",
+            "| # | batch | lr | value per seed (own first) | mean ± SE |",
+            "|---:|---:|---:|---|---|",
+        ]
+        for r in rescored:
+            values = ", ".join(_n(v) for v in r["values"])
+            mean = f"{_n(r['mean'])} ± {_n(r['sem'], '.2g')}" if r.get("mean") is not None else "failed at a seed"
+            out.append(f"| {r['trial']} | {r['batch_size']} | {_n(r['lr'], '.3g')} | {values} | {mean} |")
+    out += [
+        "",
+        f"Samples spent: {study.get('samples_total', 0):,} (probe {study.get('samples_probe', 0):,}, "
+        f"re-scoring {study.get('samples_rescore', 0):,}).",
+        "",
+    ]
     return "\n".join(out)

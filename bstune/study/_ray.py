@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 from bstune.errors import ConfigError, DependencyError
 from bstune.study._probe import ProbeResult, run_probe
-from bstune.study._records import TrialRecord, clean_json
-from bstune.study._trial import TrialPlan, TrialPlanner, history_row, run_trial
+from bstune.study._records import Rescored, TrialRecord, clean_json
+from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner, history_row, run_trial
 from bstune.task import Task
 from bstune.training import Decision, EvalRecord
 
@@ -66,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 _STATE_FILE = "bstune_study.json"
 _OUTCOME_FILE = "outcome.json"
+_RESCORED_FILE = "bstune_rescored.json"
 
 
 def import_ray() -> Any:
@@ -371,8 +372,12 @@ def _load_state(path: Path) -> dict[str, Any] | None:
     return dict(json.loads(path.read_text()))
 
 
-def run_on_ray(study: Study, settings: RaySettings) -> list[TrialRecord]:
-    """Run ``study``'s probe and trials on Ray; returns every trial's record.
+def run_on_ray(study: Study, settings: RaySettings) -> tuple[list[TrialRecord], list[Rescored]]:
+    """Run ``study``'s probe, trials and re-scoring on Ray; returns every trial's record and the re-scores.
+
+    The re-scoring runs are Ray tasks with the trials' resources, side by side; what they
+    found is kept in ``bstune_rescored.json`` beside the experiment, so a resumed study
+    does not redo them.
 
     Resumes the study found under ``storage_path/<study_name>``: finished trials are
     kept, the probe is not repeated, and unfinished trials run again.
@@ -470,4 +475,20 @@ def run_on_ray(study: Study, settings: RaySettings) -> list[TrialRecord]:
         if record.status == "oom" and record.batch_size is not None:
             cap = max(study.space.batch_min, min(cap, int(record.batch_size) // 2))
             records[i] = dataclasses.replace(record, batch_ceiling=cap)
-    return records
+    remote = ray.remote(run_trial).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))
+
+    def on_cluster(plans: list[TrialPlan]) -> list[TrialOutcome]:
+        kwargs = {"objective": study.objective, "direction": study.direction, "on_milestone": _continue}
+        return list(ray.get([remote.remote(study.task, plan, **kwargs) for plan in plans]))
+
+    rescored_file = exp_dir / _RESCORED_FILE
+    kept = [Rescored.from_dict(d) for d in json.loads(rescored_file.read_text())] if rescored_file.is_file() else []
+
+    def keep(done: list[Rescored]) -> None:
+        rescored_file.write_text(json.dumps([r.to_dict() for r in done], indent=1))
+
+    return records, study._rescore(records, run=on_cluster, kept=kept, keep=keep)
+
+
+def _continue(*_: Any) -> Decision:
+    return Decision.CONTINUE  # re-scoring trains the full budget

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from bstune.study._probe import ProbeResult
 if TYPE_CHECKING:
     from bstune.report import Report
 
-__all__ = ["StudyResult", "TrialRecord", "clean_dict", "clean_json"]
+__all__ = ["Rescored", "StudyResult", "TrialRecord", "clean_dict", "clean_json"]
 
 
 def clean_dict(value: dict[str, Any]) -> dict[str, Any]:
@@ -91,12 +92,59 @@ class TrialRecord:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class Rescored:
+    """One candidate's values: its own trial's first, then one per re-scoring seed (None: it did not complete)."""
+
+    trial: int
+    seeds: list[int]
+    values: list[float | None]
+    samples: int  # spent on the re-scoring runs (the trial's own samples are counted with the trial)
+
+    @property
+    def complete(self) -> bool:
+        return all(v is not None and math.isfinite(v) for v in self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(v for v in self.values if v is not None) if self.complete else None
+
+    @property
+    def sem(self) -> float | None:
+        """Standard error of the mean over the seeds (None with fewer than two values)."""
+        if not self.complete or len(self.values) < 2:
+            return None
+        return statistics.stdev(v for v in self.values if v is not None) / math.sqrt(len(self.values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial": self.trial,
+            "seeds": list(self.seeds),
+            "values": list(self.values),
+            "samples": self.samples,
+            "mean": self.mean,
+            "sem": self.sem,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rescored:
+        return cls(
+            trial=int(data["trial"]),
+            seeds=[int(s) for s in data["seeds"]],
+            values=[None if v is None else float(v) for v in data["values"]],
+            samples=int(data["samples"]),
+        )
+
+
 @dataclass
 class StudyResult:
     """The outcome of :meth:`bstune.Study.run`.
 
     ``best_config`` holds what to train with: batch size, learning rate and every
     other hyperparameter of the best completed trial, plus the temperature η/B.
+    With re-scoring (``rescored``, the best few trials trained again at other seeds)
+    the best trial is the one with the best mean over its seeds, and ``best_value`` is
+    that mean; without, the best single trial and its value.
     """
 
     study_name: str
@@ -111,11 +159,18 @@ class StudyResult:
     budget_samples: int
     samples_probe: int
     optuna_study: optuna.Study | None = field(default=None, repr=False)
+    best_trial: int | None = None  # the number of the trial best_config comes from
+    rescored: list[Rescored] = field(default_factory=list)
+
+    @property
+    def samples_rescore(self) -> int:
+        """Training samples the re-scoring runs spent."""
+        return sum(r.samples for r in self.rescored)
 
     @property
     def samples_total(self) -> int:
-        """Training samples spent: the probe plus every trial, pruned and failed ones included."""
-        return self.samples_probe + sum(t.samples for t in self.trials)
+        """Training samples spent: the probe, every trial (pruned and failed ones included) and re-scoring."""
+        return self.samples_probe + sum(t.samples for t in self.trials) + self.samples_rescore
 
     def to_dict(self) -> dict[str, Any]:
         return clean_dict(
@@ -128,7 +183,10 @@ class StudyResult:
                 "best_value": self.best_value,
                 "budget_samples": self.budget_samples,
                 "samples_probe": self.samples_probe,
+                "samples_rescore": self.samples_rescore,
                 "samples_total": self.samples_total,
+                "best_trial": self.best_trial,
+                "rescored": [r.to_dict() for r in self.rescored],
                 "probe": self.probe.to_dict() if self.probe else None,
                 "prior": self.prior.to_dict() if self.prior else None,
                 "trials": [t.to_dict() for t in self.trials],
@@ -150,6 +208,8 @@ class StudyResult:
             prior=Prior(**data["prior"]) if data.get("prior") else None,
             budget_samples=int(data["budget_samples"]),
             samples_probe=int(data["samples_probe"]),
+            best_trial=data.get("best_trial"),
+            rescored=[Rescored.from_dict(r) for r in data.get("rescored", [])],
         )
 
     @classmethod

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,9 +29,10 @@ from bstune.study._prior import Prior
 from bstune.study._probe import ProbeResult, ProbeSettings, run_probe
 from bstune.study._pruners import make_pruner
 from bstune.study._ray import RaySettings
-from bstune.study._records import StudyResult, TrialRecord, clean_dict, clean_json
+from bstune.study._records import Rescored, StudyResult, TrialRecord, clean_dict, clean_json
+from bstune.study._rescore import candidates, choose, rescore_seeds, run_rescoring
 from bstune.study._storage import open_storage
-from bstune.study._trial import TrialPlanner, run_trial
+from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner, run_trial
 from bstune.task import Task
 from bstune.training import Decision, EvalRecord
 
@@ -40,6 +41,7 @@ __all__ = ["Study", "StudyFailedError", "TrialFailure"]
 logger = logging.getLogger(__name__)
 
 Mode = Literal["prior", "baseline"]
+_RESCORED_ATTR = "bstune_rescored"  # the study's user attribute holding what re-scoring found
 
 
 def make_sampler(seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
@@ -91,6 +93,12 @@ class Study:
             cluster, with ASHA early stopping on training samples; needs the ``ray`` extra).
         address, resources_per_trial, max_concurrent, storage_path, max_failures:
             settings of the Ray backend (see :class:`bstune.study.RaySettings`).
+        rescore_top, rescore_seeds: before recommending, the ``rescore_top`` best completed
+            trials are trained again at ``rescore_seeds`` other seeds (full budget, no
+            pruning), and the one with the best mean is recommended: one seed moves a
+            config's loss by several percent, so the best single trial is partly the
+            luckiest seed. ``0`` turns it off. Its samples count in the study's total;
+            a resumed study keeps what it re-scored.
         heartbeat_interval: seconds between the heartbeats a running trial writes to the
             storage, so that other processes on the study can tell it is alive.
         grace_period: seconds without a heartbeat after which a running trial whose
@@ -137,6 +145,8 @@ class Study:
         max_failures: int = 2,
         heartbeat_interval: float = 30.0,
         grace_period: float = 600.0,
+        rescore_top: int = 3,
+        rescore_seeds: int = 2,
     ) -> None:
         def bad(name: str, reason: str) -> ConfigError:
             return ConfigError(reason, source="Study", field=name)
@@ -167,6 +177,9 @@ class Study:
                 "grace_period",
                 f"must be at least twice heartbeat_interval ({heartbeat_interval!r} s), got {grace_period!r}",
             )
+        for name, value in (("rescore_top", rescore_top), ("rescore_seeds", rescore_seeds)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(name, f"must be a non-negative integer, got {value!r}")
         metric_names = {f"{split}_{m}" for split in ("train", "val") for m in task.metrics}
         if objective not in {"val_loss", "train_loss", *metric_names}:
             raise bad(
@@ -210,6 +223,7 @@ class Study:
         self.device = device
         self.progress = progress
         self.heartbeat_interval, self.grace_period = float(heartbeat_interval), float(grace_period)
+        self.rescore_top, self.rescore_seeds = rescore_top, rescore_seeds
         self.probe: ProbeResult | None = None
         self.prior: Prior | None = None
         self.planner: TrialPlanner | None = None
@@ -374,7 +388,8 @@ class Study:
             from bstune.study._ray import run_on_ray
 
             assert self.ray is not None
-            return self._result(run_on_ray(self, self.ray))
+            trials, rescored = run_on_ray(self, self.ray)
+            return self._result(trials, None, rescored)
         previous = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged once, below, without traceback
         try:
@@ -398,9 +413,41 @@ class Study:
                     if not lost:
                         raise
                     lost.clear()  # Optuna refused to tell a trial another process failed: its retry counts
+            trials = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
+            rescored = self._rescore(trials, study)
         finally:
             optuna.logging.set_verbosity(previous)
-        return self._result([TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)], study)
+        return self._result(trials, study, rescored)
+
+    def _rescore(
+        self,
+        trials: list[TrialRecord],
+        study: optuna.Study | None = None,
+        run: Callable[[list[TrialPlan]], list[TrialOutcome]] | None = None,
+        kept: list[Rescored] | None = None,
+        keep: Callable[[list[Rescored]], None] | None = None,
+    ) -> list[Rescored]:
+        """Re-score the best completed trials (see ``rescore_top``); what a storage kept is not redone."""
+        if self.rescore_top == 0 or self.rescore_seeds == 0:
+            return []
+        seeds = rescore_seeds(self.seed, self.rescore_seeds)
+        if study is not None:
+            kept = [Rescored.from_dict(d) for d in study.user_attrs.get(_RESCORED_ATTR, [])]
+        done = {r.trial: r for r in kept or [] if r.seeds == seeds}
+        out = []
+        for trial in candidates(trials, self.rescore_top, self.direction):
+            if trial.number not in done:
+                logger.info("re-scoring trial %d at seeds %s", trial.number, seeds)
+                (done[trial.number],) = run_rescoring(
+                    self.task, [trial], seeds, objective=self.objective, direction=self.direction, run=run
+                )
+                stored = [r.to_dict() for r in done.values()]
+                if study is not None:
+                    study.set_user_attr(_RESCORED_ATTR, stored)
+                if keep is not None:
+                    keep(list(done.values()))
+            out.append(done[trial.number])
+        return out
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """After each trial: take over peers' abandoned trials, share OOM ceilings, stop at ``n_trials``."""
@@ -419,7 +466,12 @@ class Study:
                 planner.batch_cap = max(self.space.batch_min, ceiling)
                 logger.info("batch sizes capped at %d (trial %d ran out of memory)", planner.batch_cap, t.number)
 
-    def _result(self, trials: list[TrialRecord], optuna_study: optuna.Study | None = None) -> StudyResult:
+    def _result(
+        self,
+        trials: list[TrialRecord],
+        optuna_study: optuna.Study | None = None,
+        rescored: list[Rescored] | None = None,
+    ) -> StudyResult:
         complete = [t for t in trials if t.status == "completed" and t.value is not None]
         if not complete:
             counts: dict[str, int] = {}
@@ -434,6 +486,11 @@ class Study:
             )
         sign = 1.0 if self.direction == "minimize" else -1.0
         best = min(complete, key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
+        best_value = float(best.value)  # type: ignore[arg-type]
+        chosen = choose(rescored or [], self.direction)
+        if chosen is not None:  # the best mean over seeds, not the best single seed
+            best = next(t for t in complete if t.number == chosen.trial)
+            best_value = float(chosen.mean)  # type: ignore[arg-type]
         config = dict(best.config)
         spec = self.task.optimizer_spec
         best_config = {
@@ -454,13 +511,15 @@ class Study:
             objective=self.objective,
             direction=self.direction,
             best_config=best_config,
-            best_value=float(best.value),  # type: ignore[arg-type]
+            best_value=best_value,
+            best_trial=best.number,
             trials=trials,
             probe=self.probe,
             prior=self.prior,
             budget_samples=self.budget_samples,
             samples_probe=self.probe.samples_used if self.probe else 0,
             optuna_study=optuna_study,
+            rescored=list(rescored or []),
         )
 
 

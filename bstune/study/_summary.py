@@ -11,8 +11,14 @@ def format_summary(result: dict[str, Any]) -> str:
     """A terminal summary of a study's result.json (``StudyResult.to_dict()``): probe, prior, trials, best config."""
     lines = [
         f"study {result['study_name']} ({result['mode']} mode): {len(result['trials'])} trials, "
-        f"{result['samples_total']:,} training samples in all (probe {result['samples_probe']:,})"
+        f"{result['samples_total']:,} training samples in all (probe {result['samples_probe']:,}, "
+        f"re-scoring {result.get('samples_rescore', 0):,})"
     ]
+    if result.get("rescored"):
+        lines.append(
+            f"re-scored the {len(result['rescored'])} best trials at {len(result['rescored'][0]['seeds'])} more "
+            f"seeds; recommended trial {result.get('best_trial')}, the best mean"
+        )
     probe, prior = result.get("probe"), result.get("prior")
     if probe and prior:
         lo, hi = probe["b_simple_ci"]

@@ -143,6 +143,8 @@ def test_submitted_job_runs_and_its_report_is_fetched(ray_cluster: Cluster, tmp_
     bstune_cli(ray_cluster, "fetch", job_id, str(tmp_path / "fetched"), *address)
     result = StudyResult.load(tmp_path / "fetched")
     assert len(result.trials) == 3 and result.best_config["batch_size"] >= 16
+    assert result.rescored and result.samples_rescore > 0  # re-scoring ran as Ray tasks on the cluster
+    assert result.best_trial in {r.trial for r in result.rescored}
     assert (tmp_path / "fetched" / "report.md").is_file() and (tmp_path / "fetched" / "report.html").is_file()
 
 
@@ -153,7 +155,8 @@ def test_driver_killed_then_restored_keeps_every_finished_trial_and_reruns_none(
     out = tmp_path / "run"
     experiment = out / "ray" / "bstune-tagged_digits"
     n_trials = 8
-    settings = ["--trials", str(n_trials), "--budget-samples", "9000", "--pruner", "none"]  # every trial finishes
+    # every trial finishes; no re-scoring, which would train finished trials' configs again
+    settings = ["--trials", str(n_trials), "--budget-samples", "9000", "--pruner", "none", "--rescore-top", "0"]
     driver = run_cli(ray_cluster, script, space, out, *settings)
     wait_until(lambda: len(finished(read_results(experiment))) >= 2, 400, "two finished trials")
     os.killpg(driver.pid, signal.SIGKILL)
@@ -185,7 +188,7 @@ def test_trials_run_on_both_nodes_and_a_dying_worker_node_is_survived(ray_cluste
     n_trials = 6
     budget = 30000  # no early stopping: a trial seen running goes on running until killed
     driver = run_cli(ray_cluster, script, space, out, "--trials", str(n_trials), "--budget-samples", str(budget),
-                     "--max-failures", "3", "--pruner", "none")  # fmt: skip
+                     "--max-failures", "3", "--pruner", "none", "--rescore-top", "0")  # fmt: skip
 
     def running_on_both() -> bool:  # a trial has started, and not finished, on each node
         done = {tag(line) for line in finished(read_results(experiment)).values()}

@@ -10,6 +10,7 @@ import pytest
 
 from bstune.report import build_report
 from bstune.study import StudyResult, TrialRecord
+from bstune.study._records import Rescored
 
 S_MIN, B_CRIT, TARGET = 100.0, 128.0, 0.2
 
@@ -130,3 +131,21 @@ def test_default_target_and_missing_sections_say_why() -> None:
 def test_bad_target_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="report: target: unknown key"):
         build_report(_result(), {"metrik": "train_loss"})
+
+
+def test_a_rescored_recommendation_says_so_with_its_spread(tmp_path: Path) -> None:
+    result = _result()
+    result.rescored = [
+        Rescored(trial=0, seeds=[7, 8], values=[0.30, 0.36, 0.33], samples=400_000),
+        Rescored(trial=1, seeds=[7, 8], values=[0.31, None, 0.30], samples=400_000),
+    ]
+    result.best_trial, result.best_value = 0, 0.33
+    files = build_report(result, {"metric": "train_loss", "value": TARGET}).save(str(tmp_path))
+    data = json.loads(Path(files["json"]).read_text())
+    rec = data["recommended"]
+    assert rec["why"].startswith("best mean val_loss (0.33 ± 0.017 standard error, over 3 seeds)")
+    assert [r["trial"] for r in rec["rescored"]] == [0, 1] and rec["rescored"][0]["batch_size"] == 16
+    assert data["study"]["samples_rescore"] == 800_000 == result.samples_rescore
+    md = Path(files["md"]).read_text()
+    assert "| 0 | 16 |" in md and "0.3, 0.36, 0.33 | 0.33 ± 0.017 |" in md
+    assert "failed at a seed" in md and "re-scoring 800,000" in md

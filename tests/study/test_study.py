@@ -36,7 +36,8 @@ def test_prior_mode_searches_the_band_and_records_derived_values(blob_task: bstu
         rule = prior.lr_rule(t.batch_size)  # type: ignore[arg-type]
         assert rule / 3.0001 <= t.lr <= rule * 3.0001  # type: ignore[operator]
         assert t.temperature == pytest.approx(t.lr / t.batch_size)  # type: ignore[operator]
-    assert result.samples_total == probe.samples_used + sum(t.samples for t in result.trials)
+    assert result.samples_total == probe.samples_used + sum(t.samples for t in result.trials) + result.samples_rescore
+    assert result.samples_rescore == sum(r.samples for r in result.rescored) > 0
     assert result.best_config["batch_size"] in {t.batch_size for t in result.trials}
     assert result.to_dict()["best_config"] == result.best_config
 

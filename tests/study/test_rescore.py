@@ -1,0 +1,104 @@
+"""Re-scoring: the recommendation is the best mean over seeds, its samples count, resume keeps it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bstune
+from bstune.errors import ConfigError
+from bstune.study import StudyResult, _rescore
+from bstune.study._records import Rescored
+from bstune.study._rescore import choose, rescore_seeds
+from bstune.study._trial import TrialOutcome, TrialPlan
+from tests.study.study_runner import SPACE
+
+
+def _study(task: bstune.Task, **kw: Any) -> bstune.Study:
+    args: dict[str, Any] = dict(
+        n_trials=5, budget_samples=2000, seed=0, progress=False, n_evals=2, mode="baseline", pruner="none"
+    )
+    return bstune.Study(task, SPACE, **(args | kw))
+
+
+def test_the_best_mean_wins_over_the_best_single_seed() -> None:
+    lucky = Rescored(trial=0, seeds=[1, 2], values=[0.10, 0.20, 0.21], samples=10)  # best single value, mean 0.17
+    steady = Rescored(trial=1, seeds=[1, 2], values=[0.12, 0.12, 0.13], samples=10)  # mean 0.1233
+    broken = Rescored(trial=2, seeds=[1, 2], values=[0.05, None, 0.05], samples=10)  # failed at one seed
+    assert choose([lucky, steady, broken], "minimize") is steady
+    assert choose([lucky, steady, broken], "maximize") is lucky
+    assert steady.mean == pytest.approx(0.37 / 3)
+    assert steady.sem == pytest.approx(0.01 / 3)  # stdev 0.01/sqrt(3), over sqrt(3) seeds
+    assert broken.mean is None and choose([broken], "minimize") is None
+
+
+def test_rescore_seeds_are_deterministic_and_never_a_study_seed_nearby() -> None:
+    seeds = rescore_seeds(7, 3)
+    assert seeds == rescore_seeds(7, 3) and len(set(seeds)) == 3
+    assert not set(seeds) & set(range(0, 1000))  # far from the study seeds a user would pick
+
+
+def _fake_run_trial(by_lr: dict[float, float], calls: list[tuple[float, int]]) -> Any:
+    """A stand-in for training at a re-scoring seed: the value it returns depends on the trial's lr only."""
+
+    def run(task: bstune.Task, plan: TrialPlan, **_: Any) -> TrialOutcome:
+        calls.append((plan.config.lr, plan.config.seed))
+        return TrialOutcome(status="completed", value=by_lr[plan.config.lr], samples=100)
+
+    return run
+
+
+def test_study_recommends_the_candidate_whose_mean_over_seeds_is_best(
+    blob_task: bstune.Task, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = _study(blob_task, rescore_top=0).run()
+    ranked = sorted((t for t in plain.trials if t.status == "completed"), key=lambda t: t.value)  # type: ignore[arg-type, return-value]
+    first, second = ranked[0], ranked[1]
+    assert plain.best_trial == first.number and plain.rescored == [] and plain.samples_rescore == 0
+    # at the other seeds the runner-up is far better than the trial that won on its own seed
+    values = {t.lr: 1.0 for t in ranked} | {second.lr: second.value, first.lr: 5.0}
+    calls: list[tuple[float, int]] = []
+    monkeypatch.setattr(_rescore, "run_trial", _fake_run_trial(values, calls))  # type: ignore[arg-type]
+    result = _study(blob_task, rescore_top=2, rescore_seeds=2).run()
+    assert [r.trial for r in result.rescored] == [first.number, second.number]
+    assert result.best_trial == second.number
+    assert result.best_config["batch_size"] == second.batch_size and result.best_config["lr"] == second.lr
+    assert result.best_value == pytest.approx(second.value)  # its own value and two equal re-scores
+    assert sorted(calls) == sorted((t.lr, s) for t in (first, second) for s in rescore_seeds(0, 2))
+    assert result.samples_rescore == 4 * 100
+    assert result.samples_total == sum(t.samples for t in result.trials) + 400
+
+
+def test_resumed_study_keeps_its_rescores_and_result_json_round_trips(
+    blob_task: bstune.Task, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    calls: list[tuple[float, int]] = []
+    monkeypatch.setattr(_rescore, "run_trial", _fake_run_trial(_Always(0.5), calls))  # type: ignore[arg-type]
+    first = _study(blob_task, storage=storage).run()
+    assert len(calls) == 3 * 2 and len(first.rescored) == 3
+    again = _study(blob_task, storage=storage).run()  # nothing left to run: not re-scored twice
+    assert len(calls) == 6
+    assert [r.to_dict() for r in again.rescored] == [r.to_dict() for r in first.rescored]
+    loaded = StudyResult.from_dict(again.to_dict())
+    assert loaded.rescored == again.rescored and loaded.best_trial == again.best_trial
+    assert loaded.samples_total == again.samples_total
+    old = {k: v for k, v in again.to_dict().items() if k not in ("rescored", "best_trial", "samples_rescore")}
+    assert StudyResult.from_dict(old).rescored == []  # a result.json written before re-scoring existed
+
+
+class _Always(dict):  # type: ignore[type-arg]
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def __missing__(self, key: float) -> float:
+        return self.value
+
+
+@pytest.mark.parametrize(("field", "value"), [("rescore_top", -1), ("rescore_seeds", "2"), ("rescore_top", True)])
+def test_bad_rescore_settings_name_the_field(blob_task: bstune.Task, field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"{field}: must be a non-negative integer"):
+        _study(blob_task, **{field: value})
