@@ -159,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         for measure, value in mine.items():
             if measure in ("overhead", "ray"):
                 disk[measure] = value
+            elif measure == "efficiency":  # runs of other methods or seeds, measured before, are kept
+                for problem, res in value.items():
+                    old = disk.setdefault(measure, {}).get(problem)
+                    if old is not None and old.get("grid_best") == res["grid_best"]:
+                        res = efficiency.merged(old, res)
+                    disk[measure][problem] = res
             else:
                 disk.setdefault(measure, {}).update(value)
         disk["suite"] = args.suite
