@@ -214,6 +214,12 @@ def build_report(result: StudyResult, target: Mapping[str, Any] | None = None, *
     if memory is not None:
         data["memory"] = memory
     data["recommended"] = _recommend(result, fit)
+    by_number = {t.number: t for t in result.trials}
+    data["rescored"] = [  # the candidates the recommendation was chosen from, by their mean over seeds
+        r.to_dict() | {"batch_size": by_number[r.trial].batch_size, "lr": by_number[r.trial].lr}
+        for r in result.rescored
+        if r.trial in by_number
+    ]
     data["trials"] = [t.to_dict() for t in result.trials]
     return Report(clean_dict(data))
 
@@ -247,12 +253,6 @@ def _recommend(result: StudyResult, fit: CriticalBatchFit | None) -> dict[str, A
             f"{len(chosen.values)} seeds) of the {len(result.rescored)} best of {len(result.trials)} trials, "
             f"each trained again at {len(chosen.seeds)} more seeds; budget {result.budget_samples:,} samples a trial"
         )
-    by_number = {t.number: t for t in result.trials}
-    rec["rescored"] = [
-        r.to_dict() | {"batch_size": by_number[r.trial].batch_size, "lr": by_number[r.trial].lr}
-        for r in result.rescored
-        if r.trial in by_number
-    ]
     if fit is not None:
         b = int(best["batch_size"])
         rec["expected_steps_to_target"] = fit.predict_steps(b)

@@ -127,7 +127,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"| {t['number']} | {t['status']} | {t['batch_size']} | {_n(t['lr'], '.3g')} | "
             f"{_n(t['temperature'], '.3g')} | {_n(t['value'])} | {t['samples']:,} |"
         )
-    rescored = data.get("recommended", {}).get("rescored") or []
+    rescored = data.get("rescored") or []
     if rescored:
         out += [
             "",

@@ -144,8 +144,10 @@ def test_a_rescored_recommendation_says_so_with_its_spread(tmp_path: Path) -> No
     data = json.loads(Path(files["json"]).read_text())
     rec = data["recommended"]
     assert rec["why"].startswith("best mean val_loss (0.33 ± 0.017 standard error, over 3 seeds)")
-    assert [r["trial"] for r in rec["rescored"]] == [0, 1] and rec["rescored"][0]["batch_size"] == 16
+    assert [r["trial"] for r in data["rescored"]] == [0, 1] and data["rescored"][0]["batch_size"] == 16
+    assert "rescored" not in rec  # not a hyperparameter to train with
     assert data["study"]["samples_rescore"] == 800_000 == result.samples_rescore
     md = Path(files["md"]).read_text()
+    assert "values" not in md.split("## ")[1]  # the recommendation lists hyperparameters only
     assert "| 0 | 16 |" in md and "0.3, 0.36, 0.33 | 0.33 ± 0.017 |" in md
     assert "failed at a seed" in md and "re-scoring 800,000" in md
