@@ -82,8 +82,11 @@ def test_diverged_trials_are_recorded_and_teach_the_sampler_nothing(tmp_path: Pa
         assert t.user_attrs["config"]["lr"] == t.user_attrs["lr"] and t.user_attrs["batch_size"] >= 8
         assert 0 < t.user_attrs["samples"] < 1600 and t.user_attrs["message"]  # how far it got, and why it stopped
         assert all(math.isfinite(v) for v in t.intermediate_values.values())  # no inf/nan reached the pruner
-    assert result.best_value == min(t.value for t in completed)
-    assert result.best_config["lr"] in {t.user_attrs["lr"] for t in completed}
+    # the recommendation is a completed trial, and its value the mean over its re-scoring seeds
+    chosen = next(r for r in result.rescored if r.trial == result.best_trial)
+    assert result.best_trial in {t.number for t in completed} and chosen.complete
+    assert result.best_value == chosen.mean and all(v is not None and math.isfinite(v) for v in chosen.values)
+    assert result.best_config["lr"] == next(t.user_attrs["lr"] for t in completed if t.number == result.best_trial)
 
 
 @pytest.mark.slow
