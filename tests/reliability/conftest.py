@@ -28,12 +28,17 @@ def python_env() -> dict[str, str]:
     return os.environ | {"PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
 
 
-def start_worker(storage: str, n_trials: int, out: Path) -> subprocess.Popen[bytes]:
-    """A study process (:mod:`tests.reliability.worker`) on ``storage``; its stderr is kept for messages."""
+def start_worker(storage: str, n_trials: int, out: Path, gate: Path | None = None) -> subprocess.Popen[bytes]:
+    """A study process (:mod:`tests.reliability.worker`) on ``storage``; its stderr is kept for messages.
+
+    With ``gate``, the process imports and builds its task, writes ``<gate>.ready`` and
+    opens the study only once ``gate`` exists: a test can then make it open the study at
+    a chosen moment, whatever the machine's load does to interpreter start-up.
+    """
     return subprocess.Popen(
         [sys.executable, "-m", "tests.reliability.worker", storage, str(n_trials), str(out)],
         cwd=ROOT,
-        env=python_env(),
+        env=python_env() | ({"BSTUNE_TEST_GATE": str(gate)} if gate else {}),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -77,10 +77,15 @@ def test_resume_after_sigkill_keeps_every_finished_trial_and_reruns_none(storage
 def test_two_processes_on_one_file_lose_nothing_and_fail_nothing_of_each_other(
     storage_url: str, tmp_path: Path
 ) -> None:
+    # the second process opens the study while the first is inside a trial: the old resume failed that trial.
+    # It starts first and waits at a gate, so that its start-up (seconds on a loaded machine) cannot
+    # outlast the first process's ten trials.
+    gate = tmp_path / "gate"
+    second = start_worker(storage_url, 10, tmp_path / "b.json", gate=gate)
+    wait_for("the second process ready at its gate", lambda: Path(f"{gate}.ready").exists() or None, [second])
     first = start_worker(storage_url, 10, tmp_path / "a.json")
-    # the second process opens the study while the first is inside a trial: the old resume failed that trial
     wait_for("the first process inside a trial", lambda: in_trial(stored(storage_url), first.pid), [first])
-    second = start_worker(storage_url, 10, tmp_path / "b.json")
+    gate.touch()
     for proc in (first, second):
         assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
     a, b = finished_by(tmp_path / "a.json"), finished_by(tmp_path / "b.json")
@@ -96,9 +101,12 @@ def test_two_processes_on_one_file_lose_nothing_and_fail_nothing_of_each_other(
 
 
 def test_a_killed_peers_trial_is_taken_over_once_by_the_live_one(storage_url: str, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"  # as above: the victim's start-up must not outlast the survivor's twelve trials
+    victim = start_worker(storage_url, 12, tmp_path / "victim.json", gate=gate)
+    wait_for("the victim ready at its gate", lambda: Path(f"{gate}.ready").exists() or None, [victim])
     survivor = start_worker(storage_url, 12, tmp_path / "survivor.json")
     wait_for("the study to exist", lambda: stored(storage_url) or None, [survivor])
-    victim = start_worker(storage_url, 12, tmp_path / "victim.json")
+    gate.touch()
     running = wait_for("the second process inside a trial", lambda: in_trial(stored(storage_url), victim.pid), [victim])
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from optuna.trial import TrialState
@@ -42,9 +43,24 @@ def make_study(storage: str, n_trials: int) -> bstune.Study:
     )
 
 
+def wait_at_gate() -> None:
+    """With BSTUNE_TEST_GATE set: say ready (``<gate>.ready``), then wait until the gate file exists."""
+    gate = os.environ.get("BSTUNE_TEST_GATE")
+    if not gate:
+        return
+    Path(gate + ".ready").touch()
+    deadline = time.monotonic() + 600
+    while not Path(gate).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"worker {os.getpid()}: gate {gate} never opened")
+        time.sleep(0.05)
+
+
 def main(storage: str, n_trials: int, out: Path) -> None:
     logging.basicConfig(level=logging.WARNING, format=f"worker {os.getpid()}: %(levelname)s %(name)s: %(message)s")
-    result = make_study(storage, n_trials).run()
+    study = make_study(storage, n_trials)  # imports done and the task built: only the study is left to open
+    wait_at_gate()
+    result = study.run()
     assert result.optuna_study is not None
     mine = {
         t.number: [t.state.name, t.value]
