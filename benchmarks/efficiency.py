@@ -183,8 +183,14 @@ def run_ray_asha(problem: Problem, seed: int, n_trials: int) -> dict[str, Any]:
         root = str(Path(__file__).resolve().parents[1])
         os.environ["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")
         # address="local": always a fresh private cluster, never one that `ray start` left running here
+        # on 127.0.0.2, which Ray keeps (it swaps 127.0.0.1 for the host's outward address): loopback only
         ray.init(
-            address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            _node_ip_address="127.0.0.2",
         )
     every = -(-problem.budget // problem.n_evals)
     space = problem.space

@@ -112,7 +112,9 @@ def run(
         log.info("embedded: %.1f s for %d trials", wall, n_trials)
 
     t0 = time.perf_counter()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    # 127.0.0.2: Ray swaps 127.0.0.1 for the host's outward address; this keeps the nodes on loopback
+    node = {"num_cpus": 1, "node_ip_address": "127.0.0.2"}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
     startup = {"one node": time.perf_counter() - t0}
     try:
@@ -126,7 +128,7 @@ def run(
             for fn in pair if i % 2 == 0 else pair[::-1]:
                 fn()
         t0 = time.perf_counter()
-        cluster.add_node(num_cpus=1)
+        cluster.add_node(**node)
         cluster.wait_for_nodes()
         startup["second node"] = time.perf_counter() - t0
         ray_study("ray, 2 nodes")  # warm-up of the new node's workers

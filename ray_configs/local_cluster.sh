@@ -4,7 +4,7 @@
 #
 #   bash ray_configs/local_cluster.sh start     # head (1 CPU) + one worker node (1 CPU)
 #   bstune run examples/digits_mlp.py --space search_spaces/mlp_classifier.yaml \
-#       --backend ray --address 127.0.0.1:6380 --trials 8 --budget-samples 30000 --out runs/ray-digits
+#       --backend ray --address 127.0.0.2:6380 --trials 8 --budget-samples 30000 --out runs/ray-digits
 #   bstune submit examples/digits_mlp.py --space search_spaces/mlp_classifier.yaml --address http://127.0.0.1:8266
 #   bash ray_configs/local_cluster.sh stop
 #
@@ -12,8 +12,11 @@
 # default, so this is how many trials a node runs at once). The dashboard and the Jobs API
 # bind to 127.0.0.1 only; pass --dashboard-host 0.0.0.0 only behind a firewall.
 # Each node gets its own agent ports: the defaults collide when two nodes share a host.
+# The nodes use 127.0.0.2, not 127.0.0.1: Ray swaps 127.0.0.1 and localhost for the host's
+# outward address, and would then talk over the network interface; 127.0.0.2 is loopback too.
 set -euo pipefail
 
+NODE_IP=${NODE_IP:-127.0.0.2}
 PORT=${PORT:-6380}
 DASHBOARD_PORT=${DASHBOARD_PORT:-8266}
 CPUS_PER_NODE=${CPUS_PER_NODE:-1}
@@ -22,14 +25,14 @@ export RAY_USAGE_STATS_ENABLED=0
 
 case "${1:-start}" in
   start)
-    "$RAY" start --head --node-ip-address 127.0.0.1 --port "$PORT" --num-cpus "$CPUS_PER_NODE" \
+    "$RAY" start --head --node-ip-address "$NODE_IP" --port "$PORT" --num-cpus "$CPUS_PER_NODE" \
       --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
       --dashboard-agent-listen-port 52401 --dashboard-agent-grpc-port 52402 \
       --metrics-export-port 52403 --runtime-env-agent-port 52404
-    "$RAY" start --address "127.0.0.1:$PORT" --node-ip-address 127.0.0.1 --num-cpus "$CPUS_PER_NODE" \
+    "$RAY" start --address "$NODE_IP:$PORT" --node-ip-address "$NODE_IP" --num-cpus "$CPUS_PER_NODE" \
       --dashboard-agent-listen-port 52411 --dashboard-agent-grpc-port 52412 \
       --metrics-export-port 52413 --runtime-env-agent-port 52414
-    "$RAY" status --address "127.0.0.1:$PORT"
+    "$RAY" status --address "$NODE_IP:$PORT"
     ;;
   stop)
     "$RAY" stop  # stops every Ray process of this user on the machine

@@ -1,5 +1,8 @@
 """A real local Ray cluster on loopback: ``ray start --head`` plus a worker node (``ray start --address``).
 
+Every node, the dashboard and the Jobs API sit on loopback addresses (``NODE_IP``,
+127.0.0.1), so nothing of the cluster's traffic leaves through the network interface.
+
 Each node is a ``ray start --block`` process in its own session, so one node can be
 killed (its raylet and agents with it) while the other keeps running. The cluster
 is the test session's own: its ports are free ones, its temp dir is under pytest's,
@@ -26,6 +29,10 @@ import pytest
 pytest.importorskip("ray.tune", reason="the ray extra is not installed (pip install -e '.[ray]')")
 
 BIN = Path(sys.executable).parent
+# Every node's IP. Not 127.0.0.1: Ray swaps 127.0.0.1 and localhost for the host's outward
+# address (``services.resolve_ip_for_localhost``), so its processes would talk over the
+# network interface. Any other address of 127.0.0.0/8 is loopback too, and Ray keeps it.
+NODE_IP = "127.0.0.2"
 
 
 def free_port() -> int:
@@ -67,7 +74,7 @@ class Cluster:
     def start_worker(self) -> None:
         log = open(self.logs / f"worker{len(self.workers)}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [str(BIN / "ray"), "start", "--block", "--address", self.gcs, "--node-ip-address", "127.0.0.1",
+            [str(BIN / "ray"), "start", "--block", "--address", self.gcs, "--node-ip-address", NODE_IP,
              "--num-cpus", "1", "--object-store-memory", "100000000", "--disable-usage-stats", *node_ports()],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
@@ -135,14 +142,14 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     port, dash = free_port(), free_port()  # ephemeral ports: outside Ray's worker port range (10002-19999)
     env = cluster_env()
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", NODE_IP, "--port", str(port),
          "--num-cpus", "1", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
          "--dashboard-port", str(dash),
          "--object-store-memory", "200000000", "--temp-dir", str(Path("/tmp") / f"bstune-ray-{port}"),
          "--disable-usage-stats", *node_ports()],
         env=env, stdout=open(logs / "head.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
     )  # fmt: skip
-    cluster = Cluster(gcs=f"127.0.0.1:{port}", dashboard=f"http://127.0.0.1:{dash}", env=env, logs=logs, head=head)
+    cluster = Cluster(gcs=f"{NODE_IP}:{port}", dashboard=f"http://127.0.0.1:{dash}", env=env, logs=logs, head=head)
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ.update({k: env[k] for k in saved})  # for the Jobs API client in this process
     try:
