@@ -336,7 +336,8 @@ def train(
                 history.append(record)
                 if not math.isfinite(record.val_loss) or not math.isfinite(record.train_loss):
                     raise _Diverged(f"evaluation loss became non-finite at samples {run.samples}")
-                if callback is not None and _as_decision(callback(record)) == Decision.STOP:
+                stop = callback is not None and _as_decision(callback(record)) == Decision.STOP
+                if stop and milestone < config.max_samples:  # at the last milestone the run has completed
                     status, message = RunStatus.STOPPED, f"stopped by callback at milestone {milestone}"
                     break
         except _Diverged as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 
 import bstune
@@ -56,6 +57,21 @@ def test_pruners_compare_trials_at_equal_sample_milestones(blob_task: bstune.Tas
             assert 0 <= entry["samples"] - entry["milestone"] < record.batch_size  # type: ignore[operator]
         assert [round(h["milestone"] / every) for h in record.history] == steps
     assert any(t.status == "pruned" for t in res.trials) or len({t.batch_size for t in res.trials}) > 1
+
+
+class PruneEveryTrialAtTheEnd(optuna.pruners.BasePruner):
+    """Prunes any trial at its last step (4 of 4): what Hyperband's top rung may do to a finished trial."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.last_step is not None and trial.last_step >= 4
+
+
+def test_a_trial_that_spent_its_budget_completes_whatever_the_pruner_says(blob_task: bstune.Task) -> None:
+    # Hyperband's rung at n_evals used to prune trials that had trained for their whole budget:
+    # 1-4 of every 24 on the digits benchmark, full-budget results thrown out of the recommendation
+    res = _study(blob_task, mode="baseline", n_trials=3, pruner=PruneEveryTrialAtTheEnd(), rescore_top=0).run()
+    assert [t.status for t in res.trials] == ["completed"] * 3
+    assert all(t.samples >= 4000 and t.value is not None for t in res.trials)
 
 
 def test_journal_storage_and_settings_must_match_to_resume(blob_task: bstune.Task, tmp_path: Path) -> None:

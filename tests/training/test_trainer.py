@@ -104,6 +104,14 @@ def test_callback_can_stop_the_run(blob_task: bstune.Task) -> None:
     assert seen == [320, 640] and run.samples == 640
 
 
+def test_a_stop_at_the_last_milestone_leaves_the_run_completed(blob_task: bstune.Task) -> None:
+    # a run that has spent its budget is complete: the callback's STOP comes too late to save anything
+    config = bstune.TrainConfig(batch_size=32, lr=0.1, max_samples=960, eval_every_samples=320)
+    run = bstune.train(blob_task, config, lambda r: Decision.STOP if r.milestone == 960 else Decision.CONTINUE)
+    assert run.status is RunStatus.COMPLETED and run.samples == 960
+    assert [r.milestone for r in run.history] == [320, 640, 960]
+
+
 def test_tracked_noise_scale_matches_the_exact_value_at_fixed_parameters(blob_task: bstune.Task) -> None:
     """With a learning rate of ~0 the parameters stay put, so every step measures the same B_simple."""
     cfg = bstune.TrainConfig(
