@@ -24,7 +24,7 @@ def _k(x: float | None) -> str:
 
 def _reused(s: dict[str, Any]) -> str:
     n = s.get("sweep_cells_reused", 0)
-    return f" (+{n} cells kept from an earlier, smaller grid)" if n else ""
+    return f" (+{n} runs kept from an earlier grid or seed set)" if n else ""
 
 
 def _prov(p: dict[str, Any] | None) -> str:

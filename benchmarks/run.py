@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import json
 import logging
 import math
@@ -154,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
     def save() -> None:
-        # re-read first: measures run in separate processes share the file
+        # re-read first, under a lock: measures run in separate processes, at the same time too, share the file
+        with open(json_path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merge_into_file()
+
+    def merge_into_file() -> None:
         disk = json.loads(json_path.read_text()) if json_path.exists() else {}
         for measure, value in mine.items():
             if measure in ("overhead", "ray"):

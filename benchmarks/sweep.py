@@ -19,7 +19,7 @@ same (B, η, seed) sees exactly the same numbers.
   lower bounds, left out of the fit.
 
 Sweeps are cached per problem in ``results/sweeps/<problem>[_quick].json`` and reused while
-their settings match.
+their settings match; when only the grid or the seeds change, the runs already made are kept.
 """
 
 from __future__ import annotations
@@ -91,21 +91,26 @@ def load_or_run(problem: Problem, suite: str, out_dir: Path) -> dict[str, Any]:
         if cached.get("spec") == spec:
             log.info("sweep %s: read from %s", problem.name, path)
             return cached | {"from_cache": True}
-        same = ("problem", "seeds", "budget_samples", "n_evals", "eval_factor", "train_kwargs")
-        if all(cached.get("spec", {}).get(k) == spec[k] for k in same):  # only the grid grew or shrank
+        same = ("problem", "budget_samples", "n_evals", "eval_factor", "train_kwargs")
+        if all(cached.get("spec", {}).get(k) == spec[k] for k in same):  # only the grid or the seeds changed
             reuse = {(c["batch_size"], c["lr"]): c["runs"] for c in cached["cells"]}
     started = time.perf_counter()
     cells = []
     n = len(spec["batch_sizes"]) * len(spec["lrs"])
+    kept = 0  # (cell, seed) runs taken from the cache: runs are deterministic for a seed
     for batch in spec["batch_sizes"]:
         for lr in spec["lrs"]:
-            runs = reuse.get((batch, lr)) or {
-                str(s): run_cell(problem, batch, lr, s, problem.n_evals * 2) for s in spec["seeds"]
-            }
+            old = reuse.get((batch, lr), {})
+            runs = {}
+            for s in map(str, spec["seeds"]):
+                if s in old:
+                    runs[s], kept = old[s], kept + 1
+                else:
+                    runs[s] = run_cell(problem, batch, lr, int(s), problem.n_evals * 2)
             cells.append({"batch_size": batch, "lr": lr, "runs": runs})
             log.debug("sweep %s %d/%d B=%d lr=%.3g", problem.name, len(cells), n, batch, lr)
-    # wall_s: this invocation only (cells reused from an earlier, smaller grid cost nothing here)
-    out = {"spec": spec, "cells": cells, "wall_s": time.perf_counter() - started, "date": _now(), "reused": len(reuse)}
+    # wall_s: this invocation only (runs kept from an earlier grid or seed set cost nothing here)
+    out = {"spec": spec, "cells": cells, "wall_s": time.perf_counter() - started, "date": _now(), "reused": kept}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, allow_nan=True) + "\n")
     log.info("sweep %s: %d cells x %d seeds in %.0fs", problem.name, n, len(spec["seeds"]), out["wall_s"])
