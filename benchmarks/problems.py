@@ -196,7 +196,7 @@ PROBLEMS: dict[str, Problem] = {
         budget=18_000,
         sweep_batches={"quick": [4, 64, 1024], "full": _pow2(2, 2048)},
         sweep_lrs={"quick": _log_grid(1e-3, 0.1, 1), "full": _log_grid(1e-3, 1.0, 4)},
-        sweep_seeds={"quick": EVAL_SEEDS[:1], "full": EVAL_SEEDS[:1]},
+        sweep_seeds={"quick": EVAL_SEEDS[:1], "full": EVAL_SEEDS},
         noise_config=(16, 0.01),
         note=f"d={LINREG_D}, σ={LINREG_SIGMA}, {LINREG_N} training examples",
     ),
