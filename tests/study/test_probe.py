@@ -7,7 +7,7 @@ import torch
 
 import bstune
 from bstune.study import ProbeResult, ProbeSettings, lr_range_test, run_probe
-from bstune.study._probe import _ladder, measure_throughput
+from bstune.study._probe import _ladder, large_batch_sweep, measure_throughput
 
 
 def _regression(n: int = 4000, d: int = 8, seed: int = 0) -> bstune.Task:
@@ -78,6 +78,38 @@ def test_probe_measures_the_noise_scale_of_linear_regression() -> None:
     assert probe.samples_used >= 4000 + 20 * probe.batch_size
     assert ProbeResult.from_dict(probe.to_dict()) == probe
     assert probe.lr_probe == pytest.approx(0.25 * probe.lr_ceiling)
+
+
+def test_large_batch_sweep_starts_a_decade_below_the_first_ceiling_at_the_same_resolution() -> None:
+    ratio = (10.0 / 1e-3) ** (1 / 39)  # the first test: 40 steps over four decades
+    start, steps = large_batch_sweep(0.5, 1e-3, 10.0, 40)
+    assert start == pytest.approx(0.05)
+    assert start * ratio ** (steps - 1) >= 10.0 > start * ratio ** (steps - 2)  # reaches lr_max, one step no sooner
+    assert large_batch_sweep(5e-3, 1e-3, 10.0, 40) == (1e-3, 40)  # never below the space, never more steps
+    start, steps = large_batch_sweep(10.0, 1e-3, 10.0, 40)  # a ceiling at the top of the space: its last decade
+    assert start == pytest.approx(1.0) and steps == 11
+
+
+def test_the_shortened_large_batch_test_finds_the_same_ceiling_as_a_full_sweep() -> None:
+    """A larger batch only raises the ceiling, so starting a decade below the first one loses nothing."""
+    task = _regression()
+    probe = run_probe(
+        task,
+        ProbeSettings(lr_steps=40, train_samples=2000, throughput_steps=2, throughput_batches=(8,)),
+        batch_min=8,
+        batch_max=2048,
+        lr_min=1e-3,
+        lr_max=10.0,
+        seed=0,
+        device="cpu",
+    )
+    full, curve = lr_range_test(
+        task, probe.large_batch, 1e-3, 10.0, 40, momentum=None, seed=0, device=torch.device("cpu")
+    )
+    assert probe.lr_ceiling_large == pytest.approx(full, rel=0.35)  # within about a step of the full sweep
+    assert 0.5 <= probe.lr_ceiling_large <= 5.0  # and near this quadratic's stability edge (1 for full batch)
+    start, steps = large_batch_sweep(probe.lr_ceiling, 1e-3, 10.0, 40)
+    assert start > 1e-3 and steps < len(curve)  # at fewer samples
 
 
 def _trained_like_probe(task: bstune.Task, probe: ProbeResult) -> torch.nn.Module:
