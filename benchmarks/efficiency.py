@@ -397,7 +397,11 @@ def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     methods = [*old["methods"], *(m for m in new["methods"] if m not in old["methods"])]
     seeds = sorted({*old["seeds"], *new["seeds"]})
     ordered = [runs[(m, sd)] for sd in seeds for m in methods if (m, sd) in runs]
-    earlier = [*old.get("earlier_provenance", []), *([old["provenance"]] if old.get("provenance") else [])]
+    # earlier runs' provenance, each once and never this run's own (a process merges at every save)
+    earlier: list[dict[str, Any]] = []
+    for prov in [*old.get("earlier_provenance", []), *([old["provenance"]] if old.get("provenance") else [])]:
+        if prov not in earlier and prov != new.get("provenance"):
+            earlier.append(prov)
     return new | {
         "runs": ordered,
         "methods": methods,
