@@ -600,6 +600,7 @@ def write(data: dict[str, Any], md: Path, out: Path) -> None:
     h_bc = _bcrit_section(data, body)
     _overhead_section(data, body)
     h_ray = _ray_section(data, body)
+    swept = list(data.get("sweep", {}))
     not_run = [
         f"- Tuning efficiency on {p}: not run within this run's compute budget (2 shared CPU cores); "
         f"its sweep and the other measures are above. Its sweep has {len(sw['spec']['seeds'])} seed(s); a "
@@ -608,6 +609,28 @@ def write(data: dict[str, Any], md: Path, out: Path) -> None:
         for p, sw in data.get("sweep", {}).items()
         if p not in data.get("efficiency", {})
     ]
+    not_run += [
+        f"- {label} on {p}: not run (`python -m benchmarks.run --suite {data.get('suite')} --measures {m} "
+        f"--problems {p}`)."
+        for m, label in (("noise", "Noise-scale accuracy"), ("bcrit", "B_crit prediction"))
+        for p in swept
+        if p not in data.get(m, {})
+    ]
+    noisy = {
+        p: sw["analysis"]["seed_cv_near_best"]
+        for p, sw in data.get("sweep", {}).items()
+        if (sw["analysis"].get("seed_cv_near_best") or 0) > 0.02
+    }
+    limits = [
+        "- Not measurable on this machine: GPU throughput, one trial per GPU and AMP on CUDA (no GPU here; "
+        "the CUDA paths are tested on the CPU)."
+    ]
+    if noisy:
+        limits.append(
+            "- A ground truth that resolves 2% on "
+            + ", ".join(f"{p} (one seed moves a near-best config by {cv:.1%})" for p, cv in noisy.items())
+            + ": the standard error of a mean falls only as 1/√seeds, so it would need tens of seeds per cell."
+        )
     lines = [
         f"# bstune benchmarks ({data.get('suite', '?')} suite)",
         "",
@@ -627,10 +650,8 @@ def write(data: dict[str, Any], md: Path, out: Path) -> None:
         *body,
         "## Not done",
         "",
-        *(not_run or ["- Every measure above ran on every problem of the suite (sections 5 and 6 on the digits MLP only)."]),
-        "- Not measurable on this machine: GPU throughput, one trial per GPU and AMP on CUDA (no GPU here; the "
-        "CUDA paths are tested on the CPU). A ground truth that resolves 2% on the digits problems: their "
-        "objective moves 9-35% from seed to seed (section 1), so it would need tens of seeds per cell.",
+        *(not_run or ["- Tuning efficiency, noise-scale accuracy and B_crit prediction ran on every swept problem."]),
+        *limits,
         "",
     ]
     md.write_text("\n".join(lines) + "\n")

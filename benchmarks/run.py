@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
     def save() -> None:
-        # re-read first, under a lock: measures run in separate processes, at the same time too, share the file
+        # re-read first, under a lock: measures run in separate processes share this file, and two may save at
+        # once (the sweep and evaluation caches are per problem and unlocked: run one process per problem)
         with open(json_path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             merge_into_file()

@@ -13,10 +13,12 @@
 # bind to 127.0.0.1 only; pass --dashboard-host 0.0.0.0 only behind a firewall.
 # Each node gets its own agent ports: the defaults collide when two nodes share a host.
 # The nodes use 127.0.0.2, not 127.0.0.1: Ray swaps 127.0.0.1 and localhost for the host's
-# outward address, and would then talk over the network interface; 127.0.0.2 is loopback too.
+# outward address, and would then talk over the network interface; 127.0.0.2 is loopback too
+# on Linux (on macOS add it first: sudo ifconfig lo0 alias 127.0.0.2). Ray's GCS and raylets
+# still listen on every interface, as Ray does; firewall their ports on a shared host.
 set -euo pipefail
 
-NODE_IP=${NODE_IP:-127.0.0.2}
+NODE_IP=${BSTUNE_NODE_IP:-127.0.0.2}
 PORT=${PORT:-6380}
 DASHBOARD_PORT=${DASHBOARD_PORT:-8266}
 CPUS_PER_NODE=${CPUS_PER_NODE:-1}

@@ -205,6 +205,9 @@ def run_probe(
                 task, big, start, lr_max, steps, momentum=None, seed=seed, device=dev
             )
             samples += len(curve_big) * big
+            # a larger batch only raises the ceiling; a test that blew up sooner from its higher start
+            # must not cap the rule below what the small batch already bore
+            ceiling_big = max(ceiling_big, ceiling)
         except torch.OutOfMemoryError:
             cap, big = max(batch_min, big // 2), batch
             logger.warning("probe: batch size %d ran out of memory; the search stays at or below %d", 2 * cap, cap)

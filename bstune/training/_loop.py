@@ -36,7 +36,8 @@ __all__ = ["Callback", "train"]
 logger = logging.getLogger(__name__)
 
 Callback = Callable[[EvalRecord], "Decision | bool | None"]
-"""Called after every evaluation; returning ``Decision.STOP`` (or ``True``) ends the run."""
+"""Called after every evaluation; returning ``Decision.STOP`` (or ``True``) ends the run
+(status ``stopped``), except at the last milestone, where the run has completed anyway."""
 
 _EVAL_SUBSET_SEED = 20180614  # same training subset for every run, so train losses compare
 
@@ -283,7 +284,9 @@ def train(
         task: the problem.
         config: batch size, learning rate, budget in samples, schedule, device...
         callback: called with each :class:`EvalRecord`; return ``Decision.STOP`` to
-            end the run early (status ``stopped``), e.g. when a pruner says so.
+            end the run early (status ``stopped``), e.g. when a pruner says so. A STOP
+            at the last milestone changes nothing: the run has spent its budget and
+            ends ``completed``.
         model: start from this model instead of a fresh one (it is trained in place).
 
     Returns:

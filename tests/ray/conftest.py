@@ -1,7 +1,8 @@
 """A real local Ray cluster on loopback: ``ray start --head`` plus a worker node (``ray start --address``).
 
-Every node, the dashboard and the Jobs API sit on loopback addresses (``NODE_IP``,
-127.0.0.1), so nothing of the cluster's traffic leaves through the network interface.
+Every node, the dashboard and the Jobs API use loopback addresses (``NODE_IP``,
+127.0.0.1), so none of the cluster's traffic goes through the network interface (Ray's
+GCS and raylets still listen on every interface, as Ray does).
 
 Each node is a ``ray start --block`` process in its own session, so one node can be
 killed (its raylet and agents with it) while the other keeps running. The cluster

@@ -28,17 +28,22 @@ def python_env() -> dict[str, str]:
     return os.environ | {"PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
 
 
-def start_worker(storage: str, n_trials: int, out: Path, gate: Path | None = None) -> subprocess.Popen[bytes]:
+def start_worker(
+    storage: str, n_trials: int, out: Path, gate: Path | None = None, budget: int | None = None
+) -> subprocess.Popen[bytes]:
     """A study process (:mod:`tests.reliability.worker`) on ``storage``; its stderr is kept for messages.
 
     With ``gate``, the process imports and builds its task, writes ``<gate>.ready`` and
     opens the study only once ``gate`` exists: a test can then make it open the study at
-    a chosen moment, whatever the machine's load does to interpreter start-up.
+    a chosen moment, whatever the machine's load does to interpreter start-up. ``budget``
+    sets the samples of a trial (default 4000).
     """
     return subprocess.Popen(
         [sys.executable, "-m", "tests.reliability.worker", storage, str(n_trials), str(out)],
         cwd=ROOT,
-        env=python_env() | ({"BSTUNE_TEST_GATE": str(gate)} if gate else {}),
+        env=python_env()
+        | ({"BSTUNE_TEST_GATE": str(gate)} if gate else {})
+        | ({"BSTUNE_TEST_BUDGET": str(budget)} if budget else {}),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

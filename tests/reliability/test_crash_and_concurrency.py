@@ -46,7 +46,8 @@ def finished_by(out: Path) -> dict[int, list[Any]]:
 
 
 def test_resume_after_sigkill_keeps_every_finished_trial_and_reruns_none(storage_url: str, tmp_path: Path) -> None:
-    proc = start_worker(storage_url, 8, tmp_path / "w.json")
+    # trials of 12,000 samples (a second or more): the poll below must catch one running, not race it
+    proc = start_worker(storage_url, 8, tmp_path / "w.json", budget=12_000)
 
     def killable() -> FrozenTrial | None:
         trials = stored(storage_url)
@@ -60,7 +61,7 @@ def test_resume_after_sigkill_keeps_every_finished_trial_and_reruns_none(storage
     before = {t.number: (t.state, t.value, t.params) for t in stored(storage_url) if t.state.is_finished()}
     assert len(before) >= 3 and victim.number not in before
 
-    result = make_study(storage_url, 8).run()  # the resume, in this process
+    result = make_study(storage_url, 8, budget_samples=12_000).run()  # the resume, in this process
     trials = {t.number: t for t in stored(storage_url)}
     for number, (state, value, params) in before.items():  # every finished trial kept as it was, none re-run
         assert (trials[number].state, trials[number].value, trials[number].params) == (state, value, params)
@@ -82,9 +83,13 @@ def test_two_processes_on_one_file_lose_nothing_and_fail_nothing_of_each_other(
     # outlast the first process's ten trials.
     gate = tmp_path / "gate"
     second = start_worker(storage_url, 10, tmp_path / "b.json", gate=gate)
-    wait_for("the second process ready at its gate", lambda: Path(f"{gate}.ready").exists() or None, [second])
-    first = start_worker(storage_url, 10, tmp_path / "a.json")
-    wait_for("the first process inside a trial", lambda: in_trial(stored(storage_url), first.pid), [first])
+    try:
+        wait_for("the second process ready at its gate", lambda: Path(f"{gate}.ready").exists() or None, [second])
+        first = start_worker(storage_url, 10, tmp_path / "a.json")
+        wait_for("the first process inside a trial", lambda: in_trial(stored(storage_url), first.pid), [first])
+    except BaseException:
+        second.kill()  # a failed wait must not leave it polling its gate after the test
+        raise
     gate.touch()
     for proc in (first, second):
         assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
@@ -103,9 +108,13 @@ def test_two_processes_on_one_file_lose_nothing_and_fail_nothing_of_each_other(
 def test_a_killed_peers_trial_is_taken_over_once_by_the_live_one(storage_url: str, tmp_path: Path) -> None:
     gate = tmp_path / "gate"  # as above: the victim's start-up must not outlast the survivor's twelve trials
     victim = start_worker(storage_url, 12, tmp_path / "victim.json", gate=gate)
-    wait_for("the victim ready at its gate", lambda: Path(f"{gate}.ready").exists() or None, [victim])
-    survivor = start_worker(storage_url, 12, tmp_path / "survivor.json")
-    wait_for("the study to exist", lambda: stored(storage_url) or None, [survivor])
+    try:
+        wait_for("the victim ready at its gate", lambda: Path(f"{gate}.ready").exists() or None, [victim])
+        survivor = start_worker(storage_url, 12, tmp_path / "survivor.json")
+        wait_for("the study to exist", lambda: stored(storage_url) or None, [survivor])
+    except BaseException:
+        victim.kill()
+        raise
     gate.touch()
     running = wait_for("the second process inside a trial", lambda: in_trial(stored(storage_url), victim.pid), [victim])
     os.kill(victim.pid, signal.SIGKILL)

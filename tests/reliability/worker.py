@@ -27,13 +27,15 @@ SPACE = {"name": "blobs", "batch_size": {"min": 16, "max": 128}, "lr": {"min": 1
 NAME = "bstune-blobs"
 
 
-def make_study(storage: str, n_trials: int) -> bstune.Study:
-    """The study every worker runs: baseline mode (no probe), no pruning, 4000 samples a trial."""
+def make_study(storage: str, n_trials: int, budget_samples: int | None = None) -> bstune.Study:
+    """The study every worker runs: baseline mode (no probe), no pruning, 4000 samples a trial
+    (``budget_samples``, or BSTUNE_TEST_BUDGET in a worker process)."""
+    budget = budget_samples or int(os.environ.get("BSTUNE_TEST_BUDGET", "4000"))
     return bstune.Study(
         make_task(),
         SPACE,
         n_trials=n_trials,
-        budget_samples=4000,
+        budget_samples=budget,
         seed=0,
         storage=storage,
         mode="baseline",

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import bstune
+import bstune.study._probe as probe_module
 from bstune.study import ProbeResult, ProbeSettings, lr_range_test, run_probe
 from bstune.study._probe import _ladder, large_batch_sweep, measure_throughput
 
@@ -110,6 +111,32 @@ def test_the_shortened_large_batch_test_finds_the_same_ceiling_as_a_full_sweep()
     assert 0.5 <= probe.lr_ceiling_large <= 5.0  # and near this quadratic's stability edge (1 for full batch)
     start, steps = large_batch_sweep(probe.lr_ceiling, 1e-3, 10.0, 40)
     assert start > 1e-3 and steps < len(curve)  # at fewer samples
+    assert probe.lr_ceiling_large >= probe.lr_ceiling  # never below what the small batch bore
+
+
+def test_the_probe_starts_its_large_batch_test_a_decade_below_the_first_ceiling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[int, float, int]] = []  # (batch, first lr, steps) of each range test
+
+    def recording(task: bstune.Task, batch: int, lr_min: float, lr_max: float, steps: int, **kw: object) -> object:
+        calls.append((batch, lr_min, steps))
+        return lr_range_test(task, batch, lr_min, lr_max, steps, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(probe_module, "lr_range_test", recording)
+    probe = run_probe(
+        _regression(),
+        ProbeSettings(lr_steps=40, train_samples=2000, throughput_steps=2, throughput_batches=(8,)),
+        batch_min=8,
+        batch_max=2048,
+        lr_min=1e-3,
+        lr_max=10.0,
+        seed=0,
+        device="cpu",
+    )
+    (small, _, n_small), (big, start, n_big) = calls
+    assert (small, big) == (probe.batch_size, probe.large_batch) and n_small == 40
+    assert start == pytest.approx(probe.lr_ceiling / 10) and n_big < n_small
 
 
 def _trained_like_probe(task: bstune.Task, probe: ProbeResult) -> torch.nn.Module:
