@@ -91,10 +91,9 @@ def test_large_batch_sweep_starts_a_decade_below_the_first_ceiling_at_the_same_r
     assert start == pytest.approx(1.0) and steps == 11
 
 
-def test_the_shortened_large_batch_test_finds_the_same_ceiling_as_a_full_sweep() -> None:
-    """A larger batch only raises the ceiling, so starting a decade below the first one loses nothing."""
-    task = _regression()
-    probe = run_probe(
+def _range_probe(task: bstune.Task) -> ProbeResult:
+    """A probe whose range tests run 40 steps over lr 1e-3..10 (the rest kept small)."""
+    return run_probe(
         task,
         ProbeSettings(lr_steps=40, train_samples=2000, throughput_steps=2, throughput_batches=(8,)),
         batch_min=8,
@@ -104,6 +103,12 @@ def test_the_shortened_large_batch_test_finds_the_same_ceiling_as_a_full_sweep()
         seed=0,
         device="cpu",
     )
+
+
+def test_the_shortened_large_batch_test_finds_the_same_ceiling_as_a_full_sweep() -> None:
+    """A larger batch only raises the ceiling, so starting a decade below the first one loses nothing."""
+    task = _regression()
+    probe = _range_probe(task)
     full, curve = lr_range_test(
         task, probe.large_batch, 1e-3, 10.0, 40, momentum=None, seed=0, device=torch.device("cpu")
     )
@@ -124,16 +129,7 @@ def test_the_probe_starts_its_large_batch_test_a_decade_below_the_first_ceiling(
         return lr_range_test(task, batch, lr_min, lr_max, steps, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(probe_module, "lr_range_test", recording)
-    probe = run_probe(
-        _regression(),
-        ProbeSettings(lr_steps=40, train_samples=2000, throughput_steps=2, throughput_batches=(8,)),
-        batch_min=8,
-        batch_max=2048,
-        lr_min=1e-3,
-        lr_max=10.0,
-        seed=0,
-        device="cpu",
-    )
+    probe = _range_probe(_regression())
     (small, _, n_small), (big, start, n_big) = calls
     assert (small, big) == (probe.batch_size, probe.large_batch) and n_small == 40
     assert start == pytest.approx(probe.lr_ceiling / 10) and n_big < n_small
