@@ -82,8 +82,8 @@ class Study:
             ``"median"``, FIFO (no early stopping) for ``"none"``.
         n_evals: evaluations (and pruning decisions) per full trial; the default 9 puts
             Hyperband's rungs (1, 3, 9 with reduction factor 3) at a ninth, a third and
-            the end of the budget. The pruner is not asked at the last milestone: a trial
-            that has spent its whole budget completes.
+            the end of the budget. A stop at the last milestone is ignored (the trainer
+            treats it so): a trial that has spent its whole budget completes.
         objective: the record field to optimise: ``"val_loss"`` (default), ``"train_loss"``
             or a metric such as ``"val_accuracy"``.
         direction: ``"minimize"`` or ``"maximize"``.
@@ -343,8 +343,6 @@ class Study:
 
         def on_milestone(index: int, value: float, record: EvalRecord) -> Decision:
             trial.report(value, index)
-            if record.milestone >= self.budget_samples:  # the budget is spent: pruning now only discards a result
-                return Decision.CONTINUE
             return Decision.STOP if trial.should_prune() else Decision.CONTINUE
 
         outcome = run_trial(
