@@ -16,22 +16,16 @@ which file or option is wrong and why).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 from bstune import __version__
-from bstune._loading import load_task
+from bstune import _commands as commands
 from bstune.errors import BstuneError, ConfigError
-from bstune.study._summary import format_summary
 
 __all__ = ["main"]
-
-logger = logging.getLogger("bstune.cli")
 
 
 def _positive_int(text: str) -> int:
@@ -54,83 +48,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _write_json(out: str | None, name: str, data: dict[str, Any]) -> None:
-    if out is None:
-        return
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    logger.info("wrote %s", path)
-
-
-def _cmd_noise(args: argparse.Namespace) -> int:
-    import bstune
-
-    task = load_task(args.script)
-    model = None
-    trained: dict[str, Any] | None = None
-    if args.train_samples:
-        cfg = bstune.TrainConfig(
-            batch_size=args.train_batch_size,
-            lr=args.lr,
-            max_samples=args.train_samples,
-            seed=args.seed,
-            device=args.device,
-        )
-        run = bstune.train(task, cfg)
-        if run.status is not bstune.RunStatus.COMPLETED:
-            print(f"bstune: the warm-up training run ended {run.status.value}: {run.message}", file=sys.stderr)
-            return 1
-        model, trained = run.model, run.to_dict()
-    est = bstune.measure_noise_scale(
-        task,
-        model,
-        batch_size=args.batch_size,
-        method=args.method,
-        rel_precision=args.rel_precision,
-        max_samples=args.max_samples,
-        confidence=args.confidence,
-        seed=args.seed,
-        device=None if args.device == "auto" else args.device,
-    )
-    print(est)
-    _write_json(args.out, "noise_scale.json", {"estimate": est.to_dict(), "warmup_run": trained})
-    return 0
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    import bstune
-
-    task = load_task(args.script)
-    cfg = bstune.TrainConfig(
-        batch_size=args.batch_size,
-        lr=args.lr,
-        max_samples=args.max_samples,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        warmup_samples=args.warmup_samples,
-        schedule=args.schedule,
-        eval_every_samples=args.eval_every,
-        seed=args.seed,
-        device=args.device,
-        micro_batch_size=args.micro_batch_size,
-        amp=args.amp,
-        track_noise=args.track_noise,
-    )
-    run = bstune.train(task, cfg)
-    print(f"{'samples':>10} {'train_loss':>11} {'val_loss':>9} {'gap':>8}  {'B_simple (90% CI)':<28}")
-    for r in run.history:
-        noise = f"{r.noise.b_simple:.4g} ({r.noise.ci[0]:.3g} .. {r.noise.ci[1]:.3g})" if r.noise else ""
-        print(f"{r.milestone:>10} {r.train_loss:>11.4f} {r.val_loss:>9.4f} {r.gap:>8.4f}  {noise:<28}")
-    print(
-        f"status: {run.status.value}  steps: {run.steps}  samples: {run.samples}  "
-        f"throughput: {run.throughput:.0f} samples/s  {run.message}"
-    )
-    _write_json(args.out, "train.json", run.to_dict())
-    return 0 if run.status is bstune.RunStatus.COMPLETED else 1
-
-
 def _resources(text: str) -> dict[str, float]:
     """``gpu=1,cpu=2`` -> ``{"gpu": 1.0, "cpu": 2.0}``."""
     out: dict[str, float] = {}
@@ -143,202 +60,6 @@ def _resources(text: str) -> dict[str, float]:
         if not sep:
             raise argparse.ArgumentTypeError(f"expected NAME=AMOUNT[,NAME=AMOUNT], got {part!r}")
     return out
-
-
-def _ray_storage(args: argparse.Namespace, name: str) -> str | None:
-    """Where the Ray backend keeps the experiment; refuses to mix up a new and an old study."""
-    from bstune.study._ray import RaySettings
-
-    if args.storage is not None:
-        raise ConfigError(
-            "the Ray backend keeps its trials under --out (OUT/ray); leave --storage unset", source="--storage"
-        )
-    path = str(Path(args.out) / "ray") if args.out else None
-    exists = RaySettings(storage_path=path).experiment_dir(name).is_dir()
-    if exists and not args.resume:
-        raise ConfigError(
-            f"already holds study {name!r}; pass --resume to continue it, or choose another --out",
-            source=path or "~/ray_results",
-        )
-    if args.resume and not exists:
-        raise ConfigError(f"holds no study {name!r} to resume", source=path or "~/ray_results")
-    return path
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    import optuna
-
-    if args.out:
-        args.out = str(Path(args.out).expanduser().absolute())
-    task = load_task(args.script)
-    name = args.study_name or f"bstune-{task.name}"
-    storage = None
-    storage_path = None
-    if args.backend == "ray":
-        storage_path = _ray_storage(args, name)
-    else:
-        storage = args.storage or (f"sqlite:///{Path(args.out) / 'study.db'}" if args.out else None)
-    if storage is not None:
-        from bstune.study import open_storage
-
-        opened = open_storage(storage)
-        names = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(opened)}  # type: ignore[arg-type]
-        if name in names and names[name] and not args.resume:
-            raise ConfigError(
-                f"already holds study {name!r} with {names[name]} trials; pass --resume to continue "
-                "it, or choose another --out/--storage",
-                source=storage,
-            )
-        if args.resume and name not in names:
-            raise ConfigError(f"holds no study {name!r} to resume", source=storage)
-    from bstune.study import Study
-
-    study = Study(
-        task,
-        args.space,
-        n_trials=args.trials,
-        budget_samples=args.budget_samples,
-        seed=args.seed,
-        storage=storage,
-        study_name=name,
-        mode=args.mode,
-        pruner=args.pruner,
-        rescore_top=args.rescore_top,
-        rescore_seeds=args.rescore_seeds,
-        device=args.device,
-        progress=not args.no_progress,
-        **(
-            {
-                "backend": "ray",
-                "address": args.address,
-                "resources_per_trial": args.resources,
-                "max_concurrent": args.max_concurrent,
-                "storage_path": storage_path,
-                "max_failures": args.max_failures,
-            }
-            if args.backend == "ray"
-            else {}
-        ),
-    )
-    result = study.run()
-    data = result.to_dict()
-    print(format_summary(data))
-    if args.out:
-        path = result.save(args.out)
-        where = storage or storage_path
-        print(f"wrote {path}" + (f"; the trials are in {where}" if where else ""))
-    if args.print_result:
-        from bstune.jobs import RESULT_BEGIN, RESULT_END
-
-        print(RESULT_BEGIN)
-        print(json.dumps(data, allow_nan=False))
-        print(RESULT_END, flush=True)
-    return 0
-
-
-def _cmd_submit(args: argparse.Namespace) -> int:
-    from bstune.jobs import submit
-
-    job_id = submit(
-        args.script,
-        space=args.space,
-        address=args.address,
-        n_trials=args.trials,
-        budget_samples=args.budget_samples,
-        seed=args.seed,
-        mode=args.mode,
-        resources_per_trial=args.resources,
-        max_concurrent=args.max_concurrent,
-        python=args.python,
-    )
-    print(job_id)
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    from bstune.jobs import status
-
-    print(status(args.job_id, address=args.address))
-    return 0
-
-
-def _cmd_fetch(args: argparse.Namespace) -> int:
-    from bstune.jobs import fetch_report
-
-    folder = fetch_report(args.job_id, args.out, address=args.address)
-    print(f"wrote {folder / 'result.json'} and the report; see {folder / 'report.md'}")
-    return 0
-
-
-def _cmd_probe(args: argparse.Namespace) -> int:
-    from bstune.space import SearchSpace
-    from bstune.study import Prior, ProbeSettings, run_probe
-
-    task = load_task(args.script)
-    space = SearchSpace.coerce(args.space)
-    cap = min(space.batch_max or task.n_train, task.n_train)
-    probe = run_probe(
-        task,
-        ProbeSettings(),
-        batch_min=space.batch_min,
-        batch_max=cap,
-        lr_min=space.lr_min,
-        lr_max=space.lr_max,
-        batch_round=space.prior.batch_round,
-        seed=args.seed,
-        device=args.device,
-    )
-    prior = Prior.from_probe(
-        probe,
-        family=space.optimizer.family,
-        adam_alpha=space.prior.adam_alpha,
-        batch_width=space.prior.batch_width,
-        lr_width=space.prior.lr_width,
-        batch_min=space.batch_min,
-        batch_cap=min(cap, probe.batch_ceiling or cap),
-        lr_min=space.lr_min,
-        lr_max=space.lr_max,
-        momentum_ref=space.optimizer.momentum,
-        batch_round=space.prior.batch_round,
-    )
-    lo, hi = probe.b_simple_ci
-    print(
-        f"B_simple {probe.b_simple:.4g} (90% CI {lo:.4g} .. {hi:.4g}) after {probe.samples_used:,} samples "
-        f"({probe.seconds:.1f}s on {probe.device})"
-    )
-    print(
-        f"LR ceiling {probe.lr_ceiling:.3g} at B={probe.batch_size}, {probe.lr_ceiling_large:.3g} at "
-        f"B={probe.large_batch}; probe run at lr {probe.lr_probe:.3g} (temperature {probe.temperature:.3g})"
-    )
-    print("throughput (samples/s): " + ", ".join(f"B={b}: {r:,.0f}" for b, r in sorted(probe.throughput.items())))
-    print(
-        f"prior: batch sizes {prior.batch_low}..{prior.batch_high}; learning rate by batch size: "
-        + ", ".join(f"{b}: {prior.lr_rule(b):.3g}" for b in sorted({prior.batch_low, prior.b_ref, prior.batch_high}))
-    )
-    _write_json(args.out, "probe.json", {"probe": probe.to_dict(), "prior": prior.to_dict()})
-    return 0
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from bstune.study import StudyResult
-
-    path = Path(args.folder) / "result.json"
-    if not path.is_file():
-        raise ConfigError("no result.json here; run `bstune run ... --out FOLDER` first", source=str(args.folder))
-    try:
-        result = StudyResult.load(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"unreadable: {type(exc).__name__}: {exc}", source=str(path)) from None
-    print(format_summary(result.to_dict()))
-    target: dict[str, Any] = {"metric": args.target_metric}
-    if args.target_value is not None:
-        target["value"] = args.target_value
-    report = result.report(target, n_workers=args.workers)
-    files = report.save(args.out or args.folder)
-    print()
-    print(report.to_markdown())
-    print("wrote " + ", ".join(files.values()))
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -426,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-failures", type=int, default=2, help="retries of a trial whose worker died (default 2)"
     )
     run.add_argument("--print-result", action="store_true", help=argparse.SUPPRESS)  # used by `bstune submit`
-    run.set_defaults(handler=_cmd_run)
+    run.set_defaults(handler=commands.cmd_run)
 
     submit = sub.add_parser(
         "submit",
@@ -444,12 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--resources", type=_resources, default=None, help="per trial, e.g. gpu=1")
     submit.add_argument("--max-concurrent", type=_positive_int, default=None, help="trials at once")
     submit.add_argument("--python", default="python", help="the cluster's interpreter with bstune installed")
-    submit.set_defaults(handler=_cmd_submit)
+    submit.set_defaults(handler=commands.cmd_submit)
 
     job_status = sub.add_parser("status", help="status of a submitted study (PENDING, RUNNING, SUCCEEDED, FAILED)")
     job_status.add_argument("job_id", help="the id `bstune submit` printed")
     job_status.add_argument("--address", required=True, help="the cluster's dashboard address, e.g. http://head:8265")
-    job_status.set_defaults(handler=_cmd_status)
+    job_status.set_defaults(handler=commands.cmd_status)
 
     fetch = sub.add_parser(
         "fetch", help="fetch a finished job's result.json and write its report into OUT (then: bstune report OUT)"
@@ -457,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("job_id", help="the id `bstune submit` printed")
     fetch.add_argument("out", help="folder to write result.json and the report into")
     fetch.add_argument("--address", required=True, help="the cluster's dashboard address, e.g. http://head:8265")
-    fetch.set_defaults(handler=_cmd_fetch)
+    fetch.set_defaults(handler=commands.cmd_fetch)
 
     probe = sub.add_parser(
         "probe",
@@ -469,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     probe.add_argument("--device", default="auto", help="cpu, cuda, ... (default: CUDA when available)")
     probe.add_argument("--out", default=None, help="folder to write probe.json into")
-    probe.set_defaults(handler=_cmd_probe)
+    probe.set_defaults(handler=commands.cmd_probe)
 
     report = sub.add_parser(
         "report",
@@ -495,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--out", default=None, help="where to write report.json, report.md and report.html (default FOLDER)"
     )
-    report.set_defaults(handler=_cmd_report)
+    report.set_defaults(handler=commands.cmd_report)
 
     noise = sub.add_parser(
         "noise",
@@ -541,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--seed", type=int, default=0, help="seed for model init and batch draws (default 0)")
     noise.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     noise.add_argument("--out", default=None, help="folder to write noise_scale.json into")
-    noise.set_defaults(handler=_cmd_noise)
+    noise.set_defaults(handler=commands.cmd_noise)
 
     train = sub.add_parser(
         "train",
@@ -578,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="seed for init and data order (default 0)")
     train.add_argument("--device", default="auto", help="cpu, cuda, ... (default: CUDA when available)")
     train.add_argument("--out", default=None, help="folder to write train.json into")
-    train.set_defaults(handler=_cmd_train)
+    train.set_defaults(handler=commands.cmd_train)
     return parser
 
 
