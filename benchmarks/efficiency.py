@@ -47,7 +47,6 @@ import optuna
 
 import bstune
 from benchmarks.problems import PROBLEMS, Problem, task_of
-from benchmarks.sweep import cell_value
 from bstune.training import Decision, EvalRecord
 
 log = logging.getLogger("benchmarks.efficiency")
@@ -69,33 +68,102 @@ class RandomSearchStudy(bstune.Study):
 
 
 # -- judging configs on the seed-averaged surface ----------------------------------------------
-class Evaluator:
-    """Seed-averaged objective of any (B, η), from the sweep where it has the cell, else trained."""
+JUDGE_BLOCK = 8  # judge seeds retrained at a time, between looks at the paired test
+JUDGE_Z = 1.96  # the paired test's two-sided 95 % level (a normal quantile: n >= 8 seeds per look)
 
-    def __init__(self, problem: Problem, sweep: dict[str, Any], cache_path: Path) -> None:
-        self.problem, self.cache_path = problem, cache_path
-        self.seeds = sweep["spec"]["seeds"]
-        self.grid = {(c["batch_size"], c["lr"]): cell_value(c) for c in sweep["cells"]}
-        self.cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+
+def paired_ratio(values: list[float], best: list[float], tolerance: float) -> dict[str, Any]:
+    """A config's value over the grid best's on the same seeds, and whether it is settled.
+
+    ``values[i]`` and ``best[i]`` come from the same seed (same initialisation and data
+    order), so seed effects shared by every config cancel in the per-seed differences
+    d_i = values_i − (1 + tolerance)·best_i. ``settled``: the 95 % interval of mean(d)
+    excludes 0, so more seeds would not move the within-tolerance verdict.
+
+    >>> r = paired_ratio([1.1, 1.3, 0.9, 1.1], [1.0, 1.2, 0.8, 1.0], 0.02)
+    >>> round(r["ratio"], 3), r["settled"]
+    (1.1, True)
+    """
+    n = len(values)
+    ratio = statistics.fmean(values) / statistics.fmean(best)
+    if n < 2:
+        return {"ratio": ratio, "ratio_se": None, "settled": False, "seeds": n}
+    d = [v - (1 + tolerance) * b for v, b in zip(values, best, strict=True)]
+    se_d = statistics.stdev(d) / math.sqrt(n)
+    # delta method: se of mean(v)/mean(b) from the residuals v_i − ratio·b_i
+    se_ratio = statistics.stdev(v - ratio * b for v, b in zip(values, best, strict=True)) / math.sqrt(n)
+    return {
+        "ratio": ratio,
+        "ratio_se": se_ratio / statistics.fmean(best),
+        "settled": abs(statistics.fmean(d)) > JUDGE_Z * se_d,
+        "seeds": n,
+    }
+
+
+class Evaluator:
+    """Judges any (B, η) against the grid best on the sweep's judge seeds, retraining where needed.
+
+    A config is retrained at the judge seeds in blocks of ``JUDGE_BLOCK``; after each block
+    ``paired_ratio`` asks whether its value is settled against 1.02 × the grid best (a paired
+    test on the same seeds), and the judging stops there. A config clearly outside the
+    target costs one block; one near it, every judge seed. A run that diverges at any seed
+    rates the config infinitely bad (as a sweep cell that diverges at one seed is no
+    candidate). Per-seed values are cached by (B, η, seed, budget) and shared with the
+    sweep's cells.
+    """
+
+    def __init__(
+        self, problem: Problem, sweep: dict[str, Any], analysis: dict[str, Any], cache_path: Path, workers: int = 1
+    ) -> None:
+        self.problem, self.cache_path, self.workers = problem, cache_path, workers
+        spec = sweep["spec"]
+        self.seeds = [int(s) for s in spec.get("judge_seeds", spec["seeds"])]
+        self.best = {int(k): float(v) for k, v in analysis["best"]["per_seed"].items()}
+        self.grid = {(c["batch_size"], c["lr"]): c["runs"] for c in sweep["cells"]}
+        cached = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+        self.cache: dict[str, float | None] = {k: v for k, v in cached.items() if "," not in k}  # per seed only
         self.trained = 0
 
-    def value(self, batch: int, lr: float) -> float:
-        if (batch, lr) in self.grid:
-            v = self.grid[(batch, lr)]
-            return math.inf if v is None else v
-        key = f"{batch}|{lr:.6g}|{','.join(map(str, self.seeds))}|{self.problem.budget}"
-        if key not in self.cache:
-            values = []
-            for s in self.seeds:
-                run = bstune.train(task_of(self.problem.name), self.problem.train_config(batch, lr, s))
-                self.trained += run.samples
-                finite = [r.val_loss for r in run.history if math.isfinite(r.val_loss)]
-                values.append(min(finite) if run.status.value == "completed" and finite else None)
-            self.cache[key] = None if any(v is None for v in values) else statistics.fmean(values)
+    def _key(self, batch: int, lr: float, seed: int) -> str:
+        return f"{batch}|{lr:.6g}|{seed}|{self.problem.budget}"
+
+    def _known(self, batch: int, lr: float, seed: int) -> tuple[bool, float | None]:
+        runs = self.grid.get((batch, lr), {})
+        if str(seed) in runs:
+            return True, runs[str(seed)]["value"]
+        key = self._key(batch, lr, seed)
+        return (key in self.cache), self.cache.get(key)
+
+    def _values(self, batch: int, lr: float, seeds: list[int]) -> list[float | None]:
+        todo = [s for s in seeds if not self._known(batch, lr, s)[0]]
+        if todo:
+            from benchmarks.sweep import run_many
+
+            runs = run_many(self.problem, [(batch, lr, s) for s in todo], self.problem.n_evals, self.workers)
+            for s, run in zip(todo, runs, strict=True):
+                self.trained += run["samples"]
+                self.cache[self._key(batch, lr, s)] = run["value"]
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             self.cache_path.write_text(json.dumps(self.cache, indent=0) + "\n")
-        v = self.cache[key]
-        return math.inf if v is None else float(v)
+        return [self._known(batch, lr, s)[1] for s in seeds]
+
+    def judge(self, batch: int, lr: float, tolerance: float = TOLERANCES[0]) -> dict[str, Any]:
+        """``paired_ratio`` of (B, η) on as many judge seeds as it takes to settle, and its mean value."""
+        block = min(JUDGE_BLOCK, len(self.seeds))
+        used: list[int] = []
+        values: list[float] = []
+        verdict: dict[str, Any] = {"ratio": math.inf, "ratio_se": None, "settled": True, "seeds": 0}
+        while len(used) < len(self.seeds):
+            more = self.seeds[len(used) : len(used) + block]
+            got = self._values(batch, lr, more)
+            used += more
+            if any(v is None for v in got):
+                return {"value": math.inf, "ratio": math.inf, "ratio_se": None, "settled": True, "seeds": len(used)}
+            values += [float(v) for v in got if v is not None]
+            verdict = paired_ratio(values, [self.best[s] for s in used], tolerance)
+            if verdict["settled"]:
+                break
+        return {"value": statistics.fmean(values), **verdict}
 
 
 # -- the methods -------------------------------------------------------------------------------
@@ -256,8 +324,8 @@ def run_ray_asha(problem: Problem, seed: int, n_trials: int) -> dict[str, Any]:
 
 
 # -- the measure ---------------------------------------------------------------------------------
-def trace(run: dict[str, Any], evaluator: Evaluator, best: float) -> dict[str, Any]:
-    """Incumbents in trial order, judged on the seed-averaged surface; samples to each tolerance."""
+def trace(run: dict[str, Any], evaluator: Evaluator) -> dict[str, Any]:
+    """Incumbents in trial order, each judged against the grid best (``Evaluator``); samples to each tolerance."""
     cumulative = run["samples_probe"]
     own_best = math.inf
     incumbents = []
@@ -269,8 +337,8 @@ def trace(run: dict[str, Any], evaluator: Evaluator, best: float) -> dict[str, A
         if t["status"] != "completed" or t["value"] is None or not t["value"] < own_best:
             continue
         own_best = t["value"]
-        avg = evaluator.value(t["batch_size"], t["lr"])
-        ratio = avg / best
+        j = evaluator.judge(t["batch_size"], t["lr"])
+        ratio = j["ratio"]
         best_ratio = min(best_ratio, ratio)
         incumbents.append(
             {
@@ -279,8 +347,10 @@ def trace(run: dict[str, Any], evaluator: Evaluator, best: float) -> dict[str, A
                 "batch_size": t["batch_size"],
                 "lr": t["lr"],
                 "own_value": own_best,
-                "seed_avg_value": avg if math.isfinite(avg) else None,
+                "seed_avg_value": j["value"] if math.isfinite(j["value"]) else None,
                 "ratio": ratio,
+                "ratio_se": j["ratio_se"],
+                "judge_seeds": j["seeds"],
             }
         )
         for tol in TOLERANCES:
@@ -292,8 +362,8 @@ def trace(run: dict[str, Any], evaluator: Evaluator, best: float) -> dict[str, A
         cumulative += rescore["samples"]
         pick = rescore["pick"]
         own = next(t["value"] for t in run["trials"] if t["number"] == pick["trial"])
-        avg = evaluator.value(pick["batch_size"], pick["lr"])
-        ratio = avg / best
+        j = evaluator.judge(pick["batch_size"], pick["lr"])
+        ratio = j["ratio"]
         best_ratio = min(best_ratio, ratio)
         incumbents.append(
             {
@@ -302,8 +372,10 @@ def trace(run: dict[str, Any], evaluator: Evaluator, best: float) -> dict[str, A
                 "batch_size": pick["batch_size"],
                 "lr": pick["lr"],
                 "own_value": own,
-                "seed_avg_value": avg if math.isfinite(avg) else None,
+                "seed_avg_value": j["value"] if math.isfinite(j["value"]) else None,
                 "ratio": ratio,
+                "ratio_se": j["ratio_se"],
+                "judge_seeds": j["seeds"],
                 "rescored": True,
             }
         )
@@ -332,9 +404,9 @@ def run_efficiency(
     seeds: list[int],
     n_trials: int,
     cache_path: Path,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    evaluator = Evaluator(problem, sweep, cache_path)
-    best = analysis["best"]["value"]
+    evaluator = Evaluator(problem, sweep, analysis, cache_path, workers)
     target_loss = analysis["critical"].get("target_train_loss")
     runs = []
     for seed in seeds:
@@ -345,7 +417,7 @@ def run_efficiency(
                 if method == "ray_asha"
                 else run_optuna(problem, method, seed, n_trials)
             )
-            tr = trace(run, evaluator, best)
+            tr = trace(run, evaluator)
             entry: dict[str, Any] = {
                 "method": method,
                 "seed": seed,
@@ -384,6 +456,54 @@ def run_efficiency(
         "n_trials": n_trials,
         "grid_best": analysis["best"],
         "summary": summarise(runs, methods),
+    }
+
+
+def stored_run(entry: dict[str, Any]) -> dict[str, Any]:
+    """What ``trace`` needs of a study, rebuilt from its stored entry (trials, probe, re-scoring pick)."""
+    run: dict[str, Any] = {"samples_probe": entry["samples_probe"], "trials": entry["trials"]}
+    picks = [i for i in entry["incumbents"] if i.get("rescored")]
+    if picks:
+        searched = entry["samples_probe"] + sum(t["samples"] for t in entry["trials"])
+        pick = picks[-1]
+        run["rescore"] = {
+            "samples": entry["samples_total"] - searched,
+            "pick": {"trial": pick["trial"], "batch_size": pick["batch_size"], "lr": pick["lr"]},
+        }
+    return run
+
+
+def rejudge(
+    problem: Problem,
+    sweep: dict[str, Any],
+    analysis: dict[str, Any],
+    stored: dict[str, Any],
+    cache_path: Path,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """The stored studies of one problem judged again against the current ground truth.
+
+    The studies are not run again: their trials (configs, values, samples, in order) are what
+    they were, and only the judging of their incumbents changes (more judge seeds, another
+    grid best). Everything else stored of a run (probe, prior, wall time) is kept.
+    """
+    evaluator = Evaluator(problem, sweep, analysis, cache_path, workers)
+    runs = []
+    for entry in stored["runs"]:
+        runs.append(entry | trace(stored_run(entry), evaluator))
+        log.info(
+            "%s %s seed %d judged again: to 2%% %s, final incumbent %.3fx",
+            problem.name,
+            entry["method"],
+            entry["seed"],
+            runs[-1]["samples_to"]["0.02"],
+            runs[-1]["final_ratio"] or math.nan,
+        )
+    return stored | {
+        "runs": runs,
+        "grid_best": analysis["best"],
+        "summary": summarise(runs, stored["methods"]),
+        "rejudged": True,
     }
 
 

@@ -112,6 +112,11 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _same_best(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two efficiency results judged against the same grid best (its cell and value; newer fields aside)."""
+    return all(a.get(k) == b.get(k) for k in ("batch_size", "lr", "value"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
@@ -121,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=None, help="efficiency study seeds; default: the suite's")
     parser.add_argument("--trials", type=int, default=None, help="trials per study; default: the suite's")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results[/quick])")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes for sweep runs and judging retrains (default 1)"
+    )
+    parser.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="efficiency: judge the stored studies again against the current ground truth, without rerunning them",
+    )
     parser.add_argument("--report-only", action="store_true", help="rewrite the markdown and plots from the JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -169,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             elif measure == "efficiency":  # runs of other methods or seeds, measured before, are kept
                 for problem, res in value.items():
                     old = disk.setdefault(measure, {}).get(problem)
-                    if old is not None and old.get("grid_best") == res["grid_best"]:
+                    if old is not None and _same_best(old["grid_best"], res["grid_best"]):
                         res = efficiency.merged(old, res)
                     disk[measure][problem] = res
             else:
@@ -186,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         if need_sweep:
             started = time.perf_counter()
             for p in problems:
-                sweeps[p] = sweep.load_or_run(PROBLEMS[p], args.suite, out)
+                sweeps[p] = sweep.load_or_run(PROBLEMS[p], args.suite, out, args.workers)
                 analyses[p] = sweep.analyse(sweeps[p])
             if "sweep" in measures:
                 for p in problems:
@@ -208,14 +221,17 @@ def main(argv: list[str] | None = None) -> int:
         if "efficiency" in measures:
             for p in [p for p in problems if p in suite["efficiency_problems"] or args.problems]:
                 started = time.perf_counter()
+                cache = out / "cache" / f"evals_{p}{'_quick' if args.suite == 'quick' else ''}.json"
+                if args.rejudge:
+                    stored = (json.loads(json_path.read_text()) if json_path.exists() else {}).get("efficiency", {})
+                    if p not in stored:
+                        parser.error(f"--rejudge: no stored efficiency runs of {p} in {json_path}")
+                    res = efficiency.rejudge(PROBLEMS[p], sweeps[p], analyses[p], stored[p], cache, args.workers)
+                    res["rejudge_provenance"] = provenance(command, started)
+                    put("efficiency", p, res)
+                    continue
                 res = efficiency.run_efficiency(
-                    PROBLEMS[p],
-                    sweeps[p],
-                    analyses[p],
-                    methods,
-                    seeds,
-                    trials,
-                    out / "cache" / f"evals_{p}{'_quick' if args.suite == 'quick' else ''}.json",
+                    PROBLEMS[p], sweeps[p], analyses[p], methods, seeds, trials, cache, args.workers
                 )
                 put("efficiency", p, res | {"provenance": provenance(command, started)})
         if "noise" in measures:

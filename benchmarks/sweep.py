@@ -12,6 +12,13 @@ same (B, η, seed) sees exactly the same numbers.
   surface. Averaging is the point: on the digits MLP a single seed moves a fixed
   config's value by 18-43 %, so a single-seed grid best is a needle placed by seed noise
   (the superseded ``study_vs_grid`` benchmark showed it).
+* **More seeds near the best.** Where one seed moves a config by more than the 2 % target
+  (the digits MLP: ~9 %), three seeds leave the grid best uncertain by more than the target.
+  Cells whose mean over the sweep seeds is within ``refine_margin`` (25 %) of the best are
+  then run at every *judge seed* too (``Problem.judge_seeds``: 32 on the digits MLP), and the
+  grid best is the best of those cells over all their seeds. Its standard error and the
+  winner's-curse bias (the best picked on half the seeds, valued on the other half) are
+  reported beside it.
 * **S(B) and B_crit.** Training loss averaged over the seeds per cell; a target chosen
   with ``bstune.analysis.choose_target`` (the same rule the report uses); steps to it per
   batch size (the best η per B); ``fit_critical_batch`` (McCandlish eq. 2.11, fitted in
@@ -27,10 +34,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import statistics
 import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import torch
 
 import bstune
 from benchmarks.problems import PROBLEMS, Problem, task_of
@@ -49,6 +61,8 @@ def spec_of(problem: Problem, suite: str) -> dict[str, Any]:
         "batch_sizes": problem.sweep_batches[suite],
         "lrs": problem.sweep_lrs[suite],
         "seeds": problem.sweep_seeds[suite],
+        "judge_seeds": problem.seeds_to_judge(suite),
+        "refine_margin": problem.refine_margin,
         "budget_samples": problem.budget,
         "n_evals": problem.n_evals,
         "eval_factor": 2,
@@ -82,7 +96,30 @@ def run_cell(problem: Problem, batch: int, lr: float, seed: int, n_evals: int) -
     }
 
 
-def load_or_run(problem: Problem, suite: str, out_dir: Path) -> dict[str, Any]:
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_cell_by_name(name: str, batch: int, lr: float, seed: int, n_evals: int) -> dict[str, Any]:
+    return run_cell(PROBLEMS[name], batch, lr, seed, n_evals)
+
+
+def run_many(
+    problem: Problem, jobs: Sequence[tuple[int, float, int]], n_evals: int, workers: int = 1
+) -> list[dict[str, Any]]:
+    """``run_cell`` for every (B, η, seed), in ``workers`` processes; results in the order asked.
+
+    Runs are independent and deterministic for a seed, so the order they finish in changes nothing.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        return [run_cell(problem, b, lr, s, n_evals) for b, lr, s in jobs]
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that has torch's thread pools
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as pool:
+        futures = [pool.submit(_run_cell_by_name, problem.name, b, lr, s, n_evals) for b, lr, s in jobs]
+        return [f.result() for f in futures]
+
+
+def load_or_run(problem: Problem, suite: str, out_dir: Path, workers: int = 1) -> dict[str, Any]:
     spec = spec_of(problem, suite)
     path = out_dir / "sweeps" / f"{problem.name}{'_quick' if suite == 'quick' else ''}.json"
     reuse: dict[tuple[int, float], dict[str, Any]] = {}
@@ -95,34 +132,80 @@ def load_or_run(problem: Problem, suite: str, out_dir: Path) -> dict[str, Any]:
         if all(cached.get("spec", {}).get(k) == spec[k] for k in same):  # only the grid or the seeds changed
             reuse = {(c["batch_size"], c["lr"]): c["runs"] for c in cached["cells"]}
     started = time.perf_counter()
-    cells = []
-    n = len(spec["batch_sizes"]) * len(spec["lrs"])
+    cells = [
+        {"batch_size": batch, "lr": lr, "runs": dict(reuse.get((batch, lr), {}))}
+        for batch in spec["batch_sizes"]
+        for lr in spec["lrs"]
+    ]
     kept = 0  # (cell, seed) runs taken from the cache: runs are deterministic for a seed
-    for batch in spec["batch_sizes"]:
-        for lr in spec["lrs"]:
-            old = reuse.get((batch, lr), {})
-            runs = {}
-            for s in map(str, spec["seeds"]):
-                if s in old:
-                    runs[s], kept = old[s], kept + 1
-                else:
-                    runs[s] = run_cell(problem, batch, lr, int(s), problem.n_evals * 2)
-            cells.append({"batch_size": batch, "lr": lr, "runs": runs})
-            log.debug("sweep %s %d/%d B=%d lr=%.3g", problem.name, len(cells), n, batch, lr)
+
+    def fill(todo: list[tuple[dict[str, Any], str]]) -> None:
+        nonlocal kept
+        missing = [(c, s) for c, s in todo if s not in c["runs"]]
+        kept += len(todo) - len(missing)
+        jobs = [(c["batch_size"], c["lr"], int(s)) for c, s in missing]
+        for (c, s), run in zip(missing, run_many(problem, jobs, problem.n_evals * 2, workers), strict=True):
+            c["runs"][s] = run
+
+    fill([(c, s) for c in cells for s in map(str, spec["seeds"])])
+    refined = candidates(cells, spec)
+    fill([(c, s) for c in refined for s in map(str, spec["judge_seeds"])])
+    refined_ids = {id(c) for c in refined}
+    for c in cells:  # only the seeds of this spec: a cached run of a seed set since dropped is not counted
+        wanted = spec["judge_seeds"] if id(c) in refined_ids else spec["seeds"]
+        c["runs"] = {s: c["runs"][s] for s in map(str, wanted)}
+    log.info("sweep %s: %d cells refined to %d seeds", problem.name, len(refined), len(spec["judge_seeds"]))
     # wall_s: this invocation only (runs kept from an earlier grid or seed set cost nothing here)
     out = {"spec": spec, "cells": cells, "wall_s": time.perf_counter() - started, "date": _now(), "reused": kept}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, allow_nan=True) + "\n")
-    log.info("sweep %s: %d cells x %d seeds in %.0fs", problem.name, n, len(spec["seeds"]), out["wall_s"])
+    log.info("sweep %s: %d cells x %d seeds in %.0fs", problem.name, len(cells), len(spec["seeds"]), out["wall_s"])
     return out | {"from_cache": False}
 
 
-def cell_value(cell: dict[str, Any]) -> float | None:
-    """Seed-averaged objective; None when any seed failed."""
-    values = [r["value"] for r in cell["runs"].values()]
+def cell_value(cell: dict[str, Any], seeds: Sequence[int | str] | None = None) -> float | None:
+    """Seed-averaged objective (over ``seeds``, default every seed run); None when any seed failed."""
+    runs = cell["runs"] if seeds is None else {str(s): cell["runs"][str(s)] for s in seeds}
+    values = [r["value"] for r in runs.values()]
     if any(v is None for v in values):
         return None
     return statistics.fmean(values)
+
+
+def candidates(cells: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Cells within ``refine_margin`` of the best on the sweep seeds: those run at every judge seed."""
+    if spec["judge_seeds"] == spec["seeds"]:
+        return []
+    valued = [(c, cell_value(c, spec["seeds"])) for c in cells]
+    ok = [(c, v) for c, v in valued if v is not None]
+    if not ok:
+        return []
+    best = min(v for _, v in ok)
+    return [c for c, v in ok if v <= (1 + spec["refine_margin"]) * best]
+
+
+def winners_curse(cells: list[dict[str, Any]], seeds: list[str]) -> dict[str, Any] | None:
+    """The grid best picked on even-indexed seeds, valued on odd ones: how far picking flatters it.
+
+    The minimum of many noisy means lies below the true value of the cell it picks; a cell
+    picked on half the seeds and valued on the other half does not (an honest value, for half
+    the seeds' precision). ``bias`` is (picked half's value − other half's) / other half's.
+    """
+    if len(seeds) < 4:
+        return None
+    pick_seeds, value_seeds = seeds[0::2], seeds[1::2]
+    scored = [(c, cell_value(c, pick_seeds), cell_value(c, value_seeds)) for c in cells]
+    ok = [(c, a, b) for c, a, b in scored if a is not None and b is not None]
+    if not ok:
+        return None
+    cell, picked, honest = min(ok, key=lambda t: t[1])
+    return {
+        "batch_size": cell["batch_size"],
+        "lr": cell["lr"],
+        "value_on_pick_seeds": picked,
+        "value_on_other_seeds": honest,
+        "bias": picked / honest - 1,
+    }
 
 
 def _mean_history(cell: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -144,7 +227,12 @@ def analyse(sweep: dict[str, Any]) -> dict[str, Any]:
     cells = sweep["cells"]
     valued = [(c, cell_value(c)) for c in cells]
     ok = [(c, v) for c, v in valued if v is not None]
-    best_cell, best = min(ok, key=lambda cv: cv[1])
+    judge_seeds = [str(s) for s in sweep["spec"].get("judge_seeds", sweep["spec"]["seeds"])]
+    # with refinement, the best is one of the cells run at every judge seed (the others were >25 % off)
+    refined = [(c, v) for c, v in ok if set(c["runs"]) >= set(judge_seeds)]
+    best_cell, best = min(refined or ok, key=lambda cv: cv[1])
+    best_values = [r["value"] for r in best_cell["runs"].values()]
+    best_se = statistics.stdev(best_values) / math.sqrt(len(best_values)) / best if len(best_values) > 1 else None
     per_batch: dict[str, dict[str, Any]] = {}
     for c, v in ok:
         k = str(c["batch_size"])
@@ -192,7 +280,16 @@ def analyse(sweep: dict[str, Any]) -> dict[str, Any]:
         critical["error"] = str(exc)
     within = sum(1 for _, v in ok if v <= 1.02 * best)
     return {
-        "best": {"batch_size": best_cell["batch_size"], "lr": best_cell["lr"], "value": best},
+        "best": {
+            "batch_size": best_cell["batch_size"],
+            "lr": best_cell["lr"],
+            "value": best,
+            "seeds": len(best_values),
+            "rel_se": best_se,
+            "per_seed": {s: r["value"] for s, r in best_cell["runs"].items()},
+        },
+        "cells_refined": len(refined) if len(judge_seeds) > len(sweep["spec"]["seeds"]) else 0,
+        "winners_curse": winners_curse([c for c, _ in refined], judge_seeds) if refined else None,
         "per_batch": per_batch,
         "cells_within_2pct": within,
         "cells_ok": len(ok),
@@ -208,5 +305,5 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def main_sweep(names: list[str], suite: str, out_dir: Path) -> dict[str, Any]:
-    return {n: load_or_run(PROBLEMS[n], suite, out_dir) for n in names}
+def main_sweep(names: list[str], suite: str, out_dir: Path, workers: int = 1) -> dict[str, Any]:
+    return {n: load_or_run(PROBLEMS[n], suite, out_dir, workers) for n in names}
