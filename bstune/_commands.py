@@ -249,6 +249,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         adam_alpha=space.prior.adam_alpha,
         batch_width=space.prior.batch_width,
         lr_width=space.prior.lr_width,
+        lr_anchor=space.prior.lr_anchor,
         batch_min=space.batch_min,
         batch_cap=min(cap, probe.batch_ceiling or cap),
         lr_min=space.lr_min,

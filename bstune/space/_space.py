@@ -30,9 +30,12 @@ class PriorSettings:
         bstune.errors.ConfigError: PriorSettings: batch_width: must be a number > 1, got 1.0
     """
 
-    batch_width: float = 4.0  # search log2(B/B_noise) in [-log2(w), +log2(w)]: 4 is B_noise/4 .. 4·B_noise
+    batch_width: float = 4.0  # search B in [B_noise/w², B_noise]: 4 is B_noise/16 .. B_noise
     lr_width: float = 3.0  # search ln(η/η_rule(B)) in [-ln(w), +ln(w)]: the rule is trusted to ~3×
     adam_alpha: float = 0.5  # Adam-family η ∝ B^α; 0.5 is the square-root rule (Malladi et al. 2022)
+    # η_rule at the probe's large batch, as a fraction of its LR range-test ceiling: the best constant
+    # rate of a fixed-budget run sits well below the edge (benchmarks/RESULTS.md: ceiling/3 to /8)
+    lr_anchor: float = 0.25
     batch_round: int = 1  # batch sizes are multiples of this (8 suits GPU kernels)
 
     def __post_init__(self) -> None:
@@ -44,6 +47,9 @@ class PriorSettings:
             if not _is_number(value) or not math.isfinite(value) or not value > 1:
                 raise bad(name, f"must be a number > 1, got {value!r}")
             object.__setattr__(self, name, float(value))
+        if not _is_number(self.lr_anchor) or not 0.0 < self.lr_anchor <= 1.0:
+            raise bad("lr_anchor", f"must be in (0, 1] (a fraction of the LR ceiling), got {self.lr_anchor!r}")
+        object.__setattr__(self, "lr_anchor", float(self.lr_anchor))
         if not _is_number(self.adam_alpha) or not 0.5 <= self.adam_alpha <= 1.0:
             raise bad("adam_alpha", f"must be in [0.5, 1], got {self.adam_alpha!r}")
         object.__setattr__(self, "adam_alpha", float(self.adam_alpha))

@@ -304,6 +304,7 @@ class Study:
             adam_alpha=settings.adam_alpha,
             batch_width=settings.batch_width,
             lr_width=settings.lr_width,
+            lr_anchor=settings.lr_anchor,
             batch_min=self.space.batch_min,
             batch_cap=self.batch_cap,
             lr_min=self.space.lr_min,

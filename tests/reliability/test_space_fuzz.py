@@ -24,7 +24,7 @@ WORDS = st.sampled_from(
         *BASE,
         *BASE["params"],
         "min", "max", "type", "low", "high", "log", "choices", "family", "momentum", "betas", "nesterov", "eps",
-        "batch_width", "lr_width", "adam_alpha", "batch_round", "float", "int", "categorical", "sgd", "adamw",
+        "batch_width", "lr_width", "adam_alpha", "lr_anchor", "batch_round", "float", "int", "categorical", "sgd", "adamw",
         "grad_clip", "final_lr_ratio", "model.x", "model.", "1e-4", "-3", "nan", "inf", "cosine", "",
     ]
 )  # fmt: skip

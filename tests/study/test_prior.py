@@ -8,6 +8,7 @@ import pytest
 
 from bstune.study import Prior
 from bstune.study._prior import _band
+from bstune.study._probe import ProbeResult
 
 
 def _prior(**kw: object) -> Prior:
@@ -83,3 +84,47 @@ def test_band_keeps_its_width_when_pushed(
     center: float, width: float, floor: int, cap: int, expected: tuple[int, int]
 ) -> None:
     assert _band(center, width, floor, cap, 1) == expected
+
+
+def _probe(ceiling_small: float, ceiling_large: float, large_batch: int) -> ProbeResult:
+    return ProbeResult(
+        batch_size=64,
+        lr_ceiling=ceiling_small,
+        lr_ceiling_large=ceiling_large,
+        large_batch=large_batch,
+        lr_probe=0.05,
+        b_simple=200.0,
+        b_simple_ci=(150.0, 260.0),
+        trajectory=[],
+        temperature=1e-3,
+        throughput={},
+        batch_ceiling=None,
+        samples_used=0,
+    )
+
+
+_FROM_PROBE = dict(
+    family="sgd", adam_alpha=0.5, batch_width=4.0, lr_width=3.0, batch_min=8, batch_cap=4096,
+    lr_min=1e-6, lr_max=10.0, momentum_ref=0.9,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("anchor", [0.25, 0.5, 1.0])
+def test_rule_is_anchored_at_lr_anchor_of_the_large_batch_ceiling(anchor: float) -> None:
+    prior = Prior.from_probe(_probe(0.8, 1.6, 512), lr_anchor=anchor, **_FROM_PROBE)  # type: ignore[arg-type]
+    assert prior.b_ref == 512 and prior.lr_ref == pytest.approx(anchor * 1.6)
+    assert prior.lr_rule(512) == pytest.approx(anchor * 1.6)
+    # and the rest of the rule follows eps_max / (1 + B_noise / B) from there
+    assert prior.lr_rule(32) / prior.lr_rule(512) == pytest.approx((1 + 200 / 512) / (1 + 200 / 32))
+
+
+def test_without_a_large_batch_the_rule_falls_back_to_the_probe_batch() -> None:
+    prior = Prior.from_probe(_probe(0.8, 0.8, 64), lr_anchor=0.25, **_FROM_PROBE)  # type: ignore[arg-type]
+    assert (prior.b_ref, prior.lr_ref, prior.lr_cap) == (64, pytest.approx(0.2), None)
+
+
+def test_default_anchor_is_a_quarter_of_the_ceiling() -> None:
+    from bstune.space import PriorSettings
+
+    prior = Prior.from_probe(_probe(0.8, 1.6, 512), **_FROM_PROBE)  # type: ignore[arg-type]
+    assert prior.lr_ref == pytest.approx(PriorSettings().lr_anchor * 1.6) == pytest.approx(0.4)
