@@ -160,7 +160,7 @@ PROBLEMS: dict[str, Problem] = {
         sweep_lrs={"quick": _log_grid(1e-2, 1.0, 1), "full": _log_grid(1e-3, 10.0, 4)},
         sweep_seeds={"quick": EVAL_SEEDS[:1], "full": EVAL_SEEDS},
         # one seed moves a near-best config by ~9 %, so 3 seeds leave the grid best uncertain by ~5 %,
-        # over twice the 2 % target: near the best, 32 seeds (standard error ~1.3 %, ~1 % paired)
+        # over twice the 2 % target: near the best, 32 seeds (standard error ~1.5 %, less when paired)
         judge_seeds={"full": list(range(100, 132))},
         noise_config=(64, 0.1),
     ),

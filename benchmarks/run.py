@@ -112,9 +112,14 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def _same_best(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Two efficiency results judged against the same grid best (its cell and value; newer fields aside)."""
-    return all(a.get(k) == b.get(k) for k in ("batch_size", "lr", "value"))
+def _judged_alike(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Two efficiency results judged against the same grid best (cell and value) by the same judge."""
+    a, b = old["grid_best"], new["grid_best"]
+    if any(a.get(k) != b.get(k) for k in ("batch_size", "lr", "value")):
+        return False
+    if "judge" not in old:  # judged before the judge was recorded: one mean over the sweep's seeds
+        return bool(new["judge"]["looks"] == 1)
+    return bool(old["judge"] == new["judge"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             elif measure == "efficiency":  # runs of other methods or seeds, measured before, are kept
                 for problem, res in value.items():
                     old = disk.setdefault(measure, {}).get(problem)
-                    if old is not None and _same_best(old["grid_best"], res["grid_best"]):
+                    if old is not None and _judged_alike(old, res):
                         res = efficiency.merged(old, res)
                     disk[measure][problem] = res
             else:

@@ -31,10 +31,12 @@ their settings match; when only the grid or the seeds change, the runs already m
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
 import multiprocessing
+import random
 import statistics
 import time
 from collections.abc import Sequence
@@ -104,19 +106,36 @@ def _run_cell_by_name(name: str, batch: int, lr: float, seed: int, n_evals: int)
     return run_cell(PROBLEMS[name], batch, lr, seed, n_evals)
 
 
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """One pool of ``workers`` processes for the whole benchmark run (each imports torch once)."""
+    if workers not in _POOLS:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that has torch's thread pools
+        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
+        atexit.register(_POOLS[workers].shutdown, cancel_futures=True)
+    return _POOLS[workers]
+
+
 def run_many(
     problem: Problem, jobs: Sequence[tuple[int, float, int]], n_evals: int, workers: int = 1
 ) -> list[dict[str, Any]]:
     """``run_cell`` for every (B, η, seed), in ``workers`` processes; results in the order asked.
 
     Runs are independent and deterministic for a seed, so the order they finish in changes nothing.
+    A run that raises cancels the runs not yet started and re-raises.
     """
     if workers <= 1 or len(jobs) <= 1:
         return [run_cell(problem, b, lr, s, n_evals) for b, lr, s in jobs]
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that has torch's thread pools
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as pool:
-        futures = [pool.submit(_run_cell_by_name, problem.name, b, lr, s, n_evals) for b, lr, s in jobs]
+    pool = _pool(workers)
+    futures = [pool.submit(_run_cell_by_name, problem.name, b, lr, s, n_evals) for b, lr, s in jobs]
+    try:
         return [f.result() for f in futures]
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
 
 
 def load_or_run(problem: Problem, suite: str, out_dir: Path, workers: int = 1) -> dict[str, Any]:
@@ -149,7 +168,8 @@ def load_or_run(problem: Problem, suite: str, out_dir: Path, workers: int = 1) -
 
     fill([(c, s) for c in cells for s in map(str, spec["seeds"])])
     refined = candidates(cells, spec)
-    fill([(c, s) for c in refined for s in map(str, spec["judge_seeds"])])
+    extra = [s for s in map(str, spec["judge_seeds"]) if int(s) not in spec["seeds"]]
+    fill([(c, s) for c in refined for s in extra])
     refined_ids = {id(c) for c in refined}
     for c in cells:  # only the seeds of this spec: a cached run of a seed set since dropped is not counted
         wanted = spec["judge_seeds"] if id(c) in refined_ids else spec["seeds"]
@@ -184,28 +204,38 @@ def candidates(cells: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[s
     return [c for c, v in ok if v <= (1 + spec["refine_margin"]) * best]
 
 
-def winners_curse(cells: list[dict[str, Any]], seeds: list[str]) -> dict[str, Any] | None:
-    """The grid best picked on even-indexed seeds, valued on odd ones: how far picking flatters it.
+def winners_curse(cells: list[dict[str, Any]], seeds: list[str], splits: int = 200) -> dict[str, Any] | None:
+    """How far picking the best of many noisy means flatters it: pick on half the seeds, value on the other.
 
     The minimum of many noisy means lies below the true value of the cell it picks; a cell
-    picked on half the seeds and valued on the other half does not (an honest value, for half
-    the seeds' precision). ``bias`` is (picked half's value − other half's) / other half's.
+    picked on one half of the seeds and valued on the other half does not. Seed effects
+    shared by every cell (one seed's initialisation suits all configs) would swamp that
+    comparison, so each half's values are taken relative to the mean of all cells on the
+    same half. ``bias``: the picked cell's relative value on its picking half over that on
+    the other half, minus 1, averaged over ``splits`` random halvings (seeded: the same
+    data give the same number); negative means flattered. Also returned: the cell picked
+    most often, and in how many of the splits.
     """
-    if len(seeds) < 4:
+    if len(seeds) < 4 or not cells:
         return None
-    pick_seeds, value_seeds = seeds[0::2], seeds[1::2]
-    scored = [(c, cell_value(c, pick_seeds), cell_value(c, value_seeds)) for c in cells]
-    ok = [(c, a, b) for c, a, b in scored if a is not None and b is not None]
-    if not ok:
-        return None
-    cell, picked, honest = min(ok, key=lambda t: t[1])
-    return {
-        "batch_size": cell["batch_size"],
-        "lr": cell["lr"],
-        "value_on_pick_seeds": picked,
-        "value_on_other_seeds": honest,
-        "bias": picked / honest - 1,
-    }
+    rng = random.Random(0)
+    biases: list[float] = []
+    picks: dict[tuple[int, float], int] = {}
+    for _ in range(splits):
+        order = rng.sample(seeds, len(seeds))
+        half_a, half_b = order[: len(seeds) // 2], order[len(seeds) // 2 :]
+        scored = [(c, cell_value(c, half_a), cell_value(c, half_b)) for c in cells]
+        ok = [(c, a, b) for c, a, b in scored if a is not None and b is not None]
+        if not ok:
+            return None
+        mean_a = statistics.fmean(a for _, a, _ in ok)
+        mean_b = statistics.fmean(b for _, _, b in ok)
+        cell, a, b = min(ok, key=lambda t: t[1])
+        biases.append((a / mean_a) / (b / mean_b) - 1)
+        key = (cell["batch_size"], cell["lr"])
+        picks[key] = picks.get(key, 0) + 1
+    (batch, lr), count = max(picks.items(), key=lambda kv: kv[1])
+    return {"bias": statistics.fmean(biases), "splits": splits, "batch_size": batch, "lr": lr, "picked": count}
 
 
 def _mean_history(cell: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -230,6 +260,10 @@ def analyse(sweep: dict[str, Any]) -> dict[str, Any]:
     judge_seeds = [str(s) for s in sweep["spec"].get("judge_seeds", sweep["spec"]["seeds"])]
     # with refinement, the best is one of the cells run at every judge seed (the others were >25 % off)
     refined = [(c, v) for c, v in ok if set(c["runs"]) >= set(judge_seeds)]
+    if len(judge_seeds) > len(sweep["spec"]["seeds"]) and not refined:
+        raise ValueError(
+            f"sweep {sweep['spec']['problem']}: no cell completed at every one of the {len(judge_seeds)} judge seeds"
+        )
     best_cell, best = min(refined or ok, key=lambda cv: cv[1])
     best_values = [r["value"] for r in best_cell["runs"].values()]
     best_se = statistics.stdev(best_values) / math.sqrt(len(best_values)) / best if len(best_values) > 1 else None

@@ -145,3 +145,45 @@ def test_stored_run_rebuilds_what_trace_needs_including_the_rescored_pick(tmp_pa
     tr = trace(run, ev)
     assert [i["trial"] for i in tr["incumbents"]] == [0, 2, 2]
     assert tr["samples_total"] == 300 and tr["samples_to"]["0.02"] == 260
+
+
+def test_sequential_judge_errs_at_most_its_level_for_a_config_on_the_target() -> None:
+    """Four looks at 8, 16, 24, 32 seeds; a config exactly at 1.02x must rarely be called settled."""
+    rng = random.Random(4)
+    wrong = 0
+    runs = 400
+    for _ in range(runs):
+        best = [0.08 * (1 + 0.08 * rng.gauss(0, 1)) for _ in SEEDS]
+        at = [1.02 * b * (1 + 0.06 * rng.gauss(0, 1)) for b in best]
+        wrong += any(paired_ratio(at[:n], best[:n], 0.02, looks=4)["settled"] for n in (8, 16, 24, 32))
+    # 1 - JUDGE_LEVEL = 5 % over all looks (Bonferroni is conservative); a per-look 95 % z-test errs ~18 %
+    assert wrong / runs <= 0.06
+
+
+def test_evaluator_reads_the_sweeps_own_runs_before_training(tmp_path: Path) -> None:
+    effect = _seed_effects()
+    best = {s: 0.08 * effect[s] for s in SEEDS}
+    cell = _cell(16, 0.05, {s: 1.5 * best[s] for s in SEEDS})
+    sweep: dict[str, Any] = {"spec": {"seeds": SEEDS[:3], "judge_seeds": SEEDS}, "cells": [cell]}
+    analysis = {"best": {"per_seed": {str(s): v for s, v in best.items()}}}
+    ev = Evaluator(PROBLEMS["digits_mlp"], sweep, analysis, tmp_path / "none.json")
+    j = ev.judge(16, 0.05)
+    assert j["ratio"] == pytest.approx(1.5) and j["seeds"] == JUDGE_BLOCK and ev.trained == 0
+
+
+def test_winners_curse_is_not_swamped_by_seeds_that_suit_every_config() -> None:
+    """A shared seed effect (one seed's init suits all configs) cancels; a truly better cell is not flattered."""
+    rng = random.Random(5)
+    seeds = [str(s) for s in range(16)]
+    equal, better = [], []
+    for _ in range(12):
+        shared = {s: 1 + 0.15 * rng.gauss(0, 1) for s in seeds}
+        cells = [_cell(2**k, 0.1, {int(s): shared[s] * (1 + 0.05 * rng.gauss(0, 1)) for s in seeds}) for k in range(12)]
+        equal.append(winners_curse(cells, seeds, splits=50)["bias"])  # type: ignore[index]
+        cells[0] = _cell(1, 0.1, {int(s): 0.8 * shared[s] * (1 + 0.05 * rng.gauss(0, 1)) for s in seeds})
+        wc = winners_curse(cells, seeds, splits=50)
+        assert wc is not None and (wc["batch_size"], wc["picked"]) == (1, 50)
+        better.append(wc["bias"])
+    # equal cells: flattered by ~1.6 standard errors of a 8-seed mean of 5 % noise, whatever the shared effect
+    assert -0.05 < statistics.fmean(equal) < -0.01 and statistics.stdev(equal) < 0.015
+    assert abs(statistics.fmean(better)) < 0.01  # a clear winner is picked on merit: no flattery

@@ -253,7 +253,7 @@ class Study:
             direction=self.direction,
             load_if_exists=True,
         )
-        stored = study.user_attrs.get("bstune_settings")
+        stored = _upgrade_settings(study.user_attrs.get("bstune_settings"))
         mine = self._fingerprint()
         if stored is None:
             study.set_user_attr("bstune_settings", mine)
@@ -527,3 +527,22 @@ class Study:
 
 def _is_positive(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _upgrade_settings(stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Settings stored by an older bstune, in today's terms, so that the resume check compares like with like.
+
+    Studies stored before ``prior.lr_anchor`` existed anchored the LR rule at half the
+    ceiling: they read as ``lr_anchor: 0.5``, and resume only with that setting (not
+    silently under today's default).
+
+    Example:
+        >>> _upgrade_settings({"space": {"prior": {"lr_width": 3.0}}})["space"]["prior"]
+        {'lr_width': 3.0, 'lr_anchor': 0.5}
+    """
+    if stored is None:
+        return None
+    prior = stored.get("space", {}).get("prior")
+    if isinstance(prior, dict) and "lr_anchor" not in prior:
+        stored = {**stored, "space": {**stored["space"], "prior": {**prior, "lr_anchor": 0.5}}}
+    return stored

@@ -82,3 +82,21 @@ def test_journal_storage_and_settings_must_match_to_resume(blob_task: bstune.Tas
     assert [t.value for t in again.trials[:2]] == [t.value for t in first.trials]  # kept, not re-run
     with pytest.raises(ConfigError, match=r"different settings.*budget_samples"):
         _study(blob_task, mode="baseline", n_trials=3, storage=journal, budget_samples=8000).run()
+
+
+def test_a_study_stored_before_lr_anchor_resumes_only_with_the_anchor_it_ran_with(
+    blob_task: bstune.Task, tmp_path: Path
+) -> None:
+    journal = str(tmp_path / "study.log")
+    _study(blob_task, mode="baseline", n_trials=1, storage=journal).run()
+    # make the stored settings look like an older bstune's: no prior.lr_anchor (it anchored at half)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
+    study = optuna.load_study(study_name="bstune-blobs", storage=storage)
+    settings = study.user_attrs["bstune_settings"]
+    del settings["space"]["prior"]["lr_anchor"]
+    study.set_user_attr("bstune_settings", settings)
+    with pytest.raises(ConfigError, match=r"different settings \(space\)"):
+        _study(blob_task, mode="baseline", n_trials=2, storage=journal).run()  # today's default, 0.25
+    old_space = SPACE | {"prior": {**SPACE.get("prior", {}), "lr_anchor": 0.5}}
+    again = _study(blob_task, mode="baseline", n_trials=2, storage=journal, space=old_space).run()
+    assert [t.number for t in again.trials] == [0, 1]
