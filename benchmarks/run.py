@@ -4,7 +4,8 @@
 
     python -m benchmarks.run --suite quick                 # smoke test, a few minutes: every measure, tiny grids
     python -m benchmarks.run --suite full                  # by hand; writes benchmarks/RESULTS.md
-    python -m benchmarks.run --suite full --measures efficiency --problems digits_mlp --seeds 0,1,2,3,4
+    python -m benchmarks.run --suite full --measures efficiency --problems digits_mlp --seeds 0,1,2,3,4 --workers 2
+    python -m benchmarks.run --suite full --measures efficiency --problems digits_mlp --rejudge   # new judge, same studies
 
 Measures (``--measures``, comma-separated, in this order):
 
