@@ -31,6 +31,7 @@ from bstune.study._pruners import make_pruner
 from bstune.study._ray import RaySettings
 from bstune.study._records import Rescored, StudyResult, TrialRecord, clean_dict, clean_json
 from bstune.study._rescore import candidates, choose, rescore_seeds, run_rescoring
+from bstune.study._resume import check_settings
 from bstune.study._storage import open_storage
 from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner, run_trial
 from bstune.task import Task
@@ -253,18 +254,7 @@ class Study:
             direction=self.direction,
             load_if_exists=True,
         )
-        stored = _upgrade_settings(study.user_attrs.get("bstune_settings"))
-        mine = self._fingerprint()
-        if stored is None:
-            study.set_user_attr("bstune_settings", mine)
-        elif stored != mine:
-            diff = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
-            raise ConfigError(
-                f"study {self.study_name!r} in this storage was run with different settings ({', '.join(diff)}); "
-                "use the same settings to resume, or another study_name/storage",
-                source="Study",
-                field="storage",
-            )
+        check_settings(study, self._fingerprint())
         retry_abandoned(study, self.grace_period)  # left running by a dead process: fail it, run its config again
         return study
 
@@ -527,22 +517,3 @@ class Study:
 
 def _is_positive(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
-def _upgrade_settings(stored: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Settings stored by an older bstune, in today's terms, so that the resume check compares like with like.
-
-    Studies stored before ``prior.lr_anchor`` existed anchored the LR rule at half the
-    ceiling: they read as ``lr_anchor: 0.5``, and resume only with that setting (not
-    silently under today's default).
-
-    Example:
-        >>> _upgrade_settings({"space": {"prior": {"lr_width": 3.0}}})["space"]["prior"]
-        {'lr_width': 3.0, 'lr_anchor': 0.5}
-    """
-    if stored is None:
-        return None
-    prior = stored.get("space", {}).get("prior")
-    if isinstance(prior, dict) and "lr_anchor" not in prior:
-        stored = {**stored, "space": {**stored["space"], "prior": {**prior, "lr_anchor": 0.5}}}
-    return stored
