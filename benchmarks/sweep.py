@@ -337,7 +337,3 @@ def _now() -> str:
     import datetime as dt
 
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def main_sweep(names: list[str], suite: str, out_dir: Path, workers: int = 1) -> dict[str, Any]:
-    return {n: load_or_run(PROBLEMS[n], suite, out_dir, workers) for n in names}
