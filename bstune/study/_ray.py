@@ -33,10 +33,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +42,11 @@ from typing import TYPE_CHECKING, Any
 
 from bstune.errors import ConfigError, DependencyError
 from bstune.study._probe import ProbeResult, run_probe
+from bstune.study._ray_trial import record_from_result, train_trial
 from bstune.study._records import Rescored, TrialRecord, clean_json
-from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner, history_row, run_trial
+from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner, run_trial
 from bstune.task import Task
-from bstune.training import Decision, EvalRecord
+from bstune.training import Decision
 
 if TYPE_CHECKING:
     from bstune.study._study import Study
@@ -57,15 +56,12 @@ __all__ = [
     "RaySettings",
     "import_ray",
     "make_scheduler",
-    "record_from_result",
     "run_on_ray",
-    "train_trial",
 ]
 
 logger = logging.getLogger(__name__)
 
 _STATE_FILE = "bstune_study.json"
-_OUTCOME_FILE = "outcome.json"
 _RESCORED_FILE = "bstune_rescored.json"
 
 
@@ -181,96 +177,6 @@ def _make_searcher(planner: TrialPlanner, seed: int, n_trials: int, direction: s
 
 
 # -- the trial, run on a worker ------------------------------------------------------------
-def _node() -> str:
-    import ray
-
-    try:
-        return str(ray.get_runtime_context().get_node_id())
-    except Exception:  # pragma: no cover - outside a Ray worker
-        return "unknown"
-
-
-def train_trial(config: dict[str, Any], *, task: Task, objective: str, direction: str) -> None:
-    """Ray Tune function trainable: one trial of a bstune study.
-
-    Reports at every milestone before the last (``samples`` is the milestone in
-    training samples, ASHA's time axis; ``objective`` the best value so far), then once
-    with the outcome and a checkpoint holding it. The outcome carries no ``samples``,
-    so ASHA takes no decision on it: a trial that trained its whole budget is never
-    stopped at the finish line.
-    """
-    from ray import tune
-
-    plan = TrialPlan.from_dict(config["bstune_plan"])
-    node = _node()
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            done = Path(folder, _OUTCOME_FILE)
-            if done.is_file():  # finished before the driver went down: replay, do not train again
-                tune.report(json.loads(done.read_text()))
-                return
-    history: list[dict[str, Any]] = []
-
-    def on_milestone(index: int, value: float, record: EvalRecord) -> Decision:
-        history.append(history_row(record))
-        if record.milestone >= plan.config.max_samples:
-            return Decision.CONTINUE  # the last milestone goes out with the outcome, below
-        metrics = {
-            "samples": record.milestone,
-            "samples_seen": record.samples,
-            "milestone": index,
-            "history": list(history),
-            "node": node,
-            **plan.attrs(),
-        }
-        if math.isfinite(value):
-            metrics["objective"] = value
-        tune.report(clean_json(metrics))
-        return Decision.CONTINUE  # ASHA stops a trial by ending it, not by an answer here
-
-    outcome = run_trial(task, plan, objective=objective, direction=direction, on_milestone=on_milestone)  # type: ignore[arg-type]
-    final = {**plan.attrs(), **outcome.attrs(), "node": node, "final": True, "samples_seen": outcome.samples}
-    del final["samples"]  # not on ASHA's time axis (see above)
-    del final["config"]  # Ray's own key for the trial's config, which holds the plan already
-    if outcome.value is not None:
-        final["objective"] = outcome.value
-    final = clean_json(final)
-    with tempfile.TemporaryDirectory() as folder:
-        Path(folder, _OUTCOME_FILE).write_text(json.dumps(final))
-        tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
-
-
-# -- records from Ray's results -----------------------------------------------------------
-def record_from_result(
-    metrics: Mapping[str, Any], config: Mapping[str, Any], error: BaseException | None
-) -> TrialRecord:
-    """A :class:`TrialRecord` from one Ray trial: its last reported metrics and its config."""
-    plan = config["bstune_plan"]
-    status = metrics.get("status") if metrics.get("final") else None
-    message = str(metrics.get("message", ""))
-    if status is None:
-        if error is not None:
-            status, message = "failed", f"{type(error).__name__}: {error}"
-        else:
-            status = "pruned" if metrics.get("samples") else "failed"
-    value = metrics.get("objective")
-    return TrialRecord(
-        number=int(config["bstune_trial_number"]),
-        status=status,
-        batch_size=plan["batch_size"],
-        lr=plan["lr"],
-        temperature=plan["temperature"],
-        value=float(value) if value is not None and math.isfinite(float(value)) else None,
-        samples=int(metrics.get("samples_seen", metrics.get("samples", 0)) or 0),
-        params=dict(plan["params"]),
-        config=dict(plan["config"]),
-        history=list(metrics.get("history", [])),
-        message=message,
-        worker=metrics.get("node"),
-    )
-
-
 # -- the driver ---------------------------------------------------------------------------
 def _scalar_tensorboard() -> Any:
     """Ray's TensorBoard logger, minus the per-trial history list it cannot log (and warns about)."""

@@ -10,7 +10,8 @@ import pytest
 from bstune.errors import ConfigError, DependencyError
 from bstune.space import SearchSpace
 from bstune.study import Study
-from bstune.study._ray import PlannerSpace, RaySettings, import_ray, make_scheduler, record_from_result
+from bstune.study._ray import PlannerSpace, RaySettings, import_ray, make_scheduler
+from bstune.study._ray_trial import record_from_result
 from bstune.study._trial import TrialPlanner
 
 SPACE = {"name": "tiny", "batch_size": {"min": 8, "max": 256}, "lr": {"min": 1e-3, "max": 1.0}}

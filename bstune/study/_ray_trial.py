@@ -1,0 +1,116 @@
+"""The trial side of the Ray Tune backend: what runs in a Ray worker, and the record read back.
+
+:func:`train_trial` is the function trainable the driver (:mod:`bstune.study._ray`)
+hands to Tune: it trains one planned trial with :func:`~bstune.study._trial.run_trial`
+and reports at the study's sample milestones. :func:`record_from_result` turns what a
+trial last reported back into the :class:`~bstune.study._records.TrialRecord` that
+both backends return.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bstune.study._records import TrialRecord, clean_json
+from bstune.study._trial import TrialPlan, history_row, run_trial
+from bstune.task import Task
+from bstune.training import Decision, EvalRecord
+
+__all__ = ["record_from_result", "train_trial"]
+
+_OUTCOME_FILE = "outcome.json"  # in a finished trial's checkpoint: its outcome, replayed on restore
+
+
+def _node() -> str:
+    import ray
+
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # pragma: no cover - outside a Ray worker
+        return "unknown"
+
+
+def train_trial(config: dict[str, Any], *, task: Task, objective: str, direction: str) -> None:
+    """Ray Tune function trainable: one trial of a bstune study.
+
+    Reports at every milestone before the last (``samples`` is the milestone in
+    training samples, ASHA's time axis; ``objective`` the best value so far), then once
+    with the outcome and a checkpoint holding it. The outcome carries no ``samples``,
+    so ASHA takes no decision on it: a trial that trained its whole budget is never
+    stopped at the finish line.
+    """
+    from ray import tune
+
+    plan = TrialPlan.from_dict(config["bstune_plan"])
+    node = _node()
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            done = Path(folder, _OUTCOME_FILE)
+            if done.is_file():  # finished before the driver went down: replay, do not train again
+                tune.report(json.loads(done.read_text()))
+                return
+    history: list[dict[str, Any]] = []
+
+    def on_milestone(index: int, value: float, record: EvalRecord) -> Decision:
+        history.append(history_row(record))
+        if record.milestone >= plan.config.max_samples:
+            return Decision.CONTINUE  # the last milestone goes out with the outcome, below
+        metrics = {
+            "samples": record.milestone,
+            "samples_seen": record.samples,
+            "milestone": index,
+            "history": list(history),
+            "node": node,
+            **plan.attrs(),
+        }
+        if math.isfinite(value):
+            metrics["objective"] = value
+        tune.report(clean_json(metrics))
+        return Decision.CONTINUE  # ASHA stops a trial by ending it, not by an answer here
+
+    outcome = run_trial(task, plan, objective=objective, direction=direction, on_milestone=on_milestone)  # type: ignore[arg-type]
+    final = {**plan.attrs(), **outcome.attrs(), "node": node, "final": True, "samples_seen": outcome.samples}
+    del final["samples"]  # not on ASHA's time axis (see above)
+    del final["config"]  # Ray's own key for the trial's config, which holds the plan already
+    if outcome.value is not None:
+        final["objective"] = outcome.value
+    final = clean_json(final)
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, _OUTCOME_FILE).write_text(json.dumps(final))
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+# -- records from Ray's results -----------------------------------------------------------
+def record_from_result(
+    metrics: Mapping[str, Any], config: Mapping[str, Any], error: BaseException | None
+) -> TrialRecord:
+    """A :class:`TrialRecord` from one Ray trial: its last reported metrics and its config."""
+    plan = config["bstune_plan"]
+    status = metrics.get("status") if metrics.get("final") else None
+    message = str(metrics.get("message", ""))
+    if status is None:
+        if error is not None:
+            status, message = "failed", f"{type(error).__name__}: {error}"
+        else:
+            status = "pruned" if metrics.get("samples") else "failed"
+    value = metrics.get("objective")
+    return TrialRecord(
+        number=int(config["bstune_trial_number"]),
+        status=status,
+        batch_size=plan["batch_size"],
+        lr=plan["lr"],
+        temperature=plan["temperature"],
+        value=float(value) if value is not None and math.isfinite(float(value)) else None,
+        samples=int(metrics.get("samples_seen", metrics.get("samples", 0)) or 0),
+        params=dict(plan["params"]),
+        config=dict(plan["config"]),
+        history=list(metrics.get("history", [])),
+        message=message,
+        worker=metrics.get("node"),
+    )
