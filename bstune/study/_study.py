@@ -29,8 +29,9 @@ from bstune.study._prior import Prior
 from bstune.study._probe import ProbeResult, ProbeSettings, run_probe
 from bstune.study._pruners import make_pruner
 from bstune.study._ray import RaySettings
+from bstune.study._recommend import StudyFailedError, handed_over, recommend
 from bstune.study._records import Rescored, StudyResult, TrialRecord, clean_dict, clean_json
-from bstune.study._rescore import candidates, choose, rescore_seeds, run_rescoring
+from bstune.study._rescore import candidates, rescore_seeds, run_rescoring
 from bstune.study._resume import check_settings
 from bstune.study._storage import open_storage
 from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner, run_trial
@@ -52,10 +53,6 @@ def make_sampler(seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
 
 class TrialFailure(BstuneError):
     """A trial ended without a result (diverged, out of memory, or raised); the study goes on."""
-
-
-class StudyFailedError(BstuneError):
-    """Every trial of a study failed: there is no configuration to recommend."""
 
 
 class Study:
@@ -464,45 +461,13 @@ class Study:
         optuna_study: optuna.Study | None = None,
         rescored: list[Rescored] | None = None,
     ) -> StudyResult:
-        complete = [t for t in trials if t.status == "completed" and t.value is not None]
-        if not complete:
-            counts: dict[str, int] = {}
-            for t in trials:
-                counts[t.status] = counts.get(t.status, 0) + 1
-            first = next((t for t in trials if t.message and t.status != "pruned"), None)
-            raise StudyFailedError(
-                f"none of the {len(trials)} trials of study {self.study_name!r} completed "
-                f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"
-                + (f"; the first: trial {first.number}: {first.message}" if first else "")
-                + "; each trial's message and traceback are kept in the storage"
-            )
-        sign = 1.0 if self.direction == "minimize" else -1.0
-        best = min(complete, key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
-        best_value = float(best.value)  # type: ignore[arg-type]
-        chosen = choose(rescored or [], self.direction)
-        if chosen is not None:  # the best mean over seeds, not the best single seed
-            best = next(t for t in complete if t.number == chosen.trial)
-            best_value = float(chosen.mean)  # type: ignore[arg-type]
-        config = dict(best.config)
-        spec = self.task.optimizer_spec
-        best_config = {
-            "batch_size": config["batch_size"],
-            "lr": config["lr"],
-            "momentum": config["momentum"] if config["momentum"] is not None else spec.momentum,
-            "weight_decay": config["weight_decay"] if config["weight_decay"] is not None else spec.weight_decay,
-            "warmup_samples": config["warmup_samples"],
-            "schedule": config["schedule"],
-            "temperature": best.temperature,
-            "optimizer": self.space.optimizer.family,
-            **({"betas": list(self.space.optimizer.betas)} if self.space.optimizer.family != "sgd" else {}),
-            **{f"model.{k}": v for k, v in config["model_kwargs"].items()},
-        }
+        best, best_value = recommend(trials, rescored or [], self.direction, self.study_name)
         return StudyResult(
             study_name=self.study_name,
             mode=self.mode,
             objective=self.objective,
             direction=self.direction,
-            best_config=best_config,
+            best_config=handed_over(best, self.task.optimizer_spec, self.space.optimizer),
             best_value=best_value,
             best_trial=best.number,
             trials=trials,

@@ -1,0 +1,74 @@
+"""What a study recommends: the trial it picks, and the configuration it hands over.
+
+The pick is the best completed trial by its own (single-seed) value, unless re-scoring
+ran: then it is the re-scored trial with the best mean over seeds (see
+:mod:`bstune.study._rescore`), since one seed's luck is what a single value rewards.
+A study none of whose trials completed has nothing to recommend and says why.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from bstune.errors import BstuneError
+from bstune.optim import OptimizerSpec
+from bstune.study._records import Rescored, TrialRecord
+from bstune.study._rescore import choose
+
+__all__ = ["StudyFailedError", "handed_over", "recommend"]
+
+
+class StudyFailedError(BstuneError):
+    """Every trial of a study failed: there is no configuration to recommend."""
+
+
+def recommend(
+    trials: list[TrialRecord],
+    rescored: list[Rescored],
+    direction: Literal["minimize", "maximize"],
+    study_name: str,
+) -> tuple[TrialRecord, float]:
+    """The recommended trial and the value it is recommended on (its mean over seeds, if re-scored).
+
+    Example:
+        >>> t = [TrialRecord(number=i, status="completed", batch_size=8, lr=0.1, temperature=0.0125, value=v,
+        ...                  samples=100, params={}, config={}) for i, v in enumerate([0.3, 0.2])]
+        >>> best, value = recommend(t, [], "minimize", "demo")
+        >>> best.number, value
+        (1, 0.2)
+    """
+    complete = [t for t in trials if t.status == "completed" and t.value is not None]
+    if not complete:
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.status] = counts.get(t.status, 0) + 1
+        first = next((t for t in trials if t.message and t.status != "pruned"), None)
+        raise StudyFailedError(
+            f"none of the {len(trials)} trials of study {study_name!r} completed "
+            f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"
+            + (f"; the first: trial {first.number}: {first.message}" if first else "")
+            + "; each trial's message and traceback are kept in the storage"
+        )
+    sign = 1.0 if direction == "minimize" else -1.0
+    best = min(complete, key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
+    chosen = choose(rescored, direction)
+    if chosen is not None:  # the best mean over seeds, not the best single seed
+        return next(t for t in complete if t.number == chosen.trial), float(chosen.mean)  # type: ignore[arg-type]
+    return best, float(best.value)  # type: ignore[arg-type]
+
+
+def handed_over(best: TrialRecord, task_optimizer: OptimizerSpec, space_optimizer: OptimizerSpec) -> dict[str, Any]:
+    """The recommended trial's configuration as a user trains with it: every setting, none left implicit."""
+    config = dict(best.config)
+    return {
+        "batch_size": config["batch_size"],
+        "lr": config["lr"],
+        "momentum": config["momentum"] if config["momentum"] is not None else task_optimizer.momentum,
+        "weight_decay": config["weight_decay"] if config["weight_decay"] is not None else task_optimizer.weight_decay,
+        "warmup_samples": config["warmup_samples"],
+        "schedule": config["schedule"],
+        "temperature": best.temperature,
+        "optimizer": space_optimizer.family,
+        **({"betas": list(space_optimizer.betas)} if space_optimizer.family != "sgd" else {}),
+        **{f"model.{k}": v for k, v in config["model_kwargs"].items()},
+    }
