@@ -48,6 +48,7 @@ import scipy.stats
 
 import bstune
 from benchmarks.problems import PROBLEMS, Problem, task_of
+from benchmarks.sweep import run_many
 from bstune.training import Decision, EvalRecord
 
 log = logging.getLogger("benchmarks.efficiency")
@@ -156,8 +157,6 @@ class Evaluator:
     def _values(self, batch: int, lr: float, seeds: list[int]) -> list[float | None]:
         todo = [s for s in seeds if not self._known(batch, lr, s)[0]]
         if todo:
-            from benchmarks.sweep import run_many
-
             runs = run_many(self.problem, [(batch, lr, s) for s in todo], self.problem.n_evals, self.workers)
             for s, run in zip(todo, runs, strict=True):
                 self.trained += run["samples"]
@@ -344,66 +343,55 @@ def run_ray_asha(problem: Problem, seed: int, n_trials: int) -> dict[str, Any]:
 
 
 # -- the measure ---------------------------------------------------------------------------------
+def _judged(evaluator: Evaluator, trial: int, batch: int, lr: float, own: float, cumulative: int) -> dict[str, Any]:
+    """One incumbent as the trace records it: where it stood, its own value and the judge's verdict."""
+    j = evaluator.judge(batch, lr)
+    return {
+        "trial": trial,
+        "cumulative_samples": cumulative,
+        "batch_size": batch,
+        "lr": lr,
+        "own_value": own,
+        "seed_avg_value": j["value"] if math.isfinite(j["value"]) else None,
+        "ratio": j["ratio"],
+        "ratio_se": j["ratio_se"],
+        "judge_seeds": j["seeds"],
+    }
+
+
+def _mark_hits(hit: dict[str, int | None], ratio: float, cumulative: int) -> None:
+    """The samples at which each tolerance was first met, if this incumbent is the first to meet it."""
+    for tol in TOLERANCES:
+        k = f"{tol:g}"
+        if hit[k] is None and ratio <= 1 + tol:
+            hit[k] = cumulative
+
+
 def trace(run: dict[str, Any], evaluator: Evaluator) -> dict[str, Any]:
     """Incumbents in trial order, each judged against the grid best (``Evaluator``); samples to each tolerance."""
     cumulative = run["samples_probe"]
     own_best = math.inf
     incumbents = []
     hit: dict[str, int | None] = {f"{t:g}": None for t in TOLERANCES}
-    best_ratio = math.inf
     for t in run["trials"]:
         cumulative += t["samples"]
         t["cumulative_samples"] = cumulative
         if t["status"] != "completed" or t["value"] is None or not t["value"] < own_best:
             continue
         own_best = t["value"]
-        j = evaluator.judge(t["batch_size"], t["lr"])
-        ratio = j["ratio"]
-        best_ratio = min(best_ratio, ratio)
-        incumbents.append(
-            {
-                "trial": t["number"],
-                "cumulative_samples": cumulative,
-                "batch_size": t["batch_size"],
-                "lr": t["lr"],
-                "own_value": own_best,
-                "seed_avg_value": j["value"] if math.isfinite(j["value"]) else None,
-                "ratio": ratio,
-                "ratio_se": j["ratio_se"],
-                "judge_seeds": j["seeds"],
-            }
-        )
-        for tol in TOLERANCES:
-            k = f"{tol:g}"
-            if hit[k] is None and ratio <= 1 + tol:
-                hit[k] = cumulative
+        incumbents.append(_judged(evaluator, t["number"], t["batch_size"], t["lr"], own_best, cumulative))
+        _mark_hits(hit, incumbents[-1]["ratio"], cumulative)
     rescore = run.get("rescore")
     if rescore is not None:  # the study's recommendation after re-scoring, at the samples it cost
         cumulative += rescore["samples"]
         pick = rescore["pick"]
         own = next(t["value"] for t in run["trials"] if t["number"] == pick["trial"])
-        j = evaluator.judge(pick["batch_size"], pick["lr"])
-        ratio = j["ratio"]
-        best_ratio = min(best_ratio, ratio)
         incumbents.append(
-            {
-                "trial": pick["trial"],
-                "cumulative_samples": cumulative,
-                "batch_size": pick["batch_size"],
-                "lr": pick["lr"],
-                "own_value": own,
-                "seed_avg_value": j["value"] if math.isfinite(j["value"]) else None,
-                "ratio": ratio,
-                "ratio_se": j["ratio_se"],
-                "judge_seeds": j["seeds"],
-                "rescored": True,
-            }
+            _judged(evaluator, pick["trial"], pick["batch_size"], pick["lr"], own, cumulative) | {"rescored": True}
         )
-        for tol in TOLERANCES:
-            k = f"{tol:g}"
-            if hit[k] is None and ratio <= 1 + tol:
-                hit[k] = cumulative
+        _mark_hits(hit, incumbents[-1]["ratio"], cumulative)
     final = incumbents[-1] if incumbents else None
+    best_ratio = min((i["ratio"] for i in incumbents), default=math.inf)
     return {
         "samples_to": hit,
         "samples_total": cumulative,

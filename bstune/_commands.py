@@ -243,20 +243,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
     )
-    prior = Prior.from_probe(
-        probe,
-        family=space.optimizer.family,
-        adam_alpha=space.prior.adam_alpha,
-        batch_width=space.prior.batch_width,
-        lr_width=space.prior.lr_width,
-        lr_anchor=space.prior.lr_anchor,
-        batch_min=space.batch_min,
-        batch_cap=min(cap, probe.batch_ceiling or cap),
-        lr_min=space.lr_min,
-        lr_max=space.lr_max,
-        momentum_ref=space.optimizer.momentum,
-        batch_round=space.prior.batch_round,
-    )
+    prior = Prior.for_space(probe, space, min(cap, probe.batch_ceiling or cap))
     lo, hi = probe.b_simple_ci
     print(
         f"B_simple {probe.b_simple:.4g} (90% CI {lo:.4g} .. {hi:.4g}) after {probe.samples_used:,} samples "

@@ -37,9 +37,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bstune.study._probe import ProbeResult
+
+if TYPE_CHECKING:
+    from bstune.space import SearchSpace
 
 __all__ = ["Prior"]
 
@@ -102,6 +105,25 @@ class Prior:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def for_space(cls, probe: ProbeResult, space: SearchSpace, batch_cap: int) -> Prior:
+        """``from_probe`` with every setting taken from a search space (its ``prior`` section, limits and optimizer)."""
+        settings = space.prior
+        return cls.from_probe(
+            probe,
+            family=space.optimizer.family,
+            adam_alpha=settings.adam_alpha,
+            batch_width=settings.batch_width,
+            lr_width=settings.lr_width,
+            lr_anchor=settings.lr_anchor,
+            batch_min=space.batch_min,
+            batch_cap=batch_cap,
+            lr_min=space.lr_min,
+            lr_max=space.lr_max,
+            momentum_ref=space.optimizer.momentum,
+            batch_round=settings.batch_round,
+        )
 
     @classmethod
     def from_probe(

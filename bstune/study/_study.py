@@ -284,21 +284,7 @@ class Study:
         assert self.probe is not None
         if self.probe.batch_ceiling is not None:
             self.batch_cap = min(self.batch_cap, self.probe.batch_ceiling)
-        settings = self.space.prior
-        self.prior = Prior.from_probe(
-            self.probe,
-            family=self.space.optimizer.family,
-            adam_alpha=settings.adam_alpha,
-            batch_width=settings.batch_width,
-            lr_width=settings.lr_width,
-            lr_anchor=settings.lr_anchor,
-            batch_min=self.space.batch_min,
-            batch_cap=self.batch_cap,
-            lr_min=self.space.lr_min,
-            lr_max=self.space.lr_max,
-            momentum_ref=self.space.optimizer.momentum,
-            batch_round=settings.batch_round,
-        )
+        self.prior = Prior.for_space(self.probe, self.space, self.batch_cap)
         logger.info(
             "prior: B in [%d, %d] around B_noise=%.4g; lr rule eta*(%d)=%.3g",
             self.prior.batch_low,

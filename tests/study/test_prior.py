@@ -128,3 +128,21 @@ def test_default_anchor_is_a_quarter_of_the_ceiling() -> None:
 
     prior = Prior.from_probe(_probe(0.8, 1.6, 512), **_FROM_PROBE)  # type: ignore[arg-type]
     assert prior.lr_ref == pytest.approx(PriorSettings().lr_anchor * 1.6) == pytest.approx(0.4)
+
+
+def test_for_space_takes_every_setting_from_the_space() -> None:
+    from bstune.space import SearchSpace
+
+    space = SearchSpace.from_dict(
+        {
+            "name": "s",
+            "optimizer": {"family": "adam"},
+            "batch_size": {"min": 16, "max": 1024},
+            "lr": {"min": 1e-4, "max": 0.5},
+            "prior": {"batch_width": 2, "lr_width": 5, "adam_alpha": 0.75, "lr_anchor": 0.1, "batch_round": 8},
+        }
+    )
+    p = Prior.for_space(_probe(0.8, 1.6, 512), space, batch_cap=700)
+    assert (p.alpha, p.lr_width, p.lr_min, p.lr_max, p.batch_round) == (0.75, 5.0, 1e-4, 0.5, 8)
+    assert p.lr_ref == pytest.approx(0.1 * 1.6)
+    assert p.batch_low >= 16 and p.batch_high <= 700 and p.batch_low % 8 == 0
