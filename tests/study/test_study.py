@@ -5,6 +5,8 @@ Failures, crashes, concurrent writers and bad arguments are tested in ``tests/re
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +45,49 @@ def test_prior_mode_searches_the_band_and_records_derived_values(blob_task: bstu
     assert result.to_dict()["best_config"] == result.best_config
 
 
+class RecordingMedianPruner(optuna.pruners.MedianPruner):
+    """The median pruner, noting each decision: (trial number, step, pruned)."""
+
+    def __init__(self) -> None:
+        super().__init__(n_startup_trials=2, n_warmup_steps=0)
+        self.decisions: list[tuple[int, int, bool]] = []
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        pruned = super().prune(study, trial)
+        assert trial.last_step is not None
+        self.decisions.append((trial.number, trial.last_step, bool(pruned)))
+        return pruned
+
+
 def test_pruners_compare_trials_at_equal_sample_milestones(blob_task: bstune.Task) -> None:
-    result = _study(blob_task, mode="baseline", n_trials=8, pruner="median")
-    res = result.run()
+    pruner = RecordingMedianPruner()
+    res = _study(blob_task, mode="baseline", n_trials=8, pruner=pruner).run()
     study = res.optuna_study
     assert study is not None
+    assert len({t.batch_size for t in res.trials}) > 1  # else equal steps would be equal samples anyway
     every = 4000 // 4
+    at_step: dict[int, dict[int, float]] = {}  # step -> trial -> its best val_loss after step * every samples
     for frozen, record in zip(study.get_trials(), res.trials, strict=True):
-        steps = sorted(frozen.intermediate_values)
-        assert set(steps) <= {1, 2, 3, 4}
-        for entry in record.history:  # the step Optuna saw is the sample milestone, whatever the batch size
+        assert frozen.number == record.number
+        best = math.inf
+        for entry in record.history:  # evaluated at the shared milestones, within one batch of them
             assert entry["milestone"] % every == 0
             assert 0 <= entry["samples"] - entry["milestone"] < record.batch_size  # type: ignore[operator]
-        assert [round(h["milestone"] / every) for h in record.history] == steps
-    assert any(t.status == "pruned" for t in res.trials) or len({t.batch_size for t in res.trials}) > 1
+            best = min(best, entry["val_loss"])
+            at_step.setdefault(entry["milestone"] // every, {})[record.number] = best
+        # the step Optuna saw is the sample milestone, and its value the trial's best at that many samples
+        assert frozen.intermediate_values == {
+            step: v[record.number] for step, v in at_step.items() if record.number in v
+        }
+    assert {(n, step) for n, step, _ in pruner.decisions} == {(n, step) for step, v in at_step.items() for n in v}
+    for number, step, pruned in pruner.decisions:  # each decision: this trial against the finished ones, same samples
+        finished = [v for n, v in at_step[step].items() if n < number and res.trials[n].status == "completed"]
+        n_finished = sum(t.status == "completed" for t in res.trials[:number])
+        assert pruned == (n_finished >= 2 and bool(finished) and at_step[step][number] > statistics.median(finished))
+        if pruned and step < 4:  # at the last milestone the trial has spent its budget and completes
+            assert res.trials[number].status == "pruned"
+            assert res.trials[number].history[-1]["milestone"] == step * every  # stopped right there
+    assert any(pruned and step < 4 for _, step, pruned in pruner.decisions)  # the comparison did stop a trial
 
 
 class PruneEveryTrialAtTheEnd(optuna.pruners.BasePruner):
