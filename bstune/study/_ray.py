@@ -257,15 +257,22 @@ def make_scheduler(pruner: str, study: Study) -> Any:
             stop_last_trials=False,
         )
     if pruner == "median":
-        # min_time_slice past the budget: the rule never pauses a trial to let a pending one
-        # run (a function trainable paused without a checkpoint would start over)
-        return schedulers.MedianStoppingRule(
+
+        class MedianNeverPausing(schedulers.MedianStoppingRule):  # type: ignore[misc]
+            """Goes on where the rule would pause a trial to let a pending one run: a function
+            trainable paused without a checkpoint would start over. (A ``min_time_slice`` past
+            the budget is not enough: the rule still pauses once, at the first comparison.)"""
+
+            def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+                action = str(super().on_trial_result(tune_controller, trial, result))
+                return schedulers.TrialScheduler.CONTINUE if action == schedulers.TrialScheduler.PAUSE else action
+
+        return MedianNeverPausing(
             time_attr="samples",
             metric="objective",
             mode=mode,
             grace_period=study.eval_every,
             min_samples_required=5,
-            min_time_slice=study.budget_samples + 1,
         )
     if pruner == "none":
         return schedulers.FIFOScheduler()

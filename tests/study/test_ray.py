@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import optuna
@@ -62,17 +63,27 @@ def test_records_from_ray_results_keep_outcome_and_learning_curve() -> None:
     assert diverged.status == "diverged" and diverged.value is None
 
 
-def test_searcher_learns_from_out_of_memory_and_fails_broken_trials() -> None:
+def test_searcher_learns_from_out_of_memory_and_fails_broken_trials(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("ray.tune")
     from bstune.study._ray import _make_searcher
 
-    search = _make_searcher(planner(), seed=0, n_trials=8, direction="minimize")
-    config = search.suggest("t1")
-    batch = config["bstune_plan"]["batch_size"]
+    studies: list[optuna.Study] = []  # the study OptunaSearch creates, seen through Optuna's own entry point
+    create_study = optuna.study.create_study
+
+    def recording(*args: object, **kwargs: object) -> optuna.Study:
+        studies.append(create_study(*args, **kwargs))  # type: ignore[arg-type]
+        return studies[-1]
+
+    monkeypatch.setattr(optuna.study, "create_study", recording)
+    plans = planner()
+    search = _make_searcher(plans, seed=0, n_trials=8, direction="minimize")
+    batch = search.suggest("t1")["bstune_plan"]["batch_size"]
     search.on_trial_complete("t1", {"status": "oom", "batch_size": batch})
-    assert search._space.planner.batch_cap == max(8, min(256, batch // 2))
-    states = [t.state for t in search._ot_study.get_trials()]
-    assert states == [optuna.trial.TrialState.FAIL]  # TPE learns nothing from an OOM trial
+    cap = max(8, min(256, batch // 2))
+    assert plans.batch_cap == cap
+    assert all(search.suggest(f"t{i}")["bstune_plan"]["batch_size"] <= cap for i in range(2, 6))  # drawn under it
+    (study,) = studies
+    assert study.get_trials()[0].state == optuna.trial.TrialState.FAIL  # TPE learns nothing from an OOM trial
 
 
 def test_ray_settings_reject_bad_values() -> None:
@@ -93,17 +104,69 @@ def test_study_keeps_backend_settings_apart(blob_task: object) -> None:
         Study(blob_task, SPACE, backend="dask")  # type: ignore[arg-type]
 
 
+class _Trial:
+    """What a Ray scheduler reads of a trial: its id and status."""
+
+    def __init__(self, trial_id: str, status: str = "RUNNING") -> None:
+        self.trial_id, self.status = trial_id, status
+
+
+class _Controller:
+    """What a Ray scheduler asks of the tune controller: the live trials."""
+
+    def __init__(self, *live: _Trial) -> None:
+        self.live = list(live)
+
+    def get_live_trials(self) -> list[_Trial]:
+        return self.live
+
+
+def _decide(scheduler: object, controller: _Controller, trial: _Trial, samples: int, objective: float) -> str:
+    return scheduler.on_trial_result(controller, trial, {"samples": samples, "objective": objective})  # type: ignore[attr-defined,no-any-return]
+
+
 def test_pruner_names_pick_ray_schedulers_on_training_samples(blob_task: object) -> None:
     schedulers = pytest.importorskip("ray.tune.schedulers")
+    go, stop = schedulers.TrialScheduler.CONTINUE, schedulers.TrialScheduler.STOP
     study = Study(blob_task, SPACE, backend="ray", budget_samples=9000, n_evals=9)  # type: ignore[arg-type]
+
     asha = make_scheduler("hyperband", study)
     assert isinstance(asha, schedulers.AsyncHyperBandScheduler)
-    assert asha._time_attr == "samples"
-    assert sorted(milestone for milestone, _ in asha._brackets[0]._rungs) == [1000, 3000, 9000]  # Hyperband's rungs
+    assert asha.metric == "objective"  # lower is better: the trials stopped below report more
+    good, mid, bad, late = (_Trial(n) for n in ("good", "mid", "bad", "late"))
+    controller = _Controller(*(good, mid, bad, late), *(_Trial(f"x{i}") for i in range(3)))
+    for t in controller.live:
+        asha.on_trial_add(controller, t)
+    for samples in (1000, 3000):  # three trials set each rung's cutoff, best last so none is stopped
+        assert [_decide(asha, controller, _Trial(f"x{i}"), samples, 0.3 - 0.1 * i) for i in range(3)] == [go] * 3
+    assert _decide(asha, controller, bad, 999, 9.0) == go  # before the first rung (the first milestone)
+    assert _decide(asha, controller, bad, 1000, 9.0) == stop  # compared at 1000 samples, whatever its steps
+    assert asha.on_trial_result(controller, late, {"training_iteration": 1000, "objective": 9.0}) == go  # not time
+    assert _decide(asha, controller, mid, 1000, 0.05) == go
+    assert _decide(asha, controller, mid, 2000, 9.0) == go  # no rung at 2000
+    assert _decide(asha, controller, mid, 3000, 9.0) == stop  # the next rung: 1000 x 3
+    rungs = re.findall(r"Iter ([0-9.]+):", asha.debug_string())
+    assert sorted(float(r) for r in rungs) == [1000, 3000, 9000]  # Hyperband's rungs
+
     median = make_scheduler("median", study)
     assert isinstance(median, schedulers.MedianStoppingRule)
-    assert (median._time_attr, median._grace_period) == ("samples", 1000)
-    assert median._min_time_slice > 9000  # never pauses a trial that has no checkpoint to resume from
+    assert median.metric == "objective"
+    others = [_Trial(f"o{i}") for i in range(5)]
+    slow, pending = _Trial("slow"), _Trial("pending", "PENDING")
+    controller = _Controller(*others, slow, pending)
+    for t in controller.live:
+        median.on_trial_add(controller, t)
+    # too few trials to compare with and one waiting: a function trainable paused without a
+    # checkpoint would start over, so the rule goes on instead of pausing
+    assert [_decide(median, controller, slow, s, 0.5) for s in (1000, 2000)] == [go, go]
+    for t in others:
+        assert _decide(median, controller, t, 1000, 0.1) in (go, stop)
+        assert _decide(median, controller, t, 4000, 0.1) in (go, stop)
+    lagging = _Trial("lagging")
+    median.on_trial_add(controller, lagging)
+    assert _decide(median, controller, lagging, 999, 9.0) == go  # within the grace period
+    assert _decide(median, controller, lagging, 1000, 9.0) == stop  # worse than the others' median at 1000 samples
+
     assert type(make_scheduler("none", study)) is schedulers.FIFOScheduler
     with pytest.raises(ConfigError, match="pruner: the Ray backend takes a pruner by name"):
         Study(blob_task, SPACE, backend="ray", pruner=optuna.pruners.MedianPruner())  # type: ignore[arg-type]
