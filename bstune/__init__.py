@@ -11,6 +11,7 @@ The flat public API::
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from bstune.errors import BstuneError, ConfigError, DependencyError, EstimationError, TaskError
 from bstune.noise import NoiseScaleEstimate, exact_noise_scale, measure_noise_scale
@@ -19,6 +20,11 @@ from bstune.task import Task
 from bstune.training import Decision, EvalRecord, RunStatus, TrainConfig, TrainResult, train
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what _LAZY loads, for type checkers (tests/test_exports.py keeps the two in step)
+    from bstune.jobs import fetch_report, status, submit
+    from bstune.space import SearchSpace
+    from bstune.study import Prior, ProbeSettings, Study, StudyResult
 
 # The study layer pulls in Optuna: imported on first use, not with the package.
 _LAZY = {
@@ -34,6 +40,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> object:
+    """Load a name of ``_LAZY`` from its module on first use."""
     if name in _LAZY:
         import importlib
 

@@ -10,16 +10,20 @@ if TYPE_CHECKING:
     from bstune.report._plots import Plot, render_plots
 
 
+# ``render_html``, ``render_plots`` and ``Plot`` load matplotlib, so only on first use.
+_LAZY = {
+    "render_html": "bstune.report._html",
+    "render_plots": "bstune.report._plots",
+    "Plot": "bstune.report._plots",
+}
+
+
 def __getattr__(name: str) -> object:
-    """``render_html``, ``render_plots`` and ``Plot`` load matplotlib, so only on first use."""
-    if name == "render_html":
-        from bstune.report._html import render_html
+    """Load a name of ``_LAZY`` from its module on first use."""
+    if name in _LAZY:
+        import importlib
 
-        return render_html
-    if name in ("render_plots", "Plot"):
-        from bstune.report import _plots
-
-        return getattr(_plots, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
