@@ -109,7 +109,7 @@ def temperature(lr: float, batch_size: int, momentum: float = 0.0) -> float:
         0.03125
     """
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise ConfigError(f"must be positive, got {batch_size}", source="temperature", field="batch_size")
     if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        raise ConfigError(f"must be in [0, 1), got {momentum}", source="temperature", field="momentum")
     return lr / (batch_size * (1.0 - momentum))

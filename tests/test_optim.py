@@ -38,5 +38,7 @@ def test_bad_specs_name_the_field(kwargs: dict[str, object], field: str) -> None
 def test_temperature_includes_momentum() -> None:
     assert temperature(0.1, 10) == pytest.approx(0.01)
     assert temperature(0.1, 10, momentum=0.9) == pytest.approx(0.1)  # effective lr η/(1−m)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="temperature: batch_size: must be positive, got 0"):
         temperature(0.1, 0)
+    with pytest.raises(ConfigError, match=r"temperature: momentum: must be in \[0, 1\), got 1.0"):
+        temperature(0.1, 10, momentum=1.0)

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from bstune.errors import EstimationError
+from bstune.errors import ConfigError, EstimationError
 
 __all__ = ["CIMethod", "NoiseScaleEstimate", "ratio_interval", "summarize"]
 
@@ -115,6 +115,10 @@ def ratio_interval(
         >>> round(r, 2), lo < r < hi
         (10.4, True)
     """
+    if method not in ("fieller", "jackknife"):  # checked first: a zero signal returns before either is used
+        raise ConfigError(
+            f"unknown interval method {method!r}; use 'fieller' or 'jackknife'", source="ratio_interval", field="method"
+        )
     t_arr, g_arr = np.asarray(trace, dtype=np.float64), np.asarray(grad_sq, dtype=np.float64)
     n = len(t_arr)
     if n != len(g_arr) or n < 2:
@@ -134,8 +138,6 @@ def ratio_interval(
         center = float(pseudo.mean())
         half = tq * float(pseudo.std(ddof=1)) / math.sqrt(n)
         return ratio, (center - half, center + half)
-    if method != "fieller":
-        raise ValueError(f"unknown interval method {method!r}; use 'fieller' or 'jackknife'")
     cov = np.cov(np.vstack([t_arr, g_arr]), ddof=1)
     s_tt, s_tg, s_gg = float(cov[0, 0]), float(cov[0, 1]), float(cov[1, 1])
     q = tq * tq / n
@@ -170,7 +172,7 @@ def summarize(
 ) -> NoiseScaleEstimate:
     """Combine per-batch estimates into a :class:`NoiseScaleEstimate`."""
     if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise ConfigError(f"must be in (0, 1), got {confidence}", source="summarize", field="confidence")
     g_arr, t_arr = np.asarray(grad_sq, dtype=np.float64), np.asarray(trace_sigma, dtype=np.float64)
     ratio, ci = ratio_interval(t_arr, g_arr, confidence, ci_method)
     return NoiseScaleEstimate(

@@ -204,6 +204,12 @@ def measure_noise_scale(
         raise ConfigError(f"must be >= 2 to give an interval, got {n_batches}", source=src, field="n_batches")
     if not rel_precision > 0:
         raise ConfigError(f"must be > 0, got {rel_precision}", source=src, field="rel_precision")
+    if not 0.0 < confidence < 1.0:  # checked here too, before any gradient is computed
+        raise ConfigError(f"must be in (0, 1), got {confidence}", source=src, field="confidence")
+    if ci_method not in ("fieller", "jackknife"):
+        raise ConfigError(
+            f"unknown interval method {ci_method!r}; use 'fieller' or 'jackknife'", source=src, field="ci_method"
+        )
     budget = max_samples if max_samples is not None else 200 * batch_size
     if n_batches is None and budget < 2 * batch_size:
         raise ConfigError(

@@ -30,6 +30,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from bstune.errors import ConfigError
+
 __all__ = ["two_batch_estimate"]
 
 
@@ -64,12 +66,17 @@ def two_batch_estimate(
         >>> float(g), float(t)
         (2.0, 4.0)
     """
+    src = "two_batch_estimate"
     if not big_size > small_size:
-        raise ValueError(f"the big batch must hold more examples than a micro-batch, got {small_size=} and {big_size=}")
+        raise ConfigError(
+            f"the big batch must hold more examples than a micro-batch, got {small_size=} and {big_size=}",
+            source=src,
+            field="big_size",
+        )
     if small_size < 1:
-        raise ValueError(f"small_size must be >= 1, got {small_size}")
+        raise ConfigError(f"must be >= 1, got {small_size}", source=src, field="small_size")
     if population is not None and big_size > population:
-        raise ValueError(f"big_size ({big_size}) exceeds the population ({population})")
+        raise ConfigError(f"big_size ({big_size}) exceeds the population ({population})", source=src, field="big_size")
     small = np.asarray(small_sq_norm, dtype=np.float64)
     big = np.asarray(big_sq_norm, dtype=np.float64)
     v_small, v_big = _v(small_size, population), _v(big_size, population)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bstune.errors import EstimationError
+from bstune.errors import ConfigError, EstimationError
 from bstune.noise import ratio_interval, summarize
 
 
@@ -48,6 +48,15 @@ def test_too_few_or_nonfinite_batches_raise() -> None:
         ratio_interval([1.0], [1.0])
     with pytest.raises(EstimationError):
         ratio_interval([1.0, math.nan], [1.0, 1.0])
+
+
+def test_bad_settings_are_config_errors_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match="bootstrap") as info:  # also where no signal skips the interval
+        ratio_interval([5.0, 6.0, 5.5], [-1.0, -1.2, -0.9], method="bootstrap")  # type: ignore[arg-type]
+    assert (info.value.source, info.value.field) == ("ratio_interval", "method")
+    with pytest.raises(ConfigError, match=r"got 1\.5") as info:
+        summarize([1.0, 3.0], [10.0, 50.0], batch_size=8, micro_batch_size=1, method="per_example", confidence=1.5)
+    assert info.value.field == "confidence" and isinstance(info.value, ValueError)  # caught as before
 
 
 def test_summary_separates_means_and_takes_ratio_last() -> None:

@@ -214,6 +214,8 @@ def test_measuring_leaves_the_model_as_it_was(blob_task: bstune.Task) -> None:
         ({"n_batches": 1}, "n_batches"),
         ({"max_samples": 10}, "max_samples"),
         ({"mode": "inference"}, "mode"),
+        ({"confidence": 1.0}, "confidence"),
+        ({"ci_method": "bootstrap"}, "ci_method"),
     ],
 )
 def test_bad_arguments_name_the_field(blob_task: bstune.Task, kwargs: dict[str, object], field: str) -> None:

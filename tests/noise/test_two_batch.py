@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from bstune.errors import ConfigError
 from bstune.noise import two_batch_estimate
 
 
@@ -94,5 +95,6 @@ def test_per_step_estimates_may_be_negative_and_are_not_clamped() -> None:
     ("small_size", "big_size", "population"), [(4, 4, None), (8, 4, None), (0, 4, None), (2, 16, 8)]
 )
 def test_degenerate_sizes_are_rejected(small_size: float, big_size: float, population: int | None) -> None:
-    with pytest.raises(ValueError, match=r"big|small_size|population"):
+    with pytest.raises(ConfigError, match=r"two_batch_estimate: (big_size|small_size)") as info:
         two_batch_estimate(1.0, small_size, 1.0, big_size, population)
+    assert isinstance(info.value, ValueError)  # caught as before
