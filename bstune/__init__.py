@@ -3,7 +3,8 @@
 The flat public API::
 
     import bstune
-    task = bstune.Task(model=..., train_data=..., val_data=..., loss=...)
+    task = bstune.Task(model=..., train_data=..., val_data=..., loss=...,
+                       metrics={"accuracy": bstune.Metric(accuracy, direction="maximize")})
     est = bstune.measure_noise_scale(task, batch_size=64)
     run = bstune.train(task, bstune.TrainConfig(batch_size=128, lr=0.4, max_samples=200_000))
 """
@@ -14,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from bstune.errors import BstuneError, ConfigError, DependencyError, EstimationError, TaskError
+from bstune.metrics import Direction, Metric
 from bstune.noise import NoiseScaleEstimate, exact_noise_scale, measure_noise_scale
 from bstune.optim import OptimizerSpec, temperature
 from bstune.task import Task
@@ -53,8 +55,10 @@ __all__ = [
     "ConfigError",
     "Decision",
     "DependencyError",
+    "Direction",
     "EstimationError",
     "EvalRecord",
+    "Metric",
     "NoiseScaleEstimate",
     "OptimizerSpec",
     "Prior",

@@ -272,6 +272,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         result = StudyResult.load(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"unreadable: {type(exc).__name__}: {exc}", source=str(path)) from None
+    result.direction_of(args.target_metric, source="--target-metric", field=None)  # before anything is written
     print(format_summary(result.to_dict()))
     target: dict[str, Any] = {"metric": args.target_metric}
     if args.target_value is not None:

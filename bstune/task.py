@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from bstune.data import as_dataset, batch_len, fetch_batch, slice_batch
 from bstune.errors import TaskError
+from bstune.metrics import Direction, Metric, MetricFn, infer_direction
 from bstune.optim import OptimizerSpec
 
 __all__ = ["LossFn", "MetricFn", "Task", "has_batchnorm"]
@@ -28,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 """``loss(outputs, targets) -> scalar tensor``, averaged over the batch."""
-MetricFn = Callable[[Any, Any], "torch.Tensor | float"]
-"""``metric(outputs, targets) -> number``, averaged over the batch."""
 
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
 
@@ -45,7 +44,13 @@ class Task:
         val_data: validation set, same forms.
         loss: ``loss(outputs, targets)`` returning a scalar *averaged* over the batch
             (``reduction="mean"``); the noise scale is wrong by a factor B otherwise.
-        metrics: extra batch-averaged metrics, by name, evaluated on both sets.
+        metrics: extra batch-averaged metrics, by name, evaluated on both sets (recorded as
+            ``train_<name>`` and ``val_<name>``). Each is a :class:`~bstune.Metric` that says
+            whether it is maximized or minimized, ``Metric(accuracy, direction="maximize")``,
+            or a plain callable whose name says it (``accuracy``, ``acc``, ``f1``, ``auc``,
+            ``precision``, ``recall``, ``top1``, ``top5``: maximized; a name containing ``loss``,
+            ``error``, ``mse``, ``mae``, ``rmse``, ``nll`` or ``perplexity``: minimized); any
+            other name must be declared. The loss is always minimized.
         optimizer: optimizer family and its fixed settings, or a family name.
         name: used in logs and reports.
         validate: run a smoke test (build the model twice, forward two examples,
@@ -65,7 +70,7 @@ class Task:
     train_data: Any
     val_data: Any
     loss: LossFn
-    metrics: Mapping[str, MetricFn] = field(default_factory=dict)
+    metrics: Mapping[str, Metric | MetricFn] = field(default_factory=dict)
     optimizer: OptimizerSpec | str = "sgd"
     name: str = "task"
     validate: bool = True
@@ -98,12 +103,10 @@ class Task:
             raise TaskError(
                 f"must be a mapping of name -> callable, got {type(self.metrics).__name__}", field="metrics"
             )
-        for key, fn in self.metrics.items():
+        for key in self.metrics:
             if not isinstance(key, str) or not key.isidentifier() or key == "loss":
                 raise TaskError(f"metric name {key!r} must be an identifier other than 'loss'", field="metrics")
-            if not callable(fn):
-                raise TaskError(f"metric {key!r} is not callable", field="metrics")
-        self.metrics = dict(self.metrics)
+        self.metrics = {key: _declared(key, fn) for key, fn in self.metrics.items()}
         self.optimizer = OptimizerSpec.coerce(self.optimizer)
         if self.validate:
             self._smoke_test()
@@ -116,6 +119,25 @@ class Task:
     @property
     def val_dataset(self) -> Dataset[Any]:
         return self.val_data  # type: ignore[no-any-return]
+
+    @property
+    def directions(self) -> dict[str, Direction]:
+        """Whether each recorded quantity is minimized or maximized: the losses and ``train_``/``val_`` metrics.
+
+        Example:
+            >>> import torch
+            >>> x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+            >>> acc = lambda out, y: (out.argmax(-1) == y).float().mean()
+            >>> task = Task(model=lambda: torch.nn.Linear(2, 2), train_data=(x, y), val_data=(x, y),
+            ...             loss=torch.nn.CrossEntropyLoss(), metrics={"acc": acc})
+            >>> {k: v.value for k, v in task.directions.items()}
+            {'train_loss': 'minimize', 'val_loss': 'minimize', 'train_acc': 'maximize', 'val_acc': 'maximize'}
+        """
+        out = {"train_loss": Direction.MINIMIZE, "val_loss": Direction.MINIMIZE}
+        for key, metric in self.metrics.items():
+            assert isinstance(metric, Metric)  # normalised in __post_init__
+            out[f"train_{key}"] = out[f"val_{key}"] = metric.direction
+        return out
 
     @property
     def n_train(self) -> int:
@@ -224,6 +246,22 @@ class Task:
                 raise TaskError(
                     f"metric {key!r} failed on {name}: {type(exc).__name__}: {exc}", field="metrics"
                 ) from exc
+
+
+def _declared(key: str, fn: Any) -> Metric:
+    """``fn`` as a :class:`Metric`: declared, or a plain callable whose name says its direction."""
+    if isinstance(fn, Metric):
+        return fn
+    if not callable(fn):
+        raise TaskError(f"metric {key!r} is not callable", field="metrics")
+    direction = infer_direction(key)
+    if direction is None:
+        raise TaskError(
+            f"metric {key!r}: its name does not say whether higher or lower is better; declare it as "
+            f"bstune.Metric(fn, direction='maximize') or bstune.Metric(fn, direction='minimize')",
+            field="metrics",
+        )
+    return Metric(fn, direction)
 
 
 def has_batchnorm(model: nn.Module) -> bool:

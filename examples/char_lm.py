@@ -117,7 +117,7 @@ def make_task(context: int = CONTEXT, dim: int = 48, layers: int = 2) -> bstune.
         train_data=(x[:n_train], y[:n_train]),
         val_data=(x[n_train:], y[n_train:]),
         loss=next_char_loss,
-        metrics={"accuracy": next_char_accuracy},
+        metrics={"accuracy": bstune.Metric(next_char_accuracy, direction="maximize")},
         # Adam: SGD is slow to train even a tiny transformer. bstune's noise scale is
         # then the raw-gradient one (set noise_preconditioned=True for Adam's variant).
         optimizer="adam",

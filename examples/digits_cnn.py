@@ -65,7 +65,7 @@ def make_task(channels: int = 8) -> bstune.Task:
         train_data=(x[train_idx], y[train_idx]),
         val_data=(x[val_idx], y[val_idx]),
         loss=nn.CrossEntropyLoss(),  # reduction="mean"
-        metrics={"accuracy": accuracy},
+        metrics={"accuracy": bstune.Metric(accuracy, direction="maximize")},
         optimizer=bstune.OptimizerSpec("sgd", momentum=0.9),
         name="digits_cnn",
     )

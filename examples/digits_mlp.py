@@ -61,7 +61,7 @@ def make_task(hidden: int = 64) -> bstune.Task:
         train_data=(x[train_idx], y[train_idx]),
         val_data=(x[val_idx], y[val_idx]),
         loss=nn.CrossEntropyLoss(),  # reduction="mean": the batch mean, as bstune needs
-        metrics={"accuracy": accuracy},
+        metrics={"accuracy": bstune.Metric(accuracy, direction="maximize")},
         # Heavy-ball momentum 0.9 is how SGD is used in practice, and the trajectory's
         # temperature T = lr / (B (1 - m)) then shows how momentum multiplies the
         # effective step. The noise scale itself is a property of the gradients at

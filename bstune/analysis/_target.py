@@ -29,7 +29,6 @@ from bstune.analysis._trials import (
     History,
     TrialLike,
     batch_size_of,
-    check_direction,
     field_of,
     metric_values,
 )
@@ -66,17 +65,13 @@ class TargetHit:
         return not self.reached
 
 
-def _meets(value: float, target: float, direction: Direction) -> bool:
-    return value <= target if direction == "minimize" else value >= target
-
-
 def steps_to_target(
     history: History,
     batch_size: int,
     target: float,
     metric: str = "train_loss",
     *,
-    direction: Direction = "minimize",
+    direction: Direction | str = Direction.MINIMIZE,
 ) -> TargetHit:
     """First point where ``metric`` reaches ``target``, interpolated between evaluations.
 
@@ -90,7 +85,7 @@ def steps_to_target(
         >>> steps_to_target(hist, batch_size=10, target=0.5)  # halfway in log(loss)
         TargetHit(reached=True, steps=15.0, samples=150.0, upper_bound=False)
     """
-    check_direction(direction, "steps_to_target")
+    direction = Direction.coerce(direction, source="steps_to_target")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ConfigError(
             f"must be a positive integer, got {batch_size!r}", source="steps_to_target", field="batch_size"
@@ -99,12 +94,12 @@ def steps_to_target(
         raise ConfigError(f"must be finite, got {target!r}", source="steps_to_target", field="target")
     points = metric_values(history, metric, batch_size)
     for i, (samples, value) in enumerate(points):
-        if not _meets(value, target, direction):
+        if not direction.reached(value, target):
             continue
         if i == 0:
             return TargetHit(True, samples / batch_size, samples, upper_bound=True)
         s0, v0 = points[i - 1]
-        if direction == "minimize" and min(v0, value, target) > 0:
+        if direction is Direction.MINIMIZE and min(v0, value, target) > 0:
             frac = (math.log(v0) - math.log(target)) / (math.log(v0) - math.log(value))
         else:  # v0 and value lie on either side of the target, v0 strictly: no division by 0
             frac = (v0 - target) / (v0 - value)
@@ -117,14 +112,13 @@ def steps_to_target(
 def _best_values(trials: Iterable[TrialLike], metric: str, direction: Direction) -> dict[int, float]:
     """Best ``metric`` each batch size reached over all its trials' histories."""
     best: dict[int, float] = {}
-    pick = min if direction == "minimize" else max
     for trial in trials:
         b = batch_size_of(trial)
         if b is None:
             continue
         values = [v for _, v in metric_values(field_of(trial, "history") or [], metric, b)]
         if values:
-            best[b] = pick([*values, best[b]]) if b in best else pick(values)
+            best[b] = direction.best([*values, best[b]]) if b in best else direction.best(values)
     return best
 
 
@@ -133,7 +127,7 @@ def choose_target(
     metric: str = "train_loss",
     *,
     reach_fraction: float = 2 / 3,
-    direction: Direction = "minimize",
+    direction: Direction | str = Direction.MINIMIZE,
 ) -> float:
     """The hardest target that at least ``reach_fraction`` of the batch sizes reach.
 
@@ -154,13 +148,13 @@ def choose_target(
         >>> choose_target(trials)  # 3 of the 4 batch sizes reach 0.3
         0.3
     """
-    check_direction(direction, "choose_target")
+    direction = Direction.coerce(direction, source="choose_target")
     if not 0 < reach_fraction <= 1:
         raise ConfigError(f"must be in (0, 1], got {reach_fraction!r}", source="choose_target", field="reach_fraction")
     best = _best_values(trials, metric, direction)
     if not best:
         raise EstimationError(f"no trial recorded a finite {metric!r} with a batch size: no target to choose")
-    ranked = sorted(best.values(), reverse=direction == "maximize")  # best first
+    ranked = sorted(best.values(), key=lambda v: direction.sign * v)  # best first
     k = len(ranked)
     m = max(math.ceil(reach_fraction * k - 1e-9), min(3, k))
     return ranked[m - 1]
@@ -202,7 +196,7 @@ def steps_by_batch(
     target: float,
     metric: str = "train_loss",
     *,
-    direction: Direction = "minimize",
+    direction: Direction | str = Direction.MINIMIZE,
 ) -> list[BatchPoint]:
     """One :class:`BatchPoint` per distinct batch size, ordered by batch size.
 

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from bstune.errors import ConfigError
+from bstune.metrics import Direction
 
 if TYPE_CHECKING:
     from bstune.study import TrialRecord
@@ -22,7 +22,6 @@ __all__ = [
     "History",
     "TrialLike",
     "batch_size_of",
-    "check_direction",
     "field_of",
     "finite",
     "metric_values",
@@ -30,7 +29,6 @@ __all__ = [
 
 TrialLike: TypeAlias = "TrialRecord | Mapping[str, Any]"
 History: TypeAlias = Sequence[Mapping[str, Any]]
-Direction: TypeAlias = str  # "minimize" (losses) or "maximize" (accuracies), checked at run time
 
 
 def field_of(trial: TrialLike, name: str) -> Any:
@@ -52,11 +50,6 @@ def finite(value: Any) -> float | None:
         return None
     x = float(value)
     return x if math.isfinite(x) else None
-
-
-def check_direction(direction: str, source: str) -> None:
-    if direction not in ("minimize", "maximize"):
-        raise ConfigError(f"must be 'minimize' or 'maximize', got {direction!r}", source=source, field="direction")
 
 
 def metric_values(history: History, metric: str, batch_size: int) -> list[tuple[float, float]]:

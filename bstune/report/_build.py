@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from bstune.analysis import (
     BatchPoint,
@@ -65,14 +66,34 @@ class Report:
         return render_html(self.data)
 
     def save(self, path: str) -> dict[str, str]:
-        """Write report.json, report.md and report.html into folder ``path``; returns format -> file."""
+        """Write report.json, report.md and report.html into folder ``path``; returns format -> file.
+
+        Every format is rendered before any file is written, and each file replaces the
+        old one whole (written beside it, then renamed), so a failure leaves the previous
+        report as it was.
+        """
         folder = Path(path)
+        texts = {
+            "json": json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n",
+            "md": self.to_markdown(),
+            "html": self.to_html(),  # the figures take a moment
+        }
         folder.mkdir(parents=True, exist_ok=True)
-        files = {"json": folder / "report.json", "md": folder / "report.md", "html": folder / "report.html"}
-        files["json"].write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-        files["md"].write_text(self.to_markdown())
-        files["html"].write_text(self.to_html(), encoding="utf-8")  # last: the figures take a moment
+        files = {fmt: folder / f"report.{fmt}" for fmt in texts}
+        for fmt, text in texts.items():
+            _replace(files[fmt], text)
         return {k: str(v) for k, v in files.items()}
+
+
+def _replace(file: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``file`` by a rename, so that readers see the old file or the new, never half."""
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _bin_points(points: list[BatchPoint]) -> list[BatchPoint]:
@@ -126,8 +147,13 @@ def build_report(result: StudyResult, target: Mapping[str, Any] | None = None, *
         result: a finished study (or one loaded with :meth:`StudyResult.load`).
         target: ``{"metric": "train_loss", "value": 1.0}``; the metric defaults to
             ``train_loss`` (steps to a training-loss target, as McCandlish et al. measure),
-            the value to the hardest one that two thirds of the batch sizes reach.
+            the value to the hardest one that two thirds of the batch sizes reach. A
+            target is reached in the metric's direction (``result.direction_of``): at or
+            below it for a loss, at or above it for an accuracy.
         n_workers: data-parallel workers for the wall-time optimum.
+
+    Raises:
+        ConfigError: a bad target, or a metric the study did not record (nothing is built).
     """
     target = dict(target or {})
     unknown = set(target) - {"metric", "value"}
@@ -136,9 +162,7 @@ def build_report(result: StudyResult, target: Mapping[str, Any] | None = None, *
             f"unknown key(s) {sorted(unknown)}; expected 'metric' and 'value'", source="report", field="target"
         )
     metric = str(target.get("metric", "train_loss"))
-    direction: Literal["minimize", "maximize"] = (
-        "maximize" if ("accuracy" in metric and result.direction == "maximize") else "minimize"
-    )
+    direction = result.direction_of(metric, source="report", field="target.metric")
     trials = [t for t in result.trials if t.history and t.batch_size]
     probe = result.probe
     b_simple = probe.b_simple if probe else None
@@ -152,6 +176,7 @@ def build_report(result: StudyResult, target: Mapping[str, Any] | None = None, *
             "samples_probe": result.samples_probe,
             "samples_rescore": result.samples_rescore,
             "n_trials": len(result.trials),
+            "directions": {k: v.value for k, v in result.metric_directions().items()},
         }
     }
     data["noise_scale"] = (
@@ -168,7 +193,7 @@ def build_report(result: StudyResult, target: Mapping[str, Any] | None = None, *
     )
 
     fit: CriticalBatchFit | None = None
-    critical: dict[str, Any] = {"metric": metric}
+    critical: dict[str, Any] = {"metric": metric, "direction": direction.value}
     try:
         value = float(target["value"]) if "value" in target else choose_target(trials, metric, direction=direction)
         critical["target"] = value

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bstune.metrics import Direction
+
 __all__ = ["render_markdown"]
 
 
@@ -13,6 +15,12 @@ def _n(x: Any, fmt: str = ".4g") -> str:
     if isinstance(x, float):
         return format(x, fmt)
     return str(x)
+
+
+def _target(cb: dict[str, Any]) -> str:
+    """``val_accuracy ≥ 0.9`` or ``train_loss ≤ 0.3``: the target, with the side on which it counts as reached."""
+    side = "≥" if Direction(cb.get("direction", "minimize")) is Direction.MAXIMIZE else "≤"
+    return f"{cb['metric']} {side} {_n(cb.get('target'))}"
 
 
 def render_markdown(data: dict[str, Any]) -> str:
@@ -44,7 +52,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     if "expected_steps_to_target" in rec:
         cb = data["critical_batch"]
         out.append(
-            f"Expected cost to reach {cb['metric']} {_n(cb.get('target'))}: "
+            f"Expected cost to reach {_target(cb)}: "
             f"{_n(rec['expected_steps_to_target'], ',.0f')} steps, "
             f"{_n(rec['expected_samples_to_target'], ',.0f')} samples (from the S(B) fit)."
         )
@@ -85,9 +93,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     if "error" in cb:
         out.append(f"Not fitted: {cb['error']}")
     else:
-        out.append(
-            f"Steps to {cb['metric']} {_n(cb['target'])}, fitted as S(B) = S_min (1 + B_crit/B): {cb['summary']}."
-        )
+        out.append(f"Steps to {_target(cb)}, fitted as S(B) = S_min (1 + B_crit/B): {cb['summary']}.")
         if "b_crit_over_b_simple" in cb:
             out.append(
                 f"B_crit / B_simple = {_n(cb['b_crit_over_b_simple'], '.2f')} (McCandlish et al. find "

@@ -8,9 +8,10 @@ A study none of whose trials completed has nothing to recommend and says why.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from bstune.errors import BstuneError
+from bstune.metrics import Direction
 from bstune.optim import OptimizerSpec
 from bstune.study._records import Rescored, TrialRecord
 from bstune.study._rescore import choose
@@ -25,7 +26,7 @@ class StudyFailedError(BstuneError):
 def recommend(
     trials: list[TrialRecord],
     rescored: list[Rescored],
-    direction: Literal["minimize", "maximize"],
+    direction: Direction | str,
     study_name: str,
 ) -> tuple[TrialRecord, float]:
     """The recommended trial and the value it is recommended on (its mean over seeds, if re-scored).
@@ -49,7 +50,7 @@ def recommend(
             + (f"; the first: trial {first.number}: {first.message}" if first else "")
             + "; each trial's message and traceback are kept in the storage"
         )
-    sign = 1.0 if direction == "minimize" else -1.0
+    sign = Direction(direction).sign
     best = min(complete, key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
     chosen = choose(rescored, direction)
     if chosen is not None:  # the best mean over seeds, not the best single seed

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from bstune.errors import ConfigError
+from bstune.metrics import Direction, infer_direction
 from bstune.study._prior import Prior
 from bstune.study._probe import ProbeResult
 
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     from bstune.report import Report
 
 __all__ = ["Rescored", "StudyResult", "TrialRecord", "clean_dict", "clean_json"]
+
+_NOT_METRICS = frozenset({"milestone", "samples", "step", "lr", "gap"})  # the other columns of a trial's history
 
 
 def clean_dict(value: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +149,10 @@ class StudyResult:
     With re-scoring (``rescored``, the best few trials trained again at other seeds)
     the best trial is the one with the best mean over its seeds, and ``best_value`` is
     that mean; without, the best single trial and its value.
+
+    ``directions`` says, for each recorded quantity (``train_loss``, ``val_loss``,
+    ``train_<metric>``, ``val_<metric>``), whether it is minimized or maximized, as the
+    Task declared; a result written by an older bstune has none (see :meth:`direction_of`).
     """
 
     study_name: str
@@ -161,6 +169,60 @@ class StudyResult:
     optuna_study: optuna.Study | None = field(default=None, repr=False)
     best_trial: int | None = None  # the number of the trial best_config comes from
     rescored: list[Rescored] = field(default_factory=list)
+    directions: dict[str, str] = field(default_factory=dict)
+
+    def metric_names(self) -> list[str]:
+        """The quantities this study recorded, by the names a target or an objective uses."""
+        names = {"train_loss", "val_loss", *self.directions}
+        for trial in self.trials:
+            for row in trial.history:
+                names.update(k for k in row if k not in _NOT_METRICS)
+        return sorted(names)
+
+    def metric_directions(self) -> dict[str, Direction]:
+        """Each recorded quantity whose direction is known, with it (see :meth:`direction_of`)."""
+        out = {}
+        for name in self.metric_names():
+            direction = self._direction(name)
+            if direction is not None:
+                out[name] = direction
+        return out
+
+    def _direction(self, name: str) -> Direction | None:
+        if name in self.directions:
+            return Direction(self.directions[name])
+        if name == self.objective:  # an older result: the study optimised it in its direction
+            return Direction(self.direction)
+        return infer_direction(name)  # an older result: the loss, and names that say it
+
+    def direction_of(self, metric: str, *, source: str = "report", field: str | None = "target.metric") -> Direction:
+        """Whether ``metric`` is minimized or maximized.
+
+        As the Task declared it (stored with the result); for a result written by an
+        older bstune, which stored none: the objective's is the study's direction, the
+        others are read from their names (``infer_direction``).
+
+        Raises:
+            ConfigError: the study recorded no ``metric`` (the message lists those it did),
+                or an older result does not say its direction and its name does not tell.
+        """
+        known = self.metric_names()
+        if metric not in known:
+            raise ConfigError(
+                f"study {self.study_name!r} recorded no metric {metric!r}; known metrics: {', '.join(known)}",
+                source=source,
+                field=field,
+            )
+        direction = self._direction(metric)
+        if direction is None:
+            raise ConfigError(
+                f"this result (written by an older bstune) does not say whether {metric!r} is minimized or "
+                f'maximized, and its name does not tell; add "directions": {{"{metric}": "maximize"}} '
+                '(or "minimize") to its result.json',
+                source=source,
+                field=field,
+            )
+        return direction
 
     @property
     def samples_rescore(self) -> int:
@@ -178,7 +240,8 @@ class StudyResult:
                 "study_name": self.study_name,
                 "mode": self.mode,
                 "objective": self.objective,
-                "direction": self.direction,
+                "direction": str(self.direction),
+                "directions": {k: str(v) for k, v in self.directions.items()},
                 "best_config": self.best_config,
                 "best_value": self.best_value,
                 "budget_samples": self.budget_samples,
@@ -210,6 +273,7 @@ class StudyResult:
             samples_probe=int(data["samples_probe"]),
             best_trial=data.get("best_trial"),
             rescored=[Rescored.from_dict(r) for r in data.get("rescored", [])],
+            directions={str(k): str(Direction(v)) for k, v in data.get("directions", {}).items()},
         )
 
     @classmethod
@@ -222,7 +286,11 @@ class StudyResult:
     def report(self, target: dict[str, Any] | None = None, *, n_workers: int = 1) -> Report:
         """Analyse the trials: critical batch size, compute-optimal batch size, gap, recommendation.
 
-        Returns a :class:`bstune.report.Report`; ``target`` is ``{"metric": ..., "value": ...}``.
+        Returns a :class:`bstune.report.Report`; ``target`` is ``{"metric": ..., "value": ...}``,
+        reached in the metric's own direction (:meth:`direction_of`).
+
+        Raises:
+            ConfigError: a bad target, or a metric this study did not record.
         """
         from bstune.report import build_report
 

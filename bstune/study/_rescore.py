@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
 
+from bstune.metrics import Direction
 from bstune.study._records import Rescored, TrialRecord
 from bstune.study._trial import TrialOutcome, TrialPlan, run_trial
 from bstune.task import Task
@@ -33,11 +33,9 @@ def rescore_seeds(study_seed: int, n: int) -> list[int]:
     return [study_seed + _SEED_STRIDE * (i + 1) for i in range(n)]
 
 
-def candidates(
-    trials: Sequence[TrialRecord], top: int, direction: Literal["minimize", "maximize"]
-) -> list[TrialRecord]:
+def candidates(trials: Sequence[TrialRecord], top: int, direction: Direction | str) -> list[TrialRecord]:
     """The ``top`` best completed trials, best first (ties: the earlier trial)."""
-    sign = 1.0 if direction == "minimize" else -1.0
+    sign = Direction(direction).sign
     done = [t for t in trials if t.status == "completed" and t.value is not None and math.isfinite(t.value)]
     return sorted(done, key=lambda t: (sign * float(t.value), t.number))[:top]  # type: ignore[arg-type]
 
@@ -48,7 +46,7 @@ def run_rescoring(
     seeds: list[int],
     *,
     objective: str,
-    direction: Literal["minimize", "maximize"],
+    direction: Direction | str,
     run: Callable[[list[TrialPlan]], list[TrialOutcome]] | None = None,
 ) -> list[Rescored]:
     """Train each trial's configuration again at each of ``seeds``; returns their values.
@@ -74,8 +72,8 @@ def run_rescoring(
     return out
 
 
-def choose(rescored: Sequence[Rescored], direction: Literal["minimize", "maximize"]) -> Rescored | None:
+def choose(rescored: Sequence[Rescored], direction: Direction | str) -> Rescored | None:
     """The candidate with the best mean over its seeds; one that failed at any seed is never chosen."""
-    sign = 1.0 if direction == "minimize" else -1.0
+    sign = Direction(direction).sign
     ok = [r for r in rescored if r.complete]
     return min(ok, key=lambda r: (sign * float(r.mean), r.trial)) if ok else None  # type: ignore[arg-type]

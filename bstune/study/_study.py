@@ -23,6 +23,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import Trial, TrialState
 
 from bstune.errors import BstuneError, ConfigError
+from bstune.metrics import Direction
 from bstune.space import SearchSpace
 from bstune.study._liveness import count_finished, retry_abandoned, with_heartbeat
 from bstune.study._prior import Prior
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["prior", "baseline"]
 _RESCORED_ATTR = "bstune_rescored"  # the study's user attribute holding what re-scoring found
+_DIRECTIONS_ATTR = "bstune_directions"  # ... and the direction of each recorded metric
 
 
 def make_sampler(seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
@@ -84,7 +86,9 @@ class Study:
             treats it so): a trial that has spent its whole budget completes.
         objective: the record field to optimise: ``"val_loss"`` (default), ``"train_loss"``
             or a metric such as ``"val_accuracy"``.
-        direction: ``"minimize"`` or ``"maximize"``.
+        direction: ``"minimize"`` or ``"maximize"``; by default the objective's own, as the
+            task declares it (losses are minimized; see :class:`bstune.Metric`). A direction
+            that contradicts the objective's is an error.
         probe: settings of the probe (the prior mode only).
         device: trial device; ``"auto"`` picks CUDA when available.
         progress: show a progress bar over trials.
@@ -132,7 +136,7 @@ class Study:
         pruner: str | optuna.pruners.BasePruner = "hyperband",
         n_evals: int = 9,
         objective: str = "val_loss",
-        direction: Literal["minimize", "maximize"] = "minimize",
+        direction: Direction | Literal["minimize", "maximize"] | None = None,
         probe: ProbeSettings | None = None,
         device: str = "auto",
         progress: bool = True,
@@ -167,8 +171,6 @@ class Study:
             raise bad("mode", f"must be 'prior' or 'baseline', got {mode!r}")
         if not isinstance(n_evals, int) or not 1 <= n_evals <= budget_samples:
             raise bad("n_evals", f"must be an integer in [1, budget_samples], got {n_evals!r}")
-        if direction not in ("minimize", "maximize"):
-            raise bad("direction", f"must be 'minimize' or 'maximize', got {direction!r}")
         if not _is_positive(heartbeat_interval):
             raise bad("heartbeat_interval", f"must be a positive number of seconds, got {heartbeat_interval!r}")
         if not _is_positive(grace_period) or grace_period < 2 * heartbeat_interval:
@@ -185,6 +187,15 @@ class Study:
                 "objective",
                 f"{objective!r} is not recorded; choose val_loss, train_loss or one of {sorted(metric_names)}",
             )
+        declared = task.directions[objective]
+        if direction is None:
+            direction = declared
+        elif Direction.coerce(direction, source="Study") is not declared:
+            raise bad(
+                "direction",
+                f"{str(direction)!r} contradicts the objective {objective!r}, which the task declares {declared.value!r}; "
+                "leave direction unset, or declare the metric with bstune.Metric(fn, direction=...)",
+            )
         self.batch_cap = min(self.space.batch_max or task.n_train, task.n_train)
         if self.space.batch_min > self.batch_cap:
             raise ConfigError(
@@ -193,7 +204,7 @@ class Study:
                 field="batch_size.min",
             )
         self.n_trials, self.budget_samples, self.seed, self.mode = n_trials, budget_samples, seed, mode
-        self.n_evals, self.objective, self.direction = n_evals, objective, direction
+        self.n_evals, self.objective, self.direction = n_evals, objective, Direction(direction)
         # ceil: exactly n_evals milestones, the last one the full budget (TrainConfig adds max_samples)
         self.eval_every = max(1, -(-budget_samples // n_evals))
         if backend not in ("optuna", "ray"):
@@ -248,10 +259,12 @@ class Study:
             sampler=make_sampler(self.seed, self.n_trials),
             pruner=self.pruner,
             study_name=self.study_name,
-            direction=self.direction,
+            direction=self.direction.value,
             load_if_exists=True,
         )
         check_settings(study, self._fingerprint())
+        if study.user_attrs.get(_DIRECTIONS_ATTR) != self._directions():
+            study.set_user_attr(_DIRECTIONS_ATTR, self._directions())
         retry_abandoned(study, self.grace_period)  # left running by a dead process: fail it, run its config again
         return study
 
@@ -463,7 +476,12 @@ class Study:
             samples_probe=self.probe.samples_used if self.probe else 0,
             optuna_study=optuna_study,
             rescored=list(rescored or []),
+            directions=self._directions(),
         )
+
+    def _directions(self) -> dict[str, str]:
+        """What the records store: whether each recorded quantity is minimized or maximized."""
+        return {name: direction.value for name, direction in self.task.directions.items()}
 
 
 def _is_positive(value: object) -> bool:

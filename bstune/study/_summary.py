@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bstune.metrics import Direction
+
 __all__ = ["format_summary"]
 
 
@@ -36,11 +38,8 @@ def format_summary(result: dict[str, Any]) -> str:
     for t in result["trials"]:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
     lines.append("trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    ranked = sorted(
-        (t for t in result["trials"] if t["value"] is not None),
-        key=lambda t: t["value"],
-        reverse=result["direction"] == "maximize",
-    )
+    sign = Direction(result["direction"]).sign
+    ranked = sorted((t for t in result["trials"] if t["value"] is not None), key=lambda t: sign * t["value"])
     lines.append(f"{'#':>4} {'status':>9} {'batch':>6} {'lr':>9} {'lr/B':>9} {result['objective']:>10} {'samples':>9}")
     for t in ranked[:10]:
         lines.append(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from bstune.metrics import Direction
 from bstune.optim import temperature
 from bstune.space import SearchSpace
 from bstune.study._prior import Prior
@@ -206,7 +207,7 @@ def run_trial(
     plan: TrialPlan,
     *,
     objective: str,
-    direction: Literal["minimize", "maximize"],
+    direction: Direction | str,
     on_milestone: MilestoneHook,
 ) -> TrialOutcome:
     """Train ``plan`` and say how it ended; never raises for what the trial's code did.
@@ -215,7 +216,7 @@ def run_trial(
     the milestone's index (1, 2, ... of the study's equal-sample milestones) and the
     best objective so far (the value a pruner compares); it returns whether to go on.
     """
-    sign = 1.0 if direction == "minimize" else -1.0
+    sign = Direction(direction).sign
     best = math.inf
     eval_every = plan.config.eval_every
 

@@ -6,6 +6,7 @@ Exit 2 means bad input (said in one line, no traceback); exit 1 means the work i
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -48,7 +49,41 @@ class Case:
 
 CASES: list[Case] = [
     Case(("run", "good.py", "--space", "nosuch.yaml", "--out", "out"), 2, ("nosuch.yaml", "no such file")),
+    Case(
+        ("report", "study", "--target-metric", "val_acc"),
+        2,
+        ("--target-metric", "no metric 'val_acc'", "known metrics: train_accuracy, train_loss, val_accuracy"),
+        untouched=("study/report.json", "study/report.md", "study/report.html"),
+    ),
+    Case(
+        ("report", "study", "--target-metric", "val_score"),  # an older result.json stored no directions
+        2,
+        ("--target-metric", "whether 'val_score' is minimized or maximized", '"directions"'),
+        untouched=("study/report.json", "study/report.md", "study/report.html"),
+    ),
 ]
+
+
+# study/: a finished study (written before result.json stored directions) with its good report
+_HISTORY = [
+    {"samples": 100 * k, "step": 10 * k, "lr": 0.1, "train_loss": 1 / k, "val_loss": 1.1 / k, "gap": 0.1 / k,
+     "train_accuracy": 1 - 0.5 / k, "val_accuracy": 1 - 0.6 / k, "val_score": k}
+    for k in (1, 2, 3)
+]  # fmt: skip
+FILES["study/result.json"] = json.dumps(
+    {
+        "study_name": "s", "mode": "baseline", "objective": "val_loss", "direction": "minimize",
+        "best_config": {"batch_size": 8, "lr": 0.1}, "best_value": 0.37, "budget_samples": 300,
+        "samples_probe": 0, "probe": None, "prior": None,
+        "trials": [
+            {"number": 0, "status": "completed", "batch_size": 8, "lr": 0.1, "temperature": 0.0125, "value": 0.37,
+             "samples": 300, "params": {}, "config": {}, "history": _HISTORY}
+        ],
+    }
+)  # fmt: skip
+FILES["study/report.json"] = '{"the good report": true}\n'
+FILES["study/report.md"] = "# the good report\n"
+FILES["study/report.html"] = "<p>the good report</p>\n"
 
 
 @pytest.fixture

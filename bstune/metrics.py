@@ -1,0 +1,133 @@
+"""Which way is better: the :class:`Direction` of a metric, and the :class:`Metric` a Task declares.
+
+Every number a study records (``train_loss``, ``val_loss``, ``train_<metric>``,
+``val_<metric>``) is either minimized (losses, errors) or maximized (accuracies).
+Everything that ranks trials, picks a best value, chooses a target or asks whether a
+target was reached reads that from the metric's :class:`Direction`, never from a
+guess at the run, so a report on accuracy and a report on loss follow the same code.
+
+A Task declares a metric's direction with ``bstune.Metric(fn, direction=...)``. A
+plain callable is accepted only where its name leaves no doubt (:func:`infer_direction`);
+the loss is always minimized.
+
+This module is the low layer: it imports neither Optuna nor the report.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from bstune.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["MAXIMIZE_WORDS", "MINIMIZE_WORDS", "Direction", "Metric", "MetricFn", "infer_direction"]
+
+MetricFn = Callable[[Any, Any], "torch.Tensor | float"]
+"""``metric(outputs, targets) -> number``, averaged over the batch."""
+
+
+class Direction(str, Enum):
+    """Whether lower (``"minimize"``) or higher (``"maximize"``) values of a metric are better.
+
+    A ``str`` enum: a member equals, and is stored in JSON as, its plain string.
+
+    Example:
+        >>> acc = Direction("maximize")
+        >>> acc.best([0.7, 0.9, 0.8]), acc.reached(0.9, target=0.85), acc.better(0.8, 0.7)
+        (0.9, True, True)
+        >>> Direction.MINIMIZE.reached(0.9, target=0.85), Direction.MINIMIZE.sign
+        (False, 1.0)
+    """
+
+    MINIMIZE = "minimize"
+    MAXIMIZE = "maximize"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def coerce(cls, value: Direction | str, *, source: str, field: str = "direction") -> Direction:
+        """``value`` as a Direction; a :class:`~bstune.errors.ConfigError` naming ``source`` and ``field`` if it is neither."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"must be 'minimize' or 'maximize', got {value!r}", source=source, field=field) from None
+
+    @property
+    def sign(self) -> float:
+        """``+1`` (minimize) or ``-1`` (maximize): ``sign * value`` is smaller the better the value."""
+        return 1.0 if self is Direction.MINIMIZE else -1.0
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether ``a`` is strictly better than ``b``."""
+        return self.sign * a < self.sign * b
+
+    def best(self, values: Iterable[float]) -> float:
+        """The best of ``values`` (the smallest when minimizing, the largest when maximizing)."""
+        return min(values, key=lambda v: self.sign * v)
+
+    def reached(self, value: float, target: float) -> bool:
+        """Whether ``value`` is at ``target`` or beyond it on the good side."""
+        return self.sign * value <= self.sign * target
+
+
+# The names whose direction needs no declaration (documented in the README). A name is
+# read as maximized when one of its words (split at anything not a letter or digit) is
+# in MAXIMIZE_WORDS; as minimized when it contains one of MINIMIZE_WORDS anywhere; a
+# name that matches both or neither must be declared with Metric(fn, direction=...).
+MAXIMIZE_WORDS = frozenset({"accuracy", "acc", "f1", "auc", "precision", "recall", "top1", "top5"})
+MINIMIZE_WORDS = ("loss", "error", "mse", "mae", "rmse", "nll", "perplexity")
+
+
+def infer_direction(name: str) -> Direction | None:
+    """The direction a metric's name leaves no doubt about, else ``None``.
+
+    Example:
+        >>> infer_direction("val_accuracy"), infer_direction("train_loss"), infer_direction("top1_error")
+        (<Direction.MAXIMIZE: 'maximize'>, <Direction.MINIMIZE: 'minimize'>, None)
+        >>> infer_direction("score") is None
+        True
+    """
+    lowered = name.lower()
+    up = any(word in MAXIMIZE_WORDS for word in re.split(r"[^a-z0-9]+", lowered))
+    down = any(word in lowered for word in MINIMIZE_WORDS)
+    if up == down:  # both (e.g. top1_error) or neither (e.g. score): ambiguous
+        return None
+    return Direction.MAXIMIZE if up else Direction.MINIMIZE
+
+
+@dataclass(frozen=True, init=False)
+class Metric:
+    """A metric of a :class:`bstune.Task` and the direction in which it is better.
+
+    Called like its function: ``metric(outputs, targets)``.
+
+    Args:
+        fn: ``fn(outputs, targets) -> number``, averaged over the batch.
+        direction: ``"maximize"`` (accuracy, F1, ...) or ``"minimize"`` (error rates, ...).
+
+    Example:
+        >>> m = Metric(lambda out, y: 0.5, direction="maximize")
+        >>> m.direction, m(None, None)
+        (<Direction.MAXIMIZE: 'maximize'>, 0.5)
+    """
+
+    fn: MetricFn
+    direction: Direction
+
+    def __init__(self, fn: MetricFn, direction: Direction | str) -> None:
+        if not callable(fn):
+            raise ConfigError(
+                f"must be callable as fn(outputs, targets), got {type(fn).__name__}", source="Metric", field="fn"
+            )
+        object.__setattr__(self, "fn", fn)
+        object.__setattr__(self, "direction", Direction.coerce(direction, source="Metric"))
+
+    def __call__(self, outputs: Any, targets: Any) -> torch.Tensor | float:
+        return self.fn(outputs, targets)
