@@ -183,6 +183,8 @@ def build_report(result: StudyResult, target: Mapping[str, Any] | None = None, *
     throughput = dict(probe.throughput) if probe else {}
     data["throughput"] = {
         "samples_per_s": {str(b): r for b, r in sorted(throughput.items())},
+        # (q25, q75) of the per-step rates; samples_per_s is their median
+        "samples_per_s_iqr": {str(b): list(v) for b, v in sorted(probe.throughput_iqr.items())} if probe else {},
         "device": probe.device if probe else None,
     }
     optimum = None
