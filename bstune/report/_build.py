@@ -26,6 +26,7 @@ from bstune.analysis import (
     steps_by_batch,
 )
 from bstune.errors import BstuneError, ConfigError
+from bstune.optim import temperature
 from bstune.study._records import StudyResult, clean_dict
 
 __all__ = ["Report", "build_report"]
@@ -47,7 +48,8 @@ class Report:
 
     @property
     def recommended(self) -> dict[str, Any]:
-        """Batch size, learning rate and the other settings to train with, and why."""
+        """Batch size, learning rate and the other settings to train with, and why; what is
+        computed from the settings (the effective temperature) sits apart, under ``derived``."""
         return dict(self.data["recommended"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,9 +242,19 @@ def _memory(result: StudyResult) -> dict[str, Any] | None:
     return {"batch_ceiling": min(ceilings) if ceilings else None, "events": events}
 
 
+def _effective_temperature(config: Mapping[str, Any]) -> float | None:
+    """η/(B(1−m)) of a recommended config (m = 0 when it has no momentum); None if it cannot be computed."""
+    try:
+        return temperature(float(config["lr"]), int(config["batch_size"]), float(config.get("momentum") or 0.0))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _recommend(result: StudyResult, fit: CriticalBatchFit | None) -> dict[str, Any]:
     best = dict(result.best_config)
-    rec: dict[str, Any] = {k: v for k, v in best.items()}
+    # the settings to train with, and nothing derived from them (older results held the temperature here)
+    rec: dict[str, Any] = {k: v for k, v in best.items() if k != "temperature"}
+    rec["derived"] = {"effective_temperature": _effective_temperature(best)}
     rec["objective"] = {result.objective: result.best_value}
     rec["why"] = (
         f"best {result.objective} ({result.best_value:.4g}) of {len(result.trials)} trials "

@@ -32,6 +32,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             "lr_rule",
             "expected_steps_to_target",
             "expected_samples_to_target",
+            "derived",  # computed from the settings, not one of them
+            "temperature",  # report.json written before "derived" kept the effective temperature here
         )
     )
     out += [
@@ -41,6 +43,12 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
         f"Why: {rec['why']}.",
     ]
+    derived = rec.get("derived") or {}
+    if derived.get("effective_temperature") is not None:
+        out.append(
+            f"Derived from these settings, not one of them: effective temperature η/(B(1−m)) = "
+            f"{_n(derived['effective_temperature'], '.3g')} (m = SGD momentum; 0 for Adam-family optimizers)."
+        )
     if "expected_steps_to_target" in rec:
         cb = data["critical_batch"]
         out.append(
@@ -78,7 +86,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         lo, hi = ns["b_simple_ci"]
         out.append(
             f"B_simple = {_n(ns['b_simple'])} (90% CI {_n(lo)} .. {_n(hi) if hi is not None else 'inf'}), "
-            f"measured by the probe at temperature lr/B = {_n(ns['temperature'], '.3g')}."
+            f"measured by the probe at effective temperature η/(B(1−m)) = {_n(ns['temperature'], '.3g')} "
+            "(m = SGD momentum; 0 for Adam-family optimizers)."
         )
     cb = data["critical_batch"]
     out += ["", "## Critical batch size", ""]
@@ -119,7 +128,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
         "## Trials",
         "",
-        "| # | status | batch | lr | lr/B | value | samples |",
+        "Effective temperature η/(B(1−m)) as each trial recorded it (m = SGD momentum; 0 for Adam-family optimizers).",
+        "",
+        "| # | status | batch | lr | η/(B(1−m)) | value | samples |",
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for t in sorted(data["trials"], key=lambda t: (t["value"] is None, t["value"] or 0.0)):
