@@ -114,9 +114,13 @@ def _fit_dict(fit: CriticalBatchFit, b_simple: float | None) -> dict[str, Any]:
         "n_points": fit.n_points,
         "residual_rms": fit.residual_rms,
         "edge": fit.edge,
+        "identified": fit.identified,
+        "unidentified_because": fit.unidentified_because(),
+        "batch_min": fit.batch_min,  # the batch sizes fitted: those that reached the target, one per bin
+        "batch_max": fit.batch_max,
         "summary": fit.summary,
     }
-    if b_simple and math.isfinite(b_simple) and math.isfinite(fit.b_crit):
+    if b_simple and math.isfinite(b_simple) and fit.identified:
         out["b_crit_over_b_simple"] = fit.b_crit / b_simple
     return out
 
@@ -171,6 +175,9 @@ def build_report(result: StudyResult, target: Mapping[str, Any] | None = None, *
 
     fit: CriticalBatchFit | None = None
     critical: dict[str, Any] = {"metric": metric}
+    tried = sorted({int(t.batch_size) for t in trials if t.batch_size})
+    if tried:  # every batch size a trial ran at; the fit keeps one point per half-octave of them
+        critical["batch_sizes_tried"] = {"min": tried[0], "max": tried[-1], "n": len(tried)}
     try:
         value = float(target["value"]) if "value" in target else choose_target(trials, metric, direction=direction)
         critical["target"] = value
@@ -273,10 +280,38 @@ def _recommend(result: StudyResult, fit: CriticalBatchFit | None) -> dict[str, A
         rec["expected_samples_to_target"] = fit.predict_samples(b)
         # only where the data speak: from half the smallest to twice the largest batch size tried
         sizes = sorted({2**k for k in range(0, 20) if fit.batch_min / 2 <= 2**k <= 2 * fit.batch_max} | {b})
-        rec["lr_table"] = [{"batch_size": bb, "lr": lr} for bb, lr in lr_table(fit, b, float(best["lr"]), sizes)]
-        rec["lr_rule"] = (
-            "linear in B up to B_crit, flat beyond: lr(B) = lr_best * s(B)/s(B_best), s(B) = 1/(1/B + 1/B_crit)"
-            if fit.edge == "inside"
-            else f"linear in B: {fit.summary}, so the data show no flattening within the batch sizes tried"
-        )
+        kind, b_rule, rec["lr_rule"] = _lr_rule(fit, b, float(best["lr"]))
+        rec["lr_table"] = [{"batch_size": bb, "lr": lr} for bb, lr in lr_table(b_rule, b, float(best["lr"]), sizes)]
+        rec["lr_rule_kind"] = kind
+        if kind == "fitted_b_crit":
+            rec["lr_rule_b_crit"] = b_rule
     return rec
+
+
+def _lr_rule(fit: CriticalBatchFit, best_batch: int, best_lr: float) -> tuple[str, float, str]:
+    """(kind, the B_crit the LR table uses, the rule in words): the fitted B_crit only where the data identify it.
+
+    Not identified, the table makes no claim about where it bends: linear in B, or
+    constant where steps to the target did not fall with B over the batch sizes fitted.
+    """
+    if fit.identified:
+        b = fit.b_crit
+        return (
+            "fitted_b_crit",
+            b,
+            f"lr(B) = {best_lr:.4g} · s(B)/s({best_batch}) with s(B) = 1/(1/B + 1/B_crit) and B_crit = {b:.3g} from the fit: "
+            f"nearly linear in B well below {b:.3g}, bending at it and flattening above",
+        )
+    if fit.edge == "below" and math.isfinite(fit.b_crit_ci[1]):  # the data bound B_crit from above
+        return (
+            "constant",
+            0.0,
+            f"constant, the recommended rate at every batch size: the data do not identify B_crit, and steps to the "
+            f"target did not fall with B over the batch sizes fitted ({fit.batch_min}–{fit.batch_max})",
+        )
+    return (
+        "linear",
+        math.inf,
+        f"linear in B, lr ∝ B from the recommended batch size {best_batch}: the data do not identify B_crit, "
+        "so the table assumes no flattening",
+    )

@@ -30,6 +30,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             "objective",
             "lr_table",
             "lr_rule",
+            "lr_rule_kind",
+            "lr_rule_b_crit",
             "expected_steps_to_target",
             "expected_samples_to_target",
             "derived",  # computed from the settings, not one of them
@@ -92,11 +94,18 @@ def render_markdown(data: dict[str, Any]) -> str:
     cb = data["critical_batch"]
     out += ["", "## Critical batch size", ""]
     if "error" in cb:
-        out.append(f"Not fitted: {cb['error']}")
+        out.append(f"The data do not identify B_crit (no fit): {cb['error']}.")
     else:
         out.append(
             f"Steps to {cb['metric']} {_n(cb['target'])}, fitted as S(B) = S_min (1 + B_crit/B): {cb['summary']}."
         )
+        tried = cb.get("batch_sizes_tried")
+        if tried:
+            out.append(
+                f"Trials ran at {tried['n']} batch sizes, {tried['min']}–{tried['max']}; the fit takes, per "
+                "half-octave of batch size, the trial that reached the target in the fewest steps (the table "
+                "below), and trials that did not reach it only as bounds."
+            )
         if "b_crit_over_b_simple" in cb:
             out.append(
                 f"B_crit / B_simple = {_n(cb['b_crit_over_b_simple'], '.2f')} (McCandlish et al. find "

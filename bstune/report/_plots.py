@@ -157,7 +157,9 @@ def _steps(data: dict[str, Any]) -> Figure | str:
             what = f"{ci_lo or 0:,.4g}–" + ("∞" if ci_hi is None else f"{ci_hi:,.4g}")
             ax.axvspan(lo_ci, hi_ci, color=_BLUE, alpha=0.08, lw=0, label=f"B_crit 90% interval {what}")
         if b_crit in near:
-            ax.axvline(b_crit, color=_BLUE, ls="--", lw=1.1, label=f"B_crit = {b_crit:,.4g}")
+            unsure = cb.get("identified") is False  # older report.json files lack the key
+            what = f"best fit B_crit = {b_crit:,.4g} (not identified)" if unsure else f"B_crit = {b_crit:,.4g}"
+            ax.axvline(b_crit, color=_BLUE, ls="--", lw=1.1, label=what)
         if s_min > 0:
             ax.axhline(s_min, color=_GREY, ls=":", lw=1.1, label=f"S_min = {s_min:,.4g} steps")
             steps.append(s_min)
