@@ -255,7 +255,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         f"(effective temperature lr/(B(1-m)) {probe.temperature:.3g}, m = SGD momentum, 0 for Adam)"
     )
     print(
-        "throughput (samples/s at the median step; per-step interquartile range): "
+        "throughput (samples/s) at the median step, per-step interquartile range in brackets: "
         + ", ".join(
             f"B={b}: {r:,.0f}" + (f" ({q[0]:,.0f}-{q[1]:,.0f})" if (q := probe.throughput_iqr.get(b)) else "")
             for b, r in sorted(probe.throughput.items())
