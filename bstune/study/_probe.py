@@ -41,6 +41,8 @@ __all__ = ["ProbeResult", "ProbeSettings", "large_batch_sweep", "lr_range_test",
 
 logger = logging.getLogger(__name__)
 
+_CLOCK_FLOOR = 1e-9  # seconds: the shortest step time step_rate believes (perf_counter's resolution or finer)
+
 
 @dataclass(frozen=True)
 class ProbeSettings:
@@ -377,16 +379,17 @@ def measure_throughput(
 def step_rate(batch_size: int, seconds: Sequence[float]) -> tuple[float, tuple[float, float]]:
     """Samples/s from per-step times: ``batch_size`` over the median step, and the
     interquartile range of the per-step rates. A few slow steps (a shared CPU, a
-    page fault) move neither; the total time over all steps, which the mean uses, they do.
+    page fault) move neither, though they move the mean of all steps.
 
     Example:
         >>> rate, (q25, q75) = step_rate(100, [0.01, 0.01, 0.011, 0.01, 0.5])  # one step 50x slow
         >>> round(rate), round(q25), round(q75)
         (10000, 9091, 10000)
     """
-    times = [t for t in seconds if t > 0 and math.isfinite(t)]
+    # a step faster than the clock's resolution reads 0: floor it there rather than divide by it
+    times = [max(t, _CLOCK_FLOOR) for t in seconds if math.isfinite(t)]
     if not times:
-        raise ValueError(f"needs at least one positive finite step time, got {list(seconds)}")
+        raise ValueError(f"needs at least one finite step time, got {list(seconds)}")
     q25, q50, q75 = (float(v) for v in np.quantile(np.asarray(times, dtype=np.float64), [0.25, 0.5, 0.75]))
     return batch_size / q50, (batch_size / q75, batch_size / q25)
 
