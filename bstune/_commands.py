@@ -251,9 +251,16 @@ def cmd_probe(args: argparse.Namespace) -> int:
     )
     print(
         f"LR ceiling {probe.lr_ceiling:.3g} at B={probe.batch_size}, {probe.lr_ceiling_large:.3g} at "
-        f"B={probe.large_batch}; probe run at lr {probe.lr_probe:.3g} (temperature {probe.temperature:.3g})"
+        f"B={probe.large_batch}; probe run at lr {probe.lr_probe:.3g} "
+        f"(effective temperature lr/(B(1-m)) {probe.temperature:.3g}, m = SGD momentum, 0 for Adam)"
     )
-    print("throughput (samples/s): " + ", ".join(f"B={b}: {r:,.0f}" for b, r in sorted(probe.throughput.items())))
+    print(
+        "throughput (samples/s) at the median step, per-step interquartile range in brackets: "
+        + ", ".join(
+            f"B={b}: {r:,.0f}" + (f" ({q[0]:,.0f}-{q[1]:,.0f})" if (q := probe.throughput_iqr.get(b)) else "")
+            for b, r in sorted(probe.throughput.items())
+        )
+    )
     print(
         f"prior: batch sizes {prior.batch_low}..{prior.batch_high}; learning rate by batch size: "
         + ", ".join(f"{b}: {prior.lr_rule(b):.3g}" for b in sorted({prior.batch_low, prior.b_ref, prior.batch_high}))

@@ -3,7 +3,8 @@
 The temperature T = η/B is what sets the scale of SGD's noise (Smith & Le 2018);
 with heavy-ball momentum m the effective step is η/(1−m), so T = η/(B(1−m))
 (McCandlish et al. 2018, App. C). For Adam the per-coordinate preconditioning
-changes the picture; we still report η/B so runs can be compared, and say so.
+changes the picture; Adam has no heavy-ball momentum (m = 0), so its T is η/B, still
+reported so runs can be compared. Reports label T "effective temperature η/(B(1−m))".
 """
 
 from __future__ import annotations

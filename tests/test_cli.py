@@ -143,6 +143,9 @@ def test_probe_prints_noise_scale_ceiling_throughput_and_prior(
     out = capsys.readouterr().out
     for words in ("B_simple", "90% CI", "LR ceiling", "throughput (samples/s)", "prior: batch sizes"):
         assert words in out
+    assert "(effective temperature lr/(B(1-m)) " in out and "(temperature " not in out
+    rungs = out.split("interquartile range in brackets: ")[1].splitlines()[0].split(", B=")
+    assert all("(" in rung and ")" in rung for rung in rungs)  # each rung's rate with its spread
     data = json.loads((tmp_path / "probe.json").read_text())
     prior, probe = data["prior"], data["probe"]
     assert prior["batch_low"] <= prior["batch_high"] <= prior["b_noise"] + 1  # the band tops out at B_noise

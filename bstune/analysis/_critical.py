@@ -22,8 +22,13 @@ need no resampling and they open honestly: when the data cannot rule out B_crit 
 The edges: if the best fit is B_crit → ∞ (every batch size tried is still in the
 perfect-scaling regime) the fit reports ``b_crit = inf``, ``s_min = 0`` and the finite
 E_min = B·S; if it is B_crit → 0 (steps do not depend on B), ``b_crit = 0``,
-``e_min = 0``. ``edge`` says where the estimate lies relative to the batch sizes tried;
+``e_min = 0``. ``edge`` says where the estimate lies relative to the batch sizes fitted;
 outside them it is an extrapolation.
+
+The fit *identifies* B_crit (:attr:`CriticalBatchFit.identified`) only when the estimate
+lies within the batch sizes fitted and its interval is bounded at both ends. Otherwise
+the summary says so plainly, with why, and what the data do bound, instead of an
+estimate with an interval to infinity.
 
 Censored points (:attr:`BatchPoint.lower_bound`, ``upper_bound``) are left out of
 the least squares: a bound is not a measurement, and a Tobit-style likelihood would
@@ -71,9 +76,10 @@ class CriticalBatchFit:
         confidence: level of the intervals.
         batch_min, batch_max: smallest and largest batch size among those points.
         edge: ``"inside"`` when batch_min ≤ b_crit ≤ batch_max; ``"above"`` or
-            ``"below"`` when the estimate lies beyond the batch sizes tried.
+            ``"below"`` when the estimate lies beyond the batch sizes fitted.
         n_censored: bounds that were left out of the least squares.
         contradicted: batch sizes whose bound the fitted curve violates.
+        censored_batches: the batch sizes of those bounds, in order.
     """
 
     b_crit: float
@@ -89,6 +95,7 @@ class CriticalBatchFit:
     edge: Literal["inside", "above", "below"]
     n_censored: int = 0
     contradicted: tuple[int, ...] = ()
+    censored_batches: tuple[int, ...] = ()
 
     @overload
     def predict_steps(self, batch_size: float) -> float: ...
@@ -111,25 +118,77 @@ class CriticalBatchFit:
         return float(batch_size * self.predict_steps(float(batch_size)))
 
     @property
-    def summary(self) -> str:
-        """One sentence for a report."""
+    def identified(self) -> bool:
+        """Whether the data pin B_crit down: the estimate within the batch sizes fitted, its interval bounded.
+
+        Example:
+            >>> fit_critical_batch([(b, 100 * (1 + 64 / b)) for b in (8, 32, 128, 512)]).identified
+            True
+            >>> fit_critical_batch([(b, 6400 / b) for b in (2, 4, 8, 16)]).identified  # still S ∝ 1/B
+            False
+        """
+        lo, hi = self.b_crit_ci
+        return self.edge == "inside" and lo > 0 and math.isfinite(hi)
+
+    def unidentified_because(self) -> list[str]:
+        """Why the data do not identify B_crit, in words (empty when :attr:`identified`)."""
+        if self.identified:
+            return []
         lo, hi = self.b_crit_ci
         pct = f"{100 * self.confidence:g}%"
-        tried = f"{self.n_points} batch sizes {self.batch_min}–{self.batch_max}"
-        ci = f"{pct} CI {_num(lo)}–{_num(hi)}"
+        why = []
         if self.edge == "above":
-            return (
-                f"B_crit is above the largest batch size tried ({self.batch_max}): estimate {_num(self.b_crit)} "
-                f"({ci}); steps to the target still fall about as 1/B over {tried}"
+            why.append(
+                f"steps to the target still fall as 1/B up to the largest batch size fitted ({self.batch_max}), "
+                "so the best fit has no B_crit at all"
+                if math.isinf(self.b_crit)
+                else f"the best fit, {_num(self.b_crit)}, lies above the largest batch size fitted ({self.batch_max})"
             )
-        if self.edge == "below":
-            return (
-                f"B_crit is below the smallest batch size tried ({self.batch_min}): estimate {_num(self.b_crit)} "
-                f"({ci}); steps to the target barely depend on B over {tried}"
+        elif self.edge == "below":
+            why.append(
+                f"steps to the target do not fall with B over the batch sizes fitted ({self.batch_min}–{self.batch_max})"
+                if self.b_crit == 0
+                else f"the best fit, {_num(self.b_crit)}, lies below the smallest batch size fitted ({self.batch_min}): "
+                "steps to the target barely depend on B there"
             )
+        if lo == 0 and math.isinf(hi):
+            why.append(f"its {pct} interval is 0–∞: any value fits the data")
+        elif math.isinf(hi):
+            why.append(f"its {pct} interval {_num(lo)}–∞ has no upper end")
+        elif lo == 0:
+            why.append(f"its {pct} interval 0–{_num(hi)} has no lower end")
+        else:
+            why.append(f"its {pct} interval is {_num(lo)}–{_num(hi)}")
+        if self.edge == "inside" and why:
+            why[-1] += f" (best fit {_num(self.b_crit)})"
+        return why
+
+    @property
+    def summary(self) -> str:
+        """One sentence for a report: B_crit with its interval, or plainly that the data do not identify it."""
+        lo, hi = self.b_crit_ci
+        pct = f"{100 * self.confidence:g}%"
+        fitted = f"{self.n_points} batch sizes {self.batch_min}–{self.batch_max} that reached the target"
+        bounds = ""
+        if self.censored_batches:
+            k = len(self.censored_batches)
+            shown = ", ".join(str(b) for b in self.censored_batches)
+            bounds = f"; {k} batch size{'s' if k > 1 else ''} that did not reach it ({shown}) only bound the fit"
+        if self.identified:
+            return (
+                f"B_crit ≈ {_num(self.b_crit)} ({pct} CI {_num(lo)}–{_num(hi)}) from {fitted}{bounds}; "
+                f"S_min ≈ {_num(self.s_min)} steps, E_min ≈ {_num(self.e_min)} samples"
+            )
+        known = ""
+        if lo > self.batch_min and math.isinf(hi):
+            known = f"; B_crit is at least {_num(lo)} ({pct} lower bound)"
+        elif lo == 0 and math.isfinite(hi) and hi < self.batch_max:
+            known = f"; B_crit is at most {_num(hi)} ({pct} upper bound)"
         return (
-            f"B_crit ≈ {_num(self.b_crit)} ({ci}) from {tried}; "
-            f"S_min ≈ {_num(self.s_min)} steps, E_min ≈ {_num(self.e_min)} samples"
+            "the data do not identify B_crit: "
+            + "; ".join(self.unidentified_because())
+            + known
+            + f"; fitted on {fitted}{bounds}"
         )
 
 
@@ -272,6 +331,7 @@ def fit_critical_batch(
         batch_max=int(max(distinct)),
         edge="above" if b_crit > max(distinct) else "below" if b_crit < min(distinct) else "inside",
         n_censored=len(censored),
+        censored_batches=tuple(sorted({p.batch_size for p in censored})),
     )
     tol = 2.0 * rms
     contradicted = tuple(

@@ -2,9 +2,10 @@
 
 Keskar et al. 2017 report a larger gap (validation minus training loss) for large
 batches at a fixed learning rate; Smith & Le 2018 argue that what matters is the SGD
-noise scale, ∝ the temperature η/B. In a study both vary, and they are correlated
+noise scale, ∝ the temperature η/B, or η/(B(1−m)) with heavy-ball momentum m (the
+effective temperature; m = 0 for Adam). In a study both vary, and they are correlated
 (the prior couples η to B), so the summary gives the Spearman rank correlation of
-the gap with log B and with η/B, and each partial rank correlation with the other
+the gap with log B and with η/(B(1−m)), and each partial rank correlation with the other
 held fixed (from the three pairwise ρ; t-test with n−3 degrees of freedom).
 Ranks make the answer independent of the scale of either axis: log B and B rank alike.
 
@@ -73,9 +74,16 @@ class GapTrend:
         what = f"the validation − training {self.name} gap"
         parts = []
         for label, rho, p, other, prho, pp in (
-            ("batch size", self.rho_batch, self.p_batch, "temperature", self.partial_rho_batch, self.partial_p_batch),
             (
-                "temperature η/B",
+                "batch size",
+                self.rho_batch,
+                self.p_batch,
+                "effective temperature",
+                self.partial_rho_batch,
+                self.partial_p_batch,
+            ),
+            (
+                "effective temperature η/(B(1−m))",
                 self.rho_temperature,
                 self.p_temperature,
                 "batch size",
@@ -96,7 +104,7 @@ class GapTrend:
         if not parts:
             return (
                 f"no clear trend of {what} with batch size (Spearman ρ={self.rho_batch:.2f}, p{_p(self.p_batch)}) "
-                f"or temperature (ρ={self.rho_temperature:.2f}, p{_p(self.p_temperature)}), {self.n} trials"
+                f"or effective temperature (ρ={self.rho_temperature:.2f}, p{_p(self.p_temperature)}), {self.n} trials"
             )
         return f"{what} " + " and ".join(parts) + f", {self.n} trials"
 
@@ -192,7 +200,7 @@ MIN_TREND_TRIALS = 6  # fewer: no trend is stated
 
 
 def generalization_gap(trials: Iterable[TrialLike], *, significance: float = 0.05) -> GapSummary:
-    """Gap per completed trial and its rank correlation with log B and η/B; see the module docstring.
+    """Gap per completed trial and its rank correlation with log B and η/(B(1−m)); see the module docstring.
 
     Example:
         >>> trials = [{"status": "completed", "batch_size": b, "lr": 0.1, "number": i,

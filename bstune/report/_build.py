@@ -27,6 +27,7 @@ from bstune.analysis import (
     steps_by_batch,
 )
 from bstune.errors import BstuneError, ConfigError
+from bstune.optim import temperature
 from bstune.study._records import StudyResult, clean_dict
 
 __all__ = ["Report", "build_report"]
@@ -48,7 +49,8 @@ class Report:
 
     @property
     def recommended(self) -> dict[str, Any]:
-        """Batch size, learning rate and the other settings to train with, and why."""
+        """Batch size, learning rate and the other settings to train with, and why; what is
+        computed from the settings (the effective temperature) sits apart, under ``derived``."""
         return dict(self.data["recommended"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,9 +135,13 @@ def _fit_dict(fit: CriticalBatchFit, b_simple: float | None) -> dict[str, Any]:
         "n_points": fit.n_points,
         "residual_rms": fit.residual_rms,
         "edge": fit.edge,
+        "identified": fit.identified,
+        "unidentified_because": fit.unidentified_because(),
+        "batch_min": fit.batch_min,  # the batch sizes fitted: those that reached the target, one per bin
+        "batch_max": fit.batch_max,
         "summary": fit.summary,
     }
-    if b_simple and math.isfinite(b_simple) and math.isfinite(fit.b_crit):
+    if b_simple and math.isfinite(b_simple) and fit.identified:
         out["b_crit_over_b_simple"] = fit.b_crit / b_simple
     return out
 
@@ -194,6 +200,9 @@ def build_report(result: StudyResult, target: Mapping[str, Any] | None = None, *
 
     fit: CriticalBatchFit | None = None
     critical: dict[str, Any] = {"metric": metric, "direction": direction.value}
+    tried = sorted({int(t.batch_size) for t in trials if t.batch_size})
+    if tried:  # every batch size a trial ran at; the fit keeps one point per half-octave of them
+        critical["batch_sizes_tried"] = {"min": tried[0], "max": tried[-1], "n": len(tried)}
     try:
         value = float(target["value"]) if "value" in target else choose_target(trials, metric, direction=direction)
         critical["target"] = value
@@ -208,6 +217,8 @@ def build_report(result: StudyResult, target: Mapping[str, Any] | None = None, *
     throughput = dict(probe.throughput) if probe else {}
     data["throughput"] = {
         "samples_per_s": {str(b): r for b, r in sorted(throughput.items())},
+        # (q25, q75) of the per-step rates; samples_per_s is their median
+        "samples_per_s_iqr": {str(b): list(v) for b, v in sorted(probe.throughput_iqr.items())} if probe else {},
         "device": probe.device if probe else None,
     }
     optimum = None
@@ -263,9 +274,19 @@ def _memory(result: StudyResult) -> dict[str, Any] | None:
     return {"batch_ceiling": min(ceilings) if ceilings else None, "events": events}
 
 
+def _effective_temperature(config: Mapping[str, Any]) -> float | None:
+    """η/(B(1−m)) of a recommended config (m = 0 when it has no momentum); None if it cannot be computed."""
+    try:
+        return temperature(float(config["lr"]), int(config["batch_size"]), float(config.get("momentum") or 0.0))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _recommend(result: StudyResult, fit: CriticalBatchFit | None) -> dict[str, Any]:
     best = dict(result.best_config)
-    rec: dict[str, Any] = {k: v for k, v in best.items()}
+    # the settings to train with, and nothing derived from them (older results held the temperature here)
+    rec: dict[str, Any] = {k: v for k, v in best.items() if k != "temperature"}
+    rec["derived"] = {"effective_temperature": _effective_temperature(best)}
     rec["objective"] = {result.objective: result.best_value}
     rec["why"] = (
         f"best {result.objective} ({result.best_value:.4g}) of {len(result.trials)} trials "
@@ -284,10 +305,38 @@ def _recommend(result: StudyResult, fit: CriticalBatchFit | None) -> dict[str, A
         rec["expected_samples_to_target"] = fit.predict_samples(b)
         # only where the data speak: from half the smallest to twice the largest batch size tried
         sizes = sorted({2**k for k in range(0, 20) if fit.batch_min / 2 <= 2**k <= 2 * fit.batch_max} | {b})
-        rec["lr_table"] = [{"batch_size": bb, "lr": lr} for bb, lr in lr_table(fit, b, float(best["lr"]), sizes)]
-        rec["lr_rule"] = (
-            "linear in B up to B_crit, flat beyond: lr(B) = lr_best * s(B)/s(B_best), s(B) = 1/(1/B + 1/B_crit)"
-            if fit.edge == "inside"
-            else f"linear in B: {fit.summary}, so the data show no flattening within the batch sizes tried"
-        )
+        kind, b_rule, rec["lr_rule"] = _lr_rule(fit, b, float(best["lr"]))
+        rec["lr_table"] = [{"batch_size": bb, "lr": lr} for bb, lr in lr_table(b_rule, b, float(best["lr"]), sizes)]
+        rec["lr_rule_kind"] = kind
+        if kind == "fitted_b_crit":
+            rec["lr_rule_b_crit"] = b_rule
     return rec
+
+
+def _lr_rule(fit: CriticalBatchFit, best_batch: int, best_lr: float) -> tuple[str, float, str]:
+    """(kind, the B_crit the LR table uses, the rule in words): the fitted B_crit only where the data identify it.
+
+    Not identified, the table makes no claim about where it bends: linear in B, or
+    constant where steps to the target did not fall with B over the batch sizes fitted.
+    """
+    if fit.identified:
+        b = fit.b_crit
+        return (
+            "fitted_b_crit",
+            b,
+            f"lr(B) = {best_lr:.4g} · s(B)/s({best_batch}) with s(B) = 1/(1/B + 1/B_crit) and B_crit = {b:.3g} from the fit: "
+            f"nearly linear in B well below {b:.3g}, bending at it and flattening above",
+        )
+    if fit.edge == "below" and math.isfinite(fit.b_crit_ci[1]):  # the data bound B_crit from above
+        return (
+            "constant",
+            0.0,
+            f"constant, the recommended rate at every batch size: the data do not identify B_crit, and steps to the "
+            f"target did not fall with B over the batch sizes fitted ({fit.batch_min}–{fit.batch_max})",
+        )
+    return (
+        "linear",
+        math.inf,
+        f"linear in B, lr ∝ B from the recommended batch size {best_batch}: the data do not identify B_crit, "
+        "so the table assumes no flattening",
+    )

@@ -143,12 +143,27 @@ def _throughput(data: dict[str, Any]) -> list[str]:
     rates = tp.get("samples_per_s") or {}
     if not rates:
         return []
+    iqr = tp.get("samples_per_s_iqr") or {}
     device = f" on {escape(str(tp['device']))}" if tp.get("device") else ""
-    rows = [(escape(str(b)), escape(_n(r, ",.0f"))) for b, r in rates.items()]
+    rows = []
+    for b, r in rates.items():
+        cells = [escape(str(b)), escape(_n(r, ",.0f"))]
+        if iqr:
+            q = iqr.get(b)
+            cells.append(escape(f"{_n(q[0], ',.0f')}–{_n(q[1], ',.0f')}") if q else "n/a")
+        rows.append(cells)
+    head = "<th class=r>batch size</th><th class=r>samples/s</th>"
+    lead = f"<p>Training throughput measured by the probe{device}"
+    if iqr:
+        head += "<th class=r>per-step spread</th>"
+        lead += (
+            ": each step timed alone after untimed warm-up steps; samples/s at the median step, and the "
+            "interquartile range of the per-step rates"
+        )
     return [
-        f"<p>Training throughput measured by the probe{device}.</p>",
-        "<table><thead><tr><th class=r>batch size</th><th class=r>samples/s</th></tr></thead><tbody>"
-        + "".join(f"<tr><td class=r>{b}</td><td class=r>{r}</td></tr>" for b, r in rows)
+        lead + ".</p>",
+        f"<table><thead><tr>{head}</tr></thead><tbody>"
+        + "".join("<tr>" + "".join(f"<td class=r>{c}</td>" for c in cells) + "</tr>" for cells in rows)
         + "</tbody></table>",
     ]
 

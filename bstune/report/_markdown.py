@@ -38,8 +38,12 @@ def render_markdown(data: dict[str, Any]) -> str:
             "objective",
             "lr_table",
             "lr_rule",
+            "lr_rule_kind",
+            "lr_rule_b_crit",
             "expected_steps_to_target",
             "expected_samples_to_target",
+            "derived",  # computed from the settings, not one of them
+            "temperature",  # report.json written before "derived" kept the effective temperature here
         )
     )
     out += [
@@ -49,6 +53,12 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
         f"Why: {rec['why']}.",
     ]
+    derived = rec.get("derived") or {}
+    if derived.get("effective_temperature") is not None:
+        out.append(
+            f"Derived from these settings, not one of them: effective temperature η/(B(1−m)) = "
+            f"{_n(derived['effective_temperature'], '.3g')} (m = SGD momentum; 0 for Adam-family optimizers)."
+        )
     if "expected_steps_to_target" in rec:
         cb = data["critical_batch"]
         out.append(
@@ -86,14 +96,22 @@ def render_markdown(data: dict[str, Any]) -> str:
         lo, hi = ns["b_simple_ci"]
         out.append(
             f"B_simple = {_n(ns['b_simple'])} (90% CI {_n(lo)} .. {_n(hi) if hi is not None else 'inf'}), "
-            f"measured by the probe at temperature lr/B = {_n(ns['temperature'], '.3g')}."
+            f"measured by the probe at effective temperature η/(B(1−m)) = {_n(ns['temperature'], '.3g')} "
+            "(m = SGD momentum; 0 for Adam-family optimizers)."
         )
     cb = data["critical_batch"]
     out += ["", "## Critical batch size", ""]
     if "error" in cb:
-        out.append(f"Not fitted: {cb['error']}")
+        out.append(f"The data do not identify B_crit (no fit): {cb['error']}.")
     else:
         out.append(f"Steps to {_target(cb)}, fitted as S(B) = S_min (1 + B_crit/B): {cb['summary']}.")
+        tried = cb.get("batch_sizes_tried")
+        if tried:
+            out.append(
+                f"Trials ran at {tried['n']} batch sizes, {tried['min']}–{tried['max']}; the fit takes, per "
+                "half-octave of batch size, the trial that reached the target in the fewest steps (the table "
+                "below), and trials that did not reach it only as bounds."
+            )
         if "b_crit_over_b_simple" in cb:
             out.append(
                 f"B_crit / B_simple = {_n(cb['b_crit_over_b_simple'], '.2f')} (McCandlish et al. find "
@@ -125,7 +143,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
         "## Trials",
         "",
-        "| # | status | batch | lr | lr/B | value | samples |",
+        "Effective temperature η/(B(1−m)) as each trial recorded it (m = SGD momentum; 0 for Adam-family optimizers).",
+        "",
+        "| # | status | batch | lr | η/(B(1−m)) | value | samples |",
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for t in sorted(data["trials"], key=lambda t: (t["value"] is None, t["value"] or 0.0)):

@@ -6,7 +6,7 @@ the PNG, or a note saying why there is none (the section has an ``error`` or no 
 1. steps to target S against batch size B with the fitted S(B) = S_min (1 + B_crit/B)
    (McCandlish et al. 2018, eq. 2.11), B_crit and its interval marked;
 2. the probe's B_simple over the samples it saw, with its interval band;
-3. the validation − training loss gap against B and against the temperature η/B;
+3. the validation − training loss gap against B and against the effective temperature η/(B(1−m));
 4. the trials' (B, η) coloured by the objective, with the recommended lr(B) rule;
 5. measured training throughput against B.
 
@@ -157,7 +157,9 @@ def _steps(data: dict[str, Any]) -> Figure | str:
             what = f"{ci_lo or 0:,.4g}–" + ("∞" if ci_hi is None else f"{ci_hi:,.4g}")
             ax.axvspan(lo_ci, hi_ci, color=_BLUE, alpha=0.08, lw=0, label=f"B_crit 90% interval {what}")
         if b_crit in near:
-            ax.axvline(b_crit, color=_BLUE, ls="--", lw=1.1, label=f"B_crit = {b_crit:,.4g}")
+            unsure = cb.get("identified") is False  # older report.json files lack the key
+            what = f"best fit B_crit = {b_crit:,.4g} (not identified)" if unsure else f"B_crit = {b_crit:,.4g}"
+            ax.axvline(b_crit, color=_BLUE, ls="--", lw=1.1, label=what)
         if s_min > 0:
             ax.axhline(s_min, color=_GREY, ls=":", lw=1.1, label=f"S_min = {s_min:,.4g} steps")
             steps.append(s_min)
@@ -232,7 +234,9 @@ def _noise(data: dict[str, Any]) -> Figure | str:
     ax.set_xlabel("training samples seen by the probe run (samples)")
     ax.set_ylabel("B_simple = tr(Σ)/|G|² (samples)")
     temperature = _num(ns.get("temperature"))
-    ax.set_title("Gradient noise scale" + (f" at temperature η/B = {temperature:.3g}" if temperature else ""))
+    ax.set_title(
+        "Gradient noise scale" + (f" at effective temperature η/(B(1−m)) = {temperature:.3g}" if temperature else "")
+    )
     fig.legend(loc="outside lower center", ncols=3)
     return fig
 
@@ -254,7 +258,7 @@ def _gap(data: dict[str, Any]) -> Figure | str:
     left, right = fig.subplots(1, 2, sharey=True)
     for ax, k, label, base in (
         (left, 0, "batch size B (samples per step)", 2),
-        (right, 1, "temperature η/B (per sample)", 10),
+        (right, 1, "effective temperature η/(B(1−m)) (per sample)", 10),
     ):
         xs = [r[k] for r in rows]
         ax.scatter(xs, [r[2] for r in rows], s=30, color=_BLUE, edgecolors="white", lw=0.5, zorder=3)
@@ -263,7 +267,7 @@ def _gap(data: dict[str, Any]) -> Figure | str:
         ax.set_xlabel(label)
     left.set_ylabel("validation − training loss (loss units)")
     left.set_title("Gap against batch size")
-    right.set_title("Gap against temperature")
+    right.set_title("Gap against effective temperature")
     return fig
 
 
@@ -370,7 +374,7 @@ def _as_float(s: Any) -> float | None:
 _FIGURES: Sequence[tuple[str, str, Callable[[dict[str, Any]], Figure | str]]] = (
     ("steps", "Steps to target against batch size, with the S(B) fit", _steps),
     ("noise", "Gradient noise scale B_simple over the probe run", _noise),
-    ("gap", "Generalization gap against batch size and temperature", _gap),
+    ("gap", "Generalization gap against batch size and effective temperature", _gap),
     ("lr", "Learning rate against batch size: trials and the recommended rule", _lr),
     ("throughput", "Training throughput against batch size", _throughput),
 )

@@ -12,8 +12,10 @@ Three measurements, each counted in samples against the study's budget:
 2. **Noise scale**: a short run at a safe fraction of that ceiling with
    ``track_noise=True``, then B_simple measured with its interval at the parameters it
    reached. B_simple is measured at a sane learning rate because it scales as 1/T.
-3. **Throughput**: a few steps at each batch size of a ladder on the trial device;
-   a batch size that runs out of memory caps the search.
+3. **Throughput**: a few steps at each batch size of a ladder (every power of two
+   in the space's batch range) on the trial device, each step timed alone and the
+   median kept, with the interquartile range of the per-step rates beside it; a
+   batch size that runs out of memory caps the search.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from bstune.data import fetch_batch, move_to_device
@@ -36,6 +40,8 @@ from bstune.training import RunStatus, TrainConfig, train
 __all__ = ["ProbeResult", "ProbeSettings", "large_batch_sweep", "lr_range_test", "measure_throughput", "run_probe"]
 
 logger = logging.getLogger(__name__)
+
+_CLOCK_FLOOR = 1e-9  # seconds: the shortest step time step_rate believes (perf_counter's resolution or finer)
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,7 @@ class ProbeSettings:
     train_samples: int | None = None  # probe training run; None: 5x the range test's samples, at least half an epoch
     rel_precision: float = 0.15  # final B_simple measurement: stop at this interval half-width
     measure_samples: int | None = None  # most examples per measurement stage; None: 50 batches
-    throughput_steps: int = 5  # timed steps per ladder rung (after one warm-up step)
+    throughput_steps: int = 7  # timed steps per ladder rung, after 2 untimed ones; the rate is the median step's
     throughput_batches: tuple[int, ...] | None = None  # None: powers of two within the space's batch range
 
     def __post_init__(self) -> None:
@@ -84,10 +90,13 @@ class ProbeResult:
     lr_range: list[tuple[float, float]] = field(default_factory=list)  # (lr, smoothed loss) of the range test
     device: str = "cpu"
     seconds: float = 0.0
+    # batch size -> (q25, q75) of the per-step rates behind ``throughput`` (the median); empty in older results
+    throughput_iqr: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["throughput"] = {str(k): v for k, v in self.throughput.items()}
+        out["throughput_iqr"] = {str(k): list(v) for k, v in self.throughput_iqr.items()}
         out["b_simple"] = self.b_simple if math.isfinite(self.b_simple) else None
         out["b_simple_ci"] = [v if math.isfinite(v) else None for v in self.b_simple_ci]
         return out
@@ -96,6 +105,7 @@ class ProbeResult:
     def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
         d = dict(data)
         d["throughput"] = {int(k): float(v) for k, v in d["throughput"].items()}
+        d["throughput_iqr"] = {int(k): (float(v[0]), float(v[1])) for k, v in d.get("throughput_iqr", {}).items()}
         d["b_simple"] = math.inf if d["b_simple"] is None else d["b_simple"]
         d["b_simple_ci"] = tuple(math.inf if v is None else v for v in d["b_simple_ci"])
         d["lr_range"] = [tuple(p) for p in d.get("lr_range", [])]
@@ -274,15 +284,18 @@ def run_probe(
     temperature = lr_probe / (batch * (1.0 - momentum))
 
     throughput: dict[int, float] = {}
+    throughput_iqr: dict[int, tuple[float, float]] = {}
     rungs = settings.throughput_batches or _ladder(batch_min, batch_max, batch_round)
     for b in sorted(r for r in rungs if r <= min(task.n_train, cap or task.n_train)):
-        rate, used = measure_throughput(task, b, settings.throughput_steps, lr=lr_probe, seed=seed, device=dev)
+        rate, used, spread = measure_throughput(task, b, settings.throughput_steps, lr=lr_probe, seed=seed, device=dev)
         samples += used
         if rate is None:
             cap = max(batch_min, b // 2)
             logger.warning("probe: batch size %d ran out of memory; the search stays at or below %d", b, cap)
             break
         throughput[b] = rate
+        if spread is not None:
+            throughput_iqr[b] = spread
     trajectory = [
         {
             "samples": p.samples,
@@ -303,6 +316,7 @@ def run_probe(
         trajectory=trajectory,
         temperature=temperature,
         throughput=throughput,
+        throughput_iqr=throughput_iqr,
         batch_ceiling=cap,
         samples_used=samples,
         lr_range=curve,
@@ -312,48 +326,90 @@ def run_probe(
 
 
 def measure_throughput(
-    task: Task, batch_size: int, steps: int, *, lr: float, seed: int, device: torch.device, warmup: int = 2
-) -> tuple[float | None, int]:
-    """Training samples/s at ``batch_size`` (forward, backward, optimizer step), after
-    ``warmup`` untimed steps; ``(None, used)`` if the device ran out of memory."""
+    task: Task,
+    batch_size: int,
+    steps: int,
+    *,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    warmup: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[float | None, int, tuple[float, float] | None]:
+    """Training samples/s at ``batch_size`` (forward, backward, optimizer step).
+
+    ``warmup`` untimed steps first (allocator, caches, lazy initialisation), then
+    ``steps`` steps timed one by one with ``clock``; the rate is :func:`step_rate`'s
+    median, so a step slowed by another process on a shared machine does not move it.
+
+    Returns:
+        ``(samples/s, examples used, (q25, q75) of the per-step rates)``, or
+        ``(None, used, None)`` if the device ran out of memory.
+    """
     model = task.make_model(seed=seed).to(device).train()
     opt = task.optimizer_spec.build(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed + 11)
     used = 0
-    elapsed = 0.0
+    seconds: list[float] = []
     try:
         for i in range(warmup + steps):
             idx = torch.randperm(task.n_train, generator=gen)[:batch_size]
             inputs, targets = move_to_device(fetch_batch(task.train_dataset, idx), device)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             opt.zero_grad(set_to_none=True)
             task.loss(model(inputs), targets).backward()
             opt.step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+            t1 = clock()
             if i >= warmup:
-                elapsed += time.perf_counter() - t0
+                seconds.append(t1 - t0)
             used += batch_size
     except torch.OutOfMemoryError:
         del model, opt
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return None, used
-    return steps * batch_size / elapsed, used
+        return None, used, None
+    rate, spread = step_rate(batch_size, seconds)
+    return rate, used, spread
+
+
+def step_rate(batch_size: int, seconds: Sequence[float]) -> tuple[float, tuple[float, float]]:
+    """Samples/s from per-step times: ``batch_size`` over the median step, and the
+    interquartile range of the per-step rates. A few slow steps (a shared CPU, a
+    page fault) move neither, though they move the mean of all steps.
+
+    Example:
+        >>> rate, (q25, q75) = step_rate(100, [0.01, 0.01, 0.011, 0.01, 0.5])  # one step 50x slow
+        >>> round(rate), round(q25), round(q75)
+        (10000, 9091, 10000)
+    """
+    # a step faster than the clock's resolution reads 0: floor it there rather than divide by it
+    times = [max(t, _CLOCK_FLOOR) for t in seconds if math.isfinite(t)]
+    if not times:
+        raise ValueError(f"needs at least one finite step time, got {list(seconds)}")
+    q25, q50, q75 = (float(v) for v in np.quantile(np.asarray(times, dtype=np.float64), [0.25, 0.5, 0.75]))
+    return batch_size / q50, (batch_size / q75, batch_size / q25)
 
 
 def _ladder(low: int, high: int, multiple: int) -> list[int]:
-    """Powers of two from ``low`` to ``high`` (both ends kept), at most 7 rungs."""
+    """``low``, ``high`` and every power of two between them, each rounded down to a
+    multiple of ``multiple`` (at least ``multiple``).
+
+    Every power of two stays: the time per rung grows with B, so the rungs below the
+    largest cost less than it does all together, and a thinned ladder leaves gaps
+    where the compute-optimal batch size is interpolated.
+
+    Example:
+        >>> _ladder(8, 1024, 1)
+        [8, 16, 32, 64, 128, 256, 512, 1024]
+    """
     rungs = {low, high}
     b = 1
     while b < high:
         if b > low:
             rungs.add(b)
         b *= 2
-    out = sorted({max(multiple, (r // multiple) * multiple) for r in rungs})
-    if len(out) > 7:
-        idx = [round(i * (len(out) - 1) / 6) for i in range(7)]
-        out = [out[i] for i in sorted(set(idx))]
-    return out
+    return sorted({max(multiple, (r // multiple) * multiple) for r in rungs})

@@ -59,7 +59,12 @@ def recommend(
 
 
 def handed_over(best: TrialRecord, task_optimizer: OptimizerSpec, space_optimizer: OptimizerSpec) -> dict[str, Any]:
-    """The recommended trial's configuration as a user trains with it: every setting, none left implicit."""
+    """The recommended trial's configuration as a user trains with it: every setting, none left implicit.
+
+    Settings only: nothing derived from them (the effective temperature η/(B(1−m)) is
+    the trial's :attr:`TrialRecord.temperature`), so the whole mapping can be copied
+    into a training config.
+    """
     config = dict(best.config)
     return {
         "batch_size": config["batch_size"],
@@ -68,7 +73,6 @@ def handed_over(best: TrialRecord, task_optimizer: OptimizerSpec, space_optimize
         "weight_decay": config["weight_decay"] if config["weight_decay"] is not None else task_optimizer.weight_decay,
         "warmup_samples": config["warmup_samples"],
         "schedule": config["schedule"],
-        "temperature": best.temperature,
         "optimizer": space_optimizer.family,
         **({"betas": list(space_optimizer.betas)} if space_optimizer.family != "sgd" else {}),
         **{f"model.{k}": v for k, v in config["model_kwargs"].items()},

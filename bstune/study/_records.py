@@ -145,7 +145,9 @@ class StudyResult:
     """The outcome of :meth:`bstune.Study.run`.
 
     ``best_config`` holds what to train with: batch size, learning rate and every
-    other hyperparameter of the best completed trial, plus the temperature η/B.
+    other hyperparameter of the best completed trial; settings only, nothing derived
+    from them (results written before held the effective temperature here too: it is
+    dropped on loading).
     With re-scoring (``rescored``, the best few trials trained again at other seeds)
     the best trial is the one with the best mean over its seeds, and ``best_value`` is
     that mean; without, the best single trial and its value.
@@ -264,7 +266,7 @@ class StudyResult:
             mode=data["mode"],
             objective=data["objective"],
             direction=data["direction"],
-            best_config=dict(data["best_config"]),
+            best_config={k: v for k, v in data["best_config"].items() if k != "temperature"},  # derived, not a setting
             best_value=float(data["best_value"]),
             trials=[TrialRecord.from_dict(t) for t in data["trials"]],
             probe=ProbeResult.from_dict(data["probe"]) if data.get("probe") else None,

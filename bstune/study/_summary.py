@@ -40,12 +40,18 @@ def format_summary(result: dict[str, Any]) -> str:
     lines.append("trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     sign = Direction(result["direction"]).sign
     ranked = sorted((t for t in result["trials"] if t["value"] is not None), key=lambda t: sign * t["value"])
-    lines.append(f"{'#':>4} {'status':>9} {'batch':>6} {'lr':>9} {'lr/B':>9} {result['objective']:>10} {'samples':>9}")
+    # the temperature column holds what the trial recorded: lr/(B(1-m)), the effective temperature
+    lines.append(
+        f"{'#':>4} {'status':>9} {'batch':>6} {'lr':>9} {'lr/(B(1-m))':>11} {result['objective']:>10} {'samples':>9}"
+    )
     for t in ranked[:10]:
+        temp = "n/a" if t.get("temperature") is None else f"{t['temperature']:.3g}"
         lines.append(
             f"{t['number']:>4} {t['status']:>9} {t['batch_size']:>6} {t['lr']:>9.3g} "
-            f"{t['temperature']:>9.3g} {t['value']:>10.4f} {t['samples']:>9,}"
+            f"{temp:>11} {t['value']:>10.4f} {t['samples']:>9,}"
         )
-    best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result["best_config"].items())
+    lines.append("     lr/(B(1-m)): effective temperature, m = SGD momentum (0 for Adam-family optimizers)")
+    settings = {k: v for k, v in result["best_config"].items() if k != "temperature"}  # derived, in older results
+    best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
     lines.append(f"best config ({result['objective']} {result['best_value']:.4f}): {best}")
     return "\n".join(lines)

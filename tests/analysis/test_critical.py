@@ -67,7 +67,9 @@ def test_pure_linear_scaling_reports_b_crit_above_the_range_honestly() -> None:
     assert math.isinf(fit.b_crit_ci[1]) and fit.b_crit_ci[0] > 32 / 2  # a lower bound only
     assert fit.e_min == pytest.approx(6400, rel=0.1)
     assert fit.predict_steps(8.0) == pytest.approx(800, rel=0.1)
-    assert "above the largest batch size tried (32)" in fit.summary
+    assert not fit.identified and fit.summary.startswith("the data do not identify B_crit: ")
+    assert "still fall as 1/B up to the largest batch size fitted (32)" in fit.summary
+    assert f"B_crit is at least {fit.b_crit_ci[0]:.3g} (90% lower bound)" in fit.summary
     exact = fit_critical_batch([(b, 6400 / b) for b in batches])
     assert math.isinf(exact.b_crit) and exact.s_min == 0.0 and exact.e_min == pytest.approx(6400)
     assert exact.predict_steps(64.0) == pytest.approx(100.0)
@@ -104,3 +106,47 @@ def test_too_few_batch_sizes_raise_a_clear_error() -> None:
         fit_critical_batch([])
     with pytest.raises(EstimationError, match="positive finite steps"):
         fit_critical_batch([(8, 100.0), (16, 0.0), (32, 10.0)])
+
+
+def _unclaimed(summary: str) -> None:
+    """An unidentified B_crit is stated as such, never as an estimate with an interval, as if found."""
+    assert summary.startswith("the data do not identify B_crit: ")
+    assert "B_crit ≈" not in summary and "B_crit is above" not in summary and "estimate ∞" not in summary
+    assert "(90% CI" not in summary
+
+
+def test_an_estimate_beyond_the_batch_sizes_that_reached_the_target_is_not_identified() -> None:
+    """The issue's case: reached up to 64, larger batches tried but short of the target, best fit above 64."""
+    batches = np.array([8.0, 16, 32, 64])
+    reached = [BatchPoint(int(b), s, s * b, 0.1) for b, s in zip(batches, _steps(batches, 0.05, seed=3), strict=True)]
+    bounds = [BatchPoint(b, 100.0, 100.0 * b, 0.1, lower_bound=True) for b in (124, 158)]
+    fit = fit_critical_batch([*reached, *bounds])
+    assert fit.edge == "above" and fit.b_crit > 64 and fit.batch_max == 64
+    assert not fit.identified
+    _unclaimed(fit.summary)
+    assert f"the best fit, {fit.b_crit:.3g}, lies above the largest batch size fitted (64)" in fit.summary
+    assert "2 batch sizes that did not reach it (124, 158) only bound the fit" in fit.summary
+    assert "fitted on 4 batch sizes 8–64 that reached the target" in fit.summary
+
+
+def test_steps_that_do_not_depend_on_b_do_not_identify_b_crit() -> None:
+    batches = np.array([64.0, 128, 256, 512])
+    fit = fit_critical_batch([(b, 40.0 * math.exp(0.03 * (-1) ** i)) for i, b in enumerate(batches)])
+    assert fit.edge == "below" and not fit.identified
+    _unclaimed(fit.summary)
+    assert "below the smallest batch size fitted (64)" in fit.summary
+    assert fit.unidentified_because()[-1].startswith("its 90% interval 0–")
+
+
+def test_an_unbounded_interval_is_said_to_be_unbounded() -> None:
+    """Three noisy points that fit about anything: the summary says so instead of '∞ (CI 0–∞)'."""
+    fit = fit_critical_batch([(16, 100.0), (32, 40.0), (64, 60.0)])
+    assert fit.b_crit_ci[0] == 0.0 and math.isinf(fit.b_crit_ci[1]) and not fit.identified
+    _unclaimed(fit.summary)
+    assert "its 90% interval is 0–∞: any value fits the data" in fit.summary
+
+
+def test_a_b_crit_inside_the_batch_sizes_with_a_bounded_interval_is_identified() -> None:
+    fit = fit_critical_batch(list(zip(BATCHES, _steps(BATCHES, 0.05, seed=2), strict=True)))
+    assert fit.identified and fit.unidentified_because() == []
+    assert fit.summary.startswith(f"B_crit ≈ {fit.b_crit:.3g} (90% CI ")

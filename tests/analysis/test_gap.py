@@ -46,14 +46,14 @@ def test_gap_growing_with_batch_size_is_reported_as_such() -> None:
     assert summary.loss.p_temperature > 0.05  # independent of temperature by construction
     assert summary.loss.partial_rho_batch > 0.8 and summary.loss.partial_p_batch < 0.001
     assert summary.trend.startswith("the validation − training loss gap rises with batch size (Spearman ρ=0.")
-    assert "18 trials" in summary.trend and "temperature η/B (" not in summary.trend
+    assert "18 trials" in summary.trend and "temperature η/(B(1−m)) (" not in summary.trend
 
 
 def test_gap_falling_with_temperature_is_told_apart_from_batch_size() -> None:
     summary = generalization_gap(_grid(lambda b, t: -0.05 * math.log(t)))
     assert summary.loss.rho_temperature < -0.8 and summary.loss.p_temperature < 0.001
     assert summary.loss.p_batch > 0.05
-    assert "falls with temperature η/B" in summary.trend and "with batch size (" not in summary.trend
+    assert "falls with effective temperature η/(B(1−m))" in summary.trend and "with batch size (" not in summary.trend
 
 
 def test_when_b_and_temperature_move_together_the_partial_correlation_tells_which() -> None:
@@ -78,8 +78,8 @@ def test_when_b_and_temperature_move_together_the_partial_correlation_tells_whic
 def test_a_batch_size_effect_hidden_by_temperature_is_reported_at_fixed_temperature() -> None:
     summary = generalization_gap(_grid(lambda b, t: 0.02 * math.log(b) - 0.02 * math.log(t)))
     assert summary.loss.p_batch > 0.05 and summary.loss.partial_p_batch < 0.001
-    assert "rises with batch size at fixed temperature (partial Spearman ρ=0.9" in summary.trend
-    assert "falls with temperature η/B (Spearman" in summary.trend
+    assert "rises with batch size at fixed effective temperature (partial Spearman ρ=0.9" in summary.trend
+    assert "falls with effective temperature η/(B(1−m)) (Spearman" in summary.trend
 
 
 def test_no_trend_and_too_few_trials() -> None:

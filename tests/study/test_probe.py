@@ -8,7 +8,7 @@ import torch
 import bstune
 import bstune.study._probe as probe_module
 from bstune.study import ProbeResult, ProbeSettings, lr_range_test, run_probe
-from bstune.study._probe import _ladder, large_batch_sweep, measure_throughput
+from bstune.study._probe import _ladder, large_batch_sweep, measure_throughput, step_rate
 
 
 def _regression(n: int = 4000, d: int = 8, seed: int = 0) -> bstune.Task:
@@ -33,8 +33,9 @@ def test_lr_range_test_finds_the_stability_edge_of_a_quadratic() -> None:
 
 def test_throughput_and_out_of_memory() -> None:
     task = _regression()
-    rate, used = measure_throughput(task, 64, 3, lr=0.01, seed=0, device=torch.device("cpu"))
+    rate, used, spread = measure_throughput(task, 64, 3, lr=0.01, seed=0, device=torch.device("cpu"))
     assert rate is not None and rate > 0 and used == 5 * 64
+    assert spread is not None and spread[0] <= rate <= spread[1]
 
     class Hungry(torch.nn.Module):
         def __init__(self) -> None:
@@ -145,6 +146,27 @@ def _trained_like_probe(task: bstune.Task, probe: ProbeResult) -> torch.nn.Modul
 
 
 def test_ladder_spans_the_range_in_powers_of_two() -> None:
-    assert _ladder(8, 1024, 1) == [8, 16, 64, 128, 256, 512, 1024] or len(_ladder(8, 1024, 1)) == 7
-    assert _ladder(8, 1024, 1)[0] == 8 and _ladder(8, 1024, 1)[-1] == 1024
-    assert all(b % 8 == 0 for b in _ladder(10, 300, 8))
+    assert _ladder(8, 1024, 1) == [8, 16, 32, 64, 128, 256, 512, 1024]  # 64 was dropped by round(3.5) == 4
+    assert _ladder(1, 65536, 1) == [2**k for k in range(17)]
+    assert _ladder(10, 300, 8) == [8, 16, 32, 64, 128, 256, 296]  # the ends rounded down to a multiple of 8
+    for low, high in [(2, 4096), (3, 1000), (16, 16), (5, 7)]:
+        ladder = _ladder(low, high, 1)
+        assert ladder[0] == low and ladder[-1] == high and ladder == sorted(set(ladder))
+        assert {2**k for k in range(20) if low <= 2**k <= high} <= set(ladder)
+
+
+def test_one_slow_step_does_not_move_the_measured_throughput() -> None:
+    """A fake clock: every step takes 10 ms but one, which another process slowed to 1 s."""
+    task = _regression()
+    durations = [0.5, 0.5] + [0.01] * 3 + [1.0] + [0.01] * 3  # 2 warm-up steps (untimed), then 7 timed
+    # the clock is read at the start and at the end of each step, and advances only within a step
+    readings = iter(t for k in range(len(durations)) for t in (sum(durations[:k]), sum(durations[: k + 1])))
+
+    def clock() -> float:
+        return next(readings)
+
+    rate, used, spread = measure_throughput(task, 64, 7, lr=0.01, seed=0, device=torch.device("cpu"), clock=clock)
+    assert rate == pytest.approx(64 / 0.01)  # the mean step (0.15 s) would say 423 samples/s, 15x too slow
+    assert used == 9 * 64 and spread == pytest.approx((6400.0, 6400.0))
+    rate, (q25, q75) = step_rate(100, [0.02, 0.01, 0.01, 0.01, 0.01, 0.01, 3.0])
+    assert rate == pytest.approx(1e4) and (q25, q75) == pytest.approx((1e4 / 1.5, 1e4))

@@ -1,0 +1,140 @@
+"""What the report claims about B_crit matches the trials, and the LR table does what its rule says.
+
+Synthetic trials whose training loss reaches the target after exactly ``steps`` steps;
+a small budget makes a trial stop short of it (a lower bound on its steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+import pytest
+
+from bstune.report import build_report
+from bstune.study import StudyResult, TrialRecord
+from tests.report.test_build import TARGET, _result
+
+
+def _trial(number: int, batch: int, steps: float, budget: int = 200_000, lr: float = 0.1) -> TrialRecord:
+    """train_loss(t) = TARGET^(t/steps): reaches TARGET at exactly ``steps`` steps if the budget lasts."""
+    history = []
+    every = max(1, round(steps * batch / 10))  # ten evaluations before the target, if the budget lasts
+    for samples in range(every, budget + 1, every):
+        train = TARGET ** ((samples / batch) / steps)
+        history.append({"samples": samples, "step": samples // batch, "lr": lr, "train_loss": train})
+    history[-1]["val_loss"] = history[-1]["train_loss"] * 1.1
+    return TrialRecord(
+        number=number,
+        status="completed",
+        batch_size=batch,
+        lr=lr,
+        temperature=lr / batch,
+        value=history[-1]["val_loss"],
+        samples=budget,
+        params={},
+        config={},
+        history=history,
+    )
+
+
+def _study(trials: list[TrialRecord]) -> StudyResult:
+    best = min(trials, key=lambda t: t.value or math.inf)
+    config = {"batch_size": best.batch_size, "lr": best.lr, "momentum": 0.0, "schedule": "constant"}
+    return dataclasses.replace(_result(), trials=trials, best_config=config, best_value=float(best.value or 0))
+
+
+def _report(trials: list[TrialRecord]) -> tuple[dict[str, Any], str]:
+    report = build_report(_study(trials), {"metric": "train_loss", "value": TARGET})
+    return report.data, report.to_markdown()
+
+
+NOISE = [1.04, 0.95, 1.03, 0.97, 1.02]  # a few percent, as seeds move steps to a target
+
+
+def _check_lr_table_follows_its_rule(rec: dict[str, Any]) -> None:
+    """The table's numbers bend exactly where the rule's words say, and nowhere else."""
+    rule, table = rec["lr_rule"], {r["batch_size"]: r["lr"] for r in rec["lr_table"]}
+    b0, lr0 = rec["batch_size"], rec["lr"]
+    if rule.startswith("linear in B"):
+        for b, lr in table.items():
+            assert lr == pytest.approx(lr0 * b / b0, rel=1e-12), f"{rule!r}, yet lr({b}) = {lr}"
+        assert rec["lr_rule_kind"] == "linear"
+    elif rule.startswith("constant"):
+        assert rec["lr_rule_kind"] == "constant" and all(lr == pytest.approx(lr0, rel=1e-12) for lr in table.values())
+    else:
+        found = re.search(r"B_crit = ([0-9.e+]+) from the fit", rule)
+        assert found and rec["lr_rule_kind"] == "fitted_b_crit", rule
+        b_crit = float(found.group(1))
+        assert b_crit == pytest.approx(rec["lr_rule_b_crit"], rel=5e-3)  # the text rounds to 3 digits
+
+        def s(b: float) -> float:
+            return 1 / (1 / b + 1 / rec["lr_rule_b_crit"])
+
+        for b, lr in table.items():
+            assert lr == pytest.approx(lr0 * s(b) / s(b0), rel=1e-12)
+
+
+def test_b_crit_is_never_placed_above_a_batch_size_smaller_than_ones_tried() -> None:
+    """The issue's report: reached up to 64, 124 and 158 tried and short of the target; best fit above 64."""
+    law = {b: 300 * (1 + 128 / b) * n for b, n in zip((8, 16, 32, 64), NOISE, strict=False)}
+    trials = [_trial(i, b, s) for i, (b, s) in enumerate(law.items())]
+    trials += [_trial(4, 124, 300 * (1 + 128 / 124), budget=30_000), _trial(5, 158, 300 * 1.81, budget=30_000)]
+    data, md = _report(trials)
+    _check_lr_table_follows_its_rule(data["recommended"])  # the old report: "linear in B" over a bent table
+    cb = data["critical_batch"]
+    assert [p["reached"] for p in cb["points"]] == [True] * 4 + [False] * 2
+    assert cb["identified"] is False and cb["batch_max"] == 64
+    claims = re.findall(r"(?:largest|above)[^(.;]*\((\d+)\)", md)
+    assert claims == ["64"] and "lies above the largest batch size fitted (64)" in md  # of the fitted set, by name
+    assert "above the largest batch size tried" not in md
+    assert "Steps to train_loss 0.2, fitted as S(B) = S_min (1 + B_crit/B): the data do not identify B_crit: " in md
+    assert "2 batch sizes that did not reach it (124, 158) only bound the fit" in md
+    assert "Trials ran at 6 batch sizes, 8–158;" in md
+    assert data["recommended"]["lr_rule_kind"] == "linear"  # not a bend at an unidentified B_crit
+    assert "Learning rate for other batch sizes (linear in B, lr ∝ B from the recommended batch size" in md
+
+
+def test_an_unidentified_b_crit_is_said_plainly() -> None:
+    """Steps still ∝ 1/B over every batch size: no B_crit, no '∞ (90% CI ...–∞)' as if it were a finding."""
+    trials = [_trial(i, b, 6400 / b * n) for i, (b, n) in enumerate(zip((16, 32, 64, 128, 256), NOISE, strict=True))]
+    data, md = _report(trials)
+    section = md.split("## Critical batch size")[1].split("##")[0]
+    assert "fitted as S(B) = S_min (1 + B_crit/B): the data do not identify B_crit: " in section
+    lower = data["critical_batch"]["b_crit_ci"][0]
+    assert f"its 90% interval {lower:.3g}–∞ has no upper end; B_crit is at least {lower:.3g}" in section
+    assert "estimate ∞" not in md and "(90% CI" not in section and "B_crit / B_simple" not in section
+    assert "Learning rate for other batch sizes (linear in B, lr ∝ B from the recommended batch size 32:" in md
+    settings = md.split("**Train with")[1].split("\n")[0]
+    assert "lr_rule" not in settings and "derived" not in settings
+    _check_lr_table_follows_its_rule(data["recommended"])
+
+
+def test_too_few_batch_sizes_say_the_data_do_not_identify_b_crit() -> None:
+    trials = [_trial(i, b, 6400 / b) for i, b in enumerate((16, 32))]
+    data, md = _report(trials)
+    assert "error" in data["critical_batch"] and "lr_table" not in data["recommended"]
+    assert "The data do not identify B_crit (no fit): fitting S(B)" in md
+
+
+def test_steps_flat_in_b_get_a_constant_lr_table_that_says_so() -> None:
+    trials = [_trial(i, b, 40 * n) for i, (b, n) in enumerate(zip((64, 128, 256, 512), NOISE, strict=False))]
+    data, md = _report(trials)
+    assert data["critical_batch"]["identified"] is False and data["critical_batch"]["edge"] == "below"
+    assert data["recommended"]["lr_rule_kind"] == "constant"
+    assert "Learning rate for other batch sizes (constant, the recommended rate at every batch size" in md
+    _check_lr_table_follows_its_rule(data["recommended"])
+
+
+def test_an_identified_b_crit_bends_the_lr_table_where_the_rule_says() -> None:
+    data, md = _report(
+        [_trial(i, b, 300 * (1 + 128 / b) * NOISE[i % 5]) for i, b in enumerate(2**k for k in range(3, 12))]
+    )
+    cb = data["critical_batch"]
+    assert cb["identified"] is True and cb["summary"].startswith("B_crit ≈ ")
+    rec = data["recommended"]
+    assert rec["lr_rule_kind"] == "fitted_b_crit" and rec["lr_rule_b_crit"] == pytest.approx(cb["b_crit"])
+    _check_lr_table_follows_its_rule(rec)
+    assert f"B_crit = {cb['b_crit']:.3g} from the fit: nearly linear in B well below" in md
