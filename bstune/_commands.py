@@ -11,11 +11,12 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 from bstune._loading import load_task
-from bstune.errors import ConfigError
+from bstune.errors import ConfigError, UserCodeError
 from bstune.study._summary import format_summary
 
 __all__ = ["cmd_fetch", "cmd_noise", "cmd_probe", "cmd_report", "cmd_run", "cmd_status", "cmd_submit", "cmd_train"]
@@ -87,7 +88,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         amp=args.amp,
         track_noise=args.track_noise,
     )
-    run = bstune.train(task, cfg)
+    try:
+        run = bstune.train(task, cfg)
+    except bstune.BstuneError:
+        raise
+    except Exception as exc:  # the task's code raised: one line here, the traceback with -v
+        raise UserCodeError(
+            f"the training run failed in the task's code: {type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+        ) from exc
     print(f"{'samples':>10} {'train_loss':>11} {'val_loss':>9} {'gap':>8}  {'B_simple (90% CI)':<28}")
     for r in run.history:
         noise = f"{r.noise.b_simple:.4g} ({r.noise.ci[0]:.3g} .. {r.noise.ci[1]:.3g})" if r.noise else ""
@@ -146,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         if args.resume and name not in names:
             raise ConfigError(f"holds no study {name!r} to resume", source=storage)
-    from bstune.study import Study
+    from bstune.study import Study, StudyFailedError
 
     study = Study(
         task,
@@ -175,7 +184,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             else {}
         ),
     )
-    result = study.run()
+    try:
+        result = study.run()
+    except StudyFailedError as exc:
+        where = storage or storage_path
+        if where is None:
+            raise
+        raise StudyFailedError(f"{exc}: {where}", traceback=exc.traceback) from None
     data = result.to_dict()
     print(format_summary(data))
     if args.out:

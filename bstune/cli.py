@@ -316,7 +316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bstune: error: {exc}", file=sys.stderr)
         return 2
     except BstuneError as exc:
-        print(f"bstune: {type(exc).__name__}: {exc}", file=sys.stderr)
+        trace = getattr(exc, "traceback", None)  # the user code's, kept by UserCodeError and StudyFailedError
+        if trace and args.verbose:
+            print(trace.rstrip(), file=sys.stderr)
+        hint = " (run with -v to see its traceback)" if trace and not args.verbose else ""
+        print(f"bstune: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return 1
 
 

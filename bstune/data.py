@@ -4,8 +4,8 @@ bstune draws batches itself (rather than through a ``DataLoader`` iterator) beca
 it must know exactly which examples each step used: the sample counter, the
 finite-population correction of the noise-scale estimators and reproducibility all
 depend on it. A dataset is any map-style :class:`torch.utils.data.Dataset` whose
-items are ``(input, target)`` pairs, or a pair of tensors. Tensor datasets take a
-fast path (one indexing operation per batch).
+items are ``(input, target)`` pairs, or a pair of tensors (or numpy arrays). Tensor
+datasets take a fast path (one indexing operation per batch).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
@@ -23,13 +24,17 @@ Batch = tuple[Any, Any]
 
 
 def as_dataset(data: Any) -> Dataset[Any]:
-    """Accept a ``Dataset`` or an ``(inputs, targets)`` pair of tensors.
+    """Accept a ``Dataset`` or an ``(inputs, targets)`` pair of tensors or numpy arrays.
 
+    numpy arrays are converted with :func:`torch.from_numpy` (no copy where the dtype
+    stays): floating arrays become ``float32`` (numpy's default ``float64`` would not
+    run through a model built with torch's default dtype), integer arrays ``int64``
+    (what ``CrossEntropyLoss`` takes as class labels); other dtypes are kept.
     Raises ``TypeError``/``ValueError`` with a plain reason; the caller wraps it with
     the field name.
     """
-    if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        inputs, targets = data
+    if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, _ARRAY) for t in data):
+        inputs, targets = (_as_tensor(t) for t in data)
         if inputs.shape[0] != targets.shape[0]:
             raise ValueError(f"inputs and targets differ in length ({inputs.shape[0]} vs {targets.shape[0]})")
         return TensorDataset(inputs, targets)
@@ -38,8 +43,35 @@ def as_dataset(data: Any) -> Dataset[Any]:
             raise TypeError("an iterable dataset without __len__ cannot be sampled; give a map-style Dataset")
         return data
     raise TypeError(
-        f"expected a torch.utils.data.Dataset or a pair of tensors (inputs, targets), got {type(data).__name__}"
+        "expected a torch.utils.data.Dataset or a pair of tensors or numpy arrays (inputs, targets), "
+        f"got {_describe(data)}"
     )
+
+
+_ARRAY = (torch.Tensor, np.ndarray)
+
+
+def _as_tensor(array: torch.Tensor | np.ndarray[Any, Any]) -> torch.Tensor:
+    """A tensor as it is; a numpy array as a tensor (float -> float32, integer -> int64)."""
+    if isinstance(array, torch.Tensor):
+        return array
+    if array.dtype.kind == "f":
+        array = array.astype(np.float32, copy=False)
+    elif array.dtype.kind in "iu":
+        array = array.astype(np.int64, copy=False)
+    elif array.dtype.kind not in "bc":
+        raise TypeError(f"a numpy array of dtype {array.dtype} cannot become a tensor; give numbers")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _describe(data: Any) -> str:
+    """``a tuple of (ndarray, list)``: the type of ``data`` and, for a sequence, of its items."""
+    name = type(data).__name__
+    if isinstance(data, tuple | list) and 0 < len(data) <= 4:
+        return f"a {name} of ({', '.join(type(item).__name__ for item in data)})"
+    if isinstance(data, tuple | list):
+        return f"a {name} of {len(data)} items"
+    return name
 
 
 def sample_indices(n: int, size: int, generator: torch.Generator) -> torch.Tensor:

@@ -14,6 +14,7 @@ __all__ = [
     "DependencyError",
     "EstimationError",
     "TaskError",
+    "UserCodeError",
 ]
 
 
@@ -51,3 +52,15 @@ class EstimationError(BstuneError):
 
 class DependencyError(BstuneError, ImportError):
     """An optional dependency is missing; the message says which extra to install."""
+
+
+class UserCodeError(BstuneError):
+    """The task's code (model, loss, data) raised while bstune ran it.
+
+    The message is one line (what was running, the exception); ``traceback`` keeps the
+    whole traceback, which the command line shows with ``-v``.
+    """
+
+    def __init__(self, message: str, *, traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.traceback = traceback

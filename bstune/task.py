@@ -8,15 +8,17 @@ one clear :class:`~bstune.errors.TaskError` naming the field, before any trial r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 from bstune.data import as_dataset, batch_len, fetch_batch, slice_batch
 from bstune.errors import TaskError
@@ -40,7 +42,8 @@ class Task:
     Args:
         model: a factory ``() -> nn.Module`` returning a *fresh* model each call.
         train_data: training set: a map-style ``Dataset`` of ``(input, target)``
-            pairs, or a pair of tensors ``(inputs, targets)``.
+            pairs, or a pair ``(inputs, targets)`` of tensors or numpy arrays
+            (float arrays become float32, integer arrays int64).
         val_data: validation set, same forms.
         loss: ``loss(outputs, targets)`` returning a scalar *averaged* over the batch
             (``reduction="mean"``); the noise scale is wrong by a factor B otherwise.
@@ -206,8 +209,9 @@ class Task:
                 f"(inputs {_describe(inputs)}): {type(exc).__name__}: {exc}",
                 field="model",
             ) from exc
+        broadcast = _broadcast_shape(outputs, targets)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _quiet_if(broadcast is not None):  # torch's warning: the error below says more
                 value = self.loss(outputs, targets)
         except Exception as exc:
             raise TaskError(
@@ -222,12 +226,20 @@ class Task:
         if not math.isfinite(float(value)):
             raise TaskError(f"is not finite ({float(value)}) on the first examples of {name}", field="loss")
         if n == 2 and isinstance(outputs, torch.Tensor) and batch_len(outputs) == 2:
-            with torch.no_grad():
+            with torch.no_grad(), _quiet_if(broadcast is not None):
                 singles = [
                     float(self.loss(slice_batch(outputs, i, i + 1), slice_batch(targets, i, i + 1))) for i in (0, 1)
                 ]
             mean, total = sum(singles) / 2, sum(singles)
             if abs(float(value) - mean) > 1e-4 * max(1.0, abs(mean)):
+                if broadcast is not None:
+                    raise TaskError(
+                        f"outputs of shape {tuple(outputs.shape)} and targets of shape {tuple(targets.shape)} "
+                        f"broadcast to {broadcast} in the loss, which then averages over every (output, target) "
+                        "pair instead of per example; squeeze the model's output (e.g. `out.squeeze(-1)`) or "
+                        "reshape the targets to the outputs' shape",
+                        field="loss",
+                    )
                 hint = (
                     "it sums over the batch"
                     if abs(float(value) - total) <= 1e-4 * max(1.0, abs(total))
@@ -238,6 +250,7 @@ class Task:
                     "bstune needs the batch mean",
                     field="loss",
                 )
+        self._check_labels(outputs, dataset, name)
         for key, fn in self.metrics.items():
             try:
                 with torch.no_grad():
@@ -246,6 +259,55 @@ class Task:
                 raise TaskError(
                     f"metric {key!r} failed on {name}: {type(exc).__name__}: {exc}", field="metrics"
                 ) from exc
+
+    def _check_labels(self, outputs: Any, dataset: Dataset[Any], name: str) -> None:
+        """Class labels of a tensor dataset must index the model's outputs (all of them, not two).
+
+        Applies when the targets are integers and the outputs have one more dimension,
+        the class dimension (``(N, C)`` against ``(N,)``, ``(N, C, H, W)`` against
+        ``(N, H, W)``) with ``C > 1``. The loss's ``ignore_index`` (-100 by default) is allowed.
+        """
+        if not (isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2 and isinstance(outputs, torch.Tensor)):
+            return
+        labels = dataset.tensors[1]
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool or labels.numel() == 0:
+            return
+        if outputs.dim() != labels.dim() + 1 or outputs.shape[2:] != labels.shape[1:] or outputs.shape[1] < 2:
+            return
+        classes = int(outputs.shape[1])
+        ignore = getattr(self.loss, "ignore_index", -100)
+        rows = labels.reshape(len(labels), -1)  # (N, H*W) per-example labels
+        outside = ((rows < 0) | (rows >= classes)) & (rows != ignore)
+        if bool(outside.any()):
+            index = int(torch.nonzero(outside.any(dim=1))[0, 0])
+            value = int(rows[index][outside[index]][0])
+            raise TaskError(
+                f"example {index} has label {value}, outside the model's {classes} classes (outputs of shape "
+                f"{tuple(outputs.shape)}: labels must be in 0..{classes - 1}); "
+                f"{int(outside.sum())} label(s) in all are out of range",
+                field=name,
+            )
+
+
+def _broadcast_shape(outputs: Any, targets: Any) -> tuple[int, ...] | None:
+    """The shape two differently shaped tensors broadcast to, when it is larger than the outputs'
+    (an elementwise loss then compares every output with every target); else ``None``."""
+    if not (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)) or outputs.shape == targets.shape:
+        return None
+    try:
+        shape = tuple(torch.broadcast_shapes(outputs.shape, targets.shape))
+    except RuntimeError:
+        return None
+    return shape if shape != tuple(outputs.shape) else None
+
+
+@contextlib.contextmanager
+def _quiet_if(quiet: bool) -> Iterator[None]:
+    """Silence ``UserWarning`` (torch's shape-mismatch warning) inside the block when ``quiet``."""
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore", UserWarning)
+        yield
 
 
 def _declared(key: str, fn: Any) -> Metric:

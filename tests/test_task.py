@@ -102,3 +102,45 @@ def test_wrong_shapes_name_the_inputs() -> None:
     make: Callable[[], torch.nn.Module] = lambda: torch.nn.Linear(7, 3)  # noqa: E731
     with pytest.raises(TaskError, match=r"inputs tensor of shape \(2, 8\)"):
         _task(model=make)
+
+
+def test_numpy_arrays_are_accepted_as_float32_features_and_int64_labels() -> None:
+    x, y = X.double().numpy(), Y.numpy().astype("int32")  # numpy's float64, and 32-bit labels
+    task = _task(train_data=(x, y), val_data=(x[:16], y[:16]))
+    features, labels = task.train_dataset.tensors  # type: ignore[attr-defined]
+    assert (features.dtype, labels.dtype) == (torch.float32, torch.int64)
+    run = bstune.train(task, bstune.TrainConfig(batch_size=8, lr=1e-2, max_samples=64))
+    assert run.status is bstune.RunStatus.COMPLETED
+
+
+def test_an_unsupported_pair_names_the_types_it_was_given() -> None:
+    with pytest.raises(TaskError, match=r"got a tuple of \(ndarray, list\)") as info:
+        _task(train_data=(X.numpy(), Y.tolist()))
+    assert "numpy arrays" in str(info.value)
+
+
+def test_outputs_broadcast_against_targets_are_named_as_the_cause() -> None:
+    x, y = torch.randn(64, 8), torch.randn(64)  # (N,) targets against the model's (N, 1) outputs
+    with pytest.raises(TaskError) as info:
+        _task(model=lambda: torch.nn.Linear(8, 1), train_data=(x, y), val_data=(x, y), loss=torch.nn.MSELoss())
+    message = str(info.value)
+    assert info.value.field == "loss"
+    assert "outputs of shape (2, 1) and targets of shape (2,) broadcast to (2, 2)" in message
+    assert "squeeze the model's output" in message and "not the mean" not in message
+
+
+def test_a_label_past_the_model_classes_is_found_in_the_whole_dataset() -> None:
+    labels = Y.clone()
+    labels[50] = 7  # the two-example check sees examples 0 and 1 only
+    with pytest.raises(TaskError) as info:
+        _task(train_data=(X, labels))
+    assert info.value.field == "train_data"
+    assert "example 50 has label 7, outside the model's 3 classes" in str(info.value)
+    labels[50] = -100  # CrossEntropyLoss's ignore_index is a label the loss skips
+    _task(train_data=(X, labels))
+    ones = (X[:, :1] > 0).long()  # a single output is no class dimension: not checked as labels
+    _task(model=lambda: torch.nn.Linear(8, 1), train_data=(X, ones), val_data=(X, ones), loss=_single_logit_loss)
+
+
+def _single_logit_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.binary_cross_entropy_with_logits(out, y.float())

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,13 +32,21 @@ import numpy as np
 import torch
 
 from bstune.data import fetch_batch, move_to_device
-from bstune.errors import ConfigError
+from bstune.errors import BstuneError, ConfigError, UserCodeError
 from bstune.noise import measure_noise_scale
 from bstune.noise._measure import resolve_device
 from bstune.task import Task, has_batchnorm
 from bstune.training import RunStatus, TrainConfig, train
 
-__all__ = ["ProbeResult", "ProbeSettings", "large_batch_sweep", "lr_range_test", "measure_throughput", "run_probe"]
+__all__ = [
+    "ProbeResult",
+    "ProbeSettings",
+    "large_batch_sweep",
+    "lr_range_test",
+    "measure_throughput",
+    "probe_cost",
+    "run_probe",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +206,45 @@ def run_probe(
     seed: int = 0,
     device: str = "auto",
 ) -> ProbeResult:
-    """Measure the LR ceiling, the noise scale and the throughput of ``task`` (see module doc)."""
+    """Measure the LR ceiling, the noise scale and the throughput of ``task`` (see module doc).
+
+    Raises:
+        UserCodeError: the task's code raised (a label out of range, a bad shape deep in
+            the data...); the message is one line, its ``traceback`` the whole story.
+        ConfigError: the probe run diverged at the rate the range test chose.
+    """
+    try:
+        return _run_probe(
+            task,
+            settings,
+            batch_min=batch_min,
+            batch_max=batch_max,
+            lr_min=lr_min,
+            lr_max=lr_max,
+            batch_round=batch_round,
+            seed=seed,
+            device=device,
+        )
+    except (BstuneError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:
+        raise UserCodeError(
+            f"the probe failed in the task's code: {type(exc).__name__}: {exc}", traceback=traceback.format_exc()
+        ) from exc
+
+
+def _run_probe(
+    task: Task,
+    settings: ProbeSettings,
+    *,
+    batch_min: int,
+    batch_max: int,
+    lr_min: float,
+    lr_max: float,
+    batch_round: int,
+    seed: int,
+    device: str,
+) -> ProbeResult:
     started = time.perf_counter()
     dev = resolve_device(device)
     spec = task.optimizer_spec
@@ -226,7 +273,7 @@ def run_probe(
     lr_probe = max(lr_min, settings.lr_fraction * ceiling)
     logger.info("probe: LR range test at B=%d: ceiling %.3g, probe lr %.3g", batch, ceiling, lr_probe)
 
-    train_samples = settings.train_samples or max(5 * settings.lr_steps * batch, task.n_train // 2)
+    train_samples = _train_samples(task, settings, batch)
     # Probe run: split every step in two for the B_simple trajectory (BatchNorm: fine, micro-batch estimator).
     cfg = TrainConfig(
         batch_size=batch,
@@ -285,8 +332,7 @@ def run_probe(
 
     throughput: dict[int, float] = {}
     throughput_iqr: dict[int, tuple[float, float]] = {}
-    rungs = settings.throughput_batches or _ladder(batch_min, batch_max, batch_round)
-    for b in sorted(r for r in rungs if r <= min(task.n_train, cap or task.n_train)):
+    for b in _rungs(task, settings, batch_min, batch_max, batch_round, cap):
         rate, used, spread = measure_throughput(task, b, settings.throughput_steps, lr=lr_probe, seed=seed, device=dev)
         samples += used
         if rate is None:
@@ -325,6 +371,34 @@ def run_probe(
     )
 
 
+def probe_cost(task: Task, settings: ProbeSettings, *, batch_min: int, batch_max: int, batch_round: int = 1) -> int:
+    """Training samples the probe will spend at least (where every batch size fits): its training run
+    and the throughput ladder.
+
+    The range tests and the noise measurement come on top (they stop when they have
+    found what they look for), so the probe's ``samples_used`` is never below this.
+    """
+    batch = _probe_batch(task, settings, batch_min, batch_max)
+    ladder = sum(_rungs(task, settings, batch_min, batch_max, batch_round, None))
+    return _train_samples(task, settings, batch) + (_THROUGHPUT_WARMUP + settings.throughput_steps) * ladder
+
+
+def _train_samples(task: Task, settings: ProbeSettings, batch: int) -> int:
+    """Samples of the probe's training run: 5x the range test's, at least half an epoch."""
+    return settings.train_samples or max(5 * settings.lr_steps * batch, task.n_train // 2)
+
+
+def _rungs(
+    task: Task, settings: ProbeSettings, batch_min: int, batch_max: int, batch_round: int, cap: int | None
+) -> list[int]:
+    """The batch sizes whose throughput the probe measures, smallest first."""
+    rungs = settings.throughput_batches or _ladder(batch_min, batch_max, batch_round)
+    return sorted(r for r in rungs if r <= min(task.n_train, cap or task.n_train))
+
+
+_THROUGHPUT_WARMUP = 2  # untimed steps per rung before measure_throughput's timed ones
+
+
 def measure_throughput(
     task: Task,
     batch_size: int,
@@ -333,7 +407,7 @@ def measure_throughput(
     lr: float,
     seed: int,
     device: torch.device,
-    warmup: int = 2,
+    warmup: int = _THROUGHPUT_WARMUP,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[float | None, int, tuple[float, float] | None]:
     """Training samples/s at ``batch_size`` (forward, backward, optimizer step).

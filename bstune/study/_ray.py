@@ -321,6 +321,7 @@ def run_on_ray(study: Study, settings: RaySettings) -> tuple[list[TrialRecord], 
             study.probe = ProbeResult.from_dict(state["probe"])
             logger.info("resuming: probe taken from %s", state_file)
         else:
+            study._warn_probe_cost()
             probe = ray.remote(run_probe).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))
             study.probe = ray.get(
                 probe.remote(

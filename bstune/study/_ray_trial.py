@@ -113,4 +113,5 @@ def record_from_result(
         history=list(metrics.get("history", [])),
         message=message,
         worker=metrics.get("node"),
+        traceback=metrics.get("traceback"),
     )

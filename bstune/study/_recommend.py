@@ -20,7 +20,14 @@ __all__ = ["StudyFailedError", "handed_over", "recommend"]
 
 
 class StudyFailedError(BstuneError):
-    """Every trial of a study failed: there is no configuration to recommend."""
+    """Every trial of a study failed: there is no configuration to recommend.
+
+    ``traceback`` is the first failed trial's, when its code raised.
+    """
+
+    def __init__(self, message: str, *, traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.traceback = traceback
 
 
 def recommend(
@@ -48,7 +55,8 @@ def recommend(
             f"none of the {len(trials)} trials of study {study_name!r} completed "
             f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"
             + (f"; the first: trial {first.number}: {first.message}" if first else "")
-            + "; each trial's message and traceback are kept in the storage"
+            + "; each trial's message and traceback are kept in the storage",
+            traceback=first.traceback if first else None,
         )
     sign = Direction(direction).sign
     best = min(complete, key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]

@@ -59,6 +59,7 @@ class TrialRecord:
     message: str = ""
     worker: str | None = None  # where it ran: a Ray node id (the Ray backend), else None
     batch_ceiling: int | None = None  # out of memory: the batch-size cap for the rest of the study
+    traceback: str | None = None  # failed: where the task's code raised
 
     @classmethod
     def from_frozen(cls, trial: FrozenTrial) -> TrialRecord:
@@ -86,6 +87,7 @@ class TrialRecord:
             history=attrs.get("history", []),
             message=attrs.get("message", ""),
             batch_ceiling=attrs.get("batch_ceiling"),
+            traceback=attrs.get("traceback"),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,9 +25,10 @@ from optuna.trial import Trial, TrialState
 from bstune.errors import BstuneError, ConfigError
 from bstune.metrics import Direction
 from bstune.space import SearchSpace
+from bstune.study._checks import check_budget, check_factory
 from bstune.study._liveness import count_finished, retry_abandoned, with_heartbeat
 from bstune.study._prior import Prior
-from bstune.study._probe import ProbeResult, ProbeSettings, run_probe
+from bstune.study._probe import ProbeResult, ProbeSettings, probe_cost, run_probe
 from bstune.study._pruners import make_pruner
 from bstune.study._ray import RaySettings
 from bstune.study._recommend import StudyFailedError, handed_over, recommend
@@ -67,7 +68,10 @@ class Study:
             with, in place of the task's.
         n_trials: trials to finish (completed, pruned or failed), counting those a
             resumed storage already holds.
-        budget_samples: training samples of a full trial; pruned trials use less.
+        budget_samples: training samples of a full trial; pruned trials use less. At
+            least ``(n_evals - 1) * B + 1`` at the space's largest batch size B, so that
+            every milestone falls on a step of its own; a probe that will cost more than
+            ``n_trials * budget_samples`` is warned about before it runs.
         seed: seeds the sampler, the probe and every trial's model init and data order
             (the same for all trials, so they differ only in their hyperparameters).
         storage: ``None`` (in memory), ``"sqlite:///runs/x.db"`` or a journal file path.
@@ -115,7 +119,8 @@ class Study:
         >>> x = torch.randn(512, 4); y = (x[:, 0] + x[:, 1] > 0).long()
         >>> task = bstune.Task(model=lambda: torch.nn.Linear(4, 2), train_data=(x, y),
         ...                    val_data=(x[:128], y[:128]), loss=torch.nn.CrossEntropyLoss())
-        >>> study = bstune.Study(task, space={"name": "tiny", "lr": {"min": 1e-3, "max": 10.0}},
+        >>> space = {"name": "tiny", "batch_size": {"max": 128}, "lr": {"min": 1e-3, "max": 10.0}}
+        >>> study = bstune.Study(task, space=space,
         ...                      n_trials=3, budget_samples=2048, progress=False)
         >>> result = study.run()
         >>> sorted(result.best_config)[:3], len(result.trials)
@@ -163,6 +168,7 @@ class Study:
             )
         # The space's optimizer section holds the settings the search keeps fixed: trials use it.
         self.task = dataclasses.replace(task, optimizer=self.space.optimizer, validate=False)
+        check_factory(task.model, self.space)
         if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials <= 0:
             raise bad("n_trials", f"must be a positive integer, got {n_trials!r}")
         if isinstance(budget_samples, bool) or not isinstance(budget_samples, int) or budget_samples <= 0:
@@ -203,6 +209,7 @@ class Study:
                 source=self.space.source,
                 field="batch_size.min",
             )
+        check_budget(budget_samples, n_evals, self.batch_cap)
         self.n_trials, self.budget_samples, self.seed, self.mode = n_trials, budget_samples, seed, mode
         self.n_evals, self.objective, self.direction = n_evals, objective, Direction(direction)
         # ceil: exactly n_evals milestones, the last one the full budget (TrainConfig adds max_samples)
@@ -276,6 +283,7 @@ class Study:
             self.probe = ProbeResult.from_dict(stored)
             logger.info("resuming: probe taken from the storage")
         else:
+            self._warn_probe_cost()
             self.probe = run_probe(
                 self.task,
                 self.probe_settings,
@@ -289,6 +297,28 @@ class Study:
             )
             study.set_user_attr("bstune_probe", clean_json(self.probe.to_dict()))
         self._make_prior()
+
+    def _warn_probe_cost(self) -> None:
+        """Warn, before the probe runs, when it will cost more than all the trials together."""
+        probe = probe_cost(
+            self.task,
+            self.probe_settings,
+            batch_min=self.space.batch_min,
+            batch_max=self.batch_cap,
+            batch_round=self.space.prior.batch_round,
+        )
+        trials = self.n_trials * self.budget_samples
+        if probe > trials:
+            logger.warning(
+                "the probe will train on at least %s samples, %.1fx what the trials may use in all "
+                "(%d trials x budget_samples %s = %s): the study would mostly measure; raise budget_samples "
+                "or the number of trials, or use mode 'baseline' (no probe)",
+                f"{probe:,}",
+                probe / trials,
+                self.n_trials,
+                f"{self.budget_samples:,}",
+                f"{trials:,}",
+            )
 
     def _make_prior(self) -> None:
         """The prior from ``self.probe`` (prior mode); lowers the batch cap to what the probe found fits."""
@@ -357,7 +387,11 @@ class Study:
                 "trial %d diverged at B=%d, lr=%.3g: %s", trial.number, config.batch_size, config.lr, outcome.message
             )
         else:
-            logger.warning("trial %d failed: %s (traceback kept with the trial)", trial.number, outcome.message)
+            logger.warning(
+                "trial %d failed: %s (its traceback is kept with the trial: 'traceback' in the storage and result.json)",
+                trial.number,
+                outcome.message,
+            )
         raise TrialFailure(f"trial {trial.number} {outcome.status}: {outcome.message}")
 
     # -- the whole study ---------------------------------------------------------------

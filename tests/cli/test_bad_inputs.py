@@ -32,6 +32,28 @@ def make_task():
 FILES: dict[str, str] = {
     "good.py": TINY_TASK,
     "ok.yaml": "name: s\nbatch_size: {min: 8, max: 64}\n",
+    "hidden.yaml": "name: s\nbatch_size: {min: 8, max: 64}\nparams:\n  model.hidden: {type: int, low: 8, high: 64}\n",
+    "numpy_list.py": TINY_TASK.replace(
+        "train_data=(x[:160], y[:160])", "train_data=(x[:160].numpy(), y[:160].tolist())"
+    ),
+    "numpy_ok.py": TINY_TASK.replace(
+        "train_data=(x[:160], y[:160])", "train_data=(x[:160].double().numpy(), y[:160].numpy())"
+    ),
+    "mse.py": TINY_TASK.replace("torch.nn.Linear(4, 2)", "torch.nn.Linear(4, 1)")
+    .replace("y = (x[:, 0] > 0).long()", "y = x[:, 0] * 2")
+    .replace("torch.nn.CrossEntropyLoss()", "torch.nn.MSELoss()"),
+    "label7.py": TINY_TASK.replace("y = (x[:, 0] > 0).long()", "y = (x[:, 0] > 0).long()\n    y[50] = 7"),
+    # the same label, in a Dataset the Task cannot scan cheaply: found only when the data is used
+    "label7_dataset.py": TINY_TASK.replace("y = (x[:, 0] > 0).long()", "y = (x[:, 0] > 0).long()\n    y[50] = 7")
+    .replace("train_data=(x[:160], y[:160])", "train_data=Pairs(x[:160], y[:160])")
+    .replace(
+        "def make_task():",
+        "class Pairs(torch.utils.data.Dataset):\n"
+        "    def __init__(self, x, y):\n        self.x, self.y = x, y\n\n"
+        "    def __len__(self):\n        return len(self.x)\n\n"
+        "    def __getitem__(self, i):\n        return self.x[i], self.y[i]\n\n\n"
+        "def make_task():",
+    ),
 }
 
 
@@ -60,6 +82,81 @@ CASES: list[Case] = [
         2,
         ("--target-metric", "whether 'val_score' is minimized or maximized", '"directions"'),
         untouched=("study/report.json", "study/report.md", "study/report.html"),
+    ),
+    # a budget whose trials at the largest batch size take fewer steps than there are milestones
+    Case(
+        ("run", "good.py", "--space", "ok.yaml", "--budget-samples", "100"),
+        2,
+        (
+            "budget_samples",
+            "100 samples",
+            "largest batch size (64) 2 optimizer step(s) for its 9 milestones",
+            "at least 513",
+        ),
+    ),
+    # a probe dearer than every trial together: said once, with the numbers, and the study goes on
+    Case(
+        ("run", "good.py", "--space", "ok.yaml", "--budget-samples", "600", "--trials", "1", "--rescore-top", "0"),
+        0,
+        ("the probe will train on at least 2,840 samples", "1 trials x budget_samples 600 = 600", "baseline"),
+    ),
+    Case(
+        ("run", "good.py", "--space", "hidden.yaml"),
+        2,
+        (
+            "hidden.yaml: params.model.hidden",
+            "<lambda>() (good.py:",
+            "takes no keyword `hidden`",
+            "add a `hidden` keyword to the factory or remove the param from the space",
+        ),
+    ),
+    Case(
+        ("train", "numpy_list.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "64"),
+        2,
+        ("train_data", "got a tuple of (ndarray, list)", "numpy arrays"),
+    ),
+    Case(("train", "numpy_ok.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "64"), 0, (), one_line=False),
+    Case(
+        ("train", "mse.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "64"),
+        2,
+        ("loss", "outputs of shape (2, 1) and targets of shape (2,) broadcast to (2, 2)", "squeeze"),
+    ),
+    Case(("run", "label7.py", "--space", "ok.yaml"), 2, ("train_data", "example 50 has label 7", "2 classes")),
+    Case(
+        ("run", "label7_dataset.py", "--space", "ok.yaml", "--budget-samples", "600", "--trials", "2"),
+        1,
+        ("UserCodeError: the probe failed", "Target 7 is out of bounds", "run with -v to see its traceback"),
+        one_line=False,  # the warning that the probe costs more than the trials comes first
+    ),
+    Case(
+        (
+            "run",
+            "label7_dataset.py",
+            "--space",
+            "ok.yaml",
+            "--budget-samples",
+            "600",
+            "--trials",
+            "2",
+            "--mode",
+            "baseline",
+            "--out",
+            "out",
+        ),
+        1,
+        (
+            "trial 0 failed: IndexError: Target 7",
+            "trial 1 failed: IndexError: Target 7",
+            "none of the 2 trials",
+            "sqlite:///{d}/out/study.db",
+            "run with -v to see its traceback",
+        ),
+        one_line=False,  # one line per failed trial, then the study's
+    ),
+    Case(
+        ("train", "label7_dataset.py", "--batch-size", "16", "--lr", "0.1", "--max-samples", "320"),
+        1,
+        ("UserCodeError: the training run failed", "Target 7 is out of bounds", "run with -v"),
     ),
 ]
 

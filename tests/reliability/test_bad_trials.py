@@ -145,6 +145,9 @@ def test_a_trial_that_raises_keeps_its_traceback_and_the_study_goes_on(tmp_path:
     assert "in sometimes_broken" in failed[0].user_attrs["traceback"]  # down to the user's frame
     assert failed[0].user_attrs["message"] == "RuntimeError: flaky user loss"
     assert any(t.status == "completed" for t in result.trials) and len(result.trials) == 5
+    saved = {t["number"]: t for t in result.to_dict()["trials"]}  # what result.json holds
+    assert "flaky user loss" in saved[failed[0].number]["traceback"]
+    assert all(saved[t.number]["traceback"] is None for t in result.trials if t.status == "completed")
 
 
 BROKEN_SCRIPT = """

@@ -1,0 +1,105 @@
+"""What a study refuses (or warns about) when it is built, before the probe or any trial runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import pytest
+import torch
+
+import bstune
+from bstune.errors import ConfigError
+from bstune.study import _study as study_module
+from bstune.study._checks import min_budget
+from bstune.training import TrainConfig
+from bstune.training._loop import _milestones
+from tests.conftest import small_mlp
+from tests.study.study_runner import SPACE
+
+
+def _study(task: bstune.Task, **kw: Any) -> bstune.Study:
+    args: dict[str, Any] = dict(n_trials=4, budget_samples=4000, progress=False, n_evals=9)
+    return bstune.Study(task, kw.pop("space", SPACE), **(args | kw))
+
+
+def test_a_budget_too_small_for_the_milestones_is_refused_with_the_numbers(blob_task: bstune.Task) -> None:
+    with pytest.raises(ConfigError) as info:
+        _study(blob_task, budget_samples=100)  # the space's largest batch: 128
+    assert (info.value.source, info.value.field) == ("Study", "budget_samples")
+    message = str(info.value)
+    assert "100 samples" in message and "batch size (128) 1 optimizer step(s) for its 9 milestones" in message
+    assert "at least 1,025" in message
+    with pytest.raises(ConfigError, match="at least 1,025"):
+        _study(blob_task, budget_samples=1024)
+    _study(blob_task, budget_samples=1025)
+    _study(blob_task, budget_samples=1024, n_evals=8)  # fewer milestones need fewer steps
+
+
+@pytest.mark.parametrize("n_evals", [1, 2, 4, 9, 12])
+@pytest.mark.parametrize("batch", [1, 7, 64, 100])
+def test_from_the_minimum_budget_up_each_milestone_falls_on_a_step_of_its_own(n_evals: int, batch: int) -> None:
+    def steps_at_milestones(budget: int) -> list[int]:
+        config = TrainConfig(batch_size=batch, lr=0.1, max_samples=budget, eval_every_samples=-(-budget // n_evals))
+        return [-(-m // batch) for m in _milestones(config)]  # the step at which each milestone is reached
+
+    need = min_budget(n_evals, batch)
+    for budget in (need, need + 1, need + batch // 2, 3 * need, 10 * need + 7):
+        steps = steps_at_milestones(budget)
+        assert len(set(steps)) == len(steps), (budget, steps)
+        assert -(-budget // batch) >= n_evals  # a full trial takes at least one step per milestone
+    assert -(-(need - 1) // batch) == n_evals - 1  # one sample less: fewer steps than milestones
+
+
+def test_a_probe_dearer_than_all_the_trials_is_warned_about_before_it_runs(
+    blob_task: bstune.Task, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    class ProbeStarted(Exception):
+        """The probe was called; ``warned``: with the warning already given."""
+
+        def __init__(self, warned: bool) -> None:
+            self.warned = warned
+
+    def probe(*args: Any, **kwargs: Any) -> None:
+        raise ProbeStarted(any("the probe will train on at least" in r.getMessage() for r in caplog.records))
+
+    monkeypatch.setattr(study_module, "run_probe", probe)
+    caplog.set_level(logging.WARNING, logger="bstune")
+    with pytest.raises(ProbeStarted) as started:
+        _study(blob_task, n_trials=2, budget_samples=1100).run()  # trials: 2,200 samples; the probe: >= 6,764
+    assert started.value.warned
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        "at least 6,764 samples, 3.1x" in warning
+        and "2 trials x budget_samples 1,100 = 2,200" in warning
+        and "baseline" in warning
+    )
+    caplog.clear()
+    with pytest.raises(ProbeStarted) as started:
+        _study(blob_task, n_trials=40, budget_samples=10_000).run()
+    assert not started.value.warned
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_model_param_the_factory_does_not_take_is_refused_at_once(blob_task: bstune.Task) -> None:
+    space = dict(SPACE, params={"model.width": {"type": "int", "low": 8, "high": 64}})
+    with pytest.raises(ConfigError) as info:
+        _study(blob_task, space=space)  # small_mlp(d, hidden, classes): no `width`
+    assert (info.value.source, info.value.field) == ("<dict>", "params.model.width")
+    message = str(info.value)
+    assert "small_mlp(d: 'int' = 8, hidden: 'int' = 16, classes: 'int' = 3)" in message
+    assert "add a `width` keyword to the factory or remove the param from the space" in message
+    lambda_task = dataclasses.replace(blob_task, model=lambda: small_mlp(), validate=False)
+    with pytest.raises(ConfigError, match=r"<lambda>\(\) \(test_checks.py:\d+\) takes no keyword `width`"):
+        _study(lambda_task, space=space)
+
+
+def test_model_params_the_factory_takes_pass(blob_task: bstune.Task) -> None:
+    hidden = dict(SPACE, params={"model.hidden": {"type": "int", "low": 8, "high": 64}})
+    _study(blob_task, space=hidden)
+
+    def anything(**kwargs: Any) -> torch.nn.Module:
+        return small_mlp()
+
+    _study(dataclasses.replace(blob_task, model=anything, validate=False), space=hidden)
