@@ -62,6 +62,25 @@ def _resources(text: str) -> dict[str, float]:
     return out
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Adds ``(default X)`` to an option's help unless the help already says what its default is.
+
+    Options without a value to show (``None``: the help explains; flags: off) are left as they are.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.default is None
+            or action.default is False
+            or action.default is argparse.SUPPRESS
+            or "default" in text
+        ):
+            return action.help
+        return f"{text} (default %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bstune",
@@ -162,18 +181,30 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--budget-samples", type=_positive_int, default=300_000, help="samples of one full trial")
     submit.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     submit.add_argument("--mode", choices=["prior", "baseline"], default="prior", help="search mode (default prior)")
-    submit.add_argument("--resources", type=_resources, default=None, help="per trial, e.g. gpu=1")
-    submit.add_argument("--max-concurrent", type=_positive_int, default=None, help="trials at once")
+    submit.add_argument(
+        "--resources", type=_resources, default=None, help="per trial, e.g. gpu=1 (default: 1 GPU if any, else 1 CPU)"
+    )
+    submit.add_argument(
+        "--max-concurrent", type=_positive_int, default=None, help="trials at once (default: all that fit)"
+    )
     submit.add_argument("--python", default="python", help="the cluster's interpreter with bstune installed")
     submit.set_defaults(handler=commands.cmd_submit)
 
-    job_status = sub.add_parser("status", help="status of a submitted study (PENDING, RUNNING, SUCCEEDED, FAILED)")
+    job_status = sub.add_parser(
+        "status",
+        help="status of a submitted study (PENDING, RUNNING, SUCCEEDED, FAILED)",
+        description="Print the state of a study submitted with `bstune submit`: PENDING, RUNNING, SUCCEEDED, "
+        "FAILED or STOPPED.",
+    )
     job_status.add_argument("job_id", help="the id `bstune submit` printed")
     job_status.add_argument("--address", required=True, help="the cluster's dashboard address, e.g. http://head:8265")
     job_status.set_defaults(handler=commands.cmd_status)
 
     fetch = sub.add_parser(
-        "fetch", help="fetch a finished job's result.json and write its report into OUT (then: bstune report OUT)"
+        "fetch",
+        help="fetch a finished job's result.json and write its report into OUT (then: bstune report OUT)",
+        description="Download the result.json of a study submitted with `bstune submit` once its job has "
+        "finished, and write it with its report (report.json, report.md, report.html) into OUT.",
     )
     fetch.add_argument("job_id", help="the id `bstune submit` printed")
     fetch.add_argument("out", help="folder to write result.json and the report into")
@@ -300,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="cpu, cuda, ... (default: CUDA when available)")
     train.add_argument("--out", default=None, help="folder to write train.json into")
     train.set_defaults(handler=commands.cmd_train)
+    for each in (parser, *sub.choices.values()):  # every option's help shows its default
+        each.formatter_class = _DefaultsFormatter
     return parser
 
 
