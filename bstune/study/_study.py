@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["prior", "baseline"]
 _RESCORED_ATTR = "bstune_rescored"  # the study's user attribute holding what re-scoring found
+# the study's user attribute that says, where optuna-dashboard shows it, what the params mean
+_DESCRIPTION_ATTR = "description"
 
 
 def make_sampler(seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
@@ -294,6 +297,36 @@ class Study:
             self.prior.lr_rule(self.prior.b_ref),
         )
 
+    def _describe(self, study: optuna.Study) -> None:
+        """Name the objective and say what the params mean, where optuna-dashboard looks.
+
+        In the prior mode TPE searches fixed-range coordinates (``batch_coord``, ``lr_coord``),
+        not B and eta, so the dashboard's params are not the batch size and learning rate:
+        each trial keeps those as the user attributes ``batch_size`` and ``lr`` (the dashboard's
+        trial table lists them, and its plots can take them as targets), and the study's
+        ``description`` attribute and metric name say so.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([self.objective])
+        every = f"{self.direction} the best {self.objective} over {self.n_evals} evaluations"
+        if self.prior is not None:
+            v_low, v_high = self.prior.v_range
+            params = (
+                f"the params batch_coord in [0, 1] and lr_coord in [{v_low:.3g}, {v_high:.3g}] are the prior's "
+                f"coordinates (B from {self.prior.batch_low} to {self.prior.batch_high} around B_noise "
+                f"{self.prior.b_noise:.4g}; lr_coord is log(eta / the eta(B) rule)), which the sampler searches"
+            )
+        else:
+            params = "the params batch_size and lr are B and eta as sampled (log-uniform)"
+        text = (
+            f"bstune {self.mode}-mode study of task {self.task.name}: {params}. Each trial's batch size B and "
+            f"learning rate eta are its user attributes batch_size and lr (temperature: eta/(B(1-m))). "
+            f"Objective: {every} of a trial's {self.budget_samples} samples."
+        )
+        if study.user_attrs.get(_DESCRIPTION_ATTR) != text:
+            study.set_user_attr(_DESCRIPTION_ATTR, text)
+
     # -- one trial -------------------------------------------------------------------
     def _planner(self) -> TrialPlanner:
         return TrialPlanner(
@@ -370,6 +403,7 @@ class Study:
         try:
             study = self._open()
             self._setup_prior(study)
+            self._describe(study)
             self.planner = self._planner()
             lost: list[int] = []  # trials of ours that another process declared abandoned
             objective = with_heartbeat(self._objective, self.heartbeat_interval, lost)
