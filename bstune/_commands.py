@@ -33,6 +33,11 @@ def _write_json(out: str | None, name: str, data: dict[str, Any]) -> None:
     logger.info("wrote %s", path)
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars: as ``--progress``/``--no-progress`` say, else when stderr is a terminal."""
+    return bool(args.progress) if args.progress is not None else sys.stderr.isatty()
+
+
 def cmd_noise(args: argparse.Namespace) -> int:
     import bstune
 
@@ -161,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         rescore_top=args.rescore_top,
         rescore_seeds=args.rescore_seeds,
         device=args.device,
-        progress=not args.no_progress,
+        progress=_progress(args),
         **(
             {
                 "backend": "ray",
@@ -242,6 +247,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         batch_round=space.prior.batch_round,
         seed=args.seed,
         device=args.device,
+        progress=_progress(args),
     )
     prior = Prior.for_space(probe, space, min(cap, probe.batch_ceiling or cap))
     lo, hi = probe.b_simple_ci

@@ -142,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=int, default=0, help="seed for the sampler, the probe and the trials (default 0)")
     run.add_argument("--device", default="auto", help="trial device: cpu, cuda, ... (default: CUDA when available)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr for the probe, the trials and the re-scoring (default: when stderr is a terminal)",
+    )
     ray_opts = run.add_argument_group("Ray backend (--backend ray; needs the ray extra)")
     ray_opts.add_argument(
         "--backend",
@@ -221,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     probe.add_argument("--device", default="auto", help="cpu, cuda, ... (default: CUDA when available)")
     probe.add_argument("--out", default=None, help="folder to write probe.json into")
+    probe.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr for each phase of the probe (default: when stderr is a terminal)",
+    )
     probe.set_defaults(handler=commands.cmd_probe)
 
     report = sub.add_parser(

@@ -23,6 +23,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import Trial, TrialState
 
+from bstune._progress import progress_bar
 from bstune.errors import BstuneError, ConfigError
 from bstune.space import SearchSpace
 from bstune.study._liveness import count_finished, retry_abandoned, with_heartbeat
@@ -90,7 +91,7 @@ class Study:
         direction: ``"minimize"`` or ``"maximize"``.
         probe: settings of the probe (the prior mode only).
         device: trial device; ``"auto"`` picks CUDA when available.
-        progress: show a progress bar over trials.
+        progress: show progress bars on stderr: the probe's phases, the trials, the re-scoring.
         backend: ``"optuna"`` (default: in this process) or ``"ray"`` (Ray Tune on a
             cluster, with ASHA early stopping on training samples; needs the ``ray`` extra).
         address, resources_per_trial, max_concurrent, storage_path, max_failures:
@@ -276,6 +277,7 @@ class Study:
                 batch_round=self.space.prior.batch_round,
                 seed=self.seed,
                 device=self.device,
+                progress=self.progress,
             )
             study.set_user_attr("bstune_probe", clean_json(self.probe.to_dict()))
         self._make_prior()
@@ -444,11 +446,20 @@ class Study:
             kept = [Rescored.from_dict(d) for d in study.user_attrs.get(_RESCORED_ATTR, [])]
         done = {r.trial: r for r in kept or [] if r.seeds == seeds}
         out = []
-        for trial in candidates(trials, self.rescore_top, self.direction):
+        best = candidates(trials, self.rescore_top, self.direction)
+        todo = len(seeds) * sum(1 for t in best if t.number not in done)
+        bar = progress_bar(self.progress and todo > 0, "re-scoring", total=todo, unit="run")
+        for trial in best:
             if trial.number not in done:
                 logger.info("re-scoring trial %d at seeds %s", trial.number, seeds)
                 (done[trial.number],) = run_rescoring(
-                    self.task, [trial], seeds, objective=self.objective, direction=self.direction, run=run
+                    self.task,
+                    [trial],
+                    seeds,
+                    objective=self.objective,
+                    direction=self.direction,
+                    run=run,
+                    on_done=bar.update,
                 )
                 stored = [r.to_dict() for r in done.values()]
                 if study is not None:
@@ -456,6 +467,7 @@ class Study:
                 if keep is not None:
                     keep(list(done.values()))
             out.append(done[trial.number])
+        bar.close()
         return out
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
