@@ -309,19 +309,44 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="run one training config and print its learning curve",
-        description="Train once with the given config; budgets are in samples (examples processed).",
+        description="Train once with the given config; budgets are in samples (examples processed). "
+        "--config takes a study's recommended config (report.json or result.json), --param sets any "
+        "hyperparameter a search space can (model.<kwarg> included); explicit options override the file.",
     )
     train.add_argument("script", help="Python file defining make_task() -> bstune.Task")
-    train.add_argument("--batch-size", type=_positive_int, required=True, help="examples per optimizer step")
-    train.add_argument("--lr", type=_positive_float, required=True, help="peak learning rate")
-    train.add_argument("--max-samples", type=_positive_int, required=True, help="training budget in samples")
+    train.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="start from the recommended config of a study: its report.json or result.json",
+    )
+    train.add_argument(
+        "--param",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="a hyperparameter as a search space names it (momentum, weight_decay, warmup_fraction, schedule, "
+        "final_lr_ratio, grad_clip, model.<kwarg> for the model factory); repeatable; overrides --config",
+    )
+    train.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="examples per optimizer step (required without --config)"
+    )
+    train.add_argument(
+        "--lr", type=_positive_float, default=None, help="peak learning rate (required without --config)"
+    )
+    train.add_argument(
+        "--max-samples",
+        type=_positive_int,
+        default=None,
+        help="training budget in samples (default: the study's budget with --config, else required)",
+    )
     train.add_argument("--momentum", type=float, default=None, help="SGD momentum (default: the task's)")
     train.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the task's)")
-    train.add_argument("--warmup-samples", type=int, default=0, help="linear warmup length in samples (default 0)")
+    train.add_argument("--warmup-samples", type=int, default=None, help="linear warmup length in samples (default 0)")
     train.add_argument(
         "--schedule",
         choices=["constant", "cosine", "linear"],
-        default="constant",
+        default=None,
         help="decay after warmup (default constant)",
     )
     train.add_argument(

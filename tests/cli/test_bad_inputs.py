@@ -31,6 +31,7 @@ def make_task():
 FILES: dict[str, str] = {
     "good.py": TINY_TASK,
     "ok.yaml": "name: s\nbatch_size: {min: 8, max: 64}\n",
+    "norec.json": '{"trials": []}\n',
 }
 
 
@@ -48,6 +49,31 @@ class Case:
 
 CASES: list[Case] = [
     Case(("run", "good.py", "--space", "nosuch.yaml", "--out", "out"), 2, ("nosuch.yaml", "no such file")),
+    # bstune train --param / --config: the option, the name or the file, and what is wrong with it
+    Case(
+        ("train", "good.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "100", "--param", "nosuch=1"),
+        2,
+        ("--param", "nosuch", "unknown parameter"),
+    ),
+    Case(
+        ("train", "good.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "100", "--param", "momentum"),
+        2,
+        ("--param", "expected NAME=VALUE", "'momentum'"),
+    ),
+    Case(
+        ("train", "good.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "100", "--param", "momentum=abc"),
+        2,
+        ("--param: momentum", "'abc'"),
+    ),
+    Case(
+        ("train", "good.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "100", "--param", "model.width=3"),
+        2,
+        ("model factory raised", "width"),
+    ),
+    Case(("train", "good.py", "--config", "nosuch.json"), 2, ("nosuch.json", "no such file")),
+    Case(("train", "good.py", "--config", "ok.yaml"), 2, ("ok.yaml", "unreadable")),
+    Case(("train", "good.py", "--config", "norec.json"), 2, ("norec.json", "holds no recommended config")),
+    Case(("train", "good.py", "--lr", "0.1", "--max-samples", "100"), 2, ("--batch-size", "needed", "--config")),
 ]
 
 
