@@ -62,6 +62,25 @@ def _resources(text: str) -> dict[str, float]:
     return out
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Adds ``(default X)`` to an option's help unless the help already says what its default is.
+
+    Options without a value to show (``None``: the help explains; flags: off) are left as they are.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.default is None
+            or action.default is False
+            or action.default is argparse.SUPPRESS
+            or "default" in text
+        ):
+            return action.help
+        return f"{text} (default %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bstune",
@@ -123,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=int, default=0, help="seed for the sampler, the probe and the trials (default 0)")
     run.add_argument("--device", default="auto", help="trial device: cpu, cuda, ... (default: CUDA when available)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr for the probe, the trials and the re-scoring (default: when stderr is a terminal)",
+    )
     ray_opts = run.add_argument_group("Ray backend (--backend ray; needs the ray extra)")
     ray_opts.add_argument(
         "--backend",
@@ -162,18 +186,30 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--budget-samples", type=_positive_int, default=300_000, help="samples of one full trial")
     submit.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     submit.add_argument("--mode", choices=["prior", "baseline"], default="prior", help="search mode (default prior)")
-    submit.add_argument("--resources", type=_resources, default=None, help="per trial, e.g. gpu=1")
-    submit.add_argument("--max-concurrent", type=_positive_int, default=None, help="trials at once")
+    submit.add_argument(
+        "--resources", type=_resources, default=None, help="per trial, e.g. gpu=1 (default: 1 GPU if any, else 1 CPU)"
+    )
+    submit.add_argument(
+        "--max-concurrent", type=_positive_int, default=None, help="trials at once (default: all that fit)"
+    )
     submit.add_argument("--python", default="python", help="the cluster's interpreter with bstune installed")
     submit.set_defaults(handler=commands.cmd_submit)
 
-    job_status = sub.add_parser("status", help="status of a submitted study (PENDING, RUNNING, SUCCEEDED, FAILED)")
+    job_status = sub.add_parser(
+        "status",
+        help="status of a submitted study (PENDING, RUNNING, SUCCEEDED, FAILED)",
+        description="Print the state of a study submitted with `bstune submit`: PENDING, RUNNING, SUCCEEDED, "
+        "FAILED or STOPPED.",
+    )
     job_status.add_argument("job_id", help="the id `bstune submit` printed")
     job_status.add_argument("--address", required=True, help="the cluster's dashboard address, e.g. http://head:8265")
     job_status.set_defaults(handler=commands.cmd_status)
 
     fetch = sub.add_parser(
-        "fetch", help="fetch a finished job's result.json and write its report into OUT (then: bstune report OUT)"
+        "fetch",
+        help="fetch a finished job's result.json and write its report into OUT (then: bstune report OUT)",
+        description="Download the result.json of a study submitted with `bstune submit` once its job has "
+        "finished, and write it with its report (report.json, report.md, report.html) into OUT.",
     )
     fetch.add_argument("job_id", help="the id `bstune submit` printed")
     fetch.add_argument("out", help="folder to write result.json and the report into")
@@ -190,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     probe.add_argument("--device", default="auto", help="cpu, cuda, ... (default: CUDA when available)")
     probe.add_argument("--out", default=None, help="folder to write probe.json into")
+    probe.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr for each phase of the probe (default: when stderr is a terminal)",
+    )
     probe.set_defaults(handler=commands.cmd_probe)
 
     report = sub.add_parser(
@@ -267,19 +309,44 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="run one training config and print its learning curve",
-        description="Train once with the given config; budgets are in samples (examples processed).",
+        description="Train once with the given config; budgets are in samples (examples processed). "
+        "--config takes a study's recommended config (report.json or result.json), --param sets any "
+        "hyperparameter a search space can (model.<kwarg> included); explicit options override the file.",
     )
     train.add_argument("script", help="Python file defining make_task() -> bstune.Task")
-    train.add_argument("--batch-size", type=_positive_int, required=True, help="examples per optimizer step")
-    train.add_argument("--lr", type=_positive_float, required=True, help="peak learning rate")
-    train.add_argument("--max-samples", type=_positive_int, required=True, help="training budget in samples")
+    train.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="start from the recommended config of a study: its report.json or result.json",
+    )
+    train.add_argument(
+        "--param",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="a hyperparameter as a search space names it (momentum, weight_decay, warmup_fraction, schedule, "
+        "final_lr_ratio, grad_clip, model.<kwarg> for the model factory); repeatable; overrides --config",
+    )
+    train.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="examples per optimizer step (required without --config)"
+    )
+    train.add_argument(
+        "--lr", type=_positive_float, default=None, help="peak learning rate (required without --config)"
+    )
+    train.add_argument(
+        "--max-samples",
+        type=_positive_int,
+        default=None,
+        help="training budget in samples (default: the study's budget with --config, else required)",
+    )
     train.add_argument("--momentum", type=float, default=None, help="SGD momentum (default: the task's)")
     train.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the task's)")
-    train.add_argument("--warmup-samples", type=int, default=0, help="linear warmup length in samples (default 0)")
+    train.add_argument("--warmup-samples", type=int, default=None, help="linear warmup length in samples (default 0)")
     train.add_argument(
         "--schedule",
         choices=["constant", "cosine", "linear"],
-        default="constant",
+        default=None,
         help="decay after warmup (default constant)",
     )
     train.add_argument(
@@ -300,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="cpu, cuda, ... (default: CUDA when available)")
     train.add_argument("--out", default=None, help="folder to write train.json into")
     train.set_defaults(handler=commands.cmd_train)
+    for each in (parser, *sub.choices.values()):  # every option's help shows its default
+        each.formatter_class = _DefaultsFormatter
     return parser
 
 

@@ -31,12 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from bstune._progress import progress_bar
 from bstune.data import fetch_batch, move_to_device
 from bstune.errors import BstuneError, ConfigError, UserCodeError
 from bstune.noise import measure_noise_scale
 from bstune.noise._measure import resolve_device
 from bstune.task import Task, has_batchnorm
-from bstune.training import RunStatus, TrainConfig, train
+from bstune.training import EvalRecord, RunStatus, TrainConfig, train
 
 __all__ = [
     "ProbeResult",
@@ -136,6 +137,7 @@ def lr_range_test(
     momentum: float | None,
     seed: int,
     device: torch.device,
+    on_step: Callable[[], object] | None = None,
 ) -> tuple[float, list[tuple[float, float]]]:
     """Geometric LR sweep, one batch per step; returns (ceiling, [(lr, smoothed loss)]).
 
@@ -144,6 +146,7 @@ def lr_range_test(
     that still lowered the loss. On a quadratic it lands within ~2x of the
     stability edge 2/λ_max (the loss takes a few steps to blow up while the rate
     keeps growing); tests/study/test_probe.py checks it against a known edge.
+    ``on_step`` is called after each step (a progress bar counts them).
     """
     spec = task.optimizer_spec
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -168,6 +171,8 @@ def lr_range_test(
                 break
             loss.backward()
             opt.step()
+            if on_step is not None:
+                on_step()
             smoothed = value if i == 0 else 0.7 * smoothed + 0.3 * value  # EMA: one batch is noisy
             curve.append((lr, smoothed))
             if smoothed > 2.0 * best:
@@ -205,8 +210,12 @@ def run_probe(
     batch_round: int = 1,
     seed: int = 0,
     device: str = "auto",
+    progress: bool = False,
 ) -> ProbeResult:
     """Measure the LR ceiling, the noise scale and the throughput of ``task`` (see module doc).
+
+    With ``progress``, each phase (LR range test, B_simple trajectory and measurement,
+    throughput ladder) shows a progress bar on stderr.
 
     Raises:
         UserCodeError: the task's code raised (a label out of range, a bad shape deep in
@@ -224,6 +233,7 @@ def run_probe(
             batch_round=batch_round,
             seed=seed,
             device=device,
+            progress=progress,
         )
     except (BstuneError, torch.OutOfMemoryError):
         raise
@@ -244,13 +254,17 @@ def _run_probe(
     batch_round: int,
     seed: int,
     device: str,
+    progress: bool,
 ) -> ProbeResult:
     started = time.perf_counter()
     dev = resolve_device(device)
     spec = task.optimizer_spec
     batch = _probe_batch(task, settings, batch_min, batch_max)
     samples = 0
-    ceiling, curve = lr_range_test(task, batch, lr_min, lr_max, settings.lr_steps, momentum=None, seed=seed, device=dev)
+    with progress_bar(progress, f"probe: LR range test at B={batch}", total=settings.lr_steps, unit="step") as bar:
+        ceiling, curve = lr_range_test(
+            task, batch, lr_min, lr_max, settings.lr_steps, momentum=None, seed=seed, device=dev, on_step=bar.update
+        )
     samples += len(curve) * batch
     big = min(batch_max, task.n_train, max(batch, settings.large_batch_factor * batch))
     ceiling_big = ceiling
@@ -258,9 +272,10 @@ def _run_probe(
     if big > batch:
         start, steps = large_batch_sweep(ceiling, lr_min, lr_max, settings.lr_steps)
         try:
-            ceiling_big, curve_big = lr_range_test(
-                task, big, start, lr_max, steps, momentum=None, seed=seed, device=dev
-            )
+            with progress_bar(progress, f"probe: LR range test at B={big}", total=steps, unit="step") as bar:
+                ceiling_big, curve_big = lr_range_test(
+                    task, big, start, lr_max, steps, momentum=None, seed=seed, device=dev, on_step=bar.update
+                )
             samples += len(curve_big) * big
             # a larger batch only raises the ceiling; a test that blew up sooner from its higher start
             # must not cap the rule below what the small batch already bore
@@ -284,7 +299,12 @@ def _run_probe(
         track_noise=True,
         eval_every_samples=max(batch * 4, train_samples // 5),
     )
-    run = train(task, cfg)
+    with progress_bar(progress, "probe: B_simple trajectory", total=train_samples, unit="sample") as bar:
+
+        def advance(record: EvalRecord) -> None:
+            bar.update(record.samples - bar.n)
+
+        run = train(task, cfg, advance)
     samples += run.samples
     if run.status is not RunStatus.COMPLETED or run.model is None:
         raise ConfigError(
@@ -297,28 +317,30 @@ def _run_probe(
     # batch until the interval closes (at B = D the finite-population correction makes
     # the |G|² estimate exact).
     measure_batch = batch
-    while True:
-        est = measure_noise_scale(
-            task,
-            run.model,
-            batch_size=measure_batch,
-            method=method,  # type: ignore[arg-type]
-            rel_precision=settings.rel_precision,
-            max_samples=settings.measure_samples or 50 * measure_batch,
-            seed=seed,
-            device=dev,
-            warn_if_imprecise=False,
-        )
-        samples += est.n_examples
-        if est.rel_half_width <= 2 * settings.rel_precision or measure_batch >= task.n_train:
-            break
-        measure_batch = min(task.n_train, 4 * measure_batch)
-        logger.info(
-            "probe: B_simple unresolved at batch %d (%s); measuring with batch %d",
-            est.batch_size,
-            est.ci,
-            measure_batch,
-        )
+    with progress_bar(progress, "probe: B_simple measurement", unit="sample") as bar:
+        while True:
+            est = measure_noise_scale(
+                task,
+                run.model,
+                batch_size=measure_batch,
+                method=method,  # type: ignore[arg-type]
+                rel_precision=settings.rel_precision,
+                max_samples=settings.measure_samples or 50 * measure_batch,
+                seed=seed,
+                device=dev,
+                warn_if_imprecise=False,
+            )
+            samples += est.n_examples
+            bar.update(est.n_examples)
+            if est.rel_half_width <= 2 * settings.rel_precision or measure_batch >= task.n_train:
+                break
+            measure_batch = min(task.n_train, 4 * measure_batch)
+            logger.info(
+                "probe: B_simple unresolved at batch %d (%s); measuring with batch %d",
+                est.batch_size,
+                est.ci,
+                measure_batch,
+            )
     if est.rel_half_width > 2 * settings.rel_precision:
         logger.warning(
             "probe: B_simple %.4g is uncertain (90%% CI %.4g .. %.4g) even with batches of %d",
@@ -332,9 +354,12 @@ def _run_probe(
 
     throughput: dict[int, float] = {}
     throughput_iqr: dict[int, tuple[float, float]] = {}
-    for b in _rungs(task, settings, batch_min, batch_max, batch_round, cap):
+    rungs = _rungs(task, settings, batch_min, batch_max, batch_round, cap)
+    bar = progress_bar(progress, "probe: throughput ladder", total=len(rungs), unit="rung")
+    for b in rungs:
         rate, used, spread = measure_throughput(task, b, settings.throughput_steps, lr=lr_probe, seed=seed, device=dev)
         samples += used
+        bar.update(1)
         if rate is None:
             cap = max(batch_min, b // 2)
             logger.warning("probe: batch size %d ran out of memory; the search stays at or below %d", b, cap)
@@ -351,6 +376,7 @@ def _run_probe(
         }
         for p in run.noise_trajectory
     ]
+    bar.close()  # the throughput ladder's
     return ProbeResult(
         batch_size=batch,
         lr_ceiling=ceiling,

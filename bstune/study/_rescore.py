@@ -48,16 +48,23 @@ def run_rescoring(
     objective: str,
     direction: Direction | str,
     run: Callable[[list[TrialPlan]], list[TrialOutcome]] | None = None,
+    on_done: Callable[[int], object] | None = None,
 ) -> list[Rescored]:
     """Train each trial's configuration again at each of ``seeds``; returns their values.
 
     ``run`` trains a list of plans and returns their outcomes in order (the Ray backend
     spreads them over the cluster); the default trains them here, one after the other.
+    ``on_done(n)`` is told each time ``n`` more runs have finished (a progress bar counts them).
     """
+    done = on_done or (lambda n: None)
 
     def here(plans: list[TrialPlan]) -> list[TrialOutcome]:
         go_on: Callable[..., Decision] = lambda *_: Decision.CONTINUE  # noqa: E731 - full budget, no pruning
-        return [run_trial(task, p, objective=objective, direction=direction, on_milestone=go_on) for p in plans]
+        outcomes = []
+        for p in plans:
+            outcomes.append(run_trial(task, p, objective=objective, direction=direction, on_milestone=go_on))
+            done(1)
+        return outcomes
 
     out = []
     for trial in trials:
@@ -65,7 +72,11 @@ def run_rescoring(
             {"params": trial.params, "config": trial.config, "temperature": trial.temperature or 0.0}
         )
         plans = [dataclasses.replace(plan, config=dataclasses.replace(plan.config, seed=s)) for s in seeds]
-        outcomes = (run or here)(plans)
+        if run is None:
+            outcomes = here(plans)
+        else:
+            outcomes = run(plans)
+            done(len(plans))
         values: list[float | None] = [trial.value]
         values += [o.value if o.status == "completed" else None for o in outcomes]
         out.append(Rescored(trial.number, list(seeds), values, sum(o.samples for o in outcomes)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import Trial, TrialState
 
+from bstune._progress import progress_bar
 from bstune.errors import BstuneError, ConfigError
 from bstune.metrics import Direction
 from bstune.space import SearchSpace
@@ -47,6 +49,8 @@ logger = logging.getLogger(__name__)
 Mode = Literal["prior", "baseline"]
 _RESCORED_ATTR = "bstune_rescored"  # the study's user attribute holding what re-scoring found
 _DIRECTIONS_ATTR = "bstune_directions"  # ... and the direction of each recorded metric
+# the study's user attribute that says, where optuna-dashboard shows it, what the params mean
+_DESCRIPTION_ATTR = "description"
 
 
 def make_sampler(seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
@@ -95,7 +99,7 @@ class Study:
             that contradicts the objective's is an error.
         probe: settings of the probe (the prior mode only).
         device: trial device; ``"auto"`` picks CUDA when available.
-        progress: show a progress bar over trials.
+        progress: show progress bars on stderr: the probe's phases, the trials, the re-scoring.
         backend: ``"optuna"`` (default: in this process) or ``"ray"`` (Ray Tune on a
             cluster, with ASHA early stopping on training samples; needs the ``ray`` extra).
         address, resources_per_trial, max_concurrent, storage_path, max_failures:
@@ -294,6 +298,7 @@ class Study:
                 batch_round=self.space.prior.batch_round,
                 seed=self.seed,
                 device=self.device,
+                progress=self.progress,
             )
             study.set_user_attr("bstune_probe", clean_json(self.probe.to_dict()))
         self._make_prior()
@@ -336,6 +341,36 @@ class Study:
             self.prior.b_ref,
             self.prior.lr_rule(self.prior.b_ref),
         )
+
+    def _describe(self, study: optuna.Study) -> None:
+        """Name the objective and say what the params mean, where optuna-dashboard looks.
+
+        In the prior mode TPE searches fixed-range coordinates (``batch_coord``, ``lr_coord``),
+        not B and eta, so the dashboard's params are not the batch size and learning rate:
+        each trial keeps those as the user attributes ``batch_size`` and ``lr`` (the dashboard's
+        trial table lists them, and its plots can take them as targets), and the study's
+        ``description`` attribute and metric name say so.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([self.objective])
+        every = f"{self.direction} the best {self.objective} over {self.n_evals} evaluations"
+        if self.prior is not None:
+            v_low, v_high = self.prior.v_range
+            params = (
+                f"the params batch_coord in [0, 1] and lr_coord in [{v_low:.3g}, {v_high:.3g}] are the prior's "
+                f"coordinates (B from {self.prior.batch_low} to {self.prior.batch_high} around B_noise "
+                f"{self.prior.b_noise:.4g}; lr_coord is log(eta / the eta(B) rule)), which the sampler searches"
+            )
+        else:
+            params = "the params batch_size and lr are B and eta as sampled (log-uniform)"
+        text = (
+            f"bstune {self.mode}-mode study of task {self.task.name}: {params}. Each trial's batch size B and "
+            f"learning rate eta are its user attributes batch_size and lr (temperature: eta/(B(1-m))). "
+            f"Objective: {every} of a trial's {self.budget_samples} samples."
+        )
+        if study.user_attrs.get(_DESCRIPTION_ATTR) != text:
+            study.set_user_attr(_DESCRIPTION_ATTR, text)
 
     # -- one trial -------------------------------------------------------------------
     def _planner(self) -> TrialPlanner:
@@ -417,6 +452,7 @@ class Study:
         try:
             study = self._open()
             self._setup_prior(study)
+            self._describe(study)
             self.planner = self._planner()
             lost: list[int] = []  # trials of ours that another process declared abandoned
             objective = with_heartbeat(self._objective, self.heartbeat_interval, lost)
@@ -457,11 +493,20 @@ class Study:
             kept = [Rescored.from_dict(d) for d in study.user_attrs.get(_RESCORED_ATTR, [])]
         done = {r.trial: r for r in kept or [] if r.seeds == seeds}
         out = []
-        for trial in candidates(trials, self.rescore_top, self.direction):
+        best = candidates(trials, self.rescore_top, self.direction)
+        todo = len(seeds) * sum(1 for t in best if t.number not in done)
+        bar = progress_bar(self.progress and todo > 0, "re-scoring", total=todo, unit="run")
+        for trial in best:
             if trial.number not in done:
                 logger.info("re-scoring trial %d at seeds %s", trial.number, seeds)
                 (done[trial.number],) = run_rescoring(
-                    self.task, [trial], seeds, objective=self.objective, direction=self.direction, run=run
+                    self.task,
+                    [trial],
+                    seeds,
+                    objective=self.objective,
+                    direction=self.direction,
+                    run=run,
+                    on_done=bar.update,
                 )
                 stored = [r.to_dict() for r in done.values()]
                 if study is not None:
@@ -469,6 +514,7 @@ class Study:
                 if keep is not None:
                     keep(list(done.values()))
             out.append(done[trial.number])
+        bar.close()
         return out
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -13,19 +13,46 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+from torch import nn
 
 from bstune.metrics import Direction
 from bstune.optim import temperature
 from bstune.space import SearchSpace
+from bstune.space._param import MODEL_PREFIX
 from bstune.study._prior import Prior
 from bstune.study._records import clean_json
 from bstune.task import Task
 from bstune.training import Decision, EvalRecord, RunStatus, TrainConfig, TrainResult, train
 
-__all__ = ["TrialOutcome", "TrialPlan", "TrialPlanner", "run_trial"]
+__all__ = ["TrialOutcome", "TrialPlan", "TrialPlanner", "build_model", "run_trial", "split_params"]
+
+
+def split_params(params: Mapping[str, Any], budget_samples: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A space's extra hyperparameters as ``(TrainConfig keywords, model-factory keywords)``.
+
+    ``model.<kwarg>`` goes to the model factory; ``warmup_fraction`` becomes
+    ``warmup_samples``, that fraction of ``budget_samples``; the rest are TrainConfig settings.
+    A study's trials and ``bstune train --param`` both go through here.
+
+    Example:
+        >>> split_params({"momentum": 0.9, "warmup_fraction": 0.1, "model.hidden": 64}, 1000)
+        ({'momentum': 0.9, 'warmup_samples': 100}, {'hidden': 64})
+    """
+    model_kwargs = {k.removeprefix(MODEL_PREFIX): v for k, v in params.items() if k.startswith(MODEL_PREFIX)}
+    train_kwargs = {k: v for k, v in params.items() if not k.startswith(MODEL_PREFIX)}
+    warmup = train_kwargs.pop("warmup_fraction", None)
+    if warmup is not None:
+        train_kwargs["warmup_samples"] = int(warmup * budget_samples)
+    return train_kwargs, model_kwargs
+
+
+def build_model(task: Task, config: TrainConfig, model_kwargs: Mapping[str, Any]) -> nn.Module:
+    """The model a trial trains: the task's factory called with the ``model.*`` parameters, seeded by the config."""
+    return task.make_model(seed=config.seed, **model_kwargs)
 
 
 class Suggester(Protocol):
@@ -119,15 +146,12 @@ class TrialPlanner:
         else:
             batch = min(int(params["batch_size"]), self.batch_cap)
             lr = float(params["lr"])
-        model_kwargs = {k.removeprefix("model."): v for k, v in extras.items() if k.startswith("model.")}
-        train_kwargs = {k: v for k, v in extras.items() if not k.startswith("model.")}
-        warmup = train_kwargs.pop("warmup_fraction", 0.0)
+        train_kwargs, model_kwargs = split_params(extras, self.budget_samples)
         config = TrainConfig(
             batch_size=batch,
             lr=lr,
             max_samples=self.budget_samples,
             eval_every_samples=self.eval_every,
-            warmup_samples=int(warmup * self.budget_samples),
             seed=self.seed,
             device=self.device,
             **train_kwargs,
@@ -229,7 +253,7 @@ def run_trial(
         return on_milestone(index, sign * best if math.isfinite(best) else value, record)
 
     try:
-        model = task.make_model(seed=plan.config.seed, **plan.model_kwargs)
+        model = build_model(task, plan.config, plan.model_kwargs)
         result: TrainResult = train(task, plan.config, report, model=model)
     except Exception as exc:  # user code raised: keep the traceback with the trial
         return TrialOutcome(

@@ -54,6 +54,7 @@ FILES: dict[str, str] = {
         "    def __getitem__(self, i):\n        return self.x[i], self.y[i]\n\n\n"
         "def make_task():",
     ),
+    "norec.json": '{"trials": []}\n',
 }
 
 
@@ -158,6 +159,31 @@ CASES: list[Case] = [
         1,
         ("UserCodeError: the training run failed", "Target 7 is out of bounds", "run with -v"),
     ),
+    # bstune train --param / --config: the option, the name or the file, and what is wrong with it
+    Case(
+        ("train", "good.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "100", "--param", "nosuch=1"),
+        2,
+        ("--param", "nosuch", "unknown parameter"),
+    ),
+    Case(
+        ("train", "good.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "100", "--param", "momentum"),
+        2,
+        ("--param", "expected NAME=VALUE", "'momentum'"),
+    ),
+    Case(
+        ("train", "good.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "100", "--param", "momentum=abc"),
+        2,
+        ("--param: momentum", "'abc'"),
+    ),
+    Case(
+        ("train", "good.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "100", "--param", "model.width=3"),
+        2,
+        ("model factory raised", "width"),
+    ),
+    Case(("train", "good.py", "--config", "nosuch.json"), 2, ("nosuch.json", "no such file")),
+    Case(("train", "good.py", "--config", "ok.yaml"), 2, ("ok.yaml", "unreadable")),
+    Case(("train", "good.py", "--config", "norec.json"), 2, ("norec.json", "holds no recommended config")),
+    Case(("train", "good.py", "--lr", "0.1", "--max-samples", "100"), 2, ("--batch-size", "needed", "--config")),
 ]
 
 
