@@ -62,6 +62,22 @@ def _resources(text: str) -> dict[str, float]:
     return out
 
 
+def _check_device(args: argparse.Namespace) -> None:
+    """Refuse a ``--device`` that names no torch device, or one this machine lacks, before any work starts.
+
+    On the Ray backend the trials run on the cluster's workers: only the name is checked.
+    """
+    device = getattr(args, "device", "auto")
+    if device == "auto":
+        return
+    from bstune.noise._measure import resolve_device
+
+    try:
+        resolve_device(device, check_available=getattr(args, "backend", None) != "ray")
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, source="argument --device") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bstune",
@@ -216,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--out", default=None, help="where to write report.json, report.md and report.html (default FOLDER)"
     )
+    report.add_argument(
+        "--all-trials", action="store_true", help="list every trial in the table (default: the 10 best, then a count)"
+    )
     report.set_defaults(handler=commands.cmd_report)
 
     noise = sub.add_parser(
@@ -307,10 +326,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bstune`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = list(sys.argv[1:] if argv is None else argv)  # to say how to continue after Ctrl-C
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        _check_device(args)
         return int(args.handler(args))
     except ConfigError as exc:
         print(f"bstune: error: {exc}", file=sys.stderr)
@@ -318,6 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BstuneError as exc:
         print(f"bstune: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("bstune: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
