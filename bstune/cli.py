@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="tune batch size and learning rate (probe, then trials; Optuna in-process)",
         description="Probe the task (noise scale, LR ceiling, throughput), then run trials whose batch size and "
         "learning rate follow the noise-scale prior, with early stopping at equal sample counts. "
-        "Trials are stored as they finish; --resume continues an interrupted study.",
+        "Trials are stored as they finish; --resume continues an interrupted study (Ctrl-C or killed). "
+        "With --out, the report is written there at the end.",
     )
     run.add_argument("script", help="Python file defining make_task() -> bstune.Task")
     run.add_argument("--space", required=True, help="search-space YAML file (see search_spaces/)")
@@ -103,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=300_000,
         help="training samples of one full trial (default 300000); pruned trials use less",
     )
-    run.add_argument("--out", default=None, help="folder for study.db (the trials) and result.json")
+    run.add_argument(
+        "--out", default=None, help="folder for study.db (the trials), result.json and the report (report.md, ...)"
+    )
     run.add_argument(
         "--storage",
         default=None,
