@@ -27,8 +27,6 @@ RUN_OUT ?= runs/digits-$(shell date +%Y%m%d-%H%M%S)
 run: $(STAMP)
 	$(VENV)/bin/bstune run examples/digits_mlp.py --space search_spaces/mlp_classifier.yaml \
 		--trials 20 --budget-samples 30000 --out $(RUN_OUT)
-	$(VENV)/bin/bstune report $(RUN_OUT) > /dev/null
-	@echo "report: $(RUN_OUT)/report.md"
 
 test: $(STAMP)
 	$(PY) -m ruff check bstune tests examples benchmarks
@@ -51,7 +49,6 @@ sample-report: $(STAMP)
 	$(VENV)/bin/bstune run examples/digits_mlp.py --space search_spaces/mlp_classifier.yaml \
 		--trials 20 --budget-samples 30000 --out examples/digits_report --no-progress
 	rm -f examples/digits_report/study.db
-	$(VENV)/bin/bstune report examples/digits_report > /dev/null
 
 bench: $(STAMP)
 	$(PY) benchmarks/noise_overhead.py

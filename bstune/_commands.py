@@ -11,14 +11,18 @@ import argparse
 import json
 import logging
 import math
+import shlex
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bstune._loading import load_task
-from bstune.errors import ConfigError, UserCodeError
+from bstune.errors import BstuneError, ConfigError, UserCodeError
 from bstune.study._summary import format_summary
+
+if TYPE_CHECKING:
+    from bstune.study import StudyResult
 
 __all__ = ["cmd_fetch", "cmd_noise", "cmd_probe", "cmd_report", "cmd_run", "cmd_status", "cmd_submit", "cmd_train"]
 
@@ -277,61 +281,84 @@ def cmd_run(args: argparse.Namespace) -> int:
         storage_path = _ray_storage(args, name)
     else:
         storage = args.storage or (f"sqlite:///{Path(args.out) / 'study.db'}" if args.out else None)
-    if storage is not None:
-        from bstune.study import open_storage
-
-        opened = open_storage(storage)
-        names = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(opened)}  # type: ignore[arg-type]
-        if name in names and names[name] and not args.resume:
-            raise ConfigError(
-                f"already holds study {name!r} with {names[name]} trials; pass --resume to continue "
-                "it, or choose another --out/--storage",
-                source=storage,
-            )
-        if args.resume and name not in names:
-            raise ConfigError(f"holds no study {name!r} to resume", source=storage)
     from bstune.study import Study, StudyFailedError
+    from bstune.study._storage import storage_file
 
-    study = Study(
-        task,
-        args.space,
-        n_trials=args.trials,
-        budget_samples=args.budget_samples,
-        seed=args.seed,
-        storage=storage,
-        study_name=name,
-        mode=args.mode,
-        pruner=args.pruner,
-        rescore_top=args.rescore_top,
-        rescore_seeds=args.rescore_seeds,
-        device=args.device,
-        progress=_progress(args),
-        **(
-            {
-                "backend": "ray",
-                "address": args.address,
-                "resources_per_trial": args.resources,
-                "max_concurrent": args.max_concurrent,
-                "storage_path": storage_path,
-                "max_failures": args.max_failures,
-            }
-            if args.backend == "ray"
-            else {}
-        ),
-    )
+    created = _not_yet_there(storage_file(storage))  # what opening the storage creates: a failed start removes it
+    study: Study | None = None
     try:
-        result = study.run()
-    except StudyFailedError as exc:
-        where = storage or storage_path
-        if where is None:
-            raise
-        raise StudyFailedError(f"{exc}: {where}", traceback=exc.traceback) from None
+        study = Study(  # checks every setting (the space file first) before it opens, and so creates, the storage
+            task,
+            args.space,
+            n_trials=args.trials,
+            budget_samples=args.budget_samples,
+            seed=args.seed,
+            storage=storage,
+            study_name=name,
+            mode=args.mode,
+            pruner=args.pruner,
+            rescore_top=args.rescore_top,
+            rescore_seeds=args.rescore_seeds,
+            device=args.device,
+            progress=_progress(args),
+            **(
+                {
+                    "backend": "ray",
+                    "address": args.address,
+                    "resources_per_trial": args.resources,
+                    "max_concurrent": args.max_concurrent,
+                    "storage_path": storage_path,
+                    "max_failures": args.max_failures,
+                }
+                if args.backend == "ray"
+                else {}
+            ),
+        )
+        if study.storage is not None:
+            names = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(study.storage)}
+            if name in names and names[name] and not args.resume:
+                raise ConfigError(
+                    f"already holds study {name!r} with {names[name]} trials; pass --resume to continue "
+                    "it, or choose another --out/--storage",
+                    source=storage,
+                )
+            if args.resume and name not in names:
+                raise ConfigError(f"holds no study {name!r} to resume", source=storage)
+        try:
+            result = study.run()
+        except StudyFailedError as exc:
+            where = storage or storage_path
+            if where is None:
+                raise
+            raise StudyFailedError(f"{exc}: {where}", traceback=exc.traceback) from None
+    except KeyboardInterrupt:
+        line = _interrupted(args, study, storage or storage_path)
+        if line is None:  # before the study was stored: as after a failed start, nothing is left behind
+            _take_back(created, study.storage if study is not None else None)
+            line = f"bstune: interrupted before the study started; start again with: {_command(args, resume=False)}"
+        print(line, file=sys.stderr)
+        return 130
+    except BaseException:
+        _take_back(created, study.storage if study is not None else None)
+        raise
     data = result.to_dict()
-    print(format_summary(data))
+    print(format_summary(data, folder=args.out))
     if args.out:
         path = result.save(args.out)
         where = storage or storage_path
         print(f"wrote {path}" + (f"; the trials are in {where}" if where else ""))
+        try:
+            files = _write_report(result, args.out)
+        except BstuneError as exc:
+            print(
+                f"bstune: the report could not be written ({type(exc).__name__}: {exc}); {path} is kept",
+                file=sys.stderr,
+            )
+            return 1
+        print(
+            f"report: {files['md']} (also {Path(files['html']).name}, {Path(files['json']).name}); "
+            f"`bstune report {args.out}` writes it again with other options"
+        )
     if args.print_result:
         from bstune.jobs import RESULT_BEGIN, RESULT_END
 
@@ -339,6 +366,91 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(data, allow_nan=False))
         print(RESULT_END, flush=True)
     return 0
+
+
+def _not_yet_there(file: Path | None) -> list[Path]:
+    """``file``, the files SQLite and the journal lock put beside it, and its folders, as far as they do not exist."""
+    if file is None:
+        return []
+    file = file.expanduser().absolute()
+    files = [file.with_name(file.name + suffix) for suffix in ("", "-journal", "-wal", "-shm", ".lock")]
+    folders = [folder for folder in file.parents if not folder.exists()]  # deepest first
+    return [path for path in files if not path.exists()] + folders
+
+
+def _take_back(created: list[Path], storage: Any) -> None:
+    """After a failed start: remove what this run created (``created``), unless it holds trials by now.
+
+    Only paths that did not exist before the run are in ``created``; a folder goes only if it is empty.
+    """
+    if not created:
+        return
+    if storage is not None:
+        import optuna
+
+        try:
+            if any(s.n_trials for s in optuna.get_all_study_summaries(storage)):
+                return  # the work done is kept: `--resume` continues it
+        except Exception:  # unreadable: leave it for the user to look at
+            return
+        backend = getattr(storage, "_backend", storage)
+        if hasattr(backend, "engine"):
+            backend.engine.dispose()  # close SQLite's connections before its file goes
+    for path in created:
+        try:
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
+        except OSError:
+            logger.info("left %s in place", path)
+    logger.info("the start failed: removed what it had created (%s)", ", ".join(map(str, created)))
+
+
+def _command(args: argparse.Namespace, *, resume: bool) -> str:
+    """This ``bstune`` command line, with ``--resume`` or without it."""
+    words = [word for word in args.command_line if word != "--resume"]
+    return shlex.join(["bstune", *words, *(["--resume"] if resume else [])])
+
+
+def _interrupted(args: argparse.Namespace, study: Any, where: str | None) -> str | None:
+    """The one line after Ctrl-C: what the storage kept, and the command that continues the study.
+
+    None when the storage holds no study yet (Ctrl-C before it was opened).
+    """
+    if where is None:
+        return "bstune: interrupted; nothing was kept (the trials were in memory: pass --out to keep them)"
+    from bstune.study._storage import storage_file
+
+    shown = storage_file(where) or where
+    command = _command(args, resume=True)
+    if study is not None and study.backend == "ray":
+        return f"bstune: interrupted; the finished trials are kept in {shown}; continue with: {command}"
+    if study is None or study.storage is None:
+        return None
+    import optuna
+
+    from bstune.study._liveness import count_finished
+
+    try:
+        stored = optuna.load_study(study_name=study.study_name, storage=study.storage)
+    except KeyError:
+        return None
+    again = sorted(
+        t.user_attrs["retry_of"]
+        for t in stored.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        if "retry_of" in t.user_attrs
+    )
+    rerun = ""
+    if again:
+        rerun = (
+            f"; trial {again[0]} runs again" if len(again) == 1 else f"; trials {', '.join(map(str, again))} run again"
+        )
+    finished = count_finished(stored)
+    return (
+        f"bstune: interrupted; kept {finished} finished trial{'' if finished == 1 else 's'} of {args.trials} "
+        f"in {shown}{rerun}; continue with: {command}"
+    )
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -431,13 +543,33 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"unreadable: {type(exc).__name__}: {exc}", source=str(path)) from None
     result.direction_of(args.target_metric, source="--target-metric", field=None)  # before anything is written
-    print(format_summary(result.to_dict()))
-    target: dict[str, Any] = {"metric": args.target_metric}
-    if args.target_value is not None:
-        target["value"] = args.target_value
-    report = result.report(target, n_workers=args.workers)
-    files = report.save(args.out or args.folder)
-    print()
-    print(report.to_markdown())
+    print(format_summary(result.to_dict(), top=None if args.all_trials else 10, folder=args.folder))
+    files = _write_report(
+        result, args.out or args.folder, args.target_metric, args.target_value, args.workers, echo=True
+    )
     print("wrote " + ", ".join(files.values()))
     return 0
+
+
+def _write_report(
+    result: StudyResult,
+    folder: str,
+    metric: str = "train_loss",
+    value: float | None = None,
+    workers: int = 1,
+    *,
+    echo: bool = False,
+) -> dict[str, str]:
+    """Write report.json, report.md and report.html for ``result`` into ``folder``; returns the files by kind.
+
+    ``echo``: print the report's markdown too.
+    """
+    target: dict[str, Any] = {"metric": metric}
+    if value is not None:
+        target["value"] = value
+    report = result.report(target, n_workers=workers)
+    files = report.save(folder)
+    if echo:
+        print()
+        print(report.to_markdown())
+    return files

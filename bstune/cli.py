@@ -81,6 +81,22 @@ class _DefaultsFormatter(argparse.HelpFormatter):
         return f"{text} (default %(default)s)"
 
 
+def _check_device(args: argparse.Namespace) -> None:
+    """Refuse a ``--device`` that names no torch device, or one this machine lacks, before any work starts.
+
+    On the Ray backend the trials run on the cluster's workers: only the name is checked.
+    """
+    device = getattr(args, "device", "auto")
+    if device == "auto":
+        return
+    from bstune.noise._measure import resolve_device
+
+    try:
+        resolve_device(device, check_available=getattr(args, "backend", None) != "ray")
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, source="argument --device") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bstune",
@@ -95,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="tune batch size and learning rate (probe, then trials; Optuna in-process)",
         description="Probe the task (noise scale, LR ceiling, throughput), then run trials whose batch size and "
         "learning rate follow the noise-scale prior, with early stopping at equal sample counts. "
-        "Trials are stored as they finish; --resume continues an interrupted study.",
+        "Trials are stored as they finish; --resume continues an interrupted study (Ctrl-C or killed). "
+        "With --out, the report is written there at the end.",
     )
     run.add_argument("script", help="Python file defining make_task() -> bstune.Task")
     run.add_argument("--space", required=True, help="search-space YAML file (see search_spaces/)")
@@ -106,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=300_000,
         help="training samples of one full trial (default 300000); pruned trials use less",
     )
-    run.add_argument("--out", default=None, help="folder for study.db (the trials) and result.json")
+    run.add_argument(
+        "--out", default=None, help="folder for study.db (the trials), result.json and the report (report.md, ...)"
+    )
     run.add_argument(
         "--storage",
         default=None,
@@ -258,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--out", default=None, help="where to write report.json, report.md and report.html (default FOLDER)"
     )
+    report.add_argument(
+        "--all-trials", action="store_true", help="list every trial in the table (default: the 10 best, then a count)"
+    )
     report.set_defaults(handler=commands.cmd_report)
 
     noise = sub.add_parser(
@@ -376,10 +398,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bstune`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = list(sys.argv[1:] if argv is None else argv)  # to say how to continue after Ctrl-C
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        _check_device(args)
         return int(args.handler(args))
     except ConfigError as exc:
         print(f"bstune: error: {exc}", file=sys.stderr)
@@ -391,6 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = " (run with -v to see its traceback)" if trace and not args.verbose else ""
         print(f"bstune: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("bstune: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -34,11 +34,41 @@ _VMAP_FLOATS = 1 << 26  # per-example gradients held at once: 64M floats, 256 Mi
 _VMAP_GROUP_EXAMPLES = 1024  # examples per vmap call when several measurement batches are drawn
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` picks CUDA when available, else the CPU."""
+_DEVICES_HINT = "use cpu, cuda, cuda:N or mps"
+
+
+def resolve_device(device: str | torch.device | None, *, check_available: bool = True) -> torch.device:
+    """``None``/``"auto"`` picks CUDA when available, else the CPU; otherwise the torch device named.
+
+    With ``check_available=False`` only the name is checked (for a device on another machine,
+    e.g. a Ray worker's).
+
+    Raises:
+        ConfigError: ``device`` names no torch device (``"gpu"``), or this machine lacks it
+            (``"cuda"`` without CUDA, ``"cuda:3"`` with two GPUs).
+    """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"{device!r} is not a torch device; {_DEVICES_HINT}", source="device") from None
+    if dev.type == "cpu" or not check_available:
+        return dev
+    backend = torch.backends.mps if dev.type == "mps" else getattr(torch, dev.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if not callable(is_available):
+        raise ConfigError(f"{str(dev)!r} is not a device bstune can train on; {_DEVICES_HINT}", source="device")
+    if not is_available():
+        raise ConfigError(f"{dev} is not available on this machine (torch sees no {dev.type} device)", source="device")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and callable(count) and dev.index >= count():
+        raise ConfigError(
+            f"{dev} is not available on this machine: it has {count()} {dev.type} device(s), "
+            f"{dev.type}:0 to {dev.type}:{count() - 1}",
+            source="device",
+        )
+    return dev
 
 
 @contextmanager

@@ -18,7 +18,8 @@ last heartbeat (its start, if it never beat) is older than ``grace_period``. An
 abandoned trial is marked ``interrupted`` and failed with an atomic compare-and-set
 (``RUNNING -> FAIL``), so when several processes notice it at once exactly one wins,
 and only the winner enqueues its parameters again (``retry_of`` names the original).
-Finished trials are never touched.
+Finished trials are never touched. A trial stopped by Ctrl-C in its own process ends the
+same way at once: marked ``interrupted``, failed, and queued again.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "abandoned_reason",
     "claim_abandoned",
     "count_finished",
+    "requeue_interrupted",
     "retry_abandoned",
     "with_heartbeat",
 ]
@@ -55,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 OWNER_KEY = "bstune:owner"
 HEARTBEAT_KEY = "bstune:heartbeat"
-INTERRUPTED = "interrupted"  # the `status` user attribute of an abandoned trial
+INTERRUPTED = "interrupted"  # the `status` user attribute of an abandoned or Ctrl-C'd trial
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -266,14 +268,39 @@ class Heartbeat:
                 logger.warning("trial %d: heartbeat not recorded: %s: %s", self._number, type(exc).__name__, exc)
 
 
+def requeue_interrupted(trial: Trial) -> None:
+    """Mark running ``trial`` ``interrupted`` (Ctrl-C in this process) and queue its parameters once more.
+
+    The trial then ends as a killed one does once it is taken over: Optuna fails it as the
+    interrupt leaves its objective, :func:`count_finished` does not count it, and its
+    config runs again (``retry_of`` names it) when the study resumes.
+    """
+    storage = trial.storage
+    storage.set_trial_user_attr(trial._trial_id, "status", INTERRUPTED)
+    storage.set_trial_user_attr(
+        trial._trial_id, "message", "interrupted (Ctrl-C); its config runs again when the study resumes"
+    )
+    if trial.params:  # interrupted before it drew its config: a fresh trial takes its place anyway
+        trial.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+    logger.info("trial %d interrupted; it will run again when the study resumes", trial.number)
+
+
 def with_heartbeat(objective: Callable[[Trial], float], interval: float, lost: list[int]) -> Callable[[Trial], float]:
-    """``objective`` run inside a :class:`Heartbeat`; numbers of trials taken over meanwhile go to ``lost``."""
+    """``objective`` run inside a :class:`Heartbeat`; numbers of trials taken over meanwhile go to ``lost``.
+
+    A ``KeyboardInterrupt`` (Ctrl-C) inside it marks the trial interrupted and queues it
+    again (:func:`requeue_interrupted`) before it goes on up.
+    """
 
     def run(trial: Trial) -> float:
         beat = Heartbeat(trial, interval)
         try:
             with beat:
                 return objective(trial)
+        except KeyboardInterrupt:
+            if not beat.lost:
+                requeue_interrupted(trial)
+            raise
         finally:
             if beat.lost:
                 lost.append(trial.number)

@@ -44,6 +44,7 @@ from bstune.errors import ConfigError, DependencyError
 from bstune.study._probe import ProbeResult, run_probe
 from bstune.study._ray_trial import record_from_result, train_trial
 from bstune.study._records import Rescored, TrialRecord, clean_json
+from bstune.study._resume import settings_mismatch
 from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner, run_trial
 from bstune.task import Task
 from bstune.training import Decision
@@ -304,14 +305,12 @@ def run_on_ray(study: Study, settings: RaySettings) -> tuple[list[TrialRecord], 
     state_file = exp_dir / _STATE_FILE
     state = _load_state(state_file)
     mine = study._fingerprint()
-    if state is not None and state["settings"] != mine:
-        diff = sorted(k for k in set(state["settings"]) | set(mine) if state["settings"].get(k) != mine.get(k))
-        raise ConfigError(
-            f"study {study.study_name!r} under {exp_dir.parent} was run with different settings "
-            f"({', '.join(diff)}); use the same settings to resume, or another study_name/storage_path",
-            source="Study",
-            field="storage_path",
+    if state is not None:
+        error = settings_mismatch(
+            state["settings"], mine, f"study {study.study_name!r} under {exp_dir.parent}", "study_name/storage_path"
         )
+        if error is not None:
+            raise ConfigError(error, source="Study", field="storage_path")
     # every finished trial checkpoints, and each checkpoint forces a snapshot of the experiment (deliberately:
     # it is what keeps a restored study from training a finished trial again); Ray warns about that by default
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

@@ -3,19 +3,21 @@
 A study's storage keeps the settings that shape its trials (mode, budget, seed,
 milestones, objective, search space, task). A process that opens the same study with
 other settings would mix trials of two different searches into one result, so it is
-refused with the names of the settings that differ. Settings stored by an older bstune
-are first read in today's terms.
+refused with each setting that differs, its stored value and the new one. Settings
+stored by an older bstune are first read in today's terms.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
 
 from bstune.errors import ConfigError
 
-__all__ = ["check_settings"]
+__all__ = ["check_settings", "settings_mismatch"]
 
 SETTINGS_ATTR = "bstune_settings"  # the study's user attribute holding them
 
@@ -29,19 +31,60 @@ def check_settings(study: optuna.Study, mine: dict[str, Any]) -> None:
         >>> check_settings(study, {"budget_samples": 2000, "seed": 0})
         Traceback (most recent call last):
         ...
-        bstune.errors.ConfigError: Study: storage: study 'demo' in this storage was run with different settings (budget_samples); use the same settings to resume, or another study_name/storage
+        bstune.errors.ConfigError: Study: storage: study 'demo' in this storage was run with different settings: budget_samples: the stored study used 1000, this run asks 2000; use the same settings to resume, or another study_name/storage
     """
     stored = upgrade_settings(study.user_attrs.get(SETTINGS_ATTR))
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, mine)
-    elif stored != mine:
-        diff = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
-        raise ConfigError(
-            f"study {study.study_name!r} in this storage was run with different settings ({', '.join(diff)}); "
-            "use the same settings to resume, or another study_name/storage",
-            source="Study",
-            field="storage",
-        )
+    else:
+        error = settings_mismatch(stored, mine, f"study {study.study_name!r} in this storage", "study_name/storage")
+        if error is not None:
+            raise ConfigError(error, source="Study", field="storage")
+
+
+def settings_mismatch(stored: Mapping[str, Any], mine: Mapping[str, Any], what: str, elsewhere: str) -> str | None:
+    """Why a study stored with ``stored`` settings cannot resume with ``mine``; None when they match.
+
+    Names each setting that differs (nested ones dotted, ``space.batch_size.max``) with the
+    stored value and the new one; ``what`` names the stored study, ``elsewhere`` the options
+    that start a new one instead. Shared by the embedded and the Ray backend.
+
+    Example:
+        >>> settings_mismatch({"seed": 0, "space": {"lr": 1}}, {"seed": 0, "space": {"lr": 2}}, "study 'x'", "--out")
+        "study 'x' was run with different settings: space.lr: the stored study used 1, this run asks 2; use the same settings to resume, or another --out"
+    """
+    diffs = _differences(stored, mine, "")
+    if not diffs:
+        return None
+    return (
+        f"{what} was run with different settings: {'; '.join(diffs)}; "
+        f"use the same settings to resume, or another {elsewhere}"
+    )
+
+
+_UNSET = object()
+
+
+def _differences(stored: Mapping[str, Any], mine: Mapping[str, Any], prefix: str) -> list[str]:
+    out = []
+    for key in sorted(set(stored) | set(mine)):
+        old, new = stored.get(key, _UNSET), mine.get(key, _UNSET)
+        if old == new:
+            continue
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            out += _differences(old, new, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}: the stored study used {_shown(old)}, this run asks {_shown(new)}")
+    return out
+
+
+def _shown(value: object) -> str:
+    if value is _UNSET:
+        return "nothing (not set)"
+    try:
+        return json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def upgrade_settings(stored: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from bstune.errors import ConfigError
 
-__all__ = ["open_storage"]
+__all__ = ["open_storage", "storage_file"]
 
 _SQLITE_LOCK_WAIT_S = 60.0  # sqlite3's default is 5 s: short when several processes write one file
 
@@ -77,3 +77,20 @@ def open_storage(url: str | Path | BaseStorage | None) -> BaseStorage | None:
         raise
     except (OSError, ImportError, ValueError, optuna.exceptions.OptunaError, Exception) as exc:
         raise ConfigError(f"cannot open {text!r}: {type(exc).__name__}: {exc}", source="storage") from exc
+
+
+def storage_file(url: str | Path | BaseStorage | None) -> Path | None:
+    """The local file a storage URL keeps its trials in (SQLite or journal); None for others.
+
+    Example:
+        >>> [str(storage_file(url)) for url in ("sqlite:///runs/study.db", "journal:runs/x.log", None)]
+        ['runs/study.db', 'runs/x.log', 'None']
+    """
+    if url is None or isinstance(url, BaseStorage):
+        return None
+    text = str(url)
+    if text.startswith("journal:") or text.endswith((".log", ".jsonl")):
+        return Path(text.removeprefix("journal:"))
+    if text.startswith("sqlite:///"):
+        return Path(text.removeprefix("sqlite:///"))
+    return None

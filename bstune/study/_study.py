@@ -439,7 +439,9 @@ class Study:
         backend, other processes may run the same study on the same storage at the same
         time: a trial counts as abandoned only when its owner process is gone (same
         host) or silent for ``grace_period`` (another host). ``n_trials`` counts the
-        trials that ran to their end, across all processes.
+        trials that ran to their end, across all processes. A ``KeyboardInterrupt``
+        (Ctrl-C) leaves the running trial as a kill does, marked ``interrupted`` and
+        queued to run again on resume, and goes on up.
         """
         if self.backend == "ray":
             from bstune.study._ray import run_on_ray

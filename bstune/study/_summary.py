@@ -9,8 +9,13 @@ from bstune.metrics import Direction
 __all__ = ["format_summary"]
 
 
-def format_summary(result: dict[str, Any]) -> str:
-    """A terminal summary of a study's result.json (``StudyResult.to_dict()``): probe, prior, trials, best config."""
+def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str | None = None) -> str:
+    """A terminal summary of a study's result.json (``StudyResult.to_dict()``): probe, prior, trials, best config.
+
+    The trial table ranks trials with a value by it, then lists those without one (failed,
+    diverged, interrupted); it shows the ``top`` first rows (None: all) and says how many
+    more there are, of which kinds, and how to list them all (``bstune report FOLDER --all-trials``).
+    """
     lines = [
         f"study {result['study_name']} ({result['mode']} mode): {len(result['trials'])} trials, "
         f"{result['samples_total']:,} training samples in all (probe {result['samples_probe']:,}, "
@@ -34,24 +39,42 @@ def format_summary(result: dict[str, Any]) -> str:
             f"prior: batch sizes {prior['batch_low']}..{prior['batch_high']}, "
             f"lr rule anchored at eta*({prior['b_ref']}) = {prior['lr_ref']:.3g}"
         )
-    counts: dict[str, int] = {}
-    for t in result["trials"]:
-        counts[t["status"]] = counts.get(t["status"], 0) + 1
-    lines.append("trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    lines.append("trials: " + _counts(result["trials"]))
     sign = Direction(result["direction"]).sign
     ranked = sorted((t for t in result["trials"] if t["value"] is not None), key=lambda t: sign * t["value"])
+    ranked += [t for t in result["trials"] if t["value"] is None]
+    shown = ranked if top is None else ranked[:top]
     # the temperature column holds what the trial recorded: lr/(B(1-m)), the effective temperature
     lines.append(
-        f"{'#':>4} {'status':>9} {'batch':>6} {'lr':>9} {'lr/(B(1-m))':>11} {result['objective']:>10} {'samples':>9}"
+        f"{'#':>4} {'status':>11} {'batch':>6} {'lr':>9} {'lr/(B(1-m))':>11} {result['objective']:>10} {'samples':>9}"
     )
-    for t in ranked[:10]:
-        temp = "n/a" if t.get("temperature") is None else f"{t['temperature']:.3g}"
+    for t in shown:
         lines.append(
-            f"{t['number']:>4} {t['status']:>9} {t['batch_size']:>6} {t['lr']:>9.3g} "
-            f"{temp:>11} {t['value']:>10.4f} {t['samples']:>9,}"
+            f"{t['number']:>4} {t['status']:>11} {_num(t['batch_size'], 'd'):>6} {_num(t['lr'], '.3g'):>9} "
+            f"{_num(t.get('temperature'), '.3g'):>11} {_num(t['value'], '.4f'):>10} {t['samples']:>9,}"
         )
+    hidden = ranked[len(shown) :]
+    if hidden:
+        how = (
+            f"`bstune report {folder} --all-trials` lists all"
+            if folder is not None
+            else "with --out DIR, `bstune report DIR --all-trials` lists all"
+        )
+        lines.append(f"... {len(hidden)} more trials ({_counts(hidden)}) not shown; {how}")
     lines.append("     lr/(B(1-m)): effective temperature, m = SGD momentum (0 for Adam-family optimizers)")
     settings = {k: v for k, v in result["best_config"].items() if k != "temperature"}  # derived, in older results
     best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
     lines.append(f"best config ({result['objective']} {result['best_value']:.4f}): {best}")
     return "\n".join(lines)
+
+
+def _counts(trials: list[dict[str, Any]]) -> str:
+    """``"3 completed, 1 failed"``: how many trials of each status."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

@@ -111,7 +111,9 @@ def test_journal_storage_and_settings_must_match_to_resume(blob_task: bstune.Tas
     again = _study(blob_task, mode="baseline", n_trials=3, storage=journal).run()
     assert [t.number for t in again.trials] == [0, 1, 2]
     assert [t.value for t in again.trials[:2]] == [t.value for t in first.trials]  # kept, not re-run
-    with pytest.raises(ConfigError, match=r"different settings.*budget_samples"):
+    with pytest.raises(
+        ConfigError, match=r"different settings: budget_samples: the stored study used 4000, this run asks 8000"
+    ):
         _study(blob_task, mode="baseline", n_trials=3, storage=journal, budget_samples=8000).run()
 
 
@@ -126,7 +128,9 @@ def test_a_study_stored_before_lr_anchor_resumes_only_with_the_anchor_it_ran_wit
     settings = study.user_attrs["bstune_settings"]
     del settings["space"]["prior"]["lr_anchor"]
     study.set_user_attr("bstune_settings", settings)
-    with pytest.raises(ConfigError, match=r"different settings \(space\)"):
+    with pytest.raises(
+        ConfigError, match=r"different settings: space.prior.lr_anchor: the stored study used 0.5, this run asks 0.25;"
+    ):
         _study(blob_task, mode="baseline", n_trials=2, storage=journal).run()  # today's default, 0.25
     old_space = SPACE | {"prior": {**SPACE.get("prior", {}), "lr_anchor": 0.5}}
     again = _study(blob_task, mode="baseline", n_trials=2, storage=journal, space=old_space).run()

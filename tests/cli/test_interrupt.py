@@ -1,0 +1,117 @@
+"""Ctrl-C on a real ``bstune run``: a real SIGINT, then ``--resume``.
+
+The README promises that a killed study keeps every finished trial and runs the one that
+was running again, once. Ctrl-C must keep the same promise and say so in one line: what
+was kept and the exact command that continues.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+from bstune.study import open_storage
+from bstune.study._liveness import count_finished
+from tests.reliability.conftest import python_env, wait_for
+from tests.reliability.test_crash_and_concurrency import in_trial
+
+pytestmark = pytest.mark.slow
+
+# a trial of 3,200 samples at batch sizes 16..32 is 100..200 steps of at least 10 ms: seconds, whatever the machine
+SLOW_TASK = """
+import time
+
+import torch
+import bstune
+
+
+class Slow(torch.nn.Linear):
+    def forward(self, x):
+        time.sleep(0.01)
+        return super().forward(x)
+
+
+def make_task():
+    x = torch.randn(200, 4, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    return bstune.Task(model=lambda: Slow(4, 2), train_data=(x[:160], y[:160]),
+                       val_data=(x[160:], y[160:]), loss=torch.nn.CrossEntropyLoss(), name="slow")
+"""
+ARGS = [
+    *("run", "slow.py", "--space", "slow.yaml", "--out", "out", "--mode", "baseline", "--pruner", "none"),
+    *("--rescore-top", "0", "--trials", "3", "--budget-samples", "3200", "--no-progress"),
+]
+
+
+def stored(folder: Path) -> list[FrozenTrial]:
+    """The trials in ``folder/out/study.db`` now; [] before the study exists."""
+    if not (folder / "out" / "study.db").exists():
+        return []  # opening it would create it under the run's feet
+    try:
+        return optuna.load_study(
+            study_name="bstune-slow", storage=open_storage(f"sqlite:///{folder}/out/study.db")
+        ).get_trials()
+    except KeyError:
+        return []
+
+
+def test_ctrl_c_keeps_finished_trials_says_how_to_continue_and_resume_reruns_the_interrupted_one(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "slow.py").write_text(SLOW_TASK)
+    (tmp_path / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bstune.cli", *ARGS], cwd=tmp_path, env=python_env(), stderr=subprocess.PIPE
+    )
+
+    def interruptible() -> FrozenTrial | None:
+        trials = stored(tmp_path)
+        if not any(t.state == TrialState.COMPLETE for t in trials):
+            return None
+        return in_trial(trials, proc.pid)
+
+    victim = wait_for("a trial finished and the next one running", interruptible, [proc])
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    err = proc.stderr.read().decode().strip()  # type: ignore[union-attr]
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    kept = {t.number: t for t in stored(tmp_path)}
+    finished = sorted(n for n, t in kept.items() if t.state == TrialState.COMPLETE)
+    command = shlex.join(["bstune", *ARGS, "--resume"])
+    assert err.startswith(f"bstune: interrupted; kept {len(finished)} finished trial"), err
+    assert f"in {tmp_path}/out/study.db; trial {victim.number} runs again; " in err
+    assert err.endswith(f"continue with: {command}"), err
+    stopped = kept[victim.number]
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["status"] == "interrupted"
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "bstune.cli", *ARGS, "--resume"],
+        cwd=tmp_path,
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    trials = {t.number: t for t in stored(tmp_path)}
+    for number in finished:  # kept as they were, not run again
+        assert trials[number].value == kept[number].value
+        assert not [t for t in trials.values() if t.user_attrs.get("retry_of") == number]
+    (retry,) = [t for t in trials.values() if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == victim.params  # the interrupted config, once more
+    assert trials[victim.number].user_attrs["status"] == "interrupted"  # not a failed trial counted toward --trials
+    assert not [t for t in trials.values() if not t.state.is_finished()]
+    study = optuna.load_study(study_name="bstune-slow", storage=open_storage(f"sqlite:///{tmp_path}/out/study.db"))
+    assert count_finished(study) == 3
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    statuses = sorted(t["status"] for t in result["trials"])
+    assert statuses == ["completed", "completed", "completed", "interrupted"]

@@ -1,0 +1,75 @@
+"""What ``bstune run`` and ``bstune report`` print and write, through the real entry point in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_bad_inputs import TINY_TASK
+from tests.reliability.conftest import ROOT, python_env
+
+pytestmark = pytest.mark.slow
+
+
+def bstune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bstune.cli", *args],
+        cwd=cwd,
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_run_writes_the_report_and_says_where(tmp_path: Path) -> None:
+    (tmp_path / "good.py").write_text(TINY_TASK)
+    (tmp_path / "ok.yaml").write_text("name: s\nbatch_size: {min: 8, max: 64}\n")
+    proc = bstune(
+        *("run", "good.py", "--space", "ok.yaml", "--out", "out", "--mode", "baseline", "--trials", "2"),
+        *("--budget-samples", "400", "--rescore-top", "0", "--no-progress"),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    assert json.loads((out / "report.json").read_text())["recommended"]["batch_size"] > 0
+    assert (out / "report.md").read_text().startswith("# bstune report")
+    assert "<html" in (out / "report.html").read_text()
+    assert f"report: {out}/report.md (also report.html, report.json); `bstune report {out}`" in proc.stdout
+
+
+def result_with_failures(folder: Path) -> Path:
+    """The committed sample study (20 trials), with 3 of them failed and 2 diverged (no value)."""
+    result = json.loads((ROOT / "examples" / "digits_report" / "result.json").read_text())
+    unlucky = [t for t in result["trials"] if t["number"] not in (result["best_trial"], 0)][:5]
+    for t, status in zip(unlucky, ["failed"] * 3 + ["diverged"] * 2, strict=True):
+        t.update(status=status, value=None, message=f"{status} on purpose")
+    folder.mkdir()
+    (folder / "result.json").write_text(json.dumps(result))
+    return folder
+
+
+def rows(stdout: str) -> list[int]:
+    """The trial numbers of the summary's table."""
+    table = stdout.split("samples\n", 1)[1].split("best config", 1)[0]
+    return [int(m.group(1)) for m in re.finditer(r"^\s*(\d+)\s+[a-z]+\s", table, flags=re.MULTILINE)]
+
+
+def test_the_trial_table_says_what_it_leaves_out_and_lists_all_on_request(tmp_path: Path) -> None:
+    folder = result_with_failures(tmp_path / "study")
+    cut = bstune("report", str(folder), "--out", str(tmp_path / "r1"), cwd=tmp_path)
+    assert cut.returncode == 0, cut.stderr
+    assert len(rows(cut.stdout)) == 10
+    note = f"... 10 more trials (2 diverged, 3 failed, 5 pruned) not shown; `bstune report {folder} --all-trials`"
+    assert note in cut.stdout
+
+    every = bstune("report", str(folder), "--all-trials", "--out", str(tmp_path / "r2"), cwd=tmp_path)
+    assert every.returncode == 0, every.stderr
+    assert sorted(rows(every.stdout)) == list(range(20)) and "not shown" not in every.stdout
+    assert re.search(r"failed\s+\d+\s+\S+\s+\S+\s+-\s", every.stdout)  # a failed trial's row, without a value
