@@ -33,7 +33,7 @@ import torch
 
 from bstune._progress import progress_bar
 from bstune.data import fetch_batch, move_to_device
-from bstune.errors import BstuneError, ConfigError, UserCodeError
+from bstune.errors import BstuneError, ConfigError, EstimationError, UserCodeError
 from bstune.noise import measure_noise_scale
 from bstune.noise._measure import resolve_device
 from bstune.task import Task, has_batchnorm
@@ -489,7 +489,7 @@ def step_rate(batch_size: int, seconds: Sequence[float]) -> tuple[float, tuple[f
     # a step faster than the clock's resolution reads 0: floor it there rather than divide by it
     times = [max(t, _CLOCK_FLOOR) for t in seconds if math.isfinite(t)]
     if not times:
-        raise ValueError(f"needs at least one finite step time, got {list(seconds)}")
+        raise EstimationError(f"needs at least one finite step time, got {list(seconds)}")
     q25, q50, q75 = (float(v) for v in np.quantile(np.asarray(times, dtype=np.float64), [0.25, 0.5, 0.75]))
     return batch_size / q50, (batch_size / q75, batch_size / q25)
 

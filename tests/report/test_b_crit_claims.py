@@ -90,7 +90,7 @@ def test_b_crit_is_never_placed_above_a_batch_size_smaller_than_ones_tried() -> 
     claims = re.findall(r"(?:largest|above)[^(.;]*\((\d+)\)", md)
     assert claims == ["64"] and "lies above the largest batch size fitted (64)" in md  # of the fitted set, by name
     assert "above the largest batch size tried" not in md
-    assert "Steps to train_loss 0.2, fitted as S(B) = S_min (1 + B_crit/B): the data do not identify B_crit: " in md
+    assert "Steps to train_loss ≤ 0.2, fitted as S(B) = S_min (1 + B_crit/B): the data do not identify B_crit: " in md
     assert "2 batch sizes that did not reach it (124, 158) only bound the fit" in md
     assert "Trials ran at 6 batch sizes, 8–158;" in md
     assert data["recommended"]["lr_rule_kind"] == "linear"  # not a bend at an unidentified B_crit

@@ -67,11 +67,11 @@ def test_a_probe_dearer_than_all_the_trials_is_warned_about_before_it_runs(
     monkeypatch.setattr(study_module, "run_probe", probe)
     caplog.set_level(logging.WARNING, logger="bstune")
     with pytest.raises(ProbeStarted) as started:
-        _study(blob_task, n_trials=2, budget_samples=1100).run()  # trials: 2,200 samples; the probe: >= 6,764
+        _study(blob_task, n_trials=2, budget_samples=1100).run()  # trials: 2,200 samples; the probe: >= 7,268
     assert started.value.warned
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert (
-        "at least 6,764 samples, 3.1x" in warning
+        "at least 7,268 samples, 3.3x" in warning
         and "2 trials x budget_samples 1,100 = 2,200" in warning
         and "baseline" in warning
     )
