@@ -16,7 +16,7 @@ from typing import Any
 
 from bstune._loading import load_task
 from bstune.errors import ConfigError
-from bstune.study._summary import format_summary
+from bstune.study import format_summary
 
 __all__ = ["cmd_fetch", "cmd_noise", "cmd_probe", "cmd_report", "cmd_run", "cmd_status", "cmd_submit", "cmd_train"]
 
@@ -102,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _ray_storage(args: argparse.Namespace, name: str) -> str | None:
     """Where the Ray backend keeps the experiment; refuses to mix up a new and an old study."""
-    from bstune.study._ray import RaySettings
+    from bstune.study import RaySettings
 
     if args.storage is not None:
         raise ConfigError(

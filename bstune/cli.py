@@ -25,7 +25,7 @@ from bstune import __version__
 from bstune import _commands as commands
 from bstune.errors import BstuneError, ConfigError
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main", "run_command"]
 
 
 def _positive_int(text: str) -> int:
@@ -305,8 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bstune`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command with the CLI's logging and exit codes (also the cluster job's entry point)."""
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

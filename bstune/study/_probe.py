@@ -28,8 +28,7 @@ import torch
 
 from bstune.data import fetch_batch, move_to_device
 from bstune.errors import ConfigError
-from bstune.noise import measure_noise_scale
-from bstune.noise._measure import resolve_device
+from bstune.noise import measure_noise_scale, resolve_device
 from bstune.task import Task, has_batchnorm
 from bstune.training import RunStatus, TrainConfig, train
 
