@@ -1,4 +1,4 @@
-"""Reading trials as plain data: a :class:`~bstune.study.TrialRecord` or its ``to_dict()``.
+"""Reading trials as plain data: a :class:`~bstune.records.TrialRecord` or its ``to_dict()``.
 
 The analysis never imports the study layer (and so Optuna), not even for a type: a
 trial is anything with the record's fields (:class:`TrialFields`), as attributes or as
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 class TrialFields(Protocol):
-    """What the analysis reads of a trial (``bstune.study.TrialRecord`` has these and more)."""
+    """What the analysis reads of a trial (``bstune.records.TrialRecord`` has these and more)."""
 
     @property
     def number(self) -> int: ...

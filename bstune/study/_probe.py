@@ -21,14 +21,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
 from bstune.data import fetch_batch, move_to_device
 from bstune.errors import ConfigError
 from bstune.noise import measure_noise_scale, resolve_device
+from bstune.records import ProbeResult
 from bstune.task import Task, has_batchnorm
 from bstune.training import RunStatus, TrainConfig, train
 
@@ -62,43 +62,6 @@ class ProbeSettings:
                 raise ConfigError(f"must be >= 2, got {getattr(self, name)}", source="ProbeSettings", field=name)
         if not 0 < self.lr_fraction <= 1:
             raise ConfigError(f"must be in (0, 1], got {self.lr_fraction}", source="ProbeSettings", field="lr_fraction")
-
-
-@dataclass
-class ProbeResult:
-    """What the probe measured. JSON round-trips, so a resumed study need not probe again."""
-
-    batch_size: int
-    lr_ceiling: float  # largest range-test lr before the loss rose past twice its best
-    lr_ceiling_large: float  # the same at a large batch (large_batch): bounds the rule's flat part
-    large_batch: int
-    lr_probe: float  # lr of the probe run
-    b_simple: float
-    b_simple_ci: tuple[float, float]
-    trajectory: list[dict[str, Any]]  # B_simple over the probe run: samples, b_simple, ci, temperature
-    temperature: float  # eta/(B(1-m)) of the probe run
-    throughput: dict[int, float]  # batch size -> training samples/s on the trial device
-    batch_ceiling: int | None  # smallest batch size that ran out of memory, halved; None if all fit
-    samples_used: int  # training examples processed by the probe (range test + run + measurement + ladder)
-    lr_range: list[tuple[float, float]] = field(default_factory=list)  # (lr, smoothed loss) of the range test
-    device: str = "cpu"
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["throughput"] = {str(k): v for k, v in self.throughput.items()}
-        out["b_simple"] = self.b_simple if math.isfinite(self.b_simple) else None
-        out["b_simple_ci"] = [v if math.isfinite(v) else None for v in self.b_simple_ci]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
-        d = dict(data)
-        d["throughput"] = {int(k): float(v) for k, v in d["throughput"].items()}
-        d["b_simple"] = math.inf if d["b_simple"] is None else d["b_simple"]
-        d["b_simple_ci"] = tuple(math.inf if v is None else v for v in d["b_simple_ci"])
-        d["lr_range"] = [tuple(p) for p in d.get("lr_range", [])]
-        return cls(**d)
 
 
 def _probe_batch(task: Task, settings: ProbeSettings, batch_min: int, batch_cap: int) -> int:

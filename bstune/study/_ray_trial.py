@@ -3,7 +3,7 @@
 :func:`train_trial` is the function trainable the driver (:mod:`bstune.study._ray`)
 hands to Tune: it trains one planned trial with :func:`~bstune.study._trial.run_trial`
 and reports at the study's sample milestones. :func:`record_from_result` turns what a
-trial last reported back into the :class:`~bstune.study._records.TrialRecord` that
+trial last reported back into the :class:`~bstune.records.TrialRecord` that
 both backends return.
 """
 

@@ -30,7 +30,7 @@ from bstune.study._probe import ProbeResult, ProbeSettings, run_probe
 from bstune.study._pruners import make_pruner
 from bstune.study._ray import RaySettings
 from bstune.study._recommend import StudyFailedError, handed_over, recommend
-from bstune.study._records import Rescored, StudyResult, TrialRecord, clean_dict, clean_json
+from bstune.study._records import Rescored, StudyResult, TrialRecord, clean_dict, clean_json, trial_record
 from bstune.study._rescore import candidates, rescore_seeds, run_rescoring
 from bstune.study._resume import check_settings
 from bstune.study._storage import open_storage
@@ -388,7 +388,7 @@ class Study:
                     if not lost:
                         raise
                     lost.clear()  # Optuna refused to tell a trial another process failed: its retry counts
-            trials = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
+            trials = [trial_record(t) for t in study.get_trials(deepcopy=False)]
             rescored = self._rescore(trials, study)
         finally:
             optuna.logging.set_verbosity(previous)
