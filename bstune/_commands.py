@@ -146,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         if args.resume and name not in names:
             raise ConfigError(f"holds no study {name!r} to resume", source=storage)
-    from bstune.study import Study
+    from bstune.study import RaySettings, Study
 
     study = Study(
         task,
@@ -162,18 +162,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         rescore_seeds=args.rescore_seeds,
         device=args.device,
         progress=not args.no_progress,
-        **(
-            {
-                "backend": "ray",
-                "address": args.address,
-                "resources_per_trial": args.resources,
-                "max_concurrent": args.max_concurrent,
-                "storage_path": storage_path,
-                "max_failures": args.max_failures,
-            }
-            if args.backend == "ray"
-            else {}
-        ),
+        backend=args.backend,
+        ray=RaySettings(
+            address=args.address,
+            resources_per_trial=args.resources,
+            max_concurrent=args.max_concurrent,
+            storage_path=storage_path,
+            max_failures=args.max_failures,
+        )
+        if args.backend == "ray"
+        else None,
     )
     result = study.run()
     data = result.to_dict()
@@ -227,22 +225,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from bstune.space import SearchSpace
-    from bstune.study import Prior, ProbeSettings, run_probe
+    from bstune.study import Prior, probe_space
 
     task = load_task(args.script)
     space = SearchSpace.coerce(args.space)
     cap = min(space.batch_max or task.n_train, task.n_train)
-    probe = run_probe(
-        task,
-        ProbeSettings(),
-        batch_min=space.batch_min,
-        batch_max=cap,
-        lr_min=space.lr_min,
-        lr_max=space.lr_max,
-        batch_round=space.prior.batch_round,
-        seed=args.seed,
-        device=args.device,
-    )
+    probe = probe_space(task, space, batch_cap=cap, seed=args.seed, device=args.device)
     prior = Prior.for_space(probe, space, min(cap, probe.batch_ceiling or cap))
     lo, hi = probe.b_simple_ci
     print(

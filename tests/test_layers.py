@@ -18,10 +18,7 @@ PACKAGE = ROOT / "bstune"
 CLI = {"bstune.cli", "bstune._commands", "bstune._cluster_job"}  # the command line and its cluster entry point
 
 # what still breaks a rule today (issue 14 removes them); remove an entry once it is gone
-KNOWN_CIRCLES: set[frozenset[str]] = {
-    # the Ray backend calls Study's private steps; one backend protocol under Study removes it
-    frozenset({"bstune.study._ray", "bstune.study._study"}),
-}
+KNOWN_CIRCLES: set[frozenset[str]] = set()
 KNOWN_EDGES: set[tuple[str, str]] = set()  # private modules of another package, or the CLI, imported
 
 

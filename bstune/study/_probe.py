@@ -29,10 +29,19 @@ from bstune.data import fetch_batch, move_to_device
 from bstune.errors import ConfigError
 from bstune.noise import measure_noise_scale, resolve_device
 from bstune.records import ProbeResult
+from bstune.space import SearchSpace
 from bstune.task import Task, has_batchnorm
 from bstune.training import RunStatus, TrainConfig, train
 
-__all__ = ["ProbeResult", "ProbeSettings", "large_batch_sweep", "lr_range_test", "measure_throughput", "run_probe"]
+__all__ = [
+    "ProbeResult",
+    "ProbeSettings",
+    "large_batch_sweep",
+    "lr_range_test",
+    "measure_throughput",
+    "probe_space",
+    "run_probe",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -319,3 +328,31 @@ def _ladder(low: int, high: int, multiple: int) -> list[int]:
         idx = [round(i * (len(out) - 1) / 6) for i in range(7)]
         out = [out[i] for i in sorted(set(idx))]
     return out
+
+
+def probe_space(
+    task: Task,
+    space: SearchSpace,
+    settings: ProbeSettings | None = None,
+    *,
+    batch_cap: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+) -> ProbeResult:
+    """The probe over a search space's ranges: what a study in the prior mode runs first.
+
+    ``batch_cap`` (default: the space's largest batch size, at most the training set)
+    bounds the batch sizes it tries.
+    """
+    cap = batch_cap if batch_cap is not None else min(space.batch_max or task.n_train, task.n_train)
+    return run_probe(
+        task,
+        settings or ProbeSettings(),
+        batch_min=space.batch_min,
+        batch_max=cap,
+        lr_min=space.lr_min,
+        lr_max=space.lr_max,
+        batch_round=space.prior.batch_round,
+        seed=seed,
+        device=device,
+    )

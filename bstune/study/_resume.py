@@ -15,7 +15,7 @@ import optuna
 
 from bstune.errors import ConfigError
 
-__all__ = ["check_settings"]
+__all__ = ["check_settings", "check_stored"]
 
 SETTINGS_ATTR = "bstune_settings"  # the study's user attribute holding them
 
@@ -31,16 +31,27 @@ def check_settings(study: optuna.Study, mine: dict[str, Any]) -> None:
         ...
         bstune.errors.ConfigError: Study: storage: study 'demo' in this storage was run with different settings (budget_samples); use the same settings to resume, or another study_name/storage
     """
-    stored = upgrade_settings(study.user_attrs.get(SETTINGS_ATTR))
+    stored = study.user_attrs.get(SETTINGS_ATTR)
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, mine)
-    elif stored != mine:
+    else:
+        check_stored(stored, mine, f"study {study.study_name!r} in this storage", "storage")
+
+
+def check_stored(stored: dict[str, Any], mine: dict[str, Any], what: str, field: str) -> None:
+    """Raise ``ConfigError`` unless the settings ``what`` was stored with (read in today's terms) are ``mine``.
+
+    Both backends call this: the embedded one with its storage's copy, the Ray one with
+    the copy in its experiment folder.
+    """
+    stored = upgrade_settings(stored) or {}
+    if stored != mine:
         diff = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
         raise ConfigError(
-            f"study {study.study_name!r} in this storage was run with different settings ({', '.join(diff)}); "
-            "use the same settings to resume, or another study_name/storage",
+            f"{what} was run with different settings ({', '.join(diff)}); "
+            f"use the same settings to resume, or another study_name/{field}",
             source="Study",
-            field="storage",
+            field=field,
         )
 
 

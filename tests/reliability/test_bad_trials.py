@@ -51,7 +51,7 @@ def study(task: bstune.Task, storage: str, n_trials: int, space: dict[str, Any] 
 
 
 def stored(s: bstune.Study) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=s.study_name, storage=s.storage).get_trials()
+    return optuna.load_study(study_name=s.study_name, storage=s.backend.storage).get_trials()  # type: ignore[attr-defined]
 
 
 class MemoryHungry(torch.nn.Module):

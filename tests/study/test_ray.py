@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import optuna
@@ -9,7 +10,7 @@ import pytest
 
 from bstune.errors import ConfigError, DependencyError
 from bstune.space import SearchSpace
-from bstune.study import Study
+from bstune.study import Study, make_sampler
 from bstune.study._ray import PlannerSpace, RaySettings, import_ray, make_scheduler
 from bstune.study._ray_trial import record_from_result
 from bstune.study._trial import TrialPlanner
@@ -66,7 +67,7 @@ def test_searcher_learns_from_out_of_memory_and_fails_broken_trials() -> None:
     pytest.importorskip("ray.tune")
     from bstune.study._ray import _make_searcher
 
-    search = _make_searcher(planner(), seed=0, n_trials=8, direction="minimize")
+    search = _make_searcher(planner(), make_sampler(0, 8), direction="minimize")
     config = search.suggest("t1")
     batch = config["bstune_plan"]["batch_size"]
     search.on_trial_complete("t1", {"status": "oom", "batch_size": batch})
@@ -87,7 +88,9 @@ def test_ray_settings_reject_bad_values() -> None:
 def test_study_keeps_backend_settings_apart(blob_task: object) -> None:
     with pytest.raises(ConfigError, match="storage: the Ray backend keeps its results under storage_path"):
         Study(blob_task, SPACE, backend="ray", storage="sqlite:///x.db")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="settings of backend='ray'"):
+    with pytest.raises(ConfigError, match="ray= holds the settings of backend='ray'"):
+        Study(blob_task, SPACE, ray=RaySettings(address="auto"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="address: no such setting"):
         Study(blob_task, SPACE, address="auto")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="backend: must be"):
         Study(blob_task, SPACE, backend="dask")  # type: ignore[arg-type]
@@ -96,15 +99,15 @@ def test_study_keeps_backend_settings_apart(blob_task: object) -> None:
 def test_pruner_names_pick_ray_schedulers_on_training_samples(blob_task: object) -> None:
     schedulers = pytest.importorskip("ray.tune.schedulers")
     study = Study(blob_task, SPACE, backend="ray", budget_samples=9000, n_evals=9)  # type: ignore[arg-type]
-    asha = make_scheduler("hyperband", study)
+    asha = make_scheduler(study.settings)
     assert isinstance(asha, schedulers.AsyncHyperBandScheduler)
     assert asha._time_attr == "samples"
     assert sorted(milestone for milestone, _ in asha._brackets[0]._rungs) == [1000, 3000, 9000]  # Hyperband's rungs
-    median = make_scheduler("median", study)
+    median = make_scheduler(dataclasses.replace(study.settings, pruner="median"))
     assert isinstance(median, schedulers.MedianStoppingRule)
     assert (median._time_attr, median._grace_period) == ("samples", 1000)
     assert median._min_time_slice > 9000  # never pauses a trial that has no checkpoint to resume from
-    assert type(make_scheduler("none", study)) is schedulers.FIFOScheduler
+    assert type(make_scheduler(dataclasses.replace(study.settings, pruner="none"))) is schedulers.FIFOScheduler
     with pytest.raises(ConfigError, match="pruner: the Ray backend takes a pruner by name"):
         Study(blob_task, SPACE, backend="ray", pruner=optuna.pruners.MedianPruner())  # type: ignore[arg-type]
 
