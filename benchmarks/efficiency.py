@@ -60,15 +60,6 @@ RESCORED = ("prior+rescore", "baseline+rescore")
 TOLERANCES = (0.02, 0.05, 0.10)
 
 
-class RandomSearchStudy(bstune.Study):
-    """The baseline mode with Optuna's RandomSampler instead of TPE; nothing else differs."""
-
-    def _open(self) -> optuna.Study:
-        study = super()._open()
-        study.sampler = optuna.samplers.RandomSampler(seed=self.seed)
-        return study
-
-
 # -- judging configs on the seed-averaged surface ----------------------------------------------
 JUDGE_BLOCK = 8  # judge seeds retrained at a time, between looks at the paired test
 JUDGE_LEVEL = 0.95  # the paired test's two-sided level, over all its looks together (Bonferroni)
@@ -187,10 +178,11 @@ class Evaluator:
 
 # -- the methods -------------------------------------------------------------------------------
 def run_optuna(problem: Problem, method: str, seed: int, n_trials: int) -> dict[str, Any]:
-    cls = RandomSearchStudy if method == "random" else bstune.Study
     rescore = method.endswith("+rescore")
     method = method.removesuffix("+rescore")
-    study = cls(
+    # random: the baseline mode with Optuna's RandomSampler instead of TPE; nothing else differs
+    sampler = optuna.samplers.RandomSampler(seed=seed) if method == "random" else None
+    study = bstune.Study(
         task_of(problem.name),
         problem.space,
         n_trials=n_trials,
@@ -201,6 +193,7 @@ def run_optuna(problem: Problem, method: str, seed: int, n_trials: int) -> dict[
         pruner="hyperband",
         device="cpu",
         progress=False,
+        sampler=sampler,
         **({} if rescore else {"rescore_top": 0}),
     )
     t0 = time.perf_counter()

@@ -33,6 +33,7 @@ import torch
 
 import bstune
 from benchmarks.problems import PROBLEMS, task_of
+from bstune.study import RaySettings
 
 log = logging.getLogger("benchmarks.ray_backend")
 
@@ -95,8 +96,7 @@ def run(
             n_trials,
             samples,
             backend="ray",
-            resources_per_trial={"cpu": 1},
-            storage_path=storage,
+            ray=RaySettings(resources_per_trial={"cpu": 1}, storage_path=str(storage)),
             study_name=f"bench-{next(counter)}",
         )
         wall, result = _timed(study)

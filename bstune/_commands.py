@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from bstune._loading import load_task
 from bstune.errors import BstuneError, ConfigError, UserCodeError
-from bstune.study._summary import format_summary
+from bstune.study import format_summary
 
 if TYPE_CHECKING:
     from bstune.study import StudyResult
@@ -118,7 +118,7 @@ def _parse_value(text: str) -> Any:
 
 def _check_param(name: str, value: Any, source: str) -> None:
     """A hyperparameter as a search space could set it (a known setting or ``model.<kwarg>``), with a valid value."""
-    from bstune.space._param import ParamSpec
+    from bstune.space import ParamSpec
 
     try:
         ParamSpec(name, "categorical", choices=(value,))
@@ -190,7 +190,7 @@ def _with_optimizer(task: Any, optimizer: dict[str, Any], source: str) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import bstune
-    from bstune.study._trial import build_model, split_params
+    from bstune.study import build_model, split_params
 
     settings, params, optimizer, budget = _train_settings(args)
     for key, option in (("batch_size", "--batch-size"), ("lr", "--lr")):
@@ -250,7 +250,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _ray_storage(args: argparse.Namespace, name: str) -> str | None:
     """Where the Ray backend keeps the experiment; refuses to mix up a new and an old study."""
-    from bstune.study._ray import RaySettings
+    from bstune.study import RaySettings
 
     if args.storage is not None:
         raise ConfigError(
@@ -281,8 +281,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         storage_path = _ray_storage(args, name)
     else:
         storage = args.storage or (f"sqlite:///{Path(args.out) / 'study.db'}" if args.out else None)
-    from bstune.study import Study, StudyFailedError
-    from bstune.study._storage import storage_file
+    from bstune.study import RaySettings, Study, StudyFailedError, storage_file
 
     created = _not_yet_there(storage_file(storage))  # what opening the storage creates: a failed start removes it
     study: Study | None = None
@@ -301,18 +300,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             rescore_seeds=args.rescore_seeds,
             device=args.device,
             progress=_progress(args),
-            **(
-                {
-                    "backend": "ray",
-                    "address": args.address,
-                    "resources_per_trial": args.resources,
-                    "max_concurrent": args.max_concurrent,
-                    "storage_path": storage_path,
-                    "max_failures": args.max_failures,
-                }
-                if args.backend == "ray"
-                else {}
-            ),
+            backend=args.backend,
+            ray=RaySettings(
+                address=args.address,
+                resources_per_trial=args.resources,
+                max_concurrent=args.max_concurrent,
+                storage_path=storage_path,
+                max_failures=args.max_failures,
+            )
+            if args.backend == "ray"
+            else None,
         )
         if study.storage is not None:
             names = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(study.storage)}
@@ -420,7 +417,7 @@ def _interrupted(args: argparse.Namespace, study: Any, where: str | None) -> str
     """
     if where is None:
         return "bstune: interrupted; nothing was kept (the trials were in memory: pass --out to keep them)"
-    from bstune.study._storage import storage_file
+    from bstune.study import storage_file
 
     shown = storage_file(where) or where
     command = _command(args, resume=True)
@@ -430,7 +427,7 @@ def _interrupted(args: argparse.Namespace, study: Any, where: str | None) -> str
         return None
     import optuna
 
-    from bstune.study._liveness import count_finished
+    from bstune.study import count_finished
 
     try:
         stored = optuna.load_study(study_name=study.study_name, storage=study.storage)
@@ -489,23 +486,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from bstune.space import SearchSpace
-    from bstune.study import Prior, ProbeSettings, run_probe
+    from bstune.study import Prior, probe_space
 
     task = load_task(args.script)
     space = SearchSpace.coerce(args.space)
     cap = min(space.batch_max or task.n_train, task.n_train)
-    probe = run_probe(
-        task,
-        ProbeSettings(),
-        batch_min=space.batch_min,
-        batch_max=cap,
-        lr_min=space.lr_min,
-        lr_max=space.lr_max,
-        batch_round=space.prior.batch_round,
-        seed=args.seed,
-        device=args.device,
-        progress=_progress(args),
-    )
+    probe = probe_space(task, space, batch_cap=cap, seed=args.seed, device=args.device, progress=_progress(args))
     prior = Prior.for_space(probe, space, min(cap, probe.batch_ceiling or cap))
     lo, hi = probe.b_simple_ci
     print(

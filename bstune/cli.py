@@ -25,7 +25,7 @@ from bstune import __version__
 from bstune import _commands as commands
 from bstune.errors import BstuneError, ConfigError
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main", "run_command"]
 
 
 def _positive_int(text: str) -> int:
@@ -89,7 +89,7 @@ def _check_device(args: argparse.Namespace) -> None:
     device = getattr(args, "device", "auto")
     if device == "auto":
         return
-    from bstune.noise._measure import resolve_device
+    from bstune.noise import resolve_device
 
     try:
         resolve_device(device, check_available=getattr(args, "backend", None) != "ray")
@@ -396,9 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bstune`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.command_line = list(sys.argv[1:] if argv is None else argv)  # to say how to continue after Ctrl-C
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command with the CLI's logging and exit codes (also the cluster job's entry point)."""
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -1,9 +1,10 @@
 """Submitting a study to a Ray cluster as a job, and fetching its result.
 
 Goes through the Ray Jobs API (``JobSubmissionClient``, the dashboard's HTTP
-address, ``http://head:8265``): the script and the search-space file travel in the
-job's environment, the job runs ``bstune run ... --backend ray --address auto`` on the
-cluster with its output under ``~/bstune_jobs/<job id>`` there, and the submitter may
+address, ``http://head:8265``): the script, the search-space file and the settings
+travel in the job's environment as one specification, which :mod:`bstune._cluster_job`
+(the entry point on the cluster, beside the CLI) runs as ``bstune run ... --backend ray
+--address auto`` with its output under ``~/bstune_jobs/<job id>`` there; the submitter may
 detach. When the job ends, its ``result.json``
 travels back through the job's logs (between two marker lines, so no shared file
 system is needed) and :func:`fetch_report` writes it and the report locally.
@@ -21,9 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import shlex
-import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -32,7 +31,7 @@ from typing import Any
 
 from bstune.errors import BstuneError, ConfigError
 
-__all__ = ["RESULT_BEGIN", "RESULT_END", "JobFailedError", "fetch_report", "status", "submit"]
+__all__ = ["JOB_SPEC_VAR", "RESULT_BEGIN", "RESULT_END", "JobFailedError", "fetch_report", "job_spec", "status", "submit"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ RESULT_BEGIN = "----- bstune result.json begin -----"
 RESULT_END = "----- bstune result.json end -----"
 
 
-_SCRIPT_VAR, _SPACE_VAR = "BSTUNE_JOB_SCRIPT", "BSTUNE_JOB_SPACE"
+JOB_SPEC_VAR = "BSTUNE_JOB_SPEC"  # the job specification, read on the cluster by bstune._cluster_job
 
 
 class JobFailedError(BstuneError):
@@ -48,7 +47,7 @@ class JobFailedError(BstuneError):
 
 
 def _client(address: str) -> Any:
-    from bstune.study._ray import import_ray
+    from bstune.study import import_ray
 
     import_ray()
     from ray.job_submission import JobSubmissionClient
@@ -60,6 +59,23 @@ def _client(address: str) -> Any:
             f"cannot reach the Ray Jobs API at {address!r} (the dashboard address, e.g. http://head:8265): {exc}",
             source="address",
         ) from exc
+
+
+def job_spec(script: Path, space: Path, *, out: str, **settings: Any) -> dict[str, Any]:
+    """What a submitted job carries: the two files' bytes, its output folder, and ``settings``.
+
+    ``settings`` are named by the ``dest`` of the ``bstune run`` option each one sets
+    (``trials``, ``budget_samples``, ...); :mod:`bstune._cluster_job` applies them to the
+    command its CLI parser reads, and refuses a name that is no option.
+    """
+    return {
+        "script_name": script.name,
+        "space_name": space.name,
+        "script": base64.b64encode(script.read_bytes()).decode(),
+        "space": base64.b64encode(space.read_bytes()).decode(),
+        "out": out,
+        "settings": settings,
+    }
 
 
 def submit(
@@ -91,40 +107,20 @@ def submit(
             raise ConfigError("no such file", source=str(path), field=field)
     client = _client(address)
     submission_id = submission_id or f"bstune-{uuid.uuid4().hex[:12]}"
-    inputs = {
-        _SCRIPT_VAR: base64.b64encode(script.read_bytes()).decode(),
-        _SPACE_VAR: base64.b64encode(space.read_bytes()).decode(),
-    }
-    command = [
-        python,
-        "-m",
-        "bstune.jobs",
-        script.name,
-        space.name,
-        "run",
-        "--backend",
-        "ray",
-        "--address",
-        "auto",
-        "--trials",
-        str(n_trials),
-        "--budget-samples",
-        str(budget_samples),
-        "--seed",
-        str(seed),
-        "--mode",
-        mode,
-        "--out",
-        f"~/bstune_jobs/{submission_id}",  # on the cluster, under its user's home
-        "--print-result",
-        "--no-progress",
-    ]
-    if resources_per_trial:
-        command += ["--resources", ",".join(f"{k}={v:g}" for k, v in resources_per_trial.items())]
-    if max_concurrent is not None:
-        command += ["--max-concurrent", str(max_concurrent)]
+    spec = job_spec(
+        script,
+        space,
+        out=f"~/bstune_jobs/{submission_id}",  # on the cluster, under its user's home
+        trials=n_trials,
+        budget_samples=budget_samples,
+        seed=seed,
+        mode=mode,
+        resources=dict(resources_per_trial) if resources_per_trial else None,
+        max_concurrent=max_concurrent,
+    )
+    command = [python, "-m", "bstune._cluster_job"]
     env = dict(runtime_env or {})
-    env["env_vars"] = {**dict(env.get("env_vars", {})), **inputs}
+    env["env_vars"] = {**dict(env.get("env_vars", {})), JOB_SPEC_VAR: json.dumps(spec)}
     deadline = time.monotonic() + agent_wait_s
     while True:
         try:
@@ -175,26 +171,3 @@ def fetch_report(job_id: str, out: str | Path, *, address: str, target: Mapping[
     result.save(folder)
     result.report(dict(target) if target else None).save(str(folder))
     return folder
-
-
-def job_main(argv: list[str]) -> int:
-    """The job's entrypoint on the cluster: ``python -m bstune.jobs SCRIPT_NAME SPACE_NAME run ...``.
-
-    The script and the space travel in the job's environment variables (a
-    ``working_dir`` would do, but Ray may clean it up while the job still runs); they
-    are written into the study's output folder, which becomes the working directory,
-    and ``bstune run`` goes on from there.
-    """
-    from bstune.cli import main
-
-    script_name, space_name, *run_args = argv
-    out = Path(run_args[run_args.index("--out") + 1]).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / script_name).write_bytes(base64.b64decode(os.environ[_SCRIPT_VAR]))
-    (out / space_name).write_bytes(base64.b64decode(os.environ[_SPACE_VAR]))
-    os.chdir(out)
-    return main([run_args[0], script_name, "--space", space_name, *run_args[1:]])
-
-
-if __name__ == "__main__":
-    raise SystemExit(job_main(sys.argv[1:]))

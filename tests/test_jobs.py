@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 
 import pytest
 
 from bstune.errors import ConfigError
-from bstune.jobs import RESULT_BEGIN, RESULT_END, JobFailedError, result_from_logs, submit
+from bstune.jobs import JOB_SPEC_VAR, RESULT_BEGIN, RESULT_END, JobFailedError, job_spec, result_from_logs, submit
 
 
 def test_result_is_read_back_from_the_job_logs() -> None:
@@ -24,3 +26,50 @@ def test_logs_without_a_result_say_so() -> None:
 def test_submit_names_a_missing_file(tmp_path: object) -> None:
     with pytest.raises(ConfigError, match="space: no such file"):
         submit("examples/digits_mlp.py", space="no/such.yaml", address="http://127.0.0.1:1")
+
+
+def test_a_job_spec_becomes_the_run_the_cli_would_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client names settings; the entry point on the cluster turns them into `bstune run` by the CLI's parser."""
+    from bstune import _cluster_job, cli
+
+    (tmp_path / "task.py").write_text("print('hi')\n")
+    (tmp_path / "space.yaml").write_text("name: s\n")
+    out = tmp_path / "cluster_home" / "job1"
+    spec = job_spec(
+        tmp_path / "task.py",
+        tmp_path / "space.yaml",
+        out=str(out),
+        trials=7,
+        budget_samples=1234,
+        seed=3,
+        mode="baseline",
+        resources={"gpu": 1.0},
+        max_concurrent=2,
+    )
+    seen: list[argparse.Namespace] = []
+    monkeypatch.setattr(cli, "run_command", lambda args: seen.append(args) or 0)
+    monkeypatch.chdir(tmp_path)
+    assert _cluster_job.main({JOB_SPEC_VAR: json.dumps(spec)}) == 0
+    (args,) = seen
+    assert (args.command, args.script, args.space, args.backend, args.address) == (
+        "run",
+        "task.py",
+        "space.yaml",
+        "ray",
+        "auto",
+    )
+    assert (args.trials, args.budget_samples, args.seed, args.mode) == (7, 1234, 3, "baseline")
+    assert (args.resources, args.max_concurrent, args.out, args.print_result) == ({"gpu": 1.0}, 2, str(out), True)
+    assert (out / "task.py").read_text() == "print('hi')\n" and (out / "space.yaml").read_text() == "name: s\n"
+    assert Path.cwd() == out  # the study's folder is the job's working directory
+
+
+def test_a_setting_the_cli_has_no_option_for_is_refused(tmp_path: Path) -> None:
+    from bstune import _cluster_job
+
+    (tmp_path / "task.py").write_text("")
+    (tmp_path / "space.yaml").write_text("name: s\n")
+    spec = job_spec(tmp_path / "task.py", tmp_path / "space.yaml", out=str(tmp_path / "o"), n_trials=7)
+    with pytest.raises(ConfigError, match="`bstune run` has no option for 'n_trials'"):
+        _cluster_job._run_args(spec, tmp_path / "o")
+

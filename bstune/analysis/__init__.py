@@ -1,7 +1,7 @@
 """Analysis of a study's trials: steps to a target, the critical batch size, the
 compute-optimal batch size, the learning-rate table and the generalization gap.
 
-Pure functions over plain data (:class:`~bstune.study.TrialRecord` objects or their
+Pure functions over plain data (:class:`~bstune.records.TrialRecord` objects or their
 ``to_dict()``); no plotting, no I/O. The chain a report follows::
 
     target = choose_target(result.trials)                    # or your own

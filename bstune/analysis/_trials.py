@@ -1,7 +1,8 @@
-"""Reading trials as plain data: a :class:`~bstune.study.TrialRecord` or its ``to_dict()``.
+"""Reading trials as plain data: a :class:`~bstune.records.TrialRecord` or its ``to_dict()``.
 
-The analysis never imports the study layer (and so Optuna) at run time: a trial is
-anything with the record's fields, as attributes or as mapping keys. A history entry
+The analysis never imports the study layer (and so Optuna), not even for a type: a
+trial is anything with the record's fields (:class:`TrialFields`), as attributes or as
+mapping keys. A history entry
 is a flat dict (``milestone, samples, step, lr, train_loss, val_loss, gap`` and
 ``train_<metric>``/``val_<metric>``); non-finite values were stored as ``None``.
 """
@@ -10,16 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from bstune.metrics import Direction
-
-if TYPE_CHECKING:
-    from bstune.study import TrialRecord
 
 __all__ = [
     "Direction",
     "History",
+    "TrialFields",
     "TrialLike",
     "batch_size_of",
     "field_of",
@@ -27,7 +26,24 @@ __all__ = [
     "metric_values",
 ]
 
-TrialLike: TypeAlias = "TrialRecord | Mapping[str, Any]"
+class TrialFields(Protocol):
+    """What the analysis reads of a trial (``bstune.records.TrialRecord`` has these and more)."""
+
+    @property
+    def number(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def batch_size(self) -> int | None: ...
+    @property
+    def lr(self) -> float | None: ...
+    @property
+    def temperature(self) -> float | None: ...
+    @property
+    def history(self) -> list[dict[str, Any]]: ...
+
+
+TrialLike: TypeAlias = "TrialFields | Mapping[str, Any]"
 History: TypeAlias = Sequence[Mapping[str, Any]]
 
 

@@ -4,8 +4,8 @@ See McCandlish et al. 2018, "An Empirical Model of Large-Batch Training", App. A
 """
 
 from bstune.noise._estimate import NoiseScaleEstimate, ratio_interval, summarize
-from bstune.noise._gradients import adam_preconditioner, per_example_gradients
-from bstune.noise._measure import exact_noise_scale, measure_noise_scale
+from bstune.noise._gradients import adam_preconditioner, per_example_gradients, sq_norm_of
+from bstune.noise._measure import exact_noise_scale, measure_noise_scale, resolve_device
 from bstune.noise._tracker import NoiseTracker, TrajectoryPoint
 from bstune.noise._two_batch import two_batch_estimate
 
@@ -18,6 +18,8 @@ __all__ = [
     "measure_noise_scale",
     "per_example_gradients",
     "ratio_interval",
+    "resolve_device",
+    "sq_norm_of",
     "summarize",
     "two_batch_estimate",
 ]

@@ -28,7 +28,7 @@ from bstune.analysis import (
 )
 from bstune.errors import BstuneError, ConfigError
 from bstune.optim import temperature
-from bstune.study._records import StudyResult, clean_dict
+from bstune.records import StudyData, clean_dict
 
 __all__ = ["Report", "build_report"]
 
@@ -146,11 +146,11 @@ def _fit_dict(fit: CriticalBatchFit, b_simple: float | None) -> dict[str, Any]:
     return out
 
 
-def build_report(result: StudyResult, target: Mapping[str, Any] | None = None, *, n_workers: int = 1) -> Report:
+def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, n_workers: int = 1) -> Report:
     """Analyse ``result``'s trials into a :class:`Report`.
 
     Args:
-        result: a finished study (or one loaded with :meth:`StudyResult.load`).
+        result: a finished study (or one loaded with :meth:`bstune.study.StudyResult.load`).
         target: ``{"metric": "train_loss", "value": 1.0}``; the metric defaults to
             ``train_loss`` (steps to a training-loss target, as McCandlish et al. measure),
             the value to the hardest one that two thirds of the batch sizes reach. A
@@ -260,7 +260,7 @@ def build_report(result: StudyResult, target: Mapping[str, Any] | None = None, *
     return Report(clean_dict(data))
 
 
-def _memory(result: StudyResult) -> dict[str, Any] | None:
+def _memory(result: StudyData) -> dict[str, Any] | None:
     """Where running out of memory capped the batch size: the probe's cap, then each OOM trial's; None if nowhere."""
     events: list[dict[str, Any]] = []
     if result.probe is not None and result.probe.batch_ceiling is not None:
@@ -282,7 +282,7 @@ def _effective_temperature(config: Mapping[str, Any]) -> float | None:
         return None
 
 
-def _recommend(result: StudyResult, fit: CriticalBatchFit | None) -> dict[str, Any]:
+def _recommend(result: StudyData, fit: CriticalBatchFit | None) -> dict[str, Any]:
     best = dict(result.best_config)
     # the settings to train with, and nothing derived from them (older results held the temperature here)
     rec: dict[str, Any] = {k: v for k, v in best.items() if k != "temperature"}

@@ -37,7 +37,7 @@ Example:
     bstune.errors.ConfigError: <dict>: batch_size.min: must be a positive integer, got 0
 """
 
-from bstune.space._param import ParamSpec
+from bstune.space._param import MODEL_PREFIX, ParamSpec
 from bstune.space._space import PriorSettings, SearchSpace
 
-__all__ = ["ParamSpec", "PriorSettings", "SearchSpace"]
+__all__ = ["MODEL_PREFIX", "ParamSpec", "PriorSettings", "SearchSpace"]

@@ -1,26 +1,47 @@
-"""Tuning studies: the probe, the noise-scale prior, and the Optuna-backed search."""
+"""Tuning studies: the probe, the noise-scale prior, and the search on a backend (Optuna or Ray)."""
 
+from bstune.study._backend import Resumed, StudySpec, TrialBackend, TrialJob
+from bstune.study._liveness import count_finished
+from bstune.study._optuna_backend import OptunaBackend, TrialFailure
 from bstune.study._prior import Prior
-from bstune.study._probe import ProbeResult, ProbeSettings, lr_range_test, run_probe
+from bstune.study._probe import ProbeResult, ProbeSettings, lr_range_test, probe_space, run_probe
 from bstune.study._pruners import PRUNERS, make_pruner
+from bstune.study._ray import RayBackend, RaySettings, import_ray
 from bstune.study._records import StudyResult, TrialRecord
-from bstune.study._storage import open_storage
-from bstune.study._study import Study, StudyFailedError, TrialFailure
+from bstune.study._settings import StudySettings
+from bstune.study._storage import open_storage, storage_file
+from bstune.study._study import Study, StudyFailedError, make_sampler
 from bstune.study._summary import format_summary
+from bstune.study._trial import build_model, split_params
 
 __all__ = [
     "PRUNERS",
+    "OptunaBackend",
     "Prior",
     "ProbeResult",
     "ProbeSettings",
+    "RayBackend",
+    "RaySettings",
+    "Resumed",
     "Study",
     "StudyFailedError",
     "StudyResult",
+    "StudySettings",
+    "StudySpec",
+    "TrialBackend",
     "TrialFailure",
+    "TrialJob",
     "TrialRecord",
+    "build_model",
+    "count_finished",
     "format_summary",
+    "import_ray",
     "lr_range_test",
     "make_pruner",
+    "make_sampler",
     "open_storage",
+    "probe_space",
     "run_probe",
+    "split_params",
+    "storage_file",
 ]

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bstune.errors import ConfigError
-from bstune.space import SearchSpace
-from bstune.space._param import MODEL_PREFIX
+from bstune.space import MODEL_PREFIX, SearchSpace
 
 __all__ = ["check_budget", "check_factory", "min_budget"]
 

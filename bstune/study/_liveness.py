@@ -25,7 +25,6 @@ same way at once: marked ``interrupted``, failed, and queued again.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import os
 import socket
@@ -39,6 +38,8 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
+
+from bstune.study._optuna_compat import rdb_of, storage_of, swap_state, trial_id_of
 
 __all__ = [
     "HEARTBEAT_KEY",
@@ -152,11 +153,6 @@ def abandoned_reason(trial: FrozenTrial, grace_period: float, *, now: float | No
     return None
 
 
-def _rdb_backend(storage: BaseStorage) -> optuna.storages.RDBStorage | None:
-    backend = getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a _CachedStorage
-    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
-
-
 def claim_abandoned(storage: BaseStorage, trial_id: int) -> bool:
     """Fail running trial ``trial_id``; True for exactly one caller, however many race.
 
@@ -165,18 +161,9 @@ def claim_abandoned(storage: BaseStorage, trial_id: int) -> bool:
     A journal replays its log in order, so the first FAIL written wins and a later one
     raises :class:`optuna.exceptions.UpdateFinishedTrialError` for the loser.
     """
-    rdb = _rdb_backend(storage)
+    rdb = rdb_of(storage)
     if rdb is not None:
-        import sqlalchemy
-        from optuna.storages._rdb import models
-
-        statement = (
-            sqlalchemy.update(models.TrialModel)
-            .where(models.TrialModel.trial_id == trial_id, models.TrialModel.state == TrialState.RUNNING)
-            .values(state=TrialState.FAIL, datetime_complete=datetime.datetime.now())
-        )
-        with rdb.engine.begin() as connection:
-            return bool(connection.execute(statement).rowcount == 1)
+        return swap_state(rdb, trial_id, TrialState.RUNNING, TrialState.FAIL, datetime_complete="now")
     try:
         return storage.set_trial_state_values(trial_id, TrialState.FAIL)
     except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
@@ -190,15 +177,15 @@ def retry_abandoned(study: optuna.Study, grace_period: float) -> list[int]:
     over others at the same time; each is taken over once).
     """
     taken: list[int] = []
-    storage = study._storage
+    storage = storage_of(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = abandoned_reason(trial, grace_period)
         if reason is None:
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, "status", INTERRUPTED)
-            storage.set_trial_user_attr(trial._trial_id, "message", f"abandoned: {reason}; its config runs again")
-            won = claim_abandoned(storage, trial._trial_id)
+            storage.set_trial_user_attr(trial_id_of(trial), "status", INTERRUPTED)
+            storage.set_trial_user_attr(trial_id_of(trial), "message", f"abandoned: {reason}; its config runs again")
+            won = claim_abandoned(storage, trial_id_of(trial))
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
             won = False  # it finished meanwhile, or another process took it over first
         if not won:
@@ -226,7 +213,7 @@ class Heartbeat:
 
     def __init__(self, trial: Trial, interval: float) -> None:
         self._storage = trial.storage
-        self._trial_id = trial._trial_id
+        self._trial_id = trial_id_of(trial)
         self._number = trial.number
         self._interval = interval
         self._stop = threading.Event()

@@ -39,7 +39,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from bstune.study._probe import ProbeResult
+from bstune.records import ProbeResult
 
 if TYPE_CHECKING:
     from bstune.space import SearchSpace

@@ -25,8 +25,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,8 +33,9 @@ import torch
 from bstune._progress import progress_bar
 from bstune.data import fetch_batch, move_to_device
 from bstune.errors import BstuneError, ConfigError, EstimationError, UserCodeError
-from bstune.noise import measure_noise_scale
-from bstune.noise._measure import resolve_device
+from bstune.noise import measure_noise_scale, resolve_device
+from bstune.records import ProbeResult
+from bstune.space import SearchSpace
 from bstune.task import Task, has_batchnorm
 from bstune.training import EvalRecord, RunStatus, TrainConfig, train
 
@@ -46,6 +46,7 @@ __all__ = [
     "lr_range_test",
     "measure_throughput",
     "probe_cost",
+    "probe_space",
     "run_probe",
 ]
 
@@ -79,47 +80,6 @@ class ProbeSettings:
                 raise ConfigError(f"must be >= 2, got {getattr(self, name)}", source="ProbeSettings", field=name)
         if not 0 < self.lr_fraction <= 1:
             raise ConfigError(f"must be in (0, 1], got {self.lr_fraction}", source="ProbeSettings", field="lr_fraction")
-
-
-@dataclass
-class ProbeResult:
-    """What the probe measured. JSON round-trips, so a resumed study need not probe again."""
-
-    batch_size: int
-    lr_ceiling: float  # largest range-test lr before the loss rose past twice its best
-    lr_ceiling_large: float  # the same at a large batch (large_batch): bounds the rule's flat part
-    large_batch: int
-    lr_probe: float  # lr of the probe run
-    b_simple: float
-    b_simple_ci: tuple[float, float]
-    trajectory: list[dict[str, Any]]  # B_simple over the probe run: samples, b_simple, ci, temperature
-    temperature: float  # eta/(B(1-m)) of the probe run
-    throughput: dict[int, float]  # batch size -> training samples/s on the trial device
-    batch_ceiling: int | None  # smallest batch size that ran out of memory, halved; None if all fit
-    samples_used: int  # training examples processed by the probe (range test + run + measurement + ladder)
-    lr_range: list[tuple[float, float]] = field(default_factory=list)  # (lr, smoothed loss) of the range test
-    device: str = "cpu"
-    seconds: float = 0.0
-    # batch size -> (q25, q75) of the per-step rates behind ``throughput`` (the median); empty in older results
-    throughput_iqr: dict[int, tuple[float, float]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["throughput"] = {str(k): v for k, v in self.throughput.items()}
-        out["throughput_iqr"] = {str(k): list(v) for k, v in self.throughput_iqr.items()}
-        out["b_simple"] = self.b_simple if math.isfinite(self.b_simple) else None
-        out["b_simple_ci"] = [v if math.isfinite(v) else None for v in self.b_simple_ci]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
-        d = dict(data)
-        d["throughput"] = {int(k): float(v) for k, v in d["throughput"].items()}
-        d["throughput_iqr"] = {int(k): (float(v[0]), float(v[1])) for k, v in d.get("throughput_iqr", {}).items()}
-        d["b_simple"] = math.inf if d["b_simple"] is None else d["b_simple"]
-        d["b_simple_ci"] = tuple(math.inf if v is None else v for v in d["b_simple_ci"])
-        d["lr_range"] = [tuple(p) for p in d.get("lr_range", [])]
-        return cls(**d)
 
 
 def _probe_batch(task: Task, settings: ProbeSettings, batch_min: int, batch_cap: int) -> int:
@@ -513,3 +473,33 @@ def _ladder(low: int, high: int, multiple: int) -> list[int]:
             rungs.add(b)
         b *= 2
     return sorted({max(multiple, (r // multiple) * multiple) for r in rungs})
+
+
+def probe_space(
+    task: Task,
+    space: SearchSpace,
+    settings: ProbeSettings | None = None,
+    *,
+    batch_cap: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+) -> ProbeResult:
+    """The probe over a search space's ranges: what a study in the prior mode runs first.
+
+    ``batch_cap`` (default: the space's largest batch size, at most the training set)
+    bounds the batch sizes it tries.
+    """
+    cap = batch_cap if batch_cap is not None else min(space.batch_max or task.n_train, task.n_train)
+    return run_probe(
+        task,
+        settings or ProbeSettings(),
+        batch_min=space.batch_min,
+        batch_max=cap,
+        lr_min=space.lr_min,
+        lr_max=space.lr_max,
+        batch_round=space.prior.batch_round,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )

@@ -35,29 +35,27 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bstune.errors import ConfigError, DependencyError
-from bstune.study._probe import ProbeResult, run_probe
+from bstune.metrics import Direction
+from bstune.records import ProbeResult, Rescored, TrialRecord, clean_json
+from bstune.study._backend import Resumed, StudySpec, TrialBackend, TrialJob
 from bstune.study._ray_trial import record_from_result, train_trial
-from bstune.study._records import Rescored, TrialRecord, clean_json
-from bstune.study._resume import settings_mismatch
-from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner, run_trial
+from bstune.study._resume import settings_mismatch, upgrade_settings
+from bstune.study._settings import StudySettings
+from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner
 from bstune.task import Task
-from bstune.training import Decision
-
-if TYPE_CHECKING:
-    from bstune.study._study import Study
 
 __all__ = [
     "PlannerSpace",
+    "RayBackend",
     "RaySettings",
     "import_ray",
     "make_scheduler",
-    "run_on_ray",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,11 +136,9 @@ class PlannerSpace:
         return {"bstune_plan": plan.to_dict(), "bstune_trial_number": int(trial.number)}
 
 
-def _make_searcher(planner: TrialPlanner, seed: int, n_trials: int, direction: str) -> Any:
+def _make_searcher(planner: TrialPlanner, sampler: Any, direction: str) -> Any:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
-
-    from bstune.study._study import make_sampler
 
     class BstuneSearch(OptunaSearch):  # type: ignore[misc]
         """OptunaSearch that tells TPE what a trial's outcome means.
@@ -173,7 +169,7 @@ def _make_searcher(planner: TrialPlanner, seed: int, n_trials: int, direction: s
         space=PlannerSpace(planner),
         metric="objective",
         mode="min" if direction == "minimize" else "max",
-        sampler=make_sampler(seed, n_trials),
+        sampler=sampler,
     )
 
 
@@ -237,7 +233,7 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def make_scheduler(pruner: str, study: Study) -> Any:
+def make_scheduler(settings: StudySettings) -> Any:
     """The Ray scheduler that stands in for the Optuna pruner named ``pruner``.
 
     All of them read training samples as time (``time_attr="samples"``), so trials of
@@ -246,14 +242,14 @@ def make_scheduler(pruner: str, study: Study) -> Any:
     """
     from ray.tune import schedulers
 
-    mode = "min" if study.direction == "minimize" else "max"
+    pruner, mode = settings.pruner, "min" if Direction(settings.direction) is Direction.MINIMIZE else "max"
     if pruner in ("hyperband", "successive_halving"):
         return schedulers.ASHAScheduler(
             time_attr="samples",
             metric="objective",
             mode=mode,
-            max_t=study.budget_samples,
-            grace_period=study.eval_every,
+            max_t=settings.budget_samples,
+            grace_period=settings.eval_every,
             reduction_factor=3,
             stop_last_trials=False,
         )
@@ -272,7 +268,7 @@ def make_scheduler(pruner: str, study: Study) -> Any:
             time_attr="samples",
             metric="objective",
             mode=mode,
-            grace_period=study.eval_every,
+            grace_period=settings.eval_every,
             min_samples_required=5,
         )
     if pruner == "none":
@@ -286,122 +282,127 @@ def _load_state(path: Path) -> dict[str, Any] | None:
     return dict(json.loads(path.read_text()))
 
 
-def run_on_ray(study: Study, settings: RaySettings) -> tuple[list[TrialRecord], list[Rescored]]:
-    """Run ``study``'s probe, trials and re-scoring on Ray; returns every trial's record and the re-scores.
+class RayBackend(TrialBackend):
+    """Trials scheduled by Ray Tune on a cluster, side by side; see the module's docstring.
 
-    The re-scoring runs are Ray tasks with the trials' resources, side by side; what they
-    found is kept in ``bstune_rescored.json`` beside the experiment, so a resumed study
-    does not redo them.
-
-    Resumes the study found under ``storage_path/<study_name>``: finished trials are
-    kept, the probe is not repeated, and unfinished trials run again.
+    Example: ``Study(task, space, backend=RayBackend(RaySettings(address="auto")))``, or
+    ``Study(task, space, backend="ray", ray=RaySettings(...))``.
     """
-    ray = import_ray()
-    from ray import tune
 
-    _init(ray, settings)
-    _register_script_modules(study.task)
-    exp_dir = settings.experiment_dir(study.study_name)
-    state_file = exp_dir / _STATE_FILE
-    state = _load_state(state_file)
-    mine = study._fingerprint()
-    if state is not None:
-        error = settings_mismatch(
-            state["settings"], mine, f"study {study.study_name!r} under {exp_dir.parent}", "study_name/storage_path"
+    name = "ray"
+
+    def __init__(self, settings: RaySettings | None = None) -> None:
+        self.settings = settings or RaySettings()
+        self._spec: StudySpec | None = None
+        self._exp_dir: Path | None = None
+        self._resources: dict[str, float] = {}
+
+    def open(self, spec: StudySpec) -> Resumed:
+        """Join the cluster and read the experiment's folder: its settings, probe and re-scoring."""
+        ray = import_ray()
+        _init(ray, self.settings)
+        _register_script_modules(spec.job.task)
+        self._spec = spec
+        self._exp_dir = exp_dir = self.settings.experiment_dir(spec.name)
+        state = _load_state(exp_dir / _STATE_FILE)
+        if state is not None:
+            where = f"study {spec.name!r} under {exp_dir.parent}"
+            error = settings_mismatch(upgrade_settings(state["settings"]) or {}, spec.fingerprint, where, "study_name/storage_path")
+            if error is not None:
+                raise ConfigError(error, source="Study", field="storage_path")
+        # every finished trial checkpoints, and each checkpoint forces a snapshot of the experiment (deliberately:
+        # it is what keeps a restored study from training a finished trial again); Ray warns about that by default
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        self._resources = _resources(ray, self.settings)
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        probe = state.get("probe") if state is not None else None
+        self._write_state(probe)
+        rescored_file = exp_dir / _RESCORED_FILE
+        kept = [Rescored.from_dict(d) for d in json.loads(rescored_file.read_text())] if rescored_file.is_file() else []
+        return Resumed(probe=probe, rescored=kept)
+
+    def run_probe(self, probe: Callable[..., ProbeResult], **kwargs: Any) -> ProbeResult:
+        """The probe as a Ray task with a trial's resources, so it measures the kind of device trials use."""
+        ray = import_ray()
+        remote = ray.remote(probe).options(
+            num_cpus=self._resources.get("cpu", 1), num_gpus=self._resources.get("gpu", 0)
         )
-        if error is not None:
-            raise ConfigError(error, source="Study", field="storage_path")
-    # every finished trial checkpoints, and each checkpoint forces a snapshot of the experiment (deliberately:
-    # it is what keeps a restored study from training a finished trial again); Ray warns about that by default
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    resources = _resources(ray, settings)
-    if study.mode == "prior":
-        if state is not None and state.get("probe") is not None:
-            study.probe = ProbeResult.from_dict(state["probe"])
-            logger.info("resuming: probe taken from %s", state_file)
+        result: ProbeResult = ray.get(remote.remote(**kwargs))
+        return result
+
+    def keep_probe(self, probe: ProbeResult) -> None:
+        self._write_state(clean_json(probe.to_dict()))
+
+    def run_trials(self, planner: TrialPlanner) -> list[TrialRecord]:
+        ray = import_ray()
+        from ray import tune
+
+        spec, exp_dir = self._spec, self._exp_dir
+        assert spec is not None and exp_dir is not None, "RayBackend: open() the study first"
+        settings, resources = spec.settings, self._resources
+        # With a search algorithm Tune keeps one trial pending at a time unless told otherwise, and a
+        # trial waits pending while its worker process starts (seconds: torch is imported), so short
+        # trials would run one after the other on a cluster with room for many.
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(_trials_at_once(ray, self.settings, resources)))
+        trainable = tune.with_resources(tune.with_parameters(train_trial, job=spec.job), resources)
+        if tune.Tuner.can_restore(str(exp_dir)):
+            logger.info("restoring the Ray Tune experiment at %s", exp_dir)
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
-            study._warn_probe_cost()
-            probe = ray.remote(run_probe).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))
-            study.probe = ray.get(
-                probe.remote(
-                    study.task,
-                    study.probe_settings,
-                    batch_min=study.space.batch_min,
-                    batch_max=study.batch_cap,
-                    lr_min=study.space.lr_min,
-                    lr_max=study.space.lr_max,
-                    batch_round=study.space.prior.batch_round,
-                    seed=study.seed,
-                    device=study.device,
-                )
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=_make_searcher(planner, spec.sampler, Direction(settings.direction)),
+                    scheduler=make_scheduler(settings),
+                    num_samples=settings.n_trials,
+                    max_concurrent_trials=self.settings.max_concurrent,
+                    trial_dirname_creator=_trial_dirname,
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=spec.name,
+                    storage_path=str(exp_dir.parent),
+                    failure_config=tune.FailureConfig(max_failures=self.settings.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    verbose=1 if settings.progress else 0,
+                    callbacks=[_scalar_tensorboard()],
+                ),
             )
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(
-        json.dumps(
-            {"settings": mine, "probe": clean_json(study.probe.to_dict()) if study.probe else None},
-            indent=2,
+        grid = tuner.fit()
+        records = []
+        for index in range(len(grid)):
+            result = grid[index]
+            if result.config is None or "bstune_plan" not in result.config:
+                continue  # a trial the searcher never filled in (the study ended first)
+            records.append(record_from_result(result.metrics or {}, result.config, result.error))
+        records.sort(key=lambda r: r.number)
+        cap = planner.batch_cap  # this copy stayed at the start cap: the searcher lowers its own
+        for i, record in enumerate(records):  # the ceiling each out-of-memory trial left, as the searcher lowered it
+            if record.status == "oom" and record.batch_size is not None:
+                cap = max(spec.batch_min, min(cap, int(record.batch_size) // 2))
+                records[i] = dataclasses.replace(record, batch_ceiling=cap)
+        return records
+
+    def run_plans(self, plans: list[TrialPlan]) -> list[TrialOutcome]:
+        """Ray tasks with the trials' resources, side by side."""
+        ray = import_ray()
+        assert self._spec is not None
+        job = self._spec.job
+        remote = ray.remote(_run_plan).options(
+            num_cpus=self._resources.get("cpu", 1), num_gpus=self._resources.get("gpu", 0)
         )
-    )
-    study._make_prior()
-    planner = study._planner()
-    # With a search algorithm Tune keeps one trial pending at a time unless told otherwise, and a
-    # trial waits pending while its worker process starts (seconds: torch is imported), so short
-    # trials would run one after the other on a cluster with room for many.
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(_trials_at_once(ray, settings, resources)))
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, task=study.task, objective=study.objective, direction=study.direction),
-        resources,
-    )
-    if tune.Tuner.can_restore(str(exp_dir)):
-        logger.info("restoring the Ray Tune experiment at %s", exp_dir)
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=_make_searcher(planner, study.seed, study.n_trials, study.direction),
-                scheduler=make_scheduler(study.pruner_name, study),
-                num_samples=study.n_trials,
-                max_concurrent_trials=settings.max_concurrent,
-                trial_dirname_creator=_trial_dirname,
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=study.study_name,
-                storage_path=str(exp_dir.parent),
-                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=1 if study.progress else 0,
-                callbacks=[_scalar_tensorboard()],
-            ),
-        )
-    grid = tuner.fit()
-    records = []
-    for index in range(len(grid)):
-        result = grid[index]
-        if result.config is None or "bstune_plan" not in result.config:
-            continue  # a trial the searcher never filled in (the study ended first)
-        records.append(record_from_result(result.metrics or {}, result.config, result.error))
-    records.sort(key=lambda r: r.number)
-    cap = planner.batch_cap  # this copy stayed at the start cap: the searcher lowers its own
-    for i, record in enumerate(records):  # the ceiling each out-of-memory trial left, as the searcher lowered it
-        if record.status == "oom" and record.batch_size is not None:
-            cap = max(study.space.batch_min, min(cap, int(record.batch_size) // 2))
-            records[i] = dataclasses.replace(record, batch_ceiling=cap)
-    remote = ray.remote(run_trial).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))
+        return list(ray.get([remote.remote(job, plan) for plan in plans]))
 
-    def on_cluster(plans: list[TrialPlan]) -> list[TrialOutcome]:
-        kwargs = {"objective": study.objective, "direction": study.direction, "on_milestone": _continue}
-        return list(ray.get([remote.remote(study.task, plan, **kwargs) for plan in plans]))
+    def keep_rescored(self, done: list[Rescored]) -> None:
+        assert self._exp_dir is not None
+        (self._exp_dir / _RESCORED_FILE).write_text(json.dumps([r.to_dict() for r in done], indent=1))
 
-    rescored_file = exp_dir / _RESCORED_FILE
-    kept = [Rescored.from_dict(d) for d in json.loads(rescored_file.read_text())] if rescored_file.is_file() else []
-
-    def keep(done: list[Rescored]) -> None:
-        rescored_file.write_text(json.dumps([r.to_dict() for r in done], indent=1))
-
-    return records, study._rescore(records, run=on_cluster, kept=kept, keep=keep)
+    def _write_state(self, probe: dict[str, Any] | None) -> None:
+        assert self._spec is not None and self._exp_dir is not None
+        state = {"settings": self._spec.fingerprint, "probe": probe}
+        (self._exp_dir / _STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
-def _continue(*_: Any) -> Decision:
-    return Decision.CONTINUE  # re-scoring trains the full budget
+def _run_plan(job: TrialJob, plan: TrialPlan) -> TrialOutcome:
+    outcome: TrialOutcome = job.run(plan)
+    return outcome  # the whole budget: re-scoring runs are never stopped early

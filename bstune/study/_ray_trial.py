@@ -1,9 +1,9 @@
 """The trial side of the Ray Tune backend: what runs in a Ray worker, and the record read back.
 
 :func:`train_trial` is the function trainable the driver (:mod:`bstune.study._ray`)
-hands to Tune: it trains one planned trial with :func:`~bstune.study._trial.run_trial`
-and reports at the study's sample milestones. :func:`record_from_result` turns what a
-trial last reported back into the :class:`~bstune.study._records.TrialRecord` that
+hands to Tune: it trains one planned trial with the study's
+:class:`~bstune.study._backend.TrialJob` and reports at the study's sample milestones. :func:`record_from_result` turns what a
+trial last reported back into the :class:`~bstune.records.TrialRecord` that
 both backends return.
 """
 
@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bstune.study._records import TrialRecord, clean_json
-from bstune.study._trial import TrialPlan, history_row, run_trial
-from bstune.task import Task
+from bstune.records import TrialRecord, clean_json
+from bstune.study._backend import TrialJob
+from bstune.study._trial import TrialPlan, history_row
 from bstune.training import Decision, EvalRecord
 
 __all__ = ["record_from_result", "train_trial"]
@@ -35,7 +35,7 @@ def _node() -> str:
         return "unknown"
 
 
-def train_trial(config: dict[str, Any], *, task: Task, objective: str, direction: str) -> None:
+def train_trial(config: dict[str, Any], *, job: TrialJob) -> None:
     """Ray Tune function trainable: one trial of a bstune study.
 
     Reports at every milestone before the last (``samples`` is the milestone in
@@ -74,7 +74,7 @@ def train_trial(config: dict[str, Any], *, task: Task, objective: str, direction
         tune.report(clean_json(metrics))
         return Decision.CONTINUE  # ASHA stops a trial by ending it, not by an answer here
 
-    outcome = run_trial(task, plan, objective=objective, direction=direction, on_milestone=on_milestone)  # type: ignore[arg-type]
+    outcome = job.run(plan, on_milestone)
     final = {**plan.attrs(), **outcome.attrs(), "node": node, "final": True, "samples_seen": outcome.samples}
     del final["samples"]  # not on ASHA's time axis (see above)
     del final["config"]  # Ray's own key for the trial's config, which holds the plan already

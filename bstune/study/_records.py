@@ -1,145 +1,59 @@
-"""What a study keeps about each trial, and what it returns."""
+"""What a study returns (:class:`StudyResult`), and a trial record from an Optuna trial.
+
+The records themselves (trials, re-scoring, the probe) are plain data in
+:mod:`bstune.records`; this module adds what needs the study layer: Optuna, the prior,
+and the report of a result.
+"""
 
 from __future__ import annotations
 
 import json
-import math
-import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from bstune.errors import ConfigError
 from bstune.metrics import Direction, infer_direction
+from bstune.records import ProbeResult, Rescored, TrialRecord, clean_dict, clean_json
+from bstune.report import Report, build_report
 from bstune.study._prior import Prior
-from bstune.study._probe import ProbeResult
 
-if TYPE_CHECKING:
-    from bstune.report import Report
-
-__all__ = ["Rescored", "StudyResult", "TrialRecord", "clean_dict", "clean_json"]
+__all__ = ["Rescored", "StudyResult", "TrialRecord", "clean_dict", "clean_json", "trial_record"]
 
 _NOT_METRICS = frozenset({"milestone", "samples", "step", "lr", "gap"})  # the other columns of a trial's history
 
 
-def clean_dict(value: dict[str, Any]) -> dict[str, Any]:
-    """:func:`clean_json` of a dict, typed as one."""
-    out: dict[str, Any] = clean_json(value)
-    return out
-
-
-def clean_json(value: Any) -> Any:
-    """Replace non-finite floats by ``None`` (JSON has no inf/nan)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): clean_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [clean_json(v) for v in value]
-    return value
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One trial: its derived batch size and learning rate, outcome and learning curve."""
-
-    number: int
-    status: str  # completed, pruned, diverged, oom, failed, running
-    batch_size: int | None
-    lr: float | None
-    temperature: float | None  # eta/(B(1-m))
-    value: float | None  # the objective (best validation loss over its milestones, by default)
-    samples: int  # training samples the trial used
-    params: dict[str, Any]  # the sampled coordinates and extra hyperparameters
-    config: dict[str, Any]  # the full TrainConfig
-    history: list[dict[str, Any]] = field(default_factory=list)
-    message: str = ""
-    worker: str | None = None  # where it ran: a Ray node id (the Ray backend), else None
-    batch_ceiling: int | None = None  # out of memory: the batch-size cap for the rest of the study
-    traceback: str | None = None  # failed: where the task's code raised
-
-    @classmethod
-    def from_frozen(cls, trial: FrozenTrial) -> TrialRecord:
-        attrs = trial.user_attrs
-        status = attrs.get("status")
-        if status is None:
-            status = {
-                TrialState.COMPLETE: "completed",
-                TrialState.PRUNED: "pruned",
-                TrialState.FAIL: "failed",
-                TrialState.RUNNING: "running",
-                TrialState.WAITING: "waiting",
-            }[trial.state]
-        value = trial.value if trial.state == TrialState.COMPLETE else attrs.get("best_value")
-        return cls(
-            number=trial.number,
-            status=status,
-            batch_size=attrs.get("batch_size"),
-            lr=attrs.get("lr"),
-            temperature=attrs.get("temperature"),
-            value=value,
-            samples=int(attrs.get("samples", 0)),
-            params=dict(trial.params),
-            config=attrs.get("config", {}),
-            history=attrs.get("history", []),
-            message=attrs.get("message", ""),
-            batch_ceiling=attrs.get("batch_ceiling"),
-            traceback=attrs.get("traceback"),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return clean_dict(asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrialRecord:
-        return cls(**data)
-
-
-@dataclass(frozen=True)
-class Rescored:
-    """One candidate's values: its own trial's first, then one per re-scoring seed (None: it did not complete)."""
-
-    trial: int
-    seeds: list[int]
-    values: list[float | None]
-    samples: int  # spent on the re-scoring runs (the trial's own samples are counted with the trial)
-
-    @property
-    def complete(self) -> bool:
-        return all(v is not None and math.isfinite(v) for v in self.values)
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(v for v in self.values if v is not None) if self.complete else None
-
-    @property
-    def sem(self) -> float | None:
-        """Standard error of the mean over the seeds (None with fewer than two values)."""
-        if not self.complete or len(self.values) < 2:
-            return None
-        return statistics.stdev(v for v in self.values if v is not None) / math.sqrt(len(self.values))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "trial": self.trial,
-            "seeds": list(self.seeds),
-            "values": list(self.values),
-            "samples": self.samples,
-            "mean": self.mean,
-            "sem": self.sem,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Rescored:
-        return cls(
-            trial=int(data["trial"]),
-            seeds=[int(s) for s in data["seeds"]],
-            values=[None if v is None else float(v) for v in data["values"]],
-            samples=int(data["samples"]),
-        )
+def trial_record(trial: FrozenTrial) -> TrialRecord:
+    """The record of an Optuna trial, from the user attributes a bstune trial writes."""
+    attrs = trial.user_attrs
+    status = attrs.get("status")
+    if status is None:
+        status = {
+            TrialState.COMPLETE: "completed",
+            TrialState.PRUNED: "pruned",
+            TrialState.FAIL: "failed",
+            TrialState.RUNNING: "running",
+            TrialState.WAITING: "waiting",
+        }[trial.state]
+    value = trial.value if trial.state == TrialState.COMPLETE else attrs.get("best_value")
+    return TrialRecord(
+        number=trial.number,
+        status=status,
+        batch_size=attrs.get("batch_size"),
+        lr=attrs.get("lr"),
+        temperature=attrs.get("temperature"),
+        value=value,
+        samples=int(attrs.get("samples", 0)),
+        params=dict(trial.params),
+        config=attrs.get("config", {}),
+        history=attrs.get("history", []),
+        message=attrs.get("message", ""),
+        batch_ceiling=attrs.get("batch_ceiling"),
+        traceback=attrs.get("traceback"),
+    )
 
 
 @dataclass
@@ -296,8 +210,6 @@ class StudyResult:
         Raises:
             ConfigError: a bad target, or a metric this study did not record.
         """
-        from bstune.report import build_report
-
         return build_report(self, target, n_workers=n_workers)
 
     def save(self, path: str | Path) -> Path:

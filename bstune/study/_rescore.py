@@ -16,10 +16,8 @@ import math
 from collections.abc import Callable, Sequence
 
 from bstune.metrics import Direction
-from bstune.study._records import Rescored, TrialRecord
-from bstune.study._trial import TrialOutcome, TrialPlan, run_trial
-from bstune.task import Task
-from bstune.training import Decision
+from bstune.records import Rescored, TrialRecord
+from bstune.study._trial import TrialOutcome, TrialPlan
 
 __all__ = ["candidates", "choose", "rescore_seeds", "run_rescoring"]
 
@@ -41,42 +39,27 @@ def candidates(trials: Sequence[TrialRecord], top: int, direction: Direction | s
 
 
 def run_rescoring(
-    task: Task,
     trials: Sequence[TrialRecord],
     seeds: list[int],
     *,
-    objective: str,
-    direction: Direction | str,
-    run: Callable[[list[TrialPlan]], list[TrialOutcome]] | None = None,
+    run: Callable[[list[TrialPlan]], list[TrialOutcome]],
     on_done: Callable[[int], object] | None = None,
 ) -> list[Rescored]:
     """Train each trial's configuration again at each of ``seeds``; returns their values.
 
-    ``run`` trains a list of plans and returns their outcomes in order (the Ray backend
-    spreads them over the cluster); the default trains them here, one after the other.
+    ``run`` trains a list of plans for their whole budget and returns their outcomes in
+    order (a backend's ``run_plans``: one after the other here, side by side on Ray).
     ``on_done(n)`` is told each time ``n`` more runs have finished (a progress bar counts them).
     """
     done = on_done or (lambda n: None)
-
-    def here(plans: list[TrialPlan]) -> list[TrialOutcome]:
-        go_on: Callable[..., Decision] = lambda *_: Decision.CONTINUE  # noqa: E731 - full budget, no pruning
-        outcomes = []
-        for p in plans:
-            outcomes.append(run_trial(task, p, objective=objective, direction=direction, on_milestone=go_on))
-            done(1)
-        return outcomes
-
     out = []
     for trial in trials:
         plan = TrialPlan.from_dict(
             {"params": trial.params, "config": trial.config, "temperature": trial.temperature or 0.0}
         )
         plans = [dataclasses.replace(plan, config=dataclasses.replace(plan.config, seed=s)) for s in seeds]
-        if run is None:
-            outcomes = here(plans)
-        else:
-            outcomes = run(plans)
-            done(len(plans))
+        outcomes = run(plans)
+        done(len(plans))
         values: list[float | None] = [trial.value]
         values += [o.value if o.status == "completed" else None for o in outcomes]
         out.append(Rescored(trial.number, list(seeds), values, sum(o.samples for o in outcomes)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from bstune.errors import ConfigError
+from bstune.study._optuna_compat import swap_state
 
 __all__ = ["open_storage", "storage_file"]
 
@@ -31,16 +31,7 @@ class _RDBStorage(RDBStorage):
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         if state != TrialState.RUNNING or values is not None:
             return super().set_trial_state_values(trial_id, state, values)
-        import sqlalchemy
-        from optuna.storages._rdb import models
-
-        statement = (
-            sqlalchemy.update(models.TrialModel)
-            .where(models.TrialModel.trial_id == trial_id, models.TrialModel.state == TrialState.WAITING)
-            .values(state=TrialState.RUNNING, datetime_start=datetime.datetime.now())
-        )
-        with self.engine.begin() as connection:
-            return bool(connection.execute(statement).rowcount == 1)
+        return swap_state(self, trial_id, TrialState.WAITING, TrialState.RUNNING, datetime_start="now")
 
 
 def open_storage(url: str | Path | BaseStorage | None) -> BaseStorage | None:

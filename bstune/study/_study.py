@@ -1,65 +1,49 @@
-"""Study: probe, prior-shaped search and early stopping on the embedded default (Optuna in-process).
+"""Study: probe, prior-shaped search and early stopping of one task, on a backend.
 
-One trial = one :func:`bstune.train` run. Every trial reports its validation loss at the
-same *sample* milestones (multiples of ``budget_samples / n_evals``), as Optuna step
-1, 2, ..., so pruners compare trials at equal compute whatever their batch sizes.
-A trial that diverges, runs out of memory or raises is recorded with what happened
-(and the traceback), and the study goes on. Several processes may run one study on
-one storage: each trial carries its owner and a heartbeat (:mod:`bstune.study._liveness`),
-and only trials whose owner is dead are failed and run again.
+:class:`Study` does, once, what every backend shares: it checks the settings against
+the task and the space, runs the probe and builds the prior (the prior mode), plans
+trials, re-scores the best ones and builds the result. Where the trials run is a
+:class:`~bstune.study.TrialBackend`: Optuna in this process
+(:class:`~bstune.study.OptunaBackend`, the default) or Ray Tune on a cluster
+(:class:`~bstune.study.RayBackend`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import warnings
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.trial import Trial, TrialState
 
 from bstune._progress import progress_bar
-from bstune.errors import BstuneError, ConfigError
+from bstune.errors import ConfigError
 from bstune.metrics import Direction
+from bstune.records import ProbeResult, Rescored, TrialRecord
 from bstune.space import SearchSpace
+from bstune.study._backend import DESCRIPTION_ATTR, DIRECTIONS_ATTR, StudySpec, TrialBackend, TrialJob
 from bstune.study._checks import check_budget, check_factory
-from bstune.study._liveness import count_finished, retry_abandoned, with_heartbeat
+from bstune.study._optuna_backend import OptunaBackend, TrialFailure
 from bstune.study._prior import Prior
-from bstune.study._probe import ProbeResult, ProbeSettings, probe_cost, run_probe
-from bstune.study._pruners import make_pruner
-from bstune.study._ray import RaySettings
+from bstune.study._probe import probe_cost, probe_space
+from bstune.study._ray import RayBackend, RaySettings
 from bstune.study._recommend import StudyFailedError, handed_over, recommend
-from bstune.study._records import Rescored, StudyResult, TrialRecord, clean_dict, clean_json
+from bstune.study._records import StudyResult, clean_dict
 from bstune.study._rescore import candidates, rescore_seeds, run_rescoring
-from bstune.study._resume import check_settings
-from bstune.study._storage import open_storage
-from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner, run_trial
+from bstune.study._settings import StudySettings
+from bstune.study._trial import TrialPlanner
 from bstune.task import Task
-from bstune.training import Decision, EvalRecord
 
-__all__ = ["Study", "StudyFailedError", "TrialFailure"]
+__all__ = ["Study", "StudyFailedError", "TrialFailure", "make_sampler"]
 
 logger = logging.getLogger(__name__)
-
-Mode = Literal["prior", "baseline"]
-_RESCORED_ATTR = "bstune_rescored"  # the study's user attribute holding what re-scoring found
-_DIRECTIONS_ATTR = "bstune_directions"  # ... and the direction of each recorded metric
-# the study's user attribute that says, where optuna-dashboard shows it, what the params mean
-_DESCRIPTION_ATTR = "description"
 
 
 def make_sampler(seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
     """Multivariate TPE (it models B and eta jointly), after a few random startup trials."""
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(3, n_trials // 4)))
-
-
-class TrialFailure(BstuneError):
-    """A trial ended without a result (diverged, out of memory, or raised); the study goes on."""
 
 
 class Study:
@@ -70,53 +54,22 @@ class Study:
         space: a :class:`~bstune.space.SearchSpace`, a path to its YAML file, or a dict.
             Its ``optimizer`` section (family and fixed settings) is what trials train
             with, in place of the task's.
-        n_trials: trials to finish (completed, pruned or failed), counting those a
-            resumed storage already holds.
-        budget_samples: training samples of a full trial; pruned trials use less. At
-            least ``(n_evals - 1) * B + 1`` at the space's largest batch size B, so that
-            every milestone falls on a step of its own; a probe that will cost more than
-            ``n_trials * budget_samples`` is warned about before it runs.
-        seed: seeds the sampler, the probe and every trial's model init and data order
-            (the same for all trials, so they differ only in their hyperparameters).
-        storage: ``None`` (in memory), ``"sqlite:///runs/x.db"`` or a journal file path.
-        study_name: name inside the storage; default ``"bstune-<task.name>"``.
-        mode: ``"prior"`` searches around the probe's noise scale and the eta/B rule;
-            ``"baseline"`` searches plain log-uniform (B, eta) over the space's ranges
-            with everything else equal, to measure what the prior is worth.
-        pruner: ``"hyperband"`` (default), ``"median"``, ``"successive_halving"``,
-            ``"none"`` or an Optuna pruner; it sees milestone indices as steps. On the Ray
-            backend the name picks a Ray scheduler on training samples: ASHA for
-            ``"hyperband"`` and ``"successive_halving"``, the median stopping rule for
-            ``"median"``, FIFO (no early stopping) for ``"none"``.
-        n_evals: evaluations (and pruning decisions) per full trial; the default 9 puts
-            Hyperband's rungs (1, 3, 9 with reduction factor 3) at a ninth, a third and
-            the end of the budget. A stop at the last milestone is ignored (the trainer
-            treats it so): a trial that has spent its whole budget completes.
-        objective: the record field to optimise: ``"val_loss"`` (default), ``"train_loss"``
-            or a metric such as ``"val_accuracy"``.
-        direction: ``"minimize"`` or ``"maximize"``; by default the objective's own, as the
-            task declares it (losses are minimized; see :class:`bstune.Metric`). A direction
-            that contradicts the objective's is an error.
-        probe: settings of the probe (the prior mode only).
-        device: trial device; ``"auto"`` picks CUDA when available.
-        progress: show progress bars on stderr: the probe's phases, the trials, the re-scoring.
-        backend: ``"optuna"`` (default: in this process) or ``"ray"`` (Ray Tune on a
-            cluster, with ASHA early stopping on training samples; needs the ``ray`` extra).
-        address, resources_per_trial, max_concurrent, storage_path, max_failures:
-            settings of the Ray backend (see :class:`bstune.study.RaySettings`).
-        rescore_top, rescore_seeds: before recommending, the ``rescore_top`` best completed
-            trials are trained again at ``rescore_seeds`` other seeds (full budget, no
-            pruning), and the one with the best mean is recommended: one seed moves a
-            config's loss by several percent, so the best single trial is partly the
-            luckiest seed. ``0`` turns it off. Its samples count in the study's total;
-            a resumed study keeps what it re-scored.
-        heartbeat_interval: seconds between the heartbeats a running trial writes to the
-            storage, so that other processes on the study can tell it is alive.
-        grace_period: seconds without a heartbeat after which a running trial whose
-            owner is on another host counts as abandoned and is run again (an owner on
-            this host is checked directly: its trial is taken over as soon as its process
-            is gone). At least twice ``heartbeat_interval``; hosts' clocks must agree to
-            well within it.
+        settings: a :class:`~bstune.study.StudySettings` (budget, trials, mode, pruner,
+            objective, re-scoring, ...); keyword arguments named after its fields
+            (``n_trials=40, budget_samples=300_000``) change single ones.
+        backend: where trials run: ``"optuna"`` (default: in this process), ``"ray"``
+            (Ray Tune on a cluster, with ASHA early stopping on training samples; needs
+            the ``ray`` extra), or a :class:`~bstune.study.TrialBackend`.
+        storage: the embedded backend's store: ``None`` (in memory), ``"sqlite:///runs/x.db"``
+            or a journal file path (see :class:`~bstune.study.OptunaBackend`).
+        ray: the Ray backend's settings (:class:`~bstune.study.RaySettings`).
+        sampler: the Optuna sampler that draws trials (both backends; Ray wraps it in its
+            ``OptunaSearch``). Default: multivariate TPE seeded with ``seed``.
+
+    Raises:
+        ConfigError: a setting that is out of range, or that does not fit the task or
+            the space (an objective the task does not record, a batch size larger than
+            its training set), named with the field.
 
     Example:
         >>> import torch, bstune
@@ -134,35 +87,16 @@ class Study:
     def __init__(
         self,
         task: Task,
-        space: SearchSpace | str | Path | Mapping[str, Any],
+        space: SearchSpace | str | Path | dict[str, Any],
+        settings: StudySettings | None = None,
         *,
-        n_trials: int = 40,
-        budget_samples: int = 300_000,
-        seed: int = 0,
+        backend: Literal["optuna", "ray"] | TrialBackend = "optuna",
         storage: str | Path | BaseStorage | None = None,
-        study_name: str | None = None,
-        mode: Mode = "prior",
-        pruner: str | optuna.pruners.BasePruner = "hyperband",
-        n_evals: int = 9,
-        objective: str = "val_loss",
-        direction: Direction | Literal["minimize", "maximize"] | None = None,
-        probe: ProbeSettings | None = None,
-        device: str = "auto",
-        progress: bool = True,
-        backend: Literal["optuna", "ray"] = "optuna",
-        address: str | None = None,
-        resources_per_trial: Mapping[str, float] | None = None,
-        max_concurrent: int | None = None,
-        storage_path: str | Path | None = None,
-        max_failures: int = 2,
-        heartbeat_interval: float = 30.0,
-        grace_period: float = 600.0,
-        rescore_top: int = 3,
-        rescore_seeds: int = 2,
+        ray: RaySettings | None = None,
+        sampler: optuna.samplers.BaseSampler | None = None,
+        **changes: Any,
     ) -> None:
-        def bad(name: str, reason: str) -> ConfigError:
-            return ConfigError(reason, source="Study", field=name)
-
+        self.settings = settings = StudySettings.build(settings, **changes)
         self.space = SearchSpace.coerce(space)
         if task.optimizer_spec != self.space.optimizer:
             logger.info(
@@ -173,39 +107,25 @@ class Study:
         # The space's optimizer section holds the settings the search keeps fixed: trials use it.
         self.task = dataclasses.replace(task, optimizer=self.space.optimizer, validate=False)
         check_factory(task.model, self.space)
-        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials <= 0:
-            raise bad("n_trials", f"must be a positive integer, got {n_trials!r}")
-        if isinstance(budget_samples, bool) or not isinstance(budget_samples, int) or budget_samples <= 0:
-            raise bad("budget_samples", f"must be a positive integer, got {budget_samples!r}")
-        if mode not in ("prior", "baseline"):
-            raise bad("mode", f"must be 'prior' or 'baseline', got {mode!r}")
-        if not isinstance(n_evals, int) or not 1 <= n_evals <= budget_samples:
-            raise bad("n_evals", f"must be an integer in [1, budget_samples], got {n_evals!r}")
-        if not _is_positive(heartbeat_interval):
-            raise bad("heartbeat_interval", f"must be a positive number of seconds, got {heartbeat_interval!r}")
-        if not _is_positive(grace_period) or grace_period < 2 * heartbeat_interval:
-            raise bad(
-                "grace_period",
-                f"must be at least twice heartbeat_interval ({heartbeat_interval!r} s), got {grace_period!r}",
-            )
-        for name, value in (("rescore_top", rescore_top), ("rescore_seeds", rescore_seeds)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad(name, f"must be a non-negative integer, got {value!r}")
         metric_names = {f"{split}_{m}" for split in ("train", "val") for m in task.metrics}
-        if objective not in {"val_loss", "train_loss", *metric_names}:
-            raise bad(
-                "objective",
-                f"{objective!r} is not recorded; choose val_loss, train_loss or one of {sorted(metric_names)}",
+        if settings.objective not in {"val_loss", "train_loss", *metric_names}:
+            raise ConfigError(
+                f"{settings.objective!r} is not recorded; choose val_loss, train_loss or one of {sorted(metric_names)}",
+                source="Study",
+                field="objective",
             )
-        declared = task.directions[objective]
-        if direction is None:
-            direction = declared
-        elif Direction.coerce(direction, source="Study") is not declared:
-            raise bad(
-                "direction",
-                f"{str(direction)!r} contradicts the objective {objective!r}, which the task declares {declared.value!r}; "
-                "leave direction unset, or declare the metric with bstune.Metric(fn, direction=...)",
+        declared = task.directions[settings.objective]
+        if settings.direction is None:
+            self.settings = settings = dataclasses.replace(settings, direction=declared)
+        elif settings.direction is not declared:
+            raise ConfigError(
+                f"{str(settings.direction)!r} contradicts the objective {settings.objective!r}, which the task "
+                f"declares {declared.value!r}; leave direction unset, or declare the metric with "
+                "bstune.Metric(fn, direction=...)",
+                source="Study",
+                field="direction",
             )
+        self.direction: Direction = declared
         self.batch_cap = min(self.space.batch_max or task.n_train, task.n_train)
         if self.space.batch_min > self.batch_cap:
             raise ConfigError(
@@ -213,106 +133,135 @@ class Study:
                 source=self.space.source,
                 field="batch_size.min",
             )
-        check_budget(budget_samples, n_evals, self.batch_cap)
-        self.n_trials, self.budget_samples, self.seed, self.mode = n_trials, budget_samples, seed, mode
-        self.n_evals, self.objective, self.direction = n_evals, objective, Direction(direction)
-        # ceil: exactly n_evals milestones, the last one the full budget (TrainConfig adds max_samples)
-        self.eval_every = max(1, -(-budget_samples // n_evals))
-        if backend not in ("optuna", "ray"):
-            raise bad("backend", f"must be 'optuna' (embedded) or 'ray', got {backend!r}")
-        self.backend = backend
-        self.ray: RaySettings | None = None
-        if backend == "ray":
-            if storage is not None:
-                raise bad("storage", "the Ray backend keeps its results under storage_path; leave storage unset")
-            self.ray = RaySettings(
-                address=address,
-                resources_per_trial=resources_per_trial,
-                max_concurrent=max_concurrent,
-                storage_path=str(storage_path) if storage_path is not None else None,
-                max_failures=max_failures,
-            )
-        elif address is not None or resources_per_trial is not None or storage_path is not None:
-            raise bad("backend", "address, resources_per_trial and storage_path are settings of backend='ray'")
-        self.storage = open_storage(storage)
-        self.study_name = study_name or f"bstune-{task.name}"
-        if backend == "ray" and not isinstance(pruner, str):
-            raise bad("pruner", "the Ray backend takes a pruner by name (its schedulers stand in for Optuna's)")
-        self.pruner_name = pruner if isinstance(pruner, str) else type(pruner).__name__
-        self.pruner = make_pruner(pruner, n_evals)
-        self.probe_settings = probe or ProbeSettings()
-        self.device = device
-        self.progress = progress
-        self.heartbeat_interval, self.grace_period = float(heartbeat_interval), float(grace_period)
-        self.rescore_top, self.rescore_seeds = rescore_top, rescore_seeds
+        check_budget(settings.budget_samples, settings.n_evals, self.batch_cap)
+        self.study_name = settings.study_name or f"bstune-{task.name}"
+        self.backend = _backend(backend, storage, ray, settings)
+        self.sampler = sampler if sampler is not None else make_sampler(settings.seed, settings.n_trials)
         self.probe: ProbeResult | None = None
         self.prior: Prior | None = None
-        self.planner: TrialPlanner | None = None
+
+    @property
+    def storage(self) -> BaseStorage | None:
+        """The embedded backend's storage; ``None`` in memory or on another backend."""
+        return self.backend.storage if isinstance(self.backend, OptunaBackend) else None
 
     # -- the settings that must match when a stored study is resumed ------------------
     def _fingerprint(self) -> dict[str, Any]:
+        s = self.settings
         return clean_dict(
             {
-                "mode": self.mode,
-                "budget_samples": self.budget_samples,
-                "seed": self.seed,
-                "n_evals": self.n_evals,
-                "objective": self.objective,
+                "mode": s.mode,
+                "budget_samples": s.budget_samples,
+                "seed": s.seed,
+                "n_evals": s.n_evals,
+                "objective": s.objective,
                 "space": self.space.to_dict(),
                 "task": self.task.name,
                 "n_train": self.task.n_train,
             }
-        )  # type: ignore[no-any-return]
-
-    def _open(self) -> optuna.Study:
-        study = optuna.create_study(
-            storage=self.storage,
-            sampler=make_sampler(self.seed, self.n_trials),
-            pruner=self.pruner,
-            study_name=self.study_name,
-            direction=self.direction.value,
-            load_if_exists=True,
         )
-        check_settings(study, self._fingerprint())
-        if study.user_attrs.get(_DIRECTIONS_ATTR) != self._directions():
-            study.set_user_attr(_DIRECTIONS_ATTR, self._directions())
-        retry_abandoned(study, self.grace_period)  # left running by a dead process: fail it, run its config again
-        return study
 
-    def _setup_prior(self, study: optuna.Study) -> None:
-        if self.mode != "prior":
-            return
-        stored = study.user_attrs.get("bstune_probe")
-        if stored is not None:
-            self.probe = ProbeResult.from_dict(stored)
-            logger.info("resuming: probe taken from the storage")
-        else:
-            self._warn_probe_cost()
-            self.probe = run_probe(
-                self.task,
-                self.probe_settings,
-                batch_min=self.space.batch_min,
-                batch_max=self.batch_cap,
-                lr_min=self.space.lr_min,
-                lr_max=self.space.lr_max,
-                batch_round=self.space.prior.batch_round,
-                seed=self.seed,
-                device=self.device,
-                progress=self.progress,
-            )
-            study.set_user_attr("bstune_probe", clean_json(self.probe.to_dict()))
-        self._make_prior()
+    # -- the whole study ---------------------------------------------------------------
+    def run(self) -> StudyResult:
+        """Probe (prior mode), then run trials until ``n_trials`` have finished, then re-score.
+
+        Resumes a study found under the same name in the backend's store (the embedded
+        backend's storage; the Ray backend's ``storage_path``): the probe is not
+        repeated, finished trials and re-scoring are kept, and a trial left running by a
+        killed process is run again (once). With the embedded backend, other processes
+        may run the same study on the same storage at the same time: a trial counts as
+        abandoned only when its owner process is gone (same host) or silent for
+        ``grace_period`` (another host). ``n_trials`` counts the trials that ran to
+        their end, across all processes. A ``KeyboardInterrupt`` (Ctrl-C) leaves the
+        running trial as a kill does, marked ``interrupted`` and queued to run again on
+        resume, and goes on up.
+        """
+        s = self.settings
+        job = TrialJob(self.task, s.objective, self.direction)
+        spec = StudySpec(self.study_name, s, self._fingerprint(), job, self.sampler, self.space.batch_min)
+        resumed = self.backend.open(spec)
+        if s.mode == "prior":
+            if resumed.probe is not None:
+                self.probe = ProbeResult.from_dict(resumed.probe)
+                logger.info("resuming: probe taken from the %s backend's store", self.backend.name)
+            else:
+                self._warn_probe_cost()
+                self.probe = self.backend.run_probe(
+                    probe_space,
+                    task=self.task,
+                    space=self.space,
+                    settings=s.probe,
+                    batch_cap=self.batch_cap,
+                    seed=s.seed,
+                    device=s.device,
+                    progress=s.progress,
+                )
+                self.backend.keep_probe(self.probe)
+            self._make_prior(self.probe)
+        self.backend.describe([s.objective], {DIRECTIONS_ATTR: self._directions(), DESCRIPTION_ATTR: self._describe()})
+        trials = self.backend.run_trials(self._planner())
+        rescored = self._rescore(trials, resumed.rescored)
+        return self._result(trials, self.backend.handle(), rescored)
+
+    def _make_prior(self, probe: ProbeResult) -> None:
+        """The prior from the probe; lowers the batch cap to what the probe found fits."""
+        if probe.batch_ceiling is not None:
+            self.batch_cap = min(self.batch_cap, probe.batch_ceiling)
+        self.prior = prior = Prior.for_space(probe, self.space, self.batch_cap)
+        logger.info(
+            "prior: B in [%d, %d] around B_noise=%.4g; lr rule eta*(%d)=%.3g",
+            prior.batch_low,
+            prior.batch_high,
+            prior.b_noise,
+            prior.b_ref,
+            prior.lr_rule(prior.b_ref),
+        )
+
+    def _planner(self) -> TrialPlanner:
+        s = self.settings
+        return TrialPlanner(
+            space=self.space,
+            mode=s.mode,
+            prior=self.prior,
+            batch_cap=self.batch_cap,
+            budget_samples=s.budget_samples,
+            eval_every=s.eval_every,
+            seed=s.seed,
+            device=s.device,
+            default_momentum=self.task.optimizer_spec.momentum,
+        )
+
+    def _rescore(self, trials: list[TrialRecord], kept: list[Rescored]) -> list[Rescored]:
+        """Re-score the best completed trials (see ``rescore_top``); what the store kept is not redone."""
+        s = self.settings
+        if s.rescore_top == 0 or s.rescore_seeds == 0:
+            return []
+        seeds = rescore_seeds(s.seed, s.rescore_seeds)
+        done = {r.trial: r for r in kept if r.seeds == seeds}
+        out = []
+        best = candidates(trials, s.rescore_top, self.direction)
+        todo = len(seeds) * sum(1 for t in best if t.number not in done)
+        bar = progress_bar(s.progress and todo > 0, "re-scoring", total=todo, unit="run")
+        for trial in best:
+            if trial.number not in done:
+                logger.info("re-scoring trial %d at seeds %s", trial.number, seeds)
+                (done[trial.number],) = run_rescoring([trial], seeds, run=self.backend.run_plans, on_done=bar.update)
+                self.backend.keep_rescored(list(done.values()))
+            out.append(done[trial.number])
+        bar.close()
+        return out
 
     def _warn_probe_cost(self) -> None:
         """Warn, before the probe runs, when it will cost more than all the trials together."""
+        s = self.settings
         probe = probe_cost(
             self.task,
-            self.probe_settings,
+            s.probe,
             batch_min=self.space.batch_min,
             batch_max=self.batch_cap,
             batch_round=self.space.prior.batch_round,
         )
-        trials = self.n_trials * self.budget_samples
+        trials = s.n_trials * s.budget_samples
         if probe > trials:
             logger.warning(
                 "the probe will train on at least %s samples, %.1fx what the trials may use in all "
@@ -320,41 +269,21 @@ class Study:
                 "or the number of trials, or use mode 'baseline' (no probe)",
                 f"{probe:,}",
                 probe / trials,
-                self.n_trials,
-                f"{self.budget_samples:,}",
+                s.n_trials,
+                f"{s.budget_samples:,}",
                 f"{trials:,}",
             )
 
-    def _make_prior(self) -> None:
-        """The prior from ``self.probe`` (prior mode); lowers the batch cap to what the probe found fits."""
-        if self.mode != "prior":
-            return
-        assert self.probe is not None
-        if self.probe.batch_ceiling is not None:
-            self.batch_cap = min(self.batch_cap, self.probe.batch_ceiling)
-        self.prior = Prior.for_space(self.probe, self.space, self.batch_cap)
-        logger.info(
-            "prior: B in [%d, %d] around B_noise=%.4g; lr rule eta*(%d)=%.3g",
-            self.prior.batch_low,
-            self.prior.batch_high,
-            self.prior.b_noise,
-            self.prior.b_ref,
-            self.prior.lr_rule(self.prior.b_ref),
-        )
-
-    def _describe(self, study: optuna.Study) -> None:
-        """Name the objective and say what the params mean, where optuna-dashboard looks.
+    def _describe(self) -> str:
+        """What a dashboard user needs to read the study: what its params are, where B and eta are.
 
         In the prior mode TPE searches fixed-range coordinates (``batch_coord``, ``lr_coord``),
         not B and eta, so the dashboard's params are not the batch size and learning rate:
         each trial keeps those as the user attributes ``batch_size`` and ``lr`` (the dashboard's
-        trial table lists them, and its plots can take them as targets), and the study's
-        ``description`` attribute and metric name say so.
+        trial table lists them, and its plots can take them as targets).
         """
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([self.objective])
-        every = f"{self.direction} the best {self.objective} over {self.n_evals} evaluations"
+        s = self.settings
+        every = f"{self.direction} the best {s.objective} over {s.n_evals} evaluations"
         if self.prior is not None:
             v_low, v_high = self.prior.v_range
             params = (
@@ -364,177 +293,15 @@ class Study:
             )
         else:
             params = "the params batch_size and lr are B and eta as sampled (log-uniform)"
-        text = (
-            f"bstune {self.mode}-mode study of task {self.task.name}: {params}. Each trial's batch size B and "
+        return (
+            f"bstune {s.mode}-mode study of task {self.task.name}: {params}. Each trial's batch size B and "
             f"learning rate eta are its user attributes batch_size and lr (temperature: eta/(B(1-m))). "
-            f"Objective: {every} of a trial's {self.budget_samples} samples."
-        )
-        if study.user_attrs.get(_DESCRIPTION_ATTR) != text:
-            study.set_user_attr(_DESCRIPTION_ATTR, text)
-
-    # -- one trial -------------------------------------------------------------------
-    def _planner(self) -> TrialPlanner:
-        return TrialPlanner(
-            space=self.space,
-            mode=self.mode,
-            prior=self.prior,
-            batch_cap=self.batch_cap,
-            budget_samples=self.budget_samples,
-            eval_every=self.eval_every,
-            seed=self.seed,
-            device=self.device,
-            default_momentum=self.task.optimizer_spec.momentum,
+            f"Objective: {every} of a trial's {s.budget_samples} samples."
         )
 
-    def _objective(self, trial: Trial) -> float:
-        planner = self.planner
-        assert planner is not None
-        plan = planner.plan(planner.sample(trial))
-        for key, value in plan.attrs().items():
-            trial.set_user_attr(key, value)
-
-        def on_milestone(index: int, value: float, record: EvalRecord) -> Decision:
-            trial.report(value, index)
-            return Decision.STOP if trial.should_prune() else Decision.CONTINUE
-
-        outcome = run_trial(
-            self.task, plan, objective=self.objective, direction=self.direction, on_milestone=on_milestone
-        )
-        for key, value in outcome.attrs().items():
-            trial.set_user_attr(key, value)
-        config = plan.config
-        if outcome.status == "pruned":
-            raise optuna.TrialPruned(outcome.message)
-        if outcome.status == "completed":
-            assert outcome.value is not None
-            return outcome.value
-        if outcome.status == "oom":
-            cap = planner.learn_oom(config.batch_size)
-            trial.set_user_attr("batch_ceiling", cap)
-            logger.warning(
-                "trial %d ran out of memory at batch_size=%d; batch sizes now capped at %d",
-                trial.number,
-                config.batch_size,
-                cap,
-            )
-        elif outcome.status == "diverged":
-            logger.info(
-                "trial %d diverged at B=%d, lr=%.3g: %s", trial.number, config.batch_size, config.lr, outcome.message
-            )
-        else:
-            logger.warning(
-                "trial %d failed: %s (its traceback is kept with the trial: 'traceback' in the storage and result.json)",
-                trial.number,
-                outcome.message,
-            )
-        raise TrialFailure(f"trial {trial.number} {outcome.status}: {outcome.message}")
-
-    # -- the whole study ---------------------------------------------------------------
-    def run(self) -> StudyResult:
-        """Probe (prior mode), then run trials until ``n_trials`` have finished.
-
-        Resumes a study found under the same name in the storage (the Ray backend: under
-        ``storage_path``): the probe is not repeated, finished trials are kept, and a
-        trial left running by a killed process is run again (once). With the embedded
-        backend, other processes may run the same study on the same storage at the same
-        time: a trial counts as abandoned only when its owner process is gone (same
-        host) or silent for ``grace_period`` (another host). ``n_trials`` counts the
-        trials that ran to their end, across all processes. A ``KeyboardInterrupt``
-        (Ctrl-C) leaves the running trial as a kill does, marked ``interrupted`` and
-        queued to run again on resume, and goes on up.
-        """
-        if self.backend == "ray":
-            from bstune.study._ray import run_on_ray
-
-            assert self.ray is not None
-            trials, rescored = run_on_ray(self, self.ray)
-            return self._result(trials, None, rescored)
-        previous = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged once, below, without traceback
-        try:
-            study = self._open()
-            self._setup_prior(study)
-            self._describe(study)
-            self.planner = self._planner()
-            lost: list[int] = []  # trials of ours that another process declared abandoned
-            objective = with_heartbeat(self._objective, self.heartbeat_interval, lost)
-            while (remaining := self.n_trials - count_finished(study)) > 0:
-                self._lower_ceiling(study)
-                try:
-                    study.optimize(
-                        objective,
-                        n_trials=remaining,
-                        catch=(TrialFailure,),
-                        callbacks=[self._after_trial],
-                        show_progress_bar=self.progress,
-                    )
-                    break
-                except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-                    if not lost:
-                        raise
-                    lost.clear()  # Optuna refused to tell a trial another process failed: its retry counts
-            trials = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
-            rescored = self._rescore(trials, study)
-        finally:
-            optuna.logging.set_verbosity(previous)
-        return self._result(trials, study, rescored)
-
-    def _rescore(
-        self,
-        trials: list[TrialRecord],
-        study: optuna.Study | None = None,
-        run: Callable[[list[TrialPlan]], list[TrialOutcome]] | None = None,
-        kept: list[Rescored] | None = None,
-        keep: Callable[[list[Rescored]], None] | None = None,
-    ) -> list[Rescored]:
-        """Re-score the best completed trials (see ``rescore_top``); what a storage kept is not redone."""
-        if self.rescore_top == 0 or self.rescore_seeds == 0:
-            return []
-        seeds = rescore_seeds(self.seed, self.rescore_seeds)
-        if study is not None:
-            kept = [Rescored.from_dict(d) for d in study.user_attrs.get(_RESCORED_ATTR, [])]
-        done = {r.trial: r for r in kept or [] if r.seeds == seeds}
-        out = []
-        best = candidates(trials, self.rescore_top, self.direction)
-        todo = len(seeds) * sum(1 for t in best if t.number not in done)
-        bar = progress_bar(self.progress and todo > 0, "re-scoring", total=todo, unit="run")
-        for trial in best:
-            if trial.number not in done:
-                logger.info("re-scoring trial %d at seeds %s", trial.number, seeds)
-                (done[trial.number],) = run_rescoring(
-                    self.task,
-                    [trial],
-                    seeds,
-                    objective=self.objective,
-                    direction=self.direction,
-                    run=run,
-                    on_done=bar.update,
-                )
-                stored = [r.to_dict() for r in done.values()]
-                if study is not None:
-                    study.set_user_attr(_RESCORED_ATTR, stored)
-                if keep is not None:
-                    keep(list(done.values()))
-            out.append(done[trial.number])
-        bar.close()
-        return out
-
-    def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """After each trial: take over peers' abandoned trials, share OOM ceilings, stop at ``n_trials``."""
-        retry_abandoned(study, self.grace_period)
-        self._lower_ceiling(study)
-        if count_finished(study) >= self.n_trials:
-            study.stop()
-
-    def _lower_ceiling(self, study: optuna.Study) -> None:
-        """Apply batch-size ceilings that out-of-memory trials stored (this run's, a peer's or before a resume)."""
-        planner = self.planner
-        assert planner is not None
-        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            ceiling = t.user_attrs.get("batch_ceiling")
-            if isinstance(ceiling, int) and ceiling < planner.batch_cap:
-                planner.batch_cap = max(self.space.batch_min, ceiling)
-                logger.info("batch sizes capped at %d (trial %d ran out of memory)", planner.batch_cap, t.number)
+    def _directions(self) -> dict[str, str]:
+        """What the records store: whether each recorded quantity is minimized or maximized."""
+        return {name: direction.value for name, direction in self.task.directions.items()}
 
     def _result(
         self,
@@ -545,8 +312,8 @@ class Study:
         best, best_value = recommend(trials, rescored or [], self.direction, self.study_name)
         return StudyResult(
             study_name=self.study_name,
-            mode=self.mode,
-            objective=self.objective,
+            mode=self.settings.mode,
+            objective=self.settings.objective,
             direction=self.direction,
             best_config=handed_over(best, self.task.optimizer_spec, self.space.optimizer),
             best_value=best_value,
@@ -554,17 +321,40 @@ class Study:
             trials=trials,
             probe=self.probe,
             prior=self.prior,
-            budget_samples=self.budget_samples,
+            budget_samples=self.settings.budget_samples,
             samples_probe=self.probe.samples_used if self.probe else 0,
             optuna_study=optuna_study,
             rescored=list(rescored or []),
             directions=self._directions(),
         )
 
-    def _directions(self) -> dict[str, str]:
-        """What the records store: whether each recorded quantity is minimized or maximized."""
-        return {name: direction.value for name, direction in self.task.directions.items()}
 
 
-def _is_positive(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+def _backend(
+    backend: Literal["optuna", "ray"] | TrialBackend,
+    storage: str | Path | BaseStorage | None,
+    ray: RaySettings | None,
+    settings: StudySettings,
+) -> TrialBackend:
+    """The backend a study runs on, its settings checked against each other."""
+
+    def bad(name: str, reason: str) -> ConfigError:
+        return ConfigError(reason, source="Study", field=name)
+
+    if isinstance(backend, TrialBackend):
+        if storage is not None or ray is not None:
+            raise bad("backend", "a backend object carries its own settings; leave storage and ray unset")
+        chosen = backend
+    elif backend == "ray":
+        if storage is not None:
+            raise bad("storage", "the Ray backend keeps its results under storage_path; leave storage unset")
+        chosen = RayBackend(ray)
+    elif backend == "optuna":
+        if ray is not None:
+            raise bad("ray", "ray= holds the settings of backend='ray'")
+        chosen = OptunaBackend(storage)
+    else:
+        raise bad("backend", f"must be 'optuna' (embedded), 'ray' or a TrialBackend, got {backend!r}")
+    if isinstance(chosen, RayBackend) and not isinstance(settings.pruner, str):
+        raise bad("pruner", "the Ray backend takes a pruner by name (its schedulers stand in for Optuna's)")
+    return chosen

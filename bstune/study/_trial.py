@@ -21,8 +21,7 @@ from torch import nn
 
 from bstune.metrics import Direction
 from bstune.optim import temperature
-from bstune.space import SearchSpace
-from bstune.space._param import MODEL_PREFIX
+from bstune.space import MODEL_PREFIX, SearchSpace
 from bstune.study._prior import Prior
 from bstune.study._records import clean_json
 from bstune.task import Task

@@ -23,9 +23,7 @@ from torch import nn
 
 from bstune.data import batch_len, fetch_batch, move_to_device, slice_batch
 from bstune.errors import ConfigError
-from bstune.noise._gradients import adam_preconditioner, sq_norm_of
-from bstune.noise._measure import resolve_device
-from bstune.noise._tracker import NoiseTracker
+from bstune.noise import NoiseTracker, adam_preconditioner, resolve_device, sq_norm_of
 from bstune.task import Task
 from bstune.training._config import TrainConfig
 from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from bstune.noise._tracker import TrajectoryPoint
+from bstune.noise import TrajectoryPoint
 from bstune.training._config import TrainConfig
 
 __all__ = ["Decision", "EvalRecord", "RunStatus", "TrainResult"]

@@ -64,7 +64,7 @@ def test_a_probe_dearer_than_all_the_trials_is_warned_about_before_it_runs(
     def probe(*args: Any, **kwargs: Any) -> None:
         raise ProbeStarted(any("the probe will train on at least" in r.getMessage() for r in caplog.records))
 
-    monkeypatch.setattr(study_module, "run_probe", probe)
+    monkeypatch.setattr(study_module, "probe_space", probe)
     caplog.set_level(logging.WARNING, logger="bstune")
     with pytest.raises(ProbeStarted) as started:
         _study(blob_task, n_trials=2, budget_samples=1100).run()  # trials: 2,200 samples; the probe: >= 7,268

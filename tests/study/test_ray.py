@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 
 from bstune.errors import ConfigError, DependencyError
 from bstune.space import SearchSpace
-from bstune.study import Study
+from bstune.study import Study, make_sampler
 from bstune.study._ray import PlannerSpace, RaySettings, import_ray, make_scheduler
 from bstune.study._ray_trial import record_from_result
 from bstune.study._trial import TrialPlanner
@@ -76,7 +77,7 @@ def test_searcher_learns_from_out_of_memory_and_fails_broken_trials(monkeypatch:
 
     monkeypatch.setattr(optuna.study, "create_study", recording)
     plans = planner()
-    search = _make_searcher(plans, seed=0, n_trials=8, direction="minimize")
+    search = _make_searcher(plans, make_sampler(0, 8), direction="minimize")
     batch = search.suggest("t1")["bstune_plan"]["batch_size"]
     search.on_trial_complete("t1", {"status": "oom", "batch_size": batch})
     cap = max(8, min(256, batch // 2))
@@ -98,7 +99,9 @@ def test_ray_settings_reject_bad_values() -> None:
 def test_study_keeps_backend_settings_apart(blob_task: object) -> None:
     with pytest.raises(ConfigError, match="storage: the Ray backend keeps its results under storage_path"):
         Study(blob_task, SPACE, backend="ray", storage="sqlite:///x.db")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="settings of backend='ray'"):
+    with pytest.raises(ConfigError, match="ray= holds the settings of backend='ray'"):
+        Study(blob_task, SPACE, ray=RaySettings(address="auto"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="address: no such setting"):
         Study(blob_task, SPACE, address="auto")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="backend: must be"):
         Study(blob_task, SPACE, backend="dask")  # type: ignore[arg-type]
@@ -130,7 +133,7 @@ def test_pruner_names_pick_ray_schedulers_on_training_samples(blob_task: object)
     go, stop = schedulers.TrialScheduler.CONTINUE, schedulers.TrialScheduler.STOP
     study = Study(blob_task, SPACE, backend="ray", budget_samples=9000, n_evals=9)  # type: ignore[arg-type]
 
-    asha = make_scheduler("hyperband", study)
+    asha = make_scheduler(study.settings)
     assert isinstance(asha, schedulers.AsyncHyperBandScheduler)
     assert asha.metric == "objective"  # lower is better: the trials stopped below report more
     good, mid, bad, late = (_Trial(n) for n in ("good", "mid", "bad", "late"))
@@ -148,7 +151,7 @@ def test_pruner_names_pick_ray_schedulers_on_training_samples(blob_task: object)
     rungs = re.findall(r"Iter ([0-9.]+):", asha.debug_string())
     assert sorted(float(r) for r in rungs) == [1000, 3000, 9000]  # Hyperband's rungs
 
-    median = make_scheduler("median", study)
+    median = make_scheduler(dataclasses.replace(study.settings, pruner="median"))
     assert isinstance(median, schedulers.MedianStoppingRule)
     assert median.metric == "objective"
     others = [_Trial(f"o{i}") for i in range(5)]
@@ -167,7 +170,7 @@ def test_pruner_names_pick_ray_schedulers_on_training_samples(blob_task: object)
     assert _decide(median, controller, lagging, 999, 9.0) == go  # within the grace period
     assert _decide(median, controller, lagging, 1000, 9.0) == stop  # worse than the others' median at 1000 samples
 
-    assert type(make_scheduler("none", study)) is schedulers.FIFOScheduler
+    assert type(make_scheduler(dataclasses.replace(study.settings, pruner="none"))) is schedulers.FIFOScheduler
     with pytest.raises(ConfigError, match="pruner: the Ray backend takes a pruner by name"):
         Study(blob_task, SPACE, backend="ray", pruner=optuna.pruners.MedianPruner())  # type: ignore[arg-type]
 

@@ -9,7 +9,7 @@ import pytest
 
 import bstune
 from bstune.errors import ConfigError
-from bstune.study import StudyResult, _rescore
+from bstune.study import OptunaBackend, StudyResult
 from bstune.study._records import Rescored
 from bstune.study._rescore import choose, rescore_seeds
 from bstune.study._trial import TrialOutcome, TrialPlan
@@ -40,14 +40,14 @@ def test_rescore_seeds_are_deterministic_and_never_a_study_seed_nearby() -> None
     assert not set(seeds) & set(range(0, 1000))  # far from the study seeds a user would pick
 
 
-def _fake_run_trial(by_lr: dict[float, float], calls: list[tuple[float, int]]) -> Any:
-    """A stand-in for training at a re-scoring seed: the value it returns depends on the trial's lr only."""
+def _fake_run_plans(by_lr: dict[float, float], calls: list[tuple[float, int]]) -> Any:
+    """A stand-in for the backend's re-scoring runs: the value each returns depends on the trial's lr only."""
 
-    def run(task: bstune.Task, plan: TrialPlan, **_: Any) -> TrialOutcome:
-        calls.append((plan.config.lr, plan.config.seed))
-        return TrialOutcome(status="completed", value=by_lr[plan.config.lr], samples=100)
+    def run_plans(self: OptunaBackend, plans: list[TrialPlan]) -> list[TrialOutcome]:
+        calls.extend((plan.config.lr, plan.config.seed) for plan in plans)
+        return [TrialOutcome(status="completed", value=by_lr[plan.config.lr], samples=100) for plan in plans]
 
-    return run
+    return run_plans
 
 
 def test_study_recommends_the_candidate_whose_mean_over_seeds_is_best(
@@ -60,7 +60,7 @@ def test_study_recommends_the_candidate_whose_mean_over_seeds_is_best(
     # at the other seeds the runner-up is far better than the trial that won on its own seed
     values = {t.lr: 1.0 for t in ranked} | {second.lr: second.value, first.lr: 5.0}
     calls: list[tuple[float, int]] = []
-    monkeypatch.setattr(_rescore, "run_trial", _fake_run_trial(values, calls))  # type: ignore[arg-type]
+    monkeypatch.setattr(OptunaBackend, "run_plans", _fake_run_plans(values, calls))
     result = _study(blob_task, rescore_top=2, rescore_seeds=2).run()
     assert [r.trial for r in result.rescored] == [first.number, second.number]
     assert result.best_trial == second.number
@@ -76,7 +76,7 @@ def test_resumed_study_keeps_its_rescores_and_result_json_round_trips(
 ) -> None:
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     calls: list[tuple[float, int]] = []
-    monkeypatch.setattr(_rescore, "run_trial", _fake_run_trial(_Always(0.5), calls))  # type: ignore[arg-type]
+    monkeypatch.setattr(OptunaBackend, "run_plans", _fake_run_plans(_Always(0.5), calls))
     first = _study(blob_task, storage=storage).run()
     assert len(calls) == 3 * 2 and len(first.rescored) == 3
     again = _study(blob_task, storage=storage).run()  # nothing left to run: not re-scored twice

@@ -1,0 +1,178 @@
+"""Records: what a study keeps about its trials and its probe, as plain data.
+
+The bottom layer of the study's data: it imports neither Optuna nor the analysis nor
+the report, so ``result.json`` can be read, analysed and reported on without them. The
+study layer builds these records (from Optuna's trials or Ray's results); the analysis
+and the report read them (the report reads a finished study through :class:`StudyData`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from bstune.metrics import Direction
+
+__all__ = ["ProbeResult", "Rescored", "StudyData", "TrialRecord", "clean_dict", "clean_json"]
+
+
+def clean_dict(value: dict[str, Any]) -> dict[str, Any]:
+    """:func:`clean_json` of a dict, typed as one."""
+    out: dict[str, Any] = clean_json(value)
+    return out
+
+
+def clean_json(value: Any) -> Any:
+    """Replace non-finite floats by ``None`` (JSON has no inf/nan)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean_json(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial: its derived batch size and learning rate, outcome and learning curve."""
+
+    number: int
+    status: str  # completed, pruned, diverged, oom, failed, running
+    batch_size: int | None
+    lr: float | None
+    temperature: float | None  # eta/(B(1-m))
+    value: float | None  # the objective (best validation loss over its milestones, by default)
+    samples: int  # training samples the trial used
+    params: dict[str, Any]  # the sampled coordinates and extra hyperparameters
+    config: dict[str, Any]  # the full TrainConfig
+    history: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+    worker: str | None = None  # where it ran: a Ray node id (the Ray backend), else None
+    batch_ceiling: int | None = None  # out of memory: the batch-size cap for the rest of the study
+    traceback: str | None = None  # failed: where the task's code raised
+
+    def to_dict(self) -> dict[str, Any]:
+        return clean_dict(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialRecord:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Rescored:
+    """One candidate's values: its own trial's first, then one per re-scoring seed (None: it did not complete)."""
+
+    trial: int
+    seeds: list[int]
+    values: list[float | None]
+    samples: int  # spent on the re-scoring runs (the trial's own samples are counted with the trial)
+
+    @property
+    def complete(self) -> bool:
+        return all(v is not None and math.isfinite(v) for v in self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(v for v in self.values if v is not None) if self.complete else None
+
+    @property
+    def sem(self) -> float | None:
+        """Standard error of the mean over the seeds (None with fewer than two values)."""
+        if not self.complete or len(self.values) < 2:
+            return None
+        return statistics.stdev(v for v in self.values if v is not None) / math.sqrt(len(self.values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial": self.trial,
+            "seeds": list(self.seeds),
+            "values": list(self.values),
+            "samples": self.samples,
+            "mean": self.mean,
+            "sem": self.sem,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rescored:
+        return cls(
+            trial=int(data["trial"]),
+            seeds=[int(s) for s in data["seeds"]],
+            values=[None if v is None else float(v) for v in data["values"]],
+            samples=int(data["samples"]),
+        )
+
+
+@dataclass
+class ProbeResult:
+    """What the probe measured. JSON round-trips, so a resumed study need not probe again."""
+
+    batch_size: int
+    lr_ceiling: float  # largest range-test lr before the loss rose past twice its best
+    lr_ceiling_large: float  # the same at a large batch (large_batch): bounds the rule's flat part
+    large_batch: int
+    lr_probe: float  # lr of the probe run
+    b_simple: float
+    b_simple_ci: tuple[float, float]
+    trajectory: list[dict[str, Any]]  # B_simple over the probe run: samples, b_simple, ci, temperature
+    temperature: float  # eta/(B(1-m)) of the probe run
+    throughput: dict[int, float]  # batch size -> training samples/s on the trial device
+    batch_ceiling: int | None  # smallest batch size that ran out of memory, halved; None if all fit
+    samples_used: int  # training examples processed by the probe (range test + run + measurement + ladder)
+    lr_range: list[tuple[float, float]] = field(default_factory=list)  # (lr, smoothed loss) of the range test
+    device: str = "cpu"
+    seconds: float = 0.0
+    # batch size -> (q25, q75) of the per-step rates behind ``throughput`` (the median); empty in older results
+    throughput_iqr: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["throughput"] = {str(k): v for k, v in self.throughput.items()}
+        out["throughput_iqr"] = {str(k): list(v) for k, v in self.throughput_iqr.items()}
+        out["b_simple"] = self.b_simple if math.isfinite(self.b_simple) else None
+        out["b_simple_ci"] = [v if math.isfinite(v) else None for v in self.b_simple_ci]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
+        d = dict(data)
+        d["throughput"] = {int(k): float(v) for k, v in d["throughput"].items()}
+        d["throughput_iqr"] = {int(k): (float(v[0]), float(v[1])) for k, v in d.get("throughput_iqr", {}).items()}
+        d["b_simple"] = math.inf if d["b_simple"] is None else d["b_simple"]
+        d["b_simple_ci"] = tuple(math.inf if v is None else v for v in d["b_simple_ci"])
+        d["lr_range"] = [tuple(p) for p in d.get("lr_range", [])]
+        return cls(**d)
+
+
+class StudyData(Protocol):
+    """What the report reads of a finished study (:class:`bstune.study.StudyResult` is one)."""
+
+    study_name: str
+    mode: str
+    objective: str
+    direction: str
+    best_config: dict[str, Any]
+    best_value: float
+    trials: list[TrialRecord]
+    probe: ProbeResult | None
+    budget_samples: int
+    samples_probe: int
+    best_trial: int | None
+    rescored: list[Rescored]
+    directions: dict[str, str]
+
+    def metric_directions(self) -> dict[str, Direction]:
+        """Each recorded quantity whose direction is known, with it."""
+        ...
+
+    def direction_of(self, metric: str, *, source: str = ..., field: str | None = ...) -> Direction:
+        """Whether ``metric`` is minimized or maximized; a ``ConfigError`` if the study did not record it."""
+        ...
+
+    @property
+    def samples_rescore(self) -> int: ...
+    @property
+    def samples_total(self) -> int: ...

@@ -1,0 +1,119 @@
+"""The one seam between a study and what runs its trials.
+
+:class:`~bstune.study.Study` does the work every backend shares, once: it checks the
+settings, runs the probe, builds the prior and the trial planner, re-scores the best
+trials and builds the result. A :class:`TrialBackend` does only what differs between
+running trials in this process (:class:`~bstune.study.OptunaBackend`, the embedded
+default) and on a Ray cluster (:class:`~bstune.study.RayBackend`): where the study's
+state is kept and resumed from, where the probe and the trials run, and how trials are
+drawn and stopped early.
+
+What a trial *is* is the :class:`TrialJob` both backends are handed: a picklable object
+that trains one :class:`~bstune.study._trial.TrialPlan` and reports its milestones.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from bstune.metrics import Direction
+from bstune.records import ProbeResult, Rescored, TrialRecord
+from bstune.study._settings import StudySettings
+from bstune.study._trial import MilestoneHook, TrialOutcome, TrialPlan, TrialPlanner, run_trial
+from bstune.task import Task
+from bstune.training import Decision
+
+__all__ = ["DESCRIPTION_ATTR", "DIRECTIONS_ATTR", "Resumed", "StudySpec", "TrialBackend", "TrialJob"]
+
+DIRECTIONS_ATTR = "bstune_directions"  # study attribute: whether each recorded quantity is minimized or maximized
+DESCRIPTION_ATTR = "description"  # study attribute: what the params mean (optuna-dashboard shows it)
+
+
+def full_budget(*_: Any) -> Decision:
+    """A milestone callback that never stops: re-scoring runs train their whole budget."""
+    return Decision.CONTINUE
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """What one trial runs: a task trained by bstune's trainer, judged on ``objective``.
+
+    Picklable (the Ray backend ships it to its workers). ``run`` is the only thing a
+    backend calls: train a plan, report each milestone's value to ``on_milestone`` (which
+    answers whether to stop), and say what happened.
+    """
+
+    task: Task
+    objective: str
+    direction: Direction
+
+    def run(self, plan: TrialPlan, on_milestone: MilestoneHook = full_budget) -> TrialOutcome:
+        return run_trial(self.task, plan, objective=self.objective, direction=self.direction, on_milestone=on_milestone)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """What a backend is told about the study it runs."""
+
+    name: str
+    settings: StudySettings
+    fingerprint: dict[str, Any]  # the settings a resumed study must match
+    job: TrialJob
+    sampler: optuna.samplers.BaseSampler
+    batch_min: int  # the space's smallest batch size: an out-of-memory cap never goes below it
+
+
+@dataclass
+class Resumed:
+    """What a backend's store already held when the study was opened (empty for a new study)."""
+
+    probe: dict[str, Any] | None = None
+    rescored: list[Rescored] = field(default_factory=list)
+
+
+class TrialBackend(ABC):
+    """Runs a study's trials; :class:`~bstune.study.Study` calls these in order.
+
+    ``open`` first (which may refuse a stored study run with other settings), then, in
+    the prior mode, ``run_probe`` and ``keep_probe`` unless the store held a probe; then
+    ``run_trials`` with the study's planner; then ``run_plans`` and ``keep_rescored``
+    for each re-scored candidate.
+    """
+
+    name: str = ""
+
+    @abstractmethod
+    def open(self, spec: StudySpec) -> Resumed:
+        """Open (or resume) the study's store; returns what it held."""
+
+    @abstractmethod
+    def run_probe(self, probe: Callable[..., ProbeResult], **kwargs: Any) -> ProbeResult:
+        """``probe(**kwargs)`` where the trials will run (this process, or a worker like the trials')."""
+
+    @abstractmethod
+    def keep_probe(self, probe: ProbeResult) -> None:
+        """Store the probe so a resumed study need not run it again."""
+
+    @abstractmethod
+    def run_trials(self, planner: TrialPlanner) -> list[TrialRecord]:
+        """Run trials drawn through ``planner`` until ``n_trials`` have finished; every trial's record."""
+
+    @abstractmethod
+    def run_plans(self, plans: list[TrialPlan]) -> list[TrialOutcome]:
+        """Train each plan for its whole budget (no early stopping); their outcomes, in order."""
+
+    @abstractmethod
+    def keep_rescored(self, done: list[Rescored]) -> None:
+        """Store the re-scoring done so far, so a resumed study does not redo it."""
+
+    def describe(self, metric_names: list[str], attrs: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Label the study where the backend's own tools show it (metric names, attributes); optional."""
+
+    def handle(self) -> Any:
+        """The backend's own study object, handed to the result (the embedded backend's ``optuna.Study``)."""
+        return None

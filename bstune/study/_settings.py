@@ -1,0 +1,160 @@
+"""The settings of a study: one frozen object, checked when it is made.
+
+:class:`StudySettings` holds what shapes a study whatever backend runs it (budget,
+trials, milestones, objective, pruning, re-scoring, the probe) and how processes
+sharing one store tell each other they are alive. Where trials run and are stored is
+the backend's: :class:`~bstune.study.OptunaBackend` (a storage) or
+:class:`~bstune.study.RayBackend` (a :class:`~bstune.study.RaySettings`), passed in
+beside the settings, not flattened into them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import optuna
+
+from bstune.errors import ConfigError
+from bstune.metrics import Direction
+from bstune.study._probe import ProbeSettings
+from bstune.study._pruners import PRUNERS
+
+__all__ = ["Mode", "StudySettings"]
+
+Mode = Literal["prior", "baseline"]
+
+
+def _bad(name: str, reason: str) -> ConfigError:
+    return ConfigError(reason, source="Study", field=name)
+
+
+def _is_count(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What a study runs: every field is checked here, and a bad one names itself.
+
+    Args:
+        n_trials: trials to finish (completed, pruned or failed), counting those a
+            resumed storage already holds.
+        budget_samples: training samples of a full trial; pruned trials use less. At
+            least ``(n_evals - 1) * B + 1`` at the space's largest batch size B, so that
+            every milestone falls on a step of its own; a probe that will cost more than
+            ``n_trials * budget_samples`` is warned about before it runs.
+        seed: seeds the sampler, the probe and every trial's model init and data order
+            (the same for all trials, so they differ only in their hyperparameters).
+        mode: ``"prior"`` searches around the probe's noise scale and the eta/B rule;
+            ``"baseline"`` searches plain log-uniform (B, eta) over the space's ranges
+            with everything else equal, to measure what the prior is worth.
+        pruner: ``"hyperband"`` (default), ``"median"``, ``"successive_halving"``,
+            ``"none"`` or an Optuna pruner; it sees milestone indices as steps. On the Ray
+            backend the name picks a Ray scheduler on training samples: ASHA for
+            ``"hyperband"`` and ``"successive_halving"``, the median stopping rule for
+            ``"median"``, FIFO (no early stopping) for ``"none"``.
+        n_evals: evaluations (and pruning decisions) per full trial; the default 9 puts
+            Hyperband's rungs (1, 3, 9 with reduction factor 3) at a ninth, a third and
+            the end of the budget. A stop at the last milestone is ignored (the trainer
+            treats it so): a trial that has spent its whole budget completes.
+        objective: the record field to optimise: ``"val_loss"`` (default), ``"train_loss"``
+            or a metric such as ``"val_accuracy"``.
+        direction: ``"minimize"`` or ``"maximize"``; by default (``None``) the objective's
+            own, as the task declares it (losses are minimized; see :class:`bstune.Metric`).
+            A direction that contradicts the objective's is an error.
+        probe: settings of the probe (the prior mode only).
+        device: trial device; ``"auto"`` picks CUDA when available.
+        progress: show progress bars on stderr: the probe's phases, the trials, the re-scoring.
+        study_name: name inside the storage; default ``"bstune-<task name>"``.
+        heartbeat_interval: seconds between the heartbeats a running trial writes to the
+            storage, so that other processes on the study can tell it is alive.
+        grace_period: seconds without a heartbeat after which a running trial whose
+            owner is on another host counts as abandoned and is run again (an owner on
+            this host is checked directly: its trial is taken over as soon as its process
+            is gone). At least twice ``heartbeat_interval``; hosts' clocks must agree to
+            well within it.
+        rescore_top, rescore_seeds: before recommending, the ``rescore_top`` best completed
+            trials are trained again at ``rescore_seeds`` other seeds (full budget, no
+            pruning), and the one with the best mean is recommended: one seed moves a
+            config's loss by several percent, so the best single trial is partly the
+            luckiest seed. ``0`` turns it off. Its samples count in the study's total;
+            a resumed study keeps what it re-scored.
+
+    Example:
+        >>> StudySettings(n_trials=8, budget_samples=9000).eval_every
+        1000
+        >>> StudySettings(n_trials=0)
+        Traceback (most recent call last):
+        ...
+        bstune.errors.ConfigError: Study: n_trials: must be a positive integer, got 0
+    """
+
+    n_trials: int = 40
+    budget_samples: int = 300_000
+    seed: int = 0
+    mode: Mode = "prior"
+    pruner: str | optuna.pruners.BasePruner = "hyperband"
+    n_evals: int = 9
+    objective: str = "val_loss"
+    direction: Direction | Literal["minimize", "maximize"] | None = None
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    device: str = "auto"
+    progress: bool = True
+    study_name: str | None = None
+    heartbeat_interval: float = 30.0
+    grace_period: float = 600.0
+    rescore_top: int = 3
+    rescore_seeds: int = 2
+
+    def __post_init__(self) -> None:
+        if not _is_count(self.n_trials, 1):
+            raise _bad("n_trials", f"must be a positive integer, got {self.n_trials!r}")
+        if not _is_count(self.budget_samples, 1):
+            raise _bad("budget_samples", f"must be a positive integer, got {self.budget_samples!r}")
+        if self.mode not in ("prior", "baseline"):
+            raise _bad("mode", f"must be 'prior' or 'baseline', got {self.mode!r}")
+        if not _is_count(self.n_evals, 1) or self.n_evals > self.budget_samples:
+            raise _bad("n_evals", f"must be an integer in [1, budget_samples], got {self.n_evals!r}")
+        if self.direction is not None:
+            object.__setattr__(self, "direction", Direction.coerce(self.direction, source="Study"))
+        if isinstance(self.pruner, str) and self.pruner not in PRUNERS:
+            raise _bad("pruner", f"unknown pruner {self.pruner!r}; expected one of {', '.join(PRUNERS)}")
+        if not isinstance(self.pruner, str | optuna.pruners.BasePruner):
+            raise _bad("pruner", f"must be a pruner's name or an Optuna pruner, got {type(self.pruner).__name__}")
+        if not isinstance(self.probe, ProbeSettings):
+            raise _bad("probe", f"must be a ProbeSettings, got {type(self.probe).__name__}")
+        if not _is_positive(self.heartbeat_interval):
+            raise _bad("heartbeat_interval", f"must be a positive number of seconds, got {self.heartbeat_interval!r}")
+        if not _is_positive(self.grace_period) or self.grace_period < 2 * self.heartbeat_interval:
+            raise _bad(
+                "grace_period",
+                f"must be at least twice heartbeat_interval ({self.heartbeat_interval!r} s), got {self.grace_period!r}",
+            )
+        for name in ("rescore_top", "rescore_seeds"):
+            if not _is_count(getattr(self, name), 0):
+                raise _bad(name, f"must be a non-negative integer, got {getattr(self, name)!r}")
+
+    @classmethod
+    def build(cls, base: StudySettings | None = None, **changes: Any) -> StudySettings:
+        """``base`` (default: the defaults) with ``changes``; an unknown name is refused by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise _bad(unknown[0], f"no such setting; the settings are {', '.join(sorted(known))}")
+        return dataclasses.replace(base, **changes) if base is not None else cls(**changes)
+
+    @property
+    def eval_every(self) -> int:
+        """Samples between milestones: exactly ``n_evals`` of them, the last at the full budget."""
+        return max(1, -(-self.budget_samples // self.n_evals))
+
+    @property
+    def pruner_name(self) -> str:
+        return self.pruner if isinstance(self.pruner, str) else type(self.pruner).__name__
