@@ -79,10 +79,6 @@ def cmd_noise(args: argparse.Namespace) -> int:
     return 0
 
 
-# what a report says about its recommendation besides the settings themselves
-_NOT_SETTINGS = frozenset(
-    {"temperature", "objective", "why", "expected_steps_to_target", "expected_samples_to_target", "lr_table", "lr_rule"}
-)
 _FILE_SETTINGS = ("batch_size", "lr", "warmup_samples")  # TrainConfig settings a recommended config holds
 _OPTIMIZER_KEYS = ("optimizer", "betas")
 
@@ -134,9 +130,11 @@ def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
     optimizer: dict[str, Any] = {}
     budget = None
     if args.config is not None:
+        from bstune.report import RECOMMENDATION_NOTES
+
         config, budget = _recommended_config(args.config)
         for key, value in config.items():
-            if key in _NOT_SETTINGS:
+            if key in RECOMMENDATION_NOTES:
                 continue
             if key in _OPTIMIZER_KEYS:
                 optimizer[key] = value

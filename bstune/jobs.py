@@ -31,7 +31,16 @@ from typing import Any
 
 from bstune.errors import BstuneError, ConfigError
 
-__all__ = ["JOB_SPEC_VAR", "RESULT_BEGIN", "RESULT_END", "JobFailedError", "fetch_report", "job_spec", "status", "submit"]
+__all__ = [
+    "JOB_SPEC_VAR",
+    "RESULT_BEGIN",
+    "RESULT_END",
+    "JobFailedError",
+    "fetch_report",
+    "job_spec",
+    "status",
+    "submit",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -72,4 +72,3 @@ def test_a_setting_the_cli_has_no_option_for_is_refused(tmp_path: Path) -> None:
     spec = job_spec(tmp_path / "task.py", tmp_path / "space.yaml", out=str(tmp_path / "o"), n_trials=7)
     with pytest.raises(ConfigError, match="`bstune run` has no option for 'n_trials'"):
         _cluster_job._run_args(spec, tmp_path / "o")
-

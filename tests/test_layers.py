@@ -120,7 +120,9 @@ def test_no_new_circle_or_bad_import_and_no_known_one_fixed_silently() -> None:
     edges = _bad_edges(graph)
     new = [" -> ".join(sorted(c)) for c in circles - KNOWN_CIRCLES] + [f"{a} -> {b}" for a, b in edges - KNOWN_EDGES]
     gone = [" , ".join(sorted(c)) for c in KNOWN_CIRCLES - circles] + [f"{a} -> {b}" for a, b in KNOWN_EDGES - edges]
-    assert not new, "import circles, or imports of another package's private module or of the CLI:\n  " + "\n  ".join(new)
+    assert not new, "import circles, or imports of another package's private module or of the CLI:\n  " + "\n  ".join(
+        new
+    )
     assert not gone, "fixed: remove from KNOWN_CIRCLES / KNOWN_EDGES:\n  " + "\n  ".join(gone)
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "metric_values",
 ]
 
+
 class TrialFields(Protocol):
     """What the analysis reads of a trial (``bstune.records.TrialRecord`` has these and more)."""
 

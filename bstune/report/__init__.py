@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 from bstune.report._build import Report, build_report
 from bstune.report._markdown import render_markdown
+from bstune.report._schema import RECOMMENDATION_NOTES
 
 if TYPE_CHECKING:
     from bstune.report._html import render_html
@@ -27,4 +28,4 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Plot", "Report", "build_report", "render_html", "render_markdown", "render_plots"]
+__all__ = ["RECOMMENDATION_NOTES", "Plot", "Report", "build_report", "render_html", "render_markdown", "render_plots"]

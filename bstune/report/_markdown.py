@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bstune.metrics import Direction
+from bstune.report._schema import RECOMMENDATION_NOTES
 
 __all__ = ["render_markdown"]
 
@@ -28,23 +29,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     study = data.get("study", {})
     out = [f"# bstune report: {study.get('name', 'study')}", ""]
     settings = ", ".join(
-        f"{k} = {_n(v)}"
-        for k, v in rec.items()
-        if k
-        not in (
-            "batch_size",
-            "lr",
-            "why",
-            "objective",
-            "lr_table",
-            "lr_rule",
-            "lr_rule_kind",
-            "lr_rule_b_crit",
-            "expected_steps_to_target",
-            "expected_samples_to_target",
-            "derived",  # computed from the settings, not one of them
-            "temperature",  # report.json written before "derived" kept the effective temperature here
-        )
+        f"{k} = {_n(v)}" for k, v in rec.items() if k not in RECOMMENDATION_NOTES and k not in ("batch_size", "lr")
     )
     out += [
         "## Recommendation",

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,17 @@ class TrialFailure(BstuneError):
     """A trial ended without a result (diverged, out of memory, or raised); the study goes on."""
 
 
+@contextmanager
+def optuna_quiet() -> Iterator[None]:
+    """Optuna's own INFO lines off (study created/loaded, each trial's value) while inside; bstune logs what matters."""
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
 class OptunaBackend(TrialBackend):
     """Trials one after the other in this process, drawn and pruned by Optuna.
 
@@ -71,14 +84,15 @@ class OptunaBackend(TrialBackend):
     def open(self, spec: StudySpec) -> Resumed:
         settings = spec.settings
         self._spec = spec
-        self._study = study = optuna.create_study(
-            storage=self.storage,
-            sampler=spec.sampler,
-            pruner=make_pruner(settings.pruner, settings.n_evals),
-            study_name=spec.name,
-            direction=Direction(settings.direction).value,
-            load_if_exists=True,
-        )
+        with optuna_quiet():  # no "A new study created" / "Using an existing study" lines on the user's terminal
+            self._study = study = optuna.create_study(
+                storage=self.storage,
+                sampler=spec.sampler,
+                pruner=make_pruner(settings.pruner, settings.n_evals),
+                study_name=spec.name,
+                direction=Direction(settings.direction).value,
+                load_if_exists=True,
+            )
         check_settings(study, spec.fingerprint)
         retry_abandoned(study, settings.grace_period)  # left running by a dead process: fail it, run its config again
         return Resumed(
@@ -114,9 +128,7 @@ class OptunaBackend(TrialBackend):
         assert spec is not None
         self._planner = planner
         settings = spec.settings
-        previous = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged once, below, without traceback
-        try:
+        with optuna_quiet():  # failed trials are logged once, by us, without Optuna's traceback
             lost: list[int] = []  # trials of ours that another process declared abandoned
             objective = with_heartbeat(self._objective, settings.heartbeat_interval, lost)
             while (remaining := settings.n_trials - count_finished(study)) > 0:
@@ -134,8 +146,6 @@ class OptunaBackend(TrialBackend):
                     if not lost:
                         raise
                     lost.clear()  # Optuna refused to tell a trial another process failed: its retry counts
-        finally:
-            optuna.logging.set_verbosity(previous)
         return [trial_record(t) for t in study.get_trials(deepcopy=False)]
 
     def run_plans(self, plans: list[TrialPlan]) -> list[TrialOutcome]:

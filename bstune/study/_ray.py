@@ -307,7 +307,9 @@ class RayBackend(TrialBackend):
         state = _load_state(exp_dir / _STATE_FILE)
         if state is not None:
             where = f"study {spec.name!r} under {exp_dir.parent}"
-            error = settings_mismatch(upgrade_settings(state["settings"]) or {}, spec.fingerprint, where, "study_name/storage_path")
+            error = settings_mismatch(
+                upgrade_settings(state["settings"]) or {}, spec.fingerprint, where, "study_name/storage_path"
+            )
             if error is not None:
                 raise ConfigError(error, source="Study", field="storage_path")
         # every finished trial checkpoints, and each checkpoint forces a snapshot of the experiment (deliberately:

@@ -329,7 +329,6 @@ class Study:
         )
 
 
-
 def _backend(
     backend: Literal["optuna", "ray"] | TrialBackend,
     storage: str | Path | BaseStorage | None,

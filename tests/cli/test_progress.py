@@ -36,7 +36,7 @@ def _run(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_run_shows_the_probe_phases_and_the_re_scoring_only_when_asked(tmp_path: Path) -> None:
     (tmp_path / "good.py").write_text(FILES["good.py"])
     (tmp_path / "ok.yaml").write_text(FILES["ok.yaml"])
-    args = ("run", "good.py", "--space", "ok.yaml", "--trials", "2", "--budget-samples", "400")
+    args = ("run", "good.py", "--space", "ok.yaml", "--trials", "2", "--budget-samples", "640")
     args += ("--rescore-top", "1", "--rescore-seeds", "1")
     shown = _run(tmp_path, *args, "--progress")
     assert shown.returncode == 0, shown.stderr

@@ -33,7 +33,7 @@ def test_run_writes_the_report_and_says_where(tmp_path: Path) -> None:
     (tmp_path / "ok.yaml").write_text("name: s\nbatch_size: {min: 8, max: 64}\n")
     proc = bstune(
         *("run", "good.py", "--space", "ok.yaml", "--out", "out", "--mode", "baseline", "--trials", "2"),
-        *("--budget-samples", "400", "--rescore-top", "0", "--no-progress"),
+        *("--budget-samples", "640", "--rescore-top", "0", "--no-progress"),
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr

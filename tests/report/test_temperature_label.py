@@ -108,3 +108,16 @@ def test_bstune_report_prints_the_effective_temperature(tmp_path: Path) -> None:
     assert "momentum=0.9" in best and "temperature" not in best
     saved = json.loads((tmp_path / "report.json").read_text())
     assert "temperature" not in saved["recommended"] and "effective_temperature" in saved["recommended"]["derived"]
+
+
+def test_every_recommended_key_is_a_setting_or_a_declared_note() -> None:
+    """``bstune train --config report.json`` trains with the settings and skips the notes: a key that
+    is neither would be refused there as an unknown parameter."""
+    from bstune.report import RECOMMENDATION_NOTES
+
+    result = _momentum_result()
+    rec = build_report(result, {"metric": "train_loss", "value": TARGET}).recommended
+    assert {"lr_table", "lr_rule_kind", "derived"} <= set(rec)  # the fit identified B_crit, so the rule is there
+    settings = set(result.best_config) - {"temperature"}
+    assert set(rec) - settings <= RECOMMENDATION_NOTES
+    assert not settings & RECOMMENDATION_NOTES
