@@ -459,6 +459,12 @@ class TrialContext:
         raise _Diverged(message)
 
     def _record(self, milestone: int, metrics: Mapping[str, Any]) -> None:
+        if self.objective not in metrics:
+            raise ConfigError(
+                f"reported {', '.join(sorted(metrics)) or 'nothing'} but not the study's objective "
+                f"{self.objective!r}; report it, or choose objective= among those",
+                source="ctx.report",
+            )
         values: dict[str, float] = {}
         for name, value in metrics.items():
             try:

@@ -1,0 +1,138 @@
+"""A study of a user's training function: the same trials as a task's, its failures kept, its mistakes named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import bstune
+from bstune.errors import ConfigError
+from bstune.study import StudyFailedError
+from bstune.training import TrialContext
+from tests.training.test_context import TRAIN, VX, VY, loop, net, task
+
+SPACE = {"name": "s", "batch_size": {"min": 8, "max": 128}, "lr": {"min": 1e-3, "max": 3.0}}
+ARGS: dict[str, Any] = dict(n_trials=5, budget_samples=4096, mode="baseline", progress=False, study_name="same")
+
+
+def _values(result: bstune.StudyResult) -> list[tuple[str, int, float, float | None]]:
+    return [(str(t.status), t.batch_size, t.lr, t.value) for t in result.trials]  # type: ignore[misc]
+
+
+def test_a_function_and_a_task_of_the_same_problem_give_the_same_trials() -> None:
+    mine = bstune.Study(loop, SPACE, **ARGS).run()
+    theirs = bstune.Study(task(), SPACE, **ARGS).run()
+    assert [v[:3] for v in _values(mine)] == [v[:3] for v in _values(theirs)]
+    assert [v[3] for v in _values(mine)] == pytest.approx([v[3] for v in _values(theirs)], rel=1e-6)
+    assert {v[0] for v in _values(mine)} >= {"completed"}
+    assert mine.best_config == {"batch_size": theirs.best_config["batch_size"], "lr": theirs.best_config["lr"]}
+
+
+def test_the_function_sees_the_spaces_parameters_by_name() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def fn(ctx: TrialContext) -> None:
+        seen.append(dict(ctx.config))
+        loop(ctx)
+
+    space = SPACE | {
+        "params": {
+            "model.width": {"type": "int", "low": 4, "high": 32},
+            "momentum": {"type": "float", "low": 0.0, "high": 0.9},
+        }
+    }
+    result = bstune.Study(fn, space, **(ARGS | {"n_trials": 3, "rescore_top": 0})).run()
+    assert all(set(c) == {"batch_size", "lr", "model.width", "momentum"} for c in seen)
+    assert [(c["batch_size"], c["lr"]) for c in seen] == [(t.batch_size, t.lr) for t in result.trials]
+    assert set(result.best_config) == {"batch_size", "lr", "model.width", "momentum"}
+
+
+def test_an_accuracy_objective_is_maximized_without_being_told() -> None:
+    def fn(ctx: TrialContext) -> None:
+        model = net()
+        opt = torch.optim.SGD(model.parameters(), lr=ctx.config["lr"])
+        sched = ctx.lr_scheduler(opt)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+            if ctx.at_milestone():
+                with torch.no_grad():
+                    ctx.report(val_accuracy=(model(VX).argmax(1) == VY).float().mean())
+
+    study = bstune.Study(fn, SPACE, objective="val_accuracy", **(ARGS | {"n_trials": 3}))
+    result = study.run()
+    assert study.direction == "maximize" and result.direction == "maximize"
+    completed = [t.value for t in result.trials if t.status == "completed"]
+    assert result.best_value >= max(completed) - 0.1  # re-scored mean of one of the best, not the worst
+
+
+def test_an_exception_in_the_function_fails_the_trial_with_its_traceback() -> None:
+    def fn(ctx: TrialContext) -> None:
+        raise KeyError("model.width")
+
+    with pytest.raises(StudyFailedError, match="KeyError: 'model.width'") as info:
+        bstune.Study(fn, SPACE, **(ARGS | {"n_trials": 2})).run()
+    assert info.value.traceback is not None and "raise KeyError" in info.value.traceback
+
+
+def test_a_function_that_reports_another_metric_is_told_which_it_reported() -> None:
+    def fn(ctx: TrialContext) -> None:
+        for _ in ctx.loader(TRAIN):
+            ctx.step(1.0)
+            if ctx.at_milestone():
+                ctx.report(loss=0.5)
+
+    with pytest.raises(StudyFailedError, match="ctx.report: reported loss but not the study's objective 'val_loss'"):
+        bstune.Study(fn, SPACE, **(ARGS | {"n_trials": 2})).run()
+
+
+def test_a_space_without_a_largest_batch_is_refused_for_a_function() -> None:
+    with pytest.raises(ConfigError, match="batch_size.max"):
+        bstune.Study(loop, {"name": "s"}, **ARGS)
+
+
+def test_an_objective_of_unknown_direction_must_be_declared() -> None:
+    with pytest.raises(ConfigError, match="direction: bstune cannot tell"):
+        bstune.Study(loop, SPACE, objective="score", **ARGS)
+    assert bstune.Study(loop, SPACE, objective="score", direction="maximize", **ARGS).direction == "maximize"
+
+
+def test_a_study_of_a_function_resumes_from_its_storage(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    first = bstune.Study(loop, SPACE, storage=storage, **(ARGS | {"n_trials": 2, "rescore_top": 0})).run()
+    more = bstune.Study(loop, SPACE, storage=storage, **(ARGS | {"n_trials": 4, "rescore_top": 0})).run()
+    assert _values(more)[:2] == _values(first) and len(more.trials) == 4
+
+
+class _NoScheduler:
+    """A loop that never makes the context's scheduler: the probe cannot ramp its rate."""
+
+    def __call__(self, ctx: TrialContext) -> None:
+        model = nn.Linear(8, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=ctx.config["lr"])
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ctx.step(loss)
+
+
+def test_the_prior_mode_names_what_the_probe_needs_from_the_loop() -> None:
+    with pytest.raises(ConfigError, match=r"ctx.lr_scheduler\(optimizer\).*mode='baseline'"):
+        bstune.Study(_NoScheduler(), SPACE, **(ARGS | {"mode": "prior"})).run()
+
+    def no_tracker(ctx: TrialContext) -> None:
+        loop(ctx)
+
+    with pytest.raises(ConfigError, match=r"ctx.noise_tracker\(model\).*observe\(\)"):
+        bstune.Study(no_tracker, SPACE, **(ARGS | {"mode": "prior"})).run()
