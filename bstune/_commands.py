@@ -297,6 +297,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             pruner=args.pruner,
             rescore_top=args.rescore_top,
             rescore_seeds=args.rescore_seeds,
+            objective=args.objective,
+            direction=args.direction,
             device=args.device,
             progress=_progress(args),
             backend=args.backend,

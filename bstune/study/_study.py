@@ -180,8 +180,16 @@ class Study:
         self.name = getattr(fn, "__name__", "train").strip("<>") or "train"
         self.n_train = None
         self.optimizer_spec = self.space.optimizer
-        declared = settings.direction
-        direction = Direction(declared) if declared is not None else infer_direction(settings.objective)
+        declared = Direction(settings.direction) if settings.direction is not None else None
+        named = infer_direction(settings.objective)
+        if declared is not None and named is not None and declared is not named:
+            raise ConfigError(
+                f"{declared.value!r} contradicts the objective {settings.objective!r}, whose name says "
+                f"{named.value!r}; leave direction unset",
+                source="Study",
+                field="direction",
+            )
+        direction = declared or named
         if direction is None:
             raise ConfigError(
                 f"bstune cannot tell from its name whether {settings.objective!r} is better low or high; "

@@ -105,6 +105,8 @@ def test_an_objective_of_unknown_direction_must_be_declared() -> None:
     with pytest.raises(ConfigError, match="direction: bstune cannot tell"):
         bstune.Study(loop, SPACE, objective="score", **ARGS)
     assert bstune.Study(loop, SPACE, objective="score", direction="maximize", **ARGS).direction == "maximize"
+    with pytest.raises(ConfigError, match="'minimize' contradicts the objective 'val_accuracy'"):
+        bstune.Study(loop, SPACE, objective="val_accuracy", direction="minimize", **ARGS)
 
 
 def test_a_study_of_a_function_resumes_from_its_storage(tmp_path: Path) -> None:
