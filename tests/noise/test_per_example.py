@@ -423,3 +423,44 @@ def test_random_batches_estimate_the_exact_noise_scale_without_bias() -> None:
     assert abs(float(mean[1]) - exact.trace_sigma) < 4 * float(err[1])
     b_simple = float(mean[1] / mean[0])
     assert b_simple == pytest.approx(exact.b_simple, rel=0.1)
+
+
+def test_bf16_autocast_and_activation_checkpointing() -> None:
+    """Mixed dtypes under autocast, and a layer recomputed in the backward pass (a second forward call)."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp, self.norm, self.head = nn.Linear(4, 16), nn.LayerNorm(16), nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            hidden = checkpoint(lambda h: torch.tanh(self.norm(self.inp(h))), x, use_reentrant=False)
+            return self.head(hidden)  # type: ignore[no-any-return]
+
+    torch.manual_seed(0)
+    model, x, y = Checkpointed(), torch.randn(B, 4), torch.randint(0, 3, (B,))
+    loss_fn = nn.CrossEntropyLoss()
+    norms = PerExampleNorms(model)
+    truth = _truth(model, loss_fn, x, y, norms.covered())
+    norms.enabled = True
+    loss_fn(model(x), y).backward()
+    torch.testing.assert_close(norms.sq_norms(), truth, rtol=1e-4, atol=0.0)
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn(model(x), y)
+    loss.backward()
+    torch.testing.assert_close(norms.sq_norms(), truth, rtol=3e-2, atol=0.0)
+    assert norms.uncovered() == []
+
+
+def test_the_check_runs_on_the_first_steps_only() -> None:
+    with pytest.raises(ConfigError, match="check_steps"):
+        PerExampleNorms(nn.Linear(2, 1), check_steps=-1)
+    model = nn.Linear(3, 1)
+    norms = PerExampleNorms(model, check_steps=2)
+    norms.enabled = True
+    for checked in (True, True, False):
+        model(torch.randn(B, 3)).sum().backward()
+        assert bool(norms._step.probe_hooks) is checked
+        norms.sq_norms()
