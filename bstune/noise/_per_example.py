@@ -317,7 +317,8 @@ class PerExampleNorms:
     and ``nn.Conv2d`` (groups=1, any padding mode), ``nn.LayerNorm``; a parameter
     shared by several of them (tied weights), or a module called several times in one
     forward, has its contributions summed per example before the norm. Other trainable
-    parameters are listed by :meth:`uncovered` and left out of the norms.
+    parameters are listed by :meth:`uncovered` and left out of the norms (and of
+    :attr:`batch_grad_sq`, so that both describe the same parameters).
 
     Args:
         model: the model; hooks go on it and its submodules.
@@ -356,7 +357,6 @@ class PerExampleNorms:
         self.batch_grad_sq: float | None = None
         """|Σ_i c_i|² over the covered parameters in the step :meth:`sq_norms` last returned,
         from the gradients the backward pass delivered (|p.grad|² when p.grad was zero before)."""
-        self._model = model
         names: dict[int, str] = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
         self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         reasons: dict[str, str] = {}
@@ -400,7 +400,9 @@ class PerExampleNorms:
         return [n for n in self._params if n not in self._uncovered]
 
     def uncovered(self) -> list[str]:
-        """Names of the trainable parameters no hook covers (a module type without a rule)."""
+        """Names of the trainable parameters left out of the norms: held by a layer without a
+        per-example rule (the types are matched exactly, so a subclass of ``nn.Linear`` is
+        another type), or found by the check to get gradient outside the hooked layers."""
         return [n for n in self._params if n in self._uncovered]
 
     def uncovered_reasons(self) -> dict[str, str]:
