@@ -8,9 +8,11 @@ each measurement, told by its :class:`~bstune.training.TrialContext` what to do:
    the task probe draws them, and the losses the loop passes to ``ctx.step`` end the ramp
    once their smoothed value doubles its minimum; the ceiling is the rate at the minimum.
 2. **Noise scale**: a run at ``lr_fraction`` of the ceiling with the context's noise
-   tracker on every step; B_simple and its interval are pooled over the run's second half
-   (per-example gradient norms from the loop's own backward pass), the trajectory over
-   the windows between its evaluations.
+   tracker on every step (per-example gradient norms from the loop's own backward pass):
+   the trajectory over the windows between its evaluations, then a still phase where the
+   scheduler holds the rate at 0, so the parameters stay where training left them and
+   B_simple and its interval are pooled over ``measure_samples`` of batches at one point,
+   as :func:`~bstune.noise.measure_noise_scale` measures a task's.
 3. **Throughput**: a few steps at each batch size of the ladder, timed between successive
    ``ctx.step`` calls, so data loading counts as it does in training; evaluations are not
    asked for and not timed.
@@ -108,6 +110,7 @@ class _Runner:
     def __init__(self, job: FunctionJob, params: dict[str, Any], seed: int, device: torch.device) -> None:
         self.job, self.params, self.seed, self.device = job, params, seed, device
         self.samples = 0
+        self.n_train: int | None = None  # the training set's size, once a run has opened ctx.loader
 
     def __call__(self, batch: int, lr: float, max_samples: int, **kwargs: Any) -> tuple[TrainResult, TrialContext]:
         config_keys = ("track_noise", "noise_every_steps", "eval_every_samples")
@@ -129,6 +132,7 @@ class _Runner:
             **kwargs,
         )
         self.samples += result.samples
+        self.n_train = ctx.n_train if ctx.n_train is not None else self.n_train
         return result, ctx
 
 
@@ -175,14 +179,20 @@ def _probe(
     ratio = (lr_max / lr_min) ** (1.0 / (settings.lr_steps - 1))
     with progress_bar(progress, f"probe: LR range test at B={batch} (your loop)", total=1, unit="test") as bar:
         ceiling, curve = _range_test(run, batch, lr_min, lr_max, settings.lr_steps, ratio)
+        # the training set's size is known once the loop has opened ctx.loader: a small one takes a
+        # smaller probe batch (as a task's does), and the test runs again at it
+        if (sized := _probe_batch(run.n_train, settings, space.batch_min, batch_cap)) != batch:
+            batch = sized
+            ceiling, curve = _range_test(run, batch, lr_min, lr_max, settings.lr_steps, ratio)
         bar.update(1)
-    big = min(batch_cap, max(batch, settings.large_batch_factor * batch))
+    big = min(batch_cap, run.n_train or batch_cap, max(batch, settings.large_batch_factor * batch))
     ceiling_big, cap = ceiling, None
     if big > batch:
         start, steps = large_batch_sweep(ceiling, lr_min, lr_max, settings.lr_steps)
         try:
             with progress_bar(progress, f"probe: LR range test at B={big} (your loop)", total=1, unit="test") as bar:
-                ceiling_big, _ = _range_test(run, big, start, lr_max, steps, ratio)
+                ratio_big = (lr_max / start) ** (1.0 / (steps - 1))  # as lr_range_test spreads its steps
+                ceiling_big, _ = _range_test(run, big, start, lr_max, steps, ratio_big)
                 bar.update(1)
             ceiling_big = max(ceiling_big, ceiling)  # a larger batch only raises the ceiling (see run_probe)
         except torch.OutOfMemoryError:
@@ -193,16 +203,18 @@ def _probe(
     lr_probe = max(lr_min, settings.lr_fraction * ceiling)
     logger.info("probe: LR range test at B=%d: ceiling %.3g, probe lr %.3g", batch, ceiling, lr_probe)
 
-    train_samples = _train_samples(None, settings, batch)
-    with progress_bar(progress, "probe: B_simple trajectory (your loop)", total=1, unit="run") as bar:
+    train_samples = _train_samples(run.n_train, settings, batch)
+    train_samples = -(-train_samples // batch) * batch  # whole steps, so the still phase starts on a step
+    measure = settings.measure_samples or 50 * batch
+    with progress_bar(progress, "probe: B_simple trajectory and measurement (your loop)", total=1, unit="run") as bar:
         result, ctx = run(
             batch,
             lr_probe,
-            train_samples,
+            train_samples + measure,
             track_noise=True,
             noise_every_steps=1,
             eval_every_samples=max(batch * 4, train_samples // 5),
-            noise_pool_from=train_samples // 2,
+            freeze_from=train_samples,
         )
         bar.update(1)
     if result.status is not RunStatus.COMPLETED:
@@ -212,30 +224,25 @@ def _probe(
             source="probe",
         )
     tracker = ctx._tracker
-    if not ctx.used_tracker or tracker is None or tracker.pool is None:
+    if not ctx.used_tracker or tracker is None or tracker.still is None:
         raise ConfigError(
             "the probe measures B_simple from the gradients of your loop: make noise = ctx.noise_tracker(model) "
             f"and call noise.observe() between loss.backward() and optimizer.step(), {_WITHOUT}",
             source="probe",
         )
-    point = tracker.pool.flush(ctx.steps, ctx.samples)
-    if point is None:
+    est = tracker.still.estimate()
+    if est is None:
         raise EstimationError(
-            "the probe's noise run observed fewer than two steps' gradients in its second half "
+            "the probe's still phase observed fewer than two chunks of gradients "
             "(noise.observe() must run on every step, between loss.backward() and optimizer.step())"
         )
-    if (
-        math.isfinite(point.ci[1])
-        and point.ci[0] > 0
-        and point.ci[1] / point.ci[0] > (1 + 2 * settings.rel_precision) ** 2
-    ):
+    if est.rel_half_width > 2 * settings.rel_precision:
         logger.warning(
-            "probe: B_simple %.4g is uncertain (90%% CI %.4g .. %.4g) from %d steps at batch %d",
-            point.b_simple,
-            point.ci[0],
-            point.ci[1],
-            point.n_steps,
-            batch,
+            "probe: B_simple %.4g is uncertain (90%% CI %.4g .. %.4g) from %d examples at one point",
+            est.b_simple,
+            est.ci[0],
+            est.ci[1],
+            est.n_examples,
         )
 
     throughput: dict[int, float] = {}
@@ -274,8 +281,8 @@ def _probe(
         lr_ceiling_large=ceiling_big,
         large_batch=big,
         lr_probe=lr_probe,
-        b_simple=point.b_simple,
-        b_simple_ci=point.ci,
+        b_simple=est.b_simple,
+        b_simple_ci=est.ci,
         trajectory=trajectory,
         temperature=lr_probe / (batch * (1.0 - ctx.momentum)),
         throughput=throughput,

@@ -136,6 +136,80 @@ class TrialLRScheduler:
         self._apply()
 
 
+class _StillMeasure:
+    """B_simple at one point: the probe's still phase, where the rate is 0 and every step's gradient
+    is another batch at the same parameters.
+
+    Steps are grouped into chunks of consecutive batches of one epoch (disjoint examples, drawn
+    without replacement); a chunk's mean gradient is that of its k·B examples, its examples'
+    per-example norms the small batches, so each chunk gives one two-batch estimate at batch
+    sizes 1 and k·B (McCandlish et al. 2018, App. A.1, with the finite-population correction),
+    which resolves |G|² much better than one batch of B would. The interval comes from the
+    spread over chunks (:func:`~bstune.noise.summarize`).
+    """
+
+    def __init__(self, named: list[tuple[str, nn.Parameter]], norms: PerExampleNorms, ctx: TrialContext) -> None:
+        self.named, self.norms, self.ctx = named, norms, ctx
+        self.grad_sq: list[float] = []
+        self.trace: list[float] = []
+        self.big_sizes: list[int] = []
+        self._sum: list[torch.Tensor] | None = None
+        self._small: list[float] = []
+        self._chunk_epoch: int | None = None
+
+    def add(self, small_sq: float, batch: int) -> None:
+        """One still step: this batch's mean |g_i|² and its gradient (read from ``p.grad``)."""
+        ctx = self.ctx
+        step = ctx.steps  # this step's index within the run (ctx.step() has not counted it yet)
+        per_epoch = max(1, (ctx.n_train or batch) // batch)
+        epoch = step // per_epoch
+        if self._sum is not None and (epoch != self._chunk_epoch or len(self._small) >= ctx.still_chunk_steps):
+            self.close()
+        covered = set(self.norms.covered())  # as batch_grad_sq and the per-example norms count them
+        grads = [p.grad.detach().double() for n, p in self.named if n in covered and p.grad is not None]
+        if self._sum is not None and len(grads) != len(self._sum):
+            self.close()
+        if self._sum is None:
+            self._sum, self._chunk_epoch = [g.clone() for g in grads], epoch
+        else:
+            for total, g in zip(self._sum, grads, strict=True):
+                total.add_(g)
+        self._small.append(small_sq)
+
+    def close(self) -> None:
+        """End the current chunk: one two-batch estimate, if it held two steps or more."""
+        from bstune.noise import two_batch_estimate
+
+        if self._sum is not None and len(self._small) >= 2:
+            k = len(self._small)
+            big_size = k * self.ctx.batch_size
+            big_sq = float(sum(float((t / k).pow(2).sum()) for t in self._sum))
+            small = sum(self._small) / k
+            population = self.ctx.n_train if self.ctx.n_train is not None and big_size <= self.ctx.n_train else None
+            g, t = two_batch_estimate(small, 1, big_sq, big_size, population)
+            self.grad_sq.append(float(g))
+            self.trace.append(float(t))
+            self.big_sizes.append(big_size)
+        self._sum, self._small = None, []
+
+    def estimate(self) -> Any:
+        """The still phase's :class:`~bstune.noise.NoiseScaleEstimate`; needs two chunks or more."""
+        from bstune.noise import summarize
+
+        self.close()
+        if len(self.grad_sq) < 2:
+            return None
+        return summarize(
+            self.grad_sq,
+            self.trace,
+            batch_size=self.big_sizes[0],
+            micro_batch_size=1,
+            method="per_example",
+            population=self.ctx.n_train,
+            n_examples=sum(self.big_sizes),
+        )
+
+
 class LoopNoiseTracker:
     """B_simple from the user's backward pass: call :meth:`observe` after ``loss.backward()``
     and before ``optimizer.step()``.
@@ -152,7 +226,7 @@ class LoopNoiseTracker:
         self.ctx = ctx
         self.norms: PerExampleNorms | None = None
         self.tracker: NoiseTracker | None = None
-        self.pool: NoiseTracker | None = None  # every measured step from ctx.noise_pool_from on, never flushed
+        self.still: _StillMeasure | None = None  # the probe's still phase: gradients at one point
         self._observed = 0
         if not ctx.train_config.track_noise:
             return
@@ -175,7 +249,8 @@ class LoopNoiseTracker:
                 ", ".join(norms.uncovered()),
             )
         self.tracker = NoiseTracker(ctx.batch_size, population=ctx.n_train, momentum=ctx.momentum)
-        self.pool = NoiseTracker(ctx.batch_size, population=ctx.n_train, momentum=ctx.momentum)
+        if ctx.freeze_from is not None:
+            self.still = _StillMeasure(list(model.named_parameters()), norms, ctx)
         norms.enabled = True
         ctx._tracker = self
 
@@ -184,19 +259,18 @@ class LoopNoiseTracker:
         if self.norms is None or self.tracker is None:
             return
         if self.norms.enabled:
-            sq = self.norms.sq_norms().double()
+            sq = self.norms.sq_norms()  # in p.grad's units, as batch_grad_sq: a loss scale cancels in the ratio
+            big = self.norms.batch_grad_sq
             batch = int(sq.numel())
-            grads = [p.grad for p in self.covered if p.grad is not None]
-            if batch >= 2 and grads:
-                big = float(sum(float(g.double().pow(2).sum()) for g in grads))
-                small = float(sq.mean()) * batch * batch
-                for tracker in (self.tracker, self.pool):
-                    if tracker is not None and tracker.population is None:
-                        tracker.population = self.ctx.n_train
-                self.tracker.update(small, 1, big, self.ctx.lr)
-                start = self.ctx.noise_pool_from
-                if self.pool is not None and start is not None and self.ctx.samples >= start:
-                    self.pool.update(small, 1, big, self.ctx.lr)
+            if batch >= 2 and big is not None:
+                small = float(sq.mean()) * batch * batch  # |g_i|² with g_i = B c_i
+                if self.tracker.population is None:
+                    self.tracker.population = self.ctx.n_train
+                frozen = self.ctx.freeze_from
+                if frozen is None or self.ctx.samples < frozen:  # the trajectory: training, not the still phase
+                    self.tracker.update(small, 1, big, self.ctx.lr)
+                elif self.still is not None:
+                    self.still.add(small, batch)
         self._observed += 1
         self.norms.enabled = self._observed % self.ctx.train_config.noise_every_steps == 0
 
@@ -271,7 +345,8 @@ class TrialContext:
         self._ramp = ramp
         self._order = order
         self._evaluate = evaluate  # False: the probe's ramp and timing runs, where no milestone asks for an evaluation
-        self.noise_pool_from: int | None = None  # the probe's noise run: pool every step from this many samples on
+        self.freeze_from: int | None = None  # the probe's noise run: the rate is 0 from this many samples on
+        self.still_chunk_steps = 10  # steps per chunk of the still phase's measurement
         self._marks = _milestones(config)
         self._next = 0
         self._stopped = False
@@ -425,6 +500,8 @@ class TrialContext:
 
     # -- inside -----------------------------------------------------------------------
     def _lr_of_step(self, step: int) -> float:
+        if self.freeze_from is not None and step * self.batch_size >= self.freeze_from:
+            return 0.0  # parameters held still: the gradients measured are those of one point
         if self._ramp is not None:
             return self._ramp.lr(step)
         return lr_at(self.train_config, step * self.batch_size)
@@ -533,7 +610,7 @@ def run_function(
     ramp: LRRamp | None = None,
     order: str = "epoch",
     evaluate: bool = True,
-    noise_pool_from: int | None = None,
+    freeze_from: int | None = None,
 ) -> tuple[TrainResult, TrialContext]:
     """Run the user's ``fn(ctx)`` as one training run of ``config``; never raises for divergence or
     OOM (like :func:`~bstune.training.train`); what else ``fn`` raises goes up.
@@ -545,7 +622,7 @@ def run_function(
     ctx = TrialContext(
         config, params, callback, objective=objective, optimizer=optimizer, ramp=ramp, order=order, evaluate=evaluate
     )
-    ctx.noise_pool_from = noise_pool_from
+    ctx.freeze_from = freeze_from
     device = ctx.device
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("CUDA was asked for but torch sees no CUDA device", source="TrainConfig", field="device")

@@ -13,7 +13,9 @@ from torch.nn import functional as F
 
 import bstune
 from bstune.errors import ConfigError
-from bstune.study import StudyFailedError
+from bstune.metrics import Direction
+from bstune.space import SearchSpace
+from bstune.study import FunctionJob, ProbeSettings, StudyFailedError, probe_function, probe_space
 from bstune.training import TrialContext
 from tests.training.test_context import TRAIN, VX, VY, loop, net, task
 
@@ -92,7 +94,9 @@ def test_a_function_that_reports_another_metric_is_told_which_it_reported() -> N
             if ctx.at_milestone():
                 ctx.report(loss=0.5)
 
-    with pytest.raises(StudyFailedError, match=re.escape("ctx.report: reported loss but not the study's objective 'val_loss'")):
+    with pytest.raises(
+        StudyFailedError, match=re.escape("ctx.report: reported loss but not the study's objective 'val_loss'")
+    ):
         bstune.Study(fn, SPACE, **(ARGS | {"n_trials": 2})).run()
 
 
@@ -139,3 +143,49 @@ def test_the_prior_mode_names_what_the_probe_needs_from_the_loop() -> None:
 
     with pytest.raises(ConfigError, match=r"ctx.noise_tracker\(model\).*observe\(\)"):
         bstune.Study(no_tracker, SPACE, **(ARGS | {"mode": "prior"})).run()
+
+
+def tracked_loop(ctx: TrialContext) -> None:
+    """:func:`loop` with the noise tracker, as the probe needs it."""
+    model = net().to(ctx.device)
+    opt = ctx.make_optimizer(model.parameters())
+    sched = ctx.lr_scheduler(opt)
+    noise = ctx.noise_tracker(model)
+    for xb, yb in ctx.loader(TRAIN):
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        noise.observe()
+        opt.step()
+        sched.step()
+        ctx.step(loss)
+        if ctx.at_milestone():
+            with torch.no_grad():
+                ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+
+
+def test_the_probe_through_a_function_measures_what_the_task_probe_measures() -> None:
+    space = SearchSpace.coerce(SPACE)
+    settings = ProbeSettings(throughput_batches=(8, 64))
+    theirs = probe_space(task(), space, settings, batch_cap=128)
+    job = FunctionJob(tracked_loop, "val_loss", Direction.MINIMIZE, space.optimizer)
+    mine = probe_function(job, space, settings, batch_cap=128)
+    # the same batches from the same start: the range tests agree to the last digit
+    assert (mine.batch_size, mine.large_batch) == (theirs.batch_size, theirs.large_batch) == (30, 128)
+    assert mine.lr_ceiling == pytest.approx(theirs.lr_ceiling, rel=1e-9)
+    assert mine.lr_ceiling_large == pytest.approx(theirs.lr_ceiling_large, rel=1e-9)
+    assert mine.lr_probe == pytest.approx(theirs.lr_probe, rel=1e-9)
+    # B_simple at the same point (the probe run's end), by other batches: each within the other's interval's reach
+    lo, hi = mine.b_simple_ci
+    assert lo <= theirs.b_simple <= hi
+    assert theirs.b_simple_ci[0] * 0.8 <= mine.b_simple <= theirs.b_simple_ci[1] * 1.25
+    assert set(mine.throughput) == {8, 64} and mine.samples_used > 0 and len(mine.trajectory) == 5
+
+
+def test_a_prior_mode_study_of_a_function_searches_around_its_probe() -> None:
+    result = bstune.Study(tracked_loop, SPACE, **(ARGS | {"mode": "prior", "n_trials": 4, "rescore_top": 0})).run()
+    prior, probe = result.prior, result.probe
+    assert prior is not None and probe is not None and probe.b_simple > 0
+    for t in result.trials:
+        assert prior.batch_low <= t.batch_size <= prior.batch_high  # type: ignore[operator]
+    assert result.samples_total == probe.samples_used + sum(t.samples for t in result.trials)
