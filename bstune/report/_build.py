@@ -286,7 +286,11 @@ def _recommend(result: StudyData, fit: CriticalBatchFit | None) -> dict[str, Any
     best = dict(result.best_config)
     # the settings to train with, and nothing derived from them (older results held the temperature here)
     rec: dict[str, Any] = {k: v for k, v in best.items() if k != "temperature"}
-    rec["derived"] = {"effective_temperature": _effective_temperature(best)}
+    # the temperature the study recorded for the chosen trial (its optimizer's momentum, which a training
+    # function's config does not name), else computed from the config
+    chosen_trial = next((t for t in result.trials if t.number == result.best_trial), None)
+    recorded = chosen_trial.temperature if chosen_trial is not None else None
+    rec["derived"] = {"effective_temperature": recorded if recorded is not None else _effective_temperature(best)}
     rec["objective"] = {result.objective: result.best_value}
     rec["why"] = (
         f"best {result.objective} ({result.best_value:.4g}) of {len(result.trials)} trials "

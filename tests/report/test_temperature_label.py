@@ -121,3 +121,15 @@ def test_every_recommended_key_is_a_setting_or_a_declared_note() -> None:
     settings = set(result.best_config) - {"temperature"}
     assert set(rec) - settings <= RECOMMENDATION_NOTES
     assert not settings & RECOMMENDATION_NOTES
+
+
+def test_the_derived_temperature_is_the_chosen_trials_recorded_one() -> None:
+    """A training function's config names no momentum; the trial recorded its temperature with the
+    space's momentum, and that is the one the recommendation shows."""
+    result = _momentum_result()
+    config = {k: v for k, v in result.best_config.items() if k in ("batch_size", "lr")}
+    best = next(t for t in result.trials if (t.batch_size, t.lr) == (config["batch_size"], config["lr"]))
+    result = dataclasses.replace(result, best_config=config, best_trial=best.number)
+    rec = build_report(result, {"metric": "train_loss", "value": TARGET}).recommended
+    assert rec["derived"]["effective_temperature"] == pytest.approx(best.temperature)
+    assert rec["derived"]["effective_temperature"] == pytest.approx(rec["lr"] / (rec["batch_size"] * (1 - M)))
