@@ -157,12 +157,19 @@ class _StillMeasure:
         self._small: list[float] = []
         self._chunk_epoch: int | None = None
 
+    @property
+    def empty(self) -> bool:
+        """True before the first still step."""
+        return self._sum is None and not self.grad_sq
+
     def add(self, small_sq: float, batch: int) -> None:
         """One still step: this batch's mean |g_i|² and its gradient (read from ``p.grad``)."""
         ctx = self.ctx
         step = ctx.steps  # this step's index within the run (ctx.step() has not counted it yet)
-        per_epoch = max(1, (ctx.n_train or batch) // batch)
-        epoch = step // per_epoch
+        # chunks stay inside one epoch of ctx.loader's order (disjoint examples); a loop with its own
+        # loader gives no epochs to respect, and its chunks are k batches wherever they fall
+        per_epoch = ctx.n_train // batch if ctx.n_train else None
+        epoch = step // per_epoch if per_epoch else 0
         if self._sum is not None and (epoch != self._chunk_epoch or len(self._small) >= ctx.still_chunk_steps):
             self.close()
         covered = set(self.norms.covered())  # as batch_grad_sq and the per-example norms count them
@@ -270,6 +277,8 @@ class LoopNoiseTracker:
                 if frozen is None or self.ctx.samples < frozen:  # the trajectory: training, not the still phase
                     self.tracker.update(small, 1, big, self.ctx.lr)
                 elif self.still is not None:
+                    if self.still.empty:  # training ended here: close its window
+                        self.tracker.flush(self.ctx.steps, self.ctx.samples)
                     self.still.add(small, batch)
         self._observed += 1
         self.norms.enabled = self._observed % self.ctx.train_config.noise_every_steps == 0

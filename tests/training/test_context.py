@@ -230,3 +230,37 @@ def test_the_ramp_raises_the_rate_geometrically_and_ends_when_the_loss_doubles()
     lrs = [lr for lr, _ in ctx.ramp_curve]
     assert lrs == pytest.approx([1e-3 * 1.5**k for k in range(len(lrs))])
     assert len(lrs) < 40 and result.status is RunStatus.COMPLETED and ctx.done
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_still_phase_measures_the_exact_noise_scale_of_where_training_stopped(seed: int) -> None:
+    """Ground truth: B_simple from every per-example gradient of the training set at the parameters
+    the still phase holds (:func:`bstune.exact_noise_scale`)."""
+    kept: list[nn.Module] = []
+
+    def fn(ctx: TrialContext) -> None:
+        model = net()
+        kept.append(model)
+        opt = ctx.make_optimizer(model.parameters())
+        sched = ctx.lr_scheduler(opt)
+        noise = ctx.noise_tracker(model)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            noise.observe()
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+
+    config = TrainConfig(
+        batch_size=16, lr=0.2, max_samples=960 + 3200, track_noise=True, noise_every_steps=1, seed=seed
+    )
+    _, ctx = run_function(fn, config, freeze_from=960)
+    assert ctx._tracker is not None and ctx._tracker.still is not None
+    est = ctx._tracker.still.estimate()
+    exact = bstune.exact_noise_scale(task(), kept[0])
+    assert est.ci[0] <= exact.b_simple <= est.ci[1], (est.b_simple, est.ci, exact.b_simple)
+    assert est.n_examples == 3200 - 3200 % 16 and 0.5 < est.b_simple / exact.b_simple < 2.0
+    # the trajectory stops where the still phase begins; the parameters did not move after it
+    assert all(p.samples <= 960 for p in ctx._tracker.tracker.trajectory)  # type: ignore[union-attr]
