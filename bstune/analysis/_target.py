@@ -33,12 +33,13 @@ from bstune.analysis._trials import (
     metric_values,
 )
 from bstune.errors import ConfigError, EstimationError
+from bstune.records import TrialStatus
 
 __all__ = ["BatchPoint", "TargetHit", "choose_target", "steps_by_batch", "steps_to_target"]
 
 # A run that never reached the target still bounds S(B) from below while it was on
 # track; a diverged/oom/failed run was not, so it counts only if it got there first.
-_BOUNDING_STATUSES = frozenset({"completed", "pruned", "running"})
+_BOUNDING_STATUSES = frozenset({TrialStatus.COMPLETED, TrialStatus.PRUNED, TrialStatus.RUNNING})
 
 
 @dataclass(frozen=True)

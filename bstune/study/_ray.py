@@ -42,7 +42,7 @@ from typing import Any
 
 from bstune.errors import ConfigError, DependencyError
 from bstune.metrics import Direction
-from bstune.records import ProbeResult, Rescored, TrialRecord, clean_json
+from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
 from bstune.study._backend import Resumed, StudySpec, TrialBackend, TrialJob
 from bstune.study._ray_trial import record_from_result, train_trial
 from bstune.study._resume import settings_mismatch, upgrade_settings
@@ -150,14 +150,14 @@ def _make_searcher(planner: TrialPlanner, sampler: Any, direction: str) -> Any:
 
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
             status = (result or {}).get("status")
-            if status == "oom" and isinstance(self._space, PlannerSpace):
+            if status == TrialStatus.OOM and isinstance(self._space, PlannerSpace):
                 cap = self._space.planner.learn_oom(int(result["batch_size"]))  # type: ignore[index]
                 logger.warning(
                     "a trial ran out of memory at batch_size=%s; batch sizes now capped at %d",
                     result["batch_size"],  # type: ignore[index]
                     cap,
                 )
-            if status == "completed":
+            if status == TrialStatus.COMPLETED:
                 super().on_trial_complete(trial_id, result, error)
             elif status is None and not error:  # stopped by the scheduler before finishing
                 super().on_trial_complete(trial_id, None, False)
@@ -380,7 +380,7 @@ class RayBackend(TrialBackend):
         records.sort(key=lambda r: r.number)
         cap = planner.batch_cap  # this copy stayed at the start cap: the searcher lowers its own
         for i, record in enumerate(records):  # the ceiling each out-of-memory trial left, as the searcher lowered it
-            if record.status == "oom" and record.batch_size is not None:
+            if record.status == TrialStatus.OOM and record.batch_size is not None:
                 cap = max(spec.batch_min, min(cap, int(record.batch_size) // 2))
                 records[i] = dataclasses.replace(record, batch_ceiling=cap)
         return records

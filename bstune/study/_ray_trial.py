@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bstune.records import TrialRecord, clean_json
+from bstune.records import TrialRecord, TrialStatus, clean_json
 from bstune.study._backend import TrialJob
 from bstune.study._trial import TrialPlan, history_row
 from bstune.training import Decision, EvalRecord
@@ -92,13 +92,14 @@ def record_from_result(
 ) -> TrialRecord:
     """A :class:`TrialRecord` from one Ray trial: its last reported metrics and its config."""
     plan = config["bstune_plan"]
-    status = metrics.get("status") if metrics.get("final") else None
+    stored = metrics.get("status") if metrics.get("final") else None
+    status = None if stored is None else TrialStatus(stored)
     message = str(metrics.get("message", ""))
     if status is None:
         if error is not None:
-            status, message = "failed", f"{type(error).__name__}: {error}"
+            status, message = TrialStatus.FAILED, f"{type(error).__name__}: {error}"
         else:
-            status = "pruned" if metrics.get("samples") else "failed"
+            status = TrialStatus.PRUNED if metrics.get("samples") else TrialStatus.FAILED
     value = metrics.get("objective")
     return TrialRecord(
         number=int(config["bstune_trial_number"]),

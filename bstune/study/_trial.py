@@ -21,11 +21,13 @@ from torch import nn
 
 from bstune.metrics import Direction
 from bstune.optim import temperature
+from bstune.records import TrialStatus
 from bstune.space import MODEL_PREFIX, SearchSpace
 from bstune.study._prior import Prior
 from bstune.study._records import clean_json
+from bstune.study._status import trial_status
 from bstune.task import Task
-from bstune.training import Decision, EvalRecord, RunStatus, TrainConfig, TrainResult, train
+from bstune.training import Decision, EvalRecord, TrainConfig, TrainResult, train
 
 __all__ = ["TrialOutcome", "TrialPlan", "TrialPlanner", "build_model", "run_trial", "split_params"]
 
@@ -173,7 +175,7 @@ class TrialOutcome:
     trial's milestones (``None`` when it recorded no finite one).
     """
 
-    status: str
+    status: TrialStatus
     value: float | None
     samples: int = 0
     steps: int = 0
@@ -256,15 +258,15 @@ def run_trial(
         result: TrainResult = train(task, plan.config, report, model=model)
     except Exception as exc:  # user code raised: keep the traceback with the trial
         return TrialOutcome(
-            status="failed",
+            status=TrialStatus.FAILED,
             value=None,
             message=f"{type(exc).__name__}: {exc}",
             traceback=traceback.format_exc(),
         )
-    status = "pruned" if result.status is RunStatus.STOPPED else result.status.value
+    status = trial_status(result.status)
     value = sign * best if math.isfinite(best) else None
-    if status == "completed" and value is None:
-        status, message = "failed", f"recorded no finite {objective}"
+    if status == TrialStatus.COMPLETED and value is None:
+        status, message = TrialStatus.FAILED, f"recorded no finite {objective}"
     else:
         message = result.message
     return TrialOutcome(
