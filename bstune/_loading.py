@@ -12,6 +12,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from bstune._keys import SCRIPT_MODULE_PREFIX
 from bstune.errors import ConfigError, TaskError
 from bstune.task import Task
 
@@ -32,7 +33,7 @@ def load_task(path: str | Path) -> Task:
         raise ConfigError("no such file", source=str(path))
     if script.suffix != ".py":
         raise ConfigError("expected a Python script (.py) defining make_task()", source=str(path))
-    name = f"bstune_user_{abs(hash(script.resolve()))}"
+    name = f"{SCRIPT_MODULE_PREFIX}{abs(hash(script.resolve()))}"
     spec = importlib.util.spec_from_file_location(name, script)
     if spec is None or spec.loader is None:
         raise ConfigError("cannot be imported as a Python module", source=str(path))

@@ -39,6 +39,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from bstune._keys import HEARTBEAT_KEY, OWNER_KEY
 from bstune.records import TrialStatus
 from bstune.study._optuna_compat import rdb_of, storage_of, swap_state, trial_id_of
 
@@ -57,8 +58,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-OWNER_KEY = "bstune:owner"
-HEARTBEAT_KEY = "bstune:heartbeat"
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 

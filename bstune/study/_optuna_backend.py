@@ -22,6 +22,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import Trial, TrialState
 
+from bstune._keys import PROBE_ATTR, RESCORED_ATTR
 from bstune.errors import BstuneError
 from bstune.metrics import Direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
@@ -37,9 +38,6 @@ from bstune.training import Decision, EvalRecord
 __all__ = ["OptunaBackend", "TrialFailure"]
 
 logger = logging.getLogger(__name__)
-
-PROBE_ATTR = "bstune_probe"  # the study's user attribute holding the probe
-RESCORED_ATTR = "bstune_rescored"  # the study's user attribute holding what re-scoring found
 
 
 class TrialFailure(BstuneError):

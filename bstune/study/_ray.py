@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bstune._keys import PLAN_KEY, RESCORED_FILE, SCRIPT_MODULE_PREFIX, STATE_FILE, TRIAL_NUMBER_KEY
 from bstune.errors import ConfigError, DependencyError
 from bstune.metrics import Direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
@@ -59,9 +60,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_STATE_FILE = "bstune_study.json"
-_RESCORED_FILE = "bstune_rescored.json"
 
 
 def import_ray() -> Any:
@@ -133,7 +131,7 @@ class PlannerSpace:
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         plan = self.planner.plan(self.planner.sample(trial))
-        return {"bstune_plan": plan.to_dict(), "bstune_trial_number": int(trial.number)}
+        return {PLAN_KEY: plan.to_dict(), TRIAL_NUMBER_KEY: int(trial.number)}
 
 
 def _make_searcher(planner: TrialPlanner, sampler: Any, direction: str) -> Any:
@@ -181,7 +179,7 @@ def _scalar_tensorboard() -> Any:
 
     class ScalarTBXLogger(TBXLoggerCallback):  # type: ignore[misc]
         def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
-            scalars = {k: v for k, v in result.items() if k not in ("history", "config", "bstune_plan", "traceback")}
+            scalars = {k: v for k, v in result.items() if k not in ("history", "config", PLAN_KEY, "traceback")}
             super().log_trial_result(iteration, trial, scalars)
 
     return ScalarTBXLogger()
@@ -212,7 +210,7 @@ def _register_script_modules(task: Task) -> None:
 
     for module in list(sys.modules.values()):
         name = getattr(module, "__name__", "")
-        if name.startswith("bstune_user_"):
+        if name.startswith(SCRIPT_MODULE_PREFIX):
             cloudpickle.register_pickle_by_value(module)
 
 
@@ -304,7 +302,7 @@ class RayBackend(TrialBackend):
         _register_script_modules(spec.job.task)
         self._spec = spec
         self._exp_dir = exp_dir = self.settings.experiment_dir(spec.name)
-        state = _load_state(exp_dir / _STATE_FILE)
+        state = _load_state(exp_dir / STATE_FILE)
         if state is not None:
             where = f"study {spec.name!r} under {exp_dir.parent}"
             error = settings_mismatch(
@@ -319,7 +317,7 @@ class RayBackend(TrialBackend):
         exp_dir.mkdir(parents=True, exist_ok=True)
         probe = state.get("probe") if state is not None else None
         self._write_state(probe)
-        rescored_file = exp_dir / _RESCORED_FILE
+        rescored_file = exp_dir / RESCORED_FILE
         kept = [Rescored.from_dict(d) for d in json.loads(rescored_file.read_text())] if rescored_file.is_file() else []
         return Resumed(probe=probe, rescored=kept)
 
@@ -374,7 +372,7 @@ class RayBackend(TrialBackend):
         records = []
         for index in range(len(grid)):
             result = grid[index]
-            if result.config is None or "bstune_plan" not in result.config:
+            if result.config is None or PLAN_KEY not in result.config:
                 continue  # a trial the searcher never filled in (the study ended first)
             records.append(record_from_result(result.metrics or {}, result.config, result.error))
         records.sort(key=lambda r: r.number)
@@ -397,12 +395,12 @@ class RayBackend(TrialBackend):
 
     def keep_rescored(self, done: list[Rescored]) -> None:
         assert self._exp_dir is not None
-        (self._exp_dir / _RESCORED_FILE).write_text(json.dumps([r.to_dict() for r in done], indent=1))
+        (self._exp_dir / RESCORED_FILE).write_text(json.dumps([r.to_dict() for r in done], indent=1))
 
     def _write_state(self, probe: dict[str, Any] | None) -> None:
         assert self._spec is not None and self._exp_dir is not None
         state = {"settings": self._spec.fingerprint, "probe": probe}
-        (self._exp_dir / _STATE_FILE).write_text(json.dumps(state, indent=2))
+        (self._exp_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
 def _run_plan(job: TrialJob, plan: TrialPlan) -> TrialOutcome:
