@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bstune._validate import check_count
 from bstune.analysis._trials import (
     Direction,
     History,
@@ -87,10 +88,7 @@ def steps_to_target(
         TargetHit(reached=True, steps=15.0, samples=150.0, upper_bound=False)
     """
     direction = Direction.coerce(direction, source="steps_to_target")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ConfigError(
-            f"must be a positive integer, got {batch_size!r}", source="steps_to_target", field="batch_size"
-        )
+    check_count(batch_size, source="steps_to_target", field="batch_size")
     if not math.isfinite(target):
         raise ConfigError(f"must be finite, got {target!r}", source="steps_to_target", field="target")
     points = metric_values(history, metric, batch_size)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bstune._keys import PLAN_KEY, RESCORED_FILE, SCRIPT_MODULE_PREFIX, STATE_FILE, TRIAL_NUMBER_KEY
+from bstune._validate import count_reason, number_reason
 from bstune.errors import ConfigError, DependencyError
 from bstune.metrics import Direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
@@ -105,14 +106,12 @@ class RaySettings:
             if unknown:
                 raise bad("resources_per_trial", f"unknown resources {unknown}; use cpu, gpu and memory")
             for name, amount in self.resources_per_trial.items():
-                if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
-                    raise bad(f"resources_per_trial.{name}", f"must be a non-negative number, got {amount!r}")
-        if self.max_concurrent is not None and (
-            isinstance(self.max_concurrent, bool) or not isinstance(self.max_concurrent, int) or self.max_concurrent < 1
-        ):
-            raise bad("max_concurrent", f"must be a positive integer, got {self.max_concurrent!r}")
-        if isinstance(self.max_failures, bool) or not isinstance(self.max_failures, int) or self.max_failures < 0:
-            raise bad("max_failures", f"must be a non-negative integer, got {self.max_failures!r}")
+                if (reason := number_reason(amount, strict=False)) is not None:
+                    raise bad(f"resources_per_trial.{name}", reason)
+        if self.max_concurrent is not None and (reason := count_reason(self.max_concurrent)) is not None:
+            raise bad("max_concurrent", reason)
+        if (reason := count_reason(self.max_failures, minimum=0)) is not None:
+            raise bad("max_failures", reason)
 
     def experiment_dir(self, study_name: str) -> Path:
         root = Path(self.storage_path).expanduser() if self.storage_path else Path("~/ray_results").expanduser()
