@@ -19,7 +19,16 @@ from bstune.metrics import Direction, Metric
 from bstune.noise import NoiseScaleEstimate, exact_noise_scale, measure_noise_scale
 from bstune.optim import OptimizerSpec, temperature
 from bstune.task import Task
-from bstune.training import Decision, EvalRecord, RunStatus, TrainConfig, TrainResult, train
+from bstune.training import (
+    Decision,
+    EvalRecord,
+    RunStatus,
+    TrainConfig,
+    TrainResult,
+    TrialContext,
+    TrialPruned,
+    train,
+)
 
 __version__ = "0.1.0"
 
@@ -71,6 +80,8 @@ __all__ = [
     "TaskError",
     "TrainConfig",
     "TrainResult",
+    "TrialContext",
+    "TrialPruned",
     "__version__",
     "exact_noise_scale",
     "fetch_report",

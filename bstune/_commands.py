@@ -17,10 +17,11 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bstune._loading import load_task
+from bstune._loading import load_subject, load_task
 from bstune._validate import check_count
 from bstune.errors import BstuneError, ConfigError, UserCodeError
 from bstune.study import format_summary
+from bstune.task import Task
 
 if TYPE_CHECKING:
     from bstune.study import StudyResult
@@ -48,7 +49,7 @@ def _progress(args: argparse.Namespace) -> bool:
 def cmd_noise(args: argparse.Namespace) -> int:
     import bstune
 
-    task = load_task(args.script)
+    task = load_task(args.script, command="bstune noise")
     model = None
     trained: dict[str, Any] | None = None
     if args.train_samples:
@@ -200,7 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             "needed: the training budget in samples (--config FILE gives its study's)", source="--max-samples"
         )
-    task = _with_optimizer(load_task(args.script), optimizer, args.config)
+    task = _with_optimizer(load_task(args.script, command="bstune train"), optimizer, args.config)
     train_kwargs, model_kwargs = split_params(params, max_samples)  # as a study's trial splits its parameters
     cfg = bstune.TrainConfig(
         **(settings | train_kwargs),
@@ -272,8 +273,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.out:
         args.out = str(Path(args.out).expanduser().absolute())
-    task = load_task(args.script)
-    name = args.study_name or f"bstune-{task.name}"
+    task = load_subject(args.script)
+    name = args.study_name or f"bstune-{task.name if isinstance(task, Task) else getattr(task, '__name__', 'train')}"
     storage = None
     storage_path = None
     if args.backend == "ray":
@@ -297,6 +298,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             pruner=args.pruner,
             rescore_top=args.rescore_top,
             rescore_seeds=args.rescore_seeds,
+            objective=args.objective,
+            direction=args.direction,
             device=args.device,
             progress=_progress(args),
             backend=args.backend,
@@ -487,10 +490,24 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from bstune.space import SearchSpace
     from bstune.study import Prior, probe_space
 
-    task = load_task(args.script)
+    subject = load_subject(args.script)
     space = SearchSpace.coerce(args.space)
-    cap = min(space.batch_max or task.n_train, task.n_train)
-    probe = probe_space(task, space, batch_cap=cap, seed=args.seed, device=args.device, progress=_progress(args))
+    if isinstance(subject, Task):
+        cap = min(space.batch_max or subject.n_train, subject.n_train)
+        probe = probe_space(subject, space, batch_cap=cap, seed=args.seed, device=args.device, progress=_progress(args))
+    else:
+        from bstune.metrics import Direction
+        from bstune.study import FunctionJob, probe_function
+
+        if space.batch_max is None:
+            raise ConfigError(
+                "a training function's data are not known before it runs: give the space a batch_size.max",
+                source=space.source,
+                field="batch_size.max",
+            )
+        cap = space.batch_max
+        job = FunctionJob(subject, "val_loss", Direction.MINIMIZE, space.optimizer)
+        probe = probe_function(job, space, batch_cap=cap, seed=args.seed, device=args.device, progress=_progress(args))
     prior = Prior.for_space(probe, space, min(cap, probe.batch_ceiling or cap))
     lo, hi = probe.b_simple_ci
     print(

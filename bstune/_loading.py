@@ -1,9 +1,10 @@
-"""Loading a Task from a user's Python script (what the CLI's SCRIPT argument names).
+"""Loading what a user's Python script tunes (what the CLI's SCRIPT argument names).
 
 A script exposes its problem as a function ``make_task() -> bstune.Task`` (preferred:
-building data is deferred until asked) or a module-level ``task`` object. Loading
-runs the script's top level, as ``python script.py`` would, minus its
-``if __name__ == "__main__":`` block.
+building data is deferred until asked), a module-level ``task`` object, or its own
+training loop as a function ``train(ctx)`` (see :class:`bstune.TrialContext`), which
+``bstune run`` tunes as it tunes a task. Loading runs the script's top level, as
+``python script.py`` would, minus its ``if __name__ == "__main__":`` block.
 """
 
 from __future__ import annotations
@@ -11,15 +12,36 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from bstune._keys import SCRIPT_MODULE_PREFIX
 from bstune.errors import ConfigError, TaskError
 from bstune.task import Task
+from bstune.training import TrialFunction
 
-__all__ = ["load_task"]
+__all__ = ["load_subject", "load_task"]
 
 
-def load_task(path: str | Path) -> Task:
+def load_subject(path: str | Path) -> Task | TrialFunction:
+    """Import ``path`` and return its Task, or its training function ``train(ctx)`` when it defines
+    no task.
+
+    Example:
+        >>> load_subject("no/such/file.py")
+        Traceback (most recent call last):
+        ...
+        bstune.errors.ConfigError: no/such/file.py: no such file
+    """
+    module = _import(path)
+    if not hasattr(module, "make_task") and getattr(module, "task", None) is None:
+        fn = getattr(module, "train", None)
+        if callable(fn):
+            return fn  # type: ignore[no-any-return]
+    return _task_of(module, path)
+
+
+def load_task(path: str | Path, *, command: str = "this command") -> Task:
     """Import ``path`` and return its Task.
 
     Example:
@@ -28,11 +50,26 @@ def load_task(path: str | Path) -> Task:
         ...
         bstune.errors.ConfigError: no/such/file.py: no such file
     """
+    module = _import(path)
+    if (
+        not hasattr(module, "make_task")
+        and getattr(module, "task", None) is None
+        and callable(getattr(module, "train", None))
+    ):
+        raise ConfigError(
+            f"defines a training function train(ctx) and no Task; {command} needs a Task (make_task()); "
+            "`bstune run` tunes the training function",
+            source=str(path),
+        )
+    return _task_of(module, path)
+
+
+def _import(path: str | Path) -> ModuleType:
     script = Path(path)
     if not script.is_file():
         raise ConfigError("no such file", source=str(path))
     if script.suffix != ".py":
-        raise ConfigError("expected a Python script (.py) defining make_task()", source=str(path))
+        raise ConfigError("expected a Python script (.py) defining make_task() or train(ctx)", source=str(path))
     name = f"{SCRIPT_MODULE_PREFIX}{abs(hash(script.resolve()))}"
     spec = importlib.util.spec_from_file_location(name, script)
     if spec is None or spec.loader is None:
@@ -43,6 +80,10 @@ def load_task(path: str | Path) -> Task:
         spec.loader.exec_module(module)
     except Exception as exc:
         raise ConfigError(f"importing the script raised {type(exc).__name__}: {exc}", source=str(path)) from exc
+    return module
+
+
+def _task_of(module: Any, path: str | Path) -> Task:
     factory = getattr(module, "make_task", None)
     if callable(factory):
         try:
@@ -54,7 +95,10 @@ def load_task(path: str | Path) -> Task:
     else:
         task = getattr(module, "task", None)
         if task is None:
-            raise ConfigError("defines neither make_task() nor a module-level `task`", source=str(path))
+            raise ConfigError(
+                "defines neither make_task(), a module-level `task`, nor a training function train(ctx)",
+                source=str(path),
+            )
     if not isinstance(task, Task):
         raise ConfigError(f"expected a bstune.Task, got {type(task).__name__}", source=str(path), field="make_task()")
     return task

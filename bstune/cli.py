@@ -159,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="M",
         help="more seeds per re-scored trial, full budget each; their samples count in the total (default 2)",
     )
+    run.add_argument(
+        "--objective",
+        default="val_loss",
+        metavar="NAME",
+        help="what the study optimizes: val_loss, train_loss, or a metric the task records / the function reports "
+        "(val_accuracy, ...) (default val_loss)",
+    )
+    run.add_argument(
+        "--direction",
+        choices=["minimize", "maximize"],
+        default=None,
+        help="only for an objective whose name does not say which way is better (default: from the metric)",
+    )
     run.add_argument("--seed", type=int, default=0, help="seed for the sampler, the probe and the trials (default 0)")
     run.add_argument("--device", default="auto", help="trial device: cpu, cuda, ... (default: CUDA when available)")
     run.add_argument(

@@ -6,16 +6,19 @@ See McCandlish et al. 2018, "An Empirical Model of Large-Batch Training", App. A
 from bstune.noise._estimate import NoiseScaleEstimate, ratio_interval, summarize
 from bstune.noise._gradients import adam_preconditioner, per_example_gradients, sq_norm_of
 from bstune.noise._measure import exact_noise_scale, measure_noise_scale, resolve_device
+from bstune.noise._per_example import PerExampleNorms, per_example_estimate
 from bstune.noise._tracker import NoiseTracker, TrajectoryPoint
 from bstune.noise._two_batch import two_batch_estimate
 
 __all__ = [
     "NoiseScaleEstimate",
     "NoiseTracker",
+    "PerExampleNorms",
     "TrajectoryPoint",
     "adam_preconditioner",
     "exact_noise_scale",
     "measure_noise_scale",
+    "per_example_estimate",
     "per_example_gradients",
     "ratio_interval",
     "resolve_device",

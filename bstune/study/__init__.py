@@ -1,10 +1,11 @@
 """Tuning studies: the probe, the noise-scale prior, and the search on a backend (Optuna or Ray)."""
 
-from bstune.study._backend import Resumed, StudySpec, TrialBackend, TrialJob
+from bstune.study._backend import FunctionJob, Resumed, StudySpec, TaskJob, TrialBackend, TrialJob
 from bstune.study._liveness import count_finished
 from bstune.study._optuna_backend import OptunaBackend, TrialFailure
 from bstune.study._prior import Prior
 from bstune.study._probe import ProbeResult, ProbeSettings, lr_range_test, probe_space, run_probe
+from bstune.study._probe_function import probe_function, probe_params
 from bstune.study._pruners import PRUNERS, make_pruner
 from bstune.study._ray import RayBackend, RaySettings, import_ray
 from bstune.study._records import StudyResult, TrialRecord, TrialStatus
@@ -16,6 +17,7 @@ from bstune.study._trial import build_model, split_params
 
 __all__ = [
     "PRUNERS",
+    "FunctionJob",
     "OptunaBackend",
     "Prior",
     "ProbeResult",
@@ -28,6 +30,7 @@ __all__ = [
     "StudyResult",
     "StudySettings",
     "StudySpec",
+    "TaskJob",
     "TrialBackend",
     "TrialFailure",
     "TrialJob",
@@ -41,6 +44,8 @@ __all__ = [
     "make_pruner",
     "make_sampler",
     "open_storage",
+    "probe_function",
+    "probe_params",
     "probe_space",
     "run_probe",
     "split_params",

@@ -9,7 +9,9 @@ state is kept and resumed from, where the probe and the trials run, and how tria
 drawn and stopped early.
 
 What a trial *is* is the :class:`TrialJob` both backends are handed: a picklable object
-that trains one :class:`~bstune.study._trial.TrialPlan` and reports its milestones.
+that trains one :class:`~bstune.study._trial.TrialPlan` and reports its milestones,
+through bstune's trainer on a task (:class:`TaskJob`) or a user's own training function
+(:class:`FunctionJob`); the backends cannot tell the two apart.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from typing import Any
 import optuna
 
 from bstune.metrics import Direction
+from bstune.optim import OptimizerSpec
 from bstune.records import ProbeResult, Rescored, TrialRecord
 from bstune.study._settings import StudySettings
-from bstune.study._trial import MilestoneHook, TrialOutcome, TrialPlan, TrialPlanner, run_trial
+from bstune.study._trial import MilestoneHook, TrialOutcome, TrialPlan, TrialPlanner, run_trial, task_runner
 from bstune.task import Task
-from bstune.training import Decision
+from bstune.training import Decision, EvalRecord, TrainConfig, TrainResult, TrialFunction, run_function
 
-__all__ = ["Resumed", "StudySpec", "TrialBackend", "TrialJob"]
+__all__ = ["FunctionJob", "Resumed", "StudySpec", "TaskJob", "TrialBackend", "TrialJob"]
 
 
 def full_budget(*_: Any) -> Decision:
@@ -36,21 +39,58 @@ def full_budget(*_: Any) -> Decision:
     return Decision.CONTINUE
 
 
-@dataclass(frozen=True)
-class TrialJob:
-    """What one trial runs: a task trained by bstune's trainer, judged on ``objective``.
+class TrialJob(ABC):
+    """What one trial runs: bstune's trainer on a :class:`~bstune.task.Task` (:class:`TaskJob`) or
+    a user's training function (:class:`FunctionJob`), judged on ``objective``.
 
     Picklable (the Ray backend ships it to its workers). ``run`` is the only thing a
     backend calls: train a plan, report each milestone's value to ``on_milestone`` (which
     answers whether to stop), and say what happened.
     """
 
+    objective: str
+    direction: Direction
+
+    @abstractmethod
+    def run(self, plan: TrialPlan, on_milestone: MilestoneHook = full_budget) -> TrialOutcome:
+        """Train ``plan``; never raises for what the trial's code did (see :func:`run_trial`)."""
+
+
+@dataclass(frozen=True)
+class TaskJob(TrialJob):
+    """A task trained by bstune's trainer."""
+
     task: Task
     objective: str
     direction: Direction
 
     def run(self, plan: TrialPlan, on_milestone: MilestoneHook = full_budget) -> TrialOutcome:
-        return run_trial(self.task, plan, objective=self.objective, direction=self.direction, on_milestone=on_milestone)
+        runner = task_runner(self.task, plan.model_kwargs)
+        return run_trial(runner, plan, objective=self.objective, direction=self.direction, on_milestone=on_milestone)
+
+
+@dataclass(frozen=True)
+class FunctionJob(TrialJob):
+    """A user's training function ``fn(ctx)`` (see :class:`~bstune.training.TrialContext`)."""
+
+    fn: TrialFunction
+    objective: str
+    direction: Direction
+    optimizer: OptimizerSpec
+
+    def run(self, plan: TrialPlan, on_milestone: MilestoneHook = full_budget) -> TrialOutcome:
+        def runner(config: TrainConfig, callback: Callable[[EvalRecord], Decision]) -> TrainResult:
+            result, _ = run_function(
+                self.fn,
+                config,
+                callback,
+                params=plan.params_for_user(),
+                objective=self.objective,
+                optimizer=self.optimizer,
+            )
+            return result
+
+        return run_trial(runner, plan, objective=self.objective, direction=self.direction, on_milestone=on_milestone)
 
 
 @dataclass(frozen=True)

@@ -82,8 +82,10 @@ class ProbeSettings:
             raise ConfigError(f"must be in (0, 1], got {self.lr_fraction}", source="ProbeSettings", field="lr_fraction")
 
 
-def _probe_batch(task: Task, settings: ProbeSettings, batch_min: int, batch_cap: int) -> int:
-    b = settings.batch_size if settings.batch_size is not None else min(64, max(2, task.n_train // 16))
+def _probe_batch(n_train: int | None, settings: ProbeSettings, batch_min: int, batch_cap: int) -> int:
+    """The range tests' and the noise run's batch size: 64, or a 16th of a small training set."""
+    default = 64 if n_train is None else min(64, max(2, n_train // 16))
+    b = settings.batch_size if settings.batch_size is not None else default
     return int(min(max(b, batch_min, 2), batch_cap))
 
 
@@ -219,7 +221,7 @@ def _run_probe(
     started = time.perf_counter()
     dev = resolve_device(device)
     spec = task.optimizer_spec
-    batch = _probe_batch(task, settings, batch_min, batch_max)
+    batch = _probe_batch(task.n_train, settings, batch_min, batch_max)
     samples = 0
     with progress_bar(progress, f"probe: LR range test at B={batch}", total=settings.lr_steps, unit="step") as bar:
         ceiling, curve = lr_range_test(
@@ -248,7 +250,7 @@ def _run_probe(
     lr_probe = max(lr_min, settings.lr_fraction * ceiling)
     logger.info("probe: LR range test at B=%d: ceiling %.3g, probe lr %.3g", batch, ceiling, lr_probe)
 
-    train_samples = _train_samples(task, settings, batch)
+    train_samples = _train_samples(task.n_train, settings, batch)
     # Probe run: split every step in two for the B_simple trajectory (BatchNorm: fine, micro-batch estimator).
     cfg = TrainConfig(
         batch_size=batch,
@@ -314,7 +316,7 @@ def _run_probe(
 
     throughput: dict[int, float] = {}
     throughput_iqr: dict[int, tuple[float, float]] = {}
-    rungs = _rungs(task, settings, batch_min, batch_max, batch_round, cap)
+    rungs = _rungs(task.n_train, settings, batch_min, batch_max, batch_round, cap)
     bar = progress_bar(progress, "probe: throughput ladder", total=len(rungs), unit="rung")
     for b in rungs:
         rate, used, spread = measure_throughput(task, b, settings.throughput_steps, lr=lr_probe, seed=seed, device=dev)
@@ -357,32 +359,36 @@ def _run_probe(
     )
 
 
-def probe_cost(task: Task, settings: ProbeSettings, *, batch_min: int, batch_max: int, batch_round: int = 1) -> int:
+def probe_cost(
+    task: Task | None, settings: ProbeSettings, *, batch_min: int, batch_max: int, batch_round: int = 1
+) -> int:
     """Training samples the probe will spend at least (where every batch size fits): its training run
     and the throughput ladder.
 
     The range tests and the noise measurement come on top (they stop when they have
     found what they look for), so the probe's ``samples_used`` is never below this.
     """
-    batch = _probe_batch(task, settings, batch_min, batch_max)
-    ladder = sum(_rungs(task, settings, batch_min, batch_max, batch_round, None))
-    return _train_samples(task, settings, batch) + (_THROUGHPUT_WARMUP + settings.throughput_steps) * ladder
+    n_train = task.n_train if task is not None else None  # a training function's data are known when it runs
+    batch = _probe_batch(n_train, settings, batch_min, batch_max)
+    ladder = sum(_rungs(n_train, settings, batch_min, batch_max, batch_round, None))
+    return _train_samples(n_train, settings, batch) + (THROUGHPUT_WARMUP + settings.throughput_steps) * ladder
 
 
-def _train_samples(task: Task, settings: ProbeSettings, batch: int) -> int:
+def _train_samples(n_train: int | None, settings: ProbeSettings, batch: int) -> int:
     """Samples of the probe's training run: 5x the range test's, at least half an epoch."""
-    return settings.train_samples or max(5 * settings.lr_steps * batch, task.n_train // 2)
+    return settings.train_samples or max(5 * settings.lr_steps * batch, (n_train or 0) // 2)
 
 
 def _rungs(
-    task: Task, settings: ProbeSettings, batch_min: int, batch_max: int, batch_round: int, cap: int | None
+    n_train: int | None, settings: ProbeSettings, batch_min: int, batch_max: int, batch_round: int, cap: int | None
 ) -> list[int]:
     """The batch sizes whose throughput the probe measures, smallest first."""
     rungs = settings.throughput_batches or _ladder(batch_min, batch_max, batch_round)
-    return sorted(r for r in rungs if r <= min(task.n_train, cap or task.n_train))
+    top = n_train if n_train is not None else batch_max
+    return sorted(r for r in rungs if r <= min(top, cap or top))
 
 
-_THROUGHPUT_WARMUP = 2  # untimed steps per rung before measure_throughput's timed ones
+THROUGHPUT_WARMUP = 2  # untimed steps per rung before measure_throughput's timed ones
 
 
 def measure_throughput(
@@ -393,7 +399,7 @@ def measure_throughput(
     lr: float,
     seed: int,
     device: torch.device,
-    warmup: int = _THROUGHPUT_WARMUP,
+    warmup: int = THROUGHPUT_WARMUP,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[float | None, int, tuple[float, float] | None]:
     """Training samples/s at ``batch_size`` (forward, backward, optimizer step).

@@ -50,7 +50,6 @@ from bstune.study._ray_trial import record_from_result, train_trial
 from bstune.study._resume import settings_mismatch, upgrade_settings
 from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner
-from bstune.task import Task
 
 __all__ = [
     "PlannerSpace",
@@ -200,7 +199,7 @@ def _trials_at_once(ray: Any, settings: RaySettings, resources: Mapping[str, flo
     return max(1, int(min(fits))) if fits else 1
 
 
-def _register_script_modules(task: Task) -> None:
+def _register_script_modules() -> None:
     """Ship functions defined in a script loaded by :func:`bstune._loading.load_task` by value.
 
     Such a module exists only in the driver; workers could not import it by name.
@@ -298,7 +297,7 @@ class RayBackend(TrialBackend):
         """Join the cluster and read the experiment's folder: its settings, probe and re-scoring."""
         ray = import_ray()
         _init(ray, self.settings)
-        _register_script_modules(spec.job.task)
+        _register_script_modules()
         self._spec = spec
         self._exp_dir = exp_dir = self.settings.experiment_dir(spec.name)
         state = _load_state(exp_dir / STATE_FILE)

@@ -16,7 +16,7 @@ from bstune.optim import OptimizerSpec
 from bstune.study._records import Rescored, TrialRecord, TrialStatus
 from bstune.study._rescore import choose
 
-__all__ = ["StudyFailedError", "handed_over", "recommend"]
+__all__ = ["StudyFailedError", "handed_over", "handed_over_to_function", "recommend"]
 
 
 class StudyFailedError(BstuneError):
@@ -85,3 +85,19 @@ def handed_over(best: TrialRecord, task_optimizer: OptimizerSpec, space_optimize
         **({"betas": list(space_optimizer.betas)} if space_optimizer.family != "sgd" else {}),
         **{f"model.{k}": v for k, v in config["model_kwargs"].items()},
     }
+
+
+def handed_over_to_function(best: TrialRecord) -> dict[str, Any]:
+    """The recommended trial's configuration for a training function: what its ``ctx.config`` held
+    (batch size, learning rate and the space's parameters by name, the prior's coordinates left out).
+
+    The optimizer's family and fixed settings are not in it: the function built its own optimizer.
+
+    Example:
+        >>> t = TrialRecord(number=0, status="completed", batch_size=64, lr=0.2, temperature=0.03, value=0.1,
+        ...                 samples=100, params={"batch_coord": 0.4, "lr_coord": 0.1, "model.width": 32}, config={})
+        >>> handed_over_to_function(t)
+        {'batch_size': 64, 'lr': 0.2, 'model.width': 32}
+    """
+    params = {k: v for k, v in best.params.items() if k not in ("batch_coord", "lr_coord", "batch_size", "lr")}
+    return {"batch_size": best.batch_size, "lr": best.lr, **params}

@@ -21,21 +21,23 @@ from optuna.storages import BaseStorage
 from bstune._keys import DESCRIPTION_ATTR, DIRECTIONS_ATTR
 from bstune._progress import progress_bar
 from bstune.errors import ConfigError
-from bstune.metrics import Direction
+from bstune.metrics import Direction, infer_direction
 from bstune.records import ProbeResult, Rescored, TrialRecord
 from bstune.space import SearchSpace
-from bstune.study._backend import StudySpec, TrialBackend, TrialJob
+from bstune.study._backend import FunctionJob, StudySpec, TaskJob, TrialBackend, TrialJob
 from bstune.study._checks import check_budget, check_factory
 from bstune.study._optuna_backend import OptunaBackend, TrialFailure
 from bstune.study._prior import Prior
 from bstune.study._probe import probe_cost, probe_space
+from bstune.study._probe_function import probe_function
 from bstune.study._ray import RayBackend, RaySettings
-from bstune.study._recommend import StudyFailedError, handed_over, recommend
+from bstune.study._recommend import StudyFailedError, handed_over, handed_over_to_function, recommend
 from bstune.study._records import StudyResult, clean_dict
 from bstune.study._rescore import candidates, rescore_seeds, run_rescoring
 from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialPlanner
 from bstune.task import Task
+from bstune.training import TrialFunction
 
 __all__ = ["Study", "StudyFailedError", "TrialFailure", "make_sampler"]
 
@@ -87,7 +89,7 @@ class Study:
 
     def __init__(
         self,
-        task: Task,
+        task: Task | TrialFunction,
         space: SearchSpace | str | Path | dict[str, Any],
         settings: StudySettings | None = None,
         *,
@@ -99,6 +101,31 @@ class Study:
     ) -> None:
         self.settings = settings = StudySettings.build(settings, **changes)
         self.space = SearchSpace.coerce(space)
+        self.task: Task | None = None
+        self.function: TrialFunction | None = None
+        self.name: str = ""
+        self.n_train: int | None = None  # a training function's data are known when it runs
+        if isinstance(task, Task):
+            self._init_task(task)
+        elif callable(task):
+            self._init_function(task)
+        else:
+            raise ConfigError(
+                f"expected a bstune.Task or a training function train(ctx), got {type(task).__name__}",
+                source="Study",
+                field="task",
+            )
+        settings = self.settings
+        check_budget(settings.budget_samples, settings.n_evals, self.batch_cap)
+        self.study_name = settings.study_name or f"bstune-{self.name}"
+        self.backend = _backend(backend, storage, ray, settings)
+        self.sampler = sampler if sampler is not None else make_sampler(settings.seed, settings.n_trials)
+        self.probe: ProbeResult | None = None
+        self.prior: Prior | None = None
+
+    def _init_task(self, task: Task) -> None:
+        """A task trained by bstune's trainer: its metrics, factory and training set are checked here."""
+        settings = self.settings
         if task.optimizer_spec != self.space.optimizer:
             logger.info(
                 "the search space's optimizer (%s) replaces the task's (%s) in this study",
@@ -107,6 +134,8 @@ class Study:
             )
         # The space's optimizer section holds the settings the search keeps fixed: trials use it.
         self.task = dataclasses.replace(task, optimizer=self.space.optimizer, validate=False)
+        self.name, self.n_train = task.name, task.n_train
+        self.optimizer_spec = task.optimizer_spec
         check_factory(task.model, self.space)
         metric_names = {f"{split}_{m}" for split in ("train", "val") for m in task.metrics}
         if settings.objective not in {"val_loss", "train_loss", *metric_names}:
@@ -117,7 +146,7 @@ class Study:
             )
         declared = task.directions[settings.objective]
         if settings.direction is None:
-            self.settings = settings = dataclasses.replace(settings, direction=declared)
+            self.settings = dataclasses.replace(settings, direction=declared)
         elif settings.direction is not declared:
             raise ConfigError(
                 f"{str(settings.direction)!r} contradicts the objective {settings.objective!r}, which the task "
@@ -127,6 +156,7 @@ class Study:
                 field="direction",
             )
         self.direction: Direction = declared
+        self.directions = dict(task.directions)
         self.batch_cap = min(self.space.batch_max or task.n_train, task.n_train)
         if self.space.batch_min > self.batch_cap:
             raise ConfigError(
@@ -134,12 +164,51 @@ class Study:
                 source=self.space.source,
                 field="batch_size.min",
             )
-        check_budget(settings.budget_samples, settings.n_evals, self.batch_cap)
-        self.study_name = settings.study_name or f"bstune-{task.name}"
-        self.backend = _backend(backend, storage, ray, settings)
-        self.sampler = sampler if sampler is not None else make_sampler(settings.seed, settings.n_trials)
-        self.probe: ProbeResult | None = None
-        self.prior: Prior | None = None
+
+    def _init_function(self, fn: TrialFunction) -> None:
+        """A user's training function: what it reports is known only when it runs, so the objective's
+        direction is the declared one or read from its name, and the space must bound the batch size."""
+        settings = self.settings
+        self.function = fn
+        self.name = getattr(fn, "__name__", "train").strip("<>") or "train"
+        self.n_train = None
+        self.optimizer_spec = self.space.optimizer
+        declared = Direction(settings.direction) if settings.direction is not None else None
+        named = infer_direction(settings.objective)
+        if declared is not None and named is not None and declared is not named:
+            raise ConfigError(
+                f"{declared.value!r} contradicts the objective {settings.objective!r}, whose name says "
+                f"{named.value!r}; leave direction unset",
+                source="Study",
+                field="direction",
+            )
+        direction = declared or named
+        if direction is None:
+            raise ConfigError(
+                f"bstune cannot tell from its name whether {settings.objective!r} is better low or high; "
+                "say direction='minimize' or direction='maximize'",
+                source="Study",
+                field="direction",
+            )
+        self.direction = direction
+        self.settings = dataclasses.replace(settings, direction=direction)
+        self.directions = {"val_loss": Direction.MINIMIZE, "train_loss": Direction.MINIMIZE}
+        self.directions[settings.objective] = self.direction
+        if self.space.batch_max is None:
+            raise ConfigError(
+                "a training function's data are not known before it runs: give the space a batch_size.max",
+                source=self.space.source,
+                field="batch_size.max",
+            )
+        self.batch_cap = self.space.batch_max
+
+    def _job(self) -> TrialJob:
+        """What each trial runs, on either backend."""
+        s = self.settings
+        if self.task is not None:
+            return TaskJob(self.task, s.objective, self.direction)
+        assert self.function is not None
+        return FunctionJob(self.function, s.objective, self.direction, self.space.optimizer)
 
     @property
     def storage(self) -> BaseStorage | None:
@@ -157,8 +226,8 @@ class Study:
                 "n_evals": s.n_evals,
                 "objective": s.objective,
                 "space": self.space.to_dict(),
-                "task": self.task.name,
-                "n_train": self.task.n_train,
+                "task": self.name,
+                "n_train": self.n_train,
             }
         )
 
@@ -178,8 +247,7 @@ class Study:
         resume, and goes on up.
         """
         s = self.settings
-        job = TrialJob(self.task, s.objective, self.direction)
-        spec = StudySpec(self.study_name, s, self._fingerprint(), job, self.sampler, self.space.batch_min)
+        spec = StudySpec(self.study_name, s, self._fingerprint(), self._job(), self.sampler, self.space.batch_min)
         resumed = self.backend.open(spec)
         if s.mode == "prior":
             if resumed.probe is not None:
@@ -187,9 +255,12 @@ class Study:
                 logger.info("resuming: probe taken from the %s backend's store", self.backend.name)
             else:
                 self._warn_probe_cost()
+                probe, subject = (
+                    (probe_space, {"task": self.task}) if self.task is not None else (probe_function, {"job": spec.job})
+                )
                 self.probe = self.backend.run_probe(
-                    probe_space,
-                    task=self.task,
+                    probe,
+                    **subject,
                     space=self.space,
                     settings=s.probe,
                     batch_cap=self.batch_cap,
@@ -229,7 +300,7 @@ class Study:
             eval_every=s.eval_every,
             seed=s.seed,
             device=s.device,
-            default_momentum=self.task.optimizer_spec.momentum,
+            default_momentum=self.optimizer_spec.momentum,
         )
 
     def _rescore(self, trials: list[TrialRecord], kept: list[Rescored]) -> list[Rescored]:
@@ -256,7 +327,7 @@ class Study:
         """Warn, before the probe runs, when it will cost more than all the trials together."""
         s = self.settings
         probe = probe_cost(
-            self.task,
+            self.task if self.task is not None else None,
             s.probe,
             batch_min=self.space.batch_min,
             batch_max=self.batch_cap,
@@ -295,14 +366,14 @@ class Study:
         else:
             params = "the params batch_size and lr are B and eta as sampled (log-uniform)"
         return (
-            f"bstune {s.mode}-mode study of task {self.task.name}: {params}. Each trial's batch size B and "
+            f"bstune {s.mode}-mode study of {'task' if self.task is not None else 'training function'} {self.name}: {params}. Each trial's batch size B and "
             f"learning rate eta are its user attributes batch_size and lr (temperature: eta/(B(1-m))). "
             f"Objective: {every} of a trial's {s.budget_samples} samples."
         )
 
     def _directions(self) -> dict[str, str]:
         """What the records store: whether each recorded quantity is minimized or maximized."""
-        return {name: direction.value for name, direction in self.task.directions.items()}
+        return {name: direction.value for name, direction in self.directions.items()}
 
     def _result(
         self,
@@ -316,7 +387,11 @@ class Study:
             mode=self.settings.mode,
             objective=self.settings.objective,
             direction=self.direction,
-            best_config=handed_over(best, self.task.optimizer_spec, self.space.optimizer),
+            best_config=(
+                handed_over(best, self.optimizer_spec, self.space.optimizer)
+                if self.task is not None
+                else handed_over_to_function(best)
+            ),
             best_value=best_value,
             best_trial=best.number,
             trials=trials,

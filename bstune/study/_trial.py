@@ -29,7 +29,16 @@ from bstune.study._status import trial_status
 from bstune.task import Task
 from bstune.training import Decision, EvalRecord, TrainConfig, TrainResult, train
 
-__all__ = ["TrialOutcome", "TrialPlan", "TrialPlanner", "build_model", "run_trial", "split_params"]
+__all__ = [
+    "Runner",
+    "TrialOutcome",
+    "TrialPlan",
+    "TrialPlanner",
+    "build_model",
+    "run_trial",
+    "split_params",
+    "task_runner",
+]
 
 
 def split_params(params: Mapping[str, Any], budget_samples: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -84,6 +93,12 @@ class TrialPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"params": clean_json(self.params), **self.attrs()}
+
+    def params_for_user(self) -> dict[str, Any]:
+        """What a trial function sees as ``ctx.config``: the space's parameters by name (the prior's
+        coordinates left out), the batch size and learning rate they gave."""
+        out = {k: v for k, v in self.params.items() if k not in ("batch_coord", "lr_coord")}
+        return out | {"batch_size": self.config.batch_size, "lr": self.config.lr}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialPlan:
@@ -227,15 +242,28 @@ def objective_value(record: EvalRecord, name: str) -> float:
 MilestoneHook = Callable[[int, float, EvalRecord], Decision]
 
 
+Runner = Callable[[TrainConfig, Callable[[EvalRecord], Decision]], TrainResult]
+"""Trains one configuration, calling back at each milestone: bstune's trainer on a task, or a user's function."""
+
+
+def task_runner(task: Task, model_kwargs: Mapping[str, Any]) -> Runner:
+    """bstune's trainer on ``task``, the model built with the plan's ``model.*`` parameters."""
+
+    def run(config: TrainConfig, callback: Callable[[EvalRecord], Decision]) -> TrainResult:
+        return train(task, config, callback, model=build_model(task, config, model_kwargs))
+
+    return run
+
+
 def run_trial(
-    task: Task,
+    runner: Runner,
     plan: TrialPlan,
     *,
     objective: str,
     direction: Direction | str,
     on_milestone: MilestoneHook,
 ) -> TrialOutcome:
-    """Train ``plan`` and say how it ended; never raises for what the trial's code did.
+    """Train ``plan`` with ``runner`` and say how it ended; never raises for what the trial's code did.
 
     ``on_milestone(index, best_so_far, record)`` is called after each evaluation with
     the milestone's index (1, 2, ... of the study's equal-sample milestones) and the
@@ -254,8 +282,7 @@ def run_trial(
         return on_milestone(index, sign * best if math.isfinite(best) else value, record)
 
     try:
-        model = build_model(task, plan.config, plan.model_kwargs)
-        result: TrainResult = train(task, plan.config, report, model=model)
+        result = runner(plan.config, report)
     except Exception as exc:  # user code raised: keep the traceback with the trial
         return TrialOutcome(
             status=TrialStatus.FAILED,
@@ -266,7 +293,7 @@ def run_trial(
     status = trial_status(result.status)
     value = sign * best if math.isfinite(best) else None
     if status == TrialStatus.COMPLETED and value is None:
-        status, message = TrialStatus.FAILED, f"recorded no finite {objective}"
+        status, message = TrialStatus.FAILED, _no_objective(result, objective)
     else:
         message = result.message
     return TrialOutcome(
@@ -278,3 +305,20 @@ def run_trial(
         history=[history_row(r) for r in result.history],
         message=message,
     )
+
+
+def _no_objective(result: TrainResult, objective: str) -> str:
+    """Why a run that completed has no value: what it recorded instead, in words a user can act on."""
+    if not result.history:
+        return f"recorded no evaluation; report {objective} with ctx.report({objective}=...) when ctx.at_milestone()"
+    names = {
+        n
+        for r in result.history
+        for n, v in (("val_loss", r.val_loss), ("train_loss", r.train_loss))
+        if math.isfinite(v)
+    }
+    names |= {n for r in result.history for n in r.metrics}
+    if objective not in names:
+        listed = ", ".join(sorted(names)) or "nothing finite"
+        return f"recorded {listed} but not the study's objective {objective!r}; report it, or choose objective= among those"
+    return f"recorded no finite {objective}"

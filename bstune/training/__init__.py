@@ -1,6 +1,7 @@
 """Training runs: configuration, the sample-counting trainer and its results."""
 
 from bstune.training._config import SCHEDULES, TrainConfig
+from bstune.training._context import LRRamp, TrialContext, TrialFunction, TrialPruned, run_function
 from bstune.training._loop import Callback, train
 from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult
 from bstune.training._schedule import lr_at
@@ -10,9 +11,14 @@ __all__ = [
     "Callback",
     "Decision",
     "EvalRecord",
+    "LRRamp",
     "RunStatus",
     "TrainConfig",
     "TrainResult",
+    "TrialContext",
+    "TrialFunction",
+    "TrialPruned",
     "lr_at",
+    "run_function",
     "train",
 ]

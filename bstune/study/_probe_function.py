@@ -1,0 +1,295 @@
+"""The probe through a user's training function: the same three measurements as for a task.
+
+:func:`~bstune.study.run_probe` drives bstune's trainer; here the user's own loop runs
+each measurement, told by its :class:`~bstune.training.TrialContext` what to do:
+
+1. **LR range tests** at the probe batch size and ``large_batch_factor`` times it: the
+   context's scheduler ramps the rate geometrically step by step, from batches drawn as
+   the task probe draws them, and the losses the loop passes to ``ctx.step`` end the ramp
+   once their smoothed value doubles its minimum; the ceiling is the rate at the minimum.
+2. **Noise scale**: a run at ``lr_fraction`` of the ceiling with the context's noise
+   tracker on every step (per-example gradient norms from the loop's own backward pass):
+   the trajectory over the windows between its evaluations, then a still phase where the
+   scheduler holds the rate at 0, so the parameters stay where training left them and
+   B_simple and its interval are pooled over ``measure_samples`` of batches at one point,
+   as :func:`~bstune.noise.measure_noise_scale` measures a task's.
+3. **Throughput**: a few steps at each batch size of the ladder, timed between successive
+   ``ctx.step`` calls, so data loading counts as it does in training; evaluations are not
+   asked for and not timed.
+
+A loop that never makes the scheduler, never passes its loss, or never observes the
+tracker is told what the probe needs, and that the study can run without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import traceback
+from typing import Any
+
+import torch
+
+from bstune._progress import progress_bar
+from bstune.errors import BstuneError, ConfigError, EstimationError, UserCodeError
+from bstune.noise import resolve_device
+from bstune.records import ProbeResult
+from bstune.space import SearchSpace
+from bstune.study._backend import FunctionJob
+from bstune.study._probe import (
+    THROUGHPUT_WARMUP,
+    ProbeSettings,
+    _probe_batch,
+    _rungs,
+    _train_samples,
+    large_batch_sweep,
+    step_rate,
+)
+from bstune.training import LRRamp, RunStatus, TrainConfig, TrainResult, TrialContext, run_function
+
+__all__ = ["probe_function", "probe_params"]
+
+logger = logging.getLogger(__name__)
+
+_WITHOUT = "or give the study a known B_noise and LR ceiling (prior settings), or run mode='baseline' (no probe)"
+
+
+def probe_params(space: SearchSpace) -> dict[str, Any]:
+    """The space's other parameters at the middle of their ranges (geometric for log ones), the
+    first of a categorical's choices: what ``ctx.config`` holds while the probe runs.
+
+    Example:
+        >>> space = SearchSpace.coerce({"name": "s", "params": {"model.width": {"type": "int", "low": 16,
+        ...     "high": 256, "log": True}, "act": {"type": "categorical", "choices": ["relu", "gelu"]}}})
+        >>> probe_params(space)
+        {'model.width': 64, 'act': 'relu'}
+    """
+    out: dict[str, Any] = {}
+    for spec in space.params:
+        if spec.kind == "categorical":
+            out[spec.name] = (spec.choices or (None,))[0]
+            continue
+        low, high = float(spec.low or 0), float(spec.high or 0)
+        mid = math.sqrt(low * high) if spec.log and low > 0 else (low + high) / 2
+        out[spec.name] = round(mid) if spec.kind == "int" else mid
+    return out
+
+
+def probe_function(
+    job: FunctionJob,
+    space: SearchSpace,
+    settings: ProbeSettings | None = None,
+    *,
+    batch_cap: int,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+) -> ProbeResult:
+    """Measure the LR ceiling, the noise scale and the throughput through ``job``'s function.
+
+    Raises:
+        UserCodeError: the function raised; the message is one line, its ``traceback`` the whole story.
+        ConfigError: the function does not use what the probe needs (the scheduler, ``ctx.step(loss)``,
+            the noise tracker), or the probe run diverged at the rate the range test chose.
+    """
+    try:
+        return _probe(job, space, settings or ProbeSettings(), batch_cap, seed, device, progress)
+    except (BstuneError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:
+        raise UserCodeError(
+            f"the probe failed in the training function: {type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+        ) from exc
+
+
+class _Runner:
+    """Runs the function for one probe measurement, counting the samples all of them used."""
+
+    def __init__(self, job: FunctionJob, params: dict[str, Any], seed: int, device: torch.device) -> None:
+        self.job, self.params, self.seed, self.device = job, params, seed, device
+        self.samples = 0
+        self.n_train: int | None = None  # the training set's size, once a run has opened ctx.loader
+
+    def __call__(self, batch: int, lr: float, max_samples: int, **kwargs: Any) -> tuple[TrainResult, TrialContext]:
+        config_keys = ("track_noise", "noise_every_steps", "eval_every_samples")
+        config = TrainConfig(
+            batch_size=batch,
+            lr=lr,
+            max_samples=max_samples,
+            seed=self.seed,
+            device=str(self.device),
+            divergence_factor=None if "ramp" in kwargs else 100.0,
+            **{k: kwargs.pop(k) for k in config_keys if k in kwargs},
+        )
+        result, ctx = run_function(
+            self.job.fn,
+            config,
+            params=self.params | {"batch_size": batch, "lr": lr},
+            objective=self.job.objective,
+            optimizer=self.job.optimizer,
+            **kwargs,
+        )
+        self.samples += result.samples
+        self.n_train = ctx.n_train if ctx.n_train is not None else self.n_train
+        return result, ctx
+
+
+def _range_test(
+    run: _Runner, batch: int, lr_min: float, lr_max: float, steps: int, ratio: float
+) -> tuple[float, list[tuple[float, float]]]:
+    """One LR range test at ``batch``: (ceiling, [(lr, smoothed loss)])."""
+    result, ctx = run(batch, lr_min, steps * batch, ramp=LRRamp(lr_min, ratio), order="draw", evaluate=False)
+    if result.status is RunStatus.OOM:
+        raise torch.OutOfMemoryError(result.message)
+    if not ctx.used_scheduler:
+        raise ConfigError(
+            "the probe's LR range test ramps the learning rate through ctx.lr_scheduler(optimizer), which the "
+            f"function never called; call it (and its step() after each optimizer step), {_WITHOUT}",
+            source="probe",
+        )
+    if not ctx.ramp_curve:
+        if ctx.steps == 0:
+            reason = "the function took no step (ctx.step) of its training stream"
+        else:
+            reason = "the function called ctx.step() without the step's loss"
+        raise ConfigError(
+            f"the probe's LR range test reads each step's training loss: {reason}; call ctx.step(loss), {_WITHOUT}",
+            source="probe",
+        )
+    lr_best, _ = min(ctx.ramp_curve, key=lambda point: point[1])
+    return lr_best, ctx.ramp_curve
+
+
+def _probe(
+    job: FunctionJob,
+    space: SearchSpace,
+    settings: ProbeSettings,
+    batch_cap: int,
+    seed: int,
+    device: str,
+    progress: bool,
+) -> ProbeResult:
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    run = _Runner(job, probe_params(space), seed, dev)
+    lr_min, lr_max = space.lr_min, space.lr_max
+    batch = _probe_batch(None, settings, space.batch_min, batch_cap)
+    ratio = (lr_max / lr_min) ** (1.0 / (settings.lr_steps - 1))
+    with progress_bar(progress, f"probe: LR range test at B={batch} (your loop)", total=1, unit="test") as bar:
+        ceiling, curve = _range_test(run, batch, lr_min, lr_max, settings.lr_steps, ratio)
+        # the training set's size is known once the loop has opened ctx.loader: a small one takes a
+        # smaller probe batch (as a task's does), and the test runs again at it
+        if (sized := _probe_batch(run.n_train, settings, space.batch_min, batch_cap)) != batch:
+            batch = sized
+            ceiling, curve = _range_test(run, batch, lr_min, lr_max, settings.lr_steps, ratio)
+        bar.update(1)
+    big = min(batch_cap, run.n_train or batch_cap, max(batch, settings.large_batch_factor * batch))
+    ceiling_big, cap = ceiling, None
+    if big > batch:
+        start, steps = large_batch_sweep(ceiling, lr_min, lr_max, settings.lr_steps)
+        try:
+            with progress_bar(progress, f"probe: LR range test at B={big} (your loop)", total=1, unit="test") as bar:
+                ratio_big = (lr_max / start) ** (1.0 / (steps - 1))  # as lr_range_test spreads its steps
+                ceiling_big, _ = _range_test(run, big, start, lr_max, steps, ratio_big)
+                bar.update(1)
+            ceiling_big = max(ceiling_big, ceiling)  # a larger batch only raises the ceiling (see run_probe)
+        except torch.OutOfMemoryError:
+            cap, big = max(space.batch_min, big // 2), batch
+            logger.warning("probe: batch size %d ran out of memory; the search stays at or below %d", 2 * cap, cap)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    lr_probe = max(lr_min, settings.lr_fraction * ceiling)
+    logger.info("probe: LR range test at B=%d: ceiling %.3g, probe lr %.3g", batch, ceiling, lr_probe)
+
+    train_samples = _train_samples(run.n_train, settings, batch)
+    train_samples = -(-train_samples // batch) * batch  # whole steps, so the still phase starts on a step
+    measure = settings.measure_samples or 50 * batch
+    with progress_bar(progress, "probe: B_simple trajectory and measurement (your loop)", total=1, unit="run") as bar:
+        result, ctx = run(
+            batch,
+            lr_probe,
+            train_samples + measure,
+            track_noise=True,
+            noise_every_steps=1,
+            eval_every_samples=max(batch * 4, train_samples // 5),
+            freeze_from=train_samples,
+        )
+        bar.update(1)
+    if result.status is not RunStatus.COMPLETED:
+        raise ConfigError(
+            f"the probe run at batch_size={batch}, lr={lr_probe:.3g} ended {result.status.value}: {result.message}; "
+            "lower the space's lr.max or set ProbeSettings(lr_fraction=...) smaller",
+            source="probe",
+        )
+    tracker = ctx._tracker
+    if not ctx.used_tracker or tracker is None or tracker.still is None:
+        raise ConfigError(
+            "the probe measures B_simple from the gradients of your loop: make noise = ctx.noise_tracker(model) "
+            f"and call noise.observe() between loss.backward() and optimizer.step(), {_WITHOUT}",
+            source="probe",
+        )
+    est = tracker.still.estimate()
+    if est is None:
+        raise EstimationError(
+            "the probe's still phase observed fewer than two chunks of gradients "
+            "(noise.observe() must run on every step, between loss.backward() and optimizer.step())"
+        )
+    if est.rel_half_width > 2 * settings.rel_precision:
+        logger.warning(
+            "probe: B_simple %.4g is uncertain (90%% CI %.4g .. %.4g) from %d examples at one point",
+            est.b_simple,
+            est.ci[0],
+            est.ci[1],
+            est.n_examples,
+        )
+
+    throughput: dict[int, float] = {}
+    throughput_iqr: dict[int, tuple[float, float]] = {}
+    rungs = _rungs(ctx.n_train, settings, space.batch_min, batch_cap, space.prior.batch_round, cap)
+    bar = progress_bar(progress, "probe: throughput ladder (your loop)", total=len(rungs), unit="rung")
+    for b in rungs:
+        n_steps = THROUGHPUT_WARMUP + settings.throughput_steps + 1  # n steps give n - 1 intervals
+        timed, tctx = run(b, lr_probe, n_steps * b, evaluate=False)
+        bar.update(1)
+        if timed.status is RunStatus.OOM:
+            cap = max(space.batch_min, b // 2)
+            logger.warning("probe: batch size %d ran out of memory; the search stays at or below %d", b, cap)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            break
+        times = tctx.step_times[THROUGHPUT_WARMUP:]
+        if timed.status is not RunStatus.COMPLETED or not times:
+            logger.warning("probe: no step time at batch size %d (%s)", b, timed.message or timed.status.value)
+            continue
+        rate, spread = step_rate(b, times)
+        throughput[b], throughput_iqr[b] = rate, spread
+    bar.close()
+    trajectory = [
+        {
+            "samples": p.samples,
+            "b_simple": p.b_simple if math.isfinite(p.b_simple) else None,
+            "ci": [v if math.isfinite(v) else None for v in p.ci],
+            "temperature": p.temperature,
+        }
+        for p in result.noise_trajectory
+    ]
+    return ProbeResult(
+        batch_size=batch,
+        lr_ceiling=ceiling,
+        lr_ceiling_large=ceiling_big,
+        large_batch=big,
+        lr_probe=lr_probe,
+        b_simple=est.b_simple,
+        b_simple_ci=est.ci,
+        trajectory=trajectory,
+        temperature=lr_probe / (batch * (1.0 - ctx.momentum)),
+        throughput=throughput,
+        throughput_iqr=throughput_iqr,
+        batch_ceiling=cap,
+        samples_used=run.samples,
+        lr_range=curve,
+        device=str(dev),
+        seconds=time.perf_counter() - started,
+    )

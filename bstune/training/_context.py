@@ -1,0 +1,668 @@
+"""A user's own training loop as a bstune trial: :class:`TrialContext` and :func:`run_function`.
+
+bstune's trainer (:func:`~bstune.training.train`) is one way to train a trial; a user's
+function ``train(ctx)`` is another. The context hands the function what the study chose
+(``ctx.config``: batch size, learning rate and the space's other parameters) and the
+pieces that make the trial count the way a built-in one does:
+
+- ``ctx.loader(dataset)``: the training stream, batches of the trial's size drawn in the
+  trainer's order (a seeded permutation per epoch, the incomplete tail dropped), over as
+  many epochs as the budget needs, in a :class:`~torch.utils.data.DataLoader` with the
+  user's workers and collate function;
+- ``ctx.lr_scheduler(optimizer)``: the trial's warmup and decay (the probe ramps the rate
+  through it for its LR range test);
+- ``ctx.noise_tracker(model)``: B_simple from the per-example gradient norms of the
+  user's own backward pass (only where the study asks for it: the probe);
+- ``ctx.step(loss)``: counts samples and steps, detects divergence;
+- ``ctx.at_milestone()`` / ``ctx.report(val_loss=...)``: the study's equal-sample
+  milestones, where the pruner decides; a pruned trial raises :class:`TrialPruned`.
+
+:func:`run_function` runs such a function for one :class:`~bstune.training.TrainConfig`
+and returns the same :class:`~bstune.training.TrainResult` as the trainer, so a study
+records, prunes and re-scores both alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bstune.errors import ConfigError
+from bstune.noise import NoiseTracker, resolve_device
+from bstune.optim import OptimizerSpec
+from bstune.training._config import TrainConfig
+from bstune.training._loop import Callback, _as_decision, _milestones
+from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult
+from bstune.training._schedule import lr_at
+
+if TYPE_CHECKING:
+    from bstune.noise import PerExampleNorms
+
+__all__ = ["LRRamp", "TrialContext", "TrialFunction", "TrialPruned", "run_function"]
+
+logger = logging.getLogger(__name__)
+
+TrialFunction = Callable[["TrialContext"], Any]
+"""A user's training code: ``train(ctx)``; it may return its final metrics as a dict."""
+
+
+class TrialPruned(Exception):
+    """Raised by :meth:`TrialContext.report` when the study's pruner stops the trial.
+
+    Let it propagate out of the training function (bstune records the trial as
+    pruned); the context knows the trial was pruned even if the function catches it.
+    """
+
+
+class _Diverged(Exception):
+    """The loss became non-finite or blew up: the trial ends ``diverged``."""
+
+
+@dataclass(frozen=True)
+class LRRamp:
+    """The probe's LR range test: the rate of step ``k`` is ``lr_min * ratio**k``; the ramp ends
+    once the smoothed loss exceeds twice its minimum (or goes non-finite)."""
+
+    lr_min: float
+    ratio: float
+
+    def lr(self, step: int) -> float:
+        return self.lr_min * self.ratio**step
+
+
+class _BatchIndices(torch.utils.data.Sampler[list[int]]):
+    """Endless batches of indices: the trainer's order (``epoch``: one seeded permutation per epoch,
+    the tail that does not fill a batch dropped) or the LR range test's (``draw``: every batch a fresh
+    random subset)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, order: str) -> None:
+        self.n, self.batch_size, self.seed, self.order = n, batch_size, seed, order
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.order == "draw":
+            gen = torch.Generator().manual_seed(self.seed + 7)
+            while True:
+                yield torch.randperm(self.n, generator=gen)[: self.batch_size].tolist()
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        while True:
+            perm = torch.randperm(self.n, generator=gen)
+            for start in range(0, self.n - self.batch_size + 1, self.batch_size):
+                yield perm[start : start + self.batch_size].tolist()
+
+    def __len__(self) -> int:  # DataLoader asks; the stream is as long as the budget
+        return max(1, self.n // self.batch_size)
+
+
+class TrialLRScheduler:
+    """Sets the optimizer's learning rate for each step: the trial's warmup and decay, or the probe's ramp.
+
+    Call :meth:`step` once per optimizer step, as with a torch scheduler. Parameter groups
+    built with different rates keep their ratios to ``ctx.config["lr"]``.
+    """
+
+    def __init__(self, ctx: TrialContext, optimizer: torch.optim.Optimizer) -> None:
+        self.ctx, self.optimizer = ctx, optimizer
+        base = ctx.train_config.lr
+        self._scale = [float(group["lr"]) / base if group.get("lr") else 1.0 for group in optimizer.param_groups]
+        self.last_step = 0
+        self._apply()
+
+    def _apply(self) -> None:
+        lr = self.ctx._lr_of_step(self.last_step)
+        for group, scale in zip(self.optimizer.param_groups, self._scale, strict=True):
+            group["lr"] = lr * scale
+
+    def step(self) -> None:
+        self.last_step += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [float(group["lr"]) for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self.last_step, "scale": list(self._scale)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.last_step, self._scale = int(state["last_step"]), list(state["scale"])
+        self._apply()
+
+
+class _StillMeasure:
+    """B_simple at one point: the probe's still phase, where the rate is 0 and every step's gradient
+    is another batch at the same parameters.
+
+    Steps are grouped into chunks of consecutive batches of one epoch (disjoint examples, drawn
+    without replacement); a chunk's mean gradient is that of its k·B examples, its examples'
+    per-example norms the small batches, so each chunk gives one two-batch estimate at batch
+    sizes 1 and k·B (McCandlish et al. 2018, App. A.1, with the finite-population correction),
+    which resolves |G|² much better than one batch of B would. The interval comes from the
+    spread over chunks (:func:`~bstune.noise.summarize`).
+    """
+
+    def __init__(self, named: list[tuple[str, nn.Parameter]], norms: PerExampleNorms, ctx: TrialContext) -> None:
+        self.named, self.norms, self.ctx = named, norms, ctx
+        self.grad_sq: list[float] = []
+        self.trace: list[float] = []
+        self.big_sizes: list[int] = []
+        self._sum: list[torch.Tensor] | None = None
+        self._small: list[float] = []
+        self._chunk_epoch: int | None = None
+
+    def add(self, small_sq: float, batch: int) -> None:
+        """One still step: this batch's mean |g_i|² and its gradient (read from ``p.grad``)."""
+        ctx = self.ctx
+        step = ctx.steps  # this step's index within the run (ctx.step() has not counted it yet)
+        per_epoch = max(1, (ctx.n_train or batch) // batch)
+        epoch = step // per_epoch
+        if self._sum is not None and (epoch != self._chunk_epoch or len(self._small) >= ctx.still_chunk_steps):
+            self.close()
+        covered = set(self.norms.covered())  # as batch_grad_sq and the per-example norms count them
+        grads = [p.grad.detach().double() for n, p in self.named if n in covered and p.grad is not None]
+        if self._sum is not None and len(grads) != len(self._sum):
+            self.close()
+        if self._sum is None:
+            self._sum, self._chunk_epoch = [g.clone() for g in grads], epoch
+        else:
+            for total, g in zip(self._sum, grads, strict=True):
+                total.add_(g)
+        self._small.append(small_sq)
+
+    def close(self) -> None:
+        """End the current chunk: one two-batch estimate, if it held two steps or more."""
+        from bstune.noise import two_batch_estimate
+
+        if self._sum is not None and len(self._small) >= 2:
+            k = len(self._small)
+            big_size = k * self.ctx.batch_size
+            big_sq = float(sum(float((t / k).pow(2).sum()) for t in self._sum))
+            small = sum(self._small) / k
+            population = self.ctx.n_train if self.ctx.n_train is not None and big_size <= self.ctx.n_train else None
+            g, t = two_batch_estimate(small, 1, big_sq, big_size, population)
+            self.grad_sq.append(float(g))
+            self.trace.append(float(t))
+            self.big_sizes.append(big_size)
+        self._sum, self._small = None, []
+
+    def estimate(self) -> Any:
+        """The still phase's :class:`~bstune.noise.NoiseScaleEstimate`; needs two chunks or more."""
+        from bstune.noise import summarize
+
+        self.close()
+        if len(self.grad_sq) < 2:
+            return None
+        return summarize(
+            self.grad_sq,
+            self.trace,
+            batch_size=self.big_sizes[0],
+            micro_batch_size=1,
+            method="per_example",
+            population=self.ctx.n_train,
+            n_examples=sum(self.big_sizes),
+        )
+
+
+class LoopNoiseTracker:
+    """B_simple from the user's backward pass: call :meth:`observe` after ``loss.backward()``
+    and before ``optimizer.step()``.
+
+    On measured steps (every ``noise_every_steps``-th) hooks record each example's
+    contribution c_i to the gradient; with g_i = B c_i the per-example gradients and
+    G_B = Σ c_i their mean (for a mean- or a sum-reduced loss alike, up to a common
+    factor B_simple does not see), the two-batch estimator at micro-batch size 1 gives
+    |G|² and tr(Σ) (McCandlish et al. 2018, App. A.1). Where the study does not track
+    noise (a trial, not the probe) it installs nothing and :meth:`observe` does nothing.
+    """
+
+    def __init__(self, ctx: TrialContext, model: nn.Module) -> None:
+        self.ctx = ctx
+        self.norms: PerExampleNorms | None = None
+        self.tracker: NoiseTracker | None = None
+        self.still: _StillMeasure | None = None  # the probe's still phase: gradients at one point
+        self._observed = 0
+        if not ctx.train_config.track_noise:
+            return
+        from bstune.noise import PerExampleNorms
+
+        self.norms = norms = PerExampleNorms(model)
+        self.covered = [p for name, p in model.named_parameters() if name in set(norms.covered())]
+        if not self.covered:
+            norms.remove()
+            raise ConfigError(
+                f"no trainable parameter of {type(model).__name__} sits in a layer whose per-example gradients "
+                f"bstune can read ({', '.join(norms.uncovered()[:5])}); give the study prior settings "
+                "(a known B_noise) or run mode='baseline'",
+                source="ctx.noise_tracker",
+            )
+        if norms.uncovered():
+            logger.info(
+                "noise tracker: B_simple over %d parameter tensors; not covered: %s",
+                len(self.covered),
+                ", ".join(norms.uncovered()),
+            )
+        self.tracker = NoiseTracker(ctx.batch_size, population=ctx.n_train, momentum=ctx.momentum)
+        if ctx.freeze_from is not None:
+            self.still = _StillMeasure(list(model.named_parameters()), norms, ctx)
+        norms.enabled = True
+        ctx._tracker = self
+
+    def observe(self) -> None:
+        """Read this step's gradients (measured steps only); the next step's hooks are armed or disarmed."""
+        if self.norms is None or self.tracker is None:
+            return
+        if self.norms.enabled:
+            sq = self.norms.sq_norms()  # in p.grad's units, as batch_grad_sq: a loss scale cancels in the ratio
+            big = self.norms.batch_grad_sq
+            batch = int(sq.numel())
+            if batch >= 2 and big is not None:
+                small = float(sq.mean()) * batch * batch  # |g_i|² with g_i = B c_i
+                if self.tracker.population is None:
+                    self.tracker.population = self.ctx.n_train
+                frozen = self.ctx.freeze_from
+                if frozen is None or self.ctx.samples < frozen:  # the trajectory: training, not the still phase
+                    self.tracker.update(small, 1, big, self.ctx.lr)
+                elif self.still is not None:
+                    self.still.add(small, batch)
+        self._observed += 1
+        self.norms.enabled = self._observed % self.ctx.train_config.noise_every_steps == 0
+
+    def remove(self) -> None:
+        if self.norms is not None:
+            self.norms.remove()
+
+
+class TrialContext:
+    """What a trial function is given: the trial's settings, and the study's counters and hooks.
+
+    Attributes:
+        config: batch size (``"batch_size"``), learning rate (``"lr"``) and the search
+            space's other parameters by their names (``"momentum"``, ``"model.width"``...).
+        train_config: the whole :class:`~bstune.training.TrainConfig` of the trial.
+        device: where to train.
+        seed: the trial's seed (torch, numpy and ``random`` are seeded with it before the
+            function starts; re-scoring runs the function again with other seeds).
+        objective: the metric the study optimizes, which :meth:`report` must be given.
+
+    Example:
+        >>> import torch, bstune
+        >>> from bstune.training import TrainConfig, run_function
+        >>> x = torch.randn(256, 4); y = (x[:, 0] > 0).long()
+        >>> data = torch.utils.data.TensorDataset(x, y)
+        >>> def train(ctx):
+        ...     model = torch.nn.Linear(4, 2)
+        ...     opt = torch.optim.SGD(model.parameters(), lr=ctx.config["lr"])
+        ...     sched = ctx.lr_scheduler(opt)
+        ...     for xb, yb in ctx.loader(data):
+        ...         loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        ...         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+        ...         ctx.step(loss)
+        ...         if ctx.at_milestone():
+        ...             with torch.no_grad():
+        ...                 ctx.report(val_loss=torch.nn.functional.cross_entropy(model(x), y))
+        >>> run, _ = run_function(train, TrainConfig(batch_size=32, lr=0.5, max_samples=2048))
+        >>> run.status.value, run.samples, len(run.history), run.final.val_loss < 0.5
+        ('completed', 2048, 10, True)
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        params: Mapping[str, Any] | None = None,
+        callback: Callback | None = None,
+        *,
+        objective: str = "val_loss",
+        optimizer: OptimizerSpec | None = None,
+        ramp: LRRamp | None = None,
+        order: str = "epoch",
+        evaluate: bool = True,
+    ) -> None:
+        self.train_config = config
+        self.config: dict[str, Any] = {**dict(params or {}), "batch_size": config.batch_size, "lr": config.lr}
+        self.device = resolve_device(config.device)
+        self.seed = config.seed
+        self.objective = objective
+        self.optimizer_spec = optimizer or OptimizerSpec()
+        self.momentum = config.momentum if config.momentum is not None else self.optimizer_spec.momentum
+        self.n_train: int | None = None
+        self.samples = 0
+        self.steps = 0
+        self.history: list[EvalRecord] = []
+        self.status = RunStatus.COMPLETED
+        self.message = ""
+        self.step_times: list[float] = []  # wall seconds between successive step() calls
+        self.ramp_curve: list[tuple[float, float]] = []  # (lr, smoothed loss) of the probe's ramp
+        self.used_scheduler = False
+        self.used_tracker = False
+        self._callback = callback
+        self._ramp = ramp
+        self._order = order
+        self._evaluate = evaluate  # False: the probe's ramp and timing runs, where no milestone asks for an evaluation
+        self.freeze_from: int | None = None  # the probe's noise run: the rate is 0 from this many samples on
+        self.still_chunk_steps = 10  # steps per chunk of the still phase's measurement
+        self._marks = _milestones(config)
+        self._next = 0
+        self._stopped = False
+        self._first_loss: float | None = None
+        self._smoothed = math.nan
+        self._best = math.inf
+        self._window_loss = 0.0
+        self._window_steps = 0
+        self._started = time.perf_counter()
+        self._last_step_at: float | None = None
+        self._warned_between = False
+        self._evaluated = False
+        self._tracker: LoopNoiseTracker | None = None
+
+    # -- what the function reads -----------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.train_config.batch_size
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the step under way (the scheduler's, when the function made one)."""
+        return self._lr_of_step(self.steps) if self.used_scheduler else self.train_config.lr
+
+    def _last_lr(self) -> float:
+        """The learning rate of the step last counted."""
+        return self._lr_of_step(max(self.steps - 1, 0)) if self.used_scheduler else self.train_config.lr
+
+    @property
+    def budget_samples(self) -> int:
+        return self.train_config.max_samples
+
+    @property
+    def done(self) -> bool:
+        """True once the budget is spent or the trial was stopped (pruned, diverged, the probe's ramp ended)."""
+        return self._stopped or self.samples >= self.train_config.max_samples
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        """The space's ``model.<name>`` parameters, by ``<name>``."""
+        return {k.removeprefix("model."): v for k, v in self.config.items() if k.startswith("model.")}
+
+    # -- what the function calls -----------------------------------------------------
+    def loader(
+        self,
+        dataset: Any,
+        *,
+        num_workers: int = 0,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        pin_memory: bool = False,
+        **kwargs: Any,
+    ) -> Iterator[Any]:
+        """Batches of ``config["batch_size"]`` examples of the map-style ``dataset``, epoch after epoch,
+        until the trial is done. Other keywords go to :class:`~torch.utils.data.DataLoader`
+        (``persistent_workers``, ``prefetch_factor``, ``worker_init_fn``...)."""
+        try:
+            n = len(dataset)
+        except TypeError:
+            raise ConfigError(
+                f"needs a map-style dataset with a length, got {type(dataset).__name__}", source="ctx.loader"
+            ) from None
+        if n < self.batch_size:
+            raise ConfigError(
+                f"batch_size {self.batch_size} is larger than the training set ({n} examples)",
+                source="ctx.loader",
+                field="batch_size",
+            )
+        for bad in ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last"):
+            if bad in kwargs:
+                raise ConfigError(
+                    "the study sets the batch size and order of the training stream", source="ctx.loader", field=bad
+                )
+        self.n_train = n
+        sampler = _BatchIndices(n, self.batch_size, self.seed, self._order)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+            pin_memory=pin_memory,
+            **kwargs,
+        )
+        return self._stream(loader)
+
+    def _stream(self, loader: torch.utils.data.DataLoader[Any]) -> Iterator[Any]:
+        batches = iter(loader)
+        while not self.done:
+            yield next(batches)
+
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer) -> TrialLRScheduler:
+        """A scheduler that sets the trial's learning rate step by step; call its ``step()`` after
+        ``optimizer.step()``."""
+        self.used_scheduler = True
+        return TrialLRScheduler(self, optimizer)
+
+    def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
+        """The search space's optimizer (family, momentum, weight decay) at the trial's learning rate."""
+        return self.optimizer_spec.build(
+            params, lr=self.lr, momentum=self.momentum, weight_decay=self.train_config.weight_decay
+        )
+
+    def noise_tracker(self, model: nn.Module) -> LoopNoiseTracker:
+        """The B_simple tracker; call its ``observe()`` between ``loss.backward()`` and ``optimizer.step()``."""
+        self.used_tracker = True
+        return LoopNoiseTracker(self, model)
+
+    def step(self, loss: torch.Tensor | float | None = None, *, samples: int | None = None) -> bool:
+        """Count one optimizer step of ``samples`` examples (default: the batch size); returns ``done``.
+
+        With ``loss`` (the step's training loss), a non-finite loss or one
+        ``divergence_factor`` times the first ends the trial as diverged (raises).
+        """
+        now = time.perf_counter()
+        if self._last_step_at is not None and not self._evaluated:  # an interval holding an evaluation is no step time
+            self.step_times.append(now - self._last_step_at)
+        self._last_step_at, self._evaluated = now, False
+        value = None if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        self.steps += 1
+        self.samples += self.batch_size if samples is None else int(samples)
+        if value is not None:
+            if self._ramp is not None:
+                return self._ramp_step(value)
+            self._check_divergence(value)
+            self._window_loss += value
+            self._window_steps += 1
+        return self.done
+
+    def at_milestone(self) -> bool:
+        """True when the trial has reached a sample milestone it has not reported yet: evaluate and
+        :meth:`report` now."""
+        reached = self._evaluate and self._next < len(self._marks) and self.samples >= self._marks[self._next]
+        self._evaluated = self._evaluated or reached
+        return reached
+
+    def report(self, **metrics: Any) -> None:
+        """The evaluation at the milestone just reached: ``val_loss``, ``train_loss`` (for the
+        generalization gap) and any metric (``val_accuracy=...``). Raises :class:`TrialPruned` when
+        the study's pruner stops the trial here."""
+        self._evaluated = True
+        reached = [m for m in self._marks[self._next :] if m <= self.samples]
+        if not reached:
+            if not self._warned_between:
+                logger.warning(
+                    "ctx.report() at %d samples, between milestones, is not recorded; report when ctx.at_milestone()",
+                    self.samples,
+                )
+                self._warned_between = True
+            return
+        self._next += len(reached)
+        self._record(reached[-1], metrics)
+
+    # -- inside -----------------------------------------------------------------------
+    def _lr_of_step(self, step: int) -> float:
+        if self.freeze_from is not None and step * self.batch_size >= self.freeze_from:
+            return 0.0  # parameters held still: the gradients measured are those of one point
+        if self._ramp is not None:
+            return self._ramp.lr(step)
+        return lr_at(self.train_config, step * self.batch_size)
+
+    def _ramp_step(self, value: float) -> bool:
+        """The LR range test's stopping rule (as :func:`~bstune.study.lr_range_test`)."""
+        if not math.isfinite(value):
+            self._stopped = True
+            return True
+        self._smoothed = value if self.steps == 1 else 0.7 * self._smoothed + 0.3 * value
+        self.ramp_curve.append((self._last_lr(), self._smoothed))
+        if self._smoothed > 2.0 * self._best:
+            self._stopped = True
+        elif self._smoothed < self._best:
+            self._best = self._smoothed
+        return self.done
+
+    def _check_divergence(self, value: float) -> None:
+        factor = self.train_config.divergence_factor
+        if not math.isfinite(value):
+            self._diverge(f"training loss became {value} at step {self.steps - 1} (samples {self.samples})")
+        if self._first_loss is None:
+            self._first_loss = value
+        elif factor is not None and value > factor * max(self._first_loss, 1e-12):
+            self._diverge(
+                f"training loss {value:.4g} exceeded {factor:g}x the first step's {self._first_loss:.4g} "
+                f"at step {self.steps - 1} (samples {self.samples})"
+            )
+
+    def _diverge(self, message: str) -> None:
+        self.status, self.message, self._stopped = RunStatus.DIVERGED, message, True
+        raise _Diverged(message)
+
+    def _record(self, milestone: int, metrics: Mapping[str, Any]) -> None:
+        if self.objective not in metrics:
+            raise ConfigError(
+                f"reported {', '.join(sorted(metrics)) or 'nothing'} but not the study's objective "
+                f"{self.objective!r}; report it, or choose objective= among those",
+                source="ctx.report",
+            )
+        values: dict[str, float] = {}
+        for name, value in metrics.items():
+            try:
+                values[name] = float(value.detach() if isinstance(value, torch.Tensor) else value)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"must be a number, got {type(value).__name__}", source="ctx.report", field=name
+                ) from None
+        train_loss = values.pop("train_loss", math.nan)
+        val_loss = values.pop("val_loss", math.nan)
+        noise = (
+            self._tracker.tracker.flush(self.steps, self.samples) if self._tracker and self._tracker.tracker else None
+        )
+        batch_loss = self._window_loss / self._window_steps if self._window_steps else math.nan
+        self._window_loss, self._window_steps = 0.0, 0
+        record = EvalRecord(
+            milestone=milestone,
+            samples=self.samples,
+            step=self.steps,
+            lr=self._last_lr(),
+            train_loss=train_loss,
+            val_loss=val_loss,
+            batch_loss=batch_loss,
+            metrics=values,
+            elapsed_s=time.perf_counter() - self._started,
+            noise=noise,
+        )
+        self.history.append(record)
+        reported = [v for k, v in (("train_loss", train_loss), ("val_loss", val_loss), *values.items()) if k in metrics]
+        if any(not math.isfinite(v) for v in reported):
+            self._diverge(f"a reported metric became non-finite at samples {self.samples}")
+        if self._callback is None:
+            return
+        decision = _as_decision(self._callback(record))
+        if decision == Decision.STOP and milestone < self.train_config.max_samples:
+            self.status, self._stopped = RunStatus.STOPPED, True
+            self.message = f"stopped by callback at milestone {milestone}"
+            raise TrialPruned(f"pruned at {milestone} samples")
+
+    def _finish(self, returned: Any) -> None:
+        """After the function returned: metrics it returned stand for the last milestone it did not report."""
+        if self.status is not RunStatus.COMPLETED:
+            return
+        if isinstance(returned, Mapping) or (isinstance(returned, int | float) and not isinstance(returned, bool)):
+            metrics = dict(returned) if isinstance(returned, Mapping) else {self.objective: returned}
+            reached = [m for m in self._marks[self._next :] if m <= self.samples]
+            if reached:
+                self._next += len(reached)
+                self._record(reached[-1], metrics)
+            elif not self.history:
+                self._record(self.samples, metrics)
+        if self._ramp is None and 0 < self.samples < self.train_config.max_samples and not self._stopped:
+            self.message = (
+                f"the function returned after {self.samples:,} of its {self.train_config.max_samples:,} samples"
+            )
+
+
+def run_function(
+    fn: TrialFunction,
+    config: TrainConfig,
+    callback: Callback | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    objective: str = "val_loss",
+    optimizer: OptimizerSpec | None = None,
+    ramp: LRRamp | None = None,
+    order: str = "epoch",
+    evaluate: bool = True,
+    freeze_from: int | None = None,
+) -> tuple[TrainResult, TrialContext]:
+    """Run the user's ``fn(ctx)`` as one training run of ``config``; never raises for divergence or
+    OOM (like :func:`~bstune.training.train`); what else ``fn`` raises goes up.
+
+    torch, numpy and ``random`` are seeded with ``config.seed`` first, and their states are
+    restored after. Returns the run's :class:`~bstune.training.TrainResult` and the context
+    (the probe reads its ramp and step times).
+    """
+    ctx = TrialContext(
+        config, params, callback, objective=objective, optimizer=optimizer, ramp=ramp, order=order, evaluate=evaluate
+    )
+    ctx.freeze_from = freeze_from
+    device = ctx.device
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was asked for but torch sees no CUDA device", source="TrainConfig", field="device")
+    py_state, np_state = random.getstate(), np.random.get_state()
+    started = time.perf_counter()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(config.seed)
+            random.seed(config.seed)
+            np.random.seed(config.seed % 2**32)
+            try:
+                ctx._finish(fn(ctx))
+            except (TrialPruned, _Diverged):
+                if ctx.status is RunStatus.COMPLETED:  # the function raised TrialPruned itself
+                    ctx.status, ctx.message = RunStatus.STOPPED, "the function raised TrialPruned"
+            except torch.OutOfMemoryError as exc:
+                ctx.status = RunStatus.OOM
+                ctx.message = f"out of memory at batch_size={config.batch_size}: {str(exc).splitlines()[0]}"
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        if ctx._tracker is not None:
+            ctx._tracker.remove()
+    if ctx._tracker is not None and ctx._tracker.tracker is not None:
+        ctx._tracker.tracker.flush(ctx.steps, ctx.samples)  # the window the last report left open
+    if ctx.status is not RunStatus.COMPLETED:
+        logger.info("run ended %s: %s", ctx.status.value, ctx.message)
+    wall = time.perf_counter() - started
+    result = TrainResult(
+        config=config,
+        status=ctx.status,
+        steps=ctx.steps,
+        samples=ctx.samples,
+        history=ctx.history,
+        wall_time_s=wall,
+        train_time_s=(sum(ctx.step_times) / len(ctx.step_times)) * ctx.steps if ctx.step_times else wall,
+        message=ctx.message,
+        noise_trajectory=list(ctx._tracker.tracker.trajectory) if ctx._tracker and ctx._tracker.tracker else [],
+        model=None,
+    )
+    return result, ctx

@@ -1,0 +1,191 @@
+"""A study of a user's training function: the same trials as a task's, its failures kept, its mistakes named."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import bstune
+from bstune.errors import ConfigError
+from bstune.metrics import Direction
+from bstune.space import SearchSpace
+from bstune.study import FunctionJob, ProbeSettings, StudyFailedError, probe_function, probe_space
+from bstune.training import TrialContext
+from tests.training.test_context import TRAIN, VX, VY, loop, net, task
+
+SPACE = {"name": "s", "batch_size": {"min": 8, "max": 128}, "lr": {"min": 1e-3, "max": 3.0}}
+ARGS: dict[str, Any] = dict(n_trials=5, budget_samples=4096, mode="baseline", progress=False, study_name="same")
+
+
+def _values(result: bstune.StudyResult) -> list[tuple[str, int, float, float | None]]:
+    return [(str(t.status), t.batch_size, t.lr, t.value) for t in result.trials]  # type: ignore[misc]
+
+
+def test_a_function_and_a_task_of_the_same_problem_give_the_same_trials() -> None:
+    mine = bstune.Study(loop, SPACE, **ARGS).run()
+    theirs = bstune.Study(task(), SPACE, **ARGS).run()
+    assert [v[:3] for v in _values(mine)] == [v[:3] for v in _values(theirs)]
+    assert [v[3] for v in _values(mine)] == pytest.approx([v[3] for v in _values(theirs)], rel=1e-6)
+    assert {v[0] for v in _values(mine)} >= {"completed"}
+    assert mine.best_config == {"batch_size": theirs.best_config["batch_size"], "lr": theirs.best_config["lr"]}
+
+
+def test_the_function_sees_the_spaces_parameters_by_name() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def fn(ctx: TrialContext) -> None:
+        seen.append(dict(ctx.config))
+        loop(ctx)
+
+    space = SPACE | {
+        "params": {
+            "model.width": {"type": "int", "low": 4, "high": 32},
+            "momentum": {"type": "float", "low": 0.0, "high": 0.9},
+        }
+    }
+    result = bstune.Study(fn, space, **(ARGS | {"n_trials": 3, "rescore_top": 0})).run()
+    assert all(set(c) == {"batch_size", "lr", "model.width", "momentum"} for c in seen)
+    assert [(c["batch_size"], c["lr"]) for c in seen] == [(t.batch_size, t.lr) for t in result.trials]
+    assert set(result.best_config) == {"batch_size", "lr", "model.width", "momentum"}
+
+
+def test_an_accuracy_objective_is_maximized_without_being_told() -> None:
+    def fn(ctx: TrialContext) -> None:
+        model = net()
+        opt = torch.optim.SGD(model.parameters(), lr=ctx.config["lr"])
+        sched = ctx.lr_scheduler(opt)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+            if ctx.at_milestone():
+                with torch.no_grad():
+                    ctx.report(val_accuracy=(model(VX).argmax(1) == VY).float().mean())
+
+    study = bstune.Study(fn, SPACE, objective="val_accuracy", **(ARGS | {"n_trials": 3}))
+    result = study.run()
+    assert study.direction == "maximize" and result.direction == "maximize"
+    completed = [t.value for t in result.trials if t.status == "completed"]
+    assert result.best_value >= max(completed) - 0.1  # re-scored mean of one of the best, not the worst
+
+
+def test_an_exception_in_the_function_fails_the_trial_with_its_traceback() -> None:
+    def fn(ctx: TrialContext) -> None:
+        raise KeyError("model.width")
+
+    with pytest.raises(StudyFailedError, match=re.escape("KeyError: 'model.width'")) as info:
+        bstune.Study(fn, SPACE, **(ARGS | {"n_trials": 2})).run()
+    assert info.value.traceback is not None and "raise KeyError" in info.value.traceback
+
+
+def test_a_function_that_reports_another_metric_is_told_which_it_reported() -> None:
+    def fn(ctx: TrialContext) -> None:
+        for _ in ctx.loader(TRAIN):
+            ctx.step(1.0)
+            if ctx.at_milestone():
+                ctx.report(loss=0.5)
+
+    with pytest.raises(
+        StudyFailedError, match=re.escape("ctx.report: reported loss but not the study's objective 'val_loss'")
+    ):
+        bstune.Study(fn, SPACE, **(ARGS | {"n_trials": 2})).run()
+
+
+def test_a_space_without_a_largest_batch_is_refused_for_a_function() -> None:
+    with pytest.raises(ConfigError, match=re.escape("batch_size.max")):
+        bstune.Study(loop, {"name": "s"}, **ARGS)
+
+
+def test_an_objective_of_unknown_direction_must_be_declared() -> None:
+    with pytest.raises(ConfigError, match="direction: bstune cannot tell"):
+        bstune.Study(loop, SPACE, objective="score", **ARGS)
+    assert bstune.Study(loop, SPACE, objective="score", direction="maximize", **ARGS).direction == "maximize"
+    with pytest.raises(ConfigError, match="'minimize' contradicts the objective 'val_accuracy'"):
+        bstune.Study(loop, SPACE, objective="val_accuracy", direction="minimize", **ARGS)
+
+
+def test_a_study_of_a_function_resumes_from_its_storage(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    first = bstune.Study(loop, SPACE, storage=storage, **(ARGS | {"n_trials": 2, "rescore_top": 0})).run()
+    more = bstune.Study(loop, SPACE, storage=storage, **(ARGS | {"n_trials": 4, "rescore_top": 0})).run()
+    assert _values(more)[:2] == _values(first) and len(more.trials) == 4
+
+
+class _NoScheduler:
+    """A loop that never makes the context's scheduler: the probe cannot ramp its rate."""
+
+    def __call__(self, ctx: TrialContext) -> None:
+        model = nn.Linear(8, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=ctx.config["lr"])
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ctx.step(loss)
+
+
+def test_the_prior_mode_names_what_the_probe_needs_from_the_loop() -> None:
+    with pytest.raises(ConfigError, match=r"ctx.lr_scheduler\(optimizer\).*mode='baseline'"):
+        bstune.Study(_NoScheduler(), SPACE, **(ARGS | {"mode": "prior"})).run()
+
+    def no_tracker(ctx: TrialContext) -> None:
+        loop(ctx)
+
+    with pytest.raises(ConfigError, match=r"ctx.noise_tracker\(model\).*observe\(\)"):
+        bstune.Study(no_tracker, SPACE, **(ARGS | {"mode": "prior"})).run()
+
+
+def tracked_loop(ctx: TrialContext) -> None:
+    """:func:`loop` with the noise tracker, as the probe needs it."""
+    model = net().to(ctx.device)
+    opt = ctx.make_optimizer(model.parameters())
+    sched = ctx.lr_scheduler(opt)
+    noise = ctx.noise_tracker(model)
+    for xb, yb in ctx.loader(TRAIN):
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        noise.observe()
+        opt.step()
+        sched.step()
+        ctx.step(loss)
+        if ctx.at_milestone():
+            with torch.no_grad():
+                ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+
+
+def test_the_probe_through_a_function_measures_what_the_task_probe_measures() -> None:
+    space = SearchSpace.coerce(SPACE)
+    settings = ProbeSettings(throughput_batches=(8, 64))
+    theirs = probe_space(task(), space, settings, batch_cap=128)
+    job = FunctionJob(tracked_loop, "val_loss", Direction.MINIMIZE, space.optimizer)
+    mine = probe_function(job, space, settings, batch_cap=128)
+    # the same batches from the same start: the range tests agree to the last digit
+    assert (mine.batch_size, mine.large_batch) == (theirs.batch_size, theirs.large_batch) == (30, 128)
+    assert mine.lr_ceiling == pytest.approx(theirs.lr_ceiling, rel=1e-9)
+    assert mine.lr_ceiling_large == pytest.approx(theirs.lr_ceiling_large, rel=1e-9)
+    assert mine.lr_probe == pytest.approx(theirs.lr_probe, rel=1e-9)
+    # B_simple at the same point (the probe run's end), by other batches: each within the other's interval's reach
+    lo, hi = mine.b_simple_ci
+    assert lo <= theirs.b_simple <= hi
+    assert theirs.b_simple_ci[0] * 0.8 <= mine.b_simple <= theirs.b_simple_ci[1] * 1.25
+    assert set(mine.throughput) == {8, 64} and mine.samples_used > 0 and len(mine.trajectory) == 5
+
+
+def test_a_prior_mode_study_of_a_function_searches_around_its_probe() -> None:
+    result = bstune.Study(tracked_loop, SPACE, **(ARGS | {"mode": "prior", "n_trials": 4, "rescore_top": 0})).run()
+    prior, probe = result.prior, result.probe
+    assert prior is not None and probe is not None and probe.b_simple > 0
+    for t in result.trials:
+        assert prior.batch_low <= t.batch_size <= prior.batch_high  # type: ignore[operator]
+    assert result.samples_total == probe.samples_used + sum(t.samples for t in result.trials)

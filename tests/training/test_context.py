@@ -1,0 +1,232 @@
+"""A user's training function run by :func:`run_function` counts, schedules, stops and fails as the trainer does."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import bstune
+from bstune.errors import ConfigError
+from bstune.training import Decision, LRRamp, RunStatus, TrainConfig, TrialContext, TrialPruned, lr_at, run_function
+
+G = torch.Generator().manual_seed(0)
+X = torch.randn(600, 8, generator=G)
+Y = (X[:, 0] + 0.5 * X[:, 1] > 0).long()
+TRAIN = torch.utils.data.TensorDataset(X[:480], Y[:480])
+VX, VY = X[480:], Y[480:]
+
+
+def net() -> nn.Module:
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def task() -> bstune.Task:
+    return bstune.Task(model=net, train_data=(X[:480], Y[:480]), val_data=(VX, VY), loss=nn.CrossEntropyLoss())
+
+
+def loop(ctx: TrialContext) -> None:
+    """The trainer's own loop, written as a user would: SGD, the trial's schedule, val loss at milestones."""
+    model = net().to(ctx.device)
+    opt = ctx.make_optimizer(model.parameters())
+    sched = ctx.lr_scheduler(opt)
+    for xb, yb in ctx.loader(TRAIN):
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        ctx.step(loss)
+        if ctx.at_milestone():
+            with torch.no_grad():
+                ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TrainConfig(batch_size=42, lr=0.08, max_samples=4096),  # batches that do not divide the data
+        TrainConfig(batch_size=32, lr=0.3, max_samples=3000, momentum=0.9, warmup_samples=600, schedule="cosine"),
+    ],
+)
+def test_a_function_that_mirrors_the_trainer_gets_its_values_to_the_last_digit(config: TrainConfig) -> None:
+    mine, ctx = run_function(loop, config)
+    theirs = bstune.train(task(), config)
+    assert mine.status is theirs.status is RunStatus.COMPLETED
+    assert [r.samples for r in mine.history] == [r.samples for r in theirs.history]
+    assert [r.milestone for r in mine.history] == [r.milestone for r in theirs.history]
+    assert [r.val_loss for r in mine.history] == pytest.approx([r.val_loss for r in theirs.history], rel=1e-6)
+    assert [r.lr for r in mine.history] == pytest.approx([r.lr for r in theirs.history], rel=1e-12)
+    assert (mine.samples, mine.steps) == (theirs.samples, theirs.steps) and ctx.n_train == 480
+
+
+def test_the_scheduler_sets_the_trials_rates_and_keeps_group_ratios() -> None:
+    config = TrainConfig(batch_size=16, lr=0.5, max_samples=1600, warmup_samples=320, schedule="linear")
+    seen: list[tuple[float, float]] = []
+
+    def fn(ctx: TrialContext) -> None:
+        a, b = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([{"params": [a], "lr": 0.5}, {"params": [b], "lr": 0.05}], lr=0.5)
+        sched = ctx.lr_scheduler(opt)
+        while not ctx.done:
+            seen.append((opt.param_groups[0]["lr"], opt.param_groups[1]["lr"]))
+            sched.step()
+            ctx.step(0.0)
+
+    run_function(fn, config)
+    expected = [lr_at(config, k * 16) for k in range(100)]
+    assert [s[0] for s in seen] == pytest.approx(expected)
+    assert [s[1] for s in seen] == pytest.approx([0.1 * e for e in expected])
+
+
+def test_the_loader_runs_epochs_in_the_trainers_order_and_stops_when_done() -> None:
+    batches: list[list[int]] = []
+    data = torch.utils.data.TensorDataset(torch.arange(50))
+
+    def fn(ctx: TrialContext) -> None:
+        for (idx,) in ctx.loader(data):
+            batches.append(idx.tolist())
+            ctx.step()
+
+    result, _ = run_function(fn, TrainConfig(batch_size=16, lr=0.1, max_samples=160, seed=3))
+    assert len(batches) == 10 and result.samples == 160 and all(len(b) == 16 for b in batches)
+    gen = torch.Generator().manual_seed(3 + 1)
+    first, second = torch.randperm(50, generator=gen), torch.randperm(50, generator=gen)
+    assert batches[:3] == [first[i : i + 16].tolist() for i in (0, 16, 32)]  # two left over: dropped
+    assert batches[3] == second[:16].tolist()
+
+
+@pytest.mark.parametrize("bad", ["batch_size", "shuffle", "sampler", "drop_last"])
+def test_the_loader_refuses_to_be_told_the_batch_size_or_order(bad: str) -> None:
+    def fn(ctx: TrialContext) -> None:
+        ctx.loader(TRAIN, **{bad: 4})
+
+    with pytest.raises(ConfigError, match=f"ctx.loader: {bad}: the study sets"):
+        run_function(fn, TrainConfig(batch_size=16, lr=0.1, max_samples=160))
+
+
+def test_a_stop_at_a_milestone_raises_trial_pruned_and_the_run_is_stopped_there() -> None:
+    calls: list[int] = []
+
+    def stop_at_third(record: Any) -> Decision:
+        calls.append(record.milestone)
+        return Decision.STOP if len(calls) == 3 else Decision.CONTINUE
+
+    result, ctx = run_function(loop, TrainConfig(batch_size=32, lr=0.1, max_samples=3200), stop_at_third)
+    assert result.status is RunStatus.STOPPED and calls == [320, 640, 960]
+    assert result.samples == 960 and ctx.done
+
+
+def test_a_function_that_swallows_trial_pruned_is_still_pruned() -> None:
+    def stubborn(ctx: TrialContext) -> None:
+        for _ in ctx.loader(TRAIN):
+            ctx.step(1.0)
+            if ctx.at_milestone():
+                with contextlib.suppress(TrialPruned):
+                    ctx.report(val_loss=1.0)
+
+    result, _ = run_function(stubborn, TrainConfig(batch_size=32, lr=0.1, max_samples=3200), lambda r: True)
+    assert result.status is RunStatus.STOPPED and result.samples == 320  # the loader ended the loop
+
+
+def test_a_stop_at_the_last_milestone_changes_nothing() -> None:
+    result, _ = run_function(
+        loop, TrainConfig(batch_size=32, lr=0.1, max_samples=640, eval_every_samples=640), lambda r: True
+    )
+    assert result.status is RunStatus.COMPLETED
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 1e9])
+def test_a_loss_that_blows_up_ends_the_run_diverged(bad: float) -> None:
+    def fn(ctx: TrialContext) -> None:
+        for i, _ in enumerate(ctx.loader(TRAIN)):
+            ctx.step(1.0 if i < 5 else bad)
+
+    result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=3200))
+    assert result.status is RunStatus.DIVERGED and result.samples == 6 * 32
+    assert "step 5" in result.message
+
+
+def test_a_non_finite_reported_metric_ends_the_run_diverged() -> None:
+    def fn(ctx: TrialContext) -> None:
+        for _ in ctx.loader(TRAIN):
+            ctx.step(1.0)
+            if ctx.at_milestone():
+                ctx.report(val_loss=math.nan)
+
+    result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=3200))
+    assert result.status is RunStatus.DIVERGED and result.samples == 320
+
+
+def test_out_of_memory_in_the_function_ends_the_run_oom_and_other_errors_go_up() -> None:
+    def oom(ctx: TrialContext) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    result, _ = run_function(oom, TrainConfig(batch_size=32, lr=0.1, max_samples=320))
+    assert result.status is RunStatus.OOM and "batch_size=32" in result.message
+
+    def broken(ctx: TrialContext) -> None:
+        raise KeyError("model.width")
+
+    with pytest.raises(KeyError):
+        run_function(broken, TrainConfig(batch_size=32, lr=0.1, max_samples=320))
+
+
+def test_metrics_the_function_returns_stand_for_its_last_milestone() -> None:
+    def fn(ctx: TrialContext) -> dict[str, float]:
+        for _ in ctx.loader(TRAIN):
+            ctx.step(0.5)
+        return {"val_loss": 0.25, "val_accuracy": 0.9}
+
+    result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=640))
+    assert [(r.milestone, r.val_loss, r.metrics) for r in result.history] == [(640, 0.25, {"val_accuracy": 0.9})]
+
+
+def test_a_report_between_milestones_is_not_recorded(caplog: pytest.LogCaptureFixture) -> None:
+    def fn(ctx: TrialContext) -> None:
+        for _ in ctx.loader(TRAIN):
+            ctx.step(0.5)
+            ctx.report(val_loss=0.5)  # every step, not at milestones
+
+    result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=640))
+    assert [r.milestone for r in result.history] == list(range(64, 641, 64))
+    assert sum("between milestones" in r.message for r in caplog.records) == 1
+
+
+def test_the_seed_sets_torch_numpy_and_random_and_leaves_them_as_they_were() -> None:
+    draws: list[tuple[float, float, float]] = []
+
+    def fn(ctx: TrialContext) -> None:
+        draws.append((float(torch.rand(())), float(np.random.rand()), random.random()))
+        ctx.step(0.0, samples=320)
+
+    random.seed(99)
+    before = random.random()
+    random.seed(99)
+    for seed in (5, 5, 6):
+        run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=320, seed=seed))
+    assert draws[0] == draws[1] != draws[2]
+    assert random.random() == before
+
+
+def test_the_ramp_raises_the_rate_geometrically_and_ends_when_the_loss_doubles() -> None:
+    def fn(ctx: TrialContext) -> None:
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=ctx.config["lr"])
+        sched = ctx.lr_scheduler(opt)
+        for k, _ in enumerate(ctx.loader(TRAIN)):
+            sched.step()
+            ctx.step(1.0 if k < 10 else 10.0)  # blows up at step 10
+
+    result, ctx = run_function(
+        fn, TrainConfig(batch_size=16, lr=1e-3, max_samples=40 * 16), ramp=LRRamp(1e-3, 1.5), order="draw"
+    )
+    lrs = [lr for lr, _ in ctx.ramp_curve]
+    assert lrs == pytest.approx([1e-3 * 1.5**k for k in range(len(lrs))])
+    assert len(lrs) < 40 and result.status is RunStatus.COMPLETED and ctx.done
