@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bstune._loading import load_subject, load_task
+from bstune._validate import check_count
 from bstune.errors import BstuneError, ConfigError, UserCodeError
 from bstune.study import format_summary
 from bstune.task import Task
@@ -140,8 +141,8 @@ def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
             if key in _OPTIMIZER_KEYS:
                 optimizer[key] = value
             elif key in _FILE_SETTINGS:
-                if key == "warmup_samples" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                    raise ConfigError(f"must be a whole number >= 0, got {value!r}", source=args.config, field=key)
+                if key == "warmup_samples":
+                    check_count(value, source=args.config, field=key, minimum=0)
                 settings[key] = value
             else:
                 _check_param(key, value, source=args.config)

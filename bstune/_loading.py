@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from bstune._keys import SCRIPT_MODULE_PREFIX
 from bstune.errors import ConfigError, TaskError
 from bstune.task import Task
 from bstune.training import TrialFunction
@@ -69,7 +70,7 @@ def _import(path: str | Path) -> ModuleType:
         raise ConfigError("no such file", source=str(path))
     if script.suffix != ".py":
         raise ConfigError("expected a Python script (.py) defining make_task() or train(ctx)", source=str(path))
-    name = f"bstune_user_{abs(hash(script.resolve()))}"
+    name = f"{SCRIPT_MODULE_PREFIX}{abs(hash(script.resolve()))}"
     spec = importlib.util.spec_from_file_location(name, script)
     if spec is None or spec.loader is None:
         raise ConfigError("cannot be imported as a Python module", source=str(path))

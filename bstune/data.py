@@ -17,41 +17,56 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
+from bstune.errors import TaskError
+
 __all__ = ["Batch", "as_dataset", "batch_len", "fetch_batch", "move_to_device", "sample_indices", "slice_batch"]
 
 Batch = tuple[Any, Any]
 """One batch: ``(inputs, targets)``; each a tensor or a nested structure of tensors."""
 
 
-def as_dataset(data: Any) -> Dataset[Any]:
+def as_dataset(data: Any, *, field: str | None = None) -> Dataset[Any]:
     """Accept a ``Dataset`` or an ``(inputs, targets)`` pair of tensors or numpy arrays.
 
     numpy arrays are converted with :func:`torch.from_numpy` (no copy where the dtype
     stays): floating arrays become ``float32`` (numpy's default ``float64`` would not
     run through a model built with torch's default dtype), integer arrays ``int64``
     (what ``CrossEntropyLoss`` takes as class labels); other dtypes are kept.
-    Raises ``TypeError``/``ValueError`` with a plain reason; the caller wraps it with
-    the field name.
+
+    Raises:
+        TaskError: ``data`` is neither, or cannot be sampled; it names ``field`` (the
+            Task's ``train_data`` or ``val_data``) and the reason.
+
+    Example:
+        >>> as_dataset([1, 2, 3], field="val_data")
+        Traceback (most recent call last):
+        ...
+        bstune.errors.TaskError: Task: val_data: expected a torch.utils.data.Dataset or a pair of tensors or numpy arrays (inputs, targets), got a list of (int, int, int)
     """
     if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, _ARRAY) for t in data):
-        inputs, targets = (_as_tensor(t) for t in data)
+        inputs, targets = (_as_tensor(t, field) for t in data)
         if inputs.shape[0] != targets.shape[0]:
-            raise ValueError(f"inputs and targets differ in length ({inputs.shape[0]} vs {targets.shape[0]})")
+            raise TaskError(
+                f"inputs and targets differ in length ({inputs.shape[0]} vs {targets.shape[0]})", field=field
+            )
         return TensorDataset(inputs, targets)
     if isinstance(data, Dataset):
         if not hasattr(data, "__len__"):
-            raise TypeError("an iterable dataset without __len__ cannot be sampled; give a map-style Dataset")
+            raise TaskError(
+                "an iterable dataset without __len__ cannot be sampled; give a map-style Dataset", field=field
+            )
         return data
-    raise TypeError(
+    raise TaskError(
         "expected a torch.utils.data.Dataset or a pair of tensors or numpy arrays (inputs, targets), "
-        f"got {_describe(data)}"
+        f"got {_describe(data)}",
+        field=field,
     )
 
 
 _ARRAY = (torch.Tensor, np.ndarray)
 
 
-def _as_tensor(array: torch.Tensor | np.ndarray[Any, Any]) -> torch.Tensor:
+def _as_tensor(array: torch.Tensor | np.ndarray[Any, Any], field: str | None) -> torch.Tensor:
     """A tensor as it is; a numpy array as a tensor (float -> float32, integer -> int64)."""
     if isinstance(array, torch.Tensor):
         return array
@@ -60,7 +75,7 @@ def _as_tensor(array: torch.Tensor | np.ndarray[Any, Any]) -> torch.Tensor:
     elif array.dtype.kind in "iu":
         array = array.astype(np.int64, copy=False)
     elif array.dtype.kind not in "bc":
-        raise TypeError(f"a numpy array of dtype {array.dtype} cannot become a tensor; give numbers")
+        raise TaskError(f"a numpy array of dtype {array.dtype} cannot become a tensor; give numbers", field=field)
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
@@ -108,7 +123,10 @@ def batch_len(inputs: Any) -> int:
         return batch_len(next(iter(inputs.values())))
     if isinstance(inputs, list | tuple):
         return batch_len(inputs[0])
-    raise TypeError(f"cannot find the batch dimension of {type(inputs).__name__}")
+    raise TaskError(
+        f"cannot find the batch dimension of {type(inputs).__name__}: "
+        "a batch holds tensors, or lists, tuples or dicts of them"
+    )
 
 
 def slice_batch(obj: Any, start: int, stop: int) -> Any:

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bstune._keys import JOB_SCRIPT_KEY, JOB_SPACE_KEY
 from bstune.errors import BstuneError, ConfigError
 
 __all__ = [
@@ -137,7 +138,7 @@ def submit(
                 entrypoint=shlex.join(command),
                 runtime_env=env,
                 submission_id=submission_id,
-                metadata={"bstune_script": script.name, "bstune_space": space.name},
+                metadata={JOB_SCRIPT_KEY: script.name, JOB_SPACE_KEY: space.name},
             )
             break
         except RuntimeError as exc:  # the Jobs API answers errors as RuntimeError(status, text)

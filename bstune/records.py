@@ -11,11 +11,38 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any, Protocol
 
 from bstune.metrics import Direction
 
-__all__ = ["ProbeResult", "Rescored", "StudyData", "TrialRecord", "clean_dict", "clean_json"]
+__all__ = ["ProbeResult", "Rescored", "StudyData", "TrialRecord", "TrialStatus", "clean_dict", "clean_json"]
+
+
+class TrialStatus(str, Enum):
+    """How a trial ended (or where it stands), as stores and ``result.json`` keep it.
+
+    A ``str`` enum: a member equals, formats as, and is stored in JSON as its plain
+    string, so results written before the enum existed read the same. A training run's
+    :class:`bstune.RunStatus` maps onto it in one place (the study's trial runner):
+    a run a pruner stopped is ``PRUNED``, the others keep their name.
+
+    Example:
+        >>> TrialStatus("pruned") == TrialStatus.PRUNED, TrialStatus.OOM == "oom", f"{TrialStatus.FAILED}"
+        (True, True, 'failed')
+    """
+
+    COMPLETED = "completed"  # trained to its budget and recorded a finite objective
+    PRUNED = "pruned"  # stopped early by the pruner (or Ray's scheduler)
+    DIVERGED = "diverged"  # the loss went non-finite: the configuration is unusable
+    OOM = "oom"  # the device ran out of memory at this batch size
+    FAILED = "failed"  # the task's code raised, the worker died, or no finite objective was recorded
+    INTERRUPTED = "interrupted"  # abandoned by a crashed or Ctrl-C'd process; a resumed study runs it again
+    RUNNING = "running"  # an Optuna trial still running (read from a live store)
+    WAITING = "waiting"  # an Optuna trial enqueued, not started
+
+    def __str__(self) -> str:
+        return self.value
 
 
 def clean_dict(value: dict[str, Any]) -> dict[str, Any]:
@@ -25,7 +52,9 @@ def clean_dict(value: dict[str, Any]) -> dict[str, Any]:
 
 
 def clean_json(value: Any) -> Any:
-    """Replace non-finite floats by ``None`` (JSON has no inf/nan)."""
+    """Replace non-finite floats by ``None`` (JSON has no inf/nan) and enum members by their plain values."""
+    if isinstance(value, Enum):
+        return clean_json(value.value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
@@ -40,7 +69,7 @@ class TrialRecord:
     """One trial: its derived batch size and learning rate, outcome and learning curve."""
 
     number: int
-    status: str  # completed, pruned, diverged, oom, failed, running
+    status: TrialStatus  # a plain string (from JSON, or older code) is read as its member
     batch_size: int | None
     lr: float | None
     temperature: float | None  # eta/(B(1-m))
@@ -53,6 +82,9 @@ class TrialRecord:
     worker: str | None = None  # where it ran: a Ray node id (the Ray backend), else None
     batch_ceiling: int | None = None  # out of memory: the batch-size cap for the rest of the study
     traceback: str | None = None  # failed: where the task's code raised
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", TrialStatus(self.status))
 
     def to_dict(self) -> dict[str, Any]:
         return clean_dict(asdict(self))

@@ -86,10 +86,7 @@ class Task:
                 field="model",
             )
         for name in ("train_data", "val_data"):
-            try:
-                ds = as_dataset(getattr(self, name))
-            except (TypeError, ValueError) as exc:
-                raise TaskError(str(exc), field=name) from None
+            ds = as_dataset(getattr(self, name), field=name)
             if len(ds) == 0:  # type: ignore[arg-type]
                 raise TaskError("is empty", field=name)
             setattr(self, name, ds)

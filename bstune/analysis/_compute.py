@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from bstune._validate import check_count
 from bstune.analysis._critical import CriticalBatchFit
 from bstune.errors import ConfigError
 
@@ -188,8 +189,7 @@ def compute_optimal(
         8
     """
     log_b, _ = _check_throughput(throughput)
-    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-        raise ConfigError(f"must be a positive integer, got {n_workers!r}", source="compute_optimal", field="n_workers")
+    check_count(n_workers, source="compute_optimal", field="n_workers")
     t_lo, t_hi = round(math.exp(log_b[0])), round(math.exp(log_b[-1]))
     if batch_range is not None and not 0 < batch_range[0] <= batch_range[1]:
         raise ConfigError(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from scipy import stats
 
 from bstune.analysis._trials import TrialLike, batch_size_of, field_of, finite
+from bstune.records import TrialStatus
 
 __all__ = ["GapSummary", "GapTrend", "TrialGap", "generalization_gap"]
 
@@ -167,7 +168,7 @@ def _trend(name: str, gaps: Sequence[float], batch: Sequence[float], temp: Seque
 
 
 def _trial_gap(trial: TrialLike) -> TrialGap | None:
-    if field_of(trial, "status") != "completed":
+    if field_of(trial, "status") != TrialStatus.COMPLETED:
         return None
     b, lr = batch_size_of(trial), finite(field_of(trial, "lr"))
     history = field_of(trial, "history") or []

@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bstune._validate import check_count
 from bstune.analysis._trials import (
     Direction,
     History,
@@ -33,12 +34,13 @@ from bstune.analysis._trials import (
     metric_values,
 )
 from bstune.errors import ConfigError, EstimationError
+from bstune.records import TrialStatus
 
 __all__ = ["BatchPoint", "TargetHit", "choose_target", "steps_by_batch", "steps_to_target"]
 
 # A run that never reached the target still bounds S(B) from below while it was on
 # track; a diverged/oom/failed run was not, so it counts only if it got there first.
-_BOUNDING_STATUSES = frozenset({"completed", "pruned", "running"})
+_BOUNDING_STATUSES = frozenset({TrialStatus.COMPLETED, TrialStatus.PRUNED, TrialStatus.RUNNING})
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,7 @@ def steps_to_target(
         TargetHit(reached=True, steps=15.0, samples=150.0, upper_bound=False)
     """
     direction = Direction.coerce(direction, source="steps_to_target")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ConfigError(
-            f"must be a positive integer, got {batch_size!r}", source="steps_to_target", field="batch_size"
-        )
+    check_count(batch_size, source="steps_to_target", field="batch_size")
     if not math.isfinite(target):
         raise ConfigError(f"must be finite, got {target!r}", source="steps_to_target", field="target")
     points = metric_values(history, metric, batch_size)

@@ -9,10 +9,10 @@ is a flat dict (``milestone, samples, step, lr, train_loss, val_loss, gap`` and
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypeAlias
 
+from bstune._validate import finite
 from bstune.metrics import Direction
 
 __all__ = [
@@ -59,14 +59,6 @@ def batch_size_of(trial: TrialLike) -> int | None:
     """The trial's batch size as a positive int (``64.0`` from JSON counts), else ``None``."""
     b = finite(field_of(trial, "batch_size"))
     return int(b) if b is not None and b > 0 and b.is_integer() else None
-
-
-def finite(value: Any) -> float | None:
-    """``float(value)`` when it is a finite number, else ``None`` (bools are not numbers)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    x = float(value)
-    return x if math.isfinite(x) else None
 
 
 def metric_values(history: History, metric: str, batch_size: int) -> list[tuple[float, float]]:

@@ -124,7 +124,7 @@ def _embedding(module: nn.Module, idx: Tensor, g: Tensor, batch_dim: int) -> dic
 def _conv(module: nn.Module, x: Tensor, g: Tensor, batch_dim: int) -> dict[str, _Use]:
     assert isinstance(module, nn.Conv1d | nn.Conv2d)
     if x.dim() != (3 if isinstance(module, nn.Conv1d) else 4):
-        raise ValueError(f"expected a batched input, got shape {tuple(x.shape)}")
+        raise EstimationError(f"expected a batched input, got shape {tuple(x.shape)}")
     mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
     x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)  # what the conv itself pads
     kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
@@ -550,7 +550,7 @@ class PerExampleNorms:
         eps = max(torch.finfo(t.dtype).eps for t in (x, grad) if t.is_floating_point())
         try:
             uses = rule(module, x, grad.detach(), self.batch_dim)
-        except (RuntimeError, ValueError) as err:  # an input layout the rule does not know
+        except (RuntimeError, ValueError, EstimationError) as err:  # an input layout the rule does not know
             step.problems.append(EstimationError(f"per-example norms of {type(module).__name__} failed: {err}"))
             return
         for pn, use in uses.items():

@@ -28,7 +28,7 @@ from bstune.analysis import (
 )
 from bstune.errors import BstuneError, ConfigError
 from bstune.optim import temperature
-from bstune.records import StudyData, clean_dict
+from bstune.records import StudyData, TrialStatus, clean_dict
 
 __all__ = ["Report", "build_report"]
 
@@ -266,7 +266,7 @@ def _memory(result: StudyData) -> dict[str, Any] | None:
     if result.probe is not None and result.probe.batch_ceiling is not None:
         events.append({"trial": None, "batch_size": None, "ceiling": result.probe.batch_ceiling})
     for t in sorted(result.trials, key=lambda t: t.number):
-        if t.status == "oom":
+        if t.status == TrialStatus.OOM:
             events.append({"trial": t.number, "batch_size": t.batch_size, "ceiling": t.batch_ceiling})
     if not events:
         return None

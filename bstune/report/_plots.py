@@ -31,6 +31,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
+from bstune._validate import finite
+
 __all__ = ["Plot", "render_plots"]
 
 _DPI = 150  # 9 in -> 1350 px, sharp when shown ~900 px wide on a high-density screen
@@ -58,9 +60,7 @@ class Plot:
 
 def _num(x: Any) -> float | None:
     """``x`` as a finite float, else ``None`` (missing, non-numeric, inf or nan)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x) if math.isfinite(x) else None
+    return finite(x)
 
 
 def _pos(x: Any) -> float | None:

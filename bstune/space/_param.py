@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import numbers
 import reprlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from bstune._validate import is_int, is_number
 from bstune.errors import ConfigError
 from bstune.training import SCHEDULES
 
@@ -31,9 +31,9 @@ class _Range:
     high_open: bool = False
 
     def __contains__(self, x: object) -> bool:
-        if not _is_number(x):
+        if not is_number(x, numpy=True):
             return False
-        v = float(x)  # type: ignore[arg-type]
+        v = float(x)
         above = v > self.low if self.low_open else v >= self.low
         below = self.high is None or (v < self.high if self.high_open else v <= self.high)
         return above and below
@@ -69,10 +69,6 @@ def _show(value: object) -> str:
     except Exception:  # e.g. an int too long to print (sys.set_int_max_str_digits)
         text = "<unprintable>"
     return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -130,11 +126,11 @@ class ParamSpec:
         for key in ("low", "high"):
             value = getattr(self, key)
             if self.kind == "int":
-                if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                if not is_int(value, numpy=True):
                     raise bad(key, f"must be an integer for kind 'int', got {_show(value)}")
                 bounds.append(int(value))
             else:
-                if not _is_number(value) or not math.isfinite(value):
+                if not is_number(value, numpy=True) or not math.isfinite(value):
                     raise bad(key, f"must be a finite number, got {_show(value)}")
                 bounds.append(float(value))
             object.__setattr__(self, key, bounds[-1])

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
 import yaml
 
+from bstune._validate import is_int, is_number
 from bstune.errors import ConfigError
 from bstune.optim import FAMILIES, OptimizerSpec
-from bstune.space._param import _T, KINDS, KNOWN_PARAMS, ParamSpec, _is_number, _Range, _show
+from bstune.space._param import _T, KINDS, KNOWN_PARAMS, ParamSpec, _Range, _show
 
 _PARAM_KEYS = ("type", "low", "high", "log", "choices")
 _OPTIMIZER_KEYS = tuple(f.name for f in fields(OptimizerSpec))
@@ -41,8 +41,8 @@ def _section(value: object, source: str, where: str, known: tuple[str, ...] | No
 def _to_float(value: object, source: str, where: str) -> float:
     """A finite number; numeric strings (YAML reads ``1e-4`` as one) are accepted."""
     try:
-        if _is_number(value):
-            number = float(value)  # type: ignore[arg-type]
+        if is_number(value, numpy=True):
+            number = float(value)
         elif isinstance(value, str):
             number = float(value.strip())
         else:
@@ -56,7 +56,7 @@ def _to_float(value: object, source: str, where: str) -> float:
 
 def _to_int(value: object, source: str, where: str) -> int:
     """An integer; an integral float or numeric string (``1024.0``, ``"1e3"``) is accepted."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    if is_int(value, numpy=True):
         return int(value)
     try:
         number = _to_float(value, source, where)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -11,9 +10,10 @@ from typing import Any
 
 import yaml
 
+from bstune._validate import count_reason, is_number
 from bstune.errors import ConfigError
 from bstune.optim import OptimizerSpec
-from bstune.space._param import ParamSpec, _is_number, _show
+from bstune.space._param import ParamSpec, _show
 from bstune.space._parse import _optimizer, _param, _relocate, _section, _to_float, _to_int, _yaml_reason
 
 __all__ = ["PriorSettings", "SearchSpace"]
@@ -44,19 +44,17 @@ class PriorSettings:
 
         for name in ("batch_width", "lr_width"):
             value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or not value > 1:
+            if not is_number(value, numpy=True) or not math.isfinite(value) or not value > 1:
                 raise bad(name, f"must be a number > 1, got {value!r}")
             object.__setattr__(self, name, float(value))
-        if not _is_number(self.lr_anchor) or not 0.0 < self.lr_anchor <= 1.0:
+        if not is_number(self.lr_anchor, numpy=True) or not 0.0 < self.lr_anchor <= 1.0:
             raise bad("lr_anchor", f"must be in (0, 1] (a fraction of the LR ceiling), got {self.lr_anchor!r}")
         object.__setattr__(self, "lr_anchor", float(self.lr_anchor))
-        if not _is_number(self.adam_alpha) or not 0.5 <= self.adam_alpha <= 1.0:
+        if not is_number(self.adam_alpha, numpy=True) or not 0.5 <= self.adam_alpha <= 1.0:
             raise bad("adam_alpha", f"must be in [0.5, 1], got {self.adam_alpha!r}")
         object.__setattr__(self, "adam_alpha", float(self.adam_alpha))
-        if not isinstance(self.batch_round, numbers.Integral) or isinstance(self.batch_round, bool):
-            raise bad("batch_round", f"must be a positive integer, got {self.batch_round!r}")
-        if self.batch_round < 1:
-            raise bad("batch_round", f"must be a positive integer, got {self.batch_round!r}")
+        if (reason := count_reason(self.batch_round, numpy=True)) is not None:
+            raise bad("batch_round", reason)
         object.__setattr__(self, "batch_round", int(self.batch_round))
 
 
@@ -96,8 +94,8 @@ class SearchSpace:
         for key, value in (("batch_size.min", self.batch_min), ("batch_size.max", self.batch_max)):
             if value is None and key == "batch_size.max":
                 continue
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise bad(key, f"must be a positive integer, got {value!r}")
+            if (reason := count_reason(value, numpy=True)) is not None:
+                raise bad(key, reason)
         if self.batch_max is not None and self.batch_min > self.batch_max:
             raise bad("batch_size.min", f"`min <= max` must hold, got min={self.batch_min}, max={self.batch_max}")
         r = self.prior.batch_round
@@ -108,7 +106,7 @@ class SearchSpace:
                 "lower batch_round or widen the range",
             )
         for key, lr in (("lr.min", self.lr_min), ("lr.max", self.lr_max)):
-            if not _is_number(lr) or not math.isfinite(lr) or not lr > 0:
+            if not is_number(lr, numpy=True) or not math.isfinite(lr) or not lr > 0:
                 raise bad(key, f"must be a finite number > 0, got {lr!r}")
         if self.lr_min > self.lr_max:
             raise bad("lr.min", f"`min <= max` must hold, got min={self.lr_min}, max={self.lr_max}")

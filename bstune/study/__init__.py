@@ -8,7 +8,7 @@ from bstune.study._probe import ProbeResult, ProbeSettings, lr_range_test, probe
 from bstune.study._probe_function import probe_function, probe_params
 from bstune.study._pruners import PRUNERS, make_pruner
 from bstune.study._ray import RayBackend, RaySettings, import_ray
-from bstune.study._records import StudyResult, TrialRecord
+from bstune.study._records import StudyResult, TrialRecord, TrialStatus
 from bstune.study._settings import StudySettings
 from bstune.study._storage import open_storage, storage_file
 from bstune.study._study import Study, StudyFailedError, make_sampler
@@ -35,6 +35,7 @@ __all__ = [
     "TrialFailure",
     "TrialJob",
     "TrialRecord",
+    "TrialStatus",
     "build_model",
     "count_finished",
     "format_summary",

@@ -31,19 +31,7 @@ from bstune.study._trial import MilestoneHook, TrialOutcome, TrialPlan, TrialPla
 from bstune.task import Task
 from bstune.training import Decision, EvalRecord, TrainConfig, TrainResult, TrialFunction, run_function
 
-__all__ = [
-    "DESCRIPTION_ATTR",
-    "DIRECTIONS_ATTR",
-    "FunctionJob",
-    "Resumed",
-    "StudySpec",
-    "TaskJob",
-    "TrialBackend",
-    "TrialJob",
-]
-
-DIRECTIONS_ATTR = "bstune_directions"  # study attribute: whether each recorded quantity is minimized or maximized
-DESCRIPTION_ATTR = "description"  # study attribute: what the params mean (optuna-dashboard shows it)
+__all__ = ["FunctionJob", "Resumed", "StudySpec", "TaskJob", "TrialBackend", "TrialJob"]
 
 
 def full_budget(*_: Any) -> Decision:

@@ -39,6 +39,8 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from bstune._keys import HEARTBEAT_KEY, OWNER_KEY
+from bstune.records import TrialStatus
 from bstune.study._optuna_compat import rdb_of, storage_of, swap_state, trial_id_of
 
 __all__ = [
@@ -56,9 +58,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-OWNER_KEY = "bstune:owner"
-HEARTBEAT_KEY = "bstune:heartbeat"
-INTERRUPTED = "interrupted"  # the `status` user attribute of an abandoned or Ctrl-C'd trial
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -183,7 +182,7 @@ def retry_abandoned(study: optuna.Study, grace_period: float) -> list[int]:
         if reason is None:
             continue
         try:
-            storage.set_trial_user_attr(trial_id_of(trial), "status", INTERRUPTED)
+            storage.set_trial_user_attr(trial_id_of(trial), "status", TrialStatus.INTERRUPTED.value)
             storage.set_trial_user_attr(trial_id_of(trial), "message", f"abandoned: {reason}; its config runs again")
             won = claim_abandoned(storage, trial_id_of(trial))
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
@@ -199,7 +198,9 @@ def retry_abandoned(study: optuna.Study, grace_period: float) -> list[int]:
 def count_finished(study: optuna.Study) -> int:
     """Trials that ran to their end (completed, pruned or failed), not counting abandoned ones."""
     return sum(
-        1 for t in study.get_trials(deepcopy=False, states=_FINISHED) if t.user_attrs.get("status") != INTERRUPTED
+        1
+        for t in study.get_trials(deepcopy=False, states=_FINISHED)
+        if t.user_attrs.get("status") != TrialStatus.INTERRUPTED
     )
 
 
@@ -263,7 +264,7 @@ def requeue_interrupted(trial: Trial) -> None:
     config runs again (``retry_of`` names it) when the study resumes.
     """
     storage = trial.storage
-    storage.set_trial_user_attr(trial._trial_id, "status", INTERRUPTED)
+    storage.set_trial_user_attr(trial._trial_id, "status", TrialStatus.INTERRUPTED.value)
     storage.set_trial_user_attr(
         trial._trial_id, "message", "interrupted (Ctrl-C); its config runs again when the study resumes"
     )

@@ -22,9 +22,10 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import Trial, TrialState
 
+from bstune._keys import PROBE_ATTR, RESCORED_ATTR
 from bstune.errors import BstuneError
 from bstune.metrics import Direction
-from bstune.records import ProbeResult, Rescored, TrialRecord, clean_json
+from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
 from bstune.study._backend import Resumed, StudySpec, TrialBackend
 from bstune.study._liveness import count_finished, retry_abandoned, with_heartbeat
 from bstune.study._pruners import make_pruner
@@ -37,9 +38,6 @@ from bstune.training import Decision, EvalRecord
 __all__ = ["OptunaBackend", "TrialFailure"]
 
 logger = logging.getLogger(__name__)
-
-PROBE_ATTR = "bstune_probe"  # the study's user attribute holding the probe
-RESCORED_ATTR = "bstune_rescored"  # the study's user attribute holding what re-scoring found
 
 
 class TrialFailure(BstuneError):
@@ -167,12 +165,12 @@ class OptunaBackend(TrialBackend):
         for key, value in outcome.attrs().items():
             trial.set_user_attr(key, value)
         config = plan.config
-        if outcome.status == "pruned":
+        if outcome.status == TrialStatus.PRUNED:
             raise optuna.TrialPruned(outcome.message)
-        if outcome.status == "completed":
+        if outcome.status == TrialStatus.COMPLETED:
             assert outcome.value is not None
             return outcome.value
-        if outcome.status == "oom":
+        if outcome.status == TrialStatus.OOM:
             cap = planner.learn_oom(config.batch_size)
             trial.set_user_attr("batch_ceiling", cap)
             logger.warning(
@@ -181,7 +179,7 @@ class OptunaBackend(TrialBackend):
                 config.batch_size,
                 cap,
             )
-        elif outcome.status == "diverged":
+        elif outcome.status == TrialStatus.DIVERGED:
             logger.info(
                 "trial %d diverged at B=%d, lr=%.3g: %s", trial.number, config.batch_size, config.lr, outcome.message
             )

@@ -40,9 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bstune._keys import PLAN_KEY, RESCORED_FILE, SCRIPT_MODULE_PREFIX, STATE_FILE, TRIAL_NUMBER_KEY
+from bstune._validate import count_reason, number_reason
 from bstune.errors import ConfigError, DependencyError
 from bstune.metrics import Direction
-from bstune.records import ProbeResult, Rescored, TrialRecord, clean_json
+from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
 from bstune.study._backend import Resumed, StudySpec, TrialBackend, TrialJob
 from bstune.study._ray_trial import record_from_result, train_trial
 from bstune.study._resume import settings_mismatch, upgrade_settings
@@ -58,9 +60,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_STATE_FILE = "bstune_study.json"
-_RESCORED_FILE = "bstune_rescored.json"
 
 
 def import_ray() -> Any:
@@ -106,14 +105,12 @@ class RaySettings:
             if unknown:
                 raise bad("resources_per_trial", f"unknown resources {unknown}; use cpu, gpu and memory")
             for name, amount in self.resources_per_trial.items():
-                if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
-                    raise bad(f"resources_per_trial.{name}", f"must be a non-negative number, got {amount!r}")
-        if self.max_concurrent is not None and (
-            isinstance(self.max_concurrent, bool) or not isinstance(self.max_concurrent, int) or self.max_concurrent < 1
-        ):
-            raise bad("max_concurrent", f"must be a positive integer, got {self.max_concurrent!r}")
-        if isinstance(self.max_failures, bool) or not isinstance(self.max_failures, int) or self.max_failures < 0:
-            raise bad("max_failures", f"must be a non-negative integer, got {self.max_failures!r}")
+                if (reason := number_reason(amount, strict=False)) is not None:
+                    raise bad(f"resources_per_trial.{name}", reason)
+        if self.max_concurrent is not None and (reason := count_reason(self.max_concurrent)) is not None:
+            raise bad("max_concurrent", reason)
+        if (reason := count_reason(self.max_failures, minimum=0)) is not None:
+            raise bad("max_failures", reason)
 
     def experiment_dir(self, study_name: str) -> Path:
         root = Path(self.storage_path).expanduser() if self.storage_path else Path("~/ray_results").expanduser()
@@ -132,7 +129,7 @@ class PlannerSpace:
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         plan = self.planner.plan(self.planner.sample(trial))
-        return {"bstune_plan": plan.to_dict(), "bstune_trial_number": int(trial.number)}
+        return {PLAN_KEY: plan.to_dict(), TRIAL_NUMBER_KEY: int(trial.number)}
 
 
 def _make_searcher(planner: TrialPlanner, sampler: Any, direction: str) -> Any:
@@ -149,14 +146,14 @@ def _make_searcher(planner: TrialPlanner, sampler: Any, direction: str) -> Any:
 
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
             status = (result or {}).get("status")
-            if status == "oom" and isinstance(self._space, PlannerSpace):
+            if status == TrialStatus.OOM and isinstance(self._space, PlannerSpace):
                 cap = self._space.planner.learn_oom(int(result["batch_size"]))  # type: ignore[index]
                 logger.warning(
                     "a trial ran out of memory at batch_size=%s; batch sizes now capped at %d",
                     result["batch_size"],  # type: ignore[index]
                     cap,
                 )
-            if status == "completed":
+            if status == TrialStatus.COMPLETED:
                 super().on_trial_complete(trial_id, result, error)
             elif status is None and not error:  # stopped by the scheduler before finishing
                 super().on_trial_complete(trial_id, None, False)
@@ -180,7 +177,7 @@ def _scalar_tensorboard() -> Any:
 
     class ScalarTBXLogger(TBXLoggerCallback):  # type: ignore[misc]
         def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
-            scalars = {k: v for k, v in result.items() if k not in ("history", "config", "bstune_plan", "traceback")}
+            scalars = {k: v for k, v in result.items() if k not in ("history", "config", PLAN_KEY, "traceback")}
             super().log_trial_result(iteration, trial, scalars)
 
     return ScalarTBXLogger()
@@ -211,7 +208,7 @@ def _register_script_modules() -> None:
 
     for module in list(sys.modules.values()):
         name = getattr(module, "__name__", "")
-        if name.startswith("bstune_user_"):
+        if name.startswith(SCRIPT_MODULE_PREFIX):
             cloudpickle.register_pickle_by_value(module)
 
 
@@ -303,7 +300,7 @@ class RayBackend(TrialBackend):
         _register_script_modules()
         self._spec = spec
         self._exp_dir = exp_dir = self.settings.experiment_dir(spec.name)
-        state = _load_state(exp_dir / _STATE_FILE)
+        state = _load_state(exp_dir / STATE_FILE)
         if state is not None:
             where = f"study {spec.name!r} under {exp_dir.parent}"
             error = settings_mismatch(
@@ -318,7 +315,7 @@ class RayBackend(TrialBackend):
         exp_dir.mkdir(parents=True, exist_ok=True)
         probe = state.get("probe") if state is not None else None
         self._write_state(probe)
-        rescored_file = exp_dir / _RESCORED_FILE
+        rescored_file = exp_dir / RESCORED_FILE
         kept = [Rescored.from_dict(d) for d in json.loads(rescored_file.read_text())] if rescored_file.is_file() else []
         return Resumed(probe=probe, rescored=kept)
 
@@ -373,13 +370,13 @@ class RayBackend(TrialBackend):
         records = []
         for index in range(len(grid)):
             result = grid[index]
-            if result.config is None or "bstune_plan" not in result.config:
+            if result.config is None or PLAN_KEY not in result.config:
                 continue  # a trial the searcher never filled in (the study ended first)
             records.append(record_from_result(result.metrics or {}, result.config, result.error))
         records.sort(key=lambda r: r.number)
         cap = planner.batch_cap  # this copy stayed at the start cap: the searcher lowers its own
         for i, record in enumerate(records):  # the ceiling each out-of-memory trial left, as the searcher lowered it
-            if record.status == "oom" and record.batch_size is not None:
+            if record.status == TrialStatus.OOM and record.batch_size is not None:
                 cap = max(spec.batch_min, min(cap, int(record.batch_size) // 2))
                 records[i] = dataclasses.replace(record, batch_ceiling=cap)
         return records
@@ -396,12 +393,12 @@ class RayBackend(TrialBackend):
 
     def keep_rescored(self, done: list[Rescored]) -> None:
         assert self._exp_dir is not None
-        (self._exp_dir / _RESCORED_FILE).write_text(json.dumps([r.to_dict() for r in done], indent=1))
+        (self._exp_dir / RESCORED_FILE).write_text(json.dumps([r.to_dict() for r in done], indent=1))
 
     def _write_state(self, probe: dict[str, Any] | None) -> None:
         assert self._spec is not None and self._exp_dir is not None
         state = {"settings": self._spec.fingerprint, "probe": probe}
-        (self._exp_dir / _STATE_FILE).write_text(json.dumps(state, indent=2))
+        (self._exp_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
 def _run_plan(job: TrialJob, plan: TrialPlan) -> TrialOutcome:

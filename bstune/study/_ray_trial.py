@@ -16,14 +16,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bstune.records import TrialRecord, clean_json
+from bstune._keys import OUTCOME_FILE, PLAN_KEY, TRIAL_NUMBER_KEY
+from bstune.records import TrialRecord, TrialStatus, clean_json
 from bstune.study._backend import TrialJob
 from bstune.study._trial import TrialPlan, history_row
 from bstune.training import Decision, EvalRecord
 
 __all__ = ["record_from_result", "train_trial"]
-
-_OUTCOME_FILE = "outcome.json"  # in a finished trial's checkpoint: its outcome, replayed on restore
 
 
 def _node() -> str:
@@ -46,12 +45,12 @@ def train_trial(config: dict[str, Any], *, job: TrialJob) -> None:
     """
     from ray import tune
 
-    plan = TrialPlan.from_dict(config["bstune_plan"])
+    plan = TrialPlan.from_dict(config[PLAN_KEY])
     node = _node()
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            done = Path(folder, _OUTCOME_FILE)
+            done = Path(folder, OUTCOME_FILE)
             if done.is_file():  # finished before the driver went down: replay, do not train again
                 tune.report(json.loads(done.read_text()))
                 return
@@ -82,7 +81,7 @@ def train_trial(config: dict[str, Any], *, job: TrialJob) -> None:
         final["objective"] = outcome.value
     final = clean_json(final)
     with tempfile.TemporaryDirectory() as folder:
-        Path(folder, _OUTCOME_FILE).write_text(json.dumps(final))
+        Path(folder, OUTCOME_FILE).write_text(json.dumps(final))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
@@ -91,17 +90,18 @@ def record_from_result(
     metrics: Mapping[str, Any], config: Mapping[str, Any], error: BaseException | None
 ) -> TrialRecord:
     """A :class:`TrialRecord` from one Ray trial: its last reported metrics and its config."""
-    plan = config["bstune_plan"]
-    status = metrics.get("status") if metrics.get("final") else None
+    plan = config[PLAN_KEY]
+    stored = metrics.get("status") if metrics.get("final") else None
+    status = None if stored is None else TrialStatus(stored)
     message = str(metrics.get("message", ""))
     if status is None:
         if error is not None:
-            status, message = "failed", f"{type(error).__name__}: {error}"
+            status, message = TrialStatus.FAILED, f"{type(error).__name__}: {error}"
         else:
-            status = "pruned" if metrics.get("samples") else "failed"
+            status = TrialStatus.PRUNED if metrics.get("samples") else TrialStatus.FAILED
     value = metrics.get("objective")
     return TrialRecord(
-        number=int(config["bstune_trial_number"]),
+        number=int(config[TRIAL_NUMBER_KEY]),
         status=status,
         batch_size=plan["batch_size"],
         lr=plan["lr"],

@@ -13,7 +13,7 @@ from typing import Any
 from bstune.errors import BstuneError
 from bstune.metrics import Direction
 from bstune.optim import OptimizerSpec
-from bstune.study._records import Rescored, TrialRecord
+from bstune.study._records import Rescored, TrialRecord, TrialStatus
 from bstune.study._rescore import choose
 
 __all__ = ["StudyFailedError", "handed_over", "handed_over_to_function", "recommend"]
@@ -45,12 +45,12 @@ def recommend(
         >>> best.number, value
         (1, 0.2)
     """
-    complete = [t for t in trials if t.status == "completed" and t.value is not None]
+    complete = [t for t in trials if t.status == TrialStatus.COMPLETED and t.value is not None]
     if not complete:
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
-        first = next((t for t in trials if t.message and t.status != "pruned"), None)
+        first = next((t for t in trials if t.message and t.status != TrialStatus.PRUNED), None)
         raise StudyFailedError(
             f"none of the {len(trials)} trials of study {study_name!r} completed "
             f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"

@@ -17,27 +17,27 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bstune.errors import ConfigError
 from bstune.metrics import Direction, infer_direction
-from bstune.records import ProbeResult, Rescored, TrialRecord, clean_dict, clean_json
+from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_dict, clean_json
 from bstune.report import Report, build_report
 from bstune.study._prior import Prior
 
-__all__ = ["Rescored", "StudyResult", "TrialRecord", "clean_dict", "clean_json", "trial_record"]
+__all__ = ["Rescored", "StudyResult", "TrialRecord", "TrialStatus", "clean_dict", "clean_json", "trial_record"]
 
 _NOT_METRICS = frozenset({"milestone", "samples", "step", "lr", "gap"})  # the other columns of a trial's history
+_OF_STATE = {  # a trial that wrote no status of its own: what Optuna says of it
+    TrialState.COMPLETE: TrialStatus.COMPLETED,
+    TrialState.PRUNED: TrialStatus.PRUNED,
+    TrialState.FAIL: TrialStatus.FAILED,
+    TrialState.RUNNING: TrialStatus.RUNNING,
+    TrialState.WAITING: TrialStatus.WAITING,
+}
 
 
 def trial_record(trial: FrozenTrial) -> TrialRecord:
     """The record of an Optuna trial, from the user attributes a bstune trial writes."""
     attrs = trial.user_attrs
-    status = attrs.get("status")
-    if status is None:
-        status = {
-            TrialState.COMPLETE: "completed",
-            TrialState.PRUNED: "pruned",
-            TrialState.FAIL: "failed",
-            TrialState.RUNNING: "running",
-            TrialState.WAITING: "waiting",
-        }[trial.state]
+    stored = attrs.get("status")
+    status = _OF_STATE[trial.state] if stored is None else TrialStatus(stored)
     value = trial.value if trial.state == TrialState.COMPLETE else attrs.get("best_value")
     return TrialRecord(
         number=trial.number,

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from bstune.metrics import Direction
-from bstune.records import Rescored, TrialRecord
+from bstune.records import Rescored, TrialRecord, TrialStatus
 from bstune.study._trial import TrialOutcome, TrialPlan
 
 __all__ = ["candidates", "choose", "rescore_seeds", "run_rescoring"]
@@ -34,7 +34,7 @@ def rescore_seeds(study_seed: int, n: int) -> list[int]:
 def candidates(trials: Sequence[TrialRecord], top: int, direction: Direction | str) -> list[TrialRecord]:
     """The ``top`` best completed trials, best first (ties: the earlier trial)."""
     sign = Direction(direction).sign
-    done = [t for t in trials if t.status == "completed" and t.value is not None and math.isfinite(t.value)]
+    done = [t for t in trials if t.status == TrialStatus.COMPLETED and t.value is not None and math.isfinite(t.value)]
     return sorted(done, key=lambda t: (sign * float(t.value), t.number))[:top]  # type: ignore[arg-type]
 
 
@@ -61,7 +61,7 @@ def run_rescoring(
         outcomes = run(plans)
         done(len(plans))
         values: list[float | None] = [trial.value]
-        values += [o.value if o.status == "completed" else None for o in outcomes]
+        values += [o.value if o.status == TrialStatus.COMPLETED else None for o in outcomes]
         out.append(Rescored(trial.number, list(seeds), values, sum(o.samples for o in outcomes)))
     return out
 

@@ -15,11 +15,10 @@ from typing import Any
 
 import optuna
 
+from bstune._keys import SETTINGS_ATTR
 from bstune.errors import ConfigError
 
 __all__ = ["check_settings", "settings_mismatch"]
-
-SETTINGS_ATTR = "bstune_settings"  # the study's user attribute holding them
 
 
 def check_settings(study: optuna.Study, mine: dict[str, Any]) -> None:

@@ -11,12 +11,12 @@ beside the settings, not flattened into them.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import optuna
 
+from bstune._validate import count_reason, is_int, number_reason
 from bstune.errors import ConfigError
 from bstune.metrics import Direction
 from bstune.study._probe import ProbeSettings
@@ -29,14 +29,6 @@ Mode = Literal["prior", "baseline"]
 
 def _bad(name: str, reason: str) -> ConfigError:
     return ConfigError(reason, source="Study", field=name)
-
-
-def _is_count(value: object, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _is_positive(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 @dataclass(frozen=True)
@@ -114,13 +106,12 @@ class StudySettings:
     rescore_seeds: int = 2
 
     def __post_init__(self) -> None:
-        if not _is_count(self.n_trials, 1):
-            raise _bad("n_trials", f"must be a positive integer, got {self.n_trials!r}")
-        if not _is_count(self.budget_samples, 1):
-            raise _bad("budget_samples", f"must be a positive integer, got {self.budget_samples!r}")
+        for name in ("n_trials", "budget_samples"):
+            if (reason := count_reason(getattr(self, name))) is not None:
+                raise _bad(name, reason)
         if self.mode not in ("prior", "baseline"):
             raise _bad("mode", f"must be 'prior' or 'baseline', got {self.mode!r}")
-        if not _is_count(self.n_evals, 1) or self.n_evals > self.budget_samples:
+        if not is_int(self.n_evals) or not 1 <= self.n_evals <= self.budget_samples:
             raise _bad("n_evals", f"must be an integer in [1, budget_samples], got {self.n_evals!r}")
         if self.direction is not None:
             object.__setattr__(self, "direction", Direction.coerce(self.direction, source="Study"))
@@ -130,16 +121,16 @@ class StudySettings:
             raise _bad("pruner", f"must be a pruner's name or an Optuna pruner, got {type(self.pruner).__name__}")
         if not isinstance(self.probe, ProbeSettings):
             raise _bad("probe", f"must be a ProbeSettings, got {type(self.probe).__name__}")
-        if not _is_positive(self.heartbeat_interval):
-            raise _bad("heartbeat_interval", f"must be a positive number of seconds, got {self.heartbeat_interval!r}")
-        if not _is_positive(self.grace_period) or self.grace_period < 2 * self.heartbeat_interval:
+        if (reason := number_reason(self.heartbeat_interval, unit="of seconds")) is not None:
+            raise _bad("heartbeat_interval", reason)
+        if number_reason(self.grace_period) is not None or self.grace_period < 2 * self.heartbeat_interval:
             raise _bad(
                 "grace_period",
                 f"must be at least twice heartbeat_interval ({self.heartbeat_interval!r} s), got {self.grace_period!r}",
             )
         for name in ("rescore_top", "rescore_seeds"):
-            if not _is_count(getattr(self, name), 0):
-                raise _bad(name, f"must be a non-negative integer, got {getattr(self, name)!r}")
+            if (reason := count_reason(getattr(self, name), minimum=0)) is not None:
+                raise _bad(name, reason)
 
     @classmethod
     def build(cls, base: StudySettings | None = None, **changes: Any) -> StudySettings:

@@ -18,20 +18,13 @@ from typing import Any, Literal
 import optuna
 from optuna.storages import BaseStorage
 
+from bstune._keys import DESCRIPTION_ATTR, DIRECTIONS_ATTR
 from bstune._progress import progress_bar
 from bstune.errors import ConfigError
 from bstune.metrics import Direction, infer_direction
 from bstune.records import ProbeResult, Rescored, TrialRecord
 from bstune.space import SearchSpace
-from bstune.study._backend import (
-    DESCRIPTION_ATTR,
-    DIRECTIONS_ATTR,
-    FunctionJob,
-    StudySpec,
-    TaskJob,
-    TrialBackend,
-    TrialJob,
-)
+from bstune.study._backend import FunctionJob, StudySpec, TaskJob, TrialBackend, TrialJob
 from bstune.study._checks import check_budget, check_factory
 from bstune.study._optuna_backend import OptunaBackend, TrialFailure
 from bstune.study._prior import Prior

@@ -21,11 +21,13 @@ from torch import nn
 
 from bstune.metrics import Direction
 from bstune.optim import temperature
+from bstune.records import TrialStatus
 from bstune.space import MODEL_PREFIX, SearchSpace
 from bstune.study._prior import Prior
 from bstune.study._records import clean_json
+from bstune.study._status import trial_status
 from bstune.task import Task
-from bstune.training import Decision, EvalRecord, RunStatus, TrainConfig, TrainResult, train
+from bstune.training import Decision, EvalRecord, TrainConfig, TrainResult, train
 
 __all__ = [
     "Runner",
@@ -188,7 +190,7 @@ class TrialOutcome:
     trial's milestones (``None`` when it recorded no finite one).
     """
 
-    status: str
+    status: TrialStatus
     value: float | None
     samples: int = 0
     steps: int = 0
@@ -283,15 +285,15 @@ def run_trial(
         result = runner(plan.config, report)
     except Exception as exc:  # user code raised: keep the traceback with the trial
         return TrialOutcome(
-            status="failed",
+            status=TrialStatus.FAILED,
             value=None,
             message=f"{type(exc).__name__}: {exc}",
             traceback=traceback.format_exc(),
         )
-    status = "pruned" if result.status is RunStatus.STOPPED else result.status.value
+    status = trial_status(result.status)
     value = sign * best if math.isfinite(best) else None
-    if status == "completed" and value is None:
-        status, message = "failed", _no_objective(result, objective)
+    if status == TrialStatus.COMPLETED and value is None:
+        status, message = TrialStatus.FAILED, _no_objective(result, objective)
     else:
         message = result.message
     return TrialOutcome(

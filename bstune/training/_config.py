@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from bstune._validate import count_reason, number_reason
 from bstune.errors import ConfigError
 
 __all__ = ["SCHEDULES", "TrainConfig"]
@@ -56,11 +57,10 @@ class TrainConfig:
             return ConfigError(reason, source="TrainConfig", field=name)
 
         for name in ("batch_size", "max_samples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise bad(name, f"must be a positive integer, got {value!r}")
-        if not isinstance(self.lr, int | float) or not self.lr > 0:
-            raise bad("lr", f"must be a positive number, got {self.lr!r}")
+            if (reason := count_reason(getattr(self, name))) is not None:
+                raise bad(name, reason)
+        if (reason := number_reason(self.lr)) is not None:
+            raise bad("lr", reason)
         if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
             raise bad("momentum", f"must be in [0, 1), got {self.momentum}")
         if self.weight_decay is not None and self.weight_decay < 0:

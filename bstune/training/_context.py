@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bstune._validate import is_number
 from bstune.errors import ConfigError
 from bstune.noise import NoiseTracker, resolve_device
 from bstune.optim import OptimizerSpec
@@ -594,7 +595,7 @@ class TrialContext:
         """After the function returned: metrics it returned stand for the last milestone it did not report."""
         if self.status is not RunStatus.COMPLETED:
             return
-        if isinstance(returned, Mapping) or (isinstance(returned, int | float) and not isinstance(returned, bool)):
+        if isinstance(returned, Mapping) or is_number(returned):
             metrics = dict(returned) if isinstance(returned, Mapping) else {self.objective: returned}
             reached = [m for m in self._marks[self._next :] if m <= self.samples]
             if reached:

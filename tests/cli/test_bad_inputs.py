@@ -256,6 +256,11 @@ CASES: list[Case] = [
         2,
         ('mode: the stored study used "baseline", this run asks "prior"',),
     ),
+    Case(
+        ("train", "good.py", "--config", "badwarm.json"),
+        2,
+        ("badwarm.json: warmup_samples: must be a non-negative integer, got -5",),
+    ),
 ]
 
 
@@ -279,6 +284,7 @@ FILES["study/result.json"] = json.dumps(
 FILES["study/report.json"] = '{"the good report": true}\n'
 FILES["study/report.md"] = "# the good report\n"
 FILES["study/report.html"] = "<p>the good report</p>\n"
+FILES["badwarm.json"] = '{"best_config": {"batch_size": 8, "lr": 0.1, "warmup_samples": -5}, "budget_samples": 300}\n'
 
 
 @pytest.fixture

@@ -1,0 +1,63 @@
+"""The records' vocabulary: a trial's status is a :class:`TrialStatus`, stored as its plain string."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import bstune
+from bstune.records import TrialRecord, TrialStatus, clean_json
+from bstune.study import StudyResult
+from bstune.study._status import trial_status
+from bstune.training import RunStatus
+from tests.study.study_runner import SPACE
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits_report" / "result.json"
+
+
+def _record(status: TrialStatus | str) -> TrialRecord:
+    return TrialRecord(
+        number=0, status=status, batch_size=8, lr=0.1, temperature=0.0125, value=0.5, samples=100, params={}, config={}
+    )
+
+
+def test_a_status_equals_formats_and_stores_as_its_plain_string() -> None:
+    record = _record(TrialStatus.OOM)
+    assert record.status == "oom" and f"{record.status}|{record.status:>5}" == "oom|  oom"
+    data = record.to_dict()
+    assert type(data["status"]) is str and data["status"] == "oom"  # a store holds the plain string
+    assert json.loads(json.dumps(data))["status"] == "oom"
+    assert type(clean_json({"s": [TrialStatus.PRUNED]})["s"][0]) is str
+
+
+def test_a_plain_string_is_read_as_its_member() -> None:
+    assert _record("pruned").status is TrialStatus.PRUNED
+    assert TrialRecord.from_dict(_record(TrialStatus.FAILED).to_dict()).status is TrialStatus.FAILED
+
+
+def test_a_result_written_before_the_enum_reads_to_members_and_writes_its_trials_back_unchanged() -> None:
+    stored = json.loads(SAMPLE.read_text())
+    result = StudyResult.from_dict(stored)
+    assert {type(t.status) for t in result.trials} == {TrialStatus}
+    assert [t.status for t in result.trials] == [t["status"] for t in stored["trials"]]
+    written = json.loads(json.dumps(result.to_dict()))["trials"]
+    assert [{k: t[k] for k in old} for t, old in zip(written, stored["trials"], strict=True)] == stored["trials"]
+
+
+def test_every_run_status_has_one_trial_status() -> None:
+    assert {r: trial_status(r) for r in RunStatus} == {
+        RunStatus.COMPLETED: TrialStatus.COMPLETED,
+        RunStatus.DIVERGED: TrialStatus.DIVERGED,
+        RunStatus.STOPPED: TrialStatus.PRUNED,
+        RunStatus.OOM: TrialStatus.OOM,
+    }
+
+
+def test_a_study_returns_members_and_stores_plain_strings(blob_task: bstune.Task) -> None:
+    study = bstune.Study(
+        blob_task, SPACE, n_trials=2, budget_samples=1200, mode="baseline", rescore_top=0, seed=0, progress=False
+    )
+    result = study.run()
+    assert result.trials and {type(t.status) for t in result.trials} == {TrialStatus}
+    assert result.optuna_study is not None
+    assert {type(t.user_attrs["status"]) for t in result.optuna_study.trials} == {str}
