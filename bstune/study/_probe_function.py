@@ -61,9 +61,9 @@ def probe_params(space: SearchSpace) -> dict[str, Any]:
 
     Example:
         >>> space = SearchSpace.coerce({"name": "s", "params": {"model.width": {"type": "int", "low": 16,
-        ...     "high": 256, "log": True}, "act": {"type": "categorical", "choices": ["relu", "gelu"]}}})
+        ...     "high": 256, "log": True}, "model.act": {"type": "categorical", "choices": ["relu", "gelu"]}}})
         >>> probe_params(space)
-        {'model.width': 64, 'act': 'relu'}
+        {'model.width': 64, 'model.act': 'relu'}
     """
     out: dict[str, Any] = {}
     for spec in space.params:
