@@ -29,21 +29,28 @@ def python_env() -> dict[str, str]:
 
 
 def start_worker(
-    storage: str, n_trials: int, out: Path, gate: Path | None = None, budget: int | None = None
+    storage: str,
+    n_trials: int,
+    out: Path,
+    gate: Path | None = None,
+    budget: int | None = None,
+    function: bool = False,
 ) -> subprocess.Popen[bytes]:
     """A study process (:mod:`tests.reliability.worker`) on ``storage``; its stderr is kept for messages.
 
     With ``gate``, the process imports and builds its task, writes ``<gate>.ready`` and
     opens the study only once ``gate`` exists: a test can then make it open the study at
     a chosen moment, whatever the machine's load does to interpreter start-up. ``budget``
-    sets the samples of a trial (default 4000).
+    sets the samples of a trial (default 4000). ``function``: the study tunes the blobs problem
+    as a training function (:func:`tests.reliability.worker.train_blobs`), not as a task.
     """
     return subprocess.Popen(
         [sys.executable, "-m", "tests.reliability.worker", storage, str(n_trials), str(out)],
         cwd=ROOT,
         env=python_env()
         | ({"BSTUNE_TEST_GATE": str(gate)} if gate else {})
-        | ({"BSTUNE_TEST_BUDGET": str(budget)} if budget else {}),
+        | ({"BSTUNE_TEST_BUDGET": str(budget)} if budget else {})
+        | ({"BSTUNE_TEST_FUNCTION": "1"} if function else {}),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

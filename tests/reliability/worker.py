@@ -5,7 +5,9 @@
 Runs a study of small MLPs on Gaussian blobs (trials of a second or two) on STORAGE
 until N_TRIALS have finished (across every process on that storage), then writes to
 OUT_JSON the trials this process ran to their end: ``{number: [state, value]}``, told
-apart from other processes' by the owner that bstune records on each trial.
+apart from other processes' by the owner that bstune records on each trial. With
+BSTUNE_TEST_FUNCTION=1 the study tunes the same problem as a user's training function
+(:func:`train_blobs`) instead of the task.
 """
 
 from __future__ import annotations
@@ -17,23 +19,51 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from optuna.trial import TrialState
+from torch.nn import functional as F
 
 import bstune
 from bstune.study._liveness import OWNER_KEY
+from tests.conftest import make_classification, small_mlp
 from tests.study.study_runner import make_task
 
 SPACE = {"name": "blobs", "batch_size": {"min": 16, "max": 128}, "lr": {"min": 1e-3, "max": 3.0}}
 NAME = "bstune-blobs"
 
 
-def make_study(storage: str, n_trials: int, budget_samples: int | None = None) -> bstune.Study:
+def train_blobs(ctx: bstune.TrialContext) -> None:
+    """The blobs task's problem as a user's own training loop (the trainer's steps, by hand)."""
+    x, y = make_classification(n=520)
+    data, vx, vy = torch.utils.data.TensorDataset(x[:400], y[:400]), x[400:], y[400:]
+    model = small_mlp().to(ctx.device)
+    opt = ctx.make_optimizer(model.parameters())
+    sched = ctx.lr_scheduler(opt)
+    for xb, yb in ctx.loader(data):
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        ctx.step(loss)
+        if ctx.at_milestone():
+            with torch.no_grad():
+                ctx.report(val_loss=F.cross_entropy(model(vx), vy))
+
+
+def make_study(
+    storage: str, n_trials: int, budget_samples: int | None = None, function: bool | None = None
+) -> bstune.Study:
     """The study every worker runs: baseline mode (no probe), no pruning, 4000 samples a trial
-    (``budget_samples``, or BSTUNE_TEST_BUDGET in a worker process)."""
+    (``budget_samples``, or BSTUNE_TEST_BUDGET in a worker process), of the blobs task or, with
+    ``function`` (or BSTUNE_TEST_FUNCTION=1 in a worker process), of :func:`train_blobs`."""
     budget = budget_samples or int(os.environ.get("BSTUNE_TEST_BUDGET", "4000"))
+    if function is None:
+        function = os.environ.get("BSTUNE_TEST_FUNCTION") == "1"
     return bstune.Study(
-        make_task(),
+        train_blobs if function else make_task(),
         SPACE,
+        study_name=NAME,
         n_trials=n_trials,
         budget_samples=budget,
         seed=0,
