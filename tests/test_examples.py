@@ -1,4 +1,4 @@
-"""The example scripts build valid tasks that train, and the digits script runs end to end."""
+"""The example scripts build valid tasks that train, and the digits and own-loop scripts run end to end."""
 
 from __future__ import annotations
 
@@ -9,16 +9,19 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
 from torch.utils.data import Subset
 
 import bstune
+from tests.reliability.conftest import python_env
 
 pytest.importorskip("sklearn")
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 
 
 def load_example(name: str) -> ModuleType:
@@ -158,3 +161,61 @@ def test_char_lm_script_end_to_end(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "noise_scale.json").read_text())
     assert summary["run"]["status"] == "completed"
     assert summary["estimate"]["n_batches"] == 4
+
+
+def run_own_loop(out: Path, *args: str) -> dict[str, Any]:
+    """``bstune run examples/own_loop.py`` (the user's loop: DataLoader workers, a model returning its loss)
+    with 8 trials of 9,000 samples into ``out`` (the best one re-scored: a minute or two on 2 CPUs); the
+    report.json it wrote, after the checks every mode shares."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bstune.cli", "run", str(EXAMPLES / "own_loop.py"), "--space",
+         str(ROOT / "search_spaces" / "mlp_classifier.yaml"), "--trials", "8", "--budget-samples", "9000",
+         "--rescore-top", "1", "--out", str(out), "--no-progress", *args],
+        cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    markdown = (out / "report.md").read_text()
+    assert len(report["trials"]) == 8 and {t["status"] for t in report["trials"]} <= {"completed", "pruned"}
+    recommended = report["recommended"]
+    assert recommended["batch_size"] >= 8 and recommended["lr"] > 0 and "model.hidden" in recommended
+    assert math.isfinite(recommended["objective"]["val_loss"]) and recommended["why"]
+    section = markdown.split("## Recommendation", 1)[1].split("\n## ", 1)[0]
+    assert f"**Train with batch size {recommended['batch_size']} and learning rate" in section
+    return report
+
+
+@pytest.mark.slow
+def test_own_loop_is_tuned_by_bstune_run_end_to_end(tmp_path: Path) -> None:
+    report = run_own_loop(tmp_path, "--mode", "baseline")
+    assert report["study"]["mode"] == "baseline" and report["study"]["n_trials"] == 8
+
+
+PRIOR_NEEDS = "the probe through a user's loop needs bstune.noise.PerExampleNorms (ctx.noise_tracker)"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(bstune.noise, "PerExampleNorms"), reason=PRIOR_NEEDS)
+def test_own_loop_in_the_prior_mode_reports_its_noise_scale(tmp_path: Path) -> None:
+    report = run_own_loop(tmp_path)
+    noise = report["noise_scale"]
+    assert "error" not in noise, noise
+    low, high = noise["b_simple_ci"]
+    assert 0 < low <= noise["b_simple"] and (high is None or noise["b_simple"] <= high)
+    assert noise["lr_ceiling"] > 0 and noise["trajectory"]
+    section = (tmp_path / "report.md").read_text().split("## Gradient noise scale", 1)[1].split("\n## ", 1)[0]
+    assert "B_simple = " in section and "90% CI" in section
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(bstune.noise, "PerExampleNorms"), reason=PRIOR_NEEDS)
+def test_own_loop_script_end_to_end(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "own_loop.py"), "--out", str(tmp_path), "--trials", "3",
+         "--budget-samples", "9000"],
+        cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["study"]["mode"] == "prior" and len(report["trials"]) == 3
+    assert report["noise_scale"]["b_simple"] > 0 and report["recommended"]["batch_size"] >= 8
