@@ -261,6 +261,25 @@ CASES: list[Case] = [
         2,
         ("badwarm.json: warmup_samples: must be a non-negative integer, got -5",),
     ),
+    # a script with nothing to tune, and one with only a training function where a Task is needed
+    Case(
+        ("run", "nothing.py", "--space", "ok.yaml"),
+        2,
+        ("nothing.py", "defines neither make_task()", "nor a training function train(ctx)"),
+    ),
+    *(
+        Case(
+            (command, "fn_only.py", *args),
+            2,
+            (
+                "fn_only.py",
+                "a training function train(ctx) and no Task",
+                f"bstune {command} needs a Task",
+                "`bstune run` tunes the training function",
+            ),
+        )
+        for command, args in (("noise", ()), ("train", ("--batch-size", "8", "--lr", "0.1", "--max-samples", "100")))
+    ),
 ]
 
 
@@ -285,6 +304,17 @@ FILES["study/report.json"] = '{"the good report": true}\n'
 FILES["study/report.md"] = "# the good report\n"
 FILES["study/report.html"] = "<p>the good report</p>\n"
 FILES["badwarm.json"] = '{"best_config": {"batch_size": 8, "lr": 0.1, "warmup_samples": -5}, "budget_samples": 300}\n'
+FILES["nothing.py"] = "import torch\n\nSEED = 0\n"
+FILES["fn_only.py"] = """
+import torch
+
+
+def train(ctx):
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=ctx.config["lr"])
+    for _ in ctx.loader(torch.utils.data.TensorDataset(torch.randn(64, 4), torch.zeros(64, dtype=torch.long))):
+        ctx.step(1.0)
+"""
 
 
 @pytest.fixture
