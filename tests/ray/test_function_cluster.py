@@ -1,0 +1,102 @@
+"""The Ray backend running a user's training function on the real two-node cluster.
+
+A function from an importable module (:mod:`tests.ray.trial_functions`), given to
+``bstune.Study`` in a driver process, and the same loop as ``train(ctx)`` in a script run
+by ``bstune run --backend ray`` (a script's module exists only in the driver: Ray must
+ship the function by value). Both in baseline mode: the probe through a user's loop on
+the cluster (the prior mode) is left to a test of its own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bstune.study import StudyResult
+from tests.ray import trial_functions
+from tests.ray.conftest import Cluster
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+DRIVER = """
+import sys
+
+import bstune
+from bstune.study import RaySettings
+from tests.ray.trial_functions import SPACE, train_blobs
+
+address, storage, out = sys.argv[1:4]
+study = bstune.Study(
+    train_blobs, SPACE, backend="ray", ray=RaySettings(address=address, storage_path=storage),
+    mode="baseline", n_trials=6, budget_samples=3000, pruner="none", rescore_top=1, rescore_seeds=1,
+    progress=False,
+)
+study.run().save(out)
+"""
+
+
+def two_nodes(cluster: Cluster) -> list[str]:
+    """Both nodes' ids; a worker node is started again if an earlier test killed it."""
+    nodes = cluster.alive_nodes()
+    if len(nodes) < 2:
+        cluster.start_worker()
+        nodes = cluster.wait_for_nodes(2)
+    return nodes
+
+
+def run(cluster: Cluster, *command: str) -> str:
+    done = subprocess.run(
+        [sys.executable, *command], env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done.stdout
+
+
+def check_records(result: StudyResult, n_trials: int, budget: int) -> None:
+    """Records as a task study's: a status, values at milestones, samples, the node that ran it."""
+    assert len(result.trials) == n_trials and sorted(t.number for t in result.trials) == list(range(n_trials))
+    for t in result.trials:
+        assert t.status in {"completed", "pruned"}, (t.status, t.message, t.traceback)
+        assert t.value is not None and t.history and t.worker, t
+        assert t.history[-1]["samples"] <= t.samples
+        if t.status == "completed":
+            assert t.samples >= budget and t.history[-1]["milestone"] == budget
+        else:
+            assert t.samples < budget
+    assert result.best_value is not None and result.best_config["batch_size"] >= 16
+
+
+def test_a_training_function_runs_its_trials_on_both_nodes(ray_cluster: Cluster, tmp_path: Path) -> None:
+    nodes = two_nodes(ray_cluster)
+    run(ray_cluster, "-c", DRIVER, ray_cluster.gcs, str(tmp_path / "ray"), str(tmp_path / "out"))
+    result = StudyResult.load(tmp_path / "out")
+    check_records(result, 6, 3000)
+    assert {t.status for t in result.trials} == {"completed"}  # pruner none: every trial trains its budget
+    assert {t.worker for t in result.trials} == set(nodes)  # the function was shipped to both nodes and ran there
+    assert result.rescored and result.rescored[0].trial == result.best_trial  # re-scoring ran as a Ray task
+
+
+def test_a_script_defining_train_is_tuned_on_the_cluster_and_asha_stops_trials(
+    ray_cluster: Cluster, tmp_path: Path
+) -> None:
+    two_nodes(ray_cluster)
+    # the loop as a user's script (a module only the driver has: Ray ships the function by value)
+    script = tmp_path / "my_loop.py"
+    script.write_text(Path(trial_functions.__file__).read_text() + "\n\ntrain = train_blobs\n")
+    space = tmp_path / "space.yaml"
+    space.write_text("name: blobs\nbatch_size: {min: 16, max: 128}\nlr: {min: 0.001, max: 3.0}\n")
+    out = tmp_path / "out"
+    run(ray_cluster, "-m", "bstune.cli", "run", str(script), "--space", str(space), "--backend", "ray",
+        "--address", ray_cluster.gcs, "--out", str(out), "--mode", "baseline", "--no-progress", "--trials", "8",
+        "--budget-samples", "3000", "--pruner", "hyperband", "--rescore-top", "0")  # fmt: skip
+    result = StudyResult.load(out)
+    check_records(result, 8, 3000)
+    pruned = [t for t in result.trials if t.status == "pruned"]
+    assert pruned, [(t.number, t.value) for t in result.trials]  # ASHA stopped trials through ctx.report
+    assert all(t.samples < 3000 and t.history for t in pruned)
+    assert (out / "report.md").is_file()
