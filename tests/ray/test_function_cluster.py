@@ -3,12 +3,13 @@
 A function from an importable module (:mod:`tests.ray.trial_functions`), given to
 ``bstune.Study`` in a driver process, and the same loop as ``train(ctx)`` in a script run
 by ``bstune run --backend ray`` (a script's module exists only in the driver: Ray must
-ship the function by value). Both in baseline mode: the probe through a user's loop on
-the cluster (the prior mode) is left to a test of its own.
+ship the function by value), in baseline mode; and the prior mode, whose probe runs the
+user's loop as a Ray task.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -81,15 +82,24 @@ def test_a_training_function_runs_its_trials_on_both_nodes(ray_cluster: Cluster,
     assert result.rescored and result.rescored[0].trial == result.best_trial  # re-scoring ran as a Ray task
 
 
+def write_script(folder: Path, seconds_per_sample: float = trial_functions.SECONDS_PER_SAMPLE) -> tuple[Path, Path]:
+    """The loop as a user's script (a module only the driver has: Ray ships the function by value), and its space."""
+    script = folder / "my_loop.py"
+    text = Path(trial_functions.__file__).read_text()
+    text = text.replace(
+        f"SECONDS_PER_SAMPLE = {trial_functions.SECONDS_PER_SAMPLE!r}", f"SECONDS_PER_SAMPLE = {seconds_per_sample!r}"
+    )
+    script.write_text(text + "\n\ntrain = train_blobs\n")
+    space = folder / "space.yaml"
+    space.write_text("name: blobs\nbatch_size: {min: 16, max: 128}\nlr: {min: 0.001, max: 3.0}\n")
+    return script, space
+
+
 def test_a_script_defining_train_is_tuned_on_the_cluster_and_asha_stops_trials(
     ray_cluster: Cluster, tmp_path: Path
 ) -> None:
     two_nodes(ray_cluster)
-    # the loop as a user's script (a module only the driver has: Ray ships the function by value)
-    script = tmp_path / "my_loop.py"
-    script.write_text(Path(trial_functions.__file__).read_text() + "\n\ntrain = train_blobs\n")
-    space = tmp_path / "space.yaml"
-    space.write_text("name: blobs\nbatch_size: {min: 16, max: 128}\nlr: {min: 0.001, max: 3.0}\n")
+    script, space = write_script(tmp_path)
     out = tmp_path / "out"
     run(ray_cluster, "-m", "bstune.cli", "run", str(script), "--space", str(space), "--backend", "ray",
         "--address", ray_cluster.gcs, "--out", str(out), "--mode", "baseline", "--no-progress", "--trials", "8",
@@ -100,3 +110,20 @@ def test_a_script_defining_train_is_tuned_on_the_cluster_and_asha_stops_trials(
     assert pruned, [(t.number, t.value) for t in result.trials]  # ASHA stopped trials through ctx.report
     assert all(t.samples < 3000 and t.history for t in pruned)
     assert (out / "report.md").is_file()
+
+
+def test_the_prior_mode_probes_the_users_loop_on_the_cluster(ray_cluster: Cluster, tmp_path: Path) -> None:
+    two_nodes(ray_cluster)
+    script, space = write_script(tmp_path, seconds_per_sample=0.0)  # the probe trains ~15,000 samples
+    out = tmp_path / "out"
+    run(ray_cluster, "-m", "bstune.cli", "run", str(script), "--space", str(space), "--backend", "ray",
+        "--address", ray_cluster.gcs, "--out", str(out), "--no-progress", "--trials", "3",
+        "--budget-samples", "3000", "--pruner", "none", "--rescore-top", "0")  # fmt: skip
+    result = StudyResult.load(out)
+    assert result.mode == "prior" and result.probe is not None and result.prior is not None
+    low, high = result.probe.b_simple_ci
+    assert 0 < low <= result.probe.b_simple and (high is None or result.probe.b_simple <= high)
+    assert result.probe.lr_ceiling is not None and result.probe.lr_ceiling > 0 and result.samples_probe > 0
+    check_records(result, 3, 3000)
+    noise = json.loads((out / "report.json").read_text())["noise_scale"]
+    assert noise["b_simple"] == pytest.approx(result.probe.b_simple)

@@ -35,11 +35,13 @@ def train_blobs(ctx: bstune.TrialContext) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=ctx.config["lr"], momentum=0.9)
     sched = ctx.lr_scheduler(opt)
+    noise = ctx.noise_tracker(model)  # B_simple for the probe (the prior mode); idle in a trial
     for xb, yb in ctx.loader(data):
         time.sleep(SECONDS_PER_SAMPLE * len(xb))
         loss = F.cross_entropy(model(xb), yb)
         opt.zero_grad()
         loss.backward()
+        noise.observe()
         opt.step()
         sched.step()
         ctx.step(loss)

@@ -35,6 +35,7 @@ def start_worker(
     gate: Path | None = None,
     budget: int | None = None,
     function: bool = False,
+    mode: str = "baseline",
 ) -> subprocess.Popen[bytes]:
     """A study process (:mod:`tests.reliability.worker`) on ``storage``; its stderr is kept for messages.
 
@@ -42,7 +43,8 @@ def start_worker(
     opens the study only once ``gate`` exists: a test can then make it open the study at
     a chosen moment, whatever the machine's load does to interpreter start-up. ``budget``
     sets the samples of a trial (default 4000). ``function``: the study tunes the blobs problem
-    as a training function (:func:`tests.reliability.worker.train_blobs`), not as a task.
+    as a training function (:func:`tests.reliability.worker.train_blobs`), not as a task; ``mode``:
+    the study's mode (``"prior"``: it probes first).
     """
     return subprocess.Popen(
         [sys.executable, "-m", "tests.reliability.worker", storage, str(n_trials), str(out)],
@@ -50,7 +52,8 @@ def start_worker(
         env=python_env()
         | ({"BSTUNE_TEST_GATE": str(gate)} if gate else {})
         | ({"BSTUNE_TEST_BUDGET": str(budget)} if budget else {})
-        | ({"BSTUNE_TEST_FUNCTION": "1"} if function else {}),
+        | ({"BSTUNE_TEST_FUNCTION": "1"} if function else {})
+        | {"BSTUNE_TEST_MODE": mode},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

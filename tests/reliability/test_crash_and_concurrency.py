@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from bstune.study import open_storage
+from bstune.study import StudyResult, open_storage
 from bstune.study._liveness import HEARTBEAT_KEY, OWNER_KEY, count_finished
 from bstune.study._resume import SETTINGS_ATTR
 from tests.reliability.conftest import start_worker, wait_for
@@ -51,18 +51,25 @@ def test_resume_after_sigkill_keeps_every_finished_trial_and_reruns_none(storage
     kill_and_resume(storage_url, tmp_path, function=False)
 
 
-def test_a_study_of_a_training_function_resumes_after_sigkill_as_a_tasks_does(tmp_path: Path) -> None:
-    # the user's own loop (tests.reliability.worker.train_blobs), on a real SQLite file. Baseline mode, as
-    # every worker study: a prior-mode variant (the probe through the loop stored once, not run again on
-    # resume) belongs here once bstune.noise.PerExampleNorms, which ctx.noise_tracker needs, is merged.
-    kill_and_resume(f"sqlite:///{tmp_path}/study.db", tmp_path, function=True)
+@pytest.mark.parametrize("mode", ["baseline", "prior"])
+def test_a_study_of_a_training_function_resumes_after_sigkill_as_a_tasks_does(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the user's own loop (tests.reliability.worker.train_blobs), on a real SQLite file; in the prior
+    # mode the killed worker probed through the loop first, and the resume takes the stored probe
+    def probe_again(**_: Any) -> None:
+        raise AssertionError("the resumed study ran the probe again")
+
+    monkeypatch.setattr("bstune.study._study.probe_function", probe_again)
+    result = kill_and_resume(f"sqlite:///{tmp_path}/study.db", tmp_path, function=True, mode=mode)
+    assert (result.probe is not None) == (mode == "prior")
 
 
-def kill_and_resume(storage_url: str, tmp_path: Path, *, function: bool) -> None:
+def kill_and_resume(storage_url: str, tmp_path: Path, *, function: bool, mode: str = "baseline") -> StudyResult:
     """SIGKILL a worker inside its 4th trial, resume in this process: every finished trial kept,
     none run again, the killed one marked interrupted and run again once."""
     # trials of 12,000 samples (a second or more): the poll below must catch one running, not race it
-    proc = start_worker(storage_url, 8, tmp_path / "w.json", budget=12_000, function=function)
+    proc = start_worker(storage_url, 8, tmp_path / "w.json", budget=12_000, function=function, mode=mode)
 
     def killable() -> FrozenTrial | None:
         trials = stored(storage_url)
@@ -76,7 +83,7 @@ def kill_and_resume(storage_url: str, tmp_path: Path, *, function: bool) -> None
     before = {t.number: (t.state, t.value, t.params) for t in stored(storage_url) if t.state.is_finished()}
     assert len(before) >= 3 and victim.number not in before
 
-    result = make_study(storage_url, 8, budget_samples=12_000, function=function).run()  # the resume, here
+    result = make_study(storage_url, 8, budget_samples=12_000, function=function, mode=mode).run()  # the resume
     trials = {t.number: t for t in stored(storage_url)}
     for number, (state, value, params) in before.items():  # every finished trial kept as it was, none re-run
         assert (trials[number].state, trials[number].value, trials[number].params) == (state, value, params)
@@ -91,6 +98,7 @@ def kill_and_resume(storage_url: str, tmp_path: Path, *, function: bool) -> None
     assert result.optuna_study is not None
     assert result.optuna_study.user_attrs[SETTINGS_ATTR]["task"] == ("train_blobs" if function else "blobs")
     assert [t.number for t in result.trials] == sorted(trials)
+    return result
 
 
 def test_two_processes_on_one_file_lose_nothing_and_fail_nothing_of_each_other(

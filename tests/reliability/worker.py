@@ -7,7 +7,7 @@ until N_TRIALS have finished (across every process on that storage), then writes
 OUT_JSON the trials this process ran to their end: ``{number: [state, value]}``, told
 apart from other processes' by the owner that bstune records on each trial. With
 BSTUNE_TEST_FUNCTION=1 the study tunes the same problem as a user's training function
-(:func:`train_blobs`) instead of the task.
+(:func:`train_blobs`) instead of the task; with BSTUNE_TEST_MODE=prior it probes first.
 """
 
 from __future__ import annotations
@@ -39,10 +39,12 @@ def train_blobs(ctx: bstune.TrialContext) -> None:
     model = small_mlp().to(ctx.device)
     opt = ctx.make_optimizer(model.parameters())
     sched = ctx.lr_scheduler(opt)
+    noise = ctx.noise_tracker(model)  # B_simple for the probe (the prior mode); idle in a trial
     for xb, yb in ctx.loader(data):
         loss = F.cross_entropy(model(xb), yb)
         opt.zero_grad()
         loss.backward()
+        noise.observe()
         opt.step()
         sched.step()
         ctx.step(loss)
@@ -52,11 +54,16 @@ def train_blobs(ctx: bstune.TrialContext) -> None:
 
 
 def make_study(
-    storage: str, n_trials: int, budget_samples: int | None = None, function: bool | None = None
+    storage: str,
+    n_trials: int,
+    budget_samples: int | None = None,
+    function: bool | None = None,
+    mode: str | None = None,
 ) -> bstune.Study:
-    """The study every worker runs: baseline mode (no probe), no pruning, 4000 samples a trial
-    (``budget_samples``, or BSTUNE_TEST_BUDGET in a worker process), of the blobs task or, with
-    ``function`` (or BSTUNE_TEST_FUNCTION=1 in a worker process), of :func:`train_blobs`."""
+    """The study every worker runs: baseline mode (no probe; ``mode``, or BSTUNE_TEST_MODE in a worker
+    process), no pruning, 4000 samples a trial (``budget_samples``, or BSTUNE_TEST_BUDGET in a worker
+    process), of the blobs task or, with ``function`` (or BSTUNE_TEST_FUNCTION=1 in a worker process),
+    of :func:`train_blobs`."""
     budget = budget_samples or int(os.environ.get("BSTUNE_TEST_BUDGET", "4000"))
     if function is None:
         function = os.environ.get("BSTUNE_TEST_FUNCTION") == "1"
@@ -68,7 +75,7 @@ def make_study(
         budget_samples=budget,
         seed=0,
         storage=storage,
-        mode="baseline",
+        mode=mode or os.environ.get("BSTUNE_TEST_MODE", "baseline"),
         pruner="none",
         n_evals=4,
         progress=False,
