@@ -17,9 +17,9 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
+from bstune._keys import SETTINGS_ATTR
 from bstune.study import StudyResult, open_storage
 from bstune.study._liveness import HEARTBEAT_KEY, OWNER_KEY, count_finished
-from bstune.study._resume import SETTINGS_ATTR
 from tests.reliability.conftest import start_worker, wait_for
 from tests.reliability.worker import NAME, make_study
 
