@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Trials are stored as they finish; --resume continues an interrupted study (Ctrl-C or killed). "
         "With --out, the report is written there at the end.",
     )
-    run.add_argument("script", help="Python file defining make_task() -> bstune.Task")
+    run.add_argument("script", help="Python file defining make_task() -> bstune.Task or train(ctx)")
     run.add_argument("--space", required=True, help="search-space YAML file (see search_spaces/)")
     run.add_argument("--trials", type=_positive_int, default=40, help="trials to finish (default 40)")
     run.add_argument(
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Package SCRIPT and the space file, submit `bstune run --backend ray` as a Ray job, and detach. "
         "Follow it with `bstune status JOB` and fetch its result with `bstune fetch JOB OUT`.",
     )
-    submit.add_argument("script", help="Python file defining make_task() -> bstune.Task")
+    submit.add_argument("script", help="Python file defining make_task() -> bstune.Task or train(ctx)")
     submit.add_argument("--space", required=True, help="search-space YAML file (see search_spaces/)")
     submit.add_argument("--address", required=True, help="the cluster's dashboard address, e.g. http://head:8265")
     submit.add_argument("--trials", type=_positive_int, default=40, help="trials to finish (default 40)")
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure noise scale, LR ceiling and throughput; print the prior",
         description="Run only the probe of a study and show the prior it implies.",
     )
-    probe.add_argument("script", help="Python file defining make_task() -> bstune.Task")
+    probe.add_argument("script", help="Python file defining make_task() -> bstune.Task or train(ctx)")
     probe.add_argument("--space", required=True, help="search-space YAML file (see search_spaces/)")
     probe.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     probe.add_argument("--device", default="auto", help="cpu, cuda, ... (default: CUDA when available)")

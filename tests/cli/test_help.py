@@ -60,3 +60,11 @@ def test_every_option_with_a_default_says_it(command: str) -> None:
         assert "default" in text, f"bstune {command} {action.option_strings[0]}: help does not give its default"
         if "default:" not in text:  # "(default: CUDA when available)" explains it in words
             assert str(action.default) in text, f"bstune {command} {action.option_strings[0]}: {text!r}"
+
+
+@pytest.mark.parametrize("command", ["run", "submit", "probe", "noise", "train"])
+def test_the_script_argument_says_what_the_command_loads(command: str) -> None:
+    # run, submit and probe tune or probe a training function train(ctx) as well as a Task; noise and train need a Task
+    (line,) = (ln for ln in _help(command).splitlines() if ln.strip().startswith("script "))
+    assert "make_task() -> bstune.Task" in line
+    assert ("train(ctx)" in line) == (command in {"run", "submit", "probe"}), line
