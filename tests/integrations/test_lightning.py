@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import itertools
@@ -93,6 +94,15 @@ def test_a_lightning_trial_gets_the_plain_loops_values_to_the_last_digit(config:
     assert [r.val_loss for r in mine.history] == pytest.approx([r.val_loss for r in theirs.history], rel=1e-6)
     assert [r.batch_loss for r in mine.history] == pytest.approx([r.batch_loss for r in theirs.history], rel=1e-6)
     assert (mine.samples, mine.steps, mine.message) == (theirs.samples, theirs.steps, "")
+
+
+def test_eval_at_start_validates_the_untrained_module_as_milestone_zero() -> None:
+    config = TrainConfig(batch_size=42, lr=0.08, max_samples=1260)
+    plain, _ = run_function(lit, config)
+    result, _ = run_function(lit, dataclasses.replace(config, eval_at_start=True))
+    assert [r.milestone for r in result.history] == [0] + [r.milestone for r in plain.history]
+    assert result.history[0].samples == 0 and result.history[0].val_loss > result.history[-1].val_loss
+    assert [r.val_loss for r in result.history[1:]] == pytest.approx([r.val_loss for r in plain.history], rel=1e-6)
 
 
 def test_each_step_runs_at_the_trials_rate_and_the_modules_own_scheduler_is_set_aside(
