@@ -173,8 +173,9 @@ class BstuneCallback(pl.Callback):
         self._schedulers = [ctx.lr_scheduler(optimizer)]
         if ctx.train_config.track_noise and getattr(trainer.precision_plugin, "scaler", None) is not None:
             raise ConfigError(
-                "float16 loss scaling hides the per-example gradients' scale from the noise tracker; "
-                "use precision='bf16-mixed' or 32 while the probe runs",
+                "float16 loss scaling changes the gradients' scale from step to step (and skips steps), "
+                "which the noise tracker's sums over steps do not undo; use precision='bf16-mixed' or 32 while "
+                "the probe runs",
                 source=_SOURCE,
                 field="precision",
             )
