@@ -395,6 +395,15 @@ class TrialContext:
         return self._stopped or self.samples >= self.train_config.max_samples
 
     @property
+    def next_milestone(self) -> int | None:
+        """The sample count of the next milestone to report, or None when none is left or this run
+        asks for no evaluation (the probe's ramp and timing runs): for a loop that schedules its
+        evaluations ahead of time, as Lightning's ``val_check_interval`` does."""
+        if not self._evaluate or self._next >= len(self._marks):
+            return None
+        return self._marks[self._next]
+
+    @property
     def model_kwargs(self) -> dict[str, Any]:
         """The space's ``model.<name>`` parameters, by ``<name>``."""
         return {k.removeprefix("model."): v for k, v in self.config.items() if k.startswith("model.")}
