@@ -74,7 +74,8 @@ class StudySettings:
         num_workers: DataLoader worker processes that load each trial's training batches
             (``TrainConfig.num_workers``; a training function's ``ctx.loader`` takes it as its
             default): worth it when a dataset's ``__getitem__`` does real work (decoding,
-            augmentation). The batches are the same as in-process, so the trials' values are too.
+            augmentation). The batches are the same as in-process, so the trials' values are too
+            (with a random augmentation, each worker draws from its own seeded generator).
             ``0`` (default) loads in the trial's own process.
         progress: show progress bars on stderr: the probe's phases, the trials, the re-scoring.
         study_name: name inside the storage; default ``"bstune-<task name>"``.

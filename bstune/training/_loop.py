@@ -66,7 +66,8 @@ def _training_batches(
     With ``num_workers > 0`` and a generic dataset, a :class:`~torch.utils.data.DataLoader`
     whose batch sampler yields exactly those indices loads them in worker processes
     (prefetching, pinned for CUDA); its worker seeds come from a generator of its own, so
-    the global RNG (dropout, ...) draws the same numbers with or without workers. A pair of
+    the global RNG (dropout, ...) draws the same numbers with or without workers (a random
+    augmentation in ``__getitem__`` draws from its worker's seeded RNG instead). A pair of
     tensors keeps the in-process fast path (one indexing operation per batch, which no
     worker beats), as does ``num_workers=0``.
     """
