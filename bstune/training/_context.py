@@ -82,8 +82,8 @@ class LRRamp:
 
 class _BatchIndices(torch.utils.data.Sampler[list[int]]):
     """Endless batches of indices: the trainer's order (``epoch``: :class:`EpochBatchSampler`, one seeded
-    permutation per epoch, the tail that does not fill a batch dropped) or the LR range test's (``draw``: every batch a fresh
-    random subset)."""
+    permutation per epoch, the tail that does not fill a batch dropped) or the LR range test's
+    (``draw``: every batch a fresh random subset)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, order: str) -> None:
         self.n, self.batch_size, self.seed, self.order = n, batch_size, seed, order

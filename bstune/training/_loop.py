@@ -58,10 +58,8 @@ def _pinned(obj: Any) -> Any:
     return obj
 
 
-def _training_batches(
-    task: Task, config: TrainConfig, device: torch.device
-) -> tuple[Iterator[Any], torch.utils.data.DataLoader[Any] | None]:
-    """The run's training batches on the host, in :func:`epoch_batches` order, and the loader behind them.
+def _training_batches(task: Task, config: TrainConfig, device: torch.device) -> Iterator[Any]:
+    """The run's training batches on the host, in :func:`epoch_batches` order.
 
     With ``num_workers > 0`` and a generic dataset, a :class:`~torch.utils.data.DataLoader`
     whose batch sampler yields exactly those indices loads them in worker processes
@@ -82,11 +80,11 @@ def _training_batches(
             prefetch_factor=config.prefetch_factor,
             generator=torch.Generator().manual_seed(config.seed + 2),
         )
-        return iter(loader), loader
+        return iter(loader)
     batches = (fetch_batch(dataset, idx) for idx in epoch_batches(task.n_train, config.batch_size, config.seed))
     if pin is True and device.type == "cuda":
         batches = (_pinned(batch) for batch in batches)
-    return batches, None
+    return batches
 
 
 def _micro_bounds(batch: int, micro: int | None, split_for_noise: bool) -> list[tuple[int, int]]:
@@ -147,7 +145,7 @@ class _Run:
         self.window_loss = 0.0
         self.window_steps = 0
         self.first_loss: float | None = None
-        self.batches, self.loader = _training_batches(task, config, device)  # last: it may start workers
+        self.batches = _training_batches(task, config, device)  # last: it may start worker processes
 
     def close(self) -> None:
         """Shut the loader's worker processes down (they would otherwise wait for the garbage collector)."""
