@@ -201,3 +201,14 @@ def test_a_study_gives_every_trial_its_workers(tmp_path: Path) -> None:
     result = study.run()
     assert [t.config["num_workers"] for t in result.trials] == [2]
     assert (tmp_path / "worker0").exists() and (tmp_path / "worker1").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pinned_batches_on_cuda_give_the_unpinned_values(workers: int) -> None:
+    cfg = dict(batch_size=24, lr=0.2, max_samples=480, seed=3, device="cuda")
+    plain = bstune.train(augmented_task(), TrainConfig(**cfg, num_workers=workers, pin_memory=False))  # type: ignore[arg-type]
+    pinned = bstune.train(augmented_task(), TrainConfig(**cfg, num_workers=workers, pin_memory=True))  # type: ignore[arg-type]
+    assert pinned.status is RunStatus.COMPLETED and pinned.samples == plain.samples
+    assert [r.val_loss for r in pinned.history] == pytest.approx([r.val_loss for r in plain.history], rel=1e-5)
