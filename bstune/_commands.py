@@ -209,6 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         eval_every_samples=args.eval_every,
         seed=args.seed,
         device=args.device,
+        num_workers=args.num_workers,
         micro_batch_size=args.micro_batch_size,
         amp=args.amp,
         track_noise=args.track_noise,
@@ -301,6 +302,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             objective=args.objective,
             direction=args.direction,
             device=args.device,
+            num_workers=args.num_workers,
             progress=_progress(args),
             backend=args.backend,
             ray=RaySettings(

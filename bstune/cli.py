@@ -175,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed for the sampler, the probe and the trials (default 0)")
     run.add_argument("--device", default="auto", help="trial device: cpu, cuda, ... (default: CUDA when available)")
     run.add_argument(
+        "--num-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="DataLoader worker processes loading each trial's training batches (same batches, same values); "
+        "0: in the trial's process (default 0)",
+    )
+    run.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -400,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--track-noise", action="store_true", help="record the B_simple trajectory while training")
     train.add_argument("--seed", type=int, default=0, help="seed for init and data order (default 0)")
     train.add_argument("--device", default="auto", help="cpu, cuda, ... (default: CUDA when available)")
+    train.add_argument(
+        "--num-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="DataLoader worker processes loading the training batches (same batches, same values); "
+        "0: in-process (default 0)",
+    )
     train.add_argument("--out", default=None, help="folder to write train.json into")
     train.set_defaults(handler=commands.cmd_train)
     for each in (parser, *sub.choices.values()):  # every option's help shows its default

@@ -11,7 +11,7 @@ datasets take a fast path (one indexing operation per batch).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, TensorDataset, default_collate
 from bstune.errors import TaskError
 
 __all__ = ["Batch", "as_dataset", "batch_len", "fetch_batch", "move_to_device", "sample_indices", "slice_batch"]
+__all__ += ["is_tensor_pair"]
 
 Batch = tuple[Any, Any]
 """One batch: ``(inputs, targets)``; each a tensor or a nested structure of tensors."""
@@ -96,12 +97,18 @@ def sample_indices(n: int, size: int, generator: torch.Generator) -> torch.Tenso
 
 def fetch_batch(dataset: Dataset[Any], indices: torch.Tensor | Sequence[int]) -> Batch:
     """Collate the examples at ``indices`` into one ``(inputs, targets)`` batch."""
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+    if is_tensor_pair(dataset):
         idx = torch.as_tensor(indices, dtype=torch.long)
         return dataset.tensors[0][idx], dataset.tensors[1][idx]
     items = [dataset[int(i)] for i in indices]
     inputs, targets = default_collate(items)
     return inputs, targets
+
+
+def is_tensor_pair(dataset: Dataset[Any]) -> TypeGuard[TensorDataset]:
+    """Whether :func:`fetch_batch` takes the fast path on ``dataset``: a ``TensorDataset`` of
+    ``(inputs, targets)``, whose batch is one indexing operation per tensor."""
+    return isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2
 
 
 def move_to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:

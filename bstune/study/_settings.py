@@ -63,6 +63,12 @@ class StudySettings:
             A direction that contradicts the objective's is an error.
         probe: settings of the probe (the prior mode only).
         device: trial device; ``"auto"`` picks CUDA when available.
+        num_workers: DataLoader worker processes that load each trial's training batches
+            (``TrainConfig.num_workers``; a training function's ``ctx.loader`` takes it as its
+            default): worth it when a dataset's ``__getitem__`` does real work (decoding,
+            augmentation). The batches are the same as in-process, so the trials' values are too
+            (with a random augmentation, each worker draws from its own seeded generator).
+            ``0`` (default) loads in the trial's own process.
         progress: show progress bars on stderr: the probe's phases, the trials, the re-scoring.
         study_name: name inside the storage; default ``"bstune-<task name>"``.
         heartbeat_interval: seconds between the heartbeats a running trial writes to the
@@ -98,6 +104,7 @@ class StudySettings:
     direction: Direction | Literal["minimize", "maximize"] | None = None
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     device: str = "auto"
+    num_workers: int = 0
     progress: bool = True
     study_name: str | None = None
     heartbeat_interval: float = 30.0
@@ -128,7 +135,7 @@ class StudySettings:
                 "grace_period",
                 f"must be at least twice heartbeat_interval ({self.heartbeat_interval!r} s), got {self.grace_period!r}",
             )
-        for name in ("rescore_top", "rescore_seeds"):
+        for name in ("rescore_top", "rescore_seeds", "num_workers"):
             if (reason := count_reason(getattr(self, name), minimum=0)) is not None:
                 raise _bad(name, reason)
 

@@ -301,6 +301,7 @@ class Study:
             seed=s.seed,
             device=s.device,
             default_momentum=self.optimizer_spec.momentum,
+            num_workers=s.num_workers,
         )
 
     def _rescore(self, trials: list[TrialRecord], kept: list[Rescored]) -> list[Rescored]:

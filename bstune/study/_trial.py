@@ -129,6 +129,7 @@ class TrialPlanner:
     seed: int
     device: str
     default_momentum: float
+    num_workers: int = 0  # the trials' DataLoader workers (StudySettings.num_workers)
 
     def sample(self, trial: Suggester) -> dict[str, Any]:
         """Ask ``trial`` for every coordinate of one trial; returns them by name."""
@@ -170,6 +171,7 @@ class TrialPlanner:
             eval_every_samples=self.eval_every,
             seed=self.seed,
             device=self.device,
+            num_workers=self.num_workers,
             **train_kwargs,
         )
         m = config.momentum if config.momentum is not None else self.default_momentum

@@ -51,6 +51,9 @@ class TrainConfig:
     noise_preconditioned: bool = False  # Adam-family: measure gradients divided by sqrt(v_hat)
     divergence_factor: float | None = 100.0  # diverged when a batch loss exceeds this times the first one
     deterministic: bool = False  # torch.use_deterministic_algorithms during the run (slower on CUDA)
+    num_workers: int = 0  # DataLoader worker processes for a generic dataset's training batches; 0: in-process
+    pin_memory: bool | None = None  # None: pin the workers' batches when training on CUDA
+    prefetch_factor: int | None = None  # batches each worker loads ahead; None: torch's default (2)
 
     def __post_init__(self) -> None:
         def bad(name: str, reason: str) -> ConfigError:
@@ -87,6 +90,16 @@ class TrainConfig:
             )
         if self.amp_dtype not in (None, "float16", "bfloat16"):
             raise bad("amp_dtype", f"must be 'float16' or 'bfloat16', got {self.amp_dtype!r}")
+        if (reason := count_reason(self.num_workers, minimum=0)) is not None:
+            raise bad("num_workers", reason)
+        if self.pin_memory is not None and not isinstance(self.pin_memory, bool):
+            raise bad("pin_memory", f"must be true, false or None (on when training on CUDA), got {self.pin_memory!r}")
+        if self.prefetch_factor is not None:
+            pf = self.prefetch_factor
+            if (reason := count_reason(pf)) is not None:
+                raise bad("prefetch_factor", f"{reason} (or None)")
+            if self.num_workers == 0:
+                raise bad("prefetch_factor", f"needs num_workers > 0 (workers prefetch), got {pf!r} with num_workers=0")
         if self.track_noise and self.batch_size < 2:
             raise bad("track_noise", "needs batch_size >= 2 (two micro-batches per measured step)")
 

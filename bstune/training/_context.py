@@ -43,6 +43,7 @@ from bstune.optim import OptimizerSpec
 from bstune.training._config import TrainConfig
 from bstune.training._loop import Callback, _as_decision, _milestones
 from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult
+from bstune.training._sampling import EpochBatchSampler
 from bstune.training._schedule import lr_at
 
 if TYPE_CHECKING:
@@ -81,9 +82,9 @@ class LRRamp:
 
 
 class _BatchIndices(torch.utils.data.Sampler[list[int]]):
-    """Endless batches of indices: the trainer's order (``epoch``: one seeded permutation per epoch,
-    the tail that does not fill a batch dropped) or the LR range test's (``draw``: every batch a fresh
-    random subset)."""
+    """Endless batches of indices: the trainer's order (``epoch``: :class:`EpochBatchSampler`, one seeded
+    permutation per epoch, the tail that does not fill a batch dropped) or the LR range test's
+    (``draw``: every batch a fresh random subset)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, order: str) -> None:
         self.n, self.batch_size, self.seed, self.order = n, batch_size, seed, order
@@ -93,11 +94,7 @@ class _BatchIndices(torch.utils.data.Sampler[list[int]]):
             gen = torch.Generator().manual_seed(self.seed + 7)
             while True:
                 yield torch.randperm(self.n, generator=gen)[: self.batch_size].tolist()
-        gen = torch.Generator().manual_seed(self.seed + 1)
-        while True:
-            perm = torch.randperm(self.n, generator=gen)
-            for start in range(0, self.n - self.batch_size + 1, self.batch_size):
-                yield perm[start : start + self.batch_size].tolist()
+        yield from EpochBatchSampler(self.n, self.batch_size, self.seed)
 
     def __len__(self) -> int:  # DataLoader asks; the stream is as long as the budget
         return max(1, self.n // self.batch_size)
@@ -413,14 +410,16 @@ class TrialContext:
         self,
         dataset: Any,
         *,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         collate_fn: Callable[[list[Any]], Any] | None = None,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         **kwargs: Any,
     ) -> Iterator[Any]:
         """Batches of ``config["batch_size"]`` examples of the map-style ``dataset``, epoch after epoch,
-        until the trial is done. Other keywords go to :class:`~torch.utils.data.DataLoader`
-        (``persistent_workers``, ``prefetch_factor``, ``worker_init_fn``...)."""
+        until the trial is done. ``num_workers`` and ``pin_memory`` default to the trial's
+        (``TrainConfig.num_workers``, set by a study's ``num_workers``; pinned when the trial
+        trains on CUDA with workers), as does ``prefetch_factor``. Other keywords go to
+        :class:`~torch.utils.data.DataLoader` (``persistent_workers``, ``worker_init_fn``...)."""
         try:
             n = len(dataset)
         except TypeError:
@@ -440,6 +439,14 @@ class TrialContext:
                 )
         self.n_train = n
         sampler = _BatchIndices(n, self.batch_size, self.seed, self._order)
+        cfg = self.train_config
+        if num_workers is None:
+            num_workers = cfg.num_workers
+        if pin_memory is None:
+            pin_memory = cfg.pin_memory if cfg.pin_memory is not None else num_workers > 0
+            pin_memory = pin_memory and self.device.type == "cuda"
+        if num_workers > 0 and cfg.prefetch_factor is not None:
+            kwargs.setdefault("prefetch_factor", cfg.prefetch_factor)
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=sampler,

@@ -2,7 +2,9 @@
 
 Each step draws ``batch_size`` examples (a fresh permutation per epoch, the tail
 that does not fill a batch dropped), optionally in micro-batches whose gradients
-are accumulated into exactly the full-batch mean gradient. Evaluations happen at
+are accumulated into exactly the full-batch mean gradient. With ``num_workers``, a
+DataLoader's worker processes load those same batches ahead of the steps
+(:mod:`bstune.training._sampling`); evaluations fetch in-process. Evaluations happen at
 shared sample milestones so runs of different batch sizes line up. A non-finite
 loss, or one ``divergence_factor`` times the first step's, ends the run as
 ``diverged``; running out of device memory ends it as ``oom``.
@@ -21,12 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from bstune.data import batch_len, fetch_batch, move_to_device, slice_batch
+from bstune.data import batch_len, fetch_batch, is_tensor_pair, move_to_device, slice_batch
 from bstune.errors import ConfigError
 from bstune.noise import NoiseTracker, adam_preconditioner, resolve_device, sq_norm_of
 from bstune.task import Task
 from bstune.training._config import TrainConfig
 from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult
+from bstune.training._sampling import EpochBatchSampler, epoch_batches
 from bstune.training._schedule import lr_at
 
 __all__ = ["Callback", "train"]
@@ -44,22 +47,44 @@ class _Diverged(Exception):
     pass
 
 
-class _EpochSampler:
-    """Indices for successive batches: a seeded permutation per epoch, remainder dropped."""
+def _pinned(obj: Any) -> Any:
+    """A collated batch with its tensors in page-locked memory (for an asynchronous copy to CUDA)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.pin_memory()
+    if isinstance(obj, dict):
+        return {k: _pinned(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_pinned(v) for v in obj)
+    return obj
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self.n, self.batch_size = n, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self._perm = torch.randperm(n, generator=self.generator)
-        self._pos = 0
 
-    def next(self) -> torch.Tensor:
-        if self._pos + self.batch_size > self.n:
-            self._perm = torch.randperm(self.n, generator=self.generator)
-            self._pos = 0
-        idx = self._perm[self._pos : self._pos + self.batch_size]
-        self._pos += self.batch_size
-        return idx
+def _training_batches(task: Task, config: TrainConfig, device: torch.device) -> Iterator[Any]:
+    """The run's training batches on the host, in :func:`epoch_batches` order.
+
+    With ``num_workers > 0`` and a generic dataset, a :class:`~torch.utils.data.DataLoader`
+    whose batch sampler yields exactly those indices loads them in worker processes
+    (prefetching, pinned for CUDA); its worker seeds come from a generator of its own, so
+    the global RNG (dropout, ...) draws the same numbers with or without workers (a random
+    augmentation in ``__getitem__`` draws from its worker's seeded RNG instead). A pair of
+    tensors keeps the in-process fast path (one indexing operation per batch, which no
+    worker beats), as does ``num_workers=0``.
+    """
+    dataset = task.train_dataset
+    pin = config.pin_memory
+    if config.num_workers > 0 and not is_tensor_pair(dataset):
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=EpochBatchSampler(task.n_train, config.batch_size, config.seed, num_batches=config.steps),
+            num_workers=config.num_workers,
+            pin_memory=(pin is not False) and device.type == "cuda",
+            prefetch_factor=config.prefetch_factor,
+            generator=torch.Generator().manual_seed(config.seed + 2),
+        )
+        return iter(loader)
+    batches = (fetch_batch(dataset, idx) for idx in epoch_batches(task.n_train, config.batch_size, config.seed))
+    if pin is True and device.type == "cuda":
+        batches = (_pinned(batch) for batch in batches)
+    return batches
 
 
 def _micro_bounds(batch: int, micro: int | None, split_for_noise: bool) -> list[tuple[int, int]]:
@@ -101,7 +126,6 @@ class _Run:
         self.amp_dtype = getattr(torch, dtype)
         use_scaler = config.amp and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(device.type) if use_scaler else None
-        self.sampler = _EpochSampler(task.n_train, config.batch_size, seed=config.seed + 1)
         self.tracker = (
             NoiseTracker(config.batch_size, population=task.n_train, momentum=self.momentum)
             if config.track_noise
@@ -121,6 +145,14 @@ class _Run:
         self.window_loss = 0.0
         self.window_steps = 0
         self.first_loss: float | None = None
+        self.batches = _training_batches(task, config, device)  # last: it may start worker processes
+
+    def close(self) -> None:
+        """Shut the loader's worker processes down (they would otherwise wait for the garbage collector)."""
+        batches, self.batches = self.batches, iter(())
+        shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process iterator
+        if shutdown is not None:
+            shutdown()
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if not self.config.amp:
@@ -133,8 +165,7 @@ class _Run:
         lr = lr_at(cfg, self.samples)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        idx = self.sampler.next()
-        inputs, targets = move_to_device(fetch_batch(self.task.train_dataset, idx), self.device, non_blocking=True)
+        inputs, targets = move_to_device(next(self.batches), self.device, non_blocking=True)
         batch = batch_len(targets)
         # Measured steps take the autograd.grad route (one norm per micro-batch); the
         # others run a plain backward() and cost nothing extra.
@@ -213,7 +244,7 @@ class _Run:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             self.optimizer.step()
 
-    # -- evaluation --------------------------------------------------------------------
+    # -- evaluation (in-process: its batches are the fixed train subset and the validation set) ----
     def evaluate_on(self, dataset: Any, indices: torch.Tensor | None) -> tuple[float, dict[str, float]]:
         n = len(dataset) if indices is None else len(indices)
         loss_sum, metric_sums = 0.0, {k: 0.0 for k in self.task.metrics}
@@ -348,6 +379,9 @@ def train(
             message = f"out of memory at batch_size={config.batch_size}: {str(exc).splitlines()[0]}"
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        finally:
+            if run is not None:
+                run.close()
     if status is not RunStatus.COMPLETED:
         logger.info("run ended %s: %s", status.value, message)
     return TrainResult(

@@ -280,6 +280,17 @@ CASES: list[Case] = [
         )
         for command, args in (("noise", ()), ("train", ("--batch-size", "8", "--lr", "0.1", "--max-samples", "100")))
     ),
+    Case(
+        ("train", "good.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "64", "--num-workers", "-1"),
+        2,
+        ("TrainConfig: num_workers", "must be a non-negative integer, got -1"),
+    ),
+    Case(
+        ("run", "good.py", "--space", "ok.yaml", "--num-workers", "-2", "--out", "out"),
+        2,
+        ("Study: num_workers", "must be a non-negative integer, got -2"),
+        absent=("out/study.db",),
+    ),
 ]
 
 
