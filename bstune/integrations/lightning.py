@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from bstune._validate import is_number
 from bstune.errors import ConfigError, DependencyError
 from bstune.training import TrialContext
 
@@ -91,7 +92,7 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
         if isinstance(value, torch.Tensor):
             if value.numel() == 1:
                 out[name] = float(value.detach())
-        elif isinstance(value, int | float) and not isinstance(value, bool):
+        elif is_number(value):
             out[name] = float(value)
     return out
 
