@@ -26,6 +26,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ import torch
 from bstune._progress import progress_bar
 from bstune.data import fetch_batch, move_to_device
 from bstune.errors import BstuneError, ConfigError, EstimationError, UserCodeError
-from bstune.noise import measure_noise_scale, resolve_device
+from bstune.noise import TrajectoryPoint, measure_noise_scale, resolve_device
 from bstune.records import ProbeResult
 from bstune.space import SearchSpace
 from bstune.task import Task, has_batchnorm
@@ -329,15 +330,7 @@ def _run_probe(
         throughput[b] = rate
         if spread is not None:
             throughput_iqr[b] = spread
-    trajectory = [
-        {
-            "samples": p.samples,
-            "b_simple": p.b_simple if math.isfinite(p.b_simple) else None,
-            "ci": [v if math.isfinite(v) else None for v in p.ci],
-            "temperature": p.temperature,
-        }
-        for p in run.noise_trajectory
-    ]
+    trajectory = trajectory_rows(run.noise_trajectory)
     bar.close()  # the throughput ladder's
     return ProbeResult(
         batch_size=batch,
@@ -357,6 +350,19 @@ def _run_probe(
         device=str(dev),
         seconds=time.perf_counter() - started,
     )
+
+
+def trajectory_rows(points: Sequence[TrajectoryPoint]) -> list[dict[str, Any]]:
+    """A B_simple trajectory as the probe record keeps it (non-finite values as ``None``)."""
+    return [
+        {
+            "samples": p.samples,
+            "b_simple": p.b_simple if math.isfinite(p.b_simple) else None,
+            "ci": [v if math.isfinite(v) else None for v in p.ci],
+            "temperature": p.temperature,
+        }
+        for p in points
+    ]
 
 
 def probe_cost(

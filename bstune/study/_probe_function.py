@@ -45,6 +45,7 @@ from bstune.study._probe import (
     _train_samples,
     large_batch_sweep,
     step_rate,
+    trajectory_rows,
 )
 from bstune.training import LRRamp, RunStatus, TrainConfig, TrainResult, TrialContext, run_function
 
@@ -266,15 +267,7 @@ def _probe(
         rate, spread = step_rate(b, times)
         throughput[b], throughput_iqr[b] = rate, spread
     bar.close()
-    trajectory = [
-        {
-            "samples": p.samples,
-            "b_simple": p.b_simple if math.isfinite(p.b_simple) else None,
-            "ci": [v if math.isfinite(v) else None for v in p.ci],
-            "temperature": p.temperature,
-        }
-        for p in result.noise_trajectory
-    ]
+    trajectory = trajectory_rows(result.noise_trajectory)
     return ProbeResult(
         batch_size=batch,
         lr_ceiling=ceiling,
