@@ -135,7 +135,7 @@ class Study:
         # The space's optimizer section holds the settings the search keeps fixed: trials use it.
         self.task = dataclasses.replace(task, optimizer=self.space.optimizer, validate=False)
         self.name, self.n_train = task.name, task.n_train
-        self.optimizer_spec = task.optimizer_spec
+        self.optimizer_spec = self.task.optimizer_spec  # the space's, which trials train with
         check_factory(task.model, self.space)
         metric_names = {f"{split}_{m}" for split in ("train", "val") for m in task.metrics}
         if settings.objective not in {"val_loss", "train_loss", *metric_names}:

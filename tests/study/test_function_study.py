@@ -189,3 +189,13 @@ def test_a_prior_mode_study_of_a_function_searches_around_its_probe() -> None:
     for t in result.trials:
         assert prior.batch_low <= t.batch_size <= prior.batch_high  # type: ignore[operator]
     assert result.samples_total == probe.samples_used + sum(t.samples for t in result.trials)
+
+
+def test_a_task_study_trains_and_hands_over_the_spaces_optimizer_not_the_tasks() -> None:
+    """The space's optimizer section replaces the task's: the planner's momentum and the handed-over
+    config are the space's (a Study that read the task's here handed over momentum 0)."""
+    space = SPACE | {"optimizer": {"family": "sgd", "momentum": 0.9}}
+    study = bstune.Study(task(), space, **(ARGS | {"n_trials": 2, "rescore_top": 0}))
+    result = study.run()
+    assert task().optimizer_spec.momentum == 0.0 and result.best_config["momentum"] == 0.9
+    assert all(t.temperature == pytest.approx(t.lr / (t.batch_size * 0.1)) for t in result.trials)  # type: ignore[operator]
