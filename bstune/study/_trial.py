@@ -310,17 +310,9 @@ def run_trial(
 
 
 def _no_objective(result: TrainResult, objective: str) -> str:
-    """Why a run that completed has no value: what it recorded instead, in words a user can act on."""
+    """Why a run that completed has no value. A report without the objective is refused where it is
+    made (``ctx.report``), and a task records every objective a study may choose, so what is left is
+    a training function that never reported."""
     if not result.history:
         return f"recorded no evaluation; report {objective} with ctx.report({objective}=...) when ctx.at_milestone()"
-    names = {
-        n
-        for r in result.history
-        for n, v in (("val_loss", r.val_loss), ("train_loss", r.train_loss))
-        if math.isfinite(v)
-    }
-    names |= {n for r in result.history for n in r.metrics}
-    if objective not in names:
-        listed = ", ".join(sorted(names)) or "nothing finite"
-        return f"recorded {listed} but not the study's objective {objective!r}; report it, or choose objective= among those"
     return f"recorded no finite {objective}"
