@@ -28,6 +28,7 @@ from bstune.errors import ConfigError
 from bstune.noise import NoiseTracker, adam_preconditioner, resolve_device, sq_norm_of
 from bstune.task import Task
 from bstune.training._config import TrainConfig
+from bstune.training._distributed import DataParallel, SliceBatchSampler
 from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult
 from bstune.training._sampling import EpochBatchSampler, epoch_batches
 from bstune.training._schedule import lr_at
@@ -58,7 +59,9 @@ def _pinned(obj: Any) -> Any:
     return obj
 
 
-def _training_batches(task: Task, config: TrainConfig, device: torch.device) -> Iterator[Any]:
+def _training_batches(
+    task: Task, config: TrainConfig, device: torch.device, part: tuple[int, int] | None = None
+) -> Iterator[Any]:
     """The run's training batches on the host, in :func:`epoch_batches` order.
 
     With ``num_workers > 0`` and a generic dataset, a :class:`~torch.utils.data.DataLoader`
@@ -67,21 +70,24 @@ def _training_batches(task: Task, config: TrainConfig, device: torch.device) -> 
     the global RNG (dropout, ...) draws the same numbers with or without workers (a random
     augmentation in ``__getitem__`` draws from its worker's seeded RNG instead). A pair of
     tensors keeps the in-process fast path (one indexing operation per batch, which no
-    worker beats), as does ``num_workers=0``.
+    worker beats), as does ``num_workers=0``. With ``part=(start, stop)`` (a data-parallel
+    rank's slice) only those positions of every batch are loaded.
     """
     dataset = task.train_dataset
     pin = config.pin_memory
     if config.num_workers > 0 and not is_tensor_pair(dataset):
+        sampler = EpochBatchSampler(task.n_train, config.batch_size, config.seed, num_batches=config.steps)
         loader = torch.utils.data.DataLoader(
             dataset,
-            batch_sampler=EpochBatchSampler(task.n_train, config.batch_size, config.seed, num_batches=config.steps),
+            batch_sampler=sampler if part is None else SliceBatchSampler(sampler, *part),
             num_workers=config.num_workers,
             pin_memory=(pin is not False) and device.type == "cuda",
             prefetch_factor=config.prefetch_factor,
             generator=torch.Generator().manual_seed(config.seed + 2),
         )
         return iter(loader)
-    batches = (fetch_batch(dataset, idx) for idx in epoch_batches(task.n_train, config.batch_size, config.seed))
+    cut = slice(None) if part is None else slice(*part)  # data parallel: this rank's slice of each batch
+    batches = (fetch_batch(dataset, idx[cut]) for idx in epoch_batches(task.n_train, config.batch_size, config.seed))
     if pin is True and device.type == "cuda":
         batches = (_pinned(batch) for batch in batches)
     return batches
@@ -111,8 +117,11 @@ def _as_decision(value: Decision | bool | None) -> Decision:
 class _Run:
     """State of one training run (model, optimizer, counters, tracker)."""
 
-    def __init__(self, task: Task, config: TrainConfig, model: nn.Module, device: torch.device) -> None:
+    def __init__(
+        self, task: Task, config: TrainConfig, model: nn.Module, device: torch.device, dist: DataParallel | None = None
+    ) -> None:
         self.task, self.config, self.device = task, config, device
+        self.dist = dist  # data parallel (bstune/training/_distributed.py), else None
         spec = task.optimizer_spec
         self.momentum = config.momentum if config.momentum is not None else spec.momentum
         self.model = model.to(device)
@@ -145,7 +154,11 @@ class _Run:
         self.window_loss = 0.0
         self.window_steps = 0
         self.first_loss: float | None = None
-        self.batches = _training_batches(task, config, device)  # last: it may start worker processes
+        if dist is not None:  # data parallel: DDP around the model, this rank's slice of every batch
+            dist.wrap(self.model, track_noise=config.track_noise)
+            self.batches = dist.training_batches(task, config)
+        else:
+            self.batches = _training_batches(task, config, device)  # last: it may start worker processes
 
     def close(self) -> None:
         """Shut the loader's worker processes down (they would otherwise wait for the garbage collector)."""
@@ -161,6 +174,11 @@ class _Run:
 
     # -- one optimizer step ------------------------------------------------------------
     def train_step(self) -> float:
+        if self.dist is not None:  # data parallel: bstune/training/_distributed.py
+            lr, diverged = self.dist.train_step(self)
+            if diverged is not None:
+                raise _Diverged(diverged)
+            return lr
         cfg = self.config
         lr = lr_at(cfg, self.samples)
         for group in self.optimizer.param_groups:
@@ -246,6 +264,8 @@ class _Run:
 
     # -- evaluation (in-process: its batches are the fixed train subset and the validation set) ----
     def evaluate_on(self, dataset: Any, indices: torch.Tensor | None) -> tuple[float, dict[str, float]]:
+        if self.dist is not None:  # data parallel: sharded over the ranks, reduced
+            return self.dist.evaluate_on(self, dataset, indices)
         n = len(dataset) if indices is None else len(indices)
         loss_sum, metric_sums = 0.0, {k: 0.0 for k in self.task.metrics}
         self.model.eval()
@@ -270,6 +290,8 @@ class _Run:
         val_loss, val_metrics = self.evaluate_on(self.task.val_dataset, None)
         metrics = {f"train_{k}": v for k, v in train_metrics.items()}
         metrics.update({f"val_{k}": v for k, v in val_metrics.items()})
+        if self.dist is not None and self.tracker is not None:  # data parallel: the window's local norms
+            self.dist.feed_tracker(self.tracker)
         noise = self.tracker.flush(self.step, self.samples) if self.tracker is not None else None
         batch_loss = self.window_loss / self.window_steps if self.window_steps else math.nan
         self.window_loss, self.window_steps = 0.0, 0
@@ -340,6 +362,9 @@ def train(
     device = resolve_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("CUDA was asked for but torch sees no CUDA device", source="TrainConfig", field="device")
+    data_parallel = DataParallel.current(config, device)  # under torch.distributed: this rank's part
+    if data_parallel is not None:
+        device = data_parallel.device
     started = time.perf_counter()
     train_time = 0.0
     status, message = RunStatus.COMPLETED, ""
@@ -348,7 +373,9 @@ def train(
     with _determinism(config.deterministic), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         try:
-            run = _Run(task, config, model if model is not None else task.make_model(seed=config.seed), device)
+            run = _Run(
+                task, config, model if model is not None else task.make_model(seed=config.seed), device, data_parallel
+            )
             milestones = _milestones(config)
             lr = lr_at(config, 0)
             pending = 0
@@ -368,7 +395,11 @@ def train(
                 history.append(record)
                 if not math.isfinite(record.val_loss) or not math.isfinite(record.train_loss):
                     raise _Diverged(f"evaluation loss became non-finite at samples {run.samples}")
-                stop = callback is not None and _as_decision(callback(record)) == Decision.STOP
+                if data_parallel is not None:  # rank 0 alone asks the callback; every rank learns the answer
+                    asked = data_parallel.rank == 0 and callback is not None and _as_decision(callback(record))
+                    stop = data_parallel.agree(asked == Decision.STOP)
+                else:
+                    stop = callback is not None and _as_decision(callback(record)) == Decision.STOP
                 if stop and milestone < config.max_samples:  # at the last milestone the run has completed
                     status, message = RunStatus.STOPPED, f"stopped by callback at milestone {milestone}"
                     break

@@ -1,0 +1,593 @@
+"""Data-parallel training runs: ``bstune.train`` under ``torch.distributed``, and a launcher.
+
+When a process group is initialized (a script started by ``torchrun``, or
+:func:`train_data_parallel`), :func:`bstune.train` runs data-parallel on its N ranks:
+
+* ``config.batch_size`` is the *global* batch B. Every rank draws the same global batch
+  indices from the seed (:func:`~bstune.training._sampling.epoch_batches`) and takes its
+  contiguous slice: the first ``B % N`` ranks hold ``B // N + 1`` examples, the others
+  ``B // N``. Each rank scales its loss by ``b_r·N/B`` so that DDP's average of the N
+  gradients is the global mean gradient, slices equal or not. ``micro_batch_size`` still
+  splits a rank's slice, accumulating under ``no_sync`` on all but the last micro-batch.
+* The model is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (DDP broadcasts
+  rank 0's parameters; every rank also builds its model from the same seed). Steps and
+  samples are counted globally. One scalar all-reduce per step gives every rank the global
+  batch loss, so divergence is decided alike everywhere.
+* Evaluations are sharded by evaluation batch and reduced (sums in float64), so every rank
+  holds the same record; rank 0's buffers (BatchNorm statistics) are broadcast first. The
+  callback (a pruner) runs on rank 0 alone and its decision is broadcast: all ranks stop together.
+* A rank that runs out of memory ends its run ``oom``. Its peers cannot finish the step's
+  gradient all-reduce without it: they fail when its process exits (gloo) or at the process
+  group's timeout; :func:`train_data_parallel` stops them after a short grace and reports the
+  run as ``oom``.
+
+The noise scale for free (McCandlish et al. 2018, App. A.1). Each rank's local gradient g_r
+is the mean over b_r examples, and the all-reduced gradient G_B the mean over B: exactly the
+"small" and "big" batches of the two-batch estimator, so with ``track_noise`` a measured step
+is *not* split into micro-batches and costs no extra backward. A DDP communication hook adds
+each gradient bucket's local squared norm (taken before the all-reduce, so the communication
+still overlaps the backward) to an accumulator; |g_r|² is that over (b_r·N/B)², |G_B|² is the
+norm of the synchronized gradient. The per-step local values are all-reduced as one vector
+at each evaluation milestone (no extra collective per step) and their mean over ranks,
+mean_r |g_r|², with the harmonic mean of the b_r as the small size, goes to
+:meth:`NoiseTracker.update` with the finite-population correction, as on one process.
+With one rank (or no process group) nothing changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import pickle
+import queue
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Sampler
+
+from bstune.data import batch_len, fetch_batch, move_to_device, slice_batch
+from bstune.errors import ConfigError, UserCodeError
+from bstune.noise import NoiseTracker, adam_preconditioner, resolve_device, sq_norm_of
+from bstune.task import Task
+from bstune.training._config import TrainConfig
+from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult
+from bstune.training._sampling import EpochBatchSampler
+from bstune.training._schedule import lr_at
+
+if TYPE_CHECKING:
+    from bstune.training._loop import Callback, _Run
+
+__all__ = ["DataParallel", "rank_slices", "run_data_parallel", "train_data_parallel"]
+
+logger = logging.getLogger(__name__)
+
+
+def rank_slices(batch_size: int, world_size: int) -> list[tuple[int, int]]:
+    """Each rank's contiguous ``[start, stop)`` of a global batch: sizes B//N, the first B%N one more.
+
+    Example:
+        >>> rank_slices(9, 2), rank_slices(8, 4)
+        ([(0, 5), (5, 9)], [(0, 2), (2, 4), (4, 6), (6, 8)])
+    """
+    base, extra = divmod(batch_size, world_size)
+    bounds, start = [], 0
+    for r in range(world_size):
+        stop = start + base + (1 if r < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+class SliceBatchSampler(Sampler[list[int]]):
+    """An :class:`EpochBatchSampler` cut to one rank's ``[start, stop)`` of every global batch."""
+
+    def __init__(self, inner: EpochBatchSampler, start: int, stop: int) -> None:
+        self.inner, self.start, self.stop = inner, start, stop
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for idx in self.inner:
+            yield idx[self.start : self.stop]
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def _rank_device(device: torch.device) -> torch.device:
+    """A CUDA device without an index means this rank's: ``LOCAL_RANK`` (torchrun), else the current one."""
+    if device.type != "cuda" or device.index is not None:
+        return device
+    local = os.environ.get("LOCAL_RANK")
+    return torch.device("cuda", int(local) if local is not None else torch.cuda.current_device())
+
+
+@dataclass(eq=False)
+class DataParallel:
+    """This rank's part of a data-parallel run (built by :meth:`current`), and the DDP noise hook's state."""
+
+    rank: int
+    world_size: int
+    batch_size: int
+    device: torch.device
+    comm_device: torch.device  # where collectives' small tensors live (CUDA for NCCL)
+    slices: list[tuple[int, int]]
+    ddp: DistributedDataParallel | None = None
+    measuring: bool = False  # the hook adds local squared norms on this step
+    precond: dict[torch.Tensor, torch.Tensor] | None = None  # by parameter, for the preconditioned scale
+    local_sq: torch.Tensor | None = None  # Σ over buckets of |local bucket|² on a measured step
+    pending: list[tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=list)
+
+    @classmethod
+    def current(cls, config: TrainConfig, device: torch.device) -> DataParallel | None:
+        """The run's data-parallel setting when a process group of more than one rank is up; else ``None``.
+
+        Raises:
+            ConfigError: the global batch has fewer examples than there are ranks.
+        """
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return None
+        world = dist.get_world_size()
+        if config.batch_size < world:
+            raise ConfigError(
+                f"{config.batch_size} is the global batch; it must hold at least one example for each of "
+                f"the {world} ranks (world size {world})",
+                source="TrainConfig",
+                field="batch_size",
+            )
+        device = _rank_device(device)
+        nccl = dist.get_backend() == "nccl"
+        return cls(
+            rank=dist.get_rank(),
+            world_size=world,
+            batch_size=config.batch_size,
+            device=device,
+            comm_device=device if nccl else torch.device("cpu"),
+            slices=rank_slices(config.batch_size, world),
+        )
+
+    @property
+    def local_size(self) -> int:
+        start, stop = self.slices[self.rank]
+        return stop - start
+
+    @property
+    def loss_factor(self) -> float:
+        """b_r·N/B: DDP averages the N rank gradients, and this makes the average the global mean."""
+        return self.local_size * self.world_size / self.batch_size
+
+    # -- set-up -------------------------------------------------------------------------------
+    def training_batches(self, task: Task, config: TrainConfig) -> Iterator[Any]:
+        """This rank's slices of the run's global batches (the loader's workers load only those)."""
+        from bstune.training._loop import _training_batches  # the single-process loader, cut to a slice
+
+        return _training_batches(task, config, self.device, part=self.slices[self.rank])
+
+    def wrap(self, model: torch.nn.Module, track_noise: bool) -> None:
+        """Wrap ``model`` in DDP; with ``track_noise``, through the norm-taking communication hook."""
+        ids = [self.device] if self.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(model, device_ids=ids)
+        if track_noise:
+            self.ddp.register_comm_hook(self, _noise_hook)
+
+    # -- one optimizer step -------------------------------------------------------------------
+    def train_step(self, run: _Run) -> tuple[float, str | None]:
+        """One global step on this rank's slice; returns the lr and a divergence message (or ``None``)."""
+        assert self.ddp is not None
+        cfg = run.config
+        lr = lr_at(cfg, run.samples)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        inputs, targets = move_to_device(next(run.batches), self.device, non_blocking=True)
+        local = batch_len(targets)
+        measure = run.tracker is not None and run.step % cfg.noise_every_steps == 0
+        self.precond = None
+        if measure and cfg.noise_preconditioned:
+            measure = bool(run.optimizer.state)  # no second moments before the first step
+            if measure:
+                by_name = adam_preconditioner(run.optimizer, run.model)
+                self.precond = {p: by_name[run.name_of[p]] for p in run.param_list}
+        micro = cfg.micro_batch_size
+        bounds = [(s, min(s + micro, local)) for s in range(0, local, micro)] if micro else [(0, local)]
+        scale = run.scaler.get_scale() if (run.scaler is not None and measure) else 1.0
+        run.optimizer.zero_grad(set_to_none=True)
+        loss_total = torch.zeros((), device=self.device)
+        self.measuring = measure
+        self.local_sq = torch.zeros((), dtype=torch.float64, device=self.device) if measure else None
+        try:
+            for i, (start, stop) in enumerate(bounds):
+                weight = (stop - start) / local  # the accumulated local gradient is the slice's mean
+                sync = contextlib.nullcontext() if i == len(bounds) - 1 else self.ddp.no_sync()
+                with sync:
+                    with run.autocast():
+                        out = self.ddp(slice_batch(inputs, start, stop))
+                        loss = run.task.loss(out, slice_batch(targets, start, stop)).float()
+                    loss_total += loss.detach() * weight
+                    scaled = loss * (weight * self.loss_factor)
+                    if run.scaler is not None:
+                        scaled = run.scaler.scale(scaled)
+                    scaled.backward()
+        finally:
+            self.measuring = False
+        # the global batch loss Σ_r (b_r/B)·loss_r: every rank decides divergence on the same number
+        shared = (loss_total.double() * (local / self.batch_size)).to(self.comm_device)
+        dist.all_reduce(shared)
+        loss_value = float(shared)
+        message = run_divergence(run, loss_value, cfg.divergence_factor)
+        if message is not None:
+            return lr, message
+        if measure:
+            assert self.local_sq is not None
+            pairs = [(p, p.grad) for p in run.param_list if p.grad is not None]
+            full = [g for _, g in pairs]
+            if self.precond is not None:
+                full = list(torch._foreach_div(full, [self.precond[p] for p, _ in pairs]))
+            big = sq_norm_of(full) / scale**2  # |G_B|²: the synchronized gradient, the same on every rank
+            small = self.local_sq / (self.loss_factor * scale) ** 2  # |g_r|² of this rank's mean gradient
+            self.pending.append((small, big, lr))
+        run._optimizer_step()
+        run.step += 1
+        run.samples += self.batch_size
+        run.window_loss += loss_value
+        run.window_steps += 1
+        return lr, None
+
+    def feed_tracker(self, tracker: NoiseTracker) -> None:
+        """All-reduce the window's local squared norms (one vector) and hand each step to the tracker."""
+        if not self.pending:
+            return
+        smalls = torch.stack([s for s, _, _ in self.pending]).to(self.comm_device)
+        dist.all_reduce(smalls)
+        smalls = (smalls / self.world_size).cpu()  # mean over ranks of |g_r|²
+        sizes = [stop - start for start, stop in self.slices]
+        harmonic = len(sizes) / sum(1.0 / s for s in sizes)
+        for small, (_, big, lr) in zip(smalls.tolist(), self.pending, strict=True):
+            tracker.update(small, harmonic, float(big), lr)
+        self.pending = []
+
+    # -- evaluation and decisions ---------------------------------------------------------------
+    def evaluate_on(self, run: _Run, dataset: Any, indices: torch.Tensor | None) -> tuple[float, dict[str, float]]:
+        """``run.evaluate_on`` sharded: rank r takes evaluation batches r, r+N, ...; the sums are all-reduced."""
+        for buffer in run.model.buffers():  # BatchNorm statistics: rank 0's, as DDP's forward uses
+            dist.broadcast(buffer, 0)
+        n = len(dataset) if indices is None else len(indices)
+        step = run.config.eval_batch_size
+        keys = list(run.task.metrics)
+        sums = [0.0] * (1 + len(keys))
+        run.model.eval()
+        try:
+            with torch.no_grad():
+                for start in list(range(0, n, step))[self.rank :: self.world_size]:
+                    stop = min(start + step, n)
+                    idx = indices[start:stop] if indices is not None else torch.arange(start, stop)
+                    inputs, targets = move_to_device(fetch_batch(dataset, idx), self.device, non_blocking=True)
+                    with run.autocast():
+                        out = run.model(inputs)
+                        loss = run.task.loss(out, targets).float()
+                    sums[0] += float(loss) * (stop - start)
+                    for j, key in enumerate(keys, start=1):
+                        sums[j] += float(run.task.metrics[key](out, targets)) * (stop - start)
+        finally:
+            run.model.train()
+        total = torch.tensor(sums, dtype=torch.float64, device=self.comm_device)
+        dist.all_reduce(total)
+        values = (total / n).tolist()
+        return values[0], dict(zip(keys, values[1:], strict=True))
+
+    def agree(self, stop: bool) -> bool:
+        """Rank 0's decision, on every rank."""
+        flag = torch.tensor([1 if stop else 0], dtype=torch.int64, device=self.comm_device)
+        dist.broadcast(flag, 0)
+        return bool(flag.item())
+
+
+def run_divergence(run: _Run, loss_value: float, factor: float | None) -> str | None:
+    """The trainer's divergence rule on the global batch loss: a message when the run diverged."""
+    if loss_value != loss_value or loss_value in (float("inf"), float("-inf")):
+        return f"training loss became {loss_value} at step {run.step} (samples {run.samples})"
+    if run.first_loss is None:
+        run.first_loss = loss_value
+    elif factor is not None and loss_value > factor * max(run.first_loss, 1e-12):
+        return (
+            f"training loss {loss_value:.4g} exceeded {factor:g}x the first step's "
+            f"{run.first_loss:.4g} at step {run.step} (samples {run.samples})"
+        )
+    return None
+
+
+def _noise_hook(state: DataParallel, bucket: Any) -> torch.futures.Future[torch.Tensor]:
+    """DDP's plain all-reduce, after adding this bucket's local squared norm on a measured step."""
+    if state.measuring and state.local_sq is not None:
+        if state.precond is None:
+            state.local_sq += torch.linalg.vector_norm(bucket.buffer()).double().square()
+        else:
+            grads = bucket.gradients()
+            divided = torch._foreach_div(grads, [state.precond[p] for p in bucket.parameters()])
+            state.local_sq += sq_norm_of(list(divided)).to(state.local_sq.device)
+    return allreduce_hook(dist.group.WORLD, bucket)  # type: ignore[arg-type]
+
+
+# DDP checks a hook's annotations at run time; under ``from __future__ import annotations`` they are strings
+_noise_hook.__annotations__.update(
+    {"bucket": dist.GradBucket, "return": torch.futures.Future[torch.Tensor]}  # type: ignore[attr-defined]
+)
+
+
+# -- the launcher ------------------------------------------------------------------------------
+
+_GRACE_S = 5.0  # after one rank fails, how long the others get to report before they are stopped
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _dumps(obj: Any) -> bytes:
+    """cloudpickle where installed (a task's lambdas travel), else pickle."""
+    try:
+        import cloudpickle
+    except ImportError:
+        return pickle.dumps(obj)
+    return bytes(cloudpickle.dumps(obj))
+
+
+def _to_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _from_bytes(data: bytes) -> Any:
+    return torch.load(io.BytesIO(data), weights_only=False)
+
+
+class _ParentCallback:
+    """Rank 0's callback: sends each record to the launching process and waits for its decision."""
+
+    def __init__(self, events: Any, decisions: Any) -> None:
+        self.events, self.decisions = events, decisions
+
+    def __call__(self, record: EvalRecord) -> Decision:
+        self.events.put((0, "record", _to_bytes(record)))
+        return Decision.STOP if self.decisions.get() else Decision.CONTINUE
+
+
+def _watch_parent(parent: int) -> None:
+    while True:  # a rank whose launcher died exits instead of waiting in a collective forever
+        if os.getppid() != parent:
+            os._exit(3)
+        time.sleep(0.5)
+
+
+def _child(
+    rank: int,
+    world: int,
+    port: int,
+    backend: str,
+    devices: list[str],
+    blob: bytes,
+    events: Any,
+    decisions: Any,
+    parent: int,
+    threads: int | None,
+) -> None:
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        device = torch.device(devices[rank])
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        fn, args, kwargs, wants_callback = pickle.loads(blob)
+        if wants_callback and rank == 0:
+            kwargs = dict(kwargs, callback=_ParentCallback(events, decisions))
+        events.put((rank, "result", _to_bytes(fn(*args, **kwargs))))
+    except BaseException as exc:  # the parent raises the first failure (its peers fail after it), with this traceback
+        events.put((rank, "error", (time.time(), f"{type(exc).__name__}: {exc}", traceback.format_exc())))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _default_devices(nprocs: int, devices: Sequence[str] | None, cuda: bool) -> list[str]:
+    if devices is not None:
+        if len(devices) != nprocs:
+            raise ConfigError(f"{len(devices)} devices for {nprocs} processes", source="launcher", field="devices")
+        return [str(d) for d in devices]
+    return [f"cuda:{i}" for i in range(nprocs)] if cuda else ["cpu"] * nprocs
+
+
+def run_data_parallel(
+    fn: Callable[..., Any],
+    *args: Any,
+    nprocs: int,
+    devices: Sequence[str] | None = None,
+    backend: str | None = None,
+    timeout_s: float | None = None,
+    threads_per_rank: int | None = None,
+    callback: Callback | None = None,
+    pick: Callable[[dict[int, Any]], Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Run ``fn(*args, **kwargs)`` on ``nprocs`` spawned processes in one process group; rank 0's return value.
+
+    Each process joins a process group on loopback (a free port; gloo on CPU, NCCL on CUDA),
+    is pinned to its device (``devices[rank]``; default ``cuda:rank`` when CUDA is available,
+    else the CPU), and runs ``fn``. ``fn`` and its arguments travel by cloudpickle where it is
+    installed (else pickle); return values by ``torch.save``.
+
+    Args:
+        fn: what each rank runs (it may call :func:`bstune.train`, which then runs data-parallel).
+        nprocs: number of ranks.
+        devices: one torch device per rank.
+        backend: ``"gloo"`` or ``"nccl"``; default by the devices.
+        timeout_s: stop every rank and raise when they have not all finished by then.
+        threads_per_rank: ``torch.set_num_threads`` in each rank (default: the cores shared out).
+        callback: passed to rank 0's ``fn`` as ``callback=``, as a proxy: each call sends the
+            :class:`EvalRecord` here and runs ``callback`` in *this* process (so it may hold an
+            unpicklable object, e.g. an Optuna trial), its decision going back to rank 0.
+        pick: chooses the result from the ranks' return values (by rank); default rank 0's.
+
+    Raises:
+        UserCodeError: a rank raised (the message names the rank and the exception; ``traceback``
+            holds the rank's traceback), died, or the ranks ran past ``timeout_s``. Every process
+            is stopped and joined before it is raised.
+    """
+    if nprocs < 1:
+        raise ConfigError(f"must be >= 1, got {nprocs}", source="launcher", field="nprocs")
+    cuda = torch.cuda.is_available() and (devices is None or all(str(d).startswith("cuda") for d in devices))
+    devs = _default_devices(nprocs, devices, cuda)
+    backend = backend or ("nccl" if all(d.startswith("cuda") for d in devs) else "gloo")
+    if threads_per_rank is None:
+        threads_per_rank = max(1, (os.cpu_count() or 1) // nprocs)
+    ctx = mp.get_context("spawn")
+    events, decisions = ctx.Queue(), ctx.Queue()
+    blob = _dumps((fn, args, kwargs, callback is not None))
+    port = _free_port()
+    procs = [
+        ctx.Process(
+            target=_child,
+            args=(r, nprocs, port, backend, devs, blob, events, decisions, os.getpid(), threads_per_rank),
+            name=f"bstune-rank{r}",
+        )
+        for r in range(nprocs)
+    ]
+    results: dict[int, Any] = {}
+    errors: dict[int, tuple[float, str, str]] = {}  # rank: (when, what, traceback)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    grace: float | None = None  # once a rank has failed: when the others are stopped
+    try:
+        for p in procs:
+            p.start()
+        while len(results) + len(errors) < nprocs:
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                raise UserCodeError(f"the {nprocs} ranks did not finish within {timeout_s} s; stopped them")
+            if grace is not None and now > grace:
+                break
+            try:
+                rank, kind, payload = events.get(timeout=0.2)
+            except queue.Empty:
+                for r, p in enumerate(procs):
+                    if not p.is_alive() and r not in results and r not in errors:
+                        time.sleep(0.2)  # its last message may still be in the pipe
+                        if events.empty():
+                            errors[r] = (time.time(), f"exit code {p.exitcode} (the process died without a result)", "")
+                            grace = grace or time.monotonic() + _GRACE_S
+                continue
+            if kind == "record":
+                assert callback is not None
+                decision = callback(_from_bytes(payload))
+                decisions.put(decision is True or decision == Decision.STOP)
+            elif kind == "result":
+                results[rank] = _from_bytes(payload)
+                if isinstance(results[rank], TrainResult) and results[rank].status is RunStatus.OOM:
+                    grace = grace or time.monotonic() + _GRACE_S
+            else:
+                errors[rank] = payload
+                grace = grace or time.monotonic() + _GRACE_S
+    finally:
+        for p in procs:
+            p.join(timeout=1.0 if grace is None else 0.1)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5.0)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        events.close()
+        decisions.close()
+    if pick is not None:
+        chosen = pick(results)
+        if chosen is not None:
+            return chosen
+    if errors:
+        rank = min(errors, key=lambda r: errors[r][0])  # the first to fail; its peers' collectives failed after
+        _, message, text = errors[rank]
+        others = sorted(set(errors) - {rank})
+        also = f" (rank(s) {others} failed too)" if others else ""
+        raise UserCodeError(f"rank {rank} of {nprocs} raised {message}{also}", traceback=text)
+    return results[0]
+
+
+def _train_rank(task: Task, config: TrainConfig, devices: list[str], callback: Callback | None = None) -> TrainResult:
+    """One rank of :func:`train_data_parallel`: train on this rank's device; the model comes back on the CPU."""
+    from bstune.training._loop import train
+
+    rank = dist.get_rank()
+    result = train(task, replace(config, device=devices[rank]), callback)
+    model = result.model.cpu() if (rank == 0 and result.model is not None) else None
+    return replace(result, model=model)
+
+
+def _pick_result(results: dict[int, Any]) -> TrainResult | None:
+    """An ``oom`` rank's result (its peers failed on its account), else ``None`` (rank 0's, or raise)."""
+    for rank in sorted(results):
+        if isinstance(results[rank], TrainResult) and results[rank].status is RunStatus.OOM:
+            return results[rank]  # type: ignore[no-any-return]
+    return None
+
+
+def train_data_parallel(
+    task: Task,
+    config: TrainConfig,
+    callback: Callback | None = None,
+    *,
+    nprocs: int,
+    devices: Sequence[str] | None = None,
+    backend: str | None = None,
+    timeout_s: float | None = None,
+    threads_per_rank: int | None = None,
+) -> TrainResult:
+    """:func:`bstune.train` on ``nprocs`` spawned processes, data-parallel; rank 0's result.
+
+    ``config.batch_size`` is the global batch. ``callback`` runs in this process (rank 0 sends
+    each record and waits for the decision), so a pruner's trial object need not be picklable.
+    The task must pickle (cloudpickle, when installed, also takes lambdas). The result's model is
+    rank 0's, on the CPU. With ``nprocs=1`` it still runs in one spawned process.
+
+    Example (not run here: it spawns processes)::
+
+        result = bstune.training.train_data_parallel(task, TrainConfig(batch_size=512, lr=0.4,
+                                                     max_samples=200_000), nprocs=4)
+
+    Raises:
+        ConfigError: ``batch_size`` is smaller than ``nprocs``, or ``devices`` does not match it.
+        UserCodeError: a rank raised or died (see :func:`run_data_parallel`).
+    """
+    if config.batch_size < nprocs:
+        raise ConfigError(
+            f"{config.batch_size} is the global batch; it must hold at least one example for each of "
+            f"the {nprocs} ranks (world size {nprocs})",
+            source="TrainConfig",
+            field="batch_size",
+        )
+    cuda = resolve_device(config.device).type == "cuda"
+    devs = _default_devices(nprocs, devices, cuda)
+    return run_data_parallel(  # type: ignore[no-any-return]
+        _train_rank,
+        task,
+        config,
+        devs,
+        nprocs=nprocs,
+        devices=devs,
+        backend=backend,
+        timeout_s=timeout_s,
+        threads_per_rank=threads_per_rank,
+        callback=callback,
+        pick=_pick_result,
+    )

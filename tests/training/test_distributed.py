@@ -1,0 +1,197 @@
+"""Data-parallel training: bstune.train on 2 gloo CPU processes against one process, the DDP noise estimator.
+
+Every launch spawns two processes (a few seconds each on a loaded machine), so the tests that
+launch are marked slow; the launcher's timeout keeps a broken run from hanging the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import bstune
+from bstune.errors import ConfigError, UserCodeError
+from bstune.noise import exact_noise_scale, summarize
+from bstune.training import Decision, EvalRecord, RunStatus, TrainConfig, train_data_parallel
+from bstune.training._distributed import rank_slices
+
+LAUNCH = {"nprocs": 2, "timeout_s": 180, "threads_per_rank": 1}
+
+
+def _mlp() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+def _mlp_failing_on_rank1() -> torch.nn.Module:
+    if dist.is_initialized() and dist.get_rank() == 1:
+        raise ValueError("boom on rank 1")
+    return _mlp()
+
+
+class _OOMOnRank1(torch.nn.Module):
+    """Runs out of memory (a simulated torch.OutOfMemoryError) on rank 1's third forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _mlp()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.training and dist.is_initialized() and dist.get_rank() == 1 and self.calls == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated on rank 1)")
+        return self.net(x)  # type: ignore[no-any-return]
+
+
+def _task(model: object = _mlp, n: int = 512) -> bstune.Task:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=gen)
+    w = torch.randn(8, 3, generator=gen)
+    y = (x @ w + 0.8 * torch.randn(n, 3, generator=gen)).argmax(1)
+    return bstune.Task(
+        model=model,  # type: ignore[arg-type]
+        train_data=(x, y),
+        val_data=(x[:200], y[:200]),
+        loss=torch.nn.CrossEntropyLoss(),
+        metrics={"accuracy": lambda out, t: (out.argmax(1) == t).float().mean()},
+    )
+
+
+def _spawned_children() -> list[int]:
+    """Processes this test process spawned through multiprocessing that are still alive."""
+    me, found = os.getpid(), []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == me and b"spawn_main" in cmd:
+            found.append(int(proc.name))
+    return found
+
+
+def _same_run(single: bstune.TrainResult, ddp: bstune.TrainResult) -> None:
+    assert ddp.status is single.status is RunStatus.COMPLETED
+    assert (ddp.steps, ddp.samples) == (single.steps, single.samples)
+    assert [r.samples for r in ddp.history] == [r.samples for r in single.history]
+    for a, b in zip(ddp.history, single.history, strict=True):
+        assert a.val_loss == pytest.approx(b.val_loss, rel=1e-5)
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5)
+        assert a.batch_loss == pytest.approx(b.batch_loss, rel=1e-5)
+        assert a.metrics == pytest.approx(b.metrics, rel=1e-5)
+    assert ddp.model is not None and single.model is not None
+    for (name, p), q in zip(single.model.named_parameters(), ddp.model.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_ddp_run_equals_single_process_run() -> None:
+    task = _task()
+    cfg = TrainConfig(  # evaluation batches of 64: the 200 validation examples are sharded over the ranks
+        batch_size=32, lr=0.2, max_samples=32 * 24, eval_every_samples=32 * 6, eval_batch_size=64, seed=3, device="cpu"
+    )
+    ddp = train_data_parallel(task, cfg, **LAUNCH)
+    _same_run(bstune.train(task, cfg), ddp)
+    assert not _spawned_children()
+
+
+@pytest.mark.slow
+def test_uneven_slices_and_micro_batches_equal_single_process() -> None:
+    # B=9 on 2 ranks: slices of 5 and 4, each accumulated in micro-batches of 3 under no_sync
+    task = _task()
+    cfg = TrainConfig(batch_size=9, lr=0.1, max_samples=9 * 30, micro_batch_size=3, seed=1, device="cpu")
+    _same_run(bstune.train(task, cfg), train_data_parallel(task, cfg, **LAUNCH))
+
+
+def test_rank_slices_and_too_small_a_batch() -> None:
+    assert rank_slices(9, 2) == [(0, 5), (5, 9)]
+    assert rank_slices(3, 4) == [(0, 1), (1, 2), (2, 3), (3, 3)]
+    cfg = TrainConfig(batch_size=1, lr=0.1, max_samples=10, device="cpu")
+    with pytest.raises(ConfigError, match=r"batch_size.*world size 2"):
+        train_data_parallel(_task(), cfg, nprocs=2)
+
+
+@pytest.mark.slow
+def test_ddp_noise_scale_matches_single_process_and_covers_the_exact_value() -> None:
+    # lr ~ 0: the parameters stay at their initialisation, so every window measures one fixed B_simple
+    task = _task()
+    steps_per_window, windows, batch = 25, 8, 32
+    cfg = TrainConfig(
+        batch_size=batch,
+        lr=1e-30,
+        momentum=0.0,
+        max_samples=batch * steps_per_window * windows,
+        eval_every_samples=batch * steps_per_window,
+        track_noise=True,
+        noise_every_steps=1,
+        seed=5,
+        device="cpu",
+    )
+    ddp = train_data_parallel(task, cfg, **LAUNCH)
+    single = bstune.train(task, cfg)  # splits each batch in the same two halves the ranks hold
+    assert len(ddp.noise_trajectory) == windows
+    for a, b in zip(ddp.noise_trajectory, single.noise_trajectory, strict=True):
+        assert a.n_steps == b.n_steps == steps_per_window
+        assert a.grad_sq == pytest.approx(b.grad_sq, rel=1e-4)
+        assert a.trace_sigma == pytest.approx(b.trace_sigma, rel=1e-4)
+        assert a.b_simple == pytest.approx(b.b_simple, rel=1e-4)
+    exact = exact_noise_scale(task, task.make_model(seed=cfg.seed), device="cpu").b_simple
+    covered = sum(p.ci[0] <= exact <= p.ci[1] for p in ddp.noise_trajectory)
+    assert covered >= 5, (exact, [p.ci for p in ddp.noise_trajectory])  # 90% intervals: P(<= 4 of 8) < 1%
+    pooled = summarize(
+        [p.grad_sq for p in ddp.noise_trajectory],
+        [p.trace_sigma for p in ddp.noise_trajectory],
+        batch_size=batch,
+        micro_batch_size=1,
+        method="training",
+        population=task.n_train,
+    )
+    assert pooled.ci[0] <= exact <= pooled.ci[1], (exact, pooled)
+
+
+@pytest.mark.slow
+def test_a_rank_that_raises_is_a_clear_error_and_leaves_no_process() -> None:
+    cfg = TrainConfig(batch_size=16, lr=0.1, max_samples=16 * 10, device="cpu")
+    started = time.monotonic()
+    with pytest.raises(UserCodeError, match="rank 1 of 2 raised") as info:
+        train_data_parallel(_task(_mlp_failing_on_rank1), cfg, **LAUNCH)
+    assert "boom on rank 1" in str(info.value)
+    assert info.value.traceback is not None and "_mlp_failing_on_rank1" in info.value.traceback
+    assert time.monotonic() - started < 60
+    assert not _spawned_children()
+
+
+@pytest.mark.slow
+def test_an_oom_on_one_rank_ends_the_run_oom_without_a_hang() -> None:
+    cfg = TrainConfig(batch_size=16, lr=0.1, max_samples=16 * 10, device="cpu")
+    started = time.monotonic()
+    result = train_data_parallel(_task(_OOMOnRank1), cfg, **LAUNCH)
+    assert result.status is RunStatus.OOM and "simulated on rank 1" in result.message
+    assert time.monotonic() - started < 60
+    assert not _spawned_children()
+
+
+@pytest.mark.slow
+def test_the_pruning_callback_runs_in_the_parent_and_stops_every_rank() -> None:
+    seen: list[EvalRecord] = []
+    here = object()  # not picklable into a child: the callback must run in this process
+
+    def prune_at_second(record: EvalRecord) -> Decision:
+        assert here is not None
+        seen.append(record)
+        return Decision.STOP if len(seen) == 2 else Decision.CONTINUE
+
+    cfg = TrainConfig(batch_size=16, lr=0.1, max_samples=16 * 40, eval_every_samples=16 * 4, device="cpu")
+    result = train_data_parallel(_task(), cfg, prune_at_second, **LAUNCH)
+    assert result.status is RunStatus.STOPPED
+    assert [r.samples for r in result.history] == [r.samples for r in seen] == [64, 128]
+    assert result.steps == 8  # rank 1 stopped too: a rank still training would fail the launch
+    assert not _spawned_children()
