@@ -24,13 +24,18 @@ When a process group is initialized (a script started by ``torchrun``, or
 The noise scale for free (McCandlish et al. 2018, App. A.1). Each rank's local gradient g_r
 is the mean over b_r examples, and the all-reduced gradient G_B the mean over B: exactly the
 "small" and "big" batches of the two-batch estimator, so with ``track_noise`` a measured step
-is *not* split into micro-batches and costs no extra backward. A DDP communication hook adds
-each gradient bucket's local squared norm (taken before the all-reduce, so the communication
-still overlaps the backward) to an accumulator; |g_r|² is that over (b_r·N/B)², |G_B|² is the
-norm of the synchronized gradient. The per-step local values are all-reduced as one vector
-at each evaluation milestone (no extra collective per step) and their mean over ranks,
-mean_r |g_r|², with the harmonic mean of the b_r as the small size, goes to
-:meth:`NoiseTracker.update` with the finite-population correction, as on one process.
+is *not* split into micro-batches and costs no extra backward. On a measured step, a
+post-accumulate-grad hook on each parameter takes the norm of its *local* gradient as soon as
+it is ready (DDP, with gradients that are not bucket views, all-reduces a copy in its bucket
+and writes the mean back into ``.grad`` only when the backward ends), so DDP's own all-reduce
+runs untouched and still overlaps the backward; unmeasured steps carry no hook at all. (A
+Python communication hook that takes each bucket's norm before the all-reduce is the other way;
+it replaces DDP's built-in C++ all-reduce on *every* step, which cost 10-13% of a step on the
+CPU benchmark, ``benchmarks/ddp_noise.py``.) |g_r|² is the sum of the squared norms over
+(b_r·N/B)², |G_B|² the norm of the synchronized gradient. The per-step local values are
+all-reduced as one vector at each evaluation milestone (no extra collective per step) and
+their mean over ranks, mean_r |g_r|², with the harmonic mean of the b_r as the small size,
+goes to :meth:`NoiseTracker.update` with the finite-population correction, as on one process.
 With one rank (or no process group) nothing changes.
 """
 
@@ -53,7 +58,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
@@ -114,7 +118,7 @@ def _rank_device(device: torch.device) -> torch.device:
 
 @dataclass(eq=False)
 class DataParallel:
-    """This rank's part of a data-parallel run (built by :meth:`current`), and the DDP noise hook's state."""
+    """This rank's part of a data-parallel run (built by :meth:`current`), and the noise measurement's state."""
 
     rank: int
     world_size: int
@@ -123,9 +127,8 @@ class DataParallel:
     comm_device: torch.device  # where collectives' small tensors live (CUDA for NCCL)
     slices: list[tuple[int, int]]
     ddp: DistributedDataParallel | None = None
-    measuring: bool = False  # the hook adds local squared norms on this step
     precond: dict[torch.Tensor, torch.Tensor] | None = None  # by parameter, for the preconditioned scale
-    local_sq: torch.Tensor | None = None  # Σ over buckets of |local bucket|² on a measured step
+    local_norms: list[torch.Tensor] = field(default_factory=list)  # |local grad| per parameter, measured step
     pending: list[tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=list)
 
     @classmethod
@@ -173,12 +176,16 @@ class DataParallel:
 
         return _training_batches(task, config, self.device, part=self.slices[self.rank])
 
-    def wrap(self, model: torch.nn.Module, track_noise: bool) -> None:
-        """Wrap ``model`` in DDP; with ``track_noise``, through the norm-taking communication hook."""
+    def wrap(self, model: torch.nn.Module) -> None:
+        """Wrap ``model`` in DDP (gradients not bucket views: ``.grad`` stays local until the backward ends)."""
         ids = [self.device] if self.device.type == "cuda" else None
-        self.ddp = DistributedDataParallel(model, device_ids=ids)
-        if track_noise:
-            self.ddp.register_comm_hook(self, _noise_hook)
+        self.ddp = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=False)
+
+    def _take_norm(self, param: torch.Tensor) -> None:
+        """Post-accumulate-grad hook of a measured step: the norm of this rank's gradient, before DDP's copy-back."""
+        assert param.grad is not None
+        grad = param.grad if self.precond is None else param.grad / self.precond[param]
+        self.local_norms.append(torch.linalg.vector_norm(grad))
 
     # -- one optimizer step -------------------------------------------------------------------
     def train_step(self, run: _Run) -> tuple[float, str | None]:
@@ -202,13 +209,15 @@ class DataParallel:
         scale = run.scaler.get_scale() if (run.scaler is not None and measure) else 1.0
         run.optimizer.zero_grad(set_to_none=True)
         loss_total = torch.zeros((), device=self.device)
-        self.measuring = measure
-        self.local_sq = torch.zeros((), dtype=torch.float64, device=self.device) if measure else None
+        hooks: list[Any] = []
         try:
             for i, (start, stop) in enumerate(bounds):
                 weight = (stop - start) / local  # the accumulated local gradient is the slice's mean
-                sync = contextlib.nullcontext() if i == len(bounds) - 1 else self.ddp.no_sync()
-                with sync:
+                last = i == len(bounds) - 1
+                if last and measure:  # the local norms, taken as each gradient is ready (the all-reduce overlaps)
+                    self.local_norms = []
+                    hooks = [p.register_post_accumulate_grad_hook(self._take_norm) for p in run.param_list]
+                with contextlib.nullcontext() if last else self.ddp.no_sync():
                     with run.autocast():
                         out = self.ddp(slice_batch(inputs, start, stop))
                         loss = run.task.loss(out, slice_batch(targets, start, stop)).float()
@@ -218,7 +227,8 @@ class DataParallel:
                         scaled = run.scaler.scale(scaled)
                     scaled.backward()
         finally:
-            self.measuring = False
+            for handle in hooks:
+                handle.remove()
         # the global batch loss Σ_r (b_r/B)·loss_r: every rank decides divergence on the same number
         shared = (loss_total.double() * (local / self.batch_size)).to(self.comm_device)
         dist.all_reduce(shared)
@@ -227,13 +237,13 @@ class DataParallel:
         if message is not None:
             return lr, message
         if measure:
-            assert self.local_sq is not None
             pairs = [(p, p.grad) for p in run.param_list if p.grad is not None]
             full = [g for _, g in pairs]
             if self.precond is not None:
                 full = list(torch._foreach_div(full, [self.precond[p] for p, _ in pairs]))
             big = sq_norm_of(full) / scale**2  # |G_B|²: the synchronized gradient, the same on every rank
-            small = self.local_sq / (self.loss_factor * scale) ** 2  # |g_r|² of this rank's mean gradient
+            local_sq = torch.stack(self.local_norms).double().square().sum()
+            small = local_sq / (self.loss_factor * scale) ** 2  # |g_r|² of this rank's mean gradient
             self.pending.append((small, big, lr))
         run._optimizer_step()
         run.step += 1
@@ -303,24 +313,6 @@ def run_divergence(run: _Run, loss_value: float, factor: float | None) -> str | 
             f"{run.first_loss:.4g} at step {run.step} (samples {run.samples})"
         )
     return None
-
-
-def _noise_hook(state: DataParallel, bucket: Any) -> torch.futures.Future[torch.Tensor]:
-    """DDP's plain all-reduce, after adding this bucket's local squared norm on a measured step."""
-    if state.measuring and state.local_sq is not None:
-        if state.precond is None:
-            state.local_sq += torch.linalg.vector_norm(bucket.buffer()).double().square()
-        else:
-            grads = bucket.gradients()
-            divided = torch._foreach_div(grads, [state.precond[p] for p in bucket.parameters()])
-            state.local_sq += sq_norm_of(list(divided)).to(state.local_sq.device)
-    return allreduce_hook(dist.group.WORLD, bucket)  # type: ignore[arg-type]
-
-
-# DDP checks a hook's annotations at run time; under ``from __future__ import annotations`` they are strings
-_noise_hook.__annotations__.update(
-    {"bucket": dist.GradBucket, "return": torch.futures.Future[torch.Tensor]}  # type: ignore[attr-defined]
-)
 
 
 # -- the launcher ------------------------------------------------------------------------------
@@ -500,9 +492,10 @@ def run_data_parallel(
                 errors[rank] = payload
                 grace = grace or time.monotonic() + _GRACE_S
     finally:
-        for p in procs:
+        started = [p for p in procs if p.pid is not None]
+        for p in started:
             p.join(timeout=1.0 if grace is None else 0.1)
-        for p in procs:
+        for p in started:
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=5.0)

@@ -155,7 +155,7 @@ class _Run:
         self.window_steps = 0
         self.first_loss: float | None = None
         if dist is not None:  # data parallel: DDP around the model, this rank's slice of every batch
-            dist.wrap(self.model, track_noise=config.track_noise)
+            dist.wrap(self.model)
             self.batches = dist.training_batches(task, config)
         else:
             self.batches = _training_batches(task, config, device)  # last: it may start worker processes
