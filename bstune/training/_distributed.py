@@ -24,18 +24,23 @@ When a process group is initialized (a script started by ``torchrun``, or
 The noise scale for free (McCandlish et al. 2018, App. A.1). Each rank's local gradient g_r
 is the mean over b_r examples, and the all-reduced gradient G_B the mean over B: exactly the
 "small" and "big" batches of the two-batch estimator, so with ``track_noise`` a measured step
-is *not* split into micro-batches and costs no extra backward. On a measured step, a
-post-accumulate-grad hook on each parameter takes the norm of its *local* gradient as soon as
-it is ready (DDP, with gradients that are not bucket views, all-reduces a copy in its bucket
-and writes the mean back into ``.grad`` only when the backward ends), so DDP's own all-reduce
-runs untouched and still overlaps the backward; unmeasured steps carry no hook at all. (A
-Python communication hook that takes each bucket's norm before the all-reduce is the other way;
-it replaces DDP's built-in C++ all-reduce on *every* step, which cost 10-13% of a step on the
-CPU benchmark, ``benchmarks/ddp_noise.py``.) |g_r|² is the sum of the squared norms over
-(b_r·N/B)², |G_B|² the norm of the synchronized gradient. The per-step local values are
-all-reduced as one vector at each evaluation milestone (no extra collective per step) and
-their mean over ranks, mean_r |g_r|², with the harmonic mean of the b_r as the small size,
-goes to :meth:`NoiseTracker.update` with the finite-population correction, as on one process.
+is *not* split into micro-batches and costs no extra backward, only norms:
+
+* |g_r|²: on a measured step, a post-accumulate-grad hook on each parameter takes the norm of
+  its *local* gradient as soon as it is ready (DDP, with gradients that are not bucket views,
+  all-reduces a copy in its bucket and writes the mean back into ``.grad`` only when the
+  backward ends), so DDP's built-in all-reduce runs untouched and still overlaps the backward;
+  unmeasured steps carry no hook at all. The sum of their squares is over (b_r·N/B)², the
+  rank's loss factor. (A Python communication hook taking each bucket's norm before its
+  all-reduce is the other way; it replaces DDP's C++ all-reduce on *every* step, which cost
+  about 10% of a step's CPU time in ``benchmarks/ddp_noise.py`` at commit b6f5910.)
+* |G_B|²: every rank holds the synchronized gradient, so each takes the squared norm of its
+  1/N of every gradient's elements; the shares sum to |G_B|².
+* The per-step values are all-reduced as one tensor at each evaluation milestone (no extra
+  collective per step); mean_r |g_r|², with the harmonic mean of the b_r as the small size,
+  and |G_B|² go to :meth:`NoiseTracker.update` with the finite-population correction, as on
+  one process.
+
 With one rank (or no process group) nothing changes.
 """
 
@@ -237,14 +242,16 @@ class DataParallel:
         if message is not None:
             return lr, message
         if measure:
-            pairs = [(p, p.grad) for p in run.param_list if p.grad is not None]
+            # |G_B|² of the synchronized gradient, the same on every rank: each takes its 1/N of the
+            # elements and the shares are summed with the local norms at the milestone
+            pairs = [(p, self._share(p.grad)) for p in run.param_list if p.grad is not None]
             full = [g for _, g in pairs]
             if self.precond is not None:
-                full = list(torch._foreach_div(full, [self.precond[p] for p, _ in pairs]))
-            big = sq_norm_of(full) / scale**2  # |G_B|²: the synchronized gradient, the same on every rank
+                full = list(torch._foreach_div(full, [self._share(self.precond[p]) for p, _ in pairs]))
+            big_share = sq_norm_of(full) / scale**2
             local_sq = torch.stack(self.local_norms).double().square().sum()
             small = local_sq / (self.loss_factor * scale) ** 2  # |g_r|² of this rank's mean gradient
-            self.pending.append((small, big, lr))
+            self.pending.append((small, big_share, lr))
         run._optimizer_step()
         run.step += 1
         run.samples += self.batch_size
@@ -252,17 +259,23 @@ class DataParallel:
         run.window_steps += 1
         return lr, None
 
+    def _share(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous 1/N of ``tensor``'s elements (a view)."""
+        flat = tensor.reshape(-1)
+        n = flat.numel()
+        return flat[n * self.rank // self.world_size : n * (self.rank + 1) // self.world_size]
+
     def feed_tracker(self, tracker: NoiseTracker) -> None:
-        """All-reduce the window's local squared norms (one vector) and hand each step to the tracker."""
+        """All-reduce the window's norms (one 2 x steps tensor) and hand each step to the tracker."""
         if not self.pending:
             return
-        smalls = torch.stack([s for s, _, _ in self.pending]).to(self.comm_device)
-        dist.all_reduce(smalls)
-        smalls = (smalls / self.world_size).cpu()  # mean over ranks of |g_r|²
+        norms = torch.stack([torch.stack([s, b]) for s, b, _ in self.pending], dim=1).to(self.comm_device)
+        dist.all_reduce(norms)  # Σ_r |g_r|² and Σ_r |share_r of G_B|² = |G_B|²
+        smalls, bigs = (norms.cpu() / torch.tensor([[self.world_size], [1]])).tolist()
         sizes = [stop - start for start, stop in self.slices]
         harmonic = len(sizes) / sum(1.0 / s for s in sizes)
-        for small, (_, big, lr) in zip(smalls.tolist(), self.pending, strict=True):
-            tracker.update(small, harmonic, float(big), lr)
+        for small, big, (_, _, lr) in zip(smalls, bigs, self.pending, strict=True):
+            tracker.update(small, harmonic, big, lr)
         self.pending = []
 
     # -- evaluation and decisions ---------------------------------------------------------------

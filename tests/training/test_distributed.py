@@ -48,7 +48,7 @@ class _OOMOnRank1(torch.nn.Module):
         return self.net(x)  # type: ignore[no-any-return]
 
 
-def _task(model: object = _mlp, n: int = 512) -> bstune.Task:
+def _task(model: object = _mlp, n: int = 512, optimizer: str = "sgd") -> bstune.Task:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, 8, generator=gen)
     w = torch.randn(8, 3, generator=gen)
@@ -59,6 +59,7 @@ def _task(model: object = _mlp, n: int = 512) -> bstune.Task:
         val_data=(x[:200], y[:200]),
         loss=torch.nn.CrossEntropyLoss(),
         metrics={"accuracy": lambda out, t: (out.argmax(1) == t).float().mean()},
+        optimizer=optimizer,
     )
 
 
@@ -155,6 +156,27 @@ def test_ddp_noise_scale_matches_single_process_and_covers_the_exact_value() -> 
         population=task.n_train,
     )
     assert pooled.ci[0] <= exact <= pooled.ci[1], (exact, pooled)
+
+
+@pytest.mark.slow
+def test_ddp_preconditioned_noise_scale_matches_single_process() -> None:
+    # Adam moves the parameters, identically in both runs: each window's estimate must agree
+    task = _task(optimizer="adam")
+    cfg = TrainConfig(
+        batch_size=32,
+        lr=1e-3,
+        max_samples=32 * 40,
+        eval_every_samples=32 * 20,
+        track_noise=True,
+        noise_every_steps=1,
+        noise_preconditioned=True,
+        device="cpu",
+    )
+    ddp, single = train_data_parallel(task, cfg, **LAUNCH), bstune.train(task, cfg)
+    assert [p.n_steps for p in ddp.noise_trajectory] == [p.n_steps for p in single.noise_trajectory] == [19, 20]
+    for a, b in zip(ddp.noise_trajectory, single.noise_trajectory, strict=True):  # (no second moments at step 0)
+        assert a.grad_sq == pytest.approx(b.grad_sq, rel=1e-3)
+        assert a.trace_sigma == pytest.approx(b.trace_sigma, rel=1e-3)
 
 
 @pytest.mark.slow
