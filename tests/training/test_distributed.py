@@ -48,14 +48,27 @@ class _OOMOnRank1(torch.nn.Module):
         return self.net(x)  # type: ignore[no-any-return]
 
 
-def _task(model: object = _mlp, n: int = 512, optimizer: str = "sgd") -> bstune.Task:
+class _Items(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """A generic map-style dataset (not a tensor pair): its batches load in DataLoader workers."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+
+def _task(model: object = _mlp, n: int = 512, optimizer: str = "sgd", generic: bool = False) -> bstune.Task:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, 8, generator=gen)
     w = torch.randn(8, 3, generator=gen)
     y = (x @ w + 0.8 * torch.randn(n, 3, generator=gen)).argmax(1)
     return bstune.Task(
         model=model,  # type: ignore[arg-type]
-        train_data=(x, y),
+        train_data=_Items(x, y) if generic else (x, y),
         val_data=(x[:200], y[:200]),
         loss=torch.nn.CrossEntropyLoss(),
         metrics={"accuracy": lambda out, t: (out.argmax(1) == t).float().mean()},
@@ -110,6 +123,20 @@ def test_uneven_slices_and_micro_batches_equal_single_process() -> None:
     task = _task()
     cfg = TrainConfig(batch_size=9, lr=0.1, max_samples=9 * 30, micro_batch_size=3, seed=1, device="cpu")
     _same_run(bstune.train(task, cfg), train_data_parallel(task, cfg, **LAUNCH))
+
+
+@pytest.mark.slow
+def test_each_rank_loads_its_slice_in_dataloader_workers() -> None:
+    task = _task(generic=True)
+    cfg = TrainConfig(  # the noise estimate tells a rank's slice from the whole batch: the halves one process measures
+        batch_size=10, lr=0.1, max_samples=10 * 20, seed=2, device="cpu", track_noise=True, noise_every_steps=1
+    )
+    ddp = train_data_parallel(task, TrainConfig.from_dict(cfg.to_dict() | {"num_workers": 1}), **LAUNCH)
+    single = bstune.train(task, cfg)
+    _same_run(single, ddp)
+    assert len(ddp.noise_trajectory) == len(single.noise_trajectory) > 0
+    for a, b in zip(ddp.noise_trajectory, single.noise_trajectory, strict=True):
+        assert a.trace_sigma == pytest.approx(b.trace_sigma, rel=1e-4)
 
 
 def test_rank_slices_and_too_small_a_batch() -> None:
