@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import pickle
 import queue
@@ -238,7 +239,7 @@ class DataParallel:
         shared = (loss_total.double() * (local / self.batch_size)).to(self.comm_device)
         dist.all_reduce(shared)
         loss_value = float(shared)
-        message = run_divergence(run, loss_value, cfg.divergence_factor)
+        message = _divergence(run, loss_value, cfg.divergence_factor)
         if message is not None:
             return lr, message
         if measure:
@@ -314,9 +315,9 @@ class DataParallel:
         return bool(flag.item())
 
 
-def run_divergence(run: _Run, loss_value: float, factor: float | None) -> str | None:
+def _divergence(run: _Run, loss_value: float, factor: float | None) -> str | None:
     """The trainer's divergence rule on the global batch loss: a message when the run diverged."""
-    if loss_value != loss_value or loss_value in (float("inf"), float("-inf")):
+    if not math.isfinite(loss_value):
         return f"training loss became {loss_value} at step {run.step} (samples {run.samples})"
     if run.first_loss is None:
         run.first_loss = loss_value

@@ -139,6 +139,18 @@ def test_each_rank_loads_its_slice_in_dataloader_workers() -> None:
         assert a.trace_sigma == pytest.approx(b.trace_sigma, rel=1e-4)
 
 
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_ends_every_rank_diverged() -> None:
+    # one example with a NaN input: every batch holds all 64 examples, so it is in one rank's slice only
+    x, y = torch.randn(64, 8, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 3
+    x[41] = float("nan")
+    task = bstune.Task(model=_mlp, train_data=(x, y), val_data=(x[:8], y[:8]), loss=torch.nn.CrossEntropyLoss())
+    cfg = TrainConfig(batch_size=64, lr=0.1, max_samples=64 * 5, device="cpu")
+    result = train_data_parallel(task, cfg, **LAUNCH)
+    assert result.status is RunStatus.DIVERGED and result.steps == 0, result.message
+    assert not _spawned_children()
+
+
 def test_rank_slices_and_too_small_a_batch() -> None:
     assert rank_slices(9, 2) == [(0, 5), (5, 9)]
     assert rank_slices(3, 4) == [(0, 1), (1, 2), (2, 3), (3, 3)]
