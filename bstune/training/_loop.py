@@ -340,6 +340,12 @@ def train(
             ends ``completed``.
         model: start from this model instead of a fresh one (it is trained in place).
 
+    Under ``torch.distributed`` (a process group of N > 1 ranks, e.g. ``torchrun``, or
+    :func:`~bstune.training.train_data_parallel`) the run is data-parallel: ``batch_size``
+    is the global batch, each rank trains on its slice under DDP, and every rank returns
+    the same record; ``callback`` is called on rank 0 only
+    (:mod:`bstune.training._distributed`).
+
     Returns:
         A :class:`TrainResult` with the status, the evaluations at each sample
         milestone, the B_simple trajectory when ``track_noise`` is on, and the model.
