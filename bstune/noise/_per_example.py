@@ -302,6 +302,7 @@ class _Step:
     probe_hooks: dict[str, list[Tensor]] = field(default_factory=dict)  # [⟨Σ c_i, R⟩, tolerance]
     probe_grad: dict[str, Tensor] = field(default_factory=dict)  # ⟨grad, R⟩
     batch: int | None = None
+    begun: bool = False
     problems: list[Exception] = field(default_factory=list)
     handles: list[RemovableHandle] = field(default_factory=list)
 
@@ -326,6 +327,10 @@ class PerExampleNorms:
         model: the model; hooks go on it and its submodules.
         batch_dim: the batch dimension of the inputs and outputs of the hooked layers
             (convolutions always take it first).
+        grad_hooks: False: after the check's steps, no hook on the parameters' gradients (a few
+            microseconds each per step); :attr:`batch_grad_sq` is then None and two backward
+            passes between calls of :meth:`sq_norms` go undetected. For a caller that reads
+            |p.grad|² itself, knowing p.grad was empty before the one backward pass.
         check_steps: on this many measured steps, Σ_i c_i is checked against the
             gradient autograd delivers, along a random direction (a few matrix-vector
             products per layer). A parameter that fails (it also gets gradient outside
@@ -349,10 +354,11 @@ class PerExampleNorms:
         torch.Size([8])
     """
 
-    def __init__(self, model: nn.Module, *, batch_dim: int = 0, check_steps: int = 4) -> None:
+    def __init__(self, model: nn.Module, *, batch_dim: int = 0, check_steps: int = 4, grad_hooks: bool = True) -> None:
         if check_steps < 0:
             raise ConfigError(f"must be >= 0, got {check_steps}", source="PerExampleNorms", field="check_steps")
         self.enabled = False
+        self.grad_hooks = grad_hooks
         self.batch_dim = batch_dim
         self.check_steps = check_steps
         self._checked_steps = 0
@@ -434,13 +440,13 @@ class PerExampleNorms:
         self.batch_grad_sq = None
         if step.problems:
             raise step.problems[0]
-        if not step.passes:
+        if not step.passes and not step.roots_reached:
             if not self.enabled and not step.uses:
                 raise EstimationError(
                     "PerExampleNorms is not enabled: set enabled = True before the forward pass of the step to measure"
                 )
             raise EstimationError("no backward pass reached the hooked layers since the last sq_norms()")
-        most = max(step.passes.values())
+        most = max(step.passes.values(), default=1)
         if most > 1:
             raise EstimationError(
                 f"{most} backward passes ran since the last sq_norms(); call sq_norms() after each backward "
@@ -467,7 +473,7 @@ class PerExampleNorms:
             raise EstimationError("no covered parameter received a gradient in the backward pass")
         total = torch.stack(list(step.sq.values())).sum(0)
         norms = [n.cpu() for ns in step.grad_norms.values() for n in ns]  # cpu: parameters may be on several devices
-        self.batch_grad_sq = float(torch.stack(norms).double().pow(2).sum()) if norms else 0.0
+        self.batch_grad_sq = float(torch.stack(norms).double().pow(2).sum()) if step.grad_norms else None
         return total
 
     @staticmethod
@@ -518,7 +524,10 @@ class PerExampleNorms:
 
     def _begin(self, step: _Step) -> None:
         """First hooked forward of a step: a hook on each covered parameter sees its whole gradient."""
-        if step.handles:
+        if step.begun:
+            return
+        step.begun = True
+        if not self.grad_hooks and self._checked_steps >= self.check_steps:
             return
         for name in self.covered():
             step.handles.append(self._params[name].register_hook(partial(self._on_param_grad, step, name)))
