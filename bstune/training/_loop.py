@@ -177,7 +177,8 @@ class _Run:
         if cfg.micro_batch_size is not None and cfg.micro_batch_size < cfg.batch_size:
             return None  # the micro-batches accumulation makes anyway give the two-batch estimate
         try:
-            norms = PerExampleNorms(self.model, grad_hooks=False)  # |G_B|² from p.grad: one kernel
+            # |G_B|² from p.grad (one kernel); two checked steps find a parameter used outside its layer
+            norms = PerExampleNorms(self.model, grad_hooks=False, check_steps=2)
         except ConfigError as exc:  # BatchNorm in train mode
             logger.debug("noise tracking splits measured batches: %s", exc)
             return None

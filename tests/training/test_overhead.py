@@ -151,7 +151,7 @@ class _Counting(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
-            type(self).calls += 1
+            _Counting.calls += 1
         return super().forward(x)
 
 
@@ -176,6 +176,17 @@ class _Scale(nn.Module):
 
 def _counting_custom() -> nn.Module:
     return _Counting(nn.Linear(8, 16), _Scale(), nn.Tanh(), nn.Linear(16, 3))
+
+
+class _Functional(_Counting):
+    """Uses the first layer's weight again outside the layer (found by the hooks' check)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + nn.functional.linear(x, self[0].weight)[:, :3]
+
+
+def _counting_functional() -> nn.Module:
+    return _Functional(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
 
 
 def _task(model: Any) -> bstune.Task:
@@ -221,6 +232,27 @@ def test_models_the_hooks_do_not_cover_split_the_measured_batch(factory: Any) ->
     assert run.status is RunStatus.COMPLETED
     assert _Counting.calls == 48 + 12  # measured steps 0, 4, ..., 44 run two half batches
     assert [p.n_steps for p in run.noise_trajectory] == [6, 6]
+
+
+def test_a_parameter_used_outside_its_layer_falls_back_to_split_after_the_check() -> None:
+    task = _task(_counting_functional)
+    _Counting.calls = 0
+    run = bstune.train(
+        task,
+        bstune.TrainConfig(
+            batch_size=32,
+            lr=0.1,
+            max_samples=32 * 48,
+            eval_every_samples=32 * 24,
+            noise_every_steps=4,
+            track_noise=True,
+        ),
+    )
+    assert run.status is RunStatus.COMPLETED
+    # step 0: per-example, its check finds the functional use and its measurement is dropped;
+    # steps 4, ..., 44 split (two forwards each)
+    assert _Counting.calls == 48 + 11
+    assert [p.n_steps for p in run.noise_trajectory] == [5, 6]
 
 
 def _windows(task: bstune.Task, monkeypatch: pytest.MonkeyPatch | None) -> list[bstune.noise.TrajectoryPoint]:
