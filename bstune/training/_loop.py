@@ -59,6 +59,9 @@ _EVAL_SUBSET_SEED = 20180614  # same training subset for every run, so train los
 _LOSS_CHECK_EVERY = 16  # steps between host reads of the training losses (the divergence check's lag)
 
 
+_NO_AUTOCAST = contextlib.nullcontext()  # reusable: one fewer object per forward
+
+
 class _Diverged(Exception):
     pass
 
@@ -160,6 +163,7 @@ class _Run:
         # in-process tensor pairs on the CPU are on the device already: skip move_to_device's walk
         self.host_batches = device.type == "cpu" and is_tensor_pair(task.train_dataset) and config.num_workers == 0
         self.lr: float | None = None  # the learning rate last written into the param groups
+        self.constant_lr = config.lr if config.schedule == "constant" and not config.warmup_samples else None
         self.step = 0
         self.samples = 0
         self.window_loss = 0.0
@@ -198,13 +202,13 @@ class _Run:
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if not self.config.amp:
-            return contextlib.nullcontext()
+            return _NO_AUTOCAST
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     # -- one optimizer step ------------------------------------------------------------
     def train_step(self) -> float:
         cfg = self.config
-        lr = lr_at(cfg, self.samples)
+        lr = self.constant_lr if self.constant_lr is not None else lr_at(cfg, self.samples)
         if lr != self.lr:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -223,7 +227,10 @@ class _Run:
         if measure and cfg.noise_preconditioned:
             measure = bool(self.optimizer.state)  # no second moments before the first step
             precond = adam_preconditioner(self.optimizer, self.model) if measure else None
-        bounds = _micro_bounds(batch, cfg.micro_batch_size, split_for_noise=measure and not per_example)
+        if cfg.micro_batch_size is None and not (measure and not per_example):
+            bounds = [(0, batch)]
+        else:
+            bounds = _micro_bounds(batch, cfg.micro_batch_size, split_for_noise=measure and not per_example)
         scale = self.scaler.get_scale() if (self.scaler is not None and measure) else 1.0
         self.optimizer.zero_grad(set_to_none=True)
         whole = len(bounds) == 1
