@@ -553,7 +553,9 @@ def _overhead_section(data: dict[str, Any], lines: list[str]) -> None:
     lines += [
         "",
         "Noise tracking in more detail (MLP and CNN, several batch sizes, every step vs every 8th): "
-        "`benchmarks/results/noise_overhead.md` (`python benchmarks/noise_overhead.py`).",
+        "`benchmarks/results/noise_overhead.md` (`python benchmarks/noise_overhead.py`). Every problem, "
+        "`bstune.train` with and without noise tracking against the hand loop, with the targets (≤ 1.03×, ≤ 1.05×): "
+        "`benchmarks/results/overhead.md` (`python -m benchmarks.overhead`).",
         "",
         _prov(o.get("provenance")),
         "",

@@ -79,3 +79,26 @@ def test_quick_suite_ray_backend_on_one_and_two_nodes(tmp_path: Path) -> None:
     assert ray["overhead_s_per_trial"] == pytest.approx((one - embedded) / 2)
     md = (tmp_path / "RESULTS_quick.md").read_text()
     assert "## 6. Ray backend" in md and "pending" not in md
+
+
+def test_the_overhead_hand_loop_does_bstunes_work_and_the_table_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import bstune
+    from benchmarks import overhead
+
+    task = overhead.mlp40_task()
+    cfg = bstune.TrainConfig(batch_size=32, lr=0.05, max_samples=640, eval_every_samples=200, device="cpu", seed=1)
+    overhead.check(task, cfg)  # same init, data order, update: the same parameters bit for bit
+    monkeypatch.setattr(overhead, "hand_loop", lambda t, c: overhead.task_of("linreg").make_model(seed=0))
+    with pytest.raises(AssertionError, match="differs"):
+        overhead.check(overhead.task_of("linreg"), bstune.TrainConfig.from_dict(cfg.to_dict() | {"lr": 0.01}))
+    monkeypatch.undo()
+    monkeypatch.setattr(overhead, "RESULTS", tmp_path)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    rows = overhead.measure([("mlp40", 32, 0.05, 640)], repeats=1)
+    assert rows[0]["train_cpu_ratio"] > 0 and rows[0]["tracked_cpu_ratio"] > 0
+    md = overhead.write(rows, "test", 0.0, None)
+    assert "| mlp40 | 32 | 640 |" in md and (tmp_path / "overhead.json").exists()

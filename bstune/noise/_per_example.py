@@ -90,6 +90,8 @@ _Rule = Callable[[nn.Module, Tensor, Tensor, int], dict[str, _Use]]
 
 def _compute(*tensors: Tensor) -> list[Tensor]:
     """The tensors in one dtype of at least float32 (activations under AMP are fp16/bf16)."""
+    if all(t.dtype == torch.float32 or not t.is_floating_point() for t in tensors):
+        return list(tensors)
     dtype = torch.float32
     for t in tensors:
         if t.is_floating_point():
@@ -295,11 +297,12 @@ class _Step:
     uses: dict[str, int] = field(default_factory=dict)  # forward calls per parameter name
     pending: dict[str, list[_Use]] = field(default_factory=dict)  # uses of shared parameters
     sq: dict[str, Tensor] = field(default_factory=dict)  # (B,) float64 per parameter
-    grad_sq: dict[str, Tensor] = field(default_factory=dict)  # |Σ_i c_i|², from the parameter's hook
+    grad_norms: dict[str, list[Tensor]] = field(default_factory=dict)  # |Σ_i c_i| per pass, from the parameter's hook
     passes: dict[str, int] = field(default_factory=dict)  # backward passes that reached each parameter
     probe_hooks: dict[str, list[Tensor]] = field(default_factory=dict)  # [⟨Σ c_i, R⟩, tolerance]
     probe_grad: dict[str, Tensor] = field(default_factory=dict)  # ⟨grad, R⟩
     batch: int | None = None
+    begun: bool = False
     problems: list[Exception] = field(default_factory=list)
     handles: list[RemovableHandle] = field(default_factory=list)
 
@@ -324,6 +327,10 @@ class PerExampleNorms:
         model: the model; hooks go on it and its submodules.
         batch_dim: the batch dimension of the inputs and outputs of the hooked layers
             (convolutions always take it first).
+        grad_hooks: False: after the check's steps, no hook on the parameters' gradients (a few
+            microseconds each per step); :attr:`batch_grad_sq` is then None and two backward
+            passes between calls of :meth:`sq_norms` go undetected. For a caller that reads
+            |p.grad|² itself, knowing p.grad was empty before the one backward pass.
         check_steps: on this many measured steps, Σ_i c_i is checked against the
             gradient autograd delivers, along a random direction (a few matrix-vector
             products per layer). A parameter that fails (it also gets gradient outside
@@ -347,10 +354,11 @@ class PerExampleNorms:
         torch.Size([8])
     """
 
-    def __init__(self, model: nn.Module, *, batch_dim: int = 0, check_steps: int = 4) -> None:
+    def __init__(self, model: nn.Module, *, batch_dim: int = 0, check_steps: int = 4, grad_hooks: bool = True) -> None:
         if check_steps < 0:
             raise ConfigError(f"must be >= 0, got {check_steps}", source="PerExampleNorms", field="check_steps")
         self.enabled = False
+        self.grad_hooks = grad_hooks
         self.batch_dim = batch_dim
         self.check_steps = check_steps
         self._checked_steps = 0
@@ -361,6 +369,7 @@ class PerExampleNorms:
         self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         reasons: dict[str, str] = {}
         self._handles: list[RemovableHandle] = []
+        self._plan: list[Callable[[], RemovableHandle]] = []  # how to register each hook (see attach)
         hooked: list[tuple[nn.Module, _Rule, dict[str, str]]] = []
         for mod_name, module in model.named_modules():
             if isinstance(module, _BATCHNORM) and (module.training or not module.track_running_stats):
@@ -373,7 +382,7 @@ class PerExampleNorms:
                 )
         for mod_name, module in model.named_modules():
             if isinstance(module, _BATCHNORM):  # in eval mode now; train mode later is caught in the step
-                self._handles.append(module.register_forward_pre_hook(partial(self._on_batchnorm, mod_name)))
+                self._plan.append(partial(module.register_forward_pre_hook, partial(self._on_batchnorm, mod_name)))
             own = {pn: names[id(p)] for pn, p in module.named_parameters(recurse=False) if id(p) in names}
             if not own:
                 continue
@@ -384,12 +393,13 @@ class PerExampleNorms:
             else:
                 hooked.append((module, rule, own))
         self._uncovered = reasons
-        self._handles.append(model.register_forward_pre_hook(self._on_root_forward))
+        self._plan.append(partial(model.register_forward_pre_hook, self._on_root_forward))
         for module, rule, own in hooked:
             covered = {pn: full for pn, full in own.items() if full not in reasons}
             if covered:
                 hook = partial(self._on_forward, rule, covered)
-                self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+                self._plan.append(partial(module.register_forward_hook, hook, with_kwargs=True))
+        self.attach()
         self._step = _Step()
         self._probes: dict[str, _Probe] = {}
 
@@ -430,13 +440,13 @@ class PerExampleNorms:
         self.batch_grad_sq = None
         if step.problems:
             raise step.problems[0]
-        if not step.passes:
+        if not step.passes and not step.roots_reached:
             if not self.enabled and not step.uses:
                 raise EstimationError(
                     "PerExampleNorms is not enabled: set enabled = True before the forward pass of the step to measure"
                 )
             raise EstimationError("no backward pass reached the hooked layers since the last sq_norms()")
-        most = max(step.passes.values())
+        most = max(step.passes.values(), default=1)
         if most > 1:
             raise EstimationError(
                 f"{most} backward passes ran since the last sq_norms(); call sq_norms() after each backward "
@@ -454,7 +464,7 @@ class PerExampleNorms:
             self._uncovered[name] = "receives gradient outside the hooked layers (a functional use)"
             logger.warning("per-example norms leave out %s: it %s", name, self._uncovered[name])
             step.sq.pop(name, None)
-            step.grad_sq.pop(name, None)
+            step.grad_norms.pop(name, None)
             step.pending.pop(name, None)
         for name, uses in step.pending.items():  # shared parameters whose own hook did not run
             if uses:
@@ -462,7 +472,8 @@ class PerExampleNorms:
         if not step.sq:
             raise EstimationError("no covered parameter received a gradient in the backward pass")
         total = torch.stack(list(step.sq.values())).sum(0)
-        self.batch_grad_sq = float(sum(float(v) for v in step.grad_sq.values()))
+        norms = [n.cpu() for ns in step.grad_norms.values() for n in ns]  # cpu: parameters may be on several devices
+        self.batch_grad_sq = float(torch.stack(norms).double().pow(2).sum()) if step.grad_norms else None
         return total
 
     @staticmethod
@@ -485,17 +496,38 @@ class PerExampleNorms:
 
     def remove(self) -> None:
         """Remove every hook; the model is as it was before."""
+        self.detach()
+        self._plan = []
+        self.enabled = False
+
+    def detach(self) -> None:
+        """Take the hooks off the model until :meth:`attach`, keeping what was learnt about it
+        (coverage, the check's state).
+
+        Even disabled, a hook costs each call of its module a few microseconds, which on a
+        small model is a few percent of a training step; a trainer that measures every k-th
+        step attaches before the forward of a measured step and detaches after its
+        :meth:`sq_norms`. Drops what the hooks collected in the current step.
+        """
         self.reset()
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self.enabled = False
+
+    def attach(self) -> None:
+        """Put the hooks back on the model after :meth:`detach` (no-op when attached, or after
+        :meth:`remove`)."""
+        if not self._handles:
+            self._handles = [register() for register in self._plan]
 
     # ---- hooks --------------------------------------------------------------------------
 
     def _begin(self, step: _Step) -> None:
         """First hooked forward of a step: a hook on each covered parameter sees its whole gradient."""
-        if step.handles:
+        if step.begun:
+            return
+        step.begun = True
+        if not self.grad_hooks and self._checked_steps >= self.check_steps:
             return
         for name in self.covered():
             step.handles.append(self._params[name].register_hook(partial(self._on_param_grad, step, name)))
@@ -547,6 +579,14 @@ class PerExampleNorms:
             return  # a second backward through a retained graph, or a step already read
         x = saved.pop()
         step.roots_reached.add(root)
+        if (
+            rule is _linear
+            and x.dim() == 2
+            and self.batch_dim == 0
+            and self._checked_steps >= self.check_steps
+            and self._add_linear_rows(step, covered, x, grad.detach())
+        ):
+            return
         eps = max(torch.finfo(t.dtype).eps for t in (x, grad) if t.is_floating_point())
         try:
             uses = rule(module, x, grad.detach(), self.batch_dim)
@@ -572,6 +612,26 @@ class PerExampleNorms:
             else:
                 self._add(step, full, _self_sq(use))
 
+    def _add_linear_rows(self, step: _Step, covered: dict[str, str], x: Tensor, grad: Tensor) -> bool:
+        """The norms of a Linear layer on (B, d_in) rows, in a few kernels: |c_i|² = |g_i|²·|a_i|² for the
+        weight and |g_i|² for the bias (what :func:`_linear` and :func:`_self_sq` give with T = 1, without
+        their general layout). False, and nothing added, where the general path is needed (a parameter
+        shared or used twice, another batch size)."""
+        names = [full for full in covered.values() if full not in self._uncovered]
+        if any(step.uses.get(full, 0) != 1 for full in names) or x.shape[0] != grad.shape[0]:
+            return False
+        if step.batch is None:
+            step.batch = x.shape[0]
+        elif x.shape[0] != step.batch:
+            return False
+        a, g = _compute(x, grad)
+        g_sq = g.square().sum(1)
+        for pn, full in covered.items():
+            if full in self._uncovered:
+                continue
+            self._add(step, full, (g_sq * a.square().sum(1) if pn == "weight" else g_sq).double())
+        return True
+
     def _on_param_grad(self, step: _Step, name: str, grad: Tensor) -> None:
         if step is not self._step:
             return
@@ -580,8 +640,9 @@ class PerExampleNorms:
         if uses:
             self._add(step, name, _shared_sq(uses, grad.numel()))
         g = grad.detach()
-        sq = torch.linalg.vector_norm(g.coalesce().values() if g.is_sparse else g).double().pow(2)
-        step.grad_sq[name] = step.grad_sq.get(name, torch.zeros_like(sq)) + sq
+        # one kernel here; squared and summed in float64 with the others' in sq_norms
+        norm = torch.linalg.vector_norm(g.coalesce().values() if g.is_sparse else g)
+        step.grad_norms.setdefault(name, []).append(norm)
         probe = self._probes.get(name)
         if probe is not None and name in step.probe_hooks:
             step.probe_grad[name] = probe.on_grad(g)

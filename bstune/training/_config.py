@@ -46,7 +46,7 @@ class TrainConfig:
     amp_dtype: Literal["float16", "bfloat16"] | None = (
         None  # None: float16 on CUDA, bfloat16 on CPU; float16 uses loss scaling
     )
-    track_noise: bool = False  # B_simple trajectory from micro-batch gradients
+    track_noise: bool = False  # B_simple trajectory: per-example norms from hooks, else micro-batch gradients
     noise_every_steps: int = 8  # measure B_simple on every Nth step (benchmarks/results/noise_overhead.md)
     noise_preconditioned: bool = False  # Adam-family: measure gradients divided by sqrt(v_hat)
     divergence_factor: float | None = 100.0  # diverged when a batch loss exceeds this times the first one

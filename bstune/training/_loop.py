@@ -9,6 +9,21 @@ shared sample milestones so runs of different batch sizes line up. A non-finite
 loss, or one ``divergence_factor`` times the first step's, ends the run as
 ``diverged``; running out of device memory ends it as ``oom``.
 Neither raises: a study records them and goes on.
+
+The step's loss stays on the device: reading it is a host sync, which on CUDA would stall
+the queue of kernels every step. The losses are read together every
+``_LOSS_CHECK_EVERY`` steps and before every evaluation, and checked in step order: a
+diverging step ends the run at most ``_LOSS_CHECK_EVERY - 1`` steps later (the steps in
+between are taken and counted in ``steps``/``samples``; the message names the step that
+diverged), and the first-loss reference is still the first step's.
+
+Noise tracking (``track_noise``) measures every ``noise_every_steps``-th step. Where
+:class:`~bstune.noise.PerExampleNorms` covers every trainable parameter, the batch's
+per-example gradient norms are taken by hooks during the step's own backward pass (the
+per-example two-batch estimator, b_small = 1); the hooks are on the model only during
+measured steps. Otherwise (BatchNorm, layers without a per-example rule, the
+preconditioned noise scale, gradient accumulation) the measured batch is split into
+micro-batches whose gradients are taken one by one (the two-batch estimator at B/2).
 """
 
 from __future__ import annotations
@@ -24,8 +39,8 @@ import torch
 from torch import nn
 
 from bstune.data import batch_len, fetch_batch, is_tensor_pair, move_to_device, slice_batch
-from bstune.errors import ConfigError
-from bstune.noise import NoiseTracker, adam_preconditioner, resolve_device, sq_norm_of
+from bstune.errors import BstuneError, ConfigError
+from bstune.noise import NoiseTracker, PerExampleNorms, adam_preconditioner, resolve_device, sq_norm_of
 from bstune.task import Task
 from bstune.training._config import TrainConfig
 from bstune.training._distributed import DataParallel, SliceBatchSampler
@@ -42,6 +57,10 @@ Callback = Callable[[EvalRecord], "Decision | bool | None"]
 (status ``stopped``), except at the last milestone, where the run has completed anyway."""
 
 _EVAL_SUBSET_SEED = 20180614  # same training subset for every run, so train losses compare
+_LOSS_CHECK_EVERY = 16  # steps between host reads of the training losses (the divergence check's lag)
+
+
+_NO_AUTOCAST = contextlib.nullcontext()  # reusable: one fewer object per forward
 
 
 class _Diverged(Exception):
@@ -149,16 +168,44 @@ class _Run:
         gen = torch.Generator().manual_seed(_EVAL_SUBSET_SEED)
         n_sub = min(config.eval_train_examples, task.n_train)
         self.train_subset = torch.randperm(task.n_train, generator=gen)[:n_sub].sort().values
+        # under DDP the ranks' own gradients give the small batch (_distributed.py): no hooks
+        self.norms = self._per_example_norms() if self.tracker is not None and dist is None else None
+        # in-process tensor pairs on the CPU are on the device already: skip move_to_device's walk
+        self.host_batches = device.type == "cpu" and is_tensor_pair(task.train_dataset) and config.num_workers == 0
+        self.lr: float | None = None  # the learning rate last written into the param groups
+        self.constant_lr = config.lr if config.schedule == "constant" and not config.warmup_samples else None
         self.step = 0
         self.samples = 0
         self.window_loss = 0.0
         self.window_steps = 0
         self.first_loss: float | None = None
+        self.unread: list[tuple[torch.Tensor, int, int]] = []  # (loss, step, samples) not yet read on the host
         if dist is not None:  # data parallel: DDP around the model, this rank's slice of every batch
             dist.wrap(self.model)
             self.batches = dist.training_batches(task, config)
         else:
             self.batches = _training_batches(task, config, device)  # last: it may start worker processes
+
+    def _per_example_norms(self) -> PerExampleNorms | None:
+        """Hooks for the per-example measurement when they cover the whole model, else None
+        (the measured steps then split their batch)."""
+        cfg = self.config
+        if cfg.noise_preconditioned:  # |c_i / p|² does not reduce to the hooks' per-tensor forms
+            return None
+        if cfg.micro_batch_size is not None and cfg.micro_batch_size < cfg.batch_size:
+            return None  # the micro-batches accumulation makes anyway give the two-batch estimate
+        try:
+            # |G_B|² from p.grad (one kernel); two checked steps find a parameter used outside its layer
+            norms = PerExampleNorms(self.model, grad_hooks=False, check_steps=2)
+        except ConfigError as exc:  # BatchNorm in train mode
+            logger.debug("noise tracking splits measured batches: %s", exc)
+            return None
+        if norms.uncovered():
+            logger.debug("noise tracking splits measured batches: %s", norms.uncovered_reasons())
+            norms.remove()
+            return None
+        norms.detach()  # attached for measured steps only
+        return norms
 
     def close(self) -> None:
         """Shut the loader's worker processes down (they would otherwise wait for the garbage collector)."""
@@ -169,7 +216,7 @@ class _Run:
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if not self.config.amp:
-            return contextlib.nullcontext()
+            return _NO_AUTOCAST
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     # -- one optimizer step ------------------------------------------------------------
@@ -180,30 +227,50 @@ class _Run:
                 raise _Diverged(diverged)
             return lr
         cfg = self.config
-        lr = lr_at(cfg, self.samples)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        inputs, targets = move_to_device(next(self.batches), self.device, non_blocking=True)
+        lr = self.constant_lr if self.constant_lr is not None else lr_at(cfg, self.samples)
+        if lr != self.lr:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.lr = lr
+        batch_data = next(self.batches)
+        if not self.host_batches:
+            batch_data = move_to_device(batch_data, self.device, non_blocking=True)
+        inputs, targets = batch_data
         batch = batch_len(targets)
-        # Measured steps take the autograd.grad route (one norm per micro-batch); the
-        # others run a plain backward() and cost nothing extra.
+        # Measured steps either run the hooks of the per-example norms in the plain backward()
+        # (per_example) or take the autograd.grad route (one norm per micro-batch); the others
+        # run a plain backward() and cost nothing extra.
         measure = self.tracker is not None and self.step % cfg.noise_every_steps == 0
+        per_example = measure and self.norms is not None
         precond = None
         if measure and cfg.noise_preconditioned:
             measure = bool(self.optimizer.state)  # no second moments before the first step
             precond = adam_preconditioner(self.optimizer, self.model) if measure else None
-        bounds = _micro_bounds(batch, cfg.micro_batch_size, split_for_noise=measure)
+        if cfg.micro_batch_size is None and not (measure and not per_example):
+            bounds = [(0, batch)]
+        else:
+            bounds = _micro_bounds(batch, cfg.micro_batch_size, split_for_noise=measure and not per_example)
         scale = self.scaler.get_scale() if (self.scaler is not None and measure) else 1.0
         self.optimizer.zero_grad(set_to_none=True)
-        loss_total = torch.zeros((), device=self.device)
+        whole = len(bounds) == 1
+        loss_total = torch.zeros((), device=self.device) if not whole else None
         small_terms: list[torch.Tensor] = []
+        if per_example:
+            assert self.norms is not None
+            self.norms.attach()
+            self.norms.enabled = True
         for start, stop in bounds:
             weight = (stop - start) / batch  # so the accumulated gradient is the full-batch mean
             with self.autocast():
-                out = self.model(slice_batch(inputs, start, stop))
-                loss = self.task.loss(out, slice_batch(targets, start, stop)).float()
-            loss_total += loss.detach() * weight
-            scaled = loss * weight
+                out = self.model(inputs if whole else slice_batch(inputs, start, stop))
+                loss = self.task.loss(out, targets if whole else slice_batch(targets, start, stop)).float()
+            if whole:  # weight 1: the same values and gradients without the two multiplications
+                loss_total = loss.detach()
+                scaled = loss
+            else:
+                assert loss_total is not None
+                loss_total += loss.detach() * weight
+                scaled = loss * weight
             if self.scaler is not None:
                 scaled = self.scaler.scale(scaled)
             if measure and len(bounds) > 1:
@@ -221,16 +288,10 @@ class _Run:
                         p.grad.add_(g)
             else:
                 scaled.backward()
-        loss_value = float(loss_total)
-        if not math.isfinite(loss_value):
-            raise _Diverged(f"training loss became {loss_value} at step {self.step} (samples {self.samples})")
-        if self.first_loss is None:
-            self.first_loss = loss_value
-        elif cfg.divergence_factor is not None and loss_value > cfg.divergence_factor * max(self.first_loss, 1e-12):
-            raise _Diverged(
-                f"training loss {loss_value:.4g} exceeded {cfg.divergence_factor:g}x the first step's "
-                f"{self.first_loss:.4g} at step {self.step} (samples {self.samples})"
-            )
+        if per_example:
+            self._measure_per_example(batch, scale, lr)
+        assert loss_total is not None
+        self.unread.append((loss_total, self.step, self.samples))
         if measure and small_terms:
             pairs = [(p, p.grad) for p in self.param_list if p.grad is not None]
             full = [g for _, g in pairs]
@@ -244,9 +305,58 @@ class _Run:
         self._optimizer_step()
         self.step += 1
         self.samples += batch
-        self.window_loss += loss_value
-        self.window_steps += 1
+        if len(self.unread) >= _LOSS_CHECK_EVERY:
+            self.read_losses()
         return lr
+
+    def _measure_per_example(self, batch: int, scale: float, lr: float) -> None:
+        """Feed the tracker this step's per-example estimate (b_small = 1) from the hooks' norms.
+
+        A model the hooks turn out not to handle (the check found a parameter used outside
+        its layer, two forward passes, another batch dimension...) loses this step's
+        measurement and falls back to split batches for the rest of the run.
+        """
+        assert self.norms is not None and self.tracker is not None
+        self.norms.enabled = False
+        try:
+            sq = self.norms.sq_norms()
+            fallback = bool(self.norms.uncovered())
+        except BstuneError as exc:
+            logger.warning("per-example noise measurement failed (%s); splitting measured batches from now on", exc)
+            fallback = True
+        if fallback:
+            logger.debug("per-example norms leave out %s: splitting measured batches", self.norms.uncovered())
+            self.norms.remove()
+            self.norms = None
+            return
+        self.norms.detach()
+        big = self.norms.batch_grad_sq
+        if big is None:  # p.grad was empty before this step's one backward: it is Σ_i c_i
+            big = float(sq_norm_of([p.grad for p in self.param_list if p.grad is not None]))
+        # mean_i |g_i|² with g_i = B·c_i (each example's gradient), |G_B|² = |Σ_i c_i|²; undo the loss scale
+        small = float(sq.sum()) * batch / scale**2  # B² · mean (a float64 mean costs 5x the sum here)
+        self.tracker.update(small, 1, big / scale**2, lr)
+
+    def read_losses(self) -> None:
+        """Read the steps' losses on the host (one sync) and check them in step order: a non-finite
+        loss, or one above ``divergence_factor`` times the first step's, raises ``_Diverged``."""
+        unread, self.unread = self.unread, []
+        if not unread:
+            return
+        values = torch.stack([loss for loss, _, _ in unread]).tolist()
+        cfg = self.config
+        for loss_value, (_, step, samples) in zip(values, unread, strict=True):
+            if not math.isfinite(loss_value):
+                raise _Diverged(f"training loss became {loss_value} at step {step} (samples {samples})")
+            if self.first_loss is None:
+                self.first_loss = loss_value
+            elif cfg.divergence_factor is not None and loss_value > cfg.divergence_factor * max(self.first_loss, 1e-12):
+                raise _Diverged(
+                    f"training loss {loss_value:.4g} exceeded {cfg.divergence_factor:g}x the first step's "
+                    f"{self.first_loss:.4g} at step {step} (samples {samples})"
+                )
+            self.window_loss += loss_value
+            self.window_steps += 1
 
     def _optimizer_step(self) -> None:
         clip = self.config.grad_clip
@@ -286,6 +396,7 @@ class _Run:
         return loss_sum / n, {k: v / n for k, v in metric_sums.items()}
 
     def record(self, milestone: int, lr: float, started: float) -> EvalRecord:
+        self.read_losses()  # the window's batch losses, and the divergence check before evaluating
         train_loss, train_metrics = self.evaluate_on(self.task.train_dataset, self.train_subset)
         val_loss, val_metrics = self.evaluate_on(self.task.val_dataset, None)
         metrics = {f"train_{k}": v for k, v in train_metrics.items()}
@@ -392,9 +503,9 @@ def train(
                 t0 = time.perf_counter()
                 lr = run.train_step()
                 train_time += time.perf_counter() - t0
-                reached = [m for m in milestones[pending:] if m <= run.samples]
-                if not reached and run.samples < config.max_samples:
+                if run.samples < milestones[pending]:  # the milestones end at max_samples
                     continue
+                reached = [m for m in milestones[pending:] if m <= run.samples]
                 pending += len(reached)
                 milestone = reached[-1] if reached else config.max_samples
                 record = run.record(milestone, lr, started)

@@ -464,3 +464,46 @@ def test_the_check_runs_on_the_first_steps_only() -> None:
         model(torch.randn(B, 3)).sum().backward()
         assert bool(norms._step.probe_hooks) is checked
         norms.sq_norms()
+
+
+def test_detached_hooks_cost_nothing_and_attach_brings_them_back() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(B, 4), torch.randint(0, 3, (B,))
+    norms = PerExampleNorms(model, check_steps=1)
+    truth = _truth(model, loss_fn, x, y, norms.covered())
+    norms.detach()
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    for _ in range(3):  # the first measured step runs the check (general path), the later ones the Linear fast path
+        model.zero_grad()
+        norms.attach()
+        norms.attach()  # idempotent
+        norms.enabled = True
+        loss_fn(model(x), y).backward()
+        norms.enabled = False
+        torch.testing.assert_close(norms.sq_norms(), truth, rtol=1e-4, atol=0.0)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert norms.batch_grad_sq == pytest.approx(sum(float(g.pow(2).sum()) for g in grads), rel=1e-5)
+        norms.detach()
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    norms.remove()
+    norms.attach()  # after remove(): nothing to attach
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_without_grad_hooks_the_norms_stay_and_the_batch_norm_is_left_to_the_caller() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(B, 4), torch.randint(0, 3, (B,))
+    norms = PerExampleNorms(model, check_steps=1, grad_hooks=False)
+    truth = _truth(model, loss_fn, x, y, norms.covered())
+    norms.enabled = True
+    for checked in (True, False):  # the check's step still hooks the gradients (it compares with them)
+        model.zero_grad()
+        loss_fn(model(x), y).backward()
+        torch.testing.assert_close(norms.sq_norms(), truth, rtol=1e-4, atol=0.0)
+        assert (norms.batch_grad_sq is not None) is checked
+    with pytest.raises(EstimationError, match="no backward pass"):
+        norms.sq_norms()
