@@ -96,21 +96,21 @@ class OptunaBackend(TrialBackend):
         self._planner: TrialPlanner | None = None
         self._worker: str | None = None  # in a trial worker process: which, recorded on each trial
 
-    def _shared_storage(self) -> tuple[BaseStorage, str]:
-        """The storage trial worker processes share and the URL each reopens it by (see the class docstring)."""
+    def worker_url(self) -> str | None:
+        """The URL trial worker processes reopen this storage by; None for none (in memory).
+
+        Raises:
+            ConfigError: a storage object workers cannot reopen (an in-memory one, or a
+                journal that is not a file).
+        """
         if self.storage is None:
-            folder = tempfile.mkdtemp(prefix="bstune-parallel-")
-            url = f"journal:{Path(folder) / 'study.log'}"
-            storage = open_storage(url)
-            assert storage is not None
-            weakref.finalize(storage, shutil.rmtree, folder, ignore_errors=True)
-            return storage, url
+            return None
         if self._url is not None:
-            return self.storage, str(self._url)
+            return str(self._url)
         if isinstance(self.storage, RDBStorage):
-            return self.storage, str(self.storage.url)
+            return str(self.storage.url)
         if isinstance(self.storage, JournalStorage) and isinstance(self.storage._backend, JournalFileBackend):
-            return self.storage, f"journal:{self.storage._backend._file_path}"
+            return f"journal:{self.storage._backend._file_path}"
         kind = "in memory" if isinstance(self.storage, InMemoryStorage) else type(self.storage).__name__
         raise ConfigError(
             f"trial worker processes cannot open this storage ({kind}); give a URL (sqlite:///x.db), "
@@ -118,6 +118,18 @@ class OptunaBackend(TrialBackend):
             source="Study",
             field="parallel_trials",
         )
+
+    def _shared_storage(self) -> tuple[BaseStorage, str]:
+        """The storage trial worker processes share and the URL each reopens it by (see the class docstring)."""
+        url = self.worker_url()
+        if self.storage is not None and url is not None:
+            return self.storage, url
+        folder = tempfile.mkdtemp(prefix="bstune-parallel-")
+        url = f"journal:{Path(folder) / 'study.log'}"
+        storage = open_storage(url)
+        assert storage is not None
+        weakref.finalize(storage, shutil.rmtree, folder, ignore_errors=True)  # the study lives as long as its object
+        return storage, url
 
     # -- the store ---------------------------------------------------------------------
     def open(self, spec: StudySpec) -> Resumed:

@@ -456,7 +456,9 @@ def _backend(
         raise bad("backend", f"must be 'optuna' (embedded), 'ray' or a TrialBackend, got {backend!r}")
     if isinstance(chosen, RayBackend) and not isinstance(settings.pruner, str):
         raise bad("pruner", "the Ray backend takes a pruner by name (its schedulers stand in for Optuna's)")
-    if not isinstance(chosen, OptunaBackend) and settings.workers > 1:
+    if isinstance(chosen, OptunaBackend) and settings.workers > 1:
+        chosen.worker_url()  # refuses, now, a storage object the worker processes could not open
+    elif not isinstance(chosen, OptunaBackend) and settings.workers > 1:
         raise bad(
             "devices" if settings.devices is not None else "parallel_trials",
             "trial worker processes are the embedded backend's; the Ray backend runs trials at once by itself "
