@@ -95,6 +95,7 @@ class OptunaBackend(TrialBackend):
         self._study: optuna.Study | None = None
         self._planner: TrialPlanner | None = None
         self._worker: str | None = None  # in a trial worker process: which, recorded on each trial
+        self._temporary: tuple[BaseStorage, str] | None = None  # parallel trials without a storage: a journal
 
     def worker_url(self) -> str | None:
         """The URL trial worker processes reopen this storage by; None for none (in memory).
@@ -124,11 +125,14 @@ class OptunaBackend(TrialBackend):
         url = self.worker_url()
         if self.storage is not None and url is not None:
             return self.storage, url
+        if self._temporary is not None:  # run() again: the same study, as in memory
+            return self._temporary
         folder = tempfile.mkdtemp(prefix="bstune-parallel-")
         url = f"journal:{Path(folder) / 'study.log'}"
         storage = open_storage(url)
         assert storage is not None
         weakref.finalize(storage, shutil.rmtree, folder, ignore_errors=True)  # the study lives as long as its object
+        self._temporary = (storage, url)
         return storage, url
 
     # -- the store ---------------------------------------------------------------------
@@ -218,13 +222,14 @@ class OptunaBackend(TrialBackend):
         return [spec.job.run(plan) for plan in here]
 
     # -- in a trial worker process -----------------------------------------------------
-    def work(self, spec: StudySpec, planner: TrialPlanner, *, worker: int, label: str, lock: Any, parent: int) -> None:
+    def work(self, spec: StudySpec, planner: TrialPlanner, *, worker: int, label: str, gate: Any, parent: int) -> None:
         """Run trials of the stored study ``spec`` names until ``n_trials`` have finished (a worker's loop).
 
-        A trial is taken under ``lock`` (shared by the workers) and only while the trials
-        finished and running are fewer than ``n_trials``; it is running in the storage
-        before the lock is let go (the objective lets it go), so exactly ``n_trials`` finish.
-        Stops, between trials, when process ``parent`` is gone.
+        A trial is taken through ``gate`` (a :class:`~bstune.study._workers.TrialGate` shared by
+        the workers) and only while the trials finished and running are fewer than
+        ``n_trials``; it is running in the storage before the gate opens again (the objective
+        opens it), so exactly ``n_trials`` finish. Stops, between trials, when process
+        ``parent`` is gone.
         """
         settings = spec.settings
         if spec.worker_sampler is not None:
@@ -244,13 +249,13 @@ class OptunaBackend(TrialBackend):
             lost: list[int] = []
             objective = with_heartbeat(self._objective, settings.heartbeat_interval, lost)
             while os.getppid() == parent:
-                lock.acquire()
-                held = True
+                held = gate.take(worker)
 
                 def let_go(trial: Trial) -> float:
                     nonlocal held
-                    lock.release()  # the trial is in the storage as running: the next worker may count it
-                    held = False
+                    if held:
+                        held = False
+                        gate.let_go()  # the trial is in the storage as running: the next worker may count it
                     return objective(trial)
 
                 try:
@@ -265,7 +270,7 @@ class OptunaBackend(TrialBackend):
                     lost.clear()  # Optuna refused to tell a trial another process failed: its retry counts
                 finally:
                     if held:
-                        lock.release()
+                        gate.let_go()
 
     def _objective(self, trial: Trial) -> float:
         planner, spec = self._planner, self._spec

@@ -33,6 +33,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialOutcome, TrialPlan
 
 __all__ = [
+    "TrialGate",
     "WorkerCrashError",
     "parallel_sampler",
     "pickled",
@@ -130,13 +132,44 @@ def pickled(obj: Any, *, field: str = "parallel_trials") -> bytes:
 
 
 # -- the worker process ----------------------------------------------------------------
+class TrialGate:
+    """The lock under which a worker counts the trials and takes one, and which worker holds it.
+
+    A worker killed while it holds the gate would leave the others waiting for ever: the
+    parent frees the gate of a worker that died (:meth:`free_for`), and a worker that waits
+    longer than ``patience`` seconds goes on without it (logged; at worst one trial too many).
+    """
+
+    def __init__(self, ctx: Any, patience: float = 120.0) -> None:
+        self._lock = ctx.Lock()
+        self._holder = ctx.Value("i", -1, lock=False)
+        self._patience = patience
+
+    def take(self, worker: int) -> bool:
+        """Wait for the gate; False when ``patience`` ran out (then the caller goes on without it)."""
+        if not self._lock.acquire(timeout=self._patience):
+            logger.warning("worker %d waited %.0f s to take a trial; going on", worker, self._patience)
+            return False
+        self._holder.value = worker
+        return True
+
+    def let_go(self) -> None:
+        self._holder.value = -1
+        self._lock.release()
+
+    def free_for(self, worker: int) -> None:
+        """Worker ``worker`` died: release the gate if it held it."""
+        if self._holder.value == worker:
+            self.let_go()
+
+
 @dataclass(frozen=True)
 class _WorkerArgs:
     index: int
     devices: tuple[str, ...]
     threads: int
     payload: bytes  # pickled (spec, planner, storage URL)
-    lock: Any  # a multiprocessing lock shared by the workers: taking a trial
+    gate: TrialGate  # shared by the workers: counting the trials and taking one
     parent: int  # the parent's pid: a worker whose parent is gone stops between trials
     log_level: int
 
@@ -159,13 +192,26 @@ def _setup_process(index: int, devices: tuple[str, ...], threads: int, log_level
     logging.getLogger("bstune").setLevel(log_level)
 
 
+def _orphan_watch(parent: int) -> None:
+    """A daemon thread's loop: when the parent is gone (killed), interrupt this worker as Ctrl-C would."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    logger.warning("the study's process (pid %d) is gone: stopping", parent)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def _worker_main(args: _WorkerArgs) -> None:
-    """Run trials until the study has ``n_trials`` finished; exit 130 on Ctrl-C."""
+    """Run trials until the study has ``n_trials`` finished; exit 130 on Ctrl-C or when the parent is gone."""
     signal.signal(signal.SIGINT, _interrupt_once)
+    threading.Thread(target=_orphan_watch, args=(args.parent,), name="bstune-orphan-watch", daemon=True).start()
     try:
         _setup_process(args.index, args.devices, args.threads, args.log_level)
         from bstune.study._optuna_backend import OptunaBackend
 
+        if args.devices[0].startswith("cuda"):
+            import torch
+
+            torch.cuda.set_device(args.devices[0])  # code that says just "cuda" lands on this worker's GPU too
         spec, planner, url = pickle.loads(args.payload)
         planner = dataclasses.replace(planner, device=args.devices[0])
         backend = OptunaBackend(url)
@@ -174,7 +220,7 @@ def _worker_main(args: _WorkerArgs) -> None:
             planner,
             worker=args.index,
             label=f"worker {args.index} ({','.join(args.devices)})",
-            lock=args.lock,
+            gate=args.gate,
             parent=args.parent,
         )
     except KeyboardInterrupt:
@@ -197,13 +243,13 @@ def run_workers(
     not stop within 30 s are killed, and the interrupt goes on up: no process is left behind.
     """
     ctx = multiprocessing.get_context("spawn")
-    lock = ctx.Lock()
+    gate = TrialGate(ctx)
     slots = worker_devices(settings)
     threads = worker_threads(len(slots))
     level = logging.getLogger("bstune").getEffectiveLevel()
 
     def start(index: int) -> multiprocessing.process.BaseProcess:
-        args = _WorkerArgs(index, slots[index], threads, payload, lock, os.getpid(), level)
+        args = _WorkerArgs(index, slots[index], threads, payload, gate, os.getpid(), level)
         proc = ctx.Process(target=_worker_main, args=(args,), name=f"bstune-trial-worker-{index}", daemon=False)
         proc.start()
         return proc
@@ -230,6 +276,7 @@ def run_workers(
                     continue
                 where = f"worker {index} on {','.join(slots[index])} (pid {proc.pid})"
                 what = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                gate.free_for(index)
                 crashed.append(f"{where}: {what}")
                 logger.error("trial %s died (%s); its running trial will be run again", where, what)
                 if index not in restarted and count_finished(study) < settings.n_trials:

@@ -30,7 +30,7 @@ from bstune.study import open_storage
 from bstune.study._liveness import count_finished
 from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialPlan
-from bstune.study._workers import worker_devices
+from bstune.study._workers import TrialGate, worker_devices
 from tests.conftest import make_classification, small_mlp
 from tests.reliability.conftest import python_env, wait_for
 from tests.reliability.test_crash_and_concurrency import in_trial
@@ -139,6 +139,19 @@ def test_each_worker_gets_its_device_and_the_probe_the_first() -> None:
     assert (settings.parallel_trials, settings.device, worker_devices(settings)) == (1, "cpu", [("cpu",)])
     assert worker_devices(StudySettings(parallel_trials=3, device="cpu")) == [("cpu",)] * 3
     assert StudySettings().parallel_trials == 1  # the default: trials in this process, as before
+
+
+def test_the_gate_of_a_worker_that_died_holding_it_is_freed_and_patience_ends_a_wait() -> None:
+    import multiprocessing
+
+    gate = TrialGate(multiprocessing.get_context("spawn"), patience=0.2)
+    assert gate.take(0)
+    gate.free_for(1)  # worker 1 died: it did not hold the gate, which stays taken
+    started = time.monotonic()
+    assert not gate.take(1) and time.monotonic() - started >= 0.2  # waits no longer than its patience
+    gate.free_for(0)  # worker 0 died holding it
+    assert gate.take(1)
+    gate.let_go()
 
 
 # -- real studies on 2 worker processes: slow ---------------------------------------------
@@ -318,3 +331,48 @@ def test_ctrl_c_marks_the_running_trials_interrupted_and_leaves_no_process(tmp_p
     assert not [t for t in trials.values() if t.state == TrialState.RUNNING]
     again = sorted(t.user_attrs["retry_of"] for t in trials.values() if t.state == TrialState.WAITING)
     assert again == sorted(v.number for v in victims)  # both queued to run again on --resume
+
+
+@pytest.mark.slow
+def test_workers_of_a_killed_study_stop_and_mark_their_trials_interrupted(tmp_path: Path) -> None:
+    """SIGKILL to bstune alone (no cleanup in it): its workers notice, stop as on Ctrl-C, and exit."""
+    (tmp_path / "slow.py").write_text(SLOW_SCRIPT)
+    (tmp_path / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
+    args = [
+        *("run", "slow.py", "--space", "slow.yaml", "--out", "out", "--mode", "baseline", "--pruner", "none"),
+        *("--rescore-top", "0", "--trials", "6", "--budget-samples", "6400", "--no-progress"),
+        *("--device", "cpu", "--parallel-trials", "2"),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bstune.cli", *args],
+        cwd=tmp_path,
+        env=python_env(),
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    db = tmp_path / "out" / "study.db"
+
+    def running() -> list[FrozenTrial] | None:
+        if not db.exists():
+            return None
+        try:
+            trials = optuna.load_study(study_name="bstune-slow", storage=open_storage(f"sqlite:///{db}")).get_trials()
+        except KeyError:
+            return None
+        busy = [t for t in trials if t.state == TrialState.RUNNING and "config" in t.user_attrs]
+        return busy if len(busy) == 2 else None
+
+    victims = wait_for("a trial running in each worker", running, [proc])
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group_alive(proc.pid), "a worker process outlived the study's process"
+    trials = {
+        t.number: t
+        for t in optuna.load_study(study_name="bstune-slow", storage=open_storage(f"sqlite:///{db}")).get_trials()
+    }
+    for victim in victims:
+        t = trials[victim.number]
+        assert t.state == TrialState.FAIL and t.user_attrs["status"] == "interrupted", t
