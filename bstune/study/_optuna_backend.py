@@ -218,7 +218,7 @@ class OptunaBackend(TrialBackend):
         if len(plans) > 1:
             return run_plans_parallel(pickled(spec.job), plans, settings)
         # a trial's plan names the device of the worker that ran it: here, this process's device
-        here = [dataclasses.replace(p, config=dataclasses.replace(p.config, device=settings.device)) for p in plans]
+        here = [dataclasses.replace(p, config=dataclasses.replace(p.config, device=settings.main_device)) for p in plans]
         return [spec.job.run(plan) for plan in here]
 
     # -- in a trial worker process -----------------------------------------------------

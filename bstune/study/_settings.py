@@ -74,6 +74,7 @@ class StudySettings:
             backend only; Ray runs trials at once by itself). ``1`` (default): one trial
             after the other in this process. ``K > 1`` without ``devices``: K processes on
             ``device`` (e.g. the CPU, each with its share of the cores as torch threads).
+            ``None`` (default): ``len(devices)``, else 1.
             Not to be confused with ``num_workers``, which loads *one* trial's batches in
             DataLoader processes; the two multiply. Worker processes share the study's
             storage (with none, a temporary journal file, removed with the study object)
@@ -158,11 +159,15 @@ class StudySettings:
         self._check_devices()
 
     def _check_devices(self) -> None:
-        """``devices`` resolved to a tuple of distinct device names, ``parallel_trials`` to a count that fits it."""
+        """``devices`` resolved to a tuple of distinct device names; ``parallel_trials``, if given, must fit it.
+
+        Neither ``parallel_trials`` nor ``device`` is rewritten (``dataclasses.replace`` of these
+        settings with other devices must not meet a count derived from the old ones): see
+        :attr:`workers` and :attr:`main_device`.
+        """
         if self.parallel_trials is not None and (reason := count_reason(self.parallel_trials)) is not None:
             raise _bad("parallel_trials", reason)
         if self.devices is None:
-            object.__setattr__(self, "parallel_trials", self.parallel_trials or 1)
             return
         devices = _resolve_devices(self.devices)
         if self.parallel_trials is not None and self.parallel_trials != len(devices):
@@ -172,14 +177,17 @@ class StudySettings:
                 f"got parallel_trials={self.parallel_trials!r}: leave it unset",
             )
         object.__setattr__(self, "devices", devices)
-        object.__setattr__(self, "parallel_trials", len(devices))
-        if self.device == "auto":
-            object.__setattr__(self, "device", devices[0])  # the probe and the re-scoring run there
 
     @property
     def workers(self) -> int:
-        """Trial worker processes (``parallel_trials``, resolved); 1: trials in this process."""
-        return self.parallel_trials or 1
+        """Trials at once: one per device of ``devices``, else ``parallel_trials`` (default 1: in this process)."""
+        return len(self.devices) if self.devices is not None else (self.parallel_trials or 1)
+
+    @property
+    def main_device(self) -> str:
+        """Where the study's own process trains (the probe, a re-scoring run): ``device``, or with
+        ``devices`` and ``device="auto"``, the first of them."""
+        return self.devices[0] if self.devices is not None and self.device == "auto" else self.device
 
     @classmethod
     def build(cls, base: StudySettings | None = None, **changes: Any) -> StudySettings:

@@ -288,7 +288,7 @@ class Study:
                     settings=s.probe,
                     batch_cap=self.batch_cap,
                     seed=s.seed,
-                    device=s.device,
+                    device=s.main_device,
                     progress=s.progress,
                 )
                 self.backend.keep_probe(self.probe)
@@ -322,7 +322,7 @@ class Study:
             budget_samples=s.budget_samples,
             eval_every=s.eval_every,
             seed=s.seed,
-            device=s.device,
+            device=s.main_device,
             default_momentum=self.optimizer_spec.momentum,
             num_workers=s.num_workers,
         )

@@ -65,6 +65,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _STOP_WAIT_S = 30.0  # after Ctrl-C: how long a worker may take to mark its trial interrupted before it is killed
+_OWN_STOP_S = 3.0  # after Ctrl-C: how long the workers are given to stop on their own SIGINT before one is sent
+_REINTERRUPT_S = 5.0  # a worker still running this long after an interrupt is interrupted again
 
 
 class WorkerCrashError(BstuneError):
@@ -174,9 +176,13 @@ class _WorkerArgs:
     log_level: int
 
 
-def _interrupt_once(signum: int, frame: Any) -> None:
-    """The first SIGINT ends the trial as Ctrl-C does in-process; later ones (the parent forwarding it) wait."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+_interrupted_at: list[float] = []  # in a worker: when the first SIGINT came
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    """SIGINT ends the trial as Ctrl-C does in-process (a KeyboardInterrupt); the time is kept for the watch."""
+    if not _interrupted_at:
+        _interrupted_at.append(time.monotonic())
     raise KeyboardInterrupt
 
 
@@ -192,18 +198,27 @@ def _setup_process(index: int, devices: tuple[str, ...], threads: int, log_level
     logging.getLogger("bstune").setLevel(log_level)
 
 
-def _orphan_watch(parent: int) -> None:
-    """A daemon thread's loop: when the parent is gone (killed), interrupt this worker as Ctrl-C would."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    logger.warning("the study's process (pid %d) is gone: stopping", parent)
-    os.kill(os.getpid(), signal.SIGINT)
+def _watch(parent: int) -> None:
+    """A worker's daemon thread: interrupt the worker as Ctrl-C would when its parent is gone (killed), and
+    again every few seconds while it is still here after an interrupt (a KeyboardInterrupt raised inside a
+    garbage-collection callback is swallowed by Python)."""
+    last = 0.0
+    while True:
+        time.sleep(0.5)
+        now = time.monotonic()
+        gone = os.getppid() != parent
+        stuck = bool(_interrupted_at) and now - max(_interrupted_at[0], last) > _REINTERRUPT_S
+        if (gone and not _interrupted_at) or stuck:
+            if gone and not _interrupted_at:
+                logger.warning("the study's process (pid %d) is gone: stopping", parent)
+            last = now
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def _worker_main(args: _WorkerArgs) -> None:
     """Run trials until the study has ``n_trials`` finished; exit 130 on Ctrl-C or when the parent is gone."""
-    signal.signal(signal.SIGINT, _interrupt_once)
-    threading.Thread(target=_orphan_watch, args=(args.parent,), name="bstune-orphan-watch", daemon=True).start()
+    signal.signal(signal.SIGINT, _on_sigint)
+    threading.Thread(target=_watch, args=(args.parent,), name="bstune-worker-watch", daemon=True).start()
     try:
         _setup_process(args.index, args.devices, args.threads, args.log_level)
         from bstune.study._optuna_backend import OptunaBackend
@@ -224,6 +239,7 @@ def _worker_main(args: _WorkerArgs) -> None:
             parent=args.parent,
         )
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trial is marked: nothing left to interrupt
         sys.exit(130)
 
 
@@ -285,6 +301,7 @@ def run_workers(
                     running[index] = start(index)
     except KeyboardInterrupt:
         _stop(list(running.values()))
+        retry_abandoned(study, settings.grace_period)  # the trials of workers that had to be killed
         raise
     finally:
         bar.close()
@@ -300,16 +317,23 @@ def run_workers(
 
 
 def _stop(procs: Sequence[multiprocessing.process.BaseProcess]) -> None:
-    """After Ctrl-C: each worker gets SIGINT (once more is harmless), has time to mark its trial, then is killed."""
-    for proc in procs:
-        if proc.is_alive() and proc.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGINT)
-    deadline = time.monotonic() + _STOP_WAIT_S
+    """After Ctrl-C: the workers stop on their own SIGINT (a terminal sends it to them too); those still
+    running after a few seconds are sent one (``kill -INT`` to this process alone); those still running
+    after 30 s are killed (their trials are then taken over: marked interrupted and queued)."""
+    deadline = time.monotonic() + _OWN_STOP_S
+    forwarded = False
     for proc in procs:
         while True:
             try:
                 proc.join(max(0.0, deadline - time.monotonic()))
+                if proc.is_alive() and not forwarded:
+                    forwarded = True
+                    for other in procs:
+                        if other.is_alive() and other.pid is not None:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(other.pid, signal.SIGINT)
+                    deadline = time.monotonic() + _STOP_WAIT_S
+                    continue
                 break
             except KeyboardInterrupt:  # another Ctrl-C while waiting: stop waiting
                 deadline = 0.0

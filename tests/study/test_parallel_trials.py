@@ -8,9 +8,11 @@ above a batch size.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -136,9 +138,12 @@ def test_parallel_trials_are_the_embedded_backends_and_need_a_storage_workers_ca
 
 def test_each_worker_gets_its_device_and_the_probe_the_first() -> None:
     settings = StudySettings(devices=["cpu"])
-    assert (settings.parallel_trials, settings.device, worker_devices(settings)) == (1, "cpu", [("cpu",)])
+    assert (settings.workers, settings.main_device, worker_devices(settings)) == (1, "cpu", [("cpu",)])
     assert worker_devices(StudySettings(parallel_trials=3, device="cpu")) == [("cpu",)] * 3
-    assert StudySettings().parallel_trials == 1  # the default: trials in this process, as before
+    assert StudySettings().workers == 1  # the default: trials in this process, as before
+    # settings changed later (Study(settings=..., devices=...)) are checked as given, not against derived values
+    assert StudySettings.build(StudySettings(n_trials=5), devices=["cpu"]).workers == 1
+    assert StudySettings.build(StudySettings(parallel_trials=2), n_trials=5).workers == 2
 
 
 def test_the_gate_of_a_worker_that_died_holding_it_is_freed_and_patience_ends_a_wait() -> None:
@@ -270,6 +275,21 @@ def make_task():
 """
 
 
+def _two_running(db: Path) -> list[int] | None:
+    """The numbers of the trials running in ``db`` once there are two; None before. Read with SQLite alone,
+    read-only: opening it through Optuna while bstune makes its tables would race bstune."""
+    query = (
+        "SELECT t.number FROM trials t WHERE t.state = 'RUNNING' AND EXISTS "
+        "(SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = t.trial_id AND a.key = 'config')"
+    )
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as con:
+            busy = [number for (number,) in con.execute(query)]
+    except sqlite3.Error:
+        return None
+    return busy if len(busy) == 2 else None
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -298,15 +318,8 @@ def test_ctrl_c_marks_the_running_trials_interrupted_and_leaves_no_process(tmp_p
     )
     db = tmp_path / "out" / "study.db"
 
-    def both_running() -> list[FrozenTrial] | None:
-        if not db.exists():
-            return None
-        try:
-            trials = optuna.load_study(study_name="bstune-slow", storage=open_storage(f"sqlite:///{db}")).get_trials()
-        except KeyError:
-            return None
-        busy = [t for t in trials if t.state == TrialState.RUNNING and "config" in t.user_attrs]
-        return busy if len(busy) == 2 else None
+    def both_running() -> list[int] | None:
+        return _two_running(db)
 
     victims = wait_for("a trial running in each worker", both_running, [proc])
     if to == "group":
@@ -326,11 +339,11 @@ def test_ctrl_c_marks_the_running_trials_interrupted_and_leaves_no_process(tmp_p
         for t in optuna.load_study(study_name="bstune-slow", storage=open_storage(f"sqlite:///{db}")).get_trials()
     }
     for victim in victims:
-        t = trials[victim.number]
+        t = trials[victim]
         assert t.state == TrialState.FAIL and t.user_attrs["status"] == "interrupted", t
     assert not [t for t in trials.values() if t.state == TrialState.RUNNING]
     again = sorted(t.user_attrs["retry_of"] for t in trials.values() if t.state == TrialState.WAITING)
-    assert again == sorted(v.number for v in victims)  # both queued to run again on --resume
+    assert again == sorted(victims)  # both queued to run again on --resume
 
 
 @pytest.mark.slow
@@ -352,15 +365,8 @@ def test_workers_of_a_killed_study_stop_and_mark_their_trials_interrupted(tmp_pa
     )
     db = tmp_path / "out" / "study.db"
 
-    def running() -> list[FrozenTrial] | None:
-        if not db.exists():
-            return None
-        try:
-            trials = optuna.load_study(study_name="bstune-slow", storage=open_storage(f"sqlite:///{db}")).get_trials()
-        except KeyError:
-            return None
-        busy = [t for t in trials if t.state == TrialState.RUNNING and "config" in t.user_attrs]
-        return busy if len(busy) == 2 else None
+    def running() -> list[int] | None:
+        return _two_running(db)
 
     victims = wait_for("a trial running in each worker", running, [proc])
     proc.kill()
@@ -374,5 +380,5 @@ def test_workers_of_a_killed_study_stop_and_mark_their_trials_interrupted(tmp_pa
         for t in optuna.load_study(study_name="bstune-slow", storage=open_storage(f"sqlite:///{db}")).get_trials()
     }
     for victim in victims:
-        t = trials[victim.number]
+        t = trials[victim]
         assert t.state == TrialState.FAIL and t.user_attrs["status"] == "interrupted", t
