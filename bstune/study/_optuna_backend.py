@@ -187,7 +187,7 @@ class OptunaBackend(TrialBackend):
         self._planner = planner
         settings = spec.settings
         if settings.workers > 1:
-            run_workers(study, settings, pickled((spec, planner, str(self._url))))
+            run_workers(study, settings, pickled((spec, planner, str(self._url))), work_on)
             return [trial_record(t) for t in study.get_trials(deepcopy=False)]
         with optuna_quiet():  # failed trials are logged once, by us, without Optuna's traceback
             lost: list[int] = []  # trials of ours that another process declared abandoned
@@ -218,7 +218,9 @@ class OptunaBackend(TrialBackend):
         if len(plans) > 1:
             return run_plans_parallel(pickled(spec.job), plans, settings)
         # a trial's plan names the device of the worker that ran it: here, this process's device
-        here = [dataclasses.replace(p, config=dataclasses.replace(p.config, device=settings.main_device)) for p in plans]
+        here = [
+            dataclasses.replace(p, config=dataclasses.replace(p.config, device=settings.main_device)) for p in plans
+        ]
         return [spec.job.run(plan) for plan in here]
 
     # -- in a trial worker process -----------------------------------------------------
@@ -337,3 +339,8 @@ class OptunaBackend(TrialBackend):
         if self._study is None:
             raise BstuneError("OptunaBackend: open() the study first")
         return self._study
+
+
+def work_on(url: str, spec: StudySpec, planner: TrialPlanner, **how: Any) -> None:
+    """A trial worker process's loop: :meth:`OptunaBackend.work` on the storage at ``url``."""
+    OptunaBackend(url).work(spec, planner, **how)

@@ -174,6 +174,7 @@ class _WorkerArgs:
     gate: TrialGate  # shared by the workers: counting the trials and taking one
     parent: int  # the parent's pid: a worker whose parent is gone stops between trials
     log_level: int
+    work: Callable[..., None]  # the trial loop: OptunaBackend.work on a backend opened on the URL
 
 
 _interrupted_at: list[float] = []  # in a worker: when the first SIGINT came
@@ -221,35 +222,26 @@ def _worker_main(args: _WorkerArgs) -> None:
     threading.Thread(target=_watch, args=(args.parent,), name="bstune-worker-watch", daemon=True).start()
     try:
         _setup_process(args.index, args.devices, args.threads, args.log_level)
-        from bstune.study._optuna_backend import OptunaBackend
-
         if args.devices[0].startswith("cuda"):
             import torch
 
             torch.cuda.set_device(args.devices[0])  # code that says just "cuda" lands on this worker's GPU too
         spec, planner, url = pickle.loads(args.payload)
         planner = dataclasses.replace(planner, device=args.devices[0])
-        backend = OptunaBackend(url)
-        backend.work(
-            spec,
-            planner,
-            worker=args.index,
-            label=f"worker {args.index} ({','.join(args.devices)})",
-            gate=args.gate,
-            parent=args.parent,
-        )
+        label = f"worker {args.index} ({','.join(args.devices)})"
+        args.work(url, spec, planner, worker=args.index, label=label, gate=args.gate, parent=args.parent)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trial is marked: nothing left to interrupt
         sys.exit(130)
 
 
 # -- the parent ------------------------------------------------------------------------
-def run_workers(
-    study: optuna.Study,
-    settings: StudySettings,
-    payload: bytes,
-) -> None:
+def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, work: Callable[..., None]) -> None:
     """Start a worker per :func:`worker_devices` entry and wait until they are done.
+
+    Each worker calls ``work(url, spec, planner, worker=, label=, gate=, parent=)`` with
+    ``payload`` unpickled and the planner's device set to the worker's: a module-level
+    function (sent by reference to the spawned process).
 
     A worker that dies (killed, or its process crashed) is started again once on its
     device while the study is unfinished; its trial is taken over by the others (or the
@@ -265,7 +257,7 @@ def run_workers(
     level = logging.getLogger("bstune").getEffectiveLevel()
 
     def start(index: int) -> multiprocessing.process.BaseProcess:
-        args = _WorkerArgs(index, slots[index], threads, payload, gate, os.getpid(), level)
+        args = _WorkerArgs(index, slots[index], threads, payload, gate, os.getpid(), level, work)
         proc = ctx.Process(target=_worker_main, args=(args,), name=f"bstune-trial-worker-{index}", daemon=False)
         proc.start()
         return proc
