@@ -303,6 +303,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             direction=args.direction,
             device=args.device,
             num_workers=args.num_workers,
+            parallel_trials=args.parallel_trials,
+            devices=args.devices,
             progress=_progress(args),
             backend=args.backend,
             ray=RaySettings(

@@ -62,6 +62,11 @@ def _resources(text: str) -> dict[str, float]:
     return out
 
 
+def _devices(text: str) -> str | list[str]:
+    """``all`` -> ``"all"``; ``cuda:0,cuda:1`` -> ``["cuda:0", "cuda:1"]`` (checked by the study)."""
+    return "all" if text.strip() == "all" else [part.strip() for part in text.split(",")]
+
+
 class _DefaultsFormatter(argparse.HelpFormatter):
     """Adds ``(default X)`` to an option's help unless the help already says what its default is.
 
@@ -187,6 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="progress bars on stderr for the probe, the trials and the re-scoring (default: when stderr is a terminal)",
+    )
+    run.add_argument(
+        "--parallel-trials",
+        type=int,
+        default=None,
+        metavar="K",
+        help="trials at once, each in a worker process of its own on --device, sharing the storage (not "
+        "--num-workers, which loads one trial's batches) (default 1: one after the other in this process)",
+    )
+    run.add_argument(
+        "--devices",
+        type=_devices,
+        default=None,
+        metavar="LIST",
+        help="one trial per device at once: all (every GPU) or cuda:0,cuda:1,... (default: every trial on --device)",
     )
     ray_opts = run.add_argument_group("Ray backend (--backend ray; needs the ray extra)")
     ray_opts.add_argument(

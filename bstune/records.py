@@ -79,7 +79,7 @@ class TrialRecord:
     config: dict[str, Any]  # the full TrainConfig
     history: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
-    worker: str | None = None  # where it ran: a Ray node id (the Ray backend), else None
+    worker: str | None = None  # where it ran: a Ray node id, a trial worker ("worker 1 (cuda:1)"), else None
     batch_ceiling: int | None = None  # out of memory: the batch-size cap for the rest of the study
     traceback: str | None = None  # failed: where the task's code raised
 

@@ -14,6 +14,7 @@ from bstune.study._storage import open_storage, storage_file
 from bstune.study._study import Study, StudyFailedError, make_sampler
 from bstune.study._summary import format_summary
 from bstune.study._trial import build_model, split_params
+from bstune.study._workers import WorkerCrashError, worker_devices
 
 __all__ = [
     "PRUNERS",
@@ -36,6 +37,7 @@ __all__ = [
     "TrialJob",
     "TrialRecord",
     "TrialStatus",
+    "WorkerCrashError",
     "build_model",
     "count_finished",
     "format_summary",
@@ -50,4 +52,5 @@ __all__ = [
     "run_probe",
     "split_params",
     "storage_file",
+    "worker_devices",
 ]

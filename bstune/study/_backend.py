@@ -103,6 +103,8 @@ class StudySpec:
     job: TrialJob
     sampler: optuna.samplers.BaseSampler
     batch_min: int  # the space's smallest batch size: an out-of-memory cap never goes below it
+    # the sampler of trial worker i (parallel trials), or None: the study's sampler, re-seeded from the OS
+    worker_sampler: Callable[[int], optuna.samplers.BaseSampler] | None = None
 
 
 @dataclass

@@ -6,24 +6,31 @@ equal compute whatever their batch sizes. A trial that diverges, runs out of mem
 raises is recorded with what happened (and the traceback), and the study goes on.
 Several processes may run one study on one storage: each trial carries its owner and a
 heartbeat (:mod:`bstune.study._liveness`), and only trials whose owner is dead are
-failed and run again.
+failed and run again. With ``parallel_trials > 1`` (or ``devices``) the trials run in that
+many worker processes on this machine, sharing the storage (:mod:`bstune.study._workers`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import shutil
+import tempfile
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import Trial, TrialState
 
 from bstune._keys import PROBE_ATTR, RESCORED_ATTR
-from bstune.errors import BstuneError
+from bstune.errors import BstuneError, ConfigError
 from bstune.metrics import Direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
 from bstune.study._backend import Resumed, StudySpec, TrialBackend
@@ -33,6 +40,7 @@ from bstune.study._records import trial_record
 from bstune.study._resume import check_settings
 from bstune.study._storage import open_storage
 from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner
+from bstune.study._workers import live_running, pickled, run_plans_parallel, run_workers
 from bstune.training import Decision, EvalRecord
 
 __all__ = ["OptunaBackend", "TrialFailure"]
@@ -56,12 +64,20 @@ def optuna_quiet() -> Iterator[None]:
 
 
 class OptunaBackend(TrialBackend):
-    """Trials one after the other in this process, drawn and pruned by Optuna.
+    """Trials drawn and pruned by Optuna: one after the other in this process, or in worker processes.
 
     ``storage``: ``None`` (in memory), ``"sqlite:///runs/x.db"`` or any SQLAlchemy URL,
     or a journal file (``"journal:runs/x.log"``); opened (and refused with a reason) at
     once. The sampler and pruner are the study's. ``Study(task, space,
     storage="sqlite:///x.db")`` is ``Study(task, space, backend=OptunaBackend("sqlite:///x.db"))``.
+
+    With the settings' ``parallel_trials > 1`` (or ``devices``), ``parallel_trials`` worker
+    processes run the trials, each on its device (see :mod:`bstune.study._workers`); the probe
+    and the re-scoring's bookkeeping stay in this process. The workers must open the storage
+    themselves: a URL or journal file is reopened by each; with none (in memory), the study
+    lives in a journal file in a temporary folder of its own, removed when the study object
+    (``result.optuna_study``) is; a storage object other than an SQL or journal-file one
+    cannot be shared and is refused.
 
     Example:
         >>> OptunaBackend("not a url")
@@ -74,17 +90,61 @@ class OptunaBackend(TrialBackend):
 
     def __init__(self, storage: str | Path | BaseStorage | None = None) -> None:
         self.storage = open_storage(storage)
+        self._url = storage if isinstance(storage, str | Path) else None  # what a worker process reopens
         self._spec: StudySpec | None = None
         self._study: optuna.Study | None = None
         self._planner: TrialPlanner | None = None
+        self._worker: str | None = None  # in a trial worker process: which, recorded on each trial
+        self._temporary: tuple[BaseStorage, str] | None = None  # parallel trials without a storage: a journal
+
+    def worker_url(self) -> str | None:
+        """The URL trial worker processes reopen this storage by; None for none (in memory).
+
+        Raises:
+            ConfigError: a storage object workers cannot reopen (an in-memory one, or a
+                journal that is not a file).
+        """
+        if self.storage is None:
+            return None
+        if self._url is not None:
+            return str(self._url)
+        if isinstance(self.storage, RDBStorage):
+            return str(self.storage.url)
+        if isinstance(self.storage, JournalStorage) and isinstance(self.storage._backend, JournalFileBackend):
+            return f"journal:{self.storage._backend._file_path}"
+        kind = "in memory" if isinstance(self.storage, InMemoryStorage) else type(self.storage).__name__
+        raise ConfigError(
+            f"trial worker processes cannot open this storage ({kind}); give a URL (sqlite:///x.db), "
+            "a journal file (x.log), or none",
+            source="Study",
+            field="parallel_trials",
+        )
+
+    def _shared_storage(self) -> tuple[BaseStorage, str]:
+        """The storage trial worker processes share and the URL each reopens it by (see the class docstring)."""
+        url = self.worker_url()
+        if self.storage is not None and url is not None:
+            return self.storage, url
+        if self._temporary is not None:  # run() again: the same study, as in memory
+            return self._temporary
+        folder = tempfile.mkdtemp(prefix="bstune-parallel-")
+        url = f"journal:{Path(folder) / 'study.log'}"
+        storage = open_storage(url)
+        assert storage is not None
+        weakref.finalize(storage, shutil.rmtree, folder, ignore_errors=True)  # the study lives as long as its object
+        self._temporary = (storage, url)
+        return storage, url
 
     # -- the store ---------------------------------------------------------------------
     def open(self, spec: StudySpec) -> Resumed:
         settings = spec.settings
         self._spec = spec
+        storage = self.storage
+        if settings.workers > 1:
+            storage, self._url = self._shared_storage()
         with optuna_quiet():  # no "A new study created" / "Using an existing study" lines on the user's terminal
             self._study = study = optuna.create_study(
-                storage=self.storage,
+                storage=storage,
                 sampler=spec.sampler,
                 pruner=make_pruner(settings.pruner, settings.n_evals),
                 study_name=spec.name,
@@ -126,6 +186,9 @@ class OptunaBackend(TrialBackend):
         assert spec is not None
         self._planner = planner
         settings = spec.settings
+        if settings.workers > 1:
+            run_workers(study, settings, pickled((spec, planner, str(self._url))), work_on)
+            return [trial_record(t) for t in study.get_trials(deepcopy=False)]
         with optuna_quiet():  # failed trials are logged once, by us, without Optuna's traceback
             lost: list[int] = []  # trials of ours that another process declared abandoned
             objective = with_heartbeat(self._objective, settings.heartbeat_interval, lost)
@@ -147,8 +210,69 @@ class OptunaBackend(TrialBackend):
         return [trial_record(t) for t in study.get_trials(deepcopy=False)]
 
     def run_plans(self, plans: list[TrialPlan]) -> list[TrialOutcome]:
-        assert self._spec is not None
-        return [self._spec.job.run(plan) for plan in plans]
+        spec = self._spec
+        assert spec is not None
+        settings = spec.settings
+        if settings.workers == 1:
+            return [spec.job.run(plan) for plan in plans]
+        if len(plans) > 1:
+            return run_plans_parallel(pickled(spec.job), plans, settings)
+        # a trial's plan names the device of the worker that ran it: here, this process's device
+        here = [
+            dataclasses.replace(p, config=dataclasses.replace(p.config, device=settings.main_device)) for p in plans
+        ]
+        return [spec.job.run(plan) for plan in here]
+
+    # -- in a trial worker process -----------------------------------------------------
+    def work(self, spec: StudySpec, planner: TrialPlanner, *, worker: int, label: str, gate: Any, parent: int) -> None:
+        """Run trials of the stored study ``spec`` names until ``n_trials`` have finished (a worker's loop).
+
+        A trial is taken through ``gate`` (a :class:`~bstune.study._workers.TrialGate` shared by
+        the workers) and only while the trials finished and running are fewer than
+        ``n_trials``; it is running in the storage before the gate opens again (the objective
+        opens it), so exactly ``n_trials`` finish. Stops, between trials, when process
+        ``parent`` is gone.
+        """
+        settings = spec.settings
+        if spec.worker_sampler is not None:
+            sampler = spec.worker_sampler(worker)
+        else:
+            sampler = spec.sampler
+            sampler.reseed_rng()
+        self._spec, self._planner, self._worker = spec, planner, label
+        assert self.storage is not None, "a trial worker opens the study's storage by its URL"
+        with optuna_quiet():
+            self._study = study = optuna.load_study(
+                study_name=spec.name,
+                storage=self.storage,
+                sampler=sampler,
+                pruner=make_pruner(settings.pruner, settings.n_evals),
+            )
+            lost: list[int] = []
+            objective = with_heartbeat(self._objective, settings.heartbeat_interval, lost)
+            while os.getppid() == parent:
+                held = gate.take(worker)
+
+                def let_go(trial: Trial) -> float:
+                    nonlocal held
+                    if held:
+                        held = False
+                        gate.let_go()  # the trial is in the storage as running: the next worker may count it
+                    return objective(trial)
+
+                try:
+                    retry_abandoned(study, settings.grace_period)
+                    self._lower_ceiling(study)
+                    if count_finished(study) + live_running(study) >= settings.n_trials:
+                        break
+                    study.optimize(let_go, n_trials=1, catch=(TrialFailure,), show_progress_bar=False)
+                except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                    if not lost:
+                        raise
+                    lost.clear()  # Optuna refused to tell a trial another process failed: its retry counts
+                finally:
+                    if held:
+                        gate.let_go()
 
     def _objective(self, trial: Trial) -> float:
         planner, spec = self._planner, self._spec
@@ -156,6 +280,8 @@ class OptunaBackend(TrialBackend):
         plan = planner.plan(planner.sample(trial))
         for key, value in plan.attrs().items():
             trial.set_user_attr(key, value)
+        if self._worker is not None:
+            trial.set_user_attr("worker", self._worker)
 
         def on_milestone(index: int, value: float, record: EvalRecord) -> Decision:
             trial.report(value, index)
@@ -213,3 +339,8 @@ class OptunaBackend(TrialBackend):
         if self._study is None:
             raise BstuneError("OptunaBackend: open() the study first")
         return self._study
+
+
+def work_on(url: str, spec: StudySpec, planner: TrialPlanner, **how: Any) -> None:
+    """A trial worker process's loop: :meth:`OptunaBackend.work` on the storage at ``url``."""
+    OptunaBackend(url).work(spec, planner, **how)

@@ -53,6 +53,7 @@ def trial_record(trial: FrozenTrial) -> TrialRecord:
         message=attrs.get("message", ""),
         batch_ceiling=attrs.get("batch_ceiling"),
         traceback=attrs.get("traceback"),
+        worker=attrs.get("worker"),
     )
 
 

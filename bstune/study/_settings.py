@@ -11,6 +11,7 @@ beside the settings, not flattened into them.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ import optuna
 from bstune._validate import count_reason, is_int, number_reason
 from bstune.errors import ConfigError
 from bstune.metrics import Direction
+from bstune.noise import resolve_device
 from bstune.study._probe import ProbeSettings
 from bstune.study._pruners import PRUNERS
 
@@ -62,7 +64,21 @@ class StudySettings:
             own, as the task declares it (losses are minimized; see :class:`bstune.Metric`).
             A direction that contradicts the objective's is an error.
         probe: settings of the probe (the prior mode only).
-        device: trial device; ``"auto"`` picks CUDA when available.
+        device: trial device; ``"auto"`` picks CUDA when available. With ``devices``, the
+            device of the probe and the re-scoring (default: the first of ``devices``).
+        devices: run one trial per device at once, each in its own worker process pinned
+            to its device (the embedded backend only): ``"all"`` (every CUDA device torch
+            sees) or a list such as ``["cuda:0", "cuda:1"]`` (no repeats). ``None``
+            (default): every trial on ``device``. Implies ``parallel_trials=len(devices)``.
+        parallel_trials: trials run at once, each in its own worker process (the embedded
+            backend only; Ray runs trials at once by itself). ``1`` (default): one trial
+            after the other in this process. ``K > 1`` without ``devices``: K processes on
+            ``device`` (e.g. the CPU, each with its share of the cores as torch threads).
+            ``None`` (default): ``len(devices)``, else 1.
+            Not to be confused with ``num_workers``, which loads *one* trial's batches in
+            DataLoader processes; the two multiply. Worker processes share the study's
+            storage (with none, a temporary journal file, removed with the study object)
+            and draw different configs; see :meth:`bstune.Study.run`.
         num_workers: DataLoader worker processes that load each trial's training batches
             (``TrainConfig.num_workers``; a training function's ``ctx.loader`` takes it as its
             default): worth it when a dataset's ``__getitem__`` does real work (decoding,
@@ -104,6 +120,8 @@ class StudySettings:
     direction: Direction | Literal["minimize", "maximize"] | None = None
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     device: str = "auto"
+    devices: Literal["all"] | Sequence[str] | None = None
+    parallel_trials: int | None = None
     num_workers: int = 0
     progress: bool = True
     study_name: str | None = None
@@ -138,6 +156,38 @@ class StudySettings:
         for name in ("rescore_top", "rescore_seeds", "num_workers"):
             if (reason := count_reason(getattr(self, name), minimum=0)) is not None:
                 raise _bad(name, reason)
+        self._check_devices()
+
+    def _check_devices(self) -> None:
+        """``devices`` resolved to a tuple of distinct device names; ``parallel_trials``, if given, must fit it.
+
+        Neither ``parallel_trials`` nor ``device`` is rewritten (``dataclasses.replace`` of these
+        settings with other devices must not meet a count derived from the old ones): see
+        :attr:`workers` and :attr:`main_device`.
+        """
+        if self.parallel_trials is not None and (reason := count_reason(self.parallel_trials)) is not None:
+            raise _bad("parallel_trials", reason)
+        if self.devices is None:
+            return
+        devices = _resolve_devices(self.devices)
+        if self.parallel_trials is not None and self.parallel_trials != len(devices):
+            raise _bad(
+                "parallel_trials",
+                f"devices runs one trial per device, {len(devices)} at once ({', '.join(devices)}); "
+                f"got parallel_trials={self.parallel_trials!r}: leave it unset",
+            )
+        object.__setattr__(self, "devices", devices)
+
+    @property
+    def workers(self) -> int:
+        """Trials at once: one per device of ``devices``, else ``parallel_trials`` (default 1: in this process)."""
+        return len(self.devices) if self.devices is not None else (self.parallel_trials or 1)
+
+    @property
+    def main_device(self) -> str:
+        """Where the study's own process trains (the probe, a re-scoring run): ``device``, or with
+        ``devices`` and ``device="auto"``, the first of them."""
+        return self.devices[0] if self.devices is not None and self.device == "auto" else self.device
 
     @classmethod
     def build(cls, base: StudySettings | None = None, **changes: Any) -> StudySettings:
@@ -156,3 +206,38 @@ class StudySettings:
     @property
     def pruner_name(self) -> str:
         return self.pruner if isinstance(self.pruner, str) else type(self.pruner).__name__
+
+
+def _resolve_devices(devices: object) -> tuple[str, ...]:
+    """``"all"`` or a list of device names as distinct names torch knows and this machine has."""
+    if devices == "all":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise _bad(
+                "devices",
+                "'all' means every CUDA device, and torch sees none on this machine; "
+                "to run trials at once on the CPU, set parallel_trials (e.g. parallel_trials=2)",
+            )
+        return tuple(f"cuda:{i}" for i in range(count))
+    if isinstance(devices, str) or not isinstance(devices, Sequence) or not devices:
+        raise _bad(
+            "devices", f"must be 'all' or a non-empty list of devices such as ['cuda:0', 'cuda:1'], got {devices!r}"
+        )
+    names: list[str] = []
+    for device in devices:
+        if not isinstance(device, str):
+            raise _bad("devices", f"must name devices as strings such as 'cuda:0', got {device!r}")
+        try:
+            dev = resolve_device(device)
+        except ConfigError as exc:
+            raise _bad("devices", exc.reason) from None
+        name = f"{dev.type}:0" if dev.type == "cuda" and dev.index is None else str(dev)
+        if name in names:
+            raise _bad(
+                "devices",
+                f"{device!r} is listed twice: one trial per device (for several trials on one device, set parallel_trials)",
+            )
+        names.append(name)
+    return tuple(names)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ from bstune.study._records import StudyResult, clean_dict
 from bstune.study._rescore import candidates, rescore_seeds, run_rescoring
 from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialPlanner
+from bstune.study._workers import parallel_sampler
 from bstune.task import Task
 from bstune.training import TrialFunction
 
@@ -120,6 +122,8 @@ class Study:
         self.study_name = settings.study_name or f"bstune-{self.name}"
         self.backend = _backend(backend, storage, ray, settings)
         self.sampler = sampler if sampler is not None else make_sampler(settings.seed, settings.n_trials)
+        # parallel trials: worker i draws with the default TPE seeded seed + i; a user's sampler is re-seeded
+        self._worker_sampler = partial(parallel_sampler, settings.seed, settings.n_trials) if sampler is None else None
         self.probe: ProbeResult | None = None
         self.prior: Prior | None = None
 
@@ -245,9 +249,28 @@ class Study:
         their end, across all processes. A ``KeyboardInterrupt`` (Ctrl-C) leaves the
         running trial as a kill does, marked ``interrupted`` and queued to run again on
         resume, and goes on up.
+
+        With ``parallel_trials > 1`` (or ``devices``), that many trials run at once, each in
+        a worker process of its own pinned to its device (``devices="all"``: one per GPU),
+        on the same storage (with none, a temporary journal file); the probe and the
+        re-scoring's bookkeeping stay in this process, and the re-scoring runs side by side
+        on the workers' devices. Each worker draws with its own sampler (the default TPE
+        seeded ``seed + i``, with Optuna's constant liar), so the configs drawn depend on
+        the order in which trials finish: a parallel study is not reproducible trial for
+        trial. Each trial records its worker (``TrialRecord.worker``). A worker process that
+        dies is started again once and its trial run again; Ctrl-C leaves every running
+        trial ``interrupted``, and no worker process behind.
         """
         s = self.settings
-        spec = StudySpec(self.study_name, s, self._fingerprint(), self._job(), self.sampler, self.space.batch_min)
+        spec = StudySpec(
+            self.study_name,
+            s,
+            self._fingerprint(),
+            self._job(),
+            self.sampler,
+            self.space.batch_min,
+            self._worker_sampler,
+        )
         resumed = self.backend.open(spec)
         if s.mode == "prior":
             if resumed.probe is not None:
@@ -265,7 +288,7 @@ class Study:
                     settings=s.probe,
                     batch_cap=self.batch_cap,
                     seed=s.seed,
-                    device=s.device,
+                    device=s.main_device,
                     progress=s.progress,
                 )
                 self.backend.keep_probe(self.probe)
@@ -299,7 +322,7 @@ class Study:
             budget_samples=s.budget_samples,
             eval_every=s.eval_every,
             seed=s.seed,
-            device=s.device,
+            device=s.main_device,
             default_momentum=self.optimizer_spec.momentum,
             num_workers=s.num_workers,
         )
@@ -433,4 +456,12 @@ def _backend(
         raise bad("backend", f"must be 'optuna' (embedded), 'ray' or a TrialBackend, got {backend!r}")
     if isinstance(chosen, RayBackend) and not isinstance(settings.pruner, str):
         raise bad("pruner", "the Ray backend takes a pruner by name (its schedulers stand in for Optuna's)")
+    if isinstance(chosen, OptunaBackend) and settings.workers > 1:
+        chosen.worker_url()  # refuses, now, a storage object the worker processes could not open
+    elif not isinstance(chosen, OptunaBackend) and settings.workers > 1:
+        raise bad(
+            "devices" if settings.devices is not None else "parallel_trials",
+            "trial worker processes are the embedded backend's; the Ray backend runs trials at once by itself "
+            "(ray=RaySettings(resources_per_trial=..., max_concurrent=...))",
+        )
     return chosen

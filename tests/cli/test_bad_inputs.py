@@ -291,6 +291,37 @@ CASES: list[Case] = [
         ("Study: num_workers", "must be a non-negative integer, got -2"),
         absent=("out/study.db",),
     ),
+    # parallel trials (issue 16 part 4): bad counts and device lists are refused before the storage is made
+    Case(
+        ("run", "good.py", "--space", "ok.yaml", "--parallel-trials", "0", "--out", "out"),
+        2,
+        ("Study: parallel_trials", "must be a positive integer, got 0"),
+        absent=("out",),
+    ),
+    Case(
+        ("run", "good.py", "--space", "ok.yaml", "--devices", "all", "--out", "out"),  # these machines have no GPU
+        2,
+        ("Study: devices", "torch sees none on this machine", "parallel_trials"),
+        absent=("out",),
+    ),
+    Case(
+        ("run", "good.py", "--space", "ok.yaml", "--devices", "cpu,cpu", "--out", "out"),
+        2,
+        ("Study: devices", "'cpu' is listed twice"),
+        absent=("out",),
+    ),
+    Case(
+        ("run", "good.py", "--space", "ok.yaml", "--devices", "cpu", "--parallel-trials", "3", "--out", "out"),
+        2,
+        ("Study: parallel_trials", "one trial per device, 1 at once (cpu)", "leave it unset"),
+        absent=("out",),
+    ),
+    Case(
+        ("run", "good.py", "--space", "ok.yaml", "--parallel-trials", "2", "--backend", "ray", "--out", "out"),
+        2,
+        ("Study: parallel_trials", "the embedded backend's", "max_concurrent"),
+        absent=("out",),
+    ),
 ]
 
 

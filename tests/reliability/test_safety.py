@@ -61,8 +61,18 @@ def _true(call: ast.Call, keyword: str) -> bool:
 ALLOWED_IMPORTS = {
     # ships the user's script module to Ray workers by value (Ray pickles trial functions anyway); reads nothing
     ("bstune/study/_ray.py", "ray.cloudpickle"),
+    # parallel trials: the study's process pickles its job for the trial worker processes it spawns, and each
+    # unpickles it from the pipe multiprocessing gives the two (as multiprocessing does with any Process's
+    # arguments; cloudpickle ships lambdas and a script's functions); nothing read from a file or the network
+    ("bstune/study/_workers.py", "pickle"),
+    ("bstune/study/_workers.py", "cloudpickle"),
 }
 SAFE_ATTRS = {"register_pickle_by_value"}
+# ... and used only so, in that file
+ALLOWED_USES = {
+    ("bstune/study/_workers.py", name)
+    for name in ("pickle.dumps", "pickle.HIGHEST_PROTOCOL", "pickle.loads", "cloudpickle.dumps")
+}
 
 
 def _parents(tree: ast.AST) -> dict[ast.AST, ast.AST]:
@@ -91,7 +101,12 @@ def problems_in(source: str, where: str = "<snippet>") -> list[str]:
             if parts is not None and not isinstance(node.ctx, ast.Store):
                 resolved = _resolve(parts, aliases).split(".")
                 unsafe = [i for i, part in enumerate(resolved) if part in UNSAFE_MODULES]
-                if unsafe and (unsafe[-1] + 1 == len(resolved) or resolved[unsafe[-1] + 1] not in SAFE_ATTRS):
+                allowed = (where, ".".join(resolved)) in ALLOWED_USES
+                if (
+                    unsafe
+                    and not allowed
+                    and (unsafe[-1] + 1 == len(resolved) or resolved[unsafe[-1] + 1] not in SAFE_ATTRS)
+                ):
                     out.append(f"{line} uses {'.'.join(resolved)}")
         elif isinstance(node, ast.Constant) and node.value in EVERY_INTERFACE:
             out.append(f"{line} binds to every interface")

@@ -1,0 +1,370 @@
+"""Several trials at once on the embedded backend: one worker process per device.
+
+With ``parallel_trials=K > 1`` (or ``devices=[...]``) :class:`~bstune.study.OptunaBackend`
+starts K worker processes (``multiprocessing``'s *spawn* context: forking a process that
+holds torch's threads is unsafe). Each opens the study's storage itself and runs trials,
+pinned to its device (:func:`worker_devices`), until ``n_trials`` have finished across
+all of them; the parent waits, then reads every trial from the storage. What several
+processes on one storage already share is shared here the same way: the pruner reads the
+other trials' milestones from the storage, out-of-memory ceilings travel as FAIL trials'
+``batch_ceiling``, and a trial whose process died is taken over (marked ``interrupted``
+and run again) by :mod:`bstune.study._liveness`.
+
+Exactly ``n_trials`` finish: a worker takes a trial only under a lock shared by the
+workers, when the trials finished plus those running are fewer than ``n_trials``, and the
+trial is in the storage as running before the lock is let go.
+
+Each worker draws with its own sampler: the study's default TPE seeded ``seed + i`` for
+worker ``i``, with Optuna's *constant liar* (a running trial counts as a bad one, so
+workers do not draw next to each other's running trials); a sampler given by the user is
+copied into each worker and re-seeded from the OS (Optuna's ``reseed_rng``), as Optuna
+does for its own parallel workers. Which configs are drawn depends on the order in which
+trials finish across the workers, so a parallel study is not reproducible trial for trial;
+each trial's training is (a config trains the same at the same seed on the same device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from multiprocessing.connection import wait
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from bstune._keys import SCRIPT_MODULE_PREFIX
+from bstune._progress import progress_bar
+from bstune.errors import BstuneError, ConfigError
+from bstune.study._liveness import count_finished, retry_abandoned
+from bstune.study._settings import StudySettings
+from bstune.study._trial import TrialOutcome, TrialPlan
+
+__all__ = [
+    "TrialGate",
+    "WorkerCrashError",
+    "parallel_sampler",
+    "pickled",
+    "run_plans_parallel",
+    "run_workers",
+    "worker_devices",
+    "worker_threads",
+]
+
+logger = logging.getLogger(__name__)
+
+_STOP_WAIT_S = 30.0  # after Ctrl-C: how long a worker may take to mark its trial interrupted before it is killed
+_OWN_STOP_S = 3.0  # after Ctrl-C: how long the workers are given to stop on their own SIGINT before one is sent
+_REINTERRUPT_S = 5.0  # a worker still running this long after an interrupt is interrupted again
+
+
+class WorkerCrashError(BstuneError):
+    """A trial worker process died (not a trial that failed: the process itself), and the study could not finish."""
+
+
+def worker_devices(settings: StudySettings) -> list[tuple[str, ...]]:
+    """The devices each trial worker trains on, one tuple per worker.
+
+    One device per worker today: ``devices`` one each, or ``device`` for each of
+    ``parallel_trials`` workers. A tuple, so that a worker may be handed several devices
+    (a data-parallel trial) without changing the callers.
+
+    Example:
+        >>> worker_devices(StudySettings(parallel_trials=2, device="cpu"))
+        [('cpu',), ('cpu',)]
+    """
+    if settings.devices is not None:
+        return [(device,) for device in settings.devices]
+    return [(settings.device,)] * settings.workers
+
+
+def worker_threads(n_workers: int) -> int:
+    """torch threads of each of ``n_workers`` processes sharing this machine's cores: its share, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // n_workers)
+
+
+def parallel_sampler(seed: int, n_trials: int, index: int) -> optuna.samplers.BaseSampler:
+    """The default sampler of worker ``index``: the study's multivariate TPE seeded ``seed + index``,
+    with the constant liar, so that workers draw different configs and not beside running ones."""
+    return optuna.samplers.TPESampler(
+        seed=seed + index,
+        multivariate=True,
+        n_startup_trials=min(10, max(3, n_trials // 4)),
+        constant_liar=True,
+    )
+
+
+def pickled(obj: Any, *, field: str = "parallel_trials") -> bytes:
+    """``obj`` as bytes a spawned worker can load: by value for what a loaded script defines.
+
+    cloudpickle (installed with the ``ray`` extra) also ships lambdas and a script's
+    functions; without it, the standard pickle needs every function at module level.
+    """
+    try:
+        import cloudpickle
+    except ImportError:
+        dumps: Callable[[Any], bytes] = partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
+    else:
+        for module in list(sys.modules.values()):
+            if getattr(module, "__name__", "").startswith(SCRIPT_MODULE_PREFIX):
+                cloudpickle.register_pickle_by_value(module)
+        dumps = cloudpickle.dumps
+    try:
+        return dumps(obj)
+    except Exception as exc:
+        raise ConfigError(
+            f"the task or training function cannot be sent to trial worker processes ({type(exc).__name__}: "
+            f"{exc}); define its model factory, loss and metrics at module level (not lambdas), "
+            "or install cloudpickle",
+            source="Study",
+            field=field,
+        ) from exc
+
+
+# -- the worker process ----------------------------------------------------------------
+class TrialGate:
+    """The lock under which a worker counts the trials and takes one, and which worker holds it.
+
+    A worker killed while it holds the gate would leave the others waiting for ever: the
+    parent frees the gate of a worker that died (:meth:`free_for`), and a worker that waits
+    longer than ``patience`` seconds goes on without it (logged; at worst one trial too many).
+    """
+
+    def __init__(self, ctx: Any, patience: float = 120.0) -> None:
+        self._lock = ctx.Lock()
+        self._holder = ctx.Value("i", -1, lock=False)
+        self._patience = patience
+
+    def take(self, worker: int) -> bool:
+        """Wait for the gate; False when ``patience`` ran out (then the caller goes on without it)."""
+        if not self._lock.acquire(timeout=self._patience):
+            logger.warning("worker %d waited %.0f s to take a trial; going on", worker, self._patience)
+            return False
+        self._holder.value = worker
+        return True
+
+    def let_go(self) -> None:
+        self._holder.value = -1
+        self._lock.release()
+
+    def free_for(self, worker: int) -> None:
+        """Worker ``worker`` died: release the gate if it held it."""
+        if self._holder.value == worker:
+            self.let_go()
+
+
+@dataclass(frozen=True)
+class _WorkerArgs:
+    index: int
+    devices: tuple[str, ...]
+    threads: int
+    payload: bytes  # pickled (spec, planner, storage URL)
+    gate: TrialGate  # shared by the workers: counting the trials and taking one
+    parent: int  # the parent's pid: a worker whose parent is gone stops between trials
+    log_level: int
+    work: Callable[..., None]  # the trial loop: OptunaBackend.work on a backend opened on the URL
+
+
+_interrupted_at: list[float] = []  # in a worker: when the first SIGINT came
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    """SIGINT ends the trial as Ctrl-C does in-process (a KeyboardInterrupt); the time is kept for the watch."""
+    if not _interrupted_at:
+        _interrupted_at.append(time.monotonic())
+    raise KeyboardInterrupt
+
+
+def _setup_process(index: int, devices: tuple[str, ...], threads: int, log_level: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(
+        level=logging.WARNING,
+        format=f"bstune worker {index} ({','.join(devices)}): %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("bstune").setLevel(log_level)
+
+
+def _watch(parent: int) -> None:
+    """A worker's daemon thread: interrupt the worker as Ctrl-C would when its parent is gone (killed), and
+    again every few seconds while it is still here after an interrupt (a KeyboardInterrupt raised inside a
+    garbage-collection callback is swallowed by Python)."""
+    last = 0.0
+    while True:
+        time.sleep(0.5)
+        now = time.monotonic()
+        gone = os.getppid() != parent
+        stuck = bool(_interrupted_at) and now - max(_interrupted_at[0], last) > _REINTERRUPT_S
+        if (gone and not _interrupted_at) or stuck:
+            if gone and not _interrupted_at:
+                logger.warning("the study's process (pid %d) is gone: stopping", parent)
+            last = now
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def _worker_main(args: _WorkerArgs) -> None:
+    """Run trials until the study has ``n_trials`` finished; exit 130 on Ctrl-C or when the parent is gone."""
+    signal.signal(signal.SIGINT, _on_sigint)
+    threading.Thread(target=_watch, args=(args.parent,), name="bstune-worker-watch", daemon=True).start()
+    try:
+        _setup_process(args.index, args.devices, args.threads, args.log_level)
+        if args.devices[0].startswith("cuda"):
+            import torch
+
+            torch.cuda.set_device(args.devices[0])  # code that says just "cuda" lands on this worker's GPU too
+        spec, planner, url = pickle.loads(args.payload)
+        planner = dataclasses.replace(planner, device=args.devices[0])
+        label = f"worker {args.index} ({','.join(args.devices)})"
+        args.work(url, spec, planner, worker=args.index, label=label, gate=args.gate, parent=args.parent)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trial is marked: nothing left to interrupt
+        sys.exit(130)
+
+
+# -- the parent ------------------------------------------------------------------------
+def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, work: Callable[..., None]) -> None:
+    """Start a worker per :func:`worker_devices` entry and wait until they are done.
+
+    Each worker calls ``work(url, spec, planner, worker=, label=, gate=, parent=)`` with
+    ``payload`` unpickled and the planner's device set to the worker's: a module-level
+    function (sent by reference to the spawned process).
+
+    A worker that dies (killed, or its process crashed) is started again once on its
+    device while the study is unfinished; its trial is taken over by the others (or the
+    replacement) through the liveness checks. Raises :class:`WorkerCrashError` naming the
+    workers and devices when the study could not finish. On Ctrl-C, every worker marks its
+    running trial ``interrupted`` (it got the SIGINT too, or is sent one), workers that do
+    not stop within 30 s are killed, and the interrupt goes on up: no process is left behind.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    gate = TrialGate(ctx)
+    slots = worker_devices(settings)
+    threads = worker_threads(len(slots))
+    level = logging.getLogger("bstune").getEffectiveLevel()
+
+    def start(index: int) -> multiprocessing.process.BaseProcess:
+        args = _WorkerArgs(index, slots[index], threads, payload, gate, os.getpid(), level, work)
+        proc = ctx.Process(target=_worker_main, args=(args,), name=f"bstune-trial-worker-{index}", daemon=False)
+        proc.start()
+        return proc
+
+    running = {i: start(i) for i in range(len(slots))}
+    restarted: set[int] = set()
+    crashed: list[str] = []
+    bar = progress_bar(settings.progress, "trials", total=settings.n_trials, unit="trial")
+    shown = count_finished(study)
+    bar.update(shown)
+    try:
+        while running:
+            wait([p.sentinel for p in running.values()], timeout=1.0)
+            finished = count_finished(study)
+            bar.update(finished - shown)
+            shown = finished
+            for index, proc in list(running.items()):
+                if proc.is_alive():
+                    continue
+                proc.join()
+                del running[index]
+                code = proc.exitcode or 0
+                if code == 0:
+                    continue
+                where = f"worker {index} on {','.join(slots[index])} (pid {proc.pid})"
+                what = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                gate.free_for(index)
+                crashed.append(f"{where}: {what}")
+                logger.error("trial %s died (%s); its running trial will be run again", where, what)
+                if index not in restarted and count_finished(study) < settings.n_trials:
+                    restarted.add(index)
+                    retry_abandoned(study, settings.grace_period)
+                    running[index] = start(index)
+    except KeyboardInterrupt:
+        _stop(list(running.values()))
+        retry_abandoned(study, settings.grace_period)  # the trials of workers that had to be killed
+        raise
+    finally:
+        bar.close()
+    retry_abandoned(study, settings.grace_period)  # a trial of a worker that died last: queued for a resume
+    if count_finished(study) < settings.n_trials:
+        raise WorkerCrashError(
+            f"{count_finished(study)} of {settings.n_trials} trials finished: trial workers died: "
+            + "; ".join(crashed)
+            + " (their trials are queued to run again; resume the study to finish it)"
+        )
+    if crashed:
+        logger.error("the study finished, but trial workers died on the way: %s", "; ".join(crashed))
+
+
+def _stop(procs: Sequence[multiprocessing.process.BaseProcess]) -> None:
+    """After Ctrl-C: the workers stop on their own SIGINT (a terminal sends it to them too); those still
+    running after a few seconds are sent one (``kill -INT`` to this process alone); those still running
+    after 30 s are killed (their trials are then taken over: marked interrupted and queued)."""
+    deadline = time.monotonic() + _OWN_STOP_S
+    forwarded = False
+    for proc in procs:
+        while True:
+            try:
+                proc.join(max(0.0, deadline - time.monotonic()))
+                if proc.is_alive() and not forwarded:
+                    forwarded = True
+                    for other in procs:
+                        if other.is_alive() and other.pid is not None:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(other.pid, signal.SIGINT)
+                    deadline = time.monotonic() + _STOP_WAIT_S
+                    continue
+                break
+            except KeyboardInterrupt:  # another Ctrl-C while waiting: stop waiting
+                deadline = 0.0
+        if proc.is_alive():
+            logger.warning("trial worker pid %s did not stop; killed", proc.pid)
+            proc.kill()
+            proc.join()
+
+
+# -- re-scoring: plans side by side -----------------------------------------------------
+def _plan_worker_init(threads: int, log_level: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool on Ctrl-C
+    _setup_process(os.getpid(), ("re-scoring",), threads, log_level)
+
+
+def _run_plan(item: tuple[bytes, TrialPlan]) -> TrialOutcome:
+    payload, plan = item
+    job = pickle.loads(payload)
+    outcome: TrialOutcome = job.run(plan)
+    return outcome
+
+
+def run_plans_parallel(payload: bytes, plans: list[TrialPlan], settings: StudySettings) -> list[TrialOutcome]:
+    """Train ``plans`` (whole budget) in spawned processes, one per worker device at a time; outcomes in order."""
+    slots = worker_devices(settings)
+    n = min(len(slots), len(plans))
+    ctx = multiprocessing.get_context("spawn")
+    placed = [
+        (payload, dataclasses.replace(plan, config=dataclasses.replace(plan.config, device=slots[i % n][0])))
+        for i, plan in enumerate(plans)
+    ]
+    level = logging.getLogger("bstune").getEffectiveLevel()
+    out: list[TrialOutcome] = []
+    with ctx.Pool(n, initializer=_plan_worker_init, initargs=(worker_threads(n), level)) as pool:
+        for start in range(0, len(placed), n):  # n at a time: never two plans on one device
+            out += pool.map(_run_plan, placed[start : start + n], chunksize=1)
+    return out
+
+
+def live_running(study: optuna.Study) -> int:
+    """Trials running now (after :func:`retry_abandoned` has failed those whose process is gone)."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))

@@ -1,0 +1,384 @@
+"""Several trials at once on the embedded backend: worker processes on one storage (issue 16 part 4).
+
+Every study here runs for real with 2 CPU worker processes (spawned: each imports torch
+and bstune, seconds on a busy machine), on tiny problems. Out of memory is simulated as
+in tests/reliability/test_bad_trials.py: a model that raises ``torch.OutOfMemoryError``
+above a batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+import bstune
+from bstune._keys import OWNER_KEY
+from bstune.errors import ConfigError
+from bstune.study import open_storage
+from bstune.study._liveness import count_finished
+from bstune.study._settings import StudySettings
+from bstune.study._trial import TrialPlan
+from bstune.study._workers import TrialGate, worker_devices
+from tests.conftest import make_classification, small_mlp
+from tests.reliability.conftest import python_env, wait_for
+from tests.reliability.test_crash_and_concurrency import in_trial
+from tests.study.study_runner import SPACE, make_task
+
+MEMORY_LIMIT = 40  # the simulated device holds batches up to this size
+
+
+class SmallMemory(torch.nn.Module):
+    """A model whose simulated device runs out of memory above MEMORY_LIMIT examples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_mlp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] > MEMORY_LIMIT:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {x.shape[0]} examples")
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+class Slow(torch.nn.Module):
+    """small_mlp, 20 ms a forward pass: a trial lasts seconds, long enough to be killed in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_mlp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.02)
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+def blobs(model: Any) -> bstune.Task:
+    x, y = make_classification(n=520)
+    return bstune.Task(
+        model=model,
+        train_data=(x[:400], y[:400]),
+        val_data=(x[400:], y[400:]),
+        loss=torch.nn.CrossEntropyLoss(),
+        name="blobs",
+    )
+
+
+def study(task: bstune.Task, storage: str | None, **changes: Any) -> bstune.Study:
+    settings: dict[str, Any] = {
+        "n_trials": 6,
+        "budget_samples": 600,
+        "n_evals": 2,
+        "mode": "baseline",
+        "pruner": "none",
+        "rescore_top": 0,
+        "progress": False,
+        "device": "cpu",
+        "parallel_trials": 2,
+    }
+    return bstune.Study(task, SPACE, storage=storage, **(settings | changes))
+
+
+def stored(s: bstune.Study) -> list[FrozenTrial]:
+    return optuna.load_study(study_name=s.study_name, storage=s.backend.storage).get_trials()  # type: ignore[attr-defined]
+
+
+WORKERS = {"worker 0 (cpu)", "worker 1 (cpu)"}
+
+
+# -- settings: fast ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"parallel_trials": 0}, "parallel_trials", "must be a positive integer, got 0"),
+        ({"parallel_trials": True}, "parallel_trials", "must be a positive integer, got True"),
+        ({"devices": ["cpu", "cpu"]}, "devices", "'cpu' is listed twice"),
+        ({"devices": "cpu"}, "devices", "must be 'all' or a non-empty list"),
+        ({"devices": []}, "devices", "must be 'all' or a non-empty list"),
+        ({"devices": ["gpu0"]}, "devices", "'gpu0' is not a torch device"),
+        ({"devices": ["cpu"], "parallel_trials": 2}, "parallel_trials", "one trial per device, 1 at once \\(cpu\\)"),
+    ],
+)
+def test_bad_parallel_settings_name_their_field(changes: dict[str, Any], field: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words) as err:
+        StudySettings(**changes)
+    assert err.value.field == field
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="'all' is refused only on a machine without GPUs")
+def test_all_devices_without_a_gpu_points_at_parallel_trials() -> None:
+    with pytest.raises(ConfigError, match=r"torch sees none on this machine.*parallel_trials") as err:
+        StudySettings(devices="all")
+    assert err.value.field == "devices"
+
+
+def test_parallel_trials_are_the_embedded_backends_and_need_a_storage_workers_can_open() -> None:
+    with pytest.raises(ConfigError, match="embedded backend's") as err:
+        study(make_task(), None, backend="ray")
+    assert err.value.field == "parallel_trials"
+    with pytest.raises(ConfigError, match="cannot open this storage \\(in memory\\)") as err:
+        study(make_task(), optuna.storages.InMemoryStorage())  # type: ignore[arg-type]
+    assert err.value.field == "parallel_trials"
+
+
+def test_each_worker_gets_its_device_and_the_probe_the_first() -> None:
+    settings = StudySettings(devices=["cpu"])
+    assert (settings.workers, settings.main_device, worker_devices(settings)) == (1, "cpu", [("cpu",)])
+    assert worker_devices(StudySettings(parallel_trials=3, device="cpu")) == [("cpu",)] * 3
+    assert StudySettings().workers == 1  # the default: trials in this process, as before
+    # settings changed later (Study(settings=..., devices=...)) are checked as given, not against derived values
+    assert StudySettings.build(StudySettings(n_trials=5), devices=["cpu"]).workers == 1
+    assert StudySettings.build(StudySettings(parallel_trials=2), n_trials=5).workers == 2
+
+
+def test_the_gate_of_a_worker_that_died_holding_it_is_freed_and_patience_ends_a_wait() -> None:
+    import multiprocessing
+
+    gate = TrialGate(multiprocessing.get_context("spawn"), patience=0.2)
+    assert gate.take(0)
+    gate.free_for(1)  # worker 1 died: it did not hold the gate, which stays taken
+    started = time.monotonic()
+    assert not gate.take(1) and time.monotonic() - started >= 0.2  # waits no longer than its patience
+    gate.free_for(0)  # worker 0 died holding it
+    assert gate.take(1)
+    gate.let_go()
+
+
+# -- real studies on 2 worker processes: slow ---------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["sqlite", "memory"])
+def test_two_workers_finish_exactly_n_trials_with_different_configs(tmp_path: Path, where: str) -> None:
+    storage = f"sqlite:///{tmp_path}/s.db" if where == "sqlite" else None
+    s = study(make_task(), storage, rescore_top=1, rescore_seeds=2)
+    result = s.run()
+    trials = result.trials
+    assert len(trials) == 6 and all(t.status == "completed" for t in trials)  # exactly n_trials, none extra
+    assert {t.worker for t in trials} == WORKERS  # both ran trials, and each trial says which ran it
+    assert all(t.config["device"] == "cpu" for t in trials)
+    drawn = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(drawn)) == len(drawn), drawn  # the workers' samplers differ: no config drawn twice
+    assert count_finished(result.optuna_study) == 6
+    # the re-scoring ran in worker processes, and trains exactly as in this process
+    (rescored,) = result.rescored
+    best = next(t for t in trials if t.number == rescored.trial)
+    plan = TrialPlan.from_dict({"params": best.params, "config": best.config, "temperature": best.temperature or 0.0})
+    for seed, value in zip(rescored.seeds, rescored.values[1:], strict=True):
+        here = s._job().run(dataclasses.replace(plan, config=dataclasses.replace(plan.config, seed=seed)))
+        assert here.value == pytest.approx(value, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_an_out_of_memory_ceiling_learned_in_one_worker_caps_the_other(tmp_path: Path) -> None:
+    space = SPACE | {"batch_size": {"min": 16, "max": 128}}
+    s = bstune.Study(
+        blobs(SmallMemory),
+        space,
+        storage=f"sqlite:///{tmp_path}/s.db",
+        n_trials=10,
+        budget_samples=800,
+        n_evals=2,
+        mode="baseline",
+        pruner="none",
+        rescore_top=0,
+        progress=False,
+        device="cpu",
+        parallel_trials=2,
+    )
+    s.run()
+    trials = stored(s)
+    ooms = [t for t in trials if t.user_attrs.get("status") == "oom"]
+    assert ooms, "no trial ran out of memory: the test shows nothing"
+    crossed = 0
+    for oom in ooms:
+        assert oom.datetime_complete is not None
+        ceiling, learned = oom.user_attrs["batch_ceiling"], oom.datetime_complete.timestamp()
+        for t in trials:
+            assert t.datetime_start is not None
+            if t.datetime_start.timestamp() > learned + 0.5:  # started after the ceiling was stored
+                assert t.user_attrs["batch_size"] <= ceiling, (oom.number, t.number)
+                crossed += t.user_attrs["worker"] != oom.user_attrs["worker"]
+    assert crossed, "no trial of the other worker started after an out-of-memory trial"
+    assert len([t for t in trials if t.user_attrs.get("status") != "interrupted"]) == 10
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_has_its_trial_run_again_and_the_study_finishes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    s = study(blobs(Slow), url, n_trials=4, budget_samples=1200)
+    killed: list[FrozenTrial] = []
+
+    def kill_one() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            try:
+                trials = optuna.load_study(study_name=s.study_name, storage=open_storage(url)).get_trials()
+            except (KeyError, Exception):
+                trials = []
+            for t in trials:
+                pid = t.system_attrs.get(OWNER_KEY, {}).get("pid")
+                if pid is not None and pid != os.getpid() and in_trial([t], pid) is not None:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(t)
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_one, daemon=True)
+    killer.start()
+    result = s.run()
+    killer.join()
+    assert killed, "no worker was killed"
+    (victim,) = killed
+    trials = {t.number: t for t in stored(s)}
+    assert trials[victim.number].user_attrs["status"] == "interrupted"  # taken over, not counted
+    (retry,) = [t for t in trials.values() if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == victim.params
+    assert count_finished(result.optuna_study) == 4 and not [t for t in trials.values() if not t.state.is_finished()]
+    assert "killed by signal 9" in caplog.text and "worker" in caplog.text  # the crash is named, with its device
+    assert "(cpu)" in caplog.text or "on cpu" in caplog.text
+
+
+SLOW_SCRIPT = """
+import time
+
+import torch
+import bstune
+
+
+class Slow(torch.nn.Linear):
+    def forward(self, x):
+        time.sleep(0.01)
+        return super().forward(x)
+
+
+def make_task():
+    x = torch.randn(200, 4, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    return bstune.Task(model=lambda: Slow(4, 2), train_data=(x[:160], y[:160]),
+                       val_data=(x[160:], y[160:]), loss=torch.nn.CrossEntropyLoss(), name="slow")
+"""
+
+
+def _two_running(db: Path) -> list[int] | None:
+    """The numbers of the trials running in ``db`` once there are two; None before. Read with SQLite alone,
+    read-only: opening it through Optuna while bstune makes its tables would race bstune."""
+    query = (
+        "SELECT t.number FROM trials t WHERE t.state = 'RUNNING' AND EXISTS "
+        "(SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = t.trial_id AND a.key = 'config')"
+    )
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as con:
+            busy = [number for (number,) in con.execute(query)]
+    except sqlite3.Error:
+        return None
+    return busy if len(busy) == 2 else None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to", ["group", "parent"])
+def test_ctrl_c_marks_the_running_trials_interrupted_and_leaves_no_process(tmp_path: Path, to: str) -> None:
+    """``group``: a terminal's Ctrl-C, to every process of the run; ``parent``: ``kill -INT`` to bstune alone."""
+    (tmp_path / "slow.py").write_text(SLOW_SCRIPT)  # a lambda in the task: sent to the workers by value
+    (tmp_path / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
+    args = [
+        *("run", "slow.py", "--space", "slow.yaml", "--out", "out", "--mode", "baseline", "--pruner", "none"),
+        *("--rescore-top", "0", "--trials", "6", "--budget-samples", "3200", "--no-progress"),
+        *("--device", "cpu", "--parallel-trials", "2"),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bstune.cli", *args],
+        cwd=tmp_path,
+        env=python_env(),
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    db = tmp_path / "out" / "study.db"
+
+    def both_running() -> list[int] | None:
+        return _two_running(db)
+
+    victims = wait_for("a trial running in each worker", both_running, [proc])
+    if to == "group":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    err = proc.stderr.read().decode().strip()  # type: ignore[union-attr]
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("bstune: interrupted; kept"), err
+    deadline = time.monotonic() + 10
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(proc.pid), "a worker process was left behind"
+    trials = {
+        t.number: t
+        for t in optuna.load_study(study_name="bstune-slow", storage=open_storage(f"sqlite:///{db}")).get_trials()
+    }
+    for victim in victims:
+        t = trials[victim]
+        assert t.state == TrialState.FAIL and t.user_attrs["status"] == "interrupted", t
+    assert not [t for t in trials.values() if t.state == TrialState.RUNNING]
+    again = sorted(t.user_attrs["retry_of"] for t in trials.values() if t.state == TrialState.WAITING)
+    assert again == sorted(victims)  # both queued to run again on --resume
+
+
+@pytest.mark.slow
+def test_workers_of_a_killed_study_stop_and_mark_their_trials_interrupted(tmp_path: Path) -> None:
+    """SIGKILL to bstune alone (no cleanup in it): its workers notice, stop as on Ctrl-C, and exit."""
+    (tmp_path / "slow.py").write_text(SLOW_SCRIPT)
+    (tmp_path / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
+    args = [
+        *("run", "slow.py", "--space", "slow.yaml", "--out", "out", "--mode", "baseline", "--pruner", "none"),
+        *("--rescore-top", "0", "--trials", "6", "--budget-samples", "6400", "--no-progress"),
+        *("--device", "cpu", "--parallel-trials", "2"),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bstune.cli", *args],
+        cwd=tmp_path,
+        env=python_env(),
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    db = tmp_path / "out" / "study.db"
+
+    def running() -> list[int] | None:
+        return _two_running(db)
+
+    victims = wait_for("a trial running in each worker", running, [proc])
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group_alive(proc.pid), "a worker process outlived the study's process"
+    trials = {
+        t.number: t
+        for t in optuna.load_study(study_name="bstune-slow", storage=open_storage(f"sqlite:///{db}")).get_trials()
+    }
+    for victim in victims:
+        t = trials[victim]
+        assert t.state == TrialState.FAIL and t.user_attrs["status"] == "interrupted", t
