@@ -305,6 +305,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             num_workers=args.num_workers,
             parallel_trials=args.parallel_trials,
             devices=args.devices,
+            devices_per_trial=args.devices_per_trial,
             progress=_progress(args),
             backend=args.backend,
             ray=RaySettings(

@@ -208,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="one trial per device at once: all (every GPU) or cuda:0,cuda:1,... (default: every trial on --device)",
     )
+    run.add_argument(
+        "--devices-per-trial",
+        type=int,
+        default=1,
+        metavar="K",
+        help="devices (processes) each trial trains on, data-parallel (DDP; the batch size is the global one); "
+        "with --devices, dealt out K at a time (default 1)",
+    )
     ray_opts = run.add_argument_group("Ray backend (--backend ray; needs the ray extra)")
     ray_opts.add_argument(
         "--backend",

@@ -65,7 +65,7 @@ class TaskJob(TrialJob):
     direction: Direction
 
     def run(self, plan: TrialPlan, on_milestone: MilestoneHook = full_budget) -> TrialOutcome:
-        runner = task_runner(self.task, plan.model_kwargs)
+        runner = task_runner(self.task, plan.model_kwargs, plan.data_parallel, plan.devices)
         return run_trial(runner, plan, objective=self.objective, direction=self.direction, on_milestone=on_milestone)
 
 

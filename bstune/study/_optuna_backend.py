@@ -12,7 +12,6 @@ many worker processes on this machine, sharing the storage (:mod:`bstune.study._
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -40,7 +39,7 @@ from bstune.study._records import trial_record
 from bstune.study._resume import check_settings
 from bstune.study._storage import open_storage
 from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner
-from bstune.study._workers import live_running, pickled, run_plans_parallel, run_workers
+from bstune.study._workers import live_running, pickled, run_plans_parallel, run_workers, worker_devices
 from bstune.training import Decision, EvalRecord
 
 __all__ = ["OptunaBackend", "TrialFailure"]
@@ -219,7 +218,8 @@ class OptunaBackend(TrialBackend):
             return run_plans_parallel(pickled(spec.job), plans, settings)
         # a trial's plan names the device of the worker that ran it: here, this process's device
         here = [
-            dataclasses.replace(p, config=dataclasses.replace(p.config, device=settings.main_device)) for p in plans
+            p.on_devices((settings.main_device,) if p.data_parallel == 1 else worker_devices(settings)[0])
+            for p in plans
         ]
         return [spec.job.run(plan) for plan in here]
 

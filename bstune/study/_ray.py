@@ -183,11 +183,13 @@ def _scalar_tensorboard() -> Any:
     return ScalarTBXLogger()
 
 
-def _resources(ray: Any, settings: RaySettings) -> dict[str, float]:
+def _resources(ray: Any, settings: RaySettings, devices_per_trial: int = 1) -> dict[str, float]:
+    """A trial's resources: ``resources_per_trial``, else one GPU (or CPU) per device of the trial."""
     if settings.resources_per_trial is not None:
         return dict(settings.resources_per_trial)
+    k = devices_per_trial
     gpus = float(ray.cluster_resources().get("GPU", 0))
-    return {"cpu": 1, "gpu": 1} if gpus >= 1 else {"cpu": 1}
+    return {"cpu": k, "gpu": k} if gpus >= 1 else {"cpu": k}
 
 
 def _trials_at_once(ray: Any, settings: RaySettings, resources: Mapping[str, float]) -> int:
@@ -311,7 +313,7 @@ class RayBackend(TrialBackend):
         # every finished trial checkpoints, and each checkpoint forces a snapshot of the experiment (deliberately:
         # it is what keeps a restored study from training a finished trial again); Ray warns about that by default
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        self._resources = _resources(ray, self.settings)
+        self._resources = _resources(ray, self.settings, spec.settings.devices_per_trial)
         exp_dir.mkdir(parents=True, exist_ok=True)
         probe = state.get("probe") if state is not None else None
         self._write_state(probe)

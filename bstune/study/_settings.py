@@ -79,6 +79,17 @@ class StudySettings:
             DataLoader processes; the two multiply. Worker processes share the study's
             storage (with none, a temporary journal file, removed with the study object)
             and draw different configs; see :meth:`bstune.Study.run`.
+        devices_per_trial: devices (processes) each trial trains on, data-parallel
+            (:func:`bstune.training.train_data_parallel`: DDP, ``batch_size`` the global batch,
+            the noise scale from the ranks' gradients). ``1`` (default): one process per
+            trial. With ``devices``, they are dealt out in groups of this size (its length a
+            multiple of it), one group per trial at once; without, each trial takes
+            ``cuda:0`` ... ``cuda:k-1`` (with ``device`` ``"cuda"`` or ``"auto"`` on a GPU
+            machine; ``parallel_trials`` workers take consecutive groups) or ``k``
+            processes on the CPU (gloo). On the Ray backend a trial asks for this many GPUs
+            (or CPUs, on a cluster without GPUs) unless ``resources_per_trial`` says
+            otherwise. A task's trials only: a training function runs in one process.
+            The probe measures on one device.
         num_workers: DataLoader worker processes that load each trial's training batches
             (``TrainConfig.num_workers``; a training function's ``ctx.loader`` takes it as its
             default): worth it when a dataset's ``__getitem__`` does real work (decoding,
@@ -122,6 +133,7 @@ class StudySettings:
     device: str = "auto"
     devices: Literal["all"] | Sequence[str] | None = None
     parallel_trials: int | None = None
+    devices_per_trial: int = 1
     num_workers: int = 0
     progress: bool = True
     study_name: str | None = None
@@ -167,21 +179,32 @@ class StudySettings:
         """
         if self.parallel_trials is not None and (reason := count_reason(self.parallel_trials)) is not None:
             raise _bad("parallel_trials", reason)
+        if (reason := count_reason(self.devices_per_trial)) is not None:
+            raise _bad("devices_per_trial", reason)
         if self.devices is None:
             return
         devices = _resolve_devices(self.devices)
-        if self.parallel_trials is not None and self.parallel_trials != len(devices):
+        k = self.devices_per_trial
+        if len(devices) % k:
+            raise _bad(
+                "devices_per_trial",
+                f"the {len(devices)} devices ({', '.join(devices)}) do not split into trials of {k}; "
+                f"list a multiple of {k} devices",
+            )
+        if self.parallel_trials is not None and self.parallel_trials != len(devices) // k:
             raise _bad(
                 "parallel_trials",
-                f"devices runs one trial per device, {len(devices)} at once ({', '.join(devices)}); "
-                f"got parallel_trials={self.parallel_trials!r}: leave it unset",
+                f"devices runs one trial per {'device' if k == 1 else f'{k} devices'}, {len(devices) // k} at once "
+                f"({', '.join(devices)}); got parallel_trials={self.parallel_trials!r}: leave it unset",
             )
         object.__setattr__(self, "devices", devices)
 
     @property
     def workers(self) -> int:
         """Trials at once: one per device of ``devices``, else ``parallel_trials`` (default 1: in this process)."""
-        return len(self.devices) if self.devices is not None else (self.parallel_trials or 1)
+        if self.devices is not None:
+            return len(self.devices) // self.devices_per_trial
+        return self.parallel_trials or 1
 
     @property
     def main_device(self) -> str:

@@ -37,7 +37,7 @@ from bstune.study._records import StudyResult, clean_dict
 from bstune.study._rescore import candidates, rescore_seeds, run_rescoring
 from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialPlanner
-from bstune.study._workers import parallel_sampler
+from bstune.study._workers import parallel_sampler, worker_devices
 from bstune.task import Task
 from bstune.training import TrialFunction
 
@@ -205,6 +205,13 @@ class Study:
                 field="batch_size.max",
             )
         self.batch_cap = self.space.batch_max
+        if settings.devices_per_trial > 1:
+            raise ConfigError(
+                "a training function runs in one process per trial; data-parallel trials are a Task's "
+                "(or start DDP inside the function yourself)",
+                source="Study",
+                field="devices_per_trial",
+            )
 
     def _job(self) -> TrialJob:
         """What each trial runs, on either backend."""
@@ -325,6 +332,9 @@ class Study:
             device=s.main_device,
             default_momentum=self.optimizer_spec.momentum,
             num_workers=s.num_workers,
+            data_parallel=s.devices_per_trial,
+            # this process's trials' devices (each worker process gets its own; Ray's trials, where they run)
+            trial_devices=worker_devices(s)[0] if isinstance(self.backend, OptunaBackend) else (),
         )
 
     def _rescore(self, trials: list[TrialRecord], kept: list[Rescored]) -> list[Rescored]:
@@ -456,6 +466,8 @@ def _backend(
         raise bad("backend", f"must be 'optuna' (embedded), 'ray' or a TrialBackend, got {backend!r}")
     if isinstance(chosen, RayBackend) and not isinstance(settings.pruner, str):
         raise bad("pruner", "the Ray backend takes a pruner by name (its schedulers stand in for Optuna's)")
+    if isinstance(chosen, OptunaBackend):
+        worker_devices(settings)  # refuses, now, more devices than the machine has
     if isinstance(chosen, OptunaBackend) and settings.workers > 1:
         chosen.worker_url()  # refuses, now, a storage object the worker processes could not open
     elif not isinstance(chosen, OptunaBackend) and settings.workers > 1:

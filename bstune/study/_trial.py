@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+import torch
 from torch import nn
 
 from bstune.metrics import Direction
@@ -27,7 +28,7 @@ from bstune.study._prior import Prior
 from bstune.study._records import clean_json
 from bstune.study._status import trial_status
 from bstune.task import Task
-from bstune.training import Decision, EvalRecord, TrainConfig, TrainResult, train
+from bstune.training import Decision, EvalRecord, TrainConfig, TrainResult, train, train_data_parallel
 
 __all__ = [
     "Runner",
@@ -81,6 +82,13 @@ class TrialPlan:
     config: TrainConfig
     model_kwargs: dict[str, Any]
     temperature: float
+    data_parallel: int = 1  # processes (devices) the trial trains on: DDP when more than one
+    devices: tuple[str, ...] = ()  # their devices; () with data_parallel > 1: cuda:0.. or the CPU, where it runs
+
+    def on_devices(self, devices: tuple[str, ...]) -> TrialPlan:
+        """This plan trained on ``devices`` instead (a worker's): the first, or all of them data-parallel."""
+        config = replace(self.config, device=devices[0])
+        return replace(self, config=config, devices=devices if self.data_parallel > 1 else ())
 
     def attrs(self) -> dict[str, Any]:
         """The fields a store keeps about the plan (JSON-safe)."""
@@ -92,7 +100,10 @@ class TrialPlan:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"params": clean_json(self.params), **self.attrs()}
+        out = {"params": clean_json(self.params), **self.attrs()}
+        if self.data_parallel > 1:
+            out |= {"data_parallel": self.data_parallel, "devices": list(self.devices)}
+        return out
 
     def params_for_user(self) -> dict[str, Any]:
         """What a trial function sees as ``ctx.config``: the space's parameters by name (the prior's
@@ -109,6 +120,8 @@ class TrialPlan:
             config=TrainConfig.from_dict(config, source="trial plan"),
             model_kwargs=model_kwargs,
             temperature=float(data["temperature"]),
+            data_parallel=int(data.get("data_parallel", 1)),
+            devices=tuple(data.get("devices", ())),
         )
 
 
@@ -130,6 +143,8 @@ class TrialPlanner:
     device: str
     default_momentum: float
     num_workers: int = 0  # the trials' DataLoader workers (StudySettings.num_workers)
+    data_parallel: int = 1  # processes per trial (StudySettings.devices_per_trial)
+    trial_devices: tuple[str, ...] = ()  # a data-parallel trial's devices; (): chosen where it runs
 
     def sample(self, trial: Suggester) -> dict[str, Any]:
         """Ask ``trial`` for every coordinate of one trial; returns them by name."""
@@ -170,12 +185,14 @@ class TrialPlanner:
             max_samples=self.budget_samples,
             eval_every_samples=self.eval_every,
             seed=self.seed,
-            device=self.device,
+            device=self.trial_devices[0] if self.trial_devices else self.device,
             num_workers=self.num_workers,
             **train_kwargs,
         )
         m = config.momentum if config.momentum is not None else self.default_momentum
-        return TrialPlan(dict(params), config, model_kwargs, temperature(config.lr, config.batch_size, m))
+        devices = self.trial_devices if self.data_parallel > 1 else ()
+        temp = temperature(config.lr, config.batch_size, m)
+        return TrialPlan(dict(params), config, model_kwargs, temp, self.data_parallel, devices)
 
     def learn_oom(self, batch_size: int) -> int:
         """A trial ran out of memory at ``batch_size``: cap later trials below it; returns the new cap."""
@@ -248,10 +265,24 @@ Runner = Callable[[TrainConfig, Callable[[EvalRecord], Decision]], TrainResult]
 """Trains one configuration, calling back at each milestone: bstune's trainer on a task, or a user's function."""
 
 
-def task_runner(task: Task, model_kwargs: Mapping[str, Any]) -> Runner:
-    """bstune's trainer on ``task``, the model built with the plan's ``model.*`` parameters."""
+def task_runner(
+    task: Task, model_kwargs: Mapping[str, Any], data_parallel: int = 1, devices: Sequence[str] = ()
+) -> Runner:
+    """bstune's trainer on ``task``, the model built with the plan's ``model.*`` parameters;
+    data-parallel on ``data_parallel`` spawned processes (on ``devices``, or cuda:0... / the
+    CPU) when more than one, the callback (the pruner) answered in this process."""
 
     def run(config: TrainConfig, callback: Callable[[EvalRecord], Decision]) -> TrainResult:
+        if data_parallel > 1:
+            return train_data_parallel(
+                task,
+                config,
+                callback,
+                nprocs=data_parallel,
+                devices=list(devices) or None,
+                model_kwargs=dict(model_kwargs),
+                threads_per_rank=max(1, torch.get_num_threads() // data_parallel),
+            )
         return train(task, config, callback, model=build_model(task, config, model_kwargs))
 
     return run

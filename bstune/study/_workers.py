@@ -30,23 +30,23 @@ import dataclasses
 import logging
 import multiprocessing
 import os
-import pickle
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from multiprocessing.connection import wait
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
-from bstune._keys import SCRIPT_MODULE_PREFIX
 from bstune._progress import progress_bar
+from bstune._spawn import pack, unpack
 from bstune.errors import BstuneError, ConfigError
+from bstune.noise import resolve_device
 from bstune.study._liveness import count_finished, retry_abandoned
 from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialOutcome, TrialPlan
@@ -76,17 +76,51 @@ class WorkerCrashError(BstuneError):
 def worker_devices(settings: StudySettings) -> list[tuple[str, ...]]:
     """The devices each trial worker trains on, one tuple per worker.
 
-    One device per worker today: ``devices`` one each, or ``device`` for each of
-    ``parallel_trials`` workers. A tuple, so that a worker may be handed several devices
-    (a data-parallel trial) without changing the callers.
+    ``devices_per_trial`` devices each (a data-parallel trial when more than one):
+    ``devices`` dealt out in consecutive groups, or without ``devices``, ``device`` for
+    each of ``parallel_trials`` workers; a data-parallel trial on CUDA without a list takes
+    consecutive GPUs from ``cuda:0``, one group per worker, and on the CPU that many
+    processes.
 
     Example:
         >>> worker_devices(StudySettings(parallel_trials=2, device="cpu"))
         [('cpu',), ('cpu',)]
+        >>> worker_devices(StudySettings(devices=["cpu"], device="cpu", devices_per_trial=2, parallel_trials=1))
+        Traceback (most recent call last):
+        ...
+        bstune.errors.ConfigError: Study: devices_per_trial: the 1 devices (cpu) do not split into trials of 2; list a multiple of 2 devices
+        >>> worker_devices(StudySettings(device="cpu", devices_per_trial=2))
+        [('cpu', 'cpu')]
+
+    Raises:
+        ConfigError: a data-parallel trial on one named GPU (``device="cuda:1"``), or on more
+            GPUs than the machine has.
     """
+    k = settings.devices_per_trial
     if settings.devices is not None:
-        return [(device,) for device in settings.devices]
-    return [(settings.device,)] * settings.workers
+        return [tuple(settings.devices[i : i + k]) for i in range(0, len(settings.devices), k)]
+    if k == 1:
+        return [(settings.device,)] * settings.workers
+    dev = resolve_device(settings.device, check_available=False)  # the count is checked below
+    if dev.type == "cpu":
+        return [("cpu",) * k] * settings.workers
+    if dev.index is not None:
+        raise ConfigError(
+            f"a trial on {k} devices cannot run on {dev} alone; list them: devices=[...]",
+            source="Study",
+            field="devices_per_trial",
+        )
+    needed = k * settings.workers
+    count = torch.cuda.device_count() if dev.type == "cuda" else 0
+    if count < needed:
+        raise ConfigError(
+            f"{settings.workers} trial(s) at once on {k} {dev.type} devices each need {needed}; "
+            f"this machine has {count}",
+            source="Study",
+            field="devices_per_trial",
+        )
+    names = [f"{dev.type}:{i}" for i in range(needed)]
+    return [tuple(names[i : i + k]) for i in range(0, needed, k)]
 
 
 def worker_threads(n_workers: int) -> int:
@@ -113,16 +147,7 @@ def pickled(obj: Any, *, field: str = "parallel_trials") -> bytes:
     functions; without it, the standard pickle needs every function at module level.
     """
     try:
-        import cloudpickle
-    except ImportError:
-        dumps: Callable[[Any], bytes] = partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
-    else:
-        for module in list(sys.modules.values()):
-            if getattr(module, "__name__", "").startswith(SCRIPT_MODULE_PREFIX):
-                cloudpickle.register_pickle_by_value(module)
-        dumps = cloudpickle.dumps
-    try:
-        return dumps(obj)
+        return pack(obj)
     except Exception as exc:
         raise ConfigError(
             f"the task or training function cannot be sent to trial worker processes ({type(exc).__name__}: "
@@ -188,8 +213,6 @@ def _on_sigint(signum: int, frame: Any) -> None:
 
 
 def _setup_process(index: int, devices: tuple[str, ...], threads: int, log_level: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
     logging.basicConfig(
         level=logging.WARNING,
@@ -223,11 +246,9 @@ def _worker_main(args: _WorkerArgs) -> None:
     try:
         _setup_process(args.index, args.devices, args.threads, args.log_level)
         if args.devices[0].startswith("cuda"):
-            import torch
-
             torch.cuda.set_device(args.devices[0])  # code that says just "cuda" lands on this worker's GPU too
-        spec, planner, url = pickle.loads(args.payload)
-        planner = dataclasses.replace(planner, device=args.devices[0])
+        spec, planner, url = unpack(args.payload)
+        planner = dataclasses.replace(planner, device=args.devices[0], trial_devices=args.devices)
         label = f"worker {args.index} ({','.join(args.devices)})"
         args.work(url, spec, planner, worker=args.index, label=label, gate=args.gate, parent=args.parent)
     except KeyboardInterrupt:
@@ -343,7 +364,7 @@ def _plan_worker_init(threads: int, log_level: int) -> None:
 
 def _run_plan(item: tuple[bytes, TrialPlan]) -> TrialOutcome:
     payload, plan = item
-    job = pickle.loads(payload)
+    job = unpack(payload)
     outcome: TrialOutcome = job.run(plan)
     return outcome
 
@@ -353,10 +374,7 @@ def run_plans_parallel(payload: bytes, plans: list[TrialPlan], settings: StudySe
     slots = worker_devices(settings)
     n = min(len(slots), len(plans))
     ctx = multiprocessing.get_context("spawn")
-    placed = [
-        (payload, dataclasses.replace(plan, config=dataclasses.replace(plan.config, device=slots[i % n][0])))
-        for i, plan in enumerate(plans)
-    ]
+    placed = [(payload, plan.on_devices(slots[i % n])) for i, plan in enumerate(plans)]
     level = logging.getLogger("bstune").getEffectiveLevel()
     out: list[TrialOutcome] = []
     with ctx.Pool(n, initializer=_plan_worker_init, initargs=(worker_threads(n), level)) as pool:

@@ -47,11 +47,9 @@ With one rank (or no process group) nothing changes.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import math
 import os
-import pickle
 import queue
 import socket
 import threading
@@ -67,6 +65,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
+from bstune._spawn import pack, unpack
 from bstune.data import batch_len, fetch_batch, move_to_device, slice_batch
 from bstune.errors import ConfigError, UserCodeError
 from bstune.noise import NoiseTracker, adam_preconditioner, resolve_device, sq_norm_of
@@ -340,25 +339,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _dumps(obj: Any) -> bytes:
-    """cloudpickle where installed (a task's lambdas travel), else pickle."""
-    try:
-        import cloudpickle
-    except ImportError:
-        return pickle.dumps(obj)
-    return bytes(cloudpickle.dumps(obj))
-
-
-def _to_bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def _from_bytes(data: bytes) -> Any:
-    return torch.load(io.BytesIO(data), weights_only=False)
-
-
 class _ParentCallback:
     """Rank 0's callback: sends each record to the launching process and waits for its decision."""
 
@@ -366,7 +346,7 @@ class _ParentCallback:
         self.events, self.decisions = events, decisions
 
     def __call__(self, record: EvalRecord) -> Decision:
-        self.events.put((0, "record", _to_bytes(record)))
+        self.events.put((0, "record", pack(record)))
         return Decision.STOP if self.decisions.get() else Decision.CONTINUE
 
 
@@ -397,10 +377,10 @@ def _child(
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-        fn, args, kwargs, wants_callback = pickle.loads(blob)
+        fn, args, kwargs, wants_callback = unpack(blob)
         if wants_callback and rank == 0:
             kwargs = dict(kwargs, callback=_ParentCallback(events, decisions))
-        events.put((rank, "result", _to_bytes(fn(*args, **kwargs))))
+        events.put((rank, "result", pack(fn(*args, **kwargs))))
     except BaseException as exc:  # the parent raises the first failure (its peers fail after it), with this traceback
         events.put((rank, "error", (time.time(), f"{type(exc).__name__}: {exc}", traceback.format_exc())))
     finally:
@@ -461,7 +441,7 @@ def run_data_parallel(
         threads_per_rank = max(1, (os.cpu_count() or 1) // nprocs)
     ctx = mp.get_context("spawn")
     events, decisions = ctx.Queue(), ctx.Queue()
-    blob = _dumps((fn, args, kwargs, callback is not None))
+    blob = pack((fn, args, kwargs, callback is not None))
     port = _free_port()
     procs = [
         ctx.Process(
@@ -496,10 +476,10 @@ def run_data_parallel(
                 continue
             if kind == "record":
                 assert callback is not None
-                decision = callback(_from_bytes(payload))
+                decision = callback(unpack(payload))
                 decisions.put(decision is True or decision == Decision.STOP)
             elif kind == "result":
-                results[rank] = _from_bytes(payload)
+                results[rank] = unpack(payload)
                 if isinstance(results[rank], TrainResult) and results[rank].status is RunStatus.OOM:
                     grace = grace or time.monotonic() + _GRACE_S
             else:
@@ -531,14 +511,21 @@ def run_data_parallel(
     return results[0]
 
 
-def _train_rank(task: Task, config: TrainConfig, devices: list[str], callback: Callback | None = None) -> TrainResult:
+def _train_rank(
+    task: Task,
+    config: TrainConfig,
+    devices: list[str],
+    model_kwargs: dict[str, Any],
+    callback: Callback | None = None,
+) -> TrainResult:
     """One rank of :func:`train_data_parallel`: train on this rank's device; the model comes back on the CPU."""
     from bstune.training._loop import train
 
     rank = dist.get_rank()
-    result = train(task, replace(config, device=devices[rank]), callback)
-    model = result.model.cpu() if (rank == 0 and result.model is not None) else None
-    return replace(result, model=model)
+    fresh = task.make_model(seed=config.seed, **model_kwargs)  # the same on every rank (DDP also broadcasts rank 0's)
+    result = train(task, replace(config, device=devices[rank]), callback, model=fresh)
+    trained = result.model.cpu() if (rank == 0 and result.model is not None) else None
+    return replace(result, model=trained)
 
 
 def _pick_result(results: dict[int, Any]) -> TrainResult | None:
@@ -559,8 +546,11 @@ def train_data_parallel(
     backend: str | None = None,
     timeout_s: float | None = None,
     threads_per_rank: int | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> TrainResult:
     """:func:`bstune.train` on ``nprocs`` spawned processes, data-parallel; rank 0's result.
+
+    ``model_kwargs`` go to the task's model factory (a search space's ``model.*`` parameters).
 
     ``config.batch_size`` is the global batch. ``callback`` runs in this process (rank 0 sends
     each record and waits for the decision), so a pruner's trial object need not be picklable.
@@ -590,6 +580,7 @@ def train_data_parallel(
         task,
         config,
         devs,
+        dict(model_kwargs or {}),
         nprocs=nprocs,
         devices=devs,
         backend=backend,

@@ -322,6 +322,19 @@ CASES: list[Case] = [
         ("Study: parallel_trials", "the embedded backend's", "max_concurrent"),
         absent=("out",),
     ),
+    # data-parallel trials: a count that is not one, or devices that do not split into trials of it
+    Case(
+        ("run", "good.py", "--space", "ok.yaml", "--devices-per-trial", "0", "--out", "out"),
+        2,
+        ("Study: devices_per_trial", "must be a positive integer, got 0"),
+        absent=("out",),
+    ),
+    Case(
+        ("run", "good.py", "--space", "ok.yaml", "--devices", "cpu", "--devices-per-trial", "2", "--out", "out"),
+        2,
+        ("Study: devices_per_trial", "do not split into trials of 2"),
+        absent=("out",),
+    ),
 ]
 
 

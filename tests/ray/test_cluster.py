@@ -210,3 +210,49 @@ def test_trials_run_on_both_nodes_and_a_dying_worker_node_is_survived(ray_cluste
     moved = [t for t, where in started_on.items() if len(where) == 2]
     assert moved, f"the trial on the killed node was not retried on the other one: {started_on}"
     assert json.loads((out / "result.json").read_text())["trials"]
+
+
+DDP_TASK = """
+import os
+
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+import bstune
+
+LOG = {log!r}
+
+
+def make_task():
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.long)
+
+    def model() -> nn.Module:
+        dist = torch.distributed
+        size = dist.get_world_size() if dist.is_initialized() else 1
+        with open(LOG, "a") as f:
+            f.write(f"{{os.getpid()}} {{size}}\\n")
+        return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    return bstune.Task(model=model, train_data=(x[:1400], y[:1400]), val_data=(x[1400:], y[1400:]),
+                       loss=nn.CrossEntropyLoss(), name="ddp_digits")
+"""
+
+
+def test_a_trial_on_a_ray_worker_runs_data_parallel(ray_cluster: Cluster, tmp_path: Path) -> None:
+    log = tmp_path / "built.log"
+    script = tmp_path / "ddp_digits.py"
+    script.write_text(DDP_TASK.format(log=str(log)))
+    space = tmp_path / "space.yaml"
+    space.write_text("name: ddp\nbatch_size: {min: 16, max: 128}\nlr: {min: 0.01, max: 1.0}\n")
+    out = tmp_path / "out"
+    # one CPU per trial reserved (these nodes have one each), the trial's 2 ranks share it
+    extra = ("--trials", "2", "--budget-samples", "2000", "--pruner", "none", "--rescore-top", "0")
+    driver = run_cli(ray_cluster, script, space, out, *extra, "--devices-per-trial", "2", "--resources", "cpu=1")
+    output, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, output
+    result = StudyResult.load(out)
+    assert [t.status for t in result.trials] == ["completed", "completed"], [t.message for t in result.trials]
+    ranks = [line.split() for line in log.read_text().splitlines() if line.endswith(" 2")]
+    assert len(ranks) == 4 and len({pid for pid, _ in ranks}) == 4, log.read_text()  # 2 trials x 2 ranks

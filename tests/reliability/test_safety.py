@@ -61,16 +61,17 @@ def _true(call: ast.Call, keyword: str) -> bool:
 ALLOWED_IMPORTS = {
     # ships the user's script module to Ray workers by value (Ray pickles trial functions anyway); reads nothing
     ("bstune/study/_ray.py", "ray.cloudpickle"),
-    # parallel trials: the study's process pickles its job for the trial worker processes it spawns, and each
-    # unpickles it from the pipe multiprocessing gives the two (as multiprocessing does with any Process's
-    # arguments; cloudpickle ships lambdas and a script's functions); nothing read from a file or the network
-    ("bstune/study/_workers.py", "pickle"),
-    ("bstune/study/_workers.py", "cloudpickle"),
+    # trial workers and data-parallel ranks: bstune's process pickles what it hands the processes it spawns,
+    # and each unpickles it from the pipe multiprocessing gives the two (as multiprocessing does with any
+    # Process's arguments; cloudpickle ships lambdas and a script's functions); nothing read from a file or
+    # the network, and in this one module only
+    ("bstune/_spawn.py", "pickle"),
+    ("bstune/_spawn.py", "cloudpickle"),
 }
 SAFE_ATTRS = {"register_pickle_by_value"}
 # ... and used only so, in that file
 ALLOWED_USES = {
-    ("bstune/study/_workers.py", name)
+    ("bstune/_spawn.py", name)
     for name in ("pickle.dumps", "pickle.HIGHEST_PROTOCOL", "pickle.loads", "cloudpickle.dumps")
 }
 
