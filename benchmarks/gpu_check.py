@@ -32,12 +32,15 @@ Checks, each independent (one that fails or raises does not stop the others), ea
    bf16 autocast; samples/s per B and the ratio of the last rung to the one before (near 1:
    throughput has saturated).
 
-Time on one H200 (estimated, not measured: no GPU was available when this was written): the
-CUDA context and the spawned processes (trial workers, DDP ranks, each with its own CUDA and
-NCCL start, ~10-20 s per group) dominate; the training itself is a few seconds per check.
-``--quick``: about 1.5-3 minutes; without ``--quick``: about 3-5 minutes; 8 GPUs add the
-start of 8 processes per group, well under 10 minutes either way. On the CPU (``--device
-cpu --quick``, 2 shared cores): about 30-60 s.
+Time on an H200 machine (estimated, not measured: no GPU was available when this was
+written), ``--quick``: environment < 5 s (CUDA start); AMP ~10 s (three runs of 128 steps of a
+small MLP); OOM ~15-30 s (the failed allocation is immediate; the study's other trials take a
+few steps each at most 2^18 and 512 steps at 1024 of an 8-131072-2 MLP); one trial per GPU
+~30-60 s (spawned workers' CUDA start, then two waves of 2048-4096-step trials); DDP ~30-60 s
+(the ranks' CUDA and NCCL start, for the run and for the study); throughput ~10-20 s. About
+2-3 minutes in all; without ``--quick`` (bigger data, more trials, rungs up to 8192) about 3-5
+minutes; with 8 GPUs more processes start, still well under 10 minutes. On the CPU
+(``--device cpu --quick``, 2 shared cores): 20-60 s.
 
 Writes ``--out`` (default ``benchmarks/results/gpu_check.md``): the table, the machine, the
 date, the git revision and the command. Exits 1 if any check FAILed.
