@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,3 +103,82 @@ def test_the_overhead_hand_loop_does_bstunes_work_and_the_table_is_written(
     assert rows[0]["train_cpu_ratio"] > 0 and rows[0]["tracked_cpu_ratio"] > 0
     md = overhead.write(rows, "test", 0.0, None)
     assert "| mlp40 | 32 | 640 |" in md and (tmp_path / "overhead.json").exists()
+
+
+def _run_gpu_check(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--out", str(out), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.mark.slow  # 20-60 s on 2 shared cores: two gloo ranks are spawned
+def test_gpu_check_dry_run_on_the_cpu_writes_every_row(tmp_path: Path) -> None:
+    from benchmarks.gpu_check import ROW_NAMES
+
+    out = tmp_path / "gpu_check.md"
+    proc = _run_gpu_check(out, "--device", "cpu", "--quick")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    md = out.read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in md.splitlines() if line.startswith("| ")}
+    assert set(ROW_NAMES) <= set(rows), rows
+    assert "FAIL" not in rows.values(), md
+    for name in ("oom train", "oom study", "trial per gpu", "amp fp16"):  # CUDA only: skipped, and why
+        assert rows[name] == "SKIP", md
+    assert "the CPU does not raise torch.OutOfMemoryError" in md and "needs 2 or more GPUs" in md
+    for name in ("environment", "amp bf16", "ddp train", "throughput fp32", "throughput amp"):
+        assert rows[name] == "PASS", md
+    assert "dry run on the CPU" in md and "UTC" in md and "torch " in md  # machine and date
+
+
+def test_gpu_check_fails_a_row_without_stopping_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import gpu_check
+
+    def broken(opt: gpu_check.Options) -> list[gpu_check.Row]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(gpu_check.CHECKS, "amp", broken)
+    out = tmp_path / "gpu_check.md"
+    code = gpu_check.main(["--device", "cpu", "--quick", "--only", "environment,amp,oom", "--out", str(out)])
+    md = out.read_text()
+    assert code == 1
+    assert "| amp | FAIL | raised RuntimeError at test_benchmarks.py" in md and "boom" in md
+    assert "| environment | PASS |" in md and "| oom study | SKIP |" in md
+
+
+class _OOMAbove(torch.nn.Module):
+    """Raises torch.OutOfMemoryError for a batch above ``cap``, as a GPU would; the CPU never does."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+        self.linear = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.cap:
+            raise torch.OutOfMemoryError(f"simulated: batch {x.shape[0]} > {self.cap}")
+        return self.linear(x)  # type: ignore[no-any-return]
+
+
+def test_gpu_check_oom_study_sees_the_ceiling_learned(tmp_path: Path) -> None:
+    """The OOM study check's logic, with an OOM simulated on the CPU above B = 2048."""
+    import functools
+
+    import bstune
+    from benchmarks import gpu_check
+
+    x = torch.randn(8192, 8, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    task = bstune.Task(
+        model=functools.partial(_OOMAbove, 2048), train_data=(x, y), val_data=(x[:512], y[:512]),
+        loss=torch.nn.CrossEntropyLoss(),
+    )  # fmt: skip
+    row = gpu_check._oom_study(gpu_check.Options("cpu", True, tmp_path), task, 8192)
+    assert row.result == "PASS", row
+    assert "trial 0 oom at B=8192, ceiling 4096" in row.figure
