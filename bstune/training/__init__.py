@@ -2,7 +2,7 @@
 
 from bstune.training._config import SCHEDULES, TrainConfig
 from bstune.training._context import LRRamp, TrialContext, TrialFunction, TrialPruned, run_function
-from bstune.training._distributed import run_data_parallel, train_data_parallel
+from bstune.training._launch import run_data_parallel, train_data_parallel
 from bstune.training._loop import Callback, train
 from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult
 from bstune.training._schedule import lr_at

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -43,18 +43,14 @@ from bstune.errors import BstuneError, ConfigError
 from bstune.noise import NoiseTracker, PerExampleNorms, adam_preconditioner, resolve_device, sq_norm_of
 from bstune.task import Task
 from bstune.training._config import TrainConfig
-from bstune.training._distributed import DataParallel, SliceBatchSampler
-from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult
-from bstune.training._sampling import EpochBatchSampler, epoch_batches
+from bstune.training._distributed import DataParallel
+from bstune.training._result import Callback, Decision, EvalRecord, RunStatus, TrainResult
+from bstune.training._sampling import training_batches
 from bstune.training._schedule import lr_at
 
 __all__ = ["Callback", "train"]
 
 logger = logging.getLogger(__name__)
-
-Callback = Callable[[EvalRecord], "Decision | bool | None"]
-"""Called after every evaluation; returning ``Decision.STOP`` (or ``True``) ends the run
-(status ``stopped``), except at the last milestone, where the run has completed anyway."""
 
 _EVAL_SUBSET_SEED = 20180614  # same training subset for every run, so train losses compare
 _LOSS_CHECK_EVERY = 16  # steps between host reads of the training losses (the divergence check's lag)
@@ -65,51 +61,6 @@ _NO_AUTOCAST = contextlib.nullcontext()  # reusable: one fewer object per forwar
 
 class _Diverged(Exception):
     pass
-
-
-def _pinned(obj: Any) -> Any:
-    """A collated batch with its tensors in page-locked memory (for an asynchronous copy to CUDA)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.pin_memory()
-    if isinstance(obj, dict):
-        return {k: _pinned(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_pinned(v) for v in obj)
-    return obj
-
-
-def _training_batches(
-    task: Task, config: TrainConfig, device: torch.device, part: tuple[int, int] | None = None
-) -> Iterator[Any]:
-    """The run's training batches on the host, in :func:`epoch_batches` order.
-
-    With ``num_workers > 0`` and a generic dataset, a :class:`~torch.utils.data.DataLoader`
-    whose batch sampler yields exactly those indices loads them in worker processes
-    (prefetching, pinned for CUDA); its worker seeds come from a generator of its own, so
-    the global RNG (dropout, ...) draws the same numbers with or without workers (a random
-    augmentation in ``__getitem__`` draws from its worker's seeded RNG instead). A pair of
-    tensors keeps the in-process fast path (one indexing operation per batch, which no
-    worker beats), as does ``num_workers=0``. With ``part=(start, stop)`` (a data-parallel
-    rank's slice) only those positions of every batch are loaded.
-    """
-    dataset = task.train_dataset
-    pin = config.pin_memory
-    if config.num_workers > 0 and not is_tensor_pair(dataset):
-        sampler = EpochBatchSampler(task.n_train, config.batch_size, config.seed, num_batches=config.steps)
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=sampler if part is None else SliceBatchSampler(sampler, *part),
-            num_workers=config.num_workers,
-            pin_memory=(pin is not False) and device.type == "cuda",
-            prefetch_factor=config.prefetch_factor,
-            generator=torch.Generator().manual_seed(config.seed + 2),
-        )
-        return iter(loader)
-    cut = slice(None) if part is None else slice(*part)  # data parallel: this rank's slice of each batch
-    batches = (fetch_batch(dataset, idx[cut]) for idx in epoch_batches(task.n_train, config.batch_size, config.seed))
-    if pin is True and device.type == "cuda":
-        batches = (_pinned(batch) for batch in batches)
-    return batches
 
 
 def _micro_bounds(batch: int, micro: int | None, split_for_noise: bool) -> list[tuple[int, int]]:
@@ -184,7 +135,7 @@ class _Run:
             dist.wrap(self.model)
             self.batches = dist.training_batches(task, config)
         else:
-            self.batches = _training_batches(task, config, device)  # last: it may start worker processes
+            self.batches = training_batches(task, config, device)  # last: it may start worker processes
 
     def _per_example_norms(self) -> PerExampleNorms | None:
         """Hooks for the per-example measurement when they cover the whole model, else None
@@ -302,7 +253,7 @@ class _Run:
             harmonic = len(sizes) / sum(1.0 / s for s in sizes)
             assert self.tracker is not None
             self.tracker.update(float(torch.stack(small_terms).mean()), harmonic, float(big) / scale**2, lr)
-        self._optimizer_step()
+        self.optimizer_step()
         self.step += 1
         self.samples += batch
         if len(self.unread) >= _LOSS_CHECK_EVERY:
@@ -358,7 +309,7 @@ class _Run:
             self.window_loss += loss_value
             self.window_steps += 1
 
-    def _optimizer_step(self) -> None:
+    def optimizer_step(self) -> None:
         clip = self.config.grad_clip
         params = self.param_list
         if self.scaler is not None:

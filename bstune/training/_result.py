@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,7 @@ from torch import nn
 from bstune.noise import TrajectoryPoint
 from bstune.training._config import TrainConfig
 
-__all__ = ["Decision", "EvalRecord", "RunStatus", "TrainResult"]
+__all__ = ["Callback", "Decision", "EvalRecord", "RunStatus", "TrainResult"]
 
 
 class RunStatus(str, enum.Enum):
@@ -114,3 +115,8 @@ class TrainResult:
             "history": [r.to_dict() for r in self.history],
             "noise_trajectory": [p.to_dict() for p in self.noise_trajectory],
         }
+
+
+Callback = Callable[[EvalRecord], "Decision | bool | None"]
+"""Called after every evaluation; returning ``Decision.STOP`` (or ``True``) ends the run
+(status ``stopped``), except at the last milestone, where the run has completed anyway."""

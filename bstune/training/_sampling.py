@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["EpochBatchSampler", "epoch_batches"]
+from bstune.data import fetch_batch, is_tensor_pair
+from bstune.task import Task
+from bstune.training._config import TrainConfig
+
+__all__ = ["EpochBatchSampler", "SliceBatchSampler", "epoch_batches", "rank_slices", "training_batches"]
 
 
 def epoch_batches(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
@@ -59,3 +64,78 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:  # DataLoader asks; an endless stream says one epoch
         return self.num_batches if self.num_batches is not None else max(1, self.n // self.batch_size)
+
+
+def rank_slices(batch_size: int, world_size: int) -> list[tuple[int, int]]:
+    """Each rank's contiguous ``[start, stop)`` of a global batch: sizes B//N, the first B%N one more.
+
+    Example:
+        >>> rank_slices(9, 2), rank_slices(8, 4)
+        ([(0, 5), (5, 9)], [(0, 2), (2, 4), (4, 6), (6, 8)])
+    """
+    base, extra = divmod(batch_size, world_size)
+    bounds, start = [], 0
+    for r in range(world_size):
+        stop = start + base + (1 if r < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+class SliceBatchSampler(Sampler[list[int]]):
+    """An :class:`EpochBatchSampler` cut to one rank's ``[start, stop)`` of every global batch."""
+
+    def __init__(self, inner: EpochBatchSampler, start: int, stop: int) -> None:
+        self.inner, self.start, self.stop = inner, start, stop
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for idx in self.inner:
+            yield idx[self.start : self.stop]
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def _pinned(obj: Any) -> Any:
+    """A collated batch with its tensors in page-locked memory (for an asynchronous copy to CUDA)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.pin_memory()
+    if isinstance(obj, dict):
+        return {k: _pinned(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_pinned(v) for v in obj)
+    return obj
+
+
+def training_batches(
+    task: Task, config: TrainConfig, device: torch.device, part: tuple[int, int] | None = None
+) -> Iterator[Any]:
+    """The run's training batches on the host, in :func:`epoch_batches` order.
+
+    With ``num_workers > 0`` and a generic dataset, a :class:`~torch.utils.data.DataLoader`
+    whose batch sampler yields exactly those indices loads them in worker processes
+    (prefetching, pinned for CUDA); its worker seeds come from a generator of its own, so
+    the global RNG (dropout, ...) draws the same numbers with or without workers (a random
+    augmentation in ``__getitem__`` draws from its worker's seeded RNG instead). A pair of
+    tensors keeps the in-process fast path (one indexing operation per batch, which no
+    worker beats), as does ``num_workers=0``. With ``part=(start, stop)`` (a data-parallel
+    rank's slice) only those positions of every batch are loaded.
+    """
+    dataset = task.train_dataset
+    pin = config.pin_memory
+    if config.num_workers > 0 and not is_tensor_pair(dataset):
+        sampler = EpochBatchSampler(task.n_train, config.batch_size, config.seed, num_batches=config.steps)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler if part is None else SliceBatchSampler(sampler, *part),
+            num_workers=config.num_workers,
+            pin_memory=(pin is not False) and device.type == "cuda",
+            prefetch_factor=config.prefetch_factor,
+            generator=torch.Generator().manual_seed(config.seed + 2),
+        )
+        return iter(loader)
+    cut = slice(None) if part is None else slice(*part)  # data parallel: this rank's slice of each batch
+    batches = (fetch_batch(dataset, idx[cut]) for idx in epoch_batches(task.n_train, config.batch_size, config.seed))
+    if pin is True and device.type == "cuda":
+        batches = (_pinned(batch) for batch in batches)
+    return batches

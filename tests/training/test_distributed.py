@@ -18,7 +18,7 @@ import bstune
 from bstune.errors import ConfigError, UserCodeError
 from bstune.noise import exact_noise_scale, summarize
 from bstune.training import Decision, EvalRecord, RunStatus, TrainConfig, train_data_parallel
-from bstune.training._distributed import rank_slices
+from bstune.training._sampling import rank_slices
 
 LAUNCH = {"nprocs": 2, "timeout_s": 180, "threads_per_rank": 1}
 

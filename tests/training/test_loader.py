@@ -116,13 +116,13 @@ def test_two_workers_load_the_same_batches_and_give_the_same_values_bit_for_bit(
 
 
 def test_tensor_data_keeps_its_in_process_fast_path(blob_task: bstune.Task, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bstune.training._loop as loop
+    import bstune.training._sampling as sampling
 
     def no_loader(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("tensor data must not go through a DataLoader")
 
     calls: list[Any] = []
-    fetch = loop.fetch_batch
+    fetch = sampling.fetch_batch
 
     def spy(dataset: Any, indices: Any) -> Any:
         if dataset is blob_task.train_dataset and len(indices) == 16:
@@ -130,7 +130,7 @@ def test_tensor_data_keeps_its_in_process_fast_path(blob_task: bstune.Task, monk
         return fetch(dataset, indices)
 
     monkeypatch.setattr(torch.utils.data, "DataLoader", no_loader)
-    monkeypatch.setattr(loop, "fetch_batch", spy)
+    monkeypatch.setattr(sampling, "fetch_batch", spy)
     cfg = TrainConfig(batch_size=16, lr=0.1, max_samples=800, seed=5)
     inline = bstune.train(blob_task, cfg)
     assert all(isinstance(idx, torch.Tensor) for idx in calls)  # one indexing operation per batch
