@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -132,7 +133,7 @@ def test_each_rank_loads_its_slice_in_dataloader_workers() -> None:
         batch_size=10, lr=0.1, max_samples=10 * 20, seed=2, device="cpu", track_noise=True, noise_every_steps=1
     )
     ddp = train_data_parallel(task, TrainConfig.from_dict(cfg.to_dict() | {"num_workers": 1}), **LAUNCH)
-    single = bstune.train(task, cfg)
+    single = bstune.train(task, replace(cfg, micro_batch_size=5))  # measured on the halves the ranks hold
     _same_run(single, ddp)
     assert len(ddp.noise_trajectory) == len(single.noise_trajectory) > 0
     for a, b in zip(ddp.noise_trajectory, single.noise_trajectory, strict=True):
@@ -176,7 +177,9 @@ def test_ddp_noise_scale_matches_single_process_and_covers_the_exact_value() -> 
         device="cpu",
     )
     ddp = train_data_parallel(task, cfg, **LAUNCH)
-    single = bstune.train(task, cfg)  # splits each batch in the same two halves the ranks hold
+    # one process measures on the same two halves the ranks hold when it accumulates them (tracking
+    # a whole batch, it would take per-example norms: another estimator of the same quantity)
+    single = bstune.train(task, replace(cfg, micro_batch_size=batch // 2))
     assert len(ddp.noise_trajectory) == windows
     for a, b in zip(ddp.noise_trajectory, single.noise_trajectory, strict=True):
         assert a.n_steps == b.n_steps == steps_per_window
