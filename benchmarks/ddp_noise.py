@@ -46,12 +46,8 @@ command as JSON beside it.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import random
-import shlex
 import statistics
 import sys
 import time
@@ -60,7 +56,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _provenance import cpu_model, git, loadavg  # noqa: E402
+from _provenance import loadavg, run_facts  # noqa: E402
 
 CONFIGS = ("plain", "noise", "noise/8", "control")
 
@@ -260,16 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_data_parallel(rank_bench, settings, nprocs=2, backend="gloo", threads_per_rank=1, timeout_s=900)
     load_after = loadavg()
     meta = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", "benchmarks/ddp_noise.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {
-            "cpu_model": cpu_model(),
-            "logical_cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": __import__("torch").__version__,
-        },
-        "git_commit": git("rev-parse", "--short=10", "HEAD"),
-        "git_dirty_bstune": bool(git("status", "--porcelain", "--", "bstune")),
+        **run_facts("benchmarks/ddp_noise.py", argv if argv is not None else sys.argv[1:]),
         "load_before": load_before,
         "load_after": load_after,
         "run_time_s": round(time.time() - started),

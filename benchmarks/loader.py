@@ -45,13 +45,9 @@ and command as JSON beside it.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import random
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -62,7 +58,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _provenance import cpu_model, git, loadavg  # noqa: E402
+from _provenance import git, loadavg, run_child, run_facts  # noqa: E402
 
 N_TRAIN, N_VAL, SIDE, CROP, CLASSES = 4096, 256, 32, 24, 10
 
@@ -231,21 +227,6 @@ def _extract(rev: str, into: Path) -> str:
     return sha
 
 
-def _run_child(spec: dict[str, Any], path: Path) -> dict[str, Any]:
-    env = os.environ | {"PYTHONPATH": str(path), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"child {spec} failed:\n{proc.stderr}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
-
-
 def _paired(rows: list[dict[str, Any]], a: str, b: str, key: str = "throughput") -> float:
     """Median over repeats of ``key`` of a over b, both from the same repeat."""
     return statistics.median(r[a][key] / r[b][key] for r in rows if a in r and b in r)
@@ -337,22 +318,13 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = CONFIGS[name]
                 steps = args.tensor_steps if cfg["data"] == "tensor" else args.steps
                 spec = {**cfg, "rounds": rounds, "steps": steps, "batch": args.batch}
-                row[name] = _run_child(spec, paths[cfg["code"]])
+                row[name] = run_child(str(Path(__file__).resolve()), spec, paths[cfg["code"]])
                 assert Path(row[name]["bstune"]).parent.resolve() == paths[cfg["code"]].resolve(), row[name]
                 print(f"repeat {rep}: {name:14s} {row[name]['throughput']:9.0f} samples/s", file=sys.stderr)
             rows.append(row)
     load_after = loadavg()
     meta = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", "benchmarks/loader.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {
-            "cpu_model": cpu_model(),
-            "logical_cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": __import__("torch").__version__,
-        },
-        "git_commit": git("rev-parse", "--short=10", "HEAD"),
-        "git_dirty_bstune": bool(git("status", "--porcelain", "--", "bstune")),
+        **run_facts("benchmarks/loader.py", argv if argv is not None else sys.argv[1:]),
         "baseline": {"rev": rev, "sha": sha},
         "load_before": load_before,
         "load_after": load_after,

@@ -34,15 +34,10 @@ machine and command as JSON beside it.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import random
 import resource
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,7 +45,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _provenance import cpu_model, git, loadavg  # noqa: E402
+from _provenance import loadavg, run_child, run_facts  # noqa: E402
 
 N_TRAIN, N_VAL, FEATURES, HIDDEN, CLASSES = 4096, 512, 128, 512, 10
 
@@ -122,21 +117,6 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"child {spec} failed:\n{proc.stderr}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -160,24 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         random.Random(rep).shuffle(order)
         row: dict[str, Any] = {"order": order}
         for workers in order:
-            run = _run_child({"workers": workers, "trials": args.trials, "budget": args.budget})
+            run = run_child(
+                str(Path(__file__).resolve()), {"workers": workers, "trials": args.trials, "budget": args.budget}, ROOT
+            )
             assert run["trials"] == args.trials, run
             row[str(workers)] = run
             print(f"repeat {rep}: {workers} worker(s) {run['wall_s']:6.1f} s", file=sys.stderr)
         rows.append(row)
     meta = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(
-            ["python", "benchmarks/parallel_trials.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "machine": {
-            "cpu_model": cpu_model(),
-            "logical_cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": __import__("torch").__version__,
-        },
-        "git_commit": git("rev-parse", "--short=10", "HEAD"),
-        "git_dirty_bstune": bool(git("status", "--porcelain", "--", "bstune")),
+        **run_facts("benchmarks/parallel_trials.py", argv if argv is not None else sys.argv[1:]),
         "load_before": load_before,
         "load_after": loadavg(),
         "run_time_s": round(time.time() - started),
