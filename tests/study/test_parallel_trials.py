@@ -306,7 +306,9 @@ def test_ctrl_c_marks_the_running_trials_interrupted_and_leaves_no_process(tmp_p
     (tmp_path / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
     args = [
         *("run", "slow.py", "--space", "slow.yaml", "--out", "out", "--mode", "baseline", "--pruner", "none"),
-        *("--rescore-top", "0", "--trials", "6", "--budget-samples", "3200", "--no-progress"),
+        # trials of ~10 s or more: a victim must still be running when a `kill -INT` to bstune alone reaches
+        # the workers, which the parent forwards only after giving them _OWN_STOP_S to stop on their own
+        *("--rescore-top", "0", "--trials", "6", "--budget-samples", "32000", "--no-progress"),
         *("--device", "cpu", "--parallel-trials", "2"),
     ]
     proc = subprocess.Popen(
