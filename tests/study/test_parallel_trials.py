@@ -355,7 +355,9 @@ def test_workers_of_a_killed_study_stop_and_mark_their_trials_interrupted(tmp_pa
     (tmp_path / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
     args = [
         *("run", "slow.py", "--space", "slow.yaml", "--out", "out", "--mode", "baseline", "--pruner", "none"),
-        *("--rescore-top", "0", "--trials", "6", "--budget-samples", "6400", "--no-progress"),
+        # trials of ~10 s or more, as above: a victim must still be running when its worker notices (within
+        # 0.5 s, longer on a loaded machine) that the study's process is gone
+        *("--rescore-top", "0", "--trials", "6", "--budget-samples", "32000", "--no-progress"),
         *("--device", "cpu", "--parallel-trials", "2"),
     ]
     proc = subprocess.Popen(
