@@ -532,7 +532,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
         )
     )
     print(
-        f"prior: batch sizes {prior.batch_low}..{prior.batch_high}; learning rate by batch size: "
+        f"prior: first trials drawn from batch sizes {prior.batch_low}..{prior.batch_high} "
+        f"(the search: {prior.batch_range[0]}..{prior.batch_range[1]}); learning rate by batch size: "
         + ", ".join(f"{b}: {prior.lr_rule(b):.3g}" for b in sorted({prior.batch_low, prior.b_ref, prior.batch_high}))
     )
     _write_json(args.out, "probe.json", {"probe": probe.to_dict(), "prior": prior.to_dict()})

@@ -173,7 +173,10 @@ ERRORS = [
     ((("prior", "batch_round"), 3000), "prior.batch_round", "no multiple of 3000"),
     ((("prior", "lr_anchor"), 0), "prior.lr_anchor", "(0, 1] (a fraction of the LR ceiling), got 0"),
     ((("prior", "lr_anchor"), 2.0), "prior.lr_anchor", "(0, 1] (a fraction of the LR ceiling), got 2.0"),
-    ((("prior", "width"), 2), "prior.width", "known keys: batch_width, lr_width, adam_alpha, lr_anchor, batch_round"),
+    ((("prior", "width"), 2), "prior.width", "known keys: batch_width, lr_width, adam_alpha, lr_anchor, batch_round, lr_search_width, weight"),
+    ((("prior", "lr_search_width"), 2), "prior.lr_search_width", "a number >= lr_width (3), got 2"),
+    ((("prior", "weight"), -1), "prior.weight", "a number >= 0 (trials' worth of prior draws), got -1"),
+    ((("prior", "weight"), "many"), "prior.weight", "expected a number, got str 'many'"),
     ((("params", "weight_decay", "low"), 1.0), "params.weight_decay.low", "low=1.0, high=0.01"),
     ((("params", "weight_decay", "low"), 0.0), "params.weight_decay.low", "> 0 when log is true"),
     ((("params", "weight_decay", "low"), "abc"), "params.weight_decay.low", "expected a number, got str 'abc'"),
@@ -383,6 +386,10 @@ def test_param_spec_rejects(kwargs: dict[str, Any], field: str, fragment: str) -
         ({"lr_anchor": "a quarter"}, "lr_anchor"),
         ({"batch_round": 0}, "batch_round"),
         ({"batch_round": 8.0}, "batch_round"),
+        ({"lr_search_width": float("nan")}, "lr_search_width"),
+        ({"lr_width": 10.0, "lr_search_width": 5.0}, "lr_search_width"),
+        ({"weight": float("inf")}, "weight"),
+        ({"weight": True}, "weight"),
     ],
 )
 def test_prior_settings_reject(kwargs: dict[str, Any], field: str) -> None:

@@ -1,8 +1,10 @@
 """Declarative search spaces: what a study may vary, and within which limits.
 
 Batch size and learning rate are not listed as ordinary parameters: the study
-searches them in coordinates centred on the measured noise scale (log₂ B/B_noise)
-and on the LR rule η ∝ B^α (ln η/η_rule(B)), whose widths are set in ``prior``.
+searches them in coordinates aligned with the LR rule η ∝ B^α (ln η/η_rule(B)),
+drawing its first trials from the band below the measured noise scale B_noise and
+fewer and fewer after (``prior``: widths of the band and the rule, ``weight`` of the
+draws, ``lr_search_width`` of the search around the rule).
 ``batch_size`` and ``lr`` give hard limits for those, and the bounds of the
 log-uniform LR of the baseline (prior-free) mode. Everything else goes in
 ``params``: a TrainConfig setting or a keyword of the model factory (``model.*``).
@@ -13,7 +15,7 @@ A space is a YAML file (read with ``yaml.safe_load`` only: no tag runs code)::
     optimizer: {family: sgd, momentum: 0.9, weight_decay: 0.0}   # OptimizerSpec fields
     batch_size: {min: 8, max: 1024}        # max: null means the training-set size
     lr: {min: 1.0e-4, max: 3.0}
-    prior: {batch_width: 4, lr_width: 3, adam_alpha: 0.5, lr_anchor: 0.25, batch_round: 1}
+    prior: {batch_width: 4, lr_width: 3, lr_search_width: 30, weight: 3, adam_alpha: 0.5, lr_anchor: 0.25}
     params:
       weight_decay: {type: float, low: 1.0e-6, high: 1.0e-2, log: true}
       warmup_fraction: {type: float, low: 0.0, high: 0.2}

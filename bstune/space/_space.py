@@ -37,6 +37,12 @@ class PriorSettings:
     # rate of a fixed-budget run sits well below the edge (benchmarks/RESULTS.md: ceiling/3 to /8)
     lr_anchor: float = 0.25
     batch_round: int = 1  # batch sizes are multiples of this (8 suits GPU kernels)
+    # the search leaves the band and the rule's ±lr_width: it reaches every batch size of the space and
+    # ln(η/η_rule(B)) in ±ln(lr_search_width); prior draws stay inside them (bstune.study.Prior)
+    lr_search_width: float = 30.0
+    # β: trial n is drawn from the prior with probability min(1, β/(n+1)), else asked of the sampler;
+    # 0: never (the sampler alone, in the prior's coordinates)
+    weight: float = 3.0
 
     def __post_init__(self) -> None:
         def bad(name: str, reason: str) -> ConfigError:
@@ -56,6 +62,13 @@ class PriorSettings:
         if (reason := count_reason(self.batch_round, numpy=True)) is not None:
             raise bad("batch_round", reason)
         object.__setattr__(self, "batch_round", int(self.batch_round))
+        w = self.lr_search_width
+        if not is_number(w, numpy=True) or not math.isfinite(w) or not w >= self.lr_width:
+            raise bad("lr_search_width", f"must be a number >= lr_width ({self.lr_width:g}), got {w!r}")
+        object.__setattr__(self, "lr_search_width", float(w))
+        if not is_number(self.weight, numpy=True) or not math.isfinite(self.weight) or not self.weight >= 0:
+            raise bad("weight", f"must be a number >= 0 (trials' worth of prior draws), got {self.weight!r}")
+        object.__setattr__(self, "weight", float(self.weight))
 
 
 _TOP_KEYS = ("name", "optimizer", "batch_size", "lr", "prior", "params")

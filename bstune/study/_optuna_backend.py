@@ -188,6 +188,7 @@ class OptunaBackend(TrialBackend):
         if settings.workers > 1:
             run_workers(study, settings, pickled((spec, planner, str(self._url))), work_on)
             return [trial_record(t) for t in study.get_trials(deepcopy=False)]
+        study.sampler = planner.sampler(study.sampler)
         with optuna_quiet():  # failed trials are logged once, by us, without Optuna's traceback
             lost: list[int] = []  # trials of ours that another process declared abandoned
             objective = with_heartbeat(self._objective, settings.heartbeat_interval, lost)
@@ -245,7 +246,7 @@ class OptunaBackend(TrialBackend):
             self._study = study = optuna.load_study(
                 study_name=spec.name,
                 storage=self.storage,
-                sampler=sampler,
+                sampler=planner.sampler(sampler),
                 pruner=make_pruner(settings.pruner, settings.n_evals),
             )
             lost: list[int] = []

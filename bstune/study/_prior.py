@@ -27,15 +27,34 @@ batch and came out 1.5-4.7x above the best rates, in the single-seed study_vs_gr
 benchmark that benchmarks/RESULTS.md supersedes.) When the search varies SGD momentum m, the rate is
 scaled by (1 − m)/(1 − m_ref) so that the effective step η/(1 − m) follows the rule.
 
-Search coordinates are fixed ranges, so multivariate TPE can model them:
-``u ∈ [0, 1]`` places B log-uniformly across the band, ``v ∈ [−ln w, ln w]`` sets
-η = η*(B)·e^v.
+The prior is soft: it says where to look first, not where the search may go.
+
+* **Coordinates.** The sampler searches two fixed ranges, so multivariate TPE can model
+  them: ``u ∈ [0, 1]`` places B log-uniformly across the *whole* batch range the study
+  allows (the space's minimum to the batch cap), and ``v ∈ [−ln W, ln W]`` sets
+  η = η*(B)·e^v, with W = ``lr_search_width`` (30: the rule is searched to 30× either
+  way, and never outside the space's [lr.min, lr.max]). Measuring η against the rule
+  keeps TPE's coordinates aligned with the valley of good configs (η grows with B), which
+  a box over (log B, log η) cuts diagonally.
+* **Prior draws.** Trial n (from 0) is drawn from the prior, not asked of the sampler,
+  with probability min(1, β/(n+1)), β = ``weight``: B log-uniform in the band
+  [B_noise/batch_width², B_noise], v uniform in [−ln lr_width, ln lr_width]. The first β
+  trials come from the prior; after that its share decays as β/n, the weight πBO
+  (Hvarfner et al. 2022) gives a prior against n observations. Every trial, drawn either
+  way, is an observation of the sampler (TPE), which therefore starts where the prior
+  points and leaves it when trials elsewhere do better. A wrong prior costs about
+  β·(1 + ln(n/β)) trials of n (≈ 9 of 24 at β = 3), against the baseline's random start.
+
+Hard edges (a search confined to the band) were measured and dropped: the band missed the
+grid's best batch size on 3 of 5 seeds of the digits MLP, and a confined search cannot
+recover (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,13 +70,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Prior:
-    """Batch-size band and learning-rate rule.
+    """Batch-size band, learning-rate rule, and the search coordinates around them.
+
+    ``batch_low``..``batch_high`` is the band the prior draws from; ``search_low``..
+    ``search_high`` the batch range the search may reach (the band when unset).
 
     Example:
         >>> p = Prior(b_noise=100.0, b_ref=50, lr_ref=0.2, alpha=1.0, batch_low=25, batch_high=400,
-        ...           lr_width=3.0, lr_min=1e-4, lr_max=10.0, momentum_ref=0.0)
+        ...           lr_width=3.0, lr_min=1e-4, lr_max=10.0, momentum_ref=0.0, search_low=4, search_high=1024)
         >>> round(p.lr_rule(50), 3), round(p.lr_rule(100), 3), round(p.lr_rule(10_000), 3)  # linear, then flat
         (0.2, 0.3, 0.594)
+        >>> p.batch_at(0.0), p.batch_at(1.0), [p.batch_at(u) for u in p.band_coords]  # the band inside the range
+        (4, 1024, [25, 400])
+        >>> [p.from_prior(n, seed=0) for n in range(3)]  # the first `weight` trials come from the prior
+        [True, True, True]
     """
 
     b_noise: float
@@ -72,6 +98,17 @@ class Prior:
     momentum_ref: float
     batch_round: int = 1
     lr_cap: float | None = None  # the flat part: never above the range-test ceiling at a large batch
+    search_low: int | None = None  # the batch range the search reaches; None: the band's ends
+    search_high: int | None = None
+    lr_search_width: float | None = None  # the search's v = ln(η/η*(B)) in ±ln of this; None: lr_width
+    weight: float = 3.0  # β: trial n is a prior draw with probability min(1, β/(n+1))
+
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        """The batch sizes the search may reach (``u`` from 0 to 1)."""
+        low = self.batch_low if self.search_low is None else min(self.search_low, self.batch_low)
+        high = self.batch_high if self.search_high is None else max(self.search_high, self.batch_high)
+        return low, high
 
     def _s(self, b: float) -> float:
         return 1.0 / (1.0 / b + 1.0 / self.b_noise)
@@ -86,13 +123,45 @@ class Prior:
         return float(min(self.lr_max, max(self.lr_min, lr)))
 
     def batch_at(self, u: float) -> int:
-        """Batch size at coordinate u ∈ [0, 1] (log-uniform across the band)."""
-        lo, hi = math.log(self.batch_low), math.log(self.batch_high)
+        """Batch size at coordinate u ∈ [0, 1] (log-uniform across :attr:`batch_range`)."""
+        low, high = self.batch_range
+        lo, hi = math.log(low), math.log(high)
         b = math.exp(lo + min(1.0, max(0.0, u)) * (hi - lo))
         r = self.batch_round
-        lowest = -(-self.batch_low // r) * r  # multiples of batch_round inside the band
-        highest = max(lowest, (self.batch_high // r) * r)
+        lowest = -(-low // r) * r  # multiples of batch_round inside the range
+        highest = max(lowest, (high // r) * r)
         return int(min(highest, max(lowest, round(b / r) * r)))
+
+    def coord_of(self, batch_size: float) -> float:
+        """The coordinate ``u`` of a batch size (the inverse of :meth:`batch_at`, before rounding)."""
+        low, high = self.batch_range
+        if high == low:
+            return 0.0
+        return min(1.0, max(0.0, math.log(batch_size / low) / math.log(high / low)))
+
+    @property
+    def band_coords(self) -> tuple[float, float]:
+        """The band's ends as coordinates ``u``: where prior draws place B."""
+        return self.coord_of(self.batch_low), self.coord_of(self.batch_high)
+
+    @property
+    def band_v_range(self) -> tuple[float, float]:
+        """Where prior draws place ``v``: the rule trusted to ``lr_width`` either way."""
+        w = math.log(self.lr_width)
+        return (-w, w)
+
+    def from_prior(self, number: int, seed: int) -> bool:
+        """Whether trial ``number`` (0, 1, ...) is drawn from the prior: with probability
+        min(1, weight/(number+1)), decided by ``seed`` and ``number`` alone (any process agrees)."""
+        share = min(1.0, self.weight / (number + 1))
+        return share >= 1.0 or random.Random(f"bstune-prior-{seed}-{number}").random() < share
+
+    def draw(self, number: int, seed: int) -> dict[str, float]:
+        """Trial ``number``'s prior draw: ``batch_coord`` uniform across the band's coordinates,
+        ``lr_coord`` across :attr:`band_v_range`."""
+        rng = random.Random(f"bstune-prior-draw-{seed}-{number}")
+        (u_lo, u_hi), (v_lo, v_hi) = self.band_coords, self.band_v_range
+        return {"batch_coord": rng.uniform(u_lo, u_hi), "lr_coord": rng.uniform(v_lo, v_hi)}
 
     def lr_at(self, batch_size: int, v: float, momentum: float | None = None) -> float:
         """Learning rate at coordinate v (log-ratio to the rule)."""
@@ -100,7 +169,8 @@ class Prior:
 
     @property
     def v_range(self) -> tuple[float, float]:
-        w = math.log(self.lr_width)
+        """The search's range of ``v`` = ln(η/η*(B))."""
+        w = math.log(max(self.lr_width, self.lr_search_width or self.lr_width))
         return (-w, w)
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +193,8 @@ class Prior:
             lr_max=space.lr_max,
             momentum_ref=space.optimizer.momentum,
             batch_round=settings.batch_round,
+            lr_search_width=settings.lr_search_width,
+            weight=settings.weight,
         )
 
     @classmethod
@@ -141,8 +213,11 @@ class Prior:
         momentum_ref: float,
         batch_round: int = 1,
         lr_anchor: float = 0.25,
+        lr_search_width: float | None = None,
+        weight: float = 3.0,
     ) -> Prior:
-        """Band just below the probe's B_simple; rule anchored at the large-batch LR ceiling."""
+        """Band just below the probe's B_simple; rule anchored at the large-batch LR ceiling; the search
+        over every batch size from ``batch_min`` to ``batch_cap`` and ``lr_search_width`` around the rule."""
         b_noise = probe.b_simple
         if not math.isfinite(b_noise) or b_noise <= 0:
             lower = probe.b_simple_ci[0]
@@ -169,6 +244,10 @@ class Prior:
             momentum_ref=momentum_ref,
             batch_round=batch_round,
             lr_cap=probe.lr_ceiling_large if use_large else None,  # never beyond the measured edge
+            search_low=max(1, batch_min),
+            search_high=max(batch_min, batch_cap),
+            lr_search_width=lr_search_width,
+            weight=weight,
         )
 
 

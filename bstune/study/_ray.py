@@ -165,7 +165,7 @@ def _make_searcher(planner: TrialPlanner, sampler: Any, direction: str) -> Any:
         space=PlannerSpace(planner),
         metric="objective",
         mode="min" if direction == "minimize" else "max",
-        sampler=sampler,
+        sampler=planner.sampler(sampler),
     )
 
 

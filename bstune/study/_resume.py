@@ -17,6 +17,7 @@ import optuna
 
 from bstune._keys import SETTINGS_ATTR
 from bstune.errors import ConfigError
+from bstune.space import PriorSettings
 
 __all__ = ["check_settings", "settings_mismatch"]
 
@@ -86,20 +87,34 @@ def _shown(value: object) -> str:
         return repr(value)
 
 
+_BAND_ONLY = "none: the search stayed in the band (bstune before the soft prior)"
+
+
 def upgrade_settings(stored: dict[str, Any] | None) -> dict[str, Any] | None:
     """Settings stored by an older bstune, in today's terms, so that the check compares like with like.
 
     Studies stored before ``prior.lr_anchor`` existed anchored the LR rule at half the
     ceiling: they read as ``lr_anchor: 0.5``, and resume only with that setting (not
-    silently under today's default).
+    silently under today's default). Prior-mode studies stored before the soft prior
+    (``prior.weight``) searched inside the band alone, in coordinates that no longer mean
+    the same: they do not resume (the mismatch names ``space.prior.weight``). A baseline
+    study never used the prior: it reads as today's defaults.
 
     Example:
-        >>> upgrade_settings({"space": {"prior": {"lr_width": 3.0}}})["space"]["prior"]
-        {'lr_width': 3.0, 'lr_anchor': 0.5}
+        >>> upgrade_settings({"space": {"prior": {"lr_width": 3.0, "lr_anchor": 0.25}}})["space"]["prior"]["weight"]
+        'none: the search stayed in the band (bstune before the soft prior)'
+        >>> upgrade_settings({"space": {"prior": {"lr_width": 3.0}}})["space"]["prior"]["lr_anchor"]
+        0.5
     """
     if stored is None:
         return None
     prior = stored.get("space", {}).get("prior")
     if isinstance(prior, dict) and "lr_anchor" not in prior:
-        stored = {**stored, "space": {**stored["space"], "prior": {**prior, "lr_anchor": 0.5}}}
+        prior = {**prior, "lr_anchor": 0.5}
+    if isinstance(prior, dict) and "weight" not in prior:
+        today = PriorSettings()
+        weight = today.weight if stored.get("mode") == "baseline" else _BAND_ONLY
+        prior = {"lr_search_width": today.lr_search_width, **prior, "weight": weight}
+    if isinstance(prior, dict):
+        stored = {**stored, "space": {**stored["space"], "prior": prior}}
     return stored

@@ -392,10 +392,13 @@ class Study:
         every = f"{self.direction} the best {s.objective} over {s.n_evals} evaluations"
         if self.prior is not None:
             v_low, v_high = self.prior.v_range
+            b_low, b_high = self.prior.batch_range
             params = (
                 f"the params batch_coord in [0, 1] and lr_coord in [{v_low:.3g}, {v_high:.3g}] are the prior's "
-                f"coordinates (B from {self.prior.batch_low} to {self.prior.batch_high} around B_noise "
-                f"{self.prior.b_noise:.4g}; lr_coord is log(eta / the eta(B) rule)), which the sampler searches"
+                f"coordinates (B log-uniform from {b_low} to {b_high}; lr_coord is log(eta / the eta(B) rule)); "
+                f"the first trials, and a share decaying as {self.prior.weight:g}/(n+1) after, are drawn from the "
+                f"band B in [{self.prior.batch_low}, {self.prior.batch_high}] below B_noise {self.prior.b_noise:.4g}, "
+                "the rest by the sampler"
             )
         else:
             params = "the params batch_size and lr are B and eta as sampled (log-uniform)"

@@ -36,7 +36,9 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
             f"{probe['lr_ceiling_large']:.3g} at B={probe['large_batch']}"
         )
         lines.append(
-            f"prior: batch sizes {prior['batch_low']}..{prior['batch_high']}, "
+            f"prior: first trials drawn from batch sizes {prior['batch_low']}..{prior['batch_high']}"
+            + (f" (the search: {prior['search_low']}..{prior['search_high']})" if prior.get("search_low") else "")
+            + ", "
             f"lr rule anchored at eta*({prior['b_ref']}) = {prior['lr_ref']:.3g}"
         )
     lines.append("trials: " + _counts(result["trials"]))

@@ -15,7 +15,7 @@ import math
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from torch import nn
@@ -25,10 +25,14 @@ from bstune.optim import temperature
 from bstune.records import TrialStatus
 from bstune.space import MODEL_PREFIX, SearchSpace
 from bstune.study._prior import Prior
+from bstune.study._prior_sampler import PriorSampler
 from bstune.study._records import clean_json
 from bstune.study._status import trial_status
 from bstune.task import Task
 from bstune.training import Decision, EvalRecord, TrainConfig, TrainResult, train, train_data_parallel
+
+if TYPE_CHECKING:
+    import optuna
 
 __all__ = [
     "Runner",
@@ -193,6 +197,13 @@ class TrialPlanner:
         devices = self.trial_devices if self.data_parallel > 1 else ()
         temp = temperature(config.lr, config.batch_size, m)
         return TrialPlan(dict(params), config, model_kwargs, temp, self.data_parallel, devices)
+
+    def sampler(self, inner: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
+        """The sampler to draw this study's trials with: in the prior mode, ``inner`` with the prior's
+        draws mixed in (:class:`~bstune.study._prior_sampler.PriorSampler`); else ``inner`` itself."""
+        if self.mode != "prior" or self.prior is None or isinstance(inner, PriorSampler):
+            return inner
+        return PriorSampler(inner, self.prior, self.seed)
 
     def learn_oom(self, batch_size: int) -> int:
         """A trial ran out of memory at ``batch_size``: cap later trials below it; returns the new cap."""

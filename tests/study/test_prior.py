@@ -139,10 +139,57 @@ def test_for_space_takes_every_setting_from_the_space() -> None:
             "optimizer": {"family": "adam"},
             "batch_size": {"min": 16, "max": 1024},
             "lr": {"min": 1e-4, "max": 0.5},
-            "prior": {"batch_width": 2, "lr_width": 5, "adam_alpha": 0.75, "lr_anchor": 0.1, "batch_round": 8},
+            "prior": {
+                "batch_width": 2, "lr_width": 5, "adam_alpha": 0.75, "lr_anchor": 0.1, "batch_round": 8,
+                "lr_search_width": 50, "weight": 1.5,
+            },
         }
-    )
+    )  # fmt: skip
     p = Prior.for_space(_probe(0.8, 1.6, 512), space, batch_cap=700)
     assert (p.alpha, p.lr_width, p.lr_min, p.lr_max, p.batch_round) == (0.75, 5.0, 1e-4, 0.5, 8)
+    assert (p.lr_search_width, p.weight, p.batch_range) == (50.0, 1.5, (16, 700))
     assert p.lr_ref == pytest.approx(0.1 * 1.6)
     assert p.batch_low >= 16 and p.batch_high <= 700 and p.batch_low % 8 == 0
+
+
+# -- the soft prior: the search reaches the whole space, the prior draws a decaying share --------------
+def test_the_search_reaches_every_batch_size_of_the_space_and_the_band_lies_inside() -> None:
+    p = Prior.from_probe(_probe(0.8, 1.6, 512), **_FROM_PROBE)  # type: ignore[arg-type]
+    assert p.batch_range == (8, 4096) and (p.batch_low, p.batch_high) == (12, 200)
+    assert (p.batch_at(0.0), p.batch_at(1.0)) == (8, 4096)
+    u_lo, u_hi = p.band_coords
+    assert 0.0 < u_lo < u_hi < 1.0
+    assert (p.batch_at(u_lo), p.batch_at(u_hi)) == (12, 200)
+    assert p.coord_of(p.batch_at(0.37)) == pytest.approx(0.37, abs=1 / 512)  # the inverse, up to rounding
+
+
+def test_the_search_reaches_lr_search_width_around_the_rule_and_the_draws_lr_width() -> None:
+    p = _prior(lr_search_width=30.0)
+    assert p.v_range == pytest.approx((-math.log(30), math.log(30)))
+    assert p.band_v_range == pytest.approx((-math.log(3), math.log(3)))
+    assert p.lr_at(100, p.v_range[1]) == pytest.approx(30 * p.lr_rule(100))
+    assert _prior().v_range == p.band_v_range  # a prior built by hand without one: the draws' width
+
+
+def test_the_first_weight_trials_are_prior_draws_then_their_share_decays_as_weight_over_n() -> None:
+    p = _prior(weight=3.0)
+    for seed in range(5):
+        assert [p.from_prior(n, seed) for n in range(3)] == [True, True, True]
+    # the share at n is 3/(n+1): over n in [300, 1200) the expected count is 3 (H_1200 - H_300) ~ 4.16 per
+    # seed; 200 seeds: ~832, with a binomial standard deviation ~28
+    drawn = sum(p.from_prior(n, seed) for seed in range(200) for n in range(300, 1200))
+    expected = 200 * 3 * sum(1 / (n + 1) for n in range(300, 1200))
+    assert abs(drawn - expected) < 4 * math.sqrt(expected)
+    assert [p.from_prior(n, 7) for n in range(50)] == [p.from_prior(n, 7) for n in range(50)]  # no state
+    assert not any(_prior(weight=0.0).from_prior(n, 0) for n in range(100))
+
+
+def test_prior_draws_fill_the_band_and_the_rules_width() -> None:
+    p = Prior.from_probe(_probe(0.8, 1.6, 512), **_FROM_PROBE)  # type: ignore[arg-type]
+    draws = [p.draw(n, seed=0) for n in range(400)]
+    batches = [p.batch_at(d["batch_coord"]) for d in draws]
+    assert min(batches) == 12 and max(batches) >= 190 and max(batches) <= 200
+    assert sum(b < 50 for b in batches) == pytest.approx(200, abs=40)  # log-uniform: 12..50..200 halves
+    v = [d["lr_coord"] for d in draws]
+    assert min(v) >= -math.log(3) and max(v) <= math.log(3) and max(v) - min(v) > 2
+    assert p.draw(5, seed=0) == p.draw(5, seed=0) != p.draw(5, seed=1)

@@ -28,17 +28,21 @@ def _study(task: bstune.Task, **kw: Any) -> bstune.Study:
     return bstune.Study(task, kw.pop("space", SPACE), **(args | kw))
 
 
-def test_prior_mode_searches_the_band_and_records_derived_values(blob_task: bstune.Task) -> None:
-    result = _study(blob_task).run()
+def test_prior_mode_draws_from_the_band_searches_the_space_and_records_derived_values(blob_task: bstune.Task) -> None:
+    result = _study(blob_task, n_trials=8).run()
     prior, probe = result.prior, result.probe
     assert prior is not None and probe is not None
     assert probe.samples_used > 0 and probe.throughput
+    assert prior.batch_range == (4, 128)  # the space's whole range
     for t in result.trials:
-        assert prior.batch_low <= t.batch_size <= prior.batch_high  # type: ignore[operator]
         assert set(t.params) >= {"batch_coord", "lr_coord"}
         rule = prior.lr_rule(t.batch_size)  # type: ignore[arg-type]
-        assert rule / 3.0001 <= t.lr <= rule * 3.0001  # type: ignore[operator]
+        width = prior.lr_width if prior.from_prior(t.number, 0) else prior.lr_search_width
+        assert rule / (1.0001 * width) <= t.lr <= rule * 1.0001 * width  # type: ignore[operator]
+        if prior.from_prior(t.number, 0):  # the first 3 and some after: inside the band
+            assert prior.batch_low <= t.batch_size <= prior.batch_high  # type: ignore[operator]
         assert t.temperature == pytest.approx(t.lr / t.batch_size)  # type: ignore[operator]
+    assert all(prior.from_prior(n, 0) for n in range(3)) and not all(prior.from_prior(n, 0) for n in range(8))
     assert result.samples_total == probe.samples_used + sum(t.samples for t in result.trials) + result.samples_rescore
     assert result.samples_rescore == sum(r.samples for r in result.rescored) > 0
     assert result.best_config["batch_size"] in {t.batch_size for t in result.trials}
@@ -135,3 +139,26 @@ def test_a_study_stored_before_lr_anchor_resumes_only_with_the_anchor_it_ran_wit
     old_space = SPACE | {"prior": {**SPACE.get("prior", {}), "lr_anchor": 0.5}}
     again = _study(blob_task, mode="baseline", n_trials=2, storage=journal, space=old_space).run()
     assert [t.number for t in again.trials] == [0, 1]
+
+
+def test_a_prior_study_stored_before_the_soft_prior_does_not_resume_a_baseline_one_does(
+    blob_task: bstune.Task, tmp_path: Path
+) -> None:
+    """Its trials' coordinates meant positions in the band alone: read today, they would mislead TPE."""
+    for mode in ("prior", "baseline"):
+        journal = str(tmp_path / f"{mode}.log")
+        _study(blob_task, mode=mode, n_trials=1, storage=journal, rescore_top=0).run()
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
+        study = optuna.load_study(study_name="bstune-blobs", storage=storage)
+        settings = study.user_attrs["bstune_settings"]
+        del settings["space"]["prior"]["weight"], settings["space"]["prior"]["lr_search_width"]
+        study.set_user_attr("bstune_settings", settings)
+        if mode == "prior":
+            with pytest.raises(
+                ConfigError,
+                match=r'settings: space.prior.weight: the stored study used "none: the search stayed in the band',
+            ):
+                _study(blob_task, mode=mode, n_trials=2, storage=journal, rescore_top=0).run()
+        else:
+            again = _study(blob_task, mode=mode, n_trials=2, storage=journal, rescore_top=0).run()
+            assert [t.number for t in again.trials] == [0, 1]
