@@ -159,6 +159,13 @@ class ProbeResult:
     seconds: float = 0.0
     # batch size -> (q25, q75) of the per-step rates behind ``throughput`` (the median); empty in older results
     throughput_iqr: dict[int, tuple[float, float]] = field(default_factory=dict)
+    # The probe's training run (B_simple's run) when it was one trial long: a study that told the probe its
+    # trial budget may count it as a trial. Plain data, as a trial keeps its run: batch_size, lr, seed,
+    # samples, steps, status (a TrialStatus value), message, throughput (samples/s, noise tracking on),
+    # history (one row per milestone, as bstune.study._trial.history_row writes it: milestone, samples,
+    # step, lr, train_loss, val_loss, gap and the task's metrics) and config (the TrainConfig as a dict).
+    # None: no budget was given (or a training function's probe), and in older results.
+    run: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

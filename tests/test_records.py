@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import bstune
-from bstune.records import TrialRecord, TrialStatus, clean_json
+from bstune.records import ProbeResult, TrialRecord, TrialStatus, clean_json
 from bstune.study import StudyResult
 from bstune.study._status import trial_status
 from bstune.training import RunStatus
@@ -61,3 +62,16 @@ def test_a_study_returns_members_and_stores_plain_strings(blob_task: bstune.Task
     assert result.trials and {type(t.status) for t in result.trials} == {TrialStatus}
     assert result.optuna_study is not None
     assert {type(t.user_attrs["status"]) for t in result.optuna_study.trials} == {str}
+
+
+def test_a_probe_result_keeps_its_trial_run_and_one_written_before_it_loads_without() -> None:
+    stored = json.loads(SAMPLE.read_text())["probe"]
+    assert "run" not in stored  # written before the probe's run was kept
+    old = ProbeResult.from_dict(stored)
+    assert old.run is None
+    run = {"batch_size": 64, "lr": 0.1, "seed": 0, "samples": 3008, "steps": 47, "status": "completed",
+           "message": "", "throughput": 1e4, "history": [{"milestone": 3000, "samples": 3008, "val_loss": 0.5}],
+           "config": {"batch_size": 64, "max_samples": 3000}}  # fmt: skip
+    probe = dataclasses.replace(old, run=run)
+    data = json.loads(json.dumps(probe.to_dict()))
+    assert data["run"] == run and ProbeResult.from_dict(data) == probe

@@ -8,14 +8,24 @@ Three measurements, each counted in samples against the study's budget:
    at a batch ``large_batch_factor`` times larger bounds the rule's flat part; a
    larger batch only raises the ceiling (less noise), so it starts a decade below the
    first ceiling, at the same resolution, instead of at the space's lowest rate: on
-   the benchmark problems that halves its cost, the largest part of the probe.
-2. **Noise scale**: a short run at a safe fraction of that ceiling with
-   ``track_noise=True``, then B_simple measured with its interval at the parameters it
-   reached. B_simple is measured at a sane learning rate because it scales as 1/T.
-3. **Throughput**: a few steps at each batch size of a ladder (every power of two
-   in the space's batch range) on the trial device, each step timed alone and the
-   median kept, with the interquartile range of the per-step rates beside it; a
-   batch size that runs out of memory caps the search.
+   the benchmark problems that halves its cost. When the first test never blew up
+   (its ceiling is the space's ``lr.max``) the second cannot find a higher one, and is
+   skipped.
+2. **Noise scale**: a run at a safe fraction of that ceiling with ``track_noise=True``,
+   then B_simple measured with its interval at the parameters it reached. B_simple is
+   measured at a sane learning rate because it scales as 1/T. Told the study's trial
+   budget (``budget_samples``), this run is one trial's length, at the study's seed and
+   milestones, and :attr:`ProbeResult.run` keeps it as a trial keeps its run, so the
+   study can count it as a trial rather than as overhead; B_simple is still measured
+   where the probe's own length rule ends (at the first milestone past it, on a copy of
+   the parameters there), since it grows as training goes on.
+3. **Throughput**: a few steps at each batch size of a ladder (the ends of the space's
+   batch range and every fourth power of two between) on the trial device, each step
+   timed alone and the median kept, with the interquartile range of the per-step rates
+   beside it; a batch size that runs out of memory caps the search at half of it, and
+   that cap is measured too. Told the trial budget, the ladder spends at most
+   ``throughput_fraction`` of it (the large batches get fewer timed steps, never fewer
+   than three, after one warm-up step).
 """
 
 from __future__ import annotations
@@ -35,10 +45,12 @@ from bstune._progress import progress_bar
 from bstune.data import fetch_batch, move_to_device
 from bstune.errors import BstuneError, ConfigError, EstimationError, UserCodeError
 from bstune.noise import TrajectoryPoint, measure_noise_scale, resolve_device
-from bstune.records import ProbeResult
+from bstune.records import ProbeResult, clean_dict
 from bstune.space import SearchSpace
+from bstune.study._status import trial_status
+from bstune.study._trial import history_row
 from bstune.task import Task, has_batchnorm
-from bstune.training import EvalRecord, RunStatus, TrainConfig, train
+from bstune.training import EvalRecord, RunStatus, TrainConfig, TrainResult, train
 
 __all__ = [
     "ProbeResult",
@@ -54,6 +66,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CLOCK_FLOOR = 1e-9  # seconds: the shortest step time step_rate believes (perf_counter's resolution or finer)
+_TOP = 1 - 1e-9  # a range test's ceiling at or above lr_max * _TOP is lr_max (its last step, up to rounding)
 
 
 @dataclass(frozen=True)
@@ -69,18 +82,24 @@ class ProbeSettings:
     lr_steps: int = 40  # steps of the LR range test (each one batch)
     large_batch_factor: int = 8  # a second range test at this multiple of the probe batch bounds the flat part
     lr_fraction: float = 0.25  # probe lr = this x the range test's ceiling (optimum ~ a few x below the edge)
-    train_samples: int | None = None  # probe training run; None: 5x the range test's samples, at least half an epoch
+    # probe training run before B_simple is measured; None: 5x the range test's samples, at least half an epoch.
+    # Given budget_samples, the run goes on to one trial's length, B_simple measured at the first milestone past this
+    train_samples: int | None = None
     rel_precision: float = 0.15  # final B_simple measurement: stop at this interval half-width
     measure_samples: int | None = None  # most examples per measurement stage; None: 50 batches
-    throughput_steps: int = 7  # timed steps per ladder rung, after 2 untimed ones; the rate is the median step's
-    throughput_batches: tuple[int, ...] | None = None  # None: powers of two within the space's batch range
+    throughput_steps: int = 7  # most timed steps per ladder rung, after 2 untimed ones; the rate is the median step's
+    throughput_batches: tuple[int, ...] | None = None  # None: the range's ends and every 4th power of two between
+    # most of one trial's budget the throughput ladder spends, when the study gives one (at least 1 warm-up
+    # + 3 timed steps per rung all the same): a quarter leaves the ladder ~1/4 trial where it cost 1-2 trials
+    throughput_fraction: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("lr_steps", "throughput_steps"):
             if getattr(self, name) < 2:
                 raise ConfigError(f"must be >= 2, got {getattr(self, name)}", source="ProbeSettings", field=name)
-        if not 0 < self.lr_fraction <= 1:
-            raise ConfigError(f"must be in (0, 1], got {self.lr_fraction}", source="ProbeSettings", field="lr_fraction")
+        for name in ("lr_fraction", "throughput_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"must be in (0, 1], got {getattr(self, name)}", source="ProbeSettings", field=name)
 
 
 def _probe_batch(n_train: int | None, settings: ProbeSettings, batch_min: int, batch_cap: int) -> int:
@@ -174,11 +193,21 @@ def run_probe(
     seed: int = 0,
     device: str = "auto",
     progress: bool = False,
+    budget_samples: int | None = None,
+    eval_every_samples: int | None = None,
 ) -> ProbeResult:
     """Measure the LR ceiling, the noise scale and the throughput of ``task`` (see module doc).
 
     With ``progress``, each phase (LR range test, B_simple trajectory and measurement,
     throughput ladder) shows a progress bar on stderr.
+
+    ``budget_samples`` (a study's trial budget) makes the probe's training run one
+    trial: ``budget_samples`` long, evaluated every ``eval_every_samples`` (the study's
+    milestones; default ten evaluations), at ``seed``; :attr:`ProbeResult.run` keeps it,
+    and ``samples_used`` counts it. B_simple is measured at the first of its milestones
+    past the length the probe would run without it (``ProbeSettings.train_samples``).
+    It also bounds the throughput ladder (``ProbeSettings.throughput_fraction`` of it).
+    Without it, the run ends at ``train_samples`` and every rung of the ladder runs in full.
 
     Raises:
         UserCodeError: the task's code raised (a label out of range, a bad shape deep in
@@ -197,6 +226,8 @@ def run_probe(
             seed=seed,
             device=device,
             progress=progress,
+            budget_samples=budget_samples,
+            eval_every_samples=eval_every_samples,
         )
     except (BstuneError, torch.OutOfMemoryError):
         raise
@@ -218,6 +249,8 @@ def _run_probe(
     seed: int,
     device: str,
     progress: bool,
+    budget_samples: int | None,
+    eval_every_samples: int | None,
 ) -> ProbeResult:
     started = time.perf_counter()
     dev = resolve_device(device)
@@ -232,7 +265,9 @@ def _run_probe(
     big = min(batch_max, task.n_train, max(batch, settings.large_batch_factor * batch))
     ceiling_big = ceiling
     cap: int | None = None
-    if big > batch:
+    if big > batch and ceiling >= lr_max * _TOP:  # the first test never blew up: nor would this one
+        logger.info("probe: LR range test at B=%d reached lr.max %.3g; none at B=%d", batch, lr_max, big)
+    elif big > batch:
         start, steps = large_batch_sweep(ceiling, lr_min, lr_max, settings.lr_steps)
         try:
             with progress_bar(progress, f"probe: LR range test at B={big}", total=steps, unit="step") as bar:
@@ -251,7 +286,10 @@ def _run_probe(
     lr_probe = max(lr_min, settings.lr_fraction * ceiling)
     logger.info("probe: LR range test at B=%d: ceiling %.3g, probe lr %.3g", batch, ceiling, lr_probe)
 
-    train_samples = _train_samples(task.n_train, settings, batch)
+    # B_simple is measured where the probe's own length rule ends (it grows as training goes on); told the
+    # trial budget, the run goes on to it, a trial the study can count, from a snapshot of the parameters there
+    measure_at = _train_samples(task.n_train, settings, batch, None)
+    train_samples = _train_samples(task.n_train, settings, batch, budget_samples)
     # Probe run: split every step in two for the B_simple trajectory (BatchNorm: fine, micro-batch estimator).
     cfg = TrainConfig(
         batch_size=batch,
@@ -260,22 +298,35 @@ def _run_probe(
         seed=seed,
         device=str(dev),
         track_noise=True,
-        eval_every_samples=max(batch * 4, train_samples // 5),
+        eval_every_samples=_probe_eval_every(batch, train_samples, budget_samples, eval_every_samples),
     )
     with progress_bar(progress, "probe: B_simple trajectory", total=train_samples, unit="sample") as bar:
+        model = task.make_model(seed=seed)  # as train makes it; trained in place, so advance can snapshot it
+        snapshot: dict[str, torch.Tensor] | None = None
 
         def advance(record: EvalRecord) -> None:
+            nonlocal snapshot
             bar.update(record.samples - bar.n)
+            if snapshot is None and measure_at <= record.samples < train_samples:  # the first milestone past it
+                snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-        run = train(task, cfg, advance)
+        run = train(task, cfg, advance, model=model)
     samples += run.samples
-    if run.status is not RunStatus.COMPLETED or run.model is None:
+    if snapshot is None and (run.status is not RunStatus.COMPLETED or run.model is None):
         raise ConfigError(
             f"the probe run at batch_size={batch}, lr={lr_probe:.3g} ended {run.status.value}: {run.message}; "
             "lower the space's lr.max or set ProbeSettings(lr_fraction=...) smaller",
             source="probe",
         )
-    method = "micro_batch" if has_batchnorm(run.model) else "per_example"
+    if run.status is not RunStatus.COMPLETED:  # past the point B_simple is measured at: a trial that ended so
+        logger.warning("probe: its trial-length run ended %s: %s", run.status.value, run.message)
+    if snapshot is not None:  # into a fresh module: none of the run's noise-tracking hooks, and the run untouched
+        measured = task.make_model(seed=seed)
+        measured.load_state_dict(snapshot)
+    else:
+        assert run.model is not None  # a run that completed returns its model (checked above)
+        measured = run.model
+    method = "micro_batch" if has_batchnorm(measured) else "per_example"
     # |G|² is resolved only by batches of size ~B_simple or more: grow the measurement
     # batch until the interval closes (at B = D the finite-population correction makes
     # the |G|² estimate exact).
@@ -284,7 +335,7 @@ def _run_probe(
         while True:
             est = measure_noise_scale(
                 task,
-                run.model,
+                measured,
                 batch_size=measure_batch,
                 method=method,  # type: ignore[arg-type]
                 rel_precision=settings.rel_precision,
@@ -319,17 +370,21 @@ def _run_probe(
     throughput_iqr: dict[int, tuple[float, float]] = {}
     rungs = _rungs(task.n_train, settings, batch_min, batch_max, batch_round, cap)
     bar = progress_bar(progress, "probe: throughput ladder", total=len(rungs), unit="rung")
-    for b in rungs:
-        rate, used, spread = measure_throughput(task, b, settings.throughput_steps, lr=lr_probe, seed=seed, device=dev)
+    todo = ladder_plan(rungs, settings, budget_samples)
+    while todo:
+        b, warmup, timed = todo.pop(0)
+        rate, used, spread = measure_throughput(task, b, timed, lr=lr_probe, seed=seed, device=dev, warmup=warmup)
         samples += used
         bar.update(1)
-        if rate is None:
-            cap = max(batch_min, b // 2)
-            logger.warning("probe: batch size %d ran out of memory; the search stays at or below %d", b, cap)
-            break
-        throughput[b] = rate
-        if spread is not None:
-            throughput_iqr[b] = spread
+        if rate is not None:
+            throughput[b] = rate
+            if spread is not None:
+                throughput_iqr[b] = spread
+            continue
+        cap = max(batch_min, b // 2)
+        logger.warning("probe: batch size %d ran out of memory; the search stays at or below %d", b, cap)
+        # rungs are up to 4x apart: measure the cap itself (the search's new top) unless a rung already did
+        todo = [(cap, warmup, timed)] if max(throughput, default=0) < cap < b else []
     trajectory = trajectory_rows(run.noise_trajectory)
     bar.close()  # the throughput ladder's
     return ProbeResult(
@@ -349,6 +404,26 @@ def _run_probe(
         lr_range=curve,
         device=str(dev),
         seconds=time.perf_counter() - started,
+        run=trial_run(run) if budget_samples is not None else None,
+    )
+
+
+def trial_run(run: TrainResult) -> dict[str, Any]:
+    """The probe's training run as a study's trial keeps its run (see :attr:`ProbeResult.run`)."""
+    cfg = run.config
+    return clean_dict(
+        {
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "seed": cfg.seed,
+            "samples": run.samples,
+            "steps": run.steps,
+            "status": trial_status(run.status),
+            "message": run.message,
+            "throughput": run.throughput,
+            "history": [history_row(r) for r in run.history],
+            "config": cfg.to_dict(),
+        }
     )
 
 
@@ -366,23 +441,41 @@ def trajectory_rows(points: Sequence[TrajectoryPoint]) -> list[dict[str, Any]]:
 
 
 def probe_cost(
-    task: Task | None, settings: ProbeSettings, *, batch_min: int, batch_max: int, batch_round: int = 1
+    task: Task | None,
+    settings: ProbeSettings,
+    *,
+    batch_min: int,
+    batch_max: int,
+    batch_round: int = 1,
+    budget_samples: int | None = None,
 ) -> int:
     """Training samples the probe will spend at least (where every batch size fits): its training run
-    and the throughput ladder.
+    and the throughput ladder (:func:`ladder_plan`), with ``budget_samples`` as :func:`run_probe` takes it.
 
     The range tests and the noise measurement come on top (they stop when they have
     found what they look for), so the probe's ``samples_used`` is never below this.
     """
     n_train = task.n_train if task is not None else None  # a training function's data are known when it runs
     batch = _probe_batch(n_train, settings, batch_min, batch_max)
-    ladder = sum(_rungs(n_train, settings, batch_min, batch_max, batch_round, None))
-    return _train_samples(n_train, settings, batch) + (THROUGHPUT_WARMUP + settings.throughput_steps) * ladder
+    rungs = _rungs(n_train, settings, batch_min, batch_max, batch_round, None)
+    ladder = sum(b * (warmup + timed) for b, warmup, timed in ladder_plan(rungs, settings, budget_samples))
+    # a training function's noise run stays its own length (bstune/study/_probe_function.py); a task's is a trial
+    run = _train_samples(n_train, settings, batch, budget_samples if task is not None else None)
+    return run + ladder
 
 
-def _train_samples(n_train: int | None, settings: ProbeSettings, batch: int) -> int:
-    """Samples of the probe's training run: 5x the range test's, at least half an epoch."""
+def _train_samples(n_train: int | None, settings: ProbeSettings, batch: int, budget_samples: int | None) -> int:
+    """Samples of the probe's training run: one trial's budget when known, else ``settings.train_samples``,
+    by default 5x the range test's and at least half an epoch."""
+    if budget_samples is not None:
+        return budget_samples
     return settings.train_samples or max(5 * settings.lr_steps * batch, (n_train or 0) // 2)
+
+
+def _probe_eval_every(batch: int, train_samples: int, budget_samples: int | None, every: int | None) -> int | None:
+    """Samples between the probe run's evaluations: a trial's milestones when it is one (``None``: the
+    trainer's default, ten), else five evaluations, at least four steps apart."""
+    return every if budget_samples is not None else max(batch * 4, train_samples // 5)
 
 
 def _rungs(
@@ -394,7 +487,43 @@ def _rungs(
     return sorted(r for r in rungs if r <= min(top, cap or top))
 
 
-THROUGHPUT_WARMUP = 2  # untimed steps per rung before measure_throughput's timed ones
+THROUGHPUT_WARMUP = 2  # untimed steps per rung before measure_throughput's timed ones (1 where the budget is tight)
+THROUGHPUT_MIN_TIMED = 3  # fewest timed steps per rung (a median and an IQR), however tight the budget
+
+
+def ladder_plan(
+    rungs: Sequence[int], settings: ProbeSettings, budget_samples: int | None
+) -> list[tuple[int, int, int]]:
+    """``(batch size, warm-up steps, timed steps)`` for each rung, smallest first.
+
+    Without a trial budget every rung gets ``THROUGHPUT_WARMUP`` untimed and
+    ``settings.throughput_steps`` timed steps. With one, the ladder spends at most
+    ``settings.throughput_fraction`` of it: the rungs, smallest first, each take an equal
+    share of what is left (a small batch needs less than its share and passes the rest
+    up), but never fewer than 1 warm-up and ``THROUGHPUT_MIN_TIMED`` timed steps (a
+    median and an IQR), so the largest rungs may take the ladder past its share. A large
+    batch's step is the longest, and the clock's noise the smallest part of it, so it is
+    the one that can do with fewer steps.
+
+    Example:
+        >>> ladder_plan([8, 32, 128, 512], ProbeSettings(), None)[-1]  # no budget: 2 + 7 steps everywhere
+        (512, 2, 7)
+        >>> ladder_plan([8, 32, 128, 512], ProbeSettings(), 10_000)  # a quarter of it: 2,500 samples
+        [(8, 2, 7), (32, 2, 7), (128, 2, 6), (512, 1, 3)]
+    """
+    most = THROUGHPUT_WARMUP + settings.throughput_steps
+    fewest_timed = min(THROUGHPUT_MIN_TIMED, settings.throughput_steps)
+    left = None if budget_samples is None else int(settings.throughput_fraction * budget_samples)
+    plan = []
+    for i, b in enumerate(rungs):
+        n = most if left is None else min(most, max(1 + fewest_timed, left // ((len(rungs) - i) * b)))
+        timed = min(settings.throughput_steps, n - THROUGHPUT_WARMUP)
+        if timed < fewest_timed:  # too tight for both warm-ups: one is enough to leave the first-call costs out
+            timed = n - 1
+        plan.append((b, n - timed, timed))
+        if left is not None:
+            left -= n * b
+    return plan
 
 
 def measure_throughput(
@@ -467,23 +596,28 @@ def step_rate(batch_size: int, seconds: Sequence[float]) -> tuple[float, tuple[f
 
 
 def _ladder(low: int, high: int, multiple: int) -> list[int]:
-    """``low``, ``high`` and every power of two between them, each rounded down to a
-    multiple of ``multiple`` (at least ``multiple``).
+    """``low``, ``high`` and every fourth power of two between them (those a factor of 4,
+    16, ... below the power of two at or above ``high``), each rounded down to a multiple
+    of ``multiple`` (at least ``multiple``).
 
-    Every power of two stays: the time per rung grows with B, so the rungs below the
-    largest cost less than it does all together, and a thinned ladder leaves gaps
-    where the compute-optimal batch size is interpolated.
+    Throughput is a smooth function of B, interpolated as a power law between rungs
+    (:func:`bstune.analysis.throughput_at`); a factor of 4 between them resolves where it
+    bends (the device filling up) while the rungs below the largest cost a third of it
+    all together, not as much again as it does (every power of two).
 
     Example:
         >>> _ladder(8, 1024, 1)
-        [8, 16, 32, 64, 128, 256, 512, 1024]
+        [8, 16, 64, 256, 1024]
+        >>> _ladder(2, 1000, 1)  # 1000 is no power of two: 4x below 1024 and on down
+        [2, 4, 16, 64, 256, 1000]
     """
     rungs = {low, high}
-    b = 1
-    while b < high:
-        if b > low:
+    top = 1 << max(0, (high - 1).bit_length())  # the power of two at or above high
+    b = top // 4
+    while b > low:
+        if b < high:
             rungs.add(b)
-        b *= 2
+        b //= 4
     return sorted({max(multiple, (r // multiple) * multiple) for r in rungs})
 
 
@@ -496,11 +630,14 @@ def probe_space(
     seed: int = 0,
     device: str = "auto",
     progress: bool = False,
+    budget_samples: int | None = None,
+    eval_every_samples: int | None = None,
 ) -> ProbeResult:
     """The probe over a search space's ranges: what a study in the prior mode runs first.
 
     ``batch_cap`` (default: the space's largest batch size, at most the training set)
-    bounds the batch sizes it tries.
+    bounds the batch sizes it tries; ``budget_samples`` and ``eval_every_samples`` (a
+    study's trial budget and milestones) make its training run one trial (see :func:`run_probe`).
     """
     cap = batch_cap if batch_cap is not None else min(space.batch_max or task.n_train, task.n_train)
     return run_probe(
@@ -514,4 +651,6 @@ def probe_space(
         seed=seed,
         device=device,
         progress=progress,
+        budget_samples=budget_samples,
+        eval_every_samples=eval_every_samples,
     )

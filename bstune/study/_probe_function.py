@@ -15,7 +15,12 @@ each measurement, told by its :class:`~bstune.training.TrialContext` what to do:
    as :func:`~bstune.noise.measure_noise_scale` measures a task's.
 3. **Throughput**: a few steps at each batch size of the ladder, timed between successive
    ``ctx.step`` calls, so data loading counts as it does in training; evaluations are not
-   asked for and not timed.
+   asked for and not timed. Told the study's trial budget, the ladder keeps to
+   ``throughput_fraction`` of it, as the task probe's does (:func:`~bstune.study._probe.ladder_plan`).
+
+Unlike the task probe, the noise run here is not made one trial long when the trial
+budget is known: its still phase runs on in the same call, so its milestones are not a
+trial's, and :attr:`ProbeResult.run` stays ``None``.
 
 A loop that never makes the scheduler, never passes its loss, or never observes the
 tracker is told what the probe needs, and that the study can run without it.
@@ -38,11 +43,12 @@ from bstune.records import ProbeResult
 from bstune.space import SearchSpace
 from bstune.study._backend import FunctionJob
 from bstune.study._probe import (
-    THROUGHPUT_WARMUP,
+    _TOP,
     ProbeSettings,
     _probe_batch,
     _rungs,
     _train_samples,
+    ladder_plan,
     large_batch_sweep,
     step_rate,
     trajectory_rows,
@@ -86,8 +92,14 @@ def probe_function(
     seed: int = 0,
     device: str = "auto",
     progress: bool = False,
+    budget_samples: int | None = None,
+    eval_every_samples: int | None = None,
 ) -> ProbeResult:
     """Measure the LR ceiling, the noise scale and the throughput through ``job``'s function.
+
+    ``budget_samples`` (a study's trial budget) bounds the throughput ladder as in
+    :func:`~bstune.study.run_probe`; the noise run keeps ``ProbeSettings.train_samples``
+    (see the module doc), and ``eval_every_samples`` is accepted for the same call's sake.
 
     Raises:
         UserCodeError: the function raised; the message is one line, its ``traceback`` the whole story.
@@ -95,7 +107,7 @@ def probe_function(
             the noise tracker), or the probe run diverged at the rate the range test chose.
     """
     try:
-        return _probe(job, space, settings or ProbeSettings(), batch_cap, seed, device, progress)
+        return _probe(job, space, settings or ProbeSettings(), batch_cap, seed, device, progress, budget_samples)
     except (BstuneError, torch.OutOfMemoryError):
         raise
     except Exception as exc:
@@ -171,6 +183,7 @@ def _probe(
     seed: int,
     device: str,
     progress: bool,
+    budget_samples: int | None,
 ) -> ProbeResult:
     started = time.perf_counter()
     dev = resolve_device(device)
@@ -188,7 +201,9 @@ def _probe(
         bar.update(1)
     big = min(batch_cap, run.n_train or batch_cap, max(batch, settings.large_batch_factor * batch))
     ceiling_big, cap = ceiling, None
-    if big > batch:
+    if big > batch and ceiling >= lr_max * _TOP:  # the first test never blew up: nor would this one (see run_probe)
+        logger.info("probe: LR range test at B=%d reached lr.max %.3g; none at B=%d", batch, lr_max, big)
+    elif big > batch:
         start, steps = large_batch_sweep(ceiling, lr_min, lr_max, settings.lr_steps)
         try:
             with progress_bar(progress, f"probe: LR range test at B={big} (your loop)", total=1, unit="test") as bar:
@@ -204,7 +219,7 @@ def _probe(
     lr_probe = max(lr_min, settings.lr_fraction * ceiling)
     logger.info("probe: LR range test at B=%d: ceiling %.3g, probe lr %.3g", batch, ceiling, lr_probe)
 
-    train_samples = _train_samples(run.n_train, settings, batch)
+    train_samples = _train_samples(run.n_train, settings, batch, None)
     train_samples = -(-train_samples // batch) * batch  # whole steps, so the still phase starts on a step
     measure = settings.measure_samples or 50 * batch
     with progress_bar(progress, "probe: B_simple trajectory and measurement (your loop)", total=1, unit="run") as bar:
@@ -250,8 +265,10 @@ def _probe(
     throughput_iqr: dict[int, tuple[float, float]] = {}
     rungs = _rungs(ctx.n_train, settings, space.batch_min, batch_cap, space.prior.batch_round, cap)
     bar = progress_bar(progress, "probe: throughput ladder (your loop)", total=len(rungs), unit="rung")
-    for b in rungs:
-        n_steps = THROUGHPUT_WARMUP + settings.throughput_steps + 1  # n steps give n - 1 intervals
+    todo = ladder_plan(rungs, settings, budget_samples)
+    while todo:
+        b, warmup, n_timed = todo.pop(0)
+        n_steps = warmup + n_timed + 1  # n steps give n - 1 intervals
         timed, tctx = run(b, lr_probe, n_steps * b, evaluate=False)
         bar.update(1)
         if timed.status is RunStatus.OOM:
@@ -259,8 +276,10 @@ def _probe(
             logger.warning("probe: batch size %d ran out of memory; the search stays at or below %d", b, cap)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-            break
-        times = tctx.step_times[THROUGHPUT_WARMUP:]
+            # rungs are up to 4x apart: measure the cap itself (the search's new top), as run_probe does
+            todo = [(cap, warmup, n_timed)] if max(throughput, default=0) < cap < b else []
+            continue
+        times = tctx.step_times[warmup:]
         if timed.status is not RunStatus.COMPLETED or not times:
             logger.warning("probe: no step time at batch size %d (%s)", b, timed.message or timed.status.value)
             continue

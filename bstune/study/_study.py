@@ -297,6 +297,9 @@ class Study:
                     seed=s.seed,
                     device=s.main_device,
                     progress=s.progress,
+                    # the probe's training run: one trial (a task's probe; see ProbeResult.run)
+                    budget_samples=s.budget_samples,
+                    eval_every_samples=s.eval_every,
                 )
                 self.backend.keep_probe(self.probe)
             self._make_prior(self.probe)
@@ -366,6 +369,7 @@ class Study:
             batch_min=self.space.batch_min,
             batch_max=self.batch_cap,
             batch_round=self.space.prior.batch_round,
+            budget_samples=s.budget_samples,
         )
         trials = s.n_trials * s.budget_samples
         if probe > trials:

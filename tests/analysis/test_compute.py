@@ -44,6 +44,16 @@ def test_a_coarse_power_of_two_ladder_lands_near_the_optimum() -> None:
     assert result.device.seconds == pytest.approx(exact, rel=0.05)  # interpolation error only
 
 
+@pytest.mark.parametrize("ladder", [[4**k for k in range(7)], [2, 8, 32, 128, 512, 2048, 4096]])
+def test_the_probes_ladder_at_every_factor_of_four_lands_near_the_optimum(ladder: list[int]) -> None:
+    """The probe measures every 4x (bstune.study._probe._ladder): the pick's true time stays within 1 % of the best."""
+    result = compute_optimal(_fit(), _throughput(ladder))
+    best = math.sqrt(A * B_CRIT / B)
+    true = S_MIN * (1 + B_CRIT / result.device.batch_size) * (A + B * result.device.batch_size)
+    assert true <= 1.01 * S_MIN * (1 + B_CRIT / best) * (A + B * best)
+    assert result.device.seconds == pytest.approx(true, rel=0.06)  # interpolation error only
+
+
 @pytest.mark.parametrize("workers", [2, 8])
 def test_wall_time_optimum_with_data_parallel_workers(workers: int) -> None:
     # wall(B) = S(B)·(a + b·B/N): least at B* = sqrt(N·a·Bc/b), each worker B*/N

@@ -117,7 +117,7 @@ CASES: list[Case] = [
     Case(
         ("run", "good.py", "--space", "ok.yaml", "--budget-samples", "600", "--trials", "1", "--rescore-top", "0"),
         0,
-        ("the probe will train on at least 3,080 samples", "1 trials x budget_samples 600 = 600", "baseline"),
+        ("the probe will train on at least 968 samples", "1 trials x budget_samples 600 = 600", "baseline"),
     ),
     Case(
         ("run", "good.py", "--space", "hidden.yaml"),

@@ -67,12 +67,12 @@ def test_a_probe_dearer_than_all_the_trials_is_warned_about_before_it_runs(
     monkeypatch.setattr(study_module, "probe_space", probe)
     caplog.set_level(logging.WARNING, logger="bstune")
     with pytest.raises(ProbeStarted) as started:
-        _study(blob_task, n_trials=2, budget_samples=1100).run()  # trials: 2,200 samples; the probe: >= 7,268
+        _study(blob_task, n_trials=1, budget_samples=1100).run()  # the trial: 1,100 samples; the probe: >= 1,848
     assert started.value.warned
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert (
-        "at least 7,268 samples, 3.3x" in warning
-        and "2 trials x budget_samples 1,100 = 2,200" in warning
+        "at least 1,848 samples, 1.7x" in warning  # its trial-long run (1,100) and its ladder (a quarter, at least)
+        and "1 trials x budget_samples 1,100 = 1,100" in warning
         and "baseline" in warning
     )
     caplog.clear()

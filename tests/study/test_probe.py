@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import math
+from typing import Any
+
 import pytest
 import torch
 
 import bstune
 import bstune.study._probe as probe_module
 from bstune.study import ProbeResult, ProbeSettings, lr_range_test, run_probe
-from bstune.study._probe import _ladder, large_batch_sweep, measure_throughput, step_rate
+from bstune.study._probe import _ladder, ladder_plan, large_batch_sweep, measure_throughput, probe_cost, step_rate
 
 
 def _regression(n: int = 4000, d: int = 8, seed: int = 0) -> bstune.Task:
@@ -31,7 +36,9 @@ def test_lr_range_test_finds_the_stability_edge_of_a_quadratic() -> None:
     assert curve[0][0] == pytest.approx(1e-3) and len(curve) < 60  # stopped once the loss blew up
 
 
-def test_throughput_and_out_of_memory() -> None:
+@pytest.mark.parametrize(("fits", "ceiling", "measured"), [(100, 64, [8, 32, 64]), (50, 32, [8, 32])])
+def test_throughput_and_out_of_memory(fits: int, ceiling: int, measured: list[int]) -> None:
+    """Rungs 8, 32, 128: 128 runs out of memory, so the cap (64) is measured too, unless it does as well."""
     task = _regression()
     rate, used, spread = measure_throughput(task, 64, 3, lr=0.01, seed=0, device=torch.device("cpu"))
     assert rate is not None and rate > 0 and used == 5 * 64
@@ -43,7 +50,7 @@ def test_throughput_and_out_of_memory() -> None:
             self.inner = torch.nn.Linear(8, 1, bias=False)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.training and x.shape[0] > 100:  # training activations do not fit above 100 examples
+            if self.training and x.shape[0] > fits:  # training activations do not fit above `fits` examples
                 raise torch.OutOfMemoryError("CUDA out of memory")
             return self.inner(x)
 
@@ -51,7 +58,7 @@ def test_throughput_and_out_of_memory() -> None:
     assert measure_throughput(hungry, 128, 3, lr=0.01, seed=0, device=torch.device("cpu"))[0] is None
     probe = run_probe(
         hungry,
-        ProbeSettings(lr_steps=10, train_samples=640, throughput_steps=2),
+        ProbeSettings(batch_size=32, lr_steps=10, train_samples=640, throughput_steps=2),
         batch_min=8,
         batch_max=512,
         lr_min=1e-3,
@@ -59,8 +66,8 @@ def test_throughput_and_out_of_memory() -> None:
         seed=0,
         device="cpu",
     )
-    assert probe.batch_ceiling == 64  # 128 ran out of memory: the search stays at half of it
-    assert max(probe.throughput) == 64
+    assert probe.batch_ceiling == ceiling  # 128 (and 64) ran out of memory: the search stays at half of it
+    assert sorted(probe.throughput) == measured  # the search's top measured, not the rung 4x below it
 
 
 def test_probe_measures_the_noise_scale_of_linear_regression() -> None:
@@ -80,6 +87,7 @@ def test_probe_measures_the_noise_scale_of_linear_regression() -> None:
     assert probe.samples_used >= 4000 + 20 * probe.batch_size
     assert ProbeResult.from_dict(probe.to_dict()) == probe
     assert probe.lr_probe == pytest.approx(0.25 * probe.lr_ceiling)
+    assert probe.run is None  # no trial budget: the run is the probe's own, not a trial
 
 
 def test_large_batch_sweep_starts_a_decade_below_the_first_ceiling_at_the_same_resolution() -> None:
@@ -145,14 +153,106 @@ def _trained_like_probe(task: bstune.Task, probe: ProbeResult) -> torch.nn.Modul
     return run.model
 
 
-def test_ladder_spans_the_range_in_powers_of_two() -> None:
-    assert _ladder(8, 1024, 1) == [8, 16, 32, 64, 128, 256, 512, 1024]  # 64 was dropped by round(3.5) == 4
-    assert _ladder(1, 65536, 1) == [2**k for k in range(17)]
-    assert _ladder(10, 300, 8) == [8, 16, 32, 64, 128, 256, 296]  # the ends rounded down to a multiple of 8
-    for low, high in [(2, 4096), (3, 1000), (16, 16), (5, 7)]:
+def test_ladder_spans_the_range_in_powers_of_four() -> None:
+    assert _ladder(8, 1024, 1) == [8, 16, 64, 256, 1024]
+    assert _ladder(2, 2048, 1) == [2, 8, 32, 128, 512, 2048]  # the linreg benchmark: 6 rungs, not 11
+    assert _ladder(1, 65536, 1) == [4**k for k in range(9)]
+    assert _ladder(10, 300, 8) == [8, 32, 128, 296]  # the ends rounded down to a multiple of 8
+    for low, high in [(2, 4096), (3, 1000), (16, 16), (5, 7), (4, 512), (8, 512), (1, 3)]:
         ladder = _ladder(low, high, 1)
         assert ladder[0] == low and ladder[-1] == high and ladder == sorted(set(ladder))
-        assert {2**k for k in range(20) if low <= 2**k <= high} <= set(ladder)
+        assert all(b / a <= 4 for a, b in itertools.pairwise(ladder))  # no gap wider than 4x
+        assert all(b & (b - 1) == 0 for b in ladder[1:-1])  # between the ends, powers of two
+        assert sum(ladder[:-1]) <= 2 ** math.ceil(math.log2(high)) / 3 + low  # the rungs below: a third of the top
+
+
+def test_ladder_plan_keeps_to_its_share_of_the_trial_budget() -> None:
+    settings = ProbeSettings()  # 7 timed steps a rung, a quarter of the budget
+    rungs = [8, 16, 64, 256, 1024]  # the digits MLP's
+    assert ladder_plan(rungs, settings, None) == [(b, 2, 7) for b in rungs]  # no budget: every rung in full
+    plan = ladder_plan(rungs, settings, 30_000)
+    cost = sum(b * (w + t) for b, w, t in plan)
+    assert cost <= 30_000 / 4 < 9 * sum(rungs)  # within its share, where the full ladder is not
+    assert plan[:3] == [(8, 2, 7), (16, 2, 7), (64, 2, 7)]  # the small rungs cost little: in full
+    assert [t for _, _, t in plan] == sorted((t for _, _, t in plan), reverse=True)  # large batches: fewer steps
+    assert all(w >= 1 and t >= 3 for _, w, t in plan)
+    # linreg: a trial of 18k samples is 9 steps at B=2048; every rung still gets a warm-up and 3 timed steps
+    tight = ladder_plan([2, 8, 32, 128, 512, 2048], settings, 18_000)
+    assert tight[-1] == (2048, 1, 3) and all(w >= 1 and t >= 3 for _, w, t in tight)
+    assert sum(b * (w + t) for b, w, t in tight) < 0.35 * 9 * sum(2**k for k in range(1, 12))  # today's: 36,846
+    # a setting of 2 timed steps is kept as the most, and the least
+    assert ladder_plan([8, 4096], ProbeSettings(throughput_steps=2), 1000) == [(8, 2, 2), (4096, 1, 2)]
+    with pytest.raises(bstune.ConfigError, match="throughput_fraction"):
+        ProbeSettings(throughput_fraction=0)
+
+
+def _recording_ladder(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """Every measure_throughput call of the probe: (batch, warm-up steps, timed steps)."""
+    calls: list[tuple[int, int, int]] = []
+
+    def recording(task: bstune.Task, batch: int, steps: int, **kw: Any) -> Any:
+        calls.append((batch, kw.get("warmup", probe_module.THROUGHPUT_WARMUP), steps))
+        return measure_throughput(task, batch, steps, **kw)
+
+    monkeypatch.setattr(probe_module, "measure_throughput", recording)
+    return calls
+
+
+def test_a_probe_told_the_trial_budget_trains_one_trial_and_keeps_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its run is a trial (budget, milestones, seed) and recorded as one; B_simple is still measured where
+    the probe's own length rule (train_samples) ends, on the parameters the run had there."""
+    task = _regression()
+    measured: list[dict[str, torch.Tensor]] = []
+
+    def measure(task: bstune.Task, model: torch.nn.Module, **kw: Any) -> Any:
+        measured.append({k: v.clone() for k, v in model.state_dict().items()})
+        return bstune.measure_noise_scale(task, model, **kw)
+
+    monkeypatch.setattr(probe_module, "measure_noise_scale", measure)
+    ladder = _recording_ladder(monkeypatch)
+    settings = ProbeSettings(lr_steps=20, train_samples=1000, throughput_steps=7)
+    kw: dict[str, Any] = dict(batch_min=8, batch_max=2048, lr_min=1e-3, lr_max=10.0, seed=3, device="cpu")
+    probe = run_probe(task, settings, budget_samples=6000, eval_every_samples=1500, **kw)
+    run = probe.run
+    assert run is not None and run["status"] == "completed" and run["seed"] == 3
+    assert (run["batch_size"], run["lr"]) == (probe.batch_size, probe.lr_probe)
+    assert run["samples"] == run["steps"] * probe.batch_size == 6016  # 94 steps of 64: the trial's length
+    assert run["config"]["max_samples"] == 6000 and run["config"]["eval_every_samples"] == 1500
+    assert [h["milestone"] for h in run["history"]] == [1500, 3000, 4500, 6000]  # the study's milestones
+    assert set(run["history"][0]) >= {"samples", "step", "lr", "train_loss", "val_loss", "gap"}
+    assert run["throughput"] > 0
+    assert ProbeResult.from_dict(json.loads(json.dumps(probe.to_dict()))) == probe
+    # B_simple at the first milestone past train_samples (1500), not at the trial's end
+    alone = bstune.train(
+        task,
+        bstune.TrainConfig(batch_size=probe.batch_size, lr=probe.lr_probe, max_samples=1500, seed=3, track_noise=True),
+    )
+    assert alone.model is not None and len(measured) >= 1
+    for name, value in alone.model.state_dict().items():
+        assert torch.equal(measured[0][name], value), name
+    # the ladder keeps to a quarter of the trial (its 2,048 rung: 1 warm-up and 3 timed steps)
+    assert ladder[-1] == (2048, 1, 3) and ladder == ladder_plan([8, 32, 128, 512, 2048], settings, 6000)
+    assert probe.samples_used >= probe_cost(task, settings, batch_min=8, batch_max=2048, budget_samples=6000)
+    assert probe_cost(task, settings, batch_min=8, batch_max=2048, budget_samples=6000) == 6000 + sum(
+        b * (w + t) for b, w, t in ladder
+    )
+
+
+def test_the_large_batch_test_is_skipped_when_the_first_never_blew_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At lr.max = 0.3 (the edge is ~1) the first test reaches lr.max; a larger batch would not blow up sooner."""
+    calls: list[int] = []
+
+    def recording(task: bstune.Task, batch: int, *args: Any, **kw: Any) -> Any:
+        calls.append(batch)
+        return lr_range_test(task, batch, *args, **kw)
+
+    monkeypatch.setattr(probe_module, "lr_range_test", recording)
+    settings = ProbeSettings(lr_steps=20, train_samples=1000, throughput_steps=2, throughput_batches=(8,))
+    probe = run_probe(
+        _regression(), settings, batch_min=8, batch_max=2048, lr_min=0.01, lr_max=0.3, seed=0, device="cpu"
+    )
+    assert calls == [probe.batch_size]  # one range test
+    assert probe.lr_ceiling == probe.lr_ceiling_large == pytest.approx(0.3)  # what the second would have given
 
 
 def test_one_slow_step_does_not_move_the_measured_throughput() -> None:

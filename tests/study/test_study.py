@@ -49,6 +49,20 @@ def test_prior_mode_draws_from_the_band_searches_the_space_and_records_derived_v
     assert result.to_dict()["best_config"] == result.best_config
 
 
+def test_the_probe_trains_one_trial_at_the_study_budget_seed_and_milestones(blob_task: bstune.Task) -> None:
+    """So that the study can count the probe's run as a trial (issue #18): it is kept in ``probe.run``."""
+    result = _study(blob_task, n_trials=2, seed=5, rescore_top=0).run()
+    probe = result.probe
+    assert probe is not None and probe.run is not None
+    run = probe.run
+    assert run["config"]["max_samples"] == 4000 and run["config"]["seed"] == 5 and run["seed"] == 5
+    assert [h["milestone"] for h in run["history"]] == [1000, 2000, 3000, 4000]  # the trials' milestones
+    assert run["samples"] >= 4000 and run["status"] == "completed"
+    assert probe.samples_used >= run["samples"]
+    stored = result.to_dict()["probe"]["run"]
+    assert stored["history"] == run["history"]
+
+
 class RecordingMedianPruner(optuna.pruners.MedianPruner):
     """The median pruner, noting each decision: (trial number, step, pruned)."""
 
