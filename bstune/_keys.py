@@ -16,6 +16,7 @@ from __future__ import annotations
 __all__ = [
     "DESCRIPTION_ATTR",
     "DIRECTIONS_ATTR",
+    "FROM_PROBE_ATTR",
     "HEARTBEAT_KEY",
     "JOB_SCRIPT_KEY",
     "JOB_SPACE_KEY",
@@ -34,6 +35,7 @@ __all__ = [
 # -- an Optuna study's user attributes ---------------------------------------------------
 SETTINGS_ATTR = "bstune_settings"  # the settings a resumed study must match (study/_resume.py)
 PROBE_ATTR = "bstune_probe"  # what the probe measured: a resumed study does not probe again
+FROM_PROBE_ATTR = "from_probe"  # a trial's user attribute: the probe's trial-long run, recorded as this trial
 RESCORED_ATTR = "bstune_rescored"  # what re-scoring found: a resumed study does not re-score again
 DIRECTIONS_ATTR = "bstune_directions"  # whether each recorded quantity is minimized or maximized
 DESCRIPTION_ATTR = "description"  # what the params mean (optuna-dashboard shows it under this name)

@@ -82,6 +82,7 @@ class TrialRecord:
     worker: str | None = None  # where it ran: a Ray node id, a trial worker ("worker 1 (cuda:1)"), else None
     batch_ceiling: int | None = None  # out of memory: the batch-size cap for the rest of the study
     traceback: str | None = None  # failed: where the task's code raised
+    from_probe: bool = False  # the probe's trial-long run, recorded as a trial (its samples are the trial's)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TrialStatus(self.status))

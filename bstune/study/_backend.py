@@ -138,6 +138,22 @@ class TrialBackend(ABC):
     def keep_probe(self, probe: ProbeResult) -> None:
         """Store the probe so a resumed study need not run it again."""
 
+    def adopt(
+        self,
+        plan: TrialPlan,
+        outcome: TrialOutcome,
+        intermediate: dict[int, float],
+        distributions: dict[str, optuna.distributions.BaseDistribution],
+    ) -> bool:
+        """Record a run trained outside the trial loop (the probe's trial-long run) as a finished trial, once.
+
+        ``intermediate``: the best objective so far at each milestone index, as a pruner
+        compares; ``distributions``: those the sampler draws ``plan.params`` from. Returns
+        whether it is recorded (or was, by an earlier run of the study); a backend that
+        cannot says False, and the run stays the probe's cost.
+        """
+        return False
+
     @abstractmethod
     def run_trials(self, planner: TrialPlanner) -> list[TrialRecord]:
         """Run trials drawn through ``planner`` until ``n_trials`` have finished; every trial's record."""

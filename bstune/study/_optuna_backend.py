@@ -28,7 +28,7 @@ from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import Trial, TrialState
 
-from bstune._keys import PROBE_ATTR, RESCORED_ATTR
+from bstune._keys import FROM_PROBE_ATTR, PROBE_ATTR, RESCORED_ATTR
 from bstune.errors import BstuneError, ConfigError
 from bstune.metrics import Direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
@@ -180,6 +180,28 @@ class OptunaBackend(TrialBackend):
         return self._study
 
     # -- the trials --------------------------------------------------------------------
+    def adopt(
+        self,
+        plan: TrialPlan,
+        outcome: TrialOutcome,
+        intermediate: dict[int, float],
+        distributions: dict[str, optuna.distributions.BaseDistribution],
+    ) -> bool:
+        study = self._opened()
+        if any(t.user_attrs.get(FROM_PROBE_ATTR) for t in study.get_trials(deepcopy=False)):
+            return True  # a resumed study: recorded when it first ran
+        assert outcome.status == TrialStatus.COMPLETED and outcome.value is not None
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=plan.params,
+                distributions=distributions,
+                value=outcome.value,
+                intermediate_values=intermediate,
+                user_attrs={**plan.attrs(), **outcome.attrs(), FROM_PROBE_ATTR: True},
+            )
+        )
+        return True
+
     def run_trials(self, planner: TrialPlanner) -> list[TrialRecord]:
         study, spec = self._opened(), self._spec
         assert spec is not None

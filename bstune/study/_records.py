@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from bstune._keys import FROM_PROBE_ATTR
 from bstune.errors import ConfigError
 from bstune.metrics import Direction, infer_direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_dict, clean_json
@@ -54,6 +55,7 @@ def trial_record(trial: FrozenTrial) -> TrialRecord:
         batch_ceiling=attrs.get("batch_ceiling"),
         traceback=attrs.get("traceback"),
         worker=attrs.get("worker"),
+        from_probe=bool(attrs.get(FROM_PROBE_ATTR, False)),
     )
 
 

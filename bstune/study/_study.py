@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +24,7 @@ from bstune._keys import DESCRIPTION_ATTR, DIRECTIONS_ATTR
 from bstune._progress import progress_bar
 from bstune.errors import ConfigError
 from bstune.metrics import Direction, infer_direction
-from bstune.records import ProbeResult, Rescored, TrialRecord
+from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus
 from bstune.space import SearchSpace
 from bstune.study._backend import FunctionJob, StudySpec, TaskJob, TrialBackend, TrialJob
 from bstune.study._checks import check_budget, check_factory
@@ -36,7 +37,7 @@ from bstune.study._recommend import StudyFailedError, handed_over, handed_over_t
 from bstune.study._records import StudyResult, clean_dict
 from bstune.study._rescore import candidates, rescore_seeds, run_rescoring
 from bstune.study._settings import StudySettings
-from bstune.study._trial import TrialPlanner
+from bstune.study._trial import TrialOutcome, TrialPlanner
 from bstune.study._workers import parallel_sampler, worker_devices
 from bstune.task import Task
 from bstune.training import TrialFunction
@@ -304,9 +305,59 @@ class Study:
                 self.backend.keep_probe(self.probe)
             self._make_prior(self.probe)
         self.backend.describe([s.objective], {DIRECTIONS_ATTR: self._directions(), DESCRIPTION_ATTR: self._describe()})
-        trials = self.backend.run_trials(self._planner())
+        planner = self._planner()
+        self._adopt_probe_run(planner)
+        trials = self.backend.run_trials(planner)
         rescored = self._rescore(trials, resumed.rescored)
         return self._result(trials, self.backend.handle(), rescored)
+
+    def _adopt_probe_run(self, planner: TrialPlanner) -> None:
+        """The probe's trial-long run (a trial's budget, milestones and seed) as the study's first trial.
+
+        It trained at the probe batch and a quarter of the LR ceiling, a config the sampler
+        could have drawn: recorded as a finished trial, it counts towards ``n_trials``, so
+        the probe costs one trial less. Not where the run could not be a trial: a space with
+        other parameters (the probe trains them at their defaults), a config outside the
+        search, a backend that cannot record it (Ray's searcher), a probe without one.
+        """
+        run = self.probe.run if self.probe is not None else None
+        if run is None or run.get("status") != TrialStatus.COMPLETED:
+            return
+        params = planner.coordinates_of(int(run["batch_size"]), float(run["lr"]))
+        if params is None:
+            logger.info("the probe's run is not a trial the search could draw; it stays the probe's cost")
+            return
+        s, sign = self.settings, self.direction.sign
+        best, intermediate = math.inf, dict[int, float]()
+        for row in run["history"]:
+            value = row.get(s.objective)
+            if value is not None and math.isfinite(value):
+                best = min(best, sign * value)
+            if math.isfinite(best):
+                intermediate[-(-int(row["milestone"]) // s.eval_every)] = sign * best
+        if not math.isfinite(best):
+            return
+        outcome = TrialOutcome(
+            status=TrialStatus.COMPLETED,
+            value=sign * best,
+            samples=int(run["samples"]),
+            steps=int(run["steps"]),
+            throughput=run.get("throughput"),
+            history=list(run["history"]),
+            message="the probe's trial-long run, recorded as a trial",
+        )
+        distributions: dict[str, optuna.distributions.BaseDistribution] = {
+            name: optuna.distributions.FloatDistribution(low, high)
+            for name, (low, high) in planner.prior_coordinates().items()
+        }
+        if self.backend.adopt(planner.plan(params), outcome, intermediate, distributions):
+            logger.info(
+                "the probe's run (B=%s, lr=%.3g) is the study's first trial: %s=%.4g",
+                run["batch_size"],
+                run["lr"],
+                s.objective,
+                sign * best,
+            )
 
     def _make_prior(self, probe: ProbeResult) -> None:
         """The prior from the probe; lowers the batch cap to what the probe found fits."""
@@ -371,13 +422,18 @@ class Study:
             batch_round=self.space.prior.batch_round,
             budget_samples=s.budget_samples,
         )
+        besides = ""
+        if self.task is not None and not self.space.params:
+            probe -= s.budget_samples  # its trial-long run will be one of the trials (_adopt_probe_run)
+            besides = " besides its run, which is the first trial"
         trials = s.n_trials * s.budget_samples
         if probe > trials:
             logger.warning(
-                "the probe will train on at least %s samples, %.1fx what the trials may use in all "
+                "the probe will train on at least %s samples%s, %.1fx what the trials may use in all "
                 "(%d trials x budget_samples %s = %s): the study would mostly measure; raise budget_samples "
                 "or the number of trials, or use mode 'baseline' (no probe)",
                 f"{probe:,}",
+                besides,
                 probe / trials,
                 s.n_trials,
                 f"{s.budget_samples:,}",
@@ -439,7 +495,10 @@ class Study:
             probe=self.probe,
             prior=self.prior,
             budget_samples=self.settings.budget_samples,
-            samples_probe=self.probe.samples_used if self.probe else 0,
+            # the probe's run recorded as a trial counts as the trial's, not twice
+            samples_probe=(self.probe.samples_used - sum(t.samples for t in trials if t.from_probe))
+            if self.probe
+            else 0,
             optuna_study=optuna_study,
             rescored=list(rescored or []),
             directions=self._directions(),

@@ -163,12 +163,32 @@ class TrialPlanner:
                     spec.name, float(spec.low or 0), float(spec.high or 0), log=spec.log
                 )
         if self.mode == "prior":
-            assert self.prior is not None, "prior mode needs a prior (run the probe first)"
-            params["batch_coord"] = trial.suggest_float("batch_coord", 0.0, 1.0)
-            params["lr_coord"] = trial.suggest_float("lr_coord", *self.prior.v_range)
+            for name, (low, high) in self.prior_coordinates().items():
+                params[name] = trial.suggest_float(name, low, high)
         else:
             params["batch_size"] = trial.suggest_int("batch_size", self.space.batch_min, self.batch_cap, log=True)
             params["lr"] = trial.suggest_float("lr", self.space.lr_min, self.space.lr_max, log=True)
+        return params
+
+    def prior_coordinates(self) -> dict[str, tuple[float, float]]:
+        """The ranges ``sample`` draws the prior's coordinates from (the prior mode)."""
+        assert self.prior is not None, "prior mode needs a prior (run the probe first)"
+        return {"batch_coord": (0.0, 1.0), "lr_coord": self.prior.v_range}
+
+    def coordinates_of(self, batch_size: int, lr: float) -> dict[str, float] | None:
+        """The prior's coordinates of (``batch_size``, ``lr``) when a trial drawn at them would train
+        exactly that (a space with no other parameters); None when none would."""
+        if self.mode != "prior" or self.prior is None or self.space.params or batch_size > self.batch_cap:
+            return None
+        u = self.prior.coord_of(batch_size)
+        v = math.log(lr / self.prior.lr_rule(batch_size))
+        v_low, v_high = self.prior.v_range
+        if not v_low <= v <= v_high:
+            return None
+        params = {"batch_coord": u, "lr_coord": v}
+        config = self.plan(params).config
+        if config.batch_size != batch_size or not math.isclose(config.lr, lr, rel_tol=1e-9):
+            return None  # rounded to another batch size, or clipped to the space's lr range
         return params
 
     def plan(self, params: dict[str, Any]) -> TrialPlan:

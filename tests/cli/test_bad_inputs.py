@@ -73,6 +73,9 @@ FILES: dict[str, str] = {
     "norec.json": '{"trials": []}\n',
     "keep/notes.txt": "a folder with something in it before the run\n",
     "old.log": stored_study("name: s\nbatch_size: {min: 8, max: 64}\n", 30_000),  # the study ok.yaml made
+    "decay.yaml": (
+        "name: s\nbatch_size: {min: 8, max: 64}\nparams:\n  weight_decay: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}\n"
+    ),
 }
 
 
@@ -113,9 +116,10 @@ CASES: list[Case] = [
             "at least 513",
         ),
     ),
-    # a probe dearer than every trial together: said once, with the numbers, and the study goes on
+    # a probe dearer than every trial together: said once, with the numbers, and the study goes on (a space
+    # that searches weight decay too: the probe's run, at the default decay, is no trial and stays its cost)
     Case(
-        ("run", "good.py", "--space", "ok.yaml", "--budget-samples", "600", "--trials", "1", "--rescore-top", "0"),
+        ("run", "good.py", "--space", "decay.yaml", "--budget-samples", "600", "--trials", "1", "--rescore-top", "0"),
         0,
         ("the probe will train on at least 968 samples", "1 trials x budget_samples 600 = 600", "baseline"),
     ),

@@ -66,8 +66,10 @@ def test_a_probe_dearer_than_all_the_trials_is_warned_about_before_it_runs(
 
     monkeypatch.setattr(study_module, "probe_space", probe)
     caplog.set_level(logging.WARNING, logger="bstune")
+    # a space that searches more than B and lr: the probe's run stays the probe's (it is no trial)
+    space = SPACE | {"params": {"weight_decay": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}}}
     with pytest.raises(ProbeStarted) as started:
-        _study(blob_task, n_trials=1, budget_samples=1100).run()  # the trial: 1,100 samples; the probe: >= 1,848
+        _study(blob_task, n_trials=1, budget_samples=1100, space=space).run()  # a trial: 1,100; the probe: >= 1,848
     assert started.value.warned
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert (

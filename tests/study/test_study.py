@@ -63,6 +63,41 @@ def test_the_probe_trains_one_trial_at_the_study_budget_seed_and_milestones(blob
     assert stored["history"] == run["history"]
 
 
+def test_the_probes_run_is_the_studys_first_trial_counted_once(blob_task: bstune.Task, tmp_path: Path) -> None:
+    """It trained a config the search could draw, for a trial's budget: recorded as trial 0, it is one of
+    ``n_trials``, the pruner compares later trials with it, and its samples are counted once."""
+    journal = str(tmp_path / "study.log")
+    result = _study(blob_task, n_trials=3, rescore_top=0, storage=journal).run()
+    probe, prior = result.probe, result.prior
+    assert probe is not None and probe.run is not None and prior is not None
+    first, *rest = result.trials
+    assert first.from_probe and not any(t.from_probe for t in rest) and len(rest) == 2
+    assert (first.status, first.batch_size, first.lr) == ("completed", probe.batch_size, pytest.approx(probe.lr_probe))
+    assert first.samples == probe.run["samples"] and first.history == probe.run["history"]
+    best_val = min(h["val_loss"] for h in probe.run["history"])
+    assert first.value == pytest.approx(best_val)
+    assert result.samples_probe == probe.samples_used - first.samples
+    assert result.samples_total == probe.samples_used + sum(t.samples for t in rest)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
+    (zero, *_) = optuna.load_study(study_name="bstune-blobs", storage=storage).get_trials()
+    assert zero.intermediate_values == {1: pytest.approx(min(h["val_loss"] for h in probe.run["history"][:1])),
+                                        2: pytest.approx(min(h["val_loss"] for h in probe.run["history"][:2])),
+                                        3: pytest.approx(min(h["val_loss"] for h in probe.run["history"][:3])),
+                                        4: pytest.approx(best_val)}  # fmt: skip
+    # the sampler's distributions: TPE models trial 0 with the others (its intersection search space)
+    assert zero.distributions == optuna.load_study(study_name="bstune-blobs", storage=storage).trials[1].distributions
+    again = _study(blob_task, n_trials=4, rescore_top=0, storage=journal).run()  # resumed: not recorded twice
+    assert [t.from_probe for t in again.trials] == [True, False, False, False]
+
+
+def test_the_probes_run_is_no_trial_where_the_space_searches_more_than_b_and_lr(blob_task: bstune.Task) -> None:
+    space = SPACE | {"params": {"weight_decay": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}}}
+    result = _study(blob_task, n_trials=2, rescore_top=0, space=space).run()
+    assert result.probe is not None and result.probe.run is not None  # trained at the default weight decay
+    assert not any(t.from_probe for t in result.trials) and len(result.trials) == 2
+    assert result.samples_probe == result.probe.samples_used
+
+
 class RecordingMedianPruner(optuna.pruners.MedianPruner):
     """The median pruner, noting each decision: (trial number, step, pruned)."""
 
