@@ -177,9 +177,24 @@ class Evaluator:
 
 
 # -- the methods -------------------------------------------------------------------------------
+# The final pick (issue #18): the default re-scoring (3 candidates x 2 more seeds) against the same
+# samples spent otherwise: ``+rescore:2x3`` (2 candidates x 3 seeds) or ``+trials`` (no re-scoring, and
+# RESCORE_RUNS more trials, which the pruner may stop early: at most as many samples)
+RESCORE_RUNS = 6
+
+
 def run_optuna(problem: Problem, method: str, seed: int, n_trials: int) -> dict[str, Any]:
-    rescore = method.endswith("+rescore")
-    method = method.removesuffix("+rescore")
+    method, _, variant = method.partition("+")
+    rescore: dict[str, Any] = {"rescore_top": 0}
+    if variant == "rescore":
+        rescore = {}  # the study's default
+    elif variant.startswith("rescore:"):
+        top, _, seeds = variant.removeprefix("rescore:").partition("x")
+        rescore = {"rescore_top": int(top), "rescore_seeds": int(seeds)}
+    elif variant == "trials":
+        n_trials += RESCORE_RUNS
+    elif variant:
+        raise ValueError(f"unknown method variant {variant!r} (rescore, rescore:TxS, trials)")
     # random: the baseline mode with Optuna's RandomSampler instead of TPE; nothing else differs
     sampler = optuna.samplers.RandomSampler(seed=seed) if method == "random" else None
     study = bstune.Study(
@@ -194,7 +209,7 @@ def run_optuna(problem: Problem, method: str, seed: int, n_trials: int) -> dict[
         device="cpu",
         progress=False,
         sampler=sampler,
-        **({} if rescore else {"rescore_top": 0}),
+        **rescore,
     )
     t0 = time.perf_counter()
     result = study.run()

@@ -380,6 +380,7 @@ def _eff_section(data: dict[str, Any], lines: list[str], rel: str, out: Path) ->
                 f"{', '.join(_n(g, '.3f') for g in gaps)}; final recommendation / grid best: "
                 f"{', '.join(_n(g, '.3f') for g in finals)}."
             )
+        checks += _graceful_checks(e)
         lines += [*checks, ""]
         headline += [f"{name}: " + c.removeprefix("- ") for c in checks]
         # where the prior put the search
@@ -407,6 +408,47 @@ def _eff_section(data: dict[str, Any], lines: list[str], rel: str, out: Path) ->
             lines += ["Runs of other methods in this table, measured earlier:", ""]
             lines += [_prov(p) + "\n" for p in e["earlier_provenance"]]
     return headline
+
+
+def _inf(x: float | None) -> float:
+    """A measure that was never reached as infinitely many (or infinitely far)."""
+    return math.inf if x is None else float(x)
+
+
+def _graceful_checks(e: dict[str, Any]) -> list[str]:
+    """Issue #18's bounds on what a wrong prior may cost, for each pair of (prior, baseline) methods run:
+    median samples to 2% at most 1.25x the baseline's, no seed worse than the baseline's worst seed
+    (a seed that never gets there counts as infinitely many), and a final pick, judged on held-out
+    seeds, at least as good as the baseline's at the median."""
+    by = {(r["method"], r["seed"]): r for r in e["runs"]}
+    out = []
+    for p_m, b_m in (("prior", "baseline"), ("prior+rescore", "baseline+rescore")):
+        seeds = [sd for sd in e["seeds"] if (p_m, sd) in by and (b_m, sd) in by]
+        if not seeds:
+            continue
+
+        to2 = {m: [_inf(by[(m, sd)]["samples_to"]["0.02"]) for sd in seeds] for m in (p_m, b_m)}
+        final = {m: [_inf(by[(m, sd)]["final_ratio"]) for sd in seeds] for m in (p_m, b_m)}
+        a, b = statistics.median(to2[p_m]), statistics.median(to2[b_m])
+        if math.isinf(a) and math.isinf(b):
+            ratio_ok, ratio = True, "neither reaches 2% on the median seed"
+        else:
+            ratio_ok = a <= 1.25 * b
+            ratio = f"{_k(a if math.isfinite(a) else None)} vs {_k(b if math.isfinite(b) else None)}" + (
+                f" ({a / b:.2f}x)" if math.isfinite(a) and math.isfinite(b) else ""
+            )
+        worst_a, worst_b = max(to2[p_m]), max(to2[b_m])
+        worst_ok = worst_a <= worst_b
+        fa, fb = statistics.median(final[p_m]), statistics.median(final[b_m])
+        final_ok = fa <= fb
+        word = {True: "**met**", False: "**missed**"}
+        out.append(
+            f"- Issue #18 ({p_m} vs {b_m}, {len(seeds)} seeds): median samples to 2% ≤ 1.25x: {word[ratio_ok]} "
+            f"({ratio}); no seed worse than {b_m}'s worst: {word[worst_ok]} (worst "
+            f"{_k(worst_a if math.isfinite(worst_a) else None)} vs {_k(worst_b if math.isfinite(worst_b) else None)}); "
+            f"final pick / grid best at the median no worse: {word[final_ok]} ({_n(fa, '.3f')} vs {_n(fb, '.3f')})."
+        )
+    return out
 
 
 def _noise_section(data: dict[str, Any], lines: list[str]) -> list[str]:
