@@ -40,6 +40,7 @@ def test_the_stored_values_stay_as_older_studies_hold_them() -> None:
     assert {name: getattr(_keys, name) for name in _keys.__all__} == {
         "DESCRIPTION_ATTR": "description",
         "DIRECTIONS_ATTR": "bstune_directions",
+        "FROM_PROBE_ATTR": "from_probe",
         "HEARTBEAT_KEY": "bstune:heartbeat",
         "JOB_SCRIPT_KEY": "bstune_script",
         "JOB_SPACE_KEY": "bstune_space",

@@ -37,13 +37,15 @@ def test_prior_mode_draws_from_the_band_searches_the_space_and_records_derived_v
     for t in result.trials:
         assert set(t.params) >= {"batch_coord", "lr_coord"}
         rule = prior.lr_rule(t.batch_size)  # type: ignore[arg-type]
-        width = prior.lr_width if prior.from_prior(t.number, 0) else prior.lr_search_width
+        drawn = prior.from_prior(t.number, 0) and not t.from_probe  # trial 0: the probe's run, somewhere in the search
+        width = prior.lr_width if drawn else prior.lr_search_width
         assert rule / (1.0001 * width) <= t.lr <= rule * 1.0001 * width  # type: ignore[operator]
-        if prior.from_prior(t.number, 0):  # the first 3 and some after: inside the band
+        if drawn:  # the first 3 and some after: inside the band
             assert prior.batch_low <= t.batch_size <= prior.batch_high  # type: ignore[operator]
         assert t.temperature == pytest.approx(t.lr / t.batch_size)  # type: ignore[operator]
     assert all(prior.from_prior(n, 0) for n in range(3)) and not all(prior.from_prior(n, 0) for n in range(8))
-    assert result.samples_total == probe.samples_used + sum(t.samples for t in result.trials) + result.samples_rescore
+    assert result.samples_probe == probe.samples_used - result.trials[0].samples  # the probe's run is trial 0
+    assert result.samples_total == result.samples_probe + sum(t.samples for t in result.trials) + result.samples_rescore
     assert result.samples_rescore == sum(r.samples for r in result.rescored) > 0
     assert result.best_config["batch_size"] in {t.batch_size for t in result.trials}
     assert result.to_dict()["best_config"] == result.best_config
