@@ -51,6 +51,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_PROBLEMS = ["char_lm", "char_lm_adamw", "digits_mlp", "digits_cnn"]
 PROBE_SEEDS = [0, 1, 2, 3, 4]
 BOOTSTRAP = 1000
+COMPARE = "adam_alpha=0.5,lr_anchor=0.25"  # the defaults before benchmarks/lr_rule.py measured them
 WIDEN = 10  # a range test that ran into the space's lr_max is repeated up to this multiple of it
 
 log = logging.getLogger("benchmarks.lr_rule")
@@ -282,11 +283,13 @@ def analyse_problem(
     probes: Sequence[dict[str, Any]],
     boot: int = BOOTSTRAP,
     wide_probes: Sequence[dict[str, Any]] | None = None,
+    compare: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Best η per B, α fitted both ways with intervals, the anchor, and today's rule against the grid.
 
-    ``wide_probes``: the same probes with a larger ``lr_max``, where the range test ran into the space's
+    ``wide_probes``: the same probes (same seeds, same order) with a larger ``lr_max``, where the range test ran into the space's
     (``ceiling_capped``); the anchors are then also given against their ceiling (``*_uncapped``).
+    ``compare``: prior settings (``adam_alpha``, ``lr_anchor``, ...) whose rule is also set against the grid.
     """
     from bstune.records import ProbeResult
     from bstune.space import SearchSpace
@@ -301,20 +304,34 @@ def analyse_problem(
     inner = [p for p in points if not p["edge"]]
     # the anchor that centres the rule with today's α on the grid's points
     anchor_at_alpha = anchor_at(points, alpha_today, b_noise, ceiling, b_ref)
-    # today's rule, built by the Prior exactly as a study builds it, per probe seed
     # the batch cap a study passes (the space's largest batch, else the training set): only the band uses it
     cap = space.batch_max or task_of(problem.name).n_train
-    ratios: list[list[float]] = []
-    for pr in probes:
-        prior = Prior.for_space(ProbeResult.from_dict({k: v for k, v in pr.items() if k != "seed"}), space, cap)
-        ratios.append([prior.lr_rule(p["batch_size"]) / p["lr"] for p in inner])
-    per_b = [_geomean([r[i] for r in ratios]) for i in range(len(inner))]
+
+    def rule_over_grid(sp: SearchSpace) -> dict[str, Any]:
+        """The rule of ``sp``, built by the Prior exactly as a study builds it per probe seed, over the grid."""
+        ratios: list[list[float]] = []
+        for pr in probes:
+            prior = Prior.for_space(ProbeResult.from_dict({k: v for k, v in pr.items() if k != "seed"}), sp, cap)
+            ratios.append([prior.lr_rule(p["batch_size"]) / p["lr"] for p in inner])
+        per_b = [_geomean([r[i] for r in ratios]) for i in range(len(inner))]
+        return {
+            "per_batch": {str(p["batch_size"]): r for p, r in zip(inner, per_b, strict=True)},
+            "geomean": _geomean(per_b),
+            "worst": max(per_b, key=lambda r: abs(math.log(r))),
+        }
 
     rng = random.Random(0)
-    boots: dict[str, list[float]] = {"alpha": [], "alpha_power": [], "anchor": [], "anchor_at_alpha": []}
+    boots: dict[str, list[float]] = {
+        "alpha": [],
+        "alpha_power": [],
+        "anchor": [],
+        "anchor_at_alpha": [],
+        "anchor_uncapped": [],
+    }
     for _ in range(boot):
         s_seeds = [rng.choice(seeds) for _ in seeds]
-        s_probes = [rng.choice(list(probes)) for _ in probes]
+        picks = [rng.randrange(len(probes)) for _ in probes]
+        s_probes = [probes[i] for i in picks]
         try:
             pts, bn, ceil, bref, f, pw = _fits(sweep, s_seeds, s_probes)
         except ValueError:
@@ -322,6 +339,9 @@ def analyse_problem(
         boots["alpha"].append(f.alpha)
         boots["alpha_power"].append(pw.alpha)
         boots["anchor"].append(_anchor(pts, f, ceil, bref)[0])
+        if wide_probes:  # the same probe seeds, their range tests allowed further
+            wide_ceil = _geomean([wide_probes[i]["lr_ceiling_large"] for i in picks])
+            boots["anchor_uncapped"].append(boots["anchor"][-1] * ceil / wide_ceil)
         boots["anchor_at_alpha"].append(anchor_at(pts, alpha_today, bn, ceil, bref))
 
     def pct(key: str) -> tuple[float, float]:
@@ -343,9 +363,12 @@ def analyse_problem(
             "lr_ceiling_large_uncapped": wide,
             "uncapped_lr_max": SearchSpace.coerce(problem.space).lr_max * WIDEN,
             "anchor_uncapped": anchor * ceiling / wide,
-            "anchor_uncapped_ci": [v * ceiling / wide for v in anchor_ci],
+            "anchor_uncapped_ci": list(pct("anchor_uncapped")),
             "anchor_at_alpha_today_uncapped": anchor_at_alpha * ceiling / wide,
         }
+    if compare:  # the same rule with other prior settings, e.g. the defaults before a change
+        other = SearchSpace.coerce(problem.space | {"prior": dataclasses.asdict(space.prior) | compare})
+        uncapped["compare"] = {"prior": compare, "rule_over_grid": rule_over_grid(other)}
     return uncapped | {
         "problem": problem.name,
         "family": family,
@@ -388,11 +411,7 @@ def analyse_problem(
         "anchor_at_alpha_today": anchor_at_alpha,
         "anchor_at_alpha_today_ci": list(pct("anchor_at_alpha")),
         "today": {"alpha": alpha_today, "lr_anchor": anchor_today},
-        "rule_over_grid": {
-            "per_batch": {str(p["batch_size"]): r for p, r in zip(inner, per_b, strict=True)},
-            "geomean": _geomean(per_b),
-            "worst": max(per_b, key=lambda r: abs(math.log(r))),
-        },
+        "rule_over_grid": rule_over_grid(space),
         "verdict": {
             "alpha": _inside(alpha_today, alpha_ci),
             # against the range test's own ceiling where the space's lr_max cut it short
@@ -421,7 +440,10 @@ def _ci(ci: Sequence[float], fmt: str = ".2f") -> str:
 
 
 def render(
-    results: list[dict[str, Any]], facts: dict[str, Any], pooled: dict[str, dict[str, Any]] | None = None
+    results: list[dict[str, Any]],
+    facts: dict[str, Any],
+    pooled: dict[str, dict[str, Any]] | None = None,
+    compare: dict[str, float] | None = None,
 ) -> str:
     m = facts["machine"]
     lines = [
@@ -434,13 +456,14 @@ def render(
         "α: fitted log η*(B) = c + α·log s(B), B_noise from the probe; power law: log η* = c + α·log B. "
         "Intervals 95 % (the wider of the regression's and a bootstrap over grid and probe seeds). "
         "Anchor: the grid's best η at B_ref over the probe's LR ceiling at B_ref (today: `lr_anchor`). "
-        "Rule/grid: today's rule η*(B) over the grid's best η, geometric mean over B (worst B). "
+        "Rule/grid: today's rule η*(B) over the grid's best η, geometric mean over B (worst B); (compare): the same "
+        f"with the prior settings {', '.join(f'{k} {v:g}' for k, v in (compare or {}).items()) or '(none)'}. "
         "≤: the range test ran into the space's largest η, so the ceiling is a lower bound and the anchor an upper "
         f"one (below: against the ceiling of a range test allowed {WIDEN}x further).",
         "",
         "| problem | optimizer | B_noise | B_ref | α (s(B)) | α (power law) | today α | anchor | anchor at today's α "
-        "| today anchor | rule/grid | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| today anchor | rule/grid | rule/grid (compare) | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         fam = r["family"] + (f", wd {r['weight_decay']:g}" if r["weight_decay"] else "")
@@ -449,12 +472,14 @@ def render(
         verdict = f"α {r['verdict']['alpha']}, anchor {r['verdict']['anchor']}"
         bn = f"{r['b_noise']:.0f}" if r["b_noise"] else "∞"
         le = "≤ " if r["ceiling_capped"] else ""
+        cg = r.get("compare", {}).get("rule_over_grid")
+        cmp = f"{cg['geomean']:.2f} ({cg['worst']:.2f})" if cg else "–"
         lines.append(
             f"| {r['problem']} | {fam} | {bn} | {r['b_ref']} | {fs['alpha']:.2f} {_ci(fs['alpha_ci'])} "
             f"| {fp['alpha']:.2f} {_ci(fp['alpha_ci'])} | {r['today']['alpha']:g} "
             f"| {le}{r['anchor']:.3f} {_ci(r['anchor_ci'], '.3f')}{' (extrapolated)' if r['anchor_extrapolated'] else ''} "
             f"| {le}{r['anchor_at_alpha_today']:.3f} {_ci(r['anchor_at_alpha_today_ci'], '.3f')} "
-            f"| {r['today']['lr_anchor']:g} | {rg['geomean']:.2f} ({rg['worst']:.2f}) | {verdict} |"
+            f"| {r['today']['lr_anchor']:g} | {rg['geomean']:.2f} ({rg['worst']:.2f}) | {cmp} | {verdict} |"
         )
     lines += ["", "## Best η per batch size (seed-averaged grid, parabola in log η; * = grid edge, not fitted)", ""]
     for r in results:
@@ -489,7 +514,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-seeds", default=",".join(map(str, PROBE_SEEDS)))
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results folder (sweeps/ and cache/ in it)")
     parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help="bootstrap resamples")
+    parser.add_argument(
+        "--compare",
+        default=COMPARE,
+        help="prior settings whose rule is also set against the grids, KEY=VALUE,... ('' for none)",
+    )
     args = parser.parse_args(argv)
+    compare = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.compare.split(",") if kv)} or None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("bstune", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -520,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             lr_max = WIDEN * SearchSpace.coerce(PROBLEMS[p].space).lr_max
             log.info("probe %s: ceiling at the space's lr_max; probing again up to %g", p, lr_max)
             wide = [probe(PROBLEMS[p], s, args.out / "cache" / f"probes_{p}.json", lr_max) for s in seeds]
-        results.append(analyse_problem(PROBLEMS[p], sweep, probes, args.bootstrap, wide))
+        results.append(analyse_problem(PROBLEMS[p], sweep, probes, args.bootstrap, wide, compare))
     pooled = {}
     for family, members in (("adam", ("adam", "adamw")), ("sgd", ("sgd",))):
         group = [r for r in results if r["family"] in members]
@@ -530,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     out = {"run": facts, "problems": results, "pooled": pooled}
     (args.out / "lr_rule.json").write_text(json.dumps(out, indent=1) + "\n")
-    (args.out / "lr_rule.md").write_text(render(results, facts, pooled))
+    (args.out / "lr_rule.md").write_text(render(results, facts, pooled, compare))
     log.info("wrote %s and %s", args.out / "lr_rule.md", args.out / "lr_rule.json")
     return 0
 

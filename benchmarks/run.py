@@ -65,7 +65,7 @@ SUITES: dict[str, dict[str, Any]] = {
         "ray_samples": [30_000],
     },
     "full": {
-        "problems": ["digits_mlp", "digits_cnn", "char_lm", "linreg"],
+        "problems": ["digits_mlp", "digits_cnn", "char_lm", "char_lm_adamw", "linreg"],
         "efficiency_problems": ["digits_mlp"],
         "methods": list(efficiency.METHODS),
         "seeds": [0, 1, 2, 3, 4],

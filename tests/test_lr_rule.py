@@ -119,7 +119,7 @@ def test_analysis_reports_alpha_anchor_and_judges_todays_defaults(tmp_path: Any)
     alpha, b_noise, ceiling = 1.0, 1e9, 0.8  # a linear rule: today's Adam α = 0.5 lies outside its interval
     probes = [_probe(s, b_noise, ceiling) for s in range(3)]
     sweep = _sweep(alpha, b_noise, top={128: 0.5}, at_128=0.08)  # B=128's best lies past the grid: an edge
-    res = analyse_problem(_problem(), sweep, probes, boot=50)
+    res = analyse_problem(_problem(), sweep, probes, boot=50, compare={"adam_alpha": 1.0})
     assert res["points"][-1]["edge"] and res["fit_s"]["n"] == 5
     assert res["fit_s"]["alpha"] == pytest.approx(alpha, abs=1e-3)
     assert res["verdict"]["alpha"] == "too low"
@@ -128,6 +128,9 @@ def test_analysis_reports_alpha_anchor_and_judges_todays_defaults(tmp_path: Any)
     assert res["verdict"]["anchor"] == "too high"  # today's 0.25 against a measured 0.1 (no seed spread)
     # today's rule (α 0.5, anchor 0.25 of 0.8 at B_ref) over the grid's best, at B=4: 0.2·(4/128)^0.5 / (0.08·4/128)
     assert res["rule_over_grid"]["per_batch"]["4"] == pytest.approx(0.2 * (4 / 128) ** 0.5 / (0.08 * 4 / 128), rel=1e-3)
+    # with α = 1 the rule has the grid's shape: 0.25·0.8 / 0.08 = 2.5 times the grid's best at every B
+    compared = res["compare"]["rule_over_grid"]["per_batch"]
+    assert compared == {str(b): pytest.approx(2.5, rel=1e-3) for b in BATCHES[:-1]}
     md = render(
         [res],
         {
