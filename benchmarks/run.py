@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             for p in problems:
                 started = time.perf_counter()
                 repeats = suite["noise_repeats"]
-                if p in ("char_lm", "digits_cnn") and args.suite == "full":
+                if p in ("char_lm", "char_lm_adamw", "digits_cnn") and args.suite == "full":
                     repeats = repeats // 2  # 3-6x dearer per measurement; pooled over checkpoints and methods
                 res = noise_accuracy.measure(PROBLEMS[p], suite["noise_fractions"], repeats)
                 put("noise", p, res | {"provenance": provenance(command, started)})
