@@ -77,6 +77,7 @@ def _problem() -> Problem:
             "optimizer": {"family": "adamw", "weight_decay": 0.1},
             "batch_size": {"min": 4, "max": 512},
             "lr": {"min": 1e-4, "max": 0.1},
+            "prior": {"adam_alpha": 0.5, "lr_anchor": 0.25},  # the verdicts below judge these, not the defaults
         },
         budget=1,
         sweep_batches={},
@@ -116,7 +117,7 @@ def test_fit_recovers_a_known_alpha_with_and_without_b_noise() -> None:
 
 
 def test_analysis_reports_alpha_anchor_and_judges_todays_defaults(tmp_path: Any) -> None:
-    alpha, b_noise, ceiling = 1.0, 1e9, 0.8  # a linear rule: today's Adam α = 0.5 lies outside its interval
+    alpha, b_noise, ceiling = 1.0, 1e9, 0.8  # a linear rule: the space's Adam α = 0.5 lies outside its interval
     probes = [_probe(s, b_noise, ceiling) for s in range(3)]
     sweep = _sweep(alpha, b_noise, top={128: 0.5}, at_128=0.08)  # B=128's best lies past the grid: an edge
     res = analyse_problem(_problem(), sweep, probes, boot=50, compare={"adam_alpha": 1.0})
@@ -161,3 +162,19 @@ def test_pooled_alpha_fits_one_exponent_across_problems_with_their_own_scale_and
 def test_a_range_test_stopped_by_the_spaces_lr_max_is_flagged() -> None:
     assert ceiling_capped(_problem(), [_probe(0, 50.0, 0.03), _probe(1, 50.0, 0.1)])  # the space's lr max is 0.1
     assert not ceiling_capped(_problem(), [_probe(0, 50.0, 0.03)])
+
+
+def test_the_default_adam_alpha_lies_inside_every_interval_the_committed_grids_measured() -> None:
+    """benchmarks/results/lr_rule.json (``python -m benchmarks.lr_rule``): the Adam-family α of the rule's s(B) form,
+    per problem and pooled. The square-root rule's 0.5 (the default before) lies outside them."""
+    import json
+    from pathlib import Path
+
+    from bstune.space import PriorSettings
+
+    measured = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/lr_rule.json").read_text())
+    adam = [r for r in measured["problems"] if r["family"] in ("adam", "adamw")]
+    assert {r["problem"] for r in adam} >= {"char_lm", "char_lm_adamw"}
+    intervals = [r["fit_s"]["alpha_ci"] for r in adam] + [measured["pooled"]["adam"]["alpha_ci"]]
+    alpha = PriorSettings().adam_alpha
+    assert all(lo <= alpha <= hi for lo, hi in intervals), (alpha, intervals)
