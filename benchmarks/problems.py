@@ -1,12 +1,13 @@
 """The benchmark problems: what each trains, its search space, budget and sweep grid.
 
-Four problems that run on a 2-core CPU in minutes each:
+Five problems that run on a 2-core CPU in minutes each:
 
 * ``digits_mlp``  the MLP of ``examples/digits_mlp.py`` (SGD, momentum 0.9);
 * ``digits_cnn``  the small CNN of ``examples/digits_cnn.py`` on the same data as 1x8x8 images;
 * ``char_lm``     the character-level transformer of ``examples/char_lm.py`` on
                   ``pydoc_data.topics``, shrunk (32-char context, width 32, one layer,
                   256 validation sequences) so a run takes seconds, Adam;
+* ``char_lm_adamw`` the same with AdamW (decoupled weight decay 0.1);
 * ``linreg``      linear regression with Gaussian inputs, x ~ N(0, I_d), y = w*·x + σε,
                   where B_simple = ((d+1)|δ|² + dσ²)/|δ|² at w = w* + δ is known exactly
                   (``tests/noise/test_measure.py`` derives it), SGD without momentum.
@@ -87,7 +88,14 @@ def _linreg_task() -> bstune.Task:
     )
 
 
-def _char_lm_task() -> bstune.Task:
+# AdamW's decoupled weight decay for ``char_lm_adamw``: 0.1, the usual transformer setting
+# (GPT-2/3, nanoGPT). torch's default 0.01 would shrink the weights by at most
+# exp(-Σ η·λ) = exp(-0.01·18000/B·η) ≈ 0.96 at B=4, η=0.01 over the budget, i.e. the
+# problem would be char_lm again; at 0.1 the decay acts (≈0.64 there) and couples with η and B.
+CHAR_LM_WEIGHT_DECAY = 0.1
+
+
+def _char_lm_task(optimizer: bstune.OptimizerSpec | str = "adam", name: str = "char_lm") -> bstune.Task:
     full = _example("char_lm").make_task(context=32, dim=32, layers=1)
     # 256 of the 1453 validation sequences: evaluation would otherwise cost more than training
     return bstune.Task(
@@ -96,8 +104,8 @@ def _char_lm_task() -> bstune.Task:
         val_data=Subset(full.val_data, range(256)),
         loss=full.loss,
         metrics=full.metrics,
-        optimizer=full.optimizer,
-        name="char_lm",
+        optimizer=optimizer,
+        name=name,
         validate=False,
     )
 
@@ -196,6 +204,27 @@ PROBLEMS: dict[str, Problem] = {
         noise_config=(32, 3e-3),
         train_kwargs={"eval_train_examples": 256},
         note="32-char context, width 32, 1 layer; 256 validation sequences",
+    ),
+    # char_lm with AdamW: the same data, budget and grid, so the two grids compare the Adam
+    # family's LR rule (benchmarks/lr_rule.py) with and without decoupled weight decay
+    "char_lm_adamw": Problem(
+        name="char_lm_adamw",
+        make_task=lambda: _char_lm_task(
+            bstune.OptimizerSpec("adamw", weight_decay=CHAR_LM_WEIGHT_DECAY), name="char_lm_adamw"
+        ),
+        space={
+            "name": "char_lm_adamw_bench",
+            "optimizer": {"family": "adamw", "weight_decay": CHAR_LM_WEIGHT_DECAY},
+            "batch_size": {"min": 4, "max": 512},
+            "lr": {"min": 1e-4, "max": 0.1},
+        },
+        budget=18_000,
+        sweep_batches={"quick": [8, 64], "full": _pow2(4, 128)},
+        sweep_lrs={"quick": [3e-3, 1e-2], "full": _log_grid(1e-3, 0.1, 4)},
+        sweep_seeds={"quick": EVAL_SEEDS[:1], "full": EVAL_SEEDS},
+        noise_config=(32, 3e-3),
+        train_kwargs={"eval_train_examples": 256},
+        note=f"char_lm with AdamW, weight decay {CHAR_LM_WEIGHT_DECAY}",
     ),
     "linreg": Problem(
         name="linreg",

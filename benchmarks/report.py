@@ -255,7 +255,13 @@ def _sweep_section(data: dict[str, Any], lines: list[str], rel: str) -> None:
             + "."
         )
         lines.append("")
-    lines += [_prov(next(iter(s_all.values()))["provenance"]), ""]
+    lines += [
+        "The prior's learning-rate rule (its α and anchor) fitted to these grids: `benchmarks/results/lr_rule.md` "
+        "(`python -m benchmarks.lr_rule`).",
+        "",
+        _prov(next(iter(s_all.values()))["provenance"]),
+        "",
+    ]
 
 
 def _eff_section(data: dict[str, Any], lines: list[str], rel: str, out: Path) -> list[str]:

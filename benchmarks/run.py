@@ -65,7 +65,7 @@ SUITES: dict[str, dict[str, Any]] = {
         "ray_samples": [30_000],
     },
     "full": {
-        "problems": ["digits_mlp", "digits_cnn", "char_lm", "linreg"],
+        "problems": ["digits_mlp", "digits_cnn", "char_lm", "char_lm_adamw", "linreg"],
         "efficiency_problems": ["digits_mlp"],
         "methods": list(efficiency.METHODS),
         "seeds": [0, 1, 2, 3, 4],
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             for p in problems:
                 started = time.perf_counter()
                 repeats = suite["noise_repeats"]
-                if p in ("char_lm", "digits_cnn") and args.suite == "full":
+                if p in ("char_lm", "char_lm_adamw", "digits_cnn") and args.suite == "full":
                     repeats = repeats // 2  # 3-6x dearer per measurement; pooled over checkpoints and methods
                 res = noise_accuracy.measure(PROBLEMS[p], suite["noise_fractions"], repeats)
                 put("noise", p, res | {"provenance": provenance(command, started)})

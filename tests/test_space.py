@@ -28,7 +28,7 @@ BASE: dict[str, Any] = {
     "optimizer": {"family": "sgd", "momentum": 0.9, "weight_decay": 0.0},
     "batch_size": {"min": 8, "max": 1024},
     "lr": {"min": 1.0e-4, "max": 3.0},
-    "prior": {"batch_width": 4, "lr_width": 3, "adam_alpha": 0.5, "lr_anchor": 0.25, "batch_round": 1},
+    "prior": {"batch_width": 4, "lr_width": 3, "adam_alpha": 0.8, "lr_anchor": 0.25, "batch_round": 1},
     "params": {
         "weight_decay": {"type": "float", "low": 1.0e-6, "high": 1.0e-2, "log": True},
         "warmup_fraction": {"type": "float", "low": 0.0, "high": 0.2},
