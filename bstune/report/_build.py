@@ -29,6 +29,7 @@ from bstune.analysis import (
 from bstune.errors import BstuneError, ConfigError
 from bstune.optim import temperature
 from bstune.records import StudyData, TrialStatus, clean_dict
+from bstune.space import PriorSettings
 
 __all__ = ["Report", "build_report"]
 
@@ -309,27 +310,44 @@ def _recommend(result: StudyData, fit: CriticalBatchFit | None) -> dict[str, Any
         rec["expected_samples_to_target"] = fit.predict_samples(b)
         # only where the data speak: from half the smallest to twice the largest batch size tried
         sizes = sorted({2**k for k in range(0, 20) if fit.batch_min / 2 <= 2**k <= 2 * fit.batch_max} | {b})
-        kind, b_rule, rec["lr_rule"] = _lr_rule(fit, b, float(best["lr"]))
-        rec["lr_table"] = [{"batch_size": bb, "lr": lr} for bb, lr in lr_table(b_rule, b, float(best["lr"]), sizes)]
+        family, alpha = _lr_exponent(result, best)
+        kind, b_rule, rec["lr_rule"] = _lr_rule(fit, b, float(best["lr"]), alpha)
+        rec["lr_table"] = [
+            {"batch_size": bb, "lr": lr} for bb, lr in lr_table(b_rule, b, float(best["lr"]), sizes, family, alpha)
+        ]
         rec["lr_rule_kind"] = kind
         if kind == "fitted_b_crit":
             rec["lr_rule_b_crit"] = b_rule
     return rec
 
 
-def _lr_rule(fit: CriticalBatchFit, best_batch: int, best_lr: float) -> tuple[str, float, str]:
+def _lr_exponent(result: StudyData, best: Mapping[str, Any]) -> tuple[str, float]:
+    """The optimizer family of the recommended config and the exponent α of its LR rule: 1 for SGD; for the
+    Adam family, the α the study's prior used, else the default (``PriorSettings.adam_alpha``). A training
+    function's config names no optimizer: SGD's rule."""
+    family = str(best.get("optimizer") or "sgd")
+    if family == "sgd":
+        return family, 1.0
+    alpha = getattr(getattr(result, "prior", None), "alpha", None)
+    return family, float(alpha) if alpha is not None else PriorSettings().adam_alpha
+
+
+def _lr_rule(fit: CriticalBatchFit, best_batch: int, best_lr: float, alpha: float = 1.0) -> tuple[str, float, str]:
     """(kind, the B_crit the LR table uses, the rule in words): the fitted B_crit only where the data identify it.
 
-    Not identified, the table makes no claim about where it bends: linear in B, or
-    constant where steps to the target did not fall with B over the batch sizes fitted.
+    Not identified, the table makes no claim about where it bends: linear in B (B^α for the
+    Adam family), or constant where steps to the target did not fall with B over the batch
+    sizes fitted.
     """
+    power = "" if alpha == 1.0 else f"^{alpha:g}"
     if fit.identified:
         b = fit.b_crit
         return (
             "fitted_b_crit",
             b,
-            f"lr(B) = {best_lr:.4g} · s(B)/s({best_batch}) with s(B) = 1/(1/B + 1/B_crit) and B_crit = {b:.3g} from the fit: "
-            f"nearly linear in B well below {b:.3g}, bending at it and flattening above",
+            f"lr(B) = {best_lr:.4g} · (s(B)/s({best_batch})){power} with s(B) = 1/(1/B + 1/B_crit) and B_crit = {b:.3g} "
+            f"from the fit: nearly {'linear in B' if alpha == 1.0 else f'∝ B{power}'} well below {b:.3g}, bending at it "
+            "and flattening above",
         )
     if fit.edge == "below" and math.isfinite(fit.b_crit_ci[1]):  # the data bound B_crit from above
         return (
@@ -341,6 +359,7 @@ def _lr_rule(fit: CriticalBatchFit, best_batch: int, best_lr: float) -> tuple[st
     return (
         "linear",
         math.inf,
-        f"linear in B, lr ∝ B from the recommended batch size {best_batch}: the data do not identify B_crit, "
+        ("linear in B, lr ∝ B" if alpha == 1.0 else f"a power of B, lr ∝ B{power} (the Adam family's rule)")
+        + f" from the recommended batch size {best_batch}: the data do not identify B_crit, "
         "so the table assumes no flattening",
     )

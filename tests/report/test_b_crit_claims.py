@@ -138,3 +138,32 @@ def test_an_identified_b_crit_bends_the_lr_table_where_the_rule_says() -> None:
     assert rec["lr_rule_kind"] == "fitted_b_crit" and rec["lr_rule_b_crit"] == pytest.approx(cb["b_crit"])
     _check_lr_table_follows_its_rule(rec)
     assert f"B_crit = {cb['b_crit']:.3g} from the fit: nearly linear in B well below" in md
+
+
+@pytest.mark.parametrize("alpha", [None, 0.6])  # None: a study without a prior (baseline mode): the default
+def test_an_adam_studys_lr_table_grows_as_the_adam_rule_not_sgds(alpha: float | None) -> None:
+    """η ∝ s(B)^α with the Adam family's α (the prior's, else PriorSettings.adam_alpha), not SGD's α = 1."""
+    from bstune.space import PriorSettings
+    from bstune.study import Prior
+
+    law = {b: 300 * (1 + 128 / b) * n for b, n in zip((16, 32, 64, 128, 256, 512), [*NOISE, 1.0], strict=True)}
+    result = _study([_trial(i, b, s) for i, (b, s) in enumerate(law.items())])
+    prior = None if alpha is None else Prior(
+        b_noise=100.0, b_ref=64, lr_ref=0.01, alpha=alpha, batch_low=16, batch_high=100, lr_width=3.0,
+        lr_min=1e-5, lr_max=1.0, momentum_ref=0.0,
+    )  # fmt: skip
+    adam = dataclasses.replace(result, best_config=result.best_config | {"optimizer": "adam"}, prior=prior)
+    rec = build_report(adam, {"metric": "train_loss", "value": TARGET}).data["recommended"]
+    a = PriorSettings().adam_alpha if alpha is None else alpha
+    table, b0, lr0 = {r["batch_size"]: r["lr"] for r in rec["lr_table"]}, rec["batch_size"], rec["lr"]
+    b_rule = rec.get("lr_rule_b_crit", math.inf)
+
+    def s(b: float) -> float:
+        return b if math.isinf(b_rule) else 1 / (1 / b + 1 / b_rule)
+
+    assert len(table) > 3
+    for b, lr in table.items():
+        assert lr == pytest.approx(lr0 * (s(b) / s(b0)) ** a, rel=1e-12)
+    assert f"^{a:g}" in rec["lr_rule"]
+    sgd = build_report(result, {"metric": "train_loss", "value": TARGET}).data["recommended"]
+    assert "^" not in sgd["lr_rule"] and sgd["lr_table"] != rec["lr_table"]  # an SGD study's: linear in s(B)
