@@ -25,7 +25,9 @@ The measure, chosen on principle before looking at any method's numbers:
   values cached), so "within 2 %" is about the config, not the luck of the study's seed.
 * **Samples to target**: the probe's samples (prior only) plus every trial's samples, pruned
   and failed ones included, in trial order, up to and including the trial that made the
-  first incumbent within 2 %. A study that never gets there counts as infinitely many
+  first incumbent within 2 %. Where the probe's trial-long run is the study's trial 0, it
+  trained after the probe's first LR range test and before the rest of the probe: that
+  rest is counted after trial 0, in the order the samples were spent. A study that never gets there counts as infinitely many
   (medians say "not reached"); its best incumbent's distance from the grid best is reported.
   The retraining done to judge incumbents is the benchmark's cost, not the method's.
 """
@@ -223,10 +225,14 @@ def run_optuna(problem: Problem, method: str, seed: int, n_trials: int) -> dict[
             "value": t.value,
             "samples": t.samples,
             "history": t.history,
+            **({"from_probe": True} if t.from_probe else {}),
         }
         for t in sorted(result.trials, key=lambda t: t.number)
     ]
     out: dict[str, Any] = {"samples_probe": result.samples_probe, "trials": trials, "wall_s": wall}
+    if trials and trials[0].get("from_probe") and result.probe is not None and result.probe.run is not None:
+        # the probe's run is trial 0: it trained after the first range test, the rest of the probe after it
+        out["probe_before_first_trial"] = int(result.probe.run["samples_before"])
     if result.rescored:
         out["rescore"] = {
             "samples": result.samples_rescore,
@@ -378,10 +384,15 @@ def _mark_hits(hit: dict[str, int | None], ratio: float, cumulative: int) -> Non
 def trace(run: dict[str, Any], evaluator: Evaluator) -> dict[str, Any]:
     """Incumbents in trial order, each judged against the grid best (``Evaluator``); samples to each tolerance."""
     cumulative = run["samples_probe"]
+    deferred = 0  # probe samples spent after its run, when the run is trial 0: counted once trial 0 is done
+    if run.get("probe_before_first_trial") is not None:
+        cumulative, deferred = run["probe_before_first_trial"], cumulative - run["probe_before_first_trial"]
     own_best = math.inf
     incumbents = []
     hit: dict[str, int | None] = {f"{t:g}": None for t in TOLERANCES}
     for t in run["trials"]:
+        if not t.get("from_probe"):
+            cumulative, deferred = cumulative + deferred, 0
         cumulative += t["samples"]
         t["cumulative_samples"] = cumulative
         if t["status"] != "completed" or t["value"] is None or not t["value"] < own_best:
@@ -389,6 +400,7 @@ def trace(run: dict[str, Any], evaluator: Evaluator) -> dict[str, Any]:
         own_best = t["value"]
         incumbents.append(_judged(evaluator, t["number"], t["batch_size"], t["lr"], own_best, cumulative))
         _mark_hits(hit, incumbents[-1]["ratio"], cumulative)
+    cumulative += deferred
     rescore = run.get("rescore")
     if rescore is not None:  # the study's recommendation after re-scoring, at the samples it cost
         cumulative += rescore["samples"]
@@ -439,6 +451,7 @@ def run_efficiency(
                 "seed": seed,
                 "wall_s": run["wall_s"],
                 "samples_probe": run["samples_probe"],
+                "probe_before_first_trial": run.get("probe_before_first_trial"),
                 **tr,
                 "trials": run["trials"],
             }
@@ -478,7 +491,11 @@ def run_efficiency(
 
 def stored_run(entry: dict[str, Any]) -> dict[str, Any]:
     """What ``trace`` needs of a study, rebuilt from its stored entry (trials, probe, re-scoring pick)."""
-    run: dict[str, Any] = {"samples_probe": entry["samples_probe"], "trials": entry["trials"]}
+    run: dict[str, Any] = {
+        "samples_probe": entry["samples_probe"],
+        "trials": entry["trials"],
+        "probe_before_first_trial": entry.get("probe_before_first_trial"),
+    }
     picks = [i for i in entry["incumbents"] if i.get("rescored")]
     if picks:
         searched = entry["samples_probe"] + sum(t["samples"] for t in entry["trials"])

@@ -164,7 +164,8 @@ class ProbeResult:
     # trial budget may count it as a trial. Plain data, as a trial keeps its run: batch_size, lr, seed,
     # samples, steps, status (a TrialStatus value), message, throughput (samples/s, noise tracking on),
     # history (one row per milestone, as bstune.study._trial.history_row writes it: milestone, samples,
-    # step, lr, train_loss, val_loss, gap and the task's metrics) and config (the TrainConfig as a dict).
+    # step, lr, train_loss, val_loss, gap and the task's metrics), config (the TrainConfig as a dict) and
+    # samples_before (what the probe spent before the run: the first LR range test; the rest came after).
     # None: no budget was given (or a training function's probe), and in older results.
     run: dict[str, Any] | None = None
 

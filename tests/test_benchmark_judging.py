@@ -187,3 +187,22 @@ def test_winners_curse_is_not_swamped_by_seeds_that_suit_every_config() -> None:
     # equal cells: flattered by ~1.6 standard errors of a 8-seed mean of 5 % noise, whatever the shared effect
     assert -0.05 < statistics.fmean(equal) < -0.01 and statistics.stdev(equal) < 0.015
     assert abs(statistics.fmean(better)) < 0.01  # a clear winner is picked on merit: no flattery
+
+
+def test_trace_counts_the_probe_in_the_order_it_spent_when_its_run_is_trial_0(tmp_path: Path) -> None:
+    """The probe's run trained after its first range test (20 samples) and before the rest of it (30): a
+    target met by trial 0 cost 20 + 100, by trial 2 everything before it."""
+    ev = _fake_problem_setup(tmp_path, {(32, 0.5): 1.0, (64, 0.2): 1.0})
+    trials = [
+        {"number": 0, "status": "completed", "batch_size": 32, "lr": 0.5, "value": 0.2, "samples": 100,
+         "from_probe": True},
+        {"number": 1, "status": "pruned", "batch_size": 8, "lr": 0.1, "value": None, "samples": 10},
+        {"number": 2, "status": "completed", "batch_size": 64, "lr": 0.2, "value": 0.1, "samples": 100},
+    ]  # fmt: skip
+    entry = {"samples_probe": 50, "trials": trials, "samples_total": 260, "incumbents": [],
+             "probe_before_first_trial": 20}  # fmt: skip
+    tr = trace(stored_run(entry), ev)
+    assert [(i["trial"], i["cumulative_samples"]) for i in tr["incumbents"]] == [(0, 120), (2, 260)]
+    assert tr["samples_to"]["0.02"] == 120 and tr["samples_total"] == 260
+    tr = trace(stored_run(entry | {"probe_before_first_trial": None}), ev)  # an older entry: the probe first
+    assert tr["samples_to"]["0.02"] == 150 and tr["samples_total"] == 260

@@ -18,7 +18,11 @@ Three measurements, each counted in samples against the study's budget:
    milestones, and :attr:`ProbeResult.run` keeps it as a trial keeps its run, so the
    study can count it as a trial rather than as overhead; B_simple is still measured
    where the probe's own length rule ends (at the first milestone past it, on a copy of
-   the parameters there), since it grows as training goes on.
+   the parameters there), since it grows as training goes on. The run needs only the
+   first range test, so it trains right after it, and the second range test (which only
+   the rule, for the trials after it, needs) comes after the run: a study's first trial is
+   done after one range test (``run["samples_before"]`` samples) rather than after all of
+   the probe.
 3. **Throughput**: a few steps at each batch size of a ladder (the ends of the space's
    batch range and every fourth power of two between) on the trial device, each step
    timed alone and the median kept, with the interquartile range of the per-step rates
@@ -262,27 +266,7 @@ def _run_probe(
             task, batch, lr_min, lr_max, settings.lr_steps, momentum=None, seed=seed, device=dev, on_step=bar.update
         )
     samples += len(curve) * batch
-    big = min(batch_max, task.n_train, max(batch, settings.large_batch_factor * batch))
-    ceiling_big = ceiling
-    cap: int | None = None
-    if big > batch and ceiling >= lr_max * _TOP:  # the first test never blew up: nor would this one
-        logger.info("probe: LR range test at B=%d reached lr.max %.3g; none at B=%d", batch, lr_max, big)
-    elif big > batch:
-        start, steps = large_batch_sweep(ceiling, lr_min, lr_max, settings.lr_steps)
-        try:
-            with progress_bar(progress, f"probe: LR range test at B={big}", total=steps, unit="step") as bar:
-                ceiling_big, curve_big = lr_range_test(
-                    task, big, start, lr_max, steps, momentum=None, seed=seed, device=dev, on_step=bar.update
-                )
-            samples += len(curve_big) * big
-            # a larger batch only raises the ceiling; a test that blew up sooner from its higher start
-            # must not cap the rule below what the small batch already bore
-            ceiling_big = max(ceiling_big, ceiling)
-        except torch.OutOfMemoryError:
-            cap, big = max(batch_min, big // 2), batch
-            logger.warning("probe: batch size %d ran out of memory; the search stays at or below %d", 2 * cap, cap)
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+    before_run = samples  # the run needs only this test: the study's first trial, it trains next
     lr_probe = max(lr_min, settings.lr_fraction * ceiling)
     logger.info("probe: LR range test at B=%d: ceiling %.3g, probe lr %.3g", batch, ceiling, lr_probe)
 
@@ -363,6 +347,28 @@ def _run_probe(
             est.ci[1],
             est.batch_size,
         )
+    # the large-batch range test bounds the rule's flat part: needed by the trials after the first
+    big = min(batch_max, task.n_train, max(batch, settings.large_batch_factor * batch))
+    ceiling_big = ceiling
+    cap: int | None = None
+    if big > batch and ceiling >= lr_max * _TOP:  # the first test never blew up: nor would this one
+        logger.info("probe: LR range test at B=%d reached lr.max %.3g; none at B=%d", batch, lr_max, big)
+    elif big > batch:
+        start, steps = large_batch_sweep(ceiling, lr_min, lr_max, settings.lr_steps)
+        try:
+            with progress_bar(progress, f"probe: LR range test at B={big}", total=steps, unit="step") as bar:
+                ceiling_big, curve_big = lr_range_test(
+                    task, big, start, lr_max, steps, momentum=None, seed=seed, device=dev, on_step=bar.update
+                )
+            samples += len(curve_big) * big
+            # a larger batch only raises the ceiling; a test that blew up sooner from its higher start
+            # must not cap the rule below what the small batch already bore
+            ceiling_big = max(ceiling_big, ceiling)
+        except torch.OutOfMemoryError:
+            cap, big = max(batch_min, big // 2), batch
+            logger.warning("probe: batch size %d ran out of memory; the search stays at or below %d", 2 * cap, cap)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
     momentum = spec.momentum
     temperature = lr_probe / (batch * (1.0 - momentum))
 
@@ -404,7 +410,7 @@ def _run_probe(
         lr_range=curve,
         device=str(dev),
         seconds=time.perf_counter() - started,
-        run=trial_run(run) if budget_samples is not None else None,
+        run=trial_run(run) | {"samples_before": before_run} if budget_samples is not None else None,
     )
 
 

@@ -69,13 +69,17 @@ def test_the_probes_run_is_the_studys_first_trial_counted_once(blob_task: bstune
     """It trained a config the search could draw, for a trial's budget: recorded as trial 0, it is one of
     ``n_trials``, the pruner compares later trials with it, and its samples are counted once."""
     journal = str(tmp_path / "study.log")
-    result = _study(blob_task, n_trials=3, rescore_top=0, storage=journal).run()
+    space = SPACE | {"lr": {"min": 1e-3, "max": 300.0}}  # the range test blows up: the large-batch one runs too
+    result = _study(blob_task, n_trials=3, rescore_top=0, storage=journal, space=space).run()
     probe, prior = result.probe, result.prior
     assert probe is not None and probe.run is not None and prior is not None
     first, *rest = result.trials
     assert first.from_probe and not any(t.from_probe for t in rest) and len(rest) == 2
     assert (first.status, first.batch_size, first.lr) == ("completed", probe.batch_size, pytest.approx(probe.lr_probe))
     assert first.samples == probe.run["samples"] and first.history == probe.run["history"]
+    # it trained right after the first range test: the second (large-batch) one and the rest came after it
+    assert probe.lr_ceiling < 300.0 and probe.large_batch > probe.batch_size
+    assert probe.run["samples_before"] == len(probe.lr_range) * probe.batch_size
     best_val = min(h["val_loss"] for h in probe.run["history"])
     assert first.value == pytest.approx(best_val)
     assert result.samples_probe == probe.samples_used - first.samples
@@ -88,7 +92,7 @@ def test_the_probes_run_is_the_studys_first_trial_counted_once(blob_task: bstune
                                         4: pytest.approx(best_val)}  # fmt: skip
     # the sampler's distributions: TPE models trial 0 with the others (its intersection search space)
     assert zero.distributions == optuna.load_study(study_name="bstune-blobs", storage=storage).trials[1].distributions
-    again = _study(blob_task, n_trials=4, rescore_top=0, storage=journal).run()  # resumed: not recorded twice
+    again = _study(blob_task, n_trials=4, rescore_top=0, storage=journal, space=space).run()  # resumed: once
     assert [t.from_probe for t in again.trials] == [True, False, False, False]
 
 
