@@ -183,6 +183,22 @@ def test_two_workers_finish_exactly_n_trials_with_different_configs(tmp_path: Pa
 
 
 @pytest.mark.slow
+def test_a_prior_study_on_two_workers_draws_from_the_prior_in_each_and_keeps_the_probes_run(tmp_path: Path) -> None:
+    """Each worker wraps its sampler in the prior's draws (chosen by trial number alone, so the workers agree);
+    the probe's run, recorded before the workers start, is trial 0 of the n_trials."""
+    from bstune.study import ProbeSettings
+
+    quick = ProbeSettings(lr_steps=12, measure_samples=2000, throughput_steps=2, throughput_batches=(8, 64))
+    s = study(make_task(), f"sqlite:///{tmp_path}/s.db", mode="prior", probe=quick, n_trials=5)
+    result = s.run()
+    prior, trials = result.prior, result.trials
+    assert prior is not None and len(trials) == 5 and all(t.status == "completed" for t in trials)
+    assert trials[0].from_probe and trials[0].worker is None and {t.worker for t in trials[1:]} == WORKERS
+    drawn = [t for t in trials[1:] if prior.from_prior(t.number, 0)]
+    assert drawn and all(prior.draw(t.number, 0) == {k: t.params[k] for k in ("batch_coord", "lr_coord")} for t in drawn)
+
+
+@pytest.mark.slow
 def test_an_out_of_memory_ceiling_learned_in_one_worker_caps_the_other(tmp_path: Path) -> None:
     space = SPACE | {"batch_size": {"min": 16, "max": 128}}
     s = bstune.Study(
