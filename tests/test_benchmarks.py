@@ -37,10 +37,15 @@ def test_quick_suite_end_to_end(tmp_path: Path) -> None:
     assert sweep["best"]["value"] > 0 and sweep["cells_ok"] > 0
     eff = data["efficiency"]["linreg"]
     for run in eff["runs"]:
-        # samples to the target count the probe and every trial up to the one that reached it
+        # samples to the target count the probe and every trial up to the one that reached it, in the order
+        # they were spent: where the probe's run is trial 0, only its first range test came before it
         assert run["samples_total"] == run["samples_probe"] + sum(t["samples"] for t in run["trials"])
         hit = run["samples_to"]["0.02"]
-        assert hit is None or run["samples_probe"] < hit <= run["samples_total"]
+        before = run.get("probe_before_first_trial")
+        first = run["trials"][0]["samples"] if before is not None else 0
+        assert hit is None or (before if before is not None else run["samples_probe"]) + first <= hit
+        assert hit is None or hit <= run["samples_total"]
+        assert (before is not None) == (run["method"] == "prior")  # the prior's probe run is its trial 0
     assert {r["method"] for r in eff["runs"]} == {"prior", "baseline", "random"}
     noise = data["noise"]["linreg"]["pooled"]
     assert 0 <= noise["per_example"]["coverage"] <= 1
