@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +36,7 @@ from bstune.study._recommend import StudyFailedError, handed_over, handed_over_t
 from bstune.study._records import StudyResult, clean_dict
 from bstune.study._rescore import candidates, rescore_seeds, run_rescoring
 from bstune.study._settings import StudySettings
-from bstune.study._trial import TrialOutcome, TrialPlanner
+from bstune.study._trial import TrialPlanner, completed_outcome
 from bstune.study._workers import parallel_sampler, worker_devices
 from bstune.task import Task
 from bstune.training import TrialFunction
@@ -323,40 +322,32 @@ class Study:
         run = self.probe.run if self.probe is not None else None
         if run is None or run.get("status") != TrialStatus.COMPLETED:
             return
-        params = planner.coordinates_of(int(run["batch_size"]), float(run["lr"]))
-        if params is None:
+        plan = planner.plan_at(int(run["batch_size"]), float(run["lr"]))
+        if plan is None:
             logger.info("the probe's run is not a trial the search could draw; it stays the probe's cost")
             return
-        s, sign = self.settings, self.direction.sign
-        best, intermediate = math.inf, dict[int, float]()
-        for row in run["history"]:
-            value = row.get(s.objective)
-            if value is not None and math.isfinite(value):
-                best = min(best, sign * value)
-            if math.isfinite(best):
-                intermediate[-(-int(row["milestone"]) // s.eval_every)] = sign * best
-        if not math.isfinite(best):
-            return
-        outcome = TrialOutcome(
-            status=TrialStatus.COMPLETED,
-            value=sign * best,
-            samples=int(run["samples"]),
-            steps=int(run["steps"]),
-            throughput=run.get("throughput"),
-            history=list(run["history"]),
+        s = self.settings
+        done = completed_outcome(
+            run,
+            objective=s.objective,
+            direction=self.direction,
+            eval_every=s.eval_every,
             message="the probe's trial-long run, recorded as a trial",
         )
+        if done is None:
+            return
+        outcome, intermediate = done
         distributions: dict[str, optuna.distributions.BaseDistribution] = {
             name: optuna.distributions.FloatDistribution(low, high)
             for name, (low, high) in planner.prior_coordinates().items()
         }
-        if self.backend.adopt(planner.plan(params), outcome, intermediate, distributions):
+        if self.backend.adopt(plan, outcome, intermediate, distributions):
             logger.info(
                 "the probe's run (B=%s, lr=%.3g) is the study's first trial: %s=%.4g",
                 run["batch_size"],
                 run["lr"],
                 s.objective,
-                sign * best,
+                outcome.value,
             )
 
     def _make_prior(self, probe: ProbeResult) -> None:

@@ -40,6 +40,8 @@ __all__ = [
     "TrialPlan",
     "TrialPlanner",
     "build_model",
+    "completed_outcome",
+    "milestone_index",
     "run_trial",
     "split_params",
     "task_runner",
@@ -175,21 +177,19 @@ class TrialPlanner:
         assert self.prior is not None, "prior mode needs a prior (run the probe first)"
         return {"batch_coord": (0.0, 1.0), "lr_coord": self.prior.v_range}
 
-    def coordinates_of(self, batch_size: int, lr: float) -> dict[str, float] | None:
-        """The prior's coordinates of (``batch_size``, ``lr``) when a trial drawn at them would train
-        exactly that (a space with no other parameters); None when none would."""
+    def plan_at(self, batch_size: int, lr: float) -> TrialPlan | None:
+        """The plan of a trial drawn at the prior's coordinates of (``batch_size``, ``lr``), when it would
+        train exactly that (a space with no other parameters); None when no draw would."""
         if self.mode != "prior" or self.prior is None or self.space.params or batch_size > self.batch_cap:
             return None
-        u = self.prior.coord_of(batch_size)
         v = math.log(lr / self.prior.lr_rule(batch_size))
         v_low, v_high = self.prior.v_range
         if not v_low <= v <= v_high:
             return None
-        params = {"batch_coord": u, "lr_coord": v}
-        config = self.plan(params).config
-        if config.batch_size != batch_size or not math.isclose(config.lr, lr, rel_tol=1e-9):
+        plan = self.plan({"batch_coord": self.prior.coord_of(batch_size), "lr_coord": v})
+        if plan.config.batch_size != batch_size or not math.isclose(plan.config.lr, lr, rel_tol=1e-9):
             return None  # rounded to another batch size, or clipped to the space's lr range
-        return params
+        return plan
 
     def plan(self, params: dict[str, Any]) -> TrialPlan:
         """Derive batch size, learning rate and the rest of the configuration from ``params``."""
@@ -319,6 +319,44 @@ def task_runner(
     return run
 
 
+def milestone_index(milestone: int, eval_every: int) -> int:
+    """Which of the study's equal-sample milestones (1, 2, ...) an evaluation at ``milestone`` samples is.
+
+    Example:
+        >>> [milestone_index(m, 1000) for m in (1000, 2000, 2500)]
+        [1, 2, 3]
+    """
+    return -(-milestone // eval_every)
+
+
+def completed_outcome(
+    run: Mapping[str, Any], *, objective: str, direction: Direction | str, eval_every: int, message: str
+) -> tuple[TrialOutcome, dict[int, float]] | None:
+    """A completed run kept as plain data (``ProbeResult.run``: samples, steps, throughput, history rows)
+    as a trial's outcome, with the best objective so far at each milestone index (what a pruner compares);
+    None when it recorded no finite objective."""
+    sign = Direction(direction).sign
+    best, intermediate = math.inf, dict[int, float]()
+    for row in run["history"]:
+        value = row.get(objective)
+        if value is not None and math.isfinite(value):
+            best = min(best, sign * value)
+        if math.isfinite(best):
+            intermediate[milestone_index(int(row["milestone"]), eval_every)] = sign * best
+    if not math.isfinite(best):
+        return None
+    outcome = TrialOutcome(
+        status=TrialStatus.COMPLETED,
+        value=sign * best,
+        samples=int(run["samples"]),
+        steps=int(run["steps"]),
+        throughput=run.get("throughput"),
+        history=list(run["history"]),
+        message=message,
+    )
+    return outcome, intermediate
+
+
 def run_trial(
     runner: Runner,
     plan: TrialPlan,
@@ -342,8 +380,9 @@ def run_trial(
         value = objective_value(record, objective)
         if math.isfinite(value):
             best = min(best, sign * value)
-        index = -(-record.milestone // eval_every)
-        return on_milestone(index, sign * best if math.isfinite(best) else value, record)
+        return on_milestone(
+            milestone_index(record.milestone, eval_every), sign * best if math.isfinite(best) else value, record
+        )
 
     try:
         result = runner(plan.config, report)
