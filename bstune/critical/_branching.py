@@ -1,0 +1,723 @@
+"""The critical batch size measured directly: branches from checkpoints of one reference run.
+
+A tuning study's trials give S(B), the steps to a loss, only incidentally: they were not
+tuned per batch size, seldom span both sides of B_crit, and ran at one seed. This module
+measures S(B) on purpose, in the spirit of Merrill et al. 2025 ("Critical Batch Size
+Revisited", arXiv 2505.23971), with McCandlish et al.'s (2018) model fitted to it:
+
+1. **Reference.** The recommended config (B_ref, η_ref) trains at a constant learning
+   rate for its budget, in segments between checkpoints (fractions of the budget,
+   :attr:`BranchSettings.checkpoints`). Each segment starts from the state the previous
+   one ended at; its target is the training loss the reference reached at the segment's
+   end (eval mode, on a fixed subset of the training set).
+2. **B_simple at every checkpoint** (:func:`bstune.measure_noise_scale`): the trajectory
+   beside the direct measurement, and the centre of the batch-size ladder.
+3. **Branches.** From each checkpoint, a copy of the model trains at each batch size of a
+   ladder (powers of two, 4x apart, from a quarter of the smallest B_simple to four times
+   the largest, within the space's batch range and the training set), at
+   :attr:`BranchSettings.seeds` seeds other than the reference's, until its training loss
+   reaches the segment's target, or stops at ``max_cost`` times the segment's samples (then
+   its count is a lower bound). The learning rate follows the rule under test,
+   η(B) = η_ref·(s(B)/s(B_ref))^α with s(B) = 1/(1/B + 1/B_noise) (α = 1 for SGD, the
+   space's ``adam_alpha`` for Adam-family optimizers), times a small search: the rule's
+   rate and twice it, then, while the better end keeps improving, on that way by doublings
+   (at most four). The factor found at one batch size is where the next one up starts (the
+   rule's error carries up the ladder: the rate of a short segment is not the full run's).
+   A later rate stops as soon as it has spent what the best so far needed (only the
+   fewest samples count). The search runs at the first seed; the other seeds train at the
+   rate it chose, so their scatter is the seed noise at that rate. The samples at which the loss crossed the target are
+   interpolated between evaluations.
+4. **Fits.** Per segment, S(B) = S_min(1 + B_crit/B) is fitted to every seed's points
+   (:func:`bstune.analysis.fit_critical_batch`): the seeds' scatter is in the residuals, so
+   the profile-likelihood interval accounts for it. The whole run's S(B) per seed is the sum
+   of its segments' (from the first checkpoint to the reference's final loss); fitted the
+   same way, it is the number a study's B_crit (steps from initialisation to a late target)
+   compares with. Beside the fits, the *tolerance* batch size: the largest batch size of the
+   ladder whose median sample cost stays within ``tolerance`` of the cheapest one's.
+
+Every branch starts with fresh optimizer state (momentum, Adam's moments): the reference
+segment at B_ref does too, so the comparison between batch sizes is fair; a run that keeps
+its state all the way may go a little faster than any branch.
+
+Cost: with the defaults, a few tens of the reference's budgets (every figure is in
+:attr:`CriticalBatchMeasurement.cost_samples`); it is an optional phase of a study
+(``Study(..., critical_batch="measure")``), or run on its own (``bstune crit DIR``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from bstune.analysis import BatchPoint, CriticalBatchFit, fit_critical_batch
+from bstune.errors import BstuneError, ConfigError, EstimationError
+from bstune.noise import measure_noise_scale
+from bstune.task import Task, has_batchnorm
+from bstune.training import Decision, EvalRecord, RunStatus, TrainConfig, train
+
+__all__ = [
+    "BranchRun",
+    "BranchSettings",
+    "CriticalBatchMeasurement",
+    "SegmentMeasurement",
+    "measure_critical_batch",
+]
+
+logger = logging.getLogger(__name__)
+
+_DIVERGED = 10.0  # a branch whose training loss exceeds this times its start has diverged
+_MAX_EXTEND = 4  # the rate search walks past the factors tried at most this many doublings
+_SEED_STRIDE = 7919  # branch seeds: the reference's seed plus multiples of a prime, never the reference's own
+
+
+@dataclass(frozen=True)
+class BranchSettings:
+    """How the direct measurement is run; see the module docstring.
+
+    Attributes:
+        checkpoints: where segments start, as fractions of the reference's budget; the
+            first must be 0 (initialisation) for the whole-run fit to start there.
+        seeds: branch seeds per batch size (2 or more: the interval needs the scatter).
+        lr_factors: the first rates tried around the rule (the search extends past the
+            better end once).
+        max_cost: a branch stops after this many times its segment's reference samples.
+        checks_per_segment: evaluations per reference segment length (the resolution of the
+            samples-to-target count, before interpolation).
+        eval_examples: the fixed training subset the loss is measured on.
+        tolerance: the tolerance batch size's allowance over the cheapest sample cost.
+        rung_factor: ratio between neighbouring batch sizes of the ladder (a power of two).
+        max_rungs: the most batch sizes in the ladder (its middle ones are kept).
+        confidence: level of the intervals.
+        alpha: the LR rule's exponent; ``None``: 1 for SGD, ``adam_alpha`` for Adam-family.
+        adam_alpha: α for Adam-family optimizers when ``alpha`` is None.
+
+    Example:
+        >>> BranchSettings(seeds=3).seeds
+        3
+    """
+
+    checkpoints: tuple[float, ...] = (0.0, 0.125, 0.375)
+    seeds: int = 2
+    lr_factors: tuple[float, ...] = (1.0, 2.0)
+    max_cost: float = 6.0
+    checks_per_segment: int = 16
+    eval_examples: int = 512
+    tolerance: float = 0.2
+    rung_factor: int = 4
+    max_rungs: int = 5
+    confidence: float = 0.9
+    alpha: float | None = None
+    adam_alpha: float = 0.8
+
+    def __post_init__(self) -> None:
+        def bad(name: str, reason: str) -> ConfigError:
+            return ConfigError(reason, source="BranchSettings", field=name)
+
+        cps = tuple(self.checkpoints)
+        if not cps or cps[0] != 0.0 or any(not 0 <= c < 1 for c in cps) or list(cps) != sorted(set(cps)):
+            raise bad("checkpoints", f"must start at 0 and increase strictly within [0, 1), got {list(cps)}")
+        if self.seeds < 2:
+            raise bad("seeds", f"must be >= 2 (the interval needs the scatter between seeds), got {self.seeds}")
+        if not self.lr_factors or any(not (f > 0 and math.isfinite(f)) for f in self.lr_factors):
+            raise bad("lr_factors", f"must be positive numbers, got {list(self.lr_factors)}")
+        if not self.max_cost > 1:
+            raise bad("max_cost", f"must be > 1 (a branch may need more than the reference), got {self.max_cost}")
+        if self.checks_per_segment < 2:
+            raise bad("checks_per_segment", f"must be >= 2, got {self.checks_per_segment}")
+        if self.eval_examples < 1:
+            raise bad("eval_examples", f"must be positive, got {self.eval_examples}")
+        if not self.tolerance > 0:
+            raise bad("tolerance", f"must be positive, got {self.tolerance}")
+        if self.rung_factor < 2 or self.rung_factor & (self.rung_factor - 1):
+            raise bad("rung_factor", f"must be a power of two >= 2, got {self.rung_factor}")
+        if self.max_rungs < 3:
+            raise bad("max_rungs", f"must be >= 3 (the fit has two parameters), got {self.max_rungs}")
+        if not 0 < self.confidence < 1:
+            raise bad("confidence", f"must be in (0, 1), got {self.confidence}")
+        if self.alpha is not None and not 0 < self.alpha <= 1.5:
+            raise bad("alpha", f"must be in (0, 1.5], got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class BranchRun:
+    """One branch: a batch size, a rate and a seed from one checkpoint.
+
+    ``samples`` is the (interpolated) count at which the training loss reached the
+    segment's target, or what the branch spent when it did not (``reached`` False).
+    """
+
+    segment: int
+    batch_size: int
+    lr: float
+    lr_factor: float
+    seed: int
+    samples: float
+    spent: int
+    reached: bool
+    status: str
+
+    @property
+    def steps(self) -> float:
+        return self.samples / self.batch_size
+
+
+@dataclass(frozen=True)
+class SegmentMeasurement:
+    """S(B) from one checkpoint to the loss the reference reached at the next.
+
+    Attributes:
+        index: segment number from 0.
+        start_samples, end_samples: the reference's samples at the segment's ends.
+        start_loss, target_loss: the reference's training loss there.
+        b_simple, b_simple_ci: B_simple at the segment's start, with its interval.
+        points: per batch size and seed, the fewest samples over the rates tried.
+        fit: S(B) = S_min(1 + B_crit/B) fitted to those points (None: see ``error``).
+        b_tolerance: the largest batch size whose median cost is within the tolerance of
+            the cheapest (None when no batch size reached the target at every seed).
+    """
+
+    index: int
+    start_samples: int
+    end_samples: int
+    start_loss: float
+    target_loss: float
+    b_simple: float
+    b_simple_ci: tuple[float, float]
+    points: list[BatchPoint]
+    fit: CriticalBatchFit | None
+    b_tolerance: int | None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "start_samples": self.start_samples,
+            "end_samples": self.end_samples,
+            "start_loss": self.start_loss,
+            "target_loss": self.target_loss,
+            "b_simple": _finite(self.b_simple),
+            "b_simple_ci": [_finite(v) for v in self.b_simple_ci],
+            "points": [_point(p) for p in self.points],
+            "fit": _fit(self.fit),
+            "b_tolerance": self.b_tolerance,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class CriticalBatchMeasurement:
+    """The directly measured critical batch size, over training and for the whole run.
+
+    Attributes:
+        reference: the reference config: ``batch_size``, ``lr``, ``budget_samples``, ``seed``.
+        ladder: the batch sizes branched at.
+        segments: one :class:`SegmentMeasurement` per checkpoint (the trajectory).
+        whole: the fit to each seed's summed steps over the segments: from initialisation to
+            the reference's final loss (None: see ``whole_error``).
+        final_b_simple, final_b_simple_ci: B_simple where the reference ended.
+        branches: every branch run.
+        cost_samples: every training example the measurement processed (reference, noise
+            measurements, branches).
+        settings: the :class:`BranchSettings` used.
+
+    Example:
+        >>> import torch, bstune
+        >>> from bstune.critical import measure_critical_batch, BranchSettings
+        >>> x = torch.randn(512, 4); y = x @ torch.ones(4, 1) + 0.5 * torch.randn(512, 1)
+        >>> task = bstune.Task(model=lambda: torch.nn.Linear(4, 1), train_data=(x, y),
+        ...                    val_data=(x[:64], y[:64]), loss=torch.nn.MSELoss())
+        >>> m = measure_critical_batch(task, bstune.TrainConfig(batch_size=8, lr=0.05, max_samples=2048),
+        ...                            BranchSettings(checkpoints=(0.0, 0.5)), batch_max=256)
+        >>> len(m.segments), m.cost_samples > 2048
+        (2, True)
+    """
+
+    reference: dict[str, Any]
+    ladder: list[int]
+    segments: list[SegmentMeasurement]
+    whole: CriticalBatchFit | None
+    whole_points: list[BatchPoint]
+    final_loss: float
+    final_b_simple: float
+    final_b_simple_ci: tuple[float, float]
+    branches: list[BranchRun]
+    cost_samples: int
+    settings: BranchSettings
+    whole_error: str | None = None
+    whole_b_tolerance: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cost_budgets(self) -> float:
+        """The cost in units of the reference's budget (one trial's samples)."""
+        return self.cost_samples / max(1, int(self.reference["budget_samples"]))
+
+    @property
+    def b_crit(self) -> float | None:
+        """The whole run's B_crit (None when not fitted)."""
+        return self.whole.b_crit if self.whole is not None else None
+
+    @property
+    def summary(self) -> str:
+        """One paragraph: the whole run's number, how it moves over training, what it cost."""
+        pct = f"{100 * self.settings.confidence:g}%"
+        if self.whole is not None:
+            head = f"measured directly (branches at {self.settings.seeds} seeds): {self.whole.summary}"
+        else:
+            head = f"the direct measurement gave no whole-run fit: {self.whole_error}"
+        parts = [head]
+        local = []
+        for seg in self.segments:
+            where = f"from {seg.start_samples:,} samples"
+            if seg.fit is not None and seg.fit.identified:
+                lo, hi = seg.fit.b_crit_ci
+                local.append(f"{where}: {seg.fit.b_crit:.3g} ({pct} CI {lo:.3g}–{hi:.3g})")
+            elif seg.fit is not None:
+                local.append(f"{where}: not identified ({'; '.join(seg.fit.unidentified_because())})")
+            else:
+                local.append(f"{where}: no fit ({seg.error})")
+        parts.append("B_crit over training, " + "; ".join(local))
+        parts.append(f"cost {self.cost_samples:,} samples ({self.cost_budgets:.1f}x one trial's budget)")
+        return ". ".join(parts) + "."
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": "branches from checkpoints (Merrill et al. 2025), S(B) fitted as in McCandlish et al. 2018",
+            "reference": dict(self.reference),
+            "ladder": list(self.ladder),
+            "whole": _fit(self.whole),
+            "whole_points": [_point(p) for p in self.whole_points],
+            "whole_error": self.whole_error,
+            "whole_b_tolerance": self.whole_b_tolerance,
+            "final_loss": self.final_loss,
+            "final_b_simple": _finite(self.final_b_simple),
+            "final_b_simple_ci": [_finite(v) for v in self.final_b_simple_ci],
+            "segments": [s.to_dict() for s in self.segments],
+            "branches": [asdict(b) for b in self.branches],
+            "cost_samples": self.cost_samples,
+            "cost_budgets": self.cost_budgets,
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.settings).items()},
+            "summary": self.summary,
+            "notes": list(self.notes),
+        }
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _point(p: BatchPoint) -> dict[str, Any]:
+    return {
+        "batch_size": p.batch_size,
+        "steps": p.steps,
+        "samples": p.samples,
+        "lr": p.lr,
+        "lower_bound": p.lower_bound,
+    }
+
+
+def _fit(fit: CriticalBatchFit | None) -> dict[str, Any] | None:
+    if fit is None:
+        return None
+    return {
+        "b_crit": _finite(fit.b_crit),
+        "b_crit_ci": [_finite(v) for v in fit.b_crit_ci],
+        "s_min": fit.s_min,
+        "e_min": _finite(fit.e_min),
+        "identified": fit.identified,
+        "edge": fit.edge,
+        "n_points": fit.n_points,
+        "residual_rms": fit.residual_rms,
+        "summary": fit.summary,
+    }
+
+
+# A branch runner: (segment, start model, batch, lr, seed, target loss, cap samples, samples between checks)
+# -> (samples to the target or spent, samples spent, reached, status)
+BranchRunner = Callable[[int, nn.Module, int, float, int, float, int, int], tuple[float, int, bool, str]]
+
+
+def _train_branch(task: Task, base: TrainConfig, start_loss: float) -> BranchRunner:
+    """Branches trained by bstune's trainer, stopped when the training loss reaches the target."""
+
+    def run(
+        segment: int, model: nn.Module, batch: int, lr: float, seed: int, target: float, cap: int, every: int
+    ) -> tuple[float, int, bool, str]:
+        config = replace(
+            base, batch_size=batch, lr=lr, max_samples=cap, eval_every_samples=every, seed=seed, track_noise=False
+        )
+        last: list[EvalRecord] = []
+        crossed: list[float] = []
+        diverged: list[int] = []
+
+        def on_eval(record: EvalRecord) -> Decision:
+            if not record.train_loss < _DIVERGED * start_loss:  # blew up (or NaN): this rate fails
+                diverged.append(record.samples)
+                return Decision.STOP
+            if record.train_loss <= target:
+                s0, l0 = (last[-1].samples, last[-1].train_loss) if last else (0, start_loss)
+                crossed.append(_crossing(s0, l0, record.samples, record.train_loss, target))
+                return Decision.STOP
+            last.append(record)
+            return Decision.CONTINUE
+
+        result = train(task, config, on_eval, model=copy.deepcopy(model))
+        if crossed:
+            return crossed[0], result.samples, True, result.status.value
+        status = "diverged" if diverged else result.status.value
+        return float(result.samples), result.samples, False, status
+
+    return run
+
+
+def _crossing(s0: float, l0: float, s1: float, l1: float, target: float) -> float:
+    """Samples where the loss crossed ``target``, linear in log loss between two evaluations."""
+    if not (l0 > target >= l1) or s1 <= s0:
+        return float(s1)
+    if l1 > 0 and target > 0:
+        frac = (math.log(l0) - math.log(target)) / (math.log(l0) - math.log(l1))
+    else:
+        frac = (l0 - target) / (l0 - l1)
+    return float(s0 + min(1.0, max(0.0, frac)) * (s1 - s0))
+
+
+def _ladder(centers: Sequence[float], ref: int, low: int, high: int, factor: int, max_rungs: int) -> list[int]:
+    """Powers of two ``factor`` apart around the B_simple values, within [low, high]; at least 3 when the range allows."""
+    finite = [c for c in centers if math.isfinite(c) and c > 0] or [float(ref)]
+    lo_want, hi_want = min(finite) / factor, max(finite) * factor
+    step = int(math.log2(factor))
+    top = math.floor(math.log2(high))
+    bottom = math.ceil(math.log2(max(1, low)))
+    if bottom > top:
+        raise ConfigError(f"no power of two lies in the batch range [{low}, {high}]", source="critical", field="batch")
+    start = min(top, max(bottom, round(math.log2(max(1.0, lo_want)))))
+    stop = max(bottom, min(top, round(math.log2(hi_want))))
+    exps = list(range(start, stop + 1, step))
+    for s in (step, max(1, step // 2), 1):  # too few rungs: spread over what the range allows
+        if len(exps) >= 3:
+            break
+        exps = list(range(bottom, top + 1, s))
+        if len(exps) > max_rungs:  # keep those nearest the wanted span's middle
+            mid = (math.log2(max(1.0, lo_want)) + math.log2(hi_want)) / 2
+            exps = sorted(sorted(exps, key=lambda e: abs(e - mid))[:max_rungs])
+    while len(exps) > max_rungs:  # drop from the end farther from the middle of the wanted span
+        mid = (math.log2(max(1.0, lo_want)) + math.log2(hi_want)) / 2
+        exps = exps[1:] if mid - exps[0] > exps[-1] - mid else exps[:-1]
+    return [2**e for e in exps]
+
+
+def _rule(ref_batch: int, ref_lr: float, b_noise: float, alpha: float) -> Callable[[int], float]:
+    """η(B) = η_ref·(s(B)/s(B_ref))^α with s(B) = 1/(1/B + 1/B_noise) (linear, then flat, for α = 1)."""
+
+    def s(b: float) -> float:
+        return 1.0 / (1.0 / b + (1.0 / b_noise if math.isfinite(b_noise) and b_noise > 0 else 0.0))
+
+    return lambda b: ref_lr * (s(b) / s(ref_batch)) ** alpha
+
+
+def _best_over_rates(
+    runner: BranchRunner,
+    model: nn.Module,
+    *,
+    segment: int,
+    batch: int,
+    rule_lr: float,
+    seed: int,
+    target: float,
+    cap: int,
+    every: int,
+    factors: Sequence[float],
+    search: bool = True,
+) -> list[BranchRun]:
+    """The factors of the rule's rate, then (``search``) one more step past the better end; each capped at the best so far."""
+    runs: list[BranchRun] = []
+
+    def best() -> BranchRun | None:
+        hit = [r for r in runs if r.reached]
+        return min(hit, key=lambda r: r.samples) if hit else None
+
+    def go(factor: float) -> None:
+        b = best()
+        limit = cap if b is None else max(batch, min(cap, math.ceil(b.samples)))
+        samples, spent, reached, status = runner(segment, model, batch, rule_lr * factor, seed, target, limit, every)
+        runs.append(BranchRun(segment, batch, rule_lr * factor, factor, seed, samples, spent, reached, status))
+
+    for f in factors:
+        go(f)
+    b = best()
+    lo = min(factors)
+    if not search:
+        return runs
+    if b is None:  # nothing reached: a lower rate may (the rule's may diverge at large B)
+        go(lo / 2)
+        return runs
+    # the best at an end of the rates tried: walk on that way, doubling, while it keeps improving
+    for _ in range(_MAX_EXTEND):
+        tried = sorted({r.lr_factor for r in runs})
+        b = best()
+        if b is None or len(tried) < 2 or b.lr_factor not in (tried[0], tried[-1]):
+            break
+        go(tried[-1] * 2 if b.lr_factor == tried[-1] else tried[0] / 2)
+        if best() is b:  # the new rate did no better: the optimum is bracketed
+            break
+    return runs
+
+
+def _points(runs: Sequence[BranchRun], cap_of: Callable[[int], int]) -> dict[tuple[int, int], BatchPoint]:
+    """One point per (batch, seed): the fewest samples over its rates, or a lower bound at the cap."""
+    points = {}
+    for batch, seed in sorted({(r.batch_size, r.seed) for r in runs}):
+        hit = [r for r in runs if r.batch_size == batch and r.seed == seed and r.reached]
+        if hit:
+            r = min(hit, key=lambda r: r.samples)
+            points[batch, seed] = BatchPoint(batch, r.samples / batch, r.samples, r.lr)
+        else:
+            cap = cap_of(batch)
+            points[batch, seed] = BatchPoint(batch, cap / batch, float(cap), None, lower_bound=True)
+    return points
+
+
+def _tolerance_batch(points: Sequence[BatchPoint], tolerance: float) -> int | None:
+    """The largest batch size whose median samples over seeds stay within (1 + tolerance) of the cheapest's."""
+    by_batch: dict[int, list[float]] = {}
+    for p in points:
+        by_batch.setdefault(p.batch_size, []).append(math.inf if p.lower_bound else p.samples)
+    medians = {b: statistics.median(v) for b, v in by_batch.items()}
+    finite = [m for m in medians.values() if math.isfinite(m)]
+    if not finite:
+        return None
+    cheapest = min(finite)
+    within = [b for b, m in medians.items() if m <= (1 + tolerance) * cheapest]
+    return max(within) if within else None
+
+
+def _fit_or_error(points: Sequence[BatchPoint], confidence: float) -> tuple[CriticalBatchFit | None, str | None]:
+    try:
+        return fit_critical_batch(points, confidence=confidence), None
+    except EstimationError as exc:
+        return None, str(exc)
+
+
+def measure_critical_batch(
+    task: Task,
+    config: TrainConfig,
+    settings: BranchSettings | None = None,
+    *,
+    batch_min: int = 1,
+    batch_max: int | None = None,
+    b_noise: float | None = None,
+    ladder: Sequence[int] | None = None,
+    runner: BranchRunner | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> CriticalBatchMeasurement:
+    """Measure the critical batch size directly, over training; see the module docstring.
+
+    Args:
+        task: the problem.
+        config: the reference config (the study's recommendation): its ``batch_size``,
+            ``lr``, ``max_samples`` (the budget), ``seed`` and the rest; the branches
+            train at a constant rate (``schedule`` and ``warmup_samples`` are dropped).
+        settings: checkpoints, seeds, ladder, search and tolerance.
+        batch_min, batch_max: the batch sizes the ladder may use (the space's range; the
+            training set caps ``batch_max``).
+        b_noise: the B_noise of the LR rule; default: the geometric mean of the B_simple
+            measured at the checkpoints.
+        ladder: the batch sizes to branch at; default: powers of two around the B_simple
+            measured at the checkpoints (see the module docstring).
+        runner: trains one branch (tests pass a closed-form one); default: bstune's trainer.
+        progress: called with a line of text as each segment finishes.
+
+    Raises:
+        ConfigError: bad settings, or a batch range holding no power of two.
+        EstimationError: the reference diverged, or reached no lower loss than it started
+            with (nothing to measure).
+    """
+    settings = settings or BranchSettings()
+    high = min(task.n_train, batch_max or task.n_train)
+    if batch_min > high:
+        raise ConfigError(f"batch_min {batch_min} is above the batch range's top {high}", source="critical")
+    base = replace(
+        config,
+        schedule="constant",
+        warmup_samples=0,
+        eval_train_examples=settings.eval_examples,
+        eval_at_start=True,
+        track_noise=False,
+        divergence_factor=None,  # from a late checkpoint one batch's loss can be 100x the first's; see _DIVERGED
+    )
+    alpha = settings.alpha
+    if alpha is None:
+        alpha = 1.0 if task.optimizer_spec.family == "sgd" else settings.adam_alpha
+    budget = config.max_samples
+    bounds = [round(c * budget / config.batch_size) * config.batch_size for c in settings.checkpoints] + [budget]
+    bounds = sorted(set(bounds))
+    cost = 0
+    notes: list[str] = []
+
+    # 1. the reference, segment by segment, and B_simple at each checkpoint
+    torch_state = torch.random.get_rng_state()
+    model = task.make_model(seed=config.seed)
+    states: list[nn.Module] = []
+    losses: list[float] = []
+    b_simple: list[tuple[float, tuple[float, float], int]] = []
+    for k in range(len(bounds) - 1):
+        states.append(copy.deepcopy(model))
+        b_simple.append(_b_simple(task, model, config.seed + k))
+        run = train(task, replace(base, max_samples=bounds[k + 1] - bounds[k], seed=config.seed + k), model=model)
+        if run.status is not RunStatus.COMPLETED or run.model is None:
+            raise EstimationError(
+                f"the reference run (batch {config.batch_size}, lr {config.lr:g}) ended {run.status.value} "
+                f"in segment {k}: {run.message}"
+            )
+        cost += run.samples
+        if not losses:
+            losses.append(run.history[0].train_loss)
+        losses.append(run.history[-1].train_loss)
+        model = run.model
+    final_b_simple = _b_simple(task, model, config.seed + len(bounds))
+    torch.random.set_rng_state(torch_state)
+    if not losses[-1] < losses[0]:
+        raise EstimationError(
+            f"the reference run's training loss did not fall ({losses[0]:.4g} -> {losses[-1]:.4g}): nothing to measure"
+        )
+    cost += sum(extra for _, _, extra in b_simple) + final_b_simple[2]
+
+    centers = [b for b, _, _ in b_simple] + [final_b_simple[0]]
+    noise = b_noise if b_noise is not None else _geometric_mean(centers)
+    rule = _rule(config.batch_size, config.lr, noise if noise is not None else math.inf, alpha)
+    if ladder is None:
+        ladder = _ladder(centers, config.batch_size, batch_min, high, settings.rung_factor, settings.max_rungs)
+    else:
+        ladder = sorted({int(b) for b in ladder})
+        if len(ladder) < 3 or ladder[0] < 1 or ladder[-1] > task.n_train:
+            raise ConfigError(
+                f"needs >= 3 distinct batch sizes in [1, {task.n_train}] (the training set), got {ladder}",
+                source="measure_critical_batch",
+                field="ladder",
+            )
+
+    # 2. branches from every checkpoint
+    segments: list[SegmentMeasurement] = []
+    all_runs: list[BranchRun] = []
+    by_seed: list[dict[tuple[int, int], BatchPoint]] = []
+    seeds = [config.seed + _SEED_STRIDE * (j + 1) for j in range(settings.seeds)]
+    for k in range(len(bounds) - 1):
+        span = bounds[k + 1] - bounds[k]
+        target = losses[k + 1]
+        if not target < losses[k]:
+            notes.append(f"segment {k}: the reference's loss did not fall ({losses[k]:.4g} -> {target:.4g})")
+        caps = {b: max(b, math.ceil(settings.max_cost * span / b) * b) for b in ladder}
+        runner_k = runner or _train_branch(task, base, losses[k])
+        runs: list[BranchRun] = []
+        shift = 1.0  # the rule's error found at the batch size below, carried up the ladder
+        for batch in ladder:
+            every = max(batch, span // settings.checks_per_segment)
+            factors: Sequence[float] = [f * shift for f in settings.lr_factors]
+            for j, seed in enumerate(seeds):
+                mine = _best_over_rates(
+                    runner_k,
+                    states[k],
+                    segment=k,
+                    batch=batch,
+                    rule_lr=rule(batch),
+                    seed=seed,
+                    target=target,
+                    cap=caps[batch],
+                    every=every,
+                    factors=factors,
+                    search=j == 0,
+                )
+                runs += mine
+                if j == 0:  # the other seeds train at the rate the first chose: their scatter is the seed noise
+                    hit = [r for r in mine if r.reached]
+                    factors = ((min(hit, key=lambda r: r.samples) if hit else mine[-1]).lr_factor,)
+                    if hit:
+                        shift = factors[0]
+        cost += sum(r.spent for r in runs)
+        all_runs += runs
+        by_seed.append(_points(runs, caps.__getitem__))
+        points = list(by_seed[-1].values())
+        fit, error = _fit_or_error(points, settings.confidence)
+        b, ci, _ = b_simple[k]
+        segments.append(
+            SegmentMeasurement(
+                k,
+                bounds[k],
+                bounds[k + 1],
+                losses[k],
+                target,
+                b,
+                ci,
+                points,
+                fit,
+                _tolerance_batch(points, settings.tolerance),
+                error,
+            )
+        )
+        if progress is not None:
+            progress(f"segment {k} ({bounds[k]:,}-{bounds[k + 1]:,} samples): " + (fit.summary if fit else str(error)))
+
+    # 3. the whole run: each seed's steps summed over the segments
+    whole_points = []
+    for batch in ladder:
+        for seed in seeds:
+            chain = [points_k[batch, seed] for points_k in by_seed]
+            samples = sum(p.samples for p in chain)
+            whole_points.append(
+                BatchPoint(batch, samples / batch, samples, None, lower_bound=any(p.lower_bound for p in chain))
+            )
+    whole, whole_error = _fit_or_error(whole_points, settings.confidence)
+    return CriticalBatchMeasurement(
+        reference={
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            "budget_samples": budget,
+            "seed": config.seed,
+            "alpha": alpha,
+            "b_noise_rule": noise,
+        },
+        ladder=list(ladder),
+        segments=segments,
+        whole=whole,
+        whole_points=whole_points,
+        final_loss=losses[-1],
+        final_b_simple=final_b_simple[0],
+        final_b_simple_ci=final_b_simple[1],
+        branches=all_runs,
+        cost_samples=int(cost),
+        settings=settings,
+        whole_error=whole_error,
+        whole_b_tolerance=_tolerance_batch(whole_points, settings.tolerance),
+        notes=notes,
+    )
+
+
+def _b_simple(task: Task, model: nn.Module, seed: int) -> tuple[float, tuple[float, float], int]:
+    """B_simple at ``model``'s parameters, its interval and the training examples it used; inf when it fails."""
+    method = "micro_batch" if has_batchnorm(model) else "per_example"
+    try:
+        est = measure_noise_scale(
+            task,
+            copy.deepcopy(model),
+            batch_size=min(64, task.n_train),
+            method=method,  # type: ignore[arg-type]
+            seed=seed,
+            warn_if_imprecise=False,
+        )
+    except BstuneError as exc:
+        logger.info("B_simple not measured at a checkpoint: %s", exc)
+        return math.inf, (0.0, math.inf), 0
+    return est.b_simple, est.ci, est.n_examples
+
+
+def _geometric_mean(values: Sequence[float]) -> float | None:
+    finite = [v for v in values if math.isfinite(v) and v > 0]
+    return math.exp(sum(math.log(v) for v in finite) / len(finite)) if finite else None
