@@ -14,6 +14,8 @@ This module imports nothing: every layer may read it.
 from __future__ import annotations
 
 __all__ = [
+    "CRITICAL_ATTR",
+    "CRITICAL_FILE",
     "DESCRIPTION_ATTR",
     "DIRECTIONS_ATTR",
     "FROM_PROBE_ATTR",
@@ -37,6 +39,7 @@ SETTINGS_ATTR = "bstune_settings"  # the settings a resumed study must match (st
 PROBE_ATTR = "bstune_probe"  # what the probe measured: a resumed study does not probe again
 FROM_PROBE_ATTR = "from_probe"  # a trial's user attribute: the probe's trial-long run, recorded as this trial
 RESCORED_ATTR = "bstune_rescored"  # what re-scoring found: a resumed study does not re-score again
+CRITICAL_ATTR = "bstune_critical"  # the directly measured critical batch size: a resumed study keeps it
 DIRECTIONS_ATTR = "bstune_directions"  # whether each recorded quantity is minimized or maximized
 DESCRIPTION_ATTR = "description"  # what the params mean (optuna-dashboard shows it under this name)
 
@@ -49,6 +52,7 @@ PLAN_KEY = "bstune_plan"  # the trial's TrialPlan, as a dict
 TRIAL_NUMBER_KEY = "bstune_trial_number"  # the trial's number in the study
 STATE_FILE = "bstune_study.json"  # the study's settings and probe: what a resumed Ray study reads
 RESCORED_FILE = "bstune_rescored.json"  # what re-scoring found
+CRITICAL_FILE = "bstune_critical.json"  # the directly measured critical batch size
 OUTCOME_FILE = "outcome.json"  # in a finished trial's checkpoint: its outcome, replayed on restore
 
 # -- a submitted Ray job's metadata (bstune.jobs) -----------------------------------------

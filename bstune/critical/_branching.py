@@ -50,7 +50,7 @@ import copy
 import logging
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -515,6 +515,7 @@ def measure_critical_batch(
     batch_max: int | None = None,
     b_noise: float | None = None,
     ladder: Sequence[int] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
     runner: BranchRunner | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> CriticalBatchMeasurement:
@@ -532,6 +533,7 @@ def measure_critical_batch(
             measured at the checkpoints.
         ladder: the batch sizes to branch at; default: powers of two around the B_simple
             measured at the checkpoints (see the module docstring).
+        model_kwargs: the model factory's arguments (a search space's ``model.<name>`` parameters).
         runner: trains one branch (tests pass a closed-form one); default: bstune's trainer.
         progress: called with a line of text as each segment finishes.
 
@@ -564,7 +566,7 @@ def measure_critical_batch(
 
     # 1. the reference, segment by segment, and B_simple at each checkpoint
     torch_state = torch.random.get_rng_state()
-    model = task.make_model(seed=config.seed)
+    model = task.make_model(seed=config.seed, **dict(model_kwargs or {}))
     states: list[nn.Module] = []
     losses: list[float] = []
     b_simple: list[tuple[float, tuple[float, float], int]] = []

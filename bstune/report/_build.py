@@ -213,6 +213,10 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
         critical.update(_fit_dict(fit, b_simple))
     except BstuneError as exc:
         critical["error"] = str(exc)
+    measured = getattr(result, "critical_measured", None)
+    if measured:
+        critical["measured"] = measured
+    critical["headline"] = _headline(critical, measured)
     data["critical_batch"] = critical
 
     throughput = dict(probe.throughput) if probe else {}
@@ -259,6 +263,30 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
     ]
     data["trials"] = [t.to_dict() for t in result.trials]
     return Report(clean_dict(data))
+
+
+def _headline(critical: Mapping[str, Any], measured: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The most reliable B_crit the report has: the direct measurement's whole-run fit, else the trials' fit.
+
+    ``source`` says which (``"measured"``, ``"fitted"`` or ``"none"``); ``identified`` whether the
+    data pin it down (else ``b_crit`` is an extrapolation or a bound, see the section's text).
+    """
+    whole = (measured or {}).get("whole")
+    if whole:
+        return {
+            "source": "measured",
+            "b_crit": whole["b_crit"],
+            "b_crit_ci": whole["b_crit_ci"],
+            "identified": whole["identified"],
+        }
+    if "b_crit" in critical:
+        return {
+            "source": "fitted",
+            "b_crit": critical["b_crit"],
+            "b_crit_ci": critical["b_crit_ci"],
+            "identified": critical.get("identified", False),
+        }
+    return {"source": "none"}
 
 
 def _memory(result: StudyData) -> dict[str, Any] | None:

@@ -24,6 +24,60 @@ def _target(cb: dict[str, Any]) -> str:
     return f"{cb['metric']} {side} {_n(cb.get('target'))}"
 
 
+def _measured(m: dict[str, Any]) -> list[str]:
+    """The direct measurement's paragraph and its trajectory table (the section's lead)."""
+    ref = m["reference"]
+    whole = m.get("whole")
+    settings = m.get("settings", {})
+    seeds = settings.get("seeds", 2)
+    head = (
+        f"**Measured directly** (the most reliable number here): from the recommended config (batch size "
+        f"{ref['batch_size']}, learning rate {_n(ref['lr'], '.3g')}) trained at a constant rate for "
+        f"{ref['budget_samples']:,} samples, branches at batch sizes {', '.join(str(b) for b in m['ladder'])} "
+        f"and {seeds} seeds each, from checkpoints, each until it reached the loss the reference reached next "
+        f"(learning rate by the η/B rule and a search around it). "
+    )
+    if whole:
+        head += (
+            f"For the whole run, from initialisation to train_loss {_n(m['final_loss'], '.4g')}: {whole['summary']}. "
+            "This is the number the recommendation's batch-size advice should rest on: its interval holds the "
+            "scatter between the seeds."
+        )
+    else:
+        head += f"The whole run gives no fit: {m.get('whole_error')}."
+    if m.get("whole_b_tolerance") is not None:
+        tol = 100 * settings.get("tolerance", 0.2)
+        head += (
+            f" The largest batch size branched at whose sample cost stays within {tol:.0f}% of the cheapest: "
+            f"{m['whole_b_tolerance']}."
+        )
+    head += f" Cost: {m['cost_samples']:,} samples ({_n(m['cost_budgets'], '.1f')}x one trial's budget), not in the study's total."
+    out = [
+        head,
+        "",
+        "B_crit over training (each segment: S(B) from its checkpoint to the loss the reference reached at the "
+        "next; B_crit grows as the loss falls, so a batch size that suits the end is too large at the start):",
+        "",
+        "| from sample | to sample | B_crit (local) | 90% CI | B_simple at the start | within tolerance |",
+        "|---:|---:|---:|---|---:|---:|",
+    ]
+    for seg in m["segments"]:
+        fit = seg.get("fit")
+        if fit and fit["identified"]:
+            b, ci = _n(fit["b_crit"]), f"{_n(fit['b_crit_ci'][0])}–{_n(fit['b_crit_ci'][1])}"
+        elif fit:
+            lo, hi = fit["b_crit_ci"]
+            b = "not identified"
+            ci = f"{_n(lo)}–{_n(hi) if hi is not None else '∞'}"
+        else:
+            b, ci = "no fit", "–"
+        out.append(
+            f"| {seg['start_samples']:,} | {seg['end_samples']:,} | {b} | {ci} | {_n(seg['b_simple'])} "
+            f"| {seg['b_tolerance'] if seg['b_tolerance'] is not None else '–'} |"
+        )
+    return out
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     rec = data["recommended"]
     study = data.get("study", {})
@@ -86,8 +140,25 @@ def render_markdown(data: dict[str, Any]) -> str:
         )
     cb = data["critical_batch"]
     out += ["", "## Critical batch size", ""]
+    measured = cb.get("measured")
+    if measured:
+        out += _measured(measured)
+        out += [
+            "",
+            "**Fitted to the study's own trials** (less reliable: the trials were not tuned per batch size, ran "
+            "at one seed and seldom span both sides of B_crit; against exhaustive sweeps this fit came within 2x "
+            "on two of four benchmark problems):",
+            "",
+        ]
+    elif "error" not in cb:
+        out.append(
+            "Fitted to the study's own trials, which were not tuned per batch size, ran at one seed and seldom "
+            "span both sides of B_crit: against exhaustive sweeps this fit came within 2x on two of four benchmark "
+            "problems. For a number measured on purpose (branches at a ladder of batch sizes, two seeds, over "
+            'training) run the study with `critical_batch="measure"`, or `bstune crit SCRIPT FOLDER`.'
+        )
     if "error" in cb:
-        out.append(f"The data do not identify B_crit (no fit): {cb['error']}.")
+        out.append(f"The trials do not identify B_crit (no fit): {cb['error']}.")
     else:
         out.append(f"Steps to {_target(cb)}, fitted as S(B) = S_min (1 + B_crit/B): {cb['summary']}.")
         tried = cb.get("batch_sizes_tried")

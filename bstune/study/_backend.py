@@ -113,6 +113,7 @@ class Resumed:
 
     probe: dict[str, Any] | None = None
     rescored: list[Rescored] = field(default_factory=list)
+    critical: dict[str, Any] | None = None  # the direct measurement of B_crit (StudySettings.critical_batch)
 
 
 class TrialBackend(ABC):
@@ -165,6 +166,9 @@ class TrialBackend(ABC):
     @abstractmethod
     def keep_rescored(self, done: list[Rescored]) -> None:
         """Store the re-scoring done so far, so a resumed study does not redo it."""
+
+    def keep_critical(self, measured: dict[str, Any]) -> None:  # noqa: B027 - optional: a backend may not keep it
+        """Store the direct measurement of B_crit (``critical_batch="measure"``) so a resumed study keeps it."""
 
     def describe(self, metric_names: list[str], attrs: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Label the study where the backend's own tools show it (metric names, attributes); optional."""

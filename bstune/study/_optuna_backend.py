@@ -28,7 +28,7 @@ from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import Trial, TrialState
 
-from bstune._keys import FROM_PROBE_ATTR, PROBE_ATTR, RESCORED_ATTR
+from bstune._keys import CRITICAL_ATTR, FROM_PROBE_ATTR, PROBE_ATTR, RESCORED_ATTR
 from bstune.errors import BstuneError, ConfigError
 from bstune.metrics import Direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
@@ -155,6 +155,7 @@ class OptunaBackend(TrialBackend):
         return Resumed(
             probe=study.user_attrs.get(PROBE_ATTR),
             rescored=[Rescored.from_dict(d) for d in study.user_attrs.get(RESCORED_ATTR, [])],
+            critical=study.user_attrs.get(CRITICAL_ATTR),
         )
 
     def run_probe(self, probe: Any, **kwargs: Any) -> ProbeResult:
@@ -166,6 +167,9 @@ class OptunaBackend(TrialBackend):
 
     def keep_rescored(self, done: list[Rescored]) -> None:
         self._opened().set_user_attr(RESCORED_ATTR, [r.to_dict() for r in done])
+
+    def keep_critical(self, measured: dict[str, Any]) -> None:
+        self._opened().set_user_attr(CRITICAL_ATTR, clean_json(measured))
 
     def describe(self, metric_names: list[str], attrs: dict[str, Any]) -> None:
         study = self._opened()

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bstune._keys import PLAN_KEY, RESCORED_FILE, SCRIPT_MODULE_PREFIX, STATE_FILE, TRIAL_NUMBER_KEY
+from bstune._keys import CRITICAL_FILE, PLAN_KEY, RESCORED_FILE, SCRIPT_MODULE_PREFIX, STATE_FILE, TRIAL_NUMBER_KEY
 from bstune._validate import count_reason, number_reason
 from bstune.errors import ConfigError, DependencyError
 from bstune.metrics import Direction
@@ -319,7 +319,9 @@ class RayBackend(TrialBackend):
         self._write_state(probe)
         rescored_file = exp_dir / RESCORED_FILE
         kept = [Rescored.from_dict(d) for d in json.loads(rescored_file.read_text())] if rescored_file.is_file() else []
-        return Resumed(probe=probe, rescored=kept)
+        critical_file = exp_dir / CRITICAL_FILE
+        critical = json.loads(critical_file.read_text()) if critical_file.is_file() else None
+        return Resumed(probe=probe, rescored=kept, critical=critical)
 
     def run_probe(self, probe: Callable[..., ProbeResult], **kwargs: Any) -> ProbeResult:
         """The probe as a Ray task with a trial's resources, so it measures the kind of device trials use."""
@@ -396,6 +398,10 @@ class RayBackend(TrialBackend):
     def keep_rescored(self, done: list[Rescored]) -> None:
         assert self._exp_dir is not None
         (self._exp_dir / RESCORED_FILE).write_text(json.dumps([r.to_dict() for r in done], indent=1))
+
+    def keep_critical(self, measured: dict[str, Any]) -> None:
+        assert self._exp_dir is not None
+        (self._exp_dir / CRITICAL_FILE).write_text(json.dumps(clean_json(measured), indent=1))
 
     def _write_state(self, probe: dict[str, Any] | None) -> None:
         assert self._spec is not None and self._exp_dir is not None

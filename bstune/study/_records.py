@@ -91,6 +91,8 @@ class StudyResult:
     best_trial: int | None = None  # the number of the trial best_config comes from
     rescored: list[Rescored] = field(default_factory=list)
     directions: dict[str, str] = field(default_factory=dict)
+    # the direct measurement of B_crit (CriticalBatchMeasurement.to_dict()), with critical_batch="measure"
+    critical_measured: dict[str, Any] | None = None
 
     def metric_names(self) -> list[str]:
         """The quantities this study recorded, by the names a target or an objective uses."""
@@ -174,6 +176,7 @@ class StudyResult:
                 "probe": self.probe.to_dict() if self.probe else None,
                 "prior": self.prior.to_dict() if self.prior else None,
                 "trials": [t.to_dict() for t in self.trials],
+                "critical_measured": self.critical_measured,
             }
         )
 
@@ -195,6 +198,7 @@ class StudyResult:
             best_trial=data.get("best_trial"),
             rescored=[Rescored.from_dict(r) for r in data.get("rescored", [])],
             directions={str(k): str(Direction(v)) for k, v in data.get("directions", {}).items()},
+            critical_measured=data.get("critical_measured"),
         )
 
     @classmethod

@@ -111,6 +111,13 @@ class StudySettings:
             config's loss by several percent, so the best single trial is partly the
             luckiest seed. ``0`` turns it off. Its samples count in the study's total;
             a resumed study keeps what it re-scored.
+        critical_batch: ``"fit"`` (default): the report's B_crit is fitted to the trials'
+            learning curves, as they fell. ``"measure"``: after the search, B_crit is also
+            measured directly (:func:`bstune.critical.measure_critical_batch`): branches at a
+            ladder of batch sizes and two seeds from checkpoints of the recommended config,
+            over training; it costs tens of trials' samples (counted apart, in
+            ``critical_measured["cost_samples"]``), and the report leads with it. A task's
+            studies only (the branches train with bstune's trainer); a resumed study keeps it.
 
     Example:
         >>> StudySettings(n_trials=8, budget_samples=9000).eval_every
@@ -141,6 +148,7 @@ class StudySettings:
     grace_period: float = 600.0
     rescore_top: int = 3
     rescore_seeds: int = 2
+    critical_batch: Literal["fit", "measure"] = "fit"
 
     def __post_init__(self) -> None:
         for name in ("n_trials", "budget_samples"):
@@ -168,6 +176,8 @@ class StudySettings:
         for name in ("rescore_top", "rescore_seeds", "num_workers"):
             if (reason := count_reason(getattr(self, name), minimum=0)) is not None:
                 raise _bad(name, reason)
+        if self.critical_batch not in ("fit", "measure"):
+            raise _bad("critical_batch", f"must be 'fit' or 'measure', got {self.critical_batch!r}")
         self._check_devices()
 
     def _check_devices(self) -> None:

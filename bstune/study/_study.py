@@ -27,6 +27,7 @@ from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus
 from bstune.space import SearchSpace
 from bstune.study._backend import FunctionJob, StudySpec, TaskJob, TrialBackend, TrialJob
 from bstune.study._checks import check_budget, check_factory
+from bstune.study._critical import measure_study_critical_batch
 from bstune.study._optuna_backend import OptunaBackend, TrialFailure
 from bstune.study._prior import Prior
 from bstune.study._probe import probe_cost, probe_space
@@ -205,6 +206,13 @@ class Study:
                 field="batch_size.max",
             )
         self.batch_cap = self.space.batch_max
+        if settings.critical_batch == "measure":
+            raise ConfigError(
+                "the direct measurement trains branches with bstune's trainer, so it needs a bstune.Task; "
+                "for a training function keep critical_batch='fit' (the report fits B_crit to the trials)",
+                source="Study",
+                field="critical_batch",
+            )
         if settings.devices_per_trial > 1:
             raise ConfigError(
                 "a training function runs in one process per trial; data-parallel trials are a Task's "
@@ -308,7 +316,28 @@ class Study:
         self._adopt_probe_run(planner)
         trials = self.backend.run_trials(planner)
         rescored = self._rescore(trials, resumed.rescored)
-        return self._result(trials, self.backend.handle(), rescored)
+        result = self._result(trials, self.backend.handle(), rescored)
+        if s.critical_batch == "measure":
+            result.critical_measured = self._measure_critical(result, resumed.critical)
+        return result
+
+    def _measure_critical(self, result: StudyResult, kept: dict[str, Any] | None) -> dict[str, Any]:
+        """B_crit measured directly from the recommended config (``critical_batch="measure"``), kept in the store."""
+        assert self.task is not None, "critical_batch='measure' is refused for training functions in __init__"
+        s = self.settings
+        measured = measure_study_critical_batch(
+            self.task,
+            result.trials,
+            result.best_trial,
+            batch_min=self.space.batch_min,
+            batch_max=self.batch_cap,
+            device=s.main_device,
+            adam_alpha=self.space.prior.adam_alpha,
+            kept=kept,
+            progress=(lambda line: logger.info("critical batch: %s", line)),
+        )
+        self.backend.keep_critical(measured)
+        return measured
 
     def _adopt_probe_run(self, planner: TrialPlanner) -> None:
         """The probe's trial-long run (a trial's budget, milestones and seed) as the study's first trial.
