@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from bstune._loading import load_subject, load_task
 from bstune._validate import check_count
 from bstune.errors import BstuneError, ConfigError, UserCodeError
+from bstune.records import clean_json
 from bstune.study import format_summary
 from bstune.task import Task
 
@@ -299,6 +300,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             pruner=args.pruner,
             rescore_top=args.rescore_top,
             rescore_seeds=args.rescore_seeds,
+            critical_batch=args.critical_batch,
             objective=args.objective,
             direction=args.direction,
             device=args.device,
@@ -540,16 +542,59 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def _load_result(folder: str) -> StudyResult:
+    """FOLDER/result.json, or a ConfigError naming the file and why."""
     from bstune.study import StudyResult
 
-    path = Path(args.folder) / "result.json"
+    path = Path(folder) / "result.json"
     if not path.is_file():
-        raise ConfigError("no result.json here; run `bstune run ... --out FOLDER` first", source=str(args.folder))
+        raise ConfigError("no result.json here; run `bstune run ... --out FOLDER` first", source=str(folder))
     try:
-        result = StudyResult.load(path)
+        return StudyResult.load(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"unreadable: {type(exc).__name__}: {exc}", source=str(path)) from None
+
+
+def cmd_crit(args: argparse.Namespace) -> int:
+    from bstune.study._critical import measure_study_critical_batch
+
+    result = _load_result(args.folder)  # before the script runs: a wrong folder is said at once
+    task = load_subject(args.script)
+    if not isinstance(task, Task):
+        raise ConfigError(
+            "the direct measurement trains with bstune's trainer: the script must define make_task() -> bstune.Task "
+            "(a training function's study keeps the report's fitted B_crit)",
+            source=args.script,
+        )
+    tried = sorted(int(t.batch_size) for t in result.trials if t.batch_size)
+    low, high = result.prior.batch_range if result.prior is not None else ((tried[0], tried[-1]) if tried else (1, 1))
+    low, high = args.batch_min or low, min(args.batch_max or high, task.n_train)
+    if low > high:
+        raise ConfigError(f"--batch-min {low} is above the largest batch size {high}", source="--batch-min")
+    # an Adam-family study's prior used the space's adam_alpha as its exponent: the rule under test keeps it
+    adam_alpha = result.prior.alpha if result.prior is not None and task.optimizer_spec.family != "sgd" else 0.8
+    measured = measure_study_critical_batch(
+        task,
+        result.trials,
+        result.best_trial,
+        batch_min=low,
+        batch_max=high,
+        device=args.device,
+        adam_alpha=adam_alpha,
+        kept=None if args.again else result.critical_measured,
+        progress=lambda line: print(line, flush=True),
+    )
+    result.critical_measured = measured
+    result.save(args.folder)
+    _write_json(args.folder, "critical.json", clean_json(measured))
+    print(measured["summary"])
+    files = _write_report(result, args.folder)
+    print("wrote critical.json, result.json, " + ", ".join(files.values()))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    result = _load_result(args.folder)
     result.direction_of(args.target_metric, source="--target-metric", field=None)  # before anything is written
     print(format_summary(result.to_dict(), top=None if args.all_trials else 10, folder=args.folder))
     files = _write_report(

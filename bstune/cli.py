@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="more seeds per re-scored trial, full budget each; their samples count in the total (default 2)",
     )
     run.add_argument(
+        "--critical-batch",
+        choices=("fit", "measure"),
+        default="fit",
+        help="fit: B_crit from the trials' learning curves (default); measure: also measure it directly after the "
+        "search, by branches from the recommended config (tens of trials' samples; see `bstune crit`)",
+    )
+    run.add_argument(
         "--objective",
         default="val_loss",
         metavar="NAME",
@@ -330,6 +337,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--all-trials", action="store_true", help="list every trial in the table (default: the 10 best, then a count)"
     )
     report.set_defaults(handler=commands.cmd_report)
+
+    crit = sub.add_parser(
+        "crit",
+        help="measure the critical batch size directly, from a finished study's recommended config",
+        description="Train the recommended config of FOLDER/result.json (written by `bstune run --out`) in segments, "
+        "branch from each checkpoint at a ladder of batch sizes and two seeds until each reaches the loss the "
+        "reference reached next, and fit S(B) = S_min(1 + B_crit/B) per segment and for the whole run. Costs tens "
+        "of trials' samples. Writes FOLDER/critical.json, adds the measurement to result.json and rewrites the "
+        "report, whose critical-batch section then leads with it.",
+    )
+    crit.add_argument("script", help="the Python file the study ran: it defines make_task() -> bstune.Task")
+    crit.add_argument("folder", help="the --out folder of `bstune run`")
+    crit.add_argument(
+        "--batch-min", type=_positive_int, default=None, help="smallest batch size to branch at (default: the study's)"
+    )
+    crit.add_argument(
+        "--batch-max", type=_positive_int, default=None, help="largest batch size to branch at (default: the study's)"
+    )
+    crit.add_argument("--device", default="auto", help="cpu, cuda, ... (default: CUDA when available)")
+    crit.add_argument("--again", action="store_true", help="measure again even if result.json holds a measurement")
+    crit.set_defaults(handler=commands.cmd_crit)
 
     noise = sub.add_parser(
         "noise",

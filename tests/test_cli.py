@@ -153,3 +153,50 @@ def test_probe_prints_noise_scale_ceiling_throughput_and_prior(
     prior, probe = data["prior"], data["probe"]
     assert prior["batch_low"] <= prior["batch_high"] <= prior["b_noise"] + 1  # the band tops out at B_noise
     assert probe["samples_used"] > 0 and probe["throughput"]
+
+
+TINY_TASK = """
+import torch
+import bstune
+
+
+def make_task():
+    x = torch.randn(600, 4, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] + 0.3 * torch.randn(600, generator=torch.Generator().manual_seed(1)) > 0).long()
+    return bstune.Task(model=lambda: torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)),
+                       train_data=(x[:512], y[:512]), val_data=(x[512:], y[512:]),
+                       loss=torch.nn.CrossEntropyLoss(), name="tiny")
+"""
+
+
+@pytest.mark.slow
+def test_crit_measures_a_finished_studys_config_and_rewrites_its_report(tmp_path: Path) -> None:
+    """`bstune run --out F` then `bstune crit SCRIPT F`, as a user types them; a second `crit` keeps the first."""
+    script, space, out = tmp_path / "tiny.py", tmp_path / "space.yaml", tmp_path / "study"
+    script.write_text(TINY_TASK)
+    space.write_text("name: tiny\nbatch_size: {min: 4, max: 128}\nlr: {min: 0.001, max: 3.0}\n")
+    run = [*_bstune(), "run", str(script), "--space", str(space), "--trials", "3", "--budget-samples", "2400"]
+    run += ["--mode", "baseline", "--rescore-top", "0", "--out", str(out), "--no-progress"]
+    assert subprocess.run(run, capture_output=True, text=True, timeout=600, check=False).returncode == 0
+    proc = subprocess.run(
+        [*_bstune(), "crit", str(script), str(out), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "B_crit over training" in proc.stdout and "cost" in proc.stdout
+    measured = json.loads((out / "critical.json").read_text())
+    result = json.loads((out / "result.json").read_text())
+    assert result["critical_measured"] == measured and measured["trial"] == result["best_trial"]
+    assert all(4 <= b <= 128 for b in measured["ladder"])
+    report = (out / "report.md").read_text()
+    section = report[report.index("## Critical batch size") :]
+    assert section.index("**Measured directly**") < section.index("Fitted to the study's own trials")
+    assert json.loads((out / "report.json").read_text())["critical_batch"]["measured"]["trial"] == result["best_trial"]
+    again = subprocess.run(
+        [*_bstune(), "crit", str(script), str(out)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert again.returncode == 0 and measured["summary"] in again.stdout
+    assert "segment 0 (" in proc.stdout and "segment 0 (" not in again.stdout  # kept: no branch trained again

@@ -339,6 +339,28 @@ CASES: list[Case] = [
         ("Study: devices_per_trial", "do not split into trials of 2"),
         absent=("out",),
     ),
+    Case(("crit", "good.py", "nosuch"), 2, ("nosuch", "no result.json here")),
+    Case(
+        ("crit", "fn_only.py", "study"),
+        2,
+        ("fn_only.py", "make_task() -> bstune.Task"),
+        untouched=("study/result.json", "study/report.md"),
+        absent=("study/critical.json",),
+    ),
+    Case(  # study/result.json's trial holds no configuration (an older result): nothing to measure from
+        ("crit", "good.py", "study"),
+        2,
+        ("critical_batch", "no configuration for its best trial"),
+        untouched=("study/result.json", "study/report.md"),
+        absent=("study/critical.json",),
+    ),
+    Case(
+        ("run", "good.py", "--space", "ok.yaml", "--critical-batch", "direct", "--out", "out"),
+        2,
+        ("--critical-batch", "invalid choice: 'direct'"),
+        one_line=False,  # argparse prints its usage first
+        absent=("out",),
+    ),
 ]
 
 
