@@ -9,11 +9,13 @@ Revisited", arXiv 2505.23971), with McCandlish et al.'s (2018) model fitted to i
    rate for its budget, in segments between checkpoints (fractions of the budget,
    :attr:`BranchSettings.checkpoints`). Each segment starts from the state the previous
    one ended at; its target is the training loss the reference reached at the segment's
-   end (eval mode, on a fixed subset of the training set).
+   end (eval mode, on a fixed subset of the training set), averaged over the segment's last
+   quarter: one evaluation of a noisy run is a lucky or unlucky draw. A branch whose loss
+   climbs above ten times its start (and the initial loss) has diverged.
 2. **B_simple at every checkpoint** (:func:`bstune.measure_noise_scale`): the trajectory
    beside the direct measurement, and the centre of the batch-size ladder.
 3. **Branches.** From each checkpoint, a copy of the model trains at each batch size of a
-   ladder (powers of two, 4x apart, from a quarter of the smallest B_simple to four times
+   ladder (powers of two, 4x apart, from a quarter of the smallest B_simple to sixteen times
    the largest, within the space's batch range and the training set), at
    :attr:`BranchSettings.seeds` seeds other than the reference's, until its training loss
    reaches the segment's target, or stops at ``max_cost`` times the segment's samples (then
@@ -73,7 +75,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_DIVERGED = 10.0  # a branch whose training loss exceeds this times its start has diverged
+_DIVERGED = 10.0  # a branch whose training loss exceeds this times its start (and the initial loss) has diverged
 _MAX_EXTEND = 4  # the rate search walks past the factors tried at most this many doublings
 _SEED_STRIDE = 7919  # branch seeds: the reference's seed plus multiples of a prime, never the reference's own
 
@@ -93,6 +95,8 @@ class BranchSettings:
             samples-to-target count, before interpolation).
         eval_examples: the fixed training subset the loss is measured on.
         tolerance: the tolerance batch size's allowance over the cheapest sample cost.
+        target_window: a segment's target is the reference's mean training loss over this
+            last fraction of the segment (its evaluations there), not one noisy evaluation.
         rung_factor: ratio between neighbouring batch sizes of the ladder (a power of two).
         max_rungs: the most batch sizes in the ladder (its middle ones are kept).
         confidence: level of the intervals.
@@ -111,6 +115,7 @@ class BranchSettings:
     checks_per_segment: int = 16
     eval_examples: int = 512
     tolerance: float = 0.2
+    target_window: float = 0.25
     rung_factor: int = 4
     max_rungs: int = 5
     confidence: float = 0.9
@@ -134,6 +139,8 @@ class BranchSettings:
             raise bad("checks_per_segment", f"must be >= 2, got {self.checks_per_segment}")
         if self.eval_examples < 1:
             raise bad("eval_examples", f"must be positive, got {self.eval_examples}")
+        if not 0 < self.target_window <= 1:
+            raise bad("target_window", f"must be in (0, 1], got {self.target_window}")
         if not self.tolerance > 0:
             raise bad("tolerance", f"must be positive, got {self.tolerance}")
         if self.rung_factor < 2 or self.rung_factor & (self.rung_factor - 1):
@@ -345,8 +352,9 @@ def _fit(fit: CriticalBatchFit | None) -> dict[str, Any] | None:
 BranchRunner = Callable[[int, nn.Module, int, float, int, float, int, int], tuple[float, int, bool, str]]
 
 
-def _train_branch(task: Task, base: TrainConfig, start_loss: float) -> BranchRunner:
-    """Branches trained by bstune's trainer, stopped when the training loss reaches the target."""
+def _train_branch(task: Task, base: TrainConfig, start_loss: float, ceiling: float) -> BranchRunner:
+    """Branches trained by bstune's trainer, stopped when the training loss reaches the target, or
+    passes ``ceiling`` (diverged: the rate fails)."""
 
     def run(
         segment: int, model: nn.Module, batch: int, lr: float, seed: int, target: float, cap: int, every: int
@@ -359,7 +367,7 @@ def _train_branch(task: Task, base: TrainConfig, start_loss: float) -> BranchRun
         diverged: list[int] = []
 
         def on_eval(record: EvalRecord) -> Decision:
-            if not record.train_loss < _DIVERGED * start_loss:  # blew up (or NaN): this rate fails
+            if not record.train_loss < ceiling:  # blew up (or NaN): this rate fails
                 diverged.append(record.samples)
                 return Decision.STOP
             if record.train_loss <= target:
@@ -392,7 +400,9 @@ def _crossing(s0: float, l0: float, s1: float, l1: float, target: float) -> floa
 def _ladder(centers: Sequence[float], ref: int, low: int, high: int, factor: int, max_rungs: int) -> list[int]:
     """Powers of two ``factor`` apart around the B_simple values, within [low, high]; at least 3 when the range allows."""
     finite = [c for c in centers if math.isfinite(c) and c > 0] or [float(ref)]
-    lo_want, hi_want = min(finite) / factor, max(finite) * factor
+    # B_crit runs from about B_simple/3 to several times it (McCandlish et al.; benchmarks/RESULTS.md), and
+    # grows over training: the ladder reaches further up than down
+    lo_want, hi_want = min(finite) / factor, max(finite) * factor * factor
     step = int(math.log2(factor))
     top = math.floor(math.log2(high))
     bottom = math.ceil(math.log2(max(1, low)))
@@ -573,7 +583,9 @@ def measure_critical_batch(
     for k in range(len(bounds) - 1):
         states.append(copy.deepcopy(model))
         b_simple.append(_b_simple(task, model, config.seed + k))
-        run = train(task, replace(base, max_samples=bounds[k + 1] - bounds[k], seed=config.seed + k), model=model)
+        span = bounds[k + 1] - bounds[k]
+        every = max(config.batch_size, span // settings.checks_per_segment)
+        run = train(task, replace(base, max_samples=span, seed=config.seed + k, eval_every_samples=every), model=model)
         if run.status is not RunStatus.COMPLETED or run.model is None:
             raise EstimationError(
                 f"the reference run (batch {config.batch_size}, lr {config.lr:g}) ended {run.status.value} "
@@ -582,7 +594,10 @@ def measure_critical_batch(
         cost += run.samples
         if not losses:
             losses.append(run.history[0].train_loss)
-        losses.append(run.history[-1].train_loss)
+        # the target: the mean over the segment's last evaluations, not its last alone (a lucky or unlucky
+        # draw of a noisy run would set every branch's target)
+        tail = [r.train_loss for r in run.history if r.samples >= (1 - settings.target_window) * span]
+        losses.append(statistics.fmean(tail or [run.history[-1].train_loss]))
         model = run.model
     final_b_simple = _b_simple(task, model, config.seed + len(bounds))
     torch.random.set_rng_state(torch_state)
@@ -617,7 +632,7 @@ def measure_critical_batch(
         if not target < losses[k]:
             notes.append(f"segment {k}: the reference's loss did not fall ({losses[k]:.4g} -> {target:.4g})")
         caps = {b: max(b, math.ceil(settings.max_cost * span / b) * b) for b in ladder}
-        runner_k = runner or _train_branch(task, base, losses[k])
+        runner_k = runner or _train_branch(task, base, losses[k], max(_DIVERGED * losses[k], losses[0]))
         runs: list[BranchRun] = []
         shift = 1.0  # the rule's error found at the batch size below, carried up the ladder
         for batch in ladder:

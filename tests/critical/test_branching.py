@@ -190,7 +190,7 @@ def test_a_ladder_with_too_few_batch_sizes_is_refused() -> None:
 
 
 def test_the_default_ladder_spans_the_b_simple_values_within_the_batch_range() -> None:
-    assert _ladder([10.0, 80.0], ref=8, low=1, high=4096, factor=4, max_rungs=6) == [2, 8, 32, 128]
+    assert _ladder([10.0, 80.0], ref=8, low=1, high=4096, factor=4, max_rungs=6) == [2, 8, 32, 128, 512]
     assert _ladder([10.0, 80.0], ref=8, low=8, high=64, factor=4, max_rungs=6) == [
         8,
         16,
