@@ -218,6 +218,12 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
         critical["measured"] = measured
     critical["headline"] = _headline(critical, measured)
     data["critical_batch"] = critical
+    # the batch-size advice (LR table, compute-optimal batch) rests on the most reliable fit: the direct
+    # measurement's whole-run fit where it identifies B_crit, else the trials'
+    advice, critical["advice_from"] = fit, "fitted" if fit is not None else "none"
+    measured_fit = _measured_fit(measured)
+    if measured_fit is not None and (measured_fit.identified or fit is None or not fit.identified):
+        advice, critical["advice_from"] = measured_fit, "measured"
 
     throughput = dict(probe.throughput) if probe else {}
     data["throughput"] = {
@@ -227,9 +233,9 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
         "device": probe.device if probe else None,
     }
     optimum = None
-    if fit is not None and len(throughput) >= 2:
+    if advice is not None and len(throughput) >= 2:
         try:
-            optimum = compute_optimal(fit, throughput, n_workers=n_workers)
+            optimum = compute_optimal(advice, throughput, n_workers=n_workers)
             data["compute_optimal"] = {
                 "device": vars(optimum.device),
                 "wall": vars(optimum.wall),
@@ -254,7 +260,7 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
     memory = _memory(result)
     if memory is not None:
         data["memory"] = memory
-    data["recommended"] = _recommend(result, fit)
+    data["recommended"] = _recommend(result, fit, advice)
     by_number = {t.number: t for t in result.trials}
     data["rescored"] = [  # the candidates the recommendation was chosen from, by their mean over seeds
         r.to_dict() | {"batch_size": by_number[r.trial].batch_size, "lr": by_number[r.trial].lr}
@@ -289,6 +295,21 @@ def _headline(critical: Mapping[str, Any], measured: Mapping[str, Any] | None) -
     return {"source": "none"}
 
 
+def _measured_fit(measured: Mapping[str, Any] | None) -> CriticalBatchFit | None:
+    """The direct measurement's whole-run fit, refitted from its points (a dict in report.json, a fit here)."""
+    points = (measured or {}).get("whole_points")
+    if not points:
+        return None
+    level = float((measured or {}).get("settings", {}).get("confidence", 0.9))
+    try:
+        return fit_critical_batch(
+            [BatchPoint(int(p["batch_size"]), p["steps"], p["samples"], p["lr"], bool(p["lower_bound"])) for p in points],
+            confidence=level,
+        )
+    except BstuneError:
+        return None
+
+
 def _memory(result: StudyData) -> dict[str, Any] | None:
     """Where running out of memory capped the batch size: the probe's cap, then each OOM trial's; None if nowhere."""
     events: list[dict[str, Any]] = []
@@ -311,7 +332,9 @@ def _effective_temperature(config: Mapping[str, Any]) -> float | None:
         return None
 
 
-def _recommend(result: StudyData, fit: CriticalBatchFit | None) -> dict[str, Any]:
+def _recommend(result: StudyData, fit: CriticalBatchFit | None, advice: CriticalBatchFit | None) -> dict[str, Any]:
+    """The recommended config; expected cost to the report's target from ``fit`` (the trials'), the LR table
+    from ``advice`` (the most reliable fit: the direct measurement's when there is one)."""
     best = dict(result.best_config)
     # the settings to train with, and nothing derived from them (older results held the temperature here)
     rec: dict[str, Any] = {k: v for k, v in best.items() if k != "temperature"}
@@ -332,14 +355,15 @@ def _recommend(result: StudyData, fit: CriticalBatchFit | None) -> dict[str, Any
             f"{len(chosen.values)} seeds) of the {len(result.rescored)} best of {len(result.trials)} trials, "
             f"each trained again at {len(chosen.seeds)} more seeds; budget {result.budget_samples:,} samples a trial"
         )
+    b = int(best["batch_size"])
     if fit is not None:
-        b = int(best["batch_size"])
         rec["expected_steps_to_target"] = fit.predict_steps(b)
         rec["expected_samples_to_target"] = fit.predict_samples(b)
-        # only where the data speak: from half the smallest to twice the largest batch size tried
-        sizes = sorted({2**k for k in range(0, 20) if fit.batch_min / 2 <= 2**k <= 2 * fit.batch_max} | {b})
+    if advice is not None:
+        # only where the data speak: from half the smallest to twice the largest batch size fitted
+        sizes = sorted({2**k for k in range(0, 20) if advice.batch_min / 2 <= 2**k <= 2 * advice.batch_max} | {b})
         family, alpha = _lr_exponent(result, best)
-        kind, b_rule, rec["lr_rule"] = _lr_rule(fit, b, float(best["lr"]), alpha)
+        kind, b_rule, rec["lr_rule"] = _lr_rule(advice, b, float(best["lr"]), alpha)
         rec["lr_table"] = [
             {"batch_size": bb, "lr": lr} for bb, lr in lr_table(b_rule, b, float(best["lr"]), sizes, family, alpha)
         ]

@@ -106,10 +106,12 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"{_n(rec['expected_samples_to_target'], ',.0f')} samples (from the S(B) fit)."
         )
     co = data.get("compute_optimal", {})
+    measured_advice = data["critical_batch"].get("advice_from") == "measured"
     if "device" in co:
         d, w = co["device"], co["wall"]
         line = (
-            f"Fastest to the target on one device: batch size {d['batch_size']} "
+            f"Fastest to the {'measured run' + chr(39) + 's final loss' if measured_advice else 'target'} on one "
+            f"device: batch size {d['batch_size']} "
             f"({_n(d['seconds'], '.3g')} s of training at the probe's measured throughput"
             + ("; at the edge of the batch sizes measured, so possibly larger still" if d.get("at_range_edge") else "")
             + ("; beyond the batch sizes the S(B) fit saw, so an extrapolation" if d.get("extrapolated") else "")
@@ -121,7 +123,10 @@ def render_markdown(data: dict[str, Any]) -> str:
     if rec.get("lr_table"):
         out += [
             "",
-            "Learning rate for other batch sizes (" + rec["lr_rule"] + "):",
+            "Learning rate for other batch sizes ("
+            + rec["lr_rule"]
+            + ("; B_crit from the direct measurement" if measured_advice else "")
+            + "):",
             "",
             "| batch size | learning rate |",
             "|---:|---:|",
@@ -158,7 +163,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             'training) run the study with `critical_batch="measure"`, or `bstune crit SCRIPT FOLDER`.'
         )
     if "error" in cb:
-        out.append(f"The trials do not identify B_crit (no fit): {cb['error']}.")
+        out.append(f"The data do not identify B_crit (no fit): {cb['error']}.")
     else:
         out.append(f"Steps to {_target(cb)}, fitted as S(B) = S_min (1 + B_crit/B): {cb['summary']}.")
         tried = cb.get("batch_sizes_tried")
