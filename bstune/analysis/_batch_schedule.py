@@ -7,8 +7,10 @@ a run (a B_simple trajectory, :attr:`~bstune.training.TrainResult.noise_trajecto
 B_crit measured directly at checkpoints), :func:`recommend_batch_schedule` returns stages
 ``(start_samples, batch_size, lr)`` for :attr:`~bstune.training.TrainConfig.batch_schedule`:
 
-- the level followed is the running maximum of the trajectory (the lower end of each
-  point's interval where one is given and ``use_ci=True``), so the schedule never shrinks;
+- the level followed is the running maximum of the trajectory's sliding median over
+  ``window`` consecutive points (a B_simple window of a few steps is noisy: one outlier
+  must not set the batch for the rest of the run), taken of each point's estimate or,
+  with ``use_ci=True``, of the lower end of its interval; so the schedule never shrinks;
 - each stage's batch is that level rounded down to a power of two (or to a multiple of
   ``round_to``), clipped to ``[batch_min, batch_max]``;
 - a new stage starts (at the point's sample count) only once the level has grown by
@@ -23,6 +25,7 @@ B_crit measured directly at checkpoints), :func:`recommend_batch_schedule` retur
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -135,6 +138,7 @@ def recommend_batch_schedule(
     growth: float = 2.0,
     round_to: int | None = None,
     use_ci: bool = False,
+    window: int = 3,
 ) -> BatchSchedule:
     """A batch-size warmup that follows a measured critical batch size (the module docstring's rules).
 
@@ -151,6 +155,7 @@ def recommend_batch_schedule(
         growth: the factor the level must grow by since the last change to start a stage.
         round_to: batch sizes are multiples of this; ``None``: powers of two.
         use_ci: follow each point's lower interval bound instead of its estimate.
+        window: points in the sliding median the level follows (1: each point as it is).
 
     Raises:
         ConfigError: a bad argument, or no usable point in ``trajectory``.
@@ -158,6 +163,10 @@ def recommend_batch_schedule(
     Example:
         >>> traj = [(1000, 20.0), (2000, 35.0), (4000, 90.0), (6000, 100.0), (8000, 400.0)]
         >>> sched = recommend_batch_schedule(traj, base_batch=64, base_lr=0.1, budget_samples=10_000, batch_max=256)
+        >>> [(s.start_samples, s.batch_size, round(s.lr, 4)) for s in sched.stages]  # the median of 3 lags
+        [(0, 16, 0.0583), (6000, 64, 0.1)]
+        >>> sched = recommend_batch_schedule(traj, base_batch=64, base_lr=0.1, budget_samples=10_000, batch_max=256,
+        ...                                  window=1)
         >>> [(s.start_samples, s.batch_size, round(s.lr, 4)) for s in sched.stages]
         [(0, 16, 0.0583), (4000, 64, 0.1), (8000, 256, 0.2829)]
     """
@@ -182,6 +191,7 @@ def recommend_batch_schedule(
         raise bad("growth", reason)
     if round_to is not None:
         round_to = check_count(round_to, source=_SOURCE, field="round_to", numpy=True)
+    window = check_count(window, source=_SOURCE, field="window", numpy=True)
     points = _points(trajectory, use_ci)
     if not points:
         raise bad("trajectory", "holds no point with a finite, positive critical batch size")
@@ -198,12 +208,13 @@ def recommend_batch_schedule(
         ((_, lr),) = lr_table(level, base_batch, base_lr, [b], family=family, alpha=alpha)
         return ScheduleStage(start, b, lr, level)
 
-    running = points[0][2]  # the first window's level stands for the start of the run
+    levels = [level for _, _, level in points]
+    running = levels[0]  # the first window's level stands for the start of the run
     stages = [stage(0, running)]
-    for samples, _, level in points[1:]:
+    for i, (samples, _, _) in enumerate(points[1:], start=1):
         if samples >= budget_samples:
             break
-        running = max(running, level)
+        running = max(running, statistics.median(levels[max(0, i - window + 1) : i + 1]))
         if samples > 0 and running >= growth * stages[-1].b_crit and batch_of(running) > stages[-1].batch_size:
             stages.append(stage(samples, running))
     return BatchSchedule(tuple(stages), budget_samples, base_batch, float(base_lr), family, float(alpha))

@@ -8,12 +8,18 @@ from typing import Any
 import pytest
 
 import bstune
-from bstune.analysis import BatchSchedule, recommend_batch_schedule
+from bstune.analysis import BatchSchedule
+from bstune.analysis import recommend_batch_schedule as recommend
 from bstune.errors import ConfigError
 from bstune.noise import TrajectoryPoint
 from bstune.space import PriorSettings
 from bstune.training import RunStatus, TrainConfig
 from bstune.training._schedule import step_batch_sizes
+
+
+def recommend_batch_schedule(trajectory: Any, **kwargs: Any) -> BatchSchedule:
+    """The rules point by point (no sliding median) unless a test says otherwise."""
+    return recommend(trajectory, **({"window": 1} | kwargs))
 
 
 def s(b: float, b_noise: float) -> float:
@@ -89,12 +95,29 @@ def test_trajectory_points_mappings_and_unresolved_windows() -> None:
     sched = recommend_batch_schedule(traj, base_batch=64, base_lr=0.1, budget_samples=4000, batch_max=1024)
     assert [(st.start_samples, st.batch_size) for st in sched.stages] == [(0, 16), (3200, 64)]  # 4000: the budget's end
     as_dicts = [p.to_dict() for p in traj]
-    assert recommend_batch_schedule(
-        as_dicts, base_batch=64, base_lr=0.1, budget_samples=4000, batch_max=1024
-    ).stages == sched.stages
-    assert recommend_batch_schedule(
-        [{"samples": 0, "b_crit": 100.0}], base_batch=64, base_lr=0.1, budget_samples=4000, batch_max=1024
-    ).stages[0].batch_size == 64
+    assert (
+        recommend_batch_schedule(as_dicts, base_batch=64, base_lr=0.1, budget_samples=4000, batch_max=1024).stages
+        == sched.stages
+    )
+    assert (
+        recommend_batch_schedule(
+            [{"samples": 0, "b_crit": 100.0}], base_batch=64, base_lr=0.1, budget_samples=4000, batch_max=1024
+        )
+        .stages[0]
+        .batch_size
+        == 64
+    )
+
+
+def test_the_sliding_median_ignores_one_outlying_window() -> None:
+    traj = [(0, 40.0), (100, 45.0), (200, 2000.0), (300, 50.0), (400, 90.0), (500, 100.0), (600, 95.0)]
+    sched = recommend(traj, base_batch=32, base_lr=0.1, budget_samples=1000, batch_max=1024)
+    assert sched.stages[1].start_samples == 400 and sched.stages[1].batch_size == 64  # median(50, 90, 2000)
+    assert [st.batch_size for st in sched.stages] == [32, 64]
+    assert [
+        st.batch_size
+        for st in recommend(traj, base_batch=32, base_lr=0.1, budget_samples=1000, batch_max=1024, window=1).stages
+    ] == [32, 1024]
 
 
 @pytest.mark.parametrize(
@@ -110,6 +133,7 @@ def test_trajectory_points_mappings_and_unresolved_windows() -> None:
         ({"family": "lamb"}, "family"),
         ({"growth": 1.0}, "growth"),
         ({"round_to": 0}, "round_to"),
+        ({"window": 0}, "window"),
     ],
 )
 def test_bad_arguments_name_the_field(kwargs: dict[str, Any], field: str) -> None:
@@ -121,7 +145,7 @@ def test_bad_arguments_name_the_field(kwargs: dict[str, Any], field: str) -> Non
         "batch_max": 64,
     } | kwargs
     with pytest.raises(ConfigError) as info:
-        recommend_batch_schedule(**args)
+        recommend(**args)
     assert info.value.field == field and info.value.source == "recommend_batch_schedule"
 
 
