@@ -12,9 +12,19 @@ B_crit measured directly at checkpoints), :func:`recommend_batch_schedule` retur
   must not set the batch for the rest of the run), taken of each point's estimate or,
   with ``use_ci=True``, of the lower end of its interval; so the schedule never shrinks;
 - each stage's batch is that level rounded down to a power of two (or to a multiple of
-  ``round_to``), clipped to ``[batch_min, batch_max]``;
-- a new stage starts (at the point's sample count) only once the level has grown by
-  ``growth`` (2x) since the last change, and its batch is larger;
+  ``round_to``), clipped to ``[batch_min, batch_max]``: the batch *is* the critical batch,
+  where (McCandlish eq. 2.11) a run spends twice the minimal steps and twice the minimal
+  samples;
+- or, with ``relative=p``, the batch keeps the base run's place relative to the critical
+  batch: ``base_batch · (level / L)^p`` with L the geometric mean of the level over the
+  budget, rounded to the nearest power of two (multiple of ``round_to``), so a run starts
+  below the base batch and ends above it. ``p = 1`` keeps B/B_crit constant (the same
+  step/sample trade-off all along); ``p = 1/2`` is the model's fewest steps for the samples:
+  with δS = δS_min(1 + B_crit/B) and δE = δS_min(B_crit + B) per stretch of training,
+  minimizing Σ δS at fixed Σ δE gives B ∝ sqrt(B_crit);
+- a new stage starts (at the point's sample count) only once the batch the level asks for
+  has grown by ``growth`` (2x) since the last change (the level itself, without
+  ``relative``), and the rounded batch is larger;
 - each stage's rate comes from the base point ``(base_batch, base_lr)`` (a tuned fixed-batch
   run) by the rule of :func:`~bstune.analysis.lr_table` with B_noise = the stage's level:
   ε_opt(B) = ε_max/(1 + B_noise/B) (McCandlish eq. 2.6), i.e.
@@ -72,6 +82,7 @@ class BatchSchedule:
     base_lr: float
     family: str
     alpha: float
+    relative: float | None = None  # None: the batch is the critical batch; p: base_batch·(B_crit/mean)^p
 
     @property
     def batch_schedule(self) -> tuple[tuple[int, int, float], ...]:
@@ -139,6 +150,7 @@ def recommend_batch_schedule(
     round_to: int | None = None,
     use_ci: bool = False,
     window: int = 3,
+    relative: float | None = None,
 ) -> BatchSchedule:
     """A batch-size warmup that follows a measured critical batch size (the module docstring's rules).
 
@@ -156,6 +168,8 @@ def recommend_batch_schedule(
         round_to: batch sizes are multiples of this; ``None``: powers of two.
         use_ci: follow each point's lower interval bound instead of its estimate.
         window: points in the sliding median the level follows (1: each point as it is).
+        relative: the batch is ``base_batch · (level / geometric mean)^relative`` instead of
+            the level itself (1: B/B_crit constant; 0.5: the fewest steps at equal samples).
 
     Raises:
         ConfigError: a bad argument, or no usable point in ``trajectory``.
@@ -192,15 +206,27 @@ def recommend_batch_schedule(
     if round_to is not None:
         round_to = check_count(round_to, source=_SOURCE, field="round_to", numpy=True)
     window = check_count(window, source=_SOURCE, field="window", numpy=True)
+    if relative is not None and ((reason := number_reason(relative)) is not None or relative > 1):
+        raise bad("relative", reason or f"must be in (0, 1], got {relative!r}")
     points = _points(trajectory, use_ci)
     if not points:
         raise bad("trajectory", "holds no point with a finite, positive critical batch size")
+    levels = [level for _, _, level in points]
+    running_levels = [levels[0]]  # the first window's level stands for the start of the run
+    for i in range(1, len(points)):
+        running_levels.append(max(running_levels[-1], statistics.median(levels[max(0, i - window + 1) : i + 1])))
+    power = 1.0 if relative is None else float(relative)
+    if relative is None:
+        scale = 1.0
+    else:  # the base batch sits at the geometric mean of the levels the budget sees
+        seen = [run for (samples, _, _), run in zip(points, running_levels, strict=True) if samples < budget_samples]
+        mean = math.exp(statistics.fmean(math.log(v) for v in seen or running_levels[:1]))
+        scale = base_batch / mean**power
 
     def batch_of(level: float) -> int:
-        if round_to is None:
-            b = 2 ** max(0, math.floor(math.log2(level)))
-        else:
-            b = max(round_to, math.floor(level / round_to) * round_to)
+        want = scale * level**power
+        snap = math.floor if relative is None else round  # the critical batch: never above it
+        b = 2 ** max(0, snap(math.log2(want))) if round_to is None else max(round_to, snap(want / round_to) * round_to)
         return min(batch_max, max(batch_min, int(b)))
 
     def stage(start: int, level: float) -> ScheduleStage:
@@ -208,13 +234,13 @@ def recommend_batch_schedule(
         ((_, lr),) = lr_table(level, base_batch, base_lr, [b], family=family, alpha=alpha)
         return ScheduleStage(start, b, lr, level)
 
-    levels = [level for _, _, level in points]
-    running = levels[0]  # the first window's level stands for the start of the run
-    stages = [stage(0, running)]
-    for i, (samples, _, _) in enumerate(points[1:], start=1):
+    stages = [stage(0, running_levels[0])]
+    for (samples, _, _), running in zip(points[1:], running_levels[1:], strict=True):
         if samples >= budget_samples:
             break
-        running = max(running, statistics.median(levels[max(0, i - window + 1) : i + 1]))
-        if samples > 0 and running >= growth * stages[-1].b_crit and batch_of(running) > stages[-1].batch_size:
+        grown = (running / stages[-1].b_crit) ** power >= growth
+        if samples > 0 and grown and batch_of(running) > stages[-1].batch_size:
             stages.append(stage(samples, running))
-    return BatchSchedule(tuple(stages), budget_samples, base_batch, float(base_lr), family, float(alpha))
+    return BatchSchedule(
+        tuple(stages), budget_samples, base_batch, float(base_lr), family, float(alpha), relative=relative
+    )

@@ -120,6 +120,18 @@ def test_the_sliding_median_ignores_one_outlying_window() -> None:
     ] == [32, 1024]
 
 
+def test_relative_batches_keep_the_base_run_s_place_against_the_critical_batch() -> None:
+    traj = [(0, 20.0), (1000, 40.0), (2000, 80.0), (3000, 160.0)]  # geometric mean 56.6
+    args: dict[str, Any] = {"base_batch": 40, "base_lr": 0.1, "budget_samples": 4000, "batch_max": 1024}
+    prop = recommend_batch_schedule(traj, relative=1.0, **args)  # 40·level/56.6: 14, 28, 57, 113
+    assert [(st.start_samples, st.batch_size) for st in prop.stages] == [(0, 16), (1000, 32), (2000, 64), (3000, 128)]
+    root = recommend_batch_schedule(traj, relative=0.5, **args)  # 40·sqrt(level/56.6): 24, 34, 48, 67
+    assert [(st.start_samples, st.batch_size) for st in root.stages] == [(0, 32), (2000, 64)]  # sqrt(4) = 2: grown
+    assert [st.lr for st in root.stages] == pytest.approx([0.1 * s(32, 20) / s(40, 20), 0.1 * s(64, 80) / s(40, 80)])
+    assert root.relative == 0.5 and prop.relative == 1.0
+    assert recommend_batch_schedule(traj, **args).relative is None
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
@@ -134,6 +146,8 @@ def test_the_sliding_median_ignores_one_outlying_window() -> None:
         ({"growth": 1.0}, "growth"),
         ({"round_to": 0}, "round_to"),
         ({"window": 0}, "window"),
+        ({"relative": 0.0}, "relative"),
+        ({"relative": 1.5}, "relative"),
     ],
 )
 def test_bad_arguments_name_the_field(kwargs: dict[str, Any], field: str) -> None:
