@@ -12,9 +12,11 @@ For each problem:
 2. **Trajectory.** One run of the fixed config at seed ``TRACK_SEED`` (held out from the
    evaluation seeds, as a study's probe is) with ``track_noise`` on every step and
    ``TRACK_WINDOWS`` windows: its B_simple trajectory.
-3. **Schedule.** :func:`bstune.analysis.recommend_batch_schedule` on that trajectory, with
+3. **Schedules.** :func:`bstune.analysis.recommend_batch_schedule` on that trajectory, with
    the fixed (B, η) as the LR rule's base point, the space's smallest batch as
-   ``batch_min`` and the sweep's largest batch (at most the training set) as ``batch_max``.
+   ``batch_min`` and the sweep's largest batch (at most the training set) as ``batch_max``:
+   the batch following B_simple itself (``follow``), and ``relative=1`` and ``relative=0.5``
+   (the base batch scaled by B_simple over its mean, to the power 1 and 1/2).
 4. **Compare**, at each evaluation seed, evaluating every ``budget / EVALS`` samples:
    the fixed run (the budget); the schedule (run on to ``EXTEND`` x the budget with its
    last stage, so that a schedule that falls short says by how much); and, as a control,
@@ -56,7 +58,8 @@ TRACK_SEED = 0  # the trajectory's run: a study seed, not an evaluation seed
 TRACK_WINDOWS = 15  # B_simple windows over the tracked run (each ~1/15 of the budget)
 EVALS = 60  # evaluations per budget in the compared runs: the resolution of "steps to the target"
 EXTEND = 1.5  # the schedule runs on to this multiple of the budget (constant rate: the same path, longer)
-TARGETS = ("val_loss", "train_loss")
+TARGETS = ("train_loss", "val_loss")
+SCHEDULE_ARMS = {"follow": None, "relative_1": 1.0, "relative_0.5": 0.5}  # arm -> recommend's `relative`
 
 log = logging.getLogger("benchmarks.batch_schedule")
 
@@ -120,28 +123,32 @@ def compare(name: str, seeds: list[int], base_batch: int | None) -> dict[str, An
     family = task.optimizer_spec.family
     batch_min = int(problem.space["batch_size"]["min"])
     batch_max = min(max(problem.sweep_batches["full"]), task.n_train)
-    sched = recommend_batch_schedule(
-        trajectory,
-        base_batch=batch,
-        base_lr=lr,
-        budget_samples=budget,
-        batch_min=batch_min,
-        batch_max=batch_max,
-        family=family,
-    )
-    last = sched.stages[-1]
-    ((_, large_lr),) = lr_table(last.b_crit, batch, lr, [last.batch_size], family=family, alpha=sched.alpha)
-    log.info("%s: fixed B=%d lr=%g; schedule %s", name, batch, lr, sched.batch_schedule)
+    schedules = {
+        arm: recommend_batch_schedule(
+            trajectory,
+            base_batch=batch,
+            base_lr=lr,
+            budget_samples=budget,
+            batch_min=batch_min,
+            batch_max=batch_max,
+            family=family,
+            relative=relative,
+        )
+        for arm, relative in SCHEDULE_ARMS.items()
+    }
+    last = schedules["follow"].stages[-1]
+    alpha = schedules["follow"].alpha
+    ((_, large_lr),) = lr_table(last.b_crit, batch, lr, [last.batch_size], family=family, alpha=alpha)
+    for arm, sched in schedules.items():
+        log.info("%s: fixed B=%d lr=%g; %s %s", name, batch, lr, arm, sched.batch_schedule)
     every = -(-budget // EVALS)
     per_seed = []
     for seed in seeds:
         fixed_cfg = dataclasses.replace(problem.train_config(batch, lr, seed=seed), eval_every_samples=every)
         long_cfg = dataclasses.replace(fixed_cfg, max_samples=int(EXTEND * budget))
-        arms = {
-            "fixed": run(task, fixed_cfg),
-            "schedule": run(task, sched.apply(long_cfg)),
-            "large": run(task, dataclasses.replace(long_cfg, batch_size=last.batch_size, lr=large_lr)),
-        }
+        arms = {"fixed": run(task, fixed_cfg)}
+        arms |= {arm: run(task, sched.apply(long_cfg)) for arm, sched in schedules.items()}
+        arms["large"] = run(task, dataclasses.replace(long_cfg, batch_size=last.batch_size, lr=large_lr))
         fixed_hist = arms["fixed"]["_records"]
         row: dict[str, Any] = {"seed": seed, "targets": {}, "arms": {}}
         for key in TARGETS:
@@ -168,7 +175,9 @@ def compare(name: str, seeds: list[int], base_batch: int | None) -> dict[str, An
             {"samples": p.samples, "b_simple": p.b_simple if math.isfinite(p.b_simple) else None, "ci_low": p.ci[0]}
             for p in trajectory
         ],
-        "schedule": sched.to_dict() | {"steps_in_budget": sched.apply(base).steps},
+        "schedules": {
+            arm: sch.to_dict() | {"steps_in_budget": sch.apply(base).steps} for arm, sch in schedules.items()
+        },
         "large": {"batch_size": last.batch_size, "lr": large_lr},
         "seeds": per_seed,
         "summary": summarize(per_seed),
@@ -201,22 +210,15 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def verdict(result: dict[str, Any], key: str) -> str:
-    """Whether the schedule reached the fixed run's final ``key`` in fewer steps at no more samples."""
-    sched = result["summary"][key]["schedule"]
+def verdict(result: dict[str, Any], key: str, arm: str) -> str:
+    """Whether schedule ``arm`` reached the fixed run's final ``key`` in fewer steps at no more samples."""
+    sched = result["summary"][key][arm]
     n = len(result["seeds"])
-    what = {"val_loss": "validation loss", "train_loss": "training loss"}[key]
     if sched["reached"] < n:
-        return (
-            f"no: the schedule reached the fixed run's final {what} at {sched['reached']} of {n} seeds "
-            f"(within {EXTEND:g}x the budget)"
-        )
+        return f"no: reached it at {sched['reached']} of {n} seeds (within {EXTEND:g}x the budget)"
     steps, samples = sched["steps_vs_fixed"], sched["samples_vs_fixed"]
     answer = "yes" if steps < 1 and samples <= 1 else "no"
-    return (
-        f"{answer}: the schedule reaches the fixed run's final {what} in {steps:.0%} of its steps and "
-        f"{samples:.0%} of its samples (mean over {sched['paired_seeds']} seeds)"
-    )
+    return f"{answer}: {steps:.0%} of the fixed run's steps, {samples:.0%} of its samples"
 
 
 def render(results: list[dict[str, Any]], facts: dict[str, Any]) -> str:
@@ -232,15 +234,14 @@ def render(results: list[dict[str, Any]], facts: dict[str, Any]) -> str:
         "at the same seed, mean over the seeds where both the arm and the fixed run reached it (the ratios: to "
         "the fixed run's mean over the same seeds). The training loss is the cleaner target: the fixed run's "
         "validation loss wanders, so it often passes its own final value long before its end. At budget: the loss at the "
-        f"budget's milestone (the schedule and the large fixed batch run on to {EXTEND:g}x it). "
-        "large: a fixed run at the schedule's last batch with the LR rule's rate for it.",
+        f"budget's milestone (the schedules and the large fixed batch run on to {EXTEND:g}x it). "
+        "Arms: follow: `recommend_batch_schedule` (the batch is the smoothed B_simple, rounded down to a power "
+        "of two); relative_1 / relative_0.5: `relative=1` / `relative=0.5` (the base batch times "
+        "(B_simple / its mean)^p); large: a fixed run at follow's last batch with the LR rule's rate for it.",
     ]
     for r in results:
-        f, sch = r["fixed"], r["schedule"]
-        stages = ", ".join(
-            f"{st['batch_size']} @ {st['start_samples']:,} (η {st['lr']:.3g}, B_simple {st['b_crit']:.0f})"
-            for st in sch["stages"]
-        )
+        f = r["fixed"]
+        arms = ["fixed", *SCHEDULE_ARMS, "large"]
         traj = ", ".join(f"{p['b_simple']:.0f}" if p["b_simple"] is not None else "inf" for p in r["trajectory"])
         lines += [
             "",
@@ -249,10 +250,20 @@ def render(results: list[dict[str, Any]], facts: dict[str, Any]) -> str:
             "",
             f"- fixed: B={f['batch_size']}, η={f['lr']:g} ({f['source']}); {f['steps']} steps in the budget",
             f"- B_simple trajectory (seed {TRACK_SEED}, {TRACK_WINDOWS} windows): {traj}",
-            f"- schedule: {stages}; {sch['steps_in_budget']} steps in the budget",
-            f"- large: B={r['large']['batch_size']}, η={r['large']['lr']:.3g}",
-            f"- **fewer steps at no more samples, training-loss target?** {verdict(r, 'train_loss')}",
-            f"- **fewer steps at no more samples, validation-loss target?** {verdict(r, 'val_loss')}",
+        ]
+        for arm, sch in r["schedules"].items():
+            stages = ", ".join(
+                f"{st['batch_size']} @ {st['start_samples']:,} (η {st['lr']:.3g}, B_simple {st['b_crit']:.0f})"
+                for st in sch["stages"]
+            )
+            lines.append(f"- {arm}: {stages}; {sch['steps_in_budget']} steps in the budget")
+        lines.append(f"- large: B={r['large']['batch_size']}, η={r['large']['lr']:.3g}")
+        lines.append("- **fewer steps than the fixed batch at no more samples?**")
+        for arm in SCHEDULE_ARMS:
+            lines.append(
+                f"  - {arm}: training loss {verdict(r, 'train_loss', arm)}; validation loss {verdict(r, 'val_loss', arm)}"
+            )
+        lines += [
             "",
             "| target | arm | reached | steps | samples | steps / fixed | samples / fixed | loss at budget |",
             "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -260,7 +271,7 @@ def render(results: list[dict[str, Any]], facts: dict[str, Any]) -> str:
         n = len(r["seeds"])
         for key in TARGETS:
             s = r["summary"][key]
-            for arm in ("fixed", "schedule", "large"):
+            for arm in arms:
                 a = s[arm]
                 steps = f"{a['steps']:.0f}" if a["steps"] is not None else "-"
                 samples = f"{a['samples']:,.0f}" if a["samples"] is not None else "-"
@@ -270,13 +281,13 @@ def render(results: list[dict[str, Any]], facts: dict[str, Any]) -> str:
                 lines.append(
                     f"| {key} | {arm} | {a['reached']}/{n} | {steps} | {samples} | {ratios} | {a['at_budget']:.4f} |"
                 )
-        lines += ["", "Per seed (val_loss target: steps/samples to it, fixed / schedule / large):", ""]
+        lines += ["", f"Per seed (train_loss target: steps/samples to it, {' / '.join(arms)}):", ""]
         for row in r["seeds"]:
             cells = []
-            for arm in ("fixed", "schedule", "large"):
-                h = row["arms"][arm]["hit"]["val_loss"]
+            for arm in arms:
+                h = row["arms"][arm]["hit"]["train_loss"]
                 cells.append(f"{h['steps']}/{h['samples']:,}" if h else "not reached")
-            lines.append(f"- seed {row['seed']} (target {row['targets']['val_loss']:.4f}): {' / '.join(cells)}")
+            lines.append(f"- seed {row['seed']} (target {row['targets']['train_loss']:.4f}): {' / '.join(cells)}")
     return "\n".join(lines) + "\n"
 
 
