@@ -95,10 +95,6 @@ def run(task: bstune.Task, config: bstune.TrainConfig) -> dict[str, Any]:
         "status": result.status.value,
         "steps": result.steps,
         "samples": result.samples,
-        "history": [
-            {"step": r.step, "samples": r.samples, "val_loss": r.val_loss, "train_loss": r.train_loss}
-            for r in result.history
-        ],
         "wall_s": time.perf_counter() - t0,
         "_records": result.history,
     }
@@ -238,6 +234,22 @@ def render(results: list[dict[str, Any]], facts: dict[str, Any]) -> str:
         "Arms: follow: `recommend_batch_schedule` (the batch is the smoothed B_simple, rounded down to a power "
         "of two); relative_1 / relative_0.5: `relative=1` / `relative=0.5` (the base batch times "
         "(B_simple / its mean)^p); large: a fixed run at follow's last batch with the LR rule's rate for it.",
+    ]
+    wins = [
+        f"{r['problem']} B={r['fixed']['batch_size']} {arm}"
+        for r in results
+        for arm in SCHEDULE_ARMS
+        if verdict(r, "train_loss", arm).startswith("yes")
+    ]
+    lines += [
+        "",
+        f"**Overall**: {len(wins)} of {len(results) * len(SCHEDULE_ARMS)} (problem, fixed batch, schedule) "
+        f"comparisons reach the fixed run's final training loss in fewer steps at no more samples"
+        + (
+            f" ({', '.join(wins)})."
+            if wins
+            else "; each trades one for the other, or (one stage at the fixed batch) is the fixed run."
+        ),
     ]
     for r in results:
         f = r["fixed"]
