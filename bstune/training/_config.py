@@ -33,6 +33,9 @@ class TrainConfig:
     multiply (:func:`~bstune.training.lr_at`). ``batch_size`` and ``lr`` must equal the
     first stage's (they are the rate and batch the run starts with, and what a study
     records); :func:`~bstune.analysis.recommend_batch_schedule` builds such a config.
+    ``micro_batch_size`` must fit the smallest stage, the noise tracker starts a new window
+    at each change of batch size, the divergence check keeps the first step's loss as its
+    reference, and data-parallel runs refuse a schedule.
     JSON turns the stages into lists; ``from_dict`` turns them back into tuples.
 
     Example:

@@ -176,6 +176,15 @@ def test_micro_batches_accumulate_within_each_stage(blob_task: bstune.Task) -> N
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_mixed_precision_and_the_divergence_check_run_across_stages(blob_task: bstune.Task) -> None:
+    seen: list[int] = []
+    amp = bstune.train(blob_task, scheduled(amp=True), model=_Seen(blob_task.make_model(seed=0), seen))
+    assert amp.status is RunStatus.COMPLETED and seen == list(step_batch_sizes(scheduled()))
+    blown = scheduled(batch_schedule=((0, 8, 0.05), (40, 16, 1e4)))  # the second stage's rate blows up
+    run = bstune.train(blob_task, blown)
+    assert run.status is RunStatus.DIVERGED and run.samples > 40
+
+
 @pytest.mark.parametrize("micro", [None, 4])  # per-example hooks, and split batches
 def test_noise_tracking_across_a_change_of_batch_size_measures_each_stage_at_its_size(
     blob_task: bstune.Task, micro: int | None, monkeypatch: pytest.MonkeyPatch
