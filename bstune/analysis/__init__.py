@@ -10,10 +10,12 @@ Pure functions over plain data (:class:`~bstune.records.TrialRecord` objects or 
     best = compute_optimal(fit, result.probe.throughput, n_workers=8)
     table = lr_table(fit, best_batch, best_lr, [64, 128, 256])
     gap = generalization_gap(result.trials)
+    schedule = recommend_batch_schedule(run.noise_trajectory, base_batch=..., base_lr=..., ...)
 
 McCandlish et al. 2018, "An Empirical Model of Large-Batch Training".
 """
 
+from bstune.analysis._batch_schedule import BatchSchedule, ScheduleStage, recommend_batch_schedule
 from bstune.analysis._compute import BatchChoice, ComputeOptimal, compute_optimal, throughput_at
 from bstune.analysis._critical import CriticalBatchFit, fit_critical_batch
 from bstune.analysis._gap import GapSummary, GapTrend, TrialGap, generalization_gap
@@ -23,10 +25,12 @@ from bstune.analysis._target import BatchPoint, TargetHit, choose_target, steps_
 __all__ = [
     "BatchChoice",
     "BatchPoint",
+    "BatchSchedule",
     "ComputeOptimal",
     "CriticalBatchFit",
     "GapSummary",
     "GapTrend",
+    "ScheduleStage",
     "TargetHit",
     "TrialGap",
     "choose_target",
@@ -34,6 +38,7 @@ __all__ = [
     "fit_critical_batch",
     "generalization_gap",
     "lr_table",
+    "recommend_batch_schedule",
     "steps_by_batch",
     "steps_to_target",
     "throughput_at",

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from bstune._validate import count_reason, number_reason
 from bstune.errors import ConfigError
 
-__all__ = ["SCHEDULES", "TrainConfig"]
+__all__ = ["SCHEDULES", "Stage", "TrainConfig"]
 
 SCHEDULES = ("constant", "cosine", "linear")
+
+Stage = tuple[int, int, float]
+"""One stage of a batch-size schedule: ``(start_samples, batch_size, lr)``."""
 
 
 @dataclass(frozen=True)
@@ -20,10 +24,27 @@ class TrainConfig:
     Budgets and schedules are in *samples* (training examples processed), not steps,
     so that runs with different batch sizes are compared at equal compute.
 
+    ``batch_schedule`` makes the batch size grow during the run (a batch-size warmup):
+    stages ``(start_samples, batch_size, lr)``, the first at 0, starts strictly
+    increasing and below ``max_samples``. A step that starts after ``s`` samples
+    belongs to the last stage whose start is ``<= s`` and holds exactly that stage's
+    batch; a stage's last step may run past the next start, which then begins one step
+    later. The stage's ``lr`` is the base rate that ``warmup_samples`` and ``schedule``
+    multiply (:func:`~bstune.training.lr_at`). ``batch_size`` and ``lr`` must equal the
+    first stage's (they are the rate and batch the run starts with, and what a study
+    records); :func:`~bstune.analysis.recommend_batch_schedule` builds such a config.
+    ``micro_batch_size`` must fit the smallest stage, the noise tracker starts a new window
+    at each change of batch size, the divergence check keeps the first step's loss as its
+    reference, and data-parallel runs refuse a schedule.
+    JSON turns the stages into lists; ``from_dict`` turns them back into tuples.
+
     Example:
         >>> cfg = TrainConfig(batch_size=128, lr=0.4, max_samples=200_000)
         >>> cfg.eval_every, cfg.steps
         (20000, 1563)
+        >>> grown = TrainConfig(batch_size=32, lr=0.1, max_samples=1000, batch_schedule=((0, 32, 0.1), (500, 64, 0.2)))
+        >>> grown.steps, grown.batch_sizes
+        (24, (32, 64))
     """
 
     batch_size: int
@@ -54,6 +75,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes for a generic dataset's training batches; 0: in-process
     pin_memory: bool | None = None  # None: pin the workers' batches when training on CUDA
     prefetch_factor: int | None = None  # batches each worker loads ahead; None: torch's default (2)
+    batch_schedule: tuple[Stage, ...] | None = None  # (start_samples, batch_size, lr) stages; None: one batch size
 
     def __post_init__(self) -> None:
         def bad(name: str, reason: str) -> ConfigError:
@@ -100,8 +122,61 @@ class TrainConfig:
                 raise bad("prefetch_factor", f"{reason} (or None)")
             if self.num_workers == 0:
                 raise bad("prefetch_factor", f"needs num_workers > 0 (workers prefetch), got {pf!r} with num_workers=0")
-        if self.track_noise and self.batch_size < 2:
+        self._check_schedule(bad)
+        if self.track_noise and min(self.batch_sizes) < 2:
             raise bad("track_noise", "needs batch_size >= 2 (two micro-batches per measured step)")
+
+    def _check_schedule(self, bad: Any) -> None:
+        """Validate ``batch_schedule`` and store it as a tuple of ``(int, int, float)`` (JSON gives lists)."""
+        raw = self.batch_schedule
+        if raw is None:
+            return
+        if isinstance(raw, str | bytes) or not hasattr(raw, "__iter__"):
+            raise bad("batch_schedule", f"must be a sequence of (start_samples, batch_size, lr) stages, got {raw!r}")
+        stages: list[Stage] = []
+        for i, stage in enumerate(raw):
+            if isinstance(stage, str | bytes) or not hasattr(stage, "__len__") or len(stage) != 3:
+                raise bad("batch_schedule", f"stage {i} must be (start_samples, batch_size, lr), got {stage!r}")
+            start, batch, lr = stage
+            if (reason := count_reason(start, minimum=0, numpy=True)) is not None:
+                raise bad("batch_schedule", f"stage {i}: start_samples {reason}")
+            if (reason := count_reason(batch, numpy=True)) is not None:
+                raise bad("batch_schedule", f"stage {i}: batch_size {reason}")
+            if (reason := number_reason(lr)) is not None:
+                raise bad("batch_schedule", f"stage {i}: lr {reason}")
+            stages.append((int(start), int(batch), float(lr)))
+        if not stages:
+            raise bad("batch_schedule", "must hold at least one stage (or be None for one batch size)")
+        if stages[0][0] != 0:
+            raise bad("batch_schedule", f"the first stage must start at 0 samples, got {stages[0][0]}")
+        for (prev, _, _), (start, _, _) in itertools.pairwise(stages):
+            if start <= prev:
+                raise bad("batch_schedule", f"stage starts must increase strictly, got {start} after {prev}")
+        if stages[-1][0] >= self.max_samples:
+            raise bad(
+                "batch_schedule", f"every stage must start below max_samples={self.max_samples}, got {stages[-1][0]}"
+            )
+        _, first_batch, first_lr = stages[0]
+        if self.batch_size != first_batch or self.lr != first_lr:
+            raise bad(
+                "batch_schedule",
+                f"batch_size and lr ({self.batch_size}, {self.lr:g}) must equal the first stage's "
+                f"({first_batch}, {first_lr:g})",
+            )
+        micro = self.micro_batch_size
+        if micro is not None and micro > min(b for _, b, _ in stages):
+            raise bad(
+                "micro_batch_size",
+                f"must be at most every stage's batch size (smallest {min(b for _, b, _ in stages)}), got {micro}",
+            )
+        object.__setattr__(self, "batch_schedule", tuple(stages))
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        """The batch size of each stage (one, without a ``batch_schedule``)."""
+        if self.batch_schedule is None:
+            return (self.batch_size,)
+        return tuple(b for _, b, _ in self.batch_schedule)
 
     @property
     def eval_every(self) -> int:
@@ -110,8 +185,16 @@ class TrainConfig:
 
     @property
     def steps(self) -> int:
-        """Optimizer steps the run takes: ceil(max_samples / batch_size)."""
-        return -(-self.max_samples // self.batch_size)
+        """Optimizer steps the run takes: ceil(max_samples / batch_size), summed over the stages of a schedule."""
+        if self.batch_schedule is None:
+            return -(-self.max_samples // self.batch_size)
+        samples = steps = 0
+        ends = [start for start, _, _ in self.batch_schedule[1:]] + [self.max_samples]
+        for (_, batch, _), end in zip(self.batch_schedule, ends, strict=True):
+            if samples < end:  # a stage the previous one's last step ran past takes no step
+                n = -(-(end - samples) // batch)
+                steps, samples = steps + n, samples + n * batch
+        return steps
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,6 +17,14 @@ pieces that make the trial count the way a built-in one does:
 - ``ctx.at_milestone()`` / ``ctx.report(val_loss=...)``: the study's equal-sample
   milestones, where the pruner decides; a pruned trial raises :class:`TrialPruned`.
 
+With a ``batch_schedule`` (a batch-size warmup) the loop follows the stages through the
+same pieces: ``ctx.loader`` yields each step's batch at its stage's size (in the
+trainer's order), ``ctx.batch_size`` is the current stage's batch (it changes as
+``ctx.step()`` counts samples past a stage's start), ``ctx.lr`` and the scheduler give
+the stage's rate (times the warmup and decay), and the noise tracker closes its window
+at each change of batch size. ``ctx.config["batch_size"]``/``["lr"]`` stay the first
+stage's, what the study chose.
+
 :func:`run_function` runs such a function for one :class:`~bstune.training.TrainConfig`
 and returns the same :class:`~bstune.training.TrainResult` as the trainer, so a study
 records, prunes and re-scores both alike.
@@ -44,7 +52,7 @@ from bstune.training._config import TrainConfig
 from bstune.training._loop import Callback, _as_decision, _milestones
 from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult
 from bstune.training._sampling import EpochBatchSampler
-from bstune.training._schedule import lr_at
+from bstune.training._schedule import lr_at, samples_before_step, stage_at, step_batch_sizes
 
 if TYPE_CHECKING:
     from bstune.noise import PerExampleNorms
@@ -86,15 +94,16 @@ class _BatchIndices(torch.utils.data.Sampler[list[int]]):
     permutation per epoch, the tail that does not fill a batch dropped) or the LR range test's
     (``draw``: every batch a fresh random subset)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, order: str) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, order: str, sizes: list[int] | None = None) -> None:
         self.n, self.batch_size, self.seed, self.order = n, batch_size, seed, order
+        self.sizes = sizes  # a batch schedule's size of each step (the epoch order only)
 
     def __iter__(self) -> Iterator[list[int]]:
         if self.order == "draw":
             gen = torch.Generator().manual_seed(self.seed + 7)
             while True:
                 yield torch.randperm(self.n, generator=gen)[: self.batch_size].tolist()
-        yield from EpochBatchSampler(self.n, self.batch_size, self.seed)
+        yield from EpochBatchSampler(self.n, self.batch_size, self.seed, sizes=self.sizes)
 
     def __len__(self) -> int:  # DataLoader asks; the stream is as long as the budget
         return max(1, self.n // self.batch_size)
@@ -268,6 +277,9 @@ class LoopNoiseTracker:
             big = self.norms.batch_grad_sq
             batch = int(sq.numel())
             if batch >= 2 and big is not None:
+                if batch != self.tracker.batch_size:  # a batch schedule's next stage: close the last one's window
+                    self.tracker.flush(self.ctx.steps, self.ctx.samples)
+                    self.tracker.batch_size = batch
                 small = float(sq.mean()) * batch * batch  # |g_i|² with g_i = B c_i
                 if self.tracker.population is None:
                     self.tracker.population = self.ctx.n_train
@@ -371,16 +383,21 @@ class TrialContext:
     # -- what the function reads -----------------------------------------------------
     @property
     def batch_size(self) -> int:
-        return self.train_config.batch_size
+        """The batch size of the step under way: the current stage's with a ``batch_schedule``."""
+        return stage_at(self.train_config, self.samples)[0]
 
     @property
     def lr(self) -> float:
-        """The learning rate of the step under way (the scheduler's, when the function made one)."""
-        return self._lr_of_step(self.steps) if self.used_scheduler else self.train_config.lr
+        """The learning rate of the step under way (the scheduler's, when the function made one; else
+        the current stage's with a ``batch_schedule``)."""
+        return self._lr_of_step(self.steps) if self.used_scheduler else stage_at(self.train_config, self.samples)[1]
 
     def _last_lr(self) -> float:
         """The learning rate of the step last counted."""
-        return self._lr_of_step(max(self.steps - 1, 0)) if self.used_scheduler else self.train_config.lr
+        step = max(self.steps - 1, 0)
+        if self.used_scheduler:
+            return self._lr_of_step(step)
+        return stage_at(self.train_config, samples_before_step(self.train_config, step))[1]
 
     @property
     def budget_samples(self) -> int:
@@ -416,7 +433,7 @@ class TrialContext:
         **kwargs: Any,
     ) -> Iterator[Any]:
         """Batches of ``config["batch_size"]`` examples of the map-style ``dataset``, epoch after epoch,
-        until the trial is done. ``num_workers`` and ``pin_memory`` default to the trial's
+        until the trial is done (with a ``batch_schedule``: each step's batch at its stage's size). ``num_workers`` and ``pin_memory`` default to the trial's
         (``TrainConfig.num_workers``, set by a study's ``num_workers``; pinned when the trial
         trains on CUDA with workers), as does ``prefetch_factor``. Other keywords go to
         :class:`~torch.utils.data.DataLoader` (``persistent_workers``, ``worker_init_fn``...)."""
@@ -426,11 +443,12 @@ class TrialContext:
             raise ConfigError(
                 f"needs a map-style dataset with a length, got {type(dataset).__name__}", source="ctx.loader"
             ) from None
-        if n < self.batch_size:
+        cfg = self.train_config
+        if n < max(cfg.batch_sizes):
             raise ConfigError(
-                f"batch_size {self.batch_size} is larger than the training set ({n} examples)",
+                f"batch_size {max(cfg.batch_sizes)} is larger than the training set ({n} examples)",
                 source="ctx.loader",
-                field="batch_size",
+                field="batch_size" if cfg.batch_schedule is None else "batch_schedule",
             )
         for bad in ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last"):
             if bad in kwargs:
@@ -438,8 +456,8 @@ class TrialContext:
                     "the study sets the batch size and order of the training stream", source="ctx.loader", field=bad
                 )
         self.n_train = n
-        sampler = _BatchIndices(n, self.batch_size, self.seed, self._order)
-        cfg = self.train_config
+        sizes = list(step_batch_sizes(cfg)) if cfg.batch_schedule is not None else None
+        sampler = _BatchIndices(n, cfg.batch_size, self.seed, self._order, sizes)
         if num_workers is None:
             num_workers = cfg.num_workers
         if pin_memory is None:
@@ -526,11 +544,12 @@ class TrialContext:
 
     # -- inside -----------------------------------------------------------------------
     def _lr_of_step(self, step: int) -> float:
-        if self.freeze_from is not None and step * self.batch_size >= self.freeze_from:
+        samples = samples_before_step(self.train_config, step)  # as the loader's batches count them
+        if self.freeze_from is not None and samples >= self.freeze_from:
             return 0.0  # parameters held still: the gradients measured are those of one point
         if self._ramp is not None:
             return self._ramp.lr(step)
-        return lr_at(self.train_config, step * self.batch_size)
+        return lr_at(self.train_config, samples)
 
     def _ramp_step(self, value: float) -> bool:
         """The LR range test's stopping rule (as :func:`~bstune.study.lr_range_test`)."""

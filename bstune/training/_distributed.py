@@ -123,11 +123,19 @@ class DataParallel:
         """The run's data-parallel setting when a process group of more than one rank is up; else ``None``.
 
         Raises:
-            ConfigError: the global batch has fewer examples than there are ranks.
+            ConfigError: the global batch has fewer examples than there are ranks, or the run has a
+                ``batch_schedule`` (not supported data-parallel).
         """
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
             return None
         world = dist.get_world_size()
+        if config.batch_schedule is not None:
+            raise ConfigError(
+                "a batch-size schedule is not supported in data-parallel runs (each rank's slice and the "
+                "noise measurement are set up for one global batch); run it on one process",
+                source="TrainConfig",
+                field="batch_schedule",
+            )
         if config.batch_size < world:
             raise ConfigError(
                 f"{config.batch_size} is the global batch; it must hold at least one example for each of "

@@ -24,6 +24,12 @@ per-example two-batch estimator, b_small = 1); the hooks are on the model only d
 measured steps. Otherwise (BatchNorm, layers without a per-example rule, the
 preconditioned noise scale, gradient accumulation) the measured batch is split into
 micro-batches whose gradients are taken one by one (the two-batch estimator at B/2).
+
+A ``batch_schedule`` changes the batch size between steps (each step holds its stage's
+batch, :mod:`bstune.training._sampling` cuts the stream, :func:`lr_at` gives the stage's
+rate). The noise tracker's window closes at each change of batch size and the next one
+is estimated at the new size, so no B_simple pools steps of two batch sizes.
+Data-parallel runs refuse a schedule (:mod:`bstune.training._distributed`).
 """
 
 from __future__ import annotations
@@ -124,7 +130,8 @@ class _Run:
         # in-process tensor pairs on the CPU are on the device already: skip move_to_device's walk
         self.host_batches = device.type == "cpu" and is_tensor_pair(task.train_dataset) and config.num_workers == 0
         self.lr: float | None = None  # the learning rate last written into the param groups
-        self.constant_lr = config.lr if config.schedule == "constant" and not config.warmup_samples else None
+        constant = config.schedule == "constant" and not config.warmup_samples and config.batch_schedule is None
+        self.constant_lr = config.lr if constant else None
         self.step = 0
         self.samples = 0
         self.window_loss = 0.0
@@ -143,7 +150,7 @@ class _Run:
         cfg = self.config
         if cfg.noise_preconditioned:  # |c_i / p|² does not reduce to the hooks' per-tensor forms
             return None
-        if cfg.micro_batch_size is not None and cfg.micro_batch_size < cfg.batch_size:
+        if cfg.micro_batch_size is not None and cfg.micro_batch_size < max(cfg.batch_sizes):
             return None  # the micro-batches accumulation makes anyway give the two-batch estimate
         try:
             # |G_B|² from p.grad (one kernel); two checked steps find a parameter used outside its layer
@@ -188,6 +195,9 @@ class _Run:
             batch_data = move_to_device(batch_data, self.device, non_blocking=True)
         inputs, targets = batch_data
         batch = batch_len(targets)
+        if self.tracker is not None and batch != self.tracker.batch_size:  # a batch schedule's next stage
+            self.tracker.flush(self.step, self.samples)  # its window holds the last stage's steps only
+            self.tracker.batch_size = batch
         # Measured steps either run the hooks of the per-example norms in the plain backward()
         # (per_example) or take the autograd.grad route (one norm per micro-batch); the others
         # run a plain backward() and cost nothing extra.
@@ -421,11 +431,11 @@ def train(
         >>> run.status.value, run.samples, run.final.val_loss < 0.5
         ('completed', 2048, True)
     """
-    if config.batch_size > task.n_train:
+    if max(config.batch_sizes) > task.n_train:
         raise ConfigError(
-            f"{config.batch_size} is larger than the training set ({task.n_train} examples)",
+            f"{max(config.batch_sizes)} is larger than the training set ({task.n_train} examples)",
             source="TrainConfig",
-            field="batch_size",
+            field="batch_size" if config.batch_schedule is None else "batch_schedule",
         )
     device = resolve_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -12,12 +12,19 @@ the global RNG, the model, or how many worker processes load the examples.
 them); :class:`EpochBatchSampler` yields the same indices as lists of ints, as the
 ``batch_sampler`` of a :class:`~torch.utils.data.DataLoader`, so worker processes load
 exactly the examples bstune chose, in its order.
+
+With a ``batch_schedule`` the batch size changes between steps
+(:func:`~bstune.training._schedule.step_batch_sizes`); the stream is cut the same way: a
+batch of the new size continues the current epoch's permutation where the last batch
+ended, and when what is left of the epoch cannot fill it, that tail is dropped and the
+next epoch's permutation begins. The order still depends on the seed (and the schedule)
+alone, and a run without a schedule draws exactly the batches it drew before.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -26,22 +33,40 @@ from torch.utils.data import Sampler
 from bstune.data import fetch_batch, is_tensor_pair
 from bstune.task import Task
 from bstune.training._config import TrainConfig
+from bstune.training._schedule import step_batch_sizes
 
 __all__ = ["EpochBatchSampler", "SliceBatchSampler", "epoch_batches", "rank_slices", "training_batches"]
 
 
-def epoch_batches(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    """Endless batches of indices into ``range(n)``: one permutation per epoch, the incomplete tail dropped.
+def epoch_batches(n: int, batch_size: int, seed: int, sizes: Iterable[int] | None = None) -> Iterator[torch.Tensor]:
+    """Batches of indices into ``range(n)``: one permutation per epoch, the incomplete tail dropped.
+
+    Endless batches of ``batch_size``; with ``sizes`` (a batch schedule's size of each step,
+    each at most ``n``), one batch of each size in turn, each continuing the epoch's
+    permutation while it holds enough examples.
 
     Example:
         >>> [b.tolist() for b in itertools.islice(epoch_batches(5, 2, seed=0), 3)]
         [[0, 4], [2, 3], [3, 2]]
+        >>> [b.tolist() for b in epoch_batches(5, 2, seed=0, sizes=[2, 2, 1, 3])]
+        [[0, 4], [2, 3], [1], [3, 2, 4]]
     """
     gen = torch.Generator().manual_seed(seed + 1)
-    while True:
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n - batch_size + 1, batch_size):
-            yield perm[start : start + batch_size]
+    if sizes is None:
+        while True:
+            perm = torch.randperm(n, generator=gen)
+            for start in range(0, n - batch_size + 1, batch_size):
+                yield perm[start : start + batch_size]
+    pending = iter(sizes)
+    size = next(pending, None)
+    while size is not None:
+        if not 0 < size <= n:
+            raise ValueError(f"a batch of {size} examples cannot be drawn from {n}")
+        perm, start = torch.randperm(n, generator=gen), 0
+        while size is not None and start + size <= n:
+            yield perm[start : start + size]
+            start += size
+            size = next(pending, None)
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -53,13 +78,21 @@ class EpochBatchSampler(Sampler[list[int]]):
         seed: the trial's seed.
         num_batches: stop after this many batches (the steps of a run, so that the loader's
             workers do not prefetch batches no step will take); ``None``: endless.
+        sizes: a batch schedule's batch size of each step (:func:`epoch_batches`); after
+            them the last size repeats.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, num_batches: int | None = None) -> None:
+    def __init__(
+        self, n: int, batch_size: int, seed: int, num_batches: int | None = None, sizes: list[int] | None = None
+    ) -> None:
         self.n, self.batch_size, self.seed, self.num_batches = n, batch_size, seed, num_batches
+        self.sizes = sizes
 
     def __iter__(self) -> Iterator[list[int]]:
-        for idx in itertools.islice(epoch_batches(self.n, self.batch_size, self.seed), self.num_batches):
+        sizes = None
+        if self.sizes:
+            sizes = itertools.chain(self.sizes, itertools.repeat(self.sizes[-1]))
+        for idx in itertools.islice(epoch_batches(self.n, self.batch_size, self.seed, sizes), self.num_batches):
             yield idx.tolist()
 
     def __len__(self) -> int:  # DataLoader asks; an endless stream says one epoch
@@ -119,12 +152,14 @@ def training_batches(
     augmentation in ``__getitem__`` draws from its worker's seeded RNG instead). A pair of
     tensors keeps the in-process fast path (one indexing operation per batch, which no
     worker beats), as does ``num_workers=0``. With ``part=(start, stop)`` (a data-parallel
-    rank's slice) only those positions of every batch are loaded.
+    rank's slice) only those positions of every batch are loaded. With a ``batch_schedule``
+    each step's batch has its stage's size (cut from the stream as the module docstring says).
     """
     dataset = task.train_dataset
     pin = config.pin_memory
+    sizes = list(step_batch_sizes(config)) if config.batch_schedule is not None else None
     if config.num_workers > 0 and not is_tensor_pair(dataset):
-        sampler = EpochBatchSampler(task.n_train, config.batch_size, config.seed, num_batches=config.steps)
+        sampler = EpochBatchSampler(task.n_train, config.batch_size, config.seed, num_batches=config.steps, sizes=sizes)
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=sampler if part is None else SliceBatchSampler(sampler, *part),
@@ -135,7 +170,8 @@ def training_batches(
         )
         return iter(loader)
     cut = slice(None) if part is None else slice(*part)  # data parallel: this rank's slice of each batch
-    batches = (fetch_batch(dataset, idx[cut]) for idx in epoch_batches(task.n_train, config.batch_size, config.seed))
+    order = epoch_batches(task.n_train, config.batch_size, config.seed, sizes)
+    batches = (fetch_batch(dataset, idx[cut]) for idx in order)
     if pin is True and device.type == "cuda":
         batches = (_pinned(batch) for batch in batches)
     return batches
