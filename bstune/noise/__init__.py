@@ -13,7 +13,7 @@ from bstune.noise._estimate import NoiseScaleEstimate, ratio_interval, summarize
 from bstune.noise._gradients import adam_preconditioner, per_example_gradients, sq_norm_of
 from bstune.noise._measure import exact_noise_scale, measure_noise_scale, resolve_device
 from bstune.noise._per_example import PerExampleNorms, per_example_estimate
-from bstune.noise._tracker import NoiseTracker, TrajectoryPoint
+from bstune.noise._tracker import NoiseTracker, TrajectoryPoint, seed_spread_interval
 from bstune.noise._two_batch import two_batch_estimate
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "per_example_gradients",
     "ratio_interval",
     "resolve_device",
+    "seed_spread_interval",
     "sq_norm_of",
     "summarize",
     "two_batch_estimate",
