@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -158,6 +159,7 @@ def measure_curvature_noise_scale(
     device: str | torch.device | None = None,
     mode: Literal["train", "eval"] = "eval",
     max_params: int = CURVATURE_MAX_PARAMS,
+    max_seconds: float | None = None,
 ) -> CurvatureNoiseEstimate:
     """Estimate B_noise = tr(HΣ)/(GᵀHG) at the model's parameters (see the module doc).
 
@@ -173,12 +175,16 @@ def measure_curvature_noise_scale(
         device: default where the model is.
         mode: ``"eval"`` (default: a deterministic Hessian) or ``"train"``.
         max_params: the cheapness limit (default :data:`CURVATURE_MAX_PARAMS`).
+        max_seconds: a time limit: the HVPs of a few vectors are timed first, and when all of
+            them would take longer, nothing more is computed (an ``EstimationError``). The
+            parameter count does not see a model's cost per example (a sequence model's
+            per-example work grows with its length).
 
     Raises:
         ConfigError: a bad argument, or a model this is not cheap for (the reason of
             :func:`curvature_skip_reason`).
-        EstimationError: ``torch.func`` could not differentiate the model twice, or the
-            gradients are not finite.
+        EstimationError: ``torch.func`` could not differentiate the model twice, the
+            gradients are not finite, or it would take longer than ``max_seconds``.
 
     Example:
         >>> import torch, bstune
@@ -220,16 +226,23 @@ def measure_curvature_noise_scale(
     with _prepared(model, dev, mode) as work, torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         try:
-            grams, identity = _grams(work, task, idx, h_idx, hessian_groups, dev)
+            grams, identity = _grams(work, task, idx, h_idx, hessian_groups, dev, max_seconds)
         except (RuntimeError, NotImplementedError) as exc:  # an op without a double backward, a model vmap cannot run
             raise EstimationError(f"Hessian-vector products failed: {type(exc).__name__}: {exc}") from exc
     return _summarize(grams, identity, population, confidence, n_examples, m, mode)
 
 
 def _grams(
-    model: nn.Module, task: Task, idx: torch.Tensor, h_idx: torch.Tensor, groups: int, dev: torch.device
+    model: nn.Module,
+    task: Task,
+    idx: torch.Tensor,
+    h_idx: torch.Tensor,
+    groups: int,
+    dev: torch.device,
+    max_seconds: float | None = None,
 ) -> tuple[list[NDArray[np.float64]], NDArray[np.float64]]:
     """M^r_ij = g_iᵀ H_r g_j for each Hessian group r, and g_iᵀ g_j (float64, n × n)."""
+    started = time.perf_counter()
     inputs, targets = move_to_device(fetch_batch(task.train_dataset, idx), dev)
     per_ex = per_example_gradients(model, task.loss, inputs, targets, chunk_size=_chunk_size(model))
     names = list(per_ex)
@@ -245,9 +258,9 @@ def _grams(
     def batch_loss(p: dict[str, torch.Tensor], x: Any, y: Any) -> torch.Tensor:
         return task.loss(functional_call(model, (p, frozen, buffers), (x,)), y)
 
-    n_params = flat.shape[1]
+    n_params, n = flat.shape[1], flat.shape[0]
     grams = []
-    for part in torch.tensor_split(h_idx, groups):
+    for r, part in enumerate(torch.tensor_split(h_idx, groups)):
         x, y = move_to_device(fetch_batch(task.train_dataset, part), dev)
 
         def hvp(v: dict[str, torch.Tensor], x: Any = x, y: Any = y) -> dict[str, torch.Tensor]:
@@ -261,11 +274,37 @@ def _grams(
 
         # vmapped over the n vectors, each one HVP of this group's batch: n·|group| activations at once
         chunk = max(1, _VMAP_FLOATS // max(n_params * max(len(part), 1), 1))
+        if r == 0 and max_seconds is not None:
+            _check_time(hvp, per_ex, min(n, _TIMED_VECTORS), n * groups, started, max_seconds, dev)
         hv = vmap(hvp, randomness="same", chunk_size=chunk)(per_ex)
         h_flat = torch.cat([hv[k].flatten(1) for k in names], dim=1).double()
         gram = (g64 @ h_flat.T).cpu().numpy()
         grams.append(0.5 * (gram + gram.T))  # H is symmetric; average out the rounding
     return grams, identity
+
+
+_TIMED_VECTORS = 8  # HVPs timed first where a time limit is given: the rest cost n·groups/8 times as much
+
+
+def _check_time(
+    hvp: Any,
+    per_ex: dict[str, torch.Tensor],
+    k: int,
+    total: int,
+    started: float,
+    max_seconds: float,
+    dev: torch.device,
+) -> None:
+    """Time ``k`` HVPs and raise an ``EstimationError`` when all ``total`` of them would pass ``max_seconds``."""
+    t0 = time.perf_counter()
+    vmap(hvp, randomness="same")({name: g[:k] for name, g in per_ex.items()})
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    projected = (t0 - started) + (time.perf_counter() - t0) * total / k
+    if projected > max_seconds:
+        raise EstimationError(
+            f"its Hessian-vector products would take about {projected:.0f}s, more than the {max_seconds:.0f}s allowed"
+        )
 
 
 def _u_stats(gram: NDArray[np.float64], population: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:

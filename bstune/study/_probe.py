@@ -19,7 +19,9 @@ Three measurements, each counted in samples against the study's budget:
    measure. Where the model is small and has no BatchNorm, the curvature-aware B_noise =
    tr(HΣ)/(GᵀHG) is measured at the same parameters (:func:`bstune.noise.measure_curvature_noise_scale`);
    its gradient and Hessian examples count as samples, though its n Hessian-vector products per
-   Hessian group cost more compute than that (the probe's ``seconds`` include them). B_simple is
+   Hessian group cost more compute than that (the probe's ``seconds`` include them), and it is
+   skipped when its timed first HVPs project past ``curvature_time_fraction`` of the run's
+   training time (or ``CURVATURE_MIN_SECONDS``, where that is more). B_simple is
    measured at a sane learning rate because it scales as 1/T. Told the study's trial
    budget (``budget_samples``), this run is one trial's length, at the study's seed and
    milestones, and :attr:`ProbeResult.run` keeps it as a trial keeps its run, so the
@@ -84,6 +86,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CLOCK_FLOOR = 1e-9  # seconds: the shortest step time step_rate believes (perf_counter's resolution or finer)
+CURVATURE_MIN_SECONDS = 10.0  # the curvature-aware B_noise may always take this long (a tiny problem's run is faster)
 _TOP = 1 - 1e-9  # a range test's ceiling at or above lr_max * _TOP is lr_max (its last step, up to rounding)
 
 
@@ -113,14 +116,24 @@ class ProbeSettings:
     # examples of the curvature-aware B_noise beside B_simple (as many again for its Hessian): only for
     # models bstune.noise.curvature_skip_reason passes (small, no BatchNorm); 0 turns it off
     curvature_examples: int = 256
+    # most time the curvature-aware B_noise may take, as a fraction of the probe run's training time, or
+    # CURVATURE_MIN_SECONDS where that is more (its first HVPs are timed: a model whose examples are costly,
+    # e.g. a sequence model, is skipped with the reason)
+    curvature_time_fraction: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("lr_steps", "throughput_steps"):
             if getattr(self, name) < 2:
                 raise ConfigError(f"must be >= 2, got {getattr(self, name)}", source="ProbeSettings", field=name)
-        for name in ("lr_fraction", "throughput_fraction"):
+        for name in ("lr_fraction", "throughput_fraction", "curvature_time_fraction"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"must be in (0, 1], got {getattr(self, name)}", source="ProbeSettings", field=name)
+        if self.curvature_examples != 0 and self.curvature_examples < 4:
+            raise ConfigError(
+                f"must be 0 (off) or at least 4, got {self.curvature_examples}",
+                source="ProbeSettings",
+                field="curvature_examples",
+            )
 
 
 def _probe_batch(n_train: int | None, settings: ProbeSettings, batch_min: int, batch_cap: int) -> int:
@@ -371,7 +384,8 @@ def _run_probe(
     b_simple_ci, seed_spread = seed_spread_interval(
         est.b_simple, est.ci, [(p.samples, p.b_simple, p.ci) for p in run.noise_trajectory], measured_at, est.confidence
     )
-    b_noise, curvature = _curvature(task, measured, settings, seed, dev, est.confidence)
+    max_seconds = max(settings.curvature_time_fraction * run.train_time_s, CURVATURE_MIN_SECONDS)
+    b_noise, curvature = _curvature(task, measured, settings, seed, dev, est.confidence, max_seconds)
     if curvature is not None and "n_examples" in curvature:
         samples += curvature["n_examples"] + curvature["n_hessian_examples"]
     # the large-batch range test bounds the rule's flat part: needed by the trials after the first
@@ -448,7 +462,13 @@ def _run_probe(
 
 
 def _curvature(
-    task: Task, model: torch.nn.Module, settings: ProbeSettings, seed: int, device: torch.device, confidence: float
+    task: Task,
+    model: torch.nn.Module,
+    settings: ProbeSettings,
+    seed: int,
+    device: torch.device,
+    confidence: float,
+    max_seconds: float | None = None,
 ) -> tuple[float | None, dict[str, Any] | None]:
     """The curvature-aware B_noise at B_simple's parameters, where it is cheap: ``(b_noise, its estimate's
     dict)``; ``(None, {"skipped": reason})`` where it is not, ``(None, None)`` where turned off."""
@@ -460,7 +480,9 @@ def _curvature(
         return None, {"skipped": reason}
     n = min(settings.curvature_examples, task.n_train)
     try:
-        cest = measure_curvature_noise_scale(task, model, n_examples=n, seed=seed, device=device, confidence=confidence)
+        cest = measure_curvature_noise_scale(
+            task, model, n_examples=n, seed=seed, device=device, confidence=confidence, max_seconds=max_seconds
+        )
     except BstuneError as exc:  # a model torch.func cannot differentiate twice: B_simple stands alone
         logger.warning("probe: no curvature-aware B_noise: %s", exc)
         return None, {"skipped": str(exc)}

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import bstune
-from bstune.errors import ConfigError
+from bstune.errors import ConfigError, EstimationError
 from bstune.noise import CURVATURE_MAX_PARAMS, curvature_skip_reason, measure_curvature_noise_scale
 
 Exact = dict[str, float]
@@ -139,3 +139,10 @@ def test_expensive_or_batchnorm_models_are_refused_with_the_reason(anisotropic: 
     with pytest.raises(ConfigError, match="4 trainable parameters, more than the 3"):
         measure_curvature_noise_scale(task, max_params=3)
     assert CURVATURE_MAX_PARAMS >= 20_000  # the benchmark problems' models (char_lm: 19,902) qualify
+
+
+def test_a_time_limit_stops_it_after_a_few_hvps(anisotropic: tuple[bstune.Task, Exact]) -> None:
+    task, _ = anisotropic
+    with pytest.raises(EstimationError, match=r"would take about \d+s, more than the 0s allowed"):
+        measure_curvature_noise_scale(task, n_examples=64, max_seconds=1e-9)
+    assert measure_curvature_noise_scale(task, n_examples=64, max_seconds=600).n_examples == 64

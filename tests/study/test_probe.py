@@ -131,6 +131,10 @@ def test_probe_skips_the_curvature_of_a_batchnorm_model_with_a_reason(caplog: py
         task, task.make_model(), ProbeSettings(curvature_examples=0), 0, torch.device("cpu"), 0.9
     )
     assert off == (None, None)
+    b_noise, curvature = probe_module._curvature(
+        task, task.make_model(), ProbeSettings(), 0, torch.device("cpu"), 0.9, 1e-9
+    )
+    assert b_noise is None and curvature is not None and "would take about" in curvature["skipped"]
 
 
 def test_large_batch_sweep_starts_a_decade_below_the_first_ceiling_at_the_same_resolution() -> None:
