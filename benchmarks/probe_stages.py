@@ -22,7 +22,7 @@ import bstune.study._probe as probe_module
 from benchmarks.problems import PROBLEMS, task_of
 from bstune.space import SearchSpace
 
-STAGES = ("range", "range_large", "train", "measure", "ladder")
+STAGES = ("range", "range_large", "train", "measure", "curvature", "ladder")
 
 
 def stages(name: str, seed: int, budget: bool) -> dict[str, Any]:
@@ -33,6 +33,7 @@ def stages(name: str, seed: int, budget: bool) -> dict[str, Any]:
     used: dict[str, int] = defaultdict(int)
     orig_range, orig_train = probe_module.lr_range_test, probe_module.train
     orig_noise, orig_rate = probe_module.measure_noise_scale, probe_module.measure_throughput
+    orig_curvature = probe_module.measure_curvature_noise_scale
     calls = {"range": 0}
 
     def range_test(task: Any, batch: int, *args: Any, **kwargs: Any) -> Any:
@@ -51,6 +52,11 @@ def stages(name: str, seed: int, budget: bool) -> dict[str, Any]:
         used["measure"] += est.n_examples
         return est
 
+    def curvature(*args: Any, **kwargs: Any) -> Any:
+        est = orig_curvature(*args, **kwargs)
+        used["curvature"] += est.n_examples + est.n_hessian_examples
+        return est
+
     def ladder(*args: Any, **kwargs: Any) -> Any:
         out = orig_rate(*args, **kwargs)
         used["ladder"] += out[1]
@@ -60,6 +66,7 @@ def stages(name: str, seed: int, budget: bool) -> dict[str, Any]:
         "lr_range_test": range_test,
         "train": train,
         "measure_noise_scale": measure,
+        "measure_curvature_noise_scale": curvature,
         "measure_throughput": ladder,
     }
     for attr, fn in patches.items():
@@ -76,6 +83,7 @@ def stages(name: str, seed: int, budget: bool) -> dict[str, Any]:
             ("lr_range_test", orig_range),
             ("train", orig_train),
             ("measure_noise_scale", orig_noise),
+            ("measure_curvature_noise_scale", orig_curvature),
             ("measure_throughput", orig_rate),
         ):
             setattr(probe_module, attr, fn)
@@ -102,15 +110,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(
-        "| problem | range B | range 8B | train | B_simple | ladder | total (trials) | beyond the run | ceiling | ceiling 8B "
+        "| problem | range B | range 8B | train | B_simple | B_noise | ladder | total (trials) | beyond the run | ceiling | ceiling 8B "
         "| B_simple | rungs | s |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for name in args.problems.split(","):
         r = stages(name, args.seed, args.budget)
         print(
             f"| {name} | {r['range']:,} | {r['range_large']:,} | {r['train']:,} | {r['measure']:,} | "
-            f"{r['ladder']:,} | {r['total']:,} ({r['total'] / r['trial']:.1f}) | "
+            f"{r['curvature']:,} | {r['ladder']:,} | {r['total']:,} ({r['total'] / r['trial']:.1f}) | "
             f"{r['beyond']:,} ({r['beyond'] / r['trial']:.1f}) | {r['ceiling']:.3g} | "
             f"{r['ceiling_large']:.3g} (B={r['large_batch']}) | {r['b_simple']:.3g} | "
             f"{','.join(map(str, r['rungs']))} | {r['seconds']:.0f} |",

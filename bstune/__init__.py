@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING
 
 from bstune.errors import BstuneError, ConfigError, DependencyError, EstimationError, TaskError
 from bstune.metrics import Direction, Metric
-from bstune.noise import NoiseScaleEstimate, exact_noise_scale, measure_noise_scale
+from bstune.noise import (
+    CurvatureNoiseEstimate,
+    NoiseScaleEstimate,
+    exact_noise_scale,
+    measure_curvature_noise_scale,
+    measure_noise_scale,
+)
 from bstune.optim import OptimizerSpec, temperature
 from bstune.task import Task
 from bstune.training import (
@@ -62,6 +68,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "BstuneError",
     "ConfigError",
+    "CurvatureNoiseEstimate",
     "Decision",
     "DependencyError",
     "Direction",
@@ -85,6 +92,7 @@ __all__ = [
     "__version__",
     "exact_noise_scale",
     "fetch_report",
+    "measure_curvature_noise_scale",
     "measure_noise_scale",
     "status",
     "submit",

@@ -168,6 +168,18 @@ class ProbeResult:
     # samples_before (what the probe spent before the run: the first LR range test; the rest came after).
     # None: no budget was given (or a training function's probe), and in older results.
     run: dict[str, Any] | None = None
+    # B_simple's interval at the measured parameters only (sampling noise); ``b_simple_ci`` is it widened by
+    # the log-scale spread of the run's trajectory near them (``b_simple_seed_spread``), what another seed
+    # would see. None in older results, whose ``b_simple_ci`` is the sampling interval.
+    b_simple_sampling_ci: tuple[float, float] | None = None
+    b_simple_seed_spread: float | None = None
+    b_simple_at_samples: int | None = None  # the probe run's samples where B_simple was measured
+    # The curvature-aware B_noise = tr(HΣ)/(GᵀHG) at the same parameters (None: not measured; inf: GᵀHG not
+    # resolved above zero) and its interval; ``curvature`` is bstune.noise.CurvatureNoiseEstimate.to_dict()
+    # (with b_simple of the same examples), or {"skipped": reason}. None in older results.
+    b_noise: float | None = None
+    b_noise_ci: tuple[float, float] | None = None
+    curvature: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -175,6 +187,11 @@ class ProbeResult:
         out["throughput_iqr"] = {str(k): list(v) for k, v in self.throughput_iqr.items()}
         out["b_simple"] = self.b_simple if math.isfinite(self.b_simple) else None
         out["b_simple_ci"] = [v if math.isfinite(v) else None for v in self.b_simple_ci]
+        for key in ("b_simple_sampling_ci", "b_noise_ci"):
+            ci = getattr(self, key)
+            out[key] = None if ci is None else [v if math.isfinite(v) else None for v in ci]
+        if self.b_noise is not None and not math.isfinite(self.b_noise):
+            out["b_noise"] = None  # "curvature" says it was measured
         return out
 
     @classmethod
@@ -185,6 +202,12 @@ class ProbeResult:
         d["b_simple"] = math.inf if d["b_simple"] is None else d["b_simple"]
         d["b_simple_ci"] = tuple(math.inf if v is None else v for v in d["b_simple_ci"])
         d["lr_range"] = [tuple(p) for p in d.get("lr_range", [])]
+        for key in ("b_simple_sampling_ci", "b_noise_ci"):
+            if d.get(key) is not None:
+                d[key] = tuple(math.inf if v is None else v for v in d[key])
+        measured = isinstance(d.get("curvature"), dict) and "b_noise" in d["curvature"]
+        if d.get("b_noise") is None and measured:
+            d["b_noise"] = math.inf
         return cls(**d)
 
 

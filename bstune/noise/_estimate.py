@@ -25,7 +25,7 @@ from scipy import stats
 
 from bstune.errors import ConfigError, EstimationError
 
-__all__ = ["CIMethod", "NoiseScaleEstimate", "ratio_interval", "summarize"]
+__all__ = ["CIMethod", "NoiseScaleEstimate", "fieller_interval", "ratio_interval", "summarize"]
 
 CIMethod = Literal["fieller", "jackknife"]
 
@@ -146,23 +146,37 @@ def ratio_interval(
         center = float(pseudo.mean())
         half = tq * float(pseudo.std(ddof=1)) / math.sqrt(n)
         return ratio, (center - half, center + half)
-    cov = np.cov(np.vstack([t_arr, g_arr]), ddof=1)
-    s_tt, s_tg, s_gg = float(cov[0, 0]), float(cov[0, 1]), float(cov[1, 1])
-    q = tq * tq / n
-    a = g_bar * g_bar - q * s_gg
-    b = t_bar * g_bar - q * s_tg
-    c = t_bar * t_bar - q * s_tt
+    cov = np.cov(np.vstack([t_arr, g_arr]), ddof=1) / n
+    return ratio, fieller_interval(t_bar, g_bar, float(cov[0, 0]), float(cov[0, 1]), float(cov[1, 1]), tq)
+
+
+def fieller_interval(
+    t_bar: float, g_bar: float, var_t: float, cov_tg: float, var_g: float, quantile: float
+) -> tuple[float, float]:
+    """Fieller's interval for t_bar/g_bar from the (co)variances of the two means themselves.
+
+    The set of R with (T̄ − R Ḡ)² ≤ quantile² · (var_t − 2R cov_tg + R² var_g); what
+    :func:`ratio_interval` computes from paired samples, for estimators whose variance
+    comes from elsewhere (a U-statistic's jackknife, several independent sources summed).
+    ``(0, inf)`` or ``(lower, inf)`` when Ḡ is not resolved above zero.
+    """
+    if g_bar <= 0:
+        return (0.0, math.inf)
+    q = quantile * quantile
+    a = g_bar * g_bar - q * var_g
+    b = t_bar * g_bar - q * cov_tg
+    c = t_bar * t_bar - q * var_t
     disc = b * b - a * c
     if a > 0 and disc >= 0:
         root = math.sqrt(disc)
-        return ratio, ((b - root) / a, (b + root) / a)
+        return ((b - root) / a, (b + root) / a)
     # Ḡ is not significantly above zero: the confidence set is unbounded.
     if disc > 0 and a < 0:
         r1, r2 = sorted(((b - math.sqrt(disc)) / a, (b + math.sqrt(disc)) / a))
         lower = 0.0 if r1 > 0 else max(r2, 0.0)
     else:
         lower = 0.0
-    return ratio, (lower, math.inf)
+    return (lower, math.inf)
 
 
 def summarize(

@@ -15,6 +15,8 @@ window, since B_simple ∝ 1/T near a minimum (McCandlish et al. 2018, §2.2).
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ from bstune.noise._estimate import summarize
 from bstune.noise._two_batch import two_batch_estimate
 from bstune.optim import temperature
 
-__all__ = ["NoiseTracker", "TrajectoryPoint"]
+__all__ = ["SEED_WINDOW", "NoiseTracker", "TrajectoryPoint", "seed_spread_interval"]
 
 
 @dataclass(frozen=True)
@@ -119,3 +121,73 @@ class NoiseTracker:
         )
         self.trajectory.append(point)
         return point
+
+
+SEED_WINDOW = 2.0
+"""Trajectory points within this factor of the measurement's sample count (either side) enter
+:func:`seed_spread_interval`'s spread."""
+
+
+def seed_spread_interval(
+    b_simple: float,
+    ci: tuple[float, float],
+    points: Sequence[tuple[int, float | None, Sequence[float | None] | None]],
+    at_samples: int,
+    confidence: float = 0.9,
+    window: float = SEED_WINDOW,
+    min_points: int = 3,
+    subtract_sampling: bool = False,
+) -> tuple[tuple[float, float], float | None]:
+    """``ci`` (a sampling interval at one point of parameter space) widened by the variation a
+    second seed would see, and the log-scale spread used (``None``: too few points, ``ci`` as it was).
+
+    A measurement at fixed parameters is precise about those parameters only: another seed
+    (another initialisation and data order) reaches other parameters, whose B_simple differs
+    by more than the sampling interval says. The variation of the same run's trajectory near
+    the measurement stands in for that. ``points`` are the trajectory's ``(samples, b_simple,
+    ci)``; those within a factor ``window`` of ``at_samples`` count, or the ``min_points``
+    nearest to it (in log samples) where fewer are that near (a short run evaluates a few
+    times only); at least two. s² is the variance of their log B_simple. A trajectory
+    window is short, and its own sampling noise counts as variation too, which errs wide;
+    ``subtract_sampling`` takes the mean of the windows' sampling variances (read off their
+    intervals, at ``confidence``) out of s², leaving out the windows whose interval is open.
+    benchmarks/b_simple_seeds.py measured both: on the benchmark problems most windows are
+    unresolved, and the subtracted spread left the intervals nearly as narrow as the
+    sampling ones (a second seed's estimate inside 33-43% of them), the raw one 73-97%; so
+    the raw spread is the default. Each side's half-width in log space becomes
+    √(h² + z²s²), z the normal quantile at ``confidence``; an open side (0 or ``inf``) stays open.
+
+    Example:
+        >>> pts = [(1000, 80.0, None), (2000, 100.0, None), (3000, 125.0, None), (9000, 900.0, None)]
+        >>> (lo, hi), s = seed_spread_interval(100.0, (90.0, 111.0), pts, at_samples=2000)  # 9000 is too far
+        >>> round(s, 3), round(lo), round(hi)
+        (0.223, 68, 146)
+    """
+    if not (math.isfinite(b_simple) and b_simple > 0):
+        return ci, None
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    usable = []
+    for samples, b, point_ci in points:
+        if b is None or not math.isfinite(b) or b <= 0:
+            continue
+        var = 0.0
+        if subtract_sampling and point_ci is not None:
+            plo, phi = point_ci
+            if plo is None or phi is None or not (0 < plo <= phi < math.inf):
+                continue  # an open interval: the window did not resolve |G|²
+            var = (math.log(phi / plo) / (2 * z)) ** 2
+        usable.append((abs(math.log(max(samples, 1) / max(at_samples, 1))), math.log(b), var))
+    usable.sort()
+    near = [(v, var) for k, (dist, v, var) in enumerate(usable) if dist <= math.log(window) or k < min_points]
+    if len(near) < 2:
+        return ci, None
+    mean = sum(v for v, _ in near) / len(near)
+    total = sum((v - mean) ** 2 for v, _ in near) / (len(near) - 1)
+    spread = math.sqrt(max(total - sum(var for _, var in near) / len(near), 0.0))
+    center = math.log(b_simple)
+    lo, hi = ci
+    if lo > 0 and math.isfinite(lo):
+        lo = math.exp(center - math.hypot(max(center - math.log(lo), 0.0), z * spread))
+    if math.isfinite(hi) and hi > 0:
+        hi = math.exp(center + math.hypot(max(math.log(hi) - center, 0.0), z * spread))
+    return (min(lo, ci[0]), max(hi, ci[1])), spread

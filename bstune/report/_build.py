@@ -28,7 +28,7 @@ from bstune.analysis import (
 )
 from bstune.errors import BstuneError, ConfigError
 from bstune.optim import temperature
-from bstune.records import StudyData, TrialStatus, clean_dict
+from bstune.records import ProbeResult, StudyData, TrialStatus, clean_dict
 from bstune.space import PriorSettings
 
 __all__ = ["Report", "build_report"]
@@ -126,6 +126,25 @@ def _point_dict(p: BatchPoint) -> dict[str, Any]:
     }
 
 
+def _curvature_fields(probe: ProbeResult | None) -> dict[str, Any]:
+    """report.json's noise_scale keys beyond B_simple: its sampling-only interval and the spread that
+    widened it (absent from older probes), and the curvature-aware B_noise where the probe measured it."""
+    if probe is None:
+        return {"measured_with_curvature": False}
+    out: dict[str, Any] = {}
+    if probe.b_simple_sampling_ci is not None:
+        out["b_simple_sampling_ci"] = list(probe.b_simple_sampling_ci)
+        out["b_simple_seed_spread"] = probe.b_simple_seed_spread
+    measured = probe.b_noise is not None
+    out["measured_with_curvature"] = measured
+    if measured:
+        out["b_noise_curvature"] = probe.b_noise
+        out["b_noise_curvature_ci"] = list(probe.b_noise_ci) if probe.b_noise_ci is not None else None
+    if probe.curvature is not None:
+        out["curvature"] = probe.curvature
+    return out
+
+
 def _fit_dict(fit: CriticalBatchFit, b_simple: float | None) -> dict[str, Any]:
     out = {
         "b_crit": fit.b_crit,
@@ -193,7 +212,7 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
             "trajectory": probe.trajectory if probe else [],
             "temperature": probe.temperature if probe else None,
             "lr_ceiling": probe.lr_ceiling if probe else None,
-            "measured_with_curvature": False,
+            **_curvature_fields(probe),
         }
         if probe
         else {"error": "no probe in this study (baseline mode)"}

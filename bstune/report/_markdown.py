@@ -18,6 +18,26 @@ def _n(x: Any, fmt: str = ".4g") -> str:
     return str(x)
 
 
+def _curvature_lines(ns: dict[str, Any]) -> list[str]:
+    """The curvature-aware B_noise beside B_simple, or why it was not measured."""
+    cur = ns.get("curvature") or {}
+    if ns.get("measured_with_curvature"):
+        lo, hi = ns.get("b_noise_curvature_ci") or [None, None]
+        value = ns.get("b_noise_curvature")
+        line = (
+            f"B_noise = tr(HΣ)/(GᵀHG) = {_n(value) if value is not None else 'inf'} (90% CI {_n(lo)} .. "
+            f"{_n(hi) if hi is not None else 'inf'}) at the same parameters: the noise scale weighted by the "
+            "loss's curvature H, which B_simple takes to be isotropic, so the two differ where the Hessian is far "
+            f"from it (B_simple of the same {cur.get('n_examples', 'n/a')} examples: {_n(cur.get('b_simple'))})."
+        )
+        if not cur.get("resolved", True):
+            line += " GᵀHG is not resolved above zero (negative curvature along the gradient, or too noisy): no upper bound."
+        return [line]
+    if "skipped" in cur:
+        return [f"The curvature-aware B_noise = tr(HΣ)/(GᵀHG) was not measured: {cur['skipped']}."]
+    return []
+
+
 def _target(cb: dict[str, Any]) -> str:
     """``val_accuracy ≥ 0.9`` or ``train_loss ≤ 0.3``: the target, with the side on which it counts as reached."""
     side = "≥" if Direction(cb.get("direction", "minimize")) is Direction.MAXIMIZE else "≤"
@@ -143,6 +163,14 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"measured by the probe at effective temperature η/(B(1−m)) = {_n(ns['temperature'], '.3g')} "
             "(m = SGD momentum; 0 for Adam-family optimizers)."
         )
+        if ns.get("b_simple_sampling_ci"):
+            slo, shi = ns["b_simple_sampling_ci"]
+            out.append(
+                "The interval includes the variation another seed would see (the spread of the probe run's own "
+                f"B_simple trajectory near the measurement); at the measured parameters alone it is {_n(slo)} .. "
+                f"{_n(shi) if shi is not None else 'inf'}."
+            )
+        out += _curvature_lines(ns)
     cb = data["critical_batch"]
     out += ["", "## Critical batch size", ""]
     measured = cb.get("measured")

@@ -12,7 +12,16 @@ Three measurements, each counted in samples against the study's budget:
    (its ceiling is the space's ``lr.max``) the second cannot find a higher one, and is
    skipped.
 2. **Noise scale**: a run at a safe fraction of that ceiling with ``track_noise=True``,
-   then B_simple measured with its interval at the parameters it reached. B_simple is
+   then B_simple measured with its interval at the parameters it reached. That interval
+   (``b_simple_sampling_ci``) covers the sampling noise at those parameters only; the
+   reported ``b_simple_ci`` is widened by the run's own B_simple trajectory near them
+   (:func:`bstune.noise.seed_spread_interval`), which stands in for what another seed would
+   measure. Where the model is small and has no BatchNorm, the curvature-aware B_noise =
+   tr(HΣ)/(GᵀHG) is measured at the same parameters (:func:`bstune.noise.measure_curvature_noise_scale`);
+   its gradient and Hessian examples count as samples, though its n Hessian-vector products per
+   Hessian group cost more compute than that (the probe's ``seconds`` include them), and it is
+   skipped when its timed first HVPs project past ``curvature_time_fraction`` of the run's
+   training time (or ``CURVATURE_MIN_SECONDS``, where that is more). B_simple is
    measured at a sane learning rate because it scales as 1/T. Told the study's trial
    budget (``budget_samples``), this run is one trial's length, at the study's seed and
    milestones, and :attr:`ProbeResult.run` keeps it as a trial keeps its run, so the
@@ -48,7 +57,14 @@ import torch
 from bstune._progress import progress_bar
 from bstune.data import fetch_batch, move_to_device
 from bstune.errors import BstuneError, ConfigError, EstimationError, UserCodeError
-from bstune.noise import TrajectoryPoint, measure_noise_scale, resolve_device
+from bstune.noise import (
+    TrajectoryPoint,
+    curvature_skip_reason,
+    measure_curvature_noise_scale,
+    measure_noise_scale,
+    resolve_device,
+    seed_spread_interval,
+)
 from bstune.records import ProbeResult, clean_dict
 from bstune.space import SearchSpace
 from bstune.study._status import trial_status
@@ -70,6 +86,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CLOCK_FLOOR = 1e-9  # seconds: the shortest step time step_rate believes (perf_counter's resolution or finer)
+CURVATURE_MIN_SECONDS = 10.0  # the curvature-aware B_noise may always take this long (a tiny problem's run is faster)
 _TOP = 1 - 1e-9  # a range test's ceiling at or above lr_max * _TOP is lr_max (its last step, up to rounding)
 
 
@@ -96,14 +113,27 @@ class ProbeSettings:
     # most of one trial's budget the throughput ladder spends, when the study gives one (at least 1 warm-up
     # + 3 timed steps per rung all the same): a quarter leaves the ladder ~1/4 trial where it cost 1-2 trials
     throughput_fraction: float = 0.25
+    # examples of the curvature-aware B_noise beside B_simple (as many again for its Hessian): only for
+    # models bstune.noise.curvature_skip_reason passes (small, no BatchNorm); 0 turns it off
+    curvature_examples: int = 256
+    # most time the curvature-aware B_noise may take, as a fraction of the probe run's training time, or
+    # CURVATURE_MIN_SECONDS where that is more (its first HVPs are timed: a model whose examples are costly,
+    # e.g. a sequence model, is skipped with the reason)
+    curvature_time_fraction: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("lr_steps", "throughput_steps"):
             if getattr(self, name) < 2:
                 raise ConfigError(f"must be >= 2, got {getattr(self, name)}", source="ProbeSettings", field=name)
-        for name in ("lr_fraction", "throughput_fraction"):
+        for name in ("lr_fraction", "throughput_fraction", "curvature_time_fraction"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"must be in (0, 1], got {getattr(self, name)}", source="ProbeSettings", field=name)
+        if self.curvature_examples != 0 and self.curvature_examples < 4:
+            raise ConfigError(
+                f"must be 0 (off) or at least 4, got {self.curvature_examples}",
+                source="ProbeSettings",
+                field="curvature_examples",
+            )
 
 
 def _probe_batch(n_train: int | None, settings: ProbeSettings, batch_min: int, batch_cap: int) -> int:
@@ -287,12 +317,14 @@ def _run_probe(
     with progress_bar(progress, "probe: B_simple trajectory", total=train_samples, unit="sample") as bar:
         model = task.make_model(seed=seed)  # as train makes it; trained in place, so advance can snapshot it
         snapshot: dict[str, torch.Tensor] | None = None
+        snapshot_samples = 0
 
         def advance(record: EvalRecord) -> None:
-            nonlocal snapshot
+            nonlocal snapshot, snapshot_samples
             bar.update(record.samples - bar.n)
             if snapshot is None and measure_at <= record.samples < train_samples:  # the first milestone past it
                 snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                snapshot_samples = record.samples
 
         run = train(task, cfg, advance, model=model)
     samples += run.samples
@@ -347,6 +379,15 @@ def _run_probe(
             est.ci[1],
             est.batch_size,
         )
+    # the interval at these parameters, widened by what another seed would see (the trajectory's spread near them)
+    measured_at = snapshot_samples if snapshot is not None else run.samples
+    b_simple_ci, seed_spread = seed_spread_interval(
+        est.b_simple, est.ci, [(p.samples, p.b_simple, p.ci) for p in run.noise_trajectory], measured_at, est.confidence
+    )
+    max_seconds = max(settings.curvature_time_fraction * run.train_time_s, CURVATURE_MIN_SECONDS)
+    b_noise, curvature = _curvature(task, measured, settings, seed, dev, est.confidence, max_seconds)
+    if curvature is not None and "n_examples" in curvature:
+        samples += curvature["n_examples"] + curvature["n_hessian_examples"]
     # the large-batch range test bounds the rule's flat part: needed by the trials after the first
     big = min(batch_max, task.n_train, max(batch, settings.large_batch_factor * batch))
     ceiling_big = ceiling
@@ -400,7 +441,7 @@ def _run_probe(
         large_batch=big,
         lr_probe=lr_probe,
         b_simple=est.b_simple,
-        b_simple_ci=est.ci,
+        b_simple_ci=b_simple_ci,
         trajectory=trajectory,
         temperature=temperature,
         throughput=throughput,
@@ -411,7 +452,50 @@ def _run_probe(
         device=str(dev),
         seconds=time.perf_counter() - started,
         run=trial_run(run) | {"samples_before": before_run} if budget_samples is not None else None,
+        b_simple_sampling_ci=est.ci,
+        b_simple_seed_spread=seed_spread,
+        b_simple_at_samples=measured_at,
+        b_noise=b_noise,
+        b_noise_ci=(curvature_ci(curvature) if curvature is not None else None),
+        curvature=curvature,
     )
+
+
+def _curvature(
+    task: Task,
+    model: torch.nn.Module,
+    settings: ProbeSettings,
+    seed: int,
+    device: torch.device,
+    confidence: float,
+    max_seconds: float | None = None,
+) -> tuple[float | None, dict[str, Any] | None]:
+    """The curvature-aware B_noise at B_simple's parameters, where it is cheap: ``(b_noise, its estimate's
+    dict)``; ``(None, {"skipped": reason})`` where it is not, ``(None, None)`` where turned off."""
+    if settings.curvature_examples <= 0:
+        return None, None
+    reason = curvature_skip_reason(model)
+    if reason is not None:
+        logger.info("probe: no curvature-aware B_noise: %s", reason)
+        return None, {"skipped": reason}
+    n = min(settings.curvature_examples, task.n_train)
+    try:
+        cest = measure_curvature_noise_scale(
+            task, model, n_examples=n, seed=seed, device=device, confidence=confidence, max_seconds=max_seconds
+        )
+    except BstuneError as exc:  # a model torch.func cannot differentiate twice: B_simple stands alone
+        logger.warning("probe: no curvature-aware B_noise: %s", exc)
+        return None, {"skipped": str(exc)}
+    logger.info("probe: %s", cest)
+    return cest.b_noise, cest.to_dict()
+
+
+def curvature_ci(curvature: dict[str, Any]) -> tuple[float, float] | None:
+    """B_noise's interval from :attr:`ProbeResult.curvature` (``None`` upper end: unbounded)."""
+    ci = curvature.get("ci")
+    if ci is None:
+        return None
+    return (float(ci[0]), math.inf if ci[1] is None else float(ci[1]))
 
 
 def trial_run(run: TrainResult) -> dict[str, Any]:

@@ -38,7 +38,7 @@ import torch
 
 from bstune._progress import progress_bar
 from bstune.errors import BstuneError, ConfigError, EstimationError, UserCodeError
-from bstune.noise import resolve_device
+from bstune.noise import resolve_device, seed_spread_interval
 from bstune.records import ProbeResult
 from bstune.space import SearchSpace
 from bstune.study._backend import FunctionJob
@@ -287,6 +287,14 @@ def _probe(
         throughput[b], throughput_iqr[b] = rate, spread
     bar.close()
     trajectory = trajectory_rows(result.noise_trajectory)
+    # widened as the task probe's is, by the trajectory before the still phase (in it the parameters stand still)
+    b_simple_ci, seed_spread = seed_spread_interval(
+        est.b_simple,
+        est.ci,
+        [(p.samples, p.b_simple, p.ci) for p in result.noise_trajectory if p.samples <= train_samples],
+        train_samples,
+        est.confidence,
+    )
     return ProbeResult(
         batch_size=batch,
         lr_ceiling=ceiling,
@@ -294,7 +302,7 @@ def _probe(
         large_batch=big,
         lr_probe=lr_probe,
         b_simple=est.b_simple,
-        b_simple_ci=est.ci,
+        b_simple_ci=b_simple_ci,
         trajectory=trajectory,
         temperature=lr_probe / (batch * (1.0 - ctx.momentum)),
         throughput=throughput,
@@ -304,4 +312,7 @@ def _probe(
         lr_range=curve,
         device=str(dev),
         seconds=time.perf_counter() - started,
+        b_simple_sampling_ci=est.ci,
+        b_simple_seed_spread=seed_spread,
+        b_simple_at_samples=train_samples,
     )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 import pytest
 
+from bstune.records import ProbeResult
 from bstune.report import build_report
+from bstune.report._markdown import render_markdown
 from bstune.study import StudyResult, TrialRecord
 from bstune.study._records import Rescored
 
@@ -152,3 +155,51 @@ def test_a_rescored_recommendation_says_so_with_its_spread(tmp_path: Path) -> No
     assert "values" not in md.split("## ")[1]  # the recommendation lists hyperparameters only
     assert "| 0 | 16 |" in md and "0.3, 0.36, 0.33 | 0.33 ± 0.017 |" in md
     assert "failed at a seed" in md and "re-scoring 800,000" in md
+
+
+def _probe(**fields: object) -> ProbeResult:
+    base = ProbeResult(
+        batch_size=32,
+        lr_ceiling=1.0,
+        lr_ceiling_large=2.0,
+        large_batch=256,
+        lr_probe=0.25,
+        b_simple=180.0,
+        b_simple_ci=(60.0, 540.0),
+        trajectory=[],
+        temperature=1e-3,
+        throughput={32: 1000.0, 256: 6000.0},
+        batch_ceiling=None,
+        samples_used=20_000,
+    )
+    return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
+
+
+def test_noise_scale_reports_the_curvature_b_noise_and_both_b_simple_intervals() -> None:
+    probe = _probe(
+        b_simple_sampling_ci=(150.0, 215.0),
+        b_simple_seed_spread=0.6,
+        b_noise=95.0,
+        b_noise_ci=(70.0, 140.0),
+        curvature={"b_noise": 95.0, "ci": [70.0, 140.0], "resolved": True, "b_simple": 170.0, "n_examples": 256},
+    )
+    result = dataclasses.replace(_result(), probe=probe, mode="prior")
+    ns = build_report(result).data["noise_scale"]
+    assert ns["measured_with_curvature"] is True
+    assert ns["b_noise_curvature"] == 95.0 and ns["b_noise_curvature_ci"] == [70.0, 140.0]
+    assert ns["b_simple_ci"] == [60.0, 540.0] and ns["b_simple_sampling_ci"] == [150.0, 215.0]
+    md = render_markdown(build_report(result).data)
+    section = md.split("## Gradient noise scale")[1].split("\n## ")[0]
+    assert "B_noise = tr(HΣ)/(GᵀHG) = 95 (90% CI 70 .. 140)" in section
+    assert "B_simple of the same 256 examples: 170" in section
+    assert "at the measured parameters alone it is 150 .. 215" in section
+
+
+def test_noise_scale_says_why_there_is_no_curvature_b_noise() -> None:
+    old = dataclasses.replace(_result(), probe=_probe(), mode="prior")  # a probe saved before issue #17
+    ns = build_report(old).data["noise_scale"]
+    assert ns["measured_with_curvature"] is False and "b_noise_curvature" not in ns
+    assert "B_noise" not in render_markdown(build_report(old).data)
+    skipped = dataclasses.replace(old, probe=_probe(curvature={"skipped": "the model has BatchNorm"}))
+    md = render_markdown(build_report(skipped).data)
+    assert "B_noise = tr(HΣ)/(GᵀHG) was not measured: the model has BatchNorm." in md

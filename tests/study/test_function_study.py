@@ -180,6 +180,15 @@ def test_the_probe_through_a_function_measures_what_the_task_probe_measures() ->
     assert lo <= theirs.b_simple <= hi
     assert theirs.b_simple_ci[0] * 0.8 <= mine.b_simple <= theirs.b_simple_ci[1] * 1.25
     assert set(mine.throughput) == {8, 64} and mine.samples_used > 0 and len(mine.trajectory) == 5
+    # both report the interval widened by their trajectory, around the sampling one (issue #17)
+    for probe in (mine, theirs):
+        assert probe.b_simple_sampling_ci is not None
+        assert (
+            probe.b_simple_ci[0]
+            <= probe.b_simple_sampling_ci[0]
+            <= probe.b_simple_sampling_ci[1]
+            <= probe.b_simple_ci[1]
+        )
 
 
 def test_a_prior_mode_study_of_a_function_searches_around_its_probe() -> None:

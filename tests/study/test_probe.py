@@ -84,10 +84,57 @@ def test_probe_measures_the_noise_scale_of_linear_regression() -> None:
     )
     exact = bstune.exact_noise_scale(task, _trained_like_probe(task, probe))
     assert probe.b_simple_ci[0] <= exact.b_simple * 1.5 and exact.b_simple / 1.5 <= probe.b_simple_ci[1]
-    assert probe.samples_used >= 4000 + 20 * probe.batch_size
+    assert probe.samples_used >= 4000 + 20 * probe.batch_size + 2 * 256  # the curvature's examples counted
     assert ProbeResult.from_dict(probe.to_dict()) == probe
     assert probe.lr_probe == pytest.approx(0.25 * probe.lr_ceiling)
     assert probe.run is None  # no trial budget: the run is the probe's own, not a trial
+    # the reported interval is the sampling one widened by the trajectory's spread (issue #17)
+    assert probe.b_simple_sampling_ci is not None and probe.b_simple_seed_spread is not None
+    sampling = probe.b_simple_sampling_ci
+    assert probe.b_simple_ci[0] <= sampling[0] and sampling[1] <= probe.b_simple_ci[1]
+    assert probe.b_simple_ci != sampling
+    # white inputs, no bias: H = 2I, so the curvature-aware B_noise is B_simple, measured beside it
+    assert probe.curvature is not None and probe.curvature["n_examples"] == 256
+    assert probe.b_noise is not None and probe.b_noise_ci is not None
+    assert probe.b_noise_ci[0] <= exact.b_simple <= probe.b_noise_ci[1]
+
+
+# a result.json's probe written before the sampling interval and the curvature B_noise were kept
+OLD_PROBE: dict[str, Any] = {
+    "batch_size": 32, "lr_ceiling": 1.0, "lr_ceiling_large": 2.0, "large_batch": 256, "lr_probe": 0.25,
+    "b_simple": 120.0, "b_simple_ci": [100.0, None], "trajectory": [], "temperature": 0.01,
+    "throughput": {"32": 1000.0}, "batch_ceiling": None, "samples_used": 5000,
+}  # fmt: skip
+
+
+def test_old_probe_results_load_without_the_new_fields() -> None:
+    probe = ProbeResult.from_dict(OLD_PROBE)
+    assert probe.b_simple_ci == (100.0, math.inf)
+    assert probe.b_simple_sampling_ci is None and probe.b_noise is None and probe.curvature is None
+
+
+def test_unresolved_b_noise_round_trips_as_infinite() -> None:
+    unresolved = {"b_noise": None, "b_noise_ci": [40.0, None], "curvature": {"b_noise": None, "resolved": False}}
+    probe = ProbeResult.from_dict(OLD_PROBE | unresolved)
+    assert probe.b_noise == math.inf and probe.b_noise_ci == (40.0, math.inf)
+    assert ProbeResult.from_dict(json.loads(json.dumps(probe.to_dict()))) == probe
+
+
+def test_probe_skips_the_curvature_of_a_batchnorm_model_with_a_reason(caplog: pytest.LogCaptureFixture) -> None:
+    task = _regression(n=64)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    with caplog.at_level("INFO", logger="bstune.study._probe"):
+        b_noise, curvature = probe_module._curvature(task, model, ProbeSettings(), 0, torch.device("cpu"), 0.9)
+    assert b_noise is None and curvature is not None and "BatchNorm" in curvature["skipped"]
+    assert "no curvature-aware B_noise" in caplog.text
+    off = probe_module._curvature(
+        task, task.make_model(), ProbeSettings(curvature_examples=0), 0, torch.device("cpu"), 0.9
+    )
+    assert off == (None, None)
+    b_noise, curvature = probe_module._curvature(
+        task, task.make_model(), ProbeSettings(), 0, torch.device("cpu"), 0.9, 1e-9
+    )
+    assert b_noise is None and curvature is not None and "would take about" in curvature["skipped"]
 
 
 def test_large_batch_sweep_starts_a_decade_below_the_first_ceiling_at_the_same_resolution() -> None:
