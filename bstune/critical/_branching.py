@@ -37,9 +37,12 @@ Revisited", arXiv 2505.23971), with McCandlish et al.'s (2018) model fitted to i
    compares with. Beside the fits, the *tolerance* batch size: the largest batch size of the
    ladder whose median sample cost stays within ``tolerance`` of the cheapest one's.
 
-Every branch starts with fresh optimizer state (momentum, Adam's moments): the reference
-segment at B_ref does too, so the comparison between batch sizes is fair; a run that keeps
-its state all the way may go a little faster than any branch.
+The reference is one run: each segment continues the previous one's optimizer state. An SGD
+branch starts from the reference's momentum buffer at its checkpoint (in gradient units, it
+suits any batch size; restarting it costs ~1/(1−m) steps of warm-up, a large share of a
+large batch's few steps, and biased B_crit low by about 2x on the digits MLP). An Adam-family
+branch starts fresh: the reference's second moment holds the reference batch's gradient
+noise and would shrink a larger batch's steps for ~1/(1−β₂) steps.
 
 Cost: with the defaults, a few tens of the reference's budgets (every figure is in
 :attr:`CriticalBatchMeasurement.cost_samples`); it is an optional phase of a study
@@ -352,7 +355,9 @@ def _fit(fit: CriticalBatchFit | None) -> dict[str, Any] | None:
 BranchRunner = Callable[[int, nn.Module, int, float, int, float, int, int], tuple[float, int, bool, str]]
 
 
-def _train_branch(task: Task, base: TrainConfig, start_loss: float, ceiling: float) -> BranchRunner:
+def _train_branch(
+    task: Task, base: TrainConfig, start_loss: float, ceiling: float, optimizer_state: dict[str, Any] | None
+) -> BranchRunner:
     """Branches trained by bstune's trainer, stopped when the training loss reaches the target, or
     passes ``ceiling`` (diverged: the rate fails)."""
 
@@ -377,7 +382,7 @@ def _train_branch(task: Task, base: TrainConfig, start_loss: float, ceiling: flo
             last.append(record)
             return Decision.CONTINUE
 
-        result = train(task, config, on_eval, model=copy.deepcopy(model))
+        result = train(task, config, on_eval, model=copy.deepcopy(model), optimizer_state=optimizer_state)
         if crossed:
             return crossed[0], result.samples, True, result.status.value
         status = "diverged" if diverged else result.status.value
@@ -578,14 +583,22 @@ def measure_critical_batch(
     torch_state = torch.random.get_rng_state()
     model = task.make_model(seed=config.seed, **dict(model_kwargs or {}))
     states: list[nn.Module] = []
+    optimizer_states: list[dict[str, Any] | None] = []
+    optimizer_state: dict[str, Any] | None = None
     losses: list[float] = []
     b_simple: list[tuple[float, tuple[float, float], int]] = []
     for k in range(len(bounds) - 1):
         states.append(copy.deepcopy(model))
+        optimizer_states.append(copy.deepcopy(optimizer_state))
         b_simple.append(_b_simple(task, model, config.seed + k))
         span = bounds[k + 1] - bounds[k]
         every = max(config.batch_size, span // settings.checks_per_segment)
-        run = train(task, replace(base, max_samples=span, seed=config.seed + k, eval_every_samples=every), model=model)
+        run = train(
+            task,
+            replace(base, max_samples=span, seed=config.seed + k, eval_every_samples=every),
+            model=model,
+            optimizer_state=optimizer_state,
+        )
         if run.status is not RunStatus.COMPLETED or run.model is None:
             raise EstimationError(
                 f"the reference run (batch {config.batch_size}, lr {config.lr:g}) ended {run.status.value} "
@@ -598,7 +611,7 @@ def measure_critical_batch(
         # draw of a noisy run would set every branch's target)
         tail = [r.train_loss for r in run.history if r.samples >= (1 - settings.target_window) * span]
         losses.append(statistics.fmean(tail or [run.history[-1].train_loss]))
-        model = run.model
+        model, optimizer_state = run.model, run.optimizer_state
     final_b_simple = _b_simple(task, model, config.seed + len(bounds))
     torch.random.set_rng_state(torch_state)
     if not losses[-1] < losses[0]:
@@ -632,7 +645,10 @@ def measure_critical_batch(
         if not target < losses[k]:
             notes.append(f"segment {k}: the reference's loss did not fall ({losses[k]:.4g} -> {target:.4g})")
         caps = {b: max(b, math.ceil(settings.max_cost * span / b) * b) for b in ladder}
-        runner_k = runner or _train_branch(task, base, losses[k], max(_DIVERGED * losses[k], losses[0]))
+        # SGD's momentum buffer (in gradient units) carries over to any batch size; Adam's second moment holds
+        # the reference batch's noise and would shrink a larger batch's steps for ~1/(1-β2) steps: fresh
+        carried = optimizer_states[k] if task.optimizer_spec.family == "sgd" else None
+        runner_k = runner or _train_branch(task, base, losses[k], max(_DIVERGED * losses[k], losses[0]), carried)
         runs: list[BranchRun] = []
         shift = 1.0  # the rule's error found at the batch size below, carried up the ladder
         for batch in ladder:

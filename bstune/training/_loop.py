@@ -35,10 +35,11 @@ Data-parallel runs refuse a schedule (:mod:`bstune.training._distributed`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -319,6 +320,13 @@ class _Run:
             self.window_loss += loss_value
             self.window_steps += 1
 
+    def load_optimizer_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from an earlier run's optimizer state, keeping this config's hyperparameters."""
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(copy.deepcopy(dict(state)))
+        for group, own in zip(self.optimizer.param_groups, hyper, strict=True):
+            group.update(own)
+
     def optimizer_step(self) -> None:
         clip = self.config.grad_clip
         params = self.param_list
@@ -400,6 +408,7 @@ def train(
     callback: Callback | None = None,
     *,
     model: nn.Module | None = None,
+    optimizer_state: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``task``'s model with ``config``; never raises for divergence or OOM.
 
@@ -411,6 +420,9 @@ def train(
             at the last milestone changes nothing: the run has spent its budget and
             ends ``completed``.
         model: start from this model instead of a fresh one (it is trained in place).
+        optimizer_state: start the optimizer from this state (an earlier run's
+            :attr:`TrainResult.optimizer_state`, e.g. its momentum buffers) instead of fresh;
+            the config's learning rate, momentum and weight decay still apply.
 
     Under ``torch.distributed`` (a process group of N > 1 ranks, e.g. ``torchrun``, or
     :func:`~bstune.training.train_data_parallel`) the run is data-parallel: ``batch_size``
@@ -454,6 +466,8 @@ def train(
             run = _Run(
                 task, config, model if model is not None else task.make_model(seed=config.seed), device, data_parallel
             )
+            if optimizer_state is not None:
+                run.load_optimizer_state(optimizer_state)
             milestones = _milestones(config)
             lr = lr_at(config, 0)
             pending = 0
@@ -504,4 +518,5 @@ def train(
         message=message,
         noise_trajectory=list(run.tracker.trajectory) if run and run.tracker else [],
         model=run.model if run else None,
+        optimizer_state=run.optimizer.state_dict() if run else None,
     )

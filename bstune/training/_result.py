@@ -92,6 +92,8 @@ class TrainResult:
     message: str = ""  # why a run ended early
     noise_trajectory: list[TrajectoryPoint] = field(default_factory=list)
     model: nn.Module | None = field(default=None, repr=False)
+    # the optimizer's state_dict at the end (momentum buffers, Adam's moments): another run continues from it
+    optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def final(self) -> EvalRecord | None:

@@ -285,3 +285,24 @@ def test_preconditioned_tracking_for_adam(blob_task: bstune.Task) -> None:
     assert all(p.b_simple > 0 for p in run.noise_trajectory)
     with pytest.raises(ConfigError, match="Adam-family"):
         bstune.train(blob_task, cfg)
+
+
+def test_a_run_continued_with_its_optimizer_state_is_the_uninterrupted_run(blob_task: bstune.Task) -> None:
+    """Full-batch steps (the data order cannot differ): 5 + 5 momentum steps, the state carried, are 10."""
+    n = blob_task.n_train
+    cfg = bstune.TrainConfig(batch_size=n, lr=0.3, momentum=0.9, max_samples=10 * n, seed=2)
+    whole = bstune.train(blob_task, cfg)
+    half = bstune.TrainConfig(batch_size=n, lr=0.3, momentum=0.9, max_samples=5 * n, seed=2)
+    first = bstune.train(blob_task, half)
+    assert first.optimizer_state is not None and first.optimizer_state["state"]  # the momentum buffers
+    carried = bstune.train(blob_task, half, model=first.model, optimizer_state=first.optimizer_state)
+    torch.testing.assert_close(_params(carried.model), _params(whole.model), rtol=1e-5, atol=1e-6)
+    first = bstune.train(blob_task, half)
+    fresh = bstune.train(blob_task, half, model=first.model)  # momentum restarts from zero
+    assert not torch.allclose(_params(fresh.model), _params(whole.model), rtol=1e-3, atol=1e-4)
+    # the config's hyperparameters apply, not the saved ones
+    other = bstune.TrainConfig(batch_size=n, lr=0.05, momentum=0.5, max_samples=n, seed=2)
+    run = bstune.train(blob_task, other, model=first.model, optimizer_state=first.optimizer_state)
+    assert run.optimizer_state is not None
+    group = run.optimizer_state["param_groups"][0]
+    assert (group["lr"], group["momentum"]) == (0.05, 0.5)
