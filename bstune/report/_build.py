@@ -24,6 +24,7 @@ from bstune.analysis import (
     fit_critical_batch,
     generalization_gap,
     lr_table,
+    recommend_batch_schedule,
     steps_by_batch,
 )
 from bstune.errors import BstuneError, ConfigError
@@ -236,6 +237,8 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
     if measured:
         critical["measured"] = measured
     critical["headline"] = _headline(critical, measured)
+    if measured:
+        critical["schedule"] = _schedule(measured, result.best_config)
     data["critical_batch"] = critical
     # the batch-size advice (LR table, compute-optimal batch) rests on the most reliable fit: the direct
     # measurement's whole-run fit where it identifies B_crit, else the trials'
@@ -312,6 +315,40 @@ def _headline(critical: Mapping[str, Any], measured: Mapping[str, Any] | None) -
             "identified": critical.get("identified", False),
         }
     return {"source": "none"}
+
+
+def _schedule(measured: Mapping[str, Any], best: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch-size warmup that follows the measured local B_crit (:func:`recommend_batch_schedule`)."""
+    points = []
+    for seg in measured.get("segments", []):
+        fit = seg.get("fit") or {}
+        if fit.get("b_crit") is not None and fit.get("identified"):
+            points.append((int(seg["start_samples"]), float(fit["b_crit"])))
+    ref = measured["reference"]
+    ladder = [int(b) for b in measured.get("ladder", [])] or [int(ref["batch_size"])]
+    family = str(best.get("optimizer") or "sgd")
+    try:
+        schedule = recommend_batch_schedule(
+            points,
+            base_batch=int(ref["batch_size"]),
+            base_lr=float(ref["lr"]),
+            budget_samples=int(ref["budget_samples"]),
+            batch_min=min(ladder[0], int(ref["batch_size"])),
+            batch_max=max(ladder[-1], int(ref["batch_size"])),
+            family=family,
+            alpha=float(ref["alpha"]) if family != "sgd" and ref.get("alpha") is not None else None,
+            window=1,  # a few fitted points, each with its interval: no median against noisy windows
+        )
+    except BstuneError as exc:
+        return {"error": f"no schedule: {exc}"}
+    return {
+        "stages": [
+            {"start_samples": s.start_samples, "batch_size": s.batch_size, "lr": s.lr, "b_crit": s.b_crit}
+            for s in schedule.stages
+        ],
+        "batch_schedule": [list(s) for s in schedule.batch_schedule],
+        "budget_samples": schedule.budget_samples,
+    }
 
 
 def _measured_fit(measured: Mapping[str, Any] | None) -> CriticalBatchFit | None:

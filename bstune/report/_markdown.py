@@ -98,6 +98,28 @@ def _measured(m: dict[str, Any]) -> list[str]:
     return out
 
 
+def _schedule(schedule: dict[str, Any] | None) -> list[str]:
+    """The batch-size warmup the measured trajectory suggests, with what it is worth."""
+    if not schedule:
+        return []
+    if "error" in schedule:
+        return ["", f"Batch-size schedule: {schedule['error']}."]
+    stages = "; ".join(
+        f"batch size {s['batch_size']} at learning rate {_n(s['lr'], '.3g')} from sample {s['start_samples']:,}"
+        for s in schedule["stages"]
+    )
+    if len(schedule["stages"]) == 1:
+        return ["", f"Batch-size schedule: none; the measured B_crit does not grow enough to change it ({stages})."]
+    return [
+        "",
+        f"Batch-size schedule following the measured B_crit (the LR rule at each change): {stages}. "
+        f"Run it with `TrainConfig(batch_schedule={schedule['batch_schedule']})`. It trades samples for steps: on "
+        "bstune's benchmarks such schedules took fewer steps than the fixed batch at more samples, or fewer samples "
+        "at more steps, never both (benchmarks/results/batch_schedule.md): worth it when steps (wall time on "
+        "parallel hardware) cost more than samples.",
+    ]
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     rec = data["recommended"]
     study = data.get("study", {})
@@ -176,6 +198,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     measured = cb.get("measured")
     if measured:
         out += _measured(measured)
+        out += _schedule(cb.get("schedule"))
         out += [
             "",
             "**Fitted to the study's own trials** (less reliable: the trials were not tuned per batch size, ran "

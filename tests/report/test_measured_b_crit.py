@@ -1,0 +1,57 @@
+"""The report with a direct measurement of B_crit: it leads, the advice rests on it, and a schedule follows it.
+
+The measurement is a real :func:`bstune.critical.measure_critical_batch` on the closed form of
+``tests/critical/test_branching.py`` (known B_crit per segment: 30, 100, 300; whole run ≈ 155),
+attached to synthetic trials whose own fit says something else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from bstune.report import build_report
+from tests.critical.test_branching import WHOLE, ClosedForm, _measure
+from tests.report.test_b_crit_claims import NOISE, TARGET, _study, _trial
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[str, object]:
+    return _measure(ClosedForm(noise=0.0)).to_dict() | {"trial": 0}
+
+
+def test_the_section_leads_with_the_measurement_and_the_advice_rests_on_it(measured: dict[str, object]) -> None:
+    # trials whose fit gives B_crit ≈ 40 (S ∝ 1 + 40/B), far from the measured ≈ 155
+    trials = [_trial(i, b, 500 * (1 + 40 / b) * n) for i, (b, n) in enumerate(zip((8, 16, 32, 64, 128), NOISE))]
+    study = dataclasses.replace(_study(trials), critical_measured=measured)
+    report = build_report(study, {"metric": "train_loss", "value": TARGET})
+    cb = report.data["critical_batch"]
+    assert cb["headline"]["source"] == "measured" and cb["headline"]["b_crit"] == pytest.approx(WHOLE, rel=1e-3)
+    assert cb["advice_from"] == "measured"
+    assert cb["b_crit"] == pytest.approx(40, rel=0.2)  # the trials' fit is still there, second
+    rec = report.data["recommended"]
+    assert rec["lr_rule_kind"] == "fitted_b_crit" and rec["lr_rule_b_crit"] == pytest.approx(WHOLE, rel=1e-3)
+    md = report.to_markdown()
+    section = md[md.index("## Critical batch size") :]
+    assert section.index("**Measured directly**") < section.index("**Fitted to the study's own trials**")
+    assert "B_crit from the direct measurement" in md  # the LR table says which fit it follows
+    for start in ("0", "1,024", "2,048"):  # the trajectory table
+        assert f"| {start} |" in section
+    json.dumps(report.data)
+
+
+def test_the_schedule_grows_with_the_measured_b_crit_and_applies_the_lr_rule(measured: dict[str, object]) -> None:
+    trials = [_trial(i, b, 500 * (1 + 40 / b)) for i, b in enumerate((8, 16, 32, 64))]
+    study = dataclasses.replace(_study(trials), critical_measured=measured)
+    schedule = build_report(study, {"metric": "train_loss", "value": TARGET}).data["critical_batch"]["schedule"]
+    stages = schedule["stages"]
+    # local B_crit 30, 100, 300 from samples 0, 1024, 2048: powers of two at or below each, once it has doubled
+    assert [(s["start_samples"], s["batch_size"]) for s in stages] == [(0, 16), (1024, 64), (2048, 256)]
+    # η(B) = η_ref · s(B)/s(B_ref), s(B) = 1/(1/B + 1/B_crit) with the stage's B_crit (SGD: α = 1)
+    ref_batch, ref_lr = 8, 0.05
+    for s in stages:
+        rule = 1 / (1 / s["batch_size"] + 1 / s["b_crit"]) / (1 / (1 / ref_batch + 1 / s["b_crit"]))
+        assert s["lr"] == pytest.approx(ref_lr * rule, rel=1e-6)
+    assert schedule["batch_schedule"][0] == [0, 16, stages[0]["lr"]]
