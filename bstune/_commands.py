@@ -518,9 +518,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
     prior = Prior.for_space(probe, space, min(cap, probe.batch_ceiling or cap))
     lo, hi = probe.b_simple_ci
     print(
-        f"B_simple {probe.b_simple:.4g} (90% CI {lo:.4g} .. {hi:.4g}) after {probe.samples_used:,} samples "
-        f"({probe.seconds:.1f}s on {probe.device})"
+        f"B_simple {probe.b_simple:.4g} (90% CI {lo:.4g} .. {hi:.4g}, the spread a second seed would show) after "
+        f"{probe.samples_used:,} samples ({probe.seconds:.1f}s on {probe.device})"
     )
+    if probe.b_noise is not None and probe.b_noise_ci is not None:
+        nlo, nhi = probe.b_noise_ci
+        print(
+            f"B_noise {probe.b_noise:.4g} (90% CI {nlo:.4g} .. {nhi:.4g}): tr(HΣ)/(GᵀHG) with the loss's curvature, "
+            "where B_simple takes the Hessian to be isotropic"
+        )
     print(
         f"LR ceiling {probe.lr_ceiling:.3g} at B={probe.batch_size}, {probe.lr_ceiling_large:.3g} at "
         f"B={probe.large_batch}; probe run at lr {probe.lr_probe:.3g} "
