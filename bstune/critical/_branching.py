@@ -96,10 +96,16 @@ class BranchSettings:
         max_cost: a branch stops after this many times its segment's reference samples.
         checks_per_segment: evaluations per reference segment length (the resolution of the
             samples-to-target count, before interpolation).
-        eval_examples: the fixed training subset the loss is measured on.
+        eval_examples: the fixed training subset the loss is measured on; ``None``: the config's
+            ``eval_train_examples`` (the subset a study's trials and their targets use).
         tolerance: the tolerance batch size's allowance over the cheapest sample cost.
         target_window: a segment's target is the reference's mean training loss over this
             last fraction of the segment (its evaluations there), not one noisy evaluation.
+        reference_chunks: the reference trains in this many chunks of its budget, evaluated and
+            kept (a copy of the model and optimizer state in memory) after each; the checkpoints are
+            the copies nearest their fractions.
+        target_budget_factor: with a ``target_loss``, the reference may run this many times its
+            budget to reach it.
         rung_factor: ratio between neighbouring batch sizes of the ladder (a power of two).
         max_rungs: the most batch sizes in the ladder (its middle ones are kept).
         confidence: level of the intervals.
@@ -116,9 +122,11 @@ class BranchSettings:
     lr_factors: tuple[float, ...] = (1.0, 2.0)
     max_cost: float = 6.0
     checks_per_segment: int = 16
-    eval_examples: int = 512
+    eval_examples: int | None = None
     tolerance: float = 0.2
     target_window: float = 0.25
+    reference_chunks: int = 32
+    target_budget_factor: float = 2.0
     rung_factor: int = 4
     max_rungs: int = 5
     confidence: float = 0.9
@@ -140,8 +148,12 @@ class BranchSettings:
             raise bad("max_cost", f"must be > 1 (a branch may need more than the reference), got {self.max_cost}")
         if self.checks_per_segment < 2:
             raise bad("checks_per_segment", f"must be >= 2, got {self.checks_per_segment}")
-        if self.eval_examples < 1:
+        if self.eval_examples is not None and self.eval_examples < 1:
             raise bad("eval_examples", f"must be positive, got {self.eval_examples}")
+        if self.reference_chunks < 4:
+            raise bad("reference_chunks", f"must be >= 4, got {self.reference_chunks}")
+        if not self.target_budget_factor >= 1:
+            raise bad("target_budget_factor", f"must be >= 1, got {self.target_budget_factor}")
         if not 0 < self.target_window <= 1:
             raise bad("target_window", f"must be in (0, 1], got {self.target_window}")
         if not self.tolerance > 0:
@@ -530,6 +542,7 @@ def measure_critical_batch(
     batch_max: int | None = None,
     b_noise: float | None = None,
     ladder: Sequence[int] | None = None,
+    target_loss: float | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     runner: BranchRunner | None = None,
     progress: Callable[[str], None] | None = None,
@@ -548,6 +561,10 @@ def measure_critical_batch(
             measured at the checkpoints.
         ladder: the batch sizes to branch at; default: powers of two around the B_simple
             measured at the checkpoints (see the module docstring).
+        target_loss: the training loss the whole run is measured to (as a sweep's S(B) is): the reference
+            trains until it reaches it (up to ``target_budget_factor`` times its budget), and the
+            checkpoints are fractions of the samples it needed. Default: the reference trains for its
+            budget and the target is its loss at the end.
         model_kwargs: the model factory's arguments (a search space's ``model.<name>`` parameters).
         runner: trains one branch (tests pass a closed-form one); default: bstune's trainer.
         progress: called with a line of text as each segment finishes.
@@ -565,7 +582,7 @@ def measure_critical_batch(
         config,
         schedule="constant",
         warmup_samples=0,
-        eval_train_examples=settings.eval_examples,
+        eval_train_examples=settings.eval_examples or config.eval_train_examples,
         eval_at_start=True,
         track_noise=False,
         divergence_factor=None,  # from a late checkpoint one batch's loss can be 100x the first's; see _DIVERGED
@@ -574,44 +591,64 @@ def measure_critical_batch(
     if alpha is None:
         alpha = 1.0 if task.optimizer_spec.family == "sgd" else settings.adam_alpha
     budget = config.max_samples
-    bounds = [round(c * budget / config.batch_size) * config.batch_size for c in settings.checkpoints] + [budget]
-    bounds = sorted(set(bounds))
     cost = 0
     notes: list[str] = []
 
-    # 1. the reference, segment by segment, and B_simple at each checkpoint
+    # 1. the reference: one run in chunks (each continues the last one's optimizer state), a snapshot after each,
+    # until the budget is spent or, with a target, until the loss reaches it
     torch_state = torch.random.get_rng_state()
     model = task.make_model(seed=config.seed, **dict(model_kwargs or {}))
-    states: list[nn.Module] = []
-    optimizer_states: list[dict[str, Any] | None] = []
+    chunk = max(config.batch_size, round(budget / settings.reference_chunks / config.batch_size) * config.batch_size)
+    limit = budget if target_loss is None else math.ceil(settings.target_budget_factor * budget)
+    snapshots: list[tuple[int, nn.Module, dict[str, Any] | None]] = [(0, copy.deepcopy(model), None)]
+    chunk_losses: list[tuple[int, float]] = []  # (samples at the chunk's end, its training loss there)
     optimizer_state: dict[str, Any] | None = None
-    losses: list[float] = []
-    b_simple: list[tuple[float, tuple[float, float], int]] = []
-    for k in range(len(bounds) - 1):
-        states.append(copy.deepcopy(model))
-        optimizer_states.append(copy.deepcopy(optimizer_state))
-        b_simple.append(_b_simple(task, model, config.seed + k))
-        span = bounds[k + 1] - bounds[k]
-        every = max(config.batch_size, span // settings.checks_per_segment)
+    start_loss = math.nan
+    done = 0
+    while done < limit:
+        span = min(chunk, limit - done)
         run = train(
             task,
-            replace(base, max_samples=span, seed=config.seed + k, eval_every_samples=every),
+            replace(base, max_samples=span, seed=config.seed + len(chunk_losses), eval_every_samples=span),
             model=model,
             optimizer_state=optimizer_state,
         )
         if run.status is not RunStatus.COMPLETED or run.model is None:
             raise EstimationError(
                 f"the reference run (batch {config.batch_size}, lr {config.lr:g}) ended {run.status.value} "
-                f"in segment {k}: {run.message}"
+                f"after {done:,} samples: {run.message}"
             )
+        if not chunk_losses:
+            start_loss = run.history[0].train_loss
+        done += run.samples
         cost += run.samples
-        if not losses:
-            losses.append(run.history[0].train_loss)
-        # the target: the mean over the segment's last evaluations, not its last alone (a lucky or unlucky
-        # draw of a noisy run would set every branch's target)
-        tail = [r.train_loss for r in run.history if r.samples >= (1 - settings.target_window) * span]
-        losses.append(statistics.fmean(tail or [run.history[-1].train_loss]))
         model, optimizer_state = run.model, run.optimizer_state
+        chunk_losses.append((done, run.history[-1].train_loss))
+        snapshots.append((done, copy.deepcopy(model), copy.deepcopy(optimizer_state)))
+        if target_loss is not None and _smoothed(chunk_losses, done, settings.target_window) <= target_loss:
+            break
+    if target_loss is not None and _smoothed(chunk_losses, done, settings.target_window) > target_loss:
+        raise EstimationError(
+            f"the reference run (batch {config.batch_size}, lr {config.lr:g}) did not reach the target loss "
+            f"{target_loss:.4g} in {done:,} samples ({settings.target_budget_factor:g}x its budget): its training "
+            f"loss was {chunk_losses[-1][1]:.4g}; choose an easier target"
+        )
+    # the checkpoints: the snapshots nearest the fractions of the samples the reference ran
+    picked = sorted(
+        {min(range(len(snapshots) - 1), key=lambda i: abs(snapshots[i][0] - c * done)) for c in settings.checkpoints}
+    )
+    bounds = [snapshots[i][0] for i in picked] + [done]
+    states = [snapshots[i][1] for i in picked]
+    optimizer_states = [snapshots[i][2] for i in picked]
+    snapshots.clear()  # the other copies: memory back
+    # segment targets: the reference's loss at each cut, averaged over the segment's last part (one evaluation
+    # of a noisy run is a lucky or unlucky draw); the last one is the target when one was given
+    losses = [start_loss] + [
+        _smoothed(chunk_losses, bounds[k + 1], settings.target_window, since=bounds[k]) for k in range(len(bounds) - 1)
+    ]
+    if target_loss is not None:
+        losses[-1] = target_loss
+    b_simple = [_b_simple(task, state, config.seed + k) for k, state in enumerate(states)]
     final_b_simple = _b_simple(task, model, config.seed + len(bounds))
     torch.random.set_rng_state(torch_state)
     if not losses[-1] < losses[0]:
@@ -749,6 +786,15 @@ def _b_simple(task: Task, model: nn.Module, seed: int) -> tuple[float, tuple[flo
         logger.info("B_simple not measured at a checkpoint: %s", exc)
         return math.inf, (0.0, math.inf), 0
     return est.b_simple, est.ci, est.n_examples
+
+
+def _smoothed(chunk_losses: Sequence[tuple[int, float]], at: int, window: float, since: int = 0) -> float:
+    """The mean training loss of the chunks ending in the last ``window`` of (since, at]; at least the one at ``at``."""
+    span = at - since
+    tail = [loss for end, loss in chunk_losses if at - window * span <= end <= at and end > since]
+    if not tail:
+        tail = [loss for end, loss in chunk_losses if end <= at][-1:]
+    return statistics.fmean(tail)
 
 
 def _geometric_mean(values: Sequence[float]) -> float | None:

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Sampler
 
 from bstune.data import fetch_batch, is_tensor_pair
+from bstune.errors import ConfigError
 from bstune.task import Task
 from bstune.training._config import TrainConfig
 from bstune.training._schedule import step_batch_sizes
@@ -61,7 +62,11 @@ def epoch_batches(n: int, batch_size: int, seed: int, sizes: Iterable[int] | Non
     size = next(pending, None)
     while size is not None:
         if not 0 < size <= n:
-            raise ValueError(f"a batch of {size} examples cannot be drawn from {n}")
+            raise ConfigError(
+                f"a batch of {size} examples cannot be drawn from the {n} training examples",
+                source="TrainConfig",
+                field="batch_schedule",
+            )
         perm, start = torch.randperm(n, generator=gen), 0
         while size is not None and start + size <= n:
             yield perm[start : start + size]

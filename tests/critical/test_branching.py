@@ -20,7 +20,7 @@ from torch import nn
 import bstune
 from bstune.critical import BranchSettings, measure_critical_batch
 from bstune.critical._branching import _ladder
-from bstune.errors import ConfigError
+from bstune.errors import ConfigError, EstimationError
 
 B_CRIT = (30.0, 100.0, 300.0)  # per segment: B_crit grows over training
 E_MIN = (2_000.0, 5_000.0, 12_000.0)
@@ -199,3 +199,25 @@ def test_the_default_ladder_spans_the_b_simple_values_within_the_batch_range() -
     ]  # 2x when 4x is too few
     assert _ladder([math.inf], ref=64, low=1, high=4096, factor=4, max_rungs=3) == [16, 64, 256]
     assert len(_ladder([1.0, 1e6], ref=8, low=1, high=2**20, factor=4, max_rungs=5)) == 5
+
+
+def test_with_a_target_loss_the_reference_runs_until_it_and_the_whole_run_is_measured_to_it() -> None:
+    # a slow rate, so that the reference's loss still falls over its budget
+    config = bstune.TrainConfig(batch_size=REF_BATCH, lr=0.003, max_samples=4096, device="cpu")
+    settings = BranchSettings(checkpoints=(0.0, 0.25, 0.5), max_cost=50.0)
+
+    def measure(**kw: object) -> bstune.critical.CriticalBatchMeasurement:
+        return measure_critical_batch(
+            _task(), config, settings, ladder=LADDER, runner=ClosedForm(noise=0.0), b_noise=B_NOISE, **kw
+        )
+
+    free = measure()  # the reference's own loss at the end of its 4096 samples
+    target = free.segments[2].start_loss  # its loss about halfway, where the same run reaches it again
+    m = measure(target_loss=target)
+    assert m.final_loss == target and m.segments[-1].target_loss == target
+    ran = m.segments[-1].end_samples
+    assert 1024 < ran < 4096 and ran % 128 == 0, ran  # stopped at the chunk where the loss reached the target
+    starts = [s.start_samples for s in m.segments]
+    assert starts[0] == 0 and all(abs(a - c * ran) <= 64 for a, c in zip(starts, (0.0, 0.25, 0.5), strict=True))
+    with pytest.raises(EstimationError, match="did not reach the target loss"):
+        measure(target_loss=1e-6)

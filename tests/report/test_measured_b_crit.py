@@ -24,7 +24,9 @@ def measured() -> dict[str, object]:
 
 def test_the_section_leads_with_the_measurement_and_the_advice_rests_on_it(measured: dict[str, object]) -> None:
     # trials whose fit gives B_crit ≈ 40 (S ∝ 1 + 40/B), far from the measured ≈ 155
-    trials = [_trial(i, b, 500 * (1 + 40 / b) * n) for i, (b, n) in enumerate(zip((8, 16, 32, 64, 128), NOISE))]
+    trials = [
+        _trial(i, b, 500 * (1 + 40 / b) * n) for i, (b, n) in enumerate(zip((8, 16, 32, 64, 128), NOISE, strict=True))
+    ]
     study = dataclasses.replace(_study(trials), critical_measured=measured)
     report = build_report(study, {"metric": "train_loss", "value": TARGET})
     cb = report.data["critical_batch"]
