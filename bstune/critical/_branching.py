@@ -498,6 +498,33 @@ def _best_over_rates(
     return runs
 
 
+def _at_factor(
+    runner: BranchRunner,
+    model: nn.Module,
+    runs: list[BranchRun],
+    *,
+    segment: int,
+    batch: int,
+    factor: float,
+    rule_lr: float,
+    seed: int,
+    target: float,
+    cap: int,
+    every: int,
+) -> tuple[float, bool]:
+    """(samples, lower bound) at ``factor`` of the rule's rate: a run of ``runs`` that settles it, else a new
+    one (appended to ``runs``) with the full cap; a run stopped early at the best so far settles nothing."""
+    mine = [r for r in runs if r.batch_size == batch and r.seed == seed and math.isclose(r.lr_factor, factor)]
+    hit = [r for r in mine if r.reached]
+    if hit:
+        return min(r.samples for r in hit), False
+    if any(r.status == "diverged" or r.spent >= cap - batch for r in mine):  # failed in full: a bound
+        return float(cap), True
+    samples, spent, reached, status = runner(segment, model, batch, rule_lr * factor, seed, target, cap, every)
+    runs.append(BranchRun(segment, batch, rule_lr * factor, factor, seed, samples, spent, reached, status))
+    return (samples, False) if reached else (float(cap), True)
+
+
 def _points(runs: Sequence[BranchRun], cap_of: Callable[[int], int]) -> dict[tuple[int, int], BatchPoint]:
     """One point per (batch, seed): the fewest samples over its rates, or a lower bound at the cap."""
     points = {}
@@ -671,12 +698,16 @@ def measure_critical_batch(
                 field="ladder",
             )
 
-    # 2. branches from every checkpoint
-    segments: list[SegmentMeasurement] = []
+    # 2. branches from every checkpoint; the last segment (the longest, most of the run's steps) first: the rate
+    # it finds for a batch size is the one that batch size keeps in every segment for the whole-run sum, as
+    # a sweep's constant rate does (each segment's own best rate, summed, would be a tuned LR schedule)
+    n_segments = len(bounds) - 1
+    found: dict[int, SegmentMeasurement] = {}
     all_runs: list[BranchRun] = []
-    by_seed: list[dict[tuple[int, int], BatchPoint]] = []
+    whole_factor: dict[int, float] = {}
+    chained: dict[tuple[int, int, int], tuple[float, bool]] = {}  # (segment, batch, seed) -> (samples, bound)
     seeds = [config.seed + _SEED_STRIDE * (j + 1) for j in range(settings.seeds)]
-    for k in range(len(bounds) - 1):
+    for k in [n_segments - 1, *range(n_segments - 1)]:
         span = bounds[k + 1] - bounds[k]
         target = losses[k + 1]
         if not target < losses[k]:
@@ -711,38 +742,57 @@ def measure_critical_batch(
                     factors = ((min(hit, key=lambda r: r.samples) if hit else mine[-1]).lr_factor,)
                     if hit:
                         shift = factors[0]
+                    whole_factor.setdefault(batch, factors[0])
+            for seed in seeds:  # the whole run's rate, run in full where the search did not
+                chained[k, batch, seed] = _at_factor(
+                    runner_k,
+                    states[k],
+                    runs,
+                    segment=k,
+                    batch=batch,
+                    factor=whole_factor[batch],
+                    rule_lr=rule(batch),
+                    seed=seed,
+                    target=target,
+                    cap=caps[batch],
+                    every=every,
+                )
         cost += sum(r.spent for r in runs)
         all_runs += runs
-        by_seed.append(_points(runs, caps.__getitem__))
-        points = list(by_seed[-1].values())
+        points = list(_points(runs, caps.__getitem__).values())
         fit, error = _fit_or_error(points, settings.confidence)
         b, ci, _ = b_simple[k]
-        segments.append(
-            SegmentMeasurement(
-                k,
-                bounds[k],
-                bounds[k + 1],
-                losses[k],
-                target,
-                b,
-                ci,
-                points,
-                fit,
-                _tolerance_batch(points, settings.tolerance),
-                error,
-            )
+        found[k] = SegmentMeasurement(
+            k,
+            bounds[k],
+            bounds[k + 1],
+            losses[k],
+            target,
+            b,
+            ci,
+            points,
+            fit,
+            _tolerance_batch(points, settings.tolerance),
+            error,
         )
         if progress is not None:
             progress(f"segment {k} ({bounds[k]:,}-{bounds[k + 1]:,} samples): " + (fit.summary if fit else str(error)))
+    segments = [found[k] for k in range(n_segments)]
 
-    # 3. the whole run: each seed's steps summed over the segments
+    # 3. the whole run: each seed's steps summed over the segments, at one rate per batch size
     whole_points = []
     for batch in ladder:
         for seed in seeds:
-            chain = [points_k[batch, seed] for points_k in by_seed]
-            samples = sum(p.samples for p in chain)
+            chain = [chained[k, batch, seed] for k in range(n_segments)]
+            samples = sum(c[0] for c in chain)
             whole_points.append(
-                BatchPoint(batch, samples / batch, samples, None, lower_bound=any(p.lower_bound for p in chain))
+                BatchPoint(
+                    batch,
+                    samples / batch,
+                    samples,
+                    rule(batch) * whole_factor[batch],
+                    lower_bound=any(c[1] for c in chain),
+                )
             )
     whole, whole_error = _fit_or_error(whole_points, settings.confidence)
     return CriticalBatchMeasurement(

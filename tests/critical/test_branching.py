@@ -221,3 +221,33 @@ def test_with_a_target_loss_the_reference_runs_until_it_and_the_whole_run_is_mea
     assert starts[0] == 0 and all(abs(a - c * ran) <= 64 for a, c in zip(starts, (0.0, 0.25, 0.5), strict=True))
     with pytest.raises(EstimationError, match="did not reach the target loss"):
         measure(target_loss=1e-6)
+
+
+class PerSegmentBest(ClosedForm):
+    """The best rate differs by segment (8x, 1x, 2x the rule): as a tuned LR schedule would decay."""
+
+    BEST = (8.0, 1.0, 2.0)
+
+    def __call__(
+        self, segment: int, model: nn.Module, batch: int, lr: float, seed: int, target: float, cap: int, every: int
+    ) -> tuple[float, int, bool, str]:
+        self.best_factor = self.BEST[segment]
+        return super().__call__(segment, model, batch, lr, seed, target, cap, every)
+
+
+def test_the_whole_run_keeps_one_rate_per_batch_size_the_last_segments() -> None:
+    """As a sweep's constant-rate runs: summing each segment's own best would measure a tuned LR schedule."""
+    m = _measure(PerSegmentBest(noise=0.0))
+    for p in m.whole_points:
+        factor = p.lr / _rule(p.batch_size) if p.lr else math.nan
+        assert factor == pytest.approx(2.0)  # the last segment's best, found by the doubling search
+        needs = [
+            E_MIN[k] * (1 + p.batch_size / B_CRIT[k]) * (1 + math.log(2.0 / PerSegmentBest.BEST[k]) ** 2)
+            for k in range(3)
+        ]
+        caps = [50 * span for span in (1024, 1024, 2048)]  # max_cost x the segment's samples
+        assert p.lower_bound == any(n > c for n, c in zip(needs, caps, strict=True))
+        assert p.samples == pytest.approx(sum(min(n, c) for n, c in zip(needs, caps, strict=True)), rel=1e-6)
+    # each segment's own fit still uses its own best rate
+    for seg, best in zip(m.segments, PerSegmentBest.BEST, strict=True):
+        assert all(pt.lr == pytest.approx(best * _rule(pt.batch_size)) for pt in seg.points if not pt.lower_bound)
