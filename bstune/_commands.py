@@ -562,7 +562,7 @@ def _load_result(folder: str) -> StudyResult:
 
 
 def cmd_crit(args: argparse.Namespace) -> int:
-    from bstune.study._critical import measure_study_critical_batch
+    from bstune.study import measure_study_critical_batch
 
     result = _load_result(args.folder)  # before the script runs: a wrong folder is said at once
     task = load_subject(args.script)

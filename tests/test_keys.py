@@ -50,6 +50,8 @@ def test_the_stored_values_stay_as_older_studies_hold_them() -> None:
         "PROBE_ATTR": "bstune_probe",
         "RESCORED_ATTR": "bstune_rescored",
         "RESCORED_FILE": "bstune_rescored.json",
+        "CRITICAL_ATTR": "bstune_critical",
+        "CRITICAL_FILE": "bstune_critical.json",
         "SCRIPT_MODULE_PREFIX": "bstune_user_",
         "SETTINGS_ATTR": "bstune_settings",
         "STATE_FILE": "bstune_study.json",

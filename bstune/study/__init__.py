@@ -1,6 +1,7 @@
 """Tuning studies: the probe, the noise-scale prior, and the search on a backend (Optuna or Ray)."""
 
 from bstune.study._backend import FunctionJob, Resumed, StudySpec, TaskJob, TrialBackend, TrialJob
+from bstune.study._critical import measure_study_critical_batch
 from bstune.study._liveness import count_finished
 from bstune.study._optuna_backend import OptunaBackend, TrialFailure
 from bstune.study._prior import Prior
@@ -45,6 +46,7 @@ __all__ = [
     "lr_range_test",
     "make_pruner",
     "make_sampler",
+    "measure_study_critical_batch",
     "open_storage",
     "probe_function",
     "probe_params",
