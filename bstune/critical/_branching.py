@@ -29,13 +29,19 @@ Revisited", arXiv 2505.23971), with McCandlish et al.'s (2018) model fitted to i
    fewest samples count). The search runs at the first seed; the other seeds train at the
    rate it chose, so their scatter is the seed noise at that rate. The samples at which the loss crossed the target are
    interpolated between evaluations.
-4. **Fits.** Per segment, S(B) = S_min(1 + B_crit/B) is fitted to every seed's points
-   (:func:`bstune.analysis.fit_critical_batch`): the seeds' scatter is in the residuals, so
-   the profile-likelihood interval accounts for it. The whole run's S(B) per seed is the sum
-   of its segments' (from the first checkpoint to the reference's final loss); fitted the
-   same way, it is the number a study's B_crit (steps from initialisation to a late target)
-   compares with. Beside the fits, the *tolerance* batch size: the largest batch size of the
-   ladder whose median sample cost stays within ``tolerance`` of the cheapest one's.
+4. **The whole run.** The same ladder, seeds and search from initialisation to the
+   reference's final loss (or ``target_loss``): S(B) as a sweep measures it, one constant
+   rate per batch size. (Summing the segments' counts measures something else: every segment
+   starts from the reference, so a branch at a lower rate than the reference's gains the drop
+   that annealing gives once per segment; on the digits MLP small batches looked twice as
+   fast as a sweep finds them.)
+5. **Fits.** Per segment and for the whole run, S(B) = S_min(1 + B_crit/B) is fitted to every
+   seed's points (:func:`bstune.analysis.fit_critical_batch`): the seeds' scatter is in the
+   residuals, so the profile-likelihood interval accounts for it. The whole run's is the number
+   a study's B_crit (steps from initialisation to a late target) compares with; the segments'
+   are B_crit over training, each at its own best rates. Beside the fits, the *tolerance* batch
+   size: the largest batch size of the ladder whose median sample cost stays within
+   ``tolerance`` of the cheapest one's.
 
 The reference is one run: each segment continues the previous one's optimizer state. An SGD
 branch starts from the reference's momentum buffer at its checkpoint (in gradient units, it
@@ -170,7 +176,8 @@ class BranchSettings:
 
 @dataclass(frozen=True)
 class BranchRun:
-    """One branch: a batch size, a rate and a seed from one checkpoint.
+    """One branch: a batch size, a rate and a seed from one checkpoint (``segment``; the number of
+    segments for the whole run's branches, from initialisation).
 
     ``samples`` is the (interpolated) count at which the training loss reached the
     segment's target, or what the branch spent when it did not (``reached`` False).
@@ -242,8 +249,9 @@ class CriticalBatchMeasurement:
         reference: the reference config: ``batch_size``, ``lr``, ``budget_samples``, ``seed``.
         ladder: the batch sizes branched at.
         segments: one :class:`SegmentMeasurement` per checkpoint (the trajectory).
-        whole: the fit to each seed's summed steps over the segments: from initialisation to
-            the reference's final loss (None: see ``whole_error``).
+        whole: the fit to the whole-run branches, from initialisation to the reference's final
+            loss (None: see ``whole_error``).
+        whole_points: their points, per batch size and seed.
         final_b_simple, final_b_simple_ci: B_simple where the reference ended.
         branches: every branch run.
         cost_samples: every training example the measurement processed (reference, noise
@@ -498,31 +506,49 @@ def _best_over_rates(
     return runs
 
 
-def _at_factor(
+def _branch_ladder(
     runner: BranchRunner,
     model: nn.Module,
-    runs: list[BranchRun],
-    *,
     segment: int,
-    batch: int,
-    factor: float,
-    rule_lr: float,
-    seed: int,
+    ladder: Sequence[int],
+    seeds: Sequence[int],
+    rule: Callable[[int], float],
     target: float,
-    cap: int,
-    every: int,
-) -> tuple[float, bool]:
-    """(samples, lower bound) at ``factor`` of the rule's rate: a run of ``runs`` that settles it, else a new
-    one (appended to ``runs``) with the full cap; a run stopped early at the best so far settles nothing."""
-    mine = [r for r in runs if r.batch_size == batch and r.seed == seed and math.isclose(r.lr_factor, factor)]
-    hit = [r for r in mine if r.reached]
-    if hit:
-        return min(r.samples for r in hit), False
-    if any(r.status == "diverged" or r.spent >= cap - batch for r in mine):  # failed in full: a bound
-        return float(cap), True
-    samples, spent, reached, status = runner(segment, model, batch, rule_lr * factor, seed, target, cap, every)
-    runs.append(BranchRun(segment, batch, rule_lr * factor, factor, seed, samples, spent, reached, status))
-    return (samples, False) if reached else (float(cap), True)
+    span: int,
+    settings: BranchSettings,
+) -> tuple[list[BranchRun], dict[int, int]]:
+    """Every batch size of the ladder at every seed from ``model`` to ``target``; the runs and each batch's cap.
+
+    The rate search runs at the first seed, starting from the factor the batch size below found (the
+    rule's error carries up the ladder); the other seeds train at the rate it chose.
+    """
+    caps = {b: max(b, math.ceil(settings.max_cost * span / b) * b) for b in ladder}
+    runs: list[BranchRun] = []
+    shift = 1.0
+    for batch in ladder:
+        every = max(batch, span // settings.checks_per_segment)
+        factors: Sequence[float] = [f * shift for f in settings.lr_factors]
+        for j, seed in enumerate(seeds):
+            mine = _best_over_rates(
+                runner,
+                model,
+                segment=segment,
+                batch=batch,
+                rule_lr=rule(batch),
+                seed=seed,
+                target=target,
+                cap=caps[batch],
+                every=every,
+                factors=factors,
+                search=j == 0,
+            )
+            runs += mine
+            if j == 0:  # the other seeds train at the rate the first chose: their scatter is the seed noise
+                hit = [r for r in mine if r.reached]
+                factors = ((min(hit, key=lambda r: r.samples) if hit else mine[-1]).lr_factor,)
+                if hit:
+                    shift = factors[0]
+    return runs, caps
 
 
 def _points(runs: Sequence[BranchRun], cap_of: Callable[[int], int]) -> dict[tuple[int, int], BatchPoint]:
@@ -698,102 +724,57 @@ def measure_critical_batch(
                 field="ladder",
             )
 
-    # 2. branches from every checkpoint; the last segment (the longest, most of the run's steps) first: the rate
-    # it finds for a batch size is the one that batch size keeps in every segment for the whole-run sum, as
-    # a sweep's constant rate does (each segment's own best rate, summed, would be a tuned LR schedule)
+    # 2. branches from every checkpoint: B_crit over training (each segment's own best rate)
     n_segments = len(bounds) - 1
-    found: dict[int, SegmentMeasurement] = {}
+    segments: list[SegmentMeasurement] = []
     all_runs: list[BranchRun] = []
-    whole_factor: dict[int, float] = {}
-    chained: dict[tuple[int, int, int], tuple[float, bool]] = {}  # (segment, batch, seed) -> (samples, bound)
     seeds = [config.seed + _SEED_STRIDE * (j + 1) for j in range(settings.seeds)]
-    for k in [n_segments - 1, *range(n_segments - 1)]:
+    # SGD's momentum buffer (in gradient units) carries over to any batch size; Adam's second moment holds the
+    # reference batch's noise and would shrink a larger batch's steps for ~1/(1-β2) steps: fresh
+    sgd = task.optimizer_spec.family == "sgd"
+    for k in range(n_segments):
         span = bounds[k + 1] - bounds[k]
         target = losses[k + 1]
         if not target < losses[k]:
             notes.append(f"segment {k}: the reference's loss did not fall ({losses[k]:.4g} -> {target:.4g})")
-        caps = {b: max(b, math.ceil(settings.max_cost * span / b) * b) for b in ladder}
-        # SGD's momentum buffer (in gradient units) carries over to any batch size; Adam's second moment holds
-        # the reference batch's noise and would shrink a larger batch's steps for ~1/(1-β2) steps: fresh
-        carried = optimizer_states[k] if task.optimizer_spec.family == "sgd" else None
-        runner_k = runner or _train_branch(task, base, losses[k], max(_DIVERGED * losses[k], losses[0]), carried)
-        runs: list[BranchRun] = []
-        shift = 1.0  # the rule's error found at the batch size below, carried up the ladder
-        for batch in ladder:
-            every = max(batch, span // settings.checks_per_segment)
-            factors: Sequence[float] = [f * shift for f in settings.lr_factors]
-            for j, seed in enumerate(seeds):
-                mine = _best_over_rates(
-                    runner_k,
-                    states[k],
-                    segment=k,
-                    batch=batch,
-                    rule_lr=rule(batch),
-                    seed=seed,
-                    target=target,
-                    cap=caps[batch],
-                    every=every,
-                    factors=factors,
-                    search=j == 0,
-                )
-                runs += mine
-                if j == 0:  # the other seeds train at the rate the first chose: their scatter is the seed noise
-                    hit = [r for r in mine if r.reached]
-                    factors = ((min(hit, key=lambda r: r.samples) if hit else mine[-1]).lr_factor,)
-                    if hit:
-                        shift = factors[0]
-                    whole_factor.setdefault(batch, factors[0])
-            for seed in seeds:  # the whole run's rate, run in full where the search did not
-                chained[k, batch, seed] = _at_factor(
-                    runner_k,
-                    states[k],
-                    runs,
-                    segment=k,
-                    batch=batch,
-                    factor=whole_factor[batch],
-                    rule_lr=rule(batch),
-                    seed=seed,
-                    target=target,
-                    cap=caps[batch],
-                    every=every,
-                )
+        runner_k = runner or _train_branch(
+            task, base, losses[k], max(_DIVERGED * losses[k], losses[0]), optimizer_states[k] if sgd else None
+        )
+        runs, caps = _branch_ladder(runner_k, states[k], k, ladder, seeds, rule, target, span, settings)
         cost += sum(r.spent for r in runs)
         all_runs += runs
         points = list(_points(runs, caps.__getitem__).values())
         fit, error = _fit_or_error(points, settings.confidence)
         b, ci, _ = b_simple[k]
-        found[k] = SegmentMeasurement(
-            k,
-            bounds[k],
-            bounds[k + 1],
-            losses[k],
-            target,
-            b,
-            ci,
-            points,
-            fit,
-            _tolerance_batch(points, settings.tolerance),
-            error,
+        segments.append(
+            SegmentMeasurement(
+                k,
+                bounds[k],
+                bounds[k + 1],
+                losses[k],
+                target,
+                b,
+                ci,
+                points,
+                fit,
+                _tolerance_batch(points, settings.tolerance),
+                error,
+            )
         )
         if progress is not None:
             progress(f"segment {k} ({bounds[k]:,}-{bounds[k + 1]:,} samples): " + (fit.summary if fit else str(error)))
-    segments = [found[k] for k in range(n_segments)]
 
-    # 3. the whole run: each seed's steps summed over the segments, at one rate per batch size
-    whole_points = []
-    for batch in ladder:
-        for seed in seeds:
-            chain = [chained[k, batch, seed] for k in range(n_segments)]
-            samples = sum(c[0] for c in chain)
-            whole_points.append(
-                BatchPoint(
-                    batch,
-                    samples / batch,
-                    samples,
-                    rule(batch) * whole_factor[batch],
-                    lower_bound=any(c[1] for c in chain),
-                )
-            )
+    # 3. the whole run: branches from initialisation to the final loss, each at one rate (searched), as a sweep's
+    # constant-rate runs. Summing the segments' counts instead measured something else: every segment starts
+    # from the reference, so a branch at a lower rate than the reference's gains the drop that annealing gives,
+    # once per segment, and small batches looked twice as fast as a sweep finds them (digits MLP)
+    runner_w = runner or _train_branch(task, base, losses[0], _DIVERGED * losses[0], None)
+    runs, caps = _branch_ladder(runner_w, states[0], n_segments, ladder, seeds, rule, losses[-1], done, settings)
+    cost += sum(r.spent for r in runs)
+    all_runs += runs
+    whole_points = list(_points(runs, caps.__getitem__).values())
+    if progress is not None:
+        progress(f"whole run (0-{done:,} samples): {len(runs)} branches")
     whole, whole_error = _fit_or_error(whole_points, settings.confidence)
     return CriticalBatchMeasurement(
         reference={

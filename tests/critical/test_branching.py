@@ -53,6 +53,15 @@ class ClosedForm:
     ) -> tuple[float, int, bool, str]:
         self.calls.append((segment, batch, lr, seed, cap))
         rule = _rule(batch)
+        if segment == len(E_MIN):  # the whole run, from initialisation to the last target
+            penalty = 1 + math.log(lr / (self.best_factor * rule)) ** 2
+            jitter = math.exp(random.Random(f"{self.draw}-whole-{batch}-{seed}").gauss(0, self.noise))
+            need = sum(e * (1 + batch / b) for e, b in zip(E_MIN, B_CRIT, strict=True)) * penalty * jitter
+            return (
+                (float(cap), cap, False, "completed")
+                if need > cap
+                else (need, math.ceil(need / batch) * batch, True, "stopped")
+            )
         penalty = 1 + math.log(lr / (self.best_factor * rule)) ** 2
         jitter = math.exp(random.Random(f"{self.draw}-{segment}-{batch}-{seed}").gauss(0, self.noise))
         need = E_MIN[segment] * (1 + batch / B_CRIT[segment]) * penalty * jitter
@@ -224,9 +233,9 @@ def test_with_a_target_loss_the_reference_runs_until_it_and_the_whole_run_is_mea
 
 
 class PerSegmentBest(ClosedForm):
-    """The best rate differs by segment (8x, 1x, 2x the rule): as a tuned LR schedule would decay."""
+    """The best rate differs by segment (8x, 1x, 2x the rule) and is 4x for the whole run."""
 
-    BEST = (8.0, 1.0, 2.0)
+    BEST = (8.0, 1.0, 2.0, 4.0)
 
     def __call__(
         self, segment: int, model: nn.Module, batch: int, lr: float, seed: int, target: float, cap: int, every: int
@@ -235,19 +244,20 @@ class PerSegmentBest(ClosedForm):
         return super().__call__(segment, model, batch, lr, seed, target, cap, every)
 
 
-def test_the_whole_run_keeps_one_rate_per_batch_size_the_last_segments() -> None:
-    """As a sweep's constant-rate runs: summing each segment's own best would measure a tuned LR schedule."""
-    m = _measure(PerSegmentBest(noise=0.0))
+def test_the_whole_run_is_branched_from_initialisation_at_one_rate_per_batch_size() -> None:
+    """As a sweep's constant-rate runs: summing the segments (each from the reference) would not be."""
+    runner = PerSegmentBest(noise=0.0)
+    m = _measure(runner)
+    whole_calls = [c for c in runner.calls if c[0] == 3]
+    assert {c[1] for c in whole_calls} == set(LADDER)
+    assert all(c[4] <= 50 * 4096 for c in whole_calls)  # capped at max_cost x the reference's samples
     for p in m.whole_points:
-        factor = p.lr / _rule(p.batch_size) if p.lr else math.nan
-        assert factor == pytest.approx(2.0)  # the last segment's best, found by the doubling search
-        needs = [
-            E_MIN[k] * (1 + p.batch_size / B_CRIT[k]) * (1 + math.log(2.0 / PerSegmentBest.BEST[k]) ** 2)
-            for k in range(3)
-        ]
-        caps = [50 * span for span in (1024, 1024, 2048)]  # max_cost x the segment's samples
-        assert p.lower_bound == any(n > c for n, c in zip(needs, caps, strict=True))
-        assert p.samples == pytest.approx(sum(min(n, c) for n, c in zip(needs, caps, strict=True)), rel=1e-6)
-    # each segment's own fit still uses its own best rate
-    for seg, best in zip(m.segments, PerSegmentBest.BEST, strict=True):
+        assert p.lr == pytest.approx(4.0 * _rule(p.batch_size))  # its own search found its own best
+        need = sum(e * (1 + p.batch_size / b) for e, b in zip(E_MIN, B_CRIT, strict=True))
+        assert p.lower_bound == (need > 50 * 4096)
+        if not p.lower_bound:
+            assert p.samples == pytest.approx(need, rel=1e-9)
+    assert m.whole is not None and m.whole.b_crit == pytest.approx(WHOLE, rel=1e-3)
+    # each segment's own fit uses its own best rate
+    for seg, best in zip(m.segments, PerSegmentBest.BEST, strict=False):
         assert all(pt.lr == pytest.approx(best * _rule(pt.batch_size)) for pt in seg.points if not pt.lower_bound)
