@@ -54,8 +54,8 @@ def _measured(m: dict[str, Any]) -> list[str]:
         f"**Measured directly** (the most reliable number here): from the recommended config (batch size "
         f"{ref['batch_size']}, learning rate {_n(ref['lr'], '.3g')}) trained at a constant rate for "
         f"{ref['budget_samples']:,} samples, branches at batch sizes {', '.join(str(b) for b in m['ladder'])} "
-        f"and {seeds} seeds each, from checkpoints, each until it reached the loss the reference reached next "
-        f"(learning rate by the η/B rule and a search around it). "
+        f"and {seeds} seeds each, from initialisation to the reference's final loss and from checkpoints to the "
+        f"loss the reference reached next (learning rate by the η/B rule and a search around it). "
     )
     if whole:
         head += (
