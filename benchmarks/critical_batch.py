@@ -89,6 +89,13 @@ def _covers(ci: list[float | None], value: float) -> bool:
     return lo <= value <= hi
 
 
+def _ratio(values: list[float] | None, truth: float | None) -> str:
+    """The median of ``values`` over ``truth``, with how many there were."""
+    if not values or not truth:
+        return "–"
+    return f"{statistics.median(values) / truth:.2f} ({len(values)})"
+
+
 def _num(x: float | None) -> str:
     return "–" if x is None else ("∞" if math.isinf(x) else f"{x:.3g}")
 
@@ -102,7 +109,19 @@ def summarize(problem_name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     ratios = [e / truth for e in estimates] if truth else []
     covered = [bool(w) and _covers(w["b_crit_ci"], truth) for w in wholes] if truth else []
     median_ratio = statistics.median(ratios) if ratios else None
+    # what bstune said before, from the full suite (benchmarks/RESULTS.md section 4): the probe's B_simple per
+    # seed and the B_crit the report fitted to the prior studies' own trials
+    suite_file = RESULTS / "suite_full.json"
+    suite = json.loads(suite_file.read_text()) if suite_file.exists() else {}
+    probes = [p["b_simple"] for p in suite.get("bcrit", {}).get(problem_name, {}).get("probes", []) if p["b_simple"]]
+    fitted = [
+        x["report_b_crit"]
+        for x in suite.get("efficiency", {}).get(problem_name, {}).get("runs", [])
+        if x["method"] == "prior" and x.get("report_b_crit") is not None and math.isfinite(x["report_b_crit"])
+    ]
     return {
+        "probe_b_simple": probes,
+        "report_b_crit": fitted,
         "problem": problem_name,
         "sweep": {
             "b_crit": truth,
@@ -145,8 +164,9 @@ def render(data: dict[str, Any]) -> str:
         "problem; the 90% interval covering the sweep's value in >= 80% of seeds.",
         "",
         "| problem | sweep B_crit [90% CI] | target (train loss) | direct B_crit per seed [90% CI] | median / sweep "
-        "| within 2x | coverage | cost (trial budgets, median) | wall (median) |",
-        "|---|---|---:|---|---:|---|---:|---:|---:|",
+        "| within 2x | coverage | cost (trial budgets, median) | wall (median) | report's fit / sweep | "
+        "probe B_simple / sweep |",
+        "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for s in data["summaries"]:
         sw = s["sweep"]
@@ -161,7 +181,8 @@ def render(data: dict[str, Any]) -> str:
             f"| {s['problem']} | {_num(sw['b_crit'])} [{_num(ci[0])}, {_num(ci[1])}] ({sw['edge']}) "
             f"| {_num(sw['target_train_loss'])} | {per_seed} | {_num(ratio)} "
             f"| {'yes' if s['within_2x'] else '**no**'} ({s['seeds_within_2x']}/{len(s['seeds'])} seeds) "
-            f"| {'–' if cov is None else f'{100 * cov:.0f}%'} | {s['cost_budgets']:.0f} | {s['wall_s'] / 60:.1f} min |"
+            f"| {'–' if cov is None else f'{100 * cov:.0f}%'} | {s['cost_budgets']:.0f} | {s['wall_s'] / 60:.1f} min "
+            f"| {_ratio(s.get('report_b_crit'), sw['b_crit'])} | {_ratio(s.get('probe_b_simple'), sw['b_crit'])} |"
         )
     out += ["", "B_crit over training (local fits per segment, and B_simple at the segment's start), per seed:", ""]
     for s in data["summaries"]:
