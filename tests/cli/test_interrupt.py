@@ -7,9 +7,11 @@ was kept and the exact command that continues.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -53,8 +55,17 @@ ARGS = [
 
 def stored(folder: Path) -> list[FrozenTrial]:
     """The trials in ``folder/out/study.db`` now; [] before the study exists."""
-    if not (folder / "out" / "study.db").exists():
+    db = folder / "out" / "study.db"
+    if not db.exists():
         return []  # opening it would create it under the run's feet
+    # the file exists before its schema: opening it then makes two processes create the schema at once, and
+    # one fails (alembic_version's UNIQUE constraint). Read-only, ask whether the run has finished creating it
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+            if not con.execute("SELECT version_num FROM alembic_version").fetchall():
+                return []
+    except sqlite3.Error:
+        return []
     try:
         return optuna.load_study(
             study_name="bstune-slow", storage=open_storage(f"sqlite:///{folder}/out/study.db")
