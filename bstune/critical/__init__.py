@@ -4,12 +4,12 @@ See :mod:`bstune.critical._branching` for the method; the entry point is
 :func:`measure_critical_batch`.
 """
 
-from bstune.critical._branching import (
+from bstune.critical._branching import measure_critical_batch
+from bstune.critical._results import (
     BranchRun,
     BranchSettings,
     CriticalBatchMeasurement,
     SegmentMeasurement,
-    measure_critical_batch,
 )
 
 __all__ = [
