@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -116,6 +116,24 @@ class CriticalBatchFit:
     def predict_samples(self, batch_size: float) -> float:
         """E(B) = B·S(B) = E_min + S_min·B."""
         return float(batch_size * self.predict_steps(float(batch_size)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fit's numbers and its verdict, as report.json and a direct measurement store them."""
+        return {
+            "b_crit": self.b_crit,
+            "b_crit_ci": list(self.b_crit_ci),
+            "s_min": self.s_min,
+            "s_min_ci": list(self.s_min_ci),
+            "e_min": self.e_min,
+            "n_points": self.n_points,
+            "residual_rms": self.residual_rms,
+            "edge": self.edge,
+            "identified": self.identified,
+            "unidentified_because": self.unidentified_because(),
+            "batch_min": self.batch_min,  # the batch sizes fitted: those that reached the target
+            "batch_max": self.batch_max,
+            "summary": self.summary,
+        }
 
     @property
     def identified(self) -> bool:

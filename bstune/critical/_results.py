@@ -8,6 +8,7 @@ from typing import Any
 
 from bstune.analysis import BatchPoint, CriticalBatchFit
 from bstune.errors import ConfigError
+from bstune.records import clean_json
 
 __all__ = ["BranchRun", "BranchSettings", "CriticalBatchMeasurement", "SegmentMeasurement"]
 
@@ -278,16 +279,4 @@ def _point(p: BatchPoint) -> dict[str, Any]:
 
 
 def _fit(fit: CriticalBatchFit | None) -> dict[str, Any] | None:
-    if fit is None:
-        return None
-    return {
-        "b_crit": _finite(fit.b_crit),
-        "b_crit_ci": [_finite(v) for v in fit.b_crit_ci],
-        "s_min": fit.s_min,
-        "e_min": _finite(fit.e_min),
-        "identified": fit.identified,
-        "edge": fit.edge,
-        "n_points": fit.n_points,
-        "residual_rms": fit.residual_rms,
-        "summary": fit.summary,
-    }
+    return None if fit is None else dict(clean_json(fit.to_dict()))

@@ -147,21 +147,7 @@ def _curvature_fields(probe: ProbeResult | None) -> dict[str, Any]:
 
 
 def _fit_dict(fit: CriticalBatchFit, b_simple: float | None) -> dict[str, Any]:
-    out = {
-        "b_crit": fit.b_crit,
-        "b_crit_ci": list(fit.b_crit_ci),
-        "s_min": fit.s_min,
-        "s_min_ci": list(fit.s_min_ci),
-        "e_min": fit.e_min,
-        "n_points": fit.n_points,
-        "residual_rms": fit.residual_rms,
-        "edge": fit.edge,
-        "identified": fit.identified,
-        "unidentified_because": fit.unidentified_because(),
-        "batch_min": fit.batch_min,  # the batch sizes fitted: those that reached the target, one per bin
-        "batch_max": fit.batch_max,
-        "summary": fit.summary,
-    }
+    out = fit.to_dict()
     if b_simple and math.isfinite(b_simple) and fit.identified:
         out["b_crit_over_b_simple"] = fit.b_crit / b_simple
     return out
