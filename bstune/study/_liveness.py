@@ -51,6 +51,7 @@ __all__ = [
     "abandoned_reason",
     "claim_abandoned",
     "count_finished",
+    "count_taken",
     "requeue_interrupted",
     "retry_abandoned",
     "with_heartbeat",
@@ -195,13 +196,22 @@ def retry_abandoned(study: optuna.Study, grace_period: float) -> list[int]:
     return taken
 
 
+def _finished(trial: FrozenTrial) -> bool:
+    return trial.state in _FINISHED and trial.user_attrs.get("status") != TrialStatus.INTERRUPTED
+
+
 def count_finished(study: optuna.Study) -> int:
     """Trials that ran to their end (completed, pruned or failed), not counting abandoned ones."""
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False, states=_FINISHED)
-        if t.user_attrs.get("status") != TrialStatus.INTERRUPTED
-    )
+    return sum(1 for t in study.get_trials(deepcopy=False, states=_FINISHED) if _finished(t))
+
+
+def count_taken(study: optuna.Study) -> int:
+    """Trials finished (as :func:`count_finished` counts them) plus those running, from one read of the storage.
+
+    Not ``count_finished(study) + running``: a trial that finishes between two reads is
+    in neither, and a worker counting that way takes one trial too many.
+    """
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING or _finished(t))
 
 
 class Heartbeat:

@@ -33,13 +33,13 @@ from bstune.errors import BstuneError, ConfigError
 from bstune.metrics import Direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
 from bstune.study._backend import Resumed, StudySpec, TrialBackend
-from bstune.study._liveness import count_finished, retry_abandoned, with_heartbeat
+from bstune.study._liveness import count_finished, count_taken, retry_abandoned, with_heartbeat
 from bstune.study._pruners import make_pruner
 from bstune.study._records import trial_record
 from bstune.study._resume import check_settings
 from bstune.study._storage import open_storage
 from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner
-from bstune.study._workers import live_running, pickled, run_plans_parallel, run_workers, worker_devices
+from bstune.study._workers import pickled, run_plans_parallel, run_workers, worker_devices
 from bstune.training import Decision, EvalRecord
 
 __all__ = ["OptunaBackend", "TrialFailure"]
@@ -290,7 +290,7 @@ class OptunaBackend(TrialBackend):
                 try:
                     retry_abandoned(study, settings.grace_period)
                     self._lower_ceiling(study)
-                    if count_finished(study) + live_running(study) >= settings.n_trials:
+                    if count_taken(study) >= settings.n_trials:  # one read: see count_taken
                         break
                     study.optimize(let_go, n_trials=1, catch=(TrialFailure,), show_progress_bar=False)
                 except (ValueError, optuna.exceptions.UpdateFinishedTrialError):

@@ -28,6 +28,7 @@ from bstune.study._liveness import (
     abandoned_reason,
     claim_abandoned,
     count_finished,
+    count_taken,
     retry_abandoned,
 )
 from tests.reliability.worker import NAME, make_study
@@ -120,6 +121,34 @@ def _take_over(url: str, barrier: Any, results: Any) -> None:
     barrier.wait()
     study = optuna.load_study(study_name="s", storage=open_storage(url))
     results.put(retry_abandoned(study, GRACE))
+
+
+def test_trials_taken_are_counted_from_one_read_so_one_finishing_meanwhile_still_counts(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker counted finished trials, then running ones, in two reads; a trial that finished in between
+    was in neither, and the worker took one trial too many (7 of 6 in a loaded CI run). Here a trial
+    finishes right after every read."""
+    study, number = running_trial(storage_url, Owner.current(), time.time())
+    for value in (1.0, 2.0):
+        study.add_trial(optuna.trial.create_trial(value=value))
+    interrupted = study.ask()
+    study._storage.set_trial_user_attr(interrupted._trial_id, "status", "interrupted")
+    study.tell(interrupted, state=TrialState.FAIL)  # abandoned and queued again: it does not count
+    read = study.get_trials
+    reads: list[int] = []
+
+    def read_then_finish(*args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+        trials = read(*args, **kwargs)
+        if not reads:
+            study.tell(number, 0.5)  # the running trial finishes just after the first read
+        reads.append(len(trials))
+        return trials
+
+    monkeypatch.setattr(study, "get_trials", read_then_finish)
+    assert count_taken(study) == 3  # 2 finished + 1 running, from the one read
+    assert count_taken(study) == 3 and count_finished(study) == 3  # now 3 finished, none running
+    assert len(reads) == 3
 
 
 def test_processes_racing_to_take_over_one_trial_retry_it_once(storage_url: str) -> None:
