@@ -41,7 +41,6 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import TrialState
 
 from bstune._progress import progress_bar
 from bstune._spawn import pack, unpack
@@ -52,6 +51,7 @@ from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialOutcome, TrialPlan
 
 __all__ = [
+    "DroppedInterrupts",
     "TrialGate",
     "WorkerCrashError",
     "parallel_sampler",
@@ -66,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 _STOP_WAIT_S = 30.0  # after Ctrl-C: how long a worker may take to mark its trial interrupted before it is killed
 _OWN_STOP_S = 3.0  # after Ctrl-C: how long the workers are given to stop on their own SIGINT before one is sent
+_INTERRUPTED = 130  # a worker's exit code after Ctrl-C (128 + SIGINT, as a shell says it)
 _REINTERRUPT_S = 5.0  # a worker still running this long after an interrupt is interrupted again
 
 
@@ -212,6 +213,61 @@ def _on_sigint(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+class DroppedInterrupts:
+    """Ctrl-Cs that Python dropped, kept to be raised again, and not printed as a traceback.
+
+    A ``KeyboardInterrupt`` raised while a garbage-collection callback runs (SQLAlchemy's
+    weak references, for one) cannot leave the callback: Python passes it to
+    ``sys.unraisablehook``, which prints "Exception ignored in ..." with a traceback, and
+    the interrupt is lost. Inside ``with DroppedInterrupts() as dropped:`` such an
+    interrupt is counted instead; :meth:`raise_again` raises it where it can be handled.
+    Other unraisable exceptions go to the hook that was there before.
+
+    Example:
+        >>> import weakref
+        >>> class Thing: ...
+        >>> def callback(ref):
+        ...     raise KeyboardInterrupt  # as Ctrl-C would, arriving while the callback runs
+        >>> with DroppedInterrupts() as dropped:
+        ...     thing = Thing()
+        ...     ref = weakref.ref(thing, callback)
+        ...     del thing  # the callback runs here; nothing is printed
+        ...     dropped.count
+        1
+        >>> try:
+        ...     dropped.raise_again()  # where the interrupt can be handled
+        ... except KeyboardInterrupt:
+        ...     print("interrupted")
+        interrupted
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._before: Callable[[Any], Any] | None = None
+
+    def __enter__(self) -> DroppedInterrupts:
+        self._before = sys.unraisablehook
+        sys.unraisablehook = self._hook
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._before is not None:
+            sys.unraisablehook = self._before
+
+    def _hook(self, unraisable: Any) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            self.count += 1
+            logger.debug("a Ctrl-C came during a garbage-collection callback; raised again")
+            return
+        (self._before or sys.__unraisablehook__)(unraisable)
+
+    def raise_again(self) -> None:
+        """Raise ``KeyboardInterrupt`` if one was dropped since the last call."""
+        if self.count:
+            self.count = 0
+            raise KeyboardInterrupt
+
+
 def _setup_process(index: int, devices: tuple[str, ...], threads: int, log_level: int) -> None:
     torch.set_num_threads(threads)
     logging.basicConfig(
@@ -225,7 +281,7 @@ def _setup_process(index: int, devices: tuple[str, ...], threads: int, log_level
 def _watch(parent: int) -> None:
     """A worker's daemon thread: interrupt the worker as Ctrl-C would when its parent is gone (killed), and
     again every few seconds while it is still here after an interrupt (a KeyboardInterrupt raised inside a
-    garbage-collection callback is swallowed by Python)."""
+    garbage-collection callback is dropped by Python: see :class:`DroppedInterrupts`)."""
     last = 0.0
     while True:
         time.sleep(0.5)
@@ -242,6 +298,7 @@ def _watch(parent: int) -> None:
 def _worker_main(args: _WorkerArgs) -> None:
     """Run trials until the study has ``n_trials`` finished; exit 130 on Ctrl-C or when the parent is gone."""
     signal.signal(signal.SIGINT, _on_sigint)
+    DroppedInterrupts().__enter__()  # for the process's life: the watch interrupts it again
     threading.Thread(target=_watch, args=(args.parent,), name="bstune-worker-watch", daemon=True).start()
     try:
         _setup_process(args.index, args.devices, args.threads, args.log_level)
@@ -253,7 +310,7 @@ def _worker_main(args: _WorkerArgs) -> None:
         args.work(url, spec, planner, worker=args.index, label=label, gate=args.gate, parent=args.parent)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trial is marked: nothing left to interrupt
-        sys.exit(130)
+        sys.exit(_INTERRUPTED)
 
 
 # -- the parent ------------------------------------------------------------------------
@@ -289,10 +346,13 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
     bar = progress_bar(settings.progress, "trials", total=settings.n_trials, unit="trial")
     shown = count_finished(study)
     bar.update(shown)
+    dropped = DroppedInterrupts()
     try:
         while running:
-            wait([p.sentinel for p in running.values()], timeout=1.0)
-            finished = count_finished(study)
+            with dropped:
+                wait([p.sentinel for p in running.values()], timeout=1.0)
+                finished = count_finished(study)
+            dropped.raise_again()  # a Ctrl-C Python dropped in a garbage-collection callback meanwhile
             bar.update(finished - shown)
             shown = finished
             for index, proc in list(running.items()):
@@ -303,6 +363,8 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
                 code = proc.exitcode or 0
                 if code == 0:
                     continue
+                if code == _INTERRUPTED:  # the worker was interrupted (Ctrl-C): so is the study
+                    raise KeyboardInterrupt
                 where = f"worker {index} on {','.join(slots[index])} (pid {proc.pid})"
                 what = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
                 gate.free_for(index)
@@ -381,8 +443,3 @@ def run_plans_parallel(payload: bytes, plans: list[TrialPlan], settings: StudySe
         for start in range(0, len(placed), n):  # n at a time: never two plans on one device
             out += pool.map(_run_plan, placed[start : start + n], chunksize=1)
     return out
-
-
-def live_running(study: optuna.Study) -> int:
-    """Trials running now (after :func:`retry_abandoned` has failed those whose process is gone)."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))

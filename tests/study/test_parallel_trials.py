@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import sqlite3
@@ -32,7 +33,7 @@ from bstune.study import open_storage
 from bstune.study._liveness import count_finished
 from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialPlan
-from bstune.study._workers import TrialGate, worker_devices
+from bstune.study._workers import DroppedInterrupts, TrialGate, worker_devices
 from tests.conftest import make_classification, small_mlp
 from tests.reliability.conftest import python_env, wait_for
 from tests.reliability.test_crash_and_concurrency import in_trial
@@ -159,6 +160,43 @@ def test_the_gate_of_a_worker_that_died_holding_it_is_freed_and_patience_ends_a_
     gate.let_go()
 
 
+def test_a_ctrl_c_python_drops_in_a_gc_callback_is_not_printed_and_is_raised_again(
+    capfd: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy's weak-reference callbacks are where a worker's SIGINT landed in CI: Python printed
+    "Exception ignored in ..." with a traceback, and the interrupt was lost."""
+    import weakref
+
+    class Thing:
+        pass
+
+    def interrupted(_: Any) -> None:
+        raise KeyboardInterrupt
+
+    def broken(_: Any) -> None:
+        raise RuntimeError("a real bug in a callback")
+
+    before: list[type[BaseException] | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: before.append(u.exc_type))
+    with DroppedInterrupts() as dropped:
+        thing = Thing()
+        ref = weakref.ref(thing, interrupted)
+        del thing  # the callback runs now, and its KeyboardInterrupt cannot leave it
+        assert ref() is None and dropped.count == 1
+        with pytest.raises(KeyboardInterrupt):
+            dropped.raise_again()
+        dropped.raise_again()  # raised once
+        thing = Thing()
+        ref = weakref.ref(thing, broken)
+        del thing  # anything else goes to the hook that was there before
+        assert before == [RuntimeError]
+    assert capfd.readouterr().err == ""
+    thing = Thing()
+    ref = weakref.ref(thing, interrupted)
+    del thing  # outside the block: the hook before it has it back
+    assert before == [RuntimeError, KeyboardInterrupt] and dropped.count == 0
+
+
 # -- real studies on 2 worker processes: slow ---------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["sqlite", "memory"])
@@ -195,7 +233,9 @@ def test_a_prior_study_on_two_workers_draws_from_the_prior_in_each_and_keeps_the
     assert prior is not None and len(trials) == 5 and all(t.status == "completed" for t in trials)
     assert trials[0].from_probe and trials[0].worker is None and {t.worker for t in trials[1:]} == WORKERS
     drawn = [t for t in trials[1:] if prior.from_prior(t.number, 0)]
-    assert drawn and all(prior.draw(t.number, 0) == {k: t.params[k] for k in ("batch_coord", "lr_coord")} for t in drawn)
+    assert drawn and all(
+        prior.draw(t.number, 0) == {k: t.params[k] for k in ("batch_coord", "lr_coord")} for t in drawn
+    )
 
 
 @pytest.mark.slow
@@ -314,10 +354,22 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _owner_pid(db: Path, number: int) -> int:
+    """The pid of the worker process running trial ``number`` (its owner attribute), read as _two_running reads."""
+    query = (
+        "SELECT a.value_json FROM trial_system_attributes a JOIN trials t ON a.trial_id = t.trial_id "
+        "WHERE t.number = ? AND a.key = ?"
+    )
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as con:
+        ((value,),) = con.execute(query, (number, OWNER_KEY)).fetchall()
+    return int(json.loads(value)["pid"])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("to", ["group", "parent"])
+@pytest.mark.parametrize("to", ["group", "parent", "worker"])
 def test_ctrl_c_marks_the_running_trials_interrupted_and_leaves_no_process(tmp_path: Path, to: str) -> None:
-    """``group``: a terminal's Ctrl-C, to every process of the run; ``parent``: ``kill -INT`` to bstune alone."""
+    """``group``: a terminal's Ctrl-C, to every process of the run; ``parent``: ``kill -INT`` to bstune alone;
+    ``worker``: ``kill -INT`` to one trial worker alone (the study stops, not restarts the worker as a crash)."""
     (tmp_path / "slow.py").write_text(SLOW_SCRIPT)  # a lambda in the task: sent to the workers by value
     (tmp_path / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
     args = [
@@ -342,8 +394,10 @@ def test_ctrl_c_marks_the_running_trials_interrupted_and_leaves_no_process(tmp_p
     victims = wait_for("a trial running in each worker", both_running, [proc])
     if to == "group":
         os.killpg(proc.pid, signal.SIGINT)
-    else:
+    elif to == "parent":
         proc.send_signal(signal.SIGINT)
+    else:
+        os.kill(_owner_pid(db, victims[0]), signal.SIGINT)
     assert proc.wait(timeout=120) == 130
     err = proc.stderr.read().decode().strip()  # type: ignore[union-attr]
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
