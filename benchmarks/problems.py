@@ -238,6 +238,7 @@ PROBLEMS["char_lm_adamw"] = dataclasses.replace(
     note=f"char_lm with AdamW, weight decay {CHAR_LM_WEIGHT_DECAY}",
 )
 
+
 @cache
 def task_of(name: str) -> bstune.Task:
     """The problem's task, built once per process."""

@@ -144,7 +144,13 @@ def test_probe_prints_noise_scale_ceiling_throughput_and_prior(
 ) -> None:
     assert main(["probe", DIGITS, "--space", SPACE_FILE, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for words in ("B_simple", "90% CI", "LR ceiling", "throughput (samples/s)", "prior: first trials drawn from batch sizes"):
+    for words in (
+        "B_simple",
+        "90% CI",
+        "LR ceiling",
+        "throughput (samples/s)",
+        "prior: first trials drawn from batch sizes",
+    ):
         assert words in out
     assert "(effective temperature lr/(B(1-m)) " in out and "(temperature " not in out
     rungs = out.split("interquartile range in brackets: ")[1].splitlines()[0].split(", B=")

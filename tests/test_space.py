@@ -173,7 +173,11 @@ ERRORS = [
     ((("prior", "batch_round"), 3000), "prior.batch_round", "no multiple of 3000"),
     ((("prior", "lr_anchor"), 0), "prior.lr_anchor", "(0, 1] (a fraction of the LR ceiling), got 0"),
     ((("prior", "lr_anchor"), 2.0), "prior.lr_anchor", "(0, 1] (a fraction of the LR ceiling), got 2.0"),
-    ((("prior", "width"), 2), "prior.width", "known keys: batch_width, lr_width, adam_alpha, lr_anchor, batch_round, lr_search_width, weight"),
+    (
+        (("prior", "width"), 2),
+        "prior.width",
+        "known keys: batch_width, lr_width, adam_alpha, lr_anchor, batch_round, lr_search_width, weight",
+    ),
     ((("prior", "lr_search_width"), 2), "prior.lr_search_width", "a number >= lr_width (3), got 2"),
     ((("prior", "weight"), -1), "prior.weight", "a number >= 0 (trials' worth of prior draws), got -1"),
     ((("prior", "weight"), "many"), "prior.weight", "expected a number, got str 'many'"),

@@ -345,7 +345,10 @@ def _measured_fit(measured: Mapping[str, Any] | None) -> CriticalBatchFit | None
     level = float((measured or {}).get("settings", {}).get("confidence", 0.9))
     try:
         return fit_critical_batch(
-            [BatchPoint(int(p["batch_size"]), p["steps"], p["samples"], p["lr"], bool(p["lower_bound"])) for p in points],
+            [
+                BatchPoint(int(p["batch_size"]), p["steps"], p["samples"], p["lr"], bool(p["lower_bound"]))
+                for p in points
+            ],
             confidence=level,
         )
     except BstuneError:

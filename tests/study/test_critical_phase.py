@@ -79,7 +79,7 @@ def test_without_the_measurement_the_report_says_what_the_fit_rests_on_and_how_t
     assert report.data["critical_batch"]["headline"]["source"] in ("fitted", "none")
     section = report.to_markdown().split("## Critical batch size")[1]
     assert "**Measured directly**" not in section
-    assert "critical_batch=\"measure\"" in section or "no fit" in section
+    assert 'critical_batch="measure"' in section or "no fit" in section
 
 
 def test_a_training_function_cannot_measure_and_a_bad_value_names_the_field() -> None:
