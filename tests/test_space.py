@@ -168,6 +168,8 @@ ERRORS = [
     ((("optimizer",), ["sgd"]), "optimizer", "expected a mapping"),
     ((("prior", "batch_width"), 1), "prior.batch_width", "> 1, got 1.0"),
     ((("prior", "lr_width"), 0.5), "prior.lr_width", "> 1, got 0.5"),
+    ((("prior", "batch_top"), 0), "prior.batch_top", "(0, 4] (the band's top as a multiple of B_noise), got 0"),
+    ((("prior", "batch_top"), "half"), "prior.batch_top", "expected a number, got str 'half'"),
     ((("prior", "adam_alpha"), 0.3), "prior.adam_alpha", "[0.5, 1], got 0.3"),
     ((("prior", "batch_round"), 0), "prior.batch_round", "positive integer, got 0"),
     ((("prior", "batch_round"), 3000), "prior.batch_round", "no multiple of 3000"),
@@ -176,7 +178,7 @@ ERRORS = [
     (
         (("prior", "width"), 2),
         "prior.width",
-        "known keys: batch_width, lr_width, adam_alpha, lr_anchor, batch_round, lr_search_width, weight",
+        "known keys: batch_width, batch_top, lr_width, adam_alpha, lr_anchor, batch_round, lr_search_width, weight",
     ),
     ((("prior", "lr_search_width"), 2), "prior.lr_search_width", "a number >= lr_width (3), got 2"),
     ((("prior", "weight"), -1), "prior.weight", "a number >= 0 (trials' worth of prior draws), got -1"),

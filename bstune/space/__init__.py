@@ -15,7 +15,7 @@ A space is a YAML file (read with ``yaml.safe_load`` only: no tag runs code)::
     optimizer: {family: sgd, momentum: 0.9, weight_decay: 0.0}   # OptimizerSpec fields
     batch_size: {min: 8, max: 1024}        # max: null means the training-set size
     lr: {min: 1.0e-4, max: 3.0}
-    prior: {batch_width: 4, lr_width: 3, lr_search_width: 30, weight: 3, adam_alpha: 0.8, lr_anchor: 0.25}
+    prior: {batch_width: 4, batch_top: 1, lr_width: 3, lr_search_width: 30, weight: 3, adam_alpha: 0.8, lr_anchor: 0.25}
     params:
       weight_decay: {type: float, low: 1.0e-6, high: 1.0e-2, log: true}
       warmup_fraction: {type: float, low: 0.0, high: 0.2}

@@ -1,6 +1,7 @@
 """The prior: where to look for batch size and learning rate, from the probe.
 
-Batch size. A band from B_noise/batch_width² up to B_noise (the probe's B_simple),
+Batch size. A band from B_noise/batch_width² up to B_noise (the probe's B_simple; the
+top is ``batch_top`` x B_noise, 1 by default),
 clipped to what the space allows, what the dataset holds and what fit in memory; a
 band pushed against a limit keeps its width and slides inward. Why below B_noise: a
 trial's budget is a fixed number of samples, and above B_noise each sample buys
@@ -197,6 +198,7 @@ class Prior:
             family=space.optimizer.family,
             adam_alpha=settings.adam_alpha,
             batch_width=settings.batch_width,
+            batch_top=settings.batch_top,
             lr_width=settings.lr_width,
             lr_anchor=settings.lr_anchor,
             batch_min=space.batch_min,
@@ -227,6 +229,7 @@ class Prior:
         lr_anchor: float = 0.25,
         lr_search_width: float | None = None,
         weight: float = 3.0,
+        batch_top: float = 1.0,
     ) -> Prior:
         """Band just below the probe's B_simple; rule anchored at the large-batch LR ceiling; the search
         over every batch size from ``batch_min`` to ``batch_cap`` and ``lr_search_width`` around the rule."""
@@ -235,9 +238,9 @@ class Prior:
             lower = probe.b_simple_ci[0]
             b_noise = lower if math.isfinite(lower) and lower > 0 else float(batch_cap)
             logger.warning("probe B_simple unresolved (interval %s); centring on %.4g", probe.b_simple_ci, b_noise)
-        # The band's top is B_noise: above it E = E_min(1 + B/B_crit) wastes samples, and at a
-        # fixed sample budget smaller batches take more steps; its bottom is batch_width² lower.
-        low, high = _band(b_noise / batch_width, batch_width, batch_min, batch_cap, batch_round)
+        # The band's top is batch_top·B_noise (default B_noise): at a fixed sample budget a sample at B
+        # does 1/(1 + B/B_noise) of the work it does at B -> 0; its bottom is batch_width² lower.
+        low, high = _band(b_noise * batch_top / batch_width, batch_width, batch_min, batch_cap, batch_round)
         # The range test finds a stability edge, set by curvature and nearly independent of B
         # while B is small; at a large batch, lr_anchor of it estimates the rate the rule
         # approaches above B_noise. A probe that could not test a larger batch falls back to

@@ -86,15 +86,15 @@ def test_band_keeps_its_width_when_pushed(
     assert _band(center, width, floor, cap, 1) == expected
 
 
-def _probe(ceiling_small: float, ceiling_large: float, large_batch: int) -> ProbeResult:
+def _probe(ceiling_small: float, ceiling_large: float, large_batch: int, b_simple: float = 200.0) -> ProbeResult:
     return ProbeResult(
         batch_size=64,
         lr_ceiling=ceiling_small,
         lr_ceiling_large=ceiling_large,
         large_batch=large_batch,
         lr_probe=0.05,
-        b_simple=200.0,
-        b_simple_ci=(150.0, 260.0),
+        b_simple=b_simple,
+        b_simple_ci=(0.75 * b_simple, 1.3 * b_simple),
         trajectory=[],
         temperature=1e-3,
         throughput={},
@@ -141,7 +141,7 @@ def test_for_space_takes_every_setting_from_the_space() -> None:
             "lr": {"min": 1e-4, "max": 0.5},
             "prior": {
                 "batch_width": 2, "lr_width": 5, "adam_alpha": 0.75, "lr_anchor": 0.1, "batch_round": 8,
-                "lr_search_width": 50, "weight": 1.5,
+                "lr_search_width": 50, "weight": 1.5, "batch_top": 0.5,
             },
         }
     )  # fmt: skip
@@ -150,9 +150,28 @@ def test_for_space_takes_every_setting_from_the_space() -> None:
     assert (p.lr_search_width, p.weight, p.batch_range) == (50.0, 1.5, (16, 700))
     assert p.lr_ref == pytest.approx(0.1 * 1.6)
     assert p.batch_low >= 16 and p.batch_high <= 700 and p.batch_low % 8 == 0
+    assert (p.batch_low, p.batch_high) == (
+        32,
+        96,
+    )  # B_noise 200 × batch_top 0.5 = 100, / 2²: 25 .. 100, in multiples of 8
 
 
 # -- the soft prior: the search reaches the whole space, the prior draws a decaying share --------------
+def test_the_band_top_sets_how_much_work_a_sample_does_there() -> None:
+    """At a fixed sample budget a sample at B does 1/(1 + B/B_noise) of its work at B -> 0 (E = E_min(1 + B/B_noise),
+    McCandlish et al. 2018): the default band [B_noise/16, B_noise] spans 94% down to 50%; batch_top 1/4 gives
+    [B_noise/64, B_noise/4], 98.5% down to 80%."""
+    p = Prior.from_probe(_probe(0.8, 1.6, 512, b_simple=2000.0), **_FROM_PROBE)  # type: ignore[arg-type]
+    assert (p.batch_low, p.batch_high) == (125, 2000)
+    assert 1 / (1 + p.batch_high / p.b_noise) == pytest.approx(0.5)
+    low = Prior.from_probe(_probe(0.8, 1.6, 512, b_simple=6400.0), batch_top=0.25, **_FROM_PROBE)  # type: ignore[arg-type]
+    assert (low.batch_low, low.batch_high) == (100, 1600)
+    assert 1 / (1 + low.batch_high / low.b_noise) == pytest.approx(0.8)
+    assert 1 / (1 + low.batch_low / low.b_noise) == pytest.approx(0.985, abs=1e-3)
+    wide = Prior.from_probe(_probe(0.8, 1.6, 512, b_simple=6400.0), **_FROM_PROBE)  # type: ignore[arg-type]
+    assert (wide.batch_low, wide.batch_high) == (256, 4096)  # B_noise/16 .. B_noise, slid under the batch cap
+
+
 def test_the_search_reaches_every_batch_size_of_the_space_and_the_band_lies_inside() -> None:
     p = Prior.from_probe(_probe(0.8, 1.6, 512), **_FROM_PROBE)  # type: ignore[arg-type]
     assert p.batch_range == (8, 4096) and (p.batch_low, p.batch_high) == (12, 200)
