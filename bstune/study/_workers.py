@@ -257,7 +257,7 @@ class DroppedInterrupts:
     def _hook(self, unraisable: Any) -> None:
         if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
             self.count += 1
-            logger.debug("a Ctrl-C came during a garbage-collection callback; raised again")
+            logger.debug("a Ctrl-C came during a garbage-collection callback; kept, to raise again")
             return
         (self._before or sys.__unraisablehook__)(unraisable)
 
@@ -327,6 +327,7 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
     workers and devices when the study could not finish. On Ctrl-C, every worker marks its
     running trial ``interrupted`` (it got the SIGINT too, or is sent one), workers that do
     not stop within 30 s are killed, and the interrupt goes on up: no process is left behind.
+    A worker interrupted on its own (``kill -INT`` to it) interrupts the study the same way.
     """
     ctx = multiprocessing.get_context("spawn")
     gate = TrialGate(ctx)
