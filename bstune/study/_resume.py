@@ -98,7 +98,8 @@ def upgrade_settings(stored: dict[str, Any] | None) -> dict[str, Any] | None:
     silently under today's default). Prior-mode studies stored before the soft prior
     (``prior.weight``) searched inside the band alone, in coordinates that no longer mean
     the same: they do not resume (the mismatch names ``space.prior.weight``). A baseline
-    study never used the prior: it reads as today's defaults.
+    study never used the prior: it reads as today's defaults. Before ``prior.batch_top``
+    the band's top was B_noise, which is its default.
 
     Example:
         >>> upgrade_settings({"space": {"prior": {"lr_width": 3.0, "lr_anchor": 0.25}}})["space"]["prior"]["weight"]
@@ -111,6 +112,8 @@ def upgrade_settings(stored: dict[str, Any] | None) -> dict[str, Any] | None:
     prior = stored.get("space", {}).get("prior")
     if isinstance(prior, dict) and "lr_anchor" not in prior:
         prior = {**prior, "lr_anchor": 0.5}
+    if isinstance(prior, dict) and "batch_top" not in prior:
+        prior = {**prior, "batch_top": 1.0}  # the band's top was B_noise: today's default
     if isinstance(prior, dict) and "weight" not in prior:
         today = PriorSettings()
         weight = today.weight if stored.get("mode") == "baseline" else _BAND_ONLY

@@ -196,6 +196,22 @@ def test_a_study_stored_before_lr_anchor_resumes_only_with_the_anchor_it_ran_wit
     assert [t.number for t in again.trials] == [0, 1]
 
 
+def test_a_study_stored_before_batch_top_resumes_with_todays_defaults(blob_task: bstune.Task, tmp_path: Path) -> None:
+    """Before ``prior.batch_top`` the band's top was B_noise, today's default: such a study resumes as it is."""
+    journal = str(tmp_path / "study.log")
+    _study(blob_task, mode="prior", n_trials=1, storage=journal, rescore_top=0).run()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
+    study = optuna.load_study(study_name="bstune-blobs", storage=storage)
+    settings = study.user_attrs["bstune_settings"]
+    del settings["space"]["prior"]["batch_top"]
+    study.set_user_attr("bstune_settings", settings)
+    again = _study(blob_task, mode="prior", n_trials=2, storage=journal, rescore_top=0).run()
+    assert [t.number for t in again.trials] == [0, 1]
+    low = SPACE | {"prior": {**SPACE.get("prior", {}), "batch_top": 0.25}}
+    with pytest.raises(ConfigError, match=r"space.prior.batch_top: the stored study used 1.0, this run asks 0.25"):
+        _study(blob_task, mode="prior", n_trials=3, storage=journal, rescore_top=0, space=low).run()
+
+
 def test_a_prior_study_stored_before_the_soft_prior_does_not_resume_a_baseline_one_does(
     blob_task: bstune.Task, tmp_path: Path
 ) -> None:
