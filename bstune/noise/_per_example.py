@@ -602,7 +602,10 @@ class PerExampleNorms:
                 step.batch = b
             elif b != step.batch:
                 step.problems.append(
-                    EstimationError(f"layers saw different batch sizes in one step ({step.batch} and {b} at {full})")
+                    EstimationError(
+                        f"{full} saw a batch of {b} where other layers saw {step.batch}: a parameter shared "
+                        "across the batch (a positional embedding, say) has no per-example gradient"
+                    )
                 )
                 return
             if self._checked_steps < self.check_steps:

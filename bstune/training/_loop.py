@@ -284,7 +284,11 @@ class _Run:
             sq = self.norms.sq_norms()
             fallback = bool(self.norms.uncovered())
         except BstuneError as exc:
-            logger.warning("per-example noise measurement failed (%s); splitting measured batches from now on", exc)
+            logger.warning(
+                "per-example gradient norms do not fit this model (%s); the noise scale is measured from split "
+                "batches from now on (as accurate, but each measured step costs more)",
+                exc,
+            )
             fallback = True
         if fallback:
             logger.debug("per-example norms leave out %s: splitting measured batches", self.norms.uncovered())

@@ -507,3 +507,44 @@ def test_without_grad_hooks_the_norms_stay_and_the_batch_norm_is_left_to_the_cal
         assert (norms.batch_grad_sq is not None) is checked
     with pytest.raises(EstimationError, match="no backward pass"):
         norms.sq_norms()
+
+
+class PositionalLM(nn.Module):
+    """Token plus positional embeddings, the latter looked up at ``arange(T)``: one row set for the whole batch."""
+
+    def __init__(self, vocab: int = 7, d: int = 4, length: int = 5) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(length, d)
+        self.out = nn.Linear(d, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.tok(tokens) + self.pos(torch.arange(tokens.shape[1]))
+        out: torch.Tensor = self.out(h)
+        return out
+
+
+def test_a_parameter_shared_across_the_batch_is_named_and_the_trainer_falls_back_to_split_batches(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The positional embedding's hook sees T rows, not B examples: it has no per-example gradient. The error
+    names it and says why; training goes on measuring the noise scale from split batches."""
+    torch.manual_seed(0)
+    model = PositionalLM()
+    tokens = torch.randint(0, 7, (8, 5))
+    norms = PerExampleNorms(model)
+    norms.enabled = True
+    nn.functional.cross_entropy(model(tokens).reshape(-1, 7), tokens.reshape(-1)).backward()
+    with pytest.raises(EstimationError, match=r"pos\.weight saw a batch of 5 where other layers saw 8: .*shared"):
+        norms.sq_norms()
+    x = torch.randint(0, 7, (64, 5))
+    task = bstune.Task(
+        model=PositionalLM,
+        train_data=(x, x[:, 0]),
+        val_data=(x[:16], x[:16, 0]),
+        loss=lambda out, y: nn.functional.cross_entropy(out[:, -1], y),
+    )
+    with caplog.at_level("WARNING"):
+        run = bstune.train(task, bstune.TrainConfig(batch_size=8, lr=0.1, max_samples=400, track_noise=True))
+    assert "per-example gradient norms do not fit this model (pos.weight saw a batch of" in caplog.text
+    assert run.status.value == "completed" and run.noise_trajectory  # measured all the same
