@@ -17,17 +17,10 @@ import torch
 
 from bstune.errors import ConfigError
 
-__all__ = ["EDGE_FRACTION", "FAMILIES", "OptimizerSpec", "temperature"]
+__all__ = ["FAMILIES", "OptimizerSpec", "temperature"]
 
 Family = Literal["sgd", "adam", "adamw"]
 FAMILIES: tuple[str, ...] = ("sgd", "adam", "adamw")
-
-# The best constant learning rate of a fixed-budget run, as a fraction of the LR range test's ceiling
-# (Smith 2017's edge; the probe's test runs past the space's lr.max so that it is the edge). Measured
-# against seed-averaged grids at the probe's large batch (benchmarks/results/lr_rule.md): SGD 0.27
-# [0.19, 0.38] (digits MLP) and 0.09 (digits CNN); Adam 0.10 [0.06, 0.24] (char LM), AdamW 0.09 [0.06,
-# 0.13]. Used for the LR rule's anchor (prior.lr_anchor) and the probe run's rate (ProbeSettings.lr_fraction).
-EDGE_FRACTION: dict[str, float] = {"sgd": 0.25, "adam": 0.1, "adamw": 0.1}
 
 
 @dataclass(frozen=True)

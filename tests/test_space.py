@@ -92,7 +92,7 @@ def test_base_dict_reads_as_written() -> None:
     space = SearchSpace.from_dict(BASE)
     assert (space.batch_min, space.batch_max, space.lr_min, space.lr_max) == (8, 1024, 1e-4, 3.0)
     assert space.optimizer == OptimizerSpec("sgd", momentum=0.9)
-    assert space.prior == PriorSettings(lr_anchor=0.25)  # the default anchor: SGD's (bstune.optim.EDGE_FRACTION)
+    assert space.prior == PriorSettings()
     assert [p.name for p in space.params] == ["weight_decay", "warmup_fraction", "schedule", "model.hidden"]
     assert SearchSpace.from_dict(space.to_dict()) == space
 

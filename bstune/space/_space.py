@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -13,7 +12,7 @@ import yaml
 
 from bstune._validate import count_reason, is_number
 from bstune.errors import ConfigError
-from bstune.optim import EDGE_FRACTION, OptimizerSpec
+from bstune.optim import OptimizerSpec
 from bstune.space._param import ParamSpec, _show
 from bstune.space._parse import _optimizer, _param, _relocate, _section, _to_float, _to_int, _yaml_reason
 
@@ -44,9 +43,8 @@ class PriorSettings:
     # 1.01 [0.65, 1.37] with AdamW, one α for both 0.90 [0.73, 1.07]; 0.5 lies outside every interval.
     adam_alpha: float = 0.8
     # η_rule at the probe's large batch, as a fraction of its LR range-test ceiling: the best constant
-    # rate of a fixed-budget run sits well below the edge. None: the optimizer family's
-    # (bstune.optim.EDGE_FRACTION: 0.25 for SGD, 0.1 for Adam and AdamW), set by the SearchSpace
-    lr_anchor: float | None = None
+    # rate of a fixed-budget run sits well below the edge (benchmarks/RESULTS.md: ceiling/3 to /8)
+    lr_anchor: float = 0.25
     batch_round: int = 1  # batch sizes are multiples of this (8 suits GPU kernels)
     # the search leaves the band and the rule's ±lr_width: it reaches every batch size of the space and
     # ln(η/η_rule(B)) in ±ln(lr_search_width); prior draws stay inside them (bstune.study.Prior)
@@ -69,10 +67,9 @@ class PriorSettings:
                 "batch_top", f"must be in (0, 4] (the band's top as a multiple of B_noise), got {self.batch_top!r}"
             )
         object.__setattr__(self, "batch_top", float(self.batch_top))
-        if self.lr_anchor is not None:
-            if not is_number(self.lr_anchor, numpy=True) or not 0.0 < self.lr_anchor <= 1.0:
-                raise bad("lr_anchor", f"must be in (0, 1] (a fraction of the LR ceiling), got {self.lr_anchor!r}")
-            object.__setattr__(self, "lr_anchor", float(self.lr_anchor))
+        if not is_number(self.lr_anchor, numpy=True) or not 0.0 < self.lr_anchor <= 1.0:
+            raise bad("lr_anchor", f"must be in (0, 1] (a fraction of the LR ceiling), got {self.lr_anchor!r}")
+        object.__setattr__(self, "lr_anchor", float(self.lr_anchor))
         if not is_number(self.adam_alpha, numpy=True) or not 0.5 <= self.adam_alpha <= 1.0:
             raise bad("adam_alpha", f"must be in [0.5, 1], got {self.adam_alpha!r}")
         object.__setattr__(self, "adam_alpha", float(self.adam_alpha))
@@ -121,9 +118,6 @@ class SearchSpace:
             raise bad("optimizer", f"must be an OptimizerSpec, got {_show(self.optimizer)}")
         if not isinstance(self.prior, PriorSettings):
             raise bad("prior", f"must be PriorSettings, got {_show(self.prior)}")
-        if self.prior.lr_anchor is None:  # the optimizer family's
-            anchor = EDGE_FRACTION[self.optimizer.family]
-            object.__setattr__(self, "prior", dataclasses.replace(self.prior, lr_anchor=anchor))
         for key, value in (("batch_size.min", self.batch_min), ("batch_size.max", self.batch_max)):
             if value is None and key == "batch_size.max":
                 continue

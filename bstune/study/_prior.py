@@ -71,7 +71,6 @@ import random
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from bstune.optim import EDGE_FRACTION
 from bstune.records import ProbeResult
 
 if TYPE_CHECKING:
@@ -201,7 +200,7 @@ class Prior:
             batch_width=settings.batch_width,
             batch_top=settings.batch_top,
             lr_width=settings.lr_width,
-            lr_anchor=settings.lr_anchor or EDGE_FRACTION[space.optimizer.family],  # a SearchSpace has set it
+            lr_anchor=settings.lr_anchor,
             batch_min=space.batch_min,
             batch_cap=batch_cap,
             lr_min=space.lr_min,

@@ -8,10 +8,9 @@ Three measurements, each counted in samples against the study's budget:
    at a batch ``large_batch_factor`` times larger bounds the rule's flat part; a
    larger batch only raises the ceiling (less noise), so it starts a decade below the
    first ceiling, at the same resolution, instead of at the space's lowest rate: on
-   the benchmark problems that halves its cost. Both go on past the space's ``lr.max``
-   (to ``lr_beyond`` x it, 10 by default; trials never do), because a ceiling the space
-   cut off is not the edge the LR rule is anchored at. When the first test never blew up
-   (its ceiling is its top) the second cannot find a higher one, and is skipped.
+   the benchmark problems that halves its cost. When the first test never blew up
+   (its ceiling is the space's ``lr.max``) the second cannot find a higher one, and is
+   skipped.
 2. **Noise scale**: a run at a safe fraction of that ceiling with ``track_noise=True``,
    then B_simple measured with its interval at the parameters it reached. That interval
    (``b_simple_sampling_ci``) covers the sampling noise at those parameters only; the
@@ -66,7 +65,6 @@ from bstune.noise import (
     resolve_device,
     seed_spread_interval,
 )
-from bstune.optim import EDGE_FRACTION
 from bstune.records import ProbeResult, clean_dict
 from bstune.space import SearchSpace
 from bstune.study._status import trial_status
@@ -82,7 +80,6 @@ __all__ = [
     "measure_throughput",
     "probe_cost",
     "probe_space",
-    "range_top",
     "run_probe",
 ]
 
@@ -90,7 +87,7 @@ logger = logging.getLogger(__name__)
 
 _CLOCK_FLOOR = 1e-9  # seconds: the shortest step time step_rate believes (perf_counter's resolution or finer)
 CURVATURE_MIN_SECONDS = 10.0  # the curvature-aware B_noise may always take this long (a tiny problem's run is faster)
-_TOP = 1 - 1e-9  # a range test's ceiling at or above top * _TOP is its top (its last step, up to rounding)
+_TOP = 1 - 1e-9  # a range test's ceiling at or above lr_max * _TOP is lr_max (its last step, up to rounding)
 
 
 @dataclass(frozen=True)
@@ -98,20 +95,14 @@ class ProbeSettings:
     """How much the probe spends. Every default scales with the problem.
 
     Example:
-        >>> ProbeSettings(train_samples=20_000).fraction_for("adamw")
-        0.1
+        >>> ProbeSettings(train_samples=20_000).lr_fraction
+        0.25
     """
 
     batch_size: int | None = None  # None: 64, or less for small datasets
     lr_steps: int = 40  # steps of the LR range test (each one batch)
     large_batch_factor: int = 8  # a second range test at this multiple of the probe batch bounds the flat part
-    # probe lr = this x the range test's ceiling (the optimum sits well below the edge); None: the optimizer
-    # family's (bstune.optim.EDGE_FRACTION: 0.25 for SGD, 0.1 for Adam and AdamW)
-    lr_fraction: float | None = None
-    # the range tests go on past the space's lr.max, up to this multiple of it, at the same steps per decade
-    # (trials never do): a ceiling that lr.max cut off is a bound, not a measurement, and the LR rule is
-    # anchored at it (on the char LM, lr.max 0.1 cut Adam's ceiling of 0.43-0.47 to 0.1). 1: stop at lr.max
-    lr_beyond: float = 10.0
+    lr_fraction: float = 0.25  # probe lr = this x the range test's ceiling (optimum ~ a few x below the edge)
     # probe training run before B_simple is measured; None: 5x the range test's samples, at least half an epoch.
     # Given budget_samples, the run goes on to one trial's length, B_simple measured at the first milestone past this
     train_samples: int | None = None
@@ -135,44 +126,14 @@ class ProbeSettings:
             if getattr(self, name) < 2:
                 raise ConfigError(f"must be >= 2, got {getattr(self, name)}", source="ProbeSettings", field=name)
         for name in ("lr_fraction", "throughput_fraction", "curvature_time_fraction"):
-            if getattr(self, name) is None and name == "lr_fraction":
-                continue
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"must be in (0, 1], got {getattr(self, name)}", source="ProbeSettings", field=name)
-        if not (math.isfinite(self.lr_beyond) and self.lr_beyond >= 1):
-            raise ConfigError(
-                f"must be a number >= 1 (a multiple of lr.max), got {self.lr_beyond}",
-                source="ProbeSettings",
-                field="lr_beyond",
-            )
         if self.curvature_examples != 0 and self.curvature_examples < 4:
             raise ConfigError(
                 f"must be 0 (off) or at least 4, got {self.curvature_examples}",
                 source="ProbeSettings",
                 field="curvature_examples",
             )
-
-    def fraction_for(self, family: str) -> float:
-        """The probe run's rate as a fraction of the range test's ceiling, for optimizer ``family``."""
-        return self.lr_fraction if self.lr_fraction is not None else EDGE_FRACTION[family]
-
-
-def range_top(lr_min: float, lr_max: float, steps: int, beyond: float) -> tuple[float, int]:
-    """Where the range tests stop, and the first one's step count: ``steps`` from ``lr_min``
-    to ``lr_max``, and as many more at the same ratio as reach ``beyond`` x ``lr_max``.
-
-    Example:
-        >>> top, n = range_top(1e-4, 0.1, 31, 10.0)  # 10 steps a decade, one decade more
-        >>> round(top, 6), n
-        (1.0, 41)
-        >>> range_top(1e-4, 0.1, 31, 1.0)
-        (0.1, 31)
-    """
-    if beyond <= 1 or steps < 2 or lr_max <= lr_min:
-        return lr_max, steps
-    ratio = (lr_max / lr_min) ** (1.0 / (steps - 1))
-    extra = math.ceil(math.log(beyond) / math.log(ratio) - 1e-9)
-    return lr_min * ratio ** (steps - 1 + extra), steps + extra
 
 
 def _probe_batch(n_train: int | None, settings: ProbeSettings, batch_min: int, batch_cap: int) -> int:
@@ -330,14 +291,13 @@ def _run_probe(
     spec = task.optimizer_spec
     batch = _probe_batch(task.n_train, settings, batch_min, batch_max)
     samples = 0
-    top, lr_steps = range_top(lr_min, lr_max, settings.lr_steps, settings.lr_beyond)
-    with progress_bar(progress, f"probe: LR range test at B={batch}", total=lr_steps, unit="step") as bar:
+    with progress_bar(progress, f"probe: LR range test at B={batch}", total=settings.lr_steps, unit="step") as bar:
         ceiling, curve = lr_range_test(
-            task, batch, lr_min, top, lr_steps, momentum=None, seed=seed, device=dev, on_step=bar.update
+            task, batch, lr_min, lr_max, settings.lr_steps, momentum=None, seed=seed, device=dev, on_step=bar.update
         )
     samples += len(curve) * batch
     before_run = samples  # the run needs only this test: the study's first trial, it trains next
-    lr_probe = min(lr_max, max(lr_min, settings.fraction_for(spec.family) * ceiling))  # a trial's: in the space
+    lr_probe = max(lr_min, settings.lr_fraction * ceiling)
     logger.info("probe: LR range test at B=%d: ceiling %.3g, probe lr %.3g", batch, ceiling, lr_probe)
 
     # B_simple is measured where the probe's own length rule ends (it grows as training goes on); told the
@@ -432,14 +392,14 @@ def _run_probe(
     big = min(batch_max, task.n_train, max(batch, settings.large_batch_factor * batch))
     ceiling_big = ceiling
     cap: int | None = None
-    if big > batch and ceiling >= top * _TOP:  # the first test never blew up: nor would this one
-        logger.info("probe: LR range test at B=%d reached its top %.3g; none at B=%d", batch, top, big)
+    if big > batch and ceiling >= lr_max * _TOP:  # the first test never blew up: nor would this one
+        logger.info("probe: LR range test at B=%d reached lr.max %.3g; none at B=%d", batch, lr_max, big)
     elif big > batch:
-        start, steps = large_batch_sweep(ceiling, lr_min, top, lr_steps)
+        start, steps = large_batch_sweep(ceiling, lr_min, lr_max, settings.lr_steps)
         try:
             with progress_bar(progress, f"probe: LR range test at B={big}", total=steps, unit="step") as bar:
                 ceiling_big, curve_big = lr_range_test(
-                    task, big, start, top, steps, momentum=None, seed=seed, device=dev, on_step=bar.update
+                    task, big, start, lr_max, steps, momentum=None, seed=seed, device=dev, on_step=bar.update
                 )
             samples += len(curve_big) * big
             # a larger batch only raises the ceiling; a test that blew up sooner from its higher start

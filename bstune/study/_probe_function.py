@@ -50,7 +50,6 @@ from bstune.study._probe import (
     _train_samples,
     ladder_plan,
     large_batch_sweep,
-    range_top,
     step_rate,
     trajectory_rows,
 )
@@ -191,26 +190,25 @@ def _probe(
     run = _Runner(job, probe_params(space), seed, dev)
     lr_min, lr_max = space.lr_min, space.lr_max
     batch = _probe_batch(None, settings, space.batch_min, batch_cap)
-    top, lr_steps = range_top(lr_min, lr_max, settings.lr_steps, settings.lr_beyond)  # past lr.max, as run_probe
-    ratio = (top / lr_min) ** (1.0 / (lr_steps - 1))
+    ratio = (lr_max / lr_min) ** (1.0 / (settings.lr_steps - 1))
     with progress_bar(progress, f"probe: LR range test at B={batch} (your loop)", total=1, unit="test") as bar:
-        ceiling, curve = _range_test(run, batch, lr_min, top, lr_steps, ratio)
+        ceiling, curve = _range_test(run, batch, lr_min, lr_max, settings.lr_steps, ratio)
         # the training set's size is known once the loop has opened ctx.loader: a small one takes a
         # smaller probe batch (as a task's does), and the test runs again at it
         if (sized := _probe_batch(run.n_train, settings, space.batch_min, batch_cap)) != batch:
             batch = sized
-            ceiling, curve = _range_test(run, batch, lr_min, top, lr_steps, ratio)
+            ceiling, curve = _range_test(run, batch, lr_min, lr_max, settings.lr_steps, ratio)
         bar.update(1)
     big = min(batch_cap, run.n_train or batch_cap, max(batch, settings.large_batch_factor * batch))
     ceiling_big, cap = ceiling, None
-    if big > batch and ceiling >= top * _TOP:  # the first test never blew up: nor would this one (see run_probe)
-        logger.info("probe: LR range test at B=%d reached its top %.3g; none at B=%d", batch, top, big)
+    if big > batch and ceiling >= lr_max * _TOP:  # the first test never blew up: nor would this one (see run_probe)
+        logger.info("probe: LR range test at B=%d reached lr.max %.3g; none at B=%d", batch, lr_max, big)
     elif big > batch:
-        start, steps = large_batch_sweep(ceiling, lr_min, top, lr_steps)
+        start, steps = large_batch_sweep(ceiling, lr_min, lr_max, settings.lr_steps)
         try:
             with progress_bar(progress, f"probe: LR range test at B={big} (your loop)", total=1, unit="test") as bar:
-                ratio_big = (top / start) ** (1.0 / (steps - 1))  # as lr_range_test spreads its steps
-                ceiling_big, _ = _range_test(run, big, start, top, steps, ratio_big)
+                ratio_big = (lr_max / start) ** (1.0 / (steps - 1))  # as lr_range_test spreads its steps
+                ceiling_big, _ = _range_test(run, big, start, lr_max, steps, ratio_big)
                 bar.update(1)
             ceiling_big = max(ceiling_big, ceiling)  # a larger batch only raises the ceiling (see run_probe)
         except torch.OutOfMemoryError:
@@ -218,7 +216,7 @@ def _probe(
             logger.warning("probe: batch size %d ran out of memory; the search stays at or below %d", 2 * cap, cap)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-    lr_probe = min(lr_max, max(lr_min, settings.fraction_for(space.optimizer.family) * ceiling))  # in the space
+    lr_probe = max(lr_min, settings.lr_fraction * ceiling)
     logger.info("probe: LR range test at B=%d: ceiling %.3g, probe lr %.3g", batch, ceiling, lr_probe)
 
     train_samples = _train_samples(run.n_train, settings, batch, None)

@@ -123,18 +123,11 @@ def test_without_a_large_batch_the_rule_falls_back_to_the_probe_batch() -> None:
     assert (prior.b_ref, prior.lr_ref, prior.lr_cap) == (64, pytest.approx(0.2), None)
 
 
-def test_default_anchor_is_the_optimizer_familys_fraction_of_the_ceiling() -> None:
-    """A quarter for SGD, a tenth for Adam and AdamW (benchmarks/results/lr_rule.md, against uncapped ceilings)."""
-    from bstune.space import SearchSpace
+def test_default_anchor_is_a_quarter_of_the_ceiling() -> None:
+    from bstune.space import PriorSettings
 
     prior = Prior.from_probe(_probe(0.8, 1.6, 512), **_FROM_PROBE)  # type: ignore[arg-type]
-    assert prior.lr_ref == pytest.approx(0.4)  # from_probe's own default: SGD's quarter
-    spaces = {f: SearchSpace.from_dict({"name": f, "optimizer": {"family": f}}) for f in ("sgd", "adam", "adamw")}
-    assert {f: s.prior.lr_anchor for f, s in spaces.items()} == {"sgd": 0.25, "adam": 0.1, "adamw": 0.1}
-    assert Prior.for_space(_probe(0.8, 1.6, 512), spaces["adamw"], batch_cap=4096).lr_ref == pytest.approx(0.16)
-    assert all(SearchSpace.from_dict(s.to_dict()) == s for s in spaces.values())  # stored as the number it is
-    given = SearchSpace.from_dict({"name": "a", "optimizer": {"family": "adam"}, "prior": {"lr_anchor": 0.3}})
-    assert given.prior.lr_anchor == 0.3  # a setting given is kept, whatever the family
+    assert prior.lr_ref == pytest.approx(PriorSettings().lr_anchor * 1.6) == pytest.approx(0.4)
 
 
 def test_for_space_takes_every_setting_from_the_space() -> None:
