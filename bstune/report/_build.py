@@ -28,6 +28,7 @@ from bstune.analysis import (
     steps_by_batch,
 )
 from bstune.errors import BstuneError, ConfigError
+from bstune.metrics import Direction
 from bstune.optim import temperature
 from bstune.records import ProbeResult, StudyData, TrialStatus, clean_dict
 from bstune.space import PriorSettings
@@ -184,6 +185,7 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
             "name": result.study_name,
             "mode": result.mode,
             "objective": result.objective,
+            "direction": Direction(result.direction).value,
             "budget_samples": result.budget_samples,
             "samples_total": result.samples_total,
             "samples_probe": result.samples_probe,

@@ -260,7 +260,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         "| # | status | batch | lr | η/(B(1−m)) | value | samples |",
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for t in sorted(data["trials"], key=lambda t: (t["value"] is None, t["value"] or 0.0)):
+    sign = Direction(study.get("direction", "minimize")).sign  # best first, as the console lists them
+    for t in sorted(data["trials"], key=lambda t: (t["value"] is None, sign * (t["value"] or 0.0))):
         out.append(
             f"| {t['number']} | {t['status']} | {t['batch_size']} | {_n(t['lr'], '.3g')} | "
             f"{_n(t['temperature'], '.3g')} | {_n(t['value'])} | {t['samples']:,} |"

@@ -7,6 +7,7 @@ result.json (examples/digits_report, written before directions were stored).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -126,6 +127,22 @@ def test_a_declared_direction_wins_over_the_name_and_an_older_result_needs_one()
     old = _result({})
     old.objective, old.direction = "val_score", "maximize"  # ... unless it was the study's objective
     assert old.direction_of("val_score") is bstune.Direction.MAXIMIZE
+
+
+def _trials_table_values(result: StudyResult) -> list[float]:
+    lines = build_report(result).to_markdown().splitlines()
+    rows = [r for r in lines[lines.index("## Trials") :] if r.startswith("| ") and r.split("|")[1].strip().isdigit()]
+    return [float(r.split("|")[6]) for r in rows[: len(result.trials)]]
+
+
+def test_the_trials_table_lists_the_best_first_when_the_objective_is_maximized() -> None:
+    result = _result(DECLARED)
+    by_accuracy = [dataclasses.replace(t, value=max(h["val_accuracy"] for h in t.history)) for t in result.trials]
+    maximized = dataclasses.replace(result, objective="val_accuracy", direction="maximize", trials=by_accuracy)
+    values = _trials_table_values(maximized)
+    assert values == sorted(values, reverse=True) and values[0] == 0.95, values
+    values = _trials_table_values(result)  # a loss: the lowest first
+    assert values == sorted(values) and len(values) == 5, values
 
 
 def test_an_unknown_metric_is_an_error_listing_the_known_ones() -> None:
