@@ -325,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-value",
         type=float,
         default=None,
-        help="the target; default: the hardest value two thirds of the batch sizes reach",
+        help="the target; default: the hardest value two thirds of the batch sizes reach, or a harder one "
+        "where they reach that by their first evaluation (bstune.analysis.choose_target)",
     )
     report.add_argument(
         "--workers", type=_positive_int, default=1, help="data-parallel workers for the wall-time optimum (default 1)"

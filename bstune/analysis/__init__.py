@@ -20,7 +20,7 @@ from bstune.analysis._compute import BatchChoice, ComputeOptimal, compute_optima
 from bstune.analysis._critical import CriticalBatchFit, fit_critical_batch
 from bstune.analysis._gap import GapSummary, GapTrend, TrialGap, generalization_gap
 from bstune.analysis._lr import lr_table
-from bstune.analysis._target import BatchPoint, TargetHit, choose_target, steps_by_batch, steps_to_target
+from bstune.analysis._target import BatchPoint, TargetHit, bin_points, choose_target, steps_by_batch, steps_to_target
 
 __all__ = [
     "BatchChoice",
@@ -33,6 +33,7 @@ __all__ = [
     "ScheduleStage",
     "TargetHit",
     "TrialGap",
+    "bin_points",
     "choose_target",
     "compute_optimal",
     "fit_critical_batch",

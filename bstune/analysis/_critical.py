@@ -80,6 +80,8 @@ class CriticalBatchFit:
         n_censored: bounds that were left out of the least squares.
         contradicted: batch sizes whose bound the fitted curve violates.
         censored_batches: the batch sizes of those bounds, in order.
+        early_batches: those of them that reached the target by their first
+            evaluation (their steps are an upper bound, not a lower one).
     """
 
     b_crit: float
@@ -96,6 +98,7 @@ class CriticalBatchFit:
     n_censored: int = 0
     contradicted: tuple[int, ...] = ()
     censored_batches: tuple[int, ...] = ()
+    early_batches: tuple[int, ...] = ()
 
     @overload
     def predict_steps(self, batch_size: float) -> float: ...
@@ -189,9 +192,17 @@ class CriticalBatchFit:
         fitted = f"{self.n_points} batch sizes {self.batch_min}–{self.batch_max} that reached the target"
         bounds = ""
         if self.censored_batches:
-            k = len(self.censored_batches)
-            shown = ", ".join(str(b) for b in self.censored_batches)
-            bounds = f"; {k} batch size{'s' if k > 1 else ''} that did not reach it ({shown}) only bound the fit"
+            early = set(self.early_batches)
+            never = [b for b in self.censored_batches if b not in early]
+            said = []
+            if never:
+                k, shown = len(never), ", ".join(str(b) for b in never)
+                said.append(f"{k} batch size{'s' if k > 1 else ''} that did not reach it ({shown})")
+            if early:
+                k, shown = len(early), ", ".join(str(b) for b in sorted(early))
+                noun = "" if never else f" batch size{'s' if k > 1 else ''}"
+                said.append(f"{k}{noun} that reached it by their first evaluation ({shown})")
+            bounds = f"; {' and '.join(said)} only bound the fit"
         if self.identified:
             return (
                 f"B_crit ≈ {_num(self.b_crit)} ({pct} CI {_num(lo)}–{_num(hi)}) from {fitted}{bounds}; "
@@ -275,6 +286,30 @@ def _coerce(points: Iterable[BatchPoint | tuple[float, float]]) -> tuple[list[tu
     return reached, censored
 
 
+def _bounds_text(censored: list[BatchPoint]) -> str:
+    """The censored points, said as what they are: not reached, or reached by the first evaluation."""
+    never = sorted({p.batch_size for p in censored if p.lower_bound})
+    early = sorted({p.batch_size for p in censored if p.upper_bound and not p.lower_bound})
+    parts = []
+    if never:
+        parts.append(f"{len(never)} did not reach it ({', '.join(map(str, never))})")
+    if early:
+        parts.append(
+            f"{len(early)} reached it by their first evaluation, so their steps are only an upper bound "
+            f"({', '.join(map(str, early))})"
+        )
+    return "; " + "; ".join(parts) if parts else ""
+
+
+def _advice(censored: list[BatchPoint]) -> str:
+    """A harder target where the bounds are mostly early hits, an easier one where they are misses."""
+    never = sum(1 for p in censored if p.lower_bound)
+    early = sum(1 for p in censored if p.upper_bound and not p.lower_bound)
+    if early > never:
+        return "choose a harder target (one reached after the first evaluation) or evaluate more often"
+    return "choose an easier target or run more batch sizes"
+
+
 def fit_critical_batch(
     points: Iterable[BatchPoint | tuple[float, float]], *, confidence: float = 0.90
 ) -> CriticalBatchFit:
@@ -292,8 +327,7 @@ def fit_critical_batch(
         shown = ", ".join(f"{b:g}" for b in distinct) or "none"
         raise EstimationError(
             f"fitting S(B) = S_min(1 + B_crit/B) needs points that reached the target at >= 3 distinct batch sizes, "
-            f"got {len(distinct)} ({shown}; {len(censored)} more are bounds that did not reach it or were censored): "
-            "choose an easier target or run more batch sizes"
+            f"got {len(distinct)} ({shown}{_bounds_text(censored)}): {_advice(censored)}"
         )
     x = np.log(np.array([b for b, _ in reached]))
     y = np.log(np.array([s for _, s in reached]))
@@ -350,6 +384,7 @@ def fit_critical_batch(
         edge="above" if b_crit > max(distinct) else "below" if b_crit < min(distinct) else "inside",
         n_censored=len(censored),
         censored_batches=tuple(sorted({p.batch_size for p in censored})),
+        early_batches=tuple(sorted({p.batch_size for p in censored if p.upper_bound and not p.lower_bound})),
     )
     tol = 2.0 * rms
     contradicted = tuple(

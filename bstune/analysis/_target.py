@@ -36,7 +36,7 @@ from bstune.analysis._trials import (
 from bstune.errors import ConfigError, EstimationError
 from bstune.records import TrialStatus
 
-__all__ = ["BatchPoint", "TargetHit", "choose_target", "steps_by_batch", "steps_to_target"]
+__all__ = ["BatchPoint", "TargetHit", "bin_points", "choose_target", "steps_by_batch", "steps_to_target"]
 
 # A run that never reached the target still bounds S(B) from below while it was on
 # track; a diverged/oom/failed run was not, so it counts only if it got there first.
@@ -121,6 +121,9 @@ def _best_values(trials: Iterable[TrialLike], metric: str, direction: Direction)
     return best
 
 
+_TARGET_CANDIDATES = 200  # recorded values tried when the default target is too easy to time
+
+
 def choose_target(
     trials: Iterable[TrialLike],
     metric: str = "train_loss",
@@ -139,7 +142,12 @@ def choose_target(
     trains in, while an easy one is reached in the first evaluations, where steps
     are censored. Why not every batch size: at an equal sample budget the largest
     batches take the fewest steps and may not get there; they still enter the fit
-    as lower bounds. Pass your own target to override.
+    as lower bounds. Where that target leaves fewer than 3 batch sizes that reach
+    it after their first evaluation (a study that pruned most batch sizes at the
+    first rung: their best value is what every longer run reaches by its first
+    evaluation too, so their steps are only bounds), the target is instead the
+    recorded value that the most batch sizes reach after their first evaluation,
+    the harder of equals. Pass your own target to override.
 
     Example:
         >>> trials = [{"batch_size": b, "history": [{"samples": 10, "train_loss": v}]}
@@ -148,6 +156,7 @@ def choose_target(
         0.3
     """
     direction = Direction.coerce(direction, source="choose_target")
+    trials = list(trials)
     if not 0 < reach_fraction <= 1:
         raise ConfigError(f"must be in (0, 1], got {reach_fraction!r}", source="choose_target", field="reach_fraction")
     best = _best_values(trials, metric, direction)
@@ -156,7 +165,32 @@ def choose_target(
     ranked = sorted(best.values(), key=lambda v: direction.sign * v)  # best first
     k = len(ranked)
     m = max(math.ceil(reach_fraction * k - 1e-9), min(3, k))
-    return ranked[m - 1]
+    target = ranked[m - 1]
+    if k < 3 or _timed(trials, target, metric, direction) >= 3:
+        return target
+    # Too easy to time: the batch sizes whose only trials were pruned at the first rung hold their
+    # first evaluation as their best, so the m-th best is what longer runs reach by their first
+    # evaluation too, and the fit gets upper bounds instead of points. Then take the value, of all
+    # those recorded, that the most batch sizes reach after their first evaluation (the harder on a tie).
+    recorded = {
+        v
+        for trial in trials
+        if (b := batch_size_of(trial)) is not None
+        for _, v in metric_values(field_of(trial, "history") or [], metric, b)
+    }
+    ordered = sorted(recorded, key=lambda v: direction.sign * v)  # hardest first
+    step = max(1, len(ordered) // _TARGET_CANDIDATES)  # a long study: every step-th value, still in order
+    timed = target, _timed(trials, target, metric, direction)
+    for value in ordered[::step]:
+        n = _timed(trials, value, metric, direction)
+        if n > timed[1]:
+            timed = value, n
+    return timed[0]
+
+
+def _timed(trials: list[TrialLike], target: float, metric: str, direction: Direction) -> int:
+    """Batch sizes that reach ``target`` after their first evaluation: points a fit can use."""
+    return sum(1 for p in bin_points(steps_by_batch(trials, target, metric, direction=direction)) if not p.censored)
 
 
 @dataclass(frozen=True)
@@ -233,3 +267,32 @@ def steps_by_batch(
             )
         )
     return points
+
+
+BIN_OCTAVES = 0.5  # batch-size bins half an octave wide
+
+
+def bin_points(points: list[BatchPoint]) -> list[BatchPoint]:
+    """Per half-octave of batch size, the point that reached the target in fewest steps.
+
+    Batch sizes a few percent apart measure the same S(B); one point per bin keeps a
+    search that crowded a region from weighting the fit there. A reached point beats
+    a bound that never reached the target.
+
+    Example:
+        >>> pts = [BatchPoint(64, 100.0, 6400.0, 0.1), BatchPoint(70, 90.0, 6300.0, 0.1), BatchPoint(256, 40.0, 1e4, 0.1)]
+        >>> [(p.batch_size, p.steps) for p in bin_points(pts)]
+        [(70, 90.0), (256, 40.0)]
+    """
+    bins: dict[int, BatchPoint] = {}
+    for p in points:
+        key = round(math.log2(p.batch_size) / BIN_OCTAVES)
+        held = bins.get(key)
+        better = (
+            held is None
+            or (held.lower_bound and not p.lower_bound)
+            or (held.lower_bound == p.lower_bound and p.steps < held.steps)
+        )
+        if better:
+            bins[key] = p
+    return [bins[k] for k in sorted(bins)]

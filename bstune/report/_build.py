@@ -19,6 +19,7 @@ from typing import Any
 from bstune.analysis import (
     BatchPoint,
     CriticalBatchFit,
+    bin_points,
     choose_target,
     compute_optimal,
     fit_critical_batch,
@@ -34,8 +35,6 @@ from bstune.records import ProbeResult, StudyData, TrialStatus, clean_dict
 from bstune.space import PriorSettings
 
 __all__ = ["Report", "build_report"]
-
-_BIN = 0.5  # batch-size bins half an octave wide: the best (fewest steps) trial per bin
 
 
 @dataclass
@@ -101,22 +100,6 @@ def _replace(file: Path, text: str) -> None:
         raise
 
 
-def _bin_points(points: list[BatchPoint]) -> list[BatchPoint]:
-    """Per half-octave of batch size, the point that reached the target in fewest steps."""
-    bins: dict[int, BatchPoint] = {}
-    for p in points:
-        key = round(math.log2(p.batch_size) / _BIN)
-        held = bins.get(key)
-        better = (
-            held is None
-            or (held.lower_bound and not p.lower_bound)
-            or (held.lower_bound == p.lower_bound and p.steps < held.steps)
-        )
-        if better:
-            bins[key] = p
-    return [bins[k] for k in sorted(bins)]
-
-
 def _point_dict(p: BatchPoint) -> dict[str, Any]:
     return {
         "batch_size": p.batch_size,
@@ -124,6 +107,7 @@ def _point_dict(p: BatchPoint) -> dict[str, Any]:
         "samples": p.samples,
         "lr": p.lr,
         "reached": not p.lower_bound,
+        "first_evaluation": p.upper_bound,  # reached by then: its steps are an upper bound, not in the fit
         "trial": p.trial,
     }
 
@@ -161,7 +145,9 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
         result: a finished study (or one loaded with :meth:`bstune.study.StudyResult.load`).
         target: ``{"metric": "train_loss", "value": 1.0}``; the metric defaults to
             ``train_loss`` (steps to a training-loss target, as McCandlish et al. measure),
-            the value to the hardest one that two thirds of the batch sizes reach. A
+            the value to the hardest one that two thirds of the batch sizes reach (a
+            harder one where they reach that by their first evaluation: see
+            :func:`bstune.analysis.choose_target`). A
             target is reached in the metric's direction (``result.direction_of``): at or
             below it for a loss, at or above it for an accuracy.
         n_workers: data-parallel workers for the wall-time optimum.
@@ -215,7 +201,7 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
     try:
         value = float(target["value"]) if "value" in target else choose_target(trials, metric, direction=direction)
         critical["target"] = value
-        points = _bin_points(steps_by_batch(trials, value, metric, direction=direction))
+        points = bin_points(steps_by_batch(trials, value, metric, direction=direction))
         critical["points"] = [_point_dict(p) for p in points]
         fit = fit_critical_batch(points)
         critical.update(_fit_dict(fit, b_simple))

@@ -231,8 +231,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             )
         out += ["", "| batch size | steps to target | learning rate | reached |", "|---:|---:|---:|:---:|"]
         out += [
-            f"| {p['batch_size']} | {_n(p['steps'], ',.0f')} | {_n(p['lr'], '.3g')} | "
-            f"{'yes' if p['reached'] else 'no (lower bound)'} |"
+            f"| {p['batch_size']} | {_n(p['steps'], ',.0f')} | {_n(p['lr'], '.3g')} | {_reached(p)} |"
             for p in cb["points"]
         ]
     gap = data["generalization_gap"]
@@ -289,3 +288,10 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _reached(point: dict[str, Any]) -> str:
+    """A point's "reached" cell: a lower bound when it did not, an upper bound when it did by its first evaluation."""
+    if not point["reached"]:
+        return "no (lower bound)"
+    return "by its first evaluation (upper bound)" if point.get("first_evaluation") else "yes"

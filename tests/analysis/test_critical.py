@@ -98,8 +98,18 @@ def test_censored_points_are_left_out_and_contradictions_flagged() -> None:
 
 
 def test_too_few_batch_sizes_raise_a_clear_error() -> None:
-    with pytest.raises(EstimationError, match=r">= 3 distinct batch sizes, got 2 \(8, 16; 1 more"):
+    with pytest.raises(
+        EstimationError,
+        match=r">= 3 distinct batch sizes, got 2 \(8, 16; 1 did not reach it \(32\)\): choose an easier target",
+    ):
         fit_critical_batch([(8, 100.0), (16, 60.0), (16, 61.0), BatchPoint(32, 50.0, 1600.0, 0.1, lower_bound=True)])
+    early = [BatchPoint(b, 10.0, 10.0 * b, 0.1, upper_bound=True) for b in (32, 64)]
+    with pytest.raises(  # mostly reached by the first evaluation: the target is too easy, not too hard
+        EstimationError,
+        match=r"got 2 \(8, 16; 2 reached it by their first evaluation, so their steps are only an upper bound "
+        r"\(32, 64\)\): choose a harder target",
+    ):
+        fit_critical_batch([(8, 100.0), (16, 60.0), *early])
     with pytest.raises(EstimationError, match="got 1 "):
         fit_critical_batch([(64, 10.0)] * 5)  # one batch size, however many points
     with pytest.raises(EstimationError, match="got 0 "):
@@ -127,6 +137,13 @@ def test_an_estimate_beyond_the_batch_sizes_that_reached_the_target_is_not_ident
     assert f"the best fit, {fit.b_crit:.3g}, lies above the largest batch size fitted (64)" in fit.summary
     assert "2 batch sizes that did not reach it (124, 158) only bound the fit" in fit.summary
     assert "fitted on 4 batch sizes 8–64 that reached the target" in fit.summary
+    early = BatchPoint(4, 50.0, 200.0, 0.1, upper_bound=True)
+    both = fit_critical_batch([*reached, *bounds, early])
+    assert both.early_batches == (4,) and both.censored_batches == (4, 124, 158)
+    assert (
+        "2 batch sizes that did not reach it (124, 158) and 1 that reached it by their first evaluation (4) "
+        "only bound the fit" in both.summary
+    )
 
 
 def test_steps_that_do_not_depend_on_b_do_not_identify_b_crit() -> None:

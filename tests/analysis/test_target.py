@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bstune.analysis import BatchPoint, choose_target, steps_by_batch, steps_to_target
+from bstune.analysis import BatchPoint, bin_points, choose_target, fit_critical_batch, steps_by_batch, steps_to_target
 from bstune.errors import ConfigError, EstimationError
 from bstune.study import TrialRecord
 
@@ -76,6 +76,25 @@ def test_choose_target_is_the_hardest_that_two_thirds_of_batch_sizes_reach() -> 
     assert sum(v <= 0.2 for v in bests.values()) < 2 / 3 * len(bests)  # anything harder: too few
     assert choose_target(trials, reach_fraction=1.0) == 0.90
     assert choose_target(trials, reach_fraction=0.1) == 0.20  # never fewer than the 3 a fit needs
+
+
+def test_a_default_target_every_run_reaches_by_its_first_evaluation_gives_way_to_a_timed_one() -> None:
+    """A study that pruned most batch sizes at the first rung: their best is their first evaluation.
+
+    The two-thirds rule then lands on a value the full runs reach by their first evaluation too,
+    so every point is an upper bound and nothing can be fitted. The default moves to the value
+    the most batch sizes reach later than that (the hardest of those), and the fit has its points.
+    """
+    full = [_trial(i, b, 0.1, [0.45, 0.2, 0.1, 0.05]) for i, b in enumerate((8, 32, 128, 512))]
+    pruned = [_trial(10 + i, b, 0.1, [0.5], status="pruned") for i, b in enumerate((11, 16, 23, 45, 64, 90, 181, 256))]
+    trials = [*full, *pruned]
+    # the rule's target: the 8th best of the 12 batch sizes' bests (4 x 0.05, 8 x 0.5), reached by all of them ...
+    assert all(p.upper_bound for p in steps_by_batch(trials, 0.5))  # ... by their first evaluation
+    target = choose_target(trials)
+    assert target == 0.05
+    timed = [p for p in bin_points(steps_by_batch(trials, target)) if not p.censored]
+    assert [p.batch_size for p in timed] == [8, 32, 128, 512]
+    assert fit_critical_batch(bin_points(steps_by_batch(trials, target))).n_points == 4
 
 
 def test_choose_target_maximize_and_errors() -> None:
