@@ -2,7 +2,7 @@
 
 bstune's trainer (:func:`~bstune.training.train`) is one way to train a trial; a user's
 function ``train(ctx)`` is another. The context hands the function what the study chose
-(``ctx.config``: batch size, learning rate and the space's other parameters) and the
+(``ctx.config``: batch size, learning rate, the space's optimizer settings and other parameters) and the
 pieces that make the trial count the way a built-in one does:
 
 - ``ctx.loader(dataset)``: the training stream, batches of the trial's size drawn in the
@@ -344,12 +344,17 @@ class TrialContext:
         evaluate: bool = True,
     ) -> None:
         self.train_config = config
-        self.config: dict[str, Any] = {**dict(params or {}), "batch_size": config.batch_size, "lr": config.lr}
+        self.optimizer_spec = optimizer or OptimizerSpec()
+        self.momentum = config.momentum if config.momentum is not None else self.optimizer_spec.momentum
+        self.config: dict[str, Any] = {
+            **self._optimizer_settings(),
+            **dict(params or {}),
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+        }
         self.device = resolve_device(config.device)
         self.seed = config.seed
         self.objective = objective
-        self.optimizer_spec = optimizer or OptimizerSpec()
-        self.momentum = config.momentum if config.momentum is not None else self.optimizer_spec.momentum
         self.n_train: int | None = None
         self.samples = 0
         self.steps = 0
@@ -480,10 +485,18 @@ class TrialContext:
         while not self.done:
             yield next(batches)
 
+    def _optimizer_settings(self) -> dict[str, Any]:
+        """The space's optimizer settings, fixed or searched, as ``ctx.config`` names them for the loop."""
+        spec = self.optimizer_spec
+        wd = self.train_config.weight_decay if self.train_config.weight_decay is not None else spec.weight_decay
+        family = {"momentum": self.momentum} if spec.family == "sgd" else {"betas": tuple(spec.betas)}
+        return {**family, "weight_decay": wd}
+
     def lr_scheduler(self, optimizer: torch.optim.Optimizer) -> TrialLRScheduler:
         """A scheduler that sets the trial's learning rate step by step; call its ``step()`` after
         ``optimizer.step()``."""
         self.used_scheduler = True
+        _warn_on_other_optimizer(optimizer, self.optimizer_spec.family, self.momentum)
         return TrialLRScheduler(self, optimizer)
 
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
@@ -642,6 +655,42 @@ class TrialContext:
             self.message = (
                 f"the function returned after {self.samples:,} of its {self.train_config.max_samples:,} samples"
             )
+
+
+_FAMILIES: dict[type[torch.optim.Optimizer], str] = {
+    torch.optim.SGD: "sgd",
+    torch.optim.Adam: "adam",
+    torch.optim.AdamW: "adamw",
+}
+_warned_optimizers: set[str] = set()  # each mismatch is said once per process, not once per trial
+
+
+def _warn_on_other_optimizer(optimizer: torch.optim.Optimizer, family: str, momentum: float) -> None:
+    """Warn when the loop's optimizer is not the space's: the temperature and the LR rule assume the space's.
+
+    Only the optimizers whose family is known are checked (a custom one is the user's to declare).
+    """
+    mine = _FAMILIES.get(type(optimizer))
+    if mine is None:
+        return
+    said = ""
+    if mine != family:
+        said = (
+            f"the loop's optimizer is {type(optimizer).__name__}, but the search space declares optimizer family "
+            f"{family!r}"
+        )
+    elif family == "sgd":
+        theirs = float(optimizer.param_groups[0].get("momentum", 0.0))
+        if not math.isclose(theirs, momentum, abs_tol=1e-9):
+            said = f"the loop's SGD has momentum {theirs:g}, but the search space declares {momentum:g}"
+    if said and said not in _warned_optimizers:
+        _warned_optimizers.add(said)
+        logger.warning(
+            "%s: the effective temperature, the LR rule and the report assume the space's optimizer; declare "
+            "the one the loop uses under the space's optimizer: (family, momentum), or build it with "
+            "ctx.make_optimizer(params) or from ctx.config",
+            said,
+        )
 
 
 def run_function(
