@@ -105,6 +105,11 @@ class StudySpec:
     batch_min: int  # the space's smallest batch size: an out-of-memory cap never goes below it
     # the sampler of trial worker i (parallel trials), or None: the study's sampler, re-seeded from the OS
     worker_sampler: Callable[[int], optuna.samplers.BaseSampler] | None = None
+    # for a stored study that already holds n trials: the sampler and worker samplers to draw on with
+    # (not the first run's seeds, which would draw its configs again); None: a user's sampler, as given
+    resumed_samplers: (
+        Callable[[int], tuple[optuna.samplers.BaseSampler, Callable[[int], optuna.samplers.BaseSampler]]] | None
+    ) = None
 
 
 @dataclass

@@ -12,6 +12,7 @@ many worker processes on this machine, sharing the storage (:mod:`bstune.study._
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -60,6 +61,41 @@ def optuna_quiet() -> Iterator[None]:
         yield
     finally:
         optuna.logging.set_verbosity(previous)
+
+
+@contextmanager
+def interrupts_kept() -> Iterator[None]:
+    """Ctrl-C inside Optuna's bookkeeping stays a ``KeyboardInterrupt``.
+
+    Optuna 5.1's ``_run_trial`` tells the storage a trial's state in a ``try`` whose
+    ``finally`` reads the state told; an interrupt that lands inside the telling leaves
+    it unset, and the ``finally`` raises ``UnboundLocalError`` in the interrupt's place,
+    so the study would end as a crash rather than as interrupted (trials queued again,
+    ``--resume`` offered). Any exception raised while handling an interrupt is turned
+    back into one.
+
+    Example:
+        >>> try:
+        ...     with interrupts_kept():
+        ...         try:
+        ...             raise KeyboardInterrupt
+        ...         finally:
+        ...             raise UnboundLocalError("updated_state")
+        ... except KeyboardInterrupt as exc:
+        ...     type(exc.__cause__).__name__
+        'UnboundLocalError'
+    """
+    try:
+        yield
+    except Exception as exc:
+        seen: BaseException | None = exc
+        chain: set[int] = set()  # a chain may loop back on itself
+        while seen is not None and id(seen) not in chain:
+            if isinstance(seen, KeyboardInterrupt):
+                raise KeyboardInterrupt from exc
+            chain.add(id(seen))
+            seen = seen.__cause__ or seen.__context__
+        raise
 
 
 class OptunaBackend(TrialBackend):
@@ -151,6 +187,11 @@ class OptunaBackend(TrialBackend):
                 load_if_exists=True,
             )
         check_settings(study, spec.fingerprint)
+        stored = len(study.get_trials(deepcopy=False))
+        if stored and spec.resumed_samplers is not None:  # resumed: draw on from here, not the first run's draws again
+            sampler, worker_sampler = spec.resumed_samplers(stored)
+            study.sampler = sampler
+            self._spec = spec = dataclasses.replace(spec, sampler=sampler, worker_sampler=worker_sampler)
         retry_abandoned(study, settings.grace_period)  # left running by a dead process: fail it, run its config again
         return Resumed(
             probe=study.user_attrs.get(PROBE_ATTR),
@@ -221,13 +262,14 @@ class OptunaBackend(TrialBackend):
             while (remaining := settings.n_trials - count_finished(study)) > 0:
                 self._lower_ceiling(study)
                 try:
-                    study.optimize(
-                        objective,
-                        n_trials=remaining,
-                        catch=(TrialFailure,),
-                        callbacks=[self._after_trial],
-                        show_progress_bar=settings.progress,
-                    )
+                    with interrupts_kept():
+                        study.optimize(
+                            objective,
+                            n_trials=remaining,
+                            catch=(TrialFailure,),
+                            callbacks=[self._after_trial],
+                            show_progress_bar=settings.progress,
+                        )
                     break
                 except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
                     if not lost:
@@ -292,7 +334,8 @@ class OptunaBackend(TrialBackend):
                     self._lower_ceiling(study)
                     if count_taken(study) >= settings.n_trials:  # one read: see count_taken
                         break
-                    study.optimize(let_go, n_trials=1, catch=(TrialFailure,), show_progress_bar=False)
+                    with interrupts_kept():
+                        study.optimize(let_go, n_trials=1, catch=(TrialFailure,), show_progress_bar=False)
                 except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
                     if not lost:
                         raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,28 @@ logger = logging.getLogger(__name__)
 def make_sampler(seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
     """Multivariate TPE (it models B and eta jointly), after a few random startup trials."""
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(3, n_trials // 4)))
+
+
+def resumed_seed(seed: int, stored: int) -> int:
+    """The default samplers' seed for a study whose storage already holds ``stored`` trials.
+
+    A sampler seeded as the first run was would replay that run's random draws, so the
+    trials after a resume repeated the first configs (trial 2 trained trial 0's B and η
+    again). Still deterministic: the same seed and the same storage draw the same trials.
+
+    Example:
+        >>> resumed_seed(3, 0), resumed_seed(3, 2) != 3
+        (3, True)
+    """
+    return seed if stored == 0 else (seed + 7919 * stored) % 2**32
+
+
+def resumed_samplers(
+    seed: int, n_trials: int, stored: int
+) -> tuple[optuna.samplers.BaseSampler, Callable[[int], optuna.samplers.BaseSampler]]:
+    """The default sampler, and trial worker i's, for a study that already holds ``stored`` trials."""
+    at = resumed_seed(seed, stored)
+    return make_sampler(at, n_trials), partial(parallel_sampler, at, n_trials)
 
 
 class Study:
@@ -285,6 +308,8 @@ class Study:
             self.sampler,
             self.space.batch_min,
             self._worker_sampler,
+            # a user's sampler is theirs to seed; the defaults move on past a stored study's draws
+            partial(resumed_samplers, s.seed, s.n_trials) if self._worker_sampler is not None else None,
         )
         resumed = self.backend.open(spec)
         if s.mode == "prior":

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 from packaging.requirements import Requirement
 
+import bstune
 from bstune.study._optuna_compat import rdb_of, storage_of, swap_state, trial_id_of
 from bstune.study._storage import open_storage
+from tests.study.test_function_study import SPACE
+from tests.training.test_context import task
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,3 +45,38 @@ def test_storages_without_sql_have_no_rdb(tmp_path: Path) -> None:
     assert rdb_of(storage_of(optuna.create_study())) is None
     journal = open_storage(f"journal:{tmp_path}/s.log")
     assert rdb_of(storage_of(optuna.create_study(storage=journal))) is None
+
+
+def test_ctrl_c_inside_optunas_bookkeeping_interrupts_the_study_and_it_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupt while Optuna tells the storage a trial's state: Optuna 5.1's ``finally`` then raises
+    ``UnboundLocalError`` in its place. The study must end interrupted, as at any other moment, and resume."""
+    told = optuna.study._optimize._tell_with_warning
+    calls = 0
+
+    def tell_then_interrupt(**kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the second trial's telling
+            raise KeyboardInterrupt
+        return told(**kwargs)
+
+    bare = optuna.create_study()
+    monkeypatch.setattr(optuna.study._optimize, "_tell_with_warning", tell_then_interrupt)
+    with pytest.raises(BaseException) as raw:  # what Optuna alone makes of it (a KeyboardInterrupt, once fixed)
+        bare.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    assert isinstance(raw.value, (UnboundLocalError, KeyboardInterrupt)) or raw.type is KeyboardInterrupt
+
+    calls = 0
+    storage = f"sqlite:///{tmp_path}/s.db"
+    args: dict[str, Any] = dict(
+        n_trials=3, budget_samples=2048, mode="baseline", progress=False, rescore_top=0, storage=storage
+    )
+    with pytest.raises(KeyboardInterrupt):
+        bstune.Study(task(), SPACE, study_name="ctrl-c", **args).run()
+    monkeypatch.setattr(optuna.study._optimize, "_tell_with_warning", told)
+    result = bstune.Study(task(), SPACE, study_name="ctrl-c", **args).run()  # the same study again: resumed
+    finished = [t for t in result.trials if str(t.status) in ("completed", "pruned")]
+    assert len(finished) >= 3  # the trial whose telling was cut off kept its outcome; the study ran on to 3
+    assert len({(t.batch_size, t.lr) for t in result.trials}) == len(result.trials)  # no draw of the first run again

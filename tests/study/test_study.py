@@ -17,6 +17,8 @@ import bstune
 from bstune.errors import ConfigError
 from bstune.study import ProbeSettings
 from tests.study.study_runner import SPACE
+from tests.study.test_function_study import SPACE as FUNCTION_SPACE
+from tests.training.test_context import task
 
 QUICK_PROBE = ProbeSettings(
     lr_steps=12, train_samples=1600, measure_samples=2000, throughput_steps=2, throughput_batches=(8, 64)
@@ -233,3 +235,20 @@ def test_a_prior_study_stored_before_the_soft_prior_does_not_resume_a_baseline_o
         else:
             again = _study(blob_task, mode=mode, n_trials=2, storage=journal, rescore_top=0).run()
             assert [t.number for t in again.trials] == [0, 1]
+
+
+def test_a_resumed_study_draws_new_configs_not_the_first_runs_again(tmp_path: Path) -> None:
+    """The default sampler seeded as in the first run replayed its random draws: trial 2 was trial 0 again."""
+    args: dict[str, Any] = dict(
+        budget_samples=2048, mode="baseline", progress=False, rescore_top=0, storage=f"sqlite:///{tmp_path}/s.db"
+    )
+    first = bstune.Study(task(), FUNCTION_SPACE, study_name="replay", n_trials=2, **args).run()
+    again = bstune.Study(task(), FUNCTION_SPACE, study_name="replay", n_trials=4, **args).run()
+    configs = [(t.batch_size, t.lr) for t in again.trials]
+    assert configs[:2] == [(t.batch_size, t.lr) for t in first.trials]
+    assert len(set(configs)) == 4, configs
+    twin = tmp_path / "twin.db"  # and still deterministic: the same storage and seed draw the same trials
+    args["storage"] = f"sqlite:///{twin}"
+    bstune.Study(task(), FUNCTION_SPACE, study_name="replay", n_trials=2, **args).run()
+    same = bstune.Study(task(), FUNCTION_SPACE, study_name="replay", n_trials=4, **args).run()
+    assert [(t.batch_size, t.lr) for t in same.trials] == configs
