@@ -335,7 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="where to write report.json, report.md and report.html (default FOLDER)"
     )
     report.add_argument(
-        "--all-trials", action="store_true", help="list every trial in the table (default: the 10 best, then a count)"
+        "--all-trials",
+        action="store_true",
+        help="list every trial in the printed summary (default: the 10 best, then a count); "
+        "the report files list them all",
     )
     report.set_defaults(handler=commands.cmd_report)
 
