@@ -455,6 +455,8 @@ def run_efficiency(
                 **tr,
                 "trials": run["trials"],
             }
+            if "rescore" in run:  # each candidate's values at its seeds: other rules of choice can be read off them
+                entry["rescore_candidates"] = run["rescore"]["candidates"]
             result = run.pop("result", None)
             if result is not None:
                 entry["probe"], entry["prior"] = run["probe"], run["prior"]
