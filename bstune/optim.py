@@ -9,6 +9,8 @@ reported so runs can be compared. Reports label T "effective temperature η/(B(1
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -17,7 +19,9 @@ import torch
 
 from bstune.errors import ConfigError
 
-__all__ = ["FAMILIES", "OptimizerSpec", "temperature"]
+__all__ = ["FAMILIES", "OptimizerSpec", "temperature", "warn_on_other_optimizer"]
+
+logger = logging.getLogger(__name__)
 
 Family = Literal["sgd", "adam", "adamw"]
 FAMILIES: tuple[str, ...] = ("sgd", "adam", "adamw")
@@ -114,3 +118,39 @@ def temperature(lr: float, batch_size: int, momentum: float = 0.0) -> float:
     if not 0.0 <= momentum < 1.0:
         raise ConfigError(f"must be in [0, 1), got {momentum}", source="temperature", field="momentum")
     return lr / (batch_size * (1.0 - momentum))
+
+
+_TORCH_FAMILIES: dict[type[torch.optim.Optimizer], str] = {
+    torch.optim.SGD: "sgd",
+    torch.optim.Adam: "adam",
+    torch.optim.AdamW: "adamw",
+}
+_warned_optimizers: set[str] = set()  # each mismatch is said once per process, not once per trial
+
+
+def warn_on_other_optimizer(optimizer: torch.optim.Optimizer, family: str, momentum: float) -> None:
+    """Warn when the loop's optimizer is not the space's: the temperature and the LR rule assume the space's.
+
+    Only the optimizers whose family is known are checked (a custom one is the user's to declare).
+    """
+    mine = _TORCH_FAMILIES.get(type(optimizer))
+    if mine is None:
+        return
+    said = ""
+    if mine != family:
+        said = (
+            f"the loop's optimizer is {type(optimizer).__name__}, but the search space declares optimizer family "
+            f"{family!r}"
+        )
+    elif family == "sgd":
+        theirs = float(optimizer.param_groups[0].get("momentum", 0.0))
+        if not math.isclose(theirs, momentum, abs_tol=1e-9):
+            said = f"the loop's SGD has momentum {theirs:g}, but the search space declares {momentum:g}"
+    if said and said not in _warned_optimizers:
+        _warned_optimizers.add(said)
+        logger.warning(
+            "%s: the effective temperature, the LR rule and the report assume the space's optimizer; declare "
+            "the one the loop uses under the space's optimizer: (family, momentum), or build it with "
+            "ctx.make_optimizer(params) or from ctx.config",
+            said,
+        )

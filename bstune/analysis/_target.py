@@ -166,7 +166,8 @@ def choose_target(
     k = len(ranked)
     m = max(math.ceil(reach_fraction * k - 1e-9), min(3, k))
     target = ranked[m - 1]
-    if k < 3 or _timed(trials, target, metric, direction) >= 3:
+    timed = target, _timed(trials, target, metric, direction) if k >= 3 else 0
+    if k < 3 or timed[1] >= 3:
         return target
     # Too easy to time: the batch sizes whose only trials were pruned at the first rung hold their
     # first evaluation as their best, so the m-th best is what longer runs reach by their first
@@ -180,7 +181,6 @@ def choose_target(
     }
     ordered = sorted(recorded, key=lambda v: direction.sign * v)  # hardest first
     step = max(1, len(ordered) // _TARGET_CANDIDATES)  # a long study: every step-th value, still in order
-    timed = target, _timed(trials, target, metric, direction)
     for value in ordered[::step]:
         n = _timed(trials, value, metric, direction)
         if n > timed[1]:

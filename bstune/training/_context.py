@@ -47,7 +47,7 @@ from torch import nn
 from bstune._validate import is_number
 from bstune.errors import ConfigError
 from bstune.noise import NoiseTracker, resolve_device
-from bstune.optim import OptimizerSpec
+from bstune.optim import OptimizerSpec, warn_on_other_optimizer
 from bstune.training._config import TrainConfig
 from bstune.training._loop import Callback, _as_decision, _milestones
 from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult
@@ -496,7 +496,7 @@ class TrialContext:
         """A scheduler that sets the trial's learning rate step by step; call its ``step()`` after
         ``optimizer.step()``."""
         self.used_scheduler = True
-        _warn_on_other_optimizer(optimizer, self.optimizer_spec.family, self.momentum)
+        warn_on_other_optimizer(optimizer, self.optimizer_spec.family, self.momentum)
         return TrialLRScheduler(self, optimizer)
 
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
@@ -655,42 +655,6 @@ class TrialContext:
             self.message = (
                 f"the function returned after {self.samples:,} of its {self.train_config.max_samples:,} samples"
             )
-
-
-_FAMILIES: dict[type[torch.optim.Optimizer], str] = {
-    torch.optim.SGD: "sgd",
-    torch.optim.Adam: "adam",
-    torch.optim.AdamW: "adamw",
-}
-_warned_optimizers: set[str] = set()  # each mismatch is said once per process, not once per trial
-
-
-def _warn_on_other_optimizer(optimizer: torch.optim.Optimizer, family: str, momentum: float) -> None:
-    """Warn when the loop's optimizer is not the space's: the temperature and the LR rule assume the space's.
-
-    Only the optimizers whose family is known are checked (a custom one is the user's to declare).
-    """
-    mine = _FAMILIES.get(type(optimizer))
-    if mine is None:
-        return
-    said = ""
-    if mine != family:
-        said = (
-            f"the loop's optimizer is {type(optimizer).__name__}, but the search space declares optimizer family "
-            f"{family!r}"
-        )
-    elif family == "sgd":
-        theirs = float(optimizer.param_groups[0].get("momentum", 0.0))
-        if not math.isclose(theirs, momentum, abs_tol=1e-9):
-            said = f"the loop's SGD has momentum {theirs:g}, but the search space declares {momentum:g}"
-    if said and said not in _warned_optimizers:
-        _warned_optimizers.add(said)
-        logger.warning(
-            "%s: the effective temperature, the LR rule and the report assume the space's optimizer; declare "
-            "the one the loop uses under the space's optimizer: (family, momentum), or build it with "
-            "ctx.make_optimizer(params) or from ctx.config",
-            said,
-        )
 
 
 def run_function(

@@ -12,11 +12,12 @@ from torch import nn
 from torch.nn import functional as F
 
 import bstune
+from bstune import optim
 from bstune.errors import ConfigError
 from bstune.metrics import Direction
 from bstune.space import SearchSpace
 from bstune.study import FunctionJob, ProbeSettings, StudyFailedError, probe_function, probe_space
-from bstune.training import TrialContext, _context
+from bstune.training import TrialContext
 from tests.training.test_context import TRAIN, VX, VY, loop, net, task
 
 SPACE = {"name": "s", "batch_size": {"min": 8, "max": 128}, "lr": {"min": 1e-3, "max": 3.0}}
@@ -58,33 +59,21 @@ def test_the_function_sees_the_spaces_parameters_by_name() -> None:
 def test_the_spaces_fixed_optimizer_settings_reach_the_loop_and_another_optimizer_is_named(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_context, "_warned_optimizers", set())  # said once per process: this test's own count
+    monkeypatch.setattr(optim, "_warned_optimizers", set())  # said once per process: this test's own count
     seen: list[dict[str, Any]] = []
 
     def adam_loop(ctx: TrialContext) -> None:  # declares SGD with momentum 0.5 in its space, trains with Adam
         seen.append(dict(ctx.config))
-        model = net().to(ctx.device)
-        opt = torch.optim.Adam(model.parameters(), lr=ctx.config["lr"])
-        sched = ctx.lr_scheduler(opt)
-        for xb, yb in ctx.loader(TRAIN):
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            ctx.step(loss)
-            if ctx.at_milestone():
-                with torch.no_grad():
-                    ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+        loop(ctx, lambda params: torch.optim.Adam(params, lr=ctx.config["lr"]))
 
     space = SPACE | {"name": "fixed-opt", "optimizer": {"family": "sgd", "momentum": 0.5, "weight_decay": 1e-3}}
-    with caplog.at_level("WARNING", logger="bstune.training._context"):
+    with caplog.at_level("WARNING", logger="bstune.optim"):
         bstune.Study(adam_loop, space, **(ARGS | {"n_trials": 2, "rescore_top": 0, "study_name": "adam"})).run()
     assert seen and all(c["momentum"] == 0.5 and c["weight_decay"] == 1e-3 for c in seen)
     said = [r.getMessage() for r in caplog.records if "the loop's optimizer is Adam" in r.getMessage()]
     assert len(said) == 1 and "declares optimizer family 'sgd'" in said[0]  # once, not once per trial
     caplog.clear()
-    with caplog.at_level("WARNING", logger="bstune.training._context"):  # the space's own optimizer: no word
+    with caplog.at_level("WARNING", logger="bstune.optim"):  # the space's own optimizer: no word
         bstune.Study(loop, space, **(ARGS | {"n_trials": 2, "rescore_top": 0, "study_name": "own"})).run()
     assert not [r for r in caplog.records if "the loop's" in r.getMessage()]
 

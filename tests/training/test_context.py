@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,10 +33,11 @@ def task() -> bstune.Task:
     return bstune.Task(model=net, train_data=(X[:480], Y[:480]), val_data=(VX, VY), loss=nn.CrossEntropyLoss())
 
 
-def loop(ctx: TrialContext) -> None:
-    """The trainer's own loop, written as a user would: SGD, the trial's schedule, val loss at milestones."""
+def loop(ctx: TrialContext, optimizer: Callable[[Any], torch.optim.Optimizer] | None = None) -> None:
+    """The trainer's own loop, written as a user would: the space's optimizer (or ``optimizer(params)``),
+    the trial's schedule, val loss at milestones."""
     model = net().to(ctx.device)
-    opt = ctx.make_optimizer(model.parameters())
+    opt = (optimizer or ctx.make_optimizer)(model.parameters())
     sched = ctx.lr_scheduler(opt)
     for xb, yb in ctx.loader(TRAIN):
         loss = F.cross_entropy(model(xb), yb)
