@@ -14,7 +14,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from bstune.errors import BstuneError, ConfigError, DependencyError, EstimationError, TaskError
+from bstune.errors import (
+    BatchLargerThanDataError,
+    BstuneError,
+    ConfigError,
+    DependencyError,
+    EstimationError,
+    TaskError,
+)
 from bstune.metrics import Direction, Metric
 from bstune.noise import (
     CurvatureNoiseEstimate,
@@ -66,6 +73,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "BatchLargerThanDataError",
     "BstuneError",
     "ConfigError",
     "CurvatureNoiseEstimate",

@@ -9,6 +9,7 @@ name, ``field``: the key inside it) so that the message can point at it.
 from __future__ import annotations
 
 __all__ = [
+    "BatchLargerThanDataError",
     "BstuneError",
     "ConfigError",
     "DependencyError",
@@ -44,6 +45,29 @@ class TaskError(ConfigError):
 
     def __init__(self, reason: str, *, field: str | None = None) -> None:
         super().__init__(reason, source="Task", field=field)
+
+
+class BatchLargerThanDataError(ConfigError):
+    """A training run was asked for batches larger than its training set.
+
+    ``n_examples`` is the training set's size, so a study can cap its later trials there.
+
+    Example:
+        >>> err = BatchLargerThanDataError(512, 300, source="ctx.loader")
+        >>> err.n_examples, str(err)
+        (300, 'ctx.loader: batch_size: batch_size 512 is larger than the training set (300 examples)')
+    """
+
+    def __init__(
+        self, batch_size: int, n_examples: int, *, source: str | None = None, field: str = "batch_size"
+    ) -> None:
+        super().__init__(
+            f"batch_size {batch_size} is larger than the training set ({n_examples} examples)",
+            source=source,
+            field=field,
+        )
+        self.batch_size = batch_size
+        self.n_examples = n_examples
 
 
 class EstimationError(BstuneError):

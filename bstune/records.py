@@ -180,6 +180,8 @@ class ProbeResult:
     b_noise: float | None = None
     b_noise_ci: tuple[float, float] | None = None
     curvature: dict[str, Any] | None = None
+    # the training set's size: a task's, or what a training function's ctx.loader held (None: not known)
+    n_train: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -361,6 +361,13 @@ class OptunaBackend(TrialBackend):
         for key, value in outcome.attrs().items():
             trial.set_user_attr(key, value)
         config = plan.config
+        if outcome.n_train is not None and outcome.n_train < planner.batch_cap:
+            logger.warning(
+                "trial %d: the training set has %d examples; batch sizes now capped at %d",
+                trial.number,
+                outcome.n_train,
+                planner.learn_data_size(outcome.n_train),
+            )
         if outcome.status == TrialStatus.PRUNED:
             raise optuna.TrialPruned(outcome.message)
         if outcome.status == TrialStatus.COMPLETED:
@@ -396,14 +403,19 @@ class OptunaBackend(TrialBackend):
             study.stop()
 
     def _lower_ceiling(self, study: optuna.Study) -> None:
-        """Apply batch-size ceilings that out-of-memory trials stored (this run's, a peer's or before a resume)."""
+        """Apply batch-size ceilings that trials stored (this run's, a peer's or before a resume): below what
+        ran out of memory, and at the size of a training function's training set."""
         planner, spec = self._planner, self._spec
         assert planner is not None and spec is not None
-        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            ceiling = t.user_attrs.get("batch_ceiling")
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED)):
+            ceiling = t.user_attrs.get("batch_ceiling") if t.state == TrialState.FAIL else None
             if isinstance(ceiling, int) and ceiling < planner.batch_cap:
                 planner.batch_cap = max(spec.batch_min, ceiling)
                 logger.info("batch sizes capped at %d (trial %d ran out of memory)", planner.batch_cap, t.number)
+            n_train = t.user_attrs.get("n_train")
+            if isinstance(n_train, int) and n_train < planner.batch_cap:
+                planner.learn_data_size(n_train)
+                logger.info("batch sizes capped at %d (trial %d's training set)", planner.batch_cap, t.number)
 
     def _opened(self) -> optuna.Study:
         if self._study is None:

@@ -458,6 +458,7 @@ def _run_probe(
         b_noise=b_noise,
         b_noise_ci=(curvature_ci(curvature) if curvature is not None else None),
         curvature=curvature,
+        n_train=task.n_train,
     )
 
 

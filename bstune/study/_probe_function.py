@@ -315,4 +315,5 @@ def _probe(
         b_simple_sampling_ci=est.ci,
         b_simple_seed_spread=seed_spread,
         b_simple_at_samples=train_samples,
+        n_train=run.n_train,
     )

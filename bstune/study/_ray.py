@@ -141,11 +141,23 @@ def _make_searcher(planner: TrialPlanner, sampler: Any, direction: str) -> Any:
 
         Diverged, out-of-memory and raising trials are failures (TPE learns nothing from
         them); trials stopped by ASHA are pruned; an out-of-memory trial lowers the batch
-        cap of the trials drawn after it.
+        cap of the trials drawn after it, and a training function's training set caps it
+        at its size.
         """
 
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
             status = (result or {}).get("status")
+            n_train = (result or {}).get("n_train")
+            if isinstance(n_train, int) and isinstance(self._space, PlannerSpace):
+                planner = self._space.planner
+                if (
+                    planner.space.batch_min <= n_train < planner.batch_cap
+                ):  # below batch_min every trial fails, and says why
+                    logger.warning(
+                        "the training set has %d examples; batch sizes now capped at %d",
+                        n_train,
+                        planner.learn_data_size(n_train),
+                    )
             if status == TrialStatus.OOM and isinstance(self._space, PlannerSpace):
                 cap = self._space.planner.learn_oom(int(result["batch_size"]))  # type: ignore[index]
                 logger.warning(

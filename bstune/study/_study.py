@@ -408,6 +408,11 @@ class Study:
         """The prior from the probe; lowers the batch cap to what the probe found fits."""
         if probe.batch_ceiling is not None:
             self.batch_cap = min(self.batch_cap, probe.batch_ceiling)
+        if self.task is None and probe.n_train is not None:  # a training function's data, seen by its probe
+            self.n_train = probe.n_train
+            if probe.n_train < self.batch_cap:
+                logger.info("the training set has %d examples: batch sizes capped there", probe.n_train)
+                self.batch_cap = probe.n_train
         self.prior = prior = Prior.for_space(probe, self.space, self.batch_cap)
         logger.info(
             "prior: B in [%d, %d] around B_noise=%.4g; lr rule eta*(%d)=%.3g",

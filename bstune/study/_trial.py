@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import torch
 from torch import nn
 
+from bstune.errors import BatchLargerThanDataError, ConfigError
 from bstune.metrics import Direction
 from bstune.optim import temperature
 from bstune.records import TrialStatus
@@ -230,6 +231,21 @@ class TrialPlanner:
         self.batch_cap = max(self.space.batch_min, min(self.batch_cap, batch_size // 2))
         return self.batch_cap
 
+    def learn_data_size(self, n_examples: int) -> int:
+        """A trial's training set has ``n_examples``: cap later trials there; returns the new cap.
+
+        Raises:
+            ConfigError: the space's smallest batch size is larger than that training set.
+        """
+        if n_examples < self.space.batch_min:
+            raise ConfigError(
+                f"batch_size.min ({self.space.batch_min}) is larger than the training set ({n_examples} examples)",
+                source=self.space.source,
+                field="batch_size.min",
+            )
+        self.batch_cap = min(self.batch_cap, n_examples)
+        return self.batch_cap
+
 
 @dataclass
 class TrialOutcome:
@@ -248,6 +264,7 @@ class TrialOutcome:
     history: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
     traceback: str | None = None
+    n_train: int | None = None  # the training set's size, where the run learnt it (a training function's)
 
     def attrs(self) -> dict[str, Any]:
         out = {
@@ -261,6 +278,8 @@ class TrialOutcome:
         }
         if self.traceback is not None:
             out["traceback"] = self.traceback
+        if self.n_train is not None:
+            out["n_train"] = self.n_train
         return clean_json(out)  # type: ignore[no-any-return]
 
 
@@ -392,6 +411,7 @@ def run_trial(
             value=None,
             message=f"{type(exc).__name__}: {exc}",
             traceback=traceback.format_exc(),
+            n_train=exc.n_examples if isinstance(exc, BatchLargerThanDataError) else None,
         )
     status = trial_status(result.status)
     value = sign * best if math.isfinite(best) else None
@@ -407,6 +427,7 @@ def run_trial(
         throughput=result.throughput if math.isfinite(result.throughput) else None,
         history=[history_row(r) for r in result.history],
         message=message,
+        n_train=result.n_train,
     )
 
 

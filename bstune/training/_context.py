@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from bstune._validate import is_number
-from bstune.errors import ConfigError
+from bstune.errors import BatchLargerThanDataError, ConfigError
 from bstune.noise import NoiseTracker, resolve_device
 from bstune.optim import OptimizerSpec, warn_on_other_optimizer
 from bstune.training._config import TrainConfig
@@ -450,8 +450,10 @@ class TrialContext:
             ) from None
         cfg = self.train_config
         if n < max(cfg.batch_sizes):
-            raise ConfigError(
-                f"batch_size {max(cfg.batch_sizes)} is larger than the training set ({n} examples)",
+            self.n_train = n  # the study caps its later trials here
+            raise BatchLargerThanDataError(
+                max(cfg.batch_sizes),
+                n,
                 source="ctx.loader",
                 field="batch_size" if cfg.batch_schedule is None else "batch_schedule",
             )
@@ -722,5 +724,6 @@ def run_function(
         message=ctx.message,
         noise_trajectory=list(ctx._tracker.tracker.trajectory) if ctx._tracker and ctx._tracker.tracker else [],
         model=None,
+        n_train=ctx.n_train,
     )
     return result, ctx

@@ -94,6 +94,8 @@ class TrainResult:
     model: nn.Module | None = field(default=None, repr=False)
     # the optimizer's state_dict at the end (momentum buffers, Adam's moments): another run continues from it
     optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
+    # the training set's size, where the run learnt it (a training function's, once its ctx.loader opened)
+    n_train: int | None = None
 
     @property
     def final(self) -> EvalRecord | None:
@@ -114,6 +116,7 @@ class TrainResult:
             "wall_time_s": self.wall_time_s,
             "train_time_s": self.train_time_s,
             "message": self.message,
+            "n_train": self.n_train,
             "history": [r.to_dict() for r in self.history],
             "noise_trajectory": [p.to_dict() for p in self.noise_trajectory],
         }

@@ -128,6 +128,33 @@ def test_a_space_without_a_largest_batch_is_refused_for_a_function() -> None:
         bstune.Study(loop, {"name": "s"}, **ARGS)
 
 
+def test_batch_sizes_past_the_functions_training_set_fail_once_then_are_capped_there() -> None:
+    """The data of a training function are known when it runs: the first trial that opens ctx.loader
+    caps the rest at its training set (480 examples), so only a trial before that can ask for more."""
+    space = SPACE | {"name": "big", "batch_size": {"min": 8, "max": 2048}}
+    args = ARGS | {
+        "n_trials": 8,
+        "budget_samples": 6144,
+        "n_evals": 3,
+        "rescore_top": 0,
+        "study_name": "big",
+        "seed": 4,
+    }
+    trials = sorted(bstune.Study(loop, space, **args).run().trials, key=lambda t: t.number)
+    assert trials[0].status == "failed" and trials[0].batch_size > 480  # this seed's first draw: too large
+    assert "batch_size" in trials[0].message and "larger than the training set (480 examples)" in trials[0].message
+    assert "failed" not in [t.status for t in trials[1:]]
+    assert all(8 <= t.batch_size <= 480 for t in trials[1:])  # type: ignore[operator]
+    assert sum(t.batch_size > 240 for t in trials[1:]) >= 2  # type: ignore[operator]  # the range's top is still drawn
+
+
+def test_a_space_whose_smallest_batch_exceeds_the_functions_training_set_stops_the_study() -> None:
+    space = SPACE | {"name": "huge", "batch_size": {"min": 512, "max": 1024}}
+    args = ARGS | {"n_trials": 4, "budget_samples": 3072, "n_evals": 3, "study_name": "huge"}
+    with pytest.raises(ConfigError, match=re.escape("batch_size.min (512) is larger than the training set (480")):
+        bstune.Study(loop, space, **args).run()
+
+
 def test_an_objective_of_unknown_direction_must_be_declared() -> None:
     with pytest.raises(ConfigError, match="direction: bstune cannot tell"):
         bstune.Study(loop, SPACE, objective="score", **ARGS)
@@ -221,6 +248,16 @@ def test_a_prior_mode_study_of_a_function_searches_around_its_probe() -> None:
     for t in result.trials:
         assert prior.batch_low <= t.batch_size <= prior.batch_high  # type: ignore[operator]
     assert result.samples_total == probe.samples_used + sum(t.samples for t in result.trials)
+
+
+def test_a_prior_mode_study_of_a_function_caps_batch_sizes_at_the_training_set_its_probe_saw() -> None:
+    space = SPACE | {"name": "big-prior", "batch_size": {"min": 8, "max": 2048}}
+    args = ARGS | {"mode": "prior", "n_trials": 4, "budget_samples": 6144, "n_evals": 3, "rescore_top": 0}
+    result = bstune.Study(tracked_loop, space, **args).run()
+    assert result.probe is not None and result.probe.n_train == 480
+    assert result.prior is not None and result.prior.batch_high <= 480
+    assert [t.status for t in result.trials] == ["completed"] * 4
+    assert all(t.batch_size <= 480 for t in result.trials)  # type: ignore[operator]
 
 
 def test_a_task_study_trains_and_hands_over_the_spaces_optimizer_not_the_tasks() -> None:

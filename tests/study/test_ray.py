@@ -87,6 +87,20 @@ def test_searcher_learns_from_out_of_memory_and_fails_broken_trials(monkeypatch:
     assert study.get_trials()[0].state == optuna.trial.TrialState.FAIL  # TPE learns nothing from an OOM trial
 
 
+def test_searcher_caps_batch_sizes_at_a_training_functions_training_set() -> None:
+    pytest.importorskip("ray.tune")
+    from bstune.study._ray import _make_searcher
+
+    plans = planner()
+    search = _make_searcher(plans, make_sampler(0, 8), direction="minimize")
+    search.suggest("t1")
+    search.on_trial_complete("t1", {"status": "failed", "n_train": 40})  # the loop's ctx.loader held 40 examples
+    assert plans.batch_cap == 40
+    assert all(search.suggest(f"t{i}")["bstune_plan"]["batch_size"] <= 40 for i in range(2, 8))
+    search.on_trial_complete("t2", {"status": "completed", "objective": 0.5, "n_train": 4})  # below batch_min (8):
+    assert plans.batch_cap == 40  # every trial fails and says why; the searcher keeps its range
+
+
 def test_ray_settings_reject_bad_values() -> None:
     with pytest.raises(ConfigError, match="resources_per_trial: unknown resources"):
         RaySettings(resources_per_trial={"tpu": 1})
