@@ -48,6 +48,7 @@ __all__ = [
     "OWNER_KEY",
     "Heartbeat",
     "Owner",
+    "Untold",
     "abandoned_reason",
     "claim_abandoned",
     "count_finished",
@@ -283,24 +284,73 @@ def requeue_interrupted(trial: Trial) -> None:
     logger.info("trial %d interrupted; it will run again when the study resumes", trial.number)
 
 
-def with_heartbeat(objective: Callable[[Trial], float], interval: float, lost: list[int]) -> Callable[[Trial], float]:
-    """``objective`` run inside a :class:`Heartbeat`; numbers of trials taken over meanwhile go to ``lost``.
+@dataclasses.dataclass
+class Untold:
+    """How this process's last trial ended, as its objective left it, until Optuna has stored it.
+
+    Ctrl-C can land after the objective returned and before Optuna stored the trial's
+    state. The trial would then stay ``RUNNING`` (taken over only when its owner is seen
+    gone), and the run it finished would count for nothing. :meth:`store` stores it as
+    the objective ended: completed with its value, pruned at its last reported value, or
+    failed.
+    """
+
+    trial: Trial | None = None
+    state: TrialState | None = None
+    value: float | None = None
+
+    def store(self, study: optuna.Study) -> None:
+        """Store the last trial's outcome if it is still ``RUNNING`` (its telling was cut off)."""
+        if self.trial is None or self.state is None:
+            return
+        storage, tid = storage_of(study), trial_id_of(self.trial)
+        frozen = storage.get_trial(tid)
+        if frozen.state != TrialState.RUNNING:
+            return
+        values: list[float] | None = None
+        if self.state == TrialState.COMPLETE and self.value is not None:
+            values = [self.value]
+        elif self.state == TrialState.PRUNED and frozen.last_step is not None:
+            values = [frozen.intermediate_values[frozen.last_step]]  # as Optuna stores a pruned trial
+        try:
+            storage.set_trial_state_values(tid, self.state, values)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            return  # stored meanwhile, or taken over by another process
+        logger.info("trial %d stored as %s although Ctrl-C cut Optuna short", frozen.number, self.state.name.lower())
+
+
+def with_heartbeat(
+    objective: Callable[[Trial], float], interval: float, lost: list[int], untold: Untold | None = None
+) -> Callable[[Trial], float]:
+    """``objective`` run inside a :class:`Heartbeat`; numbers of trials taken over meanwhile go to ``lost``,
+    and how each trial ended to ``untold`` (see :class:`Untold`).
 
     A ``KeyboardInterrupt`` (Ctrl-C) inside it marks the trial interrupted and queues it
     again (:func:`requeue_interrupted`) before it goes on up.
     """
+    ended = untold if untold is not None else Untold()
 
     def run(trial: Trial) -> float:
         beat = Heartbeat(trial, interval)
+        ended.trial, ended.state, ended.value = trial, None, None
         try:
             with beat:
-                return objective(trial)
+                value = objective(trial)
+            ended.state, ended.value = TrialState.COMPLETE, value
+            return value
+        except optuna.TrialPruned:
+            ended.state = TrialState.PRUNED
+            raise
         except KeyboardInterrupt:
             if not beat.lost:
                 requeue_interrupted(trial)
             raise
+        except Exception:
+            ended.state = TrialState.FAIL
+            raise
         finally:
             if beat.lost:
                 lost.append(trial.number)
+                ended.state = None  # another process failed it and queued it again
 
     return run

@@ -34,7 +34,7 @@ from bstune.errors import BstuneError, ConfigError
 from bstune.metrics import Direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
 from bstune.study._backend import Resumed, StudySpec, TrialBackend
-from bstune.study._liveness import count_finished, count_taken, retry_abandoned, with_heartbeat
+from bstune.study._liveness import Untold, count_finished, count_taken, retry_abandoned, with_heartbeat
 from bstune.study._pruners import make_pruner
 from bstune.study._records import trial_record
 from bstune.study._resume import check_settings
@@ -64,15 +64,16 @@ def optuna_quiet() -> Iterator[None]:
 
 
 @contextmanager
-def interrupts_kept() -> Iterator[None]:
-    """Ctrl-C inside Optuna's bookkeeping stays a ``KeyboardInterrupt``.
+def interrupts_kept(study: optuna.Study | None = None, untold: Untold | None = None) -> Iterator[None]:
+    """Ctrl-C inside Optuna's bookkeeping stays a ``KeyboardInterrupt``, and the trial it cut short is kept.
 
     Optuna 5.1's ``_run_trial`` tells the storage a trial's state in a ``try`` whose
     ``finally`` reads the state told; an interrupt that lands inside the telling leaves
     it unset, and the ``finally`` raises ``UnboundLocalError`` in the interrupt's place,
     so the study would end as a crash rather than as interrupted (trials queued again,
     ``--resume`` offered). Any exception raised while handling an interrupt is turned
-    back into one.
+    back into one. Given ``study`` and ``untold`` (what the objective last finished), a
+    trial whose telling was cut off is stored as its objective ended (:class:`Untold`).
 
     Example:
         >>> try:
@@ -87,15 +88,27 @@ def interrupts_kept() -> Iterator[None]:
     """
     try:
         yield
+    except KeyboardInterrupt:
+        _store_untold(study, untold)
+        raise
     except Exception as exc:
         seen: BaseException | None = exc
         chain: set[int] = set()  # a chain may loop back on itself
         while seen is not None and id(seen) not in chain:
             if isinstance(seen, KeyboardInterrupt):
+                _store_untold(study, untold)
                 raise KeyboardInterrupt from exc
             chain.add(id(seen))
             seen = seen.__cause__ or seen.__context__
         raise
+
+
+def _store_untold(study: optuna.Study | None, untold: Untold | None) -> None:
+    if study is not None and untold is not None:
+        try:
+            untold.store(study)
+        except Exception as exc:  # the interrupt goes on up whatever the storage says
+            logger.warning("the interrupted trial's outcome was not stored: %s: %s", type(exc).__name__, exc)
 
 
 class OptunaBackend(TrialBackend):
@@ -258,11 +271,12 @@ class OptunaBackend(TrialBackend):
         study.sampler = planner.sampler(study.sampler)
         with optuna_quiet():  # failed trials are logged once, by us, without Optuna's traceback
             lost: list[int] = []  # trials of ours that another process declared abandoned
-            objective = with_heartbeat(self._objective, settings.heartbeat_interval, lost)
+            untold = Untold()
+            objective = with_heartbeat(self._objective, settings.heartbeat_interval, lost, untold)
             while (remaining := settings.n_trials - count_finished(study)) > 0:
                 self._lower_ceiling(study)
                 try:
-                    with interrupts_kept():
+                    with interrupts_kept(study, untold):
                         study.optimize(
                             objective,
                             n_trials=remaining,
@@ -318,7 +332,8 @@ class OptunaBackend(TrialBackend):
                 pruner=make_pruner(settings.pruner, settings.n_evals),
             )
             lost: list[int] = []
-            objective = with_heartbeat(self._objective, settings.heartbeat_interval, lost)
+            untold = Untold()
+            objective = with_heartbeat(self._objective, settings.heartbeat_interval, lost, untold)
             while os.getppid() == parent:
                 held = gate.take(worker)
 
@@ -334,7 +349,7 @@ class OptunaBackend(TrialBackend):
                     self._lower_ceiling(study)
                     if count_taken(study) >= settings.n_trials:  # one read: see count_taken
                         break
-                    with interrupts_kept():
+                    with interrupts_kept(study, untold):
                         study.optimize(let_go, n_trials=1, catch=(TrialFailure,), show_progress_bar=False)
                 except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
                     if not lost:

@@ -75,6 +75,12 @@ def test_ctrl_c_inside_optunas_bookkeeping_interrupts_the_study_and_it_resumes(
     )
     with pytest.raises(KeyboardInterrupt):
         bstune.Study(task(), SPACE, study_name="ctrl-c", **args).run()
+    # the trial whose telling was cut off is stored as its objective ended, not left running
+    cut = optuna.load_study(study_name="ctrl-c", storage=storage).get_trials(deepcopy=False)[1]
+    assert cut.state in (TrialState.COMPLETE, TrialState.PRUNED) and cut.value is not None
+    assert cut.user_attrs["status"] in ("completed", "pruned") and cut.value == pytest.approx(
+        cut.user_attrs["best_value"]
+    )
     monkeypatch.setattr(optuna.study._optimize, "_tell_with_warning", told)
     result = bstune.Study(task(), SPACE, study_name="ctrl-c", **args).run()  # the same study again: resumed
     finished = [t for t in result.trials if str(t.status) in ("completed", "pruned")]
