@@ -187,3 +187,26 @@ def test_gpu_check_oom_study_sees_the_ceiling_learned(tmp_path: Path) -> None:
     row = gpu_check._oom_study(gpu_check.Options("cpu", True, tmp_path), task, 8192)
     assert row.result == "PASS", row
     assert "trial 0 oom at B=8192, ceiling 4096" in row.figure
+
+
+def test_rescore_rules_pick_by_their_own_seeds_and_the_oracle_by_the_judge() -> None:
+    from benchmarks.rescore_rules import compare, markdown
+
+    # trial 3 won on its own (lucky) seed; its fresh seeds say it is worse than trial 5
+    cands = [
+        {"trial": 3, "seeds": [7, 8], "values": [0.50, 1.00, 1.00]},
+        {"trial": 5, "seeds": [7, 8], "values": [0.80, 0.78, 0.80]},
+        {"trial": 9, "seeds": [7, 8], "values": [0.90, 0.70, None]},  # failed at a seed: never picked
+    ]
+    judge = {3: 1.10, 5: 1.02, 9: 0.99}
+    res = compare([{"seed": 0, "rescore_candidates": cands}], lambda run, c: judge[c["trial"]])
+    (row,) = res["runs"]
+    assert row["ratios"] == {
+        "mean of all seeds": 1.02,  # (0.5+1+1)/3 = 0.833 > 0.793
+        "fresh seeds only": 1.02,
+        "own seed only": 1.10,
+        "oracle": 0.99,
+    }
+    assert res["summary"]["own seed only"] == {"median": 1.10, "mean": 1.10, "n": 1}
+    facts = {"date": "d", "command": "c", "machine": {"cpu_model": "m"}, "git_commit": "g"}
+    assert "| p m, 1 seeds | 1.020 (mean 1.020)" in markdown({"p m": res}, facts)
