@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from bstune._progress import progress_bar
-from bstune.errors import BstuneError, ConfigError, EstimationError, UserCodeError
+from bstune.errors import BatchLargerThanDataError, BstuneError, ConfigError, EstimationError, UserCodeError
 from bstune.noise import resolve_device, seed_spread_interval
 from bstune.records import ProbeResult
 from bstune.space import SearchSpace
@@ -192,10 +192,13 @@ def _probe(
     batch = _probe_batch(None, settings, space.batch_min, batch_cap)
     ratio = (lr_max / lr_min) ** (1.0 / (settings.lr_steps - 1))
     with progress_bar(progress, f"probe: LR range test at B={batch} (your loop)", total=1, unit="test") as bar:
-        ceiling, curve = _range_test(run, batch, lr_min, lr_max, settings.lr_steps, ratio)
+        try:
+            ceiling, curve = _range_test(run, batch, lr_min, lr_max, settings.lr_steps, ratio)
+        except BatchLargerThanDataError as exc:  # a training set smaller than the default probe batch
+            run.n_train, curve = exc.n_examples, []
         # the training set's size is known once the loop has opened ctx.loader: a small one takes a
         # smaller probe batch (as a task's does), and the test runs again at it
-        if (sized := _probe_batch(run.n_train, settings, space.batch_min, batch_cap)) != batch:
+        if (sized := _probe_batch(run.n_train, settings, space.batch_min, batch_cap)) != batch or not curve:
             batch = sized
             ceiling, curve = _range_test(run, batch, lr_min, lr_max, settings.lr_steps, ratio)
         bar.update(1)

@@ -260,6 +260,33 @@ def test_a_prior_mode_study_of_a_function_caps_batch_sizes_at_the_training_set_i
     assert all(t.batch_size <= 480 for t in result.trials)  # type: ignore[operator]
 
 
+def test_the_probe_of_a_function_whose_training_set_is_smaller_than_its_first_batch_sizes_down() -> None:
+    small = torch.utils.data.TensorDataset(TRAIN.tensors[0][:40], TRAIN.tensors[1][:40])
+
+    def small_loop(ctx: TrialContext) -> None:
+        model = net().to(ctx.device)
+        opt = ctx.make_optimizer(model.parameters())
+        sched = ctx.lr_scheduler(opt)
+        noise = ctx.noise_tracker(model)
+        for xb, yb in ctx.loader(small):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            noise.observe()
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+            if ctx.at_milestone():
+                with torch.no_grad():
+                    ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+
+    space = SearchSpace.coerce(SPACE | {"batch_size": {"min": 2, "max": 128}})
+    job = FunctionJob(small_loop, "val_loss", Direction.MINIMIZE, space.optimizer)
+    probe = probe_function(job, space, ProbeSettings(throughput_batches=(2, 8)), batch_cap=128)
+    assert probe.n_train == 40 and probe.batch_size <= 40 and probe.large_batch <= 40  # not 64, the default
+    assert probe.lr_range and probe.b_simple > 0
+
+
 def test_a_task_study_trains_and_hands_over_the_spaces_optimizer_not_the_tasks() -> None:
     """The space's optimizer section replaces the task's: the planner's momentum and the handed-over
     config are the space's (a Study that read the task's here handed over momentum 0)."""
