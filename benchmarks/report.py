@@ -447,14 +447,31 @@ def _graceful_checks(e: dict[str, Any]) -> list[str]:
         worst_ok = worst_a <= worst_b
         fa, fb = statistics.median(final[p_m]), statistics.median(final[b_m])
         final_ok = fa <= fb
+        better = sum(x < y for x, y in zip(final[p_m], final[b_m], strict=True))
+        worse = sum(x > y for x, y in zip(final[p_m], final[b_m], strict=True))
         word = {True: "**met**", False: "**missed**"}
         out.append(
             f"- Issue #18 ({p_m} vs {b_m}, {len(seeds)} seeds): median samples to 2% ≤ 1.25x: {word[ratio_ok]} "
             f"({ratio}); no seed worse than {b_m}'s worst: {word[worst_ok]} (worst "
             f"{_k(worst_a if math.isfinite(worst_a) else None)} vs {_k(worst_b if math.isfinite(worst_b) else None)}); "
-            f"final pick / grid best at the median no worse: {word[final_ok]} ({_n(fa, '.3f')} vs {_n(fb, '.3f')})."
+            f"final pick / grid best at the median no worse: {word[final_ok]} ({_n(fa, '.3f')} vs {_n(fb, '.3f')}; "
+            f"better on {better} of {len(seeds)} seeds, worse on {worse}, sign test p = {sign_test(better, worse):.2f})."
         )
     return out
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test of ``wins`` against ``losses`` (ties left out): the chance of a split at
+    least this uneven if either side were as likely to win each pair. 1.0 with no untied pair.
+
+    Example:
+        >>> round(sign_test(5, 0), 4), round(sign_test(3, 6), 3), sign_test(0, 0)
+        (0.0625, 0.508, 1.0)
+    """
+    n, k = wins + losses, min(wins, losses)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
 def _noise_section(data: dict[str, Any], lines: list[str]) -> list[str]:

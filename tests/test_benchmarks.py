@@ -210,3 +210,19 @@ def test_rescore_rules_pick_by_their_own_seeds_and_the_oracle_by_the_judge() -> 
     assert res["summary"]["own seed only"] == {"median": 1.10, "mean": 1.10, "n": 1}
     facts = {"date": "d", "command": "c", "machine": {"cpu_model": "m"}, "git_commit": "g"}
     assert "| p m, 1 seeds | 1.020 (mean 1.020)" in markdown({"p m": res}, facts)
+
+
+def test_the_final_pick_verdict_says_how_often_each_side_won_and_whether_that_is_resolved() -> None:
+    from benchmarks.report import _graceful_checks, sign_test
+
+    assert sign_test(5, 0) == pytest.approx(1 / 16) and sign_test(3, 6) == pytest.approx(260 / 512)
+    assert sign_test(0, 0) == 1.0 and sign_test(4, 4) == 1.0
+
+    def run(method: str, seed: int, final: float) -> dict[str, object]:
+        return {"method": method, "seed": seed, "samples_to": {"0.02": 1000 * (seed + 1)}, "final_ratio": final}
+
+    prior, base = [1.01, 1.02, 1.05, 1.00], [1.03, 1.04, 1.00, 1.01]
+    runs = [run("prior", i, v) for i, v in enumerate(prior)] + [run("baseline", i, v) for i, v in enumerate(base)]
+    (line,) = _graceful_checks({"runs": runs, "seeds": [0, 1, 2, 3]})
+    assert "final pick / grid best at the median no worse: **met** (1.015 vs 1.020;" in line
+    assert "better on 3 of 4 seeds, worse on 1, sign test p = 0.62)" in line
