@@ -55,14 +55,14 @@ class BatchLargerThanDataError(ConfigError):
     Example:
         >>> err = BatchLargerThanDataError(512, 300, source="ctx.loader")
         >>> err.n_examples, str(err)
-        (300, 'ctx.loader: batch_size: batch_size 512 is larger than the training set (300 examples)')
+        (300, 'ctx.loader: batch_size: 512 is larger than the training set (300 examples)')
     """
 
     def __init__(
         self, batch_size: int, n_examples: int, *, source: str | None = None, field: str = "batch_size"
     ) -> None:
         super().__init__(
-            f"batch_size {batch_size} is larger than the training set ({n_examples} examples)",
+            f"{batch_size} is larger than the training set ({n_examples} examples)",
             source=source,
             field=field,
         )

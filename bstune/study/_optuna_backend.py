@@ -378,9 +378,11 @@ class OptunaBackend(TrialBackend):
         config = plan.config
         if outcome.n_train is not None and outcome.n_train < planner.batch_cap:
             logger.warning(
-                "trial %d: the training set has %d examples; batch sizes now capped at %d",
+                "trial %d: the training set has %d examples, fewer than the batch sizes the space allows (up to %d); "
+                "batch sizes now capped at %d",
                 trial.number,
                 outcome.n_train,
+                planner.batch_cap,
                 planner.learn_data_size(outcome.n_train),
             )
         if outcome.status == TrialStatus.PRUNED:

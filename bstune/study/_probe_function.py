@@ -196,6 +196,12 @@ def _probe(
             ceiling, curve = _range_test(run, batch, lr_min, lr_max, settings.lr_steps, ratio)
         except BatchLargerThanDataError as exc:  # a training set smaller than the default probe batch
             run.n_train, curve = exc.n_examples, []
+            if exc.n_examples < space.batch_min:
+                raise ConfigError(
+                    f"batch_size.min ({space.batch_min}) is larger than the training set ({exc.n_examples} examples)",
+                    source=space.source,
+                    field="batch_size.min",
+                ) from exc
         # the training set's size is known once the loop has opened ctx.loader: a small one takes a
         # smaller probe batch (as a task's does), and the test runs again at it
         if (sized := _probe_batch(run.n_train, settings, space.batch_min, batch_cap)) != batch or not curve:

@@ -153,6 +153,8 @@ def test_a_space_whose_smallest_batch_exceeds_the_functions_training_set_stops_t
     args = ARGS | {"n_trials": 4, "budget_samples": 3072, "n_evals": 3, "study_name": "huge"}
     with pytest.raises(ConfigError, match=re.escape("batch_size.min (512) is larger than the training set (480")):
         bstune.Study(loop, space, **args).run()
+    with pytest.raises(ConfigError, match=re.escape("batch_size.min (512) is larger than the training set (480")):
+        bstune.Study(tracked_loop, space, **(args | {"mode": "prior"})).run()  # said by the probe, before any trial
 
 
 def test_an_objective_of_unknown_direction_must_be_declared() -> None:
