@@ -293,6 +293,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             args.space,
             n_trials=args.trials,
             budget_samples=args.budget_samples,
+            n_evals=args.n_evals,
             seed=args.seed,
             storage=storage,
             study_name=name,

@@ -129,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="training samples of one full trial (default 300000); pruned trials use less",
     )
     run.add_argument(
+        "--n-evals",
+        type=_positive_int,
+        default=9,
+        metavar="N",
+        help="evaluations of a full trial, at equal sample milestones: the pruner decides at them, and a trial at the "
+        "space's largest batch size needs at least N steps (default 9: Hyperband's rungs at 1/9 and 1/3 of the budget)",
+    )
+    run.add_argument(
         "--out", default=None, help="folder for study.db (the trials), result.json and the report (report.md, ...)"
     )
     run.add_argument(

@@ -48,7 +48,7 @@ def check_budget(budget_samples: int, n_evals: int, batch_cap: int) -> None:
         raise ConfigError(
             f"{budget_samples:,} samples give a trial at the largest batch size ({batch_cap}) {steps} optimizer "
             f"step(s) for its {n_evals} milestones; give at least {need:,} ({n_evals} steps at batch size "
-            f"{batch_cap}), or lower the space's batch_size.max",
+            f"{batch_cap}), lower the space's batch_size.max, or ask for fewer milestones (n_evals, --n-evals)",
             source="Study",
             field="budget_samples",
         )

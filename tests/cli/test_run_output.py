@@ -44,6 +44,19 @@ def test_run_writes_the_report_and_says_where(tmp_path: Path) -> None:
     assert f"report: {out}/report.md (also report.html, report.json); `bstune report {out}`" in proc.stdout
 
 
+def test_run_takes_fewer_milestones_for_a_small_budget(tmp_path: Path) -> None:
+    """100 samples at batch size 64 give 2 steps: too few for the default 9 milestones, enough for 2."""
+    (tmp_path / "good.py").write_text(TINY_TASK)
+    (tmp_path / "ok.yaml").write_text("name: s\nbatch_size: {min: 8, max: 64}\n")
+    args = ("run", "good.py", "--space", "ok.yaml", "--mode", "baseline", "--trials", "2", "--budget-samples", "100")
+    refused = bstune(*args, "--no-progress", cwd=tmp_path)
+    assert refused.returncode == 2 and "for its 9 milestones" in refused.stderr and "--n-evals" in refused.stderr
+    proc = bstune(*args, "--n-evals", "2", "--rescore-top", "0", "--out", "out", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    trials = json.loads((tmp_path / "out" / "result.json").read_text())["trials"]
+    assert trials and all(1 <= len(t["history"]) <= 2 for t in trials if t["status"] == "completed")
+
+
 def result_with_failures(folder: Path) -> Path:
     """The committed sample study (20 trials), with 3 of them failed and 2 diverged (no value)."""
     result = json.loads((ROOT / "examples" / "digits_report" / "result.json").read_text())
