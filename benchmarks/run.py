@@ -83,6 +83,17 @@ SUITES: dict[str, dict[str, Any]] = {
 log = logging.getLogger("benchmarks.run")
 
 
+_CODE: dict[str, Any] = {}  # the checkout when the run started: the code it imported, whatever is checked out later
+
+
+def code_at_start() -> dict[str, Any]:
+    """The git commit and dirtiness of the checkout, read once, at the first call (``main`` calls it first)."""
+    if not _CODE:
+        _CODE["git_commit"] = git("rev-parse", "--short", "HEAD")
+        _CODE["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return dict(_CODE)
+
+
 def provenance(command: str, started: float) -> dict[str, Any]:
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -95,8 +106,7 @@ def provenance(command: str, started: float) -> dict[str, Any]:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(),
-            "git_commit": git("rev-parse", "--short", "HEAD"),
-            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            **code_at_start(),
             "bstune": getattr(bstune, "__version__", None),
         },
     }
@@ -124,6 +134,7 @@ def _judged_alike(old: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code_at_start()  # before anything runs: a long run's results belong to the code it started with
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
     parser.add_argument("--measures", default=",".join(MEASURES), help=f"comma-separated, of {', '.join(MEASURES)}")

@@ -226,3 +226,17 @@ def test_the_final_pick_verdict_says_how_often_each_side_won_and_whether_that_is
     (line,) = _graceful_checks({"runs": runs, "seeds": [0, 1, 2, 3]})
     assert "final pick / grid best at the median no worse: **met** (1.015 vs 1.020;" in line
     assert "better on 3 of 4 seeds, worse on 1, sign test p = 0.62)" in line
+
+
+def test_provenance_names_the_commit_a_run_started_with_not_the_one_checked_out_when_it_saves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import benchmarks.run as run
+
+    checked_out = {"rev-parse": "aaaaaaa", "status": ""}
+    monkeypatch.setattr(run, "git", lambda *args: checked_out[args[0]])
+    monkeypatch.setattr(run, "_CODE", {})
+    assert run.code_at_start() == {"git_commit": "aaaaaaa", "git_dirty": False}  # main() reads it first
+    checked_out.update({"rev-parse": "bbbbbbb", "status": " M bstune/x.py"})  # a commit made during the run
+    machine = run.provenance("python -m benchmarks.run", 0.0)["machine"]
+    assert (machine["git_commit"], machine["git_dirty"]) == ("aaaaaaa", False)
