@@ -206,6 +206,7 @@ def _probe(
         # smaller probe batch (as a task's does), and the test runs again at it
         if (sized := _probe_batch(run.n_train, settings, space.batch_min, batch_cap)) != batch or not curve:
             batch = sized
+            bar.set_description(f"probe: LR range test at B={batch} (your loop; {run.n_train} examples)")
             ceiling, curve = _range_test(run, batch, lr_min, lr_max, settings.lr_steps, ratio)
         bar.update(1)
     big = min(batch_cap, run.n_train or batch_cap, max(batch, settings.large_batch_factor * batch))

@@ -262,7 +262,9 @@ def test_a_prior_mode_study_of_a_function_caps_batch_sizes_at_the_training_set_i
     assert all(t.batch_size <= 480 for t in result.trials)  # type: ignore[operator]
 
 
-def test_the_probe_of_a_function_whose_training_set_is_smaller_than_its_first_batch_sizes_down() -> None:
+def test_the_probe_of_a_function_whose_training_set_is_smaller_than_its_first_batch_sizes_down(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     small = torch.utils.data.TensorDataset(TRAIN.tensors[0][:40], TRAIN.tensors[1][:40])
 
     def small_loop(ctx: TrialContext) -> None:
@@ -284,9 +286,11 @@ def test_the_probe_of_a_function_whose_training_set_is_smaller_than_its_first_ba
 
     space = SearchSpace.coerce(SPACE | {"batch_size": {"min": 2, "max": 128}})
     job = FunctionJob(small_loop, "val_loss", Direction.MINIMIZE, space.optimizer)
-    probe = probe_function(job, space, ProbeSettings(throughput_batches=(2, 8)), batch_cap=128)
+    probe = probe_function(job, space, ProbeSettings(throughput_batches=(2, 8)), batch_cap=128, progress=True)
     assert probe.n_train == 40 and probe.batch_size <= 40 and probe.large_batch <= 40  # not 64, the default
     assert probe.lr_range and probe.b_simple > 0
+    # the bar names the batch the test ran at (it was opened at 64, before the loop had shown its data)
+    assert f"LR range test at B={probe.batch_size} (your loop; 40 examples): 100%" in capsys.readouterr().err
 
 
 def test_a_task_study_trains_and_hands_over_the_spaces_optimizer_not_the_tasks() -> None:
