@@ -83,6 +83,7 @@ class TrialRecord:
     batch_ceiling: int | None = None  # out of memory: the batch-size cap for the rest of the study
     traceback: str | None = None  # failed: where the task's code raised
     from_probe: bool = False  # the probe's trial-long run, recorded as a trial (its samples are the trial's)
+    n_train: int | None = None  # the training set's size, where the run learnt it (what a loop's ctx.loader held)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TrialStatus(self.status))

@@ -178,6 +178,7 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
             "samples_rescore": result.samples_rescore,
             "n_trials": len(result.trials),
             "directions": {k: v.value for k, v in result.metric_directions().items()},
+            "n_train": _training_set_size(result),
         }
     }
     data["noise_scale"] = (
@@ -341,6 +342,15 @@ def _measured_fit(measured: Mapping[str, Any] | None) -> CriticalBatchFit | None
         )
     except BstuneError:
         return None
+
+
+def _training_set_size(result: StudyData) -> int | None:
+    """The training set's size as the study learnt it: the probe's (a task's, or what a training function's
+    ``ctx.loader`` held), else the largest a trial's loop reported; None where no run said."""
+    if result.probe is not None and result.probe.n_train is not None:
+        return int(result.probe.n_train)
+    sizes = [t.n_train for t in result.trials if t.n_train is not None]
+    return max(sizes) if sizes else None
 
 
 def _memory(result: StudyData) -> dict[str, Any] | None:

@@ -193,6 +193,7 @@ def render_markdown(data: dict[str, Any]) -> str:
                 f"{_n(shi) if shi is not None else 'inf'}."
             )
         out += _curvature_lines(ns)
+        out += _noise_against_data(ns.get("b_simple"), study.get("n_train"))
     cb = data["critical_batch"]
     out += ["", "## Critical batch size", ""]
     measured = cb.get("measured")
@@ -255,6 +256,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         "## Trials",
         "",
         "Effective temperature η/(B(1−m)) as each trial recorded it (m = SGD momentum; 0 for Adam-family optimizers).",
+        *_training_set_line(study.get("n_train")),
         "",
         "| # | status | batch | lr | η/(B(1−m)) | value | samples |",
         "|---:|---|---:|---:|---:|---:|---:|",
@@ -265,6 +267,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"| {t['number']} | {t['status']} | {t['batch_size']} | {_n(t['lr'], '.3g')} | "
             f"{_n(t['temperature'], '.3g')} | {_n(t['value'])} | {t['samples']:,} |"
         )
+    out += _unfinished(data["trials"])
     rescored = data.get("rescored") or []
     if rescored:
         out += [
@@ -288,6 +291,56 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+_UNFINISHED_SHOWN = 10  # trials whose reason is listed; the rest are counted
+
+
+def _unfinished(trials: list[dict[str, Any]]) -> list[str]:
+    """Why each trial that failed, ran out of memory, diverged or was interrupted did so: its message's
+    first line (the traceback stays in report.json)."""
+    ended = [
+        t
+        for t in sorted(trials, key=lambda t: t["number"])
+        if t["status"] in ("failed", "oom", "diverged", "interrupted") and (t.get("message") or "").strip()
+    ]
+    if not ended:
+        return []
+    out = ["", "Trials that did not finish, and why:", ""]
+    for t in ended[:_UNFINISHED_SHOWN]:
+        reason = t["message"].strip().splitlines()[0]
+        reason = reason if len(reason) <= 240 else reason[:239] + "…"
+        out.append(f"- Trial {t['number']} ({t['status']}, batch {t['batch_size']}): {reason}")
+    if len(ended) > _UNFINISHED_SHOWN:
+        out.append(f"- and {len(ended) - _UNFINISHED_SHOWN} more (report.json holds each trial's message)")
+    return out
+
+
+def _training_set_line(n_train: int | None) -> list[str]:
+    """The training set's size, where a run showed it: no batch can be larger, and the search is capped there."""
+    if not n_train:
+        return []
+    return [
+        f"Training set: {n_train:,} examples. No batch can be larger, so once a run had shown this size (the "
+        "probe, or a training function's first ctx.loader), the search drew batch sizes at or below it."
+    ]
+
+
+def _noise_against_data(b_simple: float | None, n_train: int | None) -> list[str]:
+    """A word where B_simple is not small against the training set, where its usual reading no longer holds."""
+    if not n_train or b_simple is None or b_simple < n_train / 2:
+        return []
+    if b_simple >= n_train:
+        return [
+            f"B_simple is at or above the training set's size ({n_train:,} examples): every batch the data allow "
+            "is below the noise scale, where a larger batch still cuts the steps nearly in proportion, up to "
+            "full-batch training. It bounds nothing inside the data; the recommendation rests on the trials."
+        ]
+    return [
+        f"B_simple is over half the training set ({n_train:,} examples): batches near it are most of the data, "
+        "where the batch gradient is far less noisy than the noise scale implies (drawn without replacement, "
+        "a batch of the whole set has none), so read it as a rough scale only."
+    ]
 
 
 def _reached(point: dict[str, Any]) -> str:

@@ -114,4 +114,5 @@ def record_from_result(
         message=message,
         worker=metrics.get("node"),
         traceback=metrics.get("traceback"),
+        n_train=metrics.get("n_train"),
     )

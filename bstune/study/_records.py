@@ -56,6 +56,7 @@ def trial_record(trial: FrozenTrial) -> TrialRecord:
         traceback=attrs.get("traceback"),
         worker=attrs.get("worker"),
         from_probe=bool(attrs.get(FROM_PROBE_ATTR, False)),
+        n_train=attrs.get("n_train"),
     )
 
 

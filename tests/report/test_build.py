@@ -203,3 +203,55 @@ def test_noise_scale_says_why_there_is_no_curvature_b_noise() -> None:
     skipped = dataclasses.replace(old, probe=_probe(curvature={"skipped": "the model has BatchNorm"}))
     md = render_markdown(build_report(skipped).data)
     assert "B_noise = tr(HΣ)/(GᵀHG) was not measured: the model has BatchNorm." in md
+
+
+def _section(md: str, heading: str) -> str:
+    return md.split(f"## {heading}")[1].split("\n## ")[0]
+
+
+def test_the_training_set_size_and_why_each_unfinished_trial_ended_are_in_the_report() -> None:
+    """A training function's data cap and a failed trial's reason reach report.md (they were only in
+    the log and in report.json's traceback)."""
+    base = _result()
+    failed = dataclasses.replace(
+        base.trials[0],
+        number=7,
+        status="failed",
+        batch_size=615,
+        value=None,
+        history=[],
+        message="BatchLargerThanDataError: ctx.loader: batch_size: 615 is larger than the training set (300 examples)",
+        traceback="Traceback (most recent call last):\n  ...",
+        n_train=300,
+    )
+    oom = dataclasses.replace(failed, number=8, status="oom", batch_size=256, message="CUDA out of memory\nmore")
+    result = dataclasses.replace(base, trials=[*base.trials, failed, oom])
+    data = build_report(result).data
+    assert data["study"]["n_train"] == 300  # from the trials, as a baseline study has no probe
+    trials = _section(render_markdown(data), "Trials")
+    assert "Training set: 300 examples." in trials
+    assert (
+        "- Trial 7 (failed, batch 615): BatchLargerThanDataError: ctx.loader: batch_size: 615 is larger than "
+        "the training set (300 examples)" in trials
+    )
+    assert "- Trial 8 (oom, batch 256): CUDA out of memory" in trials and "more" not in trials
+    many = [dataclasses.replace(failed, number=100 + i) for i in range(12)]
+    trials = _section(render_markdown(build_report(dataclasses.replace(base, trials=many)).data), "Trials")
+    assert trials.count("- Trial ") == 10 and "- and 2 more" in trials
+    clean = render_markdown(build_report(base).data)
+    assert "Training set:" not in clean and "did not finish" not in clean  # nothing to say, nothing said
+
+
+@pytest.mark.parametrize(
+    ("b_simple", "n_train", "says"),
+    [(180.0, 10_000, None), (180.0, 300, "over half the training set (300 examples)"), (180.0, 150, "at or above")],
+)
+def test_a_noise_scale_large_against_the_training_set_is_flagged(b_simple: float, n_train: int, says: str) -> None:
+    result = dataclasses.replace(_result(), probe=_probe(b_simple=b_simple, n_train=n_train), mode="prior")
+    data = build_report(result).data
+    assert data["study"]["n_train"] == n_train  # the probe's
+    section = _section(render_markdown(data), "Gradient noise scale")
+    if says is None:
+        assert "training set" not in section
+    else:
+        assert says in section

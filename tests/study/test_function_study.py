@@ -146,6 +146,7 @@ def test_batch_sizes_past_the_functions_training_set_fail_once_then_are_capped_t
     assert "failed" not in [t.status for t in trials[1:]]
     assert all(8 <= t.batch_size <= 480 for t in trials[1:])  # type: ignore[operator]
     assert sum(t.batch_size > 240 for t in trials[1:]) >= 2  # type: ignore[operator]  # the range's top is still drawn
+    assert {t.n_train for t in trials} == {480}  # each record keeps the size its loop showed (for the report)
 
 
 def test_a_space_whose_smallest_batch_exceeds_the_functions_training_set_stops_the_study() -> None:
