@@ -317,7 +317,8 @@ class Study:
                 self.probe = ProbeResult.from_dict(resumed.probe)
                 logger.info("resuming: probe taken from the %s backend's store", self.backend.name)
             else:
-                self._warn_probe_cost()
+                if self.task is not None:
+                    self._warn_probe_cost()
                 probe, subject = (
                     (probe_space, {"task": self.task}) if self.task is not None else (probe_function, {"job": spec.job})
                 )
@@ -335,6 +336,8 @@ class Study:
                     eval_every_samples=s.eval_every,
                 )
                 self.backend.keep_probe(self.probe)
+                if self.task is None:
+                    self._warn_probe_cost(spent=self.probe.samples_used)
             self._make_prior(self.probe)
         self.backend.describe([s.objective], {DIRECTIONS_ATTR: self._directions(), DESCRIPTION_ATTR: self._describe()})
         planner = self._planner()
@@ -461,26 +464,36 @@ class Study:
         bar.close()
         return out
 
-    def _warn_probe_cost(self) -> None:
-        """Warn, before the probe runs, when it will cost more than all the trials together."""
+    def _warn_probe_cost(self, spent: int | None = None) -> None:
+        """Warn when the probe costs more than all the trials together.
+
+        A task's probe is warned about before it runs, from its least cost (:func:`probe_cost`:
+        the task's data size is known). A training function shows its data only when it runs,
+        and a small training set caps the throughput ladder far below the space's batch sizes,
+        so its warning comes after the probe, from the samples it ``spent``.
+        """
         s = self.settings
-        probe = probe_cost(
-            self.task if self.task is not None else None,
-            s.probe,
-            batch_min=self.space.batch_min,
-            batch_max=self.batch_cap,
-            batch_round=self.space.prior.batch_round,
-            budget_samples=s.budget_samples,
-        )
         besides = ""
-        if self.task is not None and not self.space.params:
-            probe -= s.budget_samples  # its trial-long run will be one of the trials (_adopt_probe_run)
-            besides = " besides its run, which is the first trial"
+        if spent is not None:
+            probe, what = spent, "the probe trained on %s samples%s"
+        else:
+            probe = probe_cost(
+                self.task,
+                s.probe,
+                batch_min=self.space.batch_min,
+                batch_max=self.batch_cap,
+                batch_round=self.space.prior.batch_round,
+                budget_samples=s.budget_samples,
+            )
+            what = "the probe will train on at least %s samples%s"
+            if self.task is not None and not self.space.params:
+                probe -= s.budget_samples  # its trial-long run will be one of the trials (_adopt_probe_run)
+                besides = " besides its run, which is the first trial"
         trials = s.n_trials * s.budget_samples
         if probe > trials:
             logger.warning(
-                "the probe will train on at least %s samples%s, %.1fx what the trials may use in all "
-                "(%d trials x budget_samples %s = %s): the study would mostly measure; raise budget_samples "
+                what + ", %.1fx what the trials may use in all "
+                "(%d trials x budget_samples %s = %s): the study %s; raise budget_samples "
                 "or the number of trials, or use mode 'baseline' (no probe)",
                 f"{probe:,}",
                 besides,
@@ -488,6 +501,7 @@ class Study:
                 s.n_trials,
                 f"{s.budget_samples:,}",
                 f"{trials:,}",
+                "would mostly measure" if spent is None else "mostly measures",
             )
 
     def _describe(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -263,28 +264,31 @@ def test_a_prior_mode_study_of_a_function_caps_batch_sizes_at_the_training_set_i
     assert all(t.batch_size <= 480 for t in result.trials)  # type: ignore[operator]
 
 
+SMALL = torch.utils.data.TensorDataset(TRAIN.tensors[0][:40], TRAIN.tensors[1][:40])
+
+
+def small_loop(ctx: TrialContext) -> None:
+    """A loop over 40 examples, fewer than the probe's first batch."""
+    model = net().to(ctx.device)
+    opt = ctx.make_optimizer(model.parameters())
+    sched = ctx.lr_scheduler(opt)
+    noise = ctx.noise_tracker(model)
+    for xb, yb in ctx.loader(SMALL):
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        noise.observe()
+        opt.step()
+        sched.step()
+        ctx.step(loss)
+        if ctx.at_milestone():
+            with torch.no_grad():
+                ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+
+
 def test_the_probe_of_a_function_whose_training_set_is_smaller_than_its_first_batch_sizes_down(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    small = torch.utils.data.TensorDataset(TRAIN.tensors[0][:40], TRAIN.tensors[1][:40])
-
-    def small_loop(ctx: TrialContext) -> None:
-        model = net().to(ctx.device)
-        opt = ctx.make_optimizer(model.parameters())
-        sched = ctx.lr_scheduler(opt)
-        noise = ctx.noise_tracker(model)
-        for xb, yb in ctx.loader(small):
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            noise.observe()
-            opt.step()
-            sched.step()
-            ctx.step(loss)
-            if ctx.at_milestone():
-                with torch.no_grad():
-                    ctx.report(val_loss=F.cross_entropy(model(VX), VY))
-
     space = SearchSpace.coerce(SPACE | {"batch_size": {"min": 2, "max": 128}})
     job = FunctionJob(small_loop, "val_loss", Direction.MINIMIZE, space.optimizer)
     probe = probe_function(job, space, ProbeSettings(throughput_batches=(2, 8)), batch_cap=128, progress=True)
@@ -302,3 +306,20 @@ def test_a_task_study_trains_and_hands_over_the_spaces_optimizer_not_the_tasks()
     result = study.run()
     assert task().optimizer_spec.momentum == 0.0 and result.best_config["momentum"] == 0.9
     assert all(t.temperature == pytest.approx(t.lr / (t.batch_size * 0.1)) for t in result.trials)  # type: ignore[operator]
+
+
+def test_a_functions_probe_cost_is_warned_about_from_what_it_spent_not_from_the_spaces_batch_sizes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before its probe runs, a training function's data size is unknown: an estimate from the space's
+    batch sizes (up to 1024) said "at least 18,694 samples", more than a 12,000-sample trial, for a 40-example loop whose probe spent ~1k."""
+    caplog.set_level(logging.WARNING, logger="bstune")
+    space = SPACE | {"name": "tiny", "batch_size": {"min": 2, "max": 1024}}
+    args = ARGS | {"mode": "prior", "n_evals": 2, "rescore_top": 0}
+    bstune.Study(small_loop, space, **(args | {"n_trials": 1, "budget_samples": 12_000})).run()
+    assert not [r for r in caplog.records if "the probe" in r.getMessage()]
+    small_space = space | {"batch_size": {"min": 2, "max": 32}}  # a budget below the probe's ~1k passes its checks
+    result = bstune.Study(small_loop, small_space, **(args | {"n_trials": 1, "budget_samples": 300})).run()
+    assert result.probe is not None and result.probe.samples_used > 300
+    (warning,) = [r.getMessage() for r in caplog.records if "the probe" in r.getMessage()]
+    assert f"the probe trained on {result.probe.samples_used:,} samples" in warning and "mostly measures" in warning
