@@ -480,12 +480,32 @@ class TrialContext:
             pin_memory=pin_memory,
             **kwargs,
         )
-        return self._stream(loader)
+        return self._stream(loader, sizes)
 
-    def _stream(self, loader: torch.utils.data.DataLoader[Any]) -> Iterator[Any]:
+    def _stream(self, loader: torch.utils.data.DataLoader[Any], sizes: list[int] | None) -> Iterator[Any]:
+        """The loader's batches until the trial's samples, as ``ctx.step`` counts them, are spent.
+
+        The stream ends on ``ctx.step``'s count alone, so a loop that never calls it would run for
+        ever: once it has taken half a trial's samples more than it counted (room for gradient
+        accumulation, ``ctx.step(samples=k*B)`` every k batches), it is stopped with an error that
+        names ``ctx.step``. ``sizes``: a batch schedule's size of each step (else every batch is the
+        trial's batch size).
+        """
         batches = iter(loader)
+        taken, n_batches = 0, 0  # samples and batches handed to the loop
+        slack = max(self.train_config.max_samples // 2, max(self.train_config.batch_sizes))
         while not self.done:
-            yield next(batches)
+            if taken - self.samples > slack:
+                raise ConfigError(
+                    f"the loop took {taken:,} samples from ctx.loader but counted {self.samples:,} with "
+                    f"ctx.step ({self.steps} call(s)); call ctx.step(loss) after each optimizer step: the stream "
+                    "ends when the trial's samples, as ctx.step counts them, are spent",
+                    source="ctx.loader",
+                )
+            batch = next(batches)
+            taken += sizes[n_batches] if sizes is not None and n_batches < len(sizes) else self.batch_size
+            n_batches += 1
+            yield batch
 
     def _optimizer_settings(self) -> dict[str, Any]:
         """The space's optimizer settings, fixed or searched, as ``ctx.config`` names them for the loop."""

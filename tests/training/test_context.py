@@ -105,6 +105,38 @@ def test_the_loader_runs_epochs_in_the_trainers_order_and_stops_when_done() -> N
     assert batches[3] == second[:16].tolist()
 
 
+def test_a_loop_that_never_calls_ctx_step_is_stopped_with_an_error_naming_it_not_left_to_run_for_ever() -> None:
+    """The stream ends on ctx.step's count; without it a study hung at its first trial (seen by a newcomer)."""
+    taken: list[int] = []
+
+    def forgetful(ctx: TrialContext) -> None:
+        for (idx,) in ctx.loader(torch.utils.data.TensorDataset(torch.arange(50))):
+            taken.append(len(idx))  # trains, but never tells ctx.step
+            if len(taken) > 1000:  # so that the test fails, not hangs, where the stream does not stop it
+                return
+
+    with pytest.raises(ConfigError, match=r"took 96 samples from ctx.loader but counted 0 with ctx.step \(0 call"):
+        run_function(forgetful, TrainConfig(batch_size=16, lr=0.1, max_samples=160))
+    assert sum(taken) == 96  # half the budget (80) and a batch: then the loop is stopped
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_gradient_accumulation_that_counts_its_samples_runs_to_the_end(every: int) -> None:
+    """ctx.step(samples=k*B) once per k batches is counted as it should be, and is never taken for a loop
+    that forgot ctx.step."""
+    batches = 0
+
+    def accumulating(ctx: TrialContext) -> None:
+        nonlocal batches
+        for _ in ctx.loader(torch.utils.data.TensorDataset(torch.arange(50))):
+            batches += 1
+            if batches % every == 0:
+                ctx.step(samples=every * ctx.batch_size)
+
+    result, _ = run_function(accumulating, TrainConfig(batch_size=16, lr=0.1, max_samples=640))
+    assert result.samples == 640 and batches == 40
+
+
 @pytest.mark.parametrize("bad", ["batch_size", "shuffle", "sampler", "drop_last"])
 def test_the_loader_refuses_to_be_told_the_batch_size_or_order(bad: str) -> None:
     def fn(ctx: TrialContext) -> None:
