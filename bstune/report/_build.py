@@ -230,7 +230,12 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
         "device": probe.device if probe else None,
     }
     optimum = None
-    if advice is not None and len(throughput) >= 2:
+    if advice is not None and advice.b_crit_ci[0] == 0 and math.isinf(advice.b_crit_ci[1]):
+        data["compute_optimal"] = {
+            "error": f"the S(B) fit bounds B_crit on neither side (its {100 * advice.confidence:g}% interval is "
+            "0–∞), so the data cannot say which batch size reaches the target soonest"
+        }
+    elif advice is not None and len(throughput) >= 2:
         try:
             optimum = compute_optimal(advice, throughput, n_workers=n_workers)
             data["compute_optimal"] = {
@@ -399,7 +404,7 @@ def _recommend(result: StudyData, fit: CriticalBatchFit | None, advice: Critical
             f"each trained again at {len(chosen.seeds)} more seeds; budget {result.budget_samples:,} samples a trial"
         )
     b = int(best["batch_size"])
-    if fit is not None:
+    if fit is not None and fit.identified:  # a fit that does not identify B_crit predicts nothing to act on
         rec["expected_steps_to_target"] = fit.predict_steps(b)
         rec["expected_samples_to_target"] = fit.predict_samples(b)
     if advice is not None:

@@ -18,9 +18,12 @@ from bstune.study._records import Rescored
 S_MIN, B_CRIT, TARGET = 100.0, 128.0, 0.2
 
 
-def _trial(number: int, batch: int, lr: float, budget: int = 200_000, n_evals: int = 20) -> TrialRecord:
-    """train_loss(t) = exp(-t ln(1/TARGET) / S(B)): reaches TARGET at exactly S(B) = S_min (1 + B_crit/B) steps."""
-    s_b = S_MIN * (1 + B_CRIT / batch)
+def _trial(
+    number: int, batch: int, lr: float, budget: int = 200_000, n_evals: int = 20, steps_to_target: float | None = None
+) -> TrialRecord:
+    """train_loss(t) = exp(-t ln(1/TARGET) / S(B)): reaches TARGET at exactly S(B) = S_min (1 + B_crit/B) steps
+    (or at ``steps_to_target``)."""
+    s_b = steps_to_target or S_MIN * (1 + B_CRIT / batch)
     history = []
     for k in range(1, n_evals + 1):
         samples = budget * k // n_evals
@@ -255,3 +258,28 @@ def test_a_noise_scale_large_against_the_training_set_is_flagged(b_simple: float
         assert "training set" not in section
     else:
         assert says in section
+
+
+def test_a_fit_that_bounds_b_crit_nowhere_gives_no_expected_cost_and_no_fastest_batch() -> None:
+    """A newcomer's study: steps to the target 107, 141, 103 at B = 69, 107, 126 (no trend). The fit's
+    interval is 0–∞, yet the report gave an "expected cost" from it and a "fastest batch size"."""
+    trials = [
+        _trial(i, b, 0.07, budget=30_000, n_evals=60, steps_to_target=s)
+        for i, (b, s) in enumerate([(69, 107), (107, 141), (126, 103)])
+    ]
+    result = dataclasses.replace(
+        _result(),
+        trials=trials,
+        best_config={"batch_size": 126, "lr": 0.07},
+        probe=_probe(throughput={32: 1000.0, 64: 1900.0, 128: 3500.0}),
+        mode="prior",
+    )
+    data = build_report(result, target={"value": TARGET}).data
+    cb = data["critical_batch"]
+    assert cb["identified"] is False and cb["b_crit_ci"][0] == 0 and cb["b_crit_ci"][1] is None  # 0–∞
+    assert "expected_steps_to_target" not in data["recommended"]
+    assert "neither side" in data["compute_optimal"]["error"]
+    md = render_markdown(data)
+    assert "Expected cost" not in md and "Fastest to the" not in md
+    identified = build_report(_result()).data  # the law's trials: B_crit identified, both are given
+    assert "expected_steps_to_target" in identified["recommended"]
