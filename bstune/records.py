@@ -16,7 +16,16 @@ from typing import Any, Protocol
 
 from bstune.metrics import Direction
 
-__all__ = ["ProbeResult", "Rescored", "StudyData", "TrialRecord", "TrialStatus", "clean_dict", "clean_json"]
+__all__ = [
+    "ProbeResult",
+    "Rescored",
+    "StudyData",
+    "TrialRecord",
+    "TrialStatus",
+    "clean_dict",
+    "clean_json",
+    "rank_key",
+]
 
 
 class TrialStatus(str, Enum):
@@ -62,6 +71,23 @@ def clean_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [clean_json(v) for v in value]
     return value
+
+
+def rank_key(trial: dict[str, Any], sign: float) -> tuple[int, float]:
+    """Where a trial (as result.json or report.json holds it) stands in a best-first list: completed trials
+    by value, then pruned ones by the value they had when stopped (an early value is no final one, so it
+    never outranks a completed trial's), then the rest. ``sign``: +1 to minimize, -1 to maximize.
+
+    Example:
+        >>> rows = [{"status": "pruned", "value": 0.2}, {"status": "completed", "value": 0.25},
+        ...         {"status": "failed", "value": None}]
+        >>> [r["status"] for r in sorted(rows, key=lambda r: rank_key(r, +1))]
+        ['completed', 'pruned', 'failed']
+    """
+    value = trial.get("value")
+    if value is None:
+        return 2, 0.0
+    return (0 if trial.get("status") == TrialStatus.COMPLETED else 1), sign * float(value)
 
 
 @dataclass(frozen=True)

@@ -456,10 +456,15 @@ def _lr_rule(fit: CriticalBatchFit, best_batch: int, best_lr: float, alpha: floa
             f"constant, the recommended rate at every batch size: the data do not identify B_crit, and steps to the "
             f"target did not fall with B over the batch sizes fitted ({fit.batch_min}–{fit.batch_max})",
         )
+    leaning = (
+        " (steps fell little with B over the batch sizes fitted, but the interval does not rule out that they would)"
+        if fit.edge == "below"
+        else ""
+    )
     return (
         "linear",
         math.inf,
         ("linear in B, lr ∝ B" if alpha == 1.0 else f"a power of B, lr ∝ B{power} (the Adam family's rule)")
-        + f" from the recommended batch size {best_batch}: the data do not identify B_crit, "
+        + f" from the recommended batch size {best_batch}: the data do not identify B_crit{leaning}, "
         "so the table assumes no flattening",
     )

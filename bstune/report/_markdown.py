@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bstune.metrics import Direction
+from bstune.records import rank_key
 from bstune.report._schema import RECOMMENDATION_NOTES
 
 __all__ = ["render_markdown"]
@@ -215,7 +216,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             'training) run the study with `critical_batch="measure"`, or `bstune crit SCRIPT FOLDER`.'
         )
     if "error" in cb:
-        out.append(f"The data do not identify B_crit (no fit): {cb['error']}.")
+        target = f" for {_target(cb)}" if cb.get("target") is not None else ""
+        out.append(f"The data do not identify B_crit{target} (no fit): {cb['error']}.")
     else:
         out.append(f"Steps to {_target(cb)}, fitted as S(B) = S_min (1 + B_crit/B): {cb['summary']}.")
         tried = cb.get("batch_sizes_tried")
@@ -262,7 +264,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
     sign = Direction(study.get("direction", "minimize")).sign  # best first, as the console lists them
-    for t in sorted(data["trials"], key=lambda t: (t["value"] is None, sign * (t["value"] or 0.0))):
+    for t in sorted(data["trials"], key=lambda t: rank_key(t, sign)):
         out.append(
             f"| {t['number']} | {t['status']} | {t['batch_size']} | {_n(t['lr'], '.3g')} | "
             f"{_n(t['temperature'], '.3g')} | {_n(t['value'])} | {t['samples']:,} |"

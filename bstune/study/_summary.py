@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bstune.metrics import Direction
+from bstune.records import rank_key
 
 __all__ = ["format_summary"]
 
@@ -12,8 +13,8 @@ __all__ = ["format_summary"]
 def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str | None = None) -> str:
     """A terminal summary of a study's result.json (``StudyResult.to_dict()``): probe, prior, trials, best config.
 
-    The trial table ranks trials with a value by it, then lists those without one (failed,
-    diverged, interrupted); it shows the ``top`` first rows (None: all) and says how many
+    The trial table ranks completed trials by value, then pruned ones by the value they were
+    stopped at, then those without one (failed, diverged, interrupted); it shows the ``top`` first rows (None: all) and says how many
     more there are, of which kinds, and how to list them all (``bstune report FOLDER --all-trials``).
     """
     lines = [
@@ -43,8 +44,7 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
         )
     lines.append("trials: " + _counts(result["trials"]))
     sign = Direction(result["direction"]).sign
-    ranked = sorted((t for t in result["trials"] if t["value"] is not None), key=lambda t: sign * t["value"])
-    ranked += [t for t in result["trials"] if t["value"] is None]
+    ranked = sorted(result["trials"], key=lambda t: rank_key(t, sign))
     shown = ranked if top is None else ranked[:top]
     # the temperature column holds what the trial recorded: lr/(B(1-m)), the effective temperature
     lines.append(
@@ -66,7 +66,13 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
     lines.append("     lr/(B(1-m)): effective temperature, m = SGD momentum (0 for Adam-family optimizers)")
     settings = {k: v for k, v in result["best_config"].items() if k != "temperature"}  # derived, in older results
     best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
-    lines.append(f"best config ({result['objective']} {result['best_value']:.4f}): {best}")
+    chosen = next((r for r in result.get("rescored") or [] if r.get("trial") == result.get("best_trial")), None)
+    if chosen is not None and chosen.get("mean") is not None:  # best_value is the mean over its seeds
+        how = f"{result['objective']} {result['best_value']:.4f}, the mean of {len(chosen['values'])} seeds"
+    else:
+        how = f"{result['objective']} {result['best_value']:.4f}"
+    trial = f"trial {result['best_trial']}: " if result.get("best_trial") is not None else ""
+    lines.append(f"best config ({trial}{how}): {best}")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,13 @@ def test_a_fit_that_bounds_b_crit_nowhere_gives_no_expected_cost_and_no_fastest_
     assert "Expected cost" not in md and "Fastest to the" not in md
     identified = build_report(_result()).data  # the law's trials: B_crit identified, both are given
     assert "expected_steps_to_target" in identified["recommended"]
+
+
+def test_the_trials_table_lists_completed_trials_before_pruned_ones_whatever_their_early_values() -> None:
+    base = _result()
+    early = dataclasses.replace(base.trials[0], number=9, status="pruned", value=1e-9, samples=10_000)
+    trials = _section(
+        render_markdown(build_report(dataclasses.replace(base, trials=[early, *base.trials])).data), "Trials"
+    )
+    numbers = [int(m) for m in re.findall(r"^\| (\d+) \|", trials, flags=re.MULTILINE)]
+    assert numbers[-1] == 9 and len(numbers) == len(base.trials) + 1

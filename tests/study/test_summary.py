@@ -1,0 +1,43 @@
+"""The terminal summary ``bstune run`` and ``bstune report`` print: its trial table and best-config line."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from bstune.study._summary import format_summary
+from tests.reliability.conftest import ROOT
+
+
+def _sample() -> dict[str, Any]:
+    """The committed sample study: 8 completed and 12 pruned trials, re-scored, trial 16 recommended."""
+    result: dict[str, Any] = json.loads((ROOT / "examples" / "digits_report" / "result.json").read_text())
+    return result
+
+
+def _table(summary: str) -> list[tuple[int, str]]:
+    rows = summary.split("samples\n", 1)[1].split("best config", 1)[0]
+    return [(int(m[1]), m[2]) for m in re.finditer(r"^\s*(\d+)\s+([a-z]+)\s", rows, flags=re.MULTILINE)]
+
+
+def test_a_pruned_trials_early_value_never_ranks_above_a_completed_trials_final_one() -> None:
+    """A newcomer read a pruned trial (0.2123 at 1,728 samples) listed above a completed one (0.2495)."""
+    result = _sample()
+    pruned = next(t for t in result["trials"] if t["status"] == "pruned")
+    pruned["value"] = 0.01  # better than every completed trial's value, but taken early
+    rows = _table(format_summary(result, top=None))
+    statuses = [s for _, s in rows]
+    assert statuses == sorted(statuses, key=lambda s: s != "completed")  # completed first, then pruned
+    completed = [n for n, s in rows if s == "completed"]
+    values = {t["number"]: t["value"] for t in result["trials"]}
+    assert [values[n] for n in completed] == sorted(values[n] for n in completed)
+    assert rows[len(completed)][0] == pruned["number"]  # the best of the pruned, after every completed trial
+
+
+def test_the_best_config_line_says_its_value_is_a_mean_over_seeds_when_re_scored() -> None:
+    result = _sample()
+    line = format_summary(result).splitlines()[-1]
+    assert line.startswith("best config (trial 16: val_loss 0.0773, the mean of 3 seeds): batch_size=")
+    result["rescored"] = []  # not re-scored: the trial's own value
+    assert format_summary(result).splitlines()[-1].startswith("best config (trial 16: val_loss 0.0773): ")
