@@ -431,7 +431,7 @@ def _interrupted(args: argparse.Namespace, study: Any, where: str | None) -> str
 
     shown = storage_file(where) or where
     command = _command(args, resume=True)
-    if study is not None and study.backend == "ray":
+    if study is not None and getattr(study.backend, "name", None) == "ray":
         return f"bstune: interrupted; the finished trials are kept in {shown}; continue with: {command}"
     if study is None or study.storage is None:
         return None

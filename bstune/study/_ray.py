@@ -383,6 +383,19 @@ class RayBackend(TrialBackend):
                 ),
             )
         grid = tuner.fit()
+        # Tune takes the first Ctrl-C itself: it snapshots the experiment and returns as if done, with the
+        # running trials cut short (their last results read like a pruned trial's). Raise it on, as the
+        # embedded backend does, so that nothing is re-scored or reported from a half-run study and the
+        # command says how to resume (``Tuner.restore`` runs the cut trials again).
+        cut = len(grid) - grid.num_terminated - grid.num_errors
+        if cut > 0 or len(grid) < settings.n_trials:
+            logger.warning(
+                "Ray Tune stopped early (Ctrl-C): %d of %d trials finished; the experiment is kept at %s",
+                grid.num_terminated + grid.num_errors,
+                settings.n_trials,
+                exp_dir,
+            )
+            raise KeyboardInterrupt
         records = []
         for index in range(len(grid)):
             result = grid[index]

@@ -180,6 +180,33 @@ def test_driver_killed_then_restored_keeps_every_finished_trial_and_reruns_none(
     assert set(starts) == set(by_tag)
 
 
+def test_ctrl_c_stops_a_ray_study_and_resuming_reruns_only_the_cut_trials(ray_cluster: Cluster, tmp_path: Path) -> None:
+    """Tune takes the first Ctrl-C itself and returns as if done: the study went on to re-score and
+    report, with exit 0, and recorded the cut trial as pruned. It now stops as the embedded backend does."""
+    script, space, log = write_inputs(tmp_path, seconds_per_sample=1e-4)  # a trial takes seconds
+    out = tmp_path / "run"
+    experiment = out / "ray" / "bstune-tagged_digits"
+    n_trials = 8
+    settings = ["--trials", str(n_trials), "--budget-samples", "9000", "--pruner", "none", "--rescore-top", "0"]
+    driver = run_cli(ray_cluster, script, space, out, *settings)
+    wait_until(lambda: len(finished(read_results(experiment))) >= 2, 400, "two finished trials")
+    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C sends the terminal's foreground group
+    output, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 130, output
+    assert "bstune: interrupted; the finished trials are kept in" in output and "--resume" in output
+    assert not (out / "result.json").exists() and not (out / "report.md").exists()  # no report of half a study
+    before = finished(read_results(experiment))
+    assert len(before) < n_trials, "the study ended before the interrupt"
+
+    resumed = run_cli(ray_cluster, script, space, out, *settings, "--resume")
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    result = StudyResult.load(out)
+    assert len(result.trials) == n_trials and {t.status for t in result.trials} == {"completed"}
+    starts = Counter(t for t, _ in read_starts(log))
+    assert all(starts[tag(line)] == 1 for line in before.values()), starts  # no finished trial trained twice
+
+
 def test_trials_run_on_both_nodes_and_a_dying_worker_node_is_survived(ray_cluster: Cluster, tmp_path: Path) -> None:
     nodes = ray_cluster.wait_for_nodes(2)
     script, space, log = write_inputs(tmp_path, seconds_per_sample=1e-4)  # a trial takes 5-10 s
