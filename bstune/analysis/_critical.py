@@ -40,6 +40,7 @@ reached the target), a sign that the fit is optimistic there.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -82,6 +83,10 @@ class CriticalBatchFit:
         censored_batches: the batch sizes of those bounds, in order.
         early_batches: those of them that reached the target by their first
             evaluation (their steps are an upper bound, not a lower one).
+        faster_than_linear: ``(B1, B2, S1, S2)``, the neighbouring batch sizes among the
+            points between which steps fell the most beyond 1/B, where they fell more than
+            1.5x beyond it (S1/S2 > 1.5·B2/B1; no S(B) of this form falls faster than 1/B, so
+            something besides B changed, the learning rate most often); None where none did.
     """
 
     b_crit: float
@@ -99,6 +104,7 @@ class CriticalBatchFit:
     contradicted: tuple[int, ...] = ()
     censored_batches: tuple[int, ...] = ()
     early_batches: tuple[int, ...] = ()
+    faster_than_linear: tuple[int, int, float, float] | None = None
 
     @overload
     def predict_steps(self, batch_size: float) -> float: ...
@@ -135,6 +141,8 @@ class CriticalBatchFit:
             "unidentified_because": self.unidentified_because(),
             "batch_min": self.batch_min,  # the batch sizes fitted: those that reached the target
             "batch_max": self.batch_max,
+            # [B1, B2, S1, S2] where steps fell more than 1.5x faster than 1/B (trials differing beyond B)
+            "faster_than_linear": list(self.faster_than_linear) if self.faster_than_linear else None,
             "summary": self.summary,
         }
 
@@ -158,13 +166,18 @@ class CriticalBatchFit:
         lo, hi = self.b_crit_ci
         pct = f"{100 * self.confidence:g}%"
         why = []
-        if self.edge == "above":
+        steep = self._faster_than_linear_text()
+        if self.edge == "above" and steep and math.isinf(self.b_crit):
+            why.append(f"the best fit is pure 1/B scaling, with no B_crit, as the steepest S(B) of this form: {steep}")
+        elif self.edge == "above":
             why.append(
                 f"steps to the target still fall as 1/B up to the largest batch size fitted ({self.batch_max}), "
                 "so the best fit has no B_crit at all"
                 if math.isinf(self.b_crit)
                 else f"the best fit, {_num(self.b_crit)}, lies above the largest batch size fitted ({self.batch_max})"
             )
+        elif steep:
+            why.append(steep)
         elif self.edge == "below":
             why.append(
                 f"steps to the target do not fall with B over the batch sizes fitted ({self.batch_min}–{self.batch_max})"
@@ -183,6 +196,17 @@ class CriticalBatchFit:
         if self.edge == "inside" and why:
             why[-1] += f" (best fit {_num(self.b_crit)})"
         return why
+
+    def _faster_than_linear_text(self) -> str:
+        """The steepest fall of steps beyond 1/B, in words ("" where there is none)."""
+        if self.faster_than_linear is None:
+            return ""
+        b1, b2, s1, s2 = self.faster_than_linear
+        return (
+            f"steps fell faster than 1/B from B = {b1} to {b2} ({s1:,.0f} to {s2:,.0f} steps, {s1 / s2:.3g}x fewer for "
+            f"{b2 / b1:.3g}x the batch), which no S(B) = S_min(1 + B_crit/B) does: these trials differ in more than "
+            "their batch size (learning rate, schedule), so the steps say as much about those as about B"
+        )
 
     @property
     def summary(self) -> str:
@@ -204,9 +228,11 @@ class CriticalBatchFit:
                 said.append(f"{k}{noun} that reached it by their first evaluation ({shown})")
             bounds = f"; {' and '.join(said)} only bound the fit"
         if self.identified:
+            steep = self._faster_than_linear_text()
             return (
                 f"B_crit ≈ {_num(self.b_crit)} ({pct} CI {_num(lo)}–{_num(hi)}) from {fitted}{bounds}; "
                 f"S_min ≈ {_num(self.s_min)} steps, E_min ≈ {_num(self.e_min)} samples"
+                + (f"; but {steep}" if steep else "")
             )
         known = ""
         if lo > self.batch_min and math.isinf(hi):
@@ -310,6 +336,24 @@ def _advice(censored: list[BatchPoint]) -> str:
     return "choose an easier target or run more batch sizes"
 
 
+_STEEP = 1.5  # steps falling this much beyond 1/B between neighbours is more than noise in S (see faster_than_linear)
+
+
+def _faster_than_linear(reached: list[tuple[float, float]]) -> tuple[int, int, float, float] | None:
+    """The neighbouring batch sizes (fewest steps at each) between which steps fell the most beyond 1/B,
+    where that is more than ``_STEEP``x; None where steps never fell that fast."""
+    best: dict[float, float] = {}
+    for b, s in reached:
+        best[b] = min(s, best.get(b, math.inf))
+    sizes = sorted(best)
+    steepest, pair = _STEEP, None
+    for b1, b2 in itertools.pairwise(sizes):
+        excess = (best[b1] / best[b2]) / (b2 / b1)
+        if excess > steepest:
+            steepest, pair = excess, (int(b1), int(b2), best[b1], best[b2])
+    return pair
+
+
 def fit_critical_batch(
     points: Iterable[BatchPoint | tuple[float, float]], *, confidence: float = 0.90
 ) -> CriticalBatchFit:
@@ -385,6 +429,7 @@ def fit_critical_batch(
         n_censored=len(censored),
         censored_batches=tuple(sorted({p.batch_size for p in censored})),
         early_batches=tuple(sorted({p.batch_size for p in censored if p.upper_bound and not p.lower_bound})),
+        faster_than_linear=_faster_than_linear(reached),
     )
     tol = 2.0 * rms
     contradicted = tuple(

@@ -75,6 +75,27 @@ def test_pure_linear_scaling_reports_b_crit_above_the_range_honestly() -> None:
     assert exact.predict_steps(64.0) == pytest.approx(100.0)
 
 
+def test_steps_that_fall_faster_than_one_over_b_are_named_not_read_as_perfect_scaling() -> None:
+    """A newcomer's trials (their learning rates 0.044, 0.155, 0.28): the report said steps "still fall as
+    1/B up to 77" over a table whose steps were 64 at B = 57 and 63 at 77. No S(B) of this form falls
+    faster than 1/B; the fit now says where the steps did, and why that is not B's doing."""
+    fit = fit_critical_batch([(12, 1250), (57, 64), (77, 63)])
+    assert fit.faster_than_linear == (12, 57, 1250.0, 64.0) and not fit.identified
+    assert "still fall as 1/B" not in fit.summary
+    assert "steps fell faster than 1/B from B = 12 to 57 (1,250 to 64 steps, 19.5x fewer for 4.75x the batch)" in (
+        fit.summary
+    )
+    assert "differ in more than their batch size" in fit.to_dict()["unidentified_because"][0]
+    # the law itself, perfect scaling with 5% noise, and a drop 1.4x beyond 1/B (noise): nothing to say
+    assert fit_critical_batch([(b, S_MIN * (1 + B_CRIT / b)) for b in BATCHES]).faster_than_linear is None
+    noisy = 6400 / BATCHES * np.exp(np.random.default_rng(0).normal(0, 0.05, len(BATCHES)))
+    assert fit_critical_batch(list(zip(BATCHES, noisy, strict=True))).faster_than_linear is None
+    assert fit_critical_batch([(8, 1400), (16, 500), (32, 400)]).faster_than_linear is None  # 2.8x for 2x: 1.4
+    identified = fit_critical_batch([(8, 3000), (16, 700), (64, 300), (256, 260), (1024, 250)])
+    assert identified.faster_than_linear == (8, 16, 3000.0, 700.0)
+    assert identified.identified and "; but steps fell faster than 1/B from B = 8 to 16" in identified.summary
+
+
 def test_flat_steps_report_b_crit_below_the_range() -> None:
     batches = np.array([64.0, 128, 256, 512])
     fit = fit_critical_batch([(b, 40.0 * math.exp(0.03 * (-1) ** i)) for i, b in enumerate(batches)])
