@@ -202,6 +202,7 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
     try:
         value = float(target["value"]) if "value" in target else choose_target(trials, metric, direction=direction)
         critical["target"] = value
+        critical["target_chosen"] = "given" if "value" in target else "default"
         points = bin_points(steps_by_batch(trials, value, metric, direction=direction))
         critical["points"] = [_point_dict(p) for p in points]
         fit = fit_critical_batch(points)

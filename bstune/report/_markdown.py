@@ -220,13 +220,22 @@ def render_markdown(data: dict[str, Any]) -> str:
         out.append(f"The data do not identify B_crit{target} (no fit): {cb['error']}.")
     else:
         out.append(f"Steps to {_target(cb)}, fitted as S(B) = S_min (1 + B_crit/B): {cb['summary']}.")
-        tried = cb.get("batch_sizes_tried")
-        if tried:
-            out.append(
-                f"Trials ran at {tried['n']} batch sizes, {tried['min']}–{tried['max']}; the fit takes, per "
-                "half-octave of batch size, the trial that reached the target in the fewest steps (the table "
-                "below), and trials that did not reach it only as bounds."
-            )
+    if cb.get("target_chosen") == "default":
+        out.append(
+            f"The target {_n(cb['target'])} is the default: the hardest {cb['metric']} that two thirds of the batch "
+            "sizes reach (a late target describes the regime you train in), or, where that leaves fewer than 3 "
+            "timed points, the value most batch sizes reach after their first evaluation; set your own with "
+            'report(target={"metric": ..., "value": ...}) or bstune report --target-metric/--target-value.'
+        )
+    tried = cb.get("batch_sizes_tried")
+    if tried:
+        out.append(
+            f"Trials ran at {tried['n']} batch sizes, {tried['min']}–{tried['max']}; the fit takes, per "
+            "half-octave of batch size, the trial that reached the target in the fewest steps"
+            + (" (the table below)" if "error" not in cb else "")
+            + ", and trials that did not reach it only as bounds."
+        )
+    if "error" not in cb:
         if "b_crit_over_b_simple" in cb:
             out.append(
                 f"B_crit / B_simple = {_n(cb['b_crit_over_b_simple'], '.2f')} (McCandlish et al. find "

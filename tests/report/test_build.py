@@ -294,3 +294,16 @@ def test_the_trials_table_lists_completed_trials_before_pruned_ones_whatever_the
     )
     numbers = [int(m) for m in re.findall(r"^\| (\d+) \|", trials, flags=re.MULTILINE)]
     assert numbers[-1] == 9 and len(numbers) == len(base.trials) + 1
+
+
+def test_the_critical_batch_section_says_how_its_target_was_chosen_and_how_trials_were_binned() -> None:
+    """A newcomer met two different default targets (0.2267, 0.1099) with no word of where they came from,
+    and a no-fit message listing fewer batch sizes than the trials ran at, the binning unexplained."""
+    default = _section(render_markdown(build_report(_result()).data), "Critical batch size")
+    assert "is the default: the hardest train_loss that two thirds of the batch sizes reach" in default
+    given = build_report(_result(), target={"value": TARGET}).data
+    assert given["critical_batch"]["target_chosen"] == "given"
+    assert "is the default" not in _section(render_markdown(given), "Critical batch size")
+    two = dataclasses.replace(_result(), trials=_result().trials[:2])  # too few batch sizes: no fit
+    no_fit = _section(render_markdown(build_report(two).data), "Critical batch size")
+    assert "(no fit)" in no_fit and "Trials ran at 2 batch sizes, 16–32; the fit takes, per half-octave" in no_fit
