@@ -393,15 +393,16 @@ def _recommend(result: StudyData, fit: CriticalBatchFit | None, advice: Critical
     recorded = chosen_trial.temperature if chosen_trial is not None else None
     rec["derived"] = {"effective_temperature": recorded if recorded is not None else _effective_temperature(best)}
     rec["objective"] = {result.objective: result.best_value}
+    ran = sum(1 for t in result.trials if t.status != TrialStatus.INTERRUPTED)  # a cut trial's config ran again
     rec["why"] = (
-        f"best {result.objective} ({result.best_value:.4g}) of {len(result.trials)} trials "
+        f"best {result.objective} ({result.best_value:.4g}) of {ran} trials "
         f"at a budget of {result.budget_samples:,} samples"
     )
     chosen = next((r for r in result.rescored if r.trial == result.best_trial), None)
     if chosen is not None and chosen.mean is not None:
         rec["why"] = (
             f"best mean {result.objective} ({chosen.mean:.4g} ± {chosen.sem or 0.0:.2g} standard error, over "
-            f"{len(chosen.values)} seeds) of the {len(result.rescored)} best of {len(result.trials)} trials, "
+            f"{len(chosen.values)} seeds) of the {len(result.rescored)} best of {ran} trials, "
             f"each trained again at {len(chosen.seeds)} more seeds; budget {result.budget_samples:,} samples a trial"
         )
     b = int(best["batch_size"])

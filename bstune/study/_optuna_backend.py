@@ -36,7 +36,7 @@ from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clea
 from bstune.study._backend import Resumed, StudySpec, TrialBackend
 from bstune.study._liveness import Untold, count_finished, count_taken, retry_abandoned, with_heartbeat
 from bstune.study._pruners import make_pruner
-from bstune.study._records import trial_record
+from bstune.study._records import trial_records
 from bstune.study._resume import check_settings
 from bstune.study._storage import open_storage
 from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner
@@ -267,7 +267,7 @@ class OptunaBackend(TrialBackend):
         settings = spec.settings
         if settings.workers > 1:
             run_workers(study, settings, pickled((spec, planner, str(self._url))), work_on)
-            return [trial_record(t) for t in study.get_trials(deepcopy=False)]
+            return trial_records(study.get_trials(deepcopy=False))
         study.sampler = planner.sampler(study.sampler)
         with optuna_quiet():  # failed trials are logged once, by us, without Optuna's traceback
             lost: list[int] = []  # trials of ours that another process declared abandoned
@@ -289,7 +289,7 @@ class OptunaBackend(TrialBackend):
                     if not lost:
                         raise
                     lost.clear()  # Optuna refused to tell a trial another process failed: its retry counts
-        return [trial_record(t) for t in study.get_trials(deepcopy=False)]
+        return trial_records(study.get_trials(deepcopy=False))
 
     def run_plans(self, plans: list[TrialPlan]) -> list[TrialOutcome]:
         spec = self._spec

@@ -8,7 +8,7 @@ and the report of a result.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,16 @@ from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clea
 from bstune.report import Report, build_report
 from bstune.study._prior import Prior
 
-__all__ = ["Rescored", "StudyResult", "TrialRecord", "TrialStatus", "clean_dict", "clean_json", "trial_record"]
+__all__ = [
+    "Rescored",
+    "StudyResult",
+    "TrialRecord",
+    "TrialStatus",
+    "clean_dict",
+    "clean_json",
+    "trial_record",
+    "trial_records",
+]
 
 _NOT_METRICS = frozenset({"milestone", "samples", "step", "lr", "gap"})  # the other columns of a trial's history
 _OF_STATE = {  # a trial that wrote no status of its own: what Optuna says of it
@@ -58,6 +67,19 @@ def trial_record(trial: FrozenTrial) -> TrialRecord:
         from_probe=bool(attrs.get(FROM_PROBE_ATTR, False)),
         n_train=attrs.get("n_train"),
     )
+
+
+def trial_records(trials: list[FrozenTrial]) -> list[TrialRecord]:
+    """The records of a study's trials; an interrupted trial whose config has run again says by which trial
+    (its stored message says only that it will, as the interrupt wrote it before the resume)."""
+    rerun = {t.user_attrs["retry_of"]: t.number for t in trials if "retry_of" in t.user_attrs and t.state.is_finished()}
+    records = [trial_record(t) for t in trials]
+    return [
+        replace(r, message=f"interrupted; its config ran again as trial {rerun[r.number]}")
+        if r.status == TrialStatus.INTERRUPTED and r.number in rerun
+        else r
+        for r in records
+    ]
 
 
 @dataclass

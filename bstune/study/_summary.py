@@ -17,8 +17,10 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
     stopped at, then those without one (failed, diverged, interrupted); it shows the ``top`` first rows (None: all) and says how many
     more there are, of which kinds, and how to list them all (``bstune report FOLDER --all-trials``).
     """
+    cut = sum(1 for t in result["trials"] if t["status"] == "interrupted")  # their configs ran again as others
+    counted = f"{len(result['trials']) - cut} trials" + (f" (and {cut} interrupted)" if cut else "")
     lines = [
-        f"study {result['study_name']} ({result['mode']} mode): {len(result['trials'])} trials, "
+        f"study {result['study_name']} ({result['mode']} mode): {counted}, "
         f"{result['samples_total']:,} training samples in all (probe {result['samples_probe']:,}, "
         f"re-scoring {result.get('samples_rescore', 0):,})"
     ]

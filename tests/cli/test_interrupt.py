@@ -126,3 +126,6 @@ def test_ctrl_c_keeps_finished_trials_says_how_to_continue_and_resume_reruns_the
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     statuses = sorted(t["status"] for t in result["trials"])
     assert statuses == ["completed", "completed", "completed", "interrupted"]
+    (cut,) = [t for t in result["trials"] if t["status"] == "interrupted"]  # says what became of it, not "will run"
+    assert cut["message"] == f"interrupted; its config ran again as trial {retry.number}"
+    assert "3 trials (and 1 interrupted)" in resumed.stdout
