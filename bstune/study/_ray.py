@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,7 +383,11 @@ class RayBackend(TrialBackend):
                     callbacks=[_scalar_tensorboard()],
                 ),
             )
-        grid = tuner.fit()
+        with warnings.catch_warnings():
+            # a restored experiment replays its trials' results to the searcher, whose Optuna trials hold them
+            # already: Optuna warns once per replayed step, about nothing a user can act on
+            warnings.filterwarnings("ignore", message="The reported value is ignored because this ")
+            grid = tuner.fit()
         # Tune takes the first Ctrl-C itself: it snapshots the experiment and returns as if done, with the
         # running trials cut short (their last results read like a pruned trial's). Raise it on, as the
         # embedded backend does, so that nothing is re-scored or reported from a half-run study and the
