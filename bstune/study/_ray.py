@@ -7,7 +7,9 @@ Ray does the scheduling; bstune only describes the trials:
   multivariate TPE as the embedded backend. The driver derives each trial's full
   configuration (:class:`~bstune.study._trial.TrialPlanner`) and ships it in the
   trial's config; a trial that runs out of memory lowers the batch cap of the trials
-  drawn after it.
+  drawn after it The probe's trial-long run is the searcher's trial 0, as
+  it is the embedded study's: Tune runs one trial less, and TPE and the prior's
+  schedule count it.
 - **Early stopping**: ``ASHAScheduler`` (the default ``pruner="hyperband"``; the
   median stopping rule for ``"median"``, none for ``"none"``) with
   ``time_attr="samples"``: trials are compared at equal training samples, whatever
@@ -41,13 +43,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bstune._keys import CRITICAL_FILE, PLAN_KEY, RESCORED_FILE, SCRIPT_MODULE_PREFIX, STATE_FILE, TRIAL_NUMBER_KEY
+from bstune._keys import (
+    CRITICAL_FILE,
+    FROM_PROBE_ATTR,
+    PLAN_KEY,
+    RESCORED_FILE,
+    SCRIPT_MODULE_PREFIX,
+    STATE_FILE,
+    TRIAL_NUMBER_KEY,
+)
 from bstune._validate import count_reason, number_reason
 from bstune.errors import ConfigError, DependencyError
 from bstune.metrics import Direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
 from bstune.study._backend import Resumed, StudySpec, TrialBackend, TrialJob
 from bstune.study._ray_trial import record_from_result, train_trial
+from bstune.study._records import trial_record
 from bstune.study._resume import settings_mismatch, upgrade_settings
 from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner
@@ -133,7 +144,7 @@ class PlannerSpace:
         return {PLAN_KEY: plan.to_dict(), TRIAL_NUMBER_KEY: int(trial.number)}
 
 
-def _make_searcher(planner: TrialPlanner, sampler: Any, direction: str) -> Any:
+def _make_searcher(planner: TrialPlanner, sampler: Any, direction: str, adopted: Any = None) -> Any:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -143,8 +154,16 @@ def _make_searcher(planner: TrialPlanner, sampler: Any, direction: str) -> Any:
         Diverged, out-of-memory and raising trials are failures (TPE learns nothing from
         them); trials stopped by ASHA are pruned; an out-of-memory trial lowers the batch
         cap of the trials drawn after it, and a training function's training set caps it
-        at its size.
+        at its size. ``adopted`` (an Optuna ``FrozenTrial``: the probe's trial-long run) is
+        the searcher's trial 0, finished before Tune asks for the first (OptunaSearch's own
+        ``evaluated_rewards`` refuses a define-by-run space).
         """
+
+        def _setup_study(self, mode: Any) -> None:
+            super()._setup_study(mode)
+            study: Any = self._ot_study
+            if adopted is not None and not study.get_trials(deepcopy=False):
+                study.add_trial(adopted)
 
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
             status = (result or {}).get("status")
@@ -182,6 +201,21 @@ def _make_searcher(planner: TrialPlanner, sampler: Any, direction: str) -> Any:
     )
 
 
+def _adopted_trial(state: Mapping[str, Any]) -> Any:
+    """The Optuna trial :meth:`RayBackend.adopt` kept in the study's state file (plain JSON)."""
+    import optuna
+
+    return optuna.trial.create_trial(
+        params=state["params"],
+        distributions={
+            name: optuna.distributions.json_to_distribution(d) for name, d in state["distributions"].items()
+        },
+        value=state["value"],
+        intermediate_values={int(k): v for k, v in state["intermediate"].items()},
+        user_attrs=state["user_attrs"],
+    )
+
+
 # -- the trial, run on a worker ------------------------------------------------------------
 # -- the driver ---------------------------------------------------------------------------
 def _scalar_tensorboard() -> Any:
@@ -194,6 +228,27 @@ def _scalar_tensorboard() -> Any:
             super().log_trial_result(iteration, trial, scalars)
 
     return ScalarTBXLogger()
+
+
+def _cut_short(exp_dir: Path) -> int:
+    """Trials of the experiment at ``exp_dir`` that a restore would run again: neither ended nor errored.
+
+    Tune takes the first Ctrl-C itself: it saves the experiment, then stops the running
+    trials and marks them ``TERMINATED`` in memory, as it marks a trial the scheduler
+    stopped, so the results :meth:`Tuner.fit` returns cannot tell a trial cut short from
+    one ASHA pruned. The state it saved, which ``Tuner.restore`` reads, still has them
+    running (or pending).
+    """
+    from ray.tune import ExperimentAnalysis
+
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # it warns of each trial cut before its first result, which has none
+    try:
+        trials = ExperimentAnalysis(str(exp_dir)).trials
+    finally:
+        quiet.setLevel(level)
+    return sum(1 for t in trials if t.status not in ("TERMINATED", "ERROR"))
 
 
 def _resources(ray: Any, settings: RaySettings, devices_per_trial: int = 1) -> dict[str, float]:
@@ -307,6 +362,7 @@ class RayBackend(TrialBackend):
         self._spec: StudySpec | None = None
         self._exp_dir: Path | None = None
         self._resources: dict[str, float] = {}
+        self._adopted: dict[str, Any] | None = None  # the probe's run as trial 0 (adopt), as the state file keeps it
 
     def open(self, spec: StudySpec) -> Resumed:
         """Join the cluster and read the experiment's folder: its settings, probe and re-scoring."""
@@ -329,6 +385,7 @@ class RayBackend(TrialBackend):
         self._resources = _resources(ray, self.settings, spec.settings.devices_per_trial)
         exp_dir.mkdir(parents=True, exist_ok=True)
         probe = state.get("probe") if state is not None else None
+        self._adopted = state.get("adopted") if state is not None else None
         self._write_state(probe)
         rescored_file = exp_dir / RESCORED_FILE
         kept = [Rescored.from_dict(d) for d in json.loads(rescored_file.read_text())] if rescored_file.is_file() else []
@@ -348,6 +405,35 @@ class RayBackend(TrialBackend):
     def keep_probe(self, probe: ProbeResult) -> None:
         self._write_state(clean_json(probe.to_dict()))
 
+    def adopt(
+        self,
+        plan: TrialPlan,
+        outcome: TrialOutcome,
+        intermediate: dict[int, float],
+        distributions: dict[str, Any],
+    ) -> bool:
+        """Kept in the study's state file; the searcher starts with it as its trial 0 (see ``_make_searcher``),
+        and Tune runs one trial less."""
+        import optuna
+
+        if self._adopted is not None:
+            return True  # a resumed study: kept when it first ran
+        assert outcome.status == TrialStatus.COMPLETED and outcome.value is not None
+        self._adopted = clean_json(
+            {
+                "params": plan.params,
+                "distributions": {
+                    name: optuna.distributions.distribution_to_json(d) for name, d in distributions.items()
+                },
+                "value": outcome.value,
+                "intermediate": {str(k): v for k, v in intermediate.items()},
+                "user_attrs": {**plan.attrs(), **outcome.attrs(), FROM_PROBE_ATTR: True},
+            }
+        )
+        state = _load_state(self._state_file())
+        self._write_state(state.get("probe") if state is not None else None)
+        return True
+
     def run_trials(self, planner: TrialPlanner) -> list[TrialRecord]:
         ray = import_ray()
         from ray import tune
@@ -355,6 +441,11 @@ class RayBackend(TrialBackend):
         spec, exp_dir = self._spec, self._exp_dir
         assert spec is not None and exp_dir is not None, "RayBackend: open() the study first"
         settings, resources = spec.settings, self._resources
+        adopted = _adopted_trial(self._adopted) if self._adopted is not None else None
+        kept = [dataclasses.replace(trial_record(adopted), number=0)] if adopted is not None else []
+        n_tune = settings.n_trials - len(kept)  # the probe's run is one of the study's trials
+        if n_tune <= 0:
+            return kept
         # With a search algorithm Tune keeps one trial pending at a time unless told otherwise, and a
         # trial waits pending while its worker process starts (seconds: torch is imported), so short
         # trials would run one after the other on a cluster with room for many.
@@ -367,9 +458,9 @@ class RayBackend(TrialBackend):
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=_make_searcher(planner, spec.sampler, Direction(settings.direction)),
+                    search_alg=_make_searcher(planner, spec.sampler, Direction(settings.direction), adopted),
                     scheduler=make_scheduler(settings),
-                    num_samples=settings.n_trials,
+                    num_samples=n_tune,
                     max_concurrent_trials=self.settings.max_concurrent,
                     trial_dirname_creator=_trial_dirname,
                     reuse_actors=True,
@@ -389,19 +480,19 @@ class RayBackend(TrialBackend):
             warnings.filterwarnings("ignore", message="The reported value is ignored because this ")
             grid = tuner.fit()
         # Tune takes the first Ctrl-C itself: it snapshots the experiment and returns as if done, with the
-        # running trials cut short (their last results read like a pruned trial's). Raise it on, as the
-        # embedded backend does, so that nothing is re-scored or reported from a half-run study and the
-        # command says how to resume (``Tuner.restore`` runs the cut trials again).
-        cut = len(grid) - grid.num_terminated - grid.num_errors
-        if cut > 0 or len(grid) < settings.n_trials:
+        # running trials cut short (their last results read like a pruned trial's; see _cut_short). Raise it
+        # on, as the embedded backend does, so that nothing is re-scored or reported from a half-run study
+        # and the command says how to resume (``Tuner.restore`` runs the cut trials again).
+        cut = _cut_short(exp_dir)
+        if cut > 0 or len(grid) < n_tune:
             logger.warning(
                 "Ray Tune stopped early (Ctrl-C): %d of %d trials finished; the experiment is kept at %s",
-                grid.num_terminated + grid.num_errors,
+                len(kept) + len(grid) - cut,
                 settings.n_trials,
                 exp_dir,
             )
             raise KeyboardInterrupt
-        records = []
+        records = list(kept)
         for index in range(len(grid)):
             result = grid[index]
             if result.config is None or PLAN_KEY not in result.config:
@@ -433,10 +524,16 @@ class RayBackend(TrialBackend):
         assert self._exp_dir is not None
         (self._exp_dir / CRITICAL_FILE).write_text(json.dumps(clean_json(measured), indent=1))
 
+    def _state_file(self) -> Path:
+        assert self._exp_dir is not None
+        return self._exp_dir / STATE_FILE
+
     def _write_state(self, probe: dict[str, Any] | None) -> None:
-        assert self._spec is not None and self._exp_dir is not None
-        state = {"settings": self._spec.fingerprint, "probe": probe}
-        (self._exp_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        assert self._spec is not None
+        state: dict[str, Any] = {"settings": self._spec.fingerprint, "probe": probe}
+        if self._adopted is not None:
+            state["adopted"] = self._adopted
+        self._state_file().write_text(json.dumps(state, indent=2))
 
 
 def _run_plan(job: TrialJob, plan: TrialPlan) -> TrialOutcome:

@@ -374,7 +374,8 @@ class Study:
         could have drawn: recorded as a finished trial, it counts towards ``n_trials``, so
         the probe costs one trial less. Not where the run could not be a trial: a space with
         other parameters (the probe trains them at their defaults), a config outside the
-        search, a backend that cannot record it (Ray's searcher), a probe without one.
+        search, a backend that cannot record it, a probe without one. Both backends record
+        it: the embedded one in its Optuna storage, Ray's as its searcher's trial 0.
         """
         run = self.probe.run if self.probe is not None else None
         if run is None or run.get("status") != TrialStatus.COMPLETED:

@@ -207,6 +207,51 @@ def test_ctrl_c_stops_a_ray_study_and_resuming_reruns_only_the_cut_trials(ray_cl
     assert all(starts[tag(line)] == 1 for line in before.values()), starts  # no finished trial trained twice
 
 
+SPACE_B_LR = """
+name: b_and_lr
+optimizer: {family: sgd, momentum: 0.9}
+batch_size: {min: 16, max: 256}
+lr: {min: 0.01, max: 1.0}
+"""
+
+
+def test_the_probes_run_is_trial_0_on_ray_once_through_ctrl_c_and_resume(ray_cluster: Cluster, tmp_path: Path) -> None:
+    """As on the embedded backend, the probe's trial-long run is the study's first trial: Tune trains one
+    trial less, and a study interrupted after it and resumed keeps it once. (On Ray it used to stay the
+    probe's cost: a whole trial's samples that counted for nothing.)"""
+    script, _, _ = write_inputs(tmp_path, seconds_per_sample=1e-4)  # a trial takes seconds
+    space = tmp_path / "b_and_lr.yaml"
+    space.write_text(SPACE_B_LR)
+    out = tmp_path / "run"
+    experiment = out / "ray" / "bstune-tagged_digits"
+    n_trials = 5
+    settings = ["--mode", "prior", "--trials", str(n_trials), "--budget-samples", "9000", "--pruner", "none",
+                "--rescore-top", "0"]  # fmt: skip
+    driver = run_cli(ray_cluster, script, space, out, *settings)
+    wait_until(lambda: len(finished(read_results(experiment))) >= 1, 600, "a finished Tune trial")
+    os.killpg(driver.pid, signal.SIGINT)
+    output, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 130, output
+    state = json.loads((experiment / "bstune_study.json").read_text())
+    assert state["probe"] is not None and state["adopted"]["user_attrs"]["from_probe"] is True
+
+    resumed = run_cli(ray_cluster, script, space, out, *settings, "--resume")
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    result = StudyResult.load(out)
+    probe = result.probe
+    assert probe is not None and probe.run is not None
+    first, *rest = result.trials
+    assert [t.number for t in result.trials] == list(range(n_trials))
+    assert first.from_probe and not any(t.from_probe for t in rest)
+    assert (first.status, first.batch_size, first.lr) == ("completed", probe.batch_size, pytest.approx(probe.lr_probe))
+    assert first.value == pytest.approx(min(h["val_loss"] for h in probe.run["history"]))
+    assert first.samples == probe.run["samples"] and first.history == probe.run["history"]
+    assert {t.status for t in rest} == {"completed"}
+    assert len(read_results(experiment)) == n_trials - 1  # Tune trained one trial less
+    assert result.samples_probe == probe.samples_used - first.samples  # its samples are counted once
+
+
 def test_trials_run_on_both_nodes_and_a_dying_worker_node_is_survived(ray_cluster: Cluster, tmp_path: Path) -> None:
     nodes = ray_cluster.wait_for_nodes(2)
     script, space, log = write_inputs(tmp_path, seconds_per_sample=1e-4)  # a trial takes 5-10 s
