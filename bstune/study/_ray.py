@@ -415,9 +415,13 @@ class RayBackend(TrialBackend):
         """Kept in the study's state file; the searcher starts with it as its trial 0 (see ``_make_searcher``),
         and Tune runs one trial less."""
         import optuna
+        from ray import tune
 
         if self._adopted is not None:
             return True  # a resumed study: kept when it first ran
+        assert self._exp_dir is not None
+        if tune.Tuner.can_restore(str(self._exp_dir)):
+            return False  # an experiment begun without it (an older bstune): its searcher numbers trials from 0
         assert outcome.status == TrialStatus.COMPLETED and outcome.value is not None
         self._adopted = clean_json(
             {

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
 
 from bstune.errors import ConfigError, DependencyError
+from bstune.records import TrialStatus
 from bstune.space import SearchSpace
 from bstune.study import Study, make_sampler
-from bstune.study._ray import PlannerSpace, RaySettings, import_ray, make_scheduler
+from bstune.study._ray import (
+    PlannerSpace,
+    RayBackend,
+    RaySettings,
+    _adopted_trial,
+    _make_searcher,
+    import_ray,
+    make_scheduler,
+)
 from bstune.study._ray_trial import record_from_result
-from bstune.study._trial import TrialPlanner
+from bstune.study._trial import TrialOutcome, TrialPlanner
 
 SPACE = {"name": "tiny", "batch_size": {"min": 8, "max": 256}, "lr": {"min": 1e-3, "max": 1.0}}
 
@@ -47,6 +59,40 @@ def test_planner_space_ships_the_plan_the_planner_derives() -> None:
 def _config() -> dict[str, object]:
     trial = optuna.create_study().ask()
     return PlannerSpace(planner())(trial)
+
+
+def test_an_adopted_run_is_the_searchers_trial_0_kept_in_the_state_file(tmp_path: Path) -> None:
+    """The probe's run, adopted, is trial 0 of the searcher (Tune's first trial is number 1) and is kept
+    for a resumed study; an experiment begun before bstune adopted it (its trials numbered from 0) keeps
+    the run as the probe's cost."""
+    pytest.importorskip("ray.tune")
+    plans = planner()
+    plan = plans.plan({"batch_size": 64, "lr": 0.1})
+    distributions = {
+        "batch_size": optuna.distributions.IntDistribution(8, 256, log=True),
+        "lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True),
+    }
+    outcome = TrialOutcome(TrialStatus.COMPLETED, 0.25, samples=9000, steps=141, history=[{"milestone": 9000}])
+    backend = RayBackend()
+    backend._spec, backend._exp_dir = SimpleNamespace(fingerprint={"seed": 0}), tmp_path  # type: ignore[assignment]
+    assert backend.adopt(plan, outcome, {9: 0.25}, distributions)
+    state = json.loads((tmp_path / "bstune_study.json").read_text())
+    assert state["settings"] == {"seed": 0} and state["adopted"]["value"] == 0.25
+    assert backend.adopt(plan, outcome, {9: 0.25}, distributions)  # once
+
+    adopted = _adopted_trial(state["adopted"])
+    searcher = _make_searcher(plans, optuna.samplers.RandomSampler(seed=0), "minimize", adopted)
+    zero = searcher._ot_study.trials[0]
+    assert (zero.number, zero.value, zero.params, zero.intermediate_values) == (0, 0.25, plan.params, {9: 0.25})
+    assert zero.user_attrs["from_probe"] is True and zero.user_attrs["batch_size"] == 64
+    assert searcher.suggest("first")["bstune_trial_number"] == 1
+
+    older = RayBackend()
+    older._spec, older._exp_dir = SimpleNamespace(fingerprint={}), tmp_path / "older"  # type: ignore[assignment]
+    older._exp_dir.mkdir()
+    (older._exp_dir / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for
+    assert not older.adopt(plan, outcome, {9: 0.25}, distributions)
+    assert not (older._exp_dir / "bstune_study.json").exists()
 
 
 def test_records_from_ray_results_keep_outcome_and_learning_curve() -> None:
