@@ -7,7 +7,7 @@ Ray does the scheduling; bstune only describes the trials:
   multivariate TPE as the embedded backend. The driver derives each trial's full
   configuration (:class:`~bstune.study._trial.TrialPlanner`) and ships it in the
   trial's config; a trial that runs out of memory lowers the batch cap of the trials
-  drawn after it The probe's trial-long run is the searcher's trial 0, as
+  drawn after it. The probe's trial-long run is the searcher's trial 0, as
   it is the embedded study's: Tune runs one trial less, and TPE and the prior's
   schedule count it.
 - **Early stopping**: ``ASHAScheduler`` (the default ``pruner="hyperband"``; the
@@ -230,14 +230,16 @@ def _scalar_tensorboard() -> Any:
     return ScalarTBXLogger()
 
 
-def _cut_short(exp_dir: Path) -> int:
-    """Trials of the experiment at ``exp_dir`` that a restore would run again: neither ended nor errored.
+def _cut_short(exp_dir: Path, errored: set[int]) -> int:
+    """Trials of the experiment at ``exp_dir`` cut short by Ctrl-C, which a restore runs again.
 
     Tune takes the first Ctrl-C itself: it saves the experiment, then stops the running
     trials and marks them ``TERMINATED`` in memory, as it marks a trial the scheduler
     stopped, so the results :meth:`Tuner.fit` returns cannot tell a trial cut short from
     one ASHA pruned. The state it saved, which ``Tuner.restore`` reads, still has them
-    running (or pending).
+    running (or pending). But a trial whose worker died is marked ``ERROR`` after its
+    actor is gone, which that state never hears of: the trials whose results hold an
+    error (``errored``, by trial number) ended, whatever the state says.
     """
     from ray.tune import ExperimentAnalysis
 
@@ -248,7 +250,11 @@ def _cut_short(exp_dir: Path) -> int:
         trials = ExperimentAnalysis(str(exp_dir)).trials
     finally:
         quiet.setLevel(level)
-    return sum(1 for t in trials if t.status not in ("TERMINATED", "ERROR"))
+    return sum(
+        1
+        for t in trials
+        if t.status not in ("TERMINATED", "ERROR") and (t.config or {}).get(TRIAL_NUMBER_KEY) not in errored
+    )
 
 
 def _resources(ray: Any, settings: RaySettings, devices_per_trial: int = 1) -> dict[str, float]:
@@ -363,6 +369,7 @@ class RayBackend(TrialBackend):
         self._exp_dir: Path | None = None
         self._resources: dict[str, float] = {}
         self._adopted: dict[str, Any] | None = None  # the probe's run as trial 0 (adopt), as the state file keeps it
+        self._tune_trials: int | None = None  # the trials the Tune experiment was started with (Tune's num_samples)
 
     def open(self, spec: StudySpec) -> Resumed:
         """Join the cluster and read the experiment's folder: its settings, probe and re-scoring."""
@@ -386,6 +393,7 @@ class RayBackend(TrialBackend):
         exp_dir.mkdir(parents=True, exist_ok=True)
         probe = state.get("probe") if state is not None else None
         self._adopted = state.get("adopted") if state is not None else None
+        self._tune_trials = state.get("tune_trials") if state is not None else None
         self._write_state(probe)
         rescored_file = exp_dir / RESCORED_FILE
         kept = [Rescored.from_dict(d) for d in json.loads(rescored_file.read_text())] if rescored_file.is_file() else []
@@ -448,17 +456,30 @@ class RayBackend(TrialBackend):
         adopted = _adopted_trial(self._adopted) if self._adopted is not None else None
         kept = [dataclasses.replace(trial_record(adopted), number=0)] if adopted is not None else []
         n_tune = settings.n_trials - len(kept)  # the probe's run is one of the study's trials
-        if n_tune <= 0:
+        restoring = tune.Tuner.can_restore(str(exp_dir))
+        if restoring and self._tune_trials is not None and self._tune_trials != n_tune:
+            raise ConfigError(
+                f"the Ray study {spec.name!r} under {exp_dir.parent} was started with "
+                f"{self._tune_trials + len(kept)} trials, and Ray Tune cannot change the number of trials of a "
+                f"stored experiment; resume with {self._tune_trials + len(kept)} trials, or start a new study "
+                "(another study_name or storage_path; the CLI's --out)",
+                source="Study",
+                field="n_trials",
+            )
+        if n_tune <= 0 and not restoring:
             return kept
         # With a search algorithm Tune keeps one trial pending at a time unless told otherwise, and a
         # trial waits pending while its worker process starts (seconds: torch is imported), so short
         # trials would run one after the other on a cluster with room for many.
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(_trials_at_once(ray, self.settings, resources)))
         trainable = tune.with_resources(tune.with_parameters(train_trial, job=spec.job), resources)
-        if tune.Tuner.can_restore(str(exp_dir)):
+        if restoring:
             logger.info("restoring the Ray Tune experiment at %s", exp_dir)
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
+            self._tune_trials = n_tune
+            state = _load_state(self._state_file())
+            self._write_state(state.get("probe") if state is not None else None)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
@@ -483,12 +504,18 @@ class RayBackend(TrialBackend):
             # already: Optuna warns once per replayed step, about nothing a user can act on
             warnings.filterwarnings("ignore", message="The reported value is ignored because this ")
             grid = tuner.fit()
+        results = [grid[i] for i in range(len(grid))]
         # Tune takes the first Ctrl-C itself: it snapshots the experiment and returns as if done, with the
         # running trials cut short (their last results read like a pruned trial's; see _cut_short). Raise it
         # on, as the embedded backend does, so that nothing is re-scored or reported from a half-run study
         # and the command says how to resume (``Tuner.restore`` runs the cut trials again).
-        cut = _cut_short(exp_dir)
-        if cut > 0 or len(grid) < n_tune:
+        errored = {
+            int(c[TRIAL_NUMBER_KEY])
+            for r in results
+            if r.error is not None and TRIAL_NUMBER_KEY in (c := r.config or {})
+        }
+        cut = _cut_short(exp_dir, errored)
+        if cut > 0 or len(grid) < (self._tune_trials if self._tune_trials is not None else n_tune):
             logger.warning(
                 "Ray Tune stopped early (Ctrl-C): %d of %d trials finished; the experiment is kept at %s",
                 len(kept) + len(grid) - cut,
@@ -537,6 +564,8 @@ class RayBackend(TrialBackend):
         state: dict[str, Any] = {"settings": self._spec.fingerprint, "probe": probe}
         if self._adopted is not None:
             state["adopted"] = self._adopted
+        if self._tune_trials is not None:
+            state["tune_trials"] = self._tune_trials
         self._state_file().write_text(json.dumps(state, indent=2))
 
 

@@ -207,6 +207,40 @@ def test_ctrl_c_stops_a_ray_study_and_resuming_reruns_only_the_cut_trials(ray_cl
     assert all(starts[tag(line)] == 1 for line in before.values()), starts  # no finished trial trained twice
 
 
+def test_a_trial_whose_worker_dies_each_try_fails_and_the_study_ends(ray_cluster: Cluster, tmp_path: Path) -> None:
+    """Tune marks such a trial ERROR after its worker is gone, which the experiment state it saves
+    never hears of (there it stays pending): that is no Ctrl-C, and the study must end, exit 0."""
+    script, space, _ = write_inputs(tmp_path)
+    dying = """
+class Dying(nn.Module):  # the worker process dies halfway through the trial, after its first results
+    def __init__(self):
+        super().__init__()
+        self.seen = 0
+
+    def forward(self, x):
+        self.seen += len(x)
+        if self.seen > 1500:
+            time.sleep(3)  # other trials finish meanwhile: each saves the experiment's state
+            os._exit(1)
+        return x
+
+"""
+    text = script.read_text().replace("\n\ndef make_task():", dying + "\ndef make_task():")
+    text = text.replace(
+        "return nn.Sequential(Slow(),", "return nn.Sequential(Dying() if tag and tag % 2 == 0 else Slow(),"
+    )
+    script.write_text("import os\n" + text)
+    out = tmp_path / "run"
+    driver = run_cli(ray_cluster, script, space, out, "--trials", "6", "--budget-samples", "3000",
+                     "--max-failures", "1", "--pruner", "none", "--rescore-top", "0")  # fmt: skip
+    output, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, output
+    result = StudyResult.load(out)
+    died = [t for t in result.trials if int(t.config["model_kwargs"]["tag"]) % 2 == 0]
+    assert died and all(t.status == "failed" for t in died), [(t.number, t.status) for t in result.trials]
+    assert len(result.trials) == 6 and any(t.status == "completed" for t in result.trials)
+
+
 SPACE_B_LR = """
 name: b_and_lr
 optimizer: {family: sgd, momentum: 0.9}

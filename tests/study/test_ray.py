@@ -95,6 +95,20 @@ def test_an_adopted_run_is_the_searchers_trial_0_kept_in_the_state_file(tmp_path
     assert not (older._exp_dir / "bstune_study.json").exists()
 
 
+def test_resuming_a_ray_study_with_another_number_of_trials_says_so(tmp_path: Path) -> None:
+    """Tune cannot change the trials of a stored experiment: it ran its own number, and bstune read the
+    missing ones as a Ctrl-C and asked for the same resume again, for ever."""
+    pytest.importorskip("ray.tune")
+    backend = RayBackend()
+    settings = SimpleNamespace(n_trials=6)
+    backend._spec = SimpleNamespace(fingerprint={}, settings=settings, name="bstune-x")  # type: ignore[assignment]
+    backend._exp_dir, backend._tune_trials = tmp_path / "bstune-x", 3
+    backend._exp_dir.mkdir()
+    (backend._exp_dir / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for
+    with pytest.raises(ConfigError, match=r"n_trials: .* was started with 3 trials, .* resume with 3 trials"):
+        backend.run_trials(planner())
+
+
 def test_records_from_ray_results_keep_outcome_and_learning_curve() -> None:
     config = _config()
     history = [{"milestone": 1000, "val_loss": 0.5}, {"milestone": 2000, "val_loss": 0.4}]
