@@ -414,13 +414,36 @@ def _recommend(result: StudyData, fit: CriticalBatchFit | None, advice: Critical
         sizes = sorted({2**k for k in range(0, 20) if advice.batch_min / 2 <= 2**k <= 2 * advice.batch_max} | {b})
         family, alpha = _lr_exponent(result, best)
         kind, b_rule, rec["lr_rule"] = _lr_rule(advice, b, float(best["lr"]), alpha)
-        rec["lr_table"] = [
-            {"batch_size": bb, "lr": lr} for bb, lr in lr_table(b_rule, b, float(best["lr"]), sizes, family, alpha)
-        ]
+        rec["lr_table"] = _capped_at_ceiling(lr_table(b_rule, b, float(best["lr"]), sizes, family, alpha), result.probe)
         rec["lr_rule_kind"] = kind
         if kind == "fitted_b_crit":
             rec["lr_rule_b_crit"] = b_rule
     return rec
+
+
+def _capped_at_ceiling(table: list[tuple[int, float]], probe: ProbeResult | None) -> list[dict[str, Any]]:
+    """The LR table's rows, none above the LR range tests' ceiling at its batch size.
+
+    The rule extrapolates: linear in B when the data do not identify B_crit, it doubles the
+    rate with every doubling of the batch, past where the probe saw training blow up. The
+    ceiling only rises with the batch size, so the larger test's (``lr_ceiling_large``, at
+    ``large_batch``) bounds every batch size up to it; beyond it nothing was measured, and
+    the largest ceiling seen stays the bound. A capped row keeps the rule's rate beside it.
+    """
+    if probe is None:
+        return [{"batch_size": bb, "lr": lr} for bb, lr in table]
+    rows: list[dict[str, Any]] = []
+    for bb, lr in table:
+        at, ceiling = (
+            (probe.batch_size, probe.lr_ceiling)
+            if bb <= probe.batch_size
+            else (probe.large_batch, max(probe.lr_ceiling_large, probe.lr_ceiling))
+        )
+        row: dict[str, Any] = {"batch_size": bb, "lr": lr}
+        if lr > ceiling:
+            row.update(lr=ceiling, rule_lr=lr, capped_at={"lr_ceiling": ceiling, "batch_size": at})
+        rows.append(row)
+    return rows
 
 
 def _lr_exponent(result: StudyData, best: Mapping[str, Any]) -> tuple[str, float]:

@@ -19,6 +19,17 @@ def _n(x: Any, fmt: str = ".4g") -> str:
     return str(x)
 
 
+def _lr_cell(row: dict[str, Any]) -> str:
+    """An LR table cell: the rate, and where the rule went past the range test's ceiling, the rule's own."""
+    if "capped_at" not in row:
+        return _n(row["lr"], ".3g")
+    cap = row["capped_at"]
+    return (
+        f"{_n(row['lr'], '.3g')} (the rule gives {_n(row['rule_lr'], '.3g')}, above the LR range test's "
+        f"ceiling {_n(cap['lr_ceiling'], '.3g')} at B={cap['batch_size']})"
+    )
+
+
 def _curvature_lines(ns: dict[str, Any]) -> list[str]:
     """The curvature-aware B_noise beside B_simple, or why it was not measured."""
     cur = ns.get("curvature") or {}
@@ -174,7 +185,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             "| batch size | learning rate |",
             "|---:|---:|",
         ]
-        out += [f"| {row['batch_size']} | {_n(row['lr'], '.3g')} |" for row in rec["lr_table"]]
+        out += [f"| {row['batch_size']} | {_lr_cell(row)} |" for row in rec["lr_table"]]
     ns = data["noise_scale"]
     out += ["", "## Gradient noise scale", ""]
     if "error" in ns:

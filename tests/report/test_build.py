@@ -307,3 +307,29 @@ def test_the_critical_batch_section_says_how_its_target_was_chosen_and_how_trial
     two = dataclasses.replace(_result(), trials=_result().trials[:2])  # too few batch sizes: no fit
     no_fit = _section(render_markdown(build_report(two).data), "Critical batch size")
     assert "(no fit)" in no_fit and "Trials ran at 2 batch sizes, 16–32; the fit takes, per half-octave" in no_fit
+
+
+def test_the_lr_table_never_goes_past_the_range_tests_ceiling() -> None:
+    """The rule extrapolates (linear in B where B_crit is not identified): a newcomer's table went to 5.43 at
+    B=1024, with the range test's ceiling 1.79 at B=512. The ceiling only rises with B, so the test at a
+    batch size bounds every row up to it, and the largest ceiling seen bounds the rows beyond."""
+    result = dataclasses.replace(
+        _result(), probe=_probe(batch_size=32, lr_ceiling=0.15, large_batch=256, lr_ceiling_large=0.4)
+    )
+    report = build_report(result, {"metric": "train_loss", "value": TARGET})
+    rows = {row["batch_size"]: row for row in report.recommended["lr_table"]}
+    free = build_report(_result(), {"metric": "train_loss", "value": TARGET}).recommended["lr_table"]
+    rule = {row["batch_size"]: row["lr"] for row in free}  # the same study without a probe: the rule's own rates
+    for b, row in rows.items():
+        bound, at = (0.15, 32) if b <= 32 else (0.4, 256)
+        assert row["lr"] == pytest.approx(min(rule[b], bound)), b
+        if rule[b] > bound:
+            assert row["rule_lr"] == pytest.approx(rule[b]) and row["capped_at"] == {
+                "lr_ceiling": bound,
+                "batch_size": at,
+            }
+        else:
+            assert "capped_at" not in row, b
+    assert "capped_at" in rows[32] and "capped_at" not in rows[64] and "capped_at" in rows[2048]
+    md = render_markdown(report.data)
+    assert f"| 2048 | 0.4 (the rule gives {rule[2048]:.3g}, above the LR range test's ceiling 0.4 at B=256) |" in md
