@@ -36,6 +36,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import sys
 import warnings
 from collections.abc import Callable, Mapping
@@ -288,9 +289,34 @@ def _register_script_modules() -> None:
             cloudpickle.register_pickle_by_value(module)
 
 
+def _unreachable(address: str | None) -> str | None:
+    """Why nothing answers at ``address`` (``host:port`` or ``ray://host:port``), or None: it answers, or
+    it names no port (``"auto"``, a local instance), and Ray says what it makes of it.
+
+    Ray itself retries an address where nothing listens for minutes, warning each time.
+    """
+    if not address or "://" in address.removeprefix("ray://"):
+        return None
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            return None
+    except OSError as exc:
+        return f"nothing answers at {host}:{port} ({exc.strerror or exc})"
+
+
 def _init(ray: Any, settings: RaySettings) -> None:
     if ray.is_initialized():
         return
+    if (reason := _unreachable(settings.address)) is not None:
+        raise ConfigError(
+            f"cannot connect to a Ray cluster: {reason}; start one (ray start --head) and give the address it "
+            "prints, or leave the address out to start a local Ray instance",
+            source="Study",
+            field="address",
+        )
     kwargs: dict[str, Any] = {"address": settings.address, "log_to_driver": False, **settings.extra}
     if settings.address is None:
         kwargs["include_dashboard"] = False

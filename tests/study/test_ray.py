@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import socket
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +23,7 @@ from bstune.study._ray import (
     RayBackend,
     RaySettings,
     _adopted_trial,
+    _init,
     _make_searcher,
     import_ray,
     make_scheduler,
@@ -107,6 +110,19 @@ def test_resuming_a_ray_study_with_another_number_of_trials_says_so(tmp_path: Pa
     (backend._exp_dir / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for
     with pytest.raises(ConfigError, match=r"n_trials: .* was started with 3 trials, .* resume with 3 trials"):
         backend.run_trials(planner())
+
+
+def test_an_address_where_nothing_listens_is_a_clear_error_at_once() -> None:
+    """Ray retries such an address for minutes, warning each time; the newcomer saw no error of bstune's."""
+    ray = pytest.importorskip("ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=rf"address: cannot connect .* nothing answers at 127.0.0.1:{port}"):
+            _init(ray, RaySettings(address=address))
+        assert time.monotonic() - started < 10 and not ray.is_initialized()
 
 
 def test_records_from_ray_results_keep_outcome_and_learning_curve() -> None:
