@@ -307,6 +307,29 @@ def _unreachable(address: str | None) -> str | None:
         return f"nothing answers at {host}:{port} ({exc.strerror or exc})"
 
 
+def _token_path() -> Path | None:
+    """This user's Ray authentication token, where there is one (``RAY_AUTH_TOKEN`` gives it inline)."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token").expanduser()
+    return path if path.is_file() else None
+
+
+def _send_token(address: str | None) -> None:
+    """Send this user's Ray authentication token to a running cluster, where there is one; before Ray
+    is imported, which reads ``RAY_AUTH_MODE`` once.
+
+    ``ray start`` (Ray 2.60) turns token authentication on when a token exists
+    (``~/.ray/auth_token``, or ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``), but
+    ``ray.init(address=...)`` sends it only with ``RAY_AUTH_MODE=token``: without it, the
+    driver retries "Authentication token is missing or incorrect" and gives up. A token
+    sent to a cluster without authentication is ignored. A mode the user set is kept.
+    """
+    if address is None or "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules:
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or _token_path() is not None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        logger.info("sending this user's Ray authentication token to the cluster (RAY_AUTH_MODE=token)")
+
+
 def _init(ray: Any, settings: RaySettings) -> None:
     if ray.is_initialized():
         return
@@ -323,7 +346,13 @@ def _init(ray: Any, settings: RaySettings) -> None:
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ConfigError(f"cannot connect to a Ray cluster: {exc}", source="Study", field="address") from exc
+        hint = ""
+        if os.environ.get("RAY_AUTH_MODE") != "token" and (os.environ.get("RAY_AUTH_TOKEN") or _token_path()):
+            hint = (
+                "; if the cluster uses token authentication (ray start turns it on where ~/.ray/auth_token "
+                "exists), set RAY_AUTH_MODE=token before Ray is imported"
+            )
+        raise ConfigError(f"cannot connect to a Ray cluster: {exc}{hint}", source="Study", field="address") from exc
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -399,6 +428,7 @@ class RayBackend(TrialBackend):
 
     def open(self, spec: StudySpec) -> Resumed:
         """Join the cluster and read the experiment's folder: its settings, probe and re-scoring."""
+        _send_token(self.settings.address)
         ray = import_ray()
         _init(ray, self.settings)
         _register_script_modules()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import socket
 import sys
@@ -25,6 +26,7 @@ from bstune.study._ray import (
     _adopted_trial,
     _init,
     _make_searcher,
+    _send_token,
     import_ray,
     make_scheduler,
 )
@@ -123,6 +125,34 @@ def test_an_address_where_nothing_listens_is_a_clear_error_at_once() -> None:
         with pytest.raises(ConfigError, match=rf"address: cannot connect .* nothing answers at 127.0.0.1:{port}"):
             _init(ray, RaySettings(address=address))
         assert time.monotonic() - started < 10 and not ray.is_initialized()
+
+
+def test_a_running_clusters_token_is_sent_where_the_user_has_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ray start`` (Ray 2.60) turns token authentication on where ~/.ray/auth_token exists, but
+    ``ray.init(address=...)`` sends the token only with RAY_AUTH_MODE=token, read when Ray is imported:
+    the README's local cluster refused a newcomer's driver, "Authentication token is missing"."""
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
+    _send_token("127.0.0.2:6380")
+    assert "RAY_AUTH_MODE" not in os.environ  # no token: nothing to send
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("x" * 64)
+    _send_token(None)
+    assert "RAY_AUTH_MODE" not in os.environ  # a local instance: Ray sets it up itself
+    _send_token("127.0.0.2:6380")
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    _send_token("127.0.0.2:6380")
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"  # the user's choice
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.setitem(sys.modules, "ray", SimpleNamespace())
+    _send_token("127.0.0.2:6380")
+    assert "RAY_AUTH_MODE" not in os.environ  # Ray read it already: too late, the error says what to set
 
 
 def test_records_from_ray_results_keep_outcome_and_learning_curve() -> None:
