@@ -58,12 +58,20 @@ class JobFailedError(BstuneError):
 
 def _client(address: str) -> Any:
     from bstune.study import import_ray
+    from bstune.study._ray import use_auth_token
 
-    import_ray()
+    use_auth_token(address)  # before Ray is imported, which reads RAY_AUTH_MODE once
+    ray = import_ray()
     from ray.job_submission import JobSubmissionClient
 
     try:
         return JobSubmissionClient(address)
+    except ray.exceptions.AuthenticationError as exc:
+        raise ConfigError(
+            f"the Ray Jobs API at {address!r} asks for the cluster's authentication token: "
+            f"{str(exc).splitlines()[0]} (give it as RAY_AUTH_TOKEN or in ~/.ray/auth_token, with RAY_AUTH_MODE=token)",
+            source="address",
+        ) from exc
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ConfigError(
             f"cannot reach the Ray Jobs API at {address!r} (the dashboard address, e.g. http://head:8265): {exc}",

@@ -24,9 +24,18 @@ DASHBOARD_PORT=${DASHBOARD_PORT:-8266}
 CPUS_PER_NODE=${CPUS_PER_NODE:-1}
 RAY=${RAY:-ray}
 export RAY_USAGE_STATS_ENABLED=0
+# Ray 2.60 turns token authentication on where ~/.ray/auth_token exists, and a node or driver
+# sends the token only with RAY_AUTH_MODE=token: without it the worker node cannot join. Set
+# it for the nodes (the head makes the token when there is none); bstune's driver sets it
+# itself for --address where the token exists. RAY_AUTH_MODE=disabled turns it all off.
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 
 case "${1:-start}" in
   start)
+    if [ "$RAY_AUTH_MODE" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ] \
+        && [ ! -f "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" ]; then
+      "$RAY" get-auth-token --generate >/dev/null  # writes ~/.ray/auth_token
+    fi
     "$RAY" start --head --node-ip-address "$NODE_IP" --port "$PORT" --num-cpus "$CPUS_PER_NODE" \
       --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
       --dashboard-agent-listen-port 52401 --dashboard-agent-grpc-port 52402 \

@@ -313,7 +313,7 @@ def _token_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def _send_token(address: str | None) -> None:
+def use_auth_token(address: str | None) -> None:
     """Send this user's Ray authentication token to a running cluster, where there is one; before Ray
     is imported, which reads ``RAY_AUTH_MODE`` once.
 
@@ -428,7 +428,7 @@ class RayBackend(TrialBackend):
 
     def open(self, spec: StudySpec) -> Resumed:
         """Join the cluster and read the experiment's folder: its settings, probe and re-scoring."""
-        _send_token(self.settings.address)
+        use_auth_token(self.settings.address)
         ray = import_ray()
         _init(ray, self.settings)
         _register_script_modules()

@@ -148,6 +148,26 @@ def test_submitted_job_runs_and_its_report_is_fetched(ray_cluster: Cluster, tmp_
     assert (tmp_path / "fetched" / "report.md").is_file() and (tmp_path / "fetched" / "report.html").is_file()
 
 
+def test_a_driver_without_the_clusters_token_is_told_so_and_one_with_it_gets_in(
+    ray_cluster: Cluster, tmp_path: Path
+) -> None:
+    """The cluster uses token authentication (as ``ray start`` does where ~/.ray/auth_token exists). A
+    driver holding the token in that file, with RAY_AUTH_MODE unset, got Ray's traceback; so did one
+    without the token. bstune sends the file's token, and names what is missing when there is none."""
+    env = {k: v for k, v in ray_cluster.env.items() if not k.startswith("RAY_AUTH")}
+    address = ["--address", ray_cluster.dashboard]
+    home = tmp_path / "home"
+    home.mkdir()
+    command = [sys.executable, "-m", "bstune.cli", "status", "raysubmit_none", *address]
+    done = subprocess.run(command, env=env | {"HOME": str(home)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "asks for the cluster's authentication token" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text(ray_cluster.env["RAY_AUTH_TOKEN"])
+    done = subprocess.run(command, env=env | {"HOME": str(home)}, capture_output=True, text=True, timeout=300)
+    assert "no job 'raysubmit_none'" in done.stderr, done.stderr  # in: the Jobs API answered the question
+
+
 def test_driver_killed_then_restored_keeps_every_finished_trial_and_reruns_none(
     ray_cluster: Cluster, tmp_path: Path
 ) -> None:

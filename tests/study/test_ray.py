@@ -26,9 +26,9 @@ from bstune.study._ray import (
     _adopted_trial,
     _init,
     _make_searcher,
-    _send_token,
     import_ray,
     make_scheduler,
+    use_auth_token,
 )
 from bstune.study._ray_trial import record_from_result
 from bstune.study._trial import TrialOutcome, TrialPlanner
@@ -138,20 +138,20 @@ def test_a_running_clusters_token_is_sent_where_the_user_has_one(
         monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delitem(sys.modules, "ray", raising=False)
-    _send_token("127.0.0.2:6380")
+    use_auth_token("127.0.0.2:6380")
     assert "RAY_AUTH_MODE" not in os.environ  # no token: nothing to send
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text("x" * 64)
-    _send_token(None)
+    use_auth_token(None)
     assert "RAY_AUTH_MODE" not in os.environ  # a local instance: Ray sets it up itself
-    _send_token("127.0.0.2:6380")
+    use_auth_token("127.0.0.2:6380")
     assert os.environ["RAY_AUTH_MODE"] == "token"
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    _send_token("127.0.0.2:6380")
+    use_auth_token("127.0.0.2:6380")
     assert os.environ["RAY_AUTH_MODE"] == "disabled"  # the user's choice
     monkeypatch.delenv("RAY_AUTH_MODE")
     monkeypatch.setitem(sys.modules, "ray", SimpleNamespace())
-    _send_token("127.0.0.2:6380")
+    use_auth_token("127.0.0.2:6380")
     assert "RAY_AUTH_MODE" not in os.environ  # Ray read it already: too late, the error says what to set
 
 
