@@ -32,6 +32,7 @@ Ray is imported lazily: the embedded default does not need it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -39,7 +40,7 @@ import os
 import socket
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,30 @@ def _scalar_tensorboard() -> Any:
     return ScalarTBXLogger()
 
 
+class _TuneNoise(logging.Filter):
+    """Ray Tune's lines that contradict or repeat bstune's own: after a Ctrl-C, the ``Tuner.restore``
+    call to resume with (bstune prints its command), and each trial cut before its first result,
+    which has no metrics to fetch (at the interrupt, and again when the study resumes)."""
+
+    DROP = ("Experiment has been interrupted", "Failed to fetch metrics for")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.DROP)
+
+
+@contextlib.contextmanager
+def _quiet_tune() -> Iterator[None]:
+    quiet = _TuneNoise()
+    loggers = [logging.getLogger(name) for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")]
+    for log in loggers:
+        log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for log in loggers:
+            log.removeFilter(quiet)
+
+
 def _cut_short(exp_dir: Path, errored: set[int]) -> int:
     """Trials of the experiment at ``exp_dir`` cut short by Ctrl-C, which a restore runs again.
 
@@ -244,13 +269,8 @@ def _cut_short(exp_dir: Path, errored: set[int]) -> int:
     """
     from ray.tune import ExperimentAnalysis
 
-    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # it warns of each trial cut before its first result, which has none
-    try:
+    with _quiet_tune():
         trials = ExperimentAnalysis(str(exp_dir)).trials
-    finally:
-        quiet.setLevel(level)
     return sum(
         1
         for t in trials
@@ -531,7 +551,10 @@ class RayBackend(TrialBackend):
         trainable = tune.with_resources(tune.with_parameters(train_trial, job=spec.job), resources)
         if restoring:
             logger.info("restoring the Ray Tune experiment at %s", exp_dir)
-            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+            with _quiet_tune():
+                tuner = tune.Tuner.restore(
+                    str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
+                )
         else:
             self._tune_trials = n_tune
             state = _load_state(self._state_file())
@@ -555,7 +578,7 @@ class RayBackend(TrialBackend):
                     callbacks=[_scalar_tensorboard()],
                 ),
             )
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_tune():
             # a restored experiment replays its trials' results to the searcher, whose Optuna trials hold them
             # already: Optuna warns once per replayed step, about nothing a user can act on
             warnings.filterwarnings("ignore", message="The reported value is ignored because this ")
