@@ -57,8 +57,7 @@ class JobFailedError(BstuneError):
 
 
 def _client(address: str) -> Any:
-    from bstune.study import import_ray
-    from bstune.study._ray import use_auth_token
+    from bstune.study import import_ray, use_auth_token
 
     use_auth_token(address)  # before Ray is imported, which reads RAY_AUTH_MODE once
     ray = import_ray()

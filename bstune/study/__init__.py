@@ -8,7 +8,7 @@ from bstune.study._prior import Prior
 from bstune.study._probe import ProbeResult, ProbeSettings, lr_range_test, probe_space, run_probe
 from bstune.study._probe_function import probe_function, probe_params
 from bstune.study._pruners import PRUNERS, make_pruner
-from bstune.study._ray import RayBackend, RaySettings, import_ray
+from bstune.study._ray import RayBackend, RaySettings, import_ray, use_auth_token
 from bstune.study._records import StudyResult, TrialRecord, TrialStatus
 from bstune.study._settings import StudySettings
 from bstune.study._storage import open_storage, storage_file
@@ -54,5 +54,6 @@ __all__ = [
     "run_probe",
     "split_params",
     "storage_file",
+    "use_auth_token",
     "worker_devices",
 ]
