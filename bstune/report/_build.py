@@ -449,8 +449,9 @@ def _capped_at_ceiling(table: list[tuple[int, float]], probe: ProbeResult | None
 def _lr_exponent(result: StudyData, best: Mapping[str, Any]) -> tuple[str, float]:
     """The optimizer family of the recommended config and the exponent α of its LR rule: 1 for SGD; for the
     Adam family, the α the study's prior used, else the default (``PriorSettings.adam_alpha``). A training
-    function's config names no optimizer: SGD's rule."""
-    family = str(best.get("optimizer") or "sgd")
+    function's config names no optimizer: the search space's family, which the result keeps (SGD's rule for a
+    result written before it did)."""
+    family = str(best.get("optimizer") or getattr(result, "optimizer", None) or "sgd")
     if family == "sgd":
         return family, 1.0
     alpha = getattr(getattr(result, "prior", None), "alpha", None)

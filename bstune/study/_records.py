@@ -116,6 +116,9 @@ class StudyResult:
     directions: dict[str, str] = field(default_factory=dict)
     # the direct measurement of B_crit (CriticalBatchMeasurement.to_dict()), with critical_batch="measure"
     critical_measured: dict[str, Any] | None = None
+    # the search space's optimizer family: a training function's best_config does not name the optimizer it
+    # built, and the report's LR table follows the family's rule (None: a result written by an older bstune)
+    optimizer: str | None = None
 
     def metric_names(self) -> list[str]:
         """The quantities this study recorded, by the names a target or an objective uses."""
@@ -200,6 +203,7 @@ class StudyResult:
                 "prior": self.prior.to_dict() if self.prior else None,
                 "trials": [t.to_dict() for t in self.trials],
                 "critical_measured": self.critical_measured,
+                "optimizer": self.optimizer,
             }
         )
 
@@ -222,6 +226,7 @@ class StudyResult:
             rescored=[Rescored.from_dict(r) for r in data.get("rescored", [])],
             directions={str(k): str(Direction(v)) for k, v in data.get("directions", {}).items()},
             critical_measured=data.get("critical_measured"),
+            optimizer=data.get("optimizer"),
         )
 
     @classmethod

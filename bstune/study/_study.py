@@ -555,6 +555,7 @@ class Study:
                 else handed_over_to_function(best)
             ),
             best_value=best_value,
+            optimizer=self.space.optimizer.family,
             best_trial=best.number,
             trials=trials,
             probe=self.probe,

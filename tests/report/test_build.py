@@ -333,3 +333,28 @@ def test_the_lr_table_never_goes_past_the_range_tests_ceiling() -> None:
     assert "capped_at" in rows[32] and "capped_at" not in rows[64] and "capped_at" in rows[2048]
     md = render_markdown(report.data)
     assert f"| 2048 | 0.4 (the rule gives {rule[2048]:.3g}, above the LR range test's ceiling 0.4 at B=256) |" in md
+
+
+def test_a_training_functions_adamw_study_gets_the_adam_familys_lr_rule() -> None:
+    """A training function's best config names no optimizer (the loop built its own): the table used SGD's
+    linear rule for a space declaring AdamW. The result keeps the space's family, and the table its rule."""
+    from bstune.space import PriorSettings
+
+    def s_of(b: float) -> float:
+        return 1 / (1 / b + 1 / B_CRIT)
+
+    result = dataclasses.replace(_result(), optimizer="adamw")
+    assert "optimizer" not in result.best_config
+    table = {
+        r["batch_size"]: r["lr"]
+        for r in build_report(result, {"metric": "train_loss", "value": TARGET}).recommended["lr_table"]
+    }
+    alpha = PriorSettings().adam_alpha
+    assert table[256] / table[16] == pytest.approx((s_of(256) / s_of(16)) ** alpha, rel=0.05)
+    assert StudyResult.from_dict(json.loads(json.dumps(result.to_dict()))).optimizer == "adamw"
+    old = _result()  # written before results kept the family: SGD's rule, as before
+    table = {
+        r["batch_size"]: r["lr"]
+        for r in build_report(old, {"metric": "train_loss", "value": TARGET}).recommended["lr_table"]
+    }
+    assert table[256] / table[16] == pytest.approx(s_of(256) / s_of(16), rel=0.05)

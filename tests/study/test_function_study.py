@@ -69,7 +69,10 @@ def test_the_spaces_fixed_optimizer_settings_reach_the_loop_and_another_optimize
 
     space = SPACE | {"name": "fixed-opt", "optimizer": {"family": "sgd", "momentum": 0.5, "weight_decay": 1e-3}}
     with caplog.at_level("WARNING", logger="bstune.optim"):
-        bstune.Study(adam_loop, space, **(ARGS | {"n_trials": 2, "rescore_top": 0, "study_name": "adam"})).run()
+        result = bstune.Study(
+            adam_loop, space, **(ARGS | {"n_trials": 2, "rescore_top": 0, "study_name": "adam"})
+        ).run()
+    assert result.optimizer == "sgd"  # the space's family, which the report's LR table follows
     assert seen and all(c["momentum"] == 0.5 and c["weight_decay"] == 1e-3 for c in seen)
     said = [r.getMessage() for r in caplog.records if "the loop's optimizer is Adam" in r.getMessage()]
     assert len(said) == 1 and "declares optimizer family 'sgd'" in said[0]  # once, not once per trial
