@@ -53,6 +53,7 @@ from bstune.study._probe import (
     step_rate,
     trajectory_rows,
 )
+from bstune.study._trial import returned_early
 from bstune.training import LRRamp, RunStatus, TrainConfig, TrainResult, TrialContext, run_function
 
 __all__ = ["probe_function", "probe_params"]
@@ -243,6 +244,11 @@ def _probe(
             freeze_from=train_samples,
         )
         bar.update(1)
+    if result.status is RunStatus.COMPLETED and result.samples < train_samples + measure:
+        raise ConfigError(
+            f"the probe run at batch_size={batch}: {returned_early(result.samples, train_samples + measure)}",
+            source="probe",
+        )
     if result.status is not RunStatus.COMPLETED:
         raise ConfigError(
             f"the probe run at batch_size={batch}, lr={lr_probe:.3g} ended {result.status.value}: {result.message}; "

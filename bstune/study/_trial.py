@@ -43,6 +43,7 @@ __all__ = [
     "build_model",
     "completed_outcome",
     "milestone_index",
+    "returned_early",
     "run_trial",
     "split_params",
     "task_runner",
@@ -415,7 +416,9 @@ def run_trial(
         )
     status = trial_status(result.status)
     value = sign * best if math.isfinite(best) else None
-    if status == TrialStatus.COMPLETED and value is None:
+    if status == TrialStatus.COMPLETED and 0 <= result.samples < plan.config.max_samples:
+        status, message = TrialStatus.FAILED, returned_early(result.samples, plan.config.max_samples)
+    elif status == TrialStatus.COMPLETED and value is None:
         status, message = TrialStatus.FAILED, _no_objective(result, objective)
     else:
         message = result.message
@@ -428,6 +431,20 @@ def run_trial(
         history=[history_row(r) for r in result.history],
         message=message,
         n_train=result.n_train,
+    )
+
+
+def returned_early(samples: int, budget: int) -> str:
+    """Why a training function's run that returned before its budget was spent is no finished trial: the
+    trials are compared at equal training samples, and this one trained fewer (a loop over its own epochs).
+
+    Example:
+        >>> returned_early(1920, 10000)[:52]
+        'the function returned after 1,920 of its 10,000 samp'
+    """
+    return (
+        f"the function returned after {samples:,} of its {budget:,} samples; the trials are compared at equal "
+        "samples, so loop over ctx.loader(...) to its end (it ends when the budget is spent) or while not ctx.done"
     )
 
 

@@ -326,3 +326,33 @@ def test_a_functions_probe_cost_is_warned_about_from_what_it_spent_not_from_the_
     assert result.probe is not None and result.probe.samples_used > 300
     (warning,) = [r.getMessage() for r in caplog.records if "the probe" in r.getMessage()]
     assert f"the probe trained on {result.probe.samples_used:,} samples" in warning and "mostly measures" in warning
+
+
+def test_a_loop_that_returns_before_its_budget_is_spent_is_no_finished_trial() -> None:
+    """A loop over its own epochs stops short of the budget: its trial was recorded "completed", ranked
+    against trials that trained twice as long, and could be recommended. It is failed, saying why; in the
+    prior mode the probe said the noise tracker was missing."""
+
+    def epochs(ctx: TrialContext) -> None:
+        model = net().to(ctx.device)
+        opt = ctx.make_optimizer(model.parameters())
+        sched = ctx.lr_scheduler(opt)
+        noise = ctx.noise_tracker(model)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            noise.observe()
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+            if ctx.at_milestone():
+                with torch.no_grad():
+                    ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+            if ctx.samples >= 1500:  # "two epochs"
+                return
+
+    with pytest.raises(StudyFailedError, match=r"the function returned after 1,5\d\d of its 4,096 samples"):
+        bstune.Study(epochs, SPACE, **(ARGS | {"n_trials": 2})).run()
+    with pytest.raises(ConfigError, match=r"probe: the probe run at batch_size=\d+: the function returned after"):
+        bstune.Study(epochs, SPACE, **(ARGS | {"n_trials": 2, "mode": "prior", "study_name": "p"})).run()
