@@ -529,8 +529,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
             "where B_simple takes the Hessian to be isotropic"
         )
     print(
-        f"LR ceiling {probe.lr_ceiling:.3g} at B={probe.batch_size}, {probe.lr_ceiling_large:.3g} at "
-        f"B={probe.large_batch}; probe run at lr {probe.lr_probe:.3g} "
+        f"LR ceiling {'>=' if probe.lr_ceiling_at_max else ''}{probe.lr_ceiling:.3g} at B={probe.batch_size}, "
+        f"{'>=' if probe.lr_ceiling_large_at_max else ''}{probe.lr_ceiling_large:.3g} at "
+        f"B={probe.large_batch}{' (>=: the test reached lr.max unbroken)' if probe.lr_ceiling_at_max else ''}; "
+        f"probe run at lr {probe.lr_probe:.3g} "
         f"(effective temperature lr/(B(1-m)) {probe.temperature:.3g}, m = SGD momentum, 0 for Adam)"
     )
     print(

@@ -209,6 +209,10 @@ class ProbeResult:
     curvature: dict[str, Any] | None = None
     # the training set's size: a task's, or what a training function's ctx.loader held (None: not known)
     n_train: int | None = None
+    # the range test (at batch_size; at large_batch) reached the space's lr.max with the loss still under
+    # twice its best: its ceiling is lr.max, a lower bound of the true one (False in older results)
+    lr_ceiling_at_max: bool = False
+    lr_ceiling_large_at_max: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -188,6 +188,7 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
             "trajectory": probe.trajectory if probe else [],
             "temperature": probe.temperature if probe else None,
             "lr_ceiling": probe.lr_ceiling if probe else None,
+            "lr_ceiling_at_max": probe.lr_ceiling_at_max if probe else None,  # then a lower bound: lr.max
             **_curvature_fields(probe),
         }
         if probe
@@ -434,14 +435,18 @@ def _capped_at_ceiling(table: list[tuple[int, float]], probe: ProbeResult | None
         return [{"batch_size": bb, "lr": lr} for bb, lr in table]
     rows: list[dict[str, Any]] = []
     for bb, lr in table:
-        at, ceiling = (
-            (probe.batch_size, probe.lr_ceiling)
+        at, ceiling, at_max = (
+            (probe.batch_size, probe.lr_ceiling, probe.lr_ceiling_at_max)
             if bb <= probe.batch_size
-            else (probe.large_batch, max(probe.lr_ceiling_large, probe.lr_ceiling))
+            else (
+                probe.large_batch,
+                max(probe.lr_ceiling_large, probe.lr_ceiling),
+                probe.lr_ceiling_large_at_max or probe.lr_ceiling_at_max,
+            )
         )
         row: dict[str, Any] = {"batch_size": bb, "lr": lr}
-        if lr > ceiling:
-            row.update(lr=ceiling, rule_lr=lr, capped_at={"lr_ceiling": ceiling, "batch_size": at})
+        if lr > ceiling:  # at lr.max unbroken: no rate above it was searched or tested
+            row.update(lr=ceiling, rule_lr=lr, capped_at={"lr_ceiling": ceiling, "batch_size": at, "lr_max": at_max})
         rows.append(row)
     return rows
 

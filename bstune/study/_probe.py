@@ -438,6 +438,8 @@ def _run_probe(
         batch_size=batch,
         lr_ceiling=ceiling,
         lr_ceiling_large=ceiling_big,
+        lr_ceiling_at_max=ceiling >= lr_max * _TOP,
+        lr_ceiling_large_at_max=ceiling_big >= lr_max * _TOP,
         large_batch=big,
         lr_probe=lr_probe,
         b_simple=est.b_simple,

@@ -418,6 +418,13 @@ class Study:
                 logger.info("the training set has %d examples: batch sizes capped there", probe.n_train)
                 self.batch_cap = probe.n_train
         self.prior = prior = Prior.for_space(probe, self.space, self.batch_cap)
+        if probe.lr_ceiling_at_max:
+            logger.warning(
+                "the LR range test at B=%d reached the space's lr.max (%.3g) with the loss still falling: the LR "
+                "ceiling, and the lr rule anchored on it, are lower bounds; raise lr.max to let the probe find it",
+                probe.batch_size,
+                probe.lr_ceiling,
+            )
         logger.info(
             "prior: B in [%d, %d] around B_noise=%.4g; lr rule eta*(%d)=%.3g",
             prior.batch_low,

@@ -35,9 +35,15 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
         hi_text = "inf" if hi is None else f"{hi:.4g}"
         lines.append(
             f"probe: B_simple {probe['b_simple']:.4g} (90% CI {lo:.4g} .. {hi_text}) at lr "
-            f"{probe['lr_probe']:.3g}; LR ceiling {probe['lr_ceiling']:.3g} at B={probe['batch_size']}, "
-            f"{probe['lr_ceiling_large']:.3g} at B={probe['large_batch']}"
+            f"{probe['lr_probe']:.3g}; LR ceiling {_ceiling(probe['lr_ceiling'], probe.get('lr_ceiling_at_max'))} "
+            f"at B={probe['batch_size']}, {_ceiling(probe['lr_ceiling_large'], probe.get('lr_ceiling_large_at_max'))}"
+            f" at B={probe['large_batch']}"
         )
+        if probe.get("lr_ceiling_at_max"):
+            lines.append(
+                "  the LR range test reached the space's lr.max with the loss still falling: the ceiling, and the "
+                "lr rule anchored on it, are lower bounds; raise lr.max to let the probe find it"
+            )
         lines.append(
             f"prior: first trials drawn from batch sizes {prior['batch_low']}..{prior['batch_high']}"
             + (f" (the search: {prior['search_low']}..{prior['search_high']})" if prior.get("search_low") else "")
@@ -88,3 +94,8 @@ def _counts(trials: list[dict[str, Any]]) -> str:
 
 def _num(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _ceiling(value: float, at_max: bool | None) -> str:
+    """A range test's ceiling, or where it ran to the space's lr.max unbroken, that bound (``>=``)."""
+    return f">={value:.3g} (lr.max)" if at_max else f"{value:.3g}"

@@ -327,6 +327,7 @@ def test_the_lr_table_never_goes_past_the_range_tests_ceiling() -> None:
             assert row["rule_lr"] == pytest.approx(rule[b]) and row["capped_at"] == {
                 "lr_ceiling": bound,
                 "batch_size": at,
+                "lr_max": False,
             }
         else:
             assert "capped_at" not in row, b
@@ -358,3 +359,16 @@ def test_a_training_functions_adamw_study_gets_the_adam_familys_lr_rule() -> Non
         for r in build_report(old, {"metric": "train_loss", "value": TARGET}).recommended["lr_table"]
     }
     assert table[256] / table[16] == pytest.approx(s_of(256) / s_of(16), rel=0.05)
+
+
+def test_a_capped_row_at_a_ceiling_that_is_lr_max_says_so() -> None:
+    """A range test that ran to the space's lr.max with the loss still falling measured no ceiling: the
+    newcomer's rows said "above the LR range test's ceiling 0.1", which was lr.max."""
+    probe = _probe(batch_size=32, lr_ceiling=0.15, large_batch=256, lr_ceiling_large=0.15)
+    probe = dataclasses.replace(probe, lr_ceiling_at_max=True, lr_ceiling_large_at_max=True)
+    report = build_report(dataclasses.replace(_result(), probe=probe), {"metric": "train_loss", "value": TARGET})
+    row = next(r for r in report.recommended["lr_table"] if r["batch_size"] == 2048)
+    assert row["lr"] == 0.15 and row["capped_at"]["lr_max"] is True
+    md = render_markdown(report.data)
+    assert "above the space's lr.max, where the LR range test at B=256 still trained: raise lr.max" in md
+    assert report.data["noise_scale"]["lr_ceiling_at_max"] is True

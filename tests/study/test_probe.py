@@ -300,6 +300,8 @@ def test_the_large_batch_test_is_skipped_when_the_first_never_blew_up(monkeypatc
     )
     assert calls == [probe.batch_size]  # one range test
     assert probe.lr_ceiling == probe.lr_ceiling_large == pytest.approx(0.3)  # what the second would have given
+    assert probe.lr_ceiling_at_max and probe.lr_ceiling_large_at_max  # lr.max, a lower bound: the report says so
+    assert ProbeResult.from_dict(probe.to_dict()).lr_ceiling_at_max
 
 
 def test_one_slow_step_does_not_move_the_measured_throughput() -> None:
