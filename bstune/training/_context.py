@@ -109,6 +109,22 @@ class _BatchIndices(torch.utils.data.Sampler[list[int]]):
         return max(1, self.n // self.batch_size)
 
 
+_other_scheduler_said = False  # said once per process, not once per trial
+
+
+def _say_other_scheduler(set_lr: float, found_lr: float) -> None:
+    global _other_scheduler_said
+    _other_scheduler_said = True
+    logger.warning(
+        "the optimizer's learning rate changed between two steps of ctx.lr_scheduler (%.4g set, %.4g found): "
+        "another scheduler (or the loop) sets it too. The trial's rate is the study's to set, from the space's "
+        "lr, schedule and warmup_samples; drop the other scheduler, or the trials and the probe's range test "
+        "train at rates the study does not know",
+        set_lr,
+        found_lr,
+    )
+
+
 class TrialLRScheduler:
     """Sets the optimizer's learning rate for each step: the trial's warmup and decay, or the probe's ramp.
 
@@ -127,8 +143,14 @@ class TrialLRScheduler:
         lr = self.ctx._lr_of_step(self.last_step)
         for group, scale in zip(self.optimizer.param_groups, self._scale, strict=True):
             group["lr"] = lr * scale
+        self._set = [float(group["lr"]) for group in self.optimizer.param_groups]
 
     def step(self) -> None:
+        found = [float(group["lr"]) for group in self.optimizer.param_groups]
+        if not _other_scheduler_said and any(
+            not math.isclose(f, s, rel_tol=1e-9, abs_tol=0.0) for f, s in zip(found, self._set, strict=False)
+        ):
+            _say_other_scheduler(self._set[0], found[0])
         self.last_step += 1
         self._apply()
 

@@ -298,3 +298,34 @@ def test_the_still_phase_measures_the_exact_noise_scale_of_where_training_stoppe
     assert est.n_examples == 3200 - 3200 % 16 and 0.5 < est.b_simple / exact.b_simple < 2.0
     # the trajectory stops where the still phase begins; the parameters did not move after it
     assert all(p.samples <= 960 for p in ctx._tracker.tracker.trajectory)  # type: ignore[union-attr]
+
+
+def test_a_second_scheduler_beside_the_trials_is_named_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newcomer kept their CosineAnnealingLR beside ctx.lr_scheduler: the two fought over the rate without a
+    word (the probe's B_simple moved 2x). The loop's own schedule alone says nothing."""
+    from bstune.training import _context
+
+    def two(ctx: TrialContext) -> None:
+        model = net()
+        opt = ctx.make_optimizer(model.parameters())
+        sched, mine = ctx.lr_scheduler(opt), torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=50)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mine.step()
+            sched.step()
+            ctx.step(loss)
+
+    monkeypatch.setattr(_context, "_other_scheduler_said", False)
+    config = TrainConfig(batch_size=32, lr=0.1, max_samples=1024)
+    with caplog.at_level("WARNING", logger="bstune.training._context"):
+        run_function(loop, config)
+        assert not caplog.records
+        run_function(two, config)
+        run_function(two, config)
+    said = [r.getMessage() for r in caplog.records if "another scheduler" in r.getMessage()]
+    assert len(said) == 1 and "0.1 set" in said[0], said
