@@ -223,6 +223,9 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
     measured_fit = _measured_fit(measured)
     if measured_fit is not None and (measured_fit.identified or fit is None or not fit.identified):
         advice, critical["advice_from"] = measured_fit, "measured"
+    elif measured:  # measured, and set aside: say why, where the measurement's paragraph would claim the advice
+        why = "; ".join(measured_fit.unidentified_because()) if measured_fit is not None else "it gives no fit"
+        critical["measured_set_aside"] = f"the whole run's fit does not identify B_crit ({why})"
 
     throughput = dict(probe.throughput) if probe else {}
     data["throughput"] = {

@@ -61,14 +61,16 @@ def _target(cb: dict[str, Any]) -> str:
     return f"{cb['metric']} {side} {_n(cb.get('target'))}"
 
 
-def _measured(m: dict[str, Any]) -> list[str]:
+def _measured(m: dict[str, Any], set_aside: str | None = None) -> list[str]:
     """The direct measurement's paragraph and its trajectory table (the section's lead)."""
     ref = m["reference"]
     whole = m.get("whole")
     settings = m.get("settings", {})
     seeds = settings.get("seeds", 2)
     head = (
-        f"**Measured directly** (the most reliable number here): from the recommended config (batch size "
+        "**Measured directly**"
+        + ("" if set_aside else " (the most reliable number here)")
+        + f": from the recommended config (batch size "
         f"{ref['batch_size']}, learning rate {_n(ref['lr'], '.3g')}) trained at a constant rate for "
         f"{ref['budget_samples']:,} samples, branches at batch sizes {', '.join(str(b) for b in m['ladder'])} "
         f"and {seeds} seeds each, from initialisation to the reference's final loss and from checkpoints to the "
@@ -77,8 +79,13 @@ def _measured(m: dict[str, Any]) -> list[str]:
     if whole:
         head += (
             f"For the whole run, from initialisation to train_loss {_n(m['final_loss'], '.4g')}: {whole['summary']}. "
-            "This is the number the recommendation's batch-size advice should rest on: its interval holds the "
-            "scatter between the seeds."
+            + (
+                f"The recommendation's batch-size advice (LR table, compute-optimal batch size) rests on the "
+                f"trials' fit instead: {set_aside}."
+                if set_aside
+                else "The recommendation's batch-size advice rests on this number: its interval holds the "
+                "scatter between the seeds."
+            )
         )
     else:
         head += f"The whole run gives no fit: {m.get('whole_error')}."
@@ -215,7 +222,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     out += ["", "## Critical batch size", ""]
     measured = cb.get("measured")
     if measured:
-        out += _measured(measured)
+        out += _measured(measured, cb.get("measured_set_aside"))
         out += _schedule(cb.get("schedule"))
         out += [
             "",

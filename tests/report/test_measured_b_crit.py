@@ -57,3 +57,23 @@ def test_the_schedule_grows_with_the_measured_b_crit_and_applies_the_lr_rule(mea
         rule = 1 / (1 / s["batch_size"] + 1 / s["b_crit"]) / (1 / (1 / ref_batch + 1 / s["b_crit"]))
         assert s["lr"] == pytest.approx(ref_lr * rule, rel=1e-6)
     assert schedule["batch_schedule"][0] == [0, 16, stages[0]["lr"]]
+
+
+def test_a_measurement_that_does_not_identify_b_crit_does_not_claim_the_advice(measured: dict[str, object]) -> None:
+    """The section said of the measurement "the number the batch-size advice should rest on" while the LR
+    table and the compute-optimal batch followed the trials' fit, which the report chose because the
+    measurement's whole-run fit did not identify B_crit. It now says which, and why."""
+    trials = [
+        _trial(i, b, 500 * (1 + 40 / b) * n) for i, (b, n) in enumerate(zip((8, 16, 32, 64, 128), NOISE, strict=True))
+    ]
+    ladder = [int(p["batch_size"]) for p in measured["whole_points"]]  # type: ignore[index]
+    flat = [  # steps still fall as 1/B over the whole ladder: B_crit beyond it, not identified
+        {"batch_size": b, "steps": 6400 / b, "samples": 6400.0, "lr": 0.1, "lower_bound": False} for b in ladder
+    ]
+    study = dataclasses.replace(_study(trials), critical_measured=measured | {"whole_points": flat})
+    report = build_report(study, {"metric": "train_loss", "value": TARGET})
+    cb = report.data["critical_batch"]
+    assert cb["advice_from"] == "fitted" and "does not identify B_crit" in cb["measured_set_aside"]
+    md = report.to_markdown()
+    assert "rests on the trials' fit instead: the whole run's fit does not identify B_crit (" in md
+    assert "should rest on" not in md and "the most reliable number here" not in md
