@@ -289,7 +289,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
         "## Trials",
         "",
-        "Effective temperature η/(B(1−m)) as each trial recorded it (m = SGD momentum; 0 for Adam-family optimizers).",
+        "Effective temperature η/(B(1−m)) as each trial recorded it (m = SGD momentum; 0 for Adam-family optimizers). "
+        f"A trial's value is the best {study.get('objective', 'objective')} over its evaluations (a pruned trial's, "
+        "over those it reached), as the study compared trials; its last evaluation is in report.json's history.",
         *_training_set_line(study.get("n_train")),
         "",
         "| # | status | batch | lr | η/(B(1−m)) | value | samples |",

@@ -72,6 +72,7 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
         )
         lines.append(f"... {len(hidden)} more trials ({_counts(hidden)}) not shown; {how}")
     lines.append("     lr/(B(1-m)): effective temperature, m = SGD momentum (0 for Adam-family optimizers)")
+    lines.append(f"     {result['objective']}: the best over the trial's evaluations, not its last")
     settings = {k: v for k, v in result["best_config"].items() if k != "temperature"}  # derived, in older results
     best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
     chosen = next((r for r in result.get("rescored") or [] if r.get("trial") == result.get("best_trial")), None)
