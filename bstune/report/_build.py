@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -418,14 +418,25 @@ def _recommend(result: StudyData, fit: CriticalBatchFit | None, advice: Critical
         sizes = sorted({2**k for k in range(0, 20) if advice.batch_min / 2 <= 2**k <= 2 * advice.batch_max} | {b})
         family, alpha = _lr_exponent(result, best)
         kind, b_rule, rec["lr_rule"] = _lr_rule(advice, b, float(best["lr"]), alpha)
-        rec["lr_table"] = _capped_at_ceiling(lr_table(b_rule, b, float(best["lr"]), sizes, family, alpha), result.probe)
+        trained = [
+            (int(t.batch_size), float(t.lr))
+            for t in result.trials
+            if t.status == TrialStatus.COMPLETED and t.batch_size is not None and t.lr is not None
+        ]
+        rec["lr_table"] = _capped_at_ceiling(
+            lr_table(b_rule, b, float(best["lr"]), sizes, family, alpha), result.probe, trained
+        )
         rec["lr_rule_kind"] = kind
         if kind == "fitted_b_crit":
             rec["lr_rule_b_crit"] = b_rule
     return rec
 
 
-def _capped_at_ceiling(table: list[tuple[int, float]], probe: ProbeResult | None) -> list[dict[str, Any]]:
+def _capped_at_ceiling(
+    table: list[tuple[int, float]],
+    probe: ProbeResult | None,
+    trained: Sequence[tuple[int, float]] = (),
+) -> list[dict[str, Any]]:
     """The LR table's rows, none above the LR range tests' ceiling at its batch size.
 
     The rule extrapolates: linear in B when the data do not identify B_crit, it doubles the
@@ -433,6 +444,8 @@ def _capped_at_ceiling(table: list[tuple[int, float]], probe: ProbeResult | None
     ceiling only rises with the batch size, so the larger test's (``lr_ceiling_large``, at
     ``large_batch``) bounds every batch size up to it; beyond it nothing was measured, and
     the largest ceiling seen stays the bound. A capped row keeps the rule's rate beside it.
+    The range test is no hard bound: a completed trial (``trained``: batch size, rate) that
+    trained at a higher rate at a batch size up to the row's raises the row's bound to it.
     """
     if probe is None:
         return [{"batch_size": bb, "lr": lr} for bb, lr in table]
@@ -448,8 +461,13 @@ def _capped_at_ceiling(table: list[tuple[int, float]], probe: ProbeResult | None
             )
         )
         row: dict[str, Any] = {"batch_size": bb, "lr": lr}
+        shown = max((r for b, r in trained if b <= bb), default=0.0)
+        by_trial = shown > ceiling
+        if by_trial:
+            at, ceiling, at_max = next(b for b, r in trained if b <= bb and r == shown), shown, False
         if lr > ceiling:  # at lr.max unbroken: no rate above it was searched or tested
-            row.update(lr=ceiling, rule_lr=lr, capped_at={"lr_ceiling": ceiling, "batch_size": at, "lr_max": at_max})
+            cap = {"lr_ceiling": ceiling, "batch_size": at, "lr_max": at_max}
+            row.update(lr=ceiling, rule_lr=lr, capped_at=cap | ({"by_trial": True} if by_trial else {}))
         rows.append(row)
     return rows
 

@@ -24,6 +24,11 @@ def _lr_cell(row: dict[str, Any]) -> str:
     if "capped_at" not in row:
         return _n(row["lr"], ".3g")
     cap = row["capped_at"]
+    if cap.get("by_trial"):
+        return (
+            f"{_n(row['lr'], '.3g')} (the rule gives {_n(row['rule_lr'], '.3g')}, above the LR range test's ceiling "
+            f"and the highest rate a completed trial trained at, {_n(cap['lr_ceiling'], '.3g')} at B={cap['batch_size']})"
+        )
     if cap.get("lr_max"):
         return (
             f"{_n(row['lr'], '.3g')} (the rule gives {_n(row['rule_lr'], '.3g')}, above the space's lr.max, "

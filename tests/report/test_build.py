@@ -314,7 +314,7 @@ def test_the_lr_table_never_goes_past_the_range_tests_ceiling() -> None:
     B=1024, with the range test's ceiling 1.79 at B=512. The ceiling only rises with B, so the test at a
     batch size bounds every row up to it, and the largest ceiling seen bounds the rows beyond."""
     result = dataclasses.replace(
-        _result(), probe=_probe(batch_size=32, lr_ceiling=0.15, large_batch=256, lr_ceiling_large=0.4)
+        _slow_trials(_result()), probe=_probe(batch_size=32, lr_ceiling=0.15, large_batch=256, lr_ceiling_large=0.4)
     )
     report = build_report(result, {"metric": "train_loss", "value": TARGET})
     rows = {row["batch_size"]: row for row in report.recommended["lr_table"]}
@@ -366,9 +366,44 @@ def test_a_capped_row_at_a_ceiling_that_is_lr_max_says_so() -> None:
     newcomer's rows said "above the LR range test's ceiling 0.1", which was lr.max."""
     probe = _probe(batch_size=32, lr_ceiling=0.15, large_batch=256, lr_ceiling_large=0.15)
     probe = dataclasses.replace(probe, lr_ceiling_at_max=True, lr_ceiling_large_at_max=True)
-    report = build_report(dataclasses.replace(_result(), probe=probe), {"metric": "train_loss", "value": TARGET})
+    report = build_report(
+        dataclasses.replace(_slow_trials(_result()), probe=probe), {"metric": "train_loss", "value": TARGET}
+    )
     row = next(r for r in report.recommended["lr_table"] if r["batch_size"] == 2048)
     assert row["lr"] == 0.15 and row["capped_at"]["lr_max"] is True
     md = render_markdown(report.data)
     assert "above the space's lr.max, where the LR range test at B=256 still trained: raise lr.max" in md
     assert report.data["noise_scale"]["lr_ceiling_at_max"] is True
+
+
+def _slow_trials(result: StudyResult) -> StudyResult:
+    """The same study with every trial trained at a thousandth of its rate (far below any ceiling here); the
+    LR table is anchored on the best config, which keeps its rate."""
+    return dataclasses.replace(result, trials=[dataclasses.replace(t, lr=t.lr * 1e-3) for t in result.trials])
+
+
+def test_a_rate_a_completed_trial_trained_at_raises_the_lr_tables_bound() -> None:
+    """The range test is no hard bound: a trial completed at 0.743 at B=21 above the ceiling 0.702 measured
+    at B=64. A row is never capped below a rate a completed trial trained at, at a batch size up to its own."""
+    result = _slow_trials(_result())
+    fast = dataclasses.replace(result.trials[1], lr=0.3)  # B=32, completed, above the 0.15 ceiling
+    result = dataclasses.replace(
+        result,
+        trials=[result.trials[0], fast, *result.trials[2:]],
+        probe=_probe(batch_size=32, lr_ceiling=0.15, large_batch=256, lr_ceiling_large=0.4),
+    )
+    report = build_report(result, {"metric": "train_loss", "value": TARGET})
+    rows = {r["batch_size"]: r for r in report.recommended["lr_table"]}
+    assert rows[16]["lr"] <= 0.15 and rows[32]["lr"] > 0.15  # from B=32 on, 0.3 is known to train
+    assert "capped_at" not in rows[32] or rows[32]["lr"] == pytest.approx(0.3)
+    capped = rows[2048]["capped_at"]  # the larger test's 0.4 is above 0.3: its bound stands
+    assert capped == {"lr_ceiling": 0.4, "batch_size": 256, "lr_max": False}
+    low = build_report(
+        dataclasses.replace(
+            result, probe=_probe(batch_size=32, lr_ceiling=0.15, large_batch=256, lr_ceiling_large=0.2)
+        ),
+        {"metric": "train_loss", "value": TARGET},
+    )
+    row = {r["batch_size"]: r for r in low.recommended["lr_table"]}[2048]
+    assert row["lr"] == pytest.approx(0.3) and row["capped_at"]["by_trial"] is True
+    assert "the highest rate a completed trial trained at, 0.3 at B=32" in render_markdown(low.data)
