@@ -110,6 +110,7 @@ class _BatchIndices(torch.utils.data.Sampler[list[int]]):
 
 
 _other_scheduler_said = False  # said once per process, not once per trial
+_late_report_said = False  # a report a step or more past its milestone: said once per process
 
 
 def _say_other_scheduler(set_lr: float, found_lr: float) -> None:
@@ -406,6 +407,7 @@ class TrialContext:
         self._warned_between = False
         self._evaluated = False
         self._tracker: LoopNoiseTracker | None = None
+        self._step_samples = 0  # the last step's samples (ctx.step)
 
     # -- what the function reads -----------------------------------------------------
     @property
@@ -566,7 +568,8 @@ class TrialContext:
         self._last_step_at, self._evaluated = now, False
         value = None if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         self.steps += 1
-        self.samples += self.batch_size if samples is None else int(samples)
+        self._step_samples = self.batch_size if samples is None else int(samples)
+        self.samples += self._step_samples
         if value is not None:
             if self._ramp is not None:
                 return self._ramp_step(value)
@@ -596,6 +599,17 @@ class TrialContext:
                 )
                 self._warned_between = True
             return
+        global _late_report_said
+        if not _late_report_said and self.samples - reached[-1] >= max(self._step_samples, 1):
+            _late_report_said = True
+            logger.warning(
+                "ctx.report() at %s samples is recorded for the milestone at %s, passed %s samples (a step or "
+                "more) earlier: trials are compared at their milestones, so evaluate when ctx.at_milestone() "
+                "is True, not every N steps of your own (said once)",
+                f"{self.samples:,}",
+                f"{reached[-1]:,}",
+                f"{self.samples - reached[-1]:,}",
+            )
         self._next += len(reached)
         self._record(reached[-1], metrics)
 

@@ -329,3 +329,36 @@ def test_a_second_scheduler_beside_the_trials_is_named_once(
         run_function(two, config)
     said = [r.getMessage() for r in caplog.records if "another scheduler" in r.getMessage()]
     assert len(said) == 1 and "0.1 set" in said[0], said
+
+
+def test_a_report_a_step_or_more_past_its_milestone_is_named_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newcomer evaluated every 50 steps of their own: each report was recorded for the milestone it
+    passed, thousands of samples late, so trials were compared at different points, without a word."""
+    from bstune.training import _context
+
+    def every_7_steps(ctx: TrialContext) -> None:
+        model = net()
+        opt = ctx.make_optimizer(model.parameters())
+        sched = ctx.lr_scheduler(opt)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+            if ctx.steps % 7 == 0:
+                with torch.no_grad():
+                    ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+
+    monkeypatch.setattr(_context, "_late_report_said", False)
+    config = TrainConfig(batch_size=32, lr=0.1, max_samples=2048, eval_every_samples=256)
+    with caplog.at_level("WARNING", logger="bstune.training._context"):
+        run_function(loop, config)
+        assert not [r for r in caplog.records if "recorded for the milestone" in r.getMessage()]
+        run_function(every_7_steps, config)
+        run_function(every_7_steps, config)
+    said = [r.getMessage() for r in caplog.records if "recorded for the milestone" in r.getMessage()]
+    assert len(said) == 1 and "ctx.at_milestone()" in said[0], said
