@@ -74,7 +74,9 @@ FILES: dict[str, str] = {
     "keep/notes.txt": "a folder with something in it before the run\n",
     "old.log": stored_study("name: s\nbatch_size: {min: 8, max: 64}\n", 30_000),  # the study ok.yaml made
     "decay.yaml": (
-        "name: s\nbatch_size: {min: 8, max: 64}\nparams:\n  weight_decay: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}\n"
+        # lr.max far past where training blows up: the range test finds a ceiling (else it warns that lr.max is one)
+        "name: s\nbatch_size: {min: 8, max: 64}\nlr: {min: 1.0e-3, max: 1.0e+3}\n"
+        "params:\n  weight_decay: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}\n"
     ),
 }
 
