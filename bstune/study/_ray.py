@@ -444,7 +444,10 @@ class RayBackend(TrialBackend):
         self._exp_dir: Path | None = None
         self._resources: dict[str, float] = {}
         self._adopted: dict[str, Any] | None = None  # the probe's run as trial 0 (adopt), as the state file keeps it
-        self._tune_trials: int | None = None  # the trials the Tune experiment was started with (Tune's num_samples)
+        self._tune_trials: int | None = None
+        self._probe: dict[str, Any] | None = (
+            None  # the probe, as the state file keeps it  # the trials the Tune experiment was started with (Tune's num_samples)
+        )
 
     def open(self, spec: StudySpec) -> Resumed:
         """Join the cluster and read the experiment's folder: its settings, probe and re-scoring."""
@@ -470,7 +473,8 @@ class RayBackend(TrialBackend):
         probe = state.get("probe") if state is not None else None
         self._adopted = state.get("adopted") if state is not None else None
         self._tune_trials = state.get("tune_trials") if state is not None else None
-        self._write_state(probe)
+        self._probe = probe
+        self._write_state()
         rescored_file = exp_dir / RESCORED_FILE
         kept = [Rescored.from_dict(d) for d in json.loads(rescored_file.read_text())] if rescored_file.is_file() else []
         critical_file = exp_dir / CRITICAL_FILE
@@ -487,7 +491,8 @@ class RayBackend(TrialBackend):
         return result
 
     def keep_probe(self, probe: ProbeResult) -> None:
-        self._write_state(clean_json(probe.to_dict()))
+        self._probe = clean_json(probe.to_dict())
+        self._write_state()
 
     def adopt(
         self,
@@ -518,8 +523,7 @@ class RayBackend(TrialBackend):
                 "user_attrs": {**plan.attrs(), **outcome.attrs(), FROM_PROBE_ATTR: True},
             }
         )
-        state = _load_state(self._state_file())
-        self._write_state(state.get("probe") if state is not None else None)
+        self._write_state()
         return True
 
     def run_trials(self, planner: TrialPlanner) -> list[TrialRecord]:
@@ -557,8 +561,7 @@ class RayBackend(TrialBackend):
                 )
         else:
             self._tune_trials = n_tune
-            state = _load_state(self._state_file())
-            self._write_state(state.get("probe") if state is not None else None)
+            self._write_state()
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
@@ -638,9 +641,10 @@ class RayBackend(TrialBackend):
         assert self._exp_dir is not None
         return self._exp_dir / STATE_FILE
 
-    def _write_state(self, probe: dict[str, Any] | None) -> None:
+    def _write_state(self) -> None:
+        """The study's state file: its settings, and what this backend holds of the probe, trial 0 and Tune."""
         assert self._spec is not None
-        state: dict[str, Any] = {"settings": self._spec.fingerprint, "probe": probe}
+        state: dict[str, Any] = {"settings": self._spec.fingerprint, "probe": self._probe}
         if self._adopted is not None:
             state["adopted"] = self._adopted
         if self._tune_trials is not None:
