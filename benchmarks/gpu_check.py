@@ -32,15 +32,11 @@ Checks, each independent (one that fails or raises does not stop the others), ea
    bf16 autocast; samples/s per B and the ratio of the last rung to the one before (near 1:
    throughput has saturated).
 
-Time on an H200 machine (estimated, not measured: no GPU was available when this was
-written), ``--quick``: environment < 5 s (CUDA start); AMP ~10 s (three runs of 128 steps of a
-small MLP); OOM ~15-30 s (the failed allocation is immediate; the study's other trials take a
-few steps each at most 2^18 and 512 steps at 1024 of an 8-131072-2 MLP); one trial per GPU
-~30-60 s (spawned workers' CUDA start, then two waves of 2048-4096-step trials); DDP ~30-60 s
-(the ranks' CUDA and NCCL start, for the run and for the study); throughput ~10-20 s. About
-2-3 minutes in all; without ``--quick`` (bigger data, more trials, rungs up to 8192) about 3-5
-minutes; with 8 GPUs more processes start, still well under 10 minutes. On the CPU
-(``--device cpu --quick``, 2 shared cores): 20-60 s.
+Time, measured on one H200 (2026-12-04, without ``--quick``): 39 s for the checks (environment
+5 s, AMP 5 s, OOM 8 s, DDP 13 s, throughput 2 s; one trial per GPU skipped with one GPU), then
+about 20 s for ``pytest -m gpu``. With several GPUs, one trial per GPU and DDP start more
+processes (CUDA and NCCL start for each), still well under 10 minutes. On the CPU
+(``--device cpu --quick``, 2 shared cores): about 50 s.
 
 Writes ``--out`` (default ``benchmarks/results/gpu_check.md``): the table, the machine, the
 date, the git revision and the command. Exits 1 if any check FAILed.
