@@ -15,6 +15,12 @@ times that. Assumed: perfect data-parallel scaling (no communication or
 synchronisation cost, identical workers) and a throughput that does not depend on
 anything but the per-worker batch.
 
+Intervals. The choice of B depends on S(B) only through B_crit (T(B) ∝ (B + B_crit)/throughput(B)
+for one worker), and a larger B_crit never moves it to a smaller B, so its interval is the
+choices at the ends of B_crit's interval (an open end: the choice as B_crit → 0 or ∞). The
+steps and seconds at the chosen B take the fit's interval of S(B) there
+(:meth:`CriticalBatchFit.steps_ci`). Throughput is taken as measured, without its own error.
+
 Throughput is interpolated linearly in log B–log throughput between measured batch
 sizes and never extrapolated: per-worker batches are searched only inside the measured
 range (and inside ``batch_range`` if given). S(B) is the fit's, which *is* extrapolated
@@ -81,6 +87,8 @@ class BatchChoice:
         at_range_edge: the optimum is at an end of the range searched; the true
             optimum may lie beyond it.
         extrapolated: B is outside the batch sizes the fit saw.
+        batch_size_ci: the choice at either end of B_crit's interval (the fit's confidence).
+        steps_ci, seconds_ci: intervals of ``steps`` and ``seconds`` at ``batch_size``.
     """
 
     batch_size: int
@@ -92,6 +100,9 @@ class BatchChoice:
     device_seconds: float
     at_range_edge: bool
     extrapolated: bool
+    batch_size_ci: tuple[int, int]
+    steps_ci: tuple[float, float]
+    seconds_ci: tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -124,16 +135,23 @@ class ComputeOptimal:
     @property
     def summary(self) -> str:
         d, w = self.device, self.wall
+        pct = f"{100 * self.fit.confidence:g}%"
         text = (
-            f"least device time at B={d.batch_size}: {d.steps:.3g} steps, {d.samples:.3g} samples, "
-            f"{d.seconds:.3g} s on one worker"
+            f"least device time at B={d.batch_size} ({pct} interval {_span(d.batch_size_ci)}): {d.steps:.3g} steps "
+            f"({_span(d.steps_ci, '.3g')}), {d.samples:.3g} samples, {d.seconds:.3g} s on one worker "
+            f"({_span(d.seconds_ci, '.3g')})"
         )
         if self.n_workers > 1:
             text += (
-                f"; least wall time on {self.n_workers} workers at B={w.batch_size} ({w.per_worker_batch} each): "
-                f"{w.seconds:.3g} s ({w.device_seconds:.3g} device-seconds)"
+                f"; least wall time on {self.n_workers} workers at B={w.batch_size} ({w.per_worker_batch} each; "
+                f"{pct} interval {_span(w.batch_size_ci)}): {w.seconds:.3g} s ({_span(w.seconds_ci, '.3g')}; "
+                f"{w.device_seconds:.3g} device-seconds)"
             )
         return text
+
+
+def _span(pair: tuple[float, float], spec: str = "d") -> str:
+    return f"{pair[0]:{spec}}–{pair[1]:{spec}}"
 
 
 def _candidates(lo: int, hi: int) -> FloatArray:
@@ -142,13 +160,23 @@ def _candidates(lo: int, hi: int) -> FloatArray:
     return np.unique(np.round(np.geomspace(lo, hi, _MAX_CANDIDATES // 16)))
 
 
+def _best_at(b_crit: float, batch: FloatArray, seconds_per_sample: FloatArray) -> int:
+    """Index of the least wall time when S(B) ∝ 1 + B_crit/B (B_crit 0 or inf included)."""
+    if math.isinf(b_crit):  # S ∝ 1/B: a fixed number of samples, so the least time per sample
+        return int(np.argmin(seconds_per_sample))
+    return int(np.argmin((batch + b_crit) * seconds_per_sample))  # S·B ∝ B + B_crit
+
+
 def _choose(fit: CriticalBatchFit, throughput: Mapping[int, float], n: int, lo: int, hi: int) -> BatchChoice:
     per = _candidates(lo, hi)  # per-worker batch sizes
     batch = n * per
+    per_sample = per / (batch * throughput_at(throughput, per))  # wall seconds per sample of the global batch
     steps = fit.predict_steps(batch)
-    wall = steps * per / throughput_at(throughput, per)
+    wall = steps * batch * per_sample
     i = int(np.argmin(wall))
     b = int(batch[i])
+    ends = sorted(int(batch[_best_at(c, batch, per_sample)]) for c in fit.b_crit_ci)
+    s_lo, s_hi = fit.steps_ci(float(b))
     return BatchChoice(
         batch_size=b,
         per_worker_batch=int(per[i]),
@@ -159,6 +187,9 @@ def _choose(fit: CriticalBatchFit, throughput: Mapping[int, float], n: int, lo: 
         device_seconds=float(n * wall[i]),
         at_range_edge=len(per) > 1 and i in (0, len(per) - 1),
         extrapolated=not fit.batch_min <= b <= fit.batch_max,
+        batch_size_ci=(min(ends[0], b), max(ends[1], b)),
+        steps_ci=(s_lo, s_hi),
+        seconds_ci=(s_lo * b * float(per_sample[i]), s_hi * b * float(per_sample[i])),
     )
 
 

@@ -30,6 +30,13 @@ lies within the batch sizes fitted and its interval is bounded at both ends. Oth
 the summary says so plainly, with why, and what the data do bound, instead of an
 estimate with an interval to infinity.
 
+What the fit derives from the two parameters (S(B) and E(B) at a batch size, E_min) has an
+interval of the same kind: the range of the quantity over the joint region of (ln S_min,
+ln B_crit) whose residual sum of squares stays below the same level, which is the profile
+interval of that quantity (Bates & Watts 1988, §6.5). For a fixed ln B_crit the RSS is a
+parabola in ln S_min, so the region is, on a grid over the B_crit interval, an exact range of
+ln S_min at each grid point (:meth:`CriticalBatchFit.steps_ci`, :attr:`e_min_ci`).
+
 Censored points (:attr:`BatchPoint.lower_bound`, ``upper_bound``) are left out of
 the least squares: a bound is not a measurement, and a Tobit-style likelihood would
 need the noise level that 4–10 points estimate poorly. They are checked afterwards:
@@ -43,7 +50,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -87,6 +94,8 @@ class CriticalBatchFit:
             points between which steps fell the most beyond 1/B, where they fell more than
             1.5x beyond it (S1/S2 > 1.5·B2/B1; no S(B) of this form falls faster than 1/B, so
             something besides B changed, the learning rate most often); None where none did.
+        log_points: the fitted points as (ln B, ln S), from which the intervals of derived
+            quantities are computed.
     """
 
     b_crit: float
@@ -105,6 +114,7 @@ class CriticalBatchFit:
     censored_batches: tuple[int, ...] = ()
     early_batches: tuple[int, ...] = ()
     faster_than_linear: tuple[int, int, float, float] | None = None
+    log_points: tuple[tuple[float, float], ...] = field(default=(), repr=False)
 
     @overload
     def predict_steps(self, batch_size: float) -> float: ...
@@ -126,6 +136,71 @@ class CriticalBatchFit:
         """E(B) = B·S(B) = E_min + S_min·B."""
         return float(batch_size * self.predict_steps(float(batch_size)))
 
+    def _region(self) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """The joint confidence region at :attr:`confidence`: ln B_crit on a grid across its interval,
+        and at each the lowest and highest ln S_min inside the region (RSS ≤ the intervals' level).
+
+        For a fixed c = ln B_crit the RSS is RSS_prof(c) + n (a − â(c))², a parabola in a = ln S_min,
+        so the a-range is â(c) ± sqrt((level − RSS_prof(c))/n). An exact fit (or one without its
+        points) collapses to the estimate; B_crit's open ends are reached to within 10⁻⁴ (``_SPAN``).
+        """
+        x = np.array([p[0] for p in self.log_points])
+        y = np.array([p[1] for p in self.log_points])
+        if len(x) < 3 or self.b_ci_collapsed:  # the estimate alone; B_crit's edges as the grid's ends
+            if 0 < self.b_crit < math.inf or not len(x):
+                c0 = math.log(self.b_crit) if 0 < self.b_crit < math.inf else 0.0
+            else:
+                c0 = float(x.max()) + _SPAN if self.b_crit > 0 else float(x.min()) - _SPAN
+            a0 = math.log(self.s_min) if self.s_min > 0 else math.log(max(self.e_min, 1e-300)) - c0
+            return np.array([c0]), np.array([a0]), np.array([a0])
+        n, dof = len(x), len(x) - 2
+        rss_min = n * self.residual_rms**2
+        level = rss_min * (1.0 + float(stats.f.ppf(self.confidence, 1, dof)) / dof)
+        lo, hi = self.b_crit_ci
+        c_lo = math.log(lo) if lo > 0 else float(x.min()) - _SPAN
+        c_hi = math.log(hi) if math.isfinite(hi) else float(x.max()) + _SPAN
+        c = np.linspace(c_lo, c_hi, 4 * _GRID)
+        shape = _log1p_ratio(c, x)
+        a_hat = (y - shape).mean(axis=-1)
+        rss = _profile_rss(c, x, y)
+        half = np.sqrt(np.clip(level - rss, 0.0, None) / n)
+        keep = rss <= level * (1 + 1e-9)
+        if not keep.any():  # the interval's ends are where rss == level: keep the best grid point at least
+            keep = rss == rss.min()
+        return c[keep], (a_hat - half)[keep], (a_hat + half)[keep]
+
+    @property
+    def b_ci_collapsed(self) -> bool:
+        """Whether the points lie on the curve (to rounding), so every interval is the estimate itself."""
+        return self.b_crit_ci[0] == self.b_crit_ci[1]
+
+    def steps_ci(self, batch_size: float) -> tuple[float, float]:
+        """Interval of S(B), the steps to the target at ``batch_size``, at :attr:`confidence`.
+
+        Example:
+            >>> import numpy as np
+            >>> rng = np.random.default_rng(0)
+            >>> fit = fit_critical_batch([(b, 100 * (1 + 64 / b) * np.exp(rng.normal(0, 0.05))) for b in (8, 32, 128, 512)])
+            >>> lo, hi = fit.steps_ci(64)
+            >>> bool(lo < fit.predict_steps(64) < hi), bool(lo < 200 < hi)  # the truth, S(64) = 200, inside
+            (True, True)
+        """
+        c, a_lo, a_hi = self._region()
+        shape = _log1p_ratio(c, np.array([math.log(batch_size)]))[:, 0]
+        return float(np.exp(np.min(a_lo + shape))), float(np.exp(np.max(a_hi + shape)))
+
+    def samples_ci(self, batch_size: float) -> tuple[float, float]:
+        """Interval of E(B) = B·S(B), the samples to the target at ``batch_size``."""
+        lo, hi = self.steps_ci(batch_size)
+        return batch_size * lo, batch_size * hi
+
+    @property
+    def e_min_ci(self) -> tuple[float, float]:
+        """Interval of E_min = S_min·B_crit, the fewest samples to the target (0 where B_crit's interval reaches 0)."""
+        c, a_lo, a_hi = self._region()
+        lo = 0.0 if self.b_crit_ci[0] == 0 else float(np.exp(np.min(a_lo + c)))
+        return lo, float(np.exp(np.max(a_hi + c)))
+
     def to_dict(self) -> dict[str, Any]:
         """The fit's numbers and its verdict, as report.json and a direct measurement store them."""
         return {
@@ -134,6 +209,7 @@ class CriticalBatchFit:
             "s_min": self.s_min,
             "s_min_ci": list(self.s_min_ci),
             "e_min": self.e_min,
+            "e_min_ci": list(self.e_min_ci),
             "n_points": self.n_points,
             "residual_rms": self.residual_rms,
             "edge": self.edge,
@@ -231,7 +307,8 @@ class CriticalBatchFit:
             steep = self._faster_than_linear_text()
             return (
                 f"B_crit ≈ {_num(self.b_crit)} ({pct} CI {_num(lo)}–{_num(hi)}) from {fitted}{bounds}; "
-                f"S_min ≈ {_num(self.s_min)} steps, E_min ≈ {_num(self.e_min)} samples"
+                f"S_min ≈ {_num(self.s_min)} steps ({_num(self.s_min_ci[0])}–{_num(self.s_min_ci[1])}), "
+                f"E_min ≈ {_num(self.e_min)} samples ({_num(self.e_min_ci[0])}–{_num(self.e_min_ci[1])})"
                 + (f"; but {steep}" if steep else "")
             )
         known = ""
@@ -430,6 +507,7 @@ def fit_critical_batch(
         censored_batches=tuple(sorted({p.batch_size for p in censored})),
         early_batches=tuple(sorted({p.batch_size for p in censored if p.upper_bound and not p.lower_bound})),
         faster_than_linear=_faster_than_linear(reached),
+        log_points=tuple(zip(x.tolist(), y.tolist(), strict=True)),
     )
     tol = 2.0 * rms
     contradicted = tuple(

@@ -413,6 +413,8 @@ def _recommend(result: StudyData, fit: CriticalBatchFit | None, advice: Critical
     if fit is not None and fit.identified:  # a fit that does not identify B_crit predicts nothing to act on
         rec["expected_steps_to_target"] = fit.predict_steps(b)
         rec["expected_samples_to_target"] = fit.predict_samples(b)
+        rec["expected_steps_to_target_ci"] = list(fit.steps_ci(b))  # at the fit's confidence (90%)
+        rec["expected_samples_to_target_ci"] = list(fit.samples_ci(b))
     if advice is not None:
         # only where the data speak: from half the smallest to twice the largest batch size fitted
         sizes = sorted({2**k for k in range(0, 20) if advice.batch_min / 2 <= 2**k <= 2 * advice.batch_max} | {b})

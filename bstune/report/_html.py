@@ -168,6 +168,11 @@ def _throughput(data: dict[str, Any]) -> list[str]:
     ]
 
 
+def _span(pair: Any) -> str:
+    """``lo–hi`` of an interval from report.json ("n/a" where there is none)."""
+    return "n/a" if not pair else f"{float(pair[0]):,.0f}–{float(pair[1]):,.0f}"
+
+
 def _compute_optimal(data: dict[str, Any]) -> list[str]:
     co = data.get("compute_optimal") or {}
     if "error" in co:
@@ -178,7 +183,8 @@ def _compute_optimal(data: dict[str, Any]) -> list[str]:
         choices.append((f"least wall time, {n_workers} workers", co["wall"]))
     rows = ""
     for label, c in choices:
-        cells = [_n(c.get("batch_size")), _n(c.get("steps"), ",.0f"), _n(c.get("samples"), ",.0f")]
+        cells = [_n(c.get("batch_size")), _span(c.get("batch_size_ci")), _n(c.get("steps"), ",.0f")]
+        cells += [_span(c.get("steps_ci")), _n(c.get("samples"), ",.0f")]
         cells += [_n(c.get("seconds"), ".3g"), "yes" if c.get("at_range_edge") else "no"]
         cells += ["yes" if c.get("extrapolated") else "no"]
         rows += f"<tr><td>{escape(label)}</td>" + "".join(f"<td class=r>{escape(x)}</td>" for x in cells) + "</tr>"
@@ -187,7 +193,9 @@ def _compute_optimal(data: dict[str, Any]) -> list[str]:
         for h, a in (
             ("choice", ""),
             ("batch size", " class=r"),
+            ("90% interval", " class=r"),
             ("steps", " class=r"),
+            ("90% interval", " class=r"),
             ("samples", " class=r"),
             ("seconds", " class=r"),
             ("at range edge", " class=r"),

@@ -19,6 +19,14 @@ def _n(x: Any, fmt: str = ".4g") -> str:
     return str(x)
 
 
+def _ci(pair: Any, fmt: str = ",.0f", template: str = " [{}]") -> str:
+    """An interval from report.json as `` [lo–hi]`` (or ``template``); "" where there is none."""
+    if not pair:
+        return ""
+    lo, hi = (float(v) for v in pair)
+    return template.format(f"{format(lo, fmt)}–{format(hi, fmt)}")
+
+
 def _lr_cell(row: dict[str, Any]) -> str:
     """An LR table cell: the rate, and where the rule went past the range test's ceiling, the rule's own."""
     if "capped_at" not in row:
@@ -171,10 +179,13 @@ def render_markdown(data: dict[str, Any]) -> str:
         )
     if "expected_steps_to_target" in rec:
         cb = data["critical_batch"]
+        steps_ci, samples_ci = rec.get("expected_steps_to_target_ci"), rec.get("expected_samples_to_target_ci")
         out.append(
             f"Expected cost to reach {_target(cb)}: "
-            f"{_n(rec['expected_steps_to_target'], ',.0f')} steps, "
-            f"{_n(rec['expected_samples_to_target'], ',.0f')} samples (from the S(B) fit)."
+            f"{_n(rec['expected_steps_to_target'], ',.0f')} steps{_ci(steps_ci)}, "
+            f"{_n(rec['expected_samples_to_target'], ',.0f')} samples{_ci(samples_ci)} (from the S(B) fit"
+            + ("; 90% intervals" if steps_ci else "")
+            + ")."
         )
     co = data.get("compute_optimal", {})
     measured_advice = data["critical_batch"].get("advice_from") == "measured"
@@ -182,14 +193,18 @@ def render_markdown(data: dict[str, Any]) -> str:
         d, w = co["device"], co["wall"]
         line = (
             f"Fastest to the {'measured run' + chr(39) + 's final loss' if measured_advice else 'target'} on one "
-            f"device: batch size {d['batch_size']} "
-            f"({_n(d['seconds'], '.3g')} s of training at the probe's measured throughput"
+            f"device: batch size {d['batch_size']} ({_ci(d.get('batch_size_ci'), ',.0f', '90% interval {}; ')}"
+            f"{_n(d['seconds'], '.3g')} s{_ci(d.get('seconds_ci'), '.3g')} of training at the probe's measured "
+            "throughput"
             + ("; at the edge of the batch sizes measured, so possibly larger still" if d.get("at_range_edge") else "")
             + ("; beyond the batch sizes the S(B) fit saw, so an extrapolation" if d.get("extrapolated") else "")
             + ")"
         )
         if co["n_workers"] > 1:
-            line += f"; with {co['n_workers']} workers: batch size {w['batch_size']} ({_n(w['seconds'], '.3g')} s)"
+            line += (
+                f"; with {co['n_workers']} workers: batch size {w['batch_size']}"
+                f" ({_ci(w.get('batch_size_ci'), ',.0f', '90% interval {}; ')}{_n(w['seconds'], '.3g')} s)"
+            )
         out.append(line + ".")
     if rec.get("lr_table"):
         out += [

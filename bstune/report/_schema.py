@@ -9,6 +9,8 @@ RECOMMENDATION_NOTES = frozenset(
         "why",
         "expected_steps_to_target",
         "expected_samples_to_target",
+        "expected_steps_to_target_ci",
+        "expected_samples_to_target_ci",
         "lr_table",
         "lr_rule",
         "lr_rule_kind",

@@ -87,3 +87,40 @@ def test_bad_inputs_raise() -> None:
         compute_optimal(_fit(), {16: 1.0}, n_workers=0)
     with pytest.raises(ConfigError, match=r"no per-worker batch size in the measured throughput range \[16, 64\]"):
         compute_optimal(_fit(), {16: 1.0, 64: 2.0}, batch_range=(128, 256))
+
+
+def _noisy_fit(seed: int, sigma: float = 0.15) -> CriticalBatchFit:
+    noise = np.exp(np.random.default_rng(seed).normal(0.0, sigma, 5))
+    return fit_critical_batch(
+        [(b, S_MIN * (1 + B_CRIT / b) * z) for b, z in zip((16, 64, 256, 1024, 4096), noise, strict=True)]
+    )
+
+
+def test_the_choices_interval_is_the_analytic_optimum_at_either_end_of_b_crits() -> None:
+    fit = _noisy_fit(0)
+    lo, hi = fit.b_crit_ci
+    choice = compute_optimal(fit, _throughput(list(range(1, 4097)))).device
+    # T(B) ∝ (B + B_crit)(a + bB)/B is least at sqrt(a·B_crit/b)
+    assert choice.batch_size_ci[0] == pytest.approx(math.sqrt(A * lo / B), abs=1)
+    assert choice.batch_size_ci[1] == pytest.approx(math.sqrt(A * hi / B), abs=1)
+    assert choice.batch_size_ci[0] <= choice.batch_size <= choice.batch_size_ci[1]
+    assert choice.steps_ci == fit.steps_ci(choice.batch_size)
+    ratio = choice.seconds / choice.steps
+    assert choice.seconds_ci == pytest.approx((choice.steps_ci[0] * ratio, choice.steps_ci[1] * ratio))
+
+
+def test_the_choices_interval_covers_the_true_optimum_about_90_percent_of_the_time() -> None:
+    truth = compute_optimal(_fit(), _throughput(list(range(1, 4097)))).device.batch_size
+    ladder = _throughput(list(range(1, 4097)))
+    covered = [
+        lo <= truth <= hi for lo, hi in (compute_optimal(_noisy_fit(s), ladder).device.batch_size_ci for s in range(60))
+    ]
+    assert 0.8 <= np.mean(covered) <= 0.98, np.mean(covered)
+
+
+def test_an_open_b_crit_interval_opens_the_choice_to_the_fastest_measured_batch() -> None:
+    noise = np.exp(np.random.default_rng(3).normal(0.0, 0.05, 4))
+    linear = fit_critical_batch([(b, 6400 / b * z) for b, z in zip((2, 4, 8, 16), noise, strict=True)])
+    ladder = _throughput([2, 8, 32, 128, 512])
+    choice = compute_optimal(linear, ladder).device
+    assert math.isinf(linear.b_crit_ci[1]) and choice.batch_size_ci[1] == 512  # B_crit → ∞: the most samples/s

@@ -188,3 +188,40 @@ def test_a_b_crit_inside_the_batch_sizes_with_a_bounded_interval_is_identified()
     fit = fit_critical_batch(list(zip(BATCHES, _steps(BATCHES, 0.05, seed=2), strict=True)))
     assert fit.identified and fit.unidentified_because() == []
     assert fit.summary.startswith(f"B_crit ≈ {fit.b_crit:.3g} (90% CI ")
+
+
+@pytest.mark.parametrize(("batches", "sigma"), [(BATCHES, 0.1), (BATCHES[1:7], 0.3)])
+def test_the_derived_intervals_cover_the_truth_about_90_percent_of_the_time(batches: np.ndarray, sigma: float) -> None:
+    # S(B) inside the batch sizes fitted, at their top (where B_crit matters most), and E_min = S_min·B_crit
+    fits = [fit_critical_batch(list(zip(batches, _steps(batches, sigma, seed), strict=True))) for seed in range(150)]
+    for b in (50.0, float(batches.max())):
+        truth = S_MIN * (1 + B_CRIT / b)
+        cover = np.mean([lo <= truth <= hi for lo, hi in (f.steps_ci(b) for f in fits)])
+        assert 0.85 <= cover <= 0.97, (b, cover)
+    e_cover = np.mean([f.e_min_ci[0] <= S_MIN * B_CRIT <= f.e_min_ci[1] for f in fits])
+    assert 0.85 <= e_cover <= 0.97, e_cover
+    assert all(f.steps_ci(50.0)[0] <= f.predict_steps(50.0) <= f.steps_ci(50.0)[1] for f in fits)
+    assert all(f.e_min_ci[0] <= f.e_min <= f.e_min_ci[1] for f in fits)
+
+
+def test_the_joint_region_gives_the_s_min_interval_its_own_profile_gives() -> None:
+    # two computations of one interval: the region's range of ln S_min against _s_min_interval's crossings
+    fit = fit_critical_batch(list(zip(BATCHES, _steps(BATCHES, 0.1, seed=1), strict=True)))
+    _, a_lo, a_hi = fit._region()
+    assert math.exp(a_lo.min()) == pytest.approx(fit.s_min_ci[0], rel=1e-3)
+    assert math.exp(a_hi.max()) == pytest.approx(fit.s_min_ci[1], rel=1e-3)
+
+
+def test_derived_intervals_collapse_on_exact_data_and_stay_finite_where_b_crit_is_open() -> None:
+    exact = fit_critical_batch(list(zip(BATCHES, _steps(BATCHES), strict=True)))
+    assert exact.steps_ci(50.0) == pytest.approx((S_MIN * 3, S_MIN * 3), rel=1e-6)
+    assert exact.e_min_ci == pytest.approx((S_MIN * B_CRIT, S_MIN * B_CRIT), rel=1e-6)
+    assert exact.samples_ci(50.0) == pytest.approx((50 * S_MIN * 3, 50 * S_MIN * 3), rel=1e-6)
+    # still S ∝ 1/B: B_crit open above, but the samples to the target (E = 6400) are pinned down
+    noise = np.exp(np.random.default_rng(2).normal(0.0, 0.05, 4))
+    linear = fit_critical_batch([(b, 6400 / b * z) for b, z in zip((2, 4, 8, 16), noise, strict=True)])
+    assert math.isinf(linear.b_crit_ci[1])
+    lo, hi = linear.e_min_ci
+    assert 0 < lo < 6400 < hi < 2 * 6400
+    s_lo, s_hi = linear.steps_ci(8.0)
+    assert s_lo < 800 < s_hi < 2 * 800

@@ -407,3 +407,31 @@ def test_a_rate_a_completed_trial_trained_at_raises_the_lr_tables_bound() -> Non
     row = {r["batch_size"]: r for r in low.recommended["lr_table"]}[2048]
     assert row["lr"] == pytest.approx(0.3) and row["capped_at"]["by_trial"] is True
     assert "the highest rate a completed trial trained at, 0.3 at B=32" in render_markdown(low.data)
+
+
+def test_the_expected_cost_and_the_fastest_batch_carry_the_fits_intervals() -> None:
+    """Steps to the target off the law by a few percent: every number the recommendation derives from the
+    fit (expected steps and samples, the fastest batch size and its time) comes with its 90% interval."""
+    wobble = [1.06, 0.95, 1.04, 0.97, 1.05, 0.94, 1.03]
+    base = _result()
+    trials = [
+        _trial(t.number, int(t.batch_size or 0), float(t.lr or 0), steps_to_target=S_MIN * (1 + B_CRIT / b) * w)
+        for t, b, w in zip(base.trials, [16, 32, 64, 128, 256, 512, 1024], wobble, strict=True)
+    ]
+    throughput = {b: b / (0.01 + 1e-4 * b) for b in (16, 64, 256, 1024)}
+    result = dataclasses.replace(base, trials=trials, probe=_probe(throughput=throughput), mode="prior")
+    data = build_report(result, {"metric": "train_loss", "value": TARGET}).data
+    rec, cb = data["recommended"], data["critical_batch"]
+    assert cb["identified"] is True
+    lo, hi = rec["expected_steps_to_target_ci"]
+    assert lo < rec["expected_steps_to_target"] < hi and lo < S_MIN * (1 + B_CRIT / rec["batch_size"]) < hi
+    assert rec["expected_samples_to_target_ci"] == pytest.approx([rec["batch_size"] * lo, rec["batch_size"] * hi])
+    assert cb["e_min_ci"][0] < cb["e_min"] < cb["e_min_ci"][1]
+    device = data["compute_optimal"]["device"]
+    b_lo, b_hi = device["batch_size_ci"]
+    assert b_lo < device["batch_size"] < b_hi
+    assert device["seconds_ci"][0] < device["seconds"] < device["seconds_ci"][1]
+    md = render_markdown(data)
+    assert f"{rec['expected_steps_to_target']:,.0f} steps [{lo:,.0f}–{hi:,.0f}]" in md
+    assert f"batch size {device['batch_size']} (90% interval {b_lo:,}–{b_hi:,}; " in md
+    assert "; 90% intervals)" in md
