@@ -31,13 +31,18 @@ def check_settings(study: optuna.Study, mine: dict[str, Any]) -> None:
         >>> check_settings(study, {"budget_samples": 2000, "seed": 0})
         Traceback (most recent call last):
         ...
-        bstune.errors.ConfigError: Study: storage: study 'demo' in this storage was run with different settings: budget_samples: the stored study used 1000, this run asks 2000; use the same settings to resume, or another study_name/storage
+        bstune.errors.ConfigError: Study: storage: study 'demo' in this storage was run with different settings: budget_samples: the stored study used 1000, this run asks 2000; use the same settings to resume, or another study_name or storage (the CLI's --study-name or --out)
     """
     stored = upgrade_settings(study.user_attrs.get(SETTINGS_ATTR))
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, mine)
     else:
-        error = settings_mismatch(stored, mine, f"study {study.study_name!r} in this storage", "study_name/storage")
+        error = settings_mismatch(
+            stored,
+            mine,
+            f"study {study.study_name!r} in this storage",
+            "study_name or storage (the CLI's --study-name or --out)",
+        )
         if error is not None:
             raise ConfigError(error, source="Study", field="storage")
 
