@@ -213,6 +213,10 @@ class ProbeResult:
     # twice its best: its ceiling is lr.max, a lower bound of the true one (False in older results)
     lr_ceiling_at_max: bool = False
     lr_ceiling_large_at_max: bool = False
+    # B_simple measured from micro-batches of this size, for a model with BatchNorm in train mode (whose
+    # per-example gradients are not defined): the value includes BatchNorm's micro-batch statistics and
+    # depends on the size. None: per-example gradients (and in older results).
+    b_simple_micro_batch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -131,6 +131,25 @@ def _curvature_fields(probe: ProbeResult | None) -> dict[str, Any]:
     return out
 
 
+def _probe_dict(probe: ProbeResult) -> dict[str, Any]:
+    """The probe's measurements besides the noise scale: its batch sizes, LR range tests and cost."""
+    run = probe.run or {}
+    return {
+        "batch_size": probe.batch_size,
+        "lr_probe": probe.lr_probe,
+        "lr_ceiling": probe.lr_ceiling,  # the range test's at batch_size
+        "lr_ceiling_at_max": probe.lr_ceiling_at_max,  # True: it reached lr.max unbroken, a lower bound
+        "large_batch": probe.large_batch,
+        "lr_ceiling_large": probe.lr_ceiling_large,
+        "lr_ceiling_large_at_max": probe.lr_ceiling_large_at_max,
+        "batch_ceiling": probe.batch_ceiling,  # None: every batch size tried fit in memory
+        "samples_used": probe.samples_used,
+        "seconds": probe.seconds,
+        "device": probe.device,
+        "run": {k: run[k] for k in ("batch_size", "lr", "seed") if k in run} or None,  # its trial-long run
+    }
+
+
 def _fit_dict(fit: CriticalBatchFit, b_simple: float | None) -> dict[str, Any]:
     out = fit.to_dict()
     if b_simple and math.isfinite(b_simple) and fit.identified:
@@ -189,11 +208,22 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
             "temperature": probe.temperature if probe else None,
             "lr_ceiling": probe.lr_ceiling if probe else None,
             "lr_ceiling_at_max": probe.lr_ceiling_at_max if probe else None,  # then a lower bound: lr.max
+            # measured from micro-batches of this size (BatchNorm in train mode); None: per-example gradients
+            "micro_batch_size": probe.b_simple_micro_batch if probe else None,
             **_curvature_fields(probe),
         }
         if probe
         else {"error": "no probe in this study (baseline mode)"}
     )
+
+    if probe is not None:  # what the probe measured, so report.json alone says what the prior rests on
+        data["probe"] = _probe_dict(probe)
+    prior = getattr(result, "prior", None)
+    if prior is not None:
+        data["prior"] = {
+            k: getattr(prior, k)
+            for k in ("b_noise", "batch_low", "batch_high", "b_ref", "lr_ref", "alpha", "lr_width", "weight")
+        } | {"search_batch_range": list(prior.batch_range)}
 
     fit: CriticalBatchFit | None = None
     critical: dict[str, Any] = {"metric": metric, "direction": direction.value}

@@ -27,6 +27,40 @@ def _ci(pair: Any, fmt: str = ",.0f", template: str = " [{}]") -> str:
     return template.format(f"{format(lo, fmt)}–{format(hi, fmt)}")
 
 
+def _probe_and_prior(probe: dict[str, Any] | None, prior: dict[str, Any] | None) -> list[str]:
+    """What the probe's LR range tests found and where the prior sent the first trials (report.json's
+    ``probe`` and ``prior``)."""
+    if not probe:
+        return []
+
+    def ceiling(value: float, at_max: bool | None) -> str:
+        return f"≥{_n(value, '.3g')} (the space's lr.max, reached unbroken)" if at_max else _n(value, ".3g")
+
+    text = (
+        f"The probe's LR range test found a ceiling of {ceiling(probe['lr_ceiling'], probe.get('lr_ceiling_at_max'))} "
+        f"at batch size {probe['batch_size']}"
+    )
+    if probe.get("large_batch", 0) > probe["batch_size"]:
+        large = ceiling(probe["lr_ceiling_large"], probe.get("lr_ceiling_large_at_max"))
+        text += f" and {large} at {probe['large_batch']}"
+    text += f"; the probe spent {probe['samples_used']:,} samples"
+    run = probe.get("run")
+    if run:
+        text += (
+            f", its trial-long run (batch size {run['batch_size']}, learning rate {_n(run['lr'], '.3g')}) among them"
+        )
+    out = ["", text + "."]
+    if prior:
+        lo, hi = prior["search_batch_range"]
+        out.append(
+            f"The prior drew its first trials from batch sizes {prior['batch_low']}–{prior['batch_high']} (the search "
+            f"reached {lo}–{hi}), at learning rates within {_n(prior['lr_width'], 'g')}x of the rule "
+            f"η*(B) ∝ s(B)^{_n(prior['alpha'], 'g')}, s(B) = 1/(1/B + 1/B_noise), B_noise = {_n(prior['b_noise'], '.3g')}, "
+            f"anchored at η*({prior['b_ref']}) = {_n(prior['lr_ref'], '.3g')}."
+        )
+    return out
+
+
 def _lr_cell(row: dict[str, Any]) -> str:
     """An LR table cell: the rate, and where the rule went past the range test's ceiling, the rule's own."""
     if "capped_at" not in row:
@@ -236,8 +270,17 @@ def render_markdown(data: dict[str, Any]) -> str:
                 f"B_simple trajectory near the measurement); at the measured parameters alone it is {_n(slo)} .. "
                 f"{_n(shi) if shi is not None else 'inf'}."
             )
+        if ns.get("micro_batch_size"):
+            out.append(
+                f"Measured from micro-batches of {ns['micro_batch_size']}: the model has BatchNorm, whose "
+                "per-example gradients are not defined in train mode, and each micro-batch is normalised by its own "
+                "statistics. The value therefore includes that noise and depends on the micro-batch size (on a "
+                "digits MLP with BatchNorm: 760–1,080 for micro-batches of 4–64, against 514 for the same parameters "
+                "in eval mode); read it as a rough scale, not to within 2x."
+            )
         out += _curvature_lines(ns)
         out += _noise_against_data(ns.get("b_simple"), study.get("n_train"))
+        out += _probe_and_prior(data.get("probe"), data.get("prior"))
     cb = data["critical_batch"]
     out += ["", "## Critical batch size", ""]
     measured = cb.get("measured")

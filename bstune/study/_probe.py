@@ -371,6 +371,14 @@ def _run_probe(
                 est.ci,
                 measure_batch,
             )
+    if method == "micro_batch":
+        logger.warning(
+            "probe: the model has BatchNorm, whose per-example gradients are not defined in train mode, so B_simple "
+            "(%.4g) was measured from micro-batches of %d, each normalised by its own statistics: the value "
+            "includes that noise and depends on the micro-batch size (read it as a rough scale, not to 2x)",
+            est.b_simple,
+            est.micro_batch_size,
+        )
     if est.rel_half_width > 2 * settings.rel_precision:
         logger.warning(
             "probe: B_simple %.4g is uncertain (90%% CI %.4g .. %.4g) even with batches of %d",
@@ -461,6 +469,7 @@ def _run_probe(
         b_noise_ci=(curvature_ci(curvature) if curvature is not None else None),
         curvature=curvature,
         n_train=task.n_train,
+        b_simple_micro_batch=est.micro_batch_size if method == "micro_batch" else None,
     )
 
 

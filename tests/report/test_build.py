@@ -435,3 +435,35 @@ def test_the_expected_cost_and_the_fastest_batch_carry_the_fits_intervals() -> N
     assert f"{rec['expected_steps_to_target']:,.0f} steps [{lo:,.0f}–{hi:,.0f}]" in md
     assert f"batch size {device['batch_size']} (90% interval {b_lo:,}–{b_hi:,}; " in md
     assert "; 90% intervals)" in md
+
+
+def test_report_json_alone_says_what_the_probe_measured_and_where_the_prior_looked() -> None:
+    """A newcomer could read the probe's batch sizes and LR ceilings in result.json but not in the report."""
+    from bstune.study._prior import Prior
+
+    probe = _probe(lr_ceiling_large_at_max=True, run={"batch_size": 64, "lr": 0.5, "seed": 0, "history": []})
+    prior = Prior(
+        b_noise=180.0, b_ref=256, lr_ref=0.5, alpha=1.0, batch_low=11, batch_high=180, lr_width=3.0,
+        lr_min=1e-4, lr_max=2.0, momentum_ref=0.9, search_low=8, search_high=1024,
+    )  # fmt: skip
+    data = build_report(dataclasses.replace(_result(), probe=probe, prior=prior, mode="prior")).data
+    assert data["probe"]["batch_size"] == 32 and data["probe"]["lr_ceiling"] == 1.0
+    assert data["probe"]["large_batch"] == 256 and data["probe"]["lr_ceiling_large"] == 2.0
+    assert data["probe"]["lr_ceiling_large_at_max"] is True
+    assert data["probe"]["run"] == {"batch_size": 64, "lr": 0.5, "seed": 0}
+    assert data["prior"]["batch_low"] == 11 and data["prior"]["search_batch_range"] == [8, 1024]
+    section = render_markdown(data).split("## Gradient noise scale")[1].split("\n## ")[0]
+    assert "ceiling of 1 at batch size 32 and ≥2 (the space's lr.max, reached unbroken) at 256" in section
+    assert "trial-long run (batch size 64, learning rate 0.5)" in section
+    assert "first trials from batch sizes 11–180 (the search reached 8–1024)" in section
+    assert "anchored at η*(256) = 0.5" in section
+    assert "probe" not in build_report(_result()).data  # baseline mode: no probe, no section
+
+
+def test_a_b_simple_from_batchnorm_micro_batches_is_flagged_in_the_report() -> None:
+    data = build_report(dataclasses.replace(_result(), probe=_probe(b_simple_micro_batch=16), mode="prior")).data
+    assert data["noise_scale"]["micro_batch_size"] == 16
+    section = render_markdown(data).split("## Gradient noise scale")[1].split("\n## ")[0]
+    assert "Measured from micro-batches of 16: the model has BatchNorm" in section
+    plain = render_markdown(build_report(dataclasses.replace(_result(), probe=_probe(), mode="prior")).data)
+    assert "micro-batches of" not in plain

@@ -137,6 +137,37 @@ def test_probe_skips_the_curvature_of_a_batchnorm_model_with_a_reason(caplog: py
     assert b_noise is None and curvature is not None and "would take about" in curvature["skipped"]
 
 
+def test_a_batchnorm_models_b_simple_says_it_came_from_micro_batches(caplog: pytest.LogCaptureFixture) -> None:
+    """Per-example gradients are not defined for BatchNorm in train mode; the micro-batch value depends on the
+    micro-batch size, and the probe says so instead of passing it off as the per-example one."""
+    base = _regression(n=1024)
+
+    def model() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 1))
+
+    task = bstune.Task(model=model, train_data=base.train_data, val_data=base.val_data, loss=torch.nn.MSELoss())
+    with caplog.at_level("WARNING", logger="bstune.study._probe"):
+        probe = run_probe(
+            task,
+            ProbeSettings(lr_steps=10, train_samples=1024, throughput_steps=2, curvature_examples=0),
+            batch_min=8,
+            batch_max=256,
+            lr_min=1e-3,
+            lr_max=1.0,
+            seed=0,
+            device="cpu",
+        )
+    assert probe.b_simple_micro_batch is not None and probe.b_simple_micro_batch >= 1
+    assert f"from micro-batches of {probe.b_simple_micro_batch}" in caplog.text
+    assert ProbeResult.from_dict(json.loads(json.dumps(probe.to_dict()))) == probe
+    plain = run_probe(
+        _regression(n=1024),
+        ProbeSettings(lr_steps=10, train_samples=1024, throughput_steps=2, curvature_examples=0),
+        batch_min=8, batch_max=256, lr_min=1e-3, lr_max=1.0, seed=0, device="cpu",
+    )  # fmt: skip
+    assert plain.b_simple_micro_batch is None
+
+
 def test_large_batch_sweep_starts_a_decade_below_the_first_ceiling_at_the_same_resolution() -> None:
     ratio = (10.0 / 1e-3) ** (1 / 39)  # the first test: 40 steps over four decades
     start, steps = large_batch_sweep(0.5, 1e-3, 10.0, 40)
