@@ -31,6 +31,10 @@ Checks, each independent (one that fails or raises does not stop the others), ea
    1024-4096-4096-10 at B = 32, 128, 512, 2048, 8192 (``--quick``: up to 2048), without and with
    bf16 autocast; samples/s per B and the ratio of the last rung to the one before (near 1:
    throughput has saturated).
+7. ``noise overhead``: wall time per step of ``bstune.train`` with noise tracking (every 8th step,
+   the default; every step) against none, and with gradient accumulation (k = 4) against
+   accumulation alone; each run timed whole between CUDA synchronisations (an MLP
+   1024-4096-4096-10 at B = 512 on a GPU). A figure, not a threshold: PASS when every run completes.
 
 Time, measured on one H200 (2026-12-04, without ``--quick``): 39 s for the checks (environment
 5 s, AMP 5 s, OOM 8 s, DDP 13 s, throughput 2 s; one trial per GPU skipped with one GPU), then
@@ -487,6 +491,74 @@ def check_throughput(opt: Options) -> list[Row]:
     return rows
 
 
+NOISE_CONFIGS: dict[str, dict[str, Any]] = {
+    "bare": {},
+    "noise": {"track_noise": True},  # the default: per-example norms from hooks on every 8th step
+    "noise every step": {"track_noise": True, "noise_every_steps": 1},
+    "accum k=4": {"micro_batch_size": 4},  # examples per micro-batch: set from the batch below
+    "accum k=4 + noise": {"micro_batch_size": 4, "track_noise": True},
+}
+
+
+def check_noise_overhead(opt: Options) -> list[Row]:
+    """Wall time per optimizer step of ``bstune.train`` with and without noise tracking, on the device.
+
+    The trainer's own ``train_time_s`` does not wait for the GPU (losses are read in batches), so each
+    run is timed whole, from a synchronised start to a synchronised end, with one evaluation at the
+    end; warmed up once, then ``repeats`` rounds in a shuffled order, the median per configuration.
+    """
+    import random
+
+    import torch
+
+    import bstune
+
+    if opt.cuda:
+        inputs, width, batch, steps = 1024, 4096, 512, (100 if opt.quick else 400)
+    else:
+        inputs, width, batch, steps = 64, 256, 128, (30 if opt.quick else 100)
+    repeats = 2 if opt.quick else 3
+    task = synthetic_task(batch * steps, inputs=inputs, classes=10, width=width, device=opt.device)
+
+    def timed(extra: dict[str, Any]) -> float:
+        extra = {k: (batch // 4 if k == "micro_batch_size" else v) for k, v in extra.items()}
+        cfg = bstune.TrainConfig(
+            batch_size=batch, lr=0.05, max_samples=batch * steps, eval_every_samples=batch * steps,
+            eval_train_examples=256, seed=0, device=opt.device, **extra,
+        )  # fmt: skip
+        if opt.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        result = bstune.train(task, cfg)
+        if opt.cuda:
+            torch.cuda.synchronize()
+        if result.status.value != "completed":
+            raise RuntimeError(f"{extra}: the run ended {result.status.value}: {result.message}")
+        return (time.perf_counter() - t0) / max(result.steps, 1)
+
+    t0 = time.perf_counter()
+    for extra in NOISE_CONFIGS.values():  # warm-up: kernels, allocator, hooks
+        timed(extra)
+    times: dict[str, list[float]] = {name: [] for name in NOISE_CONFIGS}
+    order = list(NOISE_CONFIGS)
+    for r in range(repeats):
+        random.Random(r).shuffle(order)
+        for name in order:
+            times[name].append(timed(NOISE_CONFIGS[name]))
+    ms = {name: 1e3 * sorted(v)[len(v) // 2] for name, v in times.items()}
+
+    def over(name: str, ref: str) -> str:
+        return f"{100 * (ms[name] / ms[ref] - 1):+.0f}%"
+
+    figure = (
+        f"ms/step at B={batch} (MLP {inputs}-{width}-{width}-10, {steps} steps, median of {repeats}): "
+        f"bare {ms['bare']:.3g}; noise every 8th step {ms['noise']:.3g} ({over('noise', 'bare')}); every step "
+        f"{ms['noise every step']:.3g} ({over('noise every step', 'bare')}); accumulation k=4 {ms['accum k=4']:.3g}, "
+        f"with noise {ms['accum k=4 + noise']:.3g} ({over('accum k=4 + noise', 'accum k=4')} over accumulation)"
+    )
+    return [Row("noise overhead", "PASS", figure, time.perf_counter() - t0)]
+
+
 CHECKS: dict[str, Callable[[Options], list[Row]]] = {
     "environment": check_environment,
     "amp": check_amp,
@@ -494,10 +566,11 @@ CHECKS: dict[str, Callable[[Options], list[Row]]] = {
     "trial per gpu": check_trial_per_gpu,
     "ddp": check_ddp,
     "throughput": check_throughput,
+    "noise": check_noise_overhead,
 }
 ROW_NAMES = (
     "environment", "amp fp16", "amp bf16", "oom train", "oom study", "trial per gpu", "ddp train", "ddp study",
-    "throughput fp32", "throughput amp",
+    "throughput fp32", "throughput amp", "noise overhead",
 )  # fmt: skip
 
 
