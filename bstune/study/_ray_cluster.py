@@ -1,0 +1,175 @@
+"""Joining a Ray cluster: where and how a study runs (:class:`RaySettings`), the import, the
+connection (a quick check of the address, Ray 2.60's token authentication) and a trial's
+resources. :mod:`bstune.study._ray` runs the trials on it with Ray Tune.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bstune._keys import SCRIPT_MODULE_PREFIX
+from bstune._validate import count_reason, number_reason
+from bstune.errors import ConfigError, DependencyError
+
+__all__ = ["RaySettings", "import_ray", "use_auth_token"]
+
+logger = logging.getLogger("bstune.study._ray")  # the name users' log filters already know
+
+
+def import_ray() -> Any:
+    """Import Ray (with Tune), or say which extra installs it."""
+    try:
+        import ray
+        import ray.tune
+    except ImportError as exc:
+        raise DependencyError(
+            f"the Ray backend needs Ray Tune ({exc}); install it with: pip install 'bstune[ray]'"
+        ) from exc
+    return ray
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where and how a study runs on Ray.
+
+    Args:
+        address: the cluster to join (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``);
+            ``None`` starts a local Ray instance when none is running.
+        resources_per_trial: e.g. ``{"gpu": 1}`` or ``{"cpu": 2}``; default one GPU per
+            trial when the cluster has GPUs, else one CPU.
+        max_concurrent: trials at once; default as many as the resources allow.
+        storage_path: folder (shared by all nodes on a multi-node cluster, e.g. NFS) or
+            cloud URI where results and checkpoints live; default ``~/ray_results``.
+        max_failures: retries of a trial whose worker died (not of one whose code raised).
+    """
+
+    address: str | None = None
+    resources_per_trial: Mapping[str, float] | None = None
+    max_concurrent: int | None = None
+    storage_path: str | None = None
+    max_failures: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, reason: str) -> ConfigError:
+            return ConfigError(reason, source="Study", field=name)
+
+        if self.resources_per_trial is not None:
+            unknown = sorted(set(self.resources_per_trial) - {"cpu", "gpu", "memory"})
+            if unknown:
+                raise bad("resources_per_trial", f"unknown resources {unknown}; use cpu, gpu and memory")
+            for name, amount in self.resources_per_trial.items():
+                if (reason := number_reason(amount, strict=False)) is not None:
+                    raise bad(f"resources_per_trial.{name}", reason)
+        if self.max_concurrent is not None and (reason := count_reason(self.max_concurrent)) is not None:
+            raise bad("max_concurrent", reason)
+        if (reason := count_reason(self.max_failures, minimum=0)) is not None:
+            raise bad("max_failures", reason)
+
+    def experiment_dir(self, study_name: str) -> Path:
+        root = Path(self.storage_path).expanduser() if self.storage_path else Path("~/ray_results").expanduser()
+        return root.absolute() / study_name
+
+
+def _resources(ray: Any, settings: RaySettings, devices_per_trial: int = 1) -> dict[str, float]:
+    """A trial's resources: ``resources_per_trial``, else one GPU (or CPU) per device of the trial."""
+    if settings.resources_per_trial is not None:
+        return dict(settings.resources_per_trial)
+    k = devices_per_trial
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    return {"cpu": k, "gpu": k} if gpus >= 1 else {"cpu": k}
+
+
+def _trials_at_once(ray: Any, settings: RaySettings, resources: Mapping[str, float]) -> int:
+    """How many trials the cluster runs at once: ``max_concurrent``, else what its resources fit now."""
+    if settings.max_concurrent is not None:
+        return settings.max_concurrent
+    have = ray.cluster_resources()
+    fits = [have.get(key.upper(), 0.0) / amount for key, amount in resources.items() if key != "memory" and amount > 0]
+    return max(1, int(min(fits))) if fits else 1
+
+
+def _register_script_modules() -> None:
+    """Ship functions defined in a script loaded by :func:`bstune._loading.load_task` by value.
+
+    Such a module exists only in the driver; workers could not import it by name.
+    """
+    from ray import cloudpickle
+
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__name__", "")
+        if name.startswith(SCRIPT_MODULE_PREFIX):
+            cloudpickle.register_pickle_by_value(module)
+
+
+def _unreachable(address: str | None) -> str | None:
+    """Why nothing answers at ``address`` (``host:port`` or ``ray://host:port``), or None: it answers, or
+    it names no port (``"auto"``, a local instance), and Ray says what it makes of it.
+
+    Ray itself retries an address where nothing listens for minutes, warning each time.
+    """
+    if not address or "://" in address.removeprefix("ray://"):
+        return None
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            return None
+    except OSError as exc:
+        return f"nothing answers at {host}:{port} ({exc.strerror or exc})"
+
+
+def _token_path() -> Path | None:
+    """This user's Ray authentication token, where there is one (``RAY_AUTH_TOKEN`` gives it inline)."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token").expanduser()
+    return path if path.is_file() else None
+
+
+def use_auth_token(address: str | None) -> None:
+    """Send this user's Ray authentication token to a running cluster, where there is one; before Ray
+    is imported, which reads ``RAY_AUTH_MODE`` once.
+
+    ``ray start`` (Ray 2.60) turns token authentication on when a token exists
+    (``~/.ray/auth_token``, or ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``), but
+    ``ray.init(address=...)`` sends it only with ``RAY_AUTH_MODE=token``: without it, the
+    driver retries "Authentication token is missing or incorrect" and gives up. A token
+    sent to a cluster without authentication is ignored. A mode the user set is kept.
+    """
+    if address is None or "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules:
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or _token_path() is not None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        logger.info("sending this user's Ray authentication token to the cluster (RAY_AUTH_MODE=token)")
+
+
+def _init(ray: Any, settings: RaySettings) -> None:
+    if ray.is_initialized():
+        return
+    if (reason := _unreachable(settings.address)) is not None:
+        raise ConfigError(
+            f"cannot connect to a Ray cluster: {reason}; start one (ray start --head) and give the address it "
+            "prints, or leave the address out to start a local Ray instance",
+            source="Study",
+            field="address",
+        )
+    kwargs: dict[str, Any] = {"address": settings.address, "log_to_driver": False, **settings.extra}
+    if settings.address is None:
+        kwargs["include_dashboard"] = False
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        hint = ""
+        if os.environ.get("RAY_AUTH_MODE") != "token" and (os.environ.get("RAY_AUTH_TOKEN") or _token_path()):
+            hint = (
+                "; if the cluster uses token authentication (ray start turns it on where ~/.ray/auth_token "
+                "exists), set RAY_AUTH_MODE=token before Ray is imported"
+            )
+        raise ConfigError(f"cannot connect to a Ray cluster: {exc}{hint}", source="Study", field="address") from exc
