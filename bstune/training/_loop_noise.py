@@ -9,21 +9,41 @@ into two-batch estimates. Split from :mod:`bstune.training._context`, which coun
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
 from bstune.errors import ConfigError
 from bstune.noise import NoiseTracker
+from bstune.training._config import TrainConfig
 
 if TYPE_CHECKING:
     from bstune.noise import PerExampleNorms
-    from bstune.training._context import TrialContext
 
 __all__ = ["LoopNoiseTracker"]
 
 logger = logging.getLogger("bstune.training._context")  # the name users' log filters already know
+
+
+class TrialCounters(Protocol):
+    """What the tracker reads of a :class:`~bstune.training.TrialContext` (and sets: ``_tracker``)."""
+
+    train_config: TrainConfig
+    n_train: int | None
+    momentum: float
+    freeze_from: int | None
+    still_chunk_steps: int
+    _tracker: Any
+
+    @property
+    def steps(self) -> int: ...
+    @property
+    def samples(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
 
 
 class _StillMeasure:
@@ -38,7 +58,7 @@ class _StillMeasure:
     spread over chunks (:func:`~bstune.noise.summarize`).
     """
 
-    def __init__(self, named: list[tuple[str, nn.Parameter]], norms: PerExampleNorms, ctx: TrialContext) -> None:
+    def __init__(self, named: list[tuple[str, nn.Parameter]], norms: PerExampleNorms, ctx: TrialCounters) -> None:
         self.named, self.norms, self.ctx = named, norms, ctx
         self.grad_sq: list[float] = []
         self.trace: list[float] = []
@@ -119,7 +139,7 @@ class LoopNoiseTracker:
     noise (a trial, not the probe) it installs nothing and :meth:`observe` does nothing.
     """
 
-    def __init__(self, ctx: TrialContext, model: nn.Module) -> None:
+    def __init__(self, ctx: TrialCounters, model: nn.Module) -> None:
         self.ctx = ctx
         self.norms: PerExampleNorms | None = None
         self.tracker: NoiseTracker | None = None
