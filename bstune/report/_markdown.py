@@ -27,6 +27,15 @@ def _ci(pair: Any, fmt: str = ",.0f", template: str = " [{}]") -> str:
     return template.format(f"{format(lo, fmt)}–{format(hi, fmt)}")
 
 
+def _choice_ci(pair: Any) -> str:
+    """The fastest batch size's interval, as the start of its parenthesis ("" where there is none)."""
+    if not pair:
+        return ""
+    if pair[0] == pair[1]:
+        return "the same anywhere in B_crit's 90% interval; "
+    return _ci(pair, ",.0f", "90% interval {}; ")
+
+
 def _probe_and_prior(probe: dict[str, Any] | None, prior: dict[str, Any] | None) -> list[str]:
     """What the probe's LR range tests found and where the prior sent the first trials (report.json's
     ``probe`` and ``prior``)."""
@@ -227,7 +236,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         d, w = co["device"], co["wall"]
         line = (
             f"Fastest to the {'measured run' + chr(39) + 's final loss' if measured_advice else 'target'} on one "
-            f"device: batch size {d['batch_size']} ({_ci(d.get('batch_size_ci'), ',.0f', '90% interval {}; ')}"
+            f"device: batch size {d['batch_size']} ({_choice_ci(d.get('batch_size_ci'))}"
             f"{_n(d['seconds'], '.3g')} s{_ci(d.get('seconds_ci'), '.3g')} of training at the probe's measured "
             "throughput"
             + ("; at the edge of the batch sizes measured, so possibly larger still" if d.get("at_range_edge") else "")
@@ -237,7 +246,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         if co["n_workers"] > 1:
             line += (
                 f"; with {co['n_workers']} workers: batch size {w['batch_size']}"
-                f" ({_ci(w.get('batch_size_ci'), ',.0f', '90% interval {}; ')}{_n(w['seconds'], '.3g')} s)"
+                f" ({_choice_ci(w.get('batch_size_ci'))}{_n(w['seconds'], '.3g')} s)"
             )
         out.append(line + ".")
     if rec.get("lr_table"):

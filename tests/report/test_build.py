@@ -435,6 +435,9 @@ def test_the_expected_cost_and_the_fastest_batch_carry_the_fits_intervals() -> N
     assert f"{rec['expected_steps_to_target']:,.0f} steps [{lo:,.0f}–{hi:,.0f}]" in md
     assert f"batch size {device['batch_size']} (90% interval {b_lo:,}–{b_hi:,}; " in md
     assert "; 90% intervals)" in md
+    same = dataclasses.replace(result, probe=_probe(throughput={64: 1000.0, 256: 1000.0}))  # flat: the least B
+    md_same = render_markdown(build_report(same, {"metric": "train_loss", "value": TARGET}).data)
+    assert "batch size 64 (the same anywhere in B_crit's 90% interval; " in md_same
 
 
 def test_report_json_alone_says_what_the_probe_measured_and_where_the_prior_looked() -> None:
