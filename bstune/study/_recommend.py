@@ -87,17 +87,20 @@ def handed_over(best: TrialRecord, task_optimizer: OptimizerSpec, space_optimize
     }
 
 
-def handed_over_to_function(best: TrialRecord) -> dict[str, Any]:
+def handed_over_to_function(best: TrialRecord, space_optimizer: OptimizerSpec | None = None) -> dict[str, Any]:
     """The recommended trial's configuration for a training function: what its ``ctx.config`` held
-    (batch size, learning rate and the space's parameters by name, the prior's coordinates left out).
-
-    The optimizer's family and fixed settings are not in it: the function built its own optimizer.
+    (the space's optimizer settings, fixed or searched: ``momentum`` for SGD, ``betas`` for the Adam
+    family, ``weight_decay``; the space's parameters by name, the prior's coordinates left out; batch
+    size and learning rate).
 
     Example:
         >>> t = TrialRecord(number=0, status="completed", batch_size=64, lr=0.2, temperature=0.03, value=0.1,
         ...                 samples=100, params={"batch_coord": 0.4, "lr_coord": 0.1, "model.width": 32}, config={})
-        >>> handed_over_to_function(t)
-        {'batch_size': 64, 'lr': 0.2, 'model.width': 32}
+        >>> handed_over_to_function(t, OptimizerSpec(family="sgd", momentum=0.9))
+        {'momentum': 0.9, 'weight_decay': 0.0, 'model.width': 32, 'batch_size': 64, 'lr': 0.2}
     """
     params = {k: v for k, v in best.params.items() if k not in ("batch_coord", "lr_coord", "batch_size", "lr")}
-    return {"batch_size": best.batch_size, "lr": best.lr, **params}
+    spec = space_optimizer or OptimizerSpec()
+    # as TrialContext._optimizer_settings names them (a searched value is among the params, and wins)
+    family = {"momentum": spec.momentum} if spec.family == "sgd" else {"betas": list(spec.betas)}
+    return {**family, "weight_decay": spec.weight_decay, **params, "batch_size": best.batch_size, "lr": best.lr}

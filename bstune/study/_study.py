@@ -559,7 +559,7 @@ class Study:
             best_config=(
                 handed_over(best, self.optimizer_spec, self.space.optimizer)
                 if self.task is not None
-                else handed_over_to_function(best)
+                else handed_over_to_function(best, self.space.optimizer)
             ),
             best_value=best_value,
             optimizer=self.space.optimizer.family,

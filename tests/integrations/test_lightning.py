@@ -226,7 +226,9 @@ def test_a_baseline_study_of_the_lightning_example_completes_trials_with_values(
     result = study.run()
     completed = [t for t in result.trials if t.status == "completed"]
     assert completed and all(t.value is not None and math.isfinite(t.value) for t in completed)
-    assert set(result.best_config) == {"batch_size", "lr", "model.hidden"}
+    # what ctx.config held: the space's optimizer settings (SGD, momentum 0.9) beside the searched ones
+    assert set(result.best_config) == {"batch_size", "lr", "model.hidden", "momentum", "weight_decay"}
+    assert result.best_config["momentum"] == 0.9
     assert all("val_accuracy" in r and "train_loss" in r for t in completed for r in t.history)
 
 

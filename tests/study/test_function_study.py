@@ -35,7 +35,9 @@ def test_a_function_and_a_task_of_the_same_problem_give_the_same_trials() -> Non
     assert [v[:3] for v in _values(mine)] == [v[:3] for v in _values(theirs)]
     assert [v[3] for v in _values(mine)] == pytest.approx([v[3] for v in _values(theirs)], rel=1e-6)
     assert {v[0] for v in _values(mine)} >= {"completed"}
-    assert mine.best_config == {"batch_size": theirs.best_config["batch_size"], "lr": theirs.best_config["lr"]}
+    # what the loop's ctx.config held: the space's (default SGD) optimizer settings, batch size and rate
+    same = {k: theirs.best_config[k] for k in ("batch_size", "lr", "momentum", "weight_decay")}
+    assert mine.best_config == same
 
 
 def test_the_function_sees_the_spaces_parameters_by_name() -> None:
@@ -54,7 +56,11 @@ def test_the_function_sees_the_spaces_parameters_by_name() -> None:
     result = bstune.Study(fn, space, **(ARGS | {"n_trials": 3, "rescore_top": 0})).run()
     assert all(set(c) == {"batch_size", "lr", "model.width", "momentum", "weight_decay"} for c in seen)
     assert [(c["batch_size"], c["lr"]) for c in seen] == [(t.batch_size, t.lr) for t in result.trials]
-    assert set(result.best_config) == {"batch_size", "lr", "model.width", "momentum"}
+    # the recommended config is what ctx.config held for the chosen trial (the README says so), every key
+    chosen = next(
+        c for c in seen if (c["batch_size"], c["lr"]) == (result.best_config["batch_size"], result.best_config["lr"])
+    )
+    assert result.best_config == chosen
 
 
 def test_the_spaces_fixed_optimizer_settings_reach_the_loop_and_another_optimizer_is_named(
@@ -74,6 +80,7 @@ def test_the_spaces_fixed_optimizer_settings_reach_the_loop_and_another_optimize
         ).run()
     assert result.optimizer == "sgd"  # the space's family, which the report's LR table follows
     assert seen and all(c["momentum"] == 0.5 and c["weight_decay"] == 1e-3 for c in seen)
+    assert result.best_config["momentum"] == 0.5 and result.best_config["weight_decay"] == 1e-3  # as the loop saw
     said = [r.getMessage() for r in caplog.records if "the loop's optimizer is Adam" in r.getMessage()]
     assert len(said) == 1 and "declares optimizer family 'sgd'" in said[0]  # once, not once per trial
     caplog.clear()
@@ -219,6 +226,36 @@ def tracked_loop(ctx: TrialContext) -> None:
         if ctx.at_milestone():
             with torch.no_grad():
                 ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+
+
+def test_a_loop_that_never_reports_is_stopped_by_the_probe_not_after_the_study() -> None:
+    """A newcomer's loop without ctx.report ran the probe and every trial to its end, then heard of it."""
+
+    def silent(ctx: TrialContext) -> None:
+        model = net().to(ctx.device)
+        opt = ctx.make_optimizer(model.parameters())
+        sched, noise = ctx.lr_scheduler(opt), ctx.noise_tracker(model)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            noise.observe()
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+
+    calls: list[int] = []
+
+    def counted(ctx: TrialContext) -> None:
+        calls.append(1)
+        silent(ctx)
+
+    with pytest.raises(ConfigError, match=r"without calling ctx\.report: report val_loss with ctx\.report\(val_loss="):
+        bstune.Study(counted, SPACE, **(ARGS | {"mode": "prior"})).run()
+    assert len(calls) <= 4  # the probe's range tests and its run (a trial would make it 5 or more)
+    # baseline mode: each trial fails saying so (no probe to stop the study)
+    with pytest.raises(StudyFailedError, match=r"recorded no evaluation; report val_loss with ctx\.report"):
+        bstune.Study(silent, SPACE, **(ARGS | {"n_trials": 2})).run()
 
 
 def test_the_probe_through_a_function_measures_what_the_task_probe_measures() -> None:
