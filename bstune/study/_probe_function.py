@@ -249,6 +249,13 @@ def _probe(
             f"the probe run at batch_size={batch}: {returned_early(result.samples, train_samples + measure)}",
             source="probe",
         )
+    if result.status is RunStatus.COMPLETED and not result.history:  # every trial would end so: say it now
+        raise ConfigError(
+            f"the probe's run trained {result.samples:,} samples, past its evaluation milestones, without calling "
+            f"ctx.report: report {job.objective} with ctx.report({job.objective}=...) when ctx.at_milestone() (or "
+            "return the final metrics as a dict); the study compares and prunes trials by it",
+            source="probe",
+        )
     if result.status is not RunStatus.COMPLETED:
         raise ConfigError(
             f"the probe run at batch_size={batch}, lr={lr_probe:.3g} ended {result.status.value}: {result.message}; "
