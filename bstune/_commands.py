@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import shlex
 import sys
 import traceback
@@ -32,11 +33,23 @@ __all__ = ["cmd_fetch", "cmd_noise", "cmd_probe", "cmd_report", "cmd_run", "cmd_
 logger = logging.getLogger("bstune.cli")
 
 
+def _writable_out(out: str | None, option: str = "--out") -> None:
+    """Make the output folder now, so that a folder that cannot be made is one error before any training."""
+    if out is None:
+        return
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot make the folder {out!r}: {exc.strerror or exc}", source=option) from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"cannot write into the folder {out!r}", source=option)
+
+
 def _write_json(out: str | None, name: str, data: dict[str, Any]) -> None:
     if out is None:
         return
+    _writable_out(out)
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
     logger.info("wrote %s", path)
@@ -50,6 +63,7 @@ def _progress(args: argparse.Namespace) -> bool:
 def cmd_noise(args: argparse.Namespace) -> int:
     import bstune
 
+    _writable_out(args.out)
     task = load_task(args.script, command="bstune noise")
     model = None
     trained: dict[str, Any] | None = None
@@ -193,6 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import bstune
     from bstune.study import build_model, split_params
 
+    _writable_out(args.out)  # before the training, not after it
     settings, params, optimizer, budget = _train_settings(args)
     for key, option in (("batch_size", "--batch-size"), ("lr", "--lr")):
         if key not in settings:
@@ -498,6 +513,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from bstune.space import SearchSpace
     from bstune.study import Prior, probe_space
 
+    _writable_out(args.out)
     subject = load_subject(args.script)
     space = SearchSpace.coerce(args.space)
     if isinstance(subject, Task):
@@ -605,6 +621,7 @@ def cmd_crit(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     result = _load_result(args.folder)
     result.direction_of(args.target_metric, source="--target-metric", field=None)  # before anything is written
+    _writable_out(args.out)
     print(format_summary(result.to_dict(), top=None if args.all_trials else 10, folder=args.folder))
     files = _write_report(
         result, args.out or args.folder, args.target_metric, args.target_value, args.workers, echo=True
