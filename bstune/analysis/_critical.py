@@ -279,7 +279,7 @@ class CriticalBatchFit:
             return ""
         b1, b2, s1, s2 = self.faster_than_linear
         return (
-            f"steps fell faster than 1/B from B = {b1} to {b2} ({s1:,.0f} to {s2:,.0f} steps, {s1 / s2:.3g}x fewer for "
+            f"steps fell faster than 1/B from B = {b1} to {b2} ({_steps(s1)} to {_steps(s2)} steps, {s1 / s2:.3g}x fewer for "
             f"{b2 / b1:.3g}x the batch), which no S(B) = S_min(1 + B_crit/B) does: these trials differ in more than "
             "their batch size (learning rate, schedule), so the steps say as much about those as about B"
         )
@@ -289,9 +289,19 @@ class CriticalBatchFit:
         """One sentence for a report: B_crit with its interval, or plainly that the data do not identify it."""
         lo, hi = self.b_crit_ci
         pct = f"{100 * self.confidence:g}%"
-        fitted = f"{self.n_points} batch sizes {self.batch_min}–{self.batch_max} that reached the target"
+        sizes = len({round(math.exp(b)) for b, _ in self.log_points}) if self.log_points else self.n_points
+        if sizes < self.n_points:  # several runs per batch size (seeds of a direct measurement): count both
+            fitted = (
+                f"{self.n_points} runs at {sizes} batch sizes {self.batch_min}–{self.batch_max} that reached the target"
+            )
+        else:
+            fitted = f"{self.n_points} batch sizes {self.batch_min}–{self.batch_max} that reached the target"
         bounds = ""
-        if self.censored_batches:
+        if self.censored_batches and sizes < self.n_points and not self.early_batches:
+            k, shown = self.n_censored, ", ".join(str(b) for b in self.censored_batches)
+            at = f"batch size{'s' if len(self.censored_batches) > 1 else ''} {shown}"
+            bounds = f"; {k} run{'s' if k > 1 else ''} at {at} that did not reach it only bound the fit"
+        elif self.censored_batches:
             early = set(self.early_batches)
             never = [b for b in self.censored_batches if b not in early]
             said = []
@@ -322,6 +332,11 @@ class CriticalBatchFit:
             + known
             + f"; fitted on {fitted}{bounds}"
         )
+
+
+def _steps(x: float) -> str:
+    """A step count as a reader would recompute a ratio from it: three figures below 1,000."""
+    return f"{x:,.0f}" if x >= 1000 else f"{x:.3g}"
 
 
 def _num(x: float) -> str:

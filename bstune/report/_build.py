@@ -222,8 +222,21 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
     if prior is not None:
         data["prior"] = {
             k: getattr(prior, k)
-            for k in ("b_noise", "batch_low", "batch_high", "b_ref", "lr_ref", "alpha", "lr_width", "weight")
-        } | {"search_batch_range": list(prior.batch_range)}
+            for k in (
+                "b_noise",
+                "batch_low",
+                "batch_high",
+                "b_ref",
+                "lr_ref",
+                "alpha",
+                "lr_width",
+                "weight",
+                "lr_min",
+                "lr_max",
+            )
+        } | {  # older priors searched the band alone: no range of their own
+            "search_batch_range": list(prior.batch_range) if prior.search_low is not None else None
+        }
 
     fit: CriticalBatchFit | None = None
     critical: dict[str, Any] = {"metric": metric, "direction": direction.value}
@@ -272,7 +285,11 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
         }
     elif advice is not None and len(throughput) >= 2:
         try:
-            optimum = compute_optimal(advice, throughput, n_workers=n_workers)
+            # no batch, one worker's or all workers' together, larger than the training set
+            n_train = data["study"].get("n_train")
+            optimum = compute_optimal(
+                advice, throughput, n_workers=n_workers, batch_range=(1, int(n_train)) if n_train else None
+            )
             data["compute_optimal"] = {
                 "device": vars(optimum.device),
                 "wall": vars(optimum.wall),
@@ -447,7 +464,11 @@ def _recommend(result: StudyData, fit: CriticalBatchFit | None, advice: Critical
         rec["expected_samples_to_target_ci"] = list(fit.samples_ci(b))
     if advice is not None:
         # only where the data speak: from half the smallest to twice the largest batch size fitted
-        sizes = sorted({2**k for k in range(0, 20) if advice.batch_min / 2 <= 2**k <= 2 * advice.batch_max} | {b})
+        # ... and no batch larger than the training set
+        n_train = _training_set_size(result) or math.inf
+        sizes = sorted(
+            {2**k for k in range(0, 20) if advice.batch_min / 2 <= 2**k <= min(2 * advice.batch_max, n_train)} | {b}
+        )
         family, alpha = _lr_exponent(result, best)
         kind, b_rule, rec["lr_rule"] = _lr_rule(advice, b, float(best["lr"]), alpha)
         trained = [
@@ -546,7 +567,7 @@ def _lr_rule(fit: CriticalBatchFit, best_batch: int, best_lr: float, alpha: floa
         else ""
     )
     return (
-        "linear",
+        "linear" if alpha == 1.0 else "power",
         math.inf,
         ("linear in B, lr ∝ B" if alpha == 1.0 else f"a power of B, lr ∝ B{power} (the Adam family's rule)")
         + f" from the recommended batch size {best_batch}: the data do not identify B_crit{leaning}, "

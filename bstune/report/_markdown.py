@@ -46,8 +46,8 @@ def _probe_and_prior(probe: dict[str, Any] | None, prior: dict[str, Any] | None)
         return f"≥{_n(value, '.3g')} (the space's lr.max, reached unbroken)" if at_max else _n(value, ".3g")
 
     text = (
-        f"The probe's LR range test found a ceiling of {ceiling(probe['lr_ceiling'], probe.get('lr_ceiling_at_max'))} "
-        f"at batch size {probe['batch_size']}"
+        "The probe's LR range test found a ceiling (the rate at its lowest smoothed loss) of "
+        f"{ceiling(probe['lr_ceiling'], probe.get('lr_ceiling_at_max'))} at batch size {probe['batch_size']}"
     )
     if probe.get("large_batch", 0) > probe["batch_size"]:
         large = ceiling(probe["lr_ceiling_large"], probe.get("lr_ceiling_large_at_max"))
@@ -60,12 +60,24 @@ def _probe_and_prior(probe: dict[str, Any] | None, prior: dict[str, Any] | None)
         )
     out = ["", text + "."]
     if prior:
-        lo, hi = prior["search_batch_range"]
+        b_noise = float(prior["b_noise"])
+        power = "" if prior["alpha"] == 1 else f"^{_n(prior['alpha'], 'g')}"
+        band = f"batch sizes {prior['batch_low']}–{prior['batch_high']}"
+        if prior.get("search_batch_range"):
+            lo, hi = prior["search_batch_range"]
+            if prior["batch_low"] <= lo or prior["batch_high"] >= hi:  # pushed against a limit: slid, not cut
+                band += " (the band below B_noise, slid inside the batch sizes the search allows, keeping its width)"
+            band += f" (the search could draw from {lo}–{hi})"
         out.append(
-            f"The prior drew its first trials from batch sizes {prior['batch_low']}–{prior['batch_high']} (the search "
-            f"reached {lo}–{hi}), at learning rates within {_n(prior['lr_width'], 'g')}x of the rule "
-            f"η*(B) ∝ s(B)^{_n(prior['alpha'], 'g')}, s(B) = 1/(1/B + 1/B_noise), B_noise = {_n(prior['b_noise'], '.3g')}, "
-            f"anchored at η*({prior['b_ref']}) = {_n(prior['lr_ref'], '.3g')}."
+            f"The prior drew its first trials from {band}, at learning rates "
+            f"within {_n(prior['lr_width'], 'g')}x of the rule η*(B) ∝ s(B){power}, s(B) = 1/(1/B + 1/B_noise), "
+            f"B_noise = {_n(b_noise, '.3g')}, anchored at η*({prior['b_ref']}) = {_n(prior['lr_ref'], '.3g')}"
+            + (
+                f" (every rate clipped to the space's lr range, {_n(prior['lr_min'], '.3g')}–{_n(prior['lr_max'], '.3g')})"
+                if "lr_min" in prior and not prior["lr_min"] <= prior["lr_ref"] <= prior["lr_max"]
+                else ""
+            )
+            + "."
         )
     return out
 
@@ -210,7 +222,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     out += [
         "## Recommendation",
         "",
-        f"**Train with batch size {rec['batch_size']} and learning rate {_n(rec['lr'])}** ({settings}).",
+        f"**Train with batch size {rec['batch_size']} and learning rate {_n(rec['lr'])}**"
+        + (f" ({settings})." if settings else "."),
         "",
         f"Why: {rec['why']}.",
     ]
@@ -246,9 +259,14 @@ def render_markdown(data: dict[str, Any]) -> str:
         if co["n_workers"] > 1:
             line += (
                 f"; with {co['n_workers']} workers: batch size {w['batch_size']}"
-                f" ({_choice_ci(w.get('batch_size_ci'))}{_n(w['seconds'], '.3g')} s)"
+                f" ({_choice_ci(w.get('batch_size_ci'))}{_n(w['seconds'], '.3g')} s{_ci(w.get('seconds_ci'), '.3g')}"
+                + ("; beyond the batch sizes the S(B) fit saw, so an extrapolation" if w.get("extrapolated") else "")
+                + ")"
             )
-        out.append(line + ".")
+        out.append(
+            line + ". The intervals carry the S(B) fit's uncertainty; the throughput is taken as the probe measured "
+            "it, and on a shared or busy machine it can differ several-fold from one run to the next."
+        )
     if rec.get("lr_table"):
         out += [
             "",

@@ -25,9 +25,11 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
         f"re-scoring {result.get('samples_rescore', 0):,})"
     ]
     if result.get("rescored"):
+        k, m = len(result["rescored"]), len(result["rescored"][0]["seeds"])
+        which = "the best trial" if k == 1 else f"the {k} best trials"
         lines.append(
-            f"re-scored the {len(result['rescored'])} best trials at {len(result['rescored'][0]['seeds'])} more "
-            f"seeds; recommended trial {result.get('best_trial')}, the best mean"
+            f"re-scored {which} at {m} more seed{'s' if m != 1 else ''}; recommended trial "
+            f"{result.get('best_trial')}, the best mean"
         )
     probe, prior = result.get("probe"), result.get("prior")
     if probe and prior:

@@ -86,6 +86,9 @@ def test_steps_that_fall_faster_than_one_over_b_are_named_not_read_as_perfect_sc
         fit.summary
     )
     assert "differ in more than their batch size" in fit.to_dict()["unidentified_because"][0]
+    # a few steps keep three figures, so the ratio a reader recomputes is the one printed (107/11.56, not 107/12)
+    few = fit_critical_batch([(100, 400), (187, 107), (293, 11.56)])
+    assert "(107 to 11.6 steps, 9.26x fewer" in few.summary
     # the law itself, perfect scaling with 5% noise, and a drop 1.4x beyond 1/B (noise): nothing to say
     assert fit_critical_batch([(b, S_MIN * (1 + B_CRIT / b)) for b in BATCHES]).faster_than_linear is None
     noisy = 6400 / BATCHES * np.exp(np.random.default_rng(0).normal(0, 0.05, len(BATCHES)))
@@ -225,3 +228,15 @@ def test_derived_intervals_collapse_on_exact_data_and_stay_finite_where_b_crit_i
     assert 0 < lo < 6400 < hi < 2 * 6400
     s_lo, s_hi = linear.steps_ci(8.0)
     assert s_lo < 800 < s_hi < 2 * 800
+
+
+def test_a_measurement_with_several_seeds_per_batch_size_counts_runs_and_batch_sizes_apart() -> None:
+    """A newcomer's `bstune crit` said "from 7 batch sizes 16–1024" for 4 batch sizes at 2 seeds, and "1 batch
+    size that did not reach it (1024)" where the other seed at 1024 did."""
+    runs = [(16, 1000), (16, 1100), (64, 300), (64, 320), (256, 120), (256, 110), (1024, 60)]
+    points = [BatchPoint(b, s, s * b, 0.1, False) for b, s in runs] + [BatchPoint(1024, 80, 80 * 1024, 0.1, True)]
+    summary = fit_critical_batch(points).summary
+    assert "from 7 runs at 4 batch sizes 16–1024 that reached the target" in summary
+    assert "1 run at batch size 1024 that did not reach it only bound the fit" in summary
+    one_each = fit_critical_batch([(b, s) for b, s in runs[::2]]).summary
+    assert "from 4 batch sizes 16–1024" in one_each

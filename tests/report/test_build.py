@@ -456,10 +456,16 @@ def test_report_json_alone_says_what_the_probe_measured_and_where_the_prior_look
     assert data["probe"]["run"] == {"batch_size": 64, "lr": 0.5, "seed": 0}
     assert data["prior"]["batch_low"] == 11 and data["prior"]["search_batch_range"] == [8, 1024]
     section = render_markdown(data).split("## Gradient noise scale")[1].split("\n## ")[0]
-    assert "ceiling of 1 at batch size 32 and ≥2 (the space's lr.max, reached unbroken) at 256" in section
+    assert "lowest smoothed loss) of 1 at batch size 32 and ≥2 (the space's lr.max, reached unbroken) at 256" in section
     assert "trial-long run (batch size 64, learning rate 0.5)" in section
-    assert "first trials from batch sizes 11–180 (the search reached 8–1024)" in section
-    assert "anchored at η*(256) = 0.5" in section
+    assert "first trials from batch sizes 11–180 (the search could draw from 8–1024)" in section
+    assert "the rule η*(B) ∝ s(B), s(B) = 1/(1/B + 1/B_noise)" in section  # SGD: no "^1"
+    assert "anchored at η*(256) = 0.5." in section
+    # a band against the space's smallest batch, and an anchor below lr.min: both said
+    odd = dataclasses.replace(prior, batch_low=8, batch_high=128, lr_ref=5e-5, alpha=0.8)
+    odd_md = render_markdown(build_report(dataclasses.replace(_result(), probe=probe, prior=odd, mode="prior")).data)
+    assert "batch sizes 8–128 (the band below B_noise, slid inside the batch sizes the search allows" in odd_md
+    assert "s(B)^0.8" in odd_md and "(every rate clipped to the space's lr range, 0.0001–2)" in odd_md
     assert "probe" not in build_report(_result()).data  # baseline mode: no probe, no section
 
 
@@ -470,3 +476,38 @@ def test_a_b_simple_from_batchnorm_micro_batches_is_flagged_in_the_report() -> N
     assert "Measured from micro-batches of 16: the model has BatchNorm" in section
     plain = render_markdown(build_report(dataclasses.replace(_result(), probe=_probe(), mode="prior")).data)
     assert "micro-batches of" not in plain
+
+
+def test_the_data_parallel_choice_never_exceeds_the_training_set_and_says_what_it_extrapolates() -> None:
+    """A newcomer's report with 4 workers recommended a batch of 2048 for a 2,000-example training set."""
+    trials = [dataclasses.replace(t, n_train=1500) for t in _result().trials]
+    throughput = {b: b / (0.01 + 1e-7 * b) for b in (16, 64, 256, 1024, 4096)}  # far from saturating
+    result = dataclasses.replace(_result(), trials=trials, probe=_probe(throughput=throughput), mode="prior")
+    data = build_report(result, {"metric": "train_loss", "value": TARGET}, n_workers=4).data
+    wall = data["compute_optimal"]["wall"]
+    assert wall["batch_size"] <= 1500 and wall["batch_size_ci"][1] <= 1500
+    assert max(row["batch_size"] for row in data["recommended"]["lr_table"]) <= 1500  # the LR table too
+    unbounded = build_report(
+        dataclasses.replace(result, trials=_result().trials), {"metric": "train_loss", "value": TARGET}, n_workers=4
+    ).data  # the training set's size unknown
+    assert unbounded["compute_optimal"]["wall"]["batch_size"] > 1500  # the cap is the data's, not a constant
+    md = render_markdown(data)
+    assert "the throughput is taken as the probe measured it" in md
+
+
+def test_the_headline_has_no_empty_brackets_when_only_batch_size_and_rate_were_chosen() -> None:
+    result = dataclasses.replace(_result(), best_config={"batch_size": 16, "lr": 0.1})
+    md = render_markdown(build_report(result).data)
+    assert "**Train with batch size 16 and learning rate 0.1**." in md and "()" not in md.split("\n## ")[1]
+
+
+def test_an_adam_familys_unbent_lr_rule_is_named_a_power_not_linear() -> None:
+    # B_crit not identified (the trials still scale as 1/B), an AdamW space: lr ∝ B^0.8 from the recommended batch
+    trials = [
+        _trial(i, b, 0.001, budget=2_000_000, steps_to_target=320_000 / b) for i, b in enumerate([16, 32, 64, 128])
+    ]
+    result = dataclasses.replace(
+        _result(), trials=trials, best_config={"batch_size": 16, "lr": 0.001, "optimizer": "adamw"}
+    )
+    rec = build_report(result, {"metric": "train_loss", "value": TARGET}).data["recommended"]
+    assert rec["lr_rule_kind"] == "power" and "lr ∝ B^0.8" in rec["lr_rule"]

@@ -41,3 +41,10 @@ def test_the_best_config_line_says_its_value_is_a_mean_over_seeds_when_re_scored
     assert line.startswith("best config (trial 16: val_loss 0.0773, the mean of 3 seeds): batch_size=")
     result["rescored"] = []  # not re-scored: the trial's own value
     assert format_summary(result).splitlines()[-1].startswith("best config (trial 16: val_loss 0.0773): ")
+
+
+def test_one_re_scored_trial_at_one_seed_is_said_in_the_singular() -> None:
+    result = _sample()
+    result["rescored"] = result["rescored"][:1]
+    result["rescored"][0]["seeds"] = result["rescored"][0]["seeds"][:1]
+    assert "re-scored the best trial at 1 more seed; recommended trial" in format_summary(result)
