@@ -55,6 +55,7 @@ __all__ = [
     "count_taken",
     "requeue_interrupted",
     "retry_abandoned",
+    "retry_unqueued",
     "with_heartbeat",
 ]
 
@@ -195,6 +196,31 @@ def retry_abandoned(study: optuna.Study, grace_period: float) -> list[int]:
         taken.append(trial.number)
         logger.warning("trial %d was abandoned (%s); it will run again", trial.number, reason)
     return taken
+
+
+def retry_unqueued(study: optuna.Study) -> list[int]:
+    """Queue once more every interrupted trial whose config no trial runs again (``retry_of``).
+
+    :func:`requeue_interrupted` marks the trial, then queues its config. Ctrl-C can land while
+    a storage write is under way (a trial starts with several); SQLite may then keep the
+    write lock, and the queueing fails after the lock's timeout, leaving a trial marked
+    interrupted with nothing queued: its config would never run again. A study that resumes
+    queues such trials here. Returns their numbers.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    todo = [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL
+        and t.user_attrs.get("status") == TrialStatus.INTERRUPTED.value
+        and t.number not in retried
+        and t.params
+    ]
+    for trial in todo:
+        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+        logger.warning("trial %d was interrupted and not queued again; its config runs again now", trial.number)
+    return [t.number for t in todo]
 
 
 def _finished(trial: FrozenTrial) -> bool:

@@ -34,7 +34,14 @@ from bstune.errors import BstuneError, ConfigError
 from bstune.metrics import Direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
 from bstune.study._backend import Resumed, StudySpec, TrialBackend
-from bstune.study._liveness import Untold, count_finished, count_taken, retry_abandoned, with_heartbeat
+from bstune.study._liveness import (
+    Untold,
+    count_finished,
+    count_taken,
+    retry_abandoned,
+    retry_unqueued,
+    with_heartbeat,
+)
 from bstune.study._pruners import make_pruner
 from bstune.study._records import trial_records
 from bstune.study._resume import check_settings
@@ -206,6 +213,7 @@ class OptunaBackend(TrialBackend):
             study.sampler = sampler
             self._spec = spec = dataclasses.replace(spec, sampler=sampler, worker_sampler=worker_sampler)
         retry_abandoned(study, settings.grace_period)  # left running by a dead process: fail it, run its config again
+        retry_unqueued(study)  # interrupted, but Ctrl-C cut the queueing of its config short
         return Resumed(
             probe=study.user_attrs.get(PROBE_ATTR),
             rescored=[Rescored.from_dict(d) for d in study.user_attrs.get(RESCORED_ATTR, [])],

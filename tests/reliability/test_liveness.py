@@ -30,6 +30,7 @@ from bstune.study._liveness import (
     count_finished,
     count_taken,
     retry_abandoned,
+    retry_unqueued,
 )
 from tests.reliability.worker import NAME, make_study
 
@@ -248,3 +249,20 @@ def test_processes_asking_at_once_get_a_queued_retry_once(storage_url: str) -> N
         assert got.count(queued.number) == 1 and len(set(got)) == 4  # one process runs the retry, the others new trials
         for t in study.get_trials(states=(TrialState.RUNNING,)):
             study.tell(t.number, state=TrialState.FAIL)
+
+
+def test_an_interrupted_trial_whose_queueing_was_cut_short_runs_again_once_on_resume(storage_url: str) -> None:
+    """A newcomer's Ctrl-C landed 0.2 s into a trial: it was marked interrupted, but its retry was never
+    queued (the write waited out SQLite's lock), and --resume never ran its config, the best of the study."""
+    study, number = running_trial(storage_url, owner=None, heartbeat=None)
+    study._storage.set_trial_user_attr(study.trials[number]._trial_id, "status", "interrupted")
+    study.tell(number, state=TrialState.FAIL)  # as Optuna ends a trial the interrupt left; nothing queued
+    assert retry_unqueued(study) == [number]
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [(t.user_attrs["retry_of"], t.system_attrs["fixed_params"]) for t in waiting] == [
+        (number, study.trials[number].params)
+    ]
+    assert retry_unqueued(study) == []  # queued once: a second resume adds nothing
+    failed, _ = running_trial(storage_url, owner=None, heartbeat=None)  # a trial that failed on its own
+    failed.tell(failed.trials[-1].number, state=TrialState.FAIL)
+    assert retry_unqueued(failed) == []
