@@ -31,6 +31,13 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
             f"re-scored {which} at {m} more seed{'s' if m != 1 else ''}; recommended trial "
             f"{result.get('best_trial')}, the best mean"
         )
+    measured = result.get("critical_measured")
+    if measured and measured.get("summary"):  # the direct measurement's number and cost, not only in the report
+        head = str(measured["summary"]).split(". B_crit over training")[0].rstrip(".")
+        lines.append(
+            f"critical batch size {head}; cost {measured.get('cost_samples', 0):,} samples "
+            f"({measured.get('cost_budgets', 0):.1f}x one trial's budget, not in the total above)"
+        )
     probe, prior = result.get("probe"), result.get("prior")
     if probe and prior:
         lo, hi = probe["b_simple_ci"]

@@ -48,3 +48,19 @@ def test_one_re_scored_trial_at_one_seed_is_said_in_the_singular() -> None:
     result["rescored"] = result["rescored"][:1]
     result["rescored"][0]["seeds"] = result["rescored"][0]["seeds"][:1]
     assert "re-scored the best trial at 1 more seed; recommended trial" in format_summary(result)
+
+
+def test_a_direct_b_crit_measurement_is_on_the_console_with_its_cost() -> None:
+    """A newcomer's --critical-batch measure ran 4.5 minutes and the console said nothing of B_crit or its cost."""
+    result = _sample()
+    result["critical_measured"] = {
+        "summary": "measured directly (branches at 2 seeds): B_crit ≈ 374 (90% CI 228–661) from 7 runs at 4 batch "
+        "sizes 16–1024 that reached the target. B_crit over training, from 0 samples: 120 (90% CI 80–200). cost "
+        "494,158 samples (61.8x one trial's budget).",
+        "cost_samples": 494_158,
+        "cost_budgets": 61.77,
+    }
+    summary = format_summary(result)
+    assert "critical batch size measured directly (branches at 2 seeds): B_crit ≈ 374 (90% CI 228–661)" in summary
+    assert "cost 494,158 samples (61.8x one trial's budget, not in the total above)" in summary
+    assert "B_crit over training" not in summary  # the trajectory stays in the report
