@@ -217,6 +217,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             "needed: the training budget in samples (--config FILE gives its study's)", source="--max-samples"
         )
+    warmup = settings.get("warmup_samples") or 0
+    if budget and max_samples != budget and warmup and args.warmup_samples is None:
+        logger.warning(
+            "warmup_samples=%d was chosen for the study's budget of %s samples (%.0f%% of it); at --max-samples %s "
+            "it is %.0f%%: give --warmup-samples %d to keep the share",
+            warmup,
+            f"{budget:,}",
+            100 * warmup / budget,
+            f"{max_samples:,}",
+            100 * warmup / max_samples,
+            round(warmup * max_samples / budget),
+        )
     task = _with_optimizer(load_task(args.script, command="bstune train"), optimizer, args.config)
     train_kwargs, model_kwargs = split_params(params, max_samples)  # as a study's trial splits its parameters
     cfg = bstune.TrainConfig(

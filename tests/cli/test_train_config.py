@@ -94,3 +94,7 @@ def test_train_reproduces_the_recommended_trial_and_prints_its_metrics(tmp_path:
     ran = json.loads((tmp_path / "other" / "train.json").read_text())
     assert ran["config"]["momentum"] == 0.95 and ran["config"]["max_samples"] == 200
     assert ran["config"]["batch_size"] == best["batch_size"] and ran["model_kwargs"] == {"hidden": 5}
+    # the recommended warmup was a share of the study's 800-sample budget: at 200 samples, said
+    assert best["warmup_samples"] > 0  # this seed's recommendation warms up (the space draws 0-10%)
+    share = round(best["warmup_samples"] * 200 / 800)
+    assert "at --max-samples 200 it is" in proc.stderr and f"give --warmup-samples {share} to keep" in proc.stderr
