@@ -584,6 +584,8 @@ def _load_result(folder: str) -> StudyResult:
     from bstune.study import StudyResult
 
     path = Path(folder) / "result.json"
+    if not Path(folder).is_dir():
+        raise ConfigError("no such folder; give the --out folder of `bstune run`", source=str(folder))
     if not path.is_file():
         raise ConfigError("no result.json here; run `bstune run ... --out FOLDER` first", source=str(folder))
     try:

@@ -141,6 +141,7 @@ CASES: list[Case] = [
         ("train_data", "got a tuple of (ndarray, list)", "numpy arrays"),
     ),
     Case(("train", "numpy_ok.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "64"), 0, (), one_line=False),
+    Case(("report", "nosuchdir"), 2, ("nosuchdir", "no such folder")),
     Case(  # an --out that cannot be made: said before the training, not a traceback after it
         ("train", "good.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "64", "--out", "good.py/sub"),
         2,
