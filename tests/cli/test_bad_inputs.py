@@ -347,7 +347,7 @@ CASES: list[Case] = [
         ("Study: devices_per_trial", "do not split into trials of 2"),
         absent=("out",),
     ),
-    Case(("crit", "good.py", "nosuch"), 2, ("nosuch", "no result.json here")),
+    Case(("crit", "good.py", "nosuch"), 2, ("nosuch", "no such folder; give the --out folder of `bstune run`")),
     Case(
         ("crit", "fn_only.py", "study"),
         2,
