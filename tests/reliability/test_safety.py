@@ -60,7 +60,7 @@ def _true(call: ast.Call, keyword: str) -> bool:
 # An unpickling module may be imported only here, and then used only through SAFE_ATTRS.
 ALLOWED_IMPORTS = {
     # ships the user's script module to Ray workers by value (Ray pickles trial functions anyway); reads nothing
-    ("bstune/study/_ray.py", "ray.cloudpickle"),
+    ("bstune/study/_ray_cluster.py", "ray.cloudpickle"),
     # trial workers and data-parallel ranks: bstune's process pickles what it hands the processes it spawns,
     # and each unpickles it from the pipe multiprocessing gives the two (as multiprocessing does with any
     # Process's arguments; cloudpickle ships lambdas and a script's functions); nothing read from a file or
