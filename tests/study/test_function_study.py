@@ -209,8 +209,8 @@ def test_the_prior_mode_names_what_the_probe_needs_from_the_loop() -> None:
         bstune.Study(no_tracker, SPACE, **(ARGS | {"mode": "prior"})).run()
 
 
-def tracked_loop(ctx: TrialContext) -> None:
-    """:func:`loop` with the noise tracker, as the probe needs it."""
+def tracked_loop(ctx: TrialContext, report: bool = True) -> None:
+    """:func:`loop` with the noise tracker, as the probe needs it (``report=False``: a loop that never reports)."""
     model = net().to(ctx.device)
     opt = ctx.make_optimizer(model.parameters())
     sched = ctx.lr_scheduler(opt)
@@ -223,7 +223,7 @@ def tracked_loop(ctx: TrialContext) -> None:
         opt.step()
         sched.step()
         ctx.step(loss)
-        if ctx.at_milestone():
+        if report and ctx.at_milestone():
             with torch.no_grad():
                 ctx.report(val_loss=F.cross_entropy(model(VX), VY))
 
@@ -232,17 +232,7 @@ def test_a_loop_that_never_reports_is_stopped_by_the_probe_not_after_the_study()
     """A newcomer's loop without ctx.report ran the probe and every trial to its end, then heard of it."""
 
     def silent(ctx: TrialContext) -> None:
-        model = net().to(ctx.device)
-        opt = ctx.make_optimizer(model.parameters())
-        sched, noise = ctx.lr_scheduler(opt), ctx.noise_tracker(model)
-        for xb, yb in ctx.loader(TRAIN):
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            noise.observe()
-            opt.step()
-            sched.step()
-            ctx.step(loss)
+        tracked_loop(ctx, report=False)
 
     calls: list[int] = []
 
