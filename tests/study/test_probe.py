@@ -146,25 +146,17 @@ def test_a_batchnorm_models_b_simple_says_it_came_from_micro_batches(caplog: pyt
         return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 1))
 
     task = bstune.Task(model=model, train_data=base.train_data, val_data=base.val_data, loss=torch.nn.MSELoss())
+
+    def probe_of(subject: bstune.Task) -> ProbeResult:
+        settings = ProbeSettings(lr_steps=10, train_samples=1024, throughput_steps=2, curvature_examples=0)
+        return run_probe(subject, settings, batch_min=8, batch_max=256, lr_min=1e-3, lr_max=1.0, seed=0, device="cpu")
+
     with caplog.at_level("WARNING", logger="bstune.study._probe"):
-        probe = run_probe(
-            task,
-            ProbeSettings(lr_steps=10, train_samples=1024, throughput_steps=2, curvature_examples=0),
-            batch_min=8,
-            batch_max=256,
-            lr_min=1e-3,
-            lr_max=1.0,
-            seed=0,
-            device="cpu",
-        )
+        probe = probe_of(task)
     assert probe.b_simple_micro_batch is not None and probe.b_simple_micro_batch >= 1
     assert f"from micro-batches of {probe.b_simple_micro_batch}" in caplog.text
     assert ProbeResult.from_dict(json.loads(json.dumps(probe.to_dict()))) == probe
-    plain = run_probe(
-        _regression(n=1024),
-        ProbeSettings(lr_steps=10, train_samples=1024, throughput_steps=2, curvature_examples=0),
-        batch_min=8, batch_max=256, lr_min=1e-3, lr_max=1.0, seed=0, device="cpu",
-    )  # fmt: skip
+    plain = probe_of(_regression(n=1024))
     assert plain.b_simple_micro_batch is None
 
 
