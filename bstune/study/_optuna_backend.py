@@ -13,6 +13,7 @@ many worker processes on this machine, sharing the storage (:mod:`bstune.study._
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import os
 import shutil
@@ -43,10 +44,10 @@ from bstune.study._liveness import (
     with_heartbeat,
 )
 from bstune.study._pruners import make_pruner
-from bstune.study._records import trial_records
+from bstune.study._records import trial_record, trial_records
 from bstune.study._resume import check_settings
 from bstune.study._storage import open_storage
-from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner
+from bstune.study._trial import SYSTEMATIC_ATTR, TrialOutcome, TrialPlan, TrialPlanner, give_up
 from bstune.study._workers import pickled, run_plans_parallel, run_workers, worker_devices
 from bstune.training import Decision, EvalRecord
 
@@ -150,6 +151,9 @@ class OptunaBackend(TrialBackend):
         self._study: optuna.Study | None = None
         self._planner: TrialPlanner | None = None
         self._worker: str | None = None  # in a trial worker process: which, recorded on each trial
+        # when this process began running trials: the trials begun since are this run's (see _gave_up)
+        self._since = datetime.datetime.now()
+        self._stopped = False  # this run gave up on the study (its code fails): draw no more trials
         self._temporary: tuple[BaseStorage, str] | None = None  # parallel trials without a storage: a journal
 
     def worker_url(self) -> str | None:
@@ -277,11 +281,12 @@ class OptunaBackend(TrialBackend):
             run_workers(study, settings, pickled((spec, planner, str(self._url))), work_on)
             return trial_records(study.get_trials(deepcopy=False))
         study.sampler = planner.sampler(study.sampler)
+        self._since = datetime.datetime.now()
         with optuna_quiet():  # failed trials are logged once, by us, without Optuna's traceback
             lost: list[int] = []  # trials of ours that another process declared abandoned
             untold = Untold()
             objective = with_heartbeat(self._objective, settings.heartbeat_interval, lost, untold)
-            while (remaining := settings.n_trials - count_finished(study)) > 0:
+            while (remaining := settings.n_trials - count_finished(study)) > 0 and not self._stopped:
                 self._lower_ceiling(study)
                 try:
                     with interrupts_kept(study, untold):
@@ -331,6 +336,7 @@ class OptunaBackend(TrialBackend):
             sampler = spec.sampler
             sampler.reseed_rng()
         self._spec, self._planner, self._worker = spec, planner, label
+        self._since = datetime.datetime.now()
         assert self.storage is not None, "a trial worker opens the study's storage by its URL"
         with optuna_quiet():
             self._study = study = optuna.load_study(
@@ -355,7 +361,7 @@ class OptunaBackend(TrialBackend):
                 try:
                     retry_abandoned(study, settings.grace_period)
                     self._lower_ceiling(study)
-                    if count_taken(study) >= settings.n_trials:  # one read: see count_taken
+                    if count_taken(study) >= settings.n_trials or self._gave_up(study):  # one read: see count_taken
                         break
                     with interrupts_kept(study, untold):
                         study.optimize(let_go, n_trials=1, catch=(TrialFailure,), show_progress_bar=False)
@@ -424,8 +430,34 @@ class OptunaBackend(TrialBackend):
         assert self._spec is not None
         retry_abandoned(study, self._spec.settings.grace_period)
         self._lower_ceiling(study)
-        if count_finished(study) >= self._spec.settings.n_trials:
+        if count_finished(study) >= self._spec.settings.n_trials or self._gave_up(study):
             study.stop()
+
+    def _gave_up(self, study: optuna.Study) -> bool:
+        """Whether this run stops drawing trials because the study's code fails (:func:`give_up`), said once."""
+        if self._stopped:
+            return True
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+        ours = sorted(
+            (t for t in trials if t.datetime_start is not None and t.datetime_start >= self._since),
+            key=lambda t: t.number,
+        )
+        reason = give_up(
+            [(trial_record(t).status, bool(t.user_attrs.get(SYSTEMATIC_ATTR))) for t in ours],
+            any_completed=any(t.state == TrialState.COMPLETE for t in trials),
+        )
+        if reason is None:
+            return False
+        assert self._spec is not None
+        logger.warning(
+            "study %r stops drawing trials: %s; trial %d: %s",
+            self._spec.name,
+            reason,
+            ours[-1].number,
+            ours[-1].user_attrs.get("message", ""),
+        )
+        self._stopped = True
+        return True
 
     def _lower_ceiling(self, study: optuna.Study) -> None:
         """Apply batch-size ceilings that trials stored (this run's, a peer's or before a resume): below what

@@ -67,7 +67,7 @@ from bstune.study._ray_trial import record_from_result, train_trial
 from bstune.study._records import trial_record
 from bstune.study._resume import settings_mismatch, upgrade_settings
 from bstune.study._settings import StudySettings
-from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner
+from bstune.study._trial import SYSTEMATIC_ATTR, TrialOutcome, TrialPlan, TrialPlanner, give_up
 
 __all__ = [
     "PlannerSpace",
@@ -111,13 +111,46 @@ def _make_searcher(planner: TrialPlanner, sampler: Any, direction: str, adopted:
         ``evaluated_rewards`` refuses a define-by-run space).
         """
 
+        # this run's finished trials, (status, systematic) in order, and whether it gave up (see give_up); a
+        # restored experiment starts them anew: the code may have been fixed since
+        finished: list[tuple[TrialStatus, bool]]
+        gave_up = False
+
         def _setup_study(self, mode: Any) -> None:
             super()._setup_study(mode)
+            self.finished = []
             study: Any = self._ot_study
             if adopted is not None and not study.get_trials(deepcopy=False):
                 study.add_trial(adopted)
 
+        def restore(self, checkpoint_path: str) -> None:
+            super().restore(checkpoint_path)
+            self.finished, self.gave_up = [], False
+
+        def suggest(self, trial_id: str) -> Any:
+            if self.gave_up:
+                return self.FINISHED
+            return super().suggest(trial_id)
+
+        def _give_up(self) -> None:
+            study: Any = self._ot_study
+            completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            reason = give_up(self.finished, any_completed=bool(completed))
+            if reason is not None and not self.gave_up:
+                logger.warning("the study stops drawing trials: %s", reason)
+                self.gave_up = True
+
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+            self._on_trial_complete(trial_id, result, error)
+            stored = (result or {}).get("status") if (result or {}).get("final") else None
+            if stored is not None or error:  # pruned trials end without a final result
+                status = TrialStatus(stored) if stored is not None else TrialStatus.FAILED
+                self.finished.append((status, bool((result or {}).get(SYSTEMATIC_ATTR))))
+            else:
+                self.finished.append((TrialStatus.PRUNED, False))
+            self._give_up()
+
+        def _on_trial_complete(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
             status = (result or {}).get("status")
             n_train = (result or {}).get("n_train")
             if isinstance(n_train, int) and isinstance(self._space, PlannerSpace):
@@ -450,7 +483,22 @@ class RayBackend(TrialBackend):
             if r.error is not None and TRIAL_NUMBER_KEY in (c := r.config or {})
         }
         cut = _cut_short(exp_dir, errored)
-        if cut > 0 or len(grid) < (self._tune_trials if self._tune_trials is not None else n_tune):
+        records = list(kept)
+        finished: list[tuple[int, TrialStatus, bool]] = []
+        for index in range(len(grid)):
+            result = grid[index]
+            if result.config is None or PLAN_KEY not in result.config:
+                continue  # a trial the searcher never filled in (the study ended first)
+            record = record_from_result(result.metrics or {}, result.config, result.error)
+            records.append(record)
+            finished.append((record.number, record.status, bool((result.metrics or {}).get(SYSTEMATIC_ATTR))))
+        records.sort(key=lambda r: r.number)
+        # fewer trials than asked: the searcher gave up on code that fails (see give_up), or Ctrl-C
+        gave_up = give_up(
+            [(status, systematic) for _, status, systematic in sorted(finished)],
+            any_completed=any(r.status == TrialStatus.COMPLETED for r in records),
+        )
+        if cut > 0 or (len(grid) < (self._tune_trials if self._tune_trials is not None else n_tune) and not gave_up):
             logger.warning(
                 "Ray Tune stopped early (Ctrl-C): %d of %d trials finished; the experiment is kept at %s",
                 len(kept) + len(grid) - cut,
@@ -458,13 +506,6 @@ class RayBackend(TrialBackend):
                 exp_dir,
             )
             raise KeyboardInterrupt
-        records = list(kept)
-        for index in range(len(grid)):
-            result = grid[index]
-            if result.config is None or PLAN_KEY not in result.config:
-                continue  # a trial the searcher never filled in (the study ended first)
-            records.append(record_from_result(result.metrics or {}, result.config, result.error))
-        records.sort(key=lambda r: r.number)
         cap = planner.batch_cap  # this copy stayed at the start cap: the searcher lowers its own
         for i, record in enumerate(records):  # the ceiling each out-of-memory trial left, as the searcher lowered it
             if record.status == TrialStatus.OOM and record.batch_size is not None:

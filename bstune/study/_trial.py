@@ -42,6 +42,7 @@ __all__ = [
     "TrialPlanner",
     "build_model",
     "completed_outcome",
+    "give_up",
     "milestone_index",
     "returned_early",
     "run_trial",
@@ -266,6 +267,9 @@ class TrialOutcome:
     message: str = ""
     traceback: str | None = None
     n_train: int | None = None  # the training set's size, where the run learnt it (a training function's)
+    # a failure every trial repeats whatever its config: a training function that returned before
+    # its budget or never reported (see :func:`give_up`)
+    systematic: bool = False
 
     def attrs(self) -> dict[str, Any]:
         out = {
@@ -281,6 +285,8 @@ class TrialOutcome:
             out["traceback"] = self.traceback
         if self.n_train is not None:
             out["n_train"] = self.n_train
+        if self.systematic:
+            out[SYSTEMATIC_ATTR] = True
         return clean_json(out)  # type: ignore[no-any-return]
 
 
@@ -416,10 +422,12 @@ def run_trial(
         )
     status = trial_status(result.status)
     value = sign * best if math.isfinite(best) else None
+    systematic = False
     if status == TrialStatus.COMPLETED and 0 <= result.samples < plan.config.max_samples:
-        status, message = TrialStatus.FAILED, returned_early(result.samples, plan.config.max_samples)
+        status, message, systematic = TrialStatus.FAILED, returned_early(result.samples, plan.config.max_samples), True
     elif status == TrialStatus.COMPLETED and value is None:
-        status, message = TrialStatus.FAILED, _no_objective(result, objective)
+        # no evaluation at all is the loop's doing; evaluations with no finite value may be the config's
+        status, message, systematic = TrialStatus.FAILED, _no_objective(result, objective), not result.history
     else:
         message = result.message
     return TrialOutcome(
@@ -431,7 +439,42 @@ def run_trial(
         history=[history_row(r) for r in result.history],
         message=message,
         n_train=result.n_train,
+        systematic=systematic,
     )
+
+
+SYSTEMATIC_ATTR = "systematic"  # a trial's stored attribute: TrialOutcome.systematic
+FAILURES_TO_GIVE_UP = 3  # failed trials, and none completed, after which a study stops
+
+
+def give_up(finished: Sequence[tuple[TrialStatus, bool]], *, any_completed: bool) -> str | None:
+    """Why a study should stop drawing trials, or None: its code fails, not its configs.
+
+    ``finished``: the (status, systematic) of each trial this run of the study finished, in
+    order; ``any_completed``: whether any trial of the study (a resumed one's included)
+    completed. With none completed, one systematic failure (a training function that
+    returned early or never reported: every trial does the same) or
+    :data:`FAILURES_TO_GIVE_UP` failed trials (code that raised) end the study, rather than
+    every one of its trials failing the same way. Diverged and out-of-memory trials are the
+    config's doing and do not count; a pruned trial reported, so the code runs.
+
+    Example:
+        >>> failed = (TrialStatus.FAILED, False)
+        >>> give_up([failed, failed], any_completed=False) is None
+        True
+        >>> give_up([failed] * 3, any_completed=False)
+        'its first 3 trials failed and none completed'
+        >>> give_up([(TrialStatus.PRUNED, False)] + [failed] * 3, any_completed=False) is None
+        True
+    """
+    if any_completed or any(status == TrialStatus.PRUNED for status, _ in finished):
+        return None
+    failed = [systematic for status, systematic in finished if status == TrialStatus.FAILED]
+    if any(failed):
+        return "a trial failed in a way every trial would (the training function, not its config)"
+    if len(failed) >= FAILURES_TO_GIVE_UP:
+        return f"its first {len(failed)} trials failed and none completed"
+    return None
 
 
 def returned_early(samples: int, budget: int) -> str:

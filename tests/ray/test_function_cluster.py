@@ -10,6 +10,7 @@ user's loop as a Ray task.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,23 @@ def test_the_prior_mode_probes_the_users_loop_on_the_cluster(ray_cluster: Cluste
     check_records(result, 3, 3000)
     noise = json.loads((out / "report.json").read_text())["noise_scale"]
     assert noise["b_simple"] == pytest.approx(result.probe.b_simple)
+
+
+def test_a_loop_that_raises_ends_the_ray_study_after_its_first_failures(ray_cluster: Cluster, tmp_path: Path) -> None:
+    """Not all of its trials: the searcher gives up after three failed trials and none completed."""
+    two_nodes(ray_cluster)
+    script, space = write_script(tmp_path, seconds_per_sample=0.0)
+    script.write_text(script.read_text() + "\n\ndef train(ctx):\n    raise ValueError('a bug in the loop')\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "bstune.cli", "run", str(script), "--space", str(space), "--backend", "ray",
+         "--address", ray_cluster.gcs, "--out", str(tmp_path / "out"), "--mode", "baseline", "--no-progress",
+         "--trials", "12", "--budget-samples", "3000", "--rescore-top", "0"],
+        env=ray_cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-4000:]
+    assert "stops drawing trials: its first 3 trials failed and none completed" in output, output[-4000:]
+    ran = re.search(r"none of the (\d+) trials .*ValueError: a bug in the loop", output)
+    assert ran is not None, output[-4000:]
+    assert 3 <= int(ran.group(1)) < 12  # those running when the third failed finish too
+    assert "Ctrl-C" not in output

@@ -243,9 +243,48 @@ def test_a_loop_that_never_reports_is_stopped_by_the_probe_not_after_the_study()
     with pytest.raises(ConfigError, match=r"without calling ctx\.report: report val_loss with ctx\.report\(val_loss="):
         bstune.Study(counted, SPACE, **(ARGS | {"mode": "prior"})).run()
     assert len(calls) <= 4  # the probe's range tests and its run (a trial would make it 5 or more)
-    # baseline mode: each trial fails saying so (no probe to stop the study)
-    with pytest.raises(StudyFailedError, match=r"recorded no evaluation; report val_loss with ctx\.report"):
-        bstune.Study(silent, SPACE, **(ARGS | {"n_trials": 2})).run()
+    # baseline mode (no probe): the first trial says so, and the study stops there, not after n_trials of it
+    calls.clear()
+    with pytest.raises(StudyFailedError, match=r"none of the 1 trials .*recorded no evaluation; report val_loss"):
+        bstune.Study(counted, SPACE, **(ARGS | {"n_trials": 4})).run()
+    assert len(calls) == 1
+
+
+def test_a_loop_that_raises_stops_the_study_after_three_trials_and_a_fixed_one_resumes(tmp_path: Path) -> None:
+    calls: list[int] = []
+    fixed = False
+
+    def broken(ctx: TrialContext) -> None:
+        calls.append(1)
+        if not fixed:
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+        loop(ctx)
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ARGS | {"n_trials": 6, "storage": storage}
+    with pytest.raises(StudyFailedError, match=r"none of the 3 trials .*RuntimeError: mat1 and mat2"):
+        bstune.Study(broken, SPACE, **args).run()
+    assert len(calls) == 3
+    # fixed and resumed: the stored failures do not stop it again, and it runs the rest of its trials
+    fixed = True
+    result = bstune.Study(broken, SPACE, **args).run()
+    assert [str(t.status) for t in result.trials[:3]] == ["failed"] * 3
+    assert len(result.trials) == 6 and result.trials[3].status == "completed"
+
+
+def test_failures_after_a_completed_trial_do_not_stop_a_study() -> None:
+    """Code that fails on some configs only (here every other trial) is the configs' doing, not the code's."""
+    calls: list[int] = []
+
+    def flaky(ctx: TrialContext) -> None:
+        calls.append(1)
+        if len(calls) % 2 == 0:
+            raise RuntimeError("only some configs")
+        loop(ctx)
+
+    result = bstune.Study(flaky, SPACE, **(ARGS | {"n_trials": 6})).run()
+    assert len(result.trials) == 6
+    assert [str(t.status) for t in result.trials[1::2]] == ["failed"] * 3
 
 
 def test_the_probe_through_a_function_measures_what_the_task_probe_measures() -> None:

@@ -209,6 +209,41 @@ def test_searcher_caps_batch_sizes_at_a_training_functions_training_set() -> Non
     assert plans.batch_cap == 40  # every trial fails and says why; the searcher keeps its range
 
 
+def test_searcher_gives_up_on_code_that_fails_and_a_restored_one_starts_anew(tmp_path: Path) -> None:
+    """Three failed trials and none completed, or one that every trial would repeat: Tune is told the search is
+    finished, rather than every trial failing the same way; pruned trials and completed ones mean the code runs."""
+    pytest.importorskip("ray.tune")
+    failed = {"final": True, "status": "failed", "message": "RuntimeError: shapes"}
+
+    def searcher() -> object:
+        search = _make_searcher(planner(), make_sampler(0, 8), direction="minimize")
+        search.set_search_properties("objective", "min", {})
+        return search
+
+    search = searcher()
+    for i in range(3):
+        assert search.suggest(f"t{i}") not in (None, search.FINISHED)
+        search.on_trial_complete(f"t{i}", failed)
+    assert search.suggest("t3") == search.FINISHED
+    search.save(str(tmp_path / "searcher.pkl"))
+    restored = searcher()
+    restored.restore(str(tmp_path / "searcher.pkl"))  # resumed after a fix: this run's failures count anew
+    assert restored.suggest("t4") not in (None, search.FINISHED)
+
+    silent = searcher()  # a training function that never reported: every trial would, so one is enough
+    silent.suggest("t0")
+    silent.on_trial_complete("t0", failed | {"message": "recorded no evaluation", "systematic": True})
+    assert silent.suggest("t1") == silent.FINISHED
+
+    working = searcher()  # one pruned trial: the code reports, so failures are the configs'
+    working.suggest("t0")
+    working.on_trial_complete("t0", {"samples": 1000, "objective": 0.9})
+    for i in range(1, 5):
+        working.suggest(f"t{i}")
+        working.on_trial_complete(f"t{i}", failed)
+    assert working.suggest("t5") not in (None, working.FINISHED)
+
+
 def test_ray_settings_reject_bad_values() -> None:
     with pytest.raises(ConfigError, match="resources_per_trial: unknown resources"):
         RaySettings(resources_per_trial={"tpu": 1})
