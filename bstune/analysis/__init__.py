@@ -20,7 +20,15 @@ from bstune.analysis._compute import BatchChoice, ComputeOptimal, compute_optima
 from bstune.analysis._critical import CriticalBatchFit, fit_critical_batch
 from bstune.analysis._gap import GapSummary, GapTrend, TrialGap, generalization_gap
 from bstune.analysis._lr import lr_table
-from bstune.analysis._target import BatchPoint, TargetHit, bin_points, choose_target, steps_by_batch, steps_to_target
+from bstune.analysis._target import (
+    BatchPoint,
+    TargetHit,
+    bin_points,
+    choose_target,
+    nearby_targets,
+    steps_by_batch,
+    steps_to_target,
+)
 
 __all__ = [
     "BatchChoice",
@@ -39,6 +47,7 @@ __all__ = [
     "fit_critical_batch",
     "generalization_gap",
     "lr_table",
+    "nearby_targets",
     "recommend_batch_schedule",
     "steps_by_batch",
     "steps_to_target",

@@ -36,7 +36,15 @@ from bstune.analysis._trials import (
 from bstune.errors import ConfigError, EstimationError
 from bstune.records import TrialStatus
 
-__all__ = ["BatchPoint", "TargetHit", "bin_points", "choose_target", "steps_by_batch", "steps_to_target"]
+__all__ = [
+    "BatchPoint",
+    "TargetHit",
+    "bin_points",
+    "choose_target",
+    "nearby_targets",
+    "steps_by_batch",
+    "steps_to_target",
+]
 
 # A run that never reached the target still bounds S(B) from below while it was on
 # track; a diverged/oom/failed run was not, so it counts only if it got there first.
@@ -186,6 +194,42 @@ def choose_target(
         if n > timed[1]:
             timed = value, n
     return timed[0]
+
+
+def nearby_targets(
+    trials: Iterable[TrialLike],
+    target: float,
+    metric: str = "train_loss",
+    *,
+    direction: Direction | str = Direction.MINIMIZE,
+) -> list[float]:
+    """The targets next to ``target`` at which one batch size fewer, or one more, reaches it.
+
+    Each batch size's best recorded value is where it stops reaching a target: the
+    nearest such value harder than ``target`` and the nearest easier one (where they
+    exist) are the smallest changes of target that change which batch sizes enter the
+    fit. A verdict on B_crit that flips between them depends on the target, not the data.
+
+    Example:
+        >>> trials = [{"batch_size": b, "history": [{"samples": 10, "train_loss": v}]}
+        ...           for b, v in [(8, 0.1), (16, 0.2), (32, 0.3), (64, 0.9)]]
+        >>> nearby_targets(trials, 0.3)  # harder: 8 and 16 reach 0.2; easier: all four reach 0.9
+        [0.2, 0.9]
+        >>> nearby_targets(trials, 0.25)  # 8 and 16 reach it: 8 alone reaches 0.1, 8, 16 and 32 reach 0.3
+        [0.1, 0.3]
+    """
+    direction = Direction.coerce(direction, source="nearby_targets")
+    sign = direction.sign
+    ranked = sorted(_best_values(list(trials), metric, direction).values(), key=lambda v: sign * v)  # hardest first
+    reach = sum(1 for v in ranked if sign * v <= sign * target)  # batch sizes that reach the target
+    out = []
+    if reach >= 1:  # the easiest target that the hardest-reaching one of them misses: the others still reach it
+        harder = [v for v in ranked if sign * v < sign * ranked[reach - 1]]
+        if harder:
+            out.append(harder[-1])
+    if reach < len(ranked):  # the hardest target one more batch size reaches
+        out.append(ranked[reach])
+    return out
 
 
 def _timed(trials: list[TrialLike], target: float, metric: str, direction: Direction) -> int:

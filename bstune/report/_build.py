@@ -25,6 +25,7 @@ from bstune.analysis import (
     fit_critical_batch,
     generalization_gap,
     lr_table,
+    nearby_targets,
     recommend_batch_schedule,
     steps_by_batch,
 )
@@ -157,6 +158,21 @@ def _fit_dict(fit: CriticalBatchFit, b_simple: float | None) -> dict[str, Any]:
     return out
 
 
+def _nearby(trials: list[Any], target: float, metric: str, direction: Direction) -> list[dict[str, Any]]:
+    """The S(B) fit at the targets next to ``target`` (one batch size fewer or more reaches them): whether
+    the verdict on B_crit holds there, or turns on the choice of target."""
+    out: list[dict[str, Any]] = []
+    for value in nearby_targets(trials, target, metric, direction=direction):
+        try:
+            fit = fit_critical_batch(bin_points(steps_by_batch(trials, value, metric, direction=direction)))
+        except BstuneError:  # too few batch sizes reach it to fit: no verdict there to compare
+            continue
+        out.append(
+            {"target": value, "identified": fit.identified, "b_crit": fit.b_crit, "b_crit_ci": list(fit.b_crit_ci)}
+        )
+    return out
+
+
 def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, n_workers: int = 1) -> Report:
     """Analyse ``result``'s trials into a :class:`Report`.
 
@@ -251,6 +267,8 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
         critical["points"] = [_point_dict(p) for p in points]
         fit = fit_critical_batch(points)
         critical.update(_fit_dict(fit, b_simple))
+        critical["nearby_targets"] = near = _nearby(trials, value, metric, direction)
+        critical["verdict_turns_on_target"] = any(v["identified"] != fit.identified for v in near)
     except BstuneError as exc:
         critical["error"] = str(exc)
     measured = getattr(result, "critical_measured", None)

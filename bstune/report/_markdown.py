@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from bstune.metrics import Direction
@@ -127,6 +128,49 @@ def _target(cb: dict[str, Any]) -> str:
     """``val_accuracy ≥ 0.9`` or ``train_loss ≤ 0.3``: the target, with the side on which it counts as reached."""
     side = "≥" if Direction(cb.get("direction", "minimize")) is Direction.MAXIMIZE else "≤"
     return f"{cb['metric']} {side} {_n(cb.get('target'))}"
+
+
+def _b_crit(fit: dict[str, Any]) -> str:
+    """``B_crit = 350 [200–∞]`` from a fit's numbers in report.json."""
+    lo, hi = fit["b_crit_ci"]  # an open end is null in report.json
+    top = "∞" if hi is None or math.isinf(float(hi)) else f"{float(hi):,.0f}"
+    return f"B_crit = {float(fit['b_crit']):,.0f} [{float(lo or 0):,.0f}–{top}]"
+
+
+def _harder(value: float, cb: dict[str, Any]) -> bool:
+    """Whether ``value`` is a harder target than the section's own."""
+    sign = Direction(cb.get("direction", "minimize")).sign
+    return bool(sign * value < sign * float(cb["target"]))
+
+
+def _nearby(cb: dict[str, Any]) -> list[str]:
+    """Whether the verdict on B_crit holds at the targets next to this one, or turns on the choice of target."""
+    near = cb.get("nearby_targets") or []
+    if not near:
+        return []
+    at = (
+        f"At the nearest targets either side ({', '.join(_n(v['target']) for v in near)}; one batch size fewer or "
+        "more reaches each)"
+        if len(near) > 1
+        else f"At the nearest target ({_n(near[0]['target'])}, which one batch size "
+        + ("fewer" if _harder(near[0]["target"], cb) else "more")
+        + " reaches)"
+    )
+    if all(bool(v["identified"]) == bool(cb["identified"]) for v in near):
+        if not cb["identified"]:
+            return [f"{at} the fit does not identify B_crit either."]
+        return [f"{at} the fit identifies B_crit too: " + "; ".join(f"{_n(v['target'])}: {_b_crit(v)}" for v in near)
+                + "."]  # fmt: skip
+    flipped = [v for v in near if bool(v["identified"]) != bool(cb["identified"])]
+    said = "; ".join(
+        f"at {_n(v['target'])}, where one batch size {'fewer' if _harder(v['target'], cb) else 'more'} reaches it, "
+        + (f"the fit does identify it ({_b_crit(v)})" if v["identified"] else "it does not")
+        for v in flipped
+    )
+    return [
+        f"**Whether the data identify B_crit turns on the target**: {said}. Read the verdict above as fragile; a "
+        'direct measurement (`critical_batch="measure"`, `bstune crit`) settles it.'
+    ]
 
 
 def _measured(m: dict[str, Any], set_aside: str | None = None) -> list[str]:
@@ -333,6 +377,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         out.append(f"The data do not identify B_crit{target} (no fit): {cb['error']}.")
     else:
         out.append(f"Steps to {_target(cb)}, fitted as S(B) = S_min (1 + B_crit/B): {cb['summary']}.")
+        out += _nearby(cb)
     if cb.get("target_chosen") == "default":
         out.append(
             f"The target {_n(cb['target'])} is the default: the hardest {cb['metric']} that two thirds of the batch "

@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from bstune.analysis import BatchPoint, bin_points, choose_target, fit_critical_batch, steps_by_batch, steps_to_target
+from bstune.analysis import (
+    BatchPoint,
+    bin_points,
+    choose_target,
+    fit_critical_batch,
+    nearby_targets,
+    steps_by_batch,
+    steps_to_target,
+)
 from bstune.errors import ConfigError, EstimationError
 from bstune.study import TrialRecord
 
@@ -95,6 +103,27 @@ def test_a_default_target_every_run_reaches_by_its_first_evaluation_gives_way_to
     timed = [p for p in bin_points(steps_by_batch(trials, target)) if not p.censored]
     assert [p.batch_size for p in timed] == [8, 32, 128, 512]
     assert fit_critical_batch(bin_points(steps_by_batch(trials, target))).n_points == 4
+
+
+def test_nearby_targets_are_where_one_batch_size_fewer_or_more_reaches() -> None:
+    bests = {8: 0.10, 16: 0.12, 32: 0.20, 64: 0.25, 128: 0.40, 256: 0.90}
+    trials = [_trial(i, b, 0.1, [1.0, v]) for i, (b, v) in enumerate(bests.items())]
+
+    def reaching(target: float) -> int:
+        return sum(v <= target for v in bests.values())
+
+    for target in (0.25, 0.3, 0.12, 0.9, 0.5):
+        near = nearby_targets(trials, target)
+        assert sorted(reaching(v) for v in near) == [
+            n for n in (reaching(target) - 1, reaching(target) + 1) if 1 <= n <= len(bests)
+        ], target
+    assert nearby_targets(trials, 0.05) == [0.10]  # none reaches it: only an easier neighbour
+    assert nearby_targets(trials, 0.95) == [0.40]  # all reach it: only a harder one
+    accuracy = [_trial(i, b, 0.1, [0.0, v]) for i, (b, v) in enumerate(bests.items())]
+    for t in accuracy:
+        t["history"] = [{"samples": h["samples"], "accuracy": h["train_loss"]} for h in t["history"]]
+    # maximised: a harder target is a higher one; 0.25 is reached by 0.25, 0.40, 0.90
+    assert nearby_targets(accuracy, 0.25, "accuracy", direction="maximize") == [0.40, 0.20]
 
 
 def test_choose_target_maximize_and_errors() -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -511,3 +512,33 @@ def test_an_adam_familys_unbent_lr_rule_is_named_a_power_not_linear() -> None:
     )
     rec = build_report(result, {"metric": "train_loss", "value": TARGET}).data["recommended"]
     assert rec["lr_rule_kind"] == "power" and "lr ∝ B^0.8" in rec["lr_rule"]
+
+
+def test_the_report_says_whether_its_b_crit_verdict_holds_at_the_nearest_targets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A newcomer saw B_crit identified at one default target and not at a target 0.01 away, with no word of it.
+    The fits at the nearest targets (one batch size fewer or more reaches them) go into report.json and the
+    section says whether the verdict holds there."""
+    held = build_report(_result(), {"metric": "train_loss", "value": TARGET}).data["critical_batch"]
+    assert held["identified"] and not held["verdict_turns_on_target"] and held["nearby_targets"]
+    for near in held["nearby_targets"]:  # the exact law: the same B_crit at any target
+        assert near["identified"] and near["b_crit"] == pytest.approx(B_CRIT, rel=0.02)
+    text = _section(render_markdown(build_report(_result(), {"value": TARGET}).data), "Critical batch size")
+    assert "the fit identifies B_crit too: " in text and "turns on the target" not in text
+    # B_crit = 512 with no batch size between 256 and 1024: only 1024 shows the flattening, and one target
+    # harder 1024 no longer reaches it, so there the data say nothing of B_crit
+    monkeypatch.setattr(sys.modules[__name__], "B_CRIT", 512.0)
+    trials = [_trial(i, b, 0.01 * b**0.8) for i, b in enumerate([16, 32, 64, 128, 256, 1024])]
+    report = build_report(dataclasses.replace(_result(), trials=trials), {"value": TARGET})
+    cb = report.data["critical_batch"]
+    assert cb["identified"] and cb["verdict_turns_on_target"]
+    (near,) = cb["nearby_targets"]  # every batch size reaches 0.2: no easier neighbour
+    assert not near["identified"] and near["target"] < TARGET
+    reached = {p["batch_size"] for p in cb["points"] if p["reached"]}
+    assert 1024 in reached
+    text = _section(render_markdown(report.data), "Critical batch size")
+    assert (
+        f"**Whether the data identify B_crit turns on the target**: at {near['target']:.4g}, where one batch " in text
+    )
+    assert "fewer reaches it, it does not. Read the verdict above as fragile" in text
