@@ -347,7 +347,8 @@ def _headline(critical: Mapping[str, Any], measured: Mapping[str, Any] | None) -
     """The most reliable B_crit the report has: the direct measurement's whole-run fit, else the trials' fit.
 
     ``source`` says which (``"measured"``, ``"fitted"`` or ``"none"``); ``identified`` whether the
-    data pin it down (else ``b_crit`` is an extrapolation or a bound, see the section's text).
+    data pin it down (else ``b_crit`` is an extrapolation or a bound, see the section's text); for the
+    fit, ``turns_on_target`` whether that verdict differs at a nearby target.
     """
     whole = (measured or {}).get("whole")
     if whole:
@@ -363,6 +364,8 @@ def _headline(critical: Mapping[str, Any], measured: Mapping[str, Any] | None) -
             "b_crit": critical["b_crit"],
             "b_crit_ci": critical["b_crit_ci"],
             "identified": critical.get("identified", False),
+            # the verdict differs at a nearby target (one batch size fewer or more reaching): fragile
+            "turns_on_target": critical.get("verdict_turns_on_target", False),
         }
     return {"source": "none"}
 

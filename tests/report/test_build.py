@@ -532,7 +532,7 @@ def test_the_report_says_whether_its_b_crit_verdict_holds_at_the_nearest_targets
     trials = [_trial(i, b, 0.01 * b**0.8) for i, b in enumerate([16, 32, 64, 128, 256, 1024])]
     report = build_report(dataclasses.replace(_result(), trials=trials), {"value": TARGET})
     cb = report.data["critical_batch"]
-    assert cb["identified"] and cb["verdict_turns_on_target"]
+    assert cb["identified"] and cb["verdict_turns_on_target"] and cb["headline"]["turns_on_target"]
     (near,) = cb["nearby_targets"]  # every batch size reaches 0.2: no easier neighbour
     assert not near["identified"] and near["target"] < TARGET
     reached = {p["batch_size"] for p in cb["points"] if p["reached"]}
