@@ -137,6 +137,33 @@ def _b_crit(fit: dict[str, Any]) -> str:
     return f"B_crit = {float(fit['b_crit']):,.0f} [{float(lo or 0):,.0f}–{top}]"
 
 
+def _which_batch(rec: dict[str, Any], fastest: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    """One sentence on the two batch sizes the recommendation gives, where they differ: which answers what."""
+    if fastest["batch_size"] == rec["batch_size"]:
+        return []
+    rows = {row["batch_size"]: row["lr"] for row in rec.get("lr_table") or []}
+    lr = rows.get(fastest["batch_size"])
+    tried = data["critical_batch"].get("batch_sizes_tried")
+    budget = data["study"].get("budget_samples")
+    what = f"the best {data['study'].get('objective')}" + (
+        f" for {budget:,} training samples" if budget else " for the study's budget of samples"
+    )
+    return [
+        f"Which batch size: {rec['batch_size']} is the study's answer for {what} (what its trials were compared "
+        f"on); {fastest['batch_size']} is the answer where wall-clock time to the target on this hardware is what "
+        "you are short of"
+        + (f", trained at the table's rate for it ({_n(lr, '.3g')})" if lr is not None else "")
+        + (", at the cost of more samples to the target" if fastest["batch_size"] > rec["batch_size"] else "")
+        + (
+            f"; it lies beyond every batch size a trial ran ({tried['max']}), so no trial checked its "
+            f"{data['study'].get('objective')}"
+            if tried and fastest["batch_size"] > tried["max"]
+            else ""
+        )
+        + "."
+    ]
+
+
 def _harder(value: float, cb: dict[str, Any]) -> bool:
     """Whether ``value`` is a harder target than the section's own."""
     sign = Direction(cb.get("direction", "minimize")).sign
@@ -311,6 +338,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             line + ". The intervals carry the S(B) fit's uncertainty; the throughput is taken as the probe measured "
             "it, and on a shared or busy machine it can differ several-fold from one run to the next."
         )
+        out += _which_batch(rec, d, data)
     if rec.get("lr_table"):
         out += [
             "",

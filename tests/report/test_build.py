@@ -436,6 +436,17 @@ def test_the_expected_cost_and_the_fastest_batch_carry_the_fits_intervals() -> N
     assert f"{rec['expected_steps_to_target']:,.0f} steps [{lo:,.0f}–{hi:,.0f}]" in md
     assert f"batch size {device['batch_size']} (90% interval {b_lo:,}–{b_hi:,}; " in md
     assert "; 90% intervals)" in md
+    # the two batch sizes the section gives, each said to answer its own question (a newcomer could not tell)
+    assert device["batch_size"] > rec["batch_size"] and device["batch_size"] <= 1024
+    rate = {row["batch_size"]: row["lr"] for row in rec["lr_table"]}.get(device["batch_size"])
+    which = (
+        f"Which batch size: {rec['batch_size']} is the study's answer for the best val_loss for 200,000 training "
+        f"samples (what its trials were compared on); {device['batch_size']} is the answer where wall-clock time to "
+        "the target on this hardware is what you are short of"
+        + (f", trained at the table's rate for it ({rate:.3g})" if rate is not None else "")
+        + ", at the cost of more samples to the target."
+    )
+    assert which in md
     same = dataclasses.replace(result, probe=_probe(throughput={64: 1000.0, 256: 1000.0}))  # flat: the least B
     md_same = render_markdown(build_report(same, {"metric": "train_loss", "value": TARGET}).data)
     assert "batch size 64 (the same anywhere in B_crit's 90% interval; " in md_same
