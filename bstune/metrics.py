@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from bstune.errors import ConfigError
 
@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 __all__ = ["MAXIMIZE_WORDS", "MINIMIZE_WORDS", "Direction", "Metric", "MetricFn", "infer_direction"]
 
 MetricFn = Callable[[Any, Any], "torch.Tensor | float"]
-"""``metric(outputs, targets) -> number``, averaged over the batch."""
+"""``metric(outputs, targets) -> number``: the metric of those outputs (see :class:`Metric` ``over``)."""
+
+Over = Literal["dataset", "batch"]
 
 
 class Direction(str, Enum):
@@ -109,25 +111,36 @@ class Metric:
     Called like its function: ``metric(outputs, targets)``.
 
     Args:
-        fn: ``fn(outputs, targets) -> number``, averaged over the batch.
-        direction: ``"maximize"`` (accuracy, F1, ...) or ``"minimize"`` (error rates, ...).
+        fn: ``fn(outputs, targets) -> number``.
+        direction: ``"maximize"`` (accuracy, F1, R², ...) or ``"minimize"`` (error rates, RMSE, ...).
+        over: how an evaluation set's value is computed. ``"dataset"`` (the default): ``fn`` is
+            called once, on the outputs and targets of every evaluation batch concatenated
+            (along dimension 0; kept on the CPU in float32 meanwhile), so any metric is exact:
+            R², F1, AUC, precision, RMSE, perplexity. ``"batch"``: ``fn`` is called on each
+            evaluation batch and the set's value is the mean weighted by batch size, exact only
+            for a mean over examples (accuracy, MSE) but keeping no outputs: for models whose
+            outputs over a whole evaluation set would not fit in memory.
 
     Example:
         >>> m = Metric(lambda out, y: 0.5, direction="maximize")
-        >>> m.direction, m(None, None)
-        (<Direction.MAXIMIZE: 'maximize'>, 0.5)
+        >>> m.direction, m.over, m(None, None)
+        (<Direction.MAXIMIZE: 'maximize'>, 'dataset', 0.5)
     """
 
     fn: MetricFn
     direction: Direction
+    over: Over
 
-    def __init__(self, fn: MetricFn, direction: Direction | str) -> None:
+    def __init__(self, fn: MetricFn, direction: Direction | str, *, over: Over = "dataset") -> None:
         if not callable(fn):
             raise ConfigError(
                 f"must be callable as fn(outputs, targets), got {type(fn).__name__}", source="Metric", field="fn"
             )
+        if over not in ("dataset", "batch"):
+            raise ConfigError(f"must be 'dataset' or 'batch', got {over!r}", source="Metric", field="over")
         object.__setattr__(self, "fn", fn)
         object.__setattr__(self, "direction", Direction.coerce(direction, source="Metric"))
+        object.__setattr__(self, "over", over)
 
     def __call__(self, outputs: Any, targets: Any) -> torch.Tensor | float:
         return self.fn(outputs, targets)

@@ -47,8 +47,9 @@ class Task:
         val_data: validation set, same forms.
         loss: ``loss(outputs, targets)`` returning a scalar *averaged* over the batch
             (``reduction="mean"``); the noise scale is wrong by a factor B otherwise.
-        metrics: extra batch-averaged metrics, by name, evaluated on both sets (recorded as
-            ``train_<name>`` and ``val_<name>``). Each is a :class:`~bstune.Metric` that says
+        metrics: extra metrics, by name, evaluated on both sets (recorded as ``train_<name>`` and
+            ``val_<name>``), each over the whole set (R², F1, AUC are exact), or as a mean of
+            evaluation batches where declared ``over="batch"``. Each is a :class:`~bstune.Metric` that says
             whether it is maximized or minimized, ``Metric(accuracy, direction="maximize")``,
             or a plain callable whose name says it (``accuracy``, ``acc``, ``f1``, ``auc``,
             ``precision``, ``recall``, ``top1``, ``top5``: maximized; a name containing ``loss``,

@@ -64,6 +64,7 @@ from bstune.errors import ConfigError
 from bstune.noise import NoiseTracker, adam_preconditioner, sq_norm_of
 from bstune.task import Task
 from bstune.training._config import TrainConfig
+from bstune.training._evaluate import MetricSet
 from bstune.training._sampling import rank_slices, training_batches
 from bstune.training._schedule import lr_at
 
@@ -273,8 +274,7 @@ class DataParallel:
             dist.broadcast(buffer, 0)
         n = len(dataset) if indices is None else len(indices)
         step = run.config.eval_batch_size
-        keys = list(run.task.metrics)
-        sums = [0.0] * (1 + len(keys))
+        loss_sum, metrics = 0.0, MetricSet(run.task.metrics)  # type: ignore[arg-type]  # Metric after Task's check
         run.model.eval()
         try:
             with torch.no_grad():
@@ -285,15 +285,15 @@ class DataParallel:
                     with run.autocast():
                         out = run.model(inputs)
                         loss = run.task.loss(out, targets).float()
-                    sums[0] += float(loss) * (stop - start)
-                    for j, key in enumerate(keys, start=1):
-                        sums[j] += float(run.task.metrics[key](out, targets)) * (stop - start)
+                    loss_sum += float(loss) * (stop - start)
+                    metrics.add(out, targets, stop - start)
         finally:
             run.model.train()
-        total = torch.tensor(sums, dtype=torch.float64, device=self.comm_device)
+        total = torch.tensor([loss_sum], dtype=torch.float64, device=self.comm_device)
         dist.all_reduce(total)
-        values = (total / n).tolist()
-        return values[0], dict(zip(keys, values[1:], strict=True))
+        parts: list[Any] = [None] * self.world_size  # each rank's sums, and its outputs where kept
+        dist.all_gather_object(parts, metrics.partial())
+        return float(total.item()) / n, metrics.combine(parts, n)
 
     def agree(self, stop: bool) -> bool:
         """Rank 0's decision, on every rank."""

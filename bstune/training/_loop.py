@@ -51,6 +51,7 @@ from bstune.noise import NoiseTracker, PerExampleNorms, adam_preconditioner, res
 from bstune.task import Task
 from bstune.training._config import TrainConfig
 from bstune.training._distributed import DataParallel
+from bstune.training._evaluate import MetricSet
 from bstune.training._result import Callback, Decision, EvalRecord, RunStatus, TrainResult
 from bstune.training._sampling import training_batches
 from bstune.training._schedule import lr_at
@@ -350,7 +351,7 @@ class _Run:
         if self.dist is not None:  # data parallel: sharded over the ranks, reduced
             return self.dist.evaluate_on(self, dataset, indices)
         n = len(dataset) if indices is None else len(indices)
-        loss_sum, metric_sums = 0.0, {k: 0.0 for k in self.task.metrics}
+        loss_sum, metrics = 0.0, MetricSet(self.task.metrics)  # type: ignore[arg-type]  # Metric after Task's check
         self.model.eval()
         try:
             with torch.no_grad():
@@ -362,11 +363,11 @@ class _Run:
                         out = self.model(inputs)
                         loss = self.task.loss(out, targets).float()
                     loss_sum += float(loss) * (stop - start)
-                    for key, fn in self.task.metrics.items():
-                        metric_sums[key] += float(fn(out, targets)) * (stop - start)
+                    metrics.add(out, targets, stop - start)
+            values = metrics.values(n)
         finally:
             self.model.train()
-        return loss_sum / n, {k: v / n for k, v in metric_sums.items()}
+        return loss_sum / n, values
 
     def record(self, milestone: int, lr: float, started: float) -> EvalRecord:
         self.read_losses()  # the window's batch losses, and the divergence check before evaluating

@@ -72,7 +72,11 @@ def _task(model: object = _mlp, n: int = 512, optimizer: str = "sgd", generic: b
         train_data=_Items(x, y) if generic else (x, y),
         val_data=(x[:200], y[:200]),
         loss=torch.nn.CrossEntropyLoss(),
-        metrics={"accuracy": lambda out, t: (out.argmax(1) == t).float().mean()},
+        metrics={
+            "accuracy": lambda out, t: (out.argmax(1) == t).float().mean(),
+            # not a mean over examples: the ranks' outputs are gathered and it is computed once, as in one process
+            "top_logit": bstune.Metric(lambda out, t: out.max(), "maximize"),
+        },
         optimizer=optimizer,
     )
 

@@ -92,6 +92,55 @@ def test_history_holds_losses_metrics_and_gap(blob_task: bstune.Task) -> None:
     assert run.to_dict()["history"][-1]["gap"] == pytest.approx(last.gap)
 
 
+def _r2(out: torch.Tensor, y: torch.Tensor) -> float:
+    return float(1 - ((out.squeeze(-1) - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+
+
+def test_a_metric_is_the_whole_sets_not_an_average_over_evaluation_batches() -> None:
+    """A newcomer's R² on a validation set sorted by its target read -5.29 against the set's 0.943: it was the
+    mean over chunks of eval_batch_size rows. Ground truth: the metric on the whole set's outputs, computed here."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 5, generator=gen)
+    y = x @ torch.randn(5, generator=gen) + 0.3 * torch.randn(600, generator=gen)
+    order = y[400:].argsort()  # a validation set sorted by its target
+    task = bstune.Task(
+        model=lambda: torch.nn.Linear(5, 1),
+        train_data=(x[:400], y[:400].unsqueeze(-1)),
+        val_data=(x[400:][order], y[400:][order].unsqueeze(-1)),
+        loss=torch.nn.MSELoss(),
+        metrics={
+            "r2": bstune.Metric(lambda out, t: _r2(out, t.squeeze(-1)), "maximize"),
+            "chunked_r2": bstune.Metric(lambda out, t: _r2(out, t.squeeze(-1)), "maximize", over="batch"),
+            "mse": bstune.Metric(lambda out, t: ((out - t) ** 2).mean(), "minimize", over="batch"),
+        },
+        optimizer="sgd",
+    )
+    cfg = bstune.TrainConfig(batch_size=32, lr=0.05, max_samples=4000, eval_batch_size=50, device="cpu")
+    run = bstune.train(task, cfg)
+    assert run.model is not None
+    with torch.no_grad():
+        out = run.model(x[400:][order])
+    truth = _r2(out, y[400:][order])
+    last = run.history[-1].metrics
+    assert truth > 0.8 and last["val_r2"] == pytest.approx(truth, rel=1e-5)
+    assert last["val_chunked_r2"] < truth - 0.25  # what it read before (0.65 against 0.98)
+    # a mean over examples is exact either way: the weighted mean of the batches' means is the set's mean
+    assert last["val_mse"] == pytest.approx(float(((out.squeeze(-1) - y[400:][order]) ** 2).mean()), rel=1e-5)
+    assert run.history[-1].val_loss == pytest.approx(last["val_mse"], rel=1e-5)
+
+
+def test_a_whole_set_metric_whose_outputs_do_not_concatenate_says_what_to_do(blob_task: bstune.Task) -> None:
+    from bstune.training._evaluate import MetricSet
+
+    metrics = MetricSet({"f1": bstune.Metric(lambda out, t: 1.0, "maximize")})
+    metrics.add(torch.zeros(4, 3), torch.zeros(4), 4)
+    metrics.add(torch.zeros(4, 5), torch.zeros(4), 4)  # e.g. sequences padded to each batch's own length
+    with pytest.raises(ConfigError, match=r"metric\(s\) 'f1' are computed over the whole evaluation set.*over='batch'"):
+        metrics.values(8)
+    with pytest.raises(ConfigError, match="over"):
+        bstune.Metric(lambda out, t: 1.0, "maximize", over="epoch")  # type: ignore[arg-type]
+
+
 def test_callback_can_stop_the_run(blob_task: bstune.Task) -> None:
     seen: list[int] = []
 
