@@ -321,12 +321,17 @@ def bin_points(points: list[BatchPoint]) -> list[BatchPoint]:
 
     Batch sizes a few percent apart measure the same S(B); one point per bin keeps a
     search that crowded a region from weighting the fit there. A reached point beats
-    a bound that never reached the target.
+    a bound that never reached the target; of bounds alone, the one that ran the most
+    steps without reaching it says the most (``S(B) > steps``), as within a batch size
+    (:func:`steps_by_batch`).
 
     Example:
         >>> pts = [BatchPoint(64, 100.0, 6400.0, 0.1), BatchPoint(70, 90.0, 6300.0, 0.1), BatchPoint(256, 40.0, 1e4, 0.1)]
         >>> [(p.batch_size, p.steps) for p in bin_points(pts)]
         [(70, 90.0), (256, 40.0)]
+        >>> never = [BatchPoint(97, 310.0, 30090.0, 0.1, lower_bound=True), BatchPoint(104, 33.0, 3432.0, 0.2, lower_bound=True)]
+        >>> [(p.batch_size, p.steps) for p in bin_points(never)]  # a full run that missed, not one pruned early
+        [(97, 310.0)]
     """
     bins: dict[int, BatchPoint] = {}
     for p in points:
@@ -335,7 +340,8 @@ def bin_points(points: list[BatchPoint]) -> list[BatchPoint]:
         better = (
             held is None
             or (held.lower_bound and not p.lower_bound)
-            or (held.lower_bound == p.lower_bound and p.steps < held.steps)
+            or (not held.lower_bound and not p.lower_bound and p.steps < held.steps)
+            or (held.lower_bound and p.lower_bound and p.steps > held.steps)
         )
         if better:
             bins[key] = p

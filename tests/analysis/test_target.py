@@ -126,6 +126,19 @@ def test_nearby_targets_are_where_one_batch_size_fewer_or_more_reaches() -> None
     assert nearby_targets(accuracy, 0.25, "accuracy", direction="maximize") == [0.40, 0.20]
 
 
+def test_of_two_runs_that_missed_the_target_in_one_bin_the_longer_bounds_the_fit() -> None:
+    """A newcomer's fit kept a pruned trial's 'at least 33 steps' at B=104 and dropped a full run at B=97 that
+    trained 310 steps without reaching the target; the fit then put S(97) at 166 steps, against that run."""
+    full = _trial(1, 97, 0.1, [0.9, 0.8, 0.7, 0.6, 0.55], every=6016)  # 310 steps, never at 0.5
+    pruned = _trial(2, 104, 0.2, [0.95], status="pruned", every=3432)  # 33 steps
+    (point,) = bin_points(steps_by_batch([full, pruned], 0.5))
+    assert (point.batch_size, point.lower_bound, point.trial) == (97, True, 1)
+    assert point.steps == pytest.approx(5 * 6016 / 97)
+    reached = _trial(3, 100, 0.1, [0.9, 0.4], every=5000)  # a run that reached it beats both bounds
+    (point,) = bin_points(steps_by_batch([full, pruned, reached], 0.5))
+    assert (point.batch_size, point.lower_bound) == (100, False)
+
+
 def test_choose_target_maximize_and_errors() -> None:
     trials = [
         {"batch_size": b, "history": [{"samples": 1, "val_acc": a}]}
