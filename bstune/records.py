@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ __all__ = [
     "TrialStatus",
     "clean_dict",
     "clean_json",
+    "last_value",
     "rank_key",
 ]
 
@@ -52,6 +54,17 @@ class TrialStatus(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+def last_value(history: Sequence[Mapping[str, Any]], objective: str) -> float | None:
+    """The objective at a run's last evaluation (None where it recorded none, or not a finite one).
+
+    Example:
+        >>> last_value([{"val_loss": 0.3}, {"val_loss": 0.35}], "val_loss"), last_value([], "val_loss")
+        (0.35, None)
+    """
+    value = history[-1].get(objective) if history else None
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 def clean_dict(value: dict[str, Any]) -> dict[str, Any]:
@@ -124,12 +137,19 @@ class TrialRecord:
 
 @dataclass(frozen=True)
 class Rescored:
-    """One candidate's values: its own trial's first, then one per re-scoring seed (None: it did not complete)."""
+    """One candidate's values: its own trial's first, then one per re-scoring seed (None: it did not complete).
+
+    A value is a run's best objective over its evaluations, as trials are compared; ``finals``
+    (in the same order) is each run's objective at its last evaluation, what training the
+    config to its budget gives without keeping the best checkpoint (empty in results
+    written before it was kept).
+    """
 
     trial: int
     seeds: list[int]
     values: list[float | None]
     samples: int  # spent on the re-scoring runs (the trial's own samples are counted with the trial)
+    finals: list[float | None] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -146,6 +166,15 @@ class Rescored:
             return None
         return statistics.stdev(v for v in self.values if v is not None) / math.sqrt(len(self.values))
 
+    @property
+    def final_mean(self) -> float | None:
+        """The mean over the seeds of the last evaluation's objective (None unless every run has one)."""
+        if not self.finals or len(self.finals) != len(self.values):
+            return None
+        if not all(v is not None and math.isfinite(v) for v in self.finals):
+            return None
+        return statistics.fmean(v for v in self.finals if v is not None)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "trial": self.trial,
@@ -154,6 +183,8 @@ class Rescored:
             "samples": self.samples,
             "mean": self.mean,
             "sem": self.sem,
+            "finals": list(self.finals),
+            "final_mean": self.final_mean,
         }
 
     @classmethod
@@ -163,6 +194,7 @@ class Rescored:
             seeds=[int(s) for s in data["seeds"]],
             values=[None if v is None else float(v) for v in data["values"]],
             samples=int(data["samples"]),
+            finals=[None if v is None else float(v) for v in data.get("finals", [])],
         )
 
 

@@ -32,7 +32,7 @@ from bstune.analysis import (
 from bstune.errors import BstuneError, ConfigError
 from bstune.metrics import Direction
 from bstune.optim import temperature
-from bstune.records import ProbeResult, StudyData, TrialStatus, clean_dict
+from bstune.records import ProbeResult, StudyData, TrialStatus, clean_dict, last_value
 from bstune.space import PriorSettings
 
 __all__ = ["Report", "build_report"]
@@ -476,6 +476,21 @@ def _recommend(result: StudyData, fit: CriticalBatchFit | None, advice: Critical
             f"best mean {result.objective} ({chosen.mean:.4g} ± {chosen.sem or 0.0:.2g} standard error, over "
             f"{len(chosen.values)} seeds) of the {len(result.rescored)} best of {ran} trials, "
             f"each trained again at {len(chosen.seeds)} more seeds; budget {result.budget_samples:,} samples a trial"
+        )
+    # a trial's value is its best evaluation; training the config to its budget ends at its last one
+    final = (
+        chosen.final_mean
+        if chosen is not None and chosen.mean is not None
+        else last_value(chosen_trial.history, result.objective)
+        if chosen_trial is not None
+        else None
+    )
+    if final is not None:
+        rec["objective_at_end"] = {result.objective: final}
+        over = f"the mean over its {len(chosen.values)} seeds of " if chosen is not None and chosen.mean else ""
+        rec["why"] += (
+            f". That value is each run's best {result.objective} over its evaluations; {over}the last evaluation's, "
+            f"what training it to the budget gives without keeping the best checkpoint, is {final:.4g}"
         )
     b = int(best["batch_size"])
     if fit is not None and fit.identified:  # a fit that does not identify B_crit predicts nothing to act on

@@ -6,6 +6,7 @@ RECOMMENDATION_NOTES = frozenset(
     {
         "derived",
         "objective",
+        "objective_at_end",
         "why",
         "expected_steps_to_target",
         "expected_samples_to_target",

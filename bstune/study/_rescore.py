@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from bstune.metrics import Direction
-from bstune.records import Rescored, TrialRecord, TrialStatus
+from bstune.records import Rescored, TrialRecord, TrialStatus, last_value
 from bstune.study._trial import TrialOutcome, TrialPlan
 
 __all__ = ["candidates", "choose", "rescore_seeds", "run_rescoring"]
@@ -43,9 +43,11 @@ def run_rescoring(
     seeds: list[int],
     *,
     run: Callable[[list[TrialPlan]], list[TrialOutcome]],
+    objective: str,
     on_done: Callable[[int], object] | None = None,
 ) -> list[Rescored]:
-    """Train each trial's configuration again at each of ``seeds``; returns their values.
+    """Train each trial's configuration again at each of ``seeds``; returns their values (best over each
+    run's evaluations) and their ``objective`` at each run's last evaluation.
 
     ``run`` trains a list of plans for their whole budget and returns their outcomes in
     order (a backend's ``run_plans``: one after the other here, side by side on Ray).
@@ -62,7 +64,9 @@ def run_rescoring(
         done(len(plans))
         values: list[float | None] = [trial.value]
         values += [o.value if o.status == TrialStatus.COMPLETED else None for o in outcomes]
-        out.append(Rescored(trial.number, list(seeds), values, sum(o.samples for o in outcomes)))
+        finals = [last_value(trial.history, objective)]
+        finals += [last_value(o.history, objective) if o.status == TrialStatus.COMPLETED else None for o in outcomes]
+        out.append(Rescored(trial.number, list(seeds), values, sum(o.samples for o in outcomes), finals))
     return out
 
 

@@ -466,7 +466,9 @@ class Study:
         for trial in best:
             if trial.number not in done:
                 logger.info("re-scoring trial %d at seeds %s", trial.number, seeds)
-                (done[trial.number],) = run_rescoring([trial], seeds, run=self.backend.run_plans, on_done=bar.update)
+                (done[trial.number],) = run_rescoring(
+                    [trial], seeds, run=self.backend.run_plans, objective=s.objective, on_done=bar.update
+                )
                 self.backend.keep_rescored(list(done.values()))
             out.append(done[trial.number])
         bar.close()
