@@ -164,6 +164,70 @@ class TrialLRScheduler:
         self._apply()
 
 
+class _ReadConfig(dict[str, Any]):
+    """``ctx.config``: a plain dict that remembers which keys the training function read.
+
+    A key counts as read through ``[]``, ``get``, ``in``, ``pop`` or ``setdefault``; iterating the
+    whole mapping (``**ctx.config``, ``items()``) reads every key, and ``ctx.make_optimizer`` and
+    ``ctx.lr_scheduler`` read the settings they apply. The space's parameters a function never read
+    are a misspelling (``model.hiden``) or one its loop ignores (a searched ``grad_clip`` it never
+    applies): either way the search spends its trials on them (:func:`run_function` warns).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.read.add(key)
+        return super().__contains__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self.read.add(key)
+        return super().pop(key, *default)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().setdefault(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        self.read.update(dict.keys(self))
+        return super().__iter__()
+
+    def keys(self) -> Any:
+        self.read.update(dict.keys(self))
+        return super().keys()
+
+    def items(self) -> Any:
+        self.read.update(dict.keys(self))
+        return super().items()
+
+    def values(self) -> Any:
+        self.read.update(dict.keys(self))
+        return super().values()
+
+    def copy(self) -> dict[str, Any]:
+        self.read.update(dict.keys(self))
+        return dict(super().items())
+
+    def __reduce__(self) -> Any:  # pickled (a copy kept by the function, Ray) as the plain dict it is
+        return (dict, (dict(super().items()),))
+
+
+_warned_unread: set[frozenset[str]] = set()  # the unread parameter sets this process has warned about
+_OPTIMIZER_KEYS = frozenset({"momentum", "weight_decay", "betas"})  # what ctx.make_optimizer applies
+_SCHEDULE_KEYS = frozenset({"warmup_fraction", "schedule", "final_lr_ratio"})  # what ctx.lr_scheduler applies
+
+
 class TrialContext:
     """What a trial function is given: the trial's settings, and the study's counters and hooks.
 
@@ -212,12 +276,11 @@ class TrialContext:
         self.train_config = config
         self.optimizer_spec = optimizer or OptimizerSpec()
         self.momentum = config.momentum if config.momentum is not None else self.optimizer_spec.momentum
-        self.config: dict[str, Any] = {
-            **self._optimizer_settings(),
-            **dict(params or {}),
-            "batch_size": config.batch_size,
-            "lr": config.lr,
-        }
+        self.config: dict[str, Any] = _ReadConfig(
+            {**self._optimizer_settings(), **dict(params or {}), "batch_size": config.batch_size, "lr": config.lr}
+        )
+        # the space's parameters besides B and η: the loop reads them, or has bstune apply them (below)
+        self._searched = frozenset(params or {}) - {"batch_size", "lr"}
         self.device = resolve_device(config.device)
         self.seed = config.seed
         self.objective = objective
@@ -292,7 +355,16 @@ class TrialContext:
     @property
     def model_kwargs(self) -> dict[str, Any]:
         """The space's ``model.<name>`` parameters, by ``<name>``."""
-        return {k.removeprefix("model."): v for k, v in self.config.items() if k.startswith("model.")}
+        found = {k: v for k, v in dict.items(self.config) if k.startswith("model.")}
+        if isinstance(self.config, _ReadConfig):
+            self.config.read.update(found)
+        return {k.removeprefix("model."): v for k, v in found.items()}
+
+    def unread_params(self) -> list[str]:
+        """The space's parameters (besides B and η) the run has not read: from ``ctx.config`` or
+        ``ctx.model_kwargs``, or through ``ctx.make_optimizer`` and ``ctx.lr_scheduler``."""
+        read = self.config.read if isinstance(self.config, _ReadConfig) else set(self._searched)
+        return sorted(self._searched - read)
 
     # -- what the function calls -----------------------------------------------------
     def loader(
@@ -385,11 +457,18 @@ class TrialContext:
         """A scheduler that sets the trial's learning rate step by step; call its ``step()`` after
         ``optimizer.step()``."""
         self.used_scheduler = True
+        self._applied(_SCHEDULE_KEYS)
         warn_on_other_optimizer(optimizer, self.optimizer_spec.family, self.momentum)
         return TrialLRScheduler(self, optimizer)
 
+    def _applied(self, keys: frozenset[str]) -> None:
+        """``keys`` of the space reach the run through bstune (the optimizer, the schedule): they count as read."""
+        if isinstance(self.config, _ReadConfig):
+            self.config.read.update(keys)
+
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
         """The search space's optimizer (family, momentum, weight decay) at the trial's learning rate."""
+        self._applied(_OPTIMIZER_KEYS)
         return self.optimizer_spec.build(
             params, lr=self.lr, momentum=self.momentum, weight_decay=self.train_config.weight_decay
         )
@@ -611,6 +690,15 @@ def run_function(
         ctx._tracker.tracker.flush(ctx.steps, ctx.samples)  # the window the last report left open
     if ctx.status is not RunStatus.COMPLETED:
         logger.info("run ended %s: %s", ctx.status.value, ctx.message)
+    unread = ctx.unread_params()
+    if unread and ctx.status is RunStatus.COMPLETED and frozenset(unread) not in _warned_unread:
+        _warned_unread.add(frozenset(unread))
+        logger.warning(
+            "the training function never read the space's parameter(s) %s from ctx.config (nor ctx.model_kwargs, "
+            "ctx.make_optimizer or ctx.lr_scheduler): a misspelled name, or one the loop ignores; the search spends "
+            "its trials on them all the same",
+            ", ".join(repr(k) for k in unread),
+        )
     wall = time.perf_counter() - started
     result = TrainResult(
         config=config,

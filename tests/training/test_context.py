@@ -362,3 +362,65 @@ def test_a_report_a_step_or_more_past_its_milestone_is_named_once(
         run_function(every_7_steps, config)
     said = [r.getMessage() for r in caplog.records if "recorded for the milestone" in r.getMessage()]
     assert len(said) == 1 and "ctx.at_milestone()" in said[0], said
+
+
+def test_a_model_parameter_the_loop_never_reads_is_named_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newcomer's typo `model.hiden` in the space was searched for a whole study (the Task path refuses it,
+    naming the factory's keywords); a training function reads ctx.config as it likes, so bstune notes which of
+    the space's model.<name> parameters it never read."""
+    import pickle
+
+    from bstune.training import _context
+
+    monkeypatch.setattr(_context, "_warned_unread", set())
+    config = TrainConfig(batch_size=32, lr=0.1, max_samples=640)
+    # momentum and warmup reach the run through ctx.make_optimizer and ctx.lr_scheduler (the loop uses both)
+    params = {"model.hiden": 49, "model.width": 16, "momentum": 0.8, "warmup_fraction": 0.1}
+    kept: list[dict[str, Any]] = []
+
+    def reads_width(ctx: TrialContext) -> None:
+        assert ctx.config["model.width"] == 16
+        kept.append(pickle.loads(pickle.dumps(ctx.config)))  # a copy a loop keeps is a plain dict
+        loop(ctx)
+
+    with caplog.at_level("WARNING", logger="bstune.training._context"):
+        run_function(reads_width, config, params=params)
+        run_function(reads_width, config, params=params)  # the same names: said once
+    said = [r.getMessage() for r in caplog.records if "never read" in r.getMessage()]
+    assert said == [
+        "the training function never read the space's parameter(s) 'model.hiden' from ctx.config (nor "
+        "ctx.model_kwargs, ctx.make_optimizer or ctx.lr_scheduler): a misspelled name, or one the loop ignores; "
+        "the search spends its trials on them all the same"
+    ]
+    assert type(kept[0]) is dict and kept[0]["model.hiden"] == 49
+    caplog.clear()
+    _context._warned_unread.clear()  # so that each read below would be said again if it did not count
+
+    def by_kwargs(ctx: TrialContext) -> None:
+        assert ctx.model_kwargs == {"hiden": 49, "width": 16}
+        loop(ctx)
+
+    def unpacked(ctx: TrialContext) -> None:
+        assert dict(**ctx.config)["model.hiden"] == 49
+        loop(ctx)
+
+    def by_get(ctx: TrialContext) -> None:
+        ctx.config.get("model.hiden"), ctx.config.get("model.width", 8)
+        loop(ctx)
+
+    with caplog.at_level("WARNING", logger="bstune.training._context"):
+        for fn in (by_kwargs, unpacked, by_get):
+            run_function(fn, config, params=params)
+    assert not [r for r in caplog.records if "never read" in r.getMessage()]
+
+    def own_optimizer(ctx: TrialContext) -> None:  # torch's SGD at a fixed momentum: the searched one is unused
+        assert ctx.model_kwargs["width"] == 16
+        loop(ctx, optimizer=lambda p: torch.optim.SGD(p, lr=ctx.lr, momentum=0.9))
+
+    with caplog.at_level("WARNING", logger="bstune.training._context"):
+        run_function(own_optimizer, config, params=params)
+    assert [r.getMessage()[:70] for r in caplog.records if "never read" in r.getMessage()] == [
+        "the training function never read the space's parameter(s) 'momentum' f"
+    ]
