@@ -533,21 +533,30 @@ def _capped_at_ceiling(
     ceiling only rises with the batch size, so the larger test's (``lr_ceiling_large``, at
     ``large_batch``) bounds every batch size up to it; beyond it nothing was measured, and
     the largest ceiling seen stays the bound. A capped row keeps the rule's rate beside it.
-    The range test is no hard bound: a completed trial (``trained``: batch size, rate) that
-    trained at a higher rate at a batch size up to the row's raises the row's bound to it.
+    Between the two tests, where the large test's ceiling is the higher and neither stopped at
+    lr.max, the bound is the ceiling interpolated as a power of B between them (the large
+    test's alone let a row jump 3x from one batch size to the next, past rates trials had
+    already found too high). The range test is no hard bound: a completed trial (``trained``:
+    batch size, rate) that trained at a higher rate at a batch size up to the row's raises the
+    row's bound to it.
     """
     if probe is None:
         return [{"batch_size": bb, "lr": lr} for bb, lr in table]
+    small, large = probe.lr_ceiling, max(probe.lr_ceiling_large, probe.lr_ceiling)
+    between = (
+        probe.batch_size < probe.large_batch
+        and 0 < small < large
+        and not (probe.lr_ceiling_at_max or probe.lr_ceiling_large_at_max)
+    )
     rows: list[dict[str, Any]] = []
     for bb, lr in table:
+        interpolated = between and probe.batch_size < bb < probe.large_batch
         at, ceiling, at_max = (
-            (probe.batch_size, probe.lr_ceiling, probe.lr_ceiling_at_max)
+            (probe.batch_size, small, probe.lr_ceiling_at_max)
             if bb <= probe.batch_size
-            else (
-                probe.large_batch,
-                max(probe.lr_ceiling_large, probe.lr_ceiling),
-                probe.lr_ceiling_large_at_max or probe.lr_ceiling_at_max,
-            )
+            else (bb, _power_between(bb, (probe.batch_size, small), (probe.large_batch, large)), False)
+            if interpolated
+            else (probe.large_batch, large, probe.lr_ceiling_large_at_max or probe.lr_ceiling_at_max)
         )
         row: dict[str, Any] = {"batch_size": bb, "lr": lr}
         shown = max((r for b, r in trained if b <= bb), default=0.0)
@@ -555,10 +564,25 @@ def _capped_at_ceiling(
         if by_trial:
             at, ceiling, at_max = next(b for b, r in trained if b <= bb and r == shown), shown, False
         if lr > ceiling:  # at lr.max unbroken: no rate above it was searched or tested
-            cap = {"lr_ceiling": ceiling, "batch_size": at, "lr_max": at_max}
-            row.update(lr=ceiling, rule_lr=lr, capped_at=cap | ({"by_trial": True} if by_trial else {}))
+            cap: dict[str, Any] = {"lr_ceiling": ceiling, "batch_size": at, "lr_max": at_max}
+            if by_trial:
+                cap["by_trial"] = True
+            elif interpolated:
+                cap["between"] = [[probe.batch_size, small], [probe.large_batch, large]]
+            row.update(lr=ceiling, rule_lr=lr, capped_at=cap)
         rows.append(row)
     return rows
+
+
+def _power_between(b: float, low: tuple[float, float], high: tuple[float, float]) -> float:
+    """The value at ``b`` of the power of B through the points ``low`` and ``high`` (batch size, value).
+
+    Example:
+        >>> round(_power_between(128, (64, 0.1), (512, 0.8)), 6)  # linear in B through both
+        0.2
+    """
+    slope = math.log(high[1] / low[1]) / math.log(high[0] / low[0])
+    return float(low[1] * (b / low[0]) ** slope)
 
 
 def _lr_exponent(result: StudyData, best: Mapping[str, Any]) -> tuple[str, float]:

@@ -93,6 +93,12 @@ def _lr_cell(row: dict[str, Any]) -> str:
             f"{_n(row['lr'], '.3g')} (the rule gives {_n(row['rule_lr'], '.3g')}, above the LR range test's ceiling "
             f"and the highest rate a completed trial trained at, {_n(cap['lr_ceiling'], '.3g')} at B={cap['batch_size']})"
         )
+    if cap.get("between"):
+        (b0, c0), (b1, c1) = cap["between"]
+        return (
+            f"{_n(row['lr'], '.3g')} (the rule gives {_n(row['rule_lr'], '.3g')}, above the LR ceiling interpolated "
+            f"here between the range tests' {_n(c0, '.3g')} at B={b0} and {_n(c1, '.3g')} at B={b1})"
+        )
     if cap.get("lr_max"):
         return (
             f"{_n(row['lr'], '.3g')} (the rule gives {_n(row['rule_lr'], '.3g')}, above the space's lr.max, "

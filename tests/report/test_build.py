@@ -322,19 +322,25 @@ def test_the_lr_table_never_goes_past_the_range_tests_ceiling() -> None:
     free = build_report(_result(), {"metric": "train_loss", "value": TARGET}).recommended["lr_table"]
     rule = {row["batch_size"]: row["lr"] for row in free}  # the same study without a probe: the rule's own rates
     for b, row in rows.items():
-        bound, at = (0.15, 32) if b <= 32 else (0.4, 256)
+        # between the tests the ceiling is interpolated as a power of B (a row jumped 3x at the large test's)
+        bound, at = (
+            (0.15, 32) if b <= 32 else (0.15 * (b / 32) ** math.log(0.4 / 0.15, 8), b) if b < 256 else (0.4, 256)
+        )
         assert row["lr"] == pytest.approx(min(rule[b], bound)), b
         if rule[b] > bound:
-            assert row["rule_lr"] == pytest.approx(rule[b]) and row["capped_at"] == {
-                "lr_ceiling": bound,
-                "batch_size": at,
-                "lr_max": False,
-            }
+            cap = dict(row["capped_at"])
+            assert cap.pop("between", None) == ([[32, 0.15], [256, 0.4]] if 32 < b < 256 else None), b
+            assert row["rule_lr"] == pytest.approx(rule[b])
+            assert cap == pytest.approx({"lr_ceiling": bound, "batch_size": at, "lr_max": False})
         else:
             assert "capped_at" not in row, b
-    assert "capped_at" in rows[32] and "capped_at" not in rows[64] and "capped_at" in rows[2048]
+    assert all("capped_at" in rows[b] for b in (32, 64, 2048))
     md = render_markdown(report.data)
     assert f"| 2048 | 0.4 (the rule gives {rule[2048]:.3g}, above the LR range test's ceiling 0.4 at B=256) |" in md
+    assert (
+        f"| 64 | {rows[64]['lr']:.3g} (the rule gives {rule[64]:.3g}, above the LR ceiling interpolated here between "
+        "the range tests' 0.15 at B=32 and 0.4 at B=256) |"
+    ) in md
 
 
 def test_a_training_functions_adamw_study_gets_the_adam_familys_lr_rule() -> None:
