@@ -21,6 +21,7 @@ from bstune.metrics import Direction, infer_direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_dict, clean_json
 from bstune.report import Report, build_report
 from bstune.study._prior import Prior
+from bstune.training import TrainConfig
 
 __all__ = [
     "Rescored",
@@ -247,8 +248,27 @@ class StudyResult:
         """
         return build_report(self, target, n_workers=n_workers)
 
+    def best_train_config(self) -> TrainConfig:
+        """The recommended trial's run as a :class:`~bstune.TrainConfig`: its batch size, rate, schedule (warmup
+        in samples of its budget), seed and the rest, to train it again with :func:`bstune.train` (a task;
+        ``model_kwargs`` for the model factory are in ``best_config``) or
+        :func:`bstune.training.run_function` (a training function, with ``params=best_config``).
+
+        Raises:
+            ConfigError: the study recommended no trial, or the trial holds no config (an older result).
+        """
+        trial = next((t for t in self.trials if t.number == self.best_trial), None)
+        if trial is None or not trial.config:
+            raise ConfigError(
+                f"study {self.study_name!r} names no recommended trial with a config to train",
+                source="StudyResult",
+                field="best_trial",
+            )
+        config = {k: v for k, v in trial.config.items() if k != "model_kwargs"}
+        return TrainConfig.from_dict(config, source=f"trial {trial.number}'s config")
+
     def save(self, path: str | Path) -> Path:
-        """Write ``result.json`` into folder ``path`` (created); returns the file."""
+        """Write ``result.json`` into folder ``path`` (created); returns the file (``bstune report`` reads it)."""
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         out = folder / "result.json"

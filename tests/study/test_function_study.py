@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -422,3 +423,20 @@ def test_a_loop_that_returns_before_its_budget_is_spent_is_no_finished_trial() -
         bstune.Study(epochs, SPACE, **(ARGS | {"n_trials": 2})).run()
     with pytest.raises(ConfigError, match=r"probe: the probe run at batch_size=\d+: the function returned after"):
         bstune.Study(epochs, SPACE, **(ARGS | {"n_trials": 2, "mode": "prior", "study_name": "p"})).run()
+
+
+def test_the_recommended_trial_trains_again_from_best_train_config() -> None:
+    """A newcomer retraining a training function's recommendation converted warmup_fraction to warmup_samples by
+    hand, and TrainConfig(**trial.config) failed on model_kwargs; the result now gives the trial's TrainConfig."""
+    from bstune.training import run_function
+
+    space = SPACE | {"params": {"warmup_fraction": {"type": "float", "low": 0.0, "high": 0.3}}}
+    result = bstune.Study(loop, space, **(ARGS | {"rescore_top": 0, "pruner": "none"})).run()
+    best = next(t for t in result.trials if t.number == result.best_trial)
+    config = result.best_train_config()
+    assert (config.batch_size, config.lr) == (result.best_config["batch_size"], result.best_config["lr"])
+    assert config.warmup_samples == best.config["warmup_samples"]
+    again, _ = run_function(loop, config, params=result.best_config)
+    assert [h.val_loss for h in again.history] == pytest.approx([h["val_loss"] for h in best.history], rel=1e-6)
+    with pytest.raises(ConfigError, match="best_trial"):
+        dataclasses.replace(result, best_trial=None).best_train_config()
