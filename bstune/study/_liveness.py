@@ -192,10 +192,22 @@ def retry_abandoned(study: optuna.Study, grace_period: float) -> list[int]:
             won = False  # it finished meanwhile, or another process took it over first
         if not won:
             continue
-        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+        study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial.number, trial.user_attrs))
         taken.append(trial.number)
         logger.warning("trial %d was abandoned (%s); it will run again", trial.number, reason)
     return taken
+
+
+def retry_attrs(number: int, attrs: dict[str, Any]) -> dict[str, int]:
+    """The user attributes of the trial that runs trial ``number``'s config again: ``retry_of`` names it,
+    ``retry_root`` the first trial of the chain (a pruner that deals trials out by number keeps it there).
+
+    Example:
+        >>> retry_attrs(7, {}), retry_attrs(9, {"retry_of": 7, "retry_root": 7})
+        ({'retry_of': 7, 'retry_root': 7}, {'retry_of': 9, 'retry_root': 7})
+    """
+    root = attrs.get("retry_root")
+    return {"retry_of": number, "retry_root": root if isinstance(root, int) else number}
 
 
 def retry_unqueued(study: optuna.Study) -> list[int]:
@@ -218,7 +230,7 @@ def retry_unqueued(study: optuna.Study) -> list[int]:
         and t.params
     ]
     for trial in todo:
-        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+        study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial.number, trial.user_attrs))
         logger.warning("trial %d was interrupted and not queued again; its config runs again now", trial.number)
     return [t.number for t in todo]
 
@@ -306,7 +318,7 @@ def requeue_interrupted(trial: Trial) -> None:
         trial._trial_id, "message", "interrupted (Ctrl-C); its config runs again when the study resumes"
     )
     if trial.params:  # interrupted before it drew its config: a fresh trial takes its place anyway
-        trial.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+        trial.study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial.number, trial.user_attrs))
     logger.info("trial %d interrupted; it will run again when the study resumes", trial.number)
 
 
