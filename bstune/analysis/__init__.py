@@ -18,6 +18,7 @@ McCandlish et al. 2018, "An Empirical Model of Large-Batch Training".
 from bstune.analysis._batch_schedule import BatchSchedule, ScheduleStage, recommend_batch_schedule
 from bstune.analysis._compute import BatchChoice, ComputeOptimal, compute_optimal, throughput_at
 from bstune.analysis._critical import CriticalBatchFit, fit_critical_batch
+from bstune.analysis._direction import direction_doubt
 from bstune.analysis._gap import GapSummary, GapTrend, TrialGap, generalization_gap
 from bstune.analysis._lr import lr_table
 from bstune.analysis._target import (
@@ -44,6 +45,7 @@ __all__ = [
     "bin_points",
     "choose_target",
     "compute_optimal",
+    "direction_doubt",
     "fit_critical_batch",
     "generalization_gap",
     "lr_table",

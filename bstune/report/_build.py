@@ -22,6 +22,7 @@ from bstune.analysis import (
     bin_points,
     choose_target,
     compute_optimal,
+    direction_doubt,
     fit_critical_batch,
     generalization_gap,
     lr_table,
@@ -333,6 +334,9 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
     if memory is not None:
         data["memory"] = memory
     data["recommended"] = _recommend(result, fit, advice)
+    doubt = direction_doubt(result.trials, result.objective, result.direction)
+    if doubt is not None:
+        data["recommended"]["direction_doubt"] = doubt
     by_number = {t.number: t for t in result.trials}
     data["rescored"] = [  # the candidates the recommendation was chosen from, by their mean over seeds
         r.to_dict() | {"batch_size": by_number[r.trial].batch_size, "lr": by_number[r.trial].lr}

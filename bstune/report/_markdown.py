@@ -304,6 +304,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
         f"Why: {rec['why']}.",
     ]
+    if rec.get("direction_doubt"):
+        out.append(f"**Check the direction**: {rec['direction_doubt']}.")
     derived = rec.get("derived") or {}
     if derived.get("effective_temperature") is not None:
         out.append(

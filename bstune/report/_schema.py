@@ -5,6 +5,7 @@
 RECOMMENDATION_NOTES = frozenset(
     {
         "derived",
+        "direction_doubt",
         "objective",
         "objective_at_end",
         "why",

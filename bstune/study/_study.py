@@ -22,6 +22,7 @@ from optuna.storages import BaseStorage
 
 from bstune._keys import DESCRIPTION_ATTR, DIRECTIONS_ATTR
 from bstune._progress import progress_bar
+from bstune.analysis import direction_doubt
 from bstune.errors import ConfigError
 from bstune.metrics import Direction, infer_direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus
@@ -343,6 +344,9 @@ class Study:
         planner = self._planner()
         self._adopt_probe_run(planner)
         trials = self.backend.run_trials(planner)
+        doubt = direction_doubt(trials, s.objective, self.direction)
+        if doubt is not None:
+            logger.warning("study %r: %s", self.study_name, doubt)
         rescored = self._rescore(trials, resumed.rescored)
         result = self._result(trials, self.backend.handle(), rescored)
         if s.critical_batch == "measure":

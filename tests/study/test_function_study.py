@@ -440,3 +440,40 @@ def test_the_recommended_trial_trains_again_from_best_train_config() -> None:
     assert [h.val_loss for h in again.history] == pytest.approx([h["val_loss"] for h in best.history], rel=1e-6)
     with pytest.raises(ConfigError, match="best_trial"):
         dataclasses.replace(result, best_trial=None).best_train_config()
+
+
+def test_an_objective_that_improves_against_its_declared_direction_is_called_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A newcomer's training function reported an R² and ran with --direction minimize: the study recommended its
+    worst trial without a word (a Task's declared metric refuses the contradiction; a function's cannot)."""
+    from bstune.report._markdown import render_markdown
+
+    def scored(ctx: TrialContext) -> None:  # reports val_score = -val_loss: higher is better
+        model = net().to(ctx.device)
+        opt = ctx.make_optimizer(model.parameters())
+        sched = ctx.lr_scheduler(opt)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+            if ctx.at_milestone():
+                with torch.no_grad():
+                    ctx.report(val_score=-F.cross_entropy(model(VX), VY))
+
+    args = ARGS | {"objective": "val_score", "rescore_top": 0, "pruner": "none", "n_trials": 4}
+    space = {**SPACE, "lr": {"min": 0.05, "max": 1.0}}  # rates that train, so the score rises
+    with caplog.at_level("WARNING", logger="bstune.study._study"):
+        wrong = bstune.Study(scored, space, **(args | {"direction": "minimize"})).run()
+    said = [r.getMessage() for r in caplog.records if "best at the first evaluation" in r.getMessage()]
+    assert len(said) == 1 and "direction is the wrong way round (direction='maximize'" in said[0]
+    md = render_markdown(wrong.report().data)
+    assert "**Check the direction**: val_score was best at the first evaluation and worse at the end" in md
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bstune.study._study"):
+        right = bstune.Study(scored, space, **(args | {"direction": "maximize", "study_name": "right"})).run()
+    assert not [r for r in caplog.records if "best at the first evaluation" in r.getMessage()]
+    assert "direction_doubt" not in right.report().data["recommended"]
