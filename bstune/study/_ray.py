@@ -140,6 +140,10 @@ def _make_searcher(planner: TrialPlanner, sampler: Any, direction: str, adopted:
                 logger.warning("the study stops drawing trials: %s", reason)
                 self.gave_up = True
 
+        def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+            if self.metric in result:  # a failed, diverged or out-of-memory trial's last result has no value
+                super().on_trial_result(trial_id, result)
+
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
             self._on_trial_complete(trial_id, result, error)
             stored = (result or {}).get("status") if (result or {}).get("final") else None
@@ -438,6 +442,10 @@ class RayBackend(TrialBackend):
         # trial waits pending while its worker process starts (seconds: torch is imported), so short
         # trials would run one after the other on a cluster with room for many.
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(_trials_at_once(ray, self.settings, resources)))
+        # A trial that failed, diverged or ran out of memory before its first finite value reports no
+        # objective: Tune's strict check took that for a misspelt metric and ended the whole experiment
+        # (ASHA and the searcher both read such a result as one without a value).
+        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
         trainable = tune.with_resources(tune.with_parameters(train_trial, job=spec.job), resources)
         if restoring:
             logger.info("restoring the Ray Tune experiment at %s", exp_dir)

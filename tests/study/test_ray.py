@@ -223,6 +223,7 @@ def test_searcher_gives_up_on_code_that_fails_and_a_restored_one_starts_anew(tmp
     search = searcher()
     for i in range(3):
         assert search.suggest(f"t{i}") not in (None, search.FINISHED)
+        search.on_trial_result(f"t{i}", failed)  # no objective: OptunaSearch raised KeyError, ending the study
         search.on_trial_complete(f"t{i}", failed)
     assert search.suggest("t3") == search.FINISHED
     search.save(str(tmp_path / "searcher.pkl"))
