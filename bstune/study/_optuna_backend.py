@@ -384,6 +384,9 @@ class OptunaBackend(TrialBackend):
 
         def on_milestone(index: int, value: float, record: EvalRecord) -> Decision:
             trial.report(value, index)
+            # what it has trained so far: the outcome overwrites it, and a trial cut short by Ctrl-C keeps it,
+            # so the samples it spent count in the study's total
+            trial.set_user_attr("samples", record.samples)
             return Decision.STOP if trial.should_prune() else Decision.CONTINUE
 
         outcome = spec.job.run(plan, on_milestone)

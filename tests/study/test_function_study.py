@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import torch
 from torch import nn
@@ -467,3 +468,33 @@ def test_an_objective_that_improves_against_its_declared_direction_is_called_out
         right = bstune.Study(scored, space, **(args | {"direction": "maximize", "study_name": "right"})).run()
     assert not [r for r in caplog.records if "best at the first evaluation" in r.getMessage()]
     assert "direction_doubt" not in right.report().data["recommended"]
+
+
+def test_a_trial_cut_short_by_ctrl_c_keeps_the_samples_it_spent(tmp_path: Path) -> None:
+    """A newcomer's interrupted trial was listed with 0 samples, so what it trained was missing from the study's
+    'Samples spent'. It keeps what it had trained at its last milestone."""
+    calls: list[int] = []
+
+    def cut(ctx: TrialContext) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # the second trial: Ctrl-C once it has trained 2,500 samples
+            step = ctx.step
+
+            def step_then_stop(loss: Any, **kw: Any) -> None:
+                step(loss, **kw)
+                if ctx.samples >= 2500:
+                    raise KeyboardInterrupt
+
+            ctx.step = step_then_stop  # type: ignore[method-assign]
+        loop(ctx)
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ARGS | {"n_trials": 3, "storage": storage, "pruner": "none", "rescore_top": 0}
+    with pytest.raises(KeyboardInterrupt):
+        bstune.Study(cut, SPACE, **args).run()
+    stored = optuna.load_study(study_name="same", storage=storage).trials
+    interrupted = stored[1]
+    assert interrupted.user_attrs["status"] == "interrupted"
+    # its last milestone before 2,500 samples: at most one evaluation interval (4,096 / 9) short
+    assert 2500 - 4096 / 9 - SPACE["batch_size"]["max"] <= interrupted.user_attrs["samples"] <= 2500
+    assert stored[0].user_attrs["samples"] >= 4096  # a finished trial keeps its outcome's count
