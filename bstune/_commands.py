@@ -100,6 +100,15 @@ _FILE_SETTINGS = ("batch_size", "lr", "warmup_samples")  # TrainConfig settings 
 _OPTIMIZER_KEYS = ("optimizer", "betas")
 
 
+def _study_eval_every(data: dict[str, Any]) -> int | None:
+    """The samples between a study's evaluations, as its trials ran (report.json and result.json list them)."""
+    for trial in data.get("trials") or []:
+        every = (trial.get("config") or {}).get("eval_every_samples") if isinstance(trial, dict) else None
+        if isinstance(every, int) and every > 0:
+            return every
+    return None
+
+
 def _recommended_config(path: str) -> tuple[dict[str, Any], int | None]:
     """The recommended config of a study and its budget in samples, from report.json or result.json."""
     try:
@@ -213,6 +222,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if key not in settings:
             raise ConfigError("needed (or --config FILE, a study's report.json or result.json)", source=option)
     max_samples = args.max_samples or budget
+    if args.eval_every is None and args.config is not None and max_samples == budget:
+        # the study's evaluations: the run's curve is then comparable with its trials' point by point
+        args.eval_every = _study_eval_every(json.loads(Path(args.config).read_text()))
     if max_samples is None:
         raise ConfigError(
             "needed: the training budget in samples (--config FILE gives its study's)", source="--max-samples"

@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-every",
         type=_positive_int,
         default=None,
-        help="samples between evaluations (default: a tenth of the budget)",
+        help="samples between evaluations (default: the study's, with --config at its budget; else a tenth)",
     )
     train.add_argument(
         "--micro-batch-size",
