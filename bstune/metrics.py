@@ -129,7 +129,7 @@ class Metric:
 
     fn: MetricFn
     direction: Direction
-    over: Over
+    over: Over = "dataset"  # a Metric pickled before it had one reads as the default
 
     def __init__(self, fn: MetricFn, direction: Direction | str, *, over: Over = "dataset") -> None:
         if not callable(fn):

@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable
 
 from bstune.analysis._trials import Direction, TrialLike, field_of, finite
+from bstune.metrics import infer_direction
 
 __all__ = ["direction_doubt"]
 
@@ -23,7 +24,8 @@ MIN_TRIALS = 3  # completed trials with 3 or more evaluations before any doubt i
 def direction_doubt(trials: Iterable[TrialLike], objective: str, direction: Direction | str) -> str | None:
     """Why ``direction`` looks wrong for ``objective``, or None.
 
-    Counts the completed trials (with 3 or more evaluations of the objective) whose first
+    Only for an objective whose name does not settle its direction (``val_r2``, ``score``;
+    not ``val_loss``, whose best at the first evaluation is a run that overfits). Counts the completed trials (with 3 or more evaluations of the objective) whose first
     evaluation was their best by ``direction`` and whose last was worse than it. Where those
     are at least two thirds of them, and at least 3, the direction is likely the wrong way
     round, or every trial made the objective worse as it trained; either way the study's
@@ -36,6 +38,8 @@ def direction_doubt(trials: Iterable[TrialLike], objective: str, direction: Dire
         >>> direction_doubt(rising, "val_r2", "maximize") is None
         True
     """
+    if infer_direction(objective) is not None:  # a loss, an accuracy: the name settles it, overfitting does not
+        return None
     direction = Direction(direction)
     curves = []
     for trial in trials:
@@ -53,5 +57,5 @@ def direction_doubt(trials: Iterable[TrialLike], objective: str, direction: Dire
         f"{objective} was best at the first evaluation and worse at the end, by direction={direction.value}, in "
         f"{worse} of {n} completed trials: if {'higher' if direction is Direction.MINIMIZE else 'lower'} is better, "
         f"the study's direction is the wrong way round (direction='{other.value}', the CLI's --direction "
-        f"{other.value}), and it recommends the worst trials; otherwise training made it worse in every trial"
+        f"{other.value}), and it recommends the worst trials; otherwise training made it worse in most trials"
     )

@@ -491,7 +491,11 @@ def _recommend(result: StudyData, fit: CriticalBatchFit | None, advice: Critical
     )
     if final is not None:
         rec["objective_at_end"] = {result.objective: final}
-        over = f"the mean over its {len(chosen.values)} seeds of " if chosen is not None and chosen.mean else ""
+        over = (
+            f"the mean over its {len(chosen.values)} seeds of "
+            if chosen is not None and chosen.mean is not None
+            else ""
+        )
         rec["why"] += (
             f". That value is each run's best {result.objective} over its evaluations; {over}the last evaluation's, "
             f"what training it to the budget gives without keeping the best checkpoint, is {final:.4g}"

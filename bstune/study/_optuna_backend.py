@@ -281,7 +281,7 @@ class OptunaBackend(TrialBackend):
             run_workers(study, settings, pickled((spec, planner, str(self._url))), work_on)
             return trial_records(study.get_trials(deepcopy=False))
         study.sampler = planner.sampler(study.sampler)
-        self._since = datetime.datetime.now()
+        self._since, self._stopped = datetime.datetime.now(), False
         with optuna_quiet():  # failed trials are logged once, by us, without Optuna's traceback
             lost: list[int] = []  # trials of ours that another process declared abandoned
             untold = Untold()

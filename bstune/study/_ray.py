@@ -96,7 +96,12 @@ class PlannerSpace:
         return {PLAN_KEY: plan.to_dict(), TRIAL_NUMBER_KEY: int(trial.number)}
 
 
-def _make_searcher(planner: TrialPlanner, sampler: Any, direction: str, adopted: Any = None) -> Any:
+GAVE_UP_FILE = "bstune_gave_up.txt"  # in the experiment's folder: the searcher's reason for ending the study
+
+
+def _make_searcher(
+    planner: TrialPlanner, sampler: Any, direction: str, adopted: Any = None, exp_dir: Path | None = None
+) -> Any:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -139,6 +144,8 @@ def _make_searcher(planner: TrialPlanner, sampler: Any, direction: str, adopted:
             if reason is not None and not self.gave_up:
                 logger.warning("the study stops drawing trials: %s", reason)
                 self.gave_up = True
+                if exp_dir is not None:  # the driver reads it after fit: no Ctrl-C, though fewer trials ran
+                    (exp_dir / GAVE_UP_FILE).write_text(reason + "\n")
 
         def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
             if self.metric in result:  # a failed, diverged or out-of-memory trial's last result has no value
@@ -263,6 +270,22 @@ def _cut_short(exp_dir: Path, errored: set[int]) -> int:
         for t in trials
         if t.status not in ("TERMINATED", "ERROR") and (t.config or {}).get(TRIAL_NUMBER_KEY) not in errored
     )
+
+
+@contextlib.contextmanager
+def _lenient_metrics() -> Iterator[None]:
+    """While Tune runs the study: a result without ``objective`` is a trial without a value (it failed,
+    diverged or ran out of memory before its first finite one), which ASHA and the searcher read as such.
+    Tune's strict check took it for a misspelt metric and ended the whole experiment. The user's own
+    setting is left as it was, before and after."""
+    key = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
+    before = os.environ.get(key)
+    os.environ[key] = "1" if before is None else before
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -442,10 +465,7 @@ class RayBackend(TrialBackend):
         # trial waits pending while its worker process starts (seconds: torch is imported), so short
         # trials would run one after the other on a cluster with room for many.
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(_trials_at_once(ray, self.settings, resources)))
-        # A trial that failed, diverged or ran out of memory before its first finite value reports no
-        # objective: Tune's strict check took that for a misspelt metric and ended the whole experiment
-        # (ASHA and the searcher both read such a result as one without a value).
-        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+        (exp_dir / GAVE_UP_FILE).unlink(missing_ok=True)  # a resumed study decides afresh
         trainable = tune.with_resources(tune.with_parameters(train_trial, job=spec.job), resources)
         if restoring:
             logger.info("restoring the Ray Tune experiment at %s", exp_dir)
@@ -459,7 +479,7 @@ class RayBackend(TrialBackend):
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=_make_searcher(planner, spec.sampler, Direction(settings.direction), adopted),
+                    search_alg=_make_searcher(planner, spec.sampler, Direction(settings.direction), adopted, exp_dir),
                     scheduler=make_scheduler(settings),
                     num_samples=n_tune,
                     max_concurrent_trials=self.settings.max_concurrent,
@@ -475,7 +495,7 @@ class RayBackend(TrialBackend):
                     callbacks=[_scalar_tensorboard()],
                 ),
             )
-        with warnings.catch_warnings(), _quiet_tune():
+        with warnings.catch_warnings(), _quiet_tune(), _lenient_metrics():
             # a restored experiment replays its trials' results to the searcher, whose Optuna trials hold them
             # already: Optuna warns once per replayed step, about nothing a user can act on
             warnings.filterwarnings("ignore", message="The reported value is ignored because this ")
@@ -492,20 +512,15 @@ class RayBackend(TrialBackend):
         }
         cut = _cut_short(exp_dir, errored)
         records = list(kept)
-        finished: list[tuple[int, TrialStatus, bool]] = []
         for index in range(len(grid)):
             result = grid[index]
             if result.config is None or PLAN_KEY not in result.config:
                 continue  # a trial the searcher never filled in (the study ended first)
             record = record_from_result(result.metrics or {}, result.config, result.error)
             records.append(record)
-            finished.append((record.number, record.status, bool((result.metrics or {}).get(SYSTEMATIC_ATTR))))
         records.sort(key=lambda r: r.number)
         # fewer trials than asked: the searcher gave up on code that fails (see give_up), or Ctrl-C
-        gave_up = give_up(
-            [(status, systematic) for _, status, systematic in sorted(finished)],
-            any_completed=any(r.status == TrialStatus.COMPLETED for r in records),
-        )
+        gave_up = (exp_dir / GAVE_UP_FILE).is_file()
         if cut > 0 or (len(grid) < (self._tune_trials if self._tune_trials is not None else n_tune) and not gave_up):
             logger.warning(
                 "Ray Tune stopped early (Ctrl-C): %d of %d trials finished; the experiment is kept at %s",

@@ -250,7 +250,8 @@ class StudyResult:
 
     def best_train_config(self) -> TrainConfig:
         """The recommended trial's run as a :class:`~bstune.TrainConfig`: its batch size, rate, schedule (warmup
-        in samples of its budget), seed and the rest, to train it again with :func:`bstune.train` (a task;
+        in samples of its budget), seed and the rest (the device ``"auto"``, not the one it ran on), to train it
+        again with :func:`bstune.train` (a task;
         ``model_kwargs`` for the model factory are in ``best_config``) or
         :func:`bstune.training.run_function` (a training function, with ``params=best_config``).
 
@@ -264,7 +265,8 @@ class StudyResult:
                 source="StudyResult",
                 field="best_trial",
             )
-        config = {k: v for k, v in trial.config.items() if k != "model_kwargs"}
+        # the device the trial ran on (a worker's "cuda:3") may not exist where it is trained again
+        config = {k: v for k, v in trial.config.items() if k != "model_kwargs"} | {"device": "auto"}
         return TrainConfig.from_dict(config, source=f"trial {trial.number}'s config")
 
     def save(self, path: str | Path) -> Path:

@@ -267,8 +267,8 @@ class TrialOutcome:
     message: str = ""
     traceback: str | None = None
     n_train: int | None = None  # the training set's size, where the run learnt it (a training function's)
-    # a failure every trial repeats whatever its config: a training function that returned before
-    # its budget or never reported (see :func:`give_up`)
+    # a failure every trial repeats whatever its config: a training function that trained its whole
+    # budget and never reported (see :func:`give_up`)
     systematic: bool = False
 
     def attrs(self) -> dict[str, Any]:
@@ -424,9 +424,11 @@ def run_trial(
     value = sign * best if math.isfinite(best) else None
     systematic = False
     if status == TrialStatus.COMPLETED and 0 <= result.samples < plan.config.max_samples:
-        status, message, systematic = TrialStatus.FAILED, returned_early(result.samples, plan.config.max_samples), True
+        # a loop over its own epochs, or one that returns on a bad loss (the config's doing): not systematic
+        status, message = TrialStatus.FAILED, returned_early(result.samples, plan.config.max_samples)
     elif status == TrialStatus.COMPLETED and value is None:
-        # no evaluation at all is the loop's doing; evaluations with no finite value may be the config's
+        # its whole budget and no evaluation at all is the loop's doing; evaluations with no finite value may be
+        # the config's
         status, message, systematic = TrialStatus.FAILED, _no_objective(result, objective), not result.history
     else:
         message = result.message
@@ -452,8 +454,8 @@ def give_up(finished: Sequence[tuple[TrialStatus, bool]], *, any_completed: bool
 
     ``finished``: the (status, systematic) of each trial this run of the study finished, in
     order; ``any_completed``: whether any trial of the study (a resumed one's included)
-    completed. With none completed, one systematic failure (a training function that
-    returned early or never reported: every trial does the same) or
+    completed. With none completed, one systematic failure (a training function that trained
+    its budget and never reported: every trial does the same) or
     :data:`FAILURES_TO_GIVE_UP` failed trials (code that raised) end the study, rather than
     every one of its trials failing the same way. Diverged and out-of-memory trials are the
     config's doing and do not count; a pruned trial reported, so the code runs.

@@ -382,7 +382,7 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
     finally:
         bar.close()
     retry_abandoned(study, settings.grace_period)  # a trial of a worker that died last: queued for a resume
-    if count_finished(study) < settings.n_trials:
+    if count_finished(study) < settings.n_trials and crashed:  # without a crash: they gave up on failing code
         raise WorkerCrashError(
             f"{count_finished(study)} of {settings.n_trials} trials finished: trial workers died: "
             + "; ".join(crashed)

@@ -168,10 +168,10 @@ class _ReadConfig(dict[str, Any]):
     """``ctx.config``: a plain dict that remembers which keys the training function read.
 
     A key counts as read through ``[]``, ``get``, ``in``, ``pop`` or ``setdefault``; iterating the
-    whole mapping (``**ctx.config``, ``items()``) reads every key, and ``ctx.make_optimizer`` and
-    ``ctx.lr_scheduler`` read the settings they apply. The space's parameters a function never read
-    are a misspelling (``model.hiden``) or one its loop ignores (a searched ``grad_clip`` it never
-    applies): either way the search spends its trials on them (:func:`run_function` warns).
+    whole mapping (``**ctx.config``, ``items()``) or copying it reads every key. The space's
+    ``model.<name>`` parameters (which only the loop can apply) that a function never read are a
+    misspelling (``model.hiden``) or one its loop ignores: either way the search spends its trials
+    on them (:func:`run_function` warns).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -219,13 +219,20 @@ class _ReadConfig(dict[str, Any]):
         self.read.update(dict.keys(self))
         return dict(super().items())
 
+    def __copy__(self) -> dict[str, Any]:
+        return self.copy()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        import copy
+
+        self.read.update(dict.keys(self))
+        return copy.deepcopy(dict(super().items()), memo)
+
     def __reduce__(self) -> Any:  # pickled (a copy kept by the function, Ray) as the plain dict it is
         return (dict, (dict(super().items()),))
 
 
 _warned_unread: set[frozenset[str]] = set()  # the unread parameter sets this process has warned about
-_OPTIMIZER_KEYS = frozenset({"momentum", "weight_decay", "betas"})  # what ctx.make_optimizer applies
-_SCHEDULE_KEYS = frozenset({"warmup_fraction", "schedule", "final_lr_ratio"})  # what ctx.lr_scheduler applies
 
 
 class TrialContext:
@@ -279,8 +286,10 @@ class TrialContext:
         self.config: dict[str, Any] = _ReadConfig(
             {**self._optimizer_settings(), **dict(params or {}), "batch_size": config.batch_size, "lr": config.lr}
         )
-        # the space's parameters besides B and η: the loop reads them, or has bstune apply them (below)
-        self._searched = frozenset(params or {}) - {"batch_size", "lr"}
+        # the space's model.<name> parameters, which only the loop can apply (bstune applies the optimizer's
+        # settings through ctx.make_optimizer, and warns where the loop's own optimizer differs; the schedule's
+        # through ctx.lr_scheduler, which the probe requires; a loop may read the rest from ctx.train_config)
+        self._searched = frozenset(k for k in params or {} if k.startswith("model."))
         self.device = resolve_device(config.device)
         self.seed = config.seed
         self.objective = objective
@@ -361,8 +370,7 @@ class TrialContext:
         return {k.removeprefix("model."): v for k, v in found.items()}
 
     def unread_params(self) -> list[str]:
-        """The space's parameters (besides B and η) the run has not read: from ``ctx.config`` or
-        ``ctx.model_kwargs``, or through ``ctx.make_optimizer`` and ``ctx.lr_scheduler``."""
+        """The space's ``model.<name>`` parameters the function has not read (``ctx.config``, ``ctx.model_kwargs``)."""
         read = self.config.read if isinstance(self.config, _ReadConfig) else set(self._searched)
         return sorted(self._searched - read)
 
@@ -457,18 +465,11 @@ class TrialContext:
         """A scheduler that sets the trial's learning rate step by step; call its ``step()`` after
         ``optimizer.step()``."""
         self.used_scheduler = True
-        self._applied(_SCHEDULE_KEYS)
         warn_on_other_optimizer(optimizer, self.optimizer_spec.family, self.momentum)
         return TrialLRScheduler(self, optimizer)
 
-    def _applied(self, keys: frozenset[str]) -> None:
-        """``keys`` of the space reach the run through bstune (the optimizer, the schedule): they count as read."""
-        if isinstance(self.config, _ReadConfig):
-            self.config.read.update(keys)
-
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
         """The search space's optimizer (family, momentum, weight decay) at the trial's learning rate."""
-        self._applied(_OPTIMIZER_KEYS)
         return self.optimizer_spec.build(
             params, lr=self.lr, momentum=self.momentum, weight_decay=self.train_config.weight_decay
         )
@@ -694,9 +695,8 @@ def run_function(
     if unread and ctx.status is RunStatus.COMPLETED and frozenset(unread) not in _warned_unread:
         _warned_unread.add(frozenset(unread))
         logger.warning(
-            "the training function never read the space's parameter(s) %s from ctx.config (nor ctx.model_kwargs, "
-            "ctx.make_optimizer or ctx.lr_scheduler): a misspelled name, or one the loop ignores; the search spends "
-            "its trials on them all the same",
+            "the training function never read the space's parameter(s) %s from ctx.config (nor ctx.model_kwargs): "
+            "a misspelled name, or one the loop ignores; the search spends its trials on them all the same",
             ", ".join(repr(k) for k in unread),
         )
     wall = time.perf_counter() - started

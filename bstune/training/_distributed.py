@@ -289,11 +289,22 @@ class DataParallel:
                     metrics.add(out, targets, stop - start)
         finally:
             run.model.train()
-        total = torch.tensor([loss_sum], dtype=torch.float64, device=self.comm_device)
+        mine, outputs, targets = metrics.partial()
+        # without whole-set metrics every rank holds sums of the same metrics; with them, the sums (a rank's
+        # own fallback ones too) travel with the outputs below
+        keys = sorted(mine) if not metrics.declared_whole else []
+        total = torch.tensor([loss_sum] + [mine[k] for k in keys], dtype=torch.float64, device=self.comm_device)
         dist.all_reduce(total)
-        parts: list[Any] = [None] * self.world_size  # each rank's sums, and its outputs where kept
-        dist.all_gather_object(parts, metrics.partial())
-        return float(total.item()) / n, metrics.combine(parts, n)
+        summed = total.tolist()
+        if not metrics.declared_whole:
+            return summed[0] / n, {k: v / n for k, v in zip(keys, summed[1:], strict=True)}
+        # whole-set metrics: every rank's outputs and targets, on every rank. NCCL sends objects through the
+        # current CUDA device, which is cuda:0 on every rank unless the script set it: use this rank's.
+        parts: list[Any] = [None] * self.world_size
+        device = torch.device(self.comm_device)
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            dist.all_gather_object(parts, (mine, outputs, targets))
+        return summed[0] / n, metrics.combine(parts, n)
 
     def agree(self, stop: bool) -> bool:
         """Rank 0's decision, on every rank."""

@@ -4,9 +4,16 @@ An evaluation runs the model over a set in batches of ``eval_batch_size``. A met
 declared ``over="batch"`` (a mean over examples: accuracy, MSE) is the size-weighted
 mean of its per-batch values and keeps nothing. A metric ``over="dataset"`` (the
 default: R², F1, AUC, RMSE, ...) is called once on every batch's outputs and targets
-concatenated, which are kept on the CPU in float32 until then: averaging such a metric
-over batches is wrong, badly so where the set is ordered (R² of each chunk of a set sorted
-by its target is far below the set's).
+joined, which are kept on the CPU in float32 until then: averaging such a metric over
+batches is wrong, badly so where the set is ordered (R² of each chunk of a set sorted by
+its target is far below the set's).
+
+Batches are joined along their first dimension: tensors, and tuples (named ones too),
+dicts (a HuggingFace ``ModelOutput`` too) and lists of them; a list of one item per
+example (detection targets) is joined as a longer list. Where a batch cannot be joined (a
+0-d tensor among the outputs, sequences padded to each batch's own length) or the kept
+outputs pass :data:`KEEP_LIMIT_BYTES`, the set's metrics fall back to the batches' mean,
+with one warning that says so.
 
 Under data parallelism each rank feeds its own batches; :meth:`MetricSet.partial` is what
 a rank holds and :meth:`MetricSet.combine` makes the set's values from every rank's.
@@ -29,15 +36,28 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from bstune.errors import ConfigError
 from bstune.metrics import Metric
 
-__all__ = ["MetricSet"]
+__all__ = ["KEEP_LIMIT_BYTES", "MetricSet"]
+
+logger = logging.getLogger(__name__)
+
+KEEP_LIMIT_BYTES = 2 * 1024**3  # outputs and targets kept for whole-set metrics, at most, per evaluation
+_warned: set[str] = set()  # the fallbacks this process has warned about
+
+
+class _Examples(list):  # type: ignore[type-arg]
+    """A list of one item per example (detection targets, say): joined as one longer list."""
+
+
+class _CannotJoin(Exception):
+    """A batch's outputs or targets that cannot be joined with the others along the examples."""
 
 
 class MetricSet:
@@ -47,75 +67,155 @@ class MetricSet:
         self.metrics = dict(metrics)
         self.sums = {key: 0.0 for key, m in self.metrics.items() if m.over == "batch"}
         self.whole = [key for key, m in self.metrics.items() if m.over == "dataset"]
-        self.outputs: list[Any] = []
-        self.targets: list[Any] = []
+        self.declared_whole = bool(self.whole)  # the same on every rank: whether ranks gather outputs
+        self.kept: list[tuple[Any, Any, int]] = []  # (outputs, targets, n) of each batch so far
+        self.kept_bytes = 0
 
     def add(self, outputs: Any, targets: Any, n: int) -> None:
         """One evaluation batch of ``n`` examples: its model outputs and targets."""
         for key in self.sums:
             self.sums[key] += float(self.metrics[key](outputs, targets)) * n
-        if self.whole:
-            self.outputs.append(_kept(outputs))
-            self.targets.append(_kept(targets))
+        if not self.whole:
+            return
+        try:
+            kept = (_kept(outputs, n), _kept(targets, n), n)
+            if self.kept:  # joinable with what is kept: the same structure
+                _concat([self.kept[0][0], kept[0]])
+                _concat([self.kept[0][1], kept[1]])
+        except _CannotJoin as exc:
+            self._per_batch(f"their batches cannot be joined ({exc})", (outputs, targets, n))
+            return
+        self.kept.append(kept)
+        self.kept_bytes += _nbytes(kept[0]) + _nbytes(kept[1])
+        if self.kept_bytes > KEEP_LIMIT_BYTES:
+            self._per_batch(f"the evaluation set's outputs pass {KEEP_LIMIT_BYTES / 1024**3:g} GiB")
+
+    def _per_batch(self, why: str, batch: tuple[Any, Any, int] | None = None) -> None:
+        """From here on, the whole-set metrics are means of their batches' values (those kept so far too)."""
+        names = ", ".join(repr(k) for k in self.whole)
+        if names not in _warned:
+            _warned.add(names)
+            logger.warning(
+                "metric(s) %s are computed over the whole evaluation set (over='dataset'), but %s: they are "
+                "averaged over evaluation batches instead, exact only for means over examples (accuracy, MSE); "
+                "declare such a metric bstune.Metric(fn, direction=..., over='batch') to say so",
+                names,
+                why,
+            )
+        for key in self.whole:
+            self.sums[key] = 0.0
+            for out, tgt, k in [*self.kept, *([batch] if batch is not None else [])]:
+                self.sums[key] += float(self.metrics[key](out, tgt)) * k
+        self.whole, self.kept, self.kept_bytes = [], [], 0
 
     def partial(self) -> tuple[dict[str, float], Any, Any]:
-        """What this rank holds: the weighted sums, and its outputs and targets concatenated (``None`` if none)."""
-        if not self.whole or not self.outputs:
+        """What this rank holds: the weighted sums, and its outputs and targets joined (``None`` if none)."""
+        if not self.whole or not self.kept:
             return dict(self.sums), None, None
-        return dict(self.sums), self._cat(self.outputs, "outputs"), self._cat(self.targets, "targets")
+        return dict(self.sums), _concat([o for o, _, _ in self.kept]), _concat([t for _, t, _ in self.kept])
 
     def values(self, n: int) -> dict[str, float]:
         """The set's value of every metric; ``n`` is the number of examples evaluated."""
         return self.combine([self.partial()], n)
 
     def combine(self, parts: Sequence[tuple[dict[str, float], Any, Any]], n: int) -> dict[str, float]:
-        """The set's values from each rank's :meth:`partial` (one part without data parallelism)."""
+        """The set's values from each rank's :meth:`partial` (one part without data parallelism).
+
+        A metric is the whole set's where every rank kept its outputs; where one fell back to
+        batches (its outputs could not be joined, or passed the limit), the ranks' sums and
+        each kept rank's value over its own share, weighted by its examples, make a mean.
+        """
+        held = [(o, t) for _, o, t in parts if o is not None]
+        joined = (_concat([o for o, _ in held]), _concat([t for _, t in held])) if held else None
         out: dict[str, float] = {}
-        if self.whole:
-            held = [(o, t) for _, o, t in parts if o is not None]
-            outputs = self._cat([o for o, _ in held], "outputs")
-            targets = self._cat([t for _, t in held], "targets")
         for key, metric in self.metrics.items():
-            if metric.over == "batch":
-                out[key] = sum(part[0][key] for part in parts) / n
+            summed = [part[0][key] for part in parts if key in part[0]]
+            if metric.over == "dataset" and joined is not None and not summed:
+                out[key] = float(metric(*joined))
+            elif metric.over == "dataset" and held:  # some ranks fell back: a mean over their shares
+                kept = sum(float(metric(o, t)) * _length(t) for o, t in held)
+                out[key] = (sum(summed) + kept) / n
             else:
-                out[key] = float(metric(outputs, targets))
+                out[key] = sum(summed) / n
         return out
 
-    def _cat(self, pieces: list[Any], what: str) -> Any:
+
+def _length(value: Any) -> int:
+    """The number of examples in joined targets."""
+    if isinstance(value, torch.Tensor):
+        return int(value.shape[0])
+    if isinstance(value, Mapping):
+        return _length(next(iter(value.values())))
+    if isinstance(value, _Examples):
+        return len(value)
+    return _length(value[0])
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, Mapping):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+def _rebuild(like: Any, items: Any) -> Any:
+    """A container of ``like``'s type holding ``items`` (positional for a tuple, by name for a mapping)."""
+    if isinstance(like, Mapping):
         try:
-            return _concat(pieces)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            names = ", ".join(repr(k) for k in self.whole)
-            raise ConfigError(
-                f"metric(s) {names} are computed over the whole evaluation set (over='dataset', the default), "
-                f"which concatenates the evaluation batches' {what} along dimension 0, and they do not concatenate "
-                f"({type(exc).__name__}: {exc}); declare a metric that is a mean over examples with "
-                "bstune.Metric(fn, direction=..., over='batch')",
-                source="Task",
-                field="metrics",
-            ) from None
+            return type(like)(**items)  # a dict, or a ModelOutput (which keeps its attribute access)
+        except TypeError:
+            return dict(items)
+    if hasattr(like, "_fields"):  # a namedtuple
+        return type(like)(*items)
+    return type(like)(items)
 
 
-def _kept(value: Any) -> Any:
+def _kept(value: Any, n: int) -> Any:
     """A batch's outputs or targets as kept until the set is complete: on the CPU, floats in float32."""
     if isinstance(value, torch.Tensor):
+        if value.dim() == 0 or value.shape[0] != n:
+            raise _CannotJoin(f"a tensor of shape {tuple(value.shape)} in a batch of {n}")
         kept = value.detach().cpu()
         return kept.float() if kept.is_floating_point() else kept
     if isinstance(value, Mapping):
-        return {k: _kept(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_kept(v) for v in value)
+        return _rebuild(value, {k: _kept(v, n) for k, v in value.items()})
+    if isinstance(value, tuple):
+        return _rebuild(value, [_kept(v, n) for v in value])
+    if isinstance(value, list):
+        if len(value) == n and not all(isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n for v in value):
+            return _Examples(_detached(v) for v in value)  # one item per example: joined as a longer list
+        return [_kept(v, n) for v in value]
+    raise _CannotJoin(f"{type(value).__name__} is not a tensor, nor a tuple, list or dict of them")
+
+
+def _detached(value: Any) -> Any:
+    """One example's item of a per-example list, on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, Mapping):
+        return _rebuild(value, {k: _detached(v) for k, v in value.items()})
+    if isinstance(value, list | tuple) and not hasattr(value, "_fields"):
+        return type(value)(_detached(v) for v in value)
     return value
 
 
 def _concat(pieces: list[Any]) -> Any:
-    """Batches joined along dimension 0: tensors, or tuples, lists and dicts of them."""
+    """Batches joined along the examples (see the module's docstring)."""
     first = pieces[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(pieces, dim=0)
-    if isinstance(first, Mapping):
-        return {k: _concat([p[k] for p in pieces]) for k in first}
-    if isinstance(first, list | tuple):
-        return type(first)(_concat([p[i] for p in pieces]) for i in range(len(first)))
-    raise TypeError(f"cannot concatenate {type(first).__name__}")
+    try:
+        if isinstance(first, torch.Tensor):
+            return torch.cat(pieces, dim=0)
+        if isinstance(first, _Examples):
+            return _Examples(item for p in pieces for item in p)
+        if isinstance(first, Mapping):
+            return _rebuild(first, {k: _concat([p[k] for p in pieces]) for k in first})
+        if isinstance(first, tuple):
+            return _rebuild(first, [_concat([p[i] for p in pieces]) for i in range(len(first))])
+        if isinstance(first, list):
+            return [_concat([p[i] for p in pieces]) for i in range(len(first))]
+    except (RuntimeError, KeyError, IndexError, TypeError) as exc:
+        raise _CannotJoin(f"{type(exc).__name__}: {exc}") from None
+    raise _CannotJoin(f"cannot join {type(first).__name__}")

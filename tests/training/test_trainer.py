@@ -129,18 +129,6 @@ def test_a_metric_is_the_whole_sets_not_an_average_over_evaluation_batches() -> 
     assert run.history[-1].val_loss == pytest.approx(last["val_mse"], rel=1e-5)
 
 
-def test_a_whole_set_metric_whose_outputs_do_not_concatenate_says_what_to_do(blob_task: bstune.Task) -> None:
-    from bstune.training._evaluate import MetricSet
-
-    metrics = MetricSet({"f1": bstune.Metric(lambda out, t: 1.0, "maximize")})
-    metrics.add(torch.zeros(4, 3), torch.zeros(4), 4)
-    metrics.add(torch.zeros(4, 5), torch.zeros(4), 4)  # e.g. sequences padded to each batch's own length
-    with pytest.raises(ConfigError, match=r"metric\(s\) 'f1' are computed over the whole evaluation set.*over='batch'"):
-        metrics.values(8)
-    with pytest.raises(ConfigError, match="over"):
-        bstune.Metric(lambda out, t: 1.0, "maximize", over="epoch")  # type: ignore[arg-type]
-
-
 def test_callback_can_stop_the_run(blob_task: bstune.Task) -> None:
     seen: list[int] = []
 
