@@ -456,3 +456,33 @@ def test_workers_of_a_killed_study_stop_and_mark_their_trials_interrupted(tmp_pa
     for victim in victims:
         t = trials[victim]
         assert t.state == TrialState.FAIL and t.user_attrs["status"] == "interrupted", t
+
+
+class _Failing(torch.nn.Module):
+    """A model whose forward raises: every trial fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("a bug in the model")
+
+
+@pytest.mark.slow
+def test_workers_that_give_up_on_failing_code_end_the_study_as_failed_not_crashed(tmp_path: Path) -> None:
+    """A review found that workers which stop drawing trials (their code fails) were read as crashed workers."""
+    x, y = make_classification(n=520)
+    task = bstune.Task(
+        model=_Failing,
+        train_data=(x[:400], y[:400]),
+        val_data=(x[400:], y[400:]),
+        loss=torch.nn.CrossEntropyLoss(),
+        validate=False,  # its check would catch this model first
+    )
+    with pytest.raises(
+        bstune.study.StudyFailedError, match=r"none of the \d trials .*RuntimeError: a bug in the model"
+    ):
+        study(task, f"sqlite:///{tmp_path}/s.db", n_trials=12).run()
+    trials = optuna.load_study(study_name="bstune-task", storage=f"sqlite:///{tmp_path}/s.db").trials
+    assert 3 <= len(trials) < 12
