@@ -51,6 +51,7 @@ from bstune.optim import OptimizerSpec, warn_on_other_optimizer
 from bstune.training._config import TrainConfig
 from bstune.training._loop import Callback, _as_decision, _milestones
 from bstune.training._loop_noise import LoopNoiseTracker
+from bstune.training._read_config import ReadConfig, warn_unread
 from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult
 from bstune.training._sampling import EpochBatchSampler
 from bstune.training._schedule import lr_at, samples_before_step, stage_at, step_batch_sizes
@@ -164,77 +165,6 @@ class TrialLRScheduler:
         self._apply()
 
 
-class _ReadConfig(dict[str, Any]):
-    """``ctx.config``: a plain dict that remembers which keys the training function read.
-
-    A key counts as read through ``[]``, ``get``, ``in``, ``pop`` or ``setdefault``; iterating the
-    whole mapping (``**ctx.config``, ``items()``) or copying it reads every key. The space's
-    ``model.<name>`` parameters (which only the loop can apply) that a function never read are a
-    misspelling (``model.hiden``) or one its loop ignores: either way the search spends its trials
-    on them (:func:`run_function` warns).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.read: set[str] = set()
-
-    def __getitem__(self, key: str) -> Any:
-        self.read.add(key)
-        return super().__getitem__(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self.read.add(key)
-        return super().get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        if isinstance(key, str):
-            self.read.add(key)
-        return super().__contains__(key)
-
-    def pop(self, key: str, *default: Any) -> Any:
-        self.read.add(key)
-        return super().pop(key, *default)
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        self.read.add(key)
-        return super().setdefault(key, default)
-
-    def __iter__(self) -> Iterator[str]:
-        self.read.update(dict.keys(self))
-        return super().__iter__()
-
-    def keys(self) -> Any:
-        self.read.update(dict.keys(self))
-        return super().keys()
-
-    def items(self) -> Any:
-        self.read.update(dict.keys(self))
-        return super().items()
-
-    def values(self) -> Any:
-        self.read.update(dict.keys(self))
-        return super().values()
-
-    def copy(self) -> dict[str, Any]:
-        self.read.update(dict.keys(self))
-        return dict(super().items())
-
-    def __copy__(self) -> dict[str, Any]:
-        return self.copy()
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
-        import copy
-
-        self.read.update(dict.keys(self))
-        return copy.deepcopy(dict(super().items()), memo)
-
-    def __reduce__(self) -> Any:  # pickled (a copy kept by the function, Ray) as the plain dict it is
-        return (dict, (dict(super().items()),))
-
-
-_warned_unread: set[frozenset[str]] = set()  # the unread parameter sets this process has warned about
-
-
 class TrialContext:
     """What a trial function is given: the trial's settings, and the study's counters and hooks.
 
@@ -283,7 +213,7 @@ class TrialContext:
         self.train_config = config
         self.optimizer_spec = optimizer or OptimizerSpec()
         self.momentum = config.momentum if config.momentum is not None else self.optimizer_spec.momentum
-        self.config: dict[str, Any] = _ReadConfig(
+        self.config: dict[str, Any] = ReadConfig(
             {**self._optimizer_settings(), **dict(params or {}), "batch_size": config.batch_size, "lr": config.lr}
         )
         # the space's model.<name> parameters, which only the loop can apply (bstune applies the optimizer's
@@ -365,13 +295,13 @@ class TrialContext:
     def model_kwargs(self) -> dict[str, Any]:
         """The space's ``model.<name>`` parameters, by ``<name>``."""
         found = {k: v for k, v in dict.items(self.config) if k.startswith("model.")}
-        if isinstance(self.config, _ReadConfig):
+        if isinstance(self.config, ReadConfig):
             self.config.read.update(found)
         return {k.removeprefix("model."): v for k, v in found.items()}
 
     def unread_params(self) -> list[str]:
         """The space's ``model.<name>`` parameters the function has not read (``ctx.config``, ``ctx.model_kwargs``)."""
-        read = self.config.read if isinstance(self.config, _ReadConfig) else set(self._searched)
+        read = self.config.read if isinstance(self.config, ReadConfig) else set(self._searched)
         return sorted(self._searched - read)
 
     # -- what the function calls -----------------------------------------------------
@@ -691,14 +621,8 @@ def run_function(
         ctx._tracker.tracker.flush(ctx.steps, ctx.samples)  # the window the last report left open
     if ctx.status is not RunStatus.COMPLETED:
         logger.info("run ended %s: %s", ctx.status.value, ctx.message)
-    unread = ctx.unread_params()
-    if unread and ctx.status is RunStatus.COMPLETED and frozenset(unread) not in _warned_unread:
-        _warned_unread.add(frozenset(unread))
-        logger.warning(
-            "the training function never read the space's parameter(s) %s from ctx.config (nor ctx.model_kwargs): "
-            "a misspelled name, or one the loop ignores; the search spends its trials on them all the same",
-            ", ".join(repr(k) for k in unread),
-        )
+    if ctx.status is RunStatus.COMPLETED:
+        warn_unread(ctx.unread_params())
     wall = time.perf_counter() - started
     result = TrainResult(
         config=config,

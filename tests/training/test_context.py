@@ -322,7 +322,7 @@ def test_a_second_scheduler_beside_the_trials_is_named_once(
 
     monkeypatch.setattr(_context, "_other_scheduler_said", False)
     config = TrainConfig(batch_size=32, lr=0.1, max_samples=1024)
-    with caplog.at_level("WARNING", logger="bstune.training._context"):
+    with caplog.at_level("WARNING", logger="bstune.training._read_config"):
         run_function(loop, config)
         assert not caplog.records
         run_function(two, config)
@@ -355,7 +355,7 @@ def test_a_report_a_step_or_more_past_its_milestone_is_named_once(
 
     monkeypatch.setattr(_context, "_late_report_said", False)
     config = TrainConfig(batch_size=32, lr=0.1, max_samples=2048, eval_every_samples=256)
-    with caplog.at_level("WARNING", logger="bstune.training._context"):
+    with caplog.at_level("WARNING", logger="bstune.training._read_config"):
         run_function(loop, config)
         assert not [r for r in caplog.records if "recorded for the milestone" in r.getMessage()]
         run_function(every_7_steps, config)
@@ -372,9 +372,9 @@ def test_a_model_parameter_the_loop_never_reads_is_named_once(
     the space's model.<name> parameters it never read."""
     import pickle
 
-    from bstune.training import _context
+    from bstune.training import _read_config
 
-    monkeypatch.setattr(_context, "_warned_unread", set())
+    monkeypatch.setattr(_read_config, "_warned_unread", set())
     config = TrainConfig(batch_size=32, lr=0.1, max_samples=640)
     # momentum and warmup reach the run through ctx.make_optimizer and ctx.lr_scheduler: not the loop's to read
     params = {"model.hiden": 49, "model.width": 16, "momentum": 0.8, "warmup_fraction": 0.1}
@@ -385,7 +385,7 @@ def test_a_model_parameter_the_loop_never_reads_is_named_once(
         kept.append(pickle.loads(pickle.dumps(ctx.config)))  # a copy a loop keeps is a plain dict
         loop(ctx)
 
-    with caplog.at_level("WARNING", logger="bstune.training._context"):
+    with caplog.at_level("WARNING", logger="bstune.training._read_config"):
         run_function(reads_width, config, params=params)
         run_function(reads_width, config, params=params)  # the same names: said once
     said = [r.getMessage() for r in caplog.records if "never read" in r.getMessage()]
@@ -396,7 +396,7 @@ def test_a_model_parameter_the_loop_never_reads_is_named_once(
     ]
     assert type(kept[0]) is dict and kept[0]["model.hiden"] == 49
     caplog.clear()
-    _context._warned_unread.clear()  # so that each read below would be said again if it did not count
+    _read_config._warned_unread.clear()  # so that each read below would be said again if it did not count
 
     def by_kwargs(ctx: TrialContext) -> None:
         assert ctx.model_kwargs == {"hiden": 49, "width": 16}
@@ -410,7 +410,7 @@ def test_a_model_parameter_the_loop_never_reads_is_named_once(
         ctx.config.get("model.hiden"), ctx.config.get("model.width", 8)
         loop(ctx)
 
-    with caplog.at_level("WARNING", logger="bstune.training._context"):
+    with caplog.at_level("WARNING", logger="bstune.training._read_config"):
         for fn in (by_kwargs, unpacked, by_get):
             run_function(fn, config, params=params)
     assert not [r for r in caplog.records if "never read" in r.getMessage()]
@@ -422,6 +422,6 @@ def test_a_model_parameter_the_loop_never_reads_is_named_once(
         assert cfg["model.width"] == 16 and type(cfg) is dict
         loop(ctx)
 
-    with caplog.at_level("WARNING", logger="bstune.training._context"):
+    with caplog.at_level("WARNING", logger="bstune.training._read_config"):
         run_function(copied, config, params=params)
     assert not [r for r in caplog.records if "never read" in r.getMessage()]

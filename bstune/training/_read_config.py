@@ -1,0 +1,106 @@
+"""``ctx.config``: the trial's settings as a dict that remembers which keys the training function read.
+
+A training function reads its hyperparameters as it likes; the space's ``model.<name>``
+parameters that a run never read are a misspelling (``model.hiden``) or one the loop
+ignores, and the search spends its trials on them all the same: :func:`warn_unread` says so
+once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["ReadConfig", "warn_unread"]
+
+logger = logging.getLogger(__name__)
+
+_warned_unread: set[frozenset[str]] = set()  # the unread parameter sets this process has warned about
+
+
+class ReadConfig(dict[str, Any]):
+    """``ctx.config``: a plain dict that remembers which keys the training function read.
+
+    A key counts as read through ``[]``, ``get``, ``in``, ``pop`` or ``setdefault``; iterating the
+    whole mapping (``**ctx.config``, ``items()``) or copying it reads every key. The space's
+    ``model.<name>`` parameters (which only the loop can apply) that a function never read are a
+    misspelling (``model.hiden``) or one its loop ignores: either way the search spends its trials
+    on them (:func:`warn_unread`).
+
+    Example:
+        >>> config = ReadConfig({"lr": 0.1, "model.width": 64, "model.hiden": 8})
+        >>> config["model.width"], sorted(config.read)
+        (64, ['model.width'])
+        >>> type(__import__("copy").deepcopy(config)).__name__, sorted(config.read)  # a copy reads every key
+        ('dict', ['lr', 'model.hiden', 'model.width'])
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.read.add(key)
+        return super().__contains__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self.read.add(key)
+        return super().pop(key, *default)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().setdefault(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        self.read.update(dict.keys(self))
+        return super().__iter__()
+
+    def keys(self) -> Any:
+        self.read.update(dict.keys(self))
+        return super().keys()
+
+    def items(self) -> Any:
+        self.read.update(dict.keys(self))
+        return super().items()
+
+    def values(self) -> Any:
+        self.read.update(dict.keys(self))
+        return super().values()
+
+    def copy(self) -> dict[str, Any]:
+        self.read.update(dict.keys(self))
+        return dict(super().items())
+
+    def __copy__(self) -> dict[str, Any]:
+        return self.copy()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        import copy
+
+        self.read.update(dict.keys(self))
+        return copy.deepcopy(dict(super().items()), memo)
+
+    def __reduce__(self) -> Any:  # pickled (a copy kept by the function, Ray) as the plain dict it is
+        return (dict, (dict(super().items()),))
+
+
+def warn_unread(unread: list[str]) -> None:
+    """Warn, once per process for each set of names, that a run never read these space parameters."""
+    if not unread or frozenset(unread) in _warned_unread:
+        return
+    _warned_unread.add(frozenset(unread))
+    logger.warning(
+        "the training function never read the space's parameter(s) %s from ctx.config (nor ctx.model_kwargs): "
+        "a misspelled name, or one the loop ignores; the search spends its trials on them all the same",
+        ", ".join(repr(k) for k in unread),
+    )
