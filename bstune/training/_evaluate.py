@@ -79,9 +79,8 @@ class MetricSet:
             return
         try:
             kept = (_kept(outputs, n), _kept(targets, n), n)
-            if self.kept:  # joinable with what is kept: the same structure
-                _concat([self.kept[0][0], kept[0]])
-                _concat([self.kept[0][1], kept[1]])
+            if self.kept and _shape(kept[:2]) != _shape(self.kept[0][:2]):  # joinable: the same structure
+                raise _CannotJoin(f"a batch shaped {_shape(kept[:2])} after one shaped {_shape(self.kept[0][:2])}")
         except _CannotJoin as exc:
             self._per_batch(f"their batches cannot be joined ({exc})", (outputs, targets, n))
             return
@@ -149,6 +148,20 @@ def _length(value: Any) -> int:
     if isinstance(value, _Examples):
         return len(value)
     return _length(value[0])
+
+
+def _shape(value: Any) -> Any:
+    """What must agree between batches for them to join: the structure, and each tensor's shape past the
+    examples and its dtype (a per-example list joins whatever its items)."""
+    if isinstance(value, torch.Tensor):
+        return (tuple(value.shape[1:]), value.dtype)
+    if isinstance(value, _Examples):
+        return "examples"
+    if isinstance(value, Mapping):
+        return (type(value).__name__, tuple((k, _shape(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, tuple(_shape(v) for v in value))
+    return type(value).__name__
 
 
 def _nbytes(value: Any) -> int:
