@@ -23,35 +23,52 @@ from bstune.errors import (
     TaskError,
 )
 from bstune.metrics import Direction, Metric
-from bstune.noise import (
-    CurvatureNoiseEstimate,
-    NoiseScaleEstimate,
-    exact_noise_scale,
-    measure_curvature_noise_scale,
-    measure_noise_scale,
-)
-from bstune.optim import OptimizerSpec, temperature
-from bstune.task import Task
-from bstune.training import (
-    Decision,
-    EvalRecord,
-    RunStatus,
-    TrainConfig,
-    TrainResult,
-    TrialContext,
-    TrialPruned,
-    train,
-)
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what _LAZY loads, for type checkers (tests/test_exports.py keeps the two in step)
     from bstune.jobs import fetch_report, status, submit
+    from bstune.noise import (
+        CurvatureNoiseEstimate,
+        NoiseScaleEstimate,
+        exact_noise_scale,
+        measure_curvature_noise_scale,
+        measure_noise_scale,
+    )
+    from bstune.optim import OptimizerSpec, temperature
     from bstune.space import SearchSpace
     from bstune.study import Prior, ProbeSettings, Study, StudyResult
+    from bstune.task import Task
+    from bstune.training import (
+        Decision,
+        EvalRecord,
+        RunStatus,
+        TrainConfig,
+        TrainResult,
+        TrialContext,
+        TrialPruned,
+        train,
+    )
 
-# The study layer pulls in Optuna: imported on first use, not with the package.
+# Whatever pulls in PyTorch, SciPy or Optuna is imported on first use, not with the package: the
+# command line answers --help (and Ctrl-C) at once, and `import bstune` costs what it uses.
 _LAZY = {
+    "CurvatureNoiseEstimate": "bstune.noise",
+    "NoiseScaleEstimate": "bstune.noise",
+    "exact_noise_scale": "bstune.noise",
+    "measure_curvature_noise_scale": "bstune.noise",
+    "measure_noise_scale": "bstune.noise",
+    "OptimizerSpec": "bstune.optim",
+    "temperature": "bstune.optim",
+    "Task": "bstune.task",
+    "Decision": "bstune.training",
+    "EvalRecord": "bstune.training",
+    "RunStatus": "bstune.training",
+    "TrainConfig": "bstune.training",
+    "TrainResult": "bstune.training",
+    "TrialContext": "bstune.training",
+    "TrialPruned": "bstune.training",
+    "train": "bstune.training",
     "Study": "bstune.study",
     "StudyResult": "bstune.study",
     "ProbeSettings": "bstune.study",

@@ -22,7 +22,6 @@ import sys
 from collections.abc import Sequence
 
 from bstune import __version__
-from bstune import _commands as commands
 from bstune.errors import BstuneError, ConfigError
 
 __all__ = ["build_parser", "main", "run_command"]
@@ -254,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-failures", type=int, default=2, help="retries of a trial whose worker died (default 2)"
     )
     run.add_argument("--print-result", action="store_true", help=argparse.SUPPRESS)  # used by `bstune submit`
-    run.set_defaults(handler=commands.cmd_run)
+    run.set_defaults(handler="cmd_run")
 
     submit = sub.add_parser(
         "submit",
@@ -276,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-concurrent", type=_positive_int, default=None, help="trials at once (default: all that fit)"
     )
     submit.add_argument("--python", default="python", help="the cluster's interpreter with bstune installed")
-    submit.set_defaults(handler=commands.cmd_submit)
+    submit.set_defaults(handler="cmd_submit")
 
     job_status = sub.add_parser(
         "status",
@@ -286,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     job_status.add_argument("job_id", help="the id `bstune submit` printed")
     job_status.add_argument("--address", required=True, help="the cluster's dashboard address, e.g. http://head:8265")
-    job_status.set_defaults(handler=commands.cmd_status)
+    job_status.set_defaults(handler="cmd_status")
 
     fetch = sub.add_parser(
         "fetch",
@@ -297,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("job_id", help="the id `bstune submit` printed")
     fetch.add_argument("out", help="folder to write result.json and the report into")
     fetch.add_argument("--address", required=True, help="the cluster's dashboard address, e.g. http://head:8265")
-    fetch.set_defaults(handler=commands.cmd_fetch)
+    fetch.set_defaults(handler="cmd_fetch")
 
     probe = sub.add_parser(
         "probe",
@@ -315,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a progress bar on stderr for each phase of the probe (default: when stderr is a terminal)",
     )
-    probe.set_defaults(handler=commands.cmd_probe)
+    probe.set_defaults(handler="cmd_probe")
 
     report = sub.add_parser(
         "report",
@@ -348,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="list every trial in the printed summary (default: the 10 best, then a count); "
         "the report files list them all",
     )
-    report.set_defaults(handler=commands.cmd_report)
+    report.set_defaults(handler="cmd_report")
 
     crit = sub.add_parser(
         "crit",
@@ -369,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     crit.add_argument("--device", default="auto", help="cpu, cuda, ... (default: CUDA when available)")
     crit.add_argument("--again", action="store_true", help="measure again even if result.json holds a measurement")
-    crit.set_defaults(handler=commands.cmd_crit)
+    crit.set_defaults(handler="cmd_crit")
 
     noise = sub.add_parser(
         "noise",
@@ -415,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--seed", type=int, default=0, help="seed for model init and batch draws (default 0)")
     noise.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     noise.add_argument("--out", default=None, help="folder to write noise_scale.json into")
-    noise.set_defaults(handler=commands.cmd_noise)
+    noise.set_defaults(handler="cmd_noise")
 
     train = sub.add_parser(
         "train",
@@ -485,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         "0: in-process (default 0)",
     )
     train.add_argument("--out", default=None, help="folder to write train.json into")
-    train.set_defaults(handler=commands.cmd_train)
+    train.set_defaults(handler="cmd_train")
     for each in (parser, *sub.choices.values()):  # every option's help shows its default
         each.formatter_class = _DefaultsFormatter
     return parser
@@ -504,8 +503,11 @@ def run_command(args: argparse.Namespace) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        # the commands pull in PyTorch and Optuna (seconds): imported here, where Ctrl-C is answered
+        from bstune import _commands
+
         _check_device(args)
-        return int(args.handler(args))
+        return int(getattr(_commands, args.handler)(args))
     except ConfigError as exc:
         print(f"bstune: error: {exc}", file=sys.stderr)
         return 2

@@ -133,3 +133,15 @@ def test_records_and_the_report_load_without_optuna_or_the_study_layer() -> None
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_command_line_answers_help_without_loading_torch_scipy_or_optuna() -> None:
+    """`bstune --help` and `import bstune` take a tenth of a second, not the seconds PyTorch takes to load."""
+    code = (
+        "import sys, contextlib, io, bstune.cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    bstune.cli.main(['run', '--help'])\n"
+        "sys.exit(sorted(m for m in ('torch', 'scipy', 'optuna', 'numpy', 'bstune._commands') if m in sys.modules) or 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr

@@ -129,3 +129,38 @@ def test_ctrl_c_keeps_finished_trials_says_how_to_continue_and_resume_reruns_the
     (cut,) = [t for t in result["trials"] if t["status"] == "interrupted"]  # says what became of it, not "will run"
     assert cut["message"] == f"interrupted; its config ran again as trial {retry.number}"
     assert "3 trials (and 1 interrupted)" in resumed.stdout
+
+
+def test_ctrl_c_while_the_commands_load_says_interrupted_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The commands import PyTorch and Optuna, seconds on a slow machine: a Ctrl-C then is answered
+    as one later is, not with Python's traceback from inside an import."""
+    import bstune
+    from bstune import cli
+
+    class CtrlC:  # the import of the commands is where the KeyboardInterrupt lands
+        def find_spec(self, name: str, *args: object) -> None:
+            if name == "bstune._commands":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "bstune._commands", raising=False)
+    monkeypatch.delattr(bstune, "_commands", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [CtrlC(), *sys.meta_path])
+    assert cli.main(["report", "nowhere"]) == 130
+    assert capsys.readouterr().err == "bstune: interrupted\n"
+
+
+def test_a_real_ctrl_c_in_the_first_second_leaves_no_traceback(tmp_path: Path) -> None:
+    (tmp_path / "slow.py").write_text(SLOW_TASK)
+    (tmp_path / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bstune.cli", *ARGS], cwd=tmp_path, env=python_env(), stderr=subprocess.PIPE
+    )
+    with contextlib.suppress(subprocess.TimeoutExpired):  # past Python's start-up, within or after the imports
+        proc.wait(timeout=0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert b"Traceback" not in err, err.decode()
