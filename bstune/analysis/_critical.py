@@ -55,7 +55,6 @@ from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import optimize, stats
 
 from bstune.analysis._target import BatchPoint
 from bstune.errors import ConfigError, EstimationError
@@ -155,7 +154,7 @@ class CriticalBatchFit:
             return np.array([c0]), np.array([a0]), np.array([a0])
         n, dof = len(x), len(x) - 2
         rss_min = n * self.residual_rms**2
-        level = rss_min * (1.0 + float(stats.f.ppf(self.confidence, 1, dof)) / dof)
+        level = rss_min * (1.0 + float(_scipy().stats.f.ppf(self.confidence, 1, dof)) / dof)
         lo, hi = self.b_crit_ci
         c_lo = math.log(lo) if lo > 0 else float(x.min()) - _SPAN
         c_hi = math.log(hi) if math.isfinite(hi) else float(x.max()) + _SPAN
@@ -334,6 +333,15 @@ class CriticalBatchFit:
         )
 
 
+def _scipy() -> Any:
+    """SciPy with its ``stats`` and ``optimize`` loaded, when a fit first needs them (they take a second
+    or more to import, which a process that never fits should not pay)."""
+    import scipy.optimize
+    import scipy.stats
+
+    return scipy
+
+
 def _steps(x: float) -> str:
     """A step count as a reader would recompute a ratio from it: three figures below 1,000."""
     return f"{x:,.0f}" if x >= 1000 else f"{x:.3g}"
@@ -361,7 +369,7 @@ def _rss_at(log_s: float, x: FloatArray, y: FloatArray, log_b_hi: float) -> floa
     i = int(np.argmin(rss))
     best = min(float(rss[i]), float(((y - log_s) ** 2).sum()))  # c → −∞: the constant model
     if 0 < i < len(grid) - 1:
-        res = optimize.minimize_scalar(
+        res = _scipy().optimize.minimize_scalar(
             lambda c: float((((y - log_s) - _log1p_ratio(c, x)) ** 2).sum()),
             bounds=(grid[i - 1], grid[i + 1]),
             method="bounded",
@@ -382,7 +390,7 @@ def _crossing(fun: Callable[[float], float], start: float, sign: float, level: f
             nxt = limit
         if fun(nxt) > level:
             lo, hi = sorted((prev, nxt))
-            return float(optimize.brentq(lambda z: fun(z) - level, lo, hi, xtol=1e-9))
+            return float(_scipy().optimize.brentq(lambda z: fun(z) - level, lo, hi, xtol=1e-9))
         prev, step = nxt, step * 1.5
     return None
 
@@ -482,7 +490,7 @@ def fit_critical_batch(
         z = y + x
         log_b, start, rss_min = math.inf, hi_c, float(((z - z.mean()) ** 2).sum())
     else:
-        res = optimize.minimize_scalar(
+        res = _scipy().optimize.minimize_scalar(
             rss_c, bounds=(grid[i - 1], grid[i + 1]), method="bounded", options={"xatol": 1e-10}
         )
         log_b, start, rss_min = float(res.x), float(res.x), float(res.fun)
@@ -499,7 +507,7 @@ def fit_critical_batch(
     if rss_min <= _EXACT_RSS * max(1.0, float(((y - y.mean()) ** 2).sum())):
         b_ci, s_ci = (b_crit, b_crit), (s_min, s_min)
     else:
-        level = rss_min * (1.0 + float(stats.f.ppf(confidence, 1, dof)) / dof)
+        level = rss_min * (1.0 + float(_scipy().stats.f.ppf(confidence, 1, dof)) / dof)
         down = _crossing(rss_c, start, -1.0, level, lo_c)
         up = _crossing(rss_c, start, +1.0, level, hi_c)
         b_ci = (0.0 if down is None else math.exp(down), math.inf if up is None else math.exp(up))

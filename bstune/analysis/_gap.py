@@ -21,8 +21,7 @@ import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-
-from scipy import stats
+from typing import Any
 
 from bstune.analysis._trials import TrialLike, batch_size_of, field_of, finite
 from bstune.records import TrialStatus
@@ -136,12 +135,19 @@ class GapSummary:
     trend: str
 
 
+def _stats() -> Any:
+    """``scipy.stats``, imported when first needed (it takes a second or more to load)."""
+    from scipy import stats
+
+    return stats
+
+
 def _spearman(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
         return math.nan, math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ties and small n: the numbers are still the right ones to report
-        res = stats.spearmanr(a, b)
+        res = _stats().spearmanr(a, b)
     return float(res.statistic), float(res.pvalue)
 
 
@@ -154,7 +160,7 @@ def _partial(r_xy: float, r_xz: float, r_yz: float, n: int) -> tuple[float, floa
     if abs(r) == 1.0:
         return r, 0.0
     t = r * math.sqrt((n - 3) / (1 - r**2))
-    return r, float(2 * stats.t.sf(abs(t), n - 3))
+    return r, float(2 * _stats().t.sf(abs(t), n - 3))
 
 
 def _trend(name: str, gaps: Sequence[float], batch: Sequence[float], temp: Sequence[float]) -> GapTrend:

@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
 
 from bstune.errors import ConfigError, EstimationError
 
@@ -100,7 +99,10 @@ class NoiseScaleEstimate:
 @functools.lru_cache(maxsize=256)
 def _t_quantile(confidence: float, df: int) -> float:
     """The two-sided Student-t quantile (cached: scipy's ppf costs ~0.1 ms, and a trainer closing a
-    noise window at every evaluation asks for the same few)."""
+    noise window at every evaluation asks for the same few). SciPy's stats take a second or more to
+    import: a process that never closes an interval (a trial without noise tracking) does not load them."""
+    from scipy import stats
+
     return float(stats.t.ppf(0.5 + confidence / 2, df))
 
 
