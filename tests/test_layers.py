@@ -145,3 +145,10 @@ def test_the_command_line_answers_help_without_loading_torch_scipy_or_optuna() -
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_training_and_the_study_layer_load_without_scipy() -> None:
+    """Every trial process imports them; SciPy (a second or more) loads only where an interval or a fit is made."""
+    code = "import sys, bstune.study, bstune.training, bstune.analysis; sys.exit('scipy' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
