@@ -569,12 +569,13 @@ def _capped_at_ceiling(
         row: dict[str, Any] = {"batch_size": bb, "lr": lr}
         shown = max((r for b, r in trained if b <= bb), default=0.0)
         by_trial = shown > ceiling
+        tested = ceiling  # the range tests' bound at this batch size, before a trial raised it
         if by_trial:
             at, ceiling, at_max = next(b for b, r in trained if b <= bb and r == shown), shown, False
         if lr > ceiling:  # at lr.max unbroken: no rate above it was searched or tested
             cap: dict[str, Any] = {"lr_ceiling": ceiling, "batch_size": at, "lr_max": at_max}
             if by_trial:
-                cap["by_trial"] = True
+                cap.update(by_trial=True, range_test_ceiling=tested)
             elif interpolated:
                 cap["between"] = [[probe.batch_size, small], [probe.large_batch, large]]
             row.update(lr=ceiling, rule_lr=lr, capped_at=cap)
@@ -622,7 +623,10 @@ def _lr_rule(fit: CriticalBatchFit, best_batch: int, best_lr: float, alpha: floa
             f"from the fit: nearly {'linear in B' if alpha == 1.0 else f'∝ B{power}'} well below {b:.3g}, bending at it "
             "and flattening above",
         )
-    if fit.edge == "below" and math.isfinite(fit.b_crit_ci[1]):  # the data bound B_crit from above
+    # only where the data bound B_crit below every batch size fitted do steps not fall with B over them;
+    # an interval reaching into the batch sizes fitted (or steps falling faster than 1/B) does not say that
+    flat = fit.edge == "below" and fit.b_crit_ci[1] <= fit.batch_min and fit.faster_than_linear is None
+    if flat:
         return (
             "constant",
             0.0,
@@ -631,7 +635,7 @@ def _lr_rule(fit: CriticalBatchFit, best_batch: int, best_lr: float, alpha: floa
         )
     leaning = (
         " (steps fell little with B over the batch sizes fitted, but the interval does not rule out that they would)"
-        if fit.edge == "below"
+        if fit.edge == "below" and fit.faster_than_linear is None
         else ""
     )
     return (

@@ -89,9 +89,15 @@ def _lr_cell(row: dict[str, Any]) -> str:
         return _n(row["lr"], ".3g")
     cap = row["capped_at"]
     if cap.get("by_trial"):
+        tested = cap.get("range_test_ceiling")
         return (
-            f"{_n(row['lr'], '.3g')} (the rule gives {_n(row['rule_lr'], '.3g')}, above the LR range test's ceiling "
-            f"and the highest rate a completed trial trained at, {_n(cap['lr_ceiling'], '.3g')} at B={cap['batch_size']})"
+            f"{_n(row['lr'], '.3g')} (the rule gives {_n(row['rule_lr'], '.3g')}; capped at the highest rate a "
+            f"completed trial trained at, {_n(cap['lr_ceiling'], '.3g')} at B={cap['batch_size']}, which is above "
+            + (
+                f"the LR range tests' ceiling here, {_n(tested, '.3g')})"
+                if tested is not None
+                else "the range tests' ceiling)"
+            )
         )
     if cap.get("between"):
         (b0, c0), (b1, c1) = cap["between"]

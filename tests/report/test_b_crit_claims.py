@@ -129,6 +129,18 @@ def test_steps_flat_in_b_get_a_constant_lr_table_that_says_so() -> None:
     _check_lr_table_follows_its_rule(data["recommended"])
 
 
+def test_an_interval_reaching_into_the_batch_sizes_fitted_gets_no_constant_lr_table() -> None:
+    """Best fit below the smallest batch, but its interval reaches past it: the data do not say that steps
+    stopped falling with B over the batch sizes fitted (a newcomer's report said so, beside 160 -> 100 steps)."""
+    trials = [_trial(i, b, s) for i, (b, s) in enumerate(zip((16, 32, 64, 128), (160, 120, 118, 100), strict=True))]
+    data, md = _report(trials)
+    cb = data["critical_batch"]
+    assert cb["edge"] == "below" and cb["b_crit_ci"][0] < 16 < cb["b_crit_ci"][1]
+    assert data["recommended"]["lr_rule_kind"] == "linear"
+    assert "did not fall with B" not in md
+    _check_lr_table_follows_its_rule(data["recommended"])
+
+
 def test_an_identified_b_crit_bends_the_lr_table_where_the_rule_says() -> None:
     data, md = _report(
         [_trial(i, b, 300 * (1 + 128 / b) * NOISE[i % 5]) for i, b in enumerate(2**k for k in range(3, 12))]

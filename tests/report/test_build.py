@@ -413,7 +413,11 @@ def test_a_rate_a_completed_trial_trained_at_raises_the_lr_tables_bound() -> Non
     )
     row = {r["batch_size"]: r for r in low.recommended["lr_table"]}[2048]
     assert row["lr"] == pytest.approx(0.3) and row["capped_at"]["by_trial"] is True
-    assert "the highest rate a completed trial trained at, 0.3 at B=32" in render_markdown(low.data)
+    assert row["capped_at"]["range_test_ceiling"] == pytest.approx(0.2)  # the large test's, which 0.3 beat
+    assert (
+        "capped at the highest rate a completed trial trained at, 0.3 at B=32, which is above the LR range "
+        "tests' ceiling here, 0.2)" in render_markdown(low.data)
+    )
 
 
 def test_the_expected_cost_and_the_fastest_batch_carry_the_fits_intervals() -> None:
