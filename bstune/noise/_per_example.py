@@ -604,7 +604,10 @@ class PerExampleNorms:
                 step.problems.append(
                     EstimationError(
                         f"{full} saw a batch of {b} where other layers saw {step.batch}: a parameter shared "
-                        "across the batch (a positional embedding, say) has no per-example gradient"
+                        "across the batch (a positional embedding, say) has no per-example gradient. Give its "
+                        "input the batch dimension, e.g. pos(torch.arange(T, device=x.device).expand(B, T)) "
+                        "rather than pos(torch.arange(T)) (the same values, broadcast the same way), or tune "
+                        "without the noise scale (mode='baseline')"
                     )
                 )
                 return

@@ -524,6 +524,40 @@ class PositionalLM(nn.Module):
         return out
 
 
+class ExpandedPositionalLM(PositionalLM):
+    """The fix the error names: the positions given the batch dimension, the same values broadcast the same way."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, t = tokens.shape
+        h = self.tok(tokens) + self.pos(torch.arange(t).expand(b, t))
+        out: torch.Tensor = self.out(h)
+        return out
+
+
+def test_the_fix_the_shared_parameter_error_names_gives_exact_per_example_norms() -> None:
+    torch.manual_seed(0)
+    model, tokens = ExpandedPositionalLM(), torch.randint(0, 7, (8, 5))
+    plain = PositionalLM()
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(tokens), plain(tokens))  # the same model
+
+    def loss_of(batch: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(batch).reshape(-1, 7), batch.reshape(-1), reduction="sum")
+
+    truth = []
+    for i in range(8):
+        model.zero_grad()
+        loss_of(tokens[i : i + 1]).backward()
+        truth.append(sum(float(p.grad.pow(2).sum()) for p in model.parameters() if p.grad is not None))
+    norms = PerExampleNorms(model)
+    norms.enabled = True
+    model.zero_grad()
+    loss_of(tokens).backward()
+    torch.testing.assert_close(
+        norms.sq_norms().double(), torch.tensor(truth, dtype=torch.float64), rtol=1e-4, atol=1e-6
+    )
+
+
 def test_a_parameter_shared_across_the_batch_is_named_and_the_trainer_falls_back_to_split_batches(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -535,7 +569,10 @@ def test_a_parameter_shared_across_the_batch_is_named_and_the_trainer_falls_back
     norms = PerExampleNorms(model)
     norms.enabled = True
     nn.functional.cross_entropy(model(tokens).reshape(-1, 7), tokens.reshape(-1)).backward()
-    with pytest.raises(EstimationError, match=r"pos\.weight saw a batch of 5 where other layers saw 8: .*shared"):
+    with pytest.raises(
+        EstimationError,
+        match=r"pos\.weight saw a batch of 5 where other layers saw 8: .*shared.*expand\(B, T\).*baseline",
+    ):
         norms.sq_norms()
     x = torch.randint(0, 7, (64, 5))
     task = bstune.Task(
