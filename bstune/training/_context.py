@@ -51,7 +51,13 @@ from bstune.optim import OptimizerSpec, warn_on_other_optimizer
 from bstune.training._config import TrainConfig
 from bstune.training._loop import Callback, _as_decision, _milestones
 from bstune.training._loop_noise import LoopNoiseTracker
-from bstune.training._read_config import ReadConfig, warn_unread
+from bstune.training._read_config import (
+    CHECKED_SETTINGS,
+    OPTIMIZER_SETTINGS,
+    SCHEDULE_SETTINGS,
+    ReadConfig,
+    warn_unread,
+)
 from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult
 from bstune.training._sampling import EpochBatchSampler
 from bstune.training._schedule import lr_at, samples_before_step, stage_at, step_batch_sizes
@@ -212,14 +218,14 @@ class TrialContext:
     ) -> None:
         self.train_config = config
         self.optimizer_spec = optimizer or OptimizerSpec()
+        self._optimizer_declared = optimizer is not None  # by a study's space: the loop's is compared to it
         self.momentum = config.momentum if config.momentum is not None else self.optimizer_spec.momentum
         self.config: dict[str, Any] = ReadConfig(
             {**self._optimizer_settings(), **dict(params or {}), "batch_size": config.batch_size, "lr": config.lr}
         )
-        # the space's model.<name> parameters, which only the loop can apply (bstune applies the optimizer's
-        # settings through ctx.make_optimizer, and warns where the loop's own optimizer differs; the schedule's
-        # through ctx.lr_scheduler, which the probe requires; a loop may read the rest from ctx.train_config)
-        self._searched = frozenset(k for k in params or {} if k.startswith("model."))
+        # the searched parameters a run must apply: model.<name> ones only the loop can; the optimizer's settings
+        # count as applied through ctx.make_optimizer, the schedule's through ctx.lr_scheduler
+        self._searched = frozenset(k for k in params or {} if k.startswith("model.") or k in CHECKED_SETTINGS)
         self.device = resolve_device(config.device)
         self.seed = config.seed
         self.objective = objective
@@ -299,8 +305,15 @@ class TrialContext:
             self.config.read.update(found)
         return {k.removeprefix("model."): v for k, v in found.items()}
 
+    def _applied(self, keys: frozenset[str]) -> None:
+        """``keys`` reach the run through a helper bstune applies them in: they count as read."""
+        if isinstance(self.config, ReadConfig):
+            self.config.read.update(keys & self._searched)
+
     def unread_params(self) -> list[str]:
-        """The space's ``model.<name>`` parameters the function has not read (``ctx.config``, ``ctx.model_kwargs``)."""
+        """The space's searched parameters the function neither read (``ctx.config``, ``ctx.model_kwargs``) nor
+        had applied (``ctx.make_optimizer``, ``ctx.lr_scheduler``): ``model.<name>`` ones, the optimizer's
+        settings, the schedule's, ``grad_clip``."""
         read = self.config.read if isinstance(self.config, ReadConfig) else set(self._searched)
         return sorted(self._searched - read)
 
@@ -395,11 +408,23 @@ class TrialContext:
         """A scheduler that sets the trial's learning rate step by step; call its ``step()`` after
         ``optimizer.step()``."""
         self.used_scheduler = True
-        warn_on_other_optimizer(optimizer, self.optimizer_spec.family, self.momentum)
+        self._applied(SCHEDULE_SETTINGS)
+        # settings the loop's own optimizer holds at the trial's values were applied, however it read them
+        group = optimizer.param_groups[0] if optimizer.param_groups else {}
+        self._applied(
+            frozenset(
+                k
+                for k in OPTIMIZER_SETTINGS
+                if k in group and dict.__contains__(self.config, k) and group[k] == dict.get(self.config, k)
+            )
+        )
+        if self._optimizer_declared:  # run_function without one (retraining a config by hand) declares nothing
+            warn_on_other_optimizer(optimizer, self.optimizer_spec.family, self.momentum)
         return TrialLRScheduler(self, optimizer)
 
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
         """The search space's optimizer (family, momentum, weight decay) at the trial's learning rate."""
+        self._applied(OPTIMIZER_SETTINGS)
         return self.optimizer_spec.build(
             params, lr=self.lr, momentum=self.momentum, weight_decay=self.train_config.weight_decay
         )

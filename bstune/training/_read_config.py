@@ -1,7 +1,9 @@
 """``ctx.config``: the trial's settings as a dict that remembers which keys the training function read.
 
-A training function reads its hyperparameters as it likes; the space's ``model.<name>``
-parameters that a run never read are a misspelling (``model.hiden``) or one the loop
+A training function reads its hyperparameters as it likes; the space's searched parameters
+that a run never read nor had applied (``model.<name>`` ones, which only the loop can apply; the
+optimizer's settings, which ``ctx.make_optimizer`` applies; the schedule's, which
+``ctx.lr_scheduler`` applies; ``grad_clip``) are a misspelling (``model.hiden``) or one the loop
 ignores, and the search spends its trials on them all the same: :func:`warn_unread` says so
 once per process.
 """
@@ -12,7 +14,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["ReadConfig", "warn_unread"]
+__all__ = ["CHECKED_SETTINGS", "OPTIMIZER_SETTINGS", "SCHEDULE_SETTINGS", "ReadConfig", "warn_unread"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +96,26 @@ class ReadConfig(dict[str, Any]):
         return (dict, (dict(super().items()),))
 
 
+# searched TrainConfig settings a run must apply, and the helpers that apply them for it
+SCHEDULE_SETTINGS = frozenset({"warmup_fraction", "warmup_samples", "schedule", "final_lr_ratio"})  # ctx.lr_scheduler
+OPTIMIZER_SETTINGS = frozenset({"weight_decay", "momentum", "betas", "nesterov", "eps"})  # ctx.make_optimizer
+CHECKED_SETTINGS = SCHEDULE_SETTINGS | OPTIMIZER_SETTINGS | {"grad_clip"}
+
+
 def warn_unread(unread: list[str]) -> None:
     """Warn, once per process for each set of names, that a run never read these space parameters."""
     if not unread or frozenset(unread) in _warned_unread:
         return
     _warned_unread.add(frozenset(unread))
+    helpers = []
+    if any(k in OPTIMIZER_SETTINGS for k in unread):
+        helpers.append("ctx.make_optimizer (the optimizer's settings)")
+    if any(k in SCHEDULE_SETTINGS for k in unread):
+        helpers.append("ctx.lr_scheduler (warmup and schedule)")
     logger.warning(
-        "the training function never read the space's parameter(s) %s from ctx.config (nor ctx.model_kwargs): "
-        "a misspelled name, or one the loop ignores; the search spends its trials on them all the same",
+        "the training function never read the space's searched parameter(s) %s from ctx.config (nor "
+        "ctx.model_kwargs)%s: a misspelled name, or one the loop ignores (a value it fixes itself); the search "
+        "spends its trials on them all the same, and the recommended config names values the loop never used",
         ", ".join(repr(k) for k in unread),
+        f", nor used {' or '.join(helpers)}, which apply them" if helpers else "",
     )

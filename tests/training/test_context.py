@@ -390,9 +390,9 @@ def test_a_model_parameter_the_loop_never_reads_is_named_once(
         run_function(reads_width, config, params=params)  # the same names: said once
     said = [r.getMessage() for r in caplog.records if "never read" in r.getMessage()]
     assert said == [
-        "the training function never read the space's parameter(s) 'model.hiden' from ctx.config (nor "
-        "ctx.model_kwargs): a misspelled name, or one the loop ignores; the search spends its trials on them all "
-        "the same"
+        "the training function never read the space's searched parameter(s) 'model.hiden' from ctx.config (nor "
+        "ctx.model_kwargs): a misspelled name, or one the loop ignores (a value it fixes itself); the search spends "
+        "its trials on them all the same, and the recommended config names values the loop never used"
     ]
     assert type(kept[0]) is dict and kept[0]["model.hiden"] == 49
     caplog.clear()
@@ -424,4 +424,69 @@ def test_a_model_parameter_the_loop_never_reads_is_named_once(
 
     with caplog.at_level("WARNING", logger="bstune.training._read_config"):
         run_function(copied, config, params=params)
+    assert not [r for r in caplog.records if "never read" in r.getMessage()]
+
+
+def test_the_loops_optimizer_is_compared_only_to_one_the_caller_declared(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retraining a recommended config by hand (``run_function(train, config)``, the README's recipe) declares no
+    optimizer: an AdamW loop is not told it differs from SGD, which nobody chose. A study's space declares one."""
+    import bstune.optim as optim
+
+    monkeypatch.setattr(optim, "_warned_optimizers", set())  # said once per process: as if none was said yet
+    adamw = lambda params: torch.optim.AdamW(params, lr=0.01)  # noqa: E731
+    config = TrainConfig(batch_size=32, lr=0.01, max_samples=320)
+    with caplog.at_level("WARNING", logger="bstune.optim"):
+        run_function(lambda ctx: loop(ctx, adamw), config)
+    assert "declares optimizer family" not in caplog.text
+    with caplog.at_level("WARNING", logger="bstune.optim"):
+        run_function(lambda ctx: loop(ctx, adamw), config, optimizer=bstune.OptimizerSpec(family="sgd"))
+    assert "declares optimizer family 'sgd'" in caplog.text
+
+
+def test_searched_optimizer_schedule_and_clip_settings_a_loop_fixes_itself_are_named(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newcomer's loop fixed AdamW's weight decay and its own warmup (LambdaLR) while the space searched
+    weight_decay, warmup_fraction and grad_clip: the study recommended values the loop never used, without a word."""
+    from bstune.training import _read_config
+
+    monkeypatch.setattr(_read_config, "_warned_unread", set())
+    config = TrainConfig(batch_size=32, lr=0.01, max_samples=640, weight_decay=0.02, warmup_samples=64)
+    params = {"weight_decay": 0.02, "warmup_fraction": 0.1, "grad_clip": 0.5}
+
+    def own_everything(ctx: TrialContext) -> None:
+        model = net()
+        opt = torch.optim.AdamW(model.parameters(), lr=ctx.config["lr"], weight_decay=0.01)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 10))
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+            if ctx.at_milestone():
+                ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+
+    def through_helpers(ctx: TrialContext) -> None:  # make_optimizer and lr_scheduler apply them; clip is read
+        assert ctx.config["grad_clip"] == 0.5
+        loop(ctx)
+
+    def own_optimizer_at_the_trials_values(ctx: TrialContext) -> None:  # the same decay, however it got it
+        assert ctx.config.get("grad_clip") == 0.5
+        loop(ctx, lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=ctx.train_config.weight_decay))
+
+    with caplog.at_level("WARNING", logger="bstune.training._read_config"):
+        run_function(own_everything, config, params=params)
+    (said,) = [r.getMessage() for r in caplog.records if "never read" in r.getMessage()]
+    assert "'grad_clip', 'warmup_fraction', 'weight_decay'" in said
+    assert "nor used ctx.make_optimizer (the optimizer's settings) or ctx.lr_scheduler (warmup and schedule)" in said
+    caplog.clear()
+    _read_config._warned_unread.clear()
+    with caplog.at_level("WARNING", logger="bstune.training._read_config"):
+        run_function(through_helpers, config, params=params)
+        run_function(own_optimizer_at_the_trials_values, config, params=params)
     assert not [r for r in caplog.records if "never read" in r.getMessage()]
