@@ -85,6 +85,8 @@ class Direction(str, Enum):
 # name that matches both or neither must be declared with Metric(fn, direction=...).
 MAXIMIZE_WORDS = frozenset({"accuracy", "acc", "f1", "auc", "precision", "recall", "top1", "top5"})
 MINIMIZE_WORDS = ("loss", "error", "mse", "mae", "rmse", "nll", "perplexity")
+# short names matched as whole words only (a substring "ppl" or "cer" could sit inside another word)
+MINIMIZE_TOKENS = frozenset({"ppl", "bpc", "bpb", "bpd", "wer", "cer"})
 
 
 def infer_direction(name: str) -> Direction | None:
@@ -95,10 +97,13 @@ def infer_direction(name: str) -> Direction | None:
         (<Direction.MAXIMIZE: 'maximize'>, <Direction.MINIMIZE: 'minimize'>, None)
         >>> infer_direction("score") is None
         True
+        >>> infer_direction("val_ppl"), infer_direction("test_wer")  # perplexity, word error rate
+        (<Direction.MINIMIZE: 'minimize'>, <Direction.MINIMIZE: 'minimize'>)
     """
     lowered = name.lower()
-    up = any(word in MAXIMIZE_WORDS for word in re.split(r"[^a-z0-9]+", lowered))
-    down = any(word in lowered for word in MINIMIZE_WORDS)
+    words = re.split(r"[^a-z0-9]+", lowered)
+    up = any(word in MAXIMIZE_WORDS for word in words)
+    down = any(word in lowered for word in MINIMIZE_WORDS) or any(word in MINIMIZE_TOKENS for word in words)
     if up == down:  # both (e.g. top1_error) or neither (e.g. score): ambiguous
         return None
     return Direction.MAXIMIZE if up else Direction.MINIMIZE

@@ -125,3 +125,14 @@ def test_a_study_takes_its_objective_direction_and_refuses_a_contradiction() -> 
     assert "'minimize' contradicts the objective 'val_accuracy', which the task declares 'maximize'" in str(info.value)
     with pytest.raises(ConfigError, match=r"val_loss.*'minimize'"):
         bstune.Study(task, SPACE, direction="maximize")
+
+
+@pytest.mark.parametrize(
+    ("name", "direction"),
+    [("val_ppl", "minimize"), ("ppl", "minimize"), ("val_bpc", "minimize"), ("test_wer", "minimize"),
+     ("cer", "minimize"), ("concern_score", None), ("apples_eaten", None), ("val_ppl_accuracy", None)],
+)  # fmt: skip
+def test_short_names_of_minimized_metrics_count_as_whole_words_only(name: str, direction: str | None) -> None:
+    """A newcomer's `val_ppl` (perplexity) had no direction, so `bstune report --target-metric val_ppl` refused."""
+    found = infer_direction(name)
+    assert (found.value if found is not None else None) == direction

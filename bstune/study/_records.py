@@ -166,9 +166,10 @@ class StudyResult:
         direction = self._direction(metric)
         if direction is None:
             raise ConfigError(
-                f"this result (written by an older bstune) does not say whether {metric!r} is minimized or "
-                f'maximized, and its name does not tell; add "directions": {{"{metric}": "maximize"}} '
-                '(or "minimize") to its result.json',
+                f"this result does not say whether {metric!r} is minimized or maximized, and its name does not "
+                "tell (a training function's study knows the direction of its objective only; a result written by "
+                f'an older bstune, of none); add "directions": {{"{metric}": "maximize"}} (or "minimize") to its '
+                "result.json",
                 source=source,
                 field=field,
             )
