@@ -20,7 +20,9 @@ each measurement, told by its :class:`~bstune.training.TrialContext` what to do:
 
 Unlike the task probe, the noise run here is not made one trial long when the trial
 budget is known: its still phase runs on in the same call, so its milestones are not a
-trial's, and :attr:`ProbeResult.run` stays ``None``.
+trial's, and :attr:`ProbeResult.run` stays ``None`` (the probe's run is not one of the
+study's trials, as a task's is). Told the budget, the run stops at the earlier of its own
+length rule and one trial's budget, where the task probe's measurement point lies too.
 
 A loop that never makes the scheduler, never passes its loss, or never observes the
 tracker is told what the probe needs, and that the study can run without it.
@@ -99,8 +101,8 @@ def probe_function(
     """Measure the LR ceiling, the noise scale and the throughput through ``job``'s function.
 
     ``budget_samples`` (a study's trial budget) bounds the throughput ladder as in
-    :func:`~bstune.study.run_probe`; the noise run keeps ``ProbeSettings.train_samples``
-    (see the module doc), and ``eval_every_samples`` is accepted for the same call's sake.
+    :func:`~bstune.study.run_probe`, and the noise run to at most one trial's length (see the module
+    doc); ``eval_every_samples`` is accepted for the same call's sake.
 
     Raises:
         UserCodeError: the function raised; the message is one line, its ``traceback`` the whole story.
@@ -230,7 +232,11 @@ def _probe(
     lr_probe = max(lr_min, settings.lr_fraction * ceiling)
     logger.info("probe: LR range test at B=%d: ceiling %.3g, probe lr %.3g", batch, ceiling, lr_probe)
 
+    # B_simple is measured where the probe's own length rule ends or, where a trial is shorter, at a trial's
+    # length, as the task probe measures at the end of its trial-long run: not past what any trial trains
     train_samples = _train_samples(run.n_train, settings, batch, None)
+    if budget_samples is not None:
+        train_samples = min(train_samples, budget_samples)
     train_samples = -(-train_samples // batch) * batch  # whole steps, so the still phase starts on a step
     measure = settings.measure_samples or 50 * batch
     with progress_bar(progress, "probe: B_simple trajectory and measurement (your loop)", total=1, unit="run") as bar:

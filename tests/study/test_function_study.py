@@ -316,6 +316,21 @@ def test_the_probe_through_a_function_measures_what_the_task_probe_measures() ->
         )
 
 
+def test_told_a_short_trial_budget_a_functions_probe_measures_at_a_trials_length_as_a_tasks_does() -> None:
+    """A newcomer's probe trained 12,800 samples (its own length rule) for trials of 4,000: the task probe
+    measures at the end of its trial-long run when the rule is longer; so does a function's now."""
+    space = SearchSpace.coerce(SPACE)
+    settings = ProbeSettings(throughput_batches=(8,))
+    job = FunctionJob(tracked_loop, "val_loss", Direction.MINIMIZE, space.optimizer)
+    long = probe_function(job, space, settings, batch_cap=128)
+    short = probe_function(job, space, settings, batch_cap=128, budget_samples=1_200)
+    theirs = probe_space(task(), space, settings, batch_cap=128, budget_samples=1_200, eval_every_samples=120)
+    assert long.b_simple_at_samples > 1_200 and short.b_simple_at_samples == 1_200 == theirs.b_simple_at_samples
+    assert short.samples_used < long.samples_used - (long.b_simple_at_samples - 1_200) // 2
+    lo, hi = short.b_simple_ci
+    assert lo <= theirs.b_simple <= hi or theirs.b_simple_ci[0] <= short.b_simple <= theirs.b_simple_ci[1]
+
+
 def test_a_prior_mode_study_of_a_function_searches_around_its_probe() -> None:
     result = bstune.Study(tracked_loop, SPACE, **(ARGS | {"mode": "prior", "n_trials": 4, "rescore_top": 0})).run()
     prior, probe = result.prior, result.probe
