@@ -6,8 +6,9 @@ GCS and raylets still listen on every interface, as Ray does).
 
 Each node is a ``ray start --block`` process in its own session, so one node can be
 killed (its raylet and agents with it) while the other keeps running. The cluster
-is the test session's own: its ports are free ones, its temp dir is under pytest's,
-and teardown kills only its processes (``ray stop`` would kill every Ray on the host).
+is this package's own (started for its first test, stopped after its last): its ports are
+free ones, its temp dir is under pytest's, and teardown kills only its processes (``ray
+stop`` would kill every Ray on the host).
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped after tests/ray: idle, its daemons take ~15% of a core from the rest
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("ray")
     logs = root / "logs"
