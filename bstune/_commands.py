@@ -309,6 +309,15 @@ def _ray_storage(args: argparse.Namespace, name: str) -> str | None:
     return path
 
 
+def _trial_states(storage: Any, name: str) -> str:
+    """ "5 trials (3 finished, 1 interrupted, 1 waiting to run)": what a stored study holds, by what became of each."""
+    import optuna
+
+    from bstune.study import describe_states
+
+    return describe_states(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import optuna
 
@@ -364,8 +373,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             names = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(study.storage)}
             if name in names and names[name] and not args.resume:
                 raise ConfigError(
-                    f"already holds study {name!r} with {names[name]} trials; pass --resume to continue "
-                    "it, or choose another --out/--storage",
+                    f"already holds study {name!r} with {_trial_states(study.storage, name)}; pass --resume to "
+                    "continue it, or choose another --out/--storage",
                     source=storage,
                 )
             if args.resume and name not in names:

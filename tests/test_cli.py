@@ -123,7 +123,9 @@ def test_run_resume_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     first = json.loads((tmp_path / "study" / "result.json").read_text())
     assert len(first["trials"]) == 2 and "best config" in capsys.readouterr().out
     assert main([*base, "--trials", "3"]) == 2  # the folder holds a study: refuse to mix silently
-    assert "pass --resume" in capsys.readouterr().err
+    assert (
+        "already holds study 'bstune-digits_mlp' with 2 trials (2 finished); pass --resume" in capsys.readouterr().err
+    )
     assert main([*base, "--trials", "3", "--resume"]) == 0
     again = json.loads((tmp_path / "study" / "result.json").read_text())
     assert [t["value"] for t in again["trials"][:2]] == [t["value"] for t in first["trials"]]

@@ -2,7 +2,7 @@
 
 from bstune.study._backend import FunctionJob, Resumed, StudySpec, TaskJob, TrialBackend, TrialJob
 from bstune.study._critical import measure_study_critical_batch
-from bstune.study._liveness import count_finished
+from bstune.study._liveness import count_finished, describe_states
 from bstune.study._optuna_backend import OptunaBackend, TrialFailure
 from bstune.study._prior import Prior
 from bstune.study._probe import ProbeResult, ProbeSettings, lr_range_test, probe_space, run_probe
@@ -41,6 +41,7 @@ __all__ = [
     "WorkerCrashError",
     "build_model",
     "count_finished",
+    "describe_states",
     "format_summary",
     "import_ray",
     "lr_range_test",

@@ -30,7 +30,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ __all__ = [
     "claim_abandoned",
     "count_finished",
     "count_taken",
+    "describe_states",
     "requeue_interrupted",
     "retry_abandoned",
     "retry_unqueued",
@@ -242,6 +243,24 @@ def _finished(trial: FrozenTrial) -> bool:
 def count_finished(study: optuna.Study) -> int:
     """Trials that ran to their end (completed, pruned or failed), not counting abandoned ones."""
     return sum(1 for t in study.get_trials(deepcopy=False, states=_FINISHED) if _finished(t))
+
+
+def describe_states(trials: Sequence[FrozenTrial]) -> str:
+    """What a stored study holds, by what became of each trial.
+
+    Example:
+        >>> from optuna.trial import create_trial
+        >>> describe_states([create_trial(value=1.0), create_trial(state=TrialState.WAITING)])
+        '2 trials (1 finished, 1 waiting to run)'
+    """
+    counts = {
+        "finished": sum(1 for t in trials if _finished(t)),
+        "interrupted": sum(1 for t in trials if t.user_attrs.get("status") == TrialStatus.INTERRUPTED),
+        "running or abandoned": sum(1 for t in trials if t.state == TrialState.RUNNING),
+        "waiting to run": sum(1 for t in trials if t.state == TrialState.WAITING),
+    }
+    said = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+    return f"{len(trials)} trial{'s' if len(trials) != 1 else ''}" + (f" ({said})" if said else "")
 
 
 def count_taken(study: optuna.Study) -> int:
