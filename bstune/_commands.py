@@ -655,6 +655,14 @@ def cmd_crit(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     result = _load_result(args.folder)
+    if args.target_metric is None:
+        args.target_metric = "train_loss"
+        if args.target_value is not None:  # a value alone: say which metric it is read for (an accuracy, meant?)
+            print(
+                f"bstune: --target-value {args.target_value:g} is read as a target for train_loss, the default "
+                "--target-metric; name another metric with --target-metric",
+                file=sys.stderr,
+            )
     result.direction_of(args.target_metric, source="--target-metric", field=None)  # before anything is written
     _writable_out(args.out)
     print(format_summary(result.to_dict(), top=None if args.all_trials else 10, folder=args.folder))

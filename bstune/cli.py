@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("folder", help="the --out folder of `bstune run`")
     report.add_argument(
         "--target-metric",
-        default="train_loss",
+        default=None,
         help="metric whose steps-to-target give S(B) and B_crit (default train_loss)",
     )
     report.add_argument(

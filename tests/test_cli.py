@@ -208,3 +208,16 @@ def test_crit_measures_a_finished_studys_config_and_rewrites_its_report(tmp_path
     )
     assert again.returncode == 0 and measured["summary"] in again.stdout
     assert "segment 0 (" in proc.stdout and "segment 0 (" not in again.stdout  # kept: no branch trained again
+
+
+def test_a_target_value_without_its_metric_says_which_metric_it_is_read_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A newcomer meant an accuracy: `--target-value 0.45` alone quietly became train_loss <= 0.45."""
+    sample = Path(__file__).resolve().parents[1] / "examples" / "digits_report"
+    assert main(["report", str(sample), "--target-value", "0.45", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "--target-value 0.45 is read as a target for train_loss, the default --target-metric" in err
+    assert main(["report", str(sample), "--target-metric", "train_loss", "--target-value", "0.45", "--out",
+                 str(tmp_path)]) == 0  # fmt: skip
+    assert "is read as a target" not in capsys.readouterr().err
