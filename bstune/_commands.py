@@ -8,6 +8,7 @@ into one line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -15,6 +16,7 @@ import os
 import shlex
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -309,6 +311,34 @@ def _ray_storage(args: argparse.Namespace, name: str) -> str | None:
     return path
 
 
+@contextlib.contextmanager
+def _trial_lines(enabled: bool) -> Iterator[None]:
+    """Without progress bars (stderr is no terminal: a log file, nohup, CI), a line per finished trial on stderr
+    while the study runs, so a long one does not run silent until its end."""
+    if not enabled:
+        yield
+        return
+    print("bstune: stderr is not a terminal: a line per finished trial instead of progress bars", file=sys.stderr)
+    lines, handler = logging.getLogger("bstune.trials"), _StderrLines()
+    saved = lines.level, lines.propagate
+    lines.addHandler(handler)
+    lines.setLevel(logging.INFO)
+    lines.propagate = False  # -v would print it twice
+    try:
+        yield
+    finally:
+        lines.removeHandler(handler)
+        lines.setLevel(saved[0])
+        lines.propagate = saved[1]
+
+
+class _StderrLines(logging.Handler):
+    """Each record's message alone, on the ``sys.stderr`` of the moment (a test may have swapped it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(record.getMessage(), file=sys.stderr)
+
+
 def _trial_states(storage: Any, name: str) -> str:
     """ "5 trials (3 finished, 1 interrupted, 1 waiting to run)": what a stored study holds, by what became of each."""
     import optuna
@@ -380,7 +410,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.resume and name not in names:
                 raise ConfigError(f"holds no study {name!r} to resume", source=storage)
         try:
-            result = study.run()
+            with _trial_lines(args.progress is None and not sys.stderr.isatty()):
+                result = study.run()
         except StudyFailedError as exc:
             where = storage or storage_path
             if where is None:

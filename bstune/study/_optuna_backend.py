@@ -54,6 +54,8 @@ from bstune.training import Decision, EvalRecord
 __all__ = ["OptunaBackend", "TrialFailure"]
 
 logger = logging.getLogger(__name__)
+# one INFO line per finished trial: the command line shows it where stderr is no terminal (no progress bars)
+trial_lines = logging.getLogger("bstune.trials")
 
 
 class TrialFailure(BstuneError):
@@ -431,6 +433,8 @@ class OptunaBackend(TrialBackend):
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """After each trial: take over peers' abandoned trials, share OOM ceilings, stop at ``n_trials``."""
         assert self._spec is not None
+        if trial_lines.isEnabledFor(logging.INFO):
+            trial_lines.info("%s", _trial_line(trial, self._spec.settings.objective))
         retry_abandoned(study, self._spec.settings.grace_period)
         self._lower_ceiling(study)
         if count_finished(study) >= self._spec.settings.n_trials or self._gave_up(study):
@@ -486,3 +490,18 @@ class OptunaBackend(TrialBackend):
 def work_on(url: str, spec: StudySpec, planner: TrialPlanner, **how: Any) -> None:
     """A trial worker process's loop: :meth:`OptunaBackend.work` on the storage at ``url``."""
     OptunaBackend(url).work(spec, planner, **how)
+
+
+def _trial_line(trial: optuna.trial.FrozenTrial, objective: str) -> str:
+    """ "trial 3 completed: B=16, lr=0.0151, val_loss=1.852, 4,000 samples": a finished trial in one line."""
+    record = trial_record(trial)
+    parts = [
+        f"B={record.batch_size}" if record.batch_size is not None else "",
+        f"lr={record.lr:.3g}" if record.lr else "",
+    ]
+    if record.value is not None:
+        parts.append(f"{objective}={record.value:.4g}")
+    parts.append(f"{record.samples:,} samples")
+    line = f"trial {trial.number} {record.status}: " + ", ".join(p for p in parts if p)
+    message = str(trial.user_attrs.get("message") or "")
+    return line + (f" ({message})" if message and str(record.status) != "completed" else "")

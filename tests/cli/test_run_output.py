@@ -42,6 +42,23 @@ def test_run_writes_the_report_and_says_where(tmp_path: Path) -> None:
     assert (out / "report.md").read_text().startswith("# bstune report")
     assert "<html" in (out / "report.html").read_text()
     assert f"report: {out}/report.md (also report.html, report.json); `bstune report {out}`" in proc.stdout
+    assert "bstune: stderr is not a terminal: a line per finished trial" not in proc.stderr  # --no-progress: quiet
+
+
+def test_run_without_a_terminal_prints_a_line_per_finished_trial(tmp_path: Path) -> None:
+    """A newcomer's 21-minute study printed nothing with stderr redirected: no bars, no lines, until its end."""
+    (tmp_path / "good.py").write_text(TINY_TASK)
+    (tmp_path / "ok.yaml").write_text("name: s\nbatch_size: {min: 8, max: 64}\n")
+    proc = bstune(
+        *("run", "good.py", "--space", "ok.yaml", "--out", "out", "--mode", "baseline", "--trials", "2"),
+        *("--budget-samples", "640", "--rescore-top", "0"),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    trials = json.loads((tmp_path / "out" / "result.json").read_text())["trials"]
+    for t in trials:
+        line = f"trial {t['number']} {t['status']}: B={t['batch_size']}, lr={t['lr']:.3g}, val_loss={t['value']:.4g}"
+        assert line + f", {t['samples']:,} samples" in proc.stderr.splitlines(), proc.stderr
 
 
 def test_run_takes_fewer_milestones_for_a_small_budget(tmp_path: Path) -> None:
