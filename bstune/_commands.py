@@ -340,7 +340,7 @@ class _StderrLines(logging.Handler):
 
 
 def _trial_states(storage: Any, name: str) -> str:
-    """ "5 trials (3 finished, 1 interrupted, 1 waiting to run)": what a stored study holds, by what became of each."""
+    """What a stored study holds, by what became of each trial: ``5 trials (3 finished, 1 interrupted, ...)``."""
     import optuna
 
     from bstune.study import describe_states

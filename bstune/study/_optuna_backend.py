@@ -493,7 +493,7 @@ def work_on(url: str, spec: StudySpec, planner: TrialPlanner, **how: Any) -> Non
 
 
 def _trial_line(trial: optuna.trial.FrozenTrial, objective: str) -> str:
-    """ "trial 3 completed: B=16, lr=0.0151, val_loss=1.852, 4,000 samples": a finished trial in one line."""
+    """A finished trial in one line: ``trial 3 completed: B=16, lr=0.0151, val_loss=1.852, 4,000 samples``."""
     record = trial_record(trial)
     parts = [
         f"B={record.batch_size}" if record.batch_size is not None else "",
