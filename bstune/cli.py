@@ -492,7 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bstune`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:  # as run_command answers it, from the first instant on
+        print("bstune: interrupted", file=sys.stderr)
+        return 130
     args.command_line = list(sys.argv[1:] if argv is None else argv)  # to say how to continue after Ctrl-C
     return run_command(args)
 

@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -155,11 +156,15 @@ def test_ctrl_c_while_the_commands_load_says_interrupted_without_a_traceback(
 def test_a_real_ctrl_c_in_the_first_second_leaves_no_traceback(tmp_path: Path) -> None:
     (tmp_path / "slow.py").write_text(SLOW_TASK)
     (tmp_path / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
+    # the console script's own start: bstune.cli imported, then main(); SIGINT as soon as Python is up, however
+    # loaded the machine (a signal before the interpreter installs its handler would kill it outright)
+    code = "import sys; from bstune.cli import main; print('up', flush=True); sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bstune.cli", *ARGS], cwd=tmp_path, env=python_env(), stderr=subprocess.PIPE
-    )
-    with contextlib.suppress(subprocess.TimeoutExpired):  # past Python's start-up, within or after the imports
-        proc.wait(timeout=0.5)
+        [sys.executable, "-c", code, *ARGS], cwd=tmp_path, env=python_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    time.sleep(0.2)  # into main(), which answers Ctrl-C from its first line: the imports take seconds
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()
