@@ -28,14 +28,19 @@ def bstune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_run_writes_the_report_and_says_where(tmp_path: Path) -> None:
-    (tmp_path / "good.py").write_text(TINY_TASK)
-    (tmp_path / "ok.yaml").write_text("name: s\nbatch_size: {min: 8, max: 64}\n")
-    proc = bstune(
+def tiny_run(folder: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``bstune run`` of a tiny task in ``folder``: 2 baseline trials of 640 samples into ``folder/out``."""
+    (folder / "good.py").write_text(TINY_TASK)
+    (folder / "ok.yaml").write_text("name: s\nbatch_size: {min: 8, max: 64}\n")
+    return bstune(
         *("run", "good.py", "--space", "ok.yaml", "--out", "out", "--mode", "baseline", "--trials", "2"),
-        *("--budget-samples", "640", "--rescore-top", "0", "--no-progress"),
-        cwd=tmp_path,
+        *("--budget-samples", "640", "--rescore-top", "0", *extra),
+        cwd=folder,
     )
+
+
+def test_run_writes_the_report_and_says_where(tmp_path: Path) -> None:
+    proc = tiny_run(tmp_path, "--no-progress")
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
     assert json.loads((out / "report.json").read_text())["recommended"]["batch_size"] > 0
@@ -47,13 +52,7 @@ def test_run_writes_the_report_and_says_where(tmp_path: Path) -> None:
 
 def test_run_without_a_terminal_prints_a_line_per_finished_trial(tmp_path: Path) -> None:
     """A newcomer's 21-minute study printed nothing with stderr redirected: no bars, no lines, until its end."""
-    (tmp_path / "good.py").write_text(TINY_TASK)
-    (tmp_path / "ok.yaml").write_text("name: s\nbatch_size: {min: 8, max: 64}\n")
-    proc = bstune(
-        *("run", "good.py", "--space", "ok.yaml", "--out", "out", "--mode", "baseline", "--trials", "2"),
-        *("--budget-samples", "640", "--rescore-top", "0"),
-        cwd=tmp_path,
-    )
+    proc = tiny_run(tmp_path)
     assert proc.returncode == 0, proc.stderr
     trials = json.loads((tmp_path / "out" / "result.json").read_text())["trials"]
     for t in trials:
