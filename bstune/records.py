@@ -123,6 +123,9 @@ class TrialRecord:
     traceback: str | None = None  # failed: where the task's code raised
     from_probe: bool = False  # the probe's trial-long run, recorded as a trial (its samples are the trial's)
     n_train: int | None = None  # the training set's size, where the run learnt it (what a loop's ctx.loader held)
+    # searched parameters a training function neither read nor had applied: its config's values for them were
+    # never used
+    unread_params: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TrialStatus(self.status))

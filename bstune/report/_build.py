@@ -469,6 +469,8 @@ def _recommend(result: StudyData, fit: CriticalBatchFit | None, advice: Critical
     recorded = chosen_trial.temperature if chosen_trial is not None else None
     rec["derived"] = {"effective_temperature": recorded if recorded is not None else _effective_temperature(best)}
     rec["objective"] = {result.objective: result.best_value}
+    if chosen_trial is not None and chosen_trial.unread_params:  # the loop ran with its own values for them
+        rec["unread_params"] = sorted(chosen_trial.unread_params)
     ran = sum(1 for t in result.trials if t.status != TrialStatus.INTERRUPTED)  # a cut trial's config ran again
     rec["why"] = (
         f"best {result.objective} ({result.best_value:.4g}) of {ran} trials "

@@ -299,8 +299,11 @@ def render_markdown(data: dict[str, Any]) -> str:
     rec = data["recommended"]
     study = data.get("study", {})
     out = [f"# bstune report: {study.get('name', 'study')}", ""]
+    unread = set(rec.get("unread_params") or [])
     settings = ", ".join(
-        f"{k} = {_n(v)}" for k, v in rec.items() if k not in RECOMMENDATION_NOTES and k not in ("batch_size", "lr")
+        f"{k} = {_n(v)}"
+        for k, v in rec.items()
+        if k not in RECOMMENDATION_NOTES and k not in ("batch_size", "lr") and k not in unread
     )
     out += [
         "## Recommendation",
@@ -312,6 +315,14 @@ def render_markdown(data: dict[str, Any]) -> str:
     ]
     if rec.get("direction_doubt"):
         out.append(f"**Check the direction**: {rec['direction_doubt']}.")
+    if rec.get("unread_params"):
+        drawn = ", ".join(f"{k} = {_n(rec[k])}" if k in rec else k for k in rec["unread_params"])
+        out.append(
+            f"**Not applied**: the search drew {drawn}, but the training function never read "
+            f"{'it' if len(unread) == 1 else 'them'} from ctx.config (nor had ctx.make_optimizer or ctx.lr_scheduler "
+            "apply them): the loop trained with values of its own, so the trials say nothing about these settings. "
+            "Read them in the loop, or leave them out of the space."
+        )
     derived = rec.get("derived") or {}
     if derived.get("effective_temperature") is not None:
         out.append(

@@ -18,5 +18,6 @@ RECOMMENDATION_NOTES = frozenset(
         "lr_rule_kind",
         "lr_rule_b_crit",
         "temperature",
+        "unread_params",
     }
 )

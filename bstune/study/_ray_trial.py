@@ -115,4 +115,5 @@ def record_from_result(
         worker=metrics.get("node"),
         traceback=metrics.get("traceback"),
         n_train=metrics.get("n_train"),
+        unread_params=list(metrics.get("unread_params", [])),
     )

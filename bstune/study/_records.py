@@ -67,6 +67,7 @@ def trial_record(trial: FrozenTrial) -> TrialRecord:
         worker=attrs.get("worker"),
         from_probe=bool(attrs.get(FROM_PROBE_ATTR, False)),
         n_train=attrs.get("n_train"),
+        unread_params=list(attrs.get("unread_params", [])),
     )
 
 

@@ -91,6 +91,13 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
         how = f"{result['objective']} {result['best_value']:.4f}"
     trial = f"trial {result['best_trial']}: " if result.get("best_trial") is not None else ""
     lines.append(f"best config ({trial}{how}): {best}")
+    best_record = next((t for t in result["trials"] if t["number"] == result.get("best_trial")), None)
+    unread = (best_record or {}).get("unread_params") or []
+    if unread:
+        lines.append(
+            f"  not applied: the training function never read {', '.join(unread)} (its values above are the "
+            "search's draws, not what the loop trained with)"
+        )
     return "\n".join(lines)
 
 

@@ -267,6 +267,8 @@ class TrialOutcome:
     message: str = ""
     traceback: str | None = None
     n_train: int | None = None  # the training set's size, where the run learnt it (a training function's)
+    # searched parameters the training function neither read nor had applied (TrainResult.unread_params)
+    unread_params: list[str] = field(default_factory=list)
     # a failure every trial repeats whatever its config: a training function that trained its whole
     # budget and never reported (see :func:`give_up`)
     systematic: bool = False
@@ -285,6 +287,8 @@ class TrialOutcome:
             out["traceback"] = self.traceback
         if self.n_train is not None:
             out["n_train"] = self.n_train
+        if self.unread_params:
+            out["unread_params"] = list(self.unread_params)
         if self.systematic:
             out[SYSTEMATIC_ATTR] = True
         return clean_json(out)  # type: ignore[no-any-return]
@@ -441,6 +445,7 @@ def run_trial(
         history=[history_row(r) for r in result.history],
         message=message,
         n_train=result.n_train,
+        unread_params=list(result.unread_params),
         systematic=systematic,
     )
 

@@ -646,8 +646,8 @@ def run_function(
         ctx._tracker.tracker.flush(ctx.steps, ctx.samples)  # the window the last report left open
     if ctx.status is not RunStatus.COMPLETED:
         logger.info("run ended %s: %s", ctx.status.value, ctx.message)
-    if ctx.status is RunStatus.COMPLETED:
-        warn_unread(ctx.unread_params())
+    unread = ctx.unread_params() if ctx.status is RunStatus.COMPLETED else []
+    warn_unread(unread)
     wall = time.perf_counter() - started
     result = TrainResult(
         config=config,
@@ -661,5 +661,6 @@ def run_function(
         noise_trajectory=list(ctx._tracker.tracker.trajectory) if ctx._tracker and ctx._tracker.tracker else [],
         model=None,
         n_train=ctx.n_train,
+        unread_params=unread,
     )
     return result, ctx

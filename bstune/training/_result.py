@@ -96,6 +96,9 @@ class TrainResult:
     optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
     # the training set's size, where the run learnt it (a training function's, once its ctx.loader opened)
     n_train: int | None = None
+    # the space's searched parameters a completed training function neither read nor had applied (see
+    # bstune.training.TrainContext.unread_params): the recommended config's values for them were never used
+    unread_params: list[str] = field(default_factory=list)
 
     @property
     def final(self) -> EvalRecord | None:
@@ -117,6 +120,7 @@ class TrainResult:
             "train_time_s": self.train_time_s,
             "message": self.message,
             "n_train": self.n_train,
+            "unread_params": list(self.unread_params),
             "history": [r.to_dict() for r in self.history],
             "noise_trajectory": [p.to_dict() for p in self.noise_trajectory],
         }

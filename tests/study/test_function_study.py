@@ -513,3 +513,32 @@ def test_a_trial_cut_short_by_ctrl_c_keeps_the_samples_it_spent(tmp_path: Path) 
     # its last milestone before 2,500 samples: at most one evaluation interval (4,096 / 9) short
     assert 2500 - 4096 / 9 - SPACE["batch_size"]["max"] <= interrupted.user_attrs["samples"] <= 2500
     assert stored[0].user_attrs["samples"] >= 4096  # a finished trial keeps its outcome's count
+
+
+def test_a_searched_parameter_the_loop_never_read_is_marked_in_the_recommendation(tmp_path: Path) -> None:
+    """A newcomer's AdamW loop fixed its own weight decay while the space searched one: the report recommended the
+    search's draw beside the settings the loop did use, and only the run's log said otherwise."""
+    from bstune.report import build_report, render_markdown
+    from bstune.study import format_summary
+
+    space = SPACE | {"params": {"model.hiden": {"type": "int", "low": 4, "high": 32}}}
+    result = bstune.Study(loop, space, **(ARGS | {"n_trials": 3, "rescore_top": 0})).run()
+    assert {tuple(t.unread_params) for t in result.trials if t.status == "completed"} == {("model.hiden",)}
+    result.save(tmp_path)
+    loaded = bstune.StudyResult.load(tmp_path)
+    assert [t.unread_params for t in loaded.trials] == [t.unread_params for t in result.trials]
+    rec = build_report(loaded).recommended
+    assert rec["unread_params"] == ["model.hiden"]
+    text = render_markdown(build_report(loaded).data)
+    (advice,) = [line for line in text.splitlines() if line.startswith("**Train with")]
+    assert "hiden" not in advice  # not among the settings to train with
+    assert f"**Not applied**: the search drew model.hiden = {rec['model.hiden']}, but the training function" in text
+    assert "not applied: the training function never read model.hiden" in format_summary(loaded.to_dict())
+
+
+def test_a_loop_that_reads_every_searched_parameter_has_nothing_marked() -> None:
+    from bstune.report import build_report
+
+    result = bstune.Study(loop, SPACE, **(ARGS | {"n_trials": 2, "rescore_top": 0})).run()
+    assert all(t.unread_params == [] for t in result.trials)
+    assert "unread_params" not in build_report(result).recommended
