@@ -444,7 +444,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"Trials ran at {tried['n']} batch sizes, {tried['min']}–{tried['max']}; the fit takes, per "
             "half-octave of batch size, the trial that reached the target in the fewest steps"
             + (" (the table below)" if "error" not in cb else "")
-            + ", and trials that did not reach it only as bounds."
+            + "; in a half-octave where none reached it, the trial that trained longest without reaching it, as a "
+            "bound (the batch sizes said not to reach it are those trials', one per half-octave)."
         )
     if "error" not in cb:
         if "b_crit_over_b_simple" in cb:
