@@ -44,7 +44,7 @@ from bstune.study._liveness import (
     with_heartbeat,
 )
 from bstune.study._pruners import make_pruner
-from bstune.study._records import trial_record, trial_records
+from bstune.study._records import trial_line, trial_record, trial_records
 from bstune.study._resume import check_settings
 from bstune.study._storage import open_storage
 from bstune.study._trial import SYSTEMATIC_ATTR, TrialOutcome, TrialPlan, TrialPlanner, give_up
@@ -434,7 +434,7 @@ class OptunaBackend(TrialBackend):
         """After each trial: take over peers' abandoned trials, share OOM ceilings, stop at ``n_trials``."""
         assert self._spec is not None
         if trial_lines.isEnabledFor(logging.INFO):
-            trial_lines.info("%s", _trial_line(trial, self._spec.settings.objective))
+            trial_lines.info("%s", trial_line(trial, self._spec.settings.objective))
         retry_abandoned(study, self._spec.settings.grace_period)
         self._lower_ceiling(study)
         if count_finished(study) >= self._spec.settings.n_trials or self._gave_up(study):
@@ -490,18 +490,3 @@ class OptunaBackend(TrialBackend):
 def work_on(url: str, spec: StudySpec, planner: TrialPlanner, **how: Any) -> None:
     """A trial worker process's loop: :meth:`OptunaBackend.work` on the storage at ``url``."""
     OptunaBackend(url).work(spec, planner, **how)
-
-
-def _trial_line(trial: optuna.trial.FrozenTrial, objective: str) -> str:
-    """A finished trial in one line: ``trial 3 completed: B=16, lr=0.0151, val_loss=1.852, 4,000 samples``."""
-    record = trial_record(trial)
-    parts = [
-        f"B={record.batch_size}" if record.batch_size is not None else "",
-        f"lr={record.lr:.3g}" if record.lr else "",
-    ]
-    if record.value is not None:
-        parts.append(f"{objective}={record.value:.4g}")
-    parts.append(f"{record.samples:,} samples")
-    line = f"trial {trial.number} {record.status}: " + ", ".join(p for p in parts if p)
-    message = str(trial.user_attrs.get("message") or "")
-    return line + (f" ({message})" if message and str(record.status) != "completed" else "")

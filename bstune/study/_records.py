@@ -30,6 +30,7 @@ __all__ = [
     "TrialStatus",
     "clean_dict",
     "clean_json",
+    "trial_line",
     "trial_record",
     "trial_records",
 ]
@@ -82,6 +83,21 @@ def trial_records(trials: list[FrozenTrial]) -> list[TrialRecord]:
         else r
         for r in records
     ]
+
+
+def trial_line(trial: FrozenTrial, objective: str) -> str:
+    """A finished trial in one line: ``trial 3 completed: B=16, lr=0.0151, val_loss=1.852, 4,000 samples``."""
+    record = trial_record(trial)
+    parts = [
+        f"B={record.batch_size}" if record.batch_size is not None else "",
+        f"lr={record.lr:.3g}" if record.lr else "",
+    ]
+    if record.value is not None:
+        parts.append(f"{objective}={record.value:.4g}")
+    parts.append(f"{record.samples:,} samples")
+    line = f"trial {trial.number} {record.status}: " + ", ".join(p for p in parts if p)
+    message = str(trial.user_attrs.get("message") or "")
+    return line + (f" ({message})" if message and str(record.status) != "completed" else "")
 
 
 @dataclass

@@ -47,6 +47,7 @@ from bstune._spawn import pack, unpack
 from bstune.errors import BstuneError, ConfigError
 from bstune.noise import resolve_device
 from bstune.study._liveness import count_finished, retry_abandoned
+from bstune.study._records import trial_line
 from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialOutcome, TrialPlan
 
@@ -63,6 +64,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+trial_lines = logging.getLogger("bstune.trials")  # a line per finished trial (bstune run off a terminal)
 
 _STOP_WAIT_S = 30.0  # after Ctrl-C: how long a worker may take to mark its trial interrupted before it is killed
 _OWN_STOP_S = 3.0  # after Ctrl-C: how long the workers are given to stop on their own SIGINT before one is sent
@@ -276,6 +278,7 @@ def _setup_process(index: int, devices: tuple[str, ...], threads: int, log_level
         stream=sys.stderr,
     )
     logging.getLogger("bstune").setLevel(log_level)
+    logging.getLogger("bstune.trials").setLevel(logging.WARNING)  # the parent says each finished trial's line
 
 
 def _watch(parent: int) -> None:
@@ -347,6 +350,7 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
     bar = progress_bar(settings.progress, "trials", total=settings.n_trials, unit="trial")
     shown = count_finished(study)
     bar.update(shown)
+    said = _finished_numbers(study)  # the trials before this run: a resumed study's lines were said then
     dropped = DroppedInterrupts()
     try:
         while running:
@@ -356,6 +360,8 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
             dropped.raise_again()  # a Ctrl-C Python dropped in a garbage-collection callback meanwhile
             bar.update(finished - shown)
             shown = finished
+            if trial_lines.isEnabledFor(logging.INFO):
+                _say_finished(study, settings.objective, said)
             for index, proc in list(running.items()):
                 if proc.is_alive():
                     continue
@@ -381,6 +387,8 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
         raise
     finally:
         bar.close()
+    if trial_lines.isEnabledFor(logging.INFO):
+        _say_finished(study, settings.objective, said)  # the trials the workers finished as they exited
     retry_abandoned(study, settings.grace_period)  # a trial of a worker that died last: queued for a resume
     if count_finished(study) < settings.n_trials and crashed:  # without a crash: they gave up on failing code
         raise WorkerCrashError(
@@ -390,6 +398,22 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
         )
     if crashed:
         logger.error("the study finished, but trial workers died on the way: %s", "; ".join(crashed))
+
+
+_FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+def _finished_numbers(study: optuna.Study) -> set[int]:
+    return {t.number for t in study.get_trials(deepcopy=False, states=_FINISHED)}
+
+
+def _say_finished(study: optuna.Study, objective: str, said: set[int]) -> None:
+    """A line (logger ``bstune.trials``) for each trial the workers finished since the last call, as the
+    embedded backend says its own trials' (``bstune run`` off a terminal)."""
+    for trial in study.get_trials(deepcopy=False, states=_FINISHED):
+        if trial.number not in said:
+            said.add(trial.number)
+            trial_lines.info("%s", trial_line(trial, objective))
 
 
 def _stop(procs: Sequence[multiprocessing.process.BaseProcess]) -> None:

@@ -200,12 +200,18 @@ def test_a_ctrl_c_python_drops_in_a_gc_callback_is_not_printed_and_is_raised_aga
 # -- real studies on 2 worker processes: slow ---------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["sqlite", "memory"])
-def test_two_workers_finish_exactly_n_trials_with_different_configs(tmp_path: Path, where: str) -> None:
+def test_two_workers_finish_exactly_n_trials_with_different_configs(
+    tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
     storage = f"sqlite:///{tmp_path}/s.db" if where == "sqlite" else None
     s = study(make_task(), storage, rescore_top=1, rescore_seeds=2)
-    result = s.run()
+    with caplog.at_level("INFO", logger="bstune.trials"):  # as `bstune run` off a terminal asks
+        result = s.run()
     trials = result.trials
     assert len(trials) == 6 and all(t.status == "completed" for t in trials)  # exactly n_trials, none extra
+    # the parent says each trial the workers finished, once (a worker's own lines would come from its process)
+    said = sorted(r.getMessage() for r in caplog.records if r.name == "bstune.trials")
+    assert [line.split(":")[0] for line in said] == sorted(f"trial {t.number} completed" for t in trials), said
     assert {t.worker for t in trials} == WORKERS  # both ran trials, and each trial says which ran it
     assert all(t.config["device"] == "cpu" for t in trials)
     drawn = [tuple(sorted(t.params.items())) for t in trials]
