@@ -1,0 +1,88 @@
+"""What the ``bstune`` commands share: the output folder, the JSON files they write, the result they read,
+the report they write, whether to draw progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bstune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bstune.study import StudyResult
+
+
+__all__ = ["load_result", "wants_progress", "writable_out", "write_json", "write_report"]
+
+logger = logging.getLogger("bstune.cli")
+
+
+def writable_out(out: str | None, option: str = "--out") -> None:
+    """Make the output folder now, so that a folder that cannot be made is one error before any training."""
+    if out is None:
+        return
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot make the folder {out!r}: {exc.strerror or exc}", source=option) from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"cannot write into the folder {out!r}", source=option)
+
+
+def write_json(out: str | None, name: str, data: dict[str, Any]) -> None:
+    if out is None:
+        return
+    writable_out(out)
+    folder = Path(out)
+    path = folder / name
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    logger.info("wrote %s", path)
+
+
+def wants_progress(args: argparse.Namespace) -> bool:
+    """Progress bars: as ``--progress``/``--no-progress`` say, else when stderr is a terminal."""
+    return bool(args.progress) if args.progress is not None else sys.stderr.isatty()
+
+
+def load_result(folder: str) -> StudyResult:
+    """FOLDER/result.json, or a ConfigError naming the file and why."""
+    from bstune.study import StudyResult
+
+    path = Path(folder) / "result.json"
+    if not Path(folder).is_dir():
+        raise ConfigError("no such folder; give the --out folder of `bstune run`", source=str(folder))
+    if not path.is_file():
+        raise ConfigError("no result.json here; run `bstune run ... --out FOLDER` first", source=str(folder))
+    try:
+        return StudyResult.load(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"unreadable: {type(exc).__name__}: {exc}", source=str(path)) from None
+
+
+def write_report(
+    result: StudyResult,
+    folder: str,
+    metric: str = "train_loss",
+    value: float | None = None,
+    workers: int = 1,
+    *,
+    echo: bool = False,
+) -> dict[str, str]:
+    """Write report.json, report.md and report.html for ``result`` into ``folder``; returns the files by kind.
+
+    ``echo``: print the report's markdown too.
+    """
+    target: dict[str, Any] = {"metric": metric}
+    if value is not None:
+        target["value"] = value
+    report = result.report(target, n_workers=workers)
+    files = report.save(folder)
+    if echo:
+        print()
+        print(report.to_markdown())
+    return files
