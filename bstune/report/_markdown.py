@@ -317,14 +317,20 @@ def render_markdown(data: dict[str, Any]) -> str:
         out.append(f"**Check the direction**: {rec['direction_doubt']}.")
     if rec.get("unread_params"):
         drawn = ", ".join(f"{k} = {_n(rec[k])}" if k in rec else k for k in rec["unread_params"])
+        it = "it" if len(unread) == 1 else "them"
+        helpers = (
+            f", nor had ctx.make_optimizer or ctx.lr_scheduler apply {it}"
+            if any(not k.startswith("model.") for k in unread)
+            else ""
+        )
         out.append(
-            f"**Not applied**: the search drew {drawn}, but the training function never read "
-            f"{'it' if len(unread) == 1 else 'them'} from ctx.config (nor had ctx.make_optimizer or ctx.lr_scheduler "
-            "apply them): the loop trained with values of its own, so the trials say nothing about these settings. "
-            "Read them in the loop, or leave them out of the space."
+            f"**Not applied**: the search drew {drawn}, but the training function never read {it} from ctx.config "
+            f"or ctx.model_kwargs{helpers}: the loop trained with values of its own, so the trials say nothing about "
+            f"{'this setting' if len(unread) == 1 else 'these settings'}. Read {it} in the loop, or leave {it} out "
+            "of the space."
         )
     derived = rec.get("derived") or {}
-    if derived.get("effective_temperature") is not None:
+    if derived.get("effective_temperature") is not None and "momentum" not in unread:  # else not the loop's
         out.append(
             f"Derived from these settings, not one of them: effective temperature η/(B(1−m)) = "
             f"{_n(derived['effective_temperature'], '.3g')} (m = SGD momentum; 0 for Adam-family optimizers)."

@@ -54,6 +54,7 @@ __all__ = [
     "count_finished",
     "count_taken",
     "describe_states",
+    "finished_trials",
     "requeue_interrupted",
     "retry_abandoned",
     "retry_unqueued",
@@ -240,9 +241,14 @@ def _finished(trial: FrozenTrial) -> bool:
     return trial.state in _FINISHED and trial.user_attrs.get("status") != TrialStatus.INTERRUPTED
 
 
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that ran to their end (completed, pruned or failed), not abandoned ones (their configs run again)."""
+    return [t for t in study.get_trials(deepcopy=False, states=_FINISHED) if _finished(t)]
+
+
 def count_finished(study: optuna.Study) -> int:
     """Trials that ran to their end (completed, pruned or failed), not counting abandoned ones."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=_FINISHED) if _finished(t))
+    return len(finished_trials(study))
 
 
 def describe_states(trials: Sequence[FrozenTrial]) -> str:

@@ -46,7 +46,7 @@ from bstune._progress import progress_bar
 from bstune._spawn import pack, unpack
 from bstune.errors import BstuneError, ConfigError
 from bstune.noise import resolve_device
-from bstune.study._liveness import count_finished, retry_abandoned
+from bstune.study._liveness import count_finished, finished_trials, retry_abandoned
 from bstune.study._records import trial_line
 from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialOutcome, TrialPlan
@@ -278,7 +278,6 @@ def _setup_process(index: int, devices: tuple[str, ...], threads: int, log_level
         stream=sys.stderr,
     )
     logging.getLogger("bstune").setLevel(log_level)
-    logging.getLogger("bstune.trials").setLevel(logging.WARNING)  # the parent says each finished trial's line
 
 
 def _watch(parent: int) -> None:
@@ -344,13 +343,13 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
         proc.start()
         return proc
 
+    said = {t.number for t in finished_trials(study)}  # the trials before this run: a resumed study's were said then
     running = {i: start(i) for i in range(len(slots))}
     restarted: set[int] = set()
     crashed: list[str] = []
     bar = progress_bar(settings.progress, "trials", total=settings.n_trials, unit="trial")
     shown = count_finished(study)
     bar.update(shown)
-    said = _finished_numbers(study)  # the trials before this run: a resumed study's lines were said then
     dropped = DroppedInterrupts()
     try:
         while running:
@@ -400,17 +399,11 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
         logger.error("the study finished, but trial workers died on the way: %s", "; ".join(crashed))
 
 
-_FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-
-
-def _finished_numbers(study: optuna.Study) -> set[int]:
-    return {t.number for t in study.get_trials(deepcopy=False, states=_FINISHED)}
-
-
 def _say_finished(study: optuna.Study, objective: str, said: set[int]) -> None:
     """A line (logger ``bstune.trials``) for each trial the workers finished since the last call, as the
-    embedded backend says its own trials' (``bstune run`` off a terminal)."""
-    for trial in study.get_trials(deepcopy=False, states=_FINISHED):
+    embedded backend says its own trials' (``bstune run`` off a terminal); trials cut short by a worker's
+    death are not finished (their configs run again), as the progress bar counts them."""
+    for trial in finished_trials(study):
         if trial.number not in said:
             said.add(trial.number)
             trial_lines.info("%s", trial_line(trial, objective))

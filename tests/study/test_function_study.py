@@ -521,24 +521,44 @@ def test_a_searched_parameter_the_loop_never_read_is_marked_in_the_recommendatio
     from bstune.report import build_report, render_markdown
     from bstune.study import format_summary
 
-    space = SPACE | {"params": {"model.hiden": {"type": "int", "low": 4, "high": 32}}}
-    result = bstune.Study(loop, space, **(ARGS | {"n_trials": 3, "rescore_top": 0})).run()
-    assert {tuple(t.unread_params) for t in result.trials if t.status == "completed"} == {("model.hiden",)}
+    def own_optimizer(ctx: TrialContext) -> None:  # its weight decay is SGD's default, not the trial's
+        loop(ctx, optimizer=lambda params: torch.optim.SGD(params, lr=ctx.config["lr"]))
+
+    space = SPACE | {
+        "params": {
+            "model.hiden": {"type": "int", "low": 4, "high": 32},
+            "weight_decay": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        }
+    }
+    result = bstune.Study(own_optimizer, space, **(ARGS | {"n_trials": 3, "rescore_top": 0})).run()
+    completed = [t for t in result.trials if t.status == "completed"]
+    assert completed and all(t.unread_params == ["model.hiden", "weight_decay"] for t in completed)
     result.save(tmp_path)
     loaded = bstune.StudyResult.load(tmp_path)
     assert [t.unread_params for t in loaded.trials] == [t.unread_params for t in result.trials]
     rec = build_report(loaded).recommended
-    assert rec["unread_params"] == ["model.hiden"]
+    assert rec["unread_params"] == ["model.hiden", "weight_decay"]
     text = render_markdown(build_report(loaded).data)
     (advice,) = [line for line in text.splitlines() if line.startswith("**Train with")]
-    assert "hiden" not in advice  # not among the settings to train with
-    assert f"**Not applied**: the search drew model.hiden = {rec['model.hiden']}, but the training function" in text
-    assert "not applied: the training function never read model.hiden" in format_summary(loaded.to_dict())
+    assert "hiden" not in advice and "weight_decay" not in advice  # not among the settings to train with
+    drawn = f"model.hiden = {rec['model.hiden']}, weight_decay = "
+    assert f"**Not applied**: the search drew {drawn}" in text
+    assert "ctx.model_kwargs, nor had ctx.make_optimizer or ctx.lr_scheduler apply them" in text
+    summary = format_summary(loaded.to_dict())
+    assert "not applied: the training function never read model.hiden, weight_decay" in summary
 
 
-def test_a_loop_that_reads_every_searched_parameter_has_nothing_marked() -> None:
+def test_searched_settings_applied_through_the_helpers_are_not_marked() -> None:
+    """The shared loop builds its optimizer with ctx.make_optimizer and its schedule with ctx.lr_scheduler: the
+    weight decay and warmup the space searched reached the run, though the loop never read them itself."""
     from bstune.report import build_report
 
-    result = bstune.Study(loop, SPACE, **(ARGS | {"n_trials": 2, "rescore_top": 0})).run()
-    assert all(t.unread_params == [] for t in result.trials)
+    space = SPACE | {
+        "params": {
+            "weight_decay": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+            "warmup_fraction": {"type": "float", "low": 0.0, "high": 0.3},
+        }
+    }
+    result = bstune.Study(loop, space, **(ARGS | {"n_trials": 2, "rescore_top": 0})).run()
+    assert result.trials and all(t.unread_params == [] for t in result.trials)
     assert "unread_params" not in build_report(result).recommended

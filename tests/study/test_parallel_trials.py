@@ -197,6 +197,33 @@ def test_a_ctrl_c_python_drops_in_a_gc_callback_is_not_printed_and_is_raised_aga
     assert before == [RuntimeError, KeyboardInterrupt] and dropped.count == 0
 
 
+def test_the_parent_says_each_trial_its_workers_finish_once_and_not_an_abandoned_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from bstune.study import _workers
+
+    study = optuna.create_study()
+    lr = {"lr": FloatDistribution(1e-3, 1.0)}
+
+    def add(state: TrialState, **attrs: Any) -> None:
+        value = 0.5 if state == TrialState.COMPLETE else None
+        study.add_trial(create_trial(state=state, value=value, params={"lr": 0.1}, distributions=lr, user_attrs=attrs))
+
+    add(TrialState.COMPLETE, status="completed", samples=640, batch_size=16, lr=0.1)  # before this run: said then
+    said = {0}
+    add(TrialState.COMPLETE, status="completed", samples=640, batch_size=32, lr=0.2)
+    add(TrialState.FAIL, status="interrupted", samples=100, message="abandoned: its config runs again")
+    add(TrialState.RUNNING)
+    with caplog.at_level("INFO", logger="bstune.trials"):
+        _workers._say_finished(study, "val_loss", said)
+        _workers._say_finished(study, "val_loss", said)  # nothing new: nothing said
+    said_now = [r.getMessage() for r in caplog.records if r.name == "bstune.trials"]
+    assert said_now == ["trial 1 completed: B=32, lr=0.2, val_loss=0.5, 640 samples"]
+
+
 # -- real studies on 2 worker processes: slow ---------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["sqlite", "memory"])

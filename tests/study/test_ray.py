@@ -170,6 +170,8 @@ def test_records_from_ray_results_keep_outcome_and_learning_curve() -> None:
     assert diverged.status == "diverged" and diverged.value is None
     too_big = {"final": True, "status": "failed", "message": "BatchLargerThanDataError: ...", "n_train": 40}
     assert record_from_result(too_big, config, None).n_train == 40 and done.n_train is None
+    unread = record_from_result(final | {"unread_params": ["model.hiden"]}, config, None)  # as the trial reports it
+    assert unread.unread_params == ["model.hiden"] and done.unread_params == []
 
 
 def test_searcher_learns_from_out_of_memory_and_fails_broken_trials(monkeypatch: pytest.MonkeyPatch) -> None:
