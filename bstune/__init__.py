@@ -80,12 +80,22 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """Load a name of ``_LAZY`` from its module on first use."""
-    if name in _LAZY:
-        import importlib
+# the subpackages and modules ``bstune.<name>`` reaches after a plain ``import bstune`` (``bstune.noise.X``), as
+# when this file imported them all
+_SUBMODULES = frozenset(
+    {"analysis", "critical", "data", "integrations", "jobs", "noise", "optim", "records", "report", "space", "study",
+     "task", "training"}
+)  # fmt: skip
 
+
+def __getattr__(name: str) -> object:
+    """Load a name of ``_LAZY`` from its module, or a subpackage of ``_SUBMODULES``, on first use."""
+    import importlib
+
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"bstune.{name}")
     raise AttributeError(f"module 'bstune' has no attribute {name!r}")
 
 

@@ -83,3 +83,21 @@ def test_every_name_in_all_resolves(path: Path) -> None:
         assert isinstance(lazy, dict)
         for name, source in lazy.items():  # loaded from the module the table names
             assert getattr(module, name) is getattr(importlib.import_module(source), name)
+
+
+def test_a_plain_import_reaches_every_public_subpackage() -> None:
+    """`import bstune; bstune.noise.adam_preconditioner(...)`, as the README writes it, failed with AttributeError
+    once bstune/__init__ stopped importing its subpackages (unless something else had imported them first)."""
+    import subprocess
+    import sys
+
+    public = sorted(
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if not p.name.startswith("_") and (p.suffix == ".py" or (p / "__init__.py").is_file())
+    )
+    public = [name for name in public if name != "cli"]  # the command line, run as a program
+    code = f"import bstune; print(sorted(n for n in {public!r} if type(getattr(bstune, n)).__name__ == 'module'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str(public)
