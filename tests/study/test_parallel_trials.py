@@ -431,8 +431,9 @@ def test_ctrl_c_marks_the_running_trials_interrupted_and_leaves_no_process(tmp_p
         proc.send_signal(signal.SIGINT)
     else:
         os.kill(_owner_pid(db, victims[0]), signal.SIGINT)
-    assert proc.wait(timeout=120) == 130
+    code = proc.wait(timeout=120)
     err = proc.stderr.read().decode().strip()  # type: ignore[union-attr]
+    assert code == 130, err  # what it said, where it ended otherwise (once exit 1 under heavy load)
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert err.startswith("bstune: interrupted; kept"), err
     deadline = time.monotonic() + 10
