@@ -351,12 +351,22 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
     shown = count_finished(study)
     bar.update(shown)
     dropped = DroppedInterrupts()
+    # Ctrl-C sets a flag the loop reads after each wait, rather than raising wherever it lands: inside a storage
+    # call (SQLAlchemy) it could leave the session unusable for the clean-up below (only from the main thread,
+    # and only over Python's own handler)
+    ctrl_c = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    own = threading.current_thread() is threading.main_thread() and previous is signal.default_int_handler
+    if own:
+        signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.set())
     try:
         while running:
             with dropped:
                 wait([p.sentinel for p in running.values()], timeout=1.0)
                 finished = count_finished(study)
             dropped.raise_again()  # a Ctrl-C Python dropped in a garbage-collection callback meanwhile
+            if ctrl_c.is_set():
+                raise KeyboardInterrupt
             bar.update(finished - shown)
             shown = finished
             if trial_lines.isEnabledFor(logging.INFO):
@@ -381,10 +391,14 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
                     retry_abandoned(study, settings.grace_period)
                     running[index] = start(index)
     except KeyboardInterrupt:
+        if own:
+            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops the wait for the workers (_stop)
         _stop(list(running.values()))
         retry_abandoned(study, settings.grace_period)  # the trials of workers that had to be killed
         raise
     finally:
+        if own:
+            signal.signal(signal.SIGINT, previous)
         bar.close()
     if trial_lines.isEnabledFor(logging.INFO):
         _say_finished(study, settings.objective, said)  # the trials the workers finished as they exited

@@ -236,6 +236,7 @@ def test_two_workers_finish_exactly_n_trials_with_different_configs(
         result = s.run()
     trials = result.trials
     assert len(trials) == 6 and all(t.status == "completed" for t in trials)  # exactly n_trials, none extra
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C's flag while waiting, undone
     # the parent says each trial the workers finished, once (a worker's own lines would come from its process)
     said = sorted(r.getMessage() for r in caplog.records if r.name == "bstune.trials")
     assert [line.split(":")[0] for line in said] == sorted(f"trial {t.number} completed" for t in trials), said
