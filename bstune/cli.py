@@ -238,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="optuna: trials in this process (default); ray: Ray Tune on a cluster, ASHA on training samples",
     )
     ray_opts.add_argument(
-        "--address", default=None, help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001 (default: local Ray)"
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001 (default: as Ray does, RAY_ADDRESS, else the "
+        "cluster `ray start` started on this machine, else a new local Ray instance; 'local' always a new one)",
     )
     ray_opts.add_argument(
         "--resources",

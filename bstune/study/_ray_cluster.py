@@ -41,7 +41,8 @@ class RaySettings:
 
     Args:
         address: the cluster to join (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``);
-            ``None`` starts a local Ray instance when none is running.
+            ``None`` does as Ray does: ``RAY_ADDRESS``, else the cluster ``ray start`` started on
+            this machine, else a new local Ray instance; ``"local"`` always starts a new one.
         resources_per_trial: e.g. ``{"gpu": 1}`` or ``{"cpu": 2}``; default one GPU per
             trial when the cluster has GPUs, else one CPU.
         max_concurrent: trials at once; default as many as the resources allow.
@@ -143,7 +144,7 @@ def use_auth_token(address: str | None) -> None:
     driver retries "Authentication token is missing or incorrect" and gives up. A token
     sent to a cluster without authentication is ignored. A mode the user set is kept.
     """
-    if address is None or "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules:
+    if address in (None, "local") or "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules:
         return
     if os.environ.get("RAY_AUTH_TOKEN") or _token_path() is not None:
         os.environ["RAY_AUTH_MODE"] = "token"
@@ -161,7 +162,7 @@ def _init(ray: Any, settings: RaySettings) -> None:
             field="address",
         )
     kwargs: dict[str, Any] = {"address": settings.address, "log_to_driver": False, **settings.extra}
-    if settings.address is None:
+    if settings.address in (None, "local"):  # a new local instance (or the one on this machine): no dashboard
         kwargs["include_dashboard"] = False
     try:
         ray.init(**kwargs)

@@ -144,6 +144,8 @@ def test_a_running_clusters_token_is_sent_where_the_user_has_one(
     (tmp_path / ".ray" / "auth_token").write_text("x" * 64)
     use_auth_token(None)
     assert "RAY_AUTH_MODE" not in os.environ  # a local instance: Ray sets it up itself
+    use_auth_token("local")
+    assert "RAY_AUTH_MODE" not in os.environ  # always a new local instance
     use_auth_token("127.0.0.2:6380")
     assert os.environ["RAY_AUTH_MODE"] == "token"
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
