@@ -363,14 +363,13 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
         while running:
             with dropped:
                 wait([p.sentinel for p in running.values()], timeout=1.0)
-                finished = count_finished(study)
+                done = finished_trials(study)  # one read of the storage for the bar and the trial lines
             dropped.raise_again()  # a Ctrl-C Python dropped in a garbage-collection callback meanwhile
             if ctrl_c.is_set():
                 raise KeyboardInterrupt
-            bar.update(finished - shown)
-            shown = finished
-            if trial_lines.isEnabledFor(logging.INFO):
-                _say_finished(study, settings.objective, said)
+            bar.update(len(done) - shown)
+            shown = len(done)
+            _say_finished(done, settings.objective, said)
             for index, proc in list(running.items()):
                 if proc.is_alive():
                     continue
@@ -400,8 +399,7 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
         if own:
             signal.signal(signal.SIGINT, previous)
         bar.close()
-    if trial_lines.isEnabledFor(logging.INFO):
-        _say_finished(study, settings.objective, said)  # the trials the workers finished as they exited
+    _say_finished(finished_trials(study), settings.objective, said)  # those the workers finished as they exited
     retry_abandoned(study, settings.grace_period)  # a trial of a worker that died last: queued for a resume
     if count_finished(study) < settings.n_trials and crashed:  # without a crash: they gave up on failing code
         raise WorkerCrashError(
@@ -413,11 +411,13 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
         logger.error("the study finished, but trial workers died on the way: %s", "; ".join(crashed))
 
 
-def _say_finished(study: optuna.Study, objective: str, said: set[int]) -> None:
-    """A line (logger ``bstune.trials``) for each trial the workers finished since the last call, as the
-    embedded backend says its own trials' (``bstune run`` off a terminal); trials cut short by a worker's
-    death are not finished (their configs run again), as the progress bar counts them."""
-    for trial in finished_trials(study):
+def _say_finished(done: Sequence[optuna.trial.FrozenTrial], objective: str, said: set[int]) -> None:
+    """A line (logger ``bstune.trials``) for each of the finished trials ``done`` (:func:`finished_trials`) not in
+    ``said`` yet, as the embedded backend says its own trials' (``bstune run`` off a terminal); trials cut short
+    by a worker's death are not finished (their configs run again), as the progress bar counts them."""
+    if not trial_lines.isEnabledFor(logging.INFO):
+        return
+    for trial in done:
         if trial.number not in said:
             said.add(trial.number)
             trial_lines.info("%s", trial_line(trial, objective))

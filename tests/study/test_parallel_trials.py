@@ -204,6 +204,7 @@ def test_the_parent_says_each_trial_its_workers_finish_once_and_not_an_abandoned
     from optuna.trial import create_trial
 
     from bstune.study import _workers
+    from bstune.study._liveness import finished_trials
 
     study = optuna.create_study()
     lr = {"lr": FloatDistribution(1e-3, 1.0)}
@@ -218,8 +219,8 @@ def test_the_parent_says_each_trial_its_workers_finish_once_and_not_an_abandoned
     add(TrialState.FAIL, status="interrupted", samples=100, message="abandoned: its config runs again")
     add(TrialState.RUNNING)
     with caplog.at_level("INFO", logger="bstune.trials"):
-        _workers._say_finished(study, "val_loss", said)
-        _workers._say_finished(study, "val_loss", said)  # nothing new: nothing said
+        _workers._say_finished(finished_trials(study), "val_loss", said)
+        _workers._say_finished(finished_trials(study), "val_loss", said)  # nothing new: nothing said
     said_now = [r.getMessage() for r in caplog.records if r.name == "bstune.trials"]
     assert said_now == ["trial 1 completed: B=32, lr=0.2, val_loss=0.5, 640 samples"]
 
