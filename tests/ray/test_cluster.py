@@ -22,8 +22,8 @@ from tests.ray.conftest import Cluster, read_results
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-# A digits MLP whose model factory logs the trial's `tag` and node each time a trial starts
-# training: the log says which trials trained, where, and how often. Tag 0 is a model made
+# A digits MLP whose model factory logs the trial's `tag`, node and Tune trial id each time a trial
+# starts training: the log says which trials trained, where, and how often. Tag 0 is a model made
 # outside a trial (the task's shape check when the script is loaded). SECONDS_PER_SAMPLE slows the model
 # down, as a bigger one would be, so that a trial is still running when a node is killed.
 TASK = """
@@ -50,13 +50,17 @@ def make_task():
     y = torch.tensor(digits.target, dtype=torch.long)
 
     def model(tag: int = 0) -> nn.Module:
+        node = trial = "-"
         try:
             import ray
-            node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "-"
-        except ImportError:
-            node = "-"
+            from ray import tune
+            if ray.is_initialized():
+                node = ray.get_runtime_context().get_node_id()
+                trial = tune.get_context().get_trial_id() or "-"
+        except Exception:
+            pass
         with open(START_LOG, "a") as f:
-            f.write(f"{{tag}} {{node}}\\n")
+            f.write(f"{{tag}} {{node}} {{trial}}\\n")
         return nn.Sequential(Slow(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
 
     return bstune.Task(model=model, train_data=(x[:1400], y[:1400]), val_data=(x[1400:], y[1400:]),
@@ -105,8 +109,19 @@ def read_starts(log: Path) -> list[tuple[int, str]]:
     """(tag, node) of every trial start so far, in order; tag 0 (no trial) left out."""
     if not log.exists():
         return []
-    pairs = [line.split() for line in log.read_text().splitlines() if line.strip()]
-    return [(int(t), node) for t, node in pairs if t != "0"]
+    rows = [line.split() for line in log.read_text().splitlines() if line.strip()]
+    return [(int(t), node) for t, node, _ in rows if t != "0"]
+
+
+def tune_trial_starts(log: Path, after: int = 0) -> Counter[str]:
+    """How many times each Tune trial (by id) started training after the log's first ``after`` lines;
+    models made outside a Tune trial left out."""
+    rows = [line.split() for line in log.read_text().splitlines()[after:] if line.strip()]
+    return Counter(trial for _, _, trial in rows if trial != "-")
+
+
+def log_lines(log: Path) -> int:
+    return len(log.read_text().splitlines())
 
 
 def tag(line: dict[str, object]) -> int:
@@ -168,67 +183,6 @@ def test_a_driver_without_the_clusters_token_is_told_so_and_one_with_it_gets_in(
     assert "no job 'raysubmit_none'" in done.stderr, done.stderr  # in: the Jobs API answered the question
 
 
-def test_driver_killed_then_restored_keeps_every_finished_trial_and_reruns_none(
-    ray_cluster: Cluster, tmp_path: Path
-) -> None:
-    script, space, log = write_inputs(tmp_path, seconds_per_sample=1e-4)  # a trial takes seconds
-    out = tmp_path / "run"
-    experiment = out / "ray" / "bstune-tagged_digits"
-    n_trials = 8
-    # every trial finishes; no re-scoring, which would train finished trials' configs again
-    settings = ["--trials", str(n_trials), "--budget-samples", "9000", "--pruner", "none", "--rescore-top", "0"]
-    driver = run_cli(ray_cluster, script, space, out, *settings)
-    wait_until(lambda: len(finished(read_results(experiment))) >= 2, 400, "two finished trials")
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait(timeout=30)
-    before = finished(read_results(experiment))
-    tags_before = {tag(line) for line in before.values()}
-
-    assert len(before) < n_trials, "the study ended before the driver was killed"
-    resumed = run_cli(ray_cluster, script, space, out, *settings, "--resume")
-    output, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, output
-    result = StudyResult.load(out)
-    assert len(result.trials) == n_trials
-    by_tag = {int(t.config["model_kwargs"]["tag"]): t for t in result.trials}
-    for name, line in before.items():  # kept, with the value it had before the driver died
-        record = by_tag[tag(line)]
-        assert record.status == line["status"] == "completed", name
-        assert record.value == pytest.approx(line["objective"]), name
-    starts = Counter(t for t, _ in read_starts(log))
-    assert all(starts[t] == 1 for t in tags_before), starts  # no finished trial trained twice
-    assert set(starts) == set(by_tag)
-
-
-def test_ctrl_c_stops_a_ray_study_and_resuming_reruns_only_the_cut_trials(ray_cluster: Cluster, tmp_path: Path) -> None:
-    """Tune takes the first Ctrl-C itself and returns as if done: the study went on to re-score and
-    report, with exit 0, and recorded the cut trial as pruned. It now stops as the embedded backend does."""
-    script, space, log = write_inputs(tmp_path, seconds_per_sample=1e-4)  # a trial takes seconds
-    out = tmp_path / "run"
-    experiment = out / "ray" / "bstune-tagged_digits"
-    n_trials = 8
-    settings = ["--trials", str(n_trials), "--budget-samples", "9000", "--pruner", "none", "--rescore-top", "0"]
-    driver = run_cli(ray_cluster, script, space, out, *settings)
-    wait_until(lambda: len(finished(read_results(experiment))) >= 2, 400, "two finished trials")
-    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C sends the terminal's foreground group
-    output, _ = driver.communicate(timeout=120)
-    assert driver.returncode == 130, output
-    assert "bstune: interrupted; the finished trials are kept in" in output and "--resume" in output
-    assert "Tuner.restore(" not in output  # Ray's own resume line, beside bstune's
-    assert not (out / "result.json").exists() and not (out / "report.md").exists()  # no report of half a study
-    before = finished(read_results(experiment))
-    assert len(before) < n_trials, "the study ended before the interrupt"
-
-    resumed = run_cli(ray_cluster, script, space, out, *settings, "--resume")
-    output, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, output
-    assert "Failed to fetch metrics" not in output  # a cut trial had no result yet: nothing to fetch
-    result = StudyResult.load(out)
-    assert len(result.trials) == n_trials and {t.status for t in result.trials} == {"completed"}
-    starts = Counter(t for t, _ in read_starts(log))
-    assert all(starts[tag(line)] == 1 for line in before.values()), starts  # no finished trial trained twice
-
-
 def test_a_trial_whose_worker_dies_each_try_fails_and_the_study_ends(ray_cluster: Cluster, tmp_path: Path) -> None:
     """Tune marks such a trial ERROR after its worker is gone, which the experiment state it saves
     never hears of (there it stays pending): that is no Ctrl-C, and the study must end, exit 0."""
@@ -271,40 +225,77 @@ lr: {min: 0.01, max: 1.0}
 """
 
 
-def test_the_probes_run_is_trial_0_on_ray_once_through_ctrl_c_and_resume(ray_cluster: Cluster, tmp_path: Path) -> None:
-    """As on the embedded backend, the probe's trial-long run is the study's first trial: Tune trains one
-    trial less, and a study interrupted after it and resumed keeps it once. (On Ray it used to stay the
-    probe's cost: a whole trial's samples that counted for nothing.)"""
-    script, _, _ = write_inputs(tmp_path, seconds_per_sample=1e-4)  # a trial takes seconds
+def test_a_study_stopped_by_ctrl_c_then_killed_resumes_each_time_and_trains_no_finished_trial_again(
+    ray_cluster: Cluster, tmp_path: Path
+) -> None:
+    """One prior-mode study through both ways a driver stops early, resumed after each.
+
+    - Ctrl-C: Tune takes the first one itself and returns as if done; the study went on to
+      re-score and report, with exit 0, and recorded the cut trial as pruned. It stops as the
+      embedded backend does: exit 130, bstune's resume line (not Ray's), no report of half a study.
+    - SIGKILL of the resumed driver: every finished trial is kept with its value.
+    - The probe's trial-long run is the study's first trial, as on the embedded backend (Tune trains
+      one trial less), kept once through both stops; its samples count once. (On Ray it used to
+      stay the probe's cost: a whole trial's samples that counted for nothing.)
+    At the end every trial is completed and no trial that had finished trained again.
+    """
+    script, _, log = write_inputs(tmp_path, seconds_per_sample=1e-4)  # a trial takes seconds
     space = tmp_path / "b_and_lr.yaml"
     space.write_text(SPACE_B_LR)
     out = tmp_path / "run"
     experiment = out / "ray" / "bstune-tagged_digits"
-    n_trials = 5
+    n_trials = 8  # the probe's run and 7 Tune trials
+    # every trial finishes; no re-scoring, which would train finished trials' configs again
     settings = ["--mode", "prior", "--trials", str(n_trials), "--budget-samples", "9000", "--pruner", "none",
                 "--rescore-top", "0"]  # fmt: skip
+
     driver = run_cli(ray_cluster, script, space, out, *settings)
     wait_until(lambda: len(finished(read_results(experiment))) >= 1, 600, "a finished Tune trial")
-    os.killpg(driver.pid, signal.SIGINT)
+    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C sends the terminal's foreground group
     output, _ = driver.communicate(timeout=120)
     assert driver.returncode == 130, output
+    assert "bstune: interrupted; the finished trials are kept in" in output and "--resume" in output
+    assert "Tuner.restore(" not in output  # Ray's own resume line, beside bstune's
+    assert not (out / "result.json").exists() and not (out / "report.md").exists()  # no report of half a study
     state = json.loads((experiment / "bstune_study.json").read_text())
     assert state["probe"] is not None and state["adopted"]["user_attrs"]["from_probe"] is True
+    interrupted = {line["trial_id"] for line in finished(read_results(experiment)).values()}
+    after_interrupt = log_lines(log)
 
-    resumed = run_cli(ray_cluster, script, space, out, *settings, "--resume")
-    output, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, output
+    driver = run_cli(ray_cluster, script, space, out, *settings, "--resume")
+    wait_until(lambda: len(finished(read_results(experiment))) >= len(interrupted) + 2, 400, "two more trials")
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    before = finished(read_results(experiment))
+    after_kill = log_lines(log)
+    assert interrupted <= {line["trial_id"] for line in before.values()}
+    assert len(before) < n_trials - 1, "the study ended before the driver was killed"
+
+    driver = run_cli(ray_cluster, script, space, out, *settings, "--resume")
+    output, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, output
+    assert "Failed to fetch metrics" not in output  # a cut trial had no result yet: nothing to fetch
     result = StudyResult.load(out)
+    assert [t.number for t in result.trials] == list(range(n_trials))
+    assert {t.status for t in result.trials} == {"completed"}
+    for name, line in before.items():  # kept, with the value it had before the driver died
+        record = result.trials[int(line["config"]["bstune_trial_number"])]  # type: ignore[index]
+        assert record.status == line["status"] == "completed", name
+        assert record.value == pytest.approx(line["objective"]), name
+    # no trial that had finished trained again (a cut one did: its restart is in the log)
+    assert not interrupted & tune_trial_starts(log, after_interrupt).keys(), log.read_text()
+    assert not {line["trial_id"] for line in before.values()} & tune_trial_starts(log, after_kill).keys()
+    results = read_results(experiment)
+    assert set(tune_trial_starts(log)) == {lines[-1]["trial_id"] for lines in results.values()}
+    assert len(results) == n_trials - 1  # Tune trained one trial less: the probe's run is trial 0
+
     probe = result.probe
     assert probe is not None and probe.run is not None
     first, *rest = result.trials
-    assert [t.number for t in result.trials] == list(range(n_trials))
     assert first.from_probe and not any(t.from_probe for t in rest)
     assert (first.status, first.batch_size, first.lr) == ("completed", probe.batch_size, pytest.approx(probe.lr_probe))
     assert first.value == pytest.approx(min(h["val_loss"] for h in probe.run["history"]))
     assert first.samples == probe.run["samples"] and first.history == probe.run["history"]
-    assert {t.status for t in rest} == {"completed"}
-    assert len(read_results(experiment)) == n_trials - 1  # Tune trained one trial less
     assert result.samples_probe == probe.samples_used - first.samples  # its samples are counted once
 
 
