@@ -186,8 +186,27 @@ def test_a_driver_without_the_clusters_token_is_told_so_and_one_with_it_gets_in(
 def test_a_trial_whose_worker_dies_each_try_fails_and_the_study_ends(ray_cluster: Cluster, tmp_path: Path) -> None:
     """Tune marks such a trial ERROR after its worker is gone, which the experiment state it saves
     never hears of (there it stays pending): that is no Ctrl-C, and the study must end, exit 0."""
-    script, space, _ = write_inputs(tmp_path)
-    dying = """
+    script, space, log = write_inputs(tmp_path)
+    doomed = tmp_path / "doomed"
+    dying = f"""
+DOOMED = {str(doomed)!r}
+
+
+def doomed(tag):
+    \"\"\"True for the first trial to start (by its tag), in every try: the one whose worker dies.\"\"\"
+    if not tag:
+        return False
+    mine = DOOMED + "." + str(os.getpid())
+    with open(mine, "w") as f:
+        f.write(str(tag))
+    try:
+        os.link(mine, DOOMED)  # atomic: the first trial's file becomes DOOMED, with its tag in it
+    except FileExistsError:
+        pass
+    with open(DOOMED) as f:
+        return int(f.read()) == tag
+
+
 class Dying(nn.Module):  # the worker process dies halfway through the trial, after its first results
     def __init__(self):
         super().__init__()
@@ -202,19 +221,19 @@ class Dying(nn.Module):  # the worker process dies halfway through the trial, af
 
 """
     text = script.read_text().replace("\n\ndef make_task():", dying + "\ndef make_task():")
-    text = text.replace(
-        "return nn.Sequential(Slow(),", "return nn.Sequential(Dying() if tag and tag % 2 == 0 else Slow(),"
-    )
+    text = text.replace("return nn.Sequential(Slow(),", "return nn.Sequential(Dying() if doomed(tag) else Slow(),")
     script.write_text("import os\n" + text)
     out = tmp_path / "run"
-    driver = run_cli(ray_cluster, script, space, out, "--trials", "6", "--budget-samples", "3000",
+    driver = run_cli(ray_cluster, script, space, out, "--trials", "4", "--budget-samples", "3000",
                      "--max-failures", "1", "--pruner", "none", "--rescore-top", "0")  # fmt: skip
     output, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, output
     result = StudyResult.load(out)
-    died = [t for t in result.trials if int(t.config["model_kwargs"]["tag"]) % 2 == 0]
-    assert died and all(t.status == "failed" for t in died), [(t.number, t.status) for t in result.trials]
-    assert len(result.trials) == 6 and any(t.status == "completed" for t in result.trials)
+    died = int(doomed.read_text())
+    assert Counter(t for t, _ in read_starts(log))[died] == 2  # its first try and its one retry
+    statuses = {int(t.config["model_kwargs"]["tag"]): t.status for t in result.trials}
+    assert len(statuses) == 4 and statuses.pop(died) == "failed", statuses
+    assert set(statuses.values()) == {"completed"}, statuses
 
 
 SPACE_B_LR = """
