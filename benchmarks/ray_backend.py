@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -139,6 +140,7 @@ def run(
     finally:
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(storage, ignore_errors=True)  # the trials' folders: only the timings are kept
 
     median = {k: statistics.median(v) for k, v in walls.items()}
     rows = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -143,11 +144,14 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     logs.mkdir()
     port, dash = free_port(), free_port()  # ephemeral ports: outside Ray's worker port range (10002-19999)
     env = cluster_env()
+    env["HOME"] = str(root / "home")  # a job's output goes under ~/bstune_jobs on the cluster: not the user's home
+    (root / "home").mkdir()
+    temp_dir = Path("/tmp") / f"bstune-ray-{port}"  # short: Ray's socket paths must fit in 107 bytes
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", NODE_IP, "--port", str(port),
          "--num-cpus", "1", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
          "--dashboard-port", str(dash),
-         "--object-store-memory", "200000000", "--temp-dir", str(Path("/tmp") / f"bstune-ray-{port}"),
+         "--object-store-memory", "200000000", "--temp-dir", str(temp_dir),
          "--disable-usage-stats", *node_ports()],
         env=env, stdout=open(logs / "head.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
     )  # fmt: skip
@@ -162,6 +166,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         for proc in [*cluster.workers, head]:
             _kill_group(proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
