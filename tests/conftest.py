@@ -1,11 +1,14 @@
-"""Shared small problems with known answers."""
+"""Shared small problems with known answers, and the forked command-line runner."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 import bstune
+from tests.cli.cli_runner import ForkedCli
 
 
 def make_classification(n: int = 400, d: int = 8, classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,3 +40,11 @@ def blob_task() -> bstune.Task:
         metrics={"accuracy": accuracy},
         name="blobs",
     )
+
+
+@pytest.fixture(scope="session")
+def forked_cli() -> Iterator[ForkedCli]:
+    """``bstune`` commands in forks of one process that imported the command line (tests/cli/cli_runner.py)."""
+    runner = ForkedCli()
+    yield runner
+    runner.close()

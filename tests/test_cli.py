@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bstune.cli import main
+from tests.cli.cli_runner import ForkedCli
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "examples" / "digits_mlp.py")
@@ -178,21 +179,15 @@ def make_task():
 
 
 @pytest.mark.slow
-def test_crit_measures_a_finished_studys_config_and_rewrites_its_report(tmp_path: Path) -> None:
+def test_crit_measures_a_finished_studys_config_and_rewrites_its_report(tmp_path: Path, forked_cli: ForkedCli) -> None:
     """`bstune run --out F` then `bstune crit SCRIPT F`, as a user types them; a second `crit` keeps the first."""
     script, space, out = tmp_path / "tiny.py", tmp_path / "space.yaml", tmp_path / "study"
     script.write_text(TINY_TASK)
     space.write_text("name: tiny\nbatch_size: {min: 4, max: 128}\nlr: {min: 0.001, max: 3.0}\n")
-    run = [*_bstune(), "run", str(script), "--space", str(space), "--trials", "3", "--budget-samples", "2400"]
+    run = ["run", str(script), "--space", str(space), "--trials", "3", "--budget-samples", "2400"]
     run += ["--mode", "baseline", "--rescore-top", "0", "--out", str(out), "--no-progress"]
-    assert subprocess.run(run, capture_output=True, text=True, timeout=600, check=False).returncode == 0
-    proc = subprocess.run(
-        [*_bstune(), "crit", str(script), str(out), "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    assert forked_cli.run(run, tmp_path)[0] == 0
+    proc = forked_cli.completed(["crit", str(script), str(out), "--device", "cpu"], tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert "B_crit over training" in proc.stdout and "cost" in proc.stdout
     measured = json.loads((out / "critical.json").read_text())
@@ -203,9 +198,7 @@ def test_crit_measures_a_finished_studys_config_and_rewrites_its_report(tmp_path
     section = report[report.index("## Critical batch size") :]
     assert section.index("**Measured directly**") < section.index("Fitted to the study's own trials")
     assert json.loads((out / "report.json").read_text())["critical_batch"]["measured"]["trial"] == result["best_trial"]
-    again = subprocess.run(
-        [*_bstune(), "crit", str(script), str(out)], capture_output=True, text=True, timeout=300, check=False
-    )
+    again = forked_cli.completed(["crit", str(script), str(out)], tmp_path, timeout=300)
     assert again.returncode == 0 and measured["summary"] in again.stdout
     assert "segment 0 (" in proc.stdout and "segment 0 (" not in again.stdout  # kept: no branch trained again
 

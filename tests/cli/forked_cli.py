@@ -7,9 +7,9 @@ for each it forks, and the child runs ``bstune.cli.main(argv)`` in DIR with its 
 written to the two files, as ``python -m bstune.cli ARGV`` would, then exits with the command's code.
 It answers ``{"code": N}`` on a line of its own once the child is gone.
 
-A command is a process of its own, as from a shell, but it skips the seconds of Python, PyTorch
-and Optuna imports each ``python -m bstune.cli`` pays: tests/cli/test_bad_inputs.py runs over
-fifty commands. The parent never runs PyTorch itself (no thread pool exists when it forks).
+A command is a process of its own, as from a shell, but it skips the seconds of Python, PyTorch,
+Optuna, SciPy and matplotlib imports each ``python -m bstune.cli`` pays (tests/cli/cli_runner.py
+is the tests' side). The parent never runs PyTorch itself (no thread pool exists when it forks).
 """
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ import os
 import sys
 import traceback
 
+import scipy.optimize  # where a fit or an interval is first made
+import scipy.stats  # noqa: F401
+
 import bstune.cli
 from bstune import _commands  # noqa: F401 - what the commands import (PyTorch, Optuna), loaded once here
+from bstune.report import _html  # noqa: F401 - the report's plots (matplotlib), which every run writes
 
 
 def _child(request: dict[str, object]) -> int:

@@ -9,12 +9,6 @@ Each command runs in a fork of one process that imported the command line once
 from __future__ import annotations
 
 import json
-import select
-import shutil
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +16,7 @@ import pytest
 import yaml
 
 from bstune.space import SearchSpace
-from tests.reliability.conftest import python_env
+from tests.cli.cli_runner import ForkedCli
 
 TINY_TASK = """
 import torch
@@ -420,55 +414,12 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
-class ForkedCli:
-    """``bstune ARGV`` in a fork of a ``tests.cli.forked_cli`` process: exit code, stdout, stderr."""
-
-    def __init__(self) -> None:
-        self.files = Path(tempfile.mkdtemp(prefix="bstune-forked-cli-"))  # not in the command's folder
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.cli.forked_cli"],
-            env=python_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def run(self, argv: list[str], cwd: Path, timeout: float = 600) -> tuple[int, str, str]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        out, err = self.files / "stdout", self.files / "stderr"
-        request = {"argv": argv, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            self.proc.kill()
-            raise TimeoutError(f"bstune {' '.join(argv)} ran past {timeout} s")
-        answer = json.loads(self.proc.stdout.readline())
-        texts = out.read_text(), err.read_text()
-        out.unlink()
-        err.unlink()
-        return int(answer["code"]), *texts
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-        shutil.rmtree(self.files, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def cli() -> Iterator[ForkedCli]:
-    runner = ForkedCli()
-    yield runner
-    runner.close()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[" ".join(c.args)[:60] for c in CASES])
-def test_bad_input_gets_its_exit_code_and_message(folder: Path, case: Case, cli: ForkedCli) -> None:
+def test_bad_input_gets_its_exit_code_and_message(folder: Path, case: Case, forked_cli: ForkedCli) -> None:
     before = {name: (folder / name).read_bytes() for name in case.untouched}
     argv = [a.format(d=folder) for a in case.args] + (["--no-progress"] if case.args[0] == "run" else [])
-    code, out, err = cli.run(argv, folder)
+    code, out, err = forked_cli.run(argv, folder)
     err = err.strip()
     assert code == case.code, f"exit {code}\n{out}\n{err}"
     for word in case.words:

@@ -4,13 +4,11 @@ same learning curve as in-process loading; through the real entry point."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import python_env
-from tests.test_cli import _bstune
+from tests.cli.cli_runner import ForkedCli
 
 # a map-style dataset with a per-example transform; every fetch inside a worker leaves a file behind
 TASK = """
@@ -44,22 +42,20 @@ def make_task():
 """
 
 
-def _train(folder: Path, workers: int) -> str:
+def _train(cli: ForkedCli, folder: Path, workers: int) -> str:
     args = ["train", "task.py", "--batch-size", "16", "--lr", "0.2", "--max-samples", "480", "--seed", "4"]
     args += ["--num-workers", str(workers), "--out", f"out{workers}"]
-    proc = subprocess.run(
-        [*_bstune(), *args], cwd=folder, env=python_env(), capture_output=True, text=True, timeout=600, check=False
-    )
+    proc = cli.completed(args, folder)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout.split("throughput")[0]  # the curve and the status line, without the timing
 
 
 @pytest.mark.slow
-def test_train_with_workers_prints_the_in_process_curve(tmp_path: Path) -> None:
+def test_train_with_workers_prints_the_in_process_curve(tmp_path: Path, forked_cli: ForkedCli) -> None:
     (tmp_path / "task.py").write_text(TASK)
-    inline = _train(tmp_path, 0)
+    inline = _train(forked_cli, tmp_path, 0)
     assert not list(tmp_path.glob("fetched_by_*"))
-    loaded = _train(tmp_path, 2)
+    loaded = _train(forked_cli, tmp_path, 2)
     assert len(list(tmp_path.glob("fetched_by_*"))) == 2  # two worker processes fetched
     assert loaded == inline and "status: completed" in loaded
     saved = json.loads((tmp_path / "out2" / "train.json").read_text())

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import python_env
-from tests.test_cli import _bstune
+from tests.cli.cli_runner import ForkedCli
 
 # a factory with a width, which says on stderr what it was called with
 TASK = """
@@ -49,10 +48,8 @@ params:
 """
 
 
-def _bstune_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [*_bstune(), *args], cwd=folder, env=python_env(), capture_output=True, text=True, timeout=600, check=False
-    )
+def _bstune_in(cli: ForkedCli, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = cli.completed(list(args), folder)
     assert proc.returncode == 0, f"bstune {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -63,17 +60,17 @@ def _width(stderr: str) -> int:
 
 
 @pytest.mark.slow
-def test_train_reproduces_the_recommended_trial_and_prints_its_metrics(tmp_path: Path) -> None:
+def test_train_reproduces_the_recommended_trial_and_prints_its_metrics(tmp_path: Path, forked_cli: ForkedCli) -> None:
     (tmp_path / "tiny.py").write_text(TASK)
     (tmp_path / "space.yaml").write_text(SPACE)
-    _bstune_in(tmp_path, "run", "tiny.py", "--space", "space.yaml", "--mode", "baseline", "--trials", "3",
+    _bstune_in(forked_cli, tmp_path, "run", "tiny.py", "--space", "space.yaml", "--mode", "baseline", "--trials", "3",
                "--budget-samples", "800", "--rescore-top", "0", "--out", "study", "--no-progress")  # fmt: skip
-    _bstune_in(tmp_path, "report", "study")
+    _bstune_in(forked_cli, tmp_path, "report", "study")
     result = json.loads((tmp_path / "study" / "result.json").read_text())
     best = result["best_config"]
     (trial,) = (t for t in result["trials"] if t["number"] == result["best_trial"])
 
-    proc = _bstune_in(tmp_path, "train", "tiny.py", "--config", "study/result.json", "--out", "again")
+    proc = _bstune_in(forked_cli, tmp_path, "train", "tiny.py", "--config", "study/result.json", "--out", "again")
     assert _width(proc.stderr) == best["model.hidden"] == trial["config"]["model_kwargs"]["hidden"]
     ran = json.loads((tmp_path / "again" / "train.json").read_text())
     config = ran["config"]
@@ -90,7 +87,7 @@ def test_train_reproduces_the_recommended_trial_and_prints_its_metrics(tmp_path:
     assert "val_loss" in final and "train_accuracy" in final and "val_accuracy" in final
 
     # report.json's recommendation; --param and the explicit options override the file
-    proc = _bstune_in(tmp_path, "train", "tiny.py", "--config", "study/report.json", "--param", "model.hidden=5",
+    proc = _bstune_in(forked_cli, tmp_path, "train", "tiny.py", "--config", "study/report.json", "--param", "model.hidden=5",
                       "--param", "momentum=0.95", "--max-samples", "200", "--out", "other")  # fmt: skip
     assert _width(proc.stderr) == 5
     ran = json.loads((tmp_path / "other" / "train.json").read_text())

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from bstune.analysis import steps_to_target
 from bstune.errors import ConfigError
 from bstune.report import Report, build_report
 from bstune.study import StudyResult, TrialRecord
-from tests.reliability.conftest import python_env
+from tests.cli.cli_runner import ForkedCli
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD_RESULT = ROOT / "examples" / "digits_report" / "result.json"  # a real study's result, read as an older one
@@ -204,26 +203,18 @@ SPACE = "name: blobs\nbatch_size: {min: 4, max: 128}\nlr: {min: 0.01, max: 1.0}\
 TARGET = 0.7  # the blobs overlap: accuracy climbs from ~0.4 to ~0.78 over the budget, so most trials pass 0.7 late
 
 
-def _bstune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bstune.cli", *args],
-        cwd=cwd,
-        env=python_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+def _bstune(cli: ForkedCli, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return cli.completed(list(args), cwd)
 
 
 @pytest.fixture(scope="module")
-def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def study_dir(tmp_path_factory: pytest.TempPathFactory, forked_cli: ForkedCli) -> Path:
     """``bstune run`` of a 5-trial baseline study of the blobs, every trial to the end of its budget."""
     folder = tmp_path_factory.mktemp("accuracy")
     (folder / "task.py").write_text(TASK)
     (folder / "space.yaml").write_text(SPACE)
     proc = _bstune(
-        "run", "task.py", "--space", "space.yaml", "--trials", "5", "--budget-samples", "2000", "--mode", "baseline",
+        forked_cli, "run", "task.py", "--space", "space.yaml", "--trials", "5", "--budget-samples", "2000", "--mode", "baseline",
         "--pruner", "none", "--rescore-top", "0", "--out", "study", "--no-progress", cwd=folder,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -231,21 +222,21 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_cli_reads_an_accuracy_target_of_a_real_study(study_dir: Path, tmp_path: Path) -> None:
+def test_cli_reads_an_accuracy_target_of_a_real_study(study_dir: Path, tmp_path: Path, forked_cli: ForkedCli) -> None:
     result = json.loads((study_dir / "result.json").read_text())
     assert result["directions"]["val_accuracy"] == "maximize"
     passed = {t["batch_size"] for t in result["trials"] if max(h["val_accuracy"] for h in t["history"]) >= TARGET}
     failed = {t["batch_size"] for t in result["trials"]} - passed
     assert len(passed) >= 3 and failed, "the study no longer has batch sizes on both sides of the target"
 
-    proc = _bstune("report", str(study_dir), "--target-metric", "val_accuracy", "--target-value", str(TARGET),
+    proc = _bstune(forked_cli, "report", str(study_dir), "--target-metric", "val_accuracy", "--target-value", str(TARGET),
                    "--out", str(tmp_path / "given"), cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     cb = json.loads((tmp_path / "given" / "report.json").read_text())["critical_batch"]
     _check_points(cb, result["trials"], "val_accuracy", TARGET)
     assert f"val_accuracy ≥ {TARGET}" in proc.stdout
 
-    proc = _bstune("report", str(study_dir), "--target-metric", "val_accuracy", "--out", str(tmp_path / "default"),
+    proc = _bstune(forked_cli, "report", str(study_dir), "--target-metric", "val_accuracy", "--out", str(tmp_path / "default"),
                    cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     cb = json.loads((tmp_path / "default" / "report.json").read_text())["critical_batch"]
@@ -283,12 +274,14 @@ SPACE_DICT = {"name": "blobs", "batch_size": {"min": 4, "max": 128}, "lr": {"min
 
 
 @pytest.mark.slow
-def test_an_older_result_json_still_reports_accuracy_the_right_way_round(tmp_path: Path) -> None:
+def test_an_older_result_json_still_reports_accuracy_the_right_way_round(tmp_path: Path, forked_cli: ForkedCli) -> None:
     old = json.loads(OLD_RESULT.read_text())
     old.pop("directions", None)  # as an older bstune wrote it (should the sample be regenerated)
     assert old["objective"] == "val_loss" and old["direction"] == "minimize"
     (tmp_path / "result.json").write_text(json.dumps(old))
-    proc = _bstune("report", str(tmp_path), "--target-metric", "val_accuracy", "--target-value", "0.97", cwd=tmp_path)
+    proc = _bstune(
+        forked_cli, "report", str(tmp_path), "--target-metric", "val_accuracy", "--target-value", "0.97", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     cb = json.loads((tmp_path / "report.json").read_text())["critical_batch"]
     _check_points(cb, old["trials"], "val_accuracy", 0.97)

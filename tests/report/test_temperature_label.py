@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from bstune.report import build_report
 from bstune.report._plots import render_plots
 from bstune.study import StudyResult
 from bstune.study._recommend import handed_over
-from tests.reliability.conftest import python_env
+from tests.cli.cli_runner import ForkedCli
 from tests.report.test_build import TARGET, _result
 from tests.report.test_html import _with_probe
 
@@ -89,16 +87,9 @@ def test_plots_label_the_effective_temperature() -> None:
 
 
 @pytest.mark.slow
-def test_bstune_report_prints_the_effective_temperature(tmp_path: Path) -> None:
+def test_bstune_report_prints_the_effective_temperature(tmp_path: Path, forked_cli: ForkedCli) -> None:
     (tmp_path / "result.json").write_text(json.dumps(_momentum_result().to_dict()))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bstune.cli", "report", str(tmp_path), "--target-value", str(TARGET)],
-        env=python_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    proc = forked_cli.completed(["report", str(tmp_path), "--target-value", str(TARGET)], tmp_path)
     assert proc.returncode == 0, proc.stderr
     summary = proc.stdout.split("# bstune report")[0]
     header = next(line for line in summary.splitlines() if line.strip().startswith("#"))
