@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Subset
 
 import bstune
+from tests.cli.cli_runner import ForkedCli
 from tests.reliability.conftest import python_env
 
 pytest.importorskip("sklearn")
@@ -162,15 +163,15 @@ def test_char_lm_script_end_to_end(tmp_path: Path) -> None:
     assert summary["estimate"]["n_batches"] == 4
 
 
-def test_own_loop_is_tuned_by_bstune_run_end_to_end(tmp_path: Path) -> None:
+def test_own_loop_is_tuned_by_bstune_run_end_to_end(tmp_path: Path, forked_cli: ForkedCli) -> None:
     """``bstune run examples/own_loop.py`` in the baseline mode (the user's loop: DataLoader workers, a model
     returning its loss), 4 trials of 9,000 samples, the best one re-scored; the prior mode runs through the
     script itself below."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bstune.cli", "run", str(EXAMPLES / "own_loop.py"), "--space",
-         str(ROOT / "search_spaces" / "mlp_classifier.yaml"), "--trials", "4", "--budget-samples", "9000",
-         "--rescore-top", "1", "--out", str(tmp_path), "--no-progress", "--mode", "baseline"],
-        cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=600, check=False,
+    proc = forked_cli.completed(
+        ["run", str(EXAMPLES / "own_loop.py"), "--space", str(ROOT / "search_spaces" / "mlp_classifier.yaml"),
+         "--trials", "4", "--budget-samples", "9000", "--rescore-top", "1", "--out", str(tmp_path), "--no-progress",
+         "--mode", "baseline"],
+        ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())

@@ -24,6 +24,7 @@ import bstune
 from bstune.errors import ConfigError, DependencyError
 from bstune.integrations.lightning import BstuneCallback, fit
 from bstune.training import Decision, LRRamp, RunStatus, TrainConfig, TrialContext, lr_at, run_function
+from tests.cli.cli_runner import ForkedCli
 from tests.training.test_context import TRAIN, VX, VY, loop, net
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,35 +247,11 @@ def test_a_prior_study_of_the_lightning_example_probes_through_the_trainer() -> 
 
 
 @pytest.mark.slow
-def test_bstune_run_of_the_lightning_example_writes_a_report(tmp_path: Path) -> None:
+def test_bstune_run_of_the_lightning_example_writes_a_report(tmp_path: Path, forked_cli: ForkedCli) -> None:
     out = tmp_path / "lit"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bstune.cli",
-            "run",
-            "examples/lightning_digits.py",
-            "--space",
-            "search_spaces/mlp_classifier.yaml",
-            "--trials",
-            "3",
-            "--budget-samples",
-            "9000",
-            "--mode",
-            "baseline",
-            "--rescore-top",
-            "0",
-            "--no-progress",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        cwd=ROOT,
-    )
+    argv = ["run", "examples/lightning_digits.py", "--space", "search_spaces/mlp_classifier.yaml", "--trials", "3",
+            "--budget-samples", "9000", "--mode", "baseline", "--rescore-top", "0", "--no-progress", "--out", str(out)]  # fmt: skip
+    proc = forked_cli.completed(argv, ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "report.md").is_file() and (out / "report.json").is_file()
     assert "GPU available" not in proc.stdout + proc.stderr  # Lightning's lines stay quiet in a study

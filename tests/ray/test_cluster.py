@@ -323,7 +323,7 @@ def test_trials_run_on_both_nodes_and_a_dying_worker_node_is_survived(ray_cluste
     script, space, log = write_inputs(tmp_path, seconds_per_sample=1e-4)  # a trial takes 5-10 s
     out = tmp_path / "run"
     experiment = out / "ray" / "bstune-tagged_digits"
-    n_trials = 6
+    n_trials = 4
     budget = 30000  # no early stopping: a trial seen running goes on running until killed
     driver = run_cli(ray_cluster, script, space, out, "--trials", str(n_trials), "--budget-samples", str(budget),
                      "--max-failures", "3", "--pruner", "none", "--rescore-top", "0")  # fmt: skip
