@@ -320,41 +320,43 @@ def run_ray_asha(problem: Problem, seed: int, n_trials: int) -> dict[str, Any]:
         ),
         run_config=tune.RunConfig(storage_path=storage, name=f"{problem.name}-{seed}", verbose=0),
     )
-    t0 = time.perf_counter()
-    grid = tuner.fit()
-    wall = time.perf_counter() - t0
-    trials = []
-    for res in grid:
-        m = re.search(r"_(\d{5})_", Path(res.path).name)
-        number = int(m.group(1)) if m else len(trials)
-        df = res.metrics_dataframe
-        if df is None or len(df) == 0:
+    try:
+        t0 = time.perf_counter()
+        grid = tuner.fit()
+        wall = time.perf_counter() - t0
+        trials = []
+        for res in grid:
+            m = re.search(r"_(\d{5})_", Path(res.path).name)
+            number = int(m.group(1)) if m else len(trials)
+            df = res.metrics_dataframe
+            if df is None or len(df) == 0:
+                trials.append(
+                    {
+                        "number": number,
+                        "status": "failed",
+                        "batch_size": res.config["batch_size"],
+                        "lr": res.config["lr"],
+                        "value": None,
+                        "samples": 0,
+                    }
+                )
+                continue
+            last = df.iloc[-1]
+            failed = str(last.get("status", "ok")) != "ok" or res.error is not None
+            done = int(last["samples"]) >= problem.budget and not failed
             trials.append(
                 {
                     "number": number,
-                    "status": "failed",
-                    "batch_size": res.config["batch_size"],
-                    "lr": res.config["lr"],
-                    "value": None,
-                    "samples": 0,
+                    "status": "completed" if done else ("failed" if failed else "pruned"),
+                    "batch_size": int(res.config["batch_size"]),
+                    "lr": float(res.config["lr"]),
+                    "value": float(last["objective"]) if done else None,
+                    "samples": int(df["samples_trained"].max()),
                 }
             )
-            continue
-        last = df.iloc[-1]
-        failed = str(last.get("status", "ok")) != "ok" or res.error is not None
-        done = int(last["samples"]) >= problem.budget and not failed
-        trials.append(
-            {
-                "number": number,
-                "status": "completed" if done else ("failed" if failed else "pruned"),
-                "batch_size": int(res.config["batch_size"]),
-                "lr": float(res.config["lr"]),
-                "value": float(last["objective"]) if done else None,
-                "samples": int(df["samples_trained"].max()),
-            }
-        )
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)  # the trials' folders: what the measure keeps is read above
     trials.sort(key=lambda t: t["number"])
-    shutil.rmtree(storage, ignore_errors=True)  # the trials' folders: what the measure keeps is read above
     return {"samples_probe": 0, "trials": trials, "wall_s": wall}
 
 

@@ -3,9 +3,10 @@ imported the command line once, answered as :func:`subprocess.run` would answer.
 
 Each command is a process of its own (its exit code, stdout and stderr, stdin at /dev/null,
 stderr not a terminal), as from a shell; it skips the seconds of Python, PyTorch and Optuna
-imports a fresh ``python -m bstune.cli`` pays. Its environment is :func:`python_env`'s, taken
-when the runner starts: a test that needs another environment, or a signal sent to the
-command, runs ``python -m bstune.cli`` itself. The console script keeps its own tests
+imports a fresh ``python -m bstune.cli`` pays. Its environment is :func:`python_env`'s when the
+command is sent (what a module reads from it at import time was read when the runner started);
+a test that needs another environment at import, or a signal sent to the command, runs
+``python -m bstune.cli`` itself. The console script keeps its own tests
 (tests/test_cli.py, tests/reliability/test_bad_input.py, tests/cli/test_help.py).
 """
 
@@ -51,7 +52,8 @@ class ForkedCli:
         proc = self._server()
         assert proc.stdin is not None and proc.stdout is not None
         out, err = self.files / "stdout", self.files / "stderr"
-        request = {"argv": [str(a) for a in argv], "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
+        request = {"argv": [str(a) for a in argv], "cwd": str(cwd), "env": python_env(), "stdout": str(out),
+                   "stderr": str(err)}  # fmt: skip
         proc.stdin.write(json.dumps(request) + "\n")
         proc.stdin.flush()
         ready, _, _ = select.select([proc.stdout], [], [], timeout)
@@ -71,8 +73,13 @@ class ForkedCli:
         return subprocess.CompletedProcess(["bstune", *map(str, argv)], code, out, err)
 
     def close(self) -> None:
-        if self.proc is not None:
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-            self.proc.wait(timeout=60)
-        shutil.rmtree(self.files, ignore_errors=True)
+        try:
+            if self.proc is not None:
+                if self.proc.stdin is not None:
+                    self.proc.stdin.close()  # the server's loop ends
+                self.proc.wait(timeout=60)
+        finally:
+            if self.proc is not None and self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: nothing else would stop it
+                self.proc.wait()
+            shutil.rmtree(self.files, ignore_errors=True)

@@ -2,9 +2,10 @@
 
     python -m tests.cli.forked_cli
 
-Reads one JSON request per line on stdin, ``{"argv": [...], "cwd": DIR, "stdout": FILE, "stderr": FILE}``;
-for each it forks, and the child runs ``bstune.cli.main(argv)`` in DIR with its stdout and stderr
-written to the two files, as ``python -m bstune.cli ARGV`` would, then exits with the command's code.
+Reads one JSON request per line on stdin, ``{"argv": [...], "cwd": DIR, "env": {...}, "stdout": FILE,
+"stderr": FILE}``; for each it forks, and the child runs ``bstune.cli.main(argv)`` in DIR with that
+environment and its stdout and stderr written to the two files, as ``python -m bstune.cli ARGV`` would,
+then exits as that command exits.
 It answers ``{"code": N}`` on a line of its own once the child is gone.
 
 A command is a process of its own, as from a shell, but it skips the seconds of Python, PyTorch,
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-import traceback
+from typing import Any, NoReturn
 
 import scipy.optimize  # where a fit or an interval is first made
 import scipy.stats  # noqa: F401
@@ -27,26 +28,27 @@ from bstune import _commands  # noqa: F401 - what the commands import (PyTorch, 
 from bstune.report import _html  # noqa: F401 - the report's plots (matplotlib), which every run writes
 
 
-def _child(request: dict[str, object]) -> int:
-    os.chdir(str(request["cwd"]))
+def _child(request: dict[str, Any]) -> NoReturn:
+    """Become ``python -m bstune.cli ARGV`` run in the request's folder and environment.
+
+    Ends as that command ends: ``sys.exit`` with its code, or its exception's traceback and exit 1,
+    through the interpreter's own shutdown (threads joined, atexit handlers run, output flushed),
+    so a command that hangs or fails on the way out does so here too.
+    """
+    cwd = str(request["cwd"])
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(request["env"])  # read when the command runs (what is read at import time was read)
+    sys.path[0] = cwd  # python -m puts the working folder first
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     for fd, key in ((1, "stdout"), (2, "stderr")):
         target = os.open(str(request[key]), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(target, fd)
         os.close(target)
-    argv = [str(a) for a in request["argv"]]  # type: ignore[attr-defined]
+    argv = [str(a) for a in request["argv"]]
     sys.argv = [bstune.cli.__file__, *argv]
-    try:
-        code = bstune.cli.main(argv)
-    except SystemExit as exc:  # argparse's usage errors
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # what the interpreter would print, and its exit code
-        traceback.print_exc()
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    return code
+    sys.exit(bstune.cli.main(argv))
 
 
 def main() -> None:
@@ -56,11 +58,7 @@ def main() -> None:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            code = 1
-            try:
-                code = _child(request)
-            finally:
-                os._exit(code)
+            _child(request)  # raises SystemExit, or the command's exception: the child never loops again
         _, status = os.waitpid(pid, 0)
         print(json.dumps({"code": os.waitstatus_to_exitcode(status)}), flush=True)
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -87,18 +88,47 @@ def write_inputs(folder: Path, seconds_per_sample: float = 0.0) -> tuple[Path, P
     return script, space, log
 
 
-def run_cli(cluster: Cluster, script: Path, space: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+@dataclass
+class Driver:
+    """A ``bstune run`` driver process in a session of its own; its stdout and stderr go to ``log``
+    (a pipe nobody reads while the test waits would fill and block it)."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def running(self) -> bool:
+        """True while the driver runs; fails the test, with its output, once it has ended."""
+        if self.proc.poll() is None:
+            return True
+        raise AssertionError(f"the driver ended (exit {self.proc.returncode}) before the test stopped it:\n"
+                             f"{self.output()[-4000:]}")  # fmt: skip
+
+    def stop(self, sig: signal.Signals) -> None:
+        os.killpg(self.proc.pid, sig)  # the whole group, as a terminal's Ctrl-C, or a machine dying
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        """Its exit code and output, once it has ended."""
+        self.proc.wait(timeout=timeout)
+        return self.proc.returncode, self.output()
+
+
+def run_cli(cluster: Cluster, script: Path, space: Path, out: Path, *extra: str) -> Driver:
     command = [sys.executable, "-m", "bstune.cli", "run", str(script), "--space", str(space), "--backend", "ray",
                "--address", cluster.gcs, "--out", str(out), "--mode", "baseline", "--no-progress", *extra]  # fmt: skip
-    return subprocess.Popen(
-        command,
-        env=cluster.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+    log = out.parent / f"driver-{len(list(out.parent.glob('driver-*.log')))}.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            command,
+            env=cluster.env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    return Driver(proc, log)
 
 
 def finished(results: dict[str, list[dict[str, object]]]) -> dict[str, dict[str, object]]:
@@ -129,11 +159,14 @@ def tag(line: dict[str, object]) -> int:
     return int(line["config"]["bstune_plan"]["config"]["model_kwargs"]["tag"])  # type: ignore[index]
 
 
-def wait_until(predicate: object, timeout: float, what: str) -> None:
+def wait_until(predicate: object, timeout: float, what: str, driver: Driver | None = None) -> None:
+    """Poll ``predicate`` each second; fail after ``timeout`` s, or as soon as ``driver`` has ended."""
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
+        if driver is not None:
+            driver.running()
         if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout} s for {what}")
+            raise TimeoutError(f"waited {timeout} s for {what}" + (f":\n{driver.output()[-4000:]}" if driver else ""))
         time.sleep(1)
 
 
@@ -203,6 +236,7 @@ def doomed(tag):
         os.link(mine, DOOMED)  # atomic: the first trial's file becomes DOOMED, with its tag in it
     except FileExistsError:
         pass
+    os.unlink(mine)  # a later trial in this process must not rewrite DOOMED through its other name
     with open(DOOMED) as f:
         return int(f.read()) == tag
 
@@ -226,8 +260,8 @@ class Dying(nn.Module):  # the worker process dies halfway through the trial, af
     out = tmp_path / "run"
     driver = run_cli(ray_cluster, script, space, out, "--trials", "4", "--budget-samples", "3000",
                      "--max-failures", "1", "--pruner", "none", "--rescore-top", "0")  # fmt: skip
-    output, _ = driver.communicate(timeout=600)
-    assert driver.returncode == 0, output
+    code, output = driver.finish(timeout=600)
+    assert code == 0, output
     result = StudyResult.load(out)
     died = int(doomed.read_text())
     assert Counter(t for t, _ in read_starts(log))[died] == 2  # its first try and its one retry
@@ -244,19 +278,20 @@ lr: {min: 0.01, max: 1.0}
 """
 
 
-def test_a_study_stopped_by_ctrl_c_then_killed_resumes_each_time_and_trains_no_finished_trial_again(
+def test_a_study_killed_then_stopped_by_ctrl_c_resumes_each_time_and_trains_no_finished_trial_again(
     ray_cluster: Cluster, tmp_path: Path
 ) -> None:
     """One prior-mode study through both ways a driver stops early, resumed after each.
 
-    - Ctrl-C: Tune takes the first one itself and returns as if done; the study went on to
-      re-score and report, with exit 0, and recorded the cut trial as pruned. It stops as the
-      embedded backend does: exit 130, bstune's resume line (not Ray's), no report of half a study.
-    - SIGKILL of the resumed driver: every finished trial is kept with its value.
+    - SIGKILL of the first driver (no chance to save anything on the way out): every trial
+      finished by then is kept with its value.
+    - Ctrl-C of the resumed driver: Tune takes the first one itself and returns as if done; the
+      study went on to re-score and report, with exit 0, and recorded the cut trial as pruned. It
+      stops as the embedded backend does: exit 130, bstune's resume line (not Ray's), no report of
+      half a study; resumed, it reruns only the cut trials and exits 0.
     - The probe's trial-long run is the study's first trial, as on the embedded backend (Tune trains
       one trial less), kept once through both stops; its samples count once. (On Ray it used to
       stay the probe's cost: a whole trial's samples that counted for nothing.)
-    At the end every trial is completed and no trial that had finished trained again.
     """
     script, _, log = write_inputs(tmp_path, seconds_per_sample=1e-4)  # a trial takes seconds
     space = tmp_path / "b_and_lr.yaml"
@@ -268,42 +303,45 @@ def test_a_study_stopped_by_ctrl_c_then_killed_resumes_each_time_and_trains_no_f
     settings = ["--mode", "prior", "--trials", str(n_trials), "--budget-samples", "9000", "--pruner", "none",
                 "--rescore-top", "0"]  # fmt: skip
 
+    def finished_ids() -> set[str]:
+        return {str(line["trial_id"]) for line in finished(read_results(experiment)).values()}
+
     driver = run_cli(ray_cluster, script, space, out, *settings)
-    wait_until(lambda: len(finished(read_results(experiment))) >= 1, 600, "a finished Tune trial")
-    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C sends the terminal's foreground group
-    output, _ = driver.communicate(timeout=120)
-    assert driver.returncode == 130, output
+    wait_until(lambda: len(finished_ids()) >= 1, 600, "a finished Tune trial", driver)
+    driver.stop(signal.SIGKILL)
+    driver.finish(timeout=30)
+    at_kill = finished(read_results(experiment))
+    after_kill = log_lines(log)
+    state = json.loads((experiment / "bstune_study.json").read_text())
+    assert state["probe"] is not None and state["adopted"]["user_attrs"]["from_probe"] is True
+
+    driver = run_cli(ray_cluster, script, space, out, *settings, "--resume")
+    wait_until(lambda: len(finished_ids()) >= len(at_kill) + 2, 400, "two more finished trials", driver)
+    driver.stop(signal.SIGINT)  # what Ctrl-C sends the terminal's foreground group
+    code, output = driver.finish(timeout=120)
+    assert code == 130, output
     assert "bstune: interrupted; the finished trials are kept in" in output and "--resume" in output
     assert "Tuner.restore(" not in output  # Ray's own resume line, beside bstune's
     assert not (out / "result.json").exists() and not (out / "report.md").exists()  # no report of half a study
-    state = json.loads((experiment / "bstune_study.json").read_text())
-    assert state["probe"] is not None and state["adopted"]["user_attrs"]["from_probe"] is True
-    interrupted = {line["trial_id"] for line in finished(read_results(experiment)).values()}
+    at_interrupt = finished(read_results(experiment))
     after_interrupt = log_lines(log)
+    assert at_kill.keys() <= at_interrupt.keys()
+    assert len(at_interrupt) < n_trials - 1, "the study ended before the interrupt"
 
-    driver = run_cli(ray_cluster, script, space, out, *settings, "--resume")
-    wait_until(lambda: len(finished(read_results(experiment))) >= len(interrupted) + 2, 400, "two more trials")
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait(timeout=30)
-    before = finished(read_results(experiment))
-    after_kill = log_lines(log)
-    assert interrupted <= {line["trial_id"] for line in before.values()}
-    assert len(before) < n_trials - 1, "the study ended before the driver was killed"
-
-    driver = run_cli(ray_cluster, script, space, out, *settings, "--resume")
-    output, _ = driver.communicate(timeout=600)
-    assert driver.returncode == 0, output
+    code, output = run_cli(ray_cluster, script, space, out, *settings, "--resume").finish(timeout=600)
+    assert code == 0, output
     assert "Failed to fetch metrics" not in output  # a cut trial had no result yet: nothing to fetch
     result = StudyResult.load(out)
     assert [t.number for t in result.trials] == list(range(n_trials))
     assert {t.status for t in result.trials} == {"completed"}
-    for name, line in before.items():  # kept, with the value it had before the driver died
+    for name, line in at_interrupt.items():  # kept, with the value it had when its driver stopped
         record = result.trials[int(line["config"]["bstune_trial_number"])]  # type: ignore[index]
         assert record.status == line["status"] == "completed", name
         assert record.value == pytest.approx(line["objective"]), name
     # no trial that had finished trained again (a cut one did: its restart is in the log)
-    assert not interrupted & tune_trial_starts(log, after_interrupt).keys(), log.read_text()
-    assert not {line["trial_id"] for line in before.values()} & tune_trial_starts(log, after_kill).keys()
+    for done, since in ((at_kill, after_kill), (at_interrupt, after_interrupt)):
+        trained_again = {str(line["trial_id"]) for line in done.values()} & tune_trial_starts(log, since).keys()
+        assert not trained_again, log.read_text()
     results = read_results(experiment)
     assert set(tune_trial_starts(log)) == {lines[-1]["trial_id"] for lines in results.values()}
     assert len(results) == n_trials - 1  # Tune trained one trial less: the probe's run is trial 0
@@ -332,10 +370,10 @@ def test_trials_run_on_both_nodes_and_a_dying_worker_node_is_survived(ray_cluste
         done = {tag(line) for line in finished(read_results(experiment)).values()}
         return len({node for t, node in read_starts(log) if t not in done}) == 2
 
-    wait_until(running_on_both, 400, "trials running on both nodes at once")
+    wait_until(running_on_both, 400, "trials running on both nodes at once", driver)
     ray_cluster.kill_worker()
-    output, _ = driver.communicate(timeout=600)
-    assert driver.returncode == 0, output
+    code, output = driver.finish(timeout=600)
+    assert code == 0, output
     result = StudyResult.load(out)
     assert len(result.trials) == n_trials
     assert not [t for t in result.trials if t.status == "failed"], [t.message for t in result.trials]
@@ -388,8 +426,8 @@ def test_a_trial_on_a_ray_worker_runs_data_parallel(ray_cluster: Cluster, tmp_pa
     # one CPU per trial reserved (these nodes have one each), the trial's 2 ranks share it
     extra = ("--trials", "2", "--budget-samples", "2000", "--pruner", "none", "--rescore-top", "0")
     driver = run_cli(ray_cluster, script, space, out, *extra, "--devices-per-trial", "2", "--resources", "cpu=1")
-    output, _ = driver.communicate(timeout=600)
-    assert driver.returncode == 0, output
+    code, output = driver.finish(timeout=600)
+    assert code == 0, output
     result = StudyResult.load(out)
     assert [t.status for t in result.trials] == ["completed", "completed"], [t.message for t in result.trials]
     ranks = [line.split() for line in log.read_text().splitlines() if line.endswith(" 2")]
