@@ -228,7 +228,8 @@ class ProbeResult:
     # history (one row per milestone, as bstune.study._trial.history_row writes it: milestone, samples,
     # step, lr, train_loss, val_loss, gap and the task's metrics), config (the TrainConfig as a dict) and
     # samples_before (what the probe spent before the run: the first LR range test; the rest came after).
-    # None: no budget was given (or a training function's probe), and in older results.
+    # None: no budget was given, a training function's probe whose run was shorter than a trial or whose
+    # loop last evaluated after the still phase (bstune/study/_probe_function.py), and in older results.
     run: dict[str, Any] | None = None
     # B_simple's interval at the measured parameters only (sampling noise); ``b_simple_ci`` is it widened by
     # the log-scale spread of the run's trajectory near them (``b_simple_seed_spread``), what another seed

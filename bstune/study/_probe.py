@@ -561,8 +561,10 @@ def probe_cost(
     batch = _probe_batch(n_train, settings, batch_min, batch_max)
     rungs = _rungs(n_train, settings, batch_min, batch_max, batch_round, None)
     ladder = sum(b * (warmup + timed) for b, warmup, timed in ladder_plan(rungs, settings, budget_samples))
-    # a training function's noise run stays its own length (bstune/study/_probe_function.py); a task's is a trial
+    # a task's run is one trial; a function's the earlier of its own rule and one trial (_probe_function.py)
     run = _train_samples(n_train, settings, batch, budget_samples if task is not None else None)
+    if task is None and budget_samples is not None:
+        run = min(run, budget_samples)
     return run + ladder
 
 

@@ -18,11 +18,16 @@ each measurement, told by its :class:`~bstune.training.TrialContext` what to do:
    asked for and not timed. Told the study's trial budget, the ladder keeps to
    ``throughput_fraction`` of it, as the task probe's does (:func:`~bstune.study._probe.ladder_plan`).
 
-Unlike the task probe, the noise run here is not made one trial long when the trial
-budget is known: its still phase runs on in the same call, so its milestones are not a
-trial's, and :attr:`ProbeResult.run` stays ``None`` (the probe's run is not one of the
-study's trials, as a task's is). Told the budget, the run stops at the earlier of its own
-length rule and one trial's budget, where the task probe's measurement point lies too.
+Told the study's trial budget, the noise run stops at the earlier of its own length rule
+and one trial's budget, where the task probe's measurement point lies too. Where the budget
+is the earlier, the run is one trial: the study's milestones (none after the budget) and seed,
+and the still phase after the trial's last evaluation, so up to there the loop trains and
+evaluates as a trial of that config would. :attr:`ProbeResult.run` keeps it, and the study
+records it as its first trial, as it does a task's. Where the loop's last evaluation came
+after the still phase (metrics it returned at the end), or trials are longer than the rule
+(the still phase cannot be undone for the rest of a trial: it moves momentum, Adam's moments,
+BatchNorm's statistics), the run is the probe's cost and ``run`` is ``None``. The run trains
+right after the first range test; the large-batch one comes after it.
 
 A loop that never makes the scheduler, never passes its loss, or never observes the
 tracker is told what the probe needs, and that the study can run without it.
@@ -34,6 +39,7 @@ import logging
 import math
 import time
 import traceback
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -54,6 +60,7 @@ from bstune.study._probe import (
     large_batch_sweep,
     step_rate,
     trajectory_rows,
+    trial_run,
 )
 from bstune.study._trial import returned_early
 from bstune.training import LRRamp, RunStatus, TrainConfig, TrainResult, TrialContext, run_function
@@ -101,8 +108,9 @@ def probe_function(
     """Measure the LR ceiling, the noise scale and the throughput through ``job``'s function.
 
     ``budget_samples`` (a study's trial budget) bounds the throughput ladder as in
-    :func:`~bstune.study.run_probe`, and the noise run to at most one trial's length (see the module
-    doc); ``eval_every_samples`` is accepted for the same call's sake.
+    :func:`~bstune.study.run_probe`, and the noise run to at most one trial's length; where it is one
+    trial long, it is evaluated every ``eval_every_samples`` (the study's milestones; default ten
+    evaluations) and kept in :attr:`ProbeResult.run` (see the module doc).
 
     Raises:
         UserCodeError: the function raised; the message is one line, its ``traceback`` the whole story.
@@ -110,7 +118,17 @@ def probe_function(
             the noise tracker), or the probe run diverged at the rate the range test chose.
     """
     try:
-        return _probe(job, space, settings or ProbeSettings(), batch_cap, seed, device, progress, budget_samples)
+        return _probe(
+            job,
+            space,
+            settings or ProbeSettings(),
+            batch_cap,
+            seed,
+            device,
+            progress,
+            budget_samples,
+            eval_every_samples,
+        )
     except (BstuneError, torch.OutOfMemoryError):
         raise
     except Exception as exc:
@@ -187,6 +205,7 @@ def _probe(
     device: str,
     progress: bool,
     budget_samples: int | None,
+    eval_every_samples: int | None,
 ) -> ProbeResult:
     started = time.perf_counter()
     dev = resolve_device(device)
@@ -212,47 +231,36 @@ def _probe(
             bar.set_description(f"probe: LR range test at B={batch} (your loop; {run.n_train} examples)")
             ceiling, curve = _range_test(run, batch, lr_min, lr_max, settings.lr_steps, ratio)
         bar.update(1)
-    big = min(batch_cap, run.n_train or batch_cap, max(batch, settings.large_batch_factor * batch))
-    ceiling_big, cap = ceiling, None
-    if big > batch and ceiling >= lr_max * _TOP:  # the first test never blew up: nor would this one (see run_probe)
-        logger.info("probe: LR range test at B=%d reached lr.max %.3g; none at B=%d", batch, lr_max, big)
-    elif big > batch:
-        start, steps = large_batch_sweep(ceiling, lr_min, lr_max, settings.lr_steps)
-        try:
-            with progress_bar(progress, f"probe: LR range test at B={big} (your loop)", total=1, unit="test") as bar:
-                ratio_big = (lr_max / start) ** (1.0 / (steps - 1))  # as lr_range_test spreads its steps
-                ceiling_big, _ = _range_test(run, big, start, lr_max, steps, ratio_big)
-                bar.update(1)
-            ceiling_big = max(ceiling_big, ceiling)  # a larger batch only raises the ceiling (see run_probe)
-        except torch.OutOfMemoryError:
-            cap, big = max(space.batch_min, big // 2), batch
-            logger.warning("probe: batch size %d ran out of memory; the search stays at or below %d", 2 * cap, cap)
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
     lr_probe = max(lr_min, settings.lr_fraction * ceiling)
     logger.info("probe: LR range test at B=%d: ceiling %.3g, probe lr %.3g", batch, ceiling, lr_probe)
 
     # B_simple is measured where the probe's own length rule ends or, where a trial is shorter, at a trial's
-    # length, as the task probe measures at the end of its trial-long run: not past what any trial trains
+    # length, as the task probe measures at the end of its trial-long run: not past what any trial trains.
+    # There the run is a trial (the study's milestones, seed and budget), and its still phase comes after
+    # the trial's last evaluation. The run needs only the first range test: it trains next.
     train_samples = _train_samples(run.n_train, settings, batch, None)
+    as_trial = budget_samples is not None and budget_samples <= train_samples
     if budget_samples is not None:
         train_samples = min(train_samples, budget_samples)
-    train_samples = -(-train_samples // batch) * batch  # whole steps, so the still phase starts on a step
+    # a trial's milestones (TrainConfig.eval_every), else five evaluations at least four steps apart
+    every = (eval_every_samples or max(1, train_samples // 10)) if as_trial else max(batch * 4, train_samples // 5)
+    trained = -(-train_samples // batch) * batch  # whole steps: the still phase starts on a step
     measure = settings.measure_samples or 50 * batch
+    before_run = run.samples
     with progress_bar(progress, "probe: B_simple trajectory and measurement (your loop)", total=1, unit="run") as bar:
         result, ctx = run(
             batch,
             lr_probe,
-            train_samples + measure,
+            trained + measure,
             track_noise=True,
             noise_every_steps=1,
-            eval_every_samples=max(batch * 4, train_samples // 5),
-            freeze_from=train_samples,
+            eval_every_samples=every,
+            still_after=train_samples,
         )
         bar.update(1)
-    if result.status is RunStatus.COMPLETED and result.samples < train_samples + measure:
+    if result.status is RunStatus.COMPLETED and result.samples < trained + measure:
         raise ConfigError(
-            f"the probe run at batch_size={batch}: {returned_early(result.samples, train_samples + measure)}",
+            f"the probe run at batch_size={batch}: {returned_early(result.samples, trained + measure)}",
             source="probe",
         )
     if result.status is RunStatus.COMPLETED and not result.history:  # every trial would end so: say it now
@@ -290,6 +298,25 @@ def _probe(
             est.n_examples,
         )
 
+    # the large-batch range test bounds the rule's flat part: needed by the trials after the first
+    big = min(batch_cap, run.n_train or batch_cap, max(batch, settings.large_batch_factor * batch))
+    ceiling_big, cap = ceiling, None
+    if big > batch and ceiling >= lr_max * _TOP:  # the first test never blew up: nor would this one (see run_probe)
+        logger.info("probe: LR range test at B=%d reached lr.max %.3g; none at B=%d", batch, lr_max, big)
+    elif big > batch:
+        start, steps = large_batch_sweep(ceiling, lr_min, lr_max, settings.lr_steps)
+        try:
+            with progress_bar(progress, f"probe: LR range test at B={big} (your loop)", total=1, unit="test") as bar:
+                ratio_big = (lr_max / start) ** (1.0 / (steps - 1))  # as lr_range_test spreads its steps
+                ceiling_big, _ = _range_test(run, big, start, lr_max, steps, ratio_big)
+                bar.update(1)
+            ceiling_big = max(ceiling_big, ceiling)  # a larger batch only raises the ceiling (see run_probe)
+        except torch.OutOfMemoryError:
+            cap, big = max(space.batch_min, big // 2), batch
+            logger.warning("probe: batch size %d ran out of memory; the search stays at or below %d", 2 * cap, cap)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+
     throughput: dict[int, float] = {}
     throughput_iqr: dict[int, tuple[float, float]] = {}
     rungs = _rungs(ctx.n_train, settings, space.batch_min, batch_cap, space.prior.batch_round, cap)
@@ -320,8 +347,8 @@ def _probe(
     b_simple_ci, seed_spread = seed_spread_interval(
         est.b_simple,
         est.ci,
-        [(p.samples, p.b_simple, p.ci) for p in result.noise_trajectory if p.samples <= train_samples],
-        train_samples,
+        [(p.samples, p.b_simple, p.ci) for p in result.noise_trajectory if p.samples <= trained],
+        trained,
         est.confidence,
     )
     return ProbeResult(
@@ -345,6 +372,37 @@ def _probe(
         seconds=time.perf_counter() - started,
         b_simple_sampling_ci=est.ci,
         b_simple_seed_spread=seed_spread,
-        b_simple_at_samples=train_samples,
+        b_simple_at_samples=trained,
         n_train=run.n_train,
+        run=_trial_run(result, ctx, train_samples, before_run) if as_trial else None,
     )
+
+
+def _trial_run(result: TrainResult, ctx: TrialContext, budget: int, samples_before: int) -> dict[str, Any] | None:
+    """The noise run up to its still phase as the trial it was (see :attr:`ProbeResult.run`): a run of
+    ``budget`` samples at the study's seed and milestones, evaluated last at its final milestone before
+    the still phase began. None where the loop did not report there: its last evaluation came after the
+    still phase (metrics the function returned), which no trial would have seen."""
+    trained = ctx.freeze_from
+    assert trained is not None, "the noise run holds still after its training (run_function's still_after)"
+    last = result.history[-1] if result.history else None
+    if last is None or last.milestone != budget or last.samples > trained:
+        logger.info(
+            "probe: your loop did not report %s at the trial's last milestone (%s samples) before the probe's "
+            "still phase; its run stays the probe's cost, not the study's first trial",
+            ctx.objective,
+            f"{budget:,}",
+        )
+        return None
+    cfg = result.config
+    steps = trained // cfg.batch_size
+    times = ctx.step_times[: steps - 1]  # the intervals between the trial's own steps
+    trial = replace(
+        result,
+        config=replace(cfg, max_samples=budget),  # as it trained: the noise tracker on, as the task probe's run
+        samples=trained,
+        steps=steps,
+        train_time_s=sum(times) / len(times) * steps if times else result.train_time_s * trained / result.samples,
+        message="",
+    )
+    return trial_run(trial) | {"samples_before": samples_before}

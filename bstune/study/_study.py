@@ -332,7 +332,7 @@ class Study:
                     seed=s.seed,
                     device=s.main_device,
                     progress=s.progress,
-                    # the probe's training run: one trial (a task's probe; see ProbeResult.run)
+                    # the probe's training run: one trial (a task's; a function's when no longer than its own rule)
                     budget_samples=s.budget_samples,
                     eval_every_samples=s.eval_every,
                 )
@@ -490,6 +490,10 @@ class Study:
         besides = ""
         if spent is not None:
             probe, what = spent, "the probe trained on %s samples%s"
+            run = self.probe.run if self.probe is not None else None
+            if run is not None and not self.space.params:
+                probe -= int(run["samples"])  # its run is the first trial (_adopt_probe_run)
+                besides = " besides its run, which is the first trial"
         else:
             probe = probe_cost(
                 self.task,

@@ -37,7 +37,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -492,6 +492,22 @@ class TrialContext:
         self._record(reached[-1], metrics)
 
     # -- inside -----------------------------------------------------------------------
+    def _hold_still_after(self, samples: int) -> None:
+        """Train ``samples`` (to the step that reaches them) with the milestones of a run that long, then
+        hold the rate at 0: see :func:`run_function`'s ``still_after``."""
+        cfg = self.train_config
+        if not 0 < samples < cfg.max_samples:
+            raise ConfigError(
+                f"must be in (0, max_samples={cfg.max_samples}), got {samples}",
+                source="run_function",
+                field="still_after",
+            )
+        step = 0
+        while samples_before_step(cfg, step) < samples:
+            step += 1
+        self.freeze_from = samples_before_step(cfg, step)
+        self._marks = _milestones(replace(cfg, max_samples=samples))
+
     def _lr_of_step(self, step: int) -> float:
         samples = samples_before_step(self.train_config, step)  # as the loader's batches count them
         if self.freeze_from is not None and samples >= self.freeze_from:
@@ -604,10 +620,15 @@ def run_function(
     ramp: LRRamp | None = None,
     order: str = "epoch",
     evaluate: bool = True,
-    freeze_from: int | None = None,
+    still_after: int | None = None,
 ) -> tuple[TrainResult, TrialContext]:
     """Run the user's ``fn(ctx)`` as one training run of ``config``; never raises for divergence or
     OOM (like :func:`~bstune.training.train`); what else ``fn`` raises goes up.
+
+    ``still_after`` (the probe's noise run): the run trains that many samples, to the step that
+    reaches them, with the milestones of a run that long (its last one there), then holds the
+    rate at 0 until ``config.max_samples``, a still phase whose gradients are all taken at one
+    point and in which nothing is evaluated.
 
     torch, numpy and ``random`` are seeded with ``config.seed`` first, and their states are
     restored after. Returns the run's :class:`~bstune.training.TrainResult` and the context
@@ -616,7 +637,8 @@ def run_function(
     ctx = TrialContext(
         config, params, callback, objective=objective, optimizer=optimizer, ramp=ramp, order=order, evaluate=evaluate
     )
-    ctx.freeze_from = freeze_from
+    if still_after is not None:
+        ctx._hold_still_after(still_after)
     device = ctx.device
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("CUDA was asked for but torch sees no CUDA device", source="TrainConfig", field="device")

@@ -237,13 +237,26 @@ def test_a_baseline_study_of_the_lightning_example_completes_trials_with_values(
     not hasattr(bstune.noise, "PerExampleNorms"), reason="the noise tracker's per-example norms are not merged yet"
 )
 def test_a_prior_study_of_the_lightning_example_probes_through_the_trainer() -> None:
+    """A space of B and lr alone, trials shorter than the probe's own run: the probe's run through the
+    Trainer is the first trial, and the Trainer retrained at its config validates to the same values."""
     example = load_example()
+    space = {k: v for k, v in SPACE.items() if k != "params"}
     result = bstune.Study(
-        example.train, SPACE, n_trials=2, budget_samples=2560, mode="prior", rescore_top=0, progress=False
+        example.train, space, n_trials=2, budget_samples=2560, mode="prior", rescore_top=0, progress=False
     ).run()
-    probe = result.probe
+    probe, first = result.probe, result.trials[0]
     assert probe is not None and probe.b_simple > 0 and probe.lr_ceiling > 0 and probe.throughput
-    assert any(t.status == "completed" for t in result.trials)
+    assert first.from_probe and all(t.status == "completed" for t in result.trials)
+    assert probe.run is not None and [h["milestone"] for h in first.history][-1] == 2560
+    config = TrainConfig(
+        batch_size=first.batch_size,  # type: ignore[arg-type]
+        lr=first.lr,  # type: ignore[arg-type]
+        max_samples=2560,
+        eval_every_samples=probe.run["config"]["eval_every_samples"],
+    )
+    spec = bstune.SearchSpace.coerce(space).optimizer
+    again, _ = run_function(example.train, config, optimizer=spec)
+    assert [r.val_loss for r in again.history] == pytest.approx([h["val_loss"] for h in first.history], rel=1e-6)
 
 
 @pytest.mark.slow

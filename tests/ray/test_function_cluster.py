@@ -64,7 +64,8 @@ def check_records(result: StudyResult, n_trials: int, budget: int) -> None:
     assert len(result.trials) == n_trials and sorted(t.number for t in result.trials) == list(range(n_trials))
     for t in result.trials:
         assert t.status in {"completed", "pruned"}, (t.status, t.message, t.traceback)
-        assert t.value is not None and t.history and t.worker, t
+        assert t.value is not None and t.history, t
+        assert t.worker or t.from_probe, t  # a Tune trial's node; the probe's run (trial 0) ran in the probe's task
         assert t.history[-1]["samples"] <= t.samples
         if t.status == "completed":
             assert t.samples >= budget and t.history[-1]["milestone"] == budget
@@ -119,7 +120,7 @@ def test_a_script_defining_train_is_tuned_on_the_cluster_and_asha_stops_trials(
 
 def test_the_prior_mode_probes_the_users_loop_on_the_cluster(ray_cluster: Cluster, tmp_path: Path) -> None:
     two_nodes(ray_cluster)
-    script, space = write_script(tmp_path, seconds_per_sample=0.0)  # the probe trains ~15,000 samples
+    script, space = write_script(tmp_path, seconds_per_sample=0.0)  # the probe trains ~13,000 samples
     out = tmp_path / "out"
     run(ray_cluster, "-m", "bstune.cli", "run", str(script), "--space", str(space), "--backend", "ray",
         "--address", ray_cluster.gcs, "--out", str(out), "--no-progress", "--trials", "3",
@@ -130,6 +131,11 @@ def test_the_prior_mode_probes_the_users_loop_on_the_cluster(ray_cluster: Cluste
     assert 0 < low <= result.probe.b_simple and (high is None or result.probe.b_simple <= high)
     assert result.probe.lr_ceiling is not None and result.probe.lr_ceiling > 0 and result.samples_probe > 0
     check_records(result, 3, 3000)
+    # a trial of 3,000 samples is shorter than the probe's own run: its run is trial 0, Tune trained two
+    first = result.trials[0]
+    assert first.from_probe and result.probe.run is not None and first.samples == result.probe.run["samples"]
+    assert not any(t.from_probe for t in result.trials[1:])
+    assert result.samples_probe == result.probe.samples_used - first.samples
     noise = json.loads((out / "report.json").read_text())["noise_scale"]
     assert noise["b_simple"] == pytest.approx(result.probe.b_simple)
 

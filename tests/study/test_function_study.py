@@ -20,7 +20,7 @@ from bstune.errors import ConfigError
 from bstune.metrics import Direction
 from bstune.space import SearchSpace
 from bstune.study import FunctionJob, ProbeSettings, StudyFailedError, probe_function, probe_space
-from bstune.training import TrialContext
+from bstune.training import TrainConfig, TrialContext, run_function
 from tests.training.test_context import TRAIN, VX, VY, loop, net, task
 
 SPACE = {"name": "s", "batch_size": {"min": 8, "max": 128}, "lr": {"min": 1e-3, "max": 3.0}}
@@ -331,13 +331,64 @@ def test_told_a_short_trial_budget_a_functions_probe_measures_at_a_trials_length
     assert lo <= theirs.b_simple <= hi or theirs.b_simple_ci[0] <= short.b_simple <= theirs.b_simple_ci[1]
 
 
+def test_a_functions_probe_run_no_longer_than_a_trial_is_the_first_trial_as_a_trial_trains_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue #18 for the user's own loop: trials of 4,096 samples, shorter than the probe's own run (6,000
+    at B=30), so the probe's noise run is one trial, its still phase after the last milestone. Recorded as
+    trial 0, it is what a trial of its config gives: the loop retrained so matches it evaluation for evaluation."""
+    args = ARGS | {"mode": "prior", "n_trials": 3, "rescore_top": 0}
+    with caplog.at_level("WARNING", logger="bstune.study._study"):
+        result = bstune.Study(tracked_loop, SPACE, **args).run()
+    probe, first = result.probe, result.trials[0]
+    assert probe is not None and probe.run is not None and first.from_probe and first.status == "completed"
+    assert (first.batch_size, first.lr, first.samples) == (probe.batch_size, probe.lr_probe, probe.run["samples"])
+    assert probe.b_simple_at_samples == first.samples == 4_110  # 137 steps of 30: the first to reach 4,096
+    every = result.trials[1].history[0]["milestone"]  # the milestones a drawn trial had
+    assert [h["milestone"] for h in first.history] == [*range(every, 4_096, every), 4_096]
+    assert all(not t.from_probe for t in result.trials[1:]) and len(result.trials) == 3
+    assert result.samples_probe == probe.samples_used - first.samples  # counted once
+    assert probe.samples_used - probe.run["samples_before"] > first.samples  # the run came before the rest
+    # the loop retrained as a trial of the same config: the same evaluations, to the last digit
+    config = TrainConfig(batch_size=first.batch_size, lr=first.lr, max_samples=4_096, eval_every_samples=every)
+    again, _ = run_function(tracked_loop, config)  # type: ignore[arg-type]
+    assert [r.val_loss for r in again.history] == pytest.approx([h["val_loss"] for h in first.history], rel=1e-6)
+    assert first.value == pytest.approx(min(r.val_loss for r in again.history), rel=1e-6)
+    # the cost warning counts the probe without its run, which is a trial: 8,220 of 12,288 is no warning
+    assert not [r for r in caplog.records if "the probe trained on" in r.getMessage()]
+
+
+def test_a_functions_probe_run_is_no_trial_where_trials_are_longer_or_it_evaluated_after_the_still_phase(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Trials longer than the probe's own run: the run stops there, B_simple is measured where a task's probe
+    measures it, and every trial is drawn. A loop that only returns its metrics at the end evaluated after the
+    still phase, which no trial would have seen: not a trial either, and the log says why."""
+    args = ARGS | {"mode": "prior", "n_trials": 2, "rescore_top": 0}
+    long = bstune.Study(tracked_loop, SPACE, **(args | {"budget_samples": 7_000})).run()
+    assert long.probe is not None and long.probe.run is None and long.probe.b_simple_at_samples == 6_000
+    assert not any(t.from_probe for t in long.trials) and long.samples_probe == long.probe.samples_used
+
+    def returns_at_the_end(ctx: TrialContext) -> dict[str, Any]:
+        tracked_loop(ctx, report=False)
+        return {"val_loss": 0.5}
+
+    with caplog.at_level("INFO", logger="bstune.study._probe_function"):
+        late = bstune.Study(returns_at_the_end, SPACE, **args).run()
+    assert late.probe is not None and late.probe.run is None and not any(t.from_probe for t in late.trials)
+    said = [r.getMessage() for r in caplog.records if "did not report val_loss" in r.getMessage()]
+    assert said and "last milestone (4,096 samples) before the probe's still phase" in said[0]
+
+
 def test_a_prior_mode_study_of_a_function_searches_around_its_probe() -> None:
     result = bstune.Study(tracked_loop, SPACE, **(ARGS | {"mode": "prior", "n_trials": 4, "rescore_top": 0})).run()
     prior, probe = result.prior, result.probe
     assert prior is not None and probe is not None and probe.b_simple > 0
     for t in result.trials:
         assert prior.batch_low <= t.batch_size <= prior.batch_high  # type: ignore[operator]
-    assert result.samples_total == probe.samples_used + sum(t.samples for t in result.trials)
+    # trial 0 is the probe's run (a trial of 4,096 is shorter than the probe's own): its samples counted once
+    assert result.trials[0].from_probe
+    assert result.samples_total == probe.samples_used + sum(t.samples for t in result.trials[1:])
 
 
 def test_a_prior_mode_study_of_a_function_caps_batch_sizes_at_the_training_set_its_probe_saw() -> None:
@@ -406,9 +457,12 @@ def test_a_functions_probe_cost_is_warned_about_from_what_it_spent_not_from_the_
     assert not [r for r in caplog.records if "the probe" in r.getMessage()]
     small_space = space | {"batch_size": {"min": 2, "max": 32}}  # a budget below the probe's ~1k passes its checks
     result = bstune.Study(small_loop, small_space, **(args | {"n_trials": 1, "budget_samples": 300})).run()
-    assert result.probe is not None and result.probe.samples_used > 300
+    probe = result.probe
+    assert probe is not None and probe.run is not None and probe.samples_used - probe.run["samples"] > 300
     (warning,) = [r.getMessage() for r in caplog.records if "the probe" in r.getMessage()]
-    assert f"the probe trained on {result.probe.samples_used:,} samples" in warning and "mostly measures" in warning
+    spent = probe.samples_used - probe.run["samples"]  # its run, one trial long, is the first trial
+    assert f"the probe trained on {spent:,} samples besides its run, which is the first trial" in warning
+    assert "mostly measures" in warning
 
 
 def test_a_loop_that_returns_before_its_budget_is_spent_is_no_finished_trial() -> None:

@@ -266,6 +266,39 @@ def test_the_ramp_raises_the_rate_geometrically_and_ends_when_the_loss_doubles()
     assert len(lrs) < 40 and result.status is RunStatus.COMPLETED and ctx.done
 
 
+def test_a_run_that_holds_still_trains_to_the_step_past_its_length_and_evaluates_only_before() -> None:
+    """The probe's noise run (``still_after``): 1,000 samples at B=64 train 16 steps (1,024), evaluated at a
+    run of 1,000's milestones, the last at 1,000; then the rate is 0 and no milestone asks for an evaluation."""
+    seen: list[tuple[int, float, bool]] = []  # (samples before the step, its rate, a milestone after it)
+
+    def fn(ctx: TrialContext) -> None:
+        model = net()
+        opt = ctx.make_optimizer(model.parameters())
+        sched = ctx.lr_scheduler(opt)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            before, rate = ctx.samples, opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+            seen.append((before, rate, ctx.at_milestone()))
+            if seen[-1][2]:
+                ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+
+    config = TrainConfig(batch_size=64, lr=0.1, max_samples=1_000 + 640, eval_every_samples=300)
+    result, ctx = run_function(fn, config, still_after=1_000)
+    assert ctx.freeze_from == 1_024 and result.samples == 1_664
+    assert [r.milestone for r in result.history] == [300, 600, 900, 1_000]
+    assert [r.samples for r in result.history] == [320, 640, 960, 1_024]
+    assert all(rate == 0.1 for before, rate, _ in seen if before < 1_024)
+    assert all(rate == 0.0 and not evaluated for before, rate, evaluated in seen if before >= 1_024)
+    assert ctx.next_milestone is None and ctx.budget_samples == 1_640  # the whole run, still phase included
+    with pytest.raises(ConfigError, match="still_after"):
+        run_function(fn, config, still_after=1_640)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_still_phase_measures_the_exact_noise_scale_of_where_training_stopped(seed: int) -> None:
     """Ground truth: B_simple from every per-example gradient of the training set at the parameters
@@ -290,7 +323,7 @@ def test_the_still_phase_measures_the_exact_noise_scale_of_where_training_stoppe
     config = TrainConfig(
         batch_size=16, lr=0.2, max_samples=960 + 3200, track_noise=True, noise_every_steps=1, seed=seed
     )
-    _, ctx = run_function(fn, config, freeze_from=960)
+    _, ctx = run_function(fn, config, still_after=960)
     assert ctx._tracker is not None and ctx._tracker.still is not None
     est = ctx._tracker.still.estimate()
     exact = bstune.exact_noise_scale(task(), kept[0])
