@@ -27,7 +27,7 @@ Checks, each independent (one that fails or raises does not stop the others), ea
    (relative), a noise trajectory; samples/s of both. On the CPU: 2 gloo processes.
    ``ddp study``: a study whose trials each run data-parallel on all GPUs
    (``devices_per_trial``); SKIP where StudySettings has no such setting.
-6. ``throughput fp32`` / ``throughput amp``: ``bstune.study._probe.measure_throughput`` on an MLP
+6. ``throughput fp32`` / ``throughput amp``: ``bstune.study._throughput.measure_throughput`` on an MLP
    1024-4096-4096-10 at B = 32, 128, 512, 2048, 8192 (``--quick``: up to 2048), without and with
    bf16 autocast; samples/s per B and the ratio of the last rung to the one before (near 1:
    throughput has saturated).
@@ -462,7 +462,7 @@ def _ddp_study(opt: Options) -> Row:
 def check_throughput(opt: Options) -> list[Row]:
     import torch
 
-    from bstune.study._probe import measure_throughput
+    from bstune.study._throughput import measure_throughput
 
     if opt.cuda:
         inputs, width, top = 1024, 4096, (2048 if opt.quick else 8192)

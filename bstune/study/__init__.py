@@ -1,13 +1,16 @@
 """Tuning studies: the probe, the noise-scale prior, and the search on a backend (Optuna or Ray)."""
 
+from bstune.records import ProbeResult
 from bstune.study._backend import FunctionJob, Resumed, StudySpec, TaskJob, TrialBackend, TrialJob
 from bstune.study._critical import measure_study_critical_batch
 from bstune.study._liveness import count_finished, describe_states
 from bstune.study._optuna_backend import OptunaBackend, TrialFailure
 from bstune.study._prior import Prior
-from bstune.study._probe import ProbeResult, ProbeSettings, lr_range_test, probe_space, run_probe
+from bstune.study._probe import probe_space, run_probe
 from bstune.study._probe_function import probe_function, probe_params
+from bstune.study._probe_plan import ProbeSettings
 from bstune.study._pruners import PRUNERS, make_pruner
+from bstune.study._range_test import lr_range_test
 from bstune.study._ray import RayBackend, RaySettings, import_ray, use_auth_token
 from bstune.study._records import StudyResult, TrialRecord, TrialStatus
 from bstune.study._settings import StudySettings

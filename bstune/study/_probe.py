@@ -39,6 +39,10 @@ Three measurements, each counted in samples against the study's budget:
    that cap is measured too. Told the trial budget, the ladder spends at most
    ``throughput_fraction`` of it (the large batches get fewer timed steps, never fewer
    than three, after one warm-up step).
+
+The range test and the throughput measurement are in :mod:`bstune.study._range_test` and
+:mod:`bstune.study._throughput`, what each stage spends in :mod:`bstune.study._probe_plan`
+(shared with the probe of a training function, :mod:`bstune.study._probe_function`).
 """
 
 from __future__ import annotations
@@ -47,16 +51,13 @@ import logging
 import math
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from bstune._progress import progress_bar
-from bstune.data import fetch_batch, move_to_device
-from bstune.errors import BstuneError, ConfigError, EstimationError, UserCodeError
+from bstune.errors import BstuneError, ConfigError, UserCodeError
 from bstune.noise import (
     TrajectoryPoint,
     curvature_skip_reason,
@@ -67,152 +68,19 @@ from bstune.noise import (
 )
 from bstune.records import ProbeResult, clean_dict
 from bstune.space import SearchSpace
+from bstune.study._probe_plan import ProbeSettings, ladder_plan, ladder_rungs, probe_batch, run_eval_every, run_length
+from bstune.study._range_test import large_batch_sweep, lr_range_test, reached_max
 from bstune.study._status import trial_status
+from bstune.study._throughput import measure_throughput
 from bstune.study._trial import history_row
 from bstune.task import Task, has_batchnorm
 from bstune.training import EvalRecord, RunStatus, TrainConfig, TrainResult, train
 
-__all__ = [
-    "ProbeResult",
-    "ProbeSettings",
-    "large_batch_sweep",
-    "lr_range_test",
-    "measure_throughput",
-    "probe_cost",
-    "probe_space",
-    "run_probe",
-]
+__all__ = ["curvature_ci", "probe_space", "run_probe", "trajectory_rows", "trial_run"]
 
 logger = logging.getLogger(__name__)
 
-_CLOCK_FLOOR = 1e-9  # seconds: the shortest step time step_rate believes (perf_counter's resolution or finer)
 CURVATURE_MIN_SECONDS = 10.0  # the curvature-aware B_noise may always take this long (a tiny problem's run is faster)
-_TOP = 1 - 1e-9  # a range test's ceiling at or above lr_max * _TOP is lr_max (its last step, up to rounding)
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    """How much the probe spends. Every default scales with the problem.
-
-    Example:
-        >>> ProbeSettings(train_samples=20_000).lr_fraction
-        0.25
-    """
-
-    batch_size: int | None = None  # None: 64, or less for small datasets
-    lr_steps: int = 40  # steps of the LR range test (each one batch)
-    large_batch_factor: int = 8  # a second range test at this multiple of the probe batch bounds the flat part
-    lr_fraction: float = 0.25  # probe lr = this x the range test's ceiling (optimum ~ a few x below the edge)
-    # probe training run before B_simple is measured; None: 5x the range test's samples, at least half an epoch.
-    # Given budget_samples, the run goes on to one trial's length, B_simple measured at the first milestone past this
-    train_samples: int | None = None
-    rel_precision: float = 0.15  # final B_simple measurement: stop at this interval half-width
-    measure_samples: int | None = None  # most examples per measurement stage; None: 50 batches
-    throughput_steps: int = 7  # most timed steps per ladder rung, after 2 untimed ones; the rate is the median step's
-    throughput_batches: tuple[int, ...] | None = None  # None: the range's ends and every 4th power of two between
-    # most of one trial's budget the throughput ladder spends, when the study gives one (at least 1 warm-up
-    # + 3 timed steps per rung all the same): a quarter leaves the ladder ~1/4 trial where it cost 1-2 trials
-    throughput_fraction: float = 0.25
-    # examples of the curvature-aware B_noise beside B_simple (as many again for its Hessian): only for
-    # models bstune.noise.curvature_skip_reason passes (small, no BatchNorm); 0 turns it off
-    curvature_examples: int = 256
-    # most time the curvature-aware B_noise may take, as a fraction of the probe run's training time, or
-    # CURVATURE_MIN_SECONDS where that is more (its first HVPs are timed: a model whose examples are costly,
-    # e.g. a sequence model, is skipped with the reason)
-    curvature_time_fraction: float = 0.25
-
-    def __post_init__(self) -> None:
-        for name in ("lr_steps", "throughput_steps"):
-            if getattr(self, name) < 2:
-                raise ConfigError(f"must be >= 2, got {getattr(self, name)}", source="ProbeSettings", field=name)
-        for name in ("lr_fraction", "throughput_fraction", "curvature_time_fraction"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ConfigError(f"must be in (0, 1], got {getattr(self, name)}", source="ProbeSettings", field=name)
-        if self.curvature_examples != 0 and self.curvature_examples < 4:
-            raise ConfigError(
-                f"must be 0 (off) or at least 4, got {self.curvature_examples}",
-                source="ProbeSettings",
-                field="curvature_examples",
-            )
-
-
-def _probe_batch(n_train: int | None, settings: ProbeSettings, batch_min: int, batch_cap: int) -> int:
-    """The range tests' and the noise run's batch size: 64, or a 16th of a small training set."""
-    default = 64 if n_train is None else min(64, max(2, n_train // 16))
-    b = settings.batch_size if settings.batch_size is not None else default
-    return int(min(max(b, batch_min, 2), batch_cap))
-
-
-def lr_range_test(
-    task: Task,
-    batch_size: int,
-    lr_min: float,
-    lr_max: float,
-    steps: int,
-    *,
-    momentum: float | None,
-    seed: int,
-    device: torch.device,
-    on_step: Callable[[], object] | None = None,
-) -> tuple[float, list[tuple[float, float]]]:
-    """Geometric LR sweep, one batch per step; returns (ceiling, [(lr, smoothed loss)]).
-
-    The sweep stops once the smoothed loss exceeds twice its minimum (or goes
-    non-finite); the ceiling is the learning rate at that minimum, the largest one
-    that still lowered the loss. On a quadratic it lands within ~2x of the
-    stability edge 2/λ_max (the loss takes a few steps to blow up while the rate
-    keeps growing); tests/study/test_probe.py checks it against a known edge.
-    ``on_step`` is called after each step (a progress bar counts them).
-    """
-    spec = task.optimizer_spec
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        model = task.make_model(seed=seed).to(device).train()
-        opt = spec.build(model.parameters(), lr=lr_min, momentum=momentum)
-        gen = torch.Generator().manual_seed(seed + 7)
-        ratio = (lr_max / lr_min) ** (1.0 / (steps - 1))
-        smoothed, best = math.nan, math.inf
-        curve: list[tuple[float, float]] = []
-        ceiling = lr_min
-        for i in range(steps):
-            lr = lr_min * ratio**i
-            for group in opt.param_groups:
-                group["lr"] = lr
-            idx = torch.randperm(task.n_train, generator=gen)[:batch_size]
-            inputs, targets = move_to_device(fetch_batch(task.train_dataset, idx), device)
-            opt.zero_grad(set_to_none=True)
-            loss = task.loss(model(inputs), targets)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                break
-            loss.backward()
-            opt.step()
-            if on_step is not None:
-                on_step()
-            smoothed = value if i == 0 else 0.7 * smoothed + 0.3 * value  # EMA: one batch is noisy
-            curve.append((lr, smoothed))
-            if smoothed > 2.0 * best:
-                break
-            if smoothed < best:
-                best, ceiling = smoothed, lr
-    return ceiling, curve
-
-
-def large_batch_sweep(ceiling: float, lr_min: float, lr_max: float, steps: int) -> tuple[float, int]:
-    """Start and step count of the large-batch range test: from a decade below the small
-    batch's ``ceiling`` to ``lr_max``, at the first test's ratio per step (never more steps).
-
-    Example:
-        >>> start, n = large_batch_sweep(0.5, 1e-3, 10.0, 41)  # 10 steps a decade
-        >>> round(start, 4), n
-        (0.05, 25)
-    """
-    start = min(lr_max, max(lr_min, ceiling / 10.0))
-    if steps < 2 or start >= lr_max:  # not from a ceiling the first test can find (it is at most lr_max)
-        return start, 2
-    ratio = (lr_max / lr_min) ** (1.0 / (steps - 1))
-    n = math.ceil(math.log(lr_max / start) / math.log(ratio) - 1e-9) + 1
-    return start, int(min(steps, max(2, n)))
 
 
 def run_probe(
@@ -289,7 +157,7 @@ def _run_probe(
     started = time.perf_counter()
     dev = resolve_device(device)
     spec = task.optimizer_spec
-    batch = _probe_batch(task.n_train, settings, batch_min, batch_max)
+    batch = probe_batch(task.n_train, settings, batch_min, batch_max)
     samples = 0
     with progress_bar(progress, f"probe: LR range test at B={batch}", total=settings.lr_steps, unit="step") as bar:
         ceiling, curve = lr_range_test(
@@ -302,8 +170,8 @@ def _run_probe(
 
     # B_simple is measured where the probe's own length rule ends (it grows as training goes on); told the
     # trial budget, the run goes on to it, a trial the study can count, from a snapshot of the parameters there
-    measure_at = _train_samples(task.n_train, settings, batch, None)
-    train_samples = _train_samples(task.n_train, settings, batch, budget_samples)
+    measure_at = run_length(task.n_train, settings, batch, None)
+    train_samples = run_length(task.n_train, settings, batch, budget_samples)
     # Probe run: split every step in two for the B_simple trajectory (BatchNorm: fine, micro-batch estimator).
     cfg = TrainConfig(
         batch_size=batch,
@@ -312,7 +180,7 @@ def _run_probe(
         seed=seed,
         device=str(dev),
         track_noise=True,
-        eval_every_samples=_probe_eval_every(batch, train_samples, budget_samples, eval_every_samples),
+        eval_every_samples=run_eval_every(batch, train_samples, eval_every_samples, trial=budget_samples is not None),
     )
     with progress_bar(progress, "probe: B_simple trajectory", total=train_samples, unit="sample") as bar:
         model = task.make_model(seed=seed)  # as train makes it; trained in place, so advance can snapshot it
@@ -400,7 +268,7 @@ def _run_probe(
     big = min(batch_max, task.n_train, max(batch, settings.large_batch_factor * batch))
     ceiling_big = ceiling
     cap: int | None = None
-    if big > batch and ceiling >= lr_max * _TOP:  # the first test never blew up: nor would this one
+    if big > batch and reached_max(ceiling, lr_max):  # the first test never blew up: nor would this one
         logger.info("probe: LR range test at B=%d reached lr.max %.3g; none at B=%d", batch, lr_max, big)
     elif big > batch:
         start, steps = large_batch_sweep(ceiling, lr_min, lr_max, settings.lr_steps)
@@ -423,7 +291,7 @@ def _run_probe(
 
     throughput: dict[int, float] = {}
     throughput_iqr: dict[int, tuple[float, float]] = {}
-    rungs = _rungs(task.n_train, settings, batch_min, batch_max, batch_round, cap)
+    rungs = ladder_rungs(task.n_train, settings, batch_min, batch_max, batch_round, cap)
     bar = progress_bar(progress, "probe: throughput ladder", total=len(rungs), unit="rung")
     todo = ladder_plan(rungs, settings, budget_samples)
     while todo:
@@ -446,8 +314,8 @@ def _run_probe(
         batch_size=batch,
         lr_ceiling=ceiling,
         lr_ceiling_large=ceiling_big,
-        lr_ceiling_at_max=ceiling >= lr_max * _TOP,
-        lr_ceiling_large_at_max=ceiling_big >= lr_max * _TOP,
+        lr_ceiling_at_max=reached_max(ceiling, lr_max),
+        lr_ceiling_large_at_max=reached_max(ceiling_big, lr_max),
         large_batch=big,
         lr_probe=lr_probe,
         b_simple=est.b_simple,
@@ -540,189 +408,6 @@ def trajectory_rows(points: Sequence[TrajectoryPoint]) -> list[dict[str, Any]]:
         }
         for p in points
     ]
-
-
-def probe_cost(
-    task: Task | None,
-    settings: ProbeSettings,
-    *,
-    batch_min: int,
-    batch_max: int,
-    batch_round: int = 1,
-    budget_samples: int | None = None,
-) -> int:
-    """Training samples the probe will spend at least (where every batch size fits): its training run
-    and the throughput ladder (:func:`ladder_plan`), with ``budget_samples`` as :func:`run_probe` takes it.
-
-    The range tests and the noise measurement come on top (they stop when they have
-    found what they look for), so the probe's ``samples_used`` is never below this.
-    """
-    n_train = task.n_train if task is not None else None  # a training function's data are known when it runs
-    batch = _probe_batch(n_train, settings, batch_min, batch_max)
-    rungs = _rungs(n_train, settings, batch_min, batch_max, batch_round, None)
-    ladder = sum(b * (warmup + timed) for b, warmup, timed in ladder_plan(rungs, settings, budget_samples))
-    # a task's run is one trial; a function's the earlier of its own rule and one trial (_probe_function.py)
-    run = _train_samples(n_train, settings, batch, budget_samples if task is not None else None)
-    if task is None and budget_samples is not None:
-        run = min(run, budget_samples)
-    return run + ladder
-
-
-def _train_samples(n_train: int | None, settings: ProbeSettings, batch: int, budget_samples: int | None) -> int:
-    """Samples of the probe's training run: one trial's budget when known, else ``settings.train_samples``,
-    by default 5x the range test's and at least half an epoch."""
-    if budget_samples is not None:
-        return budget_samples
-    return settings.train_samples or max(5 * settings.lr_steps * batch, (n_train or 0) // 2)
-
-
-def _probe_eval_every(batch: int, train_samples: int, budget_samples: int | None, every: int | None) -> int | None:
-    """Samples between the probe run's evaluations: a trial's milestones when it is one (``None``: the
-    trainer's default, ten), else five evaluations, at least four steps apart."""
-    return every if budget_samples is not None else max(batch * 4, train_samples // 5)
-
-
-def _rungs(
-    n_train: int | None, settings: ProbeSettings, batch_min: int, batch_max: int, batch_round: int, cap: int | None
-) -> list[int]:
-    """The batch sizes whose throughput the probe measures, smallest first."""
-    rungs = settings.throughput_batches or _ladder(batch_min, batch_max, batch_round)
-    top = n_train if n_train is not None else batch_max
-    return sorted(r for r in rungs if r <= min(top, cap or top))
-
-
-THROUGHPUT_WARMUP = 2  # untimed steps per rung before measure_throughput's timed ones (1 where the budget is tight)
-THROUGHPUT_MIN_TIMED = 3  # fewest timed steps per rung (a median and an IQR), however tight the budget
-
-
-def ladder_plan(
-    rungs: Sequence[int], settings: ProbeSettings, budget_samples: int | None
-) -> list[tuple[int, int, int]]:
-    """``(batch size, warm-up steps, timed steps)`` for each rung, smallest first.
-
-    Without a trial budget every rung gets ``THROUGHPUT_WARMUP`` untimed and
-    ``settings.throughput_steps`` timed steps. With one, the ladder spends at most
-    ``settings.throughput_fraction`` of it: the rungs, smallest first, each take an equal
-    share of what is left (a small batch needs less than its share and passes the rest
-    up), but never fewer than 1 warm-up and ``THROUGHPUT_MIN_TIMED`` timed steps (a
-    median and an IQR), so the largest rungs may take the ladder past its share. A large
-    batch's step is the longest, and the clock's noise the smallest part of it, so it is
-    the one that can do with fewer steps.
-
-    Example:
-        >>> ladder_plan([8, 32, 128, 512], ProbeSettings(), None)[-1]  # no budget: 2 + 7 steps everywhere
-        (512, 2, 7)
-        >>> ladder_plan([8, 32, 128, 512], ProbeSettings(), 10_000)  # a quarter of it: 2,500 samples
-        [(8, 2, 7), (32, 2, 7), (128, 2, 6), (512, 1, 3)]
-    """
-    most = THROUGHPUT_WARMUP + settings.throughput_steps
-    fewest_timed = min(THROUGHPUT_MIN_TIMED, settings.throughput_steps)
-    left = None if budget_samples is None else int(settings.throughput_fraction * budget_samples)
-    plan = []
-    for i, b in enumerate(rungs):
-        n = most if left is None else min(most, max(1 + fewest_timed, left // ((len(rungs) - i) * b)))
-        timed = min(settings.throughput_steps, n - THROUGHPUT_WARMUP)
-        if timed < fewest_timed:  # too tight for both warm-ups: one is enough to leave the first-call costs out
-            timed = n - 1
-        plan.append((b, n - timed, timed))
-        if left is not None:
-            left -= n * b
-    return plan
-
-
-def measure_throughput(
-    task: Task,
-    batch_size: int,
-    steps: int,
-    *,
-    lr: float,
-    seed: int,
-    device: torch.device,
-    warmup: int = THROUGHPUT_WARMUP,
-    clock: Callable[[], float] = time.perf_counter,
-) -> tuple[float | None, int, tuple[float, float] | None]:
-    """Training samples/s at ``batch_size`` (forward, backward, optimizer step).
-
-    ``warmup`` untimed steps first (allocator, caches, lazy initialisation), then
-    ``steps`` steps timed one by one with ``clock``; the rate is :func:`step_rate`'s
-    median, so a step slowed by another process on a shared machine does not move it.
-
-    Returns:
-        ``(samples/s, examples used, (q25, q75) of the per-step rates)``, or
-        ``(None, used, None)`` if the device ran out of memory.
-    """
-    model = task.make_model(seed=seed).to(device).train()
-    opt = task.optimizer_spec.build(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed + 11)
-    used = 0
-    seconds: list[float] = []
-    try:
-        for i in range(warmup + steps):
-            idx = torch.randperm(task.n_train, generator=gen)[:batch_size]
-            inputs, targets = move_to_device(fetch_batch(task.train_dataset, idx), device)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = clock()
-            opt.zero_grad(set_to_none=True)
-            task.loss(model(inputs), targets).backward()
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t1 = clock()
-            if i >= warmup:
-                seconds.append(t1 - t0)
-            used += batch_size
-    except torch.OutOfMemoryError:
-        del model, opt
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        return None, used, None
-    rate, spread = step_rate(batch_size, seconds)
-    return rate, used, spread
-
-
-def step_rate(batch_size: int, seconds: Sequence[float]) -> tuple[float, tuple[float, float]]:
-    """Samples/s from per-step times: ``batch_size`` over the median step, and the
-    interquartile range of the per-step rates. A few slow steps (a shared CPU, a
-    page fault) move neither, though they move the mean of all steps.
-
-    Example:
-        >>> rate, (q25, q75) = step_rate(100, [0.01, 0.01, 0.011, 0.01, 0.5])  # one step 50x slow
-        >>> round(rate), round(q25), round(q75)
-        (10000, 9091, 10000)
-    """
-    # a step faster than the clock's resolution reads 0: floor it there rather than divide by it
-    times = [max(t, _CLOCK_FLOOR) for t in seconds if math.isfinite(t)]
-    if not times:
-        raise EstimationError(f"needs at least one finite step time, got {list(seconds)}")
-    q25, q50, q75 = (float(v) for v in np.quantile(np.asarray(times, dtype=np.float64), [0.25, 0.5, 0.75]))
-    return batch_size / q50, (batch_size / q75, batch_size / q25)
-
-
-def _ladder(low: int, high: int, multiple: int) -> list[int]:
-    """``low``, ``high`` and every fourth power of two between them (those a factor of 4,
-    16, ... below the power of two at or above ``high``), each rounded down to a multiple
-    of ``multiple`` (at least ``multiple``).
-
-    Throughput is a smooth function of B, interpolated as a power law between rungs
-    (:func:`bstune.analysis.throughput_at`); a factor of 4 between them resolves where it
-    bends (the device filling up) while the rungs below the largest cost a third of it
-    all together, not as much again as it does (every power of two).
-
-    Example:
-        >>> _ladder(8, 1024, 1)
-        [8, 16, 64, 256, 1024]
-        >>> _ladder(2, 1000, 1)  # 1000 is no power of two: 4x below 1024 and on down
-        [2, 4, 16, 64, 256, 1000]
-    """
-    rungs = {low, high}
-    top = 1 << max(0, (high - 1).bit_length())  # the power of two at or above high
-    b = top // 4
-    while b > low:
-        if b < high:
-            rungs.add(b)
-        b //= 4
-    return sorted({max(multiple, (r // multiple) * multiple) for r in rungs})
 
 
 def probe_space(

@@ -16,7 +16,7 @@ each measurement, told by its :class:`~bstune.training.TrialContext` what to do:
 3. **Throughput**: a few steps at each batch size of the ladder, timed between successive
    ``ctx.step`` calls, so data loading counts as it does in training; evaluations are not
    asked for and not timed. Told the study's trial budget, the ladder keeps to
-   ``throughput_fraction`` of it, as the task probe's does (:func:`~bstune.study._probe.ladder_plan`).
+   ``throughput_fraction`` of it, as the task probe's does (:func:`~bstune.study._probe_plan.ladder_plan`).
 
 Told the study's trial budget, the noise run stops at the earlier of its own length rule
 and one trial's budget, where the task probe's measurement point lies too. Where the budget
@@ -50,18 +50,17 @@ from bstune.noise import resolve_device, seed_spread_interval
 from bstune.records import ProbeResult
 from bstune.space import SearchSpace
 from bstune.study._backend import FunctionJob
-from bstune.study._probe import (
-    _TOP,
+from bstune.study._probe import trajectory_rows, trial_run
+from bstune.study._probe_plan import (
     ProbeSettings,
-    _probe_batch,
-    _rungs,
-    _train_samples,
     ladder_plan,
-    large_batch_sweep,
-    step_rate,
-    trajectory_rows,
-    trial_run,
+    ladder_rungs,
+    probe_batch,
+    run_eval_every,
+    run_length,
 )
+from bstune.study._range_test import large_batch_sweep, reached_max
+from bstune.study._throughput import step_rate
 from bstune.study._trial import returned_early
 from bstune.training import LRRamp, RunStatus, TrainConfig, TrainResult, TrialContext, run_function
 
@@ -211,7 +210,7 @@ def _probe(
     dev = resolve_device(device)
     run = _Runner(job, probe_params(space), seed, dev)
     lr_min, lr_max = space.lr_min, space.lr_max
-    batch = _probe_batch(None, settings, space.batch_min, batch_cap)
+    batch = probe_batch(None, settings, space.batch_min, batch_cap)
     ratio = (lr_max / lr_min) ** (1.0 / (settings.lr_steps - 1))
     with progress_bar(progress, f"probe: LR range test at B={batch} (your loop)", total=1, unit="test") as bar:
         try:
@@ -226,7 +225,7 @@ def _probe(
                 ) from exc
         # the training set's size is known once the loop has opened ctx.loader: a small one takes a
         # smaller probe batch (as a task's does), and the test runs again at it
-        if (sized := _probe_batch(run.n_train, settings, space.batch_min, batch_cap)) != batch or not curve:
+        if (sized := probe_batch(run.n_train, settings, space.batch_min, batch_cap)) != batch or not curve:
             batch = sized
             bar.set_description(f"probe: LR range test at B={batch} (your loop; {run.n_train} examples)")
             ceiling, curve = _range_test(run, batch, lr_min, lr_max, settings.lr_steps, ratio)
@@ -238,12 +237,11 @@ def _probe(
     # length, as the task probe measures at the end of its trial-long run: not past what any trial trains.
     # There the run is a trial (the study's milestones, seed and budget), and its still phase comes after
     # the trial's last evaluation. The run needs only the first range test: it trains next.
-    train_samples = _train_samples(run.n_train, settings, batch, None)
+    train_samples = run_length(run.n_train, settings, batch, None)
     as_trial = budget_samples is not None and budget_samples <= train_samples
     if budget_samples is not None:
         train_samples = min(train_samples, budget_samples)
-    # a trial's milestones (TrainConfig.eval_every), else five evaluations at least four steps apart
-    every = (eval_every_samples or max(1, train_samples // 10)) if as_trial else max(batch * 4, train_samples // 5)
+    every = run_eval_every(batch, train_samples, eval_every_samples, trial=as_trial)
     trained = -(-train_samples // batch) * batch  # whole steps: the still phase starts on a step
     measure = settings.measure_samples or 50 * batch
     before_run = run.samples
@@ -301,7 +299,7 @@ def _probe(
     # the large-batch range test bounds the rule's flat part: needed by the trials after the first
     big = min(batch_cap, run.n_train or batch_cap, max(batch, settings.large_batch_factor * batch))
     ceiling_big, cap = ceiling, None
-    if big > batch and ceiling >= lr_max * _TOP:  # the first test never blew up: nor would this one (see run_probe)
+    if big > batch and reached_max(ceiling, lr_max):  # the first test never blew up: nor would this one (see run_probe)
         logger.info("probe: LR range test at B=%d reached lr.max %.3g; none at B=%d", batch, lr_max, big)
     elif big > batch:
         start, steps = large_batch_sweep(ceiling, lr_min, lr_max, settings.lr_steps)
@@ -319,7 +317,7 @@ def _probe(
 
     throughput: dict[int, float] = {}
     throughput_iqr: dict[int, tuple[float, float]] = {}
-    rungs = _rungs(ctx.n_train, settings, space.batch_min, batch_cap, space.prior.batch_round, cap)
+    rungs = ladder_rungs(ctx.n_train, settings, space.batch_min, batch_cap, space.prior.batch_round, cap)
     bar = progress_bar(progress, "probe: throughput ladder (your loop)", total=len(rungs), unit="rung")
     todo = ladder_plan(rungs, settings, budget_samples)
     while todo:
@@ -355,8 +353,8 @@ def _probe(
         batch_size=batch,
         lr_ceiling=ceiling,
         lr_ceiling_large=ceiling_big,
-        lr_ceiling_at_max=ceiling >= lr_max * _TOP,
-        lr_ceiling_large_at_max=ceiling_big >= lr_max * _TOP,
+        lr_ceiling_at_max=reached_max(ceiling, lr_max),
+        lr_ceiling_large_at_max=reached_max(ceiling_big, lr_max),
         large_batch=big,
         lr_probe=lr_probe,
         b_simple=est.b_simple,

@@ -21,7 +21,7 @@ from bstune._validate import count_reason, is_int, number_reason
 from bstune.errors import ConfigError
 from bstune.metrics import Direction
 from bstune.noise import resolve_device
-from bstune.study._probe import ProbeSettings
+from bstune.study._probe_plan import ProbeSettings
 from bstune.study._pruners import PRUNERS
 
 __all__ = ["Mode", "StudySettings"]

@@ -32,8 +32,9 @@ from bstune.study._checks import check_budget, check_factory
 from bstune.study._critical import measure_study_critical_batch
 from bstune.study._optuna_backend import OptunaBackend, TrialFailure
 from bstune.study._prior import Prior
-from bstune.study._probe import probe_cost, probe_space
+from bstune.study._probe import probe_space
 from bstune.study._probe_function import probe_function
+from bstune.study._probe_plan import probe_cost
 from bstune.study._ray import RayBackend, RaySettings
 from bstune.study._recommend import StudyFailedError, handed_over, handed_over_to_function, recommend
 from bstune.study._records import StudyResult, clean_dict

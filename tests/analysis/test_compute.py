@@ -46,7 +46,7 @@ def test_a_coarse_power_of_two_ladder_lands_near_the_optimum() -> None:
 
 @pytest.mark.parametrize("ladder", [[4**k for k in range(7)], [2, 8, 32, 128, 512, 2048, 4096]])
 def test_the_probes_ladder_at_every_factor_of_four_lands_near_the_optimum(ladder: list[int]) -> None:
-    """The probe measures every 4x (bstune.study._probe._ladder): the pick's true time stays within 1 % of the best."""
+    """The probe measures every 4x (bstune.study._probe_plan._ladder): the pick's true time stays within 1 % of the best."""
     result = compute_optimal(_fit(), _throughput(ladder))
     best = math.sqrt(A * B_CRIT / B)
     true = S_MIN * (1 + B_CRIT / result.device.batch_size) * (A + B * result.device.batch_size)

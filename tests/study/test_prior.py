@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from bstune.records import ProbeResult
 from bstune.study import Prior
 from bstune.study._prior import _band
-from bstune.study._probe import ProbeResult
 
 
 def _prior(**kw: object) -> Prior:

@@ -13,7 +13,9 @@ import torch
 import bstune
 import bstune.study._probe as probe_module
 from bstune.study import ProbeResult, ProbeSettings, lr_range_test, run_probe
-from bstune.study._probe import _ladder, ladder_plan, large_batch_sweep, measure_throughput, probe_cost, step_rate
+from bstune.study._probe_plan import THROUGHPUT_WARMUP, _ladder, ladder_plan, probe_cost
+from bstune.study._range_test import large_batch_sweep
+from bstune.study._throughput import measure_throughput, step_rate
 
 
 def _regression(n: int = 4000, d: int = 8, seed: int = 0) -> bstune.Task:
@@ -261,7 +263,7 @@ def _recording_ladder(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, i
     calls: list[tuple[int, int, int]] = []
 
     def recording(task: bstune.Task, batch: int, steps: int, **kw: Any) -> Any:
-        calls.append((batch, kw.get("warmup", probe_module.THROUGHPUT_WARMUP), steps))
+        calls.append((batch, kw.get("warmup", THROUGHPUT_WARMUP), steps))
         return measure_throughput(task, batch, steps, **kw)
 
     monkeypatch.setattr(probe_module, "measure_throughput", recording)
