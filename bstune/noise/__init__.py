@@ -12,9 +12,9 @@ from bstune.noise._curvature import (
 from bstune.noise._estimate import NoiseScaleEstimate, ratio_interval, summarize
 from bstune.noise._gradients import adam_preconditioner, per_example_gradients, sq_norm_of
 from bstune.noise._measure import exact_noise_scale, measure_noise_scale, resolve_device
-from bstune.noise._per_example import PerExampleNorms, per_example_estimate
+from bstune.noise._per_example import PerExampleNorms
 from bstune.noise._tracker import NoiseTracker, TrajectoryPoint, seed_spread_interval
-from bstune.noise._two_batch import two_batch_estimate
+from bstune.noise._two_batch import per_example_estimate, two_batch_estimate
 
 __all__ = [
     "CURVATURE_MAX_PARAMS",

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from torch import Tensor
 
 from bstune.errors import ConfigError
 
-__all__ = ["two_batch_estimate"]
+__all__ = ["per_example_estimate", "two_batch_estimate"]
 
 
 def _v(b: float, population: int | None) -> float:
@@ -86,3 +87,28 @@ def two_batch_estimate(
     shrink = 1.0 if population is None else (population - 1) / population
     trace_sigma = c * shrink
     return grad_sq, trace_sigma
+
+
+def per_example_estimate(
+    sq_norms: Tensor, batch_grad_sq: float, population: int | None
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Unbiased ``(grad_sq, trace_sigma)`` of one step from :meth:`~bstune.noise.PerExampleNorms.sq_norms`.
+
+    With g_i := B·c_i and G_B := Σ_i c_i (``batch_grad_sq`` = |G_B|², e.g.
+    :attr:`~bstune.noise.PerExampleNorms.batch_grad_sq`), this is the two-batch estimator at
+    b_small = 1 (:func:`two_batch_estimate`), the finite-population
+    correction included when batches are drawn without replacement from ``population``
+    examples. For a mean-reduced loss the results are |G|² and tr(Σ) of the per-example
+    gradients; for a sum-reduced loss both are B² times larger, and their ratio
+    B_simple is the same.
+
+    Example:
+        >>> import torch
+        >>> c = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0]]) / 4  # c_i, mean loss
+        >>> g, t = per_example_estimate(c.pow(2).sum(1), float(c.sum(0).pow(2).sum()), None)
+        >>> round(float(g), 4), round(float(t), 4)
+        (1.0, 1.0)
+    """
+    batch = sq_norms.shape[0]
+    mean_per_example_sq = float(sq_norms.double().mean()) * batch * batch  # mean_i |g_i|²
+    return two_batch_estimate(mean_per_example_sq, 1, batch_grad_sq, batch, population)

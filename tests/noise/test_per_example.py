@@ -13,7 +13,7 @@ from torch import nn
 import bstune
 from bstune.errors import ConfigError, EstimationError
 from bstune.noise import PerExampleNorms, exact_noise_scale, per_example_estimate
-from bstune.noise._per_example import _conv, _embedding, _layer_norm, _linear, _materialize, _Rule
+from bstune.noise._layer_rules import Rule, conv_uses, embedding_uses, layer_norm_uses, linear_uses, materialize
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 B = 6
@@ -162,15 +162,15 @@ def test_norms_match_one_backward_per_example(case: str, dtype: torch.dtype) -> 
 @pytest.mark.parametrize(
     ("module", "x", "rule"),
     [
-        (nn.Linear(3, 2), torch.randn(B, 4, 3), _linear),
-        (nn.Embedding(5, 3, padding_idx=0), torch.tensor([[1, 1, 0, 4]] * B), _embedding),
-        (nn.Conv2d(2, 3, 2, stride=2, padding="valid"), torch.randn(B, 2, 4, 5), _conv),
-        (nn.Conv1d(2, 3, 3, padding="same", padding_mode="circular"), torch.randn(B, 2, 7), _conv),
-        (nn.LayerNorm([2, 3]), torch.randn(B, 4, 2, 3), _layer_norm),
+        (nn.Linear(3, 2), torch.randn(B, 4, 3), linear_uses),
+        (nn.Embedding(5, 3, padding_idx=0), torch.tensor([[1, 1, 0, 4]] * B), embedding_uses),
+        (nn.Conv2d(2, 3, 2, stride=2, padding="valid"), torch.randn(B, 2, 4, 5), conv_uses),
+        (nn.Conv1d(2, 3, 3, padding="same", padding_mode="circular"), torch.randn(B, 2, 7), conv_uses),
+        (nn.LayerNorm([2, 3]), torch.randn(B, 4, 2, 3), layer_norm_uses),
     ],
     ids=["linear", "embedding", "conv2d", "conv1d", "layernorm"],
 )
-def test_contributions_sum_to_the_batch_gradient(module: nn.Module, x: torch.Tensor, rule: _Rule) -> None:
+def test_contributions_sum_to_the_batch_gradient(module: nn.Module, x: torch.Tensor, rule: Rule) -> None:
     """Σ_i c_i == p.grad for each rule, with c_i materialized from the factors the norms use."""
     module.double()
     x = x if not x.is_floating_point() else x.double()
@@ -180,7 +180,7 @@ def test_contributions_sum_to_the_batch_gradient(module: nn.Module, x: torch.Ten
     out.register_hook(seen.append)
     (out * weight).sum().backward()
     for name, use in rule(module, x, seen[0], 0).items():
-        c = _materialize(use, 0, B)  # (B, numel)
+        c = materialize(use, 0, B)  # (B, numel)
         grad = getattr(module, name).grad
         torch.testing.assert_close(c.sum(0), grad.flatten(), rtol=1e-12, atol=1e-12)
 
@@ -287,23 +287,23 @@ def test_a_tied_weight_also_used_functionally_is_detected(dtype: torch.dtype, ca
 
 def test_gram_explicit_and_chunked_forms_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     """Both forms of |Σ_t u_t ⊗ v_t|², dense and one-hot, against the materialized c_i."""
-    from bstune.noise import _per_example as pe
+    from bstune.noise import _layer_rules as pe
 
     torch.manual_seed(0)
     idx = torch.randint(0, 4, (5, 6))
     idx[0] = 3  # every position of example 0 the same token
     uses = [
-        pe._Outer(torch.randn(5, 2, 6, dtype=torch.float64), torch.randn(5, 2, 7, dtype=torch.float64), 6),  # Gram
-        pe._Outer(torch.randn(5, 9, 2, dtype=torch.float64), torch.randn(5, 9, 3, dtype=torch.float64), 2),  # explicit
-        pe._Outer(torch.randn(5, 1, 2, dtype=torch.float64), torch.randn(5, 1, 3, dtype=torch.float64), 2),  # T = 1
-        pe._Outer(idx, torch.randn(5, 6, 3, dtype=torch.float64), 4),  # embedding
+        pe.Outer(torch.randn(5, 2, 6, dtype=torch.float64), torch.randn(5, 2, 7, dtype=torch.float64), 6),  # Gram
+        pe.Outer(torch.randn(5, 9, 2, dtype=torch.float64), torch.randn(5, 9, 3, dtype=torch.float64), 2),  # explicit
+        pe.Outer(torch.randn(5, 1, 2, dtype=torch.float64), torch.randn(5, 1, 3, dtype=torch.float64), 2),  # T = 1
+        pe.Outer(idx, torch.randn(5, 6, 3, dtype=torch.float64), 4),  # embedding
     ]
     for chunk in (1 << 24, 7):
         monkeypatch.setattr(pe, "_CHUNK", chunk)
         for use in uses:
-            direct = pe._materialize(use, 0, 5).pow(2).sum(1)
-            torch.testing.assert_close(pe._self_sq(use), direct, rtol=1e-12, atol=0.0)
-            torch.testing.assert_close(pe._shared_sq([use, use], use.m * use.v.shape[2]), 4 * direct)
+            direct = pe.materialize(use, 0, 5).pow(2).sum(1)
+            torch.testing.assert_close(pe.self_sq(use), direct, rtol=1e-12, atol=0.0)
+            torch.testing.assert_close(pe.shared_sq([use, use], use.m * use.v.shape[2]), 4 * direct)
 
 
 def test_batchnorm_in_train_mode_is_a_config_error_naming_it() -> None:
