@@ -59,7 +59,7 @@ from bstune.training._read_config import (
     warn_unread,
 )
 from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult
-from bstune.training._sampling import EpochBatchSampler
+from bstune.training._sampling import StreamBatchSampler
 from bstune.training._schedule import lr_at, samples_before_step, stage_at, step_batch_sizes
 
 __all__ = ["LRRamp", "TrialContext", "TrialFunction", "TrialPruned", "run_function"]
@@ -92,26 +92,6 @@ class LRRamp:
 
     def lr(self, step: int) -> float:
         return self.lr_min * self.ratio**step
-
-
-class _BatchIndices(torch.utils.data.Sampler[list[int]]):
-    """Endless batches of indices: the trainer's order (``epoch``: :class:`EpochBatchSampler`, one seeded
-    permutation per epoch, the tail that does not fill a batch dropped) or the LR range test's
-    (``draw``: every batch a fresh random subset)."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, order: str, sizes: list[int] | None = None) -> None:
-        self.n, self.batch_size, self.seed, self.order = n, batch_size, seed, order
-        self.sizes = sizes  # a batch schedule's size of each step (the epoch order only)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        if self.order == "draw":
-            gen = torch.Generator().manual_seed(self.seed + 7)
-            while True:
-                yield torch.randperm(self.n, generator=gen)[: self.batch_size].tolist()
-        yield from EpochBatchSampler(self.n, self.batch_size, self.seed, sizes=self.sizes)
-
-    def __len__(self) -> int:  # DataLoader asks; the stream is as long as the budget
-        return max(1, self.n // self.batch_size)
 
 
 _other_scheduler_said = False  # said once per process, not once per trial
@@ -354,7 +334,7 @@ class TrialContext:
                 )
         self.n_train = n
         sizes = list(step_batch_sizes(cfg)) if cfg.batch_schedule is not None else None
-        sampler = _BatchIndices(n, cfg.batch_size, self.seed, self._order, sizes)
+        sampler = StreamBatchSampler(n, cfg.batch_size, self.seed, self._order, sizes)
         if num_workers is None:
             num_workers = cfg.num_workers
         if pin_memory is None:

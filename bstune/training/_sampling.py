@@ -36,7 +36,14 @@ from bstune.task import Task
 from bstune.training._config import TrainConfig
 from bstune.training._schedule import step_batch_sizes
 
-__all__ = ["EpochBatchSampler", "SliceBatchSampler", "epoch_batches", "rank_slices", "training_batches"]
+__all__ = [
+    "EpochBatchSampler",
+    "SliceBatchSampler",
+    "StreamBatchSampler",
+    "epoch_batches",
+    "rank_slices",
+    "training_batches",
+]
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, sizes: Iterable[int] | None = None) -> Iterator[torch.Tensor]:
@@ -180,3 +187,29 @@ def training_batches(
     if pin is True and device.type == "cuda":
         batches = (_pinned(batch) for batch in batches)
     return batches
+
+
+class StreamBatchSampler(Sampler[list[int]]):
+    """Endless batches of indices for ``ctx.loader``: the trainer's order (``epoch``: :class:`EpochBatchSampler`,
+    one seeded permutation per epoch, the tail that does not fill a batch dropped) or the LR range test's
+    (``draw``: every batch a fresh random subset, from a generator seeded ``seed + 7``).
+
+    Example:
+        >>> batches = iter(StreamBatchSampler(10, 4, seed=0, order="epoch"))
+        >>> [len(next(batches)) for _ in range(3)]  # epoch after epoch: 2 full batches each
+        [4, 4, 4]
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, order: str, sizes: list[int] | None = None) -> None:
+        self.n, self.batch_size, self.seed, self.order = n, batch_size, seed, order
+        self.sizes = sizes  # a batch schedule's size of each step (the epoch order only)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.order == "draw":
+            gen = torch.Generator().manual_seed(self.seed + 7)
+            while True:
+                yield torch.randperm(self.n, generator=gen)[: self.batch_size].tolist()
+        yield from EpochBatchSampler(self.n, self.batch_size, self.seed, sizes=self.sizes)
+
+    def __len__(self) -> int:  # DataLoader asks; the stream is as long as the budget
+        return max(1, self.n // self.batch_size)

@@ -16,8 +16,7 @@ import bstune
 from bstune.errors import ConfigError
 from bstune.study import StudySettings
 from bstune.training import RunStatus, TrainConfig, TrialContext, run_function
-from bstune.training._context import _BatchIndices
-from bstune.training._sampling import EpochBatchSampler, epoch_batches
+from bstune.training._sampling import EpochBatchSampler, StreamBatchSampler, epoch_batches
 
 G = torch.Generator().manual_seed(0)
 X = torch.randn(230, 6, generator=G)
@@ -88,7 +87,7 @@ def test_the_shared_sampler_keeps_the_trainers_and_the_contexts_order(n: int, ba
     assert [b.tolist() for b in itertools.islice(epoch_batches(n, batch_size, seed), 40)] == want
     assert list(EpochBatchSampler(n, batch_size, seed, num_batches=40)) == want
     assert len(EpochBatchSampler(n, batch_size, seed, num_batches=40)) == 40
-    context = iter(_BatchIndices(n, batch_size, seed, "epoch"))  # ctx.loader's stream, endless
+    context = iter(StreamBatchSampler(n, batch_size, seed, "epoch"))  # ctx.loader's stream, endless
     assert [next(context) for _ in range(40)] == want
 
 
