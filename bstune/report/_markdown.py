@@ -37,9 +37,11 @@ def _choice_ci(pair: Any) -> str:
     return _ci(pair, ",.0f", "90% interval {}; ")
 
 
-def _probe_and_prior(probe: dict[str, Any] | None, prior: dict[str, Any] | None) -> list[str]:
+def _probe_and_prior(
+    probe: dict[str, Any] | None, prior: dict[str, Any] | None, trials: list[dict[str, Any]] | None = None
+) -> list[str]:
     """What the probe's LR range tests found and where the prior sent the first trials (report.json's
-    ``probe`` and ``prior``)."""
+    ``probe`` and ``prior``; ``trials`` say whether the probe's run was recorded as one)."""
     if not probe:
         return []
 
@@ -59,6 +61,9 @@ def _probe_and_prior(probe: dict[str, Any] | None, prior: dict[str, Any] | None)
         text += (
             f", its trial-long run (batch size {run['batch_size']}, learning rate {_n(run['lr'], '.3g')}) among them"
         )
+        adopted = next((t["number"] for t in trials or [] if t.get("from_probe")), None)
+        if adopted is not None:  # its samples are the trial's: "Samples spent" counts the probe without them
+            text += f"; the study recorded that run as trial {adopted}, and counts its samples with the trials"
     out = ["", text + "."]
     if prior:
         b_noise = float(prior["b_noise"])
@@ -410,7 +415,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             )
         out += _curvature_lines(ns)
         out += _noise_against_data(ns.get("b_simple"), study.get("n_train"))
-        out += _probe_and_prior(data.get("probe"), data.get("prior"))
+        out += _probe_and_prior(data.get("probe"), data.get("prior"), data.get("trials"))
     cb = data["critical_batch"]
     out += ["", "## Critical batch size", ""]
     measured = cb.get("measured")

@@ -480,6 +480,13 @@ def test_report_json_alone_says_what_the_probe_measured_and_where_the_prior_look
     section = render_markdown(data).split("## Gradient noise scale")[1].split("\n## ")[0]
     assert "lowest smoothed loss) of 1 at batch size 32 and ≥2 (the space's lr.max, reached unbroken) at 256" in section
     assert "trial-long run (batch size 64, learning rate 0.5)" in section
+    assert "recorded that run as trial" not in section  # not a trial here (a space that searches more, say)
+    base = _result()
+    adopted = [dataclasses.replace(base.trials[0], from_probe=True), *base.trials[1:]]
+    kept = dataclasses.replace(base, probe=probe, prior=prior, mode="prior", trials=adopted)
+    kept_md = render_markdown(build_report(kept).data).split("## Gradient noise scale")[1].split("\n## ")[0]
+    number = adopted[0].number
+    assert f"; the study recorded that run as trial {number}, and counts its samples with the trials." in kept_md
     assert "first trials from batch sizes 11–180 (the search could draw from 8–1024)" in section
     assert "the rule η*(B) ∝ s(B), s(B) = 1/(1/B + 1/B_noise)" in section  # SGD: no "^1"
     assert "anchored at η*(256) = 0.5." in section
