@@ -5,11 +5,13 @@ resources. :mod:`bstune.study._ray` runs the trials on it with Ray Tune.
 
 from __future__ import annotations
 
+import copyreg
+import functools
 import logging
 import os
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +102,11 @@ def _trials_at_once(ray: Any, settings: RaySettings, resources: Mapping[str, flo
 def _register_script_modules() -> None:
     """Ship functions defined in a script loaded by :func:`bstune._loading.load_task` by value.
 
-    Such a module exists only in the driver; workers could not import it by name.
+    Such a module exists only in the driver; workers could not import it by name. cloudpickle
+    ships its functions and classes by value, but a ``functools.cache`` (``lru_cache``) wrapper
+    by reference, as the module's attribute: a script that loads its data once through one
+    failed every trial with "No module named 'bstune_user_...'". Such a wrapper is shipped as
+    its function, wrapped again where it is unpickled (with an empty cache, as a new process has).
     """
     from ray import cloudpickle
 
@@ -108,6 +114,21 @@ def _register_script_modules() -> None:
         name = getattr(module, "__name__", "")
         if name.startswith(SCRIPT_MODULE_PREFIX):
             cloudpickle.register_pickle_by_value(module)
+    copyreg.pickle(functools._lru_cache_wrapper, _reduce_cache)
+
+
+def _reduce_cache(wrapper: Any) -> Any:
+    """How pickle ships an ``lru_cache`` wrapper: a script's as its function and cache settings, any
+    other as before (by reference, its module importable where it is unpickled)."""
+    if str(getattr(wrapper, "__module__", "")).startswith(SCRIPT_MODULE_PREFIX):
+        settings = wrapper.cache_parameters()
+        return _cached, (wrapper.__wrapped__, settings["maxsize"], settings["typed"])
+    return wrapper.__reduce__()
+
+
+def _cached(fn: Callable[..., Any], maxsize: int | None, typed: bool) -> Any:
+    """``fn`` in a new ``functools.lru_cache`` wrapper: a script's cached function, unpickled."""
+    return functools.lru_cache(maxsize=maxsize, typed=typed)(fn)
 
 
 def _unreachable(address: str | None) -> str | None:
@@ -142,8 +163,11 @@ def use_auth_token(address: str | None) -> None:
     (``~/.ray/auth_token``, or ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``), but
     ``ray.init(address=...)`` sends it only with ``RAY_AUTH_MODE=token``: without it, the
     driver retries "Authentication token is missing or incorrect" and gives up. A token
-    sent to a cluster without authentication is ignored. A mode the user set is kept.
+    sent to a cluster without authentication is ignored. A mode the user set is kept. No
+    address with ``RAY_ADDRESS`` set is that address, as ``ray.init`` reads it.
     """
+    if address is None:
+        address = os.environ.get("RAY_ADDRESS") or None
     if address in (None, "local") or "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules:
         return
     if os.environ.get("RAY_AUTH_TOKEN") or _token_path() is not None:

@@ -9,6 +9,7 @@ ended first takes the next trial too (Tune reuses its actor) and one node runs t
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -20,6 +21,7 @@ SPACE = {"name": "blobs", "batch_size": {"min": 16, "max": 128}, "lr": {"min": 1
 SECONDS_PER_SAMPLE = 3e-3
 
 
+@functools.cache  # a script's data loaded once, as examples/own_loop.py does: its Ray trials must still run
 def blobs() -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian blobs of 3 classes in 8 dimensions (as tests.conftest.make_classification)."""
     gen = torch.Generator().manual_seed(0)

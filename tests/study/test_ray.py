@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
+from bstune._keys import SCRIPT_MODULE_PREFIX
 from bstune.errors import ConfigError, DependencyError
 from bstune.records import TrialStatus
 from bstune.space import SearchSpace
@@ -30,6 +32,7 @@ from bstune.study._ray import (
     make_scheduler,
     use_auth_token,
 )
+from bstune.study._ray_cluster import _register_script_modules
 from bstune.study._ray_trial import record_from_result
 from bstune.study._trial import TrialOutcome, TrialPlanner
 
@@ -133,7 +136,7 @@ def test_a_running_clusters_token_is_sent_where_the_user_has_one(
     """``ray start`` (Ray 2.60) turns token authentication on where ~/.ray/auth_token exists, but
     ``ray.init(address=...)`` sends the token only with RAY_AUTH_MODE=token, read when Ray is imported:
     the README's local cluster refused a newcomer's driver, "Authentication token is missing"."""
-    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -146,6 +149,11 @@ def test_a_running_clusters_token_is_sent_where_the_user_has_one(
     assert "RAY_AUTH_MODE" not in os.environ  # a local instance: Ray sets it up itself
     use_auth_token("local")
     assert "RAY_AUTH_MODE" not in os.environ  # always a new local instance
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.2:6380")  # no address, but ray.init joins the one Ray is told
+    use_auth_token(None)
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.delenv("RAY_AUTH_MODE")
     use_auth_token("127.0.0.2:6380")
     assert os.environ["RAY_AUTH_MODE"] == "token"
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
@@ -155,6 +163,36 @@ def test_a_running_clusters_token_is_sent_where_the_user_has_one(
     monkeypatch.setitem(sys.modules, "ray", SimpleNamespace())
     use_auth_token("127.0.0.2:6380")
     assert "RAY_AUTH_MODE" not in os.environ  # Ray read it already: too late, the error says what to set
+
+
+def test_a_scripts_cached_function_reaches_workers_that_cannot_import_the_script(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """examples/own_loop.py loads its data through a functools.cache function: cloudpickle shipped the
+    wrapper by reference to the script's module, and every Ray trial failed "No module named 'bstune_user_...'".
+    Unpickled here with the module gone (as in a worker), the loop runs, its helper cached again."""
+    import pickle
+    import types
+
+    from ray import cloudpickle
+
+    name = f"{SCRIPT_MODULE_PREFIX}test"
+    script = types.ModuleType(name)
+    exec(  # a user's script, as bstune._loading imports it
+        "import functools\n"
+        "@functools.lru_cache(maxsize=4)\n"
+        "def data():\n    return [1, 2, 3]\n"
+        "def train():\n    return sum(data()) + data.cache_info().maxsize\n",
+        script.__dict__,
+    )
+    monkeypatch.setitem(sys.modules, name, script)
+    _register_script_modules()
+    shipped = cloudpickle.dumps(script.train)
+    plain = cloudpickle.dumps(fnmatch._compile_pattern)  # a cached function of an importable module
+    monkeypatch.delitem(sys.modules, name)
+    train = pickle.loads(shipped)
+    assert train() == train() == 10 and train.__globals__["data"].cache_info().hits == 1  # cached again, as set
+    assert pickle.loads(plain) is fnmatch._compile_pattern  # by reference, as before
 
 
 def test_records_from_ray_results_keep_outcome_and_learning_curve() -> None:
