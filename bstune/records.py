@@ -227,7 +227,8 @@ class ProbeResult:
     # samples, steps, status (a TrialStatus value), message, throughput (samples/s, noise tracking on),
     # history (one row per milestone, as bstune.study._trial.history_row writes it: milestone, samples,
     # step, lr, train_loss, val_loss, gap and the task's metrics), config (the TrainConfig as a dict) and
-    # samples_before (what the probe spent before the run: the first LR range test; the rest came after).
+    # samples_before (what the probe spent before the run: the LR range test at its batch, twice for a
+    # training function whose training set proved small; the rest came after).
     # None: no budget was given, a training function's probe whose run was shorter than a trial or whose
     # loop last evaluated after the still phase (bstune/study/_probe_function.py), and in older results.
     run: dict[str, Any] | None = None

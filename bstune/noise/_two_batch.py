@@ -27,11 +27,15 @@ the ratio B_simple = tr(Σ)/|G|² is taken only after averaging.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from torch import Tensor
 
 from bstune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["per_example_estimate", "two_batch_estimate"]
 

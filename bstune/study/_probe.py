@@ -97,6 +97,7 @@ def run_probe(
     progress: bool = False,
     budget_samples: int | None = None,
     eval_every_samples: int | None = None,
+    num_workers: int = 0,
 ) -> ProbeResult:
     """Measure the LR ceiling, the noise scale and the throughput of ``task`` (see module doc).
 
@@ -130,6 +131,7 @@ def run_probe(
             progress=progress,
             budget_samples=budget_samples,
             eval_every_samples=eval_every_samples,
+            num_workers=num_workers,
         )
     except (BstuneError, torch.OutOfMemoryError):
         raise
@@ -153,6 +155,7 @@ def _run_probe(
     progress: bool,
     budget_samples: int | None,
     eval_every_samples: int | None,
+    num_workers: int,
 ) -> ProbeResult:
     started = time.perf_counter()
     dev = resolve_device(device)
@@ -181,6 +184,7 @@ def _run_probe(
         device=str(dev),
         track_noise=True,
         eval_every_samples=run_eval_every(batch, train_samples, eval_every_samples, trial=budget_samples is not None),
+        num_workers=num_workers,  # the trials' loading (a generic dataset's random augmentation draws as in one)
     )
     with progress_bar(progress, "probe: B_simple trajectory", total=train_samples, unit="sample") as bar:
         model = task.make_model(seed=seed)  # as train makes it; trained in place, so advance can snapshot it
@@ -421,12 +425,14 @@ def probe_space(
     progress: bool = False,
     budget_samples: int | None = None,
     eval_every_samples: int | None = None,
+    num_workers: int = 0,
 ) -> ProbeResult:
     """The probe over a search space's ranges: what a study in the prior mode runs first.
 
     ``batch_cap`` (default: the space's largest batch size, at most the training set)
     bounds the batch sizes it tries; ``budget_samples`` and ``eval_every_samples`` (a
-    study's trial budget and milestones) make its training run one trial (see :func:`run_probe`).
+    study's trial budget and milestones) make its training run one trial (see :func:`run_probe`), loaded
+    with the trials' ``num_workers``.
     """
     cap = batch_cap if batch_cap is not None else min(space.batch_max or task.n_train, task.n_train)
     return run_probe(
@@ -442,4 +448,5 @@ def probe_space(
         progress=progress,
         budget_samples=budget_samples,
         eval_every_samples=eval_every_samples,
+        num_workers=num_workers,
     )

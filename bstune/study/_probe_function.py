@@ -22,7 +22,9 @@ Told the study's trial budget, the noise run stops at the earlier of its own len
 and one trial's budget, where the task probe's measurement point lies too. Where the budget
 is the earlier, the run is one trial: the study's milestones (none after the budget) and seed,
 and the still phase after the trial's last evaluation, so up to there the loop trains and
-evaluates as a trial of that config would. :attr:`ProbeResult.run` keeps it, and the study
+evaluates as a trial of that config would (one that sizes something of its own from
+``ctx.budget_samples`` sees the whole run's length there, the still phase included; the
+milestones, rates and loading workers are the trial's). :attr:`ProbeResult.run` keeps it, and the study
 records it as its first trial, as it does a task's. Where the loop's last evaluation came
 after the still phase (metrics it returned at the end), or trials are longer than the rule
 (the still phase cannot be undone for the rest of a trial: it moves momentum, Adam's moments,
@@ -103,13 +105,15 @@ def probe_function(
     progress: bool = False,
     budget_samples: int | None = None,
     eval_every_samples: int | None = None,
+    num_workers: int = 0,
 ) -> ProbeResult:
     """Measure the LR ceiling, the noise scale and the throughput through ``job``'s function.
 
     ``budget_samples`` (a study's trial budget) bounds the throughput ladder as in
     :func:`~bstune.study.run_probe`, and the noise run to at most one trial's length; where it is one
     trial long, it is evaluated every ``eval_every_samples`` (the study's milestones; default ten
-    evaluations) and kept in :attr:`ProbeResult.run` (see the module doc).
+    evaluations) and kept in :attr:`ProbeResult.run` (see the module doc). ``num_workers`` is what
+    ``ctx.loader`` loads with in every run, as in a trial (``TrainConfig.num_workers``).
 
     Raises:
         UserCodeError: the function raised; the message is one line, its ``traceback`` the whole story.
@@ -127,6 +131,7 @@ def probe_function(
             progress,
             budget_samples,
             eval_every_samples,
+            num_workers,
         )
     except (BstuneError, torch.OutOfMemoryError):
         raise
@@ -140,8 +145,11 @@ def probe_function(
 class _Runner:
     """Runs the function for one probe measurement, counting the samples all of them used."""
 
-    def __init__(self, job: FunctionJob, params: dict[str, Any], seed: int, device: torch.device) -> None:
+    def __init__(
+        self, job: FunctionJob, params: dict[str, Any], seed: int, device: torch.device, num_workers: int
+    ) -> None:
         self.job, self.params, self.seed, self.device = job, params, seed, device
+        self.num_workers = num_workers  # the trials' (a random augmentation draws as in a trial)
         self.samples = 0
         self.n_train: int | None = None  # the training set's size, once a run has opened ctx.loader
 
@@ -153,6 +161,7 @@ class _Runner:
             max_samples=max_samples,
             seed=self.seed,
             device=str(self.device),
+            num_workers=self.num_workers,
             divergence_factor=None if "ramp" in kwargs else 100.0,
             **{k: kwargs.pop(k) for k in config_keys if k in kwargs},
         )
@@ -205,10 +214,11 @@ def _probe(
     progress: bool,
     budget_samples: int | None,
     eval_every_samples: int | None,
+    num_workers: int,
 ) -> ProbeResult:
     started = time.perf_counter()
     dev = resolve_device(device)
-    run = _Runner(job, probe_params(space), seed, dev)
+    run = _Runner(job, probe_params(space), seed, dev, num_workers)
     lr_min, lr_max = space.lr_min, space.lr_max
     batch = probe_batch(None, settings, space.batch_min, batch_cap)
     ratio = (lr_max / lr_min) ** (1.0 / (settings.lr_steps - 1))

@@ -314,6 +314,7 @@ class Study:
             partial(resumed_samplers, s.seed, s.n_trials) if self._worker_sampler is not None else None,
         )
         resumed = self.backend.open(spec)
+        spent: int | None = None  # what a training function's probe spent, warned about once known
         if s.mode == "prior":
             if resumed.probe is not None:
                 self.probe = ProbeResult.from_dict(resumed.probe)
@@ -336,14 +337,16 @@ class Study:
                     # the probe's training run: one trial (a task's; a function's when no longer than its own rule)
                     budget_samples=s.budget_samples,
                     eval_every_samples=s.eval_every,
+                    num_workers=s.num_workers,
                 )
                 self.backend.keep_probe(self.probe)
-                if self.task is None:
-                    self._warn_probe_cost(spent=self.probe.samples_used)
+                spent = self.probe.samples_used if self.task is None else None  # a function's: known now
             self._make_prior(self.probe)
         self.backend.describe([s.objective], {DIRECTIONS_ATTR: self._directions(), DESCRIPTION_ATTR: self._describe()})
         planner = self._planner()
-        self._adopt_probe_run(planner)
+        adopted = self._adopt_probe_run(planner)
+        if spent is not None:
+            self._warn_probe_cost(spent=spent - (adopted or 0), adopted=adopted is not None)
         trials = self.backend.run_trials(planner)
         doubt = direction_doubt(trials, s.objective, self.direction)
         if doubt is not None:
@@ -372,7 +375,7 @@ class Study:
         self.backend.keep_critical(measured)
         return measured
 
-    def _adopt_probe_run(self, planner: TrialPlanner) -> None:
+    def _adopt_probe_run(self, planner: TrialPlanner) -> int | None:
         """The probe's trial-long run (a trial's budget, milestones and seed) as the study's first trial.
 
         It trained at the probe batch and a quarter of the LR ceiling, a config the sampler
@@ -380,15 +383,16 @@ class Study:
         the probe costs one trial less. Not where the run could not be a trial: a space with
         other parameters (the probe trains them at their defaults), a config outside the
         search, a backend that cannot record it, a probe without one. Both backends record
-        it: the embedded one in its Optuna storage, Ray's as its searcher's trial 0.
+        it: the embedded one in its Optuna storage, Ray's as its searcher's trial 0. Returns the
+        run's samples where it was recorded (now or by the stored study this one resumes).
         """
         run = self.probe.run if self.probe is not None else None
         if run is None or run.get("status") != TrialStatus.COMPLETED:
-            return
+            return None
         plan = planner.plan_at(int(run["batch_size"]), float(run["lr"]))
         if plan is None:
             logger.info("the probe's run is not a trial the search could draw; it stays the probe's cost")
-            return
+            return None
         s = self.settings
         done = completed_outcome(
             run,
@@ -398,20 +402,22 @@ class Study:
             message="the probe's trial-long run, recorded as a trial",
         )
         if done is None:
-            return
+            return None
         outcome, intermediate = done
         distributions: dict[str, optuna.distributions.BaseDistribution] = {
             name: optuna.distributions.FloatDistribution(low, high)
             for name, (low, high) in planner.prior_coordinates().items()
         }
-        if self.backend.adopt(plan, outcome, intermediate, distributions):
-            logger.info(
-                "the probe's run (B=%s, lr=%.3g) is the study's first trial: %s=%.4g",
-                run["batch_size"],
-                run["lr"],
-                s.objective,
-                outcome.value,
-            )
+        if not self.backend.adopt(plan, outcome, intermediate, distributions):
+            return None
+        logger.info(
+            "the probe's run (B=%s, lr=%.3g) is the study's first trial: %s=%.4g",
+            run["batch_size"],
+            run["lr"],
+            s.objective,
+            outcome.value,
+        )
+        return outcome.samples
 
     def _make_prior(self, probe: ProbeResult) -> None:
         """The prior from the probe; lowers the batch cap to what the probe found fits."""
@@ -479,22 +485,20 @@ class Study:
         bar.close()
         return out
 
-    def _warn_probe_cost(self, spent: int | None = None) -> None:
+    def _warn_probe_cost(self, spent: int | None = None, *, adopted: bool = False) -> None:
         """Warn when the probe costs more than all the trials together.
 
         A task's probe is warned about before it runs, from its least cost (:func:`probe_cost`:
         the task's data size is known). A training function shows its data only when it runs,
         and a small training set caps the throughput ladder far below the space's batch sizes,
-        so its warning comes after the probe, from the samples it ``spent``.
+        so its warning comes after the probe, from the samples it ``spent`` (less its run where the
+        study recorded that as its first trial: ``adopted``).
         """
         s = self.settings
         besides = ""
-        if spent is not None:
+        if spent is not None:  # less the probe's run where the study recorded it as a trial (``adopted``)
             probe, what = spent, "the probe trained on %s samples%s"
-            run = self.probe.run if self.probe is not None else None
-            if run is not None and not self.space.params:
-                probe -= int(run["samples"])  # its run is the first trial (_adopt_probe_run)
-                besides = " besides its run, which is the first trial"
+            besides = " besides its run, which is the first trial" if adopted else ""
         else:
             probe = probe_cost(
                 self.task,

@@ -225,6 +225,7 @@ class TrialContext:
         self._evaluate = evaluate  # False: the probe's ramp and timing runs, where no milestone asks for an evaluation
         self.freeze_from: int | None = None  # the probe's noise run: the rate is 0 from this many samples on
         self.still_chunk_steps = 10  # steps per chunk of the still phase's measurement
+        self._rates = config  # what lr_at reads: the run's own config, but for a probe's still phase
         self._marks = _milestones(config)
         self._next = 0
         self._stopped = False
@@ -473,20 +474,21 @@ class TrialContext:
 
     # -- inside -----------------------------------------------------------------------
     def _hold_still_after(self, samples: int) -> None:
-        """Train ``samples`` (to the step that reaches them) with the milestones of a run that long, then
-        hold the rate at 0: see :func:`run_function`'s ``still_after``."""
+        """Train ``samples`` (to the step that reaches them) with the milestones and rates of a run that
+        long, then hold the rate at 0: see :func:`run_function`'s ``still_after``."""
         cfg = self.train_config
-        if not 0 < samples < cfg.max_samples:
+        if cfg.batch_schedule is not None:
+            raise ConfigError("a still phase needs one batch size, not a batch_schedule", source="run_function")
+        self.freeze_from = -(-samples // cfg.batch_size) * cfg.batch_size
+        if not 0 < samples <= self.freeze_from < cfg.max_samples:
             raise ConfigError(
-                f"must be in (0, max_samples={cfg.max_samples}), got {samples}",
+                f"must leave a still phase before max_samples={cfg.max_samples} (training ends at "
+                f"{self.freeze_from}), got {samples}",
                 source="run_function",
                 field="still_after",
             )
-        step = 0
-        while samples_before_step(cfg, step) < samples:
-            step += 1
-        self.freeze_from = samples_before_step(cfg, step)
-        self._marks = _milestones(replace(cfg, max_samples=samples))
+        self._rates = replace(cfg, max_samples=samples)  # warmup and decay end where training does
+        self._marks = _milestones(self._rates)
 
     def _lr_of_step(self, step: int) -> float:
         samples = samples_before_step(self.train_config, step)  # as the loader's batches count them
@@ -494,7 +496,7 @@ class TrialContext:
             return 0.0  # parameters held still: the gradients measured are those of one point
         if self._ramp is not None:
             return self._ramp.lr(step)
-        return lr_at(self.train_config, samples)
+        return lr_at(self._rates, samples)
 
     def _ramp_step(self, value: float) -> bool:
         """The LR range test's stopping rule (as :func:`~bstune.study.lr_range_test`)."""

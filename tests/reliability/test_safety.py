@@ -73,6 +73,9 @@ SAFE_ATTRS = {"register_pickle_by_value"}
 ALLOWED_USES = {
     ("bstune/_spawn.py", name)
     for name in ("pickle.dumps", "pickle.HIGHEST_PROTOCOL", "pickle.loads", "cloudpickle.dumps")
+} | {
+    # says how a script's functools.cache wrapper is *pickled* for Ray's workers (as its function); reads nothing
+    ("bstune/study/_ray_cluster.py", "copyreg.pickle"),
 }
 
 

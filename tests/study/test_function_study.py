@@ -337,9 +337,15 @@ def test_a_functions_probe_run_no_longer_than_a_trial_is_the_first_trial_as_a_tr
     """Issue #18 for the user's own loop: trials of 4,096 samples, shorter than the probe's own run (6,000
     at B=30), so the probe's noise run is one trial, its still phase after the last milestone. Recorded as
     trial 0, it is what a trial of its config gives: the loop retrained so matches it evaluation for evaluation."""
-    args = ARGS | {"mode": "prior", "n_trials": 3, "rescore_top": 0}
+    calls: list[tuple[int, bool, int]] = []  # each run of the loop: batch size, the noise run?, loader workers
+
+    def loop(ctx: TrialContext) -> None:
+        calls.append((ctx.batch_size, ctx.train_config.track_noise, ctx.train_config.num_workers))
+        tracked_loop(ctx)
+
+    args = ARGS | {"mode": "prior", "n_trials": 3, "rescore_top": 0, "num_workers": 1}
     with caplog.at_level("WARNING", logger="bstune.study._study"):
-        result = bstune.Study(tracked_loop, SPACE, **args).run()
+        result = bstune.Study(loop, SPACE, **args).run()
     probe, first = result.probe, result.trials[0]
     assert probe is not None and probe.run is not None and first.from_probe and first.status == "completed"
     assert (first.batch_size, first.lr, first.samples) == (probe.batch_size, probe.lr_probe, probe.run["samples"])
@@ -348,9 +354,18 @@ def test_a_functions_probe_run_no_longer_than_a_trial_is_the_first_trial_as_a_tr
     assert [h["milestone"] for h in first.history] == [*range(every, 4_096, every), 4_096]
     assert all(not t.from_probe for t in result.trials[1:]) and len(result.trials) == 3
     assert result.samples_probe == probe.samples_used - first.samples  # counted once
-    assert probe.samples_used - probe.run["samples_before"] > first.samples  # the run came before the rest
+    # the run trained right after the range test at its batch, before the one at 4x (which the trials need)
+    noise_run = next(i for i, (_, noise, _) in enumerate(calls) if noise)
+    assert noise_run < next(i for i, (b, _, _) in enumerate(calls) if b == probe.large_batch)
+    assert all(workers == 1 for *_, workers in calls)  # the probe's runs load as the trials do
     # the loop retrained as a trial of the same config: the same evaluations, to the last digit
-    config = TrainConfig(batch_size=first.batch_size, lr=first.lr, max_samples=4_096, eval_every_samples=every)
+    config = TrainConfig(
+        batch_size=first.batch_size,  # type: ignore[arg-type]
+        lr=first.lr,  # type: ignore[arg-type]
+        max_samples=4_096,
+        eval_every_samples=every,
+        num_workers=1,
+    )
     again, _ = run_function(tracked_loop, config)  # type: ignore[arg-type]
     assert [r.val_loss for r in again.history] == pytest.approx([h["val_loss"] for h in first.history], rel=1e-6)
     assert first.value == pytest.approx(min(r.val_loss for r in again.history), rel=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 from collections.abc import Callable
@@ -296,7 +297,18 @@ def test_a_run_that_holds_still_trains_to_the_step_past_its_length_and_evaluates
     assert all(rate == 0.0 and not evaluated for before, rate, evaluated in seen if before >= 1_024)
     assert ctx.next_milestone is None and ctx.budget_samples == 1_640  # the whole run, still phase included
     with pytest.raises(ConfigError, match="still_after"):
-        run_function(fn, config, still_after=1_640)
+        run_function(fn, config, still_after=1_620)  # trains to 1,664: no still phase left
+    # a decay ends where training does, as it would in a run of 1,000 samples
+    seen.clear()
+    decaying = dataclasses.replace(config, schedule="linear")
+    run_function(fn, decaying, still_after=1_000)
+    trial = dataclasses.replace(decaying, max_samples=1_000)
+    assert [rate for before, rate, _ in seen if before < 1_024] == pytest.approx(
+        [lr_at(trial, before) for before, _, _ in seen if before < 1_024]
+    )
+    staged = dataclasses.replace(config, batch_schedule=((0, 64, 0.1), (640, 128, 0.2)))
+    with pytest.raises(ConfigError, match="batch_schedule"):
+        run_function(fn, staged, still_after=1_000)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
