@@ -40,9 +40,8 @@ Three measurements, each counted in samples against the study's budget:
    ``throughput_fraction`` of it (the large batches get fewer timed steps, never fewer
    than three, after one warm-up step).
 
-The range test and the throughput measurement are in :mod:`bstune.study._range_test` and
-:mod:`bstune.study._throughput`, what each stage spends in :mod:`bstune.study._probe_plan`
-(shared with the probe of a training function, :mod:`bstune.study._probe_function`).
+The range test is :mod:`bstune.study._range_test`, the throughput :mod:`bstune.study._throughput`, and
+what each stage spends :mod:`bstune.study._probe_plan` (shared with :mod:`bstune.study._probe_function`).
 """
 
 from __future__ import annotations
@@ -429,10 +428,9 @@ def probe_space(
 ) -> ProbeResult:
     """The probe over a search space's ranges: what a study in the prior mode runs first.
 
-    ``batch_cap`` (default: the space's largest batch size, at most the training set)
-    bounds the batch sizes it tries; ``budget_samples`` and ``eval_every_samples`` (a
-    study's trial budget and milestones) make its training run one trial (see :func:`run_probe`), loaded
-    with the trials' ``num_workers``.
+    ``batch_cap`` (default: the space's largest batch size, at most the training set) bounds the batch
+    sizes it tries; ``budget_samples``, ``eval_every_samples`` and ``num_workers`` (a study's trial budget,
+    milestones and loading) make its training run one trial (see :func:`run_probe`).
     """
     cap = batch_cap if batch_cap is not None else min(space.batch_max or task.n_train, task.n_train)
     return run_probe(
