@@ -159,15 +159,15 @@ def tag(line: dict[str, object]) -> int:
     return int(line["config"]["bstune_plan"]["config"]["model_kwargs"]["tag"])  # type: ignore[index]
 
 
-def wait_until(predicate: object, timeout: float, what: str, driver: Driver | None = None) -> None:
-    """Poll ``predicate`` each second; fail after ``timeout`` s, or as soon as ``driver`` has ended."""
+def wait_until(predicate: object, timeout: float, what: str, driver: Driver | None = None, every: float = 1.0) -> None:
+    """Poll ``predicate`` every ``every`` s; fail after ``timeout`` s, or as soon as ``driver`` has ended."""
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
         if driver is not None:
             driver.running()
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout} s for {what}" + (f":\n{driver.output()[-4000:]}" if driver else ""))
-        time.sleep(1)
+        time.sleep(every)
 
 
 def bstune_cli(cluster: Cluster, *args: str) -> str:
@@ -186,7 +186,9 @@ def test_submitted_job_runs_and_its_report_is_fetched(ray_cluster: Cluster, tmp_
                         "--budget-samples", "3000", "--mode", "baseline").splitlines()[-1]  # fmt: skip
     assert bstune_cli(ray_cluster, "status", job_id, *address) in {"PENDING", "RUNNING", "SUCCEEDED"}
     ended = {"SUCCEEDED", "FAILED", "STOPPED"}
-    wait_until(lambda: bstune_cli(ray_cluster, "status", job_id, *address) in ended, 400, "the job to end")
+    # each poll is a fresh `bstune status` process (seconds of CPU on 2 cores): every 5 s, not every second
+    job_status = ("status", job_id, *address)
+    wait_until(lambda: bstune_cli(ray_cluster, *job_status) in ended, 400, "the job to end", every=5.0)
     assert bstune_cli(ray_cluster, "status", job_id, *address) == "SUCCEEDED"
     bstune_cli(ray_cluster, "fetch", job_id, str(tmp_path / "fetched"), *address)
     result = StudyResult.load(tmp_path / "fetched")
