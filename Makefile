@@ -28,10 +28,11 @@ run: $(STAMP)
 	$(VENV)/bin/bstune run examples/digits_mlp.py --space search_spaces/mlp_classifier.yaml \
 		--trials 20 --budget-samples 30000 --out $(RUN_OUT)
 
-# mypy (a minute of one core, cold) runs beside pytest, its output shown after; either failing fails the target
+# mypy (a minute of one core, cold) runs beside pytest, its output shown after; either failing fails the
+# target, and Ctrl-C stops both
 test: $(STAMP)
 	$(PY) -m ruff check bstune tests examples benchmarks
-	@$(PY) -m mypy > $(VENV)/mypy.out 2>&1 & mypy=$$!; \
+	@$(PY) -m mypy > $(VENV)/mypy.out 2>&1 & mypy=$$!; trap 'kill $$mypy 2>/dev/null; exit 130' INT TERM; \
 	$(PY) -m pytest -m "" -q; tests=$$?; \
 	wait $$mypy; typed=$$?; echo "mypy:"; cat $(VENV)/mypy.out; \
 	[ $$tests -eq 0 ] && [ $$typed -eq 0 ]

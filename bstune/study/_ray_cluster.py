@@ -5,7 +5,6 @@ resources. :mod:`bstune.study._ray` runs the trials on it with Ray Tune.
 
 from __future__ import annotations
 
-import copyreg
 import functools
 import logging
 import os
@@ -114,7 +113,8 @@ def _register_script_modules() -> None:
         name = getattr(module, "__name__", "")
         if name.startswith(SCRIPT_MODULE_PREFIX):
             cloudpickle.register_pickle_by_value(module)
-    copyreg.pickle(functools._lru_cache_wrapper, _reduce_cache)
+    # cloudpickle's own table (its reducers first, copyreg's after): the standard pickler keeps its way
+    cloudpickle.Pickler.dispatch_table[functools._lru_cache_wrapper] = _reduce_cache
 
 
 def _reduce_cache(wrapper: Any) -> Any:

@@ -608,9 +608,10 @@ def run_function(
     OOM (like :func:`~bstune.training.train`); what else ``fn`` raises goes up.
 
     ``still_after`` (the probe's noise run): the run trains that many samples, to the step that
-    reaches them, with the milestones of a run that long (its last one there), then holds the
-    rate at 0 until ``config.max_samples``, a still phase whose gradients are all taken at one
-    point and in which nothing is evaluated.
+    reaches them, with the milestones, warmup and decay of a run that long (its last milestone
+    there), then holds the rate at 0 until ``config.max_samples``, a still phase whose gradients
+    are all taken at one point and in which nothing is evaluated. One batch size only (no
+    ``batch_schedule``), and the last step of training must end before ``config.max_samples``.
 
     torch, numpy and ``random`` are seeded with ``config.seed`` first, and their states are
     restored after. Returns the run's :class:`~bstune.training.TrainResult` and the context

@@ -74,8 +74,8 @@ ALLOWED_USES = {
     ("bstune/_spawn.py", name)
     for name in ("pickle.dumps", "pickle.HIGHEST_PROTOCOL", "pickle.loads", "cloudpickle.dumps")
 } | {
-    # says how a script's functools.cache wrapper is *pickled* for Ray's workers (as its function); reads nothing
-    ("bstune/study/_ray_cluster.py", "copyreg.pickle"),
+    # says how cloudpickle *pickles* a script's functools.cache wrapper for Ray's workers (as its function)
+    ("bstune/study/_ray_cluster.py", "ray.cloudpickle.Pickler.dispatch_table"),
 }
 
 

@@ -173,9 +173,11 @@ def test_a_scripts_cached_function_reaches_workers_that_cannot_import_the_script
     Unpickled here with the module gone (as in a worker), the loop runs, its helper cached again."""
     import pickle
     import types
+    from collections import ChainMap
 
-    from ray import cloudpickle
-
+    cloudpickle = pytest.importorskip("ray.cloudpickle")
+    table = cloudpickle.Pickler.dispatch_table  # what _register_script_modules adds to: this test's own copy
+    monkeypatch.setattr(cloudpickle.Pickler, "dispatch_table", ChainMap({}, *table.maps))
     name = f"{SCRIPT_MODULE_PREFIX}test"
     script = types.ModuleType(name)
     exec(  # a user's script, as bstune._loading imports it
@@ -187,8 +189,12 @@ def test_a_scripts_cached_function_reaches_workers_that_cannot_import_the_script
     )
     monkeypatch.setitem(sys.modules, name, script)
     _register_script_modules()
-    shipped = cloudpickle.dumps(script.train)
-    plain = cloudpickle.dumps(fnmatch._compile_pattern)  # a cached function of an importable module
+    try:
+        shipped = cloudpickle.dumps(script.train)
+        plain = cloudpickle.dumps(fnmatch._compile_pattern)  # a cached function of an importable module
+        assert pickle.loads(pickle.dumps(script.data)) is script.data  # the standard pickler: by reference still
+    finally:
+        cloudpickle.unregister_pickle_by_value(script)
     monkeypatch.delitem(sys.modules, name)
     train = pickle.loads(shipped)
     assert train() == train() == 10 and train.__globals__["data"].cache_info().hits == 1  # cached again, as set
