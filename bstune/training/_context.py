@@ -25,8 +25,8 @@ the stage's rate (times the warmup and decay), and the noise tracker closes its 
 at each change of batch size. ``ctx.config["batch_size"]``/``["lr"]`` stay the first
 stage's, what the study chose.
 
-:func:`run_function` runs such a function for one :class:`~bstune.training.TrainConfig`
-and returns the same :class:`~bstune.training.TrainResult` as the trainer, so a study
+:func:`~bstune.training.run_function` (in :mod:`bstune.training._run_function`) runs such a
+function for one :class:`~bstune.training.TrainConfig` and returns the same :class:`~bstune.training.TrainResult` as the trainer, so a study
 records, prunes and re-scores both alike.
 """
 
@@ -34,13 +34,11 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -51,18 +49,13 @@ from bstune.optim import OptimizerSpec, warn_on_other_optimizer
 from bstune.training._config import TrainConfig
 from bstune.training._loop import Callback, _as_decision, _milestones
 from bstune.training._loop_noise import LoopNoiseTracker
-from bstune.training._read_config import (
-    CHECKED_SETTINGS,
-    OPTIMIZER_SETTINGS,
-    SCHEDULE_SETTINGS,
-    ReadConfig,
-    warn_unread,
-)
-from bstune.training._result import Decision, EvalRecord, RunStatus, TrainResult
+from bstune.training._read_config import CHECKED_SETTINGS, OPTIMIZER_SETTINGS, SCHEDULE_SETTINGS, ReadConfig
+from bstune.training._result import Decision, EvalRecord, RunStatus
 from bstune.training._sampling import StreamBatchSampler
 from bstune.training._schedule import lr_at, samples_before_step, stage_at, step_batch_sizes
+from bstune.training._trial_scheduler import LRRamp, TrialLRScheduler
 
-__all__ = ["LRRamp", "TrialContext", "TrialFunction", "TrialPruned", "run_function"]
+__all__ = ["TrialContext", "TrialFunction", "TrialPruned"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,73 +75,7 @@ class _Diverged(Exception):
     """The loss became non-finite or blew up: the trial ends ``diverged``."""
 
 
-@dataclass(frozen=True)
-class LRRamp:
-    """The probe's LR range test: the rate of step ``k`` is ``lr_min * ratio**k``; the ramp ends
-    once the smoothed loss exceeds twice its minimum (or goes non-finite)."""
-
-    lr_min: float
-    ratio: float
-
-    def lr(self, step: int) -> float:
-        return self.lr_min * self.ratio**step
-
-
-_other_scheduler_said = False  # said once per process, not once per trial
 _late_report_said = False  # a report a step or more past its milestone: said once per process
-
-
-def _say_other_scheduler(set_lr: float, found_lr: float) -> None:
-    global _other_scheduler_said
-    _other_scheduler_said = True
-    logger.warning(
-        "the optimizer's learning rate changed between two steps of ctx.lr_scheduler (%.4g set, %.4g found): "
-        "another scheduler (or the loop) sets it too. The trial's rate is the study's to set, from the space's "
-        "lr, schedule and warmup_samples; drop the other scheduler, or the trials and the probe's range test "
-        "train at rates the study does not know",
-        set_lr,
-        found_lr,
-    )
-
-
-class TrialLRScheduler:
-    """Sets the optimizer's learning rate for each step: the trial's warmup and decay, or the probe's ramp.
-
-    Call :meth:`step` once per optimizer step, as with a torch scheduler. Parameter groups
-    built with different rates keep their ratios to ``ctx.config["lr"]``.
-    """
-
-    def __init__(self, ctx: TrialContext, optimizer: torch.optim.Optimizer) -> None:
-        self.ctx, self.optimizer = ctx, optimizer
-        base = ctx.train_config.lr
-        self._scale = [float(group["lr"]) / base if group.get("lr") else 1.0 for group in optimizer.param_groups]
-        self.last_step = 0
-        self._apply()
-
-    def _apply(self) -> None:
-        lr = self.ctx._lr_of_step(self.last_step)
-        for group, scale in zip(self.optimizer.param_groups, self._scale, strict=True):
-            group["lr"] = lr * scale
-        self._set = [float(group["lr"]) for group in self.optimizer.param_groups]
-
-    def step(self) -> None:
-        found = [float(group["lr"]) for group in self.optimizer.param_groups]
-        if not _other_scheduler_said and any(
-            not math.isclose(f, s, rel_tol=1e-9, abs_tol=0.0) for f, s in zip(found, self._set, strict=False)
-        ):
-            _say_other_scheduler(self._set[0], found[0])
-        self.last_step += 1
-        self._apply()
-
-    def get_last_lr(self) -> list[float]:
-        return [float(group["lr"]) for group in self.optimizer.param_groups]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"last_step": self.last_step, "scale": list(self._scale)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.last_step, self._scale = int(state["last_step"]), list(state["scale"])
-        self._apply()
 
 
 class TrialContext:
@@ -589,83 +516,3 @@ class TrialContext:
             self.message = (
                 f"the function returned after {self.samples:,} of its {self.train_config.max_samples:,} samples"
             )
-
-
-def run_function(
-    fn: TrialFunction,
-    config: TrainConfig,
-    callback: Callback | None = None,
-    *,
-    params: Mapping[str, Any] | None = None,
-    objective: str = "val_loss",
-    optimizer: OptimizerSpec | None = None,
-    ramp: LRRamp | None = None,
-    order: str = "epoch",
-    evaluate: bool = True,
-    still_after: int | None = None,
-) -> tuple[TrainResult, TrialContext]:
-    """Run the user's ``fn(ctx)`` as one training run of ``config``; never raises for divergence or
-    OOM (like :func:`~bstune.training.train`); what else ``fn`` raises goes up.
-
-    ``still_after`` (the probe's noise run): the run trains that many samples, to the step that
-    reaches them, with the milestones, warmup and decay of a run that long (its last milestone
-    there), then holds the rate at 0 until ``config.max_samples``, a still phase whose gradients
-    are all taken at one point and in which nothing is evaluated. One batch size only (no
-    ``batch_schedule``), and the last step of training must end before ``config.max_samples``.
-
-    torch, numpy and ``random`` are seeded with ``config.seed`` first, and their states are
-    restored after. Returns the run's :class:`~bstune.training.TrainResult` and the context
-    (the probe reads its ramp and step times).
-    """
-    ctx = TrialContext(
-        config, params, callback, objective=objective, optimizer=optimizer, ramp=ramp, order=order, evaluate=evaluate
-    )
-    if still_after is not None:
-        ctx._hold_still_after(still_after)
-    device = ctx.device
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was asked for but torch sees no CUDA device", source="TrainConfig", field="device")
-    py_state, np_state = random.getstate(), np.random.get_state()
-    started = time.perf_counter()
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(config.seed)
-            random.seed(config.seed)
-            np.random.seed(config.seed % 2**32)
-            try:
-                ctx._finish(fn(ctx))
-            except (TrialPruned, _Diverged):
-                if ctx.status is RunStatus.COMPLETED:  # the function raised TrialPruned itself
-                    ctx.status, ctx.message = RunStatus.STOPPED, "the function raised TrialPruned"
-            except torch.OutOfMemoryError as exc:
-                ctx.status = RunStatus.OOM
-                ctx.message = f"out of memory at batch_size={config.batch_size}: {str(exc).splitlines()[0]}"
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        if ctx._tracker is not None:
-            ctx._tracker.remove()
-    if ctx._tracker is not None and ctx._tracker.tracker is not None:
-        ctx._tracker.tracker.flush(ctx.steps, ctx.samples)  # the window the last report left open
-    if ctx.status is not RunStatus.COMPLETED:
-        logger.info("run ended %s: %s", ctx.status.value, ctx.message)
-    unread = ctx.unread_params() if ctx.status is RunStatus.COMPLETED else []
-    warn_unread(unread)
-    wall = time.perf_counter() - started
-    result = TrainResult(
-        config=config,
-        status=ctx.status,
-        steps=ctx.steps,
-        samples=ctx.samples,
-        history=ctx.history,
-        wall_time_s=wall,
-        train_time_s=(sum(ctx.step_times) / len(ctx.step_times)) * ctx.steps if ctx.step_times else wall,
-        message=ctx.message,
-        noise_trajectory=list(ctx._tracker.tracker.trajectory) if ctx._tracker and ctx._tracker.tracker else [],
-        model=None,
-        n_train=ctx.n_train,
-        unread_params=unread,
-    )
-    return result, ctx

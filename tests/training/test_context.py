@@ -350,7 +350,7 @@ def test_a_second_scheduler_beside_the_trials_is_named_once(
 ) -> None:
     """A newcomer kept their CosineAnnealingLR beside ctx.lr_scheduler: the two fought over the rate without a
     word (the probe's B_simple moved 2x). The loop's own schedule alone says nothing."""
-    from bstune.training import _context
+    from bstune.training import _trial_scheduler
 
     def two(ctx: TrialContext) -> None:
         model = net()
@@ -365,7 +365,7 @@ def test_a_second_scheduler_beside_the_trials_is_named_once(
             sched.step()
             ctx.step(loss)
 
-    monkeypatch.setattr(_context, "_other_scheduler_said", False)
+    monkeypatch.setattr(_trial_scheduler, "_other_scheduler_said", False)
     config = TrainConfig(batch_size=32, lr=0.1, max_samples=1024)
     with caplog.at_level("WARNING", logger="bstune.training._read_config"):
         run_function(loop, config)
