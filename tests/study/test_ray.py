@@ -21,18 +21,9 @@ from bstune.errors import ConfigError, DependencyError
 from bstune.records import TrialStatus
 from bstune.space import SearchSpace
 from bstune.study import Study, make_sampler
-from bstune.study._ray import (
-    PlannerSpace,
-    RayBackend,
-    RaySettings,
-    _adopted_trial,
-    _init,
-    _make_searcher,
-    import_ray,
-    make_scheduler,
-    use_auth_token,
-)
+from bstune.study._ray import RayBackend, RaySettings, _init, import_ray, make_scheduler, use_auth_token
 from bstune.study._ray_cluster import _register_script_modules
+from bstune.study._ray_search import PlannerSpace, adopted_trial, make_searcher
 from bstune.study._ray_trial import record_from_result
 from bstune.study._trial import TrialOutcome, TrialPlanner
 
@@ -64,6 +55,18 @@ def test_planner_space_ships_the_plan_the_planner_derives() -> None:
     assert plan["config"]["max_samples"] == 9000 and plan["config"]["eval_every_samples"] == 1000
 
 
+def test_a_searcher_state_saved_before_the_search_had_its_own_module_still_loads() -> None:
+    """A Ray study's saved searcher state pickles the space by its module's path: one saved when the space
+    lived in ``bstune.study._ray`` resumes after it moved to ``_ray_search``."""
+    import pickle
+
+    saved = pickle.dumps(PlannerSpace(planner()), protocol=0)
+    assert b"bstune.study._ray_search\nPlannerSpace" in saved
+    older = saved.replace(b"bstune.study._ray_search\nPlannerSpace", b"bstune.study._ray\nPlannerSpace")
+    loaded = pickle.loads(older)  # bytes this test made
+    assert isinstance(loaded, PlannerSpace) and loaded.planner.space == planner().space
+
+
 def _config() -> dict[str, object]:
     trial = optuna.create_study().ask()
     return PlannerSpace(planner())(trial)
@@ -88,8 +91,8 @@ def test_an_adopted_run_is_the_searchers_trial_0_kept_in_the_state_file(tmp_path
     assert state["settings"] == {"seed": 0} and state["adopted"]["value"] == 0.25
     assert backend.adopt(plan, outcome, {9: 0.25}, distributions)  # once
 
-    adopted = _adopted_trial(state["adopted"])
-    searcher = _make_searcher(plans, optuna.samplers.RandomSampler(seed=0), "minimize", adopted)
+    adopted = adopted_trial(state["adopted"])
+    searcher = make_searcher(plans, optuna.samplers.RandomSampler(seed=0), "minimize", adopted)
     zero = searcher._ot_study.trials[0]
     assert (zero.number, zero.value, zero.params, zero.intermediate_values) == (0, 0.25, plan.params, {9: 0.25})
     assert zero.user_attrs["from_probe"] is True and zero.user_attrs["batch_size"] == 64
@@ -222,7 +225,7 @@ def test_records_from_ray_results_keep_outcome_and_learning_curve() -> None:
 
 def test_searcher_learns_from_out_of_memory_and_fails_broken_trials(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("ray.tune")
-    from bstune.study._ray import _make_searcher
+    from bstune.study._ray_search import make_searcher
 
     studies: list[optuna.Study] = []  # the study OptunaSearch creates, seen through Optuna's own entry point
     create_study = optuna.study.create_study
@@ -233,7 +236,7 @@ def test_searcher_learns_from_out_of_memory_and_fails_broken_trials(monkeypatch:
 
     monkeypatch.setattr(optuna.study, "create_study", recording)
     plans = planner()
-    search = _make_searcher(plans, make_sampler(0, 8), direction="minimize")
+    search = make_searcher(plans, make_sampler(0, 8), direction="minimize")
     batch = search.suggest("t1")["bstune_plan"]["batch_size"]
     search.on_trial_complete("t1", {"status": "oom", "batch_size": batch})
     cap = max(8, min(256, batch // 2))
@@ -245,10 +248,10 @@ def test_searcher_learns_from_out_of_memory_and_fails_broken_trials(monkeypatch:
 
 def test_searcher_caps_batch_sizes_at_a_training_functions_training_set() -> None:
     pytest.importorskip("ray.tune")
-    from bstune.study._ray import _make_searcher
+    from bstune.study._ray_search import make_searcher
 
     plans = planner()
-    search = _make_searcher(plans, make_sampler(0, 8), direction="minimize")
+    search = make_searcher(plans, make_sampler(0, 8), direction="minimize")
     search.suggest("t1")
     search.on_trial_complete("t1", {"status": "failed", "n_train": 40})  # the loop's ctx.loader held 40 examples
     assert plans.batch_cap == 40
@@ -264,7 +267,7 @@ def test_searcher_gives_up_on_code_that_fails_and_a_restored_one_starts_anew(tmp
     failed = {"final": True, "status": "failed", "message": "RuntimeError: shapes"}
 
     def searcher() -> object:
-        search = _make_searcher(planner(), make_sampler(0, 8), direction="minimize")
+        search = make_searcher(planner(), make_sampler(0, 8), direction="minimize")
         search.set_search_properties("objective", "min", {})
         return search
 
