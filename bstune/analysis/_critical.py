@@ -49,22 +49,27 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, overload
 
 import numpy as np
-from numpy.typing import NDArray
 
+from bstune.analysis._profile import (
+    GRID,
+    SPAN,
+    FloatArray,
+    crossing,
+    lazy_scipy,
+    log1p_ratio,
+    profile_rss,
+    s_min_interval,
+)
 from bstune.analysis._target import BatchPoint
 from bstune.errors import ConfigError, EstimationError
 
 __all__ = ["CriticalBatchFit", "fit_critical_batch"]
 
-FloatArray = NDArray[np.float64]
-
-_SPAN = math.log(1e4)  # the search over ln B_crit reaches this far beyond ln B of the data
-_GRID = 801  # grid points over that range: ~0.03 in ln B_crit apart before refinement
 _EXACT_RSS = 1e-16  # relative to the spread of ln S: below this the data lie on the curve; intervals collapse
 
 
@@ -141,7 +146,7 @@ class CriticalBatchFit:
 
         For a fixed c = ln B_crit the RSS is RSS_prof(c) + n (a − â(c))², a parabola in a = ln S_min,
         so the a-range is â(c) ± sqrt((level − RSS_prof(c))/n). An exact fit (or one without its
-        points) collapses to the estimate; B_crit's open ends are reached to within 10⁻⁴ (``_SPAN``).
+        points) collapses to the estimate; B_crit's open ends are reached to within 10⁻⁴ (``SPAN``).
         """
         x = np.array([p[0] for p in self.log_points])
         y = np.array([p[1] for p in self.log_points])
@@ -149,19 +154,19 @@ class CriticalBatchFit:
             if 0 < self.b_crit < math.inf or not len(x):
                 c0 = math.log(self.b_crit) if 0 < self.b_crit < math.inf else 0.0
             else:
-                c0 = float(x.max()) + _SPAN if self.b_crit > 0 else float(x.min()) - _SPAN
+                c0 = float(x.max()) + SPAN if self.b_crit > 0 else float(x.min()) - SPAN
             a0 = math.log(self.s_min) if self.s_min > 0 else math.log(max(self.e_min, 1e-300)) - c0
             return np.array([c0]), np.array([a0]), np.array([a0])
         n, dof = len(x), len(x) - 2
         rss_min = n * self.residual_rms**2
-        level = rss_min * (1.0 + float(_scipy().stats.f.ppf(self.confidence, 1, dof)) / dof)
+        level = rss_min * (1.0 + float(lazy_scipy().stats.f.ppf(self.confidence, 1, dof)) / dof)
         lo, hi = self.b_crit_ci
-        c_lo = math.log(lo) if lo > 0 else float(x.min()) - _SPAN
-        c_hi = math.log(hi) if math.isfinite(hi) else float(x.max()) + _SPAN
-        c = np.linspace(c_lo, c_hi, 4 * _GRID)
-        shape = _log1p_ratio(c, x)
+        c_lo = math.log(lo) if lo > 0 else float(x.min()) - SPAN
+        c_hi = math.log(hi) if math.isfinite(hi) else float(x.max()) + SPAN
+        c = np.linspace(c_lo, c_hi, 4 * GRID)
+        shape = log1p_ratio(c, x)
         a_hat = (y - shape).mean(axis=-1)
-        rss = _profile_rss(c, x, y)
+        rss = profile_rss(c, x, y)
         half = np.sqrt(np.clip(level - rss, 0.0, None) / n)
         keep = rss <= level * (1 + 1e-9)
         if not keep.any():  # the interval's ends are where rss == level: keep the best grid point at least
@@ -185,7 +190,7 @@ class CriticalBatchFit:
             (True, True)
         """
         c, a_lo, a_hi = self._region()
-        shape = _log1p_ratio(c, np.array([math.log(batch_size)]))[:, 0]
+        shape = log1p_ratio(c, np.array([math.log(batch_size)]))[:, 0]
         return float(np.exp(np.min(a_lo + shape))), float(np.exp(np.max(a_hi + shape)))
 
     def samples_ci(self, batch_size: float) -> tuple[float, float]:
@@ -333,15 +338,6 @@ class CriticalBatchFit:
         )
 
 
-def _scipy() -> Any:
-    """SciPy with its ``stats`` and ``optimize`` loaded, when a fit first needs them (they take a second
-    or more to import, which a process that never fits should not pay)."""
-    import scipy.optimize
-    import scipy.stats
-
-    return scipy
-
-
 def _steps(x: float) -> str:
     """A step count as a reader would recompute a ratio from it: three figures below 1,000."""
     return f"{x:,.0f}" if x >= 1000 else f"{x:.3g}"
@@ -349,50 +345,6 @@ def _steps(x: float) -> str:
 
 def _num(x: float) -> str:
     return "∞" if math.isinf(x) else f"{x:.3g}"
-
-
-def _log1p_ratio(log_b: FloatArray | float, x: FloatArray) -> FloatArray:
-    """ln(1 + B_crit/B) for ln B_crit (scalar or (G,)) against x = ln B (n,): shape (n,) or (G, n)."""
-    return np.logaddexp(0.0, np.subtract.outer(log_b, x))
-
-
-def _profile_rss(log_b: FloatArray | float, x: FloatArray, y: FloatArray) -> FloatArray:
-    """min over a of Σ (y − a − ln(1 + B_crit/B))²: the centred residuals' sum of squares."""
-    r = y - _log1p_ratio(log_b, x)
-    return np.asarray(((r - r.mean(axis=-1, keepdims=True)) ** 2).sum(axis=-1), dtype=np.float64)
-
-
-def _rss_at(log_s: float, x: FloatArray, y: FloatArray, log_b_hi: float) -> float:
-    """Profile over ln B_crit for fixed a = ln S_min: min over c of Σ (y − a − ln(1 + e^c/B))²."""
-    grid = np.linspace(float(x.min()) - _SPAN, log_b_hi, _GRID // 4)  # coarser: Brent refines below
-    rss = (((y - log_s) - _log1p_ratio(grid, x)) ** 2).sum(axis=-1)
-    i = int(np.argmin(rss))
-    best = min(float(rss[i]), float(((y - log_s) ** 2).sum()))  # c → −∞: the constant model
-    if 0 < i < len(grid) - 1:
-        res = _scipy().optimize.minimize_scalar(
-            lambda c: float((((y - log_s) - _log1p_ratio(c, x)) ** 2).sum()),
-            bounds=(grid[i - 1], grid[i + 1]),
-            method="bounded",
-            options={"xatol": 1e-10},
-        )
-        best = min(best, float(res.fun))
-    return best
-
-
-def _crossing(fun: Callable[[float], float], start: float, sign: float, level: float, limit: float) -> float | None:
-    """First point past ``start`` (moving by ``sign``) where fun rises above level; None if not before limit."""
-    prev, step = start, 0.05
-    if fun(start) >= level:  # only from rounding: the optimum itself sits on the boundary
-        return start
-    while sign * (limit - prev) > 0:
-        nxt = prev + sign * step
-        if sign * (nxt - limit) > 0:
-            nxt = limit
-        if fun(nxt) > level:
-            lo, hi = sorted((prev, nxt))
-            return float(_scipy().optimize.brentq(lambda z: fun(z) - level, lo, hi, xtol=1e-9))
-        prev, step = nxt, step * 1.5
-    return None
 
 
 def _coerce(points: Iterable[BatchPoint | tuple[float, float]]) -> tuple[list[tuple[float, float]], list[BatchPoint]]:
@@ -476,21 +428,21 @@ def fit_critical_batch(
     x = np.log(np.array([b for b, _ in reached]))
     y = np.log(np.array([s for _, s in reached]))
     n = len(x)
-    lo_c, hi_c = float(x.min()) - _SPAN, float(x.max()) + _SPAN
-    grid = np.linspace(lo_c, hi_c, _GRID)
-    rss_grid = _profile_rss(grid, x, y)
+    lo_c, hi_c = float(x.min()) - SPAN, float(x.max()) + SPAN
+    grid = np.linspace(lo_c, hi_c, GRID)
+    rss_grid = profile_rss(grid, x, y)
     i = int(np.argmin(rss_grid))
 
     def rss_c(c: float) -> float:
-        return float(_profile_rss(c, x, y))
+        return float(profile_rss(c, x, y))
 
     if i == 0:  # B_crit → 0: S does not depend on B
         log_b, start, rss_min = -math.inf, lo_c, float(((y - y.mean()) ** 2).sum())
-    elif i == _GRID - 1:  # B_crit → ∞: S ∝ 1/B, E = B·S constant
+    elif i == GRID - 1:  # B_crit → ∞: S ∝ 1/B, E = B·S constant
         z = y + x
         log_b, start, rss_min = math.inf, hi_c, float(((z - z.mean()) ** 2).sum())
     else:
-        res = _scipy().optimize.minimize_scalar(
+        res = lazy_scipy().optimize.minimize_scalar(
             rss_c, bounds=(grid[i - 1], grid[i + 1]), method="bounded", options={"xatol": 1e-10}
         )
         log_b, start, rss_min = float(res.x), float(res.x), float(res.fun)
@@ -498,7 +450,7 @@ def fit_critical_batch(
     if math.isinf(log_b) and log_b > 0:
         s_min, e_min = 0.0, float(np.exp(np.mean(y + x)))
     else:
-        log_s = float(np.mean(y - _log1p_ratio(log_b, x))) if math.isfinite(log_b) else float(y.mean())
+        log_s = float(np.mean(y - log1p_ratio(log_b, x))) if math.isfinite(log_b) else float(y.mean())
         s_min = math.exp(log_s)
         e_min = s_min * math.exp(log_b)
     b_crit = math.exp(log_b) if math.isfinite(log_b) else (math.inf if log_b > 0 else 0.0)
@@ -507,11 +459,11 @@ def fit_critical_batch(
     if rss_min <= _EXACT_RSS * max(1.0, float(((y - y.mean()) ** 2).sum())):
         b_ci, s_ci = (b_crit, b_crit), (s_min, s_min)
     else:
-        level = rss_min * (1.0 + float(_scipy().stats.f.ppf(confidence, 1, dof)) / dof)
-        down = _crossing(rss_c, start, -1.0, level, lo_c)
-        up = _crossing(rss_c, start, +1.0, level, hi_c)
+        level = rss_min * (1.0 + float(lazy_scipy().stats.f.ppf(confidence, 1, dof)) / dof)
+        down = crossing(rss_c, start, -1.0, level, lo_c)
+        up = crossing(rss_c, start, +1.0, level, hi_c)
         b_ci = (0.0 if down is None else math.exp(down), math.inf if up is None else math.exp(up))
-        s_ci = _s_min_interval(x, y, s_min, level)
+        s_ci = s_min_interval(x, y, s_min, level)
 
     rms = math.sqrt(rss_min / n)
     fit = CriticalBatchFit(
@@ -540,19 +492,3 @@ def fit_critical_batch(
         or (p.upper_bound and math.log(fit.predict_steps(float(p.batch_size))) - math.log(max(p.steps, 1e-300)) > tol)
     )
     return replace(fit, contradicted=contradicted) if contradicted else fit
-
-
-def _s_min_interval(x: FloatArray, y: FloatArray, s_min: float, level: float) -> tuple[float, float]:
-    """Profile interval of S_min: the range of ln S_min whose profile RSS stays below level."""
-    z = y + x
-    rss_inf = float(((z - z.mean()) ** 2).sum())  # ln S_min → −∞ with B_crit → ∞: the 1/B model
-    hi_c = float(x.max()) + _SPAN
-    # at B_crit → ∞ (s_min = 0) start where the grid's largest B_crit puts S_min
-    start = math.log(s_min) if s_min > 0 else float(z.mean()) - hi_c
-
-    def rss_a(a: float) -> float:
-        return _rss_at(a, x, y, hi_c + _SPAN + max(0.0, start - a))  # lower S_min needs larger B_crit
-
-    up = _crossing(rss_a, start, +1.0, level, start + 50.0)
-    down = None if rss_inf <= level else _crossing(rss_a, start, -1.0, level, start - 50.0)
-    return (0.0 if down is None else math.exp(down), math.inf if up is None else math.exp(up))
