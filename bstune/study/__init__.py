@@ -13,9 +13,10 @@ from bstune.study._pruners import PRUNERS, make_pruner
 from bstune.study._range_test import lr_range_test
 from bstune.study._ray import RayBackend, RaySettings, import_ray, use_auth_token
 from bstune.study._records import StudyResult, TrialRecord, TrialStatus
+from bstune.study._samplers import make_sampler
 from bstune.study._settings import StudySettings
 from bstune.study._storage import open_storage, storage_file
-from bstune.study._study import Study, StudyFailedError, make_sampler
+from bstune.study._study import Study, StudyFailedError
 from bstune.study._summary import format_summary
 from bstune.study._trial import build_model, split_params
 from bstune.study._workers import WorkerCrashError, worker_devices

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -39,42 +38,16 @@ from bstune.study._ray import RayBackend, RaySettings
 from bstune.study._recommend import StudyFailedError, handed_over, handed_over_to_function, recommend
 from bstune.study._records import StudyResult, clean_dict
 from bstune.study._rescore import candidates, rescore_seeds, run_rescoring
+from bstune.study._samplers import make_sampler, parallel_sampler, resumed_samplers
 from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialPlanner, completed_outcome
-from bstune.study._workers import parallel_sampler, worker_devices
+from bstune.study._workers import worker_devices
 from bstune.task import Task
 from bstune.training import TrialFunction
 
-__all__ = ["Study", "StudyFailedError", "TrialFailure", "make_sampler"]
+__all__ = ["Study", "StudyFailedError", "TrialFailure"]
 
 logger = logging.getLogger(__name__)
-
-
-def make_sampler(seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
-    """Multivariate TPE (it models B and eta jointly), after a few random startup trials."""
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(3, n_trials // 4)))
-
-
-def resumed_seed(seed: int, stored: int) -> int:
-    """The default samplers' seed for a study whose storage already holds ``stored`` trials.
-
-    A sampler seeded as the first run was would replay that run's random draws, so the
-    trials after a resume repeated the first configs (trial 2 trained trial 0's B and η
-    again). Still deterministic: the same seed and the same storage draw the same trials.
-
-    Example:
-        >>> resumed_seed(3, 0), resumed_seed(3, 2) != 3
-        (3, True)
-    """
-    return seed if stored == 0 else (seed + 7919 * stored) % 2**32
-
-
-def resumed_samplers(
-    seed: int, n_trials: int, stored: int
-) -> tuple[optuna.samplers.BaseSampler, Callable[[int], optuna.samplers.BaseSampler]]:
-    """The default sampler, and trial worker i's, for a study that already holds ``stored`` trials."""
-    at = resumed_seed(seed, stored)
-    return make_sampler(at, n_trials), partial(parallel_sampler, at, n_trials)
 
 
 class Study:

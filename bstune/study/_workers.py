@@ -55,7 +55,6 @@ __all__ = [
     "DroppedInterrupts",
     "TrialGate",
     "WorkerCrashError",
-    "parallel_sampler",
     "pickled",
     "run_plans_parallel",
     "run_workers",
@@ -130,17 +129,6 @@ def worker_threads(n_workers: int) -> int:
     """torch threads of each of ``n_workers`` processes sharing this machine's cores: its share, at least 1."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // n_workers)
-
-
-def parallel_sampler(seed: int, n_trials: int, index: int) -> optuna.samplers.BaseSampler:
-    """The default sampler of worker ``index``: the study's multivariate TPE seeded ``seed + index``,
-    with the constant liar, so that workers draw different configs and not beside running ones."""
-    return optuna.samplers.TPESampler(
-        seed=seed + index,
-        multivariate=True,
-        n_startup_trials=min(10, max(3, n_trials // 4)),
-        constant_liar=True,
-    )
 
 
 def pickled(obj: Any, *, field: str = "parallel_trials") -> bytes:
