@@ -16,8 +16,9 @@ import struct
 from html import escape
 from typing import Any
 
-from bstune.report._markdown import _n, render_markdown
+from bstune.report._markdown import render_markdown
 from bstune.report._plots import Plot, render_plots
+from bstune.report._text import num as _n
 
 __all__ = ["SECTIONS", "render_html"]
 
