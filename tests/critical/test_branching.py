@@ -19,7 +19,7 @@ from torch import nn
 
 import bstune
 from bstune.critical import BranchSettings, measure_critical_batch
-from bstune.critical._branching import _ladder
+from bstune.critical._branches import batch_ladder
 from bstune.errors import ConfigError, EstimationError
 
 B_CRIT = (30.0, 100.0, 300.0)  # per segment: B_crit grows over training
@@ -199,15 +199,15 @@ def test_a_ladder_with_too_few_batch_sizes_is_refused() -> None:
 
 
 def test_the_default_ladder_spans_the_b_simple_values_within_the_batch_range() -> None:
-    assert _ladder([10.0, 80.0], ref=8, low=1, high=4096, factor=4, max_rungs=6) == [2, 8, 32, 128, 512]
-    assert _ladder([10.0, 80.0], ref=8, low=8, high=64, factor=4, max_rungs=6) == [
+    assert batch_ladder([10.0, 80.0], ref=8, low=1, high=4096, factor=4, max_rungs=6) == [2, 8, 32, 128, 512]
+    assert batch_ladder([10.0, 80.0], ref=8, low=8, high=64, factor=4, max_rungs=6) == [
         8,
         16,
         32,
         64,
     ]  # 2x when 4x is too few
-    assert _ladder([math.inf], ref=64, low=1, high=4096, factor=4, max_rungs=3) == [16, 64, 256]
-    assert len(_ladder([1.0, 1e6], ref=8, low=1, high=2**20, factor=4, max_rungs=5)) == 5
+    assert batch_ladder([math.inf], ref=64, low=1, high=4096, factor=4, max_rungs=3) == [16, 64, 256]
+    assert len(batch_ladder([1.0, 1e6], ref=8, low=1, high=2**20, factor=4, max_rungs=5)) == 5
 
 
 def test_with_a_target_loss_the_reference_runs_until_it_and_the_whole_run_is_measured_to_it() -> None:
