@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from bstune._keys import FROM_PROBE_ATTR
 from bstune.errors import ConfigError
 from bstune.metrics import Direction, infer_direction
+from bstune.optim import OptimizerSpec
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_dict, clean_json
 from bstune.report import Report, build_report
 from bstune.study._prior import Prior
@@ -137,6 +138,9 @@ class StudyResult:
     # the search space's optimizer family: a training function's best_config does not name the optimizer it
     # built, and the report's LR table follows the family's rule (None: a result written by an older bstune)
     optimizer: str | None = None
+    # the search space's whole optimizer (OptimizerSpec's fields), which a training function's trials were
+    # given for ctx.make_optimizer; None: a task's study (its Task holds it), or a result written before
+    optimizer_spec: dict[str, Any] | None = None
 
     def metric_names(self) -> list[str]:
         """The quantities this study recorded, by the names a target or an objective uses."""
@@ -223,6 +227,7 @@ class StudyResult:
                 "trials": [t.to_dict() for t in self.trials],
                 "critical_measured": self.critical_measured,
                 "optimizer": self.optimizer,
+                "optimizer_spec": self.optimizer_spec,
             }
         )
 
@@ -246,6 +251,7 @@ class StudyResult:
             directions={str(k): str(Direction(v)) for k, v in data.get("directions", {}).items()},
             critical_measured=data.get("critical_measured"),
             optimizer=data.get("optimizer"),
+            optimizer_spec=data.get("optimizer_spec"),
         )
 
     @classmethod
@@ -286,6 +292,29 @@ class StudyResult:
         # the device the trial ran on (a worker's "cuda:3") may not exist where it is trained again
         config = {k: v for k, v in trial.config.items() if k != "model_kwargs"} | {"device": "auto"}
         return TrainConfig.from_dict(config, source=f"trial {trial.number}'s config")
+
+    def best_optimizer(self) -> OptimizerSpec:
+        """The optimizer the recommended trial trained with, to pass to :func:`bstune.training.run_function`
+        (``optimizer=``) when training it again with a training function: the search space's family and fixed
+        settings, with the values the trial drew for searched ones (``momentum``, ``betas``,
+        ``weight_decay``). A task's study needs none: its :class:`~bstune.Task` holds the optimizer.
+
+        Example:
+            >>> r = StudyResult("s", "baseline", "val_loss", "minimize", {"batch_size": 32, "lr": 1e-3,
+            ...     "betas": [0.9, 0.99], "weight_decay": 0.05}, 0.1, [], None, None, 1000, 0, optimizer="adamw")
+            >>> r.best_optimizer()
+            OptimizerSpec(family='adamw', momentum=0.0, nesterov=False, weight_decay=0.05, betas=(0.9, 0.99), eps=1e-08)
+        """
+        if self.optimizer_spec is not None:
+            spec = OptimizerSpec(**{**self.optimizer_spec, "betas": tuple(self.optimizer_spec["betas"])})
+        else:  # a result written before the whole spec was kept: its family, the rest from best_config
+            spec = OptimizerSpec(family=self.optimizer or "sgd")  # type: ignore[arg-type]
+        drawn: dict[str, Any] = {"weight_decay": self.best_config.get("weight_decay", spec.weight_decay)}
+        if spec.family == "sgd":
+            drawn["momentum"] = self.best_config.get("momentum", spec.momentum)
+        else:
+            drawn["betas"] = tuple(self.best_config.get("betas", spec.betas))
+        return replace(spec, **drawn)
 
     def save(self, path: str | Path) -> Path:
         """Write ``result.json`` into folder ``path`` (created); returns the file (``bstune report`` reads it)."""

@@ -551,6 +551,7 @@ class Study:
             ),
             best_value=best_value,
             optimizer=self.space.optimizer.family,
+            optimizer_spec=dataclasses.asdict(self.space.optimizer) if self.task is None else None,
             best_trial=best.number,
             trials=trials,
             probe=self.probe,

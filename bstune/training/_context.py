@@ -126,6 +126,7 @@ class TrialContext:
         self.train_config = config
         self.optimizer_spec = optimizer or OptimizerSpec()
         self._optimizer_declared = optimizer is not None  # by a study's space: the loop's is compared to it
+        self._adam_settings = "betas" in (params or {})  # a config an Adam-family optimizer trained with
         self.momentum = config.momentum if config.momentum is not None else self.optimizer_spec.momentum
         self.config: dict[str, Any] = ReadConfig(
             {**self._optimizer_settings(), **dict(params or {}), "batch_size": config.batch_size, "lr": config.lr}
@@ -332,6 +333,13 @@ class TrialContext:
 
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
         """The search space's optimizer (family, momentum, weight decay) at the trial's learning rate."""
+        if self._adam_settings and not self._optimizer_declared:
+            raise ConfigError(
+                "ctx.config holds betas, an Adam-family optimizer's setting, but the run was given no optimizer, "
+                "so ctx.make_optimizer would build plain SGD: pass run_function(..., optimizer=...), for a study's "
+                "recommendation optimizer=result.best_optimizer()",
+                source="ctx.make_optimizer",
+            )
         self._applied(OPTIMIZER_SETTINGS)
         return self.optimizer_spec.build(
             params, lr=self.lr, momentum=self.momentum, weight_decay=self.train_config.weight_decay

@@ -527,6 +527,30 @@ def test_the_recommended_trial_trains_again_from_best_train_config() -> None:
         dataclasses.replace(result, best_trial=None).best_train_config()
 
 
+def test_an_adamw_recommendation_trains_again_with_its_optimizer(tmp_path: Path) -> None:
+    """A newcomer retrained an AdamW study's recommendation by the README's recipe: ctx.make_optimizer built plain
+    SGD (the run was given no optimizer), and the rerun's losses were far from the trial's without a word."""
+    from bstune.training import run_function
+
+    space = SPACE | {
+        "lr": {"min": 1e-3, "max": 0.1},
+        "optimizer": {"family": "adamw", "betas": [0.9, 0.99]},
+        "params": {"weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True}},
+    }
+    result = bstune.Study(loop, space, **(ARGS | {"rescore_top": 0, "pruner": "none", "n_trials": 3})).run()
+    best = next(t for t in result.trials if t.number == result.best_trial)
+    spec = result.best_optimizer()
+    assert (spec.family, spec.betas) == ("adamw", (0.9, 0.99))
+    assert spec.weight_decay == result.best_config["weight_decay"] != 0.0  # the value the trial drew
+    config = result.best_train_config()
+    again, _ = run_function(loop, config, params=result.best_config, optimizer=spec)
+    assert [h.val_loss for h in again.history] == pytest.approx([h["val_loss"] for h in best.history], rel=1e-6)
+    with pytest.raises(ConfigError, match=r"ctx.make_optimizer.*optimizer=result.best_optimizer\(\)"):
+        run_function(loop, config, params=result.best_config)
+    result.save(tmp_path)
+    assert bstune.StudyResult.load(tmp_path).best_optimizer() == spec
+
+
 def test_an_objective_that_improves_against_its_declared_direction_is_called_out(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
