@@ -30,7 +30,15 @@ from bstune.study._prior_sampler import PriorSampler
 from bstune.study._records import clean_json
 from bstune.study._status import trial_status
 from bstune.task import Task
-from bstune.training import Decision, EvalRecord, TrainConfig, TrainResult, train, train_data_parallel
+from bstune.training import (
+    Decision,
+    EvalRecord,
+    TrainConfig,
+    TrainResult,
+    train,
+    train_data_parallel,
+    trained_before,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -404,9 +412,11 @@ def run_trial(
     sign = Direction(direction).sign
     best = math.inf
     eval_every = plan.config.eval_every
+    seen: list[EvalRecord] = []  # what a trial whose code raises keeps of its evaluations
 
     def report(record: EvalRecord) -> Decision:
         nonlocal best
+        seen.append(record)
         value = objective_value(record, objective)
         if math.isfinite(value):
             best = min(best, sign * value)
@@ -416,10 +426,14 @@ def run_trial(
 
     try:
         result = runner(plan.config, report)
-    except Exception as exc:  # user code raised: keep the traceback with the trial
+    except Exception as exc:  # user code raised: keep the traceback with the trial, and what it trained
+        samples, steps = trained_before(exc)
         return TrialOutcome(
             status=TrialStatus.FAILED,
             value=None,
+            samples=samples,
+            steps=steps,
+            history=[history_row(r) for r in seen],
             message=f"{type(exc).__name__}: {exc}",
             traceback=traceback.format_exc(),
             n_train=exc.n_examples if isinstance(exc, BatchLargerThanDataError) else None,

@@ -52,7 +52,7 @@ from bstune.task import Task
 from bstune.training._config import TrainConfig
 from bstune.training._distributed import DataParallel
 from bstune.training._evaluate import MetricSet
-from bstune.training._result import Callback, Decision, EvalRecord, RunStatus, TrainResult
+from bstune.training._result import Callback, Decision, EvalRecord, RunStatus, TrainResult, keep_progress
 from bstune.training._sampling import training_batches
 from bstune.training._schedule import lr_at
 
@@ -507,6 +507,10 @@ def train(
             message = f"out of memory at batch_size={config.batch_size}: {str(exc).splitlines()[0]}"
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        except Exception as exc:  # the task's code raised: it goes up, with what the run had trained
+            if run is not None:
+                keep_progress(exc, run.samples, run.step)
+            raise
         finally:
             if run is not None:
                 run.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from torch import nn
 from bstune.noise import TrajectoryPoint
 from bstune.training._config import TrainConfig
 
-__all__ = ["Callback", "Decision", "EvalRecord", "RunStatus", "TrainResult"]
+__all__ = ["Callback", "Decision", "EvalRecord", "RunStatus", "TrainResult", "keep_progress", "trained_before"]
 
 
 class RunStatus(str, enum.Enum):
@@ -129,3 +130,26 @@ class TrainResult:
 Callback = Callable[[EvalRecord], "Decision | bool | None"]
 """Called after every evaluation; returning ``Decision.STOP`` (or ``True``) ends the run
 (status ``stopped``), except at the last milestone, where the run has completed anyway."""
+
+
+_PROGRESS_ATTR = "bstune_trained"  # on an exception the user's code raised mid-run: (samples, steps) trained
+
+
+def keep_progress(exc: BaseException, samples: int, steps: int) -> None:
+    """Note on ``exc``, raised by the user's code mid-run, the samples and steps the run had trained, so a study
+    counts them (:func:`trained_before`); the exception itself goes on up unchanged."""
+    with contextlib.suppress(AttributeError, TypeError):  # an exception type without a __dict__: nothing counted
+        setattr(exc, _PROGRESS_ATTR, (int(samples), int(steps)))
+
+
+def trained_before(exc: BaseException) -> tuple[int, int]:
+    """The (samples, steps) a run had trained when its code raised ``exc``; (0, 0) where no run said.
+
+    Example:
+        >>> exc = ValueError("boom")
+        >>> keep_progress(exc, 960, 30)
+        >>> trained_before(exc), trained_before(KeyError("other"))
+        ((960, 30), (0, 0))
+    """
+    kept = getattr(exc, _PROGRESS_ATTR, None)
+    return kept if isinstance(kept, tuple) else (0, 0)

@@ -19,7 +19,7 @@ from bstune.training._config import TrainConfig
 from bstune.training._context import TrialContext, TrialFunction, TrialPruned, _Diverged
 from bstune.training._loop import Callback
 from bstune.training._read_config import warn_unread
-from bstune.training._result import RunStatus, TrainResult
+from bstune.training._result import RunStatus, TrainResult, keep_progress
 from bstune.training._trial_scheduler import LRRamp
 
 __all__ = ["run_function"]
@@ -78,6 +78,9 @@ def run_function(
                 ctx.message = f"out of memory at batch_size={config.batch_size}: {str(exc).splitlines()[0]}"
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+            except Exception as exc:  # the function raised: it goes up, with what the run had trained
+                keep_progress(exc, ctx.samples, ctx.steps)
+                raise
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)

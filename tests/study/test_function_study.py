@@ -123,6 +123,41 @@ def test_an_exception_in_the_function_fails_the_trial_with_its_traceback() -> No
     assert info.value.traceback is not None and "raise KeyError" in info.value.traceback
 
 
+def test_a_trial_whose_code_raises_keeps_the_samples_and_evaluations_it_trained() -> None:
+    """A newcomer's loop raised at step 20 for large batches: the failed trials were stored with 0 samples and no
+    history, so "Samples spent" left out what they trained."""
+
+    def fn(ctx: TrialContext) -> None:
+        if ctx.config["batch_size"] <= 40:
+            return loop(ctx)
+        model = net()
+        opt = ctx.make_optimizer(model.parameters())
+        sched = ctx.lr_scheduler(opt)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+            if ctx.at_milestone():
+                with torch.no_grad():
+                    ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+            if ctx.steps == 20:
+                raise ValueError(f"boom at step 20 (B={ctx.batch_size})")
+        return None
+
+    result = bstune.Study(fn, SPACE, **(ARGS | {"n_trials": 6, "rescore_top": 0, "pruner": "none"})).run()
+    failed = [t for t in result.trials if t.status == "failed"]
+    assert failed, [(t.batch_size, t.status) for t in result.trials]
+    for t in failed:
+        assert "boom at step 20" in t.message
+        assert t.samples == 20 * t.batch_size
+        passed = t.samples // t.config["eval_every_samples"]  # the milestones passed before the raise
+        assert len(t.history) == passed >= 1 and all(h["samples"] <= t.samples for h in t.history)
+    assert result.samples_total == sum(t.samples for t in result.trials)
+
+
 def test_a_function_that_reports_another_metric_is_told_which_it_reported() -> None:
     def fn(ctx: TrialContext) -> None:
         for _ in ctx.loader(TRAIN):

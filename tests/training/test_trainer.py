@@ -10,7 +10,7 @@ import torch
 import bstune
 from bstune.errors import ConfigError
 from bstune.noise import exact_noise_scale
-from bstune.training import Decision, RunStatus, lr_at
+from bstune.training import Decision, RunStatus, lr_at, trained_before
 
 
 def _params(model: torch.nn.Module | None) -> torch.Tensor:
@@ -69,6 +69,27 @@ def test_non_finite_loss_is_divergence_even_without_the_factor(blob_task: bstune
     run = bstune.train(task, bstune.TrainConfig(batch_size=16, lr=10.0, max_samples=4000, divergence_factor=None))
     assert run.status is RunStatus.DIVERGED
     assert "inf" in run.message or "nan" in run.message
+
+
+def test_a_model_that_raises_goes_up_with_what_the_run_trained(blob_task: bstune.Task) -> None:
+    """A model that raises mid-run: the error goes up, with the samples and steps the run had trained (a study
+    counts them for the failed trial)."""
+
+    class Breaks(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.calls = blob_task.make_model(seed=0), 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.training:
+                self.calls += 1
+                if self.calls > 12:
+                    raise RuntimeError("model broke")
+            return self.inner(x)  # type: ignore[no-any-return]
+
+    with pytest.raises(RuntimeError, match="model broke") as info:
+        bstune.train(blob_task, bstune.TrainConfig(batch_size=16, lr=0.1, max_samples=2048), model=Breaks())
+    assert trained_before(info.value) == (12 * 16, 12)
 
 
 def test_milestones_are_shared_across_batch_sizes(blob_task: bstune.Task) -> None:
