@@ -4,7 +4,9 @@ A script exposes its problem as a function ``make_task() -> bstune.Task`` (prefe
 building data is deferred until asked), a module-level ``task`` object, or its own
 training loop as a function ``train(ctx)`` (see :class:`bstune.TrialContext`), which
 ``bstune run`` tunes as it tunes a task. Loading runs the script's top level, as
-``python script.py`` would, minus its ``if __name__ == "__main__":`` block.
+``python script.py`` would, minus its ``if __name__ == "__main__":`` block, and with the
+script's folder first on ``sys.path`` as ``python`` puts it, so that the script imports the
+modules beside it (``from my_data import load``).
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ def _import(path: str | Path) -> ModuleType:
         raise ConfigError("cannot be imported as a Python module", source=str(path))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    folder = script.resolve().parent
+    if str(folder) not in sys.path:  # as `python SCRIPT` does; kept, for imports the training makes later
+        sys.path.insert(0, str(folder))
     try:
         spec.loader.exec_module(module)
     except Exception as exc:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from bstune._keys import SCRIPT_MODULE_PREFIX
@@ -98,6 +99,9 @@ def _trials_at_once(ray: Any, settings: RaySettings, resources: Mapping[str, flo
     return max(1, int(min(fits))) if fits else 1
 
 
+_BY_VALUE: set[str] = set()  # the modules whose functions Ray ships by value (_register_script_modules)
+
+
 def _register_script_modules() -> None:
     """Ship functions defined in a script loaded by :func:`bstune._loading.load_task` by value.
 
@@ -109,18 +113,37 @@ def _register_script_modules() -> None:
     """
     from ray import cloudpickle
 
-    for module in list(sys.modules.values()):
-        name = getattr(module, "__name__", "")
-        if name.startswith(SCRIPT_MODULE_PREFIX):
-            cloudpickle.register_pickle_by_value(module)
+    for module in _script_modules():
+        cloudpickle.register_pickle_by_value(module)
+        _BY_VALUE.add(module.__name__)
     # cloudpickle's own table (its reducers first, copyreg's after): the standard pickler keeps its way
     cloudpickle.Pickler.dispatch_table[functools._lru_cache_wrapper] = _reduce_cache
+
+
+def _script_modules() -> list[ModuleType]:
+    """The scripts loaded, and the modules they imported from their folders (``from my_data import load``,
+    found through the folder the loader put on ``sys.path``): a worker on another node has neither. Installed
+    packages, and bstune itself, are importable there and stay shipped by reference."""
+    modules = list(sys.modules.values())
+    scripts = [m for m in modules if getattr(m, "__name__", "").startswith(SCRIPT_MODULE_PREFIX)]
+    folders = {Path(str(m.__file__)).resolve().parent for m in scripts if getattr(m, "__file__", None)}
+    own = Path(__file__).resolve().parents[1]  # bstune's package folder
+    beside = []
+    for module in modules:
+        file = getattr(module, "__file__", None)
+        if module in scripts or not file or not folders:
+            continue
+        path = Path(file).resolve()
+        installed = any(part in ("site-packages", "dist-packages") for part in path.parts)
+        if not installed and not path.is_relative_to(own) and any(path.is_relative_to(f) for f in folders):
+            beside.append(module)
+    return scripts + beside
 
 
 def _reduce_cache(wrapper: Any) -> Any:
     """How pickle ships an ``lru_cache`` wrapper: a script's as its function and cache settings, any
     other as before (by reference, its module importable where it is unpickled)."""
-    if str(getattr(wrapper, "__module__", "")).startswith(SCRIPT_MODULE_PREFIX):
+    if str(getattr(wrapper, "__module__", "")) in _BY_VALUE:
         settings = wrapper.cache_parameters()
         return _cached, (wrapper.__wrapped__, settings["maxsize"], settings["typed"])
     return wrapper.__reduce__()

@@ -85,16 +85,20 @@ def test_a_training_function_runs_its_trials_on_both_nodes(ray_cluster: Cluster,
 
 
 def write_script(folder: Path, seconds_per_sample: float = trial_functions.SECONDS_PER_SAMPLE) -> tuple[Path, Path]:
-    """The loop as a user's script (a module only the driver has: Ray ships the function by value), and its space."""
+    """The loop as a user's script (a module only the driver has: Ray ships the function by value), pacing its
+    steps through a module beside it (``my_pace.py``, importable only through the script's folder: shipped by
+    value too), and its space."""
     script = folder / "my_loop.py"
     # (replacing the constant's repr did nothing: the module spells it 3e-3, and every script slept)
     text, n = re.subn(
-        r"^SECONDS_PER_SAMPLE = .*$",
-        f"SECONDS_PER_SAMPLE = {seconds_per_sample!r}",
-        Path(trial_functions.__file__).read_text(),
-        flags=re.MULTILINE,
+        r"^SECONDS_PER_SAMPLE = .*$", "from my_pace import pace", Path(trial_functions.__file__).read_text(), flags=re.M
     )
-    assert n == 1, "tests/ray/trial_functions.py no longer sets SECONDS_PER_SAMPLE on a line of its own"
+    text, m = re.subn(r"time\.sleep\(SECONDS_PER_SAMPLE \* len\(xb\)\)", "pace(len(xb))", text)
+    assert n == m == 1, "tests/ray/trial_functions.py no longer sets and sleeps SECONDS_PER_SAMPLE as it did"
+    (folder / "my_pace.py").write_text(
+        f"import time\n\nSECONDS_PER_SAMPLE = {seconds_per_sample!r}\n\n\n"
+        "def pace(samples):\n    time.sleep(SECONDS_PER_SAMPLE * samples)\n"
+    )
     script.write_text(text + "\n\ntrain = train_blobs\n")
     space = folder / "space.yaml"
     space.write_text("name: blobs\nbatch_size: {min: 16, max: 128}\nlr: {min: 0.001, max: 3.0}\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fnmatch
 import json
@@ -202,6 +203,43 @@ def test_a_scripts_cached_function_reaches_workers_that_cannot_import_the_script
     train = pickle.loads(shipped)
     assert train() == train() == 10 and train.__globals__["data"].cache_info().hits == 1  # cached again, as set
     assert pickle.loads(plain) is fnmatch._compile_pattern  # by reference, as before
+
+
+def test_a_scripts_modules_beside_it_are_shipped_by_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script that imports a module beside it (``from my_data import blobs``) runs on the driver, whose
+    ``sys.path`` holds the script's folder; a worker on another node has neither. The module's functions,
+    cached ones too, travel by value; installed packages stay by reference."""
+    import pickle
+
+    from bstune._loading import load_subject
+    from bstune.study import _ray_cluster
+
+    cloudpickle = pytest.importorskip("ray.cloudpickle")
+    table = cloudpickle.Pickler.dispatch_table  # what _register_script_modules adds to: this test's own copy
+    monkeypatch.setattr(cloudpickle.Pickler, "dispatch_table", collections.ChainMap({}, *table.maps))
+    monkeypatch.setattr(_ray_cluster, "_BY_VALUE", set())
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "my_data_beside.py").write_text(
+        "import functools\n@functools.cache\ndef blobs():\n    return [1, 2, 3]\ndef scale(x):\n    return 2 * x\n"
+    )
+    (tmp_path / "my_loop.py").write_text(
+        "import optuna\nfrom my_data_beside import blobs, scale\n\n"
+        "def train(ctx):\n    return scale(sum(blobs())), optuna.__name__\n"
+    )
+    train = load_subject(tmp_path / "my_loop.py")
+    helper = sys.modules["my_data_beside"]
+    script = sys.modules[train.__module__]
+    try:
+        assert [m.__name__ for m in _ray_cluster._script_modules()] == [script.__name__, "my_data_beside"]
+        _register_script_modules()
+        shipped = cloudpickle.dumps(train)
+    finally:
+        for module in (script, helper):
+            cloudpickle.unregister_pickle_by_value(module)
+    for name in (script.__name__, "my_data_beside"):  # as on a worker of another node
+        monkeypatch.delitem(sys.modules, name)
+    sys.path.remove(str(tmp_path.resolve()))
+    assert pickle.loads(shipped)(None) == (12, "optuna")
 
 
 def test_records_from_ray_results_keep_outcome_and_learning_curve() -> None:
