@@ -158,8 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             line = f"bstune: interrupted before the study started; start again with: {_command(args, resume=False)}"
         print(line, file=sys.stderr)
         return 130
-    except BaseException:
-        _take_back(created, study.storage if study is not None else None)
+    except BaseException as exc:
+        _take_back(created, study.storage if study is not None else None, bad_settings=isinstance(exc, ConfigError))
         raise
     data = result.to_dict()
     print(format_summary(data, folder=args.out))
@@ -198,10 +198,14 @@ def _not_yet_there(file: Path | None) -> list[Path]:
     return [path for path in files if not path.exists()] + folders
 
 
-def _take_back(created: list[Path], storage: Any) -> None:
+def _take_back(created: list[Path], storage: Any, *, bad_settings: bool = False) -> None:
     """After a failed start: remove what this run created (``created``), unless it holds trials by now.
 
     Only paths that did not exist before the run are in ``created``; a folder goes only if it is empty.
+    Where the start failed on its settings (``bad_settings``: a space whose smallest batch is larger than
+    the training set, found by the first trial) and only failed trials were stored, they go too: the
+    settings must change, and a resume with other settings is refused, so they would only block the
+    corrected command.
     """
     if not created:
         return
@@ -209,8 +213,10 @@ def _take_back(created: list[Path], storage: Any) -> None:
         import optuna
 
         try:
-            if any(s.n_trials for s in optuna.get_all_study_summaries(storage)):
-                return  # the work done is kept: `--resume` continues it
+            for summary in optuna.get_all_study_summaries(storage):
+                trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
+                if trials and (not bad_settings or any(t.state != optuna.trial.TrialState.FAIL for t in trials)):
+                    return  # the work done is kept: `--resume` continues it
         except Exception:  # unreadable: leave it for the user to look at
             return
         backend = getattr(storage, "_backend", storage)

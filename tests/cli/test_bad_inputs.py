@@ -48,6 +48,7 @@ def stored_study(space_yaml: str, budget_samples: int) -> str:
 FILES: dict[str, str] = {
     "good.py": TINY_TASK,
     "ok.yaml": "name: s\nbatch_size: {min: 8, max: 64}\n",
+    "big.yaml": "name: s\nbatch_size: {min: 128, max: 256}\n",
     "hidden.yaml": "name: s\nbatch_size: {min: 8, max: 64}\nparams:\n  model.hidden: {type: int, low: 8, high: 64}\n",
     "numpy_list.py": TINY_TASK.replace(
         "train_data=(x[:160], y[:160])", "train_data=(x[:160].numpy(), y[:160].tolist())"
@@ -248,6 +249,14 @@ CASES: list[Case] = [
         2,
         ("holds no study",),
         absent=("fresh",),
+    ),
+    # ... nor a study.db whose only trial failed on the settings (the first trial of a baseline study found the space's
+    # smallest batch larger than a training function's data): the corrected command would be refused
+    Case(
+        ("run", "fn_only.py", "--space", "big.yaml", "--mode", "baseline", "--trials", "2", "--out", "big"),
+        2,
+        ("batch_size.min", "larger than the training set (64 examples)"),
+        absent=("big",),
     ),
     # ... and never removes what was there before
     Case(
