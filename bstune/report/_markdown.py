@@ -270,12 +270,19 @@ def _noise_scale(data: dict[str, Any]) -> list[str]:
             f"measured by the probe at effective temperature η/(B(1−m)) = {_n(ns['temperature'], '.3g')} "
             "(m = SGD momentum; 0 for Adam-family optimizers)."
         )
-        if ns.get("b_simple_sampling_ci"):
+        if ns.get("b_simple_sampling_ci") and ns.get("b_simple_seed_spread") is not None:
             slo, shi = ns["b_simple_sampling_ci"]
             out.append(
                 "The interval includes the variation another seed would see (the spread of the probe run's own "
                 f"B_simple trajectory near the measurement); at the measured parameters alone it is {_n(slo)} .. "
                 f"{_n(shi) if shi is not None else 'inf'}."
+            )
+        elif ns.get("b_simple_sampling_ci"):
+            out.append(
+                "The interval is the sampling interval at the measured parameters alone: the probe's run recorded "
+                "too few B_simple trajectory points near the measurement to add the variation another seed would see "
+                "(a loop that evaluates at the study's milestones records one per milestone), so another seed's "
+                "B_simple may fall outside it."
             )
         if ns.get("micro_batch_size"):
             out.append(

@@ -200,6 +200,16 @@ def test_noise_scale_reports_the_curvature_b_noise_and_both_b_simple_intervals()
     assert "at the measured parameters alone it is 150 .. 215" in section
 
 
+def test_an_interval_not_widened_for_another_seed_is_not_said_to_be() -> None:
+    """A newcomer's loop returned its metrics at the end: the probe's run recorded no B_simple trajectory, so the
+    interval stayed the sampling one, yet the report said it included the variation another seed would see."""
+    probe = _probe(b_simple_ci=(150.0, 215.0), b_simple_sampling_ci=(150.0, 215.0), b_simple_seed_spread=None)
+    md = render_markdown(build_report(dataclasses.replace(_result(), probe=probe, mode="prior")).data)
+    section = md.split("## Gradient noise scale")[1].split("\n## ")[0]
+    assert "includes the variation another seed would see" not in section
+    assert "The interval is the sampling interval at the measured parameters alone" in section
+
+
 def test_noise_scale_says_why_there_is_no_curvature_b_noise() -> None:
     old = dataclasses.replace(_result(), probe=_probe(), mode="prior")  # a probe saved before issue #17
     ns = build_report(old).data["noise_scale"]
