@@ -38,7 +38,12 @@ def _probe_and_prior(
         "The probe's LR range test found a ceiling (the rate at its lowest smoothed loss) of "
         f"{ceiling(probe['lr_ceiling'], probe.get('lr_ceiling_at_max'))} at batch size {probe['batch_size']}"
     )
-    if probe.get("large_batch", 0) > probe["batch_size"]:
+    if probe.get("large_batch", 0) > probe["batch_size"] and probe.get("lr_ceiling_at_max"):
+        text += (
+            f"; none ran at {probe['large_batch']}: a larger batch only raises the ceiling, so it is at least "
+            "lr.max there too"
+        )
+    elif probe.get("large_batch", 0) > probe["batch_size"]:
         large = ceiling(probe["lr_ceiling_large"], probe.get("lr_ceiling_large_at_max"))
         text += f" and {large} at {probe['large_batch']}"
     text += f"; the probe spent {probe['samples_used']:,} samples"

@@ -45,8 +45,13 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
         lines.append(
             f"probe: B_simple {probe['b_simple']:.4g} (90% CI {lo:.4g} .. {hi_text}) at lr "
             f"{probe['lr_probe']:.3g}; LR ceiling {_ceiling(probe['lr_ceiling'], probe.get('lr_ceiling_at_max'))} "
-            f"at B={probe['batch_size']}, {_ceiling(probe['lr_ceiling_large'], probe.get('lr_ceiling_large_at_max'))}"
-            f" at B={probe['large_batch']}"
+            f"at B={probe['batch_size']}, "
+            + (
+                f"no test at B={probe['large_batch']} (a larger batch only raises it)"
+                if probe.get("lr_ceiling_at_max") and probe["large_batch"] > probe["batch_size"]
+                else f"{_ceiling(probe['lr_ceiling_large'], probe.get('lr_ceiling_large_at_max'))}"
+                f" at B={probe['large_batch']}"
+            )
         )
         if probe.get("lr_ceiling_at_max"):
             lines.append(

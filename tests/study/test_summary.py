@@ -64,3 +64,21 @@ def test_a_direct_b_crit_measurement_is_on_the_console_with_its_cost() -> None:
     assert "critical batch size measured directly (branches at 2 seeds): B_crit ≈ 374 (90% CI 228–661)" in summary
     assert "cost 494,158 samples (61.8x one trial's budget, not in the total above)" in summary
     assert "B_crit over training" not in summary  # the trajectory stays in the report
+
+
+def test_no_large_batch_ceiling_is_claimed_where_no_test_ran_there() -> None:
+    """A newcomer's probe reached lr.max at B=22 and ran no range test at B=176 (a larger batch only raises the
+    ceiling), yet the console and the report gave a ceiling "at B=176" as if measured there."""
+    from bstune.report._markdown import _probe_and_prior
+
+    result = _sample()
+    probe = result["probe"]
+    probe.update(lr_ceiling_at_max=True, lr_ceiling_large_at_max=True, lr_ceiling_large=probe["lr_ceiling"])
+    big = probe["large_batch"]
+    assert big > probe["batch_size"]
+    line = next(x for x in format_summary(result).splitlines() if x.startswith("probe: "))
+    assert (
+        f"no test at B={big} (a larger batch only raises it)" in line and f"at B={big}" not in line.split("no test")[0]
+    )
+    text = " ".join(_probe_and_prior(probe, None))
+    assert f"none ran at {big}: a larger batch only raises the ceiling" in text and f"at {big};" not in text
