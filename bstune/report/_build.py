@@ -213,6 +213,7 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
             "n_trials": len(result.trials),
             "directions": {k: v.value for k, v in result.metric_directions().items()},
             "n_train": training_set_size(result),
+            "subject": getattr(result, "subject", None),  # "task", "function" (the user's loop), None: not said
         }
     }
     data["noise_scale"] = (

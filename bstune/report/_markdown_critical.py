@@ -31,7 +31,7 @@ def _harder(value: float, cb: dict[str, Any]) -> bool:
     return bool(sign * value < sign * float(cb["target"]))
 
 
-def _nearby(cb: dict[str, Any]) -> list[str]:
+def _nearby(cb: dict[str, Any], subject: str | None = None) -> list[str]:
     """Whether the verdict on B_crit holds at the targets next to this one, or turns on the choice of target."""
     near = cb.get("nearby_targets") or []
     if not near:
@@ -55,10 +55,28 @@ def _nearby(cb: dict[str, Any]) -> list[str]:
         + (f"the fit does identify it ({_b_crit(v)})" if v["identified"] else "it does not")
         for v in flipped
     )
+    settle = (
+        "a direct measurement, which needs a bstune.Task, would settle it"
+        if subject == "function"
+        else 'a direct measurement (`critical_batch="measure"`, `bstune crit`) settles it'
+    )
     return [
-        f"**Whether the data identify B_crit turns on the target**: {said}. Read the verdict above as fragile; a "
-        'direct measurement (`critical_batch="measure"`, `bstune crit`) settles it.'
+        f"**Whether the data identify B_crit turns on the target**: {said}. Read the verdict above as fragile; {settle}."
     ]
+
+
+def _direct_measurement(data: dict[str, Any]) -> str:
+    """How to measure B_crit on purpose, as far as this study's subject allows it."""
+    if data.get("study", {}).get("subject") == "function":
+        return (
+            'A number measured on purpose (`critical_batch="measure"`, `bstune crit`) needs a bstune.Task: it '
+            "branches copies of one run's model and optimizer from checkpoints, which a training function's own loop "
+            "does not hand over."
+        )
+    return (
+        "For a number measured on purpose (branches at a ladder of batch sizes, two seeds, over training) run the "
+        'study with `critical_batch="measure"`, or `bstune crit SCRIPT FOLDER`.'
+    )
 
 
 def _measured(m: dict[str, Any], set_aside: str | None = None) -> list[str]:
@@ -163,15 +181,14 @@ def critical_batch_lines(data: dict[str, Any]) -> list[str]:
         out.append(
             "Fitted to the study's own trials, which were not tuned per batch size, ran at one seed and seldom "
             "span both sides of B_crit: against exhaustive sweeps this fit came within 2x on two of four benchmark "
-            "problems. For a number measured on purpose (branches at a ladder of batch sizes, two seeds, over "
-            'training) run the study with `critical_batch="measure"`, or `bstune crit SCRIPT FOLDER`.'
+            f"problems. {_direct_measurement(data)}"
         )
     if "error" in cb:
         target = f" for {target_text(cb)}" if cb.get("target") is not None else ""
         out.append(f"The data do not identify B_crit{target} (no fit): {cb['error']}.")
     else:
         out.append(f"Steps to {target_text(cb)}, fitted as S(B) = S_min (1 + B_crit/B): {cb['summary']}.")
-        out += _nearby(cb)
+        out += _nearby(cb, data.get("study", {}).get("subject"))
     if cb.get("target_chosen") == "default":
         out.append(
             f"The target {_n(cb['target'])} is the default: the hardest {cb['metric']} that two thirds of the batch "

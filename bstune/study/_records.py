@@ -141,6 +141,8 @@ class StudyResult:
     # the search space's whole optimizer (OptimizerSpec's fields), which a training function's trials were
     # given for ctx.make_optimizer; None: a task's study (its Task holds it), or a result written before
     optimizer_spec: dict[str, Any] | None = None
+    # what trained the trials: "task" (bstune's trainer) or "function" (the user's own loop); None: written before
+    subject: str | None = None
 
     def metric_names(self) -> list[str]:
         """The quantities this study recorded, by the names a target or an objective uses."""
@@ -228,6 +230,7 @@ class StudyResult:
                 "critical_measured": self.critical_measured,
                 "optimizer": self.optimizer,
                 "optimizer_spec": self.optimizer_spec,
+                "subject": self.subject,
             }
         )
 
@@ -252,6 +255,7 @@ class StudyResult:
             critical_measured=data.get("critical_measured"),
             optimizer=data.get("optimizer"),
             optimizer_spec=data.get("optimizer_spec"),
+            subject=data.get("subject"),
         )
 
     @classmethod

@@ -552,6 +552,7 @@ class Study:
             best_value=best_value,
             optimizer=self.space.optimizer.family,
             optimizer_spec=dataclasses.asdict(self.space.optimizer) if self.task is None else None,
+            subject="task" if self.task is not None else "function",
             best_trial=best.number,
             trials=trials,
             probe=self.probe,

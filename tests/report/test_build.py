@@ -210,6 +210,17 @@ def test_an_interval_not_widened_for_another_seed_is_not_said_to_be() -> None:
     assert "The interval is the sampling interval at the measured parameters alone" in section
 
 
+def test_a_training_functions_report_does_not_send_it_to_a_measurement_it_refuses() -> None:
+    """A newcomer's training-function report told them to run `critical_batch="measure"` or `bstune crit`, and both
+    refuse a training function (they need a Task)."""
+    task_md = render_markdown(build_report(dataclasses.replace(_result(), subject="task"), {"metric": "train_loss",
+                              "value": TARGET}).data)  # fmt: skip
+    fn_md = render_markdown(build_report(dataclasses.replace(_result(), subject="function"), {"metric": "train_loss",
+                            "value": TARGET}).data)  # fmt: skip
+    assert 'run the study with `critical_batch="measure"`, or `bstune crit SCRIPT FOLDER`' in task_md
+    assert "bstune crit SCRIPT FOLDER" not in fn_md and "needs a bstune.Task" in _section(fn_md, "Critical batch size")
+
+
 def test_noise_scale_says_why_there_is_no_curvature_b_noise() -> None:
     old = dataclasses.replace(_result(), probe=_probe(), mode="prior")  # a probe saved before issue #17
     ns = build_report(old).data["noise_scale"]

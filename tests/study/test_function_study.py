@@ -583,7 +583,8 @@ def test_an_adamw_recommendation_trains_again_with_its_optimizer(tmp_path: Path)
     with pytest.raises(ConfigError, match=r"ctx.make_optimizer.*optimizer=result.best_optimizer\(\)"):
         run_function(loop, config, params=result.best_config)
     result.save(tmp_path)
-    assert bstune.StudyResult.load(tmp_path).best_optimizer() == spec
+    loaded = bstune.StudyResult.load(tmp_path)
+    assert loaded.best_optimizer() == spec and loaded.subject == result.subject == "function"
 
 
 def test_an_objective_that_improves_against_its_declared_direction_is_called_out(
