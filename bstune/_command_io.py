@@ -71,6 +71,7 @@ def write_report(
     value: float | None = None,
     workers: int = 1,
     *,
+    direction: str | None = None,
     echo: bool = False,
 ) -> dict[str, str]:
     """Write report.json, report.md and report.html for ``result`` into ``folder``; returns the files by kind.
@@ -80,6 +81,8 @@ def write_report(
     target: dict[str, Any] = {"metric": metric}
     if value is not None:
         target["value"] = value
+    if direction is not None:
+        target["direction"] = direction
     report = result.report(target, n_workers=workers)
     files = report.save(folder)
     if echo:

@@ -213,11 +213,19 @@ def cmd_report(args: argparse.Namespace) -> int:
                 "--target-metric; name another metric with --target-metric",
                 file=sys.stderr,
             )
-    result.direction_of(args.target_metric, source="--target-metric", field=None)  # before anything is written
+    result.direction_of(  # before anything is written
+        args.target_metric, source="--target-metric", field=None, given=args.target_direction
+    )
     writable_out(args.out)
     print(format_summary(result.to_dict(), top=None if args.all_trials else 10, folder=args.folder))
     files = write_report(
-        result, args.out or args.folder, args.target_metric, args.target_value, args.workers, echo=True
+        result,
+        args.out or args.folder,
+        args.target_metric,
+        args.target_value,
+        args.workers,
+        direction=args.target_direction,
+        echo=True,
     )
     print("wrote " + ", ".join(files.values()))
     return 0

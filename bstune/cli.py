@@ -339,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
         "where they reach that by their first evaluation (bstune.analysis.choose_target)",
     )
     report.add_argument(
+        "--target-direction",
+        choices=("minimize", "maximize"),
+        default=None,
+        help="whether --target-metric is reached from above (minimize, a loss) or below (maximize, an accuracy), "
+        "where the result does not say (a training function's study knows its objective's and the losses' only)",
+    )
+    report.add_argument(
         "--workers", type=_positive_int, default=1, help="data-parallel workers for the wall-time optimum (default 1)"
     )
     report.add_argument(

@@ -306,7 +306,9 @@ class StudyData(Protocol):
         """Each recorded quantity whose direction is known, with it."""
         ...
 
-    def direction_of(self, metric: str, *, source: str = ..., field: str | None = ...) -> Direction:
+    def direction_of(
+        self, metric: str, *, source: str = ..., field: str | None = ..., given: Direction | str | None = ...
+    ) -> Direction:
         """Whether ``metric`` is minimized or maximized; a ``ConfigError`` if the study did not record it."""
         ...
 

@@ -214,3 +214,21 @@ def test_a_target_value_without_its_metric_says_which_metric_it_is_read_for(
     assert main(["report", str(sample), "--target-metric", "train_loss", "--target-value", "0.45", "--out",
                  str(tmp_path)]) == 0  # fmt: skip
     assert "is read as a target" not in capsys.readouterr().err
+
+
+def test_a_target_metric_the_result_has_no_direction_for_takes_one_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A newcomer's loop reported val_r2 beside its objective: `bstune report --target-metric val_r2` said to edit
+    result.json by hand, the only way there was to say the metric is maximized."""
+    sample = Path(__file__).resolve().parents[1] / "examples" / "digits_report" / "result.json"
+    data = json.loads(sample.read_text())
+    for trial in data["trials"]:
+        for row in trial["history"]:
+            row["val_score"] = row.get("val_accuracy")  # a name that does not say its direction
+    (tmp_path / "result.json").write_text(json.dumps(data))
+    target = ["report", str(tmp_path), "--target-metric", "val_score", "--target-value", "0.9"]
+    assert main(target) == 2
+    assert "--target-direction maximize" in capsys.readouterr().err
+    assert main([*target, "--target-direction", "maximize"]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["critical_batch"]["direction"] == "maximize"

@@ -177,7 +177,8 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
 
     Args:
         result: a finished study (or one loaded with :meth:`bstune.study.StudyResult.load`).
-        target: ``{"metric": "train_loss", "value": 1.0}``; the metric defaults to
+        target: ``{"metric": "train_loss", "value": 1.0}`` (and ``"direction"``, where the result does not
+            say the metric's: a training function's study knows only its objective's and the losses'); the metric defaults to
             ``train_loss`` (steps to a training-loss target, as McCandlish et al. measure),
             the value to the hardest one that two thirds of the batch sizes reach (a
             harder one where they reach that by their first evaluation: see
@@ -190,13 +191,15 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
         ConfigError: a bad target, or a metric the study did not record (nothing is built).
     """
     target = dict(target or {})
-    unknown = set(target) - {"metric", "value"}
+    unknown = set(target) - {"metric", "value", "direction"}
     if unknown:
         raise ConfigError(
-            f"unknown key(s) {sorted(unknown)}; expected 'metric' and 'value'", source="report", field="target"
+            f"unknown key(s) {sorted(unknown)}; expected 'metric', 'value' and 'direction'",
+            source="report",
+            field="target",
         )
     metric = str(target.get("metric", "train_loss"))
-    direction = result.direction_of(metric, source="report", field="target.metric")
+    direction = result.direction_of(metric, source="report", field="target.metric", given=target.get("direction"))
     trials = [t for t in result.trials if t.history and t.batch_size]
     probe = result.probe
     b_simple = probe.b_simple if probe else None

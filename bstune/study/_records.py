@@ -168,16 +168,26 @@ class StudyResult:
             return Direction(self.direction)
         return infer_direction(name)  # an older result: the loss, and names that say it
 
-    def direction_of(self, metric: str, *, source: str = "report", field: str | None = "target.metric") -> Direction:
+    def direction_of(
+        self,
+        metric: str,
+        *,
+        source: str = "report",
+        field: str | None = "target.metric",
+        given: Direction | str | None = None,
+    ) -> Direction:
         """Whether ``metric`` is minimized or maximized.
 
         As the Task declared it (stored with the result); for a result written by an
         older bstune, which stored none: the objective's is the study's direction, the
-        others are read from their names (``infer_direction``).
+        others are read from their names (``infer_direction``). ``given`` (a target's own
+        ``direction``) says it where the result does not: a training function's study
+        knows the direction of its objective and losses only.
 
         Raises:
             ConfigError: the study recorded no ``metric`` (the message lists those it did),
-                or an older result does not say its direction and its name does not tell.
+                an older result does not say its direction and its name does not tell (and
+                none is ``given``), or ``given`` contradicts the one the result holds.
         """
         known = self.metric_names()
         if metric not in known:
@@ -187,12 +197,26 @@ class StudyResult:
                 field=field,
             )
         direction = self._direction(metric)
+        if given is not None:
+            try:
+                said = Direction(given)
+            except ValueError:
+                raise ConfigError(
+                    f"must be 'minimize' or 'maximize', got {given!r}", source=source, field="target.direction"
+                ) from None
+            if direction is not None and metric in self.directions and said != direction:
+                raise ConfigError(
+                    f"{metric!r} is {direction.value}d in this study, as its result says; the target says {said.value}",
+                    source=source,
+                    field="target.direction",
+                )
+            return said
         if direction is None:
             raise ConfigError(
                 f"this result does not say whether {metric!r} is minimized or maximized, and its name does not "
                 "tell (a training function's study knows the direction of its objective only; a result written by "
-                f'an older bstune, of none); add "directions": {{"{metric}": "maximize"}} (or "minimize") to its '
-                "result.json",
+                f"an older bstune, of none); give the target's direction: --target-direction maximize (or minimize), "
+                'or "direction" in the target',
                 source=source,
                 field=field,
             )

@@ -105,7 +105,7 @@ CASES: list[Case] = [
     Case(
         ("report", "study", "--target-metric", "val_score"),  # an older result.json stored no directions
         2,
-        ("--target-metric", "whether 'val_score' is minimized or maximized", '"directions"'),
+        ("--target-metric", "whether 'val_score' is minimized or maximized", "--target-direction maximize"),
         untouched=("study/report.json", "study/report.md", "study/report.html"),
     ),
     # a budget whose trials at the largest batch size take fewer steps than there are milestones

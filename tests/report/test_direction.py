@@ -119,13 +119,25 @@ def test_a_loss_target_is_still_reached_from_above() -> None:
 def test_a_declared_direction_wins_over_the_name_and_an_older_result_needs_one() -> None:
     cb = build_report(_result(DECLARED), {"metric": "val_score", "value": 0.85}).data["critical_batch"]
     assert cb["direction"] == "maximize" and [p["reached"] for p in cb["points"]] == [True] * 4 + [False]
-    with pytest.raises(
-        ConfigError, match=r"does not say whether 'val_score' is minimized or maximized.*\"directions\""
-    ):
+    with pytest.raises(ConfigError, match=r"does not say whether 'val_score' is minimized or maximized.*direction"):
         build_report(_result({}), {"metric": "val_score", "value": 0.85})  # older result, and the name does not tell
     old = _result({})
     old.objective, old.direction = "val_score", "maximize"  # ... unless it was the study's objective
     assert old.direction_of("val_score") is bstune.Direction.MAXIMIZE
+
+
+def test_a_target_gives_the_direction_a_result_does_not_say_and_may_not_contradict_one_it_does() -> None:
+    """A newcomer's training function reported val_r2 beside its objective val_loss: the result knew no direction
+    for val_r2, and the only way to use it as a target was to edit result.json by hand."""
+    told = build_report(_result({}), {"metric": "val_score", "value": 0.85, "direction": "maximize"}).data
+    cb = told["critical_batch"]
+    assert cb["direction"] == "maximize" and [p["reached"] for p in cb["points"]] == [True] * 4 + [False]
+    with pytest.raises(ConfigError, match=r"'val_score' is maximized in this study.*the target says minimize"):
+        build_report(_result(DECLARED), {"metric": "val_score", "value": 0.85, "direction": "minimize"})
+    with pytest.raises(ConfigError, match=r"target.direction: must be 'minimize' or 'maximize', got 'up'"):
+        build_report(_result({}), {"metric": "val_score", "value": 0.85, "direction": "up"})
+    with pytest.raises(ConfigError, match=r"no metric 'val_nothing'"):
+        build_report(_result({}), {"metric": "val_nothing", "value": 0.85, "direction": "maximize"})
 
 
 def _trials_table_values(result: StudyResult) -> list[float]:
