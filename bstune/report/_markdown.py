@@ -353,13 +353,15 @@ def _rescored_and_spent(data: dict[str, Any]) -> list[str]:
     """The re-scored candidates' values per seed, and the samples the study spent."""
     study = data.get("study", {})
     out: list[str] = []
+    adopted = next((t["number"] for t in data.get("trials") or [] if t.get("from_probe")), None)
     rescored = data.get("rescored") or []
     if rescored:
         out += [
             "",
             "## Re-scored",
             "",
-            f"The {len(rescored)} best trials trained again at {len(rescored[0]['seeds'])} more seeds "
+            (f"The {len(rescored)} best trials" if len(rescored) > 1 else "The best trial")
+            + f" trained again at {len(rescored[0]['seeds'])} more seed{'s' if len(rescored[0]['seeds']) != 1 else ''} "
             "(one seed moves a config's value by several percent); the best mean is recommended.",
             "",
             "| # | batch | lr | value per seed (own first) | mean ± SE |",
@@ -371,8 +373,9 @@ def _rescored_and_spent(data: dict[str, Any]) -> list[str]:
             out.append(f"| {r['trial']} | {r['batch_size']} | {_n(r['lr'], '.3g')} | {values} | {mean} |")
     out += [
         "",
-        f"Samples spent: {study.get('samples_total', 0):,} (probe {study.get('samples_probe', 0):,}, "
-        f"re-scoring {study.get('samples_rescore', 0):,}).",
+        f"Samples spent: {study.get('samples_total', 0):,} (probe {study.get('samples_probe', 0):,}"
+        + (f" besides its run, trial {adopted}" if adopted is not None else "")
+        + f", re-scoring {study.get('samples_rescore', 0):,}).",
         "",
     ]
     return out

@@ -424,9 +424,12 @@ class OptunaBackend(TrialBackend):
             )
         else:
             logger.warning(
-                "trial %d failed: %s (its traceback is kept with the trial: 'traceback' in the storage and result.json)",
+                "trial %d failed: %s%s",
                 trial.number,
                 outcome.message,
+                " (its traceback is kept with the trial: 'traceback' in the storage and result.json)"
+                if outcome.traceback
+                else "",
             )
         raise TrialFailure(f"trial {trial.number} {outcome.status}: {outcome.message}")
 

@@ -160,6 +160,10 @@ def test_a_rescored_recommendation_says_so_with_its_spread(tmp_path: Path) -> No
     assert "values" not in md.split("## ")[1]  # the recommendation lists hyperparameters only
     assert "| 0 | 16 |" in md and "0.3, 0.36, 0.33 | 0.33 ± 0.017 |" in md
     assert "failed at a seed" in md and "re-scoring 800,000" in md
+    assert "The 2 best trials trained again at 2 more seeds" in md
+    result.rescored = [Rescored(trial=0, seeds=[7], values=[0.30, 0.36], samples=200_000)]
+    one = render_markdown(build_report(result, {"metric": "train_loss", "value": TARGET}).data)
+    assert "The best trial trained again at 1 more seed (" in one  # not "The 1 best trials ... 1 more seeds"
 
 
 def _probe(**fields: object) -> ProbeResult:
@@ -508,6 +512,9 @@ def test_report_json_alone_says_what_the_probe_measured_and_where_the_prior_look
     kept_md = render_markdown(build_report(kept).data).split("## Gradient noise scale")[1].split("\n## ")[0]
     number = adopted[0].number
     assert f"; the study recorded that run as trial {number}, and counts its samples with the trials." in kept_md
+    footer = render_markdown(build_report(kept).data).rstrip().splitlines()[-1]  # one probe cost, and why it is less
+    assert footer.startswith("Samples spent: ") and f" besides its run, trial {number}, re-scoring" in footer
+    assert " besides its run" not in render_markdown(build_report(dataclasses.replace(kept, trials=base.trials)).data)
     assert "first trials from batch sizes 11–180 (the search could draw from 8–1024)" in section
     assert "the rule η*(B) ∝ s(B), s(B) = 1/(1/B + 1/B_noise)" in section  # SGD: no "^1"
     assert "anchored at η*(256) = 0.5." in section
