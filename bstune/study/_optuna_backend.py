@@ -279,6 +279,14 @@ class OptunaBackend(TrialBackend):
         assert spec is not None
         self._planner = planner
         settings = spec.settings
+        if (finished := count_finished(study)) > settings.n_trials:  # a resume asking for fewer: none is dropped
+            logger.warning(
+                "the study already holds %d finished trials, more than n_trials=%d: it trains none more, and "
+                "the report reads all %d",
+                finished,
+                settings.n_trials,
+                finished,
+            )
         if settings.workers > 1:
             run_workers(study, settings, pickled((spec, planner, str(self._url))), work_on)
             return trial_records(study.get_trials(deepcopy=False))

@@ -237,6 +237,20 @@ def test_a_prior_study_stored_before_the_soft_prior_does_not_resume_a_baseline_o
             assert [t.number for t in again.trials] == [0, 1]
 
 
+def test_a_resume_asking_for_fewer_trials_says_it_keeps_them_all(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newcomer resumed a 4-trial study with n_trials=2: it silently kept (and reported) all 4."""
+    args: dict[str, Any] = dict(
+        budget_samples=2048, mode="baseline", progress=False, rescore_top=0, storage=f"sqlite:///{tmp_path}/s.db"
+    )
+    bstune.Study(task(), FUNCTION_SPACE, study_name="fewer", n_trials=4, **args).run()
+    with caplog.at_level("WARNING", logger="bstune.study._optuna_backend"):
+        again = bstune.Study(task(), FUNCTION_SPACE, study_name="fewer", n_trials=2, **args).run()
+    assert len(again.trials) == 4
+    assert any("already holds 4 finished trials, more than n_trials=2" in r.getMessage() for r in caplog.records)
+
+
 def test_a_resumed_study_draws_new_configs_not_the_first_runs_again(tmp_path: Path) -> None:
     """The default sampler seeded as in the first run replayed its random draws: trial 2 was trial 0 again."""
     args: dict[str, Any] = dict(
