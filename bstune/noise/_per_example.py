@@ -253,7 +253,12 @@ class PerExampleNorms:
             rows = torch.stack(
                 [torch.stack([step.probe_grad[n].cpu(), *(t.cpu() for t in step.probe_hooks[n])]) for n in names]
             ).tolist()  # one device sync for all parameters
-            bad += [n for n, (grad, hooks, tol) in zip(names, rows, strict=True) if not abs(grad - hooks) <= tol]
+            # a non-finite gradient (a NaN loss: the run diverges) says nothing of where gradient reached the parameter
+            bad += [
+                n
+                for n, (grad, hooks, tol) in zip(names, rows, strict=True)
+                if math.isfinite(grad + hooks + tol) and not abs(grad - hooks) <= tol
+            ]
         return bad
 
     def reset(self) -> None:

@@ -67,7 +67,15 @@ from bstune.noise import (
 )
 from bstune.records import ProbeResult, clean_dict
 from bstune.space import SearchSpace
-from bstune.study._probe_plan import ProbeSettings, ladder_plan, ladder_rungs, probe_batch, run_eval_every, run_length
+from bstune.study._probe_plan import (
+    ProbeSettings,
+    failed_run_advice,
+    ladder_plan,
+    ladder_rungs,
+    probe_batch,
+    run_eval_every,
+    run_length,
+)
 from bstune.study._range_test import large_batch_sweep, lr_range_test, reached_max
 from bstune.study._status import trial_status
 from bstune.study._throughput import measure_throughput
@@ -202,7 +210,7 @@ def _run_probe(
     if snapshot is None and (run.status is not RunStatus.COMPLETED or run.model is None):
         raise ConfigError(
             f"the probe run at batch_size={batch}, lr={lr_probe:.3g} ended {run.status.value}: {run.message}; "
-            "lower the space's lr.max or set ProbeSettings(lr_fraction=...) smaller",
+            + failed_run_advice(run.message, lr_probe, lr_min),
             source="probe",
         )
     if run.status is not RunStatus.COMPLETED:  # past the point B_simple is measured at: a trial that ended so

@@ -55,6 +55,7 @@ from bstune.study._backend import FunctionJob
 from bstune.study._probe import trajectory_rows, trial_run
 from bstune.study._probe_plan import (
     ProbeSettings,
+    failed_run_advice,
     ladder_plan,
     ladder_rungs,
     probe_batch,
@@ -281,7 +282,7 @@ def _probe(
     if result.status is not RunStatus.COMPLETED:
         raise ConfigError(
             f"the probe run at batch_size={batch}, lr={lr_probe:.3g} ended {result.status.value}: {result.message}; "
-            "lower the space's lr.max or set ProbeSettings(lr_fraction=...) smaller",
+            + failed_run_advice(result.message, lr_probe, lr_min),
             source="probe",
         )
     tracker = ctx._tracker

@@ -18,6 +18,7 @@ __all__ = [
     "THROUGHPUT_MIN_TIMED",
     "THROUGHPUT_WARMUP",
     "ProbeSettings",
+    "failed_run_advice",
     "ladder_plan",
     "ladder_rungs",
     "probe_batch",
@@ -198,3 +199,21 @@ def _ladder(low: int, high: int, multiple: int) -> list[int]:
             rungs.add(b)
         b //= 4
     return sorted({max(multiple, (r // multiple) * multiple) for r in rungs})
+
+
+def failed_run_advice(message: str, lr: float, lr_min: float) -> str:
+    """What to change after the probe's run failed with ``message`` at rate ``lr`` (the space's ``lr_min`` the least
+    it may take).
+
+    Example:
+        >>> failed_run_advice("training loss became nan at step 5", 1e-4, 1e-4).split(",")[0]
+        "the run diverged even at the space's smallest rate"
+    """
+    if "reported metric" in message:
+        return "a metric the loop reported was not finite: check how the loop computes it"
+    if lr <= lr_min * (1 + 1e-9):
+        return (
+            "the run diverged even at the space's smallest rate, lr.min: check the loss and the data "
+            "(NaN or inf inputs, a log of 0) before the learning rate"
+        )
+    return "lower the space's lr.max or set ProbeSettings(lr_fraction=...) smaller"

@@ -221,6 +221,21 @@ def test_enabled_without_backward_is_an_error_and_the_step_resets() -> None:
     assert norms.sq_norms().shape == (B,)
 
 
+def test_a_nan_loss_leaves_every_layer_covered() -> None:
+    """A newcomer's loss went NaN: the check of Σ_i c_i against the gradient compared NaN with NaN, called every
+    layer's gradient 'outside the hooked layers' and dropped them all, so the tracker raised 'no covered parameter
+    received a gradient' from inside the loop instead of the run ending diverged."""
+    model, x, y, loss_fn = _cases(torch.float32)["mlp"]
+    norms = PerExampleNorms(model)
+    norms.enabled = True
+    (loss_fn(model(x), y) * math.nan).backward()
+    assert torch.isnan(norms.sq_norms()).all()
+    assert norms.uncovered() == []
+    model.zero_grad()
+    loss_fn(model(x), y).backward()  # the next step measures as before
+    assert torch.isfinite(norms.sq_norms()).all() and norms.uncovered() == []
+
+
 def test_a_layer_without_a_rule_is_uncovered_and_left_out() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), Scale(4), nn.Linear(4, 1)).double()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -285,6 +286,41 @@ def test_a_loop_that_never_reports_is_stopped_by_the_probe_not_after_the_study()
     with pytest.raises(StudyFailedError, match=r"none of the 1 trials .*recorded no evaluation; report val_loss"):
         bstune.Study(counted, SPACE, **(ARGS | {"n_trials": 4})).run()
     assert len(calls) == 1
+
+
+def test_a_loop_whose_loss_is_nan_at_any_rate_is_not_told_to_lower_the_rate() -> None:
+    """A newcomer's loss was NaN from the first steps whatever the rate: the probe ran at lr.min and told them to
+    lower lr.max. A NaN the loop reports as a metric is not the rate's doing either."""
+
+    def nan_loss(ctx: TrialContext) -> None:
+        model = net()
+        opt = ctx.make_optimizer(model.parameters())
+        sched = ctx.lr_scheduler(opt)
+        noise = ctx.noise_tracker(model)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb) * (math.nan if ctx.steps >= 2 else 1.0)
+            opt.zero_grad()
+            loss.backward()
+            noise.observe()
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+            if ctx.at_milestone():
+                ctx.report(val_loss=1.0)
+
+    with pytest.raises(ConfigError, match=r"diverged even at the space's smallest rate, lr\.min: check the loss"):
+        bstune.Study(nan_loss, SPACE, **(ARGS | {"mode": "prior"})).run()
+
+    def nan_metric(ctx: TrialContext) -> None:
+        tracked_loop(ctx, report=False)
+
+    def reports_nan(ctx: TrialContext) -> None:
+        report = ctx.report
+        ctx.report = lambda **m: report(val_loss=math.nan)  # type: ignore[method-assign]
+        tracked_loop(ctx)
+
+    with pytest.raises(ConfigError, match=r"a metric the loop reported was not finite"):
+        bstune.Study(reports_nan, SPACE, **(ARGS | {"mode": "prior"})).run()
 
 
 def test_a_loop_that_raises_stops_the_study_after_three_trials_and_a_fixed_one_resumes(tmp_path: Path) -> None:
