@@ -375,7 +375,13 @@ def _rescored_and_spent(data: dict[str, Any]) -> list[str]:
         "",
         f"Samples spent: {study.get('samples_total', 0):,} (probe {study.get('samples_probe', 0):,}"
         + (f" besides its run, trial {adopted}" if adopted is not None else "")
-        + f", re-scoring {study.get('samples_rescore', 0):,}).",
+        + f", re-scoring {study.get('samples_rescore', 0):,}"
+        + (
+            f", {study['samples_rescore_unused']:,} of it an earlier run's, for candidates or seeds this one does not use"
+            if study.get("samples_rescore_unused")
+            else ""
+        )
+        + ").",
         "",
     ]
     return out

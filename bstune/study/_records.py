@@ -143,6 +143,9 @@ class StudyResult:
     optimizer_spec: dict[str, Any] | None = None
     # what trained the trials: "task" (bstune's trainer) or "function" (the user's own loop); None: written before
     subject: str | None = None
+    # re-scoring runs an earlier run of this study stored for candidates or seeds this run does not use (a resume
+    # with other rescore settings, or whose new trials changed the best few): counted as spent
+    samples_rescore_unused: int = 0
 
     def metric_names(self) -> list[str]:
         """The quantities this study recorded, by the names a target or an objective uses."""
@@ -224,8 +227,8 @@ class StudyResult:
 
     @property
     def samples_rescore(self) -> int:
-        """Training samples the re-scoring runs spent."""
-        return sum(r.samples for r in self.rescored)
+        """Training samples the re-scoring runs spent, an earlier run's unused ones included."""
+        return sum(r.samples for r in self.rescored) + self.samples_rescore_unused
 
     @property
     def samples_total(self) -> int:
@@ -255,6 +258,7 @@ class StudyResult:
                 "optimizer": self.optimizer,
                 "optimizer_spec": self.optimizer_spec,
                 "subject": self.subject,
+                "samples_rescore_unused": self.samples_rescore_unused,
             }
         )
 
@@ -280,6 +284,7 @@ class StudyResult:
             optimizer=data.get("optimizer"),
             optimizer_spec=data.get("optimizer_spec"),
             subject=data.get("subject"),
+            samples_rescore_unused=int(data.get("samples_rescore_unused") or 0),
         )
 
     @classmethod

@@ -326,6 +326,11 @@ class Study:
             logger.warning("study %r: %s", self.study_name, doubt)
         rescored = self._rescore(trials, resumed.rescored)
         result = self._result(trials, self.backend.handle(), rescored)
+        used = {(r.trial, tuple(r.seeds)) for r in rescored}
+        # re-scoring an earlier run stored for candidates (or seeds) this one does not use: spent all the same
+        result.samples_rescore_unused = sum(
+            r.samples for r in resumed.rescored if (r.trial, tuple(r.seeds)) not in used
+        )
         if s.critical_batch == "measure":
             result.critical_measured = self._measure_critical(result, resumed.critical)
         return result
@@ -453,7 +458,8 @@ class Study:
                 (done[trial.number],) = run_rescoring(
                     [trial], seeds, run=self.backend.run_plans, objective=s.objective, on_done=bar.update
                 )
-                self.backend.keep_rescored(list(done.values()))
+                # what an earlier run re-scored at other seeds stays stored: its samples were spent
+                self.backend.keep_rescored([*done.values(), *(r for r in kept if r.seeds != seeds)])
             out.append(done[trial.number])
         bar.close()
         return out

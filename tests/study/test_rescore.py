@@ -89,6 +89,30 @@ def test_resumed_study_keeps_its_rescores_and_result_json_round_trips(
     assert StudyResult.from_dict(old).rescored == []  # a result.json written before re-scoring existed
 
 
+def test_a_resume_with_other_rescore_settings_still_counts_the_rescoring_spent(
+    blob_task: bstune.Task, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A newcomer resumed a re-scored study with --rescore-top 0: the 12,100 re-scoring samples already spent
+    dropped out of "training samples in all"."""
+    from bstune.report import build_report
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    calls: list[tuple[float, int]] = []
+    monkeypatch.setattr(OptunaBackend, "run_plans", _fake_run_plans(_Always(0.5), calls))
+    first = _study(blob_task, storage=storage).run()
+    assert first.samples_rescore == 6 * 100 and first.samples_rescore_unused == 0
+    none = _study(blob_task, storage=storage, rescore_top=0).run()
+    assert none.rescored == [] and none.samples_rescore == first.samples_rescore
+    assert none.samples_total == first.samples_total
+    assert StudyResult.from_dict(none.to_dict()).samples_total == first.samples_total
+    footer = build_report(none).to_markdown().rstrip().splitlines()[-1]
+    assert "re-scoring 600, 600 of it an earlier run's, for candidates or seeds this one does not use" in footer
+    more = _study(blob_task, storage=storage, rescore_seeds=3).run()  # other seeds: all three trained again
+    assert len(calls) == 6 + 9 and more.samples_rescore == 600 + 900 and more.samples_rescore_unused == 600
+    again = _study(blob_task, storage=storage, rescore_seeds=3).run()  # the earlier seeds' runs stayed stored
+    assert len(calls) == 15 and again.samples_rescore == 1500
+
+
 class _Always(dict):  # type: ignore[type-arg]
     def __init__(self, value: float) -> None:
         super().__init__()
