@@ -146,11 +146,11 @@ def _capped_at_ceiling(
         )
         row: dict[str, Any] = {"batch_size": bb, "lr": lr}
         shown = max((r for b, r in trained if b <= bb), default=0.0)
-        by_trial = shown > ceiling
+        by_trial = _above(shown, ceiling)
         tested = ceiling  # the range tests' bound at this batch size, before a trial raised it
         if by_trial:
             at, ceiling, at_max = next(b for b, r in trained if b <= bb and r == shown), shown, False
-        if lr > ceiling:  # at lr.max unbroken: no rate above it was searched or tested
+        if _above(lr, ceiling):  # at lr.max unbroken: no rate above it was searched or tested
             cap: dict[str, Any] = {"lr_ceiling": ceiling, "batch_size": at, "lr_max": at_max}
             if by_trial:
                 cap.update(by_trial=True, range_test_ceiling=tested)
@@ -159,6 +159,17 @@ def _capped_at_ceiling(
             row.update(lr=ceiling, rule_lr=lr, capped_at=cap)
         rows.append(row)
     return rows
+
+
+def _above(rate: float, bound: float) -> bool:
+    """``rate`` above ``bound`` by more than rounding: a range test's ramp ends a hair off lr.max (0.0999999...
+    against a trial's 0.1), which is no rate above it.
+
+    Example:
+        >>> _above(0.1, 0.09999999999999974), _above(0.11, 0.1)
+        (False, True)
+    """
+    return rate > bound * (1 + 1e-6)
 
 
 def _power_between(b: float, low: tuple[float, float], high: tuple[float, float]) -> float:

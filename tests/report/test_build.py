@@ -443,6 +443,20 @@ def test_a_rate_a_completed_trial_trained_at_raises_the_lr_tables_bound() -> Non
         "capped at the highest rate a completed trial trained at, 0.3 at B=32, which is above the LR range "
         "tests' ceiling here, 0.2)" in render_markdown(low.data)
     )
+    # a trial at lr.max (0.3) is not "above" a range test that ended a hair below it (a newcomer read "0.3 ...
+    # above the ceiling, 0.3"): the range test's bound, at lr.max, stands
+    hair = build_report(
+        dataclasses.replace(
+            result,
+            probe=_probe(
+                batch_size=32, lr_ceiling=0.15, large_batch=256, lr_ceiling_large=0.29999999999999974,
+                lr_ceiling_large_at_max=True,
+            ),
+        ),
+        {"metric": "train_loss", "value": TARGET},
+    )  # fmt: skip
+    row = {r["batch_size"]: r for r in hair.recommended["lr_table"]}[2048]
+    assert row["capped_at"] == {"lr_ceiling": pytest.approx(0.3), "batch_size": 256, "lr_max": True}
 
 
 def test_the_expected_cost_and_the_fastest_batch_carry_the_fits_intervals() -> None:
