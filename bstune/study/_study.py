@@ -189,7 +189,7 @@ class Study:
         if direction is None:
             raise ConfigError(
                 f"bstune cannot tell from its name whether {settings.objective!r} is better low or high; "
-                "say direction='minimize' or direction='maximize'",
+                "say direction='minimize' or direction='maximize' (bstune run: --direction minimize or maximize)",
                 source="Study",
                 field="direction",
             )
