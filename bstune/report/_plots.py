@@ -188,7 +188,7 @@ def _steps(data: dict[str, Any]) -> Figure | str:
     ax.set_xlabel("batch size B (samples per step)")
     ax.set_ylabel("steps to target S (optimizer steps)")
     ax.set_title(_text(f"Steps to {cb.get('metric', 'target')} = {cb.get('target', float('nan')):.4g}"))
-    fig.legend(loc="outside lower center", ncols=4)
+    fig.legend(loc="outside lower center", ncols=2)
     return fig
 
 
