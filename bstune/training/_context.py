@@ -448,14 +448,15 @@ class TrialContext:
 
     def _check_divergence(self, value: float) -> None:
         factor = self.train_config.divergence_factor
+        # as the trainer says it: the step's index from 0, and the samples trained before it
+        where = f"at step {self.steps - 1} (samples {self.samples - self._step_samples})"
         if not math.isfinite(value):
-            self._diverge(f"training loss became {value} at step {self.steps - 1} (samples {self.samples})")
+            self._diverge(f"training loss became {value} {where}")
         if self._first_loss is None:
             self._first_loss = value
         elif factor is not None and value > factor * max(self._first_loss, 1e-12):
             self._diverge(
-                f"training loss {value:.4g} exceeded {factor:g}x the first step's {self._first_loss:.4g} "
-                f"at step {self.steps - 1} (samples {self.samples})"
+                f"training loss {value:.4g} exceeded {factor:g}x the first step's {self._first_loss:.4g} {where}"
             )
 
     def _diverge(self, message: str) -> None:

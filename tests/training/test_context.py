@@ -186,7 +186,7 @@ def test_a_loss_that_blows_up_ends_the_run_diverged(bad: float) -> None:
 
     result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=3200))
     assert result.status is RunStatus.DIVERGED and result.samples == 6 * 32
-    assert "step 5" in result.message
+    assert "at step 5 (samples 160)" in result.message  # as the trainer says it: samples before the step
 
 
 def test_a_non_finite_reported_metric_ends_the_run_diverged() -> None:
