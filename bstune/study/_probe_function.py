@@ -41,6 +41,7 @@ import logging
 import math
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -154,7 +155,16 @@ class _Runner:
         self.samples = 0
         self.n_train: int | None = None  # the training set's size, once a run has opened ctx.loader
 
-    def __call__(self, batch: int, lr: float, max_samples: int, **kwargs: Any) -> tuple[TrainResult, TrialContext]:
+    def __call__(
+        self,
+        batch: int,
+        lr: float,
+        max_samples: int,
+        on_data: Callable[[int], bool] | None = None,
+        **kwargs: Any,
+    ) -> tuple[TrainResult, TrialContext]:
+        """One run of the function; ``on_data`` is told the training set's size when the loop opens ``ctx.loader``
+        and may end the run there (False), before its first step."""
         config_keys = ("track_noise", "noise_every_steps", "eval_every_samples")
         config = TrainConfig(
             batch_size=batch,
@@ -166,8 +176,15 @@ class _Runner:
             divergence_factor=None if "ramp" in kwargs else 100.0,
             **{k: kwargs.pop(k) for k in config_keys if k in kwargs},
         )
+        fn = self.job.fn
+        if on_data is not None:
+
+            def fn(ctx: TrialContext) -> Any:
+                ctx._on_data = on_data
+                return self.job.fn(ctx)
+
         result, ctx = run_function(
-            self.job.fn,
+            fn,
             config,
             params=self.params | {"batch_size": batch, "lr": lr},
             objective=self.job.objective,
@@ -180,10 +197,21 @@ class _Runner:
 
 
 def _range_test(
-    run: _Runner, batch: int, lr_min: float, lr_max: float, steps: int, ratio: float
+    run: _Runner,
+    batch: int,
+    lr_min: float,
+    lr_max: float,
+    steps: int,
+    ratio: float,
+    on_data: Callable[[int], bool] | None = None,
 ) -> tuple[float, list[tuple[float, float]]]:
-    """One LR range test at ``batch``: (ceiling, [(lr, smoothed loss)])."""
-    result, ctx = run(batch, lr_min, steps * batch, ramp=LRRamp(lr_min, ratio), order="draw", evaluate=False)
+    """One LR range test at ``batch``: (ceiling, [(lr, smoothed loss)]); ``(nan, [])`` where ``on_data``, told the
+    training set's size, ended it before its first step."""
+    result, ctx = run(
+        batch, lr_min, steps * batch, on_data=on_data, ramp=LRRamp(lr_min, ratio), order="draw", evaluate=False
+    )
+    if on_data is not None and ctx.n_train is not None and ctx.steps == 0 and not on_data(ctx.n_train):
+        return math.nan, []
     if result.status is RunStatus.OOM:
         raise torch.OutOfMemoryError(result.message)
     if not ctx.used_scheduler:
@@ -225,7 +253,15 @@ def _probe(
     ratio = (lr_max / lr_min) ** (1.0 / (settings.lr_steps - 1))
     with progress_bar(progress, f"probe: LR range test at B={batch} (your loop)", total=1, unit="test") as bar:
         try:
-            ceiling, curve = _range_test(run, batch, lr_min, lr_max, settings.lr_steps, ratio)
+            ceiling, curve = _range_test(  # ended at once where the training set asks for a smaller batch
+                run,
+                batch,
+                lr_min,
+                lr_max,
+                settings.lr_steps,
+                ratio,
+                on_data=lambda n: probe_batch(n, settings, space.batch_min, batch_cap) == batch,
+            )
         except BatchLargerThanDataError as exc:  # a training set smaller than the default probe batch
             run.n_train, curve = exc.n_examples, []
             if exc.n_examples < space.batch_min:

@@ -151,6 +151,9 @@ class TrialContext:
         self._ramp = ramp
         self._order = order
         self._evaluate = evaluate  # False: the probe's ramp and timing runs, where no milestone asks for an evaluation
+        # the probe's first range test, told the training set's size by ctx.loader: False ends the run before its
+        # first step (a small set takes a smaller probe batch, and the test runs again at it)
+        self._on_data: Callable[[int], bool] | None = None
         self.freeze_from: int | None = None  # the probe's noise run: the rate is 0 from this many samples on
         self.still_chunk_steps = 10  # steps per chunk of the still phase's measurement
         self._rates = config  # what lr_at reads: the run's own config, but for a probe's still phase
@@ -262,6 +265,8 @@ class TrialContext:
                     "the study sets the batch size and order of the training stream", source="ctx.loader", field=bad
                 )
         self.n_train = n
+        if self._on_data is not None and not self._on_data(n):
+            self._stopped = True  # the stream below yields nothing: the loop ends without a step
         sizes = list(step_batch_sizes(cfg)) if cfg.batch_schedule is not None else None
         sampler = StreamBatchSampler(n, cfg.batch_size, self.seed, self._order, sizes)
         if num_workers is None:

@@ -521,6 +521,38 @@ def test_the_probe_of_a_function_whose_training_set_is_smaller_than_its_first_ba
     assert f"LR range test at B={probe.batch_size} (your loop; 40 examples): 100%" in capsys.readouterr().err
 
 
+def test_a_functions_probe_on_a_small_training_set_wastes_no_range_test_at_the_default_batch() -> None:
+    """A newcomer's 353-example set: the probe's first range test ran to its end at B=64 (27% of the probe's
+    samples), then was thrown away and run again at B=22 once the loop had shown its data. It now ends before its
+    first step there."""
+    mid = torch.utils.data.Subset(TRAIN, range(320))  # 320 // 16 = 20: a smaller probe batch, though 64 fits
+    batches: list[int] = []
+
+    def mid_loop(ctx: TrialContext) -> None:
+        model = net().to(ctx.device)
+        opt = ctx.make_optimizer(model.parameters())
+        sched = ctx.lr_scheduler(opt)
+        noise = ctx.noise_tracker(model)
+        for xb, yb in ctx.loader(mid):
+            batches.append(len(xb))
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            noise.observe()
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+            if ctx.at_milestone():
+                with torch.no_grad():
+                    ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+
+    space = SearchSpace.coerce(SPACE | {"batch_size": {"min": 2, "max": 128}})
+    job = FunctionJob(mid_loop, "val_loss", Direction.MINIMIZE, space.optimizer)
+    probe = probe_function(job, space, ProbeSettings(throughput_batches=(2, 8)), batch_cap=128, progress=False)
+    assert probe.n_train == 320 and probe.batch_size == 20 and probe.lr_range and probe.b_simple > 0
+    assert 64 not in batches and batches[0] == 20  # no step at the default batch: the first test began at 20
+
+
 def test_a_task_study_trains_and_hands_over_the_spaces_optimizer_not_the_tasks() -> None:
     """The space's optimizer section replaces the task's: the planner's momentum and the handed-over
     config are the space's (a Study that read the task's here handed over momentum 0)."""
