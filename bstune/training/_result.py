@@ -132,7 +132,7 @@ Callback = Callable[[EvalRecord], "Decision | bool | None"]
 (status ``stopped``), except at the last milestone, where the run has completed anyway."""
 
 
-_PROGRESS_ATTR = "bstune_trained"  # on an exception the user's code raised mid-run: (samples, steps) trained
+_PROGRESS_ATTR = "_bstune_trained"  # on an exception the user's code raised mid-run: (samples, steps) trained
 
 
 def keep_progress(exc: BaseException, samples: int, steps: int) -> None:

@@ -230,7 +230,8 @@ def test_a_scripts_modules_beside_it_are_shipped_by_value(tmp_path: Path, monkey
     helper = sys.modules["my_data_beside"]
     script = sys.modules[train.__module__]
     try:
-        assert [m.__name__ for m in _ray_cluster._script_modules()] == [script.__name__, "my_data_beside"]
+        found = {m.__name__ for m in _ray_cluster._script_modules()}  # other tests' scripts may be loaded too
+        assert {script.__name__, "my_data_beside"} <= found and not {"optuna", "bstune", "torch"} & found
         _register_script_modules()
         shipped = cloudpickle.dumps(train)
     finally:
