@@ -90,6 +90,9 @@ _BOUND_KEYS = ("min", "max")
 _PRIOR_KEYS = tuple(f.name for f in fields(PriorSettings))
 
 
+_NAMES_NO_OPTIMIZER = OptimizerSpec()  # the default optimizer, told apart from one a space names by identity
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """What a study searches: optimizer, batch/LR limits, prior widths, extra params.
@@ -99,7 +102,7 @@ class SearchSpace:
     """
 
     name: str
-    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    optimizer: OptimizerSpec = _NAMES_NO_OPTIMIZER  # none named: a Task's own applies (plain SGD for a function)
     batch_min: int = 2  # smallest batch size tried
     batch_max: int | None = None  # None: the training-set size
     lr_min: float = 1e-5  # baseline mode's log-uniform LR bounds, and a hard clip of any derived LR
@@ -107,8 +110,13 @@ class SearchSpace:
     prior: PriorSettings = field(default_factory=PriorSettings)
     params: tuple[ParamSpec, ...] = ()
     source: str = field(default="<dict>", compare=False)
+    # whether the space named its optimizer (an ``optimizer:`` section, or ``optimizer=``): where it did not, a
+    # study of a Task trains with the Task's
+    optimizer_named: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "optimizer_named", self.optimizer is not _NAMES_NO_OPTIMIZER)
+
         def bad(name: str, reason: str) -> ConfigError:
             return ConfigError(reason, source=self.source, field=name)
 

@@ -24,6 +24,7 @@ from bstune._progress import progress_bar
 from bstune.analysis import direction_doubt
 from bstune.errors import ConfigError
 from bstune.metrics import Direction, infer_direction
+from bstune.optim import OptimizerSpec
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus
 from bstune.space import SearchSpace
 from bstune.study._backend import FunctionJob, StudySpec, TaskJob, TrialBackend, TrialJob
@@ -129,8 +130,10 @@ class Study:
     def _init_task(self, task: Task) -> None:
         """A task trained by bstune's trainer: its metrics, factory and training set are checked here."""
         settings = self.settings
-        if task.optimizer_spec != self.space.optimizer:
-            logger.info(
+        if not self.space.optimizer_named:  # the space names none: the task's trains, as bstune train runs it
+            self.space = dataclasses.replace(self.space, optimizer=task.optimizer_spec)
+        elif task.optimizer_spec != self.space.optimizer:
+            (logger.warning if task.optimizer_spec != OptimizerSpec() else logger.info)(
                 "the search space's optimizer (%s) replaces the task's (%s) in this study",
                 self.space.optimizer,
                 task.optimizer_spec,

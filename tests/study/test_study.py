@@ -5,6 +5,7 @@ Failures, crashes, concurrent writers and bad arguments are tested in ``tests/re
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from pathlib import Path
@@ -266,3 +267,18 @@ def test_a_resumed_study_draws_new_configs_not_the_first_runs_again(tmp_path: Pa
     bstune.Study(task(), FUNCTION_SPACE, study_name="replay", n_trials=2, **args).run()
     same = bstune.Study(task(), FUNCTION_SPACE, study_name="replay", n_trials=4, **args).run()
     assert [(t.batch_size, t.lr) for t in same.trials] == configs
+
+
+def test_a_space_that_names_no_optimizer_trains_the_tasks_own(caplog: pytest.LogCaptureFixture) -> None:
+    """A newcomer's Task declared Adam and their space had no optimizer section: every trial trained plain SGD
+    (the space's default) without a word. A space that names one still replaces the Task's, and says so."""
+    adam = dataclasses.replace(task(), optimizer=bstune.OptimizerSpec("adam", weight_decay=0.01), validate=False)
+    args: dict[str, Any] = dict(n_trials=2, budget_samples=2048, mode="baseline", progress=False, rescore_top=0)
+    result = bstune.Study(adam, FUNCTION_SPACE, **args).run()
+    assert result.optimizer == "adam" and result.best_config["optimizer"] == "adam"
+    assert result.best_config["weight_decay"] == 0.01
+    named = FUNCTION_SPACE | {"optimizer": {"family": "sgd", "momentum": 0.9}}
+    with caplog.at_level("WARNING", logger="bstune.study._study"):
+        sgd = bstune.Study(adam, named, **args).run()
+    assert sgd.optimizer == "sgd" and sgd.best_config["momentum"] == 0.9
+    assert any("replaces the task's" in r.getMessage() and "adam" in r.getMessage() for r in caplog.records)
