@@ -110,10 +110,19 @@ def cmd_probe(args: argparse.Namespace) -> int:
     writable_out(args.out)
     subject = load_subject(args.script)
     space = SearchSpace.coerce(args.space)
+    budget = args.budget_samples  # as a study with this trial budget probes: its run one trial long, if shorter
+    every = None if budget is None else max(1, -(-budget // args.n_evals))
     if isinstance(subject, Task):
         cap = min(space.batch_max or subject.n_train, subject.n_train)
         probe = probe_space(
-            subject, space, batch_cap=cap, seed=args.seed, device=args.device, progress=wants_progress(args)
+            subject,
+            space,
+            batch_cap=cap,
+            seed=args.seed,
+            device=args.device,
+            progress=wants_progress(args),
+            budget_samples=budget,
+            eval_every_samples=every,
         )
     else:
         from bstune.metrics import Direction
@@ -128,13 +137,21 @@ def cmd_probe(args: argparse.Namespace) -> int:
         cap = space.batch_max
         job = FunctionJob(subject, "val_loss", Direction.MINIMIZE, space.optimizer)
         probe = probe_function(
-            job, space, batch_cap=cap, seed=args.seed, device=args.device, progress=wants_progress(args)
+            job,
+            space,
+            batch_cap=cap,
+            seed=args.seed,
+            device=args.device,
+            progress=wants_progress(args),
+            budget_samples=budget,
+            eval_every_samples=every,
         )
     prior = Prior.for_space(probe, space, min(cap, probe.batch_ceiling or cap))
     lo, hi = probe.b_simple_ci
     print(
         f"B_simple {probe.b_simple:.4g} (90% CI {lo:.4g} .. {hi:.4g}, the spread a second seed would show) after "
-        f"{probe.samples_used:,} samples ({probe.seconds:.1f}s on {probe.device})"
+        f"{probe.b_simple_at_samples or 0:,} samples of training; the probe spent {probe.samples_used:,} in all "
+        f"({probe.seconds:.1f}s on {probe.device})"
     )
     if probe.b_noise is not None and probe.b_noise_ci is not None:
         nlo, nhi = probe.b_noise_ci

@@ -310,6 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--space", required=True, help="search-space YAML file (see search_spaces/)")
     probe.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     probe.add_argument("--device", default="auto", help="cpu, cuda, ... (default: CUDA when available)")
+    probe.add_argument(
+        "--budget-samples",
+        type=_positive_int,
+        default=None,
+        help="a study's trial budget, as bstune run takes it: where one trial is shorter than the probe's own run, "
+        "the probe trains one trial's length and measures B_simple there, as that study's probe does "
+        "(default: the probe's own length, as bstune run's default budget gives)",
+    )
+    probe.add_argument(
+        "--n-evals", type=_positive_int, default=9, metavar="N", help="with --budget-samples: as bstune run takes it"
+    )
     probe.add_argument("--out", default=None, help="folder to write probe.json into")
     probe.add_argument(
         "--progress",

@@ -162,6 +162,13 @@ def test_probe_prints_noise_scale_ceiling_throughput_and_prior(
     prior, probe = data["prior"], data["probe"]
     assert prior["batch_low"] <= prior["batch_high"] <= prior["b_noise"] + 1  # the band tops out at B_noise
     assert probe["samples_used"] > 0 and probe["throughput"]
+    # the line says where B_simple was measured, not the probe's whole spend (a newcomer read one for the other)
+    assert f"after {probe['b_simple_at_samples']:,} samples of training; the probe spent " in out
+    assert f"{probe['samples_used']:,} in all" in out
+    # told a study's short trial budget, it measures where that study's probe does: at one trial's length
+    assert main(["probe", DIGITS, "--space", SPACE_FILE, "--budget-samples", "3000", "--out", str(tmp_path)]) == 0
+    short = json.loads((tmp_path / "probe.json").read_text())["probe"]
+    assert short["b_simple_at_samples"] <= 3000 + short["batch_size"] < probe["b_simple_at_samples"]
 
 
 TINY_TASK = """

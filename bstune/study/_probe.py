@@ -51,6 +51,7 @@ import math
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -441,6 +442,8 @@ def probe_space(
     milestones and loading) make its training run one trial (see :func:`run_probe`).
     """
     cap = batch_cap if batch_cap is not None else min(space.batch_max or task.n_train, task.n_train)
+    if space.optimizer_named and task.optimizer_spec != space.optimizer:  # as a study trains it: the space's
+        task = replace(task, optimizer=space.optimizer, validate=False)
     return run_probe(
         task,
         settings or ProbeSettings(),

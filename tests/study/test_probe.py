@@ -344,3 +344,18 @@ def test_one_slow_step_does_not_move_the_measured_throughput() -> None:
     assert used == 9 * 64 and spread == pytest.approx((6400.0, 6400.0))
     rate, (q25, q75) = step_rate(100, [0.02, 0.01, 0.01, 0.01, 0.01, 0.01, 3.0])
     assert rate == pytest.approx(1e4) and (q25, q75) == pytest.approx((1e4 / 1.5, 1e4))
+
+
+def test_probe_space_probes_with_the_optimizer_a_study_of_the_space_trains(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bstune probe` probed a Task with its own optimizer where the space named another, which the study then
+    trained: the probe's temperature and B_simple were not the study's. A space that names none keeps the Task's."""
+    seen: list[bstune.OptimizerSpec] = []
+    monkeypatch.setattr(probe_module, "run_probe", lambda task, *a, **k: seen.append(task.optimizer_spec))
+    task = _regression(n=256)
+    adam = bstune.OptimizerSpec("adam")
+    task = bstune.Task(model=task.model, train_data=task.train_data, val_data=task.val_data, loss=task.loss,
+                       optimizer=adam)  # fmt: skip
+    named = bstune.SearchSpace.coerce({"name": "s", "optimizer": {"family": "sgd", "momentum": 0.9}})
+    probe_module.probe_space(task, named)
+    probe_module.probe_space(task, bstune.SearchSpace.coerce({"name": "s"}))
+    assert seen == [named.optimizer, adam]
