@@ -204,7 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for r in run.history:
         noise = f"{r.noise.b_simple:.4g} ({r.noise.ci[0]:.3g} .. {r.noise.ci[1]:.3g})" if r.noise else ""
         values = "".join(f" {r.metrics.get(m, math.nan):>{max(9, len(m))}.4f}" for m in metrics)
-        print(f"{r.milestone:>10} {r.train_loss:>11.4f} {r.val_loss:>9.4f} {r.gap:>8.4f}{values}  {noise:<28}")
+        print(f"{r.samples:>10} {r.train_loss:>11.4f} {r.val_loss:>9.4f} {r.gap:>8.4f}{values}  {noise:<28}")
     if run.final is not None:
         last = {"train_loss": run.final.train_loss, "val_loss": run.final.val_loss, **run.final.metrics}
         print("final: " + "  ".join(f"{k} {v:.4g}" for k, v in last.items()))

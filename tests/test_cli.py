@@ -42,7 +42,7 @@ def test_train_prints_the_curve_and_exit_code(tmp_path: Path, capsys: pytest.Cap
             "train",
             DIGITS,
             "--batch-size",
-            "64",
+            "48",  # not a divisor of the milestones' 128 samples: a row's samples are not its milestone
             "--lr",
             "0.05",
             "--max-samples",
@@ -54,8 +54,11 @@ def test_train_prints_the_curve_and_exit_code(tmp_path: Path, capsys: pytest.Cap
     )
     out = capsys.readouterr().out
     assert code == 0
-    assert "status: completed" in out and "1280" in out
-    assert json.loads((tmp_path / "train.json").read_text())["status"] == "completed"
+    run = json.loads((tmp_path / "train.json").read_text())
+    assert "status: completed" in out and f"samples: {run['samples']}" in out
+    assert run["status"] == "completed"
+    rows = [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert rows == [str(h["samples"]) for h in run["history"]]  # the samples trained, not the milestone's number
     assert (
         main(["train", DIGITS, "--batch-size", "64", "--lr", "1e7", "--momentum", "0.9", "--max-samples", "6400"]) == 1
     )  # diverged: the work failed, the input was fine
