@@ -250,7 +250,9 @@ def _grams(
     if not bool(torch.isfinite(flat).all()):
         raise EstimationError("non-finite per-example gradients (overflowing loss?)")
     g64 = flat.double()
+    t0 = time.perf_counter()
     identity = (g64 @ g64.T).cpu().numpy()
+    gram_seconds = time.perf_counter() - t0  # each Hessian group's gram costs as much (n × P by P × n, float64)
     params = {k: p.detach() for k, p in trainable_parameters(model).items()}
     frozen = {k: p.detach() for k, p in model.named_parameters() if not p.requires_grad}
     buffers = dict(model.named_buffers())
@@ -275,7 +277,9 @@ def _grams(
         # vmapped over the n vectors, each one HVP of this group's batch: n·|group| activations at once
         chunk = max(1, _VMAP_FLOATS // max(n_params * max(len(part), 1), 1))
         if r == 0 and max_seconds is not None:
-            _check_time(hvp, per_ex, min(n, _TIMED_VECTORS), n * groups, started, max_seconds, dev)
+            _check_time(
+                hvp, per_ex, min(n, _TIMED_VECTORS), n, groups, chunk, started - groups * gram_seconds, max_seconds, dev
+            )
         hv = vmap(hvp, randomness="same", chunk_size=chunk)(per_ex)
         h_flat = torch.cat([hv[k].flatten(1) for k in names], dim=1).double()
         gram = (g64 @ h_flat.T).cpu().numpy()
@@ -283,24 +287,45 @@ def _grams(
     return grams, identity
 
 
-_TIMED_VECTORS = 8  # HVPs timed first where a time limit is given: the rest cost n·groups/8 times as much
+_TIMED_VECTORS = 8  # HVPs per timed call where a time limit is given (k, then 2k, after a warm-up call of k)
 
 
 def _check_time(
     hvp: Any,
     per_ex: dict[str, torch.Tensor],
     k: int,
-    total: int,
+    n: int,
+    groups: int,
+    chunk: int,
     started: float,
     max_seconds: float,
     dev: torch.device,
 ) -> None:
-    """Time ``k`` HVPs and raise an ``EstimationError`` when all ``total`` of them would pass ``max_seconds``."""
-    t0 = time.perf_counter()
-    vmap(hvp, randomness="same")({name: g[:k] for name, g in per_ex.items()})
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    projected = (t0 - started) + (time.perf_counter() - t0) * total / k
+    """Time vmapped HVPs of ``k`` and up to ``4k`` vectors and raise an ``EstimationError`` when ``n`` of them in
+    chunks of ``chunk``, for each of ``groups`` Hessian groups, would pass ``max_seconds`` (counted from
+    ``started``, which the caller moves back by the time its grams will take).
+
+    A vmapped call costs a fixed part (its first call also traces the function) and a part per vector; on a
+    small model the fixed part is nearly all of it, so scaling one timed call by n·groups/k projected 21 s
+    for what took 1 s, and skipped the measurement by the machine's load. The warm calls of k and 4k vectors
+    give both parts.
+    """
+
+    def timed(m: int) -> float:
+        t0 = time.perf_counter()
+        vmap(hvp, randomness="same")({name: g[:m] for name, g in per_ex.items()})
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter() - t0
+
+    timed(k)  # warm-up: tracing and first-call costs
+    one = timed(k)
+    many = min(n, chunk, 4 * k)
+    more = timed(many) if many > k else one
+    per_vector = max(0.0, (more - one) / (many - k)) if many > k else one / k
+    fixed = max(0.0, one - k * per_vector)
+    calls = groups * -(-n // max(chunk, 1))
+    projected = (time.perf_counter() - started) + calls * fixed + n * groups * per_vector
     if projected > max_seconds:
         raise EstimationError(
             f"its Hessian-vector products would take about {projected:.0f}s, more than the {max_seconds:.0f}s allowed"
