@@ -78,6 +78,16 @@ class Direction(str, Enum):
         """Whether ``value`` is at ``target`` or beyond it on the good side."""
         return self.sign * value <= self.sign * target
 
+    def far_worse(self, value: float, than: float, by: float = 0.5) -> bool:
+        """Whether ``value`` is worse than ``than`` by more than the fraction ``by`` of ``|than|``: a run's last
+        evaluation far from its best (the rate that found the best went on past it).
+
+        Example:
+            >>> Direction("minimize").far_worse(0.33, than=0.038), Direction("maximize").far_worse(0.90, than=0.95)
+            (True, False)
+        """
+        return self.sign * (value - than) > by * abs(than)
+
 
 # The names whose direction needs no declaration (documented in the README). A name is
 # read as maximized when one of its words (split at anything not a letter or digit) is

@@ -191,6 +191,21 @@ def _recommendation(data: dict[str, Any]) -> list[str]:
     ]
     if rec.get("direction_doubt"):
         out.append(f"**Check the direction**: {rec['direction_doubt']}.")
+    if rec.get("ends_far_worse"):
+        far, objective = rec["ends_far_worse"], next(iter(rec.get("objective") or {"objective": 0}))
+        instead = far.get("instead")
+        out.append(
+            f"**Ends far from its best**: trained to the budget, this config ends at {objective} "
+            f"{_n(far['end'])}, against its best evaluation's {_n(far['best'])}: the rate that found the best went "
+            "on past it. Keep the best checkpoint (evaluate as the trials did)"
+            + (
+                f", or train the {far['instead']['among']} trial whose training ends best, trial {instead['trial']} "
+                f"(batch size {instead['batch_size']}, learning rate {_n(instead['lr'], '.3g')}: "
+                f"{objective} {_n(instead['end'])} at its last evaluation)."
+                if instead
+                else "."
+            )
+        )
     if rec.get("unread_params"):
         drawn = ", ".join(f"{k} = {_n(rec[k])}" if k in rec else k for k in rec["unread_params"])
         it = "it" if len(unread) == 1 else "them"

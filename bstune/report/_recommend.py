@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bstune.analysis import CriticalBatchFit, lr_table
+from bstune.metrics import Direction
 from bstune.optim import temperature
 from bstune.records import ProbeResult, StudyData, TrialStatus, last_value
 from bstune.space import PriorSettings
@@ -78,6 +79,9 @@ def recommend(result: StudyData, fit: CriticalBatchFit | None, advice: CriticalB
             f". That value is each run's best {result.objective} over its evaluations; {over}the last evaluation's, "
             f"what training it to the budget gives without keeping the best checkpoint, is {final:.4g}"
         )
+        direction = Direction(result.direction)
+        if direction.far_worse(final, than=result.best_value):
+            rec["ends_far_worse"] = {"end": final, "best": result.best_value, "instead": _ends_best(result)}
     b = int(best["batch_size"])
     if fit is not None and fit.identified:  # a fit that does not identify B_crit predicts nothing to act on
         rec["expected_steps_to_target"] = fit.predict_steps(b)
@@ -105,6 +109,29 @@ def recommend(result: StudyData, fit: CriticalBatchFit | None, advice: CriticalB
         if kind == "fitted_b_crit":
             rec["lr_rule_b_crit"] = b_rule
     return rec
+
+
+def _ends_best(result: StudyData) -> dict[str, Any] | None:
+    """The config whose training ends best, where it is not the recommended one: among the re-scored candidates
+    by the mean of their last evaluations, else among the completed trials by their last evaluation."""
+    direction = Direction(result.direction)
+    ends: list[tuple[float, int]] = [
+        (r.final_mean, r.trial) for r in result.rescored if r.mean is not None and r.final_mean is not None
+    ]
+    where = "re-scored"
+    if not ends:
+        where = "completed"
+        for t in result.trials:
+            value = last_value(t.history, result.objective) if t.status == TrialStatus.COMPLETED else None
+            if value is not None:
+                ends.append((value, t.number))
+    if not ends:
+        return None
+    end, number = min(ends, key=lambda e: direction.sign * e[0])
+    if number == result.best_trial:
+        return None
+    trial = next(t for t in result.trials if t.number == number)
+    return {"trial": number, "batch_size": trial.batch_size, "lr": trial.lr, "end": end, "among": where}
 
 
 def _capped_at_ceiling(

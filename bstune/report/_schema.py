@@ -8,6 +8,7 @@ RECOMMENDATION_NOTES = frozenset(
         "direction_doubt",
         "objective",
         "objective_at_end",
+        "ends_far_worse",
         "why",
         "expected_steps_to_target",
         "expected_samples_to_target",

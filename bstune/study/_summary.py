@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bstune.metrics import Direction
-from bstune.records import rank_key
+from bstune.records import last_value, rank_key
 
 __all__ = ["format_summary"]
 
@@ -95,8 +95,19 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
     else:
         how = f"{result['objective']} {result['best_value']:.4f}"
     trial = f"trial {result['best_trial']}: " if result.get("best_trial") is not None else ""
-    lines.append(f"best config ({trial}{how}): {best}")
     best_record = next((t for t in result["trials"] if t["number"] == result.get("best_trial")), None)
+    rescored = chosen is not None and chosen.get("mean") is not None
+    end = chosen.get("final_mean") if chosen is not None and rescored else None  # a mean over the same seeds
+    if not rescored and best_record is not None:
+        end = last_value(best_record.get("history") or [], result["objective"])
+    if end is not None:  # what training it to the budget ends at, beside the best evaluation trials are ranked by
+        how += f"; {end:.4f} at the last evaluation"
+    lines.append(f"best config ({trial}{how}): {best}")
+    if end is not None and Direction(result["direction"]).far_worse(end, than=result["best_value"]):
+        lines.append(
+            f"  its last evaluation is far worse than its best: trained to the budget it ends at {end:.4g}; keep "
+            "the best checkpoint (evaluate as the trials did), or see report.md for a config that ends better"
+        )
     unread = (best_record or {}).get("unread_params") or []
     if unread:
         lines.append(

@@ -225,6 +225,33 @@ def test_a_training_functions_report_does_not_send_it_to_a_measurement_it_refuse
     assert "bstune crit SCRIPT FOLDER" not in fn_md and "needs a bstune.Task" in _section(fn_md, "Critical batch size")
 
 
+def test_a_recommendation_whose_training_ends_far_from_its_best_says_so_and_names_one_that_ends_best() -> None:
+    """A newcomer's recommended config (best val_loss 0.0379 over its evaluations) ended training at 0.3345: its
+    high rate went on past the best. The console printed 0.0379 only; bstune train --config gave 0.22."""
+    from bstune.study._summary import format_summary
+
+    result = _result()
+    best = min(result.trials, key=lambda t: t.value or math.inf)
+    result = dataclasses.replace(result, best_trial=best.number)
+    worse = [dict(h) for h in best.history]
+    worse[-1]["val_loss"] = 1e6 * best.value  # its last evaluation, far above its best one (and others' ends)
+    trials = [dataclasses.replace(t, history=worse) if t is best else t for t in result.trials]
+    data = build_report(dataclasses.replace(result, trials=trials), {"metric": "train_loss", "value": TARGET}).data
+    far = data["recommended"]["ends_far_worse"]
+    ends = {t.number: t.history[-1]["val_loss"] for t in trials}
+    instead = min((n for n in ends if n != best.number), key=ends.__getitem__)
+    assert far["end"] == pytest.approx(1e6 * best.value) and far["instead"]["trial"] == instead
+    assert far["instead"]["end"] == pytest.approx(ends[instead]) and far["instead"]["among"] == "completed"
+    md = render_markdown(data)
+    assert "**Ends far from its best**" in md and f"trial {instead} (batch size" in md
+    assert "ends_far_worse" not in md.split("Why:")[0]  # not listed among the settings to train with
+    summary = format_summary(dataclasses.replace(result, trials=trials).to_dict())
+    assert f"; {1e6 * best.value:.4f} at the last evaluation)" in summary
+    assert "its last evaluation is far worse than its best" in summary
+    plain = build_report(result, {"metric": "train_loss", "value": TARGET}).data["recommended"]
+    assert "ends_far_worse" not in plain  # a run that ends near its best says nothing more
+
+
 def test_noise_scale_says_why_there_is_no_curvature_b_noise() -> None:
     old = dataclasses.replace(_result(), probe=_probe(), mode="prior")  # a probe saved before issue #17
     ns = build_report(old).data["noise_scale"]
