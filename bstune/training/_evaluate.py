@@ -20,7 +20,9 @@ a rank holds and :meth:`MetricSet.combine` makes the set's values from every ran
 
 Example:
     >>> import torch
-    >>> from bstune.metrics import Metric
+    >>> from bstune.errors import UserCodeError
+from bstune.errors import UserCodeError
+from bstune.metrics import Metric
     >>> def r2(out, y):
     ...     return float(1 - ((out - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
     >>> y = torch.arange(8.0)
@@ -37,11 +39,13 @@ Example:
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
+from bstune.errors import UserCodeError
 from bstune.metrics import Metric
 
 __all__ = ["KEEP_LIMIT_BYTES", "MetricSet"]
@@ -74,7 +78,7 @@ class MetricSet:
     def add(self, outputs: Any, targets: Any, n: int) -> None:
         """One evaluation batch of ``n`` examples: its model outputs and targets."""
         for key in self.sums:
-            self.sums[key] += float(self.metrics[key](outputs, targets)) * n
+            self.sums[key] += _value(key, self.metrics[key], outputs, targets) * n
         if not self.whole:
             return
         try:
@@ -104,7 +108,7 @@ class MetricSet:
         for key in self.whole:
             self.sums[key] = 0.0
             for out, tgt, k in [*self.kept, *([batch] if batch is not None else [])]:
-                self.sums[key] += float(self.metrics[key](out, tgt)) * k
+                self.sums[key] += _value(key, self.metrics[key], out, tgt) * k
         self.whole, self.kept, self.kept_bytes = [], [], 0
 
     def partial(self) -> tuple[dict[str, float], Any, Any]:
@@ -130,13 +134,31 @@ class MetricSet:
         for key, metric in self.metrics.items():
             summed = [part[0][key] for part in parts if key in part[0]]
             if metric.over == "dataset" and joined is not None and not summed:
-                out[key] = float(metric(*joined))
+                out[key] = _value(key, metric, *joined)
             elif metric.over == "dataset" and held:  # some ranks fell back: a mean over their shares
-                kept = sum(float(metric(o, t)) * _length(t) for o, t in held)
+                kept = sum(_value(key, metric, o, t) * _length(t) for o, t in held)
                 out[key] = (sum(summed) + kept) / n
             else:
                 out[key] = sum(summed) / n
         return out
+
+
+def _value(name: str, metric: Metric, outputs: Any, targets: Any) -> float:
+    """``metric(outputs, targets)`` as a float; what it raises names the metric (a metric that breaks only on
+    more examples than the Task's check gave it said only "The size of tensor a (455) must match ...")."""
+    try:
+        return float(metric(outputs, targets))
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        try:
+            n = f" on {_length(targets)} evaluation examples"
+        except Exception:  # targets of a shape _length does not know: the metric's name says enough
+            n = ""
+        raise UserCodeError(
+            f"metric {name!r} raised{n}: {type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+        ) from exc
 
 
 def _length(value: Any) -> int:

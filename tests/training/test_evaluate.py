@@ -95,3 +95,16 @@ def test_ranks_that_kept_and_ranks_that_fell_back_combine_to_a_mean_over_example
     fell.add(torch.full((6, 2), 2.0), torch.zeros(6), 6)
     fell._per_batch("a test")
     assert kept.combine([kept.partial(), fell.partial()], 10)["m"] == pytest.approx((4 * 1.0 + 6 * 2.0) / 10)
+
+
+def test_a_metric_that_raises_on_the_whole_set_is_named() -> None:
+    """A newcomer's accuracy broke only past 64 examples (the Task's check gives it 2): the study said "The size of
+    tensor a (455) must match ..." without naming the metric."""
+
+    def accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if len(y) > 4:
+            raise RuntimeError("The size of tensor a (10) must match the size of tensor b (4)")
+        return (out.argmax(1) == y).float().mean()
+
+    with pytest.raises(bstune.errors.UserCodeError, match=r"metric 'm' raised on 10 evaluation examples: Runt"):
+        _run(bstune.Metric(accuracy, direction="maximize"), _batches(n=10, size=4))
