@@ -315,7 +315,7 @@ class CriticalBatchFit:
             if early:
                 k, shown = len(early), ", ".join(str(b) for b in sorted(early))
                 noun = "" if never else f" batch size{'s' if k > 1 else ''}"
-                said.append(f"{k}{noun} that reached it by their first evaluation ({shown})")
+                said.append(f"{k}{noun} that reached it by {'their' if k > 1 else 'its'} first evaluation ({shown})")
             bounds = f"; {' and '.join(said)} only bound the fit"
         if self.identified:
             steep = self._faster_than_linear_text()
@@ -372,9 +372,10 @@ def _bounds_text(censored: list[BatchPoint]) -> str:
     if never:
         parts.append(f"{len(never)} did not reach it ({', '.join(map(str, never))})")
     if early:
+        one = len(early) == 1
         parts.append(
-            f"{len(early)} reached it by their first evaluation, so their steps are only an upper bound "
-            f"({', '.join(map(str, early))})"
+            f"{len(early)} reached it by {'its' if one else 'their'} first evaluation, so {'its' if one else 'their'} "
+            f"steps are only an upper bound ({', '.join(map(str, early))})"
         )
     return "; " + "; ".join(parts) if parts else ""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from bstune.metrics import Direction
@@ -68,7 +69,9 @@ def _probe_and_prior(
         out.append(
             f"The prior drew its first trials from {band}, at learning rates "
             f"within {_n(prior['lr_width'], 'g')}x of the rule η*(B) ∝ s(B){power}, s(B) = 1/(1/B + 1/B_noise), "
-            f"B_noise = {_n(b_noise, '.3g')}, anchored at η*({prior['b_ref']}) = {_n(prior['lr_ref'], '.3g')}"
+            f"B_noise = {_n(b_noise, '.3g')}"
+            + (" (the probe's B_simple)" if probe.get("b_simple") and math.isclose(b_noise, probe["b_simple"]) else "")
+            + f", anchored at η*({prior['b_ref']}) = {_n(prior['lr_ref'], '.3g')}"
             + (
                 f" (every rate clipped to the space's lr range, {_n(prior['lr_min'], '.3g')}–{_n(prior['lr_max'], '.3g')})"
                 if "lr_min" in prior and not prior["lr_min"] <= prior["lr_ref"] <= prior["lr_max"]

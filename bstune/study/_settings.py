@@ -156,8 +156,14 @@ class StudySettings:
                 raise _bad(name, reason)
         if self.mode not in ("prior", "baseline"):
             raise _bad("mode", f"must be 'prior' or 'baseline', got {self.mode!r}")
-        if not is_int(self.n_evals) or not 1 <= self.n_evals <= self.budget_samples:
-            raise _bad("n_evals", f"must be an integer in [1, budget_samples], got {self.n_evals!r}")
+        if not is_int(self.n_evals) or self.n_evals < 1:
+            raise _bad("n_evals", f"must be an integer >= 1, got {self.n_evals!r}")
+        if self.n_evals > self.budget_samples:  # the budget is the likelier slip: say so, with both values
+            raise _bad(
+                "budget_samples",
+                f"{self.budget_samples} samples cannot hold {self.n_evals} evaluations (n_evals): give at least "
+                f"{self.n_evals} samples, in practice many batches' worth",
+            )
         if self.direction is not None:
             object.__setattr__(self, "direction", Direction.coerce(self.direction, source="Study"))
         if isinstance(self.pruner, str) and self.pruner not in PRUNERS:

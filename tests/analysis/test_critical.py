@@ -165,7 +165,7 @@ def test_an_estimate_beyond_the_batch_sizes_that_reached_the_target_is_not_ident
     both = fit_critical_batch([*reached, *bounds, early])
     assert both.early_batches == (4,) and both.censored_batches == (4, 124, 158)
     assert (
-        "2 batch sizes that did not reach it (124, 158) and 1 that reached it by their first evaluation (4) "
+        "2 batch sizes that did not reach it (124, 158) and 1 that reached it by its first evaluation (4) "
         "only bound the fit" in both.summary
     )
 

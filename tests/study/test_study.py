@@ -282,3 +282,11 @@ def test_a_space_that_names_no_optimizer_trains_the_tasks_own(caplog: pytest.Log
         sgd = bstune.Study(adam, named, **args).run()
     assert sgd.optimizer == "sgd" and sgd.best_config["momentum"] == 0.9
     assert any("replaces the task's" in r.getMessage() and "adam" in r.getMessage() for r in caplog.records)
+
+
+def test_a_budget_smaller_than_its_evaluations_blames_the_budget() -> None:
+    """A newcomer's --budget-samples 3 was told 'n_evals: must be an integer in [1, budget_samples], got 9'."""
+    with pytest.raises(ConfigError, match=r"budget_samples: 3 samples cannot hold 9 evaluations \(n_evals\)"):
+        bstune.Study(task(), FUNCTION_SPACE, budget_samples=3, n_evals=9, progress=False)
+    with pytest.raises(ConfigError, match=r"n_evals: must be an integer >= 1, got 0"):
+        bstune.Study(task(), FUNCTION_SPACE, budget_samples=3000, n_evals=0, progress=False)
