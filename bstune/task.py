@@ -165,7 +165,14 @@ class Task:
             try:
                 model = self.model(**kwargs)
             except Exception as exc:
-                raise TaskError(f"the model factory raised {type(exc).__name__}: {exc}", field="model") from exc
+                hint = (
+                    "; every argument of the factory needs a default: it is called with none where nothing is "
+                    "searched (the Task's check, bstune train, the probe), and with the space's model.<name> "
+                    "parameters by name in trials"
+                    if isinstance(exc, TypeError) and "required" in str(exc) and not kwargs
+                    else ""
+                )
+                raise TaskError(f"the model factory raised {type(exc).__name__}: {exc}{hint}", field="model") from exc
         if not isinstance(model, nn.Module):
             raise TaskError(f"the factory returned {type(model).__name__}, not an nn.Module", field="model")
         return model

@@ -63,6 +63,12 @@ def _bad_loss_sum(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         ({"model": lambda: torch.nn.Sequential(shared_layer)}, "model", "share"),
         ({"model": lambda: "not a module"}, "model", "not an nn.Module"),
         ({"model": lambda: 1 / 0}, "model", "ZeroDivisionError"),
+        # a newcomer's make_model(hidden) with model.hidden in the space: the check calls it with no arguments
+        (
+            {"model": lambda hidden: torch.nn.Linear(4, hidden)},
+            "model",
+            "every argument of the factory needs a default",
+        ),
         ({"model": lambda: torch.nn.Linear(5, 3)}, "model", "failed on a batch"),
         ({"train_data": (X[:0], Y[:0])}, "train_data", "empty"),
         ({"train_data": (X, Y[:10])}, "train_data", "differ in length"),
