@@ -20,9 +20,7 @@ a rank holds and :meth:`MetricSet.combine` makes the set's values from every ran
 
 Example:
     >>> import torch
-    >>> from bstune.errors import UserCodeError
-from bstune.errors import UserCodeError
-from bstune.metrics import Metric
+    >>> from bstune.metrics import Metric
     >>> def r2(out, y):
     ...     return float(1 - ((out - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
     >>> y = torch.arange(8.0)
