@@ -8,6 +8,7 @@ into one line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
@@ -113,6 +114,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     budget = args.budget_samples  # as a study with this trial budget probes: its run one trial long, if shorter
     every = None if budget is None else max(1, -(-budget // args.n_evals))
     if isinstance(subject, Task):
+        if not space.optimizer_named:  # as a study of this space trains it: the task's optimizer, and its LR rule
+            space = dataclasses.replace(space, optimizer=subject.optimizer_spec)
         cap = min(space.batch_max or subject.n_train, subject.n_train)
         probe = probe_space(
             subject,
@@ -159,10 +162,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
             f"B_noise {probe.b_noise:.4g} (90% CI {nlo:.4g} .. {nhi:.4g}): tr(HΣ)/(GᵀHG) with the loss's curvature, "
             "where B_simple takes the Hessian to be isotropic"
         )
+    skipped = probe.lr_ceiling_at_max and probe.large_batch > probe.batch_size  # no test ran at the large batch
+    large = (
+        f"no test at B={probe.large_batch} (a larger batch only raises it)"
+        if skipped
+        else f"{'>=' if probe.lr_ceiling_large_at_max else ''}{probe.lr_ceiling_large:.3g} at B={probe.large_batch}"
+    )
     print(
         f"LR ceiling {'>=' if probe.lr_ceiling_at_max else ''}{probe.lr_ceiling:.3g} at B={probe.batch_size}, "
-        f"{'>=' if probe.lr_ceiling_large_at_max else ''}{probe.lr_ceiling_large:.3g} at "
-        f"B={probe.large_batch}{' (>=: the test reached lr.max unbroken)' if probe.lr_ceiling_at_max else ''}; "
+        f"{large}{' (>=: the test reached lr.max unbroken)' if probe.lr_ceiling_at_max else ''}; "
         f"probe run at lr {probe.lr_probe:.3g} "
         f"(effective temperature lr/(B(1-m)) {probe.temperature:.3g}, m = SGD momentum, 0 for Adam)"
     )

@@ -215,7 +215,15 @@ def _take_back(created: list[Path], storage: Any, *, bad_settings: bool = False)
         try:
             for summary in optuna.get_all_study_summaries(storage):
                 trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
-                if trials and (not bad_settings or any(t.state != optuna.trial.TrialState.FAIL for t in trials)):
+                # a failed start's only trials: failed in the code, having trained nothing (diverged or out-of-memory
+                # trials are failures to Optuna too, but trained: kept)
+                untrained = all(
+                    t.state == optuna.trial.TrialState.FAIL
+                    and t.user_attrs.get("status") == "failed"
+                    and not t.user_attrs.get("samples")
+                    for t in trials
+                )
+                if trials and (not bad_settings or not untrained):
                     return  # the work done is kept: `--resume` continues it
         except Exception:  # unreadable: leave it for the user to look at
             return

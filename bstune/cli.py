@@ -314,9 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget-samples",
         type=_positive_int,
         default=None,
-        help="a study's trial budget, as bstune run takes it: where one trial is shorter than the probe's own run, "
-        "the probe trains one trial's length and measures B_simple there, as that study's probe does "
-        "(default: the probe's own length, as bstune run's default budget gives)",
+        help="a study's trial budget, as bstune run takes it: the probe's run is then one trial long, as that "
+        "study's first trial, and B_simple is measured where that study's probe measures it (at one trial's length "
+        "where a trial is shorter than the probe's own run). A task's probe trains the whole budget, so give a "
+        "budget only to see a short-budget study's prior (default: the probe's own length, which bstune run's "
+        "default budget gives)",
     )
     probe.add_argument(
         "--n-evals", type=_positive_int, default=9, metavar="N", help="with --budget-samples: as bstune run takes it"

@@ -287,7 +287,7 @@ def _grams(
     return grams, identity
 
 
-_TIMED_VECTORS = 8  # HVPs per timed call where a time limit is given (k, then 2k, after a warm-up call of k)
+_TIMED_VECTORS = 8  # HVPs per timed call where a time limit is given (k, then 4k, after a warm-up call of k)
 
 
 def _check_time(

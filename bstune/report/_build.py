@@ -200,7 +200,8 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
         )
     metric = str(target.get("metric", "train_loss"))
     direction = result.direction_of(metric, source="report", field="target.metric", given=target.get("direction"))
-    trials = [t for t in result.trials if t.history and t.batch_size]
+    # trials whose code raised keep what they trained (the samples spent) but say nothing of steps to a target
+    trials = [t for t in result.trials if t.history and t.batch_size and t.status != TrialStatus.FAILED]
     probe = result.probe
     b_simple = probe.b_simple if probe else None
     data: dict[str, Any] = {

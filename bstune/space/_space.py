@@ -111,11 +111,13 @@ class SearchSpace:
     params: tuple[ParamSpec, ...] = ()
     source: str = field(default="<dict>", compare=False)
     # whether the space named its optimizer (an ``optimizer:`` section, or ``optimizer=``): where it did not, a
-    # study of a Task trains with the Task's
-    optimizer_named: bool = field(init=False, compare=False, repr=False)
+    # study of a Task trains with the Task's. Worked out from ``optimizer`` when not given; a copy
+    # (``dataclasses.replace``, pickle) carries it
+    optimizer_named: bool | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "optimizer_named", self.optimizer is not _NAMES_NO_OPTIMIZER)
+        if self.optimizer_named is None:
+            object.__setattr__(self, "optimizer_named", self.optimizer is not _NAMES_NO_OPTIMIZER)
 
         def bad(name: str, reason: str) -> ConfigError:
             return ConfigError(reason, source=self.source, field=name)

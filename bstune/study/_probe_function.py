@@ -181,7 +181,12 @@ class _Runner:
 
             def fn(ctx: TrialContext) -> Any:
                 ctx._on_data = on_data
-                return self.job.fn(ctx)
+                try:
+                    return self.job.fn(ctx)
+                except Exception:
+                    if ctx.data_refused:  # code after an empty stream (a loss never bound): the run is moot
+                        return None
+                    raise
 
         result, ctx = run_function(
             fn,

@@ -122,8 +122,13 @@ def _register_script_modules() -> None:
 
 def _script_modules() -> list[ModuleType]:
     """The scripts loaded, and the modules they imported from their folders (``from my_data import load``,
-    found through the folder the loader put on ``sys.path``): a worker on another node has neither. Installed
-    packages, and bstune itself, are importable there and stay shipped by reference."""
+    found through the folder the loader put on ``sys.path``): a worker on another node has neither.
+
+    A module counts as found there when its top-level name is a file (``my_data.py``) or package folder
+    (``my_pkg/``) directly in a script's folder: an interpreter or a virtual environment that lives under
+    that folder (``~/.pyenv``, ``/usr/local`` under ``/``) holds the standard library and installed
+    packages, which workers import themselves and stay shipped by reference, as bstune does.
+    """
     modules = list(sys.modules.values())
     scripts = [m for m in modules if getattr(m, "__name__", "").startswith(SCRIPT_MODULE_PREFIX)]
     folders = {Path(str(m.__file__)).resolve().parent for m in scripts if getattr(m, "__file__", None)}
@@ -131,12 +136,18 @@ def _script_modules() -> list[ModuleType]:
     beside = []
     for module in modules:
         file = getattr(module, "__file__", None)
-        if module in scripts or not file or not folders:
+        name = getattr(module, "__name__", "")
+        if module in scripts or not file or not folders or not isinstance(name, str):
             continue
-        path = Path(file).resolve()
-        installed = any(part in ("site-packages", "dist-packages") for part in path.parts)
-        if not installed and not path.is_relative_to(own) and any(path.is_relative_to(f) for f in folders):
-            beside.append(module)
+        path, top = Path(file).resolve(), name.split(".")[0]
+        if path.is_relative_to(own):
+            continue
+        for folder in folders:
+            if path.is_relative_to(folder):
+                first = path.relative_to(folder).parts[0]
+                if first in (top, f"{top}.py"):
+                    beside.append(module)
+                    break
     return scripts + beside
 
 

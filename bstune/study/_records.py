@@ -201,17 +201,21 @@ class StudyResult:
             )
         direction = self._direction(metric)
         if given is not None:
+            # on the command line the direction is an option of its own, which the error names
+            where = ("--target-direction", None) if source.startswith("--") else (source, "target.direction")
             try:
                 said = Direction(given)
             except ValueError:
                 raise ConfigError(
-                    f"must be 'minimize' or 'maximize', got {given!r}", source=source, field="target.direction"
+                    f"must be 'minimize' or 'maximize', got {given!r}", source=where[0], field=where[1]
                 ) from None
-            if direction is not None and metric in self.directions and said != direction:
+            # a direction the result holds (declared, or an older result's objective's) is not overridden
+            held = metric in self.directions or metric == self.objective
+            if direction is not None and held and said != direction:
                 raise ConfigError(
                     f"{metric!r} is {direction.value}d in this study, as its result says; the target says {said.value}",
-                    source=source,
-                    field="target.direction",
+                    source=where[0],
+                    field=where[1],
                 )
             return said
         if direction is None:
@@ -345,6 +349,7 @@ class StudyResult:
         drawn: dict[str, Any] = {"weight_decay": self.best_config.get("weight_decay", spec.weight_decay)}
         if spec.family == "sgd":
             drawn["momentum"] = self.best_config.get("momentum", spec.momentum)
+            drawn["nesterov"] = spec.nesterov and drawn["momentum"] > 0  # as the trial's optimizer was built
         else:
             drawn["betas"] = tuple(self.best_config.get("betas", spec.betas))
         return replace(spec, **drawn)

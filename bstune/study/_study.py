@@ -131,7 +131,15 @@ class Study:
         """A task trained by bstune's trainer: its metrics, factory and training set are checked here."""
         settings = self.settings
         if not self.space.optimizer_named:  # the space names none: the task's trains, as bstune train runs it
-            self.space = dataclasses.replace(self.space, optimizer=task.optimizer_spec)
+            try:
+                self.space = dataclasses.replace(self.space, optimizer=task.optimizer_spec)
+            except ConfigError as exc:  # e.g. a searched momentum, which the task's Adam has not
+                raise ConfigError(
+                    f"{exc.reason}; the space names no optimizer, so the task's ({task.optimizer_spec.family}) trains: "
+                    "name one in the space's optimizer section, or leave out what the task's optimizer has not",
+                    source=exc.source,
+                    field=exc.field,
+                ) from exc
         elif task.optimizer_spec != self.space.optimizer:
             (logger.warning if task.optimizer_spec != OptimizerSpec() else logger.info)(
                 "the search space's optimizer (%s) replaces the task's (%s) in this study",

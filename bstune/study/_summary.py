@@ -106,7 +106,8 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
     if end is not None and Direction(result["direction"]).far_worse(end, than=result["best_value"]):
         lines.append(
             f"  its last evaluation is far worse than its best: trained to the budget it ends at {end:.4g}; keep "
-            "the best checkpoint (evaluate as the trials did), or see report.md for a config that ends better"
+            "the best checkpoint (evaluate as the trials did); report.md names a config whose training ends better, "
+            "where one does"
         )
     unread = (best_record or {}).get("unread_params") or []
     if unread:

@@ -154,6 +154,7 @@ class TrialContext:
         # the probe's first range test, told the training set's size by ctx.loader: False ends the run before its
         # first step (a small set takes a smaller probe batch, and the test runs again at it)
         self._on_data: Callable[[int], bool] | None = None
+        self.data_refused = False  # _on_data ended the run there: what the loop does after its stream is moot
         self.freeze_from: int | None = None  # the probe's noise run: the rate is 0 from this many samples on
         self.still_chunk_steps = 10  # steps per chunk of the still phase's measurement
         self._rates = config  # what lr_at reads: the run's own config, but for a probe's still phase
@@ -266,7 +267,7 @@ class TrialContext:
                 )
         self.n_train = n
         if self._on_data is not None and not self._on_data(n):
-            self._stopped = True  # the stream below yields nothing: the loop ends without a step
+            self._stopped = self.data_refused = True  # the stream yields nothing: the loop ends without a step
         sizes = list(step_batch_sizes(cfg)) if cfg.batch_schedule is not None else None
         sampler = StreamBatchSampler(n, cfg.batch_size, self.seed, self._order, sizes)
         if num_workers is None:

@@ -297,3 +297,13 @@ def test_an_older_result_json_still_reports_accuracy_the_right_way_round(tmp_pat
     assert proc.returncode == 0, proc.stderr
     cb = json.loads((tmp_path / "report.json").read_text())["critical_batch"]
     _check_points(cb, old["trials"], "val_accuracy", 0.97)
+
+
+def test_a_target_direction_against_an_older_results_objective_is_refused_and_named_as_the_option() -> None:
+    """The review: an older result holds no directions, but its objective's is the study's; and on the command line
+    the error named --target-metric for what --target-direction said."""
+    old = _result({})
+    old.objective, old.direction = "val_score", "maximize"
+    with pytest.raises(ConfigError, match=r"^--target-direction: 'val_score' is maximized in this study"):
+        old.direction_of("val_score", source="--target-metric", field=None, given="minimize")
+    assert old.direction_of("val_score", given="maximize") is bstune.Direction.MAXIMIZE

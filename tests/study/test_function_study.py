@@ -545,6 +545,7 @@ def test_a_functions_probe_on_a_small_training_set_wastes_no_range_test_at_the_d
             if ctx.at_milestone():
                 with torch.no_grad():
                     ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+        return {"val_loss": loss.item()}  # a loop's code after its stream: `loss` is unbound on an empty one
 
     space = SearchSpace.coerce(SPACE | {"batch_size": {"min": 2, "max": 128}})
     job = FunctionJob(mid_loop, "val_loss", Direction.MINIMIZE, space.optimizer)
@@ -650,6 +651,11 @@ def test_an_adamw_recommendation_trains_again_with_its_optimizer(tmp_path: Path)
     assert [h.val_loss for h in again.history] == pytest.approx([h["val_loss"] for h in best.history], rel=1e-6)
     with pytest.raises(ConfigError, match=r"ctx.make_optimizer.*optimizer=result.best_optimizer\(\)"):
         run_function(loop, config, params=result.best_config)
+    nesterov = dataclasses.replace(  # a searched momentum of 0 under a nesterov space: built as plain SGD, as trained
+        result, optimizer="sgd", optimizer_spec={**dataclasses.asdict(bstune.OptimizerSpec("sgd", momentum=0.9,
+        nesterov=True)), "betas": [0.9, 0.999]}, best_config={**result.best_config, "momentum": 0.0},
+    )  # fmt: skip
+    assert nesterov.best_optimizer().nesterov is False and nesterov.best_optimizer().momentum == 0.0
     result.save(tmp_path)
     loaded = bstune.StudyResult.load(tmp_path)
     assert loaded.best_optimizer() == spec and loaded.subject == result.subject == "function"
@@ -730,6 +736,11 @@ def test_a_searched_parameter_the_loop_never_read_is_marked_in_the_recommendatio
     result = bstune.Study(own_optimizer, space, **(ARGS | {"n_trials": 3, "rescore_top": 0})).run()
     completed = [t for t in result.trials if t.status == "completed"]
     assert completed and all(t.unread_params == ["model.hiden", "weight_decay"] for t in completed)
+    nesterov = dataclasses.replace(  # a searched momentum of 0 under a nesterov space: built as plain SGD, as trained
+        result, optimizer="sgd", optimizer_spec={**dataclasses.asdict(bstune.OptimizerSpec("sgd", momentum=0.9,
+        nesterov=True)), "betas": [0.9, 0.999]}, best_config={**result.best_config, "momentum": 0.0},
+    )  # fmt: skip
+    assert nesterov.best_optimizer().nesterov is False and nesterov.best_optimizer().momentum == 0.0
     result.save(tmp_path)
     loaded = bstune.StudyResult.load(tmp_path)
     assert [t.unread_params for t in loaded.trials] == [t.unread_params for t in result.trials]

@@ -232,6 +232,10 @@ def test_a_scripts_modules_beside_it_are_shipped_by_value(tmp_path: Path, monkey
     try:
         found = {m.__name__ for m in _ray_cluster._script_modules()}  # other tests' scripts may be loaded too
         assert {script.__name__, "my_data_beside"} <= found and not {"optuna", "bstune", "torch"} & found
+        # an interpreter living under a script's folder (a pyenv under ~ with ~/train.py): its standard library
+        # is not the script's, though its files lie under that folder
+        monkeypatch.setattr(json, "__file__", str(tmp_path / ".pyenv" / "lib" / "json" / "__init__.py"))
+        assert "json" not in {m.__name__ for m in _ray_cluster._script_modules()}
         _register_script_modules()
         shipped = cloudpickle.dumps(train)
     finally:

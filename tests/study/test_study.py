@@ -290,3 +290,21 @@ def test_a_budget_smaller_than_its_evaluations_blames_the_budget() -> None:
         bstune.Study(task(), FUNCTION_SPACE, budget_samples=3, n_evals=9, progress=False)
     with pytest.raises(ConfigError, match=r"n_evals: must be an integer >= 1, got 0"):
         bstune.Study(task(), FUNCTION_SPACE, budget_samples=3000, n_evals=0, progress=False)
+
+
+def test_a_space_naming_no_optimizer_keeps_saying_so_through_copies_and_names_the_task_it_trains() -> None:
+    """The review found the 'names no optimizer' mark lost on a copy (then a Task's Adam trained as SGD again),
+    and a searched momentum refused as if the space had named Adam."""
+    import copy
+    import pickle
+
+    from bstune.space import SearchSpace
+
+    space = SearchSpace.coerce({"name": "s"})
+    for copied in (dataclasses.replace(space, batch_min=4), copy.deepcopy(space), pickle.loads(pickle.dumps(space))):
+        assert copied.optimizer_named is False
+    assert SearchSpace.coerce({"name": "s", "optimizer": {"family": "sgd"}}).optimizer_named is True
+    adam = dataclasses.replace(task(), optimizer=bstune.OptimizerSpec("adam"), validate=False)
+    momentum = FUNCTION_SPACE | {"params": {"momentum": {"type": "float", "low": 0.5, "high": 0.9}}}
+    with pytest.raises(ConfigError, match=r"params\.momentum: .*the space names no optimizer, so the task's \(adam\)"):
+        bstune.Study(adam, momentum, budget_samples=2048, mode="baseline", progress=False)
