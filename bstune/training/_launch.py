@@ -30,7 +30,15 @@ from bstune.noise import resolve_device
 from bstune.task import Task
 from bstune.training._config import TrainConfig
 from bstune.training._loop import train
-from bstune.training._result import Callback, Decision, EvalRecord, RunStatus, TrainResult
+from bstune.training._result import (
+    Callback,
+    Decision,
+    EvalRecord,
+    RunStatus,
+    TrainResult,
+    keep_progress,
+    trained_before,
+)
 
 __all__ = ["run_data_parallel", "train_data_parallel"]
 
@@ -88,7 +96,8 @@ def _child(
             kwargs = dict(kwargs, callback=_ParentCallback(events, decisions))
         events.put((rank, "result", pack(fn(*args, **kwargs))))
     except BaseException as exc:  # the parent raises the first failure (its peers fail after it), with this traceback
-        events.put((rank, "error", (time.time(), f"{type(exc).__name__}: {exc}", traceback.format_exc())))
+        trained = trained_before(exc) if isinstance(exc, Exception) else (0, 0)  # global samples: any rank's
+        events.put((rank, "error", (time.time(), f"{type(exc).__name__}: {exc}", traceback.format_exc(), trained)))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -158,7 +167,7 @@ def run_data_parallel(
         for r in range(nprocs)
     ]
     results: dict[int, Any] = {}
-    errors: dict[int, tuple[float, str, str]] = {}  # rank: (when, what, traceback)
+    errors: dict[int, tuple[float, str, str, tuple[int, int]]] = {}  # rank: (when, what, traceback, trained)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     grace: float | None = None  # once a rank has failed: when the others are stopped
     try:
@@ -177,7 +186,12 @@ def run_data_parallel(
                     if not p.is_alive() and r not in results and r not in errors:
                         time.sleep(0.2)  # its last message may still be in the pipe
                         if events.empty():
-                            errors[r] = (time.time(), f"exit code {p.exitcode} (the process died without a result)", "")
+                            errors[r] = (
+                                time.time(),
+                                f"exit code {p.exitcode} (the process died without a result)",
+                                "",
+                                (0, 0),
+                            )
                             grace = grace or time.monotonic() + _GRACE_S
                 continue
             if kind == "record":
@@ -210,10 +224,12 @@ def run_data_parallel(
             return chosen
     if errors:
         rank = min(errors, key=lambda r: errors[r][0])  # the first to fail; its peers' collectives failed after
-        _, message, text = errors[rank]
+        _, message, text, _ = errors[rank]
         others = sorted(set(errors) - {rank})
         also = f" (rank(s) {others} failed too)" if others else ""
-        raise UserCodeError(f"rank {rank} of {nprocs} raised {message}{also}", traceback=text)
+        error = UserCodeError(f"rank {rank} of {nprocs} raised {message}{also}", traceback=text)
+        keep_progress(error, *max((e[3] for e in errors.values()), default=(0, 0)))  # what the run had trained
+        raise error
     return results[0]
 
 

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import bstune
 from bstune.errors import ConfigError, UserCodeError
 from bstune.noise import exact_noise_scale, summarize
-from bstune.training import Decision, EvalRecord, RunStatus, TrainConfig, train_data_parallel
+from bstune.training import Decision, EvalRecord, RunStatus, TrainConfig, train_data_parallel, trained_before
 from bstune.training._sampling import rank_slices
 
 LAUNCH = {"nprocs": 2, "timeout_s": 180, "threads_per_rank": 1}
@@ -26,12 +26,6 @@ LAUNCH = {"nprocs": 2, "timeout_s": 180, "threads_per_rank": 1}
 
 def _mlp() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
-
-
-def _mlp_failing_on_rank1() -> torch.nn.Module:
-    if dist.is_initialized() and dist.get_rank() == 1:
-        raise ValueError("boom on rank 1")
-    return _mlp()
 
 
 class _OOMOnRank1(torch.nn.Module):
@@ -46,6 +40,21 @@ class _OOMOnRank1(torch.nn.Module):
         self.calls += 1
         if self.training and dist.is_initialized() and dist.get_rank() == 1 and self.calls == 3:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated on rank 1)")
+        return self.net(x)  # type: ignore[no-any-return]
+
+
+class _FailsOnRank1(torch.nn.Module):
+    """Raises (the user's code) on rank 1's third training forward, after two steps of the run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _mlp()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.training and dist.is_initialized() and dist.get_rank() == 1 and self.calls == 3:
+            raise ValueError("boom on rank 1")
         return self.net(x)  # type: ignore[no-any-return]
 
 
@@ -230,9 +239,10 @@ def test_a_rank_that_raises_is_a_clear_error_and_leaves_no_process() -> None:
     cfg = TrainConfig(batch_size=16, lr=0.1, max_samples=16 * 10, device="cpu")
     started = time.monotonic()
     with pytest.raises(UserCodeError, match="rank 1 of 2 raised") as info:
-        train_data_parallel(_task(_mlp_failing_on_rank1), cfg, **LAUNCH)
+        train_data_parallel(_task(_FailsOnRank1), cfg, **LAUNCH)
     assert "boom on rank 1" in str(info.value)
-    assert info.value.traceback is not None and "_mlp_failing_on_rank1" in info.value.traceback
+    assert info.value.traceback is not None and 'raise ValueError("boom on rank 1")' in info.value.traceback
+    assert trained_before(info.value) == (2 * 16, 2)  # the two steps trained before it: a study counts them
     assert time.monotonic() - started < 60
     assert not _spawned_children()
 
