@@ -77,10 +77,15 @@ def kill_and_resume(storage_url: str, tmp_path: Path, *, function: bool, mode: s
             return None
         return in_trial(trials, proc.pid)
 
-    victim = wait_for("3 trials finished and a 4th running", killable, [proc])
+    wait_for("3 trials finished and a 4th running", killable, [proc])
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = {t.number: (t.state, t.value, t.params) for t in stored(storage_url) if t.state.is_finished()}
+    # the victim is the trial running when the kill landed, read after it: the one seen running may have
+    # finished in between (a CI run saw trial 3 complete between the poll and the kill)
+    after = stored(storage_url)
+    victim = in_trial(after, proc.pid) or next((t for t in after if t.state == TrialState.RUNNING), None)
+    assert victim is not None, "the kill landed between one trial's end and the next one's start"
+    before = {t.number: (t.state, t.value, t.params) for t in after if t.state.is_finished()}
     assert len(before) >= 3 and victim.number not in before
 
     result = make_study(storage_url, 8, budget_samples=12_000, function=function, mode=mode).run()  # the resume
