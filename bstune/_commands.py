@@ -112,21 +112,18 @@ def cmd_probe(args: argparse.Namespace) -> int:
     subject = load_subject(args.script)
     space = SearchSpace.coerce(args.space)
     budget = args.budget_samples  # as a study with this trial budget probes: its run one trial long, if shorter
-    every = None if budget is None else max(1, -(-budget // args.n_evals))
+    how: dict[str, Any] = {
+        "seed": args.seed,
+        "device": args.device,
+        "progress": wants_progress(args),
+        "budget_samples": budget,
+        "eval_every_samples": None if budget is None else max(1, -(-budget // args.n_evals)),
+    }
     if isinstance(subject, Task):
         if not space.optimizer_named:  # as a study of this space trains it: the task's optimizer, and its LR rule
             space = dataclasses.replace(space, optimizer=subject.optimizer_spec)
         cap = min(space.batch_max or subject.n_train, subject.n_train)
-        probe = probe_space(
-            subject,
-            space,
-            batch_cap=cap,
-            seed=args.seed,
-            device=args.device,
-            progress=wants_progress(args),
-            budget_samples=budget,
-            eval_every_samples=every,
-        )
+        probe = probe_space(subject, space, batch_cap=cap, **how)
     else:
         from bstune.metrics import Direction
         from bstune.study import FunctionJob, probe_function
@@ -139,16 +136,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
             )
         cap = space.batch_max
         job = FunctionJob(subject, "val_loss", Direction.MINIMIZE, space.optimizer)
-        probe = probe_function(
-            job,
-            space,
-            batch_cap=cap,
-            seed=args.seed,
-            device=args.device,
-            progress=wants_progress(args),
-            budget_samples=budget,
-            eval_every_samples=every,
-        )
+        probe = probe_function(job, space, batch_cap=cap, **how)
     prior = Prior.for_space(probe, space, min(cap, probe.batch_ceiling or cap))
     lo, hi = probe.b_simple_ci
     print(

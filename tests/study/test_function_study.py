@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,25 +129,13 @@ def test_a_trial_whose_code_raises_keeps_the_samples_and_evaluations_it_trained(
     """A newcomer's loop raised at step 20 for large batches: the failed trials were stored with 0 samples and no
     history, so "Samples spent" left out what they trained."""
 
+    def boom(ctx: TrialContext, loss: torch.Tensor) -> torch.Tensor:
+        if ctx.batch_size > 40 and ctx.steps == 20:  # after 20 steps counted, their milestones reported
+            raise ValueError(f"boom at step 20 (B={ctx.batch_size})")
+        return loss
+
     def fn(ctx: TrialContext) -> None:
-        if ctx.config["batch_size"] <= 40:
-            return loop(ctx)
-        model = net()
-        opt = ctx.make_optimizer(model.parameters())
-        sched = ctx.lr_scheduler(opt)
-        for xb, yb in ctx.loader(TRAIN):
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            ctx.step(loss)
-            if ctx.at_milestone():
-                with torch.no_grad():
-                    ctx.report(val_loss=F.cross_entropy(model(VX), VY))
-            if ctx.steps == 20:
-                raise ValueError(f"boom at step 20 (B={ctx.batch_size})")
-        return None
+        tracked_loop(ctx, before_backward=boom)
 
     result = bstune.Study(fn, SPACE, **(ARGS | {"n_trials": 6, "rescore_top": 0, "pruner": "none"})).run()
     failed = [t for t in result.trials if t.status == "failed"]
@@ -247,14 +236,21 @@ def test_the_prior_mode_names_what_the_probe_needs_from_the_loop() -> None:
         bstune.Study(no_tracker, SPACE, **(ARGS | {"mode": "prior"})).run()
 
 
-def tracked_loop(ctx: TrialContext, report: bool = True) -> None:
-    """:func:`loop` with the noise tracker, as the probe needs it (``report=False``: a loop that never reports)."""
+def tracked_loop(
+    ctx: TrialContext,
+    report: bool = True,
+    before_backward: Callable[[TrialContext, torch.Tensor], torch.Tensor] | None = None,
+) -> None:
+    """:func:`loop` with the noise tracker, as the probe needs it (``report=False``: a loop that never reports;
+    ``before_backward(ctx, loss)``: what a newcomer's loop does to each step's loss, or raises there)."""
     model = net().to(ctx.device)
     opt = ctx.make_optimizer(model.parameters())
     sched = ctx.lr_scheduler(opt)
     noise = ctx.noise_tracker(model)
     for xb, yb in ctx.loader(TRAIN):
         loss = F.cross_entropy(model(xb), yb)
+        if before_backward is not None:
+            loss = before_backward(ctx, loss)
         opt.zero_grad()
         loss.backward()
         noise.observe()
@@ -293,20 +289,7 @@ def test_a_loop_whose_loss_is_nan_at_any_rate_is_not_told_to_lower_the_rate() ->
     lower lr.max. A NaN the loop reports as a metric is not the rate's doing either."""
 
     def nan_loss(ctx: TrialContext) -> None:
-        model = net()
-        opt = ctx.make_optimizer(model.parameters())
-        sched = ctx.lr_scheduler(opt)
-        noise = ctx.noise_tracker(model)
-        for xb, yb in ctx.loader(TRAIN):
-            loss = F.cross_entropy(model(xb), yb) * (math.nan if ctx.steps >= 2 else 1.0)
-            opt.zero_grad()
-            loss.backward()
-            noise.observe()
-            opt.step()
-            sched.step()
-            ctx.step(loss)
-            if ctx.at_milestone():
-                ctx.report(val_loss=1.0)
+        tracked_loop(ctx, before_backward=lambda ctx, loss: loss * (math.nan if ctx.steps >= 2 else 1.0))
 
     with pytest.raises(ConfigError, match=r"diverged even at the space's smallest rate, lr\.min: check the loss"):
         bstune.Study(nan_loss, SPACE, **(ARGS | {"mode": "prior"})).run()

@@ -28,34 +28,32 @@ def _mlp() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
 
 
-class _OOMOnRank1(torch.nn.Module):
+class _RaisesOnRank1(torch.nn.Module):
+    """Raises ``error`` on rank 1's third training forward, after two steps of the run (default: a simulated
+    out-of-memory; the user's own code's error where a subclass says)."""
+
+    error: Exception = torch.OutOfMemoryError("CUDA out of memory (simulated on rank 1)")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _mlp()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.training and dist.is_initialized() and dist.get_rank() == 1 and self.calls == 3:
+            raise self.error
+        return self.net(x)  # type: ignore[no-any-return]
+
+
+class _OOMOnRank1(_RaisesOnRank1):
     """Runs out of memory (a simulated torch.OutOfMemoryError) on rank 1's third forward."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = _mlp()
-        self.calls = 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.training and dist.is_initialized() and dist.get_rank() == 1 and self.calls == 3:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated on rank 1)")
-        return self.net(x)  # type: ignore[no-any-return]
+class _FailsOnRank1(_RaisesOnRank1):
+    """Raises (the user's code) on rank 1's third training forward."""
 
-
-class _FailsOnRank1(torch.nn.Module):
-    """Raises (the user's code) on rank 1's third training forward, after two steps of the run."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = _mlp()
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.training and dist.is_initialized() and dist.get_rank() == 1 and self.calls == 3:
-            raise ValueError("boom on rank 1")
-        return self.net(x)  # type: ignore[no-any-return]
+    error = ValueError("boom on rank 1")
 
 
 class _Items(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -241,7 +239,7 @@ def test_a_rank_that_raises_is_a_clear_error_and_leaves_no_process() -> None:
     with pytest.raises(UserCodeError, match="rank 1 of 2 raised") as info:
         train_data_parallel(_task(_FailsOnRank1), cfg, **LAUNCH)
     assert "boom on rank 1" in str(info.value)
-    assert info.value.traceback is not None and 'raise ValueError("boom on rank 1")' in info.value.traceback
+    assert info.value.traceback is not None and "ValueError: boom on rank 1" in info.value.traceback
     assert trained_before(info.value) == (2 * 16, 2)  # the two steps trained before it: a study counts them
     assert time.monotonic() - started < 60
     assert not _spawned_children()
