@@ -240,14 +240,16 @@ def tracked_loop(
     ctx: TrialContext,
     report: bool = True,
     before_backward: Callable[[TrialContext, torch.Tensor], torch.Tensor] | None = None,
+    data: torch.utils.data.Dataset[Any] = TRAIN,
 ) -> None:
     """:func:`loop` with the noise tracker, as the probe needs it (``report=False``: a loop that never reports;
-    ``before_backward(ctx, loss)``: what a newcomer's loop does to each step's loss, or raises there)."""
+    ``before_backward(ctx, loss)``: what a newcomer's loop does to each step's loss, or raises there; ``data``:
+    the training set)."""
     model = net().to(ctx.device)
     opt = ctx.make_optimizer(model.parameters())
     sched = ctx.lr_scheduler(opt)
     noise = ctx.noise_tracker(model)
-    for xb, yb in ctx.loader(TRAIN):
+    for xb, yb in ctx.loader(data):
         loss = F.cross_entropy(model(xb), yb)
         if before_backward is not None:
             loss = before_backward(ctx, loss)
@@ -475,21 +477,7 @@ SMALL = torch.utils.data.TensorDataset(TRAIN.tensors[0][:40], TRAIN.tensors[1][:
 
 def small_loop(ctx: TrialContext) -> None:
     """A loop over 40 examples, fewer than the probe's first batch."""
-    model = net().to(ctx.device)
-    opt = ctx.make_optimizer(model.parameters())
-    sched = ctx.lr_scheduler(opt)
-    noise = ctx.noise_tracker(model)
-    for xb, yb in ctx.loader(SMALL):
-        loss = F.cross_entropy(model(xb), yb)
-        opt.zero_grad()
-        loss.backward()
-        noise.observe()
-        opt.step()
-        sched.step()
-        ctx.step(loss)
-        if ctx.at_milestone():
-            with torch.no_grad():
-                ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+    tracked_loop(ctx, data=SMALL)
 
 
 def test_the_probe_of_a_function_whose_training_set_is_smaller_than_its_first_batch_sizes_down(
@@ -511,24 +499,16 @@ def test_a_functions_probe_on_a_small_training_set_wastes_no_range_test_at_the_d
     mid = torch.utils.data.Subset(TRAIN, range(320))  # 320 // 16 = 20: a smaller probe batch, though 64 fits
     batches: list[int] = []
 
-    def mid_loop(ctx: TrialContext) -> None:
-        model = net().to(ctx.device)
-        opt = ctx.make_optimizer(model.parameters())
-        sched = ctx.lr_scheduler(opt)
-        noise = ctx.noise_tracker(model)
-        for xb, yb in ctx.loader(mid):
-            batches.append(len(xb))
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            noise.observe()
-            opt.step()
-            sched.step()
-            ctx.step(loss)
-            if ctx.at_milestone():
-                with torch.no_grad():
-                    ctx.report(val_loss=F.cross_entropy(model(VX), VY))
-        return {"val_loss": loss.item()}  # a loop's code after its stream: `loss` is unbound on an empty one
+    def mid_loop(ctx: TrialContext) -> dict[str, float]:
+        steps: list[int] = []
+
+        def seen(ctx: TrialContext, loss: torch.Tensor) -> torch.Tensor:
+            batches.append(ctx.batch_size)
+            steps.append(ctx.steps)
+            return loss
+
+        tracked_loop(ctx, before_backward=seen, data=mid)
+        return {"val_loss": 1.0 / len(steps)}  # a loop's code after its stream: it raises on an empty one
 
     space = SearchSpace.coerce(SPACE | {"batch_size": {"min": 2, "max": 128}})
     job = FunctionJob(mid_loop, "val_loss", Direction.MINIMIZE, space.optimizer)
