@@ -11,6 +11,14 @@ Ranks make the answer independent of the scale of either axis: log B and B rank 
 
 Only completed trials count, at their final evaluation: pruned trials stopped early,
 when the gap is still small, and would confound the comparison with training length.
+Nor do trials that never learned: one whose training loss stays at the untrained model's
+has a gap near 0 because it fits nothing, not because it generalizes, and at the edge of
+the searched box such trials sit at one end of B or η/B, where they fake or hide a trend.
+A trial counts as never having learned when its final training loss got less than a
+tenth of the way from the untrained loss to the lowest final training loss of the
+study's completed trials (:data:`LEARNED_FRACTION`). The untrained loss is the probe's
+first range-test batch, taken before any step (``untrained_loss``), or, without a probe,
+the highest training loss at any trial's first evaluation; those left out are listed.
 Gaps are always validation − training: positive for a loss that generalises worse;
 for an accuracy, *negative* when validation accuracy is lower.
 """
@@ -37,6 +45,7 @@ class TrialGap:
         number: the trial's number (``None`` if it has none).
         batch_size, lr: its batch size and learning rate.
         temperature: η/(B(1−m)) as the study recorded it, else η/B.
+        train_loss: the final training loss (eval mode, on the trainer's fixed training subset).
         loss_gap: val_loss − train_loss.
         metric_gaps: val_<name> − train_<name> for every metric recorded on both sets.
     """
@@ -45,8 +54,10 @@ class TrialGap:
     batch_size: int
     lr: float
     temperature: float
+    train_loss: float
     loss_gap: float
     metric_gaps: dict[str, float] = field(default_factory=dict)
+    first_train_loss: float | None = None  # at the trial's first evaluation
 
 
 @dataclass(frozen=True)
@@ -123,16 +134,25 @@ class GapSummary:
     """Per-trial gaps and their trends.
 
     Attributes:
-        trials: one :class:`TrialGap` per completed trial with a finite final loss pair.
+        trials: one :class:`TrialGap` per completed trial with a finite final loss pair that learned;
+            the trends are over these.
         loss: trend of the loss gap.
         metrics: trend of each metric's gap, by metric name.
-        trend: ``loss.sentence()``: one sentence for a report.
+        trend: ``loss.sentence()`` and what was left out: one paragraph for a report.
+        never_learned: completed trials left out because their training loss stayed near the untrained loss.
+        untrained_loss: that reference loss (``None`` where there was none to take).
+        untrained_from: where it came from: ``"probe"`` or ``"first evaluations"``.
+        learned_below: a final training loss at or above this counts as never having learned.
     """
 
     trials: list[TrialGap]
     loss: GapTrend
     metrics: dict[str, GapTrend]
     trend: str
+    never_learned: list[TrialGap] = field(default_factory=list)
+    untrained_loss: float | None = None
+    untrained_from: str | None = None
+    learned_below: float | None = None
 
 
 def _stats() -> Any:
@@ -198,16 +218,41 @@ def _trial_gap(trial: TrialLike) -> TrialGap | None:
         batch_size=b,
         lr=lr,
         temperature=temp if temp is not None else lr / b,
+        train_loss=train,
         loss_gap=val - train,
         metric_gaps=metric_gaps,
+        first_train_loss=finite(history[0].get("train_loss")),
     )
 
 
 MIN_TREND_TRIALS = 6  # fewer: no trend is stated
+LEARNED_FRACTION = 0.1  # of the way from the untrained loss to the best final one; less: never learned
 
 
-def generalization_gap(trials: Iterable[TrialLike], *, significance: float = 0.05) -> GapSummary:
+def _learned_below(
+    rows: Sequence[TrialGap], untrained_loss: float | None
+) -> tuple[float | None, str | None, float | None]:
+    """(reference untrained loss, where it came from, the final training loss a trial must get below)."""
+    if untrained_loss is not None and math.isfinite(untrained_loss):
+        start, source = untrained_loss, "probe"
+    else:
+        firsts = [g.first_train_loss for g in rows if g.first_train_loss is not None]
+        if not firsts:
+            return None, None, None
+        start, source = max(firsts), "first evaluations"
+    best = min((g.train_loss for g in rows), default=math.inf)
+    if not best < start:  # nothing learned below the reference: no way to tell learners apart
+        return start, source, None
+    return start, source, start - LEARNED_FRACTION * (start - best)
+
+
+def generalization_gap(
+    trials: Iterable[TrialLike], *, significance: float = 0.05, untrained_loss: float | None = None
+) -> GapSummary:
     """Gap per completed trial and its rank correlation with log B and η/(B(1−m)); see the module docstring.
+
+    ``untrained_loss`` is the training loss of the model before any step (the probe's first range-test
+    batch); trials whose final training loss stayed near it are left out of the trends.
 
     Example:
         >>> trials = [{"status": "completed", "batch_size": b, "lr": 0.1, "number": i,
@@ -216,7 +261,10 @@ def generalization_gap(trials: Iterable[TrialLike], *, significance: float = 0.0
         >>> generalization_gap(trials).loss.rho_batch
         1.0
     """
-    rows = [g for g in (_trial_gap(t) for t in trials) if g is not None]
+    every = [g for g in (_trial_gap(t) for t in trials) if g is not None]
+    start, source, below = _learned_below(every, untrained_loss)
+    rows = [g for g in every if below is None or g.train_loss < below]
+    never = [g for g in every if below is not None and g.train_loss >= below]
     log_b = [math.log(g.batch_size) for g in rows]
     temp = [g.temperature for g in rows]
     loss = _trend("loss", [g.loss_gap for g in rows], log_b, temp)
@@ -239,4 +287,31 @@ def generalization_gap(trials: Iterable[TrialLike], *, significance: float = 0.0
         )
     else:
         trend = loss.sentence(significance)
-    return GapSummary(trials=rows, loss=loss, metrics=metrics, trend=trend)
+    if never and start is not None and below is not None:
+        trend += (
+            f". Left out: {_trials_named(never)}, whose final training loss stayed within a tenth of the way "
+            f"from the untrained loss ({start:.3g}, {_SOURCE[source or '']}) to the best ({min(g.train_loss for g in rows):.3g}): "
+            "a model that never learned has a gap near 0 whatever its batch size"
+        )
+    return GapSummary(
+        trials=rows,
+        loss=loss,
+        metrics=metrics,
+        trend=trend,
+        never_learned=never,
+        untrained_loss=start,
+        untrained_from=source,
+        learned_below=below,
+    )
+
+
+_SOURCE = {
+    "probe": "the probe's first batch",
+    "first evaluations": "the highest at any trial's first evaluation; no probe ran",
+}
+
+
+def _trials_named(gaps: Sequence[TrialGap]) -> str:
+    numbers = [str(g.number) for g in gaps if g.number is not None]
+    word = "trial" if len(gaps) == 1 else f"{len(gaps)} trials"
+    return f"{word} {', '.join(numbers)}" if numbers else word

@@ -325,10 +325,15 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
         data["compute_optimal"] = {"error": "needs the critical-batch fit and throughput at two or more batch sizes"}
 
     try:
-        gap = generalization_gap(result.trials)
+        first = result.probe.lr_range[0][1] if result.probe is not None and result.probe.lr_range else None
+        gap = generalization_gap(result.trials, untrained_loss=first)
         data["generalization_gap"] = {
             "trend": gap.trend,
             "trials": [vars(t) for t in gap.trials],
+            "never_learned": [vars(t) for t in gap.never_learned],
+            "untrained_loss": gap.untrained_loss,
+            "untrained_from": gap.untrained_from,
+            "learned_below": gap.learned_below,
             "loss": vars(gap.loss),
         }
     except BstuneError as exc:

@@ -245,14 +245,17 @@ def _gap(data: dict[str, Any]) -> Figure | str:
     gap = data.get("generalization_gap") or {}
     if "error" in gap:
         return f"generalization gap not computed: {gap['error']}"
-    rows = [
-        (b, t, g)
-        for r in gap.get("trials") or []
-        if (b := _pos(r.get("batch_size")))
-        and (t := _pos(r.get("temperature")))
-        and (g := _num(r.get("loss_gap"))) is not None
-    ]
-    if not rows:
+    rows, never = (
+        [
+            (b, t, g)
+            for r in gap.get(key) or []
+            if (b := _pos(r.get("batch_size")))
+            and (t := _pos(r.get("temperature")))
+            and (g := _num(r.get("loss_gap"))) is not None
+        ]
+        for key in ("trials", "never_learned")
+    )
+    if not rows and not never:
         return "no completed trial with both a training and a validation loss"
     fig = Figure(figsize=(9.0, 3.9), layout="constrained")
     left, right = fig.subplots(1, 2, sharey=True)
@@ -260,11 +263,24 @@ def _gap(data: dict[str, Any]) -> Figure | str:
         (left, 0, "batch size B (samples per step)", 2),
         (right, 1, "effective temperature η/(B(1−m)) (per sample)", 10),
     ):
-        xs = [r[k] for r in rows]
-        ax.scatter(xs, [r[2] for r in rows], s=30, color=_BLUE, edgecolors="white", lw=0.5, zorder=3)
+        xs = [r[k] for r in rows + never]
+        ax.scatter([r[k] for r in rows], [r[2] for r in rows], s=30, color=_BLUE, edgecolors="white", lw=0.5, zorder=3)
+        if never:
+            ax.scatter(
+                [r[k] for r in never],
+                [r[2] for r in never],
+                s=30,
+                facecolors="none",
+                edgecolors=_GREY,
+                lw=1.0,
+                zorder=3,
+                label="never learned (left out of the trend)",
+            )
         ax.axhline(0, color="black", lw=0.6)
         _log_axis(ax, "x", *_span(xs, 1.4), base)
         ax.set_xlabel(label)
+    if never:
+        left.legend(loc="best", fontsize="small")
     left.set_ylabel("validation − training loss (loss units)")
     left.set_title("Gap against batch size")
     right.set_title("Gap against effective temperature")

@@ -639,3 +639,22 @@ def test_the_report_says_whether_its_b_crit_verdict_holds_at_the_nearest_targets
         f"**Whether the data identify B_crit turns on the target**: at {near['target']:.4g}, where one batch " in text
     )
     assert "fewer reaches it, it does not. Read the verdict above as fragile" in text
+
+
+def test_the_gap_section_leaves_out_trials_that_never_learned_against_the_probes_first_batch() -> None:
+    result = dataclasses.replace(_result(), probe=_probe(lr_range=[(1e-4, 2.31), (2e-4, 2.30)]), mode="prior")
+    flat = [{"samples": s, "train_loss": 2.29, "val_loss": 2.292} for s in (100_000, 200_000)]
+    stuck = [
+        dataclasses.replace(result.trials[0], number=10 + i, batch_size=b, lr=1e-6, history=flat)
+        for i, b in enumerate((16, 1024))
+    ]
+    data = build_report(dataclasses.replace(result, trials=[*result.trials, *stuck])).data
+    gap = data["generalization_gap"]
+    assert [t["number"] for t in gap["never_learned"]] == [10, 11] and len(gap["trials"]) == 7
+    assert gap["untrained_loss"] == 2.31 and gap["untrained_from"] == "probe"
+    section = _section(render_markdown(data), "Generalization gap")
+    assert "Left out: 2 trials 10, 11, whose final training loss stayed within a tenth of the way" in section
+    assert "(2.31, the probe's first batch)" in section
+    from bstune.report._plots import render_plots
+
+    assert render_plots(data)["gap"].png is not None  # drawn hollow beside the trials the trend counts
