@@ -55,6 +55,27 @@ def _recommended_config(path: str) -> tuple[dict[str, Any], int | None]:
     )
 
 
+def _check_same_training_set(task: Any, path: str) -> None:
+    """Warn where the study behind ``--config`` trained on another number of examples than this script's task:
+    most likely the config of another script's study, whose batch size and rate need not suit this one."""
+    data = json.loads(Path(path).read_text())
+    if isinstance(data.get("recommended"), dict):  # report.json: the size its report gave
+        n_train = (data.get("study") or {}).get("n_train")
+    else:  # result.json: the probe's, else the largest a training function's trial saw (as the report takes it)
+        sizes = [t.get("n_train") for t in data.get("trials") or [] if isinstance(t, dict)]
+        n_train = (data.get("probe") or {}).get("n_train") or max(
+            (n for n in sizes if isinstance(n, int)), default=None
+        )
+    if isinstance(n_train, int) and n_train != task.n_train:
+        logger.warning(
+            "%s comes from a study whose training set had %s examples; this script's task has %s: is it the config "
+            "of this script's study? Its batch size and learning rate were tuned for that training set",
+            path,
+            f"{n_train:,}",
+            f"{task.n_train:,}",
+        )
+
+
 def _parse_value(text: str) -> Any:
     """``64`` -> 64, ``0.95`` / ``1e-3`` -> float, ``true``/``false`` -> bool, anything else the string."""
     for cast in (int, float):
@@ -169,6 +190,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             round(warmup * max_samples / budget),
         )
     task = _with_optimizer(load_task(args.script, command="bstune train"), optimizer, args.config)
+    if args.config is not None:
+        _check_same_training_set(task, args.config)
     train_kwargs, model_kwargs = split_params(params, max_samples)  # as a study's trial splits its parameters
     cfg = bstune.TrainConfig(
         **(settings | train_kwargs),

@@ -97,3 +97,17 @@ def test_train_reproduces_the_recommended_trial_and_prints_its_metrics(tmp_path:
     assert best["warmup_samples"] > 0  # this seed's recommendation warms up (the space draws 0-10%)
     share = round(best["warmup_samples"] * 200 / 800)
     assert "at --max-samples 200 it is" in proc.stderr and f"give --warmup-samples {share} to keep" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_config_from_a_study_of_another_training_set_is_questioned(tmp_path: Path, forked_cli: ForkedCli) -> None:
+    """The recommended config of another script's study trains as asked, with a warning naming both sizes
+    (both files' forms: tests/test_train_command.py)."""
+    (tmp_path / "tiny.py").write_text(TASK)
+    study = {"n_train": 1_437, "budget_samples": 400}
+    (tmp_path / "report.json").write_text(json.dumps({"recommended": {"batch_size": 16, "lr": 0.05}, "study": study}))
+    proc = _bstune_in(forked_cli, tmp_path, "train", "tiny.py", "--config", "report.json", "--out", "run")
+    assert "report.json comes from a study whose training set had 1,437 examples; this script's task has 160" in (
+        proc.stderr
+    )
+    assert json.loads((tmp_path / "run" / "train.json").read_text())["config"]["batch_size"] == 16
