@@ -11,11 +11,11 @@ Ranks make the answer independent of the scale of either axis: log B and B rank 
 
 Only completed trials count, at their final evaluation: pruned trials stopped early,
 when the gap is still small, and would confound the comparison with training length.
-Nor do trials that never learned: one whose training loss stays at the untrained model's
-has a gap near 0 because it fits nothing, not because it generalizes, and at the edge of
+Nor do trials that barely learned: one whose training loss stays near the untrained model's
+has a gap near 0 because it fits little, not because it generalizes, and at the edge of
 the searched box such trials sit at one end of B or η/B, where they fake or hide a trend.
-A trial counts as never having learned when its final training loss got less than a
-tenth of the way from the untrained loss to the lowest final training loss of the
+A trial counts as having barely learned when its final training loss got less than a
+quarter of the way from the untrained loss to the lowest final training loss of the
 study's completed trials (:data:`LEARNED_FRACTION`). The untrained loss is the probe's
 first range-test batch, taken before any step (``untrained_loss``), or, without a probe,
 the highest training loss at any trial's first evaluation; those left out are listed.
@@ -139,17 +139,17 @@ class GapSummary:
         loss: trend of the loss gap.
         metrics: trend of each metric's gap, by metric name.
         trend: ``loss.sentence()`` and what was left out: one paragraph for a report.
-        never_learned: completed trials left out because their training loss stayed near the untrained loss.
+        barely_learned: completed trials left out because their training loss stayed near the untrained loss.
         untrained_loss: that reference loss (``None`` where there was none to take).
         untrained_from: where it came from: ``"probe"`` or ``"first evaluations"``.
-        learned_below: a final training loss at or above this counts as never having learned.
+        learned_below: a final training loss at or above this counts as having barely learned.
     """
 
     trials: list[TrialGap]
     loss: GapTrend
     metrics: dict[str, GapTrend]
     trend: str
-    never_learned: list[TrialGap] = field(default_factory=list)
+    barely_learned: list[TrialGap] = field(default_factory=list)
     untrained_loss: float | None = None
     untrained_from: str | None = None
     learned_below: float | None = None
@@ -226,7 +226,7 @@ def _trial_gap(trial: TrialLike) -> TrialGap | None:
 
 
 MIN_TREND_TRIALS = 6  # fewer: no trend is stated
-LEARNED_FRACTION = 0.1  # of the way from the untrained loss to the best final one; less: never learned
+LEARNED_FRACTION = 0.25  # of the way from the untrained loss to the best final one; less: barely learned
 
 
 def _learned_below(
@@ -264,7 +264,7 @@ def generalization_gap(
     every = [g for g in (_trial_gap(t) for t in trials) if g is not None]
     start, source, below = _learned_below(every, untrained_loss)
     rows = [g for g in every if below is None or g.train_loss < below]
-    never = [g for g in every if below is not None and g.train_loss >= below]
+    barely = [g for g in every if below is not None and g.train_loss >= below]
     log_b = [math.log(g.batch_size) for g in rows]
     temp = [g.temperature for g in rows]
     loss = _trend("loss", [g.loss_gap for g in rows], log_b, temp)
@@ -282,23 +282,23 @@ def generalization_gap(
         # Spearman's t-approximation gives p < 0.001 for rho = 1 at n = 3, where the exact
         # p-value can be no smaller than 1/3: too few trials to state any trend.
         trend = (
-            f"too few completed trials ({len(rows)}; at least {MIN_TREND_TRIALS} needed) to say how the "
-            "gap depends on batch size or temperature"
+            f"too few completed trials{' that learned' if barely else ''} ({len(rows)}; at least "
+            f"{MIN_TREND_TRIALS} needed) to say how the gap depends on batch size or temperature"
         )
     else:
         trend = loss.sentence(significance)
-    if never and start is not None and below is not None:
+    if barely and start is not None and below is not None:
         trend += (
-            f". Left out: {_trials_named(never)}, whose final training loss stayed within a tenth of the way "
+            f". Left out: {_trials_named(barely)}, whose final training loss got less than a quarter of the way "
             f"from the untrained loss ({start:.3g}, {_SOURCE[source or '']}) to the best ({min(g.train_loss for g in rows):.3g}): "
-            "a model that never learned has a gap near 0 whatever its batch size"
+            "a model that has barely fit its training set has a gap near 0 whatever its batch size"
         )
     return GapSummary(
         trials=rows,
         loss=loss,
         metrics=metrics,
         trend=trend,
-        never_learned=never,
+        barely_learned=barely,
         untrained_loss=start,
         untrained_from=source,
         learned_below=below,

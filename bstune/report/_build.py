@@ -330,7 +330,7 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
         data["generalization_gap"] = {
             "trend": gap.trend,
             "trials": [vars(t) for t in gap.trials],
-            "never_learned": [vars(t) for t in gap.never_learned],
+            "barely_learned": [vars(t) for t in gap.barely_learned],
             "untrained_loss": gap.untrained_loss,
             "untrained_from": gap.untrained_from,
             "learned_below": gap.learned_below,

@@ -253,7 +253,7 @@ def _gap(data: dict[str, Any]) -> Figure | str:
             and (t := _pos(r.get("temperature")))
             and (g := _num(r.get("loss_gap"))) is not None
         ]
-        for key in ("trials", "never_learned")
+        for key in ("trials", "barely_learned")
     )
     if not rows and not never:
         return "no completed trial with both a training and a validation loss"
@@ -274,7 +274,7 @@ def _gap(data: dict[str, Any]) -> Figure | str:
                 edgecolors=_GREY,
                 lw=1.0,
                 zorder=3,
-                label="never learned (left out of the trend)",
+                label="barely learned (left out of the trend)",
             )
         ax.axhline(0, color="black", lw=0.6)
         _log_axis(ax, "x", *_span(xs, 1.4), base)
