@@ -47,8 +47,9 @@ def check_budget(budget_samples: int, n_evals: int, batch_cap: int) -> None:
         steps = -(-budget_samples // batch_cap)
         raise ConfigError(
             f"{budget_samples:,} samples give a trial at the largest batch size ({batch_cap}) {steps} optimizer "
-            f"step(s) for its {n_evals} milestones; give at least {need:,} ({n_evals} steps at batch size "
-            f"{batch_cap}), lower the space's batch_size.max, or ask for fewer milestones (n_evals, --n-evals)",
+            f"step(s) for its {n_evals} milestones; give at least {need:,} (a trial trains whole steps, so at batch "
+            f"size {batch_cap} that is {n_evals} steps, the last starting at {need - 1:,}), lower the space's "
+            "batch_size.max, or ask for fewer milestones (n_evals, --n-evals)",
             source="Study",
             field="budget_samples",
         )
