@@ -66,6 +66,7 @@ class _Step:
     pending: dict[str, list[Use]] = field(default_factory=dict)  # uses of shared parameters
     sq: dict[str, Tensor] = field(default_factory=dict)  # (B,) float64 per parameter
     grad_norms: dict[str, list[Tensor]] = field(default_factory=dict)  # |Σ_i c_i| per pass, from the parameter's hook
+    grads: dict[str, Tensor] = field(default_factory=dict)  # Σ_i c_i as the pass delivered it (with keep_grads)
     passes: dict[str, int] = field(default_factory=dict)  # backward passes that reached each parameter
     probe_hooks: dict[str, list[Tensor]] = field(default_factory=dict)  # [⟨Σ c_i, R⟩, tolerance]
     probe_grad: dict[str, Tensor] = field(default_factory=dict)  # ⟨grad, R⟩
@@ -133,6 +134,12 @@ class PerExampleNorms:
         self.batch_grad_sq: float | None = None
         """|Σ_i c_i|² over the covered parameters in the step :meth:`sq_norms` last returned,
         from the gradients the backward pass delivered (|p.grad|² when p.grad was zero before)."""
+        self.keep_grads = False
+        """True: :attr:`batch_grads` keeps the gradients themselves (a copy of the covered ones per step)."""
+        self.batch_grads: dict[str, Tensor] | None = None
+        """With :attr:`keep_grads`: Σ_i c_i of each covered parameter in the step :meth:`sq_norms` last
+        returned, as the backward pass delivered it: what ``p.grad`` holds before the loop's own code
+        (gradient clipping, earlier micro-batches' gradients, an AMP unscale) changes it."""
         names: dict[int, str] = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
         self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         reasons: dict[str, str] = {}
@@ -206,6 +213,7 @@ class PerExampleNorms:
         for handle in step.handles:
             handle.remove()
         self.batch_grad_sq = None
+        self.batch_grads = None
         if step.problems:
             raise step.problems[0]
         if not step.passes and not step.roots_reached:
@@ -233,6 +241,7 @@ class PerExampleNorms:
             logger.warning("per-example norms leave out %s: it %s", name, self._uncovered[name])
             step.sq.pop(name, None)
             step.grad_norms.pop(name, None)
+            step.grads.pop(name, None)
             step.pending.pop(name, None)
         for name, uses in step.pending.items():  # shared parameters whose own hook did not run
             if uses:
@@ -242,7 +251,13 @@ class PerExampleNorms:
         total = torch.stack(list(step.sq.values())).sum(0)
         norms = [n.cpu() for ns in step.grad_norms.values() for n in ns]  # cpu: parameters may be on several devices
         self.batch_grad_sq = float(torch.stack(norms).double().pow(2).sum()) if step.grad_norms else None
+        if self.keep_grads and step.grads:
+            self.batch_grads = {n: g for n, g in step.grads.items() if n not in self._uncovered}
         return total
+
+    def backward_passes(self) -> int:
+        """Backward passes that reached the covered parameters since the last :meth:`sq_norms`."""
+        return max(self._step.passes.values(), default=0)
 
     @staticmethod
     def _outside(step: _Step) -> list[str]:
@@ -422,6 +437,8 @@ class PerExampleNorms:
         # one kernel here; squared and summed in float64 with the others' in sq_norms
         norm = torch.linalg.vector_norm(g.coalesce().values() if g.is_sparse else g)
         step.grad_norms.setdefault(name, []).append(norm)
+        if self.keep_grads:  # a copy: autograd may make this tensor p.grad, which the loop then changes in place
+            step.grads[name] = (g.to_dense() if g.is_sparse else g).clone()
         probe = self._probes.get(name)
         if probe is not None and name in step.probe_hooks:
             step.probe_grad[name] = probe.on_grad(g)

@@ -291,9 +291,8 @@ class TrialContext:
         """The loader's batches until the trial's samples, as ``ctx.step`` counts them, are spent.
 
         The stream ends on ``ctx.step``'s count alone, so a loop that never calls it would run for
-        ever: once it has taken half a trial's samples more than it counted (room for gradient
-        accumulation, ``ctx.step(samples=k*B)`` every k batches), it is stopped with an error that
-        names ``ctx.step``. ``sizes``: a batch schedule's size of each step (else every batch is the
+        ever: once it has taken half a trial's samples more than it counted, it is stopped with an
+        error that names ``ctx.step``. ``sizes``: a batch schedule's size of each step (else every batch is the
         trial's batch size).
         """
         batches = iter(loader)
@@ -303,8 +302,9 @@ class TrialContext:
             if taken - self.samples > slack:
                 raise ConfigError(
                     f"the loop took {taken:,} samples from ctx.loader but counted {self.samples:,} with "
-                    f"ctx.step ({self.steps} call(s)); call ctx.step(loss) after each optimizer step: the stream "
-                    "ends when the trial's samples, as ctx.step counts them, are spent",
+                    f"ctx.step ({self.steps} call(s)); call ctx.step(loss) once after each optimizer step, "
+                    "without samples= for a batch of ctx.loader: the stream ends when the trial's samples, as "
+                    "ctx.step counts them, are spent",
                     source="ctx.loader",
                 )
             batch = next(batches)
@@ -359,9 +359,24 @@ class TrialContext:
     def step(self, loss: torch.Tensor | float | None = None, *, samples: int | None = None) -> bool:
         """Count one optimizer step of ``samples`` examples (default: the batch size); returns ``done``.
 
+        ``samples`` may be less than the batch size (the short last batch of a loader of your own),
+        never more: the study tunes the batch of one optimizer step. With gradient accumulation,
+        split each batch of :meth:`loader` into micro-batches and count the step once.
         With ``loss`` (the step's training loss), a non-finite loss or one
         ``divergence_factor`` times the first ends the trial as diverged (raises).
         """
+        if samples is not None and not 0 < int(samples) <= self.batch_size:
+            raise ConfigError(
+                f"must be between 1 and the step's batch size {self.batch_size}, got {samples}: the study tunes "
+                "the batch of one optimizer step (its learning rates, temperature and noise scale are computed "
+                "for it). To accumulate gradients, split each batch from ctx.loader into micro-batches "
+                "(x.chunk(k)), call noise.observe() after each micro-batch's backward, and ctx.step(loss) once "
+                "per optimizer step",
+                source="ctx.step",
+                field="samples",
+            )
+        if self._tracker is not None:  # the step's micro-batches, observed: one measured step
+            self._tracker.end_step()
         now = time.perf_counter()
         if self._last_step_at is not None and not self._evaluated:  # an interval holding an evaluation is no step time
             self.step_times.append(now - self._last_step_at)

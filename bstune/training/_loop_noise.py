@@ -58,13 +58,14 @@ class _StillMeasure:
     spread over chunks (:func:`~bstune.noise.summarize`).
     """
 
-    def __init__(self, named: list[tuple[str, nn.Parameter]], norms: PerExampleNorms, ctx: TrialCounters) -> None:
-        self.named, self.norms, self.ctx = named, norms, ctx
+    def __init__(self, ctx: TrialCounters) -> None:
+        self.ctx = ctx
         self.grad_sq: list[float] = []
         self.trace: list[float] = []
         self.big_sizes: list[int] = []
-        self._sum: list[torch.Tensor] | None = None
+        self._sum: dict[str, torch.Tensor] | None = None
         self._small: list[float] = []
+        self._sizes: list[int] = []
         self._chunk_epoch: int | None = None
 
     @property
@@ -72,8 +73,9 @@ class _StillMeasure:
         """True before the first still step."""
         return self._sum is None and not self.grad_sq
 
-    def add(self, small_sq: float, batch: int) -> None:
-        """One still step: this batch's mean |g_i|² and its gradient (read from ``p.grad``)."""
+    def add(self, small_sq: float, batch: int, grads: dict[str, torch.Tensor]) -> None:
+        """One still step: its ``batch`` examples' mean |g_i|² and their gradient as the backward passes
+        delivered it (summed over a step's micro-batches), not ``p.grad``, which the loop may have clipped."""
         ctx = self.ctx
         step = ctx.steps  # this step's index within the run (ctx.step() has not counted it yet)
         # chunks stay inside one epoch of ctx.loader's order (disjoint examples); a loop with its own
@@ -82,16 +84,15 @@ class _StillMeasure:
         epoch = step // per_epoch if per_epoch else 0
         if self._sum is not None and (epoch != self._chunk_epoch or len(self._small) >= ctx.still_chunk_steps):
             self.close()
-        covered = set(self.norms.covered())  # as batch_grad_sq and the per-example norms count them
-        grads = [p.grad.detach().double() for n, p in self.named if n in covered and p.grad is not None]
-        if self._sum is not None and len(grads) != len(self._sum):
+        if self._sum is not None and set(grads) != set(self._sum):  # the coverage changed: a new chunk
             self.close()
         if self._sum is None:
-            self._sum, self._chunk_epoch = [g.clone() for g in grads], epoch
+            self._sum, self._chunk_epoch = {n: g.double() for n, g in grads.items()}, epoch
         else:
-            for total, g in zip(self._sum, grads, strict=True):
-                total.add_(g)
+            for name, g in grads.items():
+                self._sum[name].add_(g.double())
         self._small.append(small_sq)
+        self._sizes.append(batch)
 
     def close(self) -> None:
         """End the current chunk: one two-batch estimate, if it held two steps or more."""
@@ -99,15 +100,15 @@ class _StillMeasure:
 
         if self._sum is not None and len(self._small) >= 2:
             k = len(self._small)
-            big_size = k * self.ctx.batch_size
-            big_sq = float(sum(float((t / k).pow(2).sum()) for t in self._sum))
+            big_size = sum(self._sizes)
+            big_sq = float(sum(float((t / k).pow(2).sum()) for t in self._sum.values()))
             small = sum(self._small) / k
             population = self.ctx.n_train if self.ctx.n_train is not None and big_size <= self.ctx.n_train else None
             g, t = two_batch_estimate(small, 1, big_sq, big_size, population)
             self.grad_sq.append(float(g))
             self.trace.append(float(t))
             self.big_sizes.append(big_size)
-        self._sum, self._small = None, []
+        self._sum, self._small, self._sizes = None, [], []
 
     def estimate(self) -> Any:
         """The still phase's :class:`~bstune.noise.NoiseScaleEstimate`; needs two chunks or more."""
@@ -129,7 +130,8 @@ class _StillMeasure:
 
 class LoopNoiseTracker:
     """B_simple from the user's backward pass: call :meth:`observe` after ``loss.backward()``
-    and before ``optimizer.step()``.
+    and before ``optimizer.step()``; with gradient accumulation, after each micro-batch's backward.
+    ``ctx.step`` closes the step: its micro-batches' examples are the step's batch.
 
     On measured steps (every ``noise_every_steps``-th) hooks record each example's
     contribution c_i to the gradient; with g_i = B c_i the per-example gradients and
@@ -144,12 +146,15 @@ class LoopNoiseTracker:
         self.norms: PerExampleNorms | None = None
         self.tracker: NoiseTracker | None = None
         self.still: _StillMeasure | None = None  # the probe's still phase: gradients at one point
-        self._observed = 0
+        self._observed = 0  # optimizer steps closed (ctx.step), measured or not
+        self._sq: list[torch.Tensor] = []  # this step's per-example norms, one tensor per micro-batch
+        self._grads: dict[str, torch.Tensor] = {}  # and their gradients' sum, as the passes delivered them
         if not ctx.train_config.track_noise:
             return
         from bstune.noise import PerExampleNorms
 
         self.norms = norms = PerExampleNorms(model)
+        norms.keep_grads = True  # the step's gradient as delivered: clipping, accumulation change p.grad
         self.covered = [p for name, p in model.named_parameters() if name in set(norms.covered())]
         if not self.covered:
             norms.remove()
@@ -167,34 +172,58 @@ class LoopNoiseTracker:
             )
         self.tracker = NoiseTracker(ctx.batch_size, population=ctx.n_train, momentum=ctx.momentum)
         if ctx.freeze_from is not None:
-            self.still = _StillMeasure(list(model.named_parameters()), norms, ctx)
+            self.still = _StillMeasure(ctx)
         norms.enabled = True
         ctx._tracker = self
 
     def observe(self) -> None:
-        """Read this step's gradients (measured steps only); the next step's hooks are armed or disarmed."""
+        """Read the gradients of the backward pass just run (on measured steps); with gradient accumulation,
+        call it after each micro-batch's backward. ``ctx.step`` then closes the step."""
+        if self.norms is None or self.tracker is None or not self.norms.enabled:
+            return
+        passes = self.norms.backward_passes()
+        if passes > 1:
+            self.norms.reset()
+            raise ConfigError(
+                f"{passes} backward passes ran since its last call: call noise.observe() after each backward "
+                "(with gradient accumulation, after each micro-batch's), and ctx.step(loss) once per optimizer step",
+                source="ctx.noise_tracker",
+            )
+        sq = self.norms.sq_norms()  # in p.grad's units, as batch_grads: a loss scale cancels in the ratio
+        self._sq.append(sq)
+        for name, g in (self.norms.batch_grads or {}).items():
+            self._grads[name] = self._grads[name] + g if name in self._grads else g
+
+    def end_step(self) -> None:
+        """Close the optimizer step ``ctx.step`` is counting (before it counts it): pool its micro-batches'
+        examples into one two-batch estimate, and arm or disarm the hooks for the next step."""
         if self.norms is None or self.tracker is None:
             return
-        if self.norms.enabled:
-            sq = self.norms.sq_norms()  # in p.grad's units, as batch_grad_sq: a loss scale cancels in the ratio
-            big = self.norms.batch_grad_sq
+        sqs, grads, self._sq, self._grads = self._sq, self._grads, [], {}
+        if sqs and grads:
+            sq = torch.cat(sqs)
             batch = int(sq.numel())
-            if batch >= 2 and big is not None:
-                if batch != self.tracker.batch_size:  # a batch schedule's next stage: close the last one's window
-                    self.tracker.flush(self.ctx.steps, self.ctx.samples)
-                    self.tracker.batch_size = batch
-                small = float(sq.mean()) * batch * batch  # |g_i|² with g_i = B c_i
-                if self.tracker.population is None:
-                    self.tracker.population = self.ctx.n_train
-                frozen = self.ctx.freeze_from
-                if frozen is None or self.ctx.samples < frozen:  # the trajectory: training, not the still phase
-                    self.tracker.update(small, 1, big, self.ctx.lr)
-                elif self.still is not None:
-                    if self.still.empty:  # training ended here: close its window
-                        self.tracker.flush(self.ctx.steps, self.ctx.samples)
-                    self.still.add(small, batch)
+            if batch >= 2:
+                self._add(float(sq.mean()) * batch * batch, batch, grads)  # |g_i|² with g_i = B c_i
         self._observed += 1
         self.norms.enabled = self._observed % self.ctx.train_config.noise_every_steps == 0
+
+    def _add(self, small: float, batch: int, grads: dict[str, torch.Tensor]) -> None:
+        """One measured step of ``batch`` examples: to the trajectory while training, else to the still phase."""
+        assert self.tracker is not None
+        if batch != self.tracker.batch_size:  # a batch schedule's next stage: close the last one's window
+            self.tracker.flush(self.ctx.steps, self.ctx.samples)
+            self.tracker.batch_size = batch
+        if self.tracker.population is None:
+            self.tracker.population = self.ctx.n_train
+        frozen = self.ctx.freeze_from
+        if frozen is None or self.ctx.samples < frozen:  # the trajectory: training, not the still phase
+            big = float(sum(float(g.double().pow(2).sum()) for g in grads.values()))
+            self.tracker.update(small, 1, big, self.ctx.lr)
+        elif self.still is not None:
+            if self.still.empty:  # training ended here: close its window
+                self.tracker.flush(self.ctx.steps, self.ctx.samples)
+            self.still.add(small, batch, grads)
 
     def remove(self) -> None:
         if self.norms is not None:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
+from bstune.errors import ConfigError
 from bstune.training._config import TrainConfig
 
 __all__ = ["LRRamp", "TrialLRScheduler"]
@@ -40,19 +41,17 @@ class RateSource(Protocol):
     def _lr_of_step(self, step: int) -> float: ...
 
 
-_other_scheduler_said = False  # said once per process, not once per trial
+def _other_scheduler(set_lr: float, found_lr: float) -> ConfigError:
+    """The error for a rate another scheduler (or the loop) changed between two of this one's steps.
 
-
-def _say_other_scheduler(set_lr: float, found_lr: float) -> None:
-    global _other_scheduler_said
-    _other_scheduler_said = True
-    logger.warning(
-        "the optimizer's learning rate changed between two steps of ctx.lr_scheduler (%.4g set, %.4g found): "
-        "another scheduler (or the loop) sets it too. The trial's rate is the study's to set, from the space's "
-        "lr, schedule and warmup_samples; drop the other scheduler, or the trials and the probe's range test "
-        "train at rates the study does not know",
-        set_lr,
-        found_lr,
+    Left to run, the two fought over the rate: the probe's range test found a ceiling 8,000x too low,
+    every trial trained at a rate the study did not know, and the study finished as if nothing were wrong.
+    """
+    return ConfigError(
+        f"the optimizer's learning rate changed between two of its steps ({set_lr:.4g} set, {found_lr:.4g} "
+        "found): another scheduler (or the loop) sets it too. The trial's rate is the study's to set, from the "
+        "space's lr, schedule and warmup_fraction: drop the other scheduler (the study's schedule replaces it)",
+        source="ctx.lr_scheduler",
     )
 
 
@@ -78,10 +77,9 @@ class TrialLRScheduler:
 
     def step(self) -> None:
         found = [float(group["lr"]) for group in self.optimizer.param_groups]
-        if not _other_scheduler_said and any(
-            not math.isclose(f, s, rel_tol=1e-9, abs_tol=0.0) for f, s in zip(found, self._set, strict=False)
-        ):
-            _say_other_scheduler(self._set[0], found[0])
+        for f, s in zip(found, self._set, strict=False):
+            if not math.isclose(f, s, rel_tol=1e-9, abs_tol=0.0):
+                raise _other_scheduler(s, f)
         self.last_step += 1
         self._apply()
 
