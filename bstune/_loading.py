@@ -60,7 +60,9 @@ def load_task(path: str | Path, *, command: str = "this command") -> Task:
     ):
         raise ConfigError(
             f"defines a training function train(ctx) and no Task; {command} needs a Task (make_task()); "
-            "`bstune run` tunes the training function",
+            "`bstune run` tunes the training function, and run_function(train, result.best_train_config(), "
+            "params=result.best_config, optimizer=result.best_optimizer()) trains its recommendation again "
+            "(see the README)",
             source=str(path),
         )
     return _task_of(module, path)

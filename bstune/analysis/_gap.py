@@ -225,6 +225,14 @@ def _trial_gap(trial: TrialLike) -> TrialGap | None:
     )
 
 
+def _lacks_train_loss(trial: TrialLike) -> bool:
+    """A completed trial whose final evaluation has a validation loss and no training loss."""
+    history = field_of(trial, "history") or []
+    if field_of(trial, "status") != TrialStatus.COMPLETED or not history:
+        return False
+    return finite(history[-1].get("val_loss")) is not None and finite(history[-1].get("train_loss")) is None
+
+
 MIN_TREND_TRIALS = 6  # fewer: no trend is stated
 LEARNED_FRACTION = 0.25  # of the way from the untrained loss to the best final one; less: barely learned
 
@@ -261,6 +269,7 @@ def generalization_gap(
         >>> generalization_gap(trials).loss.rho_batch
         1.0
     """
+    trials = list(trials)  # read twice
     every = [g for g in (_trial_gap(t) for t in trials) if g is not None]
     start, source, below = _learned_below(every, untrained_loss)
     rows = [g for g in every if below is None or g.train_loss < below]
@@ -278,7 +287,13 @@ def generalization_gap(
             [log_b[i] for i in have],
             [temp[i] for i in have],
         )
-    if len(rows) < MIN_TREND_TRIALS:
+    unpaired = sum(1 for t in trials if _lacks_train_loss(t))
+    if not every and unpaired:
+        trend = (
+            f"no completed trial recorded a training loss beside its validation loss ({unpaired} completed): a "
+            "training function reports it at each evaluation, ctx.report(val_loss=..., train_loss=...), for the gap"
+        )
+    elif len(rows) < MIN_TREND_TRIALS:
         # Spearman's t-approximation gives p < 0.001 for rho = 1 at n = 3, where the exact
         # p-value can be no smaller than 1/3: too few trials to state any trend.
         trend = (

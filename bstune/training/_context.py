@@ -488,7 +488,8 @@ class TrialContext:
         if self.objective not in metrics:
             raise ConfigError(
                 f"reported {', '.join(sorted(metrics)) or 'nothing'} but not the study's objective "
-                f"{self.objective!r}; report it, or choose objective= among those",
+                f"{self.objective!r}; report it, or choose one of those as the objective (objective= in Python, "
+                "--objective on the command line)",
                 source="ctx.report",
             )
         values: dict[str, float] = {}

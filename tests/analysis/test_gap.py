@@ -159,3 +159,15 @@ def test_too_few_trials_that_learned_says_so() -> None:
     assert generalization_gap(trials, untrained_loss=2.31).trend.startswith(
         "too few completed trials that learned (3; at least 6 needed)"
     )
+
+
+def test_trials_that_never_recorded_a_training_loss_are_named_as_the_reason() -> None:
+    """A training function that reported only val_loss read "too few completed trials (0" beside 3 completed."""
+    only_val = [
+        {**_trial(i, b, 0.1, 0.05), "history": [{"samples": 1000, "val_loss": 0.4}]} for i, b in enumerate((8, 16, 32))
+    ]
+    summary = generalization_gap(t for t in only_val)  # any iterable
+    assert summary.trend.startswith(
+        "no completed trial recorded a training loss beside its validation loss (3 completed)"
+    )
+    assert "ctx.report(val_loss=..., train_loss=...)" in summary.trend
