@@ -174,8 +174,18 @@ def claim_abandoned(storage: BaseStorage, trial_id: int) -> bool:
         return False
 
 
+def config_drawn(trial: FrozenTrial | Trial) -> bool:
+    """True once the trial has drawn its whole config (the objective stores it as ``config`` before training).
+
+    A trial cut short while its sampler was still drawing holds some parameters only; queued again, its
+    retry would keep those and draw the rest afresh: another config, under the old one's name.
+    """
+    return "config" in trial.user_attrs
+
+
 def retry_abandoned(study: optuna.Study, grace_period: float) -> list[int]:
-    """Fail every abandoned running trial of ``study`` and enqueue its parameters once more.
+    """Fail every abandoned running trial of ``study`` and enqueue its parameters once more (where it had
+    drawn them all: :func:`config_drawn`; else a fresh trial takes its place).
 
     Returns the numbers of the trials this call took over (another process may take
     over others at the same time; each is taken over once).
@@ -186,17 +196,20 @@ def retry_abandoned(study: optuna.Study, grace_period: float) -> list[int]:
         reason = abandoned_reason(trial, grace_period)
         if reason is None:
             continue
+        drawn = config_drawn(trial)
+        again = "its config runs again" if drawn else "it had not drawn its config: a fresh trial takes its place"
         try:
             storage.set_trial_user_attr(trial_id_of(trial), "status", TrialStatus.INTERRUPTED.value)
-            storage.set_trial_user_attr(trial_id_of(trial), "message", f"abandoned: {reason}; its config runs again")
+            storage.set_trial_user_attr(trial_id_of(trial), "message", f"abandoned: {reason}; {again}")
             won = claim_abandoned(storage, trial_id_of(trial))
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
             won = False  # it finished meanwhile, or another process took it over first
         if not won:
             continue
-        study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial.number, trial.user_attrs))
+        if drawn:
+            study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial.number, trial.user_attrs))
         taken.append(trial.number)
-        logger.warning("trial %d was abandoned (%s); it will run again", trial.number, reason)
+        logger.warning("trial %d was abandoned (%s); %s", trial.number, reason, again)
     return taken
 
 
@@ -229,7 +242,7 @@ def retry_unqueued(study: optuna.Study) -> list[int]:
         if t.state == TrialState.FAIL
         and t.user_attrs.get("status") == TrialStatus.INTERRUPTED.value
         and t.number not in retried
-        and t.params
+        and config_drawn(t)
     ]
     for trial in todo:
         study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial.number, trial.user_attrs))
@@ -338,13 +351,17 @@ def requeue_interrupted(trial: Trial) -> None:
     config runs again (``retry_of`` names it) when the study resumes.
     """
     storage = trial.storage
-    storage.set_trial_user_attr(trial._trial_id, "status", TrialStatus.INTERRUPTED.value)
-    storage.set_trial_user_attr(
-        trial._trial_id, "message", "interrupted (Ctrl-C); its config runs again when the study resumes"
+    drawn = config_drawn(trial)
+    again = (
+        "its config runs again when the study resumes"
+        if drawn
+        else "it had not drawn its config: a fresh trial takes its place when the study resumes"
     )
-    if trial.params:  # interrupted before it drew its config: a fresh trial takes its place anyway
+    storage.set_trial_user_attr(trial._trial_id, "status", TrialStatus.INTERRUPTED.value)
+    storage.set_trial_user_attr(trial._trial_id, "message", f"interrupted (Ctrl-C); {again}")
+    if drawn:
         trial.study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial.number, trial.user_attrs))
-    logger.info("trial %d interrupted; it will run again when the study resumes", trial.number)
+    logger.info("trial %d interrupted; %s", trial.number, again)
 
 
 @dataclasses.dataclass

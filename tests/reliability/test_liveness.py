@@ -29,6 +29,7 @@ from bstune.study._liveness import (
     claim_abandoned,
     count_finished,
     count_taken,
+    requeue_interrupted,
     retry_abandoned,
     retry_unqueued,
 )
@@ -37,11 +38,16 @@ from tests.reliability.worker import NAME, make_study
 GRACE = 60.0
 
 
-def running_trial(storage_url: str, owner: Owner | None, heartbeat: float | None) -> tuple[optuna.Study, int]:
-    """A study holding one RUNNING trial (with a sampled parameter) owned by ``owner``."""
+def running_trial(
+    storage_url: str, owner: Owner | None, heartbeat: float | None, *, drawn: bool = True
+) -> tuple[optuna.Study, int]:
+    """A study holding one RUNNING trial (with a sampled parameter) owned by ``owner``; ``drawn``: it has
+    stored its whole config, as a trial does before it trains."""
     study = optuna.create_study(storage=open_storage(storage_url), study_name="s", load_if_exists=True)
     trial = study.ask()
     trial.suggest_float("x", 0.0, 1.0)
+    if drawn:
+        trial.set_user_attr("config", {"x": trial.params["x"]})
     if owner is not None:
         study._storage.set_trial_system_attr(trial._trial_id, OWNER_KEY, owner.to_dict())
     if heartbeat is not None:
@@ -183,6 +189,7 @@ def test_a_study_leaves_a_live_peers_trial_alone_and_retries_a_dead_ones(
     peer = stored.ask({"batch_size": optuna.distributions.IntDistribution(16, 128, log=True)})
     stored._storage.set_trial_system_attr(peer._trial_id, OWNER_KEY, Owner.of(sleeper.pid).to_dict())
     stored._storage.set_trial_system_attr(peer._trial_id, HEARTBEAT_KEY, time.time())
+    stored._storage.set_trial_user_attr(peer._trial_id, "config", {})  # drawn whole, training
 
     result = study(3).run()  # another process runs this study meanwhile: its trial must survive
     assert [t.status for t in result.trials].count("running") == 1
@@ -266,3 +273,22 @@ def test_an_interrupted_trial_whose_queueing_was_cut_short_runs_again_once_on_re
     failed, _ = running_trial(storage_url, owner=None, heartbeat=None)  # a trial that failed on its own
     failed.tell(failed.trials[-1].number, state=TrialState.FAIL)
     assert retry_unqueued(failed) == []
+
+
+def test_a_trial_cut_short_while_drawing_its_config_is_not_queued_with_part_of_it(storage_url: str) -> None:
+    """A newcomer's Ctrl-C landed while trial 2 drew its parameters: its 'retry' kept the three drawn and drew
+    the batch size and rate afresh, under the old trial's name. A trial without its whole config is replaced
+    by a fresh one, whether interrupted here, abandoned by a killed process, or found on resume."""
+    study = optuna.create_study(storage=open_storage(storage_url), study_name="s", load_if_exists=True)
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)  # one parameter of several drawn, no config stored yet
+    requeue_interrupted(trial)
+    assert not study.get_trials(states=(TrialState.WAITING,))
+    assert "a fresh trial takes its place" in study.trials[trial.number].user_attrs["message"]
+    study.tell(trial.number, state=TrialState.FAIL)
+    assert retry_unqueued(study) == []  # and a resume does not queue it either
+
+    killed, number = running_trial(storage_url, exited_process(), heartbeat=None, drawn=False)  # killed mid-draw
+    assert retry_abandoned(killed, GRACE) == [number]
+    assert not killed.get_trials(states=(TrialState.WAITING,))
+    assert "had not drawn its config" in killed.trials[number].user_attrs["message"]
