@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bstune._command_io import wants_progress, write_report
+from bstune._keys import STATE_FILE
 from bstune._loading import load_subject
 from bstune.errors import BstuneError, ConfigError
 from bstune.study import format_summary
@@ -97,7 +98,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         storage = args.storage or (f"sqlite:///{Path(args.out) / 'study.db'}" if args.out else None)
     from bstune.study import RaySettings, Study, StudyFailedError, storage_file
 
-    created = _not_yet_there(storage_file(storage))  # what opening the storage creates: a failed start removes it
+    # what opening the storage creates (the Ray backend's: its experiment folder and state file): a failed
+    # start removes it
+    created = _not_yet_there(
+        storage_file(storage)
+        if args.backend != "ray"
+        else RaySettings(storage_path=storage_path).experiment_dir(name) / STATE_FILE
+    )
     study: Study | None = None
     try:
         study = Study(  # checks every setting (the space file first) before it opens, and so creates, the storage
@@ -207,7 +214,7 @@ def _take_back(created: list[Path], storage: Any, *, bad_settings: bool = False)
     settings must change, and a resume with other settings is refused, so they would only block the
     corrected command.
     """
-    if not created:
+    if not created or _holds_ray_work(created):
         return
     if storage is not None:
         import optuna
@@ -239,6 +246,19 @@ def _take_back(created: list[Path], storage: Any, *, bad_settings: bool = False)
         except OSError:
             logger.info("left %s in place", path)
     logger.info("the start failed: removed what it had created (%s)", ", ".join(map(str, created)))
+
+
+def _holds_ray_work(created: list[Path]) -> bool:
+    """True where a Ray study's state file this run created holds work to keep: its probe, or an experiment
+    Tune began beside it (anything else in its folder)."""
+    for state in (p for p in created if p.name == STATE_FILE and p.is_file()):
+        try:
+            kept = json.loads(state.read_text()).get("probe") is not None
+        except (OSError, ValueError):
+            return True  # unreadable: leave it for the user to look at
+        if kept or any(p != state for p in state.parent.iterdir()):
+            return True
+    return False
 
 
 def _command(args: argparse.Namespace, *, resume: bool) -> str:

@@ -37,6 +37,8 @@ import dataclasses
 import json
 import logging
 import os
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,7 +52,7 @@ from bstune._keys import (
     STATE_FILE,
     TRIAL_NUMBER_KEY,
 )
-from bstune.errors import ConfigError
+from bstune.errors import BstuneError, ConfigError
 from bstune.metrics import Direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
 from bstune.study._backend import Resumed, StudySpec, TrialBackend, TrialJob
@@ -104,6 +106,20 @@ class _TuneNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.DROP)
+
+
+@contextlib.contextmanager
+def _sigint_kept() -> Iterator[None]:
+    """Put back the SIGINT handler ``Tuner.fit`` replaces: Ray puts its own back only once it has fired,
+    so after a run that was not interrupted, the first Ctrl-C (during re-scoring, say) went to Ray's
+    handler, which said it was stopping Tune and let the study run on to its report with exit 0."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGINT, before)
 
 
 @contextlib.contextmanager
@@ -269,7 +285,13 @@ class RayBackend(TrialBackend):
         remote = ray.remote(probe).options(
             num_cpus=self._resources.get("cpu", 1), num_gpus=self._resources.get("gpu", 0)
         )
-        result: ProbeResult = ray.get(remote.remote(**kwargs))
+        try:
+            result: ProbeResult = ray.get(remote.remote(**kwargs))
+        except ray.exceptions.RayTaskError as exc:  # the probe's own error, not Ray's traceback around it
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, BstuneError):
+                raise cause from None
+            raise
         return result
 
     def keep_probe(self, probe: ProbeResult) -> None:
@@ -368,7 +390,8 @@ class RayBackend(TrialBackend):
             # a restored experiment replays its trials' results to the searcher, whose Optuna trials hold them
             # already: Optuna warns once per replayed step, about nothing a user can act on
             warnings.filterwarnings("ignore", message="The reported value is ignored because this ")
-            grid = tuner.fit()
+            with _sigint_kept():
+                grid = tuner.fit()
         results = [grid[i] for i in range(len(grid))]
         # Tune takes the first Ctrl-C itself: it snapshots the experiment and returns as if done, with the
         # running trials cut short (their last results read like a pruned trial's; see _cut_short). Raise it

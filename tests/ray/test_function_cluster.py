@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 DRIVER = """
+import signal
 import sys
 
 import bstune
@@ -38,7 +39,9 @@ study = bstune.Study(
     mode="baseline", n_trials=4, budget_samples=3000, pruner="none", rescore_top=1, rescore_seeds=1,
     progress=False,
 )
+before = signal.getsignal(signal.SIGINT)
 study.run().save(out)
+print("SIGINT handler kept:", signal.getsignal(signal.SIGINT) is before)
 """
 
 
@@ -76,7 +79,9 @@ def check_records(result: StudyResult, n_trials: int, budget: int) -> None:
 
 def test_a_training_function_runs_its_trials_on_both_nodes(ray_cluster: Cluster, tmp_path: Path) -> None:
     nodes = two_nodes(ray_cluster)
-    run(ray_cluster, "-c", DRIVER, ray_cluster.gcs, str(tmp_path / "ray"), str(tmp_path / "out"))
+    output = run(ray_cluster, "-c", DRIVER, ray_cluster.gcs, str(tmp_path / "ray"), str(tmp_path / "out"))
+    # Tune's handler left in place took the next Ctrl-C (during re-scoring) and the study ran on to exit 0
+    assert "SIGINT handler kept: True" in output
     result = StudyResult.load(tmp_path / "out")
     check_records(result, 4, 3000)
     assert {t.status for t in result.trials} == {"completed"}  # pruner none: every trial trains its budget
@@ -162,3 +167,22 @@ def test_a_loop_that_raises_ends_the_ray_study_after_its_first_failures(ray_clus
     assert ran is not None, output[-4000:]
     assert 3 <= int(ran.group(1)) < 12  # those running when the third failed finish too
     assert "Ctrl-C" not in output
+
+
+def test_a_probe_that_refuses_the_settings_says_why_in_one_line_and_leaves_nothing_behind(
+    ray_cluster: Cluster, tmp_path: Path
+) -> None:
+    """The probe's ConfigError came back inside Ray's traceback (with colour codes), and the study's state
+    file stayed: the corrected command was refused ('pass --resume'), and so was --resume (other settings)."""
+    script, space = write_script(tmp_path, seconds_per_sample=0.0)
+    space.write_text("name: blobs\nbatch_size: {min: 512, max: 1024}\nlr: {min: 0.001, max: 3.0}\n")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "bstune.cli", "run", str(script), "--space", str(space), "--backend", "ray",
+               "--address", ray_cluster.gcs, "--out", str(out), "--no-progress", "--trials", "3",
+               "--budget-samples", "12000"]  # fmt: skip
+    done = subprocess.run(command, env=ray_cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, (done.stdout + done.stderr)[-4000:]
+    assert "bstune: error: " + str(space) + ": batch_size.min: batch_size.min (512) is larger than the training " \
+        "set (400 examples)" in done.stderr  # fmt: skip
+    assert "ray::" not in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
