@@ -86,6 +86,13 @@ def _trial_states(storage: Any, name: str) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     import optuna
 
+    if args.backend != "ray":  # a forgotten --backend ray ran the whole study in this process, without a word
+        for option, value in (("--address", args.address), ("--resources", args.resources),
+                              ("--max-concurrent", args.max_concurrent)):  # fmt: skip
+            if value is not None:
+                raise ConfigError(
+                    "is a setting of the Ray backend; add --backend ray to run on the cluster", source=option
+                )
     if args.out:
         args.out = str(Path(args.out).expanduser().absolute())
     task = load_subject(args.script)

@@ -84,10 +84,25 @@ class RaySettings:
 def _resources(ray: Any, settings: RaySettings, devices_per_trial: int = 1) -> dict[str, float]:
     """A trial's resources: ``resources_per_trial``, else one GPU (or CPU) per device of the trial."""
     if settings.resources_per_trial is not None:
-        return dict(settings.resources_per_trial)
+        wanted = dict(settings.resources_per_trial)
+        have = ray.cluster_resources()
+        short = [key for key, amount in wanted.items() if amount > float(have.get(_ray_name(key), 0.0))]
+        if short:  # Ray would hold the probe and every trial pending without a word
+            logger.warning(
+                "each trial asks for %s, and the whole cluster has %s now: the probe and the trials wait until "
+                "nodes with enough join (an autoscaler may add them); without one, lower --resources",
+                ", ".join(f"{k}={v:g}" for k, v in wanted.items()),
+                ", ".join(f"{k}={float(have.get(_ray_name(k), 0.0)):g}" for k in short),
+            )
+        return wanted
     k = devices_per_trial
     gpus = float(ray.cluster_resources().get("GPU", 0))
     return {"cpu": k, "gpu": k} if gpus >= 1 else {"cpu": k}
+
+
+def _ray_name(key: str) -> str:
+    """Ray's name of a resource given as ``--resources`` names it: CPU and GPU upper case, others as given."""
+    return key.upper() if key in ("cpu", "gpu") else key
 
 
 def _trials_at_once(ray: Any, settings: RaySettings, resources: Mapping[str, float]) -> int:
@@ -212,10 +227,14 @@ def use_auth_token(address: str | None) -> None:
 def _init(ray: Any, settings: RaySettings) -> None:
     if ray.is_initialized():
         return
-    if (reason := _unreachable(settings.address)) is not None:
+    from_env = settings.address is None and bool(os.environ.get("RAY_ADDRESS"))
+    if (reason := _unreachable(settings.address or os.environ.get("RAY_ADDRESS"))) is not None:
         raise ConfigError(
-            f"cannot connect to a Ray cluster: {reason}; start one (ray start --head) and give the address it "
-            "prints, or leave the address out to start a local Ray instance",
+            f"cannot connect to a Ray cluster: {reason}"
+            + (" (the address RAY_ADDRESS gives)" if from_env else "")
+            + "; start one (ray start --head) and give the address it prints, or leave the address out "
+            + ("and unset RAY_ADDRESS " if from_env else "")
+            + "to start a local Ray instance",
             source="Study",
             field="address",
         )

@@ -96,6 +96,15 @@ class Case:
 
 CASES: list[Case] = [
     Case(("run", "good.py", "--space", "nosuch.yaml", "--out", "out"), 2, ("nosuch.yaml", "no such file")),
+    *(  # a forgotten --backend ray ran the study in this process without a word
+        Case(
+            ("run", "good.py", "--space", "ok.yaml", option, value, "--out", "out"),
+            2,
+            (option, "is a setting of the Ray backend; add --backend ray"),
+            absent=("out",),
+        )
+        for option, value in (("--address", "127.0.0.1:6379"), ("--resources", "cpu=1"), ("--max-concurrent", "2"))
+    ),
     Case(
         ("report", "study", "--target-metric", "val_acc"),
         2,

@@ -23,7 +23,7 @@ from bstune.records import TrialStatus
 from bstune.space import SearchSpace
 from bstune.study import Study, make_sampler
 from bstune.study._ray import RayBackend, RaySettings, _init, import_ray, make_scheduler, use_auth_token
-from bstune.study._ray_cluster import _register_script_modules
+from bstune.study._ray_cluster import _register_script_modules, _resources
 from bstune.study._ray_search import PlannerSpace, adopted_trial, make_searcher
 from bstune.study._ray_trial import record_from_result
 from bstune.study._trial import TrialOutcome, TrialPlanner
@@ -121,8 +121,9 @@ def test_resuming_a_ray_study_with_another_number_of_trials_says_so(tmp_path: Pa
         backend.run_trials(planner())
 
 
-def test_an_address_where_nothing_listens_is_a_clear_error_at_once() -> None:
-    """Ray retries such an address for minutes, warning each time; the newcomer saw no error of bstune's."""
+def test_an_address_where_nothing_listens_is_a_clear_error_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray retries such an address for minutes, warning each time; the newcomer saw no error of bstune's.
+    The same where RAY_ADDRESS gives it (a newcomer's run hung for minutes on a stopped cluster's)."""
     ray = pytest.importorskip("ray")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -132,6 +133,27 @@ def test_an_address_where_nothing_listens_is_a_clear_error_at_once() -> None:
         with pytest.raises(ConfigError, match=rf"address: cannot connect .* nothing answers at 127.0.0.1:{port}"):
             _init(ray, RaySettings(address=address))
         assert time.monotonic() - started < 10 and not ray.is_initialized()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(
+        ConfigError, match=rf"nothing answers at 127.0.0.1:{port} \(.*\) \(the address RAY_ADDRESS gives\)"
+    ):
+        _init(ray, RaySettings())
+    assert not ray.is_initialized()
+
+
+def test_resources_the_cluster_lacks_are_said_before_everything_waits(caplog: pytest.LogCaptureFixture) -> None:
+    """--resources gpu=1 on a CPU cluster: the probe's task waited for a GPU that never came, with no output."""
+    cluster = SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0, "memory": 8e9})
+    with caplog.at_level("WARNING", logger="bstune.study._ray"):
+        assert _resources(cluster, RaySettings(resources_per_trial={"cpu": 1, "gpu": 1})) == {"cpu": 1, "gpu": 1}
+        assert _resources(cluster, RaySettings(resources_per_trial={"cpu": 2, "memory": 1e9})) == {
+            "cpu": 2,
+            "memory": 1e9,
+        }
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert (
+        "each trial asks for cpu=1, gpu=1, and the whole cluster has gpu=0 now" in said and "lower --resources" in said
+    )
 
 
 def test_a_running_clusters_token_is_sent_where_the_user_has_one(
