@@ -90,9 +90,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bstune.jobs import status
+    from bstune.jobs import failure, status
 
-    print(status(args.job_id, address=args.address))
+    state = status(args.job_id, address=args.address)
+    why = failure(args.job_id, address=args.address) if state == "FAILED" else None
+    print(f"{state}: {why}" if why else state)
     return 0
 
 

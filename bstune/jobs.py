@@ -56,9 +56,15 @@ class JobFailedError(BstuneError):
     """A submitted study did not succeed, or its logs hold no result."""
 
 
+_DASHBOARD = "(the dashboard address, e.g. http://head:8265)"
+
+
 def _client(address: str) -> Any:
     from bstune.study import import_ray, use_auth_token
+    from bstune.study._ray_cluster import _unreachable
 
+    if (reason := _unreachable(address)) is not None:  # Ray retries it for 45 s, then raises from deep inside
+        raise ConfigError(f"cannot reach the Ray Jobs API {_DASHBOARD}: {reason}", source="address")
     use_auth_token(address)  # before Ray is imported, which reads RAY_AUTH_MODE once
     ray = import_ray()
     from ray.job_submission import JobSubmissionClient
@@ -73,8 +79,12 @@ def _client(address: str) -> Any:
         ) from exc
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ConfigError(
-            f"cannot reach the Ray Jobs API at {address!r} (the dashboard address, e.g. http://head:8265): {exc}",
-            source="address",
+            f"cannot reach the Ray Jobs API at {address!r} {_DASHBOARD}: {exc}", source="address"
+        ) from exc
+    except ray.exceptions.RpcError as exc:  # a host:port without http:// is taken for the cluster's GCS
+        hint = f"; if it is the dashboard's, write it http://{address}" if "://" not in address else ""
+        raise ConfigError(
+            f"no Ray cluster answered at {address!r} {_DASHBOARD}: {str(exc).splitlines()[0]}{hint}", source="address"
         ) from exc
 
 
@@ -118,10 +128,13 @@ def submit(
     cluster's image lacks bstune). A cluster whose job agent is still starting is
     retried for ``agent_wait_s`` seconds.
     """
+    from bstune.space import SearchSpace
+
     script, space = Path(script), Path(space)
     for path, field in ((script, "script"), (space, "space")):
         if not path.is_file():
             raise ConfigError("no such file", source=str(path), field=field)
+    SearchSpace.coerce(space)  # a typo in it is said here, not in the job's log after it failed on the cluster
     client = _client(address)
     submission_id = submission_id or f"bstune-{uuid.uuid4().hex[:12]}"
     spec = job_spec(
@@ -164,6 +177,23 @@ def status(job_id: str, *, address: str) -> str:
         return str(client.get_job_status(job_id).value)
     except RuntimeError as exc:
         raise ConfigError(f"no job {job_id!r} at {address}: {exc}", source="job") from exc
+
+
+def failure(job_id: str, *, address: str) -> str | None:
+    """Why a failed job failed: bstune's error line from its log, else the log's last line (``None``: empty)."""
+    return failure_line(str(_client(address).get_job_logs(job_id)))
+
+
+def failure_line(logs: str) -> str | None:
+    """bstune's last error line in a job's log, else the log's last line; ``None`` for an empty log.
+
+    Example:
+        >>> failure_line("Traceback ...\\nbstune: error: s.yaml: batch_size.mx: unknown key\\n")
+        'bstune: error: s.yaml: batch_size.mx: unknown key'
+    """
+    lines = [line.strip() for line in logs.splitlines() if line.strip()]
+    said = [line for line in lines if line.startswith("bstune: error:")]
+    return said[-1] if said else (lines[-1] if lines else None)
 
 
 def result_from_logs(logs: str) -> dict[str, Any]:

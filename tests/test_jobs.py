@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 from bstune.errors import ConfigError
-from bstune.jobs import JOB_SPEC_VAR, RESULT_BEGIN, RESULT_END, JobFailedError, job_spec, result_from_logs, submit
+from bstune.jobs import (
+    JOB_SPEC_VAR,
+    RESULT_BEGIN,
+    RESULT_END,
+    JobFailedError,
+    failure_line,
+    job_spec,
+    result_from_logs,
+    status,
+    submit,
+)
 
 
 def test_result_is_read_back_from_the_job_logs() -> None:
@@ -26,6 +36,34 @@ def test_logs_without_a_result_say_so() -> None:
 def test_submit_names_a_missing_file(tmp_path: object) -> None:
     with pytest.raises(ConfigError, match="space: no such file"):
         submit("examples/digits_mlp.py", space="no/such.yaml", address="http://127.0.0.1:1")
+
+
+def test_submit_checks_the_space_before_the_cluster_sees_it(tmp_path: Path) -> None:
+    """A typo in the space was submitted, the job id printed with exit 0, and `bstune status` said only FAILED."""
+    space = tmp_path / "bad.yaml"
+    space.write_text("name: s\nbatch_size: {min: 4, mx: 128}\nlr: {min: 0.001, max: 1.0}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: batch_size.mx: unknown key"):
+        submit("examples/digits_mlp.py", space=space, address="http://127.0.0.1:1")  # nothing answers there
+    assert failure_line("ray noise\nbstune: error: bad.yaml: batch_size.mx: unknown key\n--- done\n") == (
+        "bstune: error: bad.yaml: batch_size.mx: unknown key"
+    )
+    assert failure_line("Traceback\nValueError: boom\n") == "ValueError: boom" and failure_line("") is None
+
+
+def test_a_jobs_address_where_nothing_answers_is_an_error_at_once() -> None:
+    """A dashboard address without http:// was retried for 45 s as a GCS address, then a raw RpcError."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(
+        ConfigError, match=rf"address: cannot reach the Ray Jobs API .*nothing answers at 127.0.0.1:{port}"
+    ):
+        status("raysubmit_x", address=f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 10
 
 
 def test_a_job_spec_becomes_the_run_the_cli_would_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
