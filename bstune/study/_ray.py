@@ -68,7 +68,7 @@ from bstune.study._ray_cluster import (
 from bstune.study._ray_search import GAVE_UP_FILE, adopted_trial, make_searcher
 from bstune.study._ray_search import PlannerSpace as PlannerSpace  # where searcher states saved before pickled it
 from bstune.study._ray_trial import record_from_result, train_trial
-from bstune.study._records import trial_record
+from bstune.study._records import record_line, trial_record
 from bstune.study._resume import settings_mismatch, upgrade_settings
 from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner
@@ -82,19 +82,44 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+trial_lines = logging.getLogger("bstune.trials")  # a line per finished trial (bstune run off a terminal)
 
 
 # -- the driver ---------------------------------------------------------------------------
+_NOT_SCALARS = ("history", "config", PLAN_KEY, "traceback", "unread_params")
+
+
 def _scalar_tensorboard() -> Any:
-    """Ray's TensorBoard logger, minus the per-trial history list it cannot log (and warns about)."""
+    """Ray's TensorBoard logger, minus the lists it cannot log (and warns about, naming bstune's fields)."""
     from ray.tune.logger import TBXLoggerCallback
 
     class ScalarTBXLogger(TBXLoggerCallback):  # type: ignore[misc]
         def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
-            scalars = {k: v for k, v in result.items() if k not in ("history", "config", PLAN_KEY, "traceback")}
+            scalars = {k: v for k, v in result.items() if k not in _NOT_SCALARS}
             super().log_trial_result(iteration, trial, scalars)
 
     return ScalarTBXLogger()
+
+
+def _trial_lines(objective: str) -> Any:
+    """A line (logger ``bstune.trials``) per finished Tune trial, as the embedded backend says its own
+    (``bstune run`` off a terminal promises them; Tune's own tables are off there)."""
+    from ray.tune import Callback
+
+    class TrialLines(Callback):  # type: ignore[misc]
+        def _say(self, trial: Any, error: BaseException | None) -> None:
+            config = trial.config or {}
+            if trial_lines.isEnabledFor(logging.INFO) and PLAN_KEY in config and TRIAL_NUMBER_KEY in config:
+                record = record_from_result(trial.last_result or {}, config, error)
+                trial_lines.info("%s", record_line(record, objective))
+
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._say(trial, None)
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._say(trial, getattr(trial, "error", None) or RuntimeError("the trial's worker failed"))
+
+    return TrialLines()
 
 
 class _TuneNoise(logging.Filter):
@@ -383,7 +408,7 @@ class RayBackend(TrialBackend):
                     failure_config=tune.FailureConfig(max_failures=self.settings.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     verbose=1 if settings.progress else 0,
-                    callbacks=[_scalar_tensorboard()],
+                    callbacks=[_scalar_tensorboard(), _trial_lines(settings.objective)],
                 ),
             )
         with warnings.catch_warnings(), _quiet_tune(), _lenient_metrics():

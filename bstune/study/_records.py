@@ -88,7 +88,11 @@ def trial_records(trials: list[FrozenTrial]) -> list[TrialRecord]:
 
 def trial_line(trial: FrozenTrial, objective: str) -> str:
     """A finished trial in one line: ``trial 3 completed: B=16, lr=0.0151, val_loss=1.852, 4,000 samples``."""
-    record = trial_record(trial)
+    return record_line(trial_record(trial), objective)
+
+
+def record_line(record: TrialRecord, objective: str) -> str:
+    """:func:`trial_line` of a record (a Ray trial's, say)."""
     parts = [
         f"B={record.batch_size}" if record.batch_size is not None else "",
         f"lr={record.lr:.3g}" if record.lr else "",
@@ -96,8 +100,8 @@ def trial_line(trial: FrozenTrial, objective: str) -> str:
     if record.value is not None:
         parts.append(f"{objective}={record.value:.4g}")
     parts.append(f"{record.samples:,} samples")
-    line = f"trial {trial.number} {record.status}: " + ", ".join(p for p in parts if p)
-    message = str(trial.user_attrs.get("message") or "")
+    line = f"trial {record.number} {record.status}: " + ", ".join(p for p in parts if p)
+    message = str(record.message or "")
     return line + (f" ({message})" if message and str(record.status) != "completed" else "")
 
 

@@ -59,7 +59,7 @@ def run(cluster: Cluster, *command: str) -> str:
         [sys.executable, *command], env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return done.stdout
+    return done.stdout + done.stderr
 
 
 def check_records(result: StudyResult, n_trials: int, budget: int) -> None:
@@ -116,11 +116,15 @@ def test_a_script_defining_train_is_tuned_on_the_cluster_and_asha_stops_trials(
     two_nodes(ray_cluster)
     script, space = write_script(tmp_path)
     out = tmp_path / "out"
-    run(ray_cluster, "-m", "bstune.cli", "run", str(script), "--space", str(space), "--backend", "ray",
-        "--address", ray_cluster.gcs, "--out", str(out), "--mode", "baseline", "--no-progress", "--trials", "8",
-        "--budget-samples", "3000", "--pruner", "hyperband", "--rescore-top", "0")  # fmt: skip
+    output = run(ray_cluster, "-m", "bstune.cli", "run", str(script), "--space", str(space), "--backend", "ray",
+                 "--address", ray_cluster.gcs, "--out", str(out), "--mode", "baseline", "--trials", "8",
+                 "--budget-samples", "3000", "--pruner", "hyperband", "--rescore-top", "0")  # fmt: skip
     result = StudyResult.load(out)
     check_records(result, 8, 3000)
+    # off a terminal, bstune run promises a line per finished trial instead of progress bars: on Ray too
+    assert "a line per finished trial instead of progress bars" in output
+    said = {int(n) for n in re.findall(r"^trial (\d+) (?:completed|pruned): B=\d+, lr=", output, flags=re.M)}
+    assert said == {t.number for t in result.trials}, output[-4000:]
     pruned = [t for t in result.trials if t.status == "pruned"]
     assert pruned, [(t.number, t.value) for t in result.trials]  # ASHA stopped trials through ctx.report
     assert all(t.samples < 3000 and t.history for t in pruned)
