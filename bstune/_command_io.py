@@ -57,6 +57,13 @@ def load_result(folder: str) -> StudyResult:
     if not Path(folder).is_dir():
         raise ConfigError("no such folder; give the --out folder of `bstune run`", source=str(folder))
     if not path.is_file():
+        stored = [p.name for p in (Path(folder) / "study.db", Path(folder) / "ray") if p.exists()]
+        if stored:  # a study stopped before its end (Ctrl-C, a kill) writes its result only when it finishes
+            raise ConfigError(
+                f"no result.json here, but a study's trials are ({', '.join(stored)}): it stopped before its end; "
+                "finish it with its `bstune run` command and --resume",
+                source=str(folder),
+            )
         raise ConfigError("no result.json here; run `bstune run ... --out FOLDER` first", source=str(folder))
     try:
         return StudyResult.load(path)

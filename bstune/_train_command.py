@@ -208,7 +208,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     shown = [f"{k}={v}" for k, v in cfg.to_dict().items() if k in ("batch_size", "lr", "max_samples")]
     shown += [f"{k}={v}" for k, v in (settings | train_kwargs).items() if k not in ("batch_size", "lr")]
     shown += [f"model.{k}={v}" for k, v in model_kwargs.items()]
-    print(f"optimizer {task.optimizer_spec.family}: " + " ".join(shown))
+    spec = task.optimizer_spec
+    fixed = (
+        f" (momentum {cfg.momentum if cfg.momentum is not None else spec.momentum:g})"
+        if spec.family == "sgd"
+        else (f" (betas {spec.betas[0]:g}, {spec.betas[1]:g})")
+    )
+    print(f"optimizer {spec.family}{fixed}: " + " ".join(shown))
     try:
         run = bstune.train(task, cfg, model=model)
     except bstune.BstuneError:

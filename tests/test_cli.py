@@ -55,6 +55,7 @@ def test_train_prints_the_curve_and_exit_code(tmp_path: Path, capsys: pytest.Cap
     out = capsys.readouterr().out
     assert code == 0
     run = json.loads((tmp_path / "train.json").read_text())
+    assert out.startswith("optimizer sgd (momentum 0.9): batch_size=48")  # the task's momentum, said
     assert "status: completed" in out and f"samples: {run['samples']}" in out
     assert run["status"] == "completed"
     rows = [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
@@ -142,7 +143,10 @@ def test_run_resume_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert (tmp_path / "study" / "report.md").is_file()
     assert json.loads((tmp_path / "study" / "report.json").read_text())["recommended"]["batch_size"] > 0
     assert main(["report", str(tmp_path)]) == 2
-    assert "no result.json here" in capsys.readouterr().err
+    assert "no result.json here; run `bstune run ... --out FOLDER` first" in capsys.readouterr().err
+    (tmp_path / "study" / "result.json").unlink()  # as a study stopped by Ctrl-C leaves its folder
+    assert main(["report", out]) == 2
+    assert "a study's trials are (study.db): it stopped before its end; finish it with" in capsys.readouterr().err
 
 
 def test_probe_prints_noise_scale_ceiling_throughput_and_prior(
