@@ -121,10 +121,13 @@ def _curvature_fields(probe: ProbeResult | None) -> dict[str, Any]:
     if probe.b_simple_sampling_ci is not None:
         out["b_simple_sampling_ci"] = list(probe.b_simple_sampling_ci)
         out["b_simple_seed_spread"] = probe.b_simple_seed_spread
-    measured = probe.b_noise is not None
+    # measured where it has a value, or a record that was not skipped (an unbounded B_noise is inf in memory,
+    # null once saved: measured all the same)
+    measured = probe.b_noise is not None or bool(probe.curvature and "skipped" not in probe.curvature)
     out["measured_with_curvature"] = measured
     if measured:
-        out["b_noise_curvature"] = probe.b_noise
+        finite = probe.b_noise is not None and math.isfinite(probe.b_noise)
+        out["b_noise_curvature"] = probe.b_noise if finite else None
         out["b_noise_curvature_ci"] = list(probe.b_noise_ci) if probe.b_noise_ci is not None else None
     if probe.curvature is not None:
         out["curvature"] = probe.curvature

@@ -121,6 +121,14 @@ def _curvature_lines(ns: dict[str, Any]) -> list[str]:
     if ns.get("measured_with_curvature"):
         lo, hi = ns.get("b_noise_curvature_ci") or [None, None]
         value = ns.get("b_noise_curvature")
+        n = cur.get("n_examples")
+        same = f" (B_simple of the same {n} examples: {_n(cur.get('b_simple'))})" if cur.get("b_simple") else ""
+        if value is None and not lo:  # inf with an interval of 0 .. inf: say what it means, not the numbers
+            return [
+                f"The curvature-aware B_noise = tr(HΣ)/(GᵀHG) was measured{f' on {n} examples' if n else ''} but "
+                "bounds nothing: GᵀHG, the curvature along the gradient, is not resolved above zero (negative "
+                f"curvature there, or too noisy){same}. B_simple above stands alone."
+            ]
         line = (
             f"B_noise = tr(HΣ)/(GᵀHG) = {_n(value) if value is not None else 'inf'} (90% CI {_n(lo)} .. "
             f"{_n(hi) if hi is not None else 'inf'}) at the same parameters: the noise scale weighted by the "

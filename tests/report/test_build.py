@@ -204,6 +204,16 @@ def test_noise_scale_reports_the_curvature_b_noise_and_both_b_simple_intervals()
     assert "at the measured parameters alone it is 150 .. 215" in section
 
 
+def test_a_curvature_b_noise_that_bounds_nothing_says_so_instead_of_inf_from_0_to_inf() -> None:
+    """A newcomer read 'B_noise = inf (90% CI 0 .. inf) ... (B_simple of the same 256 examples: n/a)'."""
+    curvature = {"b_noise": None, "ci": [0.0, None], "resolved": False, "b_simple": None, "n_examples": 256}
+    probe = _probe(b_noise=None, b_noise_ci=(0.0, None), curvature=curvature)
+    md = render_markdown(build_report(dataclasses.replace(_result(), probe=probe, mode="prior")).data)
+    section = md.split("## Gradient noise scale")[1].split("\n## ")[0]
+    assert "inf" not in section and "n/a" not in section
+    assert "B_noise = tr(HΣ)/(GᵀHG) was measured on 256 examples but bounds nothing: GᵀHG" in section
+
+
 def test_an_interval_not_widened_for_another_seed_is_not_said_to_be() -> None:
     """A newcomer's loop returned its metrics at the end: the probe's run recorded no B_simple trajectory, so the
     interval stayed the sampling one, yet the report said it included the variation another seed would see."""
