@@ -175,9 +175,40 @@ def _reduce_cache(wrapper: Any) -> Any:
     return wrapper.__reduce__()
 
 
-def _cached(fn: Callable[..., Any], maxsize: int | None, typed: bool) -> Any:
-    """``fn`` in a new ``functools.lru_cache`` wrapper: a script's cached function, unpickled."""
-    return functools.lru_cache(maxsize=maxsize, typed=typed)(fn)
+def _cached(fn: Callable[..., Any], maxsize: int | None, typed: bool) -> ShippedCache:
+    """A script's cached function, unpickled: ``fn`` cached again (:class:`ShippedCache`)."""
+    return ShippedCache(fn, maxsize, typed)
+
+
+class ShippedCache:
+    """A script's ``functools.lru_cache`` function after a trip through pickle: ``fn`` in a new cache
+    (empty, as a new process's is), which pickles as its function again.
+
+    A plain ``lru_cache`` wrapper pickles by reference to its module, which exists only in the driver.
+    Where the one process that unpickled it pickles it again without bstune's reducer (Ray Client's
+    server does, passing the function on to the workers), that failed: "Can't pickle
+    <functools._lru_cache_wrapper>: import of module 'bstune_user_...' failed".
+    """
+
+    def __init__(self, fn: Callable[..., Any], maxsize: int | None, typed: bool) -> None:
+        self._cache = functools.lru_cache(maxsize=maxsize, typed=typed)(fn)
+        self._settings = (fn, maxsize, typed)
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._cache(*args, **kwargs)
+
+    def cache_info(self) -> Any:
+        return self._cache.cache_info()
+
+    def cache_clear(self) -> None:
+        self._cache.cache_clear()
+
+    def cache_parameters(self) -> dict[str, Any]:
+        return dict(self._cache.cache_parameters())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _cached, self._settings
 
 
 def _unreachable(address: str | None) -> str | None:

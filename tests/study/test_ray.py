@@ -225,6 +225,11 @@ def test_a_scripts_cached_function_reaches_workers_that_cannot_import_the_script
     train = pickle.loads(shipped)
     assert train() == train() == 10 and train.__globals__["data"].cache_info().hits == 1  # cached again, as set
     assert pickle.loads(plain) is fnmatch._compile_pattern  # by reference, as before
+    # Ray Client's server unpickles the function and pickles it again, without bstune's reducer: that failed,
+    # "Can't pickle <functools._lru_cache_wrapper ...>: import of module 'bstune_user_test' failed"
+    monkeypatch.setattr(cloudpickle.Pickler, "dispatch_table", ChainMap({}, *table.maps))
+    again = pickle.loads(cloudpickle.dumps(train))
+    assert again() == 10 and again.__globals__["data"].cache_info().maxsize == 4
 
 
 def test_a_scripts_modules_beside_it_are_shipped_by_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
