@@ -67,7 +67,7 @@ from bstune.study._ray_cluster import (
 )
 from bstune.study._ray_search import GAVE_UP_FILE, adopted_trial, make_searcher
 from bstune.study._ray_search import PlannerSpace as PlannerSpace  # where searcher states saved before pickled it
-from bstune.study._ray_trial import record_from_result, train_trial
+from bstune.study._ray_trial import WARNINGS_KEY, record_from_result, relay_warnings, train_trial, with_warnings
 from bstune.study._records import record_line, trial_record
 from bstune.study._resume import settings_mismatch, upgrade_settings
 from bstune.study._settings import StudySettings
@@ -86,7 +86,7 @@ trial_lines = logging.getLogger("bstune.trials")  # a line per finished trial (b
 
 
 # -- the driver ---------------------------------------------------------------------------
-_NOT_SCALARS = ("history", "config", PLAN_KEY, "traceback", "unread_params")
+_NOT_SCALARS = ("history", "config", PLAN_KEY, "traceback", "unread_params", WARNINGS_KEY)
 
 
 def _scalar_tensorboard() -> Any:
@@ -101,16 +101,20 @@ def _scalar_tensorboard() -> Any:
     return ScalarTBXLogger()
 
 
-def _trial_lines(objective: str) -> Any:
-    """A line (logger ``bstune.trials``) per finished Tune trial, as the embedded backend says its own
-    (``bstune run`` off a terminal promises them; Tune's own tables are off there)."""
+def _trial_ends(objective: str, warned: set[tuple[str, str]]) -> Any:
+    """At each finished Tune trial: what bstune warned of in its worker, once (``warned``); and a line
+    (logger ``bstune.trials``) as the embedded backend says its own (``bstune run`` off a terminal promises
+    them; Tune's own tables are off there)."""
     from ray.tune import Callback
 
-    class TrialLines(Callback):  # type: ignore[misc]
+    class TrialEnds(Callback):  # type: ignore[misc]
         def _say(self, trial: Any, error: BaseException | None) -> None:
-            config = trial.config or {}
-            if trial_lines.isEnabledFor(logging.INFO) and PLAN_KEY in config and TRIAL_NUMBER_KEY in config:
-                record = record_from_result(trial.last_result or {}, config, error)
+            config, result = trial.config or {}, trial.last_result or {}
+            if PLAN_KEY not in config or TRIAL_NUMBER_KEY not in config:
+                return
+            relay_warnings(result.get(WARNINGS_KEY) or [], f"in trial {config[TRIAL_NUMBER_KEY]}", warned)
+            if trial_lines.isEnabledFor(logging.INFO):
+                record = record_from_result(result, config, error)
                 trial_lines.info("%s", record_line(record, objective))
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -119,7 +123,7 @@ def _trial_lines(objective: str) -> Any:
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             self._say(trial, getattr(trial, "error", None) or RuntimeError("the trial's worker failed"))
 
-    return TrialLines()
+    return TrialEnds()
 
 
 class _TuneNoise(logging.Filter):
@@ -267,10 +271,9 @@ class RayBackend(TrialBackend):
         self._exp_dir: Path | None = None
         self._resources: dict[str, float] = {}
         self._adopted: dict[str, Any] | None = None  # the probe's run as trial 0 (adopt), as the state file keeps it
-        self._tune_trials: int | None = None
-        self._probe: dict[str, Any] | None = (
-            None  # the probe, as the state file keeps it  # the trials the Tune experiment was started with (Tune's num_samples)
-        )
+        self._tune_trials: int | None = None  # the trials the Tune experiment was started with (its num_samples)
+        self._probe: dict[str, Any] | None = None  # the probe, as the state file keeps it
+        self._warned: set[tuple[str, str]] = set()  # workers' warnings said on the driver (once each)
 
     def open(self, spec: StudySpec) -> Resumed:
         """Join the cluster and read the experiment's folder: its settings, probe and re-scoring."""
@@ -307,16 +310,18 @@ class RayBackend(TrialBackend):
     def run_probe(self, probe: Callable[..., ProbeResult], **kwargs: Any) -> ProbeResult:
         """The probe as a Ray task with a trial's resources, so it measures the kind of device trials use."""
         ray = import_ray()
-        remote = ray.remote(probe).options(
+        remote = ray.remote(with_warnings).options(
             num_cpus=self._resources.get("cpu", 1), num_gpus=self._resources.get("gpu", 0)
         )
         try:
-            result: ProbeResult = ray.get(remote.remote(**kwargs))
+            result, said = ray.get(remote.remote(probe, **kwargs))
         except ray.exceptions.RayTaskError as exc:  # the probe's own error, not Ray's traceback around it
             cause = getattr(exc, "cause", None)
             if isinstance(cause, BstuneError):
                 raise cause from None
             raise
+        relay_warnings(said, "in the probe, on the cluster", self._warned)
+        assert isinstance(result, ProbeResult)
         return result
 
     def keep_probe(self, probe: ProbeResult) -> None:
@@ -408,7 +413,7 @@ class RayBackend(TrialBackend):
                     failure_config=tune.FailureConfig(max_failures=self.settings.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     verbose=1 if settings.progress else 0,
-                    callbacks=[_scalar_tensorboard(), _trial_lines(settings.objective)],
+                    callbacks=[_scalar_tensorboard(), _trial_ends(settings.objective, self._warned)],
                 ),
             )
         with warnings.catch_warnings(), _quiet_tune(), _lenient_metrics():

@@ -9,10 +9,12 @@ both backends return.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,47 @@ from bstune.study._backend import TrialJob
 from bstune.study._trial import TrialPlan, history_row
 from bstune.training import Decision, EvalRecord
 
-__all__ = ["record_from_result", "train_trial"]
+__all__ = ["record_from_result", "relay_warnings", "train_trial", "with_warnings"]
+
+WARNINGS_KEY = "warnings"  # what bstune warned of in the worker, said again on the driver
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.said: list[list[Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        entry = [record.name, record.levelno, record.getMessage()]
+        if entry not in self.said:
+            self.said.append(entry)
+
+
+@contextlib.contextmanager
+def kept_warnings() -> Iterator[list[list[Any]]]:
+    """bstune's warnings in a Ray worker, as ``[logger name, level, message]`` (the driver gets no worker's
+    log: ``log_to_driver`` is off, to keep Ray's own lines out of the user's)."""
+    handler = _Kept()
+    bstune_logger = logging.getLogger("bstune")
+    bstune_logger.addHandler(handler)
+    try:
+        yield handler.said
+    finally:
+        bstune_logger.removeHandler(handler)
+
+
+def with_warnings(fn: Callable[..., Any], **kwargs: Any) -> tuple[Any, list[list[Any]]]:
+    """``fn(**kwargs)`` in a Ray task, and the warnings it gave (for :func:`relay_warnings`)."""
+    with kept_warnings() as said:
+        return fn(**kwargs), said
+
+
+def relay_warnings(said: list[list[Any]], where: str, already: set[tuple[str, str]]) -> None:
+    """Say on the driver, under the logger that said it, what a worker warned of; once each (``already``)."""
+    for name, level, message in said:
+        if (name, message) not in already:
+            already.add((name, message))
+            logging.getLogger(str(name)).log(int(level), "%s (%s)", message, where)
 
 
 def _node() -> str:
@@ -73,8 +115,10 @@ def train_trial(config: dict[str, Any], *, job: TrialJob) -> None:
         tune.report(clean_json(metrics))
         return Decision.CONTINUE  # ASHA stops a trial by ending it, not by an answer here
 
-    outcome = job.run(plan, on_milestone)
+    with kept_warnings() as said:
+        outcome = job.run(plan, on_milestone)
     final = {**plan.attrs(), **outcome.attrs(), "node": node, "final": True, "samples_seen": outcome.samples}
+    final[WARNINGS_KEY] = said
     del final["samples"]  # not on ASHA's time axis (see above)
     del final["config"]  # Ray's own key for the trial's config, which holds the plan already
     if outcome.value is not None:

@@ -115,6 +115,7 @@ def test_a_script_defining_train_is_tuned_on_the_cluster_and_asha_stops_trials(
 ) -> None:
     two_nodes(ray_cluster)
     script, space = write_script(tmp_path)
+    space.write_text(space.read_text() + "params:\n  model.widht: {type: int, low: 8, high: 64}\n")  # a typo
     out = tmp_path / "out"
     output = run(ray_cluster, "-m", "bstune.cli", "run", str(script), "--space", str(space), "--backend", "ray",
                  "--address", ray_cluster.gcs, "--out", str(out), "--mode", "baseline", "--trials", "8",
@@ -125,6 +126,12 @@ def test_a_script_defining_train_is_tuned_on_the_cluster_and_asha_stops_trials(
     assert "a line per finished trial instead of progress bars" in output
     said = {int(n) for n in re.findall(r"^trial (\d+) (?:completed|pruned): B=\d+, lr=", output, flags=re.M)}
     assert said == {t.number for t in result.trials}, output[-4000:]
+    # what bstune warned of in the trials' workers reaches the user, once (Ray keeps workers' logs to itself)
+    unread = [
+        line for line in output.splitlines() if "never read the space's searched parameter(s) 'model.widht'" in line
+    ]
+    assert len(unread) == 1 and unread[0].rstrip().endswith(")"), output[-4000:]
+    assert "invalid value" not in output  # Ray's TensorBoard logger, handed the list of unread parameters
     pruned = [t for t in result.trials if t.status == "pruned"]
     assert pruned, [(t.number, t.value) for t in result.trials]  # ASHA stopped trials through ctx.report
     assert all(t.samples < 3000 and t.history for t in pruned)
