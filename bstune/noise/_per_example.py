@@ -226,7 +226,7 @@ class PerExampleNorms:
         if most > 1:
             raise EstimationError(
                 f"{most} backward passes ran since the last sq_norms(); call sq_norms() after each backward "
-                "(with gradient accumulation, measure one micro-batch per step)"
+                "(with gradient accumulation, after each micro-batch's backward)"
             )
         if len(step.roots_reached) > 1:
             raise EstimationError(

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import sys
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +198,9 @@ class ShippedCache:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._cache(*args, **kwargs)
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:  # a cached method binds its instance, as lru_cache's does
+        return self if obj is None else types.MethodType(self, obj)
 
     def cache_info(self) -> Any:
         return self._cache.cache_info()

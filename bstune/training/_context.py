@@ -171,6 +171,7 @@ class TrialContext:
         self._warned_between = False
         self._evaluated = False
         self._tracker: LoopNoiseTracker | None = None
+        self._from_loader = False  # the loop's batches come from ctx.loader: whole batches of the step's size
         self._step_samples = 0  # the last step's samples (ctx.step)
 
     # -- what the function reads -----------------------------------------------------
@@ -266,6 +267,7 @@ class TrialContext:
                     "the study sets the batch size and order of the training stream", source="ctx.loader", field=bad
                 )
         self.n_train = n
+        self._from_loader = True
         if self._on_data is not None and not self._on_data(n):
             self._stopped = self.data_refused = True  # the stream yields nothing: the loop ends without a step
         sizes = list(step_batch_sizes(cfg)) if cfg.batch_schedule is not None else None
@@ -365,13 +367,27 @@ class TrialContext:
         With ``loss`` (the step's training loss), a non-finite loss or one
         ``divergence_factor`` times the first ends the trial as diverged (raises).
         """
-        if samples is not None and not 0 < int(samples) <= self.batch_size:
+        if samples is not None and int(samples) < 1:
             raise ConfigError(
-                f"must be between 1 and the step's batch size {self.batch_size}, got {samples}: the study tunes "
+                f"must be at least 1 (the examples this step trained on), got {samples}",
+                source="ctx.step",
+                field="samples",
+            )
+        if samples is not None and int(samples) < self.batch_size and self._from_loader:
+            raise ConfigError(
+                f"counts {samples} samples for a batch of {self.batch_size} from ctx.loader, whose batches are whole: "
+                "call ctx.step(loss) once per optimizer step, without samples= (which counts the short last batch "
+                "of a loader of your own); with gradient accumulation, once per batch, not per micro-batch",
+                source="ctx.step",
+                field="samples",
+            )
+        if samples is not None and int(samples) > self.batch_size:
+            raise ConfigError(
+                f"must be at most the step's batch size {self.batch_size}, got {samples}: the study tunes "
                 "the batch of one optimizer step (its learning rates, temperature and noise scale are computed "
-                "for it). To accumulate gradients, split each batch from ctx.loader into micro-batches "
-                "(x.chunk(k)), call noise.observe() after each micro-batch's backward, and ctx.step(loss) once "
-                "per optimizer step",
+                "for it). To accumulate gradients, split each batch x from ctx.loader into micro-batches "
+                "(x.split(m)), weigh each one's mean loss by len(xm) / len(x), call noise.observe() after each "
+                "micro-batch's backward, and ctx.step(loss) once per optimizer step (see the README)",
                 source="ctx.step",
                 field="samples",
             )

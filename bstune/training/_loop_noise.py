@@ -9,6 +9,7 @@ into two-batch estimates. Split from :mod:`bstune.training._context`, which coun
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -191,8 +192,19 @@ class LoopNoiseTracker:
             )
         sq = self.norms.sq_norms()  # in p.grad's units, as batch_grads: a loss scale cancels in the ratio
         self._sq.append(sq)
-        for name, g in (self.norms.batch_grads or {}).items():
-            self._grads[name] = self._grads[name] + g if name in self._grads else g
+        pooled = sum(int(s.numel()) for s in self._sq)
+        if pooled > self.ctx.batch_size:  # steps never closed would be pooled into one batch of another size
+            self._sq, self._grads = [], {}
+            raise ConfigError(
+                f"has seen {pooled} examples since the last ctx.step, more than the step's batch size "
+                f"{self.ctx.batch_size}: call ctx.step(loss) once after each optimizer step",
+                source="noise.observe()",
+            )
+        for name, g in (self.norms.batch_grads or {}).items():  # copies of the delivered gradients: ours to add to
+            if name in self._grads:
+                self._grads[name].add_(g)
+            else:
+                self._grads[name] = g
 
     def end_step(self) -> None:
         """Close the optimizer step ``ctx.step`` is counting (before it counts it): pool its micro-batches'
@@ -216,11 +228,13 @@ class LoopNoiseTracker:
             self.tracker.batch_size = batch
         if self.tracker.population is None:
             self.tracker.population = self.ctx.n_train
+        sums = [g.double().pow(2).sum() for g in grads.values()]
+        big = float(torch.stack([t.to(sums[0].device) for t in sums]).sum())  # one device sync, not one per tensor
         frozen = self.ctx.freeze_from
         if frozen is None or self.ctx.samples < frozen:  # the trajectory: training, not the still phase
-            big = float(sum(float(g.double().pow(2).sum()) for g in grads.values()))
             self.tracker.update(small, 1, big, self.ctx.lr)
-        elif self.still is not None:
+        elif self.still is not None and math.isfinite(small) and math.isfinite(big):  # AMP: an overflowing step
+            # (skipped by its scaler) would spoil the whole chunk
             if self.still.empty:  # training ended here: close its window
                 self.tracker.flush(self.ctx.steps, self.ctx.samples)
             self.still.add(small, batch, grads)

@@ -210,7 +210,8 @@ def test_a_scripts_cached_function_reaches_workers_that_cannot_import_the_script
         "import functools\n"
         "@functools.lru_cache(maxsize=4)\n"
         "def data():\n    return [1, 2, 3]\n"
-        "def train():\n    return sum(data()) + data.cache_info().maxsize\n",
+        "def train():\n    return sum(data()) + data.cache_info().maxsize + Data().total(1)\n"
+        "class Data:\n    @functools.lru_cache(maxsize=2)\n    def total(self, n):\n        return n\n",
         script.__dict__,
     )
     monkeypatch.setitem(sys.modules, name, script)
@@ -223,13 +224,13 @@ def test_a_scripts_cached_function_reaches_workers_that_cannot_import_the_script
         cloudpickle.unregister_pickle_by_value(script)
     monkeypatch.delitem(sys.modules, name)
     train = pickle.loads(shipped)
-    assert train() == train() == 10 and train.__globals__["data"].cache_info().hits == 1  # cached again, as set
+    assert train() == train() == 11 and train.__globals__["data"].cache_info().hits == 1  # cached again, as set
     assert pickle.loads(plain) is fnmatch._compile_pattern  # by reference, as before
     # Ray Client's server unpickles the function and pickles it again, without bstune's reducer: that failed,
     # "Can't pickle <functools._lru_cache_wrapper ...>: import of module 'bstune_user_test' failed"
     monkeypatch.setattr(cloudpickle.Pickler, "dispatch_table", ChainMap({}, *table.maps))
     again = pickle.loads(cloudpickle.dumps(train))
-    assert again() == 10 and again.__globals__["data"].cache_info().maxsize == 4
+    assert again() == 11 and again.__globals__["data"].cache_info().maxsize == 4  # a cached method binds too
 
 
 def test_a_scripts_modules_beside_it_are_shipped_by_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

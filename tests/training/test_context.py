@@ -132,9 +132,9 @@ def test_gradient_accumulation_over_micro_batches_of_the_studys_batch_counts_eac
         opt = torch.optim.SGD(model.parameters(), lr=ctx.config["lr"])
         sched = ctx.lr_scheduler(opt)
         for (x,) in ctx.loader(torch.utils.data.TensorDataset(torch.randn(50, 1))):
-            for part in x.chunk(4):
+            for part in x.split(4):
                 micro.append(len(part))
-                (model(part).pow(2).mean() / 4).backward()
+                (model(part).pow(2).mean() * len(part) / len(x)).backward()
             rates.append(opt.param_groups[0]["lr"])
             opt.step(), sched.step(), opt.zero_grad()
             ctx.step()
@@ -145,7 +145,7 @@ def test_gradient_accumulation_over_micro_batches_of_the_studys_batch_counts_eac
     assert rates[9] == pytest.approx(0.1) and rates[-1] < 0.01  # warmup ends at 160 samples (10 steps), not 640
 
 
-@pytest.mark.parametrize("samples", [64, 17, 0])
+@pytest.mark.parametrize("samples", [64, 17])
 def test_counting_more_than_a_steps_batch_is_refused_and_says_how_to_accumulate(samples: int) -> None:
     """ctx.step(samples=k*B) every k batches made the effective batch k times the study's B: every rate,
     temperature and noise scale then belonged to another batch size, and the study finished normally."""
@@ -154,9 +154,17 @@ def test_counting_more_than_a_steps_batch_is_refused_and_says_how_to_accumulate(
         for _ in ctx.loader(torch.utils.data.TensorDataset(torch.arange(50))):
             ctx.step(samples=samples)
 
-    with pytest.raises(ConfigError, match=r"ctx.step: samples: must be between 1 and the step's batch size 16") as e:
+    with pytest.raises(ConfigError, match=r"ctx.step: samples: must be at most the step's batch size 16, got ") as e:
         run_function(fn, TrainConfig(batch_size=16, lr=0.1, max_samples=640))
-    assert "split each batch from ctx.loader into micro-batches" in str(e.value)
+    assert "split each batch x from ctx.loader into micro-batches (x.split(m)), weigh each" in str(e.value)
+
+    def none(ctx: TrialContext) -> None:
+        for _ in ctx.loader(torch.utils.data.TensorDataset(torch.arange(50))):
+            ctx.step(samples=0)
+
+    with pytest.raises(ConfigError, match=r"ctx.step: samples: must be at least 1 \(the examples this step") as e:
+        run_function(none, TrainConfig(batch_size=16, lr=0.1, max_samples=640))
+    assert "micro-batches" not in str(e.value)
 
 
 def test_a_short_last_batch_of_a_loader_of_ones_own_counts_what_it_holds() -> None:
@@ -346,7 +354,15 @@ def test_a_run_that_holds_still_trains_to_the_step_past_its_length_and_evaluates
 
 @pytest.mark.parametrize(
     ("seed", "loop_kind"),
-    [(0, "plain"), (1, "plain"), (2, "plain"), (0, "clipped"), (1, "accumulated"), (2, "clipped+accumulated")],
+    [
+        (0, "plain"),
+        (1, "plain"),
+        (2, "plain"),
+        (0, "clipped"),
+        (1, "accumulated"),
+        (2, "clipped+accumulated"),
+        (0, "overflow"),
+    ],
 )
 def test_the_still_phase_measures_the_exact_noise_scale_of_where_training_stopped(seed: int, loop_kind: str) -> None:
     """Ground truth: B_simple from every per-example gradient of the training set at the parameters
@@ -354,7 +370,7 @@ def test_the_still_phase_measures_the_exact_noise_scale_of_where_training_stoppe
     noise.observe() (read from p.grad, the still phase gave 2.1x the exact value) and where it accumulates
     four micro-batches per step, observing each (it gave a tenth)."""
     kept: list[nn.Module] = []
-    parts = 4 if "accumulated" in loop_kind else 1
+    micro = 5 if "accumulated" in loop_kind else 16  # batches of 16 in micro-batches of 5, 5, 5 and 1
 
     def fn(ctx: TrialContext) -> None:
         model = net()
@@ -364,15 +380,17 @@ def test_the_still_phase_measures_the_exact_noise_scale_of_where_training_stoppe
         noise = ctx.noise_tracker(model)
         for xb, yb in ctx.loader(TRAIN):
             opt.zero_grad()
-            for x, y in zip(xb.chunk(parts), yb.chunk(parts), strict=True):
-                loss = F.cross_entropy(model(x), y) / parts
-                loss.backward()
+            # an AMP loss scale that overflows on one still step: its gradients are inf (the scaler skips it)
+            scale = 3e38 if loop_kind == "overflow" and ctx.samples == 960 + 640 else 1.0
+            for x, y in zip(xb.split(micro), yb.split(micro), strict=True):
+                loss = F.cross_entropy(model(x), y) * len(x) / len(xb)  # each example weighs 1/B, as the README says
+                (loss * scale).backward()
                 if "clipped" in loop_kind:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
                 noise.observe()
             opt.step()
             sched.step()
-            ctx.step(loss * parts)
+            ctx.step(loss)
 
     config = TrainConfig(
         batch_size=16, lr=0.2, max_samples=960 + 3200, track_noise=True, noise_every_steps=1, seed=seed
@@ -382,13 +400,15 @@ def test_the_still_phase_measures_the_exact_noise_scale_of_where_training_stoppe
     est = ctx._tracker.still.estimate()
     exact = bstune.exact_noise_scale(task(), kept[0])
     assert est.ci[0] <= exact.b_simple <= est.ci[1], (est.b_simple, est.ci, exact.b_simple)
-    assert est.n_examples == 3200 - 3200 % 16 and 0.5 < est.b_simple / exact.b_simple < 2.0
+    skipped = 16 if loop_kind == "overflow" else 0
+    assert est.n_examples == 3200 - 3200 % 16 - skipped and 0.5 < est.b_simple / exact.b_simple < 2.0
     # the trajectory stops where the still phase begins; the parameters did not move after it
     assert all(p.samples <= 960 for p in ctx._tracker.tracker.trajectory)  # type: ignore[union-attr]
 
 
-def _noise_run(parts: int, observe_each: bool = True) -> TrialContext:
-    """A probe-like run whose loop splits each batch of 16 into ``parts`` micro-batches (loss / parts)."""
+def _noise_run(micro: int, observe_each: bool = True) -> TrialContext:
+    """A probe-like run whose loop splits each batch of 16 into micro-batches of ``micro`` (the last one
+    smaller where it does not divide 16), each mean loss weighed by its share of the batch."""
 
     def fn(ctx: TrialContext) -> None:
         model = net()
@@ -397,8 +417,8 @@ def _noise_run(parts: int, observe_each: bool = True) -> TrialContext:
         noise = ctx.noise_tracker(model)
         for xb, yb in ctx.loader(TRAIN):
             opt.zero_grad()
-            for x, y in zip(xb.chunk(parts), yb.chunk(parts), strict=True):
-                loss = F.cross_entropy(model(x), y) / parts
+            for x, y in zip(xb.split(micro), yb.split(micro), strict=True):
+                loss = F.cross_entropy(model(x), y) * len(x) / len(xb)
                 loss.backward()
                 if observe_each:
                     noise.observe()
@@ -406,7 +426,7 @@ def _noise_run(parts: int, observe_each: bool = True) -> TrialContext:
                 noise.observe()
             opt.step()
             sched.step()
-            ctx.step(loss * parts)
+            ctx.step(loss)
             if ctx.at_milestone():  # each evaluation closes a window of the trajectory
                 with torch.no_grad():
                     ctx.report(val_loss=F.cross_entropy(model(VX), VY))
@@ -416,9 +436,10 @@ def _noise_run(parts: int, observe_each: bool = True) -> TrialContext:
 
 
 def test_accumulated_micro_batches_give_the_trajectory_of_the_whole_batch() -> None:
-    """Four micro-batches of 4 per step train as one batch of 16 does (the same mean gradient); the noise
+    """Micro-batches of 5, 5, 5 and 1 per step, each weighed by its share, train as one batch of 16 does (the
+    same mean gradient, which loss / k over uneven parts would not give); the noise
     trajectory pools each step's micro-batches, so it is the whole batch's, labelled with its batch size."""
-    whole, parts = (_noise_run(n)._tracker.tracker.trajectory for n in (1, 4))  # type: ignore[union-attr]
+    whole, parts = (_noise_run(n)._tracker.tracker.trajectory for n in (16, 5))  # type: ignore[union-attr]
     assert len(whole) == len(parts) >= 4
     for a, b in zip(whole, parts, strict=True):
         assert b.b_simple == pytest.approx(a.b_simple, rel=1e-3) and b.temperature == pytest.approx(a.temperature)
@@ -427,7 +448,40 @@ def test_accumulated_micro_batches_give_the_trajectory_of_the_whole_batch() -> N
 
 def test_one_observe_after_several_backward_passes_says_to_observe_each_micro_batch() -> None:
     with pytest.raises(ConfigError, match=r"ctx.noise_tracker: 4 backward passes ran since its last call: call "):
-        _noise_run(4, observe_each=False)
+        _noise_run(4, observe_each=False)  # four micro-batches of 4
+
+
+def test_steps_never_closed_by_ctx_step_are_not_pooled_into_one_batch() -> None:
+    """A loop of its own that observed every step but called ctx.step every other step pooled two steps,
+    taken at different parameters, into one 'batch' of 2B."""
+
+    def fn(ctx: TrialContext) -> None:
+        model = net()
+        opt = ctx.make_optimizer(model.parameters())
+        noise = ctx.noise_tracker(model)
+        for i, (xb, yb) in enumerate(torch.utils.data.DataLoader(TRAIN, batch_size=16)):
+            opt.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            noise.observe()
+            opt.step()
+            if i % 2:
+                ctx.step()
+
+    config = TrainConfig(batch_size=16, lr=0.2, max_samples=1600, track_noise=True, noise_every_steps=1)
+    with pytest.raises(ConfigError, match=r"noise.observe\(\): has seen 32 examples since the last ctx.step"):
+        run_function(fn, config)
+
+
+def test_counting_part_of_a_batch_from_ctx_loader_is_refused() -> None:
+    """samples=len(xm) per micro-batch: the schedule would run k times too slowly until the stream's check."""
+
+    def fn(ctx: TrialContext) -> None:
+        for (x,) in ctx.loader(torch.utils.data.TensorDataset(torch.arange(50))):
+            for xm in x.split(4):
+                ctx.step(samples=len(xm))
+
+    with pytest.raises(ConfigError, match=r"ctx.step: samples: counts 4 samples for a batch of 16 from ctx.loader"):
+        run_function(fn, TrainConfig(batch_size=16, lr=0.1, max_samples=640))
 
 
 def test_a_second_scheduler_beside_the_trials_is_refused() -> None:
