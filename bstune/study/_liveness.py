@@ -174,18 +174,26 @@ def claim_abandoned(storage: BaseStorage, trial_id: int) -> bool:
         return False
 
 
-def config_drawn(trial: FrozenTrial | Trial) -> bool:
-    """True once the trial has drawn its whole config (the objective stores it as ``config`` before training).
+def drawn_params(trial: FrozenTrial | Trial) -> dict[str, Any] | None:
+    """The whole config a trial runs, to queue again; ``None`` where it had not drawn it all.
 
-    A trial cut short while its sampler was still drawing holds some parameters only; queued again, its
-    retry would keep those and draw the rest afresh: another config, under the old one's name.
+    A trial has drawn its config once it stores it as ``config`` (before training), and a queued retry
+    holds it from the start (``fixed_params``). A trial cut short while its sampler was still drawing
+    holds some parameters only; queued again, its retry would keep those and draw the rest afresh:
+    another config, under the old one's name.
     """
-    return "config" in trial.user_attrs
+    system = (
+        trial.system_attrs if isinstance(trial, FrozenTrial) else trial.storage.get_trial_system_attrs(trial._trial_id)
+    )
+    fixed = system.get("fixed_params")
+    if isinstance(fixed, dict) and fixed:  # a retry: its config is the queued one, however far it got
+        return dict(fixed)
+    return dict(trial.params) if "config" in trial.user_attrs else None
 
 
 def retry_abandoned(study: optuna.Study, grace_period: float) -> list[int]:
     """Fail every abandoned running trial of ``study`` and enqueue its parameters once more (where it had
-    drawn them all: :func:`config_drawn`; else a fresh trial takes its place).
+    drawn them all: :func:`drawn_params`; else a fresh trial takes its place).
 
     Returns the numbers of the trials this call took over (another process may take
     over others at the same time; each is taken over once).
@@ -196,7 +204,7 @@ def retry_abandoned(study: optuna.Study, grace_period: float) -> list[int]:
         reason = abandoned_reason(trial, grace_period)
         if reason is None:
             continue
-        drawn = config_drawn(trial)
+        drawn = drawn_params(trial)
         again = "its config runs again" if drawn else "it had not drawn its config: a fresh trial takes its place"
         try:
             storage.set_trial_user_attr(trial_id_of(trial), "status", TrialStatus.INTERRUPTED.value)
@@ -207,7 +215,7 @@ def retry_abandoned(study: optuna.Study, grace_period: float) -> list[int]:
         if not won:
             continue
         if drawn:
-            study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial.number, trial.user_attrs))
+            study.enqueue_trial(drawn, user_attrs=retry_attrs(trial.number, trial.user_attrs))
         taken.append(trial.number)
         logger.warning("trial %d was abandoned (%s); %s", trial.number, reason, again)
     return taken
@@ -237,17 +245,17 @@ def retry_unqueued(study: optuna.Study) -> list[int]:
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     todo = [
-        t
+        (t, params)
         for t in trials
         if t.state == TrialState.FAIL
         and t.user_attrs.get("status") == TrialStatus.INTERRUPTED.value
         and t.number not in retried
-        and config_drawn(t)
+        and (params := drawn_params(t))
     ]
-    for trial in todo:
-        study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial.number, trial.user_attrs))
+    for trial, params in todo:
+        study.enqueue_trial(params, user_attrs=retry_attrs(trial.number, trial.user_attrs))
         logger.warning("trial %d was interrupted and not queued again; its config runs again now", trial.number)
-    return [t.number for t in todo]
+    return [t.number for t, _ in todo]
 
 
 def _finished(trial: FrozenTrial) -> bool:
@@ -351,7 +359,7 @@ def requeue_interrupted(trial: Trial) -> None:
     config runs again (``retry_of`` names it) when the study resumes.
     """
     storage = trial.storage
-    drawn = config_drawn(trial)
+    drawn = drawn_params(trial)
     again = (
         "its config runs again when the study resumes"
         if drawn
@@ -360,7 +368,7 @@ def requeue_interrupted(trial: Trial) -> None:
     storage.set_trial_user_attr(trial._trial_id, "status", TrialStatus.INTERRUPTED.value)
     storage.set_trial_user_attr(trial._trial_id, "message", f"interrupted (Ctrl-C); {again}")
     if drawn:
-        trial.study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial.number, trial.user_attrs))
+        trial.study.enqueue_trial(drawn, user_attrs=retry_attrs(trial.number, trial.user_attrs))
     logger.info("trial %d interrupted; %s", trial.number, again)
 
 

@@ -288,7 +288,17 @@ def test_a_trial_cut_short_while_drawing_its_config_is_not_queued_with_part_of_i
     study.tell(trial.number, state=TrialState.FAIL)
     assert retry_unqueued(study) == []  # and a resume does not queue it either
 
+    # a queued retry cut short before it stored its config runs its queued config again, not a fresh one
+    study.enqueue_trial({"x": 0.25}, user_attrs={"retry_of": 0, "retry_root": 0})
+    retry = study.ask()
+    retry.suggest_float("x", 0.0, 1.0)  # the queued value, no config stored yet
+    requeue_interrupted(retry)
+    (queued,) = study.get_trials(states=(TrialState.WAITING,))
+    assert queued.system_attrs["fixed_params"] == {"x": 0.25} and queued.user_attrs["retry_of"] == retry.number
+    study.tell(retry.number, state=TrialState.FAIL)
+    study.tell(study.ask().number, 1.0)  # the queued one runs: out of the way of the next ask
+
     killed, number = running_trial(storage_url, exited_process(), heartbeat=None, drawn=False)  # killed mid-draw
     assert retry_abandoned(killed, GRACE) == [number]
-    assert not killed.get_trials(states=(TrialState.WAITING,))
+    assert not [t for t in killed.get_trials(states=(TrialState.WAITING,)) if t.user_attrs["retry_of"] == number]
     assert "had not drawn its config" in killed.trials[number].user_attrs["message"]
