@@ -17,8 +17,10 @@ the searched box such trials sit at one end of B or η/B, where they fake or hid
 A trial counts as having barely learned when its final training loss got less than a
 quarter of the way from the untrained loss to the lowest final training loss of the
 study's completed trials (:data:`LEARNED_FRACTION`). The untrained loss is the probe's
-first range-test batch, taken before any step (``untrained_loss``), or, without a probe,
-the highest training loss at any trial's first evaluation; those left out are listed.
+first range-test batch, taken before any step (``untrained_loss``). Without a probe it is the
+highest training loss at the first evaluation of any trial with two or more (pruned ones too),
+which comes after some training, so a trial is then left out only if its own training loss
+also stayed flat (fell by less than that quarter); those left out are listed.
 Gaps are always validation − training: positive for a loss that generalises worse;
 for an accuracy, *negative* when validation accuracy is lower.
 """
@@ -57,7 +59,7 @@ class TrialGap:
     train_loss: float
     loss_gap: float
     metric_gaps: dict[str, float] = field(default_factory=dict)
-    first_train_loss: float | None = None  # at the trial's first evaluation
+    first_train_loss: float | None = None  # at the trial's first evaluation, where it had two or more
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,7 @@ def _trial_gap(trial: TrialLike) -> TrialGap | None:
         train_loss=train,
         loss_gap=val - train,
         metric_gaps=metric_gaps,
-        first_train_loss=finite(history[0].get("train_loss")),
+        first_train_loss=finite(history[0].get("train_loss")) if len(history) >= 2 else None,
     )
 
 
@@ -237,14 +239,23 @@ MIN_TREND_TRIALS = 6  # fewer: no trend is stated
 LEARNED_FRACTION = 0.25  # of the way from the untrained loss to the best final one; less: barely learned
 
 
+def _first_losses(trials: Sequence[TrialLike]) -> list[float]:
+    """The training loss at the first evaluation of every trial that had two or more, pruned ones too."""
+    out = []
+    for trial in trials:
+        history = field_of(trial, "history") or []
+        if len(history) >= 2 and (first := finite(history[0].get("train_loss"))) is not None:
+            out.append(first)
+    return out
+
+
 def _learned_below(
-    rows: Sequence[TrialGap], untrained_loss: float | None
+    rows: Sequence[TrialGap], untrained_loss: float | None, firsts: Sequence[float]
 ) -> tuple[float | None, str | None, float | None]:
     """(reference untrained loss, where it came from, the final training loss a trial must get below)."""
     if untrained_loss is not None and math.isfinite(untrained_loss):
         start, source = untrained_loss, "probe"
     else:
-        firsts = [g.first_train_loss for g in rows if g.first_train_loss is not None]
         if not firsts:
             return None, None, None
         start, source = max(firsts), "first evaluations"
@@ -252,6 +263,17 @@ def _learned_below(
     if not best < start:  # nothing learned below the reference: no way to tell learners apart
         return start, source, None
     return start, source, start - LEARNED_FRACTION * (start - best)
+
+
+def _barely_learned(gap: TrialGap, start: float, below: float, source: str | None) -> bool:
+    """Above ``below`` at its end; without the probe's untrained loss (the reference is then a first
+    evaluation, itself after some training), also flat from its own first evaluation to its last: a slow
+    trial that fell from 1.2 to 1.0 while the best reached 0.3 may have come down from 2.3 before it."""
+    if gap.train_loss < below:
+        return False
+    if source == "probe":
+        return True
+    return gap.first_train_loss is not None and gap.first_train_loss - gap.train_loss < start - below
 
 
 def generalization_gap(
@@ -271,9 +293,9 @@ def generalization_gap(
     """
     trials = list(trials)  # read twice
     every = [g for g in (_trial_gap(t) for t in trials) if g is not None]
-    start, source, below = _learned_below(every, untrained_loss)
-    rows = [g for g in every if below is None or g.train_loss < below]
-    barely = [g for g in every if below is not None and g.train_loss >= below]
+    start, source, below = _learned_below(every, untrained_loss, _first_losses(trials))
+    barely = [g for g in every if start is not None and below is not None and _barely_learned(g, start, below, source)]
+    rows = [g for g in every if not any(g is b for b in barely)]
     log_b = [math.log(g.batch_size) for g in rows]
     temp = [g.temperature for g in rows]
     loss = _trend("loss", [g.loss_gap for g in rows], log_b, temp)

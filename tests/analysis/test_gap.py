@@ -171,3 +171,21 @@ def test_trials_that_never_recorded_a_training_loss_are_named_as_the_reason() ->
         "no completed trial recorded a training loss beside its validation loss (3 completed)"
     )
     assert "ctx.report(val_loss=..., train_loss=...)" in summary.trend
+
+
+def test_without_a_probe_only_flat_trials_are_left_out_and_single_evaluations_never() -> None:
+    """Found by review: the fallback reference (a first evaluation, after some training) took the worst final
+    loss for trials that report once, and dropped slow trials that had learned."""
+    once = [{**_trial(i, b, 0.1, 0.05 * i), "history": [{"samples": 1000, "train_loss": 0.3 + 0.1 * i,
+             "val_loss": 0.35 + 0.15 * i}]} for i, b in enumerate((8, 16, 32, 64, 128, 256))]  # fmt: skip
+    summary = generalization_gap(once)
+    assert summary.barely_learned == [] and len(summary.trials) == 6  # no first evaluation to stand in
+
+    trials = _grid(lambda b, t: 0.05 * math.log(b))  # 0.3 at the end, 1.0 at their first evaluation
+    slow = {**_trial(40, 64, 0.01, 0.02), "history": [{"samples": 500, "train_loss": 1.2, "val_loss": 1.2},
+            {"samples": 1000, "train_loss": 1.0, "val_loss": 1.02}]}  # fmt: skip
+    pruned_early = {**_stuck(41, 512, 1e-5), "status": "pruned"}  # first evaluation at 2.30: the reference
+    summary = generalization_gap([*trials, slow, pruned_early])
+    assert summary.untrained_loss == 2.30 and summary.barely_learned == []  # 1.2 -> 1.0 is not flat against 2.3
+    flat = _stuck(42, 256, 1e-5, loss=2.25)
+    assert [g.number for g in generalization_gap([*trials, slow, pruned_early, flat]).barely_learned] == [42]
