@@ -327,8 +327,9 @@ def generalization_gap(
     if barely and start is not None and below is not None:
         trend += (
             f". Left out: {_trials_named(barely)}, whose final training loss got less than a quarter of the way "
-            f"from the untrained loss ({start:.3g}, {_SOURCE[source or '']}) to the best ({min(g.train_loss for g in rows):.3g}): "
-            "a model that has barely fit its training set has a gap near 0 whatever its batch size"
+            f"from the untrained loss ({start:.3g}, {_SOURCE[source or '']}) to the best ({min(g.train_loss for g in rows):.3g})"
+            + (" and fell by less than that from their own first evaluation" if source != "probe" else "")
+            + ": a model that has barely fit its training set has a gap near 0 whatever its batch size"
         )
     return GapSummary(
         trials=rows,
