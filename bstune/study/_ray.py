@@ -117,6 +117,13 @@ def _trial_ends(objective: str, warned: set[tuple[str, str]]) -> Any:
                 record = record_from_result(result, config, error)
                 trial_lines.info("%s", record_line(record, objective))
 
+        def on_trial_result(
+            self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+        ) -> None:
+            config = trial.config or {}
+            if TRIAL_NUMBER_KEY in config:  # a milestone: ASHA may stop the trial before its final report
+                relay_warnings(result.get(WARNINGS_KEY) or [], f"in trial {config[TRIAL_NUMBER_KEY]}", warned)
+
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             self._say(trial, None)
 

@@ -30,9 +30,9 @@ WARNINGS_KEY = "warnings"  # what bstune warned of in the worker, said again on 
 
 
 class _Kept(logging.Handler):
-    def __init__(self) -> None:
+    def __init__(self, said: list[list[Any]]) -> None:
         super().__init__(logging.WARNING)
-        self.said: list[list[Any]] = []
+        self.said = said
 
     def emit(self, record: logging.LogRecord) -> None:
         entry = [record.name, record.levelno, record.getMessage()]
@@ -41,10 +41,10 @@ class _Kept(logging.Handler):
 
 
 @contextlib.contextmanager
-def kept_warnings() -> Iterator[list[list[Any]]]:
-    """bstune's warnings in a Ray worker, as ``[logger name, level, message]`` (the driver gets no worker's
-    log: ``log_to_driver`` is off, to keep Ray's own lines out of the user's)."""
-    handler = _Kept()
+def kept_warnings(into: list[list[Any]] | None = None) -> Iterator[list[list[Any]]]:
+    """bstune's warnings in a Ray worker, as ``[logger name, level, message]``, added to ``into`` as they come
+    (the driver gets no worker's log: ``log_to_driver`` is off, to keep Ray's own lines out of the user's)."""
+    handler = _Kept(into if into is not None else [])
     bstune_logger = logging.getLogger("bstune")
     bstune_logger.addHandler(handler)
     try:
@@ -97,6 +97,7 @@ def train_trial(config: dict[str, Any], *, job: TrialJob) -> None:
                 tune.report(json.loads(done.read_text()))
                 return
     history: list[dict[str, Any]] = []
+    said: list[list[Any]] = []  # bstune's warnings so far: with every report, as ASHA may end the trial at any
 
     def on_milestone(index: int, value: float, record: EvalRecord) -> Decision:
         history.append(history_row(record))
@@ -108,6 +109,7 @@ def train_trial(config: dict[str, Any], *, job: TrialJob) -> None:
             "milestone": index,
             "history": list(history),
             "node": node,
+            WARNINGS_KEY: list(said),
             **plan.attrs(),
         }
         if math.isfinite(value):
@@ -115,7 +117,7 @@ def train_trial(config: dict[str, Any], *, job: TrialJob) -> None:
         tune.report(clean_json(metrics))
         return Decision.CONTINUE  # ASHA stops a trial by ending it, not by an answer here
 
-    with kept_warnings() as said:
+    with kept_warnings(said):
         outcome = job.run(plan, on_milestone)
     final = {**plan.attrs(), **outcome.attrs(), "node": node, "final": True, "samples_seen": outcome.samples}
     final[WARNINGS_KEY] = said
