@@ -59,12 +59,32 @@ class JobFailedError(BstuneError):
 _DASHBOARD = "(the dashboard address, e.g. http://head:8265)"
 
 
+def _answers_http(address: str) -> bool:
+    """True where ``address`` is a ``host:port`` without a scheme at which an HTTP server answers."""
+    import http.client
+
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return False
+    connection = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=3)
+    try:
+        connection.request("GET", "/api/version")
+        connection.getresponse()
+    except (OSError, http.client.HTTPException):
+        return False  # not HTTP (a GCS port speaks gRPC) or not answering: as Ray would take it
+    finally:
+        connection.close()
+    return True
+
+
 def _client(address: str) -> Any:
     from bstune.study import import_ray, use_auth_token
     from bstune.study._ray_cluster import _unreachable
 
     if (reason := _unreachable(address)) is not None:  # Ray retries it for 45 s, then raises from deep inside
         raise ConfigError(f"cannot reach the Ray Jobs API {_DASHBOARD}: {reason}", source="address")
+    if _answers_http(address):  # without its scheme, Ray takes a dashboard's address for the GCS's: 45 s, then fails
+        raise ConfigError(f"is the dashboard's address: write it http://{address}", source="address")
     use_auth_token(address)  # before Ray is imported, which reads RAY_AUTH_MODE once
     ray = import_ray()
     from ray.job_submission import JobSubmissionClient

@@ -110,3 +110,28 @@ def test_a_setting_the_cli_has_no_option_for_is_refused(tmp_path: Path) -> None:
     spec = job_spec(tmp_path / "task.py", tmp_path / "space.yaml", out=str(tmp_path / "o"), n_trials=7)
     with pytest.raises(ConfigError, match="`bstune run` has no option for 'n_trials'"):
         _cluster_job._run_args(spec, tmp_path / "o")
+
+
+def test_a_dashboard_address_without_its_scheme_is_named_at_once(tmp_path: Path) -> None:
+    """'--address 127.0.0.1:8267' (the dashboard's port, no http://): Ray took it for the cluster's GCS address,
+    retried for 45 s and raised a raw RpcError. An HTTP server there now gets a one-line fix at once."""
+    import http.server
+    import socket
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501: HTTP
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    silent = socket.socket()  # listens, never speaks HTTP (as a GCS port speaks gRPC)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(ConfigError, match=rf"address: is the dashboard's address: write it http://{address}"):
+            status("raysubmit_x", address=address)
+        from bstune.jobs import _answers_http
+
+        assert not _answers_http(f"127.0.0.1:{silent.getsockname()[1]}")
+        assert not _answers_http(f"http://{address}")  # with its scheme: Ray's to read
+    finally:
+        server.shutdown()
+        silent.close()
