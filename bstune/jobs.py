@@ -78,10 +78,9 @@ def _answers_http(address: str) -> bool:
 
 
 def _client(address: str) -> Any:
-    from bstune.study import import_ray, use_auth_token
-    from bstune.study._ray_cluster import _unreachable
+    from bstune.study import import_ray, unreachable, use_auth_token
 
-    if (reason := _unreachable(address)) is not None:  # Ray retries it for 45 s, then raises from deep inside
+    if (reason := unreachable(address)) is not None:  # Ray retries it for 45 s, then raises from deep inside
         raise ConfigError(f"cannot reach the Ray Jobs API {_DASHBOARD}: {reason}", source="address")
     if _answers_http(address):  # without its scheme, Ray takes a dashboard's address for the GCS's: 45 s, then fails
         raise ConfigError(f"is the dashboard's address: write it http://{address}", source="address")

@@ -11,7 +11,7 @@ from bstune.study._probe_function import probe_function, probe_params
 from bstune.study._probe_plan import ProbeSettings
 from bstune.study._pruners import PRUNERS, make_pruner
 from bstune.study._range_test import lr_range_test
-from bstune.study._ray import RayBackend, RaySettings, import_ray, use_auth_token
+from bstune.study._ray import RayBackend, RaySettings, import_ray, unreachable, use_auth_token
 from bstune.study._records import StudyResult, TrialRecord, TrialStatus
 from bstune.study._samplers import make_sampler
 from bstune.study._settings import StudySettings
@@ -59,6 +59,7 @@ __all__ = [
     "run_probe",
     "split_params",
     "storage_file",
+    "unreachable",
     "use_auth_token",
     "worker_devices",
 ]

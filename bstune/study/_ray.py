@@ -63,6 +63,7 @@ from bstune.study._ray_cluster import (
     _resources,
     _trials_at_once,
     import_ray,
+    unreachable,
     use_auth_token,
 )
 from bstune.study._ray_search import GAVE_UP_FILE, adopted_trial, make_searcher
@@ -78,6 +79,7 @@ __all__ = [
     "RaySettings",
     "import_ray",
     "make_scheduler",
+    "unreachable",
     "use_auth_token",
 ]
 

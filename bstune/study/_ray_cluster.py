@@ -21,7 +21,7 @@ from bstune._keys import SCRIPT_MODULE_PREFIX
 from bstune._validate import count_reason, number_reason
 from bstune.errors import ConfigError, DependencyError
 
-__all__ = ["RaySettings", "import_ray", "use_auth_token"]
+__all__ = ["RaySettings", "import_ray", "unreachable", "use_auth_token"]
 
 logger = logging.getLogger("bstune.study._ray")  # the name users' log filters already know
 
@@ -215,11 +215,15 @@ class ShippedCache:
         return _cached, self._settings
 
 
-def _unreachable(address: str | None) -> str | None:
+def unreachable(address: str | None) -> str | None:
     """Why nothing answers at ``address`` (``host:port`` or ``ray://host:port``), or None: it answers, or
     it names no port (``"auto"``, a local instance), and Ray says what it makes of it.
 
     Ray itself retries an address where nothing listens for minutes, warning each time.
+
+    Example:
+        >>> unreachable("auto") is None and unreachable(None) is None  # no port to try: Ray's to read
+        True
     """
     if not address or "://" in address.removeprefix("ray://"):
         return None
@@ -263,7 +267,7 @@ def _init(ray: Any, settings: RaySettings) -> None:
     if ray.is_initialized():
         return
     from_env = settings.address is None and bool(os.environ.get("RAY_ADDRESS"))
-    if (reason := _unreachable(settings.address or os.environ.get("RAY_ADDRESS"))) is not None:
+    if (reason := unreachable(settings.address or os.environ.get("RAY_ADDRESS"))) is not None:
         raise ConfigError(
             f"cannot connect to a Ray cluster: {reason}"
             + (" (the address RAY_ADDRESS gives)" if from_env else "")
