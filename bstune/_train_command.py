@@ -36,14 +36,18 @@ def _study_eval_every(data: dict[str, Any]) -> int | None:
     return None
 
 
-def _recommended_config(path: str) -> tuple[dict[str, Any], int | None]:
-    """The recommended config of a study and its budget in samples, from report.json or result.json."""
+def _config_file(path: str) -> Any:
+    """``--config``'s file (a study's report.json or result.json) as JSON, read once for everything taken from it."""
     try:
-        data = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError("no such file", source=path) from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"unreadable: {type(exc).__name__}: {exc}", source=path) from None
+
+
+def _recommended_config(data: Any, path: str) -> tuple[dict[str, Any], int | None]:
+    """The recommended config of a study and its budget in samples, from report.json or result.json."""
     if isinstance(data, dict) and isinstance(data.get("recommended"), dict):  # report.json
         study = data.get("study")
         return dict(data["recommended"]), study.get("budget_samples") if isinstance(study, dict) else None
@@ -55,10 +59,10 @@ def _recommended_config(path: str) -> tuple[dict[str, Any], int | None]:
     )
 
 
-def _check_same_training_set(task: Any, path: str) -> None:
-    """Warn where the study behind ``--config`` trained on another number of examples than this script's task:
-    most likely the config of another script's study, whose batch size and rate need not suit this one."""
-    data = json.loads(Path(path).read_text())
+def _check_same_training_set(task: Any, data: dict[str, Any], path: str) -> None:
+    """Warn where the study behind ``--config`` (``data``, read from ``path``) trained on another number of
+    examples than this script's task: most likely the config of another script's study, whose batch size and
+    rate need not suit this one."""
     if isinstance(data.get("recommended"), dict):  # report.json: the size its report gave
         n_train = (data.get("study") or {}).get("n_train")
     else:  # result.json: the probe's, else the largest a training function's trial saw (as the report takes it)
@@ -96,9 +100,11 @@ def _check_param(name: str, value: Any, source: str) -> None:
         raise ConfigError(exc.reason, source=source, field=str(name)) from None
 
 
-def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int | None]:
-    """From --config, then --param, then the explicit options (each overriding the one before):
-    TrainConfig settings, space-style parameters, optimizer settings and the file's budget."""
+def _train_settings(
+    args: argparse.Namespace, data: Any
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int | None]:
+    """From --config (its file's JSON, ``data``), then --param, then the explicit options (each overriding the
+    one before): TrainConfig settings, space-style parameters, optimizer settings and the file's budget."""
     settings: dict[str, Any] = {}
     params: dict[str, Any] = {}
     optimizer: dict[str, Any] = {}
@@ -106,7 +112,7 @@ def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
     if args.config is not None:
         from bstune.report import RECOMMENDATION_NOTES
 
-        config, budget = _recommended_config(args.config)
+        config, budget = _recommended_config(data, args.config)
         for key, value in config.items():
             if key in RECOMMENDATION_NOTES:
                 continue
@@ -165,14 +171,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bstune.study import build_model, split_params
 
     writable_out(args.out)  # before the training, not after it
-    settings, params, optimizer, budget = _train_settings(args)
+    data: dict[str, Any] = _config_file(args.config) if args.config is not None else {}
+    settings, params, optimizer, budget = _train_settings(args, data)
     for key, option in (("batch_size", "--batch-size"), ("lr", "--lr")):
         if key not in settings:
             raise ConfigError("needed (or --config FILE, a study's report.json or result.json)", source=option)
     max_samples = args.max_samples or budget
     if args.eval_every is None and args.config is not None and max_samples == budget:
         # the study's evaluations: the run's curve is then comparable with its trials' point by point
-        args.eval_every = _study_eval_every(json.loads(Path(args.config).read_text()))
+        args.eval_every = _study_eval_every(data)
     if max_samples is None:
         raise ConfigError(
             "needed: the training budget in samples (--config FILE gives its study's)", source="--max-samples"
@@ -191,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     task = _with_optimizer(load_task(args.script, command="bstune train"), optimizer, args.config)
     if args.config is not None:
-        _check_same_training_set(task, args.config)
+        _check_same_training_set(task, data, args.config)
     train_kwargs, model_kwargs = split_params(params, max_samples)  # as a study's trial splits its parameters
     cfg = bstune.TrainConfig(
         **(settings | train_kwargs),

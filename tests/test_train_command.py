@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,7 +37,6 @@ def test_a_config_from_a_study_of_another_training_set_is_questioned(
     data: dict[str, object], questioned: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "config.json"
-    path.write_text(json.dumps(data))
     with caplog.at_level(logging.WARNING, logger="bstune.cli"):
-        _check_same_training_set(TASK, str(path))
+        _check_same_training_set(TASK, data, str(path))
     assert (f"{path} {OTHER}" in caplog.text) is questioned and (caplog.text == "") is not questioned
