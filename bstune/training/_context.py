@@ -2,7 +2,8 @@
 
 bstune's trainer (:func:`~bstune.training.train`) is one way to train a trial; a user's
 function ``train(ctx)`` is another. The context hands the function what the study chose
-(``ctx.config``: batch size, learning rate, the space's optimizer settings and other parameters) and the
+(``ctx.config``: batch size, learning rate, the space's other parameters and the optimizer settings of
+the optimizer it was given) and the
 pieces that make the trial count the way a built-in one does:
 
 - ``ctx.loader(dataset)``: the training stream, batches of the trial's size drawn in the
@@ -75,6 +76,11 @@ class _Diverged(Exception):
     """The loss became non-finite or blew up: the trial ends ``diverged``."""
 
 
+_NO_OPTIMIZER = {
+    k: "the run was given no optimizer, so the loop's own value applies; pass run_function(..., optimizer=...), "
+    "for a study's recommendation optimizer=result.best_optimizer()"
+    for k in OPTIMIZER_SETTINGS
+}  # ctx.config's optimizer settings are the declared optimizer's: none declared, none named
 _late_report_said = False  # a report a step or more past its milestone: said once per process
 
 
@@ -129,7 +135,8 @@ class TrialContext:
         self._adam_settings = "betas" in (params or {})  # a config an Adam-family optimizer trained with
         self.momentum = config.momentum if config.momentum is not None else self.optimizer_spec.momentum
         self.config: dict[str, Any] = ReadConfig(
-            {**self._optimizer_settings(), **dict(params or {}), "batch_size": config.batch_size, "lr": config.lr}
+            {**self._optimizer_settings(), **dict(params or {}), "batch_size": config.batch_size, "lr": config.lr},
+            missing=None if self._optimizer_declared else _NO_OPTIMIZER,
         )
         # the searched parameters a run must apply: model.<name> ones only the loop can; the optimizer's settings
         # count as applied through ctx.make_optimizer, the schedule's through ctx.lr_scheduler
@@ -316,8 +323,11 @@ class TrialContext:
 
     def _optimizer_settings(self) -> dict[str, Any]:
         """The space's optimizer settings, fixed or searched, as ``ctx.config`` names them for the loop."""
-        spec = self.optimizer_spec
-        wd = self.train_config.weight_decay if self.train_config.weight_decay is not None else spec.weight_decay
+        spec, config = self.optimizer_spec, self.train_config
+        if not self._optimizer_declared:  # only what the TrainConfig says: the loop's own defaults apply to the rest
+            given = {"momentum": config.momentum, "weight_decay": config.weight_decay}
+            return {k: v for k, v in given.items() if v is not None}
+        wd = config.weight_decay if config.weight_decay is not None else spec.weight_decay
         family = {"momentum": self.momentum} if spec.family == "sgd" else {"betas": tuple(spec.betas)}
         return {**family, "weight_decay": wd}
 

@@ -11,7 +11,7 @@ once per process.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 __all__ = ["CHECKED_SETTINGS", "OPTIMIZER_SETTINGS", "SCHEDULE_SETTINGS", "ReadConfig", "warn_unread"]
@@ -38,9 +38,15 @@ class ReadConfig(dict[str, Any]):
         ('dict', ['lr', 'model.hiden', 'model.width'])
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, missing: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.read: set[str] = set()
+        self.missing = dict(missing or {})  # why a key is absent, said by ``config[key]``
+
+    def __missing__(self, key: str) -> Any:
+        if key in self.missing:
+            raise KeyError(f"ctx.config has no {key!r}: {self.missing[key]}")
+        raise KeyError(key)
 
     def __getitem__(self, key: str) -> Any:
         self.read.add(key)

@@ -668,3 +668,30 @@ def test_searched_optimizer_schedule_and_clip_settings_a_loop_fixes_itself_are_n
         run_function(through_helpers, config, params=params)
         run_function(own_optimizer_at_the_trials_values, config, params=params)
     assert not [r for r in caplog.records if "never read" in r.getMessage()]
+
+
+def test_config_names_no_optimizer_setting_a_run_was_not_given() -> None:
+    """Retraining by hand without an optimizer: a loop's own default (``get("momentum", 0.9)``) applies, not a
+    plain-SGD 0.0 the run never chose; ``[...]`` says why the key is absent. Given ones are there."""
+    seen: list[tuple[Any, ...]] = []
+
+    def train(ctx: TrialContext) -> None:
+        with pytest.raises(KeyError, match=r"given no optimizer.*best_optimizer"):
+            ctx.config["momentum"]
+        with pytest.raises(KeyError, match=r"^'model\.width'$"):
+            ctx.config["model.width"]
+        seen.append((ctx.config.get("momentum", 0.9), ctx.config.get("weight_decay", 0.01)))
+        loop(ctx, lambda p: torch.optim.SGD(p, lr=ctx.config["lr"], momentum=0.9))
+
+    run_function(train, TrainConfig(batch_size=32, lr=0.1, max_samples=256))
+    assert seen == [(0.9, 0.01)]
+
+    def given(ctx: TrialContext) -> None:
+        seen.append((ctx.config["momentum"], ctx.config.get("weight_decay", 0.01)))
+        loop(ctx)
+
+    run_function(given, TrainConfig(batch_size=32, lr=0.1, max_samples=256, momentum=0.5))
+    run_function(
+        given, TrainConfig(batch_size=32, lr=0.1, max_samples=256), optimizer=bstune.OptimizerSpec(momentum=0.8)
+    )
+    assert seen[1:] == [(0.5, 0.01), (0.8, 0.0)]
