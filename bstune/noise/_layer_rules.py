@@ -274,6 +274,12 @@ class DirectionCheck:
         return (pu * pv).double().sum(), (au * av).double().sum(), pu.numel() + len(u) + len(v)
 
     def on_grad(self, grad: Tensor) -> Tensor:
+        if grad.is_sparse and self.outer and grad.sparse_dim() == 1:  # an embedding's rows: uᵀ g v row by row
+            g = grad.coalesce()
+            rows, values = g.indices()[0], g.values()
+            values = values if values.dtype in (torch.float32, torch.float64) else values.float()
+            u, v = self._vectors(values)
+            return (u[rows] @ (values.reshape(len(rows), -1) @ v)).double()
         g = grad.to_dense() if grad.is_sparse else grad
         g = g if g.dtype in (torch.float32, torch.float64) else g.float()
         u, v = self._vectors(g)

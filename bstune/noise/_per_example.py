@@ -437,8 +437,9 @@ class PerExampleNorms:
         # one kernel here; squared and summed in float64 with the others' in sq_norms
         norm = torch.linalg.vector_norm(g.coalesce().values() if g.is_sparse else g)
         step.grad_norms.setdefault(name, []).append(norm)
-        if self.keep_grads:  # a copy: autograd may make this tensor p.grad, which the loop then changes in place
-            step.grads[name] = (g.to_dense() if g.is_sparse else g).clone()
+        if self.keep_grads:  # a copy: autograd may make this tensor p.grad, which the loop then changes in place;
+            # a sparse one (an embedding's rows) stays sparse: dense, it would be the whole table per step
+            step.grads[name] = g.coalesce().clone() if g.is_sparse else g.clone()
         probe = self._probes.get(name)
         if probe is not None and name in step.probe_hooks:
             step.probe_grad[name] = probe.on_grad(g)

@@ -47,6 +47,11 @@ class TrialCounters(Protocol):
     def lr(self) -> float: ...
 
 
+def _sq_sum(g: torch.Tensor) -> torch.Tensor:
+    """|g|² in float64; a sparse ``g`` (an embedding's rows, summed over micro-batches) by its coalesced values."""
+    return (g.coalesce().values() if g.is_sparse else g).double().pow(2).sum()
+
+
 class _StillMeasure:
     """B_simple at one point: the probe's still phase, where the rate is 0 and every step's gradient
     is another batch at the same parameters.
@@ -102,7 +107,7 @@ class _StillMeasure:
         if self._sum is not None and len(self._small) >= 2:
             k = len(self._small)
             big_size = sum(self._sizes)
-            big_sq = float(sum(float((t / k).pow(2).sum()) for t in self._sum.values()))
+            big_sq = float(sum(float(_sq_sum(t)) for t in self._sum.values())) / k**2
             small = sum(self._small) / k
             population = self.ctx.n_train if self.ctx.n_train is not None and big_size <= self.ctx.n_train else None
             g, t = two_batch_estimate(small, 1, big_sq, big_size, population)
@@ -228,7 +233,7 @@ class LoopNoiseTracker:
             self.tracker.batch_size = batch
         if self.tracker.population is None:
             self.tracker.population = self.ctx.n_train
-        sums = [g.double().pow(2).sum() for g in grads.values()]
+        sums = [_sq_sum(g) for g in grads.values()]
         big = float(torch.stack([t.to(sums[0].device) for t in sums]).sum())  # one device sync, not one per tensor
         frozen = self.ctx.freeze_from
         if frozen is None or self.ctx.samples < frozen:  # the trajectory: training, not the still phase

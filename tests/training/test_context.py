@@ -695,3 +695,53 @@ def test_config_names_no_optimizer_setting_a_run_was_not_given() -> None:
         given, TrainConfig(batch_size=32, lr=0.1, max_samples=256), optimizer=bstune.OptimizerSpec(momentum=0.8)
     )
     assert seen[1:] == [(0.5, 0.01), (0.8, 0.0)]
+
+
+def test_a_sparse_embeddings_gradient_is_measured_as_the_dense_ones_and_kept_sparse() -> None:
+    """``nn.Embedding(sparse=True)``: the trajectory and the still phase give the dense embedding's B_simple, over
+    micro-batches too, and the gradients kept for them stay sparse (dense, a copy of the whole table per step)."""
+    tokens = torch.randint(0, 40, (480, 6), generator=torch.Generator().manual_seed(0))
+    data = torch.utils.data.TensorDataset(tokens, tokens[:, 0] % 2)
+
+    class Bag(nn.Module):
+        def __init__(self, sparse: bool) -> None:
+            super().__init__()
+            torch.manual_seed(3)
+            self.emb, self.out = nn.Embedding(40, 8, sparse=sparse), nn.Linear(8, 2)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.out(self.emb(t).mean(1))
+
+    def measured(sparse: bool, micro: int) -> tuple[list[float], float, bool]:
+        def fn(ctx: TrialContext) -> None:
+            model = Bag(sparse)
+            opt = ctx.make_optimizer(model.parameters())
+            sched = ctx.lr_scheduler(opt)
+            noise = ctx.noise_tracker(model)
+            for xb, yb in ctx.loader(data):
+                opt.zero_grad()
+                for x, y in zip(xb.split(micro), yb.split(micro), strict=True):
+                    loss = F.cross_entropy(model(x), y) * len(x) / len(xb)
+                    loss.backward()
+                    noise.observe()
+                opt.step()
+                sched.step()
+                ctx.step(loss)
+
+        config = TrainConfig(batch_size=16, lr=0.5, max_samples=960 + 1600, track_noise=True, noise_every_steps=1)
+        _, ctx = run_function(fn, config, still_after=960)
+        tracker = ctx._tracker
+        assert tracker is not None and tracker.still is not None and tracker.tracker is not None
+        kept = tracker.still._sum or {}
+        return (
+            [p.b_simple for p in tracker.tracker.trajectory],
+            tracker.still.estimate().b_simple,
+            kept["emb.weight"].is_sparse,
+        )
+
+    dense_trajectory, dense_still, dense_kept_sparse = measured(False, 16)
+    assert not dense_kept_sparse
+    for micro in (16, 5):
+        trajectory, still, kept_sparse = measured(True, micro)
+        assert kept_sparse
+        assert trajectory == pytest.approx(dense_trajectory, rel=1e-5) and still == pytest.approx(dense_still, rel=1e-5)
