@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "DependencyError",
     "EstimationError",
+    "MissingSettingError",
     "TaskError",
     "UserCodeError",
 ]
@@ -68,6 +69,21 @@ class BatchLargerThanDataError(ConfigError):
         )
         self.batch_size = batch_size
         self.n_examples = n_examples
+
+
+class MissingSettingError(ConfigError, KeyError):
+    """A setting a run was not given was read (``ctx.config["momentum"]`` without an optimizer).
+
+    A :class:`KeyError` too, so ``dict`` idioms keep working; its message says why the key is absent.
+
+    Example:
+        >>> err = MissingSettingError("the run was given no optimizer", source="ctx.config", field="momentum")
+        >>> isinstance(err, KeyError), str(err)
+        (True, 'ctx.config: momentum: the run was given no optimizer')
+    """
+
+    def __str__(self) -> str:  # KeyError's own would quote the message as a key
+        return str(self.args[0]) if self.args else ""
 
 
 class EstimationError(BstuneError):

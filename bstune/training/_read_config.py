@@ -14,6 +14,8 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from bstune.errors import MissingSettingError
+
 __all__ = ["CHECKED_SETTINGS", "OPTIMIZER_SETTINGS", "SCHEDULE_SETTINGS", "ReadConfig", "warn_unread"]
 
 logger = logging.getLogger(__name__)
@@ -43,13 +45,10 @@ class ReadConfig(dict[str, Any]):
         self.read: set[str] = set()
         self.missing = dict(missing or {})  # why a key is absent, said by ``config[key]``
 
-    def __missing__(self, key: str) -> Any:
-        if key in self.missing:
-            raise KeyError(f"ctx.config has no {key!r}: {self.missing[key]}")
-        raise KeyError(key)
-
     def __getitem__(self, key: str) -> Any:
         self.read.add(key)
+        if key in self.missing and not dict.__contains__(self, key):
+            raise MissingSettingError(self.missing[key], source="ctx.config", field=key)
         return super().__getitem__(key)
 
     def get(self, key: str, default: Any = None) -> Any:

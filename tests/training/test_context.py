@@ -676,7 +676,7 @@ def test_config_names_no_optimizer_setting_a_run_was_not_given() -> None:
     seen: list[tuple[Any, ...]] = []
 
     def train(ctx: TrialContext) -> None:
-        with pytest.raises(KeyError, match=r"given no optimizer.*best_optimizer"):
+        with pytest.raises(KeyError, match=r"^ctx.config: momentum: the run was given no optimizer.*best_optimizer"):
             ctx.config["momentum"]
         with pytest.raises(KeyError, match=r"^'model\.width'$"):
             ctx.config["model.width"]
