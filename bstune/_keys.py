@@ -4,7 +4,7 @@ Their values are part of the stored format: a study written by an earlier bstune
 resumes (and its result reads) only while they stay as they are, so change none of
 them without a migration. Everything else a store holds is named after the field it
 keeps: a trial's Optuna user attributes and the metrics a Ray trial reports are the
-fields of :meth:`TrialPlan.attrs <bstune.study._trial.TrialPlan.attrs>` and
+fields of :meth:`TrialPlan.attrs <bstune.study._trial_plan.TrialPlan.attrs>` and
 :meth:`TrialOutcome.attrs <bstune.study._trial.TrialOutcome.attrs>` (those of the
 trial's :class:`~bstune.records.TrialRecord`).
 

@@ -18,7 +18,8 @@ from bstune.study._settings import StudySettings
 from bstune.study._storage import open_storage, storage_file
 from bstune.study._study import Study, StudyFailedError
 from bstune.study._summary import format_summary
-from bstune.study._trial import build_model, split_params
+from bstune.study._trial import build_model
+from bstune.study._trial_plan import split_params
 from bstune.study._workers import WorkerCrashError, worker_devices
 
 __all__ = [

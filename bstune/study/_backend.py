@@ -9,7 +9,7 @@ state is kept and resumed from, where the probe and the trials run, and how tria
 drawn and stopped early.
 
 What a trial *is* is the :class:`TrialJob` both backends are handed: a picklable object
-that trains one :class:`~bstune.study._trial.TrialPlan` and reports its milestones,
+that trains one :class:`~bstune.study._trial_plan.TrialPlan` and reports its milestones,
 through bstune's trainer on a task (:class:`TaskJob`) or a user's own training function
 (:class:`FunctionJob`); the backends cannot tell the two apart.
 """
@@ -27,7 +27,8 @@ from bstune.metrics import Direction
 from bstune.optim import OptimizerSpec
 from bstune.records import ProbeResult, Rescored, TrialRecord
 from bstune.study._settings import StudySettings
-from bstune.study._trial import MilestoneHook, TrialOutcome, TrialPlan, TrialPlanner, run_trial, task_runner
+from bstune.study._trial import MilestoneHook, TrialOutcome, run_trial, task_runner
+from bstune.study._trial_plan import TrialPlan, TrialPlanner
 from bstune.task import Task
 from bstune.training import Decision, EvalRecord, TrainConfig, TrainResult, TrialFunction, run_function
 

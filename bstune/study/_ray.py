@@ -5,7 +5,7 @@ Ray does the scheduling; bstune only describes the trials:
 - **Search**: Ray's ``OptunaSearch`` with the study's define-by-run space, so trials
   draw the same prior coordinates (or plain log-uniform B, eta) with the same
   multivariate TPE as the embedded backend. The driver derives each trial's full
-  configuration (:class:`~bstune.study._trial.TrialPlanner`) and ships it in the
+  configuration (:class:`~bstune.study._trial_plan.TrialPlanner`) and ships it in the
   trial's config; a trial that runs out of memory lowers the batch cap of the trials
   drawn after it. The probe's trial-long run is the searcher's trial 0, as
   it is the embedded study's: Tune runs one trial less, and TPE and the prior's
@@ -72,7 +72,8 @@ from bstune.study._ray_trial import WARNINGS_KEY, record_from_result, relay_warn
 from bstune.study._records import record_line, trial_record
 from bstune.study._resume import settings_mismatch, upgrade_settings
 from bstune.study._settings import StudySettings
-from bstune.study._trial import TrialOutcome, TrialPlan, TrialPlanner
+from bstune.study._trial import TrialOutcome
+from bstune.study._trial_plan import TrialPlan, TrialPlanner
 
 __all__ = [
     "RayBackend",

@@ -10,7 +10,8 @@ from typing import Any
 
 from bstune._keys import PLAN_KEY, TRIAL_NUMBER_KEY
 from bstune.records import TrialStatus
-from bstune.study._trial import SYSTEMATIC_ATTR, TrialPlanner, give_up
+from bstune.study._trial import SYSTEMATIC_ATTR, give_up
+from bstune.study._trial_plan import TrialPlanner
 
 __all__ = ["GAVE_UP_FILE", "PlannerSpace", "adopted_trial", "make_searcher"]
 

@@ -21,7 +21,8 @@ from typing import Any
 from bstune._keys import OUTCOME_FILE, PLAN_KEY, TRIAL_NUMBER_KEY
 from bstune.records import TrialRecord, TrialStatus, clean_json
 from bstune.study._backend import TrialJob
-from bstune.study._trial import TrialPlan, history_row
+from bstune.study._trial import history_row
+from bstune.study._trial_plan import TrialPlan
 from bstune.training import Decision, EvalRecord
 
 __all__ = ["record_from_result", "relay_warnings", "train_trial", "with_warnings"]

@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 
 from bstune.metrics import Direction
 from bstune.records import Rescored, TrialRecord, TrialStatus, last_value
-from bstune.study._trial import TrialOutcome, TrialPlan
+from bstune.study._trial import TrialOutcome
+from bstune.study._trial_plan import TrialPlan
 
 __all__ = ["candidates", "choose", "rescore_seeds", "run_rescoring"]
 

@@ -41,7 +41,8 @@ from bstune.study._records import StudyResult, clean_dict
 from bstune.study._rescore import candidates, rescore_seeds, run_rescoring
 from bstune.study._samplers import make_sampler, parallel_sampler, resumed_samplers
 from bstune.study._settings import StudySettings
-from bstune.study._trial import TrialPlanner, completed_outcome
+from bstune.study._trial import completed_outcome
+from bstune.study._trial_plan import TrialPlanner
 from bstune.study._workers import worker_devices
 from bstune.task import Task
 from bstune.training import TrialFunction

@@ -49,7 +49,8 @@ from bstune.noise import resolve_device
 from bstune.study._liveness import count_finished, finished_trials, retry_abandoned
 from bstune.study._records import trial_line
 from bstune.study._settings import StudySettings
-from bstune.study._trial import TrialOutcome, TrialPlan
+from bstune.study._trial import TrialOutcome
+from bstune.study._trial_plan import TrialPlan
 
 __all__ = [
     "DroppedInterrupts",

@@ -32,7 +32,7 @@ from bstune.errors import ConfigError
 from bstune.study import open_storage
 from bstune.study._liveness import count_finished
 from bstune.study._settings import StudySettings
-from bstune.study._trial import TrialPlan
+from bstune.study._trial_plan import TrialPlan
 from bstune.study._workers import DroppedInterrupts, TrialGate, worker_devices
 from tests.conftest import make_classification, small_mlp
 from tests.reliability.conftest import python_env, wait_for

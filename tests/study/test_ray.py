@@ -26,7 +26,8 @@ from bstune.study._ray import RayBackend, RaySettings, _init, import_ray, make_s
 from bstune.study._ray_cluster import _register_script_modules, _resources
 from bstune.study._ray_search import PlannerSpace, adopted_trial, make_searcher
 from bstune.study._ray_trial import record_from_result
-from bstune.study._trial import TrialOutcome, TrialPlanner
+from bstune.study._trial import TrialOutcome
+from bstune.study._trial_plan import TrialPlanner
 
 SPACE = {"name": "tiny", "batch_size": {"min": 8, "max": 256}, "lr": {"min": 1e-3, "max": 1.0}}
 

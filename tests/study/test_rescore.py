@@ -12,7 +12,8 @@ from bstune.errors import ConfigError
 from bstune.study import OptunaBackend, StudyResult
 from bstune.study._records import Rescored
 from bstune.study._rescore import choose, rescore_seeds
-from bstune.study._trial import TrialOutcome, TrialPlan
+from bstune.study._trial import TrialOutcome
+from bstune.study._trial_plan import TrialPlan
 from tests.study.study_runner import SPACE
 
 
