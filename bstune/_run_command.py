@@ -176,9 +176,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         _take_back(created, study.storage if study is not None else None, bad_settings=isinstance(exc, ConfigError))
         raise
     data = result.to_dict()
+    path = result.save(args.out) if args.out else None  # before anything that reads it can fail
     print(format_summary(data, folder=args.out))
-    if args.out:
-        path = result.save(args.out)
+    if path is not None:
         where = storage or storage_path
         print(f"wrote {path}" + (f"; the trials are in {where}" if where else ""))
         try:

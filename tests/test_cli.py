@@ -149,6 +149,22 @@ def test_run_resume_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "a study's trials are (study.db): it stopped before its end; finish it with" in capsys.readouterr().err
 
 
+def test_the_result_is_saved_before_the_summary_that_reads_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A summary that failed on a value it could not format (an unresolved B_simple) ran before result.json was
+    written, so a study's every trial was out of reach of ``bstune report``."""
+    import bstune._run_command
+
+    def broken(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("summary")
+
+    monkeypatch.setattr(bstune._run_command, "format_summary", broken)
+    out = tmp_path / "study"
+    argv = ["run", DIGITS, "--space", SPACE_FILE, "--budget-samples", "9000", "--trials", "1", "--mode", "baseline"]
+    with pytest.raises(RuntimeError, match="summary"):
+        main([*argv, "--out", str(out), "--no-progress"])
+    assert len(json.loads((out / "result.json").read_text())["trials"]) == 1
+
+
 def test_probe_prints_noise_scale_ceiling_throughput_and_prior(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -41,9 +41,8 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
     probe, prior = result.get("probe"), result.get("prior")
     if probe and prior:
         lo, hi = probe["b_simple_ci"]
-        hi_text = "inf" if hi is None else f"{hi:.4g}"
         lines.append(
-            f"probe: B_simple {probe['b_simple']:.4g} (90% CI {lo:.4g} .. {hi_text}) at lr "
+            f"probe: B_simple {_bound(probe['b_simple']).replace('inf', 'unresolved')} (90% CI {_bound(lo)} .. {_bound(hi)}) at lr "
             f"{probe['lr_probe']:.3g}; LR ceiling {_ceiling(probe['lr_ceiling'], probe.get('lr_ceiling_at_max'))} "
             f"at B={probe['batch_size']}, "
             + (
@@ -128,6 +127,11 @@ def _counts(trials: list[dict[str, Any]]) -> str:
 
 def _num(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _bound(value: float | None) -> str:
+    """A noise scale or an end of its interval; None is how JSON keeps an unbounded one (|G|² not resolved)."""
+    return "inf" if value is None or value == float("inf") else f"{value:.4g}"
 
 
 def _ceiling(value: float, at_max: bool | None) -> str:

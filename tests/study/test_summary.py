@@ -83,3 +83,12 @@ def test_no_large_batch_ceiling_is_claimed_where_no_test_ran_there() -> None:
     )
     text = " ".join(_probe_and_prior(probe, None))
     assert f"none ran at {big}: a larger batch only raises the ceiling" in text and f"at {big};" not in text
+
+
+def test_an_unresolved_b_simple_is_said_not_a_crash_that_loses_the_study() -> None:
+    """A probe whose |G|² is not resolved from zero keeps B_simple as null in result.json: the summary (printed by
+    ``bstune run`` and ``bstune report``) raised a TypeError on it, after every trial had run."""
+    result = _sample()
+    result["probe"].update(b_simple=None, b_simple_ci=[0.0, None])
+    line = next(x for x in format_summary(result).splitlines() if x.startswith("probe: "))
+    assert line.startswith("probe: B_simple unresolved (90% CI 0 .. inf) at lr ")
