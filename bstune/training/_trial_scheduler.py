@@ -55,6 +55,21 @@ def _other_scheduler(set_lr: float, found_lr: float) -> ConfigError:
     )
 
 
+def _not_at_trial_rate(built: float, base: float) -> ConfigError:
+    """The error for an optimizer built at one rate that is not the trial's (``Adam(params)``, its default 1e-3).
+
+    The scheduler keeps each group's ratio to ``ctx.config["lr"]``, so such an optimizer trained every trial at
+    its own rate, whatever the search drew, and the probe's range test ramped a rate it never set.
+    """
+    return ConfigError(
+        f"the optimizer was built at lr {built:.4g}, not at the trial's ctx.config['lr'] = {base:.4g}: this "
+        "scheduler keeps each parameter group's ratio to that rate, so every trial would train at "
+        f"{built:.4g} whatever the search drew; build it with lr=ctx.config['lr'] (other groups at multiples "
+        "of it keep their ratios)",
+        source="ctx.lr_scheduler",
+    )
+
+
 class TrialLRScheduler:
     """Sets the optimizer's learning rate for each step: the trial's warmup and decay, or the probe's ramp.
 
@@ -65,7 +80,10 @@ class TrialLRScheduler:
     def __init__(self, ctx: RateSource, optimizer: torch.optim.Optimizer) -> None:
         self.ctx, self.optimizer = ctx, optimizer
         base = ctx.train_config.lr
-        self._scale = [float(group["lr"]) / base if group.get("lr") else 1.0 for group in optimizer.param_groups]
+        built = [float(group["lr"]) for group in optimizer.param_groups]
+        if built and len(set(built)) == 1 and not math.isclose(built[0], base, rel_tol=1e-6):
+            raise _not_at_trial_rate(built[0], base)
+        self._scale = [lr / base for lr in built]  # a group frozen at lr=0 stays frozen
         self.last_step = 0
         self._apply()
 

@@ -89,6 +89,47 @@ def test_the_scheduler_sets_the_trials_rates_and_keeps_group_ratios() -> None:
     assert [s[1] for s in seen] == pytest.approx([0.1 * e for e in expected])
 
 
+def test_a_group_frozen_at_rate_zero_stays_frozen() -> None:
+    """Fine-tuning's frozen backbone (``lr=0``) was given the trial's full rate: a ratio of 0 read as none."""
+    config = TrainConfig(batch_size=16, lr=0.5, max_samples=320, warmup_samples=64)
+    seen: list[tuple[float, float]] = []
+
+    def fn(ctx: TrialContext) -> None:
+        a, b = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([{"params": [a], "lr": 0.0}, {"params": [b]}], lr=ctx.config["lr"])
+        sched = ctx.lr_scheduler(opt)
+        while not ctx.done:
+            seen.append((opt.param_groups[0]["lr"], opt.param_groups[1]["lr"]))
+            sched.step()
+            ctx.step(0.0)
+
+    run_function(fn, config)
+    assert [s[0] for s in seen] == [0.0] * 20 and seen[-1][1] == 0.5
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda params: torch.optim.Adam(params),  # its default rate, 1e-3
+        lambda params: torch.optim.SGD([{"params": params[:1]}, {"params": params[1:]}], lr=0.1),
+    ],
+)
+def test_an_optimizer_built_at_another_rate_than_the_trials_is_refused(
+    build: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+) -> None:
+    """``Adam(params)`` trained every trial at 1e-3, whatever the search drew: the scheduler keeps a group's ratio
+    to the trial's rate, and the optimizer's one rate was not it."""
+    config = TrainConfig(batch_size=16, lr=0.5, max_samples=320, warmup_samples=64)
+
+    def fn(ctx: TrialContext) -> None:
+        ctx.lr_scheduler(build([nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))]))
+
+    with pytest.raises(
+        ConfigError, match=r"ctx.lr_scheduler: the optimizer was built at lr (0.001|0.1), not at the trial"
+    ):
+        run_function(fn, config)
+
+
 def test_the_loader_runs_epochs_in_the_trainers_order_and_stops_when_done() -> None:
     batches: list[list[int]] = []
     data = torch.utils.data.TensorDataset(torch.arange(50))
