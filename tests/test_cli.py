@@ -36,6 +36,13 @@ def test_console_script_measures_and_writes_json(tmp_path: Path) -> None:
     assert data["estimate"]["b_simple"] > 0 and data["estimate"]["method"] == "per_example"
 
 
+def test_python_dash_m_bstune_is_the_command() -> None:
+    """Where the console script is not on PATH, ``python -m bstune`` failed: the package had no __main__."""
+    proc = subprocess.run([sys.executable, "-m", "bstune", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: bstune ") and "run" in proc.stdout
+
+
 def test_train_prints_the_curve_and_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
         [
