@@ -60,10 +60,16 @@ class BatchLargerThanDataError(ConfigError):
     """
 
     def __init__(
-        self, batch_size: int, n_examples: int, *, source: str | None = None, field: str = "batch_size"
+        self,
+        batch_size: int,
+        n_examples: int,
+        *,
+        source: str | None = None,
+        field: str = "batch_size",
+        reason: str | None = None,
     ) -> None:
         super().__init__(
-            f"{batch_size} is larger than the training set ({n_examples} examples)",
+            reason or f"{batch_size} is larger than the training set ({n_examples} examples)",
             source=source,
             field=field,
         )

@@ -180,6 +180,8 @@ class TrialContext:
         self._tracker: LoopNoiseTracker | None = None
         self._from_loader = False  # the loop's batches come from ctx.loader: whole batches of the step's size
         self._step_samples = 0  # the last step's samples (ctx.step)
+        self._short: list[int] = []  # the samples of the steps in a row counted below the batch size
+        self.other_optimizer: str | None = None  # how the loop's optimizer differs from the declared one
 
     # -- what the function reads -----------------------------------------------------
     @property
@@ -401,8 +403,9 @@ class TrialContext:
                 source="ctx.step",
                 field="samples",
             )
+        self._check_short(samples)
         if self._tracker is not None:  # the step's micro-batches, observed: one measured step
-            self._tracker.end_step()
+            self._tracker.end_step(self.batch_size if samples is None else int(samples))
         now = time.perf_counter()
         if self._last_step_at is not None and not self._evaluated:  # an interval holding an evaluation is no step time
             self.step_times.append(now - self._last_step_at)
@@ -418,6 +421,37 @@ class TrialContext:
             self._window_loss += value
             self._window_steps += 1
         return self.done
+
+    def _check_short(self, samples: int | None) -> None:
+        """A loader of the loop's own has one short batch per epoch at most (its tail); two steps in a row short
+        of the batch size are a loop that does not train at it: a training set smaller than the batch (each
+        epoch one batch of all of it), or batches of another size. Either way every number of the trial would
+        be labelled with a batch size it never trained at."""
+        if samples is None or int(samples) >= self.batch_size:
+            self._short = []
+            return
+        self._short.append(int(samples))
+        if len(self._short) < 2:
+            return
+        first, second = self._short[-2:]
+        if first == second:  # each epoch one batch of the whole training set, likely: the study caps its trials there
+            raise BatchLargerThanDataError(
+                self.batch_size,
+                first,
+                source="ctx.step",
+                field="samples",
+                reason=f"two steps in a row counted {first} samples, not the trial's batch size {self.batch_size}: "
+                f"the loop's own loader holds {first} examples in all (no batch is larger; the study keeps later "
+                "trials at or below that), or it batches by another size than ctx.batch_size (batch by it)",
+            )
+        raise ConfigError(
+            f"two steps in a row counted {first} and {second} samples, fewer than the trial's batch size "
+            f"{self.batch_size}: the loop does not batch by ctx.batch_size (a loader of your own has one short batch "
+            "per epoch at most, its tail), and the study would label its numbers with a batch it never trained at; "
+            "batch by ctx.batch_size, or use ctx.loader",
+            source="ctx.step",
+            field="samples",
+        )
 
     def at_milestone(self) -> bool:
         """True when the trial has reached a sample milestone it has not reported yet: evaluate and

@@ -211,15 +211,22 @@ class LoopNoiseTracker:
             else:
                 self._grads[name] = g
 
-    def end_step(self) -> None:
-        """Close the optimizer step ``ctx.step`` is counting (before it counts it): pool its micro-batches'
-        examples into one two-batch estimate, and arm or disarm the hooks for the next step."""
+    def end_step(self, counted: int) -> None:
+        """Close the optimizer step ``ctx.step`` is counting as ``counted`` samples (before it counts it): pool its
+        micro-batches' examples into one two-batch estimate, and arm or disarm the hooks for the next step."""
         if self.norms is None or self.tracker is None:
             return
         sqs, grads, self._sq, self._grads = self._sq, self._grads, [], {}
         if sqs and grads:
             sq = torch.cat(sqs)
             batch = int(sq.numel())
+            if batch < counted:  # the step trained fewer examples than it counts: every number would be mislabelled
+                raise ConfigError(
+                    f"noise.observe() saw {batch} examples in this step, but ctx.step counts {counted}: the loop's "
+                    f"batches are not the trial's batch size {self.ctx.batch_size} (a loader of your own: batch by "
+                    "ctx.batch_size, and count a short batch with ctx.step(loss, samples=len(x)); or use ctx.loader)",
+                    source="ctx.step",
+                )
             if batch >= 2:
                 self._add(float(sq.mean()) * batch * batch, batch, grads)  # |g_i|² with g_i = B c_i
         self._observed += 1

@@ -517,6 +517,39 @@ def test_a_functions_probe_on_a_small_training_set_wastes_no_range_test_at_the_d
     assert 64 not in batches and batches[0] == 20  # no step at the default batch: the first test began at 20
 
 
+def test_the_probe_of_a_loop_with_its_own_loader_learns_the_training_sets_size_from_its_steps() -> None:
+    """A DataLoader of the loop's own over 100 examples shows no size until a batch larger than them: the large
+    batch range test (at 4x the probe batch) and the ladder ran at batch sizes the loop never trained at."""
+    data = torch.utils.data.Subset(TRAIN, range(100))
+
+    def own(ctx: TrialContext) -> None:
+        model = net()
+        opt = ctx.make_optimizer(model.parameters())
+        sched = ctx.lr_scheduler(opt)
+        noise = ctx.noise_tracker(model)
+        while not ctx.done:
+            for xb, yb in torch.utils.data.DataLoader(data, batch_size=ctx.batch_size, shuffle=True):
+                loss = F.cross_entropy(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                noise.observe()
+                opt.step()
+                sched.step()
+                if ctx.step(loss, samples=len(xb)):
+                    break
+                if ctx.at_milestone():
+                    with torch.no_grad():
+                        ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+
+    settings = ProbeSettings(batch_size=32, throughput_batches=(8, 32, 128, 512))
+    for lr_max in (3.0, 300.0):  # the first range test reaches lr.max (no second one), or it does not
+        space = SearchSpace.coerce(SPACE | {"batch_size": {"min": 4, "max": 512}, "lr": {"min": 1e-3, "max": lr_max}})
+        job = FunctionJob(own, "val_loss", Direction.MINIMIZE, space.optimizer)
+        probe = probe_function(job, space, settings, batch_cap=512, progress=False)
+        assert probe.lr_ceiling_at_max == (lr_max == 3.0)
+        assert probe.n_train == 100 and probe.large_batch == 100 and set(probe.throughput) <= {8, 32, 100}
+
+
 def test_a_task_study_trains_and_hands_over_the_spaces_optimizer_not_the_tasks() -> None:
     """The space's optimizer section replaces the task's: the planner's momentum and the handed-over
     config are the space's (a Study that read the task's here handed over momentum 0)."""

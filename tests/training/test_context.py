@@ -786,3 +786,49 @@ def test_a_sparse_embeddings_gradient_is_measured_as_the_dense_ones_and_kept_spa
         trajectory, still, kept_sparse = measured(True, micro)
         assert kept_sparse
         assert trajectory == pytest.approx(dense_trajectory, rel=1e-5) and still == pytest.approx(dense_still, rel=1e-5)
+
+
+def _own_loader_run(n_examples: int, loader_batch: int | None, count: bool, **config: Any) -> None:
+    """A loop with a DataLoader of its own over ``n_examples`` (batches of ``loader_batch``, else the trial's),
+    counting each step with ``samples=len(x)`` when ``count``."""
+    data = torch.utils.data.TensorDataset(X[:n_examples], Y[:n_examples])
+
+    def fn(ctx: TrialContext) -> None:
+        model = net()
+        opt = ctx.make_optimizer(model.parameters())
+        sched = ctx.lr_scheduler(opt)
+        noise = ctx.noise_tracker(model)
+        while not ctx.done:
+            for xb, yb in torch.utils.data.DataLoader(data, batch_size=loader_batch or ctx.batch_size, shuffle=True):
+                loss = F.cross_entropy(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                noise.observe()
+                opt.step()
+                sched.step()
+                if ctx.step(loss, samples=len(xb) if count else None):
+                    break
+
+    run_function(fn, TrainConfig(**{"lr": 0.1, "max_samples": 1600} | config))
+
+
+def test_a_loader_of_the_loops_own_over_fewer_examples_than_the_batch_is_said_with_the_sets_size() -> None:
+    """Trials were recorded, compared and recommended at B=778 while each step trained the whole 353-example
+    set: the study labelled every number with a batch it never trained at. It now learns the set's size, as
+    ctx.loader gives it; a short last batch per epoch stays allowed."""
+    with pytest.raises(
+        bstune.errors.BatchLargerThanDataError, match="counted 40 samples, not the trial's batch size 64"
+    ) as err:
+        _own_loader_run(40, None, count=True, batch_size=64)
+    assert err.value.n_examples == 40
+    with pytest.raises(ConfigError, match=r"counted 10 samples, .* or it batches by another size than ctx\.batch_size"):
+        _own_loader_run(480, 10, count=True, batch_size=16)
+    _own_loader_run(100, None, count=True, batch_size=16)  # 6 batches of 16 and one of 4 per epoch: fine
+
+
+def test_a_probe_step_that_trained_fewer_examples_than_it_counts_is_refused() -> None:
+    """Without samples=, ctx.step counted the trial's 64 for each whole-set step of 40: the noise tracker sees the
+    examples the step trained, and the probe (which observes every step) says so."""
+    with pytest.raises(ConfigError, match=r"noise\.observe\(\) saw 40 examples in this step, but ctx\.step counts 64"):
+        _own_loader_run(40, None, count=False, batch_size=64, track_noise=True, noise_every_steps=1)
+    _own_loader_run(40, None, count=False, batch_size=64)  # no tracker: nothing to compare against
