@@ -128,14 +128,20 @@ _TORCH_FAMILIES: dict[type[torch.optim.Optimizer], str] = {
 _warned_optimizers: set[str] = set()  # each mismatch is said once per process, not once per trial
 
 
-def warn_on_other_optimizer(optimizer: torch.optim.Optimizer, family: str, momentum: float) -> None:
-    """Warn when the loop's optimizer is not the space's: the temperature and the LR rule assume the space's.
+def other_optimizer(optimizer: torch.optim.Optimizer, family: str, momentum: float) -> str | None:
+    """How the loop's optimizer differs from the space's (family, SGD momentum), or None.
 
     Only the optimizers whose family is known are checked (a custom one is the user's to declare).
+
+    Example:
+        >>> import torch
+        >>> sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+        >>> other_optimizer(sgd, "sgd", 0.0)
+        "the loop's SGD has momentum 0.9, but the search space declares 0"
     """
     mine = _TORCH_FAMILIES.get(type(optimizer))
     if mine is None:
-        return
+        return None
     said = ""
     if mine != family:
         said = (
@@ -146,6 +152,15 @@ def warn_on_other_optimizer(optimizer: torch.optim.Optimizer, family: str, momen
         theirs = float(optimizer.param_groups[0].get("momentum", 0.0))
         if not math.isclose(theirs, momentum, abs_tol=1e-9):
             said = f"the loop's SGD has momentum {theirs:g}, but the search space declares {momentum:g}"
+    return said or None
+
+
+def warn_on_other_optimizer(optimizer: torch.optim.Optimizer, family: str, momentum: float) -> str | None:
+    """Warn when the loop's optimizer is not the space's: the temperature and the LR rule assume the space's.
+
+    Returns how it differs (:func:`other_optimizer`), which the trial's record keeps for the report.
+    """
+    said = other_optimizer(optimizer, family, momentum)
     if said and said not in _warned_optimizers:
         _warned_optimizers.add(said)
         logger.warning(
@@ -154,3 +169,4 @@ def warn_on_other_optimizer(optimizer: torch.optim.Optimizer, family: str, momen
             "ctx.make_optimizer(params) or from ctx.config",
             said,
         )
+    return said

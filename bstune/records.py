@@ -126,6 +126,8 @@ class TrialRecord:
     # searched parameters a training function neither read nor had applied: its config's values for them were
     # never used
     unread_params: list[str] = field(default_factory=list)
+    # how the loop's own optimizer differed from the space's: the trial's temperature assumes the space's
+    other_optimizer: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TrialStatus(self.status))

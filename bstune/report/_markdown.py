@@ -187,6 +187,8 @@ def _recommendation(data: dict[str, Any]) -> list[str]:
     """What to train with and why; its expected cost, the fastest batch size, the LR at other batch sizes."""
     rec = data["recommended"]
     unread = set(rec.get("unread_params") or [])
+    if rec.get("other_optimizer"):  # the space's momentum or betas are not what the loop trained with
+        unread |= {"momentum", "betas"}
     settings = ", ".join(
         f"{k} = {_n(v)}"
         for k, v in rec.items()
@@ -217,22 +219,30 @@ def _recommendation(data: dict[str, Any]) -> list[str]:
                 else "."
             )
         )
+    if rec.get("other_optimizer"):
+        out.append(
+            f"**Not the space's optimizer**: {rec['other_optimizer']}. The study's effective temperatures and its "
+            "LR rule assume the space's, so they are not the loop's: declare the optimizer the loop uses under the "
+            "space's `optimizer:` (family, momentum), or build it with ctx.make_optimizer."
+        )
     if rec.get("unread_params"):
+        never_read = set(rec["unread_params"])
         drawn = ", ".join(f"{k} = {_n(rec[k])}" if k in rec else k for k in rec["unread_params"])
-        it = "it" if len(unread) == 1 else "them"
+        it = "it" if len(never_read) == 1 else "them"
         helpers = (
             f", nor had ctx.make_optimizer or ctx.lr_scheduler apply {it}"
-            if any(not k.startswith("model.") for k in unread)
+            if any(not k.startswith("model.") for k in never_read)
             else ""
         )
         out.append(
             f"**Not applied**: the search drew {drawn}, but the training function never read {it} from ctx.config "
             f"or ctx.model_kwargs{helpers}: the loop trained with values of its own, so the trials say nothing about "
-            f"{'this setting' if len(unread) == 1 else 'these settings'}. Read {it} in the loop, or leave {it} out "
+            f"{'this setting' if len(never_read) == 1 else 'these settings'}. Read {it} in the loop, or leave {it} out "
             "of the space."
         )
     derived = rec.get("derived") or {}
     if derived.get("effective_temperature") is not None and "momentum" not in unread:  # else not the loop's
+        # (a loop's optimizer other than the space's: momentum counts as unread above)
         out.append(
             f"Derived from these settings, not one of them: effective temperature η/(B(1−m)) = "
             f"{_n(derived['effective_temperature'], '.3g')} (m = SGD momentum; 0 for Adam-family optimizers)."

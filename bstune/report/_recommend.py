@@ -48,6 +48,8 @@ def recommend(result: StudyData, fit: CriticalBatchFit | None, advice: CriticalB
     rec["objective"] = {result.objective: result.best_value}
     if chosen_trial is not None and chosen_trial.unread_params:  # the loop ran with its own values for them
         rec["unread_params"] = sorted(chosen_trial.unread_params)
+    if chosen_trial is not None and chosen_trial.other_optimizer:  # the loop built its own, not the space's
+        rec["other_optimizer"] = chosen_trial.other_optimizer
     ran = sum(1 for t in result.trials if t.status != TrialStatus.INTERRUPTED)  # a cut trial's config ran again
     rec["why"] = (
         f"best {result.objective} ({result.best_value:.4g}) of {ran} trials "

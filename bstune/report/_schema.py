@@ -20,5 +20,6 @@ RECOMMENDATION_NOTES = frozenset(
         "lr_rule_b_crit",
         "temperature",
         "unread_params",
+        "other_optimizer",
     }
 )

@@ -89,7 +89,7 @@ trial_lines = logging.getLogger("bstune.trials")  # a line per finished trial (b
 
 
 # -- the driver ---------------------------------------------------------------------------
-_NOT_SCALARS = ("history", "config", PLAN_KEY, "traceback", "unread_params", WARNINGS_KEY)
+_NOT_SCALARS = ("history", "config", PLAN_KEY, "traceback", "unread_params", "other_optimizer", WARNINGS_KEY)
 
 
 def _scalar_tensorboard() -> Any:

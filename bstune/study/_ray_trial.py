@@ -163,4 +163,5 @@ def record_from_result(
         traceback=metrics.get("traceback"),
         n_train=metrics.get("n_train"),
         unread_params=list(metrics.get("unread_params", [])),
+        other_optimizer=metrics.get("other_optimizer"),
     )

@@ -70,6 +70,7 @@ def trial_record(trial: FrozenTrial) -> TrialRecord:
         from_probe=bool(attrs.get(FROM_PROBE_ATTR, False)),
         n_train=attrs.get("n_train"),
         unread_params=list(attrs.get("unread_params", [])),
+        other_optimizer=attrs.get("other_optimizer"),
     )
 
 

@@ -108,6 +108,9 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
             "the best checkpoint (evaluate as the trials did); report.md names a config whose training ends better, "
             "where one does"
         )
+    other = (best_record or {}).get("other_optimizer")
+    if other:
+        lines.append(f"  not the space's optimizer: {other} (the temperatures assume the space's)")
     unread = (best_record or {}).get("unread_params") or []
     if unread:
         lines.append(

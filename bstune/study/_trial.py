@@ -76,6 +76,7 @@ class TrialOutcome:
     n_train: int | None = None  # the training set's size, where the run learnt it (a training function's)
     # searched parameters the training function neither read nor had applied (TrainResult.unread_params)
     unread_params: list[str] = field(default_factory=list)
+    other_optimizer: str | None = None  # how the loop's optimizer differed from the space's (TrainResult's)
     # a failure every trial repeats whatever its config: a training function that trained its whole
     # budget and never reported (see :func:`give_up`)
     systematic: bool = False
@@ -96,6 +97,8 @@ class TrialOutcome:
             out["n_train"] = self.n_train
         if self.unread_params:
             out["unread_params"] = list(self.unread_params)
+        if self.other_optimizer:
+            out["other_optimizer"] = self.other_optimizer
         if self.systematic:
             out[SYSTEMATIC_ATTR] = True
         return clean_json(out)  # type: ignore[no-any-return]
@@ -259,6 +262,7 @@ def run_trial(
         message=message,
         n_train=result.n_train,
         unread_params=list(result.unread_params),
+        other_optimizer=result.other_optimizer,
         systematic=systematic,
     )
 

@@ -348,7 +348,7 @@ class TrialContext:
             )
         )
         if self._optimizer_declared:  # run_function without one (retraining a config by hand) declares nothing
-            warn_on_other_optimizer(optimizer, self.optimizer_spec.family, self.momentum)
+            self.other_optimizer = warn_on_other_optimizer(optimizer, self.optimizer_spec.family, self.momentum)
         return TrialLRScheduler(self, optimizer)
 
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:

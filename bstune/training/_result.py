@@ -100,6 +100,8 @@ class TrainResult:
     # the space's searched parameters a completed training function neither read nor had applied (see
     # bstune.training.TrainContext.unread_params): the recommended config's values for them were never used
     unread_params: list[str] = field(default_factory=list)
+    # how the loop's own optimizer differed from the space's (the temperature and the LR rule assume the space's)
+    other_optimizer: str | None = None
 
     @property
     def final(self) -> EvalRecord | None:
@@ -122,6 +124,7 @@ class TrainResult:
             "message": self.message,
             "n_train": self.n_train,
             "unread_params": list(self.unread_params),
+            "other_optimizer": self.other_optimizer,
             "history": [r.to_dict() for r in self.history],
             "noise_trajectory": [p.to_dict() for p in self.noise_trajectory],
         }

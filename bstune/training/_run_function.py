@@ -106,5 +106,6 @@ def run_function(
         model=None,
         n_train=ctx.n_train,
         unread_params=unread,
+        other_optimizer=ctx.other_optimizer,
     )
     return result, ctx

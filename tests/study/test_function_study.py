@@ -68,7 +68,7 @@ def test_the_function_sees_the_spaces_parameters_by_name() -> None:
 
 
 def test_the_spaces_fixed_optimizer_settings_reach_the_loop_and_another_optimizer_is_named(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(optim, "_warned_optimizers", set())  # said once per process: this test's own count
     seen: list[dict[str, Any]] = []
@@ -87,6 +87,20 @@ def test_the_spaces_fixed_optimizer_settings_reach_the_loop_and_another_optimize
     assert result.best_config["momentum"] == 0.5 and result.best_config["weight_decay"] == 1e-3  # as the loop saw
     said = [r.getMessage() for r in caplog.records if "the loop's optimizer is Adam" in r.getMessage()]
     assert len(said) == 1 and "declares optimizer family 'sgd'" in said[0]  # once, not once per trial
+    # and the report, which outlives the terminal, says it too: it recommended the space's momentum 0.5 beside a
+    # temperature computed with it, for a loop that trained with Adam
+    from bstune.report import build_report, render_markdown
+    from bstune.study import format_summary
+
+    result.save(tmp_path)
+    loaded = bstune.StudyResult.load(tmp_path)
+    differs = "the loop's optimizer is Adam, but the search space declares optimizer family 'sgd'"
+    assert {t.other_optimizer for t in loaded.trials if t.status == "completed"} == {differs}
+    text = render_markdown(build_report(loaded).data)
+    (advice,) = [line for line in text.splitlines() if line.startswith("**Train with")]
+    assert "momentum" not in advice and f"**Not the space's optimizer**: {differs}." in text
+    assert "effective temperature η/(B(1−m)) =" not in text.split("## Recommendation")[1].split("\n## ")[0]
+    assert f"not the space's optimizer: {differs}" in format_summary(loaded.to_dict())
     caplog.clear()
     with caplog.at_level("WARNING", logger="bstune.optim"):  # the space's own optimizer: no word
         bstune.Study(loop, space, **(ARGS | {"n_trials": 2, "rescore_top": 0, "study_name": "own"})).run()
