@@ -139,7 +139,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         cap = space.batch_max
         job = FunctionJob(subject, "val_loss", Direction.MINIMIZE, space.optimizer)
         probe = probe_function(job, space, batch_cap=cap, **how)
-    prior = Prior.for_space(probe, space, min(cap, probe.batch_ceiling or cap))
+    prior = Prior.for_space(probe, space, probe.search_cap(cap))
     lo, hi = probe.b_simple_ci
     print(
         f"B_simple {probe.b_simple:.4g} (90% CI {lo:.4g} .. {hi:.4g}, the spread a second seed would show) after "

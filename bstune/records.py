@@ -257,6 +257,11 @@ class ProbeResult:
     # depends on the size. None: per-example gradients (and in older results).
     b_simple_micro_batch: int | None = None
 
+    def search_cap(self, cap: int) -> int:
+        """The largest batch a search may draw after this probe: ``cap``, at most what fit in memory
+        (``batch_ceiling``) and the training set the probe saw (``n_train``, a training function's)."""
+        return min(cap, self.batch_ceiling or cap, self.n_train or cap)
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["throughput"] = {str(k): v for k, v in self.throughput.items()}

@@ -75,3 +75,13 @@ def test_a_probe_result_keeps_its_trial_run_and_one_written_before_it_loads_with
     probe = dataclasses.replace(old, run=run)
     data = json.loads(json.dumps(probe.to_dict()))
     assert data["run"] == run and ProbeResult.from_dict(data) == probe
+
+
+def test_a_search_after_a_probe_stays_within_memory_and_the_training_set_it_saw() -> None:
+    """`bstune probe` of a loop over 353 examples printed the search as 8..1024 where `bstune run` searched 8..353:
+    both now take the cap from here."""
+    probe = ProbeResult.from_dict(json.loads(SAMPLE.read_text())["probe"])
+    assert dataclasses.replace(probe, batch_ceiling=None, n_train=None).search_cap(1024) == 1024
+    assert dataclasses.replace(probe, batch_ceiling=None, n_train=353).search_cap(1024) == 353
+    assert dataclasses.replace(probe, batch_ceiling=256, n_train=353).search_cap(1024) == 256
+    assert dataclasses.replace(probe, batch_ceiling=None, n_train=5000).search_cap(1024) == 1024

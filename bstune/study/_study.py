@@ -411,13 +411,11 @@ class Study:
 
     def _make_prior(self, probe: ProbeResult) -> None:
         """The prior from the probe; lowers the batch cap to what the probe found fits."""
-        if probe.batch_ceiling is not None:
-            self.batch_cap = min(self.batch_cap, probe.batch_ceiling)
         if self.task is None and probe.n_train is not None:  # a training function's data, seen by its probe
             self.n_train = probe.n_train
             if probe.n_train < self.batch_cap:
                 logger.info("the training set has %d examples: batch sizes capped there", probe.n_train)
-                self.batch_cap = probe.n_train
+        self.batch_cap = probe.search_cap(self.batch_cap)
         self.prior = prior = Prior.for_space(probe, self.space, self.batch_cap)
         if probe.lr_ceiling_at_max:
             logger.warning(
