@@ -15,8 +15,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "bstune"
-CLI = {  # the command line and its cluster entry point
+CLI = {  # the command line and its entry points (python -m bstune, a cluster job)
     "bstune.cli",
+    "bstune.__main__",
     "bstune._commands",
     "bstune._command_io",
     "bstune._run_command",

@@ -82,6 +82,7 @@ _NO_OPTIMIZER = {
     for k in OPTIMIZER_SETTINGS
 }  # ctx.config's optimizer settings are the declared optimizer's: none declared, none named
 _late_report_said = False  # a report a step or more past its milestone: said once per process
+_between_report_said = False  # a report between milestones (not recorded): said once per process, not per trial
 
 
 class TrialContext:
@@ -175,7 +176,6 @@ class TrialContext:
         self._window_steps = 0
         self._started = time.perf_counter()
         self._last_step_at: float | None = None
-        self._warned_between = False
         self._evaluated = False
         self._tracker: LoopNoiseTracker | None = None
         self._from_loader = False  # the loop's batches come from ctx.loader: whole batches of the step's size
@@ -466,15 +466,16 @@ class TrialContext:
         the study's pruner stops the trial here."""
         self._evaluated = True
         reached = [m for m in self._marks[self._next :] if m <= self.samples]
+        global _between_report_said, _late_report_said
         if not reached:
-            if not self._warned_between:
+            if not _between_report_said:
+                _between_report_said = True
                 logger.warning(
-                    "ctx.report() at %d samples, between milestones, is not recorded; report when ctx.at_milestone()",
+                    "ctx.report() at %d samples, between milestones, is not recorded; report when ctx.at_milestone() "
+                    "(said once)",
                     self.samples,
                 )
-                self._warned_between = True
             return
-        global _late_report_said
         if not _late_report_said and self.samples - reached[-1] >= max(self._step_samples, 1):
             _late_report_said = True
             logger.warning(
