@@ -220,8 +220,23 @@ def test_an_interval_not_widened_for_another_seed_is_not_said_to_be() -> None:
     probe = _probe(b_simple_ci=(150.0, 215.0), b_simple_sampling_ci=(150.0, 215.0), b_simple_seed_spread=None)
     md = render_markdown(build_report(dataclasses.replace(_result(), probe=probe, mode="prior")).data)
     section = md.split("## Gradient noise scale")[1].split("\n## ")[0]
-    assert "includes the variation another seed would see" not in section
+    assert "widened by the spread" not in section
     assert "The interval is the sampling interval at the measured parameters alone" in section
+
+
+def test_a_trajectory_spread_too_small_to_stand_in_for_another_seed_is_said_to_be() -> None:
+    """A newcomer's function probe widened its interval by a log-sd of 0.028, so it stayed about as narrow as the
+    sampling one, while the report said it included what another seed would see: two more seeds gave 2.1x."""
+    for spread, warned in ((0.028, True), (0.6, False)):
+        probe = _probe(b_simple_ci=(79.0, 139.0), b_simple_sampling_ci=(79.0, 138.0), b_simple_seed_spread=spread)
+        md = render_markdown(build_report(dataclasses.replace(_result(), probe=probe, mode="prior")).data)
+        section = md.split("## Gradient noise scale")[1].split("\n## ")[0]
+        assert (
+            f"widened by the spread of the probe run's own B_simple trajectory near the measurement (log-sd {spread:.2g})"
+            in section
+        )
+        assert "a stand-in for the variation another seed would see" in section
+        assert ("another seed's B_simple may well fall outside it" in section) is warned
 
 
 def test_a_training_functions_report_does_not_send_it_to_a_measurement_it_refuses() -> None:
