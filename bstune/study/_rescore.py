@@ -72,7 +72,16 @@ def run_rescoring(
 
 
 def choose(rescored: Sequence[Rescored], direction: Direction | str) -> Rescored | None:
-    """The candidate with the best mean over its seeds; one that failed at any seed is never chosen."""
+    """The candidate with the best mean over its seeds; one that failed at any seed is never chosen.
+
+    Equal means (common for an accuracy over a small evaluation set, which takes few values) go to the better
+    mean at the runs' last evaluations, what training the config to its budget gives; then to the earlier trial.
+    """
     sign = Direction(direction).sign
     ok = [r for r in rescored if r.complete]
-    return min(ok, key=lambda r: (sign * float(r.mean), r.trial)) if ok else None  # type: ignore[arg-type]
+
+    def key(r: Rescored) -> tuple[float, float, int]:
+        final = r.final_mean
+        return sign * float(r.mean), sign * final if final is not None else math.inf, r.trial  # type: ignore[arg-type]
+
+    return min(ok, key=key) if ok else None
