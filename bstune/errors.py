@@ -60,16 +60,10 @@ class BatchLargerThanDataError(ConfigError):
     """
 
     def __init__(
-        self,
-        batch_size: int,
-        n_examples: int,
-        *,
-        source: str | None = None,
-        field: str = "batch_size",
-        reason: str | None = None,
+        self, batch_size: int, n_examples: int, *, source: str | None = None, field: str = "batch_size"
     ) -> None:
         super().__init__(
-            reason or f"{batch_size} is larger than the training set ({n_examples} examples)",
+            f"{batch_size} is larger than the training set ({n_examples} examples)",
             source=source,
             field=field,
         )

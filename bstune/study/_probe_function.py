@@ -355,15 +355,10 @@ def _probe(
         logger.info("probe: LR range test at B=%d reached lr.max %.3g; none at B=%d", batch, lr_max, big)
     elif big > batch:
         start, steps = large_batch_sweep(ceiling, lr_min, lr_max, settings.lr_steps)
-        ratio_big = (lr_max / start) ** (1.0 / (steps - 1))  # as lr_range_test spreads its steps
         try:
             with progress_bar(progress, f"probe: LR range test at B={big} (your loop)", total=1, unit="test") as bar:
-                try:
-                    ceiling_big, _ = _range_test(run, big, start, lr_max, steps, ratio_big)
-                except BatchLargerThanDataError as exc:  # a loader of the loop's own shows the set's size only here
-                    run.n_train, big = exc.n_examples, max(batch, min(big, exc.n_examples))
-                    if big > batch:
-                        ceiling_big, _ = _range_test(run, big, start, lr_max, steps, ratio_big)
+                ratio_big = (lr_max / start) ** (1.0 / (steps - 1))  # as lr_range_test spreads its steps
+                ceiling_big, _ = _range_test(run, big, start, lr_max, steps, ratio_big)
                 bar.update(1)
             ceiling_big = max(ceiling_big, ceiling)  # a larger batch only raises the ceiling (see run_probe)
         except torch.OutOfMemoryError:
@@ -374,19 +369,13 @@ def _probe(
 
     throughput: dict[int, float] = {}
     throughput_iqr: dict[int, tuple[float, float]] = {}
-    rungs = ladder_rungs(run.n_train, settings, space.batch_min, batch_cap, space.prior.batch_round, cap)
+    rungs = ladder_rungs(ctx.n_train, settings, space.batch_min, batch_cap, space.prior.batch_round, cap)
     bar = progress_bar(progress, "probe: throughput ladder (your loop)", total=len(rungs), unit="rung")
     todo = ladder_plan(rungs, settings, budget_samples)
     while todo:
         b, warmup, n_timed = todo.pop(0)
         n_steps = warmup + n_timed + 1  # n steps give n - 1 intervals
-        try:
-            timed, tctx = run(b, lr_probe, n_steps * b, evaluate=False)
-        except BatchLargerThanDataError as exc:  # a loader of the loop's own: no batch larger than its set
-            run.n_train = exc.n_examples
-            bar.update(1)
-            todo = [(n, warmup, n_timed)] if max(throughput, default=0) < (n := exc.n_examples) < b else []
-            continue
+        timed, tctx = run(b, lr_probe, n_steps * b, evaluate=False)
         bar.update(1)
         if timed.status is RunStatus.OOM:
             cap = max(space.batch_min, b // 2)
@@ -418,7 +407,7 @@ def _probe(
         lr_ceiling_large=ceiling_big,
         lr_ceiling_at_max=reached_max(ceiling, lr_max),
         lr_ceiling_large_at_max=reached_max(ceiling_big, lr_max),
-        large_batch=max(batch, min(big, run.n_train or big)),  # a loader of its own may show its size late
+        large_batch=big,
         lr_probe=lr_probe,
         b_simple=est.b_simple,
         b_simple_ci=b_simple_ci,

@@ -81,6 +81,7 @@ _NO_OPTIMIZER = {
     "for a study's recommendation optimizer=result.best_optimizer()"
     for k in OPTIMIZER_SETTINGS
 }  # ctx.config's optimizer settings are the declared optimizer's: none declared, none named
+SHORT_STEPS_SEEN = 4  # steps a run takes before _check_short judges its share of short ones
 _late_report_said = False  # a report a step or more past its milestone: said once per process
 _between_report_said = False  # a report between milestones (not recorded): said once per process, not per trial
 
@@ -180,7 +181,7 @@ class TrialContext:
         self._tracker: LoopNoiseTracker | None = None
         self._from_loader = False  # the loop's batches come from ctx.loader: whole batches of the step's size
         self._step_samples = 0  # the last step's samples (ctx.step)
-        self._short: list[int] = []  # the samples of the steps in a row counted below the batch size
+        self._short = 0  # steps counted (ctx.step(samples=...)) below the batch size
         self.other_optimizer: str | None = None  # how the loop's optimizer differs from the declared one
 
     # -- what the function reads -----------------------------------------------------
@@ -423,32 +424,25 @@ class TrialContext:
         return self.done
 
     def _check_short(self, samples: int | None) -> None:
-        """A loader of the loop's own has one short batch per epoch at most (its tail); two steps in a row short
-        of the batch size are a loop that does not train at it: a training set smaller than the batch (each
-        epoch one batch of all of it), or batches of another size. Either way every number of the trial would
-        be labelled with a batch size it never trained at."""
-        if samples is None or int(samples) >= self.batch_size:
-            self._short = []
+        """A loader of the loop's own has short batches now and then: an epoch's tail, one per DataLoader worker of
+        an iterable dataset, one per length bucket. A run whose steps are mostly short does not train at the trial's
+        batch size: its loader holds fewer examples than the batch, or it batches by another size. Every number of
+        the trial would be labelled with a batch it never trained at, so from the fourth step on, more short steps
+        than full ones are refused."""
+        if samples is not None and int(samples) < self.batch_size:
+            self._short += 1
+        steps = self.steps + 1  # this one included
+        if steps < SHORT_STEPS_SEEN or self._short * 2 <= steps:
             return
-        self._short.append(int(samples))
-        if len(self._short) < 2:
-            return
-        first, second = self._short[-2:]
-        if first == second:  # each epoch one batch of the whole training set, likely: the study caps its trials there
-            raise BatchLargerThanDataError(
-                self.batch_size,
-                first,
-                source="ctx.step",
-                field="samples",
-                reason=f"two steps in a row counted {first} samples, not the trial's batch size {self.batch_size}: "
-                f"the loop's own loader holds {first} examples in all (no batch is larger; the study keeps later "
-                "trials at or below that), or it batches by another size than ctx.batch_size (batch by it)",
-            )
+        staged = self.train_config.batch_schedule is not None
         raise ConfigError(
-            f"two steps in a row counted {first} and {second} samples, fewer than the trial's batch size "
-            f"{self.batch_size}: the loop does not batch by ctx.batch_size (a loader of your own has one short batch "
-            "per epoch at most, its tail), and the study would label its numbers with a batch it never trained at; "
-            "batch by ctx.batch_size, or use ctx.loader",
+            f"{self._short} of the run's {steps} steps counted fewer samples than the trial's batch size "
+            f"{self.batch_size} (this one {samples}): the loop does not train at that batch. Its own loader holds "
+            "fewer examples than the batch (give the space a batch_size.max no larger than the training set, or "
+            "train on ctx.loader, which keeps the search within it), or it batches by another size than "
+            "ctx.batch_size (batch by it"
+            + ("; with a batch_schedule, make the loader again when ctx.batch_size changes" if staged else "")
+            + ")",
             source="ctx.step",
             field="samples",
         )
