@@ -59,6 +59,7 @@ __all__ = ["BstuneCallback", "fit"]
 
 logger = logging.getLogger(__name__)
 
+_OVERWRITING = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
 _SOURCE = "bstune.integrations.lightning"
 # Trainer settings the trial owns: its length, its validation schedule, its batch size
 _OWNED = (
@@ -161,15 +162,24 @@ class BstuneCallback(pl.Callback):
                 source=_SOURCE,
                 field="configure_optimizers",
             )
+        optimizer = trainer.optimizers[0]
+        # OneCycleLR and CyclicLR start the rate where they say, and keep no record of the one the optimizer
+        # was built at but its default
+        overwrote = any(isinstance(c.scheduler, _OVERWRITING) for c in trainer.lr_scheduler_configs)
         if trainer.lr_scheduler_configs:
             names = ", ".join(type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs)
             logger.warning(
-                "the trial's learning-rate schedule (ctx.lr_scheduler) replaces %s from configure_optimizers", names
+                "the trial's learning-rate schedule (ctx.lr_scheduler) replaces %s from configure_optimizers%s",
+                names,
+                f"; the optimizer's groups go back to its default rate, {optimizer.defaults['lr']:.4g}"
+                if overwrote and "lr" in optimizer.defaults
+                else "",
             )
             trainer.strategy.lr_scheduler_configs = []
-        optimizer = trainer.optimizers[0]
         for group in optimizer.param_groups:  # a torch scheduler may have moved the rate already
-            if "initial_lr" in group:
+            if overwrote and "lr" in optimizer.defaults:
+                group["lr"] = optimizer.defaults["lr"]
+            elif "initial_lr" in group:
                 group["lr"] = group["initial_lr"]
         self._schedulers = [ctx.lr_scheduler(optimizer)]
         if ctx.train_config.track_noise and getattr(trainer.precision_plugin, "scaler", None) is not None:

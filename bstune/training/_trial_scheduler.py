@@ -37,6 +37,7 @@ class RateSource(Protocol):
     rate of each step."""
 
     train_config: TrainConfig
+    steps: int
 
     def _lr_of_step(self, step: int) -> float: ...
 
@@ -55,19 +56,35 @@ def _other_scheduler(set_lr: float, found_lr: float) -> ConfigError:
     )
 
 
-def _not_at_trial_rate(built: float, base: float) -> ConfigError:
-    """The error for an optimizer built at one rate that is not the trial's (``Adam(params)``, its default 1e-3).
+def _not_at_trial_rate(built: list[float], base: float) -> ConfigError:
+    """The error for an optimizer none of whose rates is the trial's (``Adam(params)``, at its default 1e-3).
 
     The scheduler keeps each group's ratio to ``ctx.config["lr"]``, so such an optimizer trained every trial at
-    its own rate, whatever the search drew, and the probe's range test ramped a rate it never set.
+    its own rates, whatever the search drew, and the probe's range test ramped a rate it never set.
     """
+    rates = ", ".join(f"{lr:.4g}" for lr in sorted(set(built)))
     return ConfigError(
-        f"the optimizer was built at lr {built:.4g}, not at the trial's ctx.config['lr'] = {base:.4g}: this "
+        f"the optimizer was built at lr {rates}, none of it the trial's ctx.config['lr'] = {base:.4g}: this "
         "scheduler keeps each parameter group's ratio to that rate, so every trial would train at "
-        f"{built:.4g} whatever the search drew; build it with lr=ctx.config['lr'] (other groups at multiples "
+        f"{rates} whatever the search drew; build it with lr=ctx.config['lr'] (other groups at multiples "
         "of it keep their ratios)",
         source="ctx.lr_scheduler",
     )
+
+
+def _scales(optimizer: torch.optim.Optimizer, base: float, now: float) -> list[float]:
+    """Each parameter group's rate over the one the optimizer was built at: the trial's ``base`` rate (a group, or
+    the optimizer's default, at it), or the rate of the step under way, ``now`` (an optimizer made again mid-run
+    by ``ctx.make_optimizer``, which builds at it). A group frozen at lr=0 stays frozen."""
+    built = [float(group["lr"]) for group in optimizer.param_groups]
+    default = optimizer.defaults.get("lr")
+    for reference in (base, now):
+        if reference > 0 and any(
+            math.isclose(rate, reference, rel_tol=1e-6)
+            for rate in [*built, *([float(default)] if isinstance(default, (int, float)) else [])]
+        ):
+            return [rate / reference for rate in built]
+    raise _not_at_trial_rate(built, base)
 
 
 class TrialLRScheduler:
@@ -79,12 +96,8 @@ class TrialLRScheduler:
 
     def __init__(self, ctx: RateSource, optimizer: torch.optim.Optimizer) -> None:
         self.ctx, self.optimizer = ctx, optimizer
-        base = ctx.train_config.lr
-        built = [float(group["lr"]) for group in optimizer.param_groups]
-        if built and len(set(built)) == 1 and not math.isclose(built[0], base, rel_tol=1e-6):
-            raise _not_at_trial_rate(built[0], base)
-        self._scale = [lr / base for lr in built]  # a group frozen at lr=0 stays frozen
-        self.last_step = 0
+        self.last_step = ctx.steps  # made mid-run (a rebuilt optimizer): the schedule goes on from here
+        self._scale = _scales(optimizer, ctx.train_config.lr, ctx._lr_of_step(ctx.steps))
         self._apply()
 
     def _apply(self) -> None:

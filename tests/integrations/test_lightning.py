@@ -34,7 +34,7 @@ VAL = DataLoader(TensorDataset(VX, VY), batch_size=len(VX))
 class Lit(pl.LightningModule):
     """test_context's ``loop`` as a LightningModule: the same net, the space's optimizer, val loss logged."""
 
-    def __init__(self, ctx: TrialContext, scheduler: bool = False) -> None:
+    def __init__(self, ctx: TrialContext, scheduler: bool | str = False) -> None:
         super().__init__()
         self.ctx, self.scheduler = ctx, scheduler
         self.net = net()
@@ -58,8 +58,12 @@ class Lit(pl.LightningModule):
         if not self.scheduler:
             return opt
         # a schedule of the module's own, which would run the rate at a hundredth: the trial's replaces it
-        hundredth = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.01)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": hundredth, "interval": "step"}}
+        own: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.01)
+        if self.scheduler == "onecycle":  # starts the rate at max_lr / 25, forgetting the one it was built at
+            own = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.ctx.config["lr"], total_steps=1000)
+        elif self.scheduler == "cyclic":  # starts it at base_lr
+            own = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=1e-4, max_lr=self.ctx.config["lr"])
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": own, "interval": "step"}}
 
 
 def lit(ctx: TrialContext, **kwargs: Any) -> Lit:
@@ -106,17 +110,22 @@ def test_eval_at_start_validates_the_untrained_module_as_milestone_zero() -> Non
     assert [r.val_loss for r in result.history[1:]] == pytest.approx([r.val_loss for r in plain.history], rel=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("scheduler", "name"), [(True, "LambdaLR"), ("onecycle", "OneCycleLR"), ("cyclic", "CyclicLR")]
+)
 def test_each_step_runs_at_the_trials_rate_and_the_modules_own_scheduler_is_set_aside(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, scheduler: bool | str, name: str
 ) -> None:
+    """OneCycleLR and CyclicLR overwrite the rate the optimizer was built at: the trial ran at 1/25 of its rate
+    (OneCycleLR's start), then was refused as built at another rate."""
     config = TrainConfig(batch_size=32, lr=0.4, max_samples=3200, warmup_samples=640, schedule="cosine")
     modules: list[Lit] = []
     with caplog.at_level(logging.WARNING, logger="bstune.integrations.lightning"):
-        result, _ = run_function(lambda ctx: modules.append(lit(ctx, scheduler=True)), config)
-    assert result.status is RunStatus.COMPLETED and result.steps == 100
+        result, _ = run_function(lambda ctx: modules.append(lit(ctx, scheduler=scheduler)), config)
+    assert result.status is RunStatus.COMPLETED and result.steps == 100, result.message
     assert modules[0].lrs == pytest.approx([lr_at(config, k * 32) for k in range(100)], rel=1e-12)
     assert modules[0].lrs[0] < modules[0].lrs[19] == pytest.approx(0.4)  # warmup, then the decay
-    assert "replaces LambdaLR from configure_optimizers" in caplog.text
+    assert f"replaces {name} from configure_optimizers" in caplog.text
 
 
 def test_a_stop_at_a_milestone_prunes_the_trial_and_stops_the_trainer_there() -> None:

@@ -110,24 +110,50 @@ def test_a_group_frozen_at_rate_zero_stays_frozen() -> None:
 @pytest.mark.parametrize(
     "build",
     [
-        lambda params: torch.optim.Adam(params),  # its default rate, 1e-3
-        lambda params: torch.optim.SGD([{"params": params[:1]}, {"params": params[1:]}], lr=0.1),
+        lambda params, lr: torch.optim.Adam(params),  # its default rate, 1e-3
+        lambda params, lr: torch.optim.SGD([{"params": params[:1]}, {"params": params[1:]}], lr=0.1),
+        lambda params, lr: torch.optim.AdamW([{"params": params[:1], "lr": 1e-5}, {"params": params[1:], "lr": 1e-3}]),
     ],
 )
 def test_an_optimizer_built_at_another_rate_than_the_trials_is_refused(
-    build: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+    build: Callable[[list[nn.Parameter], float], torch.optim.Optimizer],
 ) -> None:
     """``Adam(params)`` trained every trial at 1e-3, whatever the search drew: the scheduler keeps a group's ratio
-    to the trial's rate, and the optimizer's one rate was not it."""
+    to the trial's rate, and no rate of the optimizer was it."""
     config = TrainConfig(batch_size=16, lr=0.5, max_samples=320, warmup_samples=64)
 
     def fn(ctx: TrialContext) -> None:
-        ctx.lr_scheduler(build([nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))]))
+        ctx.lr_scheduler(build([nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))], ctx.config["lr"]))
 
-    with pytest.raises(
-        ConfigError, match=r"ctx.lr_scheduler: the optimizer was built at lr (0.001|0.1), not at the trial"
-    ):
+    with pytest.raises(ConfigError, match=r"ctx.lr_scheduler: the optimizer was built at lr [0-9e., -]+, none of it"):
         run_function(fn, config)
+
+
+def test_groups_at_multiples_of_the_trials_rate_and_an_optimizer_made_again_mid_run_keep_the_schedule() -> None:
+    """Groups at 0.1x and 10x the trial's rate (the optimizer's default at it) keep their ratios. An optimizer made
+    again mid-run with ctx.make_optimizer (unfreezing a backbone) is built at the rate of the step under way: it
+    was refused, and before that trained at the warmup's rate of the moment for the rest of the run."""
+    config = TrainConfig(batch_size=16, lr=0.5, max_samples=640, warmup_samples=160, schedule="linear")
+    seen: list[list[float]] = []
+
+    def fn(ctx: TrialContext) -> None:
+        a, b = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+        lr = ctx.config["lr"]
+        opt = torch.optim.SGD([{"params": [a], "lr": 0.1 * lr}, {"params": [b], "lr": 10 * lr}], lr=lr)
+        sched = ctx.lr_scheduler(opt)
+        while not ctx.done:
+            if ctx.steps == 5:  # mid-warmup
+                opt = ctx.make_optimizer([a, b])
+                sched = ctx.lr_scheduler(opt)
+            seen.append([group["lr"] for group in opt.param_groups])
+            sched.step()
+            ctx.step(0.0)
+
+    run_function(fn, config)
+    expected = [lr_at(config, k * 16) for k in range(40)]
+    assert [s[0] for s in seen[:5]] == pytest.approx([0.1 * e for e in expected[:5]])
+    assert [s[1] for s in seen[:5]] == pytest.approx([10 * e for e in expected[:5]])
+    assert [s[0] for s in seen[5:]] == pytest.approx(expected[5:])  # the schedule goes on, from step 5
 
 
 def test_the_loader_runs_epochs_in_the_trainers_order_and_stops_when_done() -> None:
