@@ -20,6 +20,7 @@ from bstune.errors import (
     ConfigError,
     DependencyError,
     EstimationError,
+    MissingSettingError,
     TaskError,
 )
 from bstune.metrics import Direction, Metric
@@ -110,6 +111,7 @@ __all__ = [
     "EstimationError",
     "EvalRecord",
     "Metric",
+    "MissingSettingError",
     "NoiseScaleEstimate",
     "OptimizerSpec",
     "Prior",

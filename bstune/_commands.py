@@ -106,11 +106,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _narrow(spread: float | None) -> str:
-    """A word on a seed spread too small to stand in for another seed's (see report.md's noise-scale section)."""
+def _interval_kind(spread: float | None) -> str:
+    """What the probe's B_simple interval holds (see report.md's noise-scale section)."""
     if spread is None:
-        return "; too few trajectory points: sampling only, another seed's may fall outside"
-    return f"; log-sd {spread:.2g}, small: another seed's may fall outside" if spread < 0.2 else ""
+        return "sampling only: too few trajectory points to widen it; another seed's may fall outside"
+    widened = "widened by the run's trajectory spread as a stand-in for another seed's"
+    return widened + (f"; log-sd {spread:.2g}, small: another seed's may fall outside" if spread < 0.2 else "")
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -149,8 +150,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     prior = Prior.for_space(probe, space, probe.search_cap(cap))
     lo, hi = probe.b_simple_ci
     print(
-        f"B_simple {probe.b_simple:.4g} (90% CI {lo:.4g} .. {hi:.4g}, widened by the run's trajectory spread as a "
-        f"stand-in for another seed's{_narrow(probe.b_simple_seed_spread)}) after "
+        f"B_simple {probe.b_simple:.4g} (90% CI {lo:.4g} .. {hi:.4g}, {_interval_kind(probe.b_simple_seed_spread)}) "
+        "after "
         f"{probe.b_simple_at_samples or 0:,} samples of training; the probe spent {probe.samples_used:,} in all "
         f"({probe.seconds:.1f}s on {probe.device})"
     )

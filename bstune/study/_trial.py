@@ -13,7 +13,7 @@ import math
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from bstune.records import TrialStatus
 from bstune.study._records import clean_json
 from bstune.study._status import trial_status
 from bstune.study._trial_plan import TrialPlan
+from bstune.study._trial_plan import TrialPlanner as TrialPlanner  # where Ray searcher states saved before pickled it
 from bstune.task import Task
 from bstune.training import (
     Decision,
@@ -34,9 +35,6 @@ from bstune.training import (
     train_data_parallel,
     trained_before,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "Runner",

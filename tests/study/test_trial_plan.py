@@ -86,3 +86,15 @@ def test_split_params_sends_model_keywords_to_the_factory_and_warmup_in_samples(
     train, model = split_params({"model.depth": 3, "warmup_fraction": 0.25, "weight_decay": 0.01}, 4000)
     assert train == {"warmup_samples": 1000, "weight_decay": 0.01} and model == {"depth": 3}
     assert math.isclose(split_params({"warmup_fraction": 0.0}, 4000)[0]["warmup_samples"], 0)
+
+
+def test_a_planner_pickled_before_planning_had_its_own_module_loads() -> None:
+    """Ray pickles the planner with its searcher's state (PlannerSpace): a study interrupted before the planner
+    moved to _trial_plan named it bstune.study._trial.TrialPlanner, and Tuner.restore must still find it there."""
+    import pickle
+
+    p = planner("prior")
+    old = pickle.dumps(p, protocol=0).replace(b"bstune.study._trial_plan\n", b"bstune.study._trial\n")
+    assert b"bstune.study._trial\nTrialPlanner" in old
+    again = pickle.loads(old)
+    assert again == p and type(again) is TrialPlanner
