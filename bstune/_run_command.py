@@ -46,6 +46,33 @@ def _ray_storage(args: argparse.Namespace, name: str) -> str | None:
     return path
 
 
+def _refuse_another_study(args: argparse.Namespace, name: str, own_storage: Any) -> None:
+    """--out holds another study (another script's, or another --study-name): this run's result.json and report
+    would be written over that study's. ``own_storage``: the storage --out keeps (study.db), whose other studies
+    count too (the other run may not have written its result.json yet)."""
+    import optuna
+
+    if not args.out:
+        return
+    others: set[str] = set()
+    if own_storage is not None:
+        others |= {s.study_name for s in optuna.get_all_study_summaries(own_storage)} - {name}
+    result = Path(args.out) / "result.json"
+    if result.is_file():
+        try:
+            kept = json.loads(result.read_text()).get("study_name")
+        except (OSError, ValueError, AttributeError):
+            kept = None
+        if isinstance(kept, str) and kept != name:
+            others.add(kept)
+    if others:
+        raise ConfigError(
+            f"holds study {sorted(others)[0]!r}, not this run's {name!r}: its result.json and report would be "
+            "written over that study's; choose another --out (or --study-name to continue that one)",
+            source=args.out,
+        )
+
+
 @contextlib.contextmanager
 def _trial_lines(enabled: bool) -> Iterator[None]:
     """Without progress bars (stderr is no terminal: a log file, nohup, CI), a line per finished trial on stderr
@@ -147,6 +174,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.backend == "ray"
             else None,
         )
+        if not args.resume:
+            _refuse_another_study(args, name, study.storage if args.storage is None else None)
         if study.storage is not None:
             names = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(study.storage)}
             if name in names and names[name] and not args.resume:

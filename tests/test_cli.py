@@ -172,6 +172,24 @@ def test_the_result_is_saved_before_the_summary_that_reads_it(tmp_path: Path, mo
     assert len(json.loads((out / "result.json").read_text())["trials"]) == 1
 
 
+def test_another_study_in_the_same_out_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two scripts run into one --out: both were accepted and exited 0, and the second's result.json and report
+    replaced the first's without a word (its trials stayed in study.db, out of reach of its report)."""
+    out = str(tmp_path / "study")
+    argv = ["run", DIGITS, "--space", SPACE_FILE, "--budget-samples", "9000", "--trials", "1", "--mode", "baseline"]
+    assert main([*argv, "--out", out, "--no-progress", "--study-name", "first"]) == 0
+    before = (tmp_path / "study" / "result.json").read_text()
+    capsys.readouterr()
+    assert main([*argv, "--out", out, "--no-progress", "--study-name", "second"]) == 2
+    assert (
+        "holds study 'first', not this run's 'second': its result.json and report would be" in capsys.readouterr().err
+    )
+    # a storage of its own elsewhere: the folder's result.json is still the other study's
+    storage = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    assert main([*argv, "--out", out, "--no-progress", "--study-name", "second", "--storage", storage]) == 2
+    assert (tmp_path / "study" / "result.json").read_text() == before
+
+
 def test_probe_prints_noise_scale_ceiling_throughput_and_prior(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
