@@ -440,9 +440,21 @@ def _stop(procs: Sequence[multiprocessing.process.BaseProcess]) -> None:
 
 
 # -- re-scoring: plans side by side -----------------------------------------------------
-def _plan_worker_init(threads: int, log_level: int) -> None:
+def _plan_worker_init(threads: int, log_level: int, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool on Ctrl-C
+    threading.Thread(target=_watch_plans, args=(parent,), name="bstune-rescore-watch", daemon=True).start()
     _setup_process(os.getpid(), ("re-scoring",), threads, log_level)
+
+
+def _watch_plans(parent: int) -> None:
+    """A re-scoring worker's daemon thread: end the worker once its parent is gone (killed). Its runs report to the
+    parent alone, so nothing is lost; left to run, it trained a whole budget on a device a resume would share."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            logger.warning("the study's process (pid %d) is gone: stopping re-scoring", parent)
+            logging.shutdown()
+            os._exit(1)
 
 
 def _run_plan(item: tuple[bytes, TrialPlan]) -> TrialOutcome:
@@ -460,7 +472,7 @@ def run_plans_parallel(payload: bytes, plans: list[TrialPlan], settings: StudySe
     placed = [(payload, plan.on_devices(slots[i % n])) for i, plan in enumerate(plans)]
     level = logging.getLogger("bstune").getEffectiveLevel()
     out: list[TrialOutcome] = []
-    with ctx.Pool(n, initializer=_plan_worker_init, initargs=(worker_threads(n), level)) as pool:
+    with ctx.Pool(n, initializer=_plan_worker_init, initargs=(worker_threads(n), level, os.getpid())) as pool:
         for start in range(0, len(placed), n):  # n at a time: never two plans on one device
             out += pool.map(_run_plan, placed[start : start + n], chunksize=1)
     return out

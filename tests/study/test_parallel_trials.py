@@ -522,3 +522,42 @@ def test_workers_that_give_up_on_failing_code_end_the_study_as_failed_not_crashe
         study(task, f"sqlite:///{tmp_path}/s.db", n_trials=12).run()
     trials = optuna.load_study(study_name="bstune-task", storage=f"sqlite:///{tmp_path}/s.db").trials
     assert 3 <= len(trials) < 12
+
+
+_RESCORING_PARENT = """
+import logging, multiprocessing, os, sys, time
+from bstune.study._workers import _plan_worker_init
+
+if __name__ == "__main__":
+    pool = multiprocessing.get_context("spawn").Pool(1, initializer=_plan_worker_init, initargs=(1, logging.WARNING, os.getpid()))
+    print(pool.apply(os.getpid), flush=True)  # the re-scoring worker, up
+    pool.apply_async(time.sleep, (120,))  # a run of a whole trial's budget
+    time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+def test_re_scoring_workers_stop_when_the_studys_process_is_killed(tmp_path: Path) -> None:
+    """A newcomer SIGKILLed a study while it re-scored: its two pool workers trained on for 34 s (a whole budget,
+    on a device a resume would share), then printed BrokenPipeError tracebacks. Trial workers stop within 0.5 s."""
+    script = tmp_path / "parent.py"
+    script.write_text(_RESCORING_PARENT)
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    worker = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+
+    def gone() -> bool | None:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return True
+        with contextlib.suppress(OSError):  # a zombie of its new parent counts as gone
+            if Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[0] == "Z":
+                return True
+        return None
+
+    assert wait_for("the re-scoring worker to stop", gone, [], timeout=20)
