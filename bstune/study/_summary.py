@@ -17,8 +17,12 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
     stopped at, then those without one (failed, diverged, interrupted); it shows the ``top`` first rows (None: all) and says how many
     more there are, of which kinds, and how to list them all (``bstune report FOLDER --all-trials``).
     """
-    cut = sum(1 for t in result["trials"] if t["status"] == "interrupted")  # their configs ran again as others
-    counted = f"{len(result['trials']) - cut} trials" + (f" (and {cut} interrupted)" if cut else "")
+    # interrupted trials' configs ran again as others; waiting (queued) and running ones have not ended
+    aside = {
+        kind: sum(1 for t in result["trials"] if t["status"] == kind) for kind in ("interrupted", "waiting", "running")
+    }
+    said = ", ".join(f"{n} {kind}" for kind, n in aside.items() if n)
+    counted = f"{len(result['trials']) - sum(aside.values())} trials" + (f" (and {said})" if said else "")
     lines = [
         f"study {result['study_name']} ({result['mode']} mode): {counted}, "
         f"{result['samples_total']:,} training samples in all (probe {result['samples_probe']:,}, "

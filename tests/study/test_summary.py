@@ -92,3 +92,14 @@ def test_an_unresolved_b_simple_is_said_not_a_crash_that_loses_the_study() -> No
     result["probe"].update(b_simple=None, b_simple_ci=[0.0, None])
     line = next(x for x in format_summary(result).splitlines() if x.startswith("probe: "))
     assert line.startswith("probe: B_simple unresolved (90% CI 0 .. inf) at lr ")
+
+
+def test_queued_retries_are_not_counted_as_trials_in_the_header() -> None:
+    """After a resume with --trials 4, the header said '5 trials (and 2 interrupted)' while the table said
+    4 completed, 2 interrupted and 1 waiting: the queued retry that never ran was counted as a trial."""
+    result = _sample()
+    n = len(result["trials"])
+    result["trials"][-1] = result["trials"][-1] | {"status": "waiting"}
+    result["trials"][-2] = result["trials"][-2] | {"status": "interrupted"}
+    header = format_summary(result).splitlines()[0]
+    assert f": {n - 2} trials (and 1 interrupted, 1 waiting), " in header
