@@ -58,6 +58,12 @@ def load_result(folder: str) -> StudyResult:
         raise ConfigError("no such folder; give the --out folder of `bstune run`", source=str(folder))
     if not path.is_file():
         stored = [p.name for p in (Path(folder) / "study.db", Path(folder) / "ray") if p.exists()]
+        if stored and _stored_trials(folder, None)[1]:  # a study writes its result when it ends
+            raise ConfigError(
+                f"no result.json here yet: the study in {', '.join(stored)} is running (a trial's process is alive); "
+                "its report comes when it ends",
+                source=str(folder),
+            )
         if stored:  # a study stopped before its end (Ctrl-C, a kill) writes its result only when it finishes
             raise ConfigError(
                 f"no result.json here, but a study's trials are ({', '.join(stored)}): it stopped before its end; "
@@ -66,9 +72,50 @@ def load_result(folder: str) -> StudyResult:
             )
         raise ConfigError("no result.json here; run `bstune run ... --out FOLDER` first", source=str(folder))
     try:
-        return StudyResult.load(path)
+        result = StudyResult.load(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"unreadable: {type(exc).__name__}: {exc}", source=str(path)) from None
+    finished, running = _stored_trials(folder, result.study_name)
+    written = sum(1 for t in result.trials if t.status != "interrupted")
+    if finished is not None and (finished > written or running):
+        logger.warning(
+            "%s holds %d finished trial(s)%s, result.json %d: the study ran on after it was written (resumed%s); "
+            "this report is of the %d, until it ends%s",
+            Path(folder) / "study.db",
+            finished,
+            f" and {running} running" if running else "",
+            written,
+            ", and running now" if running else ", then stopped",
+            written,
+            "" if running else " (finish it with its `bstune run` command and --resume)",
+        )
+    return result
+
+
+def _stored_trials(folder: str, name: str | None) -> tuple[int | None, int]:
+    """(finished trials, trials running with a live owner) of FOLDER/study.db's study ``name`` (None: its only
+    one); ``(None, 0)`` where there is no such storage or study."""
+    db = Path(folder) / "study.db"
+    if not db.is_file():
+        return None, 0
+    import optuna
+
+    from bstune.study import count_finished, running_alive
+
+    storage = f"sqlite:///{db}"
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        if name is None:
+            if len(names) != 1:
+                return None, 0
+            name = names[0]
+        if name not in names:
+            return None, 0
+        study = optuna.load_study(study_name=name, storage=storage)
+        return count_finished(study), running_alive(study.get_trials(deepcopy=False))
+    except Exception:  # an unreadable storage says nothing here: the report reads result.json
+        logger.debug("could not read %s", db, exc_info=True)
+        return None, 0
 
 
 def write_report(

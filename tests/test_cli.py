@@ -190,6 +190,36 @@ def test_another_study_in_the_same_out_folder_is_refused(tmp_path: Path, capsys:
     assert (tmp_path / "study" / "result.json").read_text() == before
 
 
+def test_report_says_when_the_storage_ran_on_past_result_json_or_the_study_is_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newcomer resumed a finished 8-trial study with --trials 14 and killed it at 10: `bstune report` printed
+    the old 8 without a word. On a study still running, it said 'it stopped before its end; finish it with
+    --resume', which starts a second process on it."""
+    import optuna
+
+    from bstune._keys import OWNER_KEY
+    from bstune.study._liveness import Owner
+
+    out = tmp_path / "study"
+    argv = ["run", DIGITS, "--space", SPACE_FILE, "--budget-samples", "9000", "--trials", "1", "--mode", "baseline"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    study = optuna.load_study(study_name="bstune-digits_mlp", storage=f"sqlite:///{out / 'study.db'}")
+    done = study.trials[0]
+    study.add_trial(optuna.trial.create_trial(params=done.params, distributions=done.distributions, value=0.5))
+    capsys.readouterr()
+    with caplog.at_level("WARNING", logger="bstune.cli"):
+        assert main(["report", str(out)]) == 0
+    assert "holds 2 finished trial(s), result.json 1: the study ran on after it was written (resumed, then" in (
+        caplog.text
+    )
+    running = study.ask()  # a trial this process runs: alive
+    study._storage.set_trial_system_attr(running._trial_id, OWNER_KEY, Owner.current().to_dict())
+    (out / "result.json").unlink()
+    assert main(["report", str(out)]) == 2
+    assert "no result.json here yet: the study in study.db is running" in capsys.readouterr().err
+
+
 def test_probe_prints_noise_scale_ceiling_throughput_and_prior(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -290,6 +290,18 @@ def describe_states(trials: Sequence[FrozenTrial]) -> str:
     return f"{len(trials)} trial{'s' if len(trials) != 1 else ''}" + (f" ({said})" if said else "")
 
 
+def running_alive(trials: Sequence[FrozenTrial], grace_period: float = 600.0) -> int:
+    """How many of ``trials`` are running with their owner alive (its process here, or a heartbeat within
+    ``grace_period``): a study still in progress, not one stopped before its end.
+
+    Example:
+        >>> from optuna.trial import create_trial
+        >>> running_alive([create_trial(value=1.0)])
+        0
+    """
+    return sum(1 for t in trials if t.state == TrialState.RUNNING and abandoned_reason(t, grace_period) is None)
+
+
 def count_taken(study: optuna.Study) -> int:
     """Trials finished (as :func:`count_finished` counts them) plus those running, from one read of the storage.
 
