@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -548,6 +549,10 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("bstune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bstune report FOLDER | head`: the reader is gone, so is the rest of the output
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would raise again
+        return 141  # as a shell reports a process ended by SIGPIPE
 
 
 if __name__ == "__main__":

@@ -220,6 +220,37 @@ def test_report_says_when_the_storage_ran_on_past_result_json_or_the_study_is_ru
     assert "no result.json here yet: the study in study.db is running" in capsys.readouterr().err
 
 
+_GONE_READER = """
+import sys
+from bstune.cli import main
+
+class Gone:  # a pipe whose reader (head) has stopped reading
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+    def flush(self):
+        pass
+    def fileno(self):
+        return 1
+
+sys.stdout = Gone()
+raise SystemExit(main(["report", sys.argv[1], "--all-trials"]))
+"""
+
+
+def test_a_report_piped_into_a_reader_that_stops_ends_without_a_traceback(tmp_path: Path) -> None:
+    """`bstune report FOLDER | head` ended in a BrokenPipeError traceback."""
+    shutil.copytree(ROOT / "examples" / "digits_report", tmp_path / "study")
+    proc = subprocess.run(
+        [sys.executable, "-c", _GONE_READER, str(tmp_path / "study")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_probe_prints_noise_scale_ceiling_throughput_and_prior(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
