@@ -9,7 +9,9 @@ import contextlib
 import json
 import logging
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,25 @@ def _trial_states(storage: Any, name: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``bstune run``. SIGTERM (``timeout``, Slurm, ``docker stop``) stops it as Ctrl-C does: the finished trials
+    kept, the running ones to run again, and the line that continues; the exit code is 143, as for a SIGTERM."""
+    terminated: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if main else None
+    try:
+        code = _run(args)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    return 143 if code == 130 and terminated else code
+
+
+def _run(args: argparse.Namespace) -> int:
     import optuna
 
     if args.backend != "ray":  # a forgotten --backend ray ran the whole study in this process, without a word

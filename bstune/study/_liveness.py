@@ -378,7 +378,7 @@ def requeue_interrupted(trial: Trial) -> None:
         else "it had not drawn its config: a fresh trial takes its place when the study resumes"
     )
     storage.set_trial_user_attr(trial._trial_id, "status", TrialStatus.INTERRUPTED.value)
-    storage.set_trial_user_attr(trial._trial_id, "message", f"interrupted (Ctrl-C); {again}")
+    storage.set_trial_user_attr(trial._trial_id, "message", f"interrupted (Ctrl-C, or a stop signal); {again}")
     if drawn:
         trial.study.enqueue_trial(drawn, user_attrs=retry_attrs(trial.number, trial.user_attrs))
     logger.info("trial %d interrupted; %s", trial.number, again)

@@ -132,6 +132,31 @@ def test_ctrl_c_keeps_finished_trials_says_how_to_continue_and_resume_reruns_the
     assert "3 trials (and 1 interrupted)" in resumed.stdout
 
 
+def test_sigterm_stops_the_study_as_ctrl_c_does_and_exits_143(tmp_path: Path) -> None:
+    """`timeout`, Slurm and `docker stop` send SIGTERM: the run died with 143 and no word on what was kept or how
+    to continue (the stored trials were fine)."""
+    (tmp_path / "slow.py").write_text(SLOW_TASK)
+    (tmp_path / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bstune.cli", *ARGS], cwd=tmp_path, env=python_env(), stderr=subprocess.PIPE
+    )
+
+    def interruptible() -> FrozenTrial | None:
+        trials = stored(tmp_path)
+        if not any(t.state == TrialState.COMPLETE for t in trials):
+            return None
+        return in_trial(trials, proc.pid)
+
+    victim = wait_for("a trial finished and the next one running", interruptible, [proc])
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    err = proc.stderr.read().decode().strip()  # type: ignore[union-attr]
+    assert "Traceback" not in err and err.startswith("bstune: interrupted; kept "), err
+    assert err.endswith(f"continue with: {shlex.join(['bstune', *ARGS, '--resume'])}"), err
+    stopped = {t.number: t for t in stored(tmp_path)}[victim.number]
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["status"] == "interrupted"
+
+
 def test_ctrl_c_while_the_commands_load_says_interrupted_without_a_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
