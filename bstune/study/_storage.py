@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def open_storage(url: str | Path | BaseStorage | None) -> BaseStorage | None:
         if text.startswith("journal:") or text.endswith((".log", ".jsonl")):
             path = Path(text.removeprefix("journal:"))
             path.parent.mkdir(parents=True, exist_ok=True)
+            _check_journal(path)
             return JournalStorage(JournalFileBackend(str(path)))
         if "://" not in text:
             raise ConfigError(
@@ -68,6 +70,27 @@ def open_storage(url: str | Path | BaseStorage | None) -> BaseStorage | None:
         raise
     except (OSError, ImportError, ValueError, optuna.exceptions.OptunaError, Exception) as exc:
         raise ConfigError(f"cannot open {text!r}: {type(exc).__name__}: {exc}", source="storage") from exc
+
+
+def _check_journal(path: Path) -> None:
+    """Refuse a file that holds something other than Optuna journal records (another log given by mistake):
+    opening it went on to a JSON traceback, and appended a record to the file first."""
+    if not path.is_file():
+        return
+    with path.open("rb") as f:
+        first = f.readline()
+    if not first.strip():
+        return
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise ConfigError(
+            f"{str(path)!r} holds something other than an Optuna journal (its first line is not a journal "
+            f"record: {first[:60].decode(errors='replace').rstrip()!r}); give a new file, or the study's own",
+            source="storage",
+        )
 
 
 def storage_file(url: str | Path | BaseStorage | None) -> Path | None:

@@ -74,6 +74,7 @@ FILES: dict[str, str] = {
     "norec.json": '{"trials": []}\n',
     "keep/notes.txt": "a folder with something in it before the run\n",
     "old.log": stored_study("name: s\nbatch_size: {min: 8, max: 64}\n", 30_000),  # the study ok.yaml made
+    "other.log": '{not json, but another program\'s log\n{"event": "start"}\n',  # given as --storage by mistake
     "decay.yaml": (
         # lr.max far past where training blows up: the range test finds a ceiling (else it warns that lr.max is one)
         "name: s\nbatch_size: {min: 8, max: 64}\nlr: {min: 1.0e-3, max: 1.0e+3}\n"
@@ -274,6 +275,14 @@ CASES: list[Case] = [
         ("holds no study 'bstune-tiny' to resume",),
         untouched=("keep/notes.txt",),
         absent=("keep/study.db",),
+    ),
+    # a file of another program given as the journal: it was appended to, then a JSON traceback
+    Case(
+        ("run", "good.py", "--space", "ok.yaml", "--storage", "other.log", "--out", "out"),
+        2,
+        ("storage: 'other.log' holds something other than an Optuna journal", "{{not json, but another"),
+        untouched=("other.log",),
+        absent=("out",),
     ),
     # a resume with other settings names each one, with the stored value and the new one
     Case(
