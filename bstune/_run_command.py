@@ -241,7 +241,7 @@ def _run(args: argparse.Namespace) -> int:
             return 1
         print(
             f"report: {files['md']} (also {Path(files['html']).name}, {Path(files['json']).name}); "
-            f"`bstune report {args.out}` writes it again with other options"
+            f"`bstune report {shlex.quote(args.out)}` writes it again with other options"
         )
     if args.print_result:
         from bstune.jobs import RESULT_BEGIN, RESULT_END

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from bstune.metrics import Direction
@@ -83,7 +84,7 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
     hidden = ranked[len(shown) :]
     if hidden:
         how = (
-            f"`bstune report {folder} --all-trials` lists all"
+            f"`bstune report {shlex.quote(folder)} --all-trials` lists all"
             if folder is not None
             else "with --out DIR, `bstune report DIR --all-trials` lists all"
         )

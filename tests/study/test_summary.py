@@ -103,3 +103,9 @@ def test_queued_retries_are_not_counted_as_trials_in_the_header() -> None:
     result["trials"][-2] = result["trials"][-2] | {"status": "interrupted"}
     header = format_summary(result).splitlines()[0]
     assert f": {n - 2} trials (and 1 interrupted, 1 waiting), " in header
+
+
+def test_the_hint_to_list_all_trials_quotes_a_folder_with_spaces() -> None:
+    """A newcomer's --out 'runs/o u t' got a hint that, pasted, named three folders."""
+    summary = format_summary(_sample(), folder="/tmp/runs/o u t")
+    assert "`bstune report '/tmp/runs/o u t' --all-trials` lists all" in summary
