@@ -166,6 +166,14 @@ class BstuneCallback(pl.Callback):
         # OneCycleLR and CyclicLR start the rate where they say, and keep no record of the one the optimizer
         # was built at but its default
         overwrote = any(isinstance(c.scheduler, _OVERWRITING) for c in trainer.lr_scheduler_configs)
+        if overwrote and len({group.get("initial_lr") for group in optimizer.param_groups}) > 1:
+            raise ConfigError(
+                "OneCycleLR or CyclicLR in configure_optimizers overwrote the rates the optimizer's parameter "
+                "groups were built at, and they differ: the trial's schedule cannot tell their ratios; drop it "
+                "(ctx.lr_scheduler sets the rate)",
+                source=_SOURCE,
+                field="configure_optimizers",
+            )
         if trainer.lr_scheduler_configs:
             names = ", ".join(type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs)
             logger.warning(

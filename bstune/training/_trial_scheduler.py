@@ -67,23 +67,32 @@ def _not_at_trial_rate(built: list[float], base: float) -> ConfigError:
         f"the optimizer was built at lr {rates}, none of it the trial's ctx.config['lr'] = {base:.4g}: this "
         "scheduler keeps each parameter group's ratio to that rate, so every trial would train at "
         f"{rates} whatever the search drew; build it with lr=ctx.config['lr'] (other groups at multiples "
-        "of it keep their ratios)",
+        "of it keep their ratios), and leave its rate to this scheduler (no other scheduler, and no optimizer "
+        "state loaded before it, sets the rate)",
         source="ctx.lr_scheduler",
     )
 
 
 def _scales(optimizer: torch.optim.Optimizer, base: float, now: float) -> list[float]:
-    """Each parameter group's rate over the one the optimizer was built at: the trial's ``base`` rate (a group, or
-    the optimizer's default, at it), or the rate of the step under way, ``now`` (an optimizer made again mid-run
-    by ``ctx.make_optimizer``, which builds at it). A group frozen at lr=0 stays frozen."""
-    built = [float(group["lr"]) for group in optimizer.param_groups]
+    """Each parameter group's rate over the one the optimizer was built at: the trial's ``base`` rate (a group at
+    it), or the rate of the step under way, ``now`` (an optimizer made again mid-run by ``ctx.make_optimizer``,
+    which builds at it). Groups all at multiples of the trial's rate count where the optimizer's default is that
+    rate and no other scheduler has touched them (``initial_lr``): rates moved together from the default (a
+    torch scheduler, a loaded checkpoint) are refused, as scaling from them would train every step at a fraction
+    of the schedule. A group frozen at lr=0 stays frozen."""
+    groups = optimizer.param_groups
+    built = [float(group["lr"]) for group in groups]
     default = optimizer.defaults.get("lr")
-    for reference in (base, now):
-        if reference > 0 and any(
-            math.isclose(rate, reference, rel_tol=1e-6)
-            for rate in [*built, *([float(default)] if isinstance(default, (int, float)) else [])]
-        ):
-            return [rate / reference for rate in built]
+    multiples = (
+        isinstance(default, (int, float))
+        and math.isclose(float(default), base, rel_tol=1e-6)
+        and not any("initial_lr" in group for group in groups)
+        and len(set(built)) > 1
+    )
+    if multiples or any(math.isclose(rate, base, rel_tol=1e-6) for rate in built):
+        return [rate / base for rate in built]
+    if now > 0 and any(math.isclose(rate, now, rel_tol=1e-6) for rate in built):
+        return [rate / now for rate in built]
     raise _not_at_trial_rate(built, base)
 
 

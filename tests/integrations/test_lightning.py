@@ -59,7 +59,12 @@ class Lit(pl.LightningModule):
             return opt
         # a schedule of the module's own, which would run the rate at a hundredth: the trial's replaces it
         own: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.01)
-        if self.scheduler == "onecycle":  # starts the rate at max_lr / 25, forgetting the one it was built at
+        if self.scheduler == "onecycle-groups":  # two groups at different rates: their ratio is lost
+            lr = self.ctx.config["lr"]
+            first, second = self.net[0].parameters(), self.net[2].parameters()
+            opt = torch.optim.SGD([{"params": first, "lr": 0.1 * lr}, {"params": second}], lr=lr)
+            own = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[0.1 * lr, lr], total_steps=1000)
+        elif self.scheduler == "onecycle":  # starts the rate at max_lr / 25, forgetting the one it was built at
             own = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.ctx.config["lr"], total_steps=1000)
         elif self.scheduler == "cyclic":  # starts it at base_lr
             own = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=1e-4, max_lr=self.ctx.config["lr"])
@@ -126,6 +131,14 @@ def test_each_step_runs_at_the_trials_rate_and_the_modules_own_scheduler_is_set_
     assert modules[0].lrs == pytest.approx([lr_at(config, k * 32) for k in range(100)], rel=1e-12)
     assert modules[0].lrs[0] < modules[0].lrs[19] == pytest.approx(0.4)  # warmup, then the decay
     assert f"replaces {name} from configure_optimizers" in caplog.text
+
+
+def test_a_one_cycle_schedule_over_groups_at_different_rates_is_refused() -> None:
+    """OneCycleLR forgets the rates the groups were built at: going back to the optimizer's default gave every group
+    the same rate, the backbone 10x the one its module chose."""
+    config = TrainConfig(batch_size=32, lr=0.4, max_samples=640)
+    with pytest.raises(ConfigError, match="overwrote the rates the optimizer's parameter groups were built at"):
+        run_function(lambda ctx: lit(ctx, scheduler="onecycle-groups"), config)
 
 
 def test_a_stop_at_a_milestone_prunes_the_trial_and_stops_the_trainer_there() -> None:

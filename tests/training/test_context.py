@@ -107,12 +107,29 @@ def test_a_group_frozen_at_rate_zero_stays_frozen() -> None:
     assert [s[0] for s in seen] == [0.0] * 20 and seen[-1][1] == 0.5
 
 
+def _moved(opt: torch.optim.Optimizer, how: str) -> torch.optim.Optimizer:
+    """``opt`` with its rates moved from the ones it was built at, by a torch scheduler or a loaded state."""
+    if how == "lambda":
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.01)
+    elif how == "onecycle":
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opt.defaults["lr"], total_steps=100)
+    else:
+        state = opt.state_dict()
+        for group in state["param_groups"]:
+            group["lr"] = 0.04 * group["lr"]
+        opt.load_state_dict(state)
+    return opt
+
+
 @pytest.mark.parametrize(
     "build",
     [
         lambda params, lr: torch.optim.Adam(params),  # its default rate, 1e-3
         lambda params, lr: torch.optim.SGD([{"params": params[:1]}, {"params": params[1:]}], lr=0.1),
         lambda params, lr: torch.optim.AdamW([{"params": params[:1], "lr": 1e-5}, {"params": params[1:], "lr": 1e-3}]),
+        lambda params, lr: _moved(torch.optim.SGD(params, lr=lr), "lambda"),  # another scheduler moved it first
+        lambda params, lr: _moved(torch.optim.SGD(params, lr=lr), "onecycle"),
+        lambda params, lr: _moved(torch.optim.SGD(params, lr=lr), "checkpoint"),  # a state saved mid-warmup
     ],
 )
 def test_an_optimizer_built_at_another_rate_than_the_trials_is_refused(
