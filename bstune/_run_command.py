@@ -49,28 +49,34 @@ def _ray_storage(args: argparse.Namespace, name: str) -> str | None:
 
 
 def _refuse_another_study(args: argparse.Namespace, name: str, own_storage: Any) -> None:
-    """--out holds another study (another script's, or another --study-name): this run's result.json and report
-    would be written over that study's. ``own_storage``: the storage --out keeps (study.db), whose other studies
-    count too (the other run may not have written its result.json yet)."""
+    """--out holds another study, whose result.json and report this run would write over: another script's or
+    --study-name's in the folder's storage (``own_storage``, study.db: the other run may not have written its
+    result.json yet) or in its ray/ folder, or a result.json whose study this folder's storage does not hold
+    (fetched, or run with --storage elsewhere), even of this run's name."""
     import optuna
 
     if not args.out:
         return
+    folder = Path(args.out)
     others: set[str] = set()
+    stored: set[str] | None = None
     if own_storage is not None:
-        others |= {s.study_name for s in optuna.get_all_study_summaries(own_storage)} - {name}
-    result = Path(args.out) / "result.json"
+        stored = {s.study_name for s in optuna.get_all_study_summaries(own_storage)}
+        others |= stored - {name}
+    if (folder / "ray").is_dir():
+        others |= {p.name for p in (folder / "ray").iterdir() if p.is_dir() and p.name != name}
+    result = folder / "result.json"
     if result.is_file():
         try:
             kept = json.loads(result.read_text()).get("study_name")
         except (OSError, ValueError, AttributeError):
             kept = None
-        if isinstance(kept, str) and kept != name:
+        if isinstance(kept, str) and (kept != name or (stored is not None and kept not in stored)):
             others.add(kept)
     if others:
         raise ConfigError(
-            f"holds study {sorted(others)[0]!r}, not this run's {name!r}: its result.json and report would be "
-            "written over that study's; choose another --out (or --study-name to continue that one)",
+            f"holds study {sorted(others)[0]!r} (its result.json, report or trials), which this run's would be "
+            "written over; choose another --out (to continue that study, run its own command with --resume)",
             source=args.out,
         )
 
@@ -117,14 +123,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     kept, the running ones to run again, and the line that continues; the exit code is 143, as for a SIGTERM."""
     terminated: list[int] = []
 
-    def stop(signum: int, frame: Any) -> None:
-        terminated.append(signum)
-        raise KeyboardInterrupt
+    def stop(signum: int, frame: Any) -> None:  # through the SIGINT handler of the moment: the parallel workers'
+        terminated.append(signum)  # flag, Ray Tune's event, else Python's KeyboardInterrupt
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
 
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, stop) if main else None
     try:
         code = _run(args)
+    except KeyboardInterrupt:  # before the study began (the script's import), or a second signal in its clean-up
+        if not terminated:
+            raise
+        print("bstune: interrupted", file=sys.stderr)
+        code = 130
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

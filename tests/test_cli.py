@@ -181,13 +181,20 @@ def test_another_study_in_the_same_out_folder_is_refused(tmp_path: Path, capsys:
     before = (tmp_path / "study" / "result.json").read_text()
     capsys.readouterr()
     assert main([*argv, "--out", out, "--no-progress", "--study-name", "second"]) == 2
-    assert (
-        "holds study 'first', not this run's 'second': its result.json and report would be" in capsys.readouterr().err
-    )
+    err = capsys.readouterr().err
+    assert "holds study 'first' (its result.json, report or trials), which this run's would be written over" in err
+    assert "run its own command with --resume" in err
     # a storage of its own elsewhere: the folder's result.json is still the other study's
     storage = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     assert main([*argv, "--out", out, "--no-progress", "--study-name", "second", "--storage", storage]) == 2
-    assert (tmp_path / "study" / "result.json").read_text() == before
+    # a result.json (fetched, or of a run with --storage elsewhere) whose study the folder's storage does not hold,
+    # even under this run's name: the reviewer followed the first hint's '--study-name' and overwrote it
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    (fetched / "result.json").write_text(before)
+    argv_fetched = [*argv, "--out", str(fetched), "--no-progress", "--study-name", "first"]
+    assert main(argv_fetched) == 2
+    assert (tmp_path / "study" / "result.json").read_text() == before == (fetched / "result.json").read_text()
 
 
 def test_report_says_when_the_storage_ran_on_past_result_json_or_the_study_is_running(
