@@ -76,7 +76,7 @@ def load_result(folder: str) -> StudyResult:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"unreadable: {type(exc).__name__}: {exc}", source=str(path)) from None
     finished, running = _stored_trials(folder, result.study_name)
-    written = sum(1 for t in result.trials if t.status != "interrupted")
+    written = sum(1 for t in result.trials if t.status not in ("interrupted", "waiting", "running"))
     if finished is not None and (finished > written or running):
         logger.warning(
             "%s holds %d finished trial(s)%s, result.json %d: the study ran on after it was written (resumed%s); "
@@ -100,7 +100,7 @@ def _stored_trials(folder: str, name: str | None) -> tuple[int | None, int]:
         return None, 0
     import optuna
 
-    from bstune.study import count_finished, running_alive
+    from bstune.study import stored_progress
 
     storage = f"sqlite:///{db}"
     try:
@@ -112,7 +112,7 @@ def _stored_trials(folder: str, name: str | None) -> tuple[int | None, int]:
         if name not in names:
             return None, 0
         study = optuna.load_study(study_name=name, storage=storage)
-        return count_finished(study), running_alive(study.get_trials(deepcopy=False))
+        return stored_progress(study.get_trials(deepcopy=False))
     except Exception:  # an unreadable storage says nothing here: the report reads result.json
         logger.debug("could not read %s", db, exc_info=True)
         return None, 0

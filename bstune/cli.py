@@ -16,6 +16,7 @@ which file or option is wrong and why).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -550,9 +551,13 @@ def run_command(args: argparse.Namespace) -> int:
         print("bstune: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `bstune report FOLDER | head`: the reader is gone, so is the rest of the output
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would raise again
-        return 141  # as a shell reports a process ended by SIGPIPE
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # stdout's: Python's flush at exit would raise again
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141  # as a shell reports a process ended by SIGPIPE
+        raise  # another pipe's (a worker's): not the reader's going
 
 
 if __name__ == "__main__":

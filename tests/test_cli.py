@@ -214,6 +214,9 @@ def test_report_says_when_the_storage_ran_on_past_result_json_or_the_study_is_ru
     study = optuna.load_study(study_name="bstune-digits_mlp", storage=f"sqlite:///{out / 'study.db'}")
     done = study.trials[0]
     study.add_trial(optuna.trial.create_trial(params=done.params, distributions=done.distributions, value=0.5))
+    written = json.loads((out / "result.json").read_text())  # and a queued retry it held, which never ran
+    written["trials"].append(written["trials"][0] | {"number": 1, "status": "waiting", "value": None})
+    (out / "result.json").write_text(json.dumps(written))
     capsys.readouterr()
     with caplog.at_level("WARNING", logger="bstune.cli"):
         assert main(["report", str(out)]) == 0
@@ -228,14 +231,19 @@ def test_report_says_when_the_storage_ran_on_past_result_json_or_the_study_is_ru
 
 
 _GONE_READER = """
-import sys
+import os, sys
 from bstune.cli import main
 
-class Gone:  # a pipe whose reader (head) has stopped reading
+class Gone:  # a pipe whose reader (head) has stopped reading, until fd 1 is sent elsewhere
+    def __init__(self):
+        self.fd = os.fstat(1)
+    def broken(self):
+        if os.fstat(1) == self.fd:
+            raise BrokenPipeError(32, "Broken pipe")
     def write(self, text):
-        raise BrokenPipeError(32, "Broken pipe")
+        self.broken()
     def flush(self):
-        pass
+        self.broken()
     def fileno(self):
         return 1
 
@@ -256,6 +264,18 @@ def test_a_report_piped_into_a_reader_that_stops_ends_without_a_traceback(tmp_pa
         check=False,
     )
     assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_broken_pipe_that_is_not_stdouts_is_not_taken_for_a_reader_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only stdout's broken pipe ends the command quietly: one from a worker's pipe is an error to see."""
+    from bstune import _commands
+
+    def broken(args: object) -> int:
+        raise BrokenPipeError(32, "a worker's pipe")
+
+    monkeypatch.setattr(_commands, "cmd_report", broken)
+    with pytest.raises(BrokenPipeError, match="a worker's pipe"):
+        main(["report", str(ROOT / "examples" / "digits_report")])
 
 
 def test_probe_prints_noise_scale_ceiling_throughput_and_prior(

@@ -3,7 +3,7 @@
 from bstune.records import ProbeResult
 from bstune.study._backend import FunctionJob, Resumed, StudySpec, TaskJob, TrialBackend, TrialJob
 from bstune.study._critical import measure_study_critical_batch
-from bstune.study._liveness import count_finished, describe_states, running_alive
+from bstune.study._liveness import count_finished, describe_states, stored_progress
 from bstune.study._optuna_backend import OptunaBackend, TrialFailure
 from bstune.study._prior import Prior
 from bstune.study._probe import probe_space, run_probe
@@ -58,9 +58,9 @@ __all__ = [
     "probe_params",
     "probe_space",
     "run_probe",
-    "running_alive",
     "split_params",
     "storage_file",
+    "stored_progress",
     "unreachable",
     "use_auth_token",
     "worker_devices",

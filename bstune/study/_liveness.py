@@ -290,16 +290,19 @@ def describe_states(trials: Sequence[FrozenTrial]) -> str:
     return f"{len(trials)} trial{'s' if len(trials) != 1 else ''}" + (f" ({said})" if said else "")
 
 
-def running_alive(trials: Sequence[FrozenTrial], grace_period: float = 600.0) -> int:
-    """How many of ``trials`` are running with their owner alive (its process here, or a heartbeat within
-    ``grace_period``): a study still in progress, not one stopped before its end.
+def stored_progress(trials: Sequence[FrozenTrial], grace_period: float = 600.0) -> tuple[int, int]:
+    """(finished trials as :func:`count_finished` counts them, trials running with their owner alive) of one read
+    of a study's trials. Alive: its process here, or a heartbeat within ``grace_period`` (the default
+    :class:`~bstune.study.StudySettings`'): a study still in progress, not one stopped before its end.
 
     Example:
         >>> from optuna.trial import create_trial
-        >>> running_alive([create_trial(value=1.0)])
-        0
+        >>> stored_progress([create_trial(value=1.0), create_trial(state=TrialState.WAITING)])
+        (1, 0)
     """
-    return sum(1 for t in trials if t.state == TrialState.RUNNING and abandoned_reason(t, grace_period) is None)
+    finished = sum(1 for t in trials if _finished(t))
+    alive = sum(1 for t in trials if t.state == TrialState.RUNNING and abandoned_reason(t, grace_period) is None)
+    return finished, alive
 
 
 def count_taken(study: optuna.Study) -> int:

@@ -78,8 +78,8 @@ def _check_journal(path: Path) -> None:
     if not path.is_file():
         return
     with path.open("rb") as f:
-        first = f.readline()
-    if not first.strip():
+        first = f.readline(1 << 16)
+    if not first.strip() or not first.endswith(b"\n"):  # empty, or a first record another process is writing
         return
     try:
         record = json.loads(first)

@@ -451,9 +451,9 @@ def _watch_plans(parent: int) -> None:
     parent alone, so nothing is lost; left to run, it trained a whole budget on a device a resume would share."""
     while True:
         time.sleep(0.5)
-        if os.getppid() != parent:
-            logger.warning("the study's process (pid %d) is gone: stopping re-scoring", parent)
-            logging.shutdown()
+        if os.getppid() != parent:  # one line straight to stderr: a logging lock held elsewhere cannot stop the exit
+            with contextlib.suppress(OSError):
+                os.write(2, f"WARNING bstune: the study's process (pid {parent}) is gone: re-scoring stops\n".encode())
             os._exit(1)
 
 

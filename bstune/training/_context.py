@@ -438,7 +438,8 @@ class TrialContext:
         raise ConfigError(
             f"{self._short} of the run's {steps} steps counted fewer samples than the trial's batch size "
             f"{self.batch_size} (this one {samples}): the loop does not train at that batch. Its own loader holds "
-            "fewer examples than the batch (give the space a batch_size.max no larger than the training set, or "
+            "fewer examples than the batch, in all or in each of its workers' shards (give the space a "
+            "batch_size.max no larger than that, or "
             "train on ctx.loader, which keeps the search within it), or it batches by another size than "
             "ctx.batch_size (batch by it"
             + ("; with a batch_schedule, make the loader again when ctx.batch_size changes" if staged else "")
