@@ -54,6 +54,11 @@ def load_result(folder: str) -> StudyResult:
     from bstune.study import StudyResult
 
     path = Path(folder) / "result.json"
+    if Path(folder).is_file():
+        raise ConfigError(
+            "is a file (a study's storage?), not the --out folder of `bstune run`, which holds result.json",
+            source=str(folder),
+        )
     if not Path(folder).is_dir():
         raise ConfigError("no such folder; give the --out folder of `bstune run`", source=str(folder))
     if not path.is_file():

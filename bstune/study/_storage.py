@@ -69,7 +69,8 @@ def open_storage(url: str | Path | BaseStorage | None) -> BaseStorage | None:
     except ConfigError:
         raise
     except (OSError, ImportError, ValueError, optuna.exceptions.OptunaError, Exception) as exc:
-        raise ConfigError(f"cannot open {text!r}: {type(exc).__name__}: {exc}", source="storage") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""  # not SQLAlchemy's "Background on..."
+        raise ConfigError(f"cannot open {text!r}: {type(exc).__name__}: {first}", source="storage") from exc
 
 
 def _check_journal(path: Path) -> None:

@@ -74,6 +74,7 @@ FILES: dict[str, str] = {
     "norec.json": '{"trials": []}\n',
     "keep/notes.txt": "a folder with something in it before the run\n",
     "old.log": stored_study("name: s\nbatch_size: {min: 8, max: 64}\n", 30_000),  # the study ok.yaml made
+    "notdb.db": "not a database at all",  # SQLAlchemy's error adds a 'Background on this error' line
     "other.log": '{not json, but another program\'s log\n{"event": "start"}\n',  # given as --storage by mistake
     "decay.yaml": (
         # lr.max far past where training blows up: the range test finds a ceiling (else it warns that lr.max is one)
@@ -153,6 +154,7 @@ CASES: list[Case] = [
     ),
     Case(("train", "numpy_ok.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "64"), 0, (), one_line=False),
     Case(("report", "nosuchdir"), 2, ("nosuchdir", "no such folder")),
+    Case(("report", "old.log"), 2, ("old.log: is a file (a study's storage?), not the --out folder",)),
     Case(  # an --out that cannot be made: said before the training, not a traceback after it
         ("train", "good.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "64", "--out", "good.py/sub"),
         2,
@@ -283,6 +285,12 @@ CASES: list[Case] = [
         ("storage: 'other.log' holds something other than an Optuna journal", "{{not json, but another"),
         untouched=("other.log",),
         absent=("out",),
+    ),
+    Case(
+        ("run", "good.py", "--space", "ok.yaml", "--storage", "sqlite:///notdb.db", "--out", "out"),
+        2,
+        ("storage: cannot open 'sqlite:///notdb.db': DatabaseError", "file is not a database"),
+        untouched=("notdb.db",),
     ),
     # a resume with other settings names each one, with the stored value and the new one
     Case(
