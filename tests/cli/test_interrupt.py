@@ -75,23 +75,30 @@ def stored(folder: Path) -> list[FrozenTrial]:
         return []
 
 
-def test_ctrl_c_keeps_finished_trials_says_how_to_continue_and_resume_reruns_the_interrupted_one(
-    tmp_path: Path,
-) -> None:
-    (tmp_path / "slow.py").write_text(SLOW_TASK)
-    (tmp_path / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
+def stopped_mid_trial(folder: Path, signum: int) -> tuple[subprocess.Popen[bytes], FrozenTrial]:
+    """``bstune run`` of the slow task in ``folder``, sent ``signum`` once a trial has finished and the next one
+    runs; returns the process (stderr piped) and that running trial."""
+    (folder / "slow.py").write_text(SLOW_TASK)
+    (folder / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bstune.cli", *ARGS], cwd=tmp_path, env=python_env(), stderr=subprocess.PIPE
+        [sys.executable, "-m", "bstune.cli", *ARGS], cwd=folder, env=python_env(), stderr=subprocess.PIPE
     )
 
     def interruptible() -> FrozenTrial | None:
-        trials = stored(tmp_path)
+        trials = stored(folder)
         if not any(t.state == TrialState.COMPLETE for t in trials):
             return None
         return in_trial(trials, proc.pid)
 
     victim = wait_for("a trial finished and the next one running", interruptible, [proc])
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
+    return proc, victim
+
+
+def test_ctrl_c_keeps_finished_trials_says_how_to_continue_and_resume_reruns_the_interrupted_one(
+    tmp_path: Path,
+) -> None:
+    proc, victim = stopped_mid_trial(tmp_path, signal.SIGINT)
     assert proc.wait(timeout=120) == 130
     err = proc.stderr.read().decode().strip()  # type: ignore[union-attr]
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
@@ -135,20 +142,7 @@ def test_ctrl_c_keeps_finished_trials_says_how_to_continue_and_resume_reruns_the
 def test_sigterm_stops_the_study_as_ctrl_c_does_and_exits_143(tmp_path: Path) -> None:
     """`timeout`, Slurm and `docker stop` send SIGTERM: the run died with 143 and no word on what was kept or how
     to continue (the stored trials were fine)."""
-    (tmp_path / "slow.py").write_text(SLOW_TASK)
-    (tmp_path / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bstune.cli", *ARGS], cwd=tmp_path, env=python_env(), stderr=subprocess.PIPE
-    )
-
-    def interruptible() -> FrozenTrial | None:
-        trials = stored(tmp_path)
-        if not any(t.state == TrialState.COMPLETE for t in trials):
-            return None
-        return in_trial(trials, proc.pid)
-
-    victim = wait_for("a trial finished and the next one running", interruptible, [proc])
-    proc.send_signal(signal.SIGTERM)
+    proc, victim = stopped_mid_trial(tmp_path, signal.SIGTERM)
     assert proc.wait(timeout=120) == 143
     err = proc.stderr.read().decode().strip()  # type: ignore[union-attr]
     assert "Traceback" not in err and err.startswith("bstune: interrupted; kept "), err

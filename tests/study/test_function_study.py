@@ -23,7 +23,7 @@ from bstune.metrics import Direction
 from bstune.space import SearchSpace
 from bstune.study import FunctionJob, ProbeSettings, StudyFailedError, probe_function, probe_space
 from bstune.training import TrainConfig, TrialContext, run_function
-from tests.training.test_context import TRAIN, VX, VY, loop, net, task
+from tests.training.test_context import TRAIN, VX, VY, loop, net, own_loader_loop, task
 
 SPACE = {"name": "s", "batch_size": {"min": 8, "max": 128}, "lr": {"min": 1e-3, "max": 3.0}}
 ARGS: dict[str, Any] = dict(n_trials=5, budget_samples=4096, mode="baseline", progress=False, study_name="same")
@@ -535,27 +535,7 @@ def test_the_probe_of_a_loop_whose_own_loader_is_smaller_than_the_spaces_batches
     """A DataLoader of the loop's own over 100 examples: the large-batch range test (at 8x the probe batch) or the
     throughput ladder ran at batch sizes the loop never trained at, and the search went on up to 512. It stops
     with what to do instead (ctx.loader shows the set's size, and the search stays within it)."""
-    data = torch.utils.data.Subset(TRAIN, range(100))
-
-    def own(ctx: TrialContext) -> None:
-        model = net()
-        opt = ctx.make_optimizer(model.parameters())
-        sched = ctx.lr_scheduler(opt)
-        noise = ctx.noise_tracker(model)
-        while not ctx.done:
-            for xb, yb in torch.utils.data.DataLoader(data, batch_size=ctx.batch_size, shuffle=True):
-                loss = F.cross_entropy(model(xb), yb)
-                opt.zero_grad()
-                loss.backward()
-                noise.observe()
-                opt.step()
-                sched.step()
-                if ctx.step(loss, samples=len(xb)):
-                    break
-                if ctx.at_milestone():
-                    with torch.no_grad():
-                        ctx.report(val_loss=F.cross_entropy(model(VX), VY))
-
+    own = own_loader_loop(100, None, count=True, report=True)
     settings = ProbeSettings(batch_size=32, throughput_batches=(8, 32, 128, 512))
     for lr_max in (3.0, 300.0):  # the first range test reaches lr.max (no second one), or it does not
         space = SearchSpace.coerce(SPACE | {"batch_size": {"min": 4, "max": 512}, "lr": {"min": 1e-3, "max": lr_max}})

@@ -838,12 +838,12 @@ def test_a_sparse_embeddings_gradient_is_measured_as_the_dense_ones_and_kept_spa
         assert trajectory == pytest.approx(dense_trajectory, rel=1e-5) and still == pytest.approx(dense_still, rel=1e-5)
 
 
-def _own_loader_run(
-    n_examples: int, loader_batch: int | None, count: bool, workers: int = 0, **config: Any
-) -> TrialContext:
+def own_loader_loop(
+    n_examples: int, loader_batch: int | None, count: bool, workers: int = 0, report: bool = False
+) -> Callable[[TrialContext], None]:
     """A loop with a DataLoader of its own over ``n_examples`` (batches of ``loader_batch``, else the trial's),
     counting each step with ``samples=len(x)`` when ``count``; with ``workers``, an iterable dataset split across
-    that many DataLoader workers (each worker's last batch short)."""
+    that many DataLoader workers (each worker's last batch short); ``report``: val loss at milestones."""
     data: Any = torch.utils.data.TensorDataset(X[:n_examples], Y[:n_examples])
     if workers:
         data = _Shards(X[:n_examples], Y[:n_examples])
@@ -866,7 +866,18 @@ def _own_loader_run(
                 sched.step()
                 if ctx.step(loss, samples=len(xb) if count else None):
                     break
+                if report and ctx.at_milestone():
+                    with torch.no_grad():
+                        ctx.report(val_loss=F.cross_entropy(model(VX), VY))
 
+    return fn
+
+
+def _own_loader_run(
+    n_examples: int, loader_batch: int | None, count: bool, workers: int = 0, **config: Any
+) -> TrialContext:
+    """:func:`own_loader_loop` run once at ``config`` (lr 0.1, 1,600 samples unless given)."""
+    fn = own_loader_loop(n_examples, loader_batch, count, workers)
     return run_function(fn, TrainConfig(**{"lr": 0.1, "max_samples": 1600} | config))[1]
 
 
