@@ -134,6 +134,7 @@ def test_run_resume_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main([*base, "--trials", "2"]) == 0
     first = json.loads((tmp_path / "study" / "result.json").read_text())
     assert len(first["trials"]) == 2 and "best config" in capsys.readouterr().out
+    assert first["pruner"] == "hyperband"  # the report says which pruner stopped trials
     assert main([*base, "--trials", "3"]) == 2  # the folder holds a study: refuse to mix silently
     assert (
         "already holds study 'bstune-digits_mlp' with 2 trials (2 finished); pass --resume" in capsys.readouterr().err

@@ -222,6 +222,7 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
             "directions": {k: v.value for k, v in result.metric_directions().items()},
             "n_train": training_set_size(result),
             "subject": getattr(result, "subject", None),  # "task", "function" (the user's loop), None: not said
+            "pruner": getattr(result, "pruner", None),  # None: a result written before it was kept
         }
     }
     data["noise_scale"] = (

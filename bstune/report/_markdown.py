@@ -381,6 +381,7 @@ def _trials(data: dict[str, Any]) -> list[str]:
         f"A trial's value is the best {study.get('objective', 'objective')} over its evaluations (a pruned trial's, "
         "over those it reached), as the study compared trials; its last evaluation is in report.json's history.",
         *_training_set_line(study.get("n_train")),
+        *_pruner_line(study.get("pruner")),
         "",
         "| # | status | batch | lr | η/(B(1−m)) | value | samples |",
         "|---:|---|---:|---:|---:|---:|---:|",
@@ -393,6 +394,15 @@ def _trials(data: dict[str, Any]) -> list[str]:
         )
     out += _unfinished(data["trials"])
     return out
+
+
+def _pruner_line(pruner: str | None) -> list[str]:
+    """Which pruner stopped trials early (nothing for a result written before it was kept)."""
+    if pruner is None:
+        return []
+    if pruner == "none":
+        return ["No pruner: every trial that did not fail trained its whole budget."]
+    return [f"Pruner: {pruner}, at the study's equal-sample milestones (a pruned trial stopped at one of them)."]
 
 
 def _rescored_and_spent(data: dict[str, Any]) -> list[str]:

@@ -151,6 +151,9 @@ class StudyResult:
     # re-scoring runs an earlier run of this study stored for candidates or seeds this run does not use (a resume
     # with other rescore settings, or whose new trials changed the best few): counted as spent
     samples_rescore_unused: int = 0
+    # the pruner that stopped trials early, by name (an Optuna pruner object: its class), as the run that ended
+    # the study had it (a resume may change it); None: a result written before it was kept
+    pruner: str | None = None
 
     def metric_names(self) -> list[str]:
         """The quantities this study recorded, by the names a target or an objective uses."""
@@ -268,6 +271,7 @@ class StudyResult:
                 "optimizer_spec": self.optimizer_spec,
                 "subject": self.subject,
                 "samples_rescore_unused": self.samples_rescore_unused,
+                "pruner": self.pruner,
             }
         )
 
@@ -294,6 +298,7 @@ class StudyResult:
             optimizer_spec=data.get("optimizer_spec"),
             subject=data.get("subject"),
             samples_rescore_unused=int(data.get("samples_rescore_unused") or 0),
+            pruner=data.get("pruner"),
         )
 
     @classmethod

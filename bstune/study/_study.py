@@ -581,6 +581,7 @@ class Study:
             optuna_study=optuna_study,
             rescored=list(rescored or []),
             directions=self._directions(),
+            pruner=pruner if isinstance(pruner := self.settings.pruner, str) else type(pruner).__name__,
         )
 
 

@@ -683,3 +683,15 @@ def test_the_gap_section_leaves_out_trials_that_barely_learned_against_the_probe
     from bstune.report._plots import render_plots
 
     assert render_plots(data)["gap"].png is not None  # drawn hollow beside the trials the trend counts
+
+
+def test_the_trials_section_names_the_pruner_that_stopped_them() -> None:
+    """The report never said which pruner stopped trials, and a resume may change it."""
+    for pruner, said in (
+        ("hyperband", "Pruner: hyperband, at the study's equal-sample milestones"),
+        ("none", "No pruner: every trial that did not fail trained its whole budget."),
+        (None, None),  # a result written before the pruner was kept
+    ):
+        md = render_markdown(build_report(dataclasses.replace(_result(), pruner=pruner)).data)
+        section = md.split("## Trials")[1].split("\n## ")[0]
+        assert (said in section) if said else ("runer" not in section)
