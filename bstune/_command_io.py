@@ -81,7 +81,7 @@ def load_result(folder: str) -> StudyResult:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"unreadable: {type(exc).__name__}: {exc}", source=str(path)) from None
     finished, running = _stored_trials(folder, result.study_name)
-    written = sum(1 for t in result.trials if t.status not in ("interrupted", "waiting", "running"))
+    written = sum(1 for t in result.trials if t.status.finished)
     if finished is not None and (finished > written or running):
         logger.warning(
             "%s holds %d finished trial(s)%s, result.json %d: the study ran on after it was written (resumed%s); "

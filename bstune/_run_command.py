@@ -48,21 +48,16 @@ def _ray_storage(args: argparse.Namespace, name: str) -> str | None:
     return path
 
 
-def _refuse_another_study(args: argparse.Namespace, name: str, own_storage: Any) -> None:
+def _refuse_another_study(args: argparse.Namespace, name: str, stored: set[str] | None) -> None:
     """--out holds another study, whose result.json and report this run would write over: another script's or
-    --study-name's in the folder's storage (``own_storage``, study.db: the other run may not have written its
-    result.json yet) or in its ray/ folder, or a result.json whose study this folder's storage does not hold
-    (fetched, or run with --storage elsewhere), even of this run's name."""
-    import optuna
-
+    --study-name's in the folder's storage (``stored``: the study names in study.db, None where the run keeps its
+    trials elsewhere; the other run may not have written its result.json yet) or in its ray/ folder, or a
+    result.json whose study this folder's storage does not hold (fetched, or run with --storage elsewhere), even
+    of this run's name."""
     if not args.out:
         return
     folder = Path(args.out)
-    others: set[str] = set()
-    stored: set[str] | None = None
-    if own_storage is not None:
-        stored = {s.study_name for s in optuna.get_all_study_summaries(own_storage)}
-        others |= stored - {name}
+    others = stored - {name} if stored is not None else set()
     if (folder / "ray").is_dir():
         others |= {p.name for p in (folder / "ray").iterdir() if p.is_dir() and p.name != name}
     result = folder / "result.json"
@@ -210,10 +205,16 @@ def _run(args: argparse.Namespace) -> int:
             if args.backend == "ray"
             else None,
         )
+        names = (
+            {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(study.storage)}
+            if study.storage is not None
+            else {}
+        )
         if not args.resume:
-            _refuse_another_study(args, name, study.storage if args.storage is None else None)
+            _refuse_another_study(
+                args, name, set(names) if study.storage is not None and args.storage is None else None
+            )
         if study.storage is not None:
-            names = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(study.storage)}
             if name in names and names[name] and not args.resume:
                 raise ConfigError(
                     f"already holds study {name!r} with {_trial_states(study.storage, name)}; pass --resume to "

@@ -55,6 +55,12 @@ class TrialStatus(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    @property
+    def finished(self) -> bool:
+        """Ran to its end, as a study counts toward its trials: not cut short (its config ran again), queued or
+        running. ``TrialStatus("waiting").finished`` is False."""
+        return self not in (TrialStatus.INTERRUPTED, TrialStatus.RUNNING, TrialStatus.WAITING)
+
 
 def last_value(history: Sequence[Mapping[str, Any]], objective: str) -> float | None:
     """The objective at a run's last evaluation (None where it recorded none, or not a finite one).

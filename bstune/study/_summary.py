@@ -6,7 +6,7 @@ import shlex
 from typing import Any
 
 from bstune.metrics import Direction
-from bstune.records import last_value, rank_key
+from bstune.records import TrialStatus, last_value, rank_key
 
 __all__ = ["format_summary"]
 
@@ -20,7 +20,7 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
     """
     # interrupted trials' configs ran again as others; waiting (queued) and running ones have not ended
     aside = {
-        kind: sum(1 for t in result["trials"] if t["status"] == kind) for kind in ("interrupted", "waiting", "running")
+        kind.value: sum(1 for t in result["trials"] if t["status"] == kind) for kind in TrialStatus if not kind.finished
     }
     said = ", ".join(f"{n} {kind}" for kind, n in aside.items() if n)
     counted = f"{len(result['trials']) - sum(aside.values())} trials" + (f" (and {said})" if said else "")
