@@ -43,7 +43,7 @@ import optuna
 import torch
 
 from bstune._progress import progress_bar
-from bstune._spawn import pack, unpack
+from bstune._spawn import children_hold_sigint, pack, take_held_sigint, unpack
 from bstune.errors import BstuneError, ConfigError
 from bstune.noise import resolve_device
 from bstune.study._liveness import count_finished, finished_trials, retry_abandoned
@@ -292,6 +292,7 @@ def _worker_main(args: _WorkerArgs) -> None:
     DroppedInterrupts().__enter__()  # for the process's life: the watch interrupts it again
     threading.Thread(target=_watch, args=(args.parent,), name="bstune-worker-watch", daemon=True).start()
     try:
+        take_held_sigint()  # a Ctrl-C that came while this process imported is handled here, not mid-import
         _setup_process(args.index, args.devices, args.threads, args.log_level)
         if args.devices[0].startswith("cuda"):
             torch.cuda.set_device(args.devices[0])  # code that says just "cuda" lands on this worker's GPU too
@@ -326,14 +327,16 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
     threads = worker_threads(len(slots))
     level = logging.getLogger("bstune").getEffectiveLevel()
 
-    def start(index: int) -> multiprocessing.process.BaseProcess:
+    running: dict[int, multiprocessing.process.BaseProcess] = {}
+
+    def start(index: int) -> None:
         args = _WorkerArgs(index, slots[index], threads, payload, gate, os.getpid(), level, work)
         proc = ctx.Process(target=_worker_main, args=(args,), name=f"bstune-trial-worker-{index}", daemon=False)
-        proc.start()
-        return proc
+        with children_hold_sigint():  # a Ctrl-C meanwhile lands once `running` holds the worker, for _stop
+            proc.start()
+            running[index] = proc
 
     said = {t.number for t in finished_trials(study)}  # the trials before this run: a resumed study's were said then
-    running = {i: start(i) for i in range(len(slots))}
     restarted: set[int] = set()
     crashed: list[str] = []
     bar = progress_bar(settings.progress, "trials", total=settings.n_trials, unit="trial")
@@ -349,6 +352,10 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
     if own:
         signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.set())
     try:
+        for index in range(len(slots)):
+            if ctrl_c.is_set():  # came while the one before started (seconds: it reads its payload then)
+                raise KeyboardInterrupt
+            start(index)
         while running:
             with dropped:
                 wait([p.sentinel for p in running.values()], timeout=1.0)
@@ -377,7 +384,7 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
                 if index not in restarted and count_finished(study) < settings.n_trials:
                     restarted.add(index)
                     retry_abandoned(study, settings.grace_period)
-                    running[index] = start(index)
+                    start(index)
     except KeyboardInterrupt:
         if own:
             signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops the wait for the workers (_stop)
@@ -472,7 +479,12 @@ def run_plans_parallel(payload: bytes, plans: list[TrialPlan], settings: StudySe
     placed = [(payload, plan.on_devices(slots[i % n])) for i, plan in enumerate(plans)]
     level = logging.getLogger("bstune").getEffectiveLevel()
     out: list[TrialOutcome] = []
-    with ctx.Pool(n, initializer=_plan_worker_init, initargs=(worker_threads(n), level, os.getpid())) as pool:
+    with contextlib.ExitStack() as stack:
+        with children_hold_sigint():  # its workers ignore SIGINT once started (their initializer); a Ctrl-C
+            # meanwhile lands once the stack holds the pool, which it then terminates
+            pool = stack.enter_context(
+                ctx.Pool(n, initializer=_plan_worker_init, initargs=(worker_threads(n), level, os.getpid()))
+            )
         for start in range(0, len(placed), n):  # n at a time: never two plans on one device
             out += pool.map(_run_plan, placed[start : start + n], chunksize=1)
     return out

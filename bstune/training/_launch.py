@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bstune._spawn import pack, unpack
+from bstune._spawn import children_hold_sigint, pack, take_held_sigint, unpack
 from bstune.errors import ConfigError, UserCodeError
 from bstune.noise import resolve_device
 from bstune.task import Task
@@ -87,6 +87,7 @@ def _child(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
+        take_held_sigint()  # a Ctrl-C that came while this rank imported is raised here, and reported
         device = torch.device(devices[rank])
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -171,8 +172,9 @@ def run_data_parallel(
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     grace: float | None = None  # once a rank has failed: when the others are stopped
     try:
-        for p in procs:
-            p.start()
+        with children_hold_sigint():
+            for p in procs:
+                p.start()
         while len(results) + len(errors) < nprocs:
             now = time.monotonic()
             if deadline is not None and now > deadline:

@@ -454,6 +454,54 @@ def test_ctrl_c_marks_the_running_trials_interrupted_and_leaves_no_process(tmp_p
     assert again == sorted(victims)  # both queued to run again on --resume
 
 
+# a site hook that makes every spawned child's start take seconds (as importing torch does on a loaded machine)
+# and notes each start in $STARTS_FILE
+SLOW_START = """
+import os, sys, time
+if any("spawn_main" in a for a in sys.orig_argv):
+    with open(os.environ["STARTS_FILE"], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(3)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_workers_start_stops_the_study_with_one_line(tmp_path: Path) -> None:
+    """A Ctrl-C that landed while a trial worker was importing printed Python's traceback from inside the import
+    (and, between two workers' starts, left the one started last running on)."""
+    (tmp_path / "slow.py").write_text(SLOW_SCRIPT)
+    (tmp_path / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_START)
+    starts = tmp_path / "starts"
+    env = python_env()
+    env |= {"PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{env['PYTHONPATH']}", "STARTS_FILE": str(starts)}
+    args = [
+        *("run", "slow.py", "--space", "slow.yaml", "--out", "out", "--mode", "baseline", "--pruner", "none"),
+        *("--rescore-top", "0", "--trials", "4", "--budget-samples", "3200", "--no-progress"),
+        *("--device", "cpu", "--parallel-trials", "2"),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bstune.cli", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+
+    def first_start() -> str | None:
+        return (starts.read_text() or None) if starts.exists() else None
+
+    wait_for("a trial worker starting", first_start, [proc])
+    os.killpg(proc.pid, signal.SIGINT)  # the worker is inside its start, seconds before its own code runs
+    code = proc.wait(timeout=120)
+    err = proc.stderr.read().decode().strip()  # type: ignore[union-attr]
+    assert code == 130, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("bstune: interrupted; kept 0 finished trials"), err
+    deadline = time.monotonic() + 10
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(proc.pid), "a worker process was left behind"
+
+
 @pytest.mark.slow
 def test_workers_of_a_killed_study_stop_and_mark_their_trials_interrupted(tmp_path: Path) -> None:
     """SIGKILL to bstune alone (no cleanup in it): its workers notice, stop as on Ctrl-C, and exit."""
