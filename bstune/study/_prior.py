@@ -3,9 +3,7 @@
 Batch size. A band from B_noise/batch_width² up to B_noise (the probe's B_simple; the
 top is ``batch_top`` x B_noise, 1 by default),
 clipped to what the space allows, what the dataset holds and what fit in memory; a
-band pushed down by the dataset or memory keeps its width and slides lower, one pushed
-up by the space's minimum batch size is cut short (down to a factor ``batch_width``),
-never slid above B_noise. Why below B_noise: a
+band pushed against a limit keeps its width and slides inward. Why below B_noise: a
 trial's budget is a fixed number of samples, and above B_noise each sample buys
 less (E = E_min(1 + B/B_crit)); B_noise is where extra parallelism stops paying.
 
@@ -269,23 +267,18 @@ class Prior:
 
 
 def _band(center: float, width: float, floor: int, cap: int, multiple: int) -> tuple[int, int]:
-    """[center/width, center*width] inside [floor, cap].
-
-    Pushed down by ``cap`` (the dataset, memory), it keeps its width and slides to smaller
-    batches, which spend each sample no worse. Pushed up by ``floor`` (the space's minimum),
-    it is cut, not slid: its top stays at center*width (B_noise), since a batch above B_noise
-    buys less per sample, but the band spans at least a factor ``width`` above the floor.
+    """[center/width, center*width] inside [floor, cap], keeping its width where it can.
 
     Example:
-        >>> _band(100, 4, 2, 10_000, 1), _band(5_000, 4, 2, 1_000, 1), _band(4, 4, 4, 1_000, 1), _band(1, 4, 8, 1_000, 1)
-        ((25, 400), (62, 1000), (4, 16), (8, 32))
+        >>> _band(100, 4, 2, 10_000, 1), _band(5_000, 4, 2, 1_000, 1), _band(1, 4, 8, 1_000, 1)
+        ((25, 400), (62, 1000), (8, 128))
     """
     cap = max(floor, cap)
     low, high = center / width, center * width
     if high > cap:
         low, high = max(floor, cap / width**2), cap
     if low < floor:
-        low, high = floor, min(cap, max(high, floor * width))
+        low, high = floor, min(cap, floor * width**2)
     low_i = max(floor, math.ceil(low / multiple) * multiple if multiple > 1 else round(low))
     high_i = min(cap, int(high // multiple) * multiple if multiple > 1 else round(high))
     return low_i, max(low_i, high_i)

@@ -76,12 +76,11 @@ def test_coordinates_span_the_band_and_the_lr_width() -> None:
     [
         (100, 4, 2, 10_000, (25, 400)),  # centred
         (5_000, 4, 2, 1_000, (62, 1_000)),  # pushed down by the dataset or memory, width kept
-        (10, 4, 8, 1_000, (8, 40)),  # pushed up by the space's minimum: cut, its top stays at B_noise = 40
-        (1, 4, 8, 1_000, (8, 32)),  # B_noise (4) below the minimum: the band spans a factor width above it
+        (1, 4, 8, 1_000, (8, 128)),  # pushed up by the space's minimum
         (100, 4, 2, 60, (4, 60)),
     ],  # cap below the centre: 60/4² = 3.75, rounded
 )
-def test_band_slides_down_from_a_cap_and_is_cut_at_the_floor(
+def test_band_keeps_its_width_when_pushed(
     center: float, width: float, floor: int, cap: int, expected: tuple[int, int]
 ) -> None:
     assert _band(center, width, floor, cap, 1) == expected
