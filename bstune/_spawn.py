@@ -11,9 +11,12 @@ pickle needs every function at module level.
 A spawned child spends its first seconds importing (torch, bstune, the user's script)
 before any of bstune's code runs in it. A Ctrl-C then (a terminal sends it to every process
 of the group) would raise ``KeyboardInterrupt`` in the middle of an import and print its
-traceback. :func:`children_hold_sigint` starts children with SIGINT blocked (a signal mask
-is inherited through fork and exec), so that one arriving then waits, pending, until the
-child has its own handler in place and calls :func:`take_held_sigint`.
+traceback. :func:`start_holding_sigint` starts children with SIGINT blocked (a child inherits
+the signal mask of the thread that starts it), so that one arriving then waits, pending, until
+the child has its own handler in place and calls :func:`take_held_sigint`. The blocking thread
+is one of its own: the caller's stays free to take a Ctrl-C, even where a start never returns
+(``multiprocessing`` writes a child its arguments before ``start`` returns, and that write
+blocks for good when the child died before reading them, an import it could not make, say).
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ import pickle
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bstune._keys import SCRIPT_MODULE_PREFIX
 
-__all__ = ["children_hold_sigint", "pack", "take_held_sigint", "unpack"]
+__all__ = ["pack", "start_holding_sigint", "take_held_sigint", "unpack"]
 
 
 def pack(obj: Any) -> bytes:
@@ -56,33 +59,63 @@ def unpack(blob: bytes) -> Any:
     return pickle.loads(blob)
 
 
-@contextlib.contextmanager
-def children_hold_sigint() -> Iterator[None]:
-    """Processes started inside this block start with SIGINT blocked (see the module doc); this
-    process's own SIGINT waits until the block ends, as does any thread started inside it for good.
+def start_holding_sigint(
+    starts: Sequence[Callable[[], object]], stopping: Callable[[], bool] = lambda: False, patience: float = 10.0
+) -> None:
+    """Call each of ``starts`` (``Process.start``, a ``Pool``'s constructor...) in turn, in a thread that blocks
+    SIGINT, so that the processes they start begin with SIGINT blocked (see the module doc); wait for it here.
 
-    Only the main thread blocks it (another thread's mask would not reach the children it does not
-    start); where ``signal.pthread_sigmask`` is missing (Windows), nothing is blocked.
+    A Ctrl-C while it waits is taken here as anywhere: raised as ``KeyboardInterrupt``, or, under a handler that
+    only sets a flag, seen when ``stopping()`` turns true (checked every 0.1 s). Either way nothing further is
+    started, and the start under way is waited for up to ``patience`` seconds (it returns once the child has
+    read its arguments), so that the caller can stop the processes (one whose start is given up on still stops
+    on the SIGINT it holds, once it takes it); then the ``KeyboardInterrupt`` goes on, or
+    this returns. A second Ctrl-C stops that wait. Raises what a start raised.
 
     Example:
-        >>> with children_hold_sigint():
-        ...     signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
-        True
-        >>> signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
-        False
+        >>> started = []
+        >>> start_holding_sigint([lambda: started.append(1), lambda: started.append(2)])
+        >>> started
+        [1, 2]
     """
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    errors: list[BaseException] = []
+    halt = threading.Event()
+
+    def run() -> None:
+        try:
+            if hasattr(signal, "pthread_sigmask"):  # POSIX
+                from multiprocessing import resource_tracker
+
+                # the resource tracker's first start unblocks SIGINT in the thread that starts it: start it first
+                resource_tracker.ensure_running()
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            for start in starts:
+                if halt.is_set():
+                    return
+                start()
+        except BaseException as exc:  # handed to the caller's thread
+            errors.append(exc)
+
+    starter = threading.Thread(target=run, name="bstune-start", daemon=True)
+    starter.start()
     try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        while starter.is_alive() and not stopping():
+            starter.join(0.1)
+    except KeyboardInterrupt:
+        halt.set()
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: stop waiting
+            starter.join(patience)
+        raise
+    if starter.is_alive():  # stopping(): the start under way is let finish, for the caller to stop
+        halt.set()
+        with contextlib.suppress(KeyboardInterrupt):
+            starter.join(patience)
+    if errors:
+        raise errors[0]
 
 
 def take_held_sigint() -> None:
-    """In a child started under :func:`children_hold_sigint`, once its SIGINT handler is in place:
+    """In a child started by :func:`start_holding_sigint`, once its SIGINT handler is in place:
     unblock SIGINT, so that one that came while it started is handled now."""
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

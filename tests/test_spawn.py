@@ -6,14 +6,17 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from bstune._spawn import children_hold_sigint, pack, take_held_sigint, unpack
+from bstune._spawn import pack, start_holding_sigint, take_held_sigint, unpack
 
 HANDLED = 7  # the child's exit code when its own handler got the SIGINT
+posix_only = pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks (Windows)")
 
 
 def _starts_slowly(ready: Any) -> None:
@@ -31,8 +34,7 @@ def _started(*, hold: bool) -> int:
     ready = ctx.Event()
     proc = ctx.Process(target=_starts_slowly, args=(ready,))
     if hold:
-        with children_hold_sigint():
-            proc.start()
+        start_holding_sigint([proc.start])
     else:
         proc.start()
     assert ready.wait(60)
@@ -43,18 +45,80 @@ def _started(*, hold: bool) -> int:
     return proc.exitcode
 
 
-@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks (Windows)")
+@posix_only
 def test_a_sigint_while_a_child_starts_waits_for_its_handler() -> None:
     assert _started(hold=True) == HANDLED  # not lost, and not raised mid-start
     # without the hold, the same SIGINT lands in the middle of the start as a KeyboardInterrupt (exit 1, traceback)
     assert _started(hold=False) == 1
 
 
-@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks (Windows)")
-def test_the_hold_ends_with_the_block_in_this_process() -> None:
-    with children_hold_sigint():
-        assert signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+@posix_only
+def test_the_callers_thread_keeps_sigint_unblocked() -> None:
+    start_holding_sigint([lambda: None])
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def _never_runs(blob: bytes) -> None:
+    raise AssertionError("the child was to die before reading its arguments")
+
+
+@pytest.fixture
+def child_dies_unread() -> Iterator[multiprocessing.process.BaseProcess]:
+    """A spawned process whose interpreter exits at once, never reading its 1 MB of arguments: its ``start``
+    blocks for good in the write (as with a child that fails an import before reading them all)."""
+    ctx = multiprocessing.get_context("spawn")
+    python = multiprocessing.spawn.get_executable()
+    ctx.set_executable("/bin/true")
+    try:
+        yield ctx.Process(target=_never_runs, args=(b"x" * 1_000_000,), daemon=True)
+    finally:
+        ctx.set_executable(python)
+
+
+@posix_only
+@pytest.mark.skipif(not os.path.exists("/bin/true"), reason="no /bin/true")
+def test_a_ctrl_c_is_taken_while_a_start_never_returns(child_dies_unread: multiprocessing.process.BaseProcess) -> None:
+    """Under a flag-setting handler, as bstune's trial workers are started: the wait ends once it is set."""
+    ctrl_c = threading.Event()
+    threading.Timer(0.5, ctrl_c.set).start()
+    began = time.monotonic()
+    start_holding_sigint([child_dies_unread.start], stopping=ctrl_c.is_set, patience=0.5)
+    assert time.monotonic() - began < 10
+    assert child_dies_unread.pid is None  # never recorded as started: nothing for the caller to stop
+
+
+@posix_only
+@pytest.mark.skipif(not os.path.exists("/bin/true"), reason="no /bin/true")
+def test_a_raised_ctrl_c_goes_on_while_a_start_never_returns(
+    child_dies_unread: multiprocessing.process.BaseProcess,
+) -> None:
+    """Under Python's own handler (the re-scoring pool, data-parallel ranks): a real SIGINT to this process."""
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        start_holding_sigint([child_dies_unread.start], patience=0.5)
+    assert time.monotonic() - began < 10
+
+
+def test_nothing_is_started_after_a_stop() -> None:
+    started: list[int] = []
+    stop = threading.Event()
+
+    def first() -> None:
+        started.append(1)
+        stop.set()  # a Ctrl-C while this start is under way
+        time.sleep(1.0)
+
+    start_holding_sigint([first, lambda: started.append(2)], stopping=stop.is_set)
+    assert started == [1]
+
+
+def test_a_failed_start_raises_in_the_callers_thread() -> None:
+    def fails() -> None:
+        raise OSError("no such executable")
+
+    with pytest.raises(OSError, match="no such executable"):
+        start_holding_sigint([fails])
 
 
 def test_pack_round_trips() -> None:

@@ -32,18 +32,20 @@ import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
 from bstune._progress import progress_bar
-from bstune._spawn import children_hold_sigint, pack, take_held_sigint, unpack
+from bstune._spawn import pack, start_holding_sigint, take_held_sigint, unpack
 from bstune.errors import BstuneError, ConfigError
 from bstune.noise import resolve_device
 from bstune.study._liveness import count_finished, finished_trials, retry_abandoned
@@ -187,7 +189,9 @@ class _WorkerArgs:
     index: int
     devices: tuple[str, ...]
     threads: int
-    payload: bytes  # pickled (spec, planner, storage URL)
+    # a file holding the pickled (spec, planner, storage URL): read once the worker runs, so that its start, which
+    # writes it these arguments down a pipe, never waits on a child that died reading them (a task's data: MBs)
+    payload_file: str
     gate: TrialGate  # shared by the workers: counting the trials and taking one
     parent: int  # the parent's pid: a worker whose parent is gone stops between trials
     log_level: int
@@ -296,7 +300,7 @@ def _worker_main(args: _WorkerArgs) -> None:
         _setup_process(args.index, args.devices, args.threads, args.log_level)
         if args.devices[0].startswith("cuda"):
             torch.cuda.set_device(args.devices[0])  # code that says just "cuda" lands on this worker's GPU too
-        spec, planner, url = unpack(args.payload)
+        spec, planner, url = unpack(Path(args.payload_file).read_bytes())
         planner = dataclasses.replace(planner, device=args.devices[0], trial_devices=args.devices)
         label = f"worker {args.index} ({','.join(args.devices)})"
         args.work(url, spec, planner, worker=args.index, label=label, gate=args.gate, parent=args.parent)
@@ -328,15 +332,25 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
     level = logging.getLogger("bstune").getEffectiveLevel()
 
     running: dict[int, multiprocessing.process.BaseProcess] = {}
+    ctrl_c = threading.Event()
+
+    handle, payload_file = tempfile.mkstemp(prefix="bstune-trial-workers-", suffix=".pickle")
+    with os.fdopen(handle, "wb") as out:
+        out.write(payload)
 
     def start(index: int) -> None:
-        args = _WorkerArgs(index, slots[index], threads, payload, gate, os.getpid(), level, work)
+        args = _WorkerArgs(index, slots[index], threads, payload_file, gate, os.getpid(), level, work)
         proc = ctx.Process(target=_worker_main, args=(args,), name=f"bstune-trial-worker-{index}", daemon=False)
-        with children_hold_sigint():  # a Ctrl-C meanwhile lands once `running` holds the worker, for _stop
-            proc.start()
-            running[index] = proc
+        try:
+            start_holding_sigint([proc.start], stopping=ctrl_c.is_set)
+        finally:  # for _stop: started (not where a Ctrl-C came first, or where its start never returned)
+            if proc.pid is not None:
+                running[index] = proc
+        if ctrl_c.is_set():
+            raise KeyboardInterrupt
 
     said = {t.number for t in finished_trials(study)}  # the trials before this run: a resumed study's were said then
+    finished_before = len(said)
     restarted: set[int] = set()
     crashed: list[str] = []
     bar = progress_bar(settings.progress, "trials", total=settings.n_trials, unit="trial")
@@ -346,15 +360,12 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
     # Ctrl-C sets a flag the loop reads after each wait, rather than raising wherever it lands: inside a storage
     # call (SQLAlchemy) it could leave the session unusable for the clean-up below (only from the main thread,
     # and only over Python's own handler)
-    ctrl_c = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
     own = threading.current_thread() is threading.main_thread() and previous is signal.default_int_handler
     if own:
         signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.set())
     try:
         for index in range(len(slots)):
-            if ctrl_c.is_set():  # came while the one before started (seconds: it reads its payload then)
-                raise KeyboardInterrupt
             start(index)
         while running:
             with dropped:
@@ -395,13 +406,24 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
         if own:
             signal.signal(signal.SIGINT, previous)
         bar.close()
+        with contextlib.suppress(OSError):
+            os.unlink(payload_file)
     _say_finished(finished_trials(study), settings.objective, said)  # those the workers finished as they exited
     retry_abandoned(study, settings.grace_period)  # a trial of a worker that died last: queued for a resume
     if count_finished(study) < settings.n_trials and crashed:  # without a crash: they gave up on failing code
+        # every worker gone with exit code 1 before any trial: most often a script without the __main__ guard,
+        # which each spawned worker imports again (multiprocessing says so above, in each worker's traceback)
+        at_start = all(c.endswith(": exit code 1") for c in crashed) and count_finished(study) == finished_before
         raise WorkerCrashError(
             f"{count_finished(study)} of {settings.n_trials} trials finished: trial workers died: "
             + "; ".join(crashed)
             + " (their trials are queued to run again; resume the study to finish it)"
+            + (
+                "; every worker exited as it started: a script that runs a study must run it under `if __name__ == "
+                '"__main__":`, since each worker imports the script again'
+                if at_start
+                else ""
+            )
         )
     if crashed:
         logger.error("the study finished, but trial workers died on the way: %s", "; ".join(crashed))
@@ -479,12 +501,15 @@ def run_plans_parallel(payload: bytes, plans: list[TrialPlan], settings: StudySe
     placed = [(payload, plan.on_devices(slots[i % n])) for i, plan in enumerate(plans)]
     level = logging.getLogger("bstune").getEffectiveLevel()
     out: list[TrialOutcome] = []
-    with contextlib.ExitStack() as stack:
-        with children_hold_sigint():  # its workers ignore SIGINT once started (their initializer); a Ctrl-C
-            # meanwhile lands once the stack holds the pool, which it then terminates
-            pool = stack.enter_context(
-                ctx.Pool(n, initializer=_plan_worker_init, initargs=(worker_threads(n), level, os.getpid()))
-            )
+    pools: list[multiprocessing.pool.Pool] = []  # its workers ignore SIGINT once started (their initializer)
+    initargs = (worker_threads(n), level, os.getpid())
+    try:
+        start_holding_sigint([lambda: pools.append(ctx.Pool(n, initializer=_plan_worker_init, initargs=initargs))])
+    except BaseException:  # a Ctrl-C while it started: the pool, if it got made, goes with it
+        for made in pools:
+            made.terminate()
+        raise
+    with pools[0] as pool:
         for start in range(0, len(placed), n):  # n at a time: never two plans on one device
             out += pool.map(_run_plan, placed[start : start + n], chunksize=1)
     return out

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bstune._spawn import children_hold_sigint, pack, take_held_sigint, unpack
+from bstune._spawn import pack, start_holding_sigint, take_held_sigint, unpack
 from bstune.errors import ConfigError, UserCodeError
 from bstune.noise import resolve_device
 from bstune.task import Task
@@ -172,9 +172,7 @@ def run_data_parallel(
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     grace: float | None = None  # once a rank has failed: when the others are stopped
     try:
-        with children_hold_sigint():
-            for p in procs:
-                p.start()
+        start_holding_sigint([p.start for p in procs])
         while len(results) + len(errors) < nprocs:
             now = time.monotonic()
             if deadline is not None and now > deadline:

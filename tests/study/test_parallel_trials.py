@@ -502,6 +502,40 @@ def test_ctrl_c_while_the_workers_start_stops_the_study_with_one_line(tmp_path: 
     assert not _group_alive(proc.pid), "a worker process was left behind"
 
 
+NO_GUARD_SCRIPT = """
+import torch
+import bstune
+
+x = torch.randn(4000, 16, generator=torch.Generator().manual_seed(0))  # 256 kB: more than a pipe holds
+y = (x[:, 0] > 0).long()
+
+
+def model():
+    return torch.nn.Linear(16, 2)
+
+
+task = bstune.Task(model=model, train_data=(x[:3000], y[:3000]), val_data=(x[3000:], y[3000:]),
+                   loss=torch.nn.CrossEntropyLoss(), name="noguard")
+space = bstune.SearchSpace.from_dict({"name": "s", "batch_size": {"min": 16, "max": 32}})
+bstune.Study(task, space, n_trials=2, budget_samples=640, mode="baseline", parallel_trials=2, rescore_top=0,
+             device="cpu", progress=False).run()
+"""
+
+
+@pytest.mark.slow
+def test_a_script_without_the_main_guard_fails_with_the_reason_and_does_not_hang(tmp_path: Path) -> None:
+    """Each spawned worker imports the script again and dies at once; writing it its arguments (the task's data)
+    then blocked the study for good."""
+    (tmp_path / "noguard.py").write_text(NO_GUARD_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, "noguard.py"], cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("bstune.study._workers.WorkerCrashError: 0 of 2 trials finished"), last
+    assert 'under `if __name__ == "__main__":`' in last, last
+
+
 @pytest.mark.slow
 def test_workers_of_a_killed_study_stop_and_mark_their_trials_interrupted(tmp_path: Path) -> None:
     """SIGKILL to bstune alone (no cleanup in it): its workers notice, stop as on Ctrl-C, and exit."""
