@@ -170,7 +170,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     print(
         f"LR ceiling {'>=' if probe.lr_ceiling_at_max else ''}{probe.lr_ceiling:.3g} at B={probe.batch_size}, "
         f"{large}{' (>=: the test reached lr.max unbroken)' if probe.lr_ceiling_at_max else ''}; "
-        f"probe run at B={probe.run_batch or probe.batch_size}, lr {probe.lr_probe:.3g} "
+        f"probe run at lr {probe.lr_probe:.3g} "
         f"(effective temperature lr/(B(1-m)) {probe.temperature:.3g}, m = SGD momentum, 0 for Adam)"
     )
     print(

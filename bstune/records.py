@@ -217,7 +217,7 @@ class ProbeResult:
     lr_ceiling: float  # largest range-test lr before the loss rose past twice its best
     lr_ceiling_large: float  # the same at a large batch (large_batch): bounds the rule's flat part
     large_batch: int
-    lr_probe: float  # lr of the probe run (at run_batch)
+    lr_probe: float  # lr of the probe run
     b_simple: float
     b_simple_ci: tuple[float, float]
     trajectory: list[dict[str, Any]]  # B_simple over the probe run: samples, b_simple, ci, temperature
@@ -262,8 +262,6 @@ class ProbeResult:
     # per-example gradients are not defined): the value includes BatchNorm's micro-batch statistics and
     # depends on the size. None: per-example gradients (and in older results).
     b_simple_micro_batch: int | None = None
-    # the probe run's batch size (lr_probe's, temperature's); None: batch_size (older results)
-    run_batch: int | None = None
 
     def search_cap(self, cap: int) -> int:
         """The largest batch a search may draw after this probe: ``cap``, at most what fit in memory

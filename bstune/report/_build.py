@@ -139,8 +139,7 @@ def _probe_dict(probe: ProbeResult) -> dict[str, Any]:
     run = probe.run or {}
     return {
         "batch_size": probe.batch_size,
-        "lr_probe": probe.lr_probe,  # the probe run's, at run_batch
-        "run_batch": probe.run_batch or probe.batch_size,
+        "lr_probe": probe.lr_probe,
         "lr_ceiling": probe.lr_ceiling,  # the range test's at batch_size
         "lr_ceiling_at_max": probe.lr_ceiling_at_max,  # True: it reached lr.max unbroken, a lower bound
         "large_batch": probe.large_batch,

@@ -11,9 +11,8 @@ Three measurements, each counted in samples against the study's budget:
    the benchmark problems that halves its cost. When the first test never blew up
    (its ceiling is the space's ``lr.max``) the second cannot find a higher one, and is
    skipped.
-2. **Noise scale**: a run with ``track_noise=True`` at a quarter of the probe batch and a
-   safe fraction of that ceiling, scaled down to that batch as the lr rule scales a rate
-   (:func:`~bstune.study._probe_plan.probe_run_config`), then B_simple measured with its interval at the parameters it reached. That interval
+2. **Noise scale**: a run at a safe fraction of that ceiling with ``track_noise=True``,
+   then B_simple measured with its interval at the parameters it reached. That interval
    (``b_simple_sampling_ci``) covers the sampling noise at those parameters only; the
    reported ``b_simple_ci`` is widened by the run's own B_simple trajectory near them
    (:func:`bstune.noise.seed_spread_interval`), which stands in for what another seed would
@@ -75,7 +74,6 @@ from bstune.study._probe_plan import (
     ladder_plan,
     ladder_rungs,
     probe_batch,
-    probe_run_config,
     run_eval_every,
     run_length,
 )
@@ -108,7 +106,6 @@ def run_probe(
     budget_samples: int | None = None,
     eval_every_samples: int | None = None,
     num_workers: int = 0,
-    adam_alpha: float = 0.8,
 ) -> ProbeResult:
     """Measure the LR ceiling, the noise scale and the throughput of ``task`` (see module doc).
 
@@ -122,7 +119,6 @@ def run_probe(
     past the length the probe would run without it (``ProbeSettings.train_samples``).
     It also bounds the throughput ladder (``ProbeSettings.throughput_fraction`` of it).
     Without it, the run ends at ``train_samples`` and every rung of the ladder runs in full.
-    ``adam_alpha`` scales an Adam-family run's rate down to its batch (the space's ``prior.adam_alpha``).
 
     Raises:
         UserCodeError: the task's code raised (a label out of range, a bad shape deep in
@@ -144,7 +140,6 @@ def run_probe(
             budget_samples=budget_samples,
             eval_every_samples=eval_every_samples,
             num_workers=num_workers,
-            adam_alpha=adam_alpha,
         )
     except (BstuneError, torch.OutOfMemoryError):
         raise
@@ -169,7 +164,6 @@ def _run_probe(
     budget_samples: int | None,
     eval_every_samples: int | None,
     num_workers: int,
-    adam_alpha: float,
 ) -> ProbeResult:
     started = time.perf_counter()
     dev = resolve_device(device)
@@ -182,18 +176,8 @@ def _run_probe(
         )
     samples += len(curve) * batch
     before_run = samples  # the run needs only this test: the study's first trial, it trains next
-    run_batch, lr_probe = probe_run_config(
-        batch,
-        max(lr_min, settings.lr_fraction * ceiling),
-        settings,
-        batch_min=batch_min,
-        batch_round=batch_round,
-        alpha=1.0 if spec.family == "sgd" else adam_alpha,
-        lr_min=lr_min,
-    )
-    logger.info(
-        "probe: LR range test at B=%d: ceiling %.3g; probe run at B=%d, lr %.3g", batch, ceiling, run_batch, lr_probe
-    )
+    lr_probe = max(lr_min, settings.lr_fraction * ceiling)
+    logger.info("probe: LR range test at B=%d: ceiling %.3g, probe lr %.3g", batch, ceiling, lr_probe)
 
     # B_simple is measured where the probe's own length rule ends (it grows as training goes on); told the
     # trial budget, the run goes on to it, a trial the study can count, from a snapshot of the parameters there
@@ -201,15 +185,13 @@ def _run_probe(
     train_samples = run_length(task.n_train, settings, batch, budget_samples)
     # Probe run: split every step in two for the B_simple trajectory (BatchNorm: fine, micro-batch estimator).
     cfg = TrainConfig(
-        batch_size=run_batch,
+        batch_size=batch,
         lr=lr_probe,
         max_samples=train_samples,
         seed=seed,
         device=str(dev),
         track_noise=True,
-        eval_every_samples=run_eval_every(
-            run_batch, train_samples, eval_every_samples, trial=budget_samples is not None
-        ),
+        eval_every_samples=run_eval_every(batch, train_samples, eval_every_samples, trial=budget_samples is not None),
         num_workers=num_workers,  # the trials' loading (a generic dataset's random augmentation draws as in one)
     )
     with progress_bar(progress, "probe: B_simple trajectory", total=train_samples, unit="sample") as bar:
@@ -228,7 +210,7 @@ def _run_probe(
     samples += run.samples
     if snapshot is None and (run.status is not RunStatus.COMPLETED or run.model is None):
         raise ConfigError(
-            f"the probe run at batch_size={run_batch}, lr={lr_probe:.3g} ended {run.status.value}: {run.message}; "
+            f"the probe run at batch_size={batch}, lr={lr_probe:.3g} ended {run.status.value}: {run.message}; "
             + failed_run_advice(run.message, lr_probe, lr_min),
             source="probe",
         )
@@ -317,7 +299,7 @@ def _run_probe(
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
     momentum = spec.momentum
-    temperature = lr_probe / (run_batch * (1.0 - momentum))
+    temperature = lr_probe / (batch * (1.0 - momentum))
 
     throughput: dict[int, float] = {}
     throughput_iqr: dict[int, tuple[float, float]] = {}
@@ -368,7 +350,6 @@ def _run_probe(
         curvature=curvature,
         n_train=task.n_train,
         b_simple_micro_batch=est.micro_batch_size if method == "micro_batch" else None,
-        run_batch=run_batch,
     )
 
 
@@ -477,5 +458,4 @@ def probe_space(
         budget_samples=budget_samples,
         eval_every_samples=eval_every_samples,
         num_workers=num_workers,
-        adam_alpha=space.prior.adam_alpha,
     )

@@ -23,7 +23,6 @@ __all__ = [
     "ladder_rungs",
     "probe_batch",
     "probe_cost",
-    "probe_run_config",
     "run_eval_every",
     "run_length",
 ]
@@ -42,9 +41,6 @@ class ProbeSettings:
     lr_steps: int = 40  # steps of the LR range test (each one batch)
     large_batch_factor: int = 8  # a second range test at this multiple of the probe batch bounds the flat part
     lr_fraction: float = 0.25  # probe lr = this x the range test's ceiling (optimum ~ a few x below the edge)
-    # the probe's training run (the study's first trial) trains at this fraction of the probe batch, at
-    # lr_fraction x the ceiling scaled down as the lr rule scales it (see probe_run_config)
-    run_batch_fraction: float = 0.25
     # probe training run before B_simple is measured; None: 5x the range test's samples, at least half an epoch.
     # Given budget_samples, the run goes on to one trial's length, B_simple measured at the first milestone past this
     train_samples: int | None = None
@@ -67,7 +63,7 @@ class ProbeSettings:
         for name in ("lr_steps", "throughput_steps"):
             if getattr(self, name) < 2:
                 raise ConfigError(f"must be >= 2, got {getattr(self, name)}", source="ProbeSettings", field=name)
-        for name in ("lr_fraction", "run_batch_fraction", "throughput_fraction", "curvature_time_fraction"):
+        for name in ("lr_fraction", "throughput_fraction", "curvature_time_fraction"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"must be in (0, 1], got {getattr(self, name)}", source="ProbeSettings", field=name)
         if self.curvature_examples != 0 and self.curvature_examples < 4:
@@ -83,32 +79,6 @@ def probe_batch(n_train: int | None, settings: ProbeSettings, batch_min: int, ba
     default = 64 if n_train is None else min(64, max(2, n_train // 16))
     b = settings.batch_size if settings.batch_size is not None else default
     return int(min(max(b, batch_min, 2), batch_cap))
-
-
-def probe_run_config(
-    batch: int, lr: float, settings: ProbeSettings, *, batch_min: int, batch_round: int, alpha: float, lr_min: float
-) -> tuple[int, float]:
-    """The probe run's batch size and learning rate: ``run_batch_fraction`` of the probe batch (a multiple
-    of ``batch_round``, at least ``batch_min``, at most ``batch``) and ``lr`` (``lr_fraction`` of the range
-    test's ceiling at ``batch``) times (run batch / batch)^``alpha``, as the lr rule scales a rate below
-    B_noise (1 for SGD, the space's ``adam_alpha`` for the Adam family).
-
-    Why smaller than the range test's batch: the run is the study's first trial, and a trial
-    spends a fixed number of samples, which do the most work at a batch well below B_noise
-    (not known yet when the run starts); on the benchmark problems' seed-averaged grids, a run
-    at 16 rather than 64 lands 1.5-5x closer to the grid's best (benchmarks/RESULTS.md, section 10).
-
-    Example:
-        >>> probe_run_config(64, 0.2, ProbeSettings(), batch_min=2, batch_round=1, alpha=1.0, lr_min=1e-4)
-        (16, 0.05)
-        >>> probe_run_config(64, 0.2, ProbeSettings(), batch_min=32, batch_round=1, alpha=1.0, lr_min=1e-4)
-        (32, 0.1)
-    """
-    run = max(1, round(batch * settings.run_batch_fraction))
-    if batch_round > 1:
-        run = max(batch_round, round(run / batch_round) * batch_round)
-    run = int(min(batch, max(run, batch_min)))
-    return run, max(lr_min, lr * (run / batch) ** alpha)
 
 
 def probe_cost(

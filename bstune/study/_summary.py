@@ -47,8 +47,8 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
     if probe and prior:
         lo, hi = probe["b_simple_ci"]
         lines.append(
-            f"probe: B_simple {_bound(probe['b_simple']).replace('inf', 'unresolved')} (90% CI {_bound(lo)} .. {_bound(hi)}) at "
-            f"B={probe.get('run_batch') or probe['batch_size']}, lr {probe['lr_probe']:.3g}; LR ceiling {_ceiling(probe['lr_ceiling'], probe.get('lr_ceiling_at_max'))} "
+            f"probe: B_simple {_bound(probe['b_simple']).replace('inf', 'unresolved')} (90% CI {_bound(lo)} .. {_bound(hi)}) at lr "
+            f"{probe['lr_probe']:.3g}; LR ceiling {_ceiling(probe['lr_ceiling'], probe.get('lr_ceiling_at_max'))} "
             f"at B={probe['batch_size']}, "
             + (
                 f"no test at B={probe['large_batch']} (a larger batch only raises it)"

@@ -76,8 +76,7 @@ def test_probe_measures_the_noise_scale_of_linear_regression() -> None:
     task = _regression()
     probe = run_probe(
         task,
-        # the run at the probe batch itself: the measurements' accuracy, at the state they were written for
-        ProbeSettings(lr_steps=20, train_samples=4000, throughput_steps=2, run_batch_fraction=1.0),
+        ProbeSettings(lr_steps=20, train_samples=4000, throughput_steps=2),
         batch_min=8,
         batch_max=2048,
         lr_min=1e-3,
@@ -89,7 +88,7 @@ def test_probe_measures_the_noise_scale_of_linear_regression() -> None:
     assert probe.b_simple_ci[0] <= exact.b_simple * 1.5 and exact.b_simple / 1.5 <= probe.b_simple_ci[1]
     assert probe.samples_used >= 4000 + 20 * probe.batch_size + 2 * 256  # the curvature's examples counted
     assert ProbeResult.from_dict(probe.to_dict()) == probe
-    assert probe.run_batch == probe.batch_size and probe.lr_probe == pytest.approx(0.25 * probe.lr_ceiling)
+    assert probe.lr_probe == pytest.approx(0.25 * probe.lr_ceiling)
     assert probe.run is None  # no trial budget: the run is the probe's own, not a trial
     # the reported interval is the sampling one widened by the trajectory's spread (issue #17)
     assert probe.b_simple_sampling_ci is not None and probe.b_simple_seed_spread is not None
@@ -220,7 +219,7 @@ def test_the_probe_starts_its_large_batch_test_a_decade_below_the_first_ceiling(
 def _trained_like_probe(task: bstune.Task, probe: ProbeResult) -> torch.nn.Module:
     run = bstune.train(
         task,
-        bstune.TrainConfig(batch_size=probe.run_batch, lr=probe.lr_probe, max_samples=4000, seed=0, track_noise=True),
+        bstune.TrainConfig(batch_size=probe.batch_size, lr=probe.lr_probe, max_samples=4000, seed=0, track_noise=True),
     )
     assert run.model is not None
     return run.model
@@ -288,9 +287,8 @@ def test_a_probe_told_the_trial_budget_trains_one_trial_and_keeps_it(monkeypatch
     probe = run_probe(task, settings, budget_samples=6000, eval_every_samples=1500, **kw)
     run = probe.run
     assert run is not None and run["status"] == "completed" and run["seed"] == 3
-    # by default a quarter of the probe batch, at a quarter of the ceiling scaled down with it (SGD: linearly)
-    assert (run["batch_size"], run["lr"]) == (probe.run_batch, probe.lr_probe) == (16, 0.25 * probe.lr_ceiling / 4)
-    assert run["samples"] == run["steps"] * probe.run_batch == 6000  # 375 steps of 16: the trial's length
+    assert (run["batch_size"], run["lr"]) == (probe.batch_size, probe.lr_probe)
+    assert run["samples"] == run["steps"] * probe.batch_size == 6016  # 94 steps of 64: the trial's length
     assert run["config"]["max_samples"] == 6000 and run["config"]["eval_every_samples"] == 1500
     assert [h["milestone"] for h in run["history"]] == [1500, 3000, 4500, 6000]  # the study's milestones
     assert set(run["history"][0]) >= {"samples", "step", "lr", "train_loss", "val_loss", "gap"}
@@ -299,7 +297,7 @@ def test_a_probe_told_the_trial_budget_trains_one_trial_and_keeps_it(monkeypatch
     # B_simple at the first milestone past train_samples (1500), not at the trial's end
     alone = bstune.train(
         task,
-        bstune.TrainConfig(batch_size=probe.run_batch, lr=probe.lr_probe, max_samples=1500, seed=3, track_noise=True),
+        bstune.TrainConfig(batch_size=probe.batch_size, lr=probe.lr_probe, max_samples=1500, seed=3, track_noise=True),
     )
     assert alone.model is not None and len(measured) >= 1
     for name, value in alone.model.state_dict().items():

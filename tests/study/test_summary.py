@@ -91,7 +91,7 @@ def test_an_unresolved_b_simple_is_said_not_a_crash_that_loses_the_study() -> No
     result = _sample()
     result["probe"].update(b_simple=None, b_simple_ci=[0.0, None])
     line = next(x for x in format_summary(result).splitlines() if x.startswith("probe: "))
-    assert line.startswith("probe: B_simple unresolved (90% CI 0 .. inf) at B=64, lr ")
+    assert line.startswith("probe: B_simple unresolved (90% CI 0 .. inf) at lr ")
 
 
 def test_queued_retries_are_not_counted_as_trials_in_the_header() -> None:
