@@ -22,16 +22,19 @@ blocks for good when the child died before reading them, an import it could not 
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from bstune._keys import SCRIPT_MODULE_PREFIX
 
-__all__ = ["pack", "start_holding_sigint", "take_held_sigint", "unpack"]
+__all__ = ["pack", "payload_file", "start_holding_sigint", "take_held_sigint", "take_payload_file", "unpack"]
 
 
 def pack(obj: Any) -> bytes:
@@ -90,12 +93,14 @@ def start_holding_sigint(
                 resource_tracker.ensure_running()
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             for start in starts:
-                if halt.is_set():
+                if halt.is_set() or stopping():
                     return
                 start()
         except BaseException as exc:  # handed to the caller's thread
             errors.append(exc)
 
+    if stopping():
+        return
     starter = threading.Thread(target=run, name="bstune-start", daemon=True)
     starter.start()
     try:
@@ -112,6 +117,36 @@ def start_holding_sigint(
             starter.join(patience)
     if errors:
         raise errors[0]
+
+
+def payload_file(data: bytes, what: str) -> str:
+    """``data`` (what :func:`pack` made) in a new file only this user may read, for a spawned child to take with
+    :func:`take_payload_file` once it runs: passed as a process's argument instead, it goes down the pipe that
+    ``start`` writes before it returns, and a child that died before reading it all (a failed import, a script
+    without the ``__main__`` guard) leaves ``start`` blocked for good. The caller removes a file no child took.
+
+    Example:
+        >>> take_payload_file(payload_file(pack([1, 2]), "example")) == pack([1, 2])
+        True
+    """
+    handle, path = tempfile.mkstemp(prefix=f"bstune-{what}-", suffix=".pickle")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return path
+
+
+def take_payload_file(path: str) -> bytes:
+    """In the child: the bytes of a :func:`payload_file`, which is removed (it holds the user's task, data and all)."""
+    try:
+        return Path(path).read_bytes()
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def take_held_sigint() -> None:

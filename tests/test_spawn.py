@@ -6,14 +6,16 @@ import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bstune._spawn import pack, start_holding_sigint, take_held_sigint, unpack
+from bstune._spawn import pack, payload_file, start_holding_sigint, take_held_sigint, take_payload_file, unpack
 
 HANDLED = 7  # the child's exit code when its own handler got the SIGINT
 posix_only = pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks (Windows)")
@@ -62,16 +64,29 @@ def _never_runs(blob: bytes) -> None:
     raise AssertionError("the child was to die before reading its arguments")
 
 
+class Hung(Exception):
+    pass
+
+
+def _hung(signum: int, frame: Any) -> None:
+    raise Hung("start_holding_sigint did not give way")
+
+
 @pytest.fixture
 def child_dies_unread() -> Iterator[multiprocessing.process.BaseProcess]:
     """A spawned process whose interpreter exits at once, never reading its 1 MB of arguments: its ``start``
-    blocks for good in the write (as with a child that fails an import before reading them all)."""
+    blocks for good in the write (as with a child that fails an import before reading them all). A watchdog
+    fails the test after 60 s rather than leave it hanging."""
     ctx = multiprocessing.get_context("spawn")
     python = multiprocessing.spawn.get_executable()
     ctx.set_executable("/bin/true")
+    previous = signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(60)
     try:
         yield ctx.Process(target=_never_runs, args=(b"x" * 1_000_000,), daemon=True)
     finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
         ctx.set_executable(python)
 
 
@@ -119,6 +134,16 @@ def test_a_failed_start_raises_in_the_callers_thread() -> None:
 
     with pytest.raises(OSError, match="no such executable"):
         start_holding_sigint([fails])
+
+
+def test_a_payload_file_is_private_and_gone_once_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    path = payload_file(pack({"x": list(range(10))}), "trial-worker")
+    assert Path(path).parent == tmp_path and Path(path).name.startswith("bstune-trial-worker-")
+    if os.name == "posix":
+        assert Path(path).stat().st_mode & 0o777 == 0o600  # the user's task and data: theirs alone
+    assert unpack(take_payload_file(path)) == {"x": list(range(10))}
+    assert not Path(path).exists()
 
 
 def test_pack_round_trips() -> None:

@@ -32,20 +32,18 @@ import multiprocessing
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
 from bstune._progress import progress_bar
-from bstune._spawn import pack, start_holding_sigint, take_held_sigint, unpack
+from bstune._spawn import pack, payload_file, start_holding_sigint, take_held_sigint, take_payload_file, unpack
 from bstune.errors import BstuneError, ConfigError
 from bstune.noise import resolve_device
 from bstune.study._liveness import count_finished, finished_trials, retry_abandoned
@@ -189,8 +187,8 @@ class _WorkerArgs:
     index: int
     devices: tuple[str, ...]
     threads: int
-    # a file holding the pickled (spec, planner, storage URL): read once the worker runs, so that its start, which
-    # writes it these arguments down a pipe, never waits on a child that died reading them (a task's data: MBs)
+    # the pickled (spec, planner, storage URL) in a file (bstune._spawn.payload_file: a task's data may be MBs),
+    # which the worker removes as it reads it: one still there after the worker died never ran bstune's code
     payload_file: str
     gate: TrialGate  # shared by the workers: counting the trials and taking one
     parent: int  # the parent's pid: a worker whose parent is gone stops between trials
@@ -300,7 +298,7 @@ def _worker_main(args: _WorkerArgs) -> None:
         _setup_process(args.index, args.devices, args.threads, args.log_level)
         if args.devices[0].startswith("cuda"):
             torch.cuda.set_device(args.devices[0])  # code that says just "cuda" lands on this worker's GPU too
-        spec, planner, url = unpack(Path(args.payload_file).read_bytes())
+        spec, planner, url = unpack(take_payload_file(args.payload_file))
         planner = dataclasses.replace(planner, device=args.devices[0], trial_devices=args.devices)
         label = f"worker {args.index} ({','.join(args.devices)})"
         args.work(url, spec, planner, worker=args.index, label=label, gate=args.gate, parent=args.parent)
@@ -334,12 +332,14 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
     running: dict[int, multiprocessing.process.BaseProcess] = {}
     ctrl_c = threading.Event()
 
-    handle, payload_file = tempfile.mkstemp(prefix="bstune-trial-workers-", suffix=".pickle")
-    with os.fdopen(handle, "wb") as out:
-        out.write(payload)
+    files: dict[int, str] = {}  # each worker's payload file, by index; removed by the worker as it reads it
 
     def start(index: int) -> None:
-        args = _WorkerArgs(index, slots[index], threads, payload_file, gate, os.getpid(), level, work)
+        if index in files:  # a restart: the file of the worker that died, if it never took it
+            with contextlib.suppress(OSError):
+                os.unlink(files[index])
+        files[index] = payload_file(payload, "trial-worker")
+        args = _WorkerArgs(index, slots[index], threads, files[index], gate, os.getpid(), level, work)
         proc = ctx.Process(target=_worker_main, args=(args,), name=f"bstune-trial-worker-{index}", daemon=False)
         try:
             start_holding_sigint([proc.start], stopping=ctrl_c.is_set)
@@ -350,9 +350,9 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
             raise KeyboardInterrupt
 
     said = {t.number for t in finished_trials(study)}  # the trials before this run: a resumed study's were said then
-    finished_before = len(said)
     restarted: set[int] = set()
     crashed: list[str] = []
+    died_starting: set[int] = set()  # indices into crashed
     bar = progress_bar(settings.progress, "trials", total=settings.n_trials, unit="trial")
     shown = count_finished(study)
     bar.update(shown)
@@ -391,6 +391,8 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
                 what = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
                 gate.free_for(index)
                 crashed.append(f"{where}: {what}")
+                if code == 1 and os.path.exists(files[index]):  # an error before it took its payload: in its start
+                    died_starting.add(len(crashed) - 1)
                 logger.error("trial %s died (%s); its running trial will be run again", where, what)
                 if index not in restarted and count_finished(study) < settings.n_trials:
                     restarted.add(index)
@@ -406,24 +408,22 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
         if own:
             signal.signal(signal.SIGINT, previous)
         bar.close()
-        with contextlib.suppress(OSError):
-            os.unlink(payload_file)
+        for path in files.values():  # those no worker took (a Ctrl-C first, or a worker that died starting)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
     _say_finished(finished_trials(study), settings.objective, said)  # those the workers finished as they exited
     retry_abandoned(study, settings.grace_period)  # a trial of a worker that died last: queued for a resume
     if count_finished(study) < settings.n_trials and crashed:  # without a crash: they gave up on failing code
-        # every worker gone with exit code 1 before any trial: most often a script without the __main__ guard,
-        # which each spawned worker imports again (multiprocessing says so above, in each worker's traceback)
-        at_start = all(c.endswith(": exit code 1") for c in crashed) and count_finished(study) == finished_before
+        if len(died_starting) == len(crashed):  # before any of bstune's code ran in them (each printed why)
+            raise WorkerCrashError(
+                f"trial workers died as they started, before running any trial: {'; '.join(crashed)}; a script "
+                'that runs a study must run it under `if __name__ == "__main__":` (each worker imports the script '
+                "again), and every module the task uses must import in a fresh Python process"
+            )
         raise WorkerCrashError(
             f"{count_finished(study)} of {settings.n_trials} trials finished: trial workers died: "
             + "; ".join(crashed)
             + " (their trials are queued to run again; resume the study to finish it)"
-            + (
-                "; every worker exited as it started: a script that runs a study must run it under `if __name__ == "
-                '"__main__":`, since each worker imports the script again'
-                if at_start
-                else ""
-            )
         )
     if crashed:
         logger.error("the study finished, but trial workers died on the way: %s", "; ".join(crashed))

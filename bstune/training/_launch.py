@@ -9,6 +9,7 @@ the launcher.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -18,13 +19,14 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bstune._spawn import pack, start_holding_sigint, take_held_sigint, unpack
+from bstune._spawn import pack, payload_file, start_holding_sigint, take_held_sigint, take_payload_file, unpack
 from bstune.errors import ConfigError, UserCodeError
 from bstune.noise import resolve_device
 from bstune.task import Task
@@ -77,7 +79,7 @@ def _child(
     port: int,
     backend: str,
     devices: list[str],
-    blob: bytes,
+    blob_file: str,
     events: Any,
     decisions: Any,
     parent: int,
@@ -92,7 +94,7 @@ def _child(
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-        fn, args, kwargs, wants_callback = unpack(blob)
+        fn, args, kwargs, wants_callback = unpack(take_payload_file(blob_file))
         if wants_callback and rank == 0:
             kwargs = dict(kwargs, callback=_ParentCallback(events, decisions))
         events.put((rank, "result", pack(fn(*args, **kwargs))))
@@ -159,19 +161,17 @@ def run_data_parallel(
     events, decisions = ctx.Queue(), ctx.Queue()
     blob = pack((fn, args, kwargs, callback is not None))
     port = _free_port()
-    procs = [
-        ctx.Process(
-            target=_child,
-            args=(r, nprocs, port, backend, devs, blob, events, decisions, os.getpid(), threads_per_rank),
-            name=f"bstune-rank{r}",
-        )
-        for r in range(nprocs)
-    ]
+    procs: list[BaseProcess] = []
+    files: list[str] = []  # the blob, a file per rank (bstune._spawn.payload_file), which the rank removes
     results: dict[int, Any] = {}
     errors: dict[int, tuple[float, str, str, tuple[int, int]]] = {}  # rank: (when, what, traceback, trained)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     grace: float | None = None  # once a rank has failed: when the others are stopped
     try:
+        for r in range(nprocs):
+            files.append(payload_file(blob, f"rank{r}"))
+            args = (r, nprocs, port, backend, devs, files[r], events, decisions, os.getpid(), threads_per_rank)
+            procs.append(ctx.Process(target=_child, args=args, name=f"bstune-rank{r}"))
         start_holding_sigint([p.start for p in procs])
         while len(results) + len(errors) < nprocs:
             now = time.monotonic()
@@ -218,6 +218,9 @@ def run_data_parallel(
                 p.join()
         events.close()
         decisions.close()
+        for path in files:  # those no rank took (it died starting, or was never started)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
     if pick is not None:
         chosen = pick(results)
         if chosen is not None:

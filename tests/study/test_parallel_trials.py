@@ -527,13 +527,39 @@ def test_a_script_without_the_main_guard_fails_with_the_reason_and_does_not_hang
     """Each spawned worker imports the script again and dies at once; writing it its arguments (the task's data)
     then blocked the study for good."""
     (tmp_path / "noguard.py").write_text(NO_GUARD_SCRIPT)
+    env = python_env() | {"TMPDIR": str(tmp_path)}  # where the workers' payload files go
     done = subprocess.run(
-        [sys.executable, "noguard.py"], cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=300
+        [sys.executable, "noguard.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 1, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("bstune.study._workers.WorkerCrashError: 0 of 2 trials finished"), last
+    assert last.startswith("bstune.study._workers.WorkerCrashError: trial workers died as they started"), last
     assert 'under `if __name__ == "__main__":`' in last, last
+    assert not list(tmp_path.glob("bstune-*")), "a payload file (the task's data) was left behind"
+
+
+GUARDED_DYING_SCRIPT = (
+    NO_GUARD_SCRIPT.replace(
+        "    return torch.nn.Linear(16, 2)",
+        "    if multiprocessing.parent_process() is not None:  # in a trial worker, mid-trial\n"
+        "        os._exit(1)\n"
+        "    return torch.nn.Linear(16, 2)",
+    )
+    .replace("import torch\n", "import multiprocessing\nimport os\n\nimport torch\n")
+    .replace("bstune.Study(", 'if __name__ == "__main__":\n    bstune.Study(')
+)
+
+
+@pytest.mark.slow
+def test_workers_dying_mid_trial_are_not_told_about_the_main_guard(tmp_path: Path) -> None:
+    (tmp_path / "dying.py").write_text(GUARDED_DYING_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, "dying.py"], cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("bstune.study._workers.WorkerCrashError: 0 of 2 trials finished: trial workers died"), last
+    assert "__main__" not in last, last
 
 
 @pytest.mark.slow
