@@ -389,6 +389,20 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _interrupted_in_one_line(proc: subprocess.Popen[bytes]) -> str:
+    """What a ``bstune run`` stopped by Ctrl-C said, once it exited 130 with one line, no traceback, and left no
+    process of its group behind."""
+    code = proc.wait(timeout=120)
+    err = proc.stderr.read().decode().strip()  # type: ignore[union-attr]
+    assert code == 130, err  # what it said, where it ended otherwise (once exit 1 under heavy load)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    deadline = time.monotonic() + 10
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(proc.pid), "a worker process was left behind"
+    return err
+
+
 def _owner_pid(db: Path, number: int) -> int:
     """The pid of the worker process running trial ``number`` (its owner attribute), read as _two_running reads."""
     query = (
@@ -433,15 +447,7 @@ def test_ctrl_c_marks_the_running_trials_interrupted_and_leaves_no_process(tmp_p
         proc.send_signal(signal.SIGINT)
     else:
         os.kill(_owner_pid(db, victims[0]), signal.SIGINT)
-    code = proc.wait(timeout=120)
-    err = proc.stderr.read().decode().strip()  # type: ignore[union-attr]
-    assert code == 130, err  # what it said, where it ended otherwise (once exit 1 under heavy load)
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith("bstune: interrupted; kept"), err
-    deadline = time.monotonic() + 10
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _group_alive(proc.pid), "a worker process was left behind"
+    assert _interrupted_in_one_line(proc).startswith("bstune: interrupted; kept")
     trials = {
         t.number: t
         for t in optuna.load_study(study_name="bstune-slow", storage=open_storage(f"sqlite:///{db}")).get_trials()
@@ -491,15 +497,7 @@ def test_ctrl_c_while_the_workers_start_stops_the_study_with_one_line(tmp_path: 
 
     wait_for("a trial worker starting", first_start, [proc])
     os.killpg(proc.pid, signal.SIGINT)  # the worker is inside its start, seconds before its own code runs
-    code = proc.wait(timeout=120)
-    err = proc.stderr.read().decode().strip()  # type: ignore[union-attr]
-    assert code == 130, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith("bstune: interrupted; kept 0 finished trials"), err
-    deadline = time.monotonic() + 10
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _group_alive(proc.pid), "a worker process was left behind"
+    assert _interrupted_in_one_line(proc).startswith("bstune: interrupted; kept 0 finished trials")
 
 
 NO_GUARD_SCRIPT = """
