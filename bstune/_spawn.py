@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bstune._keys import SCRIPT_MODULE_PREFIX
+from bstune.errors import ConfigError
 
 __all__ = ["pack", "payload_file", "start_holding_sigint", "take_held_sigint", "take_payload_file", "unpack"]
 
@@ -124,20 +125,34 @@ def payload_file(data: bytes, what: str) -> str:
     :func:`take_payload_file` once it runs: passed as a process's argument instead, it goes down the pipe that
     ``start`` writes before it returns, and a child that died before reading it all (a failed import, a script
     without the ``__main__`` guard) leaves ``start`` blocked for good. The caller removes a file no child took.
+    Raises :class:`~bstune.errors.ConfigError` where the temp folder (``TMPDIR``) has no room or is not writable.
 
     Example:
         >>> take_payload_file(payload_file(pack([1, 2]), "example")) == pack([1, 2])
         True
     """
-    handle, path = tempfile.mkstemp(prefix=f"bstune-{what}-", suffix=".pickle")
+    try:
+        handle, path = tempfile.mkstemp(prefix=f"bstune-{what}-", suffix=".pickle")
+    except OSError as exc:
+        raise _no_room(data, exc) from exc
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(path)
+        if isinstance(exc, OSError):
+            raise _no_room(data, exc) from exc
         raise
     return path
+
+
+def _no_room(data: bytes, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"could not write the task ({len(data):,} bytes, pickled) for a spawned process to "
+        f"{tempfile.gettempdir()}: {exc.strerror or exc}; point TMPDIR at a folder with room for it",
+        source="temp folder",
+    )
 
 
 def take_payload_file(path: str) -> bytes:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bstune._spawn import pack, payload_file, start_holding_sigint, take_held_sigint, take_payload_file, unpack
+from bstune.errors import ConfigError
 
 HANDLED = 7  # the child's exit code when its own handler got the SIGINT
 posix_only = pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks (Windows)")
@@ -144,6 +145,14 @@ def test_a_payload_file_is_private_and_gone_once_taken(tmp_path: Path, monkeypat
         assert Path(path).stat().st_mode & 0o777 == 0o600  # the user's task and data: theirs alone
     assert unpack(take_payload_file(path)) == {"x": list(range(10))}
     assert not Path(path).exists()
+
+
+def test_a_temp_folder_without_room_is_a_config_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))  # as full or read-only, to mkstemp
+    with pytest.raises(ConfigError, match=r"temp folder: could not write the task \(\d+ bytes.*missing.*TMPDIR"):
+        payload_file(pack(list(range(100))), "trial-worker")
 
 
 def test_pack_round_trips() -> None:
