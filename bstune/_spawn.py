@@ -28,14 +28,22 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bstune._keys import SCRIPT_MODULE_PREFIX
 from bstune.errors import ConfigError
 
-__all__ = ["pack", "payload_file", "start_holding_sigint", "take_held_sigint", "take_payload_file", "unpack"]
+__all__ = [
+    "pack",
+    "payload_file",
+    "remove_files",
+    "start_holding_sigint",
+    "take_held_sigint",
+    "take_payload_file",
+    "unpack",
+]
 
 
 def pack(obj: Any) -> bytes:
@@ -107,15 +115,11 @@ def start_holding_sigint(
     try:
         while starter.is_alive() and not stopping():
             starter.join(0.1)
-    except KeyboardInterrupt:
-        halt.set()
-        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: stop waiting
-            starter.join(patience)
-        raise
-    if starter.is_alive():  # stopping(): the start under way is let finish, for the caller to stop
-        halt.set()
-        with contextlib.suppress(KeyboardInterrupt):
-            starter.join(patience)
+    finally:  # stopping() or a Ctrl-C (which goes on): the start under way is let finish, for the caller to stop
+        if starter.is_alive():
+            halt.set()
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: stop waiting
+                starter.join(patience)
     if errors:
         raise errors[0]
 
@@ -131,28 +135,22 @@ def payload_file(data: bytes, what: str) -> str:
         >>> take_payload_file(payload_file(pack([1, 2]), "example")) == pack([1, 2])
         True
     """
+    made: list[str] = []
     try:
         handle, path = tempfile.mkstemp(prefix=f"bstune-{what}-", suffix=".pickle")
-    except OSError as exc:
-        raise _no_room(data, exc) from exc
-    try:
+        made.append(path)
         with os.fdopen(handle, "wb") as out:
             out.write(data)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        remove_files(made)
         if isinstance(exc, OSError):
-            raise _no_room(data, exc) from exc
+            raise ConfigError(
+                f"could not write the task ({len(data):,} bytes, pickled) for a spawned process to "
+                f"{tempfile.gettempdir()}: {exc.strerror or exc}; point TMPDIR at a folder with room for it",
+                source="temp folder",
+            ) from exc
         raise
     return path
-
-
-def _no_room(data: bytes, exc: OSError) -> ConfigError:
-    return ConfigError(
-        f"could not write the task ({len(data):,} bytes, pickled) for a spawned process to "
-        f"{tempfile.gettempdir()}: {exc.strerror or exc}; point TMPDIR at a folder with room for it",
-        source="temp folder",
-    )
 
 
 def take_payload_file(path: str) -> bytes:
@@ -160,6 +158,12 @@ def take_payload_file(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     finally:
+        remove_files([path])
+
+
+def remove_files(paths: Iterable[str]) -> None:
+    """Remove each of ``paths`` that is still there (payload files no child took, or took already)."""
+    for path in paths:
         with contextlib.suppress(OSError):
             os.unlink(path)
 

@@ -43,7 +43,15 @@ import optuna
 import torch
 
 from bstune._progress import progress_bar
-from bstune._spawn import pack, payload_file, start_holding_sigint, take_held_sigint, take_payload_file, unpack
+from bstune._spawn import (
+    pack,
+    payload_file,
+    remove_files,
+    start_holding_sigint,
+    take_held_sigint,
+    take_payload_file,
+    unpack,
+)
 from bstune.errors import BstuneError, ConfigError
 from bstune.noise import resolve_device
 from bstune.study._liveness import count_finished, finished_trials, retry_abandoned
@@ -336,8 +344,7 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
 
     def start(index: int) -> None:
         if index in files:  # a restart: the file of the worker that died, if it never took it
-            with contextlib.suppress(OSError):
-                os.unlink(files[index])
+            remove_files([files[index]])
         files[index] = payload_file(payload, "trial-worker")
         args = _WorkerArgs(index, slots[index], threads, files[index], gate, os.getpid(), level, work)
         proc = ctx.Process(target=_worker_main, args=(args,), name=f"bstune-trial-worker-{index}", daemon=False)
@@ -408,9 +415,7 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
         if own:
             signal.signal(signal.SIGINT, previous)
         bar.close()
-        for path in files.values():  # those no worker took (a Ctrl-C first, or a worker that died starting)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        remove_files(files.values())  # those no worker took (a Ctrl-C first, or a worker that died starting)
     _say_finished(finished_trials(study), settings.objective, said)  # those the workers finished as they exited
     retry_abandoned(study, settings.grace_period)  # a trial of a worker that died last: queued for a resume
     if count_finished(study) < settings.n_trials and crashed:  # without a crash: they gave up on failing code

@@ -9,7 +9,6 @@ the launcher.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
@@ -26,7 +25,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bstune._spawn import pack, payload_file, start_holding_sigint, take_held_sigint, take_payload_file, unpack
+from bstune._spawn import (
+    pack,
+    payload_file,
+    remove_files,
+    start_holding_sigint,
+    take_held_sigint,
+    take_payload_file,
+    unpack,
+)
 from bstune.errors import ConfigError, UserCodeError
 from bstune.noise import resolve_device
 from bstune.task import Task
@@ -218,9 +225,7 @@ def run_data_parallel(
                 p.join()
         events.close()
         decisions.close()
-        for path in files:  # those no rank took (it died starting, or was never started)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        remove_files(files)  # those no rank took (it died starting, or was never started)
     if pick is not None:
         chosen = pick(results)
         if chosen is not None:
