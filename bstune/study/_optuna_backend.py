@@ -45,11 +45,12 @@ from bstune.study._liveness import (
 )
 from bstune.study._pruners import make_pruner
 from bstune.study._records import trial_line, trial_record, trial_records
+from bstune.study._rescore_pool import run_plans_parallel
 from bstune.study._resume import check_settings
 from bstune.study._storage import open_storage
 from bstune.study._trial import SYSTEMATIC_ATTR, TrialOutcome, give_up
 from bstune.study._trial_plan import TrialPlan, TrialPlanner
-from bstune.study._workers import pickled, run_plans_parallel, run_workers, worker_devices
+from bstune.study._workers import pickled, run_workers, worker_devices
 from bstune.training import Decision, EvalRecord
 
 __all__ = ["OptunaBackend", "TrialFailure"]

@@ -57,16 +57,14 @@ from bstune.noise import resolve_device
 from bstune.study._liveness import count_finished, finished_trials, retry_abandoned
 from bstune.study._records import trial_line
 from bstune.study._settings import StudySettings
-from bstune.study._trial import TrialOutcome
-from bstune.study._trial_plan import TrialPlan
 
 __all__ = [
     "DroppedInterrupts",
     "TrialGate",
     "WorkerCrashError",
     "pickled",
-    "run_plans_parallel",
     "run_workers",
+    "setup_process",
     "worker_devices",
     "worker_threads",
 ]
@@ -269,7 +267,7 @@ class DroppedInterrupts:
             raise KeyboardInterrupt
 
 
-def _setup_process(index: int, devices: tuple[str, ...], threads: int, log_level: int) -> None:
+def setup_process(index: int, devices: tuple[str, ...], threads: int, log_level: int) -> None:
     torch.set_num_threads(threads)
     logging.basicConfig(
         level=logging.WARNING,
@@ -303,7 +301,7 @@ def _worker_main(args: _WorkerArgs) -> None:
     threading.Thread(target=_watch, args=(args.parent,), name="bstune-worker-watch", daemon=True).start()
     try:
         take_held_sigint()  # a Ctrl-C that came while this process imported is handled here, not mid-import
-        _setup_process(args.index, args.devices, args.threads, args.log_level)
+        setup_process(args.index, args.devices, args.threads, args.log_level)
         if args.devices[0].startswith("cuda"):
             torch.cuda.set_device(args.devices[0])  # code that says just "cuda" lands on this worker's GPU too
         spec, planner, url = unpack(take_payload_file(args.payload_file))
@@ -471,50 +469,3 @@ def _stop(procs: Sequence[multiprocessing.process.BaseProcess]) -> None:
             logger.warning("trial worker pid %s did not stop; killed", proc.pid)
             proc.kill()
             proc.join()
-
-
-# -- re-scoring: plans side by side -----------------------------------------------------
-def _plan_worker_init(threads: int, log_level: int, parent: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool on Ctrl-C
-    threading.Thread(target=_watch_plans, args=(parent,), name="bstune-rescore-watch", daemon=True).start()
-    _setup_process(os.getpid(), ("re-scoring",), threads, log_level)
-
-
-def _watch_plans(parent: int) -> None:
-    """A re-scoring worker's daemon thread: end the worker once its parent is gone (killed). Its runs report to the
-    parent alone, so nothing is lost; left to run, it trained a whole budget on a device a resume would share."""
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent:  # one line straight to stderr: a logging lock held elsewhere cannot stop the exit
-            with contextlib.suppress(OSError):
-                os.write(2, f"WARNING bstune: the study's process (pid {parent}) is gone: re-scoring stops\n".encode())
-            os._exit(1)
-
-
-def _run_plan(item: tuple[bytes, TrialPlan]) -> TrialOutcome:
-    payload, plan = item
-    job = unpack(payload)
-    outcome: TrialOutcome = job.run(plan)
-    return outcome
-
-
-def run_plans_parallel(payload: bytes, plans: list[TrialPlan], settings: StudySettings) -> list[TrialOutcome]:
-    """Train ``plans`` (whole budget) in spawned processes, one per worker device at a time; outcomes in order."""
-    slots = worker_devices(settings)
-    n = min(len(slots), len(plans))
-    ctx = multiprocessing.get_context("spawn")
-    placed = [(payload, plan.on_devices(slots[i % n])) for i, plan in enumerate(plans)]
-    level = logging.getLogger("bstune").getEffectiveLevel()
-    out: list[TrialOutcome] = []
-    pools: list[multiprocessing.pool.Pool] = []  # its workers ignore SIGINT once started (their initializer)
-    initargs = (worker_threads(n), level, os.getpid())
-    try:
-        start_holding_sigint([lambda: pools.append(ctx.Pool(n, initializer=_plan_worker_init, initargs=initargs))])
-    except BaseException:  # a Ctrl-C while it started: the pool, if it got made, goes with it
-        for made in pools:
-            made.terminate()
-        raise
-    with pools[0] as pool:
-        for start in range(0, len(placed), n):  # n at a time: never two plans on one device
-            out += pool.map(_run_plan, placed[start : start + n], chunksize=1)
-    return out
