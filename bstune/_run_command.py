@@ -19,7 +19,7 @@ from typing import Any
 from bstune._command_io import wants_progress, write_report
 from bstune._keys import STATE_FILE
 from bstune._loading import load_subject
-from bstune.errors import BstuneError, ConfigError
+from bstune.errors import BstuneError, ConfigError, StorageError
 from bstune.study import format_summary
 from bstune.task import Task
 
@@ -226,6 +226,8 @@ def _run(args: argparse.Namespace) -> int:
         try:
             with _trial_lines(args.progress is None and not sys.stderr.isatty()):
                 result = study.run()
+        except StorageError as exc:  # what it says is done in the command line by --resume
+            raise StorageError(f"{exc.reason}: {_command(args, resume=True)}", source=exc.source) from None
         except StudyFailedError as exc:
             where = storage or storage_path
             if where is None:
@@ -242,16 +244,24 @@ def _run(args: argparse.Namespace) -> int:
         _take_back(created, study.storage if study is not None else None, bad_settings=isinstance(exc, ConfigError))
         raise
     data = result.to_dict()
-    path = result.save(args.out) if args.out else None  # before anything that reads it can fail
+    where = storage or storage_path
+    try:
+        path = result.save(args.out) if args.out else None  # before anything that reads it can fail
+    except OSError as exc:  # a full disk: the summary still says what was found, and the study is kept
+        print(format_summary(data, folder=None))
+        kept = f"the study is kept in {where}: make room, then {_command(args, resume=True)} writes it" if where else ""
+        print(f"bstune: could not write result.json into {args.out}: {exc.strerror or exc}; {kept}", file=sys.stderr)
+        return 1
     print(format_summary(data, folder=args.out))
     if path is not None:
-        where = storage or storage_path
         print(f"wrote {path}" + (f"; the trials are in {where}" if where else ""))
         try:
             files = write_report(result, args.out)
-        except BstuneError as exc:
+        except (BstuneError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             print(
-                f"bstune: the report could not be written ({type(exc).__name__}: {exc}); {path} is kept",
+                f"bstune: the report could not be written ({type(exc).__name__}: {reason}); {path} is kept: "
+                f"`bstune report {shlex.quote(args.out)}` writes the report from it",
                 file=sys.stderr,
             )
             return 1

@@ -15,6 +15,7 @@ __all__ = [
     "DependencyError",
     "EstimationError",
     "MissingSettingError",
+    "StorageError",
     "TaskError",
     "UserCodeError",
 ]
@@ -92,6 +93,23 @@ class EstimationError(BstuneError):
 
 class DependencyError(BstuneError, ImportError):
     """An optional dependency is missing; the message says which extra to install."""
+
+
+class StorageError(BstuneError):
+    """The study's storage failed mid-study: a full disk, a file made read-only or removed, a
+    database gone or locked for too long. What it recorded before the failure is kept, so the
+    study resumes once the storage is fixed. ``source`` names the storage; ``reason`` is its own
+    error, in one line.
+
+    Example:
+        >>> str(StorageError("database or disk is full", source="sqlite:///runs/study.db"))
+        'sqlite:///runs/study.db: database or disk is full'
+    """
+
+    def __init__(self, reason: str, *, source: str) -> None:
+        self.reason = reason
+        self.source = source
+        super().__init__(f"{source}: {reason}")
 
 
 class UserCodeError(BstuneError):

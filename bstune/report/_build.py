@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bstune._files import replace_text
 from bstune.analysis import (
     BatchPoint,
     CriticalBatchFit,
@@ -85,19 +85,8 @@ class Report:
         folder.mkdir(parents=True, exist_ok=True)
         files = {fmt: folder / f"report.{fmt}" for fmt in texts}
         for fmt, text in texts.items():
-            _replace(files[fmt], text)
+            replace_text(files[fmt], text)
         return {k: str(v) for k, v in files.items()}
-
-
-def _replace(file: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``file`` by a rename, so that readers see the old file or the new, never half."""
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _point_dict(p: BatchPoint) -> dict[str, Any]:

@@ -183,6 +183,16 @@ class OptunaBackend(TrialBackend):
             field="parallel_trials",
         )
 
+    def storage_name(self) -> str:
+        """How a message names this storage: its file, its URL, or its kind."""
+        if self._url is not None:
+            return str(self._url)
+        if isinstance(self.storage, RDBStorage):
+            return str(self.storage.url)
+        if isinstance(self.storage, JournalStorage) and isinstance(self.storage._backend, JournalFileBackend):
+            return f"journal:{self.storage._backend._file_path}"
+        return f"the study's storage ({type(self.storage).__name__})"
+
     def _shared_storage(self) -> tuple[BaseStorage, str]:
         """The storage trial worker processes share and the URL each reopens it by (see the class docstring)."""
         url = self.worker_url()
@@ -290,7 +300,7 @@ class OptunaBackend(TrialBackend):
                 finished,
             )
         if settings.workers > 1:
-            run_workers(study, settings, pickled((spec, planner, str(self._url))), work_on)
+            run_workers(study, settings, pickled((spec, planner, str(self._url))), work_on, where=self.storage_name())
             return trial_records(study.get_trials(deepcopy=False))
         study.sampler = planner.sampler(study.sampler)
         self._since, self._stopped = datetime.datetime.now(), False

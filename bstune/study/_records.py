@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from bstune._files import replace_text
 from bstune._keys import FROM_PROBE_ATTR
 from bstune.errors import ConfigError
 from bstune.metrics import Direction, infer_direction
@@ -369,5 +370,5 @@ class StudyResult:
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         out = folder / "result.json"
-        out.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        replace_text(out, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         return out

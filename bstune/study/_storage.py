@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,10 +13,10 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from bstune.errors import ConfigError
+from bstune.errors import ConfigError, StorageError
 from bstune.study._optuna_compat import swap_state
 
-__all__ = ["open_storage", "storage_file"]
+__all__ = ["open_storage", "storage_error", "storage_failure", "storage_file"]
 
 _SQLITE_LOCK_WAIT_S = 60.0  # sqlite3's default is 5 s: short when several processes write one file
 
@@ -109,3 +111,69 @@ def storage_file(url: str | Path | BaseStorage | None) -> Path | None:
     if text.startswith("sqlite:///"):
         return Path(text.removeprefix("sqlite:///"))
     return None
+
+
+def storage_error(reason: str, source: str) -> StorageError:
+    """The error a study ends with when its storage ``source`` failed (``reason``: :func:`storage_failure`'s)."""
+    return StorageError(
+        f"the study could not be recorded: {reason}; what was recorded before is kept: make room (or restore the "
+        "file or its permissions), then resume the study",
+        source=source,
+    )
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """Why a storage failed behind ``exc``, in one line; None where no storage failed.
+
+    Optuna hides a storage's failure to record a trial's end behind an ``AssertionError``
+    of its own ("Should not reach"), with the storage's error as its context. So the whole
+    chain of causes and contexts is read, and the innermost storage error gives the reason:
+    SQLite's or the database driver's, or an ``OSError`` raised inside Optuna's storages (a
+    journal file on a full disk). Errors of the code that trains are not storage failures.
+
+    Example:
+        >>> try:
+        ...     try:
+        ...         raise sqlite3.OperationalError("database or disk is full")
+        ...     except sqlite3.Error:
+        ...         raise AssertionError("Should not reach.")
+        ... except AssertionError as exc:
+        ...     storage_failure(exc)
+        'database or disk is full (sqlite3.OperationalError)'
+        >>> storage_failure(OSError(28, "No space left on device")) is None  # not raised by a storage
+        True
+    """
+    reason = None
+    seen: set[int] = set()
+    at: BaseException | None = exc
+    while at is not None and id(at) not in seen:
+        seen.add(id(at))
+        if _from_storage(at):
+            reason = _one_line(at)
+        at = at.__cause__ or at.__context__
+    return reason
+
+
+def _from_storage(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error | optuna.exceptions.StorageInternalError):
+        return True
+    if type(exc).__module__.startswith("sqlalchemy."):
+        return True
+    if isinstance(exc, OSError):
+        return any(_in_optuna_storages(frame.filename) for frame in traceback.extract_tb(exc.__traceback__))
+    return False
+
+
+def _in_optuna_storages(filename: str) -> bool:
+    parts = Path(filename).parts
+    return any(parts[i : i + 2] == ("optuna", "storages") for i in range(len(parts) - 1))
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        what = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    else:
+        lines = str(exc).strip().splitlines()  # SQLAlchemy's go on with the statement and "Background on..."
+        what = lines[0] if lines else ""
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
+    return f"{what} ({kind})" if what else kind

@@ -22,7 +22,7 @@ from optuna.storages import BaseStorage
 from bstune._keys import DESCRIPTION_ATTR, DIRECTIONS_ATTR
 from bstune._progress import progress_bar
 from bstune.analysis import direction_doubt
-from bstune.errors import ConfigError
+from bstune.errors import ConfigError, StorageError
 from bstune.metrics import Direction, infer_direction
 from bstune.optim import OptimizerSpec
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus
@@ -41,6 +41,7 @@ from bstune.study._records import StudyResult, clean_dict
 from bstune.study._rescore import candidates, rescore_seeds, run_rescoring
 from bstune.study._samplers import make_sampler, parallel_sampler, resumed_samplers
 from bstune.study._settings import StudySettings
+from bstune.study._storage import storage_error, storage_failure
 from bstune.study._trial import completed_outcome
 from bstune.study._trial_plan import TrialPlanner
 from bstune.study._workers import worker_devices
@@ -285,7 +286,21 @@ class Study:
         trial. Each trial records its worker (``TrialRecord.worker``). A worker process that
         dies is started again once and its trial run again; Ctrl-C leaves every running
         trial ``interrupted``, and no worker process behind.
+
+        Raises:
+            StorageError: the embedded backend's storage failed mid-study (a full disk, a
+                read-only file); what it recorded before is kept, and the study resumes.
         """
+        try:
+            return self._run()
+        except Exception as exc:
+            backend = self.backend
+            reason = None if isinstance(exc, StorageError) else storage_failure(exc)
+            if reason is None or not isinstance(backend, OptunaBackend):
+                raise
+            raise storage_error(reason, backend.storage_name()) from exc
+
+    def _run(self) -> StudyResult:
         s = self.settings
         spec = StudySpec(
             self.study_name,

@@ -57,6 +57,7 @@ from bstune.noise import resolve_device
 from bstune.study._liveness import count_finished, finished_trials, retry_abandoned
 from bstune.study._records import trial_line
 from bstune.study._settings import StudySettings
+from bstune.study._storage import storage_error, storage_failure
 
 __all__ = [
     "DroppedInterrupts",
@@ -75,6 +76,7 @@ trial_lines = logging.getLogger("bstune.trials")  # a line per finished trial (b
 _STOP_WAIT_S = 30.0  # after Ctrl-C: how long a worker may take to mark its trial interrupted before it is killed
 _OWN_STOP_S = 3.0  # after Ctrl-C: how long the workers are given to stop on their own SIGINT before one is sent
 _INTERRUPTED = 130  # a worker's exit code after Ctrl-C (128 + SIGINT, as a shell says it)
+_STORAGE_FAILED = 3  # a worker's exit code when the study's storage failed (its reason on the failures queue)
 _REINTERRUPT_S = 5.0  # a worker still running this long after an interrupt is interrupted again
 
 
@@ -197,6 +199,7 @@ class _WorkerArgs:
     # which the worker removes as it reads it: one still there after the worker died never ran bstune's code
     payload_file: str
     gate: TrialGate  # shared by the workers: counting the trials and taking one
+    failures: Any  # a SimpleQueue: why the storage failed, from a worker that exits _STORAGE_FAILED
     parent: int  # the parent's pid: a worker whose parent is gone stops between trials
     log_level: int
     work: Callable[..., None]  # the trial loop: OptunaBackend.work on a backend opened on the URL
@@ -311,10 +314,18 @@ def _worker_main(args: _WorkerArgs) -> None:
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trial is marked: nothing left to interrupt
         sys.exit(_INTERRUPTED)
+    except Exception as exc:
+        reason = storage_failure(exc)
+        if reason is None:
+            raise
+        args.failures.put(reason)  # the parent says it once, as the study's error, without a traceback per worker
+        sys.exit(_STORAGE_FAILED)
 
 
 # -- the parent ------------------------------------------------------------------------
-def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, work: Callable[..., None]) -> None:
+def run_workers(
+    study: optuna.Study, settings: StudySettings, payload: bytes, work: Callable[..., None], *, where: str
+) -> None:
     """Start a worker per :func:`worker_devices` entry and wait until they are done.
 
     Each worker calls ``work(url, spec, planner, worker=, label=, gate=, parent=)`` with
@@ -328,9 +339,12 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
     running trial ``interrupted`` (it got the SIGINT too, or is sent one), workers that do
     not stop within 30 s are killed, and the interrupt goes on up: no process is left behind.
     A worker interrupted on its own (``kill -INT`` to it) interrupts the study the same way.
+    A worker whose writes to the storage (``where``) fail stops the others, and the study ends
+    with a :class:`~bstune.errors.StorageError` that says why.
     """
     ctx = multiprocessing.get_context("spawn")
     gate = TrialGate(ctx)
+    failures = ctx.SimpleQueue()
     slots = worker_devices(settings)
     threads = worker_threads(len(slots))
     level = logging.getLogger("bstune").getEffectiveLevel()
@@ -344,7 +358,7 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
         if index in files:  # a restart: the file of the worker that died, if it never took it
             remove_files([files[index]])
         files[index] = payload_file(payload, "trial-worker")
-        args = _WorkerArgs(index, slots[index], threads, files[index], gate, os.getpid(), level, work)
+        args = _WorkerArgs(index, slots[index], threads, files[index], gate, failures, os.getpid(), level, work)
         proc = ctx.Process(target=_worker_main, args=(args,), name=f"bstune-trial-worker-{index}", daemon=False)
         try:
             start_holding_sigint([proc.start], stopping=ctrl_c.is_set)
@@ -392,6 +406,9 @@ def run_workers(study: optuna.Study, settings: StudySettings, payload: bytes, wo
                     continue
                 if code == _INTERRUPTED:  # the worker was interrupted (Ctrl-C): so is the study
                     raise KeyboardInterrupt
+                if code == _STORAGE_FAILED:  # the others cannot record their trials either
+                    _stop(list(running.values()), own_stop_s=0.0)
+                    raise storage_error(failures.get() if not failures.empty() else "a worker's write failed", where)
                 where = f"worker {index} on {','.join(slots[index])} (pid {proc.pid})"
                 what = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
                 gate.free_for(index)
@@ -444,11 +461,11 @@ def _say_finished(done: Sequence[optuna.trial.FrozenTrial], objective: str, said
             trial_lines.info("%s", trial_line(trial, objective))
 
 
-def _stop(procs: Sequence[multiprocessing.process.BaseProcess]) -> None:
+def _stop(procs: Sequence[multiprocessing.process.BaseProcess], *, own_stop_s: float = _OWN_STOP_S) -> None:
     """After Ctrl-C: the workers stop on their own SIGINT (a terminal sends it to them too); those still
     running after a few seconds are sent one (``kill -INT`` to this process alone); those still running
     after 30 s are killed (their trials are then taken over: marked interrupted and queued)."""
-    deadline = time.monotonic() + _OWN_STOP_S
+    deadline = time.monotonic() + own_stop_s
     forwarded = False
     for proc in procs:
         while True:

@@ -1,0 +1,132 @@
+"""The study's storage failing mid-study (``bstune/study/_storage.py``): one line that says why, and a study
+that resumes.
+
+A full disk is made for real, without a mount: a ``sitecustomize`` hook lowers the process's
+file-size limit (``RLIMIT_FSIZE``) to 0 once the study holds two finished trials, so every
+write to the database fails from then on, as on a full disk (SQLite: "disk I/O error"). Its
+output goes to pipes, which the limit does not touch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from bstune.study._storage import storage_failure
+from tests.reliability.conftest import python_env
+from tests.study.test_parallel_trials import SLOW_SCRIPT
+
+FULL_AFTER_TWO = """
+import os, resource, signal, sqlite3, threading, time
+
+
+def _fill_the_disk_after_two_trials(db):
+    while True:
+        time.sleep(0.1)
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                (n,) = con.execute("SELECT count(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()
+            finally:
+                con.close()
+        except sqlite3.Error:
+            continue
+        if n >= 2:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+            return
+
+
+if os.environ.get("FULL_AFTER_TWO"):  # in the study's process and in each of its trial workers
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+    threading.Thread(target=_fill_the_disk_after_two_trials, args=(os.environ["FULL_AFTER_TWO"],), daemon=True).start()
+"""
+
+
+def test_the_reason_is_read_where_optuna_hides_it() -> None:
+    """Optuna's own AssertionError ("Should not reach.") stood in for SQLite's error when a trial's end could not be
+    written: the reason is the innermost storage error of the chain."""
+    con = sqlite3.connect("file:nowhere?mode=memory", uri=True)
+    con.execute("CREATE TABLE trials (x)")
+    con.execute("PRAGMA query_only = 1")
+    try:
+        try:
+            con.execute("INSERT INTO trials VALUES (1)")
+        except sqlite3.Error:
+            raise AssertionError("Should not reach.")  # noqa: B904 (as Optuna raises it: in a finally)
+    except AssertionError as exc:
+        assert storage_failure(exc) == "attempt to write a readonly database (sqlite3.OperationalError)"
+
+
+def test_a_journal_files_os_error_is_the_storages_and_the_codes_is_not(tmp_path: Path) -> None:
+    (tmp_path / "gone").mkdir()
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "gone" / "study.log")))
+    shutil.rmtree(tmp_path / "gone")  # the study's folder removed under it
+    with pytest.raises(OSError) as raised:
+        optuna.create_study(storage=storage)
+    assert (
+        storage_failure(raised.value)
+        == f"No such file or directory: {tmp_path / 'gone' / 'study.log'} (FileNotFoundError)"
+    )
+    try:
+        open(tmp_path / "gone" / "data.csv")  # noqa: SIM115 (the training code's own OSError)
+    except OSError as exc:
+        assert storage_failure(exc) is None
+
+
+def _run(tmp_path: Path, *more: str, full_after_two: bool = False) -> subprocess.CompletedProcess[str]:
+    env = python_env()
+    if full_after_two:
+        env |= {
+            "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{env['PYTHONPATH']}",
+            "FULL_AFTER_TWO": str(tmp_path / "out" / "study.db"),
+        }
+    args = [
+        *("run", "slow.py", "--space", "slow.yaml", "--out", "out", "--mode", "baseline", "--pruner", "none"),
+        *("--rescore-top", "0", "--trials", "5", "--budget-samples", "3200", "--no-progress", "--device", "cpu"),
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "bstune.cli", *args, *more], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+def _finished(db: Path) -> dict[int, float]:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        query = "SELECT t.number, v.value FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id"
+        return dict(con.execute(query + " WHERE t.state = 'COMPLETE'").fetchall())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_disk_mid_study_ends_in_one_line_and_the_study_resumes(tmp_path: Path, workers: int) -> None:
+    """A newcomer's disk filled mid-study: the run printed three chained tracebacks (SQLite's, SQLAlchemy's,
+    Optuna's) ending in Optuna's "AssertionError: Should not reach.", one set per trial worker."""
+    (tmp_path / "slow.py").write_text(SLOW_SCRIPT)
+    (tmp_path / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(FULL_AFTER_TWO)
+    parallel = ("--parallel-trials", str(workers)) if workers > 1 else ()
+
+    full = _run(tmp_path, *parallel, full_after_two=True)
+    assert full.returncode == 1, full.stderr
+    assert "Traceback" not in full.stderr and len(full.stderr.splitlines()) == 1, full.stderr
+    db = tmp_path / "out" / "study.db"
+    assert full.stderr.startswith(f"bstune: StorageError: sqlite:///{db}: the study could not be recorded: ")
+    assert full.stderr.rstrip().endswith(" --resume")
+    kept = _finished(db)
+    assert len(kept) >= 2
+
+    again = _run(tmp_path, *parallel, "--resume")
+    assert again.returncode == 0, again.stderr
+    after = _finished(db)
+    assert len(after) == 5 and after.items() >= kept.items()  # the trials finished before: kept as they were
