@@ -100,3 +100,20 @@ def test_the_trial_table_says_what_it_leaves_out_and_lists_all_on_request(
     assert every.returncode == 0, every.stderr
     assert sorted(rows(every.stdout)) == list(range(20)) and "not shown" not in every.stdout
     assert re.search(r"failed\s+\d+\s+\S+\s+\S+\s+-\s", every.stdout)  # a failed trial's row, without a value
+
+
+def test_a_result_that_cannot_be_written_leaves_the_summary_and_the_command_that_writes_it(
+    tmp_path: Path, forked_cli: ForkedCli
+) -> None:
+    """A full disk at the end printed an OSError traceback after the whole study (and could leave a truncated
+    result.json). Here ``result.json`` is a folder in the way: the write fails as it would on a full disk."""
+    (tmp_path / "out" / "result.json").mkdir(parents=True)
+    proc = tiny_run(forked_cli, tmp_path, "--no-progress")
+    assert proc.returncode == 1, proc.stderr
+    assert "best config (trial" in proc.stdout
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(
+        f"bstune: could not write result.json into {tmp_path / 'out'}: Is a directory; the study is kept"
+    )
+    assert line.endswith(" --resume writes it")
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]  # no half-written file left
