@@ -96,7 +96,12 @@ class Direction(str, Enum):
 MAXIMIZE_WORDS = frozenset({"accuracy", "acc", "f1", "auc", "precision", "recall", "top1", "top5"})
 MINIMIZE_WORDS = ("loss", "error", "mse", "mae", "rmse", "nll", "perplexity")
 # short names matched as whole words only (a substring "ppl" or "cer" could sit inside another word)
-MINIMIZE_TOKENS = frozenset({"ppl", "bpc", "bpb", "bpd", "wer", "cer"})
+MINIMIZE_TOKENS = frozenset({"ppl", "bpc", "bpb", "bpd", "wer", "cer", "err"})
+# words that make a measure of something else (its drop, its spread, one minus it): with them the name's
+# direction is not its measure's (accuracy_drop is minimized, loss_drop maximized), so it must be declared
+QUALIFIER_WORDS = frozenset(
+    {"drop", "gap", "std", "stddev", "var", "variance", "delta", "diff", "minus", "regret", "decrease", "gain"}
+)
 
 
 def infer_direction(name: str) -> Direction | None:
@@ -109,9 +114,13 @@ def infer_direction(name: str) -> Direction | None:
         True
         >>> infer_direction("val_ppl"), infer_direction("test_wer")  # perplexity, word error rate
         (<Direction.MINIMIZE: 'minimize'>, <Direction.MINIMIZE: 'minimize'>)
+        >>> [infer_direction(n) for n in ("top1_err", "accuracy_drop", "1-acc")]  # an error or drop of an accuracy
+        [None, None, None]
     """
     lowered = name.lower()
     words = re.split(r"[^a-z0-9]+", lowered)
+    if any(word in QUALIFIER_WORDS for word in words) or re.match(r"\s*1\s*-", lowered):
+        return None
     up = any(word in MAXIMIZE_WORDS for word in words)
     down = any(word in lowered for word in MINIMIZE_WORDS) or any(word in MINIMIZE_TOKENS for word in words)
     if up == down:  # both (e.g. top1_error) or neither (e.g. score): ambiguous

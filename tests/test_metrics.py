@@ -62,6 +62,16 @@ def test_direction_compares_ranks_and_reaches_each_way() -> None:
         ("accumulated", None),  # "acc" only as a whole word
         ("top1_error", None),  # says both
         ("accuracy_loss", None),
+        ("top1_err", None),  # says both: a newcomer's top1_err was maximized, for its word top1
+        ("val_err", "minimize"),
+        ("val_acc_err", None),
+        ("1-acc", None),  # one minus an accuracy
+        ("accuracy_drop", None),  # a drop of an accuracy: smaller is better
+        ("loss_drop", None),  # a drop of a loss: larger is better
+        ("val_acc_std", None),
+        ("acc@1", "maximize"),
+        ("error", "minimize"),
+        ("terror_count", "minimize"),  # "error" anywhere: a name of that kind is declared
     ],
 )
 def test_names_that_settle_the_direction(name: str, expected: str | None) -> None:
