@@ -147,7 +147,7 @@ def ratio_interval(
         pseudo = n * ratio - (n - 1) * loo
         center = float(pseudo.mean())
         half = tq * float(pseudo.std(ddof=1)) / math.sqrt(n)
-        return ratio, (center - half, center + half)
+        return ratio, (max(center - half, 0.0), max(center + half, 0.0))  # a noise scale is never negative
     cov = np.cov(np.vstack([t_arr, g_arr]), ddof=1) / n
     return ratio, fieller_interval(t_bar, g_bar, float(cov[0, 0]), float(cov[0, 1]), float(cov[1, 1]), tq)
 
@@ -160,7 +160,11 @@ def fieller_interval(
     The set of R with (T̄ − R Ḡ)² ≤ quantile² · (var_t − 2R cov_tg + R² var_g); what
     :func:`ratio_interval` computes from paired samples, for estimators whose variance
     comes from elsewhere (a U-statistic's jackknife, several independent sources summed).
-    ``(0, inf)`` or ``(lower, inf)`` when Ḡ is not resolved above zero.
+    ``(0, inf)`` or ``(lower, inf)`` when Ḡ is not resolved above zero; never below 0.
+
+    Example:
+        >>> fieller_interval(1.0, 1.0, var_t=4.0, cov_tg=0.0, var_g=0.01, quantile=1.645)[0]  # T̄ within noise of 0
+        0.0
     """
     if g_bar <= 0:
         return (0.0, math.inf)
@@ -169,9 +173,9 @@ def fieller_interval(
     b = t_bar * g_bar - q * cov_tg
     c = t_bar * t_bar - q * var_t
     disc = b * b - a * c
-    if a > 0 and disc >= 0:
+    if a > 0 and disc >= 0:  # bounded; cut at 0 where T̄ is not resolved above zero (a noise scale is never negative)
         root = math.sqrt(disc)
-        return ((b - root) / a, (b + root) / a)
+        return (max((b - root) / a, 0.0), max((b + root) / a, 0.0))
     # Ḡ is not significantly above zero: the confidence set is unbounded.
     if disc > 0 and a < 0:
         r1, r2 = sorted(((b - math.sqrt(disc)) / a, (b + math.sqrt(disc)) / a))

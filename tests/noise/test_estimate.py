@@ -38,6 +38,18 @@ def test_unresolved_signal_gives_an_unbounded_interval() -> None:
     assert lo >= 0
 
 
+@pytest.mark.parametrize("method", ["fieller", "jackknife"])
+def test_a_noise_trace_within_noise_of_zero_gives_an_interval_from_zero_not_below(method: str) -> None:
+    """A newcomer's report gave B_simple 187.6 (90% CI -103.9 .. 953.7): a noise scale is a ratio of two
+    non-negative quantities, so its interval ends at 0, while the interval above 0 stays as it was."""
+    t = [5.0, -3.0, 8.0, -2.0, 4.0, 6.0, -4.0, 3.0]  # tr(Σ)'s per-batch estimates: unbiased, so some negative
+    g = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 1.0]
+    ratio, (lo, hi) = ratio_interval(t, g, method=method)  # type: ignore[arg-type]
+    assert lo == 0.0 < ratio < hi < math.inf
+    wide = ratio_interval([x * 10 for x in t], g, method=method)[1]  # the same shape, well away from 0 at the top
+    assert wide[0] == 0.0 and wide[1] == pytest.approx(10 * hi)
+
+
 def test_negative_mean_signal_reports_infinite_estimate() -> None:
     ratio, (lo, hi) = ratio_interval([5.0, 6.0, 5.5], [-1.0, -1.2, -0.9])
     assert ratio == math.inf and (lo, hi) == (0.0, math.inf)
