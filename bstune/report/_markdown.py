@@ -25,10 +25,14 @@ def _choice_ci(pair: Any) -> str:
 
 
 def _probe_and_prior(
-    probe: dict[str, Any] | None, prior: dict[str, Any] | None, trials: list[dict[str, Any]] | None = None
+    probe: dict[str, Any] | None,
+    prior: dict[str, Any] | None,
+    trials: list[dict[str, Any]] | None = None,
+    b_simple: float | None = None,
 ) -> list[str]:
     """What the probe's LR range tests found and where the prior sent the first trials (report.json's
-    ``probe`` and ``prior``; ``trials`` say whether the probe's run was recorded as one)."""
+    ``probe`` and ``prior``; ``trials`` say whether the probe's run was recorded as one; ``b_simple``: the
+    probe's, which the prior takes as B_noise)."""
     if not probe:
         return []
 
@@ -59,6 +63,7 @@ def _probe_and_prior(
     out = ["", text + "."]
     if prior:
         b_noise = float(prior["b_noise"])
+        shown = _n(b_noise, ".3g" if b_noise < 1000 else ",.0f")
         power = "" if prior["alpha"] == 1 else f"^{_n(prior['alpha'], 'g')}"
         band = f"batch sizes {prior['batch_low']}–{prior['batch_high']}"
         if prior.get("search_batch_range"):
@@ -69,8 +74,11 @@ def _probe_and_prior(
         out.append(
             f"The prior drew its first trials from {band}, at learning rates "
             f"within {_n(prior['lr_width'], 'g')}x of the rule η*(B) ∝ s(B){power}, s(B) = 1/(1/B + 1/B_noise), "
-            f"B_noise = {_n(b_noise, '.3g')}"
-            + (" (the probe's B_simple)" if probe.get("b_simple") and math.isclose(b_noise, probe["b_simple"]) else "")
+            + (
+                f"with B_noise taken as the probe's B_simple, {shown}"
+                if b_simple and math.isclose(b_noise, b_simple)
+                else f"with B_noise taken as {shown} (the probe's B_simple was not resolved)"
+            )
             + f", anchored at η*({prior['b_ref']}) = {_n(prior['lr_ref'], '.3g')}"
             + (
                 f" (every rate clipped to the space's lr range, {_n(prior['lr_min'], '.3g')}–{_n(prior['lr_max'], '.3g')})"
@@ -345,7 +353,7 @@ def _noise_scale(data: dict[str, Any]) -> list[str]:
             )
         out += _curvature_lines(ns)
         out += _noise_against_data(ns.get("b_simple"), study.get("n_train"))
-        out += _probe_and_prior(data.get("probe"), data.get("prior"), data.get("trials"))
+        out += _probe_and_prior(data.get("probe"), data.get("prior"), data.get("trials"), ns.get("b_simple"))
     return out
 
 

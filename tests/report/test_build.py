@@ -583,6 +583,11 @@ def test_report_json_alone_says_what_the_probe_measured_and_where_the_prior_look
     assert " besides its run" not in render_markdown(build_report(dataclasses.replace(kept, trials=base.trials)).data)
     assert "first trials from batch sizes 11–180 (the search could draw from 8–1024)" in section
     assert "the rule η*(B) ∝ s(B), s(B) = 1/(1/B + 1/B_noise)" in section  # SGD: no "^1"
+    # a newcomer read "B_noise = 188" as the curvature-aware B_noise: it is the probe's B_simple, said so
+    assert f"with B_noise taken as the probe's B_simple, {probe.b_simple:.3g}, anchored at" in section
+    centred = dataclasses.replace(prior, b_noise=1024.0)  # where B_simple was unresolved, the prior centres elsewhere
+    centred_md = render_markdown(build_report(dataclasses.replace(_result(), probe=probe, prior=centred)).data)
+    assert "with B_noise taken as 1,024 (the probe's B_simple was not resolved)" in centred_md
     assert "anchored at η*(256) = 0.5." in section
     # a band against the space's smallest batch, and an anchor below lr.min: both said
     odd = dataclasses.replace(prior, batch_low=8, batch_high=128, lr_ref=5e-5, alpha=0.8)
