@@ -268,7 +268,7 @@ class BstuneCallback(pl.Callback):
         mark = self.ctx.next_milestone
         if mark is None:
             return math.inf
-        return max(self.ctx.steps + 1, math.ceil(mark / self.ctx.batch_size))
+        return max(self.ctx.steps + 1, math.ceil(mark / self.ctx._batch_now()))
 
     def _restore(self, trainer: pl.Trainer) -> None:
         if self._limit_val is not None:
@@ -353,13 +353,13 @@ def fit(
         "num_sanity_val_steps": 0,
         **trainer_kwargs,
     }
-    steps = math.ceil(ctx.budget_samples / ctx.batch_size)
+    steps = math.ceil(ctx.budget_samples / ctx._batch_now())
     with _quiet():
         trainer = pl.Trainer(
             max_steps=steps,
             max_epochs=1,  # ctx.loader is one endless stream, which stops when the trial is done
             check_val_every_n_epoch=None,  # validation counts batches across the stream; the callback sets when
-            val_check_interval=max(1, math.ceil(ctx.train_config.eval_every / ctx.batch_size)),
+            val_check_interval=max(1, math.ceil(ctx.train_config.eval_every / ctx._batch_now())),
             callbacks=[BstuneCallback(ctx), *extra],
             **settings,
         )

@@ -191,6 +191,22 @@ def render_markdown(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _headline(rec: dict[str, Any], unread: set[str]) -> str:
+    """The recommendation's first line: the batch size and rate to train with, where the loop applied them."""
+    batch, lr = rec["batch_size"], _n(rec["lr"])
+    if {"batch_size", "lr"} <= unread:
+        return "**No batch size or learning rate to recommend: the loop trained at its own**"
+    if "batch_size" in unread:
+        return (
+            f"**Train with learning rate {lr}, at the loop's own batch size (the search's {batch} never reached it)**"
+        )
+    if "lr" in unread:
+        return (
+            f"**Train with batch size {batch}, at the loop's own learning rate (the search's {lr} never reached it)**"
+        )
+    return f"**Train with batch size {batch} and learning rate {lr}**"
+
+
 def _recommendation(data: dict[str, Any]) -> list[str]:
     """What to train with and why; its expected cost, the fastest batch size, the LR at other batch sizes."""
     rec = data["recommended"]
@@ -202,14 +218,22 @@ def _recommendation(data: dict[str, Any]) -> list[str]:
         for k, v in rec.items()
         if k not in RECOMMENDATION_NOTES and k not in ("batch_size", "lr") and k not in unread
     )
-    out = [
-        "## Recommendation",
-        "",
-        f"**Train with batch size {rec['batch_size']} and learning rate {_n(rec['lr'])}**"
-        + (f" ({settings})." if settings else "."),
-        "",
-        f"Why: {rec['why']}.",
-    ]
+    out = ["## Recommendation", "", _headline(rec, unread) + (f" ({settings})." if settings else "."), ""]
+    missing = [what for key, what in (("batch_size", "batch size"), ("lr", "learning rate")) if key in unread]
+    if missing:
+        read = (
+            f"read neither the trial's {missing[0]} nor its {missing[1]}"
+            if len(missing) == 2
+            else f"never read the trial's {missing[0]}"
+        )
+        out += [
+            f"**The loop trained at its own {' and '.join(missing)}**: the training function {read} "
+            "(ctx.config, ctx.batch_size, ctx.lr) nor had bstune apply it (ctx.loader, ctx.make_optimizer, "
+            "ctx.lr_scheduler): every trial trained at the loop's own value, whatever the search drew, so the study "
+            "measured nothing about it, and the trials' values below are not those of the configs they name.",
+            "",
+        ]
+    out.append(f"Why: {rec['why']}.")
     if rec.get("direction_doubt"):
         out.append(f"**Check the direction**: {rec['direction_doubt']}.")
     if rec.get("ends_far_worse"):
@@ -233,9 +257,10 @@ def _recommendation(data: dict[str, Any]) -> list[str]:
             "LR rule assume the space's, so they are not the loop's: declare the optimizer the loop uses under the "
             "space's `optimizer:` (family, momentum), or build it with ctx.make_optimizer."
         )
-    if rec.get("unread_params"):
-        never_read = set(rec["unread_params"])
-        drawn = ", ".join(f"{k} = {_n(rec[k])}" if k in rec else k for k in rec["unread_params"])
+    others = [k for k in rec.get("unread_params") or [] if k not in ("batch_size", "lr")]  # those said above
+    if others:
+        never_read = set(others)
+        drawn = ", ".join(f"{k} = {_n(rec[k])}" if k in rec else k for k in others)
         it = "it" if len(never_read) == 1 else "them"
         helpers = (
             f", nor had ctx.make_optimizer or ctx.lr_scheduler apply {it}"

@@ -141,8 +141,11 @@ class TrialContext:
             missing=None if self._optimizer_declared else _NO_OPTIMIZER,
         )
         # the searched parameters a run must apply: model.<name> ones only the loop can; the optimizer's settings
-        # count as applied through ctx.make_optimizer, the schedule's through ctx.lr_scheduler
-        self._searched = frozenset(k for k in params or {} if k.startswith("model.") or k in CHECKED_SETTINGS)
+        # count as applied through ctx.make_optimizer, the schedule's through ctx.lr_scheduler; a study's batch size
+        # through ctx.loader (or ctx.batch_size), its learning rate through either helper (or ctx.lr)
+        self._searched = frozenset(
+            k for k in params or {} if k.startswith("model.") or k in CHECKED_SETTINGS or k in ("batch_size", "lr")
+        )
         self.device = resolve_device(config.device)
         self.seed = config.seed
         self.objective = objective
@@ -188,12 +191,22 @@ class TrialContext:
     @property
     def batch_size(self) -> int:
         """The batch size of the step under way: the current stage's with a ``batch_schedule``."""
+        self._applied(frozenset({"batch_size"}))
+        return self._batch_now()
+
+    def _batch_now(self) -> int:
+        """:attr:`batch_size` for bstune's own checks: not a read of the loop's."""
         return stage_at(self.train_config, self.samples)[0]
 
     @property
     def lr(self) -> float:
         """The learning rate of the step under way (the scheduler's, when the function made one; else
         the current stage's with a ``batch_schedule``)."""
+        self._applied(frozenset({"lr"}))
+        return self._lr_now()
+
+    def _lr_now(self) -> float:
+        """:attr:`lr` for bstune's own use: not a read of the loop's."""
         return self._lr_of_step(self.steps) if self.used_scheduler else stage_at(self.train_config, self.samples)[1]
 
     def _last_lr(self) -> float:
@@ -256,6 +269,7 @@ class TrialContext:
         (``TrainConfig.num_workers``, set by a study's ``num_workers``; pinned when the trial
         trains on CUDA with workers), as does ``prefetch_factor``. Other keywords go to
         :class:`~torch.utils.data.DataLoader` (``persistent_workers``, ``worker_init_fn``...)."""
+        self._applied(frozenset({"batch_size"}))
         try:
             n = len(dataset)
         except TypeError:
@@ -320,7 +334,7 @@ class TrialContext:
                     source="ctx.loader",
                 )
             batch = next(batches)
-            taken += sizes[n_batches] if sizes is not None and n_batches < len(sizes) else self.batch_size
+            taken += sizes[n_batches] if sizes is not None and n_batches < len(sizes) else self._batch_now()
             n_batches += 1
             yield batch
 
@@ -338,7 +352,7 @@ class TrialContext:
         """A scheduler that sets the trial's learning rate step by step; call its ``step()`` after
         ``optimizer.step()``."""
         self.used_scheduler = True
-        self._applied(SCHEDULE_SETTINGS)
+        self._applied(SCHEDULE_SETTINGS | {"lr"})
         # settings the loop's own optimizer holds at the trial's values were applied, however it read them
         group = optimizer.param_groups[0] if optimizer.param_groups else {}
         self._applied(
@@ -361,9 +375,9 @@ class TrialContext:
                 "recommendation optimizer=result.best_optimizer()",
                 source="ctx.make_optimizer",
             )
-        self._applied(OPTIMIZER_SETTINGS)
+        self._applied(OPTIMIZER_SETTINGS | {"lr"})
         return self.optimizer_spec.build(
-            params, lr=self.lr, momentum=self.momentum, weight_decay=self.train_config.weight_decay
+            params, lr=self._lr_now(), momentum=self.momentum, weight_decay=self.train_config.weight_decay
         )
 
     def noise_tracker(self, model: nn.Module) -> LoopNoiseTracker:
@@ -386,17 +400,17 @@ class TrialContext:
                 source="ctx.step",
                 field="samples",
             )
-        if samples is not None and int(samples) < self.batch_size and self._from_loader:
+        if samples is not None and int(samples) < self._batch_now() and self._from_loader:
             raise ConfigError(
-                f"counts {samples} samples for a batch of {self.batch_size} from ctx.loader, whose batches are whole: "
+                f"counts {samples} samples for a batch of {self._batch_now()} from ctx.loader, whose batches are whole: "
                 "call ctx.step(loss) once per optimizer step, without samples= (which counts the short last batch "
                 "of a loader of your own); with gradient accumulation, once per batch, not per micro-batch",
                 source="ctx.step",
                 field="samples",
             )
-        if samples is not None and int(samples) > self.batch_size:
+        if samples is not None and int(samples) > self._batch_now():
             raise ConfigError(
-                f"must be at most the step's batch size {self.batch_size}, got {samples}: the study tunes "
+                f"must be at most the step's batch size {self._batch_now()}, got {samples}: the study tunes "
                 "the batch of one optimizer step (its learning rates, temperature and noise scale are computed "
                 "for it). To accumulate gradients, split each batch x from ctx.loader into micro-batches "
                 "(x.split(m)), weigh each one's mean loss by len(xm) / len(x), call noise.observe() after each "
@@ -406,14 +420,14 @@ class TrialContext:
             )
         self._check_short(samples)
         if self._tracker is not None:  # the step's micro-batches, observed: one measured step
-            self._tracker.end_step(self.batch_size if samples is None else int(samples))
+            self._tracker.end_step(self._batch_now() if samples is None else int(samples))
         now = time.perf_counter()
         if self._last_step_at is not None and not self._evaluated:  # an interval holding an evaluation is no step time
             self.step_times.append(now - self._last_step_at)
         self._last_step_at, self._evaluated = now, False
         value = None if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         self.steps += 1
-        self._step_samples = self.batch_size if samples is None else int(samples)
+        self._step_samples = self._batch_now() if samples is None else int(samples)
         self.samples += self._step_samples
         if value is not None:
             if self._ramp is not None:
@@ -429,7 +443,7 @@ class TrialContext:
         batch size: its loader holds fewer examples than the batch, or it batches by another size. Every number of
         the trial would be labelled with a batch it never trained at, so from the fourth step on, more short steps
         than full ones are refused."""
-        if samples is not None and int(samples) < self.batch_size:
+        if samples is not None and int(samples) < self._batch_now():
             self._short += 1
         steps = self.steps + 1  # this one included
         if steps < SHORT_STEPS_SEEN or self._short * 2 <= steps:
@@ -437,7 +451,7 @@ class TrialContext:
         staged = self.train_config.batch_schedule is not None
         raise ConfigError(
             f"{self._short} of the run's {steps} steps counted fewer samples than the trial's batch size "
-            f"{self.batch_size} (this one {samples}): the loop does not train at that batch. Its own loader holds "
+            f"{self._batch_now()} (this one {samples}): the loop does not train at that batch. Its own loader holds "
             "fewer examples than the batch, in all or in each of its workers' shards (give the space a "
             "batch_size.max no larger than that, or "
             "train on ctx.loader, which keeps the search within it), or it batches by another size than "

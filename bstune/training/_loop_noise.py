@@ -41,10 +41,8 @@ class TrialCounters(Protocol):
     def steps(self) -> int: ...
     @property
     def samples(self) -> int: ...
-    @property
-    def batch_size(self) -> int: ...
-    @property
-    def lr(self) -> float: ...
+    def _batch_now(self) -> int: ...
+    def _lr_now(self) -> float: ...
 
 
 def _sq_sum(g: torch.Tensor) -> torch.Tensor:
@@ -176,7 +174,7 @@ class LoopNoiseTracker:
                 len(self.covered),
                 ", ".join(norms.uncovered()),
             )
-        self.tracker = NoiseTracker(ctx.batch_size, population=ctx.n_train, momentum=ctx.momentum)
+        self.tracker = NoiseTracker(ctx._batch_now(), population=ctx.n_train, momentum=ctx.momentum)
         if ctx.freeze_from is not None:
             self.still = _StillMeasure(ctx)
         norms.enabled = True
@@ -198,11 +196,11 @@ class LoopNoiseTracker:
         sq = self.norms.sq_norms()  # in p.grad's units, as batch_grads: a loss scale cancels in the ratio
         self._sq.append(sq)
         pooled = sum(int(s.numel()) for s in self._sq)
-        if pooled > self.ctx.batch_size:  # steps never closed would be pooled into one batch of another size
+        if pooled > self.ctx._batch_now():  # steps never closed would be pooled into one batch of another size
             self._sq, self._grads = [], {}
             raise ConfigError(
                 f"has seen {pooled} examples since the last ctx.step, more than the step's batch size "
-                f"{self.ctx.batch_size}: call ctx.step(loss) once after each optimizer step",
+                f"{self.ctx._batch_now()}: call ctx.step(loss) once after each optimizer step",
                 source="noise.observe()",
             )
         for name, g in (self.norms.batch_grads or {}).items():  # copies of the delivered gradients: ours to add to
@@ -223,7 +221,7 @@ class LoopNoiseTracker:
             if batch < counted:  # the step trained fewer examples than it counts: every number would be mislabelled
                 raise ConfigError(
                     f"noise.observe() saw {batch} examples in this step, but ctx.step counts {counted}: the loop's "
-                    f"batches are not the trial's batch size {self.ctx.batch_size} (a loader of your own: batch by "
+                    f"batches are not the trial's batch size {self.ctx._batch_now()} (a loader of your own: batch by "
                     "ctx.batch_size, and count a short batch with ctx.step(loss, samples=len(x)); or use ctx.loader)",
                     source="ctx.step",
                 )
@@ -244,7 +242,7 @@ class LoopNoiseTracker:
         big = float(torch.stack([t.to(sums[0].device) for t in sums]).sum())  # one device sync, not one per tensor
         frozen = self.ctx.freeze_from
         if frozen is None or self.ctx.samples < frozen:  # the trajectory: training, not the still phase
-            self.tracker.update(small, 1, big, self.ctx.lr)
+            self.tracker.update(small, 1, big, self.ctx._lr_now())
         elif self.still is not None and math.isfinite(small) and math.isfinite(big):  # AMP: an overflowing step
             # (skipped by its scaler) would spoil the whole chunk
             if self.still.empty:  # training ended here: close its window

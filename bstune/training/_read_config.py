@@ -113,6 +113,10 @@ def warn_unread(unread: list[str]) -> None:
         return
     _warned_unread.add(frozenset(unread))
     helpers = []
+    if "batch_size" in unread:
+        helpers.append("ctx.loader (batches of the trial's batch size)")
+    if "lr" in unread:
+        helpers.append("ctx.make_optimizer or ctx.lr_scheduler (the trial's learning rate)")
     if any(k in OPTIMIZER_SETTINGS for k in unread):
         helpers.append("ctx.make_optimizer (the optimizer's settings)")
     if any(k in SCHEDULE_SETTINGS for k in unread):

@@ -755,3 +755,34 @@ def test_searched_settings_applied_through_the_helpers_are_not_marked() -> None:
     result = bstune.Study(loop, space, **(ARGS | {"n_trials": 2, "rescore_top": 0})).run()
     assert result.trials and all(t.unread_params == [] for t in result.trials)
     assert "unread_params" not in build_report(result).recommended
+
+
+def test_a_loop_that_batches_at_its_own_size_gets_no_batch_size_recommended(caplog: pytest.LogCaptureFixture) -> None:
+    """A newcomer's loop batched with a DataLoader(batch_size=200) of its own and never read the trial's: every
+    trial trained at 200, and the report said "Train with batch size 7", with no warning."""
+    from bstune.report import build_report, render_markdown
+
+    own_batches = own_loader_loop(256, loader_batch=32, count=False, report=True)
+    with caplog.at_level(logging.WARNING, logger="bstune"):
+        result = bstune.Study(own_batches, SPACE, **(ARGS | {"n_trials": 3, "rescore_top": 0})).run()
+    completed = [t for t in result.trials if t.status == "completed"]
+    assert completed and all(t.unread_params == ["batch_size"] for t in completed)  # its rate came from the helpers
+    assert "never read the space's searched parameter(s) 'batch_size'" in caplog.text
+    assert "nor used ctx.loader (batches of the trial's batch size)" in caplog.text
+    text = render_markdown(build_report(result).data)
+    rec = build_report(result).recommended
+    (advice,) = [line for line in text.splitlines() if line.startswith("**Train with")]
+    assert advice.startswith(
+        f"**Train with learning rate {rec['lr']:.4g}, at the loop's own batch size (the search's "
+        f"{rec['batch_size']} never reached it)**"
+    )
+    assert "**The loop trained at its own batch size**: the training function never read the trial's batch size" in text
+    assert "**Not applied**" not in text  # said once, above
+
+
+def test_a_loop_that_reads_the_batch_size_through_ctx_is_not_told(caplog: pytest.LogCaptureFixture) -> None:
+    own_loader = own_loader_loop(256, loader_batch=None, count=False, report=True)  # batches at ctx.batch_size
+    with caplog.at_level(logging.WARNING, logger="bstune"):
+        result = bstune.Study(own_loader, SPACE, **(ARGS | {"n_trials": 2, "rescore_top": 0})).run()
+    assert all(not t.unread_params for t in result.trials if t.status == "completed")
+    assert "never read" not in caplog.text
