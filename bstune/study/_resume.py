@@ -9,6 +9,7 @@ stored by an older bstune are first read in today's terms.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +18,7 @@ import optuna
 
 from bstune._keys import SETTINGS_ATTR
 from bstune.errors import ConfigError
+from bstune.optim import OptimizerSpec
 from bstune.space import PriorSettings
 
 __all__ = ["check_settings", "settings_mismatch"]
@@ -79,12 +81,19 @@ def _differences(stored: Mapping[str, Any], mine: Mapping[str, Any], prefix: str
         if isinstance(old, Mapping) and isinstance(new, Mapping):
             out += _differences(old, new, f"{prefix}{key}.")
         else:
-            out.append(f"{prefix}{key}: the stored study used {_shown(old)}, this run asks {_shown(new)}")
+            where = f"{prefix}{key}"
+            out.append(f"{where}: the stored study used {_shown(old, where)}, this run asks {_shown(new, where)}")
     return out
 
 
-def _shown(value: object) -> str:
+def _shown(value: object, where: str) -> str:
+    """A setting's value as the mismatch names it; one not stored is its default (the space leaves out an
+    optimizer setting at its default: say which value that is)."""
     if value is _UNSET:
+        field = where.removeprefix("space.optimizer.")
+        default = next((f.default for f in dataclasses.fields(OptimizerSpec) if f.name == field), _UNSET)
+        if where.startswith("space.optimizer.") and default is not _UNSET:
+            return f"the default, {_shown(list(default) if isinstance(default, tuple) else default, where)}"
         return "nothing (not set)"
     try:
         return json.dumps(value, sort_keys=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,22 @@ def test_a_study_stored_before_lr_anchor_resumes_only_with_the_anchor_it_ran_wit
     old_space = SPACE | {"prior": {**SPACE.get("prior", {}), "lr_anchor": 0.5}}
     again = _study(blob_task, mode="baseline", n_trials=2, storage=journal, space=old_space).run()
     assert [t.number for t in again.trials] == [0, 1]
+
+
+def test_a_resume_that_changes_an_optimizer_setting_from_its_default_names_the_default(
+    blob_task: bstune.Task, tmp_path: Path
+) -> None:
+    """A newcomer's space set betas [0.9, 0.999] (the default) and a resume asked [0.9, 0.99]: the refusal said
+    "the stored study used nothing (not set)", as if the study had run without betas."""
+    journal = str(tmp_path / "study.log")
+    adam = SPACE | {"optimizer": {"family": "adam", "betas": [0.9, 0.999]}}
+    _study(blob_task, mode="baseline", n_trials=1, storage=journal, space=adam).run()
+    other = SPACE | {"optimizer": {"family": "adam", "betas": [0.9, 0.99]}}
+    with pytest.raises(
+        ConfigError,
+        match=re.escape("space.optimizer.betas: the stored study used the default, [0.9, 0.999], this run asks [0.9, "),
+    ):
+        _study(blob_task, mode="baseline", n_trials=2, storage=journal, space=other).run()
 
 
 def test_a_study_stored_before_batch_top_resumes_with_todays_defaults(blob_task: bstune.Task, tmp_path: Path) -> None:
