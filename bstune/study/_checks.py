@@ -36,8 +36,11 @@ def min_budget(n_evals: int, batch_size: int) -> int:
     return (n_evals - 1) * batch_size + 1
 
 
-def check_budget(budget_samples: int, n_evals: int, batch_cap: int) -> None:
+def check_budget(budget_samples: int, n_evals: int, batch_cap: int, *, data_known: bool = True) -> None:
     """Refuse a budget whose trials at the space's largest batch size take fewer steps than milestones.
+
+    ``data_known``: False for a training function, whose training set's size (which caps the batch
+    size too) is not known before it runs: the message says so.
 
     Raises:
         ConfigError: naming the budget, the batch size and the smallest budget that serves.
@@ -49,7 +52,13 @@ def check_budget(budget_samples: int, n_evals: int, batch_cap: int) -> None:
             f"{budget_samples:,} samples give a trial at the largest batch size ({batch_cap}) {steps} optimizer "
             f"step(s) for its {n_evals} milestones; give at least {need:,} (a trial trains whole steps, so at batch "
             f"size {batch_cap} that is {n_evals} steps, the last starting at {need - 1:,}), lower the space's "
-            "batch_size.max, or ask for fewer milestones (n_evals, --n-evals)",
+            "batch_size.max, or ask for fewer milestones (n_evals, --n-evals)"
+            + (
+                ""
+                if data_known
+                else "; a training function's training set is not known before it runs, so a batch_size.max "
+                "above its size counts here: lower it to the training set's size"
+            ),
             source="Study",
             field="budget_samples",
         )

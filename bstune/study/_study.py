@@ -120,7 +120,7 @@ class Study:
                 field="task",
             )
         settings = self.settings
-        check_budget(settings.budget_samples, settings.n_evals, self.batch_cap)
+        check_budget(settings.budget_samples, settings.n_evals, self.batch_cap, data_known=self.task is not None)
         self.study_name = settings.study_name or f"bstune-{self.name}"
         self.backend = _backend(backend, storage, ray, settings)
         self.sampler = sampler if sampler is not None else make_sampler(settings.seed, settings.n_trials)

@@ -35,6 +35,18 @@ def test_a_budget_too_small_for_the_milestones_is_refused_with_the_numbers(blob_
         _study(blob_task, budget_samples=1024)
     _study(blob_task, budget_samples=1025)
     _study(blob_task, budget_samples=1024, n_evals=8)  # fewer milestones need fewer steps
+    assert "training function" not in message  # a task's training set caps the batch size already
+
+
+def test_a_training_functions_budget_refusal_says_its_data_size_is_not_known_yet() -> None:
+    """A newcomer's 400-example loop with batch_size.max 4096 was asked for 32,769 samples, where 3,601 serve
+    once the batch size is cut to the training set: the message now says the function's size is not known."""
+
+    def train(ctx: bstune.TrialContext) -> None:
+        raise AssertionError("not run: the budget is refused first")
+
+    with pytest.raises(ConfigError, match=r"is not known before it runs, so a batch_size\.max above its size counts"):
+        _study(train, budget_samples=100)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("n_evals", [1, 2, 4, 9, 12])
