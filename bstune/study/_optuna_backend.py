@@ -31,6 +31,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import Trial, TrialState
 
 from bstune._keys import CRITICAL_ATTR, FROM_PROBE_ATTR, PROBE_ATTR, RESCORED_ATTR
+from bstune._progress import progress_bar
 from bstune.errors import BstuneError, ConfigError
 from bstune.metrics import Direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
@@ -304,10 +305,18 @@ class OptunaBackend(TrialBackend):
             return trial_records(study.get_trials(deepcopy=False))
         study.sampler = planner.sampler(study.sampler)
         self._since, self._stopped = datetime.datetime.now(), False
-        with optuna_quiet():  # failed trials are logged once, by us, without Optuna's traceback
+        # bstune's bar, as on parallel trials: Optuna's would name its best single value's trial, which
+        # re-scoring may not recommend
+        bar = progress_bar(settings.progress, "trials", total=settings.n_trials, unit="trial")
+
+        def advance(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            bar.update(count_finished(study) - bar.n)
+
+        with optuna_quiet(), bar:  # failed trials are logged once, by us, without Optuna's traceback
             lost: list[int] = []  # trials of ours that another process declared abandoned
             untold = Untold()
             objective = with_heartbeat(self._objective, settings.heartbeat_interval, lost, untold)
+            bar.update(count_finished(study))
             while (remaining := settings.n_trials - count_finished(study)) > 0 and not self._stopped:
                 self._lower_ceiling(study)
                 try:
@@ -316,8 +325,8 @@ class OptunaBackend(TrialBackend):
                             objective,
                             n_trials=remaining,
                             catch=(TrialFailure,),
-                            callbacks=[self._after_trial],
-                            show_progress_bar=settings.progress,
+                            callbacks=[self._after_trial, advance],
+                            show_progress_bar=False,
                         )
                     break
                 except (ValueError, optuna.exceptions.UpdateFinishedTrialError):

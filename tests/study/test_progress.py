@@ -39,5 +39,7 @@ def test_a_study_shows_the_re_scoring(blob_task: bstune.Task, capsys: pytest.Cap
     bstune.Study(blob_task, SPACE, mode="baseline", progress=True, **kw).run()  # type: ignore[arg-type]
     err = capsys.readouterr().err
     assert "re-scoring" in err and "2/2" in err  # one candidate at two more seeds
+    # the trials' bar counts trials and names no "best trial": re-scoring may recommend another than the best value's
+    assert "trials: 100%" in err and "2/2 [" in err and "Best trial" not in err
     bstune.Study(blob_task, SPACE, mode="baseline", progress=False, **kw).run()  # type: ignore[arg-type]
     assert "re-scoring" not in capsys.readouterr().err
