@@ -189,3 +189,26 @@ def test_without_a_probe_only_flat_trials_are_left_out_and_single_evaluations_ne
     assert summary.untrained_loss == 2.30 and summary.barely_learned == []  # 1.2 -> 1.0 is not flat against 2.3
     flat = _stuck(42, 256, 1e-5, loss=2.25)
     assert [g.number for g in generalization_gap([*trials, slow, pruned_early, flat]).barely_learned] == [42]
+
+
+@pytest.mark.parametrize("n", [4, 5, 7, 8])
+def test_a_small_samples_p_value_counts_every_ordering(n: int) -> None:
+    """A newcomer's report.json gave p = 0.0 for 4 trials in perfect order; exactly, 2 of the 24 orderings are as
+    extreme: p = 1/12. Checked against scipy's exact permutation test on ties-free data."""
+    from scipy import stats
+
+    from bstune.analysis._gap import _spearman
+
+    rng = np.random.default_rng(n)
+    a, b = rng.permutation(n).tolist(), rng.standard_normal(n).tolist()
+    rho, p = _spearman(a, b)
+
+    ry = stats.rankdata(b) - (n + 1) / 2
+
+    def spearman(x: np.ndarray, axis: int) -> np.ndarray:  # only x is permuted: n! orderings, not (n!)²
+        rx = stats.rankdata(x, axis=axis) - (n + 1) / 2
+        return (rx * ry).sum(axis=axis) / np.sqrt((rx**2).sum(axis=axis) * (ry**2).sum())
+
+    exact = stats.permutation_test((a,), spearman, permutation_type="pairings", n_resamples=np.inf, vectorized=True)
+    assert rho == pytest.approx(exact.statistic) and p == pytest.approx(exact.pvalue)
+    assert _spearman(list(range(n)), list(range(n)))[1] == pytest.approx(2 / math.factorial(n))
