@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -149,6 +150,37 @@ def _curvature_lines(ns: dict[str, Any]) -> list[str]:
     if "skipped" in cur:
         return [f"The curvature-aware B_noise = tr(HΣ)/(GᵀHG) was not measured: {cur['skipped']}."]
     return []
+
+
+def _throughput_doubt(throughput: dict[str, Any]) -> str:
+    """A sentence where the probe's throughput itself was noisy: the steps' rates spread widely at a batch size,
+    or samples/s fell as the batch grew (more parallel work per step rarely runs slower); "" otherwise.
+
+    Example:
+        >>> _throughput_doubt({"samples_per_s": {"4": 6685, "16": 2922, "64": 11112},
+        ...                    "samples_per_s_iqr": {"16": [662, 9648], "64": [2919, 16522]}})
+        ' **Here it was noisy**: the middle half of its steps ran at 662–9,648 samples/s at batch size 16 (15x apart), and samples/s fell from 6,685 at batch size 4 to 2,922 at 16; so the fastest batch size is not settled: measure again on a quiet machine (bstune probe).'
+    """
+    rates = {int(b): float(r) for b, r in (throughput.get("samples_per_s") or {}).items()}
+    spread = {int(b): (float(v[0]), float(v[1])) for b, v in (throughput.get("samples_per_s_iqr") or {}).items()}
+    wide = [(b, lo, hi) for b, (lo, hi) in sorted(spread.items()) if lo > 0 and hi / lo > 2]
+    sizes = sorted(rates)
+    falls = [(a, b) for a, b in itertools.pairwise(sizes) if rates[b] < rates[a]]
+    if not wide and not falls:
+        return ""
+    parts = []
+    if wide:
+        b, lo, hi = max(wide, key=lambda w: w[2] / w[1])
+        parts.append(
+            f"the middle half of its steps ran at {lo:,.0f}–{hi:,.0f} samples/s at batch size {b} ({hi / lo:.0f}x apart)"
+        )
+    if falls:
+        a, b = falls[0]
+        parts.append(f"samples/s fell from {rates[a]:,.0f} at batch size {a} to {rates[b]:,.0f} at {b}")
+    return (
+        f" **Here it was noisy**: {', and '.join(parts)}; so the fastest batch size is not settled: measure again on "
+        "a quiet machine (bstune probe)."
+    )
 
 
 def _which_batch(rec: dict[str, Any], fastest: dict[str, Any], data: dict[str, Any]) -> list[str]:
@@ -313,6 +345,7 @@ def _recommendation(data: dict[str, Any]) -> list[str]:
         out.append(
             line + ". The intervals carry the S(B) fit's uncertainty; the throughput is taken as the probe measured "
             "it, and on a shared or busy machine it can differ several-fold from one run to the next."
+            + _throughput_doubt(data.get("throughput") or {})
         )
         out += _which_batch(rec, d, data)
     if rec.get("lr_table"):

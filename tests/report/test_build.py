@@ -551,6 +551,18 @@ def test_the_expected_cost_and_the_fastest_batch_carry_the_fits_intervals() -> N
     same = dataclasses.replace(result, probe=_probe(throughput={64: 1000.0, 256: 1000.0}))  # flat: the least B
     md_same = render_markdown(build_report(same, {"metric": "train_loss", "value": TARGET}).data)
     assert "batch size 64 (the same anywhere in B_crit's 90% interval; " in md_same
+    assert "**Here it was noisy**" not in md  # rates rising with B, no spread given
+    # a newcomer's probe on a busy machine: rates 14x apart at one rung, and slower at 64 than at 16
+    noisy_rates = dict(throughput) | {64: 0.5 * throughput[16]}
+    noisy = dataclasses.replace(
+        result, probe=_probe(throughput=noisy_rates, throughput_iqr={256: (300.0, 4200.0), 16: (900.0, 1100.0)})
+    )
+    md_noisy = render_markdown(build_report(noisy, {"metric": "train_loss", "value": TARGET}).data)
+    assert (
+        "**Here it was noisy**: the middle half of its steps ran at 300–4,200 samples/s at batch size 256 (14x apart), "
+        f"and samples/s fell from {throughput[16]:,.0f} at batch size 16 to {noisy_rates[64]:,.0f} at 64; so the "
+        "fastest batch size is not settled"
+    ) in md_noisy
 
 
 def test_report_json_alone_says_what_the_probe_measured_and_where_the_prior_looked() -> None:
