@@ -227,7 +227,11 @@ def _run(args: argparse.Namespace) -> int:
             with _trial_lines(args.progress is None and not sys.stderr.isatty()):
                 result = study.run()
         except StorageError as exc:  # what it says is done in the command line by --resume
-            raise StorageError(f"{exc.reason}: {_command(args, resume=True)}", source=exc.source) from None
+            if _holds_trials(study):
+                advice = f"{exc.advice}: {_command(args, resume=True)}"
+            else:  # nothing to resume: what this run made is taken back below
+                advice = f"no trial was recorded: make room, then start again: {_command(args, resume=False)}"
+            raise StorageError(exc.reason, source=exc.source, advice=advice) from None
         except StudyFailedError as exc:
             where = storage or storage_path
             if where is None:
@@ -286,6 +290,18 @@ def _not_yet_there(file: Path | None) -> list[Path]:
     files = [file.with_name(file.name + suffix) for suffix in ("", "-journal", "-wal", "-shm", ".lock")]
     folders = [folder for folder in file.parents if not folder.exists()]  # deepest first
     return [path for path in files if not path.exists()] + folders
+
+
+def _holds_trials(study: Any) -> bool:
+    """Whether the study's storage holds a trial of it (True where it cannot be read: it may)."""
+    import optuna
+
+    try:
+        return bool(optuna.load_study(study_name=study.study_name, storage=study.storage).get_trials(deepcopy=False))
+    except KeyError:  # no such study
+        return False
+    except Exception:
+        return True
 
 
 def _take_back(created: list[Path], storage: Any, *, bad_settings: bool = False) -> None:

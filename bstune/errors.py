@@ -98,18 +98,19 @@ class DependencyError(BstuneError, ImportError):
 class StorageError(BstuneError):
     """The study's storage failed mid-study: a full disk, a file made read-only or removed, a
     database gone or locked for too long. What it recorded before the failure is kept, so the
-    study resumes once the storage is fixed. ``source`` names the storage; ``reason`` is its own
-    error, in one line.
+    study resumes once the storage is fixed. ``source`` names the storage, ``reason`` is its own
+    error in one line, ``advice`` what to do.
 
     Example:
-        >>> str(StorageError("database or disk is full", source="sqlite:///runs/study.db"))
-        'sqlite:///runs/study.db: database or disk is full'
+        >>> str(StorageError("database or disk is full", source="sqlite:///runs/study.db", advice="make room"))
+        'sqlite:///runs/study.db: the study could not be recorded: database or disk is full; make room'
     """
 
-    def __init__(self, reason: str, *, source: str) -> None:
+    def __init__(self, reason: str, *, source: str, advice: str) -> None:
         self.reason = reason
         self.source = source
-        super().__init__(f"{source}: {reason}")
+        self.advice = advice
+        super().__init__(f"{source}: the study could not be recorded: {reason}; {advice}")
 
 
 class UserCodeError(BstuneError):

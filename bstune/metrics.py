@@ -100,8 +100,14 @@ MINIMIZE_TOKENS = frozenset({"ppl", "bpc", "bpb", "bpd", "wer", "cer", "err"})
 # words that make a measure of something else (its drop, its spread, one minus it): with them the name's
 # direction is not its measure's (accuracy_drop is minimized, loss_drop maximized), so it must be declared
 QUALIFIER_WORDS = frozenset(
-    {"drop", "gap", "std", "stddev", "var", "variance", "delta", "diff", "minus", "regret", "decrease", "gain"}
-)
+    {
+        "drop", "gap", "std", "stddev", "var", "variance", "delta", "diff", "minus", "regret", "decrease", "gain",
+        "increase", "reduction", "improvement",
+    }
+)  # fmt: skip
+# one minus a maximized measure (1-acc, 1 - f1): an error, so it must be declared; "1-nn_acc" (a 1-nearest-neighbour
+# accuracy) is not one
+_ONE_MINUS = re.compile(r"\s*1\s*-\s*(" + "|".join(sorted(MAXIMIZE_WORDS)) + r")\b")
 
 
 def infer_direction(name: str) -> Direction | None:
@@ -119,7 +125,7 @@ def infer_direction(name: str) -> Direction | None:
     """
     lowered = name.lower()
     words = re.split(r"[^a-z0-9]+", lowered)
-    if any(word in QUALIFIER_WORDS for word in words) or re.match(r"\s*1\s*-", lowered):
+    if any(word in QUALIFIER_WORDS for word in words) or _ONE_MINUS.match(lowered):
         return None
     up = any(word in MAXIMIZE_WORDS for word in words)
     down = any(word in lowered for word in MINIMIZE_WORDS) or any(word in MINIMIZE_TOKENS for word in words)

@@ -66,6 +66,9 @@ def test_direction_compares_ranks_and_reaches_each_way() -> None:
         ("val_err", "minimize"),
         ("val_acc_err", None),
         ("1-acc", None),  # one minus an accuracy
+        ("1-nn_acc", "maximize"),  # a 1-nearest-neighbour accuracy
+        ("1-shot_acc", "maximize"),
+        ("err_reduction", None),  # a reduction of an error: larger is better
         ("accuracy_drop", None),  # a drop of an accuracy: smaller is better
         ("loss_drop", None),  # a drop of a loss: larger is better
         ("val_acc_std", None),

@@ -206,6 +206,23 @@ def _partial(r_xy: float, r_xz: float, r_yz: float, n: int) -> tuple[float, floa
     return r, float(2 * _stats().t.sf(abs(t), n - 3))
 
 
+def _partial_exact(x: Sequence[float], y: Sequence[float], z: Sequence[float], r: float) -> float:
+    """The partial Spearman ρ's two-sided p by every ordering of ``x`` against (``y``, ``z``) held together:
+    the t approximation gave p = 0 for 4 trials in perfect order."""
+    rx, ry, rz = (_stats().rankdata(v) for v in (x, y, z))
+    cy, cz = ry - ry.mean(), rz - rz.mean()
+    orders = np.array(list(itertools.permutations(rx)))
+    co = orders - orders.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(co, axis=1)
+    r_xy = co @ cy / (norm * np.linalg.norm(cy))
+    r_xz = co @ cz / (norm * np.linalg.norm(cz))
+    r_yz = float(cy @ cz / (np.linalg.norm(cy) * np.linalg.norm(cz)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        partial = (r_xy - r_xz * r_yz) / np.sqrt((1 - r_xz**2) * (1 - r_yz**2))
+    partial = np.nan_to_num(partial, nan=0.0)
+    return float(np.mean(np.abs(partial) >= abs(r) - 1e-12))
+
+
 def _trend(name: str, gaps: Sequence[float], batch: Sequence[float], temp: Sequence[float]) -> GapTrend:
     rb, pb = _spearman(gaps, batch)
     rt, pt = _spearman(gaps, temp)
@@ -213,6 +230,9 @@ def _trend(name: str, gaps: Sequence[float], batch: Sequence[float], temp: Seque
     n = len(gaps)
     prb, ppb = _partial(rb, rt, r_bt, n)
     prt, ppt = _partial(rt, rb, r_bt, n)
+    if n <= _EXACT_N:  # as _spearman: exact where few
+        ppb = _partial_exact(gaps, batch, temp, prb) if math.isfinite(prb) else ppb
+        ppt = _partial_exact(gaps, temp, batch, prt) if math.isfinite(prt) else ppt
     return GapTrend(name, n, rb, pb, rt, pt, prb, ppb, prt, ppt)
 
 

@@ -190,7 +190,7 @@ class BstuneCallback(pl.Callback):
             elif "initial_lr" in group:
                 group["lr"] = group["initial_lr"]
         self._schedulers = [ctx.lr_scheduler(optimizer)]
-        if ctx.train_config.track_noise and getattr(trainer.precision_plugin, "scaler", None) is not None:
+        if ctx._train_config.track_noise and getattr(trainer.precision_plugin, "scaler", None) is not None:
             raise ConfigError(
                 "float16 loss scaling changes the gradients' scale from step to step (and skips steps), "
                 "which the noise tracker's sums over steps do not undo; use precision='bf16-mixed' or 32 while "
@@ -359,7 +359,7 @@ def fit(
             max_steps=steps,
             max_epochs=1,  # ctx.loader is one endless stream, which stops when the trial is done
             check_val_every_n_epoch=None,  # validation counts batches across the stream; the callback sets when
-            val_check_interval=max(1, math.ceil(ctx.train_config.eval_every / ctx._batch_now())),
+            val_check_interval=max(1, math.ceil(ctx._train_config.eval_every / ctx._batch_now())),
             callbacks=[BstuneCallback(ctx), *extra],
             **settings,
         )

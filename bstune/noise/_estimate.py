@@ -136,7 +136,10 @@ def ratio_interval(
     if not (np.isfinite(t_arr).all() and np.isfinite(g_arr).all()):
         raise EstimationError("non-finite per-batch estimate (overflowing gradients?)")
     t_bar, g_bar = float(t_arr.mean()), float(g_arr.mean())
-    ratio = t_bar / g_bar if g_bar > 0 else math.inf
+    # tr(Σ)'s estimate is unbiased, so it can fall below 0 where the noise is not resolved: B_simple is then 0, as
+    # its interval's lower end is (a noise scale is never negative)
+    raw = t_bar / g_bar if g_bar > 0 else math.inf
+    ratio = max(raw, 0.0)
     tq = _t_quantile(confidence, n - 1)
     if g_bar <= 0:
         return ratio, (0.0, math.inf)  # no signal resolved: any B_simple above 0 is consistent
@@ -144,7 +147,7 @@ def ratio_interval(
         loo = (n * t_bar - t_arr) / (n * g_bar - g_arr)  # leave-one-batch-out ratios
         if not np.isfinite(loo).all() or (n * g_bar - g_arr <= 0).any():
             return ratio, (0.0, math.inf)
-        pseudo = n * ratio - (n - 1) * loo
+        pseudo = n * raw - (n - 1) * loo
         center = float(pseudo.mean())
         half = tq * float(pseudo.std(ddof=1)) / math.sqrt(n)
         return ratio, (max(center - half, 0.0), max(center + half, 0.0))  # a noise scale is never negative

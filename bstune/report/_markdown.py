@@ -153,8 +153,9 @@ def _curvature_lines(ns: dict[str, Any]) -> list[str]:
 
 
 def _throughput_doubt(throughput: dict[str, Any]) -> str:
-    """A sentence where the probe's throughput itself was noisy: the steps' rates spread widely at a batch size,
-    or samples/s fell as the batch grew (more parallel work per step rarely runs slower); "" otherwise.
+    """A sentence where the probe's throughput itself was noisy: the steps' rates spread widely (more than 2x)
+    at a batch size, or samples/s fell by more than a fifth as the batch grew (more parallel work per step
+    rarely runs slower; a saturated device's plateau wobbles less); "" otherwise.
 
     Example:
         >>> _throughput_doubt({"samples_per_s": {"4": 6685, "16": 2922, "64": 11112},
@@ -165,7 +166,7 @@ def _throughput_doubt(throughput: dict[str, Any]) -> str:
     spread = {int(b): (float(v[0]), float(v[1])) for b, v in (throughput.get("samples_per_s_iqr") or {}).items()}
     wide = [(b, lo, hi) for b, (lo, hi) in sorted(spread.items()) if lo > 0 and hi / lo > 2]
     sizes = sorted(rates)
-    falls = [(a, b) for a, b in itertools.pairwise(sizes) if rates[b] < rates[a]]
+    falls = [(a, b) for a, b in itertools.pairwise(sizes) if rates[b] < 0.8 * rates[a]]  # a plateau is no fall
     if not wide and not falls:
         return ""
     parts = []
@@ -253,6 +254,7 @@ def _recommendation(data: dict[str, Any]) -> list[str]:
     out = ["## Recommendation", "", _headline(rec, unread) + (f" ({settings})." if settings else "."), ""]
     missing = [what for key, what in (("batch_size", "batch size"), ("lr", "learning rate")) if key in unread]
     if missing:
+        it = "them" if len(missing) == 2 else "it"
         read = (
             f"read neither the trial's {missing[0]} nor its {missing[1]}"
             if len(missing) == 2
@@ -260,9 +262,11 @@ def _recommendation(data: dict[str, Any]) -> list[str]:
         )
         out += [
             f"**The loop trained at its own {' and '.join(missing)}**: the training function {read} "
-            "(ctx.config, ctx.batch_size, ctx.lr) nor had bstune apply it (ctx.loader, ctx.make_optimizer, "
-            "ctx.lr_scheduler): every trial trained at the loop's own value, whatever the search drew, so the study "
-            "measured nothing about it, and the trials' values below are not those of the configs they name.",
+            f"(ctx.config, ctx.batch_size, ctx.lr, ctx.train_config) nor had bstune apply {it} (ctx.loader, "
+            f"ctx.make_optimizer, ctx.lr_scheduler): every trial trained at the loop's own, whatever the search "
+            f"drew, so the study measured nothing about {it}; the trials below are named by configs they did not "
+            "train with, and what this report derives from the batch size and rate (temperatures, B_crit, the LR "
+            "table) does not describe the loop.",
             "",
         ]
     out.append(f"Why: {rec['why']}.")
@@ -306,7 +310,7 @@ def _recommendation(data: dict[str, Any]) -> list[str]:
             "of the space."
         )
     derived = rec.get("derived") or {}
-    if derived.get("effective_temperature") is not None and "momentum" not in unread:  # else not the loop's
+    if derived.get("effective_temperature") is not None and not unread & {"momentum", "batch_size", "lr"}:
         # (a loop's optimizer other than the space's: momentum counts as unread above)
         out.append(
             f"Derived from these settings, not one of them: effective temperature η/(B(1−m)) = "

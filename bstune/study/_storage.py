@@ -13,7 +13,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from bstune.errors import ConfigError, StorageError
+from bstune.errors import ConfigError, StorageError, UserCodeError
 from bstune.study._optuna_compat import swap_state
 
 __all__ = ["open_storage", "storage_error", "storage_failure", "storage_file"]
@@ -116,56 +116,65 @@ def storage_file(url: str | Path | BaseStorage | None) -> Path | None:
 def storage_error(reason: str, source: str) -> StorageError:
     """The error a study ends with when its storage ``source`` failed (``reason``: :func:`storage_failure`'s)."""
     return StorageError(
-        f"the study could not be recorded: {reason}; what was recorded before is kept: make room (or restore the "
-        "file or its permissions), then resume the study",
+        reason,
         source=source,
+        advice="what was recorded before is kept: make room (or restore the file or its permissions), then resume "
+        "the study",
     )
 
 
 def storage_failure(exc: BaseException) -> str | None:
-    """Why a storage failed behind ``exc``, in one line; None where no storage failed.
+    """Why the study's storage failed behind ``exc``, in one line; None where no storage failed.
 
     Optuna hides a storage's failure to record a trial's end behind an ``AssertionError``
-    of its own ("Should not reach"), with the storage's error as its context. So the whole
-    chain of causes and contexts is read, and the innermost storage error gives the reason:
-    SQLite's or the database driver's, or an ``OSError`` raised inside Optuna's storages (a
-    journal file on a full disk). Errors of the code that trains are not storage failures.
+    of its own ("Should not reach"), with the storage's error as its context. So the chain of
+    causes and contexts is read, and the innermost storage error gives the reason: SQLite's
+    or the database driver's, or an ``OSError`` (a journal file on a full disk). It counts
+    only where it came up through Optuna's storages (or bstune's own storage calls): a
+    user's own database or file error is not the study's storage failing, and the chain is
+    not read past a :class:`~bstune.errors.UserCodeError` (the code that trains).
 
     Example:
+        >>> import tempfile, optuna
+        >>> db = Path(tempfile.mkdtemp()) / "study.db"
+        >>> _ = optuna.create_study(study_name="s", storage=f"sqlite:///{db}")
+        >>> read_only = f"sqlite:///file:{db}?mode=ro&uri=true"
         >>> try:
-        ...     try:
-        ...         raise sqlite3.OperationalError("database or disk is full")
-        ...     except sqlite3.Error:
-        ...         raise AssertionError("Should not reach.")
-        ... except AssertionError as exc:
+        ...     optuna.load_study(study_name="s", storage=read_only).ask()
+        ... except Exception as exc:
         ...     storage_failure(exc)
-        'database or disk is full (sqlite3.OperationalError)'
-        >>> storage_failure(OSError(28, "No space left on device")) is None  # not raised by a storage
+        'attempt to write a readonly database (sqlite3.OperationalError)'
+        >>> try:
+        ...     sqlite3.connect(":memory:").execute("SELECT * FROM images")  # the user's own database
+        ... except sqlite3.Error as exc:
+        ...     storage_failure(exc) is None
         True
     """
-    reason = None
+    reason, through_storage = None, False
     seen: set[int] = set()
     at: BaseException | None = exc
-    while at is not None and id(at) not in seen:
+    while at is not None and id(at) not in seen and not isinstance(at, UserCodeError):
         seen.add(id(at))
-        if _from_storage(at):
+        through_storage = through_storage or any(
+            _storage_code(frame.filename) for frame in traceback.extract_tb(at.__traceback__)
+        )
+        if _storage_kind(at):
             reason = _one_line(at)
         at = at.__cause__ or at.__context__
-    return reason
+    return reason if through_storage else None
 
 
-def _from_storage(exc: BaseException) -> bool:
-    if isinstance(exc, sqlite3.Error | optuna.exceptions.StorageInternalError):
-        return True
-    if type(exc).__module__.startswith("sqlalchemy."):
-        return True
-    if isinstance(exc, OSError):
-        return any(_in_optuna_storages(frame.filename) for frame in traceback.extract_tb(exc.__traceback__))
-    return False
+def _storage_kind(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.Error | optuna.exceptions.StorageInternalError | OSError) or type(
+        exc
+    ).__module__.startswith("sqlalchemy.")
 
 
-def _in_optuna_storages(filename: str) -> bool:
+def _storage_code(filename: str) -> bool:
+    """Whether ``filename`` is Optuna's storages or bstune's own storage code."""
     parts = Path(filename).parts
+    if parts[-2:] in (("study", "_optuna_compat.py"), ("study", "_storage.py")) and "bstune" in parts:
+        return True
     return any(parts[i : i + 2] == ("optuna", "storages") for i in range(len(parts) - 1))
 
 

@@ -406,9 +406,8 @@ def run_workers(
                     continue
                 if code == _INTERRUPTED:  # the worker was interrupted (Ctrl-C): so is the study
                     raise KeyboardInterrupt
-                if code == _STORAGE_FAILED:  # the others cannot record their trials either
-                    _stop(list(running.values()), own_stop_s=0.0)
-                    raise storage_error(failures.get() if not failures.empty() else "a worker's write failed", where)
+                if code == _STORAGE_FAILED and not failures.empty():  # the others cannot record theirs either
+                    raise storage_error(failures.get(), where)  # (a user's sys.exit(3) leaves no reason: a crash)
                 where = f"worker {index} on {','.join(slots[index])} (pid {proc.pid})"
                 what = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
                 gate.free_for(index)
@@ -425,6 +424,9 @@ def run_workers(
             signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops the wait for the workers (_stop)
         _stop(list(running.values()))
         retry_abandoned(study, settings.grace_period)  # the trials of workers that had to be killed
+        raise
+    except BaseException:  # a storage that failed (in a worker or here), or a bug: no worker is left running
+        _stop(list(running.values()), own_stop_s=0.0)
         raise
     finally:
         if own:

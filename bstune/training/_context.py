@@ -131,7 +131,7 @@ class TrialContext:
         order: str = "epoch",
         evaluate: bool = True,
     ) -> None:
-        self.train_config = config
+        self._train_config = config
         self.optimizer_spec = optimizer or OptimizerSpec()
         self._optimizer_declared = optimizer is not None  # by a study's space: the loop's is compared to it
         self._adam_settings = "betas" in (params or {})  # a config an Adam-family optimizer trained with
@@ -189,6 +189,13 @@ class TrialContext:
 
     # -- what the function reads -----------------------------------------------------
     @property
+    def train_config(self) -> TrainConfig:
+        """The whole :class:`~bstune.training.TrainConfig` of the trial. A loop that reads it counts as
+        applying the trial's batch size and learning rate (which of its fields it uses cannot be told)."""
+        self._applied(frozenset({"batch_size", "lr"}))
+        return self._train_config
+
+    @property
     def batch_size(self) -> int:
         """The batch size of the step under way: the current stage's with a ``batch_schedule``."""
         self._applied(frozenset({"batch_size"}))
@@ -196,7 +203,7 @@ class TrialContext:
 
     def _batch_now(self) -> int:
         """:attr:`batch_size` for bstune's own checks: not a read of the loop's."""
-        return stage_at(self.train_config, self.samples)[0]
+        return stage_at(self._train_config, self.samples)[0]
 
     @property
     def lr(self) -> float:
@@ -207,23 +214,23 @@ class TrialContext:
 
     def _lr_now(self) -> float:
         """:attr:`lr` for bstune's own use: not a read of the loop's."""
-        return self._lr_of_step(self.steps) if self.used_scheduler else stage_at(self.train_config, self.samples)[1]
+        return self._lr_of_step(self.steps) if self.used_scheduler else stage_at(self._train_config, self.samples)[1]
 
     def _last_lr(self) -> float:
         """The learning rate of the step last counted."""
         step = max(self.steps - 1, 0)
         if self.used_scheduler:
             return self._lr_of_step(step)
-        return stage_at(self.train_config, samples_before_step(self.train_config, step))[1]
+        return stage_at(self._train_config, samples_before_step(self._train_config, step))[1]
 
     @property
     def budget_samples(self) -> int:
-        return self.train_config.max_samples
+        return self._train_config.max_samples
 
     @property
     def done(self) -> bool:
         """True once the budget is spent or the trial was stopped (pruned, diverged, the probe's ramp ended)."""
-        return self._stopped or self.samples >= self.train_config.max_samples
+        return self._stopped or self.samples >= self._train_config.max_samples
 
     @property
     def next_milestone(self) -> int | None:
@@ -276,7 +283,7 @@ class TrialContext:
             raise ConfigError(
                 f"needs a map-style dataset with a length, got {type(dataset).__name__}", source="ctx.loader"
             ) from None
-        cfg = self.train_config
+        cfg = self._train_config
         if n < max(cfg.batch_sizes):
             self.n_train = n  # the study caps its later trials here
             raise BatchLargerThanDataError(
@@ -323,7 +330,7 @@ class TrialContext:
         """
         batches = iter(loader)
         taken, n_batches = 0, 0  # samples and batches handed to the loop
-        slack = max(self.train_config.max_samples // 2, max(self.train_config.batch_sizes))
+        slack = max(self._train_config.max_samples // 2, max(self._train_config.batch_sizes))
         while not self.done:
             if taken - self.samples > slack:
                 raise ConfigError(
@@ -340,7 +347,7 @@ class TrialContext:
 
     def _optimizer_settings(self) -> dict[str, Any]:
         """The space's optimizer settings, fixed or searched, as ``ctx.config`` names them for the loop."""
-        spec, config = self.optimizer_spec, self.train_config
+        spec, config = self.optimizer_spec, self._train_config
         if not self._optimizer_declared:  # only what the TrainConfig says: the loop's own defaults apply to the rest
             given = {"momentum": config.momentum, "weight_decay": config.weight_decay}
             return {k: v for k, v in given.items() if v is not None}
@@ -377,7 +384,7 @@ class TrialContext:
             )
         self._applied(OPTIMIZER_SETTINGS | {"lr"})
         return self.optimizer_spec.build(
-            params, lr=self._lr_now(), momentum=self.momentum, weight_decay=self.train_config.weight_decay
+            params, lr=self._lr_now(), momentum=self.momentum, weight_decay=self._train_config.weight_decay
         )
 
     def noise_tracker(self, model: nn.Module) -> LoopNoiseTracker:
@@ -448,7 +455,7 @@ class TrialContext:
         steps = self.steps + 1  # this one included
         if steps < SHORT_STEPS_SEEN or self._short * 2 <= steps:
             return
-        staged = self.train_config.batch_schedule is not None
+        staged = self._train_config.batch_schedule is not None
         raise ConfigError(
             f"{self._short} of the run's {steps} steps counted fewer samples than the trial's batch size "
             f"{self._batch_now()} (this one {samples}): the loop does not train at that batch. Its own loader holds "
@@ -502,7 +509,7 @@ class TrialContext:
     def _hold_still_after(self, samples: int) -> None:
         """Train ``samples`` (to the step that reaches them) with the milestones and rates of a run that
         long, then hold the rate at 0: see :func:`run_function`'s ``still_after``."""
-        cfg = self.train_config
+        cfg = self._train_config
         if cfg.batch_schedule is not None:
             raise ConfigError("a still phase needs one batch size, not a batch_schedule", source="run_function")
         self.freeze_from = -(-samples // cfg.batch_size) * cfg.batch_size
@@ -517,7 +524,7 @@ class TrialContext:
         self._marks = _milestones(self._rates)
 
     def _lr_of_step(self, step: int) -> float:
-        samples = samples_before_step(self.train_config, step)  # as the loader's batches count them
+        samples = samples_before_step(self._train_config, step)  # as the loader's batches count them
         if self.freeze_from is not None and samples >= self.freeze_from:
             return 0.0  # parameters held still: the gradients measured are those of one point
         if self._ramp is not None:
@@ -538,7 +545,7 @@ class TrialContext:
         return self.done
 
     def _check_divergence(self, value: float) -> None:
-        factor = self.train_config.divergence_factor
+        factor = self._train_config.divergence_factor
         # as the trainer says it: the step's index from 0, and the samples trained before it
         where = f"at step {self.steps - 1} (samples {self.samples - self._step_samples})"
         if not math.isfinite(value):
@@ -596,7 +603,7 @@ class TrialContext:
         if self._callback is None:
             return
         decision = _as_decision(self._callback(record))
-        if decision == Decision.STOP and milestone < self.train_config.max_samples:
+        if decision == Decision.STOP and milestone < self._train_config.max_samples:
             self.status, self._stopped = RunStatus.STOPPED, True
             self.message = f"stopped by callback at milestone {milestone}"
             raise TrialPruned(f"pruned at {milestone} samples")
@@ -613,7 +620,7 @@ class TrialContext:
                 self._record(reached[-1], metrics)
             elif not self.history:
                 self._record(self.samples, metrics)
-        if self._ramp is None and 0 < self.samples < self.train_config.max_samples and not self._stopped:
+        if self._ramp is None and 0 < self.samples < self._train_config.max_samples and not self._stopped:
             self.message = (
-                f"the function returned after {self.samples:,} of its {self.train_config.max_samples:,} samples"
+                f"the function returned after {self.samples:,} of its {self._train_config.max_samples:,} samples"
             )

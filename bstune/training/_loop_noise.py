@@ -30,7 +30,7 @@ logger = logging.getLogger("bstune.training._context")  # the name users' log fi
 class TrialCounters(Protocol):
     """What the tracker reads of a :class:`~bstune.training.TrialContext` (and sets: ``_tracker``)."""
 
-    train_config: TrainConfig
+    _train_config: TrainConfig
     n_train: int | None
     momentum: float
     freeze_from: int | None
@@ -153,7 +153,7 @@ class LoopNoiseTracker:
         self._observed = 0  # optimizer steps closed (ctx.step), measured or not
         self._sq: list[torch.Tensor] = []  # this step's per-example norms, one tensor per micro-batch
         self._grads: dict[str, torch.Tensor] = {}  # and their gradients' sum, as the passes delivered them
-        if not ctx.train_config.track_noise:
+        if not ctx._train_config.track_noise:
             return
         from bstune.noise import PerExampleNorms
 
@@ -228,7 +228,7 @@ class LoopNoiseTracker:
             if batch >= 2:
                 self._add(float(sq.mean()) * batch * batch, batch, grads)  # |g_i|² with g_i = B c_i
         self._observed += 1
-        self.norms.enabled = self._observed % self.ctx.train_config.noise_every_steps == 0
+        self.norms.enabled = self._observed % self.ctx._train_config.noise_every_steps == 0
 
     def _add(self, small: float, batch: int, grads: dict[str, torch.Tensor]) -> None:
         """One measured step of ``batch`` examples: to the trajectory while training, else to the still phase."""

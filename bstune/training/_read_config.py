@@ -97,7 +97,10 @@ class ReadConfig(dict[str, Any]):
         self.read.update(dict.keys(self))
         return copy.deepcopy(dict(super().items()), memo)
 
-    def __reduce__(self) -> Any:  # pickled (a copy kept by the function, Ray) as the plain dict it is
+    def __reduce__(self) -> Any:  # pickled (a copy kept by the function, Ray, its own ranks) as the plain dict it is
+        # a copy sent to processes of the loop's own (its DDP ranks) is how it applies the batch size and rate there:
+        # they count as read; a model.<name> misspelled stays unread (what a copy is read for cannot be seen)
+        self.read.update({"batch_size", "lr"} & set(dict.keys(self)))
         return (dict, (dict(super().items()),))
 
 
@@ -121,10 +124,15 @@ def warn_unread(unread: list[str]) -> None:
         helpers.append("ctx.make_optimizer (the optimizer's settings)")
     if any(k in SCHEDULE_SETTINGS for k in unread):
         helpers.append("ctx.lr_scheduler (warmup and schedule)")
+    own = {"batch_size", "lr"} >= set(unread)  # names bstune gives: not misspelled, fixed by the loop
     logger.warning(
         "the training function never read the space's searched parameter(s) %s from ctx.config (nor "
-        "ctx.model_kwargs)%s: a misspelled name, or one the loop ignores (a value it fixes itself); the search "
-        "spends its trials on them all the same, and the recommended config names values the loop never used",
+        "ctx.model_kwargs%s)%s: %s; the search spends its trials on them all the same, and the recommended config "
+        "names values the loop never used",
         ", ".join(repr(k) for k in unread),
+        ", ctx.batch_size, ctx.lr, ctx.train_config" if {"batch_size", "lr"} & set(unread) else "",
         f", nor used {' or '.join(helpers)}, which apply them" if helpers else "",
+        "the loop trains at values of its own"
+        if own
+        else "a misspelled name, or one the loop ignores (a value it fixes itself)",
     )

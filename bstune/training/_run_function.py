@@ -90,7 +90,8 @@ def run_function(
         ctx._tracker.tracker.flush(ctx.steps, ctx.samples)  # the window the last report left open
     if ctx.status is not RunStatus.COMPLETED:
         logger.info("run ended %s: %s", ctx.status.value, ctx.message)
-    unread = ctx.unread_params() if ctx.status is RunStatus.COMPLETED else []
+    # a run that trained no step (a probe's run stopped at its first batch) read what it reads in its loop body yet
+    unread = ctx.unread_params() if ctx.status is RunStatus.COMPLETED and ctx.steps > 0 else []
     warn_unread(unread)
     wall = time.perf_counter() - started
     result = TrainResult(

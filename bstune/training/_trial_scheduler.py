@@ -36,7 +36,7 @@ class RateSource(Protocol):
     """What the scheduler reads of a :class:`~bstune.training.TrialContext`: the run's config and the
     rate of each step."""
 
-    train_config: TrainConfig
+    _train_config: TrainConfig
     steps: int
 
     def _lr_of_step(self, step: int) -> float: ...
@@ -106,7 +106,7 @@ class TrialLRScheduler:
     def __init__(self, ctx: RateSource, optimizer: torch.optim.Optimizer) -> None:
         self.ctx, self.optimizer = ctx, optimizer
         self.last_step = ctx.steps  # made mid-run (a rebuilt optimizer): the schedule goes on from here
-        self._scale = _scales(optimizer, ctx.train_config.lr, ctx._lr_of_step(ctx.steps))
+        self._scale = _scales(optimizer, ctx._train_config.lr, ctx._lr_of_step(ctx.steps))
         self._apply()
 
     def _apply(self) -> None:

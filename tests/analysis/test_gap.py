@@ -212,3 +212,14 @@ def test_a_small_samples_p_value_counts_every_ordering(n: int) -> None:
     exact = stats.permutation_test((a,), spearman, permutation_type="pairings", n_resamples=np.inf, vectorized=True)
     assert rho == pytest.approx(exact.statistic) and p == pytest.approx(exact.pvalue)
     assert _spearman(list(range(n)), list(range(n)))[1] == pytest.approx(2 / math.factorial(n))
+
+
+def test_a_small_samples_partial_p_value_counts_every_ordering_too() -> None:
+    """A reviewer's 4 trials in perfect order still read "partial Spearman ρ=1.00, p<0.001" through the partial
+    correlation's t approximation; counted over the 24 orderings of the gaps, 2 are as extreme."""
+    from bstune.analysis._gap import _trend
+
+    trend = _trend("loss", [0, 1, 2, 3], [16, 32, 64, 128], [0, 1, 3, 2])
+    assert trend.partial_rho_batch == pytest.approx(1.0) and trend.partial_p_batch == pytest.approx(2 / 24)
+    larger = _trend("loss", list(range(12)), [2**i for i in range(12)], [0, 1, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10])
+    assert larger.partial_p_batch < 0.001  # above 8 trials: the t approximation, as before

@@ -48,6 +48,8 @@ def test_a_noise_trace_within_noise_of_zero_gives_an_interval_from_zero_not_belo
     assert lo == 0.0 < ratio < hi < math.inf
     wide = ratio_interval([x * 10 for x in t], g, method=method)[1]  # the same shape, well away from 0 at the top
     assert wide[0] == 0.0 and wide[1] == pytest.approx(10 * hi)
+    below, (lo, hi) = ratio_interval([-x for x in t], g, method=method)  # tr(Σ)'s mean below 0: B_simple is 0
+    assert below == 0.0 and lo <= below <= hi
 
 
 def test_negative_mean_signal_reports_infinite_estimate() -> None:

@@ -786,3 +786,44 @@ def test_a_loop_that_reads_the_batch_size_through_ctx_is_not_told(caplog: pytest
         result = bstune.Study(own_loader, SPACE, **(ARGS | {"n_trials": 2, "rescore_top": 0})).run()
     assert all(not t.unread_params for t in result.trials if t.status == "completed")
     assert "never read" not in caplog.text
+
+
+def _plain_loop(ctx: TrialContext, batch_size: int, lr: float) -> None:
+    """A loop with a DataLoader and optimizer of its own, at the batch size and rate it is given."""
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    while not ctx.done:
+        for xb, yb in torch.utils.data.DataLoader(TRAIN, batch_size=batch_size, shuffle=True, drop_last=True):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if ctx.step(loss):
+                break
+            if ctx.at_milestone():
+                with torch.no_grad():
+                    ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+
+
+def test_a_loop_that_reads_the_train_config_or_pickles_ctx_config_is_not_told(caplog: pytest.LogCaptureFixture) -> None:
+    """A reviewer's loop batched by ``ctx.train_config.batch_size`` and set ``lr=ctx.train_config.lr`` (a
+    documented attribute), and another sent a pickled ``ctx.config`` to processes of its own: both were told
+    they never applied the trial's batch size and rate."""
+    import pickle
+
+    def by_train_config(ctx: TrialContext) -> None:
+        _plain_loop(ctx, ctx.train_config.batch_size, ctx.train_config.lr)
+
+    def pickles_config(ctx: TrialContext) -> None:
+        sent = pickle.loads(pickle.dumps(ctx.config))  # what its own ranks would read
+        _plain_loop(ctx, sent["batch_size"], sent["lr"])
+
+    def fixed(ctx: TrialContext) -> None:  # the control: its own batch size and rate
+        _plain_loop(ctx, 32, 0.1)
+
+    for fn in (by_train_config, pickles_config, fixed):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="bstune"):
+            result = bstune.Study(fn, SPACE, **(ARGS | {"n_trials": 2, "rescore_top": 0})).run()
+        unread = {k for t in result.trials if t.status == "completed" for k in t.unread_params}
+        assert unread == ({"batch_size", "lr"} if fn is fixed else set()), fn.__name__

@@ -22,6 +22,7 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from bstune.errors import UserCodeError
 from bstune.study._storage import storage_failure
 from tests.reliability.conftest import python_env
 from tests.study.test_parallel_trials import SLOW_SCRIPT
@@ -52,19 +53,28 @@ if os.environ.get("FULL_AFTER_TWO"):  # in the study's process and in each of it
 """
 
 
-def test_the_reason_is_read_where_optuna_hides_it() -> None:
-    """Optuna's own AssertionError ("Should not reach.") stood in for SQLite's error when a trial's end could not be
-    written: the reason is the innermost storage error of the chain."""
-    con = sqlite3.connect("file:nowhere?mode=memory", uri=True)
-    con.execute("CREATE TABLE trials (x)")
-    con.execute("PRAGMA query_only = 1")
+def test_a_storage_that_refuses_writes_is_the_storages_failure_and_the_codes_database_is_not(tmp_path: Path) -> None:
+    """A reviewer's training function queried a database of its own: its sqlite3 error, wrapped as the probe's
+    UserCodeError or raised through Optuna's optimize, was reported as the study's storage failing (and the
+    resume command it gave could not work)."""
+    db = tmp_path / "study.db"
+    optuna.create_study(study_name="s", storage=f"sqlite:///{db}")
+    read_only = optuna.load_study(study_name="s", storage=f"sqlite:///file:{db}?mode=ro&uri=true")
+    with pytest.raises(Exception) as refused:
+        read_only.optimize(lambda trial: 1.0, n_trials=1)
+    assert storage_failure(refused.value) == "attempt to write a readonly database (sqlite3.OperationalError)"
+
+    def own_database(trial: optuna.Trial) -> float:
+        sqlite3.connect(":memory:").execute("SELECT * FROM images")
+        return 1.0
+
+    with pytest.raises(sqlite3.OperationalError) as raised:
+        optuna.create_study().optimize(own_database, n_trials=1)
+    assert storage_failure(raised.value) is None
     try:
-        try:
-            con.execute("INSERT INTO trials VALUES (1)")
-        except sqlite3.Error:
-            raise AssertionError("Should not reach.")  # noqa: B904 (as Optuna raises it: in a finally)
-    except AssertionError as exc:
-        assert storage_failure(exc) == "attempt to write a readonly database (sqlite3.OperationalError)"
+        raise UserCodeError("the probe failed in the training function") from raised.value
+    except UserCodeError as exc:
+        assert storage_failure(exc) is None
 
 
 def test_a_journal_files_os_error_is_the_storages_and_the_codes_is_not(tmp_path: Path) -> None:
