@@ -100,7 +100,7 @@ class ReadConfig(dict[str, Any]):
     def __reduce__(self) -> Any:  # pickled (a copy kept by the function, Ray, its own ranks) as the plain dict it is
         # a copy sent to processes of the loop's own (its DDP ranks) is how it applies the batch size and rate there:
         # they count as read; a model.<name> misspelled stays unread (what a copy is read for cannot be seen)
-        self.read.update({"batch_size", "lr"} & set(dict.keys(self)))
+        self.read.update(k for k in ("batch_size", "lr") if dict.__contains__(self, k))
         return (dict, (dict(super().items()),))
 
 
