@@ -170,12 +170,8 @@ class OptunaBackend(TrialBackend):
         """
         if self.storage is None:
             return None
-        if self._url is not None:
-            return str(self._url)
-        if isinstance(self.storage, RDBStorage):
-            return str(self.storage.url)
-        if isinstance(self.storage, JournalStorage) and isinstance(self.storage._backend, JournalFileBackend):
-            return f"journal:{self.storage._backend._file_path}"
+        if (url := self._reopen_url()) is not None:
+            return url
         kind = "in memory" if isinstance(self.storage, InMemoryStorage) else type(self.storage).__name__
         raise ConfigError(
             f"trial worker processes cannot open this storage ({kind}); give a URL (sqlite:///x.db), "
@@ -186,13 +182,17 @@ class OptunaBackend(TrialBackend):
 
     def storage_name(self) -> str:
         """How a message names this storage: its file, its URL, or its kind."""
+        return self._reopen_url() or f"the study's storage ({type(self.storage).__name__})"
+
+    def _reopen_url(self) -> str | None:
+        """The URL the storage is opened by again (the one given, an RDB's, a journal file's); None for others."""
         if self._url is not None:
             return str(self._url)
         if isinstance(self.storage, RDBStorage):
             return str(self.storage.url)
         if isinstance(self.storage, JournalStorage) and isinstance(self.storage._backend, JournalFileBackend):
             return f"journal:{self.storage._backend._file_path}"
-        return f"the study's storage ({type(self.storage).__name__})"
+        return None
 
     def _shared_storage(self) -> tuple[BaseStorage, str]:
         """The storage trial worker processes share and the URL each reopens it by (see the class docstring)."""
