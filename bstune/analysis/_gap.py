@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from bstune.analysis._trials import TrialLike, batch_size_of, field_of, finite
 from bstune.records import TrialStatus
@@ -167,12 +168,14 @@ def _stats() -> Any:
     return stats
 
 
+FloatArray = NDArray[np.float64]
+
 _EXACT_N = 8  # up to this many trials the p-value counts every ordering (8! = 40,320); above, scipy's t approximation
 
 
-def _spearman(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """Spearman's ρ and its two-sided p; exact (by permutations) for small samples, where the t approximation
-    gave p = 0 for 4 trials in perfect order (exactly 2/24 = 0.083).
+def _spearman(a: Sequence[float], b: Sequence[float], *, with_p: bool = True) -> tuple[float, float]:
+    """Spearman's ρ and its two-sided p (NaN unless ``with_p``); exact (by permutations) for small samples,
+    where the t approximation gave p = 0 for 4 trials in perfect order (exactly 2/24 = 0.083).
 
     Example:
         >>> rho, p = _spearman([1, 2, 3, 4], [10, 20, 30, 40])
@@ -185,13 +188,20 @@ def _spearman(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
         warnings.simplefilter("ignore")  # ties and small n: the numbers are still the right ones to report
         res = _stats().spearmanr(a, b)
     rho = float(res.statistic)
+    if not with_p:
+        return rho, math.nan
     if len(a) > _EXACT_N:
         return rho, float(res.pvalue)
-    ra, rb = _stats().rankdata(a), _stats().rankdata(b)
-    orders = np.array(list(itertools.permutations(rb)))
-    ca, co = ra - ra.mean(), orders - orders.mean(axis=1, keepdims=True)
-    rhos = co @ ca / (np.linalg.norm(co, axis=1) * np.linalg.norm(ca))
-    return rho, float(np.mean(np.abs(rhos) >= abs(rho) - 1e-12))
+    return rho, float(np.mean(np.abs(_orderings_rho(a, b)) >= abs(rho) - 1e-12))
+
+
+def _orderings_rho(x: Sequence[float], y: Sequence[float]) -> FloatArray:
+    """Spearman's ρ of every ordering of ``x`` against ``y`` held fixed (n! values)."""
+    rx, ry = _stats().rankdata(x), _stats().rankdata(y)
+    orders = np.array(list(itertools.permutations(rx)))
+    co, cy = orders - orders.mean(axis=1, keepdims=True), ry - ry.mean()
+    out: FloatArray = co @ cy / (np.linalg.norm(co, axis=1) * np.linalg.norm(cy))
+    return out
 
 
 def _partial(r_xy: float, r_xz: float, r_yz: float, n: int) -> tuple[float, float]:
@@ -206,17 +216,10 @@ def _partial(r_xy: float, r_xz: float, r_yz: float, n: int) -> tuple[float, floa
     return r, float(2 * _stats().t.sf(abs(t), n - 3))
 
 
-def _partial_exact(x: Sequence[float], y: Sequence[float], z: Sequence[float], r: float) -> float:
+def _partial_exact(x: Sequence[float], y: Sequence[float], z: Sequence[float], r: float, r_yz: float) -> float:
     """The partial Spearman ρ's two-sided p by every ordering of ``x`` against (``y``, ``z``) held together:
     the t approximation gave p = 0 for 4 trials in perfect order."""
-    rx, ry, rz = (_stats().rankdata(v) for v in (x, y, z))
-    cy, cz = ry - ry.mean(), rz - rz.mean()
-    orders = np.array(list(itertools.permutations(rx)))
-    co = orders - orders.mean(axis=1, keepdims=True)
-    norm = np.linalg.norm(co, axis=1)
-    r_xy = co @ cy / (norm * np.linalg.norm(cy))
-    r_xz = co @ cz / (norm * np.linalg.norm(cz))
-    r_yz = float(cy @ cz / (np.linalg.norm(cy) * np.linalg.norm(cz)))
+    r_xy, r_xz = _orderings_rho(x, y), _orderings_rho(x, z)  # the same orderings, in the same order
     with np.errstate(divide="ignore", invalid="ignore"):
         partial = (r_xy - r_xz * r_yz) / np.sqrt((1 - r_xz**2) * (1 - r_yz**2))
     partial = np.nan_to_num(partial, nan=0.0)
@@ -226,13 +229,13 @@ def _partial_exact(x: Sequence[float], y: Sequence[float], z: Sequence[float], r
 def _trend(name: str, gaps: Sequence[float], batch: Sequence[float], temp: Sequence[float]) -> GapTrend:
     rb, pb = _spearman(gaps, batch)
     rt, pt = _spearman(gaps, temp)
-    r_bt, _ = _spearman(batch, temp)
+    r_bt, _ = _spearman(batch, temp, with_p=False)
     n = len(gaps)
     prb, ppb = _partial(rb, rt, r_bt, n)
     prt, ppt = _partial(rt, rb, r_bt, n)
     if n <= _EXACT_N:  # as _spearman: exact where few
-        ppb = _partial_exact(gaps, batch, temp, prb) if math.isfinite(prb) else ppb
-        ppt = _partial_exact(gaps, temp, batch, prt) if math.isfinite(prt) else ppt
+        ppb = _partial_exact(gaps, batch, temp, prb, r_bt) if math.isfinite(prb) else ppb
+        ppt = _partial_exact(gaps, temp, batch, prt, r_bt) if math.isfinite(prt) else ppt
     return GapTrend(name, n, rb, pb, rt, pt, prb, ppb, prt, ppt)
 
 
