@@ -48,7 +48,7 @@ from bstune.study._pruners import make_pruner
 from bstune.study._records import trial_line, trial_record, trial_records
 from bstune.study._rescore_pool import run_plans_parallel
 from bstune.study._resume import check_settings
-from bstune.study._storage import open_storage
+from bstune.study._storage import open_storage, storage_failure
 from bstune.study._trial import SYSTEMATIC_ATTR, TrialOutcome, give_up
 from bstune.study._trial_plan import TrialPlan, TrialPlanner
 from bstune.study._workers import pickled, run_workers, worker_devices
@@ -121,7 +121,9 @@ def _store_untold(study: optuna.Study | None, untold: Untold | None) -> None:
         try:
             untold.store(study)
         except Exception as exc:  # the interrupt goes on up whatever the storage says
-            logger.warning("the interrupted trial's outcome was not stored: %s: %s", type(exc).__name__, exc)
+            # a storage that failed is said once, as the study's StorageError (a worker stopped for it lands here)
+            level = logging.DEBUG if storage_failure(exc) is not None else logging.WARNING
+            logger.log(level, "the interrupted trial's outcome was not stored: %s: %s", type(exc).__name__, exc)
 
 
 class OptunaBackend(TrialBackend):
