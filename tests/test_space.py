@@ -455,3 +455,22 @@ def test_valid_spaces_round_trip_through_yaml(
         path = Path(tmp) / "space.yaml"
         space.to_yaml(path)
         assert SearchSpace.from_yaml(path) == space
+
+
+def test_fixed_names_what_the_space_leaves_one_value() -> None:
+    space = SearchSpace.coerce(
+        {
+            "name": "s",
+            "batch_size": {"min": 32, "max": 32},
+            "lr": {"min": 0.01, "max": 0.1},
+            "params": {
+                "model.width": {"type": "int", "low": 8, "high": 8},
+                "momentum": {"type": "categorical", "choices": [0.9]},
+                "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+                "schedule": {"type": "categorical", "choices": ["cosine", "constant"]},
+            },
+        }
+    )
+    assert space.fixed == {"batch_size", "model.width", "momentum"}
+    assert SearchSpace("s", lr_min=0.1, lr_max=0.1).fixed == {"lr"}
+    assert SearchSpace("s").fixed == frozenset()  # batch_size.max unset: up to the training set

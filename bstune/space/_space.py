@@ -231,6 +231,21 @@ class SearchSpace:
             return cls.from_dict(value)
         raise ConfigError(f"expected a SearchSpace, a YAML path or a mapping, got {_show(value)}", source="SearchSpace")
 
+    @property
+    def fixed(self) -> frozenset[str]:
+        """The parameters the space leaves one value (``min == max``, ``low == high``, one choice): a study
+        does not search them, so a training loop that hard-codes that value trains what the study records.
+
+        Example:
+            >>> sorted(SearchSpace("s", batch_min=32, batch_max=32).fixed)
+            ['batch_size']
+        """
+        one = [("batch_size", self.batch_max == self.batch_min), ("lr", self.lr_min == self.lr_max)]
+        for spec in self.params:
+            single = len(spec.choices or ()) == 1 if spec.kind == "categorical" else spec.low == spec.high
+            one.append((spec.name, single))
+        return frozenset(name for name, single in one if single)
+
     # -- writing ---------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -88,6 +88,7 @@ class FunctionJob(TrialJob):
                 params=plan.params_for_user(),
                 objective=self.objective,
                 optimizer=self.optimizer,
+                fixed=frozenset(plan.fixed),
             )
             return result
 

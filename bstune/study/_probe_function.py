@@ -148,9 +148,16 @@ class _Runner:
     """Runs the function for one probe measurement, counting the samples all of them used."""
 
     def __init__(
-        self, job: FunctionJob, params: dict[str, Any], seed: int, device: torch.device, num_workers: int
+        self,
+        job: FunctionJob,
+        params: dict[str, Any],
+        seed: int,
+        device: torch.device,
+        num_workers: int,
+        fixed: frozenset[str] = frozenset(),
     ) -> None:
         self.job, self.params, self.seed, self.device = job, params, seed, device
+        self.fixed = fixed  # what the space leaves one value: the loop need not read it
         self.num_workers = num_workers  # the trials' (a random augmentation draws as in a trial)
         self.samples = 0
         self.n_train: int | None = None  # the training set's size, once a run has opened ctx.loader
@@ -194,6 +201,7 @@ class _Runner:
             params=self.params | {"batch_size": batch, "lr": lr},
             objective=self.job.objective,
             optimizer=self.job.optimizer,
+            fixed=self.fixed,
             **kwargs,
         )
         self.samples += result.samples
@@ -252,7 +260,7 @@ def _probe(
 ) -> ProbeResult:
     started = time.perf_counter()
     dev = resolve_device(device)
-    run = _Runner(job, probe_params(space), seed, dev, num_workers)
+    run = _Runner(job, probe_params(space), seed, dev, num_workers, space.fixed)
     lr_min, lr_max = space.lr_min, space.lr_max
     batch = probe_batch(None, settings, space.batch_min, batch_cap)
     ratio = (lr_max / lr_min) ** (1.0 / (settings.lr_steps - 1))

@@ -64,6 +64,8 @@ class TrialPlan:
     temperature: float
     data_parallel: int = 1  # processes (devices) the trial trains on: DDP when more than one
     devices: tuple[str, ...] = ()  # their devices; () with data_parallel > 1: cuda:0.. or the CPU, where it runs
+    # "batch_size" and/or "lr" where the space leaves them one value: a loop that hard-codes it applies the trial's
+    fixed: tuple[str, ...] = ()
 
     def on_devices(self, devices: tuple[str, ...]) -> TrialPlan:
         """This plan trained on ``devices`` instead (a worker's): the first, or all of them data-parallel."""
@@ -83,6 +85,8 @@ class TrialPlan:
         out = {"params": clean_json(self.params), **self.attrs()}
         if self.data_parallel > 1:
             out |= {"data_parallel": self.data_parallel, "devices": list(self.devices)}
+        if self.fixed:
+            out["fixed"] = list(self.fixed)
         return out
 
     def params_for_user(self) -> dict[str, Any]:
@@ -102,6 +106,7 @@ class TrialPlan:
             temperature=float(data["temperature"]),
             data_parallel=int(data.get("data_parallel", 1)),
             devices=tuple(data.get("devices", ())),
+            fixed=tuple(data.get("fixed", ())),
         )
 
 
@@ -190,7 +195,8 @@ class TrialPlanner:
         m = config.momentum if config.momentum is not None else self.default_momentum
         devices = self.trial_devices if self.data_parallel > 1 else ()
         temp = temperature(config.lr, config.batch_size, m)
-        return TrialPlan(dict(params), config, model_kwargs, temp, self.data_parallel, devices)
+        fixed = tuple(sorted(self.space.fixed))
+        return TrialPlan(dict(params), config, model_kwargs, temp, self.data_parallel, devices, fixed)
 
     def sampler(self, inner: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
         """The sampler to draw this study's trials with: in the prior mode, ``inner`` with the prior's

@@ -130,6 +130,7 @@ class TrialContext:
         ramp: LRRamp | None = None,
         order: str = "epoch",
         evaluate: bool = True,
+        fixed: frozenset[str] = frozenset(),
     ) -> None:
         self._train_config = config
         self.optimizer_spec = optimizer or OptimizerSpec()
@@ -142,9 +143,12 @@ class TrialContext:
         )
         # the searched parameters a run must apply: model.<name> ones only the loop can; the optimizer's settings
         # count as applied through ctx.make_optimizer, the schedule's through ctx.lr_scheduler; a study's batch size
-        # through ctx.loader (or ctx.batch_size), its learning rate through either helper (or ctx.lr)
+        # through ctx.loader (or ctx.batch_size), its learning rate through either helper (or ctx.lr); not what
+        # the space leaves one value (``fixed``): a loop hard-coding it trains what the study records
         self._searched = frozenset(
-            k for k in params or {} if k.startswith("model.") or k in CHECKED_SETTINGS or k in ("batch_size", "lr")
+            k
+            for k in params or {}
+            if (k.startswith("model.") or k in CHECKED_SETTINGS or k in ("batch_size", "lr")) and k not in fixed
         )
         self.device = resolve_device(config.device)
         self.seed = config.seed

@@ -39,6 +39,7 @@ def run_function(
     order: str = "epoch",
     evaluate: bool = True,
     still_after: int | None = None,
+    fixed: frozenset[str] = frozenset(),
 ) -> tuple[TrainResult, TrialContext]:
     """Run the user's ``fn(ctx)`` as one training run of ``config``; never raises for divergence or
     OOM (like :func:`~bstune.training.train`); what else ``fn`` raises goes up.
@@ -50,11 +51,20 @@ def run_function(
     ``batch_schedule``), and the last step of training must end before ``config.max_samples``.
 
     torch, numpy and ``random`` are seeded with ``config.seed`` first, and their states are
-    restored after. Returns the run's :class:`~bstune.training.TrainResult` and the context
+    restored after. ``fixed`` names ``params`` the study does not search (``batch_size`` and ``lr`` of a space
+    that leaves them one value): the loop need not read them. Returns the run's :class:`~bstune.training.TrainResult` and the context
     (the probe reads its ramp and step times).
     """
     ctx = TrialContext(
-        config, params, callback, objective=objective, optimizer=optimizer, ramp=ramp, order=order, evaluate=evaluate
+        config,
+        params,
+        callback,
+        objective=objective,
+        optimizer=optimizer,
+        ramp=ramp,
+        order=order,
+        evaluate=evaluate,
+        fixed=fixed,
     )
     if still_after is not None:
         ctx._hold_still_after(still_after)

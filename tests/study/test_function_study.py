@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import re
@@ -827,3 +828,51 @@ def test_a_loop_that_reads_the_train_config_or_pickles_ctx_config_is_not_told(ca
             result = bstune.Study(fn, SPACE, **(ARGS | {"n_trials": 2, "rescore_top": 0})).run()
         unread = {k for t in result.trials if t.status == "completed" for k in t.unread_params}
         assert unread == ({"batch_size", "lr"} if fn is fixed else set()), fn.__name__
+
+
+@pytest.mark.parametrize("mode", ["baseline", "prior"])
+def test_a_loop_that_hard_codes_what_the_space_fixes_is_not_told(mode: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A newcomer fixed the batch size in the space (min == max == 32) and, since nothing was searched there,
+    batched at 32 in their own DataLoader: they were told the loop trained at its own batch size, and the
+    report gave no batch size. A model setting with one value, left to the loop's own default, is no miss
+    either (the prior mode's probe runs included); the learning rate, searched and never applied, still is."""
+    from bstune.report import build_report, render_markdown
+
+    space = SPACE | {
+        "batch_size": {"min": 32, "max": 32},
+        "params": {"model.width": {"type": "int", "low": 16, "high": 16}},
+    }
+
+    def hard_coded(ctx: TrialContext, *, apply_lr: bool = True) -> None:
+        model = net()
+        opt = torch.optim.SGD(model.parameters(), lr=ctx.config["lr"] if apply_lr else 0.1)
+        sched = ctx.lr_scheduler(opt) if apply_lr else None  # the probe's ramp goes through it
+        noise = ctx.noise_tracker(model)  # the probe's B_simple
+        while not ctx.done:
+            for xb, yb in torch.utils.data.DataLoader(TRAIN, batch_size=32, shuffle=True, drop_last=True):
+                loss = F.cross_entropy(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                noise.observe()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                if ctx.step(loss):
+                    break
+                if ctx.at_milestone():
+                    with torch.no_grad():
+                        ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+
+    with caplog.at_level(logging.WARNING, logger="bstune"):
+        result = bstune.Study(hard_coded, space, **(ARGS | {"n_trials": 2, "rescore_top": 0, "mode": mode})).run()
+    completed = [t for t in result.trials if t.status == "completed"]
+    assert completed and all(t.batch_size == 32 and t.unread_params == [] for t in completed)
+    assert "never read" not in caplog.text
+    (advice,) = [line for line in render_markdown(build_report(result).data).splitlines() if line.startswith("**Train")]
+    assert advice.startswith("**Train with batch size 32 and learning rate"), advice
+
+    if mode == "baseline":  # the control: the searched rate never reaches its optimizer (the probe needs it to)
+        result = bstune.Study(
+            functools.partial(hard_coded, apply_lr=False), space, **(ARGS | {"n_trials": 2, "rescore_top": 0})
+        ).run()
+        assert {k for t in result.trials if t.status == "completed" for k in t.unread_params} == {"lr"}
