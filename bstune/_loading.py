@@ -7,12 +7,24 @@ training loop as a function ``train(ctx)`` (see :class:`bstune.TrialContext`), w
 ``python script.py`` would, minus its ``if __name__ == "__main__":`` block, and with the
 script's folder first on ``sys.path`` as ``python`` puts it, so that the script imports the
 modules beside it (``from my_data import load``).
+
+The script's module is named ``bstune_user_<hash>`` (so that a script called ``torch.py``
+shadows nothing), and that name is importable in every process started from this one: a
+folder on ``sys.path`` (which ``multiprocessing`` hands to the processes it spawns) holds a
+``bstune_user_<hash>.py`` that loads the script itself. So trial workers, re-scoring and
+data-parallel processes, and the DataLoader workers they spawn unpickle the script's
+functions and classes (a ``Dataset`` subclass, a ``functools.cache`` function) by name,
+as the same objects the script's module holds.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import importlib.util
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -80,6 +92,7 @@ def _import(path: str | Path) -> ModuleType:
         raise ConfigError("cannot be imported as a Python module", source=str(path))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    _importable(name, script.resolve())
     folder = script.resolve().parent
     if str(folder) not in sys.path:  # as `python SCRIPT` does; kept, for imports the training makes later
         sys.path.insert(0, str(folder))
@@ -88,6 +101,30 @@ def _import(path: str | Path) -> ModuleType:
     except Exception as exc:
         raise ConfigError(f"importing the script raised {type(exc).__name__}: {exc}", source=str(path)) from exc
     return module
+
+
+@functools.cache
+def _shims() -> Path:
+    """This process's folder of shims (:func:`_importable`); removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="bstune-scripts-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def _importable(name: str, script: Path) -> None:
+    """Let ``import name`` load ``script`` under that name in processes spawned from this one (see the module
+    docstring): the shim puts the script's own module in its place, with its ``__file__``."""
+    shim = _shims() / f"{name}.py"
+    if str(shim.parent) not in sys.path:
+        sys.path.append(str(shim.parent))  # last: it holds bstune_user_* names only
+    if shim.exists():
+        return
+    shim.write_text(
+        "import importlib.util, sys\n"
+        f"_spec = importlib.util.spec_from_file_location(__name__, {str(script)!r})\n"
+        "_module = sys.modules[__name__] = importlib.util.module_from_spec(_spec)\n"
+        "_spec.loader.exec_module(_module)\n"
+    )
 
 
 def _task_of(module: Any, path: str | Path) -> Task:

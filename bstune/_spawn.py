@@ -5,8 +5,9 @@ One side pickles; the other, its parent or its own child started by ``multiproce
 *spawn* context, unpickles what it was handed through the pipe or queue the two share, as
 ``multiprocessing`` itself does with a process's arguments and results. Nothing here reads
 a file or the network. cloudpickle, where installed (the ``ray`` extra installs it), also ships
-lambdas and the functions of a script bstune loaded (by value); without it the standard
-pickle needs every function at module level.
+lambdas (by value); without it the standard pickle needs every function at module level. A
+script bstune loaded is shipped by name, as any module is: its children import it
+(:mod:`bstune._loading`), so that its classes stay the ones its module holds.
 
 A spawned child spends its first seconds importing (torch, bstune, the user's script)
 before any of bstune's code runs in it. A Ctrl-C then (a terminal sends it to every process
@@ -32,7 +33,6 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bstune._keys import SCRIPT_MODULE_PREFIX
 from bstune.errors import ConfigError
 
 __all__ = [
@@ -56,13 +56,19 @@ def pack(obj: Any) -> bytes:
         >>> unpack(pack({"batch_size": 32}))
         {'batch_size': 32}
     """
+    if getattr(sys.modules.get("__main__"), "__file__", None) is not None:
+        # by name where the child imports what it names: a script's __main__ (spawn runs the script again in the
+        # child) and bstune's loaded scripts. cloudpickle would ship __main__'s functions and classes by value, as
+        # copies that are not the child's own: a DataLoader worker spawned from there then failed to pickle the
+        # script's Dataset ("it's not the same object as __main__.Blobs")
+        try:
+            return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # a lambda, a function defined inside another: cloudpickle ships those by value
+            pass
     try:
         import cloudpickle
-    except ImportError:
+    except ImportError:  # a notebook's own functions (its __main__ has no file to import) need cloudpickle
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    for module in list(sys.modules.values()):
-        if getattr(module, "__name__", "").startswith(SCRIPT_MODULE_PREFIX):
-            cloudpickle.register_pickle_by_value(module)
     return bytes(cloudpickle.dumps(obj))
 
 

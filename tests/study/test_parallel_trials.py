@@ -628,3 +628,84 @@ def test_workers_that_give_up_on_failing_code_end_the_study_as_failed_not_crashe
         study(task, f"sqlite:///{tmp_path}/s.db", n_trials=12).run()
     trials = optuna.load_study(study_name="bstune-task", storage=f"sqlite:///{tmp_path}/s.db").trials
     assert 3 <= len(trials) < 12
+
+
+DATASET_LOOP_SCRIPT = """
+import functools
+
+import torch
+from torch.nn import functional as F
+
+
+class Blobs(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+@functools.cache
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 8, generator=g)
+    y = (x[:, 0] > 0).long()
+    return x[:400], y[:400], x[400:], y[400:]
+
+
+def train(ctx):
+    x, y, vx, vy = data()
+    train_set = Blobs(x, y)
+    model = torch.nn.Linear(8, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=ctx.config["lr"])
+    for xb, yb in ctx.loader(train_set, num_workers=1):
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ctx.step(loss)
+        if ctx.at_milestone():
+            with torch.no_grad():
+                ctx.report(val_loss=F.cross_entropy(model(vx), vy))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["cli", "python"])
+def test_a_loop_with_its_own_dataset_class_and_cached_data_runs_on_two_workers(tmp_path: Path, how: str) -> None:
+    """A newcomer's `bstune run loop.py --parallel-trials 2` (data from a functools.cache function): every worker
+    died with "No module named 'bstune_user_...'", examples/own_loop.py's too. From Python (the loop in the
+    script that runs the study), its DataLoader's workers failed: "it's not the same object as __main__.Blobs"."""
+    (tmp_path / "loop.py").write_text(DATASET_LOOP_SCRIPT)
+    args = "--trials 2 --budget-samples 800 --mode baseline --rescore-top 0 --parallel-trials 2 --device cpu"
+    if how == "cli":
+        command = [
+            sys.executable,
+            "-m",
+            "bstune",
+            "run",
+            "loop.py",
+            "--space",
+            "space.yaml",
+            "--out",
+            "out",
+            *args.split(),
+        ]
+        (tmp_path / "space.yaml").write_text("name: s\nbatch_size: {min: 8, max: 64}\nlr: {min: 0.01, max: 1.0}\n")
+    else:
+        (tmp_path / "study.py").write_text(
+            DATASET_LOOP_SCRIPT
+            + 'if __name__ == "__main__":\n'
+            + "    import bstune\n"
+            + '    space = {"name": "s", "batch_size": {"min": 8, "max": 64}, "lr": {"min": 0.01, "max": 1.0}}\n'
+            + "    result = bstune.Study(train, space, n_trials=2, budget_samples=800, mode='baseline', rescore_top=0,\n"
+            + "                          parallel_trials=2, device='cpu', progress=False).run()\n"
+            + "    print(sorted(str(t.status) for t in result.trials))\n"
+        )
+        command = [sys.executable, "study.py"]
+    done = subprocess.run(command, cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "failed" not in done.stderr, done.stderr[-3000:]
