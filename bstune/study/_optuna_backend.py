@@ -51,6 +51,7 @@ from bstune.study._resume import check_settings
 from bstune.study._storage import open_storage, storage_failure
 from bstune.study._trial import SYSTEMATIC_ATTR, TrialOutcome, give_up
 from bstune.study._trial_plan import TrialPlan, TrialPlanner
+from bstune.study._trial_taking import TakeLock, wait_for_peers
 from bstune.study._workers import pickled, run_workers, worker_devices
 from bstune.training import Decision, EvalRecord
 
@@ -161,6 +162,7 @@ class OptunaBackend(TrialBackend):
         # when this process began running trials: the trials begun since are this run's (see _gave_up)
         self._since = datetime.datetime.now()
         self._stopped = False  # this run gave up on the study (its code fails): draw no more trials
+        self._take: TakeLock | None = None  # the lock a sequential run counts the trials and takes one under
         self._temporary: tuple[BaseStorage, str] | None = None  # parallel trials without a storage: a journal
 
     def worker_url(self) -> str | None:
@@ -304,6 +306,7 @@ class OptunaBackend(TrialBackend):
             )
         if settings.workers > 1:
             run_workers(study, settings, pickled((spec, planner, str(self._url))), work_on, where=self.storage_name())
+            wait_for_peers(study, settings, lambda: None)  # trials another run on this storage counts in n_trials
             return trial_records(study.get_trials(deepcopy=False))
         study.sampler = planner.sampler(study.sampler)
         self._since, self._stopped = datetime.datetime.now(), False
@@ -311,30 +314,44 @@ class OptunaBackend(TrialBackend):
         # re-scoring may not recommend
         bar = progress_bar(settings.progress, "trials", total=settings.n_trials, unit="trial")
 
-        def advance(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        def advance(study: optuna.Study, trial: optuna.trial.FrozenTrial | None) -> None:
             bar.update(count_finished(study) - bar.n)
+
+        take = self._take = TakeLock(self._reopen_url())
+
+        def taking(trial: Trial) -> float:
+            take.let_go()  # the trial is stored as running: another process counting now counts it
+            return objective(trial)
 
         with optuna_quiet(), bar:  # failed trials are logged once, by us, without Optuna's traceback
             lost: list[int] = []  # trials of ours that another process declared abandoned
             untold = Untold()
             objective = with_heartbeat(self._objective, settings.heartbeat_interval, lost, untold)
             bar.update(count_finished(study))
-            while (remaining := settings.n_trials - count_finished(study)) > 0 and not self._stopped:
-                self._lower_ceiling(study)
+            while not self._stopped:
+                take.take()
                 try:
+                    if count_taken(study) >= settings.n_trials:  # finished, or running here or in another process
+                        take.let_go()
+                        if not wait_for_peers(study, settings, lambda: advance(study, None)):
+                            break
+                        retry_abandoned(study, settings.grace_period)  # a peer died: its trial runs again here
+                        continue
+                    self._lower_ceiling(study)
                     with interrupts_kept(study, untold):
                         study.optimize(
-                            objective,
-                            n_trials=remaining,
+                            taking,
+                            n_trials=settings.n_trials - count_finished(study),
                             catch=(TrialFailure,),
                             callbacks=[self._after_trial, advance],
                             show_progress_bar=False,
                         )
-                    break
                 except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
                     if not lost:
                         raise
                     lost.clear()  # Optuna refused to tell a trial another process failed: its retry counts
+                finally:
+                    take.let_go()
         return trial_records(study.get_trials(deepcopy=False))
 
     def run_plans(self, plans: list[TrialPlan]) -> list[TrialOutcome]:
@@ -381,11 +398,14 @@ class OptunaBackend(TrialBackend):
             lost: list[int] = []
             untold = Untold()
             objective = with_heartbeat(self._objective, settings.heartbeat_interval, lost, untold)
+            take = TakeLock(self._reopen_url())  # against other runs on this storage, as the gate is between workers
             while os.getppid() == parent:
                 held = gate.take(worker)
+                take.take()
 
                 def let_go(trial: Trial) -> float:
                     nonlocal held
+                    take.let_go()
                     if held:
                         held = False
                         gate.let_go()  # the trial is in the storage as running: the next worker may count it
@@ -403,6 +423,7 @@ class OptunaBackend(TrialBackend):
                         raise
                     lost.clear()  # Optuna refused to tell a trial another process failed: its retry counts
                 finally:
+                    take.let_go()
                     if held:
                         gate.let_go()
 
@@ -471,7 +492,10 @@ class OptunaBackend(TrialBackend):
             trial_lines.info("%s", trial_line(trial, self._spec.settings.objective))
         retry_abandoned(study, self._spec.settings.grace_period)
         self._lower_ceiling(study)
-        if count_finished(study) >= self._spec.settings.n_trials or self._gave_up(study):
+        if self._take is not None:
+            self._take.take()  # held until the next trial is stored as running (or the run stops)
+        # trials running in other processes count: each finishes its own, and the study ends with n_trials
+        if count_taken(study) >= self._spec.settings.n_trials or self._gave_up(study):
             study.stop()
 
     def _gave_up(self, study: optuna.Study) -> bool:

@@ -5,7 +5,8 @@
 Runs a study of small MLPs on Gaussian blobs (trials of a second or two) on STORAGE
 until N_TRIALS have finished (across every process on that storage), then writes to
 OUT_JSON the trials this process ran to their end: ``{number: [state, value]}``, told
-apart from other processes' by the owner that bstune records on each trial. With
+apart from other processes' by the owner that bstune records on each trial, and to
+OUT_JSON.running how many of the study's trials were still running when its run returned. With
 BSTUNE_TEST_FUNCTION=1 the study tunes the same problem as a user's training function
 (:func:`train_blobs`) instead of the task; with BSTUNE_TEST_MODE=prior it probes first.
 """
@@ -107,6 +108,8 @@ def main(storage: str, n_trials: int, out: Path) -> None:
         if t.system_attrs.get(OWNER_KEY, {}).get("pid") == os.getpid() and t.state != TrialState.RUNNING
     }
     out.write_text(json.dumps(mine))
+    # trials still running (another process's) when this run returned: it should have waited for them
+    Path(f"{out}.running").write_text(str(sum(t.state == TrialState.RUNNING for t in result.optuna_study.get_trials())))
 
 
 if __name__ == "__main__":

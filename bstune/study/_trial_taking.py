@@ -1,0 +1,134 @@
+"""How a process takes its share of a study's ``n_trials`` beside other processes on the same storage.
+
+Two ``bstune run`` of one study (or one run's trial workers beside another run) each count the
+trials finished and running before they take the next. Counted without a lock, both may see one
+trial left and both take it, and the study ends with a trial more than ``n_trials``. On a SQLite or
+journal file the count and the new trial's creation happen under an exclusive ``flock`` of
+``<file>.lock``, which the OS releases when its holder dies. On a database server (or where
+``fcntl`` is missing) there is no lock: the count and the creation are a read and a write apart,
+milliseconds, so two processes rarely both take the last trial. A run whose count is reached while
+a peer's trial is still running waits for it (:func:`wait_for_peers`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bstune.study._liveness import stored_progress
+from bstune.study._storage import storage_file
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import BaseStorage
+
+    from bstune.study._settings import StudySettings
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (see the module docstring)
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["TakeLock", "wait_for_peers"]
+
+logger = logging.getLogger(__name__)
+_PEER_POLL_S = 1.0  # how often a run waiting for peers' trials looks at the storage
+
+
+class TakeLock:
+    """Held from counting a study's trials to the new trial being stored as running (:meth:`let_go` then).
+
+    A process that waits longer than ``patience`` seconds goes on without it (logged; at worst
+    one trial too many). Holding it again while held, or letting go when not held, does nothing.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> lock = TakeLock(f"sqlite:///{folder}/study.db")
+        >>> lock.take(), lock.held, lock.path.name
+        (True, True, 'study.db.lock')
+        >>> lock.let_go(); lock.held
+        False
+        >>> TakeLock("postgresql://db/x").take()  # no file: nothing to lock
+        False
+    """
+
+    POLL_S = 0.05
+
+    def __init__(self, url: str | Path | BaseStorage | None, patience: float = 120.0) -> None:
+        file = storage_file(url)
+        self.path = (
+            None if file is None or fcntl is None or file.name == ":memory:" else file.with_name(file.name + ".lock")
+        )
+        self._patience = patience
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def take(self) -> bool:
+        """Wait for the lock; True when held, False where there is none or ``patience`` ran out."""
+        if self.path is None or fcntl is None:
+            return False
+        if self._fd is not None:
+            return True
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only folder: the storage itself says so when it writes
+            logger.debug("no trial lock at %s: %s", self.path, exc)
+            return False
+        deadline = time.monotonic() + self._patience
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    logger.warning(
+                        "waited %.0f s for %s (another process counting the study's trials); going on",
+                        self._patience,
+                        self.path,
+                    )
+                    return False
+                time.sleep(self.POLL_S)
+                continue
+            except OSError as exc:  # a file system without flock
+                os.close(fd)
+                logger.debug("no trial lock at %s: %s", self.path, exc)
+                return False
+            self._fd = fd
+            return True
+
+    def let_go(self) -> None:
+        """Release the lock, if held (closing the file releases it)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def wait_for_peers(study: optuna.Study, settings: StudySettings, on_poll: Callable[[], None]) -> bool:
+    """Wait while trials run in other processes with their owners alive (:func:`stored_progress`); True when
+    it waited (count the study's trials again: a peer's trial may have been given up and queued to run again),
+    False when none ran. ``on_poll`` is called at each look (a progress bar's update).
+
+    A study's run ends once its ``n_trials`` are finished, so a run whose last trial ends
+    while a peer's is still running waits for it rather than report a study still in progress.
+    """
+    _, alive = stored_progress(study.get_trials(deepcopy=False), settings.grace_period)
+    if not alive:
+        return False
+    logger.info(
+        "waiting for %d trial%s running in another process on this study (n_trials counts them)",
+        alive,
+        "s" if alive != 1 else "",
+    )
+    while alive:
+        time.sleep(min(settings.heartbeat_interval, _PEER_POLL_S))
+        on_poll()
+        _, alive = stored_progress(study.get_trials(deepcopy=False), settings.grace_period)
+    return True
