@@ -93,7 +93,7 @@ class Direction(str, Enum):
 # read as maximized when one of its words (split at anything not a letter or digit) is
 # in MAXIMIZE_WORDS; as minimized when it contains one of MINIMIZE_WORDS anywhere; a
 # name that matches both or neither must be declared with Metric(fn, direction=...).
-MAXIMIZE_WORDS = frozenset({"accuracy", "acc", "f1", "auc", "precision", "recall", "top1", "top5"})
+MAXIMIZE_WORDS = frozenset({"accuracy", "acc", "f1", "auc", "precision", "recall", "top1", "top5", "r2"})
 MINIMIZE_WORDS = ("loss", "error", "mse", "mae", "rmse", "nll", "perplexity")
 # short names matched as whole words only (a substring "ppl" or "cer" could sit inside another word)
 MINIMIZE_TOKENS = frozenset({"ppl", "bpc", "bpb", "bpd", "wer", "cer", "err"})
@@ -102,12 +102,14 @@ MINIMIZE_TOKENS = frozenset({"ppl", "bpc", "bpb", "bpd", "wer", "cer", "err"})
 QUALIFIER_WORDS = frozenset(
     {
         "drop", "gap", "std", "stddev", "var", "variance", "delta", "diff", "minus", "regret", "decrease", "gain",
-        "increase", "reduction", "improvement",
+        "increase", "reduction", "improvement", "neg", "negative", "negated", "inv", "inverse",
     }
 )  # fmt: skip
-# one minus a maximized measure (1-acc, 1 - f1): an error, so it must be declared; "1-nn_acc" (a 1-nearest-neighbour
-# accuracy) is not one
-_ONE_MINUS = re.compile(r"\s*1\s*-\s*(" + "|".join(sorted(MAXIMIZE_WORDS)) + r")\b")
+# one minus a maximized measure (1-acc, 1 - val_f1): an error, so it must be declared; "1-nn_acc" (a 1-nearest-neighbour
+# accuracy) and "1-shot_acc" are not one
+_ONE_MINUS = re.compile(
+    r"\s*1\s*-\s*((train|val|valid|validation|test|eval|dev)[^a-z0-9]?)?(" + "|".join(sorted(MAXIMIZE_WORDS)) + r")\b"
+)
 
 
 def infer_direction(name: str) -> Direction | None:
@@ -120,8 +122,8 @@ def infer_direction(name: str) -> Direction | None:
         True
         >>> infer_direction("val_ppl"), infer_direction("test_wer")  # perplexity, word error rate
         (<Direction.MINIMIZE: 'minimize'>, <Direction.MINIMIZE: 'minimize'>)
-        >>> [infer_direction(n) for n in ("top1_err", "accuracy_drop", "1-acc")]  # an error or drop of an accuracy
-        [None, None, None]
+        >>> [infer_direction(n) for n in ("top1_err", "accuracy_drop", "1-val_acc", "neg_mse")]  # measures of a measure
+        [None, None, None, None]
     """
     lowered = name.lower()
     words = re.split(r"[^a-z0-9]+", lowered)

@@ -66,6 +66,13 @@ def test_direction_compares_ranks_and_reaches_each_way() -> None:
         ("val_err", "minimize"),
         ("val_acc_err", None),
         ("1-acc", None),  # one minus an accuracy
+        ("1-val_acc", None),  # a newcomer's was maximized
+        ("1 - test_accuracy", None),
+        ("neg_mse", None),  # scikit-learn's neg_mean_squared_error is maximized: its mse word said minimize
+        ("negative_loss", None),
+        ("inv_perplexity", None),
+        ("val_r2", "maximize"),  # the coefficient of determination
+        ("r2_score", "maximize"),
         ("1-nn_acc", "maximize"),  # a 1-nearest-neighbour accuracy
         ("1-shot_acc", "maximize"),
         ("err_reduction", None),  # a reduction of an error: larger is better
