@@ -565,13 +565,19 @@ class TrialContext:
         self.status, self.message, self._stopped = RunStatus.DIVERGED, message, True
         raise _Diverged(message)
 
-    def _record(self, milestone: int, metrics: Mapping[str, Any]) -> None:
+    def _record(self, milestone: int, metrics: Mapping[str, Any], *, returned: bool = False) -> None:
         if self.objective not in metrics:
+            said = ", ".join(sorted(metrics))
             raise ConfigError(
-                f"reported {', '.join(sorted(metrics)) or 'nothing'} but not the study's objective "
-                f"{self.objective!r}; report it, or choose one of those as the objective (objective= in Python, "
-                "--objective on the command line)",
-                source="ctx.report",
+                (f"returned {said}" if returned else f"reported {said}" if said else "reported no metric")
+                + f" but not the study's objective {self.objective!r}; "
+                + (
+                    "return it too, or return nothing, or choose one of those as "
+                    if returned
+                    else "report it, or choose one of those as "
+                )
+                + "the objective (objective= in Python, --objective on the command line)",
+                source="the training function's return value" if returned else "ctx.report",
             )
         values: dict[str, float] = {}
         for name, value in metrics.items():
@@ -616,14 +622,15 @@ class TrialContext:
         """After the function returned: metrics it returned stand for the last milestone it did not report."""
         if self.status is not RunStatus.COMPLETED:
             return
-        if isinstance(returned, Mapping) or is_number(returned):
+        # a run that evaluates nothing (the probe's range tests and timing) reads no metric, and an empty dict says none
+        if self._evaluate and ((isinstance(returned, Mapping) and returned) or is_number(returned)):
             metrics = dict(returned) if isinstance(returned, Mapping) else {self.objective: returned}
             reached = [m for m in self._marks[self._next :] if m <= self.samples]
             if reached:
                 self._next += len(reached)
-                self._record(reached[-1], metrics)
+                self._record(reached[-1], metrics, returned=True)
             elif not self.history:
-                self._record(self.samples, metrics)
+                self._record(self.samples, metrics, returned=True)
         if self._ramp is None and 0 < self.samples < self._train_config.max_samples and not self._stopped:
             self.message = (
                 f"the function returned after {self.samples:,} of its {self._train_config.max_samples:,} samples"

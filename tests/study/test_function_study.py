@@ -876,3 +876,30 @@ def test_a_loop_that_hard_codes_what_the_space_fixes_is_not_told(mode: str, capl
             functools.partial(hard_coded, apply_lr=False), space, **(ARGS | {"n_trials": 2, "rescore_top": 0})
         ).run()
         assert {k for t in result.trials if t.status == "completed" for k in t.unread_params} == {"lr"}
+
+
+def test_a_loop_that_returns_extra_metrics_or_an_empty_dict_runs_through_the_probe() -> None:
+    """A newcomer's loop ended with ``return last`` (``{}`` until its first milestone, its last metrics after):
+    the probe's range test, which evaluates nothing, failed with "ctx.report: reported nothing but not the
+    study's objective"; a loop returning ``{"note": 1.0}`` after reporting every milestone failed there too."""
+
+    def returns_empty(ctx: TrialContext) -> dict[str, float]:
+        tracked_loop(ctx)
+        return {}
+
+    def returns_extra(ctx: TrialContext) -> dict[str, float]:
+        tracked_loop(ctx)
+        return {"note": 1.0}
+
+    for fn in (returns_empty, returns_extra):
+        result = bstune.Study(fn, SPACE, **(ARGS | {"mode": "prior", "n_trials": 2, "rescore_top": 0})).run()
+        assert result.probe is not None and all(t.status == "completed" for t in result.trials), fn.__name__
+
+
+def test_a_loop_that_returns_no_objective_for_its_unreported_milestones_is_told_so() -> None:
+    def returns_other(ctx: TrialContext) -> dict[str, float]:
+        tracked_loop(ctx, report=False)
+        return {"note": 1.0}
+
+    with pytest.raises(StudyFailedError, match=re.escape("the training function's return value: returned note but")):
+        bstune.Study(returns_other, SPACE, **(ARGS | {"n_trials": 2, "rescore_top": 0})).run()
