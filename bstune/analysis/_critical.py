@@ -422,9 +422,13 @@ def fit_critical_batch(
     distinct = sorted({b for b, _ in reached})
     if len(distinct) < 3:
         shown = ", ".join(f"{b:g}" for b in distinct) or "none"
+        tried = {b for b, _ in reached} | {p.batch_size for p in censored}
+        advice = (  # a space that fixes the batch size: no target helps
+            _advice(censored) if len(tried) >= 3 else "it takes trials at 3 or more batch sizes, which these runs lack"
+        )
         raise EstimationError(
             f"fitting S(B) = S_min(1 + B_crit/B) needs points that reached the target at >= 3 distinct batch sizes, "
-            f"got {len(distinct)} ({shown}{_bounds_text(censored)}): {_advice(censored)}"
+            f"got {len(distinct)} ({shown}{_bounds_text(censored)}): {advice}"
         )
     x = np.log(np.array([b for b, _ in reached]))
     y = np.log(np.array([s for _, s in reached]))

@@ -58,9 +58,14 @@ def _probe_and_prior(
         band = f"batch sizes {prior['batch_low']}–{prior['batch_high']}"
         if prior.get("search_batch_range"):
             lo, hi = prior["search_batch_range"]
-            if prior["batch_low"] <= lo or prior["batch_high"] >= hi:  # pushed against a limit: slid, not cut
-                band += " (the band below B_noise, slid inside the batch sizes the search allows, keeping its width)"
-            band += f" (the search could draw from {lo}–{hi})"
+            if lo == hi:  # the space fixes the batch size
+                band = f"batch size {lo} (the only one the search allows)"
+            else:
+                if prior["batch_low"] <= lo or prior["batch_high"] >= hi:  # pushed against a limit: slid, not cut
+                    band += (
+                        " (the band below B_noise, slid inside the batch sizes the search allows, keeping its width)"
+                    )
+                band += f" (the search could draw from {lo}–{hi})"
         out.append(
             f"The prior drew its first trials from {band}, at learning rates "
             f"within {_n(prior['lr_width'], 'g')}x of the rule η*(B) ∝ s(B){power}, s(B) = 1/(1/B + 1/B_noise), "

@@ -199,7 +199,12 @@ def critical_batch_lines(data: dict[str, Any]) -> list[str]:
     tried = cb.get("batch_sizes_tried")
     if tried:
         out.append(
-            f"Trials ran at {tried['n']} batch sizes, {tried['min']}–{tried['max']}; the fit takes, per "
+            (
+                f"Trials ran at {tried['n']} batch sizes, {tried['min']}–{tried['max']}"
+                if tried["n"] != 1
+                else f"Trials ran at one batch size, {tried['min']}"
+            )
+            + "; the fit takes, per "
             "half-octave of batch size, the trial that reached the target in the fewest steps"
             + (" (the table below)" if "error" not in cb else "")
             + "; in a half-octave where none reached it, the trial that trained longest without reaching it, as a "

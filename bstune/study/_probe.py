@@ -261,7 +261,7 @@ def _run_probe(
         )
     if est.rel_half_width > 2 * settings.rel_precision:
         logger.warning(
-            "probe: B_simple %.4g is uncertain (90%% CI %.4g .. %.4g) even with batches of %d",
+            "probe: B_simple %.4g is uncertain (90%% CI %.4g .. %.4g from sampling alone) even with batches of %d",
             est.b_simple,
             est.ci[0],
             est.ci[1],

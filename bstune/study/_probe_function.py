@@ -349,7 +349,7 @@ def _probe(
         )
     if est.rel_half_width > 2 * settings.rel_precision:
         logger.warning(
-            "probe: B_simple %.4g is uncertain (90%% CI %.4g .. %.4g) from %d examples at one point",
+            "probe: B_simple %.4g is uncertain (90%% CI %.4g .. %.4g from sampling alone) from %d examples at one point",
             est.b_simple,
             est.ci[0],
             est.ci[1],

@@ -46,16 +46,19 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
     probe, prior = result.get("probe"), result.get("prior")
     if probe and prior:
         lo, hi = probe["b_simple_ci"]
+        large = probe["large_batch"]
+        if large == probe["batch_size"]:  # one batch size: the space's, or the training set's, allows no larger
+            at_large = ""
+        elif probe.get("lr_ceiling_at_max") and large > probe["batch_size"]:
+            at_large = f", no test at B={large} (a larger batch only raises it)"
+        else:
+            at_large = f", {_ceiling(probe['lr_ceiling_large'], probe.get('lr_ceiling_large_at_max'))} at B={large}"
         lines.append(
-            f"probe: B_simple {_bound(probe['b_simple']).replace('inf', 'unresolved')} (90% CI {_bound(lo)} .. {_bound(hi)}) at lr "
+            f"probe: B_simple {_bound(probe['b_simple']).replace('inf', 'unresolved')} (90% CI {_bound(lo)} .. {_bound(hi)}"
+            + (", widened for another seed" if probe.get("b_simple_sampling_ci") else "")
+            + ") at lr "
             f"{probe['lr_probe']:.3g}; LR ceiling {_ceiling(probe['lr_ceiling'], probe.get('lr_ceiling_at_max'))} "
-            f"at B={probe['batch_size']}, "
-            + (
-                f"no test at B={probe['large_batch']} (a larger batch only raises it)"
-                if probe.get("lr_ceiling_at_max") and probe["large_batch"] > probe["batch_size"]
-                else f"{_ceiling(probe['lr_ceiling_large'], probe.get('lr_ceiling_large_at_max'))}"
-                f" at B={probe['large_batch']}"
-            )
+            f"at B={probe['batch_size']}{at_large}"
         )
         if probe.get("lr_ceiling_at_max"):
             lines.append(

@@ -868,8 +868,16 @@ def test_a_loop_that_hard_codes_what_the_space_fixes_is_not_told(mode: str, capl
     completed = [t for t in result.trials if t.status == "completed"]
     assert completed and all(t.batch_size == 32 and t.unread_params == [] for t in completed)
     assert "never read" not in caplog.text
-    (advice,) = [line for line in render_markdown(build_report(result).data).splitlines() if line.startswith("**Train")]
+    text = render_markdown(build_report(result).data)
+    (advice,) = [line for line in text.splitlines() if line.startswith("**Train")]
     assert advice.startswith("**Train with batch size 32 and learning rate"), advice
+    if mode == "prior":  # what the report and summary say of one batch size, said once and in the singular
+        from bstune.study._summary import format_summary
+
+        assert "The prior drew its first trials from batch size 32 (the only one the search allows)" in text
+        assert "keeping its width" not in text and "Trials ran at one batch size, 32;" in text
+        (probe_line,) = [line for line in format_summary(result.to_dict()).splitlines() if "LR ceiling" in line]
+        assert probe_line.count("at B=32") == 1 and "widened for another seed" in probe_line, probe_line
 
     if mode == "baseline":  # the control: the searched rate never reaches its optimizer (the probe needs it to)
         result = bstune.Study(
