@@ -230,7 +230,7 @@ class BstuneCallback(pl.Callback):
             )
             self._warned_no_loss = True
         ctx.step(loss)
-        if not ctx.done:
+        if not ctx._is_done():
             return
         trainer.should_stop = True  # Lightning validates once more before it stops...
         pending = ctx.next_milestone

@@ -82,6 +82,9 @@ _NO_OPTIMIZER = {
     for k in OPTIMIZER_SETTINGS
 }  # ctx.config's optimizer settings are the declared optimizer's: none declared, none named
 SHORT_STEPS_SEEN = 4  # steps a run takes before _check_short judges its share of short ones
+# ctx.done read this many times in a row with no step between: a spinning loop (a loop spinning reads it so often
+# in well under a second; one that evaluates between steps reads it once per batch at most)
+SPIN_READS = 100_000
 _late_report_said = False  # a report a step or more past its milestone: said once per process
 _between_report_said = False  # a report between milestones (not recorded): said once per process, not per trial
 
@@ -190,6 +193,7 @@ class TrialContext:
         self._step_samples = 0  # the last step's samples (ctx.step)
         self._short = 0  # steps counted (ctx.step(samples=...)) below the batch size
         self.other_optimizer: str | None = None  # how the loop's optimizer differs from the declared one
+        self._steps_at_done, self._done_reads = 0, 0  # ctx.done read this many times in a row at this step count
 
     # -- what the function reads -----------------------------------------------------
     @property
@@ -233,7 +237,29 @@ class TrialContext:
 
     @property
     def done(self) -> bool:
-        """True once the budget is spent or the trial was stopped (pruned, diverged, the probe's ramp ended)."""
+        """True once the budget is spent or the trial was stopped (pruned, diverged, the probe's ramp ended).
+
+        Raises:
+            ConfigError: read :data:`SPIN_READS` times in a row with no ``ctx.step`` between: a loop such as
+                ``while not ctx.done: for batch in my_batches(): ...`` whose batches ran out without a step
+                would otherwise spin for ever.
+        """
+        if self.steps == self._steps_at_done:
+            self._done_reads += 1
+            if self._done_reads >= SPIN_READS and not self._is_done():
+                raise ConfigError(
+                    f"read {self._done_reads:,} times in a row with no ctx.step() between ({self.samples:,} samples "
+                    "trained): the loop is spinning; its batches ran out without a step (an empty epoch: its own "
+                    "loader batching more examples than its data holds, with drop_last?), or it does not call "
+                    "ctx.step(loss) after each optimizer step",
+                    source="ctx.done",
+                )
+        else:
+            self._steps_at_done, self._done_reads = self.steps, 1
+        return self._is_done()
+
+    def _is_done(self) -> bool:
+        """:attr:`done` for bstune's own reads."""
         return self._stopped or self.samples >= self._train_config.max_samples
 
     @property
@@ -335,7 +361,7 @@ class TrialContext:
         batches = iter(loader)
         taken, n_batches = 0, 0  # samples and batches handed to the loop
         slack = max(self._train_config.max_samples // 2, max(self._train_config.batch_sizes))
-        while not self.done:
+        while not self._is_done():
             if taken - self.samples > slack:
                 raise ConfigError(
                     f"the loop took {taken:,} samples from ctx.loader but counted {self.samples:,} with "
@@ -446,7 +472,7 @@ class TrialContext:
             self._check_divergence(value)
             self._window_loss += value
             self._window_steps += 1
-        return self.done
+        return self._is_done()
 
     def _check_short(self, samples: int | None) -> None:
         """A loader of the loop's own has short batches now and then: an epoch's tail, one per DataLoader worker of
@@ -546,7 +572,7 @@ class TrialContext:
             self._stopped = True
         elif self._smoothed < self._best:
             self._best = self._smoothed
-        return self.done
+        return self._is_done()
 
     def _check_divergence(self, value: float) -> None:
         factor = self._train_config.divergence_factor

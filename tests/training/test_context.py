@@ -18,6 +18,7 @@ from torch.nn import functional as F
 import bstune
 from bstune.errors import ConfigError
 from bstune.training import Decision, LRRamp, RunStatus, TrainConfig, TrialContext, TrialPruned, lr_at, run_function
+from bstune.training._context import SPIN_READS
 
 G = torch.Generator().manual_seed(0)
 X = torch.randn(600, 8, generator=G)
@@ -924,3 +925,37 @@ def test_a_tracked_step_that_trained_fewer_examples_than_it_counts_is_refused() 
     with pytest.raises(ConfigError, match=r"noise\.observe\(\) saw 40 examples in this step, but ctx\.step counts 64"):
         _own_loader_run(40, None, count=False, batch_size=64, track_noise=True, noise_every_steps=1)
     _own_loader_run(40, None, count=False, batch_size=64)  # no tracker: nothing to compare against
+
+
+def test_a_loop_spinning_on_ctx_done_with_no_batches_is_stopped_with_the_reason() -> None:
+    """A newcomer's loop batched with its own drop-last batches, larger than its data: each epoch was empty, and
+    ``while not ctx.done`` spun for ever with nothing said."""
+    x = torch.randn(40, 4)
+
+    def own_batches(batch: int) -> Iterator[torch.Tensor]:
+        for i in range(0, len(x) - batch + 1, batch):  # drop_last: none when batch > 40
+            yield x[i : i + batch]
+
+    def train(ctx: TrialContext) -> None:
+        model = nn.Linear(4, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=ctx.lr)
+        while not ctx.done:
+            for xb in own_batches(ctx.batch_size):
+                loss = model(xb).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                ctx.step(loss)
+
+    with pytest.raises(ConfigError, match=r"ctx.done: read 100,000 times in a row with no ctx.step\(\) between"):
+        run_function(train, TrainConfig(batch_size=64, lr=0.1, max_samples=640))
+    done, _ = run_function(train, TrainConfig(batch_size=8, lr=0.1, max_samples=640))  # batches: no complaint
+    assert done.status is RunStatus.COMPLETED and done.samples == 640
+
+
+def test_reading_ctx_done_between_steps_however_often_is_no_spin() -> None:
+    ctx = TrialContext(TrainConfig(batch_size=4, lr=0.1, max_samples=400))
+    for _ in range(3):
+        for _ in range(SPIN_READS - 1):
+            assert not ctx.done
+        ctx.step(1.0)
