@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +146,12 @@ class TrialBackend(ABC):
     @abstractmethod
     def keep_probe(self, probe: ProbeResult) -> None:
         """Store the probe so a resumed study need not run it again."""
+
+    def probing(self) -> AbstractContextManager[dict[str, Any] | None]:
+        """Held while this process probes and records the probe's run, so that another process starting the
+        same study meanwhile waits and takes the probe it stored (yielded, as a dict) instead of probing too;
+        yields None where none was stored. This default shares nothing (each process probes)."""
+        return nullcontext(None)
 
     def adopt(
         self,

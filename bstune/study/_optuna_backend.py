@@ -58,6 +58,7 @@ from bstune.training import Decision, EvalRecord
 __all__ = ["OptunaBackend", "TrialFailure"]
 
 logger = logging.getLogger(__name__)
+_PROBE_PATIENCE_S = 6 * 3600.0  # how long a second start of a study waits for the first's probe before probing itself
 # one INFO line per finished trial: the command line shows it where stderr is no terminal (no progress bars)
 trial_lines = logging.getLogger("bstune.trials")
 
@@ -249,6 +250,20 @@ class OptunaBackend(TrialBackend):
 
     def keep_probe(self, probe: ProbeResult) -> None:
         self._opened().set_user_attr(PROBE_ATTR, clean_json(probe.to_dict()))
+
+    @contextmanager
+    def probing(self) -> Iterator[dict[str, Any] | None]:
+        lock = TakeLock(
+            self._reopen_url(),
+            patience=_PROBE_PATIENCE_S,
+            suffix=".probe.lock",
+            waiting=f"another process is probing this study ({self.storage_name()}): waiting to take its probe",
+        )
+        lock.take()
+        try:
+            yield self._opened().user_attrs.get(PROBE_ATTR)  # stored by that process while this one waited
+        finally:
+            lock.let_go()
 
     def keep_rescored(self, done: list[Rescored]) -> None:
         self._opened().set_user_attr(RESCORED_ATTR, [r.to_dict() for r in done])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -15,6 +18,11 @@ from optuna.trial import TrialState
 
 from bstune.errors import ConfigError, StorageError, UserCodeError
 from bstune.study._optuna_compat import swap_state
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: processes creating one SQLite file at once may race (Optuna's own behaviour)
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["open_storage", "storage_error", "storage_failure", "storage_file"]
 
@@ -64,15 +72,39 @@ def open_storage(url: str | Path | BaseStorage | None) -> BaseStorage | None:
                 source="storage",
             )
         if text.startswith("sqlite:///"):
-            Path(text.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            # several processes on one file take turns to write: wait for the lock rather than fail
-            return _RDBStorage(text, engine_kwargs={"connect_args": {"timeout": _SQLITE_LOCK_WAIT_S}})
+            file = Path(text.removeprefix("sqlite:///"))
+            file.parent.mkdir(parents=True, exist_ok=True)
+            # several processes on one file take turns to write: wait for the lock rather than fail; and
+            # one at a time creates the schema (two at once: "UNIQUE constraint failed: alembic_version")
+            with _creating(file):
+                return _RDBStorage(text, engine_kwargs={"connect_args": {"timeout": _SQLITE_LOCK_WAIT_S}})
         return _RDBStorage(text)
     except ConfigError:
         raise
     except (OSError, ImportError, ValueError, optuna.exceptions.OptunaError, Exception) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""  # not SQLAlchemy's "Background on..."
         raise ConfigError(f"cannot open {text!r}: {type(exc).__name__}: {first}", source="storage") from exc
+
+
+@contextmanager
+def _creating(file: Path) -> Iterator[None]:
+    """Held while a process opens (and may create) the SQLite ``file``: an ``flock`` of ``<file>.lock``, the
+    lock processes count a study's trials under too (:mod:`bstune.study._trial_taking`); none where it cannot
+    be had (no ``fcntl``, a folder it cannot write, an in-memory database)."""
+    if fcntl is None or file.name == ":memory:":
+        yield
+        return
+    try:
+        fd = os.open(file.with_name(file.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _check_journal(path: Path) -> None:

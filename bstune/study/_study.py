@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -315,36 +316,16 @@ class Study:
         )
         resumed = self.backend.open(spec)
         spent: int | None = None  # what a training function's probe spent, warned about once known
-        if s.mode == "prior":
-            if resumed.probe is not None:
-                self.probe = ProbeResult.from_dict(resumed.probe)
-                logger.info("resuming: probe taken from the %s backend's store", self.backend.name)
-            else:
-                if self.task is not None:
-                    self._warn_probe_cost()
-                probe, subject = (
-                    (probe_space, {"task": self.task}) if self.task is not None else (probe_function, {"job": spec.job})
-                )
-                self.probe = self.backend.run_probe(
-                    probe,
-                    **subject,
-                    space=self.space,
-                    settings=s.probe,
-                    batch_cap=self.batch_cap,
-                    seed=s.seed,
-                    device=s.main_device,
-                    progress=s.progress,
-                    # the probe's training run: one trial (a task's; a function's when no longer than its own rule)
-                    budget_samples=s.budget_samples,
-                    eval_every_samples=s.eval_every,
-                    num_workers=s.num_workers,
-                )
-                self.backend.keep_probe(self.probe)
-                spent = self.probe.samples_used if self.task is None else None  # a function's: known now
-            self._make_prior(self.probe)
-        self.backend.describe([s.objective], {DIRECTIONS_ATTR: self._directions(), DESCRIPTION_ATTR: self._describe()})
-        planner = self._planner()
-        adopted = self._adopt_probe_run(planner)
+        # a second start of the study meanwhile waits for this one's probe and its run's trial, and takes them
+        probing = self.backend.probing() if s.mode == "prior" and resumed.probe is None else nullcontext(None)
+        with probing as stored:
+            if s.mode == "prior":
+                spent = self._probe(spec, resumed.probe or stored)
+            self.backend.describe(
+                [s.objective], {DIRECTIONS_ATTR: self._directions(), DESCRIPTION_ATTR: self._describe()}
+            )
+            planner = self._planner()
+            adopted = self._adopt_probe_run(planner)
         if spent is not None:
             self._warn_probe_cost(spent=spent - (adopted or 0), adopted=adopted is not None)
         trials = self.backend.run_trials(planner)
@@ -379,6 +360,38 @@ class Study:
         )
         self.backend.keep_critical(measured)
         return measured
+
+    def _probe(self, spec: StudySpec, stored: dict[str, Any] | None) -> int | None:
+        """Take the ``stored`` probe, or run the probe and store it; then build the prior. Returns the samples a
+        training function's probe spent (known only once it ran), else None."""
+        s = self.settings
+        if stored is not None:
+            self.probe = ProbeResult.from_dict(stored)
+            logger.info("resuming: probe taken from the %s backend's store", self.backend.name)
+            self._make_prior(self.probe)
+            return None
+        if self.task is not None:
+            self._warn_probe_cost()
+        probe, subject = (
+            (probe_space, {"task": self.task}) if self.task is not None else (probe_function, {"job": spec.job})
+        )
+        self.probe = self.backend.run_probe(
+            probe,
+            **subject,
+            space=self.space,
+            settings=s.probe,
+            batch_cap=self.batch_cap,
+            seed=s.seed,
+            device=s.main_device,
+            progress=s.progress,
+            # the probe's training run: one trial (a task's; a function's when no longer than its own rule)
+            budget_samples=s.budget_samples,
+            eval_every_samples=s.eval_every,
+            num_workers=s.num_workers,
+        )
+        self.backend.keep_probe(self.probe)
+        self._make_prior(self.probe)
+        return self.probe.samples_used if self.task is None else None  # a function's: known now
 
     def _adopt_probe_run(self, planner: TrialPlanner) -> int | None:
         """The probe's trial-long run (a trial's budget, milestones and seed) as the study's first trial.

@@ -59,12 +59,20 @@ class TakeLock:
 
     POLL_S = 0.05
 
-    def __init__(self, url: str | Path | BaseStorage | None, patience: float = 120.0) -> None:
+    def __init__(
+        self,
+        url: str | Path | BaseStorage | None,
+        patience: float = 120.0,
+        *,
+        suffix: str = ".lock",
+        waiting: str | None = None,
+    ) -> None:
         file = storage_file(url)
         self.path = (
-            None if file is None or fcntl is None or file.name == ":memory:" else file.with_name(file.name + ".lock")
+            None if file is None or fcntl is None or file.name == ":memory:" else file.with_name(file.name + suffix)
         )
         self._patience = patience
+        self._waiting = waiting  # said (INFO) when the lock is held elsewhere and this process must wait
         self._fd: int | None = None
 
     @property
@@ -87,10 +95,13 @@ class TakeLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if self._waiting is not None:
+                    logger.info("%s", self._waiting)
+                    self._waiting = None
                 if time.monotonic() > deadline:
                     os.close(fd)
                     logger.warning(
-                        "waited %.0f s for %s (another process counting the study's trials); going on",
+                        "waited %.0f s for %s (another process on this study holds it); going on",
                         self._patience,
                         self.path,
                     )

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from bstune._keys import SETTINGS_ATTR
+from bstune._keys import FROM_PROBE_ATTR, SETTINGS_ATTR
 from bstune.study import StudyResult, open_storage
 from bstune.study._liveness import HEARTBEAT_KEY, OWNER_KEY, count_finished
 from tests.reliability.conftest import start_worker, wait_for
@@ -164,3 +164,22 @@ def test_a_killed_peers_trial_is_taken_over_once_by_the_live_one(storage_url: st
     mine = finished_by(tmp_path / "survivor.json")
     assert all(trials[n].user_attrs.get("status") != "interrupted" for n in mine)
     assert not [t for t in trials.values() if not t.state.is_finished()]
+
+
+def test_two_starts_of_one_prior_study_at_once_probe_once(tmp_path: Path) -> None:
+    """Two `bstune run` of one new study started together both ran the probe (and each recorded its run)."""
+    storage = f"sqlite:///{tmp_path}/study.db"
+    gate = tmp_path / "gate"
+    procs = [start_worker(storage, 4, tmp_path / f"{x}.json", gate=gate, mode="prior") for x in "ab"]
+    try:
+        for proc in procs:
+            wait_for("both processes at their gate", lambda: Path(f"{gate}.ready").exists() or None, [proc])
+        gate.touch()
+        for proc in procs:
+            assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert sorted((tmp_path / f"{x}.json.probe").read_text() for x in "ab") == ["ran", "stored"]
+    trials = stored(storage)
+    assert len(trials) == 4 and sum(bool(t.user_attrs.get(FROM_PROBE_ATTR)) for t in trials) == 1

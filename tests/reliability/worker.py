@@ -6,7 +6,8 @@ Runs a study of small MLPs on Gaussian blobs (trials of a second or two) on STOR
 until N_TRIALS have finished (across every process on that storage), then writes to
 OUT_JSON the trials this process ran to their end: ``{number: [state, value]}``, told
 apart from other processes' by the owner that bstune records on each trial, and to
-OUT_JSON.running how many of the study's trials were still running when its run returned. With
+OUT_JSON.running how many of the study's trials were still running when its run returned, and to
+OUT_JSON.probe whether it ran the probe ("ran"), took one stored ("stored"), or had none ("none"). With
 BSTUNE_TEST_FUNCTION=1 the study tunes the same problem as a user's training function
 (:func:`train_blobs`) instead of the task; with BSTUNE_TEST_MODE=prior it probes first.
 """
@@ -99,8 +100,18 @@ def wait_at_gate() -> None:
 def main(storage: str, n_trials: int, out: Path) -> None:
     logging.basicConfig(level=logging.WARNING, format=f"worker {os.getpid()}: %(levelname)s %(name)s: %(message)s")
     study = make_study(storage, n_trials)  # imports done and the task built: only the study is left to open
+    taken: list[str] = []  # whether this process took a stored probe (the prior mode)
+
+    class Said(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "probe taken from" in record.getMessage():
+                taken.append("stored")
+
+    logging.getLogger("bstune.study._study").addHandler(Said(logging.INFO))
+    logging.getLogger("bstune.study._study").setLevel(logging.INFO)
     wait_at_gate()
     result = study.run()
+    Path(f"{out}.probe").write_text("none" if result.probe is None else taken[0] if taken else "ran")
     assert result.optuna_study is not None
     mine = {
         t.number: [t.state.name, t.value]

@@ -34,7 +34,7 @@ def test_another_process_holding_it_keeps_it_until_that_process_dies(
         with caplog.at_level(logging.WARNING, logger="bstune"):
             assert not waiting.take() and not waiting.held  # patience ran out: it goes on without the lock
         assert time.monotonic() - started >= 0.3
-        assert "another process counting the study's trials" in caplog.text
+        assert "another process on this study holds it" in caplog.text
     finally:
         holder.kill()  # SIGKILL: no chance to let go; the OS releases the lock with the process
         holder.wait()
