@@ -51,7 +51,7 @@ from bstune.study._resume import check_settings
 from bstune.study._storage import open_storage, storage_failure
 from bstune.study._trial import SYSTEMATIC_ATTR, TrialOutcome, give_up
 from bstune.study._trial_plan import TrialPlan, TrialPlanner
-from bstune.study._trial_taking import TakeLock, wait_for_peers
+from bstune.study._trial_taking import PROBE_LOCK_SUFFIX, TakeLock, taken, wait_for_peers
 from bstune.study._workers import pickled, run_workers, worker_devices
 from bstune.training import Decision, EvalRecord
 
@@ -256,7 +256,7 @@ class OptunaBackend(TrialBackend):
         lock = TakeLock(
             self._reopen_url(),
             patience=_PROBE_PATIENCE_S,
-            suffix=".probe.lock",
+            suffix=PROBE_LOCK_SUFFIX,
             waiting=f"another process is probing this study ({self.storage_name()}): waiting to take its probe",
         )
         lock.take()
@@ -346,11 +346,11 @@ class OptunaBackend(TrialBackend):
             while not self._stopped:
                 take.take()
                 try:
-                    if count_taken(study) >= settings.n_trials:  # finished, or running here or in another process
+                    retry_abandoned(study, settings.grace_period)  # a dead peer's trial: failed, queued to run again
+                    if taken(study, settings.grace_period) >= settings.n_trials:  # finished, or running in a peer
                         take.let_go()
                         if not wait_for_peers(study, settings, lambda: advance(study, None)):
                             break
-                        retry_abandoned(study, settings.grace_period)  # a peer died: its trial runs again here
                         continue
                     self._lower_ceiling(study)
                     with interrupts_kept(study, untold):
@@ -510,7 +510,7 @@ class OptunaBackend(TrialBackend):
         if self._take is not None:
             self._take.take()  # held until the next trial is stored as running (or the run stops)
         # trials running in other processes count: each finishes its own, and the study ends with n_trials
-        if count_taken(study) >= self._spec.settings.n_trials or self._gave_up(study):
+        if taken(study, self._spec.settings.grace_period) >= self._spec.settings.n_trials or self._gave_up(study):
             study.stop()
 
     def _gave_up(self, study: optuna.Study) -> bool:

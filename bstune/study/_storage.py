@@ -19,6 +19,11 @@ from optuna.trial import TrialState
 from bstune.errors import ConfigError, StorageError, UserCodeError
 from bstune.study._optuna_compat import swap_state
 
+# the file processes lock beside a storage file (bstune.study._trial_taking): not "<file>.lock", which Optuna's
+# journal takes as its own lock (a symlink it makes and removes; a file of ours there stalled every journal write
+# 30 s, then Optuna deleted it)
+TAKE_LOCK_SUFFIX = ".bstune.lock"
+
 try:
     import fcntl
 except ImportError:  # not POSIX: processes creating one SQLite file at once may race (Optuna's own behaviour)
@@ -88,14 +93,14 @@ def open_storage(url: str | Path | BaseStorage | None) -> BaseStorage | None:
 
 @contextmanager
 def _creating(file: Path) -> Iterator[None]:
-    """Held while a process opens (and may create) the SQLite ``file``: an ``flock`` of ``<file>.lock``, the
+    """Held while a process opens (and may create) the SQLite ``file``: an ``flock`` of ``<file>.bstune.lock``, the
     lock processes count a study's trials under too (:mod:`bstune.study._trial_taking`); none where it cannot
     be had (no ``fcntl``, a folder it cannot write, an in-memory database)."""
     if fcntl is None or file.name == ":memory:":
         yield
         return
     try:
-        fd = os.open(file.with_name(file.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(file.with_name(file.name + TAKE_LOCK_SUFFIX), os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
         yield
         return

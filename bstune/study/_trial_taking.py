@@ -4,7 +4,7 @@ Two ``bstune run`` of one study (or one run's trial workers beside another run) 
 trials finished and running before they take the next. Counted without a lock, both may see one
 trial left and both take it, and the study ends with a trial more than ``n_trials``. On a SQLite or
 journal file the count and the new trial's creation happen under an exclusive ``flock`` of
-``<file>.lock``, which the OS releases when its holder dies. On a database server (or where
+``<file>.bstune.lock``, which the OS releases when its holder dies. On a database server (or where
 ``fcntl`` is missing) there is no lock: the count and the creation are a read and a write apart,
 milliseconds, so two processes rarely both take the last trial. A run whose count is reached while
 a peer's trial is still running waits for it (:func:`wait_for_peers`).
@@ -15,12 +15,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bstune.study._liveness import stored_progress
-from bstune.study._storage import storage_file
+from optuna.trial import FrozenTrial, TrialState
+
+from bstune._keys import HEARTBEAT_KEY, OWNER_KEY
+from bstune.study._liveness import Owner, abandoned_reason, stored_progress
+from bstune.study._storage import TAKE_LOCK_SUFFIX, storage_file
 
 if TYPE_CHECKING:
     import optuna
@@ -33,9 +36,10 @@ try:
 except ImportError:  # not POSIX: no lock (see the module docstring)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["TakeLock", "wait_for_peers"]
+__all__ = ["PROBE_LOCK_SUFFIX", "TAKE_LOCK_SUFFIX", "TakeLock", "peers_running", "taken", "wait_for_peers"]
 
 logger = logging.getLogger(__name__)
+PROBE_LOCK_SUFFIX = ".bstune-probe.lock"  # held while a process probes a study (OptunaBackend.probing)
 _PEER_POLL_S = 1.0  # how often a run waiting for peers' trials looks at the storage
 
 
@@ -50,7 +54,7 @@ class TakeLock:
         >>> folder = tempfile.mkdtemp()
         >>> lock = TakeLock(f"sqlite:///{folder}/study.db")
         >>> lock.take(), lock.held, lock.path.name
-        (True, True, 'study.db.lock')
+        (True, True, 'study.db.bstune.lock')
         >>> lock.let_go(); lock.held
         False
         >>> TakeLock("postgresql://db/x").take()  # no file: nothing to lock
@@ -64,7 +68,7 @@ class TakeLock:
         url: str | Path | BaseStorage | None,
         patience: float = 120.0,
         *,
-        suffix: str = ".lock",
+        suffix: str = TAKE_LOCK_SUFFIX,
         waiting: str | None = None,
     ) -> None:
         file = storage_file(url)
@@ -122,15 +126,47 @@ class TakeLock:
             os.close(fd)
 
 
+def peers_running(trials: Sequence[FrozenTrial], grace_period: float, *, now: float | None = None) -> int:
+    """The trials of one read of a study that run in another live process: not this process's (none runs while it
+    counts: one of its own still stored as running was cut short), not abandoned, with a heartbeat within
+    ``grace_period`` where it has written one (a peer stopped with Ctrl-Z writes none)."""
+    me = Owner.current()
+    now = time.time() if now is None else now
+    n = 0
+    for trial in trials:
+        if trial.state != TrialState.RUNNING or abandoned_reason(trial, grace_period, now=now) is not None:
+            continue
+        owner = trial.system_attrs.get(OWNER_KEY)
+        if isinstance(owner, dict) and (owner.get("host"), owner.get("boot_id"), owner.get("pid")) == (
+            me.host,
+            me.boot_id,
+            me.pid,
+        ):
+            continue
+        beat = trial.system_attrs.get(HEARTBEAT_KEY)
+        if isinstance(beat, int | float) and now - beat > grace_period:
+            continue
+        n += 1
+    return n
+
+
+def taken(study: optuna.Study, grace_period: float) -> int:
+    """The trials of ``study`` finished (as :func:`~bstune.study._liveness.count_finished` counts them) or running in
+    another live process (:func:`peers_running`), from one read: what counts toward ``n_trials`` for a run that
+    is between trials."""
+    trials = study.get_trials(deepcopy=False)
+    return stored_progress(trials, grace_period)[0] + peers_running(trials, grace_period)
+
+
 def wait_for_peers(study: optuna.Study, settings: StudySettings, on_poll: Callable[[], None]) -> bool:
-    """Wait while trials run in other processes with their owners alive (:func:`stored_progress`); True when
-    it waited (count the study's trials again: a peer's trial may have been given up and queued to run again),
-    False when none ran. ``on_poll`` is called at each look (a progress bar's update).
+    """Wait while trials run in other live processes (:func:`peers_running`); True when it waited (count the
+    study's trials again: a peer's trial may have been given up and queued to run again), False when none ran.
+    ``on_poll`` is called at each look (a progress bar's update).
 
     A study's run ends once its ``n_trials`` are finished, so a run whose last trial ends
     while a peer's is still running waits for it rather than report a study still in progress.
     """
-    _, alive = stored_progress(study.get_trials(deepcopy=False), settings.grace_period)
+    alive = peers_running(study.get_trials(deepcopy=False), settings.grace_period)
     if not alive:
         return False
     logger.info(
@@ -141,5 +177,5 @@ def wait_for_peers(study: optuna.Study, settings: StudySettings, on_poll: Callab
     while alive:
         time.sleep(min(settings.heartbeat_interval, _PEER_POLL_S))
         on_poll()
-        _, alive = stored_progress(study.get_trials(deepcopy=False), settings.grace_period)
+        alive = peers_running(study.get_trials(deepcopy=False), settings.grace_period)
     return True
