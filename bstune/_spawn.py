@@ -5,9 +5,10 @@ One side pickles; the other, its parent or its own child started by ``multiproce
 *spawn* context, unpickles what it was handed through the pipe or queue the two share, as
 ``multiprocessing`` itself does with a process's arguments and results. Nothing here reads
 a file or the network. cloudpickle, where installed (the ``ray`` extra installs it), also ships
-lambdas (by value); without it the standard pickle needs every function at module level. A
-script bstune loaded is shipped by name, as any module is: its children import it
-(:mod:`bstune._loading`), so that its classes stay the ones its module holds.
+lambdas and ``__main__``'s functions and classes (by value); without it the standard pickle
+needs every function at module level. A script bstune loaded is shipped by name, as any module
+is: its children import it (:mod:`bstune._loading`), so that its classes stay the ones its
+module holds.
 
 A spawned child spends its first seconds importing (torch, bstune, the user's script)
 before any of bstune's code runs in it. A Ctrl-C then (a terminal sends it to every process
@@ -23,10 +24,10 @@ blocks for good when the child died before reading them, an import it could not 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import pickle
 import signal
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -40,6 +41,7 @@ __all__ = [
     "payload_file",
     "remove_files",
     "start_holding_sigint",
+    "start_method",
     "take_held_sigint",
     "take_payload_file",
     "unpack",
@@ -56,18 +58,9 @@ def pack(obj: Any) -> bytes:
         >>> unpack(pack({"batch_size": 32}))
         {'batch_size': 32}
     """
-    if getattr(sys.modules.get("__main__"), "__file__", None) is not None:
-        # by name where the child imports what it names: a script's __main__ (spawn runs the script again in the
-        # child) and bstune's loaded scripts. cloudpickle would ship __main__'s functions and classes by value, as
-        # copies that are not the child's own: a DataLoader worker spawned from there then failed to pickle the
-        # script's Dataset ("it's not the same object as __main__.Blobs")
-        try:
-            return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:  # a lambda, a function defined inside another: cloudpickle ships those by value
-            pass
     try:
         import cloudpickle
-    except ImportError:  # a notebook's own functions (its __main__ has no file to import) need cloudpickle
+    except ImportError:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return bytes(cloudpickle.dumps(obj))
 
@@ -179,3 +172,11 @@ def take_held_sigint() -> None:
     unblock SIGINT, so that one that came while it started is handled now."""
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def start_method() -> str:
+    """This process's ``multiprocessing`` start method, without fixing it (a later ``set_start_method`` of the
+    user's still works): the one set, else the platform's default. A child started by *spawn* sets it as its
+    own (:func:`multiprocessing.set_start_method` with ``force=True``), so that the processes it starts in turn
+    (a loop's DataLoader workers) start as they would from the user's process."""
+    return multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]

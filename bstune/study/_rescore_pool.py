@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 
-from bstune._spawn import start_holding_sigint, unpack
+from bstune._spawn import start_holding_sigint, start_method, unpack
 from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialOutcome
 from bstune.study._trial_plan import TrialPlan
@@ -28,10 +28,10 @@ from bstune.study._workers import setup_process, worker_devices, worker_threads
 __all__ = ["run_plans_parallel"]
 
 
-def _plan_worker_init(threads: int, log_level: int, parent: int) -> None:
+def _plan_worker_init(threads: int, log_level: int, parent: int, method: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool on Ctrl-C
     threading.Thread(target=_watch_plans, args=(parent,), name="bstune-rescore-watch", daemon=True).start()
-    setup_process(os.getpid(), ("re-scoring",), threads, log_level)
+    setup_process(os.getpid(), ("re-scoring",), threads, log_level, method)
 
 
 def _watch_plans(parent: int) -> None:
@@ -61,7 +61,7 @@ def run_plans_parallel(payload: bytes, plans: list[TrialPlan], settings: StudySe
     level = logging.getLogger("bstune").getEffectiveLevel()
     out: list[TrialOutcome] = []
     pools: list[multiprocessing.pool.Pool] = []  # its workers ignore SIGINT once started (their initializer)
-    initargs = (worker_threads(n), level, os.getpid())
+    initargs = (worker_threads(n), level, os.getpid(), start_method())
     try:
         start_holding_sigint([lambda: pools.append(ctx.Pool(n, initializer=_plan_worker_init, initargs=initargs))])
     except BaseException:  # a Ctrl-C while it started: the pool, if it got made, goes with it

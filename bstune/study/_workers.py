@@ -48,6 +48,7 @@ from bstune._spawn import (
     payload_file,
     remove_files,
     start_holding_sigint,
+    start_method,
     take_held_sigint,
     take_payload_file,
     unpack,
@@ -203,6 +204,7 @@ class _WorkerArgs:
     parent: int  # the parent's pid: a worker whose parent is gone stops between trials
     log_level: int
     work: Callable[..., None]  # the trial loop: OptunaBackend.work on a backend opened on the URL
+    start_method: str  # the parent's multiprocessing start method (setup_process)
 
 
 _interrupted_at: list[float] = []  # in a worker: when the first SIGINT came
@@ -270,7 +272,13 @@ class DroppedInterrupts:
             raise KeyboardInterrupt
 
 
-def setup_process(index: int, devices: tuple[str, ...], threads: int, log_level: int) -> None:
+def setup_process(index: int, devices: tuple[str, ...], threads: int, log_level: int, method: str) -> None:
+    """A spawned worker's threads and logging, and its ``multiprocessing`` start method: ``method``, its
+    parent's. A process started by *spawn* would otherwise spawn its own children too, so the DataLoader workers
+    of its trials pickled their dataset: a class of the user's ``__main__``, shipped to the worker by value, is
+    not the ``__main__`` class a spawned child finds ("it's not the same object as __main__.Blobs"), where
+    the loop run in the parent forks its DataLoader workers (Linux) and pickles nothing."""
+    multiprocessing.set_start_method(method, force=True)  # bstune._spawn.start_method, in the parent
     torch.set_num_threads(threads)
     logging.basicConfig(
         level=logging.WARNING,
@@ -304,7 +312,7 @@ def _worker_main(args: _WorkerArgs) -> None:
     threading.Thread(target=_watch, args=(args.parent,), name="bstune-worker-watch", daemon=True).start()
     try:
         take_held_sigint()  # a Ctrl-C that came while this process imported is handled here, not mid-import
-        setup_process(args.index, args.devices, args.threads, args.log_level)
+        setup_process(args.index, args.devices, args.threads, args.log_level, args.start_method)
         if args.devices[0].startswith("cuda"):
             torch.cuda.set_device(args.devices[0])  # code that says just "cuda" lands on this worker's GPU too
         spec, planner, url = unpack(take_payload_file(args.payload_file))
@@ -358,7 +366,9 @@ def run_workers(
         if index in files:  # a restart: the file of the worker that died, if it never took it
             remove_files([files[index]])
         files[index] = payload_file(payload, "trial-worker")
-        args = _WorkerArgs(index, slots[index], threads, files[index], gate, failures, os.getpid(), level, work)
+        args = _WorkerArgs(
+            index, slots[index], threads, files[index], gate, failures, os.getpid(), level, work, start_method()
+        )
         proc = ctx.Process(target=_worker_main, args=(args,), name=f"bstune-trial-worker-{index}", daemon=False)
         try:
             start_holding_sigint([proc.start], stopping=ctrl_c.is_set)

@@ -30,6 +30,7 @@ from bstune._spawn import (
     payload_file,
     remove_files,
     start_holding_sigint,
+    start_method,
     take_held_sigint,
     take_payload_file,
     unpack,
@@ -91,8 +92,10 @@ def _child(
     decisions: Any,
     parent: int,
     threads: int | None,
+    method: str,
 ) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    mp.set_start_method(method, force=True)  # the parent's (bstune._spawn.start_method): a DataLoader forks as there
     if threads is not None:
         torch.set_num_threads(threads)
     try:
@@ -177,7 +180,19 @@ def run_data_parallel(
     try:
         for r in range(nprocs):
             files.append(payload_file(blob, f"rank{r}"))
-            args = (r, nprocs, port, backend, devs, files[r], events, decisions, os.getpid(), threads_per_rank)
+            args = (
+                r,
+                nprocs,
+                port,
+                backend,
+                devs,
+                files[r],
+                events,
+                decisions,
+                os.getpid(),
+                threads_per_rank,
+                start_method(),
+            )
             procs.append(ctx.Process(target=_child, args=args, name=f"bstune-rank{r}"))
         start_holding_sigint([p.start for p in procs])
         while len(results) + len(errors) < nprocs:

@@ -709,3 +709,38 @@ def test_a_loop_with_its_own_dataset_class_and_cached_data_runs_on_two_workers(t
     done = subprocess.run(command, cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "failed" not in done.stderr, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_loop_defined_under_the_main_guard_with_settings_from_there_runs_on_two_workers(tmp_path: Path) -> None:
+    """A reviewer's script defined its loop inside ``if __name__ == "__main__":`` and set a module global there
+    (as argparse would): the workers must train that function, with that value (shipped by value, not re-imported
+    from a module that lacks both)."""
+    script = (
+        "import torch\nimport bstune\nfrom torch.nn import functional as F\nWIDTH = 4\n"
+        'if __name__ == "__main__":\n'
+        "    WIDTH = 8\n"
+        "    def train(ctx):\n"
+        "        x = torch.randn(200, WIDTH)\n"
+        "        y = (x[:, 0] > 0).long()\n"
+        "        model = torch.nn.Linear(WIDTH, 2)\n"
+        "        opt = torch.optim.SGD(model.parameters(), lr=ctx.config['lr'])\n"
+        "        while not ctx.done:\n"
+        "            for i in range(0, 200 - ctx.batch_size + 1, ctx.batch_size):\n"
+        "                loss = F.cross_entropy(model(x[i : i + ctx.batch_size]), y[i : i + ctx.batch_size])\n"
+        "                opt.zero_grad(); loss.backward(); opt.step()\n"
+        "                if ctx.step(loss):\n"
+        "                    break\n"
+        "                if ctx.at_milestone():\n"
+        "                    ctx.report(val_loss=loss, width=WIDTH)\n"
+        '    space = {"name": "s", "batch_size": {"min": 8, "max": 32}, "lr": {"min": 0.01, "max": 1.0}}\n'
+        "    result = bstune.Study(train, space, n_trials=2, budget_samples=400, mode='baseline', rescore_top=0,\n"
+        "                          parallel_trials=2, device='cpu', progress=False, pruner='none').run()\n"
+        "    print(sorted({h['width'] for t in result.trials for h in t.history}))\n"
+    )
+    (tmp_path / "guarded.py").write_text(script)
+    done = subprocess.run(
+        [sys.executable, "guarded.py"], cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[8.0]", done.stdout
