@@ -102,13 +102,20 @@ MINIMIZE_TOKENS = frozenset({"ppl", "bpc", "bpb", "bpd", "wer", "cer", "err"})
 QUALIFIER_WORDS = frozenset(
     {
         "drop", "gap", "std", "stddev", "var", "variance", "delta", "diff", "minus", "regret", "decrease", "gain",
-        "increase", "reduction", "improvement", "neg", "negative", "negated", "inv", "inverse",
+        "increase", "reduction", "improvement",
     }
 )  # fmt: skip
-# one minus a maximized measure (1-acc, 1 - val_f1): an error, so it must be declared; "1-nn_acc" (a 1-nearest-neighbour
-# accuracy) and "1-shot_acc" are not one
+_SPLIT = r"((train|val|valid|validation|test|eval|dev)[^a-z0-9]?)?"  # a split's prefix: val_, test/
+# a negated or inverted measure (neg_mse, scikit-learn's neg_mean_squared_error, inv_ppl): its direction is its
+# measure's turned round, so it must be declared; only as a prefix (f1_neg, recall_negative: the negative class's)
+# and not a negative log-likelihood (a loss)
+_NEGATED = re.compile(
+    _SPLIT + r"(neg|negative|negated|inv|inverse)(?![a-z0-9])(?![^a-z0-9]*(log[^a-z0-9]*likelihood|ll)(?![a-z0-9]))"
+)
+# one minus a maximized measure (1-acc, 1 - val_f1, val_1-acc): an error, so it must be declared; "1-nn_acc" (a
+# 1-nearest-neighbour accuracy), "1-shot_acc" and "top-1-acc" are not one
 _ONE_MINUS = re.compile(
-    r"\s*1\s*-\s*((train|val|valid|validation|test|eval|dev)[^a-z0-9]?)?(" + "|".join(sorted(MAXIMIZE_WORDS)) + r")\b"
+    r"(?<![a-z0-9])(?<!top-)(?<!top_)1\s*-\s*" + _SPLIT + "(" + "|".join(sorted(MAXIMIZE_WORDS)) + r")(?![a-z0-9])"
 )
 
 
@@ -127,7 +134,7 @@ def infer_direction(name: str) -> Direction | None:
     """
     lowered = name.lower()
     words = re.split(r"[^a-z0-9]+", lowered)
-    if any(word in QUALIFIER_WORDS for word in words) or _ONE_MINUS.match(lowered):
+    if any(word in QUALIFIER_WORDS for word in words) or _ONE_MINUS.search(lowered) or _NEGATED.match(lowered):
         return None
     up = any(word in MAXIMIZE_WORDS for word in words)
     down = any(word in lowered for word in MINIMIZE_WORDS) or any(word in MINIMIZE_TOKENS for word in words)

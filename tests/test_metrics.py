@@ -71,6 +71,14 @@ def test_direction_compares_ranks_and_reaches_each_way() -> None:
         ("neg_mse", None),  # scikit-learn's neg_mean_squared_error is maximized: its mse word said minimize
         ("negative_loss", None),
         ("inv_perplexity", None),
+        ("val_neg_mse", None),
+        ("val_1-acc", None),  # one minus, after a split's name
+        ("eval/1-accuracy", None),
+        ("top-1-acc", "maximize"),  # a top-1 accuracy, not one minus an accuracy
+        ("val_f1_neg", "maximize"),  # the negative class's F1
+        ("recall_negative", "maximize"),
+        ("neg_log_likelihood_loss", "minimize"),  # a negative log-likelihood is a loss
+        ("neg_log_likelihood", None),  # says neither
         ("val_r2", "maximize"),  # the coefficient of determination
         ("r2_score", "maximize"),
         ("1-nn_acc", "maximize"),  # a 1-nearest-neighbour accuracy

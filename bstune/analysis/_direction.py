@@ -24,7 +24,7 @@ MIN_TRIALS = 3  # completed trials with 3 or more evaluations before any doubt i
 def direction_doubt(trials: Iterable[TrialLike], objective: str, direction: Direction | str) -> str | None:
     """Why ``direction`` looks wrong for ``objective``, or None.
 
-    Only for an objective whose name does not settle its direction (``val_r2``, ``score``;
+    Only for an objective whose name does not settle its direction (``val_score``, ``score``;
     not ``val_loss``, whose best at the first evaluation is a run that overfits). Counts the completed trials (with 3 or more evaluations of the objective) whose first
     evaluation was their best by ``direction`` and whose last was worse than it. Where those
     are at least two thirds of them, and at least 3, the direction is likely the wrong way
@@ -32,10 +32,10 @@ def direction_doubt(trials: Iterable[TrialLike], objective: str, direction: Dire
     ranking is not to be trusted.
 
     Example:
-        >>> rising = [{"status": "completed", "history": [{"val_r2": v} for v in (0.2, 0.6, 0.9)]}] * 3
-        >>> direction_doubt(rising, "val_r2", "minimize")[:62]
-        'val_r2 was best at the first evaluation and worse at the end, '
-        >>> direction_doubt(rising, "val_r2", "maximize") is None
+        >>> rising = [{"status": "completed", "history": [{"val_score": v} for v in (0.2, 0.6, 0.9)]}] * 3
+        >>> direction_doubt(rising, "val_score", "minimize")[:65]
+        'val_score was best at the first evaluation and worse at the end, '
+        >>> direction_doubt(rising, "val_score", "maximize") is None
         True
     """
     if infer_direction(objective) is not None:  # a loss, an accuracy: the name settles it, overfitting does not
