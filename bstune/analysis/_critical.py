@@ -424,7 +424,9 @@ def fit_critical_batch(
         shown = ", ".join(f"{b:g}" for b in distinct) or "none"
         tried = {b for b, _ in reached} | {p.batch_size for p in censored}
         advice = (  # a space that fixes the batch size: no target helps
-            _advice(censored) if len(tried) >= 3 else "it takes trials at 3 or more batch sizes, which these runs lack"
+            _advice(censored)
+            if len(tried) >= 3
+            else "it takes trials at 3 or more batch sizes, half an octave apart or more"
         )
         raise EstimationError(
             f"fitting S(B) = S_min(1 + B_crit/B) needs points that reached the target at >= 3 distinct batch sizes, "

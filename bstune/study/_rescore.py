@@ -46,19 +46,21 @@ def run_rescoring(
     run: Callable[[list[TrialPlan]], list[TrialOutcome]],
     objective: str,
     on_done: Callable[[int], object] | None = None,
+    fixed: tuple[str, ...] = (),
 ) -> list[Rescored]:
     """Train each trial's configuration again at each of ``seeds``; returns their values (best over each
     run's evaluations) and their ``objective`` at each run's last evaluation.
 
     ``run`` trains a list of plans for their whole budget and returns their outcomes in
     order (a backend's ``run_plans``: one after the other here, side by side on Ray).
-    ``on_done(n)`` is told each time ``n`` more runs have finished (a progress bar counts them).
+    ``on_done(n)`` is told each time ``n`` more runs have finished (a progress bar counts them); ``fixed``: what
+    the space leaves one value (:attr:`~bstune.space.SearchSpace.fixed`), as the trials' plans carried it.
     """
     done = on_done or (lambda n: None)
     out = []
     for trial in trials:
         plan = TrialPlan.from_dict(
-            {"params": trial.params, "config": trial.config, "temperature": trial.temperature or 0.0}
+            {"params": trial.params, "config": trial.config, "temperature": trial.temperature or 0.0, "fixed": fixed}
         )
         plans = [dataclasses.replace(plan, config=dataclasses.replace(plan.config, seed=s)) for s in seeds]
         outcomes = run(plans)

@@ -494,7 +494,12 @@ class Study:
             if trial.number not in done:
                 logger.info("re-scoring trial %d at seeds %s", trial.number, seeds)
                 (done[trial.number],) = run_rescoring(
-                    [trial], seeds, run=self.backend.run_plans, objective=s.objective, on_done=bar.update
+                    [trial],
+                    seeds,
+                    run=self.backend.run_plans,
+                    objective=s.objective,
+                    on_done=bar.update,
+                    fixed=tuple(sorted(self.space.fixed)),
                 )
                 # what an earlier run re-scored at other seeds stays stored: its samples were spent
                 self.backend.keep_rescored([*done.values(), *(r for r in kept if r.seeds != seeds)])

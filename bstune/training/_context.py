@@ -611,7 +611,9 @@ class TrialContext:
                 values[name] = float(value.detach() if isinstance(value, torch.Tensor) else value)
             except (TypeError, ValueError):
                 raise ConfigError(
-                    f"must be a number, got {type(value).__name__}", source="ctx.report", field=name
+                    f"must be a number, got {type(value).__name__}",
+                    source="the training function's return value" if returned else "ctx.report",
+                    field=name,
                 ) from None
         train_loss = values.pop("train_loss", math.nan)
         val_loss = values.pop("val_loss", math.nan)

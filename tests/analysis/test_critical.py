@@ -135,7 +135,9 @@ def test_too_few_batch_sizes_raise_a_clear_error() -> None:
     ):
         fit_critical_batch([(8, 100.0), (16, 60.0), *early])
     # one batch size, however many points (a space that fixes it): no other target helps
-    with pytest.raises(EstimationError, match=r"got 1 \(64\): it takes trials at 3 or more batch sizes"):
+    with pytest.raises(
+        EstimationError, match=r"got 1 \(64\): it takes trials at 3 or more batch sizes, half an octave apart"
+    ):
         fit_critical_batch([(64, 10.0)] * 5)
     with pytest.raises(EstimationError, match="got 0 "):
         fit_critical_batch([])
