@@ -24,6 +24,17 @@ from bstune.study._optuna_compat import swap_state
 # 30 s, then Optuna deleted it)
 TAKE_LOCK_SUFFIX = ".bstune.lock"
 
+
+def lock_file(file: Path, suffix: str = TAKE_LOCK_SUFFIX) -> Path:
+    """The file a lock on storage ``file`` takes: hidden beside it (``runs/.study.db.bstune.lock``).
+
+    Example:
+        >>> str(lock_file(Path("runs/study.db")))
+        'runs/.study.db.bstune.lock'
+    """
+    return file.with_name(f".{file.name}{suffix}")
+
+
 try:
     import fcntl
 except ImportError:  # not POSIX: processes creating one SQLite file at once may race (Optuna's own behaviour)
@@ -93,14 +104,14 @@ def open_storage(url: str | Path | BaseStorage | None) -> BaseStorage | None:
 
 @contextmanager
 def _creating(file: Path) -> Iterator[None]:
-    """Held while a process opens (and may create) the SQLite ``file``: an ``flock`` of ``<file>.bstune.lock``, the
+    """Held while a process opens (and may create) the SQLite ``file``: an ``flock`` of :func:`lock_file`, the
     lock processes count a study's trials under too (:mod:`bstune.study._trial_taking`); none where it cannot
     be had (no ``fcntl``, a folder it cannot write, an in-memory database)."""
     if fcntl is None or file.name == ":memory:":
         yield
         return
     try:
-        fd = os.open(file.with_name(file.name + TAKE_LOCK_SUFFIX), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_file(file), os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
         yield
         return

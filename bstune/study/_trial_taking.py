@@ -4,7 +4,7 @@ Two ``bstune run`` of one study (or one run's trial workers beside another run) 
 trials finished and running before they take the next. Counted without a lock, both may see one
 trial left and both take it, and the study ends with a trial more than ``n_trials``. On a SQLite or
 journal file the count and the new trial's creation happen under an exclusive ``flock`` of
-``<file>.bstune.lock``, which the OS releases when its holder dies. On a database server (or where
+``.<file>.bstune.lock``, which the OS releases when its holder dies. On a database server (or where
 ``fcntl`` is missing) there is no lock: the count and the creation are a read and a write apart,
 milliseconds, so two processes rarely both take the last trial. A run whose count is reached while
 a peer's trial is still running waits for it (:func:`wait_for_peers`).
@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bstune._keys import HEARTBEAT_KEY, OWNER_KEY
 from bstune.study._liveness import Owner, abandoned_reason, stored_progress
-from bstune.study._storage import TAKE_LOCK_SUFFIX, storage_file
+from bstune.study._storage import TAKE_LOCK_SUFFIX, lock_file, storage_file
 
 if TYPE_CHECKING:
     import optuna
@@ -54,7 +54,7 @@ class TakeLock:
         >>> folder = tempfile.mkdtemp()
         >>> lock = TakeLock(f"sqlite:///{folder}/study.db")
         >>> lock.take(), lock.held, lock.path.name
-        (True, True, 'study.db.bstune.lock')
+        (True, True, '.study.db.bstune.lock')
         >>> lock.let_go(); lock.held
         False
         >>> TakeLock("postgresql://db/x").take()  # no file: nothing to lock
@@ -72,9 +72,7 @@ class TakeLock:
         waiting: str | None = None,
     ) -> None:
         file = storage_file(url)
-        self.path = (
-            None if file is None or fcntl is None or file.name == ":memory:" else file.with_name(file.name + suffix)
-        )
+        self.path = None if file is None or fcntl is None or file.name == ":memory:" else lock_file(file, suffix)
         self._patience = patience
         self._waiting = waiting  # said (INFO) when the lock is held elsewhere and this process must wait
         self._fd: int | None = None

@@ -47,7 +47,7 @@ def test_another_process_holding_it_keeps_it_until_that_process_dies(
 
 def test_a_journal_file_is_locked_beside_it_and_a_server_or_memory_not(tmp_path: Path) -> None:
     journal = TakeLock(f"journal:{tmp_path}/x.log")
-    assert journal.path == tmp_path / "x.log.bstune.lock" and journal.take()
+    assert journal.path == tmp_path / ".x.log.bstune.lock" and journal.take()
     assert journal.take()  # taking it again while held: still held, no deadlock with itself
     journal.let_go()
     for url in ("postgresql://host/db", "sqlite:///:memory:", None):
