@@ -20,7 +20,7 @@ from bstune._command_io import wants_progress, write_report
 from bstune._keys import STATE_FILE
 from bstune._loading import load_subject
 from bstune.errors import BstuneError, ConfigError, StorageError
-from bstune.study import format_summary
+from bstune.study import format_summary, lock_files
 from bstune.task import Task
 
 __all__ = ["cmd_run"]
@@ -336,7 +336,9 @@ def _take_back(created: list[Path], storage: Any, *, bad_settings: bool = False)
         backend = getattr(storage, "_backend", storage)
         if hasattr(backend, "engine"):
             backend.engine.dispose()  # close SQLite's connections before its file goes
-    for path in created:
+    # with a storage file this run made, the lock files beside it (bstune.study._trial_taking), made by it too
+    locks = {p: lock_files(p) for p in created if not p.is_dir()}
+    for path in [q for p in created for q in (p, *locks.get(p, []))]:
         try:
             if path.is_dir():
                 path.rmdir()

@@ -20,6 +20,7 @@ from bstune.study._study import Study, StudyFailedError
 from bstune.study._summary import format_summary
 from bstune.study._trial import build_model
 from bstune.study._trial_plan import split_params
+from bstune.study._trial_taking import lock_files
 from bstune.study._workers import WorkerCrashError, worker_devices
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "describe_states",
     "format_summary",
     "import_ray",
+    "lock_files",
     "lr_range_test",
     "make_pruner",
     "make_sampler",

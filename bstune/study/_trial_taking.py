@@ -36,7 +36,15 @@ try:
 except ImportError:  # not POSIX: no lock (see the module docstring)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["PROBE_LOCK_SUFFIX", "TAKE_LOCK_SUFFIX", "TakeLock", "peers_running", "taken", "wait_for_peers"]
+__all__ = [
+    "PROBE_LOCK_SUFFIX",
+    "TAKE_LOCK_SUFFIX",
+    "TakeLock",
+    "lock_files",
+    "peers_running",
+    "taken",
+    "wait_for_peers",
+]
 
 logger = logging.getLogger(__name__)
 PROBE_LOCK_SUFFIX = ".bstune-probe.lock"  # held while a process probes a study (OptunaBackend.probing)
@@ -177,3 +185,13 @@ def wait_for_peers(study: optuna.Study, settings: StudySettings, on_poll: Callab
         on_poll()
         alive = peers_running(study.get_trials(deepcopy=False), settings.grace_period)
     return True
+
+
+def lock_files(file: Path) -> list[Path]:
+    """The lock files processes make beside storage ``file`` (which a failed start that made the file removes).
+
+    Example:
+        >>> [p.name for p in lock_files(Path("runs/study.db"))]
+        ['.study.db.bstune.lock', '.study.db.bstune-probe.lock']
+    """
+    return [lock_file(file), lock_file(file, PROBE_LOCK_SUFFIX)]
