@@ -10,6 +10,7 @@ import dataclasses
 import multiprocessing
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -186,25 +187,38 @@ def test_a_study_leaves_a_live_peers_trial_alone_and_retries_a_dead_ones(
 
     study(1).run()  # creates the study with its settings
     stored = optuna.load_study(study_name=NAME, storage=open_storage(storage_url))
-    peer = stored.ask({"batch_size": optuna.distributions.IntDistribution(16, 128, log=True)})
-    stored._storage.set_trial_system_attr(peer._trial_id, OWNER_KEY, Owner.of(sleeper.pid).to_dict())
-    stored._storage.set_trial_system_attr(peer._trial_id, HEARTBEAT_KEY, time.time())
-    stored._storage.set_trial_user_attr(peer._trial_id, "config", {})  # drawn whole, training
 
-    result = study(3).run()  # another process runs this study meanwhile: its trial must survive
-    assert [t.status for t in result.trials].count("running") == 1
-    assert stored.trials[peer.number].state == TrialState.RUNNING
-    assert count_finished(stored) == 3
+    def peers_trial() -> optuna.trial.Trial:
+        """A trial another process (``sleeper``) has drawn whole and is training."""
+        trial = stored.ask({"batch_size": optuna.distributions.IntDistribution(16, 128, log=True)})
+        stored._storage.set_trial_system_attr(trial._trial_id, OWNER_KEY, Owner.of(sleeper.pid).to_dict())
+        stored._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_KEY, time.time())
+        stored._storage.set_trial_user_attr(trial._trial_id, "config", {})
+        return trial
 
+    # another process runs this study meanwhile: its trial counts toward n_trials and is left to it; this run
+    # trains one trial and waits for the peer's to end (the peer ends it 3 s in) before it reports
+    peer = peers_trial()
+    ends = threading.Timer(3.0, lambda: stored.tell(peer, state=TrialState.PRUNED))
+    ends.start()
+    try:
+        result = study(3).run()
+    finally:
+        ends.join()
+    assert [t.status for t in result.trials].count("running") == 0
+    assert stored.trials[peer.number].state == TrialState.PRUNED  # as its owner told it, never taken over
+    assert count_finished(stored) == 3 and len(stored.trials) == 3
+
+    dead = peers_trial()
     sleeper.kill()
     sleeper.wait()
     result = study(4).run()  # the peer died: its trial is failed, and its config runs again, once
     by_number = {t.number: t for t in stored.get_trials()}
-    assert by_number[peer.number].state == TrialState.FAIL
-    assert by_number[peer.number].user_attrs["status"] == "interrupted"
-    retries = [t for t in by_number.values() if t.user_attrs.get("retry_of") == peer.number]
+    assert by_number[dead.number].state == TrialState.FAIL
+    assert by_number[dead.number].user_attrs["status"] == "interrupted"
+    retries = [t for t in by_number.values() if t.user_attrs.get("retry_of") == dead.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
-    assert retries[0].params["batch_size"] == peer.params["batch_size"]
+    assert retries[0].params["batch_size"] == dead.params["batch_size"]
     assert count_finished(stored) == 4 and len(by_number) == 5
 
 
