@@ -46,10 +46,12 @@ def test_plans_run_in_one_process_per_worker_and_come_back_in_order() -> None:
 
 _RESCORING_PARENT = """
 import logging, multiprocessing, os, sys, time
+from bstune._spawn import start_method
 from bstune.study._rescore_pool import _plan_worker_init
 
 if __name__ == "__main__":
-    pool = multiprocessing.get_context("spawn").Pool(1, initializer=_plan_worker_init, initargs=(1, logging.WARNING, os.getpid()))
+    args = (1, logging.WARNING, os.getpid(), start_method())
+    pool = multiprocessing.get_context("spawn").Pool(1, initializer=_plan_worker_init, initargs=args)
     print(pool.apply(os.getpid), flush=True)  # the re-scoring worker, up
     pool.apply_async(time.sleep, (120,))  # a run of a whole trial's budget
     time.sleep(120)
