@@ -8,7 +8,9 @@ a file or the network. cloudpickle, where installed (the ``ray`` extra installs 
 lambdas and ``__main__``'s functions and classes (by value); without it the standard pickle
 needs every function at module level. A script bstune loaded is shipped by name, as any module
 is: its children import it (:mod:`bstune._loading`), so that its classes stay the ones its
-module holds.
+module holds. A child makes the ``__main__`` classes and functions that came by value its own
+``__main__``'s (:func:`unpack_in_child`), so that the processes it starts (a loop's DataLoader
+workers) get them by name, as the user's process hands them over.
 
 A spawned child spends its first seconds importing (torch, bstune, the user's script)
 before any of bstune's code runs in it. A Ctrl-C then (a terminal sends it to every process
@@ -24,10 +26,12 @@ blocks for good when the child died before reading them, an import it could not 
 from __future__ import annotations
 
 import contextlib
+import io
 import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -45,7 +49,11 @@ __all__ = [
     "take_held_sigint",
     "take_payload_file",
     "unpack",
+    "unpack_in_child",
 ]
+
+# cloudpickle's makers of what it ships by value: a class, an enum, a function (cloudpickle 3.x)
+_BY_VALUE_MAKERS = frozenset({"_make_skeleton_class", "_make_skeleton_enum", "_make_function"})
 
 
 def pack(obj: Any) -> bytes:
@@ -68,6 +76,52 @@ def pack(obj: Any) -> bytes:
 def unpack(blob: bytes) -> Any:
     """What :func:`pack` made at the other end (only ever bytes of a parent or child of this process)."""
     return pickle.loads(blob)
+
+
+class _ByValueRecorder(pickle.Unpickler):
+    """An unpickler that keeps every class and function cloudpickle rebuilt by value (:func:`unpack_in_child`)."""
+
+    def __init__(self, blob: bytes) -> None:
+        super().__init__(io.BytesIO(blob))
+        self.made: list[Any] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        if not (module.startswith("cloudpickle") and name in _BY_VALUE_MAKERS):
+            return found
+
+        def making(*args: Any, **kwargs: Any) -> Any:
+            made = found(*args, **kwargs)
+            self.made.append(made)
+            return made
+
+        return making
+
+
+def unpack_in_child(blob: bytes) -> Any:
+    """In a spawned child: :func:`unpack` its task, and make the top-level classes and functions of the user's
+    ``__main__`` that came with it by value (cloudpickle ships ``__main__``'s so) this process's
+    ``__main__``'s own, under their names.
+
+    A process the child starts in turn pickles what it is handed with the standard pickle, by name: a
+    DataLoader's workers, where they spawn (macOS, Windows, ``set_start_method("spawn")``) or come from a fork
+    server (Python 3.14's default on Linux), get the loop's ``Dataset`` so. By name, a class that came by value
+    is "not the same object as __main__.Blobs" (the one the child's re-import of the user's script made), and
+    every trial failed. Made ``__main__``'s own, it pickles by name, and those processes import the user's
+    script and take the class from there, as they do when the user's own process starts them.
+
+    Example:
+        >>> unpack_in_child(pack({"batch_size": 32}))
+        {'batch_size': 32}
+    """
+    recorder = _ByValueRecorder(blob)
+    task = recorder.load()
+    main = sys.modules.get("__main__")
+    for made in recorder.made:
+        name = getattr(made, "__qualname__", "")
+        if main is not None and getattr(made, "__module__", None) == "__main__" and name.isidentifier():
+            setattr(main, name, made)
+    return task
 
 
 def start_holding_sigint(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -157,3 +158,51 @@ def test_a_temp_folder_without_room_is_a_config_error_naming_it(
 
 def test_pack_round_trips() -> None:
     assert unpack(pack({"batch_size": 32, "lr": [0.1]})) == {"batch_size": 32, "lr": [0.1]}
+
+
+CHILD_OF_MAIN = """
+import pickle
+from bstune._spawn import pack, unpack_in_child
+
+
+class Blobs:
+    def __init__(self, n):
+        self.n = n
+
+
+def collate(items):
+    return items
+
+
+class Outer:
+    class Inner:
+        pass
+
+
+blob = pack((Blobs(3), collate, Outer.Inner, lambda: 1))
+
+
+class Blobs:  # a spawned child's re-import of the script: its own class of that name
+    pass
+
+
+def collate(items):
+    return None
+
+
+shipped, shipped_collate, inner, _ = unpack_in_child(blob)
+assert Blobs is type(shipped) and collate is shipped_collate, "the shipped class and function are __main__'s now"
+again = pickle.loads(pickle.dumps((shipped, shipped_collate)))  # by name, as a DataLoader's workers get them
+assert again[0].n == 3 and again[1]([1]) == [1]
+assert inner.__qualname__ == "Outer.Inner" and "Inner" not in globals() and "<lambda>" not in globals()
+print("ok")
+"""
+
+
+def test_a_child_makes_main_classes_that_came_by_value_its_own_so_they_pickle_by_name() -> None:
+    """Where DataLoader workers spawn (macOS), a trial worker's loop pickled its Dataset by name and failed:
+    "Can't pickle <class '__main__.Blobs'>: it's not the same object as __main__.Blobs"."""
+    pytest.importorskip("cloudpickle")
+    done = subprocess.run([sys.executable, "-c", CHILD_OF_MAIN], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"

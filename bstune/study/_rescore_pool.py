@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 
-from bstune._spawn import start_holding_sigint, start_method, unpack
+from bstune._spawn import start_holding_sigint, start_method, unpack_in_child
 from bstune.study._settings import StudySettings
 from bstune.study._trial import TrialOutcome
 from bstune.study._trial_plan import TrialPlan
@@ -47,7 +47,7 @@ def _watch_plans(parent: int) -> None:
 
 def _run_plan(item: tuple[bytes, TrialPlan]) -> TrialOutcome:
     payload, plan = item
-    job = unpack(payload)
+    job = unpack_in_child(payload)
     outcome: TrialOutcome = job.run(plan)
     return outcome
 

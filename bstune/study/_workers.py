@@ -51,7 +51,7 @@ from bstune._spawn import (
     start_method,
     take_held_sigint,
     take_payload_file,
-    unpack,
+    unpack_in_child,
 )
 from bstune.errors import BstuneError, ConfigError
 from bstune.noise import resolve_device
@@ -315,7 +315,7 @@ def _worker_main(args: _WorkerArgs) -> None:
         setup_process(args.index, args.devices, args.threads, args.log_level, args.start_method)
         if args.devices[0].startswith("cuda"):
             torch.cuda.set_device(args.devices[0])  # code that says just "cuda" lands on this worker's GPU too
-        spec, planner, url = unpack(take_payload_file(args.payload_file))
+        spec, planner, url = unpack_in_child(take_payload_file(args.payload_file))
         planner = dataclasses.replace(planner, device=args.devices[0], trial_devices=args.devices)
         label = f"worker {args.index} ({','.join(args.devices)})"
         args.work(url, spec, planner, worker=args.index, label=label, gate=args.gate, parent=args.parent)

@@ -34,6 +34,7 @@ from bstune._spawn import (
     take_held_sigint,
     take_payload_file,
     unpack,
+    unpack_in_child,
 )
 from bstune.errors import ConfigError, UserCodeError
 from bstune.noise import resolve_device
@@ -104,7 +105,7 @@ def _child(
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-        fn, args, kwargs, wants_callback = unpack(take_payload_file(blob_file))
+        fn, args, kwargs, wants_callback = unpack_in_child(take_payload_file(blob_file))
         if wants_callback and rank == 0:
             kwargs = dict(kwargs, callback=_ParentCallback(events, decisions))
         events.put((rank, "result", pack(fn(*args, **kwargs))))

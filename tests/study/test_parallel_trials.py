@@ -648,6 +648,10 @@ class Blobs(torch.utils.data.Dataset):
         return self.x[i], self.y[i]
 
 
+def stack(items):
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+
 @functools.cache
 def data():
     g = torch.Generator().manual_seed(0)
@@ -661,7 +665,7 @@ def train(ctx):
     train_set = Blobs(x, y)
     model = torch.nn.Linear(8, 2)
     opt = torch.optim.SGD(model.parameters(), lr=ctx.config["lr"])
-    for xb, yb in ctx.loader(train_set, num_workers=1):
+    for xb, yb in ctx.loader(train_set, num_workers=1, collate_fn=stack):
         loss = F.cross_entropy(model(xb), yb)
         opt.zero_grad()
         loss.backward()
@@ -674,11 +678,12 @@ def train(ctx):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["cli", "python"])
+@pytest.mark.parametrize("how", ["cli", "python", "python-spawn"])
 def test_a_loop_with_its_own_dataset_class_and_cached_data_runs_on_two_workers(tmp_path: Path, how: str) -> None:
     """A newcomer's `bstune run loop.py --parallel-trials 2` (data from a functools.cache function): every worker
     died with "No module named 'bstune_user_...'", examples/own_loop.py's too. From Python (the loop in the
-    script that runs the study), its DataLoader's workers failed: "it's not the same object as __main__.Blobs"."""
+    script that runs the study), its DataLoader's workers failed: "it's not the same object as __main__.Blobs".
+    Where processes spawn (macOS; "python-spawn"), they failed so even once fork had mended it on Linux."""
     (tmp_path / "loop.py").write_text(DATASET_LOOP_SCRIPT)
     args = "--trials 2 --budget-samples 800 --mode baseline --rescore-top 0 --parallel-trials 2 --device cpu"
     if how == "cli":
@@ -699,6 +704,11 @@ def test_a_loop_with_its_own_dataset_class_and_cached_data_runs_on_two_workers(t
         (tmp_path / "study.py").write_text(
             DATASET_LOOP_SCRIPT
             + 'if __name__ == "__main__":\n'
+            + (
+                "    import multiprocessing\n    multiprocessing.set_start_method('spawn')\n"
+                if how == "python-spawn"
+                else ""
+            )
             + "    import bstune\n"
             + '    space = {"name": "s", "batch_size": {"min": 8, "max": 64}, "lr": {"min": 0.01, "max": 1.0}}\n'
             + "    result = bstune.Study(train, space, n_trials=2, budget_samples=800, mode='baseline', rescore_top=0,\n"
