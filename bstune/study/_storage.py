@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sqlite3
 import traceback
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
@@ -17,6 +14,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from bstune.errors import ConfigError, StorageError, UserCodeError
+from bstune.study._file_lock import FileLock
 from bstune.study._optuna_compat import swap_state
 
 # the file processes lock beside a storage file (bstune.study._trial_taking): not "<file>.lock", which Optuna's
@@ -35,14 +33,12 @@ def lock_file(file: Path, suffix: str = TAKE_LOCK_SUFFIX) -> Path:
     return file.with_name(f".{file.name}{suffix}")
 
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: processes creating one SQLite file at once may race (Optuna's own behaviour)
-    fcntl = None  # type: ignore[assignment]
-
 __all__ = ["open_storage", "storage_error", "storage_failure", "storage_file"]
 
 _SQLITE_LOCK_WAIT_S = 60.0  # sqlite3's default is 5 s: short when several processes write one file
+# how long a process opening a SQLite file waits for another creating it (or counting its trials) before it opens
+# it anyway (without fcntl, on Windows, two creating one file at once may race: Optuna's own behaviour)
+_CREATE_PATIENCE_S = 120.0
 
 
 class _RDBStorage(RDBStorage):
@@ -92,7 +88,7 @@ def open_storage(url: str | Path | BaseStorage | None) -> BaseStorage | None:
             file.parent.mkdir(parents=True, exist_ok=True)
             # several processes on one file take turns to write: wait for the lock rather than fail; and
             # one at a time creates the schema (two at once: "UNIQUE constraint failed: alembic_version")
-            with _creating(file):
+            with FileLock(None if file.name == ":memory:" else lock_file(file), _CREATE_PATIENCE_S):
                 return _RDBStorage(text, engine_kwargs={"connect_args": {"timeout": _SQLITE_LOCK_WAIT_S}})
         return _RDBStorage(text)
     except ConfigError:
@@ -100,27 +96,6 @@ def open_storage(url: str | Path | BaseStorage | None) -> BaseStorage | None:
     except (OSError, ImportError, ValueError, optuna.exceptions.OptunaError, Exception) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""  # not SQLAlchemy's "Background on..."
         raise ConfigError(f"cannot open {text!r}: {type(exc).__name__}: {first}", source="storage") from exc
-
-
-@contextmanager
-def _creating(file: Path) -> Iterator[None]:
-    """Held while a process opens (and may create) the SQLite ``file``: an ``flock`` of :func:`lock_file`, the
-    lock processes count a study's trials under too (:mod:`bstune.study._trial_taking`); none where it cannot
-    be had (no ``fcntl``, a folder it cannot write, an in-memory database)."""
-    if fcntl is None or file.name == ":memory:":
-        yield
-        return
-    try:
-        fd = os.open(lock_file(file), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        yield
-        return
-    try:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _check_journal(path: Path) -> None:

@@ -13,7 +13,6 @@ a peer's trial is still running waits for it (:func:`wait_for_peers`).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 from optuna.trial import FrozenTrial, TrialState
 
 from bstune._keys import HEARTBEAT_KEY, OWNER_KEY
+from bstune.study._file_lock import FileLock
 from bstune.study._liveness import Owner, abandoned_reason, stored_progress
 from bstune.study._storage import TAKE_LOCK_SUFFIX, lock_file, storage_file
 
@@ -30,11 +30,6 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
     from bstune.study._settings import StudySettings
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no lock (see the module docstring)
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "PROBE_LOCK_SUFFIX",
@@ -51,11 +46,12 @@ PROBE_LOCK_SUFFIX = ".bstune-probe.lock"  # held while a process probes a study 
 _PEER_POLL_S = 1.0  # how often a run waiting for peers' trials looks at the storage
 
 
-class TakeLock:
-    """Held from counting a study's trials to the new trial being stored as running (:meth:`let_go` then).
+class TakeLock(FileLock):
+    """Held from counting a study's trials to the new trial being stored as running (:meth:`let_go` then): the
+    :class:`~bstune.study._file_lock.FileLock` beside the study's SQLite or journal file (``suffix`` names which).
 
     A process that waits longer than ``patience`` seconds goes on without it (logged; at worst
-    one trial too many). Holding it again while held, or letting go when not held, does nothing.
+    one trial too many).
 
     Example:
         >>> import tempfile
@@ -69,8 +65,6 @@ class TakeLock:
         False
     """
 
-    POLL_S = 0.05
-
     def __init__(
         self,
         url: str | Path | BaseStorage | None,
@@ -80,56 +74,8 @@ class TakeLock:
         waiting: str | None = None,
     ) -> None:
         file = storage_file(url)
-        self.path = None if file is None or fcntl is None or file.name == ":memory:" else lock_file(file, suffix)
-        self._patience = patience
-        self._waiting = waiting  # said (INFO) when the lock is held elsewhere and this process must wait
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def take(self) -> bool:
-        """Wait for the lock; True when held, False where there is none or ``patience`` ran out."""
-        if self.path is None or fcntl is None:
-            return False
-        if self._fd is not None:
-            return True
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:  # a read-only folder: the storage itself says so when it writes
-            logger.debug("no trial lock at %s: %s", self.path, exc)
-            return False
-        deadline = time.monotonic() + self._patience
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if self._waiting is not None:
-                    logger.info("%s", self._waiting)
-                    self._waiting = None
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    logger.warning(
-                        "waited %.0f s for %s (another process on this study holds it); going on",
-                        self._patience,
-                        self.path,
-                    )
-                    return False
-                time.sleep(self.POLL_S)
-                continue
-            except OSError as exc:  # a file system without flock
-                os.close(fd)
-                logger.debug("no trial lock at %s: %s", self.path, exc)
-                return False
-            self._fd = fd
-            return True
-
-    def let_go(self) -> None:
-        """Release the lock, if held (closing the file releases it)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        path = None if file is None or file.name == ":memory:" else lock_file(file, suffix)
+        super().__init__(path, patience, waiting=waiting)
 
 
 def peers_running(trials: Sequence[FrozenTrial], grace_period: float, *, now: float | None = None) -> int:
