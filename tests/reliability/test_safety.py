@@ -72,7 +72,8 @@ SAFE_ATTRS = {"register_pickle_by_value"}
 # ... and used only so, in that file
 ALLOWED_USES = {
     ("bstune/_spawn.py", name)
-    for name in ("pickle.dumps", "pickle.HIGHEST_PROTOCOL", "pickle.loads", "cloudpickle.dumps")
+    # pickle.Unpickler: pickle.loads with the classes cloudpickle rebuilt kept (unpack_in_child), on the same bytes
+    for name in ("pickle.dumps", "pickle.HIGHEST_PROTOCOL", "pickle.loads", "pickle.Unpickler", "cloudpickle.dumps")
 } | {
     # says how cloudpickle *pickles* a script's functools.cache wrapper for Ray's workers (as its function)
     ("bstune/study/_ray_cluster.py", "ray.cloudpickle.Pickler.dispatch_table"),
