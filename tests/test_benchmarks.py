@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -258,3 +260,29 @@ def test_provenance_names_the_commit_a_run_started_with_not_the_one_checked_out_
     checked_out.update({"rev-parse": "bbbbbbb", "status": " M bstune/x.py"})  # a commit made during the run
     machine = run.provenance("python -m benchmarks.run", 0.0)["machine"]
     assert (machine["git_commit"], machine["git_dirty"]) == ("aaaaaaa", False)
+
+
+def test_a_gp_smoothed_pick_weighs_a_lucky_trial_against_its_neighbours() -> None:
+    pytest.importorskip("sklearn")
+    from benchmarks.pick_rules import best_trial, seed_noise, smoothed_trial
+
+    # a bowl in (log2 B, log10 lr) with its floor at B=16, lr=0.01; trial 0 sits high on its side but drew a
+    # lucky seed (0.9 of the floor), its close neighbours measured the bowl there (1.5)
+    def value(b: int, lr: float) -> float:
+        return 1.0 + 0.05 * ((math.log2(b) - 4) ** 2 + (math.log10(lr) + 2) ** 2 * 4)
+
+    trials = [{"number": 0, "status": "completed", "batch_size": 256, "lr": 0.1, "value": 0.9}]
+    n = 1
+    for b in (4, 8, 16, 32, 64, 128, 256):
+        for lr in (0.001, 0.003, 0.01, 0.03, 0.1):
+            if (b, lr) != (256, 0.1):
+                trials.append({"number": n, "status": "completed", "batch_size": b, "lr": lr, "value": value(b, lr)})
+                n += 1
+    trials.append({"number": n, "status": "pruned", "batch_size": 16, "lr": 0.01, "value": 0.1})  # never picked
+    run = {"trials": trials}
+    assert best_trial(run)["number"] == 0
+    smoothed = smoothed_trial(run, noise_sd=0.2)  # the noise fixed: a lucky 0.9 among 1.5s is mostly noise
+    assert (smoothed["batch_size"], smoothed["lr"]) == (16, 0.01)
+    three = {"runs": {str(s): {"value": v} for s, v in enumerate((1.0, 1.0, math.e))}}
+    two = {"runs": {"1": {"value": 0.5}, "2": {"value": 5.0}, "3": {"value": None}}}  # too few seeds: left out
+    assert seed_noise({"cells": [three, two]}) == pytest.approx(statistics.stdev([0.0, 0.0, 1.0]))
