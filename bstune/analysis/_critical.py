@@ -91,6 +91,9 @@ class CriticalBatchFit:
             ``"below"`` when the estimate lies beyond the batch sizes fitted.
         n_censored: bounds that were left out of the least squares.
         contradicted: batch sizes whose bound the fitted curve violates.
+        contradictions: those bounds as ``(batch size, steps, never reached)``: a trial that ran ``steps`` without
+            reaching the target where the curve predicts fewer (``True``), or reached it by its first evaluation,
+            within ``steps``, where the curve predicts more (``False``).
         censored_batches: the batch sizes of those bounds, in order.
         early_batches: those of them that reached the target by their first
             evaluation (their steps are an upper bound, not a lower one).
@@ -115,6 +118,7 @@ class CriticalBatchFit:
     edge: Literal["inside", "above", "below"]
     n_censored: int = 0
     contradicted: tuple[int, ...] = ()
+    contradictions: tuple[tuple[int, float, bool], ...] = ()
     censored_batches: tuple[int, ...] = ()
     early_batches: tuple[int, ...] = ()
     faster_than_linear: tuple[int, int, float, float] | None = None
@@ -223,6 +227,8 @@ class CriticalBatchFit:
             "batch_max": self.batch_max,
             # [B1, B2, S1, S2] where steps fell more than 1.5x faster than 1/B (trials differing beyond B)
             "faster_than_linear": list(self.faster_than_linear) if self.faster_than_linear else None,
+            # [B, steps, never reached]: bounds the curve violates (contradictions_text says them)
+            "contradictions": [list(c) for c in self.contradictions],
             "summary": self.summary,
         }
 
@@ -317,6 +323,7 @@ class CriticalBatchFit:
                 noun = "" if never else f" batch size{'s' if k > 1 else ''}"
                 said.append(f"{k}{noun} that reached it by {'their' if k > 1 else 'its'} first evaluation ({shown})")
             bounds = f"; {' and '.join(said)} only bound the fit"
+        against = self.contradictions_text()
         if self.identified:
             steep = self._faster_than_linear_text()
             return (
@@ -324,6 +331,7 @@ class CriticalBatchFit:
                 f"S_min ≈ {_num(self.s_min)} steps ({_num(self.s_min_ci[0])}–{_num(self.s_min_ci[1])}), "
                 f"E_min ≈ {_num(self.e_min)} samples ({_num(self.e_min_ci[0])}–{_num(self.e_min_ci[1])})"
                 + (f"; but {steep}" if steep else "")
+                + (f"; {against}" if against else "")
             )
         known = ""
         if lo > self.batch_min and math.isinf(hi):
@@ -335,7 +343,41 @@ class CriticalBatchFit:
             + "; ".join(self.unidentified_because())
             + known
             + f"; fitted on {fitted}{bounds}"
+            + (f"; {against}" if against else "")
         )
+
+    def contradictions_text(self) -> str:
+        """The bounds the fitted curve violates, in words ("" where it violates none).
+
+        Example:
+            >>> from bstune.analysis import BatchPoint
+            >>> points = [(b, 100 * (1 + 64 / b)) for b in (8, 32, 128)]
+            >>> fit = fit_critical_batch([*points, BatchPoint(512, 400.0, 204800.0, 0.1, lower_bound=True)])
+            >>> print(fit.contradictions_text())
+            the curve is contradicted where trials did not reach the target: at batch size 512 after 400 steps (the curve predicts 113); the fit is optimistic there (a trial runs at its own learning rate, so a miss may be its rate's)
+        """
+        never = [(b, s) for b, s, missed in self.contradictions if missed]
+        early = [(b, s) for b, s, missed in self.contradictions if not missed]
+
+        def listed(points: list[tuple[int, float]], word: str) -> str:
+            first, *rest = points
+            said = [f"batch size {first[0]} {word} {_steps(first[1])} steps (the curve predicts "]
+            said[0] += f"{_steps(self.predict_steps(float(first[0])))})"
+            said += [f"{b} {word} {_steps(s)} ({_steps(self.predict_steps(float(b)))})" for b, s in rest]
+            return ", ".join(said)
+
+        parts = []
+        if never:
+            parts.append(
+                f"the curve is contradicted where trials did not reach the target: at {listed(never, 'after')}; "
+                "the fit is optimistic there (a trial runs at its own learning rate, so a miss may be its rate's)"
+            )
+        if early:
+            parts.append(
+                f"the curve is contradicted where trials had reached the target by their first evaluation: at "
+                f"{listed(early, 'within')}; the fit is pessimistic there"
+            )
+        return "; ".join(parts)
 
 
 def _steps(x: float) -> str:
@@ -492,10 +534,12 @@ def fit_critical_batch(
         log_points=tuple(zip(x.tolist(), y.tolist(), strict=True)),
     )
     tol = 2.0 * rms
-    contradicted = tuple(
-        p.batch_size
+    against = tuple(
+        (p.batch_size, float(p.steps), p.lower_bound)
         for p in censored
         if (p.lower_bound and math.log(max(p.steps, 1e-300)) - math.log(fit.predict_steps(float(p.batch_size))) > tol)
         or (p.upper_bound and math.log(fit.predict_steps(float(p.batch_size))) - math.log(max(p.steps, 1e-300)) > tol)
     )
-    return replace(fit, contradicted=contradicted) if contradicted else fit
+    if not against:
+        return fit
+    return replace(fit, contradicted=tuple(b for b, _, _ in against), contradictions=against)

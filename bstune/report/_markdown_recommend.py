@@ -88,6 +88,33 @@ def _throughput_doubt(throughput: dict[str, Any]) -> str:
     )
 
 
+def _against_the_fit(cb: dict[str, Any], batch: int, measured: bool) -> str:
+    """A sentence where trials at batch sizes above those the trials' S(B) fit saw, up to ``batch``, ran without
+    reaching the target for more steps than the fit predicts there: the fit is optimistic where the fastest
+    batch size rests on it ("" where none did, or where the advice is a direct measurement's).
+
+    Example:
+        >>> cb = {"contradictions": [[19, 300.0, True], [912, 17.0, True]], "batch_max": 111, "s_min": 2.0, "e_min": 7000.0}
+        >>> _against_the_fit(cb, 1024, False)
+        ' **The trials say otherwise**: at batch size 912 a trial ran 17 steps without reaching the target, where the fit predicts 9.68; beyond the batch sizes it saw (up to 111) the fit is optimistic, so the fastest batch size is likely smaller.'
+    """
+    if measured:
+        return ""
+    above = [(b, s) for b, s, never in cb.get("contradictions") or [] if never and cb["batch_max"] < b <= batch]
+    if not above:
+        return ""
+    s_min, e_min = float(cb.get("s_min") or 0.0), float(cb.get("e_min") or 0.0)
+    said = "; ".join(
+        f"at batch size {b} a trial ran {_n(s, ',.3g')} steps without reaching the target, where the fit predicts "
+        f"{_n(s_min + e_min / b, '.3g')}"
+        for b, s in above
+    )
+    return (
+        f" **The trials say otherwise**: {said}; beyond the batch sizes it saw (up to {cb['batch_max']}) the fit is "
+        "optimistic, so the fastest batch size is likely smaller."
+    )
+
+
 def _which_batch(rec: dict[str, Any], fastest: dict[str, Any], data: dict[str, Any]) -> list[str]:
     """One sentence on the two batch sizes the recommendation gives, where they differ: which answers what."""
     if fastest["batch_size"] == rec["batch_size"]:
@@ -221,9 +248,10 @@ def recommendation_lines(data: dict[str, Any]) -> list[str]:
     measured_advice = data["critical_batch"].get("advice_from") == "measured"
     if "device" in co:
         d, w = co["device"], co["wall"]
+        cb = data["critical_batch"]
+        goal = "the measured run's final loss" if measured_advice else target_text(cb) if cb.get("target") else "target"
         line = (
-            f"Fastest to the {'measured run' + chr(39) + 's final loss' if measured_advice else 'target'} on one "
-            f"device: batch size {d['batch_size']} ({_choice_ci(d.get('batch_size_ci'))}"
+            f"Fastest to {goal} on one device: batch size {d['batch_size']} ({_choice_ci(d.get('batch_size_ci'))}"
             f"{_n(d['seconds'], '.3g')} s{_ci(d.get('seconds_ci'), '.3g')} of training at the probe's measured "
             "throughput"
             + ("; at the edge of the batch sizes measured, so possibly larger still" if d.get("at_range_edge") else "")
@@ -238,7 +266,10 @@ def recommendation_lines(data: dict[str, Any]) -> list[str]:
                 + ")"
             )
         out.append(
-            line + ". The intervals carry the S(B) fit's uncertainty; the throughput is taken as the probe measured "
+            line
+            + "."
+            + _against_the_fit(cb, d["batch_size"], measured_advice)
+            + " The intervals carry the S(B) fit's uncertainty; the throughput is taken as the probe measured "
             "it, and on a shared or busy machine it can differ several-fold from one run to the next."
             + _throughput_doubt(data.get("throughput") or {})
         )

@@ -119,6 +119,15 @@ def test_censored_points_are_left_out_and_contradictions_flagged() -> None:
     alone = fit_critical_batch(reached)
     assert fit.b_crit == alone.b_crit and fit.n_points == 6 and fit.n_censored == 3
     assert fit.contradicted == (512,)
+    assert fit.contradictions == ((512, 2000.0, True),) and fit.to_dict()["contradictions"] == [[512, 2000.0, True]]
+    predicted = f"{fit.predict_steps(512.0):.3g}"
+    said = "the curve is contradicted where trials did not reach the target: at batch size 512 after 2,000 steps "
+    assert f"; {said}(the curve predicts {predicted}); the fit is optimistic there" in fit.summary  # a newcomer's
+    # report recommended B=1024 as fastest while a trial at 912 had missed the target and bstune said nothing
+    early = BatchPoint(8, 5.0, 40.0, 0.1, upper_bound=True)  # reached within 5 steps where the fit says ≈ 300
+    both = fit_critical_batch([*reached, violated, early])
+    assert "by their first evaluation: at batch size 8 within 5 steps" in both.summary
+    assert both.summary.endswith("the fit is pessimistic there") and alone.contradictions_text() == ""
 
 
 def test_too_few_batch_sizes_raise_a_clear_error() -> None:
