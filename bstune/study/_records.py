@@ -226,6 +226,13 @@ class StudyResult:
                     source=where[0],
                     field=where[1],
                 )
+            if direction is not None and not held and said != direction:  # as a study refuses it for its objective
+                raise ConfigError(
+                    f"{said.value!r} contradicts {metric!r}, whose name says {direction.value!r}; leave the "
+                    "direction out",
+                    source=where[0],
+                    field=where[1],
+                )
             return said
         if direction is None:
             raise ConfigError(

@@ -307,3 +307,14 @@ def test_a_target_direction_against_an_older_results_objective_is_refused_and_na
     with pytest.raises(ConfigError, match=r"^--target-direction: 'val_score' is maximized in this study"):
         old.direction_of("val_score", source="--target-metric", field=None, given="minimize")
     assert old.direction_of("val_score", given="maximize") is bstune.Direction.MAXIMIZE
+
+
+def test_a_target_direction_against_what_the_metrics_name_says_is_refused_as_a_study_refuses_it() -> None:
+    """A newcomer's `bstune report runs/x --target-metric val_accuracy --target-value 0.95 --target-direction minimize`
+    (the study's objective val_loss, its accuracy's direction read from the name) reported "val_accuracy ≤ 0.95:
+    7 reached it by their first evaluation"; `bstune run` refuses the same direction for such an objective."""
+    result = _result({"val_loss": "minimize"})  # a training function's study: its objective's direction only
+    with pytest.raises(ConfigError, match=r"^--target-direction: 'minimize' contradicts 'val_accuracy', whose name"):
+        result.direction_of("val_accuracy", source="--target-metric", field=None, given="minimize")
+    assert result.direction_of("val_accuracy", given="maximize") is bstune.Direction.MAXIMIZE
+    assert result.direction_of("val_score", given="minimize") is bstune.Direction.MINIMIZE  # the name does not say
