@@ -178,6 +178,21 @@ class Rescored:
         return statistics.stdev(v for v in self.values if v is not None) / math.sqrt(len(self.values))
 
     @property
+    def fresh_mean(self) -> float | None:
+        """The mean over the re-scoring seeds alone: the own seed's value is the draw the trial was picked on, so
+        the mean over every seed leans optimistic (the winner's curse); this one does not."""
+        fresh = self.values[1:]
+        return statistics.fmean(v for v in fresh if v is not None) if self.complete and fresh else None
+
+    @property
+    def fresh_sem(self) -> float | None:
+        """Standard error of :attr:`fresh_mean` (None with fewer than two re-scoring seeds)."""
+        fresh = self.values[1:]
+        if not self.complete or len(fresh) < 2:
+            return None
+        return statistics.stdev(v for v in fresh if v is not None) / math.sqrt(len(fresh))
+
+    @property
     def final_mean(self) -> float | None:
         """The mean over the seeds of the last evaluation's objective (None unless every run has one)."""
         if not self.finals or len(self.finals) != len(self.values):
@@ -194,6 +209,8 @@ class Rescored:
             "samples": self.samples,
             "mean": self.mean,
             "sem": self.sem,
+            "fresh_mean": self.fresh_mean,  # over the re-scoring seeds alone: not biased by the pick
+            "fresh_sem": self.fresh_sem,
             "finals": list(self.finals),
             "final_mean": self.final_mean,
         }

@@ -247,15 +247,22 @@ def _rescored_and_spent(data: dict[str, Any]) -> list[str]:
             "",
             (f"The {len(rescored)} best trials" if len(rescored) > 1 else "The best trial")
             + f" trained again at {len(rescored[0]['seeds'])} more seed{'s' if len(rescored[0]['seeds']) != 1 else ''} "
-            "(one seed moves a config's value by several percent); the best mean is recommended.",
+            "(one seed moves a config's value by several percent); the best mean is recommended. A trial's own "
+            "seed is the draw it was picked on, so the mean over all seeds leans optimistic (the winner's curse); "
+            "the mean over the new seeds alone is what retraining the config gives.",
             "",
-            "| # | batch | lr | value per seed (own first) | mean ± SE |",
-            "|---:|---:|---:|---|---|",
+            "| # | batch | lr | value per seed (own first) | mean ± SE | new seeds' mean ± SE |",
+            "|---:|---:|---:|---|---|---|",
         ]
         for r in rescored:
             values = ", ".join(_n(v) for v in r["values"])
             mean = f"{_n(r['mean'])} ± {_n(r['sem'], '.2g')}" if r.get("mean") is not None else "failed at a seed"
-            out.append(f"| {r['trial']} | {r['batch_size']} | {_n(r['lr'], '.3g')} | {values} | {mean} |")
+            fresh = "n/a"
+            if r.get("fresh_mean") is not None:
+                fresh = _n(r["fresh_mean"]) + (
+                    f" ± {_n(r['fresh_sem'], '.2g')}" if r.get("fresh_sem") is not None else ""
+                )
+            out.append(f"| {r['trial']} | {r['batch_size']} | {_n(r['lr'], '.3g')} | {values} | {mean} | {fresh} |")
     out += [
         "",
         f"Samples spent: {study.get('samples_total', 0):,} (probe {study.get('samples_probe', 0):,}"

@@ -99,6 +99,9 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
     chosen = next((r for r in result.get("rescored") or [] if r.get("trial") == result.get("best_trial")), None)
     if chosen is not None and chosen.get("mean") is not None:  # best_value is the mean over its seeds
         how = f"{result['objective']} {result['best_value']:.4f}, the mean of {len(chosen['values'])} seeds"
+        if chosen.get("fresh_mean") is not None:  # older results lack it
+            n = len(chosen["values"]) - 1
+            how += f" ({chosen['fresh_mean']:.4f} over the {n} seed{'s' if n != 1 else ''} it was not picked on)"
     else:
         how = f"{result['objective']} {result['best_value']:.4f}"
     trial = f"trial {result['best_trial']}: " if result.get("best_trial") is not None else ""

@@ -153,12 +153,15 @@ def test_a_rescored_recommendation_says_so_with_its_spread(tmp_path: Path) -> No
     data = json.loads(Path(files["json"]).read_text())
     rec = data["recommended"]
     assert rec["why"].startswith("best mean val_loss (0.33 ± 0.017 standard error, over 3 seeds)")
+    # a newcomer's retrains at 10 fresh seeds came out worse than the reported mean, whose own seed was the lucky pick
+    assert "; over its 2 new seeds alone 0.345 ± 0.015, what retraining it gives" in rec["why"]
+    assert data["rescored"][0]["fresh_mean"] == pytest.approx(0.345) and data["rescored"][1]["fresh_mean"] is None
     assert [r["trial"] for r in data["rescored"]] == [0, 1] and data["rescored"][0]["batch_size"] == 16
     assert "rescored" not in rec  # not a hyperparameter to train with
     assert data["study"]["samples_rescore"] == 800_000 == result.samples_rescore
     md = Path(files["md"]).read_text()
     assert "values" not in md.split("## ")[1]  # the recommendation lists hyperparameters only
-    assert "| 0 | 16 |" in md and "0.3, 0.36, 0.33 | 0.33 ± 0.017 |" in md
+    assert "| 0 | 16 |" in md and "0.3, 0.36, 0.33 | 0.33 ± 0.017 | 0.345 ± 0.015 |" in md
     assert "failed at a seed" in md and "re-scoring 800,000" in md
     assert "The 2 best trials trained again at 2 more seeds" in md
     result.rescored = [Rescored(trial=0, seeds=[7], values=[0.30, 0.36], samples=200_000)]
