@@ -1,7 +1,7 @@
 """What must match for a stored study to resume: the settings it was run with.
 
 A study's storage keeps the settings that shape its trials (mode, budget, seed,
-milestones, objective, search space, task). A process that opens the same study with
+milestones, objective, search space, task, pruner). A process that opens the same study with
 other settings would mix trials of two different searches into one result, so it is
 refused with each setting that differs, its stored value and the new one. Settings
 stored by an older bstune are first read in today's terms.
@@ -60,6 +60,8 @@ def settings_mismatch(stored: Mapping[str, Any], mine: Mapping[str, Any], what: 
         >>> settings_mismatch({"seed": 0, "space": {"lr": 1}}, {"seed": 0, "space": {"lr": 2}}, "study 'x'", "--out")
         "study 'x' was run with different settings: space.lr: the stored study used 1, this run asks 2; use the same settings to resume, or another --out"
     """
+    # a setting an older bstune did not store is not known to differ: such a study resumes as before
+    stored = {**{k: mine[k] for k in _STORED_SINCE if k in mine and k not in stored}, **stored}
     diffs = _differences(stored, mine, "")
     if not diffs:
         return None
@@ -70,6 +72,9 @@ def settings_mismatch(stored: Mapping[str, Any], mine: Mapping[str, Any], what: 
 
 
 _UNSET = object()
+# top-level settings stored since a later bstune (the pruner: a resumed study reported the new one for trials the
+# old one had pruned, or not)
+_STORED_SINCE = ("pruner",)
 
 
 def _differences(stored: Mapping[str, Any], mine: Mapping[str, Any], prefix: str) -> list[str]:

@@ -259,6 +259,7 @@ class Study:
                 "space": self.space.to_dict(),
                 "task": self.name,
                 "n_train": self.n_train,
+                "pruner": s.pruner_name,
             }
         )
 

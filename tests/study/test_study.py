@@ -180,6 +180,26 @@ def test_journal_storage_and_settings_must_match_to_resume(blob_task: bstune.Tas
         _study(blob_task, mode="baseline", n_trials=3, storage=journal, budget_samples=8000).run()
 
 
+def test_a_resume_with_another_pruner_is_refused_and_one_stored_without_a_pruner_resumes(
+    blob_task: bstune.Task, tmp_path: Path
+) -> None:
+    """A newcomer resumed a study run with pruner 'none' under the default hyperband: accepted, and its report
+    said "Pruner: hyperband" of 12 trials, 10 of them run unpruned."""
+    journal = str(tmp_path / "study.log")
+    _study(blob_task, mode="baseline", n_trials=1, storage=journal, pruner="none", rescore_top=0).run()
+    with pytest.raises(
+        ConfigError, match=r"different settings: pruner: the stored study used \"none\", this run asks \"hyperband\";"
+    ):
+        _study(blob_task, mode="baseline", n_trials=2, storage=journal, rescore_top=0).run()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
+    study = optuna.load_study(study_name="bstune-blobs", storage=storage)
+    settings = study.user_attrs["bstune_settings"]
+    del settings["pruner"]  # as a bstune that did not store it wrote the settings
+    study.set_user_attr("bstune_settings", settings)
+    again = _study(blob_task, mode="baseline", n_trials=2, storage=journal, rescore_top=0).run()
+    assert [t.number for t in again.trials] == [0, 1]
+
+
 def test_a_study_stored_before_lr_anchor_resumes_only_with_the_anchor_it_ran_with(
     blob_task: bstune.Task, tmp_path: Path
 ) -> None:
