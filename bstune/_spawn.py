@@ -4,9 +4,8 @@ data-parallel ranks), both ways.
 One side pickles; the other, its parent or its own child started by ``multiprocessing``'s
 *spawn* context, unpickles what it was handed through the pipe or queue the two share, as
 ``multiprocessing`` itself does with a process's arguments and results. Nothing here reads
-a file or the network. cloudpickle, where installed (the ``ray`` extra installs it), also ships
-lambdas and ``__main__``'s functions and classes (by value); without it the standard pickle
-needs every function at module level. A script bstune loaded is shipped by name, as any module
+a file or the network. cloudpickle (a dependency of bstune's) also ships lambdas and
+``__main__``'s functions and classes (by value). A script bstune loaded is shipped by name, as any module
 is: its children import it (:mod:`bstune._loading`), so that its classes stay the ones its
 module holds. A child makes the ``__main__`` classes and functions that came by value its own
 ``__main__``'s (:func:`unpack_in_child`), so that the processes it starts (a loop's DataLoader
@@ -34,9 +33,12 @@ import signal
 import sys
 import tempfile
 import threading
+import types
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+import cloudpickle
 
 from bstune.errors import ConfigError
 
@@ -59,17 +61,12 @@ _BY_VALUE_MAKERS = frozenset({"_make_skeleton_class", "_make_skeleton_enum", "_m
 def pack(obj: Any) -> bytes:
     """``obj`` as bytes the process at the other end (a spawned child, or its parent) loads with :func:`unpack`.
 
-    Raises whatever the pickler raises for an object it cannot ship (a lambda without
-    cloudpickle, an open file...).
+    Raises whatever the pickler raises for an object it cannot ship (an open file, a lock, a generator...).
 
     Example:
         >>> unpack(pack({"batch_size": 32}))
         {'batch_size': 32}
     """
-    try:
-        import cloudpickle
-    except ImportError:
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return bytes(cloudpickle.dumps(obj))
 
 
@@ -99,16 +96,21 @@ class _ByValueRecorder(pickle.Unpickler):
 
 
 def unpack_in_child(blob: bytes) -> Any:
-    """In a spawned child: :func:`unpack` its task, and make the top-level classes and functions of the user's
-    ``__main__`` that came with it by value (cloudpickle ships ``__main__``'s so) this process's
-    ``__main__``'s own, under their names.
+    """In a spawned child: :func:`unpack` its task, and make the classes and functions of the user's script that
+    came with it by value (cloudpickle ships ``__main__``'s so) the ones its ``__main__`` holds under their names.
 
     A process the child starts in turn pickles what it is handed with the standard pickle, by name: a
     DataLoader's workers, where they spawn (macOS, Windows, ``set_start_method("spawn")``) or come from a fork
     server (Python 3.14's default on Linux), get the loop's ``Dataset`` so. By name, a class that came by value
-    is "not the same object as __main__.Blobs" (the one the child's re-import of the user's script made), and
-    every trial failed. Made ``__main__``'s own, it pickles by name, and those processes import the user's
-    script and take the class from there, as they do when the user's own process starts them.
+    is "not the same object as __main__.Blobs" (the one the child's re-import of the script made), and every
+    trial failed. Made ``__main__``'s, it pickles by name, and those processes import the script and take the
+    class from there, as they do when the user's own process starts them.
+
+    Only what the script defines at its top level is taken (the re-import has it; one defined under the main
+    guard fails in those processes however it is pickled, and fails here first, with pickle's clear error);
+    of a decorated function, the decorated one (``functools.wraps`` ships the wrapped one with it, under the
+    same name). ``__main__`` becomes a copy of the re-imported script's module: the re-import itself
+    (``__mp_main__``) keeps its own classes, so that what it made (a cached dataset) pickles by name as well.
 
     Example:
         >>> unpack_in_child(pack({"batch_size": 32}))
@@ -117,10 +119,25 @@ def unpack_in_child(blob: bytes) -> Any:
     recorder = _ByValueRecorder(blob)
     task = recorder.load()
     main = sys.modules.get("__main__")
-    for made in recorder.made:
-        name = getattr(made, "__qualname__", "")
-        if main is not None and getattr(made, "__module__", None) == "__main__" and name.isidentifier():
-            setattr(main, name, made)
+    if main is None:
+        return task
+    wrapped = {id(inner) for made in recorder.made if (inner := getattr(made, "__wrapped__", None)) is not None}
+    shipped = {
+        made.__qualname__: made
+        for made in recorder.made
+        if getattr(made, "__module__", None) == "__main__"
+        and getattr(made, "__qualname__", "").isidentifier()
+        and id(made) not in wrapped
+        and hasattr(main, made.__qualname__)
+    }
+    if not shipped:
+        return task
+    if main is sys.modules.get("__mp_main__"):  # spawn's re-import of the script: leave its namespace as it is
+        own = types.ModuleType("__main__", main.__doc__)
+        own.__dict__.update(main.__dict__)  # __file__ and __spec__ too: what a spawn from here prepares from
+        sys.modules["__main__"] = main = own
+    for name, made in shipped.items():
+        setattr(main, name, made)
     return task
 
 

@@ -161,7 +161,11 @@ def test_pack_round_trips() -> None:
 
 
 CHILD_OF_MAIN = """
+import functools
+import multiprocessing
 import pickle
+import sys
+
 from bstune._spawn import pack, unpack_in_child
 
 
@@ -170,39 +174,70 @@ class Blobs:
         self.n = n
 
 
+@functools.cache
+def cached():  # shipped by name: in the child, the re-import's own, holding the re-import's class
+    return Blobs(5)
+
+
+def tagged(fn):
+    @functools.wraps(fn)
+    def inner(items):
+        return ("tagged", fn(items))
+
+    return inner
+
+
+@tagged
 def collate(items):
     return items
 
 
-class Outer:
-    class Inner:
+def grandchild(shipped, out):  # a DataLoader worker's part: handed the shipped object by name
+    out.put(shipped.n)
+
+
+def child(blob, out):
+    shipped, shipped_collate, guarded, shipped_cached = unpack_in_child(blob)
+    main, reimport = sys.modules["__main__"], sys.modules["__mp_main__"]
+    ctx = multiprocessing.get_context("spawn")
+    inner = ctx.Queue()
+    process = ctx.Process(target=grandchild, args=(shipped, inner))
+    process.start()
+    process.join(60)
+    out.put({
+        "by name": pickle.loads(pickle.dumps(shipped)).n,
+        "main's": main.Blobs is type(shipped),
+        "re-import's own": reimport.Blobs is not type(shipped) and pickle.loads(pickle.dumps(shipped_cached())).n,
+        "decorated": main.collate is shipped_collate and main.collate([1]) == ("tagged", [1]),
+        "guarded": hasattr(main, "Guarded"),
+        "in a grandchild": inner.get(timeout=5),
+    })
+
+
+if __name__ == "__main__":
+    class Guarded:
         pass
 
-
-blob = pack((Blobs(3), collate, Outer.Inner, lambda: 1))
-
-
-class Blobs:  # a spawned child's re-import of the script: its own class of that name
-    pass
-
-
-def collate(items):
-    return None
-
-
-shipped, shipped_collate, inner, _ = unpack_in_child(blob)
-assert Blobs is type(shipped) and collate is shipped_collate, "the shipped class and function are __main__'s now"
-again = pickle.loads(pickle.dumps((shipped, shipped_collate)))  # by name, as a DataLoader's workers get them
-assert again[0].n == 3 and again[1]([1]) == [1]
-assert inner.__qualname__ == "Outer.Inner" and "Inner" not in globals() and "<lambda>" not in globals()
-print("ok")
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    worker = context.Process(target=child, args=(pack((Blobs(3), collate, Guarded, cached)), results))
+    worker.start()
+    print(results.get(timeout=120))
+    worker.join(60)
 """
 
 
-def test_a_child_makes_main_classes_that_came_by_value_its_own_so_they_pickle_by_name() -> None:
+def test_a_spawned_child_makes_the_scripts_classes_that_came_by_value_its_mains_so_they_pickle_by_name(
+    tmp_path: Path,
+) -> None:
     """Where DataLoader workers spawn (macOS), a trial worker's loop pickled its Dataset by name and failed:
-    "Can't pickle <class '__main__.Blobs'>: it's not the same object as __main__.Blobs"."""
+    "Can't pickle <class '__main__.Blobs'>: it's not the same object as __main__.Blobs". A reviewer found the first
+    fix's faults: it overwrote the re-import's own class (a cached dataset made there no longer pickled), took the
+    undecorated function of a decorated one, and took a class defined under the guard."""
     pytest.importorskip("cloudpickle")
-    done = subprocess.run([sys.executable, "-c", CHILD_OF_MAIN], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "ok"
+    (tmp_path / "script.py").write_text(CHILD_OF_MAIN)
+    done = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == str(
+        {"by name": 3, "main's": True, "re-import's own": 5, "decorated": True, "guarded": False, "in a grandchild": 3}
+    )

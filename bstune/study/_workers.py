@@ -144,16 +144,15 @@ def worker_threads(n_workers: int) -> int:
 def pickled(obj: Any, *, field: str = "parallel_trials") -> bytes:
     """``obj`` as bytes a spawned worker can load: by value for what a loaded script defines.
 
-    cloudpickle (installed with the ``ray`` extra) also ships lambdas and a script's
-    functions; without it, the standard pickle needs every function at module level.
+    cloudpickle ships lambdas and a script's functions too; not open files, locks or generators.
     """
     try:
         return pack(obj)
     except Exception as exc:
         raise ConfigError(
             f"the task or training function cannot be sent to trial worker processes ({type(exc).__name__}: "
-            f"{exc}); define its model factory, loss and metrics at module level (not lambdas), "
-            "or install cloudpickle",
+            f"{exc}); what it holds must pickle: build open files, locks, generators and the like inside the "
+            "function rather than holding them",
             source="Study",
             field=field,
         ) from exc

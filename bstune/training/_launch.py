@@ -141,8 +141,8 @@ def run_data_parallel(
 
     Each process joins a process group on loopback (a free port; gloo on CPU, NCCL on CUDA),
     is pinned to its device (``devices[rank]``; default ``cuda:rank`` when CUDA is available,
-    else the CPU), and runs ``fn``. ``fn`` and its arguments travel by cloudpickle where it is
-    installed (else pickle); return values by ``torch.save``.
+    else the CPU), and runs ``fn``. ``fn`` and its arguments travel by cloudpickle; return values
+    by ``torch.save``.
 
     Args:
         fn: what each rank runs (it may call :func:`bstune.train`, which then runs data-parallel).
@@ -298,7 +298,7 @@ def train_data_parallel(
 
     ``config.batch_size`` is the global batch. ``callback`` runs in this process (rank 0 sends
     each record and waits for the decision), so a pruner's trial object need not be picklable.
-    The task must pickle (cloudpickle, when installed, also takes lambdas). The result's model is
+    The task must pickle (by cloudpickle, which takes lambdas). The result's model is
     rank 0's, on the CPU. With ``nprocs=1`` it still runs in one spawned process.
 
     Example (not run here: it spawns processes)::
