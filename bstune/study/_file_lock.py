@@ -41,6 +41,11 @@ class FileLock:
         (True, True)
         >>> lock.let_go(); lock.held
         False
+        >>> with lock:  # held for the block, and let go after it
+        ...     lock.held
+        True
+        >>> lock.held
+        False
         >>> FileLock(None).take()  # nothing to lock
         False
     """
@@ -52,6 +57,7 @@ class FileLock:
         self._patience = patience
         self._waiting = waiting
         self._fd: int | None = None
+        self._outer = False  # held before the with-block began
 
     @property
     def held(self) -> bool:
@@ -69,29 +75,33 @@ class FileLock:
             logger.debug("no lock at %s: %s", self.path, exc)
             return False
         deadline = time.monotonic() + self._patience
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if self._waiting is not None:
-                    logger.info("%s", self._waiting)
-                    self._waiting = None
-                if time.monotonic() > deadline:
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if self._waiting is not None:
+                        logger.info("%s", self._waiting)
+                        self._waiting = None
+                    if time.monotonic() > deadline:
+                        logger.warning(
+                            "waited %.3g s for %s (another process on this study holds it); going on",
+                            self._patience,
+                            self.path,
+                        )
+                        os.close(fd)
+                        return False
+                    time.sleep(self.POLL_S)
+                    continue
+                except OSError as exc:  # a file system without flock
+                    logger.debug("no lock at %s: %s", self.path, exc)
                     os.close(fd)
-                    logger.warning(
-                        "waited %.0f s for %s (another process on this study holds it); going on",
-                        self._patience,
-                        self.path,
-                    )
                     return False
-                time.sleep(self.POLL_S)
-                continue
-            except OSError as exc:  # a file system without flock
-                os.close(fd)
-                logger.debug("no lock at %s: %s", self.path, exc)
-                return False
-            self._fd = fd
-            return True
+                self._fd = fd
+                return True
+        except BaseException:  # a Ctrl-C while it waits: the file is not left open
+            os.close(fd)
+            raise
 
     def let_go(self) -> None:
         """Release the lock, if held (closing the file releases it)."""
@@ -100,10 +110,12 @@ class FileLock:
             os.close(fd)
 
     def __enter__(self) -> FileLock:
+        self._outer = self.held  # a with-block inside a hold leaves that hold in place
         self.take()
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        self.let_go()
+        if not self._outer:
+            self.let_go()
