@@ -18,7 +18,6 @@ from typing import Any
 
 from bstune.report._markdown import render_markdown
 from bstune.report._plots import Plot, render_plots
-from bstune.report._text import num as _n
 
 __all__ = ["SECTIONS", "render_html"]
 
@@ -139,76 +138,6 @@ def _figure(plot: Plot) -> str:
     return f'<figure id="fig-{plot.name}"><img src="{src}" alt="{escape(plot.title)}" width="{w}" height="{h}">{caption}</figure>'
 
 
-def _throughput(data: dict[str, Any]) -> list[str]:
-    tp = data.get("throughput") or {}
-    rates = tp.get("samples_per_s") or {}
-    if not rates:
-        return []
-    iqr = tp.get("samples_per_s_iqr") or {}
-    device = f" on {escape(str(tp['device']))}" if tp.get("device") else ""
-    rows = []
-    for b, r in rates.items():
-        cells = [escape(str(b)), escape(_n(r, ",.0f"))]
-        if iqr:
-            q = iqr.get(b)
-            cells.append(escape(f"{_n(q[0], ',.0f')}–{_n(q[1], ',.0f')}") if q else "n/a")
-        rows.append(cells)
-    head = "<th class=r>batch size</th><th class=r>samples/s</th>"
-    lead = f"<p>Training throughput measured by the probe{device}"
-    if iqr:
-        head += "<th class=r>per-step spread</th>"
-        lead += (
-            ": each step timed alone after untimed warm-up steps; samples/s at the median step, and the "
-            "interquartile range of the per-step rates"
-        )
-    return [
-        lead + ".</p>",
-        f"<table><thead><tr>{head}</tr></thead><tbody>"
-        + "".join("<tr>" + "".join(f"<td class=r>{c}</td>" for c in cells) + "</tr>" for cells in rows)
-        + "</tbody></table>",
-    ]
-
-
-def _span(pair: Any) -> str:
-    """``lo–hi`` of an interval from report.json ("n/a" where there is none)."""
-    return "n/a" if not pair else f"{float(pair[0]):,.0f}–{float(pair[1]):,.0f}"
-
-
-def _compute_optimal(data: dict[str, Any]) -> list[str]:
-    co = data.get("compute_optimal") or {}
-    if "error" in co:
-        return [f"<p>Not computed: {escape(str(co['error']))}.</p>"]
-    n_workers = co.get("n_workers", 1)
-    choices = [("least device time, 1 worker", co["device"])]
-    if n_workers > 1:  # on one worker the wall-time choice is the device-time one
-        choices.append((f"least wall time, {n_workers} workers", co["wall"]))
-    rows = ""
-    for label, c in choices:
-        cells = [_n(c.get("batch_size")), _span(c.get("batch_size_ci")), _n(c.get("steps"), ",.0f")]
-        cells += [_span(c.get("steps_ci")), _n(c.get("samples"), ",.0f")]
-        cells += [_n(c.get("seconds"), ".3g"), "yes" if c.get("at_range_edge") else "no"]
-        cells += ["yes" if c.get("extrapolated") else "no"]
-        rows += f"<tr><td>{escape(label)}</td>" + "".join(f"<td class=r>{escape(x)}</td>" for x in cells) + "</tr>"
-    head = "".join(
-        f"<th{a}>{h}</th>"
-        for h, a in (
-            ("choice", ""),
-            ("batch size", " class=r"),
-            ("90% interval", " class=r"),
-            ("steps", " class=r"),
-            ("90% interval", " class=r"),
-            ("samples", " class=r"),
-            ("seconds", " class=r"),
-            ("at range edge", " class=r"),
-            ("extrapolated", " class=r"),
-        )
-    )
-    return [
-        f"<p>{escape(str(co.get('summary', '')))} (time from the S(B) fit and the probe's measured throughput).</p>",
-        f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>",
-    ]
-
-
 def render_html(data: dict[str, Any]) -> str:
     """report.html for report.json's ``data``: one self-contained page, recommendation first.
 
@@ -217,7 +146,6 @@ def render_html(data: dict[str, Any]) -> str:
     """
     title, md = _md_sections(render_markdown(data))
     plots = render_plots(data)
-    extra = {"throughput": _throughput(data), "compute-optimal": _compute_optimal(data)}
     study = data.get("study", {})
     sub = ", ".join(f"{k} {study[k]}" for k in ("mode", "objective") if study.get(k) is not None)
     head = [
@@ -240,7 +168,7 @@ def render_html(data: dict[str, Any]) -> str:
         (re.sub(r"[^a-z0-9]+", "-", h.lower()).strip("-"), h) for h in md if h not in known
     ]  # report.md's newer ones
     for sid, heading in [*SECTIONS[:-1], *more, SECTIONS[-1]]:
-        body = extra[sid] if sid in extra else _md_blocks(md.get(heading, []))
+        body = _md_blocks(md.get(heading, []))
         if sid == "recommendation" and body and body[0].startswith("<p>"):
             body[0] = '<p class="lead">' + body[0][3:]
         if sid in _FIGURE_OF:

@@ -7,6 +7,7 @@ from typing import Any
 
 from bstune.metrics import Direction
 from bstune.records import rank_key
+from bstune.report._markdown_compute import compute_optimal_lines, throughput_lines
 from bstune.report._markdown_critical import critical_batch_lines
 from bstune.report._markdown_recommend import recommendation_lines
 from bstune.report._text import num as _n
@@ -120,9 +121,12 @@ def render_markdown(data: dict[str, Any]) -> str:
     out += recommendation_lines(data)
     out += _noise_scale(data)
     out += critical_batch_lines(data)
+    out += throughput_lines(data)
+    out += compute_optimal_lines(data)
     out += _gap_and_memory(data)
+    out += _rescored(data)
     out += _trials(data)
-    out += _rescored_and_spent(data)
+    out += _spent(data)
     return "\n".join(out)
 
 
@@ -234,11 +238,9 @@ def _pruner_line(pruner: str | None) -> list[str]:
     return [f"Pruner: {pruner}, at the study's equal-sample milestones (a pruned trial stopped at one of them)."]
 
 
-def _rescored_and_spent(data: dict[str, Any]) -> list[str]:
-    """The re-scored candidates' values per seed, and the samples the study spent."""
-    study = data.get("study", {})
+def _rescored(data: dict[str, Any]) -> list[str]:
+    """The re-scored candidates' values per seed."""
     out: list[str] = []
-    adopted = next((t["number"] for t in data.get("trials") or [] if t.get("from_probe")), None)
     rescored = data.get("rescored") or []
     if rescored:
         out += [
@@ -263,7 +265,14 @@ def _rescored_and_spent(data: dict[str, Any]) -> list[str]:
                     f" ± {_n(r['fresh_sem'], '.2g')}" if r.get("fresh_sem") is not None else ""
                 )
             out.append(f"| {r['trial']} | {r['batch_size']} | {_n(r['lr'], '.3g')} | {values} | {mean} | {fresh} |")
-    out += [
+    return out
+
+
+def _spent(data: dict[str, Any]) -> list[str]:
+    """The samples the study spent, by what spent them."""
+    study = data.get("study", {})
+    adopted = next((t["number"] for t in data.get("trials") or [] if t.get("from_probe")), None)
+    return [
         "",
         f"Samples spent: {study.get('samples_total', 0):,} (probe {study.get('samples_probe', 0):,}"
         + (f" besides its run, trial {adopted}" if adopted is not None else "")
@@ -276,7 +285,6 @@ def _rescored_and_spent(data: dict[str, Any]) -> list[str]:
         + ").",
         "",
     ]
-    return out
 
 
 _UNFINISHED_SHOWN = 10  # trials whose reason is listed; the rest are counted

@@ -216,3 +216,16 @@ def test_renders_in_a_real_headless_browser(saved: tuple[Path, str], tmp_path: P
     assert float(rgb.std()) > 0.02, "the screenshot is one flat colour"
     colourful = (rgb.max(axis=-1) - rgb.min(axis=-1)) > 0.2  # the figures' blues and oranges, not only grey text
     assert colourful.mean() > 0.002  # ~0.4% with the figures drawn, under 0.1% without them
+
+
+def test_report_md_has_the_sections_report_html_has_in_the_same_order(saved: tuple[Path, str]) -> None:
+    """A newcomer: report.html had Throughput and Compute-optimal sections report.md lacked (its "not computed"
+    reason too), and the two put Re-scored and Trials in opposite orders."""
+    path, html = saved
+    md = (path.parent / "report.md").read_text(encoding="utf-8")
+    headings = [line[3:] for line in md.splitlines() if line.startswith("## ")]
+    assert headings == _parse(html).h2
+    assert {"Throughput", "Compute-optimal batch size"} <= set(headings)
+    compute = md.split("## Compute-optimal batch size", 1)[1].split("\n## ", 1)[0]
+    assert "| least device time, 1 worker | " in compute and "time from the S(B) fit" in compute
+    assert "<td>least device time, 1 worker</td>" in html.split('id="compute-optimal"', 1)[1]
