@@ -64,6 +64,7 @@ class TrialGap:
     loss_gap: float
     metric_gaps: dict[str, float] = field(default_factory=dict)
     first_train_loss: float | None = None  # at the trial's first evaluation, where it had two or more
+    others: dict[str, float] = field(default_factory=dict)  # the trial's other numeric searched parameters
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,56 @@ def _trial_gap(trial: TrialLike) -> TrialGap | None:
         loss_gap=val - train,
         metric_gaps=metric_gaps,
         first_train_loss=finite(history[0].get("train_loss")) if len(history) >= 2 else None,
+        others=_other_params(field_of(trial, "params") or {}),
     )
+
+
+_NOT_OTHERS = frozenset({"batch_size", "lr", "batch_coord", "lr_coord", "temperature"})  # B, η and the search's own
+
+
+def _other_params(params: Any) -> dict[str, float]:
+    """The numeric searched parameters besides the batch size and learning rate (``model.hidden``, weight decay...)."""
+    out = {}
+    for name, value in dict(params).items() if isinstance(params, dict) else ():
+        number = finite(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        if name not in _NOT_OTHERS and number is not None:
+            out[name] = number
+    return out
+
+
+def other_params(
+    rows: Sequence[TrialGap], significance: float = 0.05
+) -> list[tuple[str, float, float, float, float, bool]]:
+    """The gap against each other parameter the search varied: ``(name, ρ, p, partial ρ, partial p, mixed)``, where
+    ρ and p are the gap's Spearman correlation with it, the partials the gap's with log B at it held fixed, and
+    ``mixed`` says it may be what the gap follows instead of the batch size: the gap tracks it (p below
+    ``significance``), or a trend with batch size that is significant alone is not at it held fixed.
+
+    Example:
+        >>> rows = [TrialGap(number=i, batch_size=b, lr=0.1, temperature=0.1 / b, train_loss=0.1,
+        ...                  loss_gap=g, others={"model.hidden": h})
+        ...         for i, (b, g, h) in enumerate([(8, 0.1, 256), (16, 0.2, 128), (32, 0.3, 64), (64, 0.4, 32),
+        ...                                        (128, 0.5, 16), (256, 0.6, 8)])]
+        >>> [(name, round(rho, 2), mixed) for name, rho, *_, mixed in other_params(rows)]
+        [('model.hidden', -1.0, True)]
+    """
+    names = sorted({name for g in rows for name in g.others})
+    found = []
+    for name in names:
+        have = [g for g in rows if name in g.others]
+        if len(have) < MIN_TREND_TRIALS or len({g.others[name] for g in have}) < 2:
+            continue
+        gaps, other = [g.loss_gap for g in have], [g.others[name] for g in have]
+        log_b = [math.log(g.batch_size) for g in have]
+        rho, p = _spearman(gaps, other)
+        rb, pb = _spearman(gaps, log_b)
+        r_bo, _ = _spearman(log_b, other, with_p=False)
+        prb, ppb = _partial(rb, rho, r_bo, len(have))
+        if len(have) <= _EXACT_N and math.isfinite(prb):
+            ppb = _partial_exact(gaps, log_b, other, prb, r_bo)
+        lost = pb < significance and not ppb < significance  # nan: not held
+        found.append((name, rho, p, prb, ppb, (math.isfinite(p) and p < significance) or lost))
+    return sorted(found, key=lambda f: f[2])
 
 
 def _lacks_train_loss(trial: TrialLike) -> bool:
@@ -368,6 +418,24 @@ def generalization_gap(
         )
     else:
         trend = loss.sentence(significance)
+        claimed = loss.p_batch < significance or loss.partial_p_batch < significance  # a trend with batch size
+        others = other_params(rows, significance) if claimed else []
+        held = [o for o in others if not o[5] and math.isfinite(o[4])]
+        mixed = [o for o in others if o[5]]
+        if held:
+            trend += "; the trend with batch size holds at fixed " + ", ".join(
+                f"{name} (partial ρ={prho:.2f}, p{_p(pp)})" for name, _, _, prho, pp, _ in held
+            )
+        if mixed:
+            said = "; ".join(
+                f"{name} (the gap's Spearman ρ with it {rho:.2f}, p{_p(p)}; with batch size at it held fixed, "
+                f"partial ρ={prho:.2f}, p{_p(pp)})"
+                for name, rho, p, prho, pp, _ in mixed
+            )
+            trend += (
+                f"; but the search varied {said} as well: these trials do not tell the batch size's part in the gap "
+                "from that parameter's"
+            )
     if barely and start is not None and below is not None:
         trend += (
             f". Left out: {_trials_named(barely)}, whose final training loss got less than a quarter of the way "

@@ -223,3 +223,39 @@ def test_a_small_samples_partial_p_value_counts_every_ordering_too() -> None:
     assert trend.partial_rho_batch == pytest.approx(1.0) and trend.partial_p_batch == pytest.approx(2 / 24)
     larger = _trend("loss", list(range(12)), [2**i for i in range(12)], [0, 1, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10])
     assert larger.partial_p_batch < 0.001  # above 8 trials: the t approximation, as before
+
+
+def _rows_with_width(widths: list[int], gaps: list[float]) -> list[dict[str, object]]:
+    batches = [8, 16, 32, 64, 128, 256, 512, 1024]
+    return [
+        {
+            "number": i,
+            "status": "completed",
+            "batch_size": b,
+            "lr": 0.1,
+            "params": {"model.hidden": w, "batch_coord": i / 10, "lr_coord": 0.5},
+            "history": [{"train_loss": 0.1, "val_loss": 0.1 + g}],
+        }
+        for i, (b, w, g) in enumerate(zip(batches, widths, gaps, strict=True))
+    ]
+
+
+def test_a_batch_size_trend_that_another_searched_parameter_explains_is_said_to_be_mixed() -> None:
+    """A newcomer's study searched model.hidden beside B and the report read the gap as a batch-size effect;
+    here the gap follows the width alone, and B happens to fall as the width rises."""
+    widths = [512, 256, 384, 128, 192, 64, 96, 32]
+    gaps = [0.1 / w * 100 for w in widths]  # the gap is the width's
+    trend = generalization_gap(_rows_with_width(widths, gaps)).trend
+    assert trend.startswith("the validation − training loss gap rises with batch size")
+    assert "; but the search varied model.hidden (the gap's Spearman ρ with it -1.00, p<0.001;" in trend
+    assert "these trials do not tell the batch size's part in the gap from that parameter's" in trend
+    assert "batch_coord" not in trend  # the search's own coordinates are no parameter of the model
+
+
+def test_a_batch_size_trend_that_holds_at_fixed_width_says_so() -> None:
+    widths = [64, 256, 32, 512, 128, 16, 1024, 48]  # unrelated to B
+    gaps = [0.01 * (i + 1) for i in range(8)]  # rises with B
+    trend = generalization_gap(_rows_with_width(widths, gaps)).trend
+    assert (
+        "; the trend with batch size holds at fixed model.hidden (partial ρ=" in trend and "but the search" not in trend
+    )
