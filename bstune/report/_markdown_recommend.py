@@ -241,7 +241,12 @@ def recommendation_lines(data: dict[str, Any]) -> list[str]:
             f"Expected cost to reach {target_text(cb)}: "
             f"{_n(rec['expected_steps_to_target'], ',.0f')} steps{_ci(steps_ci)}, "
             f"{_n(rec['expected_samples_to_target'], ',.0f')} samples{_ci(samples_ci)} (from the S(B) fit"
-            + ("; 90% intervals" if steps_ci else "")
+            + (
+                "; 90% intervals of the fitted curve, from one run per batch size, so one run at another seed can "
+                "land outside them"
+                if steps_ci
+                else ""
+            )
             + ")."
         )
     co = data.get("compute_optimal", {})
