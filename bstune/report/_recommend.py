@@ -97,20 +97,28 @@ def recommend(result: StudyData, fit: CriticalBatchFit | None, advice: CriticalB
         rec["expected_samples_to_target"] = fit.predict_samples(b)
         rec["expected_steps_to_target_ci"] = list(fit.steps_ci(b))  # at the fit's confidence (90%)
         rec["expected_samples_to_target_ci"] = list(fit.samples_ci(b))
-    if advice is not None:
-        # only where the data speak: from half the smallest to twice the largest batch size fitted
+    trained = [
+        (int(t.batch_size), float(t.lr))
+        for t in result.trials
+        if t.status == TrialStatus.COMPLETED and t.batch_size is not None and t.lr is not None
+    ]
+    # without an S(B) fit at this target (too few batch sizes reached it), the rule over the batch sizes trained
+    low, high = (advice.batch_min, advice.batch_max) if advice is not None else _span_of(trained, b)
+    if advice is not None or high > low:
+        # only where the data speak: from half the smallest to twice the largest batch size fitted (or trained)
         # ... and no batch larger than the training set
         n_train = training_set_size(result) or math.inf
-        sizes = sorted(
-            {2**k for k in range(0, 20) if advice.batch_min / 2 <= 2**k <= min(2 * advice.batch_max, n_train)} | {b}
-        )
+        sizes = sorted({2**k for k in range(0, 20) if low / 2 <= 2**k <= min(2 * high, n_train)} | {b})
         family, alpha = _lr_exponent(result, best)
-        kind, b_rule, rec["lr_rule"] = _lr_rule(advice, b, float(best["lr"]), alpha)
-        trained = [
-            (int(t.batch_size), float(t.lr))
-            for t in result.trials
-            if t.status == TrialStatus.COMPLETED and t.batch_size is not None and t.lr is not None
-        ]
+        if advice is not None:
+            kind, b_rule, rec["lr_rule"] = _lr_rule(advice, b, float(best["lr"]), alpha)
+        else:
+            kind, b_rule = ("linear" if alpha == 1.0 else "power"), math.inf
+            rec["lr_rule"] = (
+                ("linear in B, lr ∝ B" if alpha == 1.0 else f"a power of B, lr ∝ B^{alpha:g} (the Adam family's rule)")
+                + f" from the recommended batch size {b}: no S(B) fit at this target (fewer than 3 batch sizes "
+                "reached it), so the table assumes no flattening"
+            )
         rec["lr_table"] = _capped_at_ceiling(
             lr_table(b_rule, b, float(best["lr"]), sizes, family, alpha), result.probe, trained
         )
@@ -118,6 +126,12 @@ def recommend(result: StudyData, fit: CriticalBatchFit | None, advice: CriticalB
         if kind == "fitted_b_crit":
             rec["lr_rule_b_crit"] = b_rule
     return rec
+
+
+def _span_of(trained: list[tuple[int, float]], batch: int) -> tuple[int, int]:
+    """The smallest and largest batch size the completed trials trained at (the recommended one's alone where none)."""
+    sizes = [b for b, _ in trained] or [batch]
+    return min(sizes), max(sizes)
 
 
 def _ends_best(result: StudyData) -> dict[str, Any] | None:

@@ -115,9 +115,14 @@ def test_an_unidentified_b_crit_is_said_plainly() -> None:
 def test_too_few_batch_sizes_say_the_data_do_not_identify_b_crit() -> None:
     trials = [_trial(i, b, 6400 / b) for i, b in enumerate((16, 32))]
     data, md = _report(trials)
-    assert "error" in data["critical_batch"] and "lr_table" not in data["recommended"]
+    assert "error" in data["critical_batch"]
     target = data["critical_batch"]["target"]
     assert f"The data do not identify B_crit for train_loss ≤ {target:.4g} (no fit): fitting S(B)" in md  # which target
+    # a newcomer's table went missing at such a target, with nothing said: it is the rule's, and says why
+    assert data["recommended"]["lr_rule_kind"] == "linear"
+    assert "(linear in B, lr ∝ B from the recommended batch size 16: no S(B) fit at this target (fewer than 3" in md
+    assert [row["batch_size"] for row in data["recommended"]["lr_table"]] == [8, 16, 32, 64]
+    _check_lr_table_follows_its_rule(data["recommended"])
 
 
 def test_steps_flat_in_b_get_a_constant_lr_table_that_says_so() -> None:
