@@ -344,7 +344,29 @@ class CriticalBatchFit:
             + known
             + f"; fitted on {fitted}{bounds}"
             + (f"; {against}" if against else "")
+            + f"; {self.next_step()}"
         )
+
+    def next_step(self) -> str:
+        """What would identify B_crit where these data do not: trials on the side it lies on, or more of them.
+
+        Example:
+            >>> fit_critical_batch([(b, 6400 / b) for b in (2, 4, 8, 16)]).next_step()
+            'to bound it, run trials at batch sizes above 16 (each at a learning rate tuned for it: a search with a larger batch_size.max)'
+        """
+        if self.faster_than_linear is not None:
+            return "to measure it, compare runs that differ in their batch size alone (bstune crit measures so)"
+        if self.edge == "above":
+            return (
+                f"to bound it, run trials at batch sizes above {self.batch_max} (each at a learning rate tuned for it: "
+                "a search with a larger batch_size.max)"
+            )
+        if self.edge == "below":
+            return (
+                f"to bound it, run trials at batch sizes below {self.batch_min} (a search with a smaller "
+                "batch_size.min)"
+            )
+        return "to narrow it, run more trials across these batch sizes, or measure it directly (bstune crit)"
 
     def contradictions_text(self) -> str:
         """The bounds the fitted curve violates, in words ("" where it violates none).

@@ -70,6 +70,10 @@ def test_pure_linear_scaling_reports_b_crit_above_the_range_honestly() -> None:
     assert not fit.identified and fit.summary.startswith("the data do not identify B_crit: ")
     assert "still fall as 1/B up to the largest batch size fitted (32)" in fit.summary
     assert f"B_crit is at least {fit.b_crit_ci[0]:.3g} (90% lower bound)" in fit.summary
+    # a newcomer: an unidentified B_crit came with no next step; the side it lies on says which
+    assert fit.summary.endswith(
+        "; to bound it, run trials at batch sizes above 32 (each at a learning rate tuned for it: a search with a larger batch_size.max)"
+    )
     exact = fit_critical_batch([(b, 6400 / b) for b in batches])
     assert math.isinf(exact.b_crit) and exact.s_min == 0.0 and exact.e_min == pytest.approx(6400)
     assert exact.predict_steps(64.0) == pytest.approx(100.0)
