@@ -142,7 +142,7 @@ def _noise_scale(data: dict[str, Any]) -> list[str]:
         out.append(
             f"B_simple = {_n(ns['b_simple'])} (90% CI {_n(lo)} .. {_n(hi) if hi is not None else 'inf'}), "
             f"measured by the probe at effective temperature η/(B(1−m)) = {_n(ns['temperature'], '.3g')} "
-            "(m = SGD momentum; 0 for Adam-family optimizers)."
+            "(m = the SGD momentum, taken as 0 for Adam-family optimizers, which the SGD temperature describes only roughly)."
         )
         if ns.get("b_simple_sampling_ci") and ns.get("b_simple_seed_spread") is not None:
             slo, shi = ns["b_simple_sampling_ci"]
@@ -210,7 +210,7 @@ def _trials(data: dict[str, Any]) -> list[str]:
         "",
         "## Trials",
         "",
-        "Effective temperature η/(B(1−m)) as each trial recorded it (m = SGD momentum; 0 for Adam-family optimizers). "
+        "Effective temperature η/(B(1−m)) as each trial recorded it (m = the SGD momentum, taken as 0 for Adam-family optimizers, which the SGD temperature describes only roughly). "
         f"A trial's value is the best {study.get('objective', 'objective')} over its evaluations (a pruned trial's, "
         "over those it reached), as the study compared trials; its last evaluation is in report.json's history.",
         *_training_set_line(study.get("n_train")),

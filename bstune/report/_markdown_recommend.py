@@ -232,7 +232,7 @@ def recommendation_lines(data: dict[str, Any]) -> list[str]:
         # (a loop's optimizer other than the space's: momentum counts as unread above)
         out.append(
             f"Derived from these settings, not one of them: effective temperature η/(B(1−m)) = "
-            f"{_n(derived['effective_temperature'], '.3g')} (m = SGD momentum; 0 for Adam-family optimizers)."
+            f"{_n(derived['effective_temperature'], '.3g')} (m = the SGD momentum, taken as 0 for Adam-family optimizers, which the SGD temperature describes only roughly)."
         )
     if "expected_steps_to_target" in rec:
         cb = data["critical_batch"]

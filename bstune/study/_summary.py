@@ -92,7 +92,9 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
             else "with --out DIR, `bstune report DIR --all-trials` lists all"
         )
         lines.append(f"... {len(hidden)} more trials ({_counts(hidden)}) not shown; {how}")
-    lines.append("     lr/(B(1-m)): effective temperature, m = SGD momentum (0 for Adam-family optimizers)")
+    lines.append(
+        "     lr/(B(1-m)): effective temperature, m = the SGD momentum (taken as 0 for Adam-family optimizers)"
+    )
     lines.append(f"     {result['objective']}: the best over the trial's evaluations, not its last")
     settings = {k: v for k, v in result["best_config"].items() if k != "temperature"}  # derived, in older results
     best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
