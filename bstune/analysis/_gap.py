@@ -40,7 +40,7 @@ from numpy.typing import NDArray
 from bstune.analysis._trials import TrialLike, batch_size_of, field_of, finite
 from bstune.records import TrialStatus
 
-__all__ = ["GapSummary", "GapTrend", "TrialGap", "generalization_gap"]
+__all__ = ["AtFixed", "GapSummary", "GapTrend", "TrialGap", "at_fixed_params", "generalization_gap"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class TrialGap:
     metric_gaps: dict[str, float] = field(default_factory=dict)
     first_train_loss: float | None = None  # at the trial's first evaluation, where it had two or more
     others: dict[str, float] = field(default_factory=dict)  # the trial's other numeric searched parameters
+    categorical: dict[str, str] = field(default_factory=dict)  # its other searched parameters that are not numbers
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,8 @@ def _trial_gap(trial: TrialLike) -> TrialGap | None:
                 metric_gaps[name] = v - t
     temp = finite(field_of(trial, "temperature"))
     number = field_of(trial, "number")
+    params = field_of(trial, "params")
+    params = dict(params) if isinstance(params, dict) else {}
     return TrialGap(
         number=number if isinstance(number, int) else None,
         batch_size=b,
@@ -269,7 +272,8 @@ def _trial_gap(trial: TrialLike) -> TrialGap | None:
         loss_gap=val - train,
         metric_gaps=metric_gaps,
         first_train_loss=finite(history[0].get("train_loss")) if len(history) >= 2 else None,
-        others=_other_params(field_of(trial, "params") or {}),
+        others=_other_params(params),
+        categorical={k: repr(v) for k, v in params.items() if k not in _NOT_OTHERS and k not in _other_params({k: v})},
     )
 
 
@@ -286,39 +290,93 @@ def _other_params(params: Any) -> dict[str, float]:
     return out
 
 
-def other_params(
-    rows: Sequence[TrialGap], significance: float = 0.05
-) -> list[tuple[str, float, float, float, float, bool]]:
-    """The gap against each other parameter the search varied: ``(name, ρ, p, partial ρ, partial p, mixed)``, where
-    ρ and p are the gap's Spearman correlation with it, the partials the gap's with log B at it held fixed, and
-    ``mixed`` says it may be what the gap follows instead of the batch size: the gap tracks it (p below
-    ``significance``), or a trend with batch size that is significant alone is not at it held fixed.
+@dataclass(frozen=True)
+class AtFixed:
+    """The gap's trend with log B, checked at another searched parameter ``name`` held fixed.
+
+    ``rho_with_batch`` is that parameter's Spearman ρ with log B over the trials (what could make it stand in for
+    the batch size); ``partial_rho`` and ``partial_p`` the gap's partial Spearman ρ with log B at it held fixed,
+    ``p_holm`` that p Holm-adjusted across the parameters checked. ``verdict``: ``"holds"`` (the partial is
+    significant after adjustment, with the marginal trend's sign), ``"mixed"`` (the parameter moves with B,
+    |ρ| ≥ 0.5, and holding it fixed more than halves the trend or turns it), else ``"unresolved"``.
+    """
+
+    name: str
+    rho_with_batch: float
+    partial_rho: float
+    partial_p: float
+    p_holm: float
+    verdict: str
+
+    def text(self) -> str:
+        numbers = f"partial ρ={self.partial_rho:.2f}, p{_p(self.partial_p)}"
+        if self.verdict == "holds":
+            return f"it holds at fixed {self.name} ({numbers})"
+        if self.verdict == "mixed":
+            return (
+                f"but {self.name}, which the search varied too, moves with batch size (ρ={self.rho_with_batch:.2f}) "
+                f"and at it held fixed the trend is {numbers}: these trials do not tell the batch size's part in the "
+                "gap from that parameter's"
+            )
+        return f"at fixed {self.name} it is not resolved ({numbers})"
+
+
+def at_fixed_params(rows: Sequence[TrialGap], trend: GapTrend, significance: float = 0.05) -> list[AtFixed]:
+    """The loss gap's trend with log B (``trend``'s) at each other numeric parameter the search varied held fixed,
+    one :class:`AtFixed` each, in the order of the parameters' names.
 
     Example:
         >>> rows = [TrialGap(number=i, batch_size=b, lr=0.1, temperature=0.1 / b, train_loss=0.1,
         ...                  loss_gap=g, others={"model.hidden": h})
         ...         for i, (b, g, h) in enumerate([(8, 0.1, 256), (16, 0.2, 128), (32, 0.3, 64), (64, 0.4, 32),
         ...                                        (128, 0.5, 16), (256, 0.6, 8)])]
-        >>> [(name, round(rho, 2), mixed) for name, rho, *_, mixed in other_params(rows)]
-        [('model.hidden', -1.0, True)]
+        >>> log_b = [math.log(g.batch_size) for g in rows]
+        >>> [c.verdict for c in at_fixed_params(rows, _trend("loss", [g.loss_gap for g in rows], log_b, log_b))]
+        ['mixed']
     """
-    names = sorted({name for g in rows for name in g.others})
-    found = []
-    for name in names:
+    checked = []
+    for name in sorted({name for g in rows for name in g.others}):
         have = [g for g in rows if name in g.others]
         if len(have) < MIN_TREND_TRIALS or len({g.others[name] for g in have}) < 2:
             continue
         gaps, other = [g.loss_gap for g in have], [g.others[name] for g in have]
         log_b = [math.log(g.batch_size) for g in have]
-        rho, p = _spearman(gaps, other)
-        rb, pb = _spearman(gaps, log_b)
-        r_bo, _ = _spearman(log_b, other, with_p=False)
-        prb, ppb = _partial(rb, rho, r_bo, len(have))
+        rb, _ = _spearman(gaps, log_b, with_p=False)
+        rho_gx, _ = _spearman(gaps, other, with_p=False)
+        r_bx, _ = _spearman(log_b, other, with_p=False)
+        prb, ppb = _partial(rb, rho_gx, r_bx, len(have))
         if len(have) <= _EXACT_N and math.isfinite(prb):
-            ppb = _partial_exact(gaps, log_b, other, prb, r_bo)
-        lost = pb < significance and not ppb < significance  # nan: not held
-        found.append((name, rho, p, prb, ppb, (math.isfinite(p) and p < significance) or lost))
-    return sorted(found, key=lambda f: f[2])
+            ppb = _partial_exact(gaps, log_b, other, prb, r_bx)
+        checked.append((name, r_bx, prb, ppb, rb))
+    ps = [pp if math.isfinite(pp) else 1.0 for _, _, _, pp, _ in checked]
+    holm = _holm(ps)
+    out = []
+    for (name, r_bx, prb, ppb, rb), p_adj in zip(checked, holm, strict=True):
+        same_sign = math.isfinite(prb) and prb * trend.rho_batch > 0
+        if p_adj < significance and same_sign:
+            verdict = "holds"
+        elif abs(r_bx) >= 0.5 and (not math.isfinite(prb) or not same_sign or abs(prb) < abs(rb) / 2):
+            verdict = "mixed"
+        else:
+            verdict = "unresolved"
+        out.append(AtFixed(name, r_bx, prb, ppb, p_adj, verdict))
+    return out
+
+
+def _holm(ps: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of ``ps`` (each p times the number of those not smaller, kept monotone).
+
+    Example:
+        >>> [round(p, 3) for p in _holm([0.01, 0.04, 0.03])]
+        [0.03, 0.06, 0.06]
+    """
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out = [1.0] * len(ps)
+    running = 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - k) * ps[i]))
+        out[i] = running
+    return out
 
 
 def _lacks_train_loss(trial: TrialLike) -> bool:
@@ -418,24 +476,19 @@ def generalization_gap(
         )
     else:
         trend = loss.sentence(significance)
-        claimed = loss.p_batch < significance or loss.partial_p_batch < significance  # a trend with batch size
-        others = other_params(rows, significance) if claimed else []
-        held = [o for o in others if not o[5] and math.isfinite(o[4])]
-        mixed = [o for o in others if o[5]]
-        if held:
-            trend += "; the trend with batch size holds at fixed " + ", ".join(
-                f"{name} (partial ρ={prho:.2f}, p{_p(pp)})" for name, _, _, prho, pp, _ in held
+        # a trend of the gap with batch size, claimed outright: checked at each other searched parameter held
+        # fixed (one claimed only at fixed temperature would need both held at once; it is not checked)
+        if loss.p_batch < significance:
+            checks = at_fixed_params(rows, loss, significance)
+            if checks:
+                trend += "; the trend with batch size: " + "; ".join(c.text() for c in checks)
+            unchecked = sorted(
+                name
+                for name in {n for g in rows for n in g.categorical}
+                if len({g.categorical.get(name) for g in rows}) > 1
             )
-        if mixed:
-            said = "; ".join(
-                f"{name} (the gap's Spearman ρ with it {rho:.2f}, p{_p(p)}; with batch size at it held fixed, "
-                f"partial ρ={prho:.2f}, p{_p(pp)})"
-                for name, rho, p, prho, pp, _ in mixed
-            )
-            trend += (
-                f"; but the search varied {said} as well: these trials do not tell the batch size's part in the gap "
-                "from that parameter's"
-            )
+            if unchecked:
+                trend += f"; not checked against {', '.join(unchecked)} (not numeric), which the search varied too"
     if barely and start is not None and below is not None:
         trend += (
             f". Left out: {_trials_named(barely)}, whose final training loss got less than a quarter of the way "
