@@ -180,7 +180,8 @@ class Rescored:
     @property
     def fresh_mean(self) -> float | None:
         """The mean over the re-scoring seeds alone: the own seed's value is the draw the trial was picked on, so
-        the mean over every seed leans optimistic (the winner's curse); this one does not."""
+        the mean over every seed leans optimistic (the winner's curse); this one less so (where several candidates
+        were re-scored, the choice among them used these seeds too, so it is not free of the pick either)."""
         fresh = self.values[1:]
         return statistics.fmean(v for v in fresh if v is not None) if self.complete and fresh else None
 
@@ -209,7 +210,7 @@ class Rescored:
             "samples": self.samples,
             "mean": self.mean,
             "sem": self.sem,
-            "fresh_mean": self.fresh_mean,  # over the re-scoring seeds alone: not biased by the pick
+            "fresh_mean": self.fresh_mean,  # over the re-scoring seeds alone: less optimistic than the mean
             "fresh_sem": self.fresh_sem,
             "finals": list(self.finals),
             "final_mean": self.final_mean,

@@ -63,11 +63,12 @@ def recommend(result: StudyData, fit: CriticalBatchFit | None, advice: CriticalB
             f"each trained again at {len(chosen.seeds)} more seeds; budget {result.budget_samples:,} samples a trial"
         )
         if chosen.fresh_mean is not None:
+            leans = "low" if Direction(result.direction) is Direction.MINIMIZE else "high"
             rec["why"] += (
                 f"; over its {len(chosen.seeds)} new seeds alone {chosen.fresh_mean:.4g}"
                 + (f" ± {chosen.fresh_sem:.2g}" if chosen.fresh_sem is not None else "")
-                + ", what retraining it gives: its own trial's seed is the draw it was picked on, so the mean over "
-                "all seeds leans optimistic"
+                + f", less optimistic: its own trial's seed is the draw it was picked on, so the mean over all seeds "
+                f"leans {leans}"
             )
     # a trial's value is its best evaluation; training the config to its budget ends at its last one
     final = (

@@ -103,7 +103,7 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
         how = f"{result['objective']} {result['best_value']:.4f}, the mean of {len(chosen['values'])} seeds"
         if chosen.get("fresh_mean") is not None:  # older results lack it
             n = len(chosen["values"]) - 1
-            how += f" ({chosen['fresh_mean']:.4f} over the {n} seed{'s' if n != 1 else ''} it was not picked on)"
+            how += f" ({chosen['fresh_mean']:.4f} over its {n} new seed{'s' if n != 1 else ''}, less optimistic)"
     else:
         how = f"{result['objective']} {result['best_value']:.4f}"
     trial = f"trial {result['best_trial']}: " if result.get("best_trial") is not None else ""

@@ -40,9 +40,11 @@ def test_the_best_config_line_says_its_value_is_a_mean_over_seeds_when_re_scored
     line = format_summary(result).splitlines()[-1]
     assert line.startswith("best config (trial 16: val_loss 0.0773, the mean of 3 seeds): batch_size=")
     chosen = next(r for r in result["rescored"] if r["trial"] == 16)
-    chosen["fresh_mean"] = 0.0812  # a result written since it is kept: the mean the pick did not bias
+    chosen["fresh_mean"] = 0.0812  # a result written since it is kept: the new seeds alone
     line = format_summary(result).splitlines()[-1]
-    assert line.startswith("best config (trial 16: val_loss 0.0773, the mean of 3 seeds (0.0812 over the 2 seeds it")
+    assert line.startswith(
+        "best config (trial 16: val_loss 0.0773, the mean of 3 seeds (0.0812 over its 2 new seeds, less optimistic)"
+    )
     result["rescored"] = []  # not re-scored: the trial's own value
     alone = format_summary(result).splitlines()[-1]
     assert alone.startswith("best config (trial 16: val_loss 0.0773; 0.0746 at the last evaluation): ")
