@@ -91,9 +91,10 @@ class CriticalBatchFit:
             ``"below"`` when the estimate lies beyond the batch sizes fitted.
         n_censored: bounds that were left out of the least squares.
         contradicted: batch sizes whose bound the fitted curve violates.
-        contradictions: those bounds as ``(batch size, steps, never reached)``: a trial that ran ``steps`` without
-            reaching the target where the curve predicts fewer (``True``), or reached it by its first evaluation,
-            within ``steps``, where the curve predicts more (``False``).
+        contradictions: those bounds as ``(batch size, steps, never reached, learning rate)``: a trial that ran
+            ``steps`` without reaching the target where the curve predicts fewer (``True``), or reached it by its
+            first evaluation, within ``steps``, where the curve predicts more (``False``); the rate it trained at
+            (``None`` where the point gave none).
         censored_batches: the batch sizes of those bounds, in order.
         early_batches: those of them that reached the target by their first
             evaluation (their steps are an upper bound, not a lower one).
@@ -118,7 +119,7 @@ class CriticalBatchFit:
     edge: Literal["inside", "above", "below"]
     n_censored: int = 0
     contradicted: tuple[int, ...] = ()
-    contradictions: tuple[tuple[int, float, bool], ...] = ()
+    contradictions: tuple[tuple[int, float, bool, float | None], ...] = ()
     censored_batches: tuple[int, ...] = ()
     early_batches: tuple[int, ...] = ()
     faster_than_linear: tuple[int, int, float, float] | None = None
@@ -378,8 +379,8 @@ class CriticalBatchFit:
             >>> print(fit.contradictions_text())
             the curve is contradicted where trials did not reach the target: at batch size 512 after 400 steps (the curve predicts 113); the fit is optimistic there (a trial runs at its own learning rate, so a miss may be its rate's)
         """
-        never = [(b, s) for b, s, missed in self.contradictions if missed]
-        early = [(b, s) for b, s, missed in self.contradictions if not missed]
+        never = [(b, s) for b, s, missed, _ in self.contradictions if missed]
+        early = [(b, s) for b, s, missed, _ in self.contradictions if not missed]
 
         def listed(points: list[tuple[int, float]], word: str) -> str:
             first, *rest = points
@@ -557,11 +558,11 @@ def fit_critical_batch(
     )
     tol = 2.0 * rms
     against = tuple(
-        (p.batch_size, float(p.steps), p.lower_bound)
+        (p.batch_size, float(p.steps), p.lower_bound, p.lr)
         for p in censored
         if (p.lower_bound and math.log(max(p.steps, 1e-300)) - math.log(fit.predict_steps(float(p.batch_size))) > tol)
         or (p.upper_bound and math.log(fit.predict_steps(float(p.batch_size))) - math.log(max(p.steps, 1e-300)) > tol)
     )
     if not against:
         return fit
-    return replace(fit, contradicted=tuple(b for b, _, _ in against), contradictions=against)
+    return replace(fit, contradicted=tuple(c[0] for c in against), contradictions=against)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bstune.report._markdown_recommend import against_the_fit
 from bstune.report._text import num as _n
 
 __all__ = ["compute_optimal_lines", "throughput_lines"]
@@ -77,4 +78,9 @@ def compute_optimal_lines(data: dict[str, Any]) -> list[str]:
         cells += [_span(c.get("steps_ci")), _n(c.get("samples"), ",.0f"), _n(c.get("seconds"), ".3g")]
         cells += ["yes" if c.get("at_range_edge") else "no", "yes" if c.get("extrapolated") else "no"]
         out.append("| " + " | ".join(cells) + " |")
+    cb = data.get("critical_batch") or {}
+    if "batch_max" in cb:
+        against = against_the_fit(cb, int(co["device"]["batch_size"]), cb.get("advice_from") == "measured")
+        if against:
+            out += ["", against.strip()]
     return out

@@ -11,7 +11,7 @@ from bstune.report._schema import RECOMMENDATION_NOTES
 from bstune.report._text import interval as _ci
 from bstune.report._text import num as _n
 
-__all__ = ["recommendation_lines"]
+__all__ = ["against_the_fit", "recommendation_lines"]
 
 
 def _choice_ci(pair: Any) -> str:
@@ -88,30 +88,35 @@ def _throughput_doubt(throughput: dict[str, Any]) -> str:
     )
 
 
-def _against_the_fit(cb: dict[str, Any], batch: int, measured: bool) -> str:
+def against_the_fit(cb: dict[str, Any], batch: int, measured: bool) -> str:
     """A sentence where trials at batch sizes above those the trials' S(B) fit saw, up to ``batch``, ran without
-    reaching the target for more steps than the fit predicts there: the fit is optimistic where the fastest
-    batch size rests on it ("" where none did, or where the advice is a direct measurement's).
+    reaching the target for more steps than the fit predicts there: at their own learning rates, the fit is
+    optimistic where the fastest batch size rests on it ("" where none did, or where the advice is a direct
+    measurement's).
 
     Example:
-        >>> cb = {"contradictions": [[19, 300.0, True], [912, 17.0, True]], "batch_max": 111, "s_min": 2.0, "e_min": 7000.0}
-        >>> _against_the_fit(cb, 1024, False)
-        ' **The trials say otherwise**: at batch size 912 a trial ran 17 steps without reaching the target, where the fit predicts 9.68; beyond the batch sizes it saw (up to 111) the fit is optimistic, so the fastest batch size is likely smaller.'
+        >>> cb = {"contradictions": [[19, 300.0, True, 0.1], [912, 17.0, True, 3.0]], "batch_max": 111,
+        ...       "s_min": 2.0, "e_min": 7000.0}
+        >>> print(against_the_fit(cb, 1024, False).strip())
+        **The trials say otherwise**: at batch size 912 a trial at learning rate 3 ran 17 steps without reaching the target, where the fit predicts 9.68. A miss may be its rate's (no trial there was tuned), but if it is not, the fit is optimistic beyond the batch sizes it saw (up to 111) and the fastest batch size is smaller.
     """
     if measured:
         return ""
-    above = [(b, s) for b, s, never in cb.get("contradictions") or [] if never and cb["batch_max"] < b <= batch]
+    above = [c for c in cb.get("contradictions") or [] if c[2] and cb["batch_max"] < c[0] <= batch]
     if not above:
         return ""
     s_min, e_min = float(cb.get("s_min") or 0.0), float(cb.get("e_min") or 0.0)
     said = "; ".join(
-        f"at batch size {b} a trial ran {_n(s, ',.3g')} steps without reaching the target, where the fit predicts "
-        f"{_n(s_min + e_min / b, '.3g')}"
-        for b, s in above
+        f"at batch size {c[0]} a trial"
+        + (f" at learning rate {_n(c[3], '.3g')}" if len(c) > 3 and c[3] is not None else "")
+        + f" ran {_n(c[1], ',.3g')} steps without reaching the target, where the fit predicts "
+        f"{_n(s_min + e_min / c[0], '.3g')}"
+        for c in above
     )
     return (
-        f" **The trials say otherwise**: {said}; beyond the batch sizes it saw (up to {cb['batch_max']}) the fit is "
-        "optimistic, so the fastest batch size is likely smaller."
+        f" **The trials say otherwise**: {said}. A miss may be its rate's (no trial there was tuned), but if it is "
+        f"not, the fit is optimistic beyond the batch sizes it saw (up to {cb['batch_max']}) and the fastest batch "
+        "size is smaller."
     )
 
 
@@ -273,7 +278,7 @@ def recommendation_lines(data: dict[str, Any]) -> list[str]:
         out.append(
             line
             + "."
-            + _against_the_fit(cb, d["batch_size"], measured_advice)
+            + against_the_fit(cb, d["batch_size"], measured_advice)
             + " The intervals carry the S(B) fit's uncertainty; the throughput is taken as the probe measured "
             "it, and on a shared or busy machine it can differ several-fold from one run to the next."
             + _throughput_doubt(data.get("throughput") or {})

@@ -123,7 +123,9 @@ def test_censored_points_are_left_out_and_contradictions_flagged() -> None:
     alone = fit_critical_batch(reached)
     assert fit.b_crit == alone.b_crit and fit.n_points == 6 and fit.n_censored == 3
     assert fit.contradicted == (512,)
-    assert fit.contradictions == ((512, 2000.0, True),) and fit.to_dict()["contradictions"] == [[512, 2000.0, True]]
+    assert fit.contradictions == ((512, 2000.0, True, 0.1),) and fit.to_dict()["contradictions"] == [
+        [512, 2000.0, True, 0.1]
+    ]
     predicted = f"{fit.predict_steps(512.0):.3g}"
     said = "the curve is contradicted where trials did not reach the target: at batch size 512 after 2,000 steps "
     assert f"; {said}(the curve predicts {predicted}); the fit is optimistic there" in fit.summary  # a newcomer's
