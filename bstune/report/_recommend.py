@@ -8,7 +8,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bstune.analysis import CriticalBatchFit, lr_table
+from bstune.analysis import CriticalBatchFit, generalization_gap, lr_table
+from bstune.errors import BstuneError
 from bstune.metrics import Direction
 from bstune.optim import temperature
 from bstune.records import ProbeResult, StudyData, TrialStatus, last_value
@@ -98,10 +99,14 @@ def recommend(result: StudyData, fit: CriticalBatchFit | None, advice: CriticalB
         rec["expected_samples_to_target"] = fit.predict_samples(b)
         rec["expected_steps_to_target_ci"] = list(fit.steps_ci(b))  # at the fit's confidence (90%)
         rec["expected_samples_to_target_ci"] = list(fit.samples_ci(b))
+    barely = _barely_learned(result)  # a rate that did not train is no evidence that the rate trains
     trained = [
         (int(t.batch_size), float(t.lr))
         for t in result.trials
-        if t.status == TrialStatus.COMPLETED and t.batch_size is not None and t.lr is not None
+        if t.status == TrialStatus.COMPLETED
+        and t.batch_size is not None
+        and t.lr is not None
+        and t.number not in barely
     ]
     # without an S(B) fit at this target (too few batch sizes reached it), the rule over the batch sizes trained
     low, high = (advice.batch_min, advice.batch_max) if advice is not None else _span_of(trained, b)
@@ -127,6 +132,17 @@ def recommend(result: StudyData, fit: CriticalBatchFit | None, advice: CriticalB
         if kind == "fitted_b_crit":
             rec["lr_rule_b_crit"] = b_rule
     return rec
+
+
+def _barely_learned(result: StudyData) -> set[int]:
+    """The completed trials whose training loss barely moved from the untrained one (the generalization gap's
+    test, :func:`~bstune.analysis.generalization_gap`): they completed, but at a rate that did not train."""
+    first = result.probe.lr_range[0][1] if result.probe is not None and result.probe.lr_range else None
+    try:
+        gap = generalization_gap(result.trials, untrained_loss=first)
+    except BstuneError:
+        return set()
+    return {g.number for g in gap.barely_learned if g.number is not None}
 
 
 def _span_of(trained: list[tuple[int, float]], batch: int) -> tuple[int, int]:

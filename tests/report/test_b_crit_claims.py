@@ -125,6 +125,20 @@ def test_too_few_batch_sizes_say_the_data_do_not_identify_b_crit() -> None:
     _check_lr_table_follows_its_rule(data["recommended"])
 
 
+def test_a_trial_that_barely_learned_neither_widens_the_lr_table_nor_raises_its_cap() -> None:
+    """A reviewer: without a fit the table ran up to 1024, capped at lr 3 "a completed trial trained at", a trial
+    at B=912 whose training loss had barely moved."""
+    trials = [_trial(i, b, 6400 / b) for i, b in enumerate((16, 32))]
+    stuck = _trial(2, 1024, 5.0, lr=3.0)  # completed, its loss never left the untrained one
+    for i, rec in enumerate(stuck.history):
+        rec["train_loss"] = rec["val_loss"] = 2.31 - 0.001 * i
+    stuck = dataclasses.replace(stuck, value=stuck.history[-1]["val_loss"])  # the worst trial, not the best
+    data, _ = _report([*trials, stuck])
+    rows = data["recommended"]["lr_table"]
+    assert max(row["batch_size"] for row in rows) == 64  # twice the largest batch that learned
+    assert not any((row.get("capped_at") or {}).get("by_trial") for row in rows)
+
+
 def test_steps_flat_in_b_get_a_constant_lr_table_that_says_so() -> None:
     trials = [_trial(i, b, 40 * n) for i, (b, n) in enumerate(zip((64, 128, 256, 512), NOISE, strict=False))]
     data, md = _report(trials)
