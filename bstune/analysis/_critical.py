@@ -356,8 +356,20 @@ class CriticalBatchFit:
             'to bound it, run trials at batch sizes above 16 (each at a learning rate tuned for it: a search with a larger batch_size.max)'
         """
         if self.faster_than_linear is not None:
-            return "to measure it, compare runs that differ in their batch size alone (bstune crit measures so)"
+            steep = self._faster_than_linear_text()
+            said = any(steep in why for why in self.unidentified_because())
+            return ("" if said else f"{steep}; ") + (
+                "to measure it, compare runs that differ in their batch size alone (bstune crit measures so)"
+            )
         if self.edge == "above":
+            missed = [b for b in self.censored_batches if b not in self.early_batches and b > self.batch_max]
+            if missed:
+                shown = ", ".join(str(b) for b in missed)
+                return (
+                    f"trials above {self.batch_max} ran ({shown}) and did not reach the target, each at the search's "
+                    "learning rate for it: runs there at rates tuned for those batch sizes would bound it (or a "
+                    "direct measurement, bstune crit)"
+                )
             return (
                 f"to bound it, run trials at batch sizes above {self.batch_max} (each at a learning rate tuned for it: "
                 "a search with a larger batch_size.max)"

@@ -258,3 +258,12 @@ def test_a_measurement_with_several_seeds_per_batch_size_counts_runs_and_batch_s
     assert "1 run at batch size 1024 that did not reach it only bound the fit" in summary
     one_each = fit_critical_batch([(b, s) for b, s in runs[::2]]).summary
     assert "from 4 batch sizes 16–1024" in one_each
+
+
+def test_the_next_step_past_trials_above_the_fit_that_missed_points_at_their_rates() -> None:
+    """A reviewer: "run trials at batch sizes above 119" where trials at 684 and 906 had run and missed."""
+    points = [(b, 6400 / b * f) for b, f in zip((2, 4, 8, 16), (1.02, 0.97, 1.03, 0.98), strict=True)]
+    fit = fit_critical_batch([*points, BatchPoint(64, 300.0, 19200.0, 0.5, lower_bound=True)])
+    assert fit.edge == "above"
+    assert fit.next_step().startswith("trials above 16 ran (64) and did not reach the target")
+    assert "larger batch_size.max" not in fit.summary
