@@ -19,7 +19,7 @@ from bstune.analysis._batch_schedule import BatchSchedule, ScheduleStage, recomm
 from bstune.analysis._compute import BatchChoice, ComputeOptimal, compute_optimal, throughput_at
 from bstune.analysis._critical import CriticalBatchFit, fit_critical_batch
 from bstune.analysis._direction import direction_doubt
-from bstune.analysis._gap import GapSummary, GapTrend, TrialGap, generalization_gap
+from bstune.analysis._gap import GapSummary, GapTrend, TrialGap, barely_learned, generalization_gap
 from bstune.analysis._lr import lr_table
 from bstune.analysis._target import (
     BatchPoint,
@@ -42,6 +42,7 @@ __all__ = [
     "ScheduleStage",
     "TargetHit",
     "TrialGap",
+    "barely_learned",
     "bin_points",
     "choose_target",
     "compute_optimal",

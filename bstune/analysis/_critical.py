@@ -120,6 +120,8 @@ class CriticalBatchFit:
     n_censored: int = 0
     contradicted: tuple[int, ...] = ()
     contradictions: tuple[tuple[int, float, bool, float | None], ...] = ()
+    # every bound left out of the least squares, as contradictions holds them: (B, steps, never reached, lr)
+    bounds: tuple[tuple[int, float, bool, float | None], ...] = field(default=(), repr=False)
     censored_batches: tuple[int, ...] = ()
     early_batches: tuple[int, ...] = ()
     faster_than_linear: tuple[int, int, float, float] | None = None
@@ -228,7 +230,7 @@ class CriticalBatchFit:
             "batch_max": self.batch_max,
             # [B1, B2, S1, S2] where steps fell more than 1.5x faster than 1/B (trials differing beyond B)
             "faster_than_linear": list(self.faster_than_linear) if self.faster_than_linear else None,
-            # [B, steps, never reached]: bounds the curve violates (contradictions_text says them)
+            # [B, steps, never reached, lr]: bounds the curve violates (contradictions_text says them)
             "contradictions": [list(c) for c in self.contradictions],
             "summary": self.summary,
         }
@@ -359,16 +361,18 @@ class CriticalBatchFit:
             steep = self._faster_than_linear_text()
             said = any(steep in why for why in self.unidentified_because())
             return ("" if said else f"{steep}; ") + (
-                "to measure it, compare runs that differ in their batch size alone (bstune crit measures so)"
+                "to measure it, compare runs that differ in their batch size alone (a direct measurement does)"
             )
         if self.edge == "above":
-            missed = [b for b in self.censored_batches if b not in self.early_batches and b > self.batch_max]
+            missed = sorted((b, s, lr) for b, s, never, lr in self.bounds if never and b > self.batch_max)
             if missed:
-                shown = ", ".join(str(b) for b in missed)
+                shown = ", ".join(
+                    f"B={b} after {_steps(s)} steps" + (f" at lr {lr:.3g}" if lr is not None else "")
+                    for b, s, lr in missed
+                )
                 return (
-                    f"trials above {self.batch_max} ran ({shown}) and did not reach the target, each at the search's "
-                    "learning rate for it: runs there at rates tuned for those batch sizes would bound it (or a "
-                    "direct measurement, bstune crit)"
+                    f"trials above {self.batch_max} ran without reaching the target ({shown}), each at the search's "
+                    "learning rate for it, not one tuned for its batch size: runs there at tuned rates would bound it"
                 )
             return (
                 f"to bound it, run trials at batch sizes above {self.batch_max} (each at a learning rate tuned for it: "
@@ -379,7 +383,7 @@ class CriticalBatchFit:
                 f"to bound it, run trials at batch sizes below {self.batch_min} (a search with a smaller "
                 "batch_size.min)"
             )
-        return "to narrow it, run more trials across these batch sizes, or measure it directly (bstune crit)"
+        return "to narrow it, run more trials across these batch sizes, or measure it directly (over training)"
 
     def contradictions_text(self) -> str:
         """The bounds the fitted curve violates, in words ("" where it violates none).
@@ -564,6 +568,7 @@ def fit_critical_batch(
         edge="above" if b_crit > max(distinct) else "below" if b_crit < min(distinct) else "inside",
         n_censored=len(censored),
         censored_batches=tuple(sorted({p.batch_size for p in censored})),
+        bounds=tuple((p.batch_size, float(p.steps), p.lower_bound, p.lr) for p in censored),
         early_batches=tuple(sorted({p.batch_size for p in censored if p.upper_bound and not p.lower_bound})),
         faster_than_linear=_faster_than_linear(reached),
         log_points=tuple(zip(x.tolist(), y.tolist(), strict=True)),

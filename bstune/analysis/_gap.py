@@ -37,10 +37,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from bstune._validate import is_number
 from bstune.analysis._trials import TrialLike, batch_size_of, field_of, finite
 from bstune.records import TrialStatus
 
-__all__ = ["AtFixed", "GapSummary", "GapTrend", "TrialGap", "at_fixed_params", "generalization_gap"]
+__all__ = ["AtFixed", "GapSummary", "GapTrend", "TrialGap", "at_fixed_params", "barely_learned", "generalization_gap"]
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,7 @@ def _trial_gap(trial: TrialLike) -> TrialGap | None:
         metric_gaps=metric_gaps,
         first_train_loss=finite(history[0].get("train_loss")) if len(history) >= 2 else None,
         others=_other_params(params),
-        categorical={k: repr(v) for k, v in params.items() if k not in _NOT_OTHERS and k not in _other_params({k: v})},
+        categorical={k: repr(v) for k, v in params.items() if k not in _NOT_OTHERS and not is_number(v)},
     )
 
 
@@ -284,7 +285,7 @@ def _other_params(params: Any) -> dict[str, float]:
     """The numeric searched parameters besides the batch size and learning rate (``model.hidden``, weight decay...)."""
     out = {}
     for name, value in dict(params).items() if isinstance(params, dict) else ():
-        number = finite(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        number = finite(value)  # None for a bool, a string, a non-finite number
         if name not in _NOT_OTHERS and number is not None:
             out[name] = number
     return out
@@ -296,9 +297,14 @@ class AtFixed:
 
     ``rho_with_batch`` is that parameter's Spearman ρ with log B over the trials (what could make it stand in for
     the batch size); ``partial_rho`` and ``partial_p`` the gap's partial Spearman ρ with log B at it held fixed,
-    ``p_holm`` that p Holm-adjusted across the parameters checked. ``verdict``: ``"holds"`` (the partial is
-    significant after adjustment, with the marginal trend's sign), ``"mixed"`` (the parameter moves with B,
-    |ρ| ≥ 0.5, and holding it fixed more than halves the trend or turns it), else ``"unresolved"``.
+    ``p_holm`` that p Holm-adjusted across the ``n_checked`` parameters checked. ``verdict``:
+
+    * ``"mixed"``: the parameter moves with B (|ρ| ≥ 0.5), and holding it fixed more than halves the trend or
+      turns it: the trials do not tell the two apart;
+    * ``"holds"``: not mixed, and the partial is significant after adjustment, keeps the trend's sign and at
+      least half its size;
+    * ``"not accounted"``: neither: the parameter does not move with B enough, or holding it fixed leaves at
+      least half the trend, so it does not account for it, though the trend at it held fixed is not resolved.
     """
 
     name: str
@@ -306,19 +312,26 @@ class AtFixed:
     partial_rho: float
     partial_p: float
     p_holm: float
+    n_checked: int
     verdict: str
 
     def text(self) -> str:
         numbers = f"partial ρ={self.partial_rho:.2f}, p{_p(self.partial_p)}"
+        if self.n_checked > 1:
+            numbers += f", p{_p(self.p_holm)} Holm-adjusted over {self.n_checked} parameters"
         if self.verdict == "holds":
-            return f"it holds at fixed {self.name} ({numbers})"
+            return f"the trend with batch size holds at fixed {self.name} ({numbers})"
         if self.verdict == "mixed":
+            at = (
+                "so closely that it cannot be held fixed apart from it"
+                if not math.isfinite(self.partial_rho)
+                else f"and at it held fixed the trend is {numbers}"
+            )
             return (
                 f"but {self.name}, which the search varied too, moves with batch size (ρ={self.rho_with_batch:.2f}) "
-                f"and at it held fixed the trend is {numbers}: these trials do not tell the batch size's part in the "
-                "gap from that parameter's"
+                f"{at}: these trials do not tell the batch size's part in the gap from that parameter's"
             )
-        return f"at fixed {self.name} it is not resolved ({numbers})"
+        return f"{self.name}, which the search varied too, does not account for the trend with batch size ({numbers})"
 
 
 def at_fixed_params(rows: Sequence[TrialGap], trend: GapTrend, significance: float = 0.05) -> list[AtFixed]:
@@ -353,13 +366,14 @@ def at_fixed_params(rows: Sequence[TrialGap], trend: GapTrend, significance: flo
     out = []
     for (name, r_bx, prb, ppb, rb), p_adj in zip(checked, holm, strict=True):
         same_sign = math.isfinite(prb) and prb * trend.rho_batch > 0
-        if p_adj < significance and same_sign:
-            verdict = "holds"
-        elif abs(r_bx) >= 0.5 and (not math.isfinite(prb) or not same_sign or abs(prb) < abs(rb) / 2):
+        kept = same_sign and abs(prb) >= abs(rb) / 2  # at least half the trend left at it held fixed
+        if abs(r_bx) >= 0.5 and not kept:
             verdict = "mixed"
+        elif kept and p_adj < significance:
+            verdict = "holds"
         else:
-            verdict = "unresolved"
-        out.append(AtFixed(name, r_bx, prb, ppb, p_adj, verdict))
+            verdict = "not accounted"
+        out.append(AtFixed(name, r_bx, prb, ppb, p_adj, len(checked), verdict))
     return out
 
 
@@ -477,18 +491,22 @@ def generalization_gap(
     else:
         trend = loss.sentence(significance)
         # a trend of the gap with batch size, claimed outright: checked at each other searched parameter held
-        # fixed (one claimed only at fixed temperature would need both held at once; it is not checked)
-        if loss.p_batch < significance:
-            checks = at_fixed_params(rows, loss, significance)
-            if checks:
-                trend += "; the trend with batch size: " + "; ".join(c.text() for c in checks)
-            unchecked = sorted(
-                name
-                for name in {n for g in rows for n in g.categorical}
-                if len({g.categorical.get(name) for g in rows}) > 1
+        # fixed; one claimed only at fixed temperature, or with the temperature, would need the temperature held
+        # fixed too: said to be unchecked
+        varied = sorted(
+            name
+            for name in {n for g in rows for n in (*g.others, *g.categorical)}
+            if len({g.others.get(name, g.categorical.get(name)) for g in rows}) > 1
+        )
+        checks = at_fixed_params(rows, loss, significance) if loss.p_batch < significance else []
+        if checks:
+            trend += "; " + "; ".join(c.text() for c in checks)
+        unchecked = [name for name in varied if name not in {c.name for c in checks}]
+        if unchecked and not trend.startswith("no clear trend"):
+            trend += (
+                f"; not checked against {', '.join(unchecked)}, which the search varied too (only a trend with "
+                "batch size alone is checked, and only against numeric parameters)"
             )
-            if unchecked:
-                trend += f"; not checked against {', '.join(unchecked)} (not numeric), which the search varied too"
     if barely and start is not None and below is not None:
         trend += (
             f". Left out: {_trials_named(barely)}, whose final training loss got less than a quarter of the way "
@@ -518,3 +536,19 @@ def _trials_named(gaps: Sequence[TrialGap]) -> str:
     numbers = [str(g.number) for g in gaps if g.number is not None]
     word = "trial" if len(gaps) == 1 else f"{len(gaps)} trials"
     return f"{word} {', '.join(numbers)}" if numbers else word
+
+
+def barely_learned(trials: Iterable[TrialLike], untrained_loss: float | None = None) -> set[int]:
+    """The numbers of the completed trials whose training loss barely moved from the untrained one, as
+    :func:`generalization_gap` finds them: they completed, at a rate that did not train (none where no
+    reference loss can be had: no probe's, and one evaluation a trial).
+
+    Example:
+        >>> trials = [{"status": "completed", "batch_size": 8, "lr": 0.1, "number": i,
+        ...            "history": [{"train_loss": 2.3, "val_loss": 2.4}, {"train_loss": end, "val_loss": end + 0.1}]}
+        ...           for i, end in enumerate([0.1, 0.2, 2.25])]
+        >>> barely_learned(trials, untrained_loss=2.3)
+        {2}
+    """
+    gap = generalization_gap(trials, untrained_loss=untrained_loss)
+    return {g.number for g in gap.barely_learned if g.number is not None}

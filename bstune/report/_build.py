@@ -32,7 +32,7 @@ from bstune.analysis import (
 from bstune.errors import BstuneError, ConfigError
 from bstune.metrics import Direction
 from bstune.records import ProbeResult, StudyData, TrialStatus, clean_dict
-from bstune.report._recommend import recommend, training_set_size
+from bstune.report._recommend import barely_learned_in, recommend, training_set_size
 
 __all__ = ["Report", "build_report"]
 
@@ -261,11 +261,16 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
         value = float(target["value"]) if "value" in target else choose_target(trials, metric, direction=direction)
         critical["target"] = value
         critical["target_chosen"] = "given" if "value" in target else "default"
-        points = bin_points(steps_by_batch(trials, value, metric, direction=direction))
+        # a trial whose training loss barely moved ran at a rate that did not train: no bound on S(B)
+        barely = barely_learned_in(result)
+        fitted = [t for t in trials if t.number not in barely]
+        if left_out := sorted((t.number, int(t.batch_size or 0)) for t in trials if t.number in barely):
+            critical["left_out_barely_learned"] = [{"trial": n, "batch_size": b} for n, b in left_out]
+        points = bin_points(steps_by_batch(fitted, value, metric, direction=direction))
         critical["points"] = [_point_dict(p) for p in points]
         fit = fit_critical_batch(points)
         critical.update(_fit_dict(fit, b_simple))
-        critical["nearby_targets"] = near = _nearby(trials, value, metric, direction)
+        critical["nearby_targets"] = near = _nearby(fitted, value, metric, direction)
         critical["verdict_turns_on_target"] = any(v["identified"] != fit.identified for v in near)
     except BstuneError as exc:
         critical["error"] = str(exc)

@@ -251,7 +251,8 @@ def _rescored(data: dict[str, Any]) -> list[str]:
             + f" trained again at {len(rescored[0]['seeds'])} more seed{'s' if len(rescored[0]['seeds']) != 1 else ''} "
             "(one seed moves a config's value by several percent); the best mean is recommended. A trial's own "
             "seed is the draw it was picked on, so the mean over all seeds leans optimistic (the winner's curse); "
-            "the mean over the new seeds alone leans less (the choice among the candidates used them too).",
+            "the mean over the new seeds alone leans less"
+            + (" (the choice among the candidates used them too)." if len(rescored) > 1 else "."),
             "",
             "| # | batch | lr | value per seed (own first) | mean ± SE | new seeds' mean ± SE |",
             "|---:|---:|---:|---|---|---|",

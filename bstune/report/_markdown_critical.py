@@ -210,6 +210,13 @@ def critical_batch_lines(data: dict[str, Any]) -> list[str]:
             + "; in a half-octave where none reached it, the trial that trained longest without reaching it, as a "
             "bound (the batch sizes said not to reach it are those trials', one per half-octave)."
         )
+    left = cb.get("left_out_barely_learned") or []
+    if left:
+        shown = ", ".join(f"{t['trial']} (B={t['batch_size']})" for t in left)
+        out.append(
+            f"Left out of the fit: trial{'s' if len(left) > 1 else ''} {shown}, whose training loss barely moved "
+            "from the untrained one: a run at a rate that did not train bounds nothing about S(B)."
+        )
     if "error" not in cb:
         if "b_crit_over_b_simple" in cb:
             out.append(

@@ -8,14 +8,14 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bstune.analysis import CriticalBatchFit, generalization_gap, lr_table
+from bstune.analysis import CriticalBatchFit, barely_learned, lr_table
 from bstune.errors import BstuneError
 from bstune.metrics import Direction
 from bstune.optim import temperature
 from bstune.records import ProbeResult, StudyData, TrialStatus, last_value
 from bstune.space import PriorSettings
 
-__all__ = ["recommend", "training_set_size"]
+__all__ = ["barely_learned_in", "recommend", "training_set_size"]
 
 
 def training_set_size(result: StudyData) -> int | None:
@@ -99,7 +99,7 @@ def recommend(result: StudyData, fit: CriticalBatchFit | None, advice: CriticalB
         rec["expected_samples_to_target"] = fit.predict_samples(b)
         rec["expected_steps_to_target_ci"] = list(fit.steps_ci(b))  # at the fit's confidence (90%)
         rec["expected_samples_to_target_ci"] = list(fit.samples_ci(b))
-    barely = _barely_learned(result)  # a rate that did not train is no evidence that the rate trains
+    barely = barely_learned_in(result)  # a rate that did not train is no evidence that the rate trains
     trained = [
         (int(t.batch_size), float(t.lr))
         for t in result.trials
@@ -134,15 +134,13 @@ def recommend(result: StudyData, fit: CriticalBatchFit | None, advice: CriticalB
     return rec
 
 
-def _barely_learned(result: StudyData) -> set[int]:
-    """The completed trials whose training loss barely moved from the untrained one (the generalization gap's
-    test, :func:`~bstune.analysis.generalization_gap`): they completed, but at a rate that did not train."""
+def barely_learned_in(result: StudyData) -> set[int]:
+    """The completed trials whose training loss barely moved (:func:`~bstune.analysis.barely_learned`)."""
     first = result.probe.lr_range[0][1] if result.probe is not None and result.probe.lr_range else None
     try:
-        gap = generalization_gap(result.trials, untrained_loss=first)
+        return barely_learned(result.trials, untrained_loss=first)
     except BstuneError:
         return set()
-    return {g.number for g in gap.barely_learned if g.number is not None}
 
 
 def _span_of(trained: list[tuple[int, float]], batch: int) -> tuple[int, int]:

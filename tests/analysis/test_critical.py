@@ -265,5 +265,7 @@ def test_the_next_step_past_trials_above_the_fit_that_missed_points_at_their_rat
     points = [(b, 6400 / b * f) for b, f in zip((2, 4, 8, 16), (1.02, 0.97, 1.03, 0.98), strict=True)]
     fit = fit_critical_batch([*points, BatchPoint(64, 300.0, 19200.0, 0.5, lower_bound=True)])
     assert fit.edge == "above"
-    assert fit.next_step().startswith("trials above 16 ran (64) and did not reach the target")
+    assert fit.next_step().startswith(
+        "trials above 16 ran without reaching the target (B=64 after 300 steps at lr 0.5)"
+    )
     assert "larger batch_size.max" not in fit.summary

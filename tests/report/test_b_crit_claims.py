@@ -133,8 +133,12 @@ def test_a_trial_that_barely_learned_neither_widens_the_lr_table_nor_raises_its_
     for i, rec in enumerate(stuck.history):
         rec["train_loss"] = rec["val_loss"] = 2.31 - 0.001 * i
     stuck = dataclasses.replace(stuck, value=stuck.history[-1]["val_loss"])  # the worst trial, not the best
-    data, _ = _report([*trials, stuck])
+    data, md = _report([*trials, stuck])
     rows = data["recommended"]["lr_table"]
+    # nor is it a bound on S(B): the fit leaves it out, and says so (a reviewer: "the trials say otherwise" rested
+    # on such a trial)
+    assert data["critical_batch"]["left_out_barely_learned"] == [{"trial": 2, "batch_size": 1024}]
+    assert "Left out of the fit: trial 2 (B=1024), whose training loss barely moved" in md
     assert max(row["batch_size"] for row in rows) == 64  # twice the largest batch that learned
     assert not any((row.get("capped_at") or {}).get("by_trial") for row in rows)
 
