@@ -28,6 +28,7 @@ from bstune.analysis import (
     nearby_targets,
     recommend_batch_schedule,
     steps_by_batch,
+    steps_to_target,
 )
 from bstune.errors import BstuneError, ConfigError
 from bstune.metrics import Direction
@@ -261,8 +262,15 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
         value = float(target["value"]) if "value" in target else choose_target(trials, metric, direction=direction)
         critical["target"] = value
         critical["target_chosen"] = "given" if "value" in target else "default"
-        # a trial whose training loss barely moved ran at a rate that did not train: no bound on S(B)
-        barely = barely_learned_in(result)
+        # a trial that ended barely better than untrained (it diverged, or did not train) and never reached the
+        # target ran at a rate that did not train: no bound on S(B)
+        stuck = barely_learned_in(result)
+        barely = {
+            t.number
+            for t in trials
+            if t.number in stuck
+            and not steps_to_target(t.history, int(t.batch_size or 1), value, metric, direction=direction).reached
+        }
         fitted = [t for t in trials if t.number not in barely]
         if left_out := sorted((t.number, int(t.batch_size or 0)) for t in trials if t.number in barely):
             critical["left_out_barely_learned"] = [{"trial": n, "batch_size": b} for n, b in left_out]

@@ -214,8 +214,9 @@ def critical_batch_lines(data: dict[str, Any]) -> list[str]:
     if left:
         shown = ", ".join(f"{t['trial']} (B={t['batch_size']})" for t in left)
         out.append(
-            f"Left out of the fit: trial{'s' if len(left) > 1 else ''} {shown}, whose training loss barely moved "
-            "from the untrained one: a run at a rate that did not train bounds nothing about S(B)."
+            f"Left out of the fit: trial{'s' if len(left) > 1 else ''} {shown}, which never reached the target and "
+            "ended less than a quarter of the way from the untrained training loss to the best (diverged, or did not "
+            "train): a run at a rate that did not train bounds nothing about S(B)."
         )
     if "error" not in cb:
         if "b_crit_over_b_simple" in cb:

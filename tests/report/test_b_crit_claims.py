@@ -138,7 +138,7 @@ def test_a_trial_that_barely_learned_neither_widens_the_lr_table_nor_raises_its_
     # nor is it a bound on S(B): the fit leaves it out, and says so (a reviewer: "the trials say otherwise" rested
     # on such a trial)
     assert data["critical_batch"]["left_out_barely_learned"] == [{"trial": 2, "batch_size": 1024}]
-    assert "Left out of the fit: trial 2 (B=1024), whose training loss barely moved" in md
+    assert "Left out of the fit: trial 2 (B=1024), which never reached the target and ended less than a quarter" in md
     assert max(row["batch_size"] for row in rows) == 64  # twice the largest batch that learned
     assert not any((row.get("capped_at") or {}).get("by_trial") for row in rows)
 
