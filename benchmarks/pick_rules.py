@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._provenance import run_facts
+from benchmarks.rescore_rules import stored_studies
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("benchmarks.pick_rules")
@@ -89,25 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="prior,baseline")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("bstune", "optuna"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    import torch
-
-    from benchmarks import sweep as sweep_mod
-    from benchmarks.efficiency import Evaluator
-    from benchmarks.problems import PROBLEMS as ALL
-
-    torch.set_num_threads(1)
-    stored = json.loads((args.out / "suite_full.json").read_text())["efficiency"]
+    stored, judge = stored_studies(args.out)
     results: dict[str, Any] = {}
     lines = []
     for p in [p for p in args.problems.split(",") if p]:
-        sweep = sweep_mod.load_or_run(ALL[p], "full", args.out, 1)
-        evaluator = Evaluator(ALL[p], sweep, sweep_mod.analyse(sweep), args.out / "cache" / f"evals_{p}.json")
+        evaluator = judge(p)
+        sd = seed_noise({"cells": [{"runs": runs} for runs in evaluator.grid.values()]})  # the sweep's cells
         for m in [m for m in args.methods.split(",") if m]:
             rows = []
-            sd = seed_noise(sweep)
             for run in sorted((r for r in stored[p]["runs"] if r["method"] == m), key=lambda r: r["seed"]):
                 picks = {"best": best_trial(run), "fitted": smoothed_trial(run), "grid": smoothed_trial(run, sd)}
                 judged = {k: float(evaluator.judge(t["batch_size"], t["lr"])["ratio"]) for k, t in picks.items()}

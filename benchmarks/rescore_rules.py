@@ -107,12 +107,10 @@ def markdown(results: dict[str, dict[str, Any]], facts: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--problems", default="digits_mlp,digits_cnn")
-    parser.add_argument("--methods", default="prior+rescore,baseline+rescore")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    args = parser.parse_args(argv)
+def stored_studies(out: Path) -> tuple[dict[str, Any], Callable[[str], Any]]:
+    """The stored efficiency runs of ``out/suite_full.json`` by problem, and a judge for a problem's configs (its
+    :class:`~benchmarks.efficiency.Evaluator`, cached in ``out/cache``); logs quiet but this package's, one torch
+    thread, as every reader of the stored studies runs."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("bstune", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -123,13 +121,26 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.problems import PROBLEMS
 
     torch.set_num_threads(1)
-    stored = json.loads((args.out / "suite_full.json").read_text())["efficiency"]
+
+    def judge(problem: str) -> Evaluator:
+        sweep = sweep_mod.load_or_run(PROBLEMS[problem], "full", out, 1)
+        return Evaluator(PROBLEMS[problem], sweep, sweep_mod.analyse(sweep), out / "cache" / f"evals_{problem}.json")
+
+    return json.loads((out / "suite_full.json").read_text())["efficiency"], judge
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", default="digits_mlp,digits_cnn")
+    parser.add_argument("--methods", default="prior+rescore,baseline+rescore")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+    stored, judge = stored_studies(args.out)
     results: dict[str, dict[str, Any]] = {}
     for p in [p for p in args.problems.split(",") if p]:
         if p not in stored:
             parser.error(f"no efficiency runs of {p} in {args.out / 'suite_full.json'}")
-        sweep = sweep_mod.load_or_run(PROBLEMS[p], "full", args.out, 1)
-        evaluator = Evaluator(PROBLEMS[p], sweep, sweep_mod.analyse(sweep), args.out / "cache" / f"evals_{p}.json")
+        evaluator = judge(p)
         for m in [m for m in args.methods.split(",") if m]:
             runs = sorted(
                 (r for r in stored[p]["runs"] if r["method"] == m and r.get("rescore_candidates")),
@@ -139,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.warning("%s %s: no stored run kept its candidates' values; skipped", p, m)
                 continue
 
-            def judged(run: dict[str, Any], c: Candidate, evaluator: Evaluator = evaluator) -> float:
+            def judged(run: dict[str, Any], c: Candidate, evaluator: Any = evaluator) -> float:
                 t = next(t for t in run["trials"] if t["number"] == c["trial"])
                 return float(evaluator.judge(t["batch_size"], t["lr"])["ratio"])
 
