@@ -27,17 +27,13 @@ for an accuracy, *negative* when validation accuracy is lower.
 
 from __future__ import annotations
 
-import itertools
 import math
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from bstune._validate import is_number
+from bstune.analysis._rank_stats import EXACT_N, holm, p_text, partial, partial_exact, spearman
 from bstune.analysis._trials import TrialLike, batch_size_of, field_of, finite
 from bstune.records import TrialStatus
 
@@ -112,26 +108,21 @@ class GapTrend:
             ),
         ):
             if p < significance:
-                text = f"{_dir(rho)} with {label} (Spearman ρ={rho:.2f}, p{_p(p)}"
+                text = f"{_dir(rho)} with {label} (Spearman ρ={rho:.2f}, p{p_text(p)}"
                 if math.isfinite(pp):
-                    text += f"; partial ρ={prho:.2f}, p{_p(pp)} at fixed {other}"
+                    text += f"; partial ρ={prho:.2f}, p{p_text(pp)} at fixed {other}"
                 parts.append(text + ")")
             elif pp < significance:  # hidden by the other variable until that is held fixed
                 parts.append(
                     f"{_dir(prho)} with {label} at fixed {other} "
-                    f"(partial Spearman ρ={prho:.2f}, p{_p(pp)}; marginal ρ={rho:.2f}, p{_p(p)})"
+                    f"(partial Spearman ρ={prho:.2f}, p{p_text(pp)}; marginal ρ={rho:.2f}, p{p_text(p)})"
                 )
         if not parts:
             return (
-                f"no clear trend of {what} with batch size (Spearman ρ={self.rho_batch:.2f}, p{_p(self.p_batch)}) "
-                f"or effective temperature (ρ={self.rho_temperature:.2f}, p{_p(self.p_temperature)}), {self.n} trials"
+                f"no clear trend of {what} with batch size (Spearman ρ={self.rho_batch:.2f}, p{p_text(self.p_batch)}) "
+                f"or effective temperature (ρ={self.rho_temperature:.2f}, p{p_text(self.p_temperature)}), {self.n} trials"
             )
         return f"{what} " + " and ".join(parts) + f", {self.n} trials"
-
-
-def _p(p: float) -> str:
-    """``=0.012``, ``<0.001`` or ``=nan``, to follow a "p"."""
-    return "=nan" if not math.isfinite(p) else f"={p:.2g}" if p >= 0.001 else "<0.001"
 
 
 def _dir(rho: float) -> str:
@@ -164,81 +155,16 @@ class GapSummary:
     learned_below: float | None = None
 
 
-def _stats() -> Any:
-    """``scipy.stats``, imported when first needed (it takes a second or more to load)."""
-    from scipy import stats
-
-    return stats
-
-
-FloatArray = NDArray[np.float64]
-
-_EXACT_N = 8  # up to this many trials the p-value counts every ordering (8! = 40,320); above, scipy's t approximation
-
-
-def _spearman(a: Sequence[float], b: Sequence[float], *, with_p: bool = True) -> tuple[float, float]:
-    """Spearman's ρ and its two-sided p (NaN unless ``with_p``); exact (by permutations) for small samples,
-    where the t approximation gave p = 0 for 4 trials in perfect order (exactly 2/24 = 0.083).
-
-    Example:
-        >>> rho, p = _spearman([1, 2, 3, 4], [10, 20, 30, 40])
-        >>> rho, round(p, 3)
-        (1.0, 0.083)
-    """
-    if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
-        return math.nan, math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ties and small n: the numbers are still the right ones to report
-        res = _stats().spearmanr(a, b)
-    rho = float(res.statistic)
-    if not with_p:
-        return rho, math.nan
-    if len(a) > _EXACT_N:
-        return rho, float(res.pvalue)
-    return rho, float(np.mean(np.abs(_orderings_rho(a, b)) >= abs(rho) - 1e-12))
-
-
-def _orderings_rho(x: Sequence[float], y: Sequence[float]) -> FloatArray:
-    """Spearman's ρ of every ordering of ``x`` against ``y`` held fixed (n! values)."""
-    rx, ry = _stats().rankdata(x), _stats().rankdata(y)
-    orders = np.array(list(itertools.permutations(rx)))
-    co, cy = orders - orders.mean(axis=1, keepdims=True), ry - ry.mean()
-    out: FloatArray = co @ cy / (np.linalg.norm(co, axis=1) * np.linalg.norm(cy))
-    return out
-
-
-def _partial(r_xy: float, r_xz: float, r_yz: float, n: int) -> tuple[float, float]:
-    """Partial correlation of x and y given z, and its two-sided p (t with n−3 dof)."""
-    denom = (1 - r_xz**2) * (1 - r_yz**2)
-    if n < 4 or not all(math.isfinite(r) for r in (r_xy, r_xz, r_yz)) or denom <= 0:
-        return math.nan, math.nan
-    r = max(-1.0, min(1.0, (r_xy - r_xz * r_yz) / math.sqrt(denom)))
-    if abs(r) == 1.0:
-        return r, 0.0
-    t = r * math.sqrt((n - 3) / (1 - r**2))
-    return r, float(2 * _stats().t.sf(abs(t), n - 3))
-
-
-def _partial_exact(x: Sequence[float], y: Sequence[float], z: Sequence[float], r: float, r_yz: float) -> float:
-    """The partial Spearman ρ's two-sided p by every ordering of ``x`` against (``y``, ``z``) held together:
-    the t approximation gave p = 0 for 4 trials in perfect order."""
-    r_xy, r_xz = _orderings_rho(x, y), _orderings_rho(x, z)  # the same orderings, in the same order
-    with np.errstate(divide="ignore", invalid="ignore"):
-        partial = (r_xy - r_xz * r_yz) / np.sqrt((1 - r_xz**2) * (1 - r_yz**2))
-    partial = np.nan_to_num(partial, nan=0.0)
-    return float(np.mean(np.abs(partial) >= abs(r) - 1e-12))
-
-
 def _trend(name: str, gaps: Sequence[float], batch: Sequence[float], temp: Sequence[float]) -> GapTrend:
-    rb, pb = _spearman(gaps, batch)
-    rt, pt = _spearman(gaps, temp)
-    r_bt, _ = _spearman(batch, temp, with_p=False)
+    rb, pb = spearman(gaps, batch)
+    rt, pt = spearman(gaps, temp)
+    r_bt, _ = spearman(batch, temp, with_p=False)
     n = len(gaps)
-    prb, ppb = _partial(rb, rt, r_bt, n)
-    prt, ppt = _partial(rt, rb, r_bt, n)
-    if n <= _EXACT_N:  # as _spearman: exact where few
-        ppb = _partial_exact(gaps, batch, temp, prb, r_bt) if math.isfinite(prb) else ppb
-        ppt = _partial_exact(gaps, temp, batch, prt, r_bt) if math.isfinite(prt) else ppt
+    prb, ppb = partial(rb, rt, r_bt, n)
+    prt, ppt = partial(rt, rb, r_bt, n)
+    if n <= EXACT_N:  # as _spearman: exact where few
+        ppb = partial_exact(gaps, batch, temp, prb, r_bt) if math.isfinite(prb) else ppb
+        ppt = partial_exact(gaps, temp, batch, prt, r_bt) if math.isfinite(prt) else ppt
     return GapTrend(name, n, rb, pb, rt, pt, prb, ppb, prt, ppt)
 
 
@@ -317,9 +243,9 @@ class AtFixed:
     verdict: str
 
     def text(self) -> str:
-        numbers = f"partial ρ={self.partial_rho:.2f}, p{_p(self.partial_p)}"
+        numbers = f"partial ρ={self.partial_rho:.2f}, p{p_text(self.partial_p)}"
         if self.n_checked > 1:
-            numbers += f", p{_p(self.p_holm)} Holm-adjusted over {self.n_checked} parameters"
+            numbers += f", p{p_text(self.p_holm)} Holm-adjusted over {self.n_checked} parameters"
         if self.verdict == "survives":
             return f"the trend with batch size survives at fixed {self.name} ({numbers})"
         if self.verdict == "kept":
@@ -361,35 +287,19 @@ def at_fixed_params(rows: Sequence[TrialGap], trend: GapTrend, significance: flo
             continue
         gaps, other = [g.loss_gap for g in have], [g.others[name] for g in have]
         log_b = [math.log(g.batch_size) for g in have]
-        rb, _ = _spearman(gaps, log_b, with_p=False)
-        rho_gx, _ = _spearman(gaps, other, with_p=False)
-        r_bx, _ = _spearman(log_b, other, with_p=False)
-        prb, ppb = _partial(rb, rho_gx, r_bx, len(have))
-        if len(have) <= _EXACT_N and math.isfinite(prb):
-            ppb = _partial_exact(gaps, log_b, other, prb, r_bx)
+        rb, _ = spearman(gaps, log_b, with_p=False)
+        rho_gx, _ = spearman(gaps, other, with_p=False)
+        r_bx, _ = spearman(log_b, other, with_p=False)
+        prb, ppb = partial(rb, rho_gx, r_bx, len(have))
+        if len(have) <= EXACT_N and math.isfinite(prb):
+            ppb = partial_exact(gaps, log_b, other, prb, r_bx)
         checked.append((name, r_bx, rho_gx, prb, ppb, rb))
-    holm = _holm([c[4] if math.isfinite(c[4]) else 1.0 for c in checked])
+    adjusted = holm([c[4] if math.isfinite(c[4]) else 1.0 for c in checked])
     out = []
-    for (name, r_bx, rho_gx, prb, ppb, rb), p_adj in zip(checked, holm, strict=True):
+    for (name, r_bx, rho_gx, prb, ppb, rb), p_adj in zip(checked, adjusted, strict=True):
         kept = math.isfinite(prb) and prb * trend.rho_batch > 0 and abs(prb) >= abs(rb) / 2  # half the trend, or more
         verdict = "removed" if not kept else "survives" if p_adj < significance else "kept"
         out.append(AtFixed(name, r_bx, rho_gx, prb, ppb, p_adj, len(checked), verdict))
-    return out
-
-
-def _holm(ps: Sequence[float]) -> list[float]:
-    """Holm's step-down adjustment of ``ps`` (each p times the number of those not smaller, kept monotone).
-
-    Example:
-        >>> [round(p, 3) for p in _holm([0.01, 0.04, 0.03])]
-        [0.03, 0.06, 0.06]
-    """
-    order = sorted(range(len(ps)), key=lambda i: ps[i])
-    out = [1.0] * len(ps)
-    running = 0.0
-    for k, i in enumerate(order):
-        running = max(running, min(1.0, (len(ps) - k) * ps[i]))
-        out[i] = running
     return out
 
 

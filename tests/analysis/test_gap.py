@@ -197,7 +197,7 @@ def test_a_small_samples_p_value_counts_every_ordering(n: int) -> None:
     extreme: p = 1/12. Checked against scipy's exact permutation test on ties-free data."""
     from scipy import stats
 
-    from bstune.analysis._gap import _spearman
+    from bstune.analysis._rank_stats import spearman as _spearman
 
     rng = np.random.default_rng(n)
     a, b = rng.permutation(n).tolist(), rng.standard_normal(n).tolist()
