@@ -94,7 +94,7 @@ def test_bstune_report_prints_the_effective_temperature(tmp_path: Path, forked_c
     summary = proc.stdout.split("# bstune report")[0]
     header = next(line for line in summary.splitlines() if line.strip().startswith("#"))
     assert "lr/(B(1-m))" in header and "lr/B " not in header
-    assert "lr/(B(1-m)): effective temperature, m = SGD momentum" in summary
+    assert "lr/(B(1-m)): effective temperature, m = the SGD momentum (taken as 0 for Adam-family optimizers)" in summary
     best = next(line for line in summary.splitlines() if line.startswith("best config"))
     assert "momentum=0.9" in best and "temperature" not in best
     saved = json.loads((tmp_path / "report.json").read_text())
