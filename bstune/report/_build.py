@@ -19,6 +19,7 @@ from bstune._files import replace_text
 from bstune.analysis import (
     BatchPoint,
     CriticalBatchFit,
+    GapSummary,
     bin_points,
     choose_target,
     compute_optimal,
@@ -33,7 +34,7 @@ from bstune.analysis import (
 from bstune.errors import BstuneError, ConfigError
 from bstune.metrics import Direction
 from bstune.records import ProbeResult, StudyData, TrialStatus, clean_dict
-from bstune.report._recommend import barely_learned_in, recommend, training_set_size
+from bstune.report._recommend import recommend, training_set_size
 
 __all__ = ["Report", "build_report"]
 
@@ -253,6 +254,10 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
             "search_batch_range": list(prior.batch_range) if prior.search_low is not None else None
         }
 
+    # one reading of the gap serves three sections: its own, and the trials that barely learned, which the S(B)
+    # fit and the LR table leave out (a rate that did not train bounds nothing)
+    gap = _gap_of(result)
+    stuck = {g.number for g in gap.barely_learned if g.number is not None} if isinstance(gap, GapSummary) else set()
     fit: CriticalBatchFit | None = None
     critical: dict[str, Any] = {"metric": metric, "direction": direction.value}
     tried = sorted({int(t.batch_size) for t in trials if t.batch_size})
@@ -264,7 +269,6 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
         critical["target_chosen"] = "given" if "value" in target else "default"
         # a trial that ended barely better than untrained (it diverged, or did not train) and never reached the
         # target ran at a rate that did not train: no bound on S(B)
-        stuck = barely_learned_in(result)
         barely = {
             t.number
             for t in trials
@@ -330,9 +334,7 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
     else:
         data["compute_optimal"] = {"error": "needs the critical-batch fit and throughput at two or more batch sizes"}
 
-    try:
-        first = result.probe.lr_range[0][1] if result.probe is not None and result.probe.lr_range else None
-        gap = generalization_gap(result.trials, untrained_loss=first)
+    if isinstance(gap, GapSummary):
         data["generalization_gap"] = {
             "trend": gap.trend,
             "trials": [vars(t) for t in gap.trials],
@@ -342,13 +344,13 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
             "learned_below": gap.learned_below,
             "loss": vars(gap.loss),
         }
-    except BstuneError as exc:
-        data["generalization_gap"] = {"error": str(exc)}
+    else:
+        data["generalization_gap"] = {"error": gap}
 
     memory = _memory(result)
     if memory is not None:
         data["memory"] = memory
-    data["recommended"] = recommend(result, fit, advice)
+    data["recommended"] = recommend(result, fit, advice, barely=stuck)
     doubt = direction_doubt(result.trials, result.objective, result.direction)
     if doubt is not None:
         data["recommended"]["direction_doubt"] = doubt
@@ -360,6 +362,15 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
     ]
     data["trials"] = [t.to_dict() for t in result.trials]
     return Report(clean_dict(data))
+
+
+def _gap_of(result: StudyData) -> GapSummary | str:
+    """The study's generalization gap, or why it cannot be read (no training loss recorded, ...)."""
+    first = result.probe.lr_range[0][1] if result.probe is not None and result.probe.lr_range else None
+    try:
+        return generalization_gap(result.trials, untrained_loss=first)
+    except BstuneError as exc:
+        return str(exc)
 
 
 def _headline(critical: Mapping[str, Any], measured: Mapping[str, Any] | None) -> dict[str, Any]:

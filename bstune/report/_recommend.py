@@ -5,17 +5,16 @@ LR rule from the critical batch fit, capped where the probe's range tests saw tr
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from bstune.analysis import CriticalBatchFit, barely_learned, lr_table
-from bstune.errors import BstuneError
+from bstune.analysis import CriticalBatchFit, lr_table
 from bstune.metrics import Direction
 from bstune.optim import temperature
 from bstune.records import ProbeResult, StudyData, TrialStatus, last_value
 from bstune.space import PriorSettings
 
-__all__ = ["barely_learned_in", "recommend", "training_set_size"]
+__all__ = ["recommend", "training_set_size"]
 
 
 def training_set_size(result: StudyData) -> int | None:
@@ -35,9 +34,16 @@ def _effective_temperature(config: Mapping[str, Any]) -> float | None:
         return None
 
 
-def recommend(result: StudyData, fit: CriticalBatchFit | None, advice: CriticalBatchFit | None) -> dict[str, Any]:
+def recommend(
+    result: StudyData,
+    fit: CriticalBatchFit | None,
+    advice: CriticalBatchFit | None,
+    *,
+    barely: Collection[int] = (),
+) -> dict[str, Any]:
     """The recommended config; expected cost to the report's target from ``fit`` (the trials'), the LR table
-    from ``advice`` (the most reliable fit: the direct measurement's when there is one)."""
+    from ``advice`` (the most reliable fit: the direct measurement's when there is one). ``barely``: the
+    trials that barely learned (:func:`~bstune.analysis.barely_learned`), no evidence for the table's rates."""
     best = dict(result.best_config)
     # the settings to train with, and nothing derived from them (older results held the temperature here)
     rec: dict[str, Any] = {k: v for k, v in best.items() if k != "temperature"}
@@ -99,7 +105,7 @@ def recommend(result: StudyData, fit: CriticalBatchFit | None, advice: CriticalB
         rec["expected_samples_to_target"] = fit.predict_samples(b)
         rec["expected_steps_to_target_ci"] = list(fit.steps_ci(b))  # at the fit's confidence (90%)
         rec["expected_samples_to_target_ci"] = list(fit.samples_ci(b))
-    barely = barely_learned_in(result)  # a rate that did not train is no evidence that the rate trains
+    # a rate that did not train is no evidence that the rate trains
     trained = [
         (int(t.batch_size), float(t.lr))
         for t in result.trials
@@ -132,15 +138,6 @@ def recommend(result: StudyData, fit: CriticalBatchFit | None, advice: CriticalB
         if kind == "fitted_b_crit":
             rec["lr_rule_b_crit"] = b_rule
     return rec
-
-
-def barely_learned_in(result: StudyData) -> set[int]:
-    """The completed trials whose training loss barely moved (:func:`~bstune.analysis.barely_learned`)."""
-    first = result.probe.lr_range[0][1] if result.probe is not None and result.probe.lr_range else None
-    try:
-        return barely_learned(result.trials, untrained_loss=first)
-    except BstuneError:
-        return set()
 
 
 def _span_of(trained: list[tuple[int, float]], batch: int) -> tuple[int, int]:
