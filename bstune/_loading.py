@@ -19,17 +19,14 @@ as the same objects the script's module holds.
 
 from __future__ import annotations
 
-import atexit
-import functools
 import importlib.util
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from bstune._keys import SCRIPT_MODULE_PREFIX
+from bstune._scratch import scratch_folder
 from bstune.errors import ConfigError, TaskError
 from bstune.task import Task
 from bstune.training import TrialFunction
@@ -103,11 +100,10 @@ def _import(path: str | Path) -> ModuleType:
     return module
 
 
-@functools.cache
 def _shims() -> Path:
-    """This process's folder of shims (:func:`_importable`); removed at exit."""
-    folder = Path(tempfile.mkdtemp(prefix="bstune-scripts-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    """This process's folder of shims (:func:`_importable`), in its scratch folder (removed at exit)."""
+    folder = scratch_folder() / "scripts"
+    folder.mkdir(exist_ok=True)
     return folder
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import cloudpickle
 
+from bstune._scratch import scratch_folder
 from bstune.errors import ConfigError
 
 __all__ = [
@@ -207,7 +208,7 @@ def payload_file(data: bytes, what: str) -> str:
     """
     made: list[str] = []
     try:
-        handle, path = tempfile.mkstemp(prefix=f"bstune-{what}-", suffix=".pickle")
+        handle, path = tempfile.mkstemp(prefix=f"{what}-", suffix=".pickle", dir=scratch_folder())
         made.append(path)
         with os.fdopen(handle, "wb") as out:
             out.write(data)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from bstune import _scratch
 from bstune._spawn import pack, payload_file, start_holding_sigint, take_held_sigint, take_payload_file, unpack
 from bstune.errors import ConfigError
 
@@ -138,10 +139,19 @@ def test_a_failed_start_raises_in_the_callers_thread() -> None:
         start_holding_sigint([fails])
 
 
+def in_temp(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's temp folder is ``folder``, and its scratch folder not yet made."""
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setattr(_scratch, "_folder", None)
+    monkeypatch.setattr(_scratch, "_owner_fd", None)
+
+
 def test_a_payload_file_is_private_and_gone_once_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    in_temp(tmp_path, monkeypatch)
     path = payload_file(pack({"x": list(range(10))}), "trial-worker")
-    assert Path(path).parent == tmp_path and Path(path).name.startswith("bstune-trial-worker-")
+    # in this process's scratch folder, which a kill leaves for the next bstune process to sweep (test_scratch.py)
+    assert Path(path).parent.parent == tmp_path and Path(path).parent.name.startswith(_scratch.PREFIX)
+    assert Path(path).name.startswith("trial-worker-")
     if os.name == "posix":
         assert Path(path).stat().st_mode & 0o777 == 0o600  # the user's task and data: theirs alone
     assert unpack(take_payload_file(path)) == {"x": list(range(10))}
@@ -151,7 +161,7 @@ def test_a_payload_file_is_private_and_gone_once_taken(tmp_path: Path, monkeypat
 def test_a_temp_folder_without_room_is_a_config_error_naming_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))  # as full or read-only, to mkstemp
+    in_temp(tmp_path / "missing", monkeypatch)  # as full or read-only, to mkdtemp
     with pytest.raises(ConfigError, match=r"temp folder: could not write the task \(\d+ bytes.*missing.*TMPDIR"):
         payload_file(pack(list(range(100))), "trial-worker")
 

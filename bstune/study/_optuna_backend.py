@@ -32,6 +32,7 @@ from optuna.trial import Trial, TrialState
 
 from bstune._keys import CRITICAL_ATTR, FROM_PROBE_ATTR, PROBE_ATTR, RESCORED_ATTR
 from bstune._progress import progress_bar
+from bstune._scratch import scratch_folder
 from bstune.errors import BstuneError, ConfigError
 from bstune.metrics import Direction
 from bstune.records import ProbeResult, Rescored, TrialRecord, TrialStatus, clean_json
@@ -206,7 +207,7 @@ class OptunaBackend(TrialBackend):
             return self.storage, url
         if self._temporary is not None:  # run() again: the same study, as in memory
             return self._temporary
-        folder = tempfile.mkdtemp(prefix="bstune-parallel-")
+        folder = tempfile.mkdtemp(prefix="parallel-", dir=scratch_folder())
         url = f"journal:{Path(folder) / 'study.log'}"
         storage = open_storage(url)
         assert storage is not None
