@@ -77,7 +77,10 @@ _WITHOUT = "or give the study a known B_noise and LR ceiling (prior settings), o
 
 def probe_params(space: SearchSpace) -> dict[str, Any]:
     """The space's other parameters at the middle of their ranges (geometric for log ones), the
-    first of a categorical's choices: what ``ctx.config`` holds while the probe runs.
+    first of a categorical's choices: what ``ctx.config`` holds while the probe runs. A searched
+    ``momentum`` or ``weight_decay`` is the space optimizer's instead: the probe measures at that
+    optimizer (``ctx.momentum``, ``ctx.make_optimizer``), and its temperature and the prior's rule
+    rest on it, so a loop that applies ``ctx.config["momentum"]`` trains at the same.
 
     Example:
         >>> space = SearchSpace.coerce({"name": "s", "params": {"model.width": {"type": "int", "low": 16,
@@ -86,7 +89,11 @@ def probe_params(space: SearchSpace) -> dict[str, Any]:
         {'model.width': 64, 'model.act': 'relu'}
     """
     out: dict[str, Any] = {}
+    optimizer = {"momentum": space.optimizer.momentum, "weight_decay": space.optimizer.weight_decay}
     for spec in space.params:
+        if spec.name in optimizer:
+            out[spec.name] = optimizer[spec.name]
+            continue
         if spec.kind == "categorical":
             out[spec.name] = (spec.choices or (None,))[0]
             continue

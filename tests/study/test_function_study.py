@@ -256,12 +256,13 @@ def tracked_loop(
     report: bool = True,
     before_backward: Callable[[TrialContext, torch.Tensor], torch.Tensor] | None = None,
     data: torch.utils.data.Dataset[Any] = TRAIN,
+    optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
 ) -> None:
     """:func:`loop` with the noise tracker, as the probe needs it (``report=False``: a loop that never reports;
     ``before_backward(ctx, loss)``: what a newcomer's loop does to each step's loss, or raises there; ``data``:
-    the training set)."""
+    the training set; ``optimizer(params)``: one of the loop's own, else the space's)."""
     model = net().to(ctx.device)
-    opt = ctx.make_optimizer(model.parameters())
+    opt = (optimizer or ctx.make_optimizer)(model.parameters())
     sched = ctx.lr_scheduler(opt)
     noise = ctx.noise_tracker(model)
     for xb, yb in ctx.loader(data):
@@ -385,6 +386,32 @@ def test_the_probe_through_a_function_measures_what_the_task_probe_measures() ->
             <= probe.b_simple_sampling_ci[1]
             <= probe.b_simple_ci[1]
         )
+
+
+def test_a_searched_momentum_is_probed_at_the_spaces_optimizer_whichever_way_the_loop_applies_it() -> None:
+    """The probe's temperature and the prior's rule rest on the space optimizer's momentum: a loop that applies
+    ``ctx.config["momentum"]`` (searched in [0, 0.9]) was probed at 0.45 and read as 0.9 (a reviewer's repro)."""
+    space = SearchSpace.coerce(
+        SPACE
+        | {
+            "optimizer": {"family": "sgd", "momentum": 0.9},
+            "params": {"momentum": {"type": "float", "low": 0.0, "high": 0.9}},
+        }
+    )
+    settings = ProbeSettings(throughput_batches=(8,))
+    seen: set[tuple[float, float]] = set()
+
+    def from_config(ctx: TrialContext) -> None:
+        seen.add((ctx.config["momentum"], ctx.momentum))
+        tracked_loop(ctx, optimizer=lambda p: torch.optim.SGD(p, lr=ctx.config["lr"], momentum=ctx.config["momentum"]))
+
+    probes = [
+        probe_function(FunctionJob(fn, "val_loss", Direction.MINIMIZE, space.optimizer), space, settings, batch_cap=128)
+        for fn in (tracked_loop, from_config)
+    ]
+    assert seen == {(0.9, 0.9)}
+    assert probes[1].lr_ceiling == pytest.approx(probes[0].lr_ceiling, rel=1e-9)
+    assert probes[1].temperature == pytest.approx(probes[0].temperature, rel=1e-9)
 
 
 def test_told_a_short_trial_budget_a_functions_probe_measures_at_a_trials_length_as_a_tasks_does() -> None:
