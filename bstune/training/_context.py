@@ -165,6 +165,7 @@ class TrialContext:
         self.step_times: list[float] = []  # wall seconds between successive step() calls
         self.ramp_curve: list[tuple[float, float]] = []  # (lr, smoothed loss) of the probe's ramp
         self.used_scheduler = False
+        self._scheduler: TrialLRScheduler | None = None  # the newest: it must step once per ctx.step
         self.used_tracker = False
         self._callback = callback
         self._ramp = ramp
@@ -401,7 +402,8 @@ class TrialContext:
         )
         if self._optimizer_declared:  # run_function without one (retraining a config by hand) declares nothing
             self.other_optimizer = warn_on_other_optimizer(optimizer, self.optimizer_spec.family, self.momentum)
-        return TrialLRScheduler(self, optimizer)
+        self._scheduler = TrialLRScheduler(self, optimizer)
+        return self._scheduler
 
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
         """The search space's optimizer (family, momentum, weight decay) at the trial's learning rate."""
@@ -464,6 +466,7 @@ class TrialContext:
         self._last_step_at, self._evaluated = now, False
         value = None if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         self.steps += 1
+        self._check_scheduler_stepped()
         self._step_samples = self._batch_now() if samples is None else int(samples)
         self.samples += self._step_samples
         if value is not None:
@@ -473,6 +476,21 @@ class TrialContext:
             self._window_loss += value
             self._window_steps += 1
         return self._is_done()
+
+    def _check_scheduler_stepped(self) -> None:
+        """The newest ``ctx.lr_scheduler`` steps once per ``ctx.step``, before or after it. Stepped once per epoch
+        (torch's idiom for its own schedulers), or not at all, it left the optimizer at its first rates while the
+        study recorded the schedule's, and the probe's range test read a ceiling from rates it never applied."""
+        sched = self._scheduler
+        if sched is None or abs(self.steps - sched.last_step) < 2:
+            return
+        raise ConfigError(
+            f"the scheduler from ctx.lr_scheduler stepped {sched.last_step - sched.first_step} times over "
+            f"{self.steps - sched.first_step} optimizer steps: call sched.step() once per optimizer step, right "
+            "after opt.step() (the trial's warmup and decay, and the probe's LR range test, change the rate at "
+            "every step, not every epoch)",
+            source="ctx.lr_scheduler",
+        )
 
     def _check_short(self, samples: int | None) -> None:
         """A loader of the loop's own has short batches now and then: an epoch's tail, one per DataLoader worker of

@@ -106,6 +106,7 @@ class TrialLRScheduler:
     def __init__(self, ctx: RateSource, optimizer: torch.optim.Optimizer) -> None:
         self.ctx, self.optimizer = ctx, optimizer
         self.last_step = ctx.steps  # made mid-run (a rebuilt optimizer): the schedule goes on from here
+        self.first_step = ctx.steps
         self._scale = _scales(optimizer, ctx._train_config.lr, ctx._lr_of_step(ctx.steps))
         self._apply()
 

@@ -147,6 +147,62 @@ def test_an_optimizer_built_at_another_rate_than_the_trials_is_refused(
         run_function(fn, config)
 
 
+@pytest.mark.parametrize("stepped", ["once per epoch", "never", "twice a step"])
+def test_a_scheduler_not_stepped_once_per_optimizer_step_is_refused(stepped: str) -> None:
+    """Stepped once per epoch (torch's idiom), the optimizer kept its first rate while the trial recorded the
+    schedule's and the probe's range test a ceiling from rates it never set (a reviewer's repro: 0.06 for 3)."""
+    config = TrainConfig(batch_size=30, lr=0.01, max_samples=30 * 40)
+
+    def fn(ctx: TrialContext) -> None:
+        model = net()
+        opt = ctx.make_optimizer(model.parameters())
+        sched = ctx.lr_scheduler(opt)
+        while not ctx.done:
+            for xb, yb in torch.utils.data.DataLoader(TRAIN, batch_size=ctx.batch_size, drop_last=True):
+                loss = F.cross_entropy(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                for _ in range(2 if stepped == "twice a step" else 0):
+                    sched.step()
+                if ctx.step(loss):
+                    break
+            if stepped == "once per epoch":
+                sched.step()
+
+    with pytest.raises(
+        ConfigError, match=r"ctx.lr_scheduler: .* stepped [04] times over 2 optimizer steps: call sched"
+    ):
+        run_function(fn, config)
+
+
+@pytest.mark.parametrize("order", ["sched.step() first", "ctx.step() first"])
+def test_a_scheduler_stepped_before_or_after_ctx_step_keeps_the_schedule(order: str) -> None:
+    config = TrainConfig(batch_size=30, lr=0.01, max_samples=30 * 40, warmup_samples=300)
+    rates: list[float] = []
+
+    def fn(ctx: TrialContext) -> None:
+        model = net()
+        opt = ctx.make_optimizer(model.parameters())
+        sched = ctx.lr_scheduler(opt)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            rates.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if order == "ctx.step() first":
+                ctx.step(loss)
+                sched.step()
+            else:
+                sched.step()
+                ctx.step(loss)
+
+    result, _ = run_function(fn, config)
+    assert result.status == RunStatus.COMPLETED and len(rates) == 40
+    assert rates == pytest.approx([lr_at(config, 30 * k) for k in range(40)], rel=1e-9)
+
+
 def test_groups_at_multiples_of_the_trials_rate_and_an_optimizer_made_again_mid_run_keep_the_schedule() -> None:
     """Groups at 0.1x and 10x the trial's rate (the optimizer's default at it) keep their ratios. An optimizer made
     again mid-run with ctx.make_optimizer (unfreezing a backbone) is built at the rate of the step under way: it
