@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -12,6 +13,7 @@ import torch
 
 import bstune
 import bstune.study._probe as probe_module
+from bstune.errors import ConfigError
 from bstune.study import ProbeResult, ProbeSettings, lr_range_test, run_probe
 from bstune.study._probe_plan import THROUGHPUT_WARMUP, _ladder, ladder_plan, probe_cost
 from bstune.study._range_test import large_batch_sweep
@@ -36,6 +38,14 @@ def test_lr_range_test_finds_the_stability_edge_of_a_quadratic() -> None:
     ceiling, curve = lr_range_test(task, 2000, 1e-3, 10.0, 60, momentum=None, seed=0, device=torch.device("cpu"))
     assert 0.5 <= ceiling <= 2.0  # within ~2x of the edge, by design of the sweep
     assert curve[0][0] == pytest.approx(1e-3) and len(curve) < 60  # stopped once the loss blew up
+
+
+def test_a_negative_loss_stops_the_range_test_with_an_error_not_a_ceiling_at_its_first_rates() -> None:
+    """The stopping rule (twice the lowest loss) reads the loss against 0: a Gaussian NLL below 0 stopped the
+    ramp within three steps, at a ceiling a hundred times too low."""
+    task = dataclasses.replace(_regression(), loss=lambda out, y: torch.nn.functional.mse_loss(out, y) - 100.0)
+    with pytest.raises(ConfigError, match=r"task.loss: the LR range test's loss went below 0 \(-9\d\.\d+\)"):
+        lr_range_test(task, 200, 1e-3, 10.0, 60, momentum=None, seed=0, device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize(("fits", "ceiling", "measured"), [(100, 64, [8, 32, 64]), (50, 32, [8, 32])])

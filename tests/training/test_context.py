@@ -456,6 +456,18 @@ def test_the_ramp_raises_the_rate_geometrically_and_ends_when_the_loss_doubles()
     assert len(lrs) < 40 and result.status is RunStatus.COMPLETED and ctx.done
 
 
+def test_a_negative_loss_in_the_ramp_is_refused_naming_the_rule() -> None:
+    def fn(ctx: TrialContext) -> None:
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=ctx.config["lr"])
+        sched = ctx.lr_scheduler(opt)
+        for _ in ctx.loader(TRAIN):
+            sched.step()
+            ctx.step(-3.0)  # a Gaussian NLL: same gradients as +3, another ceiling under a rule read against 0
+
+    with pytest.raises(ConfigError, match=r"ctx.step: the LR range test's loss went below 0 \(-3\).*bounded below"):
+        run_function(fn, TrainConfig(batch_size=16, lr=1e-3, max_samples=40 * 16), ramp=LRRamp(1e-3, 1.5))
+
+
 def test_a_run_that_holds_still_trains_to_the_step_past_its_length_and_evaluates_only_before() -> None:
     """The probe's noise run (``still_after``): 1,000 samples at B=64 train 16 steps (1,024), evaluated at a
     run of 1,000's milestones, the last at 1,000; then the rate is 0 and no milestone asks for an evaluation."""
