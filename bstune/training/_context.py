@@ -166,6 +166,7 @@ class TrialContext:
         self.ramp_curve: list[tuple[float, float]] = []  # (lr, smoothed loss) of the probe's ramp
         self.used_scheduler = False
         self._scheduler: TrialLRScheduler | None = None  # the newest: it must step once per ctx.step
+        self._handed = self._taken = 0  # batches and samples ctx.loader's streams handed to the loop, all together
         self.used_tracker = False
         self._callback = callback
         self._ramp = ramp
@@ -333,7 +334,9 @@ class TrialContext:
         if self._on_data is not None and not self._on_data(n):
             self._stopped = self.data_refused = True  # the stream yields nothing: the loop ends without a step
         sizes = list(step_batch_sizes(cfg)) if cfg.batch_schedule is not None else None
-        sampler = StreamBatchSampler(n, cfg.batch_size, self.seed, self._order, sizes)
+        # a loader opened again (a loop that breaks out each "epoch" of its own) goes on with the stream where the
+        # last one left it, not from its first batch again
+        sampler = StreamBatchSampler(n, cfg.batch_size, self.seed, self._order, sizes, skip=self._handed)
         if num_workers is None:
             num_workers = cfg.num_workers
         if pin_memory is None:
@@ -360,20 +363,20 @@ class TrialContext:
         trial's batch size).
         """
         batches = iter(loader)
-        taken, n_batches = 0, 0  # samples and batches handed to the loop
         slack = max(self._train_config.max_samples // 2, max(self._train_config.batch_sizes))
         while not self._is_done():
-            if taken - self.samples > slack:
+            if self._taken - self.samples > slack:
                 raise ConfigError(
-                    f"the loop took {taken:,} samples from ctx.loader but counted {self.samples:,} with "
+                    f"the loop took {self._taken:,} samples from ctx.loader but counted {self.samples:,} with "
                     f"ctx.step ({self.steps} call(s)); call ctx.step(loss) once after each optimizer step, "
                     "without samples= for a batch of ctx.loader: the stream ends when the trial's samples, as "
                     "ctx.step counts them, are spent",
                     source="ctx.loader",
                 )
             batch = next(batches)
-            taken += sizes[n_batches] if sizes is not None and n_batches < len(sizes) else self._batch_now()
-            n_batches += 1
+            k = self._handed
+            self._taken += sizes[k] if sizes is not None and k < len(sizes) else self._batch_now()
+            self._handed += 1
             yield batch
 
     def _optimizer_settings(self) -> dict[str, Any]:

@@ -200,11 +200,17 @@ class StreamBatchSampler(Sampler[list[int]]):
         [4, 4, 4]
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, order: str, sizes: list[int] | None = None) -> None:
+    def __init__(
+        self, n: int, batch_size: int, seed: int, order: str, sizes: list[int] | None = None, skip: int = 0
+    ) -> None:
         self.n, self.batch_size, self.seed, self.order = n, batch_size, seed, order
         self.sizes = sizes  # a batch schedule's size of each step (the epoch order only)
+        self.skip = skip  # batches already handed out: the stream goes on from there
 
     def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(self._batches(), self.skip, None)
+
+    def _batches(self) -> Iterator[list[int]]:
         if self.order == "draw":
             gen = torch.Generator().manual_seed(self.seed + 7)
             while True:

@@ -247,6 +247,26 @@ def test_the_loader_runs_epochs_in_the_trainers_order_and_stops_when_done() -> N
     assert batches[3] == second[:16].tolist()
 
 
+@pytest.mark.parametrize("order", ["epoch", "draw"])
+def test_a_loader_opened_again_goes_on_where_the_last_one_left_off(order: str) -> None:
+    """A loop that broke out every 4 steps (an "epoch" of its own, to evaluate) and opened ctx.loader again
+    trained on the same 4 seeded batches over and over: 128 examples of 320 seen, and the trial "completed"."""
+    data = torch.utils.data.TensorDataset(torch.arange(50))
+    runs: dict[int, list[list[int]]] = {}
+    for every in (4, 0):  # broken out of every 4 batches, and never
+
+        def fn(ctx: TrialContext, every: int = every) -> None:
+            while not ctx.done:
+                for k, (idx,) in enumerate(ctx.loader(data)):
+                    runs.setdefault(every, []).append(idx.tolist())
+                    ctx.step()
+                    if k + 1 == every:
+                        break
+
+        run_function(fn, TrainConfig(batch_size=16, lr=0.1, max_samples=160, seed=3), order=order)
+    assert len(runs[4]) == 10 and runs[4] == runs[0]
+
+
 def test_a_loop_that_never_calls_ctx_step_is_stopped_with_an_error_naming_it_not_left_to_run_for_ever() -> None:
     """The stream ends on ctx.step's count; without it a study hung at its first trial (seen by a newcomer)."""
     taken: list[int] = []
