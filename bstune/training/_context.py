@@ -425,7 +425,10 @@ class TrialContext:
     def noise_tracker(self, model: nn.Module) -> LoopNoiseTracker:
         """The B_simple tracker; call its ``observe()`` between ``loss.backward()`` and ``optimizer.step()``."""
         self.used_tracker = True
-        return LoopNoiseTracker(self, model)
+        made = self._tracker
+        if made is not None and made.model_id == id(model) and made.norms is not None:  # made again each epoch
+            return made
+        return LoopNoiseTracker(self, model, previous=made)
 
     def step(self, loss: torch.Tensor | float | None = None, *, samples: int | None = None) -> bool:
         """Count one optimizer step of ``samples`` examples (default: the batch size); returns ``done``.

@@ -145,8 +145,9 @@ class LoopNoiseTracker:
     noise (a trial, not the probe) it installs nothing and :meth:`observe` does nothing.
     """
 
-    def __init__(self, ctx: TrialCounters, model: nn.Module) -> None:
+    def __init__(self, ctx: TrialCounters, model: nn.Module, previous: LoopNoiseTracker | None = None) -> None:
         self.ctx = ctx
+        self.model_id = id(model)  # which model it reads (ctx.noise_tracker hands the same one back for it)
         self.norms: PerExampleNorms | None = None
         self.tracker: NoiseTracker | None = None
         self.still: _StillMeasure | None = None  # the probe's still phase: gradients at one point
@@ -174,10 +175,15 @@ class LoopNoiseTracker:
                 len(self.covered),
                 ", ".join(norms.uncovered()),
             )
-        self.tracker = NoiseTracker(ctx._batch_now(), population=ctx.n_train, momentum=ctx.momentum)
-        if ctx.freeze_from is not None:
-            self.still = _StillMeasure(ctx)
-        norms.enabled = True
+        if previous is not None and previous.tracker is not None:  # another model mid-run: the run's measurement
+            # goes on, and the old model's hooks come off (left on, they did per-example work every step)
+            previous.remove()
+            self.tracker, self.still, self._observed = previous.tracker, previous.still, previous._observed
+        else:
+            self.tracker = NoiseTracker(ctx._batch_now(), population=ctx.n_train, momentum=ctx.momentum)
+            if ctx.freeze_from is not None:
+                self.still = _StillMeasure(ctx)
+        norms.enabled = self._observed % ctx._train_config.noise_every_steps == 0
         ctx._tracker = self
 
     def observe(self) -> None:
@@ -250,5 +256,8 @@ class LoopNoiseTracker:
             self.still.add(small, batch, grads)
 
     def remove(self) -> None:
+        """Take the hooks off the model and let go of it (its parameters and their gradients): what was measured
+        stays in :attr:`tracker`."""
         if self.norms is not None:
             self.norms.remove()
+        self.norms, self.covered, self._sq, self._grads = None, [], [], {}

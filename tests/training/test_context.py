@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -624,6 +625,54 @@ def test_accumulated_micro_batches_give_the_trajectory_of_the_whole_batch() -> N
     for a, b in zip(whole, parts, strict=True):
         assert b.b_simple == pytest.approx(a.b_simple, rel=1e-3) and b.temperature == pytest.approx(a.temperature)
         assert b.samples == a.samples and b.n_steps == a.n_steps
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("remade", ["tracker each epoch", "model and tracker mid-run"])
+def test_a_tracker_made_again_measures_as_one_and_leaves_no_hooks_behind(remade: str) -> None:
+    """A tracker made once per epoch left the earlier ones' hooks on the model, doing per-example work every step
+    and staying after the run (12 hooks on a kept model, a reviewer's repro)."""
+    models: list[nn.Module] = []
+
+    def fn(ctx: TrialContext, again: bool) -> None:
+        model = net()
+        models.append(model)
+        opt = ctx.make_optimizer(model.parameters())
+        sched = ctx.lr_scheduler(opt)
+        noise = ctx.noise_tracker(model)
+        for k, (xb, yb) in enumerate(ctx.loader(TRAIN)):
+            if again and k and k % 20 == 0:
+                if remade == "model and tracker mid-run":  # a fresh copy of the same weights, say from a checkpoint
+                    fresh = net()
+                    fresh.load_state_dict(model.state_dict())
+                    assert _hooks(model) > 0
+                    model = fresh
+                    models.append(model)
+                    opt = ctx.make_optimizer(model.parameters())
+                    sched = ctx.lr_scheduler(opt)
+                noise = ctx.noise_tracker(model)
+                if remade == "model and tracker mid-run":
+                    assert _hooks(models[-2]) == 0  # the old model's hooks came off
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            noise.observe()
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+            if ctx.at_milestone():
+                with torch.no_grad():
+                    ctx.report(val_loss=F.cross_entropy(model(VX), VY))
+
+    config = TrainConfig(batch_size=16, lr=0.2, max_samples=1600, track_noise=True, noise_every_steps=1)
+    once, again = (run_function(functools.partial(fn, again=a), config)[0] for a in (False, True))
+    assert all(_hooks(m) == 0 for m in models)
+    assert len(again.noise_trajectory) == len(once.noise_trajectory) >= 4
+    for a, b in zip(once.noise_trajectory, again.noise_trajectory, strict=True):
+        assert b.b_simple == pytest.approx(a.b_simple, rel=1e-6) and b.samples == a.samples
 
 
 def test_one_observe_after_several_backward_passes_says_to_observe_each_micro_batch() -> None:
