@@ -363,6 +363,11 @@ def _probe(
             est.n_examples,
         )
 
+    # what the rest needs of the noise run, and then no reference to it: its context (the loop's model, optimizer
+    # and gradients) would stay in memory through the large-batch range test and the ladder's largest batches
+    momentum, as_first_trial = ctx.momentum, _trial_run(result, ctx, train_samples, before_run) if as_trial else None
+    del ctx, tracker
+
     # the large-batch range test bounds the rule's flat part: needed by the trials after the first
     big = min(batch_cap, run.n_train or batch_cap, max(batch, settings.large_batch_factor * batch))
     ceiling_big, cap = ceiling, None
@@ -384,7 +389,7 @@ def _probe(
 
     throughput: dict[int, float] = {}
     throughput_iqr: dict[int, tuple[float, float]] = {}
-    rungs = ladder_rungs(ctx.n_train, settings, space.batch_min, batch_cap, space.prior.batch_round, cap)
+    rungs = ladder_rungs(run.n_train, settings, space.batch_min, batch_cap, space.prior.batch_round, cap)
     bar = progress_bar(progress, "probe: throughput ladder (your loop)", total=len(rungs), unit="rung")
     todo = ladder_plan(rungs, settings, budget_samples)
     while todo:
@@ -427,7 +432,7 @@ def _probe(
         b_simple=est.b_simple,
         b_simple_ci=b_simple_ci,
         trajectory=trajectory,
-        temperature=lr_probe / (batch * (1.0 - ctx.momentum)),
+        temperature=lr_probe / (batch * (1.0 - momentum)),
         throughput=throughput,
         throughput_iqr=throughput_iqr,
         batch_ceiling=cap,
@@ -439,7 +444,7 @@ def _probe(
         b_simple_seed_spread=seed_spread,
         b_simple_at_samples=trained,
         n_train=run.n_train,
-        run=_trial_run(result, ctx, train_samples, before_run) if as_trial else None,
+        run=as_first_trial,
     )
 
 

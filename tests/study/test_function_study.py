@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import logging
 import math
 import re
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -412,6 +414,30 @@ def test_a_searched_momentum_is_probed_at_the_spaces_optimizer_whichever_way_the
     assert seen == {(0.9, 0.9)}
     assert probes[1].lr_ceiling == pytest.approx(probes[0].lr_ceiling, rel=1e-9)
     assert probes[1].temperature == pytest.approx(probes[0].temperature, rel=1e-9)
+
+
+def test_the_probe_lets_go_of_the_noise_runs_model_before_its_larger_batches() -> None:
+    """The noise run's context held its model, optimizer and gradients through the large-batch range test and the
+    throughput ladder: on a GPU, twice the parameters' memory just where the largest batches are tried."""
+    space = SearchSpace.coerce(SPACE)
+    noise_run: list[weakref.ref[torch.Tensor]] = []
+    alive_after: list[bool] = []
+
+    def fn(ctx: TrialContext) -> None:
+        if noise_run:
+            gc.collect()
+            alive_after.append(noise_run[0]() is not None)
+        tracked_loop(ctx, optimizer=lambda params: _remember(ctx, params))
+
+    def _remember(ctx: TrialContext, params: Any) -> torch.optim.Optimizer:
+        params = list(params)
+        if ctx.train_config.track_noise and not noise_run:
+            noise_run.append(weakref.ref(params[0]))
+        return ctx.make_optimizer(params)
+
+    job = FunctionJob(fn, "val_loss", Direction.MINIMIZE, space.optimizer)
+    probe_function(job, space, ProbeSettings(throughput_batches=(8, 64)), batch_cap=128)
+    assert noise_run and len(alive_after) >= 3 and not any(alive_after)
 
 
 def test_told_a_short_trial_budget_a_functions_probe_measures_at_a_trials_length_as_a_tasks_does() -> None:
