@@ -304,9 +304,9 @@ def fit(
     train_dataset: torch.utils.data.Dataset[Any],
     val_dataloaders: Any = None,
     *,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     collate_fn: Any = None,
-    pin_memory: bool = False,
+    pin_memory: bool | None = None,
     loader_kwargs: Mapping[str, Any] | None = None,
     callbacks: Sequence[pl.Callback] | pl.Callback = (),
     **trainer_kwargs: Any,
@@ -320,7 +320,8 @@ def fit(
         train_dataset: a map-style dataset; the study draws the trial's batches from it.
         val_dataloaders: what ``Trainer.fit`` takes (None: the module's ``val_dataloader``).
             Several loaders are fine: log with ``add_dataloader_idx=False`` to keep the names.
-        num_workers, collate_fn, pin_memory, loader_kwargs: for the training ``DataLoader``.
+        num_workers, collate_fn, pin_memory, loader_kwargs: for the training ``DataLoader``; workers and
+            pinning default to the trial's, as :meth:`~bstune.TrialContext.loader`'s do (a study's ``num_workers``).
         callbacks: more Lightning callbacks.
         **trainer_kwargs: other ``lightning.Trainer`` settings (``precision``,
             ``gradient_clip_val``, ``logger``, ``enable_progress_bar``, ``accelerator``...). The

@@ -106,6 +106,23 @@ def test_a_lightning_trial_gets_the_plain_loops_values_to_the_last_digit(config:
     assert (mine.samples, mine.steps, mine.message) == (theirs.samples, theirs.steps, "")
 
 
+def test_a_lightning_trial_loads_with_the_studys_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fit passed num_workers=0 to ctx.loader, so a study's num_workers (bstune run --num-workers) never reached
+    a Lightning trial (a reviewer's repro)."""
+    made: list[int] = []
+    init = torch.utils.data.DataLoader.__init__
+
+    def recording(self: torch.utils.data.DataLoader[Any], dataset: Any, *args: Any, **kwargs: Any) -> None:
+        if dataset is TRAIN:
+            made.append(kwargs.get("num_workers", 0))
+        init(self, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__init__", recording)
+    result, _ = run_function(lit, TrainConfig(batch_size=32, lr=0.1, max_samples=320, num_workers=2))
+    assert result.status is RunStatus.COMPLETED, result.message
+    assert made == [2]
+
+
 def test_eval_at_start_validates_the_untrained_module_as_milestone_zero() -> None:
     config = TrainConfig(batch_size=42, lr=0.08, max_samples=1260)
     plain, _ = run_function(lit, config)
