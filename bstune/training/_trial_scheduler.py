@@ -113,7 +113,9 @@ class TrialLRScheduler:
     """Sets the optimizer's learning rate for each step: the trial's warmup and decay, or the probe's ramp.
 
     Call :meth:`step` once per optimizer step, as with a torch scheduler. Parameter groups
-    built with different rates keep their ratios to ``ctx.config["lr"]``.
+    built with different rates keep their ratios to ``ctx.config["lr"]``; so does a group added
+    mid-run (``opt.add_param_group({"params": ..., "lr": 0.1 * ctx.config["lr"]})``), from the
+    next step on.
     """
 
     def __init__(self, ctx: RateSource, optimizer: torch.optim.Optimizer) -> None:
@@ -130,7 +132,12 @@ class TrialLRScheduler:
         self._set = [float(group["lr"]) for group in self.optimizer.param_groups]
 
     def step(self) -> None:
-        found = [float(group["lr"]) for group in self.optimizer.param_groups]
+        groups = self.optimizer.param_groups
+        if len(groups) > len(self._scale):  # opt.add_param_group mid-run (unfreezing a part of the model)
+            base = self.ctx._train_config.lr
+            self._scale += [float(group["lr"]) / base for group in groups[len(self._scale) :]]
+            self._set += [float(group["lr"]) for group in groups[len(self._set) :]]
+        found = [float(group["lr"]) for group in groups]
         for f, s in zip(found, self._set, strict=False):
             if not math.isclose(f, s, rel_tol=1e-9, abs_tol=0.0):
                 raise _other_scheduler(s, f)

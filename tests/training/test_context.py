@@ -91,6 +91,34 @@ def test_the_scheduler_sets_the_trials_rates_and_keeps_group_ratios() -> None:
     assert [s[1] for s in seen] == pytest.approx([0.1 * e for e in expected])
 
 
+def test_a_group_added_mid_run_keeps_its_ratio_to_the_trials_rate() -> None:
+    """Progressive unfreezing (opt.add_param_group mid-run) failed with zip()'s "argument 2 is shorter"."""
+    config = TrainConfig(batch_size=32, lr=0.1, max_samples=32 * 20, warmup_samples=32 * 10)
+    rates: list[list[float]] = []
+
+    def fn(ctx: TrialContext) -> None:
+        model = net()
+        first, rest = list(model.parameters())[:2], list(model.parameters())[2:]
+        opt = torch.optim.SGD(first, lr=ctx.config["lr"])
+        sched = ctx.lr_scheduler(opt)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            rates.append([group["lr"] for group in opt.param_groups])
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+            if ctx.steps == 4:
+                opt.add_param_group({"params": rest, "lr": 0.1 * ctx.config["lr"]})
+
+    result, _ = run_function(fn, config)
+    assert result.status is RunStatus.COMPLETED, result.message
+    schedule = [lr_at(config, 32 * k) for k in range(20)]
+    assert [r[0] for r in rates] == pytest.approx(schedule, rel=1e-9)
+    assert [r[1] for r in rates[5:]] == pytest.approx([0.1 * lr for lr in schedule[5:]], rel=1e-9)
+
+
 def test_a_group_frozen_at_rate_zero_stays_frozen() -> None:
     """Fine-tuning's frozen backbone (``lr=0``) was given the trial's full rate: a ratio of 0 read as none."""
     config = TrainConfig(batch_size=16, lr=0.5, max_samples=320, warmup_samples=64)
