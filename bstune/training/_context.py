@@ -166,6 +166,7 @@ class TrialContext:
         self.ramp_curve: list[tuple[float, float]] = []  # (lr, smoothed loss) of the probe's ramp
         self.used_scheduler = False
         self._scheduler: TrialLRScheduler | None = None  # the newest: it must step once per ctx.step
+        self._said_non_finite: set[str] = set()  # metrics ctx.report warned of as non-finite
         self._handed = self._taken = 0  # batches and samples ctx.loader's streams handed to the loop, all together
         self.used_tracker = False
         self._callback = callback
@@ -661,9 +662,24 @@ class TrialContext:
             noise=noise,
         )
         self.history.append(record)
-        reported = [v for k, v in (("train_loss", train_loss), ("val_loss", val_loss), *values.items()) if k in metrics]
-        if any(not math.isfinite(v) for v in reported):
-            self._diverge(f"a reported metric became non-finite at samples {self.samples}")
+        # a non-finite objective or loss ends the run; another metric may be undefined now and then (an F1 score
+        # with no positive prediction yet): kept as it is, with a word, as the trainer keeps a task's metrics
+        reported = {"train_loss": train_loss, "val_loss": val_loss, **values}
+        bad = sorted(k for k in metrics if not math.isfinite(reported[k]))
+        ending = [k for k in bad if k in ("train_loss", "val_loss", self.objective)]
+        if ending:
+            named = ", ".join(f"{k}={reported[k]}" for k in ending)
+            self._diverge(f"a reported metric became non-finite ({named}) at samples {self.samples}")
+        for name in bad:
+            if name not in self._said_non_finite:
+                self._said_non_finite.add(name)
+                logger.warning(
+                    "ctx.report: %s is %s at samples %d; kept as it is (a non-finite objective or loss ends the "
+                    "trial, another metric does not)",
+                    name,
+                    reported[name],
+                    self.samples,
+                )
         if self._callback is None:
             return
         decision = _as_decision(self._callback(record))

@@ -429,6 +429,28 @@ def test_a_non_finite_reported_metric_ends_the_run_diverged() -> None:
 
     result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=3200))
     assert result.status is RunStatus.DIVERGED and result.samples == 320
+    assert result.message == "a reported metric became non-finite (val_loss=nan) at samples 320"
+
+
+def test_a_non_finite_metric_other_than_the_objective_and_losses_is_kept_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An F1 score undefined at the first evaluation (no positive prediction yet) ended the trial as diverged."""
+
+    def fn(ctx: TrialContext) -> None:
+        for _ in ctx.loader(TRAIN):
+            ctx.step(1.0)
+            if ctx.at_milestone():
+                ctx.report(val_loss=1.0, val_f1=math.nan if ctx.samples <= 640 else 0.5)
+
+    with caplog.at_level("WARNING", logger="bstune.training._context"):
+        result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=3200))
+    assert result.status is RunStatus.COMPLETED and result.samples == 3200
+    assert math.isnan(result.history[0].metrics["val_f1"]) and result.history[-1].metrics["val_f1"] == 0.5
+    assert [r.getMessage() for r in caplog.records if "val_f1" in r.getMessage()] == [
+        "ctx.report: val_f1 is nan at samples 320; kept as it is (a non-finite objective or loss ends the trial, "
+        "another metric does not)"
+    ]
 
 
 def test_out_of_memory_in_the_function_ends_the_run_oom_and_other_errors_go_up() -> None:
