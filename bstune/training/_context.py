@@ -491,11 +491,13 @@ class TrialContext:
         sched = self._scheduler
         if sched is None or abs(self.steps - sched.last_step) < 2:
             return
+        stepped, counted = sched.last_step - sched.first_step, self.steps - sched.first_step
         raise ConfigError(
-            f"the scheduler from ctx.lr_scheduler stepped {sched.last_step - sched.first_step} times over "
-            f"{self.steps - sched.first_step} optimizer steps: call sched.step() once per optimizer step, right "
-            "after opt.step() (the trial's warmup and decay, and the probe's LR range test, change the rate at "
-            "every step, not every epoch)",
+            f"the scheduler from ctx.lr_scheduler stepped {stepped} time{'' if stepped == 1 else 's'} over {counted} "
+            "ctx.step calls: call sched.step() right after each opt.step(), and ctx.step(loss) once per optimizer "
+            "step too (the trial's warmup and decay, and the probe's LR range test, change the rate every step, not "
+            "every epoch). To accumulate gradients, split each batch of ctx.loader into micro-batches (see the "
+            "README): the study's batch size is the batch of one optimizer step",
             source="ctx.lr_scheduler",
         )
 
