@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -128,8 +128,10 @@ _TORCH_FAMILIES: dict[type[torch.optim.Optimizer], str] = {
 _warned_optimizers: set[str] = set()  # each mismatch is said once per process, not once per trial
 
 
-def other_optimizer(optimizer: torch.optim.Optimizer, family: str, momentum: float) -> str | None:
-    """How the loop's optimizer differs from the space's (family, SGD momentum), or None.
+def other_optimizer(
+    optimizer: torch.optim.Optimizer, family: str, momentum: float, betas: Sequence[float] | None = None
+) -> str | None:
+    """How the loop's optimizer differs from the space's (family, SGD momentum, Adam-family ``betas``), or None.
 
     Only the optimizers whose family is known are checked (a custom one is the user's to declare).
 
@@ -152,20 +154,30 @@ def other_optimizer(optimizer: torch.optim.Optimizer, family: str, momentum: flo
         theirs = float(optimizer.param_groups[0].get("momentum", 0.0))
         if not math.isclose(theirs, momentum, abs_tol=1e-9):
             said = f"the loop's SGD has momentum {theirs:g}, but the search space declares {momentum:g}"
+    elif betas is not None and "betas" in optimizer.param_groups[0]:
+        # β₂ sets the second moment's memory, and with it how the rate must grow with B (the rule's exponent)
+        theirs_betas = tuple(float(b) for b in optimizer.param_groups[0]["betas"])
+        if not all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(theirs_betas, betas, strict=True)):
+            said = (
+                f"the loop's {type(optimizer).__name__} has betas ({', '.join(f'{b:g}' for b in theirs_betas)}), but "
+                f"the search space declares ({', '.join(f'{float(b):g}' for b in betas)})"
+            )
     return said or None
 
 
-def warn_on_other_optimizer(optimizer: torch.optim.Optimizer, family: str, momentum: float) -> str | None:
+def warn_on_other_optimizer(
+    optimizer: torch.optim.Optimizer, family: str, momentum: float, betas: Sequence[float] | None = None
+) -> str | None:
     """Warn when the loop's optimizer is not the space's: the temperature and the LR rule assume the space's.
 
     Returns how it differs (:func:`other_optimizer`), which the trial's record keeps for the report.
     """
-    said = other_optimizer(optimizer, family, momentum)
+    said = other_optimizer(optimizer, family, momentum, betas)
     if said and said not in _warned_optimizers:
         _warned_optimizers.add(said)
         logger.warning(
             "%s: the effective temperature, the LR rule and the report assume the space's optimizer; declare "
-            "the one the loop uses under the space's optimizer: (family, momentum), or build it with "
+            "the one the loop uses under the space's optimizer: (family, momentum, betas), or build it with "
             "ctx.make_optimizer(params) or from ctx.config",
             said,
         )

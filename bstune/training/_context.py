@@ -405,7 +405,8 @@ class TrialContext:
             )
         )
         if self._optimizer_declared:  # run_function without one (retraining a config by hand) declares nothing
-            self.other_optimizer = warn_on_other_optimizer(optimizer, self.optimizer_spec.family, self.momentum)
+            spec = self.optimizer_spec
+            self.other_optimizer = warn_on_other_optimizer(optimizer, spec.family, self.momentum, spec.betas)
         self._scheduler = TrialLRScheduler(self, optimizer)
         return self._scheduler
 

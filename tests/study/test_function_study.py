@@ -110,6 +110,32 @@ def test_the_spaces_fixed_optimizer_settings_reach_the_loop_and_another_optimize
     assert not [r for r in caplog.records if "the loop's" in r.getMessage()]
 
 
+def test_a_loop_whose_adam_betas_are_not_the_spaces_is_named_and_not_recommended_the_spaces(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A newcomer's space said betas [0.9, 0.95], their loop hard-coded (0.9, 0.99): no word, and the report said
+    "Train with ... betas = [0.9, 0.95]"."""
+    monkeypatch.setattr(optim, "_warned_optimizers", set())
+
+    def own_betas(ctx: TrialContext) -> None:
+        loop(ctx, lambda params: torch.optim.AdamW(params, lr=ctx.config["lr"], betas=(0.9, 0.99)))
+
+    space = SPACE | {"name": "betas", "optimizer": {"family": "adamw", "betas": [0.9, 0.95]}}
+    with caplog.at_level("WARNING", logger="bstune.optim"):
+        result = bstune.Study(own_betas, space, **(ARGS | {"n_trials": 2, "rescore_top": 0})).run()
+    differs = "the loop's AdamW has betas (0.9, 0.99), but the search space declares (0.9, 0.95)"
+    assert [r.getMessage().split(":")[0] for r in caplog.records if "betas" in r.getMessage()] == [differs]
+    from bstune.report import build_report, render_markdown
+
+    text = render_markdown(build_report(result).data)
+    (advice,) = [line for line in text.splitlines() if line.startswith("**Train with")]
+    assert "betas" not in advice and f"**Not the space's optimizer**: {differs}." in text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bstune.optim"):  # the space's own betas: no word
+        bstune.Study(loop, space, **(ARGS | {"n_trials": 2, "rescore_top": 0, "study_name": "own"})).run()
+    assert not [r for r in caplog.records if "the loop's" in r.getMessage()]
+
+
 def test_an_accuracy_objective_is_maximized_without_being_told() -> None:
     def fn(ctx: TrialContext) -> None:
         model = net()
