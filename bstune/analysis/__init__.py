@@ -19,7 +19,7 @@ from bstune.analysis._batch_schedule import BatchSchedule, ScheduleStage, recomm
 from bstune.analysis._compute import BatchChoice, ComputeOptimal, compute_optimal, throughput_at
 from bstune.analysis._critical import CriticalBatchFit, fit_critical_batch
 from bstune.analysis._direction import direction_doubt
-from bstune.analysis._gap import GapSummary, GapTrend, TrialGap, barely_learned, generalization_gap
+from bstune.analysis._gap import GapSummary, GapTrend, TrialGap, barely_learned, generalization_gap, pruned_flat
 from bstune.analysis._lr import lr_table
 from bstune.analysis._target import (
     BatchPoint,
@@ -51,6 +51,7 @@ __all__ = [
     "generalization_gap",
     "lr_table",
     "nearby_targets",
+    "pruned_flat",
     "recommend_batch_schedule",
     "steps_by_batch",
     "steps_to_target",

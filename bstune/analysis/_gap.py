@@ -37,7 +37,16 @@ from bstune.analysis._rank_stats import EXACT_N, holm, p_text, partial, partial_
 from bstune.analysis._trials import TrialLike, batch_size_of, field_of, finite
 from bstune.records import TrialStatus
 
-__all__ = ["AtFixed", "GapSummary", "GapTrend", "TrialGap", "at_fixed_params", "barely_learned", "generalization_gap"]
+__all__ = [
+    "AtFixed",
+    "GapSummary",
+    "GapTrend",
+    "TrialGap",
+    "at_fixed_params",
+    "barely_learned",
+    "generalization_gap",
+    "pruned_flat",
+]
 
 
 @dataclass(frozen=True)
@@ -451,9 +460,9 @@ def _trials_named(gaps: Sequence[TrialGap]) -> str:
 
 
 def barely_learned(trials: Iterable[TrialLike], untrained_loss: float | None = None) -> set[int]:
-    """The numbers of the completed trials whose training loss barely moved from the untrained one, as
-    :func:`generalization_gap` finds them: they completed, at a rate that did not train (none where no
-    reference loss can be had: no probe's, and one evaluation a trial).
+    """The numbers of the trials whose training loss barely moved from the untrained one: the completed ones
+    :func:`generalization_gap` leaves out (at a rate that did not train; none where no reference loss can be
+    had: no probe's, and one evaluation a trial), and the pruned ones :func:`pruned_flat` finds.
 
     Example:
         >>> trials = [{"status": "completed", "batch_size": 8, "lr": 0.1, "number": i,
@@ -462,5 +471,35 @@ def barely_learned(trials: Iterable[TrialLike], untrained_loss: float | None = N
         >>> barely_learned(trials, untrained_loss=2.3)
         {2}
     """
+    trials = list(trials)
     gap = generalization_gap(trials, untrained_loss=untrained_loss)
-    return {g.number for g in gap.barely_learned if g.number is not None}
+    return {g.number for g in gap.barely_learned if g.number is not None} | pruned_flat(trials, gap)
+
+
+def pruned_flat(trials: Iterable[TrialLike], gap: GapSummary) -> set[int]:
+    """The numbers of the pruned trials that never learned: two or more evaluations, the last above ``gap``'s
+    :attr:`~GapSummary.learned_below`, and less of a fall from the first to the last than a learner's whole
+    margin. A pruned trial is stopped early, so one merely slow at its first rung (falling between evaluations,
+    or evaluated once) is kept: its bound on S(B) stands. One at chance throughout (1.82, 1.80, 1.81 against
+    ln 6 = 1.79) ran at a rate that does not train, and bounds nothing.
+
+    Example:
+        >>> done = [{"status": "completed", "batch_size": 8, "lr": 0.1, "number": 0,
+        ...          "history": [{"train_loss": 1.0, "val_loss": 1.1}, {"train_loss": 0.2, "val_loss": 0.3}]}]
+        >>> stuck = {"status": "pruned", "number": 1, "history": [{"train_loss": 1.82}, {"train_loss": 1.81}]}
+        >>> slow = {"status": "pruned", "number": 2, "history": [{"train_loss": 1.8}, {"train_loss": 1.3}]}
+        >>> pruned_flat([*done, stuck, slow], generalization_gap(done, untrained_loss=1.79))
+        {1}
+    """
+    start, below = gap.untrained_loss, gap.learned_below
+    if start is None or below is None:
+        return set()
+    out = set()
+    for trial in trials:
+        number = field_of(trial, "number")
+        if field_of(trial, "status") != TrialStatus.PRUNED or number is None:
+            continue
+        losses = [x for r in field_of(trial, "history") or [] if (x := finite(r.get("train_loss"))) is not None]
+        if len(losses) >= 2 and losses[-1] >= below and losses[0] - losses[-1] < start - below:
+            out.add(int(number))
+    return out

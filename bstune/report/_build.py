@@ -27,6 +27,7 @@ from bstune.analysis import (
     fit_critical_batch,
     generalization_gap,
     nearby_targets,
+    pruned_flat,
     recommend_batch_schedule,
     steps_by_batch,
     steps_to_target,
@@ -257,7 +258,11 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
     # one reading of the gap serves three sections: its own, and the trials that barely learned, which the S(B)
     # fit and the LR table leave out (a rate that did not train bounds nothing)
     gap = _gap_of(result)
-    stuck = {g.number for g in gap.barely_learned if g.number is not None} if isinstance(gap, GapSummary) else set()
+    stuck = (
+        {g.number for g in gap.barely_learned if g.number is not None} | pruned_flat(result.trials, gap)
+        if isinstance(gap, GapSummary)
+        else set()
+    )
     fit: CriticalBatchFit | None = None
     critical: dict[str, Any] = {"metric": metric, "direction": direction.value}
     tried = sorted({int(t.batch_size) for t in trials if t.batch_size})
@@ -276,8 +281,10 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
             and not steps_to_target(t.history, int(t.batch_size or 1), value, metric, direction=direction).reached
         }
         fitted = [t for t in trials if t.number not in barely]
-        if left_out := sorted((t.number, int(t.batch_size or 0)) for t in trials if t.number in barely):
-            critical["left_out_barely_learned"] = [{"trial": n, "batch_size": b} for n, b in left_out]
+        if left_out := sorted(
+            (t.number, int(t.batch_size or 0), t.status == TrialStatus.PRUNED) for t in trials if t.number in barely
+        ):
+            critical["left_out_barely_learned"] = [{"trial": n, "batch_size": b, "pruned": p} for n, b, p in left_out]
         points = bin_points(steps_by_batch(fitted, value, metric, direction=direction))
         critical["points"] = [_point_dict(p) for p in points]
         fit = fit_critical_batch(points)

@@ -212,11 +212,17 @@ def critical_batch_lines(data: dict[str, Any]) -> list[str]:
         )
     left = cb.get("left_out_barely_learned") or []
     if left:
-        shown = ", ".join(f"{t['trial']} (B={t['batch_size']})" for t in left)
+        shown = ", ".join(f"{t['trial']} (B={t['batch_size']}{', pruned' if t.get('pruned') else ''})" for t in left)
         out.append(
             f"Left out of the fit: trial{'s' if len(left) > 1 else ''} {shown}, which never reached the target and "
             "ended less than a quarter of the way from the untrained training loss to the best (diverged, or did not "
-            "train): a run at a rate that did not train bounds nothing about S(B)."
+            "train"
+            + (
+                "; a pruned one, without falling that far between its evaluations either"
+                if any(t.get("pruned") for t in left)
+                else ""
+            )
+            + "): a run at a rate that did not train bounds nothing about S(B)."
         )
     if "error" not in cb:
         if "b_crit_over_b_simple" in cb:

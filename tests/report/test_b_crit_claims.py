@@ -137,10 +137,27 @@ def test_a_trial_that_barely_learned_neither_widens_the_lr_table_nor_raises_its_
     rows = data["recommended"]["lr_table"]
     # nor is it a bound on S(B): the fit leaves it out, and says so (a reviewer: "the trials say otherwise" rested
     # on such a trial)
-    assert data["critical_batch"]["left_out_barely_learned"] == [{"trial": 2, "batch_size": 1024}]
+    assert data["critical_batch"]["left_out_barely_learned"] == [{"trial": 2, "batch_size": 1024, "pruned": False}]
     assert "Left out of the fit: trial 2 (B=1024), which never reached the target and ended less than a quarter" in md
     assert max(row["batch_size"] for row in rows) == 64  # twice the largest batch that learned
     assert not any((row.get("capped_at") or {}).get("by_trial") for row in rows)
+
+
+def test_a_pruned_trial_at_chance_bounds_nothing_and_a_slow_one_stays_a_bound() -> None:
+    """A newcomer's trial sat at chance (1.816, 1.796, 1.813; ln 6 = 1.79) until pruned, and the fit kept it as a
+    bound ("18 | 556 | 0.17 | no (lower bound)"), where a completed one like it was left out."""
+    trials = [_trial(i, b, 6400 / b) for i, b in enumerate((16, 32, 64))]
+    stuck = dataclasses.replace(_trial(3, 512, 100, budget=20_480, lr=3.0), status="pruned")
+    slow = dataclasses.replace(_trial(4, 8, 6400, budget=20_480, lr=1e-3), status="pruned")
+    for i, rec in enumerate(stuck.history):
+        rec["train_loss"] = 2.31 + 0.01 * (-1) ** i
+    for i, rec in enumerate(slow.history):
+        rec["train_loss"] = 2.3 - 0.25 * i  # falling: merely slow when the pruner stopped it
+    data, md = _report([*trials, stuck, slow])
+    cb = data["critical_batch"]
+    assert cb["left_out_barely_learned"] == [{"trial": 3, "batch_size": 512, "pruned": True}]
+    assert "Left out of the fit: trial 3 (B=512, pruned), which never reached the target" in md
+    assert 8 in [p["batch_size"] for p in cb["points"]] and 512 not in [p["batch_size"] for p in cb["points"]]
 
 
 def test_steps_flat_in_b_get_a_constant_lr_table_that_says_so() -> None:
