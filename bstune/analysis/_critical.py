@@ -70,6 +70,12 @@ from bstune.errors import ConfigError, EstimationError
 
 __all__ = ["CriticalBatchFit", "fit_critical_batch"]
 
+# The spread of ln(steps to a target) from one seed to another at a fixed (B, η): across the benchmark grids
+# (five problems, 3 seeds a cell, targets that a quarter to half of the cells reach) the median cell's sd is
+# 0.03-0.04 on the char LMs, 0.08-0.11 on the digits problems and linreg (0.23 on the CNN at an easy target),
+# the 90th percentile 0.07-0.4 (python -m benchmarks.step_noise, benchmarks/results/step_noise.md). A fit of one
+# run per batch size is no more certain than that.
+STEP_NOISE = 0.1
 _EXACT_RSS = 1e-16  # relative to the spread of ln S: below this the data lie on the curve; intervals collapse
 
 
@@ -104,6 +110,7 @@ class CriticalBatchFit:
             something besides B changed, the learning rate most often); None where none did.
         log_points: the fitted points as (ln B, ln S), from which the intervals of derived
             quantities are computed.
+        step_noise: the least spread of ln S per point the intervals allow (:func:`fit_critical_batch`).
     """
 
     b_crit: float
@@ -126,6 +133,7 @@ class CriticalBatchFit:
     early_batches: tuple[int, ...] = ()
     faster_than_linear: tuple[int, int, float, float] | None = None
     log_points: tuple[tuple[float, float], ...] = field(default=(), repr=False)
+    step_noise: float = 0.0
 
     @overload
     def predict_steps(self, batch_size: float) -> float: ...
@@ -164,9 +172,9 @@ class CriticalBatchFit:
                 c0 = float(x.max()) + SPAN if self.b_crit > 0 else float(x.min()) - SPAN
             a0 = math.log(self.s_min) if self.s_min > 0 else math.log(max(self.e_min, 1e-300)) - c0
             return np.array([c0]), np.array([a0]), np.array([a0])
-        n, dof = len(x), len(x) - 2
+        n = len(x)
         rss_min = n * self.residual_rms**2
-        level = rss_min * (1.0 + float(lazy_scipy().stats.f.ppf(self.confidence, 1, dof)) / dof)
+        level = rss_min + interval_rise(rss_min, n - 2, self.confidence, self.step_noise)
         lo, hi = self.b_crit_ci
         c_lo = math.log(lo) if lo > 0 else float(x.min()) - SPAN
         c_hi = math.log(hi) if math.isfinite(hi) else float(x.max()) + SPAN
@@ -488,10 +496,28 @@ def _faster_than_linear(reached: list[tuple[float, float]]) -> tuple[int, int, f
     return pair
 
 
+def interval_rise(rss_min: float, dof: int, confidence: float, step_noise: float) -> float:
+    """How far above its least RSS a profile interval reaches: from the residuals' own spread (F, with its few
+    degrees of freedom), or from a spread of ``step_noise`` per point where that is larger (χ², a known variance).
+
+    Example:
+        >>> round(interval_rise(0.0, 2, 0.9, 0.1), 5)  # points exactly on the curve: one seed's spread still
+        0.02706
+    """
+    stats = lazy_scipy().stats
+    own = rss_min / dof * float(stats.f.ppf(confidence, 1, dof))
+    return max(own, step_noise**2 * float(stats.chi2.ppf(confidence, 1)))
+
+
 def fit_critical_batch(
-    points: Iterable[BatchPoint | tuple[float, float]], *, confidence: float = 0.90
+    points: Iterable[BatchPoint | tuple[float, float]], *, confidence: float = 0.90, step_noise: float = STEP_NOISE
 ) -> CriticalBatchFit:
     """Fit S(B) = S_min (1 + B_crit/B) to :func:`steps_by_batch` points or ``(B, steps)`` pairs.
+
+    The intervals are profile-likelihood ones, from the residuals' spread, and never narrower than a
+    spread of ``step_noise`` in ln S per point allows: each point is one run at one seed, and another
+    seed moves its steps to a target by about that much (:data:`STEP_NOISE`), however well three or four
+    points happen to lie on the curve. ``step_noise=0`` trusts the residuals alone (exact data).
 
     Raises:
         EstimationError: fewer than 3 distinct batch sizes reached the target (two
@@ -544,10 +570,11 @@ def fit_critical_batch(
     b_crit = math.exp(log_b) if math.isfinite(log_b) else (math.inf if log_b > 0 else 0.0)
 
     dof = n - 2
-    if rss_min <= _EXACT_RSS * max(1.0, float(((y - y.mean()) ** 2).sum())):
+    rise = interval_rise(rss_min, dof, confidence, step_noise)
+    if rise <= _EXACT_RSS * max(1.0, float(((y - y.mean()) ** 2).sum())):
         b_ci, s_ci = (b_crit, b_crit), (s_min, s_min)
     else:
-        level = rss_min * (1.0 + float(lazy_scipy().stats.f.ppf(confidence, 1, dof)) / dof)
+        level = rss_min + rise
         down = crossing(rss_c, start, -1.0, level, lo_c)
         up = crossing(rss_c, start, +1.0, level, hi_c)
         b_ci = (0.0 if down is None else math.exp(down), math.inf if up is None else math.exp(up))
@@ -572,8 +599,9 @@ def fit_critical_batch(
         early_batches=tuple(sorted({p.batch_size for p in censored if p.upper_bound and not p.lower_bound})),
         faster_than_linear=_faster_than_linear(reached),
         log_points=tuple(zip(x.tolist(), y.tolist(), strict=True)),
+        step_noise=step_noise,
     )
-    tol = 2.0 * rms
+    tol = 2.0 * max(rms, step_noise)  # a bound off the curve by less than a seed moves it contradicts nothing
     against = tuple(
         (p.batch_size, float(p.steps), p.lower_bound, p.lr)
         for p in censored

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bstune.analysis import BatchPoint, fit_critical_batch
+from bstune.analysis._critical import STEP_NOISE
 from bstune.errors import EstimationError
 
 BATCHES = np.array([4, 8, 16, 32, 64, 128, 256, 512, 1024], dtype=float)
@@ -233,8 +234,30 @@ def test_the_joint_region_gives_the_s_min_interval_its_own_profile_gives() -> No
     assert math.exp(a_hi.max()) == pytest.approx(fit.s_min_ci[1], rel=1e-3)
 
 
+def test_exact_points_of_one_run_each_get_an_interval_one_seeds_spread_wide() -> None:
+    """A newcomer's fit through 3 points that lay near the curve said S_min 195 (119–273); their retrains reached
+    the target in 92 steps. One run per batch size is no more certain than a seed moves its steps (STEP_NOISE)."""
+    points = list(zip(BATCHES, _steps(BATCHES), strict=True))
+    fit = fit_critical_batch(points)
+    lo, hi = fit.b_crit_ci
+    assert lo < B_CRIT < hi and 1.1 < hi / lo < 3
+    assert fit.s_min_ci[0] < S_MIN < fit.s_min_ci[1]
+    assert fit.steps_ci(50.0)[0] < S_MIN * 3 < fit.steps_ci(50.0)[1]
+    # and the same points, told that the runs are exact, collapse to the estimate (below)
+    assert fit_critical_batch(points, step_noise=0.0).b_crit_ci == pytest.approx((B_CRIT, B_CRIT), rel=1e-6)
+    # points scattered by one seed's spread (0.1 in ln S) are covered about as often as the confidence says
+    rng = np.random.default_rng(0)
+    covered = [
+        (f := fit_critical_batch([(b, s * math.exp(rng.normal(0, STEP_NOISE))) for b, s in points])).b_crit_ci[0]
+        <= B_CRIT
+        <= f.b_crit_ci[1]
+        for _ in range(200)
+    ]
+    assert 0.84 <= np.mean(covered) <= 0.99
+
+
 def test_derived_intervals_collapse_on_exact_data_and_stay_finite_where_b_crit_is_open() -> None:
-    exact = fit_critical_batch(list(zip(BATCHES, _steps(BATCHES), strict=True)))
+    exact = fit_critical_batch(list(zip(BATCHES, _steps(BATCHES), strict=True)), step_noise=0.0)
     assert exact.steps_ci(50.0) == pytest.approx((S_MIN * 3, S_MIN * 3), rel=1e-6)
     assert exact.e_min_ci == pytest.approx((S_MIN * B_CRIT, S_MIN * B_CRIT), rel=1e-6)
     assert exact.samples_ci(50.0) == pytest.approx((50 * S_MIN * 3, 50 * S_MIN * 3), rel=1e-6)

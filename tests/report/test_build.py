@@ -125,7 +125,8 @@ def test_saves_json_and_markdown_a_person_can_act_on(tmp_path: Path) -> None:
     head = md.split("## Gradient noise scale")[0]
     assert "Train with batch size 16 and learning rate" in head and "Expected cost" in head
     assert "| batch size | learning rate |" in head
-    assert "B_crit ≈ 128 (90% CI 128–128) from 7 batch sizes 16–1024" in md
+    # exact points, but one run per batch size: the interval is one seed's spread wide, not the estimate itself
+    assert "B_crit ≈ 128 (90% CI 102–160) from 7 batch sizes 16–1024" in md
     gap = md.split("\n## Generalization gap\n")[1].split("\n## ")[0]  # the section, up to the next heading
     assert "loss gap rises with batch size (Spearman ρ=1.00, p<0.001)" in gap and gap.rstrip().endswith("7 trials")
 
