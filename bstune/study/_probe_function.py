@@ -342,7 +342,7 @@ def _probe(
             source="probe",
         )
     tracker = ctx._tracker
-    if not ctx.used_tracker or tracker is None or tracker.still is None:
+    if not ctx.used_tracker or tracker is None or tracker.still is None or not tracker.calls:
         raise ConfigError(
             "the probe measures B_simple from the gradients of your loop: make noise = ctx.noise_tracker(model) "
             f"and call noise.observe() between loss.backward() and optimizer.step(), {_WITHOUT}",

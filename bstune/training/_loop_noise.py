@@ -152,6 +152,7 @@ class LoopNoiseTracker:
         self.tracker: NoiseTracker | None = None
         self.still: _StillMeasure | None = None  # the probe's still phase: gradients at one point
         self._observed = 0  # optimizer steps closed (ctx.step), measured or not
+        self.calls = 0  # observe() calls: none at all is a loop that never observes
         self._sq: list[torch.Tensor] = []  # this step's per-example norms, one tensor per micro-batch
         self._grads: dict[str, torch.Tensor] = {}  # and their gradients' sum, as the passes delivered them
         if not ctx._train_config.track_noise:
@@ -179,6 +180,7 @@ class LoopNoiseTracker:
             # goes on, and the old model's hooks come off (left on, they did per-example work every step)
             previous.remove()
             self.tracker, self.still, self._observed = previous.tracker, previous.still, previous._observed
+            self.calls = previous.calls
         else:
             self.tracker = NoiseTracker(ctx._batch_now(), population=ctx.n_train, momentum=ctx.momentum)
             if ctx.freeze_from is not None:
@@ -189,6 +191,7 @@ class LoopNoiseTracker:
     def observe(self) -> None:
         """Read the gradients of the backward pass just run (on measured steps); with gradient accumulation,
         call it after each micro-batch's backward. ``ctx.step`` then closes the step."""
+        self.calls += 1
         if self.norms is None or self.tracker is None or not self.norms.enabled:
             return
         passes = self.norms.backward_passes()

@@ -77,7 +77,8 @@ def _not_at_trial_rate(built: list[float], base: float) -> ConfigError:
     """
     rates = ", ".join(f"{lr:.4g}" for lr in sorted(set(built)))
     return ConfigError(
-        f"the optimizer was built at lr {rates}, none of it the trial's ctx.config['lr'] = {base:.4g}: this "
+        f"the optimizer was built at lr {rates}, and no parameter group is at this run's ctx.config['lr'] = "
+        f"{base:.4g} (a trial's drawn rate, or the probe's first when it ramps the rate): this "
         "scheduler keeps each parameter group's ratio to that rate, so every trial would train at "
         f"{rates} whatever the search drew; build it with lr=ctx.config['lr'] (other groups at multiples "
         "of it keep their ratios), and leave its rate to this scheduler (no other scheduler, and no optimizer "

@@ -278,6 +278,13 @@ def test_the_prior_mode_names_what_the_probe_needs_from_the_loop() -> None:
     with pytest.raises(ConfigError, match=r"ctx.noise_tracker\(model\).*observe\(\)"):
         bstune.Study(no_tracker, SPACE, **(ARGS | {"mode": "prior"})).run()
 
+    def never_observes(ctx: TrialContext) -> None:  # a newcomer's: the tracker made, observe() forgotten
+        ctx.noise_tracker(nn.Linear(1, 1))
+        loop(ctx)
+
+    with pytest.raises(ConfigError, match=r"probe: the probe measures B_simple .* call noise.observe\(\) between"):
+        bstune.Study(never_observes, SPACE, **(ARGS | {"mode": "prior"})).run()
+
 
 def tracked_loop(
     ctx: TrialContext,
