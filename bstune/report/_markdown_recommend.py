@@ -252,7 +252,9 @@ def recommendation_lines(data: dict[str, Any]) -> list[str]:
                 if steps_ci
                 else ""
             )
-            + ")."
+            + ")"
+            + _past_budget(rec["expected_samples_to_target"], data["study"].get("budget_samples"))
+            + "."
         )
     co = data.get("compute_optimal", {})
     measured_advice = data["critical_batch"].get("advice_from") == "measured"
@@ -297,3 +299,15 @@ def recommendation_lines(data: dict[str, Any]) -> list[str]:
         ]
         out += [f"| {row['batch_size']} | {_lr_cell(row)} |" for row in rec["lr_table"]]
     return out
+
+
+def _past_budget(samples: float | None, budget: int | None) -> str:
+    """A remark where the expected cost exceeds the trials' budget: at that batch size the fitted curve puts the
+    target past the end of a trial's training (a newcomer read 30,623 samples for a 30,000-sample study)."""
+    if samples is None or not budget or samples <= budget:
+        return ""
+    return (
+        f", more than a trial's budget of {budget:,} samples: by the fitted curve a run of the study's length at "
+        "this batch size ends short of the target (the curve is fitted across batch sizes; the chosen trial's own "
+        "run may have reached it sooner)"
+    )

@@ -543,6 +543,12 @@ def test_the_expected_cost_and_the_fastest_batch_carry_the_fits_intervals() -> N
     md = render_markdown(data)
     assert f"{rec['expected_steps_to_target']:,.0f} steps [{lo:,.0f}–{hi:,.0f}]" in md
     assert f"batch size {device['batch_size']} (90% interval {b_lo:,}–{b_hi:,}; " in md
+    assert "more than a trial's budget" not in md
+    # a study whose budget the expected cost exceeds says so (a newcomer: 30,623 samples for trials of 30,000)
+    data["study"]["budget_samples"] = int(rec["expected_samples_to_target"] * 0.98)
+    assert f"more than a trial's budget of {data['study']['budget_samples']:,} samples: by the fitted curve" in (
+        render_markdown(data)
+    )
     assert "; 90% intervals of the fitted curve, from one run per batch size, so one run at another seed can land" in md
     # the two batch sizes the section gives, each said to answer its own question (a newcomer could not tell)
     assert device["batch_size"] > rec["batch_size"] and device["batch_size"] <= 1024
