@@ -146,6 +146,8 @@ def record_from_result(
             status, message = TrialStatus.FAILED, f"{type(error).__name__}: {error}"
         else:
             status = TrialStatus.PRUNED if metrics.get("samples") else TrialStatus.FAILED
+            if status is TrialStatus.PRUNED:  # as the embedded backend says it of a trial its pruner stopped
+                message = f"stopped by Ray Tune's scheduler at milestone {int(metrics['samples'])}"
     value = metrics.get("objective")
     return TrialRecord(
         number=int(config[TRIAL_NUMBER_KEY]),
