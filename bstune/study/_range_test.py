@@ -14,7 +14,7 @@ import torch
 
 from bstune.data import fetch_batch, move_to_device
 from bstune.task import Task
-from bstune.training._trial_scheduler import negative_loss_error
+from bstune.training import LRRamp
 
 __all__ = ["large_batch_sweep", "lr_range_test", "reached_max"]
 
@@ -75,7 +75,7 @@ def lr_range_test(
             if not math.isfinite(value):
                 break
             if value < 0:
-                raise negative_loss_error(value, "task.loss")
+                raise LRRamp.negative_loss(value, "task.loss")
             loss.backward()
             opt.step()
             if on_step is not None:

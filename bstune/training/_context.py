@@ -54,7 +54,7 @@ from bstune.training._read_config import CHECKED_SETTINGS, OPTIMIZER_SETTINGS, S
 from bstune.training._result import Decision, EvalRecord, RunStatus
 from bstune.training._sampling import StreamBatchSampler
 from bstune.training._schedule import lr_at, samples_before_step, stage_at, step_batch_sizes
-from bstune.training._trial_scheduler import LRRamp, TrialLRScheduler, negative_loss_error
+from bstune.training._trial_scheduler import LRRamp, TrialLRScheduler
 
 __all__ = ["TrialContext", "TrialFunction", "TrialPruned"]
 
@@ -595,7 +595,7 @@ class TrialContext:
             self._stopped = True
             return True
         if value < 0:
-            raise negative_loss_error(value, "ctx.step")
+            raise LRRamp.negative_loss(value, "ctx.step")
         self._smoothed = value if self.steps == 1 else 0.7 * self._smoothed + 0.3 * value
         self.ramp_curve.append((self._last_lr(), self._smoothed))
         if self._smoothed > 2.0 * self._best:

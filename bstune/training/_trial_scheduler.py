@@ -15,7 +15,7 @@ import torch
 from bstune.errors import ConfigError
 from bstune.training._config import TrainConfig
 
-__all__ = ["LRRamp", "TrialLRScheduler", "negative_loss_error"]
+__all__ = ["LRRamp", "TrialLRScheduler"]
 
 logger = logging.getLogger("bstune.training._context")  # the name users' log filters already know
 
@@ -31,18 +31,23 @@ class LRRamp:
     def lr(self, step: int) -> float:
         return self.lr_min * self.ratio**step
 
+    @staticmethod
+    def negative_loss(value: float, source: str) -> ConfigError:
+        """The error for a loss below 0 in an LR range test: the stopping rule reads the loss against 0, so below
+        it any rise stopped the ramp within a few steps, at a ceiling a hundred times too low (a Gaussian NLL, a
+        flow's NLL, a loss plus a constant: the same training gave another ceiling).
 
-def negative_loss_error(value: float, source: str) -> ConfigError:
-    """The error for a negative loss in an LR range test, whose stopping rule (twice the lowest smoothed loss)
-    reads the loss against 0: below 0, any rise stopped the ramp within a few steps, at a ceiling a hundred
-    times too low (a Gaussian NLL, a flow's NLL, a loss plus a constant: the same training gave another ceiling)."""
-    return ConfigError(
-        f"the LR range test's loss went below 0 ({value:.4g}): its stopping rule, twice the lowest loss, needs a "
-        "loss bounded below by 0 (cross entropy, a squared error). Pass the range test a loss shifted to stay at "
-        "or above 0 (e.g. a Gaussian NLL less its floor), or give the study a known B_noise and LR ceiling "
-        "(prior settings), or run mode='baseline' (no probe)",
-        source=source,
-    )
+        Example:
+            >>> str(LRRamp.negative_loss(-3.0, "ctx.step"))[:52]
+            "ctx.step: the LR range test's loss went below 0 (-3)"
+        """
+        return ConfigError(
+            f"the LR range test's loss went below 0 ({value:.4g}): its stopping rule, twice the lowest loss, needs a "
+            "loss bounded below by 0 (cross entropy, a squared error). Pass the range test a loss shifted to stay "
+            "at or above 0 (e.g. a Gaussian NLL less its floor), or give the study a known B_noise and LR ceiling "
+            "(prior settings), or run mode='baseline' (no probe)",
+            source=source,
+        )
 
 
 class RateSource(Protocol):
