@@ -6,8 +6,10 @@ It is removed when the process exits. A process that cannot run its exit handler
 killer, a batch scheduler's hard kill) leaves it behind, with payloads that may hold the user's data, so
 each folder carries an ``flock`` held by its process for as long as it lives (the OS lets go when it
 dies, however it dies; forked children share it): the next bstune process on the machine to make a
-scratch folder removes every one whose lock it can take. Where there is no ``fcntl`` (Windows) there is
-no lock, and a killed process's folder stays.
+scratch folder removes every one whose lock it can take. A folder's name carries its machine's name, and
+only that machine sweeps it: a temp folder shared between machines may keep its locks per machine. Where
+there is no ``fcntl`` (Windows), or the file system takes no locks (NFS mounted ``nolock``), there is no
+lock, and a killed process's folder stays.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import atexit
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -50,17 +53,29 @@ def scratch_folder() -> Path:
         os.close(_owner_fd)
         _owner_fd = None
     remove_abandoned()
-    folder = Path(tempfile.mkdtemp(prefix=PREFIX))  # this user's alone (0700)
+    folder = Path(tempfile.mkdtemp(prefix=_own_prefix()))  # this user's alone (0700)
     if fcntl is not None:
         # locked under another name, then renamed: a sweeper never finds an owner file that is not yet locked
         locking = folder / ".locking"
         fd = os.open(locking, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.rename(locking, folder / _OWNER)
-        _owner_fd = fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # a file system without locks (NFS mounted nolock): removed at exit only
+            os.close(fd)
+            logger.debug("no lock in %s (%s): a killed process leaves its scratch folder", folder, exc)
+        else:
+            os.rename(locking, folder / _OWNER)
+            _owner_fd = fd
     atexit.register(_remove, folder, os.getpid())
     _folder = folder
     return folder
+
+
+def _own_prefix() -> str:
+    """``PREFIX`` and this machine's name: a temp folder shared between machines (where a lock may be each
+    machine's own) is swept of this machine's folders only."""
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:40] or "host"
+    return f"{PREFIX}{host}-"
 
 
 def _remove(folder: Path, owner: int) -> None:
@@ -69,12 +84,12 @@ def _remove(folder: Path, owner: int) -> None:
 
 
 def remove_abandoned(temp: Path | None = None) -> list[Path]:
-    """Remove the scratch folders in ``temp`` (default: the temp folder) whose process is gone; returns them.
-    A folder without its owner file (being made, or made by a bstune without locks) is left alone."""
+    """Remove this machine's scratch folders in ``temp`` (default: the temp folder) whose process is gone; returns
+    them. A folder without its owner file (being made, or made where there are no locks) is left alone."""
     removed: list[Path] = []
     if fcntl is None:
         return removed
-    for folder in Path(temp or tempfile.gettempdir()).glob(f"{PREFIX}*"):
+    for folder in Path(temp or tempfile.gettempdir()).glob(f"{_own_prefix()}*"):
         try:
             fd = os.open(folder / _OWNER, os.O_RDWR | os.O_CLOEXEC)
         except OSError:  # no owner file, or another user's folder

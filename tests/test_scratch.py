@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from bstune._scratch import PREFIX, remove_abandoned
+from bstune import _scratch
+from bstune._scratch import PREFIX, _own_prefix, remove_abandoned
 from tests.reliability.conftest import python_env
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock: POSIX only")
@@ -68,8 +71,31 @@ def test_a_killed_process_folder_is_swept_and_a_live_one_is_not(tmp_path: Path) 
 
 
 def test_a_folder_without_its_owner_file_is_left_alone(tmp_path: Path) -> None:
-    making = tmp_path / f"{PREFIX}being-made"  # between mkdtemp and the owner file's rename
+    making = tmp_path / f"{_own_prefix()}being-made"  # between mkdtemp and the owner file's rename
     making.mkdir()
     (making / ".locking").touch()
     assert remove_abandoned(tmp_path) == []
     assert making.exists()
+
+
+def test_another_machines_folder_is_left_alone(tmp_path: Path) -> None:
+    """A temp folder shared between machines may keep locks per machine: their folders are theirs to sweep."""
+    theirs = tmp_path / f"{PREFIX}another-host-abc"
+    theirs.mkdir()
+    (theirs / ".owner").touch()  # unlocked here, which says nothing of a process on that machine
+    assert remove_abandoned(tmp_path) == [] and theirs.exists()
+
+
+def test_a_file_system_without_locks_still_gets_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On NFS mounted nolock, flock fails (ENOLCK): every script load and payload failed with it."""
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(_scratch, "_folder", None)
+    monkeypatch.setattr(_scratch, "_owner_fd", None)
+    monkeypatch.setattr(_scratch.fcntl, "flock", no_locks)
+    folder = _scratch.scratch_folder()
+    assert folder.is_dir() and folder.parent == tmp_path and not (folder / ".owner").exists()
+    assert remove_abandoned(tmp_path) == [] and folder.exists()  # no lock to read: not swept
