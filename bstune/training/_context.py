@@ -36,8 +36,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -82,11 +83,24 @@ _NO_OPTIMIZER = {
     for k in OPTIMIZER_SETTINGS
 }  # ctx.config's optimizer settings are the declared optimizer's: none declared, none named
 SHORT_STEPS_SEEN = 4  # steps a run takes before _check_short judges its share of short ones
+# how far a scheduler's steps may drift from ctx.step's count: this many, or a quarter of the steps (an AMP loop's
+# scaler skips steps at first, and its sched.step() skips with them or not); once per epoch drifts past it quickly
+SCHEDULER_SLACK = 8
 # ctx.done read this many times in a row with no step between: a spinning loop (a loop spinning reads it so often
 # in well under a second; one that evaluates between steps reads it once per batch at most)
 SPIN_READS = 100_000
 _late_report_said = False  # a report a step or more past its milestone: said once per process
 _between_report_said = False  # a report between milestones (not recorded): said once per process, not per trial
+
+
+@dataclass
+class _Stream:
+    """How far one of ``ctx.loader``'s streams has gone: batches and samples handed to the loop."""
+
+    n: int  # the dataset's size
+    handed: int = 0
+    taken: int = 0
+    open: bool = False  # a loop is iterating it now
 
 
 class TrialContext:
@@ -165,9 +179,9 @@ class TrialContext:
         self.step_times: list[float] = []  # wall seconds between successive step() calls
         self.ramp_curve: list[tuple[float, float]] = []  # (lr, smoothed loss) of the probe's ramp
         self.used_scheduler = False
-        self._scheduler: TrialLRScheduler | None = None  # the newest: it must step once per ctx.step
+        self._schedulers: weakref.WeakSet[TrialLRScheduler] = weakref.WeakSet()  # each must step with ctx.step
         self._said_non_finite: set[str] = set()  # metrics ctx.report warned of as non-finite
-        self._handed = self._taken = 0  # batches and samples ctx.loader's streams handed to the loop, all together
+        self._streams: dict[int, _Stream] = {}  # ctx.loader's streams, by their dataset's id
         self.used_tracker = False
         self._callback = callback
         self._ramp = ramp
@@ -337,7 +351,8 @@ class TrialContext:
         sizes = list(step_batch_sizes(cfg)) if cfg.batch_schedule is not None else None
         # a loader opened again (a loop that breaks out each "epoch" of its own) goes on with the stream where the
         # last one left it, not from its first batch again
-        sampler = StreamBatchSampler(n, cfg.batch_size, self.seed, self._order, sizes, skip=self._handed)
+        stream = self._stream_of(dataset, n)
+        sampler = StreamBatchSampler(n, cfg.batch_size, self.seed, self._order, sizes, skip=stream.handed)
         if num_workers is None:
             num_workers = cfg.num_workers
         if pin_memory is None:
@@ -353,9 +368,21 @@ class TrialContext:
             pin_memory=pin_memory,
             **kwargs,
         )
-        return self._stream(loader, sizes)
+        return self._stream(loader, sizes, stream)
 
-    def _stream(self, loader: torch.utils.data.DataLoader[Any], sizes: list[int] | None) -> Iterator[Any]:
+    def _stream_of(self, dataset: Any, n: int) -> _Stream:
+        """Where ``dataset``'s stream stands: a loader opened again on it goes on from there, as does one on a
+        dataset made again for it (a new object of the same size, where only one such stream is closed); two
+        loaders open at once (zipped) each keep their own."""
+        key = id(dataset)
+        if key not in self._streams:
+            closed = [k for k, st in self._streams.items() if not st.open and st.n == n]
+            self._streams[key] = self._streams.pop(closed[0]) if len(closed) == 1 else _Stream(n)
+        return self._streams[key]
+
+    def _stream(
+        self, loader: torch.utils.data.DataLoader[Any], sizes: list[int] | None, stream: _Stream
+    ) -> Iterator[Any]:
         """The loader's batches until the trial's samples, as ``ctx.step`` counts them, are spent.
 
         The stream ends on ``ctx.step``'s count alone, so a loop that never calls it would run for
@@ -365,20 +392,24 @@ class TrialContext:
         """
         batches = iter(loader)
         slack = max(self._train_config.max_samples // 2, max(self._train_config.batch_sizes))
-        while not self._is_done():
-            if self._taken - self.samples > slack:
-                raise ConfigError(
-                    f"the loop took {self._taken:,} samples from ctx.loader but counted {self.samples:,} with "
-                    f"ctx.step ({self.steps} call(s)); call ctx.step(loss) once after each optimizer step, "
-                    "without samples= for a batch of ctx.loader: the stream ends when the trial's samples, as "
-                    "ctx.step counts them, are spent",
-                    source="ctx.loader",
-                )
-            batch = next(batches)
-            k = self._handed
-            self._taken += sizes[k] if sizes is not None and k < len(sizes) else self._batch_now()
-            self._handed += 1
-            yield batch
+        stream.open = True
+        try:
+            while not self._is_done():
+                if stream.taken - self.samples > slack:
+                    raise ConfigError(
+                        f"the loop took {stream.taken:,} samples from ctx.loader but counted {self.samples:,} with "
+                        f"ctx.step ({self.steps} call(s)); call ctx.step(loss) once after each optimizer step, "
+                        "without samples= for a batch of ctx.loader: the stream ends when the trial's samples, as "
+                        "ctx.step counts them, are spent",
+                        source="ctx.loader",
+                    )
+                batch = next(batches)
+                k = stream.handed
+                stream.taken += sizes[k] if sizes is not None and k < len(sizes) else self._batch_now()
+                stream.handed += 1
+                yield batch
+        finally:  # left (a break, the budget spent): a loader opened again goes on from here
+            stream.open = False
 
     def _optimizer_settings(self) -> dict[str, Any]:
         """The space's optimizer settings, fixed or searched, as ``ctx.config`` names them for the loop."""
@@ -407,8 +438,9 @@ class TrialContext:
         if self._optimizer_declared:  # run_function without one (retraining a config by hand) declares nothing
             spec = self.optimizer_spec
             self.other_optimizer = warn_on_other_optimizer(optimizer, spec.family, self.momentum, spec.betas)
-        self._scheduler = TrialLRScheduler(self, optimizer)
-        return self._scheduler
+        sched = TrialLRScheduler(self, optimizer)
+        self._schedulers.add(sched)
+        return sched
 
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
         """The search space's optimizer (family, momentum, weight decay) at the trial's learning rate."""
@@ -486,14 +518,19 @@ class TrialContext:
         return self._is_done()
 
     def _check_scheduler_stepped(self) -> None:
-        """The newest ``ctx.lr_scheduler`` steps once per ``ctx.step``, before or after it. Stepped once per epoch
-        (torch's idiom for its own schedulers), or not at all, it left the optimizer at its first rates while the
-        study recorded the schedule's, and the probe's range test read a ceiling from rates it never applied."""
-        sched = self._scheduler
-        if sched is None or abs(self.steps - sched.last_step) < 2:
-            return
-        stepped, counted = sched.last_step - sched.first_step, self.steps - sched.first_step
-        raise ConfigError(
+        """Each live ``ctx.lr_scheduler`` steps about once per ``ctx.step``. Stepped once per epoch (torch's idiom
+        for its own schedulers), or not at all, it left the optimizer at its first rates while the study recorded
+        the schedule's, and the probe's range test read a ceiling from rates it never applied. A few steps apart
+        are fine: an AMP loop skips ``sched.step()`` with the steps its scaler skipped, or steps it anyway."""
+        for sched in list(self._schedulers):
+            counted = self.steps - sched.first_step
+            stepped = sched.last_step - sched.first_step
+            if abs(counted - stepped) > max(SCHEDULER_SLACK, counted // 4):
+                raise self._scheduler_error(stepped, counted)
+
+    @staticmethod
+    def _scheduler_error(stepped: int, counted: int) -> ConfigError:
+        return ConfigError(
             f"the scheduler from ctx.lr_scheduler stepped {stepped} time{'' if stepped == 1 else 's'} over {counted} "
             "ctx.step calls: call sched.step() right after each opt.step(), and ctx.step(loss) once per optimizer "
             "step too (the trial's warmup and decay, and the probe's LR range test, change the rate every step, not "

@@ -96,7 +96,6 @@ def run_function(
         np.random.set_state(np_state)
         if ctx._tracker is not None:
             ctx._tracker.remove()
-        ctx._scheduler = None  # nor its optimizer, and the model's parameters, once the run is over
     if ctx._tracker is not None and ctx._tracker.tracker is not None:
         ctx._tracker.tracker.flush(ctx.steps, ctx.samples)  # the window the last report left open
     if ctx.status is not RunStatus.COMPLETED:

@@ -207,9 +207,94 @@ def test_a_scheduler_not_stepped_once_per_optimizer_step_is_refused(stepped: str
                 sched.step()
 
     with pytest.raises(
-        ConfigError, match=r"ctx.lr_scheduler: .* stepped [014] times? over [23] ctx.step calls: call sched"
+        ConfigError, match=r"ctx.lr_scheduler: .* stepped \d+ times? over \d+ ctx.step calls: call sched"
     ):
         run_function(fn, config)
+
+
+@pytest.mark.parametrize("made_first", ["slow", "fast"])
+def test_every_scheduler_is_checked_whichever_was_made_last(made_first: str) -> None:
+    """Only the newest was: a scheduler stepped every other step passed if it had been made first (a reviewer)."""
+    config = TrainConfig(batch_size=30, lr=0.01, max_samples=30 * 40)
+
+    def fn(ctx: TrialContext) -> None:
+        first, second = net(), net()
+        opts = [ctx.make_optimizer(m.parameters()) for m in (first, second)]
+        scheds = [ctx.lr_scheduler(o) for o in opts]
+        slow = scheds[0] if made_first == "slow" else scheds[1]
+        for k, (xb, yb) in enumerate(ctx.loader(TRAIN)):
+            loss = F.cross_entropy(first(xb), yb) + F.cross_entropy(second(xb), yb)
+            loss.backward()
+            for opt, sched in zip(opts, scheds, strict=True):
+                opt.step()
+                opt.zero_grad()
+                if sched is not slow or k % 2:
+                    sched.step()
+            ctx.step(loss)
+
+    with pytest.raises(ConfigError, match=r"stepped \d+ times over \d+ ctx.step calls"):
+        run_function(fn, config)
+
+
+def test_an_amp_loop_whose_scaler_skips_its_first_steps_is_not_refused() -> None:
+    """fp16's scaler skips the optimizer's first steps while its scale is too large, and the usual loop skips
+    sched.step() with them: refused at its second step by a check that allowed one step apart (a reviewer)."""
+    config = TrainConfig(batch_size=30, lr=0.01, max_samples=30 * 40)
+    rates: list[float] = []
+
+    def fn(ctx: TrialContext) -> None:
+        model = net()
+        opt = ctx.make_optimizer(model.parameters())
+        sched = ctx.lr_scheduler(opt)
+        for k, (xb, yb) in enumerate(ctx.loader(TRAIN)):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            skipped = k < 6  # as GradScaler.step skips while the scaled gradients overflow
+            if not skipped:
+                opt.step()
+                sched.step()
+            rates.append(opt.param_groups[0]["lr"])
+            ctx.step(loss)
+
+    result, _ = run_function(fn, config)
+    assert result.status is RunStatus.COMPLETED and result.samples == config.max_samples
+
+
+def test_two_loaders_zipped_each_keep_their_own_stream() -> None:
+    """zip(ctx.loader(labeled), ctx.loader(unlabeled)), one step a pair, was stopped at half its budget for
+    taking twice the samples it counted (a reviewer)."""
+    a = torch.utils.data.TensorDataset(torch.arange(50))
+    b = torch.utils.data.TensorDataset(torch.arange(100, 170))
+    seen: list[tuple[list[int], list[int]]] = []
+
+    def fn(ctx: TrialContext) -> None:
+        for (x,), (y,) in zip(ctx.loader(a), ctx.loader(b), strict=False):
+            seen.append((x.tolist(), y.tolist()))
+            ctx.step()
+
+    result, _ = run_function(fn, TrainConfig(batch_size=16, lr=0.1, max_samples=160, seed=3))
+    assert result.status is RunStatus.COMPLETED and result.samples == 160 and len(seen) == 10
+    assert all(max(x) < 50 and min(y) >= 100 for x, y in seen)
+
+
+def test_a_loader_on_a_dataset_made_again_each_epoch_goes_on_where_the_last_one_left_off() -> None:
+    runs: dict[bool, list[list[int]]] = {True: [], False: []}
+    data = torch.utils.data.TensorDataset(torch.arange(50))
+
+    for remade in (True, False):
+
+        def fn(ctx: TrialContext, remade: bool = remade) -> None:
+            while not ctx.done:
+                dataset = torch.utils.data.TensorDataset(torch.arange(50)) if remade else data
+                for k, (idx,) in enumerate(ctx.loader(dataset)):
+                    runs[remade].append(idx.tolist())
+                    ctx.step()
+                    if k == 2:
+                        break
+
+        run_function(fn, TrainConfig(batch_size=16, lr=0.1, max_samples=160, seed=3))
+    assert len(runs[True]) == 10 and runs[True] == runs[False]
 
 
 @pytest.mark.parametrize("order", ["sched.step() first", "ctx.step() first"])
