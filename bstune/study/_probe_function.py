@@ -37,6 +37,7 @@ tracker is told what the probe needs, and that the study can run without it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -367,6 +368,9 @@ def _probe(
     # and gradients) would stay in memory through the large-batch range test and the ladder's largest batches
     momentum, as_first_trial = ctx.momentum, _trial_run(result, ctx, train_samples, before_run) if as_trial else None
     del ctx, tracker
+    gc.collect()  # a Lightning module and its trainer hold each other: only a collection frees them
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
 
     # the large-batch range test bounds the rule's flat part: needed by the trials after the first
     big = min(batch_cap, run.n_train or batch_cap, max(batch, settings.large_batch_factor * batch))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib
 import importlib.util
 import itertools
@@ -10,6 +11,7 @@ import logging
 import math
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -275,6 +277,34 @@ def test_a_baseline_study_of_the_lightning_example_completes_trials_with_values(
 @pytest.mark.skipif(
     not hasattr(bstune.noise, "PerExampleNorms"), reason="the noise tracker's per-example norms are not merged yet"
 )
+def test_the_probe_frees_the_noise_runs_lightning_module_before_its_larger_batches() -> None:
+    """A module and its Trainer hold each other: dropping the probe's references left the noise run's module in
+    memory until a collection nothing triggered (a reviewer, with the collector off to make it certain)."""
+    from bstune.metrics import Direction
+    from bstune.space import SearchSpace
+    from bstune.study import FunctionJob, ProbeSettings, probe_function
+
+    space = SearchSpace.coerce({k: v for k, v in SPACE.items() if k != "params"})
+    noise_run: list[weakref.ref[Lit]] = []
+    alive_after: list[bool] = []
+
+    def fn(ctx: TrialContext) -> None:
+        if noise_run:
+            alive_after.append(noise_run[0]() is not None)
+        module = Lit(ctx)
+        if ctx.train_config.track_noise and not noise_run:
+            noise_run.append(weakref.ref(module))
+        fit(ctx, module, TRAIN, val_dataloaders=VAL)
+
+    gc.disable()
+    try:
+        job = FunctionJob(fn, "val_loss", Direction.MINIMIZE, space.optimizer)
+        probe_function(job, space, ProbeSettings(throughput_batches=(8, 32)), batch_cap=128)
+    finally:
+        gc.enable()
+    assert noise_run and len(alive_after) >= 2 and not any(alive_after)
+
+
 def test_a_prior_study_of_the_lightning_example_probes_through_the_trainer() -> None:
     """A space of B and lr alone, trials shorter than the probe's own run: the probe's run through the
     Trainer is the first trial, and the Trainer retrained at its config validates to the same values."""
