@@ -17,7 +17,7 @@ McCandlish et al. 2018, "An Empirical Model of Large-Batch Training".
 
 from bstune.analysis._batch_schedule import BatchSchedule, ScheduleStage, recommend_batch_schedule
 from bstune.analysis._compute import BatchChoice, ComputeOptimal, compute_optimal, throughput_at
-from bstune.analysis._critical import CriticalBatchFit, fit_critical_batch
+from bstune.analysis._critical import STEP_NOISE, CriticalBatchFit, fit_critical_batch, step_noise_of
 from bstune.analysis._direction import direction_doubt
 from bstune.analysis._gap import GapSummary, GapTrend, TrialGap, barely_learned, generalization_gap, pruned_flat
 from bstune.analysis._lr import lr_table
@@ -32,6 +32,7 @@ from bstune.analysis._target import (
 )
 
 __all__ = [
+    "STEP_NOISE",
     "BatchChoice",
     "BatchPoint",
     "BatchSchedule",
@@ -53,6 +54,7 @@ __all__ = [
     "nearby_targets",
     "pruned_flat",
     "recommend_batch_schedule",
+    "step_noise_of",
     "steps_by_batch",
     "steps_to_target",
     "throughput_at",

@@ -17,7 +17,11 @@ regression (Bates & Watts 1988, §6.1): a value of one parameter is inside when 
 residual sum of squares, minimised over the other, stays below
 RSS_min · (1 + F(1, n−2; level)/(n−2)). Unlike a bootstrap over 4–10 points they
 need no resampling and they open honestly: when the data cannot rule out B_crit → ∞
-(steps still ∝ 1/B at the largest batch tried) the upper end is ``inf``.
+(steps still ∝ 1/B at the largest batch tried) the upper end is ``inf``. Three or four
+points can lie near the curve by chance, and one run per batch size is no more certain
+than a seed moves it, so the level is never below RSS_min + σ²·χ²(1; level) with σ =
+``step_noise`` (:data:`STEP_NOISE`, one seed's spread in ln S; 0 where the points are
+means over seeds or several runs per batch size, whose residuals hold that spread).
 
 The edges: if the best fit is B_crit → ∞ (every batch size tried is still in the
 perfect-scaling regime) the fit reports ``b_crit = inf``, ``s_min = 0`` and the finite
@@ -40,16 +44,18 @@ ln S_min at each grid point (:meth:`CriticalBatchFit.steps_ci`, :attr:`e_min_ci`
 Censored points (:attr:`BatchPoint.lower_bound`, ``upper_bound``) are left out of
 the least squares: a bound is not a measurement, and a Tobit-style likelihood would
 need the noise level that 4–10 points estimate poorly. They are checked afterwards:
-a bound the fitted curve violates by more than twice the residual RMS is listed in
+a bound the fitted curve violates by more than twice the residual RMS (or twice ``step_noise``,
+whichever is larger) is listed in
 ``contradicted`` (e.g. a large batch that ran more steps than S(B) predicts and never
 reached the target), a sign that the fit is optimistic there.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, overload
 
@@ -68,7 +74,7 @@ from bstune.analysis._profile import (
 from bstune.analysis._target import BatchPoint
 from bstune.errors import ConfigError, EstimationError
 
-__all__ = ["CriticalBatchFit", "fit_critical_batch"]
+__all__ = ["STEP_NOISE", "CriticalBatchFit", "fit_critical_batch", "interval_rise", "step_noise_of"]
 
 # The spread of ln(steps to a target) from one seed to another at a fixed (B, η): across the benchmark grids
 # (five problems, 3 seeds a cell, targets that a quarter to half of the cells reach) the median cell's sd is
@@ -160,8 +166,8 @@ class CriticalBatchFit:
         and at each the lowest and highest ln S_min inside the region (RSS ≤ the intervals' level).
 
         For a fixed c = ln B_crit the RSS is RSS_prof(c) + n (a − â(c))², a parabola in a = ln S_min,
-        so the a-range is â(c) ± sqrt((level − RSS_prof(c))/n). An exact fit (or one without its
-        points) collapses to the estimate; B_crit's open ends are reached to within 10⁻⁴ (``SPAN``).
+        so the a-range is â(c) ± sqrt((level − RSS_prof(c))/n). An exact fit with no ``step_noise`` floor (or
+        one without its points) collapses to the estimate; B_crit's open ends are reached to within 10⁻⁴ (``SPAN``).
         """
         x = np.array([p[0] for p in self.log_points])
         y = np.array([p[1] for p in self.log_points])
@@ -494,6 +500,21 @@ def _faster_than_linear(reached: list[tuple[float, float]]) -> tuple[int, int, f
         if excess > steepest:
             steepest, pair = excess, (int(b1), int(b2), best[b1], best[b2])
     return pair
+
+
+def step_noise_of(points: Sequence[BatchPoint]) -> float:
+    """The floor under a fit's intervals (:func:`~bstune.analysis.fit_critical_batch`'s ``step_noise``): none where
+    every batch size that reached the target did so in two or more runs (seeds), whose scatter the residuals
+    hold; one seed's spread where some batch size rests on one run.
+
+    Example:
+        >>> step_noise_of([BatchPoint(b, 10.0, 10.0 * b, 0.1) for b in (8, 8, 32, 32, 128, 128)])
+        0.0
+        >>> step_noise_of([BatchPoint(b, 10.0, 10.0 * b, 0.1) for b in (8, 32, 128)]) == STEP_NOISE
+        True
+    """
+    counts = collections.Counter(p.batch_size for p in points if not p.lower_bound and not p.upper_bound)
+    return 0.0 if counts and min(counts.values()) >= 2 else STEP_NOISE
 
 
 def interval_rise(rss_min: float, dof: int, confidence: float, step_noise: float) -> float:

@@ -68,7 +68,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bstune.analysis import BatchPoint, CriticalBatchFit, fit_critical_batch
+from bstune.analysis import BatchPoint, CriticalBatchFit, fit_critical_batch, step_noise_of
 from bstune.critical._branches import (
     BranchRunner,
     batch_ladder,
@@ -94,7 +94,7 @@ _SEED_STRIDE = 7919  # branch seeds: the reference's seed plus multiples of a pr
 
 def _fit_or_error(points: Sequence[BatchPoint], confidence: float) -> tuple[CriticalBatchFit | None, str | None]:
     try:
-        return fit_critical_batch(points, confidence=confidence), None
+        return fit_critical_batch(points, confidence=confidence, step_noise=step_noise_of(points)), None
     except EstimationError as exc:
         return None, str(exc)
 

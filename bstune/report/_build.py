@@ -29,6 +29,7 @@ from bstune.analysis import (
     nearby_targets,
     pruned_flat,
     recommend_batch_schedule,
+    step_noise_of,
     steps_by_batch,
     steps_to_target,
 )
@@ -447,14 +448,11 @@ def _measured_fit(measured: Mapping[str, Any] | None) -> CriticalBatchFit | None
     if not points:
         return None
     level = float((measured or {}).get("settings", {}).get("confidence", 0.9))
+    batch_points = [
+        BatchPoint(int(p["batch_size"]), p["steps"], p["samples"], p["lr"], bool(p["lower_bound"])) for p in points
+    ]
     try:
-        return fit_critical_batch(
-            [
-                BatchPoint(int(p["batch_size"]), p["steps"], p["samples"], p["lr"], bool(p["lower_bound"]))
-                for p in points
-            ],
-            confidence=level,
-        )
+        return fit_critical_batch(batch_points, confidence=level, step_noise=step_noise_of(batch_points))
     except BstuneError:
         return None
 

@@ -147,7 +147,9 @@ def record_from_result(
         else:
             status = TrialStatus.PRUNED if metrics.get("samples") else TrialStatus.FAILED
             if status is TrialStatus.PRUNED:  # as the embedded backend says it of a trial its pruner stopped
-                message = f"stopped by Ray Tune's scheduler at milestone {int(metrics['samples'])}"
+                message = (
+                    f"stopped by Ray Tune at milestone {int(metrics['samples'])} (its scheduler, or the run's end)"
+                )
     value = metrics.get("objective")
     return TrialRecord(
         number=int(config[TRIAL_NUMBER_KEY]),

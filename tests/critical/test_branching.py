@@ -261,3 +261,24 @@ def test_the_whole_run_is_branched_from_initialisation_at_one_rate_per_batch_siz
     # each segment's own fit uses its own best rate
     for seg, best in zip(m.segments, PerSegmentBest.BEST, strict=False):
         assert all(pt.lr == pytest.approx(best * _rule(pt.batch_size)) for pt in seg.points if not pt.lower_bound)
+
+
+def test_a_measurement_with_several_seeds_per_batch_size_needs_no_floor_under_its_interval() -> None:
+    """The floor of one seed's spread is for one run per batch size: several seeds' residuals hold their own
+    scatter, and a floor of 0.1 over the char LMs' 0.03 made the measurement's intervals 1.37x wide, not 1.10x
+    (a reviewer's simulation)."""
+    from bstune.analysis import STEP_NOISE, BatchPoint, fit_critical_batch
+    from bstune.critical._branching import _fit_or_error
+
+    rng = random.Random(0)
+    points = [
+        BatchPoint(b, s, s * b, 0.1)
+        for b in (8, 16, 32, 64, 128, 256)
+        for s in [300 * (1 + 64 / b) * math.exp(rng.gauss(0, 0.03)) for _ in range(3)]
+    ]
+    fit, error = _fit_or_error(points, 0.9)
+    assert error is None and fit is not None and fit.step_noise == 0.0
+    assert fit.b_crit_ci == fit_critical_batch(points, step_noise=0.0).b_crit_ci
+    assert fit.b_crit_ci != fit_critical_batch(points, step_noise=STEP_NOISE).b_crit_ci
+    one_seed, _ = _fit_or_error(points[::3], 0.9)
+    assert one_seed is not None and one_seed.step_noise == STEP_NOISE

@@ -285,7 +285,7 @@ def test_records_from_ray_results_keep_outcome_and_learning_curve() -> None:
     assert (done.status, done.value, done.samples, done.worker, done.history) == ("completed", 0.4, 9000, "n1", history)
     stopped = record_from_result({"samples": 3000, "samples_seen": 3010, "objective": 0.9}, config, None)
     assert (stopped.status, stopped.value, stopped.samples) == ("pruned", 0.9, 3010)
-    assert stopped.message == "stopped by Ray Tune's scheduler at milestone 3000"  # a newcomer's read ''
+    assert stopped.message == "stopped by Ray Tune at milestone 3000 (its scheduler, or the run's end)"  # was ''
 
     crashed = record_from_result({"samples": 1000}, config, RuntimeError("node died"))
     assert crashed.status == "failed" and "node died" in crashed.message
