@@ -38,7 +38,7 @@ import math
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -55,6 +55,7 @@ from bstune.training._read_config import CHECKED_SETTINGS, OPTIMIZER_SETTINGS, S
 from bstune.training._result import Decision, EvalRecord, RunStatus
 from bstune.training._sampling import StreamBatchSampler
 from bstune.training._schedule import lr_at, samples_before_step, stage_at, step_batch_sizes
+from bstune.training._streams import Streams
 from bstune.training._trial_scheduler import LRRamp, TrialLRScheduler
 
 __all__ = ["TrialContext", "TrialFunction", "TrialPruned"]
@@ -91,16 +92,6 @@ SCHEDULER_SLACK = 8
 SPIN_READS = 100_000
 _late_report_said = False  # a report a step or more past its milestone: said once per process
 _between_report_said = False  # a report between milestones (not recorded): said once per process, not per trial
-
-
-@dataclass
-class _Stream:
-    """How far one of ``ctx.loader``'s streams has gone: batches and samples handed to the loop."""
-
-    n: int  # the dataset's size
-    handed: int = 0
-    taken: int = 0
-    open: bool = False  # a loop is iterating it now
 
 
 class TrialContext:
@@ -181,7 +172,7 @@ class TrialContext:
         self.used_scheduler = False
         self._schedulers: weakref.WeakSet[TrialLRScheduler] = weakref.WeakSet()  # each must step with ctx.step
         self._said_non_finite: set[str] = set()  # metrics ctx.report warned of as non-finite
-        self._streams: dict[int, _Stream] = {}  # ctx.loader's streams, by their dataset's id
+        self._streams = Streams()  # where each of ctx.loader's streams stands
         self.used_tracker = False
         self._callback = callback
         self._ramp = ramp
@@ -351,7 +342,7 @@ class TrialContext:
         sizes = list(step_batch_sizes(cfg)) if cfg.batch_schedule is not None else None
         # a loader opened again (a loop that breaks out each "epoch" of its own) goes on with the stream where the
         # last one left it, not from its first batch again
-        stream = self._stream_of(dataset, n)
+        stream = self._streams.of(dataset, n)
         sampler = StreamBatchSampler(n, cfg.batch_size, self.seed, self._order, sizes, skip=stream.handed)
         if num_workers is None:
             num_workers = cfg.num_workers
@@ -368,48 +359,8 @@ class TrialContext:
             pin_memory=pin_memory,
             **kwargs,
         )
-        return self._stream(loader, sizes, stream)
-
-    def _stream_of(self, dataset: Any, n: int) -> _Stream:
-        """Where ``dataset``'s stream stands: a loader opened again on it goes on from there, as does one on a
-        dataset made again for it (a new object of the same size, where only one such stream is closed); two
-        loaders open at once (zipped) each keep their own."""
-        key = id(dataset)
-        if key not in self._streams:
-            closed = [k for k, st in self._streams.items() if not st.open and st.n == n]
-            self._streams[key] = self._streams.pop(closed[0]) if len(closed) == 1 else _Stream(n)
-        return self._streams[key]
-
-    def _stream(
-        self, loader: torch.utils.data.DataLoader[Any], sizes: list[int] | None, stream: _Stream
-    ) -> Iterator[Any]:
-        """The loader's batches until the trial's samples, as ``ctx.step`` counts them, are spent.
-
-        The stream ends on ``ctx.step``'s count alone, so a loop that never calls it would run for
-        ever: once it has taken half a trial's samples more than it counted, it is stopped with an
-        error that names ``ctx.step``. ``sizes``: a batch schedule's size of each step (else every batch is the
-        trial's batch size).
-        """
-        batches = iter(loader)
-        slack = max(self._train_config.max_samples // 2, max(self._train_config.batch_sizes))
-        stream.open = True
-        try:
-            while not self._is_done():
-                if stream.taken - self.samples > slack:
-                    raise ConfigError(
-                        f"the loop took {stream.taken:,} samples from ctx.loader but counted {self.samples:,} with "
-                        f"ctx.step ({self.steps} call(s)); call ctx.step(loss) once after each optimizer step, "
-                        "without samples= for a batch of ctx.loader: the stream ends when the trial's samples, as "
-                        "ctx.step counts them, are spent",
-                        source="ctx.loader",
-                    )
-                batch = next(batches)
-                k = stream.handed
-                stream.taken += sizes[k] if sizes is not None and k < len(sizes) else self._batch_now()
-                stream.handed += 1
-                yield batch
-        finally:  # left (a break, the budget spent): a loader opened again goes on from here
-            stream.open = False
+        slack = max(cfg.max_samples // 2, max(cfg.batch_sizes))  # taken but never counted: a loop without ctx.step
+        return Streams.batches(self, loader, sizes, stream, slack)
 
     def _optimizer_settings(self) -> dict[str, Any]:
         """The space's optimizer settings, fixed or searched, as ``ctx.config`` names them for the loop."""
