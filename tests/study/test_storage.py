@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -104,10 +105,16 @@ def _run(tmp_path: Path, *more: str, full_after_two: bool = False) -> subprocess
         *("run", "slow.py", "--space", "slow.yaml", "--out", "out", "--mode", "baseline", "--pruner", "none"),
         *("--rescore-top", "0", "--trials", "5", "--budget-samples", "3200", "--no-progress", "--device", "cpu"),
     ]
-    return subprocess.run(
-        [sys.executable, "-m", "bstune.cli", *args, *more], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
+    command = [sys.executable, "-X", "faulthandler", "-m", "bstune.cli", *args, *more]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        # once in CI a resume printed nothing for 300 s: SIGABRT makes faulthandler print every thread's stack
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"bstune {' '.join(more)} ran past 300 s; its threads when stopped:\n{err[-20_000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 def _finished(db: Path) -> dict[int, float]:
