@@ -36,6 +36,7 @@ def start_worker(
     budget: int | None = None,
     function: bool = False,
     mode: str = "baseline",
+    hold: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """A study process (:mod:`tests.reliability.worker`) on ``storage``; its stderr is kept for messages.
 
@@ -44,7 +45,8 @@ def start_worker(
     a chosen moment, whatever the machine's load does to interpreter start-up. ``budget``
     sets the samples of a trial (default 4000). ``function``: the study tunes the blobs problem
     as a training function (:func:`tests.reliability.worker.train_blobs`), not as a task; ``mode``:
-    the study's mode (``"prior"``: it probes first).
+    the study's mode (``"prior"``: it probes first). ``hold``: the process stops inside a trial once three
+    have completed and writes that trial's number there (see :func:`tests.reliability.worker.hold_inside_a_trial`).
     """
     return subprocess.Popen(
         [sys.executable, "-m", "tests.reliability.worker", storage, str(n_trials), str(out)],
@@ -53,6 +55,7 @@ def start_worker(
         | ({"BSTUNE_TEST_GATE": str(gate)} if gate else {})
         | ({"BSTUNE_TEST_BUDGET": str(budget)} if budget else {})
         | ({"BSTUNE_TEST_FUNCTION": "1"} if function else {})
+        | ({"BSTUNE_TEST_HOLD": str(hold)} if hold else {})
         | {"BSTUNE_TEST_MODE": mode},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

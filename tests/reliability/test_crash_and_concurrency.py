@@ -68,27 +68,22 @@ def test_a_study_of_a_training_function_resumes_after_sigkill_as_a_tasks_does(
 def kill_and_resume(storage_url: str, tmp_path: Path, *, function: bool, mode: str = "baseline") -> StudyResult:
     """SIGKILL a worker inside its 4th trial, resume in this process: every finished trial kept,
     none run again, the killed one marked interrupted and run again once."""
-    # trials of 12,000 samples (a second or more): the poll below must catch one running, not race it
-    proc = start_worker(storage_url, 8, tmp_path / "w.json", budget=12_000, function=function, mode=mode)
-
-    def killable() -> FrozenTrial | None:
-        trials = stored(storage_url)
-        if sum(t.state == TrialState.COMPLETE for t in trials) < 3:
-            return None
-        return in_trial(trials, proc.pid)
-
-    wait_for("3 trials finished and a 4th running", killable, [proc])
+    # the worker stops inside the first trial that reports once three have completed, and says which: a poll of
+    # the storage for a running trial raced that trial's end (a CI run's kill landed between two trials)
+    hold = tmp_path / "held"
+    proc = start_worker(storage_url, 8, tmp_path / "w.json", function=function, mode=mode, hold=hold)
+    number = wait_for(
+        "a trial held after 3 completed", lambda: int(hold.read_text()) if hold.exists() else None, [proc]
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    # the victim is the trial running when the kill landed, read after it: the one seen running may have
-    # finished in between (a CI run saw trial 3 complete between the poll and the kill)
     after = stored(storage_url)
-    victim = in_trial(after, proc.pid) or next((t for t in after if t.state == TrialState.RUNNING), None)
-    assert victim is not None, "the kill landed between one trial's end and the next one's start"
+    victim = in_trial(after, proc.pid)
+    assert victim is not None and victim.number == number
     before = {t.number: (t.state, t.value, t.params) for t in after if t.state.is_finished()}
     assert len(before) >= 3 and victim.number not in before
 
-    result = make_study(storage_url, 8, budget_samples=12_000, function=function, mode=mode).run()  # the resume
+    result = make_study(storage_url, 8, function=function, mode=mode).run()  # the resume
     trials = {t.number: t for t in stored(storage_url)}
     for number, (state, value, params) in before.items():  # every finished trial kept as it was, none re-run
         assert (trials[number].state, trials[number].value, trials[number].params) == (state, value, params)

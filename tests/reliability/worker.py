@@ -9,7 +9,9 @@ apart from other processes' by the owner that bstune records on each trial, and 
 OUT_JSON.running how many of the study's trials were still running when its run returned, and to
 OUT_JSON.probe whether it ran the probe ("ran"), took one stored ("stored"), or had none ("none"). With
 BSTUNE_TEST_FUNCTION=1 the study tunes the same problem as a user's training function
-(:func:`train_blobs`) instead of the task; with BSTUNE_TEST_MODE=prior it probes first.
+(:func:`train_blobs`) instead of the task; with BSTUNE_TEST_MODE=prior it probes first. With
+BSTUNE_TEST_HOLD=PATH it stops inside the first trial that reports an evaluation once three trials have
+completed: it writes that trial's number to PATH and sleeps there, for a test to kill it at a known point.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import torch
 from optuna.trial import TrialState
 from torch.nn import functional as F
@@ -97,6 +100,25 @@ def wait_at_gate() -> None:
         time.sleep(0.05)
 
 
+def hold_inside_a_trial(hold: Path) -> None:
+    """Make the first evaluation reported once three trials have completed stop there: the trial's number
+    goes to ``hold`` and the process sleeps inside the trial (its heartbeat still running) until killed.
+
+    A test that polled the storage for a running trial and then killed the process raced the trial's end:
+    a CI run's kill landed between one trial's end and the next one's start."""
+    report = optuna.trial.Trial.report
+
+    def held(trial: optuna.trial.Trial, value: float, step: int) -> None:
+        report(trial, value, step)
+        if len(trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 3:
+            hold.with_suffix(".tmp").write_text(str(trial.number))
+            hold.with_suffix(".tmp").replace(hold)  # whole, for a reader polling it
+            time.sleep(600)
+            raise SystemExit(f"worker {os.getpid()}: held in trial {trial.number} and never killed")
+
+    optuna.trial.Trial.report = held  # type: ignore[method-assign]
+
+
 def main(storage: str, n_trials: int, out: Path) -> None:
     logging.basicConfig(level=logging.WARNING, format=f"worker {os.getpid()}: %(levelname)s %(name)s: %(message)s")
     study = make_study(storage, n_trials)  # imports done and the task built: only the study is left to open
@@ -109,6 +131,8 @@ def main(storage: str, n_trials: int, out: Path) -> None:
 
     logging.getLogger("bstune.study._study").addHandler(Said(logging.INFO))
     logging.getLogger("bstune.study._study").setLevel(logging.INFO)
+    if hold := os.environ.get("BSTUNE_TEST_HOLD"):
+        hold_inside_a_trial(Path(hold))
     wait_at_gate()
     result = study.run()
     Path(f"{out}.probe").write_text("none" if result.probe is None else taken[0] if taken else "ran")
