@@ -136,7 +136,8 @@ def test_two_processes_on_one_file_lose_nothing_and_fail_nothing_of_each_other(
 
 def test_a_killed_peers_trial_is_taken_over_once_by_the_live_one(storage_url: str, tmp_path: Path) -> None:
     gate = tmp_path / "gate"  # as above: the victim's start-up must not outlast the survivor's twelve trials
-    victim = start_worker(storage_url, 12, tmp_path / "victim.json", gate=gate)
+    hold = tmp_path / "held"  # the victim stops inside a trial once three have completed (see kill_and_resume)
+    victim = start_worker(storage_url, 12, tmp_path / "victim.json", gate=gate, hold=hold)
     try:
         wait_for("the victim ready at its gate", lambda: Path(f"{gate}.ready").exists() or None, [victim])
         survivor = start_worker(storage_url, 12, tmp_path / "survivor.json")
@@ -145,9 +146,12 @@ def test_a_killed_peers_trial_is_taken_over_once_by_the_live_one(storage_url: st
         victim.kill()
         raise
     gate.touch()
-    running = wait_for("the second process inside a trial", lambda: in_trial(stored(storage_url), victim.pid), [victim])
+    number = wait_for("the victim held in a trial", lambda: int(hold.read_text()) if hold.exists() else None, [victim])
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
+    # read by number: the survivor may have taken the killed trial over already
+    (running,) = [t for t in stored(storage_url) if t.number == number]
+    assert running.system_attrs[OWNER_KEY]["pid"] == victim.pid
     assert survivor.wait(timeout=600) == 0, survivor.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
 
     trials = {t.number: t for t in stored(storage_url)}
