@@ -49,7 +49,7 @@ from bstune.errors import BatchLargerThanDataError, ConfigError
 from bstune.noise import resolve_device
 from bstune.optim import OptimizerSpec, warn_on_other_optimizer
 from bstune.training._config import TrainConfig
-from bstune.training._loop import Callback, _as_decision, _milestones
+from bstune.training._loop import _LOSS_CHECK_EVERY, Callback, _as_decision, _milestones
 from bstune.training._loop_noise import LoopNoiseTracker
 from bstune.training._read_config import CHECKED_SETTINGS, OPTIMIZER_SETTINGS, SCHEDULE_SETTINGS, ReadConfig
 from bstune.training._result import Decision, EvalRecord, RunStatus
@@ -193,6 +193,8 @@ class TrialContext:
         self._best = math.inf
         self._window_loss = 0.0
         self._window_steps = 0
+        # ctx.step's losses not read on the host yet: (the loss, as given; the step's index; samples before it)
+        self._unread: list[tuple[torch.Tensor | float, int, int]] = []
         self._started = time.perf_counter()
         self._last_step_at: float | None = None
         self._evaluated = False
@@ -421,8 +423,12 @@ class TrialContext:
         ``samples`` may be less than the batch size (the short last batch of a loader of your own),
         never more: the study tunes the batch of one optimizer step. With gradient accumulation,
         split each batch of :meth:`loader` into micro-batches and count the step once.
-        With ``loss`` (the step's training loss), a non-finite loss or one
-        ``divergence_factor`` times the first ends the trial as diverged (raises).
+        With ``loss`` (the step's training loss, a tensor or a number), a non-finite loss or one
+        ``divergence_factor`` times the first ends the trial as diverged (raises). A tensor
+        ``loss`` stays on its device: reading it is a host sync, which on a GPU stalls the
+        queue of kernels, so the losses are read together every 16 steps, at each
+        :meth:`report` and when the function returns, as bstune's trainer reads its own. A
+        diverging step ends the trial up to 15 steps later; the message names that step.
         """
         if samples is not None and int(samples) < 1:
             raise ConfigError(
@@ -455,18 +461,38 @@ class TrialContext:
         if self._last_step_at is not None and not self._evaluated:  # an interval holding an evaluation is no step time
             self.step_times.append(now - self._last_step_at)
         self._last_step_at, self._evaluated = now, False
-        value = None if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        if isinstance(loss, torch.Tensor) and loss.numel() != 1:
+            raise ConfigError(
+                f"must be the step's loss, one number; got a tensor of shape {tuple(loss.shape)} (the mean over "
+                "the batch: loss.mean())",
+                source="ctx.step",
+                field="loss",
+            )
         self.steps += 1
         self._check_scheduler_stepped()
         self._step_samples = self._batch_now() if samples is None else int(samples)
         self.samples += self._step_samples
-        if value is not None:
-            if self._ramp is not None:
-                return self._ramp_step(value)
-            self._check_divergence(value)
+        if loss is None:
+            return self._is_done()
+        if self._ramp is not None:  # the range test's rule reads every step's loss: a short run, read as it goes
+            return self._ramp_step(float(loss.detach() if isinstance(loss, torch.Tensor) else loss))
+        taken = loss.detach().reshape(()) if isinstance(loss, torch.Tensor) else float(loss)
+        self._unread.append((taken, self.steps - 1, self.samples - self._step_samples))
+        if not isinstance(taken, torch.Tensor) or len(self._unread) >= _LOSS_CHECK_EVERY:  # a number: read already
+            self._read_losses()
+        return self._is_done()
+
+    def _read_losses(self) -> None:
+        """Read the unread steps' losses on the host (one sync for the tensors) and check them in step order."""
+        unread, self._unread = self._unread, []
+        tensors = [v for v, _, _ in unread if isinstance(v, torch.Tensor)]
+        # stacked on the first one's device (a model spread over devices may give its loss on another)
+        read = iter(torch.stack([t.to(tensors[0].device, torch.float64) for t in tensors]).tolist() if tensors else [])
+        values = [next(read) if isinstance(v, torch.Tensor) else v for v, _, _ in unread]
+        for value, (_, step, before) in zip(values, unread, strict=True):
+            self._check_divergence(value, step, before)
             self._window_loss += value
             self._window_steps += 1
-        return self._is_done()
 
     def _check_scheduler_stepped(self) -> None:
         """Each live ``ctx.lr_scheduler`` steps about once per ``ctx.step``. Stepped once per epoch (torch's idiom
@@ -592,10 +618,10 @@ class TrialContext:
             self._best = self._smoothed
         return self._is_done()
 
-    def _check_divergence(self, value: float) -> None:
+    def _check_divergence(self, value: float, step: int, before: int) -> None:
         factor = self._train_config.divergence_factor
         # as the trainer says it: the step's index from 0, and the samples trained before it
-        where = f"at step {self.steps - 1} (samples {self.samples - self._step_samples})"
+        where = f"at step {step} (samples {before})"
         if not math.isfinite(value):
             self._diverge(f"training loss became {value} {where}")
         if self._first_loss is None:
@@ -638,6 +664,7 @@ class TrialContext:
         noise = (
             self._tracker.tracker.flush(self.steps, self.samples) if self._tracker and self._tracker.tracker else None
         )
+        self._read_losses()  # a diverged step before this evaluation ends the trial here, unrecorded
         batch_loss = self._window_loss / self._window_steps if self._window_steps else math.nan
         self._window_loss, self._window_steps = 0.0, 0
         record = EvalRecord(
@@ -683,6 +710,7 @@ class TrialContext:
         """After the function returned: metrics it returned stand for the last milestone it did not report."""
         if self.status is not RunStatus.COMPLETED:
             return
+        self._read_losses()  # the last steps' losses: a run that diverged there ends diverged
         # a run that evaluates nothing (the probe's range tests and timing) reads no metric, and an empty dict says none
         if self._evaluate and ((isinstance(returned, Mapping) and returned) or is_number(returned)):
             metrics = dict(returned) if isinstance(returned, Mapping) else {self.objective: returned}

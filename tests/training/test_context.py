@@ -512,6 +512,80 @@ def test_a_loss_that_blows_up_ends_the_run_diverged(bad: float) -> None:
     assert "at step 5 (samples 160)" in result.message  # as the trainer says it: samples before the step
 
 
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the tensor reads that wait for the device (``float(t)``, ``t.item()``, ``t.tolist()``, ``bool(t)``)."""
+
+    READS = frozenset({"__float__", "__int__", "__bool__", "item", "tolist"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.count += getattr(func, "__name__", "") in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_tensor_loss_is_read_on_the_host_every_16_steps_not_every_step() -> None:
+    # each read is a host sync, which on a GPU stalls the queue of kernels: the trainer reads its losses in
+    # batches, and ctx.step read every step's
+    reads: list[int] = []
+
+    def fn(ctx: TrialContext) -> None:
+        host = HostReads()
+        for _ in ctx.loader(TRAIN):  # the loader's own reads (its sampler's indices) are on the CPU's data
+            with host:
+                ctx.step(torch.tensor(1.0))
+        reads.append(host.count)
+
+    result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=32 * 64))
+    assert result.status is RunStatus.COMPLETED and result.steps == 64
+    assert reads == [64 // 16]
+
+
+@pytest.mark.parametrize("bad", [math.nan, 1e9])
+def test_a_tensor_loss_that_blows_up_ends_the_run_at_the_next_read_and_names_its_step(bad: float) -> None:
+    def fn(ctx: TrialContext) -> None:
+        for i, _ in enumerate(ctx.loader(TRAIN)):
+            ctx.step(torch.tensor(1.0 if i < 5 else bad))
+
+    result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=3200))
+    assert result.status is RunStatus.DIVERGED and result.steps == 16  # read with the 16th step's
+    assert "at step 5 (samples 160)" in result.message
+
+
+def test_a_step_that_diverged_since_the_last_read_ends_the_run_at_the_report_unrecorded() -> None:
+    def fn(ctx: TrialContext) -> None:
+        for i, _ in enumerate(ctx.loader(TRAIN)):
+            ctx.step(torch.tensor(1.0 if i != 8 else math.inf))
+            if ctx.at_milestone():
+                ctx.report(val_loss=0.5)
+
+    # milestones every 320 samples (10 steps): the report at step 10 reads steps 1-10
+    result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=3200))
+    assert result.status is RunStatus.DIVERGED and result.steps == 10 and result.history == []
+    assert "training loss became inf at step 8 (samples 256)" in result.message
+
+
+def test_a_step_that_diverged_after_the_last_read_ends_the_run_diverged_when_the_function_returns() -> None:
+    def fn(ctx: TrialContext) -> None:
+        for _ in ctx.loader(TRAIN):
+            ctx.step(torch.tensor(math.nan if ctx.steps == 99 else 1.0))
+
+    result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=3200))  # 100 steps: 96 read
+    assert result.status is RunStatus.DIVERGED and result.steps == 100
+    assert "at step 99 (samples 3168)" in result.message
+
+
+def test_a_loss_of_many_numbers_is_refused_with_what_to_pass() -> None:
+    def fn(ctx: TrialContext) -> None:
+        for x, y in ctx.loader(TRAIN):
+            ctx.step(F.cross_entropy(torch.zeros(len(x), 2), y.long() % 2, reduction="none"))
+
+    with pytest.raises(ConfigError, match=r"ctx.step: loss: must be the step's loss, one number; got a tensor of "):
+        run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=3200))
+
+
 def test_a_non_finite_reported_metric_ends_the_run_diverged() -> None:
     def fn(ctx: TrialContext) -> None:
         for _ in ctx.loader(TRAIN):
