@@ -329,7 +329,11 @@ def build_report(result: StudyData, target: Mapping[str, Any] | None = None, *, 
             # no batch, one worker's or all workers' together, larger than the training set
             n_train = data["study"].get("n_train")
             optimum = compute_optimal(
-                advice, throughput, n_workers=n_workers, batch_range=(1, int(n_train)) if n_train else None
+                advice,
+                throughput,
+                n_workers=n_workers,
+                batch_range=(1, int(n_train)) if n_train else None,
+                throughput_spread=probe.throughput_iqr if probe else None,
             )
             data["compute_optimal"] = {
                 "device": vars(optimum.device),

@@ -281,8 +281,14 @@ def recommendation_lines(data: dict[str, Any]) -> list[str]:
             line
             + "."
             + against_the_fit(cb, d["batch_size"], measured_advice)
-            + " The intervals carry the S(B) fit's uncertainty; the throughput is taken as the probe measured "
-            "it, and on a shared or busy machine it can differ several-fold from one run to the next."
+            + (
+                " The intervals carry the S(B) fit's uncertainty and the spread of the probe's timed steps; on a "
+                "shared or busy machine the throughput can also differ several-fold from one run to the next, "
+                "which they do not carry."
+                if (data.get("throughput") or {}).get("samples_per_s_iqr")
+                else " The intervals carry the S(B) fit's uncertainty; the throughput is taken as the probe "
+                "measured it, and on a shared or busy machine it can differ several-fold from one run to the next."
+            )
             + _throughput_doubt(data.get("throughput") or {})
         )
         out += _which_batch(rec, d, data)

@@ -124,3 +124,51 @@ def test_an_open_b_crit_interval_opens_the_choice_to_the_fastest_measured_batch(
     ladder = _throughput([2, 8, 32, 128, 512])
     choice = compute_optimal(linear, ladder).device
     assert math.isinf(linear.b_crit_ci[1]) and choice.batch_size_ci[1] == 512  # B_crit → ∞: the most samples/s
+
+
+def _timed_ladder(rng: np.random.Generator, rungs: list[int], sd: float, n_timed: int = 7) -> tuple[dict, dict]:
+    """What the probe measures of ``_throughput``: ``n_timed`` step times per rung, each off by a log-normal
+    factor of ``sd`` (a shared machine); the median step's rate, and the interquartile range of the rates."""
+    rates, spread = {}, {}
+    for b in rungs:
+        times = (A + B * b) * np.exp(rng.normal(0.0, sd, n_timed))
+        q25, q50, q75 = np.quantile(times, [0.25, 0.5, 0.75])
+        rates[b], spread[b] = b / q50, (b / q75, b / q25)
+    return rates, spread
+
+
+@pytest.mark.parametrize("sd", [0.1, 0.3])
+def test_with_the_throughputs_spread_the_choices_interval_covers_the_true_optimum_about_90_percent(sd: float) -> None:
+    # a ladder of noisy timings flips the choice between neighbouring rungs: an interval from the S(B) fit alone
+    # held the true optimum (sqrt(A·B_crit/B) = 226) in 67% (sd 0.1) and 45% (sd 0.3) of these draws
+    rng = np.random.default_rng(5)
+    truth = math.sqrt(A * B_CRIT / B)
+    rungs = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+    alone, spread_too = [], []
+    for s in range(150):
+        fit = _noisy_fit(s)
+        rates, spread = _timed_ladder(rng, rungs, sd)
+        for out, given in ((alone, None), (spread_too, spread)):
+            lo, hi = compute_optimal(fit, rates, throughput_spread=given).device.batch_size_ci
+            out.append(lo <= truth <= hi)
+    assert np.mean(alone) <= np.mean(spread_too) - 0.2, (np.mean(alone), np.mean(spread_too))
+    assert 0.85 <= np.mean(spread_too) <= 0.995, np.mean(spread_too)
+
+
+def test_the_throughputs_spread_widens_the_seconds_and_leaves_the_choice() -> None:
+    ladder = _throughput([16, 64, 256, 1024, 4096])
+    spread = {b: (0.8 * v, 1.25 * v) for b, v in ladder.items()}
+    exact, spread_too = (compute_optimal(_fit(), ladder, throughput_spread=s).device for s in (None, spread))
+    assert spread_too.batch_size == exact.batch_size and spread_too.steps_ci == exact.steps_ci
+    assert spread_too.seconds_ci == pytest.approx((exact.seconds_ci[0] / 1.25, exact.seconds_ci[1] / 0.8))
+    lo, hi = spread_too.batch_size_ci
+    assert lo < exact.batch_size_ci[0] and hi > exact.batch_size_ci[1]
+    # a spread of zero width is the throughput taken as exact
+    same = compute_optimal(_fit(), ladder, throughput_spread={b: (v, v) for b, v in ladder.items()}).device
+    assert same == exact
+
+
+@pytest.mark.parametrize("spread", [{3: (1.0, 2.0)}, {16: (2.0, 1.0)}, {16: (0.0, 1.0)}, {16: (1.0, math.inf)}])
+def test_a_spread_that_is_no_interval_of_a_measured_rate_is_refused(spread: dict) -> None:
+    with pytest.raises(ConfigError, match="compute_optimal: throughput_spread: must map measured batch sizes"):
+        compute_optimal(_fit(), _throughput([16, 64]), throughput_spread=spread)

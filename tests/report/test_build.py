@@ -570,7 +570,18 @@ def test_the_expected_cost_and_the_fastest_batch_carry_the_fits_intervals() -> N
     noisy = dataclasses.replace(
         result, probe=_probe(throughput=noisy_rates, throughput_iqr={256: (300.0, 4200.0), 16: (900.0, 1100.0)})
     )
-    md_noisy = render_markdown(build_report(noisy, {"metric": "train_loss", "value": TARGET}).data)
+    data_noisy = build_report(noisy, {"metric": "train_loss", "value": TARGET}).data
+    md_noisy = render_markdown(data_noisy)
+    # the interval takes the 256 rung anywhere in its spread, so the choice's interval is wider than the rates
+    # alone give it (which take the throughput as exact, as the text without a spread says)
+    alone = build_report(
+        dataclasses.replace(result, probe=_probe(throughput=noisy_rates)), {"metric": "train_loss", "value": TARGET}
+    ).data
+    lo, hi = data_noisy["compute_optimal"]["device"]["batch_size_ci"]
+    lo_alone, hi_alone = alone["compute_optimal"]["device"]["batch_size_ci"]
+    assert lo <= lo_alone and hi >= hi_alone and (lo, hi) != (lo_alone, hi_alone)
+    assert "The intervals carry the S(B) fit's uncertainty and the spread of the probe's timed steps; " in md_noisy
+    assert "the throughput is taken as the probe measured it" in render_markdown(alone)
     assert (
         "**Here it was noisy**: the middle half of its steps ran at 300–4,200 samples/s at batch size 256 (14x apart), "
         f"and samples/s fell from {throughput[16]:,.0f} at batch size 16 to {noisy_rates[64]:,.0f} at 64; so the "
