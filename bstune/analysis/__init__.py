@@ -7,7 +7,8 @@ Pure functions over plain data (:class:`~bstune.records.TrialRecord` objects or 
     target = choose_target(result.trials)                    # or your own
     points = steps_by_batch(result.trials, target)           # S(B), best lr per B
     fit = fit_critical_batch(points)                         # S_min, B_crit with intervals
-    best = compute_optimal(fit, result.probe.throughput, n_workers=8)
+    best = compute_optimal(fit, result.probe.throughput, n_workers=8,
+                           throughput_spread=result.probe.throughput_iqr)
     table = lr_table(fit, best_batch, best_lr, [64, 128, 256])
     gap = generalization_gap(result.trials)
     schedule = recommend_batch_schedule(run.noise_trajectory, base_batch=..., base_lr=..., ...)
