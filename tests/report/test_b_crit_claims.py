@@ -158,6 +158,15 @@ def test_a_pruned_trial_at_chance_bounds_nothing_and_a_slow_one_stays_a_bound() 
     assert cb["left_out_barely_learned"] == [{"trial": 3, "batch_size": 512, "pruned": True}]
     assert "Left out of the fit: trial 3 (B=512, pruned), which never reached the target" in md
     assert 8 in [p["batch_size"] for p in cb["points"]] and 512 not in [p["batch_size"] for p in cb["points"]]
+    # the same flat trial pruned inside a long warmup (its rate a tenth, then a fifth of its own): it sat flat at
+    # rates it was not sampled at, so its bound stands
+    warming = dataclasses.replace(stuck, history=[dict(r) for r in stuck.history])
+    for rec, share in zip(warming.history, (0.1, 0.2, 0.3), strict=False):
+        rec["lr"] = share * warming.lr
+    warming.history[3:] = []
+    data, _ = _report([*trials, warming, slow])
+    assert "left_out_barely_learned" not in data["critical_batch"]
+    assert 512 in [p["batch_size"] for p in data["critical_batch"]["points"]]
 
 
 def test_steps_flat_in_b_get_a_constant_lr_table_that_says_so() -> None:
