@@ -93,6 +93,8 @@ class Direction(str, Enum):
 # read as maximized when one of its words (split at anything not a letter or digit) is
 # in MAXIMIZE_WORDS; as minimized when it contains one of MINIMIZE_WORDS anywhere; a
 # name that matches both or neither must be declared with Metric(fn, direction=...).
+# A direction the user gives is refused only against whole words (infer_direction's
+# whole_words): "loss" inside lossless_ratio is a guess, and gives way.
 MAXIMIZE_WORDS = frozenset({"accuracy", "acc", "f1", "auc", "precision", "recall", "top1", "top5", "r2"})
 MINIMIZE_WORDS = ("loss", "error", "mse", "mae", "rmse", "nll", "perplexity")
 # short names matched as whole words only (a substring "ppl" or "cer" could sit inside another word)
@@ -102,7 +104,7 @@ MINIMIZE_TOKENS = frozenset({"ppl", "bpc", "bpb", "bpd", "wer", "cer", "err"})
 QUALIFIER_WORDS = frozenset(
     {
         "drop", "gap", "std", "stddev", "var", "variance", "delta", "diff", "minus", "regret", "decrease", "gain",
-        "increase", "reduction", "improvement",
+        "increase", "reduction", "improvement", "change",
     }
 )  # fmt: skip
 _SPLIT = r"((train|val|valid|validation|test|eval|dev)[^a-z0-9]?)?"  # a split's prefix: val_, test/
@@ -119,8 +121,12 @@ _ONE_MINUS = re.compile(
 )
 
 
-def infer_direction(name: str) -> Direction | None:
+def infer_direction(name: str, *, whole_words: bool = False) -> Direction | None:
     """The direction a metric's name leaves no doubt about, else ``None``.
+
+    With ``whole_words``, a minimized word counts only as a whole word (``val_loss``, not
+    ``lossless_ratio`` or ``terror_count``): the reading strict enough to refuse a direction
+    the user gives against it. The loose reading only fills in a direction nobody gave.
 
     Example:
         >>> infer_direction("val_accuracy"), infer_direction("train_loss"), infer_direction("top1_error")
@@ -131,13 +137,16 @@ def infer_direction(name: str) -> Direction | None:
         (<Direction.MINIMIZE: 'minimize'>, <Direction.MINIMIZE: 'minimize'>)
         >>> [infer_direction(n) for n in ("top1_err", "accuracy_drop", "1-val_acc", "neg_mse")]  # measures of a measure
         [None, None, None, None]
+        >>> infer_direction("lossless_ratio"), infer_direction("lossless_ratio", whole_words=True)
+        (<Direction.MINIMIZE: 'minimize'>, None)
     """
     lowered = name.lower()
     words = re.split(r"[^a-z0-9]+", lowered)
     if any(word in QUALIFIER_WORDS for word in words) or _ONE_MINUS.search(lowered) or _NEGATED.match(lowered):
         return None
     up = any(word in MAXIMIZE_WORDS for word in words)
-    down = any(word in lowered for word in MINIMIZE_WORDS) or any(word in MINIMIZE_TOKENS for word in words)
+    loose = not whole_words and any(word in lowered for word in MINIMIZE_WORDS)
+    down = loose or any(word in MINIMIZE_TOKENS or word in MINIMIZE_WORDS for word in words)
     if up == down:  # both (e.g. top1_error) or neither (e.g. score): ambiguous
         return None
     return Direction.MAXIMIZE if up else Direction.MINIMIZE

@@ -164,3 +164,22 @@ def test_short_names_of_minimized_metrics_count_as_whole_words_only(name: str, d
     """A newcomer's `val_ppl` (perplexity) had no direction, so `bstune report --target-metric val_ppl` refused."""
     found = infer_direction(name)
     assert (found.value if found is not None else None) == direction
+
+
+@pytest.mark.parametrize("name", ["lossless_ratio", "terror_count", "errorless_fraction"])
+def test_a_direction_given_against_a_guess_from_part_of_a_word_stands(name: str, tmp_path: Any) -> None:
+    """A name read as minimized for a word inside it ("loss" in lossless_ratio) refused the user's own
+    direction='maximize', and left unset it was minimized: no way to run the study the right way round."""
+    assert infer_direction(name) is Direction.MINIMIZE and infer_direction(name, whole_words=True) is None
+
+    def train(ctx: bstune.TrialContext) -> None:
+        pass
+
+    space = SPACE | {"batch_size": {"min": 4, "max": 32}}
+    assert bstune.Study(train, space, objective=name, direction="maximize").direction is Direction.MAXIMIZE
+    with pytest.raises(ConfigError, match="'minimize' contradicts the objective 'val_accuracy', whose name says"):
+        bstune.Study(train, space, objective="val_accuracy", direction="minimize")
+
+
+def test_a_change_of_a_measure_says_no_direction() -> None:
+    assert infer_direction("accuracy_change") is None and infer_direction("val_loss_change") is None

@@ -226,10 +226,12 @@ class StudyResult:
                     source=where[0],
                     field=where[1],
                 )
-            if direction is not None and not held and said != direction:  # as a study refuses it for its objective
+            # as a study refuses it for its objective: against a name's whole words only (val_accuracy), not a guess
+            # from a part of one (lossless_ratio), where the direction given stands
+            named = None if held else infer_direction(metric, whole_words=True)
+            if named is not None and said != named:
                 raise ConfigError(
-                    f"{said.value!r} contradicts {metric!r}, whose name says {direction.value!r}; leave the "
-                    "direction out",
+                    f"{said.value!r} contradicts {metric!r}, whose name says {named.value!r}; leave the direction out",
                     source=where[0],
                     field=where[1],
                 )

@@ -192,10 +192,13 @@ class Study:
         self.optimizer_spec = self.space.optimizer
         declared = Direction(settings.direction) if settings.direction is not None else None
         named = infer_direction(settings.objective)
-        if declared is not None and named is not None and declared is not named:
+        # refused only against whole words (val_accuracy): a name read from a part of a word (lossless_ratio) is the
+        # heuristic's guess, and the user's own direction stands
+        settled = infer_direction(settings.objective, whole_words=True)
+        if declared is not None and settled is not None and declared is not settled:
             raise ConfigError(
                 f"{declared.value!r} contradicts the objective {settings.objective!r}, whose name says "
-                f"{named.value!r}; leave direction unset",
+                f"{settled.value!r}; leave direction unset",
                 source="Study",
                 field="direction",
             )

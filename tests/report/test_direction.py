@@ -318,3 +318,14 @@ def test_a_target_direction_against_what_the_metrics_name_says_is_refused_as_a_s
         result.direction_of("val_accuracy", source="--target-metric", field=None, given="minimize")
     assert result.direction_of("val_accuracy", given="maximize") is bstune.Direction.MAXIMIZE
     assert result.direction_of("val_score", given="minimize") is bstune.Direction.MINIMIZE  # the name does not say
+
+
+def test_a_target_direction_against_a_guess_from_part_of_a_words_name_stands() -> None:
+    """"loss" inside lossless_ratio read it as minimized, and --target-direction maximize was refused: the
+    report could only read it the wrong way round."""
+    result = _result({"val_loss": "minimize"})
+    for t in result.trials:
+        for h in t.history:
+            h["lossless_ratio"] = h["val_accuracy"]
+    assert result.direction_of("lossless_ratio", given="maximize") is bstune.Direction.MAXIMIZE
+    assert result.direction_of("lossless_ratio") is bstune.Direction.MINIMIZE  # the guess, where nothing is given
