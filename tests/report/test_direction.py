@@ -321,7 +321,7 @@ def test_a_target_direction_against_what_the_metrics_name_says_is_refused_as_a_s
 
 
 def test_a_target_direction_against_a_guess_from_part_of_a_words_name_stands() -> None:
-    """"loss" inside lossless_ratio read it as minimized, and --target-direction maximize was refused: the
+    """The word "loss" inside lossless_ratio read it as minimized, and --target-direction maximize was refused: the
     report could only read it the wrong way round."""
     result = _result({"val_loss": "minimize"})
     for t in result.trials:
