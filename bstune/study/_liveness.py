@@ -14,7 +14,11 @@ bstune records, on every trial it runs, in the trial's system attributes:
 
 A ``RUNNING`` trial is *abandoned* when its owner is on this host and that process is
 gone (or its pid now belongs to a younger process), or, for an owner elsewhere, when its
-last heartbeat (its start, if it never beat) is older than ``grace_period``. An
+last heartbeat (its start, if it never beat) is older than ``grace_period``. A trial
+that names no owner a minute after it started (``OWNERLESS_S``) is abandoned too: bstune
+records the owner first thing in a trial, so its process stopped between Optuna storing
+the trial and that write (killed, or its disk full), and a resume waited out the whole
+grace period for it (ten minutes, silent). An
 abandoned trial is marked ``interrupted`` and failed with an atomic compare-and-set
 (``RUNNING -> FAIL``), so when several processes notice it at once exactly one wins,
 and only the winner enqueues its parameters again (``retry_of`` names the original).
@@ -45,6 +49,7 @@ from bstune.study._optuna_compat import rdb_of, storage_of, swap_state, trial_id
 
 __all__ = [
     "HEARTBEAT_KEY",
+    "OWNERLESS_S",
     "OWNER_KEY",
     "Heartbeat",
     "Owner",
@@ -64,6 +69,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# seconds after its start that a running trial naming no owner is abandoned (or grace_period, if shorter):
+# a live bstune process names itself milliseconds after Optuna stores the trial
+OWNERLESS_S = 60.0
 
 
 @cache
@@ -152,6 +160,11 @@ def abandoned_reason(trial: FrozenTrial, grace_period: float, *, now: float | No
     if not isinstance(last, int | float):
         # no heartbeat yet: the owner died between taking the trial and its first beat, or is not bstune
         last = trial.datetime_start.timestamp() if trial.datetime_start else None
+        if owner_attr is None and last is not None and now - last > min(grace_period, OWNERLESS_S):
+            return (
+                f"it names no process {now - last:.0f} s after it started: the one that took it stopped before "
+                "recording itself"
+            )
     if last is not None and now - last > grace_period:
         return f"no heartbeat for {now - last:.0f} s (grace period {grace_period:g} s)"
     return None

@@ -25,6 +25,7 @@ from bstune.study import open_storage
 from bstune.study._liveness import (
     HEARTBEAT_KEY,
     OWNER_KEY,
+    OWNERLESS_S,
     Owner,
     abandoned_reason,
     claim_abandoned,
@@ -34,6 +35,7 @@ from bstune.study._liveness import (
     retry_abandoned,
     retry_unqueued,
 )
+from bstune.study._trial_taking import peers_running
 from tests.reliability.worker import NAME, make_study
 
 GRACE = 60.0
@@ -114,6 +116,24 @@ def test_a_trial_that_never_beat_is_judged_by_its_start(storage_url: str) -> Non
     trial = study.trials[number]
     assert abandoned_reason(trial, GRACE) is None
     assert abandoned_reason(trial, GRACE, now=time.time() + 2 * GRACE) is not None
+
+
+def test_a_trial_that_names_no_owner_a_minute_after_its_start_is_abandoned_within_a_long_grace_period(
+    storage_url: str,
+) -> None:
+    """A disk that filled between Optuna storing a trial and bstune naming its owner left it running with neither
+    owner nor heartbeat: a resume counted it as a peer's and waited out the grace period (600 s), printing nothing."""
+    study, number = running_trial(storage_url, owner=None, heartbeat=None, drawn=False)
+    trial = study.trials[number]
+    start = trial.datetime_start.timestamp()  # type: ignore[union-attr]
+    assert abandoned_reason(trial, 600.0, now=start + OWNERLESS_S - 1) is None  # its process may name itself yet
+    said = abandoned_reason(trial, 600.0, now=start + OWNERLESS_S + 1)
+    assert said == "it names no process 61 s after it started: the one that took it stopped before recording itself"
+    # one that named its owner is judged by that owner, however long its heartbeat takes (another host: the grace)
+    elsewhere, other = running_trial(storage_url, Owner("another-host", "another-boot", 1, 1), heartbeat=None)
+    assert abandoned_reason(elsewhere.trials[other], 600.0, now=start + 5 * OWNERLESS_S) is None
+    # nor is it a peer's running trial, which a run between trials waits for
+    assert peers_running([trial], 600.0, now=start + OWNERLESS_S + 1) == 0
 
 
 def test_finished_trials_are_never_taken_over(storage_url: str) -> None:
@@ -270,6 +290,26 @@ def test_processes_asking_at_once_get_a_queued_retry_once(storage_url: str) -> N
         assert got.count(queued.number) == 1 and len(set(got)) == 4  # one process runs the retry, the others new trials
         for t in study.get_trials(states=(TrialState.RUNNING,)):
             study.tell(t.number, state=TrialState.FAIL)
+
+
+@pytest.mark.slow
+def test_a_resume_takes_over_a_trial_left_before_it_named_its_owner(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CI run's resume after a full disk printed nothing for 300 s: the disk had filled between Optuna storing a
+    trial and bstune naming its owner, and the resume waited the grace period (600 s) for that trial's 'peer'."""
+    make_study(storage_url, 2).run()
+    left = optuna.load_study(study_name=NAME, storage=open_storage(storage_url)).ask()  # no owner, no heartbeat
+    monkeypatch.setattr("bstune.study._liveness.OWNERLESS_S", 1.0)  # a minute, shortened
+    time.sleep(1.5)
+    done: list[bstune.StudyResult] = []
+    resume = threading.Thread(target=lambda: done.append(make_study(storage_url, 4).run()), daemon=True)
+    resume.start()
+    resume.join(timeout=300)
+    assert done, "the resume waited for the trial that names no owner"
+    trials = optuna.load_study(study_name=NAME, storage=open_storage(storage_url)).trials
+    assert trials[left.number].state == TrialState.FAIL and trials[left.number].user_attrs["status"] == "interrupted"
+    assert count_finished(done[0].optuna_study) == 4  # type: ignore[arg-type]
 
 
 def test_an_interrupted_trial_whose_queueing_was_cut_short_runs_again_once_on_resume(storage_url: str) -> None:
