@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bstune._keys import HEARTBEAT_KEY, OWNER_KEY
 from bstune.study._file_lock import FileLock
-from bstune.study._liveness import Owner, abandoned_reason, stored_progress
+from bstune.study._liveness import OWNERLESS_S, Owner, abandoned_reason, stored_progress
 from bstune.study._storage import TAKE_LOCK_SUFFIX, lock_file, storage_file
 
 if TYPE_CHECKING:
@@ -82,9 +82,13 @@ def peers_running(trials: Sequence[FrozenTrial], grace_period: float, *, now: fl
     """The trials of one read of a study that run in another live process: not this process's (none runs while it
     counts: one of its own still stored as running was cut short), not abandoned, with a heartbeat within
     ``grace_period`` where it has written one (a peer stopped with Ctrl-Z writes none)."""
+    return len(_peer_trials(trials, grace_period, now=now))
+
+
+def _peer_trials(trials: Sequence[FrozenTrial], grace_period: float, *, now: float | None = None) -> list[FrozenTrial]:
     me = Owner.current()
     now = time.time() if now is None else now
-    n = 0
+    out = []
     for trial in trials:
         if trial.state != TrialState.RUNNING or abandoned_reason(trial, grace_period, now=now) is not None:
             continue
@@ -98,8 +102,19 @@ def peers_running(trials: Sequence[FrozenTrial], grace_period: float, *, now: fl
         beat = trial.system_attrs.get(HEARTBEAT_KEY)
         if isinstance(beat, int | float) and now - beat > grace_period:
             continue
-        n += 1
-    return n
+        out.append(trial)
+    return out
+
+
+def _who(trial: FrozenTrial, grace_period: float) -> str:
+    """Trial ``trial``, whose process is waited for, and when it would be taken over."""
+    owner = trial.system_attrs.get(OWNER_KEY)
+    if not isinstance(owner, dict):
+        return f"trial {trial.number} (no process named yet: taken over {min(grace_period, OWNERLESS_S):g} s after its start)"
+    here = owner.get("host") == Owner.current().host
+    return f"trial {trial.number} (pid {owner.get('pid')} on {owner.get('host')}" + (
+        ")" if here else f": taken over after {grace_period:g} s without a heartbeat)"
+    )
 
 
 def taken(study: optuna.Study, grace_period: float) -> int:
@@ -118,14 +133,16 @@ def wait_for_peers(study: optuna.Study, settings: StudySettings, on_poll: Callab
     A study's run ends once its ``n_trials`` are finished, so a run whose last trial ends
     while a peer's is still running waits for it rather than report a study still in progress.
     """
-    alive = peers_running(study.get_trials(deepcopy=False), settings.grace_period)
-    if not alive:
+    peers = _peer_trials(study.get_trials(deepcopy=False), settings.grace_period)
+    if not peers:
         return False
-    logger.info(
-        "waiting for %d trial%s running in another process on this study (n_trials counts them)",
-        alive,
-        "s" if alive != 1 else "",
+    # said at WARNING: the wait can last a whole grace period, and a console at its default level showed nothing
+    logger.warning(
+        "waiting for %s, running in another process on this study: n_trials counts %s",
+        ", ".join(_who(t, settings.grace_period) for t in peers),
+        "it" if len(peers) == 1 else "them",
     )
+    alive = len(peers)
     while alive:
         time.sleep(min(settings.heartbeat_interval, _PEER_POLL_S))
         on_poll()

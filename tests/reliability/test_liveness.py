@@ -7,6 +7,7 @@ process that has exited, processes racing to take over one trial).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import multiprocessing
 import subprocess
 import sys
@@ -35,7 +36,8 @@ from bstune.study._liveness import (
     retry_abandoned,
     retry_unqueued,
 )
-from bstune.study._trial_taking import peers_running
+from bstune.study._settings import StudySettings
+from bstune.study._trial_taking import peers_running, wait_for_peers
 from tests.reliability.worker import NAME, make_study
 
 GRACE = 60.0
@@ -290,6 +292,30 @@ def test_processes_asking_at_once_get_a_queued_retry_once(storage_url: str) -> N
         assert got.count(queued.number) == 1 and len(set(got)) == 4  # one process runs the retry, the others new trials
         for t in study.get_trials(states=(TrialState.RUNNING,)):
             study.tell(t.number, state=TrialState.FAIL)
+
+
+def test_a_run_that_waits_for_a_peers_trial_says_which_and_whose(
+    storage_url: str, sleeper: subprocess.Popen[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The resume that waited out a grace period for a trial naming no owner said so at INFO: a console at its
+    default level showed nothing for minutes."""
+    study, number = running_trial(storage_url, Owner.of(sleeper.pid), heartbeat=time.time())
+    _, ownerless = running_trial(storage_url, owner=None, heartbeat=None)
+    polls: list[int] = []
+
+    def end_them() -> None:  # the peers' trials end at the first look
+        polls.append(1)
+        for n in (number, ownerless):
+            study.tell(n, state=TrialState.FAIL)
+
+    with caplog.at_level(logging.WARNING, logger="bstune.study._trial_taking"):
+        waited = wait_for_peers(study, StudySettings(heartbeat_interval=0.05, grace_period=600.0), end_them)
+    assert waited and polls == [1]
+    assert (
+        f"waiting for trial {number} (pid {sleeper.pid} on {Owner.current().host}), trial {ownerless} (no process "
+        "named yet: taken over 60 s after its start), running in another process on this study: n_trials counts "
+        "them"
+    ) in caplog.text
 
 
 @pytest.mark.slow
