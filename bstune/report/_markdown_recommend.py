@@ -46,9 +46,11 @@ def _lr_cell(row: dict[str, Any]) -> str:
             f"here between the range tests' {_n(c0, '.3g')} at B={b0} and {_n(c1, '.3g')} at B={b1})"
         )
     if cap.get("lr_max"):
+        larger = " (a larger batch only raises the ceiling)" if row["batch_size"] > cap["batch_size"] else ""
         return (
             f"{_n(row['lr'], '.3g')} (the rule gives {_n(row['rule_lr'], '.3g')}, above the space's lr.max, "
-            f"where the LR range test at B={cap['batch_size']} still trained: raise lr.max to measure further)"
+            f"where the LR range test at B={cap['batch_size']} still trained{larger}: raise lr.max to measure "
+            "further)"
         )
     return (
         f"{_n(row['lr'], '.3g')} (the rule gives {_n(row['rule_lr'], '.3g')}, above the LR range test's "

@@ -204,7 +204,11 @@ def _capped_at_ceiling(
             if bb <= probe.batch_size
             else (bb, _power_between(bb, (probe.batch_size, small), (probe.large_batch, large)), False)
             if interpolated
-            else (probe.large_batch, large, probe.lr_ceiling_large_at_max or probe.lr_ceiling_at_max)
+            # a test at lr.max unbroken at the probe's batch: the larger one did not run (a larger batch only
+            # raises the ceiling), so the bound and where it was measured are the probe's batch's
+            else (probe.batch_size, small, True)
+            if probe.lr_ceiling_at_max
+            else (probe.large_batch, large, probe.lr_ceiling_large_at_max)
         )
         row: dict[str, Any] = {"batch_size": bb, "lr": lr}
         shown = max((r for b, r in trained if b <= bb), default=0.0)

@@ -463,7 +463,14 @@ def test_a_capped_row_at_a_ceiling_that_is_lr_max_says_so() -> None:
     row = next(r for r in report.recommended["lr_table"] if r["batch_size"] == 2048)
     assert row["lr"] == 0.15 and row["capped_at"]["lr_max"] is True
     md = render_markdown(report.data)
-    assert "above the space's lr.max, where the LR range test at B=256 still trained: raise lr.max" in md
+    # the test at B=32 reached lr.max, so none ran at 256 (the probe and the console say so): a newcomer's table
+    # named a test at B=256 that never ran
+    assert row["capped_at"]["batch_size"] == 32
+    assert (
+        "above the space's lr.max, where the LR range test at B=32 still trained (a larger batch only raises the "
+        "ceiling): raise lr.max" in md
+    )
+    assert "; none ran at 256: a larger batch only raises the ceiling" in md
     assert report.data["noise_scale"]["lr_ceiling_at_max"] is True
 
 
