@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -117,6 +118,18 @@ def _run(tmp_path: Path, *more: str, full_after_two: bool = False) -> subprocess
     return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
+def _trials(db: Path) -> list[tuple[Any, ...]]:
+    """Each trial's number, state and what bstune recorded of how it ended and who ran it: for a failure's message."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        attrs = "SELECT group_concat(a.key || '=' || substr(a.value_json, 1, 160), '; ') FROM {} a WHERE "
+        return con.execute(
+            "SELECT t.number, t.state, t.datetime_start, t.datetime_complete, "
+            f"({attrs.format('trial_user_attributes')} a.trial_id = t.trial_id AND a.key IN "
+            "('status', 'message', 'retry_of', 'samples')), "
+            f"({attrs.format('trial_system_attributes')} a.trial_id = t.trial_id) FROM trials t ORDER BY t.number"
+        ).fetchall()
+
+
 def _finished(db: Path) -> dict[int, float]:
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
         query = "SELECT t.number, v.value FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id"
@@ -146,4 +159,5 @@ def test_a_full_disk_mid_study_ends_in_one_line_and_the_study_resumes(tmp_path: 
     again = _run(tmp_path, *parallel, "--resume")
     assert again.returncode == 0, again.stderr
     after = _finished(db)
-    assert len(after) == 5 and after.items() >= kept.items()  # the trials finished before: kept as they were
+    # the trials finished before: kept as they were
+    assert len(after) == 5 and after.items() >= kept.items(), (full.stderr, again.stderr, _trials(db))
