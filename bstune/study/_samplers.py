@@ -22,7 +22,7 @@ def make_sampler(seed: int, n_trials: int, *, constant_liar: bool = False) -> op
         10
     """
     return optuna.samplers.TPESampler(
-        seed=seed,
+        seed=seed % 2**32,  # a worker's seed + index past NumPy's range wraps
         multivariate=True,
         n_startup_trials=min(10, max(3, n_trials // 4)),
         constant_liar=constant_liar,

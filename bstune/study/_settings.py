@@ -179,6 +179,8 @@ class StudySettings:
                 "grace_period",
                 f"must be at least twice heartbeat_interval ({self.heartbeat_interval!r} s), got {self.grace_period!r}",
             )
+        if (reason := count_reason(self.seed, minimum=0)) is not None or self.seed >= 2**32:
+            raise _bad("seed", reason or f"must be below 2**32 (NumPy's seeds), got {self.seed}")
         for name in ("rescore_top", "rescore_seeds", "num_workers"):
             if (reason := count_reason(getattr(self, name), minimum=0)) is not None:
                 raise _bad(name, reason)
