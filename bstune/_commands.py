@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from typing import Any
 
@@ -228,6 +229,8 @@ def cmd_crit(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.target_value is not None and not math.isfinite(args.target_value):
+        raise ConfigError(f"must be a finite number, got {args.target_value}", source="--target-value")
     result = load_result(args.folder)
     if args.target_metric is None:
         args.target_metric = "train_loss"

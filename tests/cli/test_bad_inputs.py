@@ -154,6 +154,13 @@ CASES: list[Case] = [
     ),
     Case(("train", "numpy_ok.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "64"), 0, (), one_line=False),
     Case(("report", "nosuchdir"), 2, ("nosuchdir", "no such folder")),
+    # a newcomer's nan was taken, and the report said "steps_to_target: target: must be finite, got nan"
+    Case(
+        ("report", "study", "--target-value", "nan"),
+        2,
+        ("--target-value", "must be a finite number, got nan"),
+        untouched=("study/report.json", "study/report.md", "study/report.html"),
+    ),
     Case(("report", "old.log"), 2, ("old.log: is a file (a study's storage?), not the --out folder",)),
     Case(  # an --out that cannot be made: said before the training, not a traceback after it
         ("train", "good.py", "--batch-size", "8", "--lr", "0.1", "--max-samples", "64", "--out", "good.py/sub"),
