@@ -10,6 +10,7 @@ from bstune.report._markdown_critical import target_text
 from bstune.report._schema import RECOMMENDATION_NOTES
 from bstune.report._text import interval as _ci
 from bstune.report._text import num as _n
+from bstune.training import SCHEDULE_SETTINGS
 
 __all__ = ["against_the_fit", "recommendation_lines"]
 
@@ -228,9 +229,15 @@ def recommendation_lines(data: dict[str, Any]) -> list[str]:
             if any(not k.startswith("model.") for k in never_read)
             else ""
         )
+        # a schedule's settings read (to log them) while a scheduler of the loop's own set the rates count too
+        followed = (
+            " (or, for the schedule's, read them while its optimizer's rate followed a schedule of its own)"
+            if never_read & SCHEDULE_SETTINGS
+            else ""
+        )
         out.append(
             f"**Not applied**: the search drew {drawn}, but the training function never read {it} from ctx.config "
-            f"or ctx.model_kwargs{helpers}: the loop trained with values of its own, so the trials say nothing about "
+            f"or ctx.model_kwargs{helpers}{followed}: the loop trained with values of its own, so the trials say nothing about "
             f"{'this setting' if len(never_read) == 1 else 'these settings'}. Read {it} in the loop, or leave {it} out "
             "of the space."
         )

@@ -7,6 +7,7 @@ from typing import Any
 
 from bstune.metrics import Direction
 from bstune.records import TrialStatus, last_value, rank_key
+from bstune.training import SCHEDULE_SETTINGS
 
 __all__ = ["format_summary"]
 
@@ -126,9 +127,10 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
         lines.append(f"  not the space's optimizer: {other} (the temperatures assume the space's)")
     unread = (best_record or {}).get("unread_params") or []
     if unread:
+        schedule = " (or, for the schedule's, did not follow them)" if set(unread) & SCHEDULE_SETTINGS else ""
         lines.append(
-            f"  not applied: the training function never read {', '.join(unread)} (its values above are the "
-            "search's draws, not what the loop trained with)"
+            f"  not applied: the training function never read {', '.join(unread)}{schedule} (its values above are "
+            "the search's draws, not what the loop trained with)"
         )
     return "\n".join(lines)
 

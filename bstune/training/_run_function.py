@@ -18,13 +18,16 @@ from bstune.optim import OptimizerSpec
 from bstune.training._config import TrainConfig
 from bstune.training._context import TrialContext, TrialFunction, TrialPruned, _Diverged
 from bstune.training._loop import Callback
-from bstune.training._read_config import warn_unread
+from bstune.training._read_config import SCHEDULE_SETTINGS, warn_unread
 from bstune.training._result import RunStatus, TrainResult, keep_progress
 from bstune.training._trial_scheduler import LRRamp
 
 __all__ = ["run_function"]
 
 logger = logging.getLogger("bstune.training._context")  # the name users' log filters already know
+
+
+_said_not_followed = False  # a loop whose optimizer's rate did not follow the trial's schedule: said once
 
 
 def run_function(
@@ -102,7 +105,12 @@ def run_function(
         logger.info("run ended %s: %s", ctx.status.value, ctx.message)
     # a run that trained no step (a probe's run stopped at its first batch) read what it reads in its loop body yet
     unread = ctx.unread_params() if ctx.status is RunStatus.COMPLETED and ctx.steps > 0 else []
-    warn_unread(unread)
+    not_followed = ctx.schedule_not_followed() if ctx.status is RunStatus.COMPLETED else None
+    warn_unread([k for k in unread if not (not_followed and k in SCHEDULE_SETTINGS)])  # those: said below
+    global _said_not_followed
+    if not_followed and not _said_not_followed:
+        _said_not_followed = True  # the loop is the same in every trial: said once per process
+        logger.warning("%s (said once)", not_followed)
     wall = time.perf_counter() - started
     result = TrainResult(
         config=config,

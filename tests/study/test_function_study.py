@@ -826,6 +826,73 @@ def test_a_searched_parameter_the_loop_never_read_is_marked_in_the_recommendatio
     assert "not applied: the training function never read model.hiden, weight_decay" in summary
 
 
+def _own_schedule(torch_scheduler: bool) -> Callable[[TrialContext], None]:
+    """A newcomer's loop: it logs the whole config (as wandb does) and steps torch's CosineAnnealingLR, or (without
+    ``torch_scheduler``) applies the trial's warmup and schedule by hand from ctx.config, step by step."""
+
+    def train(ctx: TrialContext) -> None:
+        logged = dict(ctx.config)  # every key read, to be logged
+        model = net().to(ctx.device)
+        opt = ctx.make_optimizer(model.parameters())
+        steps = ctx.budget_samples // ctx.batch_size
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if torch_scheduler else None
+        for xb, yb in ctx.loader(TRAIN):
+            if sched is None:  # the trial's rate at this step, as bstune.training.lr_at gives it
+                for group in opt.param_groups:
+                    group["lr"] = bstune.training.lr_at(ctx.train_config, ctx.samples)
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            ctx.step(loss)
+            if ctx.at_milestone():
+                with torch.no_grad():
+                    ctx.report(val_loss=F.cross_entropy(model(VX), VY), width=len(logged))
+
+    return train
+
+
+@pytest.mark.parametrize("torch_scheduler", [True, False])
+def test_schedule_settings_read_but_not_followed_are_not_applied(
+    torch_scheduler: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newcomer's loop read every key to log it and stepped torch's CosineAnnealingLR: the report said "Train with
+    ... warmup_fraction = 0.1459, schedule = cosine" and warned of nothing, though no step ever warmed up."""
+    from bstune.report import build_report, render_markdown
+    from bstune.study import format_summary
+
+    space = SPACE | {
+        "lr": {"min": 1e-2, "max": 0.3},  # no trial diverges
+        "params": {
+            "warmup_fraction": {"type": "float", "low": 0.05, "high": 0.3},
+            "schedule": {"type": "categorical", "choices": ["linear", "cosine"]},
+        },
+    }
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr("bstune.training._run_function._said_not_followed", False)
+    try:
+        with caplog.at_level(logging.WARNING, logger="bstune"):
+            result = bstune.Study(
+                _own_schedule(torch_scheduler), space, **(ARGS | {"n_trials": 2, "rescore_top": 0, "pruner": "none"})
+            ).run()
+    finally:
+        monkey.undo()
+    completed = [t for t in result.trials if t.status == "completed"]
+    assert len(completed) == 2
+    said = "the optimizer from ctx.make_optimizer did not follow the trial's learning-rate schedule (schedule="
+    if torch_scheduler:
+        assert all(t.unread_params == ["schedule", "warmup_fraction"] for t in completed)
+        assert said in caplog.text and "the first at step 0 with rate" in caplog.text
+        assert "never read the space's searched parameter" not in caplog.text  # it read them: said as not followed
+        text = render_markdown(build_report(result).data)
+        assert "(or, for the schedule's, read them while its optimizer's rate followed a schedule of its own)" in text
+        assert "(or, for the schedule's, did not follow them)" in format_summary(result.to_dict())
+    else:  # by hand, step by step: followed
+        assert all(t.unread_params == [] for t in completed) and said not in caplog.text
+
+
 def test_searched_settings_applied_through_the_helpers_are_not_marked() -> None:
     """The shared loop builds its optimizer with ctx.make_optimizer and its schedule with ctx.lr_scheduler: the
     weight decay and warmup the space searched reached the run, though the loop never read them itself."""
