@@ -28,6 +28,7 @@ same way at once: marked ``interrupted``, failed, and queued again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -46,6 +47,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from bstune._keys import HEARTBEAT_KEY, OWNER_KEY
 from bstune.records import TrialStatus
 from bstune.study._optuna_compat import rdb_of, storage_of, swap_state, trial_id_of
+from bstune.training import trained_before
 
 __all__ = [
     "HEARTBEAT_KEY",
@@ -457,8 +459,13 @@ def with_heartbeat(
         except optuna.TrialPruned:
             ended.state = TrialState.PRUNED
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if not beat.lost:
+                # what it trained up to the interrupt (the last milestone's count, kept as it went, is short of it)
+                samples, _ = trained_before(exc)
+                if samples:
+                    with contextlib.suppress(Exception):  # a storage that fails here fails the requeue too, said
+                        trial.set_user_attr("samples", samples)
                 requeue_interrupted(trial)
             raise
         except Exception:

@@ -507,7 +507,7 @@ def train(
             message = f"out of memory at batch_size={config.batch_size}: {str(exc).splitlines()[0]}"
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        except Exception as exc:  # the task's code raised: it goes up, with what the run had trained
+        except (Exception, KeyboardInterrupt) as exc:  # the task's code raised, or Ctrl-C: up, with what it trained
             if run is not None:
                 keep_progress(exc, run.samples, run.step)
             raise

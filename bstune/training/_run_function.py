@@ -91,7 +91,7 @@ def run_function(
                 ctx.message = f"out of memory at batch_size={config.batch_size}: {str(exc).splitlines()[0]}"
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-            except Exception as exc:  # the function raised: it goes up, with what the run had trained
+            except (Exception, KeyboardInterrupt) as exc:  # the function raised, or Ctrl-C: up, with what it trained
                 keep_progress(exc, ctx.samples, ctx.steps)
                 raise
     finally:

@@ -71,9 +71,10 @@ def test_non_finite_loss_is_divergence_even_without_the_factor(blob_task: bstune
     assert "inf" in run.message or "nan" in run.message
 
 
-def test_a_model_that_raises_goes_up_with_what_the_run_trained(blob_task: bstune.Task) -> None:
-    """A model that raises mid-run: the error goes up, with the samples and steps the run had trained (a study
-    counts them for the failed trial)."""
+@pytest.mark.parametrize("error", [RuntimeError("model broke"), KeyboardInterrupt()])
+def test_a_model_that_raises_goes_up_with_what_the_run_trained(blob_task: bstune.Task, error: BaseException) -> None:
+    """A model that raises mid-run, or Ctrl-C: the error goes up, with the samples and steps the run had trained (a
+    study counts them for the failed trial, and for the interrupted one, which kept its last milestone's count)."""
 
     class Breaks(torch.nn.Module):
         def __init__(self) -> None:
@@ -84,10 +85,10 @@ def test_a_model_that_raises_goes_up_with_what_the_run_trained(blob_task: bstune
             if self.training:
                 self.calls += 1
                 if self.calls > 12:
-                    raise RuntimeError("model broke")
+                    raise error
             return self.inner(x)  # type: ignore[no-any-return]
 
-    with pytest.raises(RuntimeError, match="model broke") as info:
+    with pytest.raises(type(error)) as info:
         bstune.train(blob_task, bstune.TrainConfig(batch_size=16, lr=0.1, max_samples=2048), model=Breaks())
     assert trained_before(info.value) == (12 * 16, 12)
 
