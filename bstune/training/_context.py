@@ -95,6 +95,7 @@ SPIN_READS = 100_000
 RATE_SLACK = 0.2
 _late_report_said = False  # a report a step or more past its milestone: said once per process
 _between_report_said = False  # a report between milestones (not recorded): said once per process, not per trial
+_last_unreported_said = False  # a trial that trained its budget without reporting its last milestone: said once
 
 
 class TrialContext:
@@ -777,3 +778,20 @@ class TrialContext:
             self.message = (
                 f"the function returned after {self.samples:,} of its {self._train_config.max_samples:,} samples"
             )
+        elif self._evaluate and self.history and self._next < len(self._marks) and not self._stopped:
+            # trained its budget, but its last evaluation came before the last milestone (a loop that evaluates
+            # every N steps of its own): its value is from fewer samples than the trials it is ranked against
+            global _last_unreported_said
+            last = self.history[-1]
+            self.message = (
+                f"its last milestone ({self._marks[-1]:,} samples) was not reported: its value is the evaluation "
+                f"recorded for {last.milestone:,} samples (at {last.samples:,}); report when ctx.at_milestone()"
+            )
+            if not _last_unreported_said:
+                _last_unreported_said = True
+                logger.warning(
+                    "a trial trained its %s samples but reported no evaluation at its last milestone, so its value is "
+                    "an earlier one's, ranked against trials evaluated at the end: report when ctx.at_milestone() "
+                    "is True (said once; each such trial's message says so)",
+                    f"{self._train_config.max_samples:,}",
+                )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -510,6 +511,32 @@ def test_a_loss_that_blows_up_ends_the_run_diverged(bad: float) -> None:
     result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=3200))
     assert result.status is RunStatus.DIVERGED and result.samples == 6 * 32
     assert "at step 5 (samples 160)" in result.message  # as the trainer says it: samples before the step
+
+
+def test_a_run_that_trained_its_budget_without_reporting_its_last_milestone_says_so(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newcomer's loop evaluated every 7 steps of its own: a trial "completed" with its value from 2,716 of 3,000
+    samples, ranked against trials evaluated at 3,000, and nothing said so."""
+    monkeypatch.setattr("bstune.training._context._last_unreported_said", False)
+
+    def fn(ctx: TrialContext) -> None:
+        for _ in ctx.loader(TRAIN):
+            ctx.step(1.0)
+            if ctx.steps % 7 == 0:
+                ctx.report(val_loss=0.5)
+
+    with caplog.at_level(logging.WARNING, logger="bstune"):
+        result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=3200))  # 100 steps: 98 the last
+    # recorded: the first report past each milestone; the last at step 91, past 2,880
+    assert result.status is RunStatus.COMPLETED and result.history[-1].samples == 91 * 32
+    assert result.message == (
+        "its last milestone (3,200 samples) was not reported: its value is the evaluation recorded for 2,880 samples "
+        "(at 2,912); report when ctx.at_milestone()"
+    )
+    assert "reported no evaluation at its last milestone" in caplog.text
+    done, _ = run_function(loop, TrainConfig(batch_size=32, lr=0.1, max_samples=3200))  # at its milestones
+    assert done.message == ""
 
 
 class HostReads(torch.overrides.TorchFunctionMode):
