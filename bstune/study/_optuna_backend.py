@@ -129,6 +129,11 @@ def _store_untold(study: optuna.Study | None, untold: Untold | None) -> None:
             logger.log(level, "the interrupted trial's outcome was not stored: %s: %s", type(exc).__name__, exc)
 
 
+def _given_up(study: optuna.Study) -> int:
+    """The trials of ``study`` given up (interrupted: killed, abandoned, Ctrl-C), whose configs run again."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == TrialStatus.INTERRUPTED)
+
+
 class OptunaBackend(TrialBackend):
     """Trials drawn and pruned by Optuna: one after the other in this process, or in worker processes.
 
@@ -321,8 +326,18 @@ class OptunaBackend(TrialBackend):
                 finished,
             )
         if settings.workers > 1:
-            run_workers(study, settings, pickled((spec, planner, str(self._url))), work_on, where=self.storage_name())
-            wait_for_peers(study, settings, lambda: None)  # trials another run on this storage counts in n_trials
+            payload = pickled((spec, planner, str(self._url)))
+            while True:
+                before = _given_up(study)
+                run_workers(study, settings, payload, work_on, where=self.storage_name())
+                # trials another run on this storage counts in n_trials: waited for; where one was given up meanwhile
+                # (its process gone, or one that named none: the workers stopped while it counted), its retry is this
+                # run's to train, so the workers start again. Workers that stopped with none given up stopped for
+                # good (n_trials reached, or failing code)
+                if wait_for_peers(study, settings, lambda: None):
+                    retry_abandoned(study, settings.grace_period)
+                if count_finished(study) >= settings.n_trials or _given_up(study) == before:
+                    break
             return trial_records(study.get_trials(deepcopy=False))
         study.sampler = planner.sampler(study.sampler)
         self._since, self._stopped = datetime.datetime.now(), False

@@ -256,6 +256,23 @@ def test_two_workers_finish_exactly_n_trials_with_different_configs(
 
 
 @pytest.mark.slow
+def test_a_resume_on_two_workers_runs_again_a_trial_given_up_while_it_waited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk left a trial running that named no owner; the two-worker resume counted it as a peer's, waited
+    for it to be given up, and ended with 4 trials complete of 5: it never ran that trial's retry."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    study(make_task(), storage, n_trials=3, parallel_trials=1).run()
+    left = optuna.load_study(study_name=study(make_task(), storage).study_name, storage=storage).ask()
+    monkeypatch.setattr("bstune.study._liveness.OWNERLESS_S", 3.0)  # a minute, shortened, in this process
+    result = study(make_task(), storage, n_trials=4).run()  # its workers find 3 done and one running: 4 taken
+    trials = {t.number: t for t in result.optuna_study.trials}  # type: ignore[union-attr]
+    assert trials[left.number].state == TrialState.FAIL
+    assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == 4
+    assert count_finished(result.optuna_study) == 4
+
+
+@pytest.mark.slow
 def test_a_prior_study_on_two_workers_draws_from_the_prior_in_each_and_keeps_the_probes_run(tmp_path: Path) -> None:
     """Each worker wraps its sampler in the prior's draws (chosen by trial number alone, so the workers agree);
     the probe's run, recorded before the workers start, is trial 0 of the n_trials."""
