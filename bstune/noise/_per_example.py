@@ -395,7 +395,7 @@ class PerExampleNorms:
                         "across the batch (a positional embedding, say) has no per-example gradient. Give its "
                         "input the batch dimension, e.g. pos(torch.arange(T, device=x.device).expand(B, T)) "
                         "rather than pos(torch.arange(T)) (the same values, broadcast the same way), or tune "
-                        "without the noise scale (mode='baseline')"
+                        "without the noise scale (mode='baseline'; bstune run --mode baseline)"
                     )
                 )
                 return

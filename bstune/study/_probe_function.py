@@ -73,7 +73,7 @@ __all__ = ["probe_function", "probe_params"]
 
 logger = logging.getLogger(__name__)
 
-_WITHOUT = "or give the study a known B_noise and LR ceiling (prior settings), or run mode='baseline' (no probe)"
+_WITHOUT = "or tune without the probe: mode='baseline' (bstune run --mode baseline)"
 
 
 def probe_params(space: SearchSpace) -> dict[str, Any]:

@@ -166,8 +166,8 @@ class LoopNoiseTracker:
             norms.remove()
             raise ConfigError(
                 f"no trainable parameter of {type(model).__name__} sits in a layer whose per-example gradients "
-                f"bstune can read ({', '.join(norms.uncovered()[:5])}); give the study prior settings "
-                "(a known B_noise) or run mode='baseline'",
+                f"bstune can read ({', '.join(norms.uncovered()[:5])}); tune without the noise scale: "
+                "mode='baseline' (bstune run --mode baseline)",
                 source="ctx.noise_tracker",
             )
         if norms.uncovered():

@@ -44,8 +44,8 @@ class LRRamp:
         return ConfigError(
             f"the LR range test's loss went below 0 ({value:.4g}): its stopping rule, twice the lowest loss, needs a "
             "loss bounded below by 0 (cross entropy, a squared error). Pass the range test a loss shifted to stay "
-            "at or above 0 (e.g. a Gaussian NLL less its floor), or give the study a known B_noise and LR ceiling "
-            "(prior settings), or run mode='baseline' (no probe)",
+            "at or above 0 (e.g. a Gaussian NLL less its floor), or tune without the probe: mode='baseline' "
+            "(bstune run --mode baseline)",
             source=source,
         )
 

@@ -268,7 +268,11 @@ class _NoScheduler:
 
 
 def test_the_prior_mode_names_what_the_probe_needs_from_the_loop() -> None:
-    with pytest.raises(ConfigError, match=r"ctx.lr_scheduler\(optimizer\).*mode='baseline'"):
+    # the way round it, said for the command line too (a newcomer was told of "prior settings", which have no
+    # option there, nor any setting that gives a known B_noise)
+    with pytest.raises(
+        ConfigError, match=r"ctx.lr_scheduler\(optimizer\).*mode='baseline' \(bstune run --mode baseline\)$"
+    ):
         bstune.Study(_NoScheduler(), SPACE, **(ARGS | {"mode": "prior"})).run()
 
     def no_tracker(ctx: TrialContext) -> None:
