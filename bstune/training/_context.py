@@ -493,18 +493,30 @@ class TrialContext:
             return self._is_done()
         if self._ramp is not None:  # the range test's rule reads every step's loss: a short run, read as it goes
             return self._ramp_step(float(loss.detach() if isinstance(loss, torch.Tensor) else loss))
-        taken = loss.detach().reshape(()) if isinstance(loss, torch.Tensor) else float(loss)
+        # a copy on the device (no sync): a loop that reuses its loss buffer in place (a CUDA graph's output) would
+        # overwrite the kept value before it is read
+        taken = loss.detach().reshape(()).clone() if isinstance(loss, torch.Tensor) else float(loss)
         self._unread.append((taken, self.steps - 1, self.samples - self._step_samples))
         if not isinstance(taken, torch.Tensor) or len(self._unread) >= _LOSS_CHECK_EVERY:  # a number: read already
             self._read_losses()
         return self._is_done()
+
+    def _diverged_unread(self) -> bool:
+        """Whether a step not read yet diverged (the run then ends diverged, as it would have at the read): read when
+        the loop's own code raised, on a model a non-finite step may have left it (an sklearn metric on NaN)."""
+        try:
+            self._read_losses()
+        except _Diverged:
+            return True
+        return False
 
     def _read_losses(self) -> None:
         """Read the unread steps' losses on the host (one sync for the tensors) and check them in step order."""
         unread, self._unread = self._unread, []
         tensors = [v for v, _, _ in unread if isinstance(v, torch.Tensor)]
         # stacked on the first one's device (a model spread over devices may give its loss on another)
-        read = iter(torch.stack([t.to(tensors[0].device, torch.float64) for t in tensors]).tolist() if tensors else [])
+        # (float32: MPS has no float64)
+        read = iter(torch.stack([t.to(tensors[0].device, torch.float32) for t in tensors]).tolist() if tensors else [])
         values = [next(read) if isinstance(v, torch.Tensor) else v for v, _, _ in unread]
         for value, (_, step, before) in zip(values, unread, strict=True):
             self._check_divergence(value, step, before)
@@ -532,8 +544,10 @@ class TrialContext:
         if opt is None or not opt.param_groups:
             return
         applied = float(opt.param_groups[0]["lr"]) / ratio
-        step = self.steps - 1  # the step just counted: its rate, or the next one's (set after opt.step())
-        wanted = (self._lr_of_step(step), self._lr_of_step(step + 1))
+        # the step just counted: its rate, or the next one's (set after opt.step()), at the samples really trained
+        # (a loop's own loader has short batches; lr_at(ctx.train_config, ctx.samples) is the hand-made recipe)
+        step, before = self.steps - 1, self.samples - self._step_samples
+        wanted = (lr_at(self._rates, before), lr_at(self._rates, self.samples))
         self._rate_checked += 1
         if not any(abs(applied - w) <= RATE_SLACK * w for w in wanted):
             self._rate_missed += 1

@@ -92,8 +92,11 @@ def run_function(
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             except (Exception, KeyboardInterrupt) as exc:  # the function raised, or Ctrl-C: up, with what it trained
-                keep_progress(exc, ctx.samples, ctx.steps)
-                raise
+                if isinstance(exc, Exception) and ctx._diverged_unread():
+                    pass  # it raised on a model a step had already sent non-finite: the run diverged, said so
+                else:
+                    keep_progress(exc, ctx.samples, ctx.steps)
+                    raise
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
@@ -105,7 +108,9 @@ def run_function(
         logger.info("run ended %s: %s", ctx.status.value, ctx.message)
     # a run that trained no step (a probe's run stopped at its first batch) read what it reads in its loop body yet
     unread = ctx.unread_params() if ctx.status is RunStatus.COMPLETED and ctx.steps > 0 else []
-    not_followed = ctx.schedule_not_followed() if ctx.status is RunStatus.COMPLETED else None
+    # said where the space searches the schedule (its draws would be recorded and recommended as applied)
+    searched = SCHEDULE_SETTINGS & set(ctx._searched)
+    not_followed = ctx.schedule_not_followed() if ctx.status is RunStatus.COMPLETED and searched else None
     warn_unread([k for k in unread if not (not_followed and k in SCHEDULE_SETTINGS)])  # those: said below
     global _said_not_followed
     if not_followed and not _said_not_followed:

@@ -604,6 +604,90 @@ def test_a_step_that_diverged_after_the_last_read_ends_the_run_diverged_when_the
     assert "at step 99 (samples 3168)" in result.message
 
 
+def test_a_loop_that_raises_on_the_model_a_diverged_step_left_ends_diverged_not_failed() -> None:
+    # a review: with the losses read every 16 steps, a loop's own code (an sklearn metric on NaN outputs) raised
+    # first, and the trial counted as failed code (three of those and the study gives up), not as diverged
+    def fn(ctx: TrialContext) -> None:
+        for i, _ in enumerate(ctx.loader(TRAIN)):
+            ctx.step(torch.tensor(math.inf if i == 3 else 1.0))
+            if i == 8:
+                raise ValueError("Input contains NaN")
+
+    result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=3200))
+    assert result.status is RunStatus.DIVERGED and "training loss became inf at step 3 (samples 96)" in result.message
+
+    def broken(ctx: TrialContext) -> None:  # no step diverged: the loop's error goes up as before
+        for i, _ in enumerate(ctx.loader(TRAIN)):
+            ctx.step(torch.tensor(1.0))
+            if i == 8:
+                raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        run_function(broken, TrainConfig(batch_size=32, lr=0.1, max_samples=3200))
+
+
+def test_a_loss_buffer_the_loop_reuses_in_place_is_kept_as_each_step_gave_it() -> None:
+    # a review: the kept loss was a view, so a buffer overwritten each step (a CUDA graph's output) hid the inf
+    def fn(ctx: TrialContext) -> None:
+        buffer = torch.zeros(())
+        for i, _ in enumerate(ctx.loader(TRAIN)):
+            buffer.copy_(torch.tensor(math.inf if i == 5 else 1.0))
+            ctx.step(buffer)
+
+    result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=3200))
+    assert result.status is RunStatus.DIVERGED and "at step 5" in result.message
+
+
+def _own_cosine(hand: bool) -> Callable[[TrialContext], None]:
+    """A loop with its own loader (short last batches counted with samples=) whose rate follows the trial's cosine
+    by hand (``hand``, lr_at at the samples trained), or torch's CosineAnnealingLR."""
+
+    def fn(ctx: TrialContext) -> None:
+        ctx.config.get("schedule")  # read, as a loop that logs its config reads it
+        model = net()
+        opt = ctx.make_optimizer(model.parameters())
+        sched = None if hand else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=40)
+        data = torch.utils.data.TensorDataset(X[:100], Y[:100])
+        while not ctx.done:
+            for xb, yb in torch.utils.data.DataLoader(data, batch_size=ctx.batch_size):
+                if hand:
+                    for group in opt.param_groups:
+                        group["lr"] = lr_at(ctx.train_config, ctx.samples)
+                loss = F.cross_entropy(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                if ctx.step(loss, samples=len(xb)):
+                    break
+
+    return fn
+
+
+@pytest.mark.parametrize("hand", [True, False])
+def test_the_schedule_check_follows_the_samples_trained_and_speaks_only_of_a_searched_schedule(
+    hand: bool, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a review: the rates expected were those of full batches, so a cosine followed by hand at the samples trained
+    # (100 examples in batches of 32, 32, 32, 4) was "not applied"
+    monkeypatch.setattr("bstune.training._run_function._said_not_followed", False)
+    config = TrainConfig(batch_size=32, lr=0.1, max_samples=3200, schedule="cosine")
+    with caplog.at_level(logging.WARNING, logger="bstune"):
+        result, ctx = run_function(_own_cosine(hand), config, params={"schedule": "cosine", "lr": 0.1})
+    assert result.status is RunStatus.COMPLETED
+    assert (ctx.schedule_not_followed() is None) == hand
+    assert result.unread_params == ([] if hand else ["schedule"])
+    assert ("did not follow the trial's learning-rate schedule" in caplog.text) != hand
+    # torch's scheduler where the space searches no schedule: the study records the constant rate it meant, and
+    # nothing it recommends names a schedule, so nothing is said
+    monkeypatch.setattr("bstune.training._run_function._said_not_followed", False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bstune"):
+        run_function(_own_cosine(False), TrainConfig(batch_size=32, lr=0.1, max_samples=3200), params={"lr": 0.1})
+    assert "did not follow" not in caplog.text
+
+
 def test_a_loss_of_many_numbers_is_refused_with_what_to_pass() -> None:
     def fn(ctx: TrialContext) -> None:
         for x, y in ctx.loader(TRAIN):
