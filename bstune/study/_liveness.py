@@ -15,10 +15,10 @@ bstune records, on every trial it runs, in the trial's system attributes:
 A ``RUNNING`` trial is *abandoned* when its owner is on this host and that process is
 gone (or its pid now belongs to a younger process), or, for an owner elsewhere, when its
 last heartbeat (its start, if it never beat) is older than ``grace_period``. A trial
-that names no owner a minute after it started (``OWNERLESS_S``) is abandoned too: bstune
-records the owner first thing in a trial, so its process stopped between Optuna storing
-the trial and that write (killed, or its disk full), and a resume waited out the whole
-grace period for it (ten minutes, silent). An
+that names no owner three minutes after it started (``OWNERLESS_S``) is abandoned too:
+bstune records the owner first thing in a trial, so its process stopped between Optuna
+storing the trial and that write (killed, or its disk full), and a resume waited out the
+whole grace period for it (ten minutes, silent). An
 abandoned trial is marked ``interrupted`` and failed with an atomic compare-and-set
 (``RUNNING -> FAIL``), so when several processes notice it at once exactly one wins,
 and only the winner enqueues its parameters again (``retry_of`` names the original).
@@ -71,9 +71,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-# seconds after its start that a running trial naming no owner is abandoned (or grace_period, if shorter):
-# a live bstune process names itself milliseconds after Optuna stores the trial
-OWNERLESS_S = 60.0
+# seconds after its start that a running trial naming no owner is abandoned (or grace_period, if shorter): a live
+# bstune process names itself milliseconds after Optuna stores the trial, but on a contended SQLite file each of the
+# writes in between may wait out the lock (_storage._SQLITE_LOCK_WAIT_S, 60 s): three of those
+OWNERLESS_S = 180.0
 
 
 @cache

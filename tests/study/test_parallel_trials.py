@@ -264,7 +264,7 @@ def test_a_resume_on_two_workers_runs_again_a_trial_given_up_while_it_waited(
     storage = f"sqlite:///{tmp_path}/s.db"
     study(make_task(), storage, n_trials=3, parallel_trials=1).run()
     left = optuna.load_study(study_name=study(make_task(), storage).study_name, storage=storage).ask()
-    monkeypatch.setattr("bstune.study._liveness.OWNERLESS_S", 3.0)  # a minute, shortened, in this process
+    monkeypatch.setattr("bstune.study._liveness.OWNERLESS_S", 3.0)  # three minutes, shortened, here
     result = study(make_task(), storage, n_trials=4).run()  # its workers find 3 done and one running: 4 taken
     trials = {t.number: t for t in result.optuna_study.trials}  # type: ignore[union-attr]
     assert trials[left.number].state == TrialState.FAIL
