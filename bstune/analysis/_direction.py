@@ -38,7 +38,8 @@ def direction_doubt(trials: Iterable[TrialLike], objective: str, direction: Dire
         >>> direction_doubt(rising, "val_score", "maximize") is None
         True
     """
-    if infer_direction(objective) is not None:  # a loss, an accuracy: the name settles it, overfitting does not
+    # a loss, an accuracy: the name settles it, overfitting does not (whole words: lossless_ratio says nothing)
+    if infer_direction(objective, whole_words=True) is not None:
         return None
     direction = Direction(direction)
     curves = []

@@ -481,9 +481,10 @@ def pruned_flat(trials: Iterable[TrialLike], gap: GapSummary) -> set[int]:
     :attr:`~GapSummary.learned_below`, and less of a fall from the first to the last than a learner's whole
     margin. A pruned trial is stopped early, so one merely slow at its first rung (falling between evaluations,
     or evaluated once) is kept: its bound on S(B) stands. One at chance throughout (1.82, 1.80, 1.81 against
-    ln 6 = 1.79) ran at a rate that does not train, and bounds nothing. Only evaluations at half the trial's
-    rate or more count (its ``lr`` where each evaluation recorded the rate): a trial pruned inside a long
-    warmup sat flat at a tenth of its rate, which says nothing of the rate it was sampled at.
+    ln 6 = 1.79) ran at a rate that does not train, and bounds nothing. Only evaluations from the first at half the
+    trial's rate or more count (its ``lr`` where each evaluation recorded the rate): a trial pruned inside a
+    long warmup sat flat at a tenth of its rate, which says nothing of the rate it was sampled at; a decay's late
+    evaluations still count.
 
     Example:
         >>> done = [{"status": "completed", "batch_size": 8, "lr": 0.1, "number": 0,
@@ -502,12 +503,13 @@ def pruned_flat(trials: Iterable[TrialLike], gap: GapSummary) -> set[int]:
         if field_of(trial, "status") != TrialStatus.PRUNED or number is None:
             continue
         rate = finite(field_of(trial, "lr"))
-        losses = [
-            x
-            for r in field_of(trial, "history") or []
-            if (x := finite(r.get("train_loss"))) is not None
-            and (rate is None or (lr := finite(r.get("lr"))) is None or lr >= 0.5 * rate)
-        ]
+        rows = list(field_of(trial, "history") or [])
+        # the evaluations from the first at half its rate on: a warmup's leading ones left out, a decay's kept
+        first = next(
+            (i for i, r in enumerate(rows) if rate is None or (lr := finite(r.get("lr"))) is None or lr >= 0.5 * rate),
+            len(rows),
+        )
+        losses = [x for r in rows[first:] if (x := finite(r.get("train_loss"))) is not None]
         if len(losses) >= 2 and losses[-1] >= below and losses[0] - losses[-1] < start - below:
             out.add(int(number))
     return out

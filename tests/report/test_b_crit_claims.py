@@ -167,6 +167,12 @@ def test_a_pruned_trial_at_chance_bounds_nothing_and_a_slow_one_stays_a_bound() 
     data, _ = _report([*trials, warming, slow])
     assert "left_out_barely_learned" not in data["critical_batch"]
     assert 512 in [p["batch_size"] for p in data["critical_batch"]["points"]]
+    # flat at its rate, then decayed below half of it: still flat, still left out (a decay's evaluations count)
+    decayed = dataclasses.replace(stuck, history=[dict(r) for r in stuck.history])
+    for rec, share in zip(decayed.history, (1.0, 1.0, 0.4, 0.2), strict=False):
+        rec["lr"] = share * decayed.lr
+    data, _ = _report([*trials, decayed, slow])
+    assert data["critical_batch"]["left_out_barely_learned"] == [{"trial": 3, "batch_size": 512, "pruned": True}]
 
 
 def test_steps_flat_in_b_get_a_constant_lr_table_that_says_so() -> None:

@@ -329,3 +329,13 @@ def test_a_target_direction_against_a_guess_from_part_of_a_words_name_stands() -
             h["lossless_ratio"] = h["val_accuracy"]
     assert result.direction_of("lossless_ratio", given="maximize") is bstune.Direction.MAXIMIZE
     assert result.direction_of("lossless_ratio") is bstune.Direction.MINIMIZE  # the guess, where nothing is given
+
+
+def test_the_direction_doubt_reads_a_name_by_whole_words() -> None:
+    """A review: lossless_ratio, maximized by the user's word (its name's guess gives way), skipped the check of a
+    direction that made the objective worse in most trials, as if its name settled the direction."""
+    from bstune.analysis._direction import direction_doubt
+
+    falling = [{"status": "completed", "history": [{"lossless_ratio": v} for v in (0.9, 0.6, 0.2)]}] * 3
+    assert direction_doubt(falling, "lossless_ratio", "maximize") is not None
+    assert direction_doubt(falling, "val_loss", "maximize") is None  # a whole word: the name settles it
