@@ -543,7 +543,10 @@ class TrialContext:
         opt, ratio = self._made[-1][0](), self._made[-1][1]
         if opt is None or not opt.param_groups:
             return
-        applied = float(opt.param_groups[0]["lr"]) / ratio
+        lr = opt.param_groups[0]["lr"]
+        if isinstance(lr, torch.Tensor):  # a capturable or fused optimizer's rate on the device: reading it syncs
+            return
+        applied = float(lr) / ratio
         # the step just counted: its rate, or the next one's (set after opt.step()), at the samples really trained
         # (a loop's own loader has short batches; lr_at(ctx.train_config, ctx.samples) is the hand-made recipe)
         step, before = self.steps - 1, self.samples - self._step_samples

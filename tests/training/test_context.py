@@ -570,6 +570,24 @@ def test_a_tensor_loss_is_read_on_the_host_every_16_steps_not_every_step() -> No
     assert reads == [64 // 16]
 
 
+def test_a_rate_held_as_a_tensor_on_the_device_is_not_read_every_step() -> None:
+    # a capturable or fused optimizer keeps its rate as a tensor: the schedule check read it with float() each step
+    reads: list[int] = []
+
+    def fn(ctx: TrialContext) -> None:
+        opt = ctx.make_optimizer(net().parameters())
+        for group in opt.param_groups:
+            group["lr"] = torch.tensor(group["lr"])
+        host = HostReads()
+        for _ in ctx.loader(TRAIN):
+            with host:
+                ctx.step(torch.tensor(1.0))
+        reads.append(host.count)
+
+    result, _ = run_function(fn, TrainConfig(batch_size=32, lr=0.1, max_samples=32 * 64))
+    assert result.status is RunStatus.COMPLETED and reads == [64 // 16]  # the losses' reads alone
+
+
 @pytest.mark.parametrize("bad", [math.nan, 1e9])
 def test_a_tensor_loss_that_blows_up_ends_the_run_at_the_next_read_and_names_its_step(bad: float) -> None:
     def fn(ctx: TrialContext) -> None:
