@@ -49,8 +49,9 @@ from bstune.errors import BatchLargerThanDataError, ConfigError
 from bstune.noise import resolve_device
 from bstune.optim import OptimizerSpec, warn_on_other_optimizer
 from bstune.training._config import TrainConfig
-from bstune.training._loop import _LOSS_CHECK_EVERY, Callback, _as_decision, _milestones
+from bstune.training._loop import Callback, _as_decision, _milestones
 from bstune.training._loop_noise import LoopNoiseTracker
+from bstune.training._losses import Diverged, LossWatch
 from bstune.training._read_config import CHECKED_SETTINGS, OPTIMIZER_SETTINGS, SCHEDULE_SETTINGS, ReadConfig
 from bstune.training._result import Decision, EvalRecord, RunStatus
 from bstune.training._sampling import StreamBatchSampler
@@ -74,8 +75,7 @@ class TrialPruned(Exception):
     """
 
 
-class _Diverged(Exception):
-    """The loss became non-finite or blew up: the trial ends ``diverged``."""
+_Diverged = Diverged  # the loss became non-finite or blew up: the trial ends ``diverged``
 
 
 _NO_OPTIMIZER = {
@@ -198,13 +198,11 @@ class TrialContext:
         self._marks = _milestones(config)
         self._next = 0
         self._stopped = False
-        self._first_loss: float | None = None
         self._smoothed = math.nan
         self._best = math.inf
-        self._window_loss = 0.0
-        self._window_steps = 0
-        # ctx.step's losses not read on the host yet: (the loss, as given; the step's index; samples before it)
-        self._unread: list[tuple[torch.Tensor | float, int, int]] = []
+        # ctx.step's losses: the divergence rule, read on the host in batches; kept as copies (a loop may reuse
+        # its loss buffer in place, as a CUDA graph's output is)
+        self._losses = LossWatch(config.divergence_factor, copy=True)
         self._started = time.perf_counter()
         self._last_step_at: float | None = None
         self._evaluated = False
@@ -493,12 +491,10 @@ class TrialContext:
             return self._is_done()
         if self._ramp is not None:  # the range test's rule reads every step's loss: a short run, read as it goes
             return self._ramp_step(float(loss.detach() if isinstance(loss, torch.Tensor) else loss))
-        # a copy on the device (no sync): a loop that reuses its loss buffer in place (a CUDA graph's output) would
-        # overwrite the kept value before it is read
-        taken = loss.detach().reshape(()).clone() if isinstance(loss, torch.Tensor) else float(loss)
-        self._unread.append((taken, self.steps - 1, self.samples - self._step_samples))
-        if not isinstance(taken, torch.Tensor) or len(self._unread) >= _LOSS_CHECK_EVERY:  # a number: read already
-            self._read_losses()
+        try:
+            self._losses.add(loss, self.steps - 1, self.samples - self._step_samples)
+        except Diverged as exc:
+            self._diverge(str(exc))
         return self._is_done()
 
     def _diverged_unread(self) -> bool:
@@ -512,16 +508,10 @@ class TrialContext:
 
     def _read_losses(self) -> None:
         """Read the unread steps' losses on the host (one sync for the tensors) and check them in step order."""
-        unread, self._unread = self._unread, []
-        tensors = [v for v, _, _ in unread if isinstance(v, torch.Tensor)]
-        # stacked on the first one's device (a model spread over devices may give its loss on another)
-        # (float32: MPS has no float64)
-        read = iter(torch.stack([t.to(tensors[0].device, torch.float32) for t in tensors]).tolist() if tensors else [])
-        values = [next(read) if isinstance(v, torch.Tensor) else v for v, _, _ in unread]
-        for value, (_, step, before) in zip(values, unread, strict=True):
-            self._check_divergence(value, step, before)
-            self._window_loss += value
-            self._window_steps += 1
+        try:
+            self._losses.read()
+        except Diverged as exc:
+            self._diverge(str(exc))
 
     def _check_scheduler_stepped(self) -> None:
         """Each live ``ctx.lr_scheduler`` steps about once per ``ctx.step``. Stepped once per epoch (torch's idiom
@@ -689,19 +679,6 @@ class TrialContext:
             self._best = self._smoothed
         return self._is_done()
 
-    def _check_divergence(self, value: float, step: int, before: int) -> None:
-        factor = self._train_config.divergence_factor
-        # as the trainer says it: the step's index from 0, and the samples trained before it
-        where = f"at step {step} (samples {before})"
-        if not math.isfinite(value):
-            self._diverge(f"training loss became {value} {where}")
-        if self._first_loss is None:
-            self._first_loss = value
-        elif factor is not None and value > factor * max(self._first_loss, 1e-12):
-            self._diverge(
-                f"training loss {value:.4g} exceeded {factor:g}x the first step's {self._first_loss:.4g} {where}"
-            )
-
     def _diverge(self, message: str) -> None:
         self.status, self.message, self._stopped = RunStatus.DIVERGED, message, True
         raise _Diverged(message)
@@ -736,8 +713,7 @@ class TrialContext:
             self._tracker.tracker.flush(self.steps, self.samples) if self._tracker and self._tracker.tracker else None
         )
         self._read_losses()  # a diverged step before this evaluation ends the trial here, unrecorded
-        batch_loss = self._window_loss / self._window_steps if self._window_steps else math.nan
-        self._window_loss, self._window_steps = 0.0, 0
+        batch_loss = self._losses.take_window()
         record = EvalRecord(
             milestone=milestone,
             samples=self.samples,

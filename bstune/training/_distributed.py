@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,6 +64,7 @@ from bstune.noise import NoiseTracker, adam_preconditioner, sq_norm_of
 from bstune.task import Task
 from bstune.training._config import TrainConfig
 from bstune.training._evaluate import MetricSet
+from bstune.training._losses import LossWatch
 from bstune.training._sampling import rank_slices, training_batches
 from bstune.training._schedule import lr_at
 
@@ -83,9 +83,7 @@ class RunState(Protocol):
     batches: Iterator[Any]
     step: int
     samples: int
-    first_loss: float | None
-    window_loss: float
-    window_steps: int
+    losses: LossWatch
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]: ...
     def optimizer_step(self) -> None: ...
@@ -227,7 +225,7 @@ class DataParallel:
         shared = (loss_total.double() * (local / self.batch_size)).to(self.comm_device)
         dist.all_reduce(shared)
         loss_value = float(shared)
-        message = _divergence(run, loss_value, cfg.divergence_factor)
+        message = run.losses.check(loss_value, run.step, run.samples)  # the trainer's rule, on the global loss
         if message is not None:
             return lr, message
         if measure:
@@ -244,8 +242,6 @@ class DataParallel:
         run.optimizer_step()
         run.step += 1
         run.samples += self.batch_size
-        run.window_loss += loss_value
-        run.window_steps += 1
         return lr, None
 
     def _share(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -311,20 +307,6 @@ class DataParallel:
         flag = torch.tensor([1 if stop else 0], dtype=torch.int64, device=self.comm_device)
         dist.broadcast(flag, 0)
         return bool(flag.item())
-
-
-def _divergence(run: RunState, loss_value: float, factor: float | None) -> str | None:
-    """The trainer's divergence rule on the global batch loss: a message when the run diverged."""
-    if not math.isfinite(loss_value):
-        return f"training loss became {loss_value} at step {run.step} (samples {run.samples})"
-    if run.first_loss is None:
-        run.first_loss = loss_value
-    elif factor is not None and loss_value > factor * max(run.first_loss, 1e-12):
-        return (
-            f"training loss {loss_value:.4g} exceeded {factor:g}x the first step's "
-            f"{run.first_loss:.4g} at step {run.step} (samples {run.samples})"
-        )
-    return None
 
 
 # -- the launcher ------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ Neither raises: a study records them and goes on.
 
 The step's loss stays on the device: reading it is a host sync, which on CUDA would stall
 the queue of kernels every step. The losses are read together every
-``_LOSS_CHECK_EVERY`` steps and before every evaluation, and checked in step order: a
-diverging step ends the run at most ``_LOSS_CHECK_EVERY - 1`` steps later (the steps in
+``LOSS_CHECK_EVERY`` steps and before every evaluation, and checked in step order
+(:class:`~bstune.training._losses.LossWatch`, the rule a user's loop and the data-parallel
+ranks share): a diverging step ends the run at most ``LOSS_CHECK_EVERY - 1`` steps later (the steps in
 between are taken and counted in ``steps``/``samples``; the message names the step that
 diverged), and the first-loss reference is still the first step's.
 
@@ -52,6 +53,7 @@ from bstune.task import Task
 from bstune.training._config import TrainConfig
 from bstune.training._distributed import DataParallel
 from bstune.training._evaluate import MetricSet
+from bstune.training._losses import Diverged, LossWatch
 from bstune.training._result import Callback, Decision, EvalRecord, RunStatus, TrainResult, keep_progress
 from bstune.training._sampling import training_batches
 from bstune.training._schedule import lr_at
@@ -61,14 +63,12 @@ __all__ = ["Callback", "train"]
 logger = logging.getLogger(__name__)
 
 _EVAL_SUBSET_SEED = 20180614  # same training subset for every run, so train losses compare
-_LOSS_CHECK_EVERY = 16  # steps between host reads of the training losses (the divergence check's lag)
 
 
 _NO_AUTOCAST = contextlib.nullcontext()  # reusable: one fewer object per forward
 
 
-class _Diverged(Exception):
-    pass
+_Diverged = Diverged
 
 
 def _micro_bounds(batch: int, micro: int | None, split_for_noise: bool) -> list[tuple[int, int]]:
@@ -136,10 +136,7 @@ class _Run:
         self.constant_lr = config.lr if constant else None
         self.step = 0
         self.samples = 0
-        self.window_loss = 0.0
-        self.window_steps = 0
-        self.first_loss: float | None = None
-        self.unread: list[tuple[torch.Tensor, int, int]] = []  # (loss, step, samples) not yet read on the host
+        self.losses = LossWatch(config.divergence_factor)  # the steps' losses, read on the host in batches
         if dist is not None:  # data parallel: DDP around the model, this rank's slice of every batch
             dist.wrap(self.model)
             self.batches = dist.training_batches(task, config)
@@ -254,7 +251,7 @@ class _Run:
         if per_example:
             self._measure_per_example(batch, scale, lr)
         assert loss_total is not None
-        self.unread.append((loss_total, self.step, self.samples))
+        step, before = self.step, self.samples
         if measure and small_terms:
             pairs = [(p, p.grad) for p in self.param_list if p.grad is not None]
             full = [g for _, g in pairs]
@@ -268,8 +265,7 @@ class _Run:
         self.optimizer_step()
         self.step += 1
         self.samples += batch
-        if len(self.unread) >= _LOSS_CHECK_EVERY:
-            self.read_losses()
+        self.losses.add(loss_total, step, before)  # read every LOSS_CHECK_EVERY steps: raises Diverged
         return lr
 
     def _measure_per_example(self, batch: int, scale: float, lr: float) -> None:
@@ -303,27 +299,6 @@ class _Run:
         # mean_i |g_i|² with g_i = B·c_i (each example's gradient), |G_B|² = |Σ_i c_i|²; undo the loss scale
         small = float(sq.sum()) * batch / scale**2  # B² · mean (a float64 mean costs 5x the sum here)
         self.tracker.update(small, 1, big / scale**2, lr)
-
-    def read_losses(self) -> None:
-        """Read the steps' losses on the host (one sync) and check them in step order: a non-finite
-        loss, or one above ``divergence_factor`` times the first step's, raises ``_Diverged``."""
-        unread, self.unread = self.unread, []
-        if not unread:
-            return
-        values = torch.stack([loss for loss, _, _ in unread]).tolist()
-        cfg = self.config
-        for loss_value, (_, step, samples) in zip(values, unread, strict=True):
-            if not math.isfinite(loss_value):
-                raise _Diverged(f"training loss became {loss_value} at step {step} (samples {samples})")
-            if self.first_loss is None:
-                self.first_loss = loss_value
-            elif cfg.divergence_factor is not None and loss_value > cfg.divergence_factor * max(self.first_loss, 1e-12):
-                raise _Diverged(
-                    f"training loss {loss_value:.4g} exceeded {cfg.divergence_factor:g}x the first step's "
-                    f"{self.first_loss:.4g} at step {step} (samples {samples})"
-                )
-            self.window_loss += loss_value
-            self.window_steps += 1
 
     def load_optimizer_state(self, state: Mapping[str, Any]) -> None:
         """Continue from an earlier run's optimizer state, keeping this config's hyperparameters."""
@@ -370,7 +345,7 @@ class _Run:
         return loss_sum / n, values
 
     def record(self, milestone: int, lr: float, started: float) -> EvalRecord:
-        self.read_losses()  # the window's batch losses, and the divergence check before evaluating
+        self.losses.read()  # the window's batch losses, and the divergence check before evaluating
         train_loss, train_metrics = self.evaluate_on(self.task.train_dataset, self.train_subset)
         val_loss, val_metrics = self.evaluate_on(self.task.val_dataset, None)
         metrics = {f"train_{k}": v for k, v in train_metrics.items()}
@@ -378,8 +353,7 @@ class _Run:
         if self.dist is not None and self.tracker is not None:  # data parallel: the window's local norms
             self.dist.feed_tracker(self.tracker)
         noise = self.tracker.flush(self.step, self.samples) if self.tracker is not None else None
-        batch_loss = self.window_loss / self.window_steps if self.window_steps else math.nan
-        self.window_loss, self.window_steps = 0.0, 0
+        batch_loss = self.losses.take_window()
         return EvalRecord(
             milestone=milestone,
             samples=self.samples,

@@ -1,7 +1,7 @@
 """The trainer's own cost (issue 16, part 5): the cheap paths must not change what a run computes.
 
 * an untracked run is a plain PyTorch loop bit for bit (data order, init, update, batch losses);
-* the training loss is read on the host once per ``_LOSS_CHECK_EVERY`` steps, not every step,
+* the training loss is read on the host once per ``LOSS_CHECK_EVERY`` steps, not every step,
   and divergence is still caught, at most that many steps late, against the first step's loss;
 * noise tracking on a model the per-example hooks cover takes no extra forward pass, leaves
   the update exactly as untracked, and its B_simple is unbiased (the exact full-dataset value
@@ -20,7 +20,7 @@ from torch import nn
 
 import bstune
 from bstune.noise import exact_noise_scale
-from bstune.training import RunStatus, _loop
+from bstune.training import RunStatus, _loop, _losses
 from tests.conftest import accuracy, make_classification, small_mlp
 
 
@@ -92,13 +92,13 @@ class _Reads:
 def test_the_training_loss_is_read_once_per_check_interval(
     blob_task: bstune.Task, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    steps = 10 * _loop._LOSS_CHECK_EVERY
+    steps = 10 * _losses.LOSS_CHECK_EVERY
     cfg = bstune.TrainConfig(batch_size=16, lr=0.1, max_samples=16 * steps, eval_every_samples=16 * steps)
     reads = _Reads(monkeypatch)
     run = bstune.train(blob_task, cfg)
     assert run.steps == steps
     evaluation = 2 * (1 + len(blob_task.metrics))  # one batch each of the train subset and validation set
-    assert reads.count <= steps // _loop._LOSS_CHECK_EVERY + evaluation  # was one per step (a host sync)
+    assert reads.count <= steps // _losses.LOSS_CHECK_EVERY + evaluation  # was one per step (a host sync)
 
 
 class _LossAt:
@@ -128,7 +128,7 @@ def test_a_nan_loss_ends_the_run_diverged_within_the_check_lag(bad_step: int) ->
     run = bstune.train(task, cfg)
     assert run.status is RunStatus.DIVERGED
     assert f"became nan at step {bad_step} (samples {16 * bad_step})" in run.message
-    assert bad_step < run.steps <= bad_step + _loop._LOSS_CHECK_EVERY
+    assert bad_step < run.steps <= bad_step + _losses.LOSS_CHECK_EVERY
     assert run.history == []  # no evaluation after the bad step: the losses are checked before each one
 
 
@@ -140,7 +140,7 @@ def test_the_divergence_factor_still_compares_with_the_first_step() -> None:
     run = bstune.train(task, cfg)
     assert run.status is RunStatus.DIVERGED
     assert "exceeded 100x the first step's" in run.message and "at step 70 (samples 1120)" in run.message
-    assert 70 < run.steps <= 70 + _loop._LOSS_CHECK_EVERY
+    assert 70 < run.steps <= 70 + _losses.LOSS_CHECK_EVERY
     assert [r.milestone for r in run.history] == [800]  # the evaluation at 1600 comes after step 70
 
 
