@@ -261,6 +261,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {path}" + (f"; the trials are in {where}" if where else ""))
         try:
             files = write_report(result, args.out)
+        except KeyboardInterrupt:  # the study is done and kept: only the report is missing
+            print(
+                f"bstune: interrupted while writing the report; the study finished and {path} is kept: "
+                f"`bstune report {shlex.quote(args.out)}` writes the report from it",
+                file=sys.stderr,
+            )
+            return 130
         except (BstuneError, OSError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             print(

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -196,6 +197,29 @@ def test_another_study_in_the_same_out_folder_is_refused(tmp_path: Path, capsys:
     argv_fetched = [*argv, "--out", str(fetched), "--no-progress", "--study-name", "first"]
     assert main(argv_fetched) == 2
     assert (tmp_path / "study" / "result.json").read_text() == before == (fetched / "result.json").read_text()
+
+
+def test_ctrl_c_while_the_report_is_written_says_the_study_is_done_and_how_to_write_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newcomer's Ctrl-C landed as the report was written: "bstune: interrupted" and nothing else, though the
+    study had finished and result.json was written."""
+
+    def interrupted(*_: Any, **__: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("bstune._run_command.write_report", interrupted)
+    out = tmp_path / "study"
+    space = tmp_path / "space.yaml"  # batch sizes up to 256, as above
+    space.write_text(Path(SPACE_FILE).read_text().replace("  max: 1024\n", "  max: 256\n", 1))
+    args = ["run", DIGITS, "--space", str(space), "--budget-samples", "3000", "--out", str(out), "--no-progress"]
+    assert main([*args, "--mode", "baseline", "--trials", "1", "--rescore-top", "0"]) == 130
+    err = capsys.readouterr().err
+    assert (
+        f"bstune: interrupted while writing the report; the study finished and {out / 'result.json'} is kept: "
+        f"`bstune report {out}` writes the report from it"
+    ) in err
+    assert (out / "result.json").exists() and not (out / "report.md").exists()
 
 
 def test_report_says_when_the_storage_ran_on_past_result_json_or_the_study_is_running(
