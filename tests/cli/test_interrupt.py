@@ -172,6 +172,30 @@ def test_ctrl_c_while_the_commands_load_says_interrupted_without_a_traceback(
     assert capsys.readouterr().err == "bstune: interrupted\n"
 
 
+def test_ctrl_c_while_the_commands_load_is_held_until_the_import_ends(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A KeyboardInterrupt inside an import's C extension is not one: NumPy's failed with ImportError ("cannot load
+    module more than once per process"), a traceback and exit 1 (CI, in the test below). The press is held while
+    the commands import and answered once they have."""
+    import bstune
+    from bstune import cli
+
+    class CtrlC:  # the press arrives as the commands' import begins
+        def find_spec(self, name: str, *args: object) -> None:
+            if name == "bstune._commands":
+                signal.raise_signal(signal.SIGINT)
+            return None
+
+    monkeypatch.delitem(sys.modules, "bstune._commands", raising=False)
+    monkeypatch.delattr(bstune, "_commands", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [CtrlC(), *sys.meta_path])
+    assert cli.main(["report", "nowhere"]) == 130
+    assert capsys.readouterr().err == "bstune: interrupted\n"
+    assert "bstune._commands" in sys.modules  # imported whole, then answered
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_real_ctrl_c_in_the_first_second_leaves_no_traceback(tmp_path: Path) -> None:
     (tmp_path / "slow.py").write_text(SLOW_TASK)
     (tmp_path / "slow.yaml").write_text("name: s\nbatch_size: {min: 16, max: 32}\n")
