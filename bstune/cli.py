@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=2,
         metavar="M",
-        help="more seeds per re-scored trial, full budget each; their samples count in the total (default 2)",
+        help="more seeds per re-scored trial, full budget each; their samples count in the total; 0: off, as "
+        "--rescore-top 0 (default 2)",
     )
     run.add_argument(
         "--critical-batch",

@@ -143,6 +143,14 @@ def test_bad_target_is_a_clear_error() -> None:
         build_report(_result(), {"metrik": "train_loss"})
 
 
+def test_a_recommendation_nothing_re_scored_says_its_value_is_one_seeds() -> None:
+    """`--rescore-seeds 0` turned re-scoring off and the report did not say so: its value read as any other's."""
+    result = _result()
+    assert result.rescored == []
+    why = build_report(result).data["recommended"]["why"]
+    assert why.endswith("; one seed each (re-scoring off: rescore_top or rescore_seeds 0)"), why
+
+
 def test_a_rescored_recommendation_says_so_with_its_spread(tmp_path: Path) -> None:
     result = _result()
     result.rescored = [
