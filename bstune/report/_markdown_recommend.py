@@ -186,6 +186,8 @@ def recommendation_lines(data: dict[str, Any]) -> list[str]:
             if len(missing) == 2
             else f"never read the trial's {missing[0]}"
         )
+        if "lr" in unread:  # a rate read (a config logged whole) yet not the one its optimizer stepped at
+            read += " (or read it while its optimizer stepped at a rate of its own)"
         out += [
             f"**The loop trained at its own {' and '.join(missing)}**: the training function {read} "
             f"(ctx.config, ctx.batch_size, ctx.lr, ctx.train_config) nor had bstune apply {it} (ctx.loader, "

@@ -52,6 +52,7 @@ from bstune.training._config import TrainConfig
 from bstune.training._loop import Callback, _as_decision, _milestones
 from bstune.training._loop_noise import LoopNoiseTracker
 from bstune.training._losses import Diverged, LossWatch
+from bstune.training._rate_watch import RateVerdict, RateWatch
 from bstune.training._read_config import CHECKED_SETTINGS, OPTIMIZER_SETTINGS, SCHEDULE_SETTINGS, ReadConfig
 from bstune.training._result import Decision, EvalRecord, RunStatus
 from bstune.training._sampling import StreamBatchSampler
@@ -90,9 +91,6 @@ SCHEDULER_SLACK = 8
 # ctx.done read this many times in a row with no step between: a spinning loop (a loop spinning reads it so often
 # in well under a second; one that evaluates between steps reads it once per batch at most)
 SPIN_READS = 100_000
-# an optimizer from ctx.make_optimizer, in a loop without ctx.lr_scheduler, follows the trial's schedule when its rate
-# is within this share of the schedule's at the step or the next (a hand-made warmup rounds its steps)
-RATE_SLACK = 0.2
 _late_report_said = False  # a report a step or more past its milestone: said once per process
 _between_report_said = False  # a report between milestones (not recorded): said once per process, not per trial
 _last_unreported_said = False  # a trial that trained its budget without reporting its last milestone: said once
@@ -175,12 +173,9 @@ class TrialContext:
         self.ramp_curve: list[tuple[float, float]] = []  # (lr, smoothed loss) of the probe's ramp
         self.used_scheduler = False
         self._schedulers: weakref.WeakSet[TrialLRScheduler] = weakref.WeakSet()  # each must step with ctx.step
-        # the optimizers ctx.make_optimizer built, each with its first group's rate over the trial's: without
-        # ctx.lr_scheduler, whether their rate follows the trial's schedule (_check_rate_followed)
-        self._made: list[tuple[weakref.ref[torch.optim.Optimizer], float]] = []
-        self._rate_checked = 0
-        self._rate_missed = 0
-        self._rate_first_miss: tuple[int, float, float] | None = None  # (step, applied, the schedule's)
+        # without ctx.lr_scheduler, whether the optimizers the loop steps (ctx.make_optimizer's or its own) follow
+        # the trial's rate and schedule: run_function watches their steps (_rates_expected)
+        self._rate_watch = RateWatch()
         self._said_non_finite: set[str] = set()  # metrics ctx.report warned of as non-finite
         self._streams = Streams()  # where each of ctx.loader's streams stands
         self.used_tracker = False
@@ -307,9 +302,12 @@ class TrialContext:
         had applied (``ctx.make_optimizer``, ``ctx.lr_scheduler``): ``model.<name>`` ones, the optimizer's
         settings, the schedule's, ``grad_clip``."""
         read = self.config.read if isinstance(self.config, ReadConfig) else set(self._searched)
-        # the schedule's settings read (to log them, say) but not followed by the optimizer's rate: not applied
-        ignored = SCHEDULE_SETTINGS & self._searched if self.schedule_not_followed() else frozenset()
-        return sorted((self._searched - read) | ignored)
+        # the schedule's settings read (to log them, say) but not followed by the optimizer's rate: not applied;
+        # nor the rate, where the optimizer's own never came near the trial's
+        verdict = self.rate_verdict()
+        ignored = SCHEDULE_SETTINGS if verdict.why else frozenset()
+        ignored |= {"lr"} if verdict.lr_not_applied else frozenset()
+        return sorted((self._searched - read) | (ignored & self._searched))
 
     # -- what the function calls -----------------------------------------------------
     def loader(
@@ -420,7 +418,7 @@ class TrialContext:
             params, lr=lr, momentum=self.momentum, weight_decay=self._train_config.weight_decay
         )
         first = float(opt.param_groups[0]["lr"]) if opt.param_groups else lr
-        self._made.append((weakref.ref(opt), first / lr if lr > 0 and first > 0 else 1.0))
+        self._rate_watch.made(opt, first / lr if lr > 0 and first > 0 else 1.0)
         return opt
 
     def noise_tracker(self, model: nn.Module) -> LoopNoiseTracker:
@@ -484,7 +482,6 @@ class TrialContext:
             )
         self.steps += 1
         self._check_scheduler_stepped()
-        self._check_rate_followed()
         self._step_samples = self._batch_now() if samples is None else int(samples)
         self.samples += self._step_samples
         if loss is None:
@@ -524,47 +521,30 @@ class TrialContext:
             if abs(counted - stepped) > max(SCHEDULER_SLACK, counted // 4):
                 raise self._scheduler_error(stepped, counted)
 
-    def _check_rate_followed(self) -> None:
-        """Without ``ctx.lr_scheduler``, whether the rate of the optimizer ``ctx.make_optimizer`` built last follows
-        the trial's schedule: a loop that reads the schedule's settings (to log them, say) and steps a scheduler of
-        its own (torch's CosineAnnealingLR) trains at other rates than the study records and recommends."""
-        if self.used_scheduler or self._ramp is not None or not self._made:
-            return
-        opt, ratio = self._made[-1][0](), self._made[-1][1]
-        if opt is None or not opt.param_groups:
-            return
-        lr = opt.param_groups[0]["lr"]
-        if isinstance(lr, torch.Tensor):  # a capturable or fused optimizer's rate on the device: reading it syncs
-            return
-        applied = float(lr) / ratio
-        # the step just counted: its rate, or the next one's (set after opt.step()), at the samples really trained
-        # (a loop's own loader has short batches; lr_at(ctx.train_config, ctx.samples) is the hand-made recipe)
-        step, before = self.steps - 1, self.samples - self._step_samples
-        wanted = (lr_at(self._rates, before), lr_at(self._rates, self.samples))
-        self._rate_checked += 1
-        if not any(abs(applied - w) <= RATE_SLACK * w for w in wanted):
-            self._rate_missed += 1
-            if self._rate_first_miss is None:
-                self._rate_first_miss = (step, applied, wanted[0])
-
-    def schedule_not_followed(self) -> str | None:
-        """Why the optimizer's rates did not follow the trial's schedule (see :meth:`_check_rate_followed`), or None:
-        more than a quarter of the steps (and more than ``SCHEDULER_SLACK``) off it by more than ``RATE_SLACK``."""
-        missed, checked = self._rate_missed, self._rate_checked
-        if self._rate_first_miss is None or missed <= max(SCHEDULER_SLACK, checked // 4):
+    def _rates_expected(self) -> tuple[int, tuple[float, ...]] | None:
+        """The step an optimizer takes now and the trial's rates for it (:class:`RateWatch` asks at each
+        ``opt.step()``): the schedule at the samples trained before it, or a step either side (a loop calls
+        ``ctx.step`` after ``opt.step()`` or before, and steps a hand-made schedule before it or after). None where
+        ``ctx.lr_scheduler`` sets the rate, or the probe's ramp."""
+        if self.used_scheduler or self._ramp is not None:
             return None
-        step, applied, wanted = self._rate_first_miss
+        at, batch = self.samples, self._batch_now()
+        # at the samples really trained (a loop's own loader has short batches: lr_at(ctx.train_config, ctx.samples)
+        # is the hand-made recipe)
+        points = (at - (self._step_samples or batch), at, at + batch)
+        return self.steps, tuple(lr_at(self._rates, max(0, p)) for p in points)
+
+    def rate_verdict(self) -> RateVerdict:
+        """Whether the loop's optimizers trained at the trial's rate and schedule (see :mod:`._rate_watch`)."""
         cfg = self._train_config
-        schedule = f"schedule={cfg.schedule!r}" + (
+        schedule = f"lr={cfg.lr:.4g}, schedule={cfg.schedule!r}" + (
             f", warmup over {cfg.warmup_samples:,} samples" if cfg.warmup_samples else ""
         )
-        return (
-            f"the optimizer from ctx.make_optimizer did not follow the trial's learning-rate schedule ({schedule}): "
-            f"{missed} of {checked} steps were more than {RATE_SLACK:.0%} off it, the first at step {step} with rate "
-            f"{applied:.4g} where the schedule gives {wanted:.4g}. A scheduler of the loop's own (torch's "
-            "CosineAnnealingLR, say) sets other rates than the study records and recommends: step ctx.lr_scheduler(opt) "
-            "instead, or leave the schedule's settings out of the space"
-        )
+        return self._rate_watch.verdict(schedule)
+
+    def schedule_not_followed(self) -> str | None:
+        """Why the loop's optimizers did not follow the trial's rate and schedule, or None (:meth:`rate_verdict`)."""
+        return self.rate_verdict().why
 
     @staticmethod
     def _scheduler_error(stepped: int, counted: int) -> ConfigError:

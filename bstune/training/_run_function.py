@@ -18,6 +18,7 @@ from bstune.optim import OptimizerSpec
 from bstune.training._config import TrainConfig
 from bstune.training._context import TrialContext, TrialFunction, TrialPruned, _Diverged
 from bstune.training._loop import Callback
+from bstune.training._rate_watch import RateVerdict
 from bstune.training._read_config import SCHEDULE_SETTINGS, warn_unread
 from bstune.training._result import RunStatus, TrainResult, keep_progress
 from bstune.training._trial_scheduler import LRRamp
@@ -82,7 +83,8 @@ def run_function(
             random.seed(config.seed)
             np.random.seed(config.seed % 2**32)
             try:
-                ctx._finish(fn(ctx))
+                with ctx._rate_watch.watching(ctx._rates_expected):
+                    ctx._finish(fn(ctx))
             except (TrialPruned, _Diverged):
                 if ctx.status is RunStatus.COMPLETED:  # the function raised TrialPruned itself
                     ctx.status, ctx.message = RunStatus.STOPPED, "the function raised TrialPruned"
@@ -108,10 +110,11 @@ def run_function(
         logger.info("run ended %s: %s", ctx.status.value, ctx.message)
     # a run that trained no step (a probe's run stopped at its first batch) read what it reads in its loop body yet
     unread = ctx.unread_params() if ctx.status is RunStatus.COMPLETED and ctx.steps > 0 else []
-    # said where the space searches the schedule (its draws would be recorded and recommended as applied)
-    searched = SCHEDULE_SETTINGS & set(ctx._searched)
-    not_followed = ctx.schedule_not_followed() if ctx.status is RunStatus.COMPLETED and searched else None
-    warn_unread([k for k in unread if not (not_followed and k in SCHEDULE_SETTINGS)])  # those: said below
+    # said where the space searches what the rates missed (its draws would be recorded and recommended as applied)
+    verdict = ctx.rate_verdict() if ctx.status is RunStatus.COMPLETED and ctx.steps > 0 else RateVerdict()
+    missed = (SCHEDULE_SETTINGS | ({"lr"} if verdict.lr_not_applied else set())) & ctx._searched
+    not_followed = verdict.why if missed else None
+    warn_unread([k for k in unread if not (not_followed and k in missed)])  # those: said below
     global _said_not_followed
     if not_followed and not _said_not_followed:
         _said_not_followed = True  # the loop is the same in every trial: said once per process

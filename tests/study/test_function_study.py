@@ -887,7 +887,7 @@ def test_schedule_settings_read_but_not_followed_are_not_applied(
         monkey.undo()
     completed = [t for t in result.trials if t.status == "completed"]
     assert len(completed) == 2
-    said = "the optimizer from ctx.make_optimizer did not follow the trial's learning-rate schedule (schedule="
+    said = "the optimizer from ctx.make_optimizer did not follow the trial's learning rate (lr="
     if torch_scheduler:
         assert all(t.unread_params == ["schedule", "warmup_fraction"] for t in completed)
         assert said in caplog.text and "the first at step 0 with rate" in caplog.text

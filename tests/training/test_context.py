@@ -696,7 +696,7 @@ def test_the_schedule_check_follows_the_samples_trained_and_speaks_only_of_a_sea
     assert result.status is RunStatus.COMPLETED
     assert (ctx.schedule_not_followed() is None) == hand
     assert result.unread_params == ([] if hand else ["schedule"])
-    assert ("did not follow the trial's learning-rate schedule" in caplog.text) != hand
+    assert ("did not follow the trial's learning rate (lr=0.1, schedule='cosine')" in caplog.text) != hand
     # torch's scheduler where the space searches no schedule: the study records the constant rate it meant, and
     # nothing it recommends names a schedule, so nothing is said
     monkeypatch.setattr("bstune.training._run_function._said_not_followed", False)
