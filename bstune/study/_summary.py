@@ -128,11 +128,10 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
     unread = (best_record or {}).get("unread_params") or []
     if unread:
         # or read them (a config logged whole) while the optimizer's rates followed a schedule, or a rate, of its own
-        ways = ["for the schedule's, did not follow them"] if set(unread) & SCHEDULE_SETTINGS else []
-        ways += ["for lr, stepped its optimizer at a rate of its own"] if "lr" in unread else []
-        schedule = f" (or, {'; '.join(ways)})" if ways else ""
+        rates = set(unread) & (SCHEDULE_SETTINGS | {"lr"})
+        also = f"; or read {', '.join(sorted(rates))} while its optimizer stepped at rates of its own" if rates else ""
         lines.append(
-            f"  not applied: the training function never read {', '.join(unread)}{schedule} (its values above are "
+            f"  not applied: the training function never read {', '.join(unread)}{also} (its values above are "
             "the search's draws, not what the loop trained with)"
         )
     return "\n".join(lines)

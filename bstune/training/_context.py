@@ -52,7 +52,7 @@ from bstune.training._config import TrainConfig
 from bstune.training._loop import Callback, _as_decision, _milestones
 from bstune.training._loop_noise import LoopNoiseTracker
 from bstune.training._losses import Diverged, LossWatch
-from bstune.training._rate_watch import RateVerdict, RateWatch
+from bstune.training._rate_watch import RateVerdict, RateWatch, TrialRate
 from bstune.training._read_config import CHECKED_SETTINGS, OPTIMIZER_SETTINGS, SCHEDULE_SETTINGS, ReadConfig
 from bstune.training._result import Decision, EvalRecord, RunStatus
 from bstune.training._sampling import StreamBatchSampler
@@ -175,7 +175,7 @@ class TrialContext:
         self._schedulers: weakref.WeakSet[TrialLRScheduler] = weakref.WeakSet()  # each must step with ctx.step
         # without ctx.lr_scheduler, whether the optimizers the loop steps (ctx.make_optimizer's or its own) follow
         # the trial's rate and schedule: run_function watches their steps (_rates_expected)
-        self._rate_watch = RateWatch()
+        self._rate_watch = RateWatch(on_own=self._own_optimizer, driven=self._driven)
         self._said_non_finite: set[str] = set()  # metrics ctx.report warned of as non-finite
         self._streams = Streams()  # where each of ctx.loader's streams stands
         self.used_tracker = False
@@ -300,7 +300,8 @@ class TrialContext:
     def unread_params(self) -> list[str]:
         """The space's searched parameters the function neither read (``ctx.config``, ``ctx.model_kwargs``) nor
         had applied (``ctx.make_optimizer``, ``ctx.lr_scheduler``): ``model.<name>`` ones, the optimizer's
-        settings, the schedule's, ``grad_clip``."""
+        settings, the schedule's, ``grad_clip``; and, read or not, the schedule's settings and ``lr`` where the
+        optimizers the loop stepped did not train at them (:meth:`rate_verdict`)."""
         read = self.config.read if isinstance(self.config, ReadConfig) else set(self._searched)
         # the schedule's settings read (to log them, say) but not followed by the optimizer's rate: not applied;
         # nor the rate, where the optimizer's own never came near the trial's
@@ -417,8 +418,7 @@ class TrialContext:
         opt = self.optimizer_spec.build(
             params, lr=lr, momentum=self.momentum, weight_decay=self._train_config.weight_decay
         )
-        first = float(opt.param_groups[0]["lr"]) if opt.param_groups else lr
-        self._rate_watch.made(opt, first / lr if lr > 0 and first > 0 else 1.0)
+        self._rate_watch.made(opt, lr)
         return opt
 
     def noise_tracker(self, model: nn.Module) -> LoopNoiseTracker:
@@ -521,18 +521,30 @@ class TrialContext:
             if abs(counted - stepped) > max(SCHEDULER_SLACK, counted // 4):
                 raise self._scheduler_error(stepped, counted)
 
-    def _rates_expected(self) -> tuple[int, tuple[float, ...]] | None:
+    def _own_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """An optimizer the loop made itself stepped (:class:`RateWatch`, without ``ctx.lr_scheduler``, which
+        compares it too): the temperatures and the LR rule assume the space's optimizer."""
+        if self._optimizer_declared and self.other_optimizer is None:
+            spec = self.optimizer_spec
+            self.other_optimizer = warn_on_other_optimizer(optimizer, spec.family, self.momentum, spec.betas)
+
+    def _rates_expected(self) -> TrialRate | None:
         """The step an optimizer takes now and the trial's rates for it (:class:`RateWatch` asks at each
         ``opt.step()``): the schedule at the samples trained before it, or a step either side (a loop calls
-        ``ctx.step`` after ``opt.step()`` or before, and steps a hand-made schedule before it or after). None where
-        ``ctx.lr_scheduler`` sets the rate, or the probe's ramp."""
-        if self.used_scheduler or self._ramp is not None:
+        ``ctx.step`` after ``opt.step()`` or before, and steps a hand-made schedule before it or after). None in
+        the probe's ramp."""
+        if self._ramp is not None:
             return None
         at, batch = self.samples, self._batch_now()
         # at the samples really trained (a loop's own loader has short batches: lr_at(ctx.train_config, ctx.samples)
         # is the hand-made recipe)
         points = (at - (self._step_samples or batch), at, at + batch)
-        return self.steps, tuple(lr_at(self._rates, max(0, p)) for p in points)
+        rates = tuple(lr_at(self._rates, max(0, p)) for p in points)
+        return TrialRate(self.steps, rates, base=stage_at(self._rates, at)[1], warmup=at < self._rates.warmup_samples)
+
+    def _driven(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether a live ``ctx.lr_scheduler`` sets ``optimizer``'s rates."""
+        return any(sched.optimizer is optimizer for sched in self._schedulers)
 
     def rate_verdict(self) -> RateVerdict:
         """Whether the loop's optimizers trained at the trial's rate and schedule (see :mod:`._rate_watch`)."""
@@ -543,7 +555,8 @@ class TrialContext:
         return self._rate_watch.verdict(schedule)
 
     def schedule_not_followed(self) -> str | None:
-        """Why the loop's optimizers did not follow the trial's rate and schedule, or None (:meth:`rate_verdict`)."""
+        """Why the loop's optimizers did not follow the trial's rate and schedule, or None: :meth:`rate_verdict`'s
+        ``why``."""
         return self.rate_verdict().why
 
     @staticmethod

@@ -3,17 +3,26 @@
 A loop that logs its whole config (as wandb does) reads every setting, so reading proves nothing:
 what counts is the rate the optimizer steps at. :class:`RateWatch` sees every ``optimizer.step()``
 the trial function's thread makes, through torch's optimizer step pre-hook common to all optimizers,
-so a loop's own optimizer is watched as one from ``ctx.make_optimizer`` is. Each step's rate is
-compared with the trial's schedule (``lr_at`` at the samples trained, the step before or after, a
-loop may call ``ctx.step`` before or after ``opt.step()``), and each optimizer's highest rate with the
-schedule's highest: a loop that built its optimizer with a rate of its own (a hard-coded ``lr=3e-4``)
-trains at that rate whatever the search drew.
+so a loop's own optimizer is watched as one from ``ctx.make_optimizer`` is, and one made again each
+epoch as the same. The judgement is per training step (``ctx.step``): a step follows the trial's
+schedule where some group of some optimizer stepped within ``RATE_SLACK`` of the schedule's rate
+(``lr_at`` at the samples trained, or a step either side: a loop calls ``ctx.step`` before or after
+``opt.step()``), so a GAN's second optimizer, a backbone's group at a tenth of the rate or a
+one-step calibration at each evaluation neither clears nor condemns a loop. The warmup is judged
+on its own steps (a few percent of a run hide in any allowance over the whole), and the rate
+itself by the highest any group reached: a loop that built its optimizer with a rate other than
+the trial's (a hard-coded ``lr=3e-4``, or the trial's scaled) trains at rates the study neither
+records nor recommends. An optimizer that ``ctx.lr_scheduler`` drives follows by construction.
+
+One hook serves the whole process, installed once and never removed (torch walks its hooks on
+every step, so adding or removing one while another thread steps would break that thread's
+step); each thread's :meth:`RateWatch.watching` block tells it which watch is that thread's.
 
 Example:
     >>> import torch
     >>> watch = RateWatch()
     >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
-    >>> with watch.watching(lambda: (watch.checked_steps(), (0.1,))):
+    >>> with watch.watching(lambda: TrialRate(watch.checked_steps(), (0.1,), base=0.1, warmup=False)):
     ...     for _ in range(20):
     ...         opt.step()
     >>> watch.verdict().lr_not_applied
@@ -22,142 +31,243 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 import threading
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-__all__ = ["RATE_SLACK", "RateVerdict", "RateWatch"]
+__all__ = ["RATE_SLACK", "RateVerdict", "RateWatch", "TrialRate"]
 
-# a step follows the schedule when its rate is within this share of the schedule's (a hand-made warmup rounds its
-# steps); an optimizer's highest rate is the trial's when within this share of the schedule's highest
+# a step follows the schedule when a rate is within this share of the schedule's (a hand-made warmup rounds its
+# steps), plus FLOOR of the trial's base rate (near a decay's end a rate of 0.001 lr against 0.002 lr is no miss);
+# the rate is the trial's when some group's highest came within this share of the base rate or the schedule's highest
 RATE_SLACK = 0.2
-# steps off the schedule before any verdict, or a quarter of the steps (an AMP loop's scaler skips its first steps)
+FLOOR = 0.05
+# steps off the schedule before any verdict, or a quarter of the steps (torch's own schedulers stepped per epoch,
+# a hand-made warmup a step early or late)
 MISSES_ALLOWED = 8
+# the warmup is not followed where this many of its steps, and more than a third, are off: a loop at the full rate
+# meets a linear warmup's last steps within the slack (a third of them at most), one a step early or late none
+WARMUP_MISSES = 3
 
-Expected = Callable[[], "tuple[int, tuple[float, ...]] | None"]
-"""The step being taken and the rates the schedule allows for it; None where nothing is checked now."""
 
+class TrialRate(NamedTuple):
+    """The training step under way, the rates the trial's schedule allows for it, the trial's base rate there (its
+    batch stage's, without warmup and decay) and whether it warms up."""
 
-@dataclass
-class _Seen:
-    """One optimizer's steps against the schedule."""
-
-    name: str
-    ratio: float | None  # ctx.make_optimizer's: its first group's rate over the trial's; a loop's own: None
-    checked: int = 0
-    missed: int = 0
-    first_miss: tuple[int, float, float] | None = None  # (step, applied, the schedule's)
-    peak: float = 0.0  # the highest rate it stepped at
-    wanted_peak: float = 0.0  # the schedule's highest over the same steps
-
-    @property
-    def followed(self) -> bool:
-        return self.first_miss is None or self.missed <= max(MISSES_ALLOWED, self.checked // 4)
-
-    @property
-    def at_trial_peak(self) -> bool:
-        return abs(self.peak - self.wanted_peak) <= RATE_SLACK * self.wanted_peak
+    step: int
+    rates: tuple[float, ...]
+    base: float
+    warmup: bool
 
 
 @dataclass(frozen=True)
 class RateVerdict:
-    """What :meth:`RateWatch.verdict` found: ``why`` (None where an optimizer followed the schedule, or none
+    """What :meth:`RateWatch.verdict` found: ``why`` (None where the steps followed the schedule, or no optimizer
     stepped) and whether the rate itself was not the trial's (``lr_not_applied``)."""
 
     why: str | None = None
     lr_not_applied: bool = False
 
 
+@dataclass
+class _Steps:
+    """Training steps judged, and the first off the schedule: (step, applied, the schedule's, optimizer)."""
+
+    checked: int = 0
+    missed: int = 0
+    first_miss: tuple[int, float, float, str] | None = None
+
+    def add(self, hit: bool, miss: tuple[int, float, float, str] | None) -> None:
+        self.checked += 1
+        if not hit:
+            self.missed += 1
+            self.first_miss = self.first_miss or miss
+
+
 class RateWatch:
-    """The rates of the optimizers a trial function steps (see the module doc)."""
+    """The rates of the optimizers a trial function steps (see the module doc).
 
-    def __init__(self) -> None:
-        self._seen: list[_Seen] = []  # kept after their optimizers are gone (a loop that makes one per epoch)
-        self._by_optimizer: weakref.WeakKeyDictionary[torch.optim.Optimizer, _Seen] = weakref.WeakKeyDictionary()
-        self._made: weakref.WeakKeyDictionary[torch.optim.Optimizer, float] = weakref.WeakKeyDictionary()
+    ``on_own`` is told of each optimizer the loop made itself, when it first steps (to compare it with
+    the space's optimizer); ``driven`` says whether ``ctx.lr_scheduler`` sets an optimizer's rates.
+    """
 
-    def made(self, optimizer: torch.optim.Optimizer, ratio: float) -> None:
-        """``optimizer`` is ``ctx.make_optimizer``'s, its first group at ``ratio`` times the trial's rate."""
-        self._made[optimizer] = ratio
+    def __init__(
+        self,
+        on_own: Callable[[torch.optim.Optimizer], None] | None = None,
+        driven: Callable[[torch.optim.Optimizer], bool] | None = None,
+    ) -> None:
+        self._on_own, self._driven = on_own, driven
+        # ctx.make_optimizer's optimizers: each group's rate over the trial's; None for a group made at 0 (frozen)
+        self._made: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[float | None, ...]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._seen: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+        self._names: Counter[str] = Counter()  # optimizer steps seen, by what the optimizer is
+        self._all, self._warmup = _Steps(), _Steps()
+        self._peaks: dict[tuple[int, int], float] = {}  # (optimizer, group): the highest rate it stepped at
+        self._wanted_peak = 0.0  # the schedule's highest over the steps seen
+        self._bases: set[float] = set()  # the trial's base rates over the steps seen
+        # the training step under way: its rate, whether some rate followed it, its first rate off
+        self._now: TrialRate | None = None
+        self._hit = False
+        self._miss: tuple[int, float, float, str] | None = None
+
+    def made(self, optimizer: torch.optim.Optimizer, lr: float) -> None:
+        """``optimizer`` is ``ctx.make_optimizer``'s, built at the trial's rate ``lr``."""
+        self._made[optimizer] = tuple(
+            float(g["lr"]) / lr if lr > 0 and isinstance(g.get("lr"), (int, float)) and g["lr"] > 0 else None
+            for g in optimizer.param_groups
+        )
 
     def checked_steps(self) -> int:
-        return sum(s.checked for s in self._seen)
+        return self._all.checked + (self._now is not None)
 
     @contextmanager
-    def watching(self, expected: Expected) -> Iterator[None]:
-        """Check every optimizer step this thread takes inside the block against ``expected()``."""
-        owner = threading.get_ident()
-
-        def hook(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-            if threading.get_ident() == owner:  # another thread's trial (Ray's function trainables share a process)
-                self._step(optimizer, expected)
-
-        handle = register_optimizer_step_pre_hook(hook)
+    def watching(self, expected: Callable[[], TrialRate | None]) -> Iterator[None]:
+        """Check every optimizer step this thread takes inside the block against ``expected()`` (None: nothing to
+        check now, the probe's ramp); another thread's steps are not this watch's (Ray's function trainables run
+        trials on threads of one process)."""
+        _install()
+        previous = getattr(_current, "watch", None)
+        _current.watch = (self, expected)
         try:
             yield
         finally:
-            handle.remove()
+            _current.watch = previous
 
-    def _step(self, optimizer: torch.optim.Optimizer, expected: Expected) -> None:
+    def _step(self, optimizer: torch.optim.Optimizer, expected: Callable[[], TrialRate | None]) -> None:
         now = expected()
-        if now is None or not optimizer.param_groups:
+        rates = _rates(optimizer)
+        if now is None or rates is None:
             return
-        given = [group.get("lr") for group in optimizer.param_groups]
-        # a capturable or fused optimizer's rate is a tensor on the device (reading it syncs); Adafactor's relative
-        # steps have none: neither is checked
-        rates = [float(r) for r in given if isinstance(r, (int, float)) and not isinstance(r, bool)]
-        if len(rates) < len(given):
+        if self._driven is not None and self._driven(optimizer):  # ctx.lr_scheduler sets its rates: followed
+            self._at(now)
+            self._hit = True
             return
-        seen = self._by_optimizer.get(optimizer)
-        if seen is None:
-            ratio = self._made.get(optimizer)
-            name = (
-                "the optimizer from ctx.make_optimizer"
-                if ratio is not None
-                else f"the loop's own {type(optimizer).__name__}"
-            )
-            seen = self._by_optimizer[optimizer] = _Seen(name, ratio)
-            self._seen.append(seen)
-        # ctx.make_optimizer's first group, at its ratio; a loop's own: any group (it may scale some, a backbone's)
-        applied = [float(rates[0]) / seen.ratio] if seen.ratio is not None else [float(r) for r in rates]
-        step, wanted = now
-        seen.checked += 1
-        seen.peak = max(seen.peak, *applied)
-        seen.wanted_peak = max(seen.wanted_peak, *wanted)
-        if not any(abs(a - w) <= RATE_SLACK * w for a in applied for w in wanted):
-            seen.missed += 1
-            if seen.first_miss is None:
-                seen.first_miss = (step, applied[0], wanted[0])
+        ratios = self._made.get(optimizer)
+        name = (
+            "the optimizer from ctx.make_optimizer"
+            if ratios is not None
+            else f"the loop's own {type(optimizer).__name__}"
+        )
+        if ratios is None and optimizer not in self._seen and self._on_own is not None:
+            self._on_own(optimizer)
+        self._seen.add(optimizer)
+        # a group added after ctx.make_optimizer built it (add_param_group) holds a rate of the loop's own
+        scale = (*(ratios or ()), *(1.0,) * len(rates))
+        applied = [(i, rate / q) for i, (rate, q) in enumerate(zip(rates, scale[: len(rates)], strict=True)) if q]
+        if not applied:
+            return
+        self._at(now)
+        self._names[name] += 1
+        for i, rate in applied:
+            key = (id(optimizer), i)
+            self._peaks[key] = max(self._peaks.get(key, 0.0), rate)
+        slack = FLOOR * now.base
+        if any(abs(rate - w) <= RATE_SLACK * w + slack for _, rate in applied for w in now.rates):
+            self._hit = True
+        elif self._miss is None:
+            wanted = now.rates[len(now.rates) // 2]  # at the samples trained before the step
+            nearest = min((rate for _, rate in applied), key=lambda rate: abs(rate - wanted))
+            self._miss = (now.step, nearest, wanted, name)
+
+    def _at(self, now: TrialRate) -> None:
+        """Steps of optimizers now belong to training step ``now.step``: the one before is judged."""
+        if self._now is None or now.step != self._now.step:
+            self._close()
+            self._now, self._hit, self._miss = now, False, None
+            self._wanted_peak = max(self._wanted_peak, *now.rates)
+            self._bases.add(now.base)
+
+    def _close(self) -> None:
+        """Judge the training step under way."""
+        if self._now is None:
+            return
+        self._all.add(self._hit, self._miss)
+        if self._now.warmup:
+            self._warmup.add(self._hit, self._miss)
+        self._now = None
 
     def verdict(self, schedule: str = "") -> RateVerdict:
-        """Whether the loop trained at the trial's rates: fine where one optimizer followed the schedule (a GAN's
-        other one need not); ``schedule`` describes it for the message."""
-        if not self._seen or any(s.followed for s in self._seen):
+        """Whether the loop trained at the trial's rates; ``schedule`` describes them for the message."""
+        self._close()
+        steps, warm = self._all, self._warmup
+        off = steps.missed > max(MISSES_ALLOWED, steps.checked // 4)
+        cold = warm.missed >= WARMUP_MISSES and warm.missed > warm.checked / 3  # the warmup not applied
+        if not (off or cold):
             return RateVerdict()
-        worst = max(self._seen, key=lambda s: s.checked)
-        assert worst.first_miss is not None
-        step, applied, wanted = worst.first_miss
-        lr_off = not any(s.at_trial_peak for s in self._seen)
+        judged = steps if off else warm
+        assert judged.first_miss is not None
+        step, applied, wanted, name = judged.first_miss
+        peak = max(self._peaks.values(), default=0.0)
+        # the rate is the trial's where some group reached the base rate (a loop that ends before its warmup does
+        # not: the schedule's highest, then), at a stage of a batch schedule or another
+        references = {*self._bases, self._wanted_peak}
+        lr_off = not any(abs(p - r) <= RATE_SLACK * r for p in self._peaks.values() for r in references)
+        base = max(self._bases, default=self._wanted_peak)
+        what = "" if off else " warmup"
         why = (
-            f"{worst.name} did not follow the trial's learning rate ({schedule}): {worst.missed} of {worst.checked} "
-            f"steps were more than {RATE_SLACK:.0%} off it, the first at step {step} with rate {applied:.4g} where "
-            f"the schedule gives {wanted:.4g}"
+            f"{name} did not follow the trial's learning rate ({schedule}): {judged.missed} of the{what} "
+            f"{judged.checked} steps were more than {RATE_SLACK:.0%} off it, the first at step {step} with rate "
+            f"{applied:.4g} where the schedule gives {wanted:.4g}"
         )
         if lr_off:
             why += (
-                f"; its highest rate was {worst.peak:.4g} where the trial's is {worst.wanted_peak:.4g}: it was given "
-                "a rate of its own (a hard-coded lr=, or one scaled), so every trial trained at it whatever the "
-                "search drew. Build it with lr=ctx.lr (or ctx.make_optimizer) and step ctx.lr_scheduler(opt)"
+                f"; the highest rate it stepped at was {peak:.4g}, {peak / base:.3g} times the trial's {base:.4g}: "
+                "it was given a rate other than the trial's (a hard-coded lr=, or the trial's scaled), so the rates "
+                "the study records, ranks and recommends are not those it trained at. Build it with lr=ctx.lr (or "
+                "ctx.make_optimizer) and step ctx.lr_scheduler(opt)"
             )
         else:
             why += (
-                ". A scheduler of the loop's own (torch's CosineAnnealingLR, say) sets other rates than the study "
-                "records and recommends: step ctx.lr_scheduler(opt) instead, or leave the schedule's settings out "
-                "of the space"
+                ": the loop set rates of its own (a scheduler of its own, torch's CosineAnnealingLR say, or ctx.lr "
+                "held as it is: without ctx.lr_scheduler, ctx.lr is the trial's rate without its warmup and decay), "
+                "other than those the study records and recommends. Step ctx.lr_scheduler(opt) instead, or leave "
+                "the schedule's settings out of the space"
             )
         return RateVerdict(why, lr_off)
+
+
+_current = threading.local()  # this thread's watch: (RateWatch, expected), set by RateWatch.watching
+_installed = False
+_install_lock = threading.Lock()
+
+
+def _hook(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    """Every optimizer's step pre-hook: the step goes to this thread's watch, where one watches."""
+    if torch.compiler.is_compiling():  # traced into a compiled function: no graph break for a check
+        return
+    current = getattr(_current, "watch", None)
+    if current is not None:
+        watch, expected = current
+        watch._step(optimizer, expected)
+
+
+def _install() -> None:
+    global _installed
+    with _install_lock:
+        if not _installed:
+            register_optimizer_step_pre_hook(_hook)
+            _installed = True
+
+
+def _rates(optimizer: torch.optim.Optimizer) -> list[float] | None:
+    """Each group's rate, or None where one cannot be read cheaply: a tensor on an accelerator (a capturable or
+    fused optimizer's; reading it waits for the device), or none at all (Adafactor's relative steps)."""
+    out = []
+    for group in optimizer.param_groups:
+        rate = group.get("lr")
+        if isinstance(rate, torch.Tensor) and rate.numel() == 1 and rate.device.type == "cpu":
+            rate = rate.item()
+        if not isinstance(rate, numbers.Real) or isinstance(rate, bool):  # numpy's float32 is one
+            return None
+        out.append(float(rate))
+    return out or None

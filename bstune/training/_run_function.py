@@ -112,9 +112,9 @@ def run_function(
     unread = ctx.unread_params() if ctx.status is RunStatus.COMPLETED and ctx.steps > 0 else []
     # said where the space searches what the rates missed (its draws would be recorded and recommended as applied)
     verdict = ctx.rate_verdict() if ctx.status is RunStatus.COMPLETED and ctx.steps > 0 else RateVerdict()
-    missed = (SCHEDULE_SETTINGS | ({"lr"} if verdict.lr_not_applied else set())) & ctx._searched
-    not_followed = verdict.why if missed else None
-    warn_unread([k for k in unread if not (not_followed and k in missed)])  # those: said below
+    affected = (SCHEDULE_SETTINGS | ({"lr"} if verdict.lr_not_applied else set())) & ctx._searched
+    not_followed = verdict.why if affected else None
+    warn_unread([k for k in unread if not (not_followed and k in affected)])  # those: said below
     global _said_not_followed
     if not_followed and not _said_not_followed:
         _said_not_followed = True  # the loop is the same in every trial: said once per process
