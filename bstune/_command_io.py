@@ -4,6 +4,7 @@ the report they write, whether to draw progress bars."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bstune._interrupts import ctrl_c_held
 from bstune.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
 __all__ = ["load_result", "wants_progress", "writable_out", "write_json", "write_report"]
 
 logger = logging.getLogger("bstune.cli")
+
+# what writing a report imports on first use, with C extensions an interrupted import leaves broken
+REPORT_IMPORTS = ("scipy.optimize", "scipy.stats", "bstune.report._plots")
 
 
 def writable_out(out: str | None, option: str = "--out") -> None:
@@ -137,6 +142,9 @@ def write_report(
 
     ``echo``: print the report's markdown too.
     """
+    with ctrl_c_held():  # the report's imports first (SciPy, matplotlib): a Ctrl-C inside one breaks it
+        for name in REPORT_IMPORTS:
+            importlib.import_module(name)
     target: dict[str, Any] = {"metric": metric}
     if value is not None:
         target["value"] = value

@@ -20,12 +20,11 @@ import contextlib
 import logging
 import math
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from bstune import __version__
+from bstune._interrupts import ctrl_c_held
 from bstune.errors import BstuneError, ConfigError
 
 __all__ = ["build_parser", "main", "run_command"]
@@ -529,31 +528,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(args)
 
 
-@contextlib.contextmanager
-def _ctrl_c_held() -> Iterator[None]:
-    """Hold a Ctrl-C pressed inside the block and raise it as KeyboardInterrupt when the block ends.
-
-    An import interrupted halfway does not fail with KeyboardInterrupt: NumPy's C extension then fails with
-    ImportError ("cannot load module more than once per process"), a dataclass of PyTorch's with RuntimeError,
-    each a traceback. Only the main thread receives signals; elsewhere, or under a handler not Python's own
-    (an embedding program's), the block runs as it is.
-    """
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield
-        return
-    pressed: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if pressed:
-        raise KeyboardInterrupt
-
-
 def run_command(args: argparse.Namespace) -> int:
     """Run a parsed command with the CLI's logging and exit codes (also the cluster job's entry point)."""
     logging.basicConfig(
@@ -561,7 +535,7 @@ def run_command(args: argparse.Namespace) -> int:
     )
     try:
         # the commands pull in PyTorch and Optuna (seconds): imported here, where Ctrl-C is answered
-        with _ctrl_c_held():
+        with ctrl_c_held():
             from bstune import _commands
 
         _check_device(args)
