@@ -522,8 +522,8 @@ class TrialContext:
                 raise self._scheduler_error(stepped, counted)
 
     def _own_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """An optimizer the loop made itself stepped (:class:`RateWatch`, without ``ctx.lr_scheduler``, which
-        compares it too): the temperatures and the LR rule assume the space's optimizer."""
+        """The optimizer the loop made itself trains (:class:`RateWatch`: no optimizer of ``ctx.make_optimizer`` or
+        ``ctx.lr_scheduler`` steps): the temperatures and the LR rule assume the space's optimizer."""
         if self._optimizer_declared and self.other_optimizer is None:
             spec = self.optimizer_spec
             self.other_optimizer = warn_on_other_optimizer(optimizer, spec.family, self.momentum, spec.betas)
@@ -531,20 +531,27 @@ class TrialContext:
     def _rates_expected(self) -> TrialRate | None:
         """The step an optimizer takes now and the trial's rates for it (:class:`RateWatch` asks at each
         ``opt.step()``): the schedule at the samples trained before it, or a step either side (a loop calls
-        ``ctx.step`` after ``opt.step()`` or before, and steps a hand-made schedule before it or after). None in
-        the probe's ramp."""
-        if self._ramp is not None:
+        ``ctx.step`` after ``opt.step()`` or before, and steps a hand-made schedule before it or after; or where
+        the optimizer steps taken so far stand, as a scheduler an AMP loop skips with its scaler's skipped steps
+        does). None in the probe's ramp and still phase (the scheduler holds the rate at 0 there)."""
+        if self._ramp is not None or (self.freeze_from is not None and self.samples >= self.freeze_from):
             return None
         at, batch = self.samples, self._batch_now()
+        taken = self._rate_watch.checked_steps() * batch  # as many steps of full batches
         # at the samples really trained (a loop's own loader has short batches: lr_at(ctx.train_config, ctx.samples)
-        # is the hand-made recipe)
-        points = (at - (self._step_samples or batch), at, at + batch)
+        # is the hand-made recipe); the step's own first, what a miss is reported against
+        points = (at, at - (self._step_samples or batch), at + batch, taken, taken + batch)
         rates = tuple(lr_at(self._rates, max(0, p)) for p in points)
         return TrialRate(self.steps, rates, base=stage_at(self._rates, at)[1], warmup=at < self._rates.warmup_samples)
 
     def _driven(self, optimizer: torch.optim.Optimizer) -> bool:
-        """Whether a live ``ctx.lr_scheduler`` sets ``optimizer``'s rates."""
-        return any(sched.optimizer is optimizer for sched in self._schedulers)
+        """Whether a live ``ctx.lr_scheduler`` sets ``optimizer``'s rates: its own, or those of the groups it shares
+        with a wrapper the scheduler was given (SAM's base optimizer, Accelerate's wrapped one)."""
+        groups = {id(group) for group in optimizer.param_groups}
+        return any(
+            sched.optimizer is optimizer or any(id(group) in groups for group in sched.optimizer.param_groups)
+            for sched in self._schedulers
+        )
 
     def rate_verdict(self) -> RateVerdict:
         """Whether the loop's optimizers trained at the trial's rate and schedule (see :mod:`._rate_watch`)."""

@@ -5,14 +5,20 @@ what counts is the rate the optimizer steps at. :class:`RateWatch` sees every ``
 the trial function's thread makes, through torch's optimizer step pre-hook common to all optimizers,
 so a loop's own optimizer is watched as one from ``ctx.make_optimizer`` is, and one made again each
 epoch as the same. The judgement is per training step (``ctx.step``): a step follows the trial's
-schedule where some group of some optimizer stepped within ``RATE_SLACK`` of the schedule's rate
-(``lr_at`` at the samples trained, or a step either side: a loop calls ``ctx.step`` before or after
-``opt.step()``), so a GAN's second optimizer, a backbone's group at a tenth of the rate or a
-one-step calibration at each evaluation neither clears nor condemns a loop. The warmup is judged
-on its own steps (a few percent of a run hide in any allowance over the whole), and the rate
+schedule where some group of some optimizer, one whose parameters have gradients, stepped within
+``RATE_SLACK`` of the schedule's rate (``lr_at`` at the samples trained, or a step either side: a
+loop calls ``ctx.step`` before or after ``opt.step()``; or where its own optimizer steps stand, an AMP
+loop that skips its scheduler with the steps its scaler skipped), so a GAN's second optimizer, a
+backbone's group at a tenth of the rate or a one-step calibration at each evaluation does not condemn
+a loop (one at the trial's rate beside a hard-coded main optimizer clears it, though). The warmup is
+judged on its own steps (a few percent of a run hide in any allowance over the whole), and the rate
 itself by the highest any group reached: a loop that built its optimizer with a rate other than
 the trial's (a hard-coded ``lr=3e-4``, or the trial's scaled) trains at rates the study neither
 records nor recommends. An optimizer that ``ctx.lr_scheduler`` drives follows by construction.
+
+Not seen, so not judged: a rate held as a tensor on an accelerator (reading it would wait for the
+device), optimizer steps fused into the backward pass (they run on autograd's threads), a step traced
+by ``torch.compile``, and optimizer steps in processes of the loop's own (its DDP ranks).
 
 One hook serves the whole process, installed once and never removed (torch walks its hooks on
 every step, so adding or removing one while another thread steps would break that thread's
@@ -21,7 +27,9 @@ step); each thread's :meth:`RateWatch.watching` block tells it which watch is th
 Example:
     >>> import torch
     >>> watch = RateWatch()
-    >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    >>> weight = torch.zeros(1, requires_grad=True)
+    >>> weight.grad = torch.ones(1)
+    >>> opt = torch.optim.SGD([weight], lr=0.01)
     >>> with watch.watching(lambda: TrialRate(watch.checked_steps(), (0.1,), base=0.1, warmup=False)):
     ...     for _ in range(20):
     ...         opt.step()
@@ -31,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import numbers
 import threading
 import weakref
@@ -43,6 +52,8 @@ from typing import NamedTuple
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["RATE_SLACK", "RateVerdict", "RateWatch", "TrialRate"]
 
 # a step follows the schedule when a rate is within this share of the schedule's (a hand-made warmup rounds its
@@ -53,14 +64,16 @@ FLOOR = 0.05
 # steps off the schedule before any verdict, or a quarter of the steps (torch's own schedulers stepped per epoch,
 # a hand-made warmup a step early or late)
 MISSES_ALLOWED = 8
+# steps a loop's own optimizer takes before it is compared with the space's (a one-step calibration is not the loop's)
+OWN_STEPS = 9
 # the warmup is not followed where this many of its steps, and more than a third, are off: a loop at the full rate
 # meets a linear warmup's last steps within the slack (a third of them at most), one a step early or late none
 WARMUP_MISSES = 3
 
 
 class TrialRate(NamedTuple):
-    """The training step under way, the rates the trial's schedule allows for it, the trial's base rate there (its
-    batch stage's, without warmup and decay) and whether it warms up."""
+    """The training step under way, the rates the trial's schedule allows for it (its own first), the trial's base
+    rate there (its batch stage's, without warmup and decay) and whether it warms up."""
 
     step: int
     rates: tuple[float, ...]
@@ -95,8 +108,10 @@ class _Steps:
 class RateWatch:
     """The rates of the optimizers a trial function steps (see the module doc).
 
-    ``on_own`` is told of each optimizer the loop made itself, when it first steps (to compare it with
-    the space's optimizer); ``driven`` says whether ``ctx.lr_scheduler`` sets an optimizer's rates.
+    ``on_own`` is told of the optimizer the loop made itself once it has stepped ``OWN_STEPS`` times, where
+    no optimizer of ``ctx.make_optimizer`` or ``ctx.lr_scheduler`` steps (to compare it with the space's
+    optimizer: a one-step calibration or a GAN's second optimizer beside the trial's is not the loop's);
+    ``driven`` says whether ``ctx.lr_scheduler`` sets an optimizer's rates.
     """
 
     def __init__(
@@ -109,32 +124,42 @@ class RateWatch:
         self._made: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[float | None, ...]] = (
             weakref.WeakKeyDictionary()
         )
-        self._seen: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+        self._own_steps: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = weakref.WeakKeyDictionary()
+        self._ours = False  # an optimizer of ctx.make_optimizer or ctx.lr_scheduler stepped
         self._names: Counter[str] = Counter()  # optimizer steps seen, by what the optimizer is
         self._all, self._warmup = _Steps(), _Steps()
-        self._peaks: dict[tuple[int, int], float] = {}  # (optimizer, group): the highest rate it stepped at
+        # (optimizer, group): the highest rate it stepped at; an optimizer made again each epoch is one
+        self._peaks: dict[tuple[str, int], float] = {}
         self._wanted_peak = 0.0  # the schedule's highest over the steps seen
         self._bases: set[float] = set()  # the trial's base rates over the steps seen
         # the training step under way: its rate, whether some rate followed it, its first rate off
         self._now: TrialRate | None = None
         self._hit = False
         self._miss: tuple[int, float, float, str] | None = None
+        self._broken = False  # the watch raised once: off, rather than break the loop's steps
 
     def made(self, optimizer: torch.optim.Optimizer, lr: float) -> None:
-        """``optimizer`` is ``ctx.make_optimizer``'s, built at the trial's rate ``lr``."""
-        self._made[optimizer] = tuple(
-            float(g["lr"]) / lr if lr > 0 and isinstance(g.get("lr"), (int, float)) and g["lr"] > 0 else None
+        """``optimizer`` is ``ctx.make_optimizer``'s, built at the trial's rate ``lr``: a group made at another
+        rate (a backbone's tenth) is a multiple of the trial's, where one group holds the trial's rate itself
+        (or is frozen at 0); else the groups hold rates of the loop's own."""
+        ratios = [
+            float(g["lr"]) / lr if lr > 0 and isinstance(g.get("lr"), numbers.Real) and g["lr"] > 0 else None
             for g in optimizer.param_groups
-        )
+        ]
+        if any(r is None or abs(r - 1.0) < 1e-9 for r in ratios):
+            self._made[optimizer] = tuple(ratios)
+        else:
+            self._made[optimizer] = (1.0,) * len(ratios)
 
     def checked_steps(self) -> int:
+        """Training steps judged so far: those in which some optimizer stepped."""
         return self._all.checked + (self._now is not None)
 
     @contextmanager
     def watching(self, expected: Callable[[], TrialRate | None]) -> Iterator[None]:
         """Check every optimizer step this thread takes inside the block against ``expected()`` (None: nothing to
-        check now, the probe's ramp); another thread's steps are not this watch's (Ray's function trainables run
-        trials on threads of one process)."""
+        check now, the probe's ramp and still phase); another thread's steps are not this watch's (Ray's function
+        trainables run trials on threads of one process)."""
         _install()
         previous = getattr(_current, "watch", None)
         _current.watch = (self, expected)
@@ -144,38 +169,53 @@ class RateWatch:
             _current.watch = previous
 
     def _step(self, optimizer: torch.optim.Optimizer, expected: Callable[[], TrialRate | None]) -> None:
+        if self._broken:
+            return
+        try:
+            self._judge(optimizer, expected)
+        except Exception:  # a check must not break the loop's training
+            self._broken = True
+            logger.warning("the learning-rate check failed and is off for this run", exc_info=True)
+
+    def _judge(self, optimizer: torch.optim.Optimizer, expected: Callable[[], TrialRate | None]) -> None:
         now = expected()
         rates = _rates(optimizer)
         if now is None or rates is None:
             return
         if self._driven is not None and self._driven(optimizer):  # ctx.lr_scheduler sets its rates: followed
+            self._ours = True
             self._at(now)
             self._hit = True
             return
         ratios = self._made.get(optimizer)
-        name = (
-            "the optimizer from ctx.make_optimizer"
-            if ratios is not None
-            else f"the loop's own {type(optimizer).__name__}"
-        )
-        if ratios is None and optimizer not in self._seen and self._on_own is not None:
-            self._on_own(optimizer)
-        self._seen.add(optimizer)
-        # a group added after ctx.make_optimizer built it (add_param_group) holds a rate of the loop's own
+        if ratios is not None:
+            self._ours = True
+            name = "the optimizer from ctx.make_optimizer"
+        else:
+            name = f"the loop's own {type(optimizer).__name__}"
+            self._own_steps[optimizer] = count = self._own_steps.get(optimizer, 0) + 1
+            if count == OWN_STEPS and not self._ours and self._on_own is not None:
+                self._on_own(optimizer)
+        # a group added after ctx.make_optimizer built it (add_param_group) holds a rate of the loop's own; a group
+        # whose parameters have no gradient (frozen, or empty) trains nothing at any rate
         scale = (*(ratios or ()), *(1.0,) * len(rates))
-        applied = [(i, rate / q) for i, (rate, q) in enumerate(zip(rates, scale[: len(rates)], strict=True)) if q]
+        applied = [
+            (i, rate / q)
+            for i, (rate, q, group) in enumerate(zip(rates, scale[: len(rates)], optimizer.param_groups, strict=True))
+            if q and any(p.grad is not None for p in group["params"])
+        ]
         if not applied:
             return
         self._at(now)
         self._names[name] += 1
         for i, rate in applied:
-            key = (id(optimizer), i)
+            key = (name, i)
             self._peaks[key] = max(self._peaks.get(key, 0.0), rate)
         slack = FLOOR * now.base
         if any(abs(rate - w) <= RATE_SLACK * w + slack for _, rate in applied for w in now.rates):
             self._hit = True
         elif self._miss is None:
-            wanted = now.rates[len(now.rates) // 2]  # at the samples trained before the step
+            wanted = now.rates[0]  # at the samples trained before the step
             nearest = min((rate for _, rate in applied), key=lambda rate: abs(rate - wanted))
             self._miss = (now.step, nearest, wanted, name)
 
@@ -207,7 +247,6 @@ class RateWatch:
         judged = steps if off else warm
         assert judged.first_miss is not None
         step, applied, wanted, name = judged.first_miss
-        peak = max(self._peaks.values(), default=0.0)
         # the rate is the trial's where some group reached the base rate (a loop that ends before its warmup does
         # not: the schedule's highest, then), at a stage of a batch schedule or another
         references = {*self._bases, self._wanted_peak}
@@ -220,6 +259,7 @@ class RateWatch:
             f"{applied:.4g} where the schedule gives {wanted:.4g}"
         )
         if lr_off:
+            peak = max(p for (n, _), p in self._peaks.items() if n == name)
             why += (
                 f"; the highest rate it stepped at was {peak:.4g}, {peak / base:.3g} times the trial's {base:.4g}: "
                 "it was given a rate other than the trial's (a hard-coded lr=, or the trial's scaled), so the rates "

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.optimizer import _global_optimizer_pre_hooks
 
 from bstune.optim import OptimizerSpec
 from bstune.training import RunStatus, TrainConfig, TrialContext, lr_at, run_function
-from bstune.training._rate_watch import RateWatch, TrialRate
+from bstune.training._rate_watch import RateWatch, TrialRate, _current
 
 G = torch.Generator().manual_seed(0)
 X = torch.randn(480, 8, generator=G)
@@ -292,39 +293,142 @@ def test_ctx_step_before_the_optimizers_is_followed_too() -> None:
     assert result.unread_params == [] and ctx.schedule_not_followed() is None
 
 
+def trained(lr: float | torch.Tensor) -> torch.optim.Optimizer:
+    """An optimizer whose one parameter has a gradient (a group without one trains nothing: not judged)."""
+    weight = nn.Parameter(torch.zeros(1))
+    weight.grad = torch.ones(1)
+    return torch.optim.SGD([weight], lr=lr)
+
+
 def test_a_function_that_raises_leaves_no_watch_on_its_thread() -> None:
+    hooks = len(_global_optimizer_pre_hooks)
+
     def fn(ctx: TrialContext) -> None:
         raise ValueError("a bug")
 
     with pytest.raises(ValueError, match="a bug"):
         run_function(fn, CONFIG, params={"lr": 0.1})
+    assert getattr(_current, "watch", None) is None
     watch = RateWatch()
-    try:
-        with watch.watching(lambda: TrialRate(0, (0.1,), base=0.1, warmup=False)):
-            raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        pass
-    torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01).step()
-    assert watch.checked_steps() == 0
+    with pytest.raises(KeyboardInterrupt), watch.watching(lambda: TrialRate(0, (0.1,) * 3, base=0.1, warmup=False)):
+        raise KeyboardInterrupt
+    trained(0.01).step()
+    assert watch.checked_steps() == 0 and getattr(_current, "watch", None) is None
+    run_function(own_loop(hard_coded), CONFIG, params={"lr": 0.1})
+    assert len(_global_optimizer_pre_hooks) in (hooks, hooks + 1)  # one, however many runs
 
 
 def test_a_rate_the_hook_cannot_read_cheaply_is_left_unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
     watch = RateWatch()
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=torch.tensor(0.01))
+    rate = TrialRate(0, (0.1,) * 3, base=0.1, warmup=False)
+    opt = trained(torch.tensor(0.01))
     monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("meta")))  # as on a GPU
-    with watch.watching(lambda: TrialRate(0, (0.1,), base=0.1, warmup=False)):
-        for _ in range(20):
-            opt.step()
+    with watch.watching(lambda: rate):
+        opt.step()
     monkeypatch.undo()
-    assert watch.checked_steps() == 0 and watch.verdict().why is None
-    with watch.watching(lambda: None):  # ctx.lr_scheduler sets the rates: nothing to check
-        torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01).step()
     assert watch.checked_steps() == 0
+    with watch.watching(lambda: None):  # the probe's ramp, or its still phase: nothing to check
+        trained(0.01).step()
+    assert watch.checked_steps() == 0
+    with watch.watching(lambda: rate):  # what is checked, where it can be read
+        opt.step()
+    assert watch.checked_steps() == 1
 
 
-def test_the_hook_is_gone_after_the_run() -> None:
-    watch = RateWatch()
-    with watch.watching(lambda: TrialRate(0, (0.1,), base=0.1, warmup=False)):
-        pass
-    torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01).step()
-    assert watch.checked_steps() == 0
+def test_a_calibration_optimizer_beside_make_optimizers_is_not_taken_for_the_loops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a review: the first optimizer of the loop's own to step was compared with the space's, so a temperature fitted
+    # by SGD at each evaluation made the report drop the space's momentum as "not the space's optimizer"
+    def fn(ctx: TrialContext) -> None:
+        model = Net()
+        opt = ctx.make_optimizer(model.parameters())
+        temperature = nn.Parameter(torch.ones(1))
+        fit = torch.optim.SGD([temperature], lr=0.01)  # plain SGD: not the space's (momentum 0.9)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ctx.step(loss)
+            if ctx.at_milestone():
+                for _ in range(20):
+                    fit.zero_grad()
+                    ((temperature - 2) ** 2).sum().backward()
+                    fit.step()
+                ctx.report(val_loss=loss.item())
+
+    spec = OptimizerSpec(family="sgd", momentum=0.9)
+    result, _ = run_function(fn, CONFIG, params={"lr": 0.1}, optimizer=spec)
+    assert result.other_optimizer is None and result.unread_params == []
+
+
+def test_the_probes_still_phase_is_not_judged() -> None:
+    # a review: the still phase (rate held at 0 by ctx.lr_scheduler) was compared with the trial's rate
+    def fn(ctx: TrialContext) -> None:
+        dict(ctx.config)
+        model = Net()
+        opt = torch.optim.SGD(model.parameters(), lr=ctx.lr)
+        sched = ctx.lr_scheduler(opt)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            ctx.step(loss)
+            if ctx.at_milestone():
+                ctx.report(val_loss=loss.item())
+
+    config = TrainConfig(batch_size=32, lr=0.1, max_samples=32 * 90, schedule="cosine", warmup_samples=320)
+    result, ctx = run_function(
+        fn, config, params={"lr": 0.1, "schedule": "cosine", "warmup_samples": 320}, still_after=32 * 40
+    )
+    assert result.status is RunStatus.COMPLETED and ctx.schedule_not_followed() is None
+    assert ctx._rate_watch.checked_steps() == 40  # the training steps, not the still ones
+
+
+def test_an_amp_loop_that_skips_its_scheduler_with_its_skipped_steps_follows_the_warmup() -> None:
+    # GradScaler skips the first steps (their gradients overflow) and the loop its scheduler with them (Hugging
+    # Face's Trainer does): its warmup runs those steps late
+    config = TrainConfig(batch_size=32, lr=0.1, max_samples=32 * 60, warmup_samples=32 * 20)
+
+    def fn(ctx: TrialContext) -> None:
+        dict(ctx.config)
+        model = Net()
+        opt = torch.optim.SGD(model.parameters(), lr=ctx.lr)
+        warmup_steps = ctx.train_config.warmup_samples // ctx.batch_size
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warmup_steps))
+        for i, (xb, yb) in enumerate(ctx.loader(TRAIN)):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            if i >= 6:  # the scaler's skipped steps: no opt.step(), no sched.step()
+                opt.step()
+                sched.step()
+            ctx.step(loss)
+
+    result, ctx = run_function(fn, config, params={"lr": 0.1, "warmup_samples": 640})
+    assert result.unread_params == [] and ctx.schedule_not_followed() is None
+
+
+def test_a_frozen_group_at_the_trials_rate_does_not_clear_a_hard_coded_one() -> None:
+    # a review: a group whose parameters take no gradient trains nothing, at whatever rate it holds
+    def make(ctx: TrialContext, model: Net) -> torch.optim.Optimizer:
+        dict(ctx.config)
+        model.body.requires_grad_(False)
+        return torch.optim.AdamW(
+            [{"params": model.body.parameters(), "lr": ctx.lr}, {"params": model.head.parameters()}], lr=3e-4
+        )
+
+    assert run(own_loop(make), {"lr": 0.1})[0] == ["lr"]
+
+
+def test_rates_of_its_own_given_to_make_optimizers_groups_are_the_loops() -> None:
+    # a review: every group at a rate of the loop's own was taken for a multiple of the trial's
+    def make(ctx: TrialContext, model: Net) -> torch.optim.Optimizer:
+        return ctx.make_optimizer(
+            [{"params": model.body.parameters(), "lr": 1e-4}, {"params": model.head.parameters(), "lr": 1e-3}]
+        )
+
+    assert run(own_loop(make), {"lr": 0.1})[0] == ["lr"]
