@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -33,17 +34,22 @@ class Net(nn.Module):
         return self.head(F.relu(self.body(x)))
 
 
+Scheduler = Callable[[TrialContext, torch.optim.Optimizer], "torch.optim.lr_scheduler.LRScheduler | Any"]
+
+
 def own_loop(
     make: Callable[[TrialContext, Net], torch.optim.Optimizer],
-    scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
+    scheduler: Scheduler | None = None,
+    evaluate: Callable[[], None] | None = None,
 ) -> Callable[[TrialContext], None]:
-    """A loop that logs its whole config (every key read, as wandb does) and steps an optimizer of its own."""
+    """A loop that logs its whole config (every key read, as wandb does) and steps an optimizer of its own (or
+    ``make``'s), and its ``scheduler``; ``evaluate`` runs at each milestone, before the report."""
 
     def fn(ctx: TrialContext) -> None:
         dict(ctx.config)  # logged
         model = Net()
         opt = make(ctx, model)
-        sched = scheduler(opt) if scheduler is not None else None
+        sched = scheduler(ctx, opt) if scheduler is not None else None
         for xb, yb in ctx.loader(TRAIN):
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad()
@@ -52,6 +58,10 @@ def own_loop(
             if sched is not None:
                 sched.step()
             ctx.step(loss)
+            if ctx.at_milestone():
+                if evaluate is not None:
+                    evaluate()
+                ctx.report(val_loss=loss.item())
 
     return fn
 
@@ -91,7 +101,7 @@ def test_an_optimizer_of_its_own_at_the_trials_rate_is_fine() -> None:
 def test_a_schedule_of_its_own_where_the_space_searches_none_is_the_loops_to_choose() -> None:
     # torch's cosine from the trial's rate: the schedule is not the trial's (constant), but the space searches none,
     # and the rate it starts from is the trial's
-    cosine = lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=60)  # noqa: E731
+    cosine = lambda ctx, opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=60)  # noqa: E731
     unread, why = run(own_loop(lambda ctx, m: torch.optim.SGD(m.parameters(), lr=ctx.lr), cosine), {"lr": 0.1})
     assert unread == [] and why is not None and "a scheduler of its own" in why  # said nowhere: not searched
     # where it does, the trial's (a warmup, then cosine) is recorded as applied: the loop skipped the warmup
@@ -143,20 +153,7 @@ def calibrate(lr: float) -> None:
 def test_a_one_step_calibration_at_each_evaluation_does_not_clear_a_hard_coded_rate() -> None:
     # a newcomer's loop: temperature scaling by LBFGS, one step per evaluation; with each optimizer judged alone,
     # its few steps counted as "followed" and cleared the AdamW at 3e-4 beside it
-    def fn(ctx: TrialContext) -> None:
-        model = Net()
-        opt = hard_coded(ctx, model)
-        for xb, yb in ctx.loader(TRAIN):
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            ctx.step(loss)
-            if ctx.at_milestone():
-                calibrate(0.01)
-                ctx.report(val_loss=loss.item())
-
-    assert run(fn, {"lr": 0.1})[0] == ["lr"]
+    assert run(own_loop(hard_coded, evaluate=lambda: calibrate(0.01)), {"lr": 0.1})[0] == ["lr"]
 
 
 def test_an_optimizer_made_again_every_few_steps_is_judged_over_the_run() -> None:
@@ -194,7 +191,7 @@ def test_a_group_at_the_trials_rate_beside_one_at_ten_times_keeps_the_rate_appli
         opt.add_param_group({"params": model.head.parameters(), "lr": 10 * ctx.config["lr"]})
         return opt
 
-    cosine = lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=60)  # noqa: E731
+    cosine = lambda ctx, opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=60)  # noqa: E731
     result, _ = run_function(own_loop(make, cosine), CONFIG, params={"lr": 0.1, "schedule": "constant"})
     assert result.unread_params == ["schedule"]  # its own cosine: the schedule, not the rate
 
@@ -335,51 +332,26 @@ def test_a_rate_the_hook_cannot_read_cheaply_is_left_unchecked(monkeypatch: pyte
     assert watch.checked_steps() == 1
 
 
-def test_a_calibration_optimizer_beside_make_optimizers_is_not_taken_for_the_loops(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_calibration_optimizer_beside_make_optimizers_is_not_taken_for_the_loops() -> None:
     # a review: the first optimizer of the loop's own to step was compared with the space's, so a temperature fitted
     # by SGD at each evaluation made the report drop the space's momentum as "not the space's optimizer"
-    def fn(ctx: TrialContext) -> None:
-        model = Net()
-        opt = ctx.make_optimizer(model.parameters())
-        temperature = nn.Parameter(torch.ones(1))
-        fit = torch.optim.SGD([temperature], lr=0.01)  # plain SGD: not the space's (momentum 0.9)
-        for xb, yb in ctx.loader(TRAIN):
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            ctx.step(loss)
-            if ctx.at_milestone():
-                for _ in range(20):
-                    fit.zero_grad()
-                    ((temperature - 2) ** 2).sum().backward()
-                    fit.step()
-                ctx.report(val_loss=loss.item())
+    temperature = nn.Parameter(torch.ones(1))
+    fit = torch.optim.SGD([temperature], lr=0.01)  # plain SGD: not the space's (momentum 0.9)
 
-    spec = OptimizerSpec(family="sgd", momentum=0.9)
-    result, _ = run_function(fn, CONFIG, params={"lr": 0.1}, optimizer=spec)
+    def fit_temperature() -> None:
+        for _ in range(20):
+            fit.zero_grad()
+            ((temperature - 2) ** 2).sum().backward()
+            fit.step()
+
+    fn = own_loop(lambda ctx, m: ctx.make_optimizer(m.parameters()), evaluate=fit_temperature)
+    result, _ = run_function(fn, CONFIG, params={"lr": 0.1}, optimizer=OptimizerSpec(family="sgd", momentum=0.9))
     assert result.other_optimizer is None and result.unread_params == []
 
 
 def test_the_probes_still_phase_is_not_judged() -> None:
     # a review: the still phase (rate held at 0 by ctx.lr_scheduler) was compared with the trial's rate
-    def fn(ctx: TrialContext) -> None:
-        dict(ctx.config)
-        model = Net()
-        opt = torch.optim.SGD(model.parameters(), lr=ctx.lr)
-        sched = ctx.lr_scheduler(opt)
-        for xb, yb in ctx.loader(TRAIN):
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            ctx.step(loss)
-            if ctx.at_milestone():
-                ctx.report(val_loss=loss.item())
-
+    fn = own_loop(lambda ctx, m: torch.optim.SGD(m.parameters(), lr=ctx.lr), lambda ctx, opt: ctx.lr_scheduler(opt))
     config = TrainConfig(batch_size=32, lr=0.1, max_samples=32 * 90, schedule="cosine", warmup_samples=320)
     result, ctx = run_function(
         fn, config, params={"lr": 0.1, "schedule": "cosine", "warmup_samples": 320}, still_after=32 * 40
