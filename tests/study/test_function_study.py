@@ -940,6 +940,40 @@ def test_a_loop_that_batches_at_its_own_size_gets_no_batch_size_recommended(capl
     assert "**Not applied**" not in text  # said once, above
 
 
+def test_a_loop_that_logs_its_config_but_hard_codes_its_rate_gets_no_rate_recommended(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newcomer's loop logged ctx.config whole (every key read) and built AdamW(lr=3e-4) itself: every trial
+    trained at 3e-4, and the report recommended the rate the search drew, unsaid."""
+    from bstune.report import build_report, render_markdown
+    from bstune.study import format_summary
+
+    def hard_coded(ctx: TrialContext) -> None:
+        dict(ctx.config)  # logged
+        model = net()
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+        for xb, yb in ctx.loader(TRAIN):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ctx.step(loss)
+            if ctx.at_milestone():
+                with torch.no_grad():
+                    ctx.report(val_loss=F.cross_entropy(model(VX), VY).item())
+
+    monkeypatch.setattr("bstune.training._run_function._said_not_followed", False)
+    with caplog.at_level(logging.WARNING, logger="bstune"):
+        result = bstune.Study(hard_coded, SPACE, **(ARGS | {"n_trials": 2, "rescore_top": 0, "pruner": "none"})).run()
+    assert all(t.unread_params == ["lr"] for t in result.trials)
+    assert caplog.text.count("the loop's own AdamW did not follow the trial's learning rate") == 1
+    text = render_markdown(build_report(result).data)
+    rec = build_report(result).recommended
+    assert f"at the loop's own learning rate (the search's {rec['lr']:.4g} never reached it)**" in text
+    assert "; or it read the rate (a config logged whole, say) while its optimizer stepped at rates other" in text
+    assert "; or read lr while its optimizer stepped at rates of its own" in format_summary(result.to_dict())
+
+
 def test_a_loop_that_reads_the_batch_size_through_ctx_is_not_told(caplog: pytest.LogCaptureFixture) -> None:
     own_loader = own_loader_loop(256, loader_batch=None, count=False, report=True)  # batches at ctx.batch_size
     with caplog.at_level(logging.WARNING, logger="bstune"):
