@@ -12,7 +12,7 @@ import pytest
 from bstune._interrupts import ctrl_c_held
 
 
-def test_a_ctrl_c_inside_the_block_is_raised_when_it_ends() -> None:
+def test_a_ctrl_c_inside_the_block_is_raised_when_it_ends(capsys: pytest.CaptureFixture[str]) -> None:
     done = []
     with pytest.raises(KeyboardInterrupt), ctrl_c_held():
         signal.raise_signal(signal.SIGINT)
@@ -21,6 +21,40 @@ def test_a_ctrl_c_inside_the_block_is_raised_when_it_ends() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with ctrl_c_held():  # none pressed: nothing raised
         pass
+
+
+def test_a_second_press_stops_at_once_and_the_first_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    # an import that hangs (a slow network file system) must not hold the terminal
+    done = []
+    with pytest.raises(KeyboardInterrupt), ctrl_c_held("the test ends"):
+        signal.raise_signal(signal.SIGINT)
+        done.append("held")
+        signal.raise_signal(signal.SIGINT)
+        done.append("not reached")
+    assert done == ["held"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert capsys.readouterr().err == "bstune: Ctrl-C: stopping once the test ends (press it again to stop now)\n"
+
+
+def test_a_block_that_fails_after_a_press_ends_as_the_press() -> None:
+    # an import cut short raises its own error: the user pressed Ctrl-C, and is answered as having pressed it
+    with pytest.raises(KeyboardInterrupt) as caught, ctrl_c_held():
+        signal.raise_signal(signal.SIGINT)
+        raise ModuleNotFoundError("half a module")
+    assert isinstance(caught.value.__cause__, ModuleNotFoundError)
+    with pytest.raises(ModuleNotFoundError), ctrl_c_held():  # no press: its own error
+        raise ModuleNotFoundError("a missing module")
+
+
+def test_a_handler_the_block_installs_stays() -> None:
+    def mine(signum: int, frame: object) -> None:
+        pass
+
+    try:
+        with ctrl_c_held():
+            signal.signal(signal.SIGINT, mine)
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def test_a_handler_of_the_programs_own_gets_the_press_as_it_comes() -> None:

@@ -182,23 +182,19 @@ def recommendation_lines(data: dict[str, Any]) -> list[str]:
     if missing:
         it = "them" if len(missing) == 2 else "it"
         read = (
-            f"read neither the trial's {missing[0]} nor its {missing[1]}"
-            if len(missing) == 2
-            else f"never read the trial's {missing[0]}"
+            f"the training function never read the trial's {' or '.join(missing)} (ctx.config, ctx.batch_size, "
+            f"ctx.lr, ctx.train_config) nor had bstune apply {it} (ctx.loader, ctx.make_optimizer, ctx.lr_scheduler)"
         )
-        # or a rate read (a config logged whole) while the optimizer stepped at another (RateWatch's verdict)
-        own_rate = (
-            "; or it read the rate (a config logged whole, say) while its optimizer stepped at rates other than the "
-            "trial's (a hard-coded lr=, or the trial's scaled)"
-            if "lr" in unread
-            else ""
-        )
+        if "lr" in unread:  # or read the rate (a config logged whole) while the optimizer stepped at others
+            read = (
+                f"either {read}, or it read the learning rate (a config logged whole, say) while its optimizer "
+                "stepped at rates other than the trial's (a hard-coded lr=, or the trial's rate scaled)"
+            )
         out += [
-            f"**The loop trained at its own {' and '.join(missing)}**: the training function {read} "
-            f"(ctx.config, ctx.batch_size, ctx.lr, ctx.train_config) nor had bstune apply {it} (ctx.loader, "
-            f"ctx.make_optimizer, ctx.lr_scheduler){own_rate}. The trials trained at the loop's own, not at what the "
-            "search drew: the trials below are named by configs they did not train with, and what this report "
-            "derives from the batch size and rate (temperatures, B_crit, the LR table) does not describe the loop.",
+            f"**The loop trained at its own {' and '.join(missing)}**: {read}. The trials trained at the loop's own, "
+            "not at what the search drew: the trials below are named by configs they did not train with, and what "
+            "this report derives from the batch size and rate (temperatures, B_crit, the LR table) does not "
+            "describe the loop.",
             "",
         ]
     out.append(f"Why: {rec['why']}.")

@@ -62,7 +62,7 @@ def recommend(
         f"best {result.objective} ({result.best_value:.4g}) of {ran} trials "
         f"at a budget of {result.budget_samples:,} samples"
         # the value is one seed's draw, and the best of many draws leans lucky: say so where nothing re-scored it
-        + ("; one seed each (re-scoring off: rescore_top or rescore_seeds 0)" if not result.rescored else "")
+        + ("; one seed each, not re-scored (rescore_top or rescore_seeds was 0)" if not result.rescored else "")
     )
     chosen = next((r for r in result.rescored if r.trial == result.best_trial), None)
     if chosen is not None and chosen.mean is not None:

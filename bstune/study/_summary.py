@@ -128,11 +128,15 @@ def format_summary(result: dict[str, Any], *, top: int | None = 10, folder: str 
     unread = (best_record or {}).get("unread_params") or []
     if unread:
         # or read them (a config logged whole) while the optimizer's rates followed a schedule, or a rate, of its own
-        rates = set(unread) & (SCHEDULE_SETTINGS | {"lr"})
-        also = f"; or read {', '.join(sorted(rates))} while its optimizer stepped at rates of its own" if rates else ""
+        one = len(unread) == 1
+        them = "it" if one else "them"
+        values = "value above is the search's draw" if one else "values above are the search's draws"
+        how = f"never read {them}"
+        if set(unread) & (SCHEDULE_SETTINGS | {"lr"}):
+            how = f"either never read {them} or stepped its optimizer at rates other than the trial's"
         lines.append(
-            f"  not applied: the training function never read {', '.join(unread)}{also} (its values above are "
-            "the search's draws, not what the loop trained with)"
+            f"  not applied: {', '.join(unread)} (the training function {how}; the {values}, not what the loop "
+            "trained with)"
         )
     return "\n".join(lines)
 

@@ -40,7 +40,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import numbers
 import threading
 import weakref
 from collections import Counter
@@ -51,6 +50,8 @@ from typing import NamedTuple
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from bstune._validate import is_number
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class RateWatch:
         rate (a backbone's tenth) is a multiple of the trial's, where one group holds the trial's rate itself
         (or is frozen at 0); else the groups hold rates of the loop's own."""
         ratios = [
-            float(g["lr"]) / lr if lr > 0 and isinstance(g.get("lr"), numbers.Real) and g["lr"] > 0 else None
+            float(g["lr"]) / lr if lr > 0 and is_number(g.get("lr"), numpy=True) and g["lr"] > 0 else None
             for g in optimizer.param_groups
         ]
         if any(r is None or abs(r - 1.0) < 1e-9 for r in ratios):
@@ -307,7 +308,7 @@ def _rates(optimizer: torch.optim.Optimizer) -> list[float] | None:
         rate = group.get("lr")
         if isinstance(rate, torch.Tensor) and rate.numel() == 1 and rate.device.type == "cpu":
             rate = rate.item()
-        if not isinstance(rate, numbers.Real) or isinstance(rate, bool):  # numpy's float32 is one
+        if not is_number(rate, numpy=True):  # numpy's float32 is one
             return None
         out.append(float(rate))
     return out or None

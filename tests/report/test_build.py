@@ -148,7 +148,7 @@ def test_a_recommendation_nothing_re_scored_says_its_value_is_one_seeds() -> Non
     result = _result()
     assert result.rescored == []
     why = build_report(result).data["recommended"]["why"]
-    assert why.endswith("; one seed each (re-scoring off: rescore_top or rescore_seeds 0)"), why
+    assert why.endswith("; one seed each, not re-scored (rescore_top or rescore_seeds was 0)"), why
 
 
 def test_a_rescored_recommendation_says_so_with_its_spread(tmp_path: Path) -> None:

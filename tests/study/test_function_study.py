@@ -829,7 +829,7 @@ def test_a_searched_parameter_the_loop_never_read_is_marked_in_the_recommendatio
     assert f"**Not applied**: the search drew {drawn}" in text
     assert "ctx.model_kwargs, nor had ctx.make_optimizer or ctx.lr_scheduler apply them" in text
     summary = format_summary(loaded.to_dict())
-    assert "not applied: the training function never read model.hiden, weight_decay" in summary
+    assert "not applied: model.hiden, weight_decay (the training function never read them; the values above" in summary
 
 
 def _own_schedule(torch_scheduler: bool) -> Callable[[TrialContext], None]:
@@ -894,8 +894,8 @@ def test_schedule_settings_read_but_not_followed_are_not_applied(
         assert "never read the space's searched parameter" not in caplog.text  # it read them: said as not followed
         text = render_markdown(build_report(result).data)
         assert "(or, for the schedule's, read them while its optimizer's rate followed a schedule of its own)" in text
-        assert "; or read schedule, warmup_fraction while its optimizer stepped at rates of its own" in format_summary(
-            result.to_dict()
+        assert "not applied: schedule, warmup_fraction (the training function either never read them or stepped" in (
+            format_summary(result.to_dict())
         )
     else:  # by hand, step by step: followed
         assert all(t.unread_params == [] for t in completed) and said not in caplog.text
@@ -970,8 +970,11 @@ def test_a_loop_that_logs_its_config_but_hard_codes_its_rate_gets_no_rate_recomm
     text = render_markdown(build_report(result).data)
     rec = build_report(result).recommended
     assert f"at the loop's own learning rate (the search's {rec['lr']:.4g} never reached it)**" in text
-    assert "; or it read the rate (a config logged whole, say) while its optimizer stepped at rates other" in text
-    assert "; or read lr while its optimizer stepped at rates of its own" in format_summary(result.to_dict())
+    assert ", or it read the learning rate (a config logged whole, say) while its optimizer stepped at rates" in text
+    assert (
+        "not applied: lr (the training function either never read it or stepped its optimizer at rates other than "
+        "the trial's; the value above is the search's draw, not what the loop trained with)"
+    ) in format_summary(result.to_dict())
 
 
 def test_a_loop_that_reads_the_batch_size_through_ctx_is_not_told(caplog: pytest.LogCaptureFixture) -> None:
