@@ -67,8 +67,9 @@ FLOOR = 0.05
 MISSES_ALLOWED = 8
 # steps a loop's own optimizer takes before it is compared with the space's (a one-step calibration is not the loop's)
 OWN_STEPS = 9
-# the warmup is not followed where this many of its steps, and more than a third, are off: a loop at the full rate
-# meets a linear warmup's last steps within the slack (a third of them at most), one a step early or late none
+# the warmup is not followed where at least this many of its steps, and more than a third, are off: a loop at the
+# full rate misses two thirds of a linear warmup's steps or more (only the last ones come within the slack), a
+# hand-made warmup a step early or late none
 WARMUP_MISSES = 3
 
 
