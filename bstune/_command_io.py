@@ -142,9 +142,8 @@ def write_report(
 
     ``echo``: print the report's markdown too.
     """
-    with ctrl_c_held(
-        "the report's modules are loaded"
-    ):  # the report's imports first (SciPy, matplotlib): a Ctrl-C inside one breaks it
+    # the report's imports first (SciPy, matplotlib): a Ctrl-C inside one breaks it
+    with ctrl_c_held("the report's modules are loaded"):
         for name in REPORT_IMPORTS:
             importlib.import_module(name)
     target: dict[str, Any] = {"metric": metric}

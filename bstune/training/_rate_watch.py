@@ -42,7 +42,6 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,7 +127,6 @@ class RateWatch:
         )
         self._own_steps: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = weakref.WeakKeyDictionary()
         self._ours = False  # an optimizer of ctx.make_optimizer or ctx.lr_scheduler stepped
-        self._names: Counter[str] = Counter()  # optimizer steps seen, by what the optimizer is
         self._all, self._warmup = _Steps(), _Steps()
         # (optimizer, group): the highest rate it stepped at; an optimizer made again each epoch is one
         self._peaks: dict[tuple[str, int], float] = {}
@@ -209,7 +207,6 @@ class RateWatch:
         if not applied:
             return
         self._at(now)
-        self._names[name] += 1
         for i, rate in applied:
             key = (name, i)
             self._peaks[key] = max(self._peaks.get(key, 0.0), rate)

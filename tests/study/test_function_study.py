@@ -26,6 +26,7 @@ from bstune.space import SearchSpace
 from bstune.study import FunctionJob, ProbeSettings, StudyFailedError, probe_function, probe_space
 from bstune.training import TrainConfig, TrialContext, run_function
 from tests.training.test_context import TRAIN, VX, VY, loop, net, own_loader_loop, task
+from tests.training.test_rate_watch import hard_coded, own_loop
 
 SPACE = {"name": "s", "batch_size": {"min": 8, "max": 128}, "lr": {"min": 1e-3, "max": 3.0}}
 ARGS: dict[str, Any] = dict(n_trials=5, budget_samples=4096, mode="baseline", progress=False, study_name="same")
@@ -948,23 +949,11 @@ def test_a_loop_that_logs_its_config_but_hard_codes_its_rate_gets_no_rate_recomm
     from bstune.report import build_report, render_markdown
     from bstune.study import format_summary
 
-    def hard_coded(ctx: TrialContext) -> None:
-        dict(ctx.config)  # logged
-        model = net()
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-        for xb, yb in ctx.loader(TRAIN):
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            ctx.step(loss)
-            if ctx.at_milestone():
-                with torch.no_grad():
-                    ctx.report(val_loss=F.cross_entropy(model(VX), VY).item())
-
     monkeypatch.setattr("bstune.training._run_function._said_not_followed", False)
     with caplog.at_level(logging.WARNING, logger="bstune"):
-        result = bstune.Study(hard_coded, SPACE, **(ARGS | {"n_trials": 2, "rescore_top": 0, "pruner": "none"})).run()
+        result = bstune.Study(
+            own_loop(hard_coded), SPACE, **(ARGS | {"n_trials": 2, "rescore_top": 0, "pruner": "none"})
+        ).run()
     assert all(t.unread_params == ["lr"] for t in result.trials)
     assert caplog.text.count("the loop's own AdamW did not follow the trial's learning rate") == 1
     text = render_markdown(build_report(result).data)
